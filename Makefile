@@ -1,0 +1,48 @@
+# p2psip: `make demo` and `make test` are the whole quick start.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TRIAL_JOBS ?= 2
+# Debian packages the interop tests and benchmarks drive (see README).
+DEB_PACKAGES := sip-tester sipsak kamailio coturn tshark nftables iproute2 iptables conntrack
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv test demo deps bench lint typecheck check plugin-cache clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -b -m twisted.trial --jobs=$(TRIAL_JOBS) tests
+
+demo: $(STAMP)
+	$(PY) -m p2psip.demo
+
+deps:
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEB_PACKAGES)
+
+bench: $(STAMP)
+	$(PY) bench/overlay.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check p2psip tests bench twisted
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy p2psip
+
+check: lint typecheck test
+
+# Wheels have no post-install hook: refresh Twisted's plugin cache after installing.
+plugin-cache: $(STAMP)
+	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+
+clean:
+	rm -rf $(VENV) _trial_temp* build dist *.egg-info twisted/plugins/dropin.cache
