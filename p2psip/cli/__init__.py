@@ -1,0 +1,44 @@
+"""
+The ``p2psip`` command-line tool.
+
+Each group of subcommands lives in its own module under ``p2psip.cli`` and
+exposes ``register(subparsers)``; this module only dispatches, so one broken
+group cannot hide the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Modules that contribute subcommands, in the order ``--help`` lists them.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2psip",
+        description="Operate p2psip roles: overlay admin, users, NAT diagnostics.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args, "run", None)
+    if run is None:
+        parser.print_help(sys.stderr)
+        return 2
+    status: int = run(args)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
