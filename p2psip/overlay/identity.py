@@ -371,9 +371,7 @@ class CertificateCache:
         if signature.hash_algorithm != HASH_ALGORITHM_SHA256:
             raise SignatureError(f"unsupported hash algorithm {signature.hash_algorithm}")
         if signature.signature_algorithm != SIGNATURE_ALGORITHM_ECDSA:
-            raise SignatureError(
-                f"unsupported signature algorithm {signature.signature_algorithm}"
-            )
+            raise SignatureError(f"unsupported signature algorithm {signature.signature_algorithm}")
         identity = signature.identity
         if identity.identity_type != SignerIdentityType.CERT_HASH:
             raise SignatureError(f"unsupported signer identity type {identity.identity_type}")

@@ -196,9 +196,12 @@ class DataStore:
         now: float,
         verify: bool = True,
         replica_number: int = 0,
+        request_signer: int | None = None,
     ) -> StoreKindResponse:
         """Store one Kind's values; see :meth:`store_request`."""
-        (response,) = self.store_request(resource, (kind_data,), now, verify, replica_number)
+        (response,) = self.store_request(
+            resource, (kind_data,), now, verify, replica_number, request_signer
+        )
         return response
 
     def store_request(
@@ -208,6 +211,7 @@ class DataStore:
         now: float,
         verify: bool = True,
         replica_number: int = 0,
+        request_signer: int | None = None,
     ) -> tuple[StoreKindResponse, ...]:
         """
         Apply a whole StoreReq atomically and return one response per Kind.
@@ -218,6 +222,12 @@ class DataStore:
         counter when it is higher than ours, so a replica answers Fetches
         like the peer it copies.  The returned StoreKindResponses have no
         replicas; the node adds the peers it replicated to.
+
+        With ``verify``, every new value's signature is checked and its
+        signer must pass the Kind's access policy; so must
+        ``request_signer``, the Node-ID that signed an original StoreReq,
+        when the node passes it (RFC 6940 s7.3: for replica stores only the
+        values' signers count).
 
         :raises StoreError: nothing was stored.
         """
@@ -260,19 +270,21 @@ class DataStore:
             plan.check_count()
         if verify:
             for plan in plans.values():
-                self._verify(resource, plan)
+                self._verify(resource, plan, request_signer if replica_number == 0 else None)
         return tuple(
             self._apply(resource, plan, requested_generations[kind_id], now, replica_number)
             for kind_id, plan in plans.items()
         )
 
-    def _verify(self, resource: int, plan: KindPlan) -> None:
+    def _verify(self, resource: int, plan: KindPlan, request_signer: int | None) -> None:
         if self.certificates is None:
             raise StoreError(ErrorCode.FORBIDDEN, "this store cannot verify signatures")
         for stored in plan.changes.values():
             signer = self._signer(resource, plan.kind.kind_id, stored)
             try:
                 check_access(plan.kind, resource, stored.value, signer)
+                if request_signer is not None:
+                    check_access(plan.kind, resource, stored.value, request_signer)
             except AccessDenied as e:
                 raise StoreError(ErrorCode.FORBIDDEN, str(e)) from e
 
@@ -307,28 +319,31 @@ class DataStore:
         now: float,
         replica_number: int,
     ) -> StoreKindResponse:
+        kind_id = plan.kind.kind_id
         entry = self._resources.get(resource)
-        if entry is None:
-            entry = self._resources[resource] = _Resource(replica_number, {})
+        if entry is None or kind_id not in entry.kinds:
+            if not plan.changes:
+                # Nothing to hold: do not create empty entries that only
+                # expiry of a value would ever clean up.
+                return StoreKindResponse(kind=kind_id, generation_counter=0, replicas=())
+            if entry is None:
+                entry = self._resources[resource] = _Resource(replica_number, {})
+            entry.kinds[kind_id] = _KindValues()
         entry.replica_number = replica_number
-        values = entry.kinds.get(plan.kind.kind_id)
-        if values is None:
-            values = entry.kinds[plan.kind.kind_id] = _KindValues()
+        values = entry.kinds[kind_id]
         for key, stored in plan.changes.items():
             expires_at = now + stored.lifetime
             values.slots[key] = _Slot(stored, expires_at)
             self._expiry_sequence += 1
             heapq.heappush(
                 self._expiry,
-                (expires_at, self._expiry_sequence, resource, plan.kind.kind_id, key),
+                (expires_at, self._expiry_sequence, resource, kind_id, key),
             )
         if plan.changes:
             values.generation += 1
         if replica_number != 0 and requested_generation > values.generation:
             values.generation = requested_generation
-        return StoreKindResponse(
-            kind=plan.kind.kind_id, generation_counter=values.generation, replicas=()
-        )
+        return StoreKindResponse(kind=kind_id, generation_counter=values.generation, replicas=())
 
     # -- Fetch and Stat -----------------------------------------------------
 
@@ -522,9 +537,7 @@ def _slot_order(item: tuple[_SlotKey, _Slot]) -> tuple[int, int, bytes]:
     return (0, 0, b"")
 
 
-def _selected(
-    values: _KindValues, model: DataModel, specifier: StoredDataSpecifier
-) -> list[_Slot]:
+def _selected(values: _KindValues, model: DataModel, specifier: StoredDataSpecifier) -> list[_Slot]:
     slots = values.slots
     if model is DataModel.SINGLE_VALUE:
         single = slots.get(None)
@@ -541,9 +554,7 @@ def _selected(
     indices: list[int] = sorted(key for key in slots if isinstance(key, int))
     if specifier.indices:
         indices = [
-            index
-            for index in indices
-            if any(r.first <= index <= r.last for r in specifier.indices)
+            index for index in indices if any(r.first <= index <= r.last for r in specifier.indices)
         ]
     return [slots[index] for index in indices]
 

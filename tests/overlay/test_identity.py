@@ -43,7 +43,9 @@ def _certificate_with_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(1)
-        .not_valid_before(x509.load_der_x509_certificate(ALICE.certificate_der).not_valid_before_utc)
+        .not_valid_before(
+            x509.load_der_x509_certificate(ALICE.certificate_der).not_valid_before_utc
+        )
         .not_valid_after(x509.load_der_x509_certificate(ALICE.certificate_der).not_valid_after_utc)
     )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
@@ -206,9 +208,7 @@ class CertificateCacheTests(SynchronousTestCase):
     def test_tampered_data_rejected(self) -> None:
         """A signature over other data is refused."""
         self.cache.add(ALICE.certificate_der)
-        error = self.assertRaises(
-            SignatureError, self.cache.verify, ALICE.sign(b"hello"), b"hellO"
-        )
+        error = self.assertRaises(SignatureError, self.cache.verify, ALICE.sign(b"hello"), b"hellO")
         self.assertIn("does not match", str(error))
 
     def test_unknown_certificate_rejected(self) -> None:

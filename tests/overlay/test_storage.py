@@ -135,12 +135,8 @@ class StoreErrorTests(SynchronousTestCase):
 
     def test_too_many_values(self) -> None:
         """More dictionary entries than max-count are refused with DATA_TOO_LARGE."""
-        values = [
-            entry(b"k%d" % i, b"v") for i in range(SIP_REGISTRATION.max_count + 1)
-        ]
-        self.assertStoreError(
-            ErrorCode.DATA_TOO_LARGE, RESOURCE, data_kind(*values, kind=1), 0.0
-        )
+        values = [entry(b"k%d" % i, b"v") for i in range(SIP_REGISTRATION.max_count + 1)]
+        self.assertStoreError(ErrorCode.DATA_TOO_LARGE, RESOURCE, data_kind(*values, kind=1), 0.0)
         self.store.store(RESOURCE, data_kind(*values[:-1], kind=1), 0.0)
         self.assertStoreError(
             ErrorCode.DATA_TOO_LARGE, RESOURCE, data_kind(values[-1], kind=1), 0.0
@@ -222,13 +218,32 @@ class StoreErrorTests(SynchronousTestCase):
         own = signed(DataValue(True, b"v"), kind=OWN.kind_id, resource=resource)
         self.store.store(resource, data_kind(own, kind=OWN.kind_id), 0.0)
         foreign = signed(
-            DataValue(True, b"v"), kind=OWN.kind_id, resource=resource, signer=MALLORY,
+            DataValue(True, b"v"),
+            kind=OWN.kind_id,
+            resource=resource,
+            signer=MALLORY,
             storage_time=T0 + 1,
         )
         error = self.assertStoreError(
             ErrorCode.FORBIDDEN, resource, data_kind(foreign, kind=OWN.kind_id), 0.0
         )
         self.assertIn("NODE-MATCH", error.reason)
+
+    def test_request_signer_must_conform(self) -> None:
+        """An original store relayed by a node the policy refuses is FORBIDDEN; a replica store is not."""
+        resource = node_match_resource(ALICE.node_id)
+        own = data_kind(
+            signed(DataValue(True, b"v"), kind=OWN.kind_id, resource=resource), kind=OWN.kind_id
+        )
+        self.assertStoreError(ErrorCode.FORBIDDEN, resource, own, 0.0, True, 0, MALLORY.node_id)
+        self.store.store(resource, own, 0.0, replica_number=1, request_signer=MALLORY.node_id)
+        self.assertEqual(len(self.store), 1)
+
+    def test_empty_store_creates_nothing(self) -> None:
+        """A store with no values answers generation 0 and leaves no empty resource behind."""
+        response = self.store.store(RESOURCE, data_kind(), 0.0)
+        self.assertEqual(response.generation_counter, 0)
+        self.assertEqual(list(self.store.resources()), [])
 
     def test_no_certificate_cache(self) -> None:
         """Without a certificate cache only unverified stores succeed."""
@@ -384,7 +399,9 @@ class DeletionTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.store = make_store()
         self.store.store(RESOURCE, data_kind(entry(b"a", b"1"), entry(b"b", b"2"), kind=1), 0.0)
-        tombstone = signed(DictionaryEntry(b"a", DataValue(False, b"")), kind=1, storage_time=T0 + 1)
+        tombstone = signed(
+            DictionaryEntry(b"a", DataValue(False, b"")), kind=1, storage_time=T0 + 1
+        )
         self.tombstone = tombstone
         self.store.store(RESOURCE, data_kind(tombstone, kind=1), 0.0)
 
@@ -429,9 +446,7 @@ class ExpiryTests(SynchronousTestCase):
         """expire() removes exactly the values whose lifetime ended and returns how many."""
         self.store.store(RESOURCE, data_kind(single(b"v", lifetime=10)), 0.0)
         other = resource_id("other")
-        self.store.store(
-            other, data_kind(single(b"w", lifetime=20, resource=other)), 0.0
-        )
+        self.store.store(other, data_kind(single(b"w", lifetime=20, resource=other)), 0.0)
         self.assertEqual(self.store.expire(9.0), 0)
         self.assertEqual(self.store.expire(10.0), 1)
         self.assertEqual(list(self.store.resources()), [other])
@@ -479,9 +494,7 @@ class ReplicationTests(SynchronousTestCase):
         registrations = [entry(b"k%d" % i, b"c%d" % i) for i in range(3)]
         self.store.store(RESOURCE, data_kind(*registrations, kind=1), 0.0)
         self.store.store(RESOURCE, data_kind(element(0, b"a"), kind=LIST.kind_id), 0.0)
-        self.store.store(
-            RESOURCE, data_kind(element(APPEND_INDEX, b"b"), kind=LIST.kind_id), 0.0
-        )
+        self.store.store(RESOURCE, data_kind(element(APPEND_INDEX, b"b"), kind=LIST.kind_id), 0.0)
         self.specifiers = [ALL_DATA, ALL_REGISTRATIONS, ALL_LIST]
 
     def test_export_replay_identical(self) -> None:
