@@ -661,3 +661,15 @@ def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     security = _decode_security_block(reader)
     reader.expect_end("message")
     return Message(header, code, body, extensions, security)
+
+
+def peek_code(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[ForwardingHeader, int]:
+    """
+    The forwarding header and the message code, without decoding the rest.
+
+    A forwarding peer needs to know whether it carries a request or an
+    answer (answers retrace the request's path link by link; requests are
+    routed by the ring) but must not pay for a full decode.
+    """
+    header, reader = _decode_header(data, limits)
+    return header, reader.u16("message_code")
