@@ -326,9 +326,15 @@ def options_class(role: str) -> type[RoleOptions]:
     """
     if role not in _ROLE_OPTIONS and role.isidentifier():
         try:
-            importlib.import_module(f"p2psip.roles.{role}")
+            module = importlib.import_module(f"p2psip.roles.{role}")
         except ImportError:
             pass
+        else:
+            # A module imported earlier registered nothing new just now, so
+            # also look at what it defines.
+            for value in vars(module).values():
+                if isinstance(value, type) and issubclass(value, RoleOptions) and value.role == role:
+                    _ROLE_OPTIONS.setdefault(role, value)
     try:
         return _ROLE_OPTIONS[role]
     except KeyError:
