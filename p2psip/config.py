@@ -210,6 +210,9 @@ class RoleOptions(usage.Options):
             # contain '%' and a stray [DEFAULT] should be an error, not magic.
             default_section="\n",  # no header can spell a newline
             interpolation=None,
+            # Only '=': endpoint strings are full of ':', and a list item
+            # that lost its indentation must not parse as a key "tcp".
+            delimiters=("=",),
             strict=True,
             comment_prefixes=("#", ";"),
             inline_comment_prefixes=("#",),

@@ -123,6 +123,16 @@ class PrecedenceTests(SynchronousTestCase):
         )
         self.assertIn("'mediator' in [sample] of etc/sample.ini", str(error))
 
+    def test_comments(self) -> None:
+        """Whole-line # and ; comments and ' # ' after a value are ignored."""
+        options = config_from_string(
+            "# top\n[sample]\n; old style\noverlay = tcp:7000  # the listener\n"
+            "bootstrap = tcp:a:1\n    tcp:b:2\n",
+            SampleOptions,
+        )
+        self.assertEqual(options["overlay"], "tcp:7000")
+        self.assertEqual(options["bootstrap"], ["tcp:a:1", "tcp:b:2"])
+
     def test_empty_file(self) -> None:
         """An empty file changes nothing."""
         options = config_from_string("", SampleOptions)
@@ -240,6 +250,12 @@ class ErrorTests(SynchronousTestCase):
         """A key given twice is an error rather than last-one-wins."""
         message = self.error("[sample]\noverlay = tcp:1\noverlay = tcp:2\n")
         self.assertIn("key 'overlay' is set twice in [sample]", message)
+
+    def test_unindented_list_item(self) -> None:
+        """A list item that lost its indentation is reported as a bad line, not a key."""
+        message = self.error("[sample]\nbootstrap = tcp:a:1\ntcp:b:2\n")
+        self.assertIn("etc/sample.ini line 3", message)
+        self.assertIn("indented continuation line", message)
 
     def test_garbage_line(self) -> None:
         """A line that is not INI syntax is an error naming the line number."""
