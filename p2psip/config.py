@@ -48,6 +48,28 @@ class ConfigError(usage.UsageError):
     """A configuration file is unreadable, malformed, or sets something the role does not know."""
 
 
+def positive_int(text: str) -> int:
+    """Coercer for counts and whole seconds that must be at least 1."""
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{value} is not greater than zero")
+    return value
+
+
+positive_int.coerceDoc = "a whole number greater than zero"  # type: ignore[attr-defined]
+
+
+def positive_float(text: str) -> float:
+    """Coercer for intervals and timeouts in seconds, which must be above zero."""
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{text} is not a finite number greater than zero")
+    return value
+
+
+positive_float.coerceDoc = "a number greater than zero"  # type: ignore[attr-defined]
+
+
 def _describe_coercer(coerce: Callable[[str], Any]) -> str:
     """Say in words what a coercer accepts, for error messages."""
     if coerce is int:

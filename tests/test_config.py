@@ -11,7 +11,14 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip import config
-from p2psip.config import ConfigError, RoleOptions, config_from_string, options_class
+from p2psip.config import (
+    ConfigError,
+    RoleOptions,
+    config_from_string,
+    options_class,
+    positive_float,
+    positive_int,
+)
 
 
 class SampleOptions(RoleOptions):
@@ -28,6 +35,8 @@ class SampleOptions(RoleOptions):
         ["sip", None, "udp:5060 tcp:5060", "SIP listener."],
         ["port", None, None, "Some port.", int],
         ["data_dir", None, "/var/lib/p2psip/sample", "State directory."],
+        ["replicas", None, 2, "Replica count.", positive_int],
+        ["request-timeout", None, 15.0, "Seconds.", positive_float],
     ]
     optFlags: ClassVar[list[list[str]]] = [["verbose", "v", "Log more."]]
 
@@ -237,6 +246,22 @@ class ErrorTests(SynchronousTestCase):
     def test_bad_float(self) -> None:
         """An unparseable float names what it takes."""
         self.assertIn("takes a number", self.error("[sample]\nping-interval = x\n"))
+
+    def test_positive_coercers(self) -> None:
+        """positive_int and positive_float refuse zero, negatives, NaN and infinity, saying why."""
+        self.assertIn(
+            "key 'replicas' in [sample] of etc/sample.ini takes a whole number greater than zero, "
+            "not '0'",
+            self.error("[sample]\nreplicas = 0\n"),
+        )
+        for bad in ("0", "-1", "nan", "inf", "x"):
+            self.assertIn(
+                "takes a number greater than zero", self.error(f"[sample]\nrequest-timeout = {bad}\n")
+            )
+        options = config_from_string("[sample]\nreplicas = 3\nrequest-timeout = 0.5\n", SampleOptions)
+        self.assertEqual((options["replicas"], options["request-timeout"]), (3, 0.5))
+        self.assertEqual(positive_int("7"), 7)
+        self.assertEqual(positive_float("2.5"), 2.5)
 
     def test_bad_flag(self) -> None:
         """A flag with a word other than yes/no is an error naming the accepted words."""
