@@ -85,7 +85,6 @@ def _json_bytes(payload: object) -> bytes:
 class _JsonResource(Resource):
     """Shared plumbing: run a callable that may return a Deferred, answer JSON."""
 
-    isLeaf = True
     log = Logger()
 
     def _answer(self, request: Request, produce: Callable[[], JsonResult]) -> object:
@@ -143,8 +142,6 @@ class _StatusResource(_JsonResource):
 
 
 class _MetricsResource(Resource):
-    isLeaf = True
-
     def __init__(self, registry: Registry) -> None:
         super().__init__()
         self._registry = registry
@@ -156,8 +153,6 @@ class _MetricsResource(Resource):
 
 
 class _PageResource(Resource):
-    isLeaf = True
-
     def __init__(self, title: str, ring_page: bool) -> None:
         super().__init__()
         self._page = render_page(title, ring_page)
@@ -240,6 +235,8 @@ class _ApiRouteResource(_JsonResource):
 
 
 class _ApiNotFound(_JsonResource):
+    isLeaf = True
+
     def __init__(self, names: Collection[str]) -> None:
         super().__init__()
         self._names = sorted(names)

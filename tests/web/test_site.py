@@ -170,9 +170,10 @@ class StatusAndMetricsTests(SiteTestsMixin, SynchronousTestCase):
         self.assertIn(b"p2psip_test_total 3\n", response.body)
 
     def test_unknown_path(self) -> None:
-        """Paths outside the site are 404."""
-        response = self.fetch(self.make_site(), http_request("GET", "/nothing"))
-        self.assertEqual(response.code, 404)
+        """Paths outside the site, or below its pages, are 404."""
+        for path in ("/nothing", "/status/extra", "/metrics/", "/index.html"):
+            response = self.fetch(self.make_site(), http_request("GET", path))
+            self.assertEqual(response.code, 404, path)
 
 
 class PageTests(SiteTestsMixin, SynchronousTestCase):
