@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
@@ -212,12 +212,14 @@ class FormatTests(SynchronousTestCase):
             ["+Inf", "-Inf", "NaN", "3", "0.25"],
         )
 
+    @settings(deadline=None)
     @given(st.floats(allow_nan=False))
     def test_round_trip(self, value: float) -> None:
         """Every float renders to text that parses back to the same float."""
         text = format_value(value).replace("+Inf", "inf").replace("-Inf", "-inf")
         self.assertEqual(float(text), value)
 
+    @settings(deadline=None)
     @given(st.text())
     def test_any_label_value_stays_on_one_line(self, value: str) -> None:
         """Whatever the label value, each sample is one line that quotes it fully."""
