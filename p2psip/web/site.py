@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, TypeVar, Union
 from urllib.parse import parse_qsl
 
 from twisted.application import strports
@@ -51,6 +51,7 @@ MAX_REQUEST_BODY_BYTES = 64 * 1024
 #: Bound on query-string fields, so a hostile URL cannot make us build a huge dict.
 MAX_QUERY_FIELDS = 32
 
+FieldT = TypeVar("FieldT")
 JsonObject = dict[str, Any]
 JsonResult = Union[JsonObject, "Deferred[JsonObject]"]
 StatusCallable = Callable[[], JsonResult]
@@ -71,6 +72,36 @@ class ApiRoute(NamedTuple):
 
     methods: Collection[str]
     call: ApiCallable
+
+
+def query_argument(args: Mapping[str, str], name: str) -> str:
+    """A required, non-empty query argument, or a 400 that names it."""
+    value = args.get(name, "")
+    if not value:
+        raise ApiError(400, f"missing query argument {name!r}")
+    return value
+
+
+_FIELD_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+
+
+def body_field(body: Mapping[str, Any] | None, name: str, kind: type[FieldT],
+               default: FieldT | None = None) -> FieldT:
+    """
+    A field of the JSON body checked against ``kind``, or a 400 that names it.
+
+    A missing field gives ``default`` when one is given.  ``bool`` is not
+    accepted for ``int`` (JSON true is not a lifetime).
+    """
+    if body is None or name not in body or body[name] is None:
+        if default is not None:
+            return default
+        raise ApiError(400, f"the JSON body needs a field {name!r}")
+    value = body[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = _FIELD_TYPE_NAMES.get(kind, kind.__name__)
+        raise ApiError(400, f"field {name!r} must be {expected}")
+    return value
 
 
 def _set_common_headers(request: Request) -> None:

@@ -6,6 +6,7 @@ import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -149,6 +150,35 @@ class HistogramTests(SynchronousTestCase):
         histogram.labels(method="fetch").observe(0.5)
         self.assertIn('h_bucket{method="fetch",le="1.0"} 1\n', registry.render())
         self.assertIn('h_count{method="fetch"} 1\n', registry.render())
+
+    def test_observe_deferred(self) -> None:
+        """observe_deferred records the clock time until the Deferred fires, success or failure."""
+        clock = Clock()
+        histogram = Registry().histogram("h", "h", labels=("outcome",), buckets=(1, 10))
+        ok: Deferred[str] = Deferred()
+        failed: Deferred[str] = Deferred()
+        self.assertIs(histogram.labels(outcome="ok").observe_deferred(ok, clock), ok)
+        histogram.labels(outcome="error").observe_deferred(failed, clock)
+        clock.advance(0.5)
+        ok.callback("answer")
+        clock.advance(4.5)
+        failed.errback(ValueError("timeout"))
+        self.assertEqual(self.successResultOf(ok), "answer")
+        self.failureResultOf(failed, ValueError)
+        self.assertEqual(histogram.labels(outcome="ok").bucket_counts, [1, 0])
+        self.assertEqual(histogram.labels(outcome="error").bucket_counts, [0, 1])
+        self.assertEqual(histogram.labels(outcome="error").sum, 5.0)
+
+    def test_unlabelled_observe_deferred(self) -> None:
+        """An unlabelled histogram times Deferreds directly."""
+        clock = Clock()
+        registry = Registry()
+        histogram = registry.histogram("h", "h", buckets=(1,))
+        pending: Deferred[None] = Deferred()
+        histogram.observe_deferred(pending, clock)
+        clock.advance(2)
+        pending.callback(None)
+        self.assertIn('h_bucket{le="1.0"} 0\nh_bucket{le="+Inf"} 1\nh_sum 2\n', registry.render())
 
     def test_le_is_reserved(self) -> None:
         """A histogram cannot declare its own le label."""

@@ -24,8 +24,10 @@ from p2psip.web.site import (
     MAX_REQUEST_BODY_BYTES,
     ApiError,
     ApiRoute,
+    body_field,
     build_site,
     http_service,
+    query_argument,
 )
 
 
@@ -328,6 +330,29 @@ class ApiTests(SiteTestsMixin, SynchronousTestCase):
         query = "&".join(f"a{i}=1" for i in range(100))
         response = self.fetch(self.make_site(), http_request("GET", "/api/echo?" + query))
         self.assertEqual(response.code, 400)
+
+
+class ArgumentHelperTests(SynchronousTestCase):
+    def test_query_argument(self) -> None:
+        """A present argument is returned; a missing or empty one is a 400 naming it."""
+        self.assertEqual(query_argument({"name": "alice"}, "name"), "alice")
+        for args in ({}, {"name": ""}):
+            error = self.assertRaises(ApiError, query_argument, args, "name")
+            self.assertEqual((error.status, error.message), (400, "missing query argument 'name'"))
+
+    def test_body_field(self) -> None:
+        """Fields are type-checked, with defaults for missing ones and 400s naming the field."""
+        body = {"name": "alice", "lifetime": 60, "flag": True}
+        self.assertEqual(body_field(body, "name", str), "alice")
+        self.assertEqual(body_field(body, "lifetime", int), 60)
+        self.assertEqual(body_field(body, "missing", int, default=3600), 3600)
+        self.assertEqual(body_field(None, "lifetime", int, default=5), 5)
+        error = self.assertRaises(ApiError, body_field, body, "value", str)
+        self.assertEqual((error.status, error.message), (400, "the JSON body needs a field 'value'"))
+        error = self.assertRaises(ApiError, body_field, body, "flag", int)
+        self.assertEqual(error.message, "field 'flag' must be an integer")
+        error = self.assertRaises(ApiError, body_field, body, "lifetime", str)
+        self.assertEqual(error.message, "field 'lifetime' must be a string")
 
 
 class HostileInputTests(SiteTestsMixin, SynchronousTestCase):
