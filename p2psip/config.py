@@ -310,6 +310,10 @@ class RoleOptions(usage.Options):
             for item in items:
                 try:
                     coerced.append(coerce(item))
+                except usage.UsageError as e:
+                    # A coercer that validates (an endpoint string, say) and
+                    # explains itself: keep its words, add where.
+                    raise ConfigError(f"key '{key}' in {where}: {e}") from None
                 except ValueError:
                     raise ConfigError(
                         f"key '{key}' in {where} takes {_describe_coercer(coerce)}, "

@@ -21,6 +21,13 @@ from p2psip.config import (
 )
 
 
+def tcp_endpoint(text: str) -> str:
+    """A validating coercer that explains itself with a UsageError."""
+    if not text.startswith("tcp:"):
+        raise usage.UsageError(f"{text!r} is not a tcp: endpoint; write tcp:HOST:PORT")
+    return text
+
+
 class SampleOptions(RoleOptions):
     """A role shaped like the peer: parameters, a flag, repeatable endpoints."""
 
@@ -37,6 +44,7 @@ class SampleOptions(RoleOptions):
         ["data_dir", None, "/var/lib/p2psip/sample", "State directory."],
         ["replicas", None, 2, "Replica count.", positive_int],
         ["request-timeout", None, 15.0, "Seconds.", positive_float],
+        ["control", None, "tcp:3479", "Control endpoint.", tcp_endpoint],
     ]
     optFlags: ClassVar[list[list[str]]] = [["verbose", "v", "Log more."]]
 
@@ -222,7 +230,7 @@ class ErrorTests(SynchronousTestCase):
         message = self.error("[sample]\nbootstrapp = tcp:a:1\n")
         self.assertIn("unknown key 'bootstrapp' in [sample] of etc/sample.ini", message)
         self.assertIn("did you mean 'bootstrap'?", message)
-        self.assertIn("known keys: bootstrap, data-dir, mediator, overlay", message)
+        self.assertIn("known keys: bootstrap, control, data-dir, mediator, overlay,", message)
 
     def test_command_line_only_keys_are_unknown(self) -> None:
         """help, version and config cannot be set in the file."""
@@ -262,6 +270,14 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual((options["replicas"], options["request-timeout"]), (3, 0.5))
         self.assertEqual(positive_int("7"), 7)
         self.assertEqual(positive_float("2.5"), 2.5)
+
+    def test_validating_coercer_keeps_its_message(self) -> None:
+        """A coercer's own UsageError reaches the operator with the file and key added."""
+        self.assertEqual(
+            self.error("[sample]\ncontrol = udp:1\n"),
+            "key 'control' in [sample] of etc/sample.ini: 'udp:1' is not a tcp: endpoint; "
+            "write tcp:HOST:PORT",
+        )
 
     def test_bad_flag(self) -> None:
         """A flag with a word other than yes/no is an error naming the accepted words."""
