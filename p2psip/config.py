@@ -30,6 +30,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from twisted.internet import endpoints
 from twisted.python import reflect, usage
 from twisted.python.util import padTo
 
@@ -68,6 +69,45 @@ def positive_float(text: str) -> float:
 
 
 positive_float.coerceDoc = "a number greater than zero"  # type: ignore[attr-defined]
+
+
+# serverFromString/clientFromString only store the reactor while parsing, so
+# checking a description needs none; this stands in for it.
+_NO_REACTOR = object()
+
+
+def server_endpoint(text: str) -> str:
+    """
+    Coercer for listening addresses (``tcp:6084``, ``tcp:8084:interface=127.0.0.1``).
+
+    It checks that Twisted can parse the description, so a typo stops the
+    role at startup with the option's name instead of a traceback later,
+    and returns the text unchanged for ``strports``.  ``systemd:``
+    descriptions are only checked when the role starts, since they need
+    the sockets systemd passes in.
+    """
+    if text.split(":", 1)[0] == "systemd":
+        return text
+    try:
+        endpoints.serverFromString(_NO_REACTOR, text)
+    except Exception as e:
+        raise usage.UsageError(
+            f"{text!r} is not a listening endpoint string ({e}); "
+            "write for example tcp:6084 or tcp:8084:interface=127.0.0.1"
+        ) from None
+    return text
+
+
+def client_endpoint(text: str) -> str:
+    """Coercer for addresses to connect to (``tcp:198.51.100.1:6084``), checked like server_endpoint."""
+    try:
+        endpoints.clientFromString(_NO_REACTOR, text)
+    except Exception as e:
+        raise usage.UsageError(
+            f"{text!r} is not a client endpoint string ({e}); "
+            "write for example tcp:198.51.100.1:6084 or tcp:host=boot.example.org:port=6084"
+        ) from None
+    return text
 
 
 def _describe_coercer(coerce: Callable[[str], Any]) -> str:

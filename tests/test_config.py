@@ -14,10 +14,12 @@ from p2psip import config
 from p2psip.config import (
     ConfigError,
     RoleOptions,
+    client_endpoint,
     config_from_string,
     options_class,
     positive_float,
     positive_int,
+    server_endpoint,
 )
 
 
@@ -333,6 +335,45 @@ class ErrorTests(SynchronousTestCase):
     def test_config_error_is_a_usage_error(self) -> None:
         """twistd prints UsageErrors as such, so ConfigError must be one."""
         self.assertTrue(issubclass(ConfigError, usage.UsageError))
+
+
+class EndpointCoercerTests(SynchronousTestCase):
+    def test_server_endpoints(self) -> None:
+        """Valid listening descriptions come back unchanged."""
+        for text in ("tcp:6084", "tcp:8084:interface=127.0.0.1", "tcp6:6084", "unix:/run/p2psip.sock",
+                     "systemd:domain=INET:index=0"):
+            self.assertEqual(server_endpoint(text), text)
+
+    def test_bad_server_endpoints(self) -> None:
+        """Typos and UDP descriptions are usage errors that show an example."""
+        for text in ("tpc:6084", "tcp:abc", "", "udp:5060"):
+            error = self.assertRaises(usage.UsageError, server_endpoint, text)
+            self.assertIn("write for example tcp:6084", str(error))
+
+    def test_client_endpoints(self) -> None:
+        """Client descriptions with a host and port are accepted; ones without are not."""
+        self.assertEqual(client_endpoint("tcp:198.51.100.1:6084"), "tcp:198.51.100.1:6084")
+        self.assertEqual(client_endpoint("tcp:host=a.example:port=1"), "tcp:host=a.example:port=1")
+        for text in ("tcp:a", "tcp:a:b", "x:1"):
+            self.assertRaises(usage.UsageError, client_endpoint, text)
+
+    def test_in_options(self) -> None:
+        """As a declared coercer, a bad endpoint names the option, or the key and file."""
+
+        class EndpointOptions(RoleOptions):
+            role: ClassVar[str] = "endpoint-test"
+            optParameters: ClassVar[list[list[Any]]] = [
+                ["http", None, "tcp:8084:interface=127.0.0.1", "Status site.", server_endpoint]
+            ]
+
+        options = EndpointOptions()
+        error = self.assertRaises(usage.UsageError, options.parseOptions, ["--http", "tcp:80x4"])
+        self.assertIn("'tcp:80x4' is not a listening endpoint string", str(error))
+        error = self.assertRaises(
+            ConfigError, config_from_string, "[endpoint-test]\nhttp = tcp:80x4\n",
+            EndpointOptions, source="etc/x.ini",
+        )
+        self.assertIn("key 'http' in [endpoint-test] of etc/x.ini: 'tcp:80x4' is not", str(error))
 
 
 class HostileConfigTests(SynchronousTestCase):

@@ -32,9 +32,11 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple, TypeVar, Union
 from urllib.parse import parse_qsl
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -336,10 +338,32 @@ def build_site(
     return site
 
 
+class _HttpListenerService(StreamServerEndpointService):
+    """Listen for the site; a busy or forbidden port names the option to change."""
+
+    def __init__(self, endpoint: Any, site: Site, description: str) -> None:
+        super().__init__(endpoint, site)
+        self._description = description
+        # Fail startup on a busy port instead of only logging it.
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:  # noqa: N802 - Twisted's name
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise CannotListenError(
+                e.interface,
+                e.port,
+                f"{e.socketError}; the --http option (http key of the config file) asks for "
+                f"{self._description}: stop what uses that port or choose another",
+            ) from None
+
+
 def http_service(description: str, site: Site, reactor: Any) -> IService:
     """
     A service listening with ``site`` on an endpoint string such as
-    ``tcp:8084:interface=127.0.0.1``.  Startup fails if the port is busy.
+    ``tcp:8084:interface=127.0.0.1``.  Startup fails if the port is busy,
+    with an error that names the option.
     """
-    service: IService = strports.service(description, site, reactor=reactor)
-    return service
+    endpoint = endpoints.serverFromString(reactor, description)
+    return _HttpListenerService(endpoint, site, description)
