@@ -38,7 +38,10 @@ or 4 bytes for ``2^8-1``, ``2^16-1`` and ``2^32-1``):
   FetchKindResponse<2^32-1>, each uint32 kind, uint64 generation,
   StoredData values<2^32-1>.
 - Stat (s7.4.3): StatReq as FetchReq; StatAns = StatKindResponse<2^32-1>,
-  each uint32 kind, uint64 generation, StoredMetaData values<2^32-1>.
+  each uint32 kind, uint64 generation, StoredMetaData values<2^32-1>;
+  StoredMetaData = uint32 length, uint64 storage_time, uint32 lifetime,
+  MetaData (Boolean exists, uint32 value_length, uint8 hash_algorithm,
+  opaque hash_value<2^8-1>) behind an index or key as for StoredData.
 - Error (s6.3.3.1): uint16 error_code, opaque reason_phrase<0..255>
   (UTF-8), opaque error_info<2^16-1>.
 
@@ -941,7 +944,14 @@ MetaDataValue = Union[MetaData, ArrayEntryMeta, DictionaryEntryMeta]
 
 @frozen
 class StoredMetaData:
-    value_length: int
+    """
+    Stat's counterpart of StoredData.  RFC 6940 s7.4.3 names its leading
+    uint32 ``value_length``; Wireshark's dissector reads it, like
+    StoredData's ``length``, as the byte length of the rest of the
+    structure, so that is what is computed and sent.  The stored value's
+    own size is ``metadata``'s ``value_length``.
+    """
+
     storage_time: int
     lifetime: int
     metadata: MetaDataValue
@@ -960,35 +970,36 @@ def _read_metadata(reader: Reader) -> MetaData:
 
 
 def _write_stored_metadata(writer: Writer, stored: StoredMetaData) -> None:
-    writer.u32(stored.value_length, "value_length").u64(stored.storage_time, "storage_time")
-    writer.u32(stored.lifetime, "lifetime")
+    inner = Writer().u64(stored.storage_time, "storage_time").u32(stored.lifetime, "lifetime")
     meta = stored.metadata
     if isinstance(meta, MetaData):
-        _write_metadata(writer, meta)
+        _write_metadata(inner, meta)
     elif isinstance(meta, ArrayEntryMeta):
-        writer.u32(meta.index, "array index")
-        _write_metadata(writer, meta.value)
+        inner.u32(meta.index, "array index")
+        _write_metadata(inner, meta.value)
     elif isinstance(meta, DictionaryEntryMeta):
-        writer.opaque(2, meta.key, "dictionary key")
-        _write_metadata(writer, meta.value)
+        inner.opaque(2, meta.key, "dictionary key")
+        _write_metadata(inner, meta.value)
     else:
         raise ValueError(f"not metadata: {meta!r}")
+    writer.opaque(4, inner.getvalue(), "StoredMetaData")
 
 
 def _read_stored_metadata(reader: Reader, model: DataModel) -> StoredMetaData:
-    value_length = reader.u32("value_length")
-    storage_time = reader.u64("storage_time")
-    lifetime = reader.u32("lifetime")
+    inner = reader.vector(4, "StoredMetaData")
+    storage_time = inner.u64("storage_time")
+    lifetime = inner.u32("lifetime")
     meta: MetaDataValue
     if model == DataModel.SINGLE_VALUE:
-        meta = _read_metadata(reader)
+        meta = _read_metadata(inner)
     elif model == DataModel.ARRAY:
-        index = reader.u32("array index")
-        meta = ArrayEntryMeta(index, _read_metadata(reader))
+        index = inner.u32("array index")
+        meta = ArrayEntryMeta(index, _read_metadata(inner))
     else:
-        key = reader.opaque(2, "dictionary key")
-        meta = DictionaryEntryMeta(key, _read_metadata(reader))
-    return StoredMetaData(value_length, storage_time, lifetime, meta)
+        key = inner.opaque(2, "dictionary key")
+        meta = DictionaryEntryMeta(key, _read_metadata(inner))
+    inner.expect_end("StoredMetaData")
+    return StoredMetaData(storage_time, lifetime, meta)
 
 
 @frozen

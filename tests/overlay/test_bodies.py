@@ -88,7 +88,7 @@ stat_kind_responses = kinds.flatmap(
         st.just(k),
         u64,
         st.lists(
-            st.builds(b.StoredMetaData, u32, u64, u32, metadata_by_model[MODELS[k]]), max_size=2
+            st.builds(b.StoredMetaData, u64, u32, metadata_by_model[MODELS[k]]), max_size=2
         ).map(tuple),
     )
 )
@@ -223,10 +223,10 @@ class RoundTripTests(SynchronousTestCase):
         self.check(
             b.StatAns(
                 (
-                    b.StatKindResponse(SINGLE, 1, (b.StoredMetaData(10, 1, 2, meta),)),
-                    b.StatKindResponse(ARRAY, 1, (b.StoredMetaData(10, 1, 2, b.ArrayEntryMeta(3, meta)),)),
+                    b.StatKindResponse(SINGLE, 1, (b.StoredMetaData(1, 2, meta),)),
+                    b.StatKindResponse(ARRAY, 1, (b.StoredMetaData(1, 2, b.ArrayEntryMeta(3, meta)),)),
                     b.StatKindResponse(DICTIONARY, 1,
-                                       (b.StoredMetaData(10, 1, 2, b.DictionaryEntryMeta(b"k", meta)),)),
+                                       (b.StoredMetaData(1, 2, b.DictionaryEntryMeta(b"k", meta)),)),
                 )
             )
         )
@@ -288,6 +288,16 @@ class LayoutTests(SynchronousTestCase):
         self.assertEqual(
             data[17:],
             b"\x00\x13" + struct.pack(">IQ", DICTIONARY, 5) + b"\x00\x05\x00\x03\x00\x01k",
+        )
+
+    def test_stored_metadata(self) -> None:
+        """StoredMetaData starts with the byte length of the rest, as StoredData does."""
+        meta = b.StoredMetaData(1, 2, b.MetaData(True, 5, 4, b"hh"))
+        data = b.StatAns((b.StatKindResponse(SINGLE, 0, (meta,)),)).encode()
+        offset = 4 + 4 + 8 + 4
+        self.assertEqual(
+            data[offset:],
+            struct.pack(">IQI", 21, 1, 2) + b"\x01\x00\x00\x00\x05\x04\x02hh",
         )
 
     def test_error_response(self) -> None:
