@@ -42,6 +42,16 @@ or 4 bytes for ``2^8-1``, ``2^16-1`` and ``2^32-1``):
   StoredMetaData = uint32 length, uint64 storage_time, uint32 lifetime,
   MetaData (Boolean exists, uint32 value_length, uint8 hash_algorithm,
   opaque hash_value<2^8-1>) behind an index or key as for StoredData.
+- Find (s7.4.4): FindReq = ResourceId, KindId kinds<2^8-1>;
+  FindAns = FindKindData results<2^16-1>, each uint32 kind, ResourceId.
+- Attach (s6.5.1): ufrag<2^8-1>, password<2^8-1>, role<2^8-1>,
+  IceCandidate candidates<2^16-1>, Boolean send_update, the same for the
+  request and the answer.  An IceCandidate is IpAddressPort (uint8 type,
+  uint8 length, 4- or 16-byte address, uint16 port), uint8 overlay_link,
+  opaque foundation<2^8-1>, uint32 priority, uint8 type, a related
+  IpAddressPort unless the type is host, IceExtension extensions<2^16-1>.
+- AppAttach (s6.5.2): ufrag, password, uint16 application, role,
+  candidates (no send_update).
 - Error (s6.3.3.1): uint16 error_code, opaque reason_phrase<0..255>
   (UTF-8), opaque error_info<2^16-1>.
 
@@ -53,6 +63,7 @@ them, so the node can answer Error_Unknown_Kind.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar, Union
@@ -74,6 +85,19 @@ from p2psip.overlay.message import (
 
 __all__ = [
     "BODY_TYPES",
+    "AddressType",
+    "AppAttachAns",
+    "AppAttachReq",
+    "AttachAns",
+    "AttachReq",
+    "CandidateType",
+    "FindAns",
+    "FindKindData",
+    "FindReq",
+    "IceCandidate",
+    "IceExtension",
+    "IpAddressPort",
+    "OverlayLinkType",
     "ArrayEntry",
     "ArrayEntryMeta",
     "ArrayRange",
@@ -1049,6 +1073,309 @@ class StatAns:
         return cls(responses)
 
 
+# -- Find ---------------------------------------------------------------------------------------
+
+
+@frozen
+class FindReq:
+    CODE: ClassVar[MessageCode] = MessageCode.FIND_REQ
+    resource: int
+    kinds: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        writer = Writer()
+        _write_resource(writer, self.resource)
+        _write_items(writer, 1, self.kinds, lambda w, k: w.u32(k, "kind"), "kinds")
+        return writer.getvalue()
+
+    @classmethod
+    def decode(
+        cls, data: bytes, limits: Limits = DEFAULT_LIMITS, data_models: DataModels | None = None
+    ) -> FindReq:
+        reader = _decoder(data, limits)
+        resource = _read_resource(reader)
+        kinds = _read_items(reader, 1, "kinds", lambda r: r.u32("kind"))
+        reader.expect_end("FindReq")
+        return cls(resource, kinds)
+
+
+@frozen
+class FindKindData:
+    """The closest Resource-ID at or after the requested one that holds ``kind``; 0 if none."""
+
+    kind: int
+    closest: int
+
+
+@frozen
+class FindAns:
+    CODE: ClassVar[MessageCode] = MessageCode.FIND_ANS
+    results: tuple[FindKindData, ...]
+
+    def encode(self) -> bytes:
+        def write_one(writer: Writer, item: FindKindData) -> None:
+            writer.u32(item.kind, "kind")
+            _write_resource(writer, item.closest)
+
+        writer = Writer()
+        _write_items(writer, 2, self.results, write_one, "results")
+        return writer.getvalue()
+
+    @classmethod
+    def decode(
+        cls, data: bytes, limits: Limits = DEFAULT_LIMITS, data_models: DataModels | None = None
+    ) -> FindAns:
+        reader = _decoder(data, limits)
+        results = _read_items(
+            reader, 2, "results", lambda r: FindKindData(r.u32("kind"), _read_resource(r))
+        )
+        reader.expect_end("FindAns")
+        return cls(results)
+
+
+# -- Attach / AppAttach ---------------------------------------------------------------------------
+
+
+class AddressType(IntEnum):
+    IPV4 = 1
+    IPV6 = 2
+
+
+class OverlayLinkType(IntEnum):
+    DTLS_UDP_SR = 1
+    DTLS_UDP_SR_NO_ICE = 3
+    TLS_TCP_FH_NO_ICE = 4
+
+
+class CandidateType(IntEnum):
+    HOST = 1
+    SERVER_REFLEXIVE = 2
+    PEER_REFLEXIVE = 3
+    RELAYED = 4
+
+
+@frozen
+class IpAddressPort:
+    """An address and port; IPv4 or IPv6 is taken from the address text."""
+
+    host: str
+    port: int
+
+
+def _write_address(writer: Writer, address: IpAddressPort) -> None:
+    parsed = ipaddress.ip_address(address.host)
+    if parsed.version == 4:
+        writer.u8(AddressType.IPV4).u8(6)
+    else:
+        writer.u8(AddressType.IPV6).u8(18)
+    writer.raw(parsed.packed).u16(address.port, "port")
+
+
+def _read_address(reader: Reader) -> IpAddressPort:
+    address_type = reader.u8("address type")
+    inner = reader.fixed(reader.u8("address length"), "IpAddressPort")
+    if address_type == AddressType.IPV4:
+        host = str(ipaddress.IPv4Address(inner.raw(4, "IPv4 address")))
+    elif address_type == AddressType.IPV6:
+        host = str(ipaddress.IPv6Address(inner.raw(16, "IPv6 address")))
+    else:
+        raise DecodeError(f"unknown address type {address_type}")
+    port = inner.u16("port")
+    inner.expect_end("IpAddressPort")
+    return IpAddressPort(host, port)
+
+
+@frozen
+class IceExtension:
+    name: bytes
+    value: bytes
+
+
+@frozen
+class IceCandidate:
+    """
+    A transport candidate (RFC 6940 s6.5.1.1).  ``related`` is the base
+    address that reflexive and relayed candidates carry, None for host ones.
+    """
+
+    address: IpAddressPort
+    overlay_link: int
+    foundation: bytes
+    priority: int
+    type: int
+    related: IpAddressPort | None = None
+    extensions: tuple[IceExtension, ...] = ()
+
+
+def _write_candidate(writer: Writer, candidate: IceCandidate) -> None:
+    _write_address(writer, candidate.address)
+    writer.u8(candidate.overlay_link, "overlay_link")
+    writer.opaque(1, candidate.foundation, "foundation")
+    writer.u32(candidate.priority, "priority").u8(candidate.type, "candidate type")
+    if candidate.type == CandidateType.HOST:
+        if candidate.related is not None:
+            raise ValueError("a host candidate has no related address")
+    else:
+        if candidate.related is None:
+            raise ValueError("reflexive and relayed candidates need a related address")
+        _write_address(writer, candidate.related)
+    _write_items(
+        writer,
+        2,
+        candidate.extensions,
+        lambda w, e: w.opaque(2, e.name, "extension name").opaque(2, e.value, "extension value"),
+        "ice extensions",
+    )
+
+
+def _read_candidate(reader: Reader) -> IceCandidate:
+    address = _read_address(reader)
+    overlay_link = reader.u8("overlay_link")
+    foundation = reader.opaque(1, "foundation")
+    priority = reader.u32("priority")
+    candidate_type = reader.u8("candidate type")
+    related: IpAddressPort | None = None
+    if candidate_type in (
+        CandidateType.SERVER_REFLEXIVE,
+        CandidateType.PEER_REFLEXIVE,
+        CandidateType.RELAYED,
+    ):
+        related = _read_address(reader)
+    elif candidate_type != CandidateType.HOST:
+        raise DecodeError(f"unknown candidate type {candidate_type}")
+    extensions = _read_items(
+        reader,
+        2,
+        "ice extensions",
+        lambda r: IceExtension(r.opaque(2, "extension name"), r.opaque(2, "extension value")),
+    )
+    return IceCandidate(
+        address, overlay_link, foundation, priority, candidate_type, related, extensions
+    )
+
+
+class _AttachBody:
+    """AttachReq and AttachAns share one structure (RFC 6940 s6.5.1)."""
+
+    ufrag: bytes
+    password: bytes
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+    send_update: bool
+
+    def __init__(
+        self,
+        ufrag: bytes,
+        password: bytes,
+        role: bytes,
+        candidates: tuple[IceCandidate, ...],
+        send_update: bool = False,
+    ) -> None:
+        raise NotImplementedError  # attrs generates the real one in subclasses
+
+    def encode(self) -> bytes:
+        writer = Writer().opaque(1, self.ufrag, "ufrag").opaque(1, self.password, "password")
+        writer.opaque(1, self.role, "role")
+        _write_items(writer, 2, self.candidates, _write_candidate, "candidates")
+        return writer.boolean(self.send_update).getvalue()
+
+    @classmethod
+    def decode(
+        cls, data: bytes, limits: Limits = DEFAULT_LIMITS, data_models: DataModels | None = None
+    ) -> Any:
+        reader = _decoder(data, limits)
+        ufrag = reader.opaque(1, "ufrag")
+        password = reader.opaque(1, "password")
+        role = reader.opaque(1, "role")
+        candidates = _read_items(reader, 2, "candidates", _read_candidate)
+        send_update = reader.boolean("send_update")
+        reader.expect_end(cls.__name__)
+        return cls(ufrag, password, role, candidates, send_update)
+
+
+@frozen
+class AttachReq(_AttachBody):
+    """Ask a peer to open a direct link; ``role`` is b"active" or b"passive"."""
+
+    CODE: ClassVar[MessageCode] = MessageCode.ATTACH_REQ
+    ufrag: bytes
+    password: bytes
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+    send_update: bool = False
+
+
+@frozen
+class AttachAns(_AttachBody):
+    CODE: ClassVar[MessageCode] = MessageCode.ATTACH_ANS
+    ufrag: bytes
+    password: bytes
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+    send_update: bool = False
+
+
+class _AppAttachBody:
+    """AppAttachReq and AppAttachAns share one structure (RFC 6940 s6.5.2)."""
+
+    ufrag: bytes
+    password: bytes
+    application: int
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+
+    def __init__(
+        self,
+        ufrag: bytes,
+        password: bytes,
+        application: int,
+        role: bytes,
+        candidates: tuple[IceCandidate, ...],
+    ) -> None:
+        raise NotImplementedError  # attrs generates the real one in subclasses
+
+    def encode(self) -> bytes:
+        writer = Writer().opaque(1, self.ufrag, "ufrag").opaque(1, self.password, "password")
+        writer.u16(self.application, "application").opaque(1, self.role, "role")
+        _write_items(writer, 2, self.candidates, _write_candidate, "candidates")
+        return writer.getvalue()
+
+    @classmethod
+    def decode(
+        cls, data: bytes, limits: Limits = DEFAULT_LIMITS, data_models: DataModels | None = None
+    ) -> Any:
+        reader = _decoder(data, limits)
+        ufrag = reader.opaque(1, "ufrag")
+        password = reader.opaque(1, "password")
+        application = reader.u16("application")
+        role = reader.opaque(1, "role")
+        candidates = _read_items(reader, 2, "candidates", _read_candidate)
+        reader.expect_end(cls.__name__)
+        return cls(ufrag, password, application, role, candidates)
+
+
+@frozen
+class AppAttachReq(_AppAttachBody):
+    """Open an application connection; ``application`` 5060 means SIP."""
+
+    CODE: ClassVar[MessageCode] = MessageCode.APP_ATTACH_REQ
+    ufrag: bytes
+    password: bytes
+    application: int
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+
+
+@frozen
+class AppAttachAns(_AppAttachBody):
+    CODE: ClassVar[MessageCode] = MessageCode.APP_ATTACH_ANS
+    ufrag: bytes
+    password: bytes
+    application: int
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+
+
 # -- Error ------------------------------------------------------------------------------------
 
 
@@ -1098,6 +1425,12 @@ def decode_unknown_kinds(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[
 # -- Dispatch ---------------------------------------------------------------------------------
 
 Body = Union[
+    AttachReq,
+    AttachAns,
+    AppAttachReq,
+    AppAttachAns,
+    FindReq,
+    FindAns,
     JoinReq,
     JoinAns,
     LeaveReq,
@@ -1122,6 +1455,12 @@ Body = Union[
 BODY_TYPES: dict[MessageCode, type] = {
     body_type.CODE: body_type
     for body_type in (
+        AttachReq,
+        AttachAns,
+        AppAttachReq,
+        AppAttachAns,
+        FindReq,
+        FindAns,
         JoinReq,
         JoinAns,
         LeaveReq,

@@ -102,7 +102,24 @@ update_requests = st.one_of(
     ),
 )
 
+addresses = st.builds(b.IpAddressPort, st.ip_addresses().map(str), u16)
+candidates = st.one_of(
+    st.builds(b.IceCandidate, addresses, u8, short_bytes, u32, st.just(b.CandidateType.HOST),
+              st.none(),
+              st.lists(st.builds(b.IceExtension, short_bytes, short_bytes), max_size=2).map(tuple)),
+    st.builds(b.IceCandidate, addresses, u8, short_bytes, u32,
+              st.sampled_from([b.CandidateType.SERVER_REFLEXIVE, b.CandidateType.RELAYED]),
+              addresses),
+)
+candidate_lists = st.lists(candidates, max_size=3).map(tuple)
+
 bodies: st.SearchStrategy[Any] = st.one_of(
+    st.builds(b.AttachReq, short_bytes, short_bytes, short_bytes, candidate_lists, st.booleans()),
+    st.builds(b.AttachAns, short_bytes, short_bytes, short_bytes, candidate_lists, st.booleans()),
+    st.builds(b.AppAttachReq, short_bytes, short_bytes, u16, short_bytes, candidate_lists),
+    st.builds(b.AppAttachAns, short_bytes, short_bytes, u16, short_bytes, candidate_lists),
+    st.builds(b.FindReq, ids, st.lists(u32, max_size=4).map(tuple)),
+    st.builds(b.FindAns, st.lists(st.builds(b.FindKindData, u32, ids), max_size=3).map(tuple)),
     st.builds(b.JoinReq, ids, short_bytes),
     st.builds(b.JoinAns, short_bytes),
     st.builds(b.LeaveReq, ids, short_bytes),
@@ -231,6 +248,23 @@ class RoundTripTests(SynchronousTestCase):
             )
         )
 
+    def test_attach(self) -> None:
+        """Attach and AppAttach with host and relayed candidates round-trip."""
+        host = b.IceCandidate(b.IpAddressPort("192.0.2.1", 6084), b.OverlayLinkType.TLS_TCP_FH_NO_ICE,
+                              b"f1", 100, b.CandidateType.HOST)
+        relayed = b.IceCandidate(b.IpAddressPort("2001:db8::1", 5), 4, b"f2", 5,
+                                 b.CandidateType.RELAYED, b.IpAddressPort("198.51.100.2", 7),
+                                 (b.IceExtension(b"n", b"v"),))
+        self.check(b.AttachReq(b"u", b"p", b"active", (host, relayed), True))
+        self.check(b.AttachAns(b"u", b"p", b"passive", (host,)))
+        self.check(b.AppAttachReq(b"u", b"p", 5060, b"active", (host,)))
+        self.check(b.AppAttachAns(b"u", b"p", 5060, b"passive", ()))
+
+    def test_find(self) -> None:
+        """FindReq and FindAns round-trip."""
+        self.check(b.FindReq(5, (1, 2)))
+        self.check(b.FindAns((b.FindKindData(1, 0), b.FindKindData(2, 77))))
+
     def test_error(self) -> None:
         """ErrorResponse round-trips with a UTF-8 reason phrase."""
         self.check(b.ErrorResponse(ErrorCode.NOT_FOUND, "nicht gefunden \u2013 404", b"info"))
@@ -240,6 +274,15 @@ class RoundTripTests(SynchronousTestCase):
     def test_any_body(self, body: Any) -> None:
         """Any body round-trips and re-encodes to the same bytes."""
         self.check(body)
+
+
+class DispatchTests(SynchronousTestCase):
+    def test_body_types(self) -> None:
+        """Every message code but ConfigUpdate has a body class whose CODE is its key."""
+        missing = set(MessageCode) - set(b.BODY_TYPES)
+        self.assertEqual(missing, {MessageCode.CONFIG_UPDATE_REQ, MessageCode.CONFIG_UPDATE_ANS})
+        for code, body_type in b.BODY_TYPES.items():
+            self.assertEqual(body_type.CODE, code)
 
 
 class LayoutTests(SynchronousTestCase):
@@ -288,6 +331,17 @@ class LayoutTests(SynchronousTestCase):
         self.assertEqual(
             data[17:],
             b"\x00\x13" + struct.pack(">IQ", DICTIONARY, 5) + b"\x00\x05\x00\x03\x00\x01k",
+        )
+
+    def test_attach_layout(self) -> None:
+        """An Attach body has the RFC's field widths, with a 6-byte IPv4 IpAddressPort."""
+        host = b.IceCandidate(b.IpAddressPort("192.0.2.1", 6084), 4, b"f", 9, b.CandidateType.HOST)
+        data = b.AttachReq(b"u", b"p", b"active", (host,), True).encode()
+        candidate = (b"\x01\x06\xc0\x00\x02\x01\x17\xc4" + b"\x04" + b"\x01f"
+                     + b"\x00\x00\x00\x09" + b"\x01" + b"\x00\x00")
+        self.assertEqual(
+            data,
+            b"\x01u\x01p\x06active" + len(candidate).to_bytes(2, "big") + candidate + b"\x01",
         )
 
     def test_stored_metadata(self) -> None:
@@ -389,6 +443,16 @@ class HostileBodyTests(SynchronousTestCase):
     def test_wrong_resource_length(self) -> None:
         """A Resource-ID that is not 16 bytes raises DecodeError."""
         self.assertRaises(DecodeError, b.FetchReq.decode, b"\x01\x00\x00\x00", data_models=MODELS)
+
+    def test_bad_address(self) -> None:
+        """An IpAddressPort of unknown type or wrong length raises DecodeError."""
+        host = b.IceCandidate(b.IpAddressPort("192.0.2.1", 1), 4, b"", 0, b.CandidateType.HOST)
+        data = bytearray(b.AppAttachReq(b"", b"", 5060, b"", (host,)).encode())
+        candidate_at = 1 + 1 + 2 + 1 + 2
+        for offset, value in ((candidate_at, 9), (candidate_at + 1, 7)):
+            bad = bytearray(data)
+            bad[offset] = value
+            self.assertRaises(DecodeError, b.AppAttachReq.decode, bytes(bad))
 
     def test_unknown_update_type(self) -> None:
         """An unknown ChordUpdate type raises DecodeError."""
