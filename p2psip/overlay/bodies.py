@@ -52,8 +52,8 @@ or 4 bytes for ``2^8-1``, ``2^16-1`` and ``2^32-1``):
   IpAddressPort unless the type is host, IceExtension extensions<2^16-1>.
 - AppAttach (s6.5.2): ufrag, password, uint16 application, role,
   candidates (no send_update).
-- Error (s6.3.3.1): uint16 error_code, opaque reason_phrase<0..255>
-  (UTF-8), opaque error_info<2^16-1>.
+- Error (s6.3.3.1): uint16 error_code, opaque error_info<2^16-1> (UTF-8
+  text, or a structure for some codes).
 
 Store, Fetch and Stat need the data model of every kind they mention; a
 decoder that meets kinds it does not know still checks the whole body and
@@ -73,6 +73,7 @@ from attrs import frozen
 from p2psip.overlay.codec import DEFAULT_LIMITS, DecodeError, Limits, Reader, UnknownKindError, Writer
 from p2psip.overlay.message import (
     Destination,
+    ErrorCode,
     MessageCode,
     Signature,
     SignerIdentity,
@@ -1379,17 +1380,39 @@ class AppAttachAns(_AppAttachBody):
 # -- Error ------------------------------------------------------------------------------------
 
 
+# Error codes whose error_info is a structure, not text (RFC 6940 s6.3.3.1,
+# s7.4.1.2): a KindId list and a StoreAns.
+_STRUCTURED_ERROR_CODES = frozenset(
+    {ErrorCode.UNKNOWN_KIND, ErrorCode.GENERATION_COUNTER_TOO_LOW}
+)
+
+
 @frozen
 class ErrorResponse:
+    """
+    An Error answer.  On the wire (RFC 6940 s6.3.3.1) it is only
+    ``uint16 error_code, opaque error_info<0..2^16-1>``; error_info is UTF-8
+    text unless the code gives it a structure (Error_Unknown_Kind: a kind
+    list, Error_Generation_Counter_Too_Low: a StoreAns).
+
+    ``reason_phrase`` is the text form: it is sent as error_info when
+    ``error_info`` is empty, and a decoded text error_info lands in it.  When
+    both are set, ``error_info`` is sent and the phrase stays local (it is
+    still worth logging).
+    """
+
     CODE: ClassVar[MessageCode] = MessageCode.ERROR
     error_code: int
-    reason_phrase: str
+    reason_phrase: str = ""
     error_info: bytes = b""
+
+    def wire_info(self) -> bytes:
+        """The error_info bytes that go on the wire."""
+        return self.error_info or self.reason_phrase.encode("utf-8")
 
     def encode(self) -> bytes:
         writer = Writer().u16(self.error_code, "error_code")
-        writer.opaque(1, self.reason_phrase.encode("utf-8"), "reason_phrase")
-        return writer.opaque(2, self.error_info, "error_info").getvalue()
+        return writer.opaque(2, self.wire_info(), "error_info").getvalue()
 
     @classmethod
     def decode(
@@ -1397,14 +1420,15 @@ class ErrorResponse:
     ) -> ErrorResponse:
         reader = _decoder(data, limits)
         error_code = reader.u16("error_code")
-        reason = reader.opaque(1, "reason_phrase")
         error_info = reader.opaque(2, "error_info")
         reader.expect_end("ErrorResponse")
+        if error_code in _STRUCTURED_ERROR_CODES:
+            return cls(error_code, "", error_info)
         try:
-            phrase = reason.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DecodeError(f"reason phrase is not UTF-8: {e}") from None
-        return cls(error_code, phrase, error_info)
+            return cls(error_code, error_info.decode("utf-8"), b"")
+        except UnicodeDecodeError:
+            # Not text after all: keep the bytes so nothing is lost.
+            return cls(error_code, "", error_info)
 
 
 def encode_unknown_kinds(kinds: Iterable[int]) -> bytes:

@@ -143,8 +143,8 @@ bodies: st.SearchStrategy[Any] = st.one_of(
     st.builds(b.FetchAns, st.lists(fetch_kind_responses, max_size=3).map(tuple)),
     st.builds(b.StatReq, ids, specifiers),
     st.builds(b.StatAns, st.lists(stat_kind_responses, max_size=3).map(tuple)),
-    st.builds(b.ErrorResponse, u16, st.text(max_size=20).filter(lambda s: len(s.encode()) < 256),
-              short_bytes),
+    st.builds(b.ErrorResponse, u16.filter(lambda c: c not in (5, 12)), st.text(max_size=20)),
+    st.builds(b.ErrorResponse, st.sampled_from([5, 12]), st.just(""), short_bytes),
 )
 
 
@@ -267,7 +267,16 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_error(self) -> None:
         """ErrorResponse round-trips with a UTF-8 reason phrase."""
-        self.check(b.ErrorResponse(ErrorCode.NOT_FOUND, "nicht gefunden \u2013 404", b"info"))
+        self.check(b.ErrorResponse(ErrorCode.NOT_FOUND, "nicht gefunden \u2013 404"))
+        self.check(b.ErrorResponse(ErrorCode.UNKNOWN_KIND, "", b.encode_unknown_kinds([7])))
+        self.check(b.ErrorResponse(ErrorCode.FORBIDDEN, "", b"\xff\xfe"))
+
+    def test_error_phrase_and_info(self) -> None:
+        """With both a phrase and structured info, the info is what is sent."""
+        error = b.ErrorResponse(ErrorCode.UNKNOWN_KIND, "unknown kind", b.encode_unknown_kinds([7]))
+        decoded = b.ErrorResponse.decode(error.encode())
+        self.assertEqual(decoded.error_info, error.error_info)
+        self.assertEqual(b.decode_unknown_kinds(decoded.error_info), (7,))
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(bodies)
@@ -355,8 +364,9 @@ class LayoutTests(SynchronousTestCase):
         )
 
     def test_error_response(self) -> None:
-        """ErrorResponse is code, uint8-prefixed reason, uint16-prefixed info."""
-        self.assertEqual(b.ErrorResponse(12, "x", b"\x00").encode(), b"\x00\x0c\x01x\x00\x01\x00")
+        """ErrorResponse is the code and a uint16-prefixed error_info carrying the text."""
+        self.assertEqual(b.ErrorResponse(3, "gone").encode(), b"\x00\x03\x00\x04gone")
+        self.assertEqual(b.ErrorResponse(12, "", b"\x00").encode(), b"\x00\x0c\x00\x01\x00")
 
     def test_signature_input(self) -> None:
         """The StoredData signature covers resource, kind, storage_time, value, identity."""
@@ -436,9 +446,12 @@ class HostileBodyTests(SynchronousTestCase):
         self.assertRaises(DecodeError, b.UpdateReq.decode, body.encode(), Limits(max_list_items=4))
         self.assertEqual(b.UpdateReq.decode(body.encode(), Limits(max_list_items=5)), body)
 
-    def test_bad_utf8(self) -> None:
-        """A reason phrase that is not UTF-8 raises DecodeError."""
-        self.assertRaises(DecodeError, b.ErrorResponse.decode, b"\x00\x01\x01\xff\x00\x00")
+    def test_error_info_not_text(self) -> None:
+        """An error_info that is not UTF-8 is kept as bytes, and its length is checked."""
+        self.assertEqual(
+            b.ErrorResponse.decode(b"\x00\x02\x00\x01\xff"), b.ErrorResponse(2, "", b"\xff")
+        )
+        self.assertRaises(DecodeError, b.ErrorResponse.decode, b"\x00\x02\x00\x02\xff")
 
     def test_wrong_resource_length(self) -> None:
         """A Resource-ID that is not 16 bytes raises DecodeError."""
