@@ -1,4 +1,4 @@
-"""Tests for RELOAD message bodies: Join, Leave, Update, RouteQuery, Ping, Probe, Store, Fetch, Stat, Error."""
+"""Tests for RELOAD message bodies (RFC 6940 s6.4, s6.5, s7 and CHORD-RELOAD s9)."""
 
 from __future__ import annotations
 

@@ -381,6 +381,25 @@ class HostileInputTests(SynchronousTestCase):
         offset = 38 + 18 + 2  # header with one node destination, then message_code
         self.assertRaises(DecodeError, decode_message, _patch(data, offset, b"\xff\xff\xff\xff"))
 
+    def test_huge_extensions_length(self) -> None:
+        """A 2**32-1 extensions length is refused."""
+        header = make_header(1, 2, (Destination.node(1),))
+        data = encode_message(Message(header, 23, b""))
+        offset = 38 + 18 + 2 + 4  # ... message_code, body<0>
+        self.assertRaises(DecodeError, decode_message, _patch(data, offset, b"\xff\xff\xff\xff"))
+
+    def test_huge_certificates_length(self) -> None:
+        """A 2**16-1 certificates length past the end is refused."""
+        header = make_header(1, 2, (Destination.node(1),))
+        data = encode_message(Message(header, 23, b""))
+        offset = 38 + 18 + 2 + 4 + 4  # ... extensions<0>
+        self.assertRaises(DecodeError, decode_message, _patch(data, offset, b"\xff\xff"))
+
+    def test_unknown_message_code(self) -> None:
+        """An unassigned message code still decodes, so the node can answer it with an error."""
+        data = encode_message(Message(make_header(1, 2, (Destination.node(1),)), 0x7777, b"x"))
+        self.assertEqual(decode_message(data).code, 0x7777)
+
     def test_empty_destinations(self) -> None:
         """A header whose destination list is empty is refused."""
         header = make_header(1, 2, (Destination.node(1),))
