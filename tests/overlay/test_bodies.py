@@ -291,7 +291,7 @@ class DispatchTests(SynchronousTestCase):
         missing = set(MessageCode) - set(b.BODY_TYPES)
         self.assertEqual(missing, {MessageCode.CONFIG_UPDATE_REQ, MessageCode.CONFIG_UPDATE_ANS})
         for code, body_type in b.BODY_TYPES.items():
-            self.assertEqual(body_type.CODE, code)
+            self.assertEqual(getattr(body_type, "CODE"), code)
 
 
 class LayoutTests(SynchronousTestCase):

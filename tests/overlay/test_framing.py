@@ -45,7 +45,9 @@ class EncodingTests(SynchronousTestCase):
 class DecoderTests(SynchronousTestCase):
     def test_one_byte_at_a_time(self) -> None:
         """Frames fed one byte at a time come out whole and in order."""
-        sent = [DataFrame(1, b"hello"), AckFrame(1, 1), DataFrame(2, b""), DataFrame(3, b"x" * 300)]
+        sent: list[Frame] = [
+            DataFrame(1, b"hello"), AckFrame(1, 1), DataFrame(2, b""), DataFrame(3, b"x" * 300)
+        ]
         stream = b"".join(encode_frame(frame) for frame in sent)
         decoder = FrameDecoder()
         received: list[Frame] = []
@@ -56,7 +58,7 @@ class DecoderTests(SynchronousTestCase):
 
     def test_all_at_once(self) -> None:
         """Several frames in one chunk all come out."""
-        sent = [AckFrame(5, 3), DataFrame(6, b"m")]
+        sent: list[Frame] = [AckFrame(5, 3), DataFrame(6, b"m")]
         decoder = FrameDecoder()
         self.assertEqual(decoder.feed(b"".join(encode_frame(f) for f in sent)), sent)
 

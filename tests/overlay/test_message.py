@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -509,7 +510,7 @@ class WiresharkTests(SynchronousTestCase):
         relayed = b.IceCandidate(b.IpAddressPort("2001:db8::1", 7), 4, b"g", 9,
                                  b.CandidateType.RELAYED, b.IpAddressPort("192.0.2.9", 8))
         meta = b.MetaData(True, 5, 4, b"h" * 32)
-        samples = [
+        samples: list[Any] = [
             b.JoinReq(NODE_A, b""), b.JoinAns(b""),
             b.LeaveReq(NODE_A, b.ChordLeaveData(b.ChordLeaveType.FROM_SUCCESSOR, (1, 2)).encode()),
             b.LeaveAns(),
