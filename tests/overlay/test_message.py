@@ -221,6 +221,8 @@ class HeaderLayoutTests(SynchronousTestCase):
         self.assertEqual(encode_signer_identity(identity), b"\x01\x00\x04\x04\x02ab")
         none = SignerIdentity(SignerIdentityType.NONE, 0, b"")
         self.assertEqual(encode_signer_identity(none), b"\x03\x00\x00")
+        bad = SignerIdentity(SignerIdentityType.NONE, 4, b"x")
+        self.assertRaises(ValueError, encode_signer_identity, bad)
 
     def test_signature_input(self) -> None:
         """The signed bytes are overlay, transaction id, contents, then signer identity."""
