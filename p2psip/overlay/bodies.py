@@ -308,9 +308,12 @@ class ChordLeaveType(IntEnum):
 @frozen
 class ChordLeaveData:
     """
-    CHORD-RELOAD's LeaveReq overlay_specific data (RFC 6940 s9.8): a peer
-    leaving tells its predecessor its successors (from_succ... sent *to*
-    the predecessor) and its successor its predecessors.
+    CHORD-RELOAD's LeaveReq overlay_specific data (RFC 6940 s9.8).
+
+    A leaving peer tells its predecessor (FROM_SUCCESSOR: the Leave comes
+    from the receiver's successor) its successor list, and its successor
+    (FROM_PREDECESSOR) its predecessor list, so both can repair their
+    neighbour tables without waiting for failure detection.
     """
 
     type: ChordLeaveType
