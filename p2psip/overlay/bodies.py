@@ -68,7 +68,7 @@ from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar, Union
 
-from attrs import frozen
+from attrs import field, frozen
 
 from p2psip.overlay.codec import DEFAULT_LIMITS, DecodeError, Limits, Reader, UnknownKindError, Writer
 from p2psip.overlay.message import (
@@ -973,16 +973,20 @@ MetaDataValue = Union[MetaData, ArrayEntryMeta, DictionaryEntryMeta]
 @frozen
 class StoredMetaData:
     """
-    Stat's counterpart of StoredData.  RFC 6940 s7.4.3 names its leading
-    uint32 ``value_length``; Wireshark's dissector reads it, like
-    StoredData's ``length``, as the byte length of the rest of the
-    structure, so that is what is computed and sent.  The stored value's
-    own size is ``metadata``'s ``value_length``.
+    Stat's counterpart of StoredData.
+
+    RFC 6940 s7.4.3 calls its leading uint32 ``value_length``; Wireshark's
+    dissector reads it, like StoredData's ``length``, as the byte length of
+    the rest of the structure, so that is what is computed and sent.  The
+    ``value_length`` attribute is kept so callers can pass it, but it is
+    not sent and takes no part in equality; decoding fills it with the
+    number read.  The stored value's own size is in ``metadata``.
     """
 
     storage_time: int
     lifetime: int
     metadata: MetaDataValue
+    value_length: int = field(default=0, eq=False)
 
 
 def _write_metadata(writer: Writer, meta: MetaData) -> None:
@@ -1015,6 +1019,7 @@ def _write_stored_metadata(writer: Writer, stored: StoredMetaData) -> None:
 
 def _read_stored_metadata(reader: Reader, model: DataModel) -> StoredMetaData:
     inner = reader.vector(4, "StoredMetaData")
+    inner_start = inner.offset
     storage_time = inner.u64("storage_time")
     lifetime = inner.u32("lifetime")
     meta: MetaDataValue
@@ -1027,7 +1032,7 @@ def _read_stored_metadata(reader: Reader, model: DataModel) -> StoredMetaData:
         key = inner.opaque(2, "dictionary key")
         meta = DictionaryEntryMeta(key, _read_metadata(inner))
     inner.expect_end("StoredMetaData")
-    return StoredMetaData(storage_time, lifetime, meta)
+    return StoredMetaData(storage_time, lifetime, meta, inner.end - inner_start)
 
 
 @frozen

@@ -355,13 +355,16 @@ class LayoutTests(SynchronousTestCase):
 
     def test_stored_metadata(self) -> None:
         """StoredMetaData starts with the byte length of the rest, as StoredData does."""
-        meta = b.StoredMetaData(1, 2, b.MetaData(True, 5, 4, b"hh"))
+        meta = b.StoredMetaData(value_length=999, storage_time=1, lifetime=2,
+                                metadata=b.MetaData(True, 5, 4, b"hh"))
         data = b.StatAns((b.StatKindResponse(SINGLE, 0, (meta,)),)).encode()
         offset = 4 + 4 + 8 + 4
         self.assertEqual(
             data[offset:],
             struct.pack(">IQI", 21, 1, 2) + b"\x01\x00\x00\x00\x05\x04\x02hh",
         )
+        decoded = b.StatAns.decode(data, data_models=MODELS)
+        self.assertEqual(decoded.kind_responses[0].values[0].value_length, 21)
 
     def test_error_response(self) -> None:
         """ErrorResponse is the code and a uint16-prefixed error_info carrying the text."""
