@@ -108,7 +108,7 @@ class AttributeType(IntEnum):
     XOR_MAPPED_ADDRESS = 0x0020
     PRIORITY = 0x0024  # RFC 8445
     USE_CANDIDATE = 0x0025  # RFC 8445
-    PADDING = 0x0026  # RFC 5780 section 7.4
+    PADDING = 0x0026  # RFC 5780 section 7.6
     RESPONSE_PORT = 0x0027  # RFC 5780 section 7.5
     PASSWORD_ALGORITHMS = 0x8002
     ALTERNATE_DOMAIN = 0x8003
@@ -295,6 +295,8 @@ def decode_response_port(value: bytes) -> int:
     if len(value) != 4:
         raise StunDecodeError("RESPONSE-PORT is not 4 bytes")
     port: int = struct.unpack_from("!H", value)[0]
+    if port == 0:
+        raise StunDecodeError("RESPONSE-PORT is zero")
     return port
 
 

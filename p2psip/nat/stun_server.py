@@ -13,6 +13,8 @@ where.  It answers:
   OTHER-ADDRESS in every response, and CHANGE-REQUEST honoured by answering
   from the socket on the other IP and/or port.  Without the full four
   sockets a CHANGE-REQUEST gets 420, as section 6 requires;
+* over UDP, RFC 5780 RESPONSE-PORT (answer to that port of the client's
+  IP) and PADDING (pad the response alike), in any set-up;
 * 420 with UNKNOWN-ATTRIBUTES for unknown comprehension-required
   attributes (RFC 8489 section 6.3.1);
 * 400 for requests that are STUN (header, cookie and FINGERPRINT pass) but
@@ -38,7 +40,7 @@ import socket
 import struct
 from typing import Iterable
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IAddress, IListeningPort
@@ -73,6 +75,10 @@ _ALWAYS_UNDERSTOOD = frozenset(
         AttributeType.USE_CANDIDATE,
     }
 )
+# RFC 5780 sections 7.5 and 7.6: RESPONSE-PORT and PADDING are UDP-only;
+# CHANGE-REQUEST needs the four sockets as well.
+_DATAGRAM_UNDERSTOOD = _ALWAYS_UNDERSTOOD | {AttributeType.RESPONSE_PORT, AttributeType.PADDING}
+_DATAGRAM_UNDERSTOOD_RFC5780 = _DATAGRAM_UNDERSTOOD | {AttributeType.CHANGE_REQUEST}
 
 @frozen
 class StunReply:
@@ -176,11 +182,24 @@ class StunResponder:
         if request.method != stun.Method.BINDING:
             return self._error(request, 400, "Unsupported Method", client, local)
         understood: Iterable[int] = _ALWAYS_UNDERSTOOD
-        if self.alternates is not None and datagram:
-            understood = _ALWAYS_UNDERSTOOD | {AttributeType.CHANGE_REQUEST}
+        if datagram:
+            understood = _DATAGRAM_UNDERSTOOD
+            if self.alternates is not None:
+                understood = _DATAGRAM_UNDERSTOOD_RFC5780
         unknown = stun.unknown_required_attributes(request, understood)
         if unknown:
             return self._error(request, 420, None, client, local, unknown=unknown)
+        destination = client
+        padding = request.get(AttributeType.PADDING)
+        try:
+            response_port = request.response_port()
+        except StunDecodeError:
+            return self._error(request, 400, "Malformed RESPONSE-PORT", client, local)
+        if response_port is not None:
+            # RFC 5780 section 6.1: PADDING and RESPONSE-PORT together are an error.
+            if padding is not None:
+                return self._error(request, 400, "PADDING with RESPONSE-PORT", client, local)
+            destination = (client[0], response_port)
         source = local
         other: Address | None = None
         alternates = self.alternates
@@ -202,8 +221,15 @@ class StunResponder:
             response_origin=source if alternates is not None else None,
             software=self.software,
         )
+        if padding is not None:
+            # RFC 5780 section 6.1: pad the response like the request (the
+            # client probes for fragmentation trouble this way).
+            response = evolve(
+                response,
+                attributes=response.attributes + ((AttributeType.PADDING, bytes(len(padding))),),
+            )
         self.responses += 1
-        return StunReply(stun.encode_message(response), source, client)
+        return StunReply(stun.encode_message(response), source, destination)
 
     def _malformed(
         self, data: bytes, client: Address, local: Address, error: StunDecodeError

@@ -144,6 +144,47 @@ class ResponderTests(SynchronousTestCase):
             stun.decode_message(reply.payload)
 
 
+class ResponsePortAndPaddingTests(SynchronousTestCase):
+    def reply(self, attributes: tuple[tuple[int, bytes], ...], datagram: bool = True) -> StunReply:
+        request = stun.StunMessage(1, MessageClass.REQUEST, b"0123456789ab", attributes)
+        if datagram:
+            reply = StunResponder().answer_datagram(stun.encode_message(request), CLIENT, LOCAL)
+        else:
+            reply = StunResponder().answer_message(request, CLIENT, LOCAL)
+        assert reply is not None
+        return reply
+
+    def test_response_port(self) -> None:
+        """RESPONSE-PORT sends the answer to that port of the client's IP, still naming the real mapping."""
+        reply = self.reply(((AttributeType.RESPONSE_PORT, b"\x9c\x41\0\0"),))
+        self.assertEqual(reply.destination, (CLIENT[0], 40001))
+        self.assertEqual(stun.decode_message(reply.payload).xor_mapped_address(), CLIENT)
+
+    def test_bad_response_port(self) -> None:
+        """A RESPONSE-PORT of zero or the wrong size gets 400 to the real source."""
+        for value in (b"\0\0\0\0", b"\0\1"):
+            reply = self.reply(((AttributeType.RESPONSE_PORT, value),))
+            self.assertEqual(reply.destination, CLIENT)
+            self.assertEqual(stun.decode_message(reply.payload).error_code()[0], 400)  # type: ignore[index]
+
+    def test_padding(self) -> None:
+        """PADDING in the request is echoed with the same length."""
+        reply = self.reply(((AttributeType.PADDING, b"x" * 100),))
+        self.assertEqual(stun.decode_message(reply.payload).get(AttributeType.PADDING), bytes(100))
+
+    def test_padding_with_response_port(self) -> None:
+        """PADDING together with RESPONSE-PORT gets 400, as RFC 5780 section 6.1 requires."""
+        reply = self.reply(((AttributeType.PADDING, b"x"), (AttributeType.RESPONSE_PORT, b"\0\1\0\0")))
+        self.assertEqual(
+            stun.decode_message(reply.payload).error_code(), (400, "PADDING with RESPONSE-PORT")
+        )
+
+    def test_stream(self) -> None:
+        """Over TCP, RESPONSE-PORT is not understood: 420."""
+        reply = self.reply(((AttributeType.RESPONSE_PORT, b"\0\1\0\0"),), datagram=False)
+        self.assertEqual(stun.decode_message(reply.payload).unknown_attributes(), (AttributeType.RESPONSE_PORT,))
+
+
 class Rfc5780ResponderTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.responder = StunResponder(alternates=ALTERNATES)
