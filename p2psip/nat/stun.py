@@ -300,7 +300,8 @@ def decode_response_port(value: bytes) -> int:
     return port
 
 
-def _text(value: str) -> bytes:
+def text_value(value: str) -> bytes:
+    """The UTF-8 value of a SOFTWARE/REALM/NONCE attribute, refusing overlong text."""
     raw = value.encode("utf-8")
     if len(raw) > MAX_TEXT_VALUE_BYTES:
         raise ValueError(f"text attribute longer than {MAX_TEXT_VALUE_BYTES} bytes")
@@ -472,6 +473,13 @@ def _fingerprint_attribute(prefix: bytes | bytearray) -> bytes:
     return _FINGERPRINT_ATTRIBUTE.pack(AttributeType.FINGERPRINT, 4, crc)
 
 
+def encode_attribute(attr_type: int, value: bytes) -> bytes:
+    """One attribute on the wire: type, length, value and zero padding."""
+    if len(value) > 0xFFFF:
+        raise ValueError(f"attribute 0x{attr_type:04x} longer than 65535 bytes")
+    return _ATTRIBUTE_HEADER.pack(attr_type, len(value)) + value + bytes(-len(value) % 4)
+
+
 def _set_length(buffer: bytearray, body_length: int) -> None:
     struct.pack_into("!H", buffer, 2, body_length)
 
@@ -605,7 +613,7 @@ def binding_request(
     if change_ip or change_port:
         attributes.append((AttributeType.CHANGE_REQUEST, encode_change_request(change_ip, change_port)))
     if software is not None:
-        attributes.append((AttributeType.SOFTWARE, _text(software)))
+        attributes.append((AttributeType.SOFTWARE, text_value(software)))
     return StunMessage(
         Method.BINDING,
         MessageClass.REQUEST,
@@ -638,7 +646,7 @@ def binding_success(
     if other_address is not None:
         attributes.append((AttributeType.OTHER_ADDRESS, encode_address(other_address)))
     if software is not None:
-        attributes.append((AttributeType.SOFTWARE, _text(software)))
+        attributes.append((AttributeType.SOFTWARE, text_value(software)))
     return StunMessage(request.method, MessageClass.SUCCESS_RESPONSE, request.transaction_id, tuple(attributes))
 
 
@@ -656,7 +664,7 @@ def error_response(
     if unknown:
         attributes.append((AttributeType.UNKNOWN_ATTRIBUTES, encode_unknown_attributes(unknown)))
     if software is not None:
-        attributes.append((AttributeType.SOFTWARE, _text(software)))
+        attributes.append((AttributeType.SOFTWARE, text_value(software)))
     return StunMessage(request.method, MessageClass.ERROR_RESPONSE, request.transaction_id, tuple(attributes))
 
 

@@ -38,7 +38,8 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Iterable
+import zlib
+from typing import Callable, Iterable
 
 from attrs import evolve, frozen
 from twisted.application.service import Service
@@ -79,6 +80,16 @@ _ALWAYS_UNDERSTOOD = frozenset(
 # CHANGE-REQUEST needs the four sockets as well.
 _DATAGRAM_UNDERSTOOD = _ALWAYS_UNDERSTOOD | {AttributeType.RESPONSE_PORT, AttributeType.PADDING}
 _DATAGRAM_UNDERSTOOD_RFC5780 = _DATAGRAM_UNDERSTOOD | {AttributeType.CHANGE_REQUEST}
+
+# Pieces of the fast path for a plain IPv4 Binding request.
+_BINDING_REQUEST_TYPE = b"\x00\x01"
+_FINGERPRINT_HEADER = struct.pack("!HH", AttributeType.FINGERPRINT, 4)
+_SUCCESS_HEADER = struct.Struct("!HHI")
+_SUCCESS_TYPE = stun.encode_message_type(stun.Method.BINDING, MessageClass.SUCCESS_RESPONSE)
+# XOR-MAPPED-ADDRESS then MAPPED-ADDRESS, IPv4.
+_PLAIN_ADDRESSES = struct.Struct("!HHxBHI HHxBH4s")
+_FINGERPRINT_ATTRIBUTE = struct.Struct("!HHI")
+_COOKIE_HIGH = stun.MAGIC_COOKIE >> 16
 
 @frozen
 class StunReply:
@@ -141,6 +152,7 @@ class StunResponder:
         self.errors = 0
         self.dropped = 0
         self.last_drop_reason = ""
+        self._software_cache: tuple[str | None, bytes] = (None, b"")
 
     def metrics(self) -> dict[str, int]:
         """The counters, for /status and /metrics."""
@@ -161,11 +173,65 @@ class StunResponder:
 
         ``local`` is the address of the socket it arrived on.
         """
+        if self.alternates is None and (len(data) == 20 or len(data) == 28):
+            payload = self._plain_binding(data, client)
+            if payload is not None:
+                self.requests += 1
+                self.responses += 1
+                return StunReply(payload, local, client)
         try:
             request = stun.decode_message(data)
         except StunDecodeError as e:
             return self._malformed(data, client, local, e)
         return self.answer_message(request, client, local, datagram=True)
+
+    def _plain_binding(self, data: bytes, client: Address) -> bytes | None:
+        """
+        The answer to an attribute-less IPv4 Binding request, built directly.
+
+        Nearly all load is this one request (optionally with FINGERPRINT);
+        skipping the general decode and encode makes the server about
+        twice as fast.  Gives the same bytes as the general path (a test
+        checks), or None to fall back to it.
+        """
+        if data[:2] != _BINDING_REQUEST_TYPE or data[4:8] != stun.MAGIC_COOKIE_BYTES:
+            return None
+        if len(data) == 20:
+            if data[2:4] != b"\x00\x00":
+                return None
+        elif data[2:4] != b"\x00\x08" or data[20:24] != _FINGERPRINT_HEADER or (
+            zlib.crc32(data[:20]) ^ stun.FINGERPRINT_XOR
+        ) != int.from_bytes(data[24:28], "big"):
+            return None
+        host, port = client
+        if ":" in host:
+            return None
+        software, software_attribute = self._software_cache
+        if software != self.software:
+            software_attribute = b""
+            if self.software is not None:
+                software_attribute = stun.encode_attribute(
+                    AttributeType.SOFTWARE, stun.text_value(self.software)
+                )
+            self._software_cache = (self.software, software_attribute)
+        raw = socket.inet_aton(host)
+        addresses = _PLAIN_ADDRESSES.pack(
+            AttributeType.XOR_MAPPED_ADDRESS,
+            8,
+            stun.FAMILY_IPV4,
+            port ^ _COOKIE_HIGH,
+            int.from_bytes(raw, "big") ^ stun.MAGIC_COOKIE,
+            AttributeType.MAPPED_ADDRESS,
+            8,
+            stun.FAMILY_IPV4,
+            port,
+            raw,
+        )
+        body = addresses + software_attribute
+        message = _SUCCESS_HEADER.pack(_SUCCESS_TYPE, len(body) + 8, stun.MAGIC_COOKIE) + data[8:20] + body
+        return message + _FINGERPRINT_ATTRIBUTE.pack(
+            AttributeType.FINGERPRINT, 4, zlib.crc32(message) ^ stun.FINGERPRINT_XOR
+        )
 
     def answer_stream_garbage(self, error: StunDecodeError) -> None:
         """Count a stream that had to be dropped."""
@@ -327,6 +393,11 @@ class StunUdpServer(DatagramProtocol):
         self.senders: dict[Address, StunUdpServer] = senders if senders is not None else {}
         self.local: Address = ("0.0.0.0", 0)
         self.granted_buffers: tuple[int, int] | None = None
+        # The socket's own sendto, when the transport has a real socket:
+        # udp.Port.write re-validates the address (three string parses) on
+        # every datagram, which costs more than building the response, and
+        # our destinations all come from recvfrom on this socket family.
+        self.sendto: Callable[[bytes, Address], int] | None = None
 
     # The counters live on the responder; these read them for status pages.
     @property
@@ -351,6 +422,7 @@ class StunUdpServer(DatagramProtocol):
         self.senders[self.local] = self
         sock = getattr(self.transport, "socket", None)
         if isinstance(sock, socket.socket):
+            self.sendto = sock.sendto
             self.granted_buffers = set_socket_buffers(
                 sock, self.receive_buffer_bytes, self.send_buffer_bytes
             )
@@ -365,6 +437,7 @@ class StunUdpServer(DatagramProtocol):
                 )
 
     def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
+        self.sendto = None
         if self.senders.get(self.local) is self:
             del self.senders[self.local]
 
@@ -386,7 +459,10 @@ class StunUdpServer(DatagramProtocol):
             )
             return
         try:
-            sender.transport.write(reply.payload, reply.destination)
+            if sender.sendto is not None:
+                sender.sendto(reply.payload, reply.destination)
+            else:
+                sender.transport.write(reply.payload, reply.destination)
         except OSError as e:
             # A full send buffer or an unreachable client must not stop the server.
             self.log.debug("could not answer {client}: {error}", client=addr, error=e)

@@ -144,6 +144,41 @@ class ResponderTests(SynchronousTestCase):
             stun.decode_message(reply.payload)
 
 
+class FastPathTests(SynchronousTestCase):
+    @given(
+        st.ip_addresses(v=4).map(str),
+        st.integers(0, 0xFFFF),
+        st.binary(min_size=12, max_size=12),
+        st.booleans(),
+        st.one_of(st.none(), st.text(max_size=30)),
+    )
+    def test_same_bytes_as_general_path(
+        self, host: str, port: int, txid: bytes, fingerprint: bool, software: str | None
+    ) -> None:
+        """The plain-request fast path answers byte for byte like the general encoder."""
+        request = stun.binding_request(txid)
+        data = stun.encode_message(request, fingerprint=fingerprint)
+        reply = StunResponder(software=software).answer_datagram(data, (host, port), LOCAL)
+        assert reply is not None
+        expected = stun.encode_message(stun.binding_success(request, (host, port), software=software))
+        self.assertEqual(reply.payload, expected)
+
+    def test_counts(self) -> None:
+        """Fast-path answers are counted like the others."""
+        responder = StunResponder()
+        responder.answer_datagram(request_bytes(), CLIENT, LOCAL)
+        self.assertEqual((responder.requests, responder.responses), (1, 1))
+
+    def test_software_change(self) -> None:
+        """Changing the SOFTWARE text later is reflected in fast-path answers."""
+        responder = StunResponder(software="one")
+        responder.answer_datagram(request_bytes(), CLIENT, LOCAL)
+        responder.software = "two"
+        reply = responder.answer_datagram(request_bytes(), CLIENT, LOCAL)
+        assert reply is not None
+        self.assertEqual(stun.decode_message(reply.payload).software(), "two")
+
+
 class ResponsePortAndPaddingTests(SynchronousTestCase):
     def reply(self, attributes: tuple[tuple[int, bytes], ...], datagram: bool = True) -> StunReply:
         request = stun.StunMessage(1, MessageClass.REQUEST, b"0123456789ab", attributes)
