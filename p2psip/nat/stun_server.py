@@ -44,9 +44,10 @@ from typing import Callable, Iterable
 from attrs import evolve, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IAddress, IListeningPort
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from p2psip.nat import stun
 from p2psip.nat.stun import AttributeType, MessageClass, StunDecodeError
@@ -57,6 +58,8 @@ DEFAULT_SOFTWARE = "p2psip"
 # Several MiB like coturn (4 MiB) and Kamailio (8 MiB effective); the kernel
 # caps the request at net.core.rmem_max / wmem_max unless we are root.
 DEFAULT_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+DEFAULT_TCP_IDLE_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_TCP_CONNECTIONS = 1024
 # STUN responses are small; nothing legitimate needs more than this.
 UDP_MAX_PACKET_BYTES = 8192
 
@@ -473,9 +476,38 @@ class StunTcpServerProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, responder: StunResponder, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        responder: StunResponder,
+        max_message_bytes: int,
+        clock: IReactorTime | None = None,
+        idle_timeout_seconds: float = 0,
+    ) -> None:
         self.responder = responder
         self.decoder = stun.StunStreamDecoder(max_message_bytes)
+        self.clock = clock
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self._idle_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        self._restart_idle_timer()
+
+    def _restart_idle_timer(self) -> None:
+        if self.clock is None or self.idle_timeout_seconds <= 0:
+            return
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self.idle_timeout_seconds)
+        else:
+            self._idle_timer = self.clock.callLater(self.idle_timeout_seconds, self._idle)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        assert self.transport is not None
+        self.log.debug(
+            "closing idle STUN connection from {client}",
+            client=_address_of(self.transport.getPeer()),
+        )
+        self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
@@ -492,6 +524,7 @@ class StunTcpServerProtocol(Protocol):
             return
         if not messages:
             return
+        self._restart_idle_timer()
         client = _address_of(self.transport.getPeer())
         local = _address_of(self.transport.getHost())
         for message in messages:
@@ -499,20 +532,58 @@ class StunTcpServerProtocol(Protocol):
             if reply is not None:
                 self.transport.write(reply.payload)
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+        factory = self.factory
+        if isinstance(factory, StunTcpServerFactory):
+            factory.connections -= 1
+
 
 class StunTcpServerFactory(Factory):
-    """Builds ``StunTcpServerProtocol`` for each connection, sharing one responder."""
+    """
+    Builds ``StunTcpServerProtocol`` for each connection, sharing one responder.
+
+    With a ``clock``, a connection that completes no request for
+    ``idle_timeout_seconds`` is closed (RFC 8489 section 6.2.2 asks servers
+    to keep connections open for at least 10 s).  Beyond
+    ``max_connections`` open connections new ones are refused, so a
+    connection flood costs bounded memory.
+    """
+
+    log = Logger()
 
     def __init__(
         self,
         responder: StunResponder | None = None,
         max_message_bytes: int = stun.DEFAULT_STREAM_MAX_MESSAGE_BYTES,
+        *,
+        clock: IReactorTime | None = None,
+        idle_timeout_seconds: float = DEFAULT_TCP_IDLE_TIMEOUT_SECONDS,
+        max_connections: int = DEFAULT_MAX_TCP_CONNECTIONS,
     ) -> None:
         self.responder = responder if responder is not None else StunResponder()
         self.max_message_bytes = max_message_bytes
+        self.clock = clock
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self.max_connections = max_connections
+        self.connections = 0
+        self.refused_connections = 0
 
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:  # noqa: N802 - Twisted's name
-        protocol = StunTcpServerProtocol(self.responder, self.max_message_bytes)
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # noqa: N802
+        if self.connections >= self.max_connections:
+            self.refused_connections += 1
+            self.log.debug(
+                "refused STUN connection from {client}: {limit} connections open",
+                client=addr,
+                limit=self.max_connections,
+            )
+            return None
+        self.connections += 1
+        protocol = StunTcpServerProtocol(
+            self.responder, self.max_message_bytes, self.clock, self.idle_timeout_seconds
+        )
         protocol.factory = self
         return protocol
 

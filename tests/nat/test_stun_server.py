@@ -7,8 +7,11 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.nat import stun
@@ -341,9 +344,12 @@ class UdpServerTests(SynchronousTestCase):
 
 
 class TcpServerTests(SynchronousTestCase):
-    def connect(self) -> tuple[StunTcpServerFactory, StringTransport]:
-        factory = StunTcpServerFactory()
+    def connect(
+        self, factory: StunTcpServerFactory | None = None
+    ) -> tuple[StunTcpServerFactory, StringTransport]:
+        factory = factory if factory is not None else StunTcpServerFactory()
         protocol = factory.buildProtocol(IPv4Address("TCP", *CLIENT))
+        assert protocol is not None
         transport = StringTransport(
             hostAddress=IPv4Address("TCP", *LOCAL), peerAddress=IPv4Address("TCP", *CLIENT)
         )
@@ -376,6 +382,42 @@ class TcpServerTests(SynchronousTestCase):
         factory, transport = self.connect()
         self.protocol.dataReceived(struct.pack("!HHI", 1, 0xFFFC, stun.MAGIC_COOKIE) + b"t" * 12)
         self.assertTrue(transport.disconnecting)
+
+
+    def test_idle_timeout(self) -> None:
+        """A connection without a complete request for the idle time is aborted; requests restart the timer."""
+        clock = Clock()
+        factory, transport = self.connect(StunTcpServerFactory(clock=clock, idle_timeout_seconds=30))
+        clock.advance(20)
+        self.protocol.dataReceived(request_bytes())
+        clock.advance(20)
+        self.assertFalse(transport.disconnected)
+        self.protocol.dataReceived(request_bytes()[:5])
+        clock.advance(10)
+        self.assertTrue(transport.disconnected)
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(factory.connections, 0)
+
+    def test_closed_connection_cancels_timer(self) -> None:
+        """A connection that closes leaves no timer behind."""
+        clock = Clock()
+        _, _ = self.connect(StunTcpServerFactory(clock=clock))
+        self.protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_connection_limit(self) -> None:
+        """Beyond the connection limit new connections are refused until one closes."""
+        factory = StunTcpServerFactory(max_connections=2)
+        address = IPv4Address("TCP", *CLIENT)
+        first = factory.buildProtocol(address)
+        assert first is not None
+        first.makeConnection(StringTransport())
+        self.assertIsNotNone(factory.buildProtocol(address))
+        self.assertIsNone(factory.buildProtocol(address))
+        self.assertEqual(factory.refused_connections, 1)
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertIsNotNone(factory.buildProtocol(address))
 
 
 class UdpServiceTests(SynchronousTestCase):
