@@ -328,6 +328,14 @@ class StunMessage:
     message_class: MessageClass
     transaction_id: bytes
     attributes: tuple[Attribute, ...] = ()
+    # RFC 3489 messages have no cookie: these four bytes are then the first
+    # part of a 128-bit transaction ID and must be echoed (RFC 5389 s12.2).
+    magic_cookie: int = MAGIC_COOKIE
+
+    @property
+    def is_classic(self) -> bool:
+        """Whether this is an RFC 3489 message (no magic cookie)."""
+        return self.magic_cookie != MAGIC_COOKIE
 
     def get(self, attr_type: int) -> bytes | None:
         """The value of the first attribute of this type, or None."""
@@ -428,7 +436,7 @@ def _walk_attributes(data: bytes, end: int) -> list[tuple[int, int, int]]:
     return found
 
 
-def decode_message(data: bytes) -> StunMessage:
+def decode_message(data: bytes, *, allow_classic: bool = False) -> StunMessage:
     """
     Parse one complete STUN message (a whole UDP datagram or one TCP frame).
 
@@ -436,7 +444,9 @@ def decode_message(data: bytes) -> StunMessage:
     of 4 and equal to the bytes present), every attribute's length against
     the message, and FINGERPRINT when present (it must then be last and
     correct).  Integrity is checked separately with ``verify_integrity``
-    since only the caller knows the key.
+    since only the caller knows the key.  With ``allow_classic``, RFC 3489
+    messages (any cookie value) are accepted and keep their cookie field in
+    ``magic_cookie``.
     """
     size = len(data)
     if size < HEADER_BYTES:
@@ -446,7 +456,7 @@ def decode_message(data: bytes) -> StunMessage:
     message_type, length, cookie, transaction_id = _HEADER.unpack_from(data)
     if message_type & 0xC000:
         raise StunDecodeError("leading bits are not zero")
-    if cookie != MAGIC_COOKIE:
+    if cookie != MAGIC_COOKIE and not allow_classic:
         raise StunDecodeError("magic cookie missing (RFC 3489 message or not STUN)")
     if length & 3:
         raise StunDecodeError(f"length {length} is not a multiple of 4")
@@ -465,7 +475,7 @@ def decode_message(data: bytes) -> StunMessage:
                 raise StunFingerprintError("FINGERPRINT does not match")
         attributes.append((attr_type, data[start : start + value_length]))
     method, message_class = decode_message_type(message_type)
-    return StunMessage(method, message_class, transaction_id, tuple(attributes))
+    return StunMessage(method, message_class, transaction_id, tuple(attributes), cookie)
 
 
 def _fingerprint_attribute(prefix: bytes | bytearray) -> bytes:
@@ -504,7 +514,7 @@ def encode_message(
         raise ValueError("transaction ID must be 12 bytes")
     buffer = bytearray(
         _HEADER.pack(
-            encode_message_type(msg.method, msg.message_class), 0, MAGIC_COOKIE, msg.transaction_id
+            encode_message_type(msg.method, msg.message_class), 0, msg.magic_cookie, msg.transaction_id
         )
     )
     pack_attribute = _ATTRIBUTE_HEADER.pack
@@ -633,10 +643,28 @@ def binding_success(
     """
     The success response to a Binding request.
 
-    It carries XOR-MAPPED-ADDRESS and, for RFC 3489 clients, MAPPED-ADDRESS
-    (RFC 8489 section 12); RESPONSE-ORIGIN and OTHER-ADDRESS when the server
-    does RFC 5780 behaviour discovery.
+    It carries XOR-MAPPED-ADDRESS and, for clients that only know RFC 3489's
+    attribute, MAPPED-ADDRESS (RFC 8489 section 12); RESPONSE-ORIGIN and
+    OTHER-ADDRESS when the server does RFC 5780 behaviour discovery.  An
+    RFC 3489 request (no cookie) gets RFC 3489's answer instead: its cookie
+    field echoed, MAPPED-ADDRESS, SOURCE-ADDRESS and CHANGED-ADDRESS (RFC
+    5389 section 12.2).
     """
+    if request.is_classic:
+        classic: list[Attribute] = [(AttributeType.MAPPED_ADDRESS, encode_address(mapped))]
+        if response_origin is not None:
+            classic.append((AttributeType.SOURCE_ADDRESS, encode_address(response_origin)))
+        if other_address is not None:
+            classic.append((AttributeType.CHANGED_ADDRESS, encode_address(other_address)))
+        if software is not None:
+            classic.append((AttributeType.SOFTWARE, text_value(software)))
+        return StunMessage(
+            request.method,
+            MessageClass.SUCCESS_RESPONSE,
+            request.transaction_id,
+            tuple(classic),
+            request.magic_cookie,
+        )
     attributes: list[Attribute] = [
         (AttributeType.XOR_MAPPED_ADDRESS, encode_xor_address(mapped, request.transaction_id)),
         (AttributeType.MAPPED_ADDRESS, encode_address(mapped)),
@@ -665,7 +693,13 @@ def error_response(
         attributes.append((AttributeType.UNKNOWN_ATTRIBUTES, encode_unknown_attributes(unknown)))
     if software is not None:
         attributes.append((AttributeType.SOFTWARE, text_value(software)))
-    return StunMessage(request.method, MessageClass.ERROR_RESPONSE, request.transaction_id, tuple(attributes))
+    return StunMessage(
+        request.method,
+        MessageClass.ERROR_RESPONSE,
+        request.transaction_id,
+        tuple(attributes),
+        request.magic_cookie,
+    )
 
 
 def unknown_required_attributes(msg: StunMessage, understood: Iterable[int]) -> list[int]:

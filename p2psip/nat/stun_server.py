@@ -15,6 +15,9 @@ where.  It answers:
   sockets a CHANGE-REQUEST gets 420, as section 6 requires;
 * over UDP, RFC 5780 RESPONSE-PORT (answer to that port of the client's
   IP) and PADDING (pad the response alike), in any set-up;
+* RFC 3489 Binding requests (no magic cookie) with RFC 3489's answer:
+  MAPPED-ADDRESS, SOURCE-ADDRESS, CHANGED-ADDRESS, cookie field echoed,
+  no FINGERPRINT (RFC 5389 section 12.2);
 * 420 with UNKNOWN-ATTRIBUTES for unknown comprehension-required
   attributes (RFC 8489 section 6.3.1);
 * 400 for requests that are STUN (header, cookie and FINGERPRINT pass) but
@@ -185,7 +188,25 @@ class StunResponder:
         try:
             request = stun.decode_message(data)
         except StunDecodeError as e:
+            if len(data) >= stun.HEADER_BYTES and data[4:8] != stun.MAGIC_COOKIE_BYTES:
+                return self._classic(data, client, local, e)
             return self._malformed(data, client, local, e)
+        return self.answer_message(request, client, local, datagram=True)
+
+    def _classic(
+        self, data: bytes, client: Address, local: Address, error: StunDecodeError
+    ) -> StunReply | None:
+        # RFC 5389 section 12.2: an RFC 3489 client is recognised by the
+        # missing cookie and still gets its Binding answer.  Anything else
+        # without the cookie is not STUN.
+        try:
+            request = stun.decode_message(data, allow_classic=True)
+        except StunDecodeError:
+            self._drop(str(error))
+            return None
+        if request.method != stun.Method.BINDING or request.message_class != MessageClass.REQUEST:
+            self._drop(str(error))
+            return None
         return self.answer_message(request, client, local, datagram=True)
 
     def _plain_binding(self, data: bytes, client: Address) -> bytes | None:
@@ -287,7 +308,7 @@ class StunResponder:
             request,
             client,
             other_address=other,
-            response_origin=source if alternates is not None else None,
+            response_origin=source if alternates is not None or request.is_classic else None,
             software=self.software,
         )
         if padding is not None:
@@ -298,7 +319,8 @@ class StunResponder:
                 attributes=response.attributes + ((AttributeType.PADDING, bytes(len(padding))),),
             )
         self.responses += 1
-        return StunReply(stun.encode_message(response), source, destination)
+        payload = stun.encode_message(response, fingerprint=not request.is_classic)
+        return StunReply(payload, source, destination)
 
     def _malformed(
         self, data: bytes, client: Address, local: Address, error: StunDecodeError
@@ -336,7 +358,7 @@ class StunResponder:
         response = stun.error_response(
             request, code, reason, unknown_attributes=unknown, software=self.software
         )
-        return StunReply(stun.encode_message(response), local, client)
+        return StunReply(stun.encode_message(response, fingerprint=not request.is_classic), local, client)
 
 
 def _address_of(host: IAddress) -> Address:

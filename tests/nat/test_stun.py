@@ -245,8 +245,12 @@ class HostileInputTests(SynchronousTestCase):
         self.assertRejected(_header(0, message_type=0x4001))
 
     def test_no_cookie(self) -> None:
-        """An RFC 3489 style header without the magic cookie is rejected."""
+        """An RFC 3489 style header without the magic cookie is rejected unless classic is allowed."""
         self.assertRejected(_header(0, cookie=0x12345678))
+        msg = stun.decode_message(_header(0, cookie=0x12345678), allow_classic=True)
+        self.assertTrue(msg.is_classic)
+        self.assertEqual(msg.magic_cookie, 0x12345678)
+        self.assertEqual(stun.encode_message(msg, fingerprint=False), _header(0, cookie=0x12345678))
 
     def test_length_mismatch(self) -> None:
         """A length field that disagrees with the bytes present is rejected both ways."""

@@ -110,10 +110,10 @@ class ResponderTests(SynchronousTestCase):
         self.assertEqual(response.error_code(), (400, "Unsupported Method"))
 
     def test_dropped(self) -> None:
-        """Garbage, a bad FINGERPRINT, responses, indications and RFC 3489 requests get no answer."""
+        """Garbage, a bad FINGERPRINT, responses, indications and cookie-less non-requests get no answer."""
         bad_fingerprint = bytearray(request_bytes())
         bad_fingerprint[-1] ^= 0xFF
-        classic = struct.pack("!HH", 1, 0) + b"\x01" * 16
+        classic_response = struct.pack("!HH", 0x0101, 0) + b"\x01" * 16
         inputs = [
             b"",
             b"garbage",
@@ -122,19 +122,70 @@ class ResponderTests(SynchronousTestCase):
             raw_request((), MessageClass.SUCCESS_RESPONSE),
             raw_request((), MessageClass.INDICATION),
             raw_request((), MessageClass.ERROR_RESPONSE)[:-4],
-            classic,
+            classic_response,
+            struct.pack("!HH", 1, 4) + b"\x01" * 16,
         ]
         for data in inputs:
             self.assertIsNone(self.responder.answer_datagram(data, CLIENT, LOCAL), data)
         self.assertEqual(self.responder.dropped, len(inputs))
         self.assertEqual(self.responder.requests, 0)
 
+    def test_rfc3489_client(self) -> None:
+        """A cookie-less RFC 3489 request gets MAPPED-ADDRESS and SOURCE-ADDRESS, its 16-byte ID, no FINGERPRINT."""
+        data = struct.pack("!HH", 1, 0) + bytes(range(16))
+        reply = self.responder.answer_datagram(data, CLIENT, LOCAL)
+        assert reply is not None
+        self.assertEqual(reply.payload[4:20], bytes(range(16)))
+        response = stun.decode_message(reply.payload, allow_classic=True)
+        self.assertTrue(response.is_classic)
+        self.assertEqual(response.message_class, MessageClass.SUCCESS_RESPONSE)
+        self.assertEqual(response.mapped_address(), CLIENT)
+        self.assertEqual(response.response_origin(), LOCAL)
+        self.assertEqual(
+            response.attribute_types(),
+            [AttributeType.MAPPED_ADDRESS, AttributeType.SOURCE_ADDRESS, AttributeType.SOFTWARE],
+        )
+
+    def test_rfc3489_change_request(self) -> None:
+        """An RFC 3489 CHANGE-REQUEST is honoured with four sockets and names CHANGED-ADDRESS."""
+        responder = StunResponder(alternates=ALTERNATES)
+        request = stun.StunMessage(
+            1,
+            MessageClass.REQUEST,
+            b"0123456789ab",
+            ((AttributeType.CHANGE_REQUEST, stun.encode_change_request(True, False)),),
+            magic_cookie=0x01020304,
+        )
+        reply = responder.answer_datagram(stun.encode_message(request, fingerprint=False), CLIENT, LOCAL)
+        assert reply is not None
+        self.assertEqual(reply.source, ("192.0.2.2", 3478))
+        response = stun.decode_message(reply.payload, allow_classic=True)
+        self.assertEqual(response.magic_cookie, 0x01020304)
+        self.assertEqual(response.other_address(), ("192.0.2.2", 3479))
+        self.assertEqual(response.response_origin(), ("192.0.2.2", 3478))
+
+    def test_rfc3489_unknown_attribute(self) -> None:
+        """An RFC 3489 RESPONSE-ADDRESS is refused with 420, keeping the 16-byte ID."""
+        request = stun.StunMessage(
+            1,
+            MessageClass.REQUEST,
+            b"0123456789ab",
+            ((AttributeType.RESPONSE_ADDRESS, stun.encode_address(("203.0.113.1", 9))),),
+            magic_cookie=7,
+        )
+        reply = self.responder.answer_datagram(stun.encode_message(request, fingerprint=False), CLIENT, LOCAL)
+        assert reply is not None
+        response = stun.decode_message(reply.payload, allow_classic=True)
+        self.assertEqual((response.magic_cookie, response.transaction_id), (7, b"0123456789ab"))
+        self.assertEqual(response.unknown_attributes(), (AttributeType.RESPONSE_ADDRESS,))
+        self.assertEqual(reply.destination, CLIENT)
+
     @given(st.binary(max_size=120))
     def test_any_bytes(self, data: bytes) -> None:
         """Any datagram yields a reply or None, never an exception."""
         reply = StunResponder().answer_datagram(data, CLIENT, LOCAL)
         if reply is not None:
-            stun.decode_message(reply.payload)
+            stun.decode_message(reply.payload, allow_classic=True)
 
     @given(st.binary(max_size=80), st.integers(0, 0x3FFF))
     def test_any_body(self, body: bytes, message_type: int) -> None:
