@@ -205,17 +205,28 @@ def main() -> int:
 
     print()
     medians: dict[str, float] = {}
+    cpu_costs: dict[str, float] = {}
     for name, runs in results.items():
         rates = [float(r.get("responses_per_s", 0) or 0) for r in runs]
-        cpus = [r.get("server_cpu_pct") for r in runs]
-        lost = sum(int(r.get("lost", 0) or 0) for r in runs)
+        # Server CPU time per answered request: less sensitive than the
+        # rate to other load on the machine, which starves both servers.
+        costs = [
+            float(r["server_cpu_pct"]) / 100 * float(r["elapsed_s"]) / int(r["received"]) * 1e6  # type: ignore[arg-type]
+            for r in runs
+            if r.get("server_cpu_pct") is not None and r.get("received")
+        ]
+        lost = sum(int(r.get("lost", 0) or 0) for r in runs)  # type: ignore[call-overload]
         medians[name] = statistics.median(rates) if rates else 0.0
+        cpu_costs[name] = statistics.median(costs) if costs else 0.0
         print(
             f"{name:7s} responses/s median {medians[name]:9.0f}  runs {[round(x) for x in rates]}"
-            f"  server CPU % {cpus}  lost {lost}"
+            f"  server CPU us/response median {cpu_costs[name]:.2f} runs {[round(c, 2) for c in costs]}"
+            f"  lost {lost}"
         )
     if "ours" in medians and medians.get("coturn"):
-        print(f"ratio ours/coturn {medians['ours'] / medians['coturn']:.2f}")
+        print(f"ratio ours/coturn responses/s {medians['ours'] / medians['coturn']:.2f}")
+    if cpu_costs.get("ours") and cpu_costs.get("coturn"):
+        print(f"ratio coturn/ours CPU per response {cpu_costs['coturn'] / cpu_costs['ours']:.2f}")
     return 0
 
 
