@@ -33,6 +33,21 @@ class LoopbackTests(TestCase):
         self.assertEqual(result.server, server)
         self.assertEqual(service.responder.responses, 1)
 
+    async def test_udp_ipv6(self) -> None:
+        """Over IPv6 loopback the client learns its IPv6 socket address."""
+        service = StunUdpService(0, interface="::1", reactor=reactor)
+        try:
+            service.startService()
+        except OSError as e:
+            self.skipTest(f"no IPv6 loopback here: {e}")
+        self.addCleanup(service.stopService)
+        [server] = service.addresses()
+        client = StunUdpClient(REACTOR)
+        port = reactor.listenUDP(0, client, interface="::1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        result = await client.binding(server)
+        self.assertEqual(result.mapped, ("::1", port.getHost().port))
+
     async def test_rfc5780_change_request(self) -> None:
         """With two loopback IPs and two ports, a change request is answered from the other pair."""
         service = StunUdpService(

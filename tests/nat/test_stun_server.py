@@ -435,6 +435,18 @@ class TcpServerTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
 
+    @given(st.lists(st.binary(max_size=40), max_size=6), st.booleans())
+    def test_any_chunks(self, chunks: list[bytes], prefix_request: bool) -> None:
+        """Arbitrary stream chunks get framed answers or a closed connection, never an exception."""
+        factory, transport = self.connect()
+        if prefix_request:
+            chunks = [request_bytes(), *chunks]
+        for chunk in chunks:
+            if transport.disconnecting:
+                break
+            self.protocol.dataReceived(chunk)
+        stun.StunStreamDecoder().feed(transport.value())
+
     def test_idle_timeout(self) -> None:
         """A connection without a complete request for the idle time is aborted; requests restart the timer."""
         clock = Clock()
