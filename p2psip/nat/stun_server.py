@@ -292,7 +292,9 @@ class StunResponder:
             destination = (client[0], response_port)
         source = local
         other: Address | None = None
-        alternates = self.alternates
+        # The four-socket set-up is UDP's; a stream listener shares the
+        # responder but not the sockets, so its answers name no alternates.
+        alternates = self.alternates if datagram else None
         if alternates is not None:
             try:
                 change_ip, change_port = request.change_request()
@@ -641,6 +643,8 @@ class StunUdpService(Service):
             )
         if alternate_ip is not None and not interface:
             raise ValueError("RFC 5780 needs the primary IP as interface, not the wildcard address")
+        if alternate_ip is not None and (alternate_ip == interface or (port and alternate_port == port)):
+            raise ValueError("the alternate IP and port must differ from the primary ones (RFC 5780)")
         self.port = port
         self.interface = interface
         self.alternate_ip = alternate_ip

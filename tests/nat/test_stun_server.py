@@ -316,6 +316,15 @@ class Rfc5780ResponderTests(SynchronousTestCase):
         reply = self.reply(raw_request(((AttributeType.CHANGE_REQUEST, b"\0\0"),)))
         self.assertEqual(stun.decode_message(reply.payload).error_code(), (400, "Malformed CHANGE-REQUEST"))
 
+    def test_stream_names_no_alternates(self) -> None:
+        """Over TCP the answer carries no OTHER-ADDRESS or RESPONSE-ORIGIN: the four sockets are UDP's."""
+        reply = self.responder.answer_message(stun.binding_request(), CLIENT, LOCAL)
+        assert reply is not None
+        response = stun.decode_message(reply.payload)
+        self.assertEqual(response.xor_mapped_address(), CLIENT)
+        self.assertIsNone(response.other_address())
+        self.assertIsNone(response.response_origin())
+
     def test_change_request_over_stream(self) -> None:
         """Over TCP a CHANGE-REQUEST cannot be honoured and gets 420."""
         request = stun.binding_request(change_port=True)
@@ -504,6 +513,15 @@ class UdpServiceTests(SynchronousTestCase):
         self.addCleanup(service.stopService)
         self.assertEqual(service.responder.alternates, ALTERNATES)
         self.assertEqual(len(service.listening_ports), 4)
+
+    def test_alternates_must_differ(self) -> None:
+        """An alternate IP or port equal to the primary one is refused."""
+        self.assertRaises(
+            ValueError, StunUdpService, 3478, interface="192.0.2.1", alternate_ip="192.0.2.1", alternate_port=3479
+        )
+        self.assertRaises(
+            ValueError, StunUdpService, 3478, interface="192.0.2.1", alternate_ip="192.0.2.2", alternate_port=3478
+        )
 
     def test_half_configured(self) -> None:
         """An alternate IP without an alternate port is refused with a message naming both."""
