@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
@@ -138,6 +138,7 @@ class ClassifyTests(SynchronousTestCase):
         )
         self.assertIsNone(PortAllocation(PortAllocationKind.RANDOM).predict(1, 2))
 
+    @settings(deadline=None)
     @given(st.lists(st.tuples(st.integers(1, 65535), st.integers(1, 65535)), min_size=1, max_size=20))
     def test_port_any(self, samples: list[tuple[int, int]]) -> None:
         """Any samples classify, and a sequential verdict has a small nonzero delta."""

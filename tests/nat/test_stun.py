@@ -156,6 +156,7 @@ class MessageTypeTests(SynchronousTestCase):
             self.assertEqual(stun.encode_message_type(1, message_class), value)
             self.assertEqual(stun.decode_message_type(value), (1, message_class))
 
+    @settings(deadline=None)
     @given(st.integers(0, 0xFFF), st.sampled_from(list(MessageClass)))
     def test_round_trip(self, method: int, message_class: MessageClass) -> None:
         """Every method and class survives the bit interleaving."""
@@ -310,6 +311,7 @@ class HostileInputTests(SynchronousTestCase):
         self.assertFalse(stun.verify_integrity(b"garbage", b"k"))
         self.assertFalse(stun.verify_integrity(stun.encode_message(stun.binding_request()), b"k"))
 
+    @settings(deadline=None)
     @given(st.binary(max_size=200))
     def test_garbage_raises_only_decode_error(self, data: bytes) -> None:
         """Arbitrary bytes either decode or raise StunDecodeError."""
@@ -318,6 +320,7 @@ class HostileInputTests(SynchronousTestCase):
         except StunDecodeError:
             pass
 
+    @settings(deadline=None)
     @given(st.binary(max_size=120), st.integers(0, 0xFFFF))
     def test_valid_header_garbage_body(self, body: bytes, message_type: int) -> None:
         """A correct header over arbitrary attribute bytes decodes or raises StunDecodeError, and helpers too."""
@@ -343,6 +346,7 @@ class HostileInputTests(SynchronousTestCase):
                 pass
         stun.verify_integrity(data, b"key")
 
+    @settings(deadline=None)
     @given(st.binary(min_size=20, max_size=100), st.data())
     def test_mutated_message(self, _seed: bytes, data: st.DataObject) -> None:
         """Flipping bytes of a valid signed message never raises anything but StunDecodeError."""
@@ -386,7 +390,7 @@ class RoundTripTests(SynchronousTestCase):
         attribute_values,
         st.booleans(),
     )
-    @settings(max_examples=200)
+    @settings(max_examples=200, deadline=None)
     def test_encode_decode(
         self,
         method: int,
@@ -405,6 +409,7 @@ class RoundTripTests(SynchronousTestCase):
         )
         self.assertEqual(len(decoded.attributes), len(attributes) + fingerprint)
 
+    @settings(deadline=None)
     @given(attribute_values, st.binary(min_size=1, max_size=32))
     def test_signed_verifies(self, attributes: list[tuple[int, bytes]], key: bytes) -> None:
         """A message signed with a key verifies with it (both algorithms) and not with another."""
@@ -413,6 +418,7 @@ class RoundTripTests(SynchronousTestCase):
         self.assertTrue(stun.verify_integrity(data, key))
         self.assertFalse(stun.verify_integrity(data, key + b"x"))
 
+    @settings(deadline=None)
     @given(
         st.one_of(
             st.tuples(st.ip_addresses(v=4).map(str), st.integers(0, 0xFFFF)),
@@ -460,6 +466,7 @@ class StreamDecoderTests(SynchronousTestCase):
         self.assertRaises(StunDecodeError, decoder.feed, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.assertRaises(StunDecodeError, decoder.feed, stun.encode_message(stun.binding_request()))
 
+    @settings(deadline=None)
     @given(st.lists(st.binary(max_size=64), max_size=8))
     def test_garbage_stream(self, chunks: list[bytes]) -> None:
         """Arbitrary chunks either yield messages or raise StunDecodeError, and never buffer past the cap."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
@@ -162,6 +162,7 @@ class UdpClientTests(SynchronousTestCase):
         self.failureResultOf(d, StunTimeoutError)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    @settings(deadline=None)
     @given(st.binary(max_size=100))
     def test_any_datagram(self, data: bytes) -> None:
         """Any datagram is absorbed without an exception."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -180,6 +180,7 @@ class ResponderTests(SynchronousTestCase):
         self.assertEqual(response.unknown_attributes(), (AttributeType.RESPONSE_ADDRESS,))
         self.assertEqual(reply.destination, CLIENT)
 
+    @settings(deadline=None)
     @given(st.binary(max_size=120))
     def test_any_bytes(self, data: bytes) -> None:
         """Any datagram yields a reply or None, never an exception."""
@@ -187,6 +188,7 @@ class ResponderTests(SynchronousTestCase):
         if reply is not None:
             stun.decode_message(reply.payload, allow_classic=True)
 
+    @settings(deadline=None)
     @given(st.binary(max_size=80), st.integers(0, 0x3FFF))
     def test_any_body(self, body: bytes, message_type: int) -> None:
         """Any attribute bytes behind a valid header yield a decodable reply or None."""
@@ -199,6 +201,7 @@ class ResponderTests(SynchronousTestCase):
 
 
 class FastPathTests(SynchronousTestCase):
+    @settings(deadline=None)
     @given(
         st.ip_addresses(v=4).map(str),
         st.integers(0, 0xFFFF),
@@ -444,6 +447,7 @@ class TcpServerTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
 
 
+    @settings(deadline=None)
     @given(st.lists(st.binary(max_size=40), max_size=6), st.booleans())
     def test_any_chunks(self, chunks: list[bytes], prefix_request: bool) -> None:
         """Arbitrary stream chunks get framed answers or a closed connection, never an exception."""
