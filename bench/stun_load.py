@@ -158,19 +158,32 @@ def run_load(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--serve", type=int, metavar="PORT", help="only run our server on 127.0.0.1:PORT")
-    parser.add_argument("--buffer-bytes", type=int, default=4 * 1024 * 1024, help="our SO_RCVBUF/SO_SNDBUF")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--serve", type=int, metavar="PORT", help="only run our server on 127.0.0.1:PORT"
+    )
+    parser.add_argument(
+        "--buffer-bytes", type=int, default=4 * 1024 * 1024, help="our SO_RCVBUF/SO_SNDBUF"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server")
     parser.add_argument("--requests", "-n", type=int, default=300000, help="requests per run")
-    parser.add_argument("--window", "-w", type=int, default=32, help="outstanding per client process")
+    parser.add_argument(
+        "--window", "-w", type=int, default=32, help="outstanding per client process"
+    )
     parser.add_argument("--procs", type=int, default=2, help="client processes")
     parser.add_argument("--rate", type=float, default=0, help="open loop rate (0: closed loop)")
     parser.add_argument(
-        "--seconds", type=float, default=30, help="hard stop per run (in-flight requests then count as lost)"
+        "--seconds",
+        type=float,
+        default=30,
+        help="hard stop per run (in-flight requests then count as lost)",
     )
     parser.add_argument("--fingerprint", action="store_true", help="requests carry FINGERPRINT")
-    parser.add_argument("--shared", type=Path, help="the shared folder (default: beside the checkout)")
+    parser.add_argument(
+        "--shared", type=Path, help="the shared folder (default: beside the checkout)"
+    )
     parser.add_argument("--only", choices=["ours", "coturn"], help="measure one server only")
     args = parser.parse_args()
 

@@ -125,7 +125,9 @@ def classify_mapping(
     return MappingBehaviour.ADDRESS_AND_PORT_DEPENDENT
 
 
-def classify_filtering(change_both_answered: bool, change_port_answered: bool) -> FilteringBehaviour:
+def classify_filtering(
+    change_both_answered: bool, change_port_answered: bool
+) -> FilteringBehaviour:
     """The filtering behaviour from whether tests II and III got answers."""
     if change_both_answered:
         return FilteringBehaviour.ENDPOINT_INDEPENDENT

@@ -178,7 +178,9 @@ def encode_message_type(method: int, message_class: int) -> int:
 
 def decode_message_type(message_type: int) -> tuple[int, MessageClass]:
     """Split a 14-bit message type into (method, class)."""
-    method = ((message_type & 0x3E00) >> 2) | ((message_type & 0x00E0) >> 1) | (message_type & 0x000F)
+    method = (
+        ((message_type & 0x3E00) >> 2) | ((message_type & 0x00E0) >> 1) | (message_type & 0x000F)
+    )
     message_class = ((message_type & 0x0100) >> 7) | ((message_type & 0x0010) >> 4)
     return method, MessageClass(message_class)
 
@@ -279,7 +281,9 @@ def decode_unknown_attributes(value: bytes) -> tuple[int, ...]:
 
 def encode_change_request(change_ip: bool, change_port: bool) -> bytes:
     """CHANGE-REQUEST value (RFC 5780 section 7.2)."""
-    return struct.pack("!I", (CHANGE_IP_FLAG if change_ip else 0) | (CHANGE_PORT_FLAG if change_port else 0))
+    return struct.pack(
+        "!I", (CHANGE_IP_FLAG if change_ip else 0) | (CHANGE_PORT_FLAG if change_port else 0)
+    )
 
 
 def decode_change_request(value: bytes) -> tuple[bool, bool]:
@@ -461,7 +465,9 @@ def decode_message(data: bytes, *, allow_classic: bool = False) -> StunMessage:
     if length & 3:
         raise StunDecodeError(f"length {length} is not a multiple of 4")
     if HEADER_BYTES + length != size:
-        raise StunDecodeError(f"length field {length} but {size - HEADER_BYTES} bytes follow the header")
+        raise StunDecodeError(
+            f"length field {length} but {size - HEADER_BYTES} bytes follow the header"
+        )
     attributes = []
     walked = _walk_attributes(data, size)
     for index, (attr_type, start, value_length) in enumerate(walked):
@@ -514,7 +520,10 @@ def encode_message(
         raise ValueError("transaction ID must be 12 bytes")
     buffer = bytearray(
         _HEADER.pack(
-            encode_message_type(msg.method, msg.message_class), 0, msg.magic_cookie, msg.transaction_id
+            encode_message_type(msg.method, msg.message_class),
+            0,
+            msg.magic_cookie,
+            msg.transaction_id,
         )
     )
     pack_attribute = _ATTRIBUTE_HEADER.pack
@@ -534,7 +543,8 @@ def encode_message(
         _set_length(buffer, len(buffer) - HEADER_BYTES + 4 + MESSAGE_INTEGRITY_SHA256_BYTES)
         mac = hmac.digest(integrity_sha256_key, bytes(buffer), "sha256")
         buffer += (
-            pack_attribute(AttributeType.MESSAGE_INTEGRITY_SHA256, MESSAGE_INTEGRITY_SHA256_BYTES) + mac
+            pack_attribute(AttributeType.MESSAGE_INTEGRITY_SHA256, MESSAGE_INTEGRITY_SHA256_BYTES)
+            + mac
         )
     if fingerprint:
         _set_length(buffer, len(buffer) - HEADER_BYTES + 8)
@@ -621,7 +631,9 @@ def binding_request(
     """A Binding request, with RFC 5780 CHANGE-REQUEST when asked to change."""
     attributes: list[Attribute] = []
     if change_ip or change_port:
-        attributes.append((AttributeType.CHANGE_REQUEST, encode_change_request(change_ip, change_port)))
+        attributes.append(
+            (AttributeType.CHANGE_REQUEST, encode_change_request(change_ip, change_port))
+        )
     if software is not None:
         attributes.append((AttributeType.SOFTWARE, text_value(software)))
     return StunMessage(
@@ -675,7 +687,9 @@ def binding_success(
         attributes.append((AttributeType.OTHER_ADDRESS, encode_address(other_address)))
     if software is not None:
         attributes.append((AttributeType.SOFTWARE, text_value(software)))
-    return StunMessage(request.method, MessageClass.SUCCESS_RESPONSE, request.transaction_id, tuple(attributes))
+    return StunMessage(
+        request.method, MessageClass.SUCCESS_RESPONSE, request.transaction_id, tuple(attributes)
+    )
 
 
 def error_response(

@@ -248,7 +248,10 @@ class StunUdpClient(DatagramProtocol):
             self.unmatched += 1
             self.log.debug("ignored datagram from {peer}: {why}", peer=addr, why=e)
             return
-        if response.message_class not in (MessageClass.SUCCESS_RESPONSE, MessageClass.ERROR_RESPONSE):
+        if response.message_class not in (
+            MessageClass.SUCCESS_RESPONSE,
+            MessageClass.ERROR_RESPONSE,
+        ):
             self.unmatched += 1
             return
         transaction = self._finish(response.transaction_id)
@@ -281,7 +284,9 @@ class StunUdpClient(DatagramProtocol):
 class _StunTcpClientProtocol(Protocol):
     log = Logger()
 
-    def __init__(self, request: StunMessage, done: Callable[[BindingResult | Failure], None]) -> None:
+    def __init__(
+        self, request: StunMessage, done: Callable[[BindingResult | Failure], None]
+    ) -> None:
         self.request = request
         self.done = done
         self.decoder = stun.StunStreamDecoder()
@@ -326,7 +331,9 @@ class _StunTcpClientProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
         if not self.finished:
             self.finished = True
-            self.done(Failure(StunProtocolError("STUN server closed the connection before answering")))
+            self.done(
+                Failure(StunProtocolError("STUN server closed the connection before answering"))
+            )
 
 
 def tcp_binding(

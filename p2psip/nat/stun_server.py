@@ -10,9 +10,10 @@ where.  It answers:
 * Binding requests with XOR-MAPPED-ADDRESS, MAPPED-ADDRESS (for RFC 3489
   clients, RFC 8489 section 12), SOFTWARE and FINGERPRINT;
 * with RFC 5780 configured (RFC 5780 section 6.1): RESPONSE-ORIGIN and
-  OTHER-ADDRESS in every response, and CHANGE-REQUEST honoured by answering
-  from the socket on the other IP and/or port.  Without the full four
-  sockets a CHANGE-REQUEST gets 420, as section 6 requires;
+  OTHER-ADDRESS in every UDP response, and CHANGE-REQUEST honoured by
+  answering from the socket on the other IP and/or port.  Without the full
+  four sockets (and over TCP) a CHANGE-REQUEST gets 420, as section 6
+  requires;
 * over UDP, RFC 5780 RESPONSE-PORT (answer to that port of the client's
   IP) and PADDING (pad the response alike), in any set-up;
 * RFC 3489 Binding requests (no magic cookie) with RFC 3489's answer:
@@ -96,6 +97,7 @@ _SUCCESS_TYPE = stun.encode_message_type(stun.Method.BINDING, MessageClass.SUCCE
 _PLAIN_ADDRESSES = struct.Struct("!HHxBHI HHxBH4s")
 _FINGERPRINT_ATTRIBUTE = struct.Struct("!HHI")
 _COOKIE_HIGH = stun.MAGIC_COOKIE >> 16
+
 
 @frozen
 class StunReply:
@@ -223,9 +225,11 @@ class StunResponder:
         if len(data) == 20:
             if data[2:4] != b"\x00\x00":
                 return None
-        elif data[2:4] != b"\x00\x08" or data[20:24] != _FINGERPRINT_HEADER or (
-            zlib.crc32(data[:20]) ^ stun.FINGERPRINT_XOR
-        ) != int.from_bytes(data[24:28], "big"):
+        elif (
+            data[2:4] != b"\x00\x08"
+            or data[20:24] != _FINGERPRINT_HEADER
+            or (zlib.crc32(data[:20]) ^ stun.FINGERPRINT_XOR) != int.from_bytes(data[24:28], "big")
+        ):
             return None
         host, port = client
         if ":" in host:
@@ -252,7 +256,11 @@ class StunResponder:
             raw,
         )
         body = addresses + software_attribute
-        message = _SUCCESS_HEADER.pack(_SUCCESS_TYPE, len(body) + 8, stun.MAGIC_COOKIE) + data[8:20] + body
+        message = (
+            _SUCCESS_HEADER.pack(_SUCCESS_TYPE, len(body) + 8, stun.MAGIC_COOKIE)
+            + data[8:20]
+            + body
+        )
         return message + _FINGERPRINT_ATTRIBUTE.pack(
             AttributeType.FINGERPRINT, 4, zlib.crc32(message) ^ stun.FINGERPRINT_XOR
         )
@@ -360,7 +368,9 @@ class StunResponder:
         response = stun.error_response(
             request, code, reason, unknown_attributes=unknown, software=self.software
         )
-        return StunReply(stun.encode_message(response, fingerprint=not request.is_classic), local, client)
+        return StunReply(
+            stun.encode_message(response, fingerprint=not request.is_classic), local, client
+        )
 
 
 def _address_of(host: IAddress) -> Address:
@@ -643,8 +653,12 @@ class StunUdpService(Service):
             )
         if alternate_ip is not None and not interface:
             raise ValueError("RFC 5780 needs the primary IP as interface, not the wildcard address")
-        if alternate_ip is not None and (alternate_ip == interface or (port and alternate_port == port)):
-            raise ValueError("the alternate IP and port must differ from the primary ones (RFC 5780)")
+        if alternate_ip is not None and (
+            alternate_ip == interface or (port and alternate_port == port)
+        ):
+            raise ValueError(
+                "the alternate IP and port must differ from the primary ones (RFC 5780)"
+            )
         self.port = port
         self.interface = interface
         self.alternate_ip = alternate_ip

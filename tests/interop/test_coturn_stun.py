@@ -90,7 +90,9 @@ class CoturnStunClientTests(TestCase):
 
     def start_server(self, **kwargs: object) -> tuple[StunUdpService, RecordingResponder]:
         responder = RecordingResponder()
-        service = StunUdpService(0, interface="127.0.0.1", responder=responder, reactor=reactor, **kwargs)  # type: ignore[arg-type]
+        service = StunUdpService(
+            0, interface="127.0.0.1", responder=responder, reactor=reactor, **kwargs
+        )  # type: ignore[arg-type]
         service.startService()
         self.addCleanup(service.stopService)
         return service, responder

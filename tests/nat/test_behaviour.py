@@ -41,7 +41,10 @@ class SimulatedNat:
     """
 
     def __init__(
-        self, mapping: MappingBehaviour, filtering: FilteringBehaviour, public_ip: str = "198.51.100.1"
+        self,
+        mapping: MappingBehaviour,
+        filtering: FilteringBehaviour,
+        public_ip: str = "198.51.100.1",
     ) -> None:
         self.mapping = mapping
         self.filtering = filtering
@@ -80,7 +83,9 @@ class SimulatedNat:
         self.requests.append((server, change_ip, change_port))
         self.contacted.add(server)
         request = stun.binding_request(change_ip=change_ip, change_port=change_port)
-        reply = self.responder.answer_datagram(stun.encode_message(request), self._mapped(server), server)
+        reply = self.responder.answer_datagram(
+            stun.encode_message(request), self._mapped(server), server
+        )
         assert reply is not None
         response = stun.decode_message(reply.payload)
         if response.message_class is stun.MessageClass.ERROR_RESPONSE:
@@ -98,14 +103,18 @@ class ClassifyTests(SynchronousTestCase):
         self.assertEqual(classify_mapping(LOCAL, LOCAL), MappingBehaviour.NO_NAT)
         self.assertEqual(classify_mapping(LOCAL, x, x), MappingBehaviour.ENDPOINT_INDEPENDENT)
         self.assertEqual(classify_mapping(LOCAL, x, y, y), MappingBehaviour.ADDRESS_DEPENDENT)
-        self.assertEqual(classify_mapping(LOCAL, x, y, z), MappingBehaviour.ADDRESS_AND_PORT_DEPENDENT)
+        self.assertEqual(
+            classify_mapping(LOCAL, x, y, z), MappingBehaviour.ADDRESS_AND_PORT_DEPENDENT
+        )
         self.assertRaises(ValueError, classify_mapping, LOCAL, x)
 
     def test_filtering(self) -> None:
         """The two filtering tests classify as RFC 5780 section 4.4 describes."""
         self.assertEqual(classify_filtering(True, True), FilteringBehaviour.ENDPOINT_INDEPENDENT)
         self.assertEqual(classify_filtering(False, True), FilteringBehaviour.ADDRESS_DEPENDENT)
-        self.assertEqual(classify_filtering(False, False), FilteringBehaviour.ADDRESS_AND_PORT_DEPENDENT)
+        self.assertEqual(
+            classify_filtering(False, False), FilteringBehaviour.ADDRESS_AND_PORT_DEPENDENT
+        )
 
     def test_destinations(self) -> None:
         """Tests I-III go to (ip1,port1), (ip2,port1), (ip2,port2)."""
@@ -131,15 +140,19 @@ class ClassifyTests(SynchronousTestCase):
     def test_port_random(self) -> None:
         """Unrelated ports, or a huge constant gap, are random."""
         self.assertEqual(
-            classify_port_allocation([(1, 40000), (2, 12345), (3, 55555)]).kind, PortAllocationKind.RANDOM
+            classify_port_allocation([(1, 40000), (2, 12345), (3, 55555)]).kind,
+            PortAllocationKind.RANDOM,
         )
         self.assertEqual(
-            classify_port_allocation([(1, 1000), (2, 3000), (3, 5000)]).kind, PortAllocationKind.RANDOM
+            classify_port_allocation([(1, 1000), (2, 3000), (3, 5000)]).kind,
+            PortAllocationKind.RANDOM,
         )
         self.assertIsNone(PortAllocation(PortAllocationKind.RANDOM).predict(1, 2))
 
     @settings(deadline=None)
-    @given(st.lists(st.tuples(st.integers(1, 65535), st.integers(1, 65535)), min_size=1, max_size=20))
+    @given(
+        st.lists(st.tuples(st.integers(1, 65535), st.integers(1, 65535)), min_size=1, max_size=20)
+    )
     def test_port_any(self, samples: list[tuple[int, int]]) -> None:
         """Any samples classify, and a sequential verdict has a small nonzero delta."""
         allocation = classify_port_allocation(samples)
@@ -159,12 +172,18 @@ class DiscoveryTests(SynchronousTestCase):
                     discover_behaviour(nat.binding, PRIMARY, LOCAL, filtering_binding=fresh.binding)
                 )
                 self.assertEqual(found.mapping, mapping, (mapping, filtering))
-                expected = FilteringBehaviour.ENDPOINT_INDEPENDENT if mapping is MappingBehaviour.NO_NAT else filtering
+                expected = (
+                    FilteringBehaviour.ENDPOINT_INDEPENDENT
+                    if mapping is MappingBehaviour.NO_NAT
+                    else filtering
+                )
                 self.assertEqual(found.filtering, expected, (mapping, filtering))
 
     def test_same_socket_would_be_wrong(self) -> None:
         """Filtering tests on the mapping socket see the filter the mapping tests opened."""
-        nat = SimulatedNat(MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ADDRESS_DEPENDENT)
+        nat = SimulatedNat(
+            MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ADDRESS_DEPENDENT
+        )
         found = self.successResultOf(
             discover_behaviour(nat.binding, PRIMARY, LOCAL, filtering_binding=nat.binding)
         )
@@ -172,14 +191,18 @@ class DiscoveryTests(SynchronousTestCase):
 
     def test_mapping_only(self) -> None:
         """Without a filtering socket no CHANGE-REQUEST is sent."""
-        nat = SimulatedNat(MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ADDRESS_DEPENDENT)
+        nat = SimulatedNat(
+            MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ADDRESS_DEPENDENT
+        )
         found = self.successResultOf(discover_behaviour(nat.binding, PRIMARY, LOCAL))
         self.assertIsNone(found.filtering)
         self.assertEqual([flags for _, *flags in nat.requests], [[False, False], [False, False]])
 
     def test_server_without_rfc5780(self) -> None:
         """A server without OTHER-ADDRESS is reported with a fix to apply."""
-        nat = SimulatedNat(MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ENDPOINT_INDEPENDENT)
+        nat = SimulatedNat(
+            MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ENDPOINT_INDEPENDENT
+        )
         nat.responder.alternates = None
         failure = self.failureResultOf(
             discover_behaviour(nat.binding, PRIMARY, LOCAL), BehaviourDiscoveryError
@@ -188,8 +211,12 @@ class DiscoveryTests(SynchronousTestCase):
 
     def test_change_request_refused(self) -> None:
         """A 420 to the filtering tests' CHANGE-REQUEST is a discovery error naming the code."""
-        nat = SimulatedNat(MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ENDPOINT_INDEPENDENT)
-        refusing = SimulatedNat(MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ENDPOINT_INDEPENDENT)
+        nat = SimulatedNat(
+            MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ENDPOINT_INDEPENDENT
+        )
+        refusing = SimulatedNat(
+            MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ENDPOINT_INDEPENDENT
+        )
         refusing.responder.alternates = None
         failure = self.failureResultOf(
             discover_behaviour(nat.binding, PRIMARY, LOCAL, filtering_binding=refusing.binding),
@@ -229,7 +256,11 @@ class LoopbackDiscoveryTests(TestCase):
         service.startService()
         self.addCleanup(service.stopService)
         allocation, samples = await probe_port_allocation(
-            reactor, reactor, service.addresses(), count=4, interface="127.0.0.1"  # type: ignore[arg-type]
+            reactor,
+            reactor,
+            service.addresses(),
+            count=4,
+            interface="127.0.0.1",  # type: ignore[arg-type]
         )
         self.assertEqual(allocation.kind, PortAllocationKind.PRESERVING)
         self.assertEqual(len(samples), 4)

@@ -30,7 +30,9 @@ class Rfc5769VectorTests(SynchronousTestCase):
     def test_request_decodes(self) -> None:
         """The s2.1 request decodes to a Binding request with its six attributes."""
         msg = stun.decode_message(vector("stun-rfc5769", "sample-request.bin"))
-        self.assertEqual((msg.method, msg.message_class), (stun.Method.BINDING, MessageClass.REQUEST))
+        self.assertEqual(
+            (msg.method, msg.message_class), (stun.Method.BINDING, MessageClass.REQUEST)
+        )
         self.assertEqual(msg.transaction_id, RFC5769_TXID)
         self.assertEqual(
             msg.attribute_types(),
@@ -207,7 +209,9 @@ class BindingTests(SynchronousTestCase):
 
     def test_error_response(self) -> None:
         """A 420 lists the unknown attributes and reads back as (420, reason)."""
-        response = stun.error_response(stun.binding_request(), 420, unknown_attributes=[0x7777, 0x10])
+        response = stun.error_response(
+            stun.binding_request(), 420, unknown_attributes=[0x7777, 0x10]
+        )
         decoded = stun.decode_message(stun.encode_message(response))
         self.assertEqual(decoded.message_class, MessageClass.ERROR_RESPONSE)
         self.assertEqual(decoded.error_code(), (420, "Unknown Attribute"))
@@ -216,7 +220,10 @@ class BindingTests(SynchronousTestCase):
     def test_unknown_required_attributes(self) -> None:
         """Only comprehension-required types outside the understood set are reported."""
         msg = stun.StunMessage(
-            1, MessageClass.REQUEST, b"t" * 12, ((0x7777, b""), (0x8888, b""), (0x0003, b"\0\0\0\0"))
+            1,
+            MessageClass.REQUEST,
+            b"t" * 12,
+            ((0x7777, b""), (0x8888, b""), (0x0003, b"\0\0\0\0")),
         )
         self.assertEqual(stun.unknown_required_attributes(msg, {0x0003}), [0x7777])
 
@@ -369,11 +376,13 @@ class HostileInputTests(SynchronousTestCase):
 attribute_values = st.lists(
     st.tuples(
         st.integers(0, 0xFFFF).filter(
-            lambda t: t
-            not in (
-                AttributeType.FINGERPRINT,
-                AttributeType.MESSAGE_INTEGRITY,
-                AttributeType.MESSAGE_INTEGRITY_SHA256,
+            lambda t: (
+                t
+                not in (
+                    AttributeType.FINGERPRINT,
+                    AttributeType.MESSAGE_INTEGRITY,
+                    AttributeType.MESSAGE_INTEGRITY_SHA256,
+                )
             )
         ),
         st.binary(max_size=40),
@@ -431,7 +440,9 @@ class RoundTripTests(SynchronousTestCase):
         host, port = address
         for decoded_host, decoded_port in [
             stun.decode_address(stun.encode_address(address)),
-            stun.decode_xor_address(stun.encode_xor_address(address, transaction_id), transaction_id),
+            stun.decode_xor_address(
+                stun.encode_xor_address(address, transaction_id), transaction_id
+            ),
         ]:
             self.assertEqual(ip_address(decoded_host), ip_address(host))
             self.assertEqual(decoded_port, port)
@@ -464,7 +475,9 @@ class StreamDecoderTests(SynchronousTestCase):
         """A non-STUN stream fails, and stays failed."""
         decoder = stun.StunStreamDecoder()
         self.assertRaises(StunDecodeError, decoder.feed, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        self.assertRaises(StunDecodeError, decoder.feed, stun.encode_message(stun.binding_request()))
+        self.assertRaises(
+            StunDecodeError, decoder.feed, stun.encode_message(stun.binding_request())
+        )
 
     @settings(deadline=None)
     @given(st.lists(st.binary(max_size=64), max_size=8))

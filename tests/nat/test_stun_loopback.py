@@ -98,5 +98,3 @@ def _rmem_max() -> int:
             return int(f.read())
     except OSError:
         return 212992
-
-

@@ -62,7 +62,9 @@ class ResponderTests(SynchronousTestCase):
         self.assertEqual(response.software(), "test")
         self.assertEqual(response.attribute_types()[-1], AttributeType.FINGERPRINT)
         self.assertIsNone(response.other_address())
-        self.assertEqual(self.responder.metrics(), {"requests": 1, "responses": 1, "errors": 0, "dropped": 0})
+        self.assertEqual(
+            self.responder.metrics(), {"requests": 1, "responses": 1, "errors": 0, "dropped": 0}
+        )
 
     def test_ipv6_client(self) -> None:
         """An IPv6 client learns its IPv6 address."""
@@ -156,7 +158,9 @@ class ResponderTests(SynchronousTestCase):
             ((AttributeType.CHANGE_REQUEST, stun.encode_change_request(True, False)),),
             magic_cookie=0x01020304,
         )
-        reply = responder.answer_datagram(stun.encode_message(request, fingerprint=False), CLIENT, LOCAL)
+        reply = responder.answer_datagram(
+            stun.encode_message(request, fingerprint=False), CLIENT, LOCAL
+        )
         assert reply is not None
         self.assertEqual(reply.source, ("192.0.2.2", 3478))
         response = stun.decode_message(reply.payload, allow_classic=True)
@@ -173,7 +177,9 @@ class ResponderTests(SynchronousTestCase):
             ((AttributeType.RESPONSE_ADDRESS, stun.encode_address(("203.0.113.1", 9))),),
             magic_cookie=7,
         )
-        reply = self.responder.answer_datagram(stun.encode_message(request, fingerprint=False), CLIENT, LOCAL)
+        reply = self.responder.answer_datagram(
+            stun.encode_message(request, fingerprint=False), CLIENT, LOCAL
+        )
         assert reply is not None
         response = stun.decode_message(reply.payload, allow_classic=True)
         self.assertEqual((response.magic_cookie, response.transaction_id), (7, b"0123456789ab"))
@@ -217,7 +223,9 @@ class FastPathTests(SynchronousTestCase):
         data = stun.encode_message(request, fingerprint=fingerprint)
         reply = StunResponder(software=software).answer_datagram(data, (host, port), LOCAL)
         assert reply is not None
-        expected = stun.encode_message(stun.binding_success(request, (host, port), software=software))
+        expected = stun.encode_message(
+            stun.binding_success(request, (host, port), software=software)
+        )
         self.assertEqual(reply.payload, expected)
 
     def test_counts(self) -> None:
@@ -266,7 +274,9 @@ class ResponsePortAndPaddingTests(SynchronousTestCase):
 
     def test_padding_with_response_port(self) -> None:
         """PADDING together with RESPONSE-PORT gets 400, as RFC 5780 section 6.1 requires."""
-        reply = self.reply(((AttributeType.PADDING, b"x"), (AttributeType.RESPONSE_PORT, b"\0\1\0\0")))
+        reply = self.reply(
+            ((AttributeType.PADDING, b"x"), (AttributeType.RESPONSE_PORT, b"\0\1\0\0"))
+        )
         self.assertEqual(
             stun.decode_message(reply.payload).error_code(), (400, "PADDING with RESPONSE-PORT")
         )
@@ -274,7 +284,9 @@ class ResponsePortAndPaddingTests(SynchronousTestCase):
     def test_stream(self) -> None:
         """Over TCP, RESPONSE-PORT is not understood: 420."""
         reply = self.reply(((AttributeType.RESPONSE_PORT, b"\0\1\0\0"),), datagram=False)
-        self.assertEqual(stun.decode_message(reply.payload).unknown_attributes(), (AttributeType.RESPONSE_PORT,))
+        self.assertEqual(
+            stun.decode_message(reply.payload).unknown_attributes(), (AttributeType.RESPONSE_PORT,)
+        )
 
 
 class Rfc5780ResponderTests(SynchronousTestCase):
@@ -307,7 +319,9 @@ class Rfc5780ResponderTests(SynchronousTestCase):
                 (True, True): (other_ip, other_port),
             }
             for (change_ip, change_port), expected in cases.items():
-                reply = self.reply(request_bytes(change_ip=change_ip, change_port=change_port), local)
+                reply = self.reply(
+                    request_bytes(change_ip=change_ip, change_port=change_port), local
+                )
                 response = stun.decode_message(reply.payload)
                 self.assertEqual(reply.source, expected)
                 self.assertEqual(response.response_origin(), expected)
@@ -317,7 +331,9 @@ class Rfc5780ResponderTests(SynchronousTestCase):
     def test_malformed_change_request(self) -> None:
         """A CHANGE-REQUEST of the wrong size gets 400."""
         reply = self.reply(raw_request(((AttributeType.CHANGE_REQUEST, b"\0\0"),)))
-        self.assertEqual(stun.decode_message(reply.payload).error_code(), (400, "Malformed CHANGE-REQUEST"))
+        self.assertEqual(
+            stun.decode_message(reply.payload).error_code(), (400, "Malformed CHANGE-REQUEST")
+        )
 
     def test_stream_names_no_alternates(self) -> None:
         """Over TCP the answer carries no OTHER-ADDRESS or RESPONSE-ORIGIN: the four sockets are UDP's."""
@@ -446,7 +462,6 @@ class TcpServerTests(SynchronousTestCase):
         self.protocol.dataReceived(struct.pack("!HHI", 1, 0xFFFC, stun.MAGIC_COOKIE) + b"t" * 12)
         self.assertTrue(transport.disconnecting)
 
-
     @settings(deadline=None)
     @given(st.lists(st.binary(max_size=40), max_size=6), st.booleans())
     def test_any_chunks(self, chunks: list[bytes], prefix_request: bool) -> None:
@@ -463,7 +478,9 @@ class TcpServerTests(SynchronousTestCase):
     def test_idle_timeout(self) -> None:
         """A connection without a complete request for the idle time is aborted; requests restart the timer."""
         clock = Clock()
-        factory, transport = self.connect(StunTcpServerFactory(clock=clock, idle_timeout_seconds=30))
+        factory, transport = self.connect(
+            StunTcpServerFactory(clock=clock, idle_timeout_seconds=30)
+        )
         clock.advance(20)
         self.protocol.dataReceived(request_bytes())
         clock.advance(20)
@@ -511,7 +528,11 @@ class UdpServiceTests(SynchronousTestCase):
         """With an alternate IP and port the service opens the four RFC 5780 sockets and tells the responder."""
         reactor = MemoryUDPReactor()
         service = StunUdpService(
-            3478, interface="192.0.2.1", alternate_ip="192.0.2.2", alternate_port=3479, reactor=reactor
+            3478,
+            interface="192.0.2.1",
+            alternate_ip="192.0.2.2",
+            alternate_port=3479,
+            reactor=reactor,
         )
         service.startService()
         self.addCleanup(service.stopService)
@@ -521,10 +542,20 @@ class UdpServiceTests(SynchronousTestCase):
     def test_alternates_must_differ(self) -> None:
         """An alternate IP or port equal to the primary one is refused."""
         self.assertRaises(
-            ValueError, StunUdpService, 3478, interface="192.0.2.1", alternate_ip="192.0.2.1", alternate_port=3479
+            ValueError,
+            StunUdpService,
+            3478,
+            interface="192.0.2.1",
+            alternate_ip="192.0.2.1",
+            alternate_port=3479,
         )
         self.assertRaises(
-            ValueError, StunUdpService, 3478, interface="192.0.2.1", alternate_ip="192.0.2.2", alternate_port=3478
+            ValueError,
+            StunUdpService,
+            3478,
+            interface="192.0.2.1",
+            alternate_ip="192.0.2.2",
+            alternate_port=3478,
         )
 
     def test_half_configured(self) -> None:
