@@ -435,6 +435,7 @@ class StunUdpServer(DatagramProtocol):
         # every datagram, which costs more than building the response, and
         # our destinations all come from recvfrom on this socket family.
         self.sendto: Callable[[bytes, Address], int] | None = None
+        self._warned_missing_sender = False
 
     # The counters live on the responder; these read them for status pages.
     @property
@@ -489,7 +490,11 @@ class StunUdpServer(DatagramProtocol):
             return
         sender = self if reply.source == self.local else self.senders.get(reply.source)
         if sender is None or sender.transport is None:
-            self.log.warn(
+            # Warn once; after that the same misconfiguration, triggered by
+            # every client's CHANGE-REQUEST, must not flood the log.
+            emit = self.log.debug if self._warned_missing_sender else self.log.warn
+            self._warned_missing_sender = True
+            emit(
                 "no STUN socket bound at {source} to answer a CHANGE-REQUEST; "
                 "check the mediator's alternate address and port settings",
                 source=reply.source,

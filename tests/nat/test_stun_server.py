@@ -403,14 +403,15 @@ class UdpServerTests(SynchronousTestCase):
         self.assertEqual(addr, CLIENT)
 
     def test_missing_socket_is_reported(self) -> None:
-        """When the socket to answer from is missing, nothing is sent and an operator warning names it."""
+        """When the socket to answer from is missing, nothing is sent and one operator warning names it."""
         transport = FakeUdpTransport(LOCAL)
         server = StunUdpServer(StunResponder(alternates=ALTERNATES))
         server.makeConnection(transport)  # type: ignore[arg-type]
         with capturedLogs() as events:
             server.datagramReceived(request_bytes(change_ip=True), CLIENT)
+            server.datagramReceived(request_bytes(change_ip=True), CLIENT)
         self.assertEqual(transport.written, [])
-        self.assertEqual([e["log_level"].name for e in events], ["warn"])
+        self.assertEqual([e["log_level"].name for e in events], ["warn", "debug"])
 
     def test_stop_unregisters(self) -> None:
         """A stopped socket no longer sends for the others."""
