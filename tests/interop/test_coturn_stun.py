@@ -27,6 +27,10 @@ class RecordingResponder(StunResponder):
         super().__init__()
         self.clients: list[Address] = []
 
+    def answer_plain_binding(self, data: bytes, client: Address) -> bytes | None:
+        self.clients.append(client)
+        return super().answer_plain_binding(data, client)
+
     def answer_datagram(self, data: bytes, client: Address, local: Address) -> StunReply | None:
         self.clients.append(client)
         return super().answer_datagram(data, client, local)

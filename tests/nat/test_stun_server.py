@@ -377,6 +377,20 @@ class UdpServerTests(SynchronousTestCase):
         self.assertEqual((reply[8:20], addr), (b"T" * 12, CLIENT))
         self.assertEqual((server.requests, server.responses, server.errors), (1, 1, 0))
 
+    def test_direct_socket_path(self) -> None:
+        """With a real socket's sendto, plain requests go straight to it and others take the general path."""
+        transport = FakeUdpTransport(LOCAL)
+        server = StunUdpServer()
+        server.makeConnection(transport)  # type: ignore[arg-type]
+        sent: list[tuple[bytes, tuple[str, int]]] = []
+        server.sendto = lambda payload, addr: sent.append((payload, addr)) or len(payload)
+        server.datagramReceived(request_bytes(transaction_id=b"T" * 12), CLIENT)
+        server.datagramReceived(request_bytes(software="x"), CLIENT)
+        self.assertEqual([(reply[8:20], addr) for reply, addr in sent[:1]], [(b"T" * 12, CLIENT)])
+        self.assertEqual(len(sent), 2)
+        self.assertEqual(transport.written, [])
+        self.assertEqual(server.responses, 2)
+
     def test_garbage_is_dropped(self) -> None:
         """Garbage gets no reply, only a debug-level event."""
         transport = FakeUdpTransport(LOCAL)
