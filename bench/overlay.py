@@ -131,4 +131,14 @@ def main(reactor: Any, *sizes: str) -> Any:
 
 
 if __name__ == "__main__":
+    from twisted.logger import (
+        FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner, textFileLogObserver,
+    )
+
+    # Node logs go to a file so the table on stdout stays readable.
+    log_file = open("bench-overlay.log", "w")  # noqa: SIM115
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(log_file), [predicate])], redirectStandardIO=False
+    )
     task.react(main, sys.argv[1:])

@@ -219,6 +219,7 @@ class OverlayNode:
         self.replica_holders: dict[int, set[int]] = {}
         self.recently_failed: dict[int, float] = {}
         self.unreachable_until: dict[int, float] = {}
+        self.corrections_sent: dict[int, float] = {}
         self.counters: dict[str, int] = {}
         self._connecting: dict[int, Deferred[Link]] = {}
         self._pinging: set[int] = set()
@@ -412,6 +413,7 @@ class OverlayNode:
         """Send Updates to the neighbours, repair fingers, expire and re-replicate data."""
         try:
             if self.state == NodeState.JOINED:
+                self._relink_neighbours()
                 self._send_updates()
                 self._repair_fingers()
             expired = self.store.expire(self.clock.seconds())
@@ -422,6 +424,20 @@ class OverlayNode:
         except Exception:
             self.log.failure("stabilisation round failed")
         self._reschedule(self._stabilize, self.config.update_interval_seconds)
+
+    def _relink_neighbours(self) -> None:
+        """
+        Reconnect to neighbours whose links are gone, or drop them.
+
+        A neighbour must always have a live link (that is how Updates and
+        keepalives reach it); a link can vanish in ways that do not say
+        whether the peer is still there (the far end closing it as idle,
+        a duplicate link replaced by the other), so ask again.
+        """
+        for peer in list(self.topology.neighbours()):
+            if self.has_link(peer):
+                continue
+            self._ensure_link(peer).addErrback(lambda failure, p=peer: self._peer_failed(p))
 
     def _keepalive(self) -> None:
         """Ping quiet links; declare peers dead whose links stay silent."""
@@ -540,7 +556,7 @@ class OverlayNode:
         )
         return d.addCallback(identified)
 
-    def _ensure_link(self, peer: int) -> Deferred[Link]:
+    def _ensure_link(self, peer: int, informant: Link | None = None) -> Deferred[Link]:
         """A live link to ``peer``: reuse one, or Attach and connect."""
         existing = self.link_for(peer)
         if existing is not None:
@@ -557,7 +573,7 @@ class OverlayNode:
 
             self._connecting[peer].addBoth(relay)
             return waiting
-        d = self._connect_peer(peer)
+        d = self._connect_peer(peer, informant)
         self._connecting[peer] = d
 
         def finished(result: object) -> object:
@@ -568,13 +584,20 @@ class OverlayNode:
         return d
 
     @inlineCallbacks
-    def _connect_peer(self, peer: int) -> Any:
+    def _connect_peer(self, peer: int, informant: Link | None = None) -> Any:
         address = self.addresses.get(peer)
         if address is None:
+            # Send the Attach through the peer that told us about this one
+            # when we can: our own tables may route its id to ourselves (it
+            # would be our new predecessor) or to a peer that has not heard
+            # of it yet, while the informant knows the way.
+            if informant is not None and informant.closed:
+                informant = None
             answer = yield self._request(
                 Destination.node(peer),
                 MessageCode.ATTACH_REQ,
                 AttachReqAns((self._candidate,)).encode(),
+                first_link=informant,
             )
             if answer.responder != peer:
                 raise OverlayError(f"peer {id_short(peer)} is not in the ring")
@@ -841,6 +864,11 @@ class OverlayNode:
         except DecodeError as error:
             pending.deferred.errback(OverlayError(f"undecodable answer from {id_short(signer)}: {error}"))
             return
+        except Exception as error:
+            # Whatever happens, the caller waiting on this transaction must hear of it.
+            self.log.failure("while decoding an answer from {peer}", peer=id_short(signer))
+            pending.deferred.errback(OverlayError(f"unreadable answer from {id_short(signer)}: {error}"))
+            return
         pending.deferred.callback(Answer(message, body, signer, route))
 
     def _decode_answer_body(self, request_code: int, message: Message) -> Any:
@@ -1000,15 +1028,37 @@ class OverlayNode:
         elif self.state in (NodeState.JOINED, NodeState.ALONE):
             if self.state == NodeState.ALONE:
                 self.state = NodeState.JOINED
-            self._consider_peers(learned)
+            self._consider_peers(learned, informant=link)
+            if signer not in self.topology.neighbours() and self._knows_closer_peers(signer, update):
+                # The sender counts us as its neighbour but we know peers
+                # closer to it than some it lists: tell it what we know
+                # (Chord's "ask your successor for its predecessor").
+                self._send_update_to(signer, link)
         return MessageCode.UPDATE_ANS, bodies.UpdateAns().encode(), ()
+
+    def _knows_closer_peers(self, sender: int, update: Any) -> bool:
+        probe = ChordTopology(sender, self.topology.successor_count, self.topology.predecessor_count)
+        probe.add_peers([*update.predecessors, *update.successors])
+        before = (list(probe.successors), list(probe.predecessors))
+        probe.add_peers(self.topology.neighbours() | {self.node_id})
+        return before != (probe.successors, probe.predecessors)
+
+    def _send_update_to(self, peer: int, link: Link | None = None) -> None:
+        now = self.clock.seconds()
+        if self.corrections_sent.get(peer, -1e9) > now - self.config.update_interval_seconds / 2:
+            return
+        self.corrections_sent[peer] = now
+        self._send_updates(only=[peer], link=link)
 
     @inlineCallbacks
     def _finish_join(self, admitting: int, learned: set[int]) -> Any:
         # The admitting peer first: routing to the others goes through it.
         self.topology.add_peers([admitting])
         others = sorted(learned - {admitting})
-        results = yield DeferredList([self._ensure_link(peer) for peer in others], consumeErrors=True)
+        informant = self.link_for(admitting)
+        results = yield DeferredList(
+            [self._ensure_link(peer, informant) for peer in others], consumeErrors=True
+        )
         linked = [peer for peer, (ok, _) in zip(others, results) if ok]
         self.topology.add_peers(linked)
         self.state = NodeState.JOINED
@@ -1017,7 +1067,7 @@ class OverlayNode:
         if self._joined is not None and not self._joined.called:
             self._joined.callback(None)
 
-    def _consider_peers(self, peers: Iterable[int]) -> None:
+    def _consider_peers(self, peers: Iterable[int], informant: Link | None = None) -> None:
         """Link to peers we hear about that would improve our neighbour table."""
         for peer in peers:
             if peer == self.node_id or peer in self.recently_failed:
@@ -1028,7 +1078,7 @@ class OverlayNode:
                 continue
             if not self._would_be_neighbour(peer):
                 continue
-            self._ensure_link(peer).addCallbacks(
+            self._ensure_link(peer, informant).addCallbacks(
                 lambda _, p=peer: self._add_neighbours([p]),
                 lambda failure, p=peer: self._note_unreachable(p, failure),
             )
@@ -1064,7 +1114,7 @@ class OverlayNode:
         if self.topology.remove_peer(signer):
             self._neighbours_changed()
         self.addresses.pop(signer, None)
-        self.clock.callLater(0, self._consider_peers, replacements - {signer})
+        self.clock.callLater(0, self._consider_peers, replacements - {signer}, link)
         return MessageCode.LEAVE_ANS, bodies.LeaveAns().encode(), ()
 
     def _on_route_query(self, link: Link, message: Message, signer: int) -> Any:
@@ -1147,7 +1197,7 @@ class OverlayNode:
         self._send_updates()
         self._replicate_all()
 
-    def _send_updates(self) -> None:
+    def _send_updates(self, only: Iterable[int] | None = None, link: Link | None = None) -> None:
         update = bodies.UpdateReq(
             uptime=int(self.clock.seconds() - self.started_at),
             type=bodies.ChordUpdateType.NEIGHBORS,
@@ -1155,11 +1205,11 @@ class OverlayNode:
             successors=tuple(self.topology.successors),
             fingers=(),
         ).encode()
-        for peer in self.topology.neighbours():
-            link = self.link_for(peer)
-            if link is None:
+        for peer in self.topology.neighbours() if only is None else only:
+            peer_link = link or self.link_for(peer)
+            if peer_link is None:
                 continue
-            self._request(Destination.node(peer), MessageCode.UPDATE_REQ, update, first_link=link).addErrback(
+            self._request(Destination.node(peer), MessageCode.UPDATE_REQ, update, first_link=peer_link).addErrback(
                 lambda failure, p=peer: self.log.debug(
                     "Update to {peer} failed: {why}", peer=id_short(p), why=failure.getErrorMessage()
                 )
