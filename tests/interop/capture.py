@@ -25,7 +25,7 @@ import signal
 import socket
 import struct
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,6 +316,10 @@ class DecodedFrame:
     frame_type: int | None
     message_length: int | None
     message_codes: tuple[int, ...]
+    #: StoredData structures in the message, and how many of them tshark
+    #: read a value from (it cannot without the Kind's data model).
+    stored_data: int
+    stored_values: int
     malformed: bool
     expert_severities: tuple[int, ...]
     expert_messages: tuple[str, ...]
@@ -327,34 +331,46 @@ EXPERT_WARN = 0x00600000
 
 _FIELDS = (
     "frame.number", "frame.protocols", "reload_framing.type", "reload_framing.message.length",
-    "reload.message.code", "_ws.malformed", "_ws.expert.severity", "_ws.expert.message",
+    "reload.message.code", "reload.storeddata.lifetime", "reload.datavalue.exists",
+    "_ws.malformed", "_ws.expert.severity", "_ws.expert.message",
 )
 
 
-def decode_frames(tshark: str, udp_capture: Path, ports: Iterable[int]) -> list[DecodedFrame]:
+def decode_frames(
+    tshark: str, udp_capture: Path, ports: Iterable[int], kinds: Mapping[int, tuple[str, str]] | None = None,
+) -> list[DecodedFrame]:
     """
     tshark's reading of each packet of ``udp_capture`` with every port in
     ``ports`` decoded as ``reload-framing``.
 
     Both ends' ports are given, so whichever of the two UDP tries first
     leads to the RELOAD dissector and never to an unrelated protocol that
-    happens to own an ephemeral port number.
+    happens to own an ephemeral port number.  ``kinds`` maps Kind-IDs to
+    (name, Wireshark data model: ``SINGLE``, ``ARRAY`` or ``DICTIONARY``),
+    which tshark needs to read stored values and their signatures, as an
+    overlay's configuration document would tell it.
     """
     arguments = ["-r", str(udp_capture)]
     for port in sorted(set(ports)):
         arguments += ["-d", f"udp.port=={port},reload-framing"]
+    for kind_id, (name, model) in sorted((kinds or {}).items()):
+        arguments += ["-o", f'uat:reload_kindids:"{kind_id}","{name}","{model}"']
     arguments += ["-T", "fields", "-E", "separator=\t", "-E", "occurrence=a", "-E", "aggregator=\x1f"]
     for field in _FIELDS:
         arguments += ["-e", field]
     decoded = []
     for line in run_tshark(tshark, arguments).splitlines():
-        number, protocols, frame_type, length, codes, malformed, severities, messages = line.split("\t")
+        number, protocols, frame_type, length, codes, lifetimes, exists, malformed, severities, messages = (
+            line.split("\t")
+        )
         decoded.append(DecodedFrame(
             number=int(number),
             protocols=protocols,
             frame_type=_first_int(frame_type),
             message_length=_first_int(length),
             message_codes=tuple(int(code, 0) for code in _values(codes)),
+            stored_data=len(_values(lifetimes)),
+            stored_values=len(_values(exists)),
             malformed=bool(malformed),
             expert_severities=tuple(int(value, 0) for value in _values(severities)),
             expert_messages=tuple(_values(messages)),
@@ -391,4 +407,9 @@ def frame_problems(frame: CutFrame, reading: DecodedFrame, codes: Iterable[int])
             problems.append(f"{where}: tshark did not read the message as RELOAD ({reading.protocols})")
         elif reading.message_codes[0] not in set(codes):
             problems.append(f"{where}: message code {reading.message_codes[0]} is not one we send")
+        if reading.stored_values != reading.stored_data:
+            problems.append(
+                f"{where}: tshark read {reading.stored_values} of {reading.stored_data} stored values "
+                "(is every Kind in the Kind-ID table?)"
+            )
     return problems

@@ -16,6 +16,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from p2psip.overlay.bodies import DataModel
+from p2psip.overlay.kinds import DEFAULT_KINDS
 from p2psip.overlay.message import MessageCode
 from p2psip.testing import free_port, require_root, require_tool
 from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
@@ -44,6 +46,14 @@ EXPECTED_CODES = {
     code.value
     for name in ("JOIN", "ATTACH", "UPDATE", "PING", "STORE", "FETCH", "LEAVE")
     for code in (MessageCode[f"{name}_REQ"], MessageCode[f"{name}_ANS"])
+}
+
+#: Our Kinds as Wireshark's RELOAD Kind-ID table wants them, so that tshark
+#: reads each StoredData value and its signature rather than stopping at an
+#: unknown Kind.
+WIRESHARK_KINDS = {
+    kind.kind_id: (kind.name, {DataModel.SINGLE_VALUE: "SINGLE"}.get(kind.data_model, kind.data_model.name))
+    for kind in DEFAULT_KINDS.values()
 }
 
 
@@ -116,7 +126,7 @@ class ReloadWireTests(TestCase):
         udp_capture = directory / "frames.pcap"
         write_udp_capture(udp_capture, frames)
         endpoints = {port for flow in flows for port in (flow.source[1], flow.destination[1])}
-        decoded = yield deferToThread(decode_frames, tshark, udp_capture, endpoints)
+        decoded = yield deferToThread(decode_frames, tshark, udp_capture, endpoints, WIRESHARK_KINDS)
 
         self.assertEqual(len(decoded), len(frames))
         problems = []
@@ -126,4 +136,5 @@ class ReloadWireTests(TestCase):
             if frame.data[0] == DATA_FRAME and reading.message_codes:
                 seen_codes.add(reading.message_codes[0])
         self.assertEqual(problems, [])
+        self.assertTrue(any(reading.stored_values for reading in decoded), "tshark read no stored value")
         self.assertEqual(EXPECTED_CODES - seen_codes, set(), sorted(seen_codes))
