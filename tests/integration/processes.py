@@ -25,10 +25,11 @@ from p2psip.testing import free_port, repository_root
 
 
 class RoleProcess:
-    def __init__(self, role: str, directory: Path, args: list[str]) -> None:
+    def __init__(self, role: str, directory: Path, args: list[str], overlay_port: int | None = None) -> None:
+        """``overlay_port`` lets a caller that must know the port first (a packet capture) choose it."""
         self.role = role
         self.directory = directory
-        self.overlay_port = free_port()
+        self.overlay_port = free_port() if overlay_port is None else overlay_port
         self.http_port = free_port()
         self.log_path = directory / "twistd.log"
         directory.mkdir(parents=True, exist_ok=True)
