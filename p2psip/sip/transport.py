@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
 from twisted.internet.error import MessageLengthError
-from twisted.internet.interfaces import IAddress, IListeningPort
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.internet.protocol import Protocol as StreamProtocol
 from twisted.logger import Logger
@@ -57,6 +57,11 @@ from p2psip.sip.transaction import Hop
 from p2psip.util.endpoints import is_udp, parse_udp_listen_address
 
 UDP_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+TCP_IDLE_TIMEOUT_SECONDS = 3600.0
+"""A connection with no traffic (not even CRLF keepalives) for this long is closed."""
+TCP_PARTIAL_MESSAGE_TIMEOUT_SECONDS = 32.0
+"""A message started but not finished within this time closes the connection (RFC 4475 s3.1.2.2)."""
+MAX_TCP_CONNECTIONS = 10000
 DEFAULT_SIP_PORT = 5060
 KEEPALIVE_PONG = b"\r\n"
 
@@ -131,17 +136,52 @@ class SipStreamProtocol(StreamProtocol):
         self.decoder = SipStreamDecoder(owner.max_message_bytes, owner.max_header_bytes)
         self.remote: tuple[str, int] = ("", 0)
         self.closed: defer.Deferred[None] = defer.Deferred()
+        self._idle_timer: IDelayedCall | None = None
+        self._partial_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
         peer = self.transport.getPeer()
         self.remote = (getattr(peer, "host", ""), getattr(peer, "port", 0))
+        if len(self.owner.connections) >= self.owner.max_tcp_connections:
+            self.log.warn("refusing a SIP connection: {count} open already (max_tcp_connections)",
+                          count=len(self.owner.connections))
+            self.transport.loseConnection()
+            return
+        self._idle_timer = self.owner.reactor.callLater(self.owner.tcp_idle_timeout_seconds, self._timed_out, "idle")
         self.owner._connection_opened(self)
+
+    def _timed_out(self, why: str) -> None:
+        self.log.debug("closing {why} SIP connection from {host}:{port}", why=why, host=self.remote[0],
+                       port=self.remote[1])
+        if why == "idle":
+            self._idle_timer = None
+        else:
+            self._partial_timer = None
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def _track_partial_message(self) -> None:
+        if self.decoder.buffered_bytes and self._partial_timer is None:
+            self._partial_timer = self.owner.reactor.callLater(
+                self.owner.tcp_partial_message_timeout_seconds, self._timed_out, "stalled")
+        elif not self.decoder.buffered_bytes and self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
+
+    def _cancel_timers(self) -> None:
+        for call in (self._idle_timer, self._partial_timer):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_timer = self._partial_timer = None
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
+        if self._idle_timer is not None:
+            self._idle_timer.reset(self.owner.tcp_idle_timeout_seconds)
         try:
             messages = self.decoder.feed(data)
+            self._track_partial_message()
         except SipParseError as e:
             self.log.debug("malformed stream from {host}:{port}: {reason}",
                            host=self.remote[0], port=self.remote[1], reason=e.reason)
@@ -157,6 +197,7 @@ class SipStreamProtocol(StreamProtocol):
             self.owner._deliver(message, Hop("TCP", self.remote[0], self.remote[1]))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
+        self._cancel_timers()
         self.owner._connection_closed(self)
         if not self.closed.called:
             self.closed.callback(None)
@@ -181,7 +222,8 @@ class SipTransport:
 
     Implements the ``MessageSender`` the transaction layer needs
     (``send_request``, ``send_response``).  Set ``receiver`` (usually the
-    TransactionLayer) before messages arrive.
+    TransactionLayer) before messages arrive.  ``reactor`` provides UDP,
+    TCP and time (connection timeouts run on it).
     """
 
     log = Logger()
@@ -194,8 +236,14 @@ class SipTransport:
         udp_buffer_bytes: int = UDP_SOCKET_BUFFER_BYTES,
         max_message_bytes: int = MAX_MESSAGE_BYTES,
         max_header_bytes: int = MAX_HEADER_BYTES,
+        tcp_idle_timeout_seconds: float = TCP_IDLE_TIMEOUT_SECONDS,
+        tcp_partial_message_timeout_seconds: float = TCP_PARTIAL_MESSAGE_TIMEOUT_SECONDS,
+        max_tcp_connections: int = MAX_TCP_CONNECTIONS,
     ) -> None:
         self.reactor = reactor
+        self.tcp_idle_timeout_seconds = tcp_idle_timeout_seconds
+        self.tcp_partial_message_timeout_seconds = tcp_partial_message_timeout_seconds
+        self.max_tcp_connections = max_tcp_connections
         self.receiver = receiver
         self.udp_buffer_bytes = udp_buffer_bytes
         self.max_message_bytes = max_message_bytes

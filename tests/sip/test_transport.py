@@ -166,7 +166,8 @@ class StreamTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.receiver = RecordingReceiver()
-        self.owner = SipTransport(MemoryUDPReactor(), self.receiver)
+        self.reactor = MemoryUDPReactor()
+        self.owner = SipTransport(self.reactor, self.receiver)
         self.protocol = SipStreamProtocol(self.owner)
         self.wire = StringTransport(peerAddress=IPv4Address("TCP", *CLIENT))
         self.protocol.makeConnection(self.wire)
@@ -214,3 +215,44 @@ class StreamTests(SynchronousTestCase):
         self.assertIn("--sip udp:PORT", errors[0])
 
 
+
+    def test_idle_connection_closed(self) -> None:
+        """A connection silent for the idle timeout is closed; traffic postpones that."""
+        self.reactor.advance(3000)
+        self.protocol.dataReceived(b"\r\n\r\n")
+        self.reactor.advance(3000)
+        self.assertFalse(self.wire.disconnecting)
+        self.reactor.advance(600)
+        self.assertTrue(self.wire.disconnecting)
+
+    def test_stalled_message_closes_connection(self) -> None:
+        """Half a message that is never finished closes the connection after 32 s (RFC 4475 s3.1.2.2)."""
+        self.protocol.dataReceived(OPTIONS[:50])
+        self.reactor.advance(31)
+        self.assertFalse(self.wire.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(self.wire.disconnecting)
+
+    def test_finished_message_stops_stall_timer(self) -> None:
+        """Once the message is complete the stall timer is gone."""
+        self.protocol.dataReceived(OPTIONS[:50])
+        self.protocol.dataReceived(OPTIONS[50:])
+        self.reactor.advance(100)
+        self.assertFalse(self.wire.disconnecting)
+
+    def test_timers_cancelled_on_close(self) -> None:
+        """A closed connection leaves no delayed calls behind."""
+        self.protocol.dataReceived(OPTIONS[:50])
+        self.protocol.connectionLost()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_connection_cap(self) -> None:
+        """Connections over max_tcp_connections are refused."""
+        self.owner.max_tcp_connections = 1
+        extra = SipStreamProtocol(self.owner)
+        wire = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.8", 1))
+        with capturedLogs() as events:
+            extra.makeConnection(wire)
+        self.assertTrue(wire.disconnecting)
+        self.assertEqual(list(self.owner.connections), [CLIENT])
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.warn])
