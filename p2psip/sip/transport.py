@@ -32,6 +32,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
 from twisted.internet.error import MessageLengthError
@@ -273,8 +274,17 @@ class SipTransport:
             self._size_buffers(port)
             self.udp_ports.append(port)
             return defer.succeed(port)
-        d: defer.Deferred[Any] = serverFromString(self.reactor, description).listen(self._factory)
+        try:
+            endpoint = serverFromString(self.reactor, description)
+        except Exception as e:
+            return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
+        d: defer.Deferred[Any] = endpoint.listen(self._factory)
         d.addCallback(self._stream_listening)
+
+        def explain(failure: Failure) -> Failure:
+            return Failure(ValueError(f"cannot listen on {description!r} (check --sip): {failure.getErrorMessage()}"))
+
+        d.addErrback(explain)
         return d
 
     def _stream_listening(self, port: IListeningPort) -> IListeningPort:
@@ -409,3 +419,29 @@ class SipTransport:
                 error_callback(failure.getErrorMessage())
 
         d.addCallbacks(connected, failed)
+
+
+class SipListenerService(Service):
+    """
+    Opens a :class:`SipTransport`'s listeners when the role starts and closes them when it stops.
+
+    A listener that cannot be opened (a busy port, a bad string) stops
+    start-up with an error naming the listen string, as ``strports.service``
+    does for other roles.
+    """
+
+    def __init__(self, transport: SipTransport, descriptions: list[str]) -> None:
+        self.transport = transport
+        self.descriptions = list(descriptions)
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        for description in self.descriptions:
+            failures: list[Failure] = []
+            self.transport.listen(description).addErrback(failures.append)
+            if failures:
+                failures[0].raiseException()
+
+    def stopService(self) -> defer.Deferred[Any]:  # noqa: N802 - Twisted's name
+        super().stopService()
+        return self.transport.stop()

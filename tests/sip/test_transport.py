@@ -13,6 +13,7 @@ from p2psip.sip.message import AnyMessage, Request, Via, make_response, parse_me
 from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import (
     SipDatagramProtocol,
+    SipListenerService,
     SipStreamProtocol,
     SipTransport,
     response_address,
@@ -256,3 +257,24 @@ class StreamTests(SynchronousTestCase):
         self.assertTrue(wire.disconnecting)
         self.assertEqual(list(self.owner.connections), [CLIENT])
         self.assertEqual([e["log_level"] for e in events], [LogLevel.warn])
+
+
+class ListenerServiceTests(SynchronousTestCase):
+    """SipListenerService opens listeners on start and closes them on stop."""
+
+    def test_start_and_stop(self) -> None:
+        """UDP and TCP listeners open at startService and close at stopService."""
+        reactor = MemoryUDPReactor()
+        transport = SipTransport(reactor)
+        service = SipListenerService(transport, ["udp:5060", "tcp:5060"])
+        self.assertEqual((reactor.udpPorts, reactor.tcpServers), ({}, []))
+        service.startService()
+        self.assertEqual((list(reactor.udpPorts), [s[0] for s in reactor.tcpServers]), ([5060], [5060]))
+        self.successResultOf(service.stopService())
+        self.assertFalse(reactor.udpPorts[5060].listening)
+
+    def test_bad_listener_stops_startup(self) -> None:
+        """A bad listen string raises at startService, naming the option."""
+        service = SipListenerService(SipTransport(MemoryUDPReactor()), ["tcp:notaport"])
+        error = self.assertRaises(ValueError, service.startService)
+        self.assertIn("--sip", str(error))
