@@ -278,3 +278,21 @@ class ListenerServiceTests(SynchronousTestCase):
         service = SipListenerService(SipTransport(MemoryUDPReactor()), ["tcp:notaport"])
         error = self.assertRaises(ValueError, service.startService)
         self.assertIn("--sip", str(error))
+
+
+class LocalAddressTests(SynchronousTestCase):
+    """What this element puts in its own Via."""
+
+    def test_make_via(self) -> None:
+        """make_via names the listener (or the advertised host) with a fresh branch and rport."""
+        transport = SipTransport(MemoryUDPReactor(), advertised_host="203.0.113.5")
+        self.successResultOf(transport.listen("udp:5070"))
+        via = transport.make_via("UDP")
+        self.assertEqual((via.transport, via.host, via.port, via.rport_requested), ("UDP", "203.0.113.5", 5070, True))
+        self.assertTrue((via.branch or "").startswith("z9hG4bK"))
+        self.assertNotEqual(via.branch, transport.make_via("UDP").branch)
+
+    def test_make_via_without_listener(self) -> None:
+        """Without a listener for the transport, make_via says which option to add."""
+        error = self.assertRaises(ValueError, SipTransport(MemoryUDPReactor()).make_via, "TCP")
+        self.assertIn("--sip tcp:PORT", str(error))
