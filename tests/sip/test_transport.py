@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
@@ -296,3 +298,24 @@ class LocalAddressTests(SynchronousTestCase):
         """Without a listener for the transport, make_via says which option to add."""
         error = self.assertRaises(ValueError, SipTransport(MemoryUDPReactor()).make_via, "TCP")
         self.assertIn("--sip tcp:PORT", str(error))
+
+
+class HostileInputTests(SynchronousTestCase):
+    """Random input never escapes the protocols and is logged at debug level only."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.binary(max_size=300) | st.sampled_from([OPTIONS, OPTIONS[:60], b"\r\n\r\n", b"\r\n"]),
+                    max_size=8))
+    def test_random_datagrams_and_segments(self, chunks: list[bytes]) -> None:
+        """Datagrams and TCP segments of random bytes raise nothing and log nothing above debug."""
+        receiver = RecordingReceiver()
+        owner = SipTransport(MemoryUDPReactor(), receiver)
+        datagrams = SipDatagramProtocol(owner)
+        datagrams.transport = FakeDatagramTransport()  # type: ignore[assignment]
+        stream = SipStreamProtocol(owner)
+        stream.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", *CLIENT)))
+        with capturedLogs() as events:
+            for chunk in chunks:
+                datagrams.datagramReceived(chunk, CLIENT)
+                stream.dataReceived(chunk)
+        self.assertEqual({e["log_level"] for e in events} - {LogLevel.debug}, set())
