@@ -447,10 +447,10 @@ class ExampleConfigTests(SynchronousTestCase):
         self.assertEqual(options["data-dir"], "/var/lib/p2psip/bootstrap")
 
     def test_peer_example(self) -> None:
-        """etc/peer.ini lists two bootstraps and both SIP listeners."""
+        """etc/peer.ini lists two bootstraps; its SIP listeners wait, commented, for the SIP layer."""
         options = config_from_string(self.example("peer"), _documented_options("peer"))
         self.assertEqual(options["bootstrap"], ["tcp:198.51.100.1:6084", "tcp:198.51.100.2:6084"])
-        self.assertEqual(options["sip"], ["udp:5060", "tcp:5060"])
+        self.assertEqual(options["sip"], [])
         self.assertEqual(options["http"], "tcp:8085:interface=127.0.0.1")
 
     def test_client_example(self) -> None:

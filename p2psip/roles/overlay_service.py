@@ -110,6 +110,7 @@ class OverlayService(Service):
         super().startService()
         options = self.options
         config = options.overlay_config()
+        os.makedirs(options["data-dir"], mode=0o700, exist_ok=True)
         identity = NodeIdentity.load_or_create(options["data-dir"])
         connector = StreamConnector(self.reactor, self.reactor, config.limits.max_message_bytes)
         node = OverlayNode(
