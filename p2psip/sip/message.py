@@ -874,6 +874,8 @@ class SipStreamDecoder:
         self.max_header_bytes = max_header_bytes
         self._buffer = bytearray()
         self._pings = 0
+        self._searched_bytes = 0
+        self._pending: tuple[int, int] | None = None
         self._failure: SipParseError | None = None
 
     def take_keepalive_pings(self) -> int:
@@ -912,6 +914,7 @@ class SipStreamDecoder:
     def _consume_keepalives(self) -> None:
         buffer = self._buffer
         while bytes(buffer[:1]) in (b"\r", b"\n"):
+            self._searched_bytes = 0
             if buffer.startswith(b"\r\n\r\n"):
                 self._pings += 1
                 del buffer[:4]
@@ -926,24 +929,37 @@ class SipStreamDecoder:
         buffer = self._buffer
         if not buffer:
             return None
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > self.max_header_bytes:
-                raise SipParseError("header section too large", 513, raw=bytes(buffer[:4096]))
-            return None
-        if end > self.max_header_bytes:
-            raise SipParseError("header section too large", 513, raw=bytes(buffer[:end]))
-        head = bytes(buffer[:end])
-        try:
-            start_line, fields = _parse_head(head)
-            length = _content_length(Headers(fields), self.max_message_bytes) or 0
-            total = end + 4 + length
-            if total > self.max_message_bytes:
-                raise SipParseError("message too large", 513)
-            if len(buffer) < total:
+        if self._pending is None:
+            # Resume the search for the blank line where the last one
+            # stopped, so a peer trickling its header section costs linear time.
+            end = buffer.find(b"\r\n\r\n", max(0, self._searched_bytes - 3))
+            if end < 0:
+                self._searched_bytes = len(buffer)
+                if len(buffer) > self.max_header_bytes:
+                    raise SipParseError("header section too large", 513, raw=bytes(buffer[:4096]))
                 return None
-            body = bytes(buffer[end + 4 : total])
-            del buffer[:total]
+            self._searched_bytes = 0
+            if end > self.max_header_bytes:
+                raise SipParseError("header section too large", 513, raw=bytes(buffer[:end]))
+            head = bytes(buffer[:end])
+            try:
+                _, fields = _parse_head(head)
+                total = end + 4 + (_content_length(Headers(fields), self.max_message_bytes) or 0)
+                if total > self.max_message_bytes:
+                    raise SipParseError("message too large", 513)
+            except SipParseError as e:
+                e.raw = head + b"\r\n\r\n"
+                raise
+            # Remember the framing while the body arrives.
+            self._pending = (end, total)
+        end, total = self._pending
+        if len(buffer) < total:
+            return None
+        self._pending = None
+        head = bytes(buffer[:end])
+        body = bytes(buffer[end + 4 : total])
+        del buffer[:total]
+        try:
             return _build(head, body, datagram=False, max_message_bytes=self.max_message_bytes)
         except SipParseError as e:
             e.raw = head + b"\r\n\r\n"
