@@ -120,8 +120,10 @@ class SipDatagramProtocol(DatagramProtocol):
                                     max_header_bytes=self.owner.max_header_bytes)
         except SipParseError as e:
             self.log.debug("malformed datagram from {host}:{port}: {reason}", host=host, port=port, reason=e.reason)
+            self.owner.malformed_received += 1
             reply = error_response(e)
             if reply is not None and self.transport is not None:
+                self.owner.error_responses_sent += 1
                 self.transport.write(reply, (host, port))
             return
         self.owner._deliver(message, Hop("UDP", host, port))
@@ -147,6 +149,7 @@ class SipStreamProtocol(StreamProtocol):
         if len(self.owner.connections) >= self.owner.max_tcp_connections:
             self.log.warn("refusing a SIP connection: {count} open already (max_tcp_connections)",
                           count=len(self.owner.connections))
+            self.owner.connections_refused += 1
             self.transport.loseConnection()
             return
         self._idle_timer = self.owner.reactor.callLater(self.owner.tcp_idle_timeout_seconds, self._timed_out, "idle")
@@ -186,13 +189,16 @@ class SipStreamProtocol(StreamProtocol):
         except SipParseError as e:
             self.log.debug("malformed stream from {host}:{port}: {reason}",
                            host=self.remote[0], port=self.remote[1], reason=e.reason)
+            self.owner.malformed_received += 1
             reply = error_response(e)
             if reply is not None:
+                self.owner.error_responses_sent += 1
                 self.transport.write(reply)
             self.transport.loseConnection()
             return
         pings = self.decoder.take_keepalive_pings()
         if pings:
+            self.owner.keepalive_pings += pings
             self.transport.write(KEEPALIVE_PONG * pings)
         for message in messages:
             self.owner._deliver(message, Hop("TCP", self.remote[0], self.remote[1]))
@@ -256,6 +262,25 @@ class SipTransport:
         self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
         self._factory = _StreamFactory(self)
+        # Counters for /status and /metrics.
+        self.messages_received = 0
+        self.malformed_received = 0
+        self.error_responses_sent = 0
+        self.keepalive_pings = 0
+        self.connections_refused = 0
+        self.send_errors = 0
+
+    def metrics(self) -> dict[str, int]:
+        """The counters and the number of open TCP connections, for /status and /metrics."""
+        return {
+            "messages_received": self.messages_received,
+            "malformed_received": self.malformed_received,
+            "error_responses_sent": self.error_responses_sent,
+            "keepalive_pings": self.keepalive_pings,
+            "tcp_connections": len(set(self.connections.values())),
+            "tcp_connections_refused": self.connections_refused,
+            "send_errors": self.send_errors,
+        }
 
     # Listening
 
@@ -350,6 +375,7 @@ class SipTransport:
     # Receiving
 
     def _deliver(self, message: AnyMessage, source: Hop) -> None:
+        self.messages_received += 1
         if isinstance(message, Request):
             stamp_received(message, source.host, source.port)
         if self.receiver is None:
@@ -396,7 +422,11 @@ class SipTransport:
     def _response_failed(self, reason: str) -> None:
         self.log.debug("could not send a response: {reason}", reason=reason)
 
-    def _send(self, data: bytes, target: Hop, on_error: Callable[[str], None]) -> None:
+    def _send(self, data: bytes, target: Hop, report_error: Callable[[str], None]) -> None:
+        def on_error(reason: str) -> None:
+            self.send_errors += 1
+            report_error(reason)
+
         if target.transport.upper() == "UDP":
             if not self.udp_ports:
                 on_error("no UDP listener to send from (add --sip udp:PORT)")

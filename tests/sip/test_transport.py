@@ -319,3 +319,23 @@ class HostileInputTests(SynchronousTestCase):
                 datagrams.datagramReceived(chunk, CLIENT)
                 stream.dataReceived(chunk)
         self.assertEqual({e["log_level"] for e in events} - {LogLevel.debug}, set())
+
+
+class MetricsTests(SynchronousTestCase):
+    """Counters for /status and /metrics."""
+
+    def test_transport_counters(self) -> None:
+        """Messages, malformed input, error responses, pings and send errors are counted."""
+        owner = SipTransport(MemoryUDPReactor(), RecordingReceiver())
+        datagrams = SipDatagramProtocol(owner)
+        datagrams.transport = FakeDatagramTransport()  # type: ignore[assignment]
+        datagrams.datagramReceived(OPTIONS, CLIENT)
+        datagrams.datagramReceived(OPTIONS.replace(b"1 OPTIONS", b"1 INVITE"), CLIENT)
+        stream = SipStreamProtocol(owner)
+        stream.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", *CLIENT)))
+        stream.dataReceived(b"\r\n\r\n")
+        owner.send_request(parse_request(OPTIONS), Hop("UDP", *CLIENT), lambda reason: None)
+        self.assertEqual(owner.metrics(), {
+            "messages_received": 1, "malformed_received": 1, "error_responses_sent": 1, "keepalive_pings": 1,
+            "tcp_connections": 1, "tcp_connections_refused": 0, "send_errors": 1,
+        })
