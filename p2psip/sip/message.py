@@ -47,7 +47,7 @@ from p2psip.sip.uri import (
 __all__ = [
     "CSeq", "Headers", "Message", "NameAddress", "Request", "Response", "SipParseError",
     "SipStreamDecoder", "Via", "AbsoluteURI", "SipURI", "TelURI", "URI",
-    "canonical_name", "error_response", "make_response", "parse_message", "parse_uri",
+    "canonical_name", "error_response", "make_request", "make_response", "parse_message", "parse_uri",
     "split_comma_list", "check_request_uri_scheme", "REASON_PHRASES",
 ]
 
@@ -964,6 +964,43 @@ class SipStreamDecoder:
         except SipParseError as e:
             e.raw = head + b"\r\n\r\n"
             raise
+
+
+def make_request(
+    method: str,
+    uri: URI,
+    *,
+    via: Via,
+    from_: NameAddress,
+    to: NameAddress,
+    call_id: str,
+    cseq_number: int,
+    contact: NameAddress | None = None,
+    max_forwards: int = 70,
+    routes: Iterable[NameAddress] = (),
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Request:
+    """
+    A new request with the header fields RFC 3261 s8.1.1 requires, in the usual order.
+
+    ``from_`` should carry a ``tag``; ``via`` a fresh branch (see
+    ``SipTransport.make_via``).
+    """
+    headers = Headers()
+    headers.add("Via", str(via))
+    headers.add("Max-Forwards", str(max_forwards))
+    for route in routes:
+        headers.add("Route", str(route))
+    headers.add("From", str(from_))
+    headers.add("To", str(to))
+    headers.add("Call-ID", call_id)
+    headers.add("CSeq", f"{cseq_number} {method}")
+    if contact is not None:
+        headers.add("Contact", str(contact))
+    if content_type is not None:
+        headers.add("Content-Type", content_type)
+    return Request(method, uri, headers, body)
 
 
 def make_response(

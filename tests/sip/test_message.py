@@ -21,6 +21,7 @@ from p2psip.sip.message import (
     Via,
     check_request_uri_scheme,
     error_response,
+    make_request,
     make_response,
     parse_message,
     parse_uri,
@@ -415,3 +416,27 @@ class TricklingPeerTests(SynchronousTestCase):
             messages += decoder.feed(data[i : i + 1])
         self.assertEqual([m.body for m in messages], [body])
         self.assertEqual(decoder.take_keepalive_pings(), 1)
+
+
+class MakeRequestTests(SynchronousTestCase):
+    """Building a request from values."""
+
+    def test_make_request_round_trip(self) -> None:
+        """A request built with make_request parses back to the same values."""
+        alice = NameAddress(SipURI("example.org", "alice"), "Alice", {"tag": "a1"})
+        bob = NameAddress(SipURI("example.org", "bob"))
+        request = make_request(
+            "MESSAGE", SipURI("example.org", "bob"),
+            via=Via("UDP", "192.0.2.1", 5062, {"branch": "z9hG4bK1", "rport": None}),
+            from_=alice, to=bob, call_id="c@h", cseq_number=7,
+            contact=NameAddress(SipURI("192.0.2.1", "alice", port=5062)),
+            routes=[NameAddress(SipURI("proxy.example.org", parameters={"lr": None}))],
+            body=b"hi", content_type="text/plain",
+        )
+        parsed = parse_message(request.to_bytes())
+        assert isinstance(parsed, Request)
+        self.assertEqual((parsed.method, parsed.cseq, parsed.call_id), ("MESSAGE", CSeq(7, "MESSAGE"), "c@h"))
+        self.assertEqual((parsed.from_.tag, parsed.from_.display_name, parsed.to.tag), ("a1", "Alice", None))
+        self.assertEqual((parsed.body, parsed.content_type, parsed.max_forwards), (b"hi", "text/plain", 70))
+        self.assertEqual(str(parsed.routes[0].uri), "sip:proxy.example.org;lr")
+        self.assertEqual(parsed.contacts[0].uri, SipURI("192.0.2.1", "alice", port=5062))
