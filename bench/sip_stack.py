@@ -21,6 +21,7 @@ from twisted.internet.task import Clock  # noqa: E402
 
 from p2psip.sip.message import Request, Response, SipStreamDecoder, make_response, parse_message  # noqa: E402
 from p2psip.sip.transaction import Hop, ServerTransaction, TransactionLayer, new_branch  # noqa: E402
+from p2psip.testing import shared_dir  # noqa: E402
 
 REGISTER = (
     "REGISTER sip:example.org SIP/2.0\r\n"
@@ -38,15 +39,18 @@ REGISTER = (
 
 
 def rate(label: str, seconds: float, step: Callable[[], object], unit: str = "msg") -> None:
-    count = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while time.perf_counter() < deadline:
-        for _ in range(100):
-            step()
-        count += 100
-    elapsed = time.perf_counter() - start
-    print(f"{label:<48} {count / elapsed:>10,.0f} {unit}/s  ({elapsed / count * 1e6:.1f} us each)")
+    """Best of five runs: other load on the machine only ever makes a run slower."""
+    best = float("inf")
+    for _ in range(5):
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds / 5
+        while time.perf_counter() < deadline:
+            for _ in range(50):
+                step()
+            count += 50
+        best = min(best, (time.perf_counter() - start) / count)
+    print(f"{label:<48} {1 / best:>10,.0f} {unit}/s  ({best * 1e6:.1f} us each, best of 5)")
 
 
 def register_bytes(cseq: int = 1) -> bytes:
@@ -79,7 +83,7 @@ def micro(seconds: float) -> None:
     message = parse_message(data)
     rate("to_bytes(REGISTER)", seconds, message.to_bytes)
     rate("make_response(REGISTER, 200)", seconds, lambda: make_response(message, 200, to_tag="x").to_bytes())
-    torture = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata" / "sip-torture"
+    torture = shared_dir() / "testdata" / "sip-torture"
     for name in ("wsinv", "longreq"):
         path = torture / f"{name}.dat"
         if path.exists():

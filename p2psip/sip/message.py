@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
-from typing import Union
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar, Union
 
 import attrs
 
@@ -441,6 +441,9 @@ class Headers:
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
         self._index: dict[str, list[str]] | None = None
+        # Typed values parsed from the current lines (see Message._parsed);
+        # cleared with the index on every change.
+        self._parsed: dict[str, Any] = {}
 
     def _lines_by_name(self) -> dict[str, list[str]]:
         # Built on first lookup and dropped on every change: messages are
@@ -486,11 +489,13 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a line at the end."""
         self._index = None
+        self._parsed.clear()
         self._items.append((canonical_name(name), value))
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a line above the first line of that name (the top of a Via or Record-Route stack)."""
         self._index = None
+        self._parsed.clear()
         name = canonical_name(name)
         index = next((i for i, (n, _) in enumerate(self._items) if n == name), 0)
         self._items.insert(index, (name, value))
@@ -505,12 +510,14 @@ class Headers:
     def remove(self, name: str) -> None:
         """Remove every line of that name."""
         self._index = None
+        self._parsed.clear()
         name = canonical_name(name)
         self._items = [(n, v) for n, v in self._items if n != name]
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first comma-separated value (the top Via, the next Route)."""
         self._index = None
+        self._parsed.clear()
         name = canonical_name(name)
         for index, (n, v) in enumerate(self._items):
             if n == name:
@@ -523,8 +530,18 @@ class Headers:
         return None
 
 
+_T = TypeVar("_T")
+
+
 class Message:
-    """What requests and responses share: header fields, body and typed access to them."""
+    """
+    What requests and responses share: header fields, body and typed access to them.
+
+    The typed properties parse the header text once and remember the result
+    until the headers change; mutable values (Via, NameAddress) are handed
+    out as copies, so changing one never changes the message: write it back
+    through ``headers``.
+    """
 
     headers: Headers
     body: bytes
@@ -547,18 +564,29 @@ class Message:
     # Typed access.  Each property parses the current header text, so the
     # values follow changes made through ``headers``.
 
+    def _parsed(self, key: str, build: Callable[[], _T]) -> _T:
+        memo = self.headers._parsed
+        if key in memo:
+            value: _T = memo[key]
+            return value
+        value = memo[key] = build()
+        return value
+
+    def _all_vias(self) -> list[Via]:
+        return self._parsed("Via", lambda: [Via.parse(v) for v in self.headers.values("Via")])
+
     @property
     def vias(self) -> list[Via]:
         """The Via stack, topmost first."""
-        return [Via.parse(v) for v in self.headers.values("Via")]
+        return [via.copy() for via in self._all_vias()]
 
     @property
     def via(self) -> Via:
         """The topmost Via (the one that names this hop's transaction)."""
-        values = self.headers.values("Via")
-        if not values:
+        vias = self._all_vias()
+        if not vias:
             raise SipParseError("missing Via header")
-        return Via.parse(values[0])
+        return vias[0].copy()
 
     def _single(self, name: str) -> str:
         values = self.headers.values(name)
@@ -569,16 +597,19 @@ class Message:
     @property
     def from_(self) -> NameAddress:
         """The From header (``from`` is a Python keyword)."""
-        return NameAddress.parse(self._single("From"), "From")
+        return self._parsed("From", lambda: NameAddress.parse(self._single("From"), "From")).copy()
 
     @property
     def to(self) -> NameAddress:
         """The To header."""
-        return NameAddress.parse(self._single("To"), "To")
+        return self._parsed("To", lambda: NameAddress.parse(self._single("To"), "To")).copy()
 
     @property
     def call_id(self) -> str:
         """The Call-ID."""
+        return self._parsed("Call-ID", self._parse_call_id)
+
+    def _parse_call_id(self) -> str:
         lines = self.headers.get_all("Call-ID")
         if len(lines) != 1:
             raise SipParseError(f"{'missing' if not lines else 'more than one'} Call-ID header")
@@ -590,7 +621,7 @@ class Message:
     @property
     def cseq(self) -> CSeq:
         """The CSeq."""
-        return CSeq.parse(self._single("CSeq"))
+        return self._parsed("CSeq", lambda: CSeq.parse(self._single("CSeq")))
 
     @property
     def max_forwards(self) -> int | None:
@@ -607,6 +638,9 @@ class Message:
     @property
     def contacts(self) -> list[NameAddress]:
         """The Contact values; empty for ``Contact: *``."""
+        return [contact.copy() for contact in self._parsed("Contact", self._parse_contacts)]
+
+    def _parse_contacts(self) -> list[NameAddress]:
         values = self.headers.values("Contact")
         if values == ["*"]:
             return []
@@ -624,12 +658,17 @@ class Message:
     @property
     def routes(self) -> list[NameAddress]:
         """The Route set, next hop first."""
-        return [NameAddress.parse(v, "Route") for v in self.headers.values("Route")]
+        parsed = self._parsed("Route", lambda: [NameAddress.parse(v, "Route") for v in self.headers.values("Route")])
+        return [route.copy() for route in parsed]
 
     @property
     def record_routes(self) -> list[NameAddress]:
         """The Record-Route values, topmost first."""
-        return [NameAddress.parse(v, "Record-Route") for v in self.headers.values("Record-Route")]
+        parsed = self._parsed(
+            "Record-Route",
+            lambda: [NameAddress.parse(v, "Record-Route") for v in self.headers.values("Record-Route")],
+        )
+        return [route.copy() for route in parsed]
 
     @property
     def content_type(self) -> str | None:
