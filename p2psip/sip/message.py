@@ -318,7 +318,7 @@ class Via:
 
     def copy(self) -> Via:
         """An independent copy."""
-        return attrs.evolve(self, parameters=dict(self.parameters))
+        return Via(self.transport, self.host, self.port, dict(self.parameters), self.protocol)
 
 
 def _is_host(text: str) -> bool:
@@ -407,7 +407,7 @@ class NameAddress:
 
     def copy(self) -> NameAddress:
         """An independent copy."""
-        return attrs.evolve(self, uri=self.uri.copy(), parameters=dict(self.parameters))
+        return NameAddress(self.uri.copy(), self.display_name, dict(self.parameters))
 
 
 @attrs.frozen
@@ -594,15 +594,21 @@ class Message:
             raise SipParseError(f"{'missing' if not values else 'more than one'} {name} header")
         return values[0]
 
+    def _from(self) -> NameAddress:
+        return self._parsed("From", lambda: NameAddress.parse(self._single("From"), "From"))
+
+    def _to(self) -> NameAddress:
+        return self._parsed("To", lambda: NameAddress.parse(self._single("To"), "To"))
+
     @property
     def from_(self) -> NameAddress:
         """The From header (``from`` is a Python keyword)."""
-        return self._parsed("From", lambda: NameAddress.parse(self._single("From"), "From")).copy()
+        return self._from().copy()
 
     @property
     def to(self) -> NameAddress:
         """The To header."""
-        return self._parsed("To", lambda: NameAddress.parse(self._single("To"), "To")).copy()
+        return self._to().copy()
 
     @property
     def call_id(self) -> str:
@@ -655,20 +661,18 @@ class Message:
             return None
         return _parse_uint(self._single("Expires"), "Expires")
 
+    def _routes(self, name: str) -> list[NameAddress]:
+        return self._parsed(name, lambda: [NameAddress.parse(v, name) for v in self.headers.values(name)])
+
     @property
     def routes(self) -> list[NameAddress]:
         """The Route set, next hop first."""
-        parsed = self._parsed("Route", lambda: [NameAddress.parse(v, "Route") for v in self.headers.values("Route")])
-        return [route.copy() for route in parsed]
+        return [route.copy() for route in self._routes("Route")]
 
     @property
     def record_routes(self) -> list[NameAddress]:
         """The Record-Route values, topmost first."""
-        parsed = self._parsed(
-            "Record-Route",
-            lambda: [NameAddress.parse(v, "Record-Route") for v in self.headers.values("Record-Route")],
-        )
-        return [route.copy() for route in parsed]
+        return [route.copy() for route in self._routes("Record-Route")]
 
     @property
     def content_type(self) -> str | None:
@@ -686,20 +690,19 @@ class Message:
 
         :raises SipParseError: for missing, repeated or malformed fields.
         """
-        if not self.headers.values("Via"):
+        if not self._all_vias():
             raise SipParseError("missing Via header")
-        self.vias
-        self.from_
-        self.to
+        self._from()
+        self._to()
         self.call_id
         self.cseq
         self.max_forwards
-        for contact in self.contacts:
+        for contact in self._parsed("Contact", self._parse_contacts):
             contact.expires
             contact.q
         self.expires
-        self.routes
-        self.record_routes
+        self._routes("Route")
+        self._routes("Record-Route")
         self.content_type
         for date in self.headers.get_all("Date"):
             if not _DATE_RE.match(date):

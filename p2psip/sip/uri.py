@@ -195,7 +195,8 @@ class SipURI:
 
     def copy(self) -> SipURI:
         """An independent copy that can be changed without touching this one."""
-        return attrs.evolve(self, parameters=dict(self.parameters), headers=list(self.headers))
+        return SipURI(self.host, self.user, self.password, self.port, self.scheme, dict(self.parameters),
+                      list(self.headers))
 
 
 @attrs.define(eq=True)
