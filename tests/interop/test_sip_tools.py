@@ -112,22 +112,29 @@ class SipToolTests(TestCase):
         self.assertEqual(uas.methods, ["OPTIONS", "OPTIONS"])
 
     @defer.inlineCallbacks
-    def test_sipp_uac_calls(self) -> defer.Generator[defer.Deferred[object], object, None]:
-        """SIPp's built-in uac scenario completes 5 INVITE/ACK/BYE calls over UDP without failures."""
+    def run_sipp_uac(self, transport: str) -> defer.Generator[defer.Deferred[object], object, None]:
         sipp = require_tool("sipp")
-        uas = yield self.start_uas("udp:0:interface=127.0.0.1")
+        uas = yield self.start_uas(f"{transport}:0:interface=127.0.0.1")
         assert isinstance(uas, AnsweringUAS)
-        hop = self.transport.local_hop("UDP")
+        hop = self.transport.local_hop(transport.upper())
         assert hop is not None
+        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
         code = yield self.run_tool([
-            sipp, "-sn", "uac", f"127.0.0.1:{hop.port}", "-i", "127.0.0.1", "-p", str(free_port(socket.SOCK_DGRAM)),
+            sipp, "-sn", "uac", f"127.0.0.1:{hop.port}", "-i", "127.0.0.1", "-p", str(free_port(kind)),
+            "-t", "u1" if transport == "udp" else "t1",
             "-m", "5", "-r", "10", "-d", "100", "-nostdin", "-timeout", "30", "-timeout_error",
             "-trace_err", "-error_file", self.mktemp(),
         ])
         self.assertEqual(code, 0, self.process.output.decode(errors="replace")[-2000:])
-        self.assertEqual(uas.methods.count("INVITE"), 5)
-        self.assertEqual(uas.methods.count("BYE"), 5)
-        self.assertEqual(uas.methods.count("ACK"), 5)
+        self.assertEqual([uas.methods.count(m) for m in ("INVITE", "ACK", "BYE")], [5, 5, 5])
+
+    def test_sipp_uac_calls_udp(self) -> defer.Deferred[None]:
+        """SIPp's built-in uac scenario completes 5 INVITE/ACK/BYE calls over UDP without failures."""
+        return self.run_sipp_uac("udp")
+
+    def test_sipp_uac_calls_tcp(self) -> defer.Deferred[None]:
+        """The same 5 calls over one TCP connection."""
+        return self.run_sipp_uac("tcp")
 
     @defer.inlineCallbacks
     def test_client_transactions_against_sipp_uas(self) -> defer.Generator[defer.Deferred[object], object, None]:
