@@ -235,6 +235,18 @@ class ValidTortureTests(SynchronousTestCase):
         self.assertEqual((inv2543.via.branch, inv2543.from_.tag, inv2543.max_forwards), (None, None, None))
         self.assertTrue(inv2543.body.startswith(b"v=0") and inv2543.body.endswith(b"RTP/AVP 0\r\n"))
 
+    def test_extension_and_body_fields(self) -> None:
+        """Option tags, unknown media types, unknown auth schemes, Accept and a broadcast Via are readable."""
+        bext01 = parse_request("bext01")
+        self.assertEqual(bext01.headers.values("Require"), ["nothingSupportsThis", "nothingSupportsThisEither"])
+        self.assertEqual(bext01.headers.values("Proxy-Require"), ["noProxiesSupportThis", "norDoAnyProxiesSupportThis"])
+        self.assertEqual(parse_request("invut").content_type, "application/unknownformat")
+        self.assertEqual(parse_request("regaut01").headers.get_all("Authorization"),
+                         ["NoOneKnowsThisScheme opaque-data=here"])
+        self.assertEqual(parse_request("sdp01").headers.values("Accept"), ["text/nobodyKnowsThis"])
+        bcast = parse_message(torture("bcast"))
+        self.assertEqual([v.host for v in bcast.vias], ["192.0.2.198", "255.255.255.255"])
+
     def test_unsupported_scheme_is_416(self) -> None:
         """check_request_uri_scheme answers unknown schemes with 416."""
         error = self.assertRaises(SipParseError, check_request_uri_scheme, parse_request("unkscm"))
