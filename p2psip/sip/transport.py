@@ -134,8 +134,10 @@ class SipStreamProtocol(StreamProtocol):
 
     log = Logger()
 
-    def __init__(self, owner: SipTransport) -> None:
+    def __init__(self, owner: SipTransport, transport_name: str = "TCP") -> None:
         self.owner = owner
+        self.transport_name = transport_name
+        """The Via transport name of this connection: TCP, or TLS for ``ssl:`` listeners."""
         self.decoder = SipStreamDecoder(owner.max_message_bytes, owner.max_header_bytes)
         self.remote: tuple[str, int] = ("", 0)
         self.closed: defer.Deferred[None] = defer.Deferred()
@@ -201,7 +203,7 @@ class SipStreamProtocol(StreamProtocol):
             self.owner.keepalive_pings += pings
             self.transport.write(KEEPALIVE_PONG * pings)
         for message in messages:
-            self.owner._deliver(message, Hop("TCP", self.remote[0], self.remote[1]))
+            self.owner._deliver(message, Hop(self.transport_name, self.remote[0], self.remote[1]))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
         self._cancel_timers()
@@ -216,11 +218,12 @@ class SipStreamProtocol(StreamProtocol):
 
 
 class _StreamFactory(Factory):
-    def __init__(self, owner: SipTransport) -> None:
+    def __init__(self, owner: SipTransport, transport_name: str = "TCP") -> None:
         self.owner = owner
+        self.transport_name = transport_name
 
     def buildProtocol(self, addr: IAddress | None) -> SipStreamProtocol:  # noqa: N802 - Twisted's name
-        return SipStreamProtocol(self.owner)
+        return SipStreamProtocol(self.owner, self.transport_name)
 
 
 class SipTransport:
@@ -305,7 +308,8 @@ class SipTransport:
             endpoint = serverFromString(self.reactor, description)
         except Exception as e:
             return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
-        d: defer.Deferred[Any] = endpoint.listen(self._factory)
+        tls = description.strip().lower().startswith(("ssl:", "tls:"))
+        d: defer.Deferred[Any] = endpoint.listen(_StreamFactory(self, "TLS") if tls else self._factory)
         d.addCallback(self._stream_listening)
 
         def explain(failure: Failure) -> Failure:
@@ -443,6 +447,10 @@ class SipTransport:
         connection = self.connections.get(key)
         if connection is not None:
             connection.send(data)
+            return
+        if target.transport.upper() != "TCP":
+            # TODO(#3): outbound TLS needs client certificates and a trust store.
+            on_error(f"no open {target.transport} connection to {key[0]} and outbound {target.transport} is not supported")
             return
         self._connect_and_send(key, data, on_error)
 

@@ -339,3 +339,24 @@ class MetricsTests(SynchronousTestCase):
             "messages_received": 1, "malformed_received": 1, "error_responses_sent": 1, "keepalive_pings": 1,
             "tcp_connections": 1, "tcp_connections_refused": 0, "send_errors": 1,
         })
+
+
+class TLSTargetTests(SynchronousTestCase):
+    """TLS is inbound only for now."""
+
+    def test_outbound_tls_is_an_error(self) -> None:
+        """A request to a TLS target with no open connection fails instead of going out in clear text."""
+        reactor = MemoryUDPReactor()
+        transport = SipTransport(reactor)
+        errors: list[str] = []
+        transport.send_request(parse_request(OPTIONS), Hop("TLS", *CLIENT), errors.append)
+        self.assertIn("outbound TLS is not supported", errors[0])
+        self.assertEqual(reactor.tcpClients, [])
+
+    def test_inbound_tls_connection_named_tls(self) -> None:
+        """Messages on a connection from an ssl: listener come from a TLS hop."""
+        receiver = RecordingReceiver()
+        protocol = SipStreamProtocol(SipTransport(MemoryUDPReactor(), receiver), "TLS")
+        protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", *CLIENT)))
+        protocol.dataReceived(OPTIONS.replace(b"UDP", b"TLS"))
+        self.assertEqual(receiver.received[0][1], Hop("TLS", *CLIENT))
