@@ -1,0 +1,1012 @@
+"""
+SIP messages (RFC 3261 sections 7, 20 and 25): parse and serialise.
+
+Wire format::
+
+    start-line CRLF            Request-Line  "METHOD SP Request-URI SP SIP/2.0"
+                               Status-Line   "SIP/2.0 SP 3DIGIT SP Reason-Phrase"
+    *(header-name ":" value CRLF)   a line starting with SP/HT continues the
+                               previous one (folding, s7.3.1); names are
+                               case-insensitive and have compact forms (s7.3.3)
+    CRLF
+    body                       Content-Length octets on streams (s18.3); on a
+                               datagram without Content-Length, the rest
+
+Parsing is eager: :func:`parse_message` checks every header field this
+stack relies on (Via, From, To, Call-ID, CSeq, Max-Forwards, Contact,
+Expires, Route, Record-Route, Content-Type, Content-Length, Date) so that a
+message that parses can be used without further error handling, and a bad
+one is answered once, at the transport, with the status carried by
+:class:`SipParseError`.  Other header fields stay opaque strings and are
+forwarded as received (RFC 4475 section 3.1.1.1).
+
+Bytes stay on the wire: header text is decoded as UTF-8 (undecodable octets
+survive as surrogates and are written back unchanged); bodies stay bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from typing import Union
+
+import attrs
+
+from p2psip.sip.errors import SipParseError
+from p2psip.sip.uri import (
+    URI,
+    AbsoluteURI,
+    SipURI,
+    TelURI,
+    parse_host,
+    parse_port,
+    parse_uri,
+)
+
+__all__ = [
+    "CSeq", "Headers", "Message", "NameAddress", "Request", "Response", "SipParseError",
+    "SipStreamDecoder", "Via", "AbsoluteURI", "SipURI", "TelURI", "URI",
+    "canonical_name", "error_response", "make_response", "parse_message", "parse_uri",
+    "split_comma_list", "check_request_uri_scheme", "REASON_PHRASES",
+]
+
+SIP_VERSION = "SIP/2.0"
+MAX_MESSAGE_BYTES = 65535
+"""Whole message (header section and body); over this -> 513 (s18.1.1: UDP's ceiling)."""
+MAX_HEADER_BYTES = 16384
+"""Header section alone; a stream peer that never ends its headers is cut off here."""
+MAGIC_COOKIE = "z9hG4bK"
+MAX_UINT32 = 2**32 - 1
+
+KNOWN_METHODS = frozenset(
+    "INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER MESSAGE UPDATE".split()
+)
+
+# RFC 3261 s7.3.3 and the IANA header field registry.
+COMPACT_FORMS = {
+    "a": "Accept-Contact", "b": "Referred-By", "c": "Content-Type", "d": "Request-Disposition",
+    "e": "Content-Encoding", "f": "From", "i": "Call-ID", "j": "Reject-Contact", "k": "Supported",
+    "l": "Content-Length", "m": "Contact", "n": "Identity-Info", "o": "Event", "r": "Refer-To",
+    "s": "Subject", "t": "To", "u": "Allow-Events", "v": "Via", "x": "Session-Expires", "y": "Identity",
+}
+_CANONICAL = {
+    name.lower(): name
+    for name in (
+        "Accept Accept-Encoding Accept-Language Alert-Info Allow Authentication-Info Authorization "
+        "Call-ID Call-Info Contact Content-Disposition Content-Encoding Content-Language "
+        "Content-Length Content-Type CSeq Date Error-Info Expires From In-Reply-To Max-Forwards "
+        "MIME-Version Min-Expires Organization Path Priority Proxy-Authenticate Proxy-Authorization "
+        "Proxy-Require Record-Route Reply-To Require Retry-After Route Server Subject Supported "
+        "Timestamp To Unsupported User-Agent Via Warning WWW-Authenticate RSeq RAck Event "
+        "Allow-Events Refer-To Referred-By Session-Expires Min-SE Identity Identity-Info "
+        "Accept-Contact Reject-Contact Request-Disposition Service-Route Flow-Timer"
+    ).split()
+}
+
+REASON_PHRASES = {
+    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
+    183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
+    301: "Moved Permanently", 302: "Moved Temporarily", 305: "Use Proxy", 380: "Alternative Service",
+    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
+    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
+    413: "Request Entity Too Large", 414: "Request-URI Too Long", 415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme", 420: "Bad Extension", 421: "Extension Required",
+    423: "Interval Too Brief", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete", 485: "Ambiguous",
+    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here", 491: "Request Pending",
+    493: "Undecipherable", 500: "Server Internal Error", 501: "Not Implemented",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out",
+    505: "Version Not Supported", 513: "Message Too Large", 600: "Busy Everywhere",
+    603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+}
+
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_TOKEN_RE = re.compile(_TOKEN + r"\Z")
+_VERSION_RE = re.compile(r"SIP/(\d+)\.(\d+)\Z", re.IGNORECASE)
+_VIA_RE = re.compile(
+    r"\s*(" + _TOKEN + r")\s*/\s*(" + _TOKEN + r")\s*/\s*(" + _TOKEN + r")\s+"
+    r"(\[[0-9A-Fa-f:.]*\]|[A-Za-z0-9\-.]+)(?:\s*:\s*([0-9]+))?\s*(.*)\Z",
+    re.DOTALL,
+)
+_CSEQ_RE = re.compile(r"\s*([0-9]+)\s+(" + _TOKEN + r")\s*\Z")
+_DATE_RE = re.compile(
+    r"\s*(Mon|Tue|Wed|Thu|Fri|Sat|Sun), [0-9]{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+    r" [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT\s*\Z"
+)
+_MEDIA_TYPE_RE = re.compile(r"\s*(" + _TOKEN + r")\s*/\s*(" + _TOKEN + r")\s*(;.*)?\Z", re.DOTALL)
+_CALL_ID_RE = re.compile(r"[!-~]+\Z")
+_LWS = " \t"
+
+
+def canonical_name(name: str) -> str:
+    """The usual spelling of a header name: long form, conventional case."""
+    lower = name.lower()
+    lower = COMPACT_FORMS[lower].lower() if lower in COMPACT_FORMS else lower
+    return _CANONICAL.get(lower, name)
+
+
+def _skip_lws(text: str, position: int) -> int:
+    while position < len(text) and text[position] in _LWS:
+        position += 1
+    return position
+
+
+def _read_quoted(text: str, position: int) -> tuple[str, int]:
+    """Unescape the quoted-string starting at ``text[position] == '"'``; return it and the index after it."""
+    out = []
+    position += 1
+    while position < len(text):
+        c = text[position]
+        if c == "\\":
+            if position + 1 >= len(text):
+                break
+            out.append(text[position + 1])
+            position += 2
+        elif c == '"':
+            return "".join(out), position + 1
+        else:
+            out.append(c)
+            position += 1
+    raise SipParseError("unterminated quoted string")
+
+
+def quote(text: str) -> str:
+    """A quoted-string for ``text``, backslash-escaping what qdtext cannot carry."""
+    out = ['"']
+    for c in text:
+        if c in "\r\n":
+            continue
+        if c in '"\\' or (ord(c) < 0x20 and c != "\t") or c == "\x7f":
+            out.append("\\")
+        out.append(c)
+    out.append('"')
+    return "".join(out)
+
+
+def split_comma_list(value: str) -> list[str]:
+    """
+    Split a header value at commas outside quoted strings and ``<>``.
+
+    Items are stripped of LWS; empty items are kept so that callers can
+    reject them where the grammar forbids them (RFC 4475 section 3.1.2.1).
+    """
+    items = []
+    start = 0
+    position = 0
+    angle = False
+    while position < len(value):
+        c = value[position]
+        if c == '"' and not angle:
+            try:
+                _, position = _read_quoted(value, position)
+            except SipParseError:
+                position = len(value)
+            continue
+        if c == "<":
+            angle = True
+        elif c == ">":
+            angle = False
+        elif c == "," and not angle:
+            items.append(value[start:position].strip(_LWS))
+            start = position + 1
+        position += 1
+    items.append(value[start:].strip(_LWS))
+    return items
+
+
+def parse_parameters(text: str, where: str) -> dict[str, str | None]:
+    """
+    Parse ``*(SEMI name [EQUAL value])`` as found after header values.
+
+    Names are lower-cased (they are case-insensitive); values are kept as
+    written, quoted strings with their quotes, because some (``tag``,
+    ``branch``) compare case-sensitively.
+    """
+    parameters: dict[str, str | None] = {}
+    position = _skip_lws(text, 0)
+    while position < len(text):
+        if text[position] != ";":
+            raise SipParseError(f"unexpected {text[position]!r} in {where} parameters")
+        position = _skip_lws(text, position + 1)
+        start = position
+        while position < len(text) and text[position] in _TOKEN_CHARS:
+            position += 1
+        name = text[start:position]
+        if not name:
+            raise SipParseError(f"empty parameter in {where}")
+        position = _skip_lws(text, position)
+        value: str | None = None
+        if position < len(text) and text[position] == "=":
+            position = _skip_lws(text, position + 1)
+            if position < len(text) and text[position] == '"':
+                _, end = _read_quoted(text, position)
+                value, position = text[position:end], end
+            else:
+                start = position
+                while position < len(text) and (text[position] in _TOKEN_CHARS or text[position] in "[]:"):
+                    position += 1
+                value = text[start:position]
+                if not value:
+                    raise SipParseError(f"empty value of {name} in {where}")
+            position = _skip_lws(text, position)
+        parameters[name.lower()] = value
+    return parameters
+
+
+def format_parameters(parameters: dict[str, str | None]) -> str:
+    """The inverse of :func:`parse_parameters`."""
+    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in parameters.items())
+
+
+def _parse_uint(text: str, where: str, limit: int = MAX_UINT32) -> int:
+    text = text.strip(_LWS)
+    digits = text.lstrip("0")
+    if not text.isascii() or not text.isdigit() or len(digits) > len(str(limit)) or int(text) > limit:
+        raise SipParseError(f"bad {where} value {text[:30]!r}")
+    return int(text)
+
+
+@attrs.define(eq=False)
+class Via:
+    """One Via value: where the sender wants responses (RFC 3261 s18.2.2, RFC 3581)."""
+
+    transport: str
+    host: str
+    port: int | None = None
+    parameters: dict[str, str | None] = attrs.field(factory=dict)
+    protocol: str = SIP_VERSION
+
+    def __str__(self) -> str:
+        port = "" if self.port is None else f":{self.port}"
+        return f"{self.protocol}/{self.transport} {self.host}{port}{format_parameters(self.parameters)}"
+
+    @classmethod
+    def parse(cls, text: str) -> Via:
+        """Parse one Via value (already split at commas)."""
+        match = _VIA_RE.match(text)
+        if match is None:
+            raise SipParseError("bad Via header")
+        name, version, transport, host, port, rest = match.groups()
+        if name.upper() != "SIP" or version != "2.0":
+            raise SipParseError("unsupported SIP version in Via", 505)
+        parameters = parse_parameters(rest, "Via")
+        via = cls(
+            transport=transport.upper(),
+            host=parse_host(host, "Via host"),
+            port=None if port is None else parse_port(port, "Via port"),
+            parameters=parameters,
+        )
+        for key in ("received", "maddr"):
+            value = parameters.get(key, "")
+            if value is None or (value and not _is_host(value.strip("[]"))):
+                raise SipParseError(f"bad Via {key} parameter")
+        rport = parameters.get("rport")
+        if rport is not None:
+            parse_port(rport, "Via rport")
+        ttl = parameters.get("ttl")
+        if ttl is not None or "ttl" in parameters:
+            _parse_uint(ttl or "", "Via ttl", 255)
+        return via
+
+    @property
+    def branch(self) -> str | None:
+        """The transaction id (RFC 3261 s17.1.3); starts with z9hG4bK when RFC 3261 compliant."""
+        return self.parameters.get("branch")
+
+    @property
+    def received(self) -> str | None:
+        """The source address a server saw, when it differed from ``host``."""
+        return self.parameters.get("received")
+
+    @property
+    def rport(self) -> int | None:
+        """The source port a server filled in (RFC 3581); None when absent or still empty."""
+        value = self.parameters.get("rport")
+        return None if value is None else int(value)
+
+    @property
+    def rport_requested(self) -> bool:
+        """Whether the client asked for symmetric response routing (RFC 3581)."""
+        return "rport" in self.parameters
+
+    @property
+    def sent_by(self) -> tuple[str, int | None]:
+        """The host and port the sender named."""
+        return self.host, self.port
+
+    @property
+    def reliable(self) -> bool:
+        """Whether the transport retransmits itself, so SIP must not (s17.1.1.2)."""
+        return self.transport not in ("UDP", "DTLS-UDP")
+
+    def copy(self) -> Via:
+        """An independent copy."""
+        return attrs.evolve(self, parameters=dict(self.parameters))
+
+
+def _is_host(text: str) -> bool:
+    try:
+        parse_host(text)
+    except SipParseError:
+        try:
+            parse_host(f"[{text}]")
+        except SipParseError:
+            return False
+    return True
+
+
+@attrs.define(eq=False)
+class NameAddress:
+    """
+    A From, To, Contact, Route or Record-Route value.
+
+    ``uri`` is what is inside ``<>`` (or the bare addr-spec); ``parameters``
+    are the header parameters after it (``tag``, ``expires``, ``q``...).
+    """
+
+    uri: URI
+    display_name: str | None = None
+    parameters: dict[str, str | None] = attrs.field(factory=dict)
+
+    def __str__(self) -> str:
+        display = "" if self.display_name is None else quote(self.display_name) + " "
+        return f"{display}<{self.uri}>{format_parameters(self.parameters)}"
+
+    @classmethod
+    def parse(cls, text: str, where: str = "address") -> NameAddress:
+        """Parse a name-addr or addr-spec with its header parameters."""
+        s = text.strip(_LWS)
+        position = 0
+        display: str | None = None
+        if s.startswith('"'):
+            display, position = _read_quoted(s, 0)
+            position = _skip_lws(s, position)
+            if position >= len(s) or s[position] != "<":
+                raise SipParseError(f"quoted display name without <URI> in {where}")
+        else:
+            less = s.find("<")
+            if less >= 0:
+                prefix = s[:less].strip(_LWS)
+                if any(c not in _TOKEN_CHARS and c not in _LWS for c in prefix):
+                    raise SipParseError(f"unquoted display name with special characters in {where}")
+                display = " ".join(prefix.split()) or None
+                position = less
+        if position < len(s) and s[position] == "<":
+            greater = s.find(">", position)
+            if greater < 0:
+                raise SipParseError(f"missing '>' in {where}")
+            uri_text = s[position + 1 : greater]
+            if any(c in uri_text for c in " \t"):
+                raise SipParseError(f"whitespace inside <> in {where}")
+            rest = s[greater + 1 :]
+        else:
+            semicolon = s.find(";")
+            uri_text = s if semicolon < 0 else s[:semicolon].rstrip(_LWS)
+            rest = "" if semicolon < 0 else s[semicolon:]
+            if any(c in uri_text for c in " \t?"):
+                raise SipParseError(f"URI with spaces or headers not enclosed in <> in {where}")
+        return cls(uri=parse_uri(uri_text), display_name=display, parameters=parse_parameters(rest, where))
+
+    @property
+    def tag(self) -> str | None:
+        """The dialog tag (From/To, RFC 3261 s19.3)."""
+        return self.parameters.get("tag")
+
+    @property
+    def expires(self) -> int | None:
+        """A Contact's ``expires`` parameter in seconds."""
+        value = self.parameters.get("expires")
+        return None if value is None else _parse_uint(value, "Contact expires")
+
+    @property
+    def q(self) -> float | None:
+        """A Contact's preference ``q`` (0 to 1)."""
+        value = self.parameters.get("q")
+        if value is None:
+            return None
+        if not re.fullmatch(r"(0(\.[0-9]{0,3})?|1(\.0{0,3})?)", value):
+            raise SipParseError("bad Contact q value")
+        return float(value)
+
+    def copy(self) -> NameAddress:
+        """An independent copy."""
+        return attrs.evolve(self, uri=self.uri.copy(), parameters=dict(self.parameters))
+
+
+@attrs.frozen
+class CSeq:
+    """The command sequence: orders requests in a dialog, names the method a response answers."""
+
+    number: int
+    method: str
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.method}"
+
+    @classmethod
+    def parse(cls, text: str) -> CSeq:
+        """Parse ``number method``; the number must fit 32 bits."""
+        match = _CSEQ_RE.match(text)
+        if match is None:
+            raise SipParseError("bad CSeq header")
+        return cls(_parse_uint(match.group(1), "CSeq"), match.group(2))
+
+
+class Headers:
+    """
+    The header fields in order, with names looked up case-insensitively.
+
+    Each entry is one header line (after unfolding) as ``(name, value)``;
+    a line may carry several comma-separated values.  Names are stored in
+    their canonical spelling so compact forms and long forms are one field.
+    """
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and any(n == canonical_name(name) for n, _ in self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+    def copy(self) -> Headers:
+        """An independent copy."""
+        return Headers(self._items)
+
+    def get(self, name: str) -> str | None:
+        """The first line's value, or None."""
+        name = canonical_name(name)
+        return next((v for n, v in self._items if n == name), None)
+
+    def get_all(self, name: str) -> list[str]:
+        """Every line's value, not split at commas (right for Authorization and unknown fields)."""
+        name = canonical_name(name)
+        return [v for n, v in self._items if n == name]
+
+    def values(self, name: str) -> list[str]:
+        """Every comma-separated value over all lines (for list-valued fields like Via or Contact)."""
+        return [item for line in self.get_all(name) for item in split_comma_list(line)]
+
+    def add(self, name: str, value: str) -> None:
+        """Append a line at the end."""
+        self._items.append((canonical_name(name), value))
+
+    def prepend(self, name: str, value: str) -> None:
+        """Insert a line above the first line of that name (the top of a Via or Record-Route stack)."""
+        name = canonical_name(name)
+        index = next((i for i, (n, _) in enumerate(self._items) if n == name), 0)
+        self._items.insert(index, (name, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every line of that name with one line, where the first one was."""
+        name = canonical_name(name)
+        index = next((i for i, (n, _) in enumerate(self._items) if n == name), len(self._items))
+        self.remove(name)
+        self._items.insert(index, (name, value))
+
+    def remove(self, name: str) -> None:
+        """Remove every line of that name."""
+        name = canonical_name(name)
+        self._items = [(n, v) for n, v in self._items if n != name]
+
+    def pop_first_value(self, name: str) -> str | None:
+        """Remove and return the first comma-separated value (the top Via, the next Route)."""
+        name = canonical_name(name)
+        for index, (n, v) in enumerate(self._items):
+            if n == name:
+                items = split_comma_list(v)
+                if len(items) > 1:
+                    self._items[index] = (n, ", ".join(items[1:]))
+                else:
+                    del self._items[index]
+                return items[0]
+        return None
+
+
+class Message:
+    """What requests and responses share: header fields, body and typed access to them."""
+
+    headers: Headers
+    body: bytes
+
+    def __init__(self, headers: Headers | Iterable[tuple[str, str]] = (), body: bytes = b"") -> None:
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.body = body
+
+    def start_line(self) -> str:
+        raise NotImplementedError
+
+    def to_bytes(self) -> bytes:
+        """The wire form; Content-Length always written and equal to the body length."""
+        lines = [self.start_line()]
+        lines += [f"{n}: {v}" for n, v in self.headers if n != "Content-Length"]
+        lines.append(f"Content-Length: {len(self.body)}")
+        head = "\r\n".join(lines) + "\r\n\r\n"
+        return head.encode("utf-8", "surrogateescape") + self.body
+
+    # Typed access.  Each property parses the current header text, so the
+    # values follow changes made through ``headers``.
+
+    @property
+    def vias(self) -> list[Via]:
+        """The Via stack, topmost first."""
+        return [Via.parse(v) for v in self.headers.values("Via")]
+
+    @property
+    def via(self) -> Via:
+        """The topmost Via (the one that names this hop's transaction)."""
+        values = self.headers.values("Via")
+        if not values:
+            raise SipParseError("missing Via header")
+        return Via.parse(values[0])
+
+    def _single(self, name: str) -> str:
+        values = self.headers.values(name)
+        if len(values) != 1:
+            raise SipParseError(f"{'missing' if not values else 'more than one'} {name} header")
+        return values[0]
+
+    @property
+    def from_(self) -> NameAddress:
+        """The From header (``from`` is a Python keyword)."""
+        return NameAddress.parse(self._single("From"), "From")
+
+    @property
+    def to(self) -> NameAddress:
+        """The To header."""
+        return NameAddress.parse(self._single("To"), "To")
+
+    @property
+    def call_id(self) -> str:
+        """The Call-ID."""
+        lines = self.headers.get_all("Call-ID")
+        if len(lines) != 1:
+            raise SipParseError(f"{'missing' if not lines else 'more than one'} Call-ID header")
+        value = lines[0].strip(_LWS)
+        if not _CALL_ID_RE.match(value) or "," in value:
+            raise SipParseError("bad Call-ID header")
+        return value
+
+    @property
+    def cseq(self) -> CSeq:
+        """The CSeq."""
+        return CSeq.parse(self._single("CSeq"))
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards (0-255), None when absent (RFC 2543 peers omit it)."""
+        if "Max-Forwards" not in self.headers:
+            return None
+        return _parse_uint(self._single("Max-Forwards"), "Max-Forwards", 255)
+
+    @property
+    def contact_wildcard(self) -> bool:
+        """Whether Contact is ``*`` (remove all bindings, RFC 3261 s10.2.2)."""
+        return [v for v in self.headers.values("Contact")] == ["*"]
+
+    @property
+    def contacts(self) -> list[NameAddress]:
+        """The Contact values; empty for ``Contact: *``."""
+        values = self.headers.values("Contact")
+        if values == ["*"]:
+            return []
+        if "*" in values:
+            raise SipParseError("Contact '*' mixed with other contacts")
+        return [NameAddress.parse(v, "Contact") for v in values]
+
+    @property
+    def expires(self) -> int | None:
+        """The Expires header in seconds."""
+        if "Expires" not in self.headers:
+            return None
+        return _parse_uint(self._single("Expires"), "Expires")
+
+    @property
+    def routes(self) -> list[NameAddress]:
+        """The Route set, next hop first."""
+        return [NameAddress.parse(v, "Route") for v in self.headers.values("Route")]
+
+    @property
+    def record_routes(self) -> list[NameAddress]:
+        """The Record-Route values, topmost first."""
+        return [NameAddress.parse(v, "Record-Route") for v in self.headers.values("Record-Route")]
+
+    @property
+    def content_type(self) -> str | None:
+        """The media type, lower case, without parameters (``application/sdp``)."""
+        if "Content-Type" not in self.headers:
+            return None
+        match = _MEDIA_TYPE_RE.match(self._single("Content-Type"))
+        if match is None:
+            raise SipParseError("bad Content-Type header")
+        return f"{match.group(1)}/{match.group(2)}".lower()
+
+    def validate(self) -> None:
+        """
+        Parse every field the stack relies on, raising what a server should answer.
+
+        :raises SipParseError: for missing, repeated or malformed fields.
+        """
+        if not self.headers.values("Via"):
+            raise SipParseError("missing Via header")
+        self.vias
+        self.from_
+        self.to
+        self.call_id
+        self.cseq
+        self.max_forwards
+        for contact in self.contacts:
+            contact.expires
+            contact.q
+        self.expires
+        self.routes
+        self.record_routes
+        self.content_type
+        for date in self.headers.get_all("Date"):
+            if not _DATE_RE.match(date):
+                raise SipParseError("bad Date header (must be RFC 1123 GMT)")
+
+
+class Request(Message):
+    """A SIP request."""
+
+    def __init__(
+        self,
+        method: str,
+        uri: URI,
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+    def start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    def validate(self) -> None:
+        super().validate()
+        cseq = self.cseq
+        if cseq.method != self.method:
+            status = 400 if self.method in KNOWN_METHODS else 501
+            raise SipParseError("CSeq method does not match the request method", status)
+
+    def copy(self) -> Request:
+        """An independent copy (for forwarding)."""
+        return Request(self.method, self.uri.copy(), self.headers.copy(), self.body)
+
+
+class Response(Message):
+    """A SIP response."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        headers: Headers | Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = REASON_PHRASES.get(status, "Unknown") if reason is None else reason
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+    def start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    @property
+    def provisional(self) -> bool:
+        """1xx."""
+        return self.status < 200
+
+    def copy(self) -> Response:
+        """An independent copy (for forwarding)."""
+        return Response(self.status, self.reason, self.headers.copy(), self.body)
+
+
+AnyMessage = Union[Request, Response]
+
+
+def _split_head(data: bytes, max_header_bytes: int) -> tuple[bytes, bytes]:
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if len(data) > max_header_bytes:
+            raise SipParseError("header section too large", 513)
+        raise SipParseError("header section not terminated by an empty line")
+    if end > max_header_bytes:
+        raise SipParseError("header section too large", 513)
+    return data[:end], data[end + 4 :]
+
+
+def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
+    text = head.decode("utf-8", "surrogateescape")
+    lines = text.split("\r\n")
+    if any("\r" in line or "\n" in line for line in lines):
+        raise SipParseError("bare CR or LF in header section")
+    start_line = lines[0]
+    fields: list[list[str]] = []
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            if not fields:
+                raise SipParseError("continuation line before any header")
+            fields[-1][1] += " " + line.strip(_LWS)
+            continue
+        name, colon, value = line.partition(":")
+        name = name.rstrip(_LWS)
+        if not colon or not _TOKEN_RE.match(name):
+            raise SipParseError("malformed header line")
+        fields.append([name, value.strip(_LWS)])
+    return start_line, [(n, v.strip(_LWS)) for n, v in fields]
+
+
+def _parse_start_line(line: str, headers: Headers, body: bytes) -> AnyMessage:
+    parts = line.split(" ")
+    if line.startswith("SIP/"):
+        if len(parts) < 3:
+            raise SipParseError("bad Status-Line")
+        version, code = parts[0], parts[1]
+        reason = line[len(version) + len(code) + 2 :]
+        _check_version(version)
+        if len(code) != 3 or not code.isdigit() or not code.isascii() or not 100 <= int(code) <= 699:
+            raise SipParseError("bad status code")
+        if any(c in reason for c in "\x00"):
+            raise SipParseError("bad reason phrase")
+        return Response(int(code), reason, headers, body)
+    if len(parts) != 3 or not all(parts):
+        raise SipParseError("bad Request-Line (need exactly METHOD SP URI SP SIP/2.0)")
+    method, uri_text, version = parts
+    _check_version(version)
+    if not _TOKEN_RE.match(method):
+        raise SipParseError("bad method")
+    if uri_text.startswith("<"):
+        raise SipParseError("Request-URI must not be enclosed in <>")
+    uri = parse_uri(uri_text)
+    if isinstance(uri, SipURI) and uri.headers:
+        raise SipParseError("Request-URI carries headers")
+    return Request(method, uri, headers, body)
+
+
+def _check_version(version: str) -> None:
+    match = _VERSION_RE.match(version)
+    if match is None:
+        raise SipParseError("bad SIP version")
+    if version != SIP_VERSION:
+        raise SipParseError("SIP version not supported", 505)
+
+
+def _content_length(headers: Headers, limit: int) -> int | None:
+    lines = headers.get_all("Content-Length")
+    if not lines:
+        return None
+    if len(lines) > 1:
+        raise SipParseError("more than one Content-Length header")
+    value = lines[0].strip(_LWS)
+    if not value.isascii() or not value.isdigit():
+        raise SipParseError("bad Content-Length header")
+    if len(value.lstrip("0")) > len(str(limit)) or int(value) > limit:
+        raise SipParseError("Content-Length over the message size limit", 513)
+    return int(value)
+
+
+def _build(head: bytes, body: bytes, *, datagram: bool, max_message_bytes: int) -> AnyMessage:
+    start_line, fields = _parse_head(head)
+    headers = Headers(fields)
+    length = _content_length(headers, max_message_bytes)
+    if length is not None:
+        if len(body) < length:
+            raise SipParseError("Content-Length larger than the message body")
+        body = body[:length]
+    elif not datagram:
+        body = b""
+    message = _parse_start_line(start_line, headers, body)
+    message.validate()
+    return message
+
+
+def parse_message(
+    data: bytes,
+    *,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_header_bytes: int = MAX_HEADER_BYTES,
+) -> AnyMessage:
+    """
+    Parse one whole message as received in a datagram (RFC 3261 s18.3).
+
+    Octets after Content-Length are ignored; without Content-Length the
+    body is the rest of the datagram.  Leading CRLFs are skipped (s7.5).
+
+    :raises SipParseError: the only exception, with the status to answer.
+    """
+    try:
+        if len(data) > max_message_bytes:
+            raise SipParseError("message too large", 513)
+        head, rest = _split_head(data.lstrip(b"\r\n"), max_header_bytes)
+        return _build(head, rest, datagram=True, max_message_bytes=max_message_bytes)
+    except SipParseError as e:
+        e.raw = data
+        raise
+    except (ValueError, UnicodeError, IndexError) as e:  # pragma: no cover - defence in depth
+        raise SipParseError(f"unparseable message ({type(e).__name__})", raw=data) from None
+
+
+class SipStreamDecoder:
+    """
+    Frame SIP messages on a byte stream (TCP/TLS) by Content-Length.
+
+    A missing Content-Length on a stream means an empty body.  CRLF lines
+    between messages are keepalives (RFC 5626 s3.5.1): each CRLFCRLF "ping"
+    is counted and handed out by :meth:`take_keepalive_pings` so that the
+    transport can answer with a CRLF "pong".  After a :class:`SipParseError`
+    the stream cannot be resynchronised and every further feed raises again:
+    close the connection.
+    """
+
+    def __init__(
+        self, max_message_bytes: int = MAX_MESSAGE_BYTES, max_header_bytes: int = MAX_HEADER_BYTES
+    ) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.max_header_bytes = max_header_bytes
+        self._buffer = bytearray()
+        self._pings = 0
+        self._failure: SipParseError | None = None
+
+    def take_keepalive_pings(self) -> int:
+        """How many CRLFCRLF pings arrived since the last call."""
+        pings, self._pings = self._pings, 0
+        return pings
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Octets received but not yet part of a whole message."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[AnyMessage]:
+        """
+        Add received bytes; return the messages they complete.
+
+        :raises SipParseError: when the stream is broken; messages completed
+            before the bad one in the same call are lost with it, so callers
+            feeding large chunks should close the connection.
+        """
+        if self._failure is not None:
+            raise self._failure
+        self._buffer += data
+        messages: list[AnyMessage] = []
+        try:
+            while True:
+                self._consume_keepalives()
+                message = self._next_message()
+                if message is None:
+                    return messages
+                messages.append(message)
+        except SipParseError as e:
+            self._failure = e
+            raise
+
+    def _consume_keepalives(self) -> None:
+        buffer = self._buffer
+        while bytes(buffer[:1]) in (b"\r", b"\n"):
+            if buffer.startswith(b"\r\n\r\n"):
+                self._pings += 1
+                del buffer[:4]
+            elif buffer.startswith(b"\r\n") and len(buffer) > 2 and buffer[2:3] != b"\r":
+                del buffer[:2]  # a pong, or a stray CRLF before a start line (s7.5)
+            elif bytes(buffer) in (b"\r", b"\r\n", b"\r\n\r"):
+                return
+            else:
+                del buffer[:1]
+
+    def _next_message(self) -> AnyMessage | None:
+        buffer = self._buffer
+        if not buffer:
+            return None
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > self.max_header_bytes:
+                raise SipParseError("header section too large", 513, raw=bytes(buffer[:4096]))
+            return None
+        if end > self.max_header_bytes:
+            raise SipParseError("header section too large", 513, raw=bytes(buffer[:end]))
+        head = bytes(buffer[:end])
+        try:
+            start_line, fields = _parse_head(head)
+            length = _content_length(Headers(fields), self.max_message_bytes) or 0
+            total = end + 4 + length
+            if total > self.max_message_bytes:
+                raise SipParseError("message too large", 513)
+            if len(buffer) < total:
+                return None
+            body = bytes(buffer[end + 4 : total])
+            del buffer[:total]
+            return _build(head, body, datagram=False, max_message_bytes=self.max_message_bytes)
+        except SipParseError as e:
+            e.raw = head + b"\r\n\r\n"
+            raise
+
+
+def make_response(
+    request: Request,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Response:
+    """
+    A response to ``request`` (RFC 3261 s8.2.6.2): Via lines, From, To, Call-ID and CSeq copied.
+
+    ``to_tag`` is added to To when the request's To has no tag yet (a UAS
+    must tag every response but 100 Trying).
+    """
+    headers = Headers()
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        for value in request.headers.get_all(name):
+            headers.add(name, value)
+    if to_tag is not None and request.to.tag is None:
+        to = request.to
+        to.parameters["tag"] = to_tag
+        headers.set("To", str(to))
+    if status == 100 and "Timestamp" in request.headers:
+        headers.add("Timestamp", request.headers.get("Timestamp") or "")
+    if content_type is not None:
+        headers.add("Content-Type", content_type)
+    return Response(status, reason, headers, body)
+
+
+def error_response(error: SipParseError) -> bytes | None:
+    """
+    The wire form of the response a server owes for an unparseable request.
+
+    Built from the raw Via, From, To, Call-ID and CSeq lines of
+    ``error.raw``, since the message itself did not parse.  None when no
+    response can be built: responses (never answered), missing fields, or
+    a start line that is not a request.
+    """
+    raw = error.raw
+    if raw is None:
+        return None
+    try:
+        head = raw.lstrip(b"\r\n").split(b"\r\n\r\n", 1)[0]
+        start_line, fields = _parse_head(head)
+    except SipParseError:
+        return None
+    if start_line.startswith("SIP/") or " " not in start_line:
+        return None
+    headers = Headers(fields)
+    copied = Headers()
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        lines = headers.get_all(name)
+        if not lines:
+            return None
+        for value in lines:
+            copied.add(name, value)
+    if start_line.split(" ", 1)[0] == "ACK":
+        return None  # ACK gets no response (s17.2.1)
+    phrase = REASON_PHRASES.get(error.status, "Bad Request")
+    detail = "".join(c for c in error.reason if c.isprintable())[:100]
+    return Response(error.status, f"{phrase} ({detail})", copied).to_bytes()
+
+
+def check_request_uri_scheme(request: Request, schemes: Iterable[str] = ("sip", "sips")) -> None:
+    """
+    Refuse a Request-URI scheme this element cannot route (RFC 3261 s8.2.2.1).
+
+    :raises SipParseError: with status 416.
+    """
+    if request.uri.scheme.lower() not in schemes:
+        raise SipParseError(f"unsupported URI scheme {request.uri.scheme[:20]!r}", 416)
