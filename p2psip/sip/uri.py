@@ -43,6 +43,16 @@ _URI_CHARACTERS = re.compile(r"[!-~]+\Z")
 _TEL_NUMBER = re.compile(r"\+?[0-9A-Fa-f*#\-.()]+\Z")
 
 MAX_PORT = 65535
+# RFC 3261 s19.1.4: these URI parameters count even when only one URI has them.
+_SIGNIFICANT_PARAMETERS = frozenset({"user", "ttl", "method", "maddr", "transport"})
+
+
+def _fold(value: str | None) -> str | None:
+    return None if value is None else value.lower()
+
+
+def _header_set(headers: list[tuple[str, str]]) -> frozenset[tuple[str, str]]:
+    return frozenset((name.lower(), value) for name, value in headers)
 
 
 def unescape(text: str, where: str) -> str:
@@ -139,24 +149,33 @@ class SipURI:
         return "".join(parts)
 
     def __eq__(self, other: object) -> bool:
-        """Equality after canonical escaping, case-folding the host (RFC 3261 s19.1.4, simplified)."""
+        """
+        URI equivalence as RFC 3261 s19.1.4 defines it.
+
+        User and password compare case-sensitively after unescaping, the
+        host case-insensitively, the port only when written the same
+        (``sip:h`` is not ``sip:h:5060``).  The ``user``, ``ttl``,
+        ``method``, ``maddr`` and ``transport`` parameters must agree when
+        either URI has them; other parameters only when both have them.
+        Headers must agree.
+        """
         if not isinstance(other, SipURI):
             return NotImplemented
-        return self._comparison_key() == other._comparison_key()
+        if self._hash_key() != other._hash_key():
+            return False
+        mine, theirs = self.parameters, other.parameters
+        for name in mine.keys() | theirs.keys():
+            if name not in _SIGNIFICANT_PARAMETERS and (name not in mine or name not in theirs):
+                continue
+            if _fold(mine.get(name, "")) != _fold(theirs.get(name, "")):
+                return False
+        return _header_set(self.headers) == _header_set(other.headers)
 
     def __hash__(self) -> int:
-        return hash(self._comparison_key())
+        return hash(self._hash_key())
 
-    def _comparison_key(self) -> tuple[object, ...]:
-        return (
-            self.scheme.lower(),
-            self.user,
-            self.password,
-            self.host.lower(),
-            self.port,
-            tuple(sorted((k, v.lower() if v is not None else None) for k, v in self.parameters.items())),
-            tuple(sorted(self.headers)),
-        )
+    def _hash_key(self) -> tuple[object, ...]:
+        return (self.scheme.lower(), self.user, self.password, self.host.lower(), self.port)
 
     @property
     def transport(self) -> str | None:

@@ -362,3 +362,39 @@ class BuildingTests(SynchronousTestCase):
         self.assertEqual(str(sips), "sips:alice@[2001:db8::1]:5061;transport=tcp")
         self.assertEqual(str(NameAddress(sips, "Alice \"A\"", {"tag": "1"})),
                          '"Alice \\"A\\"" <sips:alice@[2001:db8::1]:5061;transport=tcp>;tag=1')
+
+
+class URIEquivalenceTests(SynchronousTestCase):
+    """RFC 3261 s19.1.4 URI comparison, with the RFC's own examples."""
+
+    def test_equivalent(self) -> None:
+        """The RFC's pairs of equivalent URIs compare equal and hash alike."""
+        pairs = [
+            ("sip:%61lice@atlanta.com;transport=TCP", "sip:alice@AtLanTa.CoM;Transport=tcp"),
+            ("sip:carol@chicago.com", "sip:carol@chicago.com;newparam=5"),
+            ("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;newparam=5"),
+            ("sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
+             "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com"),
+            ("sip:alice@atlanta.com?subject=project%20x&priority=urgent",
+             "sip:alice@atlanta.com?priority=urgent&subject=project%20x"),
+        ]
+        for left, right in pairs:
+            with self.subTest(left=left):
+                self.assertEqual(parse_uri(left), parse_uri(right))
+                self.assertEqual(hash(parse_uri(left)), hash(parse_uri(right)))
+
+    def test_not_equivalent(self) -> None:
+        """The RFC's pairs of different URIs compare unequal."""
+        pairs = [
+            ("SIP:ALICE@AtLanTa.CoM;Transport=udp", "sip:alice@AtLanTa.CoM;Transport=UDP"),
+            ("sip:bob@biloxi.com", "sip:bob@biloxi.com:5060"),
+            ("sip:bob@biloxi.com", "sip:bob@biloxi.com;transport=udp"),
+            ("sip:bob@biloxi.com", "sip:bob@biloxi.com:6000;transport=tcp"),
+            ("sip:carol@chicago.com", "sip:carol@chicago.com?Subject=next%20meeting"),
+            ("sip:bob@phone21.boxesbybob.com", "sip:bob@192.0.2.4"),
+            ("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;security=off"),
+            ("sip:alice@example.com", "sips:alice@example.com"),
+        ]
+        for left, right in pairs:
+            with self.subTest(left=left):
+                self.assertNotEqual(parse_uri(left), parse_uri(right))

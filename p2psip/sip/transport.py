@@ -1,0 +1,411 @@
+"""
+SIP over UDP and TCP (RFC 3261 section 18, RFC 3581, RFC 5626 s3.5.1).
+
+The wire format is :mod:`p2psip.sip.message`'s: one message per UDP
+datagram; on TCP a stream framed by Content-Length.  This module is the
+Twisted shell around it:
+
+* Listeners: ``udp:PORT[:interface=ADDR]`` (see :mod:`p2psip.util.endpoints`)
+  and any Twisted stream server endpoint string (``tcp:5060``).  UDP sockets
+  get several MiB of receive and send buffer, since a Python server pausing
+  for garbage collection otherwise loses bursts to the kernel's default
+  208 KiB buffer.
+* Received requests get ``received`` (when the source address differs from
+  the Via sent-by, or rport was requested) and a filled-in ``rport``
+  (RFC 3581 s4) on their top Via before the controller sees them.
+* Responses go back as RFC 3261 s18.2.2 and RFC 3581 s4 say: over the TCP
+  connection the request came on while it is open, else to the ``received``
+  address and ``rport`` port (UDP), else to the sent-by.
+* TCP connections are kept in a table by remote address, so requests to a
+  UA that registered over TCP reuse its connection (its NAT binding).
+* A CRLFCRLF keepalive ping on TCP is answered with CRLF.
+* A request that does not parse is answered with the status in its
+  :class:`SipParseError` when Via, From, To, Call-ID and CSeq can be found;
+  broken TCP framing closes the connection.  Malformed input is logged at
+  debug level only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
+from twisted.internet.error import MessageLengthError
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.protocol import Protocol as StreamProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2psip.sip.message import (
+    MAX_HEADER_BYTES,
+    MAX_MESSAGE_BYTES,
+    AnyMessage,
+    Request,
+    Response,
+    SipParseError,
+    SipStreamDecoder,
+    Via,
+    error_response,
+    parse_message,
+)
+from p2psip.sip.transaction import Hop
+from p2psip.util.endpoints import is_udp, parse_udp_listen_address
+
+UDP_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+TCP_IDLE_TIMEOUT_SECONDS = 3600.0
+"""A connection with no traffic (not even CRLF keepalives) for this long is closed."""
+TCP_PARTIAL_MESSAGE_TIMEOUT_SECONDS = 32.0
+"""A message started but not finished within this time closes the connection (RFC 4475 s3.1.2.2)."""
+MAX_TCP_CONNECTIONS = 10000
+DEFAULT_SIP_PORT = 5060
+KEEPALIVE_PONG = b"\r\n"
+
+
+class MessageReceiver(Protocol):
+    """The controller behind every transport (normally a TransactionLayer)."""
+
+    def message_received(self, message: AnyMessage, source: Hop) -> None:
+        """A parsed message arrived from ``source``."""
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def stamp_received(request: Request, source_host: str, source_port: int) -> None:
+    """Record where a request really came from in its top Via (RFC 3261 s18.2.1, RFC 3581 s4)."""
+    via = request.via
+    if via.rport_requested:
+        via.parameters["received"] = source_host
+        via.parameters["rport"] = str(source_port)
+    elif via.host.strip("[]") != source_host:
+        via.parameters["received"] = source_host
+    else:
+        return
+    request.headers.pop_first_value("Via")
+    request.headers.prepend("Via", str(via))
+
+
+def response_address(via: Via) -> tuple[str, int]:
+    """Where a response for this Via goes when there is no connection to reuse (s18.2.2, RFC 3581 s4)."""
+    host = via.parameters.get("maddr") or via.received or via.host
+    port = via.rport if via.rport is not None and via.received else via.port
+    return host.strip("[]"), port or DEFAULT_SIP_PORT
+
+
+class SipDatagramProtocol(DatagramProtocol):
+    """One UDP socket; hands datagrams to its :class:`SipTransport`."""
+
+    log = Logger()
+
+    def __init__(self, owner: SipTransport) -> None:
+        self.owner = owner
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802 - Twisted's name
+        host, port = addr[0], addr[1]
+        if not datagram.strip(b"\r\n"):
+            return  # a CRLF keepalive; UDP keepalives are STUN (RFC 5626 s4.4.2)
+        try:
+            message = parse_message(datagram, max_message_bytes=self.owner.max_message_bytes,
+                                    max_header_bytes=self.owner.max_header_bytes)
+        except SipParseError as e:
+            self.log.debug("malformed datagram from {host}:{port}: {reason}", host=host, port=port, reason=e.reason)
+            reply = error_response(e)
+            if reply is not None and self.transport is not None:
+                self.transport.write(reply, (host, port))
+            return
+        self.owner._deliver(message, Hop("UDP", host, port))
+
+
+class SipStreamProtocol(StreamProtocol):
+    """One TCP connection, inbound or outbound."""
+
+    log = Logger()
+
+    def __init__(self, owner: SipTransport) -> None:
+        self.owner = owner
+        self.decoder = SipStreamDecoder(owner.max_message_bytes, owner.max_header_bytes)
+        self.remote: tuple[str, int] = ("", 0)
+        self.closed: defer.Deferred[None] = defer.Deferred()
+        self._idle_timer: IDelayedCall | None = None
+        self._partial_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        self.remote = (getattr(peer, "host", ""), getattr(peer, "port", 0))
+        if len(self.owner.connections) >= self.owner.max_tcp_connections:
+            self.log.warn("refusing a SIP connection: {count} open already (max_tcp_connections)",
+                          count=len(self.owner.connections))
+            self.transport.loseConnection()
+            return
+        self._idle_timer = self.owner.reactor.callLater(self.owner.tcp_idle_timeout_seconds, self._timed_out, "idle")
+        self.owner._connection_opened(self)
+
+    def _timed_out(self, why: str) -> None:
+        self.log.debug("closing {why} SIP connection from {host}:{port}", why=why, host=self.remote[0],
+                       port=self.remote[1])
+        if why == "idle":
+            self._idle_timer = None
+        else:
+            self._partial_timer = None
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def _track_partial_message(self) -> None:
+        if self.decoder.buffered_bytes and self._partial_timer is None:
+            self._partial_timer = self.owner.reactor.callLater(
+                self.owner.tcp_partial_message_timeout_seconds, self._timed_out, "stalled")
+        elif not self.decoder.buffered_bytes and self._partial_timer is not None:
+            self._partial_timer.cancel()
+            self._partial_timer = None
+
+    def _cancel_timers(self) -> None:
+        for call in (self._idle_timer, self._partial_timer):
+            if call is not None and call.active():
+                call.cancel()
+        self._idle_timer = self._partial_timer = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        assert self.transport is not None
+        if self._idle_timer is not None:
+            self._idle_timer.reset(self.owner.tcp_idle_timeout_seconds)
+        try:
+            messages = self.decoder.feed(data)
+            self._track_partial_message()
+        except SipParseError as e:
+            self.log.debug("malformed stream from {host}:{port}: {reason}",
+                           host=self.remote[0], port=self.remote[1], reason=e.reason)
+            reply = error_response(e)
+            if reply is not None:
+                self.transport.write(reply)
+            self.transport.loseConnection()
+            return
+        pings = self.decoder.take_keepalive_pings()
+        if pings:
+            self.transport.write(KEEPALIVE_PONG * pings)
+        for message in messages:
+            self.owner._deliver(message, Hop("TCP", self.remote[0], self.remote[1]))
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
+        self._cancel_timers()
+        self.owner._connection_closed(self)
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def send(self, data: bytes) -> None:
+        """Write one serialised message."""
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class _StreamFactory(Factory):
+    def __init__(self, owner: SipTransport) -> None:
+        self.owner = owner
+
+    def buildProtocol(self, addr: IAddress | None) -> SipStreamProtocol:  # noqa: N802 - Twisted's name
+        return SipStreamProtocol(self.owner)
+
+
+class SipTransport:
+    """
+    Every SIP listener and connection of one element, behind one controller.
+
+    Implements the ``MessageSender`` the transaction layer needs
+    (``send_request``, ``send_response``).  Set ``receiver`` (usually the
+    TransactionLayer) before messages arrive.  ``reactor`` provides UDP,
+    TCP and time (connection timeouts run on it).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        receiver: MessageReceiver | None = None,
+        *,
+        udp_buffer_bytes: int = UDP_SOCKET_BUFFER_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        tcp_idle_timeout_seconds: float = TCP_IDLE_TIMEOUT_SECONDS,
+        tcp_partial_message_timeout_seconds: float = TCP_PARTIAL_MESSAGE_TIMEOUT_SECONDS,
+        max_tcp_connections: int = MAX_TCP_CONNECTIONS,
+    ) -> None:
+        self.reactor = reactor
+        self.tcp_idle_timeout_seconds = tcp_idle_timeout_seconds
+        self.tcp_partial_message_timeout_seconds = tcp_partial_message_timeout_seconds
+        self.max_tcp_connections = max_tcp_connections
+        self.receiver = receiver
+        self.udp_buffer_bytes = udp_buffer_bytes
+        self.max_message_bytes = max_message_bytes
+        self.max_header_bytes = max_header_bytes
+        self.udp_ports: list[Any] = []
+        self.stream_ports: list[IListeningPort] = []
+        self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
+        self._connecting: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
+        self._factory = _StreamFactory(self)
+
+    # Listening
+
+    def listen(self, description: str) -> defer.Deferred[Any]:
+        """
+        Start a listener: ``udp:PORT[:interface=ADDR]`` or a stream endpoint string (``tcp:5060``).
+
+        :returns: a Deferred firing with the listening port; it fails (with
+            a message naming the string) when the address is bad or busy.
+        """
+        if is_udp(description):
+            try:
+                address = parse_udp_listen_address(description)
+                port = self.reactor.listenUDP(address.port, SipDatagramProtocol(self),
+                                              interface=address.interface, maxPacketSize=self.max_message_bytes)
+            except Exception as e:
+                return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
+            self._size_buffers(port)
+            self.udp_ports.append(port)
+            return defer.succeed(port)
+        d: defer.Deferred[Any] = serverFromString(self.reactor, description).listen(self._factory)
+        d.addCallback(self._stream_listening)
+        return d
+
+    def _stream_listening(self, port: IListeningPort) -> IListeningPort:
+        self.stream_ports.append(port)
+        return port
+
+    def _size_buffers(self, port: Any) -> None:
+        sock = getattr(port, "socket", None)
+        if sock is None or not self.udp_buffer_bytes:
+            return
+        for option, name in ((socket.SO_RCVBUF, "rmem_max"), (socket.SO_SNDBUF, "wmem_max")):
+            sock.setsockopt(socket.SOL_SOCKET, option, self.udp_buffer_bytes)
+            granted = sock.getsockopt(socket.SOL_SOCKET, option)
+            if granted < self.udp_buffer_bytes:
+                self.log.warn(
+                    "UDP socket buffer is {granted} bytes, not {wanted}: raise sysctl net.core.{name}",
+                    granted=granted, wanted=self.udp_buffer_bytes, name=name,
+                )
+
+    def stop(self) -> defer.Deferred[Any]:
+        """Stop all listeners and close all connections."""
+        waits = []
+        for port in self.udp_ports + self.stream_ports:
+            result = port.stopListening()
+            if isinstance(result, defer.Deferred):
+                waits.append(result)
+        self.udp_ports, self.stream_ports = [], []
+        for connection in set(self.connections.values()):
+            assert connection.transport is not None
+            waits.append(connection.closed)
+            connection.transport.loseConnection()
+        return defer.gatherResults(waits)
+
+    def local_hop(self, transport: str) -> Hop | None:
+        """The address this element listens on for ``transport`` (for its Via sent-by), or None."""
+        ports: list[Any] = self.udp_ports if transport.upper() == "UDP" else list(self.stream_ports)
+        for port in ports:
+            address = port.getHost()
+            return Hop(transport.upper(), address.host, address.port)
+        return None
+
+    # Receiving
+
+    def _deliver(self, message: AnyMessage, source: Hop) -> None:
+        if isinstance(message, Request):
+            stamp_received(message, source.host, source.port)
+        if self.receiver is None:
+            self.log.warn("no SIP controller attached; dropping {message!r}", message=message)
+            return
+        try:
+            self.receiver.message_received(message, source)
+        except SipParseError as e:
+            # A field the controller reads lazily was bad after all.
+            self.log.debug("bad message from {host}: {reason}", host=source.host, reason=e.reason)
+        except Exception:
+            self.log.failure("while handling a message from {host}", host=source.host)
+
+    def _connection_opened(self, connection: SipStreamProtocol) -> None:
+        self.connections[connection.remote] = connection
+
+    def _connection_closed(self, connection: SipStreamProtocol) -> None:
+        for key in [k for k, c in self.connections.items() if c is connection]:
+            del self.connections[key]
+
+    # Sending
+
+    def send_request(self, request: Request, target: Hop, on_error: Callable[[str], None]) -> None:
+        """Send to ``target``: UDP from our first UDP socket; TCP over an open or a new connection."""
+        self._send(request.to_bytes(), target, on_error)
+
+    def send_response(self, response: Response, source: Hop) -> None:
+        """Send a response back: the request's connection if open, else as its top Via says."""
+        data = response.to_bytes()
+        if source.transport.upper() == "UDP":
+            host, port = response_address(response.via)
+            if not _is_ip(host):
+                host, port = source.host, source.port
+            self._send(data, Hop("UDP", host, port), self._response_failed)
+            return
+        connection = self.connections.get((source.host, source.port))
+        if connection is not None:
+            connection.send(data)
+            return
+        via = response.via
+        host = (via.received or via.host).strip("[]")
+        self._send(data, Hop(source.transport, host, via.port or DEFAULT_SIP_PORT), self._response_failed)
+
+    def _response_failed(self, reason: str) -> None:
+        self.log.debug("could not send a response: {reason}", reason=reason)
+
+    def _send(self, data: bytes, target: Hop, on_error: Callable[[str], None]) -> None:
+        if target.transport.upper() == "UDP":
+            if not self.udp_ports:
+                on_error("no UDP listener to send from (add --sip udp:PORT)")
+                return
+            if not _is_ip(target.host):
+                on_error(f"UDP target {target.host!r} is not an IP address")
+                return
+            try:
+                self.udp_ports[0].write(data, (target.host.strip("[]"), target.port))
+            except (OSError, MessageLengthError) as e:
+                on_error(str(e))
+            return
+        key = (target.host.strip("[]"), target.port)
+        connection = self.connections.get(key)
+        if connection is not None:
+            connection.send(data)
+            return
+        self._connect_and_send(key, data, on_error)
+
+    def _connect_and_send(self, key: tuple[str, int], data: bytes, on_error: Callable[[str], None]) -> None:
+        pending = self._connecting.get(key)
+        if pending is not None:
+            pending.append((data, on_error))
+            return
+        if not _is_ip(key[0]):
+            on_error(f"TCP target {key[0]!r} is not an IP address")
+            return
+        self._connecting[key] = [(data, on_error)]
+        endpoint_class = TCP6ClientEndpoint if ":" in key[0] else TCP4ClientEndpoint
+        endpoint = endpoint_class(self.reactor, key[0], key[1])
+        d = endpoint.connect(self._factory)
+
+        def connected(connection: SipStreamProtocol) -> None:
+            # Index the connection by the address we dialled as well.
+            self.connections.setdefault(key, connection)
+            for queued, _ in self._connecting.pop(key, []):
+                connection.send(queued)
+
+        def failed(failure: Failure) -> None:
+            for _, error_callback in self._connecting.pop(key, []):
+                error_callback(failure.getErrorMessage())
+
+        d.addCallbacks(connected, failed)

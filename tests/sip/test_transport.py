@@ -1,0 +1,258 @@
+"""Tests for p2psip.sip.transport with fake transports (no sockets)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.logger import LogLevel, capturedLogs
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2psip.sip.message import AnyMessage, Request, Via, make_response, parse_message
+from p2psip.sip.transaction import Hop
+from p2psip.sip.transport import (
+    SipDatagramProtocol,
+    SipStreamProtocol,
+    SipTransport,
+    response_address,
+    stamp_received,
+)
+from p2psip.testing import MemoryUDPReactor
+
+OPTIONS = (
+    b"OPTIONS sip:bob@example.org SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP phone.example.org:5062;branch=z9hG4bKabc;rport\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"From: <sip:alice@example.org>;tag=a1\r\n"
+    b"To: <sip:bob@example.org>\r\n"
+    b"Call-ID: c1@phone\r\n"
+    b"CSeq: 1 OPTIONS\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+CLIENT = ("198.51.100.7", 40000)
+
+
+class FakeDatagramTransport:
+    """Records datagrams written."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[bytes, Any]] = []
+
+    def write(self, data: bytes, addr: Any) -> None:
+        self.written.append((data, addr))
+
+
+class RecordingReceiver:
+    """A controller that records what arrives."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[AnyMessage, Hop]] = []
+
+    def message_received(self, message: AnyMessage, source: Hop) -> None:
+        self.received.append((message, source))
+
+
+def parse_request(data: bytes) -> Request:
+    message = parse_message(data)
+    assert isinstance(message, Request)
+    return message
+
+
+class ViaStampTests(SynchronousTestCase):
+    """received and rport (RFC 3261 s18.2.1, RFC 3581)."""
+
+    def test_rport_filled(self) -> None:
+        """With rport requested, received and rport are both set."""
+        request = parse_request(OPTIONS)
+        stamp_received(request, *CLIENT)
+        self.assertEqual((request.via.received, request.via.rport), CLIENT)
+        self.assertEqual(len(request.vias), 1)
+
+    def test_received_only_when_host_differs(self) -> None:
+        """Without rport, received is added only when sent-by is not the source address."""
+        request = parse_request(OPTIONS.replace(b";rport", b""))
+        stamp_received(request, *CLIENT)
+        self.assertEqual((request.via.received, request.via.rport), ("198.51.100.7", None))
+        request = parse_request(OPTIONS.replace(b";rport", b"").replace(b"phone.example.org", b"198.51.100.7"))
+        stamp_received(request, *CLIENT)
+        self.assertIsNone(request.via.received)
+
+    def test_response_address(self) -> None:
+        """Responses go to received:rport, else received:sent-by port, else sent-by."""
+        self.assertEqual(response_address(Via.parse("SIP/2.0/UDP h:5062;received=192.0.2.1;rport=4000")),
+                         ("192.0.2.1", 4000))
+        self.assertEqual(response_address(Via.parse("SIP/2.0/UDP h:5062;received=192.0.2.1")), ("192.0.2.1", 5062))
+        self.assertEqual(response_address(Via.parse("SIP/2.0/UDP 192.0.2.2")), ("192.0.2.2", 5060))
+
+
+class DatagramTests(SynchronousTestCase):
+    """The UDP adapter."""
+
+    def setUp(self) -> None:
+        self.receiver = RecordingReceiver()
+        self.owner = SipTransport(MemoryUDPReactor(), self.receiver)
+        self.protocol = SipDatagramProtocol(self.owner)
+        self.fake = FakeDatagramTransport()
+        self.protocol.transport = self.fake  # type: ignore[assignment]
+
+    def test_request_delivered_with_rport(self) -> None:
+        """A request reaches the controller with its source and a stamped Via."""
+        self.protocol.datagramReceived(OPTIONS, CLIENT)
+        [(message, source)] = self.receiver.received
+        self.assertEqual(source, Hop("UDP", *CLIENT))
+        self.assertEqual(message.via.rport, 40000)
+
+    def test_malformed_request_answered(self) -> None:
+        """A request with a bad CSeq gets 400 at its source and only a debug log event."""
+        with capturedLogs() as events:
+            self.protocol.datagramReceived(OPTIONS.replace(b"1 OPTIONS", b"1 INVITE"), CLIENT)
+        [(reply, addr)] = self.fake.written
+        self.assertEqual(addr, CLIENT)
+        self.assertTrue(reply.startswith(b"SIP/2.0 400 "))
+        self.assertEqual(self.receiver.received, [])
+        self.assertEqual({e["log_level"] for e in events}, {LogLevel.debug})
+
+    def test_garbage_dropped(self) -> None:
+        """Garbage gets no reply."""
+        with capturedLogs() as events:
+            self.protocol.datagramReceived(b"\x00\xffjunk", CLIENT)
+            self.protocol.datagramReceived(b"\r\n\r\n", CLIENT)
+        self.assertEqual((self.fake.written, self.receiver.received), ([], []))
+        self.assertEqual({e["log_level"] for e in events}, {LogLevel.debug})
+
+    def test_controller_errors_do_not_escape(self) -> None:
+        """An exception in the controller is logged, not raised into the reactor."""
+
+        class Broken:
+            def message_received(self, message: AnyMessage, source: Hop) -> None:
+                raise RuntimeError("bug")
+
+        self.owner.receiver = Broken()
+        with capturedLogs() as events:
+            self.protocol.datagramReceived(OPTIONS, CLIENT)
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.critical])
+        self.flushLoggedErrors(RuntimeError)
+
+    def test_listen_records_udp_port(self) -> None:
+        """listen("udp:...") binds through listenUDP with the interface given."""
+        reactor = MemoryUDPReactor()
+        transport = SipTransport(reactor)
+        port = self.successResultOf(transport.listen("udp:5070:interface=127.0.0.1"))
+        self.assertEqual((port.port, port.interface), (5070, "127.0.0.1"))
+        self.assertEqual(transport.local_hop("UDP"), Hop("UDP", "127.0.0.1", 5070))
+
+    def test_bad_listen_string(self) -> None:
+        """A bad udp: string fails the Deferred with a message naming the option."""
+        failure = self.failureResultOf(SipTransport(MemoryUDPReactor()).listen("udp:nope"), ValueError)
+        self.assertIn("--sip", failure.getErrorMessage())
+
+    def test_response_to_rport(self) -> None:
+        """A response goes out of the UDP socket to received:rport."""
+        reactor = MemoryUDPReactor()
+        transport = SipTransport(reactor)
+        port = self.successResultOf(transport.listen("udp:5070"))
+        port.write = lambda data, addr: self.fake.written.append((data, addr))
+        request = parse_request(OPTIONS)
+        stamp_received(request, *CLIENT)
+        transport.send_response(make_response(request, 200), Hop("UDP", *CLIENT))
+        [(data, addr)] = self.fake.written
+        self.assertEqual(addr, CLIENT)
+        self.assertTrue(data.startswith(b"SIP/2.0 200 OK"))
+
+
+class StreamTests(SynchronousTestCase):
+    """The TCP adapter."""
+
+    def setUp(self) -> None:
+        self.receiver = RecordingReceiver()
+        self.reactor = MemoryUDPReactor()
+        self.owner = SipTransport(self.reactor, self.receiver)
+        self.protocol = SipStreamProtocol(self.owner)
+        self.wire = StringTransport(peerAddress=IPv4Address("TCP", *CLIENT))
+        self.protocol.makeConnection(self.wire)
+
+    def test_messages_delivered_and_connection_indexed(self) -> None:
+        """Two messages in one segment both arrive; the connection is known by remote address."""
+        tcp_options = OPTIONS.replace(b"UDP", b"TCP")
+        self.protocol.dataReceived(tcp_options + tcp_options.replace(b"z9hG4bKabc", b"z9hG4bKdef"))
+        self.assertEqual([s for _, s in self.receiver.received], [Hop("TCP", *CLIENT)] * 2)
+        self.assertIs(self.owner.connections[CLIENT], self.protocol)
+
+    def test_keepalive_ping_answered(self) -> None:
+        """CRLFCRLF is answered with CRLF (RFC 5626 s3.5.1)."""
+        self.protocol.dataReceived(b"\r\n\r\n")
+        self.assertEqual(self.wire.value(), b"\r\n")
+
+    def test_broken_framing_answers_and_closes(self) -> None:
+        """A negative Content-Length gets 400 and the connection is closed."""
+        self.protocol.dataReceived(OPTIONS.replace(b"Content-Length: 0", b"Content-Length: -1"))
+        self.assertTrue(self.wire.value().startswith(b"SIP/2.0 400 "))
+        self.assertTrue(self.wire.disconnecting)
+
+    def test_requests_and_responses_reuse_connection(self) -> None:
+        """A request to the UA's address and a response to its request use the open connection."""
+        self.protocol.dataReceived(OPTIONS.replace(b"UDP", b"TCP"))
+        [(request, source)] = self.receiver.received
+        assert isinstance(request, Request)
+        self.owner.send_response(make_response(request, 200), source)
+        errors: list[str] = []
+        self.owner.send_request(request, Hop("TCP", *CLIENT), errors.append)
+        data = self.wire.value()
+        self.assertTrue(data.startswith(b"SIP/2.0 200 OK"))
+        self.assertIn(b"\r\n\r\nOPTIONS sip:bob@example.org SIP/2.0", data)
+        self.assertEqual(errors, [])
+
+    def test_closed_connection_forgotten(self) -> None:
+        """A lost connection leaves the table."""
+        self.protocol.connectionLost()
+        self.assertEqual(self.owner.connections, {})
+
+    def test_udp_without_listener_is_an_error(self) -> None:
+        """Sending over UDP with no UDP socket reports an error naming the option."""
+        errors: list[str] = []
+        self.owner.send_request(parse_request(OPTIONS), Hop("UDP", *CLIENT), errors.append)
+        self.assertIn("--sip udp:PORT", errors[0])
+
+
+
+    def test_idle_connection_closed(self) -> None:
+        """A connection silent for the idle timeout is closed; traffic postpones that."""
+        self.reactor.advance(3000)
+        self.protocol.dataReceived(b"\r\n\r\n")
+        self.reactor.advance(3000)
+        self.assertFalse(self.wire.disconnecting)
+        self.reactor.advance(600)
+        self.assertTrue(self.wire.disconnecting)
+
+    def test_stalled_message_closes_connection(self) -> None:
+        """Half a message that is never finished closes the connection after 32 s (RFC 4475 s3.1.2.2)."""
+        self.protocol.dataReceived(OPTIONS[:50])
+        self.reactor.advance(31)
+        self.assertFalse(self.wire.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(self.wire.disconnecting)
+
+    def test_finished_message_stops_stall_timer(self) -> None:
+        """Once the message is complete the stall timer is gone."""
+        self.protocol.dataReceived(OPTIONS[:50])
+        self.protocol.dataReceived(OPTIONS[50:])
+        self.reactor.advance(100)
+        self.assertFalse(self.wire.disconnecting)
+
+    def test_timers_cancelled_on_close(self) -> None:
+        """A closed connection leaves no delayed calls behind."""
+        self.protocol.dataReceived(OPTIONS[:50])
+        self.protocol.connectionLost()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_connection_cap(self) -> None:
+        """Connections over max_tcp_connections are refused."""
+        self.owner.max_tcp_connections = 1
+        extra = SipStreamProtocol(self.owner)
+        wire = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.8", 1))
+        with capturedLogs() as events:
+            extra.makeConnection(wire)
+        self.assertTrue(wire.disconnecting)
+        self.assertEqual(list(self.owner.connections), [CLIENT])
+        self.assertEqual([e["log_level"] for e in events], [LogLevel.warn])
