@@ -218,6 +218,9 @@ class SipProxy:
                 response.headers.add("Accept", "application/sdp")
                 transaction.respond(response)
                 return
+            if request.method != "ACK" and not request.headers.values("Route"):
+                self._answer(transaction, 405, "Method Not Allowed", (("Allow", "OPTIONS, REGISTER"),))
+                return
         if request.method == "REGISTER":
             self._answer(transaction, 404, "Not Found (not the registrar for that domain)")
             return
@@ -300,15 +303,11 @@ class SipProxy:
         uri = request.uri
         if not isinstance(uri, SipURI):
             return None
-        for binding in self._all_local_bindings():
-            if binding.contact.uri == uri:
-                return self._flow_hop(binding)
+        for binding in self.registrar.bindings_for_contact(uri):
+            return self._flow_hop(binding)
         if removed_own_route:
             return hop_for_uri(uri)
         return None
-
-    def _all_local_bindings(self) -> list[LocalBinding]:
-        return [b for aor in self.registrar.served_aors() for b in self.registrar.local_bindings(aor)]
 
     @staticmethod
     def _flow_hop(binding: LocalBinding) -> Hop:
@@ -573,9 +572,13 @@ class SipProxy:
         context.cancelled = True
         self._cancel_pending_branches(context)
 
-    def _answer(self, transaction: ServerTransaction, status: int, reason: str) -> None:
+    def _answer(
+        self, transaction: ServerTransaction, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         try:
             response = make_response(transaction.request, status, reason, to_tag=_new_tag())
         except SipParseError:
             response = make_response(transaction.request, status, reason)
+        for name, value in headers:
+            response.headers.add(name, value)
         transaction.respond(response)

@@ -48,7 +48,7 @@ from p2psip.sip.digest import DigestAuthenticator, DigestParseError, Verdict, pa
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import Binding, OverlayLocationService, format_q
 from p2psip.sip.message import NameAddress, Request, Response, make_response
-from p2psip.sip.uri import URI, SipURI
+from p2psip.sip.uri import URI, SipURI, parse_uri
 
 #: Defaults for registration intervals (RFC 3261 s10.2.1.1 suggests 3600).
 DEFAULT_EXPIRES_SECONDS = 3600
@@ -106,6 +106,13 @@ class _Refusal(Exception):
         self.headers = headers
 
 
+def _contact_key(uri: URI) -> str:
+    """A lookup key equal for URIs that compare equal (host case, parameters aside)."""
+    if isinstance(uri, SipURI):
+        return f"{uri.scheme}:{uri.user}@{uri.host.lower()}:{uri.port}"
+    return str(uri)
+
+
 def blur_aor(aor: str) -> str:
     """An AOR fit for info-level logs: domain kept, user replaced by a short hash."""
     scheme, _, rest = aor.partition(":")
@@ -131,6 +138,21 @@ def blur_flow(flow: object) -> str:
     if len(parts) == 4:
         return ".".join(parts[:3]) + ".x"
     return "?"
+
+
+def _digest_uri_for(credentials_uri: str, request_uri: URI) -> str:
+    """
+    The Request-URI as the client spelled it, when its digest-uri names it.
+
+    Clients hash the URI as they wrote it; ours is re-serialised, so compare
+    the parsed forms (RFC 3261 s19.1.4) and hand back the client's text.
+    """
+    try:
+        if parse_uri(credentials_uri) == request_uri:
+            return credentials_uri
+    except SipParseError:
+        pass
+    return str(request_uri)
 
 
 class Registrar:
@@ -176,6 +198,7 @@ class Registrar:
         self.max_expires_seconds = max_expires_seconds
         self._random_bytes = random_bytes
         self._bindings: dict[str, list[LocalBinding]] = {}
+        self._by_contact: dict[str, list[LocalBinding]] = {}
         self._expiry_calls: dict[str, IDelayedCall] = {}
         self._locks: dict[str, DeferredLock] = {}
 
@@ -186,6 +209,12 @@ class Registrar:
         now = self.clock.seconds()
         live = [binding for binding in self._bindings.get(aor, []) if binding.expires_at > now]
         return sorted(live, key=lambda binding: -binding.q)
+
+    def bindings_for_contact(self, uri: URI) -> list[LocalBinding]:
+        """Live bindings whose contact is ``uri`` (to route in-dialog requests over the flow)."""
+        now = self.clock.seconds()
+        candidates = self._by_contact.get(_contact_key(uri), [])
+        return [binding for binding in candidates if binding.expires_at > now and binding.contact.uri == uri]
 
     def served_aors(self) -> list[str]:
         """Every AOR with at least one binding here (for status pages)."""
@@ -254,7 +283,7 @@ class Registrar:
                 raise _Refusal(400, f"Bad Request (malformed Authorization: {e})") from None
             if credentials.realm != authenticator.realm:
                 continue
-            verdict = authenticator.verify(credentials, request.method, str(request.uri))
+            verdict = authenticator.verify(credentials, request.method, _digest_uri_for(credentials.uri, request.uri))
             if verdict is Verdict.ACCEPTED:
                 if self.accounts.aor_for(credentials.username, credentials.realm) != aor:
                     raise _Refusal(403, "Forbidden")
@@ -385,6 +414,15 @@ class Registrar:
         call = self._expiry_calls.pop(aor, None)
         if call is not None and call.active():
             call.cancel()
+        for old in self._bindings.get(aor, []):
+            key = _contact_key(old.contact.uri)
+            remaining = [b for b in self._by_contact.get(key, []) if b is not old]
+            if remaining:
+                self._by_contact[key] = remaining
+            else:
+                self._by_contact.pop(key, None)
+        for new in bindings:
+            self._by_contact.setdefault(_contact_key(new.contact.uri), []).append(new)
         if not bindings:
             self._bindings.pop(aor, None)
             return

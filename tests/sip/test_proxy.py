@@ -164,6 +164,12 @@ class ProxyTests(SynchronousTestCase):
         [binding] = self.a.registrar.local_bindings("sip:alice@example.org")
         self.assertEqual(binding.flow, ALICE_FLOW)
 
+    def test_other_methods_to_server_405(self) -> None:
+        """An INVITE to the domain itself (no user) gets 405 with Allow."""
+        self.a.receive(message_text(uri="sip:example.org"))
+        response = self.a.sender.responses[-1][0]
+        self.assertEqual((response.status, response.headers.get("Allow")), (405, "OPTIONS, REGISTER"))
+
     # -- refusals ---------------------------------------------------------------
 
     def test_unknown_user_404(self) -> None:

@@ -245,6 +245,30 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         self.assertNotIn("192.0.2.7", text)
         self.assertIn("200", text)
 
+    def test_bindings_by_contact(self) -> None:
+        """A binding can be found by its contact URI, until it is removed."""
+        self.send(register(contacts="<sip:alice@192.0.2.7:5062;transport=udp>", expires=300))
+        from p2psip.sip.uri import parse_uri
+
+        uri = parse_uri("sip:alice@192.0.2.7:5062;transport=UDP")
+        self.assertEqual(len(self.registrar.bindings_for_contact(uri)), 1)
+        self.send(register(contacts="*", expires=0, cseq=2))
+        self.assertEqual(self.registrar.bindings_for_contact(uri), [])
+
+    @settings(max_examples=100)
+    @given(
+        st.text(alphabet="<sip:alice@192.0.2.7>;q=0.5expires=*, \"\t-1", max_size=80),
+        st.one_of(st.none(), st.integers(min_value=0, max_value=2**33)),
+    )
+    def test_hostile_contacts_answered(self, contact: str, expires: int | None) -> None:
+        """Odd Contact and Expires values get a response, never an exception."""
+        try:
+            request = register(contacts=contact or None, expires=expires)
+        except SipParseError:
+            return
+        response = self.send(request)
+        self.assertIn(response.status, (200, 400, 403, 423))
+
     def test_contact_flood_refused(self) -> None:
         """Too many contacts in one REGISTER are refused."""
         contacts = ", ".join(f"<sip:alice@192.0.2.{i}>" for i in range(40))
@@ -313,6 +337,19 @@ class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
             )
             self.assertEqual(response.status, 200, algorithm)
             challenge = self.send(register(expires=300))
+
+    def test_digest_uri_spelled_differently(self) -> None:
+        """A digest-uri that names the Request-URI in another spelling is hashed as the client wrote it."""
+        challenge = self.send(register(expires=300))
+        params = parse_digest_parameters(challenge.headers.get_all("WWW-Authenticate")[0].partition(" ")[2])
+        ha1 = compute_ha1("SHA-256", "alice", DOMAIN, "wonderland")
+        spelled = "sip:EXAMPLE.org"
+        digest = compute_response("SHA-256", ha1, params["nonce"], "REGISTER", spelled, "auth", "00000001", "c")
+        header = (
+            f'Authorization: Digest username="alice", realm="{DOMAIN}", nonce="{params["nonce"]}", '
+            f'uri="{spelled}", response="{digest}", algorithm=SHA-256, qop=auth, nc=00000001, cnonce="c"'
+        )
+        self.assertEqual(self.send(register(expires=300, cseq=2, extra=header)).status, 200)
 
     def test_wrong_password_and_unknown_user_alike(self) -> None:
         """A wrong password and an unknown user both get 403 with the same reason."""
