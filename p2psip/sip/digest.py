@@ -40,7 +40,7 @@ import hmac
 import os
 import struct
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from attrs import frozen
@@ -267,9 +267,17 @@ class DigestAuthenticator:
         users: HA1Source,
         nonce_lifetime_seconds: float = NONCE_LIFETIME_SECONDS,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        algorithms: Sequence[str] = ALGORITHMS,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the nonce secret must be at least 16 bytes")
+        unknown = [name for name in algorithms if name not in ALGORITHMS]
+        if unknown or not algorithms:
+            raise ValueError(f"digest algorithms must be some of {', '.join(ALGORITHMS)}, not {unknown}")
+        # Offered in this order.  RFC 8760 puts SHA-256 first; some older
+        # user agents read only the first challenge and know only MD5, and
+        # for them an operator may list MD5 first (or alone).
+        self.algorithms = tuple(algorithms)
         self.realm = realm
         self._secret = secret
         self._clock = clock
@@ -298,7 +306,7 @@ class DigestAuthenticator:
         return [
             f'Digest realm="{realm}", nonce="{nonce}", opaque="{self._opaque}", '
             f'algorithm={algorithm}, qop="auth"{suffix}'
-            for algorithm in ALGORITHMS
+            for algorithm in self.algorithms
         ]
 
     def verify(self, credentials: DigestCredentials, method: str, request_uri: str) -> Verdict:
@@ -306,6 +314,7 @@ class DigestAuthenticator:
         algorithm = _canonical_algorithm(credentials.algorithm)
         if (
             algorithm is None
+            or algorithm not in self.algorithms
             or credentials.realm != self.realm
             or credentials.qop not in (None, "auth")
         ):

@@ -106,6 +106,13 @@ class _Refusal(Exception):
         self.headers = headers
 
 
+def _aor_of(to: NameAddress | None) -> str:
+    """The To AOR, or ``?`` when there is none (for log lines)."""
+    if to is None or not isinstance(to.uri, SipURI):
+        return "?"
+    return to.uri.address_of_record()
+
+
 def _contact_key(uri: URI) -> str:
     """A lookup key equal for URIs that compare equal (host case, parameters aside)."""
     if isinstance(uri, SipURI):
@@ -115,10 +122,10 @@ def _contact_key(uri: URI) -> str:
 
 def blur_aor(aor: str) -> str:
     """An AOR fit for info-level logs: domain kept, user replaced by a short hash."""
-    scheme, _, rest = aor.partition(":")
+    scheme, colon, rest = aor.partition(":")
     user, at, domain = rest.rpartition("@")
-    if not at:
-        return f"{scheme}:?"
+    if not colon or not at:
+        return "?"
     digest = hashlib.sha256(user.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{scheme}:~{digest}@{domain}"
 
@@ -235,18 +242,21 @@ class Registrar:
 
         It never fails: every problem becomes an error response.
         """
-        aor = "?"
+        # The To header is parsed once here: every response copies it.
+        to: NameAddress | None = None
         try:
-            aor = self._check_request(request)
+            to = request.to
+            aor = _aor_of(to)
+            self._check_request(request, to)
             contacts, wildcard = self._requested_contacts(request)
         except _Refusal as refusal:
-            return succeed(self._refuse(request, flow, aor, refusal))
+            return succeed(self._refuse(request, to, flow, _aor_of(to), refusal))
         except SipParseError as e:
-            return succeed(self._refuse(request, flow, aor, _Refusal(e.status, e.reason)))
+            return succeed(self._refuse(request, to, flow, _aor_of(to), _Refusal(e.status, e.reason)))
         # Requests for one AOR are applied one after another, so that two
         # REGISTERs racing to the overlay cannot lose a binding.
         lock = self._locks.setdefault(aor, DeferredLock())
-        result: Deferred[Response] = lock.run(self._apply, request, flow, aor, contacts, wildcard)
+        result: Deferred[Response] = lock.run(self._apply, request, to, flow, aor, contacts, wildcard)
 
         def forget_lock(response: Response) -> Response:
             if not lock.locked and not lock.waiting and self._locks.get(aor) is lock:
@@ -255,21 +265,19 @@ class Registrar:
 
         return result.addCallback(forget_lock)
 
-    def _check_request(self, request: Request) -> str:
+    def _check_request(self, request: Request, to: NameAddress) -> None:
         uri = request.uri
         if not isinstance(uri, SipURI) or uri.host.lower() != self.domain or uri.user is not None:
             raise _Refusal(404, "Not the registrar for that domain")
         if request.headers.values("Require"):
             unsupported = ", ".join(request.headers.values("Require"))
             raise _Refusal(420, "Bad Extension", (("Unsupported", unsupported),))
-        to_uri = request.to.uri
+        to_uri = to.uri
         if not isinstance(to_uri, SipURI) or to_uri.user is None:
             raise _Refusal(404, "Not Found (the To header must be a sip: AOR)")
-        aor = to_uri.address_of_record()
-        self._authenticate(request, aor)
+        self._authenticate(request, to_uri.address_of_record())
         if to_uri.host.lower() != self.domain:
             raise _Refusal(404, "Not Found (AOR outside the overlay domain)")
-        return aor
 
     def _authenticate(self, request: Request, aor: str) -> None:
         authenticator = self.authenticator
@@ -320,7 +328,8 @@ class Registrar:
                 raise _Refusal(
                     423, "Interval Too Brief", (("Min-Expires", str(self.min_expires_seconds)),)
                 )
-            if any(character in str(contact.uri) for character in '<>" '):
+            contact_text = str(contact.uri)
+            if any(character in contact_text for character in '<>" '):
                 raise _Refusal(400, "Bad Request (contact URI cannot be stored)")
             requested.append((contact, min(expires, self.max_expires_seconds)))
         return requested, False
@@ -328,6 +337,7 @@ class Registrar:
     def _apply(
         self,
         request: Request,
+        to: NameAddress,
         flow: object,
         aor: str,
         requested: Sequence[tuple[NameAddress, int]],
@@ -340,15 +350,15 @@ class Registrar:
         try:
             updated = self._updated_bindings(aor, current, requested, wildcard, call_id, cseq, flow, now)
         except _Refusal as refusal:
-            return succeed(self._refuse(request, flow, aor, refusal))
+            return succeed(self._refuse(request, to, flow, aor, refusal))
         if not requested and not wildcard:
-            return succeed(self._accept(request, flow, aor, current, "queried"))
+            return succeed(self._accept(request, to, flow, aor, current, "queried"))
         stored = self.location.register(aor, [b.as_binding(self.location.local_node_id) for b in updated])
 
         def commit(_: object) -> Response:
             self._set_bindings(aor, updated)
             outcome = "removed all" if not updated else f"{len(updated)} binding(s)"
-            return self._accept(request, flow, aor, self.local_bindings(aor), outcome)
+            return self._accept(request, to, flow, aor, self.local_bindings(aor), outcome)
 
         def overlay_failed(failure: Failure) -> Response:
             self.log.warn(
@@ -360,7 +370,7 @@ class Registrar:
                 503, "Service Unavailable (overlay store failed)",
                 (("Retry-After", str(OVERLAY_RETRY_AFTER_SECONDS)),),
             )
-            return self._refuse(request, flow, aor, refusal)
+            return self._refuse(request, to, flow, aor, refusal)
 
         return stored.addCallbacks(commit, overlay_failed)
 
@@ -442,13 +452,24 @@ class Registrar:
 
     # -- responses ------------------------------------------------------------
 
-    def _new_tag(self) -> str:
-        return self._random_bytes(8).hex()
+    def _response(self, request: Request, to: NameAddress | None, status: int, reason: str | None) -> Response:
+        """A response with a To tag, reusing the already parsed To header."""
+        response = make_response(request, status, reason)
+        to_line = request.headers.get("To")
+        if to is not None and to.tag is None and to_line is not None:
+            response.headers.set("To", f"{to_line};tag={self._random_bytes(8).hex()}")
+        return response
 
     def _accept(
-        self, request: Request, flow: object, aor: str, bindings: list[LocalBinding], outcome: str
+        self,
+        request: Request,
+        to: NameAddress,
+        flow: object,
+        aor: str,
+        bindings: list[LocalBinding],
+        outcome: str,
     ) -> Response:
-        response = make_response(request, 200, to_tag=self._new_tag())
+        response = self._response(request, to, 200, None)
         now = self.clock.seconds()
         for binding in bindings:
             contact = NameAddress(uri=binding.contact.uri.copy())
@@ -461,16 +482,15 @@ class Registrar:
         )
         return response
 
-    def _refuse(self, request: Request, flow: object, aor: str, refusal: _Refusal) -> Response:
-        try:
-            response = make_response(request, refusal.status, refusal.reason, to_tag=self._new_tag())
-        except SipParseError:
-            response = make_response(request, refusal.status, refusal.reason)
+    def _refuse(
+        self, request: Request, to: NameAddress | None, flow: object, aor: str, refusal: _Refusal
+    ) -> Response:
+        response = self._response(request, to, refusal.status, refusal.reason)
         for name, value in refusal.headers:
             response.headers.add(name, value)
         self.log.info(
             "REGISTER {aor} from {source}: {status} {reason}",
-            aor=blur_aor(aor) if aor != "?" else "?",
+            aor=blur_aor(aor),
             source=blur_flow(flow),
             status=refusal.status,
             reason=refusal.reason,

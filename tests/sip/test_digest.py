@@ -284,6 +284,16 @@ class AuthenticatorTests(SynchronousTestCase):
         credentials = evolve(signed(nonce, algorithm="MD5"), qop=None, nc=None, cnonce=None, response=response)
         self.assertEqual(self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.ACCEPTED)
 
+    def test_algorithm_choice(self) -> None:
+        """An MD5-only authenticator offers only MD5 and re-challenges SHA-256 credentials."""
+        md5_only = DigestAuthenticator(REALM, SECRET, self.clock, self.users, algorithms=["MD5"])
+        [challenge] = md5_only.challenges()
+        self.assertIn("algorithm=MD5", challenge)
+        nonce = nonce_from(challenge)
+        self.assertEqual(md5_only.verify(signed(nonce), "REGISTER", REQUEST_URI), Verdict.CHALLENGE)
+        self.assertEqual(md5_only.verify(signed(nonce, algorithm="MD5"), "REGISTER", REQUEST_URI), Verdict.ACCEPTED)
+        self.assertRaises(ValueError, DigestAuthenticator, REALM, SECRET, self.clock, self.users, algorithms=["SHA1"])
+
     def test_short_secret_refused(self) -> None:
         """A secret shorter than 16 bytes is refused at construction."""
         self.assertRaises(ValueError, DigestAuthenticator, REALM, b"short", self.clock, self.users)
