@@ -312,7 +312,7 @@ class SipProxy:
     @staticmethod
     def _flow_hop(binding: LocalBinding) -> Hop:
         flow = binding.flow
-        if isinstance(flow, Hop):
+        if isinstance(flow, Hop) and binding.reached_over_flow:
             return flow
         uri = binding.contact.uri
         if isinstance(uri, SipURI):

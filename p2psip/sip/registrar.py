@@ -75,8 +75,8 @@ class LocalBinding:
     One binding this super-node serves, with what only it knows.
 
     ``flow`` is the transport's opaque description of where the REGISTER
-    came from (source address and transport, or the connection): requests
-    for this contact go back over it.
+    came from (source address and transport, or the connection), and
+    ``registered_from`` the REGISTER's top Via sent-by.
     """
 
     aor: str
@@ -86,10 +86,27 @@ class LocalBinding:
     call_id: str
     cseq: int
     flow: object
+    registered_from: tuple[str, int] | None = None
 
     @property
     def contact_uri(self) -> URI:
         return self.contact.uri
+
+    @property
+    def reached_over_flow(self) -> bool:
+        """
+        Whether requests for this contact should go back over ``flow``.
+
+        True when the contact names the registering UA itself (its address
+        is the REGISTER's Via sent-by): then the flow is the path through
+        its NAT, or its TCP connection.  A contact registered on behalf of
+        another device (third-party registration) is sent to directly.
+        """
+        uri = self.contact.uri
+        if not isinstance(uri, SipURI) or self.registered_from is None:
+            return False
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        return (uri.host.lower().strip("[]"), port) == self.registered_from
 
     def as_binding(self, node_id: int) -> Binding:
         """The overlay form of this binding."""
@@ -348,7 +365,11 @@ class Registrar:
         cseq = request.cseq.number
         current = self.local_bindings(aor)
         try:
-            updated = self._updated_bindings(aor, current, requested, wildcard, call_id, cseq, flow, now)
+            via = request.via
+            registered_from = (via.host.lower().strip("[]"), via.port or 5060)
+            updated = self._updated_bindings(
+                aor, current, requested, wildcard, call_id, cseq, flow, registered_from, now
+            )
         except _Refusal as refusal:
             return succeed(self._refuse(request, to, flow, aor, refusal))
         if not requested and not wildcard:
@@ -383,6 +404,7 @@ class Registrar:
         call_id: str,
         cseq: int,
         flow: object,
+        registered_from: tuple[str, int],
         now: float,
     ) -> list[LocalBinding]:
         """The AOR's binding list after this request (s10.3 step 7)."""
@@ -414,6 +436,7 @@ class Registrar:
                     call_id=call_id,
                     cseq=cseq,
                     flow=flow,
+                    registered_from=registered_from,
                 )
             )
         if len(updated) > MAX_BINDINGS_PER_AOR:

@@ -81,11 +81,17 @@ def parse_request(data: bytes) -> Request:
     return message
 
 
-def register_request(contact: str, expires: int = 600, cseq: int = 1, call_id: str = "reg-1") -> Request:
+def register_request(
+    contact: str, expires: int = 600, cseq: int = 1, call_id: str = "reg-1", sent_by: str | None = None
+) -> Request:
+    """A REGISTER; by default sent by the contact's own address (a UA behind NAT registering itself)."""
+    if sent_by is None:
+        host_port = contact.split("@", 1)[1].split(">", 1)[0].split(";", 1)[0]
+        sent_by = host_port if ":" in host_port else host_port + ":5060"
     return parse_request(
         (
             "REGISTER sip:example.org SIP/2.0\r\n"
-            "Via: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKreg" + call_id + str(cseq) + ";rport\r\n"
+            f"Via: SIP/2.0/UDP {sent_by};branch=z9hG4bKreg" + call_id + str(cseq) + ";rport\r\n"
             "From: <sip:alice@example.org>;tag=r1\r\nTo: <sip:alice@example.org>\r\n"
             f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\n"
             f"Contact: {contact}\r\nExpires: {expires}\r\n\r\n"
@@ -243,6 +249,13 @@ class ProxyTests(SynchronousTestCase):
         upstream = [(r.status, hop, len(r.vias)) for r, hop in self.a.sender.responses if r.status in (180, 200)]
         self.assertEqual(upstream[-2:], [(180, CALLER, 1), (200, CALLER, 1)])
         self.assertEqual(self.a.sender.responses[-1][0].via.branch, "z9hG4bKcaller1")
+
+    def test_third_party_contact_sent_directly(self) -> None:
+        """A contact registered from another address is reached at its own address, not the flow."""
+        self.register_at(self.a, "<sip:alice@198.51.100.50:5090>", ALICE_FLOW, sent_by="192.0.2.7:5080")
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.assertEqual(hop, Hop("UDP", "198.51.100.50", 5090))
 
     def test_request_timeout_408(self) -> None:
         """A UA that never answers yields a 408 to the caller when Timer B fires."""
