@@ -34,7 +34,7 @@ from typing import cast
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -65,6 +65,12 @@ DIALOG_CREATING_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
 #: At most this many branches for one request (a flood guard).
 MAX_BRANCHES = 16
+#: RFC 3261 s16.6 item 11: how long an INVITE branch may stay without a
+#: final response (reset by each provisional one); more than 3 minutes.
+TIMER_C_SECONDS = 181.0
+#: After Timer C has cancelled a branch, how long to wait for its 487
+#: before giving it up as a 408 (64*T1, like Timer B).
+CANCEL_GRACE_SECONDS = 32.0
 #: Our Via branches: cookie, this marker, the loop hash, a unique part.
 _BRANCH_MARKER = "p2p"
 
@@ -112,6 +118,7 @@ class _ResponseContext:
     answered: bool = False
     cancelled: bool = False
     forking: bool = True
+    timer_c: IDelayedCall | None = None
 
 
 class SipProxy:
@@ -149,6 +156,11 @@ class SipProxy:
         self.peer_transport = peer_transport.upper()
         self.transactions = TransactionLayer(sender, self, clock, timers)
         self._contexts: dict[ServerTransaction, _ResponseContext] = {}
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests being proxied right now (for status pages and leak checks)."""
+        return len(self._contexts)
 
     @property
     def local_node_id(self) -> int:
@@ -383,6 +395,9 @@ class SipProxy:
                 direct.append(binding)
             elif binding.node_id not in remote_nodes:
                 remote_nodes.append(binding.node_id)
+        # Values in the overlay come from other nodes: bound the fan-out.
+        remote_nodes = remote_nodes[:MAX_BRANCHES]
+        direct = direct[:MAX_BRANCHES]
         local = self.registrar.local_bindings(aor) if has_local else []
         if not local and not remote_nodes and not direct:
             self._answer_no_binding(transaction, aor)
@@ -483,10 +498,14 @@ class SipProxy:
             return
         context = _ResponseContext(server=transaction)
         self._contexts[transaction] = context
+
         def forget() -> None:
             self._contexts.pop(transaction, None)
+            self._stop_timer_c(context)
 
         transaction.add_terminated_callback(forget)
+        if request.method == "INVITE":
+            context.timer_c = self.clock.callLater(TIMER_C_SECONDS, self._timer_c_fired, context)
         for target_uri, hop in targets[:MAX_BRANCHES]:
             outgoing = request.copy()
             self._prepare(outgoing, target_uri, hop, request)
@@ -507,6 +526,8 @@ class SipProxy:
         server = context.server
         if response.status < 200:
             branch.provisional_seen = True
+            if response.status > 100 and context.timer_c is not None and context.timer_c.active():
+                context.timer_c.reset(TIMER_C_SECONDS)
             if branch.cancel_pending:
                 branch.cancel_pending = False
                 self._send_cancel(branch)
@@ -527,11 +548,52 @@ class SipProxy:
 
     def _maybe_finish(self, context: _ResponseContext) -> None:
         """Send the best final response once every branch has one (s16.7 item 4)."""
-        if context.answered or context.forking or not context.finals:
+        if context.forking or not all(branch.final is not None for branch in context.branches):
             return
-        if all(branch.final is not None for branch in context.branches):
-            context.answered = True
-            context.server.respond(self._upstream(_best_response(context.finals)))
+        self._stop_timer_c(context)
+        if context.answered or not context.finals:
+            return
+        context.answered = True
+        context.server.respond(self._upstream(_best_response(context.finals)))
+
+    def _stop_timer_c(self, context: _ResponseContext) -> None:
+        if context.timer_c is not None and context.timer_c.active():
+            context.timer_c.cancel()
+        context.timer_c = None
+
+    def _timer_c_fired(self, context: _ResponseContext) -> None:
+        """
+        RFC 3261 s16.8: a branch took too long.
+
+        Branches that rang are cancelled and get a grace period for their
+        487; the others end as if they had answered 408.
+        """
+        context.timer_c = None
+        rang = False
+        for branch in context.branches:
+            if branch.final is not None:
+                continue
+            if branch.provisional_seen:
+                self._send_cancel(branch)
+                rang = True
+            else:
+                self._give_up_branch(context, branch)
+        if rang:
+            context.timer_c = self.clock.callLater(CANCEL_GRACE_SECONDS, self._grace_expired, context)
+        self._maybe_finish(context)
+
+    def _grace_expired(self, context: _ResponseContext) -> None:
+        context.timer_c = None
+        for branch in context.branches:
+            if branch.final is None:
+                self._give_up_branch(context, branch)
+        self._maybe_finish(context)
+
+    def _give_up_branch(self, context: _ResponseContext, branch: _Branch) -> None:
+        assert branch.transaction is not None
+        timeout = make_response(branch.transaction.request, 408, "Request Timeout")
+        branch.final = timeout
+        context.finals.append(timeout)
 
     def _upstream(self, response: Response) -> Response:
         """The response as we pass it on: our Via removed (s16.7 item 3)."""

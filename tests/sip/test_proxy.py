@@ -264,6 +264,33 @@ class ProxyTests(SynchronousTestCase):
         self.clock.advance(33)
         self.assertEqual(self.a.sender.statuses()[-1], 408)
 
+    def test_timer_c_cancels_ringing_branch(self) -> None:
+        """A branch that rings for over three minutes is cancelled; its 487 reaches the caller."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.respond_to(self.a, invite, 180, hop)
+        self.clock.advance(120)
+        self.respond_to(self.a, invite, 180, hop)  # a new provisional resets Timer C
+        self.clock.advance(120)
+        self.assertEqual(self.forwarded(self.a, "CANCEL"), [])
+        self.clock.advance(62)
+        self.assertEqual(len(self.forwarded(self.a, "CANCEL")), 1)
+        self.respond_to(self.a, invite, 487, hop)
+        self.assertEqual(self.a.sender.statuses()[-1], 487)
+
+    def test_timer_c_gives_up_on_silent_branch(self) -> None:
+        """If a cancelled branch never answers, the caller gets 408 after a grace period, and no timer is left."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.respond_to(self.a, invite, 180, hop)
+        self.clock.advance(181)
+        self.clock.advance(33)
+        self.assertEqual(self.a.sender.statuses()[-1], 408)
+        self.clock.advance(3600)
+        self.assertEqual(self.a.proxy.pending_requests, 0)
+
     def test_transport_error_becomes_final(self) -> None:
         """A branch whose transport fails at once still ends the request with a final response."""
         self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
