@@ -26,6 +26,7 @@ survive as surrogates and are written back unchanged); bodies stay bytes.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from typing import Union
@@ -118,8 +119,15 @@ _DATE_RE = re.compile(
 _MEDIA_TYPE_RE = re.compile(r"\s*(" + _TOKEN + r")\s*/\s*(" + _TOKEN + r")\s*(;.*)?\Z", re.DOTALL)
 _CALL_ID_RE = re.compile(r"[!-~]+\Z")
 _LWS = " \t"
+# One ";name[=value]" with optional LWS around ';' and '='; the value is a
+# token (plus ':' and '[]' for IPv6 addresses) or a quoted string.
+_PARAMETER_RE = re.compile(
+    r"[ \t]*;[ \t]*(" + _TOKEN + r")[ \t]*(?:=[ \t]*(\"(?:[^\"\\]|\\.)*\"|[A-Za-z0-9\-.!%*_+`'~:\[\]]+))?[ \t]*",
+    re.DOTALL,
+)
 
 
+@functools.lru_cache(maxsize=1024)
 def canonical_name(name: str) -> str:
     """The usual spelling of a header name: long form, conventional case."""
     lower = name.lower()
@@ -172,6 +180,10 @@ def split_comma_list(value: str) -> list[str]:
     Items are stripped of LWS; empty items are kept so that callers can
     reject them where the grammar forbids them (RFC 4475 section 3.1.2.1).
     """
+    if "," not in value:
+        return [value.strip(_LWS)]
+    if '"' not in value and "<" not in value:
+        return [item.strip(_LWS) for item in value.split(",")]
     items = []
     start = 0
     position = 0
@@ -205,33 +217,16 @@ def parse_parameters(text: str, where: str) -> dict[str, str | None]:
     ``branch``) compare case-sensitively.
     """
     parameters: dict[str, str | None] = {}
-    position = _skip_lws(text, 0)
-    while position < len(text):
-        if text[position] != ";":
-            raise SipParseError(f"unexpected {text[position]!r} in {where} parameters")
-        position = _skip_lws(text, position + 1)
-        start = position
-        while position < len(text) and text[position] in _TOKEN_CHARS:
-            position += 1
-        name = text[start:position]
-        if not name:
-            raise SipParseError(f"empty parameter in {where}")
-        position = _skip_lws(text, position)
-        value: str | None = None
-        if position < len(text) and text[position] == "=":
-            position = _skip_lws(text, position + 1)
-            if position < len(text) and text[position] == '"':
-                _, end = _read_quoted(text, position)
-                value, position = text[position:end], end
-            else:
-                start = position
-                while position < len(text) and (text[position] in _TOKEN_CHARS or text[position] in "[]:"):
-                    position += 1
-                value = text[start:position]
-                if not value:
-                    raise SipParseError(f"empty value of {name} in {where}")
-            position = _skip_lws(text, position)
-        parameters[name.lower()] = value
+    position = 0
+    end = len(text)
+    while position < end:
+        match = _PARAMETER_RE.match(text, position)
+        if match is None:
+            if not text[position:].strip(_LWS):
+                break
+            raise SipParseError(f"malformed parameter in {where}")
+        parameters[match.group(1).lower()] = match.group(2)
+        position = match.end()
     return parameters
 
 
@@ -445,6 +440,17 @@ class Headers:
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
+        self._index: dict[str, list[str]] | None = None
+
+    def _lines_by_name(self) -> dict[str, list[str]]:
+        # Built on first lookup and dropped on every change: messages are
+        # read far more often than they are edited.
+        if self._index is None:
+            index: dict[str, list[str]] = {}
+            for n, v in self._items:
+                index.setdefault(n, []).append(v)
+            self._index = index
+        return self._index
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(list(self._items))
@@ -453,24 +459,25 @@ class Headers:
         return len(self._items)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(n == canonical_name(name) for n, _ in self._items)
+        return isinstance(name, str) and canonical_name(name) in self._lines_by_name()
 
     def __repr__(self) -> str:
         return f"Headers({self._items!r})"
 
     def copy(self) -> Headers:
         """An independent copy."""
-        return Headers(self._items)
+        duplicate = Headers()
+        duplicate._items = list(self._items)
+        return duplicate
 
     def get(self, name: str) -> str | None:
         """The first line's value, or None."""
-        name = canonical_name(name)
-        return next((v for n, v in self._items if n == name), None)
+        lines = self._lines_by_name().get(canonical_name(name))
+        return lines[0] if lines else None
 
     def get_all(self, name: str) -> list[str]:
         """Every line's value, not split at commas (right for Authorization and unknown fields)."""
-        name = canonical_name(name)
-        return [v for n, v in self._items if n == name]
+        return list(self._lines_by_name().get(canonical_name(name), ()))
 
     def values(self, name: str) -> list[str]:
         """Every comma-separated value over all lines (for list-valued fields like Via or Contact)."""
@@ -478,10 +485,12 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         """Append a line at the end."""
+        self._index = None
         self._items.append((canonical_name(name), value))
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a line above the first line of that name (the top of a Via or Record-Route stack)."""
+        self._index = None
         name = canonical_name(name)
         index = next((i for i, (n, _) in enumerate(self._items) if n == name), 0)
         self._items.insert(index, (name, value))
@@ -495,11 +504,13 @@ class Headers:
 
     def remove(self, name: str) -> None:
         """Remove every line of that name."""
+        self._index = None
         name = canonical_name(name)
         self._items = [(n, v) for n, v in self._items if n != name]
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first comma-separated value (the top Via, the next Route)."""
+        self._index = None
         name = canonical_name(name)
         for index, (n, v) in enumerate(self._items):
             if n == name:
@@ -734,9 +745,10 @@ def _split_head(data: bytes, max_header_bytes: int) -> tuple[bytes, bytes]:
 
 def _parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
     text = head.decode("utf-8", "surrogateescape")
-    lines = text.split("\r\n")
-    if any("\r" in line or "\n" in line for line in lines):
+    joined = text.replace("\r\n", "")
+    if "\r" in joined or "\n" in joined:
         raise SipParseError("bare CR or LF in header section")
+    lines = text.split("\r\n")
     start_line = lines[0]
     fields: list[list[str]] = []
     for line in lines[1:]:
@@ -862,6 +874,8 @@ class SipStreamDecoder:
         self.max_header_bytes = max_header_bytes
         self._buffer = bytearray()
         self._pings = 0
+        self._searched_bytes = 0
+        self._pending: tuple[int, int] | None = None
         self._failure: SipParseError | None = None
 
     def take_keepalive_pings(self) -> int:
@@ -900,6 +914,7 @@ class SipStreamDecoder:
     def _consume_keepalives(self) -> None:
         buffer = self._buffer
         while bytes(buffer[:1]) in (b"\r", b"\n"):
+            self._searched_bytes = 0
             if buffer.startswith(b"\r\n\r\n"):
                 self._pings += 1
                 del buffer[:4]
@@ -914,24 +929,37 @@ class SipStreamDecoder:
         buffer = self._buffer
         if not buffer:
             return None
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(buffer) > self.max_header_bytes:
-                raise SipParseError("header section too large", 513, raw=bytes(buffer[:4096]))
-            return None
-        if end > self.max_header_bytes:
-            raise SipParseError("header section too large", 513, raw=bytes(buffer[:end]))
-        head = bytes(buffer[:end])
-        try:
-            start_line, fields = _parse_head(head)
-            length = _content_length(Headers(fields), self.max_message_bytes) or 0
-            total = end + 4 + length
-            if total > self.max_message_bytes:
-                raise SipParseError("message too large", 513)
-            if len(buffer) < total:
+        if self._pending is None:
+            # Resume the search for the blank line where the last one
+            # stopped, so a peer trickling its header section costs linear time.
+            end = buffer.find(b"\r\n\r\n", max(0, self._searched_bytes - 3))
+            if end < 0:
+                self._searched_bytes = len(buffer)
+                if len(buffer) > self.max_header_bytes:
+                    raise SipParseError("header section too large", 513, raw=bytes(buffer[:4096]))
                 return None
-            body = bytes(buffer[end + 4 : total])
-            del buffer[:total]
+            self._searched_bytes = 0
+            if end > self.max_header_bytes:
+                raise SipParseError("header section too large", 513, raw=bytes(buffer[:end]))
+            head = bytes(buffer[:end])
+            try:
+                _, fields = _parse_head(head)
+                total = end + 4 + (_content_length(Headers(fields), self.max_message_bytes) or 0)
+                if total > self.max_message_bytes:
+                    raise SipParseError("message too large", 513)
+            except SipParseError as e:
+                e.raw = head + b"\r\n\r\n"
+                raise
+            # Remember the framing while the body arrives.
+            self._pending = (end, total)
+        end, total = self._pending
+        if len(buffer) < total:
+            return None
+        self._pending = None
+        head = bytes(buffer[:end])
+        body = bytes(buffer[end + 4 : total])
+        del buffer[:total]
+        try:
             return _build(head, body, datagram=False, max_message_bytes=self.max_message_bytes)
         except SipParseError as e:
             e.raw = head + b"\r\n\r\n"

@@ -32,6 +32,7 @@ import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
 from twisted.internet.error import MessageLengthError
@@ -53,7 +54,7 @@ from p2psip.sip.message import (
     error_response,
     parse_message,
 )
-from p2psip.sip.transaction import Hop
+from p2psip.sip.transaction import Hop, new_branch
 from p2psip.util.endpoints import is_udp, parse_udp_listen_address
 
 UDP_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
@@ -239,8 +240,10 @@ class SipTransport:
         tcp_idle_timeout_seconds: float = TCP_IDLE_TIMEOUT_SECONDS,
         tcp_partial_message_timeout_seconds: float = TCP_PARTIAL_MESSAGE_TIMEOUT_SECONDS,
         max_tcp_connections: int = MAX_TCP_CONNECTIONS,
+        advertised_host: str | None = None,
     ) -> None:
         self.reactor = reactor
+        self.advertised_host = advertised_host
         self.tcp_idle_timeout_seconds = tcp_idle_timeout_seconds
         self.tcp_partial_message_timeout_seconds = tcp_partial_message_timeout_seconds
         self.max_tcp_connections = max_tcp_connections
@@ -273,8 +276,17 @@ class SipTransport:
             self._size_buffers(port)
             self.udp_ports.append(port)
             return defer.succeed(port)
-        d: defer.Deferred[Any] = serverFromString(self.reactor, description).listen(self._factory)
+        try:
+            endpoint = serverFromString(self.reactor, description)
+        except Exception as e:
+            return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
+        d: defer.Deferred[Any] = endpoint.listen(self._factory)
         d.addCallback(self._stream_listening)
+
+        def explain(failure: Failure) -> Failure:
+            return Failure(ValueError(f"cannot listen on {description!r} (check --sip): {failure.getErrorMessage()}"))
+
+        d.addErrback(explain)
         return d
 
     def _stream_listening(self, port: IListeningPort) -> IListeningPort:
@@ -309,12 +321,31 @@ class SipTransport:
         return defer.gatherResults(waits)
 
     def local_hop(self, transport: str) -> Hop | None:
-        """The address this element listens on for ``transport`` (for its Via sent-by), or None."""
+        """
+        The address this element listens on for ``transport``, as it should appear in Via and Contact.
+
+        The host is ``advertised_host`` when set; a wildcard bind address
+        (``0.0.0.0``, ``::``) is no use to a peer, so set ``advertised_host``
+        for listeners without an interface.  None when there is no such
+        listener.
+        """
         ports: list[Any] = self.udp_ports if transport.upper() == "UDP" else list(self.stream_ports)
         for port in ports:
             address = port.getHost()
-            return Hop(transport.upper(), address.host, address.port)
+            return Hop(transport.upper(), self.advertised_host or address.host, address.port)
         return None
+
+    def make_via(self, transport: str = "UDP", branch: str | None = None) -> Via:
+        """
+        A Via for a request this element sends: its sent-by, a fresh branch and ``rport`` (RFC 3581).
+
+        :raises ValueError: when there is no listener for ``transport``.
+        """
+        hop = self.local_hop(transport)
+        if hop is None:
+            raise ValueError(f"no SIP listener for {transport} (add --sip {transport.lower()}:PORT)")
+        host = f"[{hop.host}]" if ":" in hop.host else hop.host
+        return Via(hop.transport, host, hop.port, {"branch": branch or new_branch(), "rport": None})
 
     # Receiving
 
@@ -374,7 +405,7 @@ class SipTransport:
                 on_error(f"UDP target {target.host!r} is not an IP address")
                 return
             try:
-                self.udp_ports[0].write(data, (target.host.strip("[]"), target.port))
+                self._udp_port_for(target.host).write(data, (target.host.strip("[]"), target.port))
             except (OSError, MessageLengthError) as e:
                 on_error(str(e))
             return
@@ -384,6 +415,14 @@ class SipTransport:
             connection.send(data)
             return
         self._connect_and_send(key, data, on_error)
+
+    def _udp_port_for(self, host: str) -> Any:
+        """The first UDP socket of the target's address family (IPv6 targets contain ':')."""
+        want_ipv6 = ":" in host
+        for port in self.udp_ports:
+            if (":" in port.getHost().host) == want_ipv6:
+                return port
+        return self.udp_ports[0]
 
     def _connect_and_send(self, key: tuple[str, int], data: bytes, on_error: Callable[[str], None]) -> None:
         pending = self._connecting.get(key)
@@ -409,3 +448,29 @@ class SipTransport:
                 error_callback(failure.getErrorMessage())
 
         d.addCallbacks(connected, failed)
+
+
+class SipListenerService(Service):
+    """
+    Opens a :class:`SipTransport`'s listeners when the role starts and closes them when it stops.
+
+    A listener that cannot be opened (a busy port, a bad string) stops
+    start-up with an error naming the listen string, as ``strports.service``
+    does for other roles.
+    """
+
+    def __init__(self, transport: SipTransport, descriptions: list[str]) -> None:
+        self.transport = transport
+        self.descriptions = list(descriptions)
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        for description in self.descriptions:
+            failures: list[Failure] = []
+            self.transport.listen(description).addErrback(failures.append)
+            if failures:
+                failures[0].raiseException()
+
+    def stopService(self) -> defer.Deferred[Any]:  # noqa: N802 - Twisted's name
+        super().stopService()
+        return self.transport.stop()

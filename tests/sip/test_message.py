@@ -398,3 +398,20 @@ class URIEquivalenceTests(SynchronousTestCase):
         for left, right in pairs:
             with self.subTest(left=left):
                 self.assertNotEqual(parse_uri(left), parse_uri(right))
+
+
+class TricklingPeerTests(SynchronousTestCase):
+    """A peer sending one byte at a time costs linear work."""
+
+    def test_large_message_byte_at_a_time(self) -> None:
+        """A 60 KB message fed byte by byte is decoded once, whole."""
+        body = b"x" * 50000
+        request = parse_request("esc01")
+        request.body = body
+        data = request.to_bytes() + b"\r\n\r\n"
+        decoder = SipStreamDecoder()
+        messages = []
+        for i in range(len(data)):
+            messages += decoder.feed(data[i : i + 1])
+        self.assertEqual([m.body for m in messages], [body])
+        self.assertEqual(decoder.take_keepalive_pings(), 1)

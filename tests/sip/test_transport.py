@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
@@ -13,6 +15,7 @@ from p2psip.sip.message import AnyMessage, Request, Via, make_response, parse_me
 from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import (
     SipDatagramProtocol,
+    SipListenerService,
     SipStreamProtocol,
     SipTransport,
     response_address,
@@ -256,3 +259,63 @@ class StreamTests(SynchronousTestCase):
         self.assertTrue(wire.disconnecting)
         self.assertEqual(list(self.owner.connections), [CLIENT])
         self.assertEqual([e["log_level"] for e in events], [LogLevel.warn])
+
+
+class ListenerServiceTests(SynchronousTestCase):
+    """SipListenerService opens listeners on start and closes them on stop."""
+
+    def test_start_and_stop(self) -> None:
+        """UDP and TCP listeners open at startService and close at stopService."""
+        reactor = MemoryUDPReactor()
+        transport = SipTransport(reactor)
+        service = SipListenerService(transport, ["udp:5060", "tcp:5060"])
+        self.assertEqual((reactor.udpPorts, reactor.tcpServers), ({}, []))
+        service.startService()
+        self.assertEqual((list(reactor.udpPorts), [s[0] for s in reactor.tcpServers]), ([5060], [5060]))
+        self.successResultOf(service.stopService())
+        self.assertFalse(reactor.udpPorts[5060].listening)
+
+    def test_bad_listener_stops_startup(self) -> None:
+        """A bad listen string raises at startService, naming the option."""
+        service = SipListenerService(SipTransport(MemoryUDPReactor()), ["tcp:notaport"])
+        error = self.assertRaises(ValueError, service.startService)
+        self.assertIn("--sip", str(error))
+
+
+class LocalAddressTests(SynchronousTestCase):
+    """What this element puts in its own Via."""
+
+    def test_make_via(self) -> None:
+        """make_via names the listener (or the advertised host) with a fresh branch and rport."""
+        transport = SipTransport(MemoryUDPReactor(), advertised_host="203.0.113.5")
+        self.successResultOf(transport.listen("udp:5070"))
+        via = transport.make_via("UDP")
+        self.assertEqual((via.transport, via.host, via.port, via.rport_requested), ("UDP", "203.0.113.5", 5070, True))
+        self.assertTrue((via.branch or "").startswith("z9hG4bK"))
+        self.assertNotEqual(via.branch, transport.make_via("UDP").branch)
+
+    def test_make_via_without_listener(self) -> None:
+        """Without a listener for the transport, make_via says which option to add."""
+        error = self.assertRaises(ValueError, SipTransport(MemoryUDPReactor()).make_via, "TCP")
+        self.assertIn("--sip tcp:PORT", str(error))
+
+
+class HostileInputTests(SynchronousTestCase):
+    """Random input never escapes the protocols and is logged at debug level only."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.binary(max_size=300) | st.sampled_from([OPTIONS, OPTIONS[:60], b"\r\n\r\n", b"\r\n"]),
+                    max_size=8))
+    def test_random_datagrams_and_segments(self, chunks: list[bytes]) -> None:
+        """Datagrams and TCP segments of random bytes raise nothing and log nothing above debug."""
+        receiver = RecordingReceiver()
+        owner = SipTransport(MemoryUDPReactor(), receiver)
+        datagrams = SipDatagramProtocol(owner)
+        datagrams.transport = FakeDatagramTransport()  # type: ignore[assignment]
+        stream = SipStreamProtocol(owner)
+        stream.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", *CLIENT)))
+        with capturedLogs() as events:
+            for chunk in chunks:
+                datagrams.datagramReceived(chunk, CLIENT)
+                stream.dataReceived(chunk)
+        self.assertEqual({e["log_level"] for e in events} - {LogLevel.debug}, set())
