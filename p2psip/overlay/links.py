@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay.codec import DecodeError
-from p2psip.overlay.framing import AckFrame, DataFrame, FrameDecoder, encode_frame
+from p2psip.overlay.framing import AckFrame, DataFrame, FrameDecoder, encode_frame, received_mask
 
 CONNECT_TIMEOUT_SECONDS = 10
 
@@ -137,18 +137,14 @@ class FramedStreamLink(Protocol, Link):
                     )
 
     def _acknowledge(self, sequence: int) -> None:
-        # The received mask reports the 32 sequence numbers before the one
-        # acked (RFC 6940 s6.5.1.2).
+        # The received mask reports which of the 32 sequence numbers before
+        # the one acked arrived too (RFC 6940 s6.5.1.2).
         recent = self._received_sequences
         recent.append(sequence)
-        if len(recent) > 32:
-            del recent[:-32]
-        received = 0
-        for earlier in recent:
-            offset = sequence - earlier
-            if 0 <= offset < 32:
-                received |= 1 << offset
-        self.transport.write(encode_frame(AckFrame(sequence, received)))  # type: ignore[union-attr]
+        if len(recent) > 33:
+            del recent[:-33]
+        ack = AckFrame(sequence, received_mask(sequence, recent))
+        self.transport.write(encode_frame(ack))  # type: ignore[union-attr]
 
     def send(self, data: bytes) -> None:
         if self.closed or self.transport is None:
