@@ -222,7 +222,8 @@ class SipProxy:
             return
         if self._addressed_to_server(request):
             if request.method == "REGISTER":
-                self.registrar.register_received(request, transaction.source).addCallback(transaction.respond)
+                answered = self.registrar.register_received(request, transaction.source)
+                answered.addCallback(transaction.respond).addErrback(self._registrar_failed, transaction)
                 return
             if request.method == "OPTIONS":
                 response = make_response(request, 200, to_tag=_new_tag())
@@ -239,6 +240,11 @@ class SipProxy:
         max_forwards = request.max_forwards
         if max_forwards is not None and max_forwards <= 0:
             self._answer(transaction, 483, "Too Many Hops")
+            return
+        proxy_require = request.headers.values("Proxy-Require")
+        if proxy_require:
+            # s16.3 item 5: we implement no proxy extensions.
+            self._answer(transaction, 420, "Bad Extension", (("Unsupported", ", ".join(proxy_require)),))
             return
         working = request.copy()
         removed_own_route = self._preprocess_routes(working)
@@ -266,6 +272,10 @@ class SipProxy:
         # TODO(#gateway): resolve other domains with RFC 3263 and forward
         # them through the gateway; until it exists, refuse them openly.
         self._answer(transaction, 404, "Not Found (no gateway to other domains yet)")
+
+    def _registrar_failed(self, failure: Failure, transaction: ServerTransaction) -> None:
+        self.log.failure("while registering", failure)
+        self._answer(transaction, 500, "Server Internal Error")
 
     def _addressed_to_server(self, request: Request) -> bool:
         uri = request.uri

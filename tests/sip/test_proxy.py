@@ -200,6 +200,21 @@ class ProxyTests(SynchronousTestCase):
         self.a.receive(message_text(max_forwards=0))
         self.assertEqual(self.a.sender.statuses(), [100, 483])
 
+    def test_proxy_require_420(self) -> None:
+        """A Proxy-Require we do not support gets 420 naming it."""
+        self.a.receive(message_text(extra="Proxy-Require: foo"))
+        response = self.a.sender.responses[-1][0]
+        self.assertEqual((response.status, response.headers.get("Unsupported")), (420, "foo"))
+
+    def test_registrar_bug_answered_500(self) -> None:
+        """If the registrar fails unexpectedly the REGISTER still gets a 500, and the bug is logged."""
+        from twisted.internet.defer import fail
+
+        self.patch(self.a.registrar, "register_received", lambda request, flow: fail(RuntimeError("bug")))
+        self.a.receive(register_request("<sip:alice@10.0.0.5>"), ALICE_FLOW)
+        self.assertEqual(self.a.sender.statuses(), [500])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
     def test_other_domain_refused_not_dropped(self) -> None:
         """A request for another domain is answered 404 naming the missing gateway."""
         self.a.receive(message_text(uri="sip:dave@elsewhere.net"))
