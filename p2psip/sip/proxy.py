@@ -15,15 +15,23 @@ A request for an AOR of the overlay domain is routed like this::
                   its local contacts only, so super-nodes never bounce a
                   request between each other.
 
-Per RFC 3261 section 16 the proxy checks Max-Forwards (483), detects loops
-with a hash of the request in its own Via branch (482, s16.3 item 4 and
-s16.6 item 8), removes its own Route entry (loose routing, s16.4) and adds
-Record-Route to dialog-creating requests so that ACK, BYE and re-INVITE
-pass through the same super-nodes, forks in parallel to every contact and
-returns the best final response (s16.7: 6xx first, then 2xx immediately,
-else the lowest class, 503 turned into 500), and propagates CANCEL to the
-branches (s16.10).  Unknown users get 404, users without a live binding
-480, and an ``OPTIONS`` addressed to the server itself 200 (health checks).
+Per RFC 3261 section 16 the proxy checks Max-Forwards (483) and
+Proxy-Require (420), detects loops with a hash of the request in its own
+Via branch (``z9hG4bKp2p<loop hash>.<unique>``; 482, s16.3 item 4 and s16.6
+item 8), removes its own Route entry (loose routing, s16.4) and adds
+Record-Route (``<sip:host:port;lr>``) to dialog-creating requests so that
+ACK, BYE and re-INVITE pass through the same super-nodes, forks in
+parallel to every contact and returns the best final response (s16.7: 2xx
+at once, 6xx ends the fork, else the lowest class, 503 turned into 500),
+propagates CANCEL to the branches (s16.10) and cancels branches that ring
+for more than three minutes (Timer C, s16.8).  ACKs for 2xx and stray 2xx
+retransmissions are forwarded statelessly.  Unknown users get 404, users
+without a live binding 480, an ``OPTIONS`` addressed to the server itself
+200 (health checks), other methods addressed to it 405.
+
+A contact is reached over the flow its REGISTER came in on when it names
+the registering UA itself (``LocalBinding.reached_over_flow``), otherwise
+at its own address.
 """
 
 from __future__ import annotations
@@ -269,7 +277,7 @@ class SipProxy:
         if target is not None:
             self._fork(transaction, working, [(working.uri, target)])
             return
-        # TODO(#gateway): resolve other domains with RFC 3263 and forward
+        # TODO(gateway): resolve other domains with RFC 3263 and forward
         # them through the gateway; until it exists, refuse them openly.
         self._answer(transaction, 404, "Not Found (no gateway to other domains yet)")
 
