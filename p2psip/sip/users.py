@@ -87,6 +87,7 @@ class UsersFile:
         self._lines: list[str] = []
         self._records: dict[str, UserRecord] = {}
         self._by_credentials: dict[tuple[str, str], UserRecord] = {}
+        self._signature: tuple[int, int, int] | None = None
         for number, line in enumerate(lines or [], start=1):
             self._lines.append(line)
             record = self._parse_line(line, number)
@@ -104,6 +105,7 @@ class UsersFile:
         path = Path(path)
         try:
             with path.open("rb") as stream:
+                signature = _signature(os.fstat(stream.fileno()))
                 data = stream.read(MAX_USERS_FILE_BYTES + 1)
         except FileNotFoundError:
             if missing_ok:
@@ -120,7 +122,34 @@ class UsersFile:
         except UnicodeDecodeError as e:
             line = data[: e.start].count(b"\n") + 1
             raise UsersFileError(f"{path}:{line}: not UTF-8 text") from None
-        return cls(path, text.splitlines())
+        loaded = cls(path, text.splitlines())
+        loaded._signature = signature
+        return loaded
+
+    def refresh(self) -> bool:
+        """
+        Re-read the file if it changed on disk (``p2psip users add`` while
+        the peer runs); True when it did.
+
+        The object stays the same, so the authenticator and registrar that
+        hold it see the new users at once.  A broken new file leaves the old
+        users in force.
+
+        :raises UsersFileError: naming the file and line of the problem.
+        """
+        try:
+            signature = _signature(os.stat(self.path))
+        except OSError as e:
+            raise UsersFileError(f"{self.path}: cannot read users file: {e.strerror}") from None
+        if signature == self._signature:
+            return False
+        # Remember this version even if it is broken: it is reported once,
+        # not at every refresh, and the next edit is read again.
+        self._signature = signature
+        fresh = UsersFile.load(self.path)
+        self._lines, self._records, self._by_credentials = fresh._lines, fresh._records, fresh._by_credentials
+        self._signature = fresh._signature
+        return True
 
     def ha1(self, username: str, realm: str, algorithm: str) -> str | None:
         """The stored H(A1) for a Digest username in ``realm``, or None."""
@@ -274,6 +303,11 @@ class UsersFile:
             )
         self._records[record.aor] = record
         self._by_credentials[(record.username, record.realm)] = record
+
+
+def _signature(status: os.stat_result) -> tuple[int, int, int]:
+    """What changes when the file is rewritten (atomic renames give a new inode)."""
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 _HEADER = "# p2psip users file: AOR REALM ALGORITHM=HA1 ... (edit with `p2psip users`)\n"

@@ -85,6 +85,22 @@ class UsersFileTests(SynchronousTestCase):
             self.assertIn(f"{self.path}:", str(error))
             self.assertRegex(str(error), r":[23]: ")
 
+    def test_refresh_sees_new_users(self) -> None:
+        """A running reader picks up users added since, and keeps them if the file then breaks."""
+        writer = UsersFile.load(self.path, missing_ok=True)
+        writer.set_password("sip:alice@example.org", "wonderland")
+        writer.save()
+        reader = UsersFile.load(self.path)
+        self.assertFalse(reader.refresh())
+        writer.set_password("sip:bob@example.org", "builder")
+        writer.save()
+        self.assertTrue(reader.refresh())
+        self.assertIsNotNone(reader.ha1("bob", "example.org", "MD5"))
+        self.path.write_text("garbage line\n")
+        self.assertRaises(UsersFileError, reader.refresh)
+        self.assertFalse(reader.refresh())
+        self.assertIsNotNone(reader.ha1("bob", "example.org", "MD5"))
+
     def test_not_utf8(self) -> None:
         """Bytes that are not UTF-8 are an error naming the line."""
         self.path.write_bytes(b"# ok\n\xff\xfe\n")
