@@ -471,3 +471,69 @@ class SipsakInteropTests(TestCase):
         self.assertEqual(binding.flow.host, "127.0.0.1")  # type: ignore[attr-defined]
         _, _, bad = yield run("guess")
         self.assertNotEqual(bad, 0)
+
+
+class RegistrarModelTests(SynchronousTestCase):
+    """Random REGISTER sequences checked against a plain model of RFC 3261 s10.3."""
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["a", "b", "c", "*", ""]),  # contact (or wildcard, or query)
+                st.sampled_from([None, 0, 30, 60, 120, 600]),  # Expires header
+                st.sampled_from(["c1", "c2"]),  # Call-ID
+                st.integers(min_value=1, max_value=5),  # CSeq
+                st.sampled_from([0.0, 30.0, 90.0]),  # time passing before it
+            ),
+            max_size=12,
+        )
+    )
+    def test_bindings_follow_model(self, steps: list[tuple[str, int | None, str, int, float]]) -> None:
+        """After any sequence, local bindings, the 200's Contacts and the overlay all match the model."""
+        clock = Clock()
+        clock.advance(NOW)
+        storage = MemoryOverlayStorage(NODE, clock)
+        location = OverlayLocationService(storage, clock)
+        registrar = Registrar(DOMAIN, location, clock, trusted_network=True)
+        self.addCleanup(registrar.stop)
+        model: dict[str, tuple[float, str, int]] = {}  # contact -> (expires_at, call_id, cseq)
+        for contact, expires, call_id, cseq, wait in steps:
+            clock.advance(wait)
+            now = clock.seconds()
+            model = {c: v for c, v in model.items() if v[0] > now}
+            contacts = None if contact == "" else ("*" if contact == "*" else f"<sip:alice@{contact}.example.net>")
+            response = self.successResultOf(
+                registrar.register_received(
+                    register(contacts=contacts, expires=expires, cseq=cseq, call_id=call_id), FLOW
+                )
+            )
+            uri = f"sip:alice@{contact}.example.net"
+            if contact == "*":
+                expected = 200 if expires == 0 else 400
+                if expected == 200 and any(cid == call_id and cseq <= old for _, cid, old in model.values()):
+                    expected = 400
+                if expected == 200:
+                    model = {}
+            elif contact == "":
+                expected = 200
+            else:
+                wanted = 3600 if expires is None else expires
+                existing = model.get(uri)
+                if 0 < wanted < 60:
+                    expected = 423
+                elif existing is not None and existing[1] == call_id and cseq <= existing[2]:
+                    expected = 400
+                else:
+                    expected = 200
+                    if wanted == 0:
+                        model.pop(uri, None)
+                    else:
+                        model[uri] = (now + wanted, call_id, cseq)
+            self.assertEqual(response.status, expected, (contact, expires, call_id, cseq))
+            live = {str(b.contact.uri) for b in registrar.local_bindings(AOR)}
+            self.assertEqual(live, set(model))
+            if expected == 200:
+                self.assertEqual({str(c.uri) for c in response.contacts}, set(model))
+            stored = {b.contact for b in self.successResultOf(location.lookup(AOR))}
+            self.assertEqual(stored, set(model))
