@@ -21,6 +21,15 @@ from twisted.internet import task
 from twisted.internet.defer import DeferredList, inlineCallbacks
 
 from p2psip.demo import start_peer
+from p2psip.overlay.node import OverlayConfig
+
+#: Production-like timers: the whole ring shares one process and one core.
+BENCH_CONFIG = OverlayConfig(
+    overlay_name="bench.p2psip.test",
+    update_interval_seconds=10.0,
+    ping_interval_seconds=10.0,
+    request_timeout_seconds=10.0,
+)
 
 LOOKUPS = 2000
 CONCURRENCY = 32
@@ -41,7 +50,7 @@ def ring(reactor: Any, size: int) -> Any:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     before = rss_kib()
     started = time.monotonic()
-    first, port = yield start_peer(reactor, None)
+    first, port = yield start_peer(reactor, None, BENCH_CONFIG)
     nodes, ports = [first], [port]
     bootstrap = f"tcp:127.0.0.1:{first.advertised_port}"
     for index in range(1, size):
@@ -49,7 +58,7 @@ def ring(reactor: Any, size: int) -> Any:
             # A join can time out while the ring is still converging around
             # the new id; the roles retry too (see OverlayService).
             try:
-                node, port = yield start_peer(reactor, bootstrap)
+                node, port = yield start_peer(reactor, bootstrap, BENCH_CONFIG)
                 break
             except Exception as error:  # noqa: BLE001
                 sys.stderr.write(f"  join {index} attempt {attempt + 1} failed: {error}\n")

@@ -19,8 +19,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet.task import Clock  # noqa: E402
 
-from p2psip.sip.message import Request, Response, SipStreamDecoder, make_response, parse_message  # noqa: E402
+from p2psip.sip.message import (  # noqa: E402
+    NameAddress,
+    Request,
+    Response,
+    SipStreamDecoder,
+    SipURI,
+    make_request,
+    make_response,
+    parse_message,
+)
 from p2psip.sip.transaction import Hop, ServerTransaction, TransactionLayer, new_branch  # noqa: E402
+from p2psip.testing import shared_dir  # noqa: E402
 
 REGISTER = (
     "REGISTER sip:example.org SIP/2.0\r\n"
@@ -38,15 +48,18 @@ REGISTER = (
 
 
 def rate(label: str, seconds: float, step: Callable[[], object], unit: str = "msg") -> None:
-    count = 0
-    start = time.perf_counter()
-    deadline = start + seconds
-    while time.perf_counter() < deadline:
-        for _ in range(100):
-            step()
-        count += 100
-    elapsed = time.perf_counter() - start
-    print(f"{label:<48} {count / elapsed:>10,.0f} {unit}/s  ({elapsed / count * 1e6:.1f} us each)")
+    """Best of five runs: other load on the machine only ever makes a run slower."""
+    best = float("inf")
+    for _ in range(5):
+        count = 0
+        start = time.perf_counter()
+        deadline = start + seconds / 5
+        while time.perf_counter() < deadline:
+            for _ in range(50):
+                step()
+            count += 50
+        best = min(best, (time.perf_counter() - start) / count)
+    print(f"{label:<48} {1 / best:>10,.0f} {unit}/s  ({best * 1e6:.1f} us each, best of 5)")
 
 
 def register_bytes(cseq: int = 1) -> bytes:
@@ -79,7 +92,7 @@ def micro(seconds: float) -> None:
     message = parse_message(data)
     rate("to_bytes(REGISTER)", seconds, message.to_bytes)
     rate("make_response(REGISTER, 200)", seconds, lambda: make_response(message, 200, to_tag="x").to_bytes())
-    torture = Path(__file__).resolve().parent.parent.parent / "shared" / "testdata" / "sip-torture"
+    torture = shared_dir() / "testdata" / "sip-torture"
     for name in ("wsinv", "longreq"):
         path = torture / f"{name}.dat"
         if path.exists():
@@ -93,13 +106,20 @@ def micro(seconds: float) -> None:
     from twisted.internet import reactor
 
     source = Hop("UDP", "192.0.2.10", 5062)
-    for label, hop in (("UDP", source), ("TCP", Hop("TCP", "192.0.2.10", 5062))):
+    # With UDP every server transaction stays alive for Timer J (32 s), so
+    # the live population grows and Python's cyclic GC gets expensive; the
+    # "gc off" row shows how much of the cost that is.
+    runs = (("UDP", source, True), ("UDP, gc off", source, False), ("TCP", Hop("TCP", "192.0.2.10", 5062), True))
+    for label, hop, collect in runs:
         layer = TransactionLayer(NullSender(), AnsweringUser(), reactor)
         messages = [parse_message(register_bytes(i)) for i in range(20000)]
+        if not collect:
+            gc.disable()
         start = time.perf_counter()
         for message in messages:
             layer.message_received(message, hop)
         elapsed = time.perf_counter() - start
+        gc.enable()
         print(f"{'server transactions REGISTER->200 over ' + label:<48} {len(messages) / elapsed:>10,.0f} txn/s  "
               f"({len(layer.server_transactions)} waiting for Timer J)")
         for call in reactor.getDelayedCalls():
@@ -131,13 +151,15 @@ def loopback(requests: int, window: int) -> None:
     client = TransactionLayer(client_transport, ClientUser(), reactor)
     client_transport.receiver = client
 
+    alice = NameAddress(SipURI("example.org", "alice"), "Alice", {"tag": "8a7d6f"})
+    contact = NameAddress(SipURI("127.0.0.1", "alice"), parameters={"expires": "3600"})
+
     def send_one() -> None:
         done["sent"] += 1
-        request = parse_message(register_bytes(done["sent"]))
-        assert isinstance(request, Request)
-        local = client_transport.local_hop("UDP")
-        assert local is not None
-        request.headers.set("Via", f"SIP/2.0/UDP {local.host}:{local.port};branch={new_branch()};rport")
+        request = make_request(
+            "REGISTER", SipURI("example.org"), via=client_transport.make_via("UDP"), from_=alice,
+            to=NameAddress(alice.uri), call_id="3f2a9c0e71b4@127.0.0.1", cseq_number=done["sent"], contact=contact,
+        )
         client.send_request(request, target, on_response)
 
     def on_response(response: Response) -> None:

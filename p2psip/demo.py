@@ -36,8 +36,7 @@ def say(text: str) -> None:
 
 
 @inlineCallbacks
-def start_peer(reactor: Any, bootstrap: str | None) -> Any:
-    config = DEMO_CONFIG
+def start_peer(reactor: Any, bootstrap: str | None, config: OverlayConfig = DEMO_CONFIG) -> Any:
     node = OverlayNode(
         identity=NodeIdentity.generate(),
         clock=reactor,

@@ -153,6 +153,10 @@ class OperationResult:
         return result
 
 
+class DuplicateNodeId(OverlayError):
+    """Our Node-ID is already in the ring (the same key in two places)."""
+
+
 class _RequestError(Exception):
     """A handler's way of answering with a RELOAD Error."""
 
@@ -277,21 +281,22 @@ class OverlayNode:
         for attempt in range(1, JOIN_ATTEMPTS + 1):
             # The admitting peer is whoever owns our Node-ID right now; the
             # ring may change between the Attach and the Join (another peer
-            # joining next to us), in which case we simply ask again.
-            answer = yield self._request(
-                Destination.node(self.node_id),
-                MessageCode.ATTACH_REQ,
-                AttachReqAns((self._candidate,)).encode(),
-                first_link=link,
-            )
-            admitting = answer.responder
-            if admitting == self.node_id:
-                raise OverlayError(
-                    "another peer already uses this Node-ID; delete the node key in --data-dir"
-                )
-            self._remember_candidates(admitting, answer.body)
-            admitting_link = yield self._ensure_link(admitting)
+            # joining next to us), and a message may be lost in a loop while
+            # the ring converges around a newcomer; either way, ask again.
             try:
+                answer = yield self._request(
+                    Destination.node(self.node_id),
+                    MessageCode.ATTACH_REQ,
+                    AttachReqAns((self._candidate,)).encode(),
+                    first_link=link,
+                )
+                admitting = answer.responder
+                if admitting == self.node_id:
+                    raise DuplicateNodeId(
+                        "another peer already uses this Node-ID; delete the node key in --data-dir"
+                    )
+                self._remember_candidates(admitting, answer.body)
+                admitting_link = yield self._ensure_link(admitting)
                 yield self._request(
                     Destination.node(admitting),
                     MessageCode.JOIN_REQ,
@@ -299,13 +304,14 @@ class OverlayNode:
                     first_link=admitting_link,
                 )
                 break
-            except RequestFailed as error:
-                if attempt == JOIN_ATTEMPTS:
+            except DuplicateNodeId:
+                raise
+            except OverlayError as error:
+                if attempt == JOIN_ATTEMPTS or link.closed:
                     raise
                 self.log.info(
-                    "join attempt {attempt} refused by {peer} ({why}); asking again",
+                    "join attempt {attempt} failed ({why}); asking again",
                     attempt=attempt,
-                    peer=id_short(admitting),
                     why=error.reason,
                 )
                 yield deferLater(self.clock, 0.5 * attempt, lambda: None)

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Iterator
-from typing import Union
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar, Union
 
 import attrs
 
@@ -47,7 +47,7 @@ from p2psip.sip.uri import (
 __all__ = [
     "CSeq", "Headers", "Message", "NameAddress", "Request", "Response", "SipParseError",
     "SipStreamDecoder", "Via", "AbsoluteURI", "SipURI", "TelURI", "URI",
-    "canonical_name", "error_response", "make_response", "parse_message", "parse_uri",
+    "canonical_name", "error_response", "make_request", "make_response", "parse_message", "parse_uri",
     "split_comma_list", "check_request_uri_scheme", "REASON_PHRASES",
 ]
 
@@ -318,7 +318,7 @@ class Via:
 
     def copy(self) -> Via:
         """An independent copy."""
-        return attrs.evolve(self, parameters=dict(self.parameters))
+        return Via(self.transport, self.host, self.port, dict(self.parameters), self.protocol)
 
 
 def _is_host(text: str) -> bool:
@@ -407,7 +407,7 @@ class NameAddress:
 
     def copy(self) -> NameAddress:
         """An independent copy."""
-        return attrs.evolve(self, uri=self.uri.copy(), parameters=dict(self.parameters))
+        return NameAddress(self.uri.copy(), self.display_name, dict(self.parameters))
 
 
 @attrs.frozen
@@ -441,6 +441,9 @@ class Headers:
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
         self._index: dict[str, list[str]] | None = None
+        # Typed values parsed from the current lines (see Message._parsed);
+        # cleared with the index on every change.
+        self._parsed: dict[str, Any] = {}
 
     def _lines_by_name(self) -> dict[str, list[str]]:
         # Built on first lookup and dropped on every change: messages are
@@ -486,11 +489,13 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a line at the end."""
         self._index = None
+        self._parsed.clear()
         self._items.append((canonical_name(name), value))
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a line above the first line of that name (the top of a Via or Record-Route stack)."""
         self._index = None
+        self._parsed.clear()
         name = canonical_name(name)
         index = next((i for i, (n, _) in enumerate(self._items) if n == name), 0)
         self._items.insert(index, (name, value))
@@ -505,12 +510,14 @@ class Headers:
     def remove(self, name: str) -> None:
         """Remove every line of that name."""
         self._index = None
+        self._parsed.clear()
         name = canonical_name(name)
         self._items = [(n, v) for n, v in self._items if n != name]
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first comma-separated value (the top Via, the next Route)."""
         self._index = None
+        self._parsed.clear()
         name = canonical_name(name)
         for index, (n, v) in enumerate(self._items):
             if n == name:
@@ -523,8 +530,18 @@ class Headers:
         return None
 
 
+_T = TypeVar("_T")
+
+
 class Message:
-    """What requests and responses share: header fields, body and typed access to them."""
+    """
+    What requests and responses share: header fields, body and typed access to them.
+
+    The typed properties parse the header text once and remember the result
+    until the headers change; mutable values (Via, NameAddress) are handed
+    out as copies, so changing one never changes the message: write it back
+    through ``headers``.
+    """
 
     headers: Headers
     body: bytes
@@ -547,18 +564,29 @@ class Message:
     # Typed access.  Each property parses the current header text, so the
     # values follow changes made through ``headers``.
 
+    def _parsed(self, key: str, build: Callable[[], _T]) -> _T:
+        memo = self.headers._parsed
+        if key in memo:
+            value: _T = memo[key]
+            return value
+        value = memo[key] = build()
+        return value
+
+    def _all_vias(self) -> list[Via]:
+        return self._parsed("Via", lambda: [Via.parse(v) for v in self.headers.values("Via")])
+
     @property
     def vias(self) -> list[Via]:
         """The Via stack, topmost first."""
-        return [Via.parse(v) for v in self.headers.values("Via")]
+        return [via.copy() for via in self._all_vias()]
 
     @property
     def via(self) -> Via:
         """The topmost Via (the one that names this hop's transaction)."""
-        values = self.headers.values("Via")
-        if not values:
+        vias = self._all_vias()
+        if not vias:
             raise SipParseError("missing Via header")
-        return Via.parse(values[0])
+        return vias[0].copy()
 
     def _single(self, name: str) -> str:
         values = self.headers.values(name)
@@ -566,19 +594,28 @@ class Message:
             raise SipParseError(f"{'missing' if not values else 'more than one'} {name} header")
         return values[0]
 
+    def _from(self) -> NameAddress:
+        return self._parsed("From", lambda: NameAddress.parse(self._single("From"), "From"))
+
+    def _to(self) -> NameAddress:
+        return self._parsed("To", lambda: NameAddress.parse(self._single("To"), "To"))
+
     @property
     def from_(self) -> NameAddress:
         """The From header (``from`` is a Python keyword)."""
-        return NameAddress.parse(self._single("From"), "From")
+        return self._from().copy()
 
     @property
     def to(self) -> NameAddress:
         """The To header."""
-        return NameAddress.parse(self._single("To"), "To")
+        return self._to().copy()
 
     @property
     def call_id(self) -> str:
         """The Call-ID."""
+        return self._parsed("Call-ID", self._parse_call_id)
+
+    def _parse_call_id(self) -> str:
         lines = self.headers.get_all("Call-ID")
         if len(lines) != 1:
             raise SipParseError(f"{'missing' if not lines else 'more than one'} Call-ID header")
@@ -590,7 +627,7 @@ class Message:
     @property
     def cseq(self) -> CSeq:
         """The CSeq."""
-        return CSeq.parse(self._single("CSeq"))
+        return self._parsed("CSeq", lambda: CSeq.parse(self._single("CSeq")))
 
     @property
     def max_forwards(self) -> int | None:
@@ -607,6 +644,9 @@ class Message:
     @property
     def contacts(self) -> list[NameAddress]:
         """The Contact values; empty for ``Contact: *``."""
+        return [contact.copy() for contact in self._parsed("Contact", self._parse_contacts)]
+
+    def _parse_contacts(self) -> list[NameAddress]:
         values = self.headers.values("Contact")
         if values == ["*"]:
             return []
@@ -621,15 +661,18 @@ class Message:
             return None
         return _parse_uint(self._single("Expires"), "Expires")
 
+    def _routes(self, name: str) -> list[NameAddress]:
+        return self._parsed(name, lambda: [NameAddress.parse(v, name) for v in self.headers.values(name)])
+
     @property
     def routes(self) -> list[NameAddress]:
         """The Route set, next hop first."""
-        return [NameAddress.parse(v, "Route") for v in self.headers.values("Route")]
+        return [route.copy() for route in self._routes("Route")]
 
     @property
     def record_routes(self) -> list[NameAddress]:
         """The Record-Route values, topmost first."""
-        return [NameAddress.parse(v, "Record-Route") for v in self.headers.values("Record-Route")]
+        return [route.copy() for route in self._routes("Record-Route")]
 
     @property
     def content_type(self) -> str | None:
@@ -647,20 +690,19 @@ class Message:
 
         :raises SipParseError: for missing, repeated or malformed fields.
         """
-        if not self.headers.values("Via"):
+        if not self._all_vias():
             raise SipParseError("missing Via header")
-        self.vias
-        self.from_
-        self.to
+        self._from()
+        self._to()
         self.call_id
         self.cseq
         self.max_forwards
-        for contact in self.contacts:
+        for contact in self._parsed("Contact", self._parse_contacts):
             contact.expires
             contact.q
         self.expires
-        self.routes
-        self.record_routes
+        self._routes("Route")
+        self._routes("Record-Route")
         self.content_type
         for date in self.headers.get_all("Date"):
             if not _DATE_RE.match(date):
@@ -964,6 +1006,43 @@ class SipStreamDecoder:
         except SipParseError as e:
             e.raw = head + b"\r\n\r\n"
             raise
+
+
+def make_request(
+    method: str,
+    uri: URI,
+    *,
+    via: Via,
+    from_: NameAddress,
+    to: NameAddress,
+    call_id: str,
+    cseq_number: int,
+    contact: NameAddress | None = None,
+    max_forwards: int = 70,
+    routes: Iterable[NameAddress] = (),
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> Request:
+    """
+    A new request with the header fields RFC 3261 s8.1.1 requires, in the usual order.
+
+    ``from_`` should carry a ``tag``; ``via`` a fresh branch (see
+    ``SipTransport.make_via``).
+    """
+    headers = Headers()
+    headers.add("Via", str(via))
+    headers.add("Max-Forwards", str(max_forwards))
+    for route in routes:
+        headers.add("Route", str(route))
+    headers.add("From", str(from_))
+    headers.add("To", str(to))
+    headers.add("Call-ID", call_id)
+    headers.add("CSeq", f"{cseq_number} {method}")
+    if contact is not None:
+        headers.add("Contact", str(contact))
+    if content_type is not None:
+        headers.add("Content-Type", content_type)
+    return Request(method, uri, headers, body)
 
 
 def make_response(

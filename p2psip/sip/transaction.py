@@ -262,15 +262,18 @@ class ClientTransaction(_Transaction):
                 self._interval_seconds = min(2 * self._interval_seconds, self.timers.t2_seconds)
             self._start_timer("E", self._interval_seconds, self._retransmit)
         self.log.debug("retransmitting {method} to {host}", method=self.request.method, host=self.hop.host)
+        self.layer.retransmissions += 1
         self._send(self.request)
 
     def _timed_out(self) -> None:
         if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
+            self.layer.timeouts += 1
             self._give_up(408, "Request Timeout")
 
     def _transport_failed(self, reason: str) -> None:
         if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
             self.log.debug("transport error sending {method}: {reason}", method=self.request.method, reason=reason)
+            self.layer.transport_errors += 1
             self._give_up(503, "Service Unavailable (transport error)")
 
     def _give_up(self, status: int, reason: str) -> None:
@@ -360,6 +363,7 @@ class ServerTransaction(_Transaction):
             return
         self._interval_seconds = min(2 * self._interval_seconds, self.timers.t2_seconds)
         self._start_timer("G", self._interval_seconds, self._retransmit_final)
+        self.layer.retransmissions += 1
         self.layer.sender.send_response(self.last_response, self.hop)
 
     def _ack_timed_out(self) -> None:
@@ -367,6 +371,7 @@ class ServerTransaction(_Transaction):
             self.log.debug("no ACK for {status} to {method}", status=getattr(self.last_response, "status", None),
                            method=self.request.method)
             self.timed_out = True
+            self.layer.timeouts += 1
             self._terminate()
 
     def request_retransmitted(self) -> None:
@@ -420,6 +425,22 @@ class TransactionLayer:
         self.timers = timers
         self.client_transactions: dict[tuple[object, ...], ClientTransaction] = {}
         self.server_transactions: dict[tuple[object, ...], ServerTransaction] = {}
+        # Counters for /status and /metrics.
+        self.retransmissions = 0
+        self.timeouts = 0
+        self.transport_errors = 0
+        self.stray_responses = 0
+
+    def metrics(self) -> dict[str, int]:
+        """Live transactions and counters, for /status and /metrics."""
+        return {
+            "client_transactions": len(self.client_transactions),
+            "server_transactions": len(self.server_transactions),
+            "retransmissions": self.retransmissions,
+            "timeouts": self.timeouts,
+            "transport_errors": self.transport_errors,
+            "stray_responses": self.stray_responses,
+        }
 
     def message_received(self, message: AnyMessage, source: Hop) -> None:
         """Entry point for every parsed message from a transport."""
@@ -432,6 +453,7 @@ class TransactionLayer:
         key = _client_key(response.via.branch, response.cseq.method)
         transaction = self.client_transactions.get(key)
         if transaction is None:
+            self.stray_responses += 1
             self.user.stray_response_received(response, source)
         else:
             transaction.response_received(response)

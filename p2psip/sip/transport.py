@@ -120,8 +120,10 @@ class SipDatagramProtocol(DatagramProtocol):
                                     max_header_bytes=self.owner.max_header_bytes)
         except SipParseError as e:
             self.log.debug("malformed datagram from {host}:{port}: {reason}", host=host, port=port, reason=e.reason)
+            self.owner.malformed_received += 1
             reply = error_response(e)
             if reply is not None and self.transport is not None:
+                self.owner.error_responses_sent += 1
                 self.transport.write(reply, (host, port))
             return
         self.owner._deliver(message, Hop("UDP", host, port))
@@ -132,8 +134,10 @@ class SipStreamProtocol(StreamProtocol):
 
     log = Logger()
 
-    def __init__(self, owner: SipTransport) -> None:
+    def __init__(self, owner: SipTransport, transport_name: str = "TCP") -> None:
         self.owner = owner
+        self.transport_name = transport_name
+        """The Via transport name of this connection: TCP, or TLS for ``ssl:`` listeners."""
         self.decoder = SipStreamDecoder(owner.max_message_bytes, owner.max_header_bytes)
         self.remote: tuple[str, int] = ("", 0)
         self.closed: defer.Deferred[None] = defer.Deferred()
@@ -147,6 +151,7 @@ class SipStreamProtocol(StreamProtocol):
         if len(self.owner.connections) >= self.owner.max_tcp_connections:
             self.log.warn("refusing a SIP connection: {count} open already (max_tcp_connections)",
                           count=len(self.owner.connections))
+            self.owner.connections_refused += 1
             self.transport.loseConnection()
             return
         self._idle_timer = self.owner.reactor.callLater(self.owner.tcp_idle_timeout_seconds, self._timed_out, "idle")
@@ -186,16 +191,19 @@ class SipStreamProtocol(StreamProtocol):
         except SipParseError as e:
             self.log.debug("malformed stream from {host}:{port}: {reason}",
                            host=self.remote[0], port=self.remote[1], reason=e.reason)
+            self.owner.malformed_received += 1
             reply = error_response(e)
             if reply is not None:
+                self.owner.error_responses_sent += 1
                 self.transport.write(reply)
             self.transport.loseConnection()
             return
         pings = self.decoder.take_keepalive_pings()
         if pings:
+            self.owner.keepalive_pings += pings
             self.transport.write(KEEPALIVE_PONG * pings)
         for message in messages:
-            self.owner._deliver(message, Hop("TCP", self.remote[0], self.remote[1]))
+            self.owner._deliver(message, Hop(self.transport_name, self.remote[0], self.remote[1]))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
         self._cancel_timers()
@@ -210,11 +218,12 @@ class SipStreamProtocol(StreamProtocol):
 
 
 class _StreamFactory(Factory):
-    def __init__(self, owner: SipTransport) -> None:
+    def __init__(self, owner: SipTransport, transport_name: str = "TCP") -> None:
         self.owner = owner
+        self.transport_name = transport_name
 
     def buildProtocol(self, addr: IAddress | None) -> SipStreamProtocol:  # noqa: N802 - Twisted's name
-        return SipStreamProtocol(self.owner)
+        return SipStreamProtocol(self.owner, self.transport_name)
 
 
 class SipTransport:
@@ -256,6 +265,25 @@ class SipTransport:
         self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
         self._factory = _StreamFactory(self)
+        # Counters for /status and /metrics.
+        self.messages_received = 0
+        self.malformed_received = 0
+        self.error_responses_sent = 0
+        self.keepalive_pings = 0
+        self.connections_refused = 0
+        self.send_errors = 0
+
+    def metrics(self) -> dict[str, int]:
+        """The counters and the number of open TCP connections, for /status and /metrics."""
+        return {
+            "messages_received": self.messages_received,
+            "malformed_received": self.malformed_received,
+            "error_responses_sent": self.error_responses_sent,
+            "keepalive_pings": self.keepalive_pings,
+            "tcp_connections": len(set(self.connections.values())),
+            "tcp_connections_refused": self.connections_refused,
+            "send_errors": self.send_errors,
+        }
 
     # Listening
 
@@ -280,7 +308,8 @@ class SipTransport:
             endpoint = serverFromString(self.reactor, description)
         except Exception as e:
             return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
-        d: defer.Deferred[Any] = endpoint.listen(self._factory)
+        tls = description.strip().lower().startswith(("ssl:", "tls:"))
+        d: defer.Deferred[Any] = endpoint.listen(_StreamFactory(self, "TLS") if tls else self._factory)
         d.addCallback(self._stream_listening)
 
         def explain(failure: Failure) -> Failure:
@@ -350,6 +379,7 @@ class SipTransport:
     # Receiving
 
     def _deliver(self, message: AnyMessage, source: Hop) -> None:
+        self.messages_received += 1
         if isinstance(message, Request):
             stamp_received(message, source.host, source.port)
         if self.receiver is None:
@@ -396,7 +426,11 @@ class SipTransport:
     def _response_failed(self, reason: str) -> None:
         self.log.debug("could not send a response: {reason}", reason=reason)
 
-    def _send(self, data: bytes, target: Hop, on_error: Callable[[str], None]) -> None:
+    def _send(self, data: bytes, target: Hop, report_error: Callable[[str], None]) -> None:
+        def on_error(reason: str) -> None:
+            self.send_errors += 1
+            report_error(reason)
+
         if target.transport.upper() == "UDP":
             if not self.udp_ports:
                 on_error("no UDP listener to send from (add --sip udp:PORT)")
@@ -413,6 +447,10 @@ class SipTransport:
         connection = self.connections.get(key)
         if connection is not None:
             connection.send(data)
+            return
+        if target.transport.upper() != "TCP":
+            # TODO(#3): outbound TLS needs client certificates and a trust store.
+            on_error(f"no open {target.transport} connection to {key[0]} and outbound {target.transport} is not supported")
             return
         self._connect_and_send(key, data, on_error)
 

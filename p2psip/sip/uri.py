@@ -34,7 +34,7 @@ _PARAM_SAFE = frozenset(_UNRESERVED + "[]/:&+$")
 _HEADER_SAFE = frozenset(_UNRESERVED + "[]/?:+$")
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+\-.]*\Z")
-_HOSTNAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])?\Z")
+_HOSTNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-.]*\Z")
 _IPV6_REFERENCE = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -195,7 +195,8 @@ class SipURI:
 
     def copy(self) -> SipURI:
         """An independent copy that can be changed without touching this one."""
-        return attrs.evolve(self, parameters=dict(self.parameters), headers=list(self.headers))
+        return SipURI(self.host, self.user, self.password, self.port, self.scheme, dict(self.parameters),
+                      list(self.headers))
 
 
 @attrs.define(eq=True)

@@ -11,7 +11,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from p2psip.sip.message import Request, Response, make_response
+from p2psip.sip.message import NameAddress, Request, Response, SipURI, make_request, make_response
 from p2psip.sip.transaction import Hop, ServerTransaction, TransactionLayer
 from p2psip.sip.transport import SipTransport
 from p2psip.testing import free_port, require_tool
@@ -112,19 +112,78 @@ class SipToolTests(TestCase):
         self.assertEqual(uas.methods, ["OPTIONS", "OPTIONS"])
 
     @defer.inlineCallbacks
-    def test_sipp_uac_calls(self) -> defer.Generator[defer.Deferred[object], object, None]:
-        """SIPp's built-in uac scenario completes 5 INVITE/ACK/BYE calls over UDP without failures."""
+    def run_sipp_uac(self, transport: str) -> defer.Generator[defer.Deferred[object], object, None]:
         sipp = require_tool("sipp")
-        uas = yield self.start_uas("udp:0:interface=127.0.0.1")
+        uas = yield self.start_uas(f"{transport}:0:interface=127.0.0.1")
         assert isinstance(uas, AnsweringUAS)
-        hop = self.transport.local_hop("UDP")
+        hop = self.transport.local_hop(transport.upper())
         assert hop is not None
+        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
         code = yield self.run_tool([
-            sipp, "-sn", "uac", f"127.0.0.1:{hop.port}", "-i", "127.0.0.1", "-p", str(free_port(socket.SOCK_DGRAM)),
+            sipp, "-sn", "uac", f"127.0.0.1:{hop.port}", "-i", "127.0.0.1", "-p", str(free_port(kind)),
+            "-t", "u1" if transport == "udp" else "t1",
             "-m", "5", "-r", "10", "-d", "100", "-nostdin", "-timeout", "30", "-timeout_error",
             "-trace_err", "-error_file", self.mktemp(),
         ])
         self.assertEqual(code, 0, self.process.output.decode(errors="replace")[-2000:])
-        self.assertEqual(uas.methods.count("INVITE"), 5)
-        self.assertEqual(uas.methods.count("BYE"), 5)
-        self.assertEqual(uas.methods.count("ACK"), 5)
+        self.assertEqual([uas.methods.count(m) for m in ("INVITE", "ACK", "BYE")], [5, 5, 5])
+
+    def test_sipp_uac_calls_udp(self) -> defer.Deferred[None]:
+        """SIPp's built-in uac scenario completes 5 INVITE/ACK/BYE calls over UDP without failures."""
+        return self.run_sipp_uac("udp")
+
+    def test_sipp_uac_calls_tcp(self) -> defer.Deferred[None]:
+        """The same 5 calls over one TCP connection."""
+        return self.run_sipp_uac("tcp")
+
+    @defer.inlineCallbacks
+    def test_client_transactions_against_sipp_uas(self) -> defer.Generator[defer.Deferred[object], object, None]:
+        """An INVITE client transaction, the 2xx ACK and a BYE complete a call with SIPp's uas scenario."""
+        sipp = require_tool("sipp")
+        uas = yield self.start_uas("udp:0:interface=127.0.0.1")
+        assert isinstance(uas, AnsweringUAS)
+        sipp_port = free_port(socket.SOCK_DGRAM)
+        ended = self.run_tool([
+            sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(sipp_port), "-m", "1", "-nostdin",
+            "-timeout", "30", "-timeout_error", "-trace_err", "-error_file", self.mktemp(),
+        ])
+        target = Hop("UDP", "127.0.0.1", sipp_port)
+        layer = self.transport.receiver
+        assert isinstance(layer, TransactionLayer)
+        alice = NameAddress(SipURI("127.0.0.1", "alice"), parameters={"tag": "a1"})
+        bob_uri = SipURI("127.0.0.1", "service", port=sipp_port)
+        bob = NameAddress(bob_uri)
+        local = self.transport.local_hop("UDP")
+        assert local is not None
+        alice_contact = NameAddress(SipURI("127.0.0.1", "alice", port=local.port))
+
+        def request(method: str, number: int, to: NameAddress, uri: SipURI) -> Request:
+            return make_request(method, uri, via=self.transport.make_via("UDP"), from_=alice, to=to,
+                                call_id="interop-1@127.0.0.1", cseq_number=number, contact=alice_contact)
+
+        statuses: list[int] = []
+        final: defer.Deferred[Response] = defer.Deferred()
+
+        def on_response(response: Response) -> None:
+            statuses.append(response.status)
+            if response.status >= 200 and not final.called:
+                final.callback(response)
+
+        # SIPp may need a moment to bind: the INVITE is retransmitted (Timer A) until it answers.
+        layer.send_request(request("INVITE", 1, bob, bob_uri), target, on_response)
+        ok = yield final
+        assert isinstance(ok, Response)
+        self.assertEqual(ok.status, 200)
+        remote = ok.to
+        contact_uri = ok.contacts[0].uri
+        assert isinstance(contact_uri, SipURI)
+        layer.send_request(request("ACK", 1, remote, contact_uri), target, lambda response: None)
+        bye_done: defer.Deferred[Response] = defer.Deferred()
+        layer.send_request(request("BYE", 2, remote, contact_uri), target,
+                           lambda response: bye_done.callback(response) if response.status >= 200 else None)
+        bye = yield bye_done
+        assert isinstance(bye, Response)
+        self.assertEqual(bye.status, 200)
+        code = yield ended
+        self.assertEqual(code, 0, self.process.output.decode(errors="replace")[-2000:])
+        self.assertIn(180, statuses)

@@ -13,7 +13,7 @@ import random
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
+from p2psip.testing import HeapClock
 
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.node import NodeState, OverlayConfig, OverlayNode
@@ -31,7 +31,7 @@ SIMULATION_CONFIG = OverlayConfig(
 
 class RingSimulation:
     def __init__(self, config: OverlayConfig = SIMULATION_CONFIG, seed: int = 1) -> None:
-        self.clock = Clock()
+        self.clock = HeapClock()
         self.network = MemoryNetwork(self.clock, latency_seconds=0.0)
         self.config = config
         self.random = random.Random(seed)

@@ -342,3 +342,20 @@ class InviteServerTests(LayerTestCase):
         self.layer.message_received(cancel, UDP_PEER)
         self.assertIs(self.layer.find_cancelled(cancel), self.user.transactions[0])
         self.assertEqual(self.user.transactions[1].request.method, "CANCEL")
+
+
+class MetricsTests(LayerTestCase):
+    """Counters for /status and /metrics."""
+
+    def test_layer_counters(self) -> None:
+        """Retransmissions, timeouts, transport errors and stray responses are counted."""
+        message = request()
+        self.send(message)
+        self.clock.pump([0.5] * 64)
+        self.sender.fail_requests = True
+        self.send(request())
+        self.layer.message_received(make_response(message, 200), UDP_PEER)
+        self.assertEqual(self.layer.metrics(), {
+            "client_transactions": 0, "server_transactions": 0, "retransmissions": 10,
+            "timeouts": 1, "transport_errors": 1, "stray_responses": 1,
+        })

@@ -319,3 +319,44 @@ class HostileInputTests(SynchronousTestCase):
                 datagrams.datagramReceived(chunk, CLIENT)
                 stream.dataReceived(chunk)
         self.assertEqual({e["log_level"] for e in events} - {LogLevel.debug}, set())
+
+
+class MetricsTests(SynchronousTestCase):
+    """Counters for /status and /metrics."""
+
+    def test_transport_counters(self) -> None:
+        """Messages, malformed input, error responses, pings and send errors are counted."""
+        owner = SipTransport(MemoryUDPReactor(), RecordingReceiver())
+        datagrams = SipDatagramProtocol(owner)
+        datagrams.transport = FakeDatagramTransport()  # type: ignore[assignment]
+        datagrams.datagramReceived(OPTIONS, CLIENT)
+        datagrams.datagramReceived(OPTIONS.replace(b"1 OPTIONS", b"1 INVITE"), CLIENT)
+        stream = SipStreamProtocol(owner)
+        stream.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", *CLIENT)))
+        stream.dataReceived(b"\r\n\r\n")
+        owner.send_request(parse_request(OPTIONS), Hop("UDP", *CLIENT), lambda reason: None)
+        self.assertEqual(owner.metrics(), {
+            "messages_received": 1, "malformed_received": 1, "error_responses_sent": 1, "keepalive_pings": 1,
+            "tcp_connections": 1, "tcp_connections_refused": 0, "send_errors": 1,
+        })
+
+
+class TLSTargetTests(SynchronousTestCase):
+    """TLS is inbound only for now."""
+
+    def test_outbound_tls_is_an_error(self) -> None:
+        """A request to a TLS target with no open connection fails instead of going out in clear text."""
+        reactor = MemoryUDPReactor()
+        transport = SipTransport(reactor)
+        errors: list[str] = []
+        transport.send_request(parse_request(OPTIONS), Hop("TLS", *CLIENT), errors.append)
+        self.assertIn("outbound TLS is not supported", errors[0])
+        self.assertEqual(reactor.tcpClients, [])
+
+    def test_inbound_tls_connection_named_tls(self) -> None:
+        """Messages on a connection from an ssl: listener come from a TLS hop."""
+        receiver = RecordingReceiver()
+        protocol = SipStreamProtocol(SipTransport(MemoryUDPReactor(), receiver), "TLS")
+        protocol.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", *CLIENT)))
+        protocol.dataReceived(OPTIONS.replace(b"UDP", b"TLS"))
+        self.assertEqual(receiver.received[0][1], Hop("TLS", *CLIENT))
