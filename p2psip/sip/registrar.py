@@ -14,7 +14,8 @@ Answers, in the order of section 10.3's steps:
 - Request-URI not ``sip[s]:<overlay domain>``: 404; ``Require``: 420.
 - No usable credentials: 401 with one challenge per algorithm; wrong
   password or unknown user: 403 (the same for both, so nobody learns which
-  users exist); digest-uri unlike the Request-URI: 400; stale nonce: 401
+  users exist; a fresh 401 would also be allowed, but 403 stops phones from
+  retrying a wrong stored password in a loop); digest-uri unlike the Request-URI: 400; stale nonce: 401
   with ``stale=TRUE``.  An authenticated user may register only the AOR
   the users file gives it (otherwise 403).
 - ``Contact: *`` needs ``Expires: 0`` and no other contact (else 400).
