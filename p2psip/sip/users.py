@@ -13,8 +13,9 @@ Format (UTF-8 text, one user per line; ``#`` starts a comment line)::
   for ``MD5`` and ``SHA-256`` (RFC 7616 section 3.4.2).  The password itself
   is never stored; changing the realm therefore needs the password again.
 
-The file is rewritten atomically (temporary file, fsync, rename) with mode
-0600, keeping comments and the order of the other lines.  ``p2psip users``
+The file is rewritten atomically (temporary file, fsync, rename), keeping
+comments and the order of the other lines; a new file gets mode 0600, an
+existing one keeps its owner, group and group read bit (at most 0640).  ``p2psip users``
 edits it; the peer role reads it with ``--users FILE``.
 """
 
@@ -231,14 +232,33 @@ class UsersFile:
         return True
 
     def save(self) -> None:
-        """Write the file atomically with mode 0600."""
+        """
+        Write the file atomically: a new file gets mode 0600.
+
+        Rewriting an existing file keeps its owner and group, and its group
+        read bit (so a ``root:p2psip`` file with mode 0640 stays readable by
+        the peer), but never more than 0640.
+        """
         directory = self.path.parent
         text = "".join(line + "\n" for line in self._lines)
         if not self._lines:
             text = _HEADER
+        mode, owner = 0o600, None
+        try:
+            existing = os.stat(self.path)
+        except FileNotFoundError:
+            pass
+        else:
+            mode = 0o600 | (existing.st_mode & 0o040)
+            owner = (existing.st_uid, existing.st_gid)
         handle, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
         try:
-            os.fchmod(handle, 0o600)
+            os.fchmod(handle, mode)
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(handle, *owner)
+                except PermissionError:
+                    pass  # not root: the file becomes ours, as any edit would make it
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
                 stream.write(text)
                 stream.flush()

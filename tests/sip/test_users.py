@@ -45,6 +45,18 @@ class UsersFileTests(SynchronousTestCase):
         self.assertNotIn("wonderland", self.path.read_text())
         self.assertEqual(list(self.directory.iterdir()), [self.path])
 
+    def test_rewrite_keeps_group_read_only(self) -> None:
+        """Rewriting keeps a 0640 file's group read bit but drops anything wider."""
+        users = UsersFile.load(self.path, missing_ok=True)
+        users.set_password("sip:alice@example.org", "wonderland")
+        users.save()
+        self.path.chmod(0o644)
+        users.save()
+        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o640)
+        self.path.chmod(0o604)
+        users.save()
+        self.assertEqual(stat.S_IMODE(self.path.stat().st_mode), 0o600)
+
     def test_change_and_remove_keep_comments(self) -> None:
         """Changing and removing users keeps comment lines and the other users."""
         self.path.write_text(
