@@ -98,16 +98,25 @@ class LocalBinding:
         """
         Whether requests for this contact should go back over ``flow``.
 
-        True when the contact names the registering UA itself (its address
-        is the REGISTER's Via sent-by): then the flow is the path through
-        its NAT, or its TCP connection.  A contact registered on behalf of
-        another device (third-party registration) is sent to directly.
+        Only when the contact names the registering UA itself (its address
+        is the REGISTER's Via sent-by), and then over a connection (TCP,
+        TLS: reuse it) or over UDP from another IP address than the UA
+        believes it has (a NAT: the flow is the path through it).  A UA on
+        its own address that merely sends from another port, and a contact
+        registered for another device (third-party registration), are sent
+        to directly.
         """
         uri = self.contact.uri
         if not isinstance(uri, SipURI) or self.registered_from is None:
             return False
         port = uri.port or (5061 if uri.scheme == "sips" else 5060)
-        return (uri.host.lower().strip("[]"), port) == self.registered_from
+        if (uri.host.lower().strip("[]"), port) != self.registered_from:
+            return False
+        transport = getattr(self.flow, "transport", None)
+        host = getattr(self.flow, "host", None)
+        if transport is None or host is None or str(transport).upper() != "UDP":
+            return True
+        return str(host).lower().strip("[]") != self.registered_from[0]
 
     def as_binding(self, node_id: int) -> Binding:
         """The overlay form of this binding."""

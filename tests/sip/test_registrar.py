@@ -24,7 +24,9 @@ from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.message import Request, Response, parse_message
 from p2psip.sip.proxy import SipProxy
-from p2psip.sip.registrar import Registrar, blur_aor, blur_flow
+from p2psip.sip.message import NameAddress
+from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
+from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.users import UsersFile
 from p2psip.testing import require_tool
@@ -413,6 +415,28 @@ class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
             return
         response = self.send(request)
         self.assertIn(response.status, (400, 401, 403))
+
+
+class FlowChoiceTests(SynchronousTestCase):
+    """When requests for a contact go back over the REGISTER's flow."""
+
+    def binding(self, contact: str, flow: Hop, sent_by: tuple[str, int]) -> LocalBinding:
+        return LocalBinding(
+            aor=AOR, contact=NameAddress.parse(contact), expires_at=NOW + 60, q=1.0, call_id="c", cseq=1,
+            flow=flow, registered_from=sent_by,
+        )
+
+    def test_choices(self) -> None:
+        """NAT (other IP) and TCP use the flow; same IP, other port and third-party contacts do not."""
+        cases = [
+            ("<sip:a@10.0.0.5:5062>", Hop("UDP", "203.0.113.9", 40000), ("10.0.0.5", 5062), True),
+            ("<sip:a@192.0.2.7:5062>", Hop("UDP", "192.0.2.7", 40000), ("192.0.2.7", 5062), False),
+            ("<sip:a@192.0.2.7:5062;transport=tcp>", Hop("TCP", "192.0.2.7", 40000), ("192.0.2.7", 5062), True),
+            ("<sip:a@192.0.2.50:5090>", Hop("UDP", "203.0.113.9", 40000), ("10.0.0.5", 5062), False),
+            ("<sip:a@10.0.0.5>", Hop("UDP", "203.0.113.9", 40000), ("10.0.0.5", 5060), True),
+        ]
+        for contact, flow, sent_by, expected in cases:
+            self.assertEqual(self.binding(contact, flow, sent_by).reached_over_flow, expected, contact)
 
 
 class BlurTests(SynchronousTestCase):
