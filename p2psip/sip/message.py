@@ -119,6 +119,15 @@ _DATE_RE = re.compile(
 _MEDIA_TYPE_RE = re.compile(r"\s*(" + _TOKEN + r")\s*/\s*(" + _TOKEN + r")\s*(;.*)?\Z", re.DOTALL)
 _CALL_ID_RE = re.compile(r"[!-~]+\Z")
 _LWS = " \t"
+# The common name-addr forms in one step: optional quoted or token display
+# name, then <URI> (no spaces or angle brackets inside), then parameters.
+# Anything else goes through NameAddress._parse_general.
+_NAME_ADDR_RE = re.compile(
+    r'[ \t]*(?:"((?:[^"\\]|\\.)*)"[ \t]*|(' + _TOKEN + r"(?:[ \t]+" + _TOKEN + r")*)[ \t]*)?"
+    r"<([!-;=?-~]+)>(.*)\Z",
+    re.DOTALL,
+)
+_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
 # One ";name[=value]" with optional LWS around ';' and '='; the value is a
 # token (plus ':' and '[]' for IPv6 addresses) or a quoted string.
 _PARAMETER_RE = re.compile(
@@ -352,6 +361,19 @@ class NameAddress:
     @classmethod
     def parse(cls, text: str, where: str = "address") -> NameAddress:
         """Parse a name-addr or addr-spec with its header parameters."""
+        match = _NAME_ADDR_RE.match(text)
+        if match is None:
+            return cls._parse_general(text, where)
+        quoted, token_display, uri_text, rest = match.groups()
+        if quoted is not None:
+            display: str | None = _QUOTED_PAIR_RE.sub(r"\1", quoted)
+        else:
+            display = " ".join(token_display.split()) if token_display else None
+        return cls(uri=parse_uri(uri_text), display_name=display, parameters=parse_parameters(rest, where))
+
+    @classmethod
+    def _parse_general(cls, text: str, where: str) -> NameAddress:
+        """Every form, including addr-spec and the malformed ones (which raise); slower."""
         s = text.strip(_LWS)
         position = 0
         display: str | None = None

@@ -139,3 +139,51 @@ class RoundTripTests(SynchronousTestCase):
                          (request.cseq, request.call_id, request.max_forwards))
         [streamed] = SipStreamDecoder().feed(request.to_bytes())
         self.assertEqual(streamed.to_bytes(), request.to_bytes())
+
+
+ADDRESS_PIECES = st.sampled_from([
+    '"', "\\", "<", ">", " ", "\t", ";", "=", ",", "@", ":", "sip:", "sips:", "tel:+1", "a", "Bob", "x.example.org",
+    "tag", "5060", "%41", "\x00", "é", "?", "&", "[::1]", "lr", "q=0.5", "expires=60",
+])
+
+
+@st.composite
+def name_addr_like(draw: st.DrawFn) -> str:
+    """Mostly well-formed name-addrs, sometimes broken, sometimes mutated."""
+    display = draw(st.sampled_from(["", '"A B" ', '"x\\"y"', "Bob ", "Bob  Smith", '"\u00e9"', "Bad,Name ",
+                                    '"open ', " ", "\t", '"a<b" ']))
+    uri = draw(st.sampled_from(["sip:a@b", "sip:a@b;lr", "sips:u@[::1]:5061", "tel:+123", "x:y", "sip:a b@c",
+                                "sip:%41@b", "sip:a@b?h=v", "", "sip:a@b:99999", "sip:@b"]))
+    params = draw(st.lists(st.sampled_from([";tag=1", " ; q = 0.5", ";;", ";x", ';e="q"', ",", " ", ";t=[::1]"]),
+                           max_size=3))
+    text = display + "<" + uri + ">" + "".join(params)
+    if draw(st.booleans()):
+        position = draw(st.integers(0, len(text)))
+        text = text[:position] + draw(ADDRESS_PIECES) + text[position + 1 :]
+    return text
+
+
+class NameAddressFastPathTests(SynchronousTestCase):
+    """The one-regex path for common name-addr forms agrees with the general parser."""
+
+    @settings(max_examples=1000, deadline=None)
+    @given(st.lists(ADDRESS_PIECES, max_size=14).map("".join) | name_addr_like())
+    def test_fast_and_general_agree(self, text: str) -> None:
+        """Both paths raise SipParseError, or both give the same display name, URI and parameters."""
+        def outcome(parse: object) -> object:
+            try:
+                address = parse(text, "To")  # type: ignore[operator]
+            except SipParseError:
+                return "error"
+            return (address.display_name, str(address.uri), address.parameters)
+
+        self.assertEqual(outcome(NameAddress.parse), outcome(NameAddress._parse_general))
+
+    def test_common_forms(self) -> None:
+        """Quoted and token display names, and none, take the fast path to the same values."""
+        for text in ('"A \\"B\\"" <sip:a@b>;tag=1', "Bob  Smith <sip:bob@x;lr>", "<sip:c@d> ; q = 0.5"):
+            with self.subTest(text=text):
+                fast = NameAddress.parse(text)
+                general = NameAddress._parse_general(text, "address")
+                self.assertEqual((fast.display_name, str(fast.uri), fast.parameters),
+                                 (general.display_name, str(general.uri), general.parameters))
