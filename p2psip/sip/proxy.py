@@ -1,0 +1,664 @@
+"""
+The super-node's SIP core: a stateful proxy (RFC 3261 section 16) whose
+location service is the overlay, with the registrar and OPTIONS pings.
+
+It is the transaction user of :class:`p2psip.sip.transaction.TransactionLayer`.
+A request for an AOR of the overlay domain is routed like this::
+
+    caller --> super-node A --(lookup AOR in the DHT: SIP-REGISTRATION)
+               |  binding served by A itself: deliver to the contact over
+               |  the flow its REGISTER came in on (NAT-friendly)
+               '  binding served by B: forward with the Request-URI
+                  ``sip:alice@example.org;p2psip-node=<B's Node-ID hex>`` to
+                  B's SIP address (RELOAD AppAttach, application 5060,
+                  RFC 7904 section 5); B sees its own Node-ID and delivers to
+                  its local contacts only, so super-nodes never bounce a
+                  request between each other.
+
+Per RFC 3261 section 16 the proxy checks Max-Forwards (483) and
+Proxy-Require (420), detects loops with a hash of the request in its own
+Via branch (``z9hG4bKp2p<loop hash>.<unique>``; 482, s16.3 item 4 and s16.6
+item 8), removes its own Route entry (loose routing, s16.4) and adds
+Record-Route (``<sip:host:port;lr>``) to dialog-creating requests so that
+ACK, BYE and re-INVITE pass through the same super-nodes, forks in
+parallel to every contact and returns the best final response (s16.7: 2xx
+at once, 6xx ends the fork, else the lowest class, 503 turned into 500),
+propagates CANCEL to the branches (s16.10) and cancels branches that ring
+for more than three minutes (Timer C, s16.8).  ACKs for 2xx and stray 2xx
+retransmissions are forwarded statelessly.  Unknown users get 404, users
+without a live binding 480, an ``OPTIONS`` addressed to the server itself
+200 (health checks), other methods addressed to it 405.
+
+A contact is reached over the flow its REGISTER came in on when it names
+the registering UA itself (``LocalBinding.reached_over_flow``), otherwise
+at its own address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2psip.interfaces import IOverlayStorage
+from p2psip.sip.errors import SipParseError
+from p2psip.sip.location import SIP_APPLICATION, Binding, OverlayLocationService
+from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
+from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor
+from p2psip.sip.transaction import (
+    ClientTransaction,
+    Hop,
+    MessageSender,
+    ServerTransaction,
+    State,
+    TimerSettings,
+    TransactionLayer,
+    make_cancel,
+    new_branch,
+)
+from p2psip.sip.uri import URI, SipURI, parse_uri
+
+#: The Request-URI parameter that names the super-node to deliver at.
+NODE_PARAMETER = "p2psip-node"
+#: Max-Forwards for requests that arrive without one (RFC 3261 s16.6 item 3).
+DEFAULT_MAX_FORWARDS = 70
+#: Methods whose requests may create a dialog, so we Record-Route them.
+DIALOG_CREATING_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
+#: At most this many branches for one request (a flood guard).
+MAX_BRANCHES = 16
+#: RFC 3261 s16.6 item 11: how long an INVITE branch may stay without a
+#: final response (reset by each provisional one); more than 3 minutes.
+TIMER_C_SECONDS = 181.0
+#: After Timer C has cancelled a branch, how long to wait for its 487
+#: before giving it up as a 408 (64*T1, like Timer B).
+CANCEL_GRACE_SECONDS = 32.0
+#: Our Via branches: cookie, this marker, the loop hash, a unique part.
+_BRANCH_MARKER = "p2p"
+
+
+def hop_for_uri(uri: SipURI) -> Hop:
+    """Where to send a request whose next hop is ``uri`` (RFC 3263 without DNS)."""
+    transport = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).upper()
+    host = uri.parameters.get("maddr") or uri.host
+    port = uri.port or (5061 if transport == "TLS" else 5060)
+    return Hop(transport, host.strip("[]"), port)
+
+
+def _new_tag() -> str:
+    return new_branch()[len(MAGIC_COOKIE) :]
+
+
+def _best_response(responses: Sequence[Response]) -> Response:
+    """RFC 3261 s16.7 item 6: the final response to send when no 2xx came."""
+    six = [r for r in responses if r.status >= 600]
+    if six:
+        return six[0]
+    best = min(responses, key=lambda r: (r.status // 100, r.status == 503, r.status == 408, r.status))
+    if best.status == 503:
+        converted = best.copy()
+        converted.status, converted.reason = 500, "Server Internal Error"
+        return converted
+    return best
+
+
+@define(eq=False)
+class _Branch:
+    transaction: ClientTransaction | None = None
+    provisional_seen: bool = False
+    cancel_pending: bool = False
+    final: Response | None = None
+
+
+@define(eq=False)
+class _ResponseContext:
+    """The state a stateful proxy keeps per forwarded request (s16.2)."""
+
+    server: ServerTransaction
+    branches: list[_Branch] = field(factory=list)
+    finals: list[Response] = field(factory=list)
+    answered: bool = False
+    cancelled: bool = False
+    forking: bool = True
+    timer_c: IDelayedCall | None = None
+
+
+class SipProxy:
+    """
+    The super-node's transaction user: REGISTER, OPTIONS and the proxy.
+
+    ``advertised`` is the host and port other elements reach this node's
+    SIP service at; it appears in our Via and Record-Route entries.
+    Transports hand messages to :attr:`transactions`.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        domain: str,
+        advertised: tuple[str, int],
+        storage: IOverlayStorage,
+        location: OverlayLocationService,
+        registrar: Registrar,
+        sender: MessageSender,
+        clock: IReactorTime,
+        *,
+        is_known_aor: Callable[[str], bool] | None = None,
+        peer_transport: str = "UDP",
+        timers: TimerSettings = TimerSettings(),
+    ) -> None:
+        self.domain = domain.lower()
+        self.advertised = (advertised[0].lower(), advertised[1])
+        self.storage = storage
+        self.location = location
+        self.registrar = registrar
+        self.clock = clock
+        self.is_known_aor = is_known_aor
+        self.peer_transport = peer_transport.upper()
+        self.transactions = TransactionLayer(sender, self, clock, timers)
+        self._contexts: dict[ServerTransaction, _ResponseContext] = {}
+
+    @property
+    def pending_requests(self) -> int:
+        """Requests being proxied right now (for status pages and leak checks)."""
+        return len(self._contexts)
+
+    @property
+    def local_node_id(self) -> int:
+        node_id: int = self.storage.local_node_id
+        return node_id
+
+    # -- TransactionUser ---------------------------------------------------
+
+    def request_received(self, transaction: ServerTransaction) -> None:
+        """A new request: answer it here or proxy it."""
+        try:
+            self._dispatch(transaction)
+        except SipParseError as e:
+            self.log.debug("refusing {method}: {why}", method=transaction.request.method, why=e.reason)
+            self._answer(transaction, e.status, e.reason)
+        except Exception:
+            self.log.failure("while handling {method}", method=transaction.request.method)
+            self._answer(transaction, 500, "Server Internal Error")
+
+    def ack_received(self, request: Request, source: Hop) -> None:
+        """An ACK for a 2xx: forward it statelessly along the route set."""
+        try:
+            ack = request.copy()
+            if ack.max_forwards == 0:
+                return
+            removed_own_route = self._preprocess_routes(ack)
+            target = self._in_dialog_target(ack, removed_own_route)
+            if target is None:
+                self.log.debug("dropped an ACK with nowhere to go")
+                return
+            self._prepare(ack, ack.uri, target, request, stateless_key=request.via.branch or "")
+            self.transactions.send_request(ack, target, lambda response: None)
+        except SipParseError as e:
+            self.log.debug("dropped an unroutable ACK: {why}", why=e.reason)
+
+    def stray_response_received(self, response: Response, source: Hop) -> None:
+        """A response outside any transaction (2xx retransmission): pass it upstream."""
+        try:
+            if not self._is_own_via(response):
+                self.log.debug("dropped a stray {status} not sent through us", status=response.status)
+                return
+            forwarded = response.copy()
+            forwarded.headers.pop_first_value("Via")
+            if not forwarded.headers.values("Via"):
+                return
+            via = forwarded.via
+            host = via.received or via.host
+            port = via.rport or via.port or 5060
+            self.transactions.sender.send_response(forwarded, Hop(via.transport, host, port))
+        except SipParseError as e:
+            self.log.debug("dropped a malformed stray response: {why}", why=e.reason)
+
+    # -- dispatch ------------------------------------------------------------
+
+    def _dispatch(self, transaction: ServerTransaction) -> None:
+        request = transaction.request
+        if request.method == "CANCEL":
+            self._cancel_received(transaction)
+            return
+        if self._addressed_to_server(request):
+            if request.method == "REGISTER":
+                answered = self.registrar.register_received(request, transaction.source)
+                answered.addCallback(transaction.respond).addErrback(self._registrar_failed, transaction)
+                return
+            if request.method == "OPTIONS":
+                response = make_response(request, 200, to_tag=_new_tag())
+                response.headers.add("Allow", ALLOWED_METHODS)
+                response.headers.add("Accept", "application/sdp")
+                transaction.respond(response)
+                return
+            if request.method != "ACK" and not request.headers.values("Route"):
+                self._answer(transaction, 405, "Method Not Allowed", (("Allow", "OPTIONS, REGISTER"),))
+                return
+        if request.method == "REGISTER":
+            self._answer(transaction, 404, "Not Found (not the registrar for that domain)")
+            return
+        max_forwards = request.max_forwards
+        if max_forwards is not None and max_forwards <= 0:
+            self._answer(transaction, 483, "Too Many Hops")
+            return
+        proxy_require = request.headers.values("Proxy-Require")
+        if proxy_require:
+            # s16.3 item 5: we implement no proxy extensions.
+            self._answer(transaction, 420, "Bad Extension", (("Unsupported", ", ".join(proxy_require)),))
+            return
+        working = request.copy()
+        removed_own_route = self._preprocess_routes(working)
+        if self._is_loop(working):
+            self._answer(transaction, 482, "Loop Detected")
+            return
+        if working.headers.values("Route"):
+            top = working.routes[0].uri
+            if not isinstance(top, SipURI):
+                self._answer(transaction, 416, "Unsupported URI Scheme in Route")
+                return
+            self._fork(transaction, working, [(working.uri, hop_for_uri(top))])
+            return
+        uri = working.uri
+        if not isinstance(uri, SipURI):
+            self._answer(transaction, 416, "Unsupported URI Scheme")
+            return
+        if uri.host.lower() == self.domain and uri.user is not None:
+            self._route_to_aor(transaction, working, uri)
+            return
+        target = self._in_dialog_target(working, removed_own_route)
+        if target is not None:
+            self._fork(transaction, working, [(working.uri, target)])
+            return
+        # TODO(gateway): resolve other domains with RFC 3263 and forward
+        # them through the gateway; until it exists, refuse them openly.
+        self._answer(transaction, 404, "Not Found (no gateway to other domains yet)")
+
+    def _registrar_failed(self, failure: Failure, transaction: ServerTransaction) -> None:
+        self.log.failure("while registering", failure)
+        self._answer(transaction, 500, "Server Internal Error")
+
+    def _addressed_to_server(self, request: Request) -> bool:
+        uri = request.uri
+        if not isinstance(uri, SipURI) or uri.user is not None:
+            return False
+        return uri.host.lower() == self.domain or self._is_own_uri(uri)
+
+    def _is_own_uri(self, uri: URI) -> bool:
+        if not isinstance(uri, SipURI):
+            return False
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        return (uri.host.lower().strip("[]"), port) == self.advertised
+
+    def _is_own_via(self, message: Request | Response) -> bool:
+        via = message.via
+        return (via.host.lower(), via.port or 5060) == self.advertised and (
+            via.branch or ""
+        ).startswith(MAGIC_COOKIE + _BRANCH_MARKER)
+
+    def _preprocess_routes(self, request: Request) -> bool:
+        """
+        RFC 3261 s16.4: undo a strict router's rewrite and drop our own Route.
+
+        :returns: whether a Route entry naming us was removed (the request
+            follows a route set we are part of).
+        """
+        removed = False
+        routes = request.headers.values("Route")
+        if routes and self._is_own_uri(request.uri):
+            last = NameAddress.parse(routes[-1], "Route")
+            request.uri = last.uri
+            request.headers.remove("Route")
+            if routes[:-1]:
+                request.headers.add("Route", ", ".join(routes[:-1]))
+            removed = True
+        routes = request.headers.values("Route")
+        if routes and self._is_own_uri(NameAddress.parse(routes[0], "Route").uri):
+            request.headers.pop_first_value("Route")
+            removed = True
+        return removed
+
+    def _in_dialog_target(self, request: Request, removed_own_route: bool) -> Hop | None:
+        """Next hop for a request to a contact URI rather than an AOR."""
+        if request.headers.values("Route"):
+            top = request.routes[0].uri
+            return hop_for_uri(top) if isinstance(top, SipURI) else None
+        uri = request.uri
+        if not isinstance(uri, SipURI):
+            return None
+        for binding in self.registrar.bindings_for_contact(uri):
+            return self._flow_hop(binding)
+        if removed_own_route:
+            return hop_for_uri(uri)
+        return None
+
+    @staticmethod
+    def _flow_hop(binding: LocalBinding) -> Hop:
+        flow = binding.flow
+        if isinstance(flow, Hop) and binding.reached_over_flow:
+            return flow
+        uri = binding.contact.uri
+        if isinstance(uri, SipURI):
+            return hop_for_uri(uri)
+        raise SipParseError("binding without a reachable contact", 480)
+
+    # -- loops ---------------------------------------------------------------
+
+    def _loop_hash(self, request: Request) -> str:
+        """RFC 3261 s16.6 item 8: what must differ for a spiral to be no loop."""
+        parts = [
+            str(request.uri),
+            request.from_.tag or "",
+            request.to.tag or "",
+            request.call_id,
+            str(request.cseq.number),
+            ",".join(request.headers.values("Proxy-Require")),
+        ]
+        return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+    def _is_loop(self, request: Request) -> bool:
+        prefix = MAGIC_COOKIE + _BRANCH_MARKER + self._loop_hash(request) + "."
+        for via in request.vias:
+            if (via.host.lower(), via.port or 5060) == self.advertised and (via.branch or "").startswith(prefix):
+                return True
+        return False
+
+    # -- routing to an AOR -----------------------------------------------------
+
+    def _route_to_aor(self, transaction: ServerTransaction, request: Request, uri: SipURI) -> None:
+        aor = uri.address_of_record()
+        node_parameter = uri.parameters.get(NODE_PARAMETER)
+        if node_parameter is not None:
+            if node_parameter.lower() == f"{self.local_node_id:032x}":
+                self._deliver_locally(transaction, request, aor)
+                return
+            try:
+                node_id = int(node_parameter, 16)
+            except ValueError:
+                self._answer(transaction, 400, f"Bad Request (bad {NODE_PARAMETER})")
+                return
+            self._forward_to_nodes(transaction, request, aor, [], [node_id])
+            return
+        looked_up = self.location.lookup(aor)
+        looked_up.addCallbacks(
+            lambda bindings: self._bindings_found(transaction, request, aor, bindings),
+            lambda failure: self._lookup_failed(transaction, aor, failure),
+        )
+
+    def _lookup_failed(self, transaction: ServerTransaction, aor: str, failure: Failure) -> None:
+        self.log.warn(
+            "overlay lookup of {aor} failed: {why}; is this peer joined to the ring?",
+            aor=blur_aor(aor), why=failure.getErrorMessage(),
+        )
+        self._answer(transaction, 480, "Temporarily Unavailable (overlay lookup failed)")
+
+    def _bindings_found(
+        self, transaction: ServerTransaction, request: Request, aor: str, bindings: list[Binding]
+    ) -> None:
+        local_id = self.local_node_id
+        remote_nodes: list[int] = []
+        direct: list[Binding] = []
+        has_local = False
+        for binding in bindings:
+            if binding.node_id == local_id:
+                has_local = True
+            elif binding.node_id is None:
+                direct.append(binding)
+            elif binding.node_id not in remote_nodes:
+                remote_nodes.append(binding.node_id)
+        # Values in the overlay come from other nodes: bound the fan-out.
+        remote_nodes = remote_nodes[:MAX_BRANCHES]
+        direct = direct[:MAX_BRANCHES]
+        local = self.registrar.local_bindings(aor) if has_local else []
+        if not local and not remote_nodes and not direct:
+            self._answer_no_binding(transaction, aor)
+            return
+        targets: list[tuple[URI, Hop]] = [(b.contact.uri.copy(), self._flow_hop(b)) for b in local]
+        for binding in direct:
+            try:
+                contact = parse_uri(binding.contact)
+            except SipParseError:
+                continue
+            if isinstance(contact, SipURI):
+                targets.append((contact, hop_for_uri(contact)))
+        self._forward_to_nodes(transaction, request, aor, targets, remote_nodes)
+
+    def _answer_no_binding(self, transaction: ServerTransaction, aor: str) -> None:
+        known = self.is_known_aor is None or self.is_known_aor(aor)
+        if known:
+            self._answer(transaction, 480, "Temporarily Unavailable")
+        else:
+            self._answer(transaction, 404, "Not Found")
+
+    def _deliver_locally(self, transaction: ServerTransaction, request: Request, aor: str) -> None:
+        local = self.registrar.local_bindings(aor)
+        if not local:
+            self._answer(transaction, 480, "Temporarily Unavailable")
+            return
+        self._fork(transaction, request, [(b.contact.uri.copy(), self._flow_hop(b)) for b in local])
+
+    def _forward_to_nodes(
+        self,
+        transaction: ServerTransaction,
+        request: Request,
+        aor: str,
+        targets: list[tuple[URI, Hop]],
+        node_ids: list[int],
+    ) -> None:
+        """Resolve each serving super-node's SIP address, then fork to all targets."""
+        if not node_ids:
+            self._fork(transaction, request, targets)
+            return
+        pending = len(node_ids)
+        resolved: list[tuple[URI, Hop]] = []
+
+        def one_done() -> None:
+            nonlocal pending
+            pending -= 1
+            if pending == 0:
+                all_targets = targets + resolved
+                if all_targets:
+                    self._fork(transaction, request, all_targets)
+                else:
+                    self._answer(transaction, 480, "Temporarily Unavailable (serving super-node unreachable)")
+
+        for node_id in node_ids:
+            uri = request.uri
+            assert isinstance(uri, SipURI)
+            target_uri = SipURI(host=self.domain, user=uri.user, scheme=uri.scheme)
+            target_uri.parameters[NODE_PARAMETER] = f"{node_id:032x}"
+
+            def found(address: tuple[str, int], target_uri: SipURI = target_uri) -> None:
+                resolved.append((target_uri, Hop(self.peer_transport, address[0], address[1])))
+                one_done()
+
+            def failed(failure: Failure, node_id: int = node_id) -> None:
+                self.log.info("super-node {node} serving {aor} unreachable: {why}",
+                              node=f"{node_id:032x}"[:8], aor=blur_aor(aor), why=failure.getErrorMessage())
+                one_done()
+
+            resolving = cast("Deferred[tuple[str, int]]", self.storage.resolve_application(node_id, SIP_APPLICATION))
+            resolving.addCallbacks(found, failed)
+
+    # -- forking and responses -------------------------------------------------
+
+    def _prepare(
+        self, outgoing: Request, target_uri: URI, hop: Hop, incoming: Request, stateless_key: str | None = None
+    ) -> None:
+        """Request-URI, Max-Forwards, Record-Route and our Via (s16.6)."""
+        outgoing.uri = target_uri
+        max_forwards = incoming.max_forwards
+        outgoing.headers.set("Max-Forwards", str((DEFAULT_MAX_FORWARDS if max_forwards is None else max_forwards) - 1))
+        host, port = self.advertised
+        if outgoing.method in DIALOG_CREATING_METHODS and stateless_key is None:
+            transport = "" if hop.transport == "UDP" else f";transport={hop.transport.lower()}"
+            outgoing.headers.prepend("Record-Route", f"<sip:{host}:{port}{transport};lr>")
+        if stateless_key is None:
+            unique = new_branch()[len(MAGIC_COOKIE):]
+        else:
+            # A stateless forward must reuse the branch for retransmissions (s16.11).
+            unique = hashlib.sha256(stateless_key.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+        branch = f"{MAGIC_COOKIE}{_BRANCH_MARKER}{self._loop_hash(incoming)}.{unique}"
+        outgoing.headers.prepend("Via", f"SIP/2.0/{hop.transport} {host}:{port};branch={branch};rport")
+
+    def _fork(self, transaction: ServerTransaction, request: Request, targets: list[tuple[URI, Hop]]) -> None:
+        if transaction.state not in (State.TRYING, State.PROCEEDING):
+            return  # already answered (a CANCEL raced the lookup)
+        if not targets:
+            self._answer(transaction, 480, "Temporarily Unavailable")
+            return
+        context = _ResponseContext(server=transaction)
+        self._contexts[transaction] = context
+
+        def forget() -> None:
+            self._contexts.pop(transaction, None)
+            self._stop_timer_c(context)
+
+        transaction.add_terminated_callback(forget)
+        if request.method == "INVITE":
+            context.timer_c = self.clock.callLater(TIMER_C_SECONDS, self._timer_c_fired, context)
+        for target_uri, hop in targets[:MAX_BRANCHES]:
+            outgoing = request.copy()
+            self._prepare(outgoing, target_uri, hop, request)
+            branch = _Branch()
+            context.branches.append(branch)
+            branch.transaction = self.transactions.send_request(outgoing, hop, self._branch_listener(context, branch))
+        context.forking = False
+        self.log.debug("forked {method} to {count} target(s)", method=request.method, count=len(context.branches))
+        self._maybe_finish(context)
+
+    def _branch_listener(self, context: _ResponseContext, branch: _Branch) -> Callable[[Response], None]:
+        def listener(response: Response) -> None:
+            self._response_received(context, branch, response)
+
+        return listener
+
+    def _response_received(self, context: _ResponseContext, branch: _Branch, response: Response) -> None:
+        server = context.server
+        if response.status < 200:
+            branch.provisional_seen = True
+            if response.status > 100 and context.timer_c is not None and context.timer_c.active():
+                context.timer_c.reset(TIMER_C_SECONDS)
+            if branch.cancel_pending:
+                branch.cancel_pending = False
+                self._send_cancel(branch)
+            if response.status > 100 and not context.answered:
+                server.respond(self._upstream(response))
+            return
+        branch.final = response
+        if 200 <= response.status < 300:
+            if not context.answered or server.request.method == "INVITE":
+                context.answered = True
+                server.respond(self._upstream(response))
+            self._cancel_pending_branches(context)
+            return
+        context.finals.append(response)
+        if response.status >= 600 and not context.answered:
+            self._cancel_pending_branches(context)
+        self._maybe_finish(context)
+
+    def _maybe_finish(self, context: _ResponseContext) -> None:
+        """Send the best final response once every branch has one (s16.7 item 4)."""
+        if context.forking or not all(branch.final is not None for branch in context.branches):
+            return
+        self._stop_timer_c(context)
+        if context.answered or not context.finals:
+            return
+        context.answered = True
+        context.server.respond(self._upstream(_best_response(context.finals)))
+
+    def _stop_timer_c(self, context: _ResponseContext) -> None:
+        if context.timer_c is not None and context.timer_c.active():
+            context.timer_c.cancel()
+        context.timer_c = None
+
+    def _timer_c_fired(self, context: _ResponseContext) -> None:
+        """
+        RFC 3261 s16.8: a branch took too long.
+
+        Branches that rang are cancelled and get a grace period for their
+        487; the others end as if they had answered 408.
+        """
+        context.timer_c = None
+        rang = False
+        for branch in context.branches:
+            if branch.final is not None:
+                continue
+            if branch.provisional_seen:
+                self._send_cancel(branch)
+                rang = True
+            else:
+                self._give_up_branch(context, branch)
+        if rang:
+            context.timer_c = self.clock.callLater(CANCEL_GRACE_SECONDS, self._grace_expired, context)
+        self._maybe_finish(context)
+
+    def _grace_expired(self, context: _ResponseContext) -> None:
+        context.timer_c = None
+        for branch in context.branches:
+            if branch.final is None:
+                self._give_up_branch(context, branch)
+        self._maybe_finish(context)
+
+    def _give_up_branch(self, context: _ResponseContext, branch: _Branch) -> None:
+        assert branch.transaction is not None
+        timeout = make_response(branch.transaction.request, 408, "Request Timeout")
+        branch.final = timeout
+        context.finals.append(timeout)
+
+    def _upstream(self, response: Response) -> Response:
+        """The response as we pass it on: our Via removed (s16.7 item 3)."""
+        forwarded = response.copy()
+        forwarded.headers.pop_first_value("Via")
+        return forwarded
+
+    def _cancel_pending_branches(self, context: _ResponseContext) -> None:
+        if context.server.request.method != "INVITE":
+            return
+        for branch in context.branches:
+            if branch.final is not None:
+                continue
+            if branch.provisional_seen:
+                self._send_cancel(branch)
+            else:
+                branch.cancel_pending = True  # s9.1: CANCEL only after a provisional
+
+    def _send_cancel(self, branch: _Branch) -> None:
+        client = branch.transaction
+        if client is None or client.state is State.TERMINATED:
+            return
+        self.transactions.send_request(make_cancel(client.request), client.hop, lambda response: None)
+
+    def _cancel_received(self, transaction: ServerTransaction) -> None:
+        """RFC 3261 s16.10: answer the CANCEL and cancel every pending branch."""
+        invite = self.transactions.find_cancelled(transaction.request)
+        if invite is None:
+            self._answer(transaction, 481, "Call/Transaction Does Not Exist")
+            return
+        self._answer(transaction, 200, "OK")
+        context = self._contexts.get(invite)
+        if context is None:
+            # Still looking the user up: no branch exists yet.
+            if invite.state is State.PROCEEDING:
+                self._answer(invite, 487, "Request Terminated")
+            return
+        context.cancelled = True
+        self._cancel_pending_branches(context)
+
+    def _answer(
+        self, transaction: ServerTransaction, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        try:
+            response = make_response(transaction.request, status, reason, to_tag=_new_tag())
+        except SipParseError:
+            response = make_response(transaction.request, status, reason)
+        for name, value in headers:
+            response.headers.add(name, value)
+        transaction.respond(response)

@@ -1,0 +1,531 @@
+"""
+The registrar: REGISTER processing per RFC 3261 section 10.3, on the overlay.
+
+A super-node accepts REGISTER for AORs of the overlay domain, checks Digest
+credentials (RFC 3261 section 22, :mod:`p2psip.sip.digest`), keeps the
+bindings it serves in a local table together with the *flow* each REGISTER
+arrived on (the transport source or connection, so that requests can later
+reach a user agent behind NAT over the same path, as RFC 5626 does), and
+publishes them in the overlay as one SIP-REGISTRATION entry per AOR
+(:mod:`p2psip.sip.location`), whose lifetime is the longest binding's.
+
+Answers, in the order of section 10.3's steps:
+
+- Request-URI not ``sip[s]:<overlay domain>``: 404; ``Require``: 420.
+- No usable credentials: 401 with one challenge per algorithm; wrong
+  password or unknown user: 403 (the same for both, so nobody learns which
+  users exist; a fresh 401 would also be allowed, but 403 stops phones from
+  retrying a wrong stored password in a loop); digest-uri unlike the Request-URI: 400; stale nonce: 401
+  with ``stale=TRUE``.  An authenticated user may register only the AOR
+  the users file gives it (otherwise 403).
+- ``Contact: *`` needs ``Expires: 0`` and no other contact (else 400).
+- An expiry below the minimum: 423 with ``Min-Expires``; above the
+  maximum: shortened.
+- A REGISTER older than the binding it would change (same Call-ID, CSeq
+  not higher): 400.
+- Overlay store failed: 503 with ``Retry-After``.
+- Otherwise 200 listing every binding this super-node holds for the AOR,
+  each with its remaining ``expires``.
+
+Authentication can be switched off only explicitly (``trusted_network``),
+for a closed network where every client is trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from attrs import define
+from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2psip.sip.digest import DigestAuthenticator, DigestParseError, Verdict, parse_authorization
+from p2psip.sip.errors import SipParseError
+from p2psip.sip.location import Binding, OverlayLocationService, format_q
+from p2psip.sip.message import NameAddress, Request, Response, make_response
+from p2psip.sip.uri import URI, SipURI, parse_uri
+
+#: Defaults for registration intervals (RFC 3261 s10.2.1.1 suggests 3600).
+DEFAULT_EXPIRES_SECONDS = 3600
+MIN_EXPIRES_SECONDS = 60
+MAX_EXPIRES_SECONDS = 86400
+#: How long a client should wait after the overlay failed to store.
+OVERLAY_RETRY_AFTER_SECONDS = 5
+#: A REGISTER may carry at most this many contacts (a flood guard).
+MAX_CONTACTS_PER_REGISTER = 16
+#: At most this many contacts per AOR on one super-node.
+MAX_BINDINGS_PER_AOR = 16
+
+
+class AccountDirectory(Protocol):
+    """Which Digest user may register which AOR (``p2psip.sip.users.UsersFile``)."""
+
+    def aor_for(self, username: str, realm: str) -> str | None:
+        """The AOR this user may register, or None."""
+
+
+@define
+class LocalBinding:
+    """
+    One binding this super-node serves, with what only it knows.
+
+    ``flow`` is the transport's opaque description of where the REGISTER
+    came from (source address and transport, or the connection), and
+    ``registered_from`` the REGISTER's top Via sent-by.
+    """
+
+    aor: str
+    contact: NameAddress
+    expires_at: float
+    q: float
+    call_id: str
+    cseq: int
+    flow: object
+    registered_from: tuple[str, int] | None = None
+
+    @property
+    def contact_uri(self) -> URI:
+        return self.contact.uri
+
+    @property
+    def reached_over_flow(self) -> bool:
+        """
+        Whether requests for this contact should go back over ``flow``.
+
+        Only when the contact names the registering UA itself (its address
+        is the REGISTER's Via sent-by), and then over a connection (TCP,
+        TLS: reuse it) or over UDP from another IP address than the UA
+        believes it has (a NAT: the flow is the path through it).  A UA on
+        its own address that merely sends from another port, and a contact
+        registered for another device (third-party registration), are sent
+        to directly.
+        """
+        uri = self.contact.uri
+        if not isinstance(uri, SipURI) or self.registered_from is None:
+            return False
+        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+        if (uri.host.lower().strip("[]"), port) != self.registered_from:
+            return False
+        transport = getattr(self.flow, "transport", None)
+        host = getattr(self.flow, "host", None)
+        if transport is None or host is None or str(transport).upper() != "UDP":
+            return True
+        return str(host).lower().strip("[]") != self.registered_from[0]
+
+    def as_binding(self, node_id: int) -> Binding:
+        """The overlay form of this binding."""
+        return Binding(aor=self.aor, contact=str(self.contact.uri), expires_at=self.expires_at, q=self.q, node_id=node_id)
+
+
+class _Refusal(Exception):
+    """An error response, raised from deep inside REGISTER processing."""
+
+    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(status, reason)
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+
+
+def _aor_of(to: NameAddress | None) -> str:
+    """The To AOR, or ``?`` when there is none (for log lines)."""
+    if to is None or not isinstance(to.uri, SipURI):
+        return "?"
+    return to.uri.address_of_record()
+
+
+def _contact_key(uri: URI) -> str:
+    """A lookup key equal for URIs that compare equal (host case, parameters aside)."""
+    if isinstance(uri, SipURI):
+        return f"{uri.scheme}:{uri.user}@{uri.host.lower()}:{uri.port}"
+    return str(uri)
+
+
+def blur_aor(aor: str) -> str:
+    """An AOR fit for info-level logs: domain kept, user replaced by a short hash."""
+    scheme, colon, rest = aor.partition(":")
+    user, at, domain = rest.rpartition("@")
+    if not colon or not at:
+        return "?"
+    digest = hashlib.sha256(user.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{scheme}:~{digest}@{domain}"
+
+
+def blur_flow(flow: object) -> str:
+    """A flow fit for info-level logs: IPv4 /24 or IPv6 /48, no port."""
+    host = getattr(flow, "host", None)
+    if host is None and isinstance(flow, tuple) and flow and isinstance(flow[-1], tuple):
+        host = flow[-1][0]
+    if host is None and isinstance(flow, tuple) and flow and isinstance(flow[0], str):
+        host = flow[0]
+    if not isinstance(host, str):
+        return "?"
+    if ":" in host:
+        return ":".join(host.split(":")[:3]) + "::/48"
+    parts = host.split(".")
+    if len(parts) == 4:
+        return ".".join(parts[:3]) + ".x"
+    return "?"
+
+
+def _digest_uri_for(credentials_uri: str, request_uri: URI) -> str:
+    """
+    The Request-URI as the client spelled it, when its digest-uri names it.
+
+    Clients hash the URI as they wrote it; ours is re-serialised, so compare
+    the parsed forms (RFC 3261 s19.1.4) and hand back the client's text.
+    """
+    try:
+        if parse_uri(credentials_uri) == request_uri:
+            return credentials_uri
+    except SipParseError:
+        pass
+    return str(request_uri)
+
+
+class Registrar:
+    """
+    Answer REGISTER requests for one overlay domain.
+
+    The transaction layer calls :meth:`register_received` for each new
+    REGISTER server transaction and sends the Response the Deferred fires
+    with.  :meth:`local_bindings` tells the proxy which contacts this node
+    serves and over which flow.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        domain: str,
+        location: OverlayLocationService,
+        clock: IReactorTime,
+        authenticator: DigestAuthenticator | None = None,
+        accounts: AccountDirectory | None = None,
+        *,
+        trusted_network: bool = False,
+        default_expires_seconds: int = DEFAULT_EXPIRES_SECONDS,
+        min_expires_seconds: int = MIN_EXPIRES_SECONDS,
+        max_expires_seconds: int = MAX_EXPIRES_SECONDS,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if not trusted_network and (authenticator is None or accounts is None):
+            raise ValueError(
+                "the registrar needs a users file for Digest authentication (--users FILE); "
+                "running without authentication must be asked for explicitly (trusted network)"
+            )
+        if not 0 < min_expires_seconds <= default_expires_seconds <= max_expires_seconds:
+            raise ValueError("expiry limits must satisfy 0 < min <= default <= max")
+        self.domain = domain.lower()
+        self.location = location
+        self.clock = clock
+        self.authenticator = None if trusted_network else authenticator
+        self.accounts = accounts
+        self.default_expires_seconds = default_expires_seconds
+        self.min_expires_seconds = min_expires_seconds
+        self.max_expires_seconds = max_expires_seconds
+        self._random_bytes = random_bytes
+        self._bindings: dict[str, list[LocalBinding]] = {}
+        self._by_contact: dict[str, list[LocalBinding]] = {}
+        self._expiry_calls: dict[str, IDelayedCall] = {}
+        self._locks: dict[str, DeferredLock] = {}
+
+    # -- queries for the proxy -------------------------------------------
+
+    def local_bindings(self, aor: str) -> list[LocalBinding]:
+        """The live bindings this node serves for ``aor``, best q first."""
+        now = self.clock.seconds()
+        live = [binding for binding in self._bindings.get(aor, []) if binding.expires_at > now]
+        return sorted(live, key=lambda binding: -binding.q)
+
+    def bindings_for_contact(self, uri: URI) -> list[LocalBinding]:
+        """Live bindings whose contact is ``uri`` (to route in-dialog requests over the flow)."""
+        now = self.clock.seconds()
+        candidates = self._by_contact.get(_contact_key(uri), [])
+        return [binding for binding in candidates if binding.expires_at > now and binding.contact.uri == uri]
+
+    def served_aors(self) -> list[str]:
+        """Every AOR with at least one binding here (for status pages)."""
+        return sorted(self._bindings)
+
+    def stop(self) -> None:
+        """Cancel expiry timers (service shutdown)."""
+        for call in self._expiry_calls.values():
+            if call.active():
+                call.cancel()
+        self._expiry_calls.clear()
+
+    # -- REGISTER ----------------------------------------------------------
+
+    def register_received(self, request: Request, flow: object) -> Deferred[Response]:
+        """
+        Process one REGISTER; the Deferred fires with the response to send.
+
+        It never fails: every problem becomes an error response.
+        """
+        # The To header is parsed once here: every response copies it.
+        to: NameAddress | None = None
+        try:
+            to = request.to
+            aor = _aor_of(to)
+            self._check_request(request, to)
+            contacts, wildcard = self._requested_contacts(request)
+        except _Refusal as refusal:
+            return succeed(self._refuse(request, to, flow, _aor_of(to), refusal))
+        except SipParseError as e:
+            return succeed(self._refuse(request, to, flow, _aor_of(to), _Refusal(e.status, e.reason)))
+        # Requests for one AOR are applied one after another, so that two
+        # REGISTERs racing to the overlay cannot lose a binding.
+        lock = self._locks.setdefault(aor, DeferredLock())
+        result: Deferred[Response] = lock.run(self._apply, request, to, flow, aor, contacts, wildcard)
+
+        def forget_lock(response: Response) -> Response:
+            if not lock.locked and not lock.waiting and self._locks.get(aor) is lock:
+                del self._locks[aor]
+            return response
+
+        return result.addCallback(forget_lock)
+
+    def _check_request(self, request: Request, to: NameAddress) -> None:
+        uri = request.uri
+        if not isinstance(uri, SipURI) or uri.host.lower() != self.domain or uri.user is not None:
+            raise _Refusal(404, "Not the registrar for that domain")
+        if request.headers.values("Require"):
+            unsupported = ", ".join(request.headers.values("Require"))
+            raise _Refusal(420, "Bad Extension", (("Unsupported", unsupported),))
+        to_uri = to.uri
+        if not isinstance(to_uri, SipURI) or to_uri.user is None:
+            raise _Refusal(404, "Not Found (the To header must be a sip: AOR)")
+        self._authenticate(request, to_uri.address_of_record())
+        if to_uri.host.lower() != self.domain:
+            raise _Refusal(404, "Not Found (AOR outside the overlay domain)")
+
+    def _authenticate(self, request: Request, aor: str) -> None:
+        authenticator = self.authenticator
+        if authenticator is None:
+            return
+        assert self.accounts is not None
+        for value in request.headers.get_all("Authorization"):
+            try:
+                credentials = parse_authorization(value)
+            except DigestParseError as e:
+                raise _Refusal(400, f"Bad Request (malformed Authorization: {e})") from None
+            if credentials.realm != authenticator.realm:
+                continue
+            verdict = authenticator.verify(credentials, request.method, _digest_uri_for(credentials.uri, request.uri))
+            if verdict is Verdict.ACCEPTED:
+                if self.accounts.aor_for(credentials.username, credentials.realm) != aor:
+                    raise _Refusal(403, "Forbidden")
+                return
+            if verdict is Verdict.STALE:
+                raise self._challenge(stale=True)
+            if verdict is Verdict.REJECTED:
+                raise _Refusal(403, "Forbidden")
+            if verdict is Verdict.MALFORMED:
+                raise _Refusal(400, "Bad Request (digest uri or nonce count)")
+        raise self._challenge(stale=False)
+
+    def _challenge(self, stale: bool) -> _Refusal:
+        assert self.authenticator is not None
+        headers = tuple(("WWW-Authenticate", value) for value in self.authenticator.challenges(stale=stale))
+        return _Refusal(401, "Unauthorized", headers)
+
+    def _requested_contacts(self, request: Request) -> tuple[list[tuple[NameAddress, int]], bool]:
+        """The contacts with the expiry each asks for (s10.3 steps 6 and 7)."""
+        if request.contact_wildcard:
+            if request.expires != 0:
+                raise _Refusal(400, "Bad Request (Contact: * needs Expires: 0)")
+            return [], True
+        contacts = request.contacts
+        if len(contacts) > MAX_CONTACTS_PER_REGISTER:
+            raise _Refusal(400, f"Bad Request (more than {MAX_CONTACTS_PER_REGISTER} contacts)")
+        header_expires = request.expires
+        requested = []
+        for contact in contacts:
+            expires = contact.expires
+            if expires is None:
+                expires = header_expires if header_expires is not None else self.default_expires_seconds
+            if 0 < expires < self.min_expires_seconds:
+                raise _Refusal(
+                    423, "Interval Too Brief", (("Min-Expires", str(self.min_expires_seconds)),)
+                )
+            contact_text = str(contact.uri)
+            if any(character in contact_text for character in '<>" '):
+                raise _Refusal(400, "Bad Request (contact URI cannot be stored)")
+            requested.append((contact, min(expires, self.max_expires_seconds)))
+        return requested, False
+
+    def _apply(
+        self,
+        request: Request,
+        to: NameAddress,
+        flow: object,
+        aor: str,
+        requested: Sequence[tuple[NameAddress, int]],
+        wildcard: bool,
+    ) -> Deferred[Response]:
+        now = self.clock.seconds()
+        call_id = request.call_id
+        cseq = request.cseq.number
+        current = self.local_bindings(aor)
+        try:
+            via = request.via
+            registered_from = (via.host.lower().strip("[]"), via.port or 5060)
+            updated = self._updated_bindings(
+                aor, current, requested, wildcard, call_id, cseq, flow, registered_from, now
+            )
+        except _Refusal as refusal:
+            return succeed(self._refuse(request, to, flow, aor, refusal))
+        if not requested and not wildcard:
+            return succeed(self._accept(request, to, flow, aor, current, "queried"))
+        stored = self.location.register(aor, [b.as_binding(self.location.local_node_id) for b in updated])
+
+        def commit(_: object) -> Response:
+            self._set_bindings(aor, updated)
+            outcome = "removed all" if not updated else f"{len(updated)} binding(s)"
+            return self._accept(request, to, flow, aor, self.local_bindings(aor), outcome)
+
+        def overlay_failed(failure: Failure) -> Response:
+            self.log.warn(
+                "overlay store for {aor} failed: {why}; is this peer joined to the ring?",
+                aor=blur_aor(aor),
+                why=failure.getErrorMessage(),
+            )
+            refusal = _Refusal(
+                503, "Service Unavailable (overlay store failed)",
+                (("Retry-After", str(OVERLAY_RETRY_AFTER_SECONDS)),),
+            )
+            return self._refuse(request, to, flow, aor, refusal)
+
+        return stored.addCallbacks(commit, overlay_failed)
+
+    def _updated_bindings(
+        self,
+        aor: str,
+        current: list[LocalBinding],
+        requested: Sequence[tuple[NameAddress, int]],
+        wildcard: bool,
+        call_id: str,
+        cseq: int,
+        flow: object,
+        registered_from: tuple[str, int],
+        now: float,
+    ) -> list[LocalBinding]:
+        """The AOR's binding list after this request (s10.3 step 7)."""
+        if wildcard:
+            for binding in current:
+                if binding.call_id == call_id and cseq <= binding.cseq:
+                    raise _Refusal(400, "Bad Request (CSeq not higher than the binding's)")
+            return []
+        updated = list(current)
+        for contact, expires in requested:
+            index = next(
+                (i for i, binding in enumerate(updated) if binding.contact.uri == contact.uri), None
+            )
+            if index is not None:
+                existing = updated[index]
+                if existing.call_id == call_id and cseq <= existing.cseq:
+                    raise _Refusal(400, "Bad Request (CSeq not higher than the binding's)")
+                del updated[index]
+            if expires == 0:
+                continue
+            q = contact.q
+            stored_contact = NameAddress(uri=contact.uri.copy())
+            updated.append(
+                LocalBinding(
+                    aor=aor,
+                    contact=stored_contact,
+                    expires_at=now + expires,
+                    q=1.0 if q is None else q,
+                    call_id=call_id,
+                    cseq=cseq,
+                    flow=flow,
+                    registered_from=registered_from,
+                )
+            )
+        if len(updated) > MAX_BINDINGS_PER_AOR:
+            raise _Refusal(403, f"Forbidden (more than {MAX_BINDINGS_PER_AOR} contacts for one AOR)")
+        return updated
+
+    def _set_bindings(self, aor: str, bindings: list[LocalBinding]) -> None:
+        call = self._expiry_calls.pop(aor, None)
+        if call is not None and call.active():
+            call.cancel()
+        for old in self._bindings.get(aor, []):
+            key = _contact_key(old.contact.uri)
+            remaining = [b for b in self._by_contact.get(key, []) if b is not old]
+            if remaining:
+                self._by_contact[key] = remaining
+            else:
+                self._by_contact.pop(key, None)
+        for new in bindings:
+            self._by_contact.setdefault(_contact_key(new.contact.uri), []).append(new)
+        if not bindings:
+            self._bindings.pop(aor, None)
+            return
+        self._bindings[aor] = bindings
+        first_expiry = min(binding.expires_at for binding in bindings)
+        delay = max(0.0, first_expiry - self.clock.seconds())
+        self._expiry_calls[aor] = self.clock.callLater(delay, self._expire, aor)
+
+    def _expire(self, aor: str) -> None:
+        """Drop expired bindings; the overlay entry already says when each expires."""
+        self._expiry_calls.pop(aor, None)
+        live = self.local_bindings(aor)
+        gone = len(self._bindings.get(aor, [])) - len(live)
+        if gone:
+            self.log.info("{count} binding(s) of {aor} expired", count=gone, aor=blur_aor(aor))
+        self._set_bindings(aor, live)
+
+    # -- responses ------------------------------------------------------------
+
+    def _response(self, request: Request, to: NameAddress | None, status: int, reason: str | None) -> Response:
+        """A response with a To tag, reusing the already parsed To header."""
+        response = make_response(request, status, reason)
+        to_line = request.headers.get("To")
+        if to is not None and to.tag is None and to_line is not None:
+            response.headers.set("To", f"{to_line};tag={self._random_bytes(8).hex()}")
+        return response
+
+    def _accept(
+        self,
+        request: Request,
+        to: NameAddress,
+        flow: object,
+        aor: str,
+        bindings: list[LocalBinding],
+        outcome: str,
+    ) -> Response:
+        response = self._response(request, to, 200, None)
+        now = self.clock.seconds()
+        for binding in bindings:
+            contact = NameAddress(uri=binding.contact.uri.copy())
+            contact.parameters["expires"] = str(max(0, int(math.ceil(binding.expires_at - now))))
+            if binding.q != 1.0:
+                contact.parameters["q"] = format_q(binding.q)
+            response.headers.add("Contact", str(contact))
+        self.log.info(
+            "REGISTER {aor} from {source}: 200 {outcome}", aor=blur_aor(aor), source=blur_flow(flow), outcome=outcome
+        )
+        return response
+
+    def _refuse(
+        self, request: Request, to: NameAddress | None, flow: object, aor: str, refusal: _Refusal
+    ) -> Response:
+        response = self._response(request, to, refusal.status, refusal.reason)
+        for name, value in refusal.headers:
+            response.headers.add(name, value)
+        self.log.info(
+            "REGISTER {aor} from {source}: {status} {reason}",
+            aor=blur_aor(aor),
+            source=blur_flow(flow),
+            status=refusal.status,
+            reason=refusal.reason,
+        )
+        return response

@@ -1,0 +1,624 @@
+"""Tests for the overlay proxy: two super-nodes on a fake overlay, fake transports, fake clock."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from p2psip.sip.errors import SipParseError
+from p2psip.sip.location import OverlayLocationService
+from p2psip.sip.message import Request, Response, make_response, parse_message
+from p2psip.sip.proxy import NODE_PARAMETER, SipProxy
+from p2psip.sip.registrar import Registrar
+from p2psip.sip.transaction import Hop
+from p2psip.sip.transport import SipTransport
+from p2psip.testing import free_port, require_tool, shared_path
+
+from .memory_storage import MemoryOverlayStorage
+
+DOMAIN = "example.org"
+NOW = 1_764_000_000.0
+NODE_A = 0xAAAA0000000000000000000000000001
+NODE_B = 0xBBBB0000000000000000000000000002
+ADDRESS_A = ("203.0.113.1", 5060)
+ADDRESS_B = ("203.0.113.2", 5060)
+CALLER = Hop("UDP", "198.51.100.10", 5070)
+ALICE_FLOW = Hop("UDP", "192.0.2.7", 40001)
+ALICE_FLOW_2 = Hop("TCP", "192.0.2.8", 40002)
+
+
+class RecordingSender:
+    """A transport that records what the transaction layer sends."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[Request, Hop]] = []
+        self.responses: list[tuple[Response, Hop]] = []
+        self.fail_to: set[Hop] = set()
+
+    def send_request(self, request: Request, target: Hop, on_error: Callable[[str], None]) -> None:
+        self.requests.append((request, target))
+        if target in self.fail_to:
+            on_error("unreachable")
+
+    def send_response(self, response: Response, source: Hop) -> None:
+        self.responses.append((response, source))
+
+    def statuses(self) -> list[int]:
+        return [response.status for response, _ in self.responses]
+
+
+def message_text(
+    method: str = "INVITE",
+    uri: str = "sip:alice@example.org",
+    branch: str = "z9hG4bKcaller1",
+    via_host: str = "198.51.100.10:5070",
+    extra: str = "",
+    cseq_method: str | None = None,
+    to_tag: str = "",
+    max_forwards: int | None = 70,
+) -> bytes:
+    lines = [
+        f"{method} {uri} SIP/2.0",
+        f"Via: SIP/2.0/UDP {via_host};branch={branch};rport",
+        "From: <sip:bob@example.org>;tag=bob1",
+        f"To: <sip:alice@example.org>{to_tag}",
+        "Call-ID: call-xyz@198.51.100.10",
+        f"CSeq: 1 {cseq_method or method}",
+        "Contact: <sip:bob@198.51.100.10:5070>",
+    ]
+    if max_forwards is not None:
+        lines.append(f"Max-Forwards: {max_forwards}")
+    if extra:
+        lines.append(extra)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def parse_request(data: bytes) -> Request:
+    message = parse_message(data)
+    assert isinstance(message, Request)
+    return message
+
+
+def register_request(
+    contact: str, expires: int = 600, cseq: int = 1, call_id: str = "reg-1", sent_by: str | None = None
+) -> Request:
+    """A REGISTER; by default sent by the contact's own address (a UA behind NAT registering itself)."""
+    if sent_by is None:
+        host_port = contact.split("@", 1)[1].split(">", 1)[0].split(";", 1)[0]
+        sent_by = host_port if ":" in host_port else host_port + ":5060"
+    return parse_request(
+        (
+            "REGISTER sip:example.org SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {sent_by};branch=z9hG4bKreg" + call_id + str(cseq) + ";rport\r\n"
+            "From: <sip:alice@example.org>;tag=r1\r\nTo: <sip:alice@example.org>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nMax-Forwards: 70\r\n"
+            f"Contact: {contact}\r\nExpires: {expires}\r\n\r\n"
+        ).encode()
+    )
+
+
+class Node:
+    """One super-node: storage view, location service, registrar, proxy and sender."""
+
+    def __init__(
+        self,
+        node_id: int,
+        address: tuple[str, int],
+        clock: Clock,
+        shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]],
+        applications: dict[tuple[int, int], tuple[str, int]],
+        known: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.storage = MemoryOverlayStorage(node_id, clock, shared, applications)
+        self.location = OverlayLocationService(self.storage, clock)
+        self.registrar = Registrar(DOMAIN, self.location, clock, trusted_network=True)
+        self.sender = RecordingSender()
+        self.proxy = SipProxy(
+            DOMAIN, address, self.storage, self.location, self.registrar, self.sender, clock, is_known_aor=known
+        )
+        applications[(node_id, 5060)] = address
+
+    def receive(self, data: bytes | Request | Response, source: Hop = CALLER) -> None:
+        message = parse_message(data) if isinstance(data, bytes) else data
+        self.proxy.transactions.message_received(message, source)
+
+
+class ProxyTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]] = {}
+        applications: dict[tuple[int, int], tuple[str, int]] = {}
+        known = {"sip:alice@example.org", "sip:carol@example.org"}
+        self.a = Node(NODE_A, ADDRESS_A, self.clock, shared, applications, known.__contains__)
+        self.b = Node(NODE_B, ADDRESS_B, self.clock, shared, applications, known.__contains__)
+        self.addCleanup(self.a.registrar.stop)
+        self.addCleanup(self.b.registrar.stop)
+
+    def register_at(self, node: Node, contact: str, flow: Hop, **kwargs: object) -> None:
+        node.receive(register_request(contact, **kwargs), flow)  # type: ignore[arg-type]
+        self.assertEqual(node.sender.responses[-1][0].status, 200)
+
+    def forwarded(self, node: Node, method: str = "INVITE") -> list[tuple[Request, Hop]]:
+        return [(r, hop) for r, hop in node.sender.requests if r.method == method]
+
+    def respond_to(self, node: Node, request: Request, status: int, source: Hop, to_tag: str = ";tag=uas1") -> None:
+        response = make_response(request, status)
+        if to_tag and status > 100:
+            response.headers.set("To", str(request.to) + to_tag)
+        node.receive(response.to_bytes(), source)
+
+    # -- server itself ------------------------------------------------------
+
+    def test_options_to_server(self) -> None:
+        """OPTIONS to the domain itself is answered 200 with Allow (health checks)."""
+        self.a.receive(message_text("OPTIONS", uri="sip:example.org"))
+        [(response, hop)] = self.a.sender.responses
+        self.assertEqual((response.status, hop), (200, CALLER))
+        self.assertIn("INVITE", response.headers.get("Allow") or "")
+
+    def test_options_to_own_address_with_zero_max_forwards(self) -> None:
+        """OPTIONS to the node's own address is answered even with Max-Forwards 0."""
+        self.a.receive(message_text("OPTIONS", uri="sip:203.0.113.1", max_forwards=0))
+        self.assertEqual(self.a.sender.statuses(), [200])
+
+    def test_register_goes_to_registrar(self) -> None:
+        """REGISTER to the domain reaches the registrar and binds the contact with its flow."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        [binding] = self.a.registrar.local_bindings("sip:alice@example.org")
+        self.assertEqual(binding.flow, ALICE_FLOW)
+
+    def test_other_methods_to_server_405(self) -> None:
+        """An INVITE to the domain itself (no user) gets 405 with Allow."""
+        self.a.receive(message_text(uri="sip:example.org"))
+        response = self.a.sender.responses[-1][0]
+        self.assertEqual((response.status, response.headers.get("Allow")), (405, "OPTIONS, REGISTER"))
+
+    # -- refusals ---------------------------------------------------------------
+
+    def test_unknown_user_404(self) -> None:
+        """An INVITE for a user nobody knows gets 404."""
+        self.a.receive(message_text(uri="sip:mallory@example.org"))
+        self.assertEqual(self.a.sender.statuses(), [100, 404])
+
+    def test_known_user_without_binding_480(self) -> None:
+        """An INVITE for a known user with no live binding gets 480."""
+        self.a.receive(message_text(uri="sip:carol@example.org"))
+        self.assertEqual(self.a.sender.statuses(), [100, 480])
+
+    def test_expired_binding_480(self) -> None:
+        """Once the only binding has expired the user is temporarily unavailable."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5>", ALICE_FLOW, expires=60)
+        self.clock.advance(61)
+        self.a.receive(message_text())
+        self.assertEqual(self.a.sender.statuses()[-1], 480)
+
+    def test_max_forwards_zero_483(self) -> None:
+        """A request with Max-Forwards 0 for someone else gets 483."""
+        self.a.receive(message_text(max_forwards=0))
+        self.assertEqual(self.a.sender.statuses(), [100, 483])
+
+    def test_proxy_require_420(self) -> None:
+        """A Proxy-Require we do not support gets 420 naming it."""
+        self.a.receive(message_text(extra="Proxy-Require: foo"))
+        response = self.a.sender.responses[-1][0]
+        self.assertEqual((response.status, response.headers.get("Unsupported")), (420, "foo"))
+
+    def test_registrar_bug_answered_500(self) -> None:
+        """If the registrar fails unexpectedly the REGISTER still gets a 500, and the bug is logged."""
+        from twisted.internet.defer import fail
+
+        self.patch(self.a.registrar, "register_received", lambda request, flow: fail(RuntimeError("bug")))
+        self.a.receive(register_request("<sip:alice@10.0.0.5>"), ALICE_FLOW)
+        self.assertEqual(self.a.sender.statuses(), [500])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_other_domain_refused_not_dropped(self) -> None:
+        """A request for another domain is answered 404 naming the missing gateway."""
+        self.a.receive(message_text(uri="sip:dave@elsewhere.net"))
+        response = self.a.sender.responses[-1][0]
+        self.assertEqual(response.status, 404)
+        self.assertIn("gateway", response.reason)
+
+    def test_overlay_lookup_failure_480(self) -> None:
+        """If the overlay cannot be asked, the caller gets 480 rather than silence."""
+        self.a.storage.available = False
+        self.a.receive(message_text())
+        self.assertEqual(self.a.sender.statuses(), [100, 480])
+
+    def test_bad_node_parameter_400(self) -> None:
+        """A garbage super-node parameter is a 400."""
+        self.a.receive(message_text(uri=f"sip:alice@example.org;{NODE_PARAMETER}=zz"))
+        self.assertEqual(self.a.sender.statuses()[-1], 400)
+
+    def test_non_sip_route_416(self) -> None:
+        """A Route that is not a SIP URI gets 416."""
+        self.a.receive(message_text(extra="Route: <tel:+15551234>"))
+        self.assertEqual(self.a.sender.statuses()[-1], 416)
+
+    # -- local delivery -----------------------------------------------------------
+
+    def test_local_delivery_over_flow(self) -> None:
+        """An INVITE for a user registered here goes to the contact over the REGISTER's flow."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.assertEqual(hop, ALICE_FLOW)
+        self.assertEqual(str(invite.uri), "sip:alice@10.0.0.5:5062")
+        self.assertEqual(invite.max_forwards, 69)
+        top = invite.via
+        self.assertEqual((top.host, top.port), ADDRESS_A)
+        self.assertTrue((top.branch or "").startswith("z9hG4bKp2p"))
+        self.assertEqual(len(invite.vias), 2)
+        self.assertEqual(str(invite.record_routes[0].uri), "sip:203.0.113.1:5060;lr")
+
+    def test_responses_relayed_upstream(self) -> None:
+        """Ringing and OK from the UA reach the caller with our Via removed."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, _)] = self.forwarded(self.a)
+        self.respond_to(self.a, invite, 180, ALICE_FLOW)
+        self.respond_to(self.a, invite, 200, ALICE_FLOW)
+        upstream = [(r.status, hop, len(r.vias)) for r, hop in self.a.sender.responses if r.status in (180, 200)]
+        self.assertEqual(upstream[-2:], [(180, CALLER, 1), (200, CALLER, 1)])
+        self.assertEqual(self.a.sender.responses[-1][0].via.branch, "z9hG4bKcaller1")
+
+    def test_third_party_contact_sent_directly(self) -> None:
+        """A contact registered from another address is reached at its own address, not the flow."""
+        self.register_at(self.a, "<sip:alice@198.51.100.50:5090>", ALICE_FLOW, sent_by="192.0.2.7:5080")
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.assertEqual(hop, Hop("UDP", "198.51.100.50", 5090))
+
+    def test_request_timeout_408(self) -> None:
+        """A UA that never answers yields a 408 to the caller when Timer B fires."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        self.clock.advance(33)
+        self.assertEqual(self.a.sender.statuses()[-1], 408)
+
+    def test_timer_c_cancels_ringing_branch(self) -> None:
+        """A branch that rings for over three minutes is cancelled; its 487 reaches the caller."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.respond_to(self.a, invite, 180, hop)
+        self.clock.advance(120)
+        self.respond_to(self.a, invite, 180, hop)  # a new provisional resets Timer C
+        self.clock.advance(120)
+        self.assertEqual(self.forwarded(self.a, "CANCEL"), [])
+        self.clock.advance(62)
+        self.assertEqual(len(self.forwarded(self.a, "CANCEL")), 1)
+        self.respond_to(self.a, invite, 487, hop)
+        self.assertEqual(self.a.sender.statuses()[-1], 487)
+
+    def test_timer_c_gives_up_on_silent_branch(self) -> None:
+        """If a cancelled branch never answers, the caller gets 408 after a grace period, and no timer is left."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.respond_to(self.a, invite, 180, hop)
+        self.clock.advance(181)
+        self.clock.advance(33)
+        self.assertEqual(self.a.sender.statuses()[-1], 408)
+        self.clock.advance(3600)
+        self.assertEqual(self.a.proxy.pending_requests, 0)
+
+    def test_transport_error_becomes_final(self) -> None:
+        """A branch whose transport fails at once still ends the request with a final response."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.sender.fail_to.add(ALICE_FLOW)
+        self.a.receive(message_text())
+        self.assertEqual(self.a.sender.statuses()[-1], 500)
+
+    # -- forking -------------------------------------------------------------------
+
+    def register_two(self) -> None:
+        self.register_at(self.a, "<sip:alice@10.0.0.5>;q=0.5", ALICE_FLOW)
+        self.register_at(self.a, "<sip:alice@10.0.0.6;transport=tcp>", ALICE_FLOW_2, call_id="reg-2")
+
+    def test_parallel_fork(self) -> None:
+        """An INVITE is sent to every registered contact at once."""
+        self.register_two()
+        self.a.receive(message_text())
+        hops = sorted((str(r.uri), hop.transport) for r, hop in self.forwarded(self.a))
+        self.assertEqual(hops, [("sip:alice@10.0.0.5", "UDP"), ("sip:alice@10.0.0.6;transport=tcp", "TCP")])
+        branches = {r.via.branch for r, _ in self.forwarded(self.a)}
+        self.assertEqual(len(branches), 2)
+
+    def test_best_response_after_all_fail(self) -> None:
+        """With 486 and 503 from two branches the caller gets the 486."""
+        self.register_two()
+        self.a.receive(message_text())
+        first, second = self.forwarded(self.a)
+        self.respond_to(self.a, first[0], 503, first[1])
+        self.assertNotIn(503, self.a.sender.statuses())
+        self.respond_to(self.a, second[0], 486, second[1])
+        self.assertEqual(self.a.sender.statuses()[-1], 486)
+
+    def test_only_503_becomes_500(self) -> None:
+        """A lone 503 is passed upstream as 500 (s16.7)."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.respond_to(self.a, invite, 503, hop)
+        self.assertEqual(self.a.sender.statuses()[-1], 500)
+
+    def test_2xx_cancels_other_branches(self) -> None:
+        """When one branch answers 200 the ringing others are cancelled."""
+        self.register_two()
+        self.a.receive(message_text())
+        first, second = self.forwarded(self.a)
+        self.respond_to(self.a, second[0], 180, second[1])
+        self.respond_to(self.a, first[0], 200, first[1])
+        self.assertEqual(self.a.sender.statuses()[-1], 200)
+        [(cancel, hop)] = self.forwarded(self.a, "CANCEL")
+        self.assertEqual((cancel.via.branch, hop), (second[0].via.branch, second[1]))
+
+    def test_6xx_wins(self) -> None:
+        """A 603 ends the fork: pending branches are cancelled and the 603 goes upstream."""
+        self.register_two()
+        self.a.receive(message_text())
+        first, second = self.forwarded(self.a)
+        self.respond_to(self.a, second[0], 180, second[1])
+        self.respond_to(self.a, first[0], 603, first[1])
+        self.assertEqual(len(self.forwarded(self.a, "CANCEL")), 1)
+        self.respond_to(self.a, second[0], 487, second[1])
+        self.assertEqual(self.a.sender.statuses()[-1], 603)
+
+    # -- CANCEL ----------------------------------------------------------------------
+
+    def test_cancel_propagates(self) -> None:
+        """A CANCEL is answered 200 and passed to the ringing branch; its 487 reaches the caller."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.respond_to(self.a, invite, 180, hop)
+        self.a.receive(message_text("CANCEL"))
+        cancel_answers = [r.status for r, _ in self.a.sender.responses if r.cseq.method == "CANCEL"]
+        self.assertEqual(cancel_answers, [200])
+        [(cancel, cancel_hop)] = self.forwarded(self.a, "CANCEL")
+        self.assertEqual((cancel.via.branch, cancel_hop), (invite.via.branch, hop))
+        self.respond_to(self.a, invite, 487, hop)
+        self.assertEqual(self.a.sender.statuses()[-1], 487)
+
+    def test_cancel_before_provisional_waits(self) -> None:
+        """A branch that has not rung yet gets its CANCEL once it sends a provisional response."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.a.receive(message_text("CANCEL"))
+        self.assertEqual(self.forwarded(self.a, "CANCEL"), [])
+        self.respond_to(self.a, invite, 180, hop)
+        self.assertEqual(len(self.forwarded(self.a, "CANCEL")), 1)
+
+    def test_cancel_unknown_481(self) -> None:
+        """A CANCEL matching no INVITE gets 481."""
+        self.a.receive(message_text("CANCEL", branch="z9hG4bKnothing"))
+        self.assertEqual(self.a.sender.statuses(), [481])
+
+    # -- across super-nodes ---------------------------------------------------------------
+
+    def test_forward_to_serving_super_node(self) -> None:
+        """A user registered at B is reached through B, which delivers over the user's flow."""
+        self.register_at(self.b, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(to_b, hop)] = self.forwarded(self.a)
+        self.assertEqual(hop, Hop("UDP", *ADDRESS_B))
+        self.assertEqual(to_b.uri.parameters.get(NODE_PARAMETER), f"{NODE_B:032x}")
+        self.b.receive(to_b.to_bytes(), Hop("UDP", *ADDRESS_A))
+        [(to_alice, alice_hop)] = self.forwarded(self.b)
+        self.assertEqual((str(to_alice.uri), alice_hop), ("sip:alice@10.0.0.5:5062", ALICE_FLOW))
+        self.assertEqual(len(to_alice.vias), 3)
+        self.assertEqual(len(to_alice.record_routes), 2)
+        # The 200 travels back through B and A to the caller.
+        self.respond_to(self.b, to_alice, 200, ALICE_FLOW)
+        [(at_a, _)] = [(r, h) for r, h in self.b.sender.responses if r.status == 200 and r.cseq.method == "INVITE"]
+        self.a.receive(at_a.to_bytes(), Hop("UDP", *ADDRESS_B))
+        self.assertEqual(self.a.sender.responses[-1][0].status, 200)
+        self.assertEqual(self.a.sender.responses[-1][1], CALLER)
+
+    def test_fork_across_nodes(self) -> None:
+        """Contacts at two super-nodes are tried in parallel: one local branch, one to B."""
+        self.register_at(self.a, "<sip:alice@10.0.0.9>", ALICE_FLOW_2)
+        self.register_at(self.b, "<sip:alice@10.0.0.5>", ALICE_FLOW)
+        self.a.receive(message_text())
+        hops = sorted(hop.host for _, hop in self.forwarded(self.a))
+        self.assertEqual(hops, sorted([ALICE_FLOW_2.host, ADDRESS_B[0]]))
+
+    def test_unreachable_super_node_480(self) -> None:
+        """If the serving super-node cannot be resolved the caller gets 480."""
+        self.register_at(self.b, "<sip:alice@10.0.0.5>", ALICE_FLOW)
+        del self.a.storage.applications[(NODE_B, 5060)]
+        self.a.receive(message_text())
+        self.assertEqual(self.a.sender.statuses()[-1], 480)
+
+    def test_loop_detected(self) -> None:
+        """A request that comes back to a proxy unchanged is refused with 482."""
+        self.register_at(self.b, "<sip:alice@10.0.0.5>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(to_b, _)] = self.forwarded(self.a)
+        # B (misbehaving) sends the same request back to A with the same URI.
+        looped = to_b.copy()
+        looped.headers.prepend("Via", "SIP/2.0/UDP 203.0.113.2:5060;branch=z9hG4bKevil")
+        looped.uri = parse_request(message_text(uri=str(to_b.uri))).uri
+        self.b.storage.applications[(NODE_B, 5060)] = ADDRESS_A  # make A think B lives at A
+        self.a.receive(looped.to_bytes(), Hop("UDP", *ADDRESS_B))
+        # A forwards once more (it is a spiral from its point of view: new URI) ...
+        forwarded_again = self.forwarded(self.a)
+        self.assertEqual(len(forwarded_again), 2)
+        # ... and the second time round the same request is a loop.
+        again = forwarded_again[-1][0].copy()
+        again.headers.prepend("Via", "SIP/2.0/UDP 203.0.113.2:5060;branch=z9hG4bKevil2")
+        self.a.receive(again.to_bytes(), Hop("UDP", *ADDRESS_B))
+        self.assertEqual(self.a.sender.statuses()[-1], 482)
+
+    # -- in-dialog requests ---------------------------------------------------------------
+
+    def test_in_dialog_requests_follow_route(self) -> None:
+        """ACK and BYE with our Route entry reach the UA over its flow."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        route = "Route: <sip:203.0.113.1:5060;lr>"
+        self.a.receive(
+            message_text("ACK", uri="sip:alice@10.0.0.5:5062", branch="z9hG4bKack1", extra=route, to_tag=";tag=uas1")
+        )
+        [(ack, ack_hop)] = self.forwarded(self.a, "ACK")
+        self.assertEqual((str(ack.uri), ack_hop, ack.headers.values("Route")), ("sip:alice@10.0.0.5:5062", ALICE_FLOW, []))
+        self.a.receive(
+            message_text("BYE", uri="sip:alice@10.0.0.5:5062", branch="z9hG4bKbye1", extra=route, to_tag=";tag=uas1")
+        )
+        [(bye, bye_hop)] = self.forwarded(self.a, "BYE")
+        self.assertEqual(bye_hop, ALICE_FLOW)
+        self.assertEqual(bye.record_routes, [])
+
+    def test_route_to_next_proxy(self) -> None:
+        """With a further Route entry the request goes to that proxy, Request-URI unchanged."""
+        self.a.receive(
+            message_text(
+                "BYE", uri="sip:bob@198.51.100.10:5070", branch="z9hG4bKbye2", to_tag=";tag=x",
+                extra="Route: <sip:203.0.113.1:5060;lr>, <sip:203.0.113.2:5060;lr>",
+            )
+        )
+        [(bye, hop)] = self.forwarded(self.a, "BYE")
+        self.assertEqual((hop, str(bye.uri)), (Hop("UDP", *ADDRESS_B), "sip:bob@198.51.100.10:5070"))
+        self.assertEqual([str(r.uri) for r in bye.routes], ["sip:203.0.113.2:5060;lr"])
+
+    def test_ack_with_nowhere_to_go_dropped(self) -> None:
+        """An ACK for a URI we know nothing about is dropped silently."""
+        self.a.receive(message_text("ACK", uri="sip:x@192.0.2.99", branch="z9hG4bKack9"))
+        self.assertEqual((self.a.sender.requests, self.a.sender.responses), ([], []))
+
+    def test_stray_2xx_relayed(self) -> None:
+        """A retransmitted 200 outside any transaction is passed to the next Via."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.respond_to(self.a, invite, 200, hop)
+        count = len(self.a.sender.responses)
+        self.respond_to(self.a, invite, 200, hop)
+        self.assertEqual(len(self.a.sender.responses), count + 1)
+        response, to = self.a.sender.responses[-1]
+        self.assertEqual((response.status, to), (200, CALLER))
+
+    # -- hostile input ---------------------------------------------------------------------
+
+    @settings(max_examples=80, deadline=None)
+    @given(
+        st.text(alphabet="sip:alice@example.org;=<>,. p2psip-node0123456789abcdefXYZ", max_size=60),
+        st.sampled_from(["INVITE", "MESSAGE", "OPTIONS", "BYE", "CANCEL", "ACK", "REGISTER"]),
+        st.text(alphabet="<sip:203.0.113.1:5060;lr>, tel+1", max_size=60),
+    )
+    def test_hostile_requests_never_crash(self, uri: str, method: str, route: str) -> None:
+        """Odd Request-URIs and Route sets get a response or are dropped, never an exception."""
+        try:
+            data = message_text(method, uri=uri or "x", branch="z9hG4bKfuzz", extra=f"Route: {route}" if route else "")
+            request = parse_request(data)
+        except (SipParseError, AssertionError):
+            return
+        self.a.receive(request)
+
+
+class _Exited(ProcessProtocol):
+    """Collects a child's output and fires ``ended`` with its exit code."""
+
+    def __init__(self) -> None:
+        self.ended: Deferred[int] = Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        self.output += data
+
+    def errReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        self.output += data
+
+    def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(-1 if code is None else int(code))
+
+
+class SippCallInteropTests(TestCase):
+    """
+    One real call through the proxy on loopback: SIPp caller, SIPp callee.
+
+    Uses the shared SIPp scenarios (INVITE, 200, ACK, pause, BYE, 200 with
+    Record-Route); transaction timers run on a fake clock, so nothing is
+    left on the reactor.
+    """
+
+    def spawn(self, sipp: str, arguments: list[str], directory: Path) -> _Exited:
+        protocol = _Exited()
+        process = reactor.spawnProcess(protocol, sipp, [sipp, *arguments], env=None, path=str(directory))
+
+        def stop() -> Deferred[int] | None:
+            if protocol.ended.called:
+                return None
+            process.signalProcess("KILL")
+            return protocol.ended
+
+        self.addCleanup(stop)
+        return protocol
+
+    @inlineCallbacks
+    def test_call_through_proxy(self) -> Generator[Deferred[Any], Any, None]:
+        """A SIPp call to a registered callee completes through the proxy, ACK and BYE included."""
+        sipp = require_tool("sipp")
+        scenarios = shared_path("anchors")
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        clock = Clock()
+        clock.advance(NOW)
+        storage = MemoryOverlayStorage(NODE_A, clock)
+        location = OverlayLocationService(storage, clock)
+        registrar = Registrar("127.0.0.1", location, clock, trusted_network=True)
+        self.addCleanup(registrar.stop)
+        transport = SipTransport(reactor)
+        port = yield transport.listen("udp:0:interface=127.0.0.1")
+        self.addCleanup(transport.stop)
+        number = port.getHost().port
+        proxy = SipProxy("127.0.0.1", ("127.0.0.1", number), storage, location, registrar, transport, clock)
+        transport.receiver = proxy.transactions
+        uas_port = free_port(socket.SOCK_DGRAM)
+        uac_port = free_port(socket.SOCK_DGRAM)
+        callee = self.spawn(
+            sipp, ["-sf", str(scenarios / "uas.xml"), "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1",
+                   "-nostdin", "-timeout", "30s"], directory,
+        )
+        registered = yield registrar.register_received(
+            _register_for("callee0000", uas_port, uac_port), Hop("UDP", "127.0.0.1", uac_port)
+        )
+        self.assertEqual(registered.status, 200)
+        caller = self.spawn(
+            sipp, [f"127.0.0.1:{number}", "-sf", str(scenarios / "uac.xml"), "-inf", str(scenarios / "callees.csv"),
+                   "-i", "127.0.0.1", "-p", str(uac_port), "-m", "1", "-d", "100", "-nostdin", "-timeout", "30s"],
+            directory,
+        )
+        caller_status = yield caller.ended
+        self.assertEqual(caller_status, 0, caller.output[-2000:].decode(errors="replace"))
+        callee_status = yield callee.ended
+        self.assertEqual(callee_status, 0, callee.output[-2000:].decode(errors="replace"))
+        clock.advance(64)  # Timers L and J end the INVITE and BYE transactions
+        self.assertEqual(proxy.pending_requests, 0)
+
+
+def _register_for(user: str, contact_port: int, source_port: int) -> Request:
+    """A third-party style REGISTER for ``user@127.0.0.1`` with its contact on ``contact_port``."""
+    return parse_request(
+        (
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{source_port};branch=z9hG4bKreg{user}\r\n"
+            f"From: <sip:{user}@127.0.0.1>;tag=r1\r\nTo: <sip:{user}@127.0.0.1>\r\n"
+            f"Call-ID: reg-{user}\r\nCSeq: 1 REGISTER\r\nMax-Forwards: 70\r\n"
+            f"Contact: <sip:{user}@127.0.0.1:{contact_port}>\r\nExpires: 3600\r\n\r\n"
+        ).encode()
+    )
