@@ -1335,7 +1335,7 @@ class OverlayNode:
 
     def fetch_values(self, resource: int, kind: int, specifier: Any | None = None) -> Deferred[tuple[OperationResult, tuple[Any, ...]]]:
         """Fetch the live values of one kind; fires with (result, StoredData tuple)."""
-        specifier = specifier or bodies.StoredDataSpecifier(kind, 0)
+        specifier = specifier or bodies.StoredDataSpecifier(kind, 0, data_model=self.data_models.get(kind))
         if self.topology.is_responsible(resource) and self.state in (NodeState.JOINED, NodeState.ALONE):
             responses = self.store.fetch(resource, (specifier,), self.clock.seconds())
             values = tuple(v for r in responses for v in r.values)
@@ -1413,7 +1413,9 @@ class OverlayNode:
                     entries[entry.key] = entry.value.value
             return entries
 
-        return self.fetch_values(resource_id(resource_name), kind_id).addCallback(collect)
+        model = self.data_models.get(kind_id, bodies.DataModel.DICTIONARY)
+        specifier = bodies.StoredDataSpecifier(kind_id, 0, data_model=model)
+        return self.fetch_values(resource_id(resource_name), kind_id, specifier).addCallback(collect)
 
     def resolve_application(self, node_id: int, application: int) -> Deferred[tuple[str, int]]:
         if node_id == self.node_id:

@@ -210,14 +210,6 @@ class OverlayLocationServiceTests(SynchronousTestCase):
         self.assertEqual(self.storage_a.calls, [])
 
 
-#: Remote dictionary fetches fail until OverlayNode.get_dictionary asks for
-#: the dictionary data model (its StoredDataSpecifier carries no keys list).
-DICTIONARY_FETCH_TODO = (
-    "OverlayNode.get_dictionary sends a single-value StoredDataSpecifier; it needs "
-    "data_model=DataModel.DICTIONARY (p2psip/overlay/node.py)"
-)
-
-
 class RealOverlayTests(SynchronousTestCase):
     """The location service on a ring of real overlay nodes (in-memory links, fake clock)."""
 
@@ -245,7 +237,6 @@ class RealOverlayTests(SynchronousTestCase):
             [("sip:alice@192.0.2.2", nodes[1].node_id), ("sip:alice@192.0.2.1", nodes[0].node_id)],
         )
 
-    test_register_on_one_peer_lookup_on_another.todo = DICTIONARY_FETCH_TODO  # type: ignore[attr-defined]
 
     def test_removal_and_expiry(self) -> None:
         """An emptied entry disappears at once; the other expires with its lifetime."""
@@ -261,7 +252,6 @@ class RealOverlayTests(SynchronousTestCase):
         self.sim.run(61)
         self.assertEqual(self.sim.wait(reader.lookup(AOR)), [])
 
-    test_removal_and_expiry.todo = DICTIONARY_FETCH_TODO  # type: ignore[attr-defined]
 
     def test_serving_node_resolves(self) -> None:
         """The proxy's next hop, the serving node's SIP address, is found with AppAttach."""
