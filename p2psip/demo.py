@@ -46,10 +46,7 @@ def start_peer(reactor: Any, bootstrap: str | None, config: OverlayConfig = DEMO
         config=config,
     )
     port = reactor.listenTCP(0, FramedLinkFactory(node, reactor, config.limits.max_message_bytes), interface="127.0.0.1")
-    node.advertised_port = port.getHost().port
-    from p2psip.overlay.attach import IceCandidate
-
-    node._candidate = IceCandidate("127.0.0.1", node.advertised_port)
+    node.set_advertised_address("127.0.0.1", port.getHost().port)
     if bootstrap is None:
         node.start_alone()
     else:

@@ -50,7 +50,6 @@ from zope.interface import implementer
 
 from p2psip.interfaces import IApplicationRegistry, IOverlayStorage
 from p2psip.overlay import bodies
-from p2psip.overlay.attach import AppAttach, AttachReqAns, IceCandidate
 from p2psip.overlay.codec import DecodeError, Limits, UnknownKindError
 from p2psip.overlay.errors import NotConnected, OverlayError, RequestFailed
 from p2psip.overlay.identity import CertificateCache, NodeIdentity, SignatureError
@@ -89,6 +88,22 @@ WILDCARD_NODE_ID = MAX_ID
 
 #: Attach/Join rounds before a join attempt gives up (the service retries later).
 JOIN_ATTEMPTS = 5
+
+
+def host_candidate(host: str, port: int) -> bodies.IceCandidate:
+    """
+    Our one Attach candidate: the overlay listener, reached directly.
+
+    Links are made without ICE (overlay link type TLS-TCP-FH-NO-ICE); NAT
+    traversal is the mediator's job, not ICE's.
+    """
+    return bodies.IceCandidate(
+        bodies.IpAddressPort(host, port),
+        bodies.OverlayLinkType.TLS_TCP_FH_NO_ICE,
+        b"1",
+        1,
+        bodies.CandidateType.HOST,
+    )
 
 
 @frozen
@@ -226,7 +241,7 @@ class OverlayNode:
         self._joined: Deferred[None] | None = None
         self._neighbour_update_call: IDelayedCall | None = None
         self._periodic: list[IDelayedCall] = []
-        self._candidate = IceCandidate(advertised_host, advertised_port)
+        self._candidate = host_candidate(advertised_host, advertised_port)
 
     # ------------------------------------------------------------------
     # lifecycle
@@ -288,7 +303,7 @@ class OverlayNode:
                 answer = yield self._request(
                     Destination.node(self.node_id),
                     MessageCode.ATTACH_REQ,
-                    AttachReqAns((self._candidate,)).encode(),
+                    self._attach_request(),
                     first_link=link,
                 )
                 admitting = answer.responder
@@ -596,7 +611,7 @@ class OverlayNode:
             answer = yield self._request(
                 Destination.node(peer),
                 MessageCode.ATTACH_REQ,
-                AttachReqAns((self._candidate,)).encode(),
+                self._attach_request(),
                 first_link=informant,
             )
             if answer.responder != peer:
@@ -610,9 +625,17 @@ class OverlayNode:
         yield self._hello(link, expected=peer)
         return link
 
-    def _remember_candidates(self, peer: int, attach: AttachReqAns) -> None:
+    def _attach_request(self) -> bytes:
+        return bodies.AttachReq(b"", b"", b"passive", (self._candidate,)).encode()
+
+    def set_advertised_address(self, host: str, port: int) -> None:
+        """Where other peers reach our overlay listener (known once it listens)."""
+        self.advertised_host, self.advertised_port = host, port
+        self._candidate = host_candidate(host, port)
+
+    def _remember_candidates(self, peer: int, attach: Any) -> None:
         for candidate in attach.candidates:
-            self.addresses[peer] = (candidate.host, candidate.port)
+            self.addresses[peer] = (candidate.address.host, candidate.address.port)
             return
 
     # ------------------------------------------------------------------
@@ -872,10 +895,6 @@ class OverlayNode:
         pending.deferred.callback(Answer(message, body, signer, route))
 
     def _decode_answer_body(self, request_code: int, message: Message) -> Any:
-        if request_code == MessageCode.ATTACH_REQ:
-            return AttachReqAns.decode(message.body, self.config.limits)
-        if request_code == MessageCode.APP_ATTACH_REQ:
-            return AppAttach.decode(message.body, self.config.limits)
         return bodies.decode_body(message.code, message.body, self.config.limits, self.data_models)
 
     # ------------------------------------------------------------------
@@ -959,16 +978,19 @@ class OverlayNode:
         return MessageCode.PING_ANS, answer.encode(), ()
 
     def _on_attach(self, link: Link, message: Message, signer: int) -> Any:
-        request = AttachReqAns.decode(message.body, self.config.limits)
+        request = bodies.AttachReq.decode(message.body, self.config.limits)
         self._remember_candidates(signer, request)
-        return MessageCode.ATTACH_ANS, AttachReqAns((self._candidate,)).encode(), ()
+        answer = bodies.AttachAns(b"", b"", b"active", (self._candidate,))
+        return MessageCode.ATTACH_ANS, answer.encode(), ()
 
     def _on_app_attach(self, link: Link, message: Message, signer: int) -> Any:
-        request = AppAttach.decode(message.body, self.config.limits)
+        request = bodies.AppAttachReq.decode(message.body, self.config.limits)
         address = self.applications.get(request.application)
         if address is None:
             raise _RequestError(ErrorCode.NOT_FOUND, f"application {request.application} not served here")
-        answer = AppAttach(request.application, (IceCandidate(address[0], address[1]),))
+        answer = bodies.AppAttachAns(
+            b"", b"", request.application, b"active", (host_candidate(address[0], address[1]),)
+        )
         return MessageCode.APP_ATTACH_ANS, answer.encode(), ()
 
     def _on_join(self, link: Link, message: Message, signer: int) -> Any:
@@ -1232,7 +1254,7 @@ class OverlayNode:
             return self._ensure_link(peer).addCallback(lambda _: self.topology.set_finger(index, peer))
 
         d = self._request(
-            Destination.node(target), MessageCode.ATTACH_REQ, AttachReqAns((self._candidate,)).encode()
+            Destination.node(target), MessageCode.ATTACH_REQ, self._attach_request()
         )
         d.addCallback(found)
         d.addErrback(lambda failure: self.log.debug("finger {index} repair failed: {why}", index=index, why=failure.getErrorMessage()))
@@ -1423,13 +1445,13 @@ class OverlayNode:
             if address is None:
                 return fail(OverlayError(f"application {application} is not served by this node"))
             return succeed(address)
-        request = AppAttach(application, (self._candidate,)).encode()
+        request = bodies.AppAttachReq(b"", b"", application, b"passive", (self._candidate,)).encode()
 
         def done(answer: Answer) -> tuple[str, int]:
             if answer.responder != node_id:
                 raise OverlayError(f"peer {id_short(node_id)} is not in the ring")
             candidate = answer.body.candidates[0]
-            return candidate.host, candidate.port
+            return candidate.address.host, candidate.address.port
 
         return self._request(Destination.node(node_id), MessageCode.APP_ATTACH_REQ, request).addCallback(done)
 

@@ -135,10 +135,7 @@ class OverlayService(Service):
         advertise = self.options["advertise"] or _listen_interface(self.options["overlay"]) or "127.0.0.1"
         if advertise in ("0.0.0.0", "::"):
             advertise = "127.0.0.1"
-        self.node.advertised_host, self.node.advertised_port = advertise, host.port
-        from p2psip.overlay.attach import IceCandidate
-
-        self.node._candidate = IceCandidate(advertise, host.port)
+        self.node.set_advertised_address(advertise, host.port)
         self.log.info(
             "overlay {overlay}: node {node} listening on {address}",
             overlay=self.options["overlay-name"],
@@ -270,8 +267,6 @@ def walk_ring(node: OverlayNode) -> Any:
     (peer + 1) from one peer to the next (an Attach to that id, whose
     answer names the owner and its address).
     """
-    from p2psip.overlay.attach import AttachReqAns
-
     nodes = [{"node_id": id_hex(node.node_id), "address": f"{node.advertised_host}:{node.advertised_port}"}]
     current = node.node_id
     complete = False
@@ -281,13 +276,14 @@ def walk_ring(node: OverlayNode) -> Any:
             complete = True
             break
         answer = yield node._request(
-            Destination.node(target), MessageCode.ATTACH_REQ, AttachReqAns((node._candidate,)).encode()
+            Destination.node(target), MessageCode.ATTACH_REQ, node._attach_request()
         )
         if answer.responder == node.node_id:
             complete = True
             break
         candidate = answer.body.candidates[0]
-        nodes.append({"node_id": id_hex(answer.responder), "address": f"{candidate.host}:{candidate.port}"})
+        address = candidate.address
+        nodes.append({"node_id": id_hex(answer.responder), "address": f"{address.host}:{address.port}"})
         current = answer.responder
     return {"nodes": nodes, "complete": complete, "count": len(nodes)}
 
