@@ -220,10 +220,11 @@ class MemoryNetwork:
         target = self.listeners.get((host, port))
         if target is None:
             if (host, port) in self.crashed:
-                self.clock.callLater(
-                    self.connect_timeout_seconds,
-                    lambda: result.called or result.errback(TimeoutError(f"connect to {host}:{port} timed out")),
-                )
+                def time_out() -> None:
+                    if not result.called:
+                        result.errback(TimeoutError(f"connect to {host}:{port} timed out"))
+
+                self.clock.callLater(self.connect_timeout_seconds, time_out)
             else:
                 self.clock.callLater(
                     self.latency_seconds,

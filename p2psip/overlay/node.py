@@ -31,7 +31,7 @@ from __future__ import annotations
 import random
 import secrets
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from attrs import evolve, field, frozen
 from twisted.internet.defer import (
@@ -331,11 +331,11 @@ class OverlayNode:
                     why=error.reason,
                 )
                 yield deferLater(self.clock, 0.5 * attempt, lambda: None)
-        timeout = self.clock.callLater(
-            self.config.join_timeout_seconds,
-            lambda: joined.called
-            or joined.errback(OverlayError("the admitting peer never sent its neighbour table")),
-        )
+        def give_up() -> None:
+            if not joined.called:
+                joined.errback(OverlayError("the admitting peer never sent its neighbour table"))
+
+        timeout = self.clock.callLater(self.config.join_timeout_seconds, give_up)
         try:
             yield joined
         finally:
@@ -452,7 +452,11 @@ class OverlayNode:
         for peer in list(self.topology.neighbours()):
             if self.has_link(peer):
                 continue
-            self._ensure_link(peer).addErrback(lambda failure, p=peer: self._peer_failed(p))
+            self._ensure_link(peer).addErrback(self._relink_failed, peer)
+
+    def _relink_failed(self, failure: Failure, peer: int) -> None:
+        self.log.debug("lost neighbour {peer}: {why}", peer=id_short(peer), why=failure.getErrorMessage())
+        self._peer_failed(peer)
 
     def _keepalive(self) -> None:
         """Ping quiet links; declare peers dead whose links stay silent."""
@@ -583,7 +587,7 @@ class OverlayNode:
                 if isinstance(result, Failure):
                     waiting.errback(result)
                 else:
-                    waiting.callback(result)
+                    waiting.callback(cast(Link, result))
                 return result
 
             self._connecting[peer].addBoth(relay)
@@ -942,17 +946,18 @@ class OverlayNode:
         if isinstance(result, Deferred):
             def answered(outcome: object) -> None:
                 if isinstance(outcome, Failure):
-                    if outcome.check(_RequestError):
-                        error = outcome.value
+                    error = outcome.value
+                    if isinstance(error, _RequestError):
                         self._reply_error(link, message, error.code, error.reason)
-                    elif outcome.check(StoreError):
-                        self._reply_error(link, message, outcome.value.error_code, outcome.value.reason)
+                    elif isinstance(error, StoreError):
+                        self._reply_error(link, message, error.error_code, error.reason)
                     else:
                         self.log.failure("while answering {code}", outcome, code=message.code)
                         self._reply_error(link, message, ErrorCode.INVALID_MESSAGE, "internal error")
                     return
-                code, body, certs = outcome  # type: ignore[misc]
-                self._reply(link, message, code, body, certs)
+                answer = cast(tuple[int, bytes, tuple[bytes, ...]], outcome)
+                self._reply(link, message, answer[0], answer[1], answer[2])
+
             result.addBoth(answered)
         elif result is not None:
             code, body, certs = result
@@ -1231,11 +1236,12 @@ class OverlayNode:
             peer_link = link or self.link_for(peer)
             if peer_link is None:
                 continue
-            self._request(Destination.node(peer), MessageCode.UPDATE_REQ, update, first_link=peer_link).addErrback(
-                lambda failure, p=peer: self.log.debug(
-                    "Update to {peer} failed: {why}", peer=id_short(p), why=failure.getErrorMessage()
-                )
-            )
+            self._request(
+                Destination.node(peer), MessageCode.UPDATE_REQ, update, first_link=peer_link
+            ).addErrback(self._update_failed, peer)
+
+    def _update_failed(self, failure: Failure, peer: int) -> None:
+        self.log.debug("Update to {peer} failed: {why}", peer=id_short(peer), why=failure.getErrorMessage())
 
     def _repair_fingers(self) -> None:
         for index in self.topology.finger_indices_to_repair():
@@ -1309,8 +1315,13 @@ class OverlayNode:
                     continue
                 holders.add(peer)
                 self._send_store(peer, resource, number + 1).addErrback(
-                    lambda failure, p=peer, r=resource: self.replica_holders.get(r, set()).discard(p)
+                    self._replication_failed, peer, resource
                 )
+
+    def _replication_failed(self, failure: Failure, peer: int, resource: int) -> None:
+        # Forget the holder so the next round tries again (or picks another peer).
+        self.replica_holders.get(resource, set()).discard(peer)
+        self.log.debug("replica to {peer} failed: {why}", peer=id_short(peer), why=failure.getErrorMessage())
 
     def _send_store(
         self, peer: int, resource: int, replica_number: int, kind_data: tuple[Any, ...] | None = None

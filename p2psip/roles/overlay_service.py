@@ -14,6 +14,7 @@ import os
 from typing import Any, ClassVar
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
@@ -132,6 +133,7 @@ class OverlayService(Service):
         assert self.node is not None
         self.port = port
         host = port.getHost()
+        assert isinstance(host, (IPv4Address, IPv6Address)), host
         advertise = self.options["advertise"] or _listen_interface(self.options["overlay"]) or "127.0.0.1"
         if advertise in ("0.0.0.0", "::"):
             advertise = "127.0.0.1"
