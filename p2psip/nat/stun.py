@@ -69,6 +69,10 @@ class StunDecodeError(ValueError):
     """Bytes that are not a well-formed STUN message (or attribute value)."""
 
 
+class StunFingerprintError(StunDecodeError):
+    """A FINGERPRINT that does not match: per RFC 8489 section 7.3 the data is not STUN."""
+
+
 class Method(IntEnum):
     """STUN methods (RFC 8489 section 18.2; TURN's are in RFC 8656)."""
 
@@ -455,7 +459,7 @@ def decode_message(data: bytes) -> StunMessage:
                 raise StunDecodeError("FINGERPRINT is not 4 bytes")
             (sent,) = struct.unpack_from("!I", data, start)
             if sent != (zlib.crc32(data[: start - 4]) ^ FINGERPRINT_XOR):
-                raise StunDecodeError("FINGERPRINT does not match")
+                raise StunFingerprintError("FINGERPRINT does not match")
         attributes.append((attr_type, data[start : start + value_length]))
     method, message_class = decode_message_type(message_type)
     return StunMessage(method, message_class, transaction_id, tuple(attributes))
