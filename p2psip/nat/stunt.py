@@ -395,6 +395,8 @@ class BrokeredSession:
     relay_token: str = ""
     reasons: list[str] = attrs.field(factory=list)
     timer: Any = None
+    #: True while an attempt's results are awaited (not while re-probing).
+    attempting: bool = False
 
     def sides(self) -> tuple[_Side, _Side]:
         return (self.initiator, self.responder)
@@ -626,7 +628,7 @@ class Broker:
         self._finish(session, False, f"{side.client_id} refused: {message['reason']}")
 
     def _probed(self, session: BrokeredSession, side: _Side, message: dict[str, Any]) -> None:
-        if side.probe is not None:
+        if side.probe is not None or session.attempting or session.relay_token:
             return
         side.probe = message
         observations: list[Observation] = [(o[0], o[1], o[2]) for o in message["observations"]]
@@ -644,7 +646,8 @@ class Broker:
             method = session.methods.pop(0)
             unusable = self._why_unusable(method, a, b, session)
             if unusable:
-                session.reasons.append(unusable)
+                if unusable not in session.reasons:
+                    session.reasons.append(unusable)
                 continue
             session.method = method
             self.metrics.attempted(method)
@@ -668,22 +671,25 @@ class Broker:
             return ""
         if method == DIRECT:
             if a.allocation != NO_NAT and b.allocation != NO_NAT:
-                return "direct connect impossible: neither side has a public address"
+                return "no side has a public address for a direct connect"
             return ""
         if method == LOW_TTL and not self.policy.low_ttl_enabled:
             return "low-ttl disabled in mediator.ini [traversal] low-ttl"
         unpredictable = [
-            f"{name}'s {behaviour.describe()}" for name, behaviour in zip(names, (a, b), strict=True) if not behaviour.predictable
+            f"{name}'s {behaviour.describe()}"
+            for name, behaviour in zip(names, (a, b), strict=True)
+            if not behaviour.predictable
         ]
         if unpredictable:
             return (
                 " and ".join(unpredictable)
-                + " (address-and-port-dependent mapping): the public endpoint can't be predicted, so "
-                + f"{method} is impossible"
+                + ": address-and-port-dependent mapping whose public port can't be predicted,"
+                + " so a direct path is impossible"
             )
         return ""
 
     def _start_attempt(self, session: BrokeredSession, method: str) -> None:
+        session.attempting = True
         a, b = session.sides()
         predictions = {}
         for side in (a, b):
@@ -722,11 +728,17 @@ class Broker:
             session.responder.link.send({"type": "go", "session": session.session_id})
 
     def _result(self, session: BrokeredSession, side: _Side, message: dict[str, Any]) -> None:
-        if message["method"] != session.method:
+        if message["method"] != session.method or not session.attempting:
             return
         side.result = message
         if not message["ok"]:
-            self._step_failed(session, f"{session.method} failed at {side.client_id}: {message['detail']}")
+            reason = f"{session.method} failed at {side.client_id}: {message['detail']}"
+            if session.method == LOW_TTL:
+                reason += (
+                    " (NATs that track TCP windows drop the listener's SYN-ACK;"
+                    " on Linux NATs this needs net.netfilter.nf_conntrack_tcp_be_liberal=1)"
+                )
+            self._step_failed(session, reason)
             return
         if all(s.result is not None and s.result["ok"] for s in session.sides()):
             self._finish(session, True, "")
@@ -735,6 +747,7 @@ class Broker:
         if session.session_id not in self.sessions:
             return
         self._cancel_timer(session)
+        session.attempting = False
         session.reasons.append(reason)
         if session.method == RELAYED:
             self._release_relay(session)

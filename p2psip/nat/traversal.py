@@ -1,0 +1,587 @@
+"""
+NAT-traversing TCP connections through a STUNT mediator: the client side.
+
+``TraversalClient`` keeps the authenticated control connection to the
+mediator (protocol in ``p2psip.nat.stunt`` and ``docs/mediator-protocol.md``)
+and answers the broker: it runs port-prediction probes against the
+mediator's STUN TCP port, then the connection attempt the broker chose
+(direct, simultaneous open, low-TTL SYN) or joins the relay.  One call,
+``connect(peer_id, factory)``, returns a Deferred of ``TraversalResult``:
+the connected protocol and how the peer was reached.  ``MediatedEndpoint``
+wraps that as an ``IStreamClientEndpoint``, so overlay links can use it as
+their connector.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from p2psip.nat import holepunch, stunt
+
+PROBES_PER_ATTEMPT = 4
+
+
+class TraversalError(Exception):
+    """No connection; ``reason`` says why, in words an operator can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@attrs.define
+class TraversalResult:
+    """A connection made through the mediator."""
+
+    protocol: IProtocol
+    method: str
+    peer_id: str
+    setup_seconds: float
+    #: Why the earlier methods were skipped or failed ("" when the first worked).
+    reason: str = ""
+
+
+@attrs.define
+class _Session:
+    peer_id: str
+    factory: IProtocolFactory
+    started_at: float
+    deferred: defer.Deferred[TraversalResult] | None = None
+    incoming: bool = False
+    session_id: str = ""
+    method: str = ""
+    punch: holepunch.TcpPunch | None = None
+    connected: socket.socket | None = None
+    relay: _RelayClientProtocol | None = None
+    relay_ready: defer.Deferred[None] | None = None
+    outcome: dict[str, Any] | None = None
+    hole_port: int = 0
+    go: defer.Deferred[None] | None = None
+    #: Bumped whenever the broker moves on, so callbacks of an abandoned
+    #: attempt neither report nor keep their socket.
+    serial: int = 0
+
+
+class _ControlClientProtocol(Protocol):
+    log = Logger()
+
+    def __init__(self, client: TraversalClient) -> None:
+        self.client = client
+        self.decoder = stunt.FrameDecoder()
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.transport is not None
+        self.transport.write(stunt.encode_frame(message))
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        try:
+            messages = self.decoder.feed(data)
+        except stunt.StuntDecodeError as e:
+            self.log.warn("mediator sent a malformed control frame ({why}); closing", why=str(e))
+            assert self.transport is not None
+            self.transport.loseConnection()
+            return
+        for message in messages:
+            self.client._message_received(self, message)
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        self.client._control_lost(self, reason)
+
+
+class _RelayClientProtocol(Protocol):
+    """A relay-join connection; after ``relay-ready`` it carries the peer's bytes."""
+
+    log = Logger()
+
+    def __init__(self, session_id: str, token: str, ready: defer.Deferred[None]) -> None:
+        self.session_id = session_id
+        self.token = token
+        self.ready = ready
+        self.decoder: stunt.FrameDecoder | None = stunt.FrameDecoder()
+        self.user: IProtocol | None = None
+        self.pending = b""
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        assert self.transport is not None
+        if self.decoder is None:
+            if self.user is None:
+                self.pending += data
+            else:
+                self.user.dataReceived(data)
+            return
+        try:
+            messages = self.decoder.feed(data)
+        except stunt.StuntDecodeError as e:
+            self.transport.loseConnection()
+            if not self.ready.called:
+                self.ready.errback(TraversalError(f"relay connection broke: {e}"))
+            return
+        for message in messages:
+            if message["type"] == "challenge":
+                self.transport.write(
+                    stunt.encode_frame(
+                        {
+                            "type": "relay-join",
+                            "version": stunt.PROTOCOL_VERSION,
+                            "session": self.session_id,
+                            "token": self.token,
+                        }
+                    )
+                )
+            elif message["type"] == "relay-ready":
+                if hasattr(self.transport, "setTcpNoDelay"):
+                    self.transport.setTcpNoDelay(True)
+                self.pending = self.decoder.take_remainder()
+                self.decoder = None
+                if not self.ready.called:
+                    self.ready.callback(None)
+                return
+            elif message["type"] == "error":
+                self.transport.loseConnection()
+                if not self.ready.called:
+                    self.ready.errback(TraversalError(f"relay refused: {message['reason']}"))
+                return
+
+    def attach(self, user: IProtocol) -> None:
+        """Hand the relayed stream to the application's protocol."""
+        assert self.transport is not None
+        self.user = user
+        user.makeConnection(self.transport)
+        if self.pending:
+            data, self.pending = self.pending, b""
+            user.dataReceived(data)
+        if self.lost is not None:
+            user.connectionLost(self.lost)
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        if not self.ready.called:
+            self.ready.errback(TraversalError("relay connection closed before both sides joined"))
+        if self.user is not None:
+            self.user.connectionLost(reason)
+        else:
+            self.lost = reason
+
+
+class _CapturingFactory(Factory):
+    """Builds the application's protocol for an adopted socket and keeps it."""
+
+    def __init__(self, wrapped: IProtocolFactory) -> None:
+        self.wrapped = wrapped
+        self.built: IProtocol | None = None
+
+    def buildProtocol(self, addr: Any) -> IProtocol | None:  # noqa: N802 - Twisted's name
+        self.built = self.wrapped.buildProtocol(addr)
+        return self.built
+
+
+IncomingPolicy = Callable[[str], IProtocolFactory | None]
+
+
+class TraversalClient:
+    """
+    One client's presence at a mediator.
+
+    :param mediator: endpoint of the mediator's control port.
+    :param accept: called with the peer ID of an incoming request; returns
+        the factory for the connection, or None to refuse.
+    :param on_incoming: called with the ``TraversalResult`` of every
+        incoming connection that was made.
+    :param low_ttl_wait_seconds: how long the low-TTL SYN may wait for its
+        ICMP error before the listener tells the broker it is armed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        mediator: IStreamClientEndpoint,
+        client_id: str,
+        secret: bytes,
+        accept: IncomingPolicy | None = None,
+        on_incoming: Callable[[TraversalResult], None] | None = None,
+        probes: int = PROBES_PER_ATTEMPT,
+    ) -> None:
+        self.reactor = reactor
+        self.mediator = mediator
+        self.client_id = client_id
+        self.secret = secret
+        self.accept = accept
+        self.on_incoming = on_incoming
+        self.probes = probes
+        self.control: _ControlClientProtocol | None = None
+        self.online = False
+        self.observed: tuple[str, int] | None = None
+        self.stun_tcp_port = 0
+        self.stun_udp_port = 0
+        self._ready: defer.Deferred[TraversalClient] | None = None
+        self._refs = 0
+        self._by_ref: dict[int, _Session] = {}
+        self._sessions: dict[str, _Session] = {}
+        self.closed: defer.Deferred[str] = defer.Deferred()
+
+    # lifecycle ---------------------------------------------------------------
+
+    def start(self) -> defer.Deferred[TraversalClient]:
+        """Connect and authenticate; fires with self once registered."""
+        self._ready = defer.Deferred()
+        factory = Factory.forProtocol(lambda: _ControlClientProtocol(self))
+        connecting = self.mediator.connect(factory)
+
+        def connected(protocol: _ControlClientProtocol) -> None:
+            self.control = protocol
+
+        def not_connected(failure: Failure) -> None:
+            if self._ready is not None and not self._ready.called:
+                self._ready.errback(
+                    TraversalError(f"cannot reach the mediator ({failure.getErrorMessage()}): check --mediator")
+                )
+
+        connecting.addCallbacks(connected, not_connected)
+        return self._ready
+
+    def stop(self) -> None:
+        if self.control is not None and self.control.transport is not None:
+            self.control.transport.loseConnection()
+
+    @property
+    def mediator_host(self) -> str:
+        assert self.control is not None and self.control.transport is not None
+        host: str = self.control.transport.getPeer().host
+        return host
+
+    @property
+    def local_ip(self) -> str:
+        assert self.control is not None and self.control.transport is not None
+        host: str = self.control.transport.getHost().host
+        return host
+
+    # outgoing ---------------------------------------------------------------
+
+    def connect(
+        self, peer_id: str, factory: IProtocolFactory, methods: list[str] | None = None
+    ) -> defer.Deferred[TraversalResult]:
+        """
+        Connect to ``peer_id`` through whatever path works.
+
+        :returns: a Deferred of ``TraversalResult``, or failing with
+            ``TraversalError`` whose reason names what stood in the way.
+        """
+        if not self.online or self.control is None:
+            return defer.fail(TraversalError("not registered at the mediator: call start() first"))
+        self._refs += 1
+        ref = self._refs
+        session = _Session(peer_id, factory, self.reactor.seconds(), deferred=defer.Deferred())
+        self._by_ref[ref] = session
+        self.control.send(
+            {"type": "connect", "ref": ref, "to": peer_id, "kind": "tcp", "methods": list(methods or [])}
+        )
+        assert session.deferred is not None
+        return session.deferred
+
+    # control messages -------------------------------------------------------
+
+    def _message_received(self, control: _ControlClientProtocol, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "challenge":
+            self.stun_tcp_port = message["stun_tcp_port"]
+            self.stun_udp_port = message["stun_udp_port"]
+            if message["version"] != stunt.PROTOCOL_VERSION:
+                self.log.warn("mediator speaks control protocol version {v}", v=message["version"])
+            control.send(
+                {
+                    "type": "hello",
+                    "version": stunt.PROTOCOL_VERSION,
+                    "id": self.client_id,
+                    "mac": stunt.compute_mac(self.secret, message["nonce"], self.client_id),
+                }
+            )
+        elif kind == "welcome":
+            self.online = True
+            self.observed = (message["observed"][0], message["observed"][1])
+            if self._ready is not None and not self._ready.called:
+                self._ready.callback(self)
+        elif kind == "error":
+            self._error(message)
+        elif kind == "probe":
+            self._probe(message)
+        elif kind == "attempt":
+            self._attempt(message)
+        elif kind == "go":
+            session = self._sessions.get(message["session"])
+            if session is not None and session.go is not None and not session.go.called:
+                session.go.callback(None)
+        elif kind == "relay":
+            self._relay(message)
+        elif kind == "outcome":
+            self._outcome(message)
+
+    def _error(self, message: dict[str, Any]) -> None:
+        reason = f"{message['reason']} ({message['code']})"
+        ref = message.get("ref")
+        if isinstance(ref, int) and ref in self._by_ref:
+            session = self._by_ref.pop(ref)
+            if session.deferred is not None:
+                session.deferred.errback(TraversalError(reason))
+            return
+        self.log.warn("mediator refused us: {reason}", reason=reason)
+        if self._ready is not None and not self._ready.called:
+            self._ready.errback(TraversalError(f"mediator refused us: {reason}"))
+
+    def _control_lost(self, control: _ControlClientProtocol, reason: Failure) -> None:
+        self.online = False
+        self.control = None
+        if self._ready is not None and not self._ready.called:
+            self._ready.errback(TraversalError("mediator closed the control connection before welcome"))
+        for session in list(self._sessions.values()) + list(self._by_ref.values()):
+            self._fail_session(session, "lost the control connection to the mediator")
+        self._by_ref.clear()
+        self._sessions.clear()
+        if not self.closed.called:
+            self.closed.callback(reason.getErrorMessage())
+
+    def _probe(self, message: dict[str, Any]) -> None:
+        session_id = message["session"]
+        session = self._sessions.get(session_id)
+        if session is None:
+            if message["ref"] >= 0:
+                found = self._by_ref.pop(message["ref"], None)
+                if found is None:
+                    return
+                session = found
+            else:
+                factory = self.accept(message["peer"]) if self.accept is not None else None
+                if factory is None:
+                    self._send({"type": "refuse", "session": session_id, "reason": "not accepting connections"})
+                    return
+                session = _Session(message["peer"], factory, self.reactor.seconds(), incoming=True)
+            session.session_id = session_id
+            self._sessions[session_id] = session
+        self._drop_attempt(session)
+        d = self._run_probes()
+
+        def report(observations: list[tuple[int, str, int]]) -> None:
+            session.hole_port = observations[-1][0]
+            self._send(
+                {
+                    "type": "probed",
+                    "session": session_id,
+                    "local_ip": self.local_ip,
+                    "hole_port": session.hole_port,
+                    "observations": [list(o) for o in observations],
+                }
+            )
+
+        def failed(failure: Failure) -> None:
+            self.log.warn("port prediction probes failed: {why}", why=failure.getErrorMessage())
+            self._send({"type": "refuse", "session": session_id, "reason": failure.getErrorMessage()[:400]})
+
+        d.addCallbacks(report, failed)
+
+    @defer.inlineCallbacks
+    def _run_probes(self) -> Any:
+        server = (self.mediator_host, self.stun_tcp_port)
+        observations = []
+        for _ in range(self.probes):
+            observation = yield holepunch.stun_tcp_probe(self.reactor, server)
+            observations.append(observation)
+        return observations
+
+    def _attempt(self, message: dict[str, Any]) -> None:
+        session = self._sessions.get(message["session"])
+        if session is None:
+            return
+        method = message["method"]
+        session.method = method
+        peer = (message["peer_endpoint"][0], message["peer_endpoint"][1])
+        port = message["hole_port"]
+        deadline = message["deadline_seconds"]
+        role = message["role"]
+        session.serial += 1
+        serial = session.serial
+
+        def current() -> bool:
+            return session.serial == serial and session.session_id in self._sessions
+
+        def report(ok: bool, detail: str) -> None:
+            if not current():
+                return
+            self._send(
+                {"type": "result", "session": session.session_id, "method": method, "ok": ok, "detail": detail[:400]}
+            )
+
+        def connected(value: tuple[socket.socket, str]) -> None:
+            session.punch = None
+            token = holepunch.verify_token(session.session_id)
+            holepunch.verify_stream(self.reactor, value[0], token).addCallbacks(
+                lambda sock: verified(sock, value[1]), failed
+            )
+
+        def verified(sock: socket.socket, how: str) -> None:
+            if not current():
+                sock.close()
+                return
+            session.connected = sock
+            report(True, how)
+
+        def failed(failure: Failure) -> None:
+            session.punch = None
+            if failure.check(holepunch.PunchFailed):
+                report(False, failure.getErrorMessage())
+            else:
+                report(False, f"internal error: {failure.getErrorMessage()}")
+                self.log.failure("hole punching failed", failure)
+
+        def begin() -> None:
+            if not current():
+                return
+            if method == stunt.LOW_TTL and role == "listener":
+                session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline, listen=True, connect=False)
+                session.punch.start().addCallbacks(connected, failed)
+                holepunch.send_low_ttl_syn(self.reactor, port, peer, message["ttl"]).addBoth(armed)
+            elif method == stunt.LOW_TTL:
+                session.go = defer.Deferred()
+                session.go.addCallback(lambda _: connect_only())
+            else:
+                session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline)
+                session.punch.start().addCallbacks(connected, failed)
+
+        def armed(what: object) -> None:
+            self.log.debug("low-TTL SYN: {what}", what=what)
+            if current():
+                self._send({"type": "armed", "session": session.session_id})
+
+        def connect_only() -> None:
+            if not current():
+                return
+            session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline, listen=False, connect=True)
+            session.punch.start().addCallbacks(connected, failed)
+
+        self.reactor.callLater(message["start_in_seconds"], begin)
+
+    def _relay(self, message: dict[str, Any]) -> None:
+        session = self._sessions.get(message["session"])
+        if session is None:
+            return
+        self._drop_attempt(session)
+        session.method = stunt.RELAYED
+        ready: defer.Deferred[None] = defer.Deferred()
+        session.relay_ready = ready
+        protocol = _RelayClientProtocol(session.session_id, message["token"], ready)
+        session.relay = protocol
+        self.mediator.connect(Factory.forProtocol(lambda: protocol)).addErrback(
+            lambda f: None if ready.called else ready.errback(TraversalError(f"relay: {f.getErrorMessage()}"))
+        )
+        # An unhandled failure here is reported through the outcome.
+        ready.addErrback(lambda f: self.log.debug("relay join failed: {why}", why=f.getErrorMessage()))
+
+    def _outcome(self, message: dict[str, Any]) -> None:
+        session = self._sessions.pop(message["session"], None)
+        if session is None:
+            return
+        if not message["ok"]:
+            self._fail_session(session, message["reason"])
+            return
+        if message["method"] == stunt.RELAYED:
+            assert session.relay_ready is not None
+            session.relay_ready.addCallback(lambda _: self._deliver_relayed(session, message))
+            return
+        sock = session.connected
+        session.connected = None
+        if sock is None:
+            self._fail_session(session, "mediator reported success but no local connection exists")
+            return
+        capture = _CapturingFactory(session.factory)
+        try:
+            self.reactor.adoptStreamConnection(sock.fileno(), socket.AF_INET, capture)
+        finally:
+            sock.close()
+        if capture.built is None:
+            self._fail_session(session, "the application factory refused the connection")
+            return
+        self._deliver(session, capture.built, message)
+
+    def _deliver_relayed(self, session: _Session, message: dict[str, Any]) -> None:
+        if session.relay is None or session.relay.transport is None or session.relay.decoder is not None:
+            self._fail_session(session, "relay connection failed after the mediator set it up")
+            return
+        user = session.factory.buildProtocol(session.relay.transport.getPeer())
+        if user is None:
+            session.relay.transport.loseConnection()
+            self._fail_session(session, "the application factory refused the connection")
+            return
+        session.relay.attach(user)
+        self._deliver(session, user, message)
+
+    def _deliver(self, session: _Session, protocol: IProtocol, message: dict[str, Any]) -> None:
+        result = TraversalResult(
+            protocol=protocol,
+            method=message["method"],
+            peer_id=session.peer_id,
+            setup_seconds=self.reactor.seconds() - session.started_at,
+            reason=message["reason"],
+        )
+        self.log.info("connected to {peer} via {method}", peer=session.peer_id, method=result.method)
+        if session.deferred is not None:
+            session.deferred.callback(result)
+        elif self.on_incoming is not None:
+            self.on_incoming(result)
+
+    def _drop_attempt(self, session: _Session) -> None:
+        session.serial += 1
+        if session.punch is not None:
+            punch, session.punch = session.punch, None
+            punch.result.addErrback(lambda _: None)
+            punch.cancel()
+        if session.connected is not None:
+            session.connected.close()
+            session.connected = None
+
+    def _fail_session(self, session: _Session, reason: str) -> None:
+        self._drop_attempt(session)
+        if session.relay is not None and session.relay.transport is not None and session.relay.user is None:
+            session.relay.transport.loseConnection()
+        if session.deferred is not None and not session.deferred.called:
+            session.deferred.errback(TraversalError(reason))
+        elif session.incoming:
+            self.log.info("incoming connection from {peer} failed: {reason}", peer=session.peer_id, reason=reason)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.control is not None:
+            self.control.send(message)
+
+
+@implementer(IStreamClientEndpoint)
+class MediatedEndpoint:
+    """
+    An ``IStreamClientEndpoint`` that reaches ``peer_id`` through the mediator.
+
+    ``connect(factory)`` fires with the connected protocol (as every
+    endpoint does); ``last_result`` keeps how it was reached.
+    """
+
+    def __init__(self, client: TraversalClient, peer_id: str, methods: list[str] | None = None) -> None:
+        self.client = client
+        self.peer_id = peer_id
+        self.methods = methods
+        self.last_result: TraversalResult | None = None
+
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:  # noqa: N803
+        d = self.client.connect(self.peer_id, protocolFactory, self.methods)
+
+        def unwrap(result: TraversalResult) -> IProtocol:
+            self.last_result = result
+            return result.protocol
+
+        return d.addCallback(unwrap)
