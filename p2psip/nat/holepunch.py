@@ -400,6 +400,7 @@ def verify_stream(
         watcher.stop(keep=sock)
         if error is None:
             sock.setblocking(True)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             result.callback(sock)
         else:
             sock.close()

@@ -70,6 +70,9 @@ class ControlServerProtocol(Protocol):
             self.closing = True
             self.transport.abortConnection()
             return
+        # Control messages are small and latency-bound: no Nagle.
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
         self.factory.broker.link_opened(self, (host, getattr(peer, "port", 0)))
         self.auth_timer = self.factory.clock.callLater(AUTH_TIMEOUT_SECONDS, self._auth_timeout)
 

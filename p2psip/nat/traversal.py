@@ -79,6 +79,11 @@ class _ControlClientProtocol(Protocol):
         self.client = client
         self.decoder = stunt.FrameDecoder()
 
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        # Control messages are small and latency-bound: no Nagle.
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
+
     def send(self, message: dict[str, Any]) -> None:
         assert self.transport is not None
         self.transport.write(stunt.encode_frame(message))
