@@ -84,7 +84,8 @@ def config_from_string(text: str, source: str = "mediator.ini") -> MediatorConfi
                 else:
                     value = parser.get(section, key).strip()
             except ValueError:
-                raise ValueError(f"{source}: [{section}] {key} must be a {kind.__name__}") from None
+                expected = {bool: "yes or no", int: "an integer", float: "a number"}.get(kind, "text")
+                raise ValueError(f"{source}: [{section}] {key} must be {expected}") from None
             if kind in (int, float) and value < 0:
                 raise ValueError(f"{source}: [{section}] {key} must not be negative")
             values.setdefault(section, {})[key] = value
