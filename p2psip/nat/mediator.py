@@ -99,7 +99,7 @@ class ControlServerProtocol(Protocol):
             self.close()
             return
         try:
-            messages = self.decoder.feed(data)
+            messages = self.decoder.feed(data, stop_after=lambda m: m["type"] == "relay-join")
         except stunt.StuntDecodeError as e:
             self.log.debug("malformed control frame: {why}", why=str(e))
             self.close()

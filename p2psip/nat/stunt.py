@@ -192,7 +192,16 @@ class FrameDecoder:
         self._max = max_frame_bytes
         self._broken = False
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed(
+        self, data: bytes, stop_after: Callable[[dict[str, Any]], bool] | None = None
+    ) -> list[dict[str, Any]]:
+        """
+        Decode the complete frames in the buffer.
+
+        ``stop_after`` ends decoding after the first message it accepts and
+        leaves the rest buffered (``take_remainder``): after ``relay-ready``
+        the stream carries raw bytes, not frames.
+        """
         if self._broken:
             raise StuntDecodeError("stream already failed to decode")
         self._buffer += data
@@ -207,7 +216,10 @@ class FrameDecoder:
                     break
                 body = bytes(self._buffer[FRAME_HEADER.size : end])
                 del self._buffer[:end]
-                messages.append(decode_frame_body(body))
+                message = decode_frame_body(body)
+                messages.append(message)
+                if stop_after is not None and stop_after(message):
+                    break
         except StuntDecodeError:
             self._broken = True
             raise

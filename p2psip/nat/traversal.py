@@ -126,7 +126,7 @@ class _RelayClientProtocol(Protocol):
                 self.user.dataReceived(data)
             return
         try:
-            messages = self.decoder.feed(data)
+            messages = self.decoder.feed(data, stop_after=lambda m: m["type"] == "relay-ready")
         except stunt.StuntDecodeError as e:
             self.transport.loseConnection()
             if not self.ready.called:

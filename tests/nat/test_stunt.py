@@ -393,3 +393,13 @@ class RateLimitTests(SynchronousTestCase):
         self.assertTrue(limit.admit("b"))
         clock.advance(60)
         self.assertTrue(limit.admit("a"))
+
+
+class StopAfterTests(SynchronousTestCase):
+    def test_raw_bytes_after_stop_frame(self) -> None:
+        """Bytes after a stop frame stay buffered undecoded, even when they are not frames."""
+        decoder = stunt.FrameDecoder()
+        data = stunt.encode_frame({"type": "relay-ready", "session": "s"}) + b"p2psip raw bytes"
+        messages = decoder.feed(data, stop_after=lambda m: m["type"] == "relay-ready")
+        self.assertEqual(messages, [{"type": "relay-ready", "session": "s"}])
+        self.assertEqual(decoder.take_remainder(), b"p2psip raw bytes")

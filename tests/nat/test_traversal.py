@@ -157,3 +157,21 @@ class LoopbackTraversalTests(TestCase):
         error = yield self.assertFailure(client.start(), TraversalError)
         self.assertIn("--secret", error.reason)
         yield client.closed
+
+
+class RelayClientProtocolTests(TestCase):
+    def test_bytes_in_the_ready_segment(self) -> None:
+        """Relayed bytes that arrive in the same segment as relay-ready reach the application."""
+        from twisted.internet.testing import StringTransport
+
+        from p2psip.nat.traversal import _RelayClientProtocol
+
+        ready: defer.Deferred[None] = defer.Deferred()
+        relay = _RelayClientProtocol("s", "t", ready)
+        relay.makeConnection(StringTransport())
+        relay.dataReceived(stunt.encode_frame({"type": "relay-ready", "session": "s"}) + b"p2psip-nat-ping\n")
+        self.successResultOf(ready)
+        user = Recorder()
+        relay.attach(user)
+        relay.dataReceived(b"more")
+        self.assertEqual(user.data, b"p2psip-nat-ping\nmore")
