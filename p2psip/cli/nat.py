@@ -16,7 +16,7 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from p2psip.nat import holepunch, stunt
@@ -110,7 +110,7 @@ class _Ping(Protocol):
         elif len(self.buffer) >= len(PING) and not self.answered.called:
             self.answered.errback(TraversalError("the peer answered with something other than the echo"))
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
         if not self.answered.called:
             self.answered.errback(TraversalError("connection closed before the echo came back"))
 
@@ -304,7 +304,7 @@ class _ChallengeReader(Protocol):
         self.result: defer.Deferred[tuple[str, str, int]] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
-        assert self.transport is not None
+        transport: Any = self.transport
         try:
             messages = self.decoder.feed(data)
         except stunt.StuntDecodeError as e:
@@ -313,12 +313,10 @@ class _ChallengeReader(Protocol):
                 self.result.errback(TraversalError(f"not a p2psip mediator: {e}"))
         for message in messages:
             if message["type"] == "challenge" and not self.result.called:
-                self.result.callback(
-                    (self.transport.getPeer().host, self.transport.getHost().host, message["stun_tcp_port"])
-                )
-        self.transport.loseConnection()
+                self.result.callback((transport.getPeer().host, transport.getHost().host, message["stun_tcp_port"]))
+        transport.loseConnection()
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
         if not self.result.called:
             self.result.errback(TraversalError("the mediator closed the connection before its challenge"))
 

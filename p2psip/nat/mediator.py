@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -68,7 +68,8 @@ class ControlServerProtocol(Protocol):
             self.factory.broker.metrics.rejected_connections += 1
             self.log.debug("refused control connection from {host}: rate limit", host=host)
             self.closing = True
-            self.transport.abortConnection()
+            transport: Any = self.transport
+            transport.abortConnection()
             return
         # Control messages are small and latency-bound: no Nagle.
         if hasattr(self.transport, "setTcpNoDelay"):
@@ -119,7 +120,7 @@ class ControlServerProtocol(Protocol):
             if self.factory.broker.client_id_of(self) is not None:
                 self._authenticated()
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
         self.closing = True
         if self.auth_timer is not None and self.auth_timer.active():
             self.auth_timer.cancel()
@@ -185,15 +186,17 @@ class _RelaySplice:
         for key in self.credit:
             self.credit[key] = min(rate, self.credit[key] + elapsed * rate)
         self.credit[id(source)] -= len(data)
-        if self.credit[id(source)] < 0 and id(source) not in self.resume_calls and source.transport is not None:
-            source.transport.pauseProducing()
+        transport: Any = source.transport
+        if self.credit[id(source)] < 0 and id(source) not in self.resume_calls and transport is not None:
+            transport.pauseProducing()
             delay = -self.credit[id(source)] / rate
             self.resume_calls[id(source)] = self.factory.clock.callLater(delay, self._resume, source)
 
     def _resume(self, source: ControlServerProtocol) -> None:
         self.resume_calls.pop(id(source), None)
-        if not self.ended and source.transport is not None:
-            source.transport.resumeProducing()
+        transport: Any = source.transport
+        if not self.ended and transport is not None:
+            transport.resumeProducing()
 
     def end(self) -> None:
         if self.ended:

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -81,8 +81,9 @@ class _ControlClientProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
         # Control messages are small and latency-bound: no Nagle.
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)
+        transport: Any = self.transport
+        if hasattr(transport, "setTcpNoDelay"):
+            transport.setTcpNoDelay(True)
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.transport is not None
@@ -99,7 +100,7 @@ class _ControlClientProtocol(Protocol):
         for message in messages:
             self.client._message_received(self, message)
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
         self.client._control_lost(self, reason)
 
 
@@ -145,8 +146,9 @@ class _RelayClientProtocol(Protocol):
                     )
                 )
             elif message["type"] == "relay-ready":
-                if hasattr(self.transport, "setTcpNoDelay"):
-                    self.transport.setTcpNoDelay(True)
+                transport: Any = self.transport
+                if hasattr(transport, "setTcpNoDelay"):
+                    transport.setTcpNoDelay(True)
                 self.pending = self.decoder.take_remainder()
                 self.decoder = None
                 if not self.ready.called:
@@ -169,7 +171,7 @@ class _RelayClientProtocol(Protocol):
         if self.lost is not None:
             user.connectionLost(self.lost)
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
         if not self.ready.called:
             self.ready.errback(TraversalError("relay connection closed before both sides joined"))
         if self.user is not None:
@@ -185,7 +187,7 @@ class _CapturingFactory(Factory):
         self.wrapped = wrapped
         self.built: IProtocol | None = None
 
-    def buildProtocol(self, addr: Any) -> IProtocol | None:  # noqa: N802 - Twisted's name
+    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
         self.built = self.wrapped.buildProtocol(addr)
         return self.built
 
@@ -263,14 +265,14 @@ class TraversalClient:
     @property
     def mediator_host(self) -> str:
         assert self.control is not None and self.control.transport is not None
-        host: str = self.control.transport.getPeer().host
-        return host
+        peer: Any = self.control.transport.getPeer()
+        return str(peer.host)
 
     @property
     def local_ip(self) -> str:
         assert self.control is not None and self.control.transport is not None
-        host: str = self.control.transport.getHost().host
-        return host
+        local: Any = self.control.transport.getHost()
+        return str(local.host)
 
     # outgoing ---------------------------------------------------------------
 
