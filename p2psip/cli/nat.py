@@ -16,11 +16,11 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from p2psip.nat import holepunch, stunt
-from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResult
+from p2psip.nat.traversal import DatagramResult, TraversalClient, TraversalError, TraversalResult
 
 PING = b"p2psip-nat-ping\n"
 
@@ -60,6 +60,7 @@ def register(subparsers: Any) -> None:
         default="",
         help="comma-separated methods to allow, in order: " + ",".join(stunt.TCP_METHODS) + " (default: all)",
     )
+    connect.add_argument("--udp", action="store_true", help="punch a UDP path instead of a TCP connection")
     connect.set_defaults(run=run_connect)
 
 
@@ -87,6 +88,49 @@ class _Echo(Protocol):
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
         self.transport.write(data)
+
+
+class _UdpEcho(DatagramProtocol):
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802 - Twisted's name
+        assert self.transport is not None
+        self.transport.write(data, addr)
+
+
+class _UdpPing(DatagramProtocol):
+    """Sends PING to the peer until the echo comes back (UDP may lose packets)."""
+
+    RETRY_SECONDS = 0.2
+    TIMEOUT_SECONDS = 3.0
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.answered: defer.Deferred[float] = defer.Deferred()
+        self.peer: tuple[str, int] | None = None
+        self.sent_at = 0.0
+        self.call: Any = None
+
+    def ping(self, peer: tuple[str, int]) -> None:
+        self.peer = peer
+        started = self.clock.seconds()
+
+        def send() -> None:
+            if self.answered.called:
+                return
+            if self.clock.seconds() - started > self.TIMEOUT_SECONDS:
+                self.answered.errback(TraversalError("no UDP echo from the peer"))
+                return
+            assert self.transport is not None
+            self.sent_at = self.clock.seconds()
+            self.transport.write(PING, peer)
+            self.call = self.clock.callLater(self.RETRY_SECONDS, send)
+
+        send()
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802 - Twisted's name
+        if data == PING and addr == self.peer and not self.answered.called:
+            if self.call is not None and self.call.active():
+                self.call.cancel()
+            self.answered.callback(self.clock.seconds() - self.sent_at)
 
 
 class _Ping(Protocol):
@@ -149,7 +193,7 @@ def run_listen(args: argparse.Namespace) -> int:
         done: defer.Deferred[None] = defer.Deferred()
         seen = [0]
 
-        def incoming(result: TraversalResult) -> None:
+        def incoming(result: TraversalResult | DatagramResult) -> None:
             seen[0] += 1
             _emit(
                 args,
@@ -161,7 +205,12 @@ def run_listen(args: argparse.Namespace) -> int:
                 reactor.callLater(0.5, done.callback, None)
 
         client = yield _start_client(
-            reactor, args, accept=lambda peer: Factory.forProtocol(_Echo), on_incoming=incoming
+            reactor,
+            args,
+            accept=lambda peer: Factory.forProtocol(_Echo),
+            on_incoming=incoming,
+            accept_datagram=lambda peer: _UdpEcho(),
+            on_incoming_datagram=incoming,
         )
         _emit(args, {"event": "registered", "id": args.id}, f"registered as {args.id}; waiting for connections")
 
@@ -203,10 +252,25 @@ def run_connect(args: argparse.Namespace) -> int:
         return 2
 
     @defer.inlineCallbacks
+    def one_udp(client: TraversalClient) -> Any:
+        ping = _UdpPing(reactor)
+        result = yield client.connect_datagram(args.to, ping)
+        ping.ping(result.peer_address)
+        try:
+            rtt = yield ping.answered
+        finally:
+            assert ping.transport is not None
+            ping.transport.stopListening()
+        return result, rtt
+
+    @defer.inlineCallbacks
     def one(client: TraversalClient) -> Any:
         deadline = reactor.seconds() + args.wait
         while True:
             try:
+                if args.udp:
+                    result = yield one_udp(client)
+                    return result
                 result = yield client.connect(args.to, Factory.forProtocol(lambda: _Ping(reactor)), methods)
                 break
             except TraversalError as e:

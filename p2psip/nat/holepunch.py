@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -400,7 +401,8 @@ def verify_stream(
         watcher.stop(keep=sock)
         if error is None:
             sock.setblocking(True)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             result.callback(sock)
         else:
             sock.close()
@@ -474,3 +476,155 @@ def send_low_ttl_syn(
     watcher.write(sock, writable)
     watcher.later(wait_seconds, lambda: finish("no answer"))
     return result
+
+
+# --- UDP ---------------------------------------------------------------------
+
+PUNCH_MAGIC = b"P2PSIP-PUNCH1 "
+PUNCH_INTERVAL_SECONDS = 0.05
+STUN_UDP_RETRANSMIT_SECONDS = 0.2
+
+
+class UdpPunchProtocol(DatagramProtocol):
+    """
+    One UDP port from port prediction through hole punching to delivery.
+
+    The same socket sends the STUN Binding that reveals its mapping, the
+    punch packets (``PUNCH_MAGIC`` + token + state: 0 = "I haven't heard
+    you yet", 1 = "I heard you", 2 = "we both heard each other"), and afterwards the application's datagrams, so the NAT mapping
+    that was predicted is the one the application uses.  A peer packet from
+    an address other than the predicted one is answered there (a
+    peer-reflexive address, as in ICE).  Punch packets keep being answered
+    after success, because the peer may not yet have heard our "I heard you".
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self._stun: dict[bytes, defer.Deferred[tuple[str, int]]] = {}
+        self._token = b""
+        self._heard: tuple[str, int] | None = None
+        self._acked = False
+        self._punch_result: defer.Deferred[tuple[str, int]] | None = None
+        self._calls: list[Any] = []
+        self.user: DatagramProtocol | None = None
+        self.peer: tuple[str, int] | None = None
+
+    @property
+    def local_port(self) -> int:
+        assert self.transport is not None
+        port: int = self.transport.getHost().port
+        return port
+
+    def stun_probe(self, server: tuple[str, int], timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> defer.Deferred[tuple[str, int]]:
+        """Our mapping as a STUN server sees it, retransmitting until answered."""
+        request = stun.binding_request()
+        data = stun.encode_message(request)
+        result: defer.Deferred[tuple[str, int]] = defer.Deferred()
+        self._stun[request.transaction_id] = result
+        sent_at = self.clock.seconds()
+
+        def send() -> None:
+            if result.called:
+                return
+            if self.clock.seconds() - sent_at >= timeout_seconds:
+                self._stun.pop(request.transaction_id, None)
+                result.errback(PunchFailed(f"no STUN answer over UDP from {server[0]}:{server[1]} in {timeout_seconds:g}s"))
+                return
+            if self.transport is not None:
+                self.transport.write(data, server)
+            self._later(STUN_UDP_RETRANSMIT_SECONDS, send)
+
+        send()
+        return result
+
+    def start_punch(self, peer: tuple[str, int], token: bytes, deadline_seconds: float) -> defer.Deferred[tuple[str, int]]:
+        """Punch towards ``peer``; fires with the peer's address once both sides heard each other."""
+        self._token = token
+        self._punch_result = defer.Deferred()
+        started = self.clock.seconds()
+
+        def send() -> None:
+            result = self._punch_result
+            if result is None or result.called:
+                return
+            if self.clock.seconds() - started >= deadline_seconds:
+                heard = "heard the peer" if self._heard else "never heard the peer"
+                result.errback(
+                    PunchFailed(f"no two-way UDP path to {peer[0]}:{peer[1]} within {deadline_seconds:g}s ({heard})")
+                )
+                return
+            if self.transport is not None:
+                flag = self._state()
+                self.transport.write(PUNCH_MAGIC + token + flag, peer)
+                if self._heard is not None and self._heard != peer:
+                    self.transport.write(PUNCH_MAGIC + token + flag, self._heard)
+            self._later(PUNCH_INTERVAL_SECONDS, send)
+
+        send()
+        return self._punch_result
+
+    def attach(self, user: DatagramProtocol, peer: tuple[str, int]) -> None:
+        """Hand the port to the application: it gets the peer's datagrams and the transport."""
+        assert self.transport is not None
+        self.user = user
+        self.peer = peer
+        user.makeConnection(self.transport)
+
+    def _later(self, seconds: float, f: Callable[[], None]) -> None:
+        self._calls = [c for c in self._calls if c.active()]
+        self._calls.append(self.clock.callLater(seconds, f))
+
+    def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
+        for call in self._calls:
+            if call.active():
+                call.cancel()
+        self._calls = []
+        for pending in list(self._stun.values()):
+            pending.errback(PunchFailed("UDP port closed"))
+        self._stun.clear()
+        if self._punch_result is not None and not self._punch_result.called:
+            self._punch_result.errback(PunchFailed("UDP port closed"))
+        if self.user is not None:
+            self.user.doStop()
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802 - Twisted's name
+        if data.startswith(PUNCH_MAGIC):
+            self._punch_received(data[len(PUNCH_MAGIC) :], addr)
+        elif self.user is not None and addr == self.peer:
+            self.user.datagramReceived(data, addr)
+        elif stun.is_stun(data):
+            try:
+                message = stun.decode_message(data)
+            except stun.StunDecodeError as e:
+                self.log.debug("bad STUN answer from {addr}: {why}", addr=addr, why=str(e))
+                return
+            pending = self._stun.pop(message.transaction_id, None)
+            mapped = message.xor_mapped_address() or message.mapped_address()
+            if pending is not None and mapped is not None:
+                pending.callback(mapped)
+        else:
+            self.log.debug("unexpected datagram from {addr}", addr=addr)
+
+    def _state(self) -> bytes:
+        if self._acked:
+            return b"2"
+        return b"1" if self._heard is not None else b"0"
+
+    def _punch_received(self, rest: bytes, addr: tuple[str, int]) -> None:
+        if not self._token or rest[:-1] != self._token or rest[-1:] not in (b"0", b"1", b"2"):
+            self.log.debug("punch packet for another session from {addr}", addr=addr)
+            return
+        if self.peer is not None and addr != self.peer:
+            return
+        self._heard = addr
+        if rest[-1:] != b"0":
+            self._acked = True
+        if rest[-1:] != b"2" and self.transport is not None:
+            # Tell the peer at once how far we got; a "2" needs no answer,
+            # which ends the exchange.
+            self.transport.write(PUNCH_MAGIC + self._token + self._state(), addr)
+        if self._acked and self._punch_result is not None and not self._punch_result.called:
+            self._punch_result.callback(addr)

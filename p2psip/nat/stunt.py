@@ -644,10 +644,7 @@ class Broker:
             return
         side.probe = message
         observations: list[Observation] = [(o[0], o[1], o[2]) for o in message["observations"]]
-        if session.kind == "udp":
-            side.behaviour = NatBehaviour(PRESERVING, observations[-1][1] if observations else "")
-        else:
-            side.behaviour = classify(message["local_ip"], observations)
+        side.behaviour = classify(message["local_ip"], observations)
         if all(s.probe is not None for s in session.sides()):
             self._next_method(session)
 
@@ -668,6 +665,8 @@ class Broker:
             else:
                 self._start_attempt(session, method)
             return
+        if session.kind == "udp":
+            session.reasons.append("the mediator relays TCP streams only, not datagrams")
         self._finish(session, False, "; ".join(session.reasons) or "no method left")
 
     def _why_unusable(self, method: str, a: NatBehaviour, b: NatBehaviour, session: BrokeredSession) -> str:
@@ -679,7 +678,9 @@ class Broker:
                 if self.relay_counts.get(name, 0) >= self.policy.max_relays_per_client:
                     return f"relay refused: {name} already has the maximum of relayed sessions ([relay] max-sessions-per-client)"
             return ""
-        if method == UDP_PUNCH:
+        if method == UDP_PUNCH and NO_NAT in (a.allocation, b.allocation):
+            # The public side learns the peer's real address from its
+            # first packet, so the NATed side's mapping needn't be guessed.
             return ""
         if method == DIRECT:
             if a.allocation != NO_NAT and b.allocation != NO_NAT:

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -70,6 +70,26 @@ class _Session:
     #: Bumped whenever the broker moves on, so callbacks of an abandoned
     #: attempt neither report nor keep their socket.
     serial: int = 0
+    kind: str = "tcp"
+    datagram: DatagramProtocol | None = None
+    datagram_deferred: defer.Deferred[DatagramResult] | None = None
+    udp: holepunch.UdpPunchProtocol | None = None
+    udp_port: Any = None
+    udp_peer: tuple[str, int] | None = None
+
+
+@attrs.define
+class DatagramResult:
+    """A UDP path punched through the mediator."""
+
+    #: The application's protocol, now connected to the punched UDP port.
+    protocol: DatagramProtocol
+    method: str
+    peer_id: str
+    #: Where the peer's datagrams come from and ours must go.
+    peer_address: tuple[str, int]
+    setup_seconds: float
+    reason: str = ""
 
 
 class _ControlClientProtocol(Protocol):
@@ -193,6 +213,7 @@ class _CapturingFactory(Factory):
 
 
 IncomingPolicy = Callable[[str], IProtocolFactory | None]
+IncomingDatagramPolicy = Callable[[str], DatagramProtocol | None]
 
 
 class TraversalClient:
@@ -219,12 +240,16 @@ class TraversalClient:
         accept: IncomingPolicy | None = None,
         on_incoming: Callable[[TraversalResult], None] | None = None,
         probes: int = PROBES_PER_ATTEMPT,
+        accept_datagram: IncomingDatagramPolicy | None = None,
+        on_incoming_datagram: Callable[[DatagramResult], None] | None = None,
     ) -> None:
         self.reactor = reactor
         self.mediator = mediator
         self.client_id = client_id
         self.secret = secret
         self.accept = accept
+        self.accept_datagram = accept_datagram
+        self.on_incoming_datagram = on_incoming_datagram
         self.on_incoming = on_incoming
         self.probes = probes
         self.control: _ControlClientProtocol | None = None
@@ -297,6 +322,24 @@ class TraversalClient:
         assert session.deferred is not None
         return session.deferred
 
+    def connect_datagram(self, peer_id: str, protocol: DatagramProtocol) -> defer.Deferred[DatagramResult]:
+        """
+        Punch a UDP path to ``peer_id`` for ``protocol``.
+
+        :returns: a Deferred of ``DatagramResult``; the protocol's transport
+            is the punched port and it must send to ``peer_address``.
+            Fails with ``TraversalError`` (there is no UDP relay).
+        """
+        if not self.online or self.control is None:
+            return defer.fail(TraversalError("not registered at the mediator: call start() first"))
+        self._refs += 1
+        ref = self._refs
+        session = _Session(peer_id, Factory(), self.reactor.seconds(), kind="udp", datagram=protocol)
+        session.datagram_deferred = defer.Deferred()
+        self._by_ref[ref] = session
+        self.control.send({"type": "connect", "ref": ref, "to": peer_id, "kind": "udp", "methods": []})
+        return session.datagram_deferred
+
     # control messages -------------------------------------------------------
 
     def _message_received(self, control: _ControlClientProtocol, message: dict[str, Any]) -> None:
@@ -338,9 +381,7 @@ class TraversalClient:
         reason = f"{message['reason']} ({message['code']})"
         ref = message.get("ref")
         if isinstance(ref, int) and ref in self._by_ref:
-            session = self._by_ref.pop(ref)
-            if session.deferred is not None:
-                session.deferred.errback(TraversalError(reason))
+            self._fail_session(self._by_ref.pop(ref), reason)
             return
         self.log.warn("mediator refused us: {reason}", reason=reason)
         if self._ready is not None and not self._ready.called:
@@ -367,6 +408,14 @@ class TraversalClient:
                 if found is None:
                     return
                 session = found
+            elif message["kind"] == "udp":
+                datagram = self.accept_datagram(message["peer"]) if self.accept_datagram is not None else None
+                if datagram is None:
+                    self._send({"type": "refuse", "session": session_id, "reason": "not accepting datagram flows"})
+                    return
+                session = _Session(
+                    message["peer"], Factory(), self.reactor.seconds(), incoming=True, kind="udp", datagram=datagram
+                )
             else:
                 factory = self.accept(message["peer"]) if self.accept is not None else None
                 if factory is None:
@@ -376,7 +425,7 @@ class TraversalClient:
             session.session_id = session_id
             self._sessions[session_id] = session
         self._drop_attempt(session)
-        d = self._run_probes()
+        d = self._run_udp_probes(session) if session.kind == "udp" else self._run_probes()
 
         def report(observations: list[tuple[int, str, int]]) -> None:
             session.hole_port = observations[-1][0]
@@ -403,6 +452,26 @@ class TraversalClient:
         for _ in range(self.probes):
             observation = yield holepunch.stun_tcp_probe(self.reactor, server)
             observations.append(observation)
+        return observations
+
+    @defer.inlineCallbacks
+    def _run_udp_probes(self, session: _Session) -> Any:
+        """UDP port prediction: fresh ports first, the port to punch from last."""
+        server = (self.mediator_host, self.stun_udp_port)
+        observations = []
+        for number in range(self.probes):
+            prober = holepunch.UdpPunchProtocol(self.reactor)
+            port = self.reactor.listenUDP(0, prober)
+            try:
+                mapped = yield prober.stun_probe(server)
+            except BaseException:
+                port.stopListening()
+                raise
+            observations.append((port.getHost().port, mapped[0], mapped[1]))
+            if number == self.probes - 1:
+                session.udp, session.udp_port = prober, port
+            else:
+                port.stopListening()
         return observations
 
     def _attempt(self, message: dict[str, Any]) -> None:
@@ -453,7 +522,11 @@ class TraversalClient:
         def begin() -> None:
             if not current():
                 return
-            if method == stunt.LOW_TTL and role == "listener":
+            if method == stunt.UDP_PUNCH:
+                assert session.udp is not None
+                token = holepunch.verify_token(session.session_id)
+                session.udp.start_punch(peer, token, deadline).addCallbacks(punched, failed)
+            elif method == stunt.LOW_TTL and role == "listener":
                 session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline, listen=True, connect=False)
                 session.punch.start().addCallbacks(connected, failed)
                 holepunch.send_low_ttl_syn(self.reactor, port, peer, message["ttl"]).addBoth(armed)
@@ -463,6 +536,10 @@ class TraversalClient:
             else:
                 session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline)
                 session.punch.start().addCallbacks(connected, failed)
+
+        def punched(address: tuple[str, int]) -> None:
+            session.udp_peer = address
+            report(True, f"two-way UDP with {address[0]}:{address[1]}")
 
         def armed(what: object) -> None:
             self.log.debug("low-TTL SYN: {what}", what=what)
@@ -500,6 +577,9 @@ class TraversalClient:
         if not message["ok"]:
             self._fail_session(session, message["reason"])
             return
+        if message["method"] == stunt.UDP_PUNCH:
+            self._deliver_datagram(session, message)
+            return
         if message["method"] == stunt.RELAYED:
             assert session.relay_ready is not None
             session.relay_ready.addCallback(lambda _: self._deliver_relayed(session, message))
@@ -531,6 +611,27 @@ class TraversalClient:
         session.relay.attach(user)
         self._deliver(session, user, message)
 
+    def _deliver_datagram(self, session: _Session, message: dict[str, Any]) -> None:
+        udp, peer, user = session.udp, session.udp_peer, session.datagram
+        if udp is None or peer is None or user is None:
+            self._fail_session(session, "mediator reported success but no local UDP path exists")
+            return
+        session.udp = session.udp_port = None
+        udp.attach(user, peer)
+        result = DatagramResult(
+            protocol=user,
+            method=message["method"],
+            peer_id=session.peer_id,
+            peer_address=peer,
+            setup_seconds=self.reactor.seconds() - session.started_at,
+            reason=message["reason"],
+        )
+        self.log.info("UDP path to {peer} punched", peer=session.peer_id)
+        if session.datagram_deferred is not None:
+            session.datagram_deferred.callback(result)
+        elif self.on_incoming_datagram is not None:
+            self.on_incoming_datagram(result)
+
     def _deliver(self, session: _Session, protocol: IProtocol, message: dict[str, Any]) -> None:
         result = TraversalResult(
             protocol=protocol,
@@ -554,6 +655,9 @@ class TraversalClient:
         if session.connected is not None:
             session.connected.close()
             session.connected = None
+        if session.udp_port is not None:
+            port, session.udp_port, session.udp = session.udp_port, None, None
+            port.stopListening()
 
     def _fail_session(self, session: _Session, reason: str) -> None:
         self._drop_attempt(session)
@@ -561,6 +665,8 @@ class TraversalClient:
             session.relay.transport.loseConnection()
         if session.deferred is not None and not session.deferred.called:
             session.deferred.errback(TraversalError(reason))
+        elif session.datagram_deferred is not None and not session.datagram_deferred.called:
+            session.datagram_deferred.errback(TraversalError(reason))
         elif session.incoming:
             self.log.info("incoming connection from {peer} failed: {reason}", peer=session.peer_id, reason=reason)
 

@@ -403,3 +403,28 @@ class StopAfterTests(SynchronousTestCase):
         messages = decoder.feed(data, stop_after=lambda m: m["type"] == "relay-ready")
         self.assertEqual(messages, [{"type": "relay-ready", "session": "s"}])
         self.assertEqual(decoder.take_remainder(), b"p2psip raw bytes")
+
+
+class DatagramBrokerTests(BrokerTests):
+    """UDP brokering; reuses the login helpers (and re-runs the TCP tests, which is cheap)."""
+
+    def test_udp_random_fails_with_reason(self) -> None:
+        """A UDP flow towards a random-allocation NAT fails at once: no guess, no UDP relay."""
+        a, b = self.login("alice"), self.login("bob")
+        self.broker.message_received(a, {"type": "connect", "ref": 1, "to": "bob", "kind": "udp", "methods": []})
+        session = a.last("probe")["session"]
+        self.assertEqual(b.last("probe")["kind"], "udp")
+        self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
+        self.broker.message_received(b, probed(session, "10.0.2.2", RANDOM, public="198.51.100.2"))
+        outcome = a.last("outcome")
+        self.assertFalse(outcome["ok"])
+        self.assertIn("relays TCP streams only", outcome["reason"])
+
+    def test_udp_public_side_punches(self) -> None:
+        """With one public side UDP punching is tried even towards a random NAT."""
+        a, b = self.login("alice"), self.login("bob")
+        self.broker.message_received(a, {"type": "connect", "ref": 1, "to": "bob", "kind": "udp", "methods": []})
+        session = a.last("probe")["session"]
+        self.broker.message_received(a, probed(session, "198.51.100.20", EIM, public="198.51.100.20"))
+        self.broker.message_received(b, probed(session, "10.0.2.2", RANDOM, public="198.51.100.2"))
+        self.assertEqual(a.last("attempt")["method"], stunt.UDP_PUNCH)

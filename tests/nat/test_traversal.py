@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
@@ -49,6 +49,12 @@ class Echo(Recorder):
         self.transport.write(data)
 
 
+class UdpEcho(DatagramProtocol):
+    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+        assert self.transport is not None
+        self.transport.write(data, addr)
+
+
 class LoopbackTraversalTests(TestCase):
     timeout = 30
 
@@ -56,9 +62,15 @@ class LoopbackTraversalTests(TestCase):
     def setUp(self) -> Any:
         stun_port = reactor.listenTCP(0, stun_server.StunTcpServerFactory(), interface="127.0.0.1")
         self.addCleanup(stun_port.stopListening)
+        stun_udp = reactor.listenUDP(0, stun_server.StunUdpServer(), interface="127.0.0.1")
+        self.addCleanup(stun_udp.stopListening)
         self.policy = stunt.BrokerPolicy()
         self.broker = stunt.Broker(
-            reactor, stunt.Secrets(shared=SECRET), self.policy, stun_tcp_port=stun_port.getHost().port
+            reactor,
+            stunt.Secrets(shared=SECRET),
+            self.policy,
+            stun_tcp_port=stun_port.getHost().port,
+            stun_udp_port=stun_udp.getHost().port,
         )
         self.control = mediator.ControlServerFactory(self.broker, reactor)
         control_port = reactor.listenTCP(0, self.control, interface="127.0.0.1")
@@ -72,7 +84,14 @@ class LoopbackTraversalTests(TestCase):
                 return None
             return Factory.forProtocol(self._echo)
 
-        self.bob = yield self.start_client("bob", accept=accept, on_incoming=self.incoming.append)
+        self.incoming_datagrams: list[Any] = []
+        self.bob = yield self.start_client(
+            "bob",
+            accept=accept,
+            on_incoming=self.incoming.append,
+            accept_datagram=lambda peer: UdpEcho(),
+            on_incoming_datagram=self.incoming_datagrams.append,
+        )
         self.alice = yield self.start_client("alice")
 
     def _echo(self) -> Echo:
@@ -157,6 +176,26 @@ class LoopbackTraversalTests(TestCase):
         error = yield self.assertFailure(client.start(), TraversalError)
         self.assertIn("--secret", error.reason)
         yield client.closed
+
+
+    @defer.inlineCallbacks
+    def test_udp_punch(self) -> Any:
+        """A UDP path punched through the broker carries datagrams both ways."""
+        got: defer.Deferred[bytes] = defer.Deferred()
+
+        class Client(DatagramProtocol):
+            def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+                got.callback(data)
+
+        result = yield self.alice.connect_datagram("bob", Client())
+        self.assertEqual(result.method, stunt.UDP_PUNCH)
+        assert result.protocol.transport is not None
+        result.protocol.transport.write(b"hello", result.peer_address)
+        data = yield got
+        self.assertEqual(data, b"hello")
+        yield result.protocol.transport.stopListening()
+        [incoming] = self.incoming_datagrams
+        yield incoming.protocol.transport.stopListening()
 
 
 class RelayClientProtocolTests(TestCase):

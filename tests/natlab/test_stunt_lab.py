@@ -85,3 +85,20 @@ class StuntLabTests(SynchronousTestCase):
         """Against window-tracking NATs low-TTL fails with a reason that names the conntrack setting."""
         record, _ = self.connect_pair("eim", "eim", "--methods", "low-ttl", expect_ok=False)
         self.assertIn("nf_conntrack_tcp_be_liberal", record["reason"])
+
+    def test_udp_eim_eim_punched(self) -> None:
+        """UDP hole punching through the broker works between two EIM NATs."""
+        record, incoming = self.connect_pair("eim", "eim", "--udp")
+        self.assertEqual(record["method"], "udp-punch")
+        self.assertEqual([r["method"] for r in incoming], ["udp-punch"])
+
+    def test_udp_sequential_sequential_predicted(self) -> None:
+        """UDP hole punching between sequential NATs works with port prediction."""
+        record, _ = self.connect_pair("sequential", "sequential", "--udp")
+        self.assertEqual(record["method"], "udp-punch")
+
+    def test_udp_eim_random_explained(self) -> None:
+        """UDP towards a random-allocation NAT fails at once, saying why and that datagrams are not relayed."""
+        record, _ = self.connect_pair("eim", "random", "--udp", expect_ok=False)
+        self.assertIn("direct path is impossible", record["reason"])
+        self.assertIn("relays TCP streams only", record["reason"])
