@@ -1,0 +1,390 @@
+"""
+Node identity in self-signed mode, and verification of other nodes' signatures.
+
+RFC 6940 section 13.4 lets an overlay run without an enrolment server: each
+node makes its own key pair and a self-signed certificate, and its Node-ID is
+derived from the public key, so a Node-ID cannot be chosen without grinding
+keys.  Here the key is ECDSA on P-256 and the Node-ID is the first 128 bits of
+SHA-256 over the DER SubjectPublicKeyInfo (``p2psip.util.ids.node_id_from_key``).
+
+Signatures are RELOAD ``Signature`` structures (RFC 6940 s6.3.4): a TLS
+SignatureAndHashAlgorithm (hash sha256 = 4, signature ecdsa = 3), a
+SignerIdentity of type ``cert_hash`` carrying the SHA-256 hash of the
+signer's DER certificate, and the DER-encoded ECDSA signature.  Whoever
+verifies looks the certificate up by that hash, so certificates travel
+separately (in the message security block, or in Join) and are remembered in a
+:class:`CertificateCache`.
+
+TODO(#5): enrolment.  With enrolment certificates the Node-ID and user name
+come from the certificate's subjectAltName and the chain is checked against
+the overlay's root; self-signed certificates are then refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from twisted.logger import Logger
+
+from p2psip.overlay.message import Signature, SignerIdentity, SignerIdentityType
+from p2psip.util.ids import id_hex, node_id_from_key
+
+#: TLS HashAlgorithm code points (RFC 5246 s7.4.1.4.1) used in RELOAD.
+HASH_ALGORITHM_SHA256 = 4
+#: TLS SignatureAlgorithm code point for ECDSA (RFC 5246 s7.4.1.4.1).
+SIGNATURE_ALGORITHM_ECDSA = 3
+
+KEY_FILE_NAME = "node-key.pem"
+CERTIFICATE_FILE_NAME = "node-cert.pem"
+
+#: Certificates larger than this are refused before parsing; a P-256
+#: self-signed certificate is about 400 bytes.
+MAX_CERTIFICATE_BYTES = 16384
+#: How many certificates a cache remembers before forgetting the least
+#: recently used; bounds memory when strangers flood us with certificates.
+DEFAULT_CACHE_CERTIFICATES = 4096
+
+# A certificate is valid "forever" (RFC 5280 s4.1.2.5: 99991231235959Z means
+# no well-defined expiration) so that making one never reads the clock; the
+# Node-ID binding, not the validity period, is what self-signed mode checks.
+_NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+_NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)
+
+
+class IdentityError(Exception):
+    """The node's key or certificate file cannot be used; the message names the file."""
+
+
+class SignatureError(ValueError):
+    """A signature or certificate is not acceptable; ``str(error)`` says why."""
+
+
+def certificate_hash(certificate_der: bytes) -> bytes:
+    """The SHA-256 hash that a ``cert_hash`` SignerIdentity carries."""
+    return hashlib.sha256(certificate_der).digest()
+
+
+def _public_key_der(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _self_signed_certificate(key: ec.EllipticCurvePrivateKey, node_id: int) -> bytes:
+    # The Node-ID in the subject is for people reading the certificate;
+    # verifiers always derive it again from the key.
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, id_hex(node_id))])
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(node_id or 1)
+        .not_valid_before(_NOT_BEFORE)
+        .not_valid_after(_NOT_AFTER)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.DER)
+
+
+class NodeIdentity:
+    """
+    This node's key pair, certificate and the Node-ID they imply.
+
+    Everything the node signs (message security blocks, StoredData values)
+    goes through :meth:`sign`, so the key never leaves this object.
+    """
+
+    log = Logger()
+
+    def __init__(self, private_key: ec.EllipticCurvePrivateKey, certificate_der: bytes) -> None:
+        certificate = x509.load_der_x509_certificate(certificate_der)
+        public_der = _public_key_der(private_key.public_key())
+        if _certificate_key_der(certificate) != public_der:
+            raise IdentityError("the certificate does not belong to the private key")
+        self._private_key = private_key
+        self.certificate_der = certificate_der
+        self.node_id: int = node_id_from_key(public_der)
+        self._identity = SignerIdentity(
+            identity_type=SignerIdentityType.CERT_HASH,
+            hash_algorithm=HASH_ALGORITHM_SHA256,
+            value=certificate_hash(certificate_der),
+        )
+
+    @classmethod
+    def generate(cls) -> NodeIdentity:
+        """A fresh key, its self-signed certificate and so a fresh Node-ID."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        node_id = node_id_from_key(_public_key_der(key.public_key()))
+        return cls(key, _self_signed_certificate(key, node_id))
+
+    def signer_identity(self) -> SignerIdentity:
+        """The SignerIdentity (cert_hash, SHA-256) that names this node's certificate."""
+        return self._identity
+
+    def sign(self, data: bytes) -> Signature:
+        """A RELOAD Signature (sha256, ecdsa) over ``data`` made with this node's key."""
+        value = self._private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+        return Signature(
+            hash_algorithm=HASH_ALGORITHM_SHA256,
+            signature_algorithm=SIGNATURE_ALGORITHM_ECDSA,
+            identity=self._identity,
+            value=value,
+        )
+
+    def save(self, directory: str | os.PathLike[str]) -> None:
+        """
+        Write ``node-key.pem`` (mode 0600) and ``node-cert.pem`` into ``directory``.
+
+        Each file is written under a temporary name and renamed, so a crash
+        never leaves half a key behind.
+        """
+        path = Path(directory)
+        key_pem = self._private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        certificate_pem = x509.load_der_x509_certificate(self.certificate_der).public_bytes(
+            serialization.Encoding.PEM
+        )
+        _write_atomically(path / KEY_FILE_NAME, key_pem, 0o600)
+        _write_atomically(path / CERTIFICATE_FILE_NAME, certificate_pem, 0o644)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> NodeIdentity:
+        """Read the identity that :meth:`save` wrote; errors name the file and the fix."""
+        path = Path(directory)
+        key_path = path / KEY_FILE_NAME
+        certificate_path = path / CERTIFICATE_FILE_NAME
+        key = _load_key(key_path, certificate_path)
+        certificate_pem = _read(certificate_path)
+        try:
+            certificate = x509.load_pem_x509_certificate(certificate_pem)
+        except ValueError as e:
+            raise IdentityError(
+                f"{certificate_path} is not a PEM certificate ({e}); delete it to have "
+                f"a new one made for the key in {key_path}"
+            ) from e
+        try:
+            return cls(key, certificate.public_bytes(serialization.Encoding.DER))
+        except IdentityError as e:
+            raise IdentityError(
+                f"{certificate_path} does not belong to the key in {key_path}; delete "
+                f"{certificate_path} to have a new one made for that key"
+            ) from e
+
+    @classmethod
+    def load_or_create(
+        cls, directory: str | os.PathLike[str], log: Logger | None = None
+    ) -> NodeIdentity:
+        """
+        The identity stored in a role's data directory, made on first start.
+
+        A key without a certificate gets a new certificate (the Node-ID stays
+        the same); a certificate without its key is an error, because making
+        a new key would silently change the Node-ID.
+        """
+        log = log if log is not None else cls.log
+        path = Path(directory)
+        key_path = path / KEY_FILE_NAME
+        certificate_path = path / CERTIFICATE_FILE_NAME
+        if not path.is_dir():
+            raise IdentityError(
+                f"data directory {path} does not exist; create it or set --data-dir"
+            )
+        if key_path.exists() and not certificate_path.exists():
+            key = _load_key(key_path, certificate_path)
+            node_id = node_id_from_key(_public_key_der(key.public_key()))
+            identity = cls(key, _self_signed_certificate(key, node_id))
+            _write_atomically(
+                certificate_path,
+                x509.load_der_x509_certificate(identity.certificate_der).public_bytes(
+                    serialization.Encoding.PEM
+                ),
+                0o644,
+            )
+            log.info(
+                "made a new certificate {path} for node {node_id}",
+                path=str(certificate_path),
+                node_id=id_hex(identity.node_id),
+            )
+            return identity
+        if certificate_path.exists() and not key_path.exists():
+            raise IdentityError(
+                f"{certificate_path} exists but its key {key_path} is missing; restore "
+                f"the key, or delete {certificate_path} to start with a new Node-ID"
+            )
+        if key_path.exists():
+            return cls.load(path)
+        identity = cls.generate()
+        identity.save(path)
+        log.info(
+            "created node identity {node_id} in {path}",
+            node_id=id_hex(identity.node_id),
+            path=str(path),
+        )
+        return identity
+
+
+def _load_key(key_path: Path, certificate_path: Path) -> ec.EllipticCurvePrivateKey:
+    key_pem = _read(key_path)
+    fix = (
+        f"restore it from a backup, or delete {key_path} and {certificate_path} "
+        "to start with a new Node-ID"
+    )
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise IdentityError(f"{key_path} is not an unencrypted PEM private key ({e}); {fix}") from e
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise IdentityError(f"{key_path} must hold an ECDSA P-256 key; {fix}")
+    return key
+
+
+def _certificate_key_der(certificate: x509.Certificate) -> bytes:
+    return certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise IdentityError(
+            f"cannot read {path}: {e.strerror}; check its permissions and the owner "
+            "the role runs as"
+        ) from e
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
+    temporary = path.with_name(path.name + ".new")
+    try:
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            # os.open's mode is filtered by the umask and ignored for an
+            # existing file; set it explicitly so the key is never readable.
+            os.fchmod(descriptor, mode)
+            os.write(descriptor, data)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+    except OSError as e:
+        raise IdentityError(
+            f"cannot write {path}: {e.strerror}; check that the data directory is "
+            "writable by the role's user"
+        ) from e
+
+
+class _KnownCertificate:
+    __slots__ = ("public_key", "node_id")
+
+    def __init__(self, public_key: ec.EllipticCurvePublicKey, node_id: int) -> None:
+        self.public_key = public_key
+        self.node_id = node_id
+
+
+class CertificateCache:
+    """
+    Certificates seen in security blocks and Join, indexed by their SHA-256 hash.
+
+    A StoredData or message signature names its signer only by certificate
+    hash, so the verifier must have met the certificate before.  Parsed
+    public keys are kept so that verifying many signatures by one node parses
+    its certificate once.  At most ``max_certificates`` are remembered; the
+    least recently used is forgotten first.
+    """
+
+    def __init__(self, max_certificates: int = DEFAULT_CACHE_CERTIFICATES) -> None:
+        self._max_certificates = max_certificates
+        self._known: OrderedDict[bytes, _KnownCertificate] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def __contains__(self, certificate_hash_value: object) -> bool:
+        return certificate_hash_value in self._known
+
+    def add(self, certificate_der: bytes) -> int:
+        """
+        Remember a DER certificate and return the Node-ID its key implies.
+
+        :raises SignatureError: the certificate is too large, does not parse,
+            or its key is not ECDSA P-256.
+        """
+        digest = certificate_hash(certificate_der)
+        known = self._known.get(digest)
+        if known is not None:
+            self._known.move_to_end(digest)
+            return known.node_id
+        if len(certificate_der) > MAX_CERTIFICATE_BYTES:
+            raise SignatureError(
+                f"certificate of {len(certificate_der)} bytes exceeds {MAX_CERTIFICATE_BYTES}"
+            )
+        try:
+            certificate = x509.load_der_x509_certificate(certificate_der)
+            public_key = certificate.public_key()
+        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+            raise SignatureError(f"unparseable certificate: {e}") from e
+        if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+            public_key.curve, ec.SECP256R1
+        ):
+            raise SignatureError("certificate key is not ECDSA P-256")
+        node_id = node_id_from_key(_public_key_der(public_key))
+        self._known[digest] = _KnownCertificate(public_key, node_id)
+        while len(self._known) > self._max_certificates:
+            self._known.popitem(last=False)
+        return node_id
+
+    def add_identity(self, identity: NodeIdentity) -> int:
+        """Remember a local identity's certificate (a node trusts its own signatures)."""
+        return self.add(identity.certificate_der)
+
+    def node_id_for(self, identity: SignerIdentity) -> int | None:
+        """The Node-ID of a known cert_hash signer, or None when the certificate is unknown."""
+        if (
+            identity.identity_type != SignerIdentityType.CERT_HASH
+            or identity.hash_algorithm != HASH_ALGORITHM_SHA256
+        ):
+            return None
+        known = self._known.get(identity.value)
+        return None if known is None else known.node_id
+
+    def verify(self, signature: Signature, data: bytes) -> int:
+        """
+        Check ``signature`` over ``data`` and return the signer's Node-ID.
+
+        :raises SignatureError: with the reason (unsupported algorithm or
+            identity type, unknown certificate, or a bad signature).
+        """
+        if signature.hash_algorithm != HASH_ALGORITHM_SHA256:
+            raise SignatureError(f"unsupported hash algorithm {signature.hash_algorithm}")
+        if signature.signature_algorithm != SIGNATURE_ALGORITHM_ECDSA:
+            raise SignatureError(f"unsupported signature algorithm {signature.signature_algorithm}")
+        identity = signature.identity
+        if identity.identity_type != SignerIdentityType.CERT_HASH:
+            raise SignatureError(f"unsupported signer identity type {identity.identity_type}")
+        if identity.hash_algorithm != HASH_ALGORITHM_SHA256:
+            raise SignatureError(
+                f"unsupported certificate hash algorithm {identity.hash_algorithm}"
+            )
+        known = self._known.get(identity.value)
+        if known is None:
+            raise SignatureError("signer's certificate is unknown")
+        self._known.move_to_end(identity.value)
+        try:
+            known.public_key.verify(signature.value, data, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError) as e:
+            raise SignatureError("signature does not match the data") from e
+        return known.node_id

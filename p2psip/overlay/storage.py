@@ -1,0 +1,683 @@
+"""
+The values a peer stores for the overlay, with RELOAD's Store/Fetch/Stat rules.
+
+This is the sans-IO half of RFC 6940 s7: it takes decoded StoreReq/FetchReq/
+StatReq contents (``p2psip.overlay.bodies``) and returns the answer bodies or
+raises :class:`StoreError` with the RFC error code the node should send.
+Nothing here reads a clock: every call takes ``now``, the node's local clock
+in seconds (``IReactorTime.seconds()``).
+
+Rules applied to a Store (s7.4.1), checked for every value of every Kind in
+the request before anything changes, so a request is stored whole or not at
+all:
+
+* unknown Kind-IDs -> Error_Unknown_Kind (``StoreError.unknown_kinds`` lists
+  them for the error_info);
+* a value larger than the Kind's max-size, more live values than its
+  max-count, or an array index at or past max-count -> Error_Data_Too_Large;
+* an original store (replica_number 0) whose non-zero generation_counter is
+  not the current one -> Error_Generation_Counter_Too_Low
+  (``StoreError.generation_counters`` holds the current counters for the
+  error_info StoreAns);
+* a value whose storage_time is older than the value it would replace ->
+  Error_Data_Too_Old (the same storage_time with the same signed value is
+  accepted and changes nothing, so replication is idempotent);
+* a bad signature, or a signer the Kind's access policy refuses ->
+  Error_Forbidden.
+
+Each StoredData is kept exactly as signed, including deletions (exists =
+False), which stay as tombstones until their lifetime ends so that an older
+value cannot be stored over them.
+
+Time: ``storage_time`` is the writer's wall clock in milliseconds since the
+Unix epoch and is only ever compared with other storage_times of the same
+slot.  ``lifetime`` counts, as RFC 6940 s7.4.1.1 says, from when this peer
+received the value, so a value expires at ``now + lifetime`` on the local
+clock, whatever the writer's clock says.  Fetch, Stat and :meth:`export`
+report the lifetime that remains, which is what s7.4.1.1 asks a peer to send
+on when it passes data on to a replica or a new peer.  Lifetimes travel in
+whole seconds, so a value is visible only while at least one whole second of
+it remains; a replica filled from :meth:`export` then answers exactly like
+the peer it copies, at the export time and whole seconds after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Union
+
+from attrs import define, evolve, field
+from twisted.logger import Logger
+
+from p2psip.overlay.bodies import (
+    ArrayEntry,
+    ArrayEntryMeta,
+    DataModel,
+    DataValue,
+    DictionaryEntry,
+    DictionaryEntryMeta,
+    FetchKindResponse,
+    MetaData,
+    StatKindResponse,
+    StoredData,
+    StoredDataSpecifier,
+    StoredMetaData,
+    StoreKindData,
+    StoreKindResponse,
+    encode_stored_value,
+    stored_data_signature_input,
+)
+from p2psip.overlay.identity import HASH_ALGORITHM_SHA256, CertificateCache, SignatureError
+from p2psip.overlay.kinds import AccessDenied, Kind, check_access
+from p2psip.overlay.message import ErrorCode
+
+#: The array index that means "after the last entry" (RFC 6940 s7.2.2).
+APPEND_INDEX = 0xFFFFFFFF
+
+# Where a value lives inside one Kind at one resource: None for a single
+# value, the index for an array entry, the key for a dictionary entry.
+_SlotKey = Union[None, int, bytes]
+
+# Rounding guard when turning the float local expiry time back into whole
+# seconds of remaining lifetime, so that passing a value on does not lose a
+# second to floating-point error each time.
+_LIFETIME_EPSILON_SECONDS = 1e-6
+
+
+class StoreError(Exception):
+    """
+    A Store, Fetch or Stat that the node must answer with an Error response.
+
+    ``unknown_kinds`` is set for UNKNOWN_KIND and ``generation_counters``
+    (Kind-ID -> current counter) for GENERATION_COUNTER_TOO_LOW, which is
+    what RFC 6940 s7.4.1.2 puts in those errors' error_info.
+    """
+
+    def __init__(
+        self,
+        error_code: ErrorCode,
+        reason: str,
+        unknown_kinds: tuple[int, ...] = (),
+        generation_counters: Mapping[int, int] | None = None,
+    ) -> None:
+        super().__init__(error_code, reason)
+        self.error_code = error_code
+        self.reason = reason
+        self.unknown_kinds = unknown_kinds
+        self.generation_counters: Mapping[int, int] = dict(generation_counters or {})
+
+    def __str__(self) -> str:
+        return f"{self.error_code.name}: {self.reason}"
+
+
+@define
+class _Slot:
+    data: StoredData
+    expires_at: float
+
+
+@define
+class _KindValues:
+    generation: int = 0
+    slots: dict[_SlotKey, _Slot] = field(factory=dict)
+
+
+@define
+class _Resource:
+    replica_number: int
+    kinds: dict[int, _KindValues]
+
+
+def _slot_key(value: DataValue | ArrayEntry | DictionaryEntry) -> _SlotKey:
+    if isinstance(value, ArrayEntry):
+        return value.index
+    if isinstance(value, DictionaryEntry):
+        return value.key
+    return None
+
+
+def _payload(value: DataValue | ArrayEntry | DictionaryEntry) -> DataValue:
+    if isinstance(value, (ArrayEntry, DictionaryEntry)):
+        return value.value
+    return value
+
+
+_MODEL_VALUE_TYPES: dict[DataModel, type] = {
+    DataModel.SINGLE_VALUE: DataValue,
+    DataModel.ARRAY: ArrayEntry,
+    DataModel.DICTIONARY: DictionaryEntry,
+}
+
+
+def _remaining_lifetime(slot: _Slot, now: float) -> int:
+    return max(0, int(slot.expires_at - now + _LIFETIME_EPSILON_SECONDS))
+
+
+def _live(slot: _Slot, now: float) -> bool:
+    # A value is visible while at least one whole second of its lifetime
+    # remains: lifetimes travel in whole seconds, and a value passed on with
+    # lifetime 0 would be dead on arrival, so a replica and the peer it
+    # copies would disagree about it during its last second.
+    return _remaining_lifetime(slot, now) >= 1
+
+
+class DataStore:
+    """
+    Every value this peer holds, by Resource-ID and Kind-ID.
+
+    ``certificates`` verifies StoredData signatures; with None, only stores
+    made with ``verify=False`` succeed.  For each resource the store
+    remembers the replica_number of the last store (0: we hold it as the
+    responsible peer; 1, 2, ...: as that replica), so the node knows what to
+    re-replicate and what to promote when the ring changes.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, kinds: Mapping[int, Kind], certificates: CertificateCache | None = None
+    ) -> None:
+        self.kinds = kinds
+        self.certificates = certificates
+        self._resources: dict[int, _Resource] = {}
+        # (expires_at, tie-breaker, resource, kind, slot key): a lazy heap;
+        # entries for slots that were overwritten or removed are skipped.
+        self._expiry: list[tuple[float, int, int, int, _SlotKey]] = []
+        self._expiry_sequence = 0
+
+    # -- Store --------------------------------------------------------------
+
+    def store(
+        self,
+        resource: int,
+        kind_data: StoreKindData,
+        now: float,
+        verify: bool = True,
+        replica_number: int = 0,
+        request_signer: int | None = None,
+    ) -> StoreKindResponse:
+        """Store one Kind's values; see :meth:`store_request`."""
+        (response,) = self.store_request(
+            resource, (kind_data,), now, verify, replica_number, request_signer
+        )
+        return response
+
+    def store_request(
+        self,
+        resource: int,
+        kind_data: Sequence[StoreKindData],
+        now: float,
+        verify: bool = True,
+        replica_number: int = 0,
+        request_signer: int | None = None,
+    ) -> tuple[StoreKindResponse, ...]:
+        """
+        Apply a whole StoreReq atomically and return one response per Kind.
+
+        ``replica_number`` is the StoreReq's: 0 for an original store, which
+        checks and then increments the generation counter; 1 or more for a
+        replica (or hand-over) store, which takes the sender's generation
+        counter when it is higher than ours, so a replica answers Fetches
+        like the peer it copies.  The returned StoreKindResponses have no
+        replicas; the node adds the peers it replicated to.
+
+        With ``verify``, every new value's signature is checked and its
+        signer must pass the Kind's access policy; so must
+        ``request_signer``, the Node-ID that signed an original StoreReq,
+        when the node passes it (RFC 6940 s7.3: for replica stores only the
+        values' signers count).
+
+        :raises StoreError: nothing was stored.
+        """
+        unknown = tuple(sorted({data.kind for data in kind_data if data.kind not in self.kinds}))
+        if unknown:
+            raise StoreError(
+                ErrorCode.UNKNOWN_KIND,
+                "unknown Kind-ID " + ", ".join(str(kind) for kind in unknown),
+                unknown_kinds=unknown,
+            )
+        existing = self._resources.get(resource)
+        # One plan per Kind, so that a Kind named twice in one request is
+        # checked against its own earlier values too.
+        plans: dict[int, KindPlan] = {}
+        requested_generations: dict[int, int] = {}
+        stale = False
+        for data in kind_data:
+            plan = plans.get(data.kind)
+            if plan is None:
+                values = existing.kinds.get(data.kind) if existing is not None else None
+                plan = plans[data.kind] = KindPlan(self.kinds[data.kind], values, now)
+            if (
+                replica_number == 0
+                and data.generation_counter != 0
+                and data.generation_counter != plan.generation
+            ):
+                stale = True
+            requested_generations[data.kind] = max(
+                data.generation_counter, requested_generations.get(data.kind, 0)
+            )
+            for stored in data.values:
+                plan.add(stored)
+        if stale:
+            raise StoreError(
+                ErrorCode.GENERATION_COUNTER_TOO_LOW,
+                "generation counter is not the current one",
+                generation_counters={kind_id: plan.generation for kind_id, plan in plans.items()},
+            )
+        for plan in plans.values():
+            plan.check_count()
+        if verify:
+            for plan in plans.values():
+                self._verify(resource, plan, request_signer if replica_number == 0 else None)
+        return tuple(
+            self._apply(resource, plan, requested_generations[kind_id], now, replica_number)
+            for kind_id, plan in plans.items()
+        )
+
+    def _verify(self, resource: int, plan: KindPlan, request_signer: int | None) -> None:
+        if self.certificates is None:
+            raise StoreError(ErrorCode.FORBIDDEN, "this store cannot verify signatures")
+        for stored in plan.changes.values():
+            signer = self._signer(resource, plan.kind.kind_id, stored)
+            try:
+                check_access(plan.kind, resource, stored.value, signer)
+                if request_signer is not None:
+                    check_access(plan.kind, resource, stored.value, request_signer)
+            except AccessDenied as e:
+                raise StoreError(ErrorCode.FORBIDDEN, str(e)) from e
+
+    def _signer(self, resource: int, kind_id: int, stored: StoredData) -> int:
+        assert self.certificates is not None
+        value = stored.value
+        candidates = [value]
+        if isinstance(value, ArrayEntry) and value.index != APPEND_INDEX:
+            # An appended entry was signed with the append index and is kept
+            # (and passed on) under the index it was given.
+            candidates.append(evolve(value, index=APPEND_INDEX))
+        reason = ""
+        for candidate in candidates:
+            signed = stored_data_signature_input(
+                resource,
+                kind_id,
+                stored.storage_time,
+                encode_stored_value(candidate),
+                stored.signature.identity,
+            )
+            try:
+                return self.certificates.verify(stored.signature, signed)
+            except SignatureError as e:
+                reason = str(e)
+        raise StoreError(ErrorCode.FORBIDDEN, f"bad StoredData signature: {reason}")
+
+    def _apply(
+        self,
+        resource: int,
+        plan: KindPlan,
+        requested_generation: int,
+        now: float,
+        replica_number: int,
+    ) -> StoreKindResponse:
+        kind_id = plan.kind.kind_id
+        entry = self._resources.get(resource)
+        if entry is None or kind_id not in entry.kinds:
+            if not plan.changes:
+                # Nothing to hold: do not create empty entries that only
+                # expiry of a value would ever clean up.
+                return StoreKindResponse(kind=kind_id, generation_counter=0, replicas=())
+            if entry is None:
+                entry = self._resources[resource] = _Resource(replica_number, {})
+            entry.kinds[kind_id] = _KindValues()
+        entry.replica_number = replica_number
+        values = entry.kinds[kind_id]
+        for key, stored in plan.changes.items():
+            expires_at = now + stored.lifetime
+            values.slots[key] = _Slot(stored, expires_at)
+            self._expiry_sequence += 1
+            heapq.heappush(
+                self._expiry,
+                (expires_at, self._expiry_sequence, resource, kind_id, key),
+            )
+        if plan.changes:
+            values.generation += 1
+        if replica_number != 0 and requested_generation > values.generation:
+            values.generation = requested_generation
+        return StoreKindResponse(kind=kind_id, generation_counter=values.generation, replicas=())
+
+    # -- Fetch and Stat -----------------------------------------------------
+
+    def fetch(
+        self, resource: int, specifiers: Sequence[StoredDataSpecifier], now: float
+    ) -> tuple[FetchKindResponse, ...]:
+        """
+        Answer a FetchReq (RFC 6940 s7.4.2): one FetchKindResponse per specifier.
+
+        A specifier whose non-zero generation equals the current one gets no
+        values (the requester has them).  Empty ``keys`` (dictionary) or
+        ``indices`` (array) select every entry.  Values nobody stored are
+        simply absent from ``values``; deletions are returned as the signed
+        exists=False values they are.
+
+        :raises StoreError: UNKNOWN_KIND, with ``unknown_kinds``.
+        """
+        responses = []
+        for specifier, generation, slots in self._select(resource, specifiers, now):
+            values = tuple(
+                evolve(slot.data, lifetime=_remaining_lifetime(slot, now)) for slot in slots
+            )
+            responses.append(
+                FetchKindResponse(kind=specifier.kind, generation=generation, values=values)
+            )
+        return tuple(responses)
+
+    def stat(
+        self, resource: int, specifiers: Sequence[StoredDataSpecifier], now: float
+    ) -> tuple[StatKindResponse, ...]:
+        """
+        Answer a StatReq (RFC 6940 s7.4.3): what Fetch would return, as metadata.
+
+        :raises StoreError: UNKNOWN_KIND, with ``unknown_kinds``.
+        """
+        responses = []
+        for specifier, generation, slots in self._select(resource, specifiers, now):
+            values = tuple(
+                stored_metadata(slot.data, _remaining_lifetime(slot, now)) for slot in slots
+            )
+            responses.append(
+                StatKindResponse(kind=specifier.kind, generation=generation, values=values)
+            )
+        return tuple(responses)
+
+    def _select(
+        self, resource: int, specifiers: Sequence[StoredDataSpecifier], now: float
+    ) -> Iterator[tuple[StoredDataSpecifier, int, list[_Slot]]]:
+        unknown = tuple(sorted({s.kind for s in specifiers if s.kind not in self.kinds}))
+        if unknown:
+            raise StoreError(
+                ErrorCode.UNKNOWN_KIND,
+                "unknown Kind-ID " + ", ".join(str(kind) for kind in unknown),
+                unknown_kinds=unknown,
+            )
+        entry = self._resources.get(resource)
+        for specifier in specifiers:
+            values = entry.kinds.get(specifier.kind) if entry is not None else None
+            if values is None:
+                yield specifier, 0, []
+                continue
+            if specifier.generation != 0 and specifier.generation == values.generation:
+                yield specifier, values.generation, []
+                continue
+            model = self.kinds[specifier.kind].data_model
+            live = [slot for slot in _selected(values, model, specifier) if _live(slot, now)]
+            yield specifier, values.generation, live
+
+    # -- Expiry, replication and bookkeeping --------------------------------
+
+    def expire(self, now: float) -> int:
+        """
+        Forget every value whose lifetime has ended by ``now``; return how many.
+
+        Resources left without values are forgotten with their generation
+        counters.
+        """
+        removed = 0
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            expires_at, _, resource, kind_id, key = heapq.heappop(heap)
+            entry = self._resources.get(resource)
+            values = entry.kinds.get(kind_id) if entry is not None else None
+            slot = values.slots.get(key) if values is not None else None
+            if slot is None or slot.expires_at != expires_at:
+                continue  # overwritten or removed since this entry was pushed
+            assert entry is not None and values is not None
+            del values.slots[key]
+            removed += 1
+            if not values.slots:
+                del entry.kinds[kind_id]
+                if not entry.kinds:
+                    del self._resources[resource]
+        if len(heap) > 1024 and len(heap) > 2 * self._slot_count():
+            self._rebuild_expiry()
+        return removed
+
+    def _slot_count(self) -> int:
+        return sum(
+            len(values.slots)
+            for entry in self._resources.values()
+            for values in entry.kinds.values()
+        )
+
+    def _rebuild_expiry(self) -> None:
+        self._expiry = []
+        for resource, entry in self._resources.items():
+            for kind_id, values in entry.kinds.items():
+                for key, slot in values.slots.items():
+                    self._expiry_sequence += 1
+                    self._expiry.append(
+                        (slot.expires_at, self._expiry_sequence, resource, kind_id, key)
+                    )
+        heapq.heapify(self._expiry)
+
+    def resources(self) -> Iterable[int]:
+        """Every Resource-ID with stored values (a snapshot, safe to modify the store)."""
+        return list(self._resources)
+
+    def replica_number(self, resource: int) -> int | None:
+        """0 when we hold ``resource`` as responsible peer, n for replica n, None if absent."""
+        entry = self._resources.get(resource)
+        return None if entry is None else entry.replica_number
+
+    def set_replica_number(self, resource: int, replica_number: int) -> None:
+        """Record a new role for ``resource`` (0 promotes it to ours); absent ones are ignored."""
+        entry = self._resources.get(resource)
+        if entry is not None:
+            entry.replica_number = replica_number
+
+    def export(self, resource: int, now: float) -> tuple[StoreKindData, ...]:
+        """
+        Everything held at ``resource``, as StoreKindData to send on.
+
+        Values are the signed StoredData unchanged except for the lifetime,
+        which is what remains; generation counters are ours.  Storing the
+        result with ``replica_number`` 1 or more into another DataStore at
+        the same ``now`` makes its Fetch answers equal to ours.
+        """
+        entry = self._resources.get(resource)
+        if entry is None:
+            return ()
+        exported = []
+        for kind_id in sorted(entry.kinds):
+            values = entry.kinds[kind_id]
+            live = [
+                evolve(slot.data, lifetime=_remaining_lifetime(slot, now))
+                for _, slot in sorted(values.slots.items(), key=_slot_order)
+                if _live(slot, now)
+            ]
+            if live:
+                exported.append(
+                    StoreKindData(
+                        kind=kind_id, generation_counter=values.generation, values=tuple(live)
+                    )
+                )
+        return tuple(exported)
+
+    def remove_resource(self, resource: int) -> None:
+        """Forget a resource we are no longer responsible for nor a replica of."""
+        self._resources.pop(resource, None)
+
+    def counts_per_kind(self) -> dict[str, int]:
+        """
+        Kind name -> number of stored values that exist (not tombstones).
+
+        Values past their lifetime count until :meth:`expire` removes them.
+        """
+        counts = {kind.name: 0 for kind in self.kinds.values()}
+        for entry in self._resources.values():
+            for kind_id, values in entry.kinds.items():
+                name = self.kinds[kind_id].name
+                counts[name] += sum(1 for slot in values.slots.values() if _exists(slot.data))
+        return counts
+
+    def __len__(self) -> int:
+        """The number of stored values that exist, over all Kinds (as :meth:`counts_per_kind`)."""
+        return sum(self.counts_per_kind().values())
+
+
+def _exists(stored: StoredData) -> bool:
+    return _payload(stored.value).exists
+
+
+def _slot_order(item: tuple[_SlotKey, _Slot]) -> tuple[int, int, bytes]:
+    key = item[0]
+    if isinstance(key, int):
+        return (1, key, b"")
+    if isinstance(key, bytes):
+        return (2, 0, key)
+    return (0, 0, b"")
+
+
+def _selected(values: _KindValues, model: DataModel, specifier: StoredDataSpecifier) -> list[_Slot]:
+    slots = values.slots
+    if model is DataModel.SINGLE_VALUE:
+        single = slots.get(None)
+        return [] if single is None else [single]
+    if model is DataModel.DICTIONARY:
+        if not specifier.keys:
+            return [slot for _, slot in sorted(slots.items(), key=_slot_order)]
+        chosen = []
+        for key in dict.fromkeys(specifier.keys):
+            slot = slots.get(key)
+            if slot is not None:
+                chosen.append(slot)
+        return chosen
+    indices: list[int] = sorted(key for key in slots if isinstance(key, int))
+    if specifier.indices:
+        indices = [
+            index for index in indices if any(r.first <= index <= r.last for r in specifier.indices)
+        ]
+    return [slots[index] for index in indices]
+
+
+class KindPlan:
+    """
+    The changes one StoreKindData would make, checked before any is applied.
+
+    Public only so that type checkers can follow it; the node uses
+    :class:`DataStore`.
+    """
+
+    def __init__(self, kind: Kind, values: _KindValues | None, now: float) -> None:
+        self.kind = kind
+        self.now = now
+        self.generation = values.generation if values is not None else 0
+        self._existing: dict[_SlotKey, _Slot] = (
+            {key: slot for key, slot in values.slots.items() if _live(slot, now)}
+            if values is not None
+            else {}
+        )
+        self.changes: dict[_SlotKey, StoredData] = {}
+
+    def _current(self, key: _SlotKey) -> StoredData | None:
+        if key in self.changes:
+            return self.changes[key]
+        slot = self._existing.get(key)
+        return None if slot is None else slot.data
+
+    def _array_length(self) -> int:
+        keys = [key for key in (*self._existing, *self.changes) if isinstance(key, int)]
+        return max(keys) + 1 if keys else 0
+
+    def add(self, stored: StoredData) -> None:
+        """Check one StoredData against the Kind and what is stored; record the change."""
+        kind = self.kind
+        value = stored.value
+        expected = _MODEL_VALUE_TYPES[kind.data_model]
+        if not isinstance(value, expected):
+            raise StoreError(
+                ErrorCode.INVALID_MESSAGE,
+                f"{kind.name} stores {expected.__name__} values, not {type(value).__name__}",
+            )
+        payload = _payload(value)
+        if len(payload.value) > kind.max_size:
+            raise StoreError(
+                ErrorCode.DATA_TOO_LARGE,
+                f"{kind.name} values are at most {kind.max_size} bytes, not {len(payload.value)}",
+            )
+        if isinstance(value, DictionaryEntry) and len(value.key) > kind.max_size:
+            raise StoreError(
+                ErrorCode.DATA_TOO_LARGE, f"{kind.name} keys are at most {kind.max_size} bytes"
+            )
+        if isinstance(value, ArrayEntry):
+            if value.index == APPEND_INDEX:
+                index = self._array_length()
+                stored = evolve(stored, value=evolve(value, index=index))
+            else:
+                index = value.index
+            if index >= kind.max_count:
+                raise StoreError(
+                    ErrorCode.DATA_TOO_LARGE,
+                    f"{kind.name} arrays have at most {kind.max_count} entries",
+                )
+        key = _slot_key(stored.value)
+        current = self._current(key)
+        if current is not None:
+            if stored.storage_time < current.storage_time:
+                raise StoreError(
+                    ErrorCode.DATA_TOO_OLD,
+                    f"storage_time {stored.storage_time} is older than the stored "
+                    f"{current.storage_time}",
+                )
+            if stored.storage_time == current.storage_time:
+                if stored.value == current.value and stored.signature == current.signature:
+                    return  # the same signed value again: nothing changes
+                raise StoreError(
+                    ErrorCode.DATA_TOO_OLD,
+                    f"a different value with storage_time {stored.storage_time} is stored",
+                )
+        self.changes[key] = stored
+
+    def check_count(self) -> None:
+        """Refuse the plan when the Kind would hold more existing values than max-count."""
+        keys = set(self._existing) | set(self.changes)
+        count = 0
+        for key in keys:
+            current = self._current(key)
+            if current is not None and _exists(current):
+                count += 1
+        if count > self.kind.max_count:
+            raise StoreError(
+                ErrorCode.DATA_TOO_LARGE,
+                f"{self.kind.name} holds at most {self.kind.max_count} values per resource",
+            )
+
+
+def stored_metadata(stored: StoredData, lifetime: int) -> StoredMetaData:
+    """
+    What Stat reports for a stored value (RFC 6940 s7.4.3).
+
+    The outer value_length counts the whole StoredDataValue, the inner one
+    the data value alone, whose SHA-256 hash lets a requester tell whether
+    its copy is current without fetching it.
+    """
+    value = stored.value
+    payload = _payload(value)
+    meta = MetaData(
+        exists=payload.exists,
+        value_length=len(payload.value),
+        hash_algorithm=HASH_ALGORITHM_SHA256,
+        hash_value=hashlib.sha256(payload.value).digest(),
+    )
+    metadata: MetaData | ArrayEntryMeta | DictionaryEntryMeta
+    if isinstance(value, ArrayEntry):
+        metadata = ArrayEntryMeta(index=value.index, value=meta)
+    elif isinstance(value, DictionaryEntry):
+        metadata = DictionaryEntryMeta(key=value.key, value=meta)
+    else:
+        metadata = meta
+    return StoredMetaData(
+        value_length=len(encode_stored_value(value)),
+        storage_time=stored.storage_time,
+        lifetime=lifetime,
+        metadata=metadata,
+    )

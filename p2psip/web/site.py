@@ -1,0 +1,317 @@
+"""
+The HTTP site every role serves on ``--http``: status page, status JSON,
+metrics and the local admin API.
+
+Paths:
+
+``GET /``
+    A self-contained HTML page that polls ``/status`` (and draws the ring
+    from ``/api/ring`` on the bootstrap).
+``GET /status``
+    ``application/json``: whatever the role's status callable returns.
+``GET /metrics``
+    The metrics registry in Prometheus text format 0.0.4.
+``/api/NAME``
+    JSON in, JSON out.  Query-string arguments arrive as ``args`` (each name
+    at most once), a request body must be a JSON object sent as
+    ``Content-Type: application/json`` and arrives as ``body``.  The callable
+    raises ``ApiError(status, message)`` for errors the caller made; those
+    become ``{"error": message}`` with that status.  Anything else it raises
+    is logged and answered with 500.
+
+The admin API changes what the overlay stores, so it listens on loopback by
+default.  Requiring ``application/json`` on request bodies means that a web
+page in the operator's browser cannot post to it (browsers send cross-origin
+JSON only after a CORS preflight, which this site never grants).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NamedTuple, Union
+from urllib.parse import parse_qsl
+
+from twisted.application import strports
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import http
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+
+from p2psip.util.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from p2psip.util.metrics import Registry
+from p2psip.web.page import CONTENT_SECURITY_POLICY, render_page
+
+#: Admin requests are small JSON objects; anything bigger is refused.
+MAX_REQUEST_BODY_BYTES = 64 * 1024
+#: Bound on query-string fields, so a hostile URL cannot make us build a huge dict.
+MAX_QUERY_FIELDS = 32
+
+JsonObject = dict[str, Any]
+JsonResult = Union[JsonObject, "Deferred[JsonObject]"]
+StatusCallable = Callable[[], JsonResult]
+ApiCallable = Callable[[dict[str, str], Union[JsonObject, None]], JsonResult]
+
+
+class ApiError(Exception):
+    """An error the API caller made or must know about: answered with ``status`` and a JSON message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(status, message)
+        self.status = status
+        self.message = message
+
+
+class ApiRoute(NamedTuple):
+    """The HTTP methods an API name accepts, and what answers it."""
+
+    methods: Collection[str]
+    call: ApiCallable
+
+
+def _set_common_headers(request: Request) -> None:
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+
+
+def _json_bytes(payload: object) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+
+
+class _JsonResource(Resource):
+    """Shared plumbing: run a callable that may return a Deferred, answer JSON."""
+
+    isLeaf = True
+    log = Logger()
+
+    def _answer(self, request: Request, produce: Callable[[], JsonResult]) -> object:
+        disconnected: list[bool] = []
+        request.notifyFinish().addErrback(lambda _reason: disconnected.append(True))
+        result: Deferred[tuple[int, bytes]] = maybeDeferred(produce).addCallback(
+            lambda payload: (200, _json_bytes(payload))
+        )
+        result.addErrback(self._error_answer, request)
+        result.addCallback(self._send, request, disconnected)
+        result.addErrback(
+            lambda failure: self.log.failure("while sending an HTTP answer", failure)
+        )
+        return NOT_DONE_YET
+
+    def _error_answer(self, failure: Failure, request: Request) -> tuple[int, bytes]:
+        if failure.check(ApiError):
+            error = failure.value
+            assert isinstance(error, ApiError)
+            return error.status, _json_bytes({"error": error.message})
+        self.log.failure(
+            "while answering {method} {path}",
+            failure,
+            method=request.method.decode("ascii", "replace"),
+            path=(request.path or b"").decode("ascii", "replace"),
+        )
+        return 500, _json_bytes({"error": "internal error; the role's log has the details"})
+
+    @staticmethod
+    def _send(answer: tuple[int, bytes], request: Request, disconnected: list[bool]) -> None:
+        if disconnected:
+            return
+        status, body = answer
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        _set_common_headers(request)
+        request.write(body)
+        request.finish()
+
+    @staticmethod
+    def _immediate(request: Request, status: int, message: str) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        _set_common_headers(request)
+        return _json_bytes({"error": message})
+
+
+class _StatusResource(_JsonResource):
+    def __init__(self, status: StatusCallable) -> None:
+        super().__init__()
+        self._status = status
+
+    def render_GET(self, request: Request) -> object:  # noqa: N802 - Twisted's name
+        return self._answer(request, self._status)
+
+
+class _MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: Registry) -> None:
+        super().__init__()
+        self._registry = registry
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802 - Twisted's name
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode("ascii"))
+        _set_common_headers(request)
+        return self._registry.render().encode("utf-8")
+
+
+class _PageResource(Resource):
+    isLeaf = True
+
+    def __init__(self, title: str, ring_page: bool) -> None:
+        super().__init__()
+        self._page = render_page(title, ring_page)
+
+    def render_GET(self, request: Request) -> bytes:  # noqa: N802 - Twisted's name
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY.encode("ascii"))
+        request.setHeader(b"x-frame-options", b"DENY")
+        _set_common_headers(request)
+        return self._page
+
+
+def _query_arguments(request: Request) -> dict[str, str]:
+    """The query string as a dict; a name given twice or bad UTF-8 is a 400."""
+    uri: bytes = request.uri or b""
+    _, _, query = uri.partition(b"?")
+    try:
+        pairs = parse_qsl(
+            query.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=False,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_QUERY_FIELDS,
+        )
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ApiError(400, f"malformed query string: {e}") from None
+    arguments: dict[str, str] = {}
+    for name, value in pairs:
+        if name in arguments:
+            raise ApiError(400, f"query argument {name!r} given more than once")
+        arguments[name] = value
+    return arguments
+
+
+def _json_body(request: Request) -> JsonObject | None:
+    """The request body as a JSON object, or None when there is no body."""
+    content = request.content
+    data = content.read(MAX_REQUEST_BODY_BYTES + 1) if content is not None else b""
+    if len(data) > MAX_REQUEST_BODY_BYTES:
+        raise ApiError(413, f"request body larger than {MAX_REQUEST_BODY_BYTES} bytes")
+    if not data.strip():
+        return None
+    content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    if content_type != b"application/json":
+        raise ApiError(415, "send the request body as Content-Type: application/json")
+    try:
+        body = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return body
+
+
+class _ApiRouteResource(_JsonResource):
+    def __init__(self, name: str, route: ApiRoute) -> None:
+        super().__init__()
+        self._name = name
+        self._methods = frozenset(method.upper() for method in route.methods)
+        self._call = route.call
+
+    def render(self, request: Request) -> object:
+        method = request.method.decode("ascii", "replace").upper()
+        if method == "HEAD" and "GET" in self._methods:
+            method = "GET"
+        if method not in self._methods:
+            allowed = ", ".join(sorted(self._methods))
+            request.setHeader(b"allow", allowed.encode("ascii"))
+            return self._immediate(
+                request, 405, f"/api/{self._name} accepts {allowed}, not {method}"
+            )
+
+        def produce() -> JsonResult:
+            arguments = _query_arguments(request)
+            body = _json_body(request)
+            return self._call(arguments, body)
+
+        return self._answer(request, produce)
+
+
+class _ApiNotFound(_JsonResource):
+    def __init__(self, names: Collection[str]) -> None:
+        super().__init__()
+        self._names = sorted(names)
+
+    def render(self, request: Request) -> bytes:
+        known = ", ".join(f"/api/{name}" for name in self._names) or "none"
+        return self._immediate(request, 404, f"no such API; known: {known}")
+
+
+class _ApiRoot(Resource):
+    def __init__(self, routes: Mapping[str, ApiRoute]) -> None:
+        super().__init__()
+        self._routes = {name: _ApiRouteResource(name, route) for name, route in routes.items()}
+
+    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: N802
+        name = path.decode("utf-8", "replace")
+        child = self._routes.get(name)
+        if child is None or request.postpath:
+            return _ApiNotFound(self._routes)
+        return child
+
+    def render(self, request: Request) -> bytes:
+        return _ApiNotFound(self._routes).render(request)
+
+
+class _StatusSite(Site):
+    """A Site whose access log goes to twisted.logger at debug level."""
+
+    access_log = Logger()
+
+    def log(self, request: http.Request) -> None:
+        # Prometheus scrapes and the page's polling would otherwise fill the
+        # log with one line every few seconds.
+        self.access_log.debug(
+            "{method} {path} -> {code}",
+            method=request.method.decode("ascii", "replace"),
+            path=(request.path or b"").decode("ascii", "replace"),
+            code=request.code,
+        )
+
+
+def build_site(
+    *,
+    status: StatusCallable,
+    metrics: Registry,
+    api: Mapping[str, ApiRoute],
+    title: str,
+    ring_page: bool = False,
+    reactor: IReactorTime | None = None,
+) -> Site:
+    """
+    The role's status/metrics/admin site.
+
+    ``status`` returns (or fires with) the JSON object for ``/status``;
+    ``api`` maps names to routes served at ``/api/NAME``; ``ring_page``
+    makes ``/`` draw the ring from ``/api/ring``.  ``reactor`` schedules the
+    HTTP timeouts (the global reactor when None).
+    """
+    root = Resource()
+    root.putChild(b"", _PageResource(title, ring_page))
+    root.putChild(b"status", _StatusResource(status))
+    root.putChild(b"metrics", _MetricsResource(metrics))
+    root.putChild(b"api", _ApiRoot(dict(api)))
+    site = _StatusSite(root, reactor=reactor)
+    site.displayTracebacks = False
+    return site
+
+
+def http_service(description: str, site: Site, reactor: Any) -> IService:
+    """
+    A service listening with ``site`` on an endpoint string such as
+    ``tcp:8084:interface=127.0.0.1``.  Startup fails if the port is busy.
+    """
+    service: IService = strports.service(description, site, reactor=reactor)
+    return service

@@ -1,0 +1,367 @@
+"""Tests for the status/metrics/admin HTTP site, driven through real HTTP parsing in memory."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+
+from p2psip.util.metrics import Registry
+from p2psip.web.site import (
+    MAX_REQUEST_BODY_BYTES,
+    ApiError,
+    ApiRoute,
+    build_site,
+    http_service,
+)
+
+
+class Response:
+    """An HTTP/1.0 response parsed from what the site wrote."""
+
+    def __init__(self, raw: bytes) -> None:
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        self.code = int(status_line.split()[1])
+        self.headers: dict[str, str] = {}
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class Connection:
+    """One HTTP connection to the site over an in-memory transport."""
+
+    def __init__(self, site: Site) -> None:
+        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def send(self, raw: bytes) -> None:
+        self.channel.dataReceived(raw)
+
+    def response(self) -> Response:
+        return Response(self.transport.value())
+
+    def close(self) -> None:
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+
+def http_request(method: str, path: str, body: bytes = b"", content_type: str | None = None) -> bytes:
+    lines = [f"{method} {path} HTTP/1.0", "Host: 127.0.0.1"]
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    if content_type:
+        lines.append(f"Content-Type: {content_type}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class SiteTestsMixin:
+    """Builds a site with an echo API and records what the API saw."""
+
+    def make_site(self, **overrides: Any) -> Site:
+        self.calls: list[tuple[dict[str, str], dict[str, Any] | None]] = []
+        self.registry = Registry()
+        self.registry.counter("p2psip_test_total", "Test counter.").inc(3)
+
+        def echo(args: dict[str, str], body: dict[str, Any] | None) -> dict[str, Any]:
+            self.calls.append((args, body))
+            return {"args": args, "body": body}
+
+        def refuse(args: dict[str, str], body: dict[str, Any] | None) -> dict[str, Any]:
+            raise ApiError(404, f"nothing stored under {args.get('name')}")
+
+        def broken(args: dict[str, str], body: dict[str, Any] | None) -> dict[str, Any]:
+            raise RuntimeError("bug")
+
+        settings: dict[str, Any] = {
+            "status": lambda: {"node": {"id": "00ff"}, "storage": {"values": 2}},
+            "metrics": self.registry,
+            "api": {
+                "echo": ApiRoute(("GET", "POST"), echo),
+                "get": ApiRoute(("GET",), refuse),
+                "broken": ApiRoute(("GET",), broken),
+            },
+            "title": "p2psip peer <test>",
+            "reactor": Clock(),
+        }
+        settings.update(overrides)
+        return build_site(**settings)
+
+    def fetch(self, site: Site, raw: bytes) -> Response:
+        connection = Connection(site)
+        connection.send(raw)
+        return connection.response()
+
+
+class StatusAndMetricsTests(SiteTestsMixin, SynchronousTestCase):
+    def test_status_json(self) -> None:
+        """GET /status answers the status callable's value as JSON."""
+        response = self.fetch(self.make_site(), http_request("GET", "/status"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers["content-type"], "application/json; charset=utf-8")
+        self.assertEqual(response.json(), {"node": {"id": "00ff"}, "storage": {"values": 2}})
+
+    def test_status_deferred(self) -> None:
+        """A status callable may return a Deferred; the answer waits for it."""
+        pending: Deferred[dict[str, Any]] = Deferred()
+        connection = Connection(self.make_site(status=lambda: pending))
+        connection.send(http_request("GET", "/status"))
+        self.assertEqual(connection.transport.value(), b"")
+        pending.callback({"ready": True})
+        self.assertEqual(connection.response().json(), {"ready": True})
+
+    def test_client_gone_before_answer(self) -> None:
+        """If the client disconnects before a Deferred status fires, nothing is written or logged."""
+        pending: Deferred[dict[str, Any]] = Deferred()
+        connection = Connection(self.make_site(status=lambda: pending))
+        connection.send(http_request("GET", "/status"))
+        connection.close()
+        pending.callback({"ready": True})
+        self.assertEqual(connection.transport.value(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_status_failure_is_500(self) -> None:
+        """A status callable that raises gives a JSON 500 and a logged failure."""
+        def broken() -> dict[str, Any]:
+            raise KeyError("oops")
+
+        response = self.fetch(self.make_site(status=broken), http_request("GET", "/status"))
+        self.assertEqual(response.code, 500)
+        self.assertIn("error", response.json())
+        self.assertEqual(len(self.flushLoggedErrors(KeyError)), 1)
+
+    def test_unserialisable_status_is_500(self) -> None:
+        """A status that is not JSON-serialisable gives a 500, not a broken connection."""
+        response = self.fetch(
+            self.make_site(status=lambda: {"raw": b"bytes"}), http_request("GET", "/status")
+        )
+        self.assertEqual(response.code, 500)
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)
+
+    def test_status_refuses_post(self) -> None:
+        """/status is read-only."""
+        response = self.fetch(self.make_site(), http_request("POST", "/status"))
+        self.assertEqual(response.code, 405)
+
+    def test_metrics(self) -> None:
+        """GET /metrics serves the registry in Prometheus text format 0.0.4."""
+        site = self.make_site()
+        response = self.fetch(site, http_request("GET", "/metrics"))
+        self.assertEqual(response.code, 200)
+        self.assertIn("version=0.0.4", response.headers["content-type"])
+        self.assertEqual(response.body.decode("utf-8"), self.registry.render())
+        self.assertIn(b"p2psip_test_total 3\n", response.body)
+
+    def test_unknown_path(self) -> None:
+        """Paths outside the site are 404."""
+        response = self.fetch(self.make_site(), http_request("GET", "/nothing"))
+        self.assertEqual(response.code, 404)
+
+
+class PageTests(SiteTestsMixin, SynchronousTestCase):
+    def test_page_is_self_contained(self) -> None:
+        """The page has the escaped title, no external assets and a strict CSP."""
+        response = self.fetch(self.make_site(), http_request("GET", "/"))
+        self.assertEqual(response.code, 200)
+        self.assertTrue(response.headers["content-type"].startswith("text/html"))
+        page = response.body.decode("utf-8")
+        self.assertIn("<title>p2psip peer &lt;test&gt;</title>", page)
+        self.assertNotRegex(page, r"(src|href)=\"(https?:)?//")
+        self.assertIn("default-src 'none'", response.headers["content-security-policy"])
+        self.assertIn('data-ring="no"', page)
+
+    def test_csp_allows_exactly_the_inline_script_and_style(self) -> None:
+        """The CSP hashes match the page's inline script and style, so browsers run them."""
+        response = self.fetch(self.make_site(), http_request("GET", "/"))
+        page = response.body.decode("utf-8")
+        policy = response.headers["content-security-policy"]
+        for tag in ("script", "style"):
+            [inline] = re.findall(f"<{tag}>(.*?)</{tag}>", page, re.S)
+            digest = base64.b64encode(hashlib.sha256(inline.encode("utf-8")).digest()).decode()
+            self.assertIn(f"{tag}-src 'sha256-{digest}'", policy)
+
+    def test_ring_page(self) -> None:
+        """ring_page=True tells the page to draw the ring from api/ring."""
+        response = self.fetch(self.make_site(ring_page=True), http_request("GET", "/"))
+        page = response.body.decode("utf-8")
+        self.assertIn('data-ring="yes"', page)
+        self.assertIn('getJson("api/ring")', page)
+
+
+class ApiTests(SiteTestsMixin, SynchronousTestCase):
+    def test_get_with_query(self) -> None:
+        """Query arguments arrive decoded as a str dict, with no body."""
+        response = self.fetch(self.make_site(), http_request("GET", "/api/echo?name=sip%3Aalice%40p2psip.test&x="))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.json(), {"args": {"name": "sip:alice@p2psip.test", "x": ""}, "body": None})
+
+    def test_post_json(self) -> None:
+        """A JSON object body arrives as a dict."""
+        body = json.dumps({"name": "alice", "value": "x", "lifetime": 60}).encode()
+        response = self.fetch(
+            self.make_site(), http_request("POST", "/api/echo", body, "application/json")
+        )
+        self.assertEqual(response.json()["body"], {"name": "alice", "value": "x", "lifetime": 60})
+
+    def test_deferred_api_result(self) -> None:
+        """An API callable may answer with a Deferred."""
+        pending: Deferred[dict[str, Any]] = Deferred()
+        site = self.make_site(api={"slow": ApiRoute(("GET",), lambda args, body: pending)})
+        connection = Connection(site)
+        connection.send(http_request("GET", "/api/slow"))
+        pending.callback({"hops": 3})
+        self.assertEqual(connection.response().json(), {"hops": 3})
+
+    def test_deferred_api_error(self) -> None:
+        """An ApiError that fails a Deferred is answered like a raised one."""
+        pending: Deferred[dict[str, Any]] = Deferred()
+        site = self.make_site(api={"slow": ApiRoute(("GET",), lambda args, body: pending)})
+        connection = Connection(site)
+        connection.send(http_request("GET", "/api/slow"))
+        pending.errback(ApiError(504, "no answer from the overlay"))
+        response = connection.response()
+        self.assertEqual((response.code, response.json()), (504, {"error": "no answer from the overlay"}))
+
+    def test_api_error(self) -> None:
+        """ApiError(status, message) becomes that status with a JSON error."""
+        response = self.fetch(self.make_site(), http_request("GET", "/api/get?name=bob"))
+        self.assertEqual(response.code, 404)
+        self.assertEqual(response.json(), {"error": "nothing stored under bob"})
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_other_exception_is_500_and_logged(self) -> None:
+        """Any other exception is a 500 JSON error and a logged failure."""
+        response = self.fetch(self.make_site(), http_request("GET", "/api/broken"))
+        self.assertEqual(response.code, 500)
+        self.assertNotIn("bug", response.json()["error"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_wrong_method(self) -> None:
+        """A method the route does not accept is 405 with an Allow header."""
+        response = self.fetch(self.make_site(), http_request("DELETE", "/api/echo"))
+        self.assertEqual(response.code, 405)
+        self.assertEqual(response.headers["allow"], "GET, POST")
+        self.assertIn("error", response.json())
+
+    def test_head_follows_get(self) -> None:
+        """HEAD is accepted where GET is."""
+        response = self.fetch(self.make_site(), http_request("HEAD", "/api/echo"))
+        self.assertEqual(response.code, 200)
+
+    def test_unknown_api(self) -> None:
+        """An unknown API name is a JSON 404 listing the known ones."""
+        for path in ("/api/nothing", "/api/echo/extra", "/api"):
+            response = self.fetch(self.make_site(), http_request("GET", path))
+            self.assertEqual(response.code, 404, path)
+            self.assertIn("/api/echo", response.json()["error"])
+
+    def test_bad_json(self) -> None:
+        """A body that is not JSON is a 400 and the API is not called."""
+        response = self.fetch(
+            self.make_site(), http_request("POST", "/api/echo", b"{nope", "application/json")
+        )
+        self.assertEqual(response.code, 400)
+        self.assertEqual(self.calls, [])
+
+    def test_json_not_an_object(self) -> None:
+        """A JSON body that is not an object is a 400."""
+        response = self.fetch(
+            self.make_site(), http_request("POST", "/api/echo", b"[1, 2]", "application/json")
+        )
+        self.assertEqual(response.code, 400)
+
+    def test_deeply_nested_json(self) -> None:
+        """Pathologically nested JSON is a 400, not a RecursionError."""
+        body = b"[" * 50000
+        response = self.fetch(
+            self.make_site(), http_request("POST", "/api/echo", body, "application/json")
+        )
+        self.assertEqual(response.code, 400)
+
+    def test_body_needs_json_content_type(self) -> None:
+        """A body sent as a form (as a cross-site page could) is refused with 415."""
+        response = self.fetch(
+            self.make_site(),
+            http_request("POST", "/api/echo", b'{"a": 1}', "text/plain"),
+        )
+        self.assertEqual(response.code, 415)
+        self.assertEqual(self.calls, [])
+
+    def test_oversized_body(self) -> None:
+        """A body larger than the limit is a 413."""
+        body = b'{"v": "' + b"x" * MAX_REQUEST_BODY_BYTES + b'"}'
+        response = self.fetch(
+            self.make_site(), http_request("POST", "/api/echo", body, "application/json")
+        )
+        self.assertEqual(response.code, 413)
+
+    def test_repeated_query_argument(self) -> None:
+        """A query argument given twice is ambiguous and refused."""
+        response = self.fetch(self.make_site(), http_request("GET", "/api/echo?name=a&name=b"))
+        self.assertEqual(response.code, 400)
+
+    def test_bad_utf8_query(self) -> None:
+        """Percent-encoded bytes that are not UTF-8 are a 400."""
+        response = self.fetch(self.make_site(), http_request("GET", "/api/echo?name=%ff%fe"))
+        self.assertEqual(response.code, 400)
+
+    def test_too_many_query_fields(self) -> None:
+        """A query string with very many fields is refused."""
+        query = "&".join(f"a{i}=1" for i in range(100))
+        response = self.fetch(self.make_site(), http_request("GET", "/api/echo?" + query))
+        self.assertEqual(response.code, 400)
+
+
+class HostileInputTests(SiteTestsMixin, SynchronousTestCase):
+    @settings(max_examples=200, deadline=None)
+    @given(
+        path=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=60),
+        body=st.binary(max_size=200),
+        content_type=st.sampled_from([None, "application/json", "text/plain", "application/json; x"]),
+    )
+    def test_api_never_fails_on_garbage(self, path: str, body: bytes, content_type: str | None) -> None:
+        """Arbitrary paths, query strings and bodies get a client error or an answer, never a 500."""
+        site = self.make_site()
+        response = self.fetch(site, http_request("POST", "/api/echo" + path, body, content_type))
+        self.assertIn(response.code, {200, 400, 404, 413, 415})
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_raw_garbage_connection(self, data: bytes) -> None:
+        """Raw garbage on the HTTP connection neither raises nor logs an error."""
+        connection = Connection(self.make_site())
+        connection.send(data)
+        connection.close()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class HttpServiceTests(SynchronousTestCase):
+    def test_listens_on_endpoint_string(self) -> None:
+        """http_service listens where the endpoint string says, when started."""
+        reactor = MemoryReactor()
+        site = build_site(status=dict, metrics=Registry(), api={}, title="t", reactor=Clock())
+        service = http_service("tcp:0:interface=127.0.0.1", site, reactor)
+        self.assertEqual(reactor.tcpServers, [])
+        service.startService()
+        self.addCleanup(service.stopService)
+        [(port, factory, _backlog, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (0, "127.0.0.1"))
+        self.assertIs(factory, site)
