@@ -108,7 +108,7 @@ class AttributeType(IntEnum):
     XOR_MAPPED_ADDRESS = 0x0020
     PRIORITY = 0x0024  # RFC 8445
     USE_CANDIDATE = 0x0025  # RFC 8445
-    PADDING = 0x0026  # RFC 5780 section 7.4
+    PADDING = 0x0026  # RFC 5780 section 7.6
     RESPONSE_PORT = 0x0027  # RFC 5780 section 7.5
     PASSWORD_ALGORITHMS = 0x8002
     ALTERNATE_DOMAIN = 0x8003
@@ -178,7 +178,9 @@ def encode_message_type(method: int, message_class: int) -> int:
 
 def decode_message_type(message_type: int) -> tuple[int, MessageClass]:
     """Split a 14-bit message type into (method, class)."""
-    method = ((message_type & 0x3E00) >> 2) | ((message_type & 0x00E0) >> 1) | (message_type & 0x000F)
+    method = (
+        ((message_type & 0x3E00) >> 2) | ((message_type & 0x00E0) >> 1) | (message_type & 0x000F)
+    )
     message_class = ((message_type & 0x0100) >> 7) | ((message_type & 0x0010) >> 4)
     return method, MessageClass(message_class)
 
@@ -279,7 +281,9 @@ def decode_unknown_attributes(value: bytes) -> tuple[int, ...]:
 
 def encode_change_request(change_ip: bool, change_port: bool) -> bytes:
     """CHANGE-REQUEST value (RFC 5780 section 7.2)."""
-    return struct.pack("!I", (CHANGE_IP_FLAG if change_ip else 0) | (CHANGE_PORT_FLAG if change_port else 0))
+    return struct.pack(
+        "!I", (CHANGE_IP_FLAG if change_ip else 0) | (CHANGE_PORT_FLAG if change_port else 0)
+    )
 
 
 def decode_change_request(value: bytes) -> tuple[bool, bool]:
@@ -295,10 +299,13 @@ def decode_response_port(value: bytes) -> int:
     if len(value) != 4:
         raise StunDecodeError("RESPONSE-PORT is not 4 bytes")
     port: int = struct.unpack_from("!H", value)[0]
+    if port == 0:
+        raise StunDecodeError("RESPONSE-PORT is zero")
     return port
 
 
-def _text(value: str) -> bytes:
+def text_value(value: str) -> bytes:
+    """The UTF-8 value of a SOFTWARE/REALM/NONCE attribute, refusing overlong text."""
     raw = value.encode("utf-8")
     if len(raw) > MAX_TEXT_VALUE_BYTES:
         raise ValueError(f"text attribute longer than {MAX_TEXT_VALUE_BYTES} bytes")
@@ -325,6 +332,14 @@ class StunMessage:
     message_class: MessageClass
     transaction_id: bytes
     attributes: tuple[Attribute, ...] = ()
+    # RFC 3489 messages have no cookie: these four bytes are then the first
+    # part of a 128-bit transaction ID and must be echoed (RFC 5389 s12.2).
+    magic_cookie: int = MAGIC_COOKIE
+
+    @property
+    def is_classic(self) -> bool:
+        """Whether this is an RFC 3489 message (no magic cookie)."""
+        return self.magic_cookie != MAGIC_COOKIE
 
     def get(self, attr_type: int) -> bytes | None:
         """The value of the first attribute of this type, or None."""
@@ -425,7 +440,7 @@ def _walk_attributes(data: bytes, end: int) -> list[tuple[int, int, int]]:
     return found
 
 
-def decode_message(data: bytes) -> StunMessage:
+def decode_message(data: bytes, *, allow_classic: bool = False) -> StunMessage:
     """
     Parse one complete STUN message (a whole UDP datagram or one TCP frame).
 
@@ -433,7 +448,9 @@ def decode_message(data: bytes) -> StunMessage:
     of 4 and equal to the bytes present), every attribute's length against
     the message, and FINGERPRINT when present (it must then be last and
     correct).  Integrity is checked separately with ``verify_integrity``
-    since only the caller knows the key.
+    since only the caller knows the key.  With ``allow_classic``, RFC 3489
+    messages (any cookie value) are accepted and keep their cookie field in
+    ``magic_cookie``.
     """
     size = len(data)
     if size < HEADER_BYTES:
@@ -443,12 +460,14 @@ def decode_message(data: bytes) -> StunMessage:
     message_type, length, cookie, transaction_id = _HEADER.unpack_from(data)
     if message_type & 0xC000:
         raise StunDecodeError("leading bits are not zero")
-    if cookie != MAGIC_COOKIE:
+    if cookie != MAGIC_COOKIE and not allow_classic:
         raise StunDecodeError("magic cookie missing (RFC 3489 message or not STUN)")
     if length & 3:
         raise StunDecodeError(f"length {length} is not a multiple of 4")
     if HEADER_BYTES + length != size:
-        raise StunDecodeError(f"length field {length} but {size - HEADER_BYTES} bytes follow the header")
+        raise StunDecodeError(
+            f"length field {length} but {size - HEADER_BYTES} bytes follow the header"
+        )
     attributes = []
     walked = _walk_attributes(data, size)
     for index, (attr_type, start, value_length) in enumerate(walked):
@@ -462,12 +481,19 @@ def decode_message(data: bytes) -> StunMessage:
                 raise StunFingerprintError("FINGERPRINT does not match")
         attributes.append((attr_type, data[start : start + value_length]))
     method, message_class = decode_message_type(message_type)
-    return StunMessage(method, message_class, transaction_id, tuple(attributes))
+    return StunMessage(method, message_class, transaction_id, tuple(attributes), cookie)
 
 
 def _fingerprint_attribute(prefix: bytes | bytearray) -> bytes:
     crc = zlib.crc32(prefix) ^ FINGERPRINT_XOR
     return _FINGERPRINT_ATTRIBUTE.pack(AttributeType.FINGERPRINT, 4, crc)
+
+
+def encode_attribute(attr_type: int, value: bytes) -> bytes:
+    """One attribute on the wire: type, length, value and zero padding."""
+    if len(value) > 0xFFFF:
+        raise ValueError(f"attribute 0x{attr_type:04x} longer than 65535 bytes")
+    return _ATTRIBUTE_HEADER.pack(attr_type, len(value)) + value + bytes(-len(value) % 4)
 
 
 def _set_length(buffer: bytearray, body_length: int) -> None:
@@ -494,7 +520,10 @@ def encode_message(
         raise ValueError("transaction ID must be 12 bytes")
     buffer = bytearray(
         _HEADER.pack(
-            encode_message_type(msg.method, msg.message_class), 0, MAGIC_COOKIE, msg.transaction_id
+            encode_message_type(msg.method, msg.message_class),
+            0,
+            msg.magic_cookie,
+            msg.transaction_id,
         )
     )
     pack_attribute = _ATTRIBUTE_HEADER.pack
@@ -514,7 +543,8 @@ def encode_message(
         _set_length(buffer, len(buffer) - HEADER_BYTES + 4 + MESSAGE_INTEGRITY_SHA256_BYTES)
         mac = hmac.digest(integrity_sha256_key, bytes(buffer), "sha256")
         buffer += (
-            pack_attribute(AttributeType.MESSAGE_INTEGRITY_SHA256, MESSAGE_INTEGRITY_SHA256_BYTES) + mac
+            pack_attribute(AttributeType.MESSAGE_INTEGRITY_SHA256, MESSAGE_INTEGRITY_SHA256_BYTES)
+            + mac
         )
     if fingerprint:
         _set_length(buffer, len(buffer) - HEADER_BYTES + 8)
@@ -601,9 +631,11 @@ def binding_request(
     """A Binding request, with RFC 5780 CHANGE-REQUEST when asked to change."""
     attributes: list[Attribute] = []
     if change_ip or change_port:
-        attributes.append((AttributeType.CHANGE_REQUEST, encode_change_request(change_ip, change_port)))
+        attributes.append(
+            (AttributeType.CHANGE_REQUEST, encode_change_request(change_ip, change_port))
+        )
     if software is not None:
-        attributes.append((AttributeType.SOFTWARE, _text(software)))
+        attributes.append((AttributeType.SOFTWARE, text_value(software)))
     return StunMessage(
         Method.BINDING,
         MessageClass.REQUEST,
@@ -623,10 +655,28 @@ def binding_success(
     """
     The success response to a Binding request.
 
-    It carries XOR-MAPPED-ADDRESS and, for RFC 3489 clients, MAPPED-ADDRESS
-    (RFC 8489 section 12); RESPONSE-ORIGIN and OTHER-ADDRESS when the server
-    does RFC 5780 behaviour discovery.
+    It carries XOR-MAPPED-ADDRESS and, for clients that only know RFC 3489's
+    attribute, MAPPED-ADDRESS (RFC 8489 section 12); RESPONSE-ORIGIN and
+    OTHER-ADDRESS when the server does RFC 5780 behaviour discovery.  An
+    RFC 3489 request (no cookie) gets RFC 3489's answer instead: its cookie
+    field echoed, MAPPED-ADDRESS, SOURCE-ADDRESS and CHANGED-ADDRESS (RFC
+    5389 section 12.2).
     """
+    if request.is_classic:
+        classic: list[Attribute] = [(AttributeType.MAPPED_ADDRESS, encode_address(mapped))]
+        if response_origin is not None:
+            classic.append((AttributeType.SOURCE_ADDRESS, encode_address(response_origin)))
+        if other_address is not None:
+            classic.append((AttributeType.CHANGED_ADDRESS, encode_address(other_address)))
+        if software is not None:
+            classic.append((AttributeType.SOFTWARE, text_value(software)))
+        return StunMessage(
+            request.method,
+            MessageClass.SUCCESS_RESPONSE,
+            request.transaction_id,
+            tuple(classic),
+            request.magic_cookie,
+        )
     attributes: list[Attribute] = [
         (AttributeType.XOR_MAPPED_ADDRESS, encode_xor_address(mapped, request.transaction_id)),
         (AttributeType.MAPPED_ADDRESS, encode_address(mapped)),
@@ -636,8 +686,10 @@ def binding_success(
     if other_address is not None:
         attributes.append((AttributeType.OTHER_ADDRESS, encode_address(other_address)))
     if software is not None:
-        attributes.append((AttributeType.SOFTWARE, _text(software)))
-    return StunMessage(request.method, MessageClass.SUCCESS_RESPONSE, request.transaction_id, tuple(attributes))
+        attributes.append((AttributeType.SOFTWARE, text_value(software)))
+    return StunMessage(
+        request.method, MessageClass.SUCCESS_RESPONSE, request.transaction_id, tuple(attributes)
+    )
 
 
 def error_response(
@@ -654,8 +706,14 @@ def error_response(
     if unknown:
         attributes.append((AttributeType.UNKNOWN_ATTRIBUTES, encode_unknown_attributes(unknown)))
     if software is not None:
-        attributes.append((AttributeType.SOFTWARE, _text(software)))
-    return StunMessage(request.method, MessageClass.ERROR_RESPONSE, request.transaction_id, tuple(attributes))
+        attributes.append((AttributeType.SOFTWARE, text_value(software)))
+    return StunMessage(
+        request.method,
+        MessageClass.ERROR_RESPONSE,
+        request.transaction_id,
+        tuple(attributes),
+        request.magic_cookie,
+    )
 
 
 def unknown_required_attributes(msg: StunMessage, understood: Iterable[int]) -> list[int]:

@@ -10,9 +10,15 @@ where.  It answers:
 * Binding requests with XOR-MAPPED-ADDRESS, MAPPED-ADDRESS (for RFC 3489
   clients, RFC 8489 section 12), SOFTWARE and FINGERPRINT;
 * with RFC 5780 configured (RFC 5780 section 6.1): RESPONSE-ORIGIN and
-  OTHER-ADDRESS in every response, and CHANGE-REQUEST honoured by answering
-  from the socket on the other IP and/or port.  Without the full four
-  sockets a CHANGE-REQUEST gets 420, as section 6 requires;
+  OTHER-ADDRESS in every UDP response, and CHANGE-REQUEST honoured by
+  answering from the socket on the other IP and/or port.  Without the full
+  four sockets (and over TCP) a CHANGE-REQUEST gets 420, as section 6
+  requires;
+* over UDP, RFC 5780 RESPONSE-PORT (answer to that port of the client's
+  IP) and PADDING (pad the response alike), in any set-up;
+* RFC 3489 Binding requests (no magic cookie) with RFC 3489's answer:
+  MAPPED-ADDRESS, SOURCE-ADDRESS, CHANGED-ADDRESS, cookie field echoed,
+  no FINGERPRINT (RFC 5389 section 12.2);
 * 420 with UNKNOWN-ATTRIBUTES for unknown comprehension-required
   attributes (RFC 8489 section 6.3.1);
 * 400 for requests that are STUN (header, cookie and FINGERPRINT pass) but
@@ -36,14 +42,16 @@ from __future__ import annotations
 
 import socket
 import struct
-from typing import Iterable
+import zlib
+from typing import Callable, Iterable
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IAddress, IListeningPort
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from p2psip.nat import stun
 from p2psip.nat.stun import AttributeType, MessageClass, StunDecodeError
@@ -54,6 +62,8 @@ DEFAULT_SOFTWARE = "p2psip"
 # Several MiB like coturn (4 MiB) and Kamailio (8 MiB effective); the kernel
 # caps the request at net.core.rmem_max / wmem_max unless we are root.
 DEFAULT_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+DEFAULT_TCP_IDLE_TIMEOUT_SECONDS = 30.0
+DEFAULT_MAX_TCP_CONNECTIONS = 1024
 # STUN responses are small; nothing legitimate needs more than this.
 UDP_MAX_PACKET_BYTES = 8192
 
@@ -73,6 +83,27 @@ _ALWAYS_UNDERSTOOD = frozenset(
         AttributeType.USE_CANDIDATE,
     }
 )
+# RFC 5780 sections 7.5 and 7.6: RESPONSE-PORT and PADDING are UDP-only;
+# CHANGE-REQUEST needs the four sockets as well.
+_DATAGRAM_UNDERSTOOD = _ALWAYS_UNDERSTOOD | {AttributeType.RESPONSE_PORT, AttributeType.PADDING}
+_DATAGRAM_UNDERSTOOD_RFC5780 = _DATAGRAM_UNDERSTOOD | {AttributeType.CHANGE_REQUEST}
+
+# Pieces of the fast path for a plain IPv4 Binding request.
+_PLAIN_REQUEST_HEAD = struct.pack("!HHI", 0x0001, 0, stun.MAGIC_COOKIE)
+_PLAIN_FINGERPRINT_REQUEST_HEAD = struct.pack("!HHI", 0x0001, 8, stun.MAGIC_COOKIE)
+_FINGERPRINT_HEADER = struct.pack("!HH", AttributeType.FINGERPRINT, 4)
+_SUCCESS_TYPE = stun.encode_message_type(stun.Method.BINDING, MessageClass.SUCCESS_RESPONSE)
+# Attribute header, reserved byte and family of an IPv4 address attribute.
+_XOR_MAPPED_V4_HEADER = struct.pack(
+    "!HHBB", AttributeType.XOR_MAPPED_ADDRESS, 8, 0, stun.FAMILY_IPV4
+)
+_MAPPED_V4_HEADER = struct.pack("!HHBB", AttributeType.MAPPED_ADDRESS, 8, 0, stun.FAMILY_IPV4)
+# Header, XOR-MAPPED-ADDRESS, MAPPED-ADDRESS; SOFTWARE and FINGERPRINT follow.
+_PLAIN_SUCCESS = struct.Struct("!HHI12s6sHI6sH4s")
+_PLAIN_BODY_BYTES = 2 * 12 + 8  # two address attributes and the FINGERPRINT
+_FINGERPRINT_ATTRIBUTE = struct.Struct("!HHI")
+_COOKIE_HIGH = stun.MAGIC_COOKIE >> 16
+
 
 @frozen
 class StunReply:
@@ -135,6 +166,7 @@ class StunResponder:
         self.errors = 0
         self.dropped = 0
         self.last_drop_reason = ""
+        self._software_cache: tuple[str | None, bytes] = (None, b"")
 
     def metrics(self) -> dict[str, int]:
         """The counters, for /status and /metrics."""
@@ -155,11 +187,86 @@ class StunResponder:
 
         ``local`` is the address of the socket it arrived on.
         """
+        payload = self.answer_plain_binding(data, client)
+        if payload is not None:
+            return StunReply(payload, local, client)
         try:
             request = stun.decode_message(data)
         except StunDecodeError as e:
+            if len(data) >= stun.HEADER_BYTES and data[4:8] != stun.MAGIC_COOKIE_BYTES:
+                return self._classic(data, client, local, e)
             return self._malformed(data, client, local, e)
         return self.answer_message(request, client, local, datagram=True)
+
+    def _classic(
+        self, data: bytes, client: Address, local: Address, error: StunDecodeError
+    ) -> StunReply | None:
+        # RFC 5389 section 12.2: an RFC 3489 client is recognised by the
+        # missing cookie and still gets its Binding answer.  Anything else
+        # without the cookie is not STUN.
+        try:
+            request = stun.decode_message(data, allow_classic=True)
+        except StunDecodeError:
+            self._drop(str(error))
+            return None
+        if request.method != stun.Method.BINDING or request.message_class != MessageClass.REQUEST:
+            self._drop(str(error))
+            return None
+        return self.answer_message(request, client, local, datagram=True)
+
+    def answer_plain_binding(self, data: bytes, client: Address) -> bytes | None:
+        """
+        The answer to an attribute-less IPv4 Binding request, built directly.
+
+        Nearly all load is this one request (optionally with FINGERPRINT);
+        skipping the general decode and encode makes the server about
+        twice as fast.  The answer goes back to ``client`` from the socket
+        it came in on.  Gives the same bytes as the general path (a test
+        checks), or None when the datagram needs the general path
+        (``answer_datagram``); counts only what it answers.
+        """
+        if self.alternates is not None:
+            return None
+        if len(data) == 20:
+            if data[:8] != _PLAIN_REQUEST_HEAD:
+                return None
+        elif (
+            len(data) != 28
+            or data[:8] != _PLAIN_FINGERPRINT_REQUEST_HEAD
+            or data[20:24] != _FINGERPRINT_HEADER
+            or (zlib.crc32(data[:20]) ^ stun.FINGERPRINT_XOR) != int.from_bytes(data[24:28], "big")
+        ):
+            return None
+        host, port = client
+        if ":" in host:
+            return None
+        software, tail = self._software_cache
+        if software != self.software:
+            tail = b""
+            if self.software is not None:
+                tail = stun.encode_attribute(AttributeType.SOFTWARE, stun.text_value(self.software))
+            self._software_cache = (self.software, tail)
+        raw = socket.inet_aton(host)
+        message = (
+            _PLAIN_SUCCESS.pack(
+                _SUCCESS_TYPE,
+                _PLAIN_BODY_BYTES + len(tail),
+                stun.MAGIC_COOKIE,
+                data[8:20],
+                _XOR_MAPPED_V4_HEADER,
+                port ^ _COOKIE_HIGH,
+                int.from_bytes(raw, "big") ^ stun.MAGIC_COOKIE,
+                _MAPPED_V4_HEADER,
+                port,
+                raw,
+            )
+            + tail
+        )
+        self.requests += 1
+        self.responses += 1
+        return message + _FINGERPRINT_ATTRIBUTE.pack(
+            AttributeType.FINGERPRINT, 4, zlib.crc32(message) ^ stun.FINGERPRINT_XOR
+        )
 
     def answer_stream_garbage(self, error: StunDecodeError) -> None:
         """Count a stream that had to be dropped."""
@@ -176,14 +283,29 @@ class StunResponder:
         if request.method != stun.Method.BINDING:
             return self._error(request, 400, "Unsupported Method", client, local)
         understood: Iterable[int] = _ALWAYS_UNDERSTOOD
-        if self.alternates is not None and datagram:
-            understood = _ALWAYS_UNDERSTOOD | {AttributeType.CHANGE_REQUEST}
+        if datagram:
+            understood = _DATAGRAM_UNDERSTOOD
+            if self.alternates is not None:
+                understood = _DATAGRAM_UNDERSTOOD_RFC5780
         unknown = stun.unknown_required_attributes(request, understood)
         if unknown:
             return self._error(request, 420, None, client, local, unknown=unknown)
+        destination = client
+        padding = request.get(AttributeType.PADDING)
+        try:
+            response_port = request.response_port()
+        except StunDecodeError:
+            return self._error(request, 400, "Malformed RESPONSE-PORT", client, local)
+        if response_port is not None:
+            # RFC 5780 section 6.1: PADDING and RESPONSE-PORT together are an error.
+            if padding is not None:
+                return self._error(request, 400, "PADDING with RESPONSE-PORT", client, local)
+            destination = (client[0], response_port)
         source = local
         other: Address | None = None
-        alternates = self.alternates
+        # The four-socket set-up is UDP's; a stream listener shares the
+        # responder but not the sockets, so its answers name no alternates.
+        alternates = self.alternates if datagram else None
         if alternates is not None:
             try:
                 change_ip, change_port = request.change_request()
@@ -199,11 +321,19 @@ class StunResponder:
             request,
             client,
             other_address=other,
-            response_origin=source if alternates is not None else None,
+            response_origin=source if alternates is not None or request.is_classic else None,
             software=self.software,
         )
+        if padding is not None:
+            # RFC 5780 section 6.1: pad the response like the request (the
+            # client probes for fragmentation trouble this way).
+            response = evolve(
+                response,
+                attributes=response.attributes + ((AttributeType.PADDING, bytes(len(padding))),),
+            )
         self.responses += 1
-        return StunReply(stun.encode_message(response), source, client)
+        payload = stun.encode_message(response, fingerprint=not request.is_classic)
+        return StunReply(payload, source, destination)
 
     def _malformed(
         self, data: bytes, client: Address, local: Address, error: StunDecodeError
@@ -241,7 +371,9 @@ class StunResponder:
         response = stun.error_response(
             request, code, reason, unknown_attributes=unknown, software=self.software
         )
-        return StunReply(stun.encode_message(response), local, client)
+        return StunReply(
+            stun.encode_message(response, fingerprint=not request.is_classic), local, client
+        )
 
 
 def _address_of(host: IAddress) -> Address:
@@ -301,6 +433,12 @@ class StunUdpServer(DatagramProtocol):
         self.senders: dict[Address, StunUdpServer] = senders if senders is not None else {}
         self.local: Address = ("0.0.0.0", 0)
         self.granted_buffers: tuple[int, int] | None = None
+        # The socket's own sendto, when the transport has a real socket:
+        # udp.Port.write re-validates the address (three string parses) on
+        # every datagram, which costs more than building the response, and
+        # our destinations all come from recvfrom on this socket family.
+        self.sendto: Callable[[bytes, Address], int] | None = None
+        self._warned_missing_sender = False
 
     # The counters live on the responder; these read them for status pages.
     @property
@@ -325,6 +463,7 @@ class StunUdpServer(DatagramProtocol):
         self.senders[self.local] = self
         sock = getattr(self.transport, "socket", None)
         if isinstance(sock, socket.socket):
+            self.sendto = sock.sendto
             self.granted_buffers = set_socket_buffers(
                 sock, self.receive_buffer_bytes, self.send_buffer_bytes
             )
@@ -339,10 +478,21 @@ class StunUdpServer(DatagramProtocol):
                 )
 
     def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
+        self.sendto = None
         if self.senders.get(self.local) is self:
             del self.senders[self.local]
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # noqa: N802
+        sendto = self.sendto
+        if sendto is not None:
+            # The per-packet path of a loaded server: no reply object, no lookups.
+            payload = self.responder.answer_plain_binding(datagram, addr)
+            if payload is not None:
+                try:
+                    sendto(payload, addr)
+                except OSError as e:
+                    self.log.debug("could not answer {client}: {error}", client=addr, error=e)
+                return
         reply = self.responder.answer_datagram(datagram, addr, self.local)
         if reply is None:
             self.log.debug(
@@ -353,14 +503,21 @@ class StunUdpServer(DatagramProtocol):
             return
         sender = self if reply.source == self.local else self.senders.get(reply.source)
         if sender is None or sender.transport is None:
-            self.log.warn(
+            # Warn once; after that the same misconfiguration, triggered by
+            # every client's CHANGE-REQUEST, must not flood the log.
+            emit = self.log.debug if self._warned_missing_sender else self.log.warn
+            self._warned_missing_sender = True
+            emit(
                 "no STUN socket bound at {source} to answer a CHANGE-REQUEST; "
                 "check the mediator's alternate address and port settings",
                 source=reply.source,
             )
             return
         try:
-            sender.transport.write(reply.payload, reply.destination)
+            if sender.sendto is not None:
+                sender.sendto(reply.payload, reply.destination)
+            else:
+                sender.transport.write(reply.payload, reply.destination)
         except OSError as e:
             # A full send buffer or an unreachable client must not stop the server.
             self.log.debug("could not answer {client}: {error}", client=addr, error=e)
@@ -371,9 +528,38 @@ class StunTcpServerProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, responder: StunResponder, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        responder: StunResponder,
+        max_message_bytes: int,
+        clock: IReactorTime | None = None,
+        idle_timeout_seconds: float = 0,
+    ) -> None:
         self.responder = responder
         self.decoder = stun.StunStreamDecoder(max_message_bytes)
+        self.clock = clock
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self._idle_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        self._restart_idle_timer()
+
+    def _restart_idle_timer(self) -> None:
+        if self.clock is None or self.idle_timeout_seconds <= 0:
+            return
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.reset(self.idle_timeout_seconds)
+        else:
+            self._idle_timer = self.clock.callLater(self.idle_timeout_seconds, self._idle)
+
+    def _idle(self) -> None:
+        self._idle_timer = None
+        assert self.transport is not None
+        self.log.debug(
+            "closing idle STUN connection from {client}",
+            client=_address_of(self.transport.getPeer()),
+        )
+        self.transport.abortConnection()  # type: ignore[attr-defined]
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
@@ -390,6 +576,7 @@ class StunTcpServerProtocol(Protocol):
             return
         if not messages:
             return
+        self._restart_idle_timer()
         client = _address_of(self.transport.getPeer())
         local = _address_of(self.transport.getHost())
         for message in messages:
@@ -397,20 +584,58 @@ class StunTcpServerProtocol(Protocol):
             if reply is not None:
                 self.transport.write(reply.payload)
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+        factory = self.factory
+        if isinstance(factory, StunTcpServerFactory):
+            factory.connections -= 1
+
 
 class StunTcpServerFactory(Factory):
-    """Builds ``StunTcpServerProtocol`` for each connection, sharing one responder."""
+    """
+    Builds ``StunTcpServerProtocol`` for each connection, sharing one responder.
+
+    With a ``clock``, a connection that completes no request for
+    ``idle_timeout_seconds`` is closed (RFC 8489 section 6.2.2 asks servers
+    to keep connections open for at least 10 s).  Beyond
+    ``max_connections`` open connections new ones are refused, so a
+    connection flood costs bounded memory.
+    """
+
+    log = Logger()
 
     def __init__(
         self,
         responder: StunResponder | None = None,
         max_message_bytes: int = stun.DEFAULT_STREAM_MAX_MESSAGE_BYTES,
+        *,
+        clock: IReactorTime | None = None,
+        idle_timeout_seconds: float = DEFAULT_TCP_IDLE_TIMEOUT_SECONDS,
+        max_connections: int = DEFAULT_MAX_TCP_CONNECTIONS,
     ) -> None:
         self.responder = responder if responder is not None else StunResponder()
         self.max_message_bytes = max_message_bytes
+        self.clock = clock
+        self.idle_timeout_seconds = idle_timeout_seconds
+        self.max_connections = max_connections
+        self.connections = 0
+        self.refused_connections = 0
 
-    def buildProtocol(self, addr: IAddress | None) -> Protocol:  # noqa: N802 - Twisted's name
-        protocol = StunTcpServerProtocol(self.responder, self.max_message_bytes)
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # noqa: N802
+        if self.connections >= self.max_connections:
+            self.refused_connections += 1
+            self.log.debug(
+                "refused STUN connection from {client}: {limit} connections open",
+                client=addr,
+                limit=self.max_connections,
+            )
+            return None
+        self.connections += 1
+        protocol = StunTcpServerProtocol(
+            self.responder, self.max_message_bytes, self.clock, self.idle_timeout_seconds
+        )
         protocol.factory = self
         return protocol
 
@@ -446,6 +671,12 @@ class StunUdpService(Service):
             )
         if alternate_ip is not None and not interface:
             raise ValueError("RFC 5780 needs the primary IP as interface, not the wildcard address")
+        if alternate_ip is not None and (
+            alternate_ip == interface or (port and alternate_port == port)
+        ):
+            raise ValueError(
+                "the alternate IP and port must differ from the primary ones (RFC 5780)"
+            )
         self.port = port
         self.interface = interface
         self.alternate_ip = alternate_ip

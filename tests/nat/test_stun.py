@@ -30,7 +30,9 @@ class Rfc5769VectorTests(SynchronousTestCase):
     def test_request_decodes(self) -> None:
         """The s2.1 request decodes to a Binding request with its six attributes."""
         msg = stun.decode_message(vector("stun-rfc5769", "sample-request.bin"))
-        self.assertEqual((msg.method, msg.message_class), (stun.Method.BINDING, MessageClass.REQUEST))
+        self.assertEqual(
+            (msg.method, msg.message_class), (stun.Method.BINDING, MessageClass.REQUEST)
+        )
         self.assertEqual(msg.transaction_id, RFC5769_TXID)
         self.assertEqual(
             msg.attribute_types(),
@@ -156,6 +158,7 @@ class MessageTypeTests(SynchronousTestCase):
             self.assertEqual(stun.encode_message_type(1, message_class), value)
             self.assertEqual(stun.decode_message_type(value), (1, message_class))
 
+    @settings(deadline=None)
     @given(st.integers(0, 0xFFF), st.sampled_from(list(MessageClass)))
     def test_round_trip(self, method: int, message_class: MessageClass) -> None:
         """Every method and class survives the bit interleaving."""
@@ -206,7 +209,9 @@ class BindingTests(SynchronousTestCase):
 
     def test_error_response(self) -> None:
         """A 420 lists the unknown attributes and reads back as (420, reason)."""
-        response = stun.error_response(stun.binding_request(), 420, unknown_attributes=[0x7777, 0x10])
+        response = stun.error_response(
+            stun.binding_request(), 420, unknown_attributes=[0x7777, 0x10]
+        )
         decoded = stun.decode_message(stun.encode_message(response))
         self.assertEqual(decoded.message_class, MessageClass.ERROR_RESPONSE)
         self.assertEqual(decoded.error_code(), (420, "Unknown Attribute"))
@@ -215,7 +220,10 @@ class BindingTests(SynchronousTestCase):
     def test_unknown_required_attributes(self) -> None:
         """Only comprehension-required types outside the understood set are reported."""
         msg = stun.StunMessage(
-            1, MessageClass.REQUEST, b"t" * 12, ((0x7777, b""), (0x8888, b""), (0x0003, b"\0\0\0\0"))
+            1,
+            MessageClass.REQUEST,
+            b"t" * 12,
+            ((0x7777, b""), (0x8888, b""), (0x0003, b"\0\0\0\0")),
         )
         self.assertEqual(stun.unknown_required_attributes(msg, {0x0003}), [0x7777])
 
@@ -245,8 +253,12 @@ class HostileInputTests(SynchronousTestCase):
         self.assertRejected(_header(0, message_type=0x4001))
 
     def test_no_cookie(self) -> None:
-        """An RFC 3489 style header without the magic cookie is rejected."""
+        """An RFC 3489 style header without the magic cookie is rejected unless classic is allowed."""
         self.assertRejected(_header(0, cookie=0x12345678))
+        msg = stun.decode_message(_header(0, cookie=0x12345678), allow_classic=True)
+        self.assertTrue(msg.is_classic)
+        self.assertEqual(msg.magic_cookie, 0x12345678)
+        self.assertEqual(stun.encode_message(msg, fingerprint=False), _header(0, cookie=0x12345678))
 
     def test_length_mismatch(self) -> None:
         """A length field that disagrees with the bytes present is rejected both ways."""
@@ -306,6 +318,7 @@ class HostileInputTests(SynchronousTestCase):
         self.assertFalse(stun.verify_integrity(b"garbage", b"k"))
         self.assertFalse(stun.verify_integrity(stun.encode_message(stun.binding_request()), b"k"))
 
+    @settings(deadline=None)
     @given(st.binary(max_size=200))
     def test_garbage_raises_only_decode_error(self, data: bytes) -> None:
         """Arbitrary bytes either decode or raise StunDecodeError."""
@@ -314,6 +327,7 @@ class HostileInputTests(SynchronousTestCase):
         except StunDecodeError:
             pass
 
+    @settings(deadline=None)
     @given(st.binary(max_size=120), st.integers(0, 0xFFFF))
     def test_valid_header_garbage_body(self, body: bytes, message_type: int) -> None:
         """A correct header over arbitrary attribute bytes decodes or raises StunDecodeError, and helpers too."""
@@ -339,6 +353,7 @@ class HostileInputTests(SynchronousTestCase):
                 pass
         stun.verify_integrity(data, b"key")
 
+    @settings(deadline=None)
     @given(st.binary(min_size=20, max_size=100), st.data())
     def test_mutated_message(self, _seed: bytes, data: st.DataObject) -> None:
         """Flipping bytes of a valid signed message never raises anything but StunDecodeError."""
@@ -361,11 +376,13 @@ class HostileInputTests(SynchronousTestCase):
 attribute_values = st.lists(
     st.tuples(
         st.integers(0, 0xFFFF).filter(
-            lambda t: t
-            not in (
-                AttributeType.FINGERPRINT,
-                AttributeType.MESSAGE_INTEGRITY,
-                AttributeType.MESSAGE_INTEGRITY_SHA256,
+            lambda t: (
+                t
+                not in (
+                    AttributeType.FINGERPRINT,
+                    AttributeType.MESSAGE_INTEGRITY,
+                    AttributeType.MESSAGE_INTEGRITY_SHA256,
+                )
             )
         ),
         st.binary(max_size=40),
@@ -382,7 +399,7 @@ class RoundTripTests(SynchronousTestCase):
         attribute_values,
         st.booleans(),
     )
-    @settings(max_examples=200)
+    @settings(max_examples=200, deadline=None)
     def test_encode_decode(
         self,
         method: int,
@@ -401,6 +418,7 @@ class RoundTripTests(SynchronousTestCase):
         )
         self.assertEqual(len(decoded.attributes), len(attributes) + fingerprint)
 
+    @settings(deadline=None)
     @given(attribute_values, st.binary(min_size=1, max_size=32))
     def test_signed_verifies(self, attributes: list[tuple[int, bytes]], key: bytes) -> None:
         """A message signed with a key verifies with it (both algorithms) and not with another."""
@@ -409,6 +427,7 @@ class RoundTripTests(SynchronousTestCase):
         self.assertTrue(stun.verify_integrity(data, key))
         self.assertFalse(stun.verify_integrity(data, key + b"x"))
 
+    @settings(deadline=None)
     @given(
         st.one_of(
             st.tuples(st.ip_addresses(v=4).map(str), st.integers(0, 0xFFFF)),
@@ -421,7 +440,9 @@ class RoundTripTests(SynchronousTestCase):
         host, port = address
         for decoded_host, decoded_port in [
             stun.decode_address(stun.encode_address(address)),
-            stun.decode_xor_address(stun.encode_xor_address(address, transaction_id), transaction_id),
+            stun.decode_xor_address(
+                stun.encode_xor_address(address, transaction_id), transaction_id
+            ),
         ]:
             self.assertEqual(ip_address(decoded_host), ip_address(host))
             self.assertEqual(decoded_port, port)
@@ -454,8 +475,11 @@ class StreamDecoderTests(SynchronousTestCase):
         """A non-STUN stream fails, and stays failed."""
         decoder = stun.StunStreamDecoder()
         self.assertRaises(StunDecodeError, decoder.feed, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        self.assertRaises(StunDecodeError, decoder.feed, stun.encode_message(stun.binding_request()))
+        self.assertRaises(
+            StunDecodeError, decoder.feed, stun.encode_message(stun.binding_request())
+        )
 
+    @settings(deadline=None)
     @given(st.lists(st.binary(max_size=64), max_size=8))
     def test_garbage_stream(self, chunks: list[bytes]) -> None:
         """Arbitrary chunks either yield messages or raise StunDecodeError, and never buffer past the cap."""

@@ -1,0 +1,266 @@
+"""Tests for RFC 5780 NAT behaviour discovery, against a simulated NAT and on loopback."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from p2psip.nat import stun
+from p2psip.nat.behaviour import (
+    BehaviourDiscoveryError,
+    FilteringBehaviour,
+    MappingBehaviour,
+    PortAllocation,
+    PortAllocationKind,
+    classify_filtering,
+    classify_mapping,
+    classify_port_allocation,
+    discover_behaviour,
+    discover_nat_behaviour,
+    mapping_test_destinations,
+    probe_port_allocation,
+)
+from p2psip.nat.stun_client import BindingResult, StunErrorResponse, StunTimeoutError
+from p2psip.nat.stun_server import AlternateAddresses, StunResponder, StunUdpService
+
+LOCAL = ("10.0.0.2", 5000)
+ALTERNATES = AlternateAddresses("192.0.2.1", "192.0.2.2", 3478, 3479)
+PRIMARY = ("192.0.2.1", 3478)
+
+
+class SimulatedNat:
+    """
+    A NAT with one of RFC 4787's mapping and filtering behaviours.
+
+    ``binding`` has ``StunUdpClient.binding``'s signature and answers
+    through a real ``StunResponder``, so the discovery code sees real
+    responses, or a timeout when the NAT filters the answer.
+    """
+
+    def __init__(
+        self,
+        mapping: MappingBehaviour,
+        filtering: FilteringBehaviour,
+        public_ip: str = "198.51.100.1",
+    ) -> None:
+        self.mapping = mapping
+        self.filtering = filtering
+        self.public_ip = public_ip
+        self.mappings: dict[object, tuple[str, int]] = {}
+        self.contacted: set[tuple[str, int]] = set()
+        self.next_port = 60000
+        self.responder = StunResponder(alternates=ALTERNATES)
+        self.requests: list[tuple[tuple[str, int], bool, bool]] = []
+
+    def _mapped(self, destination: tuple[str, int]) -> tuple[str, int]:
+        if self.mapping is MappingBehaviour.NO_NAT:
+            return LOCAL
+        key: object = {
+            MappingBehaviour.ENDPOINT_INDEPENDENT: LOCAL,
+            MappingBehaviour.ADDRESS_DEPENDENT: (LOCAL, destination[0]),
+            MappingBehaviour.ADDRESS_AND_PORT_DEPENDENT: (LOCAL, destination),
+        }[self.mapping]
+        if key not in self.mappings:
+            self.mappings[key] = (self.public_ip, self.next_port)
+            self.next_port += 1
+        return self.mappings[key]
+
+    def _passes(self, source: tuple[str, int]) -> bool:
+        if self.mapping is MappingBehaviour.NO_NAT:
+            return True
+        if self.filtering is FilteringBehaviour.ENDPOINT_INDEPENDENT:
+            return True
+        if self.filtering is FilteringBehaviour.ADDRESS_DEPENDENT:
+            return source[0] in {ip for ip, _ in self.contacted}
+        return source in self.contacted
+
+    def binding(
+        self, server: tuple[str, int], *, change_ip: bool = False, change_port: bool = False
+    ) -> Deferred[BindingResult]:
+        self.requests.append((server, change_ip, change_port))
+        self.contacted.add(server)
+        request = stun.binding_request(change_ip=change_ip, change_port=change_port)
+        reply = self.responder.answer_datagram(
+            stun.encode_message(request), self._mapped(server), server
+        )
+        assert reply is not None
+        response = stun.decode_message(reply.payload)
+        if response.message_class is stun.MessageClass.ERROR_RESPONSE:
+            code, reason = response.error_code() or (0, "")
+            return fail(StunErrorResponse(code, reason, response))
+        if not self._passes(reply.source):
+            return fail(StunTimeoutError("filtered"))
+        return succeed(BindingResult(response.xor_mapped_address(), response, reply.source, LOCAL))  # type: ignore[arg-type]
+
+
+class ClassifyTests(SynchronousTestCase):
+    def test_mapping(self) -> None:
+        """The three mapping tests classify as RFC 5780 section 4.3 describes."""
+        x, y, z = ("198.51.100.1", 1), ("198.51.100.1", 2), ("198.51.100.1", 3)
+        self.assertEqual(classify_mapping(LOCAL, LOCAL), MappingBehaviour.NO_NAT)
+        self.assertEqual(classify_mapping(LOCAL, x, x), MappingBehaviour.ENDPOINT_INDEPENDENT)
+        self.assertEqual(classify_mapping(LOCAL, x, y, y), MappingBehaviour.ADDRESS_DEPENDENT)
+        self.assertEqual(
+            classify_mapping(LOCAL, x, y, z), MappingBehaviour.ADDRESS_AND_PORT_DEPENDENT
+        )
+        self.assertRaises(ValueError, classify_mapping, LOCAL, x)
+
+    def test_filtering(self) -> None:
+        """The two filtering tests classify as RFC 5780 section 4.4 describes."""
+        self.assertEqual(classify_filtering(True, True), FilteringBehaviour.ENDPOINT_INDEPENDENT)
+        self.assertEqual(classify_filtering(False, True), FilteringBehaviour.ADDRESS_DEPENDENT)
+        self.assertEqual(
+            classify_filtering(False, False), FilteringBehaviour.ADDRESS_AND_PORT_DEPENDENT
+        )
+
+    def test_destinations(self) -> None:
+        """Tests I-III go to (ip1,port1), (ip2,port1), (ip2,port2)."""
+        self.assertEqual(
+            mapping_test_destinations(PRIMARY, ("192.0.2.2", 3479)),
+            [PRIMARY, ("192.0.2.2", 3478), ("192.0.2.2", 3479)],
+        )
+
+    def test_port_preserving(self) -> None:
+        """Mapped ports equal to the local ports are preserving."""
+        allocation = classify_port_allocation([(4000, 4000), (4002, 4002), (5000, 5000)])
+        self.assertEqual(allocation, PortAllocation(PortAllocationKind.PRESERVING))
+        self.assertEqual(allocation.predict(4000, 6000), 6000)
+
+    def test_port_sequential(self) -> None:
+        """A constant gap is sequential with that delta, even with one disturbed gap."""
+        samples = [(1, 1000), (2, 1002), (3, 1004), (4, 1009), (5, 1011), (6, 1013)]
+        allocation = classify_port_allocation(samples)
+        self.assertEqual(allocation, PortAllocation(PortAllocationKind.SEQUENTIAL, 2))
+        self.assertEqual(allocation.predict(1013, 7), 1015)
+        self.assertEqual(allocation.predict(65535, 7), 2)
+
+    def test_port_random(self) -> None:
+        """Unrelated ports, or a huge constant gap, are random."""
+        self.assertEqual(
+            classify_port_allocation([(1, 40000), (2, 12345), (3, 55555)]).kind,
+            PortAllocationKind.RANDOM,
+        )
+        self.assertEqual(
+            classify_port_allocation([(1, 1000), (2, 3000), (3, 5000)]).kind,
+            PortAllocationKind.RANDOM,
+        )
+        self.assertIsNone(PortAllocation(PortAllocationKind.RANDOM).predict(1, 2))
+
+    @settings(deadline=None)
+    @given(
+        st.lists(st.tuples(st.integers(1, 65535), st.integers(1, 65535)), min_size=1, max_size=20)
+    )
+    def test_port_any(self, samples: list[tuple[int, int]]) -> None:
+        """Any samples classify, and a sequential verdict has a small nonzero delta."""
+        allocation = classify_port_allocation(samples)
+        if allocation.kind is PortAllocationKind.SEQUENTIAL:
+            assert allocation.delta is not None
+            self.assertTrue(0 < abs(allocation.delta) <= 50)
+
+
+class DiscoveryTests(SynchronousTestCase):
+    def test_every_combination(self) -> None:
+        """Each simulated mapping and filtering behaviour is identified, filtering from a fresh socket."""
+        for mapping in MappingBehaviour:
+            for filtering in FilteringBehaviour:
+                nat = SimulatedNat(mapping, filtering)
+                fresh = SimulatedNat(mapping, filtering)
+                found = self.successResultOf(
+                    discover_behaviour(nat.binding, PRIMARY, LOCAL, filtering_binding=fresh.binding)
+                )
+                self.assertEqual(found.mapping, mapping, (mapping, filtering))
+                expected = (
+                    FilteringBehaviour.ENDPOINT_INDEPENDENT
+                    if mapping is MappingBehaviour.NO_NAT
+                    else filtering
+                )
+                self.assertEqual(found.filtering, expected, (mapping, filtering))
+
+    def test_same_socket_would_be_wrong(self) -> None:
+        """Filtering tests on the mapping socket see the filter the mapping tests opened."""
+        nat = SimulatedNat(
+            MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ADDRESS_DEPENDENT
+        )
+        found = self.successResultOf(
+            discover_behaviour(nat.binding, PRIMARY, LOCAL, filtering_binding=nat.binding)
+        )
+        self.assertEqual(found.filtering, FilteringBehaviour.ENDPOINT_INDEPENDENT)
+
+    def test_mapping_only(self) -> None:
+        """Without a filtering socket no CHANGE-REQUEST is sent."""
+        nat = SimulatedNat(
+            MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ADDRESS_DEPENDENT
+        )
+        found = self.successResultOf(discover_behaviour(nat.binding, PRIMARY, LOCAL))
+        self.assertIsNone(found.filtering)
+        self.assertEqual([flags for _, *flags in nat.requests], [[False, False], [False, False]])
+
+    def test_server_without_rfc5780(self) -> None:
+        """A server without OTHER-ADDRESS is reported with a fix to apply."""
+        nat = SimulatedNat(
+            MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ENDPOINT_INDEPENDENT
+        )
+        nat.responder.alternates = None
+        failure = self.failureResultOf(
+            discover_behaviour(nat.binding, PRIMARY, LOCAL), BehaviourDiscoveryError
+        )
+        self.assertIn("alternate IP", str(failure.value))
+
+    def test_change_request_refused(self) -> None:
+        """A 420 to the filtering tests' CHANGE-REQUEST is a discovery error naming the code."""
+        nat = SimulatedNat(
+            MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ENDPOINT_INDEPENDENT
+        )
+        refusing = SimulatedNat(
+            MappingBehaviour.ENDPOINT_INDEPENDENT, FilteringBehaviour.ENDPOINT_INDEPENDENT
+        )
+        refusing.responder.alternates = None
+        failure = self.failureResultOf(
+            discover_behaviour(nat.binding, PRIMARY, LOCAL, filtering_binding=refusing.binding),
+            BehaviourDiscoveryError,
+        )
+        self.assertIn("420", str(failure.value))
+
+    def test_unreachable(self) -> None:
+        """A silent server is a discovery error."""
+        failure = self.failureResultOf(
+            discover_behaviour(lambda *a, **k: fail(StunTimeoutError("x")), PRIMARY, LOCAL),
+            BehaviourDiscoveryError,
+        )
+        self.assertIn("did not answer", str(failure.value))
+
+
+class LoopbackDiscoveryTests(TestCase):
+    async def test_no_nat_on_loopback(self) -> None:
+        """On loopback against the four-socket server there is no NAT and everything gets through."""
+        service = StunUdpService(
+            0, interface="127.0.0.1", alternate_ip="127.0.0.2", alternate_port=0, reactor=reactor
+        )
+        try:
+            service.startService()
+        except OSError as e:
+            self.skipTest(f"cannot bind 127.0.0.2 here: {e}")
+        self.addCleanup(service.stopService)
+        primary = service.addresses()[0]
+        found = await discover_nat_behaviour(reactor, reactor, primary, "127.0.0.1")  # type: ignore[arg-type]
+        self.assertEqual(found.mapping, MappingBehaviour.NO_NAT)
+        self.assertEqual(found.filtering, FilteringBehaviour.ENDPOINT_INDEPENDENT)
+        self.assertEqual(found.mapped[0], "127.0.0.1")
+
+    async def test_port_allocation_on_loopback(self) -> None:
+        """Without a NAT every probe's mapped port is its local port: preserving."""
+        service = StunUdpService(0, interface="127.0.0.1", reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        allocation, samples = await probe_port_allocation(
+            reactor,
+            reactor,
+            service.addresses(),
+            count=4,
+            interface="127.0.0.1",  # type: ignore[arg-type]
+        )
+        self.assertEqual(allocation.kind, PortAllocationKind.PRESERVING)
+        self.assertEqual(len(samples), 4)
