@@ -2,7 +2,7 @@
 The STUNT mediator's Twisted side: control server, relay, status pages.
 
 The broker logic lives in ``p2psip.nat.stunt`` (sans-IO); this module adapts
-it to TCP connections.  A control connection that answers the challenge
+it to TCP connections.  /status and /metrics come from ``p2psip.web.site``.  A control connection that answers the challenge
 with ``relay-join`` instead of ``hello`` becomes one half of a relayed
 stream: once both halves of a session the broker set up for relaying have
 joined, the mediator sends ``relay-ready`` on each and from then on copies
@@ -11,7 +11,7 @@ bytes between them, within the operator's byte and rate limits.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -19,10 +19,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import Request
 
 from p2psip.nat import stunt
+from p2psip.util.metrics import Registry
 
 AUTH_TIMEOUT_SECONDS = 10.0
 MAX_RELAY_PREFIX_BYTES = 65536
@@ -30,7 +29,7 @@ MAX_RELAY_PREFIX_BYTES = 65536
 
 @attrs.frozen
 class RelayLimits:
-    """Per-session relay limits (``[relay]`` in mediator.ini)."""
+    """Per-session relay limits (``relay-*`` keys in mediator.ini)."""
 
     max_bytes_per_session: int = 100 * 1024 * 1024
     rate_bytes_per_second: int = 1024 * 1024
@@ -65,7 +64,7 @@ class ControlServerProtocol(Protocol):
         peer = self.transport.getPeer()
         host = getattr(peer, "host", "")
         if not self.factory.admit(host):
-            self.factory.broker.metrics.rejected_connections += 1
+            self.factory.broker.metrics.rejected_connection()
             self.log.debug("refused control connection from {host}: rate limit", host=host)
             self.closing = True
             transport: Any = self.transport
@@ -164,10 +163,10 @@ class _RelaySplice:
     def forward(self, source: ControlServerProtocol, data: bytes) -> None:
         limits = self.factory.relay_limits
         self.total_bytes += len(data)
-        self.factory.broker.metrics.relayed_bytes += len(data)
+        self.factory.broker.metrics.relayed(len(data))
         if self.total_bytes > limits.max_bytes_per_session:
             self.log.info(
-                "relay {session} hit [relay] max-bytes-per-session ({limit}); closing",
+                "relay {session} hit relay-bytes-per-session ({limit}); closing",
                 session=self.session_id,
                 limit=limits.max_bytes_per_session,
             )
@@ -276,72 +275,19 @@ class ControlServerFactory(Factory):
             self.splices.discard(splice)
 
 
-# --- status pages ------------------------------------------------------------
+# --- status ---------------------------------------------------------------------
 
 
-def prometheus_text(status: dict[str, Any]) -> str:
-    """The /metrics document (Prometheus text exposition format 0.0.4)."""
-    lines = [
-        "# HELP p2psip_mediator_clients_online Clients registered over a control connection.",
-        "# TYPE p2psip_mediator_clients_online gauge",
-        f"p2psip_mediator_clients_online {status['clients_online']}",
-        "# HELP p2psip_mediator_sessions_in_progress Connections being brokered.",
-        "# TYPE p2psip_mediator_sessions_in_progress gauge",
-        f"p2psip_mediator_sessions_in_progress {status['sessions_in_progress']}",
-        "# HELP p2psip_mediator_attempts_total Connection attempts started, per method.",
-        "# TYPE p2psip_mediator_attempts_total counter",
-    ]
-    for method in stunt.TCP_METHODS + (stunt.UDP_PUNCH,):
-        lines.append(f'p2psip_mediator_attempts_total{{method="{method}"}} {status["attempts"].get(method, 0)}')
-    lines += [
-        "# HELP p2psip_mediator_successes_total Connections made, per method.",
-        "# TYPE p2psip_mediator_successes_total counter",
-    ]
-    for method in stunt.TCP_METHODS + (stunt.UDP_PUNCH,):
-        lines.append(f'p2psip_mediator_successes_total{{method="{method}"}} {status["successes"].get(method, 0)}')
-    for name, kind, help_text in (
-        ("failures", "counter", "Brokered connections that failed by every method."),
-        ("auth_failures", "counter", "Control connections that failed authentication."),
-        ("rejected_connections", "counter", "Control connections refused by the per-address rate limit."),
-        ("relayed_bytes", "counter", "Bytes copied by the relay."),
-        ("relay_sessions", "counter", "Relayed sessions set up."),
-        ("relays_active", "gauge", "Relayed sessions open now."),
-    ):
-        metric = f"p2psip_mediator_{name}" + ("_total" if kind == "counter" and not name.endswith("_total") else "")
-        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} {kind}", f"{metric} {status[name]}"]
-    for name, value in sorted(status.get("stun", {}).items()):
-        if isinstance(value, int):
-            metric = f"p2psip_mediator_stun_{name}_total"
-            lines += [f"# TYPE {metric} counter", f"{metric} {value}"]
-    return "\n".join(lines) + "\n"
-
-
-class _StatusDocument(Resource):
-    isLeaf = True
-
-    def __init__(self, status: Any, render_text: Any, content_type: bytes) -> None:
-        super().__init__()
-        self.status = status
-        self.render_text = render_text
-        self.content_type = content_type
-
-    def render_GET(self, request: Request) -> bytes:  # noqa: N802 - twisted.web's name
-        request.setHeader(b"content-type", self.content_type)
-        text: str = self.render_text(self.status())
-        return text.encode("utf-8")
-
-
-def status_resource(status: Any) -> Resource:
+def register_stun_metrics(registry: Registry, counters: Callable[[], Mapping[str, int]]) -> None:
     """
-    ``/status`` (JSON) and ``/metrics`` (Prometheus) for ``status()``.
+    The STUN server's counters on /metrics.
 
-    ``status`` is a callable returning the dict of ``Broker.status()``
-    extended with the STUN server's counters under ``"stun"``.
+    The STUN responder keeps plain integer attributes (cheap on its per-packet
+    path); they are read when scraped, hence gauges, though they only grow.
     """
-    root = Resource()
-    root.putChild(
-        b"status",
-        _StatusDocument(status, lambda s: json.dumps(s, indent=2, sort_keys=True) + "\n", b"application/json"),
-    )
-    root.putChild(b"metrics", _StatusDocument(status, prometheus_text, b"text/plain; version=0.0.4"))
-    return root
+    for name in ("requests", "responses", "errors", "dropped"):
+        registry.gauge(
+            f"p2psip_mediator_stun_{name}",
+            f"STUN messages: {name} since the mediator started.",
+            function=lambda name=name: counters().get(name, 0),  # type: ignore[misc]
+        )

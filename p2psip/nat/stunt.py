@@ -42,6 +42,8 @@ from typing import Any, Protocol
 import attrs
 from twisted.logger import Logger
 
+from p2psip.util.metrics import Registry
+
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 8192
 FRAME_HEADER = struct.Struct("!H")
@@ -380,7 +382,7 @@ class BrokerPolicy:
     attempt_start_seconds: float = 0.1
     attempt_deadline_seconds: float = 4.0
     low_ttl: int = 2
-    relay_config_hint: str = "mediator.ini [relay] enabled"
+    relay_config_hint: str = "mediator.ini [mediator] relay (or --relay yes)"
 
 
 @attrs.define
@@ -415,22 +417,85 @@ class BrokeredSession:
 
 
 class Metrics:
-    """Counters for /status and /metrics; plain attributes, cheap to bump."""
+    """
+    The broker's counters, kept in a ``p2psip.util.metrics.Registry``.
 
-    def __init__(self) -> None:
-        self.attempts: dict[str, int] = {}
-        self.successes: dict[str, int] = {}
-        self.failures = 0
-        self.auth_failures = 0
-        self.rejected_connections = 0
-        self.relayed_bytes = 0
-        self.relay_sessions = 0
+    ``/metrics`` renders the registry; ``/status`` reads the same numbers
+    through the properties below.  Method labels come from the fixed set of
+    method names, never from client input.
+    """
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        self.registry = registry if registry is not None else Registry()
+        r = self.registry
+        self._attempts = r.counter("p2psip_mediator_attempts_total", "Connection attempts started, per method.", ["method"])
+        self._successes = r.counter("p2psip_mediator_successes_total", "Connections made, per method.", ["method"])
+        for method in TCP_METHODS + (UDP_PUNCH,):
+            self._attempts.labels(method)
+            self._successes.labels(method)
+        self._failures = r.counter("p2psip_mediator_failures_total", "Brokered connections that failed by every method.")
+        self._auth_failures = r.counter(
+            "p2psip_mediator_auth_failures_total", "Control connections that failed authentication."
+        )
+        self._rejected = r.counter(
+            "p2psip_mediator_rejected_connections_total",
+            "Control connections refused by the per-address rate limit.",
+        )
+        self._relayed_bytes = r.counter("p2psip_mediator_relayed_bytes_total", "Bytes copied by the relay.")
+        self._relay_sessions = r.counter("p2psip_mediator_relay_sessions_total", "Relayed sessions set up.")
 
     def attempted(self, method: str) -> None:
-        self.attempts[method] = self.attempts.get(method, 0) + 1
+        self._attempts.labels(method).inc()
 
     def succeeded(self, method: str) -> None:
-        self.successes[method] = self.successes.get(method, 0) + 1
+        self._successes.labels(method).inc()
+
+    def failed(self) -> None:
+        self._failures.inc()
+
+    def auth_failed(self) -> None:
+        self._auth_failures.inc()
+
+    def rejected_connection(self) -> None:
+        self._rejected.inc()
+
+    def relayed(self, byte_count: int) -> None:
+        self._relayed_bytes.inc(byte_count)
+
+    def relay_session(self) -> None:
+        self._relay_sessions.inc()
+
+    @staticmethod
+    def _per_method(counter: Any) -> dict[str, int]:
+        return {method: int(counter.labels(method).value) for method in TCP_METHODS + (UDP_PUNCH,) if counter.labels(method).value}
+
+    @property
+    def attempts(self) -> dict[str, int]:
+        return self._per_method(self._attempts)
+
+    @property
+    def successes(self) -> dict[str, int]:
+        return self._per_method(self._successes)
+
+    @property
+    def failures(self) -> int:
+        return int(self._failures.value)
+
+    @property
+    def auth_failures(self) -> int:
+        return int(self._auth_failures.value)
+
+    @property
+    def rejected_connections(self) -> int:
+        return int(self._rejected.value)
+
+    @property
+    def relayed_bytes(self) -> int:
+        return int(self._relayed_bytes.value)
+
+    @property
+    def relay_sessions(self) -> int:
+        return int(self._relay_sessions.value)
 
 
 class Broker:
@@ -452,6 +517,7 @@ class Broker:
         stun_tcp_port: int = 3478,
         stun_udp_port: int = 3478,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        registry: Registry | None = None,
     ) -> None:
         self.clock = clock
         self.secrets = secrets
@@ -465,7 +531,16 @@ class Broker:
         self._observed: dict[int, tuple[str, int]] = {}
         self.sessions: dict[str, BrokeredSession] = {}
         self.relay_counts: dict[str, int] = {}
-        self.metrics = Metrics()
+        self.metrics = Metrics(registry)
+        self.metrics.registry.gauge(
+            "p2psip_mediator_clients_online", "Clients registered over a control connection.", function=lambda: len(self.clients)
+        )
+        self.metrics.registry.gauge(
+            "p2psip_mediator_sessions_in_progress", "Connections being brokered.", function=lambda: len(self.sessions)
+        )
+        self.metrics.registry.gauge(
+            "p2psip_mediator_relays_active", "Relayed sessions open now.", function=lambda: self.relays_active
+        )
 
     # links -------------------------------------------------------------
 
@@ -540,12 +615,12 @@ class Broker:
         secret = self.secrets.secret_for(client_id) if valid_client_id(client_id) else None
         expected = compute_mac(secret, nonce, client_id) if secret is not None and nonce else ""
         if not expected or not hmac.compare_digest(expected, message["mac"]):
-            self.metrics.auth_failures += 1
+            self.metrics.auth_failed()
             self.log.debug("authentication failed for {client_id!r}", client_id=client_id[:MAX_ID_CHARS])
             self._refuse_link(link, "auth-failed", "wrong ID or secret: check the client's --secret")
             return
         if client_id not in self.clients and len(self.clients) >= self.policy.max_clients:
-            self._refuse_link(link, "busy", "mediator is full: raise [limits] max-clients in mediator.ini")
+            self._refuse_link(link, "busy", "mediator is full: raise max-clients in mediator.ini")
             return
         previous = self.clients.get(client_id)
         if previous is not None:
@@ -584,7 +659,7 @@ class Broker:
             return
         active = sum(1 for s in self.sessions.values() if s.initiator.client_id == client_id)
         if active >= self.policy.max_sessions_per_client:
-            fail("busy", "too many connection attempts in progress: [limits] max-sessions-per-client")
+            fail("busy", "too many connection attempts in progress (mediator.ini max-sessions-per-client)")
             return
         if kind == "udp":
             methods = [UDP_PUNCH]
@@ -676,7 +751,7 @@ class Broker:
                 return f"relay refused: relay disabled in {self.policy.relay_config_hint}"
             for name in names:
                 if self.relay_counts.get(name, 0) >= self.policy.max_relays_per_client:
-                    return f"relay refused: {name} already has the maximum of relayed sessions ([relay] max-sessions-per-client)"
+                    return f"relay refused: {name} already has the maximum of relayed sessions (mediator.ini relay-sessions-per-client)"
             return ""
         if method == UDP_PUNCH and NO_NAT in (a.allocation, b.allocation):
             # The public side learns the peer's real address from its
@@ -687,7 +762,7 @@ class Broker:
                 return "no side has a public address for a direct connect"
             return ""
         if method == LOW_TTL and not self.policy.low_ttl_enabled:
-            return "low-ttl disabled in mediator.ini [traversal] low-ttl"
+            return "low-ttl disabled in mediator.ini (low-ttl = no)"
         unpredictable = [
             f"{name}'s {behaviour.describe()}"
             for name, behaviour in zip(names, (a, b), strict=True)
@@ -815,7 +890,7 @@ class Broker:
         session = self.sessions.get(session_id)
         if session is None:
             return
-        self.metrics.relay_sessions += 1
+        self.metrics.relay_session()
         self._finish(session, True, "; ".join(session.reasons), keep_relay=True)
 
     def relay_ended(self, initiator: str, responder: str) -> None:
@@ -838,7 +913,7 @@ class Broker:
         if ok:
             self.metrics.succeeded(session.method)
         else:
-            self.metrics.failures += 1
+            self.metrics.failed()
         elapsed = self.clock.seconds() - session.started_at
         self.log.info(
             "session {session} {a}->{b}: {result} via {method} after {elapsed:.3f}s",
@@ -872,8 +947,12 @@ class Broker:
             "rejected_connections": self.metrics.rejected_connections,
             "relay_sessions": self.metrics.relay_sessions,
             "relayed_bytes": self.metrics.relayed_bytes,
-            "relays_active": sum(self.relay_counts.values()) // 2,
+            "relays_active": self.relays_active,
         }
+
+    @property
+    def relays_active(self) -> int:
+        return sum(self.relay_counts.values()) // 2
 
 
 class ConnectionRateLimit:

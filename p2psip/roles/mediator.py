@@ -3,118 +3,38 @@ The ``p2psip-mediator`` role: STUN (UDP and TCP), the STUNT control port and
 broker, the relay of last resort, and the status pages.
 
 ``twistd -n p2psip-mediator --config etc/mediator.ini`` is the whole story;
-every ``[mediator]`` key can also be given as a flag, and flags win.
+every option can be set in the ``[mediator]`` section of that file, and the
+command line wins.
 """
 
 from __future__ import annotations
 
-import configparser
 import os
 from typing import Any
 
-import attrs
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
-from twisted.web.server import Site
 
+from p2psip.config import RoleOptions
 from p2psip.nat import mediator, stun_server, stunt
+from p2psip.util.metrics import Registry, register_process_metrics
+from p2psip.web.site import build_site, http_service
 
-DEFAULT_STUN = ["udp:3478", "tcp:3478"]
-DEFAULT_CONTROL = "tcp:3479"
-DEFAULT_HTTP = "tcp:8087:interface=127.0.0.1"
-
-
-@attrs.frozen
-class MediatorConfig:
-    """Everything ``mediator.ini`` can say, with defaults."""
-
-    stun: tuple[str, ...] = ()
-    control: str = ""
-    http: str = ""
-    data_dir: str = ""
-    secret: str = ""
-    secrets_file: str = ""
-    policy: stunt.BrokerPolicy = stunt.BrokerPolicy()
-    relay_limits: mediator.RelayLimits = mediator.RelayLimits()
-    connections_per_minute_per_address: int = 60
+#: Where an operator turns the relay on or off, for failure reasons.
+RELAY_SETTING = "mediator.ini [mediator] relay (or --relay yes)"
 
 
-_KEYS: dict[str, dict[str, type]] = {
-    "mediator": {"stun": str, "control": str, "http": str, "data-dir": str, "secret": str, "secrets-file": str},
-    "relay": {
-        "enabled": bool,
-        "max-sessions-per-client": int,
-        "max-bytes-per-session": int,
-        "rate-bytes-per-second": int,
-        "idle-timeout-seconds": float,
-    },
-    "limits": {"max-clients": int, "max-sessions-per-client": int, "connections-per-minute-per-address": int},
-    "traversal": {"low-ttl": bool, "low-ttl-hops": int, "attempt-deadline-seconds": float},
-}
+def yes_no(value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("yes", "true", "on", "1"):
+        return True
+    if word in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(value)
 
 
-def config_from_string(text: str, source: str = "mediator.ini") -> MediatorConfig:
-    """
-    Parse ``mediator.ini``.
-
-    :raises ValueError: for unknown sections or keys and bad values, naming
-        the file, section and key.
-    """
-    parser = configparser.ConfigParser(interpolation=None)
-    try:
-        parser.read_string(text, source)
-    except configparser.Error as e:
-        raise ValueError(f"{source}: {e}") from None
-    values: dict[str, dict[str, Any]] = {}
-    for section in parser.sections():
-        if section not in _KEYS:
-            raise ValueError(f"{source}: unknown section [{section}] (known: {', '.join(_KEYS)})")
-        for key in parser[section]:
-            kind = _KEYS[section].get(key)
-            if kind is None:
-                raise ValueError(f"{source}: unknown key {key!r} in [{section}]")
-            try:
-                if kind is bool:
-                    value: Any = parser.getboolean(section, key)
-                elif kind is int:
-                    value = parser.getint(section, key)
-                elif kind is float:
-                    value = parser.getfloat(section, key)
-                else:
-                    value = parser.get(section, key).strip()
-            except ValueError:
-                expected = {bool: "yes or no", int: "an integer", float: "a number"}.get(kind, "text")
-                raise ValueError(f"{source}: [{section}] {key} must be {expected}") from None
-            if kind in (int, float) and value < 0:
-                raise ValueError(f"{source}: [{section}] {key} must not be negative")
-            values.setdefault(section, {})[key] = value
-    m, r, li, t = (values.get(s, {}) for s in ("mediator", "relay", "limits", "traversal"))
-    default_policy = stunt.BrokerPolicy()
-    default_relay = mediator.RelayLimits()
-    return MediatorConfig(
-        stun=tuple(m.get("stun", "").split()),
-        control=m.get("control", ""),
-        http=m.get("http", ""),
-        data_dir=m.get("data-dir", ""),
-        secret=m.get("secret", ""),
-        secrets_file=m.get("secrets-file", ""),
-        policy=stunt.BrokerPolicy(
-            relay_enabled=r.get("enabled", default_policy.relay_enabled),
-            low_ttl_enabled=t.get("low-ttl", default_policy.low_ttl_enabled),
-            max_clients=li.get("max-clients", default_policy.max_clients),
-            max_sessions_per_client=li.get("max-sessions-per-client", default_policy.max_sessions_per_client),
-            max_relays_per_client=r.get("max-sessions-per-client", default_policy.max_relays_per_client),
-            attempt_deadline_seconds=t.get("attempt-deadline-seconds", default_policy.attempt_deadline_seconds),
-            low_ttl=t.get("low-ttl-hops", default_policy.low_ttl),
-        ),
-        relay_limits=mediator.RelayLimits(
-            max_bytes_per_session=r.get("max-bytes-per-session", default_relay.max_bytes_per_session),
-            rate_bytes_per_second=max(1, r.get("rate-bytes-per-second", default_relay.rate_bytes_per_second)),
-            idle_timeout_seconds=r.get("idle-timeout-seconds", default_relay.idle_timeout_seconds),
-        ),
-        connections_per_minute_per_address=li.get("connections-per-minute-per-address", 60),
-    )
+yes_no.coerceDoc = "yes or no"  # type: ignore[attr-defined]
 
 
 def parse_udp(description: str) -> tuple[int, str]:
@@ -132,117 +52,135 @@ def parse_udp(description: str) -> tuple[int, str]:
 
 
 def _tcp_port(description: str) -> int:
-    parts = description.split(":")
-    for part in parts[1:]:
+    """The port of a TCP server endpoint string (tcp:PORT, tcp:port=PORT), 0 if none."""
+    for part in description.split(":")[1:]:
         if part.isdigit():
             return int(part)
-    for part in parts:
-        if part.startswith("port="):
+        if part.startswith("port=") and part[5:].isdigit():
             return int(part[5:])
     return 0
 
 
-class Options(usage.Options):
+class Options(RoleOptions):
+    role = "mediator"
+    repeatable = ("stun",)
     optParameters = [
-        ["config", None, None, "INI file (see etc/mediator.ini); flags win over it."],
-        ["control", None, None, f"STUNT control listener (default {DEFAULT_CONTROL})."],
-        ["http", None, None, f"/status and /metrics listener (default {DEFAULT_HTTP})."],
-        ["data-dir", None, None, "Folder for state; a 'secrets' file there is used when no secret is given."],
+        ["stun", None, "udp:3478 tcp:3478",
+         "STUN listener: udp:PORT[:interface=ADDR] or a TCP endpoint; clients probe the TCP one."],
+        ["control", None, "tcp:3479", "STUNT control listener (clients stay connected here)."],
+        ["http", None, "tcp:8087:interface=127.0.0.1", "/status and /metrics listener."],
+        ["data-dir", None, None, "State folder; a file 'secrets' there is read when no secret is given."],
         ["secret", None, None, "Shared secret every client proves knowing (HMAC challenge-response)."],
-        ["secrets-file", None, None, "File of 'ID SECRET' lines: per-client secrets."],
+        ["secrets-file", None, None, "File of 'ID SECRET' lines: per-client secrets (win over --secret)."],
+        ["relay", None, True, "Relay TCP streams when no direct path works.", yes_no],
+        ["relay-sessions-per-client", None, 4, "Relayed sessions one client may hold at once.", int],
+        ["relay-bytes-per-session", None, 100 * 1024 * 1024, "A relayed session ends after this many bytes.", int],
+        ["relay-rate-bytes-per-second", None, 1024 * 1024, "Each direction of a relay is paused above this.", int],
+        ["relay-idle-seconds", None, 300.0, "A relayed session idle this long is closed.", float],
+        ["max-clients", None, 1000, "Registered clients at once; more IDs are refused.", int],
+        ["max-sessions-per-client", None, 8, "Connection attempts one client may have in progress.", int],
+        ["connections-per-minute-per-address", None, 60, "New control connections per source address.", int],
+        ["low-ttl", None, True, "Try STUNT's low-TTL SYN after simultaneous open.", yes_no],
+        ["low-ttl-hops", None, 2, "IP TTL of that SYN: past the client's NAT, short of the peer's.", int],
+        ["attempt-deadline-seconds", None, 4.0, "How long each side tries one method.", float],
     ]
-    optFlags = [["no-relay", None, "Never relay (same as [relay] enabled = no)."]]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self["stun"] = []
-
-    def opt_stun(self, description: str) -> None:
-        """STUN listener, udp:PORT[:interface=ADDR] or a TCP endpoint (repeatable; default udp:3478 and tcp:3478)."""
-        self["stun"].append(description)
 
     def postOptions(self) -> None:  # noqa: N802 - Twisted's name
-        config = MediatorConfig()
-        if self["config"]:
-            try:
-                with open(self["config"], encoding="utf-8") as f:
-                    config = config_from_string(f.read(), self["config"])
-            except OSError as e:
-                raise usage.UsageError(f"cannot read --config {self['config']}: {e.strerror}") from None
-            except ValueError as e:
-                raise usage.UsageError(str(e)) from None
-        stun = self["stun"] or list(config.stun) or DEFAULT_STUN
-        for description in stun:
+        super().postOptions()
+        for description in self["stun"]:
             if description.startswith("udp:"):
                 try:
                     parse_udp(description)
                 except ValueError as e:
                     raise usage.UsageError(f"--stun {e}") from None
-        data_dir = self["data-dir"] or config.data_dir
-        secret = self["secret"] or config.secret
-        secrets_file = self["secrets-file"] or config.secrets_file
-        if not secrets_file and data_dir and os.path.exists(os.path.join(data_dir, "secrets")):
-            secrets_file = os.path.join(data_dir, "secrets")
+        for name in ("relay-sessions-per-client", "relay-bytes-per-session", "relay-rate-bytes-per-second",
+                     "max-clients", "max-sessions-per-client", "connections-per-minute-per-address",
+                     "low-ttl-hops"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} (or '{name}' in [mediator]) must be at least 1")
+        secrets_file = self["secrets-file"]
+        if not secrets_file and self["data-dir"]:
+            candidate = os.path.join(self["data-dir"], "secrets")
+            secrets_file = candidate if os.path.exists(candidate) else None
         per_id: dict[str, bytes] = {}
         if secrets_file:
             try:
                 with open(secrets_file, encoding="utf-8") as f:
                     per_id = stunt.parse_secrets_file(f.read())
             except OSError as e:
-                raise usage.UsageError(f"cannot read secrets file {secrets_file}: {e.strerror}") from None
+                raise usage.UsageError(f"cannot read the secrets file {secrets_file}: {e.strerror}") from None
             except ValueError as e:
-                raise usage.UsageError(f"secrets file {secrets_file}: {e}") from None
-        if not secret and not per_id:
+                raise usage.UsageError(f"secrets file {secrets_file}: {e}; fix that line") from None
+        if not self["secret"] and not per_id:
             raise usage.UsageError(
-                "clients must authenticate: give --secret, --secrets-file, or [mediator] secret in --config"
+                "clients must authenticate: give --secret or --secrets-file "
+                "(or 'secret'/'secrets-file' in [mediator] of --config)"
             )
-        policy = config.policy
-        if self["no-relay"]:
-            policy = attrs.evolve(policy, relay_enabled=False)
-        self["resolved"] = attrs.evolve(
-            config,
-            stun=tuple(stun),
-            control=self["control"] or config.control or DEFAULT_CONTROL,
-            http=self["http"] or config.http or DEFAULT_HTTP,
-            data_dir=data_dir,
-            policy=policy,
+        self["secrets"] = stunt.Secrets(
+            shared=self["secret"].encode("utf-8") if self["secret"] else None, per_id=per_id
         )
-        self["secrets"] = stunt.Secrets(shared=secret.encode("utf-8") if secret else None, per_id=per_id)
+
+    def policy(self) -> stunt.BrokerPolicy:
+        return stunt.BrokerPolicy(
+            relay_enabled=self["relay"],
+            low_ttl_enabled=self["low-ttl"],
+            max_clients=self["max-clients"],
+            max_sessions_per_client=self["max-sessions-per-client"],
+            max_relays_per_client=self["relay-sessions-per-client"],
+            attempt_deadline_seconds=self["attempt-deadline-seconds"],
+            low_ttl=self["low-ttl-hops"],
+            relay_config_hint=RELAY_SETTING,
+        )
+
+    def relay_limits(self) -> mediator.RelayLimits:
+        return mediator.RelayLimits(
+            max_bytes_per_session=self["relay-bytes-per-session"],
+            rate_bytes_per_second=self["relay-rate-bytes-per-second"],
+            idle_timeout_seconds=self["relay-idle-seconds"],
+        )
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - Twisted's name
     if reactor is None:
         from twisted.internet import reactor
-    config: MediatorConfig = options["resolved"]
     top = MultiService()
     responder = stun_server.StunResponder()
     stun_tcp_port = stun_udp_port = 3478
-    for description in config.stun:
+    for description in options["stun"]:
         if description.startswith("udp:"):
             port, interface = parse_udp(description)
             stun_udp_port = port
-            stun_server.StunUdpService(port, interface=interface, responder=responder, reactor=reactor).setServiceParent(
-                top
-            )
+            stun_server.StunUdpService(
+                port, interface=interface, responder=responder, reactor=reactor
+            ).setServiceParent(top)
         else:
             stun_tcp_port = _tcp_port(description) or stun_tcp_port
-            strports.service(description, stun_server.StunTcpServerFactory(responder), reactor=reactor).setServiceParent(
-                top
-            )
+            strports.service(
+                description, stun_server.StunTcpServerFactory(responder), reactor=reactor
+            ).setServiceParent(top)
+    registry = Registry()
+    register_process_metrics(registry, reactor)
     broker = stunt.Broker(
-        reactor, options["secrets"], config.policy, stun_tcp_port=stun_tcp_port, stun_udp_port=stun_udp_port
+        reactor,
+        options["secrets"],
+        options.policy(),
+        stun_tcp_port=stun_tcp_port,
+        stun_udp_port=stun_udp_port,
+        registry=registry,
     )
+    mediator.register_stun_metrics(registry, responder.metrics)
     control = mediator.ControlServerFactory(
-        broker, reactor, config.relay_limits, config.connections_per_minute_per_address
+        broker, reactor, options.relay_limits(), options["connections-per-minute-per-address"]
     )
-    strports.service(config.control, control, reactor=reactor).setServiceParent(top)
+    strports.service(options["control"], control, reactor=reactor).setServiceParent(top)
 
     def status() -> dict[str, Any]:
         document = broker.status()
         document["stun"] = responder.metrics()
         return document
 
-    strports.service(config.http, Site(mediator.status_resource(status)), reactor=reactor).setServiceParent(top)
+    site = build_site(status=status, metrics=registry, api={}, title="p2psip mediator", reactor=reactor)
+    http_service(options["http"], site, reactor).setServiceParent(top)
     top.broker = broker  # type: ignore[attr-defined]
     top.control_factory = control  # type: ignore[attr-defined]
     return top

@@ -293,7 +293,7 @@ class BrokerTests(SynchronousTestCase):
         outcome = a.last("outcome")
         self.assertFalse(outcome["ok"])
         self.assertIn("random port allocation", outcome["reason"])
-        self.assertIn("relay disabled in mediator.ini [relay] enabled", outcome["reason"])
+        self.assertIn("relay disabled in mediator.ini [mediator] relay", outcome["reason"])
 
     def test_failed_attempt_reprobes_then_next_method(self) -> None:
         """A failed simultaneous open leads to fresh probes and then the low-TTL variant."""

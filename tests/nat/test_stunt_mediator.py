@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -10,7 +9,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.test.requesthelper import DummyRequest
 
 from p2psip.nat import mediator, stunt
 
@@ -182,36 +180,3 @@ class ControlServerTests(SynchronousTestCase):
         a_t.loseConnection()
         self.assertTrue(b_t.disconnecting)
         self.assertEqual(self.broker.relay_counts, {})
-
-
-class StatusPageTests(SynchronousTestCase):
-    def status(self) -> dict[str, Any]:
-        broker = stunt.Broker(Clock(), stunt.Secrets(shared=SECRET))
-        broker.metrics.attempted("relayed")
-        broker.metrics.succeeded("relayed")
-        broker.metrics.relayed_bytes = 1234
-        document = broker.status()
-        document["stun"] = {"requests": 5}
-        return document
-
-    def render(self, path: bytes) -> tuple[bytes, str]:
-        root = mediator.status_resource(self.status)
-        request = DummyRequest([path])
-        resource = root.getChildWithDefault(path, request)
-        body = resource.render(request)
-        return request.responseHeaders.getRawHeaders(b"content-type")[0], body.decode()
-
-    def test_status_json(self) -> None:
-        """/status is JSON with clients online, attempts, successes and relayed bytes."""
-        content_type, body = self.render(b"status")
-        document = json.loads(body)
-        self.assertEqual(content_type, b"application/json")
-        self.assertEqual((document["relayed_bytes"], document["successes"]), (1234, {"relayed": 1}))
-
-    def test_metrics_text(self) -> None:
-        """/metrics is Prometheus text with per-method counters."""
-        _, body = self.render(b"metrics")
-        self.assertIn('p2psip_mediator_successes_total{method="relayed"} 1\n', body)
-        self.assertIn("p2psip_mediator_relayed_bytes_total 1234\n", body)
-        self.assertIn("p2psip_mediator_clients_online 0\n", body)
-        self.assertIn("p2psip_mediator_stun_requests_total 5\n", body)

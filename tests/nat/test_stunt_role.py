@@ -7,6 +7,7 @@ from pathlib import Path
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from p2psip.config import ConfigError, config_from_string
 from p2psip.roles import mediator as role
 from p2psip.testing import MemoryUDPReactor, repository_root
 
@@ -15,31 +16,31 @@ class ConfigTests(SynchronousTestCase):
     def test_example_config_parses(self) -> None:
         """The annotated etc/mediator.ini is valid and matches the defaults it documents."""
         text = (repository_root() / "etc" / "mediator.ini").read_text()
-        config = role.config_from_string(text)
-        self.assertEqual(config.stun, ("udp:3478", "tcp:3478"))
-        self.assertEqual(config.control, "tcp:3479")
-        self.assertTrue(config.policy.relay_enabled)
-        self.assertEqual(config.relay_limits.rate_bytes_per_second, 1048576)
+        text = text.replace("secrets-file = /etc/p2psip/mediator-secrets", "secret = x")
+        options = config_from_string(text, "mediator")
+        defaults = config_from_string("[mediator]\nsecret = x\n", "mediator")
+        assert isinstance(options, role.Options) and isinstance(defaults, role.Options)
+        self.assertEqual(options["stun"], ["udp:3478", "tcp:3478"])
+        self.assertEqual(options.policy(), defaults.policy())
+        self.assertEqual(options.relay_limits(), defaults.relay_limits())
 
     def test_unknown_key(self) -> None:
-        """An unknown key is an error that names the key and section."""
-        error = self.assertRaises(ValueError, role.config_from_string, "[relay]\nenable = no\n")
-        self.assertIn("'enable' in [relay]", str(error))
-
-    def test_unknown_section(self) -> None:
-        """An unknown section is an error that lists the known ones."""
-        error = self.assertRaises(ValueError, role.config_from_string, "[relais]\n")
-        self.assertIn("[relais]", str(error))
+        """An unknown key is an error that names the key and suggests the right one."""
+        error = self.assertRaises(ConfigError, config_from_string, "[mediator]\nrelays = no\n", "mediator")
+        self.assertIn("'relays'", str(error))
+        self.assertIn("did you mean 'relay'", str(error))
 
     def test_bad_value(self) -> None:
-        """A value of the wrong type names the key and the expected type."""
-        error = self.assertRaises(ValueError, role.config_from_string, "[limits]\nmax-clients = many\n")
-        self.assertIn("max-clients must be an integer", str(error))
+        """A value of the wrong type names the key and what it takes."""
+        error = self.assertRaises(ConfigError, config_from_string, "[mediator]\nrelay = maybe\n", "mediator")
+        self.assertIn("yes or no", str(error))
 
     def test_relay_disabled(self) -> None:
-        """[relay] enabled = no reaches the broker policy."""
-        config = role.config_from_string("[relay]\nenabled = no\n")
-        self.assertFalse(config.policy.relay_enabled)
+        """relay = no reaches the broker policy, with the hint naming the setting."""
+        options = config_from_string("[mediator]\nrelay = no\nsecret = x\n", "mediator")
+        assert isinstance(options, role.Options)
+        self.assertFalse(options.policy().relay_enabled)
+        self.assertIn("[mediator] relay", options.policy().relay_config_hint)
 
     def test_udp_description(self) -> None:
         """udp:PORT[:interface=ADDR] parses; anything else is refused."""
@@ -64,8 +65,7 @@ class OptionsTests(SynchronousTestCase):
         path = Path(self.mktemp())
         path.write_text("[mediator]\ncontrol = tcp:4000\nhttp = tcp:4001\nsecret = x\n")
         options = self.parse("--config", str(path), "--control", "tcp:5000")
-        config = options["resolved"]
-        self.assertEqual((config.control, config.http), ("tcp:5000", "tcp:4001"))
+        self.assertEqual((options["control"], options["http"]), ("tcp:5000", "tcp:4001"))
         self.assertEqual(options["secrets"].secret_for("anyone"), b"x")
 
     def test_secrets_file(self) -> None:
@@ -77,13 +77,25 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, self.parse, "--secrets-file", str(path))
         self.assertIn("line 1", str(error))
 
+    def test_data_dir_secrets(self) -> None:
+        """A 'secrets' file in --data-dir is used when no secret is given."""
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        (folder / "secrets").write_text("bob b2\n")
+        self.assertEqual(self.parse("--data-dir", str(folder))["secrets"].secret_for("bob"), b"b2")
+
     def test_bad_stun(self) -> None:
         """A malformed UDP STUN listener is a usage error."""
         self.assertRaises(usage.UsageError, self.parse, "--secret", "x", "--stun", "udp:nope")
 
+    def test_limits_positive(self) -> None:
+        """A zero limit is refused with the option's name."""
+        error = self.assertRaises(usage.UsageError, self.parse, "--secret", "x", "--max-clients", "0")
+        self.assertIn("max-clients", str(error))
+
     def test_no_relay(self) -> None:
-        """--no-relay disables relaying."""
-        self.assertFalse(self.parse("--secret", "x", "--no-relay")["resolved"].policy.relay_enabled)
+        """--relay no disables relaying."""
+        self.assertFalse(self.parse("--secret", "x", "--relay", "no").policy().relay_enabled)
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -99,3 +111,28 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(sorted(port for port, *_ in reactor.tcpServers), [8087, 13478, 13479])
         self.assertEqual(list(reactor.udpPorts), [13478])
         self.assertEqual(service.broker.stun_tcp_port, 13478)  # type: ignore[attr-defined]
+
+    def test_status_and_metrics(self) -> None:
+        """The HTTP site serves the broker's numbers on /status and /metrics."""
+        from twisted.web.test.requesthelper import DummyRequest
+
+        options = role.Options()
+        options.parseOptions(["--secret", "x"])
+        reactor = MemoryUDPReactor()
+        service = role.makeService(options, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        broker = service.broker  # type: ignore[attr-defined]
+        broker.metrics.attempted("relayed")
+        broker.metrics.relayed(1234)
+        site = [factory for port, factory, *_ in reactor.tcpServers if port == 8087][0]
+        request = DummyRequest([b"metrics"])
+        body = site.getResourceFor(request).render(request)
+        text = body.decode() if isinstance(body, bytes) else b"".join(request.written).decode()
+        self.assertIn('p2psip_mediator_attempts_total{method="relayed"} 1\n', text)
+        self.assertIn("p2psip_mediator_relayed_bytes_total 1234\n", text)
+        self.assertIn("p2psip_mediator_clients_online 0\n", text)
+        self.assertIn("p2psip_mediator_stun_requests 0\n", text)
+        request = DummyRequest([b"status"])
+        site.getResourceFor(request).render(request)
+        self.assertIn(b'"relayed_bytes": 1234', b"".join(request.written))

@@ -71,9 +71,9 @@ class StuntLabTests(SynchronousTestCase):
 
     def test_random_random_relay_disabled(self) -> None:
         """With the relay disabled the failure names the NATs and the setting, and connect exits 1."""
-        record, _ = self.connect_pair("random", "random", mediator_args=("--no-relay",), expect_ok=False)
+        record, _ = self.connect_pair("random", "random", mediator_args=("--relay", "no"), expect_ok=False)
         self.assertIn("direct path is impossible", record["reason"])
-        self.assertIn("relay disabled in mediator.ini [relay] enabled", record["reason"])
+        self.assertIn("relay disabled in mediator.ini [mediator] relay", record["reason"])
 
     def test_low_ttl_with_liberal_nats(self) -> None:
         """The low-TTL SYN variant (STUNT #2) works through NATs that do not track TCP windows."""
