@@ -43,7 +43,13 @@ def register(subparsers: Any) -> None:
 
     probe = commands.add_parser("probe", help="classify the local NAT with TCP Binding probes")
     common(probe, identity=False)
-    probe.add_argument("--probes", type=int, default=5, help="number of probes from fresh local ports")
+    probe.add_argument("--probes", type=int, default=5, help="number of TCP probes from fresh local ports")
+    probe.add_argument(
+        "--rto-ms",
+        type=float,
+        default=100.0,
+        help="UDP STUN retransmission timeout for the RFC 5780 tests (a silent test takes about 23 RTOs)",
+    )
     probe.set_defaults(run=run_probe)
 
     listen = commands.add_parser("listen", help="register an ID and echo incoming connections")
@@ -328,30 +334,37 @@ def run_probe(args: argparse.Namespace) -> int:
 
     @defer.inlineCallbacks
     def main(_: Any) -> Any:
-        challenge = yield _read_challenge(reactor, args)
-        host, local_ip, stun_port = challenge
+        host, local_ip, stun_port, stun_udp_port = yield _read_challenge(reactor, args)
         observations = []
         for _ in range(args.probes):
             observation = yield holepunch.stun_tcp_probe(reactor, (host, stun_port))
             observations.append(observation)
         behaviour = stunt.classify(local_ip, observations)
         mapped = observations[-1]
+        udp = yield _rfc5780(reactor, (host, stun_udp_port), local_ip, args.rto_ms / 1000)
         record = {
             "local_ip": local_ip,
             "public_ip": behaviour.public_ip,
-            "allocation": behaviour.allocation,
-            "delta": behaviour.delta,
-            "observations": observations,
-            "predictable": behaviour.predictable,
+            "tcp_allocation": behaviour.allocation,
+            "tcp_delta": behaviour.delta,
+            "tcp_observations": observations,
+            "tcp_predictable": behaviour.predictable,
+            "udp_mapping": udp.get("mapping"),
+            "udp_filtering": udp.get("filtering"),
+            "udp_error": udp.get("error"),
         }
         lines = [
             f"local address {local_ip}, public address {behaviour.public_ip}",
-            f"TCP mapping: local port {mapped[0]} -> {mapped[1]}:{mapped[2]}",
+            f"TCP mapping of the last probe: local port {mapped[0]} -> {mapped[1]}:{mapped[2]}",
             f"TCP port allocation: {behaviour.describe()}",
             "TCP hole punching: "
             + ("possible (ports can be predicted)" if behaviour.predictable else "needs the relay (ports can't be predicted)"),
-            "filtering: not measured over TCP (every NAT this tool met filtered address-and-port-dependently)",
         ]
+        if "error" in udp:
+            lines.append(f"UDP mapping and filtering (RFC 5780): not measured: {udp['error']}")
+        else:
+            lines.append(f"UDP mapping (RFC 5780): {udp['mapping']}")
+            lines.append(f"UDP filtering (RFC 5780): {udp['filtering']}")
         _emit(args, record, "\n".join(lines))
 
     try:
@@ -365,7 +378,7 @@ def run_probe(args: argparse.Namespace) -> int:
 class _ChallengeReader(Protocol):
     def __init__(self) -> None:
         self.decoder = stunt.FrameDecoder()
-        self.result: defer.Deferred[tuple[str, str, int]] = defer.Deferred()
+        self.result: defer.Deferred[tuple[str, str, int, int]] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         transport: Any = self.transport
@@ -377,7 +390,14 @@ class _ChallengeReader(Protocol):
                 self.result.errback(TraversalError(f"not a p2psip mediator: {e}"))
         for message in messages:
             if message["type"] == "challenge" and not self.result.called:
-                self.result.callback((transport.getPeer().host, transport.getHost().host, message["stun_tcp_port"]))
+                self.result.callback(
+                    (
+                        transport.getPeer().host,
+                        transport.getHost().host,
+                        message["stun_tcp_port"],
+                        message["stun_udp_port"],
+                    )
+                )
         transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
@@ -387,7 +407,39 @@ class _ChallengeReader(Protocol):
 
 @defer.inlineCallbacks
 def _read_challenge(reactor: Any, args: argparse.Namespace) -> Any:
+    """The mediator's challenge (its STUN ports); retried until ``--wait`` runs out."""
+    from twisted.internet.error import ConnectError
+
     endpoint = clientFromString(reactor, args.mediator)
-    protocol = yield endpoint.connect(Factory.forProtocol(_ChallengeReader))
+    deadline = reactor.seconds() + args.wait
+    while True:
+        try:
+            protocol = yield endpoint.connect(Factory.forProtocol(_ChallengeReader))
+            break
+        except ConnectError:
+            if reactor.seconds() >= deadline:
+                raise
+            yield _sleep(reactor, 0.2)
     result = yield protocol.result
     return result
+
+
+@defer.inlineCallbacks
+def _rfc5780(reactor: Any, server: tuple[str, int], local_ip: str, rto_seconds: float) -> Any:
+    """UDP mapping and filtering behaviour, or why they could not be measured."""
+    from p2psip.nat.behaviour import BehaviourDiscoveryError, discover_behaviour
+    from p2psip.nat.stun_client import RetransmissionSchedule, StunUdpClient
+
+    schedule = RetransmissionSchedule(rto_seconds=rto_seconds, max_transmissions=4)
+    clients = [StunUdpClient(reactor, schedule), StunUdpClient(reactor, schedule)]
+    ports = [reactor.listenUDP(0, client, interface=local_ip) for client in clients]
+    try:
+        local = (local_ip, ports[0].getHost().port)
+        found = yield discover_behaviour(clients[0].binding, server, local, filtering_binding=clients[1].binding)
+    except BehaviourDiscoveryError as e:
+        return {"error": str(e)}
+    finally:
+        for port in ports:
+            yield port.stopListening()
+    filtering = found.filtering.value if found.filtering is not None else "unknown"
+    return {"mapping": found.mapping.value, "filtering": filtering}

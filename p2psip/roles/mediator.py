@@ -67,6 +67,9 @@ class Options(RoleOptions):
     optParameters = [
         ["stun", None, "udp:3478 tcp:3478",
          "STUN listener: udp:PORT[:interface=ADDR] or a TCP endpoint; clients probe the TCP one."],
+        ["stun-alternate", None, None,
+         "IP:PORT, a second address and port of this host: RFC 5780 behaviour discovery over UDP "
+         "(needs --stun udp:PORT:interface=PRIMARY_IP)."],
         ["control", None, "tcp:3479", "STUNT control listener (clients stay connected here)."],
         ["http", None, "tcp:8087:interface=127.0.0.1", "/status and /metrics listener."],
         ["data-dir", None, None, "State folder; a file 'secrets' there is read when no secret is given."],
@@ -93,6 +96,18 @@ class Options(RoleOptions):
                     parse_udp(description)
                 except ValueError as e:
                     raise usage.UsageError(f"--stun {e}") from None
+        self["alternate"] = None
+        if self["stun-alternate"]:
+            host, _, port = self["stun-alternate"].rpartition(":")
+            udp = [parse_udp(d) for d in self["stun"] if d.startswith("udp:")]
+            if not host or not port.isdigit():
+                raise usage.UsageError("--stun-alternate takes IP:PORT, e.g. 198.51.100.11:3479")
+            if len(udp) != 1 or not udp[0][1]:
+                raise usage.UsageError(
+                    "--stun-alternate needs exactly one UDP STUN listener bound to the primary IP: "
+                    "--stun udp:3478:interface=PRIMARY_IP"
+                )
+            self["alternate"] = (host, int(port))
         for name in ("relay-sessions-per-client", "relay-bytes-per-session", "relay-rate-bytes-per-second",
                      "max-clients", "max-sessions-per-client", "connections-per-minute-per-address",
                      "low-ttl-hops"):
@@ -150,8 +165,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
         if description.startswith("udp:"):
             port, interface = parse_udp(description)
             stun_udp_port = port
+            alternate = options["alternate"]
             stun_server.StunUdpService(
-                port, interface=interface, responder=responder, reactor=reactor
+                port,
+                interface=interface,
+                alternate_ip=alternate[0] if alternate else None,
+                alternate_port=alternate[1] if alternate else None,
+                responder=responder,
+                reactor=reactor,
             ).setServiceParent(top)
         else:
             stun_tcp_port = _tcp_port(description) or stun_tcp_port

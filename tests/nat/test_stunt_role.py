@@ -93,6 +93,15 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, self.parse, "--secret", "x", "--max-clients", "0")
         self.assertIn("max-clients", str(error))
 
+    def test_stun_alternate_needs_primary_ip(self) -> None:
+        """RFC 5780 needs the UDP listener bound to the primary IP; the error says how."""
+        error = self.assertRaises(usage.UsageError, self.parse, "--secret", "x", "--stun-alternate", "192.0.2.2:3479")
+        self.assertIn("interface=PRIMARY_IP", str(error))
+        options = self.parse(
+            "--secret", "x", "--stun", "udp:3478:interface=192.0.2.1", "--stun-alternate", "192.0.2.2:3479"
+        )
+        self.assertEqual(options["alternate"], ("192.0.2.2", 3479))
+
     def test_no_relay(self) -> None:
         """--relay no disables relaying."""
         self.assertFalse(self.parse("--secret", "x", "--relay", "no").policy().relay_enabled)

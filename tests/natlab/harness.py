@@ -113,6 +113,7 @@ class NatLab:
         return process
 
     def start_mediator(self, *extra: str) -> subprocess.Popen[str]:
+        """The mediator in the public host, with RFC 5780 on its second address."""
         return self.start(
             "pub",
             twistd_command(
@@ -126,13 +127,28 @@ class NatLab:
                 "--stun",
                 "tcp:3478",
                 "--stun",
-                "udp:3478",
+                "udp:3478:interface=198.51.100.10",
+                "--stun-alternate",
+                "198.51.100.11:3479",
                 "--http",
                 "tcp:8087:interface=127.0.0.1",
                 *extra,
             ),
             "mediator",
         )
+
+    def probe(self, role: str) -> dict[str, Any]:
+        """Run ``p2psip nat probe --json`` in ``role``; its record."""
+        done = subprocess.run(
+            self.exec_command(role, p2psip_command("nat", "probe", "--mediator", CONTROL, "--json", "--wait", "15")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"nat probe failed: {done.stderr}")
+        record: dict[str, Any] = json.loads(done.stdout)
+        return record
 
     def start_listener(self, client_id: str = "B", count: int = 1) -> subprocess.Popen[str]:
         return self.start(

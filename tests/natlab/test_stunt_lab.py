@@ -102,3 +102,17 @@ class StuntLabTests(SynchronousTestCase):
         record, _ = self.connect_pair("eim", "random", "--udp", expect_ok=False)
         self.assertIn("direct path is impossible", record["reason"])
         self.assertIn("relays TCP streams only", record["reason"])
+
+    def test_probe(self) -> None:
+        """nat probe classifies an EIM NAT and a random NAT (TCP allocation, RFC 5780 UDP mapping and filtering)."""
+        lab = NatLab.up(self, "eim", "random")
+        lab.start_mediator()
+        eim, random = lab.probe("a"), lab.probe("b")
+        self.assertEqual(
+            (eim["tcp_allocation"], eim["udp_mapping"], eim["udp_filtering"]),
+            ("preserving", "endpoint-independent", "address-and-port-dependent"),
+        )
+        self.assertEqual(
+            (random["tcp_allocation"], random["udp_mapping"], random["tcp_predictable"]),
+            ("random", "address-and-port-dependent", False),
+        )
