@@ -214,3 +214,47 @@ class RelayClientProtocolTests(TestCase):
         relay.attach(user)
         relay.dataReceived(b"more")
         self.assertEqual(user.data, b"p2psip-nat-ping\nmore")
+
+
+class HostileMediatorTests(TestCase):
+    """What a broken or hostile mediator can do to a client."""
+
+    def client_with_transport(self) -> tuple[TraversalClient, Any, Any]:
+        from twisted.internet.testing import StringTransport
+
+        from p2psip.nat.traversal import _ControlClientProtocol
+
+        client = TraversalClient(reactor, None, "alice", SECRET)  # type: ignore[arg-type]
+        protocol = _ControlClientProtocol(client)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        client.control = protocol
+        return client, protocol, transport
+
+    def test_garbage_closes_the_link(self) -> None:
+        """Garbage from the mediator closes the control connection instead of raising."""
+        client, protocol, transport = self.client_with_transport()
+        protocol.dataReceived(b"\xff\xff" + b"x" * 100)
+        self.assertTrue(transport.disconnecting)
+
+    def test_unknown_ref_and_session_ignored(self) -> None:
+        """Messages about sessions the client never had are ignored."""
+        client, protocol, transport = self.client_with_transport()
+        client.online = True
+        for message in (
+            {"type": "outcome", "session": "nope", "ok": True, "method": "direct", "reason": ""},
+            {"type": "go", "session": "nope"},
+            {"type": "relay", "session": "nope", "token": "t", "reason": ""},
+            {"type": "probe", "session": "s", "peer": "bob", "kind": "tcp", "ref": 99},
+        ):
+            protocol.dataReceived(stunt.encode_frame(message))
+        self.assertFalse(transport.disconnecting)
+
+    def test_incoming_refused_without_policy(self) -> None:
+        """A client that accepts nothing refuses every incoming request."""
+        client, protocol, transport = self.client_with_transport()
+        protocol.dataReceived(
+            stunt.encode_frame({"type": "probe", "session": "s", "peer": "mallory", "kind": "tcp", "ref": -1})
+        )
+        [refusal] = stunt.FrameDecoder().feed(transport.value())
+        self.assertEqual((refusal["type"], refusal["session"]), ("refuse", "s"))
