@@ -717,8 +717,21 @@ class Broker:
     def _probed(self, session: BrokeredSession, side: _Side, message: dict[str, Any]) -> None:
         if side.probe is not None or session.attempting or session.relay_token:
             return
-        side.probe = message
         observations: list[Observation] = [(o[0], o[1], o[2]) for o in message["observations"]]
+        seen_ip = self._observed.get(id(side.link), ("", 0))[0]
+        if not observations or any(host != seen_ip for _, host, _ in observations):
+            # The peer will aim connection attempts at these addresses, so a
+            # client may only name the public address the mediator sees it
+            # at; otherwise it could point the peer at a third party.
+            self.log.debug("probe report from {client} names foreign addresses", client=side.client_id)
+            self._finish(
+                session,
+                False,
+                f"{side.client_id}'s probe results name an address other than the one the mediator sees "
+                "(a NAT that uses different public addresses per connection is not supported)",
+            )
+            return
+        side.probe = message
         side.behaviour = classify(message["local_ip"], observations)
         if all(s.probe is not None for s in session.sides()):
             self._next_method(session)

@@ -178,13 +178,20 @@ class BrokerTests(SynchronousTestCase):
             random_bytes=counter_bytes(),
         )
 
+    #: Where the mediator sees each test client.
+    PUBLIC = {"bob": "198.51.100.2", "pub": "198.51.100.20"}
+
     def login(self, client_id: str, secret: bytes = SECRET) -> FakeLink:
         link = FakeLink()
-        self.broker.link_opened(link, ("198.51.100.1", 5000))
+        self.broker.link_opened(link, (self.PUBLIC.get(client_id, "198.51.100.1"), 5000))
         nonce = link.last("challenge")["nonce"]
         mac = stunt.compute_mac(secret, nonce, client_id)
         self.broker.message_received(link, {"type": "hello", "version": 1, "id": client_id, "mac": mac})
         return link
+
+    def probe_both(self, session: str, a: FakeLink, b: FakeLink) -> None:
+        self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
+        self.broker.message_received(b, probed(session, "10.0.2.2", EIM, public="198.51.100.2"))
 
     def start(self, methods: list[str] | None = None) -> tuple[FakeLink, FakeLink, str]:
         a, b = self.login("alice"), self.login("bob")
@@ -259,9 +266,7 @@ class BrokerTests(SynchronousTestCase):
         """When one side has no NAT the direct method is tried first."""
         a, b, session = self.start()
         self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
-        self.broker.message_received(
-            b, probed(session, "198.51.100.20", EIM, public="198.51.100.20")
-        )
+        self.broker.message_received(b, probed(session, "198.51.100.2", EIM, public="198.51.100.2"))
         self.assertEqual(a.last("attempt")["method"], stunt.DIRECT)
 
     def test_random_pair_is_relayed_with_reason(self) -> None:
@@ -298,14 +303,12 @@ class BrokerTests(SynchronousTestCase):
     def test_failed_attempt_reprobes_then_next_method(self) -> None:
         """A failed simultaneous open leads to fresh probes and then the low-TTL variant."""
         a, b, session = self.start()
-        for link in (a, b):
-            self.broker.message_received(link, probed(session, "10.0.1.2", EIM))
+        self.probe_both(session, a, b)
         self.broker.message_received(
             a, {"type": "result", "session": session, "method": "simultaneous-open", "ok": False, "detail": "timeout"}
         )
         self.assertEqual(a.types()[-1], "probe")
-        for link in (a, b):
-            self.broker.message_received(link, probed(session, "10.0.1.2", EIM))
+        self.probe_both(session, a, b)
         self.assertEqual(a.last("attempt")["role"], "listener")
         self.assertEqual(b.last("attempt")["role"], "connector")
         self.assertEqual(a.last("attempt")["ttl"], 2)
@@ -316,8 +319,7 @@ class BrokerTests(SynchronousTestCase):
     def test_silent_peer_times_out(self) -> None:
         """A side that never reports ends the attempt on the clock, then the relay is tried."""
         a, b, session = self.start(methods=[stunt.SIMULTANEOUS_OPEN, stunt.RELAYED])
-        for link in (a, b):
-            self.broker.message_received(link, probed(session, "10.0.1.2", EIM))
+        self.probe_both(session, a, b)
         self.clock.advance(60)
         self.assertEqual(a.types()[-1], "relay")
         self.clock.advance(60)
@@ -326,6 +328,15 @@ class BrokerTests(SynchronousTestCase):
         self.assertIn("no result in time", outcome["reason"])
         self.assertIn("did not join in time", outcome["reason"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_foreign_address_in_probe_report(self) -> None:
+        """A probe report naming an address the mediator did not see ends the session: no aiming peers at third parties."""
+        a, b, session = self.start()
+        self.broker.message_received(a, probed(session, "10.0.1.2", EIM, public="203.0.113.7"))
+        outcome = b.last("outcome")
+        self.assertFalse(outcome["ok"])
+        self.assertIn("other than the one the mediator sees", outcome["reason"])
+        self.assertNotIn("attempt", b.types())
 
     def test_refusal(self) -> None:
         """The responder can refuse: consent is needed from both IDs."""
@@ -425,6 +436,6 @@ class DatagramBrokerTests(BrokerTests):
         a, b = self.login("alice"), self.login("bob")
         self.broker.message_received(a, {"type": "connect", "ref": 1, "to": "bob", "kind": "udp", "methods": []})
         session = a.last("probe")["session"]
-        self.broker.message_received(a, probed(session, "198.51.100.20", EIM, public="198.51.100.20"))
+        self.broker.message_received(a, probed(session, "198.51.100.1", EIM, public="198.51.100.1"))
         self.broker.message_received(b, probed(session, "10.0.2.2", RANDOM, public="198.51.100.2"))
         self.assertEqual(a.last("attempt")["method"], stunt.UDP_PUNCH)
