@@ -321,7 +321,9 @@ def classify(local_ip: str, observations: Iterable[Observation]) -> NatBehaviour
 
     Probes go one after another to the same server endpoint, so a NAT that
     allocates sequentially shows a constant difference between consecutive
-    mapped ports, and a port-preserving NAT maps every local port to itself.
+    mapped ports (in at least two thirds of the steps: other traffic may
+    take a port in between), and a port-preserving NAT maps every local
+    port to itself.
     """
     obs = list(observations)
     if not obs:
@@ -332,13 +334,15 @@ def classify(local_ip: str, observations: Iterable[Observation]) -> NatBehaviour
     if all(mapped == local for local, _, mapped in obs):
         return NatBehaviour(PRESERVING, public_ip)
     if len(obs) >= 3:
-        deltas = {(b[2] - a[2]) % 65536 for a, b in zip(obs, obs[1:], strict=False)}
-        if len(deltas) == 1:
-            (delta,) = deltas
-            if delta > 32768:
-                delta -= 65536
-            if 0 < abs(delta) <= 16:
-                return NatBehaviour(SEQUENTIAL, public_ip, delta)
+        deltas = [(b[2] - a[2]) % 65536 for a, b in zip(obs, obs[1:], strict=False)]
+        # Other flows through the same NAT can take a port between two of
+        # our probes; a clear majority of equal steps is still sequential.
+        delta = max(set(deltas), key=deltas.count)
+        agreeing = deltas.count(delta)
+        if delta > 32768:
+            delta -= 65536
+        if agreeing >= 2 and agreeing * 3 >= len(deltas) * 2 and 0 < abs(delta) <= 16:
+            return NatBehaviour(SEQUENTIAL, public_ip, delta)
         return NatBehaviour(RANDOM, public_ip)
     return NatBehaviour(UNKNOWN, public_ip)
 

@@ -147,6 +147,13 @@ class ClassifyTests(SynchronousTestCase):
         self.assertEqual((b.allocation, b.delta), (stunt.SEQUENTIAL, 1))
         self.assertEqual(stunt.predict_endpoint(b, 4200, obs), ("198.51.100.1", 20008))
 
+    def test_sequential_with_interference(self) -> None:
+        """One step taken by other traffic does not hide a sequential NAT among four steps."""
+        obs = [(4000 + i, "198.51.100.1", port) for i, port in enumerate([20005, 20006, 20008, 20009, 20010])]
+        b = stunt.classify("10.0.1.2", obs)
+        self.assertEqual((b.allocation, b.delta), (stunt.SEQUENTIAL, 1))
+        self.assertEqual(stunt.predict_endpoint(b, 4004, obs), ("198.51.100.1", 20011))
+
     def test_random(self) -> None:
         """Unrelated mapped ports are random allocation, which cannot be predicted."""
         obs = [(4000, "198.51.100.1", 16505), (4100, "198.51.100.1", 30068), (4200, "198.51.100.1", 2197)]
