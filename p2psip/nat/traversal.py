@@ -493,6 +493,10 @@ class TraversalClient:
         def report(ok: bool, detail: str) -> None:
             if not current():
                 return
+            if not ok:
+                self.log.info(
+                    "{method} with {peer} failed here: {detail}", method=method, peer=session.peer_id, detail=detail
+                )
             self._send(
                 {"type": "result", "session": session.session_id, "method": method, "ok": ok, "detail": detail[:400]}
             )
