@@ -22,6 +22,7 @@ import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -29,6 +30,8 @@ from zope.interface import implementer
 from p2psip.nat import holepunch, stunt
 
 PROBES_PER_ATTEMPT = 4
+#: Control-connection pings keep NAT and firewall state for it alive.
+KEEPALIVE_SECONDS = 25.0
 
 
 class TraversalError(Exception):
@@ -240,6 +243,7 @@ class TraversalClient:
         accept: IncomingPolicy | None = None,
         on_incoming: Callable[[TraversalResult], None] | None = None,
         probes: int = PROBES_PER_ATTEMPT,
+        keepalive_seconds: float = KEEPALIVE_SECONDS,
         accept_datagram: IncomingDatagramPolicy | None = None,
         on_incoming_datagram: Callable[[DatagramResult], None] | None = None,
     ) -> None:
@@ -252,6 +256,8 @@ class TraversalClient:
         self.on_incoming_datagram = on_incoming_datagram
         self.on_incoming = on_incoming
         self.probes = probes
+        self.keepalive_seconds = keepalive_seconds
+        self._keepalive: LoopingCall | None = None
         self.control: _ControlClientProtocol | None = None
         self.online = False
         self.observed: tuple[str, int] | None = None
@@ -359,6 +365,10 @@ class TraversalClient:
             )
         elif kind == "welcome":
             self.online = True
+            if self.keepalive_seconds > 0:
+                self._keepalive = LoopingCall(control.send, {"type": "ping"})
+                self._keepalive.clock = self.reactor
+                self._keepalive.start(self.keepalive_seconds, now=False)
             self.observed = (message["observed"][0], message["observed"][1])
             if self._ready is not None and not self._ready.called:
                 self._ready.callback(self)
@@ -388,6 +398,9 @@ class TraversalClient:
             self._ready.errback(TraversalError(f"mediator refused us: {reason}"))
 
     def _control_lost(self, control: _ControlClientProtocol, reason: Failure) -> None:
+        if self._keepalive is not None and self._keepalive.running:
+            self._keepalive.stop()
+        self._keepalive = None
         self.online = False
         self.control = None
         if self._ready is not None and not self._ready.called:

@@ -258,3 +258,26 @@ class HostileMediatorTests(TestCase):
         )
         [refusal] = stunt.FrameDecoder().feed(transport.value())
         self.assertEqual((refusal["type"], refusal["session"]), ("refuse", "s"))
+
+
+class KeepaliveTests(TestCase):
+    def test_ping_every_interval_until_lost(self) -> None:
+        """A registered client pings on the clock and stops when the connection is lost."""
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+
+        from p2psip.nat.traversal import _ControlClientProtocol
+
+        clock = Clock()
+        client = TraversalClient(clock, None, "alice", SECRET, keepalive_seconds=25)  # type: ignore[arg-type]
+        protocol = _ControlClientProtocol(client)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        client.control = protocol
+        protocol.dataReceived(stunt.encode_frame({"type": "welcome", "id": "alice", "observed": ["192.0.2.1", 1]}))
+        clock.advance(25)
+        clock.advance(25)
+        self.assertEqual([m["type"] for m in stunt.FrameDecoder().feed(transport.value())], ["ping", "ping"])
+        protocol.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(self.successResultOf(client.closed), "gone")
