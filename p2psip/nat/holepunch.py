@@ -269,7 +269,6 @@ class TcpPunch:
         self._watcher = _Watcher(reactor)
         self._attempts = 0
         self._last_error = "no attempt made"
-        self._accepted: list[socket.socket] = []
 
     def start(self) -> defer.Deferred[tuple[socket.socket, str]]:
         if self.listen:
@@ -301,8 +300,6 @@ class TcpPunch:
         if self.result.called:
             return
         self._watcher.stop()
-        for sock in self._accepted:
-            sock.close()
         self.result.errback(Failure(PunchFailed(reason)))
 
     def _succeed(self, sock: socket.socket, how: str) -> None:
