@@ -3,9 +3,10 @@
 NAT traversal matrix in the style of Guha and Francis (IMC 2005), Table 2.
 
 For each NAT pair (one NAT lab each, built in parallel) and each method
-(forced with ``p2psip nat connect --methods M``), make N connections one
-after another and print the success rate and the median connection-setup
-time (from ``connect()`` to a verified connection, probes included).
+(forced with ``p2psip nat connect --methods M``, or ``--udp`` for UDP hole
+punching), make N connections one after another and print the success
+rate and the median connection-setup time (from ``connect()`` to a
+verified connection, probes included) and echo round trip.
 
 Needs root, iproute2 and nftables (``natlab preflight``).  Usage:
 
@@ -75,13 +76,14 @@ def run_pair(natlab: str, prefix: str, label: str, nat_a: str, nat_b: str, liber
                 subprocess.Popen(python(natlab, "exec", f"{prefix}-{role}", *command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
 
-        start("pub", twistd("-n", "--pidfile=", "p2psip-mediator", "--secret", SECRET, "--control", "tcp:3479", "--stun", "tcp:3478", "--http", "tcp:8087:interface=127.0.0.1"))
+        start("pub", twistd("-n", "--pidfile=", "p2psip-mediator", "--secret", SECRET, "--control", "tcp:3479", "--stun", "tcp:3478", "--stun", "udp:3478", "--http", "tcp:8087:interface=127.0.0.1"))
         start("b", cli("nat", "listen", "--mediator", CONTROL, "--id", "B", "--secret", SECRET, "--wait", "20"))
-        for method in stunt.TCP_METHODS:
+        for method in stunt.TCP_METHODS + (stunt.UDP_PUNCH,):
+            choice = ["--udp"] if method == stunt.UDP_PUNCH else ["--methods", method]
             done = subprocess.run(
                 python(natlab, "exec", f"{prefix}-a", *cli(
                     "nat", "connect", "--mediator", CONTROL, "--id", "A", "--to", "B", "--secret", SECRET,
-                    "--json", "--wait", "20", "--methods", method, "--count", str(attempts),
+                    "--json", "--wait", "20", "--count", str(attempts), *choice,
                 )),
                 capture_output=True, text=True, timeout=60 + attempts * 15,
             )
