@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
@@ -32,6 +33,8 @@ from p2psip.nat import holepunch, stunt
 PROBES_PER_ATTEMPT = 4
 #: Control-connection pings keep NAT and firewall state for it alive.
 KEEPALIVE_SECONDS = 25.0
+#: Back-off between attempts to reach the mediator again.
+RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class TraversalError(Exception):
@@ -274,6 +277,8 @@ class TraversalClient:
     def start(self) -> defer.Deferred[TraversalClient]:
         """Connect and authenticate; fires with self once registered."""
         self._ready = defer.Deferred()
+        if self.closed.called:
+            self.closed = defer.Deferred()
         factory = Factory.forProtocol(lambda: _ControlClientProtocol(self))
         connecting = self.mediator.connect(factory)
 
@@ -690,6 +695,69 @@ class TraversalClient:
     def _send(self, message: dict[str, Any]) -> None:
         if self.control is not None:
             self.control.send(message)
+
+
+class TraversalService(Service):
+    """
+    Keeps a ``TraversalClient`` registered: reconnects with back-off.
+
+    Roles that use the mediator (the peer's overlay links, the client role)
+    run this service; connections made while the mediator is unreachable
+    fail at once with a ``TraversalError`` saying so.
+    """
+
+    log = Logger()
+
+    def __init__(self, client: TraversalClient, retry_seconds: tuple[float, ...] = RETRY_SECONDS) -> None:
+        self.client = client
+        self.retry_seconds = retry_seconds
+        self._failures = 0
+        self._retry: Any = None
+        self._waiting: list[defer.Deferred[TraversalClient]] = []
+
+    def when_registered(self) -> defer.Deferred[TraversalClient]:
+        """Fires with the client once it is registered (at once if it is now)."""
+        if self.client.online:
+            return defer.succeed(self.client)
+        waiter: defer.Deferred[TraversalClient] = defer.Deferred()
+        self._waiting.append(waiter)
+        return waiter
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        self._connect()
+
+    def _connect(self) -> None:
+        self._retry = None
+        self.client.start().addCallbacks(self._online, self._offline)
+
+    def _online(self, client: TraversalClient) -> None:
+        self._failures = 0
+        self.log.info("registered at the mediator as {id}", id=client.client_id)
+        client.closed.addCallback(lambda why: self._offline(None, why))
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(client)
+
+    def _offline(self, failure: Failure | None, why: str = "") -> None:
+        reason = failure.getErrorMessage() if failure is not None else why
+        if not self.running:
+            return
+        delay = self.retry_seconds[min(self._failures, len(self.retry_seconds) - 1)]
+        self._failures += 1
+        self.log.warn("not registered at the mediator ({reason}); retrying in {delay}s", reason=reason, delay=delay)
+        self._retry = self.client.reactor.callLater(delay, self._connect)
+
+    def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802 - Twisted's name
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self.client.control is None:
+            return None
+        closed = self.client.closed
+        self.client.stop()
+        return closed.addCallback(lambda _: None)
 
 
 @implementer(IStreamClientEndpoint)

@@ -179,6 +179,23 @@ class LoopbackTraversalTests(TestCase):
 
 
     @defer.inlineCallbacks
+    def test_service_reregisters(self) -> Any:
+        """TraversalService registers again after the mediator dropped the client."""
+        from p2psip.nat.traversal import TraversalService
+
+        carol = TraversalClient(reactor, self.endpoint, "carol", SECRET)
+        service = TraversalService(carol, retry_seconds=(0.01,))
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield service.when_registered()
+        first_link = self.broker.clients["carol"]
+        dropped = carol.closed
+        first_link.close()
+        yield dropped
+        yield service.when_registered()
+        self.assertIsNot(self.broker.clients["carol"], first_link)
+
+    @defer.inlineCallbacks
     def test_udp_punch(self) -> Any:
         """A UDP path punched through the broker carries datagrams both ways."""
         got: defer.Deferred[bytes] = defer.Deferred()
@@ -281,3 +298,30 @@ class KeepaliveTests(TestCase):
         protocol.connectionLost(Failure(Exception("gone")))
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(self.successResultOf(client.closed), "gone")
+
+
+class TraversalServiceTests(TestCase):
+    def test_retries_with_backoff_and_stops_cleanly(self) -> None:
+        """An unreachable mediator is retried on the clock with growing delays; stopping cancels the retry."""
+        from twisted.internet.error import ConnectionRefusedError
+        from twisted.internet.task import Clock
+
+        from p2psip.nat.traversal import TraversalService
+
+        attempts: list[float] = []
+        clock = Clock()
+
+        class Refusing:
+            def connect(self, factory: Any) -> defer.Deferred[Any]:
+                attempts.append(clock.seconds())
+                return defer.fail(ConnectionRefusedError())
+
+        client = TraversalClient(clock, Refusing(), "alice", SECRET)  # type: ignore[arg-type]
+        service = TraversalService(client, retry_seconds=(1.0, 2.0))
+        service.startService()
+        clock.advance(1)
+        clock.advance(2)
+        clock.advance(2)
+        self.assertEqual(attempts, [0.0, 1.0, 3.0, 5.0])
+        self.assertIsNone(service.stopService())
+        self.assertEqual(clock.getDelayedCalls(), [])
