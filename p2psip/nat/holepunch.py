@@ -256,6 +256,7 @@ class TcpPunch:
         connect: bool = True,
         retry_seconds: float = PUNCH_RETRY_SECONDS,
         attempt_seconds: float = PUNCH_ATTEMPT_SECONDS,
+        max_connects: int | None = None,
     ) -> None:
         self.reactor = reactor
         self.local_port = local_port
@@ -265,6 +266,13 @@ class TcpPunch:
         self.connect = connect
         self.retry_seconds = retry_seconds
         self.attempt_seconds = attempt_seconds
+        #: None: connect again after every failure.  A NAT that allocates a
+        #: new port for every new flow (sequential) gets a new, unpredicted
+        #: mapping with each retry, so there one connect (whose SYNs the
+        #: kernel retransmits on the same flow) is all that can work.
+        self.max_connects = max_connects
+        if max_connects == 1:
+            self.attempt_seconds = deadline_seconds
         self.result: defer.Deferred[tuple[socket.socket, str]] = defer.Deferred()
         self._watcher = _Watcher(reactor)
         self._attempts = 0
@@ -328,6 +336,8 @@ class TcpPunch:
 
     def _connect_once(self) -> None:
         if self.result.called:
+            return
+        if self.max_connects is not None and self._attempts >= self.max_connects:
             return
         self._attempts += 1
         try:

@@ -820,6 +820,9 @@ class Broker:
                     "start_in_seconds": self.policy.attempt_start_seconds,
                     "deadline_seconds": self.policy.attempt_deadline_seconds,
                     "ttl": self.policy.low_ttl if method == LOW_TTL else 0,
+                    # Optional (added in 1.1): retrying after a failed connect
+                    # burns a port of a sequential NAT and breaks the prediction.
+                    "connect_retries": 0 if side.behaviour is not None and side.behaviour.allocation == SEQUENTIAL else -1,
                 }
             )
         self._arm_timer(

@@ -502,6 +502,8 @@ class TraversalClient:
         port = message["hole_port"]
         deadline = message["deadline_seconds"]
         role = message["role"]
+        retries = message.get("connect_retries", -1)
+        max_connects = retries + 1 if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0 else None
         session.serial += 1
         serial = session.serial
 
@@ -556,7 +558,7 @@ class TraversalClient:
                 session.go = defer.Deferred()
                 session.go.addCallback(lambda _: connect_only())
             else:
-                session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline)
+                session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline, max_connects=max_connects)
                 session.punch.start().addCallbacks(connected, failed)
 
         def punched(address: tuple[str, int]) -> None:
@@ -571,7 +573,9 @@ class TraversalClient:
         def connect_only() -> None:
             if not current():
                 return
-            session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline, listen=False, connect=True)
+            session.punch = holepunch.TcpPunch(
+                self.reactor, port, peer, deadline, listen=False, connect=True, max_connects=max_connects
+            )
             session.punch.start().addCallbacks(connected, failed)
 
         self.reactor.callLater(message["start_in_seconds"], begin)
