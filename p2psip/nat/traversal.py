@@ -522,7 +522,8 @@ class TraversalClient:
             )
 
         def connected(value: tuple[socket.socket, str]) -> None:
-            session.punch = None
+            if current():
+                session.punch = None
             token = holepunch.verify_token(session.session_id)
             holepunch.verify_stream(self.reactor, value[0], token).addCallbacks(
                 lambda sock: verified(sock, value[1]), failed
@@ -536,7 +537,8 @@ class TraversalClient:
             report(True, how)
 
         def failed(failure: Failure) -> None:
-            session.punch = None
+            if current():
+                session.punch = None
             if failure.check(holepunch.PunchFailed):
                 report(False, failure.getErrorMessage())
             else:
