@@ -97,8 +97,31 @@ class _Echo(Protocol):
 
 
 class _UdpEcho(DatagramProtocol):
+    """Echoes datagrams; closes its punched port after a quiet minute."""
+
+    IDLE_SECONDS = 60.0
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self.idle: Any = None
+
+    def startProtocol(self) -> None:  # noqa: N802 - Twisted's name
+        self.idle = self.clock.callLater(self.IDLE_SECONDS, self._close)
+
+    def _close(self) -> None:
+        self.idle = None
+        if self.transport is not None:
+            self.transport.stopListening()
+
+    def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
+        if self.idle is not None and self.idle.active():
+            self.idle.cancel()
+        self.idle = None
+
     def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802 - Twisted's name
         assert self.transport is not None
+        if self.idle is not None and self.idle.active():
+            self.idle.reset(self.IDLE_SECONDS)
         self.transport.write(data, addr)
 
 
@@ -215,7 +238,7 @@ def run_listen(args: argparse.Namespace) -> int:
             args,
             accept=lambda peer: Factory.forProtocol(_Echo),
             on_incoming=incoming,
-            accept_datagram=lambda peer: _UdpEcho(),
+            accept_datagram=lambda peer: _UdpEcho(reactor),
             on_incoming_datagram=incoming,
         )
         _emit(args, {"event": "registered", "id": args.id}, f"registered as {args.id}; waiting for connections")
