@@ -30,6 +30,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+from twisted.internet import endpoints
 from twisted.python import reflect, usage
 from twisted.python.util import padTo
 
@@ -46,6 +47,67 @@ _ROLE_OPTIONS: dict[str, type[RoleOptions]] = {}
 
 class ConfigError(usage.UsageError):
     """A configuration file is unreadable, malformed, or sets something the role does not know."""
+
+
+def positive_int(text: str) -> int:
+    """Coercer for counts and whole seconds that must be at least 1."""
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"{value} is not greater than zero")
+    return value
+
+
+positive_int.coerceDoc = "a whole number greater than zero"  # type: ignore[attr-defined]
+
+
+def positive_float(text: str) -> float:
+    """Coercer for intervals and timeouts in seconds, which must be above zero."""
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{text} is not a finite number greater than zero")
+    return value
+
+
+positive_float.coerceDoc = "a number greater than zero"  # type: ignore[attr-defined]
+
+
+# serverFromString/clientFromString only store the reactor while parsing, so
+# checking a description needs none; this stands in for it.
+_NO_REACTOR = object()
+
+
+def server_endpoint(text: str) -> str:
+    """
+    Coercer for listening addresses (``tcp:6084``, ``tcp:8084:interface=127.0.0.1``).
+
+    It checks that Twisted can parse the description, so a typo stops the
+    role at startup with the option's name instead of a traceback later,
+    and returns the text unchanged for ``strports``.  ``systemd:``
+    descriptions are only checked when the role starts, since they need
+    the sockets systemd passes in.
+    """
+    if text.split(":", 1)[0] == "systemd":
+        return text
+    try:
+        endpoints.serverFromString(_NO_REACTOR, text)
+    except Exception as e:
+        raise usage.UsageError(
+            f"{text!r} is not a listening endpoint string ({e}); "
+            "write for example tcp:6084 or tcp:8084:interface=127.0.0.1"
+        ) from None
+    return text
+
+
+def client_endpoint(text: str) -> str:
+    """Coercer for addresses to connect to (``tcp:198.51.100.1:6084``), checked like server_endpoint."""
+    try:
+        endpoints.clientFromString(_NO_REACTOR, text)
+    except Exception as e:
+        raise usage.UsageError(
+            f"{text!r} is not a client endpoint string ({e}); "
+            "write for example tcp:198.51.100.1:6084 or tcp:host=boot.example.org:port=6084"
+        ) from None
+    return text
 
 
 def _describe_coercer(coerce: Callable[[str], Any]) -> str:
@@ -210,6 +272,9 @@ class RoleOptions(usage.Options):
             # contain '%' and a stray [DEFAULT] should be an error, not magic.
             default_section="\n",  # no header can spell a newline
             interpolation=None,
+            # Only '=': endpoint strings are full of ':', and a list item
+            # that lost its indentation must not parse as a key "tcp".
+            delimiters=("=",),
             strict=True,
             comment_prefixes=("#", ";"),
             inline_comment_prefixes=("#",),
@@ -285,6 +350,10 @@ class RoleOptions(usage.Options):
             for item in items:
                 try:
                     coerced.append(coerce(item))
+                except usage.UsageError as e:
+                    # A coercer that validates (an endpoint string, say) and
+                    # explains itself: keep its words, add where.
+                    raise ConfigError(f"key '{key}' in {where}: {e}") from None
                 except ValueError:
                     raise ConfigError(
                         f"key '{key}' in {where} takes {_describe_coercer(coerce)}, "
@@ -326,9 +395,15 @@ def options_class(role: str) -> type[RoleOptions]:
     """
     if role not in _ROLE_OPTIONS and role.isidentifier():
         try:
-            importlib.import_module(f"p2psip.roles.{role}")
+            module = importlib.import_module(f"p2psip.roles.{role}")
         except ImportError:
             pass
+        else:
+            # A module imported earlier registered nothing new just now, so
+            # also look at what it defines.
+            for value in vars(module).values():
+                if isinstance(value, type) and issubclass(value, RoleOptions) and value.role == role:
+                    _ROLE_OPTIONS.setdefault(role, value)
     try:
         return _ROLE_OPTIONS[role]
     except KeyError:

@@ -10,7 +10,24 @@ from hypothesis import strategies as st
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.config import ConfigError, RoleOptions, config_from_string, options_class
+from p2psip import config
+from p2psip.config import (
+    ConfigError,
+    RoleOptions,
+    client_endpoint,
+    config_from_string,
+    options_class,
+    positive_float,
+    positive_int,
+    server_endpoint,
+)
+
+
+def tcp_endpoint(text: str) -> str:
+    """A validating coercer that explains itself with a UsageError."""
+    if not text.startswith("tcp:"):
+        raise usage.UsageError(f"{text!r} is not a tcp: endpoint; write tcp:HOST:PORT")
+    return text
 
 
 class SampleOptions(RoleOptions):
@@ -27,6 +44,9 @@ class SampleOptions(RoleOptions):
         ["sip", None, "udp:5060 tcp:5060", "SIP listener."],
         ["port", None, None, "Some port.", int],
         ["data_dir", None, "/var/lib/p2psip/sample", "State directory."],
+        ["replicas", None, 2, "Replica count.", positive_int],
+        ["request-timeout", None, 15.0, "Seconds.", positive_float],
+        ["control", None, "tcp:3479", "Control endpoint.", tcp_endpoint],
     ]
     optFlags: ClassVar[list[list[str]]] = [["verbose", "v", "Log more."]]
 
@@ -122,6 +142,16 @@ class PrecedenceTests(SynchronousTestCase):
         )
         self.assertIn("'mediator' in [sample] of etc/sample.ini", str(error))
 
+    def test_comments(self) -> None:
+        """Whole-line # and ; comments and ' # ' after a value are ignored."""
+        options = config_from_string(
+            "# top\n[sample]\n; old style\noverlay = tcp:7000  # the listener\n"
+            "bootstrap = tcp:a:1\n    tcp:b:2\n",
+            SampleOptions,
+        )
+        self.assertEqual(options["overlay"], "tcp:7000")
+        self.assertEqual(options["bootstrap"], ["tcp:a:1", "tcp:b:2"])
+
     def test_empty_file(self) -> None:
         """An empty file changes nothing."""
         options = config_from_string("", SampleOptions)
@@ -202,7 +232,7 @@ class ErrorTests(SynchronousTestCase):
         message = self.error("[sample]\nbootstrapp = tcp:a:1\n")
         self.assertIn("unknown key 'bootstrapp' in [sample] of etc/sample.ini", message)
         self.assertIn("did you mean 'bootstrap'?", message)
-        self.assertIn("known keys: bootstrap, data-dir, mediator, overlay", message)
+        self.assertIn("known keys: bootstrap, control, data-dir, mediator, overlay,", message)
 
     def test_command_line_only_keys_are_unknown(self) -> None:
         """help, version and config cannot be set in the file."""
@@ -227,6 +257,30 @@ class ErrorTests(SynchronousTestCase):
         """An unparseable float names what it takes."""
         self.assertIn("takes a number", self.error("[sample]\nping-interval = x\n"))
 
+    def test_positive_coercers(self) -> None:
+        """positive_int and positive_float refuse zero, negatives, NaN and infinity, saying why."""
+        self.assertIn(
+            "key 'replicas' in [sample] of etc/sample.ini takes a whole number greater than zero, "
+            "not '0'",
+            self.error("[sample]\nreplicas = 0\n"),
+        )
+        for bad in ("0", "-1", "nan", "inf", "x"):
+            self.assertIn(
+                "takes a number greater than zero", self.error(f"[sample]\nrequest-timeout = {bad}\n")
+            )
+        options = config_from_string("[sample]\nreplicas = 3\nrequest-timeout = 0.5\n", SampleOptions)
+        self.assertEqual((options["replicas"], options["request-timeout"]), (3, 0.5))
+        self.assertEqual(positive_int("7"), 7)
+        self.assertEqual(positive_float("2.5"), 2.5)
+
+    def test_validating_coercer_keeps_its_message(self) -> None:
+        """A coercer's own UsageError reaches the operator with the file and key added."""
+        self.assertEqual(
+            self.error("[sample]\ncontrol = udp:1\n"),
+            "key 'control' in [sample] of etc/sample.ini: 'udp:1' is not a tcp: endpoint; "
+            "write tcp:HOST:PORT",
+        )
+
     def test_bad_flag(self) -> None:
         """A flag with a word other than yes/no is an error naming the accepted words."""
         self.assertIn("write yes or no", self.error("[sample]\nverbose = maybe\n"))
@@ -239,6 +293,12 @@ class ErrorTests(SynchronousTestCase):
         """A key given twice is an error rather than last-one-wins."""
         message = self.error("[sample]\noverlay = tcp:1\noverlay = tcp:2\n")
         self.assertIn("key 'overlay' is set twice in [sample]", message)
+
+    def test_unindented_list_item(self) -> None:
+        """A list item that lost its indentation is reported as a bad line, not a key."""
+        message = self.error("[sample]\nbootstrap = tcp:a:1\ntcp:b:2\n")
+        self.assertIn("etc/sample.ini line 3", message)
+        self.assertIn("indented continuation line", message)
 
     def test_garbage_line(self) -> None:
         """A line that is not INI syntax is an error naming the line number."""
@@ -277,6 +337,45 @@ class ErrorTests(SynchronousTestCase):
         self.assertTrue(issubclass(ConfigError, usage.UsageError))
 
 
+class EndpointCoercerTests(SynchronousTestCase):
+    def test_server_endpoints(self) -> None:
+        """Valid listening descriptions come back unchanged."""
+        for text in ("tcp:6084", "tcp:8084:interface=127.0.0.1", "tcp6:6084", "unix:/run/p2psip.sock",
+                     "systemd:domain=INET:index=0"):
+            self.assertEqual(server_endpoint(text), text)
+
+    def test_bad_server_endpoints(self) -> None:
+        """Typos and UDP descriptions are usage errors that show an example."""
+        for text in ("tpc:6084", "tcp:abc", "", "udp:5060"):
+            error = self.assertRaises(usage.UsageError, server_endpoint, text)
+            self.assertIn("write for example tcp:6084", str(error))
+
+    def test_client_endpoints(self) -> None:
+        """Client descriptions with a host and port are accepted; ones without are not."""
+        self.assertEqual(client_endpoint("tcp:198.51.100.1:6084"), "tcp:198.51.100.1:6084")
+        self.assertEqual(client_endpoint("tcp:host=a.example:port=1"), "tcp:host=a.example:port=1")
+        for text in ("tcp:a", "tcp:a:b", "x:1"):
+            self.assertRaises(usage.UsageError, client_endpoint, text)
+
+    def test_in_options(self) -> None:
+        """As a declared coercer, a bad endpoint names the option, or the key and file."""
+
+        class EndpointOptions(RoleOptions):
+            role: ClassVar[str] = "endpoint-test"
+            optParameters: ClassVar[list[list[Any]]] = [
+                ["http", None, "tcp:8084:interface=127.0.0.1", "Status site.", server_endpoint]
+            ]
+
+        options = EndpointOptions()
+        error = self.assertRaises(usage.UsageError, options.parseOptions, ["--http", "tcp:80x4"])
+        self.assertIn("'tcp:80x4' is not a listening endpoint string", str(error))
+        error = self.assertRaises(
+            ConfigError, config_from_string, "[endpoint-test]\nhttp = tcp:80x4\n",
+            EndpointOptions, source="etc/x.ini",
+        )
+        self.assertIn("key 'http' in [endpoint-test] of etc/x.ini: 'tcp:80x4' is not", str(error))
+
+
 class HostileConfigTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(st.text(alphabet=st.sampled_from("[]=:#; \n\t_-aspmlovertbcy0123456789\\%\x00\r")))
@@ -295,3 +394,125 @@ class HostileConfigTests(SynchronousTestCase):
             config_from_string("[sample]\n" + text, SampleOptions)
         except usage.UsageError:
             pass
+
+
+def _documented_options(role: str) -> type[RoleOptions]:
+    """
+    A stand-in Options class with the options docs/operations.md documents
+    for ``role``, used to check the example files before the role modules
+    exist (and against the real role Options once they do).
+    """
+    tuning = [[name, None, None, "", int] for name in (
+        "successors", "predecessors", "replicas", "update-interval", "finger-interval",
+        "ping-interval", "request-timeout", "max-message-size")]
+    common = [["overlay-name", None, None, ""], ["http", None, None, ""], ["data-dir", None, None, ""]]
+    overlay = [["overlay", None, None, ""], ["advertise", None, None, ""]]
+    parameters: dict[str, list[list[Any]]] = {
+        "bootstrap": common + overlay + tuning,
+        "peer": common + overlay + tuning + [
+            ["bootstrap", None, None, ""], ["sip", None, None, ""],
+            ["users", None, None, ""], ["mediator", None, None, ""]],
+        "client": common + [
+            ["bootstrap", None, None, ""], ["sip", None, None, ""], ["mediator", None, None, ""]],
+    }
+    return type(
+        f"Documented{role.title()}Options",
+        (RoleOptions,),
+        {
+            "optParameters": parameters[role],
+            "repeatable": tuple(n for n in ("bootstrap", "sip") if role != "bootstrap"),
+            "role": role,
+        },
+    )
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    """The annotated files in etc/ parse, so operators can start from them."""
+
+    def setUp(self) -> None:
+        # The stand-in classes register under the real role names; keep
+        # that from leaking into other tests.
+        self.patch(config, "_ROLE_OPTIONS", dict(config._ROLE_OPTIONS))
+
+    def example(self, role: str) -> str:
+        from p2psip.testing import repository_root
+
+        return (repository_root() / "etc" / f"{role}.ini").read_text(encoding="utf-8")
+
+    def test_bootstrap_example(self) -> None:
+        """etc/bootstrap.ini sets the documented bootstrap options."""
+        options = config_from_string(self.example("bootstrap"), _documented_options("bootstrap"))
+        self.assertEqual(options["overlay"], "tcp:6084")
+        self.assertEqual(options["http"], "tcp:8084:interface=127.0.0.1")
+        self.assertEqual(options["data-dir"], "/var/lib/p2psip/bootstrap")
+
+    def test_peer_example(self) -> None:
+        """etc/peer.ini lists two bootstraps; its SIP listeners wait, commented, for the SIP layer."""
+        options = config_from_string(self.example("peer"), _documented_options("peer"))
+        self.assertEqual(options["bootstrap"], ["tcp:198.51.100.1:6084", "tcp:198.51.100.2:6084"])
+        self.assertEqual(options["sip"], [])
+        self.assertEqual(options["http"], "tcp:8085:interface=127.0.0.1")
+
+    def test_client_example(self) -> None:
+        """etc/client.ini keeps the SIP adaptor on loopback."""
+        options = config_from_string(self.example("client"), _documented_options("client"))
+        self.assertEqual(options["sip"], ["udp:5062:interface=127.0.0.1"])
+
+    def test_commented_tuning_values_parse(self) -> None:
+        """Uncommenting any example key still gives a valid file."""
+        for role in ("bootstrap", "peer", "client"):
+            text = "\n".join(
+                line[1:] if line.startswith("#") and "=" in line and not line.startswith("# ")
+                else line
+                for line in self.example(role).splitlines()
+            )
+            config_from_string(text, _documented_options(role), source=f"etc/{role}.ini")
+
+    def test_examples_with_real_roles(self) -> None:
+        """Where a role module exists, its own Options accept the example file."""
+        import importlib
+
+        from twisted.trial.unittest import SkipTest
+
+        checked = []
+        for role in ("bootstrap", "peer", "client"):
+            try:
+                module = importlib.import_module(f"p2psip.roles.{role}")
+            except ImportError:
+                continue
+            options = module.Options()
+            options.use_config_text(self.example(role), f"etc/{role}.ini")
+            options.parseOptions([])
+            checked.append(role)
+        if not checked:
+            raise SkipTest("no role modules yet (p2psip.roles.bootstrap/peer/client)")
+
+
+class SystemdUnitTests(SynchronousTestCase):
+    """The units in etc/systemd run the documented command under a dedicated user."""
+
+    def unit(self, role: str) -> dict[str, list[str]]:
+        from p2psip.testing import repository_root
+
+        path = repository_root() / "etc" / "systemd" / f"p2psip-{role}.service"
+        settings: dict[str, list[str]] = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line and not line.startswith(("#", "[")):
+                key, _, value = line.partition("=")
+                settings.setdefault(key, []).append(value)
+        return settings
+
+    def test_units(self) -> None:
+        """Each unit runs twist with the role's config, restarts always and keeps state."""
+        for role in ("bootstrap", "peer", "client"):
+            unit = self.unit(role)
+            self.assertEqual(
+                unit["ExecStart"],
+                [f"/opt/p2psip/bin/twist --log-format=text p2psip-{role} "
+                 f"--config /etc/p2psip/{role}.ini"],
+            )
+            self.assertEqual(unit["Restart"], ["always"])
+            self.assertEqual(unit["User"], ["p2psip"])
+            self.assertEqual(unit["StateDirectory"], [f"p2psip/{role}"])
+            self.assertEqual(unit["NoNewPrivileges"], ["yes"])
+            self.assertIn("AF_INET", unit["RestrictAddressFamilies"][0].split())

@@ -10,17 +10,25 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("p2psip.cli.nat",)
+COMMAND_MODULES: tuple[str, ...] = ("p2psip.cli.admin", "p2psip.cli.nat")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2psip",
         description="Operate p2psip roles: overlay admin, users, NAT diagnostics.",
+    )
+    parser.add_argument(
+        "--api",
+        metavar="URL",
+        default=os.environ.get("P2PSIP_API", "http://127.0.0.1:8084"),
+        help="admin API of the role to talk to: its --http address "
+        "(default: $P2PSIP_API or http://127.0.0.1:8084)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -39,6 +39,7 @@ from twisted.internet.interfaces import IReactorTime, IReactorUDP
 
 from p2psip.nat.stun_client import (
     BindingResult,
+    RetransmissionSchedule,
     StunErrorResponse,
     StunTimeoutError,
     StunUdpClient,
@@ -230,22 +231,37 @@ async def _discover(
 
 
 def discover_nat_behaviour(
-    reactor: IReactorUDP, clock: IReactorTime, server: Address, interface: str
+    reactor: IReactorUDP,
+    clock: IReactorTime,
+    server: Address,
+    interface: str,
+    *,
+    schedule: RetransmissionSchedule = RetransmissionSchedule(),  # noqa: B008 - frozen
+    filtering: bool = True,
 ) -> Deferred[NatBehaviour]:
     """
-    Open the two sockets discovery needs on ``interface`` and run it.
+    Open the sockets discovery needs on ``interface`` and run it.
 
     ``interface`` must be this host's address towards the server (not the
     wildcard), since "no NAT" means the server saw exactly that address.
+    A filtering NAT makes each filtering test wait out ``schedule``
+    (39.5 s by default); a shorter schedule suits a known, near server.
     """
-    return Deferred.fromCoroutine(_discover_with_sockets(reactor, clock, server, interface))
+    return Deferred.fromCoroutine(
+        _discover_with_sockets(reactor, clock, server, interface, schedule, filtering)
+    )
 
 
 async def _discover_with_sockets(
-    reactor: IReactorUDP, clock: IReactorTime, server: Address, interface: str
+    reactor: IReactorUDP,
+    clock: IReactorTime,
+    server: Address,
+    interface: str,
+    schedule: RetransmissionSchedule,
+    filtering: bool,
 ) -> NatBehaviour:
-    mapping_client = StunUdpClient(clock)
-    filtering_client = StunUdpClient(clock)
+    mapping_client = StunUdpClient(clock, schedule)
+    filtering_client = StunUdpClient(clock, schedule)
     ports = [
         reactor.listenUDP(0, client, interface=interface, maxPacketSize=8192)
         for client in (mapping_client, filtering_client)
@@ -253,7 +269,10 @@ async def _discover_with_sockets(
     try:
         local: Address = (interface, ports[0].getHost().port)  # type: ignore[attr-defined]
         return await discover_behaviour(
-            mapping_client.binding, server, local, filtering_binding=filtering_client.binding
+            mapping_client.binding,
+            server,
+            local,
+            filtering_binding=filtering_client.binding if filtering else None,
         )
     finally:
         for port in ports:
@@ -268,6 +287,7 @@ def probe_port_allocation(
     destinations: Sequence[Address],
     count: int = 6,
     interface: str = "",
+    schedule: RetransmissionSchedule = RetransmissionSchedule(),  # noqa: B008 - frozen
 ) -> Deferred[tuple[PortAllocation, list[tuple[int, int]]]]:
     """
     Measure the port allocation with ``count`` new mappings.
@@ -277,7 +297,9 @@ def probe_port_allocation(
     ``destinations``.  Returns the classification and the (local port,
     mapped port) samples.
     """
-    return Deferred.fromCoroutine(_probe_ports(reactor, clock, destinations, count, interface))
+    return Deferred.fromCoroutine(
+        _probe_ports(reactor, clock, destinations, count, interface, schedule)
+    )
 
 
 async def _probe_ports(
@@ -286,10 +308,11 @@ async def _probe_ports(
     destinations: Sequence[Address],
     count: int,
     interface: str,
+    schedule: RetransmissionSchedule,
 ) -> tuple[PortAllocation, list[tuple[int, int]]]:
     samples: list[tuple[int, int]] = []
     for index in range(count):
-        client = StunUdpClient(clock)
+        client = StunUdpClient(clock, schedule)
         port = reactor.listenUDP(0, client, interface=interface, maxPacketSize=8192)
         local_port: int = port.getHost().port  # type: ignore[attr-defined]
         try:

@@ -61,6 +61,9 @@ MAX_MESSAGE_BYTES = HEADER_BYTES + 0xFFFF
 # A stream peer that announces more than this is cut off (Binding messages are
 # well under 1 KiB; long-term-auth ones a few hundred bytes more).
 DEFAULT_STREAM_MAX_MESSAGE_BYTES = 8192
+# Real messages carry a dozen attributes at most; a 64 KiB message of empty
+# attributes would otherwise become 16,000 tuples.
+MAX_ATTRIBUTES = 128
 MESSAGE_INTEGRITY_BYTES = 20
 MESSAGE_INTEGRITY_SHA256_BYTES = 32
 
@@ -434,6 +437,8 @@ def _walk_attributes(data: bytes, end: int) -> list[tuple[int, int, int]]:
         if start + length > end:
             raise StunDecodeError(f"attribute 0x{attr_type:04x} length {length} overruns message")
         found.append((attr_type, start, length))
+        if len(found) > MAX_ATTRIBUTES:
+            raise StunDecodeError(f"more than {MAX_ATTRIBUTES} attributes")
         offset = start + _padded(length)
     if offset != end:
         raise StunDecodeError("last attribute padding overruns message")

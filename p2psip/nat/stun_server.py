@@ -219,11 +219,11 @@ class StunResponder:
         The answer to an attribute-less IPv4 Binding request, built directly.
 
         Nearly all load is this one request (optionally with FINGERPRINT);
-        skipping the general decode and encode makes the server about
-        twice as fast.  The answer goes back to ``client`` from the socket
-        it came in on.  Gives the same bytes as the general path (a test
-        checks), or None when the datagram needs the general path
-        (``answer_datagram``); counts only what it answers.
+        skipping the general decode and encode cuts the Python work per
+        request from about 8 to 2 microseconds.  The answer goes back to
+        ``client`` from the socket it came in on.  Gives the same bytes as
+        the general path (a test checks), or None when the datagram needs
+        the general path (``answer_datagram``); counts only what it answers.
         """
         if self.alternates is not None:
             return None

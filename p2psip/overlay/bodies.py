@@ -38,9 +38,22 @@ or 4 bytes for ``2^8-1``, ``2^16-1`` and ``2^32-1``):
   FetchKindResponse<2^32-1>, each uint32 kind, uint64 generation,
   StoredData values<2^32-1>.
 - Stat (s7.4.3): StatReq as FetchReq; StatAns = StatKindResponse<2^32-1>,
-  each uint32 kind, uint64 generation, StoredMetaData values<2^32-1>.
-- Error (s6.3.3.1): uint16 error_code, opaque reason_phrase<0..255>
-  (UTF-8), opaque error_info<2^16-1>.
+  each uint32 kind, uint64 generation, StoredMetaData values<2^32-1>;
+  StoredMetaData = uint32 length, uint64 storage_time, uint32 lifetime,
+  MetaData (Boolean exists, uint32 value_length, uint8 hash_algorithm,
+  opaque hash_value<2^8-1>) behind an index or key as for StoredData.
+- Find (s7.4.4): FindReq = ResourceId, KindId kinds<2^8-1>;
+  FindAns = FindKindData results<2^16-1>, each uint32 kind, ResourceId.
+- Attach (s6.5.1): ufrag<2^8-1>, password<2^8-1>, role<2^8-1>,
+  IceCandidate candidates<2^16-1>, Boolean send_update, the same for the
+  request and the answer.  An IceCandidate is IpAddressPort (uint8 type,
+  uint8 length, 4- or 16-byte address, uint16 port), uint8 overlay_link,
+  opaque foundation<2^8-1>, uint32 priority, uint8 type, a related
+  IpAddressPort unless the type is host, IceExtension extensions<2^16-1>.
+- AppAttach (s6.5.2): ufrag, password, uint16 application, role,
+  candidates (no send_update).
+- Error (s6.3.3.1): uint16 error_code, opaque error_info<2^16-1> (UTF-8
+  text, or a structure for some codes).
 
 Store, Fetch and Stat need the data model of every kind they mention; a
 decoder that meets kinds it does not know still checks the whole body and
@@ -50,15 +63,17 @@ them, so the node can answer Error_Unknown_Kind.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar, Union
 
-from attrs import frozen
+from attrs import field, frozen
 
 from p2psip.overlay.codec import DEFAULT_LIMITS, DecodeError, Limits, Reader, UnknownKindError, Writer
 from p2psip.overlay.message import (
     Destination,
+    ErrorCode,
     MessageCode,
     Signature,
     SignerIdentity,
@@ -71,6 +86,19 @@ from p2psip.overlay.message import (
 
 __all__ = [
     "BODY_TYPES",
+    "AddressType",
+    "AppAttachAns",
+    "AppAttachReq",
+    "AttachAns",
+    "AttachReq",
+    "CandidateType",
+    "FindAns",
+    "FindKindData",
+    "FindReq",
+    "IceCandidate",
+    "IceExtension",
+    "IpAddressPort",
+    "OverlayLinkType",
     "ArrayEntry",
     "ArrayEntryMeta",
     "ArrayRange",
@@ -280,9 +308,12 @@ class ChordLeaveType(IntEnum):
 @frozen
 class ChordLeaveData:
     """
-    CHORD-RELOAD's LeaveReq overlay_specific data (RFC 6940 s9.8): a peer
-    leaving tells its predecessor its successors (from_succ... sent *to*
-    the predecessor) and its successor its predecessors.
+    CHORD-RELOAD's LeaveReq overlay_specific data (RFC 6940 s9.8).
+
+    A leaving peer tells its predecessor (FROM_SUCCESSOR: the Leave comes
+    from the receiver's successor) its successor list, and its successor
+    (FROM_PREDECESSOR) its predecessor list, so both can repair their
+    neighbour tables without waiting for failure detection.
     """
 
     type: ChordLeaveType
@@ -941,10 +972,21 @@ MetaDataValue = Union[MetaData, ArrayEntryMeta, DictionaryEntryMeta]
 
 @frozen
 class StoredMetaData:
-    value_length: int
+    """
+    Stat's counterpart of StoredData.
+
+    RFC 6940 s7.4.3 calls its leading uint32 ``value_length``; Wireshark's
+    dissector reads it, like StoredData's ``length``, as the byte length of
+    the rest of the structure, so that is what is computed and sent.  The
+    ``value_length`` attribute is kept so callers can pass it, but it is
+    not sent and takes no part in equality; decoding fills it with the
+    number read.  The stored value's own size is in ``metadata``.
+    """
+
     storage_time: int
     lifetime: int
     metadata: MetaDataValue
+    value_length: int = field(default=0, eq=False)
 
 
 def _write_metadata(writer: Writer, meta: MetaData) -> None:
@@ -960,35 +1002,37 @@ def _read_metadata(reader: Reader) -> MetaData:
 
 
 def _write_stored_metadata(writer: Writer, stored: StoredMetaData) -> None:
-    writer.u32(stored.value_length, "value_length").u64(stored.storage_time, "storage_time")
-    writer.u32(stored.lifetime, "lifetime")
+    inner = Writer().u64(stored.storage_time, "storage_time").u32(stored.lifetime, "lifetime")
     meta = stored.metadata
     if isinstance(meta, MetaData):
-        _write_metadata(writer, meta)
+        _write_metadata(inner, meta)
     elif isinstance(meta, ArrayEntryMeta):
-        writer.u32(meta.index, "array index")
-        _write_metadata(writer, meta.value)
+        inner.u32(meta.index, "array index")
+        _write_metadata(inner, meta.value)
     elif isinstance(meta, DictionaryEntryMeta):
-        writer.opaque(2, meta.key, "dictionary key")
-        _write_metadata(writer, meta.value)
+        inner.opaque(2, meta.key, "dictionary key")
+        _write_metadata(inner, meta.value)
     else:
         raise ValueError(f"not metadata: {meta!r}")
+    writer.opaque(4, inner.getvalue(), "StoredMetaData")
 
 
 def _read_stored_metadata(reader: Reader, model: DataModel) -> StoredMetaData:
-    value_length = reader.u32("value_length")
-    storage_time = reader.u64("storage_time")
-    lifetime = reader.u32("lifetime")
+    inner = reader.vector(4, "StoredMetaData")
+    inner_start = inner.offset
+    storage_time = inner.u64("storage_time")
+    lifetime = inner.u32("lifetime")
     meta: MetaDataValue
     if model == DataModel.SINGLE_VALUE:
-        meta = _read_metadata(reader)
+        meta = _read_metadata(inner)
     elif model == DataModel.ARRAY:
-        index = reader.u32("array index")
-        meta = ArrayEntryMeta(index, _read_metadata(reader))
+        index = inner.u32("array index")
+        meta = ArrayEntryMeta(index, _read_metadata(inner))
     else:
-        key = reader.opaque(2, "dictionary key")
-        meta = DictionaryEntryMeta(key, _read_metadata(reader))
-    return StoredMetaData(value_length, storage_time, lifetime, meta)
+        key = inner.opaque(2, "dictionary key")
+        meta = DictionaryEntryMeta(key, _read_metadata(inner))
+    inner.expect_end("StoredMetaData")
+    return StoredMetaData(storage_time, lifetime, meta, inner.end - inner_start)
 
 
 @frozen
@@ -1038,20 +1082,345 @@ class StatAns:
         return cls(responses)
 
 
+# -- Find ---------------------------------------------------------------------------------------
+
+
+@frozen
+class FindReq:
+    CODE: ClassVar[MessageCode] = MessageCode.FIND_REQ
+    resource: int
+    kinds: tuple[int, ...]
+
+    def encode(self) -> bytes:
+        writer = Writer()
+        _write_resource(writer, self.resource)
+        _write_items(writer, 1, self.kinds, lambda w, k: w.u32(k, "kind"), "kinds")
+        return writer.getvalue()
+
+    @classmethod
+    def decode(
+        cls, data: bytes, limits: Limits = DEFAULT_LIMITS, data_models: DataModels | None = None
+    ) -> FindReq:
+        reader = _decoder(data, limits)
+        resource = _read_resource(reader)
+        kinds = _read_items(reader, 1, "kinds", lambda r: r.u32("kind"))
+        reader.expect_end("FindReq")
+        return cls(resource, kinds)
+
+
+@frozen
+class FindKindData:
+    """The closest Resource-ID at or after the requested one that holds ``kind``; 0 if none."""
+
+    kind: int
+    closest: int
+
+
+@frozen
+class FindAns:
+    CODE: ClassVar[MessageCode] = MessageCode.FIND_ANS
+    results: tuple[FindKindData, ...]
+
+    def encode(self) -> bytes:
+        def write_one(writer: Writer, item: FindKindData) -> None:
+            writer.u32(item.kind, "kind")
+            _write_resource(writer, item.closest)
+
+        writer = Writer()
+        _write_items(writer, 2, self.results, write_one, "results")
+        return writer.getvalue()
+
+    @classmethod
+    def decode(
+        cls, data: bytes, limits: Limits = DEFAULT_LIMITS, data_models: DataModels | None = None
+    ) -> FindAns:
+        reader = _decoder(data, limits)
+        results = _read_items(
+            reader, 2, "results", lambda r: FindKindData(r.u32("kind"), _read_resource(r))
+        )
+        reader.expect_end("FindAns")
+        return cls(results)
+
+
+# -- Attach / AppAttach ---------------------------------------------------------------------------
+
+
+class AddressType(IntEnum):
+    IPV4 = 1
+    IPV6 = 2
+
+
+class OverlayLinkType(IntEnum):
+    DTLS_UDP_SR = 1
+    DTLS_UDP_SR_NO_ICE = 3
+    TLS_TCP_FH_NO_ICE = 4
+
+
+class CandidateType(IntEnum):
+    HOST = 1
+    SERVER_REFLEXIVE = 2
+    PEER_REFLEXIVE = 3
+    RELAYED = 4
+
+
+@frozen
+class IpAddressPort:
+    """An address and port; IPv4 or IPv6 is taken from the address text."""
+
+    host: str
+    port: int
+
+
+def _write_address(writer: Writer, address: IpAddressPort) -> None:
+    parsed = ipaddress.ip_address(address.host)
+    if parsed.version == 4:
+        writer.u8(AddressType.IPV4).u8(6)
+    else:
+        writer.u8(AddressType.IPV6).u8(18)
+    writer.raw(parsed.packed).u16(address.port, "port")
+
+
+def _read_address(reader: Reader) -> IpAddressPort:
+    address_type = reader.u8("address type")
+    inner = reader.fixed(reader.u8("address length"), "IpAddressPort")
+    if address_type == AddressType.IPV4:
+        host = str(ipaddress.IPv4Address(inner.raw(4, "IPv4 address")))
+    elif address_type == AddressType.IPV6:
+        host = str(ipaddress.IPv6Address(inner.raw(16, "IPv6 address")))
+    else:
+        raise DecodeError(f"unknown address type {address_type}")
+    port = inner.u16("port")
+    inner.expect_end("IpAddressPort")
+    return IpAddressPort(host, port)
+
+
+@frozen
+class IceExtension:
+    name: bytes
+    value: bytes
+
+
+@frozen
+class IceCandidate:
+    """
+    A transport candidate (RFC 6940 s6.5.1.1).  ``related`` is the base
+    address that reflexive and relayed candidates carry, None for host ones.
+    """
+
+    address: IpAddressPort
+    overlay_link: int
+    foundation: bytes
+    priority: int
+    type: int
+    related: IpAddressPort | None = None
+    extensions: tuple[IceExtension, ...] = ()
+
+
+def _write_candidate(writer: Writer, candidate: IceCandidate) -> None:
+    _write_address(writer, candidate.address)
+    writer.u8(candidate.overlay_link, "overlay_link")
+    writer.opaque(1, candidate.foundation, "foundation")
+    writer.u32(candidate.priority, "priority").u8(candidate.type, "candidate type")
+    if candidate.type == CandidateType.HOST:
+        if candidate.related is not None:
+            raise ValueError("a host candidate has no related address")
+    else:
+        if candidate.related is None:
+            raise ValueError("reflexive and relayed candidates need a related address")
+        _write_address(writer, candidate.related)
+    _write_items(
+        writer,
+        2,
+        candidate.extensions,
+        lambda w, e: w.opaque(2, e.name, "extension name").opaque(2, e.value, "extension value"),
+        "ice extensions",
+    )
+
+
+def _read_candidate(reader: Reader) -> IceCandidate:
+    address = _read_address(reader)
+    overlay_link = reader.u8("overlay_link")
+    foundation = reader.opaque(1, "foundation")
+    priority = reader.u32("priority")
+    candidate_type = reader.u8("candidate type")
+    related: IpAddressPort | None = None
+    if candidate_type in (
+        CandidateType.SERVER_REFLEXIVE,
+        CandidateType.PEER_REFLEXIVE,
+        CandidateType.RELAYED,
+    ):
+        related = _read_address(reader)
+    elif candidate_type != CandidateType.HOST:
+        raise DecodeError(f"unknown candidate type {candidate_type}")
+    extensions = _read_items(
+        reader,
+        2,
+        "ice extensions",
+        lambda r: IceExtension(r.opaque(2, "extension name"), r.opaque(2, "extension value")),
+    )
+    return IceCandidate(
+        address, overlay_link, foundation, priority, candidate_type, related, extensions
+    )
+
+
+class _AttachBody:
+    """AttachReq and AttachAns share one structure (RFC 6940 s6.5.1)."""
+
+    ufrag: bytes
+    password: bytes
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+    send_update: bool
+
+    def __init__(
+        self,
+        ufrag: bytes,
+        password: bytes,
+        role: bytes,
+        candidates: tuple[IceCandidate, ...],
+        send_update: bool = False,
+    ) -> None:
+        raise NotImplementedError  # attrs generates the real one in subclasses
+
+    def encode(self) -> bytes:
+        writer = Writer().opaque(1, self.ufrag, "ufrag").opaque(1, self.password, "password")
+        writer.opaque(1, self.role, "role")
+        _write_items(writer, 2, self.candidates, _write_candidate, "candidates")
+        return writer.boolean(self.send_update).getvalue()
+
+    @classmethod
+    def decode(
+        cls, data: bytes, limits: Limits = DEFAULT_LIMITS, data_models: DataModels | None = None
+    ) -> Any:
+        reader = _decoder(data, limits)
+        ufrag = reader.opaque(1, "ufrag")
+        password = reader.opaque(1, "password")
+        role = reader.opaque(1, "role")
+        candidates = _read_items(reader, 2, "candidates", _read_candidate)
+        send_update = reader.boolean("send_update")
+        reader.expect_end(cls.__name__)
+        return cls(ufrag, password, role, candidates, send_update)
+
+
+@frozen
+class AttachReq(_AttachBody):
+    """Ask a peer to open a direct link; ``role`` is b"active" or b"passive"."""
+
+    CODE: ClassVar[MessageCode] = MessageCode.ATTACH_REQ
+    ufrag: bytes
+    password: bytes
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+    send_update: bool = False
+
+
+@frozen
+class AttachAns(_AttachBody):
+    CODE: ClassVar[MessageCode] = MessageCode.ATTACH_ANS
+    ufrag: bytes
+    password: bytes
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+    send_update: bool = False
+
+
+class _AppAttachBody:
+    """AppAttachReq and AppAttachAns share one structure (RFC 6940 s6.5.2)."""
+
+    ufrag: bytes
+    password: bytes
+    application: int
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+
+    def __init__(
+        self,
+        ufrag: bytes,
+        password: bytes,
+        application: int,
+        role: bytes,
+        candidates: tuple[IceCandidate, ...],
+    ) -> None:
+        raise NotImplementedError  # attrs generates the real one in subclasses
+
+    def encode(self) -> bytes:
+        writer = Writer().opaque(1, self.ufrag, "ufrag").opaque(1, self.password, "password")
+        writer.u16(self.application, "application").opaque(1, self.role, "role")
+        _write_items(writer, 2, self.candidates, _write_candidate, "candidates")
+        return writer.getvalue()
+
+    @classmethod
+    def decode(
+        cls, data: bytes, limits: Limits = DEFAULT_LIMITS, data_models: DataModels | None = None
+    ) -> Any:
+        reader = _decoder(data, limits)
+        ufrag = reader.opaque(1, "ufrag")
+        password = reader.opaque(1, "password")
+        application = reader.u16("application")
+        role = reader.opaque(1, "role")
+        candidates = _read_items(reader, 2, "candidates", _read_candidate)
+        reader.expect_end(cls.__name__)
+        return cls(ufrag, password, application, role, candidates)
+
+
+@frozen
+class AppAttachReq(_AppAttachBody):
+    """Open an application connection; ``application`` 5060 means SIP."""
+
+    CODE: ClassVar[MessageCode] = MessageCode.APP_ATTACH_REQ
+    ufrag: bytes
+    password: bytes
+    application: int
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+
+
+@frozen
+class AppAttachAns(_AppAttachBody):
+    CODE: ClassVar[MessageCode] = MessageCode.APP_ATTACH_ANS
+    ufrag: bytes
+    password: bytes
+    application: int
+    role: bytes
+    candidates: tuple[IceCandidate, ...]
+
+
 # -- Error ------------------------------------------------------------------------------------
+
+
+# Error codes whose error_info is a structure, not text (RFC 6940 s6.3.3.1,
+# s7.4.1.2): a KindId list and a StoreAns.
+_STRUCTURED_ERROR_CODES = frozenset(
+    {ErrorCode.UNKNOWN_KIND, ErrorCode.GENERATION_COUNTER_TOO_LOW}
+)
 
 
 @frozen
 class ErrorResponse:
+    """
+    An Error answer.  On the wire (RFC 6940 s6.3.3.1) it is only
+    ``uint16 error_code, opaque error_info<0..2^16-1>``; error_info is UTF-8
+    text unless the code gives it a structure (Error_Unknown_Kind: a kind
+    list, Error_Generation_Counter_Too_Low: a StoreAns).
+
+    ``reason_phrase`` is the text form: it is sent as error_info when
+    ``error_info`` is empty, and a decoded text error_info lands in it.  When
+    both are set, ``error_info`` is sent and the phrase stays local (it is
+    still worth logging).
+    """
+
     CODE: ClassVar[MessageCode] = MessageCode.ERROR
     error_code: int
-    reason_phrase: str
+    reason_phrase: str = ""
     error_info: bytes = b""
+
+    def wire_info(self) -> bytes:
+        """The error_info bytes that go on the wire."""
+        return self.error_info or self.reason_phrase.encode("utf-8")
 
     def encode(self) -> bytes:
         writer = Writer().u16(self.error_code, "error_code")
-        writer.opaque(1, self.reason_phrase.encode("utf-8"), "reason_phrase")
-        return writer.opaque(2, self.error_info, "error_info").getvalue()
+        return writer.opaque(2, self.wire_info(), "error_info").getvalue()
 
     @classmethod
     def decode(
@@ -1059,14 +1428,15 @@ class ErrorResponse:
     ) -> ErrorResponse:
         reader = _decoder(data, limits)
         error_code = reader.u16("error_code")
-        reason = reader.opaque(1, "reason_phrase")
         error_info = reader.opaque(2, "error_info")
         reader.expect_end("ErrorResponse")
+        if error_code in _STRUCTURED_ERROR_CODES:
+            return cls(error_code, "", error_info)
         try:
-            phrase = reason.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise DecodeError(f"reason phrase is not UTF-8: {e}") from None
-        return cls(error_code, phrase, error_info)
+            return cls(error_code, error_info.decode("utf-8"), b"")
+        except UnicodeDecodeError:
+            # Not text after all: keep the bytes so nothing is lost.
+            return cls(error_code, "", error_info)
 
 
 def encode_unknown_kinds(kinds: Iterable[int]) -> bytes:
@@ -1087,6 +1457,12 @@ def decode_unknown_kinds(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[
 # -- Dispatch ---------------------------------------------------------------------------------
 
 Body = Union[
+    AttachReq,
+    AttachAns,
+    AppAttachReq,
+    AppAttachAns,
+    FindReq,
+    FindAns,
     JoinReq,
     JoinAns,
     LeaveReq,
@@ -1111,6 +1487,12 @@ Body = Union[
 BODY_TYPES: dict[MessageCode, type] = {
     body_type.CODE: body_type
     for body_type in (
+        AttachReq,
+        AttachAns,
+        AppAttachReq,
+        AppAttachAns,
+        FindReq,
+        FindAns,
         JoinReq,
         JoinAns,
         LeaveReq,

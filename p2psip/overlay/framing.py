@@ -8,10 +8,11 @@ acknowledges data frames so that the sender can estimate loss and RTT::
     data:  uint32 sequence;          opaque message<0..2^24-1>
     ack:   uint32 ack_sequence;      uint32 received
 
-``received`` is a bit mask over the 32 sequence numbers ending at
-``ack_sequence``: here bit ``i`` (value ``1 << i``) is set when sequence
-``ack_sequence - i`` (modulo 2**32) was received, so bit 0 stands for
-``ack_sequence`` itself.
+An ack acknowledges ``ack_sequence`` itself, and ``received`` reports the
+32 sequence numbers before it: bit ``i`` (value ``1 << i``) is set when
+sequence ``ack_sequence - 1 - i`` (modulo 2**32) was received.  That is how
+Wireshark's dissector reads the field ("Acked Frames"), which is the
+reference this codec is checked against.
 
 :class:`FrameDecoder` is a sans-IO stream parser: feed it bytes in any
 chunking and it returns whole frames.  It rejects an unknown frame type or
@@ -84,22 +85,26 @@ def encode_frame(frame: Frame) -> bytes:
 def received_mask(ack_sequence: int, received: Iterable[int]) -> int:
     """
     The ``received`` field for an ack of ``ack_sequence``, given the
-    sequence numbers received so far (only the 32 ending at
-    ``ack_sequence`` count; the arithmetic wraps at 2**32).
+    sequence numbers received so far.  Only the 32 numbers before
+    ``ack_sequence`` count (the arithmetic wraps at 2**32); others, and
+    ``ack_sequence`` itself, are ignored.
     """
     mask = 0
     for sequence in received:
         distance = (ack_sequence - sequence) % _SEQUENCE_MODULUS
-        if distance < 32:
-            mask |= 1 << distance
+        if 1 <= distance <= 32:
+            mask |= 1 << (distance - 1)
     return mask
 
 
 def acknowledged_sequences(ack: AckFrame) -> list[int]:
-    """The sequence numbers an ack reports as received, newest first."""
-    return [
-        (ack.ack_sequence - i) % _SEQUENCE_MODULUS for i in range(32) if ack.received >> i & 1
+    """The sequence numbers an ack reports as received, newest (``ack_sequence``) first."""
+    earlier = [
+        (ack.ack_sequence - 1 - i) % _SEQUENCE_MODULUS
+        for i in range(32)
+        if ack.received >> i & 1
     ]
+    return [ack.ack_sequence, *earlier]
 
 
 class FrameDecoder:

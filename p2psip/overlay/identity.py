@@ -60,6 +60,10 @@ _NOT_BEFORE = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
 _NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezone.utc)
 
 
+#: The order of the P-256 group (SEC 2), the range of its private keys.
+_P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
 class IdentityError(Exception):
     """The node's key or certificate file cannot be used; the message names the file."""
 
@@ -124,6 +128,18 @@ class NodeIdentity:
     def generate(cls) -> NodeIdentity:
         """A fresh key, its self-signed certificate and so a fresh Node-ID."""
         key = ec.generate_private_key(ec.SECP256R1())
+        node_id = node_id_from_key(_public_key_der(key.public_key()))
+        return cls(key, _self_signed_certificate(key, node_id))
+
+    @classmethod
+    def from_secret(cls, secret: int) -> NodeIdentity:
+        """
+        The identity whose private key is ``secret`` (a P-256 scalar).
+
+        For reproducible simulations and benchmarks only: a real node's key
+        must come from :meth:`generate`.
+        """
+        key = ec.derive_private_key(secret % (_P256_ORDER - 1) + 1, ec.SECP256R1())
         node_id = node_id_from_key(_public_key_der(key.public_key()))
         return cls(key, _self_signed_certificate(key, node_id))
 
@@ -288,11 +304,12 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
 
 
 class _KnownCertificate:
-    __slots__ = ("public_key", "node_id")
+    __slots__ = ("public_key", "node_id", "der")
 
-    def __init__(self, public_key: ec.EllipticCurvePublicKey, node_id: int) -> None:
+    def __init__(self, public_key: ec.EllipticCurvePublicKey, node_id: int, der: bytes) -> None:
         self.public_key = public_key
         self.node_id = node_id
+        self.der = der
 
 
 class CertificateCache:
@@ -342,7 +359,7 @@ class CertificateCache:
         ):
             raise SignatureError("certificate key is not ECDSA P-256")
         node_id = node_id_from_key(_public_key_der(public_key))
-        self._known[digest] = _KnownCertificate(public_key, node_id)
+        self._known[digest] = _KnownCertificate(public_key, node_id, certificate_der)
         while len(self._known) > self._max_certificates:
             self._known.popitem(last=False)
         return node_id
@@ -350,6 +367,17 @@ class CertificateCache:
     def add_identity(self, identity: NodeIdentity) -> int:
         """Remember a local identity's certificate (a node trusts its own signatures)."""
         return self.add(identity.certificate_der)
+
+    def certificate_for(self, certificate_hash_value: bytes) -> bytes | None:
+        """
+        The DER certificate with this hash, if known.
+
+        A peer that replicates or hands over stored values sends their
+        signers' certificates along, so the receiver can verify values
+        stored by peers it has never heard from.
+        """
+        known = self._known.get(certificate_hash_value)
+        return None if known is None else known.der
 
     def node_id_for(self, identity: SignerIdentity) -> int | None:
         """The Node-ID of a known cert_hash signer, or None when the certificate is unknown."""

@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_TTL",
     "FRAGMENT_UNFRAGMENTED",
     "NO_SIGNATURE",
+    "HEADER_FIXED_BYTES",
     "RELOAD_TOKEN",
     "RELOAD_VERSION",
     "UNSIGNED",
@@ -60,10 +61,12 @@ __all__ = [
     "SignerIdentity",
     "SignerIdentityType",
     "answer_code",
+    "decode_destination",
     "decode_message",
     "decode_signature",
     "decode_signer_identity",
     "encode_contents",
+    "encode_destination",
     "encode_header",
     "encode_message",
     "encode_signature",
@@ -555,6 +558,8 @@ def encode_signer_identity(identity: SignerIdentity) -> bytes:
         inner.opaque(1, identity.value, "certificate hash")
     elif identity.identity_type != SignerIdentityType.NONE:
         raise ValueError(f"unknown signer identity type {identity.identity_type!r}")
+    elif identity.hash_algorithm or identity.value:
+        raise ValueError("a 'none' signer identity carries no hash algorithm or value")
     writer = Writer()
     writer.u8(identity.identity_type).opaque(2, inner.getvalue(), "signer identity")
     return writer.getvalue()
@@ -661,3 +666,15 @@ def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     security = _decode_security_block(reader)
     reader.expect_end("message")
     return Message(header, code, body, extensions, security)
+
+
+def peek_code(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[ForwardingHeader, int]:
+    """
+    The forwarding header and the message code, without decoding the rest.
+
+    A forwarding peer needs to know whether it carries a request or an
+    answer (answers retrace the request's path link by link; requests are
+    routed by the ring) but must not pay for a full decode.
+    """
+    header, reader = _decode_header(data, limits)
+    return header, reader.u16("message_code")

@@ -111,6 +111,17 @@ class ChordTopology:
             # down, the peer that takes over from it).
             if usable(peer) and between_right_inclusive(target, self.own_id, peer):
                 return peer
+        # A target just behind us belongs to one of our predecessors: send it
+        # there directly.  Without this, a peer whose own successor list is
+        # stale (it has not heard of our newest predecessor yet) and this
+        # peer would bounce the message between them.
+        later = self.own_id
+        for peer in self.predecessors:
+            if between_right_inclusive(target, peer, later):
+                if usable(later) and later != self.own_id:
+                    return later
+                break
+            later = peer
         best: int | None = None
         best_distance = 0
         for peer in self.known_peers():

@@ -32,8 +32,9 @@ import os
 import re
 import resource
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Union
+from typing import TypeVar, Union
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -48,6 +49,7 @@ DEFAULT_LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+T = TypeVar("T")
 LabelValues = tuple[str, ...]
 GaugeFunction = Callable[[], Union[float, Mapping[LabelValues, float]]]
 
@@ -305,6 +307,21 @@ class HistogramChild:
                 self.bucket_counts[index] += 1
                 break
 
+    def observe_deferred(self, deferred: Deferred[T], clock: IReactorTime) -> Deferred[T]:
+        """
+        Observe the seconds until ``deferred`` fires, with success or failure.
+
+        Returns the same Deferred, so it chains where the request is made.
+        """
+        started = clock.seconds()
+
+        def observed(result: T) -> T:
+            self.observe(clock.seconds() - started)
+            return result
+
+        deferred.addBoth(observed)
+        return deferred
+
 
 class Histogram(_Metric):
     """Distribution of observations (latencies in seconds) over fixed buckets."""
@@ -339,6 +356,12 @@ class Histogram(_Metric):
         child = self._unlabelled()
         assert isinstance(child, HistogramChild)
         child.observe(value)
+
+    def observe_deferred(self, deferred: Deferred[T], clock: IReactorTime) -> Deferred[T]:
+        """Observe the seconds until ``deferred`` fires (see HistogramChild.observe_deferred)."""
+        child = self._unlabelled()
+        assert isinstance(child, HistogramChild)
+        return child.observe_deferred(deferred, clock)
 
     def sample_names(self) -> tuple[str, ...]:
         return (self.name + "_bucket", self.name + "_sum", self.name + "_count")

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, TypeVar, Union
 from urllib.parse import parse_qsl
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,6 +53,7 @@ MAX_REQUEST_BODY_BYTES = 64 * 1024
 #: Bound on query-string fields, so a hostile URL cannot make us build a huge dict.
 MAX_QUERY_FIELDS = 32
 
+FieldT = TypeVar("FieldT")
 JsonObject = dict[str, Any]
 JsonResult = Union[JsonObject, "Deferred[JsonObject]"]
 StatusCallable = Callable[[], JsonResult]
@@ -73,6 +76,36 @@ class ApiRoute(NamedTuple):
     call: ApiCallable
 
 
+def query_argument(args: Mapping[str, str], name: str) -> str:
+    """A required, non-empty query argument, or a 400 that names it."""
+    value = args.get(name, "")
+    if not value:
+        raise ApiError(400, f"missing query argument {name!r}")
+    return value
+
+
+_FIELD_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
+
+
+def body_field(body: Mapping[str, Any] | None, name: str, kind: type[FieldT],
+               default: FieldT | None = None) -> FieldT:
+    """
+    A field of the JSON body checked against ``kind``, or a 400 that names it.
+
+    A missing field gives ``default`` when one is given.  ``bool`` is not
+    accepted for ``int`` (JSON true is not a lifetime).
+    """
+    if body is None or name not in body or body[name] is None:
+        if default is not None:
+            return default
+        raise ApiError(400, f"the JSON body needs a field {name!r}")
+    value = body[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = _FIELD_TYPE_NAMES.get(kind, kind.__name__)
+        raise ApiError(400, f"field {name!r} must be {expected}")
+    return value
+
+
 def _set_common_headers(request: Request) -> None:
     request.setHeader(b"cache-control", b"no-store")
     request.setHeader(b"x-content-type-options", b"nosniff")
@@ -85,7 +118,6 @@ def _json_bytes(payload: object) -> bytes:
 class _JsonResource(Resource):
     """Shared plumbing: run a callable that may return a Deferred, answer JSON."""
 
-    isLeaf = True
     log = Logger()
 
     def _answer(self, request: Request, produce: Callable[[], JsonResult]) -> object:
@@ -143,8 +175,6 @@ class _StatusResource(_JsonResource):
 
 
 class _MetricsResource(Resource):
-    isLeaf = True
-
     def __init__(self, registry: Registry) -> None:
         super().__init__()
         self._registry = registry
@@ -156,8 +186,6 @@ class _MetricsResource(Resource):
 
 
 class _PageResource(Resource):
-    isLeaf = True
-
     def __init__(self, title: str, ring_page: bool) -> None:
         super().__init__()
         self._page = render_page(title, ring_page)
@@ -240,6 +268,8 @@ class _ApiRouteResource(_JsonResource):
 
 
 class _ApiNotFound(_JsonResource):
+    isLeaf = True
+
     def __init__(self, names: Collection[str]) -> None:
         super().__init__()
         self._names = sorted(names)
@@ -308,10 +338,32 @@ def build_site(
     return site
 
 
+class _HttpListenerService(StreamServerEndpointService):
+    """Listen for the site; a busy or forbidden port names the option to change."""
+
+    def __init__(self, endpoint: Any, site: Site, description: str) -> None:
+        super().__init__(endpoint, site)
+        self._description = description
+        # Fail startup on a busy port instead of only logging it.
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:  # noqa: N802 - Twisted's name
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise CannotListenError(
+                e.interface,
+                e.port,
+                f"{e.socketError}; the --http option (http key of the config file) asks for "
+                f"{self._description}: stop what uses that port or choose another",
+            ) from None
+
+
 def http_service(description: str, site: Site, reactor: Any) -> IService:
     """
     A service listening with ``site`` on an endpoint string such as
-    ``tcp:8084:interface=127.0.0.1``.  Startup fails if the port is busy.
+    ``tcp:8084:interface=127.0.0.1``.  Startup fails if the port is busy,
+    with an error that names the option.
     """
-    service: IService = strports.service(description, site, reactor=reactor)
-    return service
+    endpoint = endpoints.serverFromString(reactor, description)
+    return _HttpListenerService(endpoint, site, description)

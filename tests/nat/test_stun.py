@@ -287,6 +287,15 @@ class HostileInputTests(SynchronousTestCase):
         )
         self.assertRejected(stun.encode_message(reordered, fingerprint=False))
 
+    def test_too_many_attributes(self) -> None:
+        """More attributes than any real message has are rejected."""
+        body = struct.pack("!HH", 0x8022, 0) * (stun.MAX_ATTRIBUTES + 1)
+        self.assertRejected(_header(len(body)) + body)
+        body = struct.pack("!HH", 0x8022, 0) * stun.MAX_ATTRIBUTES
+        self.assertEqual(
+            len(stun.decode_message(_header(len(body)) + body).attributes), stun.MAX_ATTRIBUTES
+        )
+
     def test_oversized(self) -> None:
         """Data longer than any STUN message is rejected without parsing."""
         self.assertRejected(_header(0xFFFC) + b"\0" * 0x10000)

@@ -1,4 +1,4 @@
-"""Tests for RELOAD message bodies: Join, Leave, Update, RouteQuery, Ping, Probe, Store, Fetch, Stat, Error."""
+"""Tests for RELOAD message bodies (RFC 6940 s6.4, s6.5, s7 and CHORD-RELOAD s9)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ stat_kind_responses = kinds.flatmap(
         st.just(k),
         u64,
         st.lists(
-            st.builds(b.StoredMetaData, u32, u64, u32, metadata_by_model[MODELS[k]]), max_size=2
+            st.builds(b.StoredMetaData, u64, u32, metadata_by_model[MODELS[k]]), max_size=2
         ).map(tuple),
     )
 )
@@ -102,7 +102,24 @@ update_requests = st.one_of(
     ),
 )
 
+addresses = st.builds(b.IpAddressPort, st.ip_addresses().map(str), u16)
+candidates = st.one_of(
+    st.builds(b.IceCandidate, addresses, u8, short_bytes, u32, st.just(b.CandidateType.HOST),
+              st.none(),
+              st.lists(st.builds(b.IceExtension, short_bytes, short_bytes), max_size=2).map(tuple)),
+    st.builds(b.IceCandidate, addresses, u8, short_bytes, u32,
+              st.sampled_from([b.CandidateType.SERVER_REFLEXIVE, b.CandidateType.RELAYED]),
+              addresses),
+)
+candidate_lists = st.lists(candidates, max_size=3).map(tuple)
+
 bodies: st.SearchStrategy[Any] = st.one_of(
+    st.builds(b.AttachReq, short_bytes, short_bytes, short_bytes, candidate_lists, st.booleans()),
+    st.builds(b.AttachAns, short_bytes, short_bytes, short_bytes, candidate_lists, st.booleans()),
+    st.builds(b.AppAttachReq, short_bytes, short_bytes, u16, short_bytes, candidate_lists),
+    st.builds(b.AppAttachAns, short_bytes, short_bytes, u16, short_bytes, candidate_lists),
+    st.builds(b.FindReq, ids, st.lists(u32, max_size=4).map(tuple)),
+    st.builds(b.FindAns, st.lists(st.builds(b.FindKindData, u32, ids), max_size=3).map(tuple)),
     st.builds(b.JoinReq, ids, short_bytes),
     st.builds(b.JoinAns, short_bytes),
     st.builds(b.LeaveReq, ids, short_bytes),
@@ -126,8 +143,8 @@ bodies: st.SearchStrategy[Any] = st.one_of(
     st.builds(b.FetchAns, st.lists(fetch_kind_responses, max_size=3).map(tuple)),
     st.builds(b.StatReq, ids, specifiers),
     st.builds(b.StatAns, st.lists(stat_kind_responses, max_size=3).map(tuple)),
-    st.builds(b.ErrorResponse, u16, st.text(max_size=20).filter(lambda s: len(s.encode()) < 256),
-              short_bytes),
+    st.builds(b.ErrorResponse, u16.filter(lambda c: c not in (5, 12)), st.text(max_size=20)),
+    st.builds(b.ErrorResponse, st.sampled_from([5, 12]), st.just(""), short_bytes),
 )
 
 
@@ -223,23 +240,58 @@ class RoundTripTests(SynchronousTestCase):
         self.check(
             b.StatAns(
                 (
-                    b.StatKindResponse(SINGLE, 1, (b.StoredMetaData(10, 1, 2, meta),)),
-                    b.StatKindResponse(ARRAY, 1, (b.StoredMetaData(10, 1, 2, b.ArrayEntryMeta(3, meta)),)),
+                    b.StatKindResponse(SINGLE, 1, (b.StoredMetaData(1, 2, meta),)),
+                    b.StatKindResponse(ARRAY, 1, (b.StoredMetaData(1, 2, b.ArrayEntryMeta(3, meta)),)),
                     b.StatKindResponse(DICTIONARY, 1,
-                                       (b.StoredMetaData(10, 1, 2, b.DictionaryEntryMeta(b"k", meta)),)),
+                                       (b.StoredMetaData(1, 2, b.DictionaryEntryMeta(b"k", meta)),)),
                 )
             )
         )
 
+    def test_attach(self) -> None:
+        """Attach and AppAttach with host and relayed candidates round-trip."""
+        host = b.IceCandidate(b.IpAddressPort("192.0.2.1", 6084), b.OverlayLinkType.TLS_TCP_FH_NO_ICE,
+                              b"f1", 100, b.CandidateType.HOST)
+        relayed = b.IceCandidate(b.IpAddressPort("2001:db8::1", 5), 4, b"f2", 5,
+                                 b.CandidateType.RELAYED, b.IpAddressPort("198.51.100.2", 7),
+                                 (b.IceExtension(b"n", b"v"),))
+        self.check(b.AttachReq(b"u", b"p", b"active", (host, relayed), True))
+        self.check(b.AttachAns(b"u", b"p", b"passive", (host,)))
+        self.check(b.AppAttachReq(b"u", b"p", 5060, b"active", (host,)))
+        self.check(b.AppAttachAns(b"u", b"p", 5060, b"passive", ()))
+
+    def test_find(self) -> None:
+        """FindReq and FindAns round-trip."""
+        self.check(b.FindReq(5, (1, 2)))
+        self.check(b.FindAns((b.FindKindData(1, 0), b.FindKindData(2, 77))))
+
     def test_error(self) -> None:
         """ErrorResponse round-trips with a UTF-8 reason phrase."""
-        self.check(b.ErrorResponse(ErrorCode.NOT_FOUND, "nicht gefunden \u2013 404", b"info"))
+        self.check(b.ErrorResponse(ErrorCode.NOT_FOUND, "nicht gefunden \u2013 404"))
+        self.check(b.ErrorResponse(ErrorCode.UNKNOWN_KIND, "", b.encode_unknown_kinds([7])))
+        self.check(b.ErrorResponse(ErrorCode.FORBIDDEN, "", b"\xff\xfe"))
+
+    def test_error_phrase_and_info(self) -> None:
+        """With both a phrase and structured info, the info is what is sent."""
+        error = b.ErrorResponse(ErrorCode.UNKNOWN_KIND, "unknown kind", b.encode_unknown_kinds([7]))
+        decoded = b.ErrorResponse.decode(error.encode())
+        self.assertEqual(decoded.error_info, error.error_info)
+        self.assertEqual(b.decode_unknown_kinds(decoded.error_info), (7,))
 
     @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(bodies)
     def test_any_body(self, body: Any) -> None:
         """Any body round-trips and re-encodes to the same bytes."""
         self.check(body)
+
+
+class DispatchTests(SynchronousTestCase):
+    def test_body_types(self) -> None:
+        """Every message code but ConfigUpdate has a body class whose CODE is its key."""
+        missing = set(MessageCode) - set(b.BODY_TYPES)
+        self.assertEqual(missing, {MessageCode.CONFIG_UPDATE_REQ, MessageCode.CONFIG_UPDATE_ANS})
+        for code, body_type in b.BODY_TYPES.items():
+            self.assertEqual(getattr(body_type, "CODE"), code)
 
 
 class LayoutTests(SynchronousTestCase):
@@ -290,9 +342,34 @@ class LayoutTests(SynchronousTestCase):
             b"\x00\x13" + struct.pack(">IQ", DICTIONARY, 5) + b"\x00\x05\x00\x03\x00\x01k",
         )
 
+    def test_attach_layout(self) -> None:
+        """An Attach body has the RFC's field widths, with a 6-byte IPv4 IpAddressPort."""
+        host = b.IceCandidate(b.IpAddressPort("192.0.2.1", 6084), 4, b"f", 9, b.CandidateType.HOST)
+        data = b.AttachReq(b"u", b"p", b"active", (host,), True).encode()
+        candidate = (b"\x01\x06\xc0\x00\x02\x01\x17\xc4" + b"\x04" + b"\x01f"
+                     + b"\x00\x00\x00\x09" + b"\x01" + b"\x00\x00")
+        self.assertEqual(
+            data,
+            b"\x01u\x01p\x06active" + len(candidate).to_bytes(2, "big") + candidate + b"\x01",
+        )
+
+    def test_stored_metadata(self) -> None:
+        """StoredMetaData starts with the byte length of the rest, as StoredData does."""
+        meta = b.StoredMetaData(value_length=999, storage_time=1, lifetime=2,
+                                metadata=b.MetaData(True, 5, 4, b"hh"))
+        data = b.StatAns((b.StatKindResponse(SINGLE, 0, (meta,)),)).encode()
+        offset = 4 + 4 + 8 + 4
+        self.assertEqual(
+            data[offset:],
+            struct.pack(">IQI", 21, 1, 2) + b"\x01\x00\x00\x00\x05\x04\x02hh",
+        )
+        decoded = b.StatAns.decode(data, data_models=MODELS)
+        self.assertEqual(decoded.kind_responses[0].values[0].value_length, 21)
+
     def test_error_response(self) -> None:
-        """ErrorResponse is code, uint8-prefixed reason, uint16-prefixed info."""
-        self.assertEqual(b.ErrorResponse(12, "x", b"\x00").encode(), b"\x00\x0c\x01x\x00\x01\x00")
+        """ErrorResponse is the code and a uint16-prefixed error_info carrying the text."""
+        self.assertEqual(b.ErrorResponse(3, "gone").encode(), b"\x00\x03\x00\x04gone")
+        self.assertEqual(b.ErrorResponse(12, "", b"\x00").encode(), b"\x00\x0c\x00\x01\x00")
 
     def test_signature_input(self) -> None:
         """The StoredData signature covers resource, kind, storage_time, value, identity."""
@@ -372,13 +449,26 @@ class HostileBodyTests(SynchronousTestCase):
         self.assertRaises(DecodeError, b.UpdateReq.decode, body.encode(), Limits(max_list_items=4))
         self.assertEqual(b.UpdateReq.decode(body.encode(), Limits(max_list_items=5)), body)
 
-    def test_bad_utf8(self) -> None:
-        """A reason phrase that is not UTF-8 raises DecodeError."""
-        self.assertRaises(DecodeError, b.ErrorResponse.decode, b"\x00\x01\x01\xff\x00\x00")
+    def test_error_info_not_text(self) -> None:
+        """An error_info that is not UTF-8 is kept as bytes, and its length is checked."""
+        self.assertEqual(
+            b.ErrorResponse.decode(b"\x00\x02\x00\x01\xff"), b.ErrorResponse(2, "", b"\xff")
+        )
+        self.assertRaises(DecodeError, b.ErrorResponse.decode, b"\x00\x02\x00\x02\xff")
 
     def test_wrong_resource_length(self) -> None:
         """A Resource-ID that is not 16 bytes raises DecodeError."""
         self.assertRaises(DecodeError, b.FetchReq.decode, b"\x01\x00\x00\x00", data_models=MODELS)
+
+    def test_bad_address(self) -> None:
+        """An IpAddressPort of unknown type or wrong length raises DecodeError."""
+        host = b.IceCandidate(b.IpAddressPort("192.0.2.1", 1), 4, b"", 0, b.CandidateType.HOST)
+        data = bytearray(b.AppAttachReq(b"", b"", 5060, b"", (host,)).encode())
+        candidate_at = 1 + 1 + 2 + 1 + 2
+        for offset, value in ((candidate_at, 9), (candidate_at + 1, 7)):
+            bad = bytearray(data)
+            bad[offset] = value
+            self.assertRaises(DecodeError, b.AppAttachReq.decode, bytes(bad))
 
     def test_unknown_update_type(self) -> None:
         """An unknown ChordUpdate type raises DecodeError."""

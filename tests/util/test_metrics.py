@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -150,6 +151,35 @@ class HistogramTests(SynchronousTestCase):
         self.assertIn('h_bucket{method="fetch",le="1.0"} 1\n', registry.render())
         self.assertIn('h_count{method="fetch"} 1\n', registry.render())
 
+    def test_observe_deferred(self) -> None:
+        """observe_deferred records the clock time until the Deferred fires, success or failure."""
+        clock = Clock()
+        histogram = Registry().histogram("h", "h", labels=("outcome",), buckets=(1, 10))
+        ok: Deferred[str] = Deferred()
+        failed: Deferred[str] = Deferred()
+        self.assertIs(histogram.labels(outcome="ok").observe_deferred(ok, clock), ok)
+        histogram.labels(outcome="error").observe_deferred(failed, clock)
+        clock.advance(0.5)
+        ok.callback("answer")
+        clock.advance(4.5)
+        failed.errback(ValueError("timeout"))
+        self.assertEqual(self.successResultOf(ok), "answer")
+        self.failureResultOf(failed, ValueError)
+        self.assertEqual(histogram.labels(outcome="ok").bucket_counts, [1, 0])
+        self.assertEqual(histogram.labels(outcome="error").bucket_counts, [0, 1])
+        self.assertEqual(histogram.labels(outcome="error").sum, 5.0)
+
+    def test_unlabelled_observe_deferred(self) -> None:
+        """An unlabelled histogram times Deferreds directly."""
+        clock = Clock()
+        registry = Registry()
+        histogram = registry.histogram("h", "h", buckets=(1,))
+        pending: Deferred[None] = Deferred()
+        histogram.observe_deferred(pending, clock)
+        clock.advance(2)
+        pending.callback(None)
+        self.assertIn('h_bucket{le="1.0"} 0\nh_bucket{le="+Inf"} 1\nh_sum 2\n', registry.render())
+
     def test_le_is_reserved(self) -> None:
         """A histogram cannot declare its own le label."""
         self.assertRaises(MetricError, Registry().histogram, "h", "h", labels=("le",))
@@ -212,12 +242,14 @@ class FormatTests(SynchronousTestCase):
             ["+Inf", "-Inf", "NaN", "3", "0.25"],
         )
 
+    @settings(deadline=None)
     @given(st.floats(allow_nan=False))
     def test_round_trip(self, value: float) -> None:
         """Every float renders to text that parses back to the same float."""
         text = format_value(value).replace("+Inf", "inf").replace("-Inf", "-inf")
         self.assertEqual(float(text), value)
 
+    @settings(deadline=None)
     @given(st.text())
     def test_any_label_value_stays_on_one_line(self, value: str) -> None:
         """Whatever the label value, each sample is one line that quotes it fully."""

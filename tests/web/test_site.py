@@ -6,13 +6,14 @@ import base64
 import hashlib
 import json
 import re
+import socket
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
@@ -24,8 +25,10 @@ from p2psip.web.site import (
     MAX_REQUEST_BODY_BYTES,
     ApiError,
     ApiRoute,
+    body_field,
     build_site,
     http_service,
+    query_argument,
 )
 
 
@@ -170,9 +173,10 @@ class StatusAndMetricsTests(SiteTestsMixin, SynchronousTestCase):
         self.assertIn(b"p2psip_test_total 3\n", response.body)
 
     def test_unknown_path(self) -> None:
-        """Paths outside the site are 404."""
-        response = self.fetch(self.make_site(), http_request("GET", "/nothing"))
-        self.assertEqual(response.code, 404)
+        """Paths outside the site, or below its pages, are 404."""
+        for path in ("/nothing", "/status/extra", "/metrics/", "/index.html"):
+            response = self.fetch(self.make_site(), http_request("GET", path))
+            self.assertEqual(response.code, 404, path)
 
 
 class PageTests(SiteTestsMixin, SynchronousTestCase):
@@ -329,6 +333,29 @@ class ApiTests(SiteTestsMixin, SynchronousTestCase):
         self.assertEqual(response.code, 400)
 
 
+class ArgumentHelperTests(SynchronousTestCase):
+    def test_query_argument(self) -> None:
+        """A present argument is returned; a missing or empty one is a 400 naming it."""
+        self.assertEqual(query_argument({"name": "alice"}, "name"), "alice")
+        for args in ({}, {"name": ""}):
+            error = self.assertRaises(ApiError, query_argument, args, "name")
+            self.assertEqual((error.status, error.message), (400, "missing query argument 'name'"))
+
+    def test_body_field(self) -> None:
+        """Fields are type-checked, with defaults for missing ones and 400s naming the field."""
+        body = {"name": "alice", "lifetime": 60, "flag": True}
+        self.assertEqual(body_field(body, "name", str), "alice")
+        self.assertEqual(body_field(body, "lifetime", int), 60)
+        self.assertEqual(body_field(body, "missing", int, default=3600), 3600)
+        self.assertEqual(body_field(None, "lifetime", int, default=5), 5)
+        error = self.assertRaises(ApiError, body_field, body, "value", str)
+        self.assertEqual((error.status, error.message), (400, "the JSON body needs a field 'value'"))
+        error = self.assertRaises(ApiError, body_field, body, "flag", int)
+        self.assertEqual(error.message, "field 'flag' must be an integer")
+        error = self.assertRaises(ApiError, body_field, body, "lifetime", str)
+        self.assertEqual(error.message, "field 'lifetime' must be a string")
+
+
 class HostileInputTests(SiteTestsMixin, SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
     @given(
@@ -365,3 +392,18 @@ class HttpServiceTests(SynchronousTestCase):
         [(port, factory, _backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (0, "127.0.0.1"))
         self.assertIs(factory, site)
+
+    def test_busy_port_names_the_option(self) -> None:
+        """A port that cannot be bound fails startup with an error naming --http."""
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        from twisted.internet import reactor
+
+        site = build_site(status=dict, metrics=Registry(), api={}, title="t", reactor=Clock())
+        service = http_service(f"tcp:{port}:interface=127.0.0.1", site, reactor)
+        error = self.assertRaises(CannotListenError, service.privilegedStartService)
+        self.assertIn("the --http option", str(error))
+        self.assertIn(f"tcp:{port}:interface=127.0.0.1", str(error))

@@ -1,0 +1,134 @@
+"""
+Overlay benchmark: rings of N peers in one process over real loopback TCP.
+
+For each N prints join convergence time, lookup hops (mean, p99, against
+the Chord reference 1/2*log2(N) and the target 1/2*log2(N)+1), lookup
+latency p50/p99, lookups/s and memory per node.  Run: ``make bench`` or
+``python bench/overlay.py 16 64 256``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import resource
+import sys
+import time
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.defer import DeferredList, inlineCallbacks
+
+from p2psip.demo import start_peer
+from p2psip.overlay.node import OverlayConfig
+
+#: Production-like timers: the whole ring shares one process and one core.
+BENCH_CONFIG = OverlayConfig(
+    overlay_name="bench.p2psip.test",
+    update_interval_seconds=10.0,
+    ping_interval_seconds=10.0,
+    request_timeout_seconds=10.0,
+)
+
+LOOKUPS = 2000
+CONCURRENCY = 32
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+@inlineCallbacks
+def ring(reactor: Any, size: int) -> Any:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    before = rss_kib()
+    started = time.monotonic()
+    first, port = yield start_peer(reactor, None, BENCH_CONFIG)
+    nodes, ports = [first], [port]
+    bootstrap = f"tcp:127.0.0.1:{first.advertised_port}"
+    for index in range(1, size):
+        for attempt in range(3):
+            # A join can time out while the ring is still converging around
+            # the new id; the roles retry too (see OverlayService).
+            try:
+                node, port = yield start_peer(reactor, bootstrap, BENCH_CONFIG)
+                break
+            except Exception as error:  # noqa: BLE001
+                sys.stderr.write(f"  join {index} attempt {attempt + 1} failed: {error}\n")
+        else:
+            raise RuntimeError(f"peer {index} could not join")
+        nodes.append(node)
+        ports.append(port)
+        if index % 32 == 0:
+            sys.stderr.write(f"  {index}/{size} joined\n")
+    joined = time.monotonic() - started
+    ids = sorted(n.node_id for n in nodes)
+
+    def converged() -> bool:
+        for node in nodes:
+            i = ids.index(node.node_id)
+            if node.topology.successor != ids[(i + 1) % size] or node.topology.predecessor != ids[i - 1]:
+                return False
+        return True
+
+    while not converged():
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        if time.monotonic() - started > 600:
+            break
+    convergence = time.monotonic() - started
+    # Let finger repair run a few rounds before measuring routes.
+    yield task.deferLater(reactor, 3.0, lambda: None)
+    memory_per_node = (rss_kib() - before) / size
+
+    rng = random.Random(size)
+    hops: list[int] = []
+    latencies: list[float] = []
+    correct = 0
+
+    def owner(target: int) -> int:
+        return ids[bisect.bisect_left(ids, target) % size]
+
+    @inlineCallbacks
+    def one() -> Any:
+        nonlocal correct
+        origin = rng.choice(nodes)
+        target = rng.getrandbits(128)
+        t0 = time.monotonic()
+        result = yield origin.lookup_id(target)
+        latencies.append(time.monotonic() - t0)
+        hops.append(result.hops)
+        correct += result.responsible == owner(target)
+
+    lookups_started = time.monotonic()
+    for _ in range(LOOKUPS // CONCURRENCY):
+        yield DeferredList([one() for _ in range(CONCURRENCY)], consumeErrors=True)
+    elapsed = time.monotonic() - lookups_started
+    reference = 0.5 * math.log2(size)
+    print(
+        f"| {size} | {joined:.1f} | {convergence:.1f} | {sum(hops) / len(hops):.2f} | {percentile(hops, 0.99):.0f}"
+        f" | {reference:.2f} / {reference + 1:.2f} | {percentile(latencies, 0.5) * 1000:.2f} | {percentile(latencies, 0.99) * 1000:.2f}"
+        f" | {len(hops) / elapsed:.0f} | {100 * correct / len(hops):.1f}% | {memory_per_node:.0f} |",
+        flush=True,
+    )
+    for node, port in zip(nodes, ports):
+        node.stop()
+        yield port.stopListening()
+
+
+@inlineCallbacks
+def main(reactor: Any, *sizes: str) -> Any:
+    print("| N | all joined s | converged s | mean hops | p99 hops | ½·log2N / target | p50 ms | p99 ms | lookups/s | correct | KiB/node |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for size in [int(s) for s in sizes] or [16, 64, 256]:
+        yield ring(reactor, size)
+
+
+if __name__ == "__main__":
+    task.react(main, sys.argv[1:])

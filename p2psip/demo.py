@@ -1,0 +1,122 @@
+"""
+``make demo``: a local p2psip overlay on loopback, end to end.
+
+Starts a ring of peers in this process, each with its own key and its own
+TCP listener on 127.0.0.1 (ports chosen by the OS), joins them through the
+first one, stores and fetches values across the ring, prints the ring and
+each lookup's route and hop count, then has every peer leave and exits 0.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.defer import inlineCallbacks
+
+from p2psip.overlay.identity import NodeIdentity
+from p2psip.overlay.links import FramedLinkFactory, StreamConnector
+from p2psip.overlay.node import OverlayConfig, OverlayNode
+from p2psip.util.ids import id_short
+
+PEERS = 8
+DEMO_CONFIG = OverlayConfig(
+    overlay_name="demo.p2psip.test",
+    update_interval_seconds=1.0,
+    ping_interval_seconds=2.0,
+    request_timeout_seconds=5.0,
+)
+
+
+def say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+@inlineCallbacks
+def start_peer(reactor: Any, bootstrap: str | None, config: OverlayConfig = DEMO_CONFIG) -> Any:
+    node = OverlayNode(
+        identity=NodeIdentity.generate(),
+        clock=reactor,
+        connector=StreamConnector(reactor, reactor, config.limits.max_message_bytes),
+        advertised_host="127.0.0.1",
+        advertised_port=0,
+        config=config,
+    )
+    port = reactor.listenTCP(0, FramedLinkFactory(node, reactor, config.limits.max_message_bytes), interface="127.0.0.1")
+    node.advertised_port = port.getHost().port
+    from p2psip.overlay.attach import IceCandidate
+
+    node._candidate = IceCandidate("127.0.0.1", node.advertised_port)
+    if bootstrap is None:
+        node.start_alone()
+    else:
+        yield node.join([bootstrap])
+    return node, port
+
+
+@inlineCallbacks
+def main(reactor: Any) -> Any:
+    started = time.monotonic()
+    say(f"Starting a ring of {PEERS} peers on 127.0.0.1 ...")
+    nodes, ports = [], []
+    first, first_port = yield start_peer(reactor, None)
+    nodes.append(first)
+    ports.append(first_port)
+    bootstrap = f"tcp:127.0.0.1:{first.advertised_port}"
+    say(f"  bootstrap {id_short(first.node_id)} listening on {bootstrap}")
+    for index in range(1, PEERS):
+        node, port = yield start_peer(reactor, bootstrap)
+        nodes.append(node)
+        ports.append(port)
+        say(f"  peer {index} {id_short(node.node_id)} joined on port {node.advertised_port}")
+    say("Letting the ring stabilise ...")
+    yield task.deferLater(reactor, 3.0, lambda: None)
+
+    say("\nThe ring (clockwise):")
+    for node in sorted(nodes, key=lambda n: n.node_id):
+        say(
+            f"  {id_short(node.node_id)}  pred {id_short(node.topology.predecessor or 0)}"
+            f"  succ {id_short(node.topology.successor or 0)}  port {node.advertised_port}"
+        )
+
+    say("\nStoring values through different peers:")
+    users = ["alice", "bob", "carol", "dave", "erin"]
+    for index, user in enumerate(users):
+        origin = nodes[index % len(nodes)]
+        result = yield origin.put(f"sip:{user}@demo.p2psip.test", f"sip:{user}@127.0.0.1:5062".encode())
+        say(
+            f"  put {user:<6} via {id_short(origin.node_id)} -> stored at {id_short(result.responsible)}"
+            f", replicas {', '.join(id_short(r) for r in result.replicas) or '-'}"
+        )
+
+    say("\nLooking them up from other peers (route and hop count):")
+    hops = []
+    for index, user in enumerate(users):
+        origin = nodes[(index + 3) % len(nodes)]
+        got = yield origin.get(f"sip:{user}@demo.p2psip.test")
+        route = " -> ".join(id_short(hop) for hop in got.route)
+        hops.append(got.hops)
+        say(f"  get {user:<6} from {id_short(origin.node_id)}: {got.value.decode() if got.value else 'NOT FOUND'}")
+        say(f"      route {route}  ({got.hops} hops)")
+        if not got.found:
+            raise SystemExit(f"value for {user} was not found")
+
+    say("\nEvery peer leaves gracefully ...")
+    for node, port in zip(reversed(nodes), reversed(ports)):
+        yield node.leave()
+        yield port.stopListening()
+    say(
+        f"\nDone: {PEERS} peers, {len(users)} values, mean lookup {sum(hops) / len(hops):.1f} hops,"
+        f" {time.monotonic() - started:.1f} s."
+    )
+
+
+def run() -> None:
+    task.react(main)
+
+
+if __name__ == "__main__":
+    run()

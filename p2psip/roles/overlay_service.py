@@ -1,0 +1,312 @@
+"""
+The overlay part every ring role shares: options, the node's service, its
+status page and admin API.
+
+``makeService`` only wires objects together; the service opens the
+listener, loads or creates the node key in ``--data-dir`` and joins the
+ring when twistd starts it, and leaves the ring (RFC 6940 Leave) when
+twistd stops it, e.g. on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.python import usage
+
+from p2psip.config import RoleOptions
+from p2psip.overlay.codec import Limits
+from p2psip.overlay.errors import OverlayError
+from p2psip.overlay.identity import NodeIdentity
+from p2psip.overlay.links import FramedLinkFactory, StreamConnector
+from p2psip.overlay.message import Destination, MessageCode
+from p2psip.overlay.node import OverlayConfig, OverlayNode
+from p2psip.util.ids import MAX_ID, id_hex
+from p2psip.util.metrics import Registry
+from p2psip.web.site import ApiError, ApiRoute, build_site, http_service
+
+
+class OverlayOptions(RoleOptions):
+    """Options of every role that is a member of the ring."""
+
+    role: ClassVar[str] = ""
+    repeatable: ClassVar[tuple[str, ...]] = ("bootstrap",)
+    default_http: ClassVar[str] = "tcp:8084:interface=127.0.0.1"
+    default_data_dir: ClassVar[str] = "/var/lib/p2psip"
+
+    optParameters = [
+        ["overlay-name", None, "p2psip.test", "Overlay (and SIP domain) name; every peer of a ring uses the same."],
+        ["overlay", None, "tcp:6084", "Endpoint to listen on for RELOAD links, e.g. tcp:6084."],
+        ["bootstrap", None, None, "Client endpoint of a bootstrap or known peer, e.g. tcp:198.51.100.1:6084."],
+        ["http", None, None, "Endpoint of the status page, /metrics and admin API (loopback by default)."],
+        ["data-dir", None, None, "Directory for the node key and certificate."],
+        ["advertise", None, None, "Address other peers use to reach this node (default: the listen interface or 127.0.0.1)."],
+        ["successors", None, 4, "Successor list size.", int],
+        ["predecessors", None, 4, "Predecessor list size.", int],
+        ["replicas", None, 2, "Copies of every value kept on the next successors.", int],
+        ["update-interval", None, 60.0, "Seconds between Chord Updates to neighbours (stabilisation).", float],
+        ["ping-interval", None, 15.0, "Seconds of silence before a link is pinged; twice this plus the request timeout declares a peer dead.", float],
+        ["request-timeout", None, 15.0, "RELOAD transaction timeout in seconds.", float],
+        ["max-message-size", None, 1_048_576, "Largest RELOAD message accepted, in bytes.", int],
+    ]
+
+    def postOptions(self) -> None:  # noqa: N802 - Twisted's name
+        super().postOptions()
+        self["http"] = self["http"] or self.default_http
+        self["data-dir"] = self["data-dir"] or os.path.join(self.default_data_dir, self.role)
+        for name in ("successors", "predecessors"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        if self["replicas"] < 0 or self["replicas"] > self["successors"]:
+            raise usage.UsageError("--replicas must be between 0 and --successors")
+        for name in ("update-interval", "ping-interval", "request-timeout"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        if self["max-message-size"] < 4096:
+            raise usage.UsageError("--max-message-size must be at least 4096 bytes")
+
+    def overlay_config(self) -> OverlayConfig:
+        return OverlayConfig(
+            overlay_name=self["overlay-name"],
+            successors=self["successors"],
+            predecessors=self["predecessors"],
+            replicas=self["replicas"],
+            update_interval_seconds=self["update-interval"],
+            ping_interval_seconds=self["ping-interval"],
+            request_timeout_seconds=self["request-timeout"],
+            limits=Limits(max_message_bytes=self["max-message-size"]),
+        )
+
+
+def _listen_interface(description: str) -> str | None:
+    for part in description.split(":"):
+        if part.startswith("interface="):
+            return part.split("=", 1)[1].replace("\\", "")
+    return None
+
+
+class OverlayService(Service):
+    """Runs one :class:`OverlayNode`: listen, join (or found) the ring, leave on stop."""
+
+    log = Logger()
+    JOIN_RETRY_SECONDS = 5.0
+
+    def __init__(self, options: OverlayOptions, reactor: Any, found_ring: bool) -> None:
+        self.options = options
+        self.reactor = reactor
+        self.found_ring = found_ring
+        self.node: OverlayNode | None = None
+        self.port: IListeningPort | None = None
+        self.joined: Deferred[None] = Deferred()
+        self._retry: Any = None
+
+    def startService(self) -> Any:  # noqa: N802 - Twisted's name
+        super().startService()
+        options = self.options
+        config = options.overlay_config()
+        os.makedirs(options["data-dir"], mode=0o700, exist_ok=True)
+        identity = NodeIdentity.load_or_create(options["data-dir"])
+        connector = StreamConnector(self.reactor, self.reactor, config.limits.max_message_bytes)
+        node = OverlayNode(
+            identity=identity,
+            clock=self.reactor,
+            connector=connector,
+            advertised_host="0.0.0.0",
+            advertised_port=0,
+            config=config,
+        )
+        self.node = node
+        endpoint = serverFromString(self.reactor, options["overlay"])
+        factory = FramedLinkFactory(node, self.reactor, config.limits.max_message_bytes)
+        d = endpoint.listen(factory)
+        d.addCallback(self._listening)
+        return d
+
+    def _listening(self, port: IListeningPort) -> None:
+        assert self.node is not None
+        self.port = port
+        host = port.getHost()
+        advertise = self.options["advertise"] or _listen_interface(self.options["overlay"]) or "127.0.0.1"
+        if advertise in ("0.0.0.0", "::"):
+            advertise = "127.0.0.1"
+        self.node.advertised_host, self.node.advertised_port = advertise, host.port
+        from p2psip.overlay.attach import IceCandidate
+
+        self.node._candidate = IceCandidate(advertise, host.port)
+        self.log.info(
+            "overlay {overlay}: node {node} listening on {address}",
+            overlay=self.options["overlay-name"],
+            node=id_hex(self.node.node_id),
+            address=f"{advertise}:{host.port}",
+        )
+        if self.found_ring or not self.options["bootstrap"]:
+            self.node.start_alone()
+            self.joined.callback(None)
+        else:
+            self._try_join()
+
+    def _try_join(self) -> None:
+        assert self.node is not None
+        node = self.node
+
+        def failed(failure: Any) -> None:
+            if not self.running:
+                return
+            self.log.warn(
+                "joining the ring failed: {why}; retrying in {seconds:g} s",
+                why=failure.getErrorMessage(),
+                seconds=self.JOIN_RETRY_SECONDS,
+            )
+            node.stop()
+            self._retry = self.reactor.callLater(self.JOIN_RETRY_SECONDS, self._try_join)
+
+        def succeeded(_: object) -> None:
+            if not self.joined.called:
+                self.joined.callback(None)
+
+        node.join(self.options["bootstrap"]).addCallbacks(succeeded, failed)
+
+    @inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802 - Twisted's name
+        super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self.node is not None:
+            try:
+                yield self.node.leave()
+            except Exception:
+                self.log.failure("while leaving the ring")
+            self.node.stop()
+        if self.port is not None:
+            yield self.port.stopListening()
+
+    # -- status and admin API ------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        if self.node is None:
+            return {"state": "starting", "role": self.options.role}
+        document = self.node.status()
+        document["role"] = self.options.role
+        return document
+
+    def _node(self) -> OverlayNode:
+        if self.node is None:
+            raise ApiError(503, "the node is still starting")
+        return self.node
+
+    def _name(self, args: dict[str, str], body: dict[str, Any] | None) -> str:
+        name = (body or {}).get("name") or args.get("name")
+        if not name or not isinstance(name, str):
+            raise ApiError(400, "give the resource name as ?name=NAME (or JSON {\"name\": ...})")
+        return name
+
+    def api_routes(self) -> dict[str, ApiRoute]:
+        def as_api_error(failure: Any) -> Any:
+            if failure.check(OverlayError):
+                raise ApiError(502, failure.getErrorMessage())
+            return failure
+
+        def put(args: dict[str, str], body: dict[str, Any] | None) -> Any:
+            name = self._name(args, body)
+            value = (body or {}).get("value", args.get("value"))
+            if not isinstance(value, str):
+                raise ApiError(400, "give the value as JSON {\"value\": \"...\"}")
+            lifetime = int((body or {}).get("lifetime") or args.get("lifetime") or 3600)
+            return self._node().put(name, value.encode("utf-8"), lifetime).addCallbacks(
+                lambda result: result.as_json(), as_api_error
+            )
+
+        def get(args: dict[str, str], body: dict[str, Any] | None) -> Any:
+            return self._node().get(self._name(args, body)).addCallbacks(lambda result: result.as_json(), as_api_error)
+
+        def lookup(args: dict[str, str], body: dict[str, Any] | None) -> Any:
+            return self._node().lookup(self._name(args, body)).addCallbacks(lambda result: result.as_json(), as_api_error)
+
+        def ring(args: dict[str, str], body: dict[str, Any] | None) -> Any:
+            return walk_ring(self._node()).addErrback(as_api_error)
+
+        return {
+            "put": ApiRoute(("POST",), put),
+            "get": ApiRoute(("GET",), get),
+            "lookup": ApiRoute(("GET",), lookup),
+            "ring": ApiRoute(("GET",), ring),
+        }
+
+    def metrics(self) -> Registry:
+        registry = Registry()
+
+        def counters() -> dict[tuple[str, ...], float]:
+            return {(name,): float(value) for name, value in (self.node.counters if self.node else {}).items()}
+
+        registry.gauge("p2psip_overlay_events", "Overlay events since start, by event.", ["event"], function=counters)
+        registry.gauge(
+            "p2psip_overlay_links", "Open overlay links.",
+            function=lambda: float(len(self.node._all_links())) if self.node else 0.0,
+        )
+        registry.gauge(
+            "p2psip_overlay_stored_resources", "Resources stored on this node.",
+            function=lambda: float(len(list(self.node.store.resources()))) if self.node else 0.0,
+        )
+        registry.gauge(
+            "p2psip_overlay_pending_transactions", "Outstanding RELOAD requests.",
+            function=lambda: float(len(self.node.transactions)) if self.node else 0.0,
+        )
+        return registry
+
+
+MAX_RING_WALK = 4096
+
+
+@inlineCallbacks
+def walk_ring(node: OverlayNode) -> Any:
+    """
+    Every peer of the ring in order, found by asking for the owner of
+    (peer + 1) from one peer to the next (an Attach to that id, whose
+    answer names the owner and its address).
+    """
+    from p2psip.overlay.attach import AttachReqAns
+
+    nodes = [{"node_id": id_hex(node.node_id), "address": f"{node.advertised_host}:{node.advertised_port}"}]
+    current = node.node_id
+    complete = False
+    for _ in range(MAX_RING_WALK):
+        target = (current + 1) & MAX_ID
+        if node.topology.is_responsible(target):
+            complete = True
+            break
+        answer = yield node._request(
+            Destination.node(target), MessageCode.ATTACH_REQ, AttachReqAns((node._candidate,)).encode()
+        )
+        if answer.responder == node.node_id:
+            complete = True
+            break
+        candidate = answer.body.candidates[0]
+        nodes.append({"node_id": id_hex(answer.responder), "address": f"{candidate.host}:{candidate.port}"})
+        current = answer.responder
+    return {"nodes": nodes, "complete": complete, "count": len(nodes)}
+
+
+def make_overlay_role(options: OverlayOptions, reactor: Any, found_ring: bool, title: str) -> tuple[MultiService, OverlayService]:
+    """The MultiService of a ring role: the overlay node plus its HTTP site."""
+    top = MultiService()
+    overlay = OverlayService(options, reactor, found_ring)
+    overlay.setServiceParent(top)
+    site = build_site(
+        status=overlay.status,
+        metrics=overlay.metrics(),
+        api=overlay.api_routes(),
+        title=title,
+        ring_page=True,
+        reactor=reactor,
+    )
+    http_service(options["http"], site, reactor).setServiceParent(top)
+    return top, overlay
+
+
+__all__ = ["OverlayOptions", "OverlayService", "make_overlay_role", "walk_ring", "succeed"]

@@ -1,0 +1,40 @@
+"""
+``twistd p2psip-peer``: a super-node that stores part of the DHT.
+
+It joins the ring through ``--bootstrap`` (retrying until one answers),
+stores and replicates its share of the data, and serves the status page and
+admin API on ``--http``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from p2psip.roles.overlay_service import OverlayOptions, make_overlay_role
+
+
+class Options(OverlayOptions):
+    role: ClassVar[str] = "peer"
+    default_http: ClassVar[str] = "tcp:8085:interface=127.0.0.1"
+    synopsis = "--bootstrap tcp:HOST:PORT [options]"
+    longdesc = "Run a p2psip super-node: a ring member that stores part of the DHT."
+
+    def postOptions(self) -> None:  # noqa: N802 - Twisted's name
+        super().postOptions()
+        if not self["bootstrap"]:
+            raise usage.UsageError(
+                "a peer needs at least one --bootstrap ENDPOINT (or 'bootstrap =' in the "
+                "[peer] section of its --config file), e.g. --bootstrap tcp:198.51.100.1:6084"
+            )
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - Twisted's name
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    top, _overlay = make_overlay_role(options, reactor, found_ring=False, title="p2psip peer")
+    return top

@@ -1,0 +1,345 @@
+"""Tests for the ``p2psip`` admin subcommands and their HTTP client."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from email.message import Message
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from p2psip.cli import build_parser, main
+from p2psip.cli import admin
+from p2psip.testing import free_port
+from p2psip.util.metrics import Registry
+from p2psip.web.site import ApiError, ApiRoute, build_site
+
+NODE_A = "0" * 31 + "a"
+NODE_B = "8" + "0" * 31
+NODE_C = "f" * 32
+
+STATUS = {
+    "uptime_seconds": 12,
+    "connections": {"open": 2},
+    "node": {"node_id": NODE_A, "address": "tcp:127.0.0.1:6084"},
+    "storage": {"values": 3, "kinds": [1]},
+    "neighbours": {
+        "successors": [{"node_id": NODE_B, "address": "tcp:127.0.0.1:6085"}],
+        "predecessors": [],
+    },
+}
+
+
+class FakeResponse(io.BytesIO):
+    """What urlopen returns: a readable context manager."""
+
+
+class FakeOpener:
+    """Stands in for urllib.request.urlopen: records requests and answers from a script."""
+
+    def __init__(self, *answers: object) -> None:
+        self.answers = list(answers)
+        self.requests: list[urllib.request.Request] = []
+        self.timeouts: list[float] = []
+
+    def __call__(self, request: urllib.request.Request, timeout: float) -> FakeResponse:
+        self.requests.append(request)
+        self.timeouts.append(timeout)
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        if isinstance(answer, bytes):
+            return FakeResponse(answer)
+        return FakeResponse(json.dumps(answer).encode("utf-8"))
+
+    def body(self, index: int = -1) -> Any:
+        data = self.requests[index].data
+        assert isinstance(data, bytes)
+        return json.loads(data)
+
+
+def http_error(code: int, body: bytes, reason: str = "Not Found") -> urllib.error.HTTPError:
+    return urllib.error.HTTPError("http://x/", code, reason, Message(), io.BytesIO(body))
+
+
+class CommandTestsMixin:
+    """Runs ``p2psip`` in-process with urlopen replaced and output captured."""
+
+    def run_cli(self, *argv: str, answers: tuple[object, ...] = ()) -> tuple[int, str, str]:
+        self.opener = FakeOpener(*answers)
+        self.patch(urllib.request, "urlopen", self.opener)  # type: ignore[attr-defined]
+        stdout, stderr = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", stdout)  # type: ignore[attr-defined]
+        self.patch(sys, "stderr", stderr)  # type: ignore[attr-defined]
+        status = main(list(argv))
+        return status, stdout.getvalue(), stderr.getvalue()
+
+
+class CommandTests(CommandTestsMixin, SynchronousTestCase):
+    def test_status_sections(self) -> None:
+        """status prints node, neighbours, storage, connections first, then the rest."""
+        status, out, err = self.run_cli("status", answers=(STATUS,))
+        self.assertEqual((status, err), (0, ""))
+        headings = [line for line in out.splitlines() if line and not line.startswith(" ")]
+        self.assertEqual(headings, ["node", "neighbours", "storage", "connections", "uptime_seconds: 12"])
+        self.assertIn(f"  node_id: {NODE_A}\n", out)
+        self.assertIn(f"    - node_id={NODE_B}  address=tcp:127.0.0.1:6085\n", out)
+        self.assertIn("  predecessors: (none)\n", out)
+        self.assertEqual(self.opener.requests[0].full_url, "http://127.0.0.1:8084/status")
+        self.assertEqual(self.opener.requests[0].get_method(), "GET")
+
+    def test_status_json(self) -> None:
+        """--json prints the API's answer as JSON."""
+        status, out, _ = self.run_cli("status", "--json", answers=(STATUS,))
+        self.assertEqual((status, json.loads(out)), (0, STATUS))
+
+    def test_ring(self) -> None:
+        """ring lists nodes in ring order under a summary line."""
+        ring = {
+            "nodes": [
+                {"node_id": NODE_C, "address": "tcp:127.0.0.1:3"},
+                {"node_id": NODE_A, "address": "tcp:127.0.0.1:1"},
+                {"node_id": NODE_B, "address": "tcp:127.0.0.1:2"},
+            ],
+            "complete": True,
+        }
+        status, out, _ = self.run_cli("--api", "http://127.0.0.1:9000/", "ring", answers=(ring,))
+        lines = out.splitlines()
+        self.assertEqual(lines[0], "3 nodes, ring complete")
+        self.assertEqual([line.split()[0] for line in lines[2:]], [NODE_A, NODE_B, NODE_C])
+        self.assertEqual(self.opener.requests[0].full_url, "http://127.0.0.1:9000/api/ring")
+
+    def test_ring_incomplete_tolerates_odd_entries(self) -> None:
+        """Entries that are not objects, or lack fields, do not break the listing."""
+        ring = {"nodes": [5, {"address": "x"}, {"node_id": "zz"}], "complete": False}
+        status, out, _ = self.run_cli("ring", answers=(ring,))
+        self.assertEqual(status, 0)
+        self.assertIn("2 nodes, ring not complete", out)
+
+    def test_put(self) -> None:
+        """put POSTs name, value and lifetime as JSON and prints where it was stored."""
+        answer = {
+            "resource_id": NODE_B, "stored_at": NODE_C, "replicas": [NODE_A],
+            "route": [NODE_A, NODE_C], "hops": 1,
+        }
+        status, out, _ = self.run_cli(
+            "put", "sip:alice@p2psip.test", "hello", "--lifetime", "60", answers=(answer,)
+        )
+        self.assertEqual(status, 0)
+        request = self.opener.requests[0]
+        self.assertEqual((request.get_method(), request.full_url),
+                         ("POST", "http://127.0.0.1:8084/api/put"))
+        self.assertEqual(request.get_header("Content-type"), "application/json")
+        self.assertEqual(self.opener.body(), {"name": "sip:alice@p2psip.test", "value": "hello", "lifetime": 60})
+        self.assertIn(f"stored at:   {NODE_C}", out)
+        self.assertIn(f"route:       {NODE_A} -> {NODE_C} (1 hops)", out)
+
+    def test_put_default_lifetime(self) -> None:
+        """Without --lifetime the request leaves the lifetime to the role."""
+        self.run_cli("put", "n", "v", answers=({"hops": 0},))
+        self.assertEqual(self.opener.body(), {"name": "n", "value": "v"})
+
+    def test_put_bad_lifetime(self) -> None:
+        """A lifetime that is not a positive integer is a usage error."""
+        self.patch(sys, "stderr", io.StringIO())
+        error = self.assertRaises(SystemExit, main, ["put", "n", "v", "--lifetime", "0"])
+        self.assertEqual(error.code, 2)
+
+    def test_get_found(self) -> None:
+        """get prints the value and exits 0 when something is stored."""
+        answer = {"resource_id": NODE_B, "found": True, "value": "hello", "stored_at": NODE_C,
+                  "route": [NODE_C], "hops": 1}
+        status, out, _ = self.run_cli("get", "sip:alice@p2psip.test", answers=(answer,))
+        self.assertEqual(status, 0)
+        self.assertTrue(out.startswith("sip:alice@p2psip.test = hello\n"))
+        self.assertEqual(
+            self.opener.requests[0].full_url,
+            "http://127.0.0.1:8084/api/get?name=sip%3Aalice%40p2psip.test",
+        )
+
+    def test_get_not_found(self) -> None:
+        """get says not found and exits 1, like grep."""
+        answer = {"resource_id": NODE_B, "found": False, "value": None, "stored_at": NODE_C,
+                  "route": [], "hops": 0}
+        status, out, _ = self.run_cli("get", "bob", answers=(answer,))
+        self.assertEqual(status, 1)
+        self.assertIn("bob: not found", out)
+
+    def test_lookup(self) -> None:
+        """lookup prints the responsible node and the route."""
+        answer = {"resource_id": NODE_B, "responsible": NODE_C, "route": [NODE_A, NODE_C], "hops": 2}
+        status, out, _ = self.run_cli("lookup", "bob", answers=(answer,))
+        self.assertEqual(status, 0)
+        self.assertIn(f"responsible: {NODE_C}", out)
+        self.assertIn("(2 hops)", out)
+        self.assertEqual(self.opener.requests[0].full_url, "http://127.0.0.1:8084/api/lookup?name=bob")
+
+    def test_connection_refused(self) -> None:
+        """An unreachable API names the URL and asks whether the role and --http are right."""
+        refused = urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+        status, out, err = self.run_cli("status", answers=(refused,))
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn(
+            "cannot reach the admin API at http://127.0.0.1:8084: is the role running? "
+            "is --http set to that address?",
+            err,
+        )
+
+    def test_timeout(self) -> None:
+        """A request that times out says so and points at the role's log."""
+        status, _, err = self.run_cli("status", answers=(TimeoutError("timed out"),))
+        self.assertEqual(status, 1)
+        self.assertIn("no answer from http://127.0.0.1:8084/status within 30 seconds", err)
+
+    def test_http_error_shows_json_error(self) -> None:
+        """An HTTP error prints the API's JSON error message and exits 1."""
+        error = http_error(503, b'{"error": "the node has not joined the ring yet"}', "Unavailable")
+        status, _, err = self.run_cli("lookup", "bob", answers=(error,))
+        self.assertEqual(status, 1)
+        self.assertIn("answered 503: the node has not joined the ring yet", err)
+
+    def test_http_error_without_json(self) -> None:
+        """An HTTP error whose body is not our JSON falls back to the reason phrase."""
+        status, _, err = self.run_cli("status", answers=(http_error(404, b"<html>", "Not Found"),))
+        self.assertEqual(status, 1)
+        self.assertIn("answered 404: Not Found", err)
+
+    def test_answer_not_json(self) -> None:
+        """An answer that is not JSON suggests --api points at the wrong thing."""
+        status, _, err = self.run_cli("status", answers=(b"<html>hello</html>",))
+        self.assertEqual(status, 1)
+        self.assertIn("did not answer JSON; is --api pointing at a p2psip role", err)
+
+    def test_answer_json_but_not_object(self) -> None:
+        """A JSON answer that is not an object is an error, not a crash."""
+        status, _, err = self.run_cli("ring", answers=(b"[1, 2]",))
+        self.assertEqual(status, 1)
+        self.assertIn("not an object", err)
+
+    def test_bad_api_url(self) -> None:
+        """An --api that is not an http URL is refused with an example."""
+        status, _, err = self.run_cli("--api", "127.0.0.1:8084", "status")
+        self.assertEqual(status, 1)
+        self.assertIn("--api must be an http:// URL such as http://127.0.0.1:8084", err)
+
+    def test_api_after_subcommand(self) -> None:
+        """--api may also follow the subcommand."""
+        self.run_cli("status", "--api", "http://127.0.0.1:9999", answers=({},))
+        self.assertEqual(self.opener.requests[0].full_url, "http://127.0.0.1:9999/status")
+
+    def test_api_from_environment(self) -> None:
+        """$P2PSIP_API sets the default --api."""
+        self.patch(os, "environ", dict(os.environ, P2PSIP_API="http://127.0.0.1:7777"))
+        self.assertEqual(build_parser().parse_args(["status"]).api, "http://127.0.0.1:7777")
+
+    def test_control_characters_are_escaped(self) -> None:
+        """Text chosen by other peers cannot send escape sequences to the terminal."""
+        answer = {"nodes": [{"node_id": NODE_A, "address": "\x1b[2Jevil\r\n"}], "complete": True}
+        _, out, _ = self.run_cli("ring", answers=(answer,))
+        self.assertNotIn("\x1b", out)
+        self.assertIn("\\x1b[2Jevil\\r\\n", out)
+
+    def test_no_command_prints_help(self) -> None:
+        """Without a subcommand the tool prints help and exits 2."""
+        self.patch(sys, "stderr", io.StringIO())
+        self.assertEqual(main([]), 2)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=10,
+)
+# Recursive JSON is slow to generate on a loaded machine (make test runs jobs
+# in parallel); the test is about the formatter, not generation speed.
+json_settings = settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+
+
+class FormatTests(SynchronousTestCase):
+    @json_settings
+    @given(st.dictionaries(st.text(max_size=10), json_values, max_size=5))
+    def test_status_formats_any_document(self, status: dict[str, Any]) -> None:
+        """Any JSON object formats without error and without control characters."""
+        text = admin.format_status(status)
+        self.assertFalse(any(ord(ch) < 0x20 and ch != "\n" for ch in text))
+
+    @json_settings
+    @given(st.dictionaries(st.sampled_from(["nodes", "complete", "route", "hops", "found",
+                                            "value", "replicas", "resource_id"]), json_values))
+    def test_other_formats_tolerate_any_answer(self, answer: dict[str, Any]) -> None:
+        """The formatters accept any answer shape the API might send."""
+        for format_answer in (admin.format_put, admin.format_get, admin.format_lookup):
+            format_answer("name", answer)
+        admin.format_ring(answer)
+
+
+class LoopbackTests(TestCase):
+    """The CLI against a real site on a loopback port, the CLI in a thread."""
+
+    def setUp(self) -> None:
+        self.stored: list[dict[str, Any]] = []
+
+        def put(args: dict[str, str], body: dict[str, Any] | None) -> dict[str, Any]:
+            if body is None or "name" not in body:
+                raise ApiError(400, "put needs a JSON body with name and value")
+            self.stored.append(body)
+            return {"resource_id": NODE_B, "stored_at": NODE_C, "replicas": [], "route": [NODE_C], "hops": 1}
+
+        def get(args: dict[str, str], body: dict[str, Any] | None) -> Deferred[dict[str, Any]]:
+            answer: Deferred[dict[str, Any]] = Deferred()
+            reactor.callLater(0, answer.errback, ApiError(504, f"no answer for {args['name']}"))
+            return answer
+
+        site = build_site(
+            status=lambda: STATUS,
+            metrics=Registry(),
+            api={"put": ApiRoute(("POST",), put), "get": ApiRoute(("GET",), get)},
+            title="test",
+        )
+        self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.stdout, self.stderr = io.StringIO(), io.StringIO()
+        self.patch(sys, "stdout", self.stdout)
+        self.patch(sys, "stderr", self.stderr)
+
+    @inlineCallbacks
+    def test_put_over_http(self) -> Any:
+        """put reaches the API with its JSON body and prints the answer."""
+        status = yield deferToThread(main, ["--api", self.url, "put", "alice", "v1", "--lifetime", "30"])
+        self.assertEqual(status, 0, self.stderr.getvalue())
+        self.assertEqual(self.stored, [{"name": "alice", "value": "v1", "lifetime": 30}])
+        self.assertIn(f"stored at:   {NODE_C}", self.stdout.getvalue())
+
+    @inlineCallbacks
+    def test_status_over_http(self) -> Any:
+        """status fetches /status over HTTP."""
+        status = yield deferToThread(main, ["--api", self.url, "status", "--json"])
+        self.assertEqual((status, json.loads(self.stdout.getvalue())), (0, STATUS))
+
+    @inlineCallbacks
+    def test_api_error_over_http(self) -> Any:
+        """An ApiError from a Deferred reaches the CLI as its message and exit 1."""
+        status = yield deferToThread(main, ["--api", self.url, "get", "bob"])
+        self.assertEqual(status, 1)
+        self.assertIn("answered 504: no answer for bob", self.stderr.getvalue())
+
+    @inlineCallbacks
+    def test_nothing_listening(self) -> Any:
+        """A port with no listener gives the 'cannot reach' message."""
+        port = free_port(socket.SOCK_STREAM)
+        status = yield deferToThread(main, ["--api", f"http://127.0.0.1:{port}", "status"])
+        self.assertEqual(status, 1)
+        self.assertIn("cannot reach the admin API", self.stderr.getvalue())
