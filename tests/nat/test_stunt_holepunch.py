@@ -90,15 +90,17 @@ class UdpPunchTests(SynchronousTestCase):
     def test_other_session_ignored(self) -> None:
         """Punch packets with another session's token do not count."""
         da = self.a.start_punch(("198.51.100.2", 5000), TOKEN, 1)
-        self.b.start_punch(("198.51.100.1", 4000), holepunch.verify_token("other"), 1)
+        db = self.b.start_punch(("198.51.100.1", 4000), holepunch.verify_token("other"), 1)
         self.clock.pump([0.05] * 30)
         self.failureResultOf(da, holepunch.PunchFailed)
+        self.failureResultOf(db, holepunch.PunchFailed)
 
     def test_attach_delivers_peer_datagrams_only(self) -> None:
         """After attach the application gets the peer's datagrams, not punch packets or strangers' packets."""
         da = self.a.start_punch(("198.51.100.2", 5000), TOKEN, 4)
-        self.b.start_punch(("198.51.100.1", 4000), TOKEN, 4)
+        db = self.b.start_punch(("198.51.100.1", 4000), TOKEN, 4)
         peer = self.successResultOf(da)
+        self.successResultOf(db)
         user = Recorder()
         self.a.attach(user, peer)
         self.a.datagramReceived(b"media", peer)
