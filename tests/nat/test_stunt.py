@@ -176,7 +176,9 @@ EIM = [(4000, 4000), (4001, 4001), (4002, 4002), (4003, 4003)]
 RANDOM = [(4000, 16505), (4001, 30068), (4002, 2197), (4003, 43000)]
 
 
-class BrokerTests(SynchronousTestCase):
+class BrokerFixture(SynchronousTestCase):
+    """A broker on a fake clock, and helpers to log clients in and start sessions."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.broker = stunt.Broker(
@@ -208,6 +210,8 @@ class BrokerTests(SynchronousTestCase):
         session = a.last("probe")["session"]
         return a, b, session
 
+
+class BrokerTests(BrokerFixture):
     def test_login(self) -> None:
         """A client with the right secret is welcomed and counted online."""
         link = self.login("alice")
@@ -423,8 +427,8 @@ class StopAfterTests(SynchronousTestCase):
         self.assertEqual(decoder.take_remainder(), b"p2psip raw bytes")
 
 
-class DatagramBrokerTests(BrokerTests):
-    """UDP brokering; reuses the login helpers (and re-runs the TCP tests, which is cheap)."""
+class DatagramBrokerTests(BrokerFixture):
+    """UDP brokering."""
 
     def test_udp_random_fails_with_reason(self) -> None:
         """A UDP flow towards a random-allocation NAT fails at once: no guess, no UDP relay."""
