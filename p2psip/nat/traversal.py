@@ -557,8 +557,8 @@ class TraversalClient:
                 session.punch.start().addCallbacks(connected, failed)
                 holepunch.send_low_ttl_syn(self.reactor, port, peer, message["ttl"]).addBoth(armed)
             elif method == stunt.LOW_TTL:
-                session.go = defer.Deferred()
-                session.go.addCallback(lambda _: connect_only())
+                assert go is not None
+                go.addCallback(lambda _: connect_only())
             else:
                 session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline, max_connects=max_connects)
                 session.punch.start().addCallbacks(connected, failed)
@@ -580,6 +580,12 @@ class TraversalClient:
             )
             session.punch.start().addCallbacks(connected, failed)
 
+        # The listener's "armed" (and so our "go") can arrive before our own
+        # start time when the two sides got their attempts at different
+        # moments: remember it from now on.
+        go: defer.Deferred[None] | None = None
+        if method == stunt.LOW_TTL and role != "listener":
+            go = session.go = defer.Deferred()
         self.reactor.callLater(message["start_in_seconds"], begin)
 
     def _relay(self, message: dict[str, Any]) -> None:

@@ -325,3 +325,30 @@ class TraversalServiceTests(TestCase):
         self.assertEqual(attempts, [0.0, 1.0, 3.0, 5.0])
         self.assertIsNone(service.stopService())
         self.assertEqual(clock.getDelayedCalls(), [])
+
+
+class LowTtlOrderingTests(TestCase):
+    def test_go_before_own_start(self) -> None:
+        """A connector told to go before its own start time still connects once that time comes."""
+        from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+        from p2psip.nat.traversal import _ControlClientProtocol, _Session
+
+        clock = MemoryReactorClock()
+        client = TraversalClient(clock, None, "bob", SECRET)  # type: ignore[arg-type]
+        protocol = _ControlClientProtocol(client)
+        protocol.makeConnection(StringTransport())
+        client.control = protocol
+        session = _Session("alice", Factory.forProtocol(Recorder), 0.0, incoming=True, session_id="s")
+        client._sessions["s"] = session
+        attempt = {
+            "type": "attempt", "session": "s", "method": "low-ttl", "role": "connector",
+            "peer_endpoint": ["127.0.0.1", 9], "hole_port": 0, "start_in_seconds": 0.1,
+            "deadline_seconds": 1.0, "ttl": 2,
+        }
+        protocol.dataReceived(stunt.encode_frame(attempt) + stunt.encode_frame({"type": "go", "session": "s"}))
+        self.assertIsNone(session.punch)
+        clock.advance(0.1)
+        self.assertIsNotNone(session.punch)
+        client._drop_attempt(session)
+        self.assertEqual(clock.writers, set())
