@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("p2psip.cli.admin", "p2psip.cli.users")
+COMMAND_MODULES: tuple[str, ...] = ("p2psip.cli.admin", "p2psip.cli.users", "p2psip.cli.nat")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,293 @@
+"""
+The STUNT mediator's Twisted side: control server, relay, status pages.
+
+The broker logic lives in ``p2psip.nat.stunt`` (sans-IO); this module adapts
+it to TCP connections.  /status and /metrics come from ``p2psip.web.site``.  A control connection that answers the challenge
+with ``relay-join`` instead of ``hello`` becomes one half of a relayed
+stream: once both halves of a session the broker set up for relaying have
+joined, the mediator sends ``relay-ready`` on each and from then on copies
+bytes between them, within the operator's byte and rate limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2psip.nat import stunt
+from p2psip.util.metrics import Registry
+
+AUTH_TIMEOUT_SECONDS = 10.0
+MAX_RELAY_PREFIX_BYTES = 65536
+
+
+@attrs.frozen
+class RelayLimits:
+    """Per-session relay limits (``relay-*`` keys in mediator.ini)."""
+
+    max_bytes_per_session: int = 100 * 1024 * 1024
+    rate_bytes_per_second: int = 1024 * 1024
+    idle_timeout_seconds: float = 300.0
+
+
+class ControlServerProtocol(Protocol):
+    """One control connection; a ``stunt.Link`` for the broker."""
+
+    log = Logger()
+
+    def __init__(self, factory: ControlServerFactory) -> None:
+        self.factory = factory
+        self.decoder = stunt.FrameDecoder()
+        self.auth_timer: Any = None
+        self.relay: _RelaySplice | None = None
+        self.relay_waiting = False
+        self.closing = False
+
+    # stunt.Link
+    def send(self, message: dict[str, Any]) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(stunt.encode_frame(message))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.closing = True
+            self.transport.loseConnection()
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        assert self.transport is not None
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", "")
+        if not self.factory.admit(host):
+            self.factory.broker.metrics.rejected_connection()
+            self.log.debug("refused control connection from {host}: rate limit", host=host)
+            self.closing = True
+            transport: Any = self.transport
+            transport.abortConnection()
+            return
+        # Control messages are small and latency-bound: no Nagle.
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
+        self.factory.broker.link_opened(self, (host, getattr(peer, "port", 0)))
+        self.auth_timer = self.factory.clock.callLater(AUTH_TIMEOUT_SECONDS, self._auth_timeout)
+
+    def _auth_timeout(self) -> None:
+        self.auth_timer = None
+        self.log.debug("control connection did not authenticate in time")
+        self.close()
+
+    def _authenticated(self) -> None:
+        if self.auth_timer is not None and self.auth_timer.active():
+            self.auth_timer.cancel()
+        self.auth_timer = None
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if self.closing:
+            return
+        if self.relay is not None:
+            self.relay.forward(self, data)
+            return
+        if self.relay_waiting:
+            # Nothing may be sent before relay-ready; a client that does is
+            # broken or hostile.
+            self.log.debug("relay client sent data before relay-ready")
+            self.close()
+            return
+        try:
+            messages = self.decoder.feed(data, stop_after=lambda m: m["type"] == "relay-join")
+        except stunt.StuntDecodeError as e:
+            self.log.debug("malformed control frame: {why}", why=str(e))
+            self.close()
+            return
+        for message in messages:
+            if self.closing:
+                return
+            if message["type"] == "relay-join" and self.factory.broker.client_id_of(self) is None:
+                self._authenticated()
+                rest = self.decoder.take_remainder()
+                if rest:
+                    self.close()
+                    return
+                self.factory.relay_join(self, message)
+                return
+            self.factory.broker.message_received(self, message)
+            if self.factory.broker.client_id_of(self) is not None:
+                self._authenticated()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
+        self.closing = True
+        if self.auth_timer is not None and self.auth_timer.active():
+            self.auth_timer.cancel()
+        self.auth_timer = None
+        self.factory.broker.link_closed(self)
+        self.factory.relay_lost(self)
+
+
+class _RelaySplice:
+    """Two spliced relay connections and their limits."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        factory: ControlServerFactory,
+        session_id: str,
+        parties: tuple[str, str],
+        a: ControlServerProtocol,
+        b: ControlServerProtocol,
+    ) -> None:
+        self.factory = factory
+        self.session_id = session_id
+        self.parties = parties
+        self.ends = (a, b)
+        self.total_bytes = 0
+        self.credit = {id(a): float(factory.relay_limits.rate_bytes_per_second), id(b): float(factory.relay_limits.rate_bytes_per_second)}
+        self.last_refill = factory.clock.seconds()
+        self.resume_calls: dict[int, Any] = {}
+        self.idle_call: Any = factory.clock.callLater(factory.relay_limits.idle_timeout_seconds, self._idle)
+        self.ended = False
+
+    def _other(self, end: ControlServerProtocol) -> ControlServerProtocol:
+        return self.ends[1] if end is self.ends[0] else self.ends[0]
+
+    def _idle(self) -> None:
+        self.idle_call = None
+        self.log.info("relay {session} idle; closing", session=self.session_id)
+        self.end()
+
+    def forward(self, source: ControlServerProtocol, data: bytes) -> None:
+        limits = self.factory.relay_limits
+        self.total_bytes += len(data)
+        self.factory.broker.metrics.relayed(len(data))
+        if self.total_bytes > limits.max_bytes_per_session:
+            self.log.info(
+                "relay {session} hit relay-bytes-per-session ({limit}); closing",
+                session=self.session_id,
+                limit=limits.max_bytes_per_session,
+            )
+            self.end()
+            return
+        if self.idle_call is not None and self.idle_call.active():
+            self.idle_call.reset(limits.idle_timeout_seconds)
+        target = self._other(source)
+        if target.transport is not None:
+            target.transport.write(data)
+        # Token bucket per direction: when a side has sent more than its
+        # rate allows, stop reading from it until the bucket refills.
+        now = self.factory.clock.seconds()
+        rate = float(limits.rate_bytes_per_second)
+        elapsed, self.last_refill = now - self.last_refill, now
+        for key in self.credit:
+            self.credit[key] = min(rate, self.credit[key] + elapsed * rate)
+        self.credit[id(source)] -= len(data)
+        transport: Any = source.transport
+        if self.credit[id(source)] < 0 and id(source) not in self.resume_calls and transport is not None:
+            transport.pauseProducing()
+            delay = -self.credit[id(source)] / rate
+            self.resume_calls[id(source)] = self.factory.clock.callLater(delay, self._resume, source)
+
+    def _resume(self, source: ControlServerProtocol) -> None:
+        self.resume_calls.pop(id(source), None)
+        transport: Any = source.transport
+        if not self.ended and transport is not None:
+            transport.resumeProducing()
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        for call in list(self.resume_calls.values()) + [self.idle_call]:
+            if call is not None and call.active():
+                call.cancel()
+        self.resume_calls.clear()
+        self.idle_call = None
+        for end in self.ends:
+            end.close()
+        self.factory.broker.relay_ended(*self.parties)
+
+
+class ControlServerFactory(Factory):
+    """Control connections for one broker; also joins relay halves."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        broker: stunt.Broker,
+        clock: IReactorTime,
+        relay_limits: RelayLimits | None = None,
+        connections_per_minute_per_address: int = 60,
+    ) -> None:
+        self.broker = broker
+        self.clock = clock
+        self.relay_limits = relay_limits or RelayLimits()
+        self.rate_limit = stunt.ConnectionRateLimit(clock, connections_per_minute_per_address)
+        self._waiting: dict[str, ControlServerProtocol] = {}
+        self.splices: set[_RelaySplice] = set()
+
+    def buildProtocol(self, addr: Any) -> ControlServerProtocol:  # noqa: N802 - Twisted's name
+        return ControlServerProtocol(self)
+
+    def admit(self, host: str) -> bool:
+        return self.rate_limit.admit(host)
+
+    def relay_join(self, end: ControlServerProtocol, message: dict[str, Any]) -> None:
+        session_id = message["session"]
+        if message["version"] != stunt.PROTOCOL_VERSION or not self.broker.relay_token_valid(
+            session_id, message["token"]
+        ):
+            self.log.debug("relay-join with an unknown session or token")
+            end.send({"type": "error", "code": "relay-refused", "reason": "unknown relay session or token"})
+            end.close()
+            return
+        first = self._waiting.pop(session_id, None)
+        if first is None or first.closing:
+            end.relay_waiting = True
+            self._waiting[session_id] = end
+            return
+        end.relay_waiting = False
+        first.relay_waiting = False
+        splice = _RelaySplice(self, session_id, self.broker.relay_parties(session_id), first, end)
+        self.splices.add(splice)
+        first.relay = splice
+        end.relay = splice
+        for side in (first, end):
+            # Relayed traffic is often small interactive writes; Nagle plus
+            # the peer's delayed ACK would add ~40 ms to each.
+            if side.transport is not None and hasattr(side.transport, "setTcpNoDelay"):
+                side.transport.setTcpNoDelay(True)
+            side.send({"type": "relay-ready", "session": session_id})
+        self.broker.relay_established(session_id)
+
+    def relay_lost(self, end: ControlServerProtocol) -> None:
+        for session_id, waiting in list(self._waiting.items()):
+            if waiting is end:
+                del self._waiting[session_id]
+        if end.relay is not None:
+            splice = end.relay
+            end.relay = None
+            splice.end()
+            self.splices.discard(splice)
+
+
+# --- status ---------------------------------------------------------------------
+
+
+def register_stun_metrics(registry: Registry, counters: Callable[[], Mapping[str, int]]) -> None:
+    """
+    The STUN server's counters on /metrics.
+
+    The STUN responder keeps plain integer attributes (cheap on its per-packet
+    path); they are read when scraped, hence gauges, though they only grow.
+    """
+    for name in ("requests", "responses", "errors", "dropped"):
+        registry.gauge(
+            f"p2psip_mediator_stun_{name}",
+            f"STUN messages: {name} since the mediator started.",
+            function=lambda name=name: counters().get(name, 0),  # type: ignore[misc]
+        )

@@ -1,0 +1,452 @@
+"""Tests for the STUNT control protocol codec and the broker (sans-IO)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2psip.nat import stunt
+
+SECRET = b"s3cret"
+
+
+class FakeLink:
+    """Records what the broker sends to one client."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.closed = False
+
+    def send(self, message: Any) -> None:
+        # Round-trip through the codec so the broker only emits valid frames.
+        [decoded] = stunt.FrameDecoder().feed(stunt.encode_frame(message))
+        self.sent.append(decoded)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def types(self) -> list[str]:
+        return [m["type"] for m in self.sent]
+
+    def last(self, kind: str) -> dict[str, Any]:
+        return [m for m in self.sent if m["type"] == kind][-1]
+
+
+def counter_bytes() -> Any:
+    state = [0]
+
+    def random_bytes(n: int) -> bytes:
+        state[0] += 1
+        return state[0].to_bytes(n, "big")
+
+    return random_bytes
+
+
+class FramingTests(SynchronousTestCase):
+    def test_round_trip_one_byte_at_a_time(self) -> None:
+        """Frames fed one byte at a time decode to the messages that were encoded."""
+        messages = [{"type": "ping"}, {"type": "armed", "session": "abc"}]
+        data = b"".join(stunt.encode_frame(m) for m in messages)
+        decoder = stunt.FrameDecoder()
+        out = []
+        for i in range(len(data)):
+            out += decoder.feed(data[i : i + 1])
+        self.assertEqual(out, messages)
+
+    def test_oversized_length_rejected_before_buffering(self) -> None:
+        """A length above the limit is an error as soon as the header arrives."""
+        decoder = stunt.FrameDecoder()
+        self.assertRaises(stunt.StuntDecodeError, decoder.feed, struct.pack("!H", stunt.MAX_FRAME_BYTES + 1))
+
+    def test_zero_length_rejected(self) -> None:
+        """An empty frame is malformed."""
+        self.assertRaises(stunt.StuntDecodeError, stunt.FrameDecoder().feed, b"\x00\x00")
+
+    def test_decoder_stays_broken(self) -> None:
+        """After an error the stream has lost its framing and keeps failing."""
+        decoder = stunt.FrameDecoder()
+        self.assertRaises(stunt.StuntDecodeError, decoder.feed, b"\x00\x03abc")
+        self.assertRaises(stunt.StuntDecodeError, decoder.feed, stunt.encode_frame({"type": "ping"}))
+
+    def test_wrong_field_type(self) -> None:
+        """A known field of the wrong type is a decode error, not a crash later."""
+        body = json.dumps({"type": "result", "session": "s", "method": "m", "ok": "yes", "detail": ""})
+        self.assertRaises(stunt.StuntDecodeError, stunt.decode_frame_body, body.encode())
+
+    def test_bad_endpoint(self) -> None:
+        """An endpoint with an out-of-range port is rejected."""
+        body = {"type": "welcome", "id": "a", "observed": ["1.2.3.4", 70000]}
+        self.assertRaises(stunt.StuntDecodeError, stunt.decode_frame_body, json.dumps(body).encode())
+
+    def test_too_many_observations(self) -> None:
+        """A probe report cannot make the broker process unbounded lists."""
+        body = {
+            "type": "probed",
+            "session": "s",
+            "local_ip": "10.0.0.1",
+            "hole_port": 1,
+            "observations": [[1, "1.2.3.4", 1]] * (stunt.MAX_OBSERVATIONS + 1),
+        }
+        self.assertRaises(stunt.StuntDecodeError, stunt.decode_frame_body, json.dumps(body).encode())
+
+    def test_deep_nesting(self) -> None:
+        """Deeply nested JSON is a decode error, not a RecursionError."""
+        body = b"[" * 5000 + b"]" * 5000
+        self.assertRaises(stunt.StuntDecodeError, stunt.decode_frame_body, body)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=200))
+    def test_garbage_raises_only_decode_error(self, data: bytes) -> None:
+        """Arbitrary bytes decode to messages or raise StuntDecodeError, nothing else."""
+        try:
+            stunt.FrameDecoder().feed(data)
+        except stunt.StuntDecodeError:
+            pass
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+            lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+            max_leaves=20,
+        ),
+        st.sampled_from(sorted(stunt._FIELD_TYPES)),
+    )
+    def test_json_of_any_shape(self, value: Any, kind: str) -> None:
+        """Any JSON value, even with a real type name, validates or raises StuntDecodeError."""
+        if isinstance(value, dict):
+            value["type"] = kind
+        try:
+            stunt.validate_message(value)
+        except stunt.StuntDecodeError:
+            pass
+
+
+class ClassifyTests(SynchronousTestCase):
+    def test_no_nat(self) -> None:
+        """Mapped endpoints equal to the local ones mean no NAT."""
+        b = stunt.classify("198.51.100.5", [(4000, "198.51.100.5", 4000), (4001, "198.51.100.5", 4001)])
+        self.assertEqual(b.allocation, stunt.NO_NAT)
+
+    def test_preserving(self) -> None:
+        """A NAT that keeps the local port is port-preserving."""
+        b = stunt.classify("10.0.1.2", [(4000, "198.51.100.1", 4000), (4100, "198.51.100.1", 4100)])
+        self.assertEqual(b.allocation, stunt.PRESERVING)
+        self.assertEqual(stunt.predict_endpoint(b, 4100, []), ("198.51.100.1", 4100))
+
+    def test_sequential(self) -> None:
+        """Constant steps between mapped ports are sequential allocation; the next flow gets the next port."""
+        obs = [(4000, "198.51.100.1", 20005), (4100, "198.51.100.1", 20006), (4200, "198.51.100.1", 20007)]
+        b = stunt.classify("10.0.1.2", obs)
+        self.assertEqual((b.allocation, b.delta), (stunt.SEQUENTIAL, 1))
+        self.assertEqual(stunt.predict_endpoint(b, 4200, obs), ("198.51.100.1", 20008))
+
+    def test_sequential_with_interference(self) -> None:
+        """One step taken by other traffic does not hide a sequential NAT among four steps."""
+        obs = [(4000 + i, "198.51.100.1", port) for i, port in enumerate([20005, 20006, 20008, 20009, 20010])]
+        b = stunt.classify("10.0.1.2", obs)
+        self.assertEqual((b.allocation, b.delta), (stunt.SEQUENTIAL, 1))
+        self.assertEqual(stunt.predict_endpoint(b, 4004, obs), ("198.51.100.1", 20011))
+
+    def test_random(self) -> None:
+        """Unrelated mapped ports are random allocation, which cannot be predicted."""
+        obs = [(4000, "198.51.100.1", 16505), (4100, "198.51.100.1", 30068), (4200, "198.51.100.1", 2197)]
+        b = stunt.classify("10.0.1.2", obs)
+        self.assertEqual(b.allocation, stunt.RANDOM)
+        self.assertFalse(b.predictable)
+
+
+def probed(session: str, local_ip: str, ports: list[tuple[int, int]], public: str = "198.51.100.1") -> dict[str, Any]:
+    return {
+        "type": "probed",
+        "session": session,
+        "local_ip": local_ip,
+        "hole_port": ports[-1][0],
+        "observations": [[local, public, mapped] for local, mapped in ports],
+    }
+
+
+EIM = [(4000, 4000), (4001, 4001), (4002, 4002), (4003, 4003)]
+RANDOM = [(4000, 16505), (4001, 30068), (4002, 2197), (4003, 43000)]
+
+
+class BrokerFixture(SynchronousTestCase):
+    """A broker on a fake clock, and helpers to log clients in and start sessions."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.broker = stunt.Broker(
+            self.clock,
+            stunt.Secrets(shared=SECRET, per_id={"carol": b"other"}),
+            random_bytes=counter_bytes(),
+        )
+
+    #: Where the mediator sees each test client.
+    PUBLIC = {"bob": "198.51.100.2", "pub": "198.51.100.20"}
+
+    def login(self, client_id: str, secret: bytes = SECRET) -> FakeLink:
+        link = FakeLink()
+        self.broker.link_opened(link, (self.PUBLIC.get(client_id, "198.51.100.1"), 5000))
+        nonce = link.last("challenge")["nonce"]
+        mac = stunt.compute_mac(secret, nonce, client_id)
+        self.broker.message_received(link, {"type": "hello", "version": 1, "id": client_id, "mac": mac})
+        return link
+
+    def probe_both(self, session: str, a: FakeLink, b: FakeLink) -> None:
+        self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
+        self.broker.message_received(b, probed(session, "10.0.2.2", EIM, public="198.51.100.2"))
+
+    def start(self, methods: list[str] | None = None) -> tuple[FakeLink, FakeLink, str]:
+        a, b = self.login("alice"), self.login("bob")
+        self.broker.message_received(
+            a, {"type": "connect", "ref": 7, "to": "bob", "kind": "tcp", "methods": methods or []}
+        )
+        session = a.last("probe")["session"]
+        return a, b, session
+
+
+class BrokerTests(BrokerFixture):
+    def test_login(self) -> None:
+        """A client with the right secret is welcomed and counted online."""
+        link = self.login("alice")
+        self.assertEqual(link.types(), ["challenge", "welcome"])
+        self.assertEqual(self.broker.status()["clients_online"], 1)
+
+    def test_wrong_secret(self) -> None:
+        """A wrong MAC gets an error naming the fix and the link is closed."""
+        link = self.login("alice", b"wrong")
+        self.assertEqual(link.last("error")["code"], "auth-failed")
+        self.assertIn("--secret", link.last("error")["reason"])
+        self.assertTrue(link.closed)
+        self.assertEqual(self.broker.status()["clients_online"], 0)
+
+    def test_per_id_secret_wins(self) -> None:
+        """A per-ID secret replaces the shared one for that ID."""
+        self.assertTrue(self.login("carol", b"other").last("welcome"))
+        self.assertTrue(self.login("carol", SECRET).closed)
+
+    def test_nonce_used_once(self) -> None:
+        """A replayed hello on a fresh link fails: every link has its own nonce."""
+        first = self.login("alice")
+        nonce = first.sent[0]["nonce"]
+        replay = FakeLink()
+        self.broker.link_opened(replay, ("198.51.100.9", 1))
+        mac = stunt.compute_mac(SECRET, nonce, "alice")
+        self.broker.message_received(replay, {"type": "hello", "version": 1, "id": "alice", "mac": mac})
+        self.assertTrue(replay.closed)
+
+    def test_unauthenticated_requests_refused(self) -> None:
+        """Nothing but hello is served before authentication (never an open relay)."""
+        link = FakeLink()
+        self.broker.link_opened(link, ("198.51.100.9", 1))
+        self.broker.message_received(link, {"type": "connect", "ref": 1, "to": "bob", "kind": "tcp", "methods": []})
+        self.assertTrue(link.closed)
+
+    def test_unknown_peer(self) -> None:
+        """Connecting to an unregistered ID fails at once with a reason."""
+        a = self.login("alice")
+        self.broker.message_received(a, {"type": "connect", "ref": 3, "to": "nobody", "kind": "tcp", "methods": []})
+        error = a.last("error")
+        self.assertEqual((error["code"], error["ref"]), ("unknown-peer", 3))
+
+    def test_eim_pair_gets_simultaneous_open(self) -> None:
+        """Two port-preserving NATs are sent a simultaneous open aimed at each other's mapping."""
+        a, b, session = self.start()
+        self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
+        self.broker.message_received(b, probed(session, "10.0.2.2", EIM, public="198.51.100.2"))
+        attempt_a, attempt_b = a.last("attempt"), b.last("attempt")
+        self.assertEqual(attempt_a["method"], stunt.SIMULTANEOUS_OPEN)
+        self.assertEqual(attempt_a["peer_endpoint"], ["198.51.100.2", 4003])
+        self.assertEqual(attempt_b["peer_endpoint"], ["198.51.100.1", 4003])
+        for link in (a, b):
+            self.broker.message_received(
+                link, {"type": "result", "session": session, "method": "simultaneous-open", "ok": True, "detail": ""}
+            )
+        self.assertEqual(a.last("outcome")["method"], stunt.SIMULTANEOUS_OPEN)
+        self.assertTrue(b.last("outcome")["ok"])
+        self.assertEqual(self.broker.status()["successes"], {"simultaneous-open": 1})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_public_side_gets_direct(self) -> None:
+        """When one side has no NAT the direct method is tried first."""
+        a, b, session = self.start()
+        self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
+        self.broker.message_received(b, probed(session, "198.51.100.2", EIM, public="198.51.100.2"))
+        self.assertEqual(a.last("attempt")["method"], stunt.DIRECT)
+
+    def test_random_pair_is_relayed_with_reason(self) -> None:
+        """A random-allocation NAT skips the direct methods and says why in the outcome."""
+        a, b, session = self.start()
+        self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
+        self.broker.message_received(b, probed(session, "10.0.2.2", RANDOM, public="198.51.100.2"))
+        relay = a.last("relay")
+        self.assertIn("bob's NAT with random port allocation", relay["reason"])
+        self.assertIn("impossible", relay["reason"])
+        self.assertTrue(self.broker.relay_token_valid(session, relay["token"]))
+        self.assertFalse(self.broker.relay_token_valid(session, "0" * 32))
+        self.assertEqual(self.broker.relay_parties(session), ("alice", "bob"))
+        self.broker.relay_established(session)
+        outcome = b.last("outcome")
+        self.assertEqual((outcome["ok"], outcome["method"]), (True, stunt.RELAYED))
+        self.assertIn("impossible", outcome["reason"])
+        self.broker.relay_ended("alice", "bob")
+        self.assertEqual(self.broker.relay_counts, {})
+
+    def test_relay_disabled(self) -> None:
+        """With the relay disabled the failure names the setting to change."""
+        self.broker = stunt.Broker(
+            self.clock, stunt.Secrets(shared=SECRET), stunt.BrokerPolicy(relay_enabled=False)
+        )
+        a, b, session = self.start()
+        self.broker.message_received(a, probed(session, "10.0.1.2", RANDOM))
+        self.broker.message_received(b, probed(session, "10.0.2.2", RANDOM, public="198.51.100.2"))
+        outcome = a.last("outcome")
+        self.assertFalse(outcome["ok"])
+        self.assertIn("random port allocation", outcome["reason"])
+        self.assertIn("relay disabled in mediator.ini [mediator] relay", outcome["reason"])
+
+    def test_failed_attempt_reprobes_then_next_method(self) -> None:
+        """A failed simultaneous open leads to fresh probes and then the low-TTL variant."""
+        a, b, session = self.start()
+        self.probe_both(session, a, b)
+        self.broker.message_received(
+            a, {"type": "result", "session": session, "method": "simultaneous-open", "ok": False, "detail": "timeout"}
+        )
+        self.assertEqual(a.types()[-1], "probe")
+        self.probe_both(session, a, b)
+        self.assertEqual(a.last("attempt")["role"], "listener")
+        self.assertEqual(b.last("attempt")["role"], "connector")
+        self.assertEqual(a.last("attempt")["ttl"], 2)
+        self.assertNotIn("go", b.types())
+        self.broker.message_received(a, {"type": "armed", "session": session})
+        self.assertEqual(b.types()[-1], "go")
+
+    def test_silent_peer_times_out(self) -> None:
+        """A side that never reports ends the attempt on the clock, then the relay is tried."""
+        a, b, session = self.start(methods=[stunt.SIMULTANEOUS_OPEN, stunt.RELAYED])
+        self.probe_both(session, a, b)
+        self.clock.advance(60)
+        self.assertEqual(a.types()[-1], "relay")
+        self.clock.advance(60)
+        outcome = a.last("outcome")
+        self.assertFalse(outcome["ok"])
+        self.assertIn("no result in time", outcome["reason"])
+        self.assertIn("did not join in time", outcome["reason"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_foreign_address_in_probe_report(self) -> None:
+        """A probe report naming an address the mediator did not see ends the session: no aiming peers at third parties."""
+        a, b, session = self.start()
+        self.broker.message_received(a, probed(session, "10.0.1.2", EIM, public="203.0.113.7"))
+        outcome = b.last("outcome")
+        self.assertFalse(outcome["ok"])
+        self.assertIn("other than the one the mediator sees", outcome["reason"])
+        self.assertNotIn("attempt", b.types())
+
+    def test_refusal(self) -> None:
+        """The responder can refuse: consent is needed from both IDs."""
+        a, b, session = self.start()
+        self.broker.message_received(b, {"type": "refuse", "session": session, "reason": "not accepting"})
+        self.assertIn("bob refused", a.last("outcome")["reason"])
+
+    def test_disconnect_ends_sessions(self) -> None:
+        """A client that goes away ends its sessions and goes offline."""
+        a, b, session = self.start()
+        self.broker.link_closed(b)
+        self.assertIn("bob disconnected", a.last("outcome")["reason"])
+        self.assertEqual(self.broker.status()["clients_online"], 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_foreign_session_report(self) -> None:
+        """A client cannot report on a session it is not part of."""
+        a, b, session = self.start()
+        mallory = self.login("mallory")
+        self.broker.message_received(mallory, {"type": "armed", "session": session})
+        self.assertTrue(mallory.closed)
+
+    def test_session_limit(self) -> None:
+        """A client cannot start more than the per-client number of sessions."""
+        self.broker = stunt.Broker(
+            self.clock, stunt.Secrets(shared=SECRET), stunt.BrokerPolicy(max_sessions_per_client=1)
+        )
+        a, b, session = self.start()
+        self.broker.message_received(a, {"type": "connect", "ref": 8, "to": "bob", "kind": "tcp", "methods": []})
+        self.assertEqual(a.last("error")["code"], "busy")
+
+    def test_max_clients(self) -> None:
+        """Beyond max-clients new IDs are refused with the setting to raise."""
+        self.broker = stunt.Broker(self.clock, stunt.Secrets(shared=SECRET), stunt.BrokerPolicy(max_clients=1))
+        self.login("alice")
+        second = self.login("bob")
+        self.assertIn("max-clients", second.last("error")["reason"])
+
+    def test_relogin_replaces(self) -> None:
+        """The same ID logging in again replaces the old link."""
+        old = self.login("alice")
+        new = self.login("alice")
+        self.assertTrue(old.closed)
+        self.broker.link_closed(old)
+        self.assertIs(self.broker.clients["alice"], new)
+
+
+class SecretsFileTests(SynchronousTestCase):
+    def test_parse(self) -> None:
+        """ID SECRET lines with comments parse to a dict."""
+        self.assertEqual(stunt.parse_secrets_file("# users\nalice a1\n\nbob b2 # note\n"), {"alice": b"a1", "bob": b"b2"})
+
+    def test_bad_line(self) -> None:
+        """A malformed line is reported with its number."""
+        error = self.assertRaises(ValueError, stunt.parse_secrets_file, "alice a1\nbob\n")
+        self.assertIn("line 2", str(error))
+
+
+class RateLimitTests(SynchronousTestCase):
+    def test_window(self) -> None:
+        """An address gets `limit` connections per window, then more after the window."""
+        clock = Clock()
+        limit = stunt.ConnectionRateLimit(clock, 2, window_seconds=60)
+        self.assertEqual([limit.admit("a") for _ in range(3)], [True, True, False])
+        self.assertTrue(limit.admit("b"))
+        clock.advance(60)
+        self.assertTrue(limit.admit("a"))
+
+
+class StopAfterTests(SynchronousTestCase):
+    def test_raw_bytes_after_stop_frame(self) -> None:
+        """Bytes after a stop frame stay buffered undecoded, even when they are not frames."""
+        decoder = stunt.FrameDecoder()
+        data = stunt.encode_frame({"type": "relay-ready", "session": "s"}) + b"p2psip raw bytes"
+        messages = decoder.feed(data, stop_after=lambda m: m["type"] == "relay-ready")
+        self.assertEqual(messages, [{"type": "relay-ready", "session": "s"}])
+        self.assertEqual(decoder.take_remainder(), b"p2psip raw bytes")
+
+
+class DatagramBrokerTests(BrokerFixture):
+    """UDP brokering."""
+
+    def test_udp_random_fails_with_reason(self) -> None:
+        """A UDP flow towards a random-allocation NAT fails at once: no guess, no UDP relay."""
+        a, b = self.login("alice"), self.login("bob")
+        self.broker.message_received(a, {"type": "connect", "ref": 1, "to": "bob", "kind": "udp", "methods": []})
+        session = a.last("probe")["session"]
+        self.assertEqual(b.last("probe")["kind"], "udp")
+        self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
+        self.broker.message_received(b, probed(session, "10.0.2.2", RANDOM, public="198.51.100.2"))
+        outcome = a.last("outcome")
+        self.assertFalse(outcome["ok"])
+        self.assertIn("relays TCP streams only", outcome["reason"])
+
+    def test_udp_public_side_punches(self) -> None:
+        """With one public side UDP punching is tried even towards a random NAT."""
+        a, b = self.login("alice"), self.login("bob")
+        self.broker.message_received(a, {"type": "connect", "ref": 1, "to": "bob", "kind": "udp", "methods": []})
+        session = a.last("probe")["session"]
+        self.broker.message_received(a, probed(session, "198.51.100.1", EIM, public="198.51.100.1"))
+        self.broker.message_received(b, probed(session, "10.0.2.2", RANDOM, public="198.51.100.2"))
+        self.assertEqual(a.last("attempt")["method"], stunt.UDP_PUNCH)

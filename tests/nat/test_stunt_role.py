@@ -1,0 +1,147 @@
+"""Tests for the p2psip-mediator role: configuration and service wiring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2psip.config import ConfigError, config_from_string
+from p2psip.roles import mediator as role
+from p2psip.testing import MemoryUDPReactor, repository_root
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_example_config_parses(self) -> None:
+        """The annotated etc/mediator.ini is valid and matches the defaults it documents."""
+        text = (repository_root() / "etc" / "mediator.ini").read_text()
+        text = text.replace("secrets-file = /etc/p2psip/mediator-secrets", "secret = x")
+        options = config_from_string(text, "mediator")
+        defaults = config_from_string("[mediator]\nsecret = x\n", "mediator")
+        assert isinstance(options, role.Options) and isinstance(defaults, role.Options)
+        self.assertEqual(options["stun"], ["udp:3478", "tcp:3478"])
+        self.assertEqual(options.policy(), defaults.policy())
+        self.assertEqual(options.relay_limits(), defaults.relay_limits())
+
+    def test_unknown_key(self) -> None:
+        """An unknown key is an error that names the key and suggests the right one."""
+        error = self.assertRaises(ConfigError, config_from_string, "[mediator]\nrelays = no\n", "mediator")
+        self.assertIn("'relays'", str(error))
+        self.assertIn("did you mean 'relay'", str(error))
+
+    def test_bad_value(self) -> None:
+        """A value of the wrong type names the key and what it takes."""
+        error = self.assertRaises(ConfigError, config_from_string, "[mediator]\nrelay = maybe\n", "mediator")
+        self.assertIn("yes or no", str(error))
+
+    def test_relay_disabled(self) -> None:
+        """relay = no reaches the broker policy, with the hint naming the setting."""
+        options = config_from_string("[mediator]\nrelay = no\nsecret = x\n", "mediator")
+        assert isinstance(options, role.Options)
+        self.assertFalse(options.policy().relay_enabled)
+        self.assertIn("[mediator] relay", options.policy().relay_config_hint)
+
+    def test_udp_description(self) -> None:
+        """udp:PORT[:interface=ADDR] parses; anything else is refused."""
+        self.assertEqual(role.parse_udp("udp:3478:interface=192.0.2.1"), (3478, "192.0.2.1"))
+        self.assertRaises(ValueError, role.parse_udp, "udp:x")
+        self.assertRaises(ValueError, role.parse_udp, "udp:1:backlog=2")
+
+
+class OptionsTests(SynchronousTestCase):
+    def parse(self, *argv: str) -> role.Options:
+        options = role.Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_secret_required(self) -> None:
+        """Without any client secret the mediator refuses to start and says which option to set."""
+        error = self.assertRaises(usage.UsageError, self.parse)
+        self.assertIn("--secret", str(error))
+
+    def test_flags_win_over_config(self) -> None:
+        """--control overrides the config file, which overrides the defaults."""
+        path = Path(self.mktemp())
+        path.write_text("[mediator]\ncontrol = tcp:4000\nhttp = tcp:4001\nsecret = x\n")
+        options = self.parse("--config", str(path), "--control", "tcp:5000")
+        self.assertEqual((options["control"], options["http"]), ("tcp:5000", "tcp:4001"))
+        self.assertEqual(options["secrets"].secret_for("anyone"), b"x")
+
+    def test_secrets_file(self) -> None:
+        """Per-ID secrets come from --secrets-file; a bad line is named."""
+        path = Path(self.mktemp())
+        path.write_text("alice a1\n")
+        self.assertEqual(self.parse("--secrets-file", str(path))["secrets"].secret_for("alice"), b"a1")
+        path.write_text("alice\n")
+        error = self.assertRaises(usage.UsageError, self.parse, "--secrets-file", str(path))
+        self.assertIn("line 1", str(error))
+
+    def test_data_dir_secrets(self) -> None:
+        """A 'secrets' file in --data-dir is used when no secret is given."""
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        (folder / "secrets").write_text("bob b2\n")
+        self.assertEqual(self.parse("--data-dir", str(folder))["secrets"].secret_for("bob"), b"b2")
+
+    def test_bad_stun(self) -> None:
+        """A malformed UDP STUN listener is a usage error."""
+        self.assertRaises(usage.UsageError, self.parse, "--secret", "x", "--stun", "udp:nope")
+
+    def test_limits_positive(self) -> None:
+        """A zero limit is refused with the option's name."""
+        error = self.assertRaises(usage.UsageError, self.parse, "--secret", "x", "--max-clients", "0")
+        self.assertIn("max-clients", str(error))
+
+    def test_stun_alternate_needs_primary_ip(self) -> None:
+        """RFC 5780 needs the UDP listener bound to the primary IP; the error says how."""
+        error = self.assertRaises(usage.UsageError, self.parse, "--secret", "x", "--stun-alternate", "192.0.2.2:3479")
+        self.assertIn("interface=PRIMARY_IP", str(error))
+        options = self.parse(
+            "--secret", "x", "--stun", "udp:3478:interface=192.0.2.1", "--stun-alternate", "192.0.2.2:3479"
+        )
+        self.assertEqual(options["alternate"], ("192.0.2.2", 3479))
+
+    def test_no_relay(self) -> None:
+        """--relay no disables relaying."""
+        self.assertFalse(self.parse("--secret", "x", "--relay", "no").policy().relay_enabled)
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def test_listeners(self) -> None:
+        """The service listens for STUN on UDP and TCP, for control, and for HTTP status."""
+        options = role.Options()
+        options.parseOptions(["--secret", "x", "--stun", "udp:13478", "--stun", "tcp:13478", "--control", "tcp:13479"])
+        reactor = MemoryUDPReactor()
+        service = role.makeService(options, reactor=reactor)
+        self.assertEqual(reactor.tcpServers, [])
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(sorted(port for port, *_ in reactor.tcpServers), [8087, 13478, 13479])
+        self.assertEqual(list(reactor.udpPorts), [13478])
+        self.assertEqual(service.broker.stun_tcp_port, 13478)  # type: ignore[attr-defined]
+
+    def test_status_and_metrics(self) -> None:
+        """The HTTP site serves the broker's numbers on /status and /metrics."""
+        from twisted.web.test.requesthelper import DummyRequest
+
+        options = role.Options()
+        options.parseOptions(["--secret", "x"])
+        reactor = MemoryUDPReactor()
+        service = role.makeService(options, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        broker = service.broker  # type: ignore[attr-defined]
+        broker.metrics.attempted("relayed")
+        broker.metrics.relayed(1234)
+        site = [factory for port, factory, *_ in reactor.tcpServers if port == 8087][0]
+        request = DummyRequest([b"metrics"])
+        body = site.getResourceFor(request).render(request)
+        text = body.decode() if isinstance(body, bytes) else b"".join(request.written).decode()
+        self.assertIn('p2psip_mediator_attempts_total{method="relayed"} 1\n', text)
+        self.assertIn("p2psip_mediator_relayed_bytes_total 1234\n", text)
+        self.assertIn("p2psip_mediator_clients_online 0\n", text)
+        self.assertIn("p2psip_mediator_stun_requests 0\n", text)
+        request = DummyRequest([b"status"])
+        site.getResourceFor(request).render(request)
+        self.assertIn(b'"relayed_bytes": 1234', b"".join(request.written))
