@@ -253,7 +253,7 @@ class MemoryConnector:
         self.network = network
         self.source = source
 
-    def connect(self, listener: Any, host: str, port: int) -> Any:
+    def connect(self, listener: Any, host: str, port: int, peer_id: int | None = None) -> Any:
         return self.network._connect(self.source, listener, host, port)
 
     def connect_endpoint(self, listener: Any, description: str) -> Any:

@@ -406,12 +406,14 @@ def _documented_options(role: str) -> type[RoleOptions]:
         "successors", "predecessors", "replicas", "update-interval", "finger-interval",
         "ping-interval", "request-timeout", "max-message-size")]
     common = [["overlay-name", None, None, ""], ["http", None, None, ""], ["data-dir", None, None, ""]]
-    overlay = [["overlay", None, None, ""], ["advertise", None, None, ""]]
+    overlay = [["overlay", None, None, ""], ["advertise", None, None, ""], ["mediator", None, None, ""],
+               ["mediator-secret", None, None, ""], ["mediator-secret-file", None, None, ""],
+               ["direct-connect-timeout", None, None, "", float]]
     parameters: dict[str, list[list[Any]]] = {
         "bootstrap": common + overlay + tuning,
         "peer": common + overlay + tuning + [
             ["bootstrap", None, None, ""], ["sip", None, None, ""],
-            ["users", None, None, ""], ["mediator", None, None, ""]],
+            ["users", None, None, ""]],
         "client": common + [
             ["bootstrap", None, None, ""], ["sip", None, None, ""], ["mediator", None, None, ""]],
     }

@@ -56,6 +56,10 @@ class Link:
     messages_received: int
     rtt_seconds: float | None
     closed: bool
+    #: How the connection was made: "connect" (a plain connection to an
+    #: overlay listener) or the mediator's method ("direct",
+    #: "simultaneous-open", "low-ttl", "relayed").
+    path: str = "connect"
 
     def send(self, data: bytes) -> None:
         raise NotImplementedError
@@ -71,6 +75,8 @@ class Link:
             "peer": id_hex(self.peer_id) if self.peer_id is not None else None,
             "address": self.remote_address,
             "direction": "in" if self.inbound else "out",
+            "path": self.path,
+            "mediated": self.path != "connect",
             "sent": self.messages_sent,
             "received": self.messages_received,
             "rtt_ms": round(self.rtt_seconds * 1000, 3) if self.rtt_seconds is not None else None,
@@ -200,7 +206,8 @@ class StreamConnector:
         self.max_message_bytes = max_message_bytes
         self.template = template
 
-    def connect(self, listener: LinkListener, host: str, port: int) -> Deferred[Link]:
+    def connect(self, listener: LinkListener, host: str, port: int, peer_id: int | None = None) -> Deferred[Link]:
+        """A link to ``host:port``; ``peer_id`` (the Node-ID expected there) is not needed for plain TCP."""
         endpoint = clientFromString(self.reactor, self.template.format(host=host, port=port))
         link = FramedStreamLink(listener, self.clock, self.max_message_bytes, inbound=False)
         connected: Deferred[Link] = connectProtocol(endpoint, link).addCallback(lambda _: link)

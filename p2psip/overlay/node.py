@@ -625,7 +625,7 @@ class OverlayNode:
             existing = self.link_for(peer)
             if existing is not None:
                 return existing
-        link = yield self.connector.connect(self, address[0], address[1])
+        link = yield self.connector.connect(self, address[0], address[1], peer_id=peer)
         yield self._hello(link, expected=peer)
         return link
 

@@ -16,16 +16,18 @@ from typing import Any, ClassVar
 from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
-from p2psip.config import RoleOptions
+from p2psip.config import RoleOptions, client_endpoint, positive_float
+from p2psip.nat.traversal import TraversalClient, TraversalService
 from p2psip.overlay.codec import Limits
 from p2psip.overlay.errors import OverlayError
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import FramedLinkFactory, StreamConnector
+from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS, MediatedConnector
 from p2psip.overlay.message import Destination, MessageCode
 from p2psip.overlay.node import OverlayConfig, OverlayNode
 from p2psip.util.ids import MAX_ID, id_hex
@@ -55,6 +57,15 @@ class OverlayOptions(RoleOptions):
         ["ping-interval", None, 15.0, "Seconds of silence before a link is pinged; twice this plus the request timeout declares a peer dead.", float],
         ["request-timeout", None, 15.0, "RELOAD transaction timeout in seconds.", float],
         ["max-message-size", None, 1_048_576, "Largest RELOAD message accepted, in bytes.", int],
+        ["mediator", None, None,
+         "Client endpoint of a p2psip-mediator's control port (e.g. tcp:198.51.100.9:3479): "
+         "peers that a direct connect does not reach are reached through it.", client_endpoint],
+        ["mediator-secret", None, None, "The mediator's shared secret (its [mediator] secret)."],
+        ["mediator-secret-file", None, None,
+         "File whose first line is the secret for the mediator (this node's line of its secrets file, "
+         "or its shared secret); wins over --mediator-secret."],
+        ["direct-connect-timeout", None, DIRECT_CONNECT_TIMEOUT_SECONDS,
+         "Seconds a direct connect to a peer may take before the mediator is asked.", positive_float],
     ]
 
     def postOptions(self) -> None:  # noqa: N802 - Twisted's name
@@ -71,6 +82,31 @@ class OverlayOptions(RoleOptions):
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
         if self["max-message-size"] < 4096:
             raise usage.UsageError("--max-message-size must be at least 4096 bytes")
+        self["mediator-secret-bytes"] = self._mediator_secret()
+
+    def _mediator_secret(self) -> bytes | None:
+        """The secret for the mediator's challenge, read now so a bad file stops the role at once."""
+        path = self["mediator-secret-file"]
+        if path:
+            try:
+                with open(path, encoding="utf-8") as secret_file:
+                    secret = secret_file.readline().strip()
+            except OSError as error:
+                raise usage.UsageError(
+                    f"cannot read --mediator-secret-file {path}: {error.strerror}; "
+                    "fix the path or the file's permissions"
+                ) from None
+            if not secret:
+                raise usage.UsageError(f"--mediator-secret-file {path} is empty; put the secret on its first line")
+            return secret.encode("utf-8")
+        if self["mediator-secret"]:
+            return str(self["mediator-secret"]).encode("utf-8")
+        if self["mediator"]:
+            raise usage.UsageError(
+                "--mediator needs the secret it checks: give --mediator-secret or --mediator-secret-file "
+                f"(or 'mediator-secret-file' in the [{self.role}] section of --config)"
+            )
+        return None
 
     def overlay_config(self) -> OverlayConfig:
         return OverlayConfig(
@@ -106,6 +142,7 @@ class OverlayService(Service):
         self.port: IListeningPort | None = None
         self.joined: Deferred[None] = Deferred()
         self._retry: Any = None
+        self.traversal: TraversalService | None = None
 
     def startService(self) -> Any:  # noqa: N802 - Twisted's name
         super().startService()
@@ -113,7 +150,11 @@ class OverlayService(Service):
         config = options.overlay_config()
         os.makedirs(options["data-dir"], mode=0o700, exist_ok=True)
         identity = NodeIdentity.load_or_create(options["data-dir"])
-        connector = StreamConnector(self.reactor, self.reactor, config.limits.max_message_bytes)
+        stream = StreamConnector(self.reactor, self.reactor, config.limits.max_message_bytes)
+        connector: StreamConnector | MediatedConnector = stream
+        mediated: MediatedConnector | None = None
+        if options["mediator"]:
+            mediated = connector = self._start_traversal(stream, identity.node_id, config.limits.max_message_bytes)
         node = OverlayNode(
             identity=identity,
             clock=self.reactor,
@@ -125,9 +166,35 @@ class OverlayService(Service):
         self.node = node
         endpoint = serverFromString(self.reactor, options["overlay"])
         factory = FramedLinkFactory(node, self.reactor, config.limits.max_message_bytes)
+        if mediated is not None:
+            mediated.inbound_factory = factory
         d = endpoint.listen(factory)
         d.addCallback(self._listening)
         return d
+
+    def _start_traversal(self, stream: StreamConnector, node_id: int, max_message_bytes: int) -> MediatedConnector:
+        """Register at the mediator under our Node-ID and connect through it."""
+        options = self.options
+        traversal = TraversalService(
+            TraversalClient(
+                self.reactor,
+                clientFromString(self.reactor, options["mediator"]),
+                id_hex(node_id),
+                options["mediator-secret-bytes"],
+            )
+        )
+        connector = MediatedConnector(
+            stream,
+            traversal,
+            self.reactor,
+            max_message_bytes,
+            direct_timeout_seconds=options["direct-connect-timeout"],
+        )
+        traversal.client.accept = connector.accept_incoming
+        traversal.client.on_incoming = connector.incoming_made
+        self.traversal = traversal
+        traversal.startService()
+        return connector
 
     def _listening(self, port: IListeningPort) -> None:
         assert self.node is not None
@@ -182,6 +249,8 @@ class OverlayService(Service):
             except Exception:
                 self.log.failure("while leaving the ring")
             self.node.stop()
+        if self.traversal is not None and self.traversal.running:
+            yield self.traversal.stopService()
         if self.port is not None:
             yield self.port.stopListening()
 
@@ -192,6 +261,14 @@ class OverlayService(Service):
             return {"state": "starting", "role": self.options.role}
         document = self.node.status()
         document["role"] = self.options.role
+        if self.traversal is not None:
+            client = self.traversal.client
+            document["mediator"] = {
+                "endpoint": self.options["mediator"],
+                "registered": client.online,
+                "id": client.client_id,
+                "observed": f"{client.observed[0]}:{client.observed[1]}" if client.observed else None,
+            }
         return document
 
     def _node(self) -> OverlayNode:

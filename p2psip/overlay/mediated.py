@@ -1,0 +1,192 @@
+"""
+Overlay links to peers behind NATs: a direct connect first, then the mediator.
+
+A peer's Attach candidate is the address it listens on, which behind a NAT
+is a private address nobody outside can reach.  ``MediatedConnector``
+therefore tries that candidate with a short timeout and, when the connect
+fails, asks the STUNT mediator (``p2psip.nat.traversal``) for a
+connection to the peer, keyed by the peer's Node-ID in hex (every node
+registers at the mediator under its own Node-ID).  The mediator picks the
+method: direct (one side public), TCP simultaneous open, the low-TTL SYN,
+or its relay.  The link records the method in ``path``, which the status
+page shows.
+
+Connections the mediator brings in from other peers become inbound links
+through :meth:`MediatedConnector.accept_incoming` and
+:meth:`MediatedConnector.incoming_made`, the ``accept`` and
+``on_incoming`` callbacks of the ``TraversalClient``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol as TypingProtocol
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from p2psip.overlay.links import FramedStreamLink, Link, LinkListener
+from p2psip.util.ids import id_hex, id_short
+
+#: How long the connect to a peer's own candidate may take before the
+#: mediator is asked; unreachable private addresses often just time out.
+DIRECT_CONNECT_TIMEOUT_SECONDS = 2.0
+#: After a failed direct connect, peers are reached through the mediator
+#: straight away for this long.
+DIRECT_RETRY_AFTER_SECONDS = 300.0
+#: How long a connect waits for the mediator registration (at startup).
+REGISTRATION_WAIT_SECONDS = 10.0
+
+
+class MediatedConnectFailed(ConnectionError):
+    """Neither the direct connect nor the mediator reached the peer."""
+
+
+class DirectConnector(TypingProtocol):
+    """The plain connector underneath (``StreamConnector``)."""
+
+    def connect(self, listener: LinkListener, host: str, port: int, peer_id: int | None = None) -> Deferred[Link]: ...
+
+    def connect_endpoint(self, listener: LinkListener, description: str) -> Deferred[Link]: ...
+
+
+class Traversal(TypingProtocol):
+    """What the connector needs of ``TraversalService`` and its client."""
+
+    def when_registered(self) -> Deferred[Any]: ...
+
+
+class _OutboundLinkFactory(Factory):
+    """Builds the outbound link for a connection the mediator makes."""
+
+    def __init__(self, listener: LinkListener, clock: IReactorTime, max_message_bytes: int) -> None:
+        self.listener = listener
+        self.clock = clock
+        self.max_message_bytes = max_message_bytes
+
+    def buildProtocol(self, addr: Any) -> FramedStreamLink:  # noqa: N802 - Twisted's name
+        return FramedStreamLink(self.listener, self.clock, self.max_message_bytes, inbound=False)
+
+
+class MediatedConnector:
+    """
+    The overlay node's connector when a mediator is configured.
+
+    :param direct: the plain TCP connector (also used for bootstrap
+        endpoints, which are public by definition).
+    :param traversal: the ``TraversalService`` keeping this node registered.
+    :param direct_timeout_seconds: the short timeout of the direct attempt.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        direct: DirectConnector,
+        traversal: Traversal,
+        clock: IReactorTime,
+        max_message_bytes: int,
+        direct_timeout_seconds: float = DIRECT_CONNECT_TIMEOUT_SECONDS,
+        registration_wait_seconds: float = REGISTRATION_WAIT_SECONDS,
+    ) -> None:
+        self.direct = direct
+        self.traversal = traversal
+        self.clock = clock
+        self.max_message_bytes = max_message_bytes
+        self.direct_timeout_seconds = direct_timeout_seconds
+        self.registration_wait_seconds = registration_wait_seconds
+        #: Node-ID -> time until which the direct attempt is skipped.
+        self.direct_failed_until: dict[int, float] = {}
+        #: The node's inbound factory, set once the node exists.
+        self.inbound_factory: IProtocolFactory | None = None
+
+    def connect_endpoint(self, listener: LinkListener, description: str) -> Deferred[Link]:
+        return self.direct.connect_endpoint(listener, description)
+
+    def connect(self, listener: LinkListener, host: str, port: int, peer_id: int | None = None) -> Deferred[Link]:
+        """A link to ``peer_id`` at ``host:port``: direct, else through the mediator."""
+        if peer_id is None:
+            return self.direct.connect(listener, host, port)
+        result: Deferred[Link] = self._connect(listener, host, port, peer_id)
+        return result
+
+    @inlineCallbacks
+    def _connect(self, listener: LinkListener, host: str, port: int, peer_id: int) -> Any:
+        direct_reason = "skipped: it failed recently"
+        if self.clock.seconds() >= self.direct_failed_until.get(peer_id, 0.0):
+            attempt = self.direct.connect(listener, host, port, peer_id=peer_id)
+            attempt.addTimeout(self.direct_timeout_seconds, self.clock)
+            try:
+                link = yield attempt
+            except Exception as error:  # noqa: BLE001 - any failure means: try the mediator
+                direct_reason = str(error) or error.__class__.__name__
+                self.direct_failed_until[peer_id] = self.clock.seconds() + DIRECT_RETRY_AFTER_SECONDS
+                self.log.info(
+                    "direct connect to {peer} at {address} failed ({why}); asking the mediator",
+                    peer=id_short(peer_id),
+                    address=f"{host}:{port}",
+                    why=direct_reason,
+                )
+            else:
+                self.direct_failed_until.pop(peer_id, None)
+                return link
+        waiting = self.traversal.when_registered()
+        waiting.addTimeout(self.registration_wait_seconds, self.clock)
+        try:
+            client = yield waiting
+        except Exception as error:  # noqa: BLE001 - reported with the direct reason
+            raise MediatedConnectFailed(
+                f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} {direct_reason}; "
+                f"not registered at the mediator ({error or 'timed out'}): check --mediator and its secret"
+            ) from None
+        factory = _OutboundLinkFactory(listener, self.clock, self.max_message_bytes)
+        try:
+            result = yield client.connect(id_hex(peer_id), factory)
+        except Exception as error:  # noqa: BLE001 - reported with the direct reason
+            raise MediatedConnectFailed(
+                f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} {direct_reason}; "
+                f"mediator: {getattr(error, 'reason', None) or error}"
+            ) from None
+        link = result.protocol
+        if not isinstance(link, Link):
+            transport = getattr(link, "transport", None)
+            if transport is not None:
+                transport.loseConnection()
+            raise MediatedConnectFailed(f"the mediator's connection to {id_short(peer_id)} carries no link")
+        link.path = result.method
+        self.log.info(
+            "overlay link to {peer} made by the mediator: {method}", peer=id_short(peer_id), method=result.method
+        )
+        return link
+
+    # -- incoming connections (TraversalClient callbacks) ---------------
+
+    def accept_incoming(self, peer_id: str) -> IProtocolFactory | None:
+        """Accept a mediated connection when the node is up and the ID is a Node-ID."""
+        if self.inbound_factory is None:
+            return None
+        try:
+            if len(peer_id) != 32:
+                raise ValueError(peer_id)
+            int(peer_id, 16)
+        except ValueError:
+            self.log.info("refused a mediated connection from {peer}: not a Node-ID", peer=peer_id)
+            return None
+        return self.inbound_factory
+
+    def incoming_made(self, result: Any) -> None:
+        """Note on the inbound link how the mediator made it."""
+        protocol: IProtocol = result.protocol
+        if isinstance(protocol, Link):
+            protocol.path = result.method
+        self.log.info(
+            "overlay link from {peer} made by the mediator: {method}", peer=result.peer_id, method=result.method
+        )
+
+
+__all__ = [
+    "DIRECT_CONNECT_TIMEOUT_SECONDS",
+    "MediatedConnectFailed",
+    "MediatedConnector",
+]

@@ -1,0 +1,134 @@
+"""
+Overlay peers behind two NATs join one ring and link through the mediator
+(the NAT lab; needs root and nftables).
+
+The mediator and a bootstrap peer run in the lab's public host, peer A
+behind NAT A and peer B behind NAT B, each under ``twistd -n`` with
+``--mediator``.  A and B advertise their private addresses, so the direct
+connect between them fails and the mediator makes their overlay link.
+The admin API of every role is only reachable inside its namespace, so
+the test asks it with ``natlab exec ... p2psip --api ... --json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from tests.natlab.harness import CONTROL, SECRET, NatLab, p2psip_command, twistd_command
+
+OVERLAY_PORT = 6084
+BOOTSTRAP = f"tcp:198.51.100.10:{OVERLAY_PORT}"
+HTTP_PORT = 8085
+#: Fast overlay timers, so the ring forms within seconds.
+RING_ARGUMENTS = (
+    "--overlay-name", "natlab.test", "--update-interval", "2", "--ping-interval", "1",
+    "--request-timeout", "3", "--direct-connect-timeout", "1",
+)
+PRIVATE_ADDRESS = {"a": "10.0.1.2", "b": "10.0.2.2", "pub": "198.51.100.10"}
+
+
+class OverlayOverNatTests(TestCase):
+    timeout = 90
+
+    def start_role(self, lab: NatLab, where: str, role: str, *extra: str) -> None:
+        data_dir = os.path.abspath(self.mktemp())
+        lab.start(
+            where,
+            twistd_command(
+                "-n", "--pidfile=", role, *RING_ARGUMENTS,
+                "--overlay", f"tcp:{OVERLAY_PORT}:interface={PRIVATE_ADDRESS[where]}",
+                "--http", f"tcp:{HTTP_PORT}:interface=127.0.0.1",
+                "--data-dir", data_dir,
+                "--mediator", CONTROL, "--mediator-secret", SECRET,
+                *extra,
+            ),
+            f"{role}-{where}",
+        )
+
+    def api(self, lab: NatLab, where: str, *args: str) -> Deferred[dict[str, Any]]:
+        """The JSON answer of ``p2psip ARGS --json`` run inside ``where``; {} when it fails."""
+        command = lab.exec_command(where, p2psip_command("--api", f"http://127.0.0.1:{HTTP_PORT}", *args, "--json"))
+        d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(command[0], command[1:], env=dict(os.environ))
+
+        def parse(result: tuple[bytes, bytes, int]) -> dict[str, Any]:
+            out, _err, _code = result
+            try:
+                answer = json.loads(out.decode("utf-8"))
+            except ValueError:
+                return {}
+            return answer if isinstance(answer, dict) else {}
+
+        return d.addCallback(parse)
+
+    @inlineCallbacks
+    def wait_until(self, lab: NatLab, where: str, what: str, condition: Any, seconds: float = 40) -> Any:
+        """Poll the status of ``where`` until ``condition(status)`` holds; the last status."""
+        deadline = reactor.seconds() + seconds
+        status: dict[str, Any] = {}
+        while reactor.seconds() < deadline:
+            status = yield self.api(lab, where, "status")
+            if status and condition(status):
+                return status
+            yield deferLater(reactor, 0.3, lambda: None)
+        self.fail(f"timed out waiting for {what} in {where}; last status: {json.dumps(status)[:3000]}")
+
+    @inlineCallbacks
+    def ring_over_nats(self, nat_a: str, nat_b: str, expected_paths: set[str]) -> Any:
+        lab = NatLab.up(self, nat_a, nat_b)
+        lab.start_mediator()
+        self.start_role(lab, "pub", "p2psip-bootstrap")
+        yield self.wait_until(
+            lab, "pub", "the bootstrap to found the ring and register at the mediator",
+            lambda s: s.get("state") == "alone" and s.get("mediator", {}).get("registered"),
+        )
+        for where in ("a", "b"):
+            self.start_role(lab, where, "p2psip-peer", "--bootstrap", BOOTSTRAP)
+        joined = {}
+        for where in ("a", "b"):
+            joined[where] = yield self.wait_until(
+                lab, where, "the peer to join", lambda s: s.get("state") == "joined"
+            )
+        ids = {where: joined[where]["node_id"] for where in ("a", "b")}
+
+        def linked_to(other: str) -> Any:
+            def condition(status: dict[str, Any]) -> bool:
+                return any(
+                    c.get("peer") == ids[other] and c.get("mediated") for c in status.get("connections", [])
+                )
+
+            return condition
+
+        for here, other in (("a", "b"), ("b", "a")):
+            status = yield self.wait_until(lab, here, f"a mediated link to {other}", linked_to(other))
+            paths = {
+                c["path"] for c in status["connections"] if c.get("peer") == ids[other] and c.get("mediated")
+            }
+            self.assertTrue(paths <= expected_paths, (here, status["connections"]))
+            self.assertTrue(status["mediator"]["registered"])
+            successors = {p["node_id"] for p in status["successors"]}
+            self.assertIn(ids[other], successors)
+        for writer, reader in (("a", "b"), ("b", "a")):
+            name = f"written-by-{writer}@natlab.test"
+            stored = yield self.api(lab, writer, "put", name, f"value from {writer}")
+            self.assertTrue(stored, f"put through {writer} failed")
+            fetched = yield self.api(lab, reader, "get", name)
+            self.assertEqual(fetched.get("value"), f"value from {writer}", fetched)
+
+    def test_eim_eim_simultaneous_open(self) -> Any:
+        """Peers behind two EIM NATs join the ring and link by TCP simultaneous open."""
+        return self.ring_over_nats("eim", "eim", {"simultaneous-open"})
+
+    def test_random_random_relayed(self) -> Any:
+        """Peers behind two random-allocation NATs join the ring and link through the relay."""
+        return self.ring_over_nats("random", "random", {"relayed"})
+
+
+__all__ = ["OverlayOverNatTests"]

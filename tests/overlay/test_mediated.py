@@ -1,0 +1,182 @@
+"""Tests for the overlay connector that falls back to the STUNT mediator (fake connectors, fake clock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2psip.nat.traversal import TraversalError, TraversalResult
+from p2psip.overlay.links import FramedLinkFactory, FramedStreamLink, Link
+from p2psip.overlay.mediated import MediatedConnectFailed, MediatedConnector
+from p2psip.util.ids import id_hex
+
+PEER = 0x0123456789ABCDEF0123456789ABCDEF
+
+
+class Listener:
+    def link_established(self, link: Link) -> None:
+        pass
+
+    def message_received(self, link: Link, data: bytes) -> None:
+        pass
+
+    def link_lost(self, link: Link) -> None:
+        pass
+
+
+class FakeDirect:
+    """Records connects; each answers with the next prepared Deferred."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int | None]] = []
+        self.answers: list[Deferred[Link]] = []
+        self.endpoints: list[str] = []
+
+    def connect(self, listener: Any, host: str, port: int, peer_id: int | None = None) -> Deferred[Link]:
+        self.calls.append((host, port, peer_id))
+        return self.answers.pop(0)
+
+    def connect_endpoint(self, listener: Any, description: str) -> Deferred[Link]:
+        self.endpoints.append(description)
+        return Deferred()
+
+
+class FakeClient:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, Any]] = []
+        self.answer: Deferred[TraversalResult] | None = None
+
+    def connect(self, peer_id: str, factory: Any) -> Deferred[TraversalResult]:
+        self.requests.append((peer_id, factory))
+        if self.answer is not None:
+            return self.answer
+        link = factory.buildProtocol(None)
+        return succeed(TraversalResult(protocol=link, method="simultaneous-open", peer_id=peer_id, setup_seconds=0.1))
+
+
+class FakeTraversal:
+    def __init__(self, client: FakeClient | None) -> None:
+        self.client = client
+        self.waiting: Deferred[Any] = Deferred()
+
+    def when_registered(self) -> Deferred[Any]:
+        return succeed(self.client) if self.client is not None else self.waiting
+
+
+class MediatedConnectorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.direct = FakeDirect()
+        self.client = FakeClient()
+        self.traversal = FakeTraversal(self.client)
+        self.connector = MediatedConnector(
+            self.direct, self.traversal, self.clock, 65536, direct_timeout_seconds=1.5, registration_wait_seconds=5
+        )
+        self.listener = Listener()
+
+    def direct_link(self) -> FramedStreamLink:
+        return FramedStreamLink(self.listener, self.clock, 65536, inbound=False)
+
+    def test_without_peer_id_only_direct(self) -> None:
+        """Without a Node-ID the connector is the plain one: no mediator is asked."""
+        link = self.direct_link()
+        self.direct.answers.append(succeed(link))
+        self.assertIs(self.successResultOf(self.connector.connect(self.listener, "198.51.100.7", 6084)), link)
+        self.assertEqual(self.client.requests, [])
+
+    def test_bootstrap_endpoints_go_direct(self) -> None:
+        """Bootstrap endpoints are connected by the plain connector."""
+        self.connector.connect_endpoint(self.listener, "tcp:198.51.100.10:6084")
+        self.assertEqual(self.direct.endpoints, ["tcp:198.51.100.10:6084"])
+
+    def test_direct_success_keeps_plain_path(self) -> None:
+        """A candidate that answers is used as is, and its link says it was a plain connect."""
+        link = self.direct_link()
+        self.direct.answers.append(succeed(link))
+        got = self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER))
+        self.assertIs(got, link)
+        self.assertEqual(self.direct.calls, [("10.0.1.2", 6084, PEER)])
+        self.assertEqual((got.describe()["path"], got.describe()["mediated"]), ("connect", False))
+        self.assertEqual(self.client.requests, [])
+
+    def test_refused_falls_back_to_mediator(self) -> None:
+        """A refused direct connect asks the mediator for the peer's Node-ID in hex; the link names the method."""
+        self.direct.answers.append(fail(ConnectionRefusedError()))
+        link = self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER))
+        [(peer_id, _factory)] = self.client.requests
+        self.assertEqual(peer_id, id_hex(PEER))
+        self.assertFalse(link.inbound)
+        self.assertEqual(link.path, "simultaneous-open")
+        self.assertEqual((link.describe()["path"], link.describe()["mediated"]), ("simultaneous-open", True))
+
+    def test_direct_timeout_is_short(self) -> None:
+        """A direct connect that hangs is given up after the configured timeout, then the mediator is asked."""
+        self.direct.answers.append(Deferred())
+        d = self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
+        self.assertNoResult(d)
+        self.clock.advance(1.5)
+        self.assertEqual(self.successResultOf(d).path, "simultaneous-open")
+
+    def test_failed_direct_is_skipped_next_time(self) -> None:
+        """After a failed direct connect the next connect to that peer goes straight to the mediator."""
+        self.direct.answers.append(fail(ConnectionRefusedError()))
+        self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER))
+        self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER))
+        self.assertEqual(len(self.direct.calls), 1)
+        self.assertEqual(len(self.client.requests), 2)
+
+    def test_not_registered_names_the_option(self) -> None:
+        """When the mediator registration does not come, the failure names --mediator and both reasons."""
+        connector = MediatedConnector(
+            self.direct, FakeTraversal(None), self.clock, 65536, direct_timeout_seconds=1, registration_wait_seconds=5
+        )
+        self.direct.answers.append(fail(ConnectionRefusedError()))
+        d = connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
+        self.clock.advance(5)
+        failure = self.failureResultOf(d, MediatedConnectFailed)
+        message = failure.getErrorMessage()
+        self.assertIn("10.0.1.2:6084", message)
+        self.assertIn("check --mediator", message)
+
+    def test_mediator_failure_reason_kept(self) -> None:
+        """The mediator's reason (e.g. relay disabled) reaches the node's failure."""
+        self.client.answer = fail(TraversalError("relay disabled in mediator.ini [mediator] relay"))
+        self.direct.answers.append(fail(ConnectionRefusedError()))
+        d = self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
+        message = self.failureResultOf(d, MediatedConnectFailed).getErrorMessage()
+        self.assertIn("relay disabled in mediator.ini", message)
+        self.assertIn("direct connect to 10.0.1.2:6084", message)
+
+    def test_incoming_before_node_is_refused(self) -> None:
+        """Mediated connections are refused until the node's inbound factory is known."""
+        self.assertIsNone(self.connector.accept_incoming(id_hex(PEER)))
+
+    def test_incoming_needs_a_node_id(self) -> None:
+        """Only IDs that look like Node-IDs get the node's inbound factory."""
+        factory = FramedLinkFactory(self.listener, self.clock, 65536)
+        self.connector.inbound_factory = factory
+        self.assertIs(self.connector.accept_incoming(id_hex(PEER)), factory)
+        for bad in ("alice", "zz" * 16, "0" * 31, ""):
+            self.assertIsNone(self.connector.accept_incoming(bad), bad)
+
+    def test_incoming_link_names_method(self) -> None:
+        """An inbound link the mediator made says how (relayed) in its status summary."""
+        link = FramedLinkFactory(self.listener, self.clock, 65536).buildProtocol(None)
+        self.connector.incoming_made(
+            TraversalResult(protocol=link, method="relayed", peer_id=id_hex(PEER), setup_seconds=0.2)
+        )
+        self.assertEqual((link.describe()["direction"], link.describe()["path"]), ("in", "relayed"))
+
+    def test_non_link_protocol_is_not_a_link(self) -> None:
+        """A mediator result that carries no link fails instead of handing the node something else."""
+        self.client.answer = succeed(
+            TraversalResult(protocol=Protocol(), method="direct", peer_id="x", setup_seconds=0)
+        )
+        self.direct.answers.append(fail(ConnectionRefusedError()))
+        d = self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
+        self.failureResultOf(d, MediatedConnectFailed)

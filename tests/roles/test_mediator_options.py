@@ -1,0 +1,78 @@
+"""Tests for the mediator options of the ring roles (--mediator and its secret)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2psip.roles import bootstrap, peer
+
+BOOTSTRAP = ["--bootstrap", "tcp:198.51.100.10:6084"]
+
+
+class MediatorOptionTests(SynchronousTestCase):
+    def parse(self, *args: str) -> peer.Options:
+        options = peer.Options()
+        options.parseOptions([*BOOTSTRAP, *args])
+        return options
+
+    def test_no_mediator_by_default(self) -> None:
+        """Without --mediator there is no secret to give and the direct timeout keeps its default."""
+        options = self.parse()
+        self.assertIsNone(options["mediator"])
+        self.assertIsNone(options["mediator-secret-bytes"])
+        self.assertEqual(options["direct-connect-timeout"], 2.0)
+
+    def test_mediator_needs_a_secret(self) -> None:
+        """--mediator without a secret stops the role, naming both secret options."""
+        error = self.assertRaises(usage.UsageError, self.parse, "--mediator", "tcp:198.51.100.10:3479")
+        self.assertIn("--mediator-secret or --mediator-secret-file", str(error))
+
+    def test_inline_secret(self) -> None:
+        """--mediator-secret is used as the HMAC key."""
+        options = self.parse("--mediator", "tcp:198.51.100.10:3479", "--mediator-secret", "s3cret")
+        self.assertEqual(options["mediator-secret-bytes"], b"s3cret")
+
+    def test_secret_file_wins(self) -> None:
+        """The first line of --mediator-secret-file is the secret, and it wins over --mediator-secret."""
+        path = Path(self.mktemp())
+        path.write_text("from-file\nignored\n", encoding="utf-8")
+        options = self.parse(
+            "--mediator", "tcp:198.51.100.10:3479", "--mediator-secret", "inline",
+            "--mediator-secret-file", str(path),
+        )
+        self.assertEqual(options["mediator-secret-bytes"], b"from-file")
+
+    def test_unreadable_secret_file(self) -> None:
+        """A missing secret file stops the role, naming the option and the path."""
+        path = self.mktemp()
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "--mediator", "tcp:198.51.100.10:3479", "--mediator-secret-file", path
+        )
+        self.assertIn(f"--mediator-secret-file {path}", str(error))
+
+    def test_empty_secret_file(self) -> None:
+        """An empty secret file is refused rather than used as an empty key."""
+        path = Path(self.mktemp())
+        path.write_text("\n", encoding="utf-8")
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "--mediator", "tcp:198.51.100.10:3479", "--mediator-secret-file", str(path)
+        )
+        self.assertIn("is empty", str(error))
+
+    def test_bad_mediator_endpoint(self) -> None:
+        """A mediator address that is no client endpoint string stops the role at once."""
+        self.assertRaises(usage.UsageError, self.parse, "--mediator", "tcp:nohost", "--mediator-secret", "s")
+
+    def test_direct_timeout_positive(self) -> None:
+        """The direct-connect timeout must be a positive number of seconds."""
+        self.assertRaises(usage.UsageError, self.parse, "--direct-connect-timeout", "0")
+        self.assertEqual(self.parse("--direct-connect-timeout", "0.5")["direct-connect-timeout"], 0.5)
+
+    def test_bootstrap_role_takes_mediator(self) -> None:
+        """The bootstrap role accepts the same mediator options."""
+        options = bootstrap.Options()
+        options.parseOptions(["--mediator", "tcp:198.51.100.10:3479", "--mediator-secret", "s"])
+        self.assertEqual(options["mediator-secret-bytes"], b"s")
