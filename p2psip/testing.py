@@ -16,6 +16,8 @@ from typing import Any
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest
 
+from p2psip.overlay.links import Link
+
 REQUIRE_INTEROP_VARIABLE = "P2PSIP_REQUIRE_INTEROP"
 
 
@@ -123,7 +125,7 @@ class MemoryUDPReactor(MemoryReactorClock):
         return stub
 
 
-class MemoryLink:
+class MemoryLink(Link):
     """
     One end of an in-memory overlay link (see :class:`MemoryNetwork`).
 
@@ -145,6 +147,7 @@ class MemoryLink:
         self.closed = False
         self.severed = False
         self.other: MemoryLink | None = None
+        self.path = "connect"
 
     def send(self, data: bytes) -> None:
         if self.closed or self.severed or self.other is None:
@@ -173,11 +176,6 @@ class MemoryLink:
         if not self.closed:
             self.closed = True
             self.listener.link_lost(self)
-
-    def describe(self) -> dict[str, Any]:
-        from p2psip.overlay.links import Link
-
-        return Link.describe(self)  # type: ignore[arg-type]
 
 
 class MemoryNetwork:

@@ -26,5 +26,9 @@ class NotConnected(OverlayError):
     """The node has no usable link into the ring (not joined, or cut off)."""
 
 
+class UnexpectedPeer(OverlayError):
+    """A new link's far end is another node than the one that was meant."""
+
+
 class RequestFailed(OverlayError):
     """The responsible peer answered with a RELOAD Error."""

@@ -160,6 +160,13 @@ class MediatedConnector:
         )
         return link
 
+    def direct_reached_wrong_peer(self, peer_id: int) -> None:
+        """
+        The node's hello over a direct link found another node: reach
+        ``peer_id`` through the mediator from now on.
+        """
+        self.direct_failed_until[peer_id] = self.clock.seconds() + DIRECT_RETRY_AFTER_SECONDS
+
     # -- incoming connections (TraversalClient callbacks) ---------------
 
     def accept_incoming(self, peer_id: str) -> IProtocolFactory | None:

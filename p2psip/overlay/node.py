@@ -51,7 +51,7 @@ from zope.interface import implementer
 from p2psip.interfaces import IApplicationRegistry, IOverlayStorage
 from p2psip.overlay import bodies
 from p2psip.overlay.codec import DecodeError, Limits, UnknownKindError
-from p2psip.overlay.errors import NotConnected, OverlayError, RequestFailed
+from p2psip.overlay.errors import NotConnected, OverlayError, RequestFailed, UnexpectedPeer
 from p2psip.overlay.identity import CertificateCache, NodeIdentity, SignatureError
 from p2psip.overlay.kinds import DATA, DEFAULT_KINDS, Kind, data_models
 from p2psip.overlay.links import Link
@@ -566,7 +566,7 @@ class OverlayNode:
         def identified(answer: Answer) -> Link:
             if expected is not None and answer.responder != expected:
                 link.close()
-                raise OverlayError(f"expected peer {id_short(expected)} answered as {id_short(answer.responder)}")
+                raise UnexpectedPeer(f"expected peer {id_short(expected)} answered as {id_short(answer.responder)}")
             self._identify(link, answer.responder)
             return link
 
@@ -626,7 +626,23 @@ class OverlayNode:
             if existing is not None:
                 return existing
         link = yield self.connector.connect(self, address[0], address[1], peer_id=peer)
-        yield self._hello(link, expected=peer)
+        try:
+            yield self._hello(link, expected=peer)
+        except UnexpectedPeer:
+            # A private or loopback candidate can lead to another node, or
+            # back to ourselves.  A connector that can also reach a peer by
+            # its Node-ID (through the mediator) gets one more try that way.
+            avoid_direct = getattr(self.connector, "direct_reached_wrong_peer", None)
+            if avoid_direct is None or getattr(link, "path", "connect") != "connect":
+                raise
+            self.log.info(
+                "candidate {address} of {peer} leads to another node; reaching it by Node-ID instead",
+                address=f"{address[0]}:{address[1]}",
+                peer=id_short(peer),
+            )
+            avoid_direct(peer)
+            link = yield self.connector.connect(self, address[0], address[1], peer_id=peer)
+            yield self._hello(link, expected=peer)
         return link
 
     def _attach_request(self) -> bytes:

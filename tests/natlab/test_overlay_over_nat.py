@@ -38,13 +38,20 @@ PRIVATE_ADDRESS = {"a": "10.0.1.2", "b": "10.0.2.2", "pub": "198.51.100.10"}
 class OverlayOverNatTests(TestCase):
     timeout = 90
 
-    def start_role(self, lab: NatLab, where: str, role: str, *extra: str) -> None:
+    def start_role(self, lab: NatLab, where: str, role: str, *extra: str, loopback_candidate: bool = False) -> None:
+        """
+        Start ``role`` in ``where``; it listens on its lab address, or with
+        ``loopback_candidate`` on every interface, so that it advertises the
+        loopback default 127.0.0.1 (a candidate that leads every other node
+        back to itself).
+        """
         data_dir = os.path.abspath(self.mktemp())
+        overlay = f"tcp:{OVERLAY_PORT}" if loopback_candidate else f"tcp:{OVERLAY_PORT}:interface={PRIVATE_ADDRESS[where]}"
         lab.start(
             where,
             twistd_command(
                 "-n", "--pidfile=", role, *RING_ARGUMENTS,
-                "--overlay", f"tcp:{OVERLAY_PORT}:interface={PRIVATE_ADDRESS[where]}",
+                "--overlay", overlay,
                 "--http", f"tcp:{HTTP_PORT}:interface=127.0.0.1",
                 "--data-dir", data_dir,
                 "--mediator", CONTROL, "--mediator-secret", SECRET,
@@ -81,7 +88,9 @@ class OverlayOverNatTests(TestCase):
         self.fail(f"timed out waiting for {what} in {where}; last status: {json.dumps(status)[:3000]}")
 
     @inlineCallbacks
-    def ring_over_nats(self, nat_a: str, nat_b: str, expected_paths: set[str]) -> Any:
+    def ring_over_nats(
+        self, nat_a: str, nat_b: str, expected_paths: set[str], loopback_candidate: bool = False
+    ) -> Any:
         lab = NatLab.up(self, nat_a, nat_b)
         lab.start_mediator()
         self.start_role(lab, "pub", "p2psip-bootstrap")
@@ -90,7 +99,7 @@ class OverlayOverNatTests(TestCase):
             lambda s: s.get("state") == "alone" and s.get("mediator", {}).get("registered"),
         )
         for where in ("a", "b"):
-            self.start_role(lab, where, "p2psip-peer", "--bootstrap", BOOTSTRAP)
+            self.start_role(lab, where, "p2psip-peer", "--bootstrap", BOOTSTRAP, loopback_candidate=loopback_candidate)
         joined = {}
         for where in ("a", "b"):
             joined[where] = yield self.wait_until(
@@ -115,6 +124,8 @@ class OverlayOverNatTests(TestCase):
             self.assertTrue(status["mediator"]["registered"])
             successors = {p["node_id"] for p in status["successors"]}
             self.assertIn(ids[other], successors)
+            if loopback_candidate:
+                self.assertEqual(status["address"], f"127.0.0.1:{OVERLAY_PORT}")
         for writer, reader in (("a", "b"), ("b", "a")):
             name = f"written-by-{writer}@natlab.test"
             stored = yield self.api(lab, writer, "put", name, f"value from {writer}")
@@ -129,6 +140,11 @@ class OverlayOverNatTests(TestCase):
     def test_random_random_relayed(self) -> Any:
         """Peers behind two random-allocation NATs join the ring and link through the relay."""
         return self.ring_over_nats("random", "random", {"relayed"})
+
+
+    def test_loopback_candidates_use_the_mediator(self) -> Any:
+        """Peers whose candidate is the loopback default (leading back to oneself) still link through the mediator."""
+        return self.ring_over_nats("eim", "eim", {"simultaneous-open"}, loopback_candidate=True)
 
 
 __all__ = ["OverlayOverNatTests"]

@@ -11,8 +11,11 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.nat.traversal import TraversalError, TraversalResult
+from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import FramedLinkFactory, FramedStreamLink, Link
 from p2psip.overlay.mediated import MediatedConnectFailed, MediatedConnector
+from p2psip.overlay.node import OverlayConfig, OverlayNode
+from p2psip.testing import MemoryNetwork
 from p2psip.util.ids import id_hex
 
 PEER = 0x0123456789ABCDEF0123456789ABCDEF
@@ -180,3 +183,57 @@ class MediatedConnectorTests(SynchronousTestCase):
         self.direct.answers.append(fail(ConnectionRefusedError()))
         d = self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
         self.failureResultOf(d, MediatedConnectFailed)
+
+
+class WrongPeerTests(SynchronousTestCase):
+    """A direct connect that reaches the wrong node is retried through the mediator (in-memory network)."""
+
+    def test_candidate_leading_back_to_ourselves(self) -> None:
+        """A peer whose candidate leads back to this node is reached by its Node-ID through the mediator."""
+        clock = Clock()
+        network = MemoryNetwork(clock, latency_seconds=0.0)
+        config = OverlayConfig(overlay_name="wrong-peer.test")
+
+        def node(host: str, connector: Any, secret: int) -> OverlayNode:
+            made = OverlayNode(
+                identity=NodeIdentity.from_secret(secret),
+                clock=clock,
+                connector=connector,
+                advertised_host=host,
+                advertised_port=6084,
+                config=config,
+            )
+            network.listen(host, 6084, made)
+            made.start_alone()
+            return made
+
+        class MemoryMediator:
+            """Reaches the peer at its real address, as the relay would."""
+
+            requests: list[str] = []
+
+            def connect(self, peer_id: str, factory: Any) -> Deferred[TraversalResult]:
+                self.requests.append(peer_id)
+                d: Deferred[Any] = network._connect(("10.0.1.2", 6084), factory.listener, "10.0.2.2", 6084)
+                return d.addCallback(
+                    lambda link: TraversalResult(protocol=link, method="relayed", peer_id=peer_id, setup_seconds=0)
+                )
+
+        mediator = MemoryMediator()
+        connector = MediatedConnector(
+            network.connector("10.0.1.2", 6084), FakeTraversal(mediator), clock, 65536  # type: ignore[arg-type]
+        )
+        a = node("10.0.1.2", connector, 1001)
+        b = node("10.0.2.2", network.connector("10.0.2.2", 6084), 2002)
+        # B advertises the same private address as A has.
+        a.addresses[b.node_id] = ("10.0.1.2", 6084)
+        d = a._ensure_link(b.node_id)
+        clock.advance(1)
+        link = self.successResultOf(d)
+        self.assertEqual((link.peer_id, link.path), (b.node_id, "relayed"))
+        self.assertEqual(mediator.requests, [id_hex(b.node_id)])
+        self.assertIs(a.link_for(b.node_id), link)
+        self.assertIsNone(a.link_for(a.node_id))
+        a.stop()
+        b.stop()
+        clock.advance(1)
