@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from p2psip.overlay.links import FramedStreamLink, Link, LinkListener
 from p2psip.util.ids import id_hex, id_short
@@ -37,6 +38,14 @@ DIRECT_CONNECT_TIMEOUT_SECONDS = 2.0
 DIRECT_RETRY_AFTER_SECONDS = 300.0
 #: How long a connect waits for the mediator registration (at startup).
 REGISTRATION_WAIT_SECONDS = 10.0
+
+
+def _reason(error: BaseException) -> str:
+    """One line for the log: Twisted wraps some connect errors around a whole Failure."""
+    for argument in error.args:
+        if isinstance(argument, Failure):
+            return f"{error.__class__.__name__}: {argument.getErrorMessage()}"
+    return " ".join(str(error).split()) or error.__class__.__name__
 
 
 class MediatedConnectFailed(ConnectionError):
@@ -113,14 +122,14 @@ class MediatedConnector:
 
     @inlineCallbacks
     def _connect(self, listener: LinkListener, host: str, port: int, peer_id: int) -> Any:
-        direct_reason = "skipped: it failed recently"
+        direct_reason = "not tried: it failed recently"
         if self.clock.seconds() >= self.direct_failed_until.get(peer_id, 0.0):
             attempt = self.direct.connect(listener, host, port, peer_id=peer_id)
             attempt.addTimeout(self.direct_timeout_seconds, self.clock)
             try:
                 link = yield attempt
             except Exception as error:  # noqa: BLE001 - any failure means: try the mediator
-                direct_reason = str(error) or error.__class__.__name__
+                direct_reason = _reason(error)
                 self.direct_failed_until[peer_id] = self.clock.seconds() + DIRECT_RETRY_AFTER_SECONDS
                 self.log.info(
                     "direct connect to {peer} at {address} failed ({why}); asking the mediator",
@@ -137,7 +146,7 @@ class MediatedConnector:
             client = yield waiting
         except Exception as error:  # noqa: BLE001 - reported with the direct reason
             raise MediatedConnectFailed(
-                f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} {direct_reason}; "
+                f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} ({direct_reason}); "
                 f"not registered at the mediator ({error or 'timed out'}): check --mediator and its secret"
             ) from None
         factory = _OutboundLinkFactory(listener, self.clock, self.max_message_bytes)
@@ -145,7 +154,7 @@ class MediatedConnector:
             result = yield client.connect(id_hex(peer_id), factory)
         except Exception as error:  # noqa: BLE001 - reported with the direct reason
             raise MediatedConnectFailed(
-                f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} {direct_reason}; "
+                f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} ({direct_reason}); "
                 f"mediator: {getattr(error, 'reason', None) or error}"
             ) from None
         link = result.protocol

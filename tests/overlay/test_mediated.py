@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefusedError
+from twisted.python.failure import Failure
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -116,6 +117,18 @@ class MediatedConnectorTests(SynchronousTestCase):
         self.assertFalse(link.inbound)
         self.assertEqual(link.path, "simultaneous-open")
         self.assertEqual((link.describe()["path"], link.describe()["mediated"]), ("simultaneous-open", True))
+
+    def test_wrapped_connect_error_reads_as_one_line(self) -> None:
+        """A connect error wrapping a Failure is reported by its message, on one line."""
+        self.traversal.client = None
+        self.connector.registration_wait_seconds = 1
+        self.direct.answers.append(fail(ConnectError(string=Failure(ConnectionDone()))))
+        d = self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
+        self.clock.advance(1)
+        message = self.failureResultOf(d, MediatedConnectFailed).getErrorMessage()
+        self.assertIn("ConnectError: Connection was closed cleanly.", message)
+        self.assertNotIn("Traceback", message)
+        self.assertNotIn("\n", message)
 
     def test_direct_timeout_is_short(self) -> None:
         """A direct connect that hangs is given up after the configured timeout, then the mediator is asked."""

@@ -1,0 +1,104 @@
+"""
+A ring whose peers' candidates are unreachable, on loopback: the links
+between them come from the mediator.
+
+The mediator, a bootstrap and two peers run as ``twistd`` processes.  The
+peers advertise 127.0.0.9, where nothing listens, so every direct connect
+to them is refused and the mediator's ``direct`` method (both sides are
+"public" on loopback) makes the link.  The NAT-lab version of this test
+(tests/natlab/test_overlay_over_nat.py) puts real NATs in between; this
+one needs no root.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from p2psip.testing import free_port, repository_root
+from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
+
+SECRET = "loopback-secret"
+
+
+class MediatedRingTests(TestCase):
+    timeout = 120
+
+    def start_mediator(self) -> str:
+        """The mediator on loopback; its control endpoint."""
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
+        control = free_port()
+        log = directory / "twistd.log"
+        process = subprocess.Popen(
+            [
+                sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+                f"--logfile={log}", "p2psip-mediator", "--secret", SECRET,
+                "--control", f"tcp:{control}:interface=127.0.0.1",
+                "--stun", f"tcp:{free_port()}:interface=127.0.0.1",
+                "--stun", f"udp:{free_port(kind=socket.SOCK_DGRAM)}:interface=127.0.0.1",
+                "--http", f"tcp:{free_port()}:interface=127.0.0.1",
+            ],
+            cwd=str(directory),
+            env=dict(os.environ, PYTHONPATH=str(repository_root())),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def stop() -> None:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+
+        self.addCleanup(stop)
+        return f"tcp:127.0.0.1:{control}"
+
+    def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
+        process = RoleProcess(role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra)
+        self.addCleanup(process.stop)
+        return process
+
+    @inlineCallbacks
+    def test_peers_linked_by_the_mediator(self) -> Any:
+        """Two peers with unreachable candidates join, link through the mediator and share values."""
+        mediator = self.start_mediator()
+        credentials = ["--mediator", mediator, "--mediator-secret", SECRET, "--direct-connect-timeout", "1"]
+        bootstrap = self.start("p2psip-bootstrap", "bootstrap", credentials)
+        yield wait_for(
+            lambda: bootstrap.call("status").addCallback(
+                lambda s: s.get("state") == "alone" and s.get("mediator", {}).get("registered")
+            ),
+            30,
+            "the bootstrap to register at the mediator",
+        )
+        peers = [
+            self.start("p2psip-peer", name, [*credentials, "--bootstrap", bootstrap.endpoint, "--advertise", "127.0.0.9"])
+            for name in ("peer-a", "peer-b")
+        ]
+        statuses = []
+        for peer in peers:
+            yield wait_for(lambda p=peer: p.call("status").addCallback(lambda s: s.get("state") == "joined"), 30, "a peer to join")
+            statuses.append((yield peer.call("status")))
+        ids = [status["node_id"] for status in statuses]
+
+        def mediated_link(process: RoleProcess, other: str) -> Any:
+            return lambda: process.call("status").addCallback(
+                lambda s: any(c["peer"] == other and c["mediated"] for c in s["connections"])
+            )
+
+        yield wait_for(mediated_link(peers[0], ids[1]), 30, "a mediated link from A to B")
+        yield wait_for(mediated_link(peers[1], ids[0]), 30, "a mediated link from B to A")
+        status = yield peers[0].call("status")
+        paths = {c["path"] for c in status["connections"] if c["peer"] == ids[1]}
+        self.assertEqual(paths, {"direct"}, status["connections"])
+        self.assertEqual(status["mediator"]["id"], ids[0])
+        yield peers[0].call("put", "alice@integration.test", "from-a", 600)
+        got = yield peers[1].call("get", "alice@integration.test")
+        self.assertEqual(got["value"], "from-a")
