@@ -325,6 +325,19 @@ class OverlayService(Service):
             "p2psip_overlay_links", "Open overlay links.",
             function=lambda: float(len(self.node._all_links())) if self.node else 0.0,
         )
+
+        def links_by_path() -> dict[tuple[str, ...], float]:
+            paths: dict[tuple[str, ...], float] = {}
+            for link in self.node._all_links() if self.node else []:
+                paths[(link.path,)] = paths.get((link.path,), 0.0) + 1.0
+            return paths
+
+        registry.gauge(
+            "p2psip_overlay_links_by_path",
+            "Open overlay links by how they were made: connect (plain), or the mediator's method.",
+            ["path"],
+            function=links_by_path,
+        )
         registry.gauge(
             "p2psip_overlay_stored_resources", "Resources stored on this node.",
             function=lambda: float(len(list(self.node.store.resources()))) if self.node else 0.0,

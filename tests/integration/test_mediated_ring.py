@@ -16,16 +16,24 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from p2psip.testing import free_port, repository_root
 from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
 
 SECRET = "loopback-secret"
+
+
+def read_metrics(http_port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=10) as response:
+        text: str = response.read().decode("utf-8")
+        return text
 
 
 class MediatedRingTests(TestCase):
@@ -99,6 +107,8 @@ class MediatedRingTests(TestCase):
         paths = {c["path"] for c in status["connections"] if c["peer"] == ids[1]}
         self.assertEqual(paths, {"direct"}, status["connections"])
         self.assertEqual(status["mediator"]["id"], ids[0])
+        metrics = yield deferToThread(read_metrics, peers[0].http_port)
+        self.assertRegex(metrics, r'p2psip_overlay_links_by_path\{path="direct"\} [1-9]')
         yield peers[0].call("put", "alice@integration.test", "from-a", 600)
         got = yield peers[1].call("get", "alice@integration.test")
         self.assertEqual(got["value"], "from-a")
