@@ -36,6 +36,8 @@ DIRECT_CONNECT_TIMEOUT_SECONDS = 2.0
 #: After a failed direct connect, peers are reached through the mediator
 #: straight away for this long.
 DIRECT_RETRY_AFTER_SECONDS = 300.0
+#: Peers whose failed direct connect is remembered at most (oldest go first).
+MAX_REMEMBERED_PEERS = 4096
 #: How long a connect waits for the mediator registration (at startup).
 REGISTRATION_WAIT_SECONDS = 10.0
 
@@ -130,7 +132,7 @@ class MediatedConnector:
                 link = yield attempt
             except Exception as error:  # noqa: BLE001 - any failure means: try the mediator
                 direct_reason = _reason(error)
-                self.direct_failed_until[peer_id] = self.clock.seconds() + DIRECT_RETRY_AFTER_SECONDS
+                self._skip_direct(peer_id)
                 self.log.info(
                     "direct connect to {peer} at {address} failed ({why}); asking the mediator",
                     peer=id_short(peer_id),
@@ -174,7 +176,16 @@ class MediatedConnector:
         The node's hello over a direct link found another node: reach
         ``peer_id`` through the mediator from now on.
         """
-        self.direct_failed_until[peer_id] = self.clock.seconds() + DIRECT_RETRY_AFTER_SECONDS
+        self._skip_direct(peer_id)
+
+    def _skip_direct(self, peer_id: int) -> None:
+        now = self.clock.seconds()
+        if len(self.direct_failed_until) >= MAX_REMEMBERED_PEERS:
+            for stale in [peer for peer, until in self.direct_failed_until.items() if until <= now]:
+                del self.direct_failed_until[stale]
+            if len(self.direct_failed_until) >= MAX_REMEMBERED_PEERS:
+                self.direct_failed_until.pop(next(iter(self.direct_failed_until)))
+        self.direct_failed_until[peer_id] = now + DIRECT_RETRY_AFTER_SECONDS
 
     # -- incoming connections (TraversalClient callbacks) ---------------
 

@@ -143,6 +143,7 @@ class OverlayService(Service):
         self.joined: Deferred[None] = Deferred()
         self._retry: Any = None
         self.traversal: TraversalService | None = None
+        self.mediated: MediatedConnector | None = None
 
     def startService(self) -> Any:  # noqa: N802 - Twisted's name
         super().startService()
@@ -152,9 +153,8 @@ class OverlayService(Service):
         identity = NodeIdentity.load_or_create(options["data-dir"])
         stream = StreamConnector(self.reactor, self.reactor, config.limits.max_message_bytes)
         connector: StreamConnector | MediatedConnector = stream
-        mediated: MediatedConnector | None = None
         if options["mediator"]:
-            mediated = connector = self._start_traversal(stream, identity.node_id, config.limits.max_message_bytes)
+            self.mediated = connector = self._start_traversal(stream, identity.node_id, config.limits.max_message_bytes)
         node = OverlayNode(
             identity=identity,
             clock=self.reactor,
@@ -166,8 +166,8 @@ class OverlayService(Service):
         self.node = node
         endpoint = serverFromString(self.reactor, options["overlay"])
         factory = FramedLinkFactory(node, self.reactor, config.limits.max_message_bytes)
-        if mediated is not None:
-            mediated.inbound_factory = factory
+        if self.mediated is not None:
+            self.mediated.inbound_factory = factory
         d = endpoint.listen(factory)
         d.addCallback(self._listening)
         return d
@@ -243,6 +243,9 @@ class OverlayService(Service):
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        if self.mediated is not None:
+            # A leaving node takes no new peers' connections.
+            self.mediated.inbound_factory = None
         if self.node is not None:
             try:
                 yield self.node.leave()

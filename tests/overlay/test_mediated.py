@@ -146,6 +146,23 @@ class MediatedConnectorTests(SynchronousTestCase):
         self.assertEqual(len(self.direct.calls), 1)
         self.assertEqual(len(self.client.requests), 2)
 
+    def test_remembered_failures_are_bounded(self) -> None:
+        """Only so many peers' failed direct connects are remembered; expired ones go first, then the oldest."""
+        from p2psip.overlay import mediated
+
+        self.patch(mediated, "MAX_REMEMBERED_PEERS", 2)
+        for peer in (1, 2):
+            self.direct.answers.append(fail(ConnectionRefusedError()))
+            self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=peer))
+        self.clock.advance(mediated.DIRECT_RETRY_AFTER_SECONDS)
+        self.direct.answers.append(fail(ConnectionRefusedError()))
+        self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=3))
+        self.assertEqual(set(self.connector.direct_failed_until), {3})
+        for peer in (4, 5):
+            self.direct.answers.append(fail(ConnectionRefusedError()))
+            self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=peer))
+        self.assertEqual(set(self.connector.direct_failed_until), {4, 5})
+
     def test_not_registered_names_the_option(self) -> None:
         """When the mediator registration does not come, the failure names --mediator and both reasons."""
         connector = MediatedConnector(
