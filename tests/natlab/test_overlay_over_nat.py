@@ -137,6 +137,10 @@ class OverlayOverNatTests(TestCase):
         """Peers behind two EIM NATs join the ring and link by TCP simultaneous open."""
         return self.ring_over_nats("eim", "eim", {"simultaneous-open"})
 
+    def test_eim_random_relayed(self) -> Any:
+        """A peer behind an EIM NAT and one behind a random-allocation NAT link through the relay."""
+        return self.ring_over_nats("eim", "random", {"relayed"})
+
     def test_random_random_relayed(self) -> Any:
         """Peers behind two random-allocation NATs join the ring and link through the relay."""
         return self.ring_over_nats("random", "random", {"relayed"})
