@@ -142,6 +142,14 @@ class MediatedConnector:
             else:
                 self.direct_failed_until.pop(peer_id, None)
                 return link
+        # The peer may have reached us meanwhile (both ends often want the
+        # link at once); a second mediated session would only duplicate it,
+        # and relayed ones cost the mediator's relay capacity.
+        link_for = getattr(listener, "link_for", None)
+        existing = link_for(peer_id) if link_for is not None else None
+        if existing is not None:
+            self.log.debug("peer {peer} linked to us meanwhile; not asking the mediator", peer=id_short(peer_id))
+            return existing
         waiting = self.traversal.when_registered()
         waiting.addTimeout(self.registration_wait_seconds, self.clock)
         try:

@@ -130,6 +130,15 @@ class MediatedConnectorTests(SynchronousTestCase):
         self.assertNotIn("Traceback", message)
         self.assertNotIn("\n", message)
 
+    def test_link_made_meanwhile_is_reused(self) -> None:
+        """When the peer linked to us during the direct attempt, that link is used and the mediator is not asked."""
+        inbound = FramedStreamLink(self.listener, self.clock, 65536, inbound=True)
+        self.listener.link_for = lambda peer: inbound if peer == PEER else None  # type: ignore[attr-defined]
+        self.direct.answers.append(fail(ConnectionRefusedError()))
+        got = self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER))
+        self.assertIs(got, inbound)
+        self.assertEqual(self.client.requests, [])
+
     def test_direct_timeout_is_short(self) -> None:
         """A direct connect that hangs is given up after the configured timeout, then the mediator is asked."""
         self.direct.answers.append(Deferred())
