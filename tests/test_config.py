@@ -411,7 +411,8 @@ def _documented_options(role: str) -> type[RoleOptions]:
         "bootstrap": common + overlay + tuning,
         "peer": common + overlay + tuning + [
             ["bootstrap", None, None, ""], ["sip", None, None, ""],
-            ["users", None, None, ""], ["mediator", None, None, ""]],
+            ["users", None, None, ""], ["mediator", None, None, ""],
+            ["sip-advertise", None, None, ""]],
         "client": common + [
             ["bootstrap", None, None, ""], ["sip", None, None, ""], ["mediator", None, None, ""]],
     }
@@ -420,6 +421,7 @@ def _documented_options(role: str) -> type[RoleOptions]:
         (RoleOptions,),
         {
             "optParameters": parameters[role],
+            "optFlags": [["sip-trusted-network", None, ""]] if role == "peer" else [],
             "repeatable": tuple(n for n in ("bootstrap", "sip") if role != "bootstrap"),
             "role": role,
         },
@@ -447,10 +449,11 @@ class ExampleConfigTests(SynchronousTestCase):
         self.assertEqual(options["data-dir"], "/var/lib/p2psip/bootstrap")
 
     def test_peer_example(self) -> None:
-        """etc/peer.ini lists two bootstraps; its SIP listeners wait, commented, for the SIP layer."""
+        """etc/peer.ini lists two bootstraps and serves SIP on UDP and TCP with a users file."""
         options = config_from_string(self.example("peer"), _documented_options("peer"))
         self.assertEqual(options["bootstrap"], ["tcp:198.51.100.1:6084", "tcp:198.51.100.2:6084"])
-        self.assertEqual(options["sip"], [])
+        self.assertEqual(options["sip"], ["udp:5060", "tcp:5060"])
+        self.assertEqual(options["users"], "/etc/p2psip/users")
         self.assertEqual(options["http"], "tcp:8085:interface=127.0.0.1")
 
     def test_client_example(self) -> None:

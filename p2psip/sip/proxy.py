@@ -189,7 +189,11 @@ class SipProxy:
         """A new request: answer it here or proxy it."""
         if transaction.request.method == "INVITE":
             self._invite_started[transaction] = self.clock.seconds()
-            transaction.add_terminated_callback(lambda: self._invite_started.pop(transaction, None))
+
+            def forget_start() -> None:
+                self._invite_started.pop(transaction, None)
+
+            transaction.add_terminated_callback(forget_start)
         try:
             self._dispatch(transaction)
         except SipParseError as e:
