@@ -17,7 +17,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from p2psip.roles.overlay_service import OverlayOptions, make_overlay_role
-from p2psip.roles.sip_service import SipService, sip_listen_address
+from p2psip.roles.sip_service import SIP_OPTION_FLAGS, SIP_OPTION_PARAMETERS, add_sip_service, check_sip_options
 
 
 class Options(OverlayOptions):
@@ -30,16 +30,8 @@ class Options(OverlayOptions):
         "with --sip, the SIP registrar and proxy of the overlay's domain."
     )
 
-    optParameters = [
-        ["sip", None, None, "SIP listener, udp:PORT[:interface=ADDR] or tcp:PORT[:interface=ADDR]; "
-                            "without any the peer serves no SIP.", sip_listen_address],
-        ["users", None, None, "Digest users file (made with `p2psip users add --file FILE AOR`)."],
-        ["sip-advertise", None, None, "Host other super-nodes and phones reach the SIP listener at "
-                                      "(default: the first --sip interface, else the overlay address)."],
-    ]
-    optFlags = [
-        ["sip-trusted-network", None, "Accept REGISTER without Digest authentication (closed networks only)."],
-    ]
+    optParameters = SIP_OPTION_PARAMETERS
+    optFlags = SIP_OPTION_FLAGS
 
     def postOptions(self) -> None:  # noqa: N802 - Twisted's name
         super().postOptions()
@@ -48,12 +40,7 @@ class Options(OverlayOptions):
                 "a peer needs at least one --bootstrap ENDPOINT (or 'bootstrap =' in the "
                 "[peer] section of its --config file), e.g. --bootstrap tcp:198.51.100.1:6084"
             )
-        if self["sip"] and not self["users"] and not self["sip-trusted-network"]:
-            raise usage.UsageError(
-                "--sip needs a users file for Digest authentication: give --users FILE (make it with "
-                "`p2psip users add --file FILE sip:alice@DOMAIN`), or --sip-trusted-network to run "
-                "without authentication on a closed network"
-            )
+        check_sip_options(self)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - Twisted's name
@@ -62,10 +49,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
 
         reactor = global_reactor
     top, overlay = make_overlay_role(options, reactor, found_ring=False, title="p2psip peer")
-    if options["sip"]:
-        sip = SipService(options, overlay, reactor)
-        sip.setServiceParent(top)
-        overlay.status_sections["sip"] = sip.status
-        assert overlay.registry is not None
-        sip.add_metrics(overlay.registry)
+    add_sip_service(top, overlay, options, reactor)
     return top

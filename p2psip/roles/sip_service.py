@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from p2psip.sip.digest import DigestAuthenticator
+from p2psip.sip.digest import ALGORITHMS, DigestAuthenticator
 from p2psip.sip.location import SIP_APPLICATION, OverlayLocationService
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.registrar import Registrar
@@ -62,6 +62,30 @@ def sip_listen_address(text: str) -> str:
 
 
 sip_listen_address.coerceDoc = "udp:PORT[:interface=ADDR] or a stream endpoint such as tcp:5060"  # type: ignore[attr-defined]
+
+
+def digest_algorithms(text: str) -> str:
+    """
+    Coercer for ``--sip-digest-algorithms``: a comma-separated list such as ``SHA-256,MD5``.
+
+    Returns the list normalised (upper case, no spaces); see :func:`algorithm_list`.
+    """
+    names = [name.strip().upper() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALGORITHMS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise usage.UsageError(
+            f"{text!r} is not a list of Digest algorithms: write some of {', '.join(ALGORITHMS)} "
+            "separated by commas, preferred first, e.g. SHA-256,MD5"
+        )
+    return ",".join(names)
+
+
+digest_algorithms.coerceDoc = "a comma-separated list of SHA-256 and MD5"  # type: ignore[attr-defined]
+
+
+def algorithm_list(text: str) -> tuple[str, ...]:
+    """The algorithms of a ``--sip-digest-algorithms`` value, preferred first."""
+    return tuple(digest_algorithms(text).split(","))
 
 
 def load_or_create_secret(data_dir: str | Path) -> bytes:
@@ -93,6 +117,32 @@ def _interface_of(description: str) -> str | None:
         if equals and key == "interface" and value:
             return value
     return None
+
+
+#: The SIP options of every role that can be a super-node (peer, bootstrap).
+SIP_OPTION_PARAMETERS: list[list[Any]] = [
+    ["sip", None, None, "SIP listener, udp:PORT[:interface=ADDR] or tcp:PORT[:interface=ADDR]; "
+                        "without any the node serves no SIP.", sip_listen_address],
+    ["users", None, None, "Digest users file (made with `p2psip users add --file FILE AOR`)."],
+    ["sip-digest-algorithms", None, ",".join(ALGORITHMS),
+     "Digest algorithms offered in challenges, preferred first; list MD5 first (or alone) for "
+     "phones that read only the first challenge and know only MD5.", digest_algorithms],
+    ["sip-advertise", None, None, "Host other super-nodes and phones reach the SIP listener at "
+                                  "(default: the first --sip interface, else the overlay address)."],
+]
+SIP_OPTION_FLAGS: list[list[Any]] = [
+    ["sip-trusted-network", None, "Accept REGISTER without Digest authentication (closed networks only)."],
+]
+
+
+def check_sip_options(options: Any) -> None:
+    """``postOptions`` check: SIP needs a users file unless authentication is explicitly off."""
+    if options["sip"] and not options["users"] and not options["sip-trusted-network"]:
+        raise usage.UsageError(
+            "--sip needs a users file for Digest authentication: give --users FILE (make it with "
+            "`p2psip users add --file FILE sip:alice@DOMAIN`), or --sip-trusted-network to run "
+            "without authentication on a closed network"
+        )
 
 
 class SipService(Service):
@@ -136,7 +186,9 @@ class SipService(Service):
         if not trusted:
             assert self.users is not None, "postOptions requires --users without --sip-trusted-network"
             secret = load_or_create_secret(options["data-dir"])
-            authenticator = DigestAuthenticator(domain, secret, self.reactor, self.users)
+            authenticator = DigestAuthenticator(
+                domain, secret, self.reactor, self.users, algorithms=algorithm_list(options["sip-digest-algorithms"])
+            )
         location = OverlayLocationService(node, self.reactor)
         users = self.users
         self.registrar = Registrar(domain, location, self.reactor, authenticator, users, trusted_network=trusted)
@@ -267,4 +319,21 @@ class SipService(Service):
                        function=lambda: float(self.proxy.pending_requests) if self.proxy else 0.0)
 
 
-__all__ = ["SipService", "load_or_create_secret", "sip_listen_address", "USERS_REFRESH_SECONDS"]
+def add_sip_service(top: Any, overlay: Any, options: Any, reactor: Any) -> SipService | None:
+    """
+    Add the SIP service to a ring role's MultiService when ``--sip`` was given.
+
+    It goes after the overlay service (whose node it uses) and registers its
+    ``/status`` section and ``/metrics`` gauges.
+    """
+    if not options["sip"]:
+        return None
+    sip = SipService(options, overlay, reactor)
+    sip.setServiceParent(top)
+    overlay.status_sections["sip"] = sip.status
+    if overlay.registry is not None:
+        sip.add_metrics(overlay.registry)
+    return sip
+
+
+__all__ = ["SipService", "add_sip_service", "check_sip_options", "SIP_OPTION_PARAMETERS", "SIP_OPTION_FLAGS", "load_or_create_secret", "sip_listen_address", "USERS_REFRESH_SECONDS"]
