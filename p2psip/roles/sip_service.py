@@ -120,7 +120,7 @@ def _interface_of(description: str) -> str | None:
 
 
 #: The SIP options of every role that can be a super-node (peer, bootstrap).
-SIP_OPTION_PARAMETERS: list[list[Any]] = [
+SIP_OPTION_PARAMETERS: list[Any] = [
     ["sip", None, None, "SIP listener, udp:PORT[:interface=ADDR] or tcp:PORT[:interface=ADDR]; "
                         "without any the node serves no SIP.", sip_listen_address],
     ["users", None, None, "Digest users file (made with `p2psip users add --file FILE AOR`)."],
@@ -130,7 +130,7 @@ SIP_OPTION_PARAMETERS: list[list[Any]] = [
     ["sip-advertise", None, None, "Host other super-nodes and phones reach the SIP listener at "
                                   "(default: the first --sip interface, else the overlay address)."],
 ]
-SIP_OPTION_FLAGS: list[list[Any]] = [
+SIP_OPTION_FLAGS: list[Any] = [
     ["sip-trusted-network", None, "Accept REGISTER without Digest authentication (closed networks only)."],
 ]
 
