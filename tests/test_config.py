@@ -408,11 +408,11 @@ def _documented_options(role: str) -> type[RoleOptions]:
     common = [["overlay-name", None, None, ""], ["http", None, None, ""], ["data-dir", None, None, ""]]
     overlay = [["overlay", None, None, ""], ["advertise", None, None, ""]]
     parameters: dict[str, list[list[Any]]] = {
-        "bootstrap": common + overlay + tuning,
+        "bootstrap": common + overlay + tuning + [["sip", None, None, ""], ["users", None, None, ""]],
         "peer": common + overlay + tuning + [
             ["bootstrap", None, None, ""], ["sip", None, None, ""],
             ["users", None, None, ""], ["mediator", None, None, ""],
-            ["sip-advertise", None, None, ""]],
+            ["sip-advertise", None, None, ""], ["sip-digest-algorithms", None, None, ""]],
         "client": common + [
             ["bootstrap", None, None, ""], ["sip", None, None, ""], ["mediator", None, None, ""]],
     }
@@ -422,7 +422,7 @@ def _documented_options(role: str) -> type[RoleOptions]:
         {
             "optParameters": parameters[role],
             "optFlags": [["sip-trusted-network", None, ""]] if role == "peer" else [],
-            "repeatable": tuple(n for n in ("bootstrap", "sip") if role != "bootstrap"),
+            "repeatable": ("sip",) if role == "bootstrap" else ("bootstrap", "sip"),
             "role": role,
         },
     )
