@@ -6,7 +6,8 @@ UDP listener and the same users file made with ``p2psip users add``); C is
 the one responsible for the most of the 100 AORs, A and B the others:
 SIPp registers 100 users at A with Digest authentication, their contacts
 pointing at a SIPp callee; a SIPp caller calls each of them through B
-(INVITE, 200, ACK, BYE, 200); a call to a user nobody knows gets 404.
+(INVITE, 200, ACK, BYE, 200), over UDP and some over TCP; a call to a
+user nobody knows gets 404.
 Then C, which holds those registrations' DHT copy, is SIGKILLed, and
 calls to exactly those users still succeed from the replicas.
 """
@@ -33,6 +34,7 @@ from tests.integration.test_twistd_ring import converged
 
 DOMAIN = "sipp.test"
 USERS = 100
+TCP_CALLS = 20
 SCENARIOS = repository_root() / "tests" / "integration" / "sipp"
 
 
@@ -54,6 +56,18 @@ class _Tool(ProcessProtocol):
         self.ended.callback(-1 if code is None else int(code))
 
 
+def free_udp_and_tcp_port() -> int:
+    """A port number free for both UDP and TCP on 127.0.0.1 (SIP listens on both)."""
+    while True:
+        port = free_port(socket.SOCK_DGRAM)
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+
+
 def user(index: int) -> str:
     return f"user{index:04d}"
 
@@ -67,11 +81,12 @@ class SipOverlayTests(TestCase):
         self.directory.mkdir(parents=True)
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        sip_port = free_port(socket.SOCK_DGRAM)
+        sip_port = free_udp_and_tcp_port()
         process = RoleProcess(
             role, self.directory / name,
             overlay_arguments(DOMAIN) + [
-                "--sip", f"udp:{sip_port}:interface=127.0.0.1", "--users", str(self.users_path),
+                "--sip", f"udp:{sip_port}:interface=127.0.0.1", "--sip", f"tcp:{sip_port}:interface=127.0.0.1",
+                "--users", str(self.users_path),
                 # SIPp computes only MD5 digests.
                 "--sip-digest-algorithms", "MD5", *extra,
             ],
@@ -170,13 +185,20 @@ class SipOverlayTests(TestCase):
             [entry, serving],
         )
         yield self.sipp_succeeds(
+            "calls over TCP",
+            [f"127.0.0.1:{entry.sip_port}", "-t", "t1", "-sf", str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+             "-inf", str(callees_csv), "-p", str(free_udp_and_tcp_port()), "-m", str(TCP_CALLS),
+             "-r", "50", "-l", "50"],
+            [entry, serving],
+        )
+        yield self.sipp_succeeds(
             "unknown user",
             [f"127.0.0.1:{entry.sip_port}", "-sf", str(SCENARIOS / "uac_not_found.xml"),  # type: ignore[attr-defined]
              "-key", "callee", "nobody", "-p", str(free_port(socket.SOCK_DGRAM)), "-m", "1"],
             [entry],
         )
         status = yield entry.call("status")
-        self.assertEqual(status["sip"]["final_responses"]["INVITE"], {"200": USERS, "404": 1})
+        self.assertEqual(status["sip"]["final_responses"]["INVITE"], {"200": USERS + TCP_CALLS, "404": 1})
 
         for name in held:
             answer = yield entry.call("lookup", f"sip:{name}@{DOMAIN}")
