@@ -29,8 +29,12 @@ deps:
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEB_PACKAGES)
 
+# Figures, never assertions: each script prints a table (see docs and the scripts' docstrings).
 bench: $(STAMP)
 	$(PY) bench/overlay.py
+	$(PY) bench/stun_load.py
+	$(PY) bench/nat_matrix.py
+	$(PY) bench/sip_stack.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check p2psip tests bench twisted

@@ -410,10 +410,11 @@ def _documented_options(role: str) -> type[RoleOptions]:
                ["mediator-secret", None, None, ""], ["mediator-secret-file", None, None, ""],
                ["direct-connect-timeout", None, None, "", float]]
     parameters: dict[str, list[list[Any]]] = {
-        "bootstrap": common + overlay + tuning,
+        "bootstrap": common + overlay + tuning + [["sip", None, None, ""], ["users", None, None, ""]],
         "peer": common + overlay + tuning + [
             ["bootstrap", None, None, ""], ["sip", None, None, ""],
-            ["users", None, None, ""]],
+            ["users", None, None, ""],
+            ["sip-advertise", None, None, ""], ["sip-digest-algorithms", None, None, ""]],
         "client": common + [
             ["bootstrap", None, None, ""], ["sip", None, None, ""], ["mediator", None, None, ""]],
     }
@@ -422,7 +423,8 @@ def _documented_options(role: str) -> type[RoleOptions]:
         (RoleOptions,),
         {
             "optParameters": parameters[role],
-            "repeatable": tuple(n for n in ("bootstrap", "sip") if role != "bootstrap"),
+            "optFlags": [["sip-trusted-network", None, ""]] if role == "peer" else [],
+            "repeatable": ("sip",) if role == "bootstrap" else ("bootstrap", "sip"),
             "role": role,
         },
     )
@@ -449,10 +451,11 @@ class ExampleConfigTests(SynchronousTestCase):
         self.assertEqual(options["data-dir"], "/var/lib/p2psip/bootstrap")
 
     def test_peer_example(self) -> None:
-        """etc/peer.ini lists two bootstraps; its SIP listeners wait, commented, for the SIP layer."""
+        """etc/peer.ini lists two bootstraps and serves SIP on UDP and TCP with a users file."""
         options = config_from_string(self.example("peer"), _documented_options("peer"))
         self.assertEqual(options["bootstrap"], ["tcp:198.51.100.1:6084", "tcp:198.51.100.2:6084"])
-        self.assertEqual(options["sip"], [])
+        self.assertEqual(options["sip"], ["udp:5060", "tcp:5060"])
+        self.assertEqual(options["users"], "/etc/p2psip/users")
         self.assertEqual(options["http"], "tcp:8085:interface=127.0.0.1")
 
     def test_client_example(self) -> None:

@@ -37,7 +37,7 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 #: Status and ring documents are small; refuse to buffer a runaway answer.
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: Status sections printed first, in this order; others follow as they come.
-STATUS_SECTIONS = ("node", "neighbours", "storage", "connections")
+STATUS_SECTIONS = ("node", "neighbours", "storage", "connections", "sip")
 
 Opener = Callable[..., Any]
 
@@ -208,7 +208,7 @@ def _pretty(value: object, indent: int) -> list[str]:
 
 
 def format_status(status: Mapping[str, Any]) -> str:
-    """The status document as sections: node, neighbours, storage, connections, then the rest."""
+    """The status document as sections: node, neighbours, storage, connections, sip, then the rest."""
     order = [s for s in STATUS_SECTIONS if s in status] + [
         s for s in status if s not in STATUS_SECTIONS
     ]

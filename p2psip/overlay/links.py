@@ -110,6 +110,11 @@ class FramedStreamLink(Protocol, Link):
         self._received_sequences: list[int] = []
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        # RELOAD messages are small and answered at once; Nagle's algorithm
+        # meeting the peer's delayed ACKs would add ~40 ms to every hop.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.remote_address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.listener.link_established(self)

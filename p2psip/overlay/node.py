@@ -1105,6 +1105,16 @@ class OverlayNode:
         linked = [peer for peer, (ok, _) in zip(others, results) if ok]
         self.topology.add_peers(linked)
         self.state = NodeState.JOINED
+        # Tell the admitting peer we are ready to route (RFC 6940 s10.5's
+        # peer_ready), then give every neighbour our neighbour table.
+        ready = bodies.UpdateReq(
+            uptime=int(self.clock.seconds() - self.started_at), type=bodies.ChordUpdateType.PEER_READY
+        ).encode()
+        admitting_link = self.link_for(admitting)
+        if admitting_link is not None:
+            self._request(
+                Destination.node(admitting), MessageCode.UPDATE_REQ, ready, first_link=admitting_link
+            ).addErrback(self._update_failed, admitting)
         self._send_updates()
         self._repair_fingers()
         if self._joined is not None and not self._joined.called:

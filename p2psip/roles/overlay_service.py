@@ -11,6 +11,7 @@ twistd stops it, e.g. on SIGTERM.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from twisted.application.service import MultiService, Service
@@ -142,6 +143,10 @@ class OverlayService(Service):
         self.port: IListeningPort | None = None
         self.joined: Deferred[None] = Deferred()
         self._retry: Any = None
+        #: More sections of ``/status`` (the peer's ``sip``), by name.
+        self.status_sections: dict[str, Callable[[], Any]] = {}
+        #: The ``/metrics`` registry, set by :func:`make_overlay_role`.
+        self.registry: Registry | None = None
         self.traversal: TraversalService | None = None
         self.mediated: MediatedConnector | None = None
 
@@ -264,6 +269,8 @@ class OverlayService(Service):
             return {"state": "starting", "role": self.options.role}
         document = self.node.status()
         document["role"] = self.options.role
+        for name, section in self.status_sections.items():
+            document[name] = section()
         if self.traversal is not None:
             client = self.traversal.client
             document["mediator"] = {
@@ -388,9 +395,10 @@ def make_overlay_role(options: OverlayOptions, reactor: Any, found_ring: bool, t
     top = MultiService()
     overlay = OverlayService(options, reactor, found_ring)
     overlay.setServiceParent(top)
+    overlay.registry = overlay.metrics()
     site = build_site(
         status=overlay.status,
-        metrics=overlay.metrics(),
+        metrics=overlay.registry,
         api=overlay.api_routes(),
         title=title,
         ring_page=True,

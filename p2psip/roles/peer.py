@@ -3,7 +3,10 @@
 
 It joins the ring through ``--bootstrap`` (retrying until one answers),
 stores and replicates its share of the data, and serves the status page and
-admin API on ``--http``.
+admin API on ``--http``.  With ``--sip`` it is also a SIP registrar and
+proxy for the overlay's domain (:mod:`p2psip.roles.sip_service`): phones
+register with it, their bindings go into the DHT, and calls for any
+overlay user are routed through the super-node that serves that user.
 """
 
 from __future__ import annotations
@@ -14,13 +17,21 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from p2psip.roles.overlay_service import OverlayOptions, make_overlay_role
+from p2psip.roles.sip_service import SIP_OPTION_FLAGS, SIP_OPTION_PARAMETERS, add_sip_service, check_sip_options
 
 
 class Options(OverlayOptions):
     role: ClassVar[str] = "peer"
+    repeatable: ClassVar[tuple[str, ...]] = ("bootstrap", "sip")
     default_http: ClassVar[str] = "tcp:8085:interface=127.0.0.1"
-    synopsis = "--bootstrap tcp:HOST:PORT [options]"
-    longdesc = "Run a p2psip super-node: a ring member that stores part of the DHT."
+    synopsis = "--bootstrap tcp:HOST:PORT [--sip udp:5060 --users FILE] [options]"
+    longdesc = (
+        "Run a p2psip super-node: a ring member that stores part of the DHT and, "
+        "with --sip, the SIP registrar and proxy of the overlay's domain."
+    )
+
+    optParameters = SIP_OPTION_PARAMETERS
+    optFlags = SIP_OPTION_FLAGS
 
     def postOptions(self) -> None:  # noqa: N802 - Twisted's name
         super().postOptions()
@@ -29,6 +40,7 @@ class Options(OverlayOptions):
                 "a peer needs at least one --bootstrap ENDPOINT (or 'bootstrap =' in the "
                 "[peer] section of its --config file), e.g. --bootstrap tcp:198.51.100.1:6084"
             )
+        check_sip_options(self)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - Twisted's name
@@ -36,5 +48,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N80
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
-    top, _overlay = make_overlay_role(options, reactor, found_ring=False, title="p2psip peer")
+    top, overlay = make_overlay_role(options, reactor, found_ring=False, title="p2psip peer")
+    add_sip_service(top, overlay, options, reactor)
     return top

@@ -37,6 +37,7 @@ at its own address.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -50,7 +51,7 @@ from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import SIP_APPLICATION, Binding, OverlayLocationService
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
-from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor
+from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
 from p2psip.sip.transaction import (
     ClientTransaction,
     Hop,
@@ -81,6 +82,9 @@ TIMER_C_SECONDS = 181.0
 CANCEL_GRACE_SECONDS = 32.0
 #: Our Via branches: cookie, this marker, the loop hash, a unique part.
 _BRANCH_MARKER = "p2p"
+#: Methods counted by name in :attr:`SipProxy.outcomes`; others count as "other"
+#: (metric labels must come from a bounded set).
+COUNTED_METHODS = frozenset({"INVITE", "REGISTER", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "SUBSCRIBE", "NOTIFY"})
 
 
 def hop_for_uri(uri: SipURI) -> Hop:
@@ -164,6 +168,10 @@ class SipProxy:
         self.peer_transport = peer_transport.upper()
         self.transactions = TransactionLayer(sender, self, clock, timers)
         self._contexts: dict[ServerTransaction, _ResponseContext] = {}
+        #: Final responses this node sent to requests it received, by
+        #: (method, status): REGISTER outcomes and proxied call outcomes.
+        self.outcomes: Counter[tuple[str, int]] = Counter()
+        self._invite_started: dict[ServerTransaction, float] = {}
 
     @property
     def pending_requests(self) -> int:
@@ -179,6 +187,13 @@ class SipProxy:
 
     def request_received(self, transaction: ServerTransaction) -> None:
         """A new request: answer it here or proxy it."""
+        if transaction.request.method == "INVITE":
+            self._invite_started[transaction] = self.clock.seconds()
+
+            def forget_start() -> None:
+                self._invite_started.pop(transaction, None)
+
+            transaction.add_terminated_callback(forget_start)
         try:
             self._dispatch(transaction)
         except SipParseError as e:
@@ -231,13 +246,14 @@ class SipProxy:
         if self._addressed_to_server(request):
             if request.method == "REGISTER":
                 answered = self.registrar.register_received(request, transaction.source)
-                answered.addCallback(transaction.respond).addErrback(self._registrar_failed, transaction)
+                answered.addCallback(lambda response: self._respond(transaction, response))
+                answered.addErrback(self._registrar_failed, transaction)
                 return
             if request.method == "OPTIONS":
                 response = make_response(request, 200, to_tag=_new_tag())
                 response.headers.add("Allow", ALLOWED_METHODS)
                 response.headers.add("Accept", "application/sdp")
-                transaction.respond(response)
+                self._respond(transaction, response)
                 return
             if request.method != "ACK" and not request.headers.values("Route"):
                 self._answer(transaction, 405, "Method Not Allowed", (("Allow", "OPTIONS, REGISTER"),))
@@ -556,7 +572,7 @@ class SipProxy:
         if 200 <= response.status < 300:
             if not context.answered or server.request.method == "INVITE":
                 context.answered = True
-                server.respond(self._upstream(response))
+                self._respond(server, self._upstream(response))
             self._cancel_pending_branches(context)
             return
         context.finals.append(response)
@@ -572,7 +588,7 @@ class SipProxy:
         if context.answered or not context.finals:
             return
         context.answered = True
-        context.server.respond(self._upstream(_best_response(context.finals)))
+        self._respond(context.server, self._upstream(_best_response(context.finals)))
 
     def _stop_timer_c(self, context: _ResponseContext) -> None:
         if context.timer_c is not None and context.timer_c.active():
@@ -661,4 +677,31 @@ class SipProxy:
             response = make_response(transaction.request, status, reason)
         for name, value in headers:
             response.headers.add(name, value)
+        self._respond(transaction, response)
+
+    def _respond(self, transaction: ServerTransaction, response: Response) -> None:
+        """Send a response upstream; the first final one is counted (and logged, for INVITE)."""
+        first_final = response.status >= 200 and transaction.state in (State.TRYING, State.PROCEEDING)
         transaction.respond(response)
+        if not first_final:
+            return
+        request = transaction.request
+        method = request.method if request.method in COUNTED_METHODS else "other"
+        self.outcomes[(method, response.status)] += 1
+        started = self._invite_started.pop(transaction, None)
+        if started is None:
+            return
+        uri = request.uri
+        aor = uri.address_of_record() if isinstance(uri, SipURI) and uri.user is not None else "?"
+        self.log.info(
+            "INVITE {aor} from {source}: {status} {reason} after {elapsed_ms:.1f} ms",
+            aor=blur_aor(aor), source=blur_flow(transaction.source), status=response.status,
+            reason=response.reason, elapsed_ms=(self.clock.seconds() - started) * 1000.0,
+        )
+
+    def metrics(self) -> dict[str, object]:
+        """Counters for /status: final responses by method and status, requests in progress."""
+        by_method: dict[str, dict[str, int]] = {}
+        for (method, status), count in sorted(self.outcomes.items()):
+            by_method.setdefault(method, {})[str(status)] = count
+        return {"final_responses": by_method, "requests_in_progress": self.pending_requests}

@@ -99,6 +99,19 @@ class CommandTests(CommandTestsMixin, SynchronousTestCase):
         self.assertEqual(self.opener.requests[0].full_url, "http://127.0.0.1:8084/status")
         self.assertEqual(self.opener.requests[0].get_method(), "GET")
 
+    def test_status_sip_section(self) -> None:
+        """A super-node's sip section is printed after connections, registrations and counters nested."""
+        sip = {
+            "address": "127.0.0.1:5060",
+            "registrations": {"aors": 100, "bindings": 100},
+            "final_responses": {"INVITE": {"200": 7, "404": 1}},
+        }
+        status, out, _ = self.run_cli("status", answers=({**STATUS, "sip": sip},))
+        headings = [line for line in out.splitlines() if line and not line.startswith(" ")]
+        self.assertEqual(headings[4], "sip")
+        self.assertIn("  registrations:\n    aors: 100\n    bindings: 100\n", out)
+        self.assertIn("    INVITE:\n      200: 7\n      404: 1\n", out)
+
     def test_status_json(self) -> None:
         """--json prints the API's answer as JSON."""
         status, out, _ = self.run_cli("status", "--json", answers=(STATUS,))

@@ -247,6 +247,36 @@ class ProxyTests(SynchronousTestCase):
         self.a.receive(message_text(extra="Route: <tel:+15551234>"))
         self.assertEqual(self.a.sender.statuses()[-1], 416)
 
+    # -- outcome counters ------------------------------------------------------
+
+    def test_outcomes_counted_once(self) -> None:
+        """Each final response to a received request is counted once, by method and status."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text(uri="sip:mallory@example.org"))
+        self.a.receive(message_text(uri="sip:mallory@example.org"))  # a retransmission
+        self.a.receive(message_text("OPTIONS", uri="sip:example.org", branch="z9hG4bKopt"))
+        self.assertEqual(
+            dict(self.a.proxy.outcomes), {("REGISTER", 200): 1, ("INVITE", 404): 1, ("OPTIONS", 200): 1}
+        )
+        self.assertEqual(self.a.proxy.metrics()["final_responses"]["INVITE"], {"404": 1})
+
+    def test_invite_outcome_logged(self) -> None:
+        """A proxied INVITE's final response is logged at info level with the elapsed time."""
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.clock.advance(0.25)
+        self.respond_to(self.a, invite, 200, hop)
+        [event] = [e for e in events if "INVITE {aor}" in e.get("log_format", "")]
+        self.assertEqual((event["log_level"], event["status"]), (LogLevel.info, 200))
+        self.assertAlmostEqual(event["elapsed_ms"], 250.0)
+        self.assertEqual(self.a.proxy.outcomes[("INVITE", 200)], 1)
+
     # -- local delivery -----------------------------------------------------------
 
     def test_local_delivery_over_flow(self) -> None:

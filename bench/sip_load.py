@@ -1,0 +1,177 @@
+"""
+REGISTER and call load on one SIP super-node, with the shared SIPp rate ladder.
+
+Starts one ``twistd p2psip-bootstrap`` process that founds a ring alone and
+serves SIP on a free loopback UDP port, with the overlay named
+``127.0.0.1`` (the ladder's scenarios use the server's address as the SIP
+domain), and drives it with ``sipp_ladder.py`` from the shared anchors
+folder (see its README for the PASS rule: no failed call, no
+retransmission, 95 % of the target rate).  Prints the ladder's tables and a
+summary line; asserts nothing.
+
+* ``--auth off``: ``--sip-trusted-network``; the ladder's own REGISTER
+  scenario (a new AOR for every REGISTER) and its call ladder (INVITE, 200,
+  ACK, BYE, 200 through the super-node to a SIPp callee).
+* ``--auth on``: Digest (MD5, which is all SIPp computes) against a users
+  file of ``--users`` users; every SIPp call is REGISTER, 401, REGISTER with
+  credentials, 200 (tests/integration/sipp/register_digest.xml), users
+  taken in turn from an injection file, so AORs are re-registered rather
+  than new.
+
+Usage::
+
+    .venv/bin/python bench/sip_load.py --auth both --rates 250,500,1000,2000 \
+        --call-rates 100,250,500 --duration 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from p2psip.sip.users import UsersFile  # noqa: E402
+from p2psip.testing import free_port, repository_root, shared_dir  # noqa: E402
+
+DOMAIN = "127.0.0.1"
+DIGEST_SCENARIO = repository_root() / "tests" / "integration" / "sipp" / "register_digest.xml"
+PASSWORD = "bench-password"
+
+
+def start_server(work: Path, sip_port: int, auth: bool, users: Path | None) -> subprocess.Popen[bytes]:
+    """One super-node process; its pid is what the ladder measures."""
+    (work / "server").mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+        f"--logfile={work / 'server' / 'twistd.log'}", "p2psip-bootstrap",
+        "--overlay-name", DOMAIN, "--overlay", f"tcp:{free_port()}:interface=127.0.0.1",
+        "--http", f"tcp:{free_port()}:interface=127.0.0.1", "--data-dir", str(work / "server" / "data"),
+        "--sip", f"udp:{sip_port}:interface=127.0.0.1",
+    ]
+    if auth:
+        assert users is not None
+        command += ["--users", str(users), "--sip-digest-algorithms", "MD5"]
+    else:
+        command += ["--sip-trusted-network"]
+    environment = dict(os.environ, PYTHONPATH=str(repository_root()))
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = work / "server" / "twistd.log"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the super-node exited at start-up; see {log}")
+        if log.exists() and "SIP super-node for" in log.read_text(errors="replace"):
+            return process
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit(f"the super-node did not start within 30 s; see {log}")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def ladder_arguments(args: argparse.Namespace, mode: str, rates: str, sip_port: int, pid: int, work: Path) -> list[str]:
+    return [
+        mode, "--port", str(sip_port), "--server-pid", str(pid), "--rates", rates,
+        "--duration", str(args.duration), "--refine", str(args.refine), "--work", str(work),
+        "--client-port", str(args.client_port), "--uas-port", str(args.client_port + 10),
+        "--json", str(work / "result.json"),
+    ]
+
+
+def run_ladder(argv: list[str], digest_users: Path | None = None) -> int:
+    """The shared ladder in a child process (with the Digest scenario swapped in when asked)."""
+    command = [sys.executable, __file__, "--ladder"]
+    if digest_users is not None:
+        command += ["--digest-users", str(digest_users)]
+    return subprocess.call(command + ["--", *argv])
+
+
+def ladder_main(rest: list[str], digest_users: str | None) -> None:
+    """Child side of run_ladder: import the shared ladder and run its main."""
+    sys.path.insert(0, str(shared_dir() / "anchors"))
+    import sipp_ladder  # type: ignore[import-not-found]
+
+    if digest_users is not None:
+        def digest_scenario(a: argparse.Namespace, prefix: str) -> list[str]:
+            return ["-sf", str(DIGEST_SCENARIO), "-inf", digest_users, "-auth_uri", DOMAIN,
+                    "-key", "domain", DOMAIN, "-key", "contact_port", "5999"]
+
+        sipp_ladder.scenario_args = digest_scenario
+    sys.argv = ["sipp_ladder.py", *rest]
+    sipp_ladder.main()
+
+
+def make_users(work: Path, count: int) -> tuple[Path, Path]:
+    """A users file and the matching SIPp injection file."""
+    users = UsersFile.load(work / "users", missing_ok=True)
+    lines = ["SEQUENTIAL"]
+    for index in range(count):
+        name = f"bench{index:06d}"
+        users.set_password(f"sip:{name}@{DOMAIN}", PASSWORD)
+        lines.append(f"{name};[authentication username={name} password={PASSWORD}]")
+    users.save()
+    injection = work / "users.csv"
+    injection.write_text("\n".join(lines) + "\n", encoding="ascii")
+    return users.path, injection
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--auth", choices=["off", "on", "both"], default="both")
+    parser.add_argument("--rates", default="250,500,1000,2000", help="REGISTER ladder, per second")
+    parser.add_argument("--call-rates", default="100,250,500", help="call ladder (auth off), calls per second")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds per step")
+    parser.add_argument("--refine", type=int, default=2, help="bisection steps after the first failure")
+    parser.add_argument("--users", type=int, default=20000, help="users in the Digest users file")
+    parser.add_argument("--client-port", type=int, default=0, help="SIPp ports start here (default: free)")
+    parser.add_argument("--work", help="keep SIPp and server logs here (default: a temporary folder)")
+    parser.add_argument("--ladder", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--digest-users", help=argparse.SUPPRESS)
+    args, rest = parser.parse_known_args()
+    if args.ladder:
+        ladder_main([r for r in rest if r != "--"], args.digest_users)
+        return
+    ladder = shared_dir() / "anchors" / "sipp_ladder.py"
+    if not ladder.exists():
+        raise SystemExit(f"{ladder} not found: point P2PSIP_SHARED at the shared test data folder")
+    if not args.client_port:
+        args.client_port = free_port(__import__("socket").SOCK_DGRAM)
+    with tempfile.TemporaryDirectory(prefix="p2psip-sip-load-") as scratch:
+        work = Path(args.work or scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        modes = ["off", "on"] if args.auth == "both" else [args.auth]
+        for auth in modes:
+            ladders = [("register", args.rates)] + ([("call", args.call_rates)] if auth == "off" else [])
+            users = injection = None
+            if auth == "on":
+                users, injection = make_users(work, args.users)
+            for mode, rates in ladders:
+                step_work = work / f"auth_{auth}_{mode}"
+                sip_port = free_port(__import__("socket").SOCK_DGRAM)
+                server = start_server(step_work, sip_port, auth == "on", users)
+                try:
+                    print(f"\n## p2psip super-node (pid {server.pid}), {mode} ladder, authentication {auth}",
+                          flush=True)
+                    run_ladder(ladder_arguments(args, mode, rates, sip_port, server.pid, step_work),
+                               injection if mode == "register" else None)
+                finally:
+                    stop_server(server)
+
+
+if __name__ == "__main__":
+    main()

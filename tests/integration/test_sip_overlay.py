@@ -1,0 +1,218 @@
+"""
+SIP over a ring of real ``twistd`` super-nodes, driven by SIPp.
+
+Three super-nodes on loopback (a bootstrap and two peers, each with a SIP
+UDP listener and the same users file made with ``p2psip users add``); C is
+the one responsible for the most of the 100 AORs, A and B the others:
+SIPp registers 100 users at A with Digest authentication, their contacts
+pointing at a SIPp callee; a SIPp caller calls each of them through B
+(INVITE, 200, ACK, BYE, 200), over UDP and some over TCP; a call to a
+user nobody knows gets 404.
+Then C, which holds those registrations' DHT copy, is SIGKILLed, and
+calls to exactly those users still succeed from the replicas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+
+from p2psip.cli import main as p2psip_command
+from p2psip.testing import free_port, repository_root, require_tool
+from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
+from tests.integration.test_twistd_ring import converged
+
+DOMAIN = "sipp.test"
+USERS = 100
+TCP_CALLS = 20
+SCENARIOS = repository_root() / "tests" / "integration" / "sipp"
+
+
+class _Tool(ProcessProtocol):
+    """Collects a child's output and fires ``ended`` with its exit code."""
+
+    def __init__(self) -> None:
+        self.ended: Deferred[int] = Deferred()
+        self.output = b""
+
+    def outReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        self.output = (self.output + data)[-20000:]
+
+    def errReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        self.output = (self.output + data)[-20000:]
+
+    def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+        code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(-1 if code is None else int(code))
+
+
+def free_udp_and_tcp_port() -> int:
+    """A port number free for both UDP and TCP on 127.0.0.1 (SIP listens on both)."""
+    while True:
+        port = free_port(socket.SOCK_DGRAM)
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+
+
+def user(index: int) -> str:
+    return f"user{index:04d}"
+
+
+class SipOverlayTests(TestCase):
+    timeout = 180
+
+    def setUp(self) -> None:
+        self.sipp = require_tool("sipp")
+        self.directory = Path(self.mktemp()).resolve()
+        self.directory.mkdir(parents=True)
+
+    def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
+        sip_port = free_udp_and_tcp_port()
+        process = RoleProcess(
+            role, self.directory / name,
+            overlay_arguments(DOMAIN) + [
+                "--sip", f"udp:{sip_port}:interface=127.0.0.1", "--sip", f"tcp:{sip_port}:interface=127.0.0.1",
+                "--users", str(self.users_path),
+                # SIPp computes only MD5 digests.
+                "--sip-digest-algorithms", "MD5", *extra,
+            ],
+        )
+        process.sip_port = sip_port  # type: ignore[attr-defined]
+        self.addCleanup(process.stop)
+        return process
+
+    def run_sipp(self, name: str, arguments: list[str]) -> _Tool:
+        tool = _Tool()
+        argv = [self.sipp, *arguments, "-i", "127.0.0.1", "-nostdin", "-timeout", "60s", "-key", "domain", DOMAIN]
+        handle = reactor.spawnProcess(tool, self.sipp, argv, env=None, path=str(self.directory))
+
+        def stop() -> Deferred[int] | None:
+            if tool.ended.called:
+                return None
+            handle.signalProcess("KILL")
+            return tool.ended
+
+        self.addCleanup(stop)
+        self.tools[name] = tool
+        return tool
+
+    @inlineCallbacks
+    def sipp_succeeds(self, name: str, arguments: list[str], logs: list[RoleProcess]) -> Any:
+        tool = self.run_sipp(name, arguments)
+        code = yield tool.ended
+        if code != 0:
+            details = "\n".join(f"--- {p.role} log tail:\n{p.log_text()[-3000:]}" for p in logs)
+            self.fail(f"SIPp {name} exited {code}:\n{tool.output[-3000:].decode(errors='replace')}\n{details}")
+
+    def write_csv(self, name: str, lines: list[str]) -> Path:
+        path = self.directory / name
+        path.write_text("SEQUENTIAL\n" + "".join(line + "\n" for line in lines), encoding="ascii")
+        return path
+
+    @inlineCallbacks
+    def test_register_call_and_survive_holder_kill(self) -> Any:
+        """100 users register at A with Digest and are called through B, also after their DHT holder dies."""
+        self.tools: dict[str, _Tool] = {}
+        self.users_path = self.directory / "users"
+        credentials = []
+        with contextlib.redirect_stdout(io.StringIO()):
+            for index in range(USERS):
+                password = f"secret-{index}"
+                status = p2psip_command(
+                    ["users", "add", "--file", str(self.users_path), "--password", password,
+                     f"sip:{user(index)}@{DOMAIN}"]
+                )
+                self.assertEqual(status, 0)
+                credentials.append(f"{user(index)};[authentication username={user(index)} password={password}]")
+        register_csv = self.write_csv("register.csv", credentials)
+        callees_csv = self.write_csv("callees.csv", [user(index) for index in range(USERS)])
+
+        bootstrap = self.start("p2psip-bootstrap", "bootstrap", [])
+        yield wait_for(lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"), 30,
+                       "the bootstrap")
+        peers = [self.start("p2psip-peer", f"peer{index}", ["--bootstrap", bootstrap.endpoint]) for index in (1, 2)]
+        everyone = [bootstrap, *peers]
+        for process in peers:
+            yield wait_for(lambda p=process: p.call("status").addCallback(lambda s: s.get("state") == "joined"),
+                           60, "a peer to join")
+        yield wait_for(lambda: converged(everyone), 60, "the three super-nodes to know their neighbours")
+
+        # The node responsible for the most AORs is C, the one to kill; the
+        # other two serve the phones (A) and take the calls (B).
+        responsible: dict[str, list[str]] = {}
+        for index in range(USERS):
+            answer = yield bootstrap.call("lookup", f"sip:{user(index)}@{DOMAIN}")
+            responsible.setdefault(answer["responsible"], []).append(user(index))
+        node_ids = []
+        for process in everyone:
+            node_ids.append((yield process.call("status"))["node_id"])
+        ranked = sorted(zip(node_ids, everyone), key=lambda pair: -len(responsible.get(pair[0], [])))
+        (holder_id, holder), (_, serving), (_, entry) = ranked
+        held = responsible[holder_id]
+
+        uas_port = free_port(socket.SOCK_DGRAM)
+        self.run_sipp("uas", ["-sf", str(SCENARIOS / "uas.xml"), "-p", str(uas_port)])
+        yield self.sipp_succeeds(
+            "register",
+            [f"127.0.0.1:{serving.sip_port}", "-sf", str(SCENARIOS / "register_digest.xml"),  # type: ignore[attr-defined]
+             "-inf", str(register_csv), "-auth_uri", DOMAIN, "-key", "contact_port", str(uas_port),
+             "-p", str(free_port(socket.SOCK_DGRAM)), "-m", str(USERS), "-r", "100", "-l", "50"],
+            [serving],
+        )
+        status = yield serving.call("status")
+        self.assertEqual(status["sip"]["registrations"], {"aors": USERS, "bindings": USERS})
+        self.assertEqual(status["sip"]["final_responses"]["REGISTER"], {"200": USERS, "401": USERS})
+
+        yield self.sipp_succeeds(
+            "calls",
+            [f"127.0.0.1:{entry.sip_port}", "-sf", str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+             "-inf", str(callees_csv), "-p", str(free_port(socket.SOCK_DGRAM)), "-m", str(USERS),
+             "-r", "50", "-l", "50"],
+            [entry, serving],
+        )
+        yield self.sipp_succeeds(
+            "calls over TCP",
+            [f"127.0.0.1:{entry.sip_port}", "-t", "t1", "-sf", str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+             "-inf", str(callees_csv), "-p", str(free_udp_and_tcp_port()), "-m", str(TCP_CALLS),
+             "-r", "50", "-l", "50"],
+            [entry, serving],
+        )
+        yield self.sipp_succeeds(
+            "unknown user",
+            [f"127.0.0.1:{entry.sip_port}", "-sf", str(SCENARIOS / "uac_not_found.xml"),  # type: ignore[attr-defined]
+             "-key", "callee", "nobody", "-p", str(free_port(socket.SOCK_DGRAM)), "-m", "1"],
+            [entry],
+        )
+        status = yield entry.call("status")
+        self.assertEqual(status["sip"]["final_responses"]["INVITE"], {"200": USERS + TCP_CALLS, "404": 1})
+
+        for name in held:
+            answer = yield entry.call("lookup", f"sip:{name}@{DOMAIN}")
+            self.assertEqual(answer["responsible"], holder_id)
+
+        holder.kill(signal.SIGKILL)
+        holder.wait_exit()
+        yield wait_for(lambda: converged([serving, entry]), 60, "A and B to repair the ring without C")
+        yield self.sipp_succeeds(
+            "calls after SIGKILL",
+            [f"127.0.0.1:{entry.sip_port}", "-sf", str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+             "-inf", str(self.write_csv("held.csv", held)), "-p", str(free_port(socket.SOCK_DGRAM)),
+             "-m", str(len(held)), "-r", "50", "-l", "50"],
+            [entry, serving],
+        )
+        for process in (serving, entry):
+            self.assertNotIn("Traceback", process.log_text())

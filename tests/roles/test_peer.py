@@ -1,0 +1,188 @@
+"""The peer role's SIP options and its SIP service, over loopback UDP with an in-memory overlay."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from p2psip.roles.peer import Options, makeService
+from p2psip.roles.sip_service import NONCE_SECRET_FILE, SipService, load_or_create_secret
+from p2psip.sip.transaction import Hop
+from p2psip.sip.transport import SipTransport
+from p2psip.sip.user_agent import CallFailed, SimpleUserAgent
+from p2psip.sip.users import UsersFile
+from tests.sip.memory_storage import MemoryOverlayStorage
+
+DOMAIN = "example.org"
+NODE_A = 0xAAAA0000000000000000000000000001
+NODE_B = 0xBBBB0000000000000000000000000002
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(["--bootstrap", "tcp:127.0.0.1:6084", *argv])
+    return options
+
+
+class PeerOptionsTests(SynchronousTestCase):
+    """--sip, --users and --sip-trusted-network."""
+
+    def test_no_sip_by_default(self) -> None:
+        """Without --sip the peer has no SIP listeners and needs no users file."""
+        self.assertEqual(parse()["sip"], [])
+
+    def test_sip_repeatable(self) -> None:
+        """--sip may be given for UDP and TCP."""
+        options = parse("--sip", "udp:5060", "--sip", "tcp:5060", "--users", "users")
+        self.assertEqual(options["sip"], ["udp:5060", "tcp:5060"])
+
+    def test_sip_needs_users_or_trust(self) -> None:
+        """--sip without --users is refused, naming both ways out."""
+        error = self.assertRaises(usage.UsageError, parse, "--sip", "udp:5060")
+        self.assertIn("--users FILE", str(error))
+        self.assertIn("--sip-trusted-network", str(error))
+
+    def test_trusted_network_flag(self) -> None:
+        """--sip-trusted-network switches authentication off explicitly."""
+        options = parse("--sip", "udp:5060", "--sip-trusted-network")
+        self.assertTrue(options["sip-trusted-network"])
+
+    def test_bad_udp_listener(self) -> None:
+        """A malformed udp: listener is a usage error naming the syntax."""
+        error = self.assertRaises(usage.UsageError, parse, "--sip", "udp:x", "--sip-trusted-network")
+        self.assertIn("udp:PORT", str(error))
+
+    def test_ini_keys(self) -> None:
+        """The INI file sets sip (a list), users and the trusted-network flag."""
+        options = Options()
+        options.use_config_text(
+            "[peer]\nbootstrap = tcp:127.0.0.1:6084\nsip = udp:5060 tcp:5060\n"
+            "users = /etc/p2psip/users\nsip-trusted-network = no\n"
+        )
+        options.parseOptions([])
+        self.assertEqual((options["sip"], options["users"]), (["udp:5060", "tcp:5060"], "/etc/p2psip/users"))
+        self.assertFalse(options["sip-trusted-network"])
+
+    def test_make_service_adds_sip(self) -> None:
+        """With --sip the role has a SipService after the overlay service; without, none."""
+        with_sip = makeService(parse("--sip", "udp:0", "--sip-trusted-network"), reactor)
+        without = makeService(parse(), reactor)
+        self.assertEqual([type(s).__name__ for s in with_sip][-1], "SipService")
+        self.assertNotIn("SipService", [type(s).__name__ for s in without])
+
+
+class SecretTests(SynchronousTestCase):
+    """The nonce secret in the data directory."""
+
+    def test_created_once(self) -> None:
+        """The secret is created with mode 0600 and read back unchanged."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        first = load_or_create_secret(directory)
+        self.assertEqual(len(first), 32)
+        self.assertEqual(load_or_create_secret(directory), first)
+        self.assertEqual(os.stat(os.path.join(directory, NONCE_SECRET_FILE)).st_mode & 0o777, 0o600)
+
+    def test_short_secret_refused(self) -> None:
+        """A truncated secret file is an error naming the file."""
+        directory = self.mktemp()
+        os.makedirs(directory)
+        Path(directory, NONCE_SECRET_FILE).write_bytes(b"short")
+        error = self.assertRaises(ValueError, load_or_create_secret, directory)
+        self.assertIn(NONCE_SECRET_FILE, str(error))
+
+
+class FakeOverlay:
+    """What SipService needs of OverlayService: ``node`` and ``joined``."""
+
+    def __init__(self, node: Any) -> None:
+        self.node = node
+        self.joined: Deferred[None] = Deferred()
+
+
+class MemoryNode(MemoryOverlayStorage):
+    advertised_host = "127.0.0.1"
+
+    def set_application_address(self, application: int, host: str, port: int) -> None:
+        self.applications[(self.local_node_id, application)] = (host, port)
+
+
+class SipServiceTests(TestCase):
+    """Two super-nodes sharing one in-memory DHT; users register and call over loopback UDP."""
+
+    timeout = 30
+
+    def setUp(self) -> None:
+        directory = Path(self.mktemp()).resolve()
+        directory.mkdir(parents=True)
+        self.users_path = directory / "users"
+        users = UsersFile.load(self.users_path, missing_ok=True)
+        users.set_password(f"sip:alice@{DOMAIN}", "alice-secret")
+        users.set_password(f"sip:bob@{DOMAIN}", "bob-secret")
+        users.save()
+        entries: dict[Any, Any] = {}
+        applications: dict[Any, Any] = {}
+        self.services = []
+        for name, node_id in (("a", NODE_A), ("b", NODE_B)):
+            options = parse(
+                "--overlay-name", DOMAIN, "--sip", "udp:0:interface=127.0.0.1",
+                "--users", str(self.users_path), "--data-dir", str(directory / name),
+            )
+            os.makedirs(options["data-dir"])
+            node = MemoryNode(node_id, reactor, entries, applications)
+            service = SipService(options, FakeOverlay(node), reactor, freeze_gc=False)
+            service.startService()
+            self.addCleanup(service.stopService)
+            self.services.append(service)
+
+    @inlineCallbacks
+    def user_agent(self, aor: str, password: str, service: SipService) -> Any:
+        transport = SipTransport(reactor)
+        yield transport.listen("udp:0:interface=127.0.0.1")
+        self.addCleanup(transport.stop)
+        assert service.advertised is not None
+        agent = SimpleUserAgent(aor, password, transport, Hop("UDP", *service.advertised), reactor)
+        self.addCleanup(agent.stop)
+        return agent
+
+    @inlineCallbacks
+    def test_register_and_call_across_super_nodes(self) -> Any:
+        """Alice registers at A with Digest, Bob at B; Bob's call reaches Alice through B and A."""
+        a, b = self.services
+        alice = yield self.user_agent(f"sip:alice@{DOMAIN}", "alice-secret", a)
+        bob = yield self.user_agent(f"sip:bob@{DOMAIN}", "bob-secret", b)
+        yield alice.register()
+        yield bob.register()
+        self.assertEqual(a.status()["registrations"], {"aors": 1, "bindings": 1})
+        dialog = yield bob.call(f"sip:alice@{DOMAIN}")
+        self.assertEqual(len(dialog.route_set), 2)  # both super-nodes record-routed
+        yield bob.hang_up(dialog)
+        self.assertEqual((alice.calls_answered, alice.byes_received), (1, 1))
+        self.assertEqual(b.status()["final_responses"]["INVITE"], {"200": 1})
+        self.assertEqual(a.status()["final_responses"]["REGISTER"], {"200": 1, "401": 1})
+
+    @inlineCallbacks
+    def test_wrong_password_and_unknown_user(self) -> Any:
+        """A wrong password gets 403; a call to a user not in the users file gets 404."""
+        a, _ = self.services
+        mallory = yield self.user_agent(f"sip:alice@{DOMAIN}", "wrong", a)
+        failure = yield self.assertFailure(mallory.register(), CallFailed)
+        self.assertEqual(failure.response.status, 403)
+        failure = yield self.assertFailure(mallory.call(f"sip:nobody@{DOMAIN}"), CallFailed)
+        self.assertEqual(failure.response.status, 404)
+
+    def test_metrics(self) -> None:
+        """The SIP gauges render in the Prometheus text."""
+        from p2psip.util.metrics import Registry
+
+        registry = Registry()
+        self.services[0].add_metrics(registry)
+        text = registry.render()
+        self.assertIn("p2psip_sip_registered_aors 0", text)
+        self.assertIn('p2psip_sip_transport{event="messages_received"} 0', text)
