@@ -198,8 +198,19 @@ class OverlayService(Service):
         traversal.client.accept = connector.accept_incoming
         traversal.client.on_incoming = connector.incoming_made
         self.traversal = traversal
+        self.status_sections["mediator"] = self._mediator_status
         traversal.startService()
         return connector
+
+    def _mediator_status(self) -> dict[str, Any]:
+        assert self.traversal is not None
+        client = self.traversal.client
+        return {
+            "endpoint": self.options["mediator"],
+            "registered": client.online,
+            "id": client.client_id,
+            "observed": f"{client.observed[0]}:{client.observed[1]}" if client.observed else None,
+        }
 
     def _listening(self, port: IListeningPort) -> None:
         assert self.node is not None
@@ -271,14 +282,6 @@ class OverlayService(Service):
         document["role"] = self.options.role
         for name, section in self.status_sections.items():
             document[name] = section()
-        if self.traversal is not None:
-            client = self.traversal.client
-            document["mediator"] = {
-                "endpoint": self.options["mediator"],
-                "registered": client.online,
-                "id": client.client_id,
-                "observed": f"{client.observed[0]}:{client.observed[1]}" if client.observed else None,
-            }
         return document
 
     def _node(self) -> OverlayNode:
