@@ -175,7 +175,10 @@ class MediatedConnector:
             raise MediatedConnectFailed(f"the mediator's connection to {id_short(peer_id)} carries no link")
         link.path = result.method
         self.log.info(
-            "overlay link to {peer} made by the mediator: {method}", peer=id_short(peer_id), method=result.method
+            "overlay link to {peer} made by the mediator: {method} in {seconds:.3f} s",
+            peer=id_short(peer_id),
+            method=result.method,
+            seconds=result.setup_seconds,
         )
         return link
 
