@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import subprocess
@@ -196,7 +197,23 @@ def stop_uas(uas: subprocess.Popen[bytes]) -> None:
             uas.wait()
 
 
+def stop_leftover_children(ladder: Any) -> None:
+    """SIPp runs the shared ladder started and an interruption left behind, found by pid."""
+    for pid in ladder.process_tree(os.getpid())[1:]:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def exit_on_signal(number: int, frame: Any) -> None:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so every started process is stopped."""
+    raise SystemExit(f"stopped by signal {number}")
+
+
 def main() -> None:
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, exit_on_signal)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--call-rate", type=int, default=50, help="calls/s of the latency run")
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="length of the latency run")
@@ -234,6 +251,7 @@ def main() -> None:
                 stop_uas(uas)
             for node in reversed(nodes):
                 stop_process(node.process)
+            stop_leftover_children(ladder)
     print_table(latency, calls, registers)
     met = (latency["p50_ms"] is not None and latency["p50_ms"] < LATENCY_TARGET_P50_MS
            and latency["p99_ms"] is not None and latency["p99_ms"] < LATENCY_TARGET_P99_MS)
