@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) bench/stun_load.py
 	$(PY) bench/nat_matrix.py
 	$(PY) bench/sip_stack.py
+	$(PY) bench/sip_ring_load.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check p2psip tests bench twisted

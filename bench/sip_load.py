@@ -27,61 +27,28 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from super_nodes import DOMAIN, load_sipp_ladder, start_super_node, stop_process  # noqa: E402
+
 from p2psip.sip.users import UsersFile  # noqa: E402
 from p2psip.testing import free_port, repository_root, shared_dir  # noqa: E402
 
-DOMAIN = "127.0.0.1"
 DIGEST_SCENARIO = repository_root() / "tests" / "integration" / "sipp" / "register_digest.xml"
 PASSWORD = "bench-password"
 
 
 def start_server(work: Path, sip_port: int, auth: bool, users: Path | None) -> subprocess.Popen[bytes]:
     """One super-node process; its pid is what the ladder measures."""
-    (work / "server").mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-        f"--logfile={work / 'server' / 'twistd.log'}", "p2psip-bootstrap",
-        "--overlay-name", DOMAIN, "--overlay", f"tcp:{free_port()}:interface=127.0.0.1",
-        "--http", f"tcp:{free_port()}:interface=127.0.0.1", "--data-dir", str(work / "server" / "data"),
-        "--sip", f"udp:{sip_port}:interface=127.0.0.1",
-    ]
-    if auth:
-        assert users is not None
-        command += ["--users", str(users), "--sip-digest-algorithms", "MD5"]
-    else:
-        command += ["--sip-trusted-network"]
-    environment = dict(os.environ, PYTHONPATH=str(repository_root()))
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = work / "server" / "twistd.log"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the super-node exited at start-up; see {log}")
-        if log.exists() and "SIP super-node for" in log.read_text(errors="replace"):
-            return process
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit(f"the super-node did not start within 30 s; see {log}")
+    return start_super_node(work / "server", sip_port, "p2psip-bootstrap", auth=auth, users=users).process
 
 
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+stop_server = stop_process
 
 
 def ladder_arguments(args: argparse.Namespace, mode: str, rates: str, sip_port: int, pid: int, work: Path) -> list[str]:
@@ -103,8 +70,7 @@ def run_ladder(argv: list[str], digest_users: Path | None = None) -> int:
 
 def ladder_main(rest: list[str], digest_users: str | None) -> None:
     """Child side of run_ladder: import the shared ladder and run its main."""
-    sys.path.insert(0, str(shared_dir() / "anchors"))
-    import sipp_ladder  # type: ignore[import-not-found]
+    sipp_ladder = load_sipp_ladder()
 
     if digest_users is not None:
         def digest_scenario(a: argparse.Namespace, prefix: str) -> list[str]:

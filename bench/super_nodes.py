@@ -1,0 +1,128 @@
+"""
+SIP super-nodes as real ``twistd`` processes, for the SIP benchmark scripts.
+
+The overlay is named ``127.0.0.1`` because the shared SIPp scenarios use the
+server's address as the SIP domain.  Every process is started on ports the
+OS handed out and is stopped by its own pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from p2psip.cli.admin import AdminClient, AdminError  # noqa: E402
+from p2psip.testing import free_port, repository_root, shared_dir  # noqa: E402
+
+DOMAIN = "127.0.0.1"
+START_SECONDS = 30.0
+
+
+@dataclass
+class SuperNode:
+    """One running super-node: its process and the ports it listens on."""
+
+    role: str
+    directory: Path
+    sip_port: int
+    overlay_port: int
+    http_port: int
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "twistd.log"
+
+    @property
+    def overlay_endpoint(self) -> str:
+        return f"tcp:127.0.0.1:{self.overlay_port}"
+
+    def admin(self) -> AdminClient:
+        return AdminClient(f"http://127.0.0.1:{self.http_port}")
+
+
+def start_super_node(
+    directory: Path, sip_port: int, role: str = "p2psip-bootstrap", extra: list[str] | None = None,
+    auth: bool = False, users: Path | None = None,
+) -> SuperNode:
+    """Start one role process with SIP on ``sip_port`` and wait for its SIP listener."""
+    directory.mkdir(parents=True, exist_ok=True)
+    overlay_port, http_port = free_port(), free_port()
+    command = [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+        f"--logfile={directory / 'twistd.log'}", role,
+        "--overlay-name", DOMAIN, "--overlay", f"tcp:{overlay_port}:interface=127.0.0.1",
+        "--http", f"tcp:{http_port}:interface=127.0.0.1", "--data-dir", str(directory / "data"),
+        "--sip", f"udp:{sip_port}:interface=127.0.0.1", *(extra or []),
+    ]
+    if auth:
+        if users is None:
+            raise ValueError("authentication on needs a users file")
+        command += ["--users", str(users), "--sip-digest-algorithms", "MD5"]
+    else:
+        command += ["--sip-trusted-network"]
+    environment = dict(os.environ, PYTHONPATH=str(repository_root()))
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = SuperNode(role, directory, sip_port, overlay_port, http_port, process)
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the {role} exited at start-up; see {node.log_path}")
+        if node.log_path.exists() and "SIP super-node for" in node.log_path.read_text(errors="replace"):
+            return node
+        time.sleep(0.2)
+    stop_process(process)
+    raise SystemExit(f"the {role} did not start within {START_SECONDS:g} s; see {node.log_path}")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the role leaves the ring cleanly), then SIGKILL after 20 s."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def ring_converged(nodes: list[SuperNode]) -> bool:
+    """True when every node's first predecessor and successor are the true ones."""
+    try:
+        statuses: list[dict[str, Any]] = [node.admin().status() for node in nodes]
+    except (AdminError, OSError):
+        return False
+    ring = sorted(status["node_id"] for status in statuses)
+    for status in statuses:
+        index = ring.index(status["node_id"])
+        if not status.get("predecessors") or not status.get("successors"):
+            return False
+        if status["predecessors"][0]["node_id"] != ring[index - 1]:
+            return False
+        if status["successors"][0]["node_id"] != ring[(index + 1) % len(ring)]:
+            return False
+    return True
+
+
+def load_sipp_ladder() -> types.ModuleType:
+    """The shared anchors' ``sipp_ladder`` module (its step runner, parsers and PASS rule)."""
+    anchors = shared_dir() / "anchors"
+    if not (anchors / "sipp_ladder.py").exists():
+        raise SystemExit(f"{anchors / 'sipp_ladder.py'} not found: point P2PSIP_SHARED at the shared test data folder")
+    if str(anchors) not in sys.path:
+        sys.path.insert(0, str(anchors))
+    import sipp_ladder  # type: ignore[import-not-found]
+
+    return sipp_ladder
+
+
+__all__ = ["DOMAIN", "SuperNode", "start_super_node", "stop_process", "ring_converged", "load_sipp_ladder"]
