@@ -64,6 +64,10 @@ _NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezon
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
+#: How many of its own latest signatures a node remembers (see NodeIdentity.sign).
+RECENTLY_SIGNED_MEMORY = 256
+
+
 class IdentityError(Exception):
     """The node's key or certificate file cannot be used; the message names the file."""
 
@@ -117,6 +121,8 @@ class NodeIdentity:
             raise IdentityError("the certificate does not belong to the private key")
         self._private_key = private_key
         self.certificate_der = certificate_der
+        #: signature value -> SHA-256 of what it signed, for the last few signatures
+        self.recently_signed: dict[bytes, bytes] = {}
         self.node_id: int = node_id_from_key(public_der)
         self._identity = SignerIdentity(
             identity_type=SignerIdentityType.CERT_HASH,
@@ -150,6 +156,14 @@ class NodeIdentity:
     def sign(self, data: bytes) -> Signature:
         """A RELOAD Signature (sha256, ecdsa) over ``data`` made with this node's key."""
         value = self._private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+        # Remember what we just signed: a node stores its own values right
+        # after signing them (a registrar that is also the responsible
+        # peer), and checking its own fresh signature again would cost an
+        # ECDSA verification per REGISTER for nothing.
+        recent = self.recently_signed
+        recent[value] = hashlib.sha256(data).digest()
+        if len(recent) > RECENTLY_SIGNED_MEMORY:
+            del recent[next(iter(recent))]
         return Signature(
             hash_algorithm=HASH_ALGORITHM_SHA256,
             signature_algorithm=SIGNATURE_ALGORITHM_ECDSA,
@@ -326,6 +340,7 @@ class CertificateCache:
     def __init__(self, max_certificates: int = DEFAULT_CACHE_CERTIFICATES) -> None:
         self._max_certificates = max_certificates
         self._known: OrderedDict[bytes, _KnownCertificate] = OrderedDict()
+        self._local: NodeIdentity | None = None
 
     def __len__(self) -> int:
         return len(self._known)
@@ -365,7 +380,11 @@ class CertificateCache:
         return node_id
 
     def add_identity(self, identity: NodeIdentity) -> int:
-        """Remember a local identity's certificate (a node trusts its own signatures)."""
+        """
+        Remember the local identity: its certificate, and that signatures it
+        made itself a moment ago need no second ECDSA check.
+        """
+        self._local = identity
         return self.add(identity.certificate_der)
 
     def certificate_for(self, certificate_hash_value: bytes) -> bytes | None:
@@ -411,6 +430,11 @@ class CertificateCache:
         if known is None:
             raise SignatureError("signer's certificate is unknown")
         self._known.move_to_end(identity.value)
+        local = self._local
+        if local is not None and identity.value == local.signer_identity().value:
+            digest = local.recently_signed.get(signature.value)
+            if digest is not None and digest == hashlib.sha256(data).digest():
+                return known.node_id
         try:
             known.public_key.verify(signature.value, data, ec.ECDSA(hashes.SHA256()))
         except (InvalidSignature, ValueError) as e:

@@ -222,7 +222,7 @@ class OverlayNode:
         self.overlay = overlay_hash(self.config.overlay_name)
         self.topology = ChordTopology(self.node_id, self.config.successors, self.config.predecessors)
         self.certificates = CertificateCache()
-        self.certificates.add(identity.certificate_der)
+        self.certificates.add_identity(identity)
         self.store = DataStore(self.kinds, self.certificates)
         self.transactions = TransactionTable(clock, self.config.request_timeout_seconds)
         self.state = NodeState.STOPPED

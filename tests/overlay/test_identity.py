@@ -299,3 +299,18 @@ class CertificateCacheTests(SynchronousTestCase):
                 CertificateCache().add(bytes(corrupted))
             except SignatureError:
                 pass
+
+
+class OwnSignatureShortcutTests(SynchronousTestCase):
+    def test_own_fresh_signature_verifies_without_ecdsa(self) -> None:
+        """A node's own fresh signature verifies; the same signature over other data does not."""
+        from p2psip.overlay.identity import CertificateCache, NodeIdentity, SignatureError
+
+        identity = NodeIdentity.generate()
+        cache = CertificateCache()
+        cache.add_identity(identity)
+        signature = identity.sign(b"value")
+        self.assertEqual(cache.verify(signature, b"value"), identity.node_id)
+        self.assertRaises(SignatureError, cache.verify, signature, b"tampered")
+        identity.recently_signed.clear()
+        self.assertEqual(cache.verify(signature, b"value"), identity.node_id)
