@@ -27,6 +27,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -60,12 +62,48 @@ def ladder_arguments(args: argparse.Namespace, mode: str, rates: str, sip_port: 
     ]
 
 
-def run_ladder(argv: list[str], digest_users: Path | None = None) -> int:
-    """The shared ladder in a child process (with the Digest scenario swapped in when asked)."""
+def run_ladder(argv: list[str], digest_users: Path | None = None) -> int | None:
+    """
+    The shared ladder in a child process (with the Digest scenario swapped in
+    when asked); echoes its output and returns its highest passing rate.
+    """
     command = [sys.executable, __file__, "--ladder"]
     if digest_users is not None:
         command += ["--digest-users", str(digest_users)]
-    return subprocess.call(command + ["--", *argv])
+    best: int | None = None
+    with subprocess.Popen(command + ["--", *argv], stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            found = re.match(r"MAX_PASS \w+ (\d+)", line)
+            if found:
+                best = int(found.group(1))
+    return best
+
+
+def run_kamailio_anchor(step_seconds: float) -> dict[str, float]:
+    """
+    The shared Kamailio anchor, run now on this machine, so the ratios
+    compare like with like; returns its summary line's numbers.
+    """
+    script = shared_dir() / "anchors" / "run_kamailio_anchor.sh"
+    environment = dict(os.environ, STEP_S=str(int(step_seconds)))
+    print(f"\n## Kamailio anchor ({script.name}), same machine, same run", flush=True)
+    summary: dict[str, float] = {}
+    with subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, text=True, env=environment) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if line.startswith("kamailio "):
+                for field in line.split()[1:]:
+                    name, _, value = field.partition("=")
+                    try:
+                        summary[name] = float(value)
+                    except ValueError:
+                        pass
+    return summary
 
 
 def ladder_main(rest: list[str], digest_users: str | None) -> None:
@@ -106,6 +144,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=20000, help="users in the Digest users file")
     parser.add_argument("--client-port", type=int, default=0, help="SIPp ports start here (default: free)")
     parser.add_argument("--work", help="keep SIPp and server logs here (default: a temporary folder)")
+    parser.add_argument("--kamailio", action="store_true",
+                        help="also run the shared Kamailio anchor and print the ratios")
     parser.add_argument("--ladder", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--digest-users", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -121,6 +161,7 @@ def main() -> None:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
         modes = ["off", "on"] if args.auth == "both" else [args.auth]
+        results: dict[tuple[str, str], int | None] = {}
         for auth in modes:
             ladders = [("register", args.rates)] + ([("call", args.call_rates)] if auth == "off" else [])
             users = injection = None
@@ -133,10 +174,21 @@ def main() -> None:
                 try:
                     print(f"\n## p2psip super-node (pid {server.pid}), {mode} ladder, authentication {auth}",
                           flush=True)
-                    run_ladder(ladder_arguments(args, mode, rates, sip_port, server.pid, step_work),
-                               injection if mode == "register" else None)
+                    results[(auth, mode)] = run_ladder(
+                        ladder_arguments(args, mode, rates, sip_port, server.pid, step_work),
+                        injection if mode == "register" else None,
+                    )
                 finally:
                     stop_server(server)
+        print("\n## Summary: highest passing rate per ladder (0 failures, 0 retransmissions)")
+        for (auth, mode), best in results.items():
+            print(f"p2psip {mode:<8} auth {auth:<3}: {best if best is not None else 'none passed'}/s")
+        if args.kamailio:
+            anchor = run_kamailio_anchor(args.duration)
+            for mode, key in (("register", "register_max_rate"), ("call", "calls_max_rate")):
+                ours, theirs = results.get(("off", mode)), anchor.get(key)
+                if ours and theirs:
+                    print(f"ratio p2psip/kamailio {mode}: {ours}/{theirs:.0f} = {ours / theirs:.2f}")
 
 
 if __name__ == "__main__":
