@@ -180,15 +180,15 @@ def main() -> None:
                     )
                 finally:
                     stop_server(server)
-        print("\n## Summary: highest passing rate per ladder (0 failures, 0 retransmissions)")
+        print("\n## Summary: highest passing rate per ladder (0 failures, 0 retransmissions)", flush=True)
         for (auth, mode), best in results.items():
-            print(f"p2psip {mode:<8} auth {auth:<3}: {best if best is not None else 'none passed'}/s")
+            print(f"p2psip {mode:<8} auth {auth:<3}: {best if best is not None else 'none passed'}/s", flush=True)
         if args.kamailio:
             anchor = run_kamailio_anchor(args.duration)
             for mode, key in (("register", "register_max_rate"), ("call", "calls_max_rate")):
                 ours, theirs = results.get(("off", mode)), anchor.get(key)
                 if ours and theirs:
-                    print(f"ratio p2psip/kamailio {mode}: {ours}/{theirs:.0f} = {ours / theirs:.2f}")
+                    print(f"ratio p2psip/kamailio {mode}: {ours}/{theirs:.0f} = {ours / theirs:.2f}", flush=True)
 
 
 if __name__ == "__main__":
