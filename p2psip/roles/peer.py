@@ -16,13 +16,11 @@ from typing import Any, ClassVar
 from twisted.application.service import IService
 from twisted.python import usage
 
-from p2psip.roles.overlay_service import OverlayOptions, make_overlay_role
-from p2psip.roles.sip_service import SIP_OPTION_FLAGS, SIP_OPTION_PARAMETERS, add_sip_service, check_sip_options
+from p2psip.roles.super_node import SuperNodeOptions, make_super_node_service
 
 
-class Options(OverlayOptions):
+class Options(SuperNodeOptions):
     role: ClassVar[str] = "peer"
-    repeatable: ClassVar[tuple[str, ...]] = ("bootstrap", "sip")
     default_http: ClassVar[str] = "tcp:8085:interface=127.0.0.1"
     synopsis = "--bootstrap tcp:HOST:PORT [--sip udp:5060 --users FILE] [options]"
     longdesc = (
@@ -30,8 +28,6 @@ class Options(OverlayOptions):
         "with --sip, the SIP registrar and proxy of the overlay's domain."
     )
 
-    optParameters = SIP_OPTION_PARAMETERS
-    optFlags = SIP_OPTION_FLAGS
 
     def postOptions(self) -> None:  # noqa: N802 - Twisted's name
         super().postOptions()
@@ -40,14 +36,7 @@ class Options(OverlayOptions):
                 "a peer needs at least one --bootstrap ENDPOINT (or 'bootstrap =' in the "
                 "[peer] section of its --config file), e.g. --bootstrap tcp:198.51.100.1:6084"
             )
-        check_sip_options(self)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - Twisted's name
-    if reactor is None:
-        from twisted.internet import reactor as global_reactor
-
-        reactor = global_reactor
-    top, overlay = make_overlay_role(options, reactor, found_ring=False, title="p2psip peer")
-    add_sip_service(top, overlay, options, reactor)
-    return top
+    return make_super_node_service(options, reactor, found_ring=False, title="p2psip peer")
