@@ -1442,6 +1442,24 @@ class OverlayNode:
 
         return self.fetch_values(resource, DATA.kind_id).addCallback(done)
 
+    def find_owner(self, target: int) -> Deferred[tuple[int, tuple[str, int]]]:
+        """
+        The peer responsible for ``target`` and where its overlay listener is
+        (an Attach to that id, answered by its owner): how the ring page walks
+        the ring peer by peer.
+        """
+        if self.topology.is_responsible(target) and self.state in (NodeState.JOINED, NodeState.ALONE):
+            return succeed((self.node_id, (self.advertised_host, self.advertised_port)))
+
+        def answered(answer: Answer) -> tuple[int, tuple[str, int]]:
+            self._remember_candidates(answer.responder, answer.body)
+            address = answer.body.candidates[0].address
+            return answer.responder, (address.host, address.port)
+
+        return self._request(Destination.node(target), MessageCode.ATTACH_REQ, self._attach_request()).addCallback(
+            answered
+        )
+
     def lookup(self, name: str) -> Deferred[OperationResult]:
         """Find the peer responsible for a name and the route to it (a routed Ping)."""
         return self.lookup_id(resource_id(name))

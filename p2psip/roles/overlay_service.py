@@ -29,7 +29,6 @@ from p2psip.overlay.errors import OverlayError
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import FramedLinkFactory, StreamConnector
 from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS, MediatedConnector
-from p2psip.overlay.message import Destination, MessageCode
 from p2psip.overlay.node import OverlayConfig, OverlayNode
 from p2psip.util.ids import MAX_ID, id_hex
 from p2psip.util.metrics import Registry
@@ -306,7 +305,13 @@ class OverlayService(Service):
             value = (body or {}).get("value", args.get("value"))
             if not isinstance(value, str):
                 raise ApiError(400, "give the value as JSON {\"value\": \"...\"}")
-            lifetime = int((body or {}).get("lifetime") or args.get("lifetime") or 3600)
+            raw_lifetime = (body or {}).get("lifetime", args.get("lifetime", 3600))
+            try:
+                lifetime = int(raw_lifetime)
+            except (TypeError, ValueError):
+                raise ApiError(400, "lifetime must be a whole number of seconds") from None
+            if not 1 <= lifetime <= 0xFFFFFFFF:
+                raise ApiError(400, "lifetime must be between 1 and 4294967295 seconds")
             return self._node().put(name, value.encode("utf-8"), lifetime).addCallbacks(
                 lambda result: result.as_json(), as_api_error
             )
@@ -369,27 +374,18 @@ MAX_RING_WALK = 4096
 def walk_ring(node: OverlayNode) -> Any:
     """
     Every peer of the ring in order, found by asking for the owner of
-    (peer + 1) from one peer to the next (an Attach to that id, whose
-    answer names the owner and its address).
+    (peer + 1) from one peer to the next.
     """
     nodes = [{"node_id": id_hex(node.node_id), "address": f"{node.advertised_host}:{node.advertised_port}"}]
     current = node.node_id
     complete = False
     for _ in range(MAX_RING_WALK):
-        target = (current + 1) & MAX_ID
-        if node.topology.is_responsible(target):
+        owner, (host, port) = yield node.find_owner((current + 1) & MAX_ID)
+        if owner == node.node_id:
             complete = True
             break
-        answer = yield node._request(
-            Destination.node(target), MessageCode.ATTACH_REQ, node._attach_request()
-        )
-        if answer.responder == node.node_id:
-            complete = True
-            break
-        candidate = answer.body.candidates[0]
-        address = candidate.address
-        nodes.append({"node_id": id_hex(answer.responder), "address": f"{address.host}:{address.port}"})
-        current = answer.responder
+        nodes.append({"node_id": id_hex(owner), "address": f"{host}:{port}"})
+        current = owner
     return {"nodes": nodes, "complete": complete, "count": len(nodes)}
 
 

@@ -41,6 +41,20 @@ class SmallRingTests(SynchronousTestCase):
             self.assertTrue(got.found)
             self.assertEqual(got.value, b"sip:alice@192.0.2.1")
 
+    def test_find_owner_walks_the_ring(self) -> None:
+        """Asking for the owner of (peer + 1) from peer to peer visits every peer once."""
+        start = self.sim.live()[0]
+        seen, current = [start.node_id], start.node_id
+        while True:
+            owner, _address = self.sim.wait(start.find_owner((current + 1) % 2**128))
+            if owner == start.node_id:
+                break
+            seen.append(owner)
+            current = owner
+        ring = self.sim.sorted_ids()
+        index = ring.index(start.node_id)
+        self.assertEqual(seen, ring[index:] + ring[:index])
+
     def test_missing_value(self) -> None:
         """Fetching a name nobody stored reports not found."""
         got = self.sim.wait(self.sim.live()[2].get("nobody"))
@@ -103,13 +117,11 @@ class LargeRingTests(SynchronousTestCase):
             victims: set[int] = set()
             while len(victims) < self.PEERS // 20:
                 candidate = sim.random.randrange(len(ring))
-                run = {ring[(candidate + k) % len(ring)] for k in (-2, -1, 1, 2)}
                 window = [(candidate + k) % len(ring) for k in range(-2, 3)]
                 marks = [ring[i] in victims or i == candidate for i in window]
                 if any(all(marks[j : j + 3]) for j in range(3)):
                     continue
                 victims.add(ring[candidate])
-                del run
             for node in [n for n in sim.nodes if n.node_id in victims]:
                 sim.crash(node)
             sim.run(45)
