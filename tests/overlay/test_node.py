@@ -5,6 +5,7 @@ misdirected input, RELOAD error answers, and the status document.
 
 from __future__ import annotations
 
+from attrs import evolve
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.overlay import bodies
@@ -12,7 +13,7 @@ from p2psip.overlay.errors import RequestFailed
 from p2psip.overlay.message import Destination, ErrorCode, MessageCode
 from p2psip.testing import MemoryLink
 from p2psip.util.ids import id_hex
-from tests.overlay.ringsim import RingSimulation
+from tests.overlay.ringsim import SIMULATION_CONFIG, RingSimulation
 
 
 class HostileInputTests(SynchronousTestCase):
@@ -36,8 +37,7 @@ class HostileInputTests(SynchronousTestCase):
 
     def test_other_overlay_is_dropped(self) -> None:
         """A valid message for another overlay name is dropped, not answered."""
-        other = RingSimulation(seed=12)
-        other.config = other.config.__class__(overlay_name="someone-else.test")
+        other = RingSimulation(evolve(SIMULATION_CONFIG, overlay_name="someone-else.test"), seed=12)
         stranger = other.found()
         data = stranger._encode(
             MessageCode.PING_REQ, bodies.PingReq().encode(), (Destination.node(self.node.node_id),), 7
