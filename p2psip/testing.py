@@ -208,6 +208,12 @@ class MemoryNetwork:
             if link.other is not None:
                 link.other.severed = True
 
+    def kill(self, host: str, port: int) -> None:
+        """End the node at host:port as SIGKILL would: its links close and the far ends hear of it."""
+        self.listeners.pop((host, port), None)
+        for link in self.links.pop((host, port), []):
+            link.close()
+
     def connector(self, host: str, port: int) -> MemoryConnector:
         return MemoryConnector(self, (host, port))
 
@@ -255,10 +261,10 @@ class MemoryConnector:
         return self.network._connect(self.source, listener, host, port)
 
     def connect_endpoint(self, listener: Any, description: str) -> Any:
-        parts = description.split(":")
-        if len(parts) != 3 or parts[0] != "tcp":
-            raise ValueError(f"memory network endpoints look like tcp:HOST:PORT, not {description!r}")
-        return self.connect(listener, parts[1], int(parts[2]))
+        from p2psip.util.endpoints import parse_tcp_client_description
+
+        host, port = parse_tcp_client_description(description)
+        return self.connect(listener, host, port)
 
 
 class HeapClock:

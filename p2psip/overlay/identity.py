@@ -36,6 +36,7 @@ from cryptography.x509.oid import NameOID
 from twisted.logger import Logger
 
 from p2psip.overlay.message import Signature, SignerIdentity, SignerIdentityType
+from p2psip.util.files import DataFileError, write_atomically
 from p2psip.util.ids import id_hex, node_id_from_key
 
 #: TLS HashAlgorithm code points (RFC 5246 s7.4.1.4.1) used in RELOAD.
@@ -298,23 +299,10 @@ def _read(path: Path) -> bytes:
 
 
 def _write_atomically(path: Path, data: bytes, mode: int) -> None:
-    temporary = path.with_name(path.name + ".new")
     try:
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            # os.open's mode is filtered by the umask and ignored for an
-            # existing file; set it explicitly so the key is never readable.
-            os.fchmod(descriptor, mode)
-            os.write(descriptor, data)
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, path)
-    except OSError as e:
-        raise IdentityError(
-            f"cannot write {path}: {e.strerror}; check that the data directory is "
-            "writable by the role's user"
-        ) from e
+        write_atomically(path, data, mode)
+    except DataFileError as e:
+        raise IdentityError(str(e)) from e
 
 
 class _KnownCertificate:

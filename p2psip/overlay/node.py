@@ -33,11 +33,12 @@ import secrets
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from attrs import evolve, field, frozen
+from attrs import define, evolve, field, frozen
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
+    DeferredSemaphore,
     fail,
     inlineCallbacks,
     succeed,
@@ -88,6 +89,15 @@ WILDCARD_NODE_ID = MAX_ID
 
 #: Attach/Join rounds before a join attempt gives up (the service retries later).
 JOIN_ATTEMPTS = 5
+
+#: The replica_number of hand-over Stores (a newcomer's range at join, ours
+#: at leave): non-zero, like a replica, so the receiver adopts the
+#: sender's generation counters and merges (RFC 6940 s7.4.1.1 checks the
+#: counter only for original stores).
+HAND_OVER_REPLICA_NUMBER = 1
+
+#: Hand-over Stores in flight at once to one peer.
+HAND_OVER_WINDOW = 16
 
 
 def host_candidate(host: str, port: int) -> bodies.IceCandidate:
@@ -168,6 +178,15 @@ class OperationResult:
         return result
 
 
+@define
+class HandOver:
+    """How a hand-over went: resources the peer refused, and ones it never answered for."""
+
+    refused: int = 0
+    unreachable: int = 0
+    reason: str = ""
+
+
 class DuplicateNodeId(OverlayError):
     """Our Node-ID is already in the ring (the same key in two places)."""
 
@@ -236,9 +255,16 @@ class OverlayNode:
         self.unreachable_until: dict[int, float] = {}
         self.corrections_sent: dict[int, float] = {}
         self.counters: dict[str, int] = {}
+        #: Called (with no arguments) after the neighbour table changed.
+        self.neighbour_observers: list[Callable[[], None]] = []
         self._connecting: dict[int, Deferred[Link]] = {}
         self._pinging: set[int] = set()
+        self._asking_address: set[int] = set()
         self._joined: Deferred[None] | None = None
+        #: While joining: the peer we sent Join to, whose FULL Update admits us.
+        self._admitting: int | None = None
+        #: While joining: set once the admitting peer's Update gave us our range.
+        self._admitted = False
         self._neighbour_update_call: IDelayedCall | None = None
         self._periodic: list[IDelayedCall] = []
         self._candidate = host_candidate(advertised_host, advertised_port)
@@ -260,40 +286,68 @@ class OverlayNode:
     @inlineCallbacks
     def join(self, bootstrap: Iterable[str]) -> Any:
         """
-        Join the ring through the first reachable bootstrap endpoint.
+        Join the ring through the first of ``bootstrap`` that gets us admitted.
 
-        ``bootstrap`` holds client endpoint strings (``tcp:HOST:PORT``).
-        Fires when the admitting peer has handed over our data and its
-        neighbour table; fails with :class:`NotConnected` naming what to fix.
+        ``bootstrap`` holds client endpoint strings (``tcp:HOST:PORT``): the
+        configured bootstrap peers and then, on a restart, the peers this
+        node knew before, so that it comes back even when the bootstrap is
+        gone.  An endpoint that does not answer, or through which no
+        admitting peer takes us, is skipped for the next one.  Fires with
+        the Node-ID of the peer we joined through once the admitting peer
+        has handed over our data and its neighbour table; fails with
+        :class:`NotConnected` naming what to fix.
         """
         self.state = NodeState.JOINING
         self.started_at = self.clock.seconds()
-        self._joined = Deferred()
-        endpoints = list(bootstrap)
-        link: Link | None = None
+        self._schedule_periodic()
         failures: list[str] = []
-        for description in endpoints:
+        for description in list(bootstrap):
             try:
                 link = yield self.connector.connect_endpoint(self, description)
                 yield self._hello(link)
-                break
             except Exception as error:  # noqa: BLE001 - report every endpoint's reason
                 failures.append(f"{description}: {error}")
-                link = None
-        if link is None:
-            self.state = NodeState.STOPPED
-            raise NotConnected(
-                "could not reach any bootstrap peer ("
-                + "; ".join(failures or ["none configured"])
-                + "); check --bootstrap and that the bootstrap role is running"
+                continue
+            through = link.peer_id or 0
+            self.log.info(
+                "node {node} reached peer {peer} at {endpoint}; looking for its admitting peer",
+                node=id_short(self.node_id),
+                peer=id_short(through),
+                endpoint=description,
             )
-        self.log.info(
-            "node {node} reached bootstrap {bootstrap}; looking for its admitting peer",
-            node=id_short(self.node_id),
-            bootstrap=id_short(link.peer_id or 0),
+            try:
+                yield self._join_through(link)
+            except DuplicateNodeId:
+                self.state = NodeState.STOPPED
+                raise
+            except OverlayError as error:
+                failures.append(f"{description} (peer {id_short(through)}): {error.reason}")
+                self._forget_partial_join(link)
+                continue
+            self.log.info(
+                "node {node} joined the ring through peer {peer} at {endpoint}: "
+                "predecessor {pred}, successor {succ}",
+                node=id_short(self.node_id),
+                peer=id_short(through),
+                endpoint=description,
+                pred=id_short(self.topology.predecessor or 0),
+                succ=id_short(self.topology.successor or 0),
+            )
+            return through
+        self.state = NodeState.STOPPED
+        raise NotConnected(
+            "could not join through any bootstrap or known peer ("
+            + "; ".join(failures or ["none configured"])
+            + "); check --bootstrap and that the bootstrap role is running"
         )
-        joined = self._joined
-        self._schedule_periodic()
+
+    @inlineCallbacks
+    def _join_through(self, link: Link) -> Any:
+        """Find our admitting peer through ``link``, send it Join and wait for its Update."""
+        joined: Deferred[None] = Deferred()
+        self._joined = joined
+        self._admitting = None
+        self._admitted = False
         for attempt in range(1, JOIN_ATTEMPTS + 1):
             # The admitting peer is whoever owns our Node-ID right now; the
             # ring may change between the Attach and the Join (another peer
@@ -313,6 +367,7 @@ class OverlayNode:
                     )
                 self._remember_candidates(admitting, answer.body)
                 admitting_link = yield self._ensure_link(admitting)
+                self._admitting = admitting
                 yield self._request(
                     Destination.node(admitting),
                     MessageCode.JOIN_REQ,
@@ -331,6 +386,7 @@ class OverlayNode:
                     why=error.reason,
                 )
                 yield deferLater(self.clock, 0.5 * attempt, lambda: None)
+
         def give_up() -> None:
             if not joined.called:
                 joined.errback(OverlayError("the admitting peer never sent its neighbour table"))
@@ -341,12 +397,16 @@ class OverlayNode:
         finally:
             if timeout.active():
                 timeout.cancel()
-        self.log.info(
-            "node {node} joined: predecessor {pred}, successor {succ}",
-            node=id_short(self.node_id),
-            pred=id_short(self.topology.predecessor or 0),
-            succ=id_short(self.topology.successor or 0),
-        )
+
+    def _forget_partial_join(self, link: Link) -> None:
+        """After a failed join through ``link``: start the next attempt from nothing."""
+        self._admitting = None
+        self._admitted = False
+        self._joined = None
+        for peer in list(self.topology.known_peers()):
+            self.topology.remove_peer(peer)
+        for other in self._all_links():
+            self._drop_link(other)
 
     @inlineCallbacks
     def leave(self) -> Any:
@@ -359,13 +419,16 @@ class OverlayNode:
             return
         self.state = NodeState.LEAVING
         successor = self.topology.successor
-        handovers = []
-        if successor is not None:
-            for resource in list(self.store.resources()):
-                if self.topology.is_responsible(resource):
-                    handovers.append(self._send_store(successor, resource, 0))
-        if handovers:
-            yield DeferredList(handovers, consumeErrors=True)
+        handovers = [resource for resource in self.store.resources() if self.topology.is_responsible(resource)]
+        if successor is not None and handovers:
+            handed = yield self._hand_over(successor, handovers)
+            if handed.unreachable:
+                self.log.warn(
+                    "successor {peer} did not take {count} resources ({why}); its replicas remain",
+                    peer=id_short(successor),
+                    count=handed.unreachable,
+                    why=handed.reason,
+                )
         notices = []
         for peer in self.topology.successors:
             data = bodies.ChordLeaveData(
@@ -429,6 +492,7 @@ class OverlayNode:
         try:
             if self.state == NodeState.JOINED:
                 self._relink_neighbours()
+                self._learn_neighbour_addresses()
                 self._send_updates()
                 self._repair_fingers()
             expired = self.store.expire(self.clock.seconds())
@@ -454,6 +518,33 @@ class OverlayNode:
                 continue
             self._ensure_link(peer).addErrback(self._relink_failed, peer)
 
+    def _learn_neighbour_addresses(self) -> None:
+        """
+        Ask neighbours that linked to us for their listener's address.
+
+        A peer that connected to us (or that we reached through a bootstrap
+        endpoint) never told us where it listens; an Attach over the link
+        we have asks for its candidate and tells it ours.  The addresses
+        go into the known-peers list a restarted node rejoins through.
+        """
+        for peer in self.topology.neighbours():
+            link = self.link_for(peer)
+            if peer in self.addresses or link is None or peer in self._asking_address:
+                continue
+            self._asking_address.add(peer)
+            d = self._request(Destination.node(peer), MessageCode.ATTACH_REQ, self._attach_request(), first_link=link)
+
+            d.addBoth(self._address_answered, peer)
+
+    def _address_answered(self, outcome: Answer | Failure, peer: int) -> None:
+        self._asking_address.discard(peer)
+        if isinstance(outcome, Failure):
+            self.log.debug(
+                "neighbour {peer} did not tell its address: {why}", peer=id_short(peer), why=outcome.getErrorMessage()
+            )
+        elif outcome.responder == peer:
+            self._remember_candidates(peer, outcome.body)
+
     def _relink_failed(self, failure: Failure, peer: int) -> None:
         self.log.debug("lost neighbour {peer}: {why}", peer=id_short(peer), why=failure.getErrorMessage())
         self._peer_failed(peer)
@@ -473,7 +564,8 @@ class OverlayNode:
                             seconds=quiet,
                         )
                         self._drop_link(link)
-                        self._peer_failed(peer)
+                        if not self.has_link(peer):
+                            self._peer_failed(peer)
                     elif quiet > interval and peer not in self._pinging:
                         self._ping_link(link, peer)
                     elif (
@@ -500,7 +592,8 @@ class OverlayNode:
             if isinstance(result, Failure):
                 self.log.info("peer {peer} did not answer a keepalive", peer=id_short(peer))
                 self._drop_link(link)
-                self._peer_failed(peer)
+                if not self.has_link(peer):
+                    self._peer_failed(peer)
 
         d.addBoth(done)
 
@@ -518,10 +611,18 @@ class OverlayNode:
         return every + list(self.unidentified_links)
 
     def link_for(self, peer: int) -> Link | None:
+        """
+        The open link to ``peer`` that last carried something from it.
+
+        A peer can have two links for a while (both sides connected at once,
+        or it restarted and connected again before the old link was found
+        dead); the one that hears from the peer is the one that works.
+        """
+        best: Link | None = None
         for link in self.links.get(peer, ()):
-            if not link.closed:
-                return link
-        return None
+            if not link.closed and (best is None or link.last_received_at > best.last_received_at):
+                best = link
+        return best
 
     def has_link(self, peer: int) -> bool:
         return self.link_for(peer) is not None
@@ -535,11 +636,12 @@ class OverlayNode:
         peer = link.peer_id
         if peer is None:
             return
-        links = self.links.get(peer, [])
-        if link in links:
-            links.remove(link)
+        links = self.links.get(peer)
+        if links is None or link not in links:
+            return  # dropped on purpose (see _drop_link), not a failure
+        links.remove(link)
         if not links:
-            self.links.pop(peer, None)
+            del self.links[peer]
             if self.state not in (NodeState.STOPPED, NodeState.LEAVING):
                 self._peer_failed(peer)
 
@@ -769,6 +871,18 @@ class OverlayNode:
             self._count("malformed_messages")
             return
         first = destinations[0]
+        if (
+            request
+            and not header.via_list
+            and link.peer_id is not None
+            and link.peer_id != self.node_id
+            and first.type == DestinationType.NODE
+            and first.value == link.peer_id
+        ):
+            # A peer asking, over its own link, for the owner of its own
+            # Node-ID is joining (RFC 6940 s10.5's Attach); if we still hold
+            # it in our tables it has restarted and lost its old place.
+            self._peer_rejoining(link.peer_id, link)
         if first.type == DestinationType.NODE and first.value in (self.node_id, WILDCARD_NODE_ID):
             rest = destinations[1:]
             if not rest:
@@ -777,12 +891,25 @@ class OverlayNode:
             header = evolve(header, destination_list=rest)
             data = replace_header(data, header)
             first = rest[0]
-        elif self._delivers_locally(first, data):
+        elif self._delivers_locally(first, link):
             self._deliver(link, data, header)
             return
         self._forward(link, data, header, first, request)
 
-    def _delivers_locally(self, destination: Destination, data: bytes) -> bool:
+    def _in_ring(self) -> bool:
+        """Whether we answer for our range: a member, or a newcomer its admitting peer has handed its range."""
+        return self.state in (NodeState.JOINED, NodeState.ALONE) or (
+            self.state == NodeState.JOINING and self._admitted
+        )
+
+    def _delivers_locally(self, destination: Destination, link: Link) -> bool:
+        if not self._in_ring():
+            # A peer that is still joining (or stopping) holds no range: it
+            # must not answer Fetches "not found" for data it never got.  It
+            # does answer a new link's first Ping for whatever Node-ID the
+            # sender expected, so that the sender learns who is really there
+            # (a loopback candidate that led back to ourselves).
+            return destination.type == DestinationType.NODE and link.peer_id is None
         if destination.type == DestinationType.RESOURCE:
             assert isinstance(destination.value, int)
             return self.topology.is_responsible(destination.value)
@@ -1029,18 +1156,39 @@ class OverlayNode:
 
     @inlineCallbacks
     def _admit(self, joining: int) -> Any:
-        """Hand the joining peer its data, then our neighbour table (RFC 6940 s10.5)."""
+        """
+        Hand the joining peer its data, then our neighbour table (RFC 6940 s10.5).
+
+        The data goes first and must arrive before the Update that lets the
+        newcomer take its range: a peer that answered Fetches for a range it
+        does not hold yet would report stored values as missing.  If the
+        newcomer cannot be reached for part of it, it is not admitted (its
+        join times out and it asks again); we keep every value either way,
+        so the range stays whole at this peer and its replicas.  Values
+        stored here for that range while the hand-over travelled are sent
+        once more after the newcomer has taken the range.
+        """
         previous = self.topology.predecessor
-        handovers = []
-        for resource in list(self.store.resources()):
+
+        def moves(resource: int) -> bool:
             if previous is None:
-                moves = not between_right_inclusive(resource, joining, self.node_id)
-            else:
-                moves = between_right_inclusive(resource, previous, joining)
-            if moves:
-                handovers.append(self._send_store(joining, resource, 0))
-        if handovers:
-            yield DeferredList(handovers, consumeErrors=True)
+                # Alone, we own the whole ring; the newcomer takes (us, it].
+                return not between_right_inclusive(resource, joining, self.node_id)
+            return between_right_inclusive(resource, previous, joining)
+
+        moving = [resource for resource in self.store.resources() if moves(resource)]
+        versions = {resource: self.store.version(resource) for resource in moving}
+        handed = yield self._hand_over(joining, moving)
+        if handed.unreachable:
+            self.log.warn(
+                "could not hand joining peer {peer} {count} of its {total} resources ({why}); "
+                "not admitting it until it asks again",
+                peer=id_short(joining),
+                count=handed.unreachable,
+                total=len(moving),
+                why=handed.reason,
+            )
+            return
         update = bodies.UpdateReq(
             uptime=int(self.clock.seconds() - self.started_at),
             type=bodies.ChordUpdateType.FULL,
@@ -1056,21 +1204,79 @@ class OverlayNode:
         if self.state == NodeState.ALONE:
             self.state = NodeState.JOINED
         self._add_neighbours([joining])
+        late = [
+            resource
+            for resource in self.store.resources()
+            if moves(resource) and self.store.version(resource) != versions.get(resource)
+        ]
+        if late:
+            yield self._hand_over(joining, late)
         self.log.info(
             "admitted peer {peer} ({count} resources handed over)",
             peer=id_short(joining),
-            count=len(handovers),
+            count=len(moving) + len(late),
         )
+
+    def _hand_over(self, peer: int, resources: Iterable[int]) -> Deferred[HandOver]:
+        """
+        Copy whole resources to a peer that takes them over (a newcomer, or
+        our successor when we leave), a few Stores in flight at a time.
+
+        Hand-over Stores carry a non-zero replica_number, as replicas do: the
+        receiver takes our generation counters instead of checking them
+        (they are ours, not the writer's), and merges rather than refusing
+        when it already holds a newer version of some value.
+        """
+        result = HandOver()
+        window = DeferredSemaphore(HAND_OVER_WINDOW)
+
+        def one(resource: int) -> Deferred[Any]:
+            def failed(failure: Failure) -> None:
+                if failure.check(RequestFailed):
+                    result.refused += 1
+                    self.log.warn(
+                        "peer {peer} refused the hand-over of resource {resource}: {why}",
+                        peer=id_short(peer),
+                        resource=id_short(resource),
+                        why=failure.getErrorMessage(),
+                    )
+                else:
+                    result.unreachable += 1
+                    result.reason = failure.getErrorMessage()
+
+            return self._send_store(peer, resource, HAND_OVER_REPLICA_NUMBER).addErrback(failed)
+
+        sends = [window.run(one, resource) for resource in resources]
+        return DeferredList(sends, consumeErrors=True).addCallback(lambda _: result)
 
     def _on_update(self, link: Link, message: Message, signer: int) -> Any:
         update = bodies.UpdateReq.decode(message.body, self.config.limits)
         learned = {signer, *update.predecessors, *update.successors}
         learned.discard(self.node_id)
-        if self.state == NodeState.JOINING and self._joined is not None and not self._joined.called:
-            self._finish_join(signer, learned)
-        elif self.state in (NodeState.JOINED, NodeState.ALONE):
+        if self.state == NodeState.JOINING:
+            if (
+                signer == self._admitting
+                and update.type == bodies.ChordUpdateType.FULL
+                and self._joined is not None
+                and not self._joined.called
+            ):
+                self._finish_join(signer, update, learned)
+                return MessageCode.UPDATE_ANS, bodies.UpdateAns().encode(), ()
+            # Until our admitting peer has handed us our range we are not a
+            # member: a peer that takes us for one must not list us yet.
+            raise _RequestError(ErrorCode.IN_PROGRESS, "this peer is still joining the ring")
+        if self.state in (NodeState.JOINED, NodeState.ALONE):
             if self.state == NodeState.ALONE:
                 self.state = NodeState.JOINED
+            if not message.header.via_list:
+                # Sent by the peer at the other end of the link: it is alive
+                # and in the ring (peers send Updates only once admitted),
+                # whatever we believed of it before (a peer that restarted).
+                learned.discard(signer)
+                self.recently_failed.pop(signer, None)
+                self.unreachable_until.pop(signer, None)
+                if signer not in self.topology.neighbours() and self._would_be_neighbour(signer):
+                    self._add_neighbours([signer])
             self._consider_peers(learned, informant=link)
             if signer not in self.topology.neighbours() and self._knows_closer_peers(signer, update):
                 # The sender counts us as its neighbour but we know peers
@@ -1094,16 +1300,24 @@ class OverlayNode:
         self._send_updates(only=[peer], link=link)
 
     @inlineCallbacks
-    def _finish_join(self, admitting: int, learned: set[int]) -> Any:
-        # The admitting peer first: routing to the others goes through it.
-        self.topology.add_peers([admitting])
+    def _finish_join(self, admitting: int, update: Any, learned: set[int]) -> Any:
+        # Our range is (the admitting peer's predecessor, us]: it has handed
+        # that range over before sending this Update, so we answer for it
+        # from now on instead of bouncing requests back to it while we link
+        # to the rest of the neighbourhood.
+        self._admitted = True
+        predecessors = [peer for peer in update.predecessors if peer != self.node_id]
+        self.topology.add_peers([admitting, *predecessors[:1]])
         others = sorted(learned - {admitting})
         informant = self.link_for(admitting)
         results = yield DeferredList(
             [self._ensure_link(peer, informant) for peer in others], consumeErrors=True
         )
-        linked = [peer for peer, (ok, _) in zip(others, results) if ok]
-        self.topology.add_peers(linked)
+        for peer, (ok, _) in zip(others, results):
+            if ok:
+                self.topology.add_peers([peer])
+            else:
+                self.topology.remove_peer(peer)
         self.state = NodeState.JOINED
         # Tell the admitting peer we are ready to route (RFC 6940 s10.5's
         # peer_ready), then give every neighbour our neighbour table.
@@ -1121,7 +1335,15 @@ class OverlayNode:
             self._joined.callback(None)
 
     def _consider_peers(self, peers: Iterable[int], informant: Link | None = None) -> None:
-        """Link to peers we hear about that would improve our neighbour table."""
+        """
+        Link to peers we hear about that would improve our neighbour table.
+
+        Hearsay is not enough to list a peer: others' tables can name a peer
+        that has died, or one that restarted and has not been admitted
+        again.  So we link to it and send it our Update, and list it only if
+        it takes the Update (a peer still joining answers Error_In_Progress,
+        and will announce itself once admitted).
+        """
         for peer in peers:
             if peer == self.node_id or peer in self.recently_failed:
                 continue
@@ -1131,10 +1353,16 @@ class OverlayNode:
                 continue
             if not self._would_be_neighbour(peer):
                 continue
-            self._ensure_link(peer, informant).addCallbacks(
+            self._ensure_link(peer, informant).addCallback(self._confirm_member, peer).addCallbacks(
                 lambda _, p=peer: self._add_neighbours([p]),
                 lambda failure, p=peer: self._note_unreachable(p, failure),
             )
+
+    def _confirm_member(self, link: Link, peer: int) -> Deferred[Answer]:
+        """Send ``peer`` our neighbour table; fires if it answers as a member of the ring."""
+        return self._request(
+            Destination.node(peer), MessageCode.UPDATE_REQ, self._neighbours_update(), first_link=link
+        )
 
     def _would_be_neighbour(self, peer: int) -> bool:
         probe = ChordTopology(self.node_id, self.topology.successor_count, self.topology.predecessor_count)
@@ -1249,15 +1477,23 @@ class OverlayNode:
             return
         self._send_updates()
         self._replicate_all()
+        for observer in list(self.neighbour_observers):
+            try:
+                observer()
+            except Exception:
+                self.log.failure("neighbour observer {observer!r} failed", observer=observer)
 
-    def _send_updates(self, only: Iterable[int] | None = None, link: Link | None = None) -> None:
-        update = bodies.UpdateReq(
+    def _neighbours_update(self) -> bytes:
+        return bodies.UpdateReq(
             uptime=int(self.clock.seconds() - self.started_at),
             type=bodies.ChordUpdateType.NEIGHBORS,
             predecessors=tuple(self.topology.predecessors),
             successors=tuple(self.topology.successors),
             fingers=(),
         ).encode()
+
+    def _send_updates(self, only: Iterable[int] | None = None, link: Link | None = None) -> None:
+        update = self._neighbours_update()
         for peer in self.topology.neighbours() if only is None else only:
             peer_link = link or self.link_for(peer)
             if peer_link is None:
@@ -1290,6 +1526,25 @@ class OverlayNode:
         )
         d.addCallback(found)
         d.addErrback(lambda failure: self.log.debug("finger {index} repair failed: {why}", index=index, why=failure.getErrorMessage()))
+
+    def _peer_rejoining(self, peer: int, link: Link) -> None:
+        """Forget a restarted peer's old incarnation: its place, its links, its replicas."""
+        stale = [other for other in self.links.get(peer, []) if other is not link]
+        if peer not in self.topology.known_peers() and not stale:
+            return
+        self.log.info(
+            "peer {peer} is joining again: forgetting its old place and {count} old links",
+            peer=id_short(peer),
+            count=len(stale),
+        )
+        self._count("peers_rejoined")
+        for other in stale:
+            self._drop_link(other)
+        for holders in self.replica_holders.values():
+            holders.discard(peer)
+        self._resend_after_failure(peer)
+        if self.topology.remove_peer(peer):
+            self._neighbours_changed()
 
     def _peer_failed(self, peer: int) -> None:
         if peer == self.node_id:
@@ -1544,6 +1799,21 @@ class OverlayNode:
             "pending_transactions": len(self.transactions),
             "counters": dict(sorted(self.counters.items())),
         }
+
+    def known_peer_addresses(self) -> list[tuple[int, str, int]]:
+        """
+        (Node-ID, host, port) of the ring members we know, neighbours first.
+
+        The role keeps this list in its data directory, so a restarted peer
+        can come back through any of them when its bootstrap peers are gone.
+        """
+        ordered = [*self.topology.successors, *self.topology.predecessors, *self.topology.fingers.values()]
+        result = []
+        for peer in dict.fromkeys(ordered):
+            address = self.addresses.get(peer)
+            if address is not None and peer != self.node_id:
+                result.append((peer, address[0], address[1]))
+        return result
 
     def ring_neighbourhood(self) -> list[dict[str, str]]:
         """This node and every peer it knows, in ring order (for the ring page)."""

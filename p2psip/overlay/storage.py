@@ -22,6 +22,10 @@ all:
 * a value whose storage_time is older than the value it would replace ->
   Error_Data_Too_Old (the same storage_time with the same signed value is
   accepted and changes nothing, so replication is idempotent);
+* a replica or hand-over store (replica_number 1 or more) merges instead:
+  its values older than ours are skipped, the rest are applied, so a
+  dictionary handed over while one of its entries was already rewritten
+  at the new holder loses none of its other entries;
 * a bad signature, or a signer the Kind's access policy refuses ->
   Error_Forbidden.
 
@@ -128,6 +132,8 @@ class _KindValues:
 class _Resource:
     replica_number: int
     kinds: dict[int, _KindValues]
+    #: Set from a store-wide counter by every store that changes a value here.
+    version: int = 0
 
 
 def _slot_key(value: DataValue | ArrayEntry | DictionaryEntry) -> _SlotKey:
@@ -186,6 +192,9 @@ class DataStore:
         # entries for slots that were overwritten or removed are skipped.
         self._expiry: list[tuple[float, int, int, int, _SlotKey]] = []
         self._expiry_sequence = 0
+        # Store-wide, so a resource that expired and came back never
+        # repeats a version it had before.
+        self._change_sequence = 0
 
     # -- Store --------------------------------------------------------------
 
@@ -248,7 +257,9 @@ class DataStore:
             plan = plans.get(data.kind)
             if plan is None:
                 values = existing.kinds.get(data.kind) if existing is not None else None
-                plan = plans[data.kind] = KindPlan(self.kinds[data.kind], values, now)
+                plan = plans[data.kind] = KindPlan(
+                    self.kinds[data.kind], values, now, merge=replica_number != 0
+                )
             if (
                 replica_number == 0
                 and data.generation_counter != 0
@@ -341,6 +352,8 @@ class DataStore:
             )
         if plan.changes:
             values.generation += 1
+            self._change_sequence += 1
+            entry.version = self._change_sequence
         if replica_number != 0 and requested_generation > values.generation:
             values.generation = requested_generation
         return StoreKindResponse(kind=kind_id, generation_counter=values.generation, replicas=())
@@ -468,6 +481,17 @@ class DataStore:
         entry = self._resources.get(resource)
         return None if entry is None else entry.replica_number
 
+    def version(self, resource: int) -> int:
+        """
+        A number that changes whenever a store changes a value of ``resource``.
+
+        The node compares it before and after handing data over to a new
+        peer, to send again what was stored while the first copy travelled.
+        Absent resources have version 0.
+        """
+        entry = self._resources.get(resource)
+        return 0 if entry is None else entry.version
+
     def set_replica_number(self, resource: int, replica_number: int) -> None:
         """Record a new role for ``resource`` (0 promotes it to ours); absent ones are ignored."""
         entry = self._resources.get(resource)
@@ -567,9 +591,14 @@ class KindPlan:
     :class:`DataStore`.
     """
 
-    def __init__(self, kind: Kind, values: _KindValues | None, now: float) -> None:
+    def __init__(
+        self, kind: Kind, values: _KindValues | None, now: float, merge: bool = False
+    ) -> None:
         self.kind = kind
         self.now = now
+        #: Skip values older than ours instead of refusing the whole store
+        #: (replica and hand-over stores: the newest signed value wins).
+        self.merge = merge
         self.generation = values.generation if values is not None else 0
         self._existing: dict[_SlotKey, _Slot] = (
             {key: slot for key, slot in values.slots.items() if _live(slot, now)}
@@ -622,6 +651,11 @@ class KindPlan:
         key = _slot_key(stored.value)
         current = self._current(key)
         if current is not None:
+            if self.merge and (
+                stored.storage_time < current.storage_time
+                or (stored.storage_time == current.storage_time and stored != current)
+            ):
+                return  # we hold a newer (or the same-time) value: keep it
             if stored.storage_time < current.storage_time:
                 raise StoreError(
                     ErrorCode.DATA_TOO_OLD,

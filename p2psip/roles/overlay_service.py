@@ -19,6 +19,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -29,7 +30,9 @@ from p2psip.overlay.errors import OverlayError
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import FramedLinkFactory, StreamConnector
 from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS, MediatedConnector
-from p2psip.overlay.node import OverlayConfig, OverlayNode
+from p2psip.overlay import peer_cache
+from p2psip.overlay.node import NodeState, OverlayConfig, OverlayNode
+from p2psip.util.files import DataFileError
 from p2psip.util.ids import MAX_ID, id_hex
 from p2psip.util.metrics import Registry
 from p2psip.web.site import ApiError, ApiRoute, build_site, http_service
@@ -128,6 +131,10 @@ def _listen_interface(description: str) -> str | None:
     return None
 
 
+#: Delay between a neighbour change and saving the known peers (coalesces bursts).
+PEER_SAVE_DELAY_SECONDS = 1.0
+
+
 class OverlayService(Service):
     """Runs one :class:`OverlayNode`: listen, join (or found) the ring, leave on stop."""
 
@@ -148,6 +155,12 @@ class OverlayService(Service):
         self.registry: Registry | None = None
         self.traversal: TraversalService | None = None
         self.mediated: MediatedConnector | None = None
+        #: Peers saved by an earlier run (see p2psip.overlay.peer_cache).
+        self.known_peers: list[peer_cache.KnownPeer] = []
+        self._saved_peers: list[peer_cache.KnownPeer] = []
+        self._save_error = ""
+        self._save_peers_call: LoopingCall | None = None
+        self._pending_peer_save: Any = None
 
     def startService(self) -> Any:  # noqa: N802 - Twisted's name
         super().startService()
@@ -155,6 +168,7 @@ class OverlayService(Service):
         config = options.overlay_config()
         os.makedirs(options["data-dir"], mode=0o700, exist_ok=True)
         identity = NodeIdentity.load_or_create(options["data-dir"])
+        self.known_peers = peer_cache.load(options["data-dir"])
         stream = StreamConnector(self.reactor, self.reactor, config.limits.max_message_bytes)
         connector: StreamConnector | MediatedConnector = stream
         if options["mediator"]:
@@ -226,38 +240,98 @@ class OverlayService(Service):
             node=id_hex(self.node.node_id),
             address=f"{advertise}:{host.port}",
         )
+        cached = [peer.endpoint for peer in self.known_peers if peer.node_id != self.node.node_id]
+        endpoints = list(dict.fromkeys([*self.options["bootstrap"], *cached]))
         if self.found_ring or not self.options["bootstrap"]:
-            self.node.start_alone()
-            self.joined.callback(None)
+            if cached:
+                # A restarted founder rejoins the ring it knew rather than
+                # starting a second one beside it; only when none of its old
+                # peers answers does it found a new ring.
+                self.log.info(
+                    "trying {count} peers known from {path} before founding a ring",
+                    count=len(cached),
+                    path=os.path.join(self.options["data-dir"], peer_cache.FILE_NAME),
+                )
+                self._try_join(cached, found_if_none=True)
+            else:
+                self._found()
         else:
-            self._try_join()
+            self._try_join(endpoints)
 
-    def _try_join(self) -> None:
+    def _found(self) -> None:
+        assert self.node is not None
+        self.node.start_alone()
+        self._joined_ring()
+
+    def _joined_ring(self) -> None:
+        assert self.node is not None
+        if not self.joined.called:
+            self.joined.callback(None)
+        # Save soon after the neighbourhood changes (a peer killed moments
+        # after it joined must still find its ring again), and now and then
+        # anyway, since addresses are learned without a neighbour change.
+        self.node.neighbour_observers.append(self._schedule_peer_save)
+        self._save_peers_call = LoopingCall(self._save_known_peers)
+        self._save_peers_call.clock = self.reactor
+        self._save_peers_call.start(self.options["update-interval"], now=False)
+
+    def _schedule_peer_save(self) -> None:
+        if self._pending_peer_save is None or not self._pending_peer_save.active():
+            self._pending_peer_save = self.reactor.callLater(PEER_SAVE_DELAY_SECONDS, self._save_known_peers)
+
+    def _try_join(self, endpoints: list[str], found_if_none: bool = False) -> None:
         assert self.node is not None
         node = self.node
 
         def failed(failure: Any) -> None:
             if not self.running:
                 return
+            node.stop()
+            if found_if_none:
+                self.log.info("no known peer answered ({why}); founding a new ring", why=failure.getErrorMessage())
+                self._found()
+                return
             self.log.warn(
                 "joining the ring failed: {why}; retrying in {seconds:g} s",
                 why=failure.getErrorMessage(),
                 seconds=self.JOIN_RETRY_SECONDS,
             )
-            node.stop()
-            self._retry = self.reactor.callLater(self.JOIN_RETRY_SECONDS, self._try_join)
+            self._retry = self.reactor.callLater(self.JOIN_RETRY_SECONDS, self._try_join, endpoints)
 
         def succeeded(_: object) -> None:
-            if not self.joined.called:
-                self.joined.callback(None)
+            self._joined_ring()
+            self._save_known_peers()
 
-        node.join(self.options["bootstrap"]).addCallbacks(succeeded, failed)
+        node.join(endpoints).addCallbacks(succeeded, failed)
+
+    def _save_known_peers(self) -> None:
+        """Keep the ring members we know in the data directory, for the next start."""
+        if self.node is None:
+            return
+        peers = [peer_cache.KnownPeer(*entry) for entry in self.node.known_peer_addresses()]
+        if not peers or peers == self._saved_peers:
+            return
+        try:
+            peer_cache.save(self.options["data-dir"], peers)
+        except DataFileError as error:
+            if str(error) != self._save_error:
+                self.log.warn("{why}; a restart will join through --bootstrap only", why=str(error))
+            self._save_error = str(error)
+            return
+        self._saved_peers = peers
+        self._save_error = ""
 
     @inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802 - Twisted's name
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        if self._save_peers_call is not None and self._save_peers_call.running:
+            self._save_peers_call.stop()
+        if self._pending_peer_save is not None and self._pending_peer_save.active():
+            self._pending_peer_save.cancel()
+        if self.node is not None and self.node.state == NodeState.JOINED:
+            self._save_known_peers()
         if self.mediated is not None:
             # A leaving node takes no new peers' connections.
             self.mediated.inbound_factory = None

@@ -76,3 +76,41 @@ def parse_udp_listen_address(description: str) -> UDPListenAddress:
     if port_text is None or not port_text.isdigit() or not port_text.isascii() or int(port_text) > 65535:
         raise ValueError(f"bad UDP listen address {description!r}: port must be 0-65535; expected {UDP_SYNTAX}")
     return UDPListenAddress(int(port_text), interface)
+
+
+def escape_field(value: str) -> str:
+    """A value as one endpoint-string field: ``\\`` and ``:`` escaped (IPv6 addresses)."""
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def tcp_client_description(host: str, port: int) -> str:
+    """The client endpoint string for a TCP connection to ``host:port`` (IPv6 hosts escaped)."""
+    return f"tcp:host={escape_field(host)}:port={port}"
+
+
+def parse_tcp_client_description(description: str) -> tuple[str, int]:
+    """
+    Host and port of a ``tcp:`` client endpoint string, positional
+    (``tcp:HOST:PORT``) or by name (``tcp:host=HOST:port=PORT``).
+
+    :raises ValueError: naming the expected syntax.
+    """
+    syntax = "tcp:HOST:PORT or tcp:host=HOST:port=PORT"
+    fields = split_description(description.strip())
+    if fields[0].lower() != "tcp":
+        raise ValueError(f"bad TCP client endpoint {description!r}: expected {syntax}")
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    for field in fields[1:]:
+        key, eq, value = field.partition("=")
+        if eq and key in ("host", "port", "timeout", "bindAddress"):
+            named[key] = value
+        elif not eq:
+            positional.append(field)
+        else:
+            raise ValueError(f"bad TCP client endpoint {description!r}: unknown field {field!r}; expected {syntax}")
+    host = named.get("host", positional[0] if positional else "")
+    port_text = named.get("port", positional[1] if len(positional) > 1 else "")
+    if not host or not port_text.isdigit() or not port_text.isascii() or not 0 < int(port_text) <= 65535:
+        raise ValueError(f"bad TCP client endpoint {description!r}: expected {syntax}")
+    return host, int(port_text)

@@ -41,12 +41,24 @@ class RoleProcess:
             "--data-dir", str(directory / "data"),
             *args,
         ]
+        self.command = command
+        self.process = self._launch()
+        self.api = AdminClient(f"http://127.0.0.1:{self.http_port}")
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         environment = dict(os.environ, PYTHONPATH=str(repository_root()))
-        self.process = subprocess.Popen(
-            command, cwd=str(directory), env=environment,
+        return subprocess.Popen(
+            self.command, cwd=str(self.directory), env=environment,
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        self.api = AdminClient(f"http://127.0.0.1:{self.http_port}")
+
+    def restart(self) -> None:
+        """Start the role again after it exited: same arguments, ports, data directory and log."""
+        if self.process.poll() is None:
+            raise AssertionError(f"{self.role} in {self.directory} is still running")
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        self.process = self._launch()
 
     @property
     def endpoint(self) -> str:
@@ -95,6 +107,26 @@ def wait_for(condition: Any, timeout_seconds: float, what: str, poll_seconds: fl
     raise AssertionError(f"timed out waiting for {what} (last error: {last_error})")
 
 
+@inlineCallbacks
+def ring_converged(processes: list[RoleProcess]) -> Any:
+    """True when every process's predecessor and successor are the true ones."""
+    statuses = []
+    for process in processes:
+        statuses.append((yield process.call("status")))
+    ring = sorted(status["node_id"] for status in statuses)
+    for status in statuses:
+        if status.get("state") != "joined":
+            return False
+        index = ring.index(status["node_id"])
+        if not status["predecessors"] or not status["successors"]:
+            return False
+        if status["predecessors"][0]["node_id"] != ring[index - 1]:
+            return False
+        if status["successors"][0]["node_id"] != ring[(index + 1) % len(ring)]:
+            return False
+    return True
+
+
 def overlay_arguments(name: str = "integration.test") -> list[str]:
     """Fast timers so failures are noticed within seconds."""
     return [
@@ -103,4 +135,4 @@ def overlay_arguments(name: str = "integration.test") -> list[str]:
     ]
 
 
-__all__ = ["RoleProcess", "wait_for", "overlay_arguments", "repository_root"]
+__all__ = ["RoleProcess", "wait_for", "ring_converged", "overlay_arguments", "repository_root"]

@@ -30,7 +30,7 @@ from twisted.trial.unittest import TestCase
 from p2psip.cli import main as p2psip_command
 from p2psip.testing import free_port, repository_root, require_tool
 from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
-from tests.integration.test_twistd_ring import converged
+from tests.integration.processes import ring_converged as converged
 
 DOMAIN = "sipp.test"
 USERS = 100

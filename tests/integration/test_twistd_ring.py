@@ -13,7 +13,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
+from tests.integration.processes import RoleProcess, overlay_arguments, ring_converged, wait_for
 
 PEERS = 6
 
@@ -42,7 +42,7 @@ class TwistdRingTests(TestCase):
             return bootstrap.call("ring").addCallback(lambda r: r["complete"] and r["count"] == PEERS + 1)
 
         yield wait_for(ring_complete, 60, "the ring to include every peer")
-        yield wait_for(lambda: converged(everyone), 60, "every peer to know its true neighbours")
+        yield wait_for(lambda: ring_converged(everyone), 60, "every peer to know its true neighbours")
 
         names = [f"user{i}@integration.test" for i in range(30)]
         for i, name in enumerate(names):
@@ -79,21 +79,3 @@ class TwistdRingTests(TestCase):
 
 def ring_complete_without(bootstrap: RoleProcess, count: int) -> Any:
     return lambda: bootstrap.call("ring").addCallback(lambda r: r["complete"] and r["count"] == count)
-
-
-@inlineCallbacks
-def converged(processes: list[RoleProcess]) -> Any:
-    """True when every process's predecessor and successor are the true ones."""
-    statuses = []
-    for process in processes:
-        statuses.append((yield process.call("status")))
-    ring = sorted(status["node_id"] for status in statuses)
-    for status in statuses:
-        index = ring.index(status["node_id"])
-        if not status["predecessors"] or not status["successors"]:
-            return False
-        if status["predecessors"][0]["node_id"] != ring[index - 1]:
-            return False
-        if status["successors"][0]["node_id"] != ring[(index + 1) % len(ring)]:
-            return False
-    return True

@@ -21,7 +21,7 @@ from p2psip.overlay.kinds import DEFAULT_KINDS
 from p2psip.overlay.message import MessageCode
 from p2psip.testing import free_port, require_root, require_tool
 from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
-from tests.integration.test_twistd_ring import converged
+from tests.integration.processes import ring_converged as converged
 from tests.interop.capture import (
     DATA_FRAME,
     PacketCapture,

@@ -18,6 +18,7 @@ from p2psip.testing import HeapClock
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.node import NodeState, OverlayConfig, OverlayNode
 from p2psip.testing import MemoryNetwork
+from p2psip.util.ids import between
 
 PORT = 6084
 SIMULATION_CONFIG = OverlayConfig(
@@ -39,12 +40,13 @@ class RingSimulation:
         self.crashed: list[OverlayNode] = []
         self._next_address = 1
 
-    def _new_node(self) -> OverlayNode:
-        index = self._next_address
-        self._next_address += 1
-        host = f"10.{index // 65536}.{index // 256 % 256}.{index % 256}"
+    def _new_node(self, identity: NodeIdentity | None = None, host: str | None = None) -> OverlayNode:
+        if host is None:
+            index = self._next_address
+            self._next_address += 1
+            host = f"10.{index // 65536}.{index // 256 % 256}.{index % 256}"
         node = OverlayNode(
-            identity=NodeIdentity.from_secret(self.random.getrandbits(256)),
+            identity=identity or NodeIdentity.from_secret(self.random.getrandbits(256)),
             clock=self.clock,
             connector=self.network.connector(host, PORT),
             advertised_host=host,
@@ -80,13 +82,36 @@ class RingSimulation:
             result.raiseException()
         return result
 
-    def join(self, settle_seconds: float = 1.0) -> OverlayNode:
-        """Add a peer through the bootstrap, then let the ring settle a moment."""
-        node = self._new_node()
-        self.wait(node.join([self.bootstrap_endpoint]))
+    def identity_between(self, start: int, end: int) -> NodeIdentity:
+        """
+        A key whose Node-ID lies in the ring interval (start, end).
+
+        Node-IDs come from keys, so a test that needs a peer at a chosen
+        place grinds keys from the simulation's seeded generator until one
+        lands there: deterministic, and cheap for arcs of a few percent.
+        """
+        for _ in range(100_000):
+            identity = NodeIdentity.from_secret(self.random.getrandbits(256))
+            if between(identity.node_id, start, end):
+                return identity
+        raise AssertionError("no key found for that arc; make it wider")
+
+    def join(
+        self,
+        settle_seconds: float = 1.0,
+        identity: NodeIdentity | None = None,
+        via: list[str] | None = None,
+    ) -> OverlayNode:
+        """Add a peer (through the bootstrap unless ``via`` names endpoints), then let the ring settle."""
+        node = self._new_node(identity)
+        self.wait(node.join(via or [self.bootstrap_endpoint]))
         self.nodes.append(node)
         self.run(settle_seconds)
         return node
+
+    @staticmethod
+    def endpoint(node: OverlayNode) -> str:
+        return f"tcp:{node.advertised_host}:{PORT}"
 
     def run(self, seconds: float, step: float = 0.5) -> None:
         elapsed = 0.0
@@ -111,6 +136,50 @@ class RingSimulation:
         node.stop()
         self.nodes.remove(node)
         self.crashed.append(node)
+
+    def kill(self, node: OverlayNode) -> None:
+        """End a node's process abruptly (SIGKILL): its links close, so peers notice at once."""
+        self.network.kill(node.advertised_host, PORT)
+        node.stop()
+        self.nodes.remove(node)
+        self.crashed.append(node)
+
+    def restart(self, old: OverlayNode, via: list[str], settle_seconds: float = 1.0) -> OverlayNode:
+        """
+        Start a dead node again with the same key at the same address (the
+        same data directory), joining through ``via``: as a role does, its
+        ``--bootstrap`` endpoints then the peers it knew.
+        """
+        node = self._new_node(old.identity, old.advertised_host)
+        self.wait(node.join(via))
+        self.nodes.append(node)
+        self.run(settle_seconds)
+        return node
+
+    def run_until(self, condition: Any, limit_seconds: float = 300.0, step: float = 0.5) -> float:
+        """Advance the clock until ``condition()`` holds; returns the simulated seconds it took."""
+        waited = 0.0
+        while not condition():
+            if waited >= limit_seconds:
+                raise AssertionError(f"condition not reached after {limit_seconds} simulated seconds")
+            self.clock.advance(step)
+            waited += step
+        return waited
+
+    def consistent(self) -> bool:
+        """Every live peer's first successor and predecessor are the true ones."""
+        ring = self.sorted_ids()
+        if len(ring) != len(self.nodes):
+            return False
+        for node in self.live():
+            index = ring.index(node.node_id)
+            if len(ring) == 1:
+                continue
+            if node.topology.successor != ring[(index + 1) % len(ring)]:
+                return False
+            if node.topology.predecessor != ring[index - 1]:
+                return False
+        return True
 
     def stop_all(self) -> None:
         for node in self.nodes:

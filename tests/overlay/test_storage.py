@@ -539,6 +539,24 @@ class ReplicationTests(SynchronousTestCase):
         other.set_replica_number(RESOURCE, 0)
         self.assertEqual(other.replica_number(RESOURCE), 0)
 
+    def test_replica_store_merges_around_newer_values(self) -> None:
+        """A replica store skips the values we hold newer versions of and applies the rest."""
+        other = make_store()
+        newer = entry(b"k0", b"rewritten", storage_time=T0 + 5)
+        other.store(RESOURCE, data_kind(newer, kind=1), 0.0)
+        other.store_request(RESOURCE, self.store.export(RESOURCE, 0.0), 0.0, replica_number=1)
+        [response] = other.fetch(RESOURCE, [ALL_REGISTRATIONS], 0.0)
+        values = {stored.value.key: stored.value.value.value for stored in response.values}
+        self.assertEqual(values, {b"k0": b"rewritten", b"k1": b"c1", b"k2": b"c2"})
+
+    def test_original_store_of_older_value_still_refused(self) -> None:
+        """Outside replication an older value is still refused whole with DATA_TOO_OLD."""
+        other = make_store()
+        other.store(RESOURCE, data_kind(entry(b"k0", b"new", storage_time=T0 + 5), kind=1), 0.0)
+        with self.assertRaises(StoreError) as caught:
+            other.store_request(RESOURCE, (data_kind(entry(b"k0", b"c0"), kind=1),), 0.0)
+        self.assertEqual(caught.exception.error_code, ErrorCode.DATA_TOO_OLD)
+
     def test_replica_store_takes_generation(self) -> None:
         """A replica store adopts the sender's higher generation counter without checking it."""
         other = make_store()
