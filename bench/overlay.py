@@ -60,7 +60,7 @@ def ring(reactor: Any, size: int) -> Any:
             try:
                 node, port = yield start_peer(reactor, bootstrap, BENCH_CONFIG)
                 break
-            except Exception as error:  # noqa: BLE001
+            except Exception as error:
                 sys.stderr.write(f"  join {index} attempt {attempt + 1} failed: {error}\n")
         else:
             raise RuntimeError(f"peer {index} could not join")
@@ -136,7 +136,7 @@ if __name__ == "__main__":
     )
 
     # Node logs go to a file so the table on stdout stays readable.
-    log_file = open("bench-overlay.log", "w")  # noqa: SIM115
+    log_file = open("bench-overlay.log", "w")
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
     globalLogBeginner.beginLoggingTo(
         [FilteringLogObserver(textFileLogObserver(log_file), [predicate])], redirectStandardIO=False

@@ -36,10 +36,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from super_nodes import DOMAIN, load_sipp_ladder, start_super_node, stop_process  # noqa: E402
+from super_nodes import DOMAIN, load_sipp_ladder, start_super_node, stop_process
 
-from p2psip.sip.users import UsersFile  # noqa: E402
-from p2psip.testing import free_port, repository_root, shared_dir  # noqa: E402
+from p2psip.sip.users import UsersFile
+from p2psip.testing import free_port, repository_root, shared_dir
 
 DIGEST_SCENARIO = repository_root() / "tests" / "integration" / "sipp" / "register_digest.xml"
 PASSWORD = "bench-password"

@@ -45,7 +45,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from super_nodes import (  # noqa: E402
+from super_nodes import (
     DOMAIN,
     SuperNode,
     load_sipp_ladder,
@@ -54,7 +54,7 @@ from super_nodes import (  # noqa: E402
     stop_process,
 )
 
-from p2psip.testing import free_port, shared_dir  # noqa: E402
+from p2psip.testing import free_port, shared_dir
 
 CONVERGE_SECONDS = 180.0
 LATENCY_TARGET_P50_MS = 5.0

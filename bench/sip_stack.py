@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from twisted.internet.task import Clock  # noqa: E402
+from twisted.internet.task import Clock
 
-from p2psip.sip.message import (  # noqa: E402
+from p2psip.sip.message import (
     NameAddress,
     Request,
     Response,
@@ -29,8 +29,8 @@ from p2psip.sip.message import (  # noqa: E402
     make_response,
     parse_message,
 )
-from p2psip.sip.transaction import Hop, ServerTransaction, TransactionLayer, new_branch  # noqa: E402
-from p2psip.testing import shared_dir  # noqa: E402
+from p2psip.sip.transaction import Hop, ServerTransaction, TransactionLayer, new_branch
+from p2psip.testing import shared_dir
 
 REGISTER = (
     "REGISTER sip:example.org SIP/2.0\r\n"

@@ -37,8 +37,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from p2psip.nat import stun  # noqa: E402
-from p2psip.testing import free_port, shared_dir  # noqa: E402
+from p2psip.nat import stun
+from p2psip.testing import free_port, shared_dir
 
 READY_TIMEOUT_SECONDS = 15.0
 

@@ -20,8 +20,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from p2psip.cli.admin import AdminClient, AdminError  # noqa: E402
-from p2psip.testing import free_port, repository_root, shared_dir  # noqa: E402
+from p2psip.cli.admin import AdminClient, AdminError
+from p2psip.testing import free_port, repository_root, shared_dir
 
 DOMAIN = "127.0.0.1"
 START_SECONDS = 30.0

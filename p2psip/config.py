@@ -243,7 +243,7 @@ class RoleOptions(usage.Options):
             return self._config_text[1]
         return self._config_path
 
-    def postOptions(self) -> None:  # noqa: N802 - Twisted's name
+    def postOptions(self) -> None:
         if self._config_text is not None:
             self._apply_config(*self._config_text)
         elif self._config_path is not None:

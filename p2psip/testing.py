@@ -117,7 +117,7 @@ class MemoryUDPReactor(MemoryReactorClock):
         super().__init__()
         self.udpPorts: dict[int, _StubUDPPort] = {}
 
-    def listenUDP(  # noqa: N802 - Twisted's name
+    def listenUDP(
         self, port: int, protocol: Any, interface: str = "", maxPacketSize: int = 8192
     ) -> _StubUDPPort:
         stub = _StubUDPPort(port, protocol, interface)
@@ -291,7 +291,7 @@ class HeapClock:
         self._sequence += 1
         heapq.heappush(self._heap, (call.time, self._sequence, call))
 
-    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:  # noqa: N802
+    def callLater(self, delay: float, callable: Any, *args: Any, **kw: Any) -> Any:
         from twisted.internet.base import DelayedCall
 
         call = DelayedCall(
@@ -301,7 +301,7 @@ class HeapClock:
         self._push(call)
         return call
 
-    def getDelayedCalls(self) -> list[Any]:  # noqa: N802
+    def getDelayedCalls(self) -> list[Any]:
         return [c for t, _, c in self._heap if c.active() and t == c.time]
 
     def advance(self, amount: float) -> None:

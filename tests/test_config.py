@@ -60,7 +60,7 @@ class SampleOptions(RoleOptions):
             raise usage.UsageError(f"mediator must be a tcp: endpoint, not {description!r}")
         self.mediators.append(description)
 
-    def postOptions(self) -> None:  # noqa: N802
+    def postOptions(self) -> None:
         super().postOptions()
         if self["update-interval"] <= 0:
             raise usage.UsageError("--update-interval must be positive")

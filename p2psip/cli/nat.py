@@ -91,7 +91,7 @@ def _emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
 
 
 class _Echo(Protocol):
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
 
@@ -105,7 +105,7 @@ class _UdpEcho(DatagramProtocol):
         self.clock = clock
         self.idle: Any = None
 
-    def startProtocol(self) -> None:  # noqa: N802 - Twisted's name
+    def startProtocol(self) -> None:
         self.idle = self.clock.callLater(self.IDLE_SECONDS, self._close)
 
     def _close(self) -> None:
@@ -113,12 +113,12 @@ class _UdpEcho(DatagramProtocol):
         if self.transport is not None:
             self.transport.stopListening()
 
-    def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
+    def stopProtocol(self) -> None:
         if self.idle is not None and self.idle.active():
             self.idle.cancel()
         self.idle = None
 
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802 - Twisted's name
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self.transport is not None
         if self.idle is not None and self.idle.active():
             self.idle.reset(self.IDLE_SECONDS)
@@ -155,7 +155,7 @@ class _UdpPing(DatagramProtocol):
 
         send()
 
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802 - Twisted's name
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         if data == PING and addr == self.peer and not self.answered.called:
             if self.call is not None and self.call.active():
                 self.call.cancel()
@@ -176,14 +176,14 @@ class _Ping(Protocol):
         self.sent_at = self.clock.seconds()
         self.transport.write(PING)
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         self.buffer += data
         if self.buffer.startswith(PING) and not self.answered.called:
             self.answered.callback(self.clock.seconds() - self.sent_at)
         elif len(self.buffer) >= len(PING) and not self.answered.called:
             self.answered.errback(TraversalError("the peer answered with something other than the echo"))
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.answered.called:
             self.answered.errback(TraversalError("connection closed before the echo came back"))
 
@@ -403,7 +403,7 @@ class _ChallengeReader(Protocol):
         self.decoder = stunt.FrameDecoder()
         self.result: defer.Deferred[tuple[str, str, int, int]] = defer.Deferred()
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         transport: Any = self.transport
         try:
             messages = self.decoder.feed(data)
@@ -423,7 +423,7 @@ class _ChallengeReader(Protocol):
                 )
         transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.result.called:
             self.result.errback(TraversalError("the mediator closed the connection before its challenge"))
 

@@ -236,7 +236,7 @@ def discover_nat_behaviour(
     server: Address,
     interface: str,
     *,
-    schedule: RetransmissionSchedule = RetransmissionSchedule(),  # noqa: B008 - frozen
+    schedule: RetransmissionSchedule = RetransmissionSchedule(),
     filtering: bool = True,
 ) -> Deferred[NatBehaviour]:
     """
@@ -287,7 +287,7 @@ def probe_port_allocation(
     destinations: Sequence[Address],
     count: int = 6,
     interface: str = "",
-    schedule: RetransmissionSchedule = RetransmissionSchedule(),  # noqa: B008 - frozen
+    schedule: RetransmissionSchedule = RetransmissionSchedule(),
 ) -> Deferred[tuple[PortAllocation, list[tuple[int, int]]]]:
     """
     Measure the port allocation with ``count`` new mappings.

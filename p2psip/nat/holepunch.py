@@ -83,15 +83,15 @@ class _Descriptor:
     def fileno(self) -> int:
         return self._fd
 
-    def doRead(self) -> None:  # noqa: N802 - Twisted's name
+    def doRead(self) -> None:
         if self._on_read is not None:
             self._on_read()
 
-    def doWrite(self) -> None:  # noqa: N802 - Twisted's name
+    def doWrite(self) -> None:
         if self._on_write is not None:
             self._on_write()
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure) -> None:
         # The poll reactors report POLLERR/POLLHUP (an RST, an ICMP error)
         # here instead of calling doWrite; the callbacks read SO_ERROR.
         if self._on_write is not None:
@@ -99,7 +99,7 @@ class _Descriptor:
         elif self._on_read is not None:
             self._on_read()
 
-    def logPrefix(self) -> str:  # noqa: N802 - Twisted's name
+    def logPrefix(self) -> str:
         return "holepunch"
 
 
@@ -584,7 +584,7 @@ class UdpPunchProtocol(DatagramProtocol):
         self._calls = [c for c in self._calls if c.active()]
         self._calls.append(self.clock.callLater(seconds, f))
 
-    def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
+    def stopProtocol(self) -> None:
         for call in self._calls:
             if call.active():
                 call.cancel()
@@ -597,7 +597,7 @@ class UdpPunchProtocol(DatagramProtocol):
         if self.user is not None:
             self.user.doStop()
 
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802 - Twisted's name
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         if data.startswith(PUNCH_MAGIC):
             self._punch_received(data[len(PUNCH_MAGIC) :], addr)
         elif self.user is not None and addr == self.peer:

@@ -59,7 +59,7 @@ class ControlServerProtocol(Protocol):
             self.closing = True
             self.transport.loseConnection()
 
-    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+    def connectionMade(self) -> None:
         assert self.transport is not None
         peer = self.transport.getPeer()
         host = getattr(peer, "host", "")
@@ -86,7 +86,7 @@ class ControlServerProtocol(Protocol):
             self.auth_timer.cancel()
         self.auth_timer = None
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         if self.closing:
             return
         if self.relay is not None:
@@ -119,7 +119,7 @@ class ControlServerProtocol(Protocol):
             if self.factory.broker.client_id_of(self) is not None:
                 self._authenticated()
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closing = True
         if self.auth_timer is not None and self.auth_timer.active():
             self.auth_timer.cancel()
@@ -230,7 +230,7 @@ class ControlServerFactory(Factory):
         self._waiting: dict[str, ControlServerProtocol] = {}
         self.splices: set[_RelaySplice] = set()
 
-    def buildProtocol(self, addr: Any) -> ControlServerProtocol:  # noqa: N802 - Twisted's name
+    def buildProtocol(self, addr: Any) -> ControlServerProtocol:
         return ControlServerProtocol(self)
 
     def admit(self, host: str) -> bool:

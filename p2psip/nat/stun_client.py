@@ -147,7 +147,7 @@ class StunUdpClient(DatagramProtocol):
     def __init__(
         self,
         clock: IReactorTime,
-        schedule: RetransmissionSchedule = RetransmissionSchedule(),  # noqa: B008 - frozen
+        schedule: RetransmissionSchedule = RetransmissionSchedule(),
         software: str | None = None,
     ) -> None:
         self.clock = clock
@@ -241,7 +241,7 @@ class StunUdpClient(DatagramProtocol):
         if transaction is not None:
             transaction.deferred.errback(Failure(error))
 
-    def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # noqa: N802
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
         try:
             response = stun.decode_message(datagram)
         except StunDecodeError as e:
@@ -271,7 +271,7 @@ class StunUdpClient(DatagramProtocol):
             return
         transaction.deferred.callback(result)
 
-    def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
+    def stopProtocol(self) -> None:
         for txid in list(self._pending):
             self._fail(txid, StunTimeoutError("the STUN client socket was closed"))
 
@@ -292,11 +292,11 @@ class _StunTcpClientProtocol(Protocol):
         self.decoder = stun.StunStreamDecoder()
         self.finished = False
 
-    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+    def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(stun.encode_message(self.request))
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
         try:
             messages = self.decoder.feed(data)
@@ -328,7 +328,7 @@ class _StunTcpClientProtocol(Protocol):
         self.transport.loseConnection()
         self.done(outcome)
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         if not self.finished:
             self.finished = True
             self.done(

@@ -457,7 +457,7 @@ class StunUdpServer(DatagramProtocol):
     def dropped(self) -> int:
         return self.responder.dropped
 
-    def startProtocol(self) -> None:  # noqa: N802 - Twisted's name
+    def startProtocol(self) -> None:
         assert self.transport is not None
         self.local = _address_of(self.transport.getHost())
         self.senders[self.local] = self
@@ -477,12 +477,12 @@ class StunUdpServer(DatagramProtocol):
                     wanted=self.receive_buffer_bytes,
                 )
 
-    def stopProtocol(self) -> None:  # noqa: N802 - Twisted's name
+    def stopProtocol(self) -> None:
         self.sendto = None
         if self.senders.get(self.local) is self:
             del self.senders[self.local]
 
-    def datagramReceived(self, datagram: bytes, addr: Address) -> None:  # noqa: N802
+    def datagramReceived(self, datagram: bytes, addr: Address) -> None:
         sendto = self.sendto
         if sendto is not None:
             # The per-packet path of a loaded server: no reply object, no lookups.
@@ -541,7 +541,7 @@ class StunTcpServerProtocol(Protocol):
         self.idle_timeout_seconds = idle_timeout_seconds
         self._idle_timer: IDelayedCall | None = None
 
-    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+    def connectionMade(self) -> None:
         self._restart_idle_timer()
 
     def _restart_idle_timer(self) -> None:
@@ -561,7 +561,7 @@ class StunTcpServerProtocol(Protocol):
         )
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
         try:
             messages = self.decoder.feed(data)
@@ -584,7 +584,7 @@ class StunTcpServerProtocol(Protocol):
             if reply is not None:
                 self.transport.write(reply.payload)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._idle_timer is not None and self._idle_timer.active():
             self._idle_timer.cancel()
         self._idle_timer = None
@@ -623,7 +623,7 @@ class StunTcpServerFactory(Factory):
         self.connections = 0
         self.refused_connections = 0
 
-    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # noqa: N802
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:
         if self.connections >= self.max_connections:
             self.refused_connections += 1
             self.log.debug(
@@ -706,7 +706,7 @@ class StunUdpService(Service):
         self.listening_ports.append(listening)
         return listening
 
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
+    def startService(self) -> None:
         super().startService()
         try:
             primary = self._listen(self.port, self.interface)
@@ -730,7 +730,7 @@ class StunUdpService(Service):
         self.listening_ports = []
         return gatherResults(stopped)
 
-    def stopService(self) -> Deferred[list[object]]:  # noqa: N802 - Twisted's name
+    def stopService(self) -> Deferred[list[object]]:
         super().stopService()
         return self._stop_listening()
 

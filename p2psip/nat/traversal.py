@@ -105,7 +105,7 @@ class _ControlClientProtocol(Protocol):
         self.client = client
         self.decoder = stunt.FrameDecoder()
 
-    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+    def connectionMade(self) -> None:
         # Control messages are small and latency-bound: no Nagle.
         transport: Any = self.transport
         if hasattr(transport, "setTcpNoDelay"):
@@ -115,7 +115,7 @@ class _ControlClientProtocol(Protocol):
         assert self.transport is not None
         self.transport.write(stunt.encode_frame(message))
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         try:
             messages = self.decoder.feed(data)
         except stunt.StuntDecodeError as e:
@@ -126,7 +126,7 @@ class _ControlClientProtocol(Protocol):
         for message in messages:
             self.client._message_received(self, message)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.client._control_lost(self, reason)
 
 
@@ -144,7 +144,7 @@ class _RelayClientProtocol(Protocol):
         self.pending = b""
         self.lost: Failure | None = None
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
         if self.decoder is None:
             if self.user is None:
@@ -197,7 +197,7 @@ class _RelayClientProtocol(Protocol):
         if self.lost is not None:
             user.connectionLost(self.lost)
 
-    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's name
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.ready.called:
             self.ready.errback(TraversalError("relay connection closed before both sides joined"))
         if self.user is not None:
@@ -213,7 +213,7 @@ class _CapturingFactory(Factory):
         self.wrapped = wrapped
         self.built: IProtocol | None = None
 
-    def buildProtocol(self, addr: Any) -> Any:  # noqa: N802 - Twisted's name
+    def buildProtocol(self, addr: Any) -> Any:
         self.built = self.wrapped.buildProtocol(addr)
         return self.built
 
@@ -735,7 +735,7 @@ class TraversalService(Service):
         self._waiting.append(waiter)
         return waiter
 
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
+    def startService(self) -> None:
         super().startService()
         self._connect()
 
@@ -760,7 +760,7 @@ class TraversalService(Service):
         self.log.warn("not registered at the mediator ({reason}); retrying in {delay}s", reason=reason, delay=delay)
         self._retry = self.client.reactor.callLater(delay, self._connect)
 
-    def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802 - Twisted's name
+    def stopService(self) -> defer.Deferred[None] | None:
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
@@ -787,7 +787,7 @@ class MediatedEndpoint:
         self.methods = methods
         self.last_result: TraversalResult | None = None
 
-    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:  # noqa: N803
+    def connect(self, protocolFactory: IProtocolFactory) -> defer.Deferred[IProtocol]:
         d = self.client.connect(self.peer_id, protocolFactory, self.methods)
 
         def unwrap(result: TraversalResult) -> IProtocol:

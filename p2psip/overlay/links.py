@@ -109,7 +109,7 @@ class FramedStreamLink(Protocol, Link):
         self._unacked_sent_at: dict[int, float] = {}
         self._received_sequences: list[int] = []
 
-    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+    def connectionMade(self) -> None:
         # RELOAD messages are small and answered at once; Nagle's algorithm
         # meeting the peer's delayed ACKs would add ~40 ms to every hop.
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
@@ -119,7 +119,7 @@ class FramedStreamLink(Protocol, Link):
         self.remote_address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
         self.listener.link_established(self)
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         try:
             frames = self.decoder.feed(data)
         except DecodeError as error:
@@ -174,7 +174,7 @@ class FramedStreamLink(Protocol, Link):
             self.closed = True
             self.transport.loseConnection()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802,B008
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.closed = True
         self.listener.link_lost(self)
 
@@ -187,7 +187,7 @@ class FramedLinkFactory(Factory):
         self.clock = clock
         self.max_message_bytes = max_message_bytes
 
-    def buildProtocol(self, addr: Any) -> FramedStreamLink:  # noqa: N802 - Twisted's name
+    def buildProtocol(self, addr: Any) -> FramedStreamLink:
         return FramedStreamLink(self.listener, self.clock, self.max_message_bytes, inbound=True)
 
 

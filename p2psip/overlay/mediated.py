@@ -76,7 +76,7 @@ class _OutboundLinkFactory(Factory):
         self.clock = clock
         self.max_message_bytes = max_message_bytes
 
-    def buildProtocol(self, addr: Any) -> FramedStreamLink:  # noqa: N802 - Twisted's name
+    def buildProtocol(self, addr: Any) -> FramedStreamLink:
         return FramedStreamLink(self.listener, self.clock, self.max_message_bytes, inbound=False)
 
 
@@ -130,7 +130,7 @@ class MediatedConnector:
             attempt.addTimeout(self.direct_timeout_seconds, self.clock)
             try:
                 link = yield attempt
-            except Exception as error:  # noqa: BLE001 - any failure means: try the mediator
+            except Exception as error:
                 direct_reason = _reason(error)
                 self._skip_direct(peer_id)
                 self.log.info(
@@ -154,7 +154,7 @@ class MediatedConnector:
         waiting.addTimeout(self.registration_wait_seconds, self.clock)
         try:
             client = yield waiting
-        except Exception as error:  # noqa: BLE001 - reported with the direct reason
+        except Exception as error:
             raise MediatedConnectFailed(
                 f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} ({direct_reason}); "
                 f"not registered at the mediator ({error or 'timed out'}): check --mediator and its secret"
@@ -162,7 +162,7 @@ class MediatedConnector:
         factory = _OutboundLinkFactory(listener, self.clock, self.max_message_bytes)
         try:
             result = yield client.connect(id_hex(peer_id), factory)
-        except Exception as error:  # noqa: BLE001 - reported with the direct reason
+        except Exception as error:
             raise MediatedConnectFailed(
                 f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} ({direct_reason}); "
                 f"mediator: {getattr(error, 'reason', None) or error}"

@@ -305,7 +305,7 @@ class OverlayNode:
             try:
                 link = yield self.connector.connect_endpoint(self, description)
                 yield self._hello(link)
-            except Exception as error:  # noqa: BLE001 - report every endpoint's reason
+            except Exception as error:
                 failures.append(f"{description}: {error}")
                 continue
             through = link.peer_id or 0

@@ -28,5 +28,5 @@ class Options(SuperNodeOptions):
     )
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - Twisted's name
+def makeService(options: Options, reactor: Any = None) -> IService:
     return make_super_node_service(options, reactor, found_ring=not options["bootstrap"], title="p2psip bootstrap")

@@ -88,7 +88,7 @@ class Options(RoleOptions):
         ["attempt-deadline-seconds", None, 4.0, "How long each side tries one method.", float],
     ]
 
-    def postOptions(self) -> None:  # noqa: N802 - Twisted's name
+    def postOptions(self) -> None:
         super().postOptions()
         for description in self["stun"]:
             if description.startswith("udp:"):
@@ -155,7 +155,7 @@ class Options(RoleOptions):
         )
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - Twisted's name
+def makeService(options: Options, reactor: Any = None) -> IService:
     if reactor is None:
         from twisted.internet import reactor
     top = MultiService()

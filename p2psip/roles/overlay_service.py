@@ -71,7 +71,7 @@ class OverlayOptions(RoleOptions):
          "Seconds a direct connect to a peer may take before the mediator is asked.", positive_float],
     ]
 
-    def postOptions(self) -> None:  # noqa: N802 - Twisted's name
+    def postOptions(self) -> None:
         super().postOptions()
         self["http"] = self["http"] or self.default_http
         self["data-dir"] = self["data-dir"] or os.path.join(self.default_data_dir, self.role)
@@ -162,7 +162,7 @@ class OverlayService(Service):
         self._save_peers_call: LoopingCall | None = None
         self._pending_peer_save: Any = None
 
-    def startService(self) -> Any:  # noqa: N802 - Twisted's name
+    def startService(self) -> Any:
         super().startService()
         options = self.options
         config = options.overlay_config()
@@ -322,7 +322,7 @@ class OverlayService(Service):
         self._save_error = ""
 
     @inlineCallbacks
-    def stopService(self) -> Any:  # noqa: N802 - Twisted's name
+    def stopService(self) -> Any:
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()

@@ -29,7 +29,7 @@ class Options(SuperNodeOptions):
     )
 
 
-    def postOptions(self) -> None:  # noqa: N802 - Twisted's name
+    def postOptions(self) -> None:
         super().postOptions()
         if not self["bootstrap"]:
             raise usage.UsageError(
@@ -38,5 +38,5 @@ class Options(SuperNodeOptions):
             )
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:  # noqa: N802 - Twisted's name
+def makeService(options: Options, reactor: Any = None) -> IService:
     return make_super_node_service(options, reactor, found_ring=False, title="p2psip peer")

@@ -169,7 +169,7 @@ class SipService(Service):
 
     # -- lifecycle ------------------------------------------------------------
 
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
+    def startService(self) -> None:
         super().startService()
         options = self.options
         node = self.overlay.node
@@ -247,7 +247,7 @@ class SipService(Service):
         except UsersFileError as e:
             self.log.warn("{why}; the users read before stay in force (fix --users)", why=str(e))
 
-    def stopService(self) -> Any:  # noqa: N802 - Twisted's name
+    def stopService(self) -> Any:
         super().stopService()
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()

@@ -26,7 +26,7 @@ class SuperNodeOptions(OverlayOptions):
     optParameters = SIP_OPTION_PARAMETERS
     optFlags = SIP_OPTION_FLAGS
 
-    def postOptions(self) -> None:  # noqa: N802 - Twisted's name
+    def postOptions(self) -> None:
         super().postOptions()
         check_sip_options(self)
 

@@ -111,7 +111,7 @@ class SipDatagramProtocol(DatagramProtocol):
     def __init__(self, owner: SipTransport) -> None:
         self.owner = owner
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802 - Twisted's name
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         host, port = addr[0], addr[1]
         if not datagram.strip(b"\r\n"):
             return  # a CRLF keepalive; UDP keepalives are STUN (RFC 5626 s4.4.2)
@@ -144,7 +144,7 @@ class SipStreamProtocol(StreamProtocol):
         self._idle_timer: IDelayedCall | None = None
         self._partial_timer: IDelayedCall | None = None
 
-    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+    def connectionMade(self) -> None:
         assert self.transport is not None
         peer = self.transport.getPeer()
         self.remote = (getattr(peer, "host", ""), getattr(peer, "port", 0))
@@ -181,7 +181,7 @@ class SipStreamProtocol(StreamProtocol):
                 call.cancel()
         self._idle_timer = self._partial_timer = None
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
         if self._idle_timer is not None:
             self._idle_timer.reset(self.owner.tcp_idle_timeout_seconds)
@@ -205,7 +205,7 @@ class SipStreamProtocol(StreamProtocol):
         for message in messages:
             self.owner._deliver(message, Hop(self.transport_name, self.remote[0], self.remote[1]))
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: N802, B008
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self._cancel_timers()
         self.owner._connection_closed(self)
         if not self.closed.called:
@@ -222,7 +222,7 @@ class _StreamFactory(Factory):
         self.owner = owner
         self.transport_name = transport_name
 
-    def buildProtocol(self, addr: IAddress | None) -> SipStreamProtocol:  # noqa: N802 - Twisted's name
+    def buildProtocol(self, addr: IAddress | None) -> SipStreamProtocol:
         return SipStreamProtocol(self.owner, self.transport_name)
 
 
@@ -501,7 +501,7 @@ class SipListenerService(Service):
         self.transport = transport
         self.descriptions = list(descriptions)
 
-    def startService(self) -> None:  # noqa: N802 - Twisted's name
+    def startService(self) -> None:
         super().startService()
         for description in self.descriptions:
             failures: list[Failure] = []
@@ -509,6 +509,6 @@ class SipListenerService(Service):
             if failures:
                 failures[0].raiseException()
 
-    def stopService(self) -> defer.Deferred[Any]:  # noqa: N802 - Twisted's name
+    def stopService(self) -> defer.Deferred[Any]:
         super().stopService()
         return self.transport.stop()

@@ -170,7 +170,7 @@ class _StatusResource(_JsonResource):
         super().__init__()
         self._status = status
 
-    def render_GET(self, request: Request) -> object:  # noqa: N802 - Twisted's name
+    def render_GET(self, request: Request) -> object:
         return self._answer(request, self._status)
 
 
@@ -179,7 +179,7 @@ class _MetricsResource(Resource):
         super().__init__()
         self._registry = registry
 
-    def render_GET(self, request: Request) -> bytes:  # noqa: N802 - Twisted's name
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode("ascii"))
         _set_common_headers(request)
         return self._registry.render().encode("utf-8")
@@ -190,7 +190,7 @@ class _PageResource(Resource):
         super().__init__()
         self._page = render_page(title, ring_page)
 
-    def render_GET(self, request: Request) -> bytes:  # noqa: N802 - Twisted's name
+    def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"content-security-policy", CONTENT_SECURITY_POLICY.encode("ascii"))
         request.setHeader(b"x-frame-options", b"DENY")
@@ -284,7 +284,7 @@ class _ApiRoot(Resource):
         super().__init__()
         self._routes = {name: _ApiRouteResource(name, route) for name, route in routes.items()}
 
-    def getChild(self, path: bytes, request: Request) -> Resource:  # noqa: N802
+    def getChild(self, path: bytes, request: Request) -> Resource:
         name = path.decode("utf-8", "replace")
         child = self._routes.get(name)
         if child is None or request.postpath:
@@ -347,7 +347,7 @@ class _HttpListenerService(StreamServerEndpointService):
         # Fail startup on a busy port instead of only logging it.
         self._raiseSynchronously = True
 
-    def privilegedStartService(self) -> None:  # noqa: N802 - Twisted's name
+    def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
         except CannotListenError as e:

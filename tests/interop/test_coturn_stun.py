@@ -50,13 +50,13 @@ class _Collect(ProcessProtocol):
         self._waiting.append(waiter)
         return waiter
 
-    def outReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def outReceived(self, data: bytes) -> None:
         self.output += data
 
-    def errReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def errReceived(self, data: bytes) -> None:
         self.output += data
 
-    def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def processEnded(self, reason: Failure) -> None:
         code = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)
         self.outcome = (self.output, code)
         waiting, self._waiting = self._waiting, []

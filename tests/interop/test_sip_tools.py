@@ -24,13 +24,13 @@ class CollectingProcess(ProcessProtocol):
         self.output = b""
         self.ended: defer.Deferred[int] = defer.Deferred()
 
-    def outReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def outReceived(self, data: bytes) -> None:
         self.output += data
 
-    def errReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def errReceived(self, data: bytes) -> None:
         self.output += data
 
-    def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def processEnded(self, reason: Failure) -> None:
         code = 0 if reason.check(ProcessDone) else getattr(reason.value, "exitCode", None)
         if reason.check(ProcessTerminated) and code is None:
             code = -1

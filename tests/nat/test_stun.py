@@ -239,7 +239,7 @@ def _header(length: int, message_type: int = 1, cookie: int = stun.MAGIC_COOKIE)
 
 
 class HostileInputTests(SynchronousTestCase):
-    def assertRejected(self, data: bytes) -> None:  # noqa: N802 - trial naming
+    def assertRejected(self, data: bytes) -> None:
         self.assertRaises(StunDecodeError, stun.decode_message, data)
 
     def test_short(self) -> None:

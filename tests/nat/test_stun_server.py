@@ -362,7 +362,7 @@ class FakeUdpTransport:
     def write(self, packet: bytes, addr: tuple[str, int]) -> None:
         self.written.append((packet, addr))
 
-    def getHost(self) -> IPv4Address:  # noqa: N802 - Twisted's name
+    def getHost(self) -> IPv4Address:
         return IPv4Address("UDP", *self.host)
 
 

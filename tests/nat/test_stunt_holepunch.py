@@ -34,10 +34,10 @@ class FakeNetwork:
                 if target is not None and to not in network.blocked:
                     target.datagramReceived(data, address)
 
-            def getHost(self) -> IPv4Address:  # noqa: N802
+            def getHost(self) -> IPv4Address:
                 return IPv4Address("UDP", *address)
 
-            def stopListening(self) -> None:  # noqa: N802
+            def stopListening(self) -> None:
                 protocol.doStop()
 
         self.ports[address] = protocol
@@ -48,7 +48,7 @@ class Recorder(DatagramProtocol):
     def __init__(self) -> None:
         self.received: list[tuple[bytes, tuple[str, int]]] = []
 
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:  # noqa: N802
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
         self.received.append((data, addr))
 
 

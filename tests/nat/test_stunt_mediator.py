@@ -23,7 +23,7 @@ class ClosingTransport(StringTransport):
         self.protocol = protocol
         self.aborted = False
 
-    def loseConnection(self) -> None:  # noqa: N802
+    def loseConnection(self) -> None:
         if not self.disconnecting:
             super().loseConnection()
             from twisted.python.failure import Failure
@@ -31,7 +31,7 @@ class ClosingTransport(StringTransport):
 
             self.protocol.connectionLost(Failure(ConnectionDone()))
 
-    def abortConnection(self) -> None:  # noqa: N802
+    def abortConnection(self) -> None:
         self.aborted = True
         self.loseConnection()
 

@@ -34,23 +34,23 @@ class Recorder(Protocol):
         self.lost: defer.Deferred[None] = defer.Deferred()
         self.expect = 0
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         self.data += data
         if len(self.data) >= self.expect and not self.got.called:
             self.got.callback(self.data)
 
-    def connectionLost(self, reason: Failure) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure) -> None:
         self.lost.callback(None)
 
 
 class Echo(Recorder):
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+    def dataReceived(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
 
 
 class UdpEcho(DatagramProtocol):
-    def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
         assert self.transport is not None
         self.transport.write(data, addr)
 
@@ -201,7 +201,7 @@ class LoopbackTraversalTests(TestCase):
         got: defer.Deferred[bytes] = defer.Deferred()
 
         class Client(DatagramProtocol):
-            def datagramReceived(self, data: bytes, addr: Any) -> None:  # noqa: N802
+            def datagramReceived(self, data: bytes, addr: Any) -> None:
                 got.callback(data)
 
         result = yield self.alice.connect_datagram("bob", Client())

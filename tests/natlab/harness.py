@@ -93,7 +93,7 @@ class NatLab:
     def start(self, role: str, command: list[str], log_name: str) -> subprocess.Popen[str]:
         """Start a process inside the lab; it is ended (and reaped) in cleanup."""
         log_path = Path(self.testcase.mktemp() + f"-{log_name}.log")
-        log_file = open(log_path, "w")  # noqa: SIM115 - closed in cleanup
+        log_file = open(log_path, "w")
         process = subprocess.Popen(
             self.exec_command(role, command), stdout=log_file, stderr=subprocess.STDOUT, text=True
         )

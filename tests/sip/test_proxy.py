@@ -566,13 +566,13 @@ class _Exited(ProcessProtocol):
         self.ended: Deferred[int] = Deferred()
         self.output = b""
 
-    def outReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def outReceived(self, data: bytes) -> None:
         self.output += data
 
-    def errReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+    def errReceived(self, data: bytes) -> None:
         self.output += data
 
-    def processEnded(self, reason: Failure) -> None:  # noqa: N802 - Twisted's name
+    def processEnded(self, reason: Failure) -> None:
         code = getattr(reason.value, "exitCode", None)
         self.ended.callback(-1 if code is None else int(code))
 
