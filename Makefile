@@ -8,7 +8,7 @@ TRIAL_JOBS ?= 2
 DEB_PACKAGES := sip-tester sipsak kamailio coturn tshark nftables iproute2 iptables conntrack
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv test demo deps bench lint typecheck check plugin-cache clean
+.PHONY: venv test demo deps bench lint format typecheck check plugin-cache clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check p2psip tests bench twisted
+	$(VENV)/bin/ruff format --check p2psip tests bench twisted
+
+# Rewrites the tree in the project's one format (make lint checks it).
+format: $(STAMP)
+	$(VENV)/bin/ruff format p2psip tests bench twisted
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy p2psip

@@ -55,13 +55,27 @@ def twistd(*args: str) -> list[str]:
     return python("-c", "from twisted.scripts.twistd import run; run()", *args)
 
 
-def run_pair(natlab: str, prefix: str, label: str, nat_a: str, nat_b: str, liberal: bool, attempts: int, filter_mode: str) -> list[tuple[str, str, list[dict[str, Any]]]]:
+def run_pair(
+    natlab: str,
+    prefix: str,
+    label: str,
+    nat_a: str,
+    nat_b: str,
+    liberal: bool,
+    attempts: int,
+    filter_mode: str,
+) -> list[tuple[str, str, list[dict[str, Any]]]]:
     def lab(*args: str) -> None:
         subprocess.run(python(natlab, *args), check=True, capture_output=True, timeout=60)
 
     up = ["up", "--prefix", prefix, "--nat-a", nat_a, "--nat-b", nat_b]
     if "none" in (nat_a, nat_b):
-        up += ["--filter-a", "off" if nat_a == "none" else filter_mode, "--filter-b", "off" if nat_b == "none" else filter_mode]
+        up += [
+            "--filter-a",
+            "off" if nat_a == "none" else filter_mode,
+            "--filter-b",
+            "off" if nat_b == "none" else filter_mode,
+        ]
     else:
         up += ["--filter", filter_mode]
     if liberal:
@@ -73,21 +87,79 @@ def run_pair(natlab: str, prefix: str, label: str, nat_a: str, nat_b: str, liber
 
         def start(role: str, command: list[str]) -> None:
             processes.append(
-                subprocess.Popen(python(natlab, "exec", f"{prefix}-{role}", *command), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                subprocess.Popen(
+                    python(natlab, "exec", f"{prefix}-{role}", *command),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             )
 
-        start("pub", twistd("-n", "--pidfile=", "p2psip-mediator", "--secret", SECRET, "--control", "tcp:3479", "--stun", "tcp:3478", "--stun", "udp:3478", "--http", "tcp:8087:interface=127.0.0.1"))
-        start("b", cli("nat", "listen", "--mediator", CONTROL, "--id", "B", "--secret", SECRET, "--wait", "20"))
+        start(
+            "pub",
+            twistd(
+                "-n",
+                "--pidfile=",
+                "p2psip-mediator",
+                "--secret",
+                SECRET,
+                "--control",
+                "tcp:3479",
+                "--stun",
+                "tcp:3478",
+                "--stun",
+                "udp:3478",
+                "--http",
+                "tcp:8087:interface=127.0.0.1",
+            ),
+        )
+        start(
+            "b",
+            cli(
+                "nat",
+                "listen",
+                "--mediator",
+                CONTROL,
+                "--id",
+                "B",
+                "--secret",
+                SECRET,
+                "--wait",
+                "20",
+            ),
+        )
         for method in stunt.TCP_METHODS + (stunt.UDP_PUNCH,):
             choice = ["--udp"] if method == stunt.UDP_PUNCH else ["--methods", method]
             done = subprocess.run(
-                python(natlab, "exec", f"{prefix}-a", *cli(
-                    "nat", "connect", "--mediator", CONTROL, "--id", "A", "--to", "B", "--secret", SECRET,
-                    "--json", "--wait", "20", "--count", str(attempts), *choice,
-                )),
-                capture_output=True, text=True, timeout=60 + attempts * 15,
+                python(
+                    natlab,
+                    "exec",
+                    f"{prefix}-a",
+                    *cli(
+                        "nat",
+                        "connect",
+                        "--mediator",
+                        CONTROL,
+                        "--id",
+                        "A",
+                        "--to",
+                        "B",
+                        "--secret",
+                        SECRET,
+                        "--json",
+                        "--wait",
+                        "20",
+                        "--count",
+                        str(attempts),
+                        *choice,
+                    ),
+                ),
+                capture_output=True,
+                text=True,
+                timeout=60 + attempts * 15,
             )
-            records = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+            records = [
+                json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")
+            ]
             rows.append((label, method, records))
     finally:
         for process in processes:
@@ -104,7 +176,9 @@ def run_pair(natlab: str, prefix: str, label: str, nat_a: str, nat_b: str, liber
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--attempts", type=int, default=20)
     parser.add_argument("--filter", default="drop", choices=["drop", "reject", "off"])
     parser.add_argument("--parallel", type=int, default=2, help="labs at once")
@@ -116,12 +190,24 @@ def main() -> int:
     started = time.monotonic()
     with ThreadPoolExecutor(args.parallel) as pool:
         futures = [
-            pool.submit(run_pair, natlab, f"nm{os.getpid() % 10000}x{i}", label, a, b, liberal, args.attempts, args.filter)
+            pool.submit(
+                run_pair,
+                natlab,
+                f"nm{os.getpid() % 10000}x{i}",
+                label,
+                a,
+                b,
+                liberal,
+                args.attempts,
+                args.filter,
+            )
             for i, (label, a, b, liberal) in enumerate(PAIRS)
         ]
         results = [row for future in futures for row in future.result()]
-    print(f"NAT traversal matrix: {args.attempts} attempts per cell, filter {args.filter}, "
-          f"{len(PAIRS)} labs, {time.monotonic() - started:.0f}s wall time")
+    print(
+        f"NAT traversal matrix: {args.attempts} attempts per cell, filter {args.filter}, "
+        f"{len(PAIRS)} labs, {time.monotonic() - started:.0f}s wall time"
+    )
     header = f"{'NAT pair (A/B)':26} {'method':18} {'success':>9} {'median setup':>13} {'median rtt':>11}  first failure reason"
     print(header)
     print("-" * len(header))
@@ -133,7 +219,9 @@ def main() -> int:
         reason = failures[0][:90] if failures else ""
         if len(records) < args.attempts:
             reason = f"only {len(records)} results; " + reason
-        print(f"{label:26} {method:18} {len(ok):>4}/{args.attempts:<4} {setup:>13} {rtt:>11}  {reason}")
+        print(
+            f"{label:26} {method:18} {len(ok):>4}/{args.attempts:<4} {setup:>13} {rtt:>11}  {reason}"
+        )
     return 0
 
 

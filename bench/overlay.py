@@ -74,7 +74,10 @@ def ring(reactor: Any, size: int) -> Any:
     def converged() -> bool:
         for node in nodes:
             i = ids.index(node.node_id)
-            if node.topology.successor != ids[(i + 1) % size] or node.topology.predecessor != ids[i - 1]:
+            if (
+                node.topology.successor != ids[(i + 1) % size]
+                or node.topology.predecessor != ids[i - 1]
+            ):
                 return False
         return True
 
@@ -124,7 +127,9 @@ def ring(reactor: Any, size: int) -> Any:
 
 @inlineCallbacks
 def main(reactor: Any, *sizes: str) -> Any:
-    print("| N | all joined s | converged s | mean hops | p99 hops | ½·log2N / target | p50 ms | p99 ms | lookups/s | correct | KiB/node |")
+    print(
+        "| N | all joined s | converged s | mean hops | p99 hops | ½·log2N / target | p50 ms | p99 ms | lookups/s | correct | KiB/node |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in [int(s) for s in sizes] or [16, 64, 256]:
         yield ring(reactor, size)
@@ -132,7 +137,11 @@ def main(reactor: Any, *sizes: str) -> Any:
 
 if __name__ == "__main__":
     from twisted.logger import (
-        FilteringLogObserver, LogLevel, LogLevelFilterPredicate, globalLogBeginner, textFileLogObserver,
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
     )
 
     # Node logs go to a file so the table on stdout stays readable.

@@ -45,20 +45,41 @@ DIGEST_SCENARIO = repository_root() / "tests" / "integration" / "sipp" / "regist
 PASSWORD = "bench-password"
 
 
-def start_server(work: Path, sip_port: int, auth: bool, users: Path | None) -> subprocess.Popen[bytes]:
+def start_server(
+    work: Path, sip_port: int, auth: bool, users: Path | None
+) -> subprocess.Popen[bytes]:
     """One super-node process; its pid is what the ladder measures."""
-    return start_super_node(work / "server", sip_port, "p2psip-bootstrap", auth=auth, users=users).process
+    return start_super_node(
+        work / "server", sip_port, "p2psip-bootstrap", auth=auth, users=users
+    ).process
 
 
 stop_server = stop_process
 
 
-def ladder_arguments(args: argparse.Namespace, mode: str, rates: str, sip_port: int, pid: int, work: Path) -> list[str]:
+def ladder_arguments(
+    args: argparse.Namespace, mode: str, rates: str, sip_port: int, pid: int, work: Path
+) -> list[str]:
     return [
-        mode, "--port", str(sip_port), "--server-pid", str(pid), "--rates", rates,
-        "--duration", str(args.duration), "--refine", str(args.refine), "--work", str(work),
-        "--client-port", str(args.client_port), "--uas-port", str(args.client_port + 10),
-        "--json", str(work / "result.json"),
+        mode,
+        "--port",
+        str(sip_port),
+        "--server-pid",
+        str(pid),
+        "--rates",
+        rates,
+        "--duration",
+        str(args.duration),
+        "--refine",
+        str(args.refine),
+        "--work",
+        str(work),
+        "--client-port",
+        str(args.client_port),
+        "--uas-port",
+        str(args.client_port + 10),
+        "--json",
+        str(work / "result.json"),
     ]
 
 
@@ -91,7 +112,9 @@ def run_kamailio_anchor(step_seconds: float) -> dict[str, float]:
     environment = dict(os.environ, STEP_S=str(int(step_seconds)))
     print(f"\n## Kamailio anchor ({script.name}), same machine, same run", flush=True)
     summary: dict[str, float] = {}
-    with subprocess.Popen(["bash", str(script)], stdout=subprocess.PIPE, text=True, env=environment) as child:
+    with subprocess.Popen(
+        ["bash", str(script)], stdout=subprocess.PIPE, text=True, env=environment
+    ) as child:
         assert child.stdout is not None
         for line in child.stdout:
             sys.stdout.write(line)
@@ -111,9 +134,22 @@ def ladder_main(rest: list[str], digest_users: str | None) -> None:
     sipp_ladder = load_sipp_ladder()
 
     if digest_users is not None:
+
         def digest_scenario(a: argparse.Namespace, prefix: str) -> list[str]:
-            return ["-sf", str(DIGEST_SCENARIO), "-inf", digest_users, "-auth_uri", DOMAIN,
-                    "-key", "domain", DOMAIN, "-key", "contact_port", "5999"]
+            return [
+                "-sf",
+                str(DIGEST_SCENARIO),
+                "-inf",
+                digest_users,
+                "-auth_uri",
+                DOMAIN,
+                "-key",
+                "domain",
+                DOMAIN,
+                "-key",
+                "contact_port",
+                "5999",
+            ]
 
         sipp_ladder.scenario_args = digest_scenario
     sys.argv = ["sipp_ladder.py", *rest]
@@ -135,17 +171,30 @@ def make_users(work: Path, count: int) -> tuple[Path, Path]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--auth", choices=["off", "on", "both"], default="both")
     parser.add_argument("--rates", default="250,500,1000,2000", help="REGISTER ladder, per second")
-    parser.add_argument("--call-rates", default="100,250,500", help="call ladder (auth off), calls per second")
+    parser.add_argument(
+        "--call-rates", default="100,250,500", help="call ladder (auth off), calls per second"
+    )
     parser.add_argument("--duration", type=float, default=6.0, help="seconds per step")
-    parser.add_argument("--refine", type=int, default=2, help="bisection steps after the first failure")
+    parser.add_argument(
+        "--refine", type=int, default=2, help="bisection steps after the first failure"
+    )
     parser.add_argument("--users", type=int, default=20000, help="users in the Digest users file")
-    parser.add_argument("--client-port", type=int, default=0, help="SIPp ports start here (default: free)")
-    parser.add_argument("--work", help="keep SIPp and server logs here (default: a temporary folder)")
-    parser.add_argument("--kamailio", action="store_true",
-                        help="also run the shared Kamailio anchor and print the ratios")
+    parser.add_argument(
+        "--client-port", type=int, default=0, help="SIPp ports start here (default: free)"
+    )
+    parser.add_argument(
+        "--work", help="keep SIPp and server logs here (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--kamailio",
+        action="store_true",
+        help="also run the shared Kamailio anchor and print the ratios",
+    )
     parser.add_argument("--ladder", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--digest-users", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -163,7 +212,9 @@ def main() -> None:
         modes = ["off", "on"] if args.auth == "both" else [args.auth]
         results: dict[tuple[str, str], int | None] = {}
         for auth in modes:
-            ladders = [("register", args.rates)] + ([("call", args.call_rates)] if auth == "off" else [])
+            ladders = [("register", args.rates)] + (
+                [("call", args.call_rates)] if auth == "off" else []
+            )
             users = injection = None
             if auth == "on":
                 users, injection = make_users(work, args.users)
@@ -172,23 +223,34 @@ def main() -> None:
                 sip_port = free_port(__import__("socket").SOCK_DGRAM)
                 server = start_server(step_work, sip_port, auth == "on", users)
                 try:
-                    print(f"\n## p2psip super-node (pid {server.pid}), {mode} ladder, authentication {auth}",
-                          flush=True)
+                    print(
+                        f"\n## p2psip super-node (pid {server.pid}), {mode} ladder, authentication {auth}",
+                        flush=True,
+                    )
                     results[(auth, mode)] = run_ladder(
                         ladder_arguments(args, mode, rates, sip_port, server.pid, step_work),
                         injection if mode == "register" else None,
                     )
                 finally:
                     stop_server(server)
-        print("\n## Summary: highest passing rate per ladder (0 failures, 0 retransmissions)", flush=True)
+        print(
+            "\n## Summary: highest passing rate per ladder (0 failures, 0 retransmissions)",
+            flush=True,
+        )
         for (auth, mode), best in results.items():
-            print(f"p2psip {mode:<8} auth {auth:<3}: {best if best is not None else 'none passed'}/s", flush=True)
+            print(
+                f"p2psip {mode:<8} auth {auth:<3}: {best if best is not None else 'none passed'}/s",
+                flush=True,
+            )
         if args.kamailio:
             anchor = run_kamailio_anchor(args.duration)
             for mode, key in (("register", "register_max_rate"), ("call", "calls_max_rate")):
                 ours, theirs = results.get(("off", mode)), anchor.get(key)
                 if ours and theirs:
-                    print(f"ratio p2psip/kamailio {mode}: {ours}/{theirs:.0f} = {ours / theirs:.2f}", flush=True)
+                    print(
+                        f"ratio p2psip/kamailio {mode}: {ours}/{theirs:.0f} = {ours / theirs:.2f}",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

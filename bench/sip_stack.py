@@ -36,8 +36,8 @@ REGISTER = (
     "REGISTER sip:example.org SIP/2.0\r\n"
     "Via: SIP/2.0/UDP 192.0.2.10:5062;branch={branch};rport\r\n"
     "Max-Forwards: 70\r\n"
-    "From: \"Alice\" <sip:alice@example.org>;tag=8a7d6f\r\n"
-    "To: \"Alice\" <sip:alice@example.org>\r\n"
+    'From: "Alice" <sip:alice@example.org>;tag=8a7d6f\r\n'
+    'To: "Alice" <sip:alice@example.org>\r\n'
     "Call-ID: 3f2a9c0e71b4@192.0.2.10\r\n"
     "CSeq: {cseq} REGISTER\r\n"
     "Contact: <sip:alice@192.0.2.10:5062;transport=udp>;expires=3600;q=0.8\r\n"
@@ -91,16 +91,29 @@ def micro(seconds: float) -> None:
     rate("parse_message(REGISTER)", seconds, lambda: parse_message(data))
     message = parse_message(data)
     rate("to_bytes(REGISTER)", seconds, message.to_bytes)
-    rate("make_response(REGISTER, 200)", seconds, lambda: make_response(message, 200, to_tag="x").to_bytes())
+    rate(
+        "make_response(REGISTER, 200)",
+        seconds,
+        lambda: make_response(message, 200, to_tag="x").to_bytes(),
+    )
     torture = shared_dir() / "testdata" / "sip-torture"
     for name in ("wsinv", "longreq"):
         path = torture / f"{name}.dat"
         if path.exists():
             raw = path.read_bytes()
-            rate(f"parse_message({name}.dat, {len(raw)} bytes)", seconds, lambda raw=raw: parse_message(raw))
+            rate(
+                f"parse_message({name}.dat, {len(raw)} bytes)",
+                seconds,
+                lambda raw=raw: parse_message(raw),
+            )
     stream = data * 100
     decoder = SipStreamDecoder()
-    rate("SipStreamDecoder.feed (100 REGISTERs per feed)", seconds, lambda: decoder.feed(stream), unit="feed")
+    rate(
+        "SipStreamDecoder.feed (100 REGISTERs per feed)",
+        seconds,
+        lambda: decoder.feed(stream),
+        unit="feed",
+    )
     # The reactor as clock (not run here): its heap of delayed calls scales
     # like production, unlike task.Clock, which re-sorts its list per call.
     from twisted.internet import reactor
@@ -109,7 +122,11 @@ def micro(seconds: float) -> None:
     # With UDP every server transaction stays alive for Timer J (32 s), so
     # the live population grows and Python's cyclic GC gets expensive; the
     # "gc off" row shows how much of the cost that is.
-    runs = (("UDP", source, True), ("UDP, gc off", source, False), ("TCP", Hop("TCP", "192.0.2.10", 5062), True))
+    runs = (
+        ("UDP", source, True),
+        ("UDP, gc off", source, False),
+        ("TCP", Hop("TCP", "192.0.2.10", 5062), True),
+    )
     for label, hop, collect in runs:
         layer = TransactionLayer(NullSender(), AnsweringUser(), reactor)
         messages = [parse_message(register_bytes(i)) for i in range(20000)]
@@ -120,8 +137,10 @@ def micro(seconds: float) -> None:
             layer.message_received(message, hop)
         elapsed = time.perf_counter() - start
         gc.enable()
-        print(f"{'server transactions REGISTER->200 over ' + label:<48} {len(messages) / elapsed:>10,.0f} txn/s  "
-              f"({len(layer.server_transactions)} waiting for Timer J)")
+        print(
+            f"{'server transactions REGISTER->200 over ' + label:<48} {len(messages) / elapsed:>10,.0f} txn/s  "
+            f"({len(layer.server_transactions)} waiting for Timer J)"
+        )
         for call in reactor.getDelayedCalls():
             call.cancel()
     clock = Clock()
@@ -129,8 +148,10 @@ def micro(seconds: float) -> None:
     for i in range(1000):
         layer.message_received(parse_message(register_bytes(i)), source)
     clock.advance(32)
-    print(f"{'after Timer J (1000 on a fake clock)':<48} {len(layer.server_transactions):>10} alive, "
-          f"{len(clock.getDelayedCalls())} delayed calls")
+    print(
+        f"{'after Timer J (1000 on a fake clock)':<48} {len(layer.server_transactions):>10} alive, "
+        f"{len(clock.getDelayedCalls())} delayed calls"
+    )
 
 
 def loopback(requests: int, window: int) -> None:
@@ -157,8 +178,14 @@ def loopback(requests: int, window: int) -> None:
     def send_one() -> None:
         done["sent"] += 1
         request = make_request(
-            "REGISTER", SipURI("example.org"), via=client_transport.make_via("UDP"), from_=alice,
-            to=NameAddress(alice.uri), call_id="3f2a9c0e71b4@127.0.0.1", cseq_number=done["sent"], contact=contact,
+            "REGISTER",
+            SipURI("example.org"),
+            via=client_transport.make_via("UDP"),
+            from_=alice,
+            to=NameAddress(alice.uri),
+            call_id="3f2a9c0e71b4@127.0.0.1",
+            cseq_number=done["sent"],
+            contact=contact,
         )
         client.send_request(request, target, on_response)
 
@@ -170,8 +197,10 @@ def loopback(requests: int, window: int) -> None:
             send_one()
         elif done["ok"] + done["other"] == requests:
             elapsed = time.perf_counter() - started
-            print(f"{'UDP loopback REGISTER->200, window ' + str(window):<48} {requests / elapsed:>10,.0f} txn/s  "
-                  f"({done['other']} non-200 of {requests})")
+            print(
+                f"{'UDP loopback REGISTER->200, window ' + str(window):<48} {requests / elapsed:>10,.0f} txn/s  "
+                f"({done['other']} non-200 of {requests})"
+            )
             reactor.stop()
 
     def start() -> None:
@@ -202,10 +231,14 @@ def loopback(requests: int, window: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=1.0, help="time per micro-benchmark")
     parser.add_argument("--loopback-requests", type=int, default=20000)
-    parser.add_argument("--window", type=int, default=50, help="requests in flight in the loopback test")
+    parser.add_argument(
+        "--window", type=int, default=50, help="requests in flight in the loopback test"
+    )
     args = parser.parse_args()
     print(f"Python {sys.version.split()[0]}")
     gc.collect()

@@ -51,18 +51,35 @@ class SuperNode:
 
 
 def start_super_node(
-    directory: Path, sip_port: int, role: str = "p2psip-bootstrap", extra: list[str] | None = None,
-    auth: bool = False, users: Path | None = None,
+    directory: Path,
+    sip_port: int,
+    role: str = "p2psip-bootstrap",
+    extra: list[str] | None = None,
+    auth: bool = False,
+    users: Path | None = None,
 ) -> SuperNode:
     """Start one role process with SIP on ``sip_port`` and wait for its SIP listener."""
     directory.mkdir(parents=True, exist_ok=True)
     overlay_port, http_port = free_port(), free_port()
     command = [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-        f"--logfile={directory / 'twistd.log'}", role,
-        "--overlay-name", DOMAIN, "--overlay", f"tcp:{overlay_port}:interface=127.0.0.1",
-        "--http", f"tcp:{http_port}:interface=127.0.0.1", "--data-dir", str(directory / "data"),
-        "--sip", f"udp:{sip_port}:interface=127.0.0.1", *(extra or []),
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "-n",
+        "--pidfile=",
+        f"--logfile={directory / 'twistd.log'}",
+        role,
+        "--overlay-name",
+        DOMAIN,
+        "--overlay",
+        f"tcp:{overlay_port}:interface=127.0.0.1",
+        "--http",
+        f"tcp:{http_port}:interface=127.0.0.1",
+        "--data-dir",
+        str(directory / "data"),
+        "--sip",
+        f"udp:{sip_port}:interface=127.0.0.1",
+        *(extra or []),
     ]
     if auth:
         if users is None:
@@ -71,13 +88,17 @@ def start_super_node(
     else:
         command += ["--sip-trusted-network"]
     environment = dict(os.environ, PYTHONPATH=str(repository_root()))
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     node = SuperNode(role, directory, sip_port, overlay_port, http_port, process)
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"the {role} exited at start-up; see {node.log_path}")
-        if node.log_path.exists() and "SIP super-node for" in node.log_path.read_text(errors="replace"):
+        if node.log_path.exists() and "SIP super-node for" in node.log_path.read_text(
+            errors="replace"
+        ):
             return node
         time.sleep(0.2)
     stop_process(process)
@@ -117,7 +138,9 @@ def load_sipp_ladder() -> types.ModuleType:
     """The shared anchors' ``sipp_ladder`` module (its step runner, parsers and PASS rule)."""
     anchors = shared_dir() / "anchors"
     if not (anchors / "sipp_ladder.py").exists():
-        raise SystemExit(f"{anchors / 'sipp_ladder.py'} not found: point P2PSIP_SHARED at the shared test data folder")
+        raise SystemExit(
+            f"{anchors / 'sipp_ladder.py'} not found: point P2PSIP_SHARED at the shared test data folder"
+        )
     if str(anchors) not in sys.path:
         sys.path.insert(0, str(anchors))
     import sipp_ladder  # type: ignore[import-not-found]
@@ -125,4 +148,11 @@ def load_sipp_ladder() -> types.ModuleType:
     return sipp_ladder
 
 
-__all__ = ["DOMAIN", "SuperNode", "start_super_node", "stop_process", "ring_converged", "load_sipp_ladder"]
+__all__ = [
+    "DOMAIN",
+    "SuperNode",
+    "start_super_node",
+    "stop_process",
+    "ring_converged",
+    "load_sipp_ladder",
+]

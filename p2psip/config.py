@@ -380,8 +380,7 @@ class RoleOptions(usage.Options):
         if word in FALSE_WORDS:
             return False
         raise ConfigError(
-            f"key '{key}' in {where} is a flag: write yes or no (or true/false, 1/0), "
-            f"not {value!r}"
+            f"key '{key}' in {where} is a flag: write yes or no (or true/false, 1/0), not {value!r}"
         )
 
 
@@ -402,7 +401,11 @@ def options_class(role: str) -> type[RoleOptions]:
             # A module imported earlier registered nothing new just now, so
             # also look at what it defines.
             for value in vars(module).values():
-                if isinstance(value, type) and issubclass(value, RoleOptions) and value.role == role:
+                if (
+                    isinstance(value, type)
+                    and issubclass(value, RoleOptions)
+                    and value.role == role
+                ):
                     _ROLE_OPTIONS.setdefault(role, value)
     try:
         return _ROLE_OPTIONS[role]

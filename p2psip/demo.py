@@ -48,7 +48,9 @@ def start_peer(reactor: Any, bootstrap: str | None, config: OverlayConfig = DEMO
         advertised_port=0,
         config=config,
     )
-    port = reactor.listenTCP(0, FramedLinkFactory(node, reactor, config.limits.max_message_bytes), interface="127.0.0.1")
+    port = reactor.listenTCP(
+        0, FramedLinkFactory(node, reactor, config.limits.max_message_bytes), interface="127.0.0.1"
+    )
     node.set_advertised_address("127.0.0.1", port.getHost().port)
     if bootstrap is None:
         node.start_alone()
@@ -86,7 +88,9 @@ def main(reactor: Any) -> Any:
     users = ["alice", "bob", "carol", "dave", "erin"]
     for index, user in enumerate(users):
         origin = nodes[index % len(nodes)]
-        result = yield origin.put(f"sip:{user}@demo.p2psip.test", f"sip:{user}@127.0.0.1:5062".encode())
+        result = yield origin.put(
+            f"sip:{user}@demo.p2psip.test", f"sip:{user}@127.0.0.1:5062".encode()
+        )
         say(
             f"  put {user:<6} via {id_short(origin.node_id)} -> stored at {id_short(result.responsible)}"
             f", replicas {', '.join(id_short(r) for r in result.replicas) or '-'}"
@@ -99,7 +103,9 @@ def main(reactor: Any) -> Any:
         got = yield origin.get(f"sip:{user}@demo.p2psip.test")
         route = " -> ".join(id_short(hop) for hop in got.route)
         hops.append(got.hops)
-        say(f"  get {user:<6} from {id_short(origin.node_id)}: {got.value.decode() if got.value else 'NOT FOUND'}")
+        say(
+            f"  get {user:<6} from {id_short(origin.node_id)}: {got.value.decode() if got.value else 'NOT FOUND'}"
+        )
         say(f"      route {route}  ({got.hops} hops)")
         if not got.found:
             raise SystemExit(f"value for {user} was not found")

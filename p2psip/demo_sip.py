@@ -66,8 +66,12 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
         services, agents, transports = [], {}, []
         try:
             for label, node in (("alice", alice_node), ("bob", bob_node)):
-                service = SipService(_options(domain, users.path, directory / label), _Overlay(node), reactor,
-                                     freeze_gc=False)
+                service = SipService(
+                    _options(domain, users.path, directory / label),
+                    _Overlay(node),
+                    reactor,
+                    freeze_gc=False,
+                )
                 service.startService()
                 services.append(service)
                 transport = SipTransport(reactor)
@@ -75,19 +79,27 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
                 yield transport.listen("udp:0:interface=127.0.0.1")
                 assert service.advertised is not None
                 agents[label] = SimpleUserAgent(
-                    aor[label], PASSWORDS[label], transport, Hop("UDP", *service.advertised), reactor
+                    aor[label],
+                    PASSWORDS[label],
+                    transport,
+                    Hop("UDP", *service.advertised),
+                    reactor,
                 )
             say("\nSIP: two super-nodes with Digest authentication, two phones on 127.0.0.1:")
             for label, service in zip(("alice", "bob"), services):
                 node = service.overlay.node
                 yield agents[label].register()
-                say(f"  {label:<5} registered at super-node {id_short(node.node_id)} "
-                    f"(SIP {service.status()['address']})")
+                say(
+                    f"  {label:<5} registered at super-node {id_short(node.node_id)} "
+                    f"(SIP {service.status()['address']})"
+                )
 
             found = yield bob_node.lookup(aor["alice"])
             stored = yield bob_node.get_dictionary(aor["alice"], SIP_REGISTRATION_KIND)
-            say(f"\nAlice's registration ({aor['alice']}, {len(stored)} entry) is stored at "
-                f"{id_short(found.responsible)}, with copies on its next successors;")
+            say(
+                f"\nAlice's registration ({aor['alice']}, {len(stored)} entry) is stored at "
+                f"{id_short(found.responsible)}, with copies on its next successors;"
+            )
             route = " -> ".join(id_short(hop) for hop in found.route)
             say(f"  Bob's super-node finds it by route {route} ({found.hops} hops)")
 
@@ -96,13 +108,16 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
             setup_ms = (time.monotonic() - started) * 1000.0
             names = {s.status()["address"]: id_short(s.overlay.node.node_id) for s in services}
             hops = " -> ".join(
-                f"super-node {names.get(f'{r.uri.host}:{r.uri.port}', '?')}" for r in dialog.route_set
+                f"super-node {names.get(f'{r.uri.host}:{r.uri.port}', '?')}"
+                for r in dialog.route_set
             )
             say(f"\nBob calls Alice: INVITE -> 200 OK in {setup_ms:.1f} ms")
             say(f"  signalling path: bob -> {hops} -> alice ({dialog.remote_target})")
             yield agents["bob"].hang_up(dialog)
-            say(f"  ACK and BYE took the same path; Alice answered {agents['alice'].calls_answered} call, "
-                f"got {agents['alice'].byes_received} BYE")
+            say(
+                f"  ACK and BYE took the same path; Alice answered {agents['alice'].calls_answered} call, "
+                f"got {agents['alice'].byes_received} BYE"
+            )
             return setup_ms
         finally:
             for agent in agents.values():

@@ -38,7 +38,9 @@ def skip_or_fail(reason: str) -> None:
     broken set-up that must not hide behind a skip.
     """
     if interop_required():
-        raise MissingTool(f"{reason} (required because {REQUIRE_INTEROP_VARIABLE}=1; run `make deps`)")
+        raise MissingTool(
+            f"{reason} (required because {REQUIRE_INTEROP_VARIABLE}=1; run `make deps`)"
+        )
     raise SkipTest(f"{reason}; run `make deps` to install it")
 
 
@@ -134,7 +136,9 @@ class MemoryLink(Link):
     one test without sockets.
     """
 
-    def __init__(self, network: MemoryNetwork, listener: Any, remote_address: str, inbound: bool) -> None:
+    def __init__(
+        self, network: MemoryNetwork, listener: Any, remote_address: str, inbound: bool
+    ) -> None:
         self.network = network
         self.listener = listener
         self.remote_address = remote_address
@@ -187,7 +191,9 @@ class MemoryNetwork:
     notice through keepalive timeouts, as they would on a real network.
     """
 
-    def __init__(self, clock: Any, latency_seconds: float = 0.001, connect_timeout_seconds: float = 10.0) -> None:
+    def __init__(
+        self, clock: Any, latency_seconds: float = 0.001, connect_timeout_seconds: float = 10.0
+    ) -> None:
         self.clock = clock
         self.latency_seconds = latency_seconds
         self.connect_timeout_seconds = connect_timeout_seconds
@@ -224,6 +230,7 @@ class MemoryNetwork:
         target = self.listeners.get((host, port))
         if target is None:
             if (host, port) in self.crashed:
+
                 def time_out() -> None:
                     if not result.called:
                         result.errback(TimeoutError(f"connect to {host}:{port} timed out"))
@@ -232,7 +239,9 @@ class MemoryNetwork:
             else:
                 self.clock.callLater(
                     self.latency_seconds,
-                    lambda: result.errback(ConnectionRefusedError(f"connection to {host}:{port} refused")),
+                    lambda: result.errback(
+                        ConnectionRefusedError(f"connection to {host}:{port} refused")
+                    ),
                 )
             return result
         outbound = MemoryLink(self, listener, f"{host}:{port}", inbound=False)
@@ -295,8 +304,13 @@ class HeapClock:
         from twisted.internet.base import DelayedCall
 
         call = DelayedCall(
-            self.seconds() + delay, callable, args, kw,
-            lambda c: None, self._push, seconds=self.seconds,
+            self.seconds() + delay,
+            callable,
+            args,
+            kw,
+            lambda c: None,
+            self._push,
+            seconds=self.seconds,
         )
         self._push(call)
         return call

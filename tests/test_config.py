@@ -99,8 +99,14 @@ class PrecedenceTests(SynchronousTestCase):
 
     def test_flag_words(self) -> None:
         """Flags in the file accept yes/no/true/false/1/0 in any case."""
-        for word, expected in [("yes", True), ("TRUE", True), ("1", True),
-                               ("no", False), ("False", False), ("0", False)]:
+        for word, expected in [
+            ("yes", True),
+            ("TRUE", True),
+            ("1", True),
+            ("no", False),
+            ("False", False),
+            ("0", False),
+        ]:
             options = config_from_string(f"[sample]\nverbose = {word}\n", SampleOptions)
             self.assertIs(options["verbose"], expected, word)
 
@@ -137,7 +143,10 @@ class PrecedenceTests(SynchronousTestCase):
     def test_handler_errors_name_the_file(self) -> None:
         """A UsageError from a handler fed from the file names the key and file."""
         error = self.assertRaises(
-            ConfigError, config_from_string, "[sample]\nmediator = udp:1\n", SampleOptions,
+            ConfigError,
+            config_from_string,
+            "[sample]\nmediator = udp:1\n",
+            SampleOptions,
             source="etc/sample.ini",
         )
         self.assertIn("'mediator' in [sample] of etc/sample.ini", str(error))
@@ -222,7 +231,11 @@ class RepeatableTests(SynchronousTestCase):
 class ErrorTests(SynchronousTestCase):
     def error(self, text: str, argv: list[str] | None = None) -> str:
         failure = self.assertRaises(
-            ConfigError, config_from_string, text, SampleOptions, argv or [],
+            ConfigError,
+            config_from_string,
+            text,
+            SampleOptions,
+            argv or [],
             source="etc/sample.ini",
         )
         return str(failure)
@@ -266,9 +279,12 @@ class ErrorTests(SynchronousTestCase):
         )
         for bad in ("0", "-1", "nan", "inf", "x"):
             self.assertIn(
-                "takes a number greater than zero", self.error(f"[sample]\nrequest-timeout = {bad}\n")
+                "takes a number greater than zero",
+                self.error(f"[sample]\nrequest-timeout = {bad}\n"),
             )
-        options = config_from_string("[sample]\nreplicas = 3\nrequest-timeout = 0.5\n", SampleOptions)
+        options = config_from_string(
+            "[sample]\nreplicas = 3\nrequest-timeout = 0.5\n", SampleOptions
+        )
         self.assertEqual((options["replicas"], options["request-timeout"]), (3, 0.5))
         self.assertEqual(positive_int("7"), 7)
         self.assertEqual(positive_float("2.5"), 2.5)
@@ -324,7 +340,9 @@ class ErrorTests(SynchronousTestCase):
     def test_config_twice(self) -> None:
         """--config given twice is a usage error."""
         options = SampleOptions()
-        self.assertRaises(usage.UsageError, options.parseOptions, ["--config", "a", "--config", "b"])
+        self.assertRaises(
+            usage.UsageError, options.parseOptions, ["--config", "a", "--config", "b"]
+        )
 
     def test_bad_integer_on_command_line(self) -> None:
         """A bad integer on the command line says which option and what it takes."""
@@ -340,8 +358,13 @@ class ErrorTests(SynchronousTestCase):
 class EndpointCoercerTests(SynchronousTestCase):
     def test_server_endpoints(self) -> None:
         """Valid listening descriptions come back unchanged."""
-        for text in ("tcp:6084", "tcp:8084:interface=127.0.0.1", "tcp6:6084", "unix:/run/p2psip.sock",
-                     "systemd:domain=INET:index=0"):
+        for text in (
+            "tcp:6084",
+            "tcp:8084:interface=127.0.0.1",
+            "tcp6:6084",
+            "unix:/run/p2psip.sock",
+            "systemd:domain=INET:index=0",
+        ):
             self.assertEqual(server_endpoint(text), text)
 
     def test_bad_server_endpoints(self) -> None:
@@ -370,8 +393,11 @@ class EndpointCoercerTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, options.parseOptions, ["--http", "tcp:80x4"])
         self.assertIn("'tcp:80x4' is not a listening endpoint string", str(error))
         error = self.assertRaises(
-            ConfigError, config_from_string, "[endpoint-test]\nhttp = tcp:80x4\n",
-            EndpointOptions, source="etc/x.ini",
+            ConfigError,
+            config_from_string,
+            "[endpoint-test]\nhttp = tcp:80x4\n",
+            EndpointOptions,
+            source="etc/x.ini",
         )
         self.assertIn("key 'http' in [endpoint-test] of etc/x.ini: 'tcp:80x4' is not", str(error))
 
@@ -402,21 +428,49 @@ def _documented_options(role: str) -> type[RoleOptions]:
     for ``role``, used to check the example files before the role modules
     exist (and against the real role Options once they do).
     """
-    tuning = [[name, None, None, "", int] for name in (
-        "successors", "predecessors", "replicas", "update-interval", "finger-interval",
-        "ping-interval", "request-timeout", "max-message-size")]
-    common = [["overlay-name", None, None, ""], ["http", None, None, ""], ["data-dir", None, None, ""]]
-    overlay = [["overlay", None, None, ""], ["advertise", None, None, ""], ["mediator", None, None, ""],
-               ["mediator-secret", None, None, ""], ["mediator-secret-file", None, None, ""],
-               ["direct-connect-timeout", None, None, "", float]]
+    tuning = [
+        [name, None, None, "", int]
+        for name in (
+            "successors",
+            "predecessors",
+            "replicas",
+            "update-interval",
+            "finger-interval",
+            "ping-interval",
+            "request-timeout",
+            "max-message-size",
+        )
+    ]
+    common = [
+        ["overlay-name", None, None, ""],
+        ["http", None, None, ""],
+        ["data-dir", None, None, ""],
+    ]
+    overlay = [
+        ["overlay", None, None, ""],
+        ["advertise", None, None, ""],
+        ["mediator", None, None, ""],
+        ["mediator-secret", None, None, ""],
+        ["mediator-secret-file", None, None, ""],
+        ["direct-connect-timeout", None, None, "", float],
+    ]
     parameters: dict[str, list[list[Any]]] = {
-        "bootstrap": common + overlay + tuning + [["sip", None, None, ""], ["users", None, None, ""]],
-        "peer": common + overlay + tuning + [
-            ["bootstrap", None, None, ""], ["sip", None, None, ""],
+        "bootstrap": common
+        + overlay
+        + tuning
+        + [["sip", None, None, ""], ["users", None, None, ""]],
+        "peer": common
+        + overlay
+        + tuning
+        + [
+            ["bootstrap", None, None, ""],
+            ["sip", None, None, ""],
             ["users", None, None, ""],
-            ["sip-advertise", None, None, ""], ["sip-digest-algorithms", None, None, ""]],
-        "client": common + [
-            ["bootstrap", None, None, ""], ["sip", None, None, ""], ["mediator", None, None, ""]],
+            ["sip-advertise", None, None, ""],
+            ["sip-digest-algorithms", None, None, ""],
+        ],
+        "client": common
+        + [["bootstrap", None, None, ""], ["sip", None, None, ""], ["mediator", None, None, ""]],
     }
     return type(
         f"Documented{role.title()}Options",
@@ -467,7 +521,8 @@ class ExampleConfigTests(SynchronousTestCase):
         """Uncommenting any example key still gives a valid file."""
         for role in ("bootstrap", "peer", "client"):
             text = "\n".join(
-                line[1:] if line.startswith("#") and "=" in line and not line.startswith("# ")
+                line[1:]
+                if line.startswith("#") and "=" in line and not line.startswith("# ")
                 else line
                 for line in self.example(role).splitlines()
             )
@@ -513,8 +568,10 @@ class SystemdUnitTests(SynchronousTestCase):
             unit = self.unit(role)
             self.assertEqual(
                 unit["ExecStart"],
-                [f"/opt/p2psip/bin/twist --log-format=text p2psip-{role} "
-                 f"--config /etc/p2psip/{role}.ini"],
+                [
+                    f"/opt/p2psip/bin/twist --log-format=text p2psip-{role} "
+                    f"--config /etc/p2psip/{role}.ini"
+                ],
             )
             self.assertEqual(unit["Restart"], ["always"])
             self.assertEqual(unit["User"], ["p2psip"])

@@ -315,8 +315,11 @@ def _emit(args: argparse.Namespace, answer: Mapping[str, Any], human: Callable[[
         sys.stdout.write(human() + "\n")
 
 
-def _run(args: argparse.Namespace, call: Callable[[AdminClient], dict[str, Any]],
-         human: Callable[[dict[str, Any]], str]) -> int:
+def _run(
+    args: argparse.Namespace,
+    call: Callable[[AdminClient], dict[str, Any]],
+    human: Callable[[dict[str, Any]], str],
+) -> int:
     try:
         answer = call(_client(args))
     except AdminError as e:
@@ -389,11 +392,16 @@ def register(subparsers: Any) -> None:
     ring = subparsers.add_parser("ring", parents=[output], help="list the ring's nodes in order")
     ring.set_defaults(run=run_ring)
 
-    put = subparsers.add_parser("put", parents=[output], help="store VALUE under NAME in the overlay")
+    put = subparsers.add_parser(
+        "put", parents=[output], help="store VALUE under NAME in the overlay"
+    )
     put.add_argument("name", metavar="NAME", help="resource name, e.g. sip:alice@example.org")
     put.add_argument("value", metavar="VALUE", help="the value to store (text)")
     put.add_argument(
-        "--lifetime", type=_positive_int, default=None, metavar="SECONDS",
+        "--lifetime",
+        type=_positive_int,
+        default=None,
+        metavar="SECONDS",
         help="how long the overlay keeps the value (the role's default if omitted)",
     )
     put.set_defaults(run=run_put)

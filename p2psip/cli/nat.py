@@ -30,20 +30,32 @@ def register(subparsers: Any) -> None:
     commands = nat.add_subparsers(dest="nat_command", metavar="SUBCOMMAND")
 
     def common(parser: argparse.ArgumentParser, identity: bool = True) -> None:
-        parser.add_argument("--mediator", required=True, help="mediator control endpoint, e.g. tcp:198.51.100.10:3479")
+        parser.add_argument(
+            "--mediator",
+            required=True,
+            help="mediator control endpoint, e.g. tcp:198.51.100.10:3479",
+        )
         parser.add_argument("--json", action="store_true", help="print one JSON object per result")
         parser.add_argument("--verbose", action="store_true", help="log protocol events to stderr")
         parser.add_argument(
-            "--wait", type=float, default=10.0, metavar="SECONDS", help="keep retrying the mediator (and the peer) this long"
+            "--wait",
+            type=float,
+            default=10.0,
+            metavar="SECONDS",
+            help="keep retrying the mediator (and the peer) this long",
         )
         if identity:
             parser.add_argument("--id", required=True, help="the ID to register under")
-            parser.add_argument("--secret", help="shared secret for the mediator (or --secret-file)")
+            parser.add_argument(
+                "--secret", help="shared secret for the mediator (or --secret-file)"
+            )
             parser.add_argument("--secret-file", help="file whose first line is the secret")
 
     probe = commands.add_parser("probe", help="classify the local NAT with TCP Binding probes")
     common(probe, identity=False)
-    probe.add_argument("--probes", type=int, default=5, help="number of TCP probes from fresh local ports")
+    probe.add_argument(
+        "--probes", type=int, default=5, help="number of TCP probes from fresh local ports"
+    )
     probe.add_argument(
         "--rto-ms",
         type=float,
@@ -54,19 +66,29 @@ def register(subparsers: Any) -> None:
 
     listen = commands.add_parser("listen", help="register an ID and echo incoming connections")
     common(listen)
-    listen.add_argument("--count", type=int, default=0, help="exit after this many connections (0: never)")
+    listen.add_argument(
+        "--count", type=int, default=0, help="exit after this many connections (0: never)"
+    )
     listen.set_defaults(run=run_listen)
 
-    connect = commands.add_parser("connect", help="connect to a listening ID and measure the round trip")
+    connect = commands.add_parser(
+        "connect", help="connect to a listening ID and measure the round trip"
+    )
     common(connect)
     connect.add_argument("--to", required=True, help="the peer's ID")
-    connect.add_argument("--count", type=int, default=1, help="connections to make one after another")
+    connect.add_argument(
+        "--count", type=int, default=1, help="connections to make one after another"
+    )
     connect.add_argument(
         "--methods",
         default="",
-        help="comma-separated methods to allow, in order: " + ",".join(stunt.TCP_METHODS) + " (default: all)",
+        help="comma-separated methods to allow, in order: "
+        + ",".join(stunt.TCP_METHODS)
+        + " (default: all)",
     )
-    connect.add_argument("--udp", action="store_true", help="punch a UDP path instead of a TCP connection")
+    connect.add_argument(
+        "--udp", action="store_true", help="punch a UDP path instead of a TCP connection"
+    )
     connect.set_defaults(run=run_connect)
 
 
@@ -74,7 +96,9 @@ def _start_logging(args: argparse.Namespace) -> None:
     if getattr(args, "verbose", False):
         from twisted.logger import globalLogBeginner, textFileLogObserver
 
-        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+        globalLogBeginner.beginLoggingTo(
+            [textFileLogObserver(sys.stderr)], redirectStandardIO=False
+        )
 
 
 def _secret(args: argparse.Namespace) -> bytes:
@@ -83,7 +107,9 @@ def _secret(args: argparse.Namespace) -> bytes:
     if args.secret_file:
         with open(args.secret_file, encoding="utf-8") as f:
             return f.readline().strip().encode("utf-8")
-    raise SystemExit("p2psip nat: give --secret or --secret-file (the mediator's [mediator] secret)")
+    raise SystemExit(
+        "p2psip nat: give --secret or --secret-file (the mediator's [mediator] secret)"
+    )
 
 
 def _emit(args: argparse.Namespace, record: dict[str, Any], text: str) -> None:
@@ -181,7 +207,9 @@ class _Ping(Protocol):
         if self.buffer.startswith(PING) and not self.answered.called:
             self.answered.callback(self.clock.seconds() - self.sent_at)
         elif len(self.buffer) >= len(PING) and not self.answered.called:
-            self.answered.errback(TraversalError("the peer answered with something other than the echo"))
+            self.answered.errback(
+                TraversalError("the peer answered with something other than the echo")
+            )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.answered.called:
@@ -226,7 +254,12 @@ def run_listen(args: argparse.Namespace) -> int:
             seen[0] += 1
             _emit(
                 args,
-                {"event": "incoming", "peer": result.peer_id, "method": result.method, "reason": result.reason},
+                {
+                    "event": "incoming",
+                    "peer": result.peer_id,
+                    "method": result.method,
+                    "reason": result.reason,
+                },
                 f"connection from {result.peer_id} via {result.method}",
             )
             if args.count and seen[0] >= args.count and not done.called:
@@ -241,7 +274,11 @@ def run_listen(args: argparse.Namespace) -> int:
             accept_datagram=lambda peer: _UdpEcho(reactor),
             on_incoming_datagram=incoming,
         )
-        _emit(args, {"event": "registered", "id": args.id}, f"registered as {args.id}; waiting for connections")
+        _emit(
+            args,
+            {"event": "registered", "id": args.id},
+            f"registered as {args.id}; waiting for connections",
+        )
 
         def lost(why: str) -> None:
             if not done.called:
@@ -263,7 +300,11 @@ def run_listen(args: argparse.Namespace) -> int:
 
 def _report_failure(failure: Failure, status: list[int]) -> None:
     status[0] = 1
-    reason = failure.value.reason if isinstance(failure.value, TraversalError) else failure.getErrorMessage()
+    reason = (
+        failure.value.reason
+        if isinstance(failure.value, TraversalError)
+        else failure.getErrorMessage()
+    )
     print(f"p2psip nat: {reason}", file=sys.stderr)
 
 
@@ -277,7 +318,10 @@ def run_connect(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in stunt.TCP_METHODS]
     if unknown:
-        print(f"p2psip nat connect: unknown method {unknown[0]}; use {', '.join(stunt.TCP_METHODS)}", file=sys.stderr)
+        print(
+            f"p2psip nat connect: unknown method {unknown[0]}; use {', '.join(stunt.TCP_METHODS)}",
+            file=sys.stderr,
+        )
         return 2
 
     @defer.inlineCallbacks
@@ -300,7 +344,9 @@ def run_connect(args: argparse.Namespace) -> int:
                 if args.udp:
                     result = yield one_udp(client)
                     return result
-                result = yield client.connect(args.to, Factory.forProtocol(lambda: _Ping(reactor)), methods)
+                result = yield client.connect(
+                    args.to, Factory.forProtocol(lambda: _Ping(reactor)), methods
+                )
                 break
             except TraversalError as e:
                 if "(unknown-peer)" not in e.reason or reactor.seconds() >= deadline:
@@ -334,7 +380,8 @@ def run_connect(args: argparse.Namespace) -> int:
                     "reason": result.reason,
                 },
                 f"connected to {args.to} via {result.method} in {result.setup_seconds * 1000:.1f} ms; "
-                f"round trip {rtt * 1000:.2f} ms" + (f" ({result.reason})" if result.reason else ""),
+                f"round trip {rtt * 1000:.2f} ms"
+                + (f" ({result.reason})" if result.reason else ""),
             )
         client.stop()
         status[0] = 1 if failures else 0
@@ -381,7 +428,11 @@ def run_probe(args: argparse.Namespace) -> int:
             f"TCP mapping of the last probe: local port {mapped[0]} -> {mapped[1]}:{mapped[2]}",
             f"TCP port allocation: {behaviour.describe()}",
             "TCP hole punching: "
-            + ("possible (ports can be predicted)" if behaviour.predictable else "needs the relay (ports can't be predicted)"),
+            + (
+                "possible (ports can be predicted)"
+                if behaviour.predictable
+                else "needs the relay (ports can't be predicted)"
+            ),
         ]
         if "error" in udp:
             lines.append(f"UDP mapping and filtering (RFC 5780): not measured: {udp['error']}")
@@ -425,7 +476,9 @@ class _ChallengeReader(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self.result.called:
-            self.result.errback(TraversalError("the mediator closed the connection before its challenge"))
+            self.result.errback(
+                TraversalError("the mediator closed the connection before its challenge")
+            )
 
 
 @defer.inlineCallbacks
@@ -458,7 +511,9 @@ def _rfc5780(reactor: Any, server: tuple[str, int], local_ip: str, rto_seconds: 
     ports = [reactor.listenUDP(0, client, interface=local_ip) for client in clients]
     try:
         local = (local_ip, ports[0].getHost().port)
-        found = yield discover_behaviour(clients[0].binding, server, local, filtering_binding=clients[1].binding)
+        found = yield discover_behaviour(
+            clients[0].binding, server, local, filtering_binding=clients[1].binding
+        )
     except BehaviourDiscoveryError as e:
         return {"error": str(e)}
     finally:

@@ -56,7 +56,9 @@ class PunchFailed(Exception):
     """No connection before the deadline; the message says what was tried."""
 
 
-def bound_socket(port: int, kind: int = socket.SOCK_STREAM, interface: str = "0.0.0.0") -> socket.socket:
+def bound_socket(
+    port: int, kind: int = socket.SOCK_STREAM, interface: str = "0.0.0.0"
+) -> socket.socket:
     """A non-blocking socket on ``port`` that other sockets may share."""
     sock = socket.socket(socket.AF_INET, kind)
     try:
@@ -74,7 +76,12 @@ def bound_socket(port: int, kind: int = socket.SOCK_STREAM, interface: str = "0.
 class _Descriptor:
     """A socket the reactor watches; calls back on readiness."""
 
-    def __init__(self, sock: socket.socket, on_read: Callable[[], None] | None, on_write: Callable[[], None] | None):
+    def __init__(
+        self,
+        sock: socket.socket,
+        on_read: Callable[[], None] | None,
+        on_write: Callable[[], None] | None,
+    ):
         self.sock = sock
         self._fd = sock.fileno()
         self._on_read = on_read
@@ -154,7 +161,10 @@ class _Watcher:
 
 
 def stun_tcp_probe(
-    reactor: Any, server: tuple[str, int], local_port: int = 0, timeout_seconds: float = PROBE_TIMEOUT_SECONDS
+    reactor: Any,
+    server: tuple[str, int],
+    local_port: int = 0,
+    timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
 ) -> defer.Deferred[tuple[int, str, int]]:
     """
     One STUN Binding over a fresh TCP connection from ``local_port``.
@@ -213,7 +223,11 @@ def stun_tcp_probe(
         watcher.unwatch(writer)
         error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
-            finish(PunchFailed(f"STUN probe to {server[0]}:{server[1]}: {errno.errorcode.get(error, error)}"))
+            finish(
+                PunchFailed(
+                    f"STUN probe to {server[0]}:{server[1]}: {errno.errorcode.get(error, error)}"
+                )
+            )
             return
         try:
             sock.send(stun.encode_message(request))
@@ -225,9 +239,16 @@ def stun_tcp_probe(
     error = sock.connect_ex(server)
     if error not in (0, errno.EINPROGRESS):
         sock.close()
-        return defer.fail(PunchFailed(f"STUN probe to {server[0]}:{server[1]}: {errno.errorcode.get(error, error)}"))
+        return defer.fail(
+            PunchFailed(
+                f"STUN probe to {server[0]}:{server[1]}: {errno.errorcode.get(error, error)}"
+            )
+        )
     writer = watcher.write(sock, writable)
-    watcher.later(timeout_seconds, lambda: finish(PunchFailed(f"STUN probe to {server[0]}:{server[1]} timed out")))
+    watcher.later(
+        timeout_seconds,
+        lambda: finish(PunchFailed(f"STUN probe to {server[0]}:{server[1]} timed out")),
+    )
     return result
 
 
@@ -297,7 +318,9 @@ class TcpPunch:
 
     def _deadline(self) -> None:
         if not self.connect:
-            self._fail(f"nothing connected to local port {self.local_port} within {self.deadline_seconds:g}s")
+            self._fail(
+                f"nothing connected to local port {self.local_port} within {self.deadline_seconds:g}s"
+            )
             return
         self._fail(
             f"no TCP connection with {self.peer[0]}:{self.peer[1]} from local port {self.local_port} "
@@ -382,7 +405,9 @@ VERIFY_TIMEOUT_SECONDS = 1.5
 
 def verify_token(session_id: str) -> bytes:
     """What both ends of a punched connection send first, for ``verify_stream``."""
-    return hashlib.sha256(b"p2psip-stunt-verify\0" + session_id.encode("utf-8")).digest()[:VERIFY_TOKEN_BYTES]
+    return hashlib.sha256(b"p2psip-stunt-verify\0" + session_id.encode("utf-8")).digest()[
+        :VERIFY_TOKEN_BYTES
+    ]
 
 
 def verify_stream(
@@ -429,7 +454,11 @@ def verify_stream(
         received.extend(data)
         if len(received) < len(token):
             return
-        finish(None if bytes(received) == token else "connected to something that is not the peer of this session")
+        finish(
+            None
+            if bytes(received) == token
+            else "connected to something that is not the peer of this session"
+        )
 
     try:
         sock.send(token)
@@ -439,7 +468,9 @@ def verify_stream(
     watcher.read(sock, readable)
     watcher.later(
         timeout_seconds,
-        lambda: finish(f"connected, but no data came through within {timeout_seconds:g}s (the NAT let only the handshake pass)"),
+        lambda: finish(
+            f"connected, but no data came through within {timeout_seconds:g}s (the NAT let only the handshake pass)"
+        ),
     )
     return result
 
@@ -465,7 +496,9 @@ def send_low_ttl_syn(
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
         sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
     except OSError as e:
-        return defer.fail(PunchFailed(f"cannot prepare the low-TTL SYN from port {local_port}: {e}"))
+        return defer.fail(
+            PunchFailed(f"cannot prepare the low-TTL SYN from port {local_port}: {e}")
+        )
 
     def finish(what: str) -> None:
         if not result.called:
@@ -525,7 +558,9 @@ class UdpPunchProtocol(DatagramProtocol):
         port: int = self.transport.getHost().port
         return port
 
-    def stun_probe(self, server: tuple[str, int], timeout_seconds: float = PROBE_TIMEOUT_SECONDS) -> defer.Deferred[tuple[str, int]]:
+    def stun_probe(
+        self, server: tuple[str, int], timeout_seconds: float = PROBE_TIMEOUT_SECONDS
+    ) -> defer.Deferred[tuple[str, int]]:
         """Our mapping as a STUN server sees it, retransmitting until answered."""
         request = stun.binding_request()
         data = stun.encode_message(request)
@@ -538,7 +573,11 @@ class UdpPunchProtocol(DatagramProtocol):
                 return
             if self.clock.seconds() - sent_at >= timeout_seconds:
                 self._stun.pop(request.transaction_id, None)
-                result.errback(PunchFailed(f"no STUN answer over UDP from {server[0]}:{server[1]} in {timeout_seconds:g}s"))
+                result.errback(
+                    PunchFailed(
+                        f"no STUN answer over UDP from {server[0]}:{server[1]} in {timeout_seconds:g}s"
+                    )
+                )
                 return
             if self.transport is not None:
                 self.transport.write(data, server)
@@ -547,7 +586,9 @@ class UdpPunchProtocol(DatagramProtocol):
         send()
         return result
 
-    def start_punch(self, peer: tuple[str, int], token: bytes, deadline_seconds: float) -> defer.Deferred[tuple[str, int]]:
+    def start_punch(
+        self, peer: tuple[str, int], token: bytes, deadline_seconds: float
+    ) -> defer.Deferred[tuple[str, int]]:
         """Punch towards ``peer``; fires with the peer's address once both sides heard each other."""
         self._token = token
         self._punch_result = defer.Deferred()
@@ -560,7 +601,9 @@ class UdpPunchProtocol(DatagramProtocol):
             if self.clock.seconds() - started >= deadline_seconds:
                 heard = "heard the peer" if self._heard else "never heard the peer"
                 result.errback(
-                    PunchFailed(f"no two-way UDP path to {peer[0]}:{peer[1]} within {deadline_seconds:g}s ({heard})")
+                    PunchFailed(
+                        f"no two-way UDP path to {peer[0]}:{peer[1]} within {deadline_seconds:g}s ({heard})"
+                    )
                 )
                 return
             if self.transport is not None:

@@ -146,10 +146,15 @@ class _RelaySplice:
         self.parties = parties
         self.ends = (a, b)
         self.total_bytes = 0
-        self.credit = {id(a): float(factory.relay_limits.rate_bytes_per_second), id(b): float(factory.relay_limits.rate_bytes_per_second)}
+        self.credit = {
+            id(a): float(factory.relay_limits.rate_bytes_per_second),
+            id(b): float(factory.relay_limits.rate_bytes_per_second),
+        }
         self.last_refill = factory.clock.seconds()
         self.resume_calls: dict[int, Any] = {}
-        self.idle_call: Any = factory.clock.callLater(factory.relay_limits.idle_timeout_seconds, self._idle)
+        self.idle_call: Any = factory.clock.callLater(
+            factory.relay_limits.idle_timeout_seconds, self._idle
+        )
         self.ended = False
 
     def _other(self, end: ControlServerProtocol) -> ControlServerProtocol:
@@ -186,10 +191,16 @@ class _RelaySplice:
             self.credit[key] = min(rate, self.credit[key] + elapsed * rate)
         self.credit[id(source)] -= len(data)
         transport: Any = source.transport
-        if self.credit[id(source)] < 0 and id(source) not in self.resume_calls and transport is not None:
+        if (
+            self.credit[id(source)] < 0
+            and id(source) not in self.resume_calls
+            and transport is not None
+        ):
             transport.pauseProducing()
             delay = -self.credit[id(source)] / rate
-            self.resume_calls[id(source)] = self.factory.clock.callLater(delay, self._resume, source)
+            self.resume_calls[id(source)] = self.factory.clock.callLater(
+                delay, self._resume, source
+            )
 
     def _resume(self, source: ControlServerProtocol) -> None:
         self.resume_calls.pop(id(source), None)
@@ -242,7 +253,13 @@ class ControlServerFactory(Factory):
             session_id, message["token"]
         ):
             self.log.debug("relay-join with an unknown session or token")
-            end.send({"type": "error", "code": "relay-refused", "reason": "unknown relay session or token"})
+            end.send(
+                {
+                    "type": "error",
+                    "code": "relay-refused",
+                    "reason": "unknown relay session or token",
+                }
+            )
             end.close()
             return
         first = self._waiting.pop(session_id, None)

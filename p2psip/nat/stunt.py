@@ -347,7 +347,9 @@ def classify(local_ip: str, observations: Iterable[Observation]) -> NatBehaviour
     return NatBehaviour(UNKNOWN, public_ip)
 
 
-def predict_endpoint(behaviour: NatBehaviour, hole_port: int, observations: list[Observation]) -> tuple[str, int]:
+def predict_endpoint(
+    behaviour: NatBehaviour, hole_port: int, observations: list[Observation]
+) -> tuple[str, int]:
     """
     The public endpoint the next flow from ``hole_port`` will get.
 
@@ -432,12 +434,18 @@ class Metrics:
     def __init__(self, registry: Registry | None = None) -> None:
         self.registry = registry if registry is not None else Registry()
         r = self.registry
-        self._attempts = r.counter("p2psip_mediator_attempts_total", "Connection attempts started, per method.", ["method"])
-        self._successes = r.counter("p2psip_mediator_successes_total", "Connections made, per method.", ["method"])
+        self._attempts = r.counter(
+            "p2psip_mediator_attempts_total", "Connection attempts started, per method.", ["method"]
+        )
+        self._successes = r.counter(
+            "p2psip_mediator_successes_total", "Connections made, per method.", ["method"]
+        )
         for method in TCP_METHODS + (UDP_PUNCH,):
             self._attempts.labels(method)
             self._successes.labels(method)
-        self._failures = r.counter("p2psip_mediator_failures_total", "Brokered connections that failed by every method.")
+        self._failures = r.counter(
+            "p2psip_mediator_failures_total", "Brokered connections that failed by every method."
+        )
         self._auth_failures = r.counter(
             "p2psip_mediator_auth_failures_total", "Control connections that failed authentication."
         )
@@ -445,8 +453,12 @@ class Metrics:
             "p2psip_mediator_rejected_connections_total",
             "Control connections refused by the per-address rate limit.",
         )
-        self._relayed_bytes = r.counter("p2psip_mediator_relayed_bytes_total", "Bytes copied by the relay.")
-        self._relay_sessions = r.counter("p2psip_mediator_relay_sessions_total", "Relayed sessions set up.")
+        self._relayed_bytes = r.counter(
+            "p2psip_mediator_relayed_bytes_total", "Bytes copied by the relay."
+        )
+        self._relay_sessions = r.counter(
+            "p2psip_mediator_relay_sessions_total", "Relayed sessions set up."
+        )
 
     def attempted(self, method: str) -> None:
         self._attempts.labels(method).inc()
@@ -471,7 +483,11 @@ class Metrics:
 
     @staticmethod
     def _per_method(counter: Any) -> dict[str, int]:
-        return {method: int(counter.labels(method).value) for method in TCP_METHODS + (UDP_PUNCH,) if counter.labels(method).value}
+        return {
+            method: int(counter.labels(method).value)
+            for method in TCP_METHODS + (UDP_PUNCH,)
+            if counter.labels(method).value
+        }
 
     @property
     def attempts(self) -> dict[str, int]:
@@ -537,13 +553,19 @@ class Broker:
         self.relay_counts: dict[str, int] = {}
         self.metrics = Metrics(registry)
         self.metrics.registry.gauge(
-            "p2psip_mediator_clients_online", "Clients registered over a control connection.", function=lambda: len(self.clients)
+            "p2psip_mediator_clients_online",
+            "Clients registered over a control connection.",
+            function=lambda: len(self.clients),
         )
         self.metrics.registry.gauge(
-            "p2psip_mediator_sessions_in_progress", "Connections being brokered.", function=lambda: len(self.sessions)
+            "p2psip_mediator_sessions_in_progress",
+            "Connections being brokered.",
+            function=lambda: len(self.sessions),
         )
         self.metrics.registry.gauge(
-            "p2psip_mediator_relays_active", "Relayed sessions open now.", function=lambda: self.relays_active
+            "p2psip_mediator_relays_active",
+            "Relayed sessions open now.",
+            function=lambda: self.relays_active,
         )
 
     # links -------------------------------------------------------------
@@ -613,24 +635,34 @@ class Broker:
         nonce = self._nonces.pop(id(link), "")
         if message["version"] != PROTOCOL_VERSION:
             self._refuse_link(
-                link, "version", f"mediator speaks version {PROTOCOL_VERSION}, client {message['version']}"
+                link,
+                "version",
+                f"mediator speaks version {PROTOCOL_VERSION}, client {message['version']}",
             )
             return
         secret = self.secrets.secret_for(client_id) if valid_client_id(client_id) else None
         expected = compute_mac(secret, nonce, client_id) if secret is not None and nonce else ""
         if not expected or not hmac.compare_digest(expected, message["mac"]):
             self.metrics.auth_failed()
-            self.log.debug("authentication failed for {client_id!r}", client_id=client_id[:MAX_ID_CHARS])
-            self._refuse_link(link, "auth-failed", "wrong ID or secret: check the client's --secret")
+            self.log.debug(
+                "authentication failed for {client_id!r}", client_id=client_id[:MAX_ID_CHARS]
+            )
+            self._refuse_link(
+                link, "auth-failed", "wrong ID or secret: check the client's --secret"
+            )
             return
         if client_id not in self.clients and len(self.clients) >= self.policy.max_clients:
             self._refuse_link(link, "busy", "mediator is full: raise max-clients in mediator.ini")
             return
         previous = self.clients.get(client_id)
         if previous is not None:
-            self.log.info("client {client_id} reconnected; closing its old link", client_id=client_id)
+            self.log.info(
+                "client {client_id} reconnected; closing its old link", client_id=client_id
+            )
             self._ids.pop(id(previous), None)
-            previous.send({"type": "error", "code": "replaced", "reason": "the same ID logged in again"})
+            previous.send(
+                {"type": "error", "code": "replaced", "reason": "the same ID logged in again"}
+            )
             previous.close()
         self.clients[client_id] = link
         self._ids[id(link)] = client_id
@@ -663,7 +695,10 @@ class Broker:
             return
         active = sum(1 for s in self.sessions.values() if s.initiator.client_id == client_id)
         if active >= self.policy.max_sessions_per_client:
-            fail("busy", "too many connection attempts in progress (mediator.ini max-sessions-per-client)")
+            fail(
+                "busy",
+                "too many connection attempts in progress (mediator.ini max-sessions-per-client)",
+            )
             return
         if kind == "udp":
             methods = [UDP_PUNCH]
@@ -681,7 +716,11 @@ class Broker:
         )
         self.sessions[session.session_id] = session
         self.log.info(
-            "brokering {kind} from {a} to {b} ({session})", kind=kind, a=client_id, b=target, session=session.session_id
+            "brokering {kind} from {a} to {b} ({session})",
+            kind=kind,
+            a=client_id,
+            b=target,
+            session=session.session_id,
         )
         self._request_probes(session)
 
@@ -727,7 +766,9 @@ class Broker:
             # The peer will aim connection attempts at these addresses, so a
             # client may only name the public address the mediator sees it
             # at; otherwise it could point the peer at a third party.
-            self.log.debug("probe report from {client} names foreign addresses", client=side.client_id)
+            self.log.debug(
+                "probe report from {client} names foreign addresses", client=side.client_id
+            )
             self._finish(
                 session,
                 False,
@@ -761,7 +802,9 @@ class Broker:
             session.reasons.append("the mediator relays TCP streams only, not datagrams")
         self._finish(session, False, "; ".join(session.reasons) or "no method left")
 
-    def _why_unusable(self, method: str, a: NatBehaviour, b: NatBehaviour, session: BrokeredSession) -> str:
+    def _why_unusable(
+        self, method: str, a: NatBehaviour, b: NatBehaviour, session: BrokeredSession
+    ) -> str:
         names = (session.initiator.client_id, session.responder.client_id)
         if method == RELAYED:
             if not self.policy.relay_enabled:
@@ -800,7 +843,9 @@ class Broker:
         for side in (a, b):
             assert side.probe is not None and side.behaviour is not None
             observations = [(o[0], o[1], o[2]) for o in side.probe["observations"]]
-            predictions[id(side)] = predict_endpoint(side.behaviour, side.probe["hole_port"], observations)
+            predictions[id(side)] = predict_endpoint(
+                side.behaviour, side.probe["hole_port"], observations
+            )
         for side, other in ((a, b), (b, a)):
             assert side.probe is not None
             role = "initiator" if side is a else "responder"
@@ -822,7 +867,9 @@ class Broker:
                     "ttl": self.policy.low_ttl if method == LOW_TTL else 0,
                     # Optional (added in 1.1): retrying after a failed connect
                     # burns a port of a sequential NAT and breaks the prediction.
-                    "connect_retries": 0 if side.behaviour is not None and side.behaviour.allocation == SEQUENTIAL else -1,
+                    "connect_retries": 0
+                    if side.behaviour is not None and side.behaviour.allocation == SEQUENTIAL
+                    else -1,
                 }
             )
         self._arm_timer(
@@ -877,9 +924,16 @@ class Broker:
         reason = "; ".join(session.reasons) or "relay requested"
         for side in session.sides():
             side.link.send(
-                {"type": "relay", "session": session.session_id, "token": session.relay_token, "reason": reason}
+                {
+                    "type": "relay",
+                    "session": session.session_id,
+                    "token": session.relay_token,
+                    "reason": reason,
+                }
             )
-        self._arm_timer(session, self.policy.probe_timeout_seconds, "relay: a side did not join in time")
+        self._arm_timer(
+            session, self.policy.probe_timeout_seconds, "relay: a side did not join in time"
+        )
 
     def _release_relay(self, session: BrokeredSession) -> None:
         if not session.relay_token:
@@ -924,7 +978,9 @@ class Broker:
 
     # end -------------------------------------------------------------------
 
-    def _finish(self, session: BrokeredSession, ok: bool, reason: str, keep_relay: bool = False) -> None:
+    def _finish(
+        self, session: BrokeredSession, ok: bool, reason: str, keep_relay: bool = False
+    ) -> None:
         if self.sessions.pop(session.session_id, None) is None:
             return
         self._cancel_timer(session)
@@ -984,7 +1040,9 @@ class ConnectionRateLimit:
     beyond one window's worth of addresses (capped by ``max_addresses``).
     """
 
-    def __init__(self, clock: Any, limit: int, window_seconds: float = 60.0, max_addresses: int = 100_000) -> None:
+    def __init__(
+        self, clock: Any, limit: int, window_seconds: float = 60.0, max_addresses: int = 100_000
+    ) -> None:
         self.clock = clock
         self.limit = limit
         self.window_seconds = window_seconds

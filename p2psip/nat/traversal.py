@@ -288,7 +288,9 @@ class TraversalClient:
         def not_connected(failure: Failure) -> None:
             if self._ready is not None and not self._ready.called:
                 self._ready.errback(
-                    TraversalError(f"cannot reach the mediator ({failure.getErrorMessage()}): check --mediator")
+                    TraversalError(
+                        f"cannot reach the mediator ({failure.getErrorMessage()}): check --mediator"
+                    )
                 )
 
         connecting.addCallbacks(connected, not_connected)
@@ -328,12 +330,20 @@ class TraversalClient:
         session = _Session(peer_id, factory, self.reactor.seconds(), deferred=defer.Deferred())
         self._by_ref[ref] = session
         self.control.send(
-            {"type": "connect", "ref": ref, "to": peer_id, "kind": "tcp", "methods": list(methods or [])}
+            {
+                "type": "connect",
+                "ref": ref,
+                "to": peer_id,
+                "kind": "tcp",
+                "methods": list(methods or []),
+            }
         )
         assert session.deferred is not None
         return session.deferred
 
-    def connect_datagram(self, peer_id: str, protocol: DatagramProtocol) -> defer.Deferred[DatagramResult]:
+    def connect_datagram(
+        self, peer_id: str, protocol: DatagramProtocol
+    ) -> defer.Deferred[DatagramResult]:
         """
         Punch a UDP path to ``peer_id`` for ``protocol``.
 
@@ -345,10 +355,14 @@ class TraversalClient:
             return defer.fail(TraversalError("not registered at the mediator: call start() first"))
         self._refs += 1
         ref = self._refs
-        session = _Session(peer_id, Factory(), self.reactor.seconds(), kind="udp", datagram=protocol)
+        session = _Session(
+            peer_id, Factory(), self.reactor.seconds(), kind="udp", datagram=protocol
+        )
         session.datagram_deferred = defer.Deferred()
         self._by_ref[ref] = session
-        self.control.send({"type": "connect", "ref": ref, "to": peer_id, "kind": "udp", "methods": []})
+        self.control.send(
+            {"type": "connect", "ref": ref, "to": peer_id, "kind": "udp", "methods": []}
+        )
         return session.datagram_deferred
 
     # control messages -------------------------------------------------------
@@ -409,7 +423,9 @@ class TraversalClient:
         self.online = False
         self.control = None
         if self._ready is not None and not self._ready.called:
-            self._ready.errback(TraversalError("mediator closed the control connection before welcome"))
+            self._ready.errback(
+                TraversalError("mediator closed the control connection before welcome")
+            )
         for session in list(self._sessions.values()) + list(self._by_ref.values()):
             self._fail_session(session, "lost the control connection to the mediator")
         self._by_ref.clear()
@@ -427,17 +443,38 @@ class TraversalClient:
                     return
                 session = found
             elif message["kind"] == "udp":
-                datagram = self.accept_datagram(message["peer"]) if self.accept_datagram is not None else None
+                datagram = (
+                    self.accept_datagram(message["peer"])
+                    if self.accept_datagram is not None
+                    else None
+                )
                 if datagram is None:
-                    self._send({"type": "refuse", "session": session_id, "reason": "not accepting datagram flows"})
+                    self._send(
+                        {
+                            "type": "refuse",
+                            "session": session_id,
+                            "reason": "not accepting datagram flows",
+                        }
+                    )
                     return
                 session = _Session(
-                    message["peer"], Factory(), self.reactor.seconds(), incoming=True, kind="udp", datagram=datagram
+                    message["peer"],
+                    Factory(),
+                    self.reactor.seconds(),
+                    incoming=True,
+                    kind="udp",
+                    datagram=datagram,
                 )
             else:
                 factory = self.accept(message["peer"]) if self.accept is not None else None
                 if factory is None:
-                    self._send({"type": "refuse", "session": session_id, "reason": "not accepting connections"})
+                    self._send(
+                        {
+                            "type": "refuse",
+                            "session": session_id,
+                            "reason": "not accepting connections",
+                        }
+                    )
                     return
                 session = _Session(message["peer"], factory, self.reactor.seconds(), incoming=True)
             session.session_id = session_id
@@ -459,7 +496,9 @@ class TraversalClient:
 
         def failed(failure: Failure) -> None:
             self.log.warn("port prediction probes failed: {why}", why=failure.getErrorMessage())
-            self._send({"type": "refuse", "session": session_id, "reason": failure.getErrorMessage()[:400]})
+            self._send(
+                {"type": "refuse", "session": session_id, "reason": failure.getErrorMessage()[:400]}
+            )
 
         d.addCallbacks(report, failed)
 
@@ -503,7 +542,11 @@ class TraversalClient:
         deadline = message["deadline_seconds"]
         role = message["role"]
         retries = message.get("connect_retries", -1)
-        max_connects = retries + 1 if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0 else None
+        max_connects = (
+            retries + 1
+            if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0
+            else None
+        )
         session.serial += 1
         serial = session.serial
 
@@ -515,10 +558,19 @@ class TraversalClient:
                 return
             if not ok:
                 self.log.info(
-                    "{method} with {peer} failed here: {detail}", method=method, peer=session.peer_id, detail=detail
+                    "{method} with {peer} failed here: {detail}",
+                    method=method,
+                    peer=session.peer_id,
+                    detail=detail,
                 )
             self._send(
-                {"type": "result", "session": session.session_id, "method": method, "ok": ok, "detail": detail[:400]}
+                {
+                    "type": "result",
+                    "session": session.session_id,
+                    "method": method,
+                    "ok": ok,
+                    "detail": detail[:400],
+                }
             )
 
         def connected(value: tuple[socket.socket, str]) -> None:
@@ -553,14 +605,18 @@ class TraversalClient:
                 token = holepunch.verify_token(session.session_id)
                 session.udp.start_punch(peer, token, deadline).addCallbacks(punched, failed)
             elif method == stunt.LOW_TTL and role == "listener":
-                session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline, listen=True, connect=False)
+                session.punch = holepunch.TcpPunch(
+                    self.reactor, port, peer, deadline, listen=True, connect=False
+                )
                 session.punch.start().addCallbacks(connected, failed)
                 holepunch.send_low_ttl_syn(self.reactor, port, peer, message["ttl"]).addBoth(armed)
             elif method == stunt.LOW_TTL:
                 assert go is not None
                 go.addCallback(lambda _: connect_only())
             else:
-                session.punch = holepunch.TcpPunch(self.reactor, port, peer, deadline, max_connects=max_connects)
+                session.punch = holepunch.TcpPunch(
+                    self.reactor, port, peer, deadline, max_connects=max_connects
+                )
                 session.punch.start().addCallbacks(connected, failed)
 
         def punched(address: tuple[str, int]) -> None:
@@ -576,7 +632,13 @@ class TraversalClient:
             if not current():
                 return
             session.punch = holepunch.TcpPunch(
-                self.reactor, port, peer, deadline, listen=False, connect=True, max_connects=max_connects
+                self.reactor,
+                port,
+                peer,
+                deadline,
+                listen=False,
+                connect=True,
+                max_connects=max_connects,
             )
             session.punch.start().addCallbacks(connected, failed)
 
@@ -599,10 +661,16 @@ class TraversalClient:
         protocol = _RelayClientProtocol(session.session_id, message["token"], ready)
         session.relay = protocol
         self.mediator.connect(Factory.forProtocol(lambda: protocol)).addErrback(
-            lambda f: None if ready.called else ready.errback(TraversalError(f"relay: {f.getErrorMessage()}"))
+            lambda f: (
+                None
+                if ready.called
+                else ready.errback(TraversalError(f"relay: {f.getErrorMessage()}"))
+            )
         )
         # An unhandled failure here is reported through the outcome.
-        ready.addErrback(lambda f: self.log.debug("relay join failed: {why}", why=f.getErrorMessage()))
+        ready.addErrback(
+            lambda f: self.log.debug("relay join failed: {why}", why=f.getErrorMessage())
+        )
 
     def _outcome(self, message: dict[str, Any]) -> None:
         session = self._sessions.pop(message["session"], None)
@@ -634,7 +702,11 @@ class TraversalClient:
         self._deliver(session, capture.built, message)
 
     def _deliver_relayed(self, session: _Session, message: dict[str, Any]) -> None:
-        if session.relay is None or session.relay.transport is None or session.relay.decoder is not None:
+        if (
+            session.relay is None
+            or session.relay.transport is None
+            or session.relay.decoder is not None
+        ):
             self._fail_session(session, "relay connection failed after the mediator set it up")
             return
         user = session.factory.buildProtocol(session.relay.transport.getPeer())
@@ -674,7 +746,9 @@ class TraversalClient:
             setup_seconds=self.reactor.seconds() - session.started_at,
             reason=message["reason"],
         )
-        self.log.info("connected to {peer} via {method}", peer=session.peer_id, method=result.method)
+        self.log.info(
+            "connected to {peer} via {method}", peer=session.peer_id, method=result.method
+        )
         if session.deferred is not None:
             session.deferred.callback(result)
         elif self.on_incoming is not None:
@@ -695,14 +769,22 @@ class TraversalClient:
 
     def _fail_session(self, session: _Session, reason: str) -> None:
         self._drop_attempt(session)
-        if session.relay is not None and session.relay.transport is not None and session.relay.user is None:
+        if (
+            session.relay is not None
+            and session.relay.transport is not None
+            and session.relay.user is None
+        ):
             session.relay.transport.loseConnection()
         if session.deferred is not None and not session.deferred.called:
             session.deferred.errback(TraversalError(reason))
         elif session.datagram_deferred is not None and not session.datagram_deferred.called:
             session.datagram_deferred.errback(TraversalError(reason))
         elif session.incoming:
-            self.log.info("incoming connection from {peer} failed: {reason}", peer=session.peer_id, reason=reason)
+            self.log.info(
+                "incoming connection from {peer} failed: {reason}",
+                peer=session.peer_id,
+                reason=reason,
+            )
 
     def _send(self, message: dict[str, Any]) -> None:
         if self.control is not None:
@@ -720,7 +802,9 @@ class TraversalService(Service):
 
     log = Logger()
 
-    def __init__(self, client: TraversalClient, retry_seconds: tuple[float, ...] = RETRY_SECONDS) -> None:
+    def __init__(
+        self, client: TraversalClient, retry_seconds: tuple[float, ...] = RETRY_SECONDS
+    ) -> None:
         self.client = client
         self.retry_seconds = retry_seconds
         self._failures = 0
@@ -757,7 +841,11 @@ class TraversalService(Service):
             return
         delay = self.retry_seconds[min(self._failures, len(self.retry_seconds) - 1)]
         self._failures += 1
-        self.log.warn("not registered at the mediator ({reason}); retrying in {delay}s", reason=reason, delay=delay)
+        self.log.warn(
+            "not registered at the mediator ({reason}); retrying in {delay}s",
+            reason=reason,
+            delay=delay,
+        )
         self._retry = self.client.reactor.callLater(delay, self._connect)
 
     def stopService(self) -> defer.Deferred[None] | None:
@@ -781,7 +869,9 @@ class MediatedEndpoint:
     endpoint does); ``last_result`` keeps how it was reached.
     """
 
-    def __init__(self, client: TraversalClient, peer_id: str, methods: list[str] | None = None) -> None:
+    def __init__(
+        self, client: TraversalClient, peer_id: str, methods: list[str] | None = None
+    ) -> None:
         self.client = client
         self.peer_id = peer_id
         self.methods = methods

@@ -70,7 +70,14 @@ from typing import Any, ClassVar, TypeVar, Union
 
 from attrs import field, frozen
 
-from p2psip.overlay.codec import DEFAULT_LIMITS, DecodeError, Limits, Reader, UnknownKindError, Writer
+from p2psip.overlay.codec import (
+    DEFAULT_LIMITS,
+    DecodeError,
+    Limits,
+    Reader,
+    UnknownKindError,
+    Writer,
+)
 from p2psip.overlay.message import (
     Destination,
     ErrorCode,
@@ -1390,9 +1397,7 @@ class AppAttachAns(_AppAttachBody):
 
 # Error codes whose error_info is a structure, not text (RFC 6940 s6.3.3.1,
 # s7.4.1.2): a KindId list and a StoreAns.
-_STRUCTURED_ERROR_CODES = frozenset(
-    {ErrorCode.UNKNOWN_KIND, ErrorCode.GENERATION_COUNTER_TOO_LOW}
-)
+_STRUCTURED_ERROR_CODES = frozenset({ErrorCode.UNKNOWN_KIND, ErrorCode.GENERATION_COUNTER_TOO_LOW})
 
 
 @frozen

@@ -110,9 +110,7 @@ class Reader:
     def _need(self, count: int, what: str) -> int:
         start = self.offset
         if count > self.end - start:
-            raise DecodeError(
-                f"{what} needs {count} bytes but only {self.end - start} remain"
-            )
+            raise DecodeError(f"{what} needs {count} bytes but only {self.end - start} remain")
         self.offset = start + count
         return start
 

@@ -100,9 +100,7 @@ def received_mask(ack_sequence: int, received: Iterable[int]) -> int:
 def acknowledged_sequences(ack: AckFrame) -> list[int]:
     """The sequence numbers an ack reports as received, newest (``ack_sequence``) first."""
     earlier = [
-        (ack.ack_sequence - 1 - i) % _SEQUENCE_MODULUS
-        for i in range(32)
-        if ack.received >> i & 1
+        (ack.ack_sequence - 1 - i) % _SEQUENCE_MODULUS for i in range(32) if ack.received >> i & 1
     ]
     return [ack.ack_sequence, *earlier]
 

@@ -144,7 +144,9 @@ class FramedStreamLink(Protocol, Link):
                 if sent_at is not None:
                     sample = now - sent_at
                     self.rtt_seconds = (
-                        sample if self.rtt_seconds is None else 0.875 * self.rtt_seconds + 0.125 * sample
+                        sample
+                        if self.rtt_seconds is None
+                        else 0.875 * self.rtt_seconds + 0.125 * sample
                     )
 
     def _acknowledge(self, sequence: int) -> None:
@@ -211,7 +213,9 @@ class StreamConnector:
         self.max_message_bytes = max_message_bytes
         self.template = template
 
-    def connect(self, listener: LinkListener, host: str, port: int, peer_id: int | None = None) -> Deferred[Link]:
+    def connect(
+        self, listener: LinkListener, host: str, port: int, peer_id: int | None = None
+    ) -> Deferred[Link]:
         """A link to ``host:port``; ``peer_id`` (the Node-ID expected there) is not needed for plain TCP."""
         endpoint = clientFromString(self.reactor, self.template.format(host=host, port=port))
         link = FramedStreamLink(listener, self.clock, self.max_message_bytes, inbound=False)

@@ -57,7 +57,9 @@ class MediatedConnectFailed(ConnectionError):
 class DirectConnector(TypingProtocol):
     """The plain connector underneath (``StreamConnector``)."""
 
-    def connect(self, listener: LinkListener, host: str, port: int, peer_id: int | None = None) -> Deferred[Link]: ...
+    def connect(
+        self, listener: LinkListener, host: str, port: int, peer_id: int | None = None
+    ) -> Deferred[Link]: ...
 
     def connect_endpoint(self, listener: LinkListener, description: str) -> Deferred[Link]: ...
 
@@ -115,7 +117,9 @@ class MediatedConnector:
     def connect_endpoint(self, listener: LinkListener, description: str) -> Deferred[Link]:
         return self.direct.connect_endpoint(listener, description)
 
-    def connect(self, listener: LinkListener, host: str, port: int, peer_id: int | None = None) -> Deferred[Link]:
+    def connect(
+        self, listener: LinkListener, host: str, port: int, peer_id: int | None = None
+    ) -> Deferred[Link]:
         """A link to ``peer_id`` at ``host:port``: direct, else through the mediator."""
         if peer_id is None:
             return self.direct.connect(listener, host, port)
@@ -148,7 +152,10 @@ class MediatedConnector:
         link_for = getattr(listener, "link_for", None)
         existing = link_for(peer_id) if link_for is not None else None
         if existing is not None:
-            self.log.debug("peer {peer} linked to us meanwhile; not asking the mediator", peer=id_short(peer_id))
+            self.log.debug(
+                "peer {peer} linked to us meanwhile; not asking the mediator",
+                peer=id_short(peer_id),
+            )
             return existing
         waiting = self.traversal.when_registered()
         waiting.addTimeout(self.registration_wait_seconds, self.clock)
@@ -172,7 +179,9 @@ class MediatedConnector:
             transport = getattr(link, "transport", None)
             if transport is not None:
                 transport.loseConnection()
-            raise MediatedConnectFailed(f"the mediator's connection to {id_short(peer_id)} carries no link")
+            raise MediatedConnectFailed(
+                f"the mediator's connection to {id_short(peer_id)} carries no link"
+            )
         link.path = result.method
         self.log.info(
             "overlay link to {peer} made by the mediator: {method} in {seconds:.3f} s",
@@ -219,7 +228,9 @@ class MediatedConnector:
         if isinstance(protocol, Link):
             protocol.path = result.method
         self.log.info(
-            "overlay link from {peer} made by the mediator: {method}", peer=result.peer_id, method=result.method
+            "overlay link from {peer} made by the mediator: {method}",
+            peer=result.peer_id,
+            method=result.method,
         )
 
 

@@ -656,8 +656,10 @@ def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """
     header, reader = _decode_header(data, limits)
     fragment = header.fragment
-    if not fragment & _FRAGMENT_FLAG or not fragment & _FRAGMENT_LAST or (
-        fragment & _FRAGMENT_OFFSET_MASK
+    if (
+        not fragment & _FRAGMENT_FLAG
+        or not fragment & _FRAGMENT_LAST
+        or (fragment & _FRAGMENT_OFFSET_MASK)
     ):
         raise DecodeError(f"fragmented message ({fragment:#010x}) is not supported")
     code = reader.u16("message_code")

@@ -239,7 +239,9 @@ class OverlayNode:
         self.kinds = dict(kinds or DEFAULT_KINDS)
         self.data_models = data_models(self.kinds)
         self.overlay = overlay_hash(self.config.overlay_name)
-        self.topology = ChordTopology(self.node_id, self.config.successors, self.config.predecessors)
+        self.topology = ChordTopology(
+            self.node_id, self.config.successors, self.config.predecessors
+        )
         self.certificates = CertificateCache()
         self.certificates.add_identity(identity)
         self.store = DataStore(self.kinds, self.certificates)
@@ -419,7 +421,11 @@ class OverlayNode:
             return
         self.state = NodeState.LEAVING
         successor = self.topology.successor
-        handovers = [resource for resource in self.store.resources() if self.topology.is_responsible(resource)]
+        handovers = [
+            resource
+            for resource in self.store.resources()
+            if self.topology.is_responsible(resource)
+        ]
         if successor is not None and handovers:
             handed = yield self._hand_over(successor, handovers)
             if handed.unreachable:
@@ -473,7 +479,9 @@ class OverlayNode:
 
     def _schedule_periodic(self) -> None:
         self._periodic = [
-            self.clock.callLater(self._jitter(self.config.update_interval_seconds), self._stabilize),
+            self.clock.callLater(
+                self._jitter(self.config.update_interval_seconds), self._stabilize
+            ),
             self.clock.callLater(self._jitter(self.config.ping_interval_seconds), self._keepalive),
         ]
 
@@ -532,7 +540,12 @@ class OverlayNode:
             if peer in self.addresses or link is None or peer in self._asking_address:
                 continue
             self._asking_address.add(peer)
-            d = self._request(Destination.node(peer), MessageCode.ATTACH_REQ, self._attach_request(), first_link=link)
+            d = self._request(
+                Destination.node(peer),
+                MessageCode.ATTACH_REQ,
+                self._attach_request(),
+                first_link=link,
+            )
 
             d.addBoth(self._address_answered, peer)
 
@@ -540,13 +553,17 @@ class OverlayNode:
         self._asking_address.discard(peer)
         if isinstance(outcome, Failure):
             self.log.debug(
-                "neighbour {peer} did not tell its address: {why}", peer=id_short(peer), why=outcome.getErrorMessage()
+                "neighbour {peer} did not tell its address: {why}",
+                peer=id_short(peer),
+                why=outcome.getErrorMessage(),
             )
         elif outcome.responder == peer:
             self._remember_candidates(peer, outcome.body)
 
     def _relink_failed(self, failure: Failure, peer: int) -> None:
-        self.log.debug("lost neighbour {peer}: {why}", peer=id_short(peer), why=failure.getErrorMessage())
+        self.log.debug(
+            "lost neighbour {peer}: {why}", peer=id_short(peer), why=failure.getErrorMessage()
+        )
         self._peer_failed(peer)
 
     def _keepalive(self) -> None:
@@ -570,7 +587,8 @@ class OverlayNode:
                         self._ping_link(link, peer)
                     elif (
                         peer not in self.topology.known_peers()
-                        and now - max(link.last_received_at, link.last_sent_at) > self.config.idle_link_seconds
+                        and now - max(link.last_received_at, link.last_sent_at)
+                        > self.config.idle_link_seconds
                     ):
                         self._drop_link(link)
             for link in list(self.unidentified_links):
@@ -668,12 +686,17 @@ class OverlayNode:
         def identified(answer: Answer) -> Link:
             if expected is not None and answer.responder != expected:
                 link.close()
-                raise UnexpectedPeer(f"expected peer {id_short(expected)} answered as {id_short(answer.responder)}")
+                raise UnexpectedPeer(
+                    f"expected peer {id_short(expected)} answered as {id_short(answer.responder)}"
+                )
             self._identify(link, answer.responder)
             return link
 
         d = self._request(
-            Destination.node(target), MessageCode.PING_REQ, bodies.PingReq().encode(), first_link=link
+            Destination.node(target),
+            MessageCode.PING_REQ,
+            bodies.PingReq().encode(),
+            first_link=link,
         )
         return d.addCallback(identified)
 
@@ -804,7 +827,9 @@ class OverlayNode:
             if direct is not None:
                 return direct
         avoided = avoid.peer_id if avoid is not None else None
-        hop = self.topology.next_hop(target, usable=lambda peer: peer != avoided and self.has_link(peer))
+        hop = self.topology.next_hop(
+            target, usable=lambda peer: peer != avoided and self.has_link(peer)
+        )
         return self.link_for(hop) if hop is not None else None
 
     def _request(
@@ -825,8 +850,12 @@ class OverlayNode:
             self.transactions.complete(transaction_id)
             assert isinstance(destination.value, int)
             if self.topology.is_responsible(destination.value):
-                return fail(OverlayError(f"{describe}: this node itself is responsible for that id"))
-            return fail(NotConnected(f"no route for {describe}: this node has no usable link into the ring"))
+                return fail(
+                    OverlayError(f"{describe}: this node itself is responsible for that id")
+                )
+            return fail(
+                NotConnected(f"no route for {describe}: this node has no usable link into the ring")
+            )
         pending.first_hop = link.peer_id
         self._count("requests_sent")
         link.send(data)
@@ -854,11 +883,17 @@ class OverlayNode:
             header, code = peek_code(data, self.config.limits)
         except DecodeError as error:
             self._count("malformed_messages")
-            self.log.debug("dropped malformed message from {address}: {why}", address=link.remote_address, why=error)
+            self.log.debug(
+                "dropped malformed message from {address}: {why}",
+                address=link.remote_address,
+                why=error,
+            )
             return
         if header.overlay != self.overlay:
             self._count("wrong_overlay")
-            self.log.debug("dropped message for another overlay from {address}", address=link.remote_address)
+            self.log.debug(
+                "dropped message for another overlay from {address}", address=link.remote_address
+            )
             return
         try:
             self._route(link, data, header, is_request(code))
@@ -915,7 +950,9 @@ class OverlayNode:
             return self.topology.is_responsible(destination.value)
         if destination.type == DestinationType.NODE:
             assert isinstance(destination.value, int)
-            if destination.value in self.topology.known_peers() and self.has_link(destination.value):
+            if destination.value in self.topology.known_peers() and self.has_link(
+                destination.value
+            ):
                 return False
             # A request to a Node-ID that is not in the ring is delivered to
             # the peer responsible for that id (how Attach finds the
@@ -924,12 +961,20 @@ class OverlayNode:
         return False
 
     def _forward(
-        self, link: Link, data: bytes, header: ForwardingHeader, destination: Destination, request: bool
+        self,
+        link: Link,
+        data: bytes,
+        header: ForwardingHeader,
+        destination: Destination,
+        request: bool,
     ) -> None:
         previous = link.peer_id
         if previous is None:
             self._count("dropped_unidentified")
-            self.log.debug("not forwarding for an unidentified link from {address}", address=link.remote_address)
+            self.log.debug(
+                "not forwarding for an unidentified link from {address}",
+                address=link.remote_address,
+            )
             return
         via_ids = {v.value for v in header.via_list}
         if self.node_id in via_ids:
@@ -937,7 +982,9 @@ class OverlayNode:
             self.log.debug(
                 "dropped a looping message {txid:x} for {target} via {via}",
                 txid=header.transaction_id,
-                target=id_short(int(destination.value)) if isinstance(destination.value, int) else "?",
+                target=id_short(int(destination.value))
+                if isinstance(destination.value, int)
+                else "?",
                 via=[id_short(int(v.value)) for v in header.via_list if isinstance(v.value, int)],
             )
             return
@@ -964,7 +1011,9 @@ class OverlayNode:
             next_link = self._first_hop(destination, avoid=link)
         if next_link is None or next_link is link:
             self._count("unroutable")
-            self._error_for_undeliverable(link, data, ErrorCode.NOT_FOUND, "no route to destination")
+            self._error_for_undeliverable(
+                link, data, ErrorCode.NOT_FOUND, "no route to destination"
+            )
             return
         forwarded = evolve(
             header,
@@ -987,7 +1036,11 @@ class OverlayNode:
             message = decode_message(data, self.config.limits)
         except DecodeError as error:
             self._count("malformed_messages")
-            self.log.debug("dropped undecodable message from {address}: {why}", address=link.remote_address, why=error)
+            self.log.debug(
+                "dropped undecodable message from {address}: {why}",
+                address=link.remote_address,
+                why=error,
+            )
             return
         try:
             for certificate in message.security.certificates:
@@ -1003,7 +1056,11 @@ class OverlayNode:
             )
         except SignatureError as error:
             self._count("bad_signatures")
-            self.log.debug("dropped message with a bad signature from {address}: {why}", address=link.remote_address, why=error)
+            self.log.debug(
+                "dropped message with a bad signature from {address}: {why}",
+                address=link.remote_address,
+                why=error,
+            )
             return
         if link.peer_id is None and not message.header.via_list:
             self._identify(link, signer)
@@ -1027,17 +1084,23 @@ class OverlayNode:
                 reason, code = error.reason_phrase, error.error_code
             except DecodeError:
                 reason, code = "undecodable error", ErrorCode.INVALID_MESSAGE
-            pending.deferred.errback(RequestFailed(f"peer {id_short(signer)} answered: {reason}", code))
+            pending.deferred.errback(
+                RequestFailed(f"peer {id_short(signer)} answered: {reason}", code)
+            )
             return
         try:
             body = self._decode_answer_body(pending.code, message)
         except DecodeError as error:
-            pending.deferred.errback(OverlayError(f"undecodable answer from {id_short(signer)}: {error}"))
+            pending.deferred.errback(
+                OverlayError(f"undecodable answer from {id_short(signer)}: {error}")
+            )
             return
         except Exception as error:
             # Whatever happens, the caller waiting on this transaction must hear of it.
             self.log.failure("while decoding an answer from {peer}", peer=id_short(signer))
-            pending.deferred.errback(OverlayError(f"unreadable answer from {id_short(signer)}: {error}"))
+            pending.deferred.errback(
+                OverlayError(f"unreadable answer from {id_short(signer)}: {error}")
+            )
             return
         pending.deferred.callback(Answer(message, body, signer, route))
 
@@ -1047,14 +1110,25 @@ class OverlayNode:
     # ------------------------------------------------------------------
     # answering requests
 
-    def _reply(self, link: Link, request: Message, code: int, body: bytes, extra_certificates: Iterable[bytes] = ()) -> None:
+    def _reply(
+        self,
+        link: Link,
+        request: Message,
+        code: int,
+        body: bytes,
+        extra_certificates: Iterable[bytes] = (),
+    ) -> None:
         path = [v.value for v in request.header.via_list]
         if link.peer_id is not None:
             path.append(link.peer_id)
         if not path:
             return
         destinations = tuple(Destination.node(int(hop)) for hop in reversed(path))
-        link.send(self._encode(code, body, destinations, request.header.transaction_id, extra_certificates))
+        link.send(
+            self._encode(
+                code, body, destinations, request.header.transaction_id, extra_certificates
+            )
+        )
 
     def _reply_error(self, link: Link, request: Message, code: int, reason: str) -> None:
         self._count("errors_sent")
@@ -1065,7 +1139,9 @@ class OverlayNode:
         self._count("requests_received")
         handler = self._handlers().get(message.code)
         if handler is None:
-            self._reply_error(link, message, ErrorCode.INVALID_MESSAGE, f"unsupported message code {message.code}")
+            self._reply_error(
+                link, message, ErrorCode.INVALID_MESSAGE, f"unsupported message code {message.code}"
+            )
             return
         try:
             result = handler(link, message, signer)
@@ -1087,6 +1163,7 @@ class OverlayNode:
             self._reply_error(link, message, ErrorCode.INVALID_MESSAGE, "internal error")
             return
         if isinstance(result, Deferred):
+
             def answered(outcome: object) -> None:
                 if isinstance(outcome, Failure):
                     error = outcome.value
@@ -1096,7 +1173,9 @@ class OverlayNode:
                         self._reply_error(link, message, error.error_code, error.reason)
                     else:
                         self.log.failure("while answering {code}", outcome, code=message.code)
-                        self._reply_error(link, message, ErrorCode.INVALID_MESSAGE, "internal error")
+                        self._reply_error(
+                            link, message, ErrorCode.INVALID_MESSAGE, "internal error"
+                        )
                     return
                 answer = cast(tuple[int, bytes, tuple[bytes, ...]], outcome)
                 self._reply(link, message, answer[0], answer[1], answer[2])
@@ -1135,7 +1214,9 @@ class OverlayNode:
         request = bodies.AppAttachReq.decode(message.body, self.config.limits)
         address = self.applications.get(request.application)
         if address is None:
-            raise _RequestError(ErrorCode.NOT_FOUND, f"application {request.application} not served here")
+            raise _RequestError(
+                ErrorCode.NOT_FOUND, f"application {request.application} not served here"
+            )
         answer = bodies.AppAttachAns(
             b"", b"", request.application, b"active", (host_candidate(address[0], address[1]),)
         )
@@ -1199,7 +1280,11 @@ class OverlayNode:
         try:
             yield self._request(Destination.node(joining), MessageCode.UPDATE_REQ, update.encode())
         except OverlayError as error:
-            self.log.info("joining peer {peer} did not take our Update: {why}", peer=id_short(joining), why=error)
+            self.log.info(
+                "joining peer {peer} did not take our Update: {why}",
+                peer=id_short(joining),
+                why=error,
+            )
             return
         if self.state == NodeState.ALONE:
             self.state = NodeState.JOINED
@@ -1278,7 +1363,9 @@ class OverlayNode:
                 if signer not in self.topology.neighbours() and self._would_be_neighbour(signer):
                     self._add_neighbours([signer])
             self._consider_peers(learned, informant=link)
-            if signer not in self.topology.neighbours() and self._knows_closer_peers(signer, update):
+            if signer not in self.topology.neighbours() and self._knows_closer_peers(
+                signer, update
+            ):
                 # The sender counts us as its neighbour but we know peers
                 # closer to it than some it lists: tell it what we know
                 # (Chord's "ask your successor for its predecessor").
@@ -1286,7 +1373,9 @@ class OverlayNode:
         return MessageCode.UPDATE_ANS, bodies.UpdateAns().encode(), ()
 
     def _knows_closer_peers(self, sender: int, update: Any) -> bool:
-        probe = ChordTopology(sender, self.topology.successor_count, self.topology.predecessor_count)
+        probe = ChordTopology(
+            sender, self.topology.successor_count, self.topology.predecessor_count
+        )
         probe.add_peers([*update.predecessors, *update.successors])
         before = (list(probe.successors), list(probe.predecessors))
         probe.add_peers(self.topology.neighbours() | {self.node_id})
@@ -1322,12 +1411,16 @@ class OverlayNode:
         # Tell the admitting peer we are ready to route (RFC 6940 s10.5's
         # peer_ready), then give every neighbour our neighbour table.
         ready = bodies.UpdateReq(
-            uptime=int(self.clock.seconds() - self.started_at), type=bodies.ChordUpdateType.PEER_READY
+            uptime=int(self.clock.seconds() - self.started_at),
+            type=bodies.ChordUpdateType.PEER_READY,
         ).encode()
         admitting_link = self.link_for(admitting)
         if admitting_link is not None:
             self._request(
-                Destination.node(admitting), MessageCode.UPDATE_REQ, ready, first_link=admitting_link
+                Destination.node(admitting),
+                MessageCode.UPDATE_REQ,
+                ready,
+                first_link=admitting_link,
             ).addErrback(self._update_failed, admitting)
         self._send_updates()
         self._repair_fingers()
@@ -1361,11 +1454,16 @@ class OverlayNode:
     def _confirm_member(self, link: Link, peer: int) -> Deferred[Answer]:
         """Send ``peer`` our neighbour table; fires if it answers as a member of the ring."""
         return self._request(
-            Destination.node(peer), MessageCode.UPDATE_REQ, self._neighbours_update(), first_link=link
+            Destination.node(peer),
+            MessageCode.UPDATE_REQ,
+            self._neighbours_update(),
+            first_link=link,
         )
 
     def _would_be_neighbour(self, peer: int) -> bool:
-        probe = ChordTopology(self.node_id, self.topology.successor_count, self.topology.predecessor_count)
+        probe = ChordTopology(
+            self.node_id, self.topology.successor_count, self.topology.predecessor_count
+        )
         probe.successors = list(self.topology.successors)
         probe.predecessors = list(self.topology.predecessors)
         probe.add_peers([peer])
@@ -1375,7 +1473,9 @@ class OverlayNode:
         # Not a proven failure (the Attach may have raced a join elsewhere):
         # try again after a short back-off rather than shunning the peer.
         self.unreachable_until[peer] = self.clock.seconds() + self.config.ping_interval_seconds
-        self.log.debug("peer {peer} unreachable: {why}", peer=id_short(peer), why=failure.getErrorMessage())
+        self.log.debug(
+            "peer {peer} unreachable: {why}", peer=id_short(peer), why=failure.getErrorMessage()
+        )
 
     def _add_neighbours(self, peers: Iterable[int]) -> None:
         if self.topology.add_peers(peers):
@@ -1400,9 +1500,17 @@ class OverlayNode:
 
     def _on_route_query(self, link: Link, message: Message, signer: int) -> Any:
         request = bodies.RouteQueryReq.decode(message.body, self.config.limits)
-        target = request.destination.value if isinstance(request.destination.value, int) else self.node_id
+        target = (
+            request.destination.value
+            if isinstance(request.destination.value, int)
+            else self.node_id
+        )
         hop = self.topology.next_hop(target, usable=self.has_link)
-        return MessageCode.ROUTE_QUERY_ANS, bodies.RouteQueryAns(hop if hop is not None else self.node_id).encode(), ()
+        return (
+            MessageCode.ROUTE_QUERY_ANS,
+            bodies.RouteQueryAns(hop if hop is not None else self.node_id).encode(),
+            (),
+        )
 
     def _on_probe(self, link: Link, message: Message, signer: int) -> Any:
         request = bodies.ProbeReq.decode(message.body, self.config.limits)
@@ -1410,12 +1518,18 @@ class OverlayNode:
         for wanted in request.requested_info:
             if wanted == bodies.ProbeInformationType.RESPONSIBLE_SET:
                 predecessor = self.topology.predecessor
-                share = 1.0 if predecessor is None else ((self.node_id - predecessor) % (MAX_ID + 1)) / (MAX_ID + 1)
+                share = (
+                    1.0
+                    if predecessor is None
+                    else ((self.node_id - predecessor) % (MAX_ID + 1)) / (MAX_ID + 1)
+                )
                 info.append(bodies.ProbeInformation(wanted, int(share * 1_000_000_000)))
             elif wanted == bodies.ProbeInformationType.NUM_RESOURCES:
                 info.append(bodies.ProbeInformation(wanted, len(list(self.store.resources()))))
             elif wanted == bodies.ProbeInformationType.UPTIME:
-                info.append(bodies.ProbeInformation(wanted, int(self.clock.seconds() - self.started_at)))
+                info.append(
+                    bodies.ProbeInformation(wanted, int(self.clock.seconds() - self.started_at))
+                )
         return MessageCode.PROBE_ANS, bodies.ProbeAns(tuple(info)).encode(), ()
 
     def _on_store(self, link: Link, message: Message, signer: int) -> Any:
@@ -1423,21 +1537,30 @@ class OverlayNode:
         now = self.clock.seconds()
         responses = []
         for kind_data in request.kind_data:
-            responses.append(self._store_locally(request.resource, kind_data, now, request.replica_number))
+            responses.append(
+                self._store_locally(request.resource, kind_data, now, request.replica_number)
+            )
         if request.replica_number == 0 and self.topology.is_responsible(request.resource):
             return self._replicate(request.resource, request.kind_data).addCallback(
                 lambda replicas: (
                     MessageCode.STORE_ANS,
                     bodies.StoreAns(
-                        tuple(bodies.StoreKindResponse(kind, generation, tuple(replicas)) for kind, generation in responses)
+                        tuple(
+                            bodies.StoreKindResponse(kind, generation, tuple(replicas))
+                            for kind, generation in responses
+                        )
                     ).encode(),
                     (),
                 )
             )
-        answer = bodies.StoreAns(tuple(bodies.StoreKindResponse(kind, generation, ()) for kind, generation in responses))
+        answer = bodies.StoreAns(
+            tuple(bodies.StoreKindResponse(kind, generation, ()) for kind, generation in responses)
+        )
         return MessageCode.STORE_ANS, answer.encode(), ()
 
-    def _store_locally(self, resource: int, kind_data: Any, now: float, replica_number: int) -> tuple[int, int]:
+    def _store_locally(
+        self, resource: int, kind_data: Any, now: float, replica_number: int
+    ) -> tuple[int, int]:
         response = self.store.store(resource, kind_data, now, replica_number=replica_number)
         return response.kind, response.generation_counter
 
@@ -1503,7 +1626,9 @@ class OverlayNode:
             ).addErrback(self._update_failed, peer)
 
     def _update_failed(self, failure: Failure, peer: int) -> None:
-        self.log.debug("Update to {peer} failed: {why}", peer=id_short(peer), why=failure.getErrorMessage())
+        self.log.debug(
+            "Update to {peer} failed: {why}", peer=id_short(peer), why=failure.getErrorMessage()
+        )
 
     def _repair_fingers(self) -> None:
         for index in self.topology.finger_indices_to_repair():
@@ -1514,18 +1639,23 @@ class OverlayNode:
         if self.topology.is_responsible(target):
             self.topology.fingers.pop(index, None)
             return
+
         def found(answer: Answer) -> Any:
             peer = answer.responder
             if peer == self.node_id:
                 return None
             self._remember_candidates(peer, answer.body)
-            return self._ensure_link(peer).addCallback(lambda _: self.topology.set_finger(index, peer))
+            return self._ensure_link(peer).addCallback(
+                lambda _: self.topology.set_finger(index, peer)
+            )
 
-        d = self._request(
-            Destination.node(target), MessageCode.ATTACH_REQ, self._attach_request()
-        )
+        d = self._request(Destination.node(target), MessageCode.ATTACH_REQ, self._attach_request())
         d.addCallback(found)
-        d.addErrback(lambda failure: self.log.debug("finger {index} repair failed: {why}", index=index, why=failure.getErrorMessage()))
+        d.addErrback(
+            lambda failure: self.log.debug(
+                "finger {index} repair failed: {why}", index=index, why=failure.getErrorMessage()
+            )
+        )
 
     def _peer_rejoining(self, peer: int, link: Link) -> None:
         """Forget a restarted peer's old incarnation: its place, its links, its replicas."""
@@ -1602,10 +1732,16 @@ class OverlayNode:
     def _replication_failed(self, failure: Failure, peer: int, resource: int) -> None:
         # Forget the holder so the next round tries again (or picks another peer).
         self.replica_holders.get(resource, set()).discard(peer)
-        self.log.debug("replica to {peer} failed: {why}", peer=id_short(peer), why=failure.getErrorMessage())
+        self.log.debug(
+            "replica to {peer} failed: {why}", peer=id_short(peer), why=failure.getErrorMessage()
+        )
 
     def _send_store(
-        self, peer: int, resource: int, replica_number: int, kind_data: tuple[Any, ...] | None = None
+        self,
+        peer: int,
+        resource: int,
+        replica_number: int,
+        kind_data: tuple[Any, ...] | None = None,
     ) -> Deferred[Any]:
         if kind_data is None:
             kind_data = self.store.export(resource, self.clock.seconds())
@@ -1613,7 +1749,9 @@ class OverlayNode:
             return succeed(None)
         body = bodies.StoreReq(resource, replica_number, tuple(kind_data)).encode()
         certificates = self._signer_certificates(v for kd in kind_data for v in kd.values)
-        return self._request(Destination.node(peer), MessageCode.STORE_REQ, body, extra_certificates=certificates)
+        return self._request(
+            Destination.node(peer), MessageCode.STORE_REQ, body, extra_certificates=certificates
+        )
 
     # ------------------------------------------------------------------
     # the operations users call
@@ -1627,30 +1765,48 @@ class OverlayNode:
         )
         return bodies.StoredData(storage_time, lifetime, value, signature)
 
-    def store_values(self, resource: int, kind: int, values: Iterable[Any], lifetime: int) -> Deferred[OperationResult]:
+    def store_values(
+        self, resource: int, kind: int, values: Iterable[Any], lifetime: int
+    ) -> Deferred[OperationResult]:
         """Sign and store values of one kind at the responsible peer."""
         stored = tuple(self._stored_data(resource, kind, value, lifetime) for value in values)
         kind_data = bodies.StoreKindData(kind, 0, stored)
-        if self.topology.is_responsible(resource) and self.state in (NodeState.JOINED, NodeState.ALONE):
+        if self.topology.is_responsible(resource) and self.state in (
+            NodeState.JOINED,
+            NodeState.ALONE,
+        ):
             try:
                 self.store.store(resource, kind_data, self.clock.seconds(), replica_number=0)
             except StoreError as error:
                 return fail(RequestFailed(error.reason, error.error_code))
             return self._replicate(resource, [kind_data]).addCallback(
-                lambda replicas: OperationResult(resource, self.node_id, (self.node_id,), replicas=tuple(replicas))
+                lambda replicas: OperationResult(
+                    resource, self.node_id, (self.node_id,), replicas=tuple(replicas)
+                )
             )
         body = bodies.StoreReq(resource, 0, (kind_data,)).encode()
 
         def done(answer: Answer) -> OperationResult:
-            replicas = tuple(peer for response in answer.body.kind_responses for peer in response.replicas)
+            replicas = tuple(
+                peer for response in answer.body.kind_responses for peer in response.replicas
+            )
             return OperationResult(resource, answer.responder, answer.route, replicas=replicas)
 
-        return self._request(Destination.resource(resource), MessageCode.STORE_REQ, body).addCallback(done)
+        return self._request(
+            Destination.resource(resource), MessageCode.STORE_REQ, body
+        ).addCallback(done)
 
-    def fetch_values(self, resource: int, kind: int, specifier: Any | None = None) -> Deferred[tuple[OperationResult, tuple[Any, ...]]]:
+    def fetch_values(
+        self, resource: int, kind: int, specifier: Any | None = None
+    ) -> Deferred[tuple[OperationResult, tuple[Any, ...]]]:
         """Fetch the live values of one kind; fires with (result, StoredData tuple)."""
-        specifier = specifier or bodies.StoredDataSpecifier(kind, 0, data_model=self.data_models.get(kind))
-        if self.topology.is_responsible(resource) and self.state in (NodeState.JOINED, NodeState.ALONE):
+        specifier = specifier or bodies.StoredDataSpecifier(
+            kind, 0, data_model=self.data_models.get(kind)
+        )
+        if self.topology.is_responsible(resource) and self.state in (
+            NodeState.JOINED,
+            NodeState.ALONE,
+        ):
             responses = self.store.fetch(resource, (specifier,), self.clock.seconds())
             values = tuple(v for r in responses for v in r.values)
             return succeed((OperationResult(resource, self.node_id, (self.node_id,)), values))
@@ -1668,12 +1824,18 @@ class OverlayNode:
                     return int(response.kind)
             return kind
 
-        return self._request(Destination.resource(resource), MessageCode.FETCH_REQ, body).addCallback(done)
+        return self._request(
+            Destination.resource(resource), MessageCode.FETCH_REQ, body
+        ).addCallback(done)
 
     def _verify_stored(self, resource: int, kind: int, value: Any) -> None:
         """Check a fetched value's signature: the storing peer must not be able to forge it."""
         signed = bodies.stored_data_signature_input(
-            resource, kind, value.storage_time, bodies.encode_stored_value(value.value), value.signature.identity
+            resource,
+            kind,
+            value.storage_time,
+            bodies.encode_stored_value(value.value),
+            value.signature.identity,
         )
         try:
             self.certificates.verify(value.signature, signed)
@@ -1682,7 +1844,9 @@ class OverlayNode:
 
     def put(self, name: str, value: bytes, lifetime: int = 3600) -> Deferred[OperationResult]:
         """Store a DATA value under a resource name (admin API, demo)."""
-        return self.store_values(resource_id(name), DATA.kind_id, [bodies.DataValue(True, value)], lifetime)
+        return self.store_values(
+            resource_id(name), DATA.kind_id, [bodies.DataValue(True, value)], lifetime
+        )
 
     def get(self, name: str) -> Deferred[OperationResult]:
         """Fetch the DATA value stored under a resource name."""
@@ -1703,7 +1867,10 @@ class OverlayNode:
         (an Attach to that id, answered by its owner): how the ring page walks
         the ring peer by peer.
         """
-        if self.topology.is_responsible(target) and self.state in (NodeState.JOINED, NodeState.ALONE):
+        if self.topology.is_responsible(target) and self.state in (
+            NodeState.JOINED,
+            NodeState.ALONE,
+        ):
             return succeed((self.node_id, (self.advertised_host, self.advertised_port)))
 
         def answered(answer: Answer) -> tuple[int, tuple[str, int]]:
@@ -1711,16 +1878,19 @@ class OverlayNode:
             address = answer.body.candidates[0].address
             return answer.responder, (address.host, address.port)
 
-        return self._request(Destination.node(target), MessageCode.ATTACH_REQ, self._attach_request()).addCallback(
-            answered
-        )
+        return self._request(
+            Destination.node(target), MessageCode.ATTACH_REQ, self._attach_request()
+        ).addCallback(answered)
 
     def lookup(self, name: str) -> Deferred[OperationResult]:
         """Find the peer responsible for a name and the route to it (a routed Ping)."""
         return self.lookup_id(resource_id(name))
 
     def lookup_id(self, resource: int) -> Deferred[OperationResult]:
-        if self.topology.is_responsible(resource) and self.state in (NodeState.JOINED, NodeState.ALONE):
+        if self.topology.is_responsible(resource) and self.state in (
+            NodeState.JOINED,
+            NodeState.ALONE,
+        ):
             return succeed(OperationResult(resource, self.node_id, (self.node_id,)))
         return self._request(
             Destination.resource(resource), MessageCode.PING_REQ, bodies.PingReq().encode()
@@ -1728,13 +1898,21 @@ class OverlayNode:
 
     # IOverlayStorage ------------------------------------------------------
 
-    def put_dictionary_entry(self, resource_name: str, kind_id: int, key: bytes, value: bytes, lifetime_seconds: int) -> Deferred[None]:
+    def put_dictionary_entry(
+        self, resource_name: str, kind_id: int, key: bytes, value: bytes, lifetime_seconds: int
+    ) -> Deferred[None]:
         entry = bodies.DictionaryEntry(key, bodies.DataValue(True, value))
-        return self.store_values(resource_id(resource_name), kind_id, [entry], lifetime_seconds).addCallback(lambda _: None)
+        return self.store_values(
+            resource_id(resource_name), kind_id, [entry], lifetime_seconds
+        ).addCallback(lambda _: None)
 
-    def remove_dictionary_entry(self, resource_name: str, kind_id: int, key: bytes) -> Deferred[None]:
+    def remove_dictionary_entry(
+        self, resource_name: str, kind_id: int, key: bytes
+    ) -> Deferred[None]:
         entry = bodies.DictionaryEntry(key, bodies.DataValue(False, b""))
-        return self.store_values(resource_id(resource_name), kind_id, [entry], 0).addCallback(lambda _: None)
+        return self.store_values(resource_id(resource_name), kind_id, [entry], 0).addCallback(
+            lambda _: None
+        )
 
     def get_dictionary(self, resource_name: str, kind_id: int) -> Deferred[dict[bytes, bytes]]:
         def collect(outcome: tuple[OperationResult, tuple[Any, ...]]) -> dict[bytes, bytes]:
@@ -1747,7 +1925,9 @@ class OverlayNode:
 
         model = self.data_models.get(kind_id, bodies.DataModel.DICTIONARY)
         specifier = bodies.StoredDataSpecifier(kind_id, 0, data_model=model)
-        return self.fetch_values(resource_id(resource_name), kind_id, specifier).addCallback(collect)
+        return self.fetch_values(resource_id(resource_name), kind_id, specifier).addCallback(
+            collect
+        )
 
     def resolve_application(self, node_id: int, application: int) -> Deferred[tuple[str, int]]:
         if node_id == self.node_id:
@@ -1755,7 +1935,9 @@ class OverlayNode:
             if address is None:
                 return fail(OverlayError(f"application {application} is not served by this node"))
             return succeed(address)
-        request = bodies.AppAttachReq(b"", b"", application, b"passive", (self._candidate,)).encode()
+        request = bodies.AppAttachReq(
+            b"", b"", application, b"passive", (self._candidate,)
+        ).encode()
 
         def done(answer: Answer) -> tuple[str, int]:
             if answer.responder != node_id:
@@ -1763,7 +1945,9 @@ class OverlayNode:
             candidate = answer.body.candidates[0]
             return candidate.address.host, candidate.address.port
 
-        return self._request(Destination.node(node_id), MessageCode.APP_ATTACH_REQ, request).addCallback(done)
+        return self._request(
+            Destination.node(node_id), MessageCode.APP_ATTACH_REQ, request
+        ).addCallback(done)
 
     def set_application_address(self, application: int, host: str, port: int) -> None:
         self.applications[application] = (host, port)
@@ -1790,7 +1974,10 @@ class OverlayNode:
             "uptime_seconds": round(self.clock.seconds() - self.started_at, 3),
             "predecessors": [peer(p) for p in self.topology.predecessors],
             "successors": [peer(p) for p in self.topology.successors],
-            "fingers": {str(index): id_hex(p) for index, p in sorted(self.topology.fingers.items(), reverse=True)},
+            "fingers": {
+                str(index): id_hex(p)
+                for index, p in sorted(self.topology.fingers.items(), reverse=True)
+            },
             "storage": {
                 "resources": len(list(self.store.resources())),
                 "values_per_kind": self.store.counts_per_kind(),
@@ -1807,7 +1994,11 @@ class OverlayNode:
         The role keeps this list in its data directory, so a restarted peer
         can come back through any of them when its bootstrap peers are gone.
         """
-        ordered = [*self.topology.successors, *self.topology.predecessors, *self.topology.fingers.values()]
+        ordered = [
+            *self.topology.successors,
+            *self.topology.predecessors,
+            *self.topology.fingers.values(),
+        ]
         result = []
         for peer in dict.fromkeys(ordered):
             address = self.addresses.get(peer)
@@ -1820,9 +2011,26 @@ class OverlayNode:
         peers = {self.node_id, *self.topology.known_peers()}
         result = []
         for peer_id in sorted(peers):
-            address = (self.advertised_host, self.advertised_port) if peer_id == self.node_id else self.addresses.get(peer_id)
-            result.append({"node_id": id_hex(peer_id), "address": f"{address[0]}:{address[1]}" if address else ""})
+            address = (
+                (self.advertised_host, self.advertised_port)
+                if peer_id == self.node_id
+                else self.addresses.get(peer_id)
+            )
+            result.append(
+                {
+                    "node_id": id_hex(peer_id),
+                    "address": f"{address[0]}:{address[1]}" if address else "",
+                }
+            )
         return result
 
 
-__all__ = ["OverlayNode", "OverlayConfig", "OperationResult", "Answer", "NodeState", "WILDCARD_NODE_ID", "CancelledError"]
+__all__ = [
+    "OverlayNode",
+    "OverlayConfig",
+    "OperationResult",
+    "Answer",
+    "NodeState",
+    "WILDCARD_NODE_ID",
+    "CancelledError",
+]

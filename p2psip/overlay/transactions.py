@@ -25,7 +25,9 @@ from p2psip.overlay.errors import RequestTimeout
 class PendingRequest:
     """One outstanding request of ours."""
 
-    def __init__(self, transaction_id: int, code: int, data: bytes, deferred: Deferred[Any]) -> None:
+    def __init__(
+        self, transaction_id: int, code: int, data: bytes, deferred: Deferred[Any]
+    ) -> None:
         self.transaction_id = transaction_id
         self.code = code
         self.data = data
@@ -63,7 +65,11 @@ class TransactionTable:
 
     def _forget(self, transaction_id: int) -> None:
         pending = self._pending.pop(transaction_id, None)
-        if pending is not None and pending.timeout_call is not None and pending.timeout_call.active():
+        if (
+            pending is not None
+            and pending.timeout_call is not None
+            and pending.timeout_call.active()
+        ):
             pending.timeout_call.cancel()
 
     def _expire(self, transaction_id: int, describe: str) -> None:
@@ -76,7 +82,11 @@ class TransactionTable:
     def complete(self, transaction_id: int) -> PendingRequest | None:
         """Remove and return the request an answer belongs to, if any."""
         pending = self._pending.pop(transaction_id, None)
-        if pending is not None and pending.timeout_call is not None and pending.timeout_call.active():
+        if (
+            pending is not None
+            and pending.timeout_call is not None
+            and pending.timeout_call.active()
+        ):
             pending.timeout_call.cancel()
         return pending
 

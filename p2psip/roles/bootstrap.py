@@ -29,4 +29,6 @@ class Options(SuperNodeOptions):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    return make_super_node_service(options, reactor, found_ring=not options["bootstrap"], title="p2psip bootstrap")
+    return make_super_node_service(
+        options, reactor, found_ring=not options["bootstrap"], title="p2psip bootstrap"
+    )

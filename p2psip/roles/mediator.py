@@ -65,26 +65,85 @@ class Options(RoleOptions):
     role = "mediator"
     repeatable = ("stun",)
     optParameters = [
-        ["stun", None, "udp:3478 tcp:3478",
-         "STUN listener: udp:PORT[:interface=ADDR] or a TCP endpoint; clients probe the TCP one."],
-        ["stun-alternate", None, None,
-         "IP:PORT, a second address and port of this host: RFC 5780 behaviour discovery over UDP "
-         "(needs --stun udp:PORT:interface=PRIMARY_IP)."],
+        [
+            "stun",
+            None,
+            "udp:3478 tcp:3478",
+            "STUN listener: udp:PORT[:interface=ADDR] or a TCP endpoint; clients probe the TCP one.",
+        ],
+        [
+            "stun-alternate",
+            None,
+            None,
+            "IP:PORT, a second address and port of this host: RFC 5780 behaviour discovery over UDP "
+            "(needs --stun udp:PORT:interface=PRIMARY_IP).",
+        ],
         ["control", None, "tcp:3479", "STUNT control listener (clients stay connected here)."],
         ["http", None, "tcp:8087:interface=127.0.0.1", "/status and /metrics listener."],
-        ["data-dir", None, None, "State folder; a file 'secrets' there is read when no secret is given."],
-        ["secret", None, None, "Shared secret every client proves knowing (HMAC challenge-response)."],
-        ["secrets-file", None, None, "File of 'ID SECRET' lines: per-client secrets (win over --secret)."],
+        [
+            "data-dir",
+            None,
+            None,
+            "State folder; a file 'secrets' there is read when no secret is given.",
+        ],
+        [
+            "secret",
+            None,
+            None,
+            "Shared secret every client proves knowing (HMAC challenge-response).",
+        ],
+        [
+            "secrets-file",
+            None,
+            None,
+            "File of 'ID SECRET' lines: per-client secrets (win over --secret).",
+        ],
         ["relay", None, True, "Relay TCP streams when no direct path works.", yes_no],
-        ["relay-sessions-per-client", None, 4, "Relayed sessions one client may hold at once.", int],
-        ["relay-bytes-per-session", None, 100 * 1024 * 1024, "A relayed session ends after this many bytes.", int],
-        ["relay-rate-bytes-per-second", None, 1024 * 1024, "Each direction of a relay is paused above this.", int],
+        [
+            "relay-sessions-per-client",
+            None,
+            4,
+            "Relayed sessions one client may hold at once.",
+            int,
+        ],
+        [
+            "relay-bytes-per-session",
+            None,
+            100 * 1024 * 1024,
+            "A relayed session ends after this many bytes.",
+            int,
+        ],
+        [
+            "relay-rate-bytes-per-second",
+            None,
+            1024 * 1024,
+            "Each direction of a relay is paused above this.",
+            int,
+        ],
         ["relay-idle-seconds", None, 300.0, "A relayed session idle this long is closed.", float],
         ["max-clients", None, 1000, "Registered clients at once; more IDs are refused.", int],
-        ["max-sessions-per-client", None, 8, "Connection attempts one client may have in progress.", int],
-        ["connections-per-minute-per-address", None, 60, "New control connections per source address.", int],
+        [
+            "max-sessions-per-client",
+            None,
+            8,
+            "Connection attempts one client may have in progress.",
+            int,
+        ],
+        [
+            "connections-per-minute-per-address",
+            None,
+            60,
+            "New control connections per source address.",
+            int,
+        ],
         ["low-ttl", None, True, "Try STUNT's low-TTL SYN after simultaneous open.", yes_no],
-        ["low-ttl-hops", None, 2, "IP TTL of that SYN: past the client's NAT, short of the peer's.", int],
+        [
+            "low-ttl-hops",
+            None,
+            2,
+            "IP TTL of that SYN: past the client's NAT, short of the peer's.",
+            int,
+        ],
         ["attempt-deadline-seconds", None, 4.0, "How long each side tries one method.", float],
     ]
 
@@ -108,9 +167,15 @@ class Options(RoleOptions):
                     "--stun udp:3478:interface=PRIMARY_IP"
                 )
             self["alternate"] = (host, int(port))
-        for name in ("relay-sessions-per-client", "relay-bytes-per-session", "relay-rate-bytes-per-second",
-                     "max-clients", "max-sessions-per-client", "connections-per-minute-per-address",
-                     "low-ttl-hops"):
+        for name in (
+            "relay-sessions-per-client",
+            "relay-bytes-per-session",
+            "relay-rate-bytes-per-second",
+            "max-clients",
+            "max-sessions-per-client",
+            "connections-per-minute-per-address",
+            "low-ttl-hops",
+        ):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} (or '{name}' in [mediator]) must be at least 1")
         secrets_file = self["secrets-file"]
@@ -123,7 +188,9 @@ class Options(RoleOptions):
                 with open(secrets_file, encoding="utf-8") as f:
                     per_id = stunt.parse_secrets_file(f.read())
             except OSError as e:
-                raise usage.UsageError(f"cannot read the secrets file {secrets_file}: {e.strerror}") from None
+                raise usage.UsageError(
+                    f"cannot read the secrets file {secrets_file}: {e.strerror}"
+                ) from None
             except ValueError as e:
                 raise usage.UsageError(f"secrets file {secrets_file}: {e}; fix that line") from None
         if not self["secret"] and not per_id:
@@ -200,7 +267,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         document["stun"] = responder.metrics()
         return document
 
-    site = build_site(status=status, metrics=registry, api={}, title="p2psip mediator", reactor=reactor)
+    site = build_site(
+        status=status, metrics=registry, api={}, title="p2psip mediator", reactor=reactor
+    )
     http_service(options["http"], site, reactor).setServiceParent(top)
     top.broker = broker  # type: ignore[attr-defined]
     top.control_factory = control  # type: ignore[attr-defined]

@@ -47,28 +47,74 @@ class OverlayOptions(RoleOptions):
     default_data_dir: ClassVar[str] = "/var/lib/p2psip"
 
     optParameters = [
-        ["overlay-name", None, "p2psip.test", "Overlay (and SIP domain) name; every peer of a ring uses the same."],
+        [
+            "overlay-name",
+            None,
+            "p2psip.test",
+            "Overlay (and SIP domain) name; every peer of a ring uses the same.",
+        ],
         ["overlay", None, "tcp:6084", "Endpoint to listen on for RELOAD links, e.g. tcp:6084."],
-        ["bootstrap", None, None, "Client endpoint of a bootstrap or known peer, e.g. tcp:198.51.100.1:6084."],
-        ["http", None, None, "Endpoint of the status page, /metrics and admin API (loopback by default)."],
+        [
+            "bootstrap",
+            None,
+            None,
+            "Client endpoint of a bootstrap or known peer, e.g. tcp:198.51.100.1:6084.",
+        ],
+        [
+            "http",
+            None,
+            None,
+            "Endpoint of the status page, /metrics and admin API (loopback by default).",
+        ],
         ["data-dir", None, None, "Directory for the node key and certificate."],
-        ["advertise", None, None, "Address other peers use to reach this node (default: the listen interface or 127.0.0.1)."],
+        [
+            "advertise",
+            None,
+            None,
+            "Address other peers use to reach this node (default: the listen interface or 127.0.0.1).",
+        ],
         ["successors", None, 4, "Successor list size.", int],
         ["predecessors", None, 4, "Predecessor list size.", int],
         ["replicas", None, 2, "Copies of every value kept on the next successors.", int],
-        ["update-interval", None, 60.0, "Seconds between Chord Updates to neighbours (stabilisation).", float],
-        ["ping-interval", None, 15.0, "Seconds of silence before a link is pinged; twice this plus the request timeout declares a peer dead.", float],
+        [
+            "update-interval",
+            None,
+            60.0,
+            "Seconds between Chord Updates to neighbours (stabilisation).",
+            float,
+        ],
+        [
+            "ping-interval",
+            None,
+            15.0,
+            "Seconds of silence before a link is pinged; twice this plus the request timeout declares a peer dead.",
+            float,
+        ],
         ["request-timeout", None, 15.0, "RELOAD transaction timeout in seconds.", float],
         ["max-message-size", None, 1_048_576, "Largest RELOAD message accepted, in bytes.", int],
-        ["mediator", None, None,
-         "Client endpoint of a p2psip-mediator's control port (e.g. tcp:198.51.100.9:3479): "
-         "peers that a direct connect does not reach are reached through it.", client_endpoint],
+        [
+            "mediator",
+            None,
+            None,
+            "Client endpoint of a p2psip-mediator's control port (e.g. tcp:198.51.100.9:3479): "
+            "peers that a direct connect does not reach are reached through it.",
+            client_endpoint,
+        ],
         ["mediator-secret", None, None, "The mediator's shared secret (its [mediator] secret)."],
-        ["mediator-secret-file", None, None,
-         "File whose first line is the secret for the mediator (this node's line of its secrets file, "
-         "or its shared secret); wins over --mediator-secret."],
-        ["direct-connect-timeout", None, DIRECT_CONNECT_TIMEOUT_SECONDS,
-         "Seconds a direct connect to a peer may take before the mediator is asked.", positive_float],
+        [
+            "mediator-secret-file",
+            None,
+            None,
+            "File whose first line is the secret for the mediator (this node's line of its secrets file, "
+            "or its shared secret); wins over --mediator-secret.",
+        ],
+        [
+            "direct-connect-timeout",
+            None,
+            DIRECT_CONNECT_TIMEOUT_SECONDS,
+            "Seconds a direct connect to a peer may take before the mediator is asked.",
+            positive_float,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -100,7 +146,9 @@ class OverlayOptions(RoleOptions):
                     "fix the path or the file's permissions"
                 ) from None
             if not secret:
-                raise usage.UsageError(f"--mediator-secret-file {path} is empty; put the secret on its first line")
+                raise usage.UsageError(
+                    f"--mediator-secret-file {path} is empty; put the secret on its first line"
+                )
             return secret.encode("utf-8")
         if self["mediator-secret"]:
             return str(self["mediator-secret"]).encode("utf-8")
@@ -172,7 +220,9 @@ class OverlayService(Service):
         stream = StreamConnector(self.reactor, self.reactor, config.limits.max_message_bytes)
         connector: StreamConnector | MediatedConnector = stream
         if options["mediator"]:
-            self.mediated = connector = self._start_traversal(stream, identity.node_id, config.limits.max_message_bytes)
+            self.mediated = connector = self._start_traversal(
+                stream, identity.node_id, config.limits.max_message_bytes
+            )
         node = OverlayNode(
             identity=identity,
             clock=self.reactor,
@@ -190,7 +240,9 @@ class OverlayService(Service):
         d.addCallback(self._listening)
         return d
 
-    def _start_traversal(self, stream: StreamConnector, node_id: int, max_message_bytes: int) -> MediatedConnector:
+    def _start_traversal(
+        self, stream: StreamConnector, node_id: int, max_message_bytes: int
+    ) -> MediatedConnector:
         """Register at the mediator under our Node-ID and connect through it."""
         options = self.options
         traversal = TraversalService(
@@ -230,7 +282,9 @@ class OverlayService(Service):
         self.port = port
         host = port.getHost()
         assert isinstance(host, (IPv4Address, IPv6Address)), host
-        advertise = self.options["advertise"] or _listen_interface(self.options["overlay"]) or "127.0.0.1"
+        advertise = (
+            self.options["advertise"] or _listen_interface(self.options["overlay"]) or "127.0.0.1"
+        )
         if advertise in ("0.0.0.0", "::"):
             advertise = "127.0.0.1"
         self.node.set_advertised_address(advertise, host.port)
@@ -277,7 +331,9 @@ class OverlayService(Service):
 
     def _schedule_peer_save(self) -> None:
         if self._pending_peer_save is None or not self._pending_peer_save.active():
-            self._pending_peer_save = self.reactor.callLater(PEER_SAVE_DELAY_SECONDS, self._save_known_peers)
+            self._pending_peer_save = self.reactor.callLater(
+                PEER_SAVE_DELAY_SECONDS, self._save_known_peers
+            )
 
     def _try_join(self, endpoints: list[str], found_if_none: bool = False) -> None:
         assert self.node is not None
@@ -288,7 +344,10 @@ class OverlayService(Service):
                 return
             node.stop()
             if found_if_none:
-                self.log.info("no known peer answered ({why}); founding a new ring", why=failure.getErrorMessage())
+                self.log.info(
+                    "no known peer answered ({why}); founding a new ring",
+                    why=failure.getErrorMessage(),
+                )
                 self._found()
                 return
             self.log.warn(
@@ -365,7 +424,7 @@ class OverlayService(Service):
     def _name(self, args: dict[str, str], body: dict[str, Any] | None) -> str:
         name = (body or {}).get("name") or args.get("name")
         if not name or not isinstance(name, str):
-            raise ApiError(400, "give the resource name as ?name=NAME (or JSON {\"name\": ...})")
+            raise ApiError(400, 'give the resource name as ?name=NAME (or JSON {"name": ...})')
         return name
 
     def api_routes(self) -> dict[str, ApiRoute]:
@@ -378,7 +437,7 @@ class OverlayService(Service):
             name = self._name(args, body)
             value = (body or {}).get("value", args.get("value"))
             if not isinstance(value, str):
-                raise ApiError(400, "give the value as JSON {\"value\": \"...\"}")
+                raise ApiError(400, 'give the value as JSON {"value": "..."}')
             raw_lifetime = (body or {}).get("lifetime", args.get("lifetime", 3600))
             try:
                 lifetime = int(raw_lifetime)
@@ -386,15 +445,25 @@ class OverlayService(Service):
                 raise ApiError(400, "lifetime must be a whole number of seconds") from None
             if not 1 <= lifetime <= 0xFFFFFFFF:
                 raise ApiError(400, "lifetime must be between 1 and 4294967295 seconds")
-            return self._node().put(name, value.encode("utf-8"), lifetime).addCallbacks(
-                lambda result: result.as_json(), as_api_error
+            return (
+                self._node()
+                .put(name, value.encode("utf-8"), lifetime)
+                .addCallbacks(lambda result: result.as_json(), as_api_error)
             )
 
         def get(args: dict[str, str], body: dict[str, Any] | None) -> Any:
-            return self._node().get(self._name(args, body)).addCallbacks(lambda result: result.as_json(), as_api_error)
+            return (
+                self._node()
+                .get(self._name(args, body))
+                .addCallbacks(lambda result: result.as_json(), as_api_error)
+            )
 
         def lookup(args: dict[str, str], body: dict[str, Any] | None) -> Any:
-            return self._node().lookup(self._name(args, body)).addCallbacks(lambda result: result.as_json(), as_api_error)
+            return (
+                self._node()
+                .lookup(self._name(args, body))
+                .addCallbacks(lambda result: result.as_json(), as_api_error)
+            )
 
         def ring(args: dict[str, str], body: dict[str, Any] | None) -> Any:
             return walk_ring(self._node()).addErrback(as_api_error)
@@ -410,11 +479,20 @@ class OverlayService(Service):
         registry = Registry()
 
         def counters() -> dict[tuple[str, ...], float]:
-            return {(name,): float(value) for name, value in (self.node.counters if self.node else {}).items()}
+            return {
+                (name,): float(value)
+                for name, value in (self.node.counters if self.node else {}).items()
+            }
 
-        registry.gauge("p2psip_overlay_events", "Overlay events since start, by event.", ["event"], function=counters)
         registry.gauge(
-            "p2psip_overlay_links", "Open overlay links.",
+            "p2psip_overlay_events",
+            "Overlay events since start, by event.",
+            ["event"],
+            function=counters,
+        )
+        registry.gauge(
+            "p2psip_overlay_links",
+            "Open overlay links.",
             function=lambda: float(len(self.node._all_links())) if self.node else 0.0,
         )
 
@@ -431,11 +509,13 @@ class OverlayService(Service):
             function=links_by_path,
         )
         registry.gauge(
-            "p2psip_overlay_stored_resources", "Resources stored on this node.",
+            "p2psip_overlay_stored_resources",
+            "Resources stored on this node.",
             function=lambda: float(len(list(self.node.store.resources()))) if self.node else 0.0,
         )
         registry.gauge(
-            "p2psip_overlay_pending_transactions", "Outstanding RELOAD requests.",
+            "p2psip_overlay_pending_transactions",
+            "Outstanding RELOAD requests.",
             function=lambda: float(len(self.node.transactions)) if self.node else 0.0,
         )
         return registry
@@ -450,7 +530,12 @@ def walk_ring(node: OverlayNode) -> Any:
     Every peer of the ring in order, found by asking for the owner of
     (peer + 1) from one peer to the next.
     """
-    nodes = [{"node_id": id_hex(node.node_id), "address": f"{node.advertised_host}:{node.advertised_port}"}]
+    nodes = [
+        {
+            "node_id": id_hex(node.node_id),
+            "address": f"{node.advertised_host}:{node.advertised_port}",
+        }
+    ]
     current = node.node_id
     complete = False
     for _ in range(MAX_RING_WALK):
@@ -463,7 +548,9 @@ def walk_ring(node: OverlayNode) -> Any:
     return {"nodes": nodes, "complete": complete, "count": len(nodes)}
 
 
-def make_overlay_role(options: OverlayOptions, reactor: Any, found_ring: bool, title: str) -> tuple[MultiService, OverlayService]:
+def make_overlay_role(
+    options: OverlayOptions, reactor: Any, found_ring: bool, title: str
+) -> tuple[MultiService, OverlayService]:
     """The MultiService of a ring role: the overlay node plus its HTTP site."""
     top = MultiService()
     overlay = OverlayService(options, reactor, found_ring)

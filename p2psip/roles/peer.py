@@ -28,7 +28,6 @@ class Options(SuperNodeOptions):
         "with --sip, the SIP registrar and proxy of the overlay's domain."
     )
 
-
     def postOptions(self) -> None:
         super().postOptions()
         if not self["bootstrap"]:

@@ -107,7 +107,9 @@ def load_or_create_secret(data_dir: str | Path) -> bytes:
             os.close(handle)
         return secret
     if len(secret) < 16:
-        raise ValueError(f"{path}: the nonce secret must hold at least 16 bytes; delete the file to get a new one")
+        raise ValueError(
+            f"{path}: the nonce secret must hold at least 16 bytes; delete the file to get a new one"
+        )
     return secret
 
 
@@ -121,17 +123,37 @@ def _interface_of(description: str) -> str | None:
 
 #: The SIP options of every role that can be a super-node (peer, bootstrap).
 SIP_OPTION_PARAMETERS: list[Any] = [
-    ["sip", None, None, "SIP listener, udp:PORT[:interface=ADDR] or tcp:PORT[:interface=ADDR]; "
-                        "without any the node serves no SIP.", sip_listen_address],
+    [
+        "sip",
+        None,
+        None,
+        "SIP listener, udp:PORT[:interface=ADDR] or tcp:PORT[:interface=ADDR]; "
+        "without any the node serves no SIP.",
+        sip_listen_address,
+    ],
     ["users", None, None, "Digest users file (made with `p2psip users add --file FILE AOR`)."],
-    ["sip-digest-algorithms", None, ",".join(ALGORITHMS),
-     "Digest algorithms offered in challenges, preferred first; list MD5 first (or alone) for "
-     "phones that read only the first challenge and know only MD5.", digest_algorithms],
-    ["sip-advertise", None, None, "Host other super-nodes and phones reach the SIP listener at "
-                                  "(default: the first --sip interface, else the overlay address)."],
+    [
+        "sip-digest-algorithms",
+        None,
+        ",".join(ALGORITHMS),
+        "Digest algorithms offered in challenges, preferred first; list MD5 first (or alone) for "
+        "phones that read only the first challenge and know only MD5.",
+        digest_algorithms,
+    ],
+    [
+        "sip-advertise",
+        None,
+        None,
+        "Host other super-nodes and phones reach the SIP listener at "
+        "(default: the first --sip interface, else the overlay address).",
+    ],
 ]
 SIP_OPTION_FLAGS: list[Any] = [
-    ["sip-trusted-network", None, "Accept REGISTER without Digest authentication (closed networks only)."],
+    [
+        "sip-trusted-network",
+        None,
+        "Accept REGISTER without Digest authentication (closed networks only).",
+    ],
 ]
 
 
@@ -174,7 +196,9 @@ class SipService(Service):
         options = self.options
         node = self.overlay.node
         if node is None:
-            raise RuntimeError("the SIP service must start after the overlay service (it needs the node)")
+            raise RuntimeError(
+                "the SIP service must start after the overlay service (it needs the node)"
+            )
         domain = options["overlay-name"]
         trusted = bool(options["sip-trusted-network"])
         authenticator = None
@@ -184,14 +208,22 @@ class SipService(Service):
             except UsersFileError as e:
                 raise usage.UsageError(f"{e} (check --users)") from None
         if not trusted:
-            assert self.users is not None, "postOptions requires --users without --sip-trusted-network"
+            assert self.users is not None, (
+                "postOptions requires --users without --sip-trusted-network"
+            )
             secret = load_or_create_secret(options["data-dir"])
             authenticator = DigestAuthenticator(
-                domain, secret, self.reactor, self.users, algorithms=algorithm_list(options["sip-digest-algorithms"])
+                domain,
+                secret,
+                self.reactor,
+                self.users,
+                algorithms=algorithm_list(options["sip-digest-algorithms"]),
             )
         location = OverlayLocationService(node, self.reactor)
         users = self.users
-        self.registrar = Registrar(domain, location, self.reactor, authenticator, users, trusted_network=trusted)
+        self.registrar = Registrar(
+            domain, location, self.reactor, authenticator, users, trusted_network=trusted
+        )
         self.transport = SipTransport(self.reactor)
         for description in options["sip"]:
             failures: list[Failure] = []
@@ -204,8 +236,15 @@ class SipService(Service):
         self.advertised = (host, port)
         known = None if users is None else (lambda aor: users.record(aor) is not None)
         self.proxy = SipProxy(
-            domain, (host, port), node, location, self.registrar, self.transport, self.reactor,
-            is_known_aor=known, peer_transport=peer_transport,
+            domain,
+            (host, port),
+            node,
+            location,
+            self.registrar,
+            self.transport,
+            self.reactor,
+            is_known_aor=known,
+            peer_transport=peer_transport,
         )
         self.transport.receiver = self.proxy.transactions
         node.set_application_address(SIP_APPLICATION, host, port)
@@ -215,8 +254,13 @@ class SipService(Service):
             self._refresh.start(USERS_REFRESH_SECONDS, now=False)
         self.log.info(
             "SIP super-node for {domain} at {host}:{port} ({listeners}); authentication {auth}",
-            domain=domain, host=host, port=port, listeners=" ".join(options["sip"]),
-            auth="off (trusted network)" if trusted else f"digest, {len(users.users()) if users else 0} user(s)",
+            domain=domain,
+            host=host,
+            port=port,
+            listeners=" ".join(options["sip"]),
+            auth="off (trusted network)"
+            if trusted
+            else f"digest, {len(users.users()) if users else 0} user(s)",
         )
         if self.freeze_gc:
             gc_tuning.tune_for_server()
@@ -231,9 +275,17 @@ class SipService(Service):
         assert self.transport is not None
         options = self.options
         first = options["sip"][0]
-        hop = self.transport.local_hop("UDP") or self.transport.local_hop("TLS") or self.transport.local_hop("TCP")
+        hop = (
+            self.transport.local_hop("UDP")
+            or self.transport.local_hop("TLS")
+            or self.transport.local_hop("TCP")
+        )
         assert hop is not None
-        transport = "UDP" if self.transport.udp_ports else ("TLS" if first.lower().startswith(("ssl:", "tls:")) else "TCP")
+        transport = (
+            "UDP"
+            if self.transport.udp_ports
+            else ("TLS" if first.lower().startswith(("ssl:", "tls:")) else "TCP")
+        )
         host = options["sip-advertise"] or _interface_of(first) or self.overlay.node.advertised_host
         if host in ("", "0.0.0.0", "::"):
             host = "127.0.0.1"
@@ -243,7 +295,11 @@ class SipService(Service):
         assert self.users is not None
         try:
             if self.users.refresh():
-                self.log.info("re-read {path}: {count} user(s)", path=str(self.users.path), count=len(self.users.users()))
+                self.log.info(
+                    "re-read {path}: {count} user(s)",
+                    path=str(self.users.path),
+                    count=len(self.users.users()),
+                )
         except UsersFileError as e:
             self.log.warn("{why}; the users read before stay in force (fix --users)", why=str(e))
 
@@ -280,7 +336,9 @@ class SipService(Service):
         return {
             "address": f"{self.advertised[0]}:{self.advertised[1]}",
             "listeners": list(self.options["sip"]),
-            "authentication": "off (trusted network)" if self.options["sip-trusted-network"] else "digest",
+            "authentication": "off (trusted network)"
+            if self.options["sip-trusted-network"]
+            else "digest",
             "users": len(users.users()) if users is not None else None,
             "registrations": {"aors": aors, "bindings": bindings},
             "final_responses": self.proxy.metrics()["final_responses"],
@@ -295,28 +353,56 @@ class SipService(Service):
         def outcomes() -> dict[tuple[str, ...], float]:
             if self.proxy is None:
                 return {}
-            return {(method, str(status)): float(n) for (method, status), n in self.proxy.outcomes.items()}
+            return {
+                (method, str(status)): float(n)
+                for (method, status), n in self.proxy.outcomes.items()
+            }
 
         def transport_events() -> dict[tuple[str, ...], float]:
-            return {(k,): float(v) for k, v in (self.transport.metrics() if self.transport else {}).items()}
+            return {
+                (k,): float(v)
+                for k, v in (self.transport.metrics() if self.transport else {}).items()
+            }
 
         def transaction_events() -> dict[tuple[str, ...], float]:
-            return {(k,): float(v) for k, v in (self.proxy.transactions.metrics() if self.proxy else {}).items()}
+            return {
+                (k,): float(v)
+                for k, v in (self.proxy.transactions.metrics() if self.proxy else {}).items()
+            }
 
         registry.gauge(
-            "p2psip_sip_final_responses", "Final responses sent to received SIP requests since start.",
-            ["method", "status"], function=outcomes,
+            "p2psip_sip_final_responses",
+            "Final responses sent to received SIP requests since start.",
+            ["method", "status"],
+            function=outcomes,
         )
-        registry.gauge("p2psip_sip_registered_aors", "AORs with a binding served by this super-node.",
-                       function=lambda: float(self.registrations()[0]))
-        registry.gauge("p2psip_sip_bindings", "Contacts registered at this super-node.",
-                       function=lambda: float(self.registrations()[1]))
-        registry.gauge("p2psip_sip_transport", "SIP transport counters since start, and open TCP connections.",
-                       ["event"], function=transport_events)
-        registry.gauge("p2psip_sip_transactions", "SIP transactions live now, and transaction-layer counters.",
-                       ["event"], function=transaction_events)
-        registry.gauge("p2psip_sip_requests_in_progress", "Requests being proxied right now.",
-                       function=lambda: float(self.proxy.pending_requests) if self.proxy else 0.0)
+        registry.gauge(
+            "p2psip_sip_registered_aors",
+            "AORs with a binding served by this super-node.",
+            function=lambda: float(self.registrations()[0]),
+        )
+        registry.gauge(
+            "p2psip_sip_bindings",
+            "Contacts registered at this super-node.",
+            function=lambda: float(self.registrations()[1]),
+        )
+        registry.gauge(
+            "p2psip_sip_transport",
+            "SIP transport counters since start, and open TCP connections.",
+            ["event"],
+            function=transport_events,
+        )
+        registry.gauge(
+            "p2psip_sip_transactions",
+            "SIP transactions live now, and transaction-layer counters.",
+            ["event"],
+            function=transaction_events,
+        )
+        registry.gauge(
+            "p2psip_sip_requests_in_progress",
+            "Requests being proxied right now.",
+            function=lambda: float(self.proxy.pending_requests) if self.proxy else 0.0,
+        )
 
 
 def add_sip_service(top: Any, overlay: Any, options: Any, reactor: Any) -> SipService | None:
@@ -336,4 +422,13 @@ def add_sip_service(top: Any, overlay: Any, options: Any, reactor: Any) -> SipSe
     return sip
 
 
-__all__ = ["SipService", "add_sip_service", "check_sip_options", "SIP_OPTION_PARAMETERS", "SIP_OPTION_FLAGS", "load_or_create_secret", "sip_listen_address", "USERS_REFRESH_SECONDS"]
+__all__ = [
+    "SipService",
+    "add_sip_service",
+    "check_sip_options",
+    "SIP_OPTION_PARAMETERS",
+    "SIP_OPTION_FLAGS",
+    "load_or_create_secret",
+    "sip_listen_address",
+    "USERS_REFRESH_SECONDS",
+]

@@ -31,7 +31,9 @@ class SuperNodeOptions(OverlayOptions):
         check_sip_options(self)
 
 
-def make_super_node_service(options: SuperNodeOptions, reactor: Any, found_ring: bool, title: str) -> IService:
+def make_super_node_service(
+    options: SuperNodeOptions, reactor: Any, found_ring: bool, title: str
+) -> IService:
     """The ring member's services, plus SIP when ``--sip`` is given."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor

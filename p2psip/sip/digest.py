@@ -202,7 +202,9 @@ def parse_authorization(value: str) -> DigestCredentials:
     if scheme.lower() != "digest":
         raise DigestParseError("not Digest credentials")
     params = parse_digest_parameters(rest)
-    missing = [name for name in ("username", "realm", "nonce", "uri", "response") if name not in params]
+    missing = [
+        name for name in ("username", "realm", "nonce", "uri", "response") if name not in params
+    ]
     if missing:
         raise DigestParseError(f"missing {', '.join(missing)}")
     qop = params.get("qop")
@@ -273,7 +275,9 @@ class DigestAuthenticator:
             raise ValueError("the nonce secret must be at least 16 bytes")
         unknown = [name for name in algorithms if name not in ALGORITHMS]
         if unknown or not algorithms:
-            raise ValueError(f"digest algorithms must be some of {', '.join(ALGORITHMS)}, not {unknown}")
+            raise ValueError(
+                f"digest algorithms must be some of {', '.join(ALGORITHMS)}, not {unknown}"
+            )
         # Offered in this order.  RFC 8760 puts SHA-256 first; some older
         # user agents read only the first challenge and know only MD5, and
         # for them an operator may list MD5 first (or alone).
@@ -284,7 +288,9 @@ class DigestAuthenticator:
         self._users = users
         self._nonce_lifetime_seconds = nonce_lifetime_seconds
         self._random_bytes = random_bytes
-        self._opaque = hmac.new(secret, b"opaque:" + realm.encode("utf-8"), "sha256").hexdigest()[:16]
+        self._opaque = hmac.new(secret, b"opaque:" + realm.encode("utf-8"), "sha256").hexdigest()[
+            :16
+        ]
         self._highest_nonce_counts: OrderedDict[str, int] = OrderedDict()
         # Unknown users are checked against this, so they cost the same work.
         self._decoy_ha1 = {
@@ -347,7 +353,9 @@ class DigestAuthenticator:
             return Verdict.REJECTED
         if nonce_state is _NonceState.EXPIRED:
             return Verdict.STALE
-        if nonce_count is not None and not self._advance_nonce_count(credentials.nonce, nonce_count):
+        if nonce_count is not None and not self._advance_nonce_count(
+            credentials.nonce, nonce_count
+        ):
             return Verdict.STALE
         return Verdict.ACCEPTED
 

@@ -195,13 +195,17 @@ def decode_destinations(data: bytes) -> tuple[Destination, ...]:
         first = reader.uint8("destination type")
         if first & 0x80:
             # A compressed id: two bytes in all, top bit set (RFC 6940 s6.3.2.2).
-            destinations.append(Destination(first, bytes([first]) + reader.take(1, "compressed id")))
+            destinations.append(
+                Destination(first, bytes([first]) + reader.take(1, "compressed id"))
+            )
             continue
         length = reader.uint8("destination length")
         body = reader.take(length, "destination data")
         if first == DESTINATION_NODE:
             if length != NODE_ID_BYTES:
-                raise LocationDecodeError(f"node destination of {length} bytes, not {NODE_ID_BYTES}")
+                raise LocationDecodeError(
+                    f"node destination of {length} bytes, not {NODE_ID_BYTES}"
+                )
             destinations.append(Destination(first, body))
         elif first in (DESTINATION_RESOURCE, DESTINATION_OPAQUE):
             inner = _Reader(body)
@@ -232,9 +236,15 @@ def decode_registration(data: bytes) -> SipRegistration:
         uri = _decode_text(inner.take(inner.uint16("uri length"), "uri"), "uri")
         result = SipRegistration(registration_type, uri=uri)
     elif registration_type == SIP_REGISTRATION_ROUTE:
-        prefs = _decode_text(inner.take(inner.uint16("contact_prefs length"), "contact_prefs"), "contact_prefs")
-        destinations = decode_destinations(inner.take(inner.uint16("destination_list length"), "destination_list"))
-        result = SipRegistration(registration_type, contact_prefs=prefs, destination_list=destinations)
+        prefs = _decode_text(
+            inner.take(inner.uint16("contact_prefs length"), "contact_prefs"), "contact_prefs"
+        )
+        destinations = decode_destinations(
+            inner.take(inner.uint16("destination_list length"), "destination_list")
+        )
+        result = SipRegistration(
+            registration_type, contact_prefs=prefs, destination_list=destinations
+        )
     else:
         return SipRegistration(registration_type, unknown=body)
     if not inner.at_end():
@@ -331,7 +341,11 @@ def decode_contact_prefs(text: str, aor: str, node_id: int | None) -> list[Bindi
             raise LocationDecodeError("contact entry without a valid expires-at")
         if not _QVALUE.match(q):
             raise LocationDecodeError(f"invalid q-value {q!r}")
-        bindings.append(Binding(aor=aor, contact=contact, expires_at=float(expires_at), q=float(q), node_id=node_id))
+        bindings.append(
+            Binding(
+                aor=aor, contact=contact, expires_at=float(expires_at), q=float(q), node_id=node_id
+            )
+        )
     return bindings
 
 
@@ -418,7 +432,9 @@ class OverlayLocationService:
         Malformed entries (another node's bug or an attack) are skipped and
         logged at debug level.
         """
-        fetched = cast("Deferred[dict[bytes, bytes]]", self.storage.get_dictionary(aor, SIP_REGISTRATION_KIND))
+        fetched = cast(
+            "Deferred[dict[bytes, bytes]]", self.storage.get_dictionary(aor, SIP_REGISTRATION_KIND)
+        )
         return fetched.addCallback(self._live_bindings, aor)
 
     def _live_bindings(self, entries: dict[bytes, bytes], aor: str) -> list[Binding]:

@@ -45,10 +45,28 @@ from p2psip.sip.uri import (
 )
 
 __all__ = [
-    "CSeq", "Headers", "Message", "NameAddress", "Request", "Response", "SipParseError",
-    "SipStreamDecoder", "Via", "AbsoluteURI", "SipURI", "TelURI", "URI",
-    "canonical_name", "error_response", "make_request", "make_response", "parse_message", "parse_uri",
-    "split_comma_list", "check_request_uri_scheme", "REASON_PHRASES",
+    "CSeq",
+    "Headers",
+    "Message",
+    "NameAddress",
+    "Request",
+    "Response",
+    "SipParseError",
+    "SipStreamDecoder",
+    "Via",
+    "AbsoluteURI",
+    "SipURI",
+    "TelURI",
+    "URI",
+    "canonical_name",
+    "error_response",
+    "make_request",
+    "make_response",
+    "parse_message",
+    "parse_uri",
+    "split_comma_list",
+    "check_request_uri_scheme",
+    "REASON_PHRASES",
 ]
 
 SIP_VERSION = "SIP/2.0"
@@ -65,10 +83,26 @@ KNOWN_METHODS = frozenset(
 
 # RFC 3261 s7.3.3 and the IANA header field registry.
 COMPACT_FORMS = {
-    "a": "Accept-Contact", "b": "Referred-By", "c": "Content-Type", "d": "Request-Disposition",
-    "e": "Content-Encoding", "f": "From", "i": "Call-ID", "j": "Reject-Contact", "k": "Supported",
-    "l": "Content-Length", "m": "Contact", "n": "Identity-Info", "o": "Event", "r": "Refer-To",
-    "s": "Subject", "t": "To", "u": "Allow-Events", "v": "Via", "x": "Session-Expires", "y": "Identity",
+    "a": "Accept-Contact",
+    "b": "Referred-By",
+    "c": "Content-Type",
+    "d": "Request-Disposition",
+    "e": "Content-Encoding",
+    "f": "From",
+    "i": "Call-ID",
+    "j": "Reject-Contact",
+    "k": "Supported",
+    "l": "Content-Length",
+    "m": "Contact",
+    "n": "Identity-Info",
+    "o": "Event",
+    "r": "Refer-To",
+    "s": "Subject",
+    "t": "To",
+    "u": "Allow-Events",
+    "v": "Via",
+    "x": "Session-Expires",
+    "y": "Identity",
 }
 _CANONICAL = {
     name.lower(): name
@@ -85,21 +119,57 @@ _CANONICAL = {
 }
 
 REASON_PHRASES = {
-    100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
-    183: "Session Progress", 200: "OK", 202: "Accepted", 300: "Multiple Choices",
-    301: "Moved Permanently", 302: "Moved Temporarily", 305: "Use Proxy", 380: "Alternative Service",
-    400: "Bad Request", 401: "Unauthorized", 402: "Payment Required", 403: "Forbidden",
-    404: "Not Found", 405: "Method Not Allowed", 406: "Not Acceptable",
-    407: "Proxy Authentication Required", 408: "Request Timeout", 410: "Gone",
-    413: "Request Entity Too Large", 414: "Request-URI Too Long", 415: "Unsupported Media Type",
-    416: "Unsupported URI Scheme", 420: "Bad Extension", 421: "Extension Required",
-    423: "Interval Too Brief", 480: "Temporarily Unavailable", 481: "Call/Transaction Does Not Exist",
-    482: "Loop Detected", 483: "Too Many Hops", 484: "Address Incomplete", 485: "Ambiguous",
-    486: "Busy Here", 487: "Request Terminated", 488: "Not Acceptable Here", 491: "Request Pending",
-    493: "Undecipherable", 500: "Server Internal Error", 501: "Not Implemented",
-    502: "Bad Gateway", 503: "Service Unavailable", 504: "Server Time-out",
-    505: "Version Not Supported", 513: "Message Too Large", 600: "Busy Everywhere",
-    603: "Decline", 604: "Does Not Exist Anywhere", 606: "Not Acceptable",
+    100: "Trying",
+    180: "Ringing",
+    181: "Call Is Being Forwarded",
+    182: "Queued",
+    183: "Session Progress",
+    200: "OK",
+    202: "Accepted",
+    300: "Multiple Choices",
+    301: "Moved Permanently",
+    302: "Moved Temporarily",
+    305: "Use Proxy",
+    380: "Alternative Service",
+    400: "Bad Request",
+    401: "Unauthorized",
+    402: "Payment Required",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    406: "Not Acceptable",
+    407: "Proxy Authentication Required",
+    408: "Request Timeout",
+    410: "Gone",
+    413: "Request Entity Too Large",
+    414: "Request-URI Too Long",
+    415: "Unsupported Media Type",
+    416: "Unsupported URI Scheme",
+    420: "Bad Extension",
+    421: "Extension Required",
+    423: "Interval Too Brief",
+    480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    483: "Too Many Hops",
+    484: "Address Incomplete",
+    485: "Ambiguous",
+    486: "Busy Here",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    491: "Request Pending",
+    493: "Undecipherable",
+    500: "Server Internal Error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Server Time-out",
+    505: "Version Not Supported",
+    513: "Message Too Large",
+    600: "Busy Everywhere",
+    603: "Decline",
+    604: "Does Not Exist Anywhere",
+    606: "Not Acceptable",
 }
 
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
@@ -131,7 +201,9 @@ _QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
 # One ";name[=value]" with optional LWS around ';' and '='; the value is a
 # token (plus ':' and '[]' for IPv6 addresses) or a quoted string.
 _PARAMETER_RE = re.compile(
-    r"[ \t]*;[ \t]*(" + _TOKEN + r")[ \t]*(?:=[ \t]*(\"(?:[^\"\\]|\\.)*\"|[A-Za-z0-9\-.!%*_+`'~:\[\]]+))?[ \t]*",
+    r"[ \t]*;[ \t]*("
+    + _TOKEN
+    + r")[ \t]*(?:=[ \t]*(\"(?:[^\"\\]|\\.)*\"|[A-Za-z0-9\-.!%*_+`'~:\[\]]+))?[ \t]*",
     re.DOTALL,
 )
 
@@ -247,7 +319,12 @@ def format_parameters(parameters: dict[str, str | None]) -> str:
 def _parse_uint(text: str, where: str, limit: int = MAX_UINT32) -> int:
     text = text.strip(_LWS)
     digits = text.lstrip("0")
-    if not text.isascii() or not text.isdigit() or len(digits) > len(str(limit)) or int(text) > limit:
+    if (
+        not text.isascii()
+        or not text.isdigit()
+        or len(digits) > len(str(limit))
+        or int(text) > limit
+    ):
         raise SipParseError(f"bad {where} value {text[:30]!r}")
     return int(text)
 
@@ -369,7 +446,9 @@ class NameAddress:
             display: str | None = _QUOTED_PAIR_RE.sub(r"\1", quoted)
         else:
             display = " ".join(token_display.split()) if token_display else None
-        return cls(uri=parse_uri(uri_text), display_name=display, parameters=parse_parameters(rest, where))
+        return cls(
+            uri=parse_uri(uri_text), display_name=display, parameters=parse_parameters(rest, where)
+        )
 
     @classmethod
     def _parse_general(cls, text: str, where: str) -> NameAddress:
@@ -404,7 +483,9 @@ class NameAddress:
             rest = "" if semicolon < 0 else s[semicolon:]
             if any(c in uri_text for c in " \t?"):
                 raise SipParseError(f"URI with spaces or headers not enclosed in <> in {where}")
-        return cls(uri=parse_uri(uri_text), display_name=display, parameters=parse_parameters(rest, where))
+        return cls(
+            uri=parse_uri(uri_text), display_name=display, parameters=parse_parameters(rest, where)
+        )
 
     @property
     def tag(self) -> str | None:
@@ -568,7 +649,9 @@ class Message:
     headers: Headers
     body: bytes
 
-    def __init__(self, headers: Headers | Iterable[tuple[str, str]] = (), body: bytes = b"") -> None:
+    def __init__(
+        self, headers: Headers | Iterable[tuple[str, str]] = (), body: bytes = b""
+    ) -> None:
         self.headers = headers if isinstance(headers, Headers) else Headers(headers)
         self.body = body
 
@@ -684,7 +767,9 @@ class Message:
         return _parse_uint(self._single("Expires"), "Expires")
 
     def _routes(self, name: str) -> list[NameAddress]:
-        return self._parsed(name, lambda: [NameAddress.parse(v, name) for v in self.headers.values(name)])
+        return self._parsed(
+            name, lambda: [NameAddress.parse(v, name) for v in self.headers.values(name)]
+        )
 
     @property
     def routes(self) -> list[NameAddress]:
@@ -837,7 +922,12 @@ def _parse_start_line(line: str, headers: Headers, body: bytes) -> AnyMessage:
         version, code = parts[0], parts[1]
         reason = line[len(version) + len(code) + 2 :]
         _check_version(version)
-        if len(code) != 3 or not code.isdigit() or not code.isascii() or not 100 <= int(code) <= 699:
+        if (
+            len(code) != 3
+            or not code.isdigit()
+            or not code.isascii()
+            or not 100 <= int(code) <= 699
+        ):
             raise SipParseError("bad status code")
         if any(c in reason for c in "\x00"):
             raise SipParseError("bad reason phrase")

@@ -84,7 +84,9 @@ CANCEL_GRACE_SECONDS = 32.0
 _BRANCH_MARKER = "p2p"
 #: Methods counted by name in :attr:`SipProxy.outcomes`; others count as "other"
 #: (metric labels must come from a bounded set).
-COUNTED_METHODS = frozenset({"INVITE", "REGISTER", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "SUBSCRIBE", "NOTIFY"})
+COUNTED_METHODS = frozenset(
+    {"INVITE", "REGISTER", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "SUBSCRIBE", "NOTIFY"}
+)
 
 
 def hop_for_uri(uri: SipURI) -> Hop:
@@ -104,7 +106,9 @@ def _best_response(responses: Sequence[Response]) -> Response:
     six = [r for r in responses if r.status >= 600]
     if six:
         return six[0]
-    best = min(responses, key=lambda r: (r.status // 100, r.status == 503, r.status == 408, r.status))
+    best = min(
+        responses, key=lambda r: (r.status // 100, r.status == 503, r.status == 408, r.status)
+    )
     if best.status == 503:
         converted = best.copy()
         converted.status, converted.reason = 500, "Server Internal Error"
@@ -197,7 +201,9 @@ class SipProxy:
         try:
             self._dispatch(transaction)
         except SipParseError as e:
-            self.log.debug("refusing {method}: {why}", method=transaction.request.method, why=e.reason)
+            self.log.debug(
+                "refusing {method}: {why}", method=transaction.request.method, why=e.reason
+            )
             self._answer(transaction, e.status, e.reason)
         except Exception:
             self.log.failure("while handling {method}", method=transaction.request.method)
@@ -223,7 +229,9 @@ class SipProxy:
         """A response outside any transaction (2xx retransmission): pass it upstream."""
         try:
             if not self._is_own_via(response):
-                self.log.debug("dropped a stray {status} not sent through us", status=response.status)
+                self.log.debug(
+                    "dropped a stray {status} not sent through us", status=response.status
+                )
                 return
             forwarded = response.copy()
             forwarded.headers.pop_first_value("Via")
@@ -256,7 +264,9 @@ class SipProxy:
                 self._respond(transaction, response)
                 return
             if request.method != "ACK" and not request.headers.values("Route"):
-                self._answer(transaction, 405, "Method Not Allowed", (("Allow", "OPTIONS, REGISTER"),))
+                self._answer(
+                    transaction, 405, "Method Not Allowed", (("Allow", "OPTIONS, REGISTER"),)
+                )
                 return
         if request.method == "REGISTER":
             self._answer(transaction, 404, "Not Found (not the registrar for that domain)")
@@ -268,7 +278,9 @@ class SipProxy:
         proxy_require = request.headers.values("Proxy-Require")
         if proxy_require:
             # s16.3 item 5: we implement no proxy extensions.
-            self._answer(transaction, 420, "Bad Extension", (("Unsupported", ", ".join(proxy_require)),))
+            self._answer(
+                transaction, 420, "Bad Extension", (("Unsupported", ", ".join(proxy_require)),)
+            )
             return
         working = request.copy()
         removed_own_route = self._preprocess_routes(working)
@@ -382,7 +394,9 @@ class SipProxy:
     def _is_loop(self, request: Request) -> bool:
         prefix = MAGIC_COOKIE + _BRANCH_MARKER + self._loop_hash(request) + "."
         for via in request.vias:
-            if (via.host.lower(), via.port or 5060) == self.advertised and (via.branch or "").startswith(prefix):
+            if (via.host.lower(), via.port or 5060) == self.advertised and (
+                via.branch or ""
+            ).startswith(prefix):
                 return True
         return False
 
@@ -411,7 +425,8 @@ class SipProxy:
     def _lookup_failed(self, transaction: ServerTransaction, aor: str, failure: Failure) -> None:
         self.log.warn(
             "overlay lookup of {aor} failed: {why}; is this peer joined to the ring?",
-            aor=blur_aor(aor), why=failure.getErrorMessage(),
+            aor=blur_aor(aor),
+            why=failure.getErrorMessage(),
         )
         self._answer(transaction, 480, "Temporarily Unavailable (overlay lookup failed)")
 
@@ -483,7 +498,9 @@ class SipProxy:
                 if all_targets:
                     self._fork(transaction, request, all_targets)
                 else:
-                    self._answer(transaction, 480, "Temporarily Unavailable (serving super-node unreachable)")
+                    self._answer(
+                        transaction, 480, "Temporarily Unavailable (serving super-node unreachable)"
+                    )
 
         for node_id in node_ids:
             uri = request.uri
@@ -496,35 +513,56 @@ class SipProxy:
                 one_done()
 
             def failed(failure: Failure, node_id: int = node_id) -> None:
-                self.log.info("super-node {node} serving {aor} unreachable: {why}",
-                              node=f"{node_id:032x}"[:8], aor=blur_aor(aor), why=failure.getErrorMessage())
+                self.log.info(
+                    "super-node {node} serving {aor} unreachable: {why}",
+                    node=f"{node_id:032x}"[:8],
+                    aor=blur_aor(aor),
+                    why=failure.getErrorMessage(),
+                )
                 one_done()
 
-            resolving = cast("Deferred[tuple[str, int]]", self.storage.resolve_application(node_id, SIP_APPLICATION))
+            resolving = cast(
+                "Deferred[tuple[str, int]]",
+                self.storage.resolve_application(node_id, SIP_APPLICATION),
+            )
             resolving.addCallbacks(found, failed)
 
     # -- forking and responses -------------------------------------------------
 
     def _prepare(
-        self, outgoing: Request, target_uri: URI, hop: Hop, incoming: Request, stateless_key: str | None = None
+        self,
+        outgoing: Request,
+        target_uri: URI,
+        hop: Hop,
+        incoming: Request,
+        stateless_key: str | None = None,
     ) -> None:
         """Request-URI, Max-Forwards, Record-Route and our Via (s16.6)."""
         outgoing.uri = target_uri
         max_forwards = incoming.max_forwards
-        outgoing.headers.set("Max-Forwards", str((DEFAULT_MAX_FORWARDS if max_forwards is None else max_forwards) - 1))
+        outgoing.headers.set(
+            "Max-Forwards",
+            str((DEFAULT_MAX_FORWARDS if max_forwards is None else max_forwards) - 1),
+        )
         host, port = self.advertised
         if outgoing.method in DIALOG_CREATING_METHODS and stateless_key is None:
             transport = "" if hop.transport == "UDP" else f";transport={hop.transport.lower()}"
             outgoing.headers.prepend("Record-Route", f"<sip:{host}:{port}{transport};lr>")
         if stateless_key is None:
-            unique = new_branch()[len(MAGIC_COOKIE):]
+            unique = new_branch()[len(MAGIC_COOKIE) :]
         else:
             # A stateless forward must reuse the branch for retransmissions (s16.11).
-            unique = hashlib.sha256(stateless_key.encode("utf-8", "surrogateescape")).hexdigest()[:20]
+            unique = hashlib.sha256(stateless_key.encode("utf-8", "surrogateescape")).hexdigest()[
+                :20
+            ]
         branch = f"{MAGIC_COOKIE}{_BRANCH_MARKER}{self._loop_hash(incoming)}.{unique}"
-        outgoing.headers.prepend("Via", f"SIP/2.0/{hop.transport} {host}:{port};branch={branch};rport")
+        outgoing.headers.prepend(
+            "Via", f"SIP/2.0/{hop.transport} {host}:{port};branch={branch};rport"
+        )
 
-    def _fork(self, transaction: ServerTransaction, request: Request, targets: list[tuple[URI, Hop]]) -> None:
+    def _fork(
+        self, transaction: ServerTransaction, request: Request, targets: list[tuple[URI, Hop]]
+    ) -> None:
         if transaction.state not in (State.TRYING, State.PROCEEDING):
             return  # already answered (a CANCEL raced the lookup)
         if not targets:
@@ -545,18 +583,28 @@ class SipProxy:
             self._prepare(outgoing, target_uri, hop, request)
             branch = _Branch()
             context.branches.append(branch)
-            branch.transaction = self.transactions.send_request(outgoing, hop, self._branch_listener(context, branch))
+            branch.transaction = self.transactions.send_request(
+                outgoing, hop, self._branch_listener(context, branch)
+            )
         context.forking = False
-        self.log.debug("forked {method} to {count} target(s)", method=request.method, count=len(context.branches))
+        self.log.debug(
+            "forked {method} to {count} target(s)",
+            method=request.method,
+            count=len(context.branches),
+        )
         self._maybe_finish(context)
 
-    def _branch_listener(self, context: _ResponseContext, branch: _Branch) -> Callable[[Response], None]:
+    def _branch_listener(
+        self, context: _ResponseContext, branch: _Branch
+    ) -> Callable[[Response], None]:
         def listener(response: Response) -> None:
             self._response_received(context, branch, response)
 
         return listener
 
-    def _response_received(self, context: _ResponseContext, branch: _Branch, response: Response) -> None:
+    def _response_received(
+        self, context: _ResponseContext, branch: _Branch, response: Response
+    ) -> None:
         server = context.server
         if response.status < 200:
             branch.provisional_seen = True
@@ -613,7 +661,9 @@ class SipProxy:
             else:
                 self._give_up_branch(context, branch)
         if rang:
-            context.timer_c = self.clock.callLater(CANCEL_GRACE_SECONDS, self._grace_expired, context)
+            context.timer_c = self.clock.callLater(
+                CANCEL_GRACE_SECONDS, self._grace_expired, context
+            )
         self._maybe_finish(context)
 
     def _grace_expired(self, context: _ResponseContext) -> None:
@@ -650,7 +700,9 @@ class SipProxy:
         client = branch.transaction
         if client is None or client.state is State.TERMINATED:
             return
-        self.transactions.send_request(make_cancel(client.request), client.hop, lambda response: None)
+        self.transactions.send_request(
+            make_cancel(client.request), client.hop, lambda response: None
+        )
 
     def _cancel_received(self, transaction: ServerTransaction) -> None:
         """RFC 3261 s16.10: answer the CANCEL and cancel every pending branch."""
@@ -669,7 +721,11 @@ class SipProxy:
         self._cancel_pending_branches(context)
 
     def _answer(
-        self, transaction: ServerTransaction, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()
+        self,
+        transaction: ServerTransaction,
+        status: int,
+        reason: str,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         try:
             response = make_response(transaction.request, status, reason, to_tag=_new_tag())
@@ -681,7 +737,10 @@ class SipProxy:
 
     def _respond(self, transaction: ServerTransaction, response: Response) -> None:
         """Send a response upstream; the first final one is counted (and logged, for INVITE)."""
-        first_final = response.status >= 200 and transaction.state in (State.TRYING, State.PROCEEDING)
+        first_final = response.status >= 200 and transaction.state in (
+            State.TRYING,
+            State.PROCEEDING,
+        )
         transaction.respond(response)
         if not first_final:
             return
@@ -695,8 +754,11 @@ class SipProxy:
         aor = uri.address_of_record() if isinstance(uri, SipURI) and uri.user is not None else "?"
         self.log.info(
             "INVITE {aor} from {source}: {status} {reason} after {elapsed_ms:.1f} ms",
-            aor=blur_aor(aor), source=blur_flow(transaction.source), status=response.status,
-            reason=response.reason, elapsed_ms=(self.clock.seconds() - started) * 1000.0,
+            aor=blur_aor(aor),
+            source=blur_flow(transaction.source),
+            status=response.status,
+            reason=response.reason,
+            elapsed_ms=(self.clock.seconds() - started) * 1000.0,
         )
 
     def metrics(self) -> dict[str, object]:

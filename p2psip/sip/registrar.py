@@ -120,7 +120,13 @@ class LocalBinding:
 
     def as_binding(self, node_id: int) -> Binding:
         """The overlay form of this binding."""
-        return Binding(aor=self.aor, contact=str(self.contact.uri), expires_at=self.expires_at, q=self.q, node_id=node_id)
+        return Binding(
+            aor=self.aor,
+            contact=str(self.contact.uri),
+            expires_at=self.expires_at,
+            q=self.q,
+            node_id=node_id,
+        )
 
 
 class _Refusal(Exception):
@@ -248,7 +254,11 @@ class Registrar:
         """Live bindings whose contact is ``uri`` (to route in-dialog requests over the flow)."""
         now = self.clock.seconds()
         candidates = self._by_contact.get(_contact_key(uri), [])
-        return [binding for binding in candidates if binding.expires_at > now and binding.contact.uri == uri]
+        return [
+            binding
+            for binding in candidates
+            if binding.expires_at > now and binding.contact.uri == uri
+        ]
 
     def served_aors(self) -> list[str]:
         """Every AOR with at least one binding here (for status pages)."""
@@ -279,11 +289,15 @@ class Registrar:
         except _Refusal as refusal:
             return succeed(self._refuse(request, to, flow, _aor_of(to), refusal))
         except SipParseError as e:
-            return succeed(self._refuse(request, to, flow, _aor_of(to), _Refusal(e.status, e.reason)))
+            return succeed(
+                self._refuse(request, to, flow, _aor_of(to), _Refusal(e.status, e.reason))
+            )
         # Requests for one AOR are applied one after another, so that two
         # REGISTERs racing to the overlay cannot lose a binding.
         lock = self._locks.setdefault(aor, DeferredLock())
-        result: Deferred[Response] = lock.run(self._apply, request, to, flow, aor, contacts, wildcard)
+        result: Deferred[Response] = lock.run(
+            self._apply, request, to, flow, aor, contacts, wildcard
+        )
 
         def forget_lock(response: Response) -> Response:
             if not lock.locked and not lock.waiting and self._locks.get(aor) is lock:
@@ -318,7 +332,9 @@ class Registrar:
                 raise _Refusal(400, f"Bad Request (malformed Authorization: {e})") from None
             if credentials.realm != authenticator.realm:
                 continue
-            verdict = authenticator.verify(credentials, request.method, _digest_uri_for(credentials.uri, request.uri))
+            verdict = authenticator.verify(
+                credentials, request.method, _digest_uri_for(credentials.uri, request.uri)
+            )
             if verdict is Verdict.ACCEPTED:
                 if self.accounts.aor_for(credentials.username, credentials.realm) != aor:
                     raise _Refusal(403, "Forbidden")
@@ -333,7 +349,9 @@ class Registrar:
 
     def _challenge(self, stale: bool) -> _Refusal:
         assert self.authenticator is not None
-        headers = tuple(("WWW-Authenticate", value) for value in self.authenticator.challenges(stale=stale))
+        headers = tuple(
+            ("WWW-Authenticate", value) for value in self.authenticator.challenges(stale=stale)
+        )
         return _Refusal(401, "Unauthorized", headers)
 
     def _requested_contacts(self, request: Request) -> tuple[list[tuple[NameAddress, int]], bool]:
@@ -350,7 +368,9 @@ class Registrar:
         for contact in contacts:
             expires = contact.expires
             if expires is None:
-                expires = header_expires if header_expires is not None else self.default_expires_seconds
+                expires = (
+                    header_expires if header_expires is not None else self.default_expires_seconds
+                )
             if 0 < expires < self.min_expires_seconds:
                 raise _Refusal(
                     423, "Interval Too Brief", (("Min-Expires", str(self.min_expires_seconds)),)
@@ -384,7 +404,9 @@ class Registrar:
             return succeed(self._refuse(request, to, flow, aor, refusal))
         if not requested and not wildcard:
             return succeed(self._accept(request, to, flow, aor, current, "queried"))
-        stored = self.location.register(aor, [b.as_binding(self.location.local_node_id) for b in updated])
+        stored = self.location.register(
+            aor, [b.as_binding(self.location.local_node_id) for b in updated]
+        )
 
         def commit(_: object) -> Response:
             self._set_bindings(aor, updated)
@@ -398,7 +420,8 @@ class Registrar:
                 why=failure.getErrorMessage(),
             )
             refusal = _Refusal(
-                503, "Service Unavailable (overlay store failed)",
+                503,
+                "Service Unavailable (overlay store failed)",
                 (("Retry-After", str(OVERLAY_RETRY_AFTER_SECONDS)),),
             )
             return self._refuse(request, to, flow, aor, refusal)
@@ -450,7 +473,9 @@ class Registrar:
                 )
             )
         if len(updated) > MAX_BINDINGS_PER_AOR:
-            raise _Refusal(403, f"Forbidden (more than {MAX_BINDINGS_PER_AOR} contacts for one AOR)")
+            raise _Refusal(
+                403, f"Forbidden (more than {MAX_BINDINGS_PER_AOR} contacts for one AOR)"
+            )
         return updated
 
     def _set_bindings(self, aor: str, bindings: list[LocalBinding]) -> None:
@@ -485,7 +510,9 @@ class Registrar:
 
     # -- responses ------------------------------------------------------------
 
-    def _response(self, request: Request, to: NameAddress | None, status: int, reason: str | None) -> Response:
+    def _response(
+        self, request: Request, to: NameAddress | None, status: int, reason: str | None
+    ) -> Response:
         """A response with a To tag, reusing the already parsed To header."""
         response = make_response(request, status, reason)
         to_line = request.headers.get("To")
@@ -511,7 +538,10 @@ class Registrar:
                 contact.parameters["q"] = format_q(binding.q)
             response.headers.add("Contact", str(contact))
         self.log.info(
-            "REGISTER {aor} from {source}: 200 {outcome}", aor=blur_aor(aor), source=blur_flow(flow), outcome=outcome
+            "REGISTER {aor} from {source}: 200 {outcome}",
+            aor=blur_aor(aor),
+            source=blur_flow(flow),
+            outcome=outcome,
         )
         return response
 

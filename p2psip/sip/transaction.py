@@ -116,7 +116,9 @@ def new_branch() -> str:
 
 def is_rfc3261_branch(branch: str | None) -> bool:
     """Whether a branch may be trusted as a transaction id (RFC 4475 s3.2.1: the bare cookie may not)."""
-    return branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE)
+    return (
+        branch is not None and branch.startswith(MAGIC_COOKIE) and len(branch) > len(MAGIC_COOKIE)
+    )
 
 
 def make_ack(request: Request, response: Response) -> Request:
@@ -162,7 +164,9 @@ class State(enum.Enum):
 class _Transaction:
     log = Logger()
 
-    def __init__(self, layer: TransactionLayer, key: tuple[object, ...], request: Request, hop: Hop) -> None:
+    def __init__(
+        self, layer: TransactionLayer, key: tuple[object, ...], request: Request, hop: Hop
+    ) -> None:
         self.layer = layer
         self.key = key
         self.request = request
@@ -241,7 +245,9 @@ class ClientTransaction(_Transaction):
         timeout = "B" if self.is_invite else "F"
         self._start_timer(timeout, 64 * self.timers.t1_seconds, self._timed_out)
         if not self.hop.reliable:
-            self._start_timer("A" if self.is_invite else "E", self._interval_seconds, self._retransmit)
+            self._start_timer(
+                "A" if self.is_invite else "E", self._interval_seconds, self._retransmit
+            )
         self._send(self.request)
 
     def _send(self, request: Request) -> None:
@@ -261,7 +267,9 @@ class ClientTransaction(_Transaction):
             else:
                 self._interval_seconds = min(2 * self._interval_seconds, self.timers.t2_seconds)
             self._start_timer("E", self._interval_seconds, self._retransmit)
-        self.log.debug("retransmitting {method} to {host}", method=self.request.method, host=self.hop.host)
+        self.log.debug(
+            "retransmitting {method} to {host}", method=self.request.method, host=self.hop.host
+        )
         self.layer.retransmissions += 1
         self._send(self.request)
 
@@ -272,7 +280,11 @@ class ClientTransaction(_Transaction):
 
     def _transport_failed(self, reason: str) -> None:
         if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
-            self.log.debug("transport error sending {method}: {reason}", method=self.request.method, reason=reason)
+            self.log.debug(
+                "transport error sending {method}: {reason}",
+                method=self.request.method,
+                reason=reason,
+            )
             self.layer.transport_errors += 1
             self._give_up(503, "Service Unavailable (transport error)")
 
@@ -315,7 +327,9 @@ class ClientTransaction(_Transaction):
 class ServerTransaction(_Transaction):
     """One request received; the TU answers it with :meth:`respond`."""
 
-    def __init__(self, layer: TransactionLayer, key: tuple[object, ...], request: Request, source: Hop) -> None:
+    def __init__(
+        self, layer: TransactionLayer, key: tuple[object, ...], request: Request, source: Hop
+    ) -> None:
         super().__init__(layer, key, request, source)
         self.state = State.PROCEEDING if self.is_invite else State.TRYING
         self.last_response: Response | None = None
@@ -338,8 +352,11 @@ class ServerTransaction(_Transaction):
             self.layer.sender.send_response(response, self.hop)  # the TU retransmitting its 2xx
             return
         if state not in (State.TRYING, State.PROCEEDING):
-            self.log.debug("dropping {status} for a transaction in state {state}",
-                           status=response.status, state=state.value)
+            self.log.debug(
+                "dropping {status} for a transaction in state {state}",
+                status=response.status,
+                state=state.value,
+            )
             return
         if response.status < 200:
             self.state = State.PROCEEDING
@@ -368,8 +385,11 @@ class ServerTransaction(_Transaction):
 
     def _ack_timed_out(self) -> None:
         if self.state is State.COMPLETED:
-            self.log.debug("no ACK for {status} to {method}", status=getattr(self.last_response, "status", None),
-                           method=self.request.method)
+            self.log.debug(
+                "no ACK for {status} to {method}",
+                status=getattr(self.last_response, "status", None),
+                method=self.request.method,
+            )
             self.timed_out = True
             self.layer.timeouts += 1
             self._terminate()
@@ -395,7 +415,15 @@ def _server_key(request: Request) -> tuple[object, ...]:
         return ("3261", via.branch, via.host.lower(), via.port, method)
     # RFC 2543 peers: no usable branch.  The To tag is left out because the
     # ACK carries the tag of our response while the INVITE had none.
-    return ("2543", str(request.uri), request.from_.tag, request.call_id, request.cseq.number, str(via), method)
+    return (
+        "2543",
+        str(request.uri),
+        request.from_.tag,
+        request.call_id,
+        request.cseq.number,
+        str(via),
+        method,
+    )
 
 
 def _client_key(branch: str | None, method: str) -> tuple[object, ...]:
@@ -493,7 +521,9 @@ class TransactionLayer:
             self.sender.send_request(request, target, lambda reason: None)
             return transaction
         if key in self.client_transactions:
-            raise ValueError("a client transaction with this branch and method exists: use new_branch()")
+            raise ValueError(
+                "a client transaction with this branch and method exists: use new_branch()"
+            )
         self.client_transactions[key] = transaction
         transaction.start()
         return transaction

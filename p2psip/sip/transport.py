@@ -116,10 +116,18 @@ class SipDatagramProtocol(DatagramProtocol):
         if not datagram.strip(b"\r\n"):
             return  # a CRLF keepalive; UDP keepalives are STUN (RFC 5626 s4.4.2)
         try:
-            message = parse_message(datagram, max_message_bytes=self.owner.max_message_bytes,
-                                    max_header_bytes=self.owner.max_header_bytes)
+            message = parse_message(
+                datagram,
+                max_message_bytes=self.owner.max_message_bytes,
+                max_header_bytes=self.owner.max_header_bytes,
+            )
         except SipParseError as e:
-            self.log.debug("malformed datagram from {host}:{port}: {reason}", host=host, port=port, reason=e.reason)
+            self.log.debug(
+                "malformed datagram from {host}:{port}: {reason}",
+                host=host,
+                port=port,
+                reason=e.reason,
+            )
             self.owner.malformed_received += 1
             reply = error_response(e)
             if reply is not None and self.transport is not None:
@@ -149,17 +157,25 @@ class SipStreamProtocol(StreamProtocol):
         peer = self.transport.getPeer()
         self.remote = (getattr(peer, "host", ""), getattr(peer, "port", 0))
         if len(self.owner.connections) >= self.owner.max_tcp_connections:
-            self.log.warn("refusing a SIP connection: {count} open already (max_tcp_connections)",
-                          count=len(self.owner.connections))
+            self.log.warn(
+                "refusing a SIP connection: {count} open already (max_tcp_connections)",
+                count=len(self.owner.connections),
+            )
             self.owner.connections_refused += 1
             self.transport.loseConnection()
             return
-        self._idle_timer = self.owner.reactor.callLater(self.owner.tcp_idle_timeout_seconds, self._timed_out, "idle")
+        self._idle_timer = self.owner.reactor.callLater(
+            self.owner.tcp_idle_timeout_seconds, self._timed_out, "idle"
+        )
         self.owner._connection_opened(self)
 
     def _timed_out(self, why: str) -> None:
-        self.log.debug("closing {why} SIP connection from {host}:{port}", why=why, host=self.remote[0],
-                       port=self.remote[1])
+        self.log.debug(
+            "closing {why} SIP connection from {host}:{port}",
+            why=why,
+            host=self.remote[0],
+            port=self.remote[1],
+        )
         if why == "idle":
             self._idle_timer = None
         else:
@@ -170,7 +186,8 @@ class SipStreamProtocol(StreamProtocol):
     def _track_partial_message(self) -> None:
         if self.decoder.buffered_bytes and self._partial_timer is None:
             self._partial_timer = self.owner.reactor.callLater(
-                self.owner.tcp_partial_message_timeout_seconds, self._timed_out, "stalled")
+                self.owner.tcp_partial_message_timeout_seconds, self._timed_out, "stalled"
+            )
         elif not self.decoder.buffered_bytes and self._partial_timer is not None:
             self._partial_timer.cancel()
             self._partial_timer = None
@@ -189,8 +206,12 @@ class SipStreamProtocol(StreamProtocol):
             messages = self.decoder.feed(data)
             self._track_partial_message()
         except SipParseError as e:
-            self.log.debug("malformed stream from {host}:{port}: {reason}",
-                           host=self.remote[0], port=self.remote[1], reason=e.reason)
+            self.log.debug(
+                "malformed stream from {host}:{port}: {reason}",
+                host=self.remote[0],
+                port=self.remote[1],
+                reason=e.reason,
+            )
             self.owner.malformed_received += 1
             reply = error_response(e)
             if reply is not None:
@@ -297,10 +318,16 @@ class SipTransport:
         if is_udp(description):
             try:
                 address = parse_udp_listen_address(description)
-                port = self.reactor.listenUDP(address.port, SipDatagramProtocol(self),
-                                              interface=address.interface, maxPacketSize=self.max_message_bytes)
+                port = self.reactor.listenUDP(
+                    address.port,
+                    SipDatagramProtocol(self),
+                    interface=address.interface,
+                    maxPacketSize=self.max_message_bytes,
+                )
             except Exception as e:
-                return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
+                return defer.fail(
+                    ValueError(f"cannot listen on {description!r} (check --sip): {e}")
+                )
             self._size_buffers(port)
             self.udp_ports.append(port)
             return defer.succeed(port)
@@ -309,11 +336,17 @@ class SipTransport:
         except Exception as e:
             return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
         tls = description.strip().lower().startswith(("ssl:", "tls:"))
-        d: defer.Deferred[Any] = endpoint.listen(_StreamFactory(self, "TLS") if tls else self._factory)
+        d: defer.Deferred[Any] = endpoint.listen(
+            _StreamFactory(self, "TLS") if tls else self._factory
+        )
         d.addCallback(self._stream_listening)
 
         def explain(failure: Failure) -> Failure:
-            return Failure(ValueError(f"cannot listen on {description!r} (check --sip): {failure.getErrorMessage()}"))
+            return Failure(
+                ValueError(
+                    f"cannot listen on {description!r} (check --sip): {failure.getErrorMessage()}"
+                )
+            )
 
         d.addErrback(explain)
         return d
@@ -332,7 +365,9 @@ class SipTransport:
             if granted < self.udp_buffer_bytes:
                 self.log.warn(
                     "UDP socket buffer is {granted} bytes, not {wanted}: raise sysctl net.core.{name}",
-                    granted=granted, wanted=self.udp_buffer_bytes, name=name,
+                    granted=granted,
+                    wanted=self.udp_buffer_bytes,
+                    name=name,
                 )
 
     def stop(self) -> defer.Deferred[Any]:
@@ -372,7 +407,9 @@ class SipTransport:
         """
         hop = self.local_hop(transport)
         if hop is None:
-            raise ValueError(f"no SIP listener for {transport} (add --sip {transport.lower()}:PORT)")
+            raise ValueError(
+                f"no SIP listener for {transport} (add --sip {transport.lower()}:PORT)"
+            )
         host = f"[{hop.host}]" if ":" in hop.host else hop.host
         return Via(hop.transport, host, hop.port, {"branch": branch or new_branch(), "rport": None})
 
@@ -421,7 +458,9 @@ class SipTransport:
             return
         via = response.via
         host = (via.received or via.host).strip("[]")
-        self._send(data, Hop(source.transport, host, via.port or DEFAULT_SIP_PORT), self._response_failed)
+        self._send(
+            data, Hop(source.transport, host, via.port or DEFAULT_SIP_PORT), self._response_failed
+        )
 
     def _response_failed(self, reason: str) -> None:
         self.log.debug("could not send a response: {reason}", reason=reason)
@@ -450,7 +489,9 @@ class SipTransport:
             return
         if target.transport.upper() != "TCP":
             # TODO(#3): outbound TLS needs client certificates and a trust store.
-            on_error(f"no open {target.transport} connection to {key[0]} and outbound {target.transport} is not supported")
+            on_error(
+                f"no open {target.transport} connection to {key[0]} and outbound {target.transport} is not supported"
+            )
             return
         self._connect_and_send(key, data, on_error)
 
@@ -462,7 +503,9 @@ class SipTransport:
                 return port
         return self.udp_ports[0]
 
-    def _connect_and_send(self, key: tuple[str, int], data: bytes, on_error: Callable[[str], None]) -> None:
+    def _connect_and_send(
+        self, key: tuple[str, int], data: bytes, on_error: Callable[[str], None]
+    ) -> None:
         pending = self._connecting.get(key)
         if pending is not None:
             pending.append((data, on_error))

@@ -145,7 +145,12 @@ class SipURI:
             if value is not None:
                 parts += ["=", escape(value, _PARAM_SAFE)]
         for index, (name, value) in enumerate(self.headers):
-            parts += ["&" if index else "?", escape(name, _HEADER_SAFE), "=", escape(value, _HEADER_SAFE)]
+            parts += [
+                "&" if index else "?",
+                escape(name, _HEADER_SAFE),
+                "=",
+                escape(value, _HEADER_SAFE),
+            ]
         return "".join(parts)
 
     def __eq__(self, other: object) -> bool:
@@ -195,8 +200,15 @@ class SipURI:
 
     def copy(self) -> SipURI:
         """An independent copy that can be changed without touching this one."""
-        return SipURI(self.host, self.user, self.password, self.port, self.scheme, dict(self.parameters),
-                      list(self.headers))
+        return SipURI(
+            self.host,
+            self.user,
+            self.password,
+            self.port,
+            self.scheme,
+            dict(self.parameters),
+            list(self.headers),
+        )
 
 
 @attrs.define(eq=True)
@@ -286,8 +298,15 @@ def _parse_sip_uri(scheme: str, rest: str) -> SipURI:
             if not name or not eq:
                 raise SipParseError("bad URI header")
             headers.append((unescape(name, "header"), unescape(value, "header")))
-    return SipURI(host=host, user=user, password=password, port=port, scheme=scheme,
-                  parameters=parameters, headers=headers)
+    return SipURI(
+        host=host,
+        user=user,
+        password=password,
+        port=port,
+        scheme=scheme,
+        parameters=parameters,
+        headers=headers,
+    )
 
 
 def _parse_tel_uri(rest: str) -> TelURI:

@@ -25,14 +25,22 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from p2psip.sip.digest import ALGORITHMS, DigestParseError, compute_ha1, compute_response, parse_digest_parameters
+from p2psip.sip.digest import (
+    ALGORITHMS,
+    DigestParseError,
+    compute_ha1,
+    compute_response,
+    parse_digest_parameters,
+)
 from p2psip.sip.message import NameAddress, Request, Response, make_request, make_response
 from p2psip.sip.transaction import Hop, ServerTransaction, TransactionLayer
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.uri import SipURI, parse_uri
 
 #: Bodies are not needed by the super-node; this SDP makes the calls look normal.
-_SDP_TEMPLATE = "v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
+_SDP_TEMPLATE = (
+    "v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
+)
 
 
 class CallFailed(Exception):
@@ -107,7 +115,9 @@ class SimpleUserAgent:
     def _local_hop(self) -> Hop:
         hop = self.transport.local_hop(self.outbound.transport)
         if hop is None:
-            raise ValueError(f"the user agent's transport has no {self.outbound.transport} listener")
+            raise ValueError(
+                f"the user agent's transport has no {self.outbound.transport} listener"
+            )
         return hop
 
     @property
@@ -135,10 +145,14 @@ class SimpleUserAgent:
 
         def build(authorization: str | None) -> Request:
             request = make_request(
-                "REGISTER", registrar, via=self.transport.make_via(self.outbound.transport),
+                "REGISTER",
+                registrar,
+                via=self.transport.make_via(self.outbound.transport),
                 from_=NameAddress(self.aor.copy(), parameters={"tag": _random_token()}),
-                to=NameAddress(self.aor.copy()), call_id=self._register_call_id,
-                cseq_number=self._register_cseq.next(), contact=self.contact,
+                to=NameAddress(self.aor.copy()),
+                call_id=self._register_call_id,
+                cseq_number=self._register_cseq.next(),
+                contact=self.contact,
             )
             request.headers.add("Expires", str(expires_seconds))
             if authorization is not None:
@@ -149,7 +163,9 @@ class SimpleUserAgent:
             if response.status == 401 and not retried and self.password is not None:
                 authorization = self._authorization(response, "REGISTER", str(registrar))
                 if authorization is not None:
-                    return self._send(build(authorization), self.outbound).addCallback(answered, True)
+                    return self._send(build(authorization), self.outbound).addCallback(
+                        answered, True
+                    )
             if response.status != 200:
                 raise CallFailed(response)
             return response
@@ -176,8 +192,15 @@ class SimpleUserAgent:
             cnonce, nc = _random_token(), "00000001"
             digest = compute_response(algorithm, ha1, nonce, method, uri, "auth", nc, cnonce)
             parts = [
-                f'username="{username}"', f'realm="{realm}"', f'nonce="{nonce}"', f'uri="{uri}"',
-                f'response="{digest}"', f"algorithm={algorithm}", f'cnonce="{cnonce}"', f"nc={nc}", "qop=auth",
+                f'username="{username}"',
+                f'realm="{realm}"',
+                f'nonce="{nonce}"',
+                f'uri="{uri}"',
+                f'response="{digest}"',
+                f"algorithm={algorithm}",
+                f'cnonce="{cnonce}"',
+                f"nc={nc}",
+                "qop=auth",
             ]
             if "opaque" in challenge:
                 parts.append(f'opaque="{challenge["opaque"]}"')
@@ -198,9 +221,16 @@ class SimpleUserAgent:
         call_id = f"{_random_token()}@{self._local_hop().host}"
         hop = self._local_hop()
         invite = make_request(
-            "INVITE", target, via=self.transport.make_via(self.outbound.transport), from_=local,
-            to=NameAddress(target.copy()), call_id=call_id, cseq_number=1, contact=self.contact,
-            body=_SDP_TEMPLATE.format(host=hop.host).encode(), content_type="application/sdp",
+            "INVITE",
+            target,
+            via=self.transport.make_via(self.outbound.transport),
+            from_=local,
+            to=NameAddress(target.copy()),
+            call_id=call_id,
+            cseq_number=1,
+            contact=self.contact,
+            body=_SDP_TEMPLATE.format(host=hop.host).encode(),
+            content_type="application/sdp",
         )
         started = self.clock.seconds()
 
@@ -212,8 +242,12 @@ class SimpleUserAgent:
             if not isinstance(remote_target, SipURI):
                 raise CallFailed(response)
             dialog = Dialog(
-                call_id=call_id, local=local, remote=response.to, remote_target=remote_target,
-                route_set=list(reversed(response.record_routes)), cseq=1,
+                call_id=call_id,
+                local=local,
+                remote=response.to,
+                remote_target=remote_target,
+                route_set=list(reversed(response.record_routes)),
+                cseq=1,
                 setup_seconds=self.clock.seconds() - started,
             )
             self._send_ack(dialog)
@@ -223,8 +257,13 @@ class SimpleUserAgent:
 
     def _in_dialog(self, dialog: Dialog, method: str, cseq: int) -> tuple[Request, Hop]:
         request = make_request(
-            method, dialog.remote_target.copy(), via=self.transport.make_via(self.outbound.transport),
-            from_=dialog.local, to=dialog.remote, call_id=dialog.call_id, cseq_number=cseq,
+            method,
+            dialog.remote_target.copy(),
+            via=self.transport.make_via(self.outbound.transport),
+            from_=dialog.local,
+            to=dialog.remote,
+            call_id=dialog.call_id,
+            cseq_number=cseq,
             routes=dialog.route_set,
         )
         first = dialog.route_set[0].uri if dialog.route_set else dialog.remote_target

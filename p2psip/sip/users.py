@@ -148,7 +148,11 @@ class UsersFile:
         # not at every refresh, and the next edit is read again.
         self._signature = signature
         fresh = UsersFile.load(self.path)
-        self._lines, self._records, self._by_credentials = fresh._lines, fresh._records, fresh._by_credentials
+        self._lines, self._records, self._by_credentials = (
+            fresh._lines,
+            fresh._records,
+            fresh._by_credentials,
+        )
         self._signature = fresh._signature
         return True
 
@@ -190,7 +194,9 @@ class UsersFile:
             raise UsersFileError(str(e)) from None
         realm = domain if realm is None else realm
         if not _REALM.match(realm):
-            raise UsersFileError(f"realm {realm!r} must be non-empty, without spaces, quotes or backslashes")
+            raise UsersFileError(
+                f"realm {realm!r} must be non-empty, without spaces, quotes or backslashes"
+            )
         if not password:
             raise UsersFileError("the password must not be empty")
         aor = f"{scheme}:{user}@{domain}"
@@ -198,7 +204,9 @@ class UsersFile:
             aor=aor,
             username=user,
             realm=realm,
-            ha1={algorithm: compute_ha1(algorithm, user, realm, password) for algorithm in ALGORITHMS},
+            ha1={
+                algorithm: compute_ha1(algorithm, user, realm, password) for algorithm in ALGORITHMS
+            },
         )
         clash = self._by_credentials.get((user, realm))
         if clash is not None and clash.aor != aor:
@@ -287,7 +295,9 @@ class UsersFile:
             return None
         where = f"{self.path}:{number}"
         if len(fields) < 3:
-            raise UsersFileError(f"{where}: expected 'AOR REALM ALGORITHM=HA1 ...', got {len(fields)} fields")
+            raise UsersFileError(
+                f"{where}: expected 'AOR REALM ALGORITHM=HA1 ...', got {len(fields)} fields"
+            )
         try:
             scheme, user, domain = split_aor(fields[0])
         except ValueError as e:

@@ -72,9 +72,18 @@ def parse_udp_listen_address(description: str) -> UDPListenAddress:
         elif eq and key == "interface":
             interface = value
         else:
-            raise ValueError(f"bad UDP listen address {description!r}: unknown field {field!r}; expected {UDP_SYNTAX}")
-    if port_text is None or not port_text.isdigit() or not port_text.isascii() or int(port_text) > 65535:
-        raise ValueError(f"bad UDP listen address {description!r}: port must be 0-65535; expected {UDP_SYNTAX}")
+            raise ValueError(
+                f"bad UDP listen address {description!r}: unknown field {field!r}; expected {UDP_SYNTAX}"
+            )
+    if (
+        port_text is None
+        or not port_text.isdigit()
+        or not port_text.isascii()
+        or int(port_text) > 65535
+    ):
+        raise ValueError(
+            f"bad UDP listen address {description!r}: port must be 0-65535; expected {UDP_SYNTAX}"
+        )
     return UDPListenAddress(int(port_text), interface)
 
 
@@ -108,9 +117,16 @@ def parse_tcp_client_description(description: str) -> tuple[str, int]:
         elif not eq:
             positional.append(field)
         else:
-            raise ValueError(f"bad TCP client endpoint {description!r}: unknown field {field!r}; expected {syntax}")
+            raise ValueError(
+                f"bad TCP client endpoint {description!r}: unknown field {field!r}; expected {syntax}"
+            )
     host = named.get("host", positional[0] if positional else "")
     port_text = named.get("port", positional[1] if len(positional) > 1 else "")
-    if not host or not port_text.isdigit() or not port_text.isascii() or not 0 < int(port_text) <= 65535:
+    if (
+        not host
+        or not port_text.isdigit()
+        or not port_text.isascii()
+        or not 0 < int(port_text) <= 65535
+    ):
         raise ValueError(f"bad TCP client endpoint {description!r}: expected {syntax}")
     return host, int(port_text)

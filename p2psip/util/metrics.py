@@ -44,7 +44,20 @@ LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 #: Bucket upper bounds for network latencies, in seconds (RELOAD transactions
 #: time out after 15 s by default, so the buckets stop there).
 DEFAULT_LATENCY_BUCKETS_SECONDS: tuple[float, ...] = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
 )
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -124,7 +137,9 @@ class _Metric:
                 )
             return tuple(str(kwargs[name]) for name in self.label_names)
         if len(args) != len(self.label_names):
-            raise MetricError(f"{self.name} takes labels {self.label_names}, got {len(args)} values")
+            raise MetricError(
+                f"{self.name} takes labels {self.label_names}, got {len(args)} values"
+            )
         return tuple(str(value) for value in args)
 
     def _unlabelled(self) -> object:

@@ -226,4 +226,3 @@ def render_page(title: str, ring_page: bool) -> bytes:
 </html>
 """
     return document.encode("utf-8")
-

@@ -87,8 +87,9 @@ def query_argument(args: Mapping[str, str], name: str) -> str:
 _FIELD_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", list: "a list"}
 
 
-def body_field(body: Mapping[str, Any] | None, name: str, kind: type[FieldT],
-               default: FieldT | None = None) -> FieldT:
+def body_field(
+    body: Mapping[str, Any] | None, name: str, kind: type[FieldT], default: FieldT | None = None
+) -> FieldT:
     """
     A field of the JSON body checked against ``kind``, or a 400 that names it.
 
@@ -128,9 +129,7 @@ class _JsonResource(Resource):
         )
         result.addErrback(self._error_answer, request)
         result.addCallback(self._send, request, disconnected)
-        result.addErrback(
-            lambda failure: self.log.failure("while sending an HTTP answer", failure)
-        )
+        result.addErrback(lambda failure: self.log.failure("while sending an HTTP answer", failure))
         return NOT_DONE_YET
 
     def _error_answer(self, failure: Failure, request: Request) -> tuple[int, bytes]:

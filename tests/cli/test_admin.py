@@ -92,7 +92,9 @@ class CommandTests(CommandTestsMixin, SynchronousTestCase):
         status, out, err = self.run_cli("status", answers=(STATUS,))
         self.assertEqual((status, err), (0, ""))
         headings = [line for line in out.splitlines() if line and not line.startswith(" ")]
-        self.assertEqual(headings, ["node", "neighbours", "storage", "connections", "uptime_seconds: 12"])
+        self.assertEqual(
+            headings, ["node", "neighbours", "storage", "connections", "uptime_seconds: 12"]
+        )
         self.assertIn(f"  node_id: {NODE_A}\n", out)
         self.assertIn(f"    - node_id={NODE_B}  address=tcp:127.0.0.1:6085\n", out)
         self.assertIn("  predecessors: (none)\n", out)
@@ -143,18 +145,24 @@ class CommandTests(CommandTestsMixin, SynchronousTestCase):
     def test_put(self) -> None:
         """put POSTs name, value and lifetime as JSON and prints where it was stored."""
         answer = {
-            "resource_id": NODE_B, "stored_at": NODE_C, "replicas": [NODE_A],
-            "route": [NODE_A, NODE_C], "hops": 1,
+            "resource_id": NODE_B,
+            "stored_at": NODE_C,
+            "replicas": [NODE_A],
+            "route": [NODE_A, NODE_C],
+            "hops": 1,
         }
         status, out, _ = self.run_cli(
             "put", "sip:alice@p2psip.test", "hello", "--lifetime", "60", answers=(answer,)
         )
         self.assertEqual(status, 0)
         request = self.opener.requests[0]
-        self.assertEqual((request.get_method(), request.full_url),
-                         ("POST", "http://127.0.0.1:8084/api/put"))
+        self.assertEqual(
+            (request.get_method(), request.full_url), ("POST", "http://127.0.0.1:8084/api/put")
+        )
         self.assertEqual(request.get_header("Content-type"), "application/json")
-        self.assertEqual(self.opener.body(), {"name": "sip:alice@p2psip.test", "value": "hello", "lifetime": 60})
+        self.assertEqual(
+            self.opener.body(), {"name": "sip:alice@p2psip.test", "value": "hello", "lifetime": 60}
+        )
         self.assertIn(f"stored at:   {NODE_C}", out)
         self.assertIn(f"route:       {NODE_A} -> {NODE_C} (1 hops)", out)
 
@@ -171,8 +179,14 @@ class CommandTests(CommandTestsMixin, SynchronousTestCase):
 
     def test_get_found(self) -> None:
         """get prints the value and exits 0 when something is stored."""
-        answer = {"resource_id": NODE_B, "found": True, "value": "hello", "stored_at": NODE_C,
-                  "route": [NODE_C], "hops": 1}
+        answer = {
+            "resource_id": NODE_B,
+            "found": True,
+            "value": "hello",
+            "stored_at": NODE_C,
+            "route": [NODE_C],
+            "hops": 1,
+        }
         status, out, _ = self.run_cli("get", "sip:alice@p2psip.test", answers=(answer,))
         self.assertEqual(status, 0)
         self.assertTrue(out.startswith("sip:alice@p2psip.test = hello\n"))
@@ -183,20 +197,33 @@ class CommandTests(CommandTestsMixin, SynchronousTestCase):
 
     def test_get_not_found(self) -> None:
         """get says not found and exits 1, like grep."""
-        answer = {"resource_id": NODE_B, "found": False, "value": None, "stored_at": NODE_C,
-                  "route": [], "hops": 0}
+        answer = {
+            "resource_id": NODE_B,
+            "found": False,
+            "value": None,
+            "stored_at": NODE_C,
+            "route": [],
+            "hops": 0,
+        }
         status, out, _ = self.run_cli("get", "bob", answers=(answer,))
         self.assertEqual(status, 1)
         self.assertIn("bob: not found", out)
 
     def test_lookup(self) -> None:
         """lookup prints the responsible node and the route."""
-        answer = {"resource_id": NODE_B, "responsible": NODE_C, "route": [NODE_A, NODE_C], "hops": 2}
+        answer = {
+            "resource_id": NODE_B,
+            "responsible": NODE_C,
+            "route": [NODE_A, NODE_C],
+            "hops": 2,
+        }
         status, out, _ = self.run_cli("lookup", "bob", answers=(answer,))
         self.assertEqual(status, 0)
         self.assertIn(f"responsible: {NODE_C}", out)
         self.assertIn("(2 hops)", out)
-        self.assertEqual(self.opener.requests[0].full_url, "http://127.0.0.1:8084/api/lookup?name=bob")
+        self.assertEqual(
+            self.opener.requests[0].full_url, "http://127.0.0.1:8084/api/lookup?name=bob"
+        )
 
     def test_connection_refused(self) -> None:
         """An unreachable API names the URL and asks whether the role and --http are right."""
@@ -271,8 +298,9 @@ class CommandTests(CommandTestsMixin, SynchronousTestCase):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3)
+    ),
     max_leaves=10,
 )
 # Recursive JSON is slow to generate on a loaded machine (make test runs jobs
@@ -289,8 +317,14 @@ class FormatTests(SynchronousTestCase):
         self.assertFalse(any(ord(ch) < 0x20 and ch != "\n" for ch in text))
 
     @json_settings
-    @given(st.dictionaries(st.sampled_from(["nodes", "complete", "route", "hops", "found",
-                                            "value", "replicas", "resource_id"]), json_values))
+    @given(
+        st.dictionaries(
+            st.sampled_from(
+                ["nodes", "complete", "route", "hops", "found", "value", "replicas", "resource_id"]
+            ),
+            json_values,
+        )
+    )
     def test_other_formats_tolerate_any_answer(self, answer: dict[str, Any]) -> None:
         """The formatters accept any answer shape the API might send."""
         for format_answer in (admin.format_put, admin.format_get, admin.format_lookup):
@@ -308,7 +342,13 @@ class LoopbackTests(TestCase):
             if body is None or "name" not in body:
                 raise ApiError(400, "put needs a JSON body with name and value")
             self.stored.append(body)
-            return {"resource_id": NODE_B, "stored_at": NODE_C, "replicas": [], "route": [NODE_C], "hops": 1}
+            return {
+                "resource_id": NODE_B,
+                "stored_at": NODE_C,
+                "replicas": [],
+                "route": [NODE_C],
+                "hops": 1,
+            }
 
         def get(args: dict[str, str], body: dict[str, Any] | None) -> Deferred[dict[str, Any]]:
             answer: Deferred[dict[str, Any]] = Deferred()
@@ -331,7 +371,9 @@ class LoopbackTests(TestCase):
     @inlineCallbacks
     def test_put_over_http(self) -> Any:
         """put reaches the API with its JSON body and prints the answer."""
-        status = yield deferToThread(main, ["--api", self.url, "put", "alice", "v1", "--lifetime", "30"])
+        status = yield deferToThread(
+            main, ["--api", self.url, "put", "alice", "v1", "--lifetime", "30"]
+        )
         self.assertEqual(status, 0, self.stderr.getvalue())
         self.assertEqual(self.stored, [{"name": "alice", "value": "v1", "lifetime": 30}])
         self.assertIn(f"stored at:   {NODE_C}", self.stdout.getvalue())

@@ -25,7 +25,9 @@ from p2psip.testing import free_port, repository_root
 
 
 class RoleProcess:
-    def __init__(self, role: str, directory: Path, args: list[str], overlay_port: int | None = None) -> None:
+    def __init__(
+        self, role: str, directory: Path, args: list[str], overlay_port: int | None = None
+    ) -> None:
         """``overlay_port`` lets a caller that must know the port first (a packet capture) choose it."""
         self.role = role
         self.directory = directory
@@ -34,11 +36,19 @@ class RoleProcess:
         self.log_path = directory / "twistd.log"
         directory.mkdir(parents=True, exist_ok=True)
         command = [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-            f"--logfile={self.log_path}", role,
-            "--overlay", f"tcp:{self.overlay_port}:interface=127.0.0.1",
-            "--http", f"tcp:{self.http_port}:interface=127.0.0.1",
-            "--data-dir", str(directory / "data"),
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.log_path}",
+            role,
+            "--overlay",
+            f"tcp:{self.overlay_port}:interface=127.0.0.1",
+            "--http",
+            f"tcp:{self.http_port}:interface=127.0.0.1",
+            "--data-dir",
+            str(directory / "data"),
             *args,
         ]
         self.command = command
@@ -48,8 +58,11 @@ class RoleProcess:
     def _launch(self) -> subprocess.Popen[bytes]:
         environment = dict(os.environ, PYTHONPATH=str(repository_root()))
         return subprocess.Popen(
-            self.command, cwd=str(self.directory), env=environment,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            self.command,
+            cwd=str(self.directory),
+            env=environment,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
 
     def restart(self) -> None:
@@ -130,8 +143,14 @@ def ring_converged(processes: list[RoleProcess]) -> Any:
 def overlay_arguments(name: str = "integration.test") -> list[str]:
     """Fast timers so failures are noticed within seconds."""
     return [
-        "--overlay-name", name, "--update-interval", "2", "--ping-interval", "1",
-        "--request-timeout", "3",
+        "--overlay-name",
+        name,
+        "--update-interval",
+        "2",
+        "--ping-interval",
+        "1",
+        "--request-timeout",
+        "3",
     ]
 
 

@@ -47,12 +47,23 @@ class MediatedRingTests(TestCase):
         log = directory / "twistd.log"
         process = subprocess.Popen(
             [
-                sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
-                f"--logfile={log}", "p2psip-mediator", "--secret", SECRET,
-                "--control", f"tcp:{control}:interface=127.0.0.1",
-                "--stun", f"tcp:{free_port()}:interface=127.0.0.1",
-                "--stun", f"udp:{free_port(kind=socket.SOCK_DGRAM)}:interface=127.0.0.1",
-                "--http", f"tcp:{free_port()}:interface=127.0.0.1",
+                sys.executable,
+                "-c",
+                "from twisted.scripts.twistd import run; run()",
+                "-n",
+                "--pidfile=",
+                f"--logfile={log}",
+                "p2psip-mediator",
+                "--secret",
+                SECRET,
+                "--control",
+                f"tcp:{control}:interface=127.0.0.1",
+                "--stun",
+                f"tcp:{free_port()}:interface=127.0.0.1",
+                "--stun",
+                f"udp:{free_port(kind=socket.SOCK_DGRAM)}:interface=127.0.0.1",
+                "--http",
+                f"tcp:{free_port()}:interface=127.0.0.1",
             ],
             cwd=str(directory),
             env=dict(os.environ, PYTHONPATH=str(repository_root())),
@@ -69,7 +80,9 @@ class MediatedRingTests(TestCase):
         return f"tcp:127.0.0.1:{control}"
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        process = RoleProcess(role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra)
+        process = RoleProcess(
+            role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra
+        )
         self.addCleanup(process.stop)
         return process
 
@@ -77,7 +90,14 @@ class MediatedRingTests(TestCase):
     def test_peers_linked_by_the_mediator(self) -> Any:
         """Two peers with unreachable candidates join, link through the mediator and share values."""
         mediator = self.start_mediator()
-        credentials = ["--mediator", mediator, "--mediator-secret", SECRET, "--direct-connect-timeout", "1"]
+        credentials = [
+            "--mediator",
+            mediator,
+            "--mediator-secret",
+            SECRET,
+            "--direct-connect-timeout",
+            "1",
+        ]
         bootstrap = self.start("p2psip-bootstrap", "bootstrap", credentials)
         yield wait_for(
             lambda: bootstrap.call("status").addCallback(
@@ -87,12 +107,20 @@ class MediatedRingTests(TestCase):
             "the bootstrap to register at the mediator",
         )
         peers = [
-            self.start("p2psip-peer", name, [*credentials, "--bootstrap", bootstrap.endpoint, "--advertise", "127.0.0.9"])
+            self.start(
+                "p2psip-peer",
+                name,
+                [*credentials, "--bootstrap", bootstrap.endpoint, "--advertise", "127.0.0.9"],
+            )
             for name in ("peer-a", "peer-b")
         ]
         statuses = []
         for peer in peers:
-            yield wait_for(lambda p=peer: p.call("status").addCallback(lambda s: s.get("state") == "joined"), 30, "a peer to join")
+            yield wait_for(
+                lambda p=peer: p.call("status").addCallback(lambda s: s.get("state") == "joined"),
+                30,
+                "a peer to join",
+            )
             statuses.append((yield peer.call("status")))
         ids = [status["node_id"] for status in statuses]
 

@@ -83,12 +83,20 @@ class SipOverlayTests(TestCase):
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
         sip_port = free_udp_and_tcp_port()
         process = RoleProcess(
-            role, self.directory / name,
-            overlay_arguments(DOMAIN) + [
-                "--sip", f"udp:{sip_port}:interface=127.0.0.1", "--sip", f"tcp:{sip_port}:interface=127.0.0.1",
-                "--users", str(self.users_path),
+            role,
+            self.directory / name,
+            overlay_arguments(DOMAIN)
+            + [
+                "--sip",
+                f"udp:{sip_port}:interface=127.0.0.1",
+                "--sip",
+                f"tcp:{sip_port}:interface=127.0.0.1",
+                "--users",
+                str(self.users_path),
                 # SIPp computes only MD5 digests.
-                "--sip-digest-algorithms", "MD5", *extra,
+                "--sip-digest-algorithms",
+                "MD5",
+                *extra,
             ],
         )
         process.sip_port = sip_port  # type: ignore[attr-defined]
@@ -97,7 +105,18 @@ class SipOverlayTests(TestCase):
 
     def run_sipp(self, name: str, arguments: list[str]) -> _Tool:
         tool = _Tool()
-        argv = [self.sipp, *arguments, "-i", "127.0.0.1", "-nostdin", "-timeout", "60s", "-key", "domain", DOMAIN]
+        argv = [
+            self.sipp,
+            *arguments,
+            "-i",
+            "127.0.0.1",
+            "-nostdin",
+            "-timeout",
+            "60s",
+            "-key",
+            "domain",
+            DOMAIN,
+        ]
         handle = reactor.spawnProcess(tool, self.sipp, argv, env=None, path=str(self.directory))
 
         def stop() -> Deferred[int] | None:
@@ -116,7 +135,9 @@ class SipOverlayTests(TestCase):
         code = yield tool.ended
         if code != 0:
             details = "\n".join(f"--- {p.role} log tail:\n{p.log_text()[-3000:]}" for p in logs)
-            self.fail(f"SIPp {name} exited {code}:\n{tool.output[-3000:].decode(errors='replace')}\n{details}")
+            self.fail(
+                f"SIPp {name} exited {code}:\n{tool.output[-3000:].decode(errors='replace')}\n{details}"
+            )
 
     def write_csv(self, name: str, lines: list[str]) -> Path:
         path = self.directory / name
@@ -133,23 +154,45 @@ class SipOverlayTests(TestCase):
             for index in range(USERS):
                 password = f"secret-{index}"
                 status = p2psip_command(
-                    ["users", "add", "--file", str(self.users_path), "--password", password,
-                     f"sip:{user(index)}@{DOMAIN}"]
+                    [
+                        "users",
+                        "add",
+                        "--file",
+                        str(self.users_path),
+                        "--password",
+                        password,
+                        f"sip:{user(index)}@{DOMAIN}",
+                    ]
                 )
                 self.assertEqual(status, 0)
-                credentials.append(f"{user(index)};[authentication username={user(index)} password={password}]")
+                credentials.append(
+                    f"{user(index)};[authentication username={user(index)} password={password}]"
+                )
         register_csv = self.write_csv("register.csv", credentials)
         callees_csv = self.write_csv("callees.csv", [user(index) for index in range(USERS)])
 
         bootstrap = self.start("p2psip-bootstrap", "bootstrap", [])
-        yield wait_for(lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"), 30,
-                       "the bootstrap")
-        peers = [self.start("p2psip-peer", f"peer{index}", ["--bootstrap", bootstrap.endpoint]) for index in (1, 2)]
+        yield wait_for(
+            lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
+            30,
+            "the bootstrap",
+        )
+        peers = [
+            self.start("p2psip-peer", f"peer{index}", ["--bootstrap", bootstrap.endpoint])
+            for index in (1, 2)
+        ]
         everyone = [bootstrap, *peers]
         for process in peers:
-            yield wait_for(lambda p=process: p.call("status").addCallback(lambda s: s.get("state") == "joined"),
-                           60, "a peer to join")
-        yield wait_for(lambda: converged(everyone), 60, "the three super-nodes to know their neighbours")
+            yield wait_for(
+                lambda p=process: p.call("status").addCallback(
+                    lambda s: s.get("state") == "joined"
+                ),
+                60,
+                "a peer to join",
+            )
+        yield wait_for(
+            lambda: converged(everyone), 60, "the three super-nodes to know their neighbours"
+        )
 
         # The node responsible for the most AORs is C, the one to kill; the
         # other two serve the phones (A) and take the calls (B).
@@ -160,7 +203,9 @@ class SipOverlayTests(TestCase):
         node_ids = []
         for process in everyone:
             node_ids.append((yield process.call("status"))["node_id"])
-        ranked = sorted(zip(node_ids, everyone), key=lambda pair: -len(responsible.get(pair[0], [])))
+        ranked = sorted(
+            zip(node_ids, everyone), key=lambda pair: -len(responsible.get(pair[0], []))
+        )
         (holder_id, holder), (_, serving), (_, entry) = ranked
         held = responsible[holder_id]
 
@@ -168,9 +213,26 @@ class SipOverlayTests(TestCase):
         self.run_sipp("uas", ["-sf", str(SCENARIOS / "uas.xml"), "-p", str(uas_port)])
         yield self.sipp_succeeds(
             "register",
-            [f"127.0.0.1:{serving.sip_port}", "-sf", str(SCENARIOS / "register_digest.xml"),  # type: ignore[attr-defined]
-             "-inf", str(register_csv), "-auth_uri", DOMAIN, "-key", "contact_port", str(uas_port),
-             "-p", str(free_port(socket.SOCK_DGRAM)), "-m", str(USERS), "-r", "100", "-l", "50"],
+            [
+                f"127.0.0.1:{serving.sip_port}",
+                "-sf",
+                str(SCENARIOS / "register_digest.xml"),  # type: ignore[attr-defined]
+                "-inf",
+                str(register_csv),
+                "-auth_uri",
+                DOMAIN,
+                "-key",
+                "contact_port",
+                str(uas_port),
+                "-p",
+                str(free_port(socket.SOCK_DGRAM)),
+                "-m",
+                str(USERS),
+                "-r",
+                "100",
+                "-l",
+                "50",
+            ],
             [serving],
         )
         status = yield serving.call("status")
@@ -179,26 +241,64 @@ class SipOverlayTests(TestCase):
 
         yield self.sipp_succeeds(
             "calls",
-            [f"127.0.0.1:{entry.sip_port}", "-sf", str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
-             "-inf", str(callees_csv), "-p", str(free_port(socket.SOCK_DGRAM)), "-m", str(USERS),
-             "-r", "50", "-l", "50"],
+            [
+                f"127.0.0.1:{entry.sip_port}",
+                "-sf",
+                str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+                "-inf",
+                str(callees_csv),
+                "-p",
+                str(free_port(socket.SOCK_DGRAM)),
+                "-m",
+                str(USERS),
+                "-r",
+                "50",
+                "-l",
+                "50",
+            ],
             [entry, serving],
         )
         yield self.sipp_succeeds(
             "calls over TCP",
-            [f"127.0.0.1:{entry.sip_port}", "-t", "t1", "-sf", str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
-             "-inf", str(callees_csv), "-p", str(free_udp_and_tcp_port()), "-m", str(TCP_CALLS),
-             "-r", "50", "-l", "50"],
+            [
+                f"127.0.0.1:{entry.sip_port}",
+                "-t",
+                "t1",
+                "-sf",
+                str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+                "-inf",
+                str(callees_csv),
+                "-p",
+                str(free_udp_and_tcp_port()),
+                "-m",
+                str(TCP_CALLS),
+                "-r",
+                "50",
+                "-l",
+                "50",
+            ],
             [entry, serving],
         )
         yield self.sipp_succeeds(
             "unknown user",
-            [f"127.0.0.1:{entry.sip_port}", "-sf", str(SCENARIOS / "uac_not_found.xml"),  # type: ignore[attr-defined]
-             "-key", "callee", "nobody", "-p", str(free_port(socket.SOCK_DGRAM)), "-m", "1"],
+            [
+                f"127.0.0.1:{entry.sip_port}",
+                "-sf",
+                str(SCENARIOS / "uac_not_found.xml"),  # type: ignore[attr-defined]
+                "-key",
+                "callee",
+                "nobody",
+                "-p",
+                str(free_port(socket.SOCK_DGRAM)),
+                "-m",
+                "1",
+            ],
             [entry],
         )
         status = yield entry.call("status")
-        self.assertEqual(status["sip"]["final_responses"]["INVITE"], {"200": USERS + TCP_CALLS, "404": 1})
+        self.assertEqual(
+            status["sip"]["final_responses"]["INVITE"], {"200": USERS + TCP_CALLS, "404": 1}
+        )
 
         for name in held:
             answer = yield entry.call("lookup", f"sip:{name}@{DOMAIN}")
@@ -206,12 +306,26 @@ class SipOverlayTests(TestCase):
 
         holder.kill(signal.SIGKILL)
         holder.wait_exit()
-        yield wait_for(lambda: converged([serving, entry]), 60, "A and B to repair the ring without C")
+        yield wait_for(
+            lambda: converged([serving, entry]), 60, "A and B to repair the ring without C"
+        )
         yield self.sipp_succeeds(
             "calls after SIGKILL",
-            [f"127.0.0.1:{entry.sip_port}", "-sf", str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
-             "-inf", str(self.write_csv("held.csv", held)), "-p", str(free_port(socket.SOCK_DGRAM)),
-             "-m", str(len(held)), "-r", "50", "-l", "50"],
+            [
+                f"127.0.0.1:{entry.sip_port}",
+                "-sf",
+                str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+                "-inf",
+                str(self.write_csv("held.csv", held)),
+                "-p",
+                str(free_port(socket.SOCK_DGRAM)),
+                "-m",
+                str(len(held)),
+                "-r",
+                "50",
+                "-l",
+                "50",
+            ],
             [entry, serving],
         )
         for process in (serving, entry):

@@ -60,7 +60,9 @@ class LoopbackTests(TestCase):
     """Requests and responses over 127.0.0.1."""
 
     @defer.inlineCallbacks
-    def make_element(self, *listen: str) -> defer.Generator[defer.Deferred[object], object, Element]:
+    def make_element(
+        self, *listen: str
+    ) -> defer.Generator[defer.Deferred[object], object, Element]:
         element = Element()
         self.addCleanup(element.transport.stop)
         for description in listen:
@@ -68,7 +70,9 @@ class LoopbackTests(TestCase):
         return element
 
     @defer.inlineCallbacks
-    def test_udp_round_trip_with_rport(self) -> defer.Generator[defer.Deferred[object], object, None]:
+    def test_udp_round_trip_with_rport(
+        self,
+    ) -> defer.Generator[defer.Deferred[object], object, None]:
         """An OPTIONS over UDP is answered; the server saw the client's real port in rport."""
         server = yield self.make_element("udp:0:interface=127.0.0.1")
         client = yield self.make_element("udp:0:interface=127.0.0.1")
@@ -86,7 +90,9 @@ class LoopbackTests(TestCase):
         self.assertEqual(transaction.source, local)
 
     @defer.inlineCallbacks
-    def test_tcp_round_trip_and_connection_reuse(self) -> defer.Generator[defer.Deferred[object], object, None]:
+    def test_tcp_round_trip_and_connection_reuse(
+        self,
+    ) -> defer.Generator[defer.Deferred[object], object, None]:
         """An OPTIONS over TCP is answered on its connection, and the server reaches the client over it too."""
         server = yield self.make_element("tcp:0:interface=127.0.0.1")
         client = yield self.make_element()
@@ -108,7 +114,9 @@ class LoopbackTests(TestCase):
         self.assertEqual(len(server.transport.connections), 1)
 
     @defer.inlineCallbacks
-    def test_tcp_connection_refused_gives_503(self) -> defer.Generator[defer.Deferred[object], object, None]:
+    def test_tcp_connection_refused_gives_503(
+        self,
+    ) -> defer.Generator[defer.Deferred[object], object, None]:
         """A TCP target that refuses the connection ends the transaction with 503."""
         from p2psip.testing import free_port
 

@@ -40,7 +40,9 @@ class RejoinWithoutBootstrapTests(TestCase):
     timeout = 300
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        process = RoleProcess(role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra)
+        process = RoleProcess(
+            role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra
+        )
         self.addCleanup(process.stop)
         return process
 
@@ -51,15 +53,24 @@ class RejoinWithoutBootstrapTests(TestCase):
             for name, value in names.items():
                 got = yield process.call("get", name)
                 if got.get("value") != value:
-                    missing.append((process.directory.name, name, got.get("stored_at"), got.get("found")))
+                    missing.append(
+                        (process.directory.name, name, got.get("stored_at"), got.get("found"))
+                    )
         self.assertEqual(missing, [])
 
     @inlineCallbacks
     def test_bootstrap_lost_newcomer_and_restart(self) -> Any:
         """Bootstrap killed, a newcomer joins through a peer, a killed peer restarts: nothing lost."""
         bootstrap = self.start("p2psip-bootstrap", "bootstrap", [])
-        yield wait_for(lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"), 30, "the bootstrap")
-        peers = [self.start("p2psip-peer", f"peer{i}", ["--bootstrap", bootstrap.endpoint]) for i in range(PEERS)]
+        yield wait_for(
+            lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
+            30,
+            "the bootstrap",
+        )
+        peers = [
+            self.start("p2psip-peer", f"peer{i}", ["--bootstrap", bootstrap.endpoint])
+            for i in range(PEERS)
+        ]
         everyone = [bootstrap, *peers]
         yield wait_for(lambda: ring_converged(everyone), 90, "the first ring to converge")
         names = {f"user{i}@integration.test": f"contact-{i}" for i in range(VALUES)}
@@ -67,7 +78,11 @@ class RejoinWithoutBootstrapTests(TestCase):
             yield peers[0].call("put", name, value, 600)
 
         # It has run long enough to have written down the peers it knows.
-        yield wait_for(lambda: succeed(len(known_peers(bootstrap)) == PEERS), 30, "the bootstrap's known-peers file")
+        yield wait_for(
+            lambda: succeed(len(known_peers(bootstrap)) == PEERS),
+            30,
+            "the bootstrap's known-peers file",
+        )
         bootstrap.kill(signal.SIGKILL)
         bootstrap.wait_exit()
         yield wait_for(lambda: ring_converged(peers), 60, "the ring to close without the bootstrap")
@@ -84,7 +99,11 @@ class RejoinWithoutBootstrapTests(TestCase):
         restarted.kill(signal.SIGKILL)
         restarted.wait_exit()
         restarted.restart()
-        yield wait_for(lambda: ring_converged(members), 90, "the restarted peer to rejoin without its bootstrap")
+        yield wait_for(
+            lambda: ring_converged(members),
+            90,
+            "the restarted peer to rejoin without its bootstrap",
+        )
         after = yield restarted.call("status")
         self.assertEqual(after["node_id"], before["node_id"])
         log = restarted.log_text()
@@ -96,6 +115,8 @@ class RejoinWithoutBootstrapTests(TestCase):
         # of founding a second one beside it.
         bootstrap.restart()
         everyone = [bootstrap, *members]
-        yield wait_for(lambda: ring_converged(everyone), 90, "the restarted bootstrap to rejoin its ring")
+        yield wait_for(
+            lambda: ring_converged(everyone), 90, "the restarted bootstrap to rejoin its ring"
+        )
         self.assertIn("joined the ring through peer", bootstrap.log_text())
         yield self.assert_every_value(everyone, names)

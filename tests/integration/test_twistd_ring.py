@@ -22,7 +22,9 @@ class TwistdRingTests(TestCase):
     timeout = 240
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        process = RoleProcess(role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra)
+        process = RoleProcess(
+            role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra
+        )
         self.addCleanup(process.stop)
         return process
 
@@ -30,19 +32,33 @@ class TwistdRingTests(TestCase):
     def test_ring_of_processes(self) -> Any:
         """Values survive a SIGKILL; SIGTERM sends Leave and exits cleanly."""
         bootstrap = self.start("p2psip-bootstrap", "bootstrap", [])
-        yield wait_for(lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"), 30, "the bootstrap")
+        yield wait_for(
+            lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
+            30,
+            "the bootstrap",
+        )
         peers = []
         for index in range(PEERS):
-            peers.append(self.start("p2psip-peer", f"peer{index}", ["--bootstrap", bootstrap.endpoint]))
+            peers.append(
+                self.start("p2psip-peer", f"peer{index}", ["--bootstrap", bootstrap.endpoint])
+            )
         for peer in peers:
-            yield wait_for(lambda p=peer: p.call("status").addCallback(lambda s: s.get("state") == "joined"), 60, "a peer to join")
+            yield wait_for(
+                lambda p=peer: p.call("status").addCallback(lambda s: s.get("state") == "joined"),
+                60,
+                "a peer to join",
+            )
         everyone = [bootstrap, *peers]
 
         def ring_complete() -> Any:
-            return bootstrap.call("ring").addCallback(lambda r: r["complete"] and r["count"] == PEERS + 1)
+            return bootstrap.call("ring").addCallback(
+                lambda r: r["complete"] and r["count"] == PEERS + 1
+            )
 
         yield wait_for(ring_complete, 60, "the ring to include every peer")
-        yield wait_for(lambda: ring_converged(everyone), 60, "every peer to know its true neighbours")
+        yield wait_for(
+            lambda: ring_converged(everyone), 60, "every peer to know its true neighbours"
+        )
 
         names = [f"user{i}@integration.test" for i in range(30)]
         for i, name in enumerate(names):
@@ -56,7 +72,9 @@ class TwistdRingTests(TestCase):
         victim.kill(signal.SIGKILL)
         victim.wait_exit()
         survivors = [p for p in everyone if p is not victim]
-        yield wait_for(ring_complete_without(bootstrap, PEERS), 60, "the ring to repair after SIGKILL")
+        yield wait_for(
+            ring_complete_without(bootstrap, PEERS), 60, "the ring to repair after SIGKILL"
+        )
         for i, name in enumerate(names):
             got = yield survivors[i % len(survivors)].call("get", name)
             self.assertEqual(got["value"], f"contact-{i}")
@@ -71,11 +89,15 @@ class TwistdRingTests(TestCase):
         self.assertIn("Server Shut Down.", log)
         self.assertNotIn("Traceback", log)
         remaining = [p for p in survivors if p is not leaver]
-        yield wait_for(ring_complete_without(bootstrap, PEERS - 1), 60, "the ring to close after Leave")
+        yield wait_for(
+            ring_complete_without(bootstrap, PEERS - 1), 60, "the ring to close after Leave"
+        )
         for i, name in enumerate(names):
             got = yield remaining[i % len(remaining)].call("get", name)
             self.assertEqual(got["value"], f"contact-{i}")
 
 
 def ring_complete_without(bootstrap: RoleProcess, count: int) -> Any:
-    return lambda: bootstrap.call("ring").addCallback(lambda r: r["complete"] and r["count"] == count)
+    return lambda: bootstrap.call("ring").addCallback(
+        lambda r: r["complete"] and r["count"] == count
+    )

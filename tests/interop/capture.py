@@ -68,7 +68,9 @@ class PacketCapture:
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [dumpcap, "-i", interface, "-f", capture_filter, "-w", str(self.path)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
         )
 
     def log_text(self) -> str:
@@ -80,7 +82,9 @@ class PacketCapture:
         waited = 0.0
         while "File:" not in self.log_text():
             if self.process.poll() is not None:
-                raise CaptureError(f"dumpcap exited with {self.process.returncode}: {self.log_text()}")
+                raise CaptureError(
+                    f"dumpcap exited with {self.process.returncode}: {self.log_text()}"
+                )
             if waited > CAPTURE_START_TIMEOUT_SECONDS:
                 raise CaptureError(f"dumpcap did not start capturing: {self.log_text()}")
             yield deferLater(reactor, POLL_SECONDS, lambda: None)
@@ -112,7 +116,9 @@ def run_tshark(tshark: str, arguments: Sequence[str]) -> str:
     """tshark's standard output; a failure names tshark's complaint."""
     completed = subprocess.run(
         [tshark, "-n", *arguments],
-        stdin=subprocess.DEVNULL, capture_output=True, timeout=TSHARK_TIMEOUT_SECONDS,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=TSHARK_TIMEOUT_SECONDS,
     )
     if completed.returncode != 0:
         raise CaptureError(
@@ -139,17 +145,30 @@ def sentinel_connection(port: int) -> int:
 
 
 @inlineCallbacks
-def wait_for_sentinel(tshark: str, capture: PacketCapture, source_port: int, timeout_seconds: float) -> Any:
+def wait_for_sentinel(
+    tshark: str, capture: PacketCapture, source_port: int, timeout_seconds: float
+) -> Any:
     """Poll the capture file until the sentinel's SYN has been written to it."""
     waited = 0.0
-    arguments = ["-r", str(capture.path), "-Y", f"tcp.srcport == {source_port} && tcp.flags.syn == 1",
-                 "-T", "fields", "-e", "frame.number"]
+    arguments = [
+        "-r",
+        str(capture.path),
+        "-Y",
+        f"tcp.srcport == {source_port} && tcp.flags.syn == 1",
+        "-T",
+        "fields",
+        "-e",
+        "frame.number",
+    ]
     while waited < timeout_seconds:
         # A file that dumpcap is still writing may end in a partial block;
         # tshark then complains, but prints what it read.
         completed = yield deferToThread(
-            subprocess.run, [tshark, "-n", *arguments], stdin=subprocess.DEVNULL,
-            capture_output=True, timeout=TSHARK_TIMEOUT_SECONDS,
+            subprocess.run,
+            [tshark, "-n", *arguments],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=TSHARK_TIMEOUT_SECONDS,
         )
         if completed.stdout.strip():
             return
@@ -177,20 +196,53 @@ def reassemble_flows(tshark: str, capture_path: Path) -> list[Flow]:
     number.  A gap (a segment the capture missed) or a retransmission that
     differs from the original is a :class:`CaptureError`.
     """
-    output = run_tshark(tshark, [
-        "-r", str(capture_path),
-        "-o", "tcp.desegment_tcp_streams:FALSE", "-o", "tcp.relative_sequence_numbers:TRUE",
-        "-Y", "tcp.len > 0", "-T", "fields", "-E", "separator=\t",
-        "-e", "tcp.stream", "-e", "ip.src", "-e", "tcp.srcport", "-e", "ip.dst", "-e", "tcp.dstport",
-        "-e", "tcp.seq", "-e", "frame.number", "-e", "frame.time_epoch", "-e", "tcp.payload",
-    ])
+    output = run_tshark(
+        tshark,
+        [
+            "-r",
+            str(capture_path),
+            "-o",
+            "tcp.desegment_tcp_streams:FALSE",
+            "-o",
+            "tcp.relative_sequence_numbers:TRUE",
+            "-Y",
+            "tcp.len > 0",
+            "-T",
+            "fields",
+            "-E",
+            "separator=\t",
+            "-e",
+            "tcp.stream",
+            "-e",
+            "ip.src",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "ip.dst",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "tcp.seq",
+            "-e",
+            "frame.number",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "tcp.payload",
+        ],
+    )
     FlowKey = tuple[int, tuple[str, int], tuple[str, int]]
     pieces: dict[FlowKey, list[tuple[int, int, float, bytes]]] = {}
     for line in output.splitlines():
         fields = line.split("\t")
         key = (int(fields[0]), (fields[1], int(fields[2])), (fields[3], int(fields[4])))
         pieces.setdefault(key, []).append(
-            (int(fields[5]), int(fields[6]), float(fields[7]), bytes.fromhex(fields[8].replace(":", "")))
+            (
+                int(fields[5]),
+                int(fields[6]),
+                float(fields[7]),
+                bytes.fromhex(fields[8].replace(":", "")),
+            )
         )
     flows = []
     for (stream, source, destination), segments in sorted(pieces.items()):
@@ -204,10 +256,12 @@ def reassemble_flows(tshark: str, capture_path: Path) -> list[Flow]:
                     f"stream {stream} {source}->{destination}: {start - len(data)} bytes missing "
                     f"before relative sequence {sequence}"
                 )
-            overlap = bytes(data[start:start + len(payload)])
-            if payload[:len(overlap)] != overlap:
-                raise CaptureError(f"stream {stream}: a retransmission at {sequence} differs from the original")
-            fresh = payload[len(overlap):]
+            overlap = bytes(data[start : start + len(payload)])
+            if payload[: len(overlap)] != overlap:
+                raise CaptureError(
+                    f"stream {stream}: a retransmission at {sequence} differs from the original"
+                )
+            fresh = payload[len(overlap) :]
             if fresh:
                 offsets.append((len(data), number, when))
                 data += fresh
@@ -237,8 +291,10 @@ def cut_frames(flow: Flow) -> list[CutFrame]:
         frame_type = data[offset]
         if frame_type == DATA_FRAME:
             if len(data) - offset < _DATA_HEADER_BYTES:
-                raise CaptureError(f"{flow.source}->{flow.destination}: data frame header cut short at {offset}")
-            size = _DATA_HEADER_BYTES + int.from_bytes(data[offset + 5:offset + 8], "big")
+                raise CaptureError(
+                    f"{flow.source}->{flow.destination}: data frame header cut short at {offset}"
+                )
+            size = _DATA_HEADER_BYTES + int.from_bytes(data[offset + 5 : offset + 8], "big")
         elif frame_type == ACK_FRAME:
             size = _ACK_FRAME_BYTES
         else:
@@ -293,8 +349,17 @@ def write_udp_capture(path: Path, frames: Sequence[CutFrame]) -> None:
 def _udp_datagram(source: tuple[str, int], destination: tuple[str, int], payload: bytes) -> bytes:
     udp = struct.pack(">HHHH", source[1], destination[1], 8 + len(payload), 0) + payload
     header = struct.pack(
-        ">BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, socket.IPPROTO_UDP, 0,
-        socket.inet_aton(source[0]), socket.inet_aton(destination[0]),
+        ">BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(udp),
+        0,
+        0x4000,
+        64,
+        socket.IPPROTO_UDP,
+        0,
+        socket.inet_aton(source[0]),
+        socket.inet_aton(destination[0]),
     )
     checksum = _internet_checksum(header)
     return header[:10] + struct.pack(">H", checksum) + header[12:] + udp
@@ -330,14 +395,24 @@ EXPERT_ERROR = 0x00800000
 EXPERT_WARN = 0x00600000
 
 _FIELDS = (
-    "frame.number", "frame.protocols", "reload_framing.type", "reload_framing.message.length",
-    "reload.message.code", "reload.storeddata.lifetime", "reload.datavalue.exists",
-    "_ws.malformed", "_ws.expert.severity", "_ws.expert.message",
+    "frame.number",
+    "frame.protocols",
+    "reload_framing.type",
+    "reload_framing.message.length",
+    "reload.message.code",
+    "reload.storeddata.lifetime",
+    "reload.datavalue.exists",
+    "_ws.malformed",
+    "_ws.expert.severity",
+    "_ws.expert.message",
 )
 
 
 def decode_frames(
-    tshark: str, udp_capture: Path, ports: Iterable[int], kinds: Mapping[int, tuple[str, str]] | None = None,
+    tshark: str,
+    udp_capture: Path,
+    ports: Iterable[int],
+    kinds: Mapping[int, tuple[str, str]] | None = None,
 ) -> list[DecodedFrame]:
     """
     tshark's reading of each packet of ``udp_capture`` with every port in
@@ -355,26 +430,46 @@ def decode_frames(
         arguments += ["-d", f"udp.port=={port},reload-framing"]
     for kind_id, (name, model) in sorted((kinds or {}).items()):
         arguments += ["-o", f'uat:reload_kindids:"{kind_id}","{name}","{model}"']
-    arguments += ["-T", "fields", "-E", "separator=\t", "-E", "occurrence=a", "-E", "aggregator=\x1f"]
+    arguments += [
+        "-T",
+        "fields",
+        "-E",
+        "separator=\t",
+        "-E",
+        "occurrence=a",
+        "-E",
+        "aggregator=\x1f",
+    ]
     for field in _FIELDS:
         arguments += ["-e", field]
     decoded = []
     for line in run_tshark(tshark, arguments).splitlines():
-        number, protocols, frame_type, length, codes, lifetimes, exists, malformed, severities, messages = (
-            line.split("\t")
+        (
+            number,
+            protocols,
+            frame_type,
+            length,
+            codes,
+            lifetimes,
+            exists,
+            malformed,
+            severities,
+            messages,
+        ) = line.split("\t")
+        decoded.append(
+            DecodedFrame(
+                number=int(number),
+                protocols=protocols,
+                frame_type=_first_int(frame_type),
+                message_length=_first_int(length),
+                message_codes=tuple(int(code, 0) for code in _values(codes)),
+                stored_data=len(_values(lifetimes)),
+                stored_values=len(_values(exists)),
+                malformed=bool(malformed),
+                expert_severities=tuple(int(value, 0) for value in _values(severities)),
+                expert_messages=tuple(_values(messages)),
+            )
         )
-        decoded.append(DecodedFrame(
-            number=int(number),
-            protocols=protocols,
-            frame_type=_first_int(frame_type),
-            message_length=_first_int(length),
-            message_codes=tuple(int(code, 0) for code in _values(codes)),
-            stored_data=len(_values(lifetimes)),
-            stored_values=len(_values(exists)),
-            malformed=bool(malformed),
-            expert_severities=tuple(int(value, 0) for value in _values(severities)),
-            expert_messages=tuple(_values(messages)),
-        ))
     return decoded
 
 
@@ -397,14 +492,20 @@ def frame_problems(frame: CutFrame, reading: DecodedFrame, codes: Iterable[int])
     where = f"packet {reading.number} ({frame.flow.source[1]}->{frame.flow.destination[1]})"
     problems = []
     if reading.frame_type != frame.data[0]:
-        problems.append(f"{where}: tshark reads frame type {reading.frame_type} (protocols {reading.protocols})")
+        problems.append(
+            f"{where}: tshark reads frame type {reading.frame_type} (protocols {reading.protocols})"
+        )
     if reading.malformed or any(level >= EXPERT_WARN for level in reading.expert_severities):
         problems.append(f"{where}: tshark says {list(reading.expert_messages)}")
     if frame.data[0] == DATA_FRAME:
         if reading.message_length != len(frame.data) - _DATA_HEADER_BYTES:
-            problems.append(f"{where}: message length {reading.message_length} in a frame of {len(frame.data)}")
+            problems.append(
+                f"{where}: message length {reading.message_length} in a frame of {len(frame.data)}"
+            )
         if not reading.message_codes:
-            problems.append(f"{where}: tshark did not read the message as RELOAD ({reading.protocols})")
+            problems.append(
+                f"{where}: tshark did not read the message as RELOAD ({reading.protocols})"
+            )
         elif reading.message_codes[0] not in set(codes):
             problems.append(f"{where}: message code {reading.message_codes[0]} is not one we send")
         if reading.stored_values != reading.stored_data:

@@ -59,8 +59,12 @@ def ping_request() -> bytes:
     return encode_message(Message(header, MessageCode.PING_REQ, b"", security=security))
 
 
-def flow(data: bytes, source: tuple[str, int] = CLIENT, destination: tuple[str, int] = SERVER,
-         number: int = 1) -> Flow:
+def flow(
+    data: bytes,
+    source: tuple[str, int] = CLIENT,
+    destination: tuple[str, int] = SERVER,
+    number: int = 1,
+) -> Flow:
     return Flow(0, source, destination, ((0, number, float(number)),), data)
 
 
@@ -101,7 +105,9 @@ class TsharkJudgesFramesTests(SynchronousTestCase):
     def test_good_frames(self) -> None:
         """A framed Ping request and its ack decode as RELOAD with nothing to complain about."""
         message = ping_request()
-        frames = cut_frames(flow(data_frame(1, message))) + cut_frames(flow(ack_frame(1), SERVER, CLIENT, 2))
+        frames = cut_frames(flow(data_frame(1, message))) + cut_frames(
+            flow(ack_frame(1), SERVER, CLIENT, 2)
+        )
         readings = self.decode(frames)
         self.assertEqual([r.frame_type for r in readings], [128, 129])
         self.assertEqual(readings[0].message_codes, (MessageCode.PING_REQ,))

@@ -52,7 +52,10 @@ EXPECTED_CODES = {
 #: reads each StoredData value and its signature rather than stopping at an
 #: unknown Kind.
 WIRESHARK_KINDS = {
-    kind.kind_id: (kind.name, {DataModel.SINGLE_VALUE: "SINGLE"}.get(kind.data_model, kind.data_model.name))
+    kind.kind_id: (
+        kind.name,
+        {DataModel.SINGLE_VALUE: "SINGLE"}.get(kind.data_model, kind.data_model.name),
+    )
     for kind in DEFAULT_KINDS.values()
 }
 
@@ -62,7 +65,9 @@ class ReloadWireTests(TestCase):
 
     def start(self, role: str, name: str, port: int, extra: list[str]) -> RoleProcess:
         directory = Path(self.mktemp()).resolve() / name
-        process = RoleProcess(role, directory, overlay_arguments("interop.test") + extra, overlay_port=port)
+        process = RoleProcess(
+            role, directory, overlay_arguments("interop.test") + extra, overlay_port=port
+        )
         self.addCleanup(process.stop)
         return process
 
@@ -83,18 +88,29 @@ class ReloadWireTests(TestCase):
         yield capture.started()
 
         bootstrap = self.start("p2psip-bootstrap", "bootstrap", ports[0], [])
-        yield wait_for(lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
-                       30, "the bootstrap")
+        yield wait_for(
+            lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
+            30,
+            "the bootstrap",
+        )
         peers = [
             self.start("p2psip-peer", f"peer{index}", port, ["--bootstrap", bootstrap.endpoint])
             for index, port in enumerate(ports[1:])
         ]
         everyone = [bootstrap, *peers]
         for peer in peers:
-            yield wait_for(lambda p=peer: p.call("status").addCallback(lambda s: s.get("state") == "joined"),
-                           30, "a peer to join")
-        yield wait_for(lambda: bootstrap.call("ring").addCallback(lambda r: r["complete"] and r["count"] == len(everyone)),
-                       30, "the ring to include every peer")
+            yield wait_for(
+                lambda p=peer: p.call("status").addCallback(lambda s: s.get("state") == "joined"),
+                30,
+                "a peer to join",
+            )
+        yield wait_for(
+            lambda: bootstrap.call("ring").addCallback(
+                lambda r: r["complete"] and r["count"] == len(everyone)
+            ),
+            30,
+            "the ring to include every peer",
+        )
         yield wait_for(lambda: converged(everyone), 30, "every peer to know its true neighbours")
 
         for index, name in enumerate(NAMES):
@@ -126,7 +142,9 @@ class ReloadWireTests(TestCase):
         udp_capture = directory / "frames.pcap"
         write_udp_capture(udp_capture, frames)
         endpoints = {port for flow in flows for port in (flow.source[1], flow.destination[1])}
-        decoded = yield deferToThread(decode_frames, tshark, udp_capture, endpoints, WIRESHARK_KINDS)
+        decoded = yield deferToThread(
+            decode_frames, tshark, udp_capture, endpoints, WIRESHARK_KINDS
+        )
 
         self.assertEqual(len(decoded), len(frames))
         problems = []
@@ -136,5 +154,7 @@ class ReloadWireTests(TestCase):
             if frame.data[0] == DATA_FRAME and reading.message_codes:
                 seen_codes.add(reading.message_codes[0])
         self.assertEqual(problems, [])
-        self.assertTrue(any(reading.stored_values for reading in decoded), "tshark read no stored value")
+        self.assertTrue(
+            any(reading.stored_values for reading in decoded), "tshark read no stored value"
+        )
         self.assertEqual(EXPECTED_CODES - seen_codes, set(), sorted(seen_codes))

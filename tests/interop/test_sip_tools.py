@@ -67,7 +67,9 @@ class SipToolTests(TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
-    def start_uas(self, *listen: str) -> defer.Generator[defer.Deferred[object], object, AnsweringUAS]:
+    def start_uas(
+        self, *listen: str
+    ) -> defer.Generator[defer.Deferred[object], object, AnsweringUAS]:
         transport = SipTransport(reactor)
         uas = AnsweringUAS()
         layer = TransactionLayer(transport, uas, reactor)
@@ -75,7 +77,9 @@ class SipToolTests(TestCase):
         self.addCleanup(transport.stop)
 
         def cancel_timers() -> None:
-            for transaction in list(layer.server_transactions.values()) + list(layer.client_transactions.values()):
+            for transaction in list(layer.server_transactions.values()) + list(
+                layer.client_transactions.values()
+            ):
                 transaction._terminate()
 
         self.addCleanup(cancel_timers)
@@ -99,7 +103,9 @@ class SipToolTests(TestCase):
         return process.ended
 
     @defer.inlineCallbacks
-    def test_sipsak_options_udp_and_tcp(self) -> defer.Generator[defer.Deferred[object], object, None]:
+    def test_sipsak_options_udp_and_tcp(
+        self,
+    ) -> defer.Generator[defer.Deferred[object], object, None]:
         """sipsak's OPTIONS gets a 200 over UDP and over TCP (sipsak exits 0 only on a 2xx)."""
         sipsak = require_tool("sipsak")
         uas = yield self.start_uas("udp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.1")
@@ -107,7 +113,9 @@ class SipToolTests(TestCase):
         for transport in ("udp", "tcp"):
             hop = self.transport.local_hop(transport.upper())
             assert hop is not None
-            code = yield self.run_tool([sipsak, "-vv", "-E", transport, "-s", f"sip:ping@127.0.0.1:{hop.port}"])
+            code = yield self.run_tool(
+                [sipsak, "-vv", "-E", transport, "-s", f"sip:ping@127.0.0.1:{hop.port}"]
+            )
             self.assertEqual(code, 0, self.process.output.decode(errors="replace"))
         self.assertEqual(uas.methods, ["OPTIONS", "OPTIONS"])
 
@@ -119,12 +127,33 @@ class SipToolTests(TestCase):
         hop = self.transport.local_hop(transport.upper())
         assert hop is not None
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
-        code = yield self.run_tool([
-            sipp, "-sn", "uac", f"127.0.0.1:{hop.port}", "-i", "127.0.0.1", "-p", str(free_port(kind)),
-            "-t", "u1" if transport == "udp" else "t1",
-            "-m", "5", "-r", "10", "-d", "100", "-nostdin", "-timeout", "30", "-timeout_error",
-            "-trace_err", "-error_file", self.mktemp(),
-        ])
+        code = yield self.run_tool(
+            [
+                sipp,
+                "-sn",
+                "uac",
+                f"127.0.0.1:{hop.port}",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(free_port(kind)),
+                "-t",
+                "u1" if transport == "udp" else "t1",
+                "-m",
+                "5",
+                "-r",
+                "10",
+                "-d",
+                "100",
+                "-nostdin",
+                "-timeout",
+                "30",
+                "-timeout_error",
+                "-trace_err",
+                "-error_file",
+                self.mktemp(),
+            ]
+        )
         self.assertEqual(code, 0, self.process.output.decode(errors="replace")[-2000:])
         self.assertEqual([uas.methods.count(m) for m in ("INVITE", "ACK", "BYE")], [5, 5, 5])
 
@@ -137,16 +166,34 @@ class SipToolTests(TestCase):
         return self.run_sipp_uac("tcp")
 
     @defer.inlineCallbacks
-    def test_client_transactions_against_sipp_uas(self) -> defer.Generator[defer.Deferred[object], object, None]:
+    def test_client_transactions_against_sipp_uas(
+        self,
+    ) -> defer.Generator[defer.Deferred[object], object, None]:
         """An INVITE client transaction, the 2xx ACK and a BYE complete a call with SIPp's uas scenario."""
         sipp = require_tool("sipp")
         uas = yield self.start_uas("udp:0:interface=127.0.0.1")
         assert isinstance(uas, AnsweringUAS)
         sipp_port = free_port(socket.SOCK_DGRAM)
-        ended = self.run_tool([
-            sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(sipp_port), "-m", "1", "-nostdin",
-            "-timeout", "30", "-timeout_error", "-trace_err", "-error_file", self.mktemp(),
-        ])
+        ended = self.run_tool(
+            [
+                sipp,
+                "-sn",
+                "uas",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(sipp_port),
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "30",
+                "-timeout_error",
+                "-trace_err",
+                "-error_file",
+                self.mktemp(),
+            ]
+        )
         target = Hop("UDP", "127.0.0.1", sipp_port)
         layer = self.transport.receiver
         assert isinstance(layer, TransactionLayer)
@@ -158,8 +205,16 @@ class SipToolTests(TestCase):
         alice_contact = NameAddress(SipURI("127.0.0.1", "alice", port=local.port))
 
         def request(method: str, number: int, to: NameAddress, uri: SipURI) -> Request:
-            return make_request(method, uri, via=self.transport.make_via("UDP"), from_=alice, to=to,
-                                call_id="interop-1@127.0.0.1", cseq_number=number, contact=alice_contact)
+            return make_request(
+                method,
+                uri,
+                via=self.transport.make_via("UDP"),
+                from_=alice,
+                to=to,
+                call_id="interop-1@127.0.0.1",
+                cseq_number=number,
+                contact=alice_contact,
+            )
 
         statuses: list[int] = []
         final: defer.Deferred[Response] = defer.Deferred()
@@ -179,8 +234,11 @@ class SipToolTests(TestCase):
         assert isinstance(contact_uri, SipURI)
         layer.send_request(request("ACK", 1, remote, contact_uri), target, lambda response: None)
         bye_done: defer.Deferred[Response] = defer.Deferred()
-        layer.send_request(request("BYE", 2, remote, contact_uri), target,
-                           lambda response: bye_done.callback(response) if response.status >= 200 else None)
+        layer.send_request(
+            request("BYE", 2, remote, contact_uri),
+            target,
+            lambda response: bye_done.callback(response) if response.status >= 200 else None,
+        )
         bye = yield bye_done
         assert isinstance(bye, Response)
         self.assertEqual(bye.status, 200)

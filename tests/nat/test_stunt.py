@@ -62,7 +62,9 @@ class FramingTests(SynchronousTestCase):
     def test_oversized_length_rejected_before_buffering(self) -> None:
         """A length above the limit is an error as soon as the header arrives."""
         decoder = stunt.FrameDecoder()
-        self.assertRaises(stunt.StuntDecodeError, decoder.feed, struct.pack("!H", stunt.MAX_FRAME_BYTES + 1))
+        self.assertRaises(
+            stunt.StuntDecodeError, decoder.feed, struct.pack("!H", stunt.MAX_FRAME_BYTES + 1)
+        )
 
     def test_zero_length_rejected(self) -> None:
         """An empty frame is malformed."""
@@ -72,17 +74,23 @@ class FramingTests(SynchronousTestCase):
         """After an error the stream has lost its framing and keeps failing."""
         decoder = stunt.FrameDecoder()
         self.assertRaises(stunt.StuntDecodeError, decoder.feed, b"\x00\x03abc")
-        self.assertRaises(stunt.StuntDecodeError, decoder.feed, stunt.encode_frame({"type": "ping"}))
+        self.assertRaises(
+            stunt.StuntDecodeError, decoder.feed, stunt.encode_frame({"type": "ping"})
+        )
 
     def test_wrong_field_type(self) -> None:
         """A known field of the wrong type is a decode error, not a crash later."""
-        body = json.dumps({"type": "result", "session": "s", "method": "m", "ok": "yes", "detail": ""})
+        body = json.dumps(
+            {"type": "result", "session": "s", "method": "m", "ok": "yes", "detail": ""}
+        )
         self.assertRaises(stunt.StuntDecodeError, stunt.decode_frame_body, body.encode())
 
     def test_bad_endpoint(self) -> None:
         """An endpoint with an out-of-range port is rejected."""
         body = {"type": "welcome", "id": "a", "observed": ["1.2.3.4", 70000]}
-        self.assertRaises(stunt.StuntDecodeError, stunt.decode_frame_body, json.dumps(body).encode())
+        self.assertRaises(
+            stunt.StuntDecodeError, stunt.decode_frame_body, json.dumps(body).encode()
+        )
 
     def test_too_many_observations(self) -> None:
         """A probe report cannot make the broker process unbounded lists."""
@@ -93,7 +101,9 @@ class FramingTests(SynchronousTestCase):
             "hole_port": 1,
             "observations": [[1, "1.2.3.4", 1]] * (stunt.MAX_OBSERVATIONS + 1),
         }
-        self.assertRaises(stunt.StuntDecodeError, stunt.decode_frame_body, json.dumps(body).encode())
+        self.assertRaises(
+            stunt.StuntDecodeError, stunt.decode_frame_body, json.dumps(body).encode()
+        )
 
     def test_deep_nesting(self) -> None:
         """Deeply nested JSON is a decode error, not a RecursionError."""
@@ -112,8 +122,15 @@ class FramingTests(SynchronousTestCase):
     @settings(max_examples=300, deadline=None)
     @given(
         st.recursive(
-            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
-            lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+            st.none()
+            | st.booleans()
+            | st.integers()
+            | st.floats(allow_nan=False)
+            | st.text(max_size=10),
+            lambda children: (
+                st.lists(children, max_size=4)
+                | st.dictionaries(st.text(max_size=8), children, max_size=4)
+            ),
             max_leaves=20,
         ),
         st.sampled_from(sorted(stunt._FIELD_TYPES)),
@@ -131,7 +148,9 @@ class FramingTests(SynchronousTestCase):
 class ClassifyTests(SynchronousTestCase):
     def test_no_nat(self) -> None:
         """Mapped endpoints equal to the local ones mean no NAT."""
-        b = stunt.classify("198.51.100.5", [(4000, "198.51.100.5", 4000), (4001, "198.51.100.5", 4001)])
+        b = stunt.classify(
+            "198.51.100.5", [(4000, "198.51.100.5", 4000), (4001, "198.51.100.5", 4001)]
+        )
         self.assertEqual(b.allocation, stunt.NO_NAT)
 
     def test_preserving(self) -> None:
@@ -142,27 +161,40 @@ class ClassifyTests(SynchronousTestCase):
 
     def test_sequential(self) -> None:
         """Constant steps between mapped ports are sequential allocation; the next flow gets the next port."""
-        obs = [(4000, "198.51.100.1", 20005), (4100, "198.51.100.1", 20006), (4200, "198.51.100.1", 20007)]
+        obs = [
+            (4000, "198.51.100.1", 20005),
+            (4100, "198.51.100.1", 20006),
+            (4200, "198.51.100.1", 20007),
+        ]
         b = stunt.classify("10.0.1.2", obs)
         self.assertEqual((b.allocation, b.delta), (stunt.SEQUENTIAL, 1))
         self.assertEqual(stunt.predict_endpoint(b, 4200, obs), ("198.51.100.1", 20008))
 
     def test_sequential_with_interference(self) -> None:
         """One step taken by other traffic does not hide a sequential NAT among four steps."""
-        obs = [(4000 + i, "198.51.100.1", port) for i, port in enumerate([20005, 20006, 20008, 20009, 20010])]
+        obs = [
+            (4000 + i, "198.51.100.1", port)
+            for i, port in enumerate([20005, 20006, 20008, 20009, 20010])
+        ]
         b = stunt.classify("10.0.1.2", obs)
         self.assertEqual((b.allocation, b.delta), (stunt.SEQUENTIAL, 1))
         self.assertEqual(stunt.predict_endpoint(b, 4004, obs), ("198.51.100.1", 20011))
 
     def test_random(self) -> None:
         """Unrelated mapped ports are random allocation, which cannot be predicted."""
-        obs = [(4000, "198.51.100.1", 16505), (4100, "198.51.100.1", 30068), (4200, "198.51.100.1", 2197)]
+        obs = [
+            (4000, "198.51.100.1", 16505),
+            (4100, "198.51.100.1", 30068),
+            (4200, "198.51.100.1", 2197),
+        ]
         b = stunt.classify("10.0.1.2", obs)
         self.assertEqual(b.allocation, stunt.RANDOM)
         self.assertFalse(b.predictable)
 
 
-def probed(session: str, local_ip: str, ports: list[tuple[int, int]], public: str = "198.51.100.1") -> dict[str, Any]:
+def probed(
+    session: str, local_ip: str, ports: list[tuple[int, int]], public: str = "198.51.100.1"
+) -> dict[str, Any]:
     return {
         "type": "probed",
         "session": session,
@@ -195,7 +227,9 @@ class BrokerFixture(SynchronousTestCase):
         self.broker.link_opened(link, (self.PUBLIC.get(client_id, "198.51.100.1"), 5000))
         nonce = link.last("challenge")["nonce"]
         mac = stunt.compute_mac(secret, nonce, client_id)
-        self.broker.message_received(link, {"type": "hello", "version": 1, "id": client_id, "mac": mac})
+        self.broker.message_received(
+            link, {"type": "hello", "version": 1, "id": client_id, "mac": mac}
+        )
         return link
 
     def probe_both(self, session: str, a: FakeLink, b: FakeLink) -> None:
@@ -238,20 +272,26 @@ class BrokerTests(BrokerFixture):
         replay = FakeLink()
         self.broker.link_opened(replay, ("198.51.100.9", 1))
         mac = stunt.compute_mac(SECRET, nonce, "alice")
-        self.broker.message_received(replay, {"type": "hello", "version": 1, "id": "alice", "mac": mac})
+        self.broker.message_received(
+            replay, {"type": "hello", "version": 1, "id": "alice", "mac": mac}
+        )
         self.assertTrue(replay.closed)
 
     def test_unauthenticated_requests_refused(self) -> None:
         """Nothing but hello is served before authentication (never an open relay)."""
         link = FakeLink()
         self.broker.link_opened(link, ("198.51.100.9", 1))
-        self.broker.message_received(link, {"type": "connect", "ref": 1, "to": "bob", "kind": "tcp", "methods": []})
+        self.broker.message_received(
+            link, {"type": "connect", "ref": 1, "to": "bob", "kind": "tcp", "methods": []}
+        )
         self.assertTrue(link.closed)
 
     def test_unknown_peer(self) -> None:
         """Connecting to an unregistered ID fails at once with a reason."""
         a = self.login("alice")
-        self.broker.message_received(a, {"type": "connect", "ref": 3, "to": "nobody", "kind": "tcp", "methods": []})
+        self.broker.message_received(
+            a, {"type": "connect", "ref": 3, "to": "nobody", "kind": "tcp", "methods": []}
+        )
         error = a.last("error")
         self.assertEqual((error["code"], error["ref"]), ("unknown-peer", 3))
 
@@ -266,7 +306,14 @@ class BrokerTests(BrokerFixture):
         self.assertEqual(attempt_b["peer_endpoint"], ["198.51.100.1", 4003])
         for link in (a, b):
             self.broker.message_received(
-                link, {"type": "result", "session": session, "method": "simultaneous-open", "ok": True, "detail": ""}
+                link,
+                {
+                    "type": "result",
+                    "session": session,
+                    "method": "simultaneous-open",
+                    "ok": True,
+                    "detail": "",
+                },
             )
         self.assertEqual(a.last("outcome")["method"], stunt.SIMULTANEOUS_OPEN)
         self.assertTrue(b.last("outcome")["ok"])
@@ -316,7 +363,14 @@ class BrokerTests(BrokerFixture):
         a, b, session = self.start()
         self.probe_both(session, a, b)
         self.broker.message_received(
-            a, {"type": "result", "session": session, "method": "simultaneous-open", "ok": False, "detail": "timeout"}
+            a,
+            {
+                "type": "result",
+                "session": session,
+                "method": "simultaneous-open",
+                "ok": False,
+                "detail": "timeout",
+            },
         )
         self.assertEqual(a.types()[-1], "probe")
         self.probe_both(session, a, b)
@@ -352,7 +406,9 @@ class BrokerTests(BrokerFixture):
     def test_refusal(self) -> None:
         """The responder can refuse: consent is needed from both IDs."""
         a, b, session = self.start()
-        self.broker.message_received(b, {"type": "refuse", "session": session, "reason": "not accepting"})
+        self.broker.message_received(
+            b, {"type": "refuse", "session": session, "reason": "not accepting"}
+        )
         self.assertIn("bob refused", a.last("outcome")["reason"])
 
     def test_disconnect_ends_sessions(self) -> None:
@@ -376,12 +432,16 @@ class BrokerTests(BrokerFixture):
             self.clock, stunt.Secrets(shared=SECRET), stunt.BrokerPolicy(max_sessions_per_client=1)
         )
         a, b, session = self.start()
-        self.broker.message_received(a, {"type": "connect", "ref": 8, "to": "bob", "kind": "tcp", "methods": []})
+        self.broker.message_received(
+            a, {"type": "connect", "ref": 8, "to": "bob", "kind": "tcp", "methods": []}
+        )
         self.assertEqual(a.last("error")["code"], "busy")
 
     def test_max_clients(self) -> None:
         """Beyond max-clients new IDs are refused with the setting to raise."""
-        self.broker = stunt.Broker(self.clock, stunt.Secrets(shared=SECRET), stunt.BrokerPolicy(max_clients=1))
+        self.broker = stunt.Broker(
+            self.clock, stunt.Secrets(shared=SECRET), stunt.BrokerPolicy(max_clients=1)
+        )
         self.login("alice")
         second = self.login("bob")
         self.assertIn("max-clients", second.last("error")["reason"])
@@ -398,7 +458,10 @@ class BrokerTests(BrokerFixture):
 class SecretsFileTests(SynchronousTestCase):
     def test_parse(self) -> None:
         """ID SECRET lines with comments parse to a dict."""
-        self.assertEqual(stunt.parse_secrets_file("# users\nalice a1\n\nbob b2 # note\n"), {"alice": b"a1", "bob": b"b2"})
+        self.assertEqual(
+            stunt.parse_secrets_file("# users\nalice a1\n\nbob b2 # note\n"),
+            {"alice": b"a1", "bob": b"b2"},
+        )
 
     def test_bad_line(self) -> None:
         """A malformed line is reported with its number."""
@@ -433,7 +496,9 @@ class DatagramBrokerTests(BrokerFixture):
     def test_udp_random_fails_with_reason(self) -> None:
         """A UDP flow towards a random-allocation NAT fails at once: no guess, no UDP relay."""
         a, b = self.login("alice"), self.login("bob")
-        self.broker.message_received(a, {"type": "connect", "ref": 1, "to": "bob", "kind": "udp", "methods": []})
+        self.broker.message_received(
+            a, {"type": "connect", "ref": 1, "to": "bob", "kind": "udp", "methods": []}
+        )
         session = a.last("probe")["session"]
         self.assertEqual(b.last("probe")["kind"], "udp")
         self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
@@ -445,7 +510,9 @@ class DatagramBrokerTests(BrokerFixture):
     def test_udp_public_side_punches(self) -> None:
         """With one public side UDP punching is tried even towards a random NAT."""
         a, b = self.login("alice"), self.login("bob")
-        self.broker.message_received(a, {"type": "connect", "ref": 1, "to": "bob", "kind": "udp", "methods": []})
+        self.broker.message_received(
+            a, {"type": "connect", "ref": 1, "to": "bob", "kind": "udp", "methods": []}
+        )
         session = a.last("probe")["session"]
         self.broker.message_received(a, probed(session, "198.51.100.1", EIM, public="198.51.100.1"))
         self.broker.message_received(b, probed(session, "10.0.2.2", RANDOM, public="198.51.100.2"))

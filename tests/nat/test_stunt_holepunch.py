@@ -83,8 +83,12 @@ class UdpPunchTests(SynchronousTestCase):
         da = self.a.start_punch(("198.51.100.2", 5000), TOKEN, 4)
         db = self.b.start_punch(("198.51.100.1", 4000), TOKEN, 4)
         self.clock.pump([0.05] * 90)
-        self.assertIn("never heard the peer", str(self.failureResultOf(da, holepunch.PunchFailed).value))
-        self.assertIn("(heard the peer)", str(self.failureResultOf(db, holepunch.PunchFailed).value))
+        self.assertIn(
+            "never heard the peer", str(self.failureResultOf(da, holepunch.PunchFailed).value)
+        )
+        self.assertIn(
+            "(heard the peer)", str(self.failureResultOf(db, holepunch.PunchFailed).value)
+        )
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_other_session_ignored(self) -> None:
@@ -164,5 +168,7 @@ class VerifyStreamTests(SynchronousTestCase):
         """A connection where no bytes come back fails after the timeout, naming the cause."""
         d = holepunch.verify_stream(self.reactor, self.left, TOKEN, timeout_seconds=1.5)
         self.reactor.advance(1.5)
-        self.assertIn("only the handshake", str(self.failureResultOf(d, holepunch.PunchFailed).value))
+        self.assertIn(
+            "only the handshake", str(self.failureResultOf(d, holepunch.PunchFailed).value)
+        )
         self.assertEqual(self.reactor.readers, set())

@@ -48,23 +48,34 @@ class ControlServerTests(SynchronousTestCase):
         self.factory = mediator.ControlServerFactory(
             self.broker,
             self.clock,
-            mediator.RelayLimits(max_bytes_per_session=100, rate_bytes_per_second=10, idle_timeout_seconds=30),
+            mediator.RelayLimits(
+                max_bytes_per_session=100, rate_bytes_per_second=10, idle_timeout_seconds=30
+            ),
             connections_per_minute_per_address=3,
         )
 
-    def connect(self, host: str = "198.51.100.1", port: int = 4000) -> tuple[mediator.ControlServerProtocol, ClosingTransport]:
+    def connect(
+        self, host: str = "198.51.100.1", port: int = 4000
+    ) -> tuple[mediator.ControlServerProtocol, ClosingTransport]:
         protocol = self.factory.buildProtocol(None)
         transport = ClosingTransport(protocol, host, port)
         protocol.makeConnection(transport)
         return protocol, transport
 
-    def login(self, client_id: str, port: int = 4000) -> tuple[mediator.ControlServerProtocol, ClosingTransport]:
+    def login(
+        self, client_id: str, port: int = 4000
+    ) -> tuple[mediator.ControlServerProtocol, ClosingTransport]:
         protocol, transport = self.connect(port=port)
         nonce = frames(transport)[0]["nonce"]
         transport.clear()
         protocol.dataReceived(
             stunt.encode_frame(
-                {"type": "hello", "version": 1, "id": client_id, "mac": stunt.compute_mac(SECRET, nonce, client_id)}
+                {
+                    "type": "hello",
+                    "version": 1,
+                    "id": client_id,
+                    "mac": stunt.compute_mac(SECRET, nonce, client_id),
+                }
             )
         )
         return protocol, transport
@@ -114,20 +125,31 @@ class ControlServerTests(SynchronousTestCase):
         """A relay-join for an unknown session is refused: never an open relay."""
         protocol, transport = self.connect()
         transport.clear()
-        protocol.dataReceived(stunt.encode_frame({"type": "relay-join", "version": 1, "session": "x", "token": "y"}))
+        protocol.dataReceived(
+            stunt.encode_frame({"type": "relay-join", "version": 1, "session": "x", "token": "y"})
+        )
         self.assertEqual(frames(transport)[0]["code"], "relay-refused")
         self.assertTrue(transport.disconnecting)
 
     def relayed_pair(self) -> tuple[Any, Any, Any, Any]:
         alice, alice_t = self.login("alice", 4000)
         bob, bob_t = self.login("bob", 4001)
-        alice.dataReceived(stunt.encode_frame({"type": "connect", "ref": 1, "to": "bob", "kind": "tcp", "methods": ["relayed"]}))
+        alice.dataReceived(
+            stunt.encode_frame(
+                {"type": "connect", "ref": 1, "to": "bob", "kind": "tcp", "methods": ["relayed"]}
+            )
+        )
         session = frames(alice_t)[-1]["session"]
         for protocol, port in ((alice, 5000), (bob, 5001)):
             protocol.dataReceived(
                 stunt.encode_frame(
-                    {"type": "probed", "session": session, "local_ip": "10.0.0.1", "hole_port": port,
-                     "observations": [[port, "198.51.100.1", port]]}
+                    {
+                        "type": "probed",
+                        "session": session,
+                        "local_ip": "10.0.0.1",
+                        "hole_port": port,
+                        "observations": [[port, "198.51.100.1", port]],
+                    }
                 )
             )
         token = frames(alice_t)[-1]["token"]
@@ -135,7 +157,11 @@ class ControlServerTests(SynchronousTestCase):
         for port in (6000, 6001):
             protocol, transport = self.connect(host="198.51.100.2", port=port)
             transport.clear()
-            protocol.dataReceived(stunt.encode_frame({"type": "relay-join", "version": 1, "session": session, "token": token}))
+            protocol.dataReceived(
+                stunt.encode_frame(
+                    {"type": "relay-join", "version": 1, "session": session, "token": token}
+                )
+            )
             halves.append((protocol, transport))
         (a, a_t), (b, b_t) = halves
         self.assertEqual(frames(a_t), [{"type": "relay-ready", "session": session}])

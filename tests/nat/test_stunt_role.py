@@ -26,13 +26,17 @@ class ConfigTests(SynchronousTestCase):
 
     def test_unknown_key(self) -> None:
         """An unknown key is an error that names the key and suggests the right one."""
-        error = self.assertRaises(ConfigError, config_from_string, "[mediator]\nrelays = no\n", "mediator")
+        error = self.assertRaises(
+            ConfigError, config_from_string, "[mediator]\nrelays = no\n", "mediator"
+        )
         self.assertIn("'relays'", str(error))
         self.assertIn("did you mean 'relay'", str(error))
 
     def test_bad_value(self) -> None:
         """A value of the wrong type names the key and what it takes."""
-        error = self.assertRaises(ConfigError, config_from_string, "[mediator]\nrelay = maybe\n", "mediator")
+        error = self.assertRaises(
+            ConfigError, config_from_string, "[mediator]\nrelay = maybe\n", "mediator"
+        )
         self.assertIn("yes or no", str(error))
 
     def test_relay_disabled(self) -> None:
@@ -72,7 +76,9 @@ class OptionsTests(SynchronousTestCase):
         """Per-ID secrets come from --secrets-file; a bad line is named."""
         path = Path(self.mktemp())
         path.write_text("alice a1\n")
-        self.assertEqual(self.parse("--secrets-file", str(path))["secrets"].secret_for("alice"), b"a1")
+        self.assertEqual(
+            self.parse("--secrets-file", str(path))["secrets"].secret_for("alice"), b"a1"
+        )
         path.write_text("alice\n")
         error = self.assertRaises(usage.UsageError, self.parse, "--secrets-file", str(path))
         self.assertIn("line 1", str(error))
@@ -90,15 +96,24 @@ class OptionsTests(SynchronousTestCase):
 
     def test_limits_positive(self) -> None:
         """A zero limit is refused with the option's name."""
-        error = self.assertRaises(usage.UsageError, self.parse, "--secret", "x", "--max-clients", "0")
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "--secret", "x", "--max-clients", "0"
+        )
         self.assertIn("max-clients", str(error))
 
     def test_stun_alternate_needs_primary_ip(self) -> None:
         """RFC 5780 needs the UDP listener bound to the primary IP; the error says how."""
-        error = self.assertRaises(usage.UsageError, self.parse, "--secret", "x", "--stun-alternate", "192.0.2.2:3479")
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "--secret", "x", "--stun-alternate", "192.0.2.2:3479"
+        )
         self.assertIn("interface=PRIMARY_IP", str(error))
         options = self.parse(
-            "--secret", "x", "--stun", "udp:3478:interface=192.0.2.1", "--stun-alternate", "192.0.2.2:3479"
+            "--secret",
+            "x",
+            "--stun",
+            "udp:3478:interface=192.0.2.1",
+            "--stun-alternate",
+            "192.0.2.2:3479",
         )
         self.assertEqual(options["alternate"], ("192.0.2.2", 3479))
 
@@ -111,7 +126,18 @@ class MakeServiceTests(SynchronousTestCase):
     def test_listeners(self) -> None:
         """The service listens for STUN on UDP and TCP, for control, and for HTTP status."""
         options = role.Options()
-        options.parseOptions(["--secret", "x", "--stun", "udp:13478", "--stun", "tcp:13478", "--control", "tcp:13479"])
+        options.parseOptions(
+            [
+                "--secret",
+                "x",
+                "--stun",
+                "udp:13478",
+                "--stun",
+                "tcp:13478",
+                "--control",
+                "tcp:13479",
+            ]
+        )
         reactor = MemoryUDPReactor()
         service = role.makeService(options, reactor=reactor)
         self.assertEqual(reactor.tcpServers, [])

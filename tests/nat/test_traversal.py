@@ -159,14 +159,18 @@ class LoopbackTraversalTests(TestCase):
     @defer.inlineCallbacks
     def test_unknown_peer(self) -> Any:
         """An unregistered peer fails at once with a reason."""
-        error = yield self.assertFailure(self.alice.connect("nobody", Factory.forProtocol(Recorder)), TraversalError)
+        error = yield self.assertFailure(
+            self.alice.connect("nobody", Factory.forProtocol(Recorder)), TraversalError
+        )
         self.assertIn("not registered", error.reason)
 
     @defer.inlineCallbacks
     def test_refused(self) -> Any:
         """The responder's policy can refuse a peer; the initiator learns who refused."""
         mallory = yield self.start_client("mallory")
-        error = yield self.assertFailure(mallory.connect("bob", Factory.forProtocol(Recorder)), TraversalError)
+        error = yield self.assertFailure(
+            mallory.connect("bob", Factory.forProtocol(Recorder)), TraversalError
+        )
         self.assertIn("bob refused", error.reason)
 
     @defer.inlineCallbacks
@@ -176,7 +180,6 @@ class LoopbackTraversalTests(TestCase):
         error = yield self.assertFailure(client.start(), TraversalError)
         self.assertIn("--secret", error.reason)
         yield client.closed
-
 
     @defer.inlineCallbacks
     def test_service_reregisters(self) -> Any:
@@ -225,7 +228,9 @@ class RelayClientProtocolTests(TestCase):
         ready: defer.Deferred[None] = defer.Deferred()
         relay = _RelayClientProtocol("s", "t", ready)
         relay.makeConnection(StringTransport())
-        relay.dataReceived(stunt.encode_frame({"type": "relay-ready", "session": "s"}) + b"p2psip-nat-ping\n")
+        relay.dataReceived(
+            stunt.encode_frame({"type": "relay-ready", "session": "s"}) + b"p2psip-nat-ping\n"
+        )
         self.successResultOf(ready)
         user = Recorder()
         relay.attach(user)
@@ -271,7 +276,9 @@ class HostileMediatorTests(TestCase):
         """A client that accepts nothing refuses every incoming request."""
         client, protocol, transport = self.client_with_transport()
         protocol.dataReceived(
-            stunt.encode_frame({"type": "probe", "session": "s", "peer": "mallory", "kind": "tcp", "ref": -1})
+            stunt.encode_frame(
+                {"type": "probe", "session": "s", "peer": "mallory", "kind": "tcp", "ref": -1}
+            )
         )
         [refusal] = stunt.FrameDecoder().feed(transport.value())
         self.assertEqual((refusal["type"], refusal["session"]), ("refuse", "s"))
@@ -291,10 +298,14 @@ class KeepaliveTests(TestCase):
         transport = StringTransport()
         protocol.makeConnection(transport)
         client.control = protocol
-        protocol.dataReceived(stunt.encode_frame({"type": "welcome", "id": "alice", "observed": ["192.0.2.1", 1]}))
+        protocol.dataReceived(
+            stunt.encode_frame({"type": "welcome", "id": "alice", "observed": ["192.0.2.1", 1]})
+        )
         clock.advance(25)
         clock.advance(25)
-        self.assertEqual([m["type"] for m in stunt.FrameDecoder().feed(transport.value())], ["ping", "ping"])
+        self.assertEqual(
+            [m["type"] for m in stunt.FrameDecoder().feed(transport.value())], ["ping", "ping"]
+        )
         protocol.connectionLost(Failure(Exception("gone")))
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(self.successResultOf(client.closed), "gone")
@@ -339,14 +350,24 @@ class LowTtlOrderingTests(TestCase):
         protocol = _ControlClientProtocol(client)
         protocol.makeConnection(StringTransport())
         client.control = protocol
-        session = _Session("alice", Factory.forProtocol(Recorder), 0.0, incoming=True, session_id="s")
+        session = _Session(
+            "alice", Factory.forProtocol(Recorder), 0.0, incoming=True, session_id="s"
+        )
         client._sessions["s"] = session
         attempt = {
-            "type": "attempt", "session": "s", "method": "low-ttl", "role": "connector",
-            "peer_endpoint": ["127.0.0.1", 9], "hole_port": 0, "start_in_seconds": 0.1,
-            "deadline_seconds": 1.0, "ttl": 2,
+            "type": "attempt",
+            "session": "s",
+            "method": "low-ttl",
+            "role": "connector",
+            "peer_endpoint": ["127.0.0.1", 9],
+            "hole_port": 0,
+            "start_in_seconds": 0.1,
+            "deadline_seconds": 1.0,
+            "ttl": 2,
         }
-        protocol.dataReceived(stunt.encode_frame(attempt) + stunt.encode_frame({"type": "go", "session": "s"}))
+        protocol.dataReceived(
+            stunt.encode_frame(attempt) + stunt.encode_frame({"type": "go", "session": "s"})
+        )
         self.assertIsNone(session.punch)
         clock.advance(0.1)
         self.assertIsNotNone(session.punch)

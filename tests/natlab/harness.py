@@ -140,7 +140,10 @@ class NatLab:
     def probe(self, role: str) -> dict[str, Any]:
         """Run ``p2psip nat probe --json`` in ``role``; its record."""
         done = subprocess.run(
-            self.exec_command(role, p2psip_command("nat", "probe", "--mediator", CONTROL, "--json", "--wait", "15")),
+            self.exec_command(
+                role,
+                p2psip_command("nat", "probe", "--mediator", CONTROL, "--json", "--wait", "15"),
+            ),
             capture_output=True,
             text=True,
             timeout=60,
@@ -154,8 +157,19 @@ class NatLab:
         return self.start(
             "b",
             p2psip_command(
-                "nat", "listen", "--mediator", CONTROL, "--id", client_id, "--secret", SECRET,
-                "--count", str(count), "--json", "--wait", "15",
+                "nat",
+                "listen",
+                "--mediator",
+                CONTROL,
+                "--id",
+                client_id,
+                "--secret",
+                SECRET,
+                "--count",
+                str(count),
+                "--json",
+                "--wait",
+                "15",
             ),
             "listener",
         )
@@ -166,8 +180,20 @@ class NatLab:
             self.exec_command(
                 "a",
                 p2psip_command(
-                    "nat", "connect", "--mediator", CONTROL, "--id", "A", "--to", "B", "--secret", SECRET,
-                    "--json", "--wait", "15", *extra,
+                    "nat",
+                    "connect",
+                    "--mediator",
+                    CONTROL,
+                    "--id",
+                    "A",
+                    "--to",
+                    "B",
+                    "--secret",
+                    SECRET,
+                    "--json",
+                    "--wait",
+                    "15",
+                    *extra,
                 ),
             ),
             capture_output=True,

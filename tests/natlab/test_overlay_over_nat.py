@@ -29,8 +29,16 @@ BOOTSTRAP = f"tcp:198.51.100.10:{OVERLAY_PORT}"
 HTTP_PORT = 8085
 #: Fast overlay timers, so the ring forms within seconds.
 RING_ARGUMENTS = (
-    "--overlay-name", "natlab.test", "--update-interval", "2", "--ping-interval", "1",
-    "--request-timeout", "3", "--direct-connect-timeout", "1",
+    "--overlay-name",
+    "natlab.test",
+    "--update-interval",
+    "2",
+    "--ping-interval",
+    "1",
+    "--request-timeout",
+    "3",
+    "--direct-connect-timeout",
+    "1",
 )
 PRIVATE_ADDRESS = {"a": "10.0.1.2", "b": "10.0.2.2", "pub": "198.51.100.10"}
 
@@ -38,7 +46,9 @@ PRIVATE_ADDRESS = {"a": "10.0.1.2", "b": "10.0.2.2", "pub": "198.51.100.10"}
 class OverlayOverNatTests(TestCase):
     timeout = 90
 
-    def start_role(self, lab: NatLab, where: str, role: str, *extra: str, loopback_candidate: bool = False) -> None:
+    def start_role(
+        self, lab: NatLab, where: str, role: str, *extra: str, loopback_candidate: bool = False
+    ) -> None:
         """
         Start ``role`` in ``where``; it listens on its lab address, or with
         ``loopback_candidate`` on every interface, so that it advertises the
@@ -46,15 +56,28 @@ class OverlayOverNatTests(TestCase):
         back to itself).
         """
         data_dir = os.path.abspath(self.mktemp())
-        overlay = f"tcp:{OVERLAY_PORT}" if loopback_candidate else f"tcp:{OVERLAY_PORT}:interface={PRIVATE_ADDRESS[where]}"
+        overlay = (
+            f"tcp:{OVERLAY_PORT}"
+            if loopback_candidate
+            else f"tcp:{OVERLAY_PORT}:interface={PRIVATE_ADDRESS[where]}"
+        )
         lab.start(
             where,
             twistd_command(
-                "-n", "--pidfile=", role, *RING_ARGUMENTS,
-                "--overlay", overlay,
-                "--http", f"tcp:{HTTP_PORT}:interface=127.0.0.1",
-                "--data-dir", data_dir,
-                "--mediator", CONTROL, "--mediator-secret", SECRET,
+                "-n",
+                "--pidfile=",
+                role,
+                *RING_ARGUMENTS,
+                "--overlay",
+                overlay,
+                "--http",
+                f"tcp:{HTTP_PORT}:interface=127.0.0.1",
+                "--data-dir",
+                data_dir,
+                "--mediator",
+                CONTROL,
+                "--mediator-secret",
+                SECRET,
                 *extra,
             ),
             f"{role}-{where}",
@@ -62,8 +85,12 @@ class OverlayOverNatTests(TestCase):
 
     def api(self, lab: NatLab, where: str, *args: str) -> Deferred[dict[str, Any]]:
         """The JSON answer of ``p2psip ARGS --json`` run inside ``where``; {} when it fails."""
-        command = lab.exec_command(where, p2psip_command("--api", f"http://127.0.0.1:{HTTP_PORT}", *args, "--json"))
-        d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(command[0], command[1:], env=dict(os.environ))
+        command = lab.exec_command(
+            where, p2psip_command("--api", f"http://127.0.0.1:{HTTP_PORT}", *args, "--json")
+        )
+        d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
+            command[0], command[1:], env=dict(os.environ)
+        )
 
         def parse(result: tuple[bytes, bytes, int]) -> dict[str, Any]:
             out, _err, _code = result
@@ -76,7 +103,9 @@ class OverlayOverNatTests(TestCase):
         return d.addCallback(parse)
 
     @inlineCallbacks
-    def wait_until(self, lab: NatLab, where: str, what: str, condition: Any, seconds: float = 40) -> Any:
+    def wait_until(
+        self, lab: NatLab, where: str, what: str, condition: Any, seconds: float = 40
+    ) -> Any:
         """Poll the status of ``where`` until ``condition(status)`` holds; the last status."""
         deadline = reactor.seconds() + seconds
         status: dict[str, Any] = {}
@@ -85,7 +114,9 @@ class OverlayOverNatTests(TestCase):
             if status and condition(status):
                 return status
             yield deferLater(reactor, 0.3, lambda: None)
-        self.fail(f"timed out waiting for {what} in {where}; last status: {json.dumps(status)[:3000]}")
+        self.fail(
+            f"timed out waiting for {what} in {where}; last status: {json.dumps(status)[:3000]}"
+        )
 
     @inlineCallbacks
     def ring_over_nats(
@@ -95,11 +126,20 @@ class OverlayOverNatTests(TestCase):
         lab.start_mediator()
         self.start_role(lab, "pub", "p2psip-bootstrap")
         yield self.wait_until(
-            lab, "pub", "the bootstrap to found the ring and register at the mediator",
+            lab,
+            "pub",
+            "the bootstrap to found the ring and register at the mediator",
             lambda s: s.get("state") == "alone" and s.get("mediator", {}).get("registered"),
         )
         for where in ("a", "b"):
-            self.start_role(lab, where, "p2psip-peer", "--bootstrap", BOOTSTRAP, loopback_candidate=loopback_candidate)
+            self.start_role(
+                lab,
+                where,
+                "p2psip-peer",
+                "--bootstrap",
+                BOOTSTRAP,
+                loopback_candidate=loopback_candidate,
+            )
         joined = {}
         for where in ("a", "b"):
             joined[where] = yield self.wait_until(
@@ -110,15 +150,20 @@ class OverlayOverNatTests(TestCase):
         def linked_to(other: str) -> Any:
             def condition(status: dict[str, Any]) -> bool:
                 return any(
-                    c.get("peer") == ids[other] and c.get("mediated") for c in status.get("connections", [])
+                    c.get("peer") == ids[other] and c.get("mediated")
+                    for c in status.get("connections", [])
                 )
 
             return condition
 
         for here, other in (("a", "b"), ("b", "a")):
-            status = yield self.wait_until(lab, here, f"a mediated link to {other}", linked_to(other))
+            status = yield self.wait_until(
+                lab, here, f"a mediated link to {other}", linked_to(other)
+            )
             paths = {
-                c["path"] for c in status["connections"] if c.get("peer") == ids[other] and c.get("mediated")
+                c["path"]
+                for c in status["connections"]
+                if c.get("peer") == ids[other] and c.get("mediated")
             }
             self.assertTrue(paths <= expected_paths, (here, status["connections"]))
             self.assertTrue(status["mediator"]["registered"])
@@ -144,7 +189,6 @@ class OverlayOverNatTests(TestCase):
     def test_random_random_relayed(self) -> Any:
         """Peers behind two random-allocation NATs join the ring and link through the relay."""
         return self.ring_over_nats("random", "random", {"relayed"})
-
 
     def test_loopback_candidates_use_the_mediator(self) -> Any:
         """Peers whose candidate is the loopback default (leading back to oneself) still link through the mediator."""

@@ -33,7 +33,11 @@ class StuntLabTests(SynchronousTestCase):
         self.assertEqual(len(records), 1, stderr)
         [record] = records
         self.assertEqual((status == 0, record["ok"]), (expect_ok, expect_ok), record)
-        incoming = [r for r in listener_records(listener) if r.get("event") == "incoming"] if expect_ok else []
+        incoming = (
+            [r for r in listener_records(listener) if r.get("event") == "incoming"]
+            if expect_ok
+            else []
+        )
         return record, incoming
 
     def test_none_eim_direct(self) -> None:
@@ -71,7 +75,9 @@ class StuntLabTests(SynchronousTestCase):
 
     def test_random_random_relay_disabled(self) -> None:
         """With the relay disabled the failure names the NATs and the setting, and connect exits 1."""
-        record, _ = self.connect_pair("random", "random", mediator_args=("--relay", "no"), expect_ok=False)
+        record, _ = self.connect_pair(
+            "random", "random", mediator_args=("--relay", "no"), expect_ok=False
+        )
         self.assertIn("direct path is impossible", record["reason"])
         self.assertIn("relay disabled in mediator.ini [mediator] relay", record["reason"])
 

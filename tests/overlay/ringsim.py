@@ -40,7 +40,9 @@ class RingSimulation:
         self.crashed: list[OverlayNode] = []
         self._next_address = 1
 
-    def _new_node(self, identity: NodeIdentity | None = None, host: str | None = None) -> OverlayNode:
+    def _new_node(
+        self, identity: NodeIdentity | None = None, host: str | None = None
+    ) -> OverlayNode:
         if host is None:
             index = self._next_address
             self._next_address += 1
@@ -68,7 +70,9 @@ class RingSimulation:
         self.nodes.append(node)
         return node
 
-    def wait(self, deferred: Deferred[Any], limit_seconds: float = 120.0, step: float = 0.05) -> Any:
+    def wait(
+        self, deferred: Deferred[Any], limit_seconds: float = 120.0, step: float = 0.05
+    ) -> Any:
         results: list[Any] = []
         deferred.addBoth(results.append)
         waited = 0.0
@@ -161,7 +165,9 @@ class RingSimulation:
         waited = 0.0
         while not condition():
             if waited >= limit_seconds:
-                raise AssertionError(f"condition not reached after {limit_seconds} simulated seconds")
+                raise AssertionError(
+                    f"condition not reached after {limit_seconds} simulated seconds"
+                )
             self.clock.advance(step)
             waited += step
         return waited

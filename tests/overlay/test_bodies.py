@@ -104,12 +104,25 @@ update_requests = st.one_of(
 
 addresses = st.builds(b.IpAddressPort, st.ip_addresses().map(str), u16)
 candidates = st.one_of(
-    st.builds(b.IceCandidate, addresses, u8, short_bytes, u32, st.just(b.CandidateType.HOST),
-              st.none(),
-              st.lists(st.builds(b.IceExtension, short_bytes, short_bytes), max_size=2).map(tuple)),
-    st.builds(b.IceCandidate, addresses, u8, short_bytes, u32,
-              st.sampled_from([b.CandidateType.SERVER_REFLEXIVE, b.CandidateType.RELAYED]),
-              addresses),
+    st.builds(
+        b.IceCandidate,
+        addresses,
+        u8,
+        short_bytes,
+        u32,
+        st.just(b.CandidateType.HOST),
+        st.none(),
+        st.lists(st.builds(b.IceExtension, short_bytes, short_bytes), max_size=2).map(tuple),
+    ),
+    st.builds(
+        b.IceCandidate,
+        addresses,
+        u8,
+        short_bytes,
+        u32,
+        st.sampled_from([b.CandidateType.SERVER_REFLEXIVE, b.CandidateType.RELAYED]),
+        addresses,
+    ),
 )
 candidate_lists = st.lists(candidates, max_size=3).map(tuple)
 
@@ -131,9 +144,7 @@ bodies: st.SearchStrategy[Any] = st.one_of(
     st.builds(b.PingReq, short_bytes),
     st.builds(b.PingAns, u64, u64),
     st.builds(b.ProbeReq, st.lists(u8, max_size=4).map(tuple)),
-    st.builds(
-        b.ProbeAns, st.lists(st.builds(b.ProbeInformation, u8, u32), max_size=3).map(tuple)
-    ),
+    st.builds(b.ProbeAns, st.lists(st.builds(b.ProbeInformation, u8, u32), max_size=3).map(tuple)),
     st.builds(b.StoreReq, ids, u8, st.lists(store_kind_data, max_size=3).map(tuple)),
     st.builds(
         b.StoreAns,
@@ -156,12 +167,16 @@ def sample_store() -> b.StoreReq:
             b.StoreKindData(
                 DICTIONARY,
                 3,
-                (b.StoredData(1000, 3600, b.DictionaryEntry(b"key", b.DataValue(True, b"v")),
-                              SIGNATURE),),
+                (
+                    b.StoredData(
+                        1000, 3600, b.DictionaryEntry(b"key", b.DataValue(True, b"v")), SIGNATURE
+                    ),
+                ),
             ),
             b.StoreKindData(SINGLE, 1, (b.StoredData(1, 2, b.DataValue(False, b""), SIGNATURE),)),
-            b.StoreKindData(ARRAY, 0, (b.StoredData(1, 2, b.ArrayEntry(5, b.DataValue(True, b"a")),
-                                                    SIGNATURE),)),
+            b.StoreKindData(
+                ARRAY, 0, (b.StoredData(1, 2, b.ArrayEntry(5, b.DataValue(True, b"a")), SIGNATURE),)
+            ),
         ),
     )
 
@@ -204,7 +219,9 @@ class RoundTripTests(SynchronousTestCase):
         """Ping and Probe bodies round-trip."""
         self.check(b.PingReq(b"\x00" * 10))
         self.check(b.PingAns(1, 1700000000000))
-        self.check(b.ProbeReq((b.ProbeInformationType.UPTIME, b.ProbeInformationType.NUM_RESOURCES)))
+        self.check(
+            b.ProbeReq((b.ProbeInformationType.UPTIME, b.ProbeInformationType.NUM_RESOURCES))
+        )
         self.check(b.ProbeAns((b.ProbeInformation(b.ProbeInformationType.UPTIME, 77),)))
 
     def test_store(self) -> None:
@@ -219,42 +236,73 @@ class RoundTripTests(SynchronousTestCase):
                 5,
                 (
                     b.StoredDataSpecifier(SINGLE, 0, data_model=b.DataModel.SINGLE_VALUE),
-                    b.StoredDataSpecifier(ARRAY, 0, indices=(b.ArrayRange(0, 0xFFFFFFFF),),
-                                          data_model=b.DataModel.ARRAY),
-                    b.StoredDataSpecifier(DICTIONARY, 0, keys=(b"a", b"b"),
-                                          data_model=b.DataModel.DICTIONARY),
+                    b.StoredDataSpecifier(
+                        ARRAY,
+                        0,
+                        indices=(b.ArrayRange(0, 0xFFFFFFFF),),
+                        data_model=b.DataModel.ARRAY,
+                    ),
+                    b.StoredDataSpecifier(
+                        DICTIONARY, 0, keys=(b"a", b"b"), data_model=b.DataModel.DICTIONARY
+                    ),
                 ),
             )
         )
         store = sample_store()
         self.check(
-            b.FetchAns(tuple(b.FetchKindResponse(k.kind, k.generation_counter, k.values)
-                             for k in store.kind_data))
+            b.FetchAns(
+                tuple(
+                    b.FetchKindResponse(k.kind, k.generation_counter, k.values)
+                    for k in store.kind_data
+                )
+            )
         )
 
     def test_stat(self) -> None:
         """StatReq and StatAns round-trip."""
-        self.check(b.StatReq(5, (b.StoredDataSpecifier(DICTIONARY, 0, keys=(b"a",),
-                                                       data_model=b.DataModel.DICTIONARY),)))
+        self.check(
+            b.StatReq(
+                5,
+                (
+                    b.StoredDataSpecifier(
+                        DICTIONARY, 0, keys=(b"a",), data_model=b.DataModel.DICTIONARY
+                    ),
+                ),
+            )
+        )
         meta = b.MetaData(True, 3, 4, b"\x09" * 32)
         self.check(
             b.StatAns(
                 (
                     b.StatKindResponse(SINGLE, 1, (b.StoredMetaData(1, 2, meta),)),
-                    b.StatKindResponse(ARRAY, 1, (b.StoredMetaData(1, 2, b.ArrayEntryMeta(3, meta)),)),
-                    b.StatKindResponse(DICTIONARY, 1,
-                                       (b.StoredMetaData(1, 2, b.DictionaryEntryMeta(b"k", meta)),)),
+                    b.StatKindResponse(
+                        ARRAY, 1, (b.StoredMetaData(1, 2, b.ArrayEntryMeta(3, meta)),)
+                    ),
+                    b.StatKindResponse(
+                        DICTIONARY, 1, (b.StoredMetaData(1, 2, b.DictionaryEntryMeta(b"k", meta)),)
+                    ),
                 )
             )
         )
 
     def test_attach(self) -> None:
         """Attach and AppAttach with host and relayed candidates round-trip."""
-        host = b.IceCandidate(b.IpAddressPort("192.0.2.1", 6084), b.OverlayLinkType.TLS_TCP_FH_NO_ICE,
-                              b"f1", 100, b.CandidateType.HOST)
-        relayed = b.IceCandidate(b.IpAddressPort("2001:db8::1", 5), 4, b"f2", 5,
-                                 b.CandidateType.RELAYED, b.IpAddressPort("198.51.100.2", 7),
-                                 (b.IceExtension(b"n", b"v"),))
+        host = b.IceCandidate(
+            b.IpAddressPort("192.0.2.1", 6084),
+            b.OverlayLinkType.TLS_TCP_FH_NO_ICE,
+            b"f1",
+            100,
+            b.CandidateType.HOST,
+        )
+        relayed = b.IceCandidate(
+            b.IpAddressPort("2001:db8::1", 5),
+            4,
+            b"f2",
+            5,
+            b.CandidateType.RELAYED,
+            b.IpAddressPort("198.51.100.2", 7),
+            (b.IceExtension(b"n", b"v"),),
+        )
         self.check(b.AttachReq(b"u", b"p", b"active", (host, relayed), True))
         self.check(b.AttachAns(b"u", b"p", b"passive", (host,)))
         self.check(b.AppAttachReq(b"u", b"p", 5060, b"active", (host,)))
@@ -346,8 +394,14 @@ class LayoutTests(SynchronousTestCase):
         """An Attach body has the RFC's field widths, with a 6-byte IPv4 IpAddressPort."""
         host = b.IceCandidate(b.IpAddressPort("192.0.2.1", 6084), 4, b"f", 9, b.CandidateType.HOST)
         data = b.AttachReq(b"u", b"p", b"active", (host,), True).encode()
-        candidate = (b"\x01\x06\xc0\x00\x02\x01\x17\xc4" + b"\x04" + b"\x01f"
-                     + b"\x00\x00\x00\x09" + b"\x01" + b"\x00\x00")
+        candidate = (
+            b"\x01\x06\xc0\x00\x02\x01\x17\xc4"
+            + b"\x04"
+            + b"\x01f"
+            + b"\x00\x00\x00\x09"
+            + b"\x01"
+            + b"\x00\x00"
+        )
         self.assertEqual(
             data,
             b"\x01u\x01p\x06active" + len(candidate).to_bytes(2, "big") + candidate + b"\x01",
@@ -355,8 +409,9 @@ class LayoutTests(SynchronousTestCase):
 
     def test_stored_metadata(self) -> None:
         """StoredMetaData starts with the byte length of the rest, as StoredData does."""
-        meta = b.StoredMetaData(value_length=999, storage_time=1, lifetime=2,
-                                metadata=b.MetaData(True, 5, 4, b"hh"))
+        meta = b.StoredMetaData(
+            value_length=999, storage_time=1, lifetime=2, metadata=b.MetaData(True, 5, 4, b"hh")
+        )
         data = b.StatAns((b.StatKindResponse(SINGLE, 0, (meta,)),)).encode()
         offset = 4 + 4 + 8 + 4
         self.assertEqual(
@@ -378,8 +433,11 @@ class LayoutTests(SynchronousTestCase):
         data = b.stored_data_signature_input(7, SINGLE, 99, b.encode_stored_value(value), identity)
         self.assertEqual(
             data,
-            (7).to_bytes(16, "big") + struct.pack(">IQ", SINGLE, 99) + b"\x01\x00\x00\x00\x01v"
-            + b"\x01\x00\x22\x04\x20" + b"\x01" * 32,
+            (7).to_bytes(16, "big")
+            + struct.pack(">IQ", SINGLE, 99)
+            + b"\x01\x00\x00\x00\x01v"
+            + b"\x01\x00\x22\x04\x20"
+            + b"\x01" * 32,
         )
 
     def test_unknown_kinds_info(self) -> None:
@@ -393,14 +451,18 @@ class UnknownKindTests(SynchronousTestCase):
         """A StoreReq naming unknown kinds raises UnknownKindError listing all of them."""
         data = sample_store().encode()
         error = self.assertRaises(
-            UnknownKindError, b.StoreReq.decode, data, data_models={SINGLE: b.DataModel.SINGLE_VALUE}
+            UnknownKindError,
+            b.StoreReq.decode,
+            data,
+            data_models={SINGLE: b.DataModel.SINGLE_VALUE},
         )
         self.assertEqual(error.kinds, (DICTIONARY, ARRAY))
 
     def test_no_models(self) -> None:
         """Without any data models every kind is unknown."""
-        error = self.assertRaises(UnknownKindError, b.decode_body, MessageCode.STORE_REQ,
-                                  sample_store().encode())
+        error = self.assertRaises(
+            UnknownKindError, b.decode_body, MessageCode.STORE_REQ, sample_store().encode()
+        )
         self.assertEqual(sorted(error.kinds), sorted(MODELS))
 
     def test_fetch_and_stat(self) -> None:
@@ -412,8 +474,9 @@ class UnknownKindTests(SynchronousTestCase):
             b.FetchAns((b.FetchKindResponse(DICTIONARY, 0, ()),)),
             b.StatAns((b.StatKindResponse(DICTIONARY, 0, ()),)),
         ):
-            error = self.assertRaises(UnknownKindError, type(body).decode, body.encode(),
-                                      data_models={})
+            error = self.assertRaises(
+                UnknownKindError, type(body).decode, body.encode(), data_models={}
+            )
             self.assertEqual(error.kinds, (DICTIONARY,))
 
     def test_is_decode_error(self) -> None:
@@ -440,8 +503,12 @@ class HostileBodyTests(SynchronousTestCase):
     def test_huge_list_length(self) -> None:
         """A 2**32-1 list length raises DecodeError."""
         self.assertRaises(DecodeError, b.FetchAns.decode, b"\xff\xff\xff\xff", data_models=MODELS)
-        self.assertRaises(DecodeError, b.StoreReq.decode,
-                          b"\x10" + b"\x00" * 16 + b"\x00\xff\xff\xff\xff", data_models=MODELS)
+        self.assertRaises(
+            DecodeError,
+            b.StoreReq.decode,
+            b"\x10" + b"\x00" * 16 + b"\x00\xff\xff\xff\xff",
+            data_models=MODELS,
+        )
 
     def test_too_many_items(self) -> None:
         """A list with more items than the limit raises DecodeError."""

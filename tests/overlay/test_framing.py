@@ -27,9 +27,7 @@ frames: st.SearchStrategy[Frame] = st.one_of(
 class EncodingTests(SynchronousTestCase):
     def test_data_layout(self) -> None:
         """A data frame is type 128, uint32 sequence, uint24 length, message."""
-        self.assertEqual(
-            encode_frame(DataFrame(1, b"abc")), b"\x80\x00\x00\x00\x01\x00\x00\x03abc"
-        )
+        self.assertEqual(encode_frame(DataFrame(1, b"abc")), b"\x80\x00\x00\x00\x01\x00\x00\x03abc")
 
     def test_ack_layout(self) -> None:
         """An ack frame is type 129, uint32 ack_sequence, uint32 received."""
@@ -46,7 +44,10 @@ class DecoderTests(SynchronousTestCase):
     def test_one_byte_at_a_time(self) -> None:
         """Frames fed one byte at a time come out whole and in order."""
         sent: list[Frame] = [
-            DataFrame(1, b"hello"), AckFrame(1, 1), DataFrame(2, b""), DataFrame(3, b"x" * 300)
+            DataFrame(1, b"hello"),
+            AckFrame(1, 1),
+            DataFrame(2, b""),
+            DataFrame(3, b"x" * 300),
         ]
         stream = b"".join(encode_frame(frame) for frame in sent)
         decoder = FrameDecoder()
@@ -144,11 +145,15 @@ class ReceivedMaskTests(SynchronousTestCase):
         with open(path, "wb") as capture:
             # Wireshark recognises the stream by a data frame before it reads acks.
             message = encode_message(Message(make_header(1, 2, (Destination.node(3),)), 23, b""))
-            capture.write(_pcap_of_tcp_payloads([encode_frame(DataFrame(40, message)),
-                                                 encode_frame(ack)]))
+            capture.write(
+                _pcap_of_tcp_payloads([encode_frame(DataFrame(40, message)), encode_frame(ack)])
+            )
         result = subprocess.run(
             [tshark, "-r", path, "-d", "tcp.port==6084,reload-framing", "-V"],
-            capture_output=True, timeout=120, check=True, text=True,
+            capture_output=True,
+            timeout=120,
+            check=True,
+            text=True,
         )
         [line] = [line for line in result.stdout.splitlines() if "Acked Frames" in line]
         listed = line.split("[Acked Frames:[", 1)[1].rstrip("]").split(",")

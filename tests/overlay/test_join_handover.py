@@ -203,7 +203,11 @@ class RestartTests(SynchronousTestCase):
         restarted = self.sim.restart(victim, endpoints)
         self.assertEqual(restarted.node_id, victim.node_id)
         self.assertEqual(restarted.state, NodeState.JOINED)
-        joined = [e for e in events if str(e.get("log_format", "")).startswith("node {node} joined the ring through")]
+        joined = [
+            e
+            for e in events
+            if str(e.get("log_format", "")).startswith("node {node} joined the ring through")
+        ]
         self.assertEqual(len(joined), 1)
         self.assertNotEqual(joined[0]["endpoint"], self.bootstrap_endpoint)
         self.ring.settle()
@@ -216,7 +220,9 @@ class RestartTests(SynchronousTestCase):
         self.sim.crash(victim)
         # Well inside the keepalive's failure detection: the others still list it.
         self.sim.run(1)
-        self.assertTrue(any(victim.node_id in node.topology.neighbours() for node in self.sim.live()))
+        self.assertTrue(
+            any(victim.node_id in node.topology.neighbours() for node in self.sim.live())
+        )
         restarted = self.sim.restart(victim, endpoints)
         self.assertEqual(restarted.state, NodeState.JOINED)
         self.ring.settle()

@@ -41,7 +41,9 @@ class FakeDirect:
         self.answers: list[Deferred[Link]] = []
         self.endpoints: list[str] = []
 
-    def connect(self, listener: Any, host: str, port: int, peer_id: int | None = None) -> Deferred[Link]:
+    def connect(
+        self, listener: Any, host: str, port: int, peer_id: int | None = None
+    ) -> Deferred[Link]:
         self.calls.append((host, port, peer_id))
         return self.answers.pop(0)
 
@@ -60,7 +62,11 @@ class FakeClient:
         if self.answer is not None:
             return self.answer
         link = factory.buildProtocol(None)
-        return succeed(TraversalResult(protocol=link, method="simultaneous-open", peer_id=peer_id, setup_seconds=0.1))
+        return succeed(
+            TraversalResult(
+                protocol=link, method="simultaneous-open", peer_id=peer_id, setup_seconds=0.1
+            )
+        )
 
 
 class FakeTraversal:
@@ -79,7 +85,12 @@ class MediatedConnectorTests(SynchronousTestCase):
         self.client = FakeClient()
         self.traversal = FakeTraversal(self.client)
         self.connector = MediatedConnector(
-            self.direct, self.traversal, self.clock, 65536, direct_timeout_seconds=1.5, registration_wait_seconds=5
+            self.direct,
+            self.traversal,
+            self.clock,
+            65536,
+            direct_timeout_seconds=1.5,
+            registration_wait_seconds=5,
         )
         self.listener = Listener()
 
@@ -90,7 +101,9 @@ class MediatedConnectorTests(SynchronousTestCase):
         """Without a Node-ID the connector is the plain one: no mediator is asked."""
         link = self.direct_link()
         self.direct.answers.append(succeed(link))
-        self.assertIs(self.successResultOf(self.connector.connect(self.listener, "198.51.100.7", 6084)), link)
+        self.assertIs(
+            self.successResultOf(self.connector.connect(self.listener, "198.51.100.7", 6084)), link
+        )
         self.assertEqual(self.client.requests, [])
 
     def test_bootstrap_endpoints_go_direct(self) -> None:
@@ -102,7 +115,9 @@ class MediatedConnectorTests(SynchronousTestCase):
         """A candidate that answers is used as is, and its link says it was a plain connect."""
         link = self.direct_link()
         self.direct.answers.append(succeed(link))
-        got = self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER))
+        got = self.successResultOf(
+            self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
+        )
         self.assertIs(got, link)
         self.assertEqual(self.direct.calls, [("10.0.1.2", 6084, PEER)])
         self.assertEqual((got.describe()["path"], got.describe()["mediated"]), ("connect", False))
@@ -111,12 +126,16 @@ class MediatedConnectorTests(SynchronousTestCase):
     def test_refused_falls_back_to_mediator(self) -> None:
         """A refused direct connect asks the mediator for the peer's Node-ID in hex; the link names the method."""
         self.direct.answers.append(fail(ConnectionRefusedError()))
-        link = self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER))
+        link = self.successResultOf(
+            self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
+        )
         [(peer_id, _factory)] = self.client.requests
         self.assertEqual(peer_id, id_hex(PEER))
         self.assertFalse(link.inbound)
         self.assertEqual(link.path, "simultaneous-open")
-        self.assertEqual((link.describe()["path"], link.describe()["mediated"]), ("simultaneous-open", True))
+        self.assertEqual(
+            (link.describe()["path"], link.describe()["mediated"]), ("simultaneous-open", True)
+        )
 
     def test_wrapped_connect_error_reads_as_one_line(self) -> None:
         """A connect error wrapping a Failure is reported by its message, on one line."""
@@ -135,7 +154,9 @@ class MediatedConnectorTests(SynchronousTestCase):
         inbound = FramedStreamLink(self.listener, self.clock, 65536, inbound=True)
         self.listener.link_for = lambda peer: inbound if peer == PEER else None  # type: ignore[attr-defined]
         self.direct.answers.append(fail(ConnectionRefusedError()))
-        got = self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER))
+        got = self.successResultOf(
+            self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
+        )
         self.assertIs(got, inbound)
         self.assertEqual(self.client.requests, [])
 
@@ -162,20 +183,29 @@ class MediatedConnectorTests(SynchronousTestCase):
         self.patch(mediated, "MAX_REMEMBERED_PEERS", 2)
         for peer in (1, 2):
             self.direct.answers.append(fail(ConnectionRefusedError()))
-            self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=peer))
+            self.successResultOf(
+                self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=peer)
+            )
         self.clock.advance(mediated.DIRECT_RETRY_AFTER_SECONDS)
         self.direct.answers.append(fail(ConnectionRefusedError()))
         self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=3))
         self.assertEqual(set(self.connector.direct_failed_until), {3})
         for peer in (4, 5):
             self.direct.answers.append(fail(ConnectionRefusedError()))
-            self.successResultOf(self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=peer))
+            self.successResultOf(
+                self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=peer)
+            )
         self.assertEqual(set(self.connector.direct_failed_until), {4, 5})
 
     def test_not_registered_names_the_option(self) -> None:
         """When the mediator registration does not come, the failure names --mediator and both reasons."""
         connector = MediatedConnector(
-            self.direct, FakeTraversal(None), self.clock, 65536, direct_timeout_seconds=1, registration_wait_seconds=5
+            self.direct,
+            FakeTraversal(None),
+            self.clock,
+            65536,
+            direct_timeout_seconds=1,
+            registration_wait_seconds=5,
         )
         self.direct.answers.append(fail(ConnectionRefusedError()))
         d = connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
@@ -210,7 +240,9 @@ class MediatedConnectorTests(SynchronousTestCase):
         """An inbound link the mediator made says how (relayed) in its status summary."""
         link = FramedLinkFactory(self.listener, self.clock, 65536).buildProtocol(None)
         self.connector.incoming_made(
-            TraversalResult(protocol=link, method="relayed", peer_id=id_hex(PEER), setup_seconds=0.2)
+            TraversalResult(
+                protocol=link, method="relayed", peer_id=id_hex(PEER), setup_seconds=0.2
+            )
         )
         self.assertEqual((link.describe()["direction"], link.describe()["path"]), ("in", "relayed"))
 
@@ -253,14 +285,21 @@ class WrongPeerTests(SynchronousTestCase):
 
             def connect(self, peer_id: str, factory: Any) -> Deferred[TraversalResult]:
                 self.requests.append(peer_id)
-                d: Deferred[Any] = network._connect(("10.0.1.2", 6084), factory.listener, "10.0.2.2", 6084)
+                d: Deferred[Any] = network._connect(
+                    ("10.0.1.2", 6084), factory.listener, "10.0.2.2", 6084
+                )
                 return d.addCallback(
-                    lambda link: TraversalResult(protocol=link, method="relayed", peer_id=peer_id, setup_seconds=0)
+                    lambda link: TraversalResult(
+                        protocol=link, method="relayed", peer_id=peer_id, setup_seconds=0
+                    )
                 )
 
         mediator = MemoryMediator()
         connector = MediatedConnector(
-            network.connector("10.0.1.2", 6084), FakeTraversal(mediator), clock, 65536  # type: ignore[arg-type]
+            network.connector("10.0.1.2", 6084),
+            FakeTraversal(mediator),
+            clock,
+            65536,  # type: ignore[arg-type]
         )
         a = node("10.0.1.2", connector, 1001)
         b = node("10.0.2.2", network.connector("10.0.2.2", 6084), 2002)

@@ -194,8 +194,10 @@ class HeaderLayoutTests(SynchronousTestCase):
         destination_bytes = data[38 : 38 + struct.unpack_from(">H", data, 34)[0]]
         self.assertEqual(
             destination_bytes,
-            b"\x01\x10" + (1).to_bytes(16, "big")
-            + b"\x02\x11\x10" + (2).to_bytes(16, "big")
+            b"\x01\x10"
+            + (1).to_bytes(16, "big")
+            + b"\x02\x11\x10"
+            + (2).to_bytes(16, "big")
             + b"\x03\x03\x02ab"
             + b"\x80\x01",
         )
@@ -211,7 +213,9 @@ class HeaderLayoutTests(SynchronousTestCase):
         contents = encode_contents(23, b"xy", (MessageExtension(5, True, b"e"),))
         self.assertEqual(
             contents,
-            b"\x00\x17" + b"\x00\x00\x00\x02xy" + b"\x00\x00\x00\x08"
+            b"\x00\x17"
+            + b"\x00\x00\x00\x02xy"
+            + b"\x00\x00\x00\x08"
             + b"\x00\x05\x01\x00\x00\x00\x01e",
         )
 
@@ -248,7 +252,9 @@ class RoundTripTests(SynchronousTestCase):
 
     def test_signature_helpers(self) -> None:
         """encode_signature and decode_signature are inverse."""
-        signature = Signature(4, 3, SignerIdentity(SignerIdentityType.CERT_HASH_NODE_ID, 4, b"x"), b"v")
+        signature = Signature(
+            4, 3, SignerIdentity(SignerIdentityType.CERT_HASH_NODE_ID, 4, b"x"), b"v"
+        )
         self.assertEqual(decode_signature(Reader(encode_signature(signature))), signature)
         self.assertEqual(decode_signature(Reader(encode_signature(NO_SIGNATURE))), NO_SIGNATURE)
 
@@ -442,8 +448,19 @@ class HostileInputTests(SynchronousTestCase):
     @given(st.binary(max_size=160))
     def test_garbage_after_token(self, tail: bytes) -> None:
         """Random bytes behind a valid token and length raise nothing but DecodeError."""
-        data = struct.pack(">IIHBBII", RELOAD_TOKEN, 1, 0, RELOAD_VERSION, 100,
-                           FRAGMENT_UNFRAGMENTED, 20 + len(tail)) + tail
+        data = (
+            struct.pack(
+                ">IIHBBII",
+                RELOAD_TOKEN,
+                1,
+                0,
+                RELOAD_VERSION,
+                100,
+                FRAGMENT_UNFRAGMENTED,
+                20 + len(tail),
+            )
+            + tail
+        )
         try:
             decode_message(data)
         except DecodeError:
@@ -487,8 +504,17 @@ def _pcap_of_tcp_payloads(payloads: list[bytes]) -> bytes:
         tcp = struct.pack(">HHIIBBHHH", 40000, 6084, sequence, 1, 5 << 4, 0x18, 65535, 0, 0)
         sequence += len(payload)
         ip = struct.pack(
-            ">BBHHHBBH4s4s", 0x45, 0, 40 + len(payload), number, 0, 64, 6, 0,
-            b"\x7f\x00\x00\x01", b"\x7f\x00\x00\x02",
+            ">BBHHHBBH4s4s",
+            0x45,
+            0,
+            40 + len(payload),
+            number,
+            0,
+            64,
+            6,
+            0,
+            b"\x7f\x00\x00\x01",
+            b"\x7f\x00\x00\x02",
         )
         packet = ip + tcp + payload
         out += struct.pack("<IIII", number, 0, len(packet), len(packet)) + packet
@@ -505,33 +531,61 @@ class WiresharkTests(SynchronousTestCase):
         from p2psip.testing import require_tool
 
         tshark = require_tool("tshark")
-        signature = Signature(4, 3, SignerIdentity(SignerIdentityType.CERT_HASH, 4, b"h" * 32),
-                              b"s" * 64)
+        signature = Signature(
+            4, 3, SignerIdentity(SignerIdentityType.CERT_HASH, 4, b"h" * 32), b"s" * 64
+        )
         key = b"k" * 16
         host = b.IceCandidate(b.IpAddressPort("192.0.2.1", 6084), 4, b"f", 9, b.CandidateType.HOST)
-        relayed = b.IceCandidate(b.IpAddressPort("2001:db8::1", 7), 4, b"g", 9,
-                                 b.CandidateType.RELAYED, b.IpAddressPort("192.0.2.9", 8))
+        relayed = b.IceCandidate(
+            b.IpAddressPort("2001:db8::1", 7),
+            4,
+            b"g",
+            9,
+            b.CandidateType.RELAYED,
+            b.IpAddressPort("192.0.2.9", 8),
+        )
         meta = b.MetaData(True, 5, 4, b"h" * 32)
         samples: list[Any] = [
-            b.JoinReq(NODE_A, b""), b.JoinAns(b""),
+            b.JoinReq(NODE_A, b""),
+            b.JoinAns(b""),
             b.LeaveReq(NODE_A, b.ChordLeaveData(b.ChordLeaveType.FROM_SUCCESSOR, (1, 2)).encode()),
             b.LeaveAns(),
-            b.UpdateReq(5, b.ChordUpdateType.FULL, (1,), (2, 3), (4,)), b.UpdateAns(),
-            b.RouteQueryReq(True, Destination.resource(NODE_B)), b.RouteQueryAns(NODE_B),
-            b.PingReq(b"pad"), b.PingAns(1, 1700000000000),
+            b.UpdateReq(5, b.ChordUpdateType.FULL, (1,), (2, 3), (4,)),
+            b.UpdateAns(),
+            b.RouteQueryReq(True, Destination.resource(NODE_B)),
+            b.RouteQueryAns(NODE_B),
+            b.PingReq(b"pad"),
+            b.PingAns(1, 1700000000000),
             b.ProbeReq((b.ProbeInformationType.UPTIME,)),
             b.ProbeAns((b.ProbeInformation(b.ProbeInformationType.UPTIME, 7),)),
-            b.StoreReq(NODE_B, 0, (b.StoreKindData(1, 3, (
-                b.StoredData(1000, 60, b.DictionaryEntry(key, b.DataValue(True, b"v")), signature),
-            )),)),
+            b.StoreReq(
+                NODE_B,
+                0,
+                (
+                    b.StoreKindData(
+                        1,
+                        3,
+                        (
+                            b.StoredData(
+                                1000, 60, b.DictionaryEntry(key, b.DataValue(True, b"v")), signature
+                            ),
+                        ),
+                    ),
+                ),
+            ),
             b.StoreAns((b.StoreKindResponse(1, 4, (NODE_A,)),)),
             b.FetchReq(NODE_B, (b.StoredDataSpecifier(1, 0, keys=(key,)),)),
             b.FetchAns((b.FetchKindResponse(1, 4, ()),)),
             b.StatReq(NODE_B, (b.StoredDataSpecifier(1, 0, keys=(key,)),)),
-            b.StatAns((b.StatKindResponse(1, 0, (
-                b.StoredMetaData(1, 2, b.DictionaryEntryMeta(key, meta)),
-            )),)),
-            b.FindReq(NODE_B, (1,)), b.FindAns((b.FindKindData(1, NODE_B),)),
+            b.StatAns(
+                (
+                    b.StatKindResponse(
+                        1, 0, (b.StoredMetaData(1, 2, b.DictionaryEntryMeta(key, meta)),)
+                    ),
+                )
+            ),
+            b.FindReq(NODE_B, (1,)),
+            b.FindAns((b.FindKindData(1, NODE_B),)),
             b.AttachReq(b"u", b"p", b"active", (host, relayed), True),
             b.AttachAns(b"u", b"p", b"passive", (host,)),
             b.AppAttachReq(b"u", b"p", 5060, b"active", (host,)),
@@ -540,7 +594,9 @@ class WiresharkTests(SynchronousTestCase):
             b.ErrorResponse(ErrorCode.NOT_FOUND, "not found"),
         ]
         header = make_header(
-            overlay_hash("example.org"), 42, (Destination.node(NODE_B), Destination.resource(7)),
+            overlay_hash("example.org"),
+            42,
+            (Destination.node(NODE_B), Destination.resource(7)),
             via_list=(Destination.node(NODE_A),),
         )
         payloads = [
@@ -552,10 +608,27 @@ class WiresharkTests(SynchronousTestCase):
         with open(path, "wb") as capture:
             capture.write(_pcap_of_tcp_payloads(payloads))
         result = subprocess.run(
-            [tshark, "-r", path, "-d", "tcp.port==6084,reload-framing", "-T", "fields",
-             "-E", "separator=|", "-E", "aggregator=;", "-e", "reload.message.code",
-             "-e", "_ws.expert.message"],
-            capture_output=True, timeout=120, check=True, text=True,
+            [
+                tshark,
+                "-r",
+                path,
+                "-d",
+                "tcp.port==6084,reload-framing",
+                "-T",
+                "fields",
+                "-E",
+                "separator=|",
+                "-E",
+                "aggregator=;",
+                "-e",
+                "reload.message.code",
+                "-e",
+                "_ws.expert.message",
+            ],
+            capture_output=True,
+            timeout=120,
+            check=True,
+            text=True,
         )
         lines = result.stdout.splitlines()
         self.assertEqual(len(lines), len(payloads))
@@ -565,7 +638,8 @@ class WiresharkTests(SynchronousTestCase):
             # Wireshark flags the 'none' signer identity of unsigned messages;
             # anything else (malformed, truncated) is a codec bug.
             self.assertLessEqual(
-                set(experts.split(";")) - {""}, {"Unknown identity type"},
+                set(experts.split(";")) - {""},
+                {"Unknown identity type"},
                 f"{type(body).__name__}: {line}",
             )
         self.assertEqual(lines[-1], "|")

@@ -40,7 +40,10 @@ class HostileInputTests(SynchronousTestCase):
         other = RingSimulation(evolve(SIMULATION_CONFIG, overlay_name="someone-else.test"), seed=12)
         stranger = other.found()
         data = stranger._encode(
-            MessageCode.PING_REQ, bodies.PingReq().encode(), (Destination.node(self.node.node_id),), 7
+            MessageCode.PING_REQ,
+            bodies.PingReq().encode(),
+            (Destination.node(self.node.node_id),),
+            7,
         )
         self.node.message_received(self.link, data)
         self.assertEqual(self.node.counters.get("wrong_overlay"), 1)
@@ -49,7 +52,9 @@ class HostileInputTests(SynchronousTestCase):
     def test_unsupported_method_gets_error(self) -> None:
         """A request with a method we do not serve is answered with a RELOAD Error."""
         asker, target = self.sim.live()[1], self.node
-        d = asker._request(Destination.node(target.node_id), MessageCode.FIND_REQ, b"\x00" * 16 + b"\x00")
+        d = asker._request(
+            Destination.node(target.node_id), MessageCode.FIND_REQ, b"\x00" * 16 + b"\x00"
+        )
         [failure] = self.sim.wait(d.addErrback(lambda f: [f]))
         self.assertIsInstance(failure.value, RequestFailed)
         self.assertEqual(failure.value.error_code, ErrorCode.INVALID_MESSAGE)

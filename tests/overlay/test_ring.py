@@ -74,7 +74,9 @@ class SmallRingTests(SynchronousTestCase):
             self.assertEqual(got.value, b"v%d" % i)
         ring = self.sim.sorted_ids()
         for node in self.sim.live():
-            self.assertEqual(node.topology.successor, ring[(ring.index(node.node_id) + 1) % len(ring)])
+            self.assertEqual(
+                node.topology.successor, ring[(ring.index(node.node_id) + 1) % len(ring)]
+            )
 
 
 class LargeRingTests(SynchronousTestCase):

@@ -27,7 +27,9 @@ class MediatorOptionTests(SynchronousTestCase):
 
     def test_mediator_needs_a_secret(self) -> None:
         """--mediator without a secret stops the role, naming both secret options."""
-        error = self.assertRaises(usage.UsageError, self.parse, "--mediator", "tcp:198.51.100.10:3479")
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "--mediator", "tcp:198.51.100.10:3479"
+        )
         self.assertIn("--mediator-secret or --mediator-secret-file", str(error))
 
     def test_inline_secret(self) -> None:
@@ -40,8 +42,12 @@ class MediatorOptionTests(SynchronousTestCase):
         path = Path(self.mktemp())
         path.write_text("from-file\nignored\n", encoding="utf-8")
         options = self.parse(
-            "--mediator", "tcp:198.51.100.10:3479", "--mediator-secret", "inline",
-            "--mediator-secret-file", str(path),
+            "--mediator",
+            "tcp:198.51.100.10:3479",
+            "--mediator-secret",
+            "inline",
+            "--mediator-secret-file",
+            str(path),
         )
         self.assertEqual(options["mediator-secret-bytes"], b"from-file")
 
@@ -49,7 +55,12 @@ class MediatorOptionTests(SynchronousTestCase):
         """A missing secret file stops the role, naming the option and the path."""
         path = self.mktemp()
         error = self.assertRaises(
-            usage.UsageError, self.parse, "--mediator", "tcp:198.51.100.10:3479", "--mediator-secret-file", path
+            usage.UsageError,
+            self.parse,
+            "--mediator",
+            "tcp:198.51.100.10:3479",
+            "--mediator-secret-file",
+            path,
         )
         self.assertIn(f"--mediator-secret-file {path}", str(error))
 
@@ -58,18 +69,27 @@ class MediatorOptionTests(SynchronousTestCase):
         path = Path(self.mktemp())
         path.write_text("\n", encoding="utf-8")
         error = self.assertRaises(
-            usage.UsageError, self.parse, "--mediator", "tcp:198.51.100.10:3479", "--mediator-secret-file", str(path)
+            usage.UsageError,
+            self.parse,
+            "--mediator",
+            "tcp:198.51.100.10:3479",
+            "--mediator-secret-file",
+            str(path),
         )
         self.assertIn("is empty", str(error))
 
     def test_bad_mediator_endpoint(self) -> None:
         """A mediator address that is no client endpoint string stops the role at once."""
-        self.assertRaises(usage.UsageError, self.parse, "--mediator", "tcp:nohost", "--mediator-secret", "s")
+        self.assertRaises(
+            usage.UsageError, self.parse, "--mediator", "tcp:nohost", "--mediator-secret", "s"
+        )
 
     def test_direct_timeout_positive(self) -> None:
         """The direct-connect timeout must be a positive number of seconds."""
         self.assertRaises(usage.UsageError, self.parse, "--direct-connect-timeout", "0")
-        self.assertEqual(self.parse("--direct-connect-timeout", "0.5")["direct-connect-timeout"], 0.5)
+        self.assertEqual(
+            self.parse("--direct-connect-timeout", "0.5")["direct-connect-timeout"], 0.5
+        )
 
     def test_bootstrap_role_takes_mediator(self) -> None:
         """The bootstrap role accepts the same mediator options."""

@@ -55,7 +55,9 @@ class PeerOptionsTests(SynchronousTestCase):
 
     def test_bad_udp_listener(self) -> None:
         """A malformed udp: listener is a usage error naming the syntax."""
-        error = self.assertRaises(usage.UsageError, parse, "--sip", "udp:x", "--sip-trusted-network")
+        error = self.assertRaises(
+            usage.UsageError, parse, "--sip", "udp:x", "--sip-trusted-network"
+        )
         self.assertIn("udp:PORT", str(error))
 
     def test_ini_keys(self) -> None:
@@ -66,7 +68,9 @@ class PeerOptionsTests(SynchronousTestCase):
             "users = /etc/p2psip/users\nsip-trusted-network = no\n"
         )
         options.parseOptions([])
-        self.assertEqual((options["sip"], options["users"]), (["udp:5060", "tcp:5060"], "/etc/p2psip/users"))
+        self.assertEqual(
+            (options["sip"], options["users"]), (["udp:5060", "tcp:5060"], "/etc/p2psip/users")
+        )
         self.assertFalse(options["sip-trusted-network"])
 
     def test_make_service_adds_sip(self) -> None:
@@ -131,8 +135,14 @@ class SipServiceTests(TestCase):
         self.services = []
         for name, node_id in (("a", NODE_A), ("b", NODE_B)):
             options = parse(
-                "--overlay-name", DOMAIN, "--sip", "udp:0:interface=127.0.0.1",
-                "--users", str(self.users_path), "--data-dir", str(directory / name),
+                "--overlay-name",
+                DOMAIN,
+                "--sip",
+                "udp:0:interface=127.0.0.1",
+                "--users",
+                str(self.users_path),
+                "--data-dir",
+                str(directory / name),
             )
             os.makedirs(options["data-dir"])
             node = MemoryNode(node_id, reactor, entries, applications)

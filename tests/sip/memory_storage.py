@@ -46,7 +46,9 @@ class MemoryOverlayStorage:
         self.entries.setdefault((resource_name, kind_id), {})[key] = (value, expiry)
         return succeed(None)
 
-    def remove_dictionary_entry(self, resource_name: str, kind_id: int, key: bytes) -> Deferred[None]:
+    def remove_dictionary_entry(
+        self, resource_name: str, kind_id: int, key: bytes
+    ) -> Deferred[None]:
         self.calls.append(("remove", resource_name, kind_id, key))
         if not self.available:
             return fail(StorageUnavailable("overlay down"))

@@ -74,8 +74,14 @@ class VectorTests(SynchronousTestCase):
         """The RFC 2617 section 3.5 MD5 example gives its published response."""
         ha1 = compute_ha1("MD5", "Mufasa", "testrealm@host.com", "Circle Of Life")
         response = compute_response(
-            "MD5", ha1, "dcd98b7102dd2f0e8b11d0f600bfb0c093", "GET", "/dir/index.html",
-            "auth", "00000001", "0a4f113b",
+            "MD5",
+            ha1,
+            "dcd98b7102dd2f0e8b11d0f600bfb0c093",
+            "GET",
+            "/dir/index.html",
+            "auth",
+            "00000001",
+            "0a4f113b",
         )
         self.assertEqual(response, "6629fae49393a05397450978507c4ef1")
 
@@ -83,10 +89,18 @@ class VectorTests(SynchronousTestCase):
         """The RFC 7616 section 3.9.1 SHA-256 example gives its published response."""
         ha1 = compute_ha1("SHA-256", "Mufasa", "http-auth@example.org", "Circle of Life")
         response = compute_response(
-            "SHA-256", ha1, "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", "GET",
-            "/dir/index.html", "auth", "00000001", "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+            "SHA-256",
+            ha1,
+            "7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v",
+            "GET",
+            "/dir/index.html",
+            "auth",
+            "00000001",
+            "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
         )
-        self.assertEqual(response, "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1")
+        self.assertEqual(
+            response, "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1"
+        )
 
 
 class ParseTests(SynchronousTestCase):
@@ -95,10 +109,16 @@ class ParseTests(SynchronousTestCase):
         credentials = parse_authorization(
             'Digest USERNAME="alice", realm="example.org", nonce="abc", '
             'uri="sip:example.org", response="0f", algorithm=sha-256, '
-            "qop=auth, nc=00000001, cnonce=\"x\", opaque=\"o\""
+            'qop=auth, nc=00000001, cnonce="x", opaque="o"'
         )
         self.assertEqual(
-            (credentials.username, credentials.algorithm, credentials.qop, credentials.nc, credentials.opaque),
+            (
+                credentials.username,
+                credentials.algorithm,
+                credentials.qop,
+                credentials.nc,
+                credentials.opaque,
+            ),
             ("alice", "sha-256", "auth", "00000001", "o"),
         )
 
@@ -110,7 +130,8 @@ class ParseTests(SynchronousTestCase):
     def test_missing_fields_rejected(self) -> None:
         """Credentials without a response are a parse error naming it."""
         error = self.assertRaises(
-            DigestParseError, parse_authorization,
+            DigestParseError,
+            parse_authorization,
             'Digest username="a", realm="r", nonce="n", uri="u"',
         )
         self.assertIn("response", str(error))
@@ -182,18 +203,26 @@ class AuthenticatorTests(SynchronousTestCase):
     def test_right_password_accepted(self) -> None:
         """Correct SHA-256 and MD5 credentials with a fresh nonce are accepted."""
         for algorithm in ("SHA-256", "MD5"):
-            verdict = self.authenticator.verify(signed(self.nonce(), algorithm=algorithm), "REGISTER", REQUEST_URI)
+            verdict = self.authenticator.verify(
+                signed(self.nonce(), algorithm=algorithm), "REGISTER", REQUEST_URI
+            )
             self.assertEqual(verdict, Verdict.ACCEPTED)
 
     def test_wrong_password_rejected(self) -> None:
         """A wrong password is rejected."""
         credentials = signed(self.nonce(), password="guess")
-        self.assertEqual(self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.REJECTED)
+        self.assertEqual(
+            self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.REJECTED
+        )
 
     def test_unknown_user_same_as_wrong_password(self) -> None:
         """An unknown user gets the same verdict, after the same lookup, as a wrong password."""
-        unknown = self.authenticator.verify(signed(self.nonce(), username="mallory"), "REGISTER", REQUEST_URI)
-        wrong = self.authenticator.verify(signed(self.nonce(), password="guess"), "REGISTER", REQUEST_URI)
+        unknown = self.authenticator.verify(
+            signed(self.nonce(), username="mallory"), "REGISTER", REQUEST_URI
+        )
+        wrong = self.authenticator.verify(
+            signed(self.nonce(), password="guess"), "REGISTER", REQUEST_URI
+        )
         self.assertEqual((unknown, wrong), (Verdict.REJECTED, Verdict.REJECTED))
         self.assertEqual(len(self.users.lookups), 2)
 
@@ -218,14 +247,18 @@ class AuthenticatorTests(SynchronousTestCase):
         """Right password with an expired nonce asks for a new nonce (stale)."""
         nonce = self.nonce()
         self.clock.advance(digest.NONCE_LIFETIME_SECONDS + 1)
-        self.assertEqual(self.authenticator.verify(signed(nonce), "REGISTER", REQUEST_URI), Verdict.STALE)
+        self.assertEqual(
+            self.authenticator.verify(signed(nonce), "REGISTER", REQUEST_URI), Verdict.STALE
+        )
 
     def test_expired_nonce_wrong_password_rejected(self) -> None:
         """Wrong password with an expired nonce is rejected, not marked stale."""
         nonce = self.nonce()
         self.clock.advance(digest.NONCE_LIFETIME_SECONDS + 1)
         credentials = signed(nonce, password="guess")
-        self.assertEqual(self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.REJECTED)
+        self.assertEqual(
+            self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.REJECTED
+        )
 
     def test_forged_nonce_rechallenged(self) -> None:
         """A nonce this server did not issue (or another secret's) gets a fresh challenge."""
@@ -238,15 +271,22 @@ class AuthenticatorTests(SynchronousTestCase):
     def test_nonce_shared_between_instances(self) -> None:
         """A second authenticator with the same secret accepts the first one's nonce."""
         twin = DigestAuthenticator(REALM, SECRET, self.clock, self.users)
-        self.assertEqual(twin.verify(signed(self.nonce()), "REGISTER", REQUEST_URI), Verdict.ACCEPTED)
+        self.assertEqual(
+            twin.verify(signed(self.nonce()), "REGISTER", REQUEST_URI), Verdict.ACCEPTED
+        )
 
     def test_replayed_nonce_count_is_stale(self) -> None:
         """Reusing a nonce-count is answered as stale; a higher one is accepted."""
         nonce = self.nonce()
-        self.assertEqual(self.authenticator.verify(signed(nonce), "REGISTER", REQUEST_URI), Verdict.ACCEPTED)
-        self.assertEqual(self.authenticator.verify(signed(nonce), "REGISTER", REQUEST_URI), Verdict.STALE)
         self.assertEqual(
-            self.authenticator.verify(signed(nonce, nc="00000002"), "REGISTER", REQUEST_URI), Verdict.ACCEPTED
+            self.authenticator.verify(signed(nonce), "REGISTER", REQUEST_URI), Verdict.ACCEPTED
+        )
+        self.assertEqual(
+            self.authenticator.verify(signed(nonce), "REGISTER", REQUEST_URI), Verdict.STALE
+        )
+        self.assertEqual(
+            self.authenticator.verify(signed(nonce, nc="00000002"), "REGISTER", REQUEST_URI),
+            Verdict.ACCEPTED,
         )
 
     def test_other_realm_or_algorithm_rechallenged(self) -> None:
@@ -254,25 +294,36 @@ class AuthenticatorTests(SynchronousTestCase):
         credentials = signed(self.nonce())
         from attrs import evolve
 
-        for changed in (evolve(credentials, realm="other.org"), evolve(credentials, algorithm="SHA-512")):
-            self.assertEqual(self.authenticator.verify(changed, "REGISTER", REQUEST_URI), Verdict.CHALLENGE)
+        for changed in (
+            evolve(credentials, realm="other.org"),
+            evolve(credentials, algorithm="SHA-512"),
+        ):
+            self.assertEqual(
+                self.authenticator.verify(changed, "REGISTER", REQUEST_URI), Verdict.CHALLENGE
+            )
 
     def test_uri_mismatch_malformed(self) -> None:
         """A digest-uri that is not the Request-URI is malformed (400)."""
         credentials = signed(self.nonce(), uri="sip:elsewhere.org")
-        self.assertEqual(self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.MALFORMED)
+        self.assertEqual(
+            self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.MALFORMED
+        )
 
     def test_bad_nonce_count_malformed(self) -> None:
         """A nonce-count that is not eight hex digits is malformed."""
         credentials = signed(self.nonce(), nc="zz")
-        self.assertEqual(self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.MALFORMED)
+        self.assertEqual(
+            self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.MALFORMED
+        )
 
     def test_non_ascii_response_rejected(self) -> None:
         """A response with non-ASCII characters is rejected, not an exception."""
         from attrs import evolve
 
         credentials = evolve(signed(self.nonce()), response="\u00e9" * 64)
-        self.assertEqual(self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.REJECTED)
+        self.assertEqual(
+            self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.REJECTED
+        )
 
     def test_rfc2069_without_qop(self) -> None:
         """Credentials without qop (RFC 2069 style, RFC 3261 s22.4) are still checked."""
@@ -281,8 +332,12 @@ class AuthenticatorTests(SynchronousTestCase):
         nonce = self.nonce()
         ha1 = compute_ha1("MD5", "alice", REALM, "wonderland")
         response = compute_response("MD5", ha1, nonce, "REGISTER", REQUEST_URI)
-        credentials = evolve(signed(nonce, algorithm="MD5"), qop=None, nc=None, cnonce=None, response=response)
-        self.assertEqual(self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.ACCEPTED)
+        credentials = evolve(
+            signed(nonce, algorithm="MD5"), qop=None, nc=None, cnonce=None, response=response
+        )
+        self.assertEqual(
+            self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.ACCEPTED
+        )
 
     def test_algorithm_choice(self) -> None:
         """An MD5-only authenticator offers only MD5 and re-challenges SHA-256 credentials."""
@@ -291,8 +346,19 @@ class AuthenticatorTests(SynchronousTestCase):
         self.assertIn("algorithm=MD5", challenge)
         nonce = nonce_from(challenge)
         self.assertEqual(md5_only.verify(signed(nonce), "REGISTER", REQUEST_URI), Verdict.CHALLENGE)
-        self.assertEqual(md5_only.verify(signed(nonce, algorithm="MD5"), "REGISTER", REQUEST_URI), Verdict.ACCEPTED)
-        self.assertRaises(ValueError, DigestAuthenticator, REALM, SECRET, self.clock, self.users, algorithms=["SHA1"])
+        self.assertEqual(
+            md5_only.verify(signed(nonce, algorithm="MD5"), "REGISTER", REQUEST_URI),
+            Verdict.ACCEPTED,
+        )
+        self.assertRaises(
+            ValueError,
+            DigestAuthenticator,
+            REALM,
+            SECRET,
+            self.clock,
+            self.users,
+            algorithms=["SHA1"],
+        )
 
     def test_short_secret_refused(self) -> None:
         """A secret shorter than 16 bytes is refused at construction."""

@@ -83,7 +83,9 @@ class CodecTests(SynchronousTestCase):
             pass
 
     @given(registrations, st.data())
-    def test_truncation_is_decode_error(self, registration: SipRegistration, data: st.DataObject) -> None:
+    def test_truncation_is_decode_error(
+        self, registration: SipRegistration, data: st.DataObject
+    ) -> None:
         """Every strict prefix of a valid value is a decode error."""
         wire = encode_registration(registration)
         cut = data.draw(st.integers(min_value=0, max_value=len(wire) - 1))
@@ -116,23 +118,41 @@ class CodecTests(SynchronousTestCase):
 class EntryTests(SynchronousTestCase):
     def test_foreign_uri_value(self) -> None:
         """A plain uri value from another implementation is one binding to that URI."""
-        value = encode_registration(SipRegistration(SIP_REGISTRATION_URI, uri="sip:alice@192.0.2.1"))
+        value = encode_registration(
+            SipRegistration(SIP_REGISTRATION_URI, uri="sip:alice@192.0.2.1")
+        )
         [binding] = bindings_from_entry(AOR, b"k", value)
-        self.assertEqual((binding.contact, binding.node_id, binding.expires_at), ("sip:alice@192.0.2.1", None, math.inf))
+        self.assertEqual(
+            (binding.contact, binding.node_id, binding.expires_at),
+            ("sip:alice@192.0.2.1", None, math.inf),
+        )
 
     def test_foreign_route_value(self) -> None:
         """A route value with plain callee preferences routes the AOR to its node."""
         value = encode_registration(
-            SipRegistration(SIP_REGISTRATION_ROUTE, contact_prefs="audio", destination_list=(Destination.node(NODE_B),))
+            SipRegistration(
+                SIP_REGISTRATION_ROUTE,
+                contact_prefs="audio",
+                destination_list=(Destination.node(NODE_B),),
+            )
         )
         [binding] = bindings_from_entry(AOR, id_to_bytes(NODE_A), value)
         self.assertEqual((binding.contact, binding.node_id), (AOR, NODE_B))
 
     def test_bad_contact_prefs(self) -> None:
         """Our contact list with a missing expiry or a bad q-value is a decode error."""
-        for prefs in ["<sip:a@b>;q=0.5", "<sip:a@b>;q=2;expires-at=5", "<sip:a@b;expires-at=5", "<>;expires-at=5"]:
+        for prefs in [
+            "<sip:a@b>;q=0.5",
+            "<sip:a@b>;q=2;expires-at=5",
+            "<sip:a@b;expires-at=5",
+            "<>;expires-at=5",
+        ]:
             value = encode_registration(
-                SipRegistration(SIP_REGISTRATION_ROUTE, contact_prefs=prefs, destination_list=(Destination.node(1),))
+                SipRegistration(
+                    SIP_REGISTRATION_ROUTE,
+                    contact_prefs=prefs,
+                    destination_list=(Destination.node(1),),
+                )
             )
             self.assertRaises(LocationDecodeError, bindings_from_entry, AOR, b"", value)
 
@@ -147,7 +167,9 @@ class OverlayLocationServiceTests(SynchronousTestCase):
         self.service_a = OverlayLocationService(self.storage_a, self.clock)
         self.service_b = OverlayLocationService(self.storage_b, self.clock)
 
-    def binding(self, contact: str, seconds: float, q: float = 1.0, node_id: int | None = NODE_A) -> Binding:
+    def binding(
+        self, contact: str, seconds: float, q: float = 1.0, node_id: int | None = NODE_A
+    ) -> Binding:
         return Binding(aor=AOR, contact=contact, expires_at=NOW + seconds, q=q, node_id=node_id)
 
     def test_fake_storage_provides_interface(self) -> None:
@@ -156,27 +178,40 @@ class OverlayLocationServiceTests(SynchronousTestCase):
 
     def test_register_then_lookup(self) -> None:
         """Contacts registered at two super-nodes are all found, best q first, with their node."""
-        self.successResultOf(self.service_a.register(AOR, [self.binding("sip:alice@192.0.2.1:5060", 600, 0.5)]))
         self.successResultOf(
-            self.service_b.register(AOR, [self.binding("sip:alice@198.51.100.9:5070;transport=tcp", 300, 0.9, NODE_B)])
+            self.service_a.register(AOR, [self.binding("sip:alice@192.0.2.1:5060", 600, 0.5)])
+        )
+        self.successResultOf(
+            self.service_b.register(
+                AOR, [self.binding("sip:alice@198.51.100.9:5070;transport=tcp", 300, 0.9, NODE_B)]
+            )
         )
         found = self.successResultOf(self.service_a.lookup(AOR))
         self.assertEqual(
             [(b.contact, b.q, b.node_id, b.expires_in(NOW)) for b in found],
-            [("sip:alice@198.51.100.9:5070;transport=tcp", 0.9, NODE_B, 300), ("sip:alice@192.0.2.1:5060", 0.5, NODE_A, 600)],
+            [
+                ("sip:alice@198.51.100.9:5070;transport=tcp", 0.9, NODE_B, 300),
+                ("sip:alice@192.0.2.1:5060", 0.5, NODE_A, 600),
+            ],
         )
 
     def test_entry_key_and_lifetime(self) -> None:
         """The entry is keyed by this node's Node-ID and lives as long as its longest contact."""
         self.successResultOf(
-            self.service_a.register(AOR, [self.binding("sip:a@192.0.2.1", 60), self.binding("sip:a@192.0.2.2", 3600)])
+            self.service_a.register(
+                AOR, [self.binding("sip:a@192.0.2.1", 60), self.binding("sip:a@192.0.2.2", 3600)]
+            )
         )
-        self.assertEqual(self.storage_a.calls, [("put", AOR, SIP_REGISTRATION_KIND, id_to_bytes(NODE_A), 3600)])
+        self.assertEqual(
+            self.storage_a.calls, [("put", AOR, SIP_REGISTRATION_KIND, id_to_bytes(NODE_A), 3600)]
+        )
 
     def test_expired_contacts_filtered(self) -> None:
         """A contact past its expiry is not returned though the entry still lives."""
         self.successResultOf(
-            self.service_a.register(AOR, [self.binding("sip:a@192.0.2.1", 60), self.binding("sip:a@192.0.2.2", 3600)])
+            self.service_a.register(
+                AOR, [self.binding("sip:a@192.0.2.1", 60), self.binding("sip:a@192.0.2.2", 3600)]
+            )
         )
         self.clock.advance(120)
         found = self.successResultOf(self.service_b.lookup(AOR))
@@ -202,7 +237,9 @@ class OverlayLocationServiceTests(SynchronousTestCase):
         """An overlay failure reaches the caller as a failed Deferred."""
         self.storage_a.available = False
         self.failureResultOf(self.service_a.lookup(AOR), StorageUnavailable)
-        self.failureResultOf(self.service_a.register(AOR, [self.binding("sip:a@192.0.2.1", 60)]), StorageUnavailable)
+        self.failureResultOf(
+            self.service_a.register(AOR, [self.binding("sip:a@192.0.2.1", 60)]), StorageUnavailable
+        )
 
     def test_contact_that_cannot_be_stored(self) -> None:
         """A contact with angle brackets or spaces is refused before anything is stored."""
@@ -229,14 +266,21 @@ class RealOverlayTests(SynchronousTestCase):
         now = self.sim.clock.seconds()
         first = OverlayLocationService(nodes[0], self.sim.clock)
         second = OverlayLocationService(nodes[1], self.sim.clock)
-        self.sim.wait(first.register(AOR, [Binding(AOR, "sip:alice@192.0.2.1", now + 600, 0.4, nodes[0].node_id)]))
-        self.sim.wait(second.register(AOR, [Binding(AOR, "sip:alice@192.0.2.2", now + 600, 0.8, nodes[1].node_id)]))
+        self.sim.wait(
+            first.register(
+                AOR, [Binding(AOR, "sip:alice@192.0.2.1", now + 600, 0.4, nodes[0].node_id)]
+            )
+        )
+        self.sim.wait(
+            second.register(
+                AOR, [Binding(AOR, "sip:alice@192.0.2.2", now + 600, 0.8, nodes[1].node_id)]
+            )
+        )
         found = self.sim.wait(OverlayLocationService(nodes[3], self.sim.clock).lookup(AOR))
         self.assertEqual(
             [(b.contact, b.node_id) for b in found],
             [("sip:alice@192.0.2.2", nodes[1].node_id), ("sip:alice@192.0.2.1", nodes[0].node_id)],
         )
-
 
     def test_removal_and_expiry(self) -> None:
         """An emptied entry disappears at once; the other expires with its lifetime."""
@@ -244,14 +288,23 @@ class RealOverlayTests(SynchronousTestCase):
         now = self.sim.clock.seconds()
         first = OverlayLocationService(nodes[0], self.sim.clock)
         second = OverlayLocationService(nodes[1], self.sim.clock)
-        self.sim.wait(first.register(AOR, [Binding(AOR, "sip:alice@192.0.2.1", now + 60, 1.0, nodes[0].node_id)]))
-        self.sim.wait(second.register(AOR, [Binding(AOR, "sip:alice@192.0.2.2", now + 600, 1.0, nodes[1].node_id)]))
+        self.sim.wait(
+            first.register(
+                AOR, [Binding(AOR, "sip:alice@192.0.2.1", now + 60, 1.0, nodes[0].node_id)]
+            )
+        )
+        self.sim.wait(
+            second.register(
+                AOR, [Binding(AOR, "sip:alice@192.0.2.2", now + 600, 1.0, nodes[1].node_id)]
+            )
+        )
         self.sim.wait(second.register(AOR, []))
         reader = OverlayLocationService(nodes[2], self.sim.clock)
-        self.assertEqual([b.contact for b in self.sim.wait(reader.lookup(AOR))], ["sip:alice@192.0.2.1"])
+        self.assertEqual(
+            [b.contact for b in self.sim.wait(reader.lookup(AOR))], ["sip:alice@192.0.2.1"]
+        )
         self.sim.run(61)
         self.assertEqual(self.sim.wait(reader.lookup(AOR)), [])
-
 
     def test_serving_node_resolves(self) -> None:
         """The proxy's next hop, the serving node's SIP address, is found with AppAttach."""

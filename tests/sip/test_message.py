@@ -52,15 +52,45 @@ def manifest() -> dict[str, str]:
 # Files whose MANIFEST category is not "valid" but that RFC 4475 says must
 # parse (the application, not the parser, answers them).
 PARSE_BUT_REJECT_LATER = {
-    "badbranch", "unkscm", "novelsc", "unksm2", "bext01", "invut", "regaut01", "bcast",
-    "zeromf", "cparam01", "cparam02", "regescrt", "sdp01", "inv2543",
+    "badbranch",
+    "unkscm",
+    "novelsc",
+    "unksm2",
+    "bext01",
+    "invut",
+    "regaut01",
+    "bcast",
+    "zeromf",
+    "cparam01",
+    "cparam02",
+    "regescrt",
+    "sdp01",
+    "inv2543",
 }
 EXPECTED_ERROR_STATUS = {
-    "badaspec": 400, "baddate": 400, "baddn": 400, "badinv01": 400, "badvers": 505,
-    "bigcode": 400, "clerr": 400, "escruri": 400, "insuf": 400, "ltgtruri": 400,
-    "lwsruri": 400, "lwsstart": 400, "mcl01": 400, "mismatch01": 400, "mismatch02": 501,
-    "multi01": 400, "ncl": 400, "quotbal": 400, "regbadct": 400, "scalar02": 400,
-    "scalarlg": 400, "test": 400, "trws": 400,
+    "badaspec": 400,
+    "baddate": 400,
+    "baddn": 400,
+    "badinv01": 400,
+    "badvers": 505,
+    "bigcode": 400,
+    "clerr": 400,
+    "escruri": 400,
+    "insuf": 400,
+    "ltgtruri": 400,
+    "lwsruri": 400,
+    "lwsstart": 400,
+    "mcl01": 400,
+    "mismatch01": 400,
+    "mismatch02": 501,
+    "multi01": 400,
+    "ncl": 400,
+    "quotbal": 400,
+    "regbadct": 400,
+    "scalar02": 400,
+    "scalarlg": 400,
+    "test": 400,
+    "trws": 400,
 }
 
 
@@ -75,12 +105,16 @@ class TortureManifestTests(SynchronousTestCase):
         must_fail = set(EXPECTED_ERROR_STATUS)
         must_parse = set().union(*by_category.values()) - must_fail
         self.assertLessEqual(by_category["invalid"], must_fail)
-        self.assertLessEqual(by_category["valid"] | by_category["backward-compatibility"], must_parse)
+        self.assertLessEqual(
+            by_category["valid"] | by_category["backward-compatibility"], must_parse
+        )
         self.assertEqual(must_parse - by_category["valid"], PARSE_BUT_REJECT_LATER)
 
     def test_valid_messages_parse(self) -> None:
         """Valid and application-layer files parse without error."""
-        for name in sorted(set(n.removesuffix(".dat") for n in manifest()) - set(EXPECTED_ERROR_STATUS)):
+        for name in sorted(
+            set(n.removesuffix(".dat") for n in manifest()) - set(EXPECTED_ERROR_STATUS)
+        ):
             with self.subTest(name=name):
                 parse_message(torture(name))
 
@@ -98,7 +132,9 @@ class TortureManifestTests(SynchronousTestCase):
         assert isinstance(response, Response)
         self.assertEqual((response.status, response.call_id), (400, "mismatch01.dj0234sxdfl3"))
         error = self.assertRaises(SipParseError, parse_message, torture("badvers"))
-        self.assertTrue((error_response(error) or b"").startswith(b"SIP/2.0 505 Version Not Supported ("))
+        self.assertTrue(
+            (error_response(error) or b"").startswith(b"SIP/2.0 505 Version Not Supported (")
+        )
         error = self.assertRaises(SipParseError, parse_message, torture("scalarlg"))
         self.assertIsNone(error_response(error), "responses are never answered")
         error = self.assertRaises(SipParseError, parse_message, torture("insuf"))
@@ -120,7 +156,9 @@ class ValidTortureTests(SynchronousTestCase):
         self.assertEqual([v.branch for v in m.vias], ["390skdjuw", "z9hG4bK9ikj8", "z9hG4bK30239"])
         self.assertEqual([v.transport for v in m.vias], ["UDP", "TCP", "UDP"])
         self.assertEqual(m.vias[2].host, "192.168.255.111")
-        self.assertEqual(m.headers.get("NewFangledHeader"), "newfangled value continued newfangled value")
+        self.assertEqual(
+            m.headers.get("NewFangledHeader"), "newfangled value continued newfangled value"
+        )
         self.assertEqual(m.headers.get("UnknownHeaderWithUnusualValue"), ";;,,;;,;")
         self.assertEqual(m.headers.get("Subject"), "")
         [contact] = m.contacts
@@ -163,8 +201,10 @@ class ValidTortureTests(SynchronousTestCase):
     def test_escnull(self) -> None:
         """Escaped NULs stay inside the user name and give two distinct contacts."""
         m = parse_request("escnull")
-        self.assertEqual([str(c.uri) for c in m.contacts],
-                         ["sip:%00@host5.example.com", "sip:%00%00@host5.example.com"])
+        self.assertEqual(
+            [str(c.uri) for c in m.contacts],
+            ["sip:%00@host5.example.com", "sip:%00%00@host5.example.com"],
+        )
         assert isinstance(m.to.uri, SipURI)
         self.assertEqual(m.to.uri.user, "null-\x00-null")
         self.assertEqual(m.to.uri.address_of_record(), "sip:null-%00-null@example.com")
@@ -182,13 +222,17 @@ class ValidTortureTests(SynchronousTestCase):
         self.assertEqual(parse_request("lwsdisp").from_.display_name, "caller")
         uri = parse_request("semiuri").uri
         assert isinstance(uri, SipURI)
-        self.assertEqual((uri.user, uri.host, uri.parameters), ("user;par=u@example.net", "example.com", {}))
+        self.assertEqual(
+            (uri.user, uri.host, uri.parameters), ("user;par=u@example.net", "example.com", {})
+        )
 
     def test_longreq(self) -> None:
         """Long values are not truncated and all 34 Via values are found."""
         m = parse_request("longreq")
         self.assertEqual(len(m.vias), 34)
-        self.assertEqual((m.vias[0].host, m.vias[-1].host), ("sip33.example.com", "host.example.com"))
+        self.assertEqual(
+            (m.vias[0].host, m.vias[-1].host), ("sip33.example.com", "host.example.com")
+        )
         self.assertEqual(len(m.from_.tag or ""), 155)
         self.assertTrue(m.call_id.startswith("longreq.onereallyreallyreally"))
 
@@ -229,23 +273,36 @@ class ValidTortureTests(SynchronousTestCase):
         self.assertEqual(parse_request("zeromf").max_forwards, 0)
         self.assertEqual(parse_request("badbranch").via.branch, "z9hG4bK")
         cparam01 = parse_request("cparam01").contacts[0]
-        self.assertEqual((cparam01.parameters, getattr(cparam01.uri, "parameters")), ({"unknownparam": None}, {}))
+        self.assertEqual(
+            (cparam01.parameters, getattr(cparam01.uri, "parameters")), ({"unknownparam": None}, {})
+        )
         cparam02 = parse_request("cparam02").contacts[0]
-        self.assertEqual((cparam02.parameters, getattr(cparam02.uri, "parameters")), ({}, {"unknownparam": None}))
+        self.assertEqual(
+            (cparam02.parameters, getattr(cparam02.uri, "parameters")), ({}, {"unknownparam": None})
+        )
         regescrt = parse_request("regescrt").contacts[0].uri
         self.assertEqual(str(regescrt), "sip:user@example.com?Route=%3Csip:sip.example.com%3E")
         inv2543 = parse_request("inv2543")
-        self.assertEqual((inv2543.via.branch, inv2543.from_.tag, inv2543.max_forwards), (None, None, None))
+        self.assertEqual(
+            (inv2543.via.branch, inv2543.from_.tag, inv2543.max_forwards), (None, None, None)
+        )
         self.assertTrue(inv2543.body.startswith(b"v=0") and inv2543.body.endswith(b"RTP/AVP 0\r\n"))
 
     def test_extension_and_body_fields(self) -> None:
         """Option tags, unknown media types, unknown auth schemes, Accept and a broadcast Via are readable."""
         bext01 = parse_request("bext01")
-        self.assertEqual(bext01.headers.values("Require"), ["nothingSupportsThis", "nothingSupportsThisEither"])
-        self.assertEqual(bext01.headers.values("Proxy-Require"), ["noProxiesSupportThis", "norDoAnyProxiesSupportThis"])
+        self.assertEqual(
+            bext01.headers.values("Require"), ["nothingSupportsThis", "nothingSupportsThisEither"]
+        )
+        self.assertEqual(
+            bext01.headers.values("Proxy-Require"),
+            ["noProxiesSupportThis", "norDoAnyProxiesSupportThis"],
+        )
         self.assertEqual(parse_request("invut").content_type, "application/unknownformat")
-        self.assertEqual(parse_request("regaut01").headers.get_all("Authorization"),
-                         ["NoOneKnowsThisScheme opaque-data=here"])
+        self.assertEqual(
+            parse_request("regaut01").headers.get_all("Authorization"),
+            ["NoOneKnowsThisScheme opaque-data=here"],
+        )
         self.assertEqual(parse_request("sdp01").headers.values("Accept"), ["text/nobodyKnowsThis"])
         bcast = parse_message(torture("bcast"))
         self.assertEqual([v.host for v in bcast.vias], ["192.0.2.198", "255.255.255.255"])
@@ -258,7 +315,16 @@ class ValidTortureTests(SynchronousTestCase):
 
     def test_round_trip_of_valid_files(self) -> None:
         """Serialising a parsed message and parsing it again keeps the values."""
-        for name in ("wsinv", "intmeth", "esc01", "escnull", "longreq", "mpart01", "inv2543", "unreason"):
+        for name in (
+            "wsinv",
+            "intmeth",
+            "esc01",
+            "escnull",
+            "longreq",
+            "mpart01",
+            "inv2543",
+            "unreason",
+        ):
             with self.subTest(name=name):
                 first = parse_message(torture(name))
                 second = parse_message(first.to_bytes())
@@ -277,8 +343,10 @@ class StreamDecoderTests(SynchronousTestCase):
         messages = []
         for i in range(len(data)):
             messages += decoder.feed(data[i : i + 1])
-        self.assertEqual([m.call_id for m in messages],
-                         [parse_message(torture(n)).call_id for n in ("mpart01", "esc01")])
+        self.assertEqual(
+            [m.call_id for m in messages],
+            [parse_message(torture(n)).call_id for n in ("mpart01", "esc01")],
+        )
         self.assertEqual(decoder.buffered_bytes, 0)
 
     def test_keepalives(self) -> None:
@@ -318,7 +386,9 @@ class StreamDecoderTests(SynchronousTestCase):
     def test_oversized_content_length(self) -> None:
         """A Content-Length over the message cap is refused before the body is buffered."""
         decoder = SipStreamDecoder(max_message_bytes=4096)
-        data = torture("esc01").replace(b"Content-Length: 150", b"Content-Length: 99999999999999999999")
+        data = torture("esc01").replace(
+            b"Content-Length: 150", b"Content-Length: 99999999999999999999"
+        )
         self.assertEqual(self.assertRaises(SipParseError, decoder.feed, data).status, 513)
 
 
@@ -330,7 +400,10 @@ class BuildingTests(SynchronousTestCase):
         request = parse_request("transports")
         response = make_response(request, 200, to_tag="abc")
         self.assertEqual(response.headers.get_all("Via"), request.headers.get_all("Via"))
-        self.assertEqual((response.to.tag, response.call_id, response.cseq), ("abc", request.call_id, request.cseq))
+        self.assertEqual(
+            (response.to.tag, response.call_id, response.cseq),
+            ("abc", request.call_id, request.cseq),
+        )
         self.assertEqual(response.reason, "OK")
         self.assertIn(b"Content-Length: 0\r\n", response.to_bytes())
 
@@ -352,14 +425,23 @@ class BuildingTests(SynchronousTestCase):
 
     def test_split_comma_list(self) -> None:
         """Commas inside quotes and <> do not split."""
-        self.assertEqual(split_comma_list('"a, b" <sip:x@y;p=1,2>, <sip:z@w>'),
-                         ['"a, b" <sip:x@y;p=1,2>', "<sip:z@w>"])
+        self.assertEqual(
+            split_comma_list('"a, b" <sip:x@y;p=1,2>, <sip:z@w>'),
+            ['"a, b" <sip:x@y;p=1,2>', "<sip:z@w>"],
+        )
 
     def test_via_fields(self) -> None:
         """Via exposes branch, received, rport and sent-by."""
-        via = Via.parse("SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKx;received=198.51.100.2;rport=4000")
-        self.assertEqual((via.branch, via.received, via.rport, via.sent_by), ("z9hG4bKx", "198.51.100.2", 4000, ("192.0.2.1", 5062)))
-        self.assertEqual(str(via), "SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKx;received=198.51.100.2;rport=4000")
+        via = Via.parse(
+            "SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKx;received=198.51.100.2;rport=4000"
+        )
+        self.assertEqual(
+            (via.branch, via.received, via.rport, via.sent_by),
+            ("z9hG4bKx", "198.51.100.2", 4000, ("192.0.2.1", 5062)),
+        )
+        self.assertEqual(
+            str(via), "SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKx;received=198.51.100.2;rport=4000"
+        )
 
     def test_contact_wildcard(self) -> None:
         """Contact: * is a wildcard, not a URI."""
@@ -374,10 +456,15 @@ class BuildingTests(SynchronousTestCase):
         self.assertEqual(tel, TelURI("+1-201-555-0123", {"phone-context": "example.com"}))
         sips = parse_uri("SIPS:alice@[2001:db8::1]:5061;transport=tcp")
         assert isinstance(sips, SipURI)
-        self.assertEqual((sips.scheme, sips.host, sips.port, sips.transport), ("sips", "[2001:db8::1]", 5061, "tcp"))
+        self.assertEqual(
+            (sips.scheme, sips.host, sips.port, sips.transport),
+            ("sips", "[2001:db8::1]", 5061, "tcp"),
+        )
         self.assertEqual(str(sips), "sips:alice@[2001:db8::1]:5061;transport=tcp")
-        self.assertEqual(str(NameAddress(sips, "Alice \"A\"", {"tag": "1"})),
-                         '"Alice \\"A\\"" <sips:alice@[2001:db8::1]:5061;transport=tcp>;tag=1')
+        self.assertEqual(
+            str(NameAddress(sips, 'Alice "A"', {"tag": "1"})),
+            '"Alice \\"A\\"" <sips:alice@[2001:db8::1]:5061;transport=tcp>;tag=1',
+        )
 
 
 class URIEquivalenceTests(SynchronousTestCase):
@@ -389,10 +476,14 @@ class URIEquivalenceTests(SynchronousTestCase):
             ("sip:%61lice@atlanta.com;transport=TCP", "sip:alice@AtLanTa.CoM;Transport=tcp"),
             ("sip:carol@chicago.com", "sip:carol@chicago.com;newparam=5"),
             ("sip:carol@chicago.com;security=on", "sip:carol@chicago.com;newparam=5"),
-            ("sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
-             "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com"),
-            ("sip:alice@atlanta.com?subject=project%20x&priority=urgent",
-             "sip:alice@atlanta.com?priority=urgent&subject=project%20x"),
+            (
+                "sip:biloxi.com;transport=tcp;method=REGISTER?to=sip:bob%40biloxi.com",
+                "sip:biloxi.com;method=REGISTER;transport=tcp?to=sip:bob%40biloxi.com",
+            ),
+            (
+                "sip:alice@atlanta.com?subject=project%20x&priority=urgent",
+                "sip:alice@atlanta.com?priority=urgent&subject=project%20x",
+            ),
         ]
         for left, right in pairs:
             with self.subTest(left=left):
@@ -441,17 +532,28 @@ class MakeRequestTests(SynchronousTestCase):
         alice = NameAddress(SipURI("example.org", "alice"), "Alice", {"tag": "a1"})
         bob = NameAddress(SipURI("example.org", "bob"))
         request = make_request(
-            "MESSAGE", SipURI("example.org", "bob"),
+            "MESSAGE",
+            SipURI("example.org", "bob"),
             via=Via("UDP", "192.0.2.1", 5062, {"branch": "z9hG4bK1", "rport": None}),
-            from_=alice, to=bob, call_id="c@h", cseq_number=7,
+            from_=alice,
+            to=bob,
+            call_id="c@h",
+            cseq_number=7,
             contact=NameAddress(SipURI("192.0.2.1", "alice", port=5062)),
             routes=[NameAddress(SipURI("proxy.example.org", parameters={"lr": None}))],
-            body=b"hi", content_type="text/plain",
+            body=b"hi",
+            content_type="text/plain",
         )
         parsed = parse_message(request.to_bytes())
         assert isinstance(parsed, Request)
-        self.assertEqual((parsed.method, parsed.cseq, parsed.call_id), ("MESSAGE", CSeq(7, "MESSAGE"), "c@h"))
-        self.assertEqual((parsed.from_.tag, parsed.from_.display_name, parsed.to.tag), ("a1", "Alice", None))
-        self.assertEqual((parsed.body, parsed.content_type, parsed.max_forwards), (b"hi", "text/plain", 70))
+        self.assertEqual(
+            (parsed.method, parsed.cseq, parsed.call_id), ("MESSAGE", CSeq(7, "MESSAGE"), "c@h")
+        )
+        self.assertEqual(
+            (parsed.from_.tag, parsed.from_.display_name, parsed.to.tag), ("a1", "Alice", None)
+        )
+        self.assertEqual(
+            (parsed.body, parsed.content_type, parsed.max_forwards), (b"hi", "text/plain", 70)
+        )
         self.assertEqual(str(parsed.routes[0].uri), "sip:proxy.example.org;lr")
         self.assertEqual(parsed.contacts[0].uri, SipURI("192.0.2.1", "alice", port=5062))

@@ -19,8 +19,22 @@ from p2psip.sip.message import (
 )
 from p2psip.testing import shared_path
 
-TORTURE_NAMES = ["wsinv", "intmeth", "esc01", "escnull", "longreq", "mpart01", "inv2543",
-                 "badinv01", "quotbal", "scalar02", "regescrt", "unreason", "baddn", "multi01"]
+TORTURE_NAMES = [
+    "wsinv",
+    "intmeth",
+    "esc01",
+    "escnull",
+    "longreq",
+    "mpart01",
+    "inv2543",
+    "badinv01",
+    "quotbal",
+    "scalar02",
+    "regescrt",
+    "unreason",
+    "baddn",
+    "multi01",
+]
 
 
 def torture_messages() -> list[bytes]:
@@ -49,8 +63,27 @@ def mutated(draw: st.DrawFn) -> bytes:
         if kind == "flip" and data:
             data[position] = draw(st.integers(0, 255))
         elif kind == "insert":
-            data[position:position] = draw(st.sampled_from([b"\r\n", b" ", b"\t", b";", b",", b"<", b">", b'"',
-                                                             b"%", b"\\", b":", b"\x00", b"\xff", b"@", b"\r\n "]))
+            data[position:position] = draw(
+                st.sampled_from(
+                    [
+                        b"\r\n",
+                        b" ",
+                        b"\t",
+                        b";",
+                        b",",
+                        b"<",
+                        b">",
+                        b'"',
+                        b"%",
+                        b"\\",
+                        b":",
+                        b"\x00",
+                        b"\xff",
+                        b"@",
+                        b"\r\n ",
+                    ]
+                )
+            )
         elif kind == "delete":
             del data[position : position + draw(st.integers(1, 8))]
         else:
@@ -58,9 +91,15 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-TOKEN = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~", min_size=1, max_size=12)
+TOKEN = st.text(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~",
+    min_size=1,
+    max_size=12,
+)
 HOST = st.from_regex(r"[a-z][a-z0-9]{0,8}(\.[a-z][a-z0-9]{0,8}){0,2}", fullmatch=True)
-FREE_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=20)
+FREE_TEXT = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=20
+)
 
 
 @st.composite
@@ -70,7 +109,9 @@ def sip_uris(draw: st.DrawFn) -> SipURI:
         user=draw(st.none() | FREE_TEXT.filter(bool)),
         port=draw(st.none() | st.integers(1, 65535)),
         scheme=draw(st.sampled_from(["sip", "sips"])),
-        parameters=draw(st.dictionaries(TOKEN.map(str.lower), st.none() | FREE_TEXT.filter(bool), max_size=3)),
+        parameters=draw(
+            st.dictionaries(TOKEN.map(str.lower), st.none() | FREE_TEXT.filter(bool), max_size=3)
+        ),
     )
 
 
@@ -79,10 +120,17 @@ def requests(draw: st.DrawFn) -> Request:
     method = draw(TOKEN)
     request = Request(method, draw(sip_uris()), body=draw(st.binary(max_size=200)))
     for _ in range(draw(st.integers(1, 3))):
-        via = Via(draw(st.sampled_from(["UDP", "TCP", "TLS"])), draw(HOST), draw(st.none() | st.integers(1, 65535)),
-                  {"branch": "z9hG4bK" + draw(TOKEN), "rport": None})
+        via = Via(
+            draw(st.sampled_from(["UDP", "TCP", "TLS"])),
+            draw(HOST),
+            draw(st.none() | st.integers(1, 65535)),
+            {"branch": "z9hG4bK" + draw(TOKEN), "rport": None},
+        )
         request.headers.add("Via", str(via))
-    request.headers.add("From", str(NameAddress(draw(sip_uris()), draw(st.none() | FREE_TEXT), {"tag": draw(TOKEN)})))
+    request.headers.add(
+        "From",
+        str(NameAddress(draw(sip_uris()), draw(st.none() | FREE_TEXT), {"tag": draw(TOKEN)})),
+    )
     request.headers.add("To", str(NameAddress(draw(sip_uris()), draw(st.none() | FREE_TEXT))))
     request.headers.add("Call-ID", draw(TOKEN) + "@" + draw(HOST))
     request.headers.add("CSeq", str(CSeq(draw(st.integers(0, 2**32 - 1)), method)))
@@ -135,27 +183,91 @@ class RoundTripTests(SynchronousTestCase):
         self.assertEqual(parsed.from_.display_name, request.from_.display_name)
         self.assertEqual(parsed.from_.uri, request.from_.uri)
         self.assertEqual(parsed.to.uri, request.to.uri)
-        self.assertEqual((parsed.cseq, parsed.call_id, parsed.max_forwards),
-                         (request.cseq, request.call_id, request.max_forwards))
+        self.assertEqual(
+            (parsed.cseq, parsed.call_id, parsed.max_forwards),
+            (request.cseq, request.call_id, request.max_forwards),
+        )
         [streamed] = SipStreamDecoder().feed(request.to_bytes())
         self.assertEqual(streamed.to_bytes(), request.to_bytes())
 
 
-ADDRESS_PIECES = st.sampled_from([
-    '"', "\\", "<", ">", " ", "\t", ";", "=", ",", "@", ":", "sip:", "sips:", "tel:+1", "a", "Bob", "x.example.org",
-    "tag", "5060", "%41", "\x00", "é", "?", "&", "[::1]", "lr", "q=0.5", "expires=60",
-])
+ADDRESS_PIECES = st.sampled_from(
+    [
+        '"',
+        "\\",
+        "<",
+        ">",
+        " ",
+        "\t",
+        ";",
+        "=",
+        ",",
+        "@",
+        ":",
+        "sip:",
+        "sips:",
+        "tel:+1",
+        "a",
+        "Bob",
+        "x.example.org",
+        "tag",
+        "5060",
+        "%41",
+        "\x00",
+        "é",
+        "?",
+        "&",
+        "[::1]",
+        "lr",
+        "q=0.5",
+        "expires=60",
+    ]
+)
 
 
 @st.composite
 def name_addr_like(draw: st.DrawFn) -> str:
     """Mostly well-formed name-addrs, sometimes broken, sometimes mutated."""
-    display = draw(st.sampled_from(["", '"A B" ', '"x\\"y"', "Bob ", "Bob  Smith", '"\u00e9"', "Bad,Name ",
-                                    '"open ', " ", "\t", '"a<b" ']))
-    uri = draw(st.sampled_from(["sip:a@b", "sip:a@b;lr", "sips:u@[::1]:5061", "tel:+123", "x:y", "sip:a b@c",
-                                "sip:%41@b", "sip:a@b?h=v", "", "sip:a@b:99999", "sip:@b"]))
-    params = draw(st.lists(st.sampled_from([";tag=1", " ; q = 0.5", ";;", ";x", ';e="q"', ",", " ", ";t=[::1]"]),
-                           max_size=3))
+    display = draw(
+        st.sampled_from(
+            [
+                "",
+                '"A B" ',
+                '"x\\"y"',
+                "Bob ",
+                "Bob  Smith",
+                '"\u00e9"',
+                "Bad,Name ",
+                '"open ',
+                " ",
+                "\t",
+                '"a<b" ',
+            ]
+        )
+    )
+    uri = draw(
+        st.sampled_from(
+            [
+                "sip:a@b",
+                "sip:a@b;lr",
+                "sips:u@[::1]:5061",
+                "tel:+123",
+                "x:y",
+                "sip:a b@c",
+                "sip:%41@b",
+                "sip:a@b?h=v",
+                "",
+                "sip:a@b:99999",
+                "sip:@b",
+            ]
+        )
+    )
+    params = draw(
+        st.lists(
+            st.sampled_from([";tag=1", " ; q = 0.5", ";;", ";x", ';e="q"', ",", " ", ";t=[::1]"]),
+            max_size=3,
+        )
+    )
     text = display + "<" + uri + ">" + "".join(params)
     if draw(st.booleans()):
         position = draw(st.integers(0, len(text)))
@@ -170,6 +282,7 @@ class NameAddressFastPathTests(SynchronousTestCase):
     @given(st.lists(ADDRESS_PIECES, max_size=14).map("".join) | name_addr_like())
     def test_fast_and_general_agree(self, text: str) -> None:
         """Both paths raise SipParseError, or both give the same display name, URI and parameters."""
+
         def outcome(parse: object) -> object:
             try:
                 address = parse(text, "To")  # type: ignore[operator]
@@ -181,9 +294,15 @@ class NameAddressFastPathTests(SynchronousTestCase):
 
     def test_common_forms(self) -> None:
         """Quoted and token display names, and none, take the fast path to the same values."""
-        for text in ('"A \\"B\\"" <sip:a@b>;tag=1', "Bob  Smith <sip:bob@x;lr>", "<sip:c@d> ; q = 0.5"):
+        for text in (
+            '"A \\"B\\"" <sip:a@b>;tag=1',
+            "Bob  Smith <sip:bob@x;lr>",
+            "<sip:c@d> ; q = 0.5",
+        ):
             with self.subTest(text=text):
                 fast = NameAddress.parse(text)
                 general = NameAddress._parse_general(text, "address")
-                self.assertEqual((fast.display_name, str(fast.uri), fast.parameters),
-                                 (general.display_name, str(general.uri), general.parameters))
+                self.assertEqual(
+                    (fast.display_name, str(fast.uri), fast.parameters),
+                    (general.display_name, str(general.uri), general.parameters),
+                )

@@ -91,7 +91,11 @@ def parse_request(data: bytes) -> Request:
 
 
 def register_request(
-    contact: str, expires: int = 600, cseq: int = 1, call_id: str = "reg-1", sent_by: str | None = None
+    contact: str,
+    expires: int = 600,
+    cseq: int = 1,
+    call_id: str = "reg-1",
+    sent_by: str | None = None,
 ) -> Request:
     """A REGISTER; by default sent by the contact's own address (a UA behind NAT registering itself)."""
     if sent_by is None:
@@ -125,7 +129,14 @@ class Node:
         self.registrar = Registrar(DOMAIN, self.location, clock, trusted_network=True)
         self.sender = RecordingSender()
         self.proxy = SipProxy(
-            DOMAIN, address, self.storage, self.location, self.registrar, self.sender, clock, is_known_aor=known
+            DOMAIN,
+            address,
+            self.storage,
+            self.location,
+            self.registrar,
+            self.sender,
+            clock,
+            is_known_aor=known,
         )
         applications[(node_id, 5060)] = address
 
@@ -153,7 +164,9 @@ class ProxyTests(SynchronousTestCase):
     def forwarded(self, node: Node, method: str = "INVITE") -> list[tuple[Request, Hop]]:
         return [(r, hop) for r, hop in node.sender.requests if r.method == method]
 
-    def respond_to(self, node: Node, request: Request, status: int, source: Hop, to_tag: str = ";tag=uas1") -> None:
+    def respond_to(
+        self, node: Node, request: Request, status: int, source: Hop, to_tag: str = ";tag=uas1"
+    ) -> None:
         response = make_response(request, status)
         if to_tag and status > 100:
             response.headers.set("To", str(request.to) + to_tag)
@@ -183,7 +196,9 @@ class ProxyTests(SynchronousTestCase):
         """An INVITE to the domain itself (no user) gets 405 with Allow."""
         self.a.receive(message_text(uri="sip:example.org"))
         response = self.a.sender.responses[-1][0]
-        self.assertEqual((response.status, response.headers.get("Allow")), (405, "OPTIONS, REGISTER"))
+        self.assertEqual(
+            (response.status, response.headers.get("Allow")), (405, "OPTIONS, REGISTER")
+        )
 
     # -- refusals ---------------------------------------------------------------
 
@@ -219,7 +234,9 @@ class ProxyTests(SynchronousTestCase):
         """If the registrar fails unexpectedly the REGISTER still gets a 500, and the bug is logged."""
         from twisted.internet.defer import fail
 
-        self.patch(self.a.registrar, "register_received", lambda request, flow: fail(RuntimeError("bug")))
+        self.patch(
+            self.a.registrar, "register_received", lambda request, flow: fail(RuntimeError("bug"))
+        )
         self.a.receive(register_request("<sip:alice@10.0.0.5>"), ALICE_FLOW)
         self.assertEqual(self.a.sender.statuses(), [500])
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
@@ -256,7 +273,8 @@ class ProxyTests(SynchronousTestCase):
         self.a.receive(message_text(uri="sip:mallory@example.org"))  # a retransmission
         self.a.receive(message_text("OPTIONS", uri="sip:example.org", branch="z9hG4bKopt"))
         self.assertEqual(
-            dict(self.a.proxy.outcomes), {("REGISTER", 200): 1, ("INVITE", 404): 1, ("OPTIONS", 200): 1}
+            dict(self.a.proxy.outcomes),
+            {("REGISTER", 200): 1, ("INVITE", 404): 1, ("OPTIONS", 200): 1},
         )
         self.assertEqual(self.a.proxy.metrics()["final_responses"]["INVITE"], {"404": 1})
 
@@ -300,13 +318,19 @@ class ProxyTests(SynchronousTestCase):
         [(invite, _)] = self.forwarded(self.a)
         self.respond_to(self.a, invite, 180, ALICE_FLOW)
         self.respond_to(self.a, invite, 200, ALICE_FLOW)
-        upstream = [(r.status, hop, len(r.vias)) for r, hop in self.a.sender.responses if r.status in (180, 200)]
+        upstream = [
+            (r.status, hop, len(r.vias))
+            for r, hop in self.a.sender.responses
+            if r.status in (180, 200)
+        ]
         self.assertEqual(upstream[-2:], [(180, CALLER, 1), (200, CALLER, 1)])
         self.assertEqual(self.a.sender.responses[-1][0].via.branch, "z9hG4bKcaller1")
 
     def test_third_party_contact_sent_directly(self) -> None:
         """A contact registered from another address is reached at its own address, not the flow."""
-        self.register_at(self.a, "<sip:alice@198.51.100.50:5090>", ALICE_FLOW, sent_by="192.0.2.7:5080")
+        self.register_at(
+            self.a, "<sip:alice@198.51.100.50:5090>", ALICE_FLOW, sent_by="192.0.2.7:5080"
+        )
         self.a.receive(message_text())
         [(invite, hop)] = self.forwarded(self.a)
         self.assertEqual(hop, Hop("UDP", "198.51.100.50", 5090))
@@ -356,14 +380,18 @@ class ProxyTests(SynchronousTestCase):
 
     def register_two(self) -> None:
         self.register_at(self.a, "<sip:alice@10.0.0.5>;q=0.5", ALICE_FLOW)
-        self.register_at(self.a, "<sip:alice@10.0.0.6;transport=tcp>", ALICE_FLOW_2, call_id="reg-2")
+        self.register_at(
+            self.a, "<sip:alice@10.0.0.6;transport=tcp>", ALICE_FLOW_2, call_id="reg-2"
+        )
 
     def test_parallel_fork(self) -> None:
         """An INVITE is sent to every registered contact at once."""
         self.register_two()
         self.a.receive(message_text())
         hops = sorted((str(r.uri), hop.transport) for r, hop in self.forwarded(self.a))
-        self.assertEqual(hops, [("sip:alice@10.0.0.5", "UDP"), ("sip:alice@10.0.0.6;transport=tcp", "TCP")])
+        self.assertEqual(
+            hops, [("sip:alice@10.0.0.5", "UDP"), ("sip:alice@10.0.0.6;transport=tcp", "TCP")]
+        )
         branches = {r.via.branch for r, _ in self.forwarded(self.a)}
         self.assertEqual(len(branches), 2)
 
@@ -454,7 +482,11 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual(len(to_alice.record_routes), 2)
         # The 200 travels back through B and A to the caller.
         self.respond_to(self.b, to_alice, 200, ALICE_FLOW)
-        [(at_a, _)] = [(r, h) for r, h in self.b.sender.responses if r.status == 200 and r.cseq.method == "INVITE"]
+        [(at_a, _)] = [
+            (r, h)
+            for r, h in self.b.sender.responses
+            if r.status == 200 and r.cseq.method == "INVITE"
+        ]
         self.a.receive(at_a.to_bytes(), Hop("UDP", *ADDRESS_B))
         self.assertEqual(self.a.sender.responses[-1][0].status, 200)
         self.assertEqual(self.a.sender.responses[-1][1], CALLER)
@@ -501,12 +533,27 @@ class ProxyTests(SynchronousTestCase):
         self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
         route = "Route: <sip:203.0.113.1:5060;lr>"
         self.a.receive(
-            message_text("ACK", uri="sip:alice@10.0.0.5:5062", branch="z9hG4bKack1", extra=route, to_tag=";tag=uas1")
+            message_text(
+                "ACK",
+                uri="sip:alice@10.0.0.5:5062",
+                branch="z9hG4bKack1",
+                extra=route,
+                to_tag=";tag=uas1",
+            )
         )
         [(ack, ack_hop)] = self.forwarded(self.a, "ACK")
-        self.assertEqual((str(ack.uri), ack_hop, ack.headers.values("Route")), ("sip:alice@10.0.0.5:5062", ALICE_FLOW, []))
+        self.assertEqual(
+            (str(ack.uri), ack_hop, ack.headers.values("Route")),
+            ("sip:alice@10.0.0.5:5062", ALICE_FLOW, []),
+        )
         self.a.receive(
-            message_text("BYE", uri="sip:alice@10.0.0.5:5062", branch="z9hG4bKbye1", extra=route, to_tag=";tag=uas1")
+            message_text(
+                "BYE",
+                uri="sip:alice@10.0.0.5:5062",
+                branch="z9hG4bKbye1",
+                extra=route,
+                to_tag=";tag=uas1",
+            )
         )
         [(bye, bye_hop)] = self.forwarded(self.a, "BYE")
         self.assertEqual(bye_hop, ALICE_FLOW)
@@ -516,12 +563,17 @@ class ProxyTests(SynchronousTestCase):
         """With a further Route entry the request goes to that proxy, Request-URI unchanged."""
         self.a.receive(
             message_text(
-                "BYE", uri="sip:bob@198.51.100.10:5070", branch="z9hG4bKbye2", to_tag=";tag=x",
+                "BYE",
+                uri="sip:bob@198.51.100.10:5070",
+                branch="z9hG4bKbye2",
+                to_tag=";tag=x",
                 extra="Route: <sip:203.0.113.1:5060;lr>, <sip:203.0.113.2:5060;lr>",
             )
         )
         [(bye, hop)] = self.forwarded(self.a, "BYE")
-        self.assertEqual((hop, str(bye.uri)), (Hop("UDP", *ADDRESS_B), "sip:bob@198.51.100.10:5070"))
+        self.assertEqual(
+            (hop, str(bye.uri)), (Hop("UDP", *ADDRESS_B), "sip:bob@198.51.100.10:5070")
+        )
         self.assertEqual([str(r.uri) for r in bye.routes], ["sip:203.0.113.2:5060;lr"])
 
     def test_ack_with_nowhere_to_go_dropped(self) -> None:
@@ -552,7 +604,12 @@ class ProxyTests(SynchronousTestCase):
     def test_hostile_requests_never_crash(self, uri: str, method: str, route: str) -> None:
         """Odd Request-URIs and Route sets get a response or are dropped, never an exception."""
         try:
-            data = message_text(method, uri=uri or "x", branch="z9hG4bKfuzz", extra=f"Route: {route}" if route else "")
+            data = message_text(
+                method,
+                uri=uri or "x",
+                branch="z9hG4bKfuzz",
+                extra=f"Route: {route}" if route else "",
+            )
             request = parse_request(data)
         except (SipParseError, AssertionError):
             return
@@ -588,7 +645,9 @@ class SippCallInteropTests(TestCase):
 
     def spawn(self, sipp: str, arguments: list[str], directory: Path) -> _Exited:
         protocol = _Exited()
-        process = reactor.spawnProcess(protocol, sipp, [sipp, *arguments], env=None, path=str(directory))
+        process = reactor.spawnProcess(
+            protocol, sipp, [sipp, *arguments], env=None, path=str(directory)
+        )
 
         def stop() -> Deferred[int] | None:
             if protocol.ended.called:
@@ -616,21 +675,53 @@ class SippCallInteropTests(TestCase):
         port = yield transport.listen("udp:0:interface=127.0.0.1")
         self.addCleanup(transport.stop)
         number = port.getHost().port
-        proxy = SipProxy("127.0.0.1", ("127.0.0.1", number), storage, location, registrar, transport, clock)
+        proxy = SipProxy(
+            "127.0.0.1", ("127.0.0.1", number), storage, location, registrar, transport, clock
+        )
         transport.receiver = proxy.transactions
         uas_port = free_port(socket.SOCK_DGRAM)
         uac_port = free_port(socket.SOCK_DGRAM)
         callee = self.spawn(
-            sipp, ["-sf", str(scenarios / "uas.xml"), "-i", "127.0.0.1", "-p", str(uas_port), "-m", "1",
-                   "-nostdin", "-timeout", "30s"], directory,
+            sipp,
+            [
+                "-sf",
+                str(scenarios / "uas.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(uas_port),
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "30s",
+            ],
+            directory,
         )
         registered = yield registrar.register_received(
             _register_for("callee0000", uas_port, uac_port), Hop("UDP", "127.0.0.1", uac_port)
         )
         self.assertEqual(registered.status, 200)
         caller = self.spawn(
-            sipp, [f"127.0.0.1:{number}", "-sf", str(scenarios / "uac.xml"), "-inf", str(scenarios / "callees.csv"),
-                   "-i", "127.0.0.1", "-p", str(uac_port), "-m", "1", "-d", "100", "-nostdin", "-timeout", "30s"],
+            sipp,
+            [
+                f"127.0.0.1:{number}",
+                "-sf",
+                str(scenarios / "uac.xml"),
+                "-inf",
+                str(scenarios / "callees.csv"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(uac_port),
+                "-m",
+                "1",
+                "-d",
+                "100",
+                "-nostdin",
+                "-timeout",
+                "30s",
+            ],
             directory,
         )
         caller_status = yield caller.ended

@@ -99,7 +99,9 @@ class RegistrarTestsMixin:
         if trusted:
             self.registrar = Registrar(DOMAIN, self.location, self.clock, trusted_network=True)
         else:
-            self.registrar = Registrar(DOMAIN, self.location, self.clock, self.authenticator, Accounts())
+            self.registrar = Registrar(
+                DOMAIN, self.location, self.clock, self.authenticator, Accounts()
+            )
 
 
 class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
@@ -113,7 +115,10 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         return self.successResultOf(self.registrar.register_received(request, flow))
 
     def contacts_of(self, response: Response) -> list[tuple[str, str | None, str | None]]:
-        return [(str(c.uri), c.parameters.get("expires"), c.parameters.get("q")) for c in response.contacts]
+        return [
+            (str(c.uri), c.parameters.get("expires"), c.parameters.get("q"))
+            for c in response.contacts
+        ]
 
     def lookup(self) -> list[tuple[str, float, int | None]]:
         bindings = self.successResultOf(self.location.lookup(AOR))
@@ -143,13 +148,17 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
     def test_several_contacts_with_q(self) -> None:
         """Several contacts are all bound, with their q-values, best first in the overlay."""
         response = self.send(
-            register(contacts="<sip:alice@192.0.2.7>;q=0.3, <sip:alice@192.0.2.8>;q=0.9", expires=300)
+            register(
+                contacts="<sip:alice@192.0.2.7>;q=0.3, <sip:alice@192.0.2.8>;q=0.9", expires=300
+            )
         )
         self.assertEqual(
             sorted(self.contacts_of(response)),
             [("sip:alice@192.0.2.7", "300", "0.3"), ("sip:alice@192.0.2.8", "300", "0.9")],
         )
-        self.assertEqual([c for c, _, _ in self.lookup()], ["sip:alice@192.0.2.8", "sip:alice@192.0.2.7"])
+        self.assertEqual(
+            [c for c, _, _ in self.lookup()], ["sip:alice@192.0.2.8", "sip:alice@192.0.2.7"]
+        )
 
     def test_refresh_updates_expiry(self) -> None:
         """A refresh with a higher CSeq renews the binding's expiry."""
@@ -269,7 +278,7 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
 
     @settings(max_examples=100)
     @given(
-        st.text(alphabet="<sip:alice@192.0.2.7>;q=0.5expires=*, \"\t-1", max_size=80),
+        st.text(alphabet='<sip:alice@192.0.2.7>;q=0.5expires=*, "\t-1', max_size=80),
         st.one_of(st.none(), st.integers(min_value=0, max_value=2**33)),
     )
     def test_hostile_contacts_answered(self, contact: str, expires: int | None) -> None:
@@ -300,7 +309,9 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
             return waiting
 
         self.patch(self.storage, "put_dictionary_entry", slow_put)
-        first = self.registrar.register_received(register(contacts="<sip:alice@192.0.2.7>", expires=300), FLOW)
+        first = self.registrar.register_received(
+            register(contacts="<sip:alice@192.0.2.7>", expires=300), FLOW
+        )
         second = self.registrar.register_received(
             register(contacts="<sip:alice@192.0.2.8>", expires=300, call_id="other"), FLOW
         )
@@ -323,15 +334,23 @@ class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         return self.successResultOf(self.registrar.register_received(request, FLOW))
 
     def authorization(
-        self, challenge_response: Response, username: str = "alice", password: str = "wonderland",
-        algorithm: str = "SHA-256", nc: str = "00000001",
+        self,
+        challenge_response: Response,
+        username: str = "alice",
+        password: str = "wonderland",
+        algorithm: str = "SHA-256",
+        nc: str = "00000001",
     ) -> str:
         challenge = next(
-            value for value in challenge_response.headers.get_all("WWW-Authenticate") if algorithm in value
+            value
+            for value in challenge_response.headers.get_all("WWW-Authenticate")
+            if algorithm in value
         )
         params = parse_digest_parameters(challenge.partition(" ")[2])
         ha1 = compute_ha1(algorithm, username, params["realm"], password)
-        response = compute_response(algorithm, ha1, params["nonce"], "REGISTER", "sip:example.org", "auth", nc, "abc")
+        response = compute_response(
+            algorithm, ha1, params["nonce"], "REGISTER", "sip:example.org", "auth", nc, "abc"
+        )
         return (
             f'Authorization: Digest username="{username}", realm="{params["realm"]}", '
             f'nonce="{params["nonce"]}", uri="sip:example.org", response="{response}", '
@@ -345,7 +364,9 @@ class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         self.assertEqual(len(challenge.headers.get_all("WWW-Authenticate")), 2)
         for cseq, algorithm in [(2, "SHA-256"), (3, "MD5")]:
             response = self.send(
-                register(expires=300, cseq=cseq, extra=self.authorization(challenge, algorithm=algorithm))
+                register(
+                    expires=300, cseq=cseq, extra=self.authorization(challenge, algorithm=algorithm)
+                )
             )
             self.assertEqual(response.status, 200, algorithm)
             challenge = self.send(register(expires=300))
@@ -353,10 +374,14 @@ class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
     def test_digest_uri_spelled_differently(self) -> None:
         """A digest-uri that names the Request-URI in another spelling is hashed as the client wrote it."""
         challenge = self.send(register(expires=300))
-        params = parse_digest_parameters(challenge.headers.get_all("WWW-Authenticate")[0].partition(" ")[2])
+        params = parse_digest_parameters(
+            challenge.headers.get_all("WWW-Authenticate")[0].partition(" ")[2]
+        )
         ha1 = compute_ha1("SHA-256", "alice", DOMAIN, "wonderland")
         spelled = "sip:EXAMPLE.org"
-        digest = compute_response("SHA-256", ha1, params["nonce"], "REGISTER", spelled, "auth", "00000001", "c")
+        digest = compute_response(
+            "SHA-256", ha1, params["nonce"], "REGISTER", spelled, "auth", "00000001", "c"
+        )
         header = (
             f'Authorization: Digest username="alice", realm="{DOMAIN}", nonce="{params["nonce"]}", '
             f'uri="{spelled}", response="{digest}", algorithm=SHA-256, qop=auth, nc=00000001, cnonce="c"'
@@ -366,10 +391,16 @@ class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
     def test_wrong_password_and_unknown_user_alike(self) -> None:
         """A wrong password and an unknown user both get 403 with the same reason."""
         challenge = self.send(register(expires=300))
-        wrong = self.send(register(expires=300, cseq=2, extra=self.authorization(challenge, password="guess")))
+        wrong = self.send(
+            register(expires=300, cseq=2, extra=self.authorization(challenge, password="guess"))
+        )
         unknown = self.send(
-            register(expires=300, cseq=2, to="sip:mallory@example.org",
-                     extra=self.authorization(challenge, username="mallory"))
+            register(
+                expires=300,
+                cseq=2,
+                to="sip:mallory@example.org",
+                extra=self.authorization(challenge, username="mallory"),
+            )
         )
         self.assertEqual((wrong.status, wrong.reason), (403, "Forbidden"))
         self.assertEqual((unknown.status, unknown.reason), (wrong.status, wrong.reason))
@@ -379,12 +410,19 @@ class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         known = self.send(register(expires=300))
         unknown = self.send(register(expires=300, to="sip:nobody@example.org"))
         self.assertEqual((known.status, known.reason), (unknown.status, unknown.reason))
-        self.assertEqual(len(known.headers.get_all("WWW-Authenticate")), len(unknown.headers.get_all("WWW-Authenticate")))
+        self.assertEqual(
+            len(known.headers.get_all("WWW-Authenticate")),
+            len(unknown.headers.get_all("WWW-Authenticate")),
+        )
 
     def test_other_users_aor_forbidden(self) -> None:
         """Alice's valid credentials cannot register bob's AOR."""
         challenge = self.send(register(expires=300, to="sip:bob@example.org"))
-        response = self.send(register(expires=300, cseq=2, to="sip:bob@example.org", extra=self.authorization(challenge)))
+        response = self.send(
+            register(
+                expires=300, cseq=2, to="sip:bob@example.org", extra=self.authorization(challenge)
+            )
+        )
         self.assertEqual(response.status, 403)
 
     def test_stale_nonce(self) -> None:
@@ -422,8 +460,14 @@ class FlowChoiceTests(SynchronousTestCase):
 
     def binding(self, contact: str, flow: Hop, sent_by: tuple[str, int]) -> LocalBinding:
         return LocalBinding(
-            aor=AOR, contact=NameAddress.parse(contact), expires_at=NOW + 60, q=1.0, call_id="c", cseq=1,
-            flow=flow, registered_from=sent_by,
+            aor=AOR,
+            contact=NameAddress.parse(contact),
+            expires_at=NOW + 60,
+            q=1.0,
+            call_id="c",
+            cseq=1,
+            flow=flow,
+            registered_from=sent_by,
         )
 
     def test_choices(self) -> None:
@@ -431,12 +475,24 @@ class FlowChoiceTests(SynchronousTestCase):
         cases = [
             ("<sip:a@10.0.0.5:5062>", Hop("UDP", "203.0.113.9", 40000), ("10.0.0.5", 5062), True),
             ("<sip:a@192.0.2.7:5062>", Hop("UDP", "192.0.2.7", 40000), ("192.0.2.7", 5062), False),
-            ("<sip:a@192.0.2.7:5062;transport=tcp>", Hop("TCP", "192.0.2.7", 40000), ("192.0.2.7", 5062), True),
-            ("<sip:a@192.0.2.50:5090>", Hop("UDP", "203.0.113.9", 40000), ("10.0.0.5", 5062), False),
+            (
+                "<sip:a@192.0.2.7:5062;transport=tcp>",
+                Hop("TCP", "192.0.2.7", 40000),
+                ("192.0.2.7", 5062),
+                True,
+            ),
+            (
+                "<sip:a@192.0.2.50:5090>",
+                Hop("UDP", "203.0.113.9", 40000),
+                ("10.0.0.5", 5062),
+                False,
+            ),
             ("<sip:a@10.0.0.5>", Hop("UDP", "203.0.113.9", 40000), ("10.0.0.5", 5060), True),
         ]
         for contact, flow, sent_by, expected in cases:
-            self.assertEqual(self.binding(contact, flow, sent_by).reached_over_flow, expected, contact)
+            self.assertEqual(
+                self.binding(contact, flow, sent_by).reached_over_flow, expected, contact
+            )
 
 
 class BlurTests(SynchronousTestCase):
@@ -470,22 +526,41 @@ class SipsakInteropTests(TestCase):
         storage = MemoryOverlayStorage(NODE, clock)
         location = OverlayLocationService(storage, clock)
         # sipsak reads only the first challenge and knows only MD5.
-        authenticator = DigestAuthenticator("localhost", b"k" * 32, clock, users, algorithms=["MD5"])
+        authenticator = DigestAuthenticator(
+            "localhost", b"k" * 32, clock, users, algorithms=["MD5"]
+        )
         registrar = Registrar("localhost", location, clock, authenticator, users)
         self.addCleanup(registrar.stop)
         transport = SipTransport(reactor)
         port = yield transport.listen("udp:0:interface=127.0.0.1")
         self.addCleanup(transport.stop)
         number = port.getHost().port
-        proxy = SipProxy("localhost", ("127.0.0.1", number), storage, location, registrar, transport, clock)
+        proxy = SipProxy(
+            "localhost", ("127.0.0.1", number), storage, location, registrar, transport, clock
+        )
         transport.receiver = proxy.transactions
 
         def run(password: str) -> Deferred[tuple[bytes, bytes, int]]:
             arguments = [
-                "-U", "-C", "sip:alice@127.0.0.1:5999", "-x", "300", "-u", "alice", "-a", password,
-                "-s", "sip:alice@localhost", "-p", "127.0.0.1", "-r", str(number),
+                "-U",
+                "-C",
+                "sip:alice@127.0.0.1:5999",
+                "-x",
+                "300",
+                "-u",
+                "alice",
+                "-a",
+                password,
+                "-s",
+                "sip:alice@localhost",
+                "-p",
+                "127.0.0.1",
+                "-r",
+                str(number),
             ]
-            result: Deferred[tuple[bytes, bytes, int]] = utils.getProcessOutputAndValue(sipsak, arguments)
+            result: Deferred[tuple[bytes, bytes, int]] = utils.getProcessOutputAndValue(
+                sipsak, arguments
+            )
             return result
 
         _, _, good = yield run("wonderland")
@@ -513,7 +588,9 @@ class RegistrarModelTests(SynchronousTestCase):
             max_size=12,
         )
     )
-    def test_bindings_follow_model(self, steps: list[tuple[str, int | None, str, int, float]]) -> None:
+    def test_bindings_follow_model(
+        self, steps: list[tuple[str, int | None, str, int, float]]
+    ) -> None:
         """After any sequence, local bindings, the 200's Contacts and the overlay all match the model."""
         clock = Clock()
         clock.advance(NOW)
@@ -526,7 +603,11 @@ class RegistrarModelTests(SynchronousTestCase):
             clock.advance(wait)
             now = clock.seconds()
             model = {c: v for c, v in model.items() if v[0] > now}
-            contacts = None if contact == "" else ("*" if contact == "*" else f"<sip:alice@{contact}.example.net>")
+            contacts = (
+                None
+                if contact == ""
+                else ("*" if contact == "*" else f"<sip:alice@{contact}.example.net>")
+            )
             response = self.successResultOf(
                 registrar.register_received(
                     register(contacts=contacts, expires=expires, cseq=cseq, call_id=call_id), FLOW
@@ -535,7 +616,9 @@ class RegistrarModelTests(SynchronousTestCase):
             uri = f"sip:alice@{contact}.example.net"
             if contact == "*":
                 expected = 200 if expires == 0 else 400
-                if expected == 200 and any(cid == call_id and cseq <= old for _, cid, old in model.values()):
+                if expected == 200 and any(
+                    cid == call_id and cseq <= old for _, cid, old in model.values()
+                ):
                     expected = 400
                 if expected == 200:
                     model = {}

@@ -23,7 +23,9 @@ UDP_PEER = Hop("UDP", "192.0.2.1", 5060)
 TCP_PEER = Hop("TCP", "192.0.2.1", 5060)
 
 
-def request(method: str = "OPTIONS", branch: str | None = None, via_host: str = "192.0.2.9") -> Request:
+def request(
+    method: str = "OPTIONS", branch: str | None = None, via_host: str = "192.0.2.9"
+) -> Request:
     branch_param = "" if branch == "" else f";branch={branch or new_branch()}"
     text = (
         f"{method} sip:bob@example.org SIP/2.0\r\n"
@@ -167,7 +169,9 @@ class NonInviteClientTests(LayerTestCase):
 
     def test_custom_timers(self) -> None:
         """T1 and T2 are configurable."""
-        self.layer = TransactionLayer(self.sender, self.user, self.clock, TimerSettings(t1_seconds=1, t2_seconds=2))
+        self.layer = TransactionLayer(
+            self.sender, self.user, self.clock, TimerSettings(t1_seconds=1, t2_seconds=2)
+        )
         self.send(request())
         self.clock.pump([0.5] * 20)
         self.assertEqual(self.sender.times("OPTIONS")[:5], [0, 1, 3, 5, 7])
@@ -355,7 +359,14 @@ class MetricsTests(LayerTestCase):
         self.sender.fail_requests = True
         self.send(request())
         self.layer.message_received(make_response(message, 200), UDP_PEER)
-        self.assertEqual(self.layer.metrics(), {
-            "client_transactions": 0, "server_transactions": 0, "retransmissions": 10,
-            "timeouts": 1, "transport_errors": 1, "stray_responses": 1,
-        })
+        self.assertEqual(
+            self.layer.metrics(),
+            {
+                "client_transactions": 0,
+                "server_transactions": 0,
+                "retransmissions": 10,
+                "timeouts": 1,
+                "transport_errors": 1,
+                "stray_responses": 1,
+            },
+        )

@@ -77,15 +77,22 @@ class ViaStampTests(SynchronousTestCase):
         request = parse_request(OPTIONS.replace(b";rport", b""))
         stamp_received(request, *CLIENT)
         self.assertEqual((request.via.received, request.via.rport), ("198.51.100.7", None))
-        request = parse_request(OPTIONS.replace(b";rport", b"").replace(b"phone.example.org", b"198.51.100.7"))
+        request = parse_request(
+            OPTIONS.replace(b";rport", b"").replace(b"phone.example.org", b"198.51.100.7")
+        )
         stamp_received(request, *CLIENT)
         self.assertIsNone(request.via.received)
 
     def test_response_address(self) -> None:
         """Responses go to received:rport, else received:sent-by port, else sent-by."""
-        self.assertEqual(response_address(Via.parse("SIP/2.0/UDP h:5062;received=192.0.2.1;rport=4000")),
-                         ("192.0.2.1", 4000))
-        self.assertEqual(response_address(Via.parse("SIP/2.0/UDP h:5062;received=192.0.2.1")), ("192.0.2.1", 5062))
+        self.assertEqual(
+            response_address(Via.parse("SIP/2.0/UDP h:5062;received=192.0.2.1;rport=4000")),
+            ("192.0.2.1", 4000),
+        )
+        self.assertEqual(
+            response_address(Via.parse("SIP/2.0/UDP h:5062;received=192.0.2.1")),
+            ("192.0.2.1", 5062),
+        )
         self.assertEqual(response_address(Via.parse("SIP/2.0/UDP 192.0.2.2")), ("192.0.2.2", 5060))
 
 
@@ -147,7 +154,9 @@ class DatagramTests(SynchronousTestCase):
 
     def test_bad_listen_string(self) -> None:
         """A bad udp: string fails the Deferred with a message naming the option."""
-        failure = self.failureResultOf(SipTransport(MemoryUDPReactor()).listen("udp:nope"), ValueError)
+        failure = self.failureResultOf(
+            SipTransport(MemoryUDPReactor()).listen("udp:nope"), ValueError
+        )
         self.assertIn("--sip", failure.getErrorMessage())
 
     def test_response_to_rport(self) -> None:
@@ -217,8 +226,6 @@ class StreamTests(SynchronousTestCase):
         self.owner.send_request(parse_request(OPTIONS), Hop("UDP", *CLIENT), errors.append)
         self.assertIn("--sip udp:PORT", errors[0])
 
-
-
     def test_idle_connection_closed(self) -> None:
         """A connection silent for the idle timeout is closed; traffic postpones that."""
         self.reactor.advance(3000)
@@ -271,7 +278,9 @@ class ListenerServiceTests(SynchronousTestCase):
         service = SipListenerService(transport, ["udp:5060", "tcp:5060"])
         self.assertEqual((reactor.udpPorts, reactor.tcpServers), ({}, []))
         service.startService()
-        self.assertEqual((list(reactor.udpPorts), [s[0] for s in reactor.tcpServers]), ([5060], [5060]))
+        self.assertEqual(
+            (list(reactor.udpPorts), [s[0] for s in reactor.tcpServers]), ([5060], [5060])
+        )
         self.successResultOf(service.stopService())
         self.assertFalse(reactor.udpPorts[5060].listening)
 
@@ -290,7 +299,10 @@ class LocalAddressTests(SynchronousTestCase):
         transport = SipTransport(MemoryUDPReactor(), advertised_host="203.0.113.5")
         self.successResultOf(transport.listen("udp:5070"))
         via = transport.make_via("UDP")
-        self.assertEqual((via.transport, via.host, via.port, via.rport_requested), ("UDP", "203.0.113.5", 5070, True))
+        self.assertEqual(
+            (via.transport, via.host, via.port, via.rport_requested),
+            ("UDP", "203.0.113.5", 5070, True),
+        )
         self.assertTrue((via.branch or "").startswith("z9hG4bK"))
         self.assertNotEqual(via.branch, transport.make_via("UDP").branch)
 
@@ -304,8 +316,13 @@ class HostileInputTests(SynchronousTestCase):
     """Random input never escapes the protocols and is logged at debug level only."""
 
     @settings(max_examples=200, deadline=None)
-    @given(st.lists(st.binary(max_size=300) | st.sampled_from([OPTIONS, OPTIONS[:60], b"\r\n\r\n", b"\r\n"]),
-                    max_size=8))
+    @given(
+        st.lists(
+            st.binary(max_size=300)
+            | st.sampled_from([OPTIONS, OPTIONS[:60], b"\r\n\r\n", b"\r\n"]),
+            max_size=8,
+        )
+    )
     def test_random_datagrams_and_segments(self, chunks: list[bytes]) -> None:
         """Datagrams and TCP segments of random bytes raise nothing and log nothing above debug."""
         receiver = RecordingReceiver()
@@ -335,10 +352,18 @@ class MetricsTests(SynchronousTestCase):
         stream.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", *CLIENT)))
         stream.dataReceived(b"\r\n\r\n")
         owner.send_request(parse_request(OPTIONS), Hop("UDP", *CLIENT), lambda reason: None)
-        self.assertEqual(owner.metrics(), {
-            "messages_received": 1, "malformed_received": 1, "error_responses_sent": 1, "keepalive_pings": 1,
-            "tcp_connections": 1, "tcp_connections_refused": 0, "send_errors": 1,
-        })
+        self.assertEqual(
+            owner.metrics(),
+            {
+                "messages_received": 1,
+                "malformed_received": 1,
+                "error_responses_sent": 1,
+                "keepalive_pings": 1,
+                "tcp_connections": 1,
+                "tcp_connections_refused": 0,
+                "send_errors": 1,
+            },
+        )
 
 
 class TLSTargetTests(SynchronousTestCase):

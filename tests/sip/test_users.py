@@ -129,7 +129,9 @@ class UsersFileTests(SynchronousTestCase):
         users = UsersFile.load(self.path, missing_ok=True)
         self.assertRaises(UsersFileError, users.set_password, "alice", "pw")
         self.assertRaises(UsersFileError, users.set_password, "sip:alice@example.org", "")
-        self.assertRaises(UsersFileError, users.set_password, "sip:alice@example.org", "pw", "two words")
+        self.assertRaises(
+            UsersFileError, users.set_password, "sip:alice@example.org", "pw", "two words"
+        )
 
     def test_username_clash(self) -> None:
         """Two AORs may not share a username within one realm."""
@@ -138,7 +140,9 @@ class UsersFileTests(SynchronousTestCase):
         self.assertRaises(UsersFileError, users.set_password, "sip:alice@other.org", "pw", "r")
 
     @settings(max_examples=50)
-    @given(st.binary(max_size=400) | st.text(alphabet="sip:@ .=\n#MD5SHA-256abcdef0123", max_size=400))
+    @given(
+        st.binary(max_size=400) | st.text(alphabet="sip:@ .=\n#MD5SHA-256abcdef0123", max_size=400)
+    )
     def test_garbage_only_users_file_error(self, content: bytes | str) -> None:
         """Any content either loads or raises UsersFileError, nothing else."""
         path = self.directory / "fuzz"
@@ -171,36 +175,64 @@ class CommandTests(SynchronousTestCase):
 
     def test_add_password_from_stdin(self) -> None:
         """``users add`` reads the password from standard input."""
-        status = self.run_command("users", "add", "--file", str(self.path), "sip:alice@example.org", stdin="wonderland\n")
+        status = self.run_command(
+            "users", "add", "--file", str(self.path), "sip:alice@example.org", stdin="wonderland\n"
+        )
         self.assertEqual(status, 0)
         self.assertEqual(UsersFile.load(self.path).ha1("alice", "example.org", "MD5"), MD5_HA1)
 
     def test_add_password_option_and_realm(self) -> None:
         """``--password`` and ``--realm`` are honoured, and a second add changes the user."""
-        self.run_command("users", "add", "--file", str(self.path), "--password", "a", "sip:alice@example.org")
+        self.run_command(
+            "users", "add", "--file", str(self.path), "--password", "a", "sip:alice@example.org"
+        )
         status = self.run_command(
-            "users", "add", "--file", str(self.path), "--realm", "ring", "--password", "b", "sip:alice@example.org"
+            "users",
+            "add",
+            "--file",
+            str(self.path),
+            "--realm",
+            "ring",
+            "--password",
+            "b",
+            "sip:alice@example.org",
         )
         self.assertEqual(status, 0)
         self.assertIn("changed", self.stdout.getvalue())
         users = UsersFile.load(self.path)
-        self.assertEqual(users.ha1("alice", "ring", "MD5"), compute_ha1("MD5", "alice", "ring", "b"))
+        self.assertEqual(
+            users.ha1("alice", "ring", "MD5"), compute_ha1("MD5", "alice", "ring", "b")
+        )
 
     def test_list_and_remove(self) -> None:
         """``users list`` shows AORs without secrets; ``users remove`` deletes one."""
-        self.run_command("users", "add", "--file", str(self.path), "--password", "a", "sip:alice@example.org")
-        self.run_command("users", "add", "--file", str(self.path), "--password", "b", "sip:bob@example.org")
-        self.assertEqual(self.run_command("users", "remove", "--file", str(self.path), "sip:bob@example.org"), 0)
+        self.run_command(
+            "users", "add", "--file", str(self.path), "--password", "a", "sip:alice@example.org"
+        )
+        self.run_command(
+            "users", "add", "--file", str(self.path), "--password", "b", "sip:bob@example.org"
+        )
+        self.assertEqual(
+            self.run_command("users", "remove", "--file", str(self.path), "sip:bob@example.org"), 0
+        )
         self.stdout.truncate(0)
         self.stdout.seek(0)
         self.assertEqual(self.run_command("users", "list", "--file", str(self.path)), 0)
-        self.assertEqual(self.stdout.getvalue(), "sip:alice@example.org\texample.org\tMD5,SHA-256\n")
+        self.assertEqual(
+            self.stdout.getvalue(), "sip:alice@example.org\texample.org\tMD5,SHA-256\n"
+        )
 
     def test_errors_go_to_stderr(self) -> None:
         """Failures exit 1 with a message naming the file or the problem."""
         self.assertEqual(self.run_command("users", "list", "--file", str(self.path)), 1)
         self.assertIn(str(self.path), self.stderr.getvalue())
-        self.assertEqual(self.run_command("users", "add", "--file", str(self.path), "sip:alice@example.org"), 1)
+        self.assertEqual(
+            self.run_command("users", "add", "--file", str(self.path), "sip:alice@example.org"), 1
+        )
         self.assertIn("password", self.stderr.getvalue())
-        self.run_command("users", "add", "--file", str(self.path), "--password", "a", "sip:alice@example.org")
-        self.assertEqual(self.run_command("users", "remove", "--file", str(self.path), "sip:zed@example.org"), 1)
+        self.run_command(
+            "users", "add", "--file", str(self.path), "--password", "a", "sip:alice@example.org"
+        )
+        self.assertEqual(
+            self.run_command("users", "remove", "--file", str(self.path), "sip:zed@example.org"), 1
+        )

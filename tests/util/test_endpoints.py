@@ -13,9 +13,13 @@ class UDPListenAddressTests(SynchronousTestCase):
     def test_forms(self) -> None:
         """Port alone, with an interface, keyword port and escaped IPv6 parse."""
         self.assertEqual(parse_udp_listen_address("udp:5060"), UDPListenAddress(5060))
-        self.assertEqual(parse_udp_listen_address("udp:0:interface=127.0.0.1"), UDPListenAddress(0, "127.0.0.1"))
+        self.assertEqual(
+            parse_udp_listen_address("udp:0:interface=127.0.0.1"), UDPListenAddress(0, "127.0.0.1")
+        )
         self.assertEqual(parse_udp_listen_address("udp:port=5062"), UDPListenAddress(5062))
-        self.assertEqual(parse_udp_listen_address("udp:5060:interface=\\:\\:1"), UDPListenAddress(5060, "::1"))
+        self.assertEqual(
+            parse_udp_listen_address("udp:5060:interface=\\:\\:1"), UDPListenAddress(5060, "::1")
+        )
 
     def test_round_trip(self) -> None:
         """str() gives a string that parses to the same address."""

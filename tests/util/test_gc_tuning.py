@@ -17,7 +17,11 @@ class GcTuningTests(SynchronousTestCase):
         self.assertEqual(gc_tuning.tune_for_server(), before)
         self.assertEqual(
             gc.get_threshold(),
-            (gc_tuning.GENERATION0_THRESHOLD, gc_tuning.GENERATION1_THRESHOLD, gc_tuning.GENERATION2_THRESHOLD),
+            (
+                gc_tuning.GENERATION0_THRESHOLD,
+                gc_tuning.GENERATION1_THRESHOLD,
+                gc_tuning.GENERATION2_THRESHOLD,
+            ),
         )
 
     def test_freeze(self) -> None:

@@ -96,7 +96,9 @@ class GaugeTests(SynchronousTestCase):
         """A labelled gauge's function returns a mapping from label values to numbers."""
         registry = Registry()
         registry.gauge(
-            "p2psip_connections", "Connections.", labels=("state",),
+            "p2psip_connections",
+            "Connections.",
+            labels=("state",),
             function=lambda: {("open",): 4, ("connecting",): 1},
         )
         self.assertEqual(

@@ -66,7 +66,9 @@ class Connection:
         self.channel.connectionLost(Failure(ConnectionDone()))
 
 
-def http_request(method: str, path: str, body: bytes = b"", content_type: str | None = None) -> bytes:
+def http_request(
+    method: str, path: str, body: bytes = b"", content_type: str | None = None
+) -> bytes:
     lines = [f"{method} {path} HTTP/1.0", "Host: 127.0.0.1"]
     if body:
         lines.append(f"Content-Length: {len(body)}")
@@ -142,6 +144,7 @@ class StatusAndMetricsTests(SiteTestsMixin, SynchronousTestCase):
 
     def test_status_failure_is_500(self) -> None:
         """A status callable that raises gives a JSON 500 and a logged failure."""
+
         def broken() -> dict[str, Any]:
             raise KeyError("oops")
 
@@ -212,9 +215,13 @@ class PageTests(SiteTestsMixin, SynchronousTestCase):
 class ApiTests(SiteTestsMixin, SynchronousTestCase):
     def test_get_with_query(self) -> None:
         """Query arguments arrive decoded as a str dict, with no body."""
-        response = self.fetch(self.make_site(), http_request("GET", "/api/echo?name=sip%3Aalice%40p2psip.test&x="))
+        response = self.fetch(
+            self.make_site(), http_request("GET", "/api/echo?name=sip%3Aalice%40p2psip.test&x=")
+        )
         self.assertEqual(response.code, 200)
-        self.assertEqual(response.json(), {"args": {"name": "sip:alice@p2psip.test", "x": ""}, "body": None})
+        self.assertEqual(
+            response.json(), {"args": {"name": "sip:alice@p2psip.test", "x": ""}, "body": None}
+        )
 
     def test_post_json(self) -> None:
         """A JSON object body arrives as a dict."""
@@ -241,7 +248,9 @@ class ApiTests(SiteTestsMixin, SynchronousTestCase):
         connection.send(http_request("GET", "/api/slow"))
         pending.errback(ApiError(504, "no answer from the overlay"))
         response = connection.response()
-        self.assertEqual((response.code, response.json()), (504, {"error": "no answer from the overlay"}))
+        self.assertEqual(
+            (response.code, response.json()), (504, {"error": "no answer from the overlay"})
+        )
 
     def test_api_error(self) -> None:
         """ApiError(status, message) becomes that status with a JSON error."""
@@ -349,7 +358,9 @@ class ArgumentHelperTests(SynchronousTestCase):
         self.assertEqual(body_field(body, "missing", int, default=3600), 3600)
         self.assertEqual(body_field(None, "lifetime", int, default=5), 5)
         error = self.assertRaises(ApiError, body_field, body, "value", str)
-        self.assertEqual((error.status, error.message), (400, "the JSON body needs a field 'value'"))
+        self.assertEqual(
+            (error.status, error.message), (400, "the JSON body needs a field 'value'")
+        )
         error = self.assertRaises(ApiError, body_field, body, "flag", int)
         self.assertEqual(error.message, "field 'flag' must be an integer")
         error = self.assertRaises(ApiError, body_field, body, "lifetime", str)
@@ -361,9 +372,13 @@ class HostileInputTests(SiteTestsMixin, SynchronousTestCase):
     @given(
         path=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=60),
         body=st.binary(max_size=200),
-        content_type=st.sampled_from([None, "application/json", "text/plain", "application/json; x"]),
+        content_type=st.sampled_from(
+            [None, "application/json", "text/plain", "application/json; x"]
+        ),
     )
-    def test_api_never_fails_on_garbage(self, path: str, body: bytes, content_type: str | None) -> None:
+    def test_api_never_fails_on_garbage(
+        self, path: str, body: bytes, content_type: str | None
+    ) -> None:
         """Arbitrary paths, query strings and bodies get a client error or an answer, never a 500."""
         site = self.make_site()
         response = self.fetch(site, http_request("POST", "/api/echo" + path, body, content_type))

@@ -9,5 +9,8 @@ peer = ServiceMaker(
     "p2psip super-node", "p2psip.roles.peer", "Super-node: stores part of the DHT.", "p2psip-peer"
 )
 mediator = ServiceMaker(
-    "p2psip mediator", "p2psip.roles.mediator", "Public STUN/STUNT rendezvous server.", "p2psip-mediator"
+    "p2psip mediator",
+    "p2psip.roles.mediator",
+    "Public STUN/STUNT rendezvous server.",
+    "p2psip-mediator",
 )
