@@ -259,6 +259,9 @@ class OverlayNode:
         self.counters: dict[str, int] = {}
         #: Called (with no arguments) after the neighbour table changed.
         self.neighbour_observers: list[Callable[[], None]] = []
+        #: Called as (method name, seconds, answered) when a request of ours
+        #: is answered, fails or times out: the overlay request-time metric.
+        self.request_observers: list[Callable[[str, float, bool], None]] = []
         self._connecting: dict[int, Deferred[Link]] = {}
         self._pinging: set[int] = set()
         self._asking_address: set[int] = set()
@@ -859,6 +862,16 @@ class OverlayNode:
         pending.first_hop = link.peer_id
         self._count("requests_sent")
         link.send(data)
+        if self.request_observers:
+            started = self.clock.seconds()
+
+            def observe(outcome: object) -> object:
+                seconds = self.clock.seconds() - started
+                for observer in list(self.request_observers):
+                    observer(MessageCode(code).name, seconds, not isinstance(outcome, Failure))
+                return outcome
+
+            pending.deferred.addBoth(observe)
         return pending.deferred
 
     def _resend_after_failure(self, failed_peer: int) -> None:
@@ -1986,6 +1999,25 @@ class OverlayNode:
             "pending_transactions": len(self.transactions),
             "counters": dict(sorted(self.counters.items())),
         }
+
+    def open_link_count(self) -> int:
+        """Open overlay links, identified or not."""
+        return len(self._all_links())
+
+    def links_by_path(self) -> dict[str, int]:
+        """Open links by how they were made: ``connect`` or the mediator's method."""
+        paths: dict[str, int] = {}
+        for link in self._all_links():
+            paths[link.path] = paths.get(link.path, 0) + 1
+        return paths
+
+    def stored_resource_count(self) -> int:
+        """Resources this node holds values of (as responsible peer or replica)."""
+        return len(list(self.store.resources()))
+
+    def pending_request_count(self) -> int:
+        """Requests of ours still waiting for an answer."""
+        return len(self.transactions)
 
     def known_peer_addresses(self) -> list[tuple[int, str, int]]:
         """

@@ -493,14 +493,12 @@ class OverlayService(Service):
         registry.gauge(
             "p2psip_overlay_links",
             "Open overlay links.",
-            function=lambda: float(len(self.node._all_links())) if self.node else 0.0,
+            function=lambda: float(self.node.open_link_count()) if self.node else 0.0,
         )
 
         def links_by_path() -> dict[tuple[str, ...], float]:
-            paths: dict[tuple[str, ...], float] = {}
-            for link in self.node._all_links() if self.node else []:
-                paths[(link.path,)] = paths.get((link.path,), 0.0) + 1.0
-            return paths
+            paths = self.node.links_by_path() if self.node else {}
+            return {(path,): float(count) for path, count in paths.items()}
 
         registry.gauge(
             "p2psip_overlay_links_by_path",
@@ -511,12 +509,12 @@ class OverlayService(Service):
         registry.gauge(
             "p2psip_overlay_stored_resources",
             "Resources stored on this node.",
-            function=lambda: float(len(list(self.node.store.resources()))) if self.node else 0.0,
+            function=lambda: float(self.node.stored_resource_count()) if self.node else 0.0,
         )
         registry.gauge(
             "p2psip_overlay_pending_transactions",
             "Outstanding RELOAD requests.",
-            function=lambda: float(len(self.node.transactions)) if self.node else 0.0,
+            function=lambda: float(self.node.pending_request_count()) if self.node else 0.0,
         )
         return registry
 
