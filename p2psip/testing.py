@@ -260,11 +260,16 @@ class MemoryNetwork:
 
 
 class MemoryConnector:
-    """The connector a node on a :class:`MemoryNetwork` uses."""
+    """The connector a node on a :class:`MemoryNetwork` uses (addresses only, like plain TCP)."""
+
+    reaches_by_node_id = False
 
     def __init__(self, network: MemoryNetwork, source: tuple[str, int]) -> None:
         self.network = network
         self.source = source
+
+    def avoid_direct(self, peer_id: int) -> None:
+        """A memory network has no other way to a peer."""
 
     def connect(self, listener: Any, host: str, port: int, peer_id: int | None = None) -> Any:
         return self.network._connect(self.source, listener, host, port)

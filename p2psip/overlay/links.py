@@ -29,18 +29,47 @@ from twisted.python.failure import Failure
 
 from p2psip.overlay.codec import DecodeError
 from p2psip.overlay.framing import AckFrame, DataFrame, FrameDecoder, encode_frame, received_mask
+from p2psip.util.endpoints import escape_field
 
 CONNECT_TIMEOUT_SECONDS = 10
 
 
 class LinkListener(TypingProtocol):
-    """What a link reports to (the node)."""
+    """What a link reports to (the node), and what a connector may ask of it."""
 
     def link_established(self, link: Link) -> None: ...
 
     def message_received(self, link: Link, data: bytes) -> None: ...
 
     def link_lost(self, link: Link) -> None: ...
+
+    def link_for(self, peer: int) -> Link | None:
+        """The open link to ``peer`` if there is one (a connector need not make another)."""
+        ...
+
+
+class Connector(TypingProtocol):
+    """
+    How a node opens links: to an overlay listener's address, or to a
+    client endpoint string (a ``--bootstrap`` value).
+
+    ``reaches_by_node_id`` says whether the connector has a second way to a
+    peer besides its address (the mediator, by Node-ID); when a direct
+    connect to a peer's candidate leads to another node, the node then
+    calls :meth:`avoid_direct` and connects again.
+    """
+
+    reaches_by_node_id: bool
+
+    def connect(
+        self, listener: LinkListener, host: str, port: int, peer_id: int | None = None
+    ) -> Deferred[Link]: ...
+
+    def connect_endpoint(self, listener: LinkListener, description: str) -> Deferred[Link]: ...
+
+    def avoid_direct(self, peer_id: int) -> None:
+        """Reach ``peer_id`` some other way than its address from now on."""
+        ...
 
 
 class Link:
@@ -201,6 +230,9 @@ class StreamConnector:
     is plain TCP, and TLS is a different template (a configuration change).
     """
 
+    #: Plain TCP knows only addresses.
+    reaches_by_node_id = False
+
     def __init__(
         self,
         reactor: Any,
@@ -217,10 +249,15 @@ class StreamConnector:
         self, listener: LinkListener, host: str, port: int, peer_id: int | None = None
     ) -> Deferred[Link]:
         """A link to ``host:port``; ``peer_id`` (the Node-ID expected there) is not needed for plain TCP."""
-        endpoint = clientFromString(self.reactor, self.template.format(host=host, port=port))
+        # An IPv6 host's colons would split the endpoint string: escape them.
+        description = self.template.format(host=escape_field(host), port=port)
+        endpoint = clientFromString(self.reactor, description)
         link = FramedStreamLink(listener, self.clock, self.max_message_bytes, inbound=False)
         connected: Deferred[Link] = connectProtocol(endpoint, link).addCallback(lambda _: link)
         return connected
+
+    def avoid_direct(self, peer_id: int) -> None:
+        """Plain TCP has no other way to a peer."""
 
     def connect_endpoint(self, listener: LinkListener, description: str) -> Deferred[Link]:
         """Connect to a client endpoint string, e.g. a ``--bootstrap`` value."""

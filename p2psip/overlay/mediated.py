@@ -149,8 +149,7 @@ class MediatedConnector:
         # The peer may have reached us meanwhile (both ends often want the
         # link at once); a second mediated session would only duplicate it,
         # and relayed ones cost the mediator's relay capacity.
-        link_for = getattr(listener, "link_for", None)
-        existing = link_for(peer_id) if link_for is not None else None
+        existing = listener.link_for(peer_id)
         if existing is not None:
             self.log.debug(
                 "peer {peer} linked to us meanwhile; not asking the mediator",
@@ -191,7 +190,10 @@ class MediatedConnector:
         )
         return link
 
-    def direct_reached_wrong_peer(self, peer_id: int) -> None:
+    #: The mediator reaches a peer by its Node-ID when its address does not.
+    reaches_by_node_id = True
+
+    def avoid_direct(self, peer_id: int) -> None:
         """
         The node's hello over a direct link found another node: reach
         ``peer_id`` through the mediator from now on.

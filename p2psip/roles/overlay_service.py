@@ -35,6 +35,7 @@ from p2psip.overlay.node import NodeState, OverlayConfig, OverlayNode
 from p2psip.util.files import DataFileError
 from p2psip.util.ids import MAX_ID, id_hex
 from p2psip.util.metrics import Registry
+from p2psip.web.overlay_status import overlay_status
 from p2psip.web.site import ApiError, ApiRoute, build_site, http_service
 
 
@@ -410,7 +411,7 @@ class OverlayService(Service):
     def status(self) -> dict[str, Any]:
         if self.node is None:
             return {"state": "starting", "role": self.options.role}
-        document = self.node.status()
+        document = overlay_status(self.node)
         document["role"] = self.options.role
         for name, section in self.status_sections.items():
             document[name] = section()

@@ -228,7 +228,7 @@ class RestartTests(SynchronousTestCase):
         self.ring.settle()
         self.ring.assert_every_value_everywhere()
         for node in self.sim.live():
-            for link in node.links.get(victim.node_id, []):
+            for link in node.links_to(victim.node_id):
                 self.assertFalse(link.severed, "a link to the old incarnation is still in use")
 
     def test_peer_that_cannot_rejoin_is_not_listed(self) -> None:

@@ -23,6 +23,10 @@ PEER = 0x0123456789ABCDEF0123456789ABCDEF
 
 
 class Listener:
+    def __init__(self) -> None:
+        #: Links the node already holds, by Node-ID.
+        self.links: dict[int, Link] = {}
+
     def link_established(self, link: Link) -> None:
         pass
 
@@ -31,6 +35,9 @@ class Listener:
 
     def link_lost(self, link: Link) -> None:
         pass
+
+    def link_for(self, peer: int) -> Link | None:
+        return self.links.get(peer)
 
 
 class FakeDirect:
@@ -152,7 +159,7 @@ class MediatedConnectorTests(SynchronousTestCase):
     def test_link_made_meanwhile_is_reused(self) -> None:
         """When the peer linked to us during the direct attempt, that link is used and the mediator is not asked."""
         inbound = FramedStreamLink(self.listener, self.clock, 65536, inbound=True)
-        self.listener.link_for = lambda peer: inbound if peer == PEER else None  # type: ignore[attr-defined]
+        self.listener.links[PEER] = inbound
         self.direct.answers.append(fail(ConnectionRefusedError()))
         got = self.successResultOf(
             self.connector.connect(self.listener, "10.0.1.2", 6084, peer_id=PEER)
@@ -304,8 +311,8 @@ class WrongPeerTests(SynchronousTestCase):
         a = node("10.0.1.2", connector, 1001)
         b = node("10.0.2.2", network.connector("10.0.2.2", 6084), 2002)
         # B advertises the same private address as A has.
-        a.addresses[b.node_id] = ("10.0.1.2", 6084)
-        d = a._ensure_link(b.node_id)
+        a.connectivity.addresses[b.node_id] = ("10.0.1.2", 6084)
+        d = a.connectivity.ensure_link(b.node_id)
         clock.advance(1)
         link = self.successResultOf(d)
         self.assertEqual((link.peer_id, link.path), (b.node_id, "relayed"))

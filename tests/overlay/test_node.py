@@ -13,6 +13,7 @@ from p2psip.overlay.errors import RequestFailed
 from p2psip.overlay.message import Destination, ErrorCode, MessageCode
 from p2psip.testing import MemoryLink
 from p2psip.util.ids import id_hex
+from p2psip.web.overlay_status import overlay_status
 from tests.overlay.ringsim import SIMULATION_CONFIG, RingSimulation
 
 
@@ -39,7 +40,7 @@ class HostileInputTests(SynchronousTestCase):
         """A valid message for another overlay name is dropped, not answered."""
         other = RingSimulation(evolve(SIMULATION_CONFIG, overlay_name="someone-else.test"), seed=12)
         stranger = other.found()
-        data = stranger._encode(
+        data = stranger.messenger.encode(
             MessageCode.PING_REQ,
             bodies.PingReq().encode(),
             (Destination.node(self.node.node_id),),
@@ -52,7 +53,7 @@ class HostileInputTests(SynchronousTestCase):
     def test_unsupported_method_gets_error(self) -> None:
         """A request with a method we do not serve is answered with a RELOAD Error."""
         asker, target = self.sim.live()[1], self.node
-        d = asker._request(
+        d = asker.messenger.request(
             Destination.node(target.node_id), MessageCode.FIND_REQ, b"\x00" * 16 + b"\x00"
         )
         [failure] = self.sim.wait(d.addErrback(lambda f: [f]))
@@ -63,7 +64,7 @@ class HostileInputTests(SynchronousTestCase):
         """Join must name the signer's own Node-ID."""
         asker, target = self.sim.live()[1], self.node
         body = bodies.JoinReq(target.node_id ^ 1).encode()
-        d = asker._request(Destination.node(target.node_id), MessageCode.JOIN_REQ, body)
+        d = asker.messenger.request(Destination.node(target.node_id), MessageCode.JOIN_REQ, body)
         [failure] = self.sim.wait(d.addErrback(lambda f: [f]))
         self.assertEqual(failure.value.error_code, ErrorCode.FORBIDDEN)
 
@@ -78,7 +79,7 @@ class StatusTests(SynchronousTestCase):
         sim.run(15)
         node = sim.live()[0]
         sim.wait(node.put("status-test", b"v"))
-        status = node.status()
+        status = overlay_status(node)
         self.assertEqual(status["node_id"], id_hex(node.node_id))
         self.assertEqual(status["state"], "joined")
         self.assertEqual(len(status["successors"]), 1)

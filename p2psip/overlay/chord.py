@@ -1,0 +1,520 @@
+"""
+CHORD-RELOAD maintenance (RFC 6940 s10): joining, admitting, Updates,
+leaving, stabilisation and fingers.
+
+Joining follows RFC 6940 s10.5: the joining peer (JP) connects to a
+bootstrap (or a peer it knew), sends an Attach to its own Node-ID, which
+reaches the admitting peer (AP) that owns that id now, connects to AP and
+sends Join.  AP hands over the data of JP's new range, then sends JP an
+Update with its neighbour table; JP links to those neighbours and
+announces itself with Updates.  The joining side is
+:mod:`p2psip.overlay.joining`; this module is the ring member's side.
+
+A member keeps its neighbour table whole with periodic Updates to its
+neighbours (stabilisation), repairs fingers with an Attach to each
+finger target, links to peers it hears of that would be better
+neighbours (only once they take an Update of ours: a peer still joining
+answers Error_In_Progress), and repairs the table when a neighbour fails
+or leaves.  Every change of the table is reported to the neighbour
+observers (storage re-replicates, the role saves its known peers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2psip.overlay import bodies
+from p2psip.overlay.codec import DecodeError
+from p2psip.overlay.connectivity import Connectivity
+from p2psip.overlay.counters import Counters
+from p2psip.overlay.errors import OverlayError
+from p2psip.overlay.links import Link
+from p2psip.overlay.membership import Event, Membership, NodeState
+from p2psip.overlay.message import Destination, ErrorCode, Message, MessageCode
+from p2psip.overlay.messaging import Answer, Messenger, Reply, RequestRefused
+from p2psip.overlay.parameters import OverlayConfig
+from p2psip.overlay.storage_service import HandOver
+from p2psip.overlay.topology import ChordTopology
+from p2psip.util.ids import MAX_ID, between_right_inclusive, id_short
+
+
+class RangeHolder(Protocol):
+    """What admitting and leaving need of the storage service."""
+
+    def versions_in(self, in_range: Callable[[int], bool]) -> dict[int, int]: ...
+
+    def changed_since(
+        self, versions: dict[int, int], in_range: Callable[[int], bool]
+    ) -> list[int]: ...
+
+    def hand_over(self, peer: int, resources: Iterable[int]) -> Deferred[HandOver]: ...
+
+    def primary_resources(self) -> list[int]: ...
+
+    def resource_count(self) -> int: ...
+
+
+class ChordMaintenance:
+    """The ring member's side of CHORD-RELOAD."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        messenger: Messenger,
+        connectivity: Connectivity,
+        topology: ChordTopology,
+        membership: Membership,
+        ranges: RangeHolder,
+        clock: IReactorTime,
+        config: OverlayConfig,
+        counters: Counters,
+    ) -> None:
+        self.messenger = messenger
+        self.connectivity = connectivity
+        self.topology = topology
+        self.membership = membership
+        self.ranges = ranges
+        self.clock = clock
+        self.config = config
+        self.counters = counters
+        self.node_id = messenger.node_id
+        self.started_at = clock.seconds()
+        #: Peers that failed or left lately, not linked again from hearsay.
+        self.recently_failed: dict[int, float] = {}
+        #: Peers whose link or Update failed: not tried again before this time.
+        self.unreachable_until: dict[int, float] = {}
+        self._corrections_sent: dict[int, float] = {}
+        self._neighbour_update_call: IDelayedCall | None = None
+        #: Called (with no arguments) after the neighbour table changed.
+        self.neighbour_observers: list[Callable[[], None]] = []
+        #: The joining side, which takes the Update that admits us.
+        self.admission_update: Callable[[Link, Message, int, Any], bool] | None = None
+        messenger.handle(MessageCode.JOIN_REQ, self._on_join)
+        messenger.handle(MessageCode.UPDATE_REQ, self._on_update)
+        messenger.handle(MessageCode.LEAVE_REQ, self._on_leave)
+        messenger.handle(MessageCode.ROUTE_QUERY_REQ, self._on_route_query)
+        messenger.handle(MessageCode.PROBE_REQ, self._on_probe)
+
+    def uptime_seconds(self) -> int:
+        return int(self.clock.seconds() - self.started_at)
+
+    # -- founding and leaving ----------------------------------------------
+
+    def start_alone(self) -> None:
+        """Start a new ring with this peer as its only member."""
+        self.membership.happened(Event.FOUNDED)
+        self.started_at = self.clock.seconds()
+        self.log.info(
+            "node {node} started a new ring for overlay {overlay}",
+            node=id_short(self.node_id),
+            overlay=self.config.overlay_name,
+        )
+
+    @inlineCallbacks
+    def leave(self) -> Any:
+        """Leave gracefully (RFC 6940 s10.6): hand our data to the successor, tell the neighbours."""
+        self.membership.happened(Event.LEAVE_STARTED)
+        successor = self.topology.successor
+        handovers = self.ranges.primary_resources()
+        if successor is not None and handovers:
+            handed = yield self.ranges.hand_over(successor, handovers)
+            if handed.unreachable:
+                self.log.warn(
+                    "successor {peer} did not take {count} resources ({why}); its replicas remain",
+                    peer=id_short(successor),
+                    count=handed.unreachable,
+                    why=handed.reason,
+                )
+        notices = []
+        for peer in self.topology.successors:
+            data = bodies.ChordLeaveData(
+                bodies.ChordLeaveType.FROM_PREDECESSOR, tuple(self.topology.predecessors)
+            )
+            notices.append(self._leave_notice(peer, data))
+        for peer in self.topology.predecessors:
+            data = bodies.ChordLeaveData(
+                bodies.ChordLeaveType.FROM_SUCCESSOR, tuple(self.topology.successors)
+            )
+            notices.append(self._leave_notice(peer, data))
+        for notice in notices:
+            try:
+                yield notice
+            except OverlayError:
+                pass
+        self.log.info(
+            "node {node} left the ring ({count} resources handed over)",
+            node=id_short(self.node_id),
+            count=len(handovers),
+        )
+
+    def _leave_notice(self, peer: int, data: bodies.ChordLeaveData) -> Deferred[Answer]:
+        body = bodies.LeaveReq(self.node_id, data.encode()).encode()
+        return self.messenger.request(Destination.node(peer), MessageCode.LEAVE_REQ, body)
+
+    def stop(self) -> None:
+        if self._neighbour_update_call is not None and self._neighbour_update_call.active():
+            self._neighbour_update_call.cancel()
+
+    # -- admitting a peer ----------------------------------------------------
+
+    def _on_join(self, link: Link, message: Message, signer: int) -> Reply:
+        request = bodies.JoinReq.decode(message.body, self.config.limits)
+        joining = request.joining_peer_id
+        if joining != signer:
+            raise RequestRefused(ErrorCode.FORBIDDEN, "a peer may only join under its own Node-ID")
+        if not self.membership.is_member():
+            raise RequestRefused(ErrorCode.IN_PROGRESS, "this peer is not in the ring yet")
+        if not self.topology.is_responsible(joining):
+            raise RequestRefused(ErrorCode.FORBIDDEN, "not the admitting peer for that Node-ID")
+        self.messenger.links.identify(link, joining)
+        self.clock.callLater(0, self._admit, joining)
+        return Reply(MessageCode.JOIN_ANS, bodies.JoinAns().encode())
+
+    @inlineCallbacks
+    def _admit(self, joining: int) -> Any:
+        """
+        Hand the joining peer its data, then our neighbour table (RFC 6940 s10.5).
+
+        The data goes first and must arrive before the Update that lets the
+        newcomer take its range: a peer that answered Fetches for a range it
+        does not hold yet would report stored values as missing.  If the
+        newcomer cannot be reached for part of it, it is not admitted (its
+        join times out and it asks again); we keep every value either way,
+        so the range stays whole at this peer and its replicas.  Values
+        stored here for that range while the hand-over travelled are sent
+        once more after the newcomer has taken the range.
+        """
+        previous = self.topology.predecessor
+
+        def moves(resource: int) -> bool:
+            if previous is None:
+                # Alone, we own the whole ring; the newcomer takes (us, it].
+                return not between_right_inclusive(resource, joining, self.node_id)
+            return between_right_inclusive(resource, previous, joining)
+
+        versions = self.ranges.versions_in(moves)
+        handed = yield self.ranges.hand_over(joining, list(versions))
+        if handed.unreachable:
+            self.log.warn(
+                "could not hand joining peer {peer} {count} of its {total} resources ({why}); "
+                "not admitting it until it asks again",
+                peer=id_short(joining),
+                count=handed.unreachable,
+                total=len(versions),
+                why=handed.reason,
+            )
+            return
+        update = bodies.UpdateReq(
+            uptime=self.uptime_seconds(),
+            type=bodies.ChordUpdateType.FULL,
+            predecessors=tuple(self.topology.predecessors),
+            successors=tuple(self.topology.successors),
+            fingers=tuple(sorted(set(self.topology.fingers.values()))),
+        )
+        try:
+            yield self.messenger.request(
+                Destination.node(joining), MessageCode.UPDATE_REQ, update.encode()
+            )
+        except OverlayError as error:
+            self.log.info(
+                "joining peer {peer} did not take our Update: {why}",
+                peer=id_short(joining),
+                why=error,
+            )
+            return
+        if self.membership.is_member():
+            self.membership.happened(Event.PEER_JOINED)
+        self.add_neighbours([joining])
+        late = self.ranges.changed_since(versions, moves)
+        if late:
+            yield self.ranges.hand_over(joining, late)
+        self.log.info(
+            "admitted peer {peer} ({count} resources handed over)",
+            peer=id_short(joining),
+            count=len(versions) + len(late),
+        )
+
+    # -- Updates ------------------------------------------------------------
+
+    def _on_update(self, link: Link, message: Message, signer: int) -> Reply:
+        update = bodies.UpdateReq.decode(message.body, self.config.limits)
+        answer = Reply(MessageCode.UPDATE_ANS, bodies.UpdateAns().encode())
+        if self.membership.is_joining():
+            if self.admission_update is not None and self.admission_update(
+                link, message, signer, update
+            ):
+                return answer
+            # Until our admitting peer has handed us our range we are not a
+            # member: a peer that takes us for one must not list us yet.
+            raise RequestRefused(ErrorCode.IN_PROGRESS, "this peer is still joining the ring")
+        if not self.membership.is_member():
+            raise RequestRefused(ErrorCode.IN_PROGRESS, "this peer is not in the ring")
+        if self.membership.state is NodeState.ALONE:
+            self.membership.happened(Event.PEER_JOINED)
+        learned = {signer, *update.predecessors, *update.successors}
+        learned.discard(self.node_id)
+        if not message.header.via_list:
+            # Sent by the peer at the other end of the link: it is alive
+            # and in the ring (peers send Updates only once admitted),
+            # whatever we believed of it before (a peer that restarted).
+            learned.discard(signer)
+            self.recently_failed.pop(signer, None)
+            self.unreachable_until.pop(signer, None)
+            if signer not in self.topology.neighbours() and self._would_be_neighbour(signer):
+                self.add_neighbours([signer])
+        self.consider_peers(learned, informant=link)
+        if signer not in self.topology.neighbours() and self._knows_closer_peers(signer, update):
+            # The sender counts us as its neighbour but we know peers
+            # closer to it than some it lists: tell it what we know
+            # (Chord's "ask your successor for its predecessor").
+            self._send_update_to(signer, link)
+        return answer
+
+    def _knows_closer_peers(self, sender: int, update: bodies.UpdateReq) -> bool:
+        probe = ChordTopology(
+            sender, self.topology.successor_count, self.topology.predecessor_count
+        )
+        probe.add_peers([*update.predecessors, *update.successors])
+        before = (list(probe.successors), list(probe.predecessors))
+        probe.add_peers(self.topology.neighbours() | {self.node_id})
+        return before != (probe.successors, probe.predecessors)
+
+    def _send_update_to(self, peer: int, link: Link | None = None) -> None:
+        now = self.clock.seconds()
+        if self._corrections_sent.get(peer, -1e9) > now - self.config.update_interval_seconds / 2:
+            return
+        self._corrections_sent[peer] = now
+        self.send_updates(only=[peer], link=link)
+
+    def neighbours_update(self) -> bytes:
+        return bodies.UpdateReq(
+            uptime=self.uptime_seconds(),
+            type=bodies.ChordUpdateType.NEIGHBORS,
+            predecessors=tuple(self.topology.predecessors),
+            successors=tuple(self.topology.successors),
+            fingers=(),
+        ).encode()
+
+    def send_updates(self, only: Iterable[int] | None = None, link: Link | None = None) -> None:
+        update = self.neighbours_update()
+        for peer in self.topology.neighbours() if only is None else only:
+            peer_link = link or self.messenger.links.link_for(peer)
+            if peer_link is None:
+                continue
+            self.messenger.request(
+                Destination.node(peer), MessageCode.UPDATE_REQ, update, first_link=peer_link
+            ).addErrback(self._update_failed, peer)
+
+    def _update_failed(self, failure: Failure, peer: int) -> None:
+        self.log.debug(
+            "Update to {peer} failed: {why}", peer=id_short(peer), why=failure.getErrorMessage()
+        )
+
+    # -- the neighbour table -------------------------------------------------
+
+    def consider_peers(self, peers: Iterable[int], informant: Link | None = None) -> None:
+        """
+        Link to peers we hear about that would improve our neighbour table.
+
+        Hearsay is not enough to list a peer: others' tables can name a peer
+        that has died, or one that restarted and has not been admitted
+        again.  So we link to it and send it our Update, and list it only if
+        it takes the Update (a peer still joining answers Error_In_Progress,
+        and will announce itself once admitted).
+        """
+        for peer in peers:
+            if peer == self.node_id or peer in self.recently_failed:
+                continue
+            if self.unreachable_until.get(peer, 0.0) > self.clock.seconds():
+                continue
+            if peer in self.topology.neighbours() or not self._would_be_neighbour(peer):
+                continue
+            self.connectivity.ensure_link(peer, informant).addCallback(
+                self._confirm_member, peer
+            ).addCallbacks(
+                lambda _, p=peer: self.add_neighbours([p]),
+                lambda failure, p=peer: self._note_unreachable(p, failure),
+            )
+
+    def _confirm_member(self, link: Link, peer: int) -> Deferred[Answer]:
+        """Send ``peer`` our neighbour table; fires if it answers as a member of the ring."""
+        return self.messenger.request(
+            Destination.node(peer),
+            MessageCode.UPDATE_REQ,
+            self.neighbours_update(),
+            first_link=link,
+        )
+
+    def _would_be_neighbour(self, peer: int) -> bool:
+        probe = ChordTopology(
+            self.node_id, self.topology.successor_count, self.topology.predecessor_count
+        )
+        probe.successors = list(self.topology.successors)
+        probe.predecessors = list(self.topology.predecessors)
+        probe.add_peers([peer])
+        return peer in probe.successors or peer in probe.predecessors
+
+    def _note_unreachable(self, peer: int, failure: Failure) -> None:
+        # Not a proven failure (the Attach may have raced a join elsewhere):
+        # try again after a short back-off rather than shunning the peer.
+        self.unreachable_until[peer] = self.clock.seconds() + self.config.ping_interval_seconds
+        self.log.debug(
+            "peer {peer} unreachable: {why}", peer=id_short(peer), why=failure.getErrorMessage()
+        )
+
+    def add_neighbours(self, peers: Iterable[int]) -> None:
+        if self.topology.add_peers(peers):
+            self.neighbours_changed()
+
+    def neighbours_changed(self) -> None:
+        """Coalesce a burst of neighbour changes into one round of Updates."""
+        if self._neighbour_update_call is not None and self._neighbour_update_call.active():
+            return
+        self._neighbour_update_call = self.clock.callLater(0, self._after_neighbour_change)
+
+    def _after_neighbour_change(self) -> None:
+        if self.membership.state is not NodeState.JOINED:
+            return
+        self.send_updates()
+        self.notify_neighbour_observers()
+
+    def notify_neighbour_observers(self) -> None:
+        for observer in list(self.neighbour_observers):
+            try:
+                observer()
+            except Exception:
+                self.log.failure("neighbour observer {observer!r} failed", observer=observer)
+
+    def _on_leave(self, link: Link, message: Message, signer: int) -> Reply:
+        request = bodies.LeaveReq.decode(message.body, self.config.limits)
+        if request.leaving_peer_id != signer:
+            raise RequestRefused(ErrorCode.FORBIDDEN, "a peer may only announce its own Leave")
+        try:
+            data = bodies.ChordLeaveData.decode(request.overlay_specific, self.config.limits)
+            replacements = set(data.node_ids)
+        except DecodeError:
+            replacements = set()
+        self.log.info("peer {peer} is leaving", peer=id_short(signer))
+        self.recently_failed[signer] = self.clock.seconds()
+        if self.topology.remove_peer(signer):
+            self.neighbours_changed()
+        self.connectivity.addresses.pop(signer, None)
+        self.clock.callLater(0, self.consider_peers, replacements - {signer}, link)
+        return Reply(MessageCode.LEAVE_ANS, bodies.LeaveAns().encode())
+
+    def peer_failed(self, peer: int) -> None:
+        """A peer's last link is gone (or it stopped answering): take it out and repair."""
+        if peer == self.node_id:
+            return
+        self.recently_failed[peer] = self.clock.seconds()
+        if self.topology.remove_peer(peer):
+            self.log.info("neighbour {peer} failed; repairing", peer=id_short(peer))
+            self.neighbours_changed()
+            # Ask the surviving neighbours for their view so the lists fill up again.
+            for survivor in list(self.topology.neighbours()):
+                self.consider_peers([survivor])
+
+    def forget(self, peer: int) -> bool:
+        """Take a restarted peer out of the tables; True if we listed it."""
+        known = peer in self.topology.known_peers()
+        if self.topology.remove_peer(peer):
+            self.neighbours_changed()
+        return known
+
+    # -- stabilisation ---------------------------------------------------------
+
+    def stabilize(self) -> None:
+        """One round: relink neighbours, learn addresses, send Updates, repair fingers."""
+        if self.membership.state is NodeState.JOINED:
+            self._relink_neighbours()
+            self.connectivity.learn_addresses(self.topology.neighbours())
+            self.send_updates()
+            self.repair_fingers()
+        horizon = self.clock.seconds() - self.config.failed_peer_memory_seconds
+        for peer, when in list(self.recently_failed.items()):
+            if when < horizon:
+                del self.recently_failed[peer]
+
+    def _relink_neighbours(self) -> None:
+        """
+        Reconnect to neighbours whose links are gone, or drop them.
+
+        A neighbour must always have a live link (that is how Updates and
+        keepalives reach it); a link can vanish in ways that do not say
+        whether the peer is still there (the far end closing it as idle,
+        a duplicate link replaced by the other), so ask again.
+        """
+        for peer in list(self.topology.neighbours()):
+            if self.messenger.links.has_link(peer):
+                continue
+            self.connectivity.ensure_link(peer).addErrback(self._relink_failed, peer)
+
+    def _relink_failed(self, failure: Failure, peer: int) -> None:
+        self.log.debug(
+            "lost neighbour {peer}: {why}", peer=id_short(peer), why=failure.getErrorMessage()
+        )
+        self.connectivity.peer_failed(peer)
+
+    def repair_fingers(self) -> None:
+        for index in self.topology.finger_indices_to_repair():
+            self._repair_finger(index, self.topology.finger_target(index))
+
+    def _repair_finger(self, index: int, target: int) -> None:
+        if self.topology.is_responsible(target):
+            self.topology.fingers.pop(index, None)
+            return
+
+        def found(answer: Answer) -> Any:
+            peer = answer.responder
+            if peer == self.node_id:
+                return None
+            self.connectivity.remember_candidates(peer, answer.body)
+            return self.connectivity.ensure_link(peer).addCallback(
+                lambda _: self.topology.set_finger(index, peer)
+            )
+
+        d = self.messenger.request(
+            Destination.node(target), MessageCode.ATTACH_REQ, self.connectivity.attach_request()
+        )
+        d.addCallback(found)
+        d.addErrback(
+            lambda failure: self.log.debug(
+                "finger {index} repair failed: {why}", index=index, why=failure.getErrorMessage()
+            )
+        )
+
+    # -- small questions ------------------------------------------------------------
+
+    def _on_route_query(self, link: Link, message: Message, signer: int) -> Reply:
+        request = bodies.RouteQueryReq.decode(message.body, self.config.limits)
+        value = request.destination.value
+        target = value if isinstance(value, int) else self.node_id
+        hop = self.topology.next_hop(target, usable=self.messenger.links.has_link)
+        answer = bodies.RouteQueryAns(hop if hop is not None else self.node_id)
+        return Reply(MessageCode.ROUTE_QUERY_ANS, answer.encode())
+
+    def _on_probe(self, link: Link, message: Message, signer: int) -> Reply:
+        request = bodies.ProbeReq.decode(message.body, self.config.limits)
+        info = []
+        for wanted in request.requested_info:
+            if wanted == bodies.ProbeInformationType.RESPONSIBLE_SET:
+                predecessor = self.topology.predecessor
+                share = (
+                    1.0
+                    if predecessor is None
+                    else ((self.node_id - predecessor) % (MAX_ID + 1)) / (MAX_ID + 1)
+                )
+                info.append(bodies.ProbeInformation(wanted, int(share * 1_000_000_000)))
+            elif wanted == bodies.ProbeInformationType.NUM_RESOURCES:
+                info.append(bodies.ProbeInformation(wanted, self.ranges.resource_count()))
+            elif wanted == bodies.ProbeInformationType.UPTIME:
+                info.append(bodies.ProbeInformation(wanted, self.uptime_seconds()))
+        return Reply(MessageCode.PROBE_ANS, bodies.ProbeAns(tuple(info)).encode())

@@ -1,0 +1,351 @@
+"""
+Links to other peers: making them, learning who is at the other end,
+keeping them alive, and noticing when a peer is gone.
+
+* **Hello.** A new connection's first message is a Ping, to the Node-ID we
+  expect there or to the wildcard id ("whoever is at the other end"); the
+  signed answer identifies the link (:mod:`p2psip.overlay.link_table`).
+* **Attach and connect** (RFC 6940 s6.5.1, without ICE).  To reach a peer
+  we have no link to, we send an Attach to its Node-ID; the answer carries
+  its overlay listener as a host candidate (link type TLS-TCP-FH-NO-ICE)
+  and we connect there.  A candidate that leads to another node (a private
+  or loopback address) is retried through a connector that can reach the
+  peer by Node-ID (the mediator), when there is one.
+* **Keepalive.** A link silent for ``ping_interval`` is pinged; a link
+  silent for twice that plus the request timeout, or whose Ping goes
+  unanswered, is closed.  When a peer's last link is lost, the failure
+  observers hear of it (the Chord maintenance repairs the ring, storage
+  forgets the peer's replicas, messaging re-routes our requests).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2psip.overlay import bodies
+from p2psip.overlay.counters import Counters
+from p2psip.overlay.errors import OverlayError, UnexpectedPeer
+from p2psip.overlay.link_table import LinkTable
+from p2psip.overlay.links import Connector, Link, LinkListener
+from p2psip.overlay.membership import Membership
+from p2psip.overlay.message import Destination, Message, MessageCode
+from p2psip.overlay.messaging import WILDCARD_NODE_ID, Answer, Messenger, Reply
+from p2psip.overlay.parameters import OverlayConfig
+from p2psip.overlay.topology import ChordTopology
+from p2psip.util.ids import id_short
+
+
+def host_candidate(host: str, port: int) -> bodies.IceCandidate:
+    """
+    Our one Attach candidate: the overlay listener, reached directly.
+
+    Links are made without ICE (overlay link type TLS-TCP-FH-NO-ICE); NAT
+    traversal is the mediator's job, not ICE's.
+    """
+    return bodies.IceCandidate(
+        bodies.IpAddressPort(host, port),
+        bodies.OverlayLinkType.TLS_TCP_FH_NO_ICE,
+        b"1",
+        1,
+        bodies.CandidateType.HOST,
+    )
+
+
+class Connectivity:
+    """The node's links: hello, Attach-and-connect, keepalive, failure reports."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        messenger: Messenger,
+        links: LinkTable,
+        topology: ChordTopology,
+        membership: Membership,
+        connector: Connector,
+        listener: LinkListener,
+        clock: IReactorTime,
+        config: OverlayConfig,
+        counters: Counters,
+        advertised_host: str,
+        advertised_port: int,
+    ) -> None:
+        self.messenger = messenger
+        self.links = links
+        self.topology = topology
+        self.membership = membership
+        self.connector = connector
+        #: What new links report to (the node facade, which dispatches).
+        self.listener = listener
+        self.clock = clock
+        self.config = config
+        self.counters = counters
+        self.advertised_host = advertised_host
+        self.advertised_port = advertised_port
+        self.candidate = host_candidate(advertised_host, advertised_port)
+        #: Node-ID -> (host, port) of its overlay listener, from Attach candidates.
+        self.addresses: dict[int, tuple[str, int]] = {}
+        #: Called with a peer's Node-ID when its last link is gone.
+        self.failure_observers: list[Callable[[int], None]] = []
+        #: Peer -> (the connect under way, the callers waiting for it).
+        self._connecting: dict[int, tuple[Deferred[Link], list[Deferred[Link]]]] = {}
+        self._pinging: set[int] = set()
+        self._asking_address: set[int] = set()
+        messenger.handle(MessageCode.PING_REQ, self._on_ping)
+        messenger.handle(MessageCode.ATTACH_REQ, self._on_attach)
+
+    def set_advertised_address(self, host: str, port: int) -> None:
+        """Where other peers reach our overlay listener (known once it listens)."""
+        self.advertised_host, self.advertised_port = host, port
+        self.candidate = host_candidate(host, port)
+
+    def attach_request(self) -> bytes:
+        return bodies.AttachReq(b"", b"", b"passive", (self.candidate,)).encode()
+
+    def remember_candidates(self, peer: int, attach: Any) -> None:
+        """Keep the first candidate of an Attach request or answer as ``peer``'s address."""
+        for candidate in attach.candidates:
+            self.addresses[peer] = (candidate.address.host, candidate.address.port)
+            return
+
+    # -- what links report ----------------------------------------------
+
+    def link_established(self, link: Link) -> None:
+        self.links.added(link)
+        self.counters.count("links_opened")
+
+    def link_lost(self, link: Link) -> None:
+        if self.links.lost(link) and self.membership.is_active():
+            assert link.peer_id is not None
+            self.peer_failed(link.peer_id)
+
+    def peer_failed(self, peer: int) -> None:
+        """Tell the observers that ``peer`` is gone."""
+        for observer in list(self.failure_observers):
+            observer(peer)
+
+    def drop_link(self, link: Link) -> None:
+        """Close ``link`` on purpose: its loss is not reported as a failure."""
+        self.links.remove(link)
+        link.close()
+
+    def drop_stale_links(self, peer: int, keep: Link) -> int:
+        """Close every link to ``peer`` but ``keep`` (its new incarnation's); how many were closed."""
+        stale = [link for link in self.links.links_to(peer) if link is not keep]
+        for link in stale:
+            self.drop_link(link)
+        return len(stale)
+
+    def close_all(self) -> None:
+        for attempt, _ in list(self._connecting.values()):
+            attempt.cancel()
+        for link in self.links.all_links():
+            link.close()
+
+    def drop_all(self) -> None:
+        """Close every link on purpose (a join attempt that failed starts from nothing)."""
+        for link in self.links.all_links():
+            self.drop_link(link)
+
+    # -- hello, Attach and connect --------------------------------------
+
+    def hello(self, link: Link, expected: int | None = None) -> Deferred[Link]:
+        """Ping across a new link so both ends learn each other's Node-ID."""
+        target = WILDCARD_NODE_ID if expected is None else expected
+
+        def identified(answer: Answer) -> Link:
+            if expected is not None and answer.responder != expected:
+                link.close()
+                raise UnexpectedPeer(
+                    f"expected peer {id_short(expected)} answered as {id_short(answer.responder)}"
+                )
+            self.links.identify(link, answer.responder)
+            return link
+
+        d = self.messenger.request(
+            Destination.node(target),
+            MessageCode.PING_REQ,
+            bodies.PingReq().encode(),
+            first_link=link,
+        )
+        return d.addCallback(identified)
+
+    def connect_endpoint(self, description: str) -> Deferred[Link]:
+        """Connect to a client endpoint string (a bootstrap) and say hello."""
+        return self.connector.connect_endpoint(self.listener, description).addCallback(self.hello)
+
+    def ensure_link(self, peer: int, informant: Link | None = None) -> Deferred[Link]:
+        """
+        A live link to ``peer``: reuse one, join a connect under way, or Attach and connect.
+
+        Every caller gets a Deferred of its own, so what one caller chains
+        onto its result never reaches another waiting for the same peer.
+        """
+        existing = self.links.link_for(peer)
+        if existing is not None:
+            return succeed(existing)
+        waiter: Deferred[Link] = Deferred()
+        if peer in self._connecting:
+            self._connecting[peer][1].append(waiter)
+            return waiter
+        attempt: Deferred[Link] = self._connect_peer(peer, informant)
+        waiters = [waiter]
+        self._connecting[peer] = (attempt, waiters)
+
+        def finished(result: Link | Failure) -> None:
+            self._connecting.pop(peer, None)
+            for each in waiters:
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(result)
+
+        attempt.addBoth(finished)
+        return waiter
+
+    @inlineCallbacks
+    def _connect_peer(self, peer: int, informant: Link | None = None) -> Any:
+        address = self.addresses.get(peer)
+        if address is None:
+            # Send the Attach through the peer that told us about this one
+            # when we can: our own tables may route its id to ourselves (it
+            # would be our new predecessor) or to a peer that has not heard
+            # of it yet, while the informant knows the way.
+            if informant is not None and informant.closed:
+                informant = None
+            answer = yield self.messenger.request(
+                Destination.node(peer),
+                MessageCode.ATTACH_REQ,
+                self.attach_request(),
+                first_link=informant,
+            )
+            if answer.responder != peer:
+                raise OverlayError(f"peer {id_short(peer)} is not in the ring")
+            self.remember_candidates(peer, answer.body)
+            address = self.addresses[peer]
+            existing = self.links.link_for(peer)
+            if existing is not None:
+                return existing
+        link = yield self.connector.connect(self.listener, address[0], address[1], peer_id=peer)
+        try:
+            yield self.hello(link, expected=peer)
+        except UnexpectedPeer:
+            # A private or loopback candidate can lead to another node, or
+            # back to ourselves.  A connector that can also reach a peer by
+            # its Node-ID (through the mediator) gets one more try that way.
+            if not self.connector.reaches_by_node_id or link.path != "connect":
+                raise
+            self.log.info(
+                "candidate {address} of {peer} leads to another node; reaching it by Node-ID instead",
+                address=f"{address[0]}:{address[1]}",
+                peer=id_short(peer),
+            )
+            self.connector.avoid_direct(peer)
+            link = yield self.connector.connect(self.listener, address[0], address[1], peer_id=peer)
+            yield self.hello(link, expected=peer)
+        return link
+
+    def learn_addresses(self, peers: Iterable[int]) -> None:
+        """
+        Ask peers that linked to us for their listener's address.
+
+        A peer that connected to us (or that we reached through a bootstrap
+        endpoint) never told us where it listens; an Attach over the link
+        we have asks for its candidate and tells it ours.  The addresses
+        go into the known-peers list a restarted node rejoins through.
+        """
+        for peer in peers:
+            link = self.links.link_for(peer)
+            if peer in self.addresses or link is None or peer in self._asking_address:
+                continue
+            self._asking_address.add(peer)
+            d = self.messenger.request(
+                Destination.node(peer),
+                MessageCode.ATTACH_REQ,
+                self.attach_request(),
+                first_link=link,
+            )
+            d.addBoth(self._address_answered, peer)
+
+    def _address_answered(self, outcome: Answer | Failure, peer: int) -> None:
+        self._asking_address.discard(peer)
+        if isinstance(outcome, Failure):
+            self.log.debug(
+                "neighbour {peer} did not tell its address: {why}",
+                peer=id_short(peer),
+                why=outcome.getErrorMessage(),
+            )
+        elif outcome.responder == peer:
+            self.remember_candidates(peer, outcome.body)
+
+    # -- keepalive ---------------------------------------------------------
+
+    def keepalive(self) -> None:
+        """Ping quiet links; close links that stay silent and report peers left without one."""
+        now = self.clock.seconds()
+        interval = self.config.ping_interval_seconds
+        for peer in self.links.peers():
+            for link in self.links.links_to(peer):
+                quiet = now - link.last_received_at
+                if quiet > 2 * interval + self.config.request_timeout_seconds:
+                    self.log.info(
+                        "peer {peer} silent for {seconds:.0f} s: closing its link",
+                        peer=id_short(peer),
+                        seconds=quiet,
+                    )
+                    self._drop_and_report(link, peer)
+                elif quiet > interval and peer not in self._pinging:
+                    self._ping_link(link, peer)
+                elif (
+                    peer not in self.topology.known_peers()
+                    and now - max(link.last_received_at, link.last_sent_at)
+                    > self.config.idle_link_seconds
+                ):
+                    self.drop_link(link)
+        for link in self.links.unidentified():
+            if now - link.created_at > self.config.request_timeout_seconds:
+                self.links.remove(link)
+                link.close()
+
+    def _drop_and_report(self, link: Link, peer: int) -> None:
+        self.drop_link(link)
+        # A peer with another live link (it reconnected) is not gone.
+        if not self.links.has_link(peer):
+            self.peer_failed(peer)
+
+    def _ping_link(self, link: Link, peer: int) -> None:
+        self._pinging.add(peer)
+        d = self.messenger.request(
+            Destination.node(peer),
+            MessageCode.PING_REQ,
+            bodies.PingReq().encode(),
+            first_link=link,
+        )
+
+        def done(result: object) -> None:
+            self._pinging.discard(peer)
+            if isinstance(result, Failure):
+                self.log.info("peer {peer} did not answer a keepalive", peer=id_short(peer))
+                self._drop_and_report(link, peer)
+
+        d.addBoth(done)
+
+    # -- handlers ------------------------------------------------------------
+
+    def _on_ping(self, link: Link, message: Message, signer: int) -> Reply:
+        answer = bodies.PingAns(secrets.randbits(64), int(self.clock.seconds() * 1000))
+        return Reply(MessageCode.PING_ANS, answer.encode())
+
+    def _on_attach(self, link: Link, message: Message, signer: int) -> Reply:
+        request = bodies.AttachReq.decode(message.body, self.config.limits)
+        self.remember_candidates(signer, request)
+        answer = bodies.AttachAns(b"", b"", b"active", (self.candidate,))
+        return Reply(MessageCode.ATTACH_ANS, answer.encode())

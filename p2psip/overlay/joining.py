@@ -1,0 +1,263 @@
+"""
+Joining the ring: the joining peer's side of RFC 6940 s10.5.
+
+1. Connect to a bootstrap endpoint (or a peer known from an earlier run)
+   and say hello.
+2. Send an Attach to our own Node-ID through it; it reaches the admitting
+   peer (AP), the peer that owns our id now.  Connect to AP.
+3. Send Join to AP.  AP hands over the data of our new range and then
+   sends its neighbour table in a FULL Update: from that moment the range
+   is ours (ADMITTED) and we answer for it.
+4. Link to the neighbours AP named, send AP our peer_ready Update and
+   every neighbour our table (JOINED).
+
+The owner of our id can change between the Attach and the Join (another
+peer joining beside us); we then ask again, up to :data:`JOIN_ATTEMPTS`
+rounds, before trying the next endpoint.  An answer to our own Attach from
+ourselves means our Node-ID is in use elsewhere (:class:`DuplicateNodeId`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from p2psip.overlay import bodies
+from p2psip.overlay.chord import ChordMaintenance
+from p2psip.overlay.connectivity import Connectivity
+from p2psip.overlay.errors import NotConnected, OverlayError
+from p2psip.overlay.links import Link
+from p2psip.overlay.membership import Event, Membership, NodeState
+from p2psip.overlay.message import Destination, Message, MessageCode
+from p2psip.overlay.messaging import Messenger
+from p2psip.overlay.parameters import OverlayConfig
+from p2psip.overlay.topology import ChordTopology
+from p2psip.util.ids import id_short
+
+#: Attach/Join rounds through one endpoint before trying the next.
+JOIN_ATTEMPTS = 5
+
+
+class DuplicateNodeId(OverlayError):
+    """Our Node-ID is already in the ring (the same key in two places)."""
+
+
+class Joiner:
+    """Takes a stopped node into the ring through the first endpoint that admits it."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        messenger: Messenger,
+        connectivity: Connectivity,
+        chord: ChordMaintenance,
+        topology: ChordTopology,
+        membership: Membership,
+        clock: IReactorTime,
+        config: OverlayConfig,
+    ) -> None:
+        self.messenger = messenger
+        self.connectivity = connectivity
+        self.chord = chord
+        self.topology = topology
+        self.membership = membership
+        self.clock = clock
+        self.config = config
+        self.node_id = messenger.node_id
+        #: The peer we sent Join to, whose FULL Update admits us.
+        self._admitting: int | None = None
+        self._admitted: Deferred[None] | None = None
+        chord.admission_update = self._admission_update
+
+    @inlineCallbacks
+    def join(self, endpoints: Iterable[str]) -> Any:
+        """
+        Join through the first of ``endpoints`` that gets us admitted.
+
+        ``endpoints`` holds client endpoint strings (``tcp:HOST:PORT``): the
+        configured bootstrap peers and then, on a restart, the peers this
+        node knew before, so that it comes back even when the bootstrap is
+        gone.  An endpoint that does not answer, or through which no
+        admitting peer takes us, is skipped for the next one.  Fires with
+        the Node-ID of the peer we joined through; fails with
+        :class:`NotConnected` naming what to fix.
+        """
+        self.membership.happened(Event.JOIN_STARTED)
+        self.chord.started_at = self.clock.seconds()
+        failures: list[str] = []
+        for description in list(endpoints):
+            try:
+                link = yield self.connectivity.connect_endpoint(description)
+            except Exception as error:
+                failures.append(f"{description}: {error}")
+                continue
+            through = link.peer_id or 0
+            self.log.info(
+                "node {node} reached peer {peer} at {endpoint}; looking for its admitting peer",
+                node=id_short(self.node_id),
+                peer=id_short(through),
+                endpoint=description,
+            )
+            try:
+                yield self._join_through(link)
+            except DuplicateNodeId:
+                self.membership.happened(Event.STOPPED)
+                raise
+            except OverlayError as error:
+                failures.append(f"{description} (peer {id_short(through)}): {error.reason}")
+                self._start_over()
+                continue
+            self.log.info(
+                "node {node} joined the ring through peer {peer} at {endpoint}: "
+                "predecessor {pred}, successor {succ}",
+                node=id_short(self.node_id),
+                peer=id_short(through),
+                endpoint=description,
+                pred=id_short(self.topology.predecessor or 0),
+                succ=id_short(self.topology.successor or 0),
+            )
+            return through
+        self.membership.happened(Event.STOPPED)
+        raise NotConnected(
+            "could not join through any bootstrap or known peer ("
+            + "; ".join(failures or ["none configured"])
+            + "); check --bootstrap and that the bootstrap role is running"
+        )
+
+    @inlineCallbacks
+    def _join_through(self, link: Link) -> Any:
+        """Find our admitting peer through ``link``, send it Join and wait until we are in."""
+        admitted: Deferred[None] = Deferred()
+        self._admitted = admitted
+        self._admitting = None
+        for attempt in range(1, JOIN_ATTEMPTS + 1):
+            # The admitting peer is whoever owns our Node-ID right now; the
+            # ring may change between the Attach and the Join (another peer
+            # joining next to us), and a message may be lost in a loop while
+            # the ring converges around a newcomer; either way, ask again.
+            try:
+                answer = yield self.messenger.request(
+                    Destination.node(self.node_id),
+                    MessageCode.ATTACH_REQ,
+                    self.connectivity.attach_request(),
+                    first_link=link,
+                )
+                admitting = answer.responder
+                if admitting == self.node_id:
+                    raise DuplicateNodeId(
+                        "another peer already uses this Node-ID; delete the node key in --data-dir"
+                    )
+                self.connectivity.remember_candidates(admitting, answer.body)
+                admitting_link = yield self.connectivity.ensure_link(admitting)
+                self._admitting = admitting
+                yield self.messenger.request(
+                    Destination.node(admitting),
+                    MessageCode.JOIN_REQ,
+                    bodies.JoinReq(self.node_id).encode(),
+                    first_link=admitting_link,
+                )
+                break
+            except DuplicateNodeId:
+                raise
+            except OverlayError as error:
+                if attempt == JOIN_ATTEMPTS or link.closed:
+                    raise
+                self.log.info(
+                    "join attempt {attempt} failed ({why}); asking again",
+                    attempt=attempt,
+                    why=error.reason,
+                )
+                yield deferLater(self.clock, 0.5 * attempt, lambda: None)
+
+        def give_up() -> None:
+            # Once admitted the range is ours and we are only linking to
+            # the neighbourhood, whose connects have their own timeouts.
+            if not admitted.called and self.membership.state is NodeState.JOINING:
+                admitted.errback(OverlayError("the admitting peer never sent its neighbour table"))
+
+        timeout = self.clock.callLater(self.config.join_timeout_seconds, give_up)
+        try:
+            yield admitted
+        finally:
+            if timeout.active():
+                timeout.cancel()
+
+    def _start_over(self) -> None:
+        """After a failed join through one endpoint: try the next from nothing."""
+        self._admitting = None
+        self._admitted = None
+        for peer in list(self.topology.known_peers()):
+            self.topology.remove_peer(peer)
+        self.connectivity.drop_all()
+
+    def _admission_update(
+        self, link: Link, message: Message, signer: int, update: bodies.UpdateReq
+    ) -> bool:
+        """Take the admitting peer's FULL Update; False for any other Update while joining."""
+        if (
+            self.membership.state is not NodeState.JOINING
+            or signer != self._admitting
+            or update.type != bodies.ChordUpdateType.FULL
+            or self._admitted is None
+            or self._admitted.called
+        ):
+            return False
+        learned = {signer, *update.predecessors, *update.successors}
+        learned.discard(self.node_id)
+        self.membership.happened(Event.RANGE_RECEIVED)
+        self._finish(signer, update, learned)
+        return True
+
+    @inlineCallbacks
+    def _finish(self, admitting: int, update: bodies.UpdateReq, learned: set[int]) -> Any:
+        # Our range is (the admitting peer's predecessor, us]: it has handed
+        # that range over before sending this Update, so we answer for it
+        # from now on instead of bouncing requests back to it while we link
+        # to the rest of the neighbourhood.
+        predecessors = [peer for peer in update.predecessors if peer != self.node_id]
+        self.topology.add_peers([admitting, *predecessors[:1]])
+        others = sorted(learned - {admitting})
+        informant = self.messenger.links.link_for(admitting)
+        results = yield DeferredList(
+            [self.connectivity.ensure_link(peer, informant) for peer in others],
+            consumeErrors=True,
+        )
+        for peer, (ok, _) in zip(others, results):
+            if ok:
+                self.topology.add_peers([peer])
+            else:
+                self.topology.remove_peer(peer)
+        if self.membership.state is not NodeState.ADMITTED:
+            return  # stopped meanwhile
+        self.membership.happened(Event.JOIN_COMPLETED)
+        # Tell the admitting peer we are ready to route (RFC 6940 s10.5's
+        # peer_ready), then give every neighbour our neighbour table.
+        ready = bodies.UpdateReq(
+            uptime=self.chord.uptime_seconds(), type=bodies.ChordUpdateType.PEER_READY
+        ).encode()
+        admitting_link = self.messenger.links.link_for(admitting)
+        if admitting_link is not None:
+            self.messenger.request(
+                Destination.node(admitting),
+                MessageCode.UPDATE_REQ,
+                ready,
+                first_link=admitting_link,
+            ).addErrback(
+                lambda failure: self.log.debug(
+                    "peer_ready to {peer} failed: {why}",
+                    peer=id_short(admitting),
+                    why=failure.getErrorMessage(),
+                )
+            )
+        self.chord.send_updates()
+        self.chord.repair_fingers()
+        if self._admitted is not None and not self._admitted.called:
+            self._admitted.callback(None)
+        self.chord.notify_neighbour_observers()

@@ -1,0 +1,98 @@
+"""
+The links a node holds, by the Node-ID at their far end.
+
+A new connection is *unidentified* until a message arrives on it whose
+signature names its sender with an empty via list (only the link's other
+end can send that); it is then filed under that Node-ID.  A peer can have
+several links for a while: both sides connected at once, or the peer
+restarted and connected again before its old link was found dead.  The
+one that last carried something from the peer is the one to use.
+
+This is bookkeeping only: opening links, hellos and keepalives are
+:mod:`p2psip.overlay.connectivity`'s job, routing is
+:mod:`p2psip.overlay.messaging`'s.
+"""
+
+from __future__ import annotations
+
+from p2psip.overlay.links import Link
+
+
+class LinkTable:
+    """Open links by peer, plus the ones not identified yet."""
+
+    def __init__(self) -> None:
+        self._by_peer: dict[int, list[Link]] = {}
+        self._unidentified: set[Link] = set()
+
+    def added(self, link: Link) -> None:
+        """A connection is up; nobody knows yet who is at the other end."""
+        self._unidentified.add(link)
+
+    def identify(self, link: Link, peer: int) -> None:
+        """File ``link`` under ``peer`` (its verified sender); links are identified once."""
+        if link.peer_id is not None:
+            return
+        link.peer_id = peer
+        self._unidentified.discard(link)
+        self._by_peer.setdefault(peer, []).append(link)
+
+    def link_for(self, peer: int) -> Link | None:
+        """The open link to ``peer`` that last carried something from it."""
+        best: Link | None = None
+        for link in self._by_peer.get(peer, ()):
+            if not link.closed and (best is None or link.last_received_at > best.last_received_at):
+                best = link
+        return best
+
+    def has_link(self, peer: int) -> bool:
+        return self.link_for(peer) is not None
+
+    def links_to(self, peer: int) -> list[Link]:
+        """Every link filed under ``peer``, open or closing."""
+        return list(self._by_peer.get(peer, ()))
+
+    def peers(self) -> list[int]:
+        """Peers we hold at least one identified link to."""
+        return list(self._by_peer)
+
+    def all_links(self) -> list[Link]:
+        every = [link for links in self._by_peer.values() for link in links]
+        return every + list(self._unidentified)
+
+    def unidentified(self) -> list[Link]:
+        return list(self._unidentified)
+
+    def remove(self, link: Link) -> None:
+        """Forget ``link`` (without closing it): it no longer counts for its peer."""
+        self._unidentified.discard(link)
+        peer = link.peer_id
+        if peer is None:
+            return
+        links = self._by_peer.get(peer)
+        if links is not None and link in links:
+            links.remove(link)
+            if not links:
+                del self._by_peer[peer]
+
+    def lost(self, link: Link) -> bool:
+        """
+        A link closed under us.  True when it was the last link of a peer
+        we had filed it under; False when it was unidentified, or already
+        removed on purpose (see :meth:`remove`), or the peer has others.
+        """
+        self._unidentified.discard(link)
+        peer = link.peer_id
+        if peer is None:
+            return False
+        links = self._by_peer.get(peer)
+        if links is None or link not in links:
+            return False
+        links.remove(link)
+        if links:
+            return False
+        del self._by_peer[peer]
+        return True
+
+    def __len__(self) -> int:
+        return len(self.all_links())

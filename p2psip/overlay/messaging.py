@@ -1,0 +1,538 @@
+"""
+RELOAD messaging: sign and send, route and forward, verify and dispatch.
+
+Routing is symmetric recursive (RFC 6940 s6.2.2).  A peer that forwards a
+message appends the Node-ID of the peer it received the message from to
+the via list.  The responder answers along the reversed via list, over the
+link the request came in on, so the answer retraces the request's path and
+the originator reads the whole route (and hop count) from the answer's own
+via list.
+
+Every message we send is signed (the security block carries our
+certificate and, for values we pass on, their signers' certificates);
+every message delivered to us is verified before any handler sees it.  A
+message with an empty via list can only come from the link's other end,
+so its verified signer identifies the link.
+
+The other parts of the node fill in the handler table
+(:meth:`Messenger.handle`): a handler takes ``(link, message, signer)``
+and returns a :class:`Reply`, a Deferred of one, or None (no answer), or
+raises :class:`RequestRefused` to answer with a RELOAD Error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Union
+
+from attrs import evolve, frozen
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2psip.overlay import bodies
+from p2psip.overlay.codec import DecodeError, UnknownKindError
+from p2psip.overlay.counters import Counters
+from p2psip.overlay.errors import NotConnected, OverlayError, RequestFailed
+from p2psip.overlay.identity import CertificateCache, NodeIdentity, SignatureError
+from p2psip.overlay.link_table import LinkTable
+from p2psip.overlay.links import Link
+from p2psip.overlay.membership import Membership
+from p2psip.overlay.message import (
+    FRAGMENT_UNFRAGMENTED,
+    RELOAD_VERSION,
+    Destination,
+    DestinationType,
+    ErrorCode,
+    ForwardingHeader,
+    GenericCertificate,
+    Message,
+    MessageCode,
+    SecurityBlock,
+    decode_message,
+    encode_contents,
+    encode_message,
+    is_request,
+    message_signature_input,
+    peek_code,
+    peek_header,
+    replace_header,
+)
+from p2psip.overlay.parameters import OverlayConfig
+from p2psip.overlay.topology import ChordTopology
+from p2psip.overlay.transactions import TransactionTable
+from p2psip.util.ids import MAX_ID, id_short
+
+#: The wildcard Node-ID (all ones) addresses "whoever is at the other end of
+#: this link": a new connection's first Ping uses it, since the connecting
+#: side may not know the Node-ID of a bootstrap peer it only has an address for.
+WILDCARD_NODE_ID = MAX_ID
+
+
+@frozen
+class Answer:
+    """A decoded answer to one of our requests, with the route it took."""
+
+    message: Message
+    body: Any
+    responder: int
+    route: tuple[int, ...]
+
+    @property
+    def hops(self) -> int:
+        return len(self.route) - 1
+
+
+@frozen
+class Reply:
+    """What a handler answers: the answer's code, its body, extra certificates to carry."""
+
+    code: int
+    body: bytes
+    certificates: tuple[bytes, ...] = ()
+
+
+class RequestRefused(Exception):
+    """Raised by a handler to answer with a RELOAD Error (RFC 6940 s6.3.3.1)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+HandlerResult = Union[Reply, "Deferred[Reply]", None]
+RequestHandler = Callable[[Link, Message, int], HandlerResult]
+
+
+class Messenger:
+    """Sends our requests, answers others', and forwards what is not for us."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        identity: NodeIdentity,
+        certificates: CertificateCache,
+        clock: IReactorTime,
+        config: OverlayConfig,
+        overlay: int,
+        topology: ChordTopology,
+        links: LinkTable,
+        membership: Membership,
+        counters: Counters,
+        data_models: Mapping[int, bodies.DataModel],
+    ) -> None:
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.certificates = certificates
+        self.clock = clock
+        self.config = config
+        self.overlay = overlay
+        self.topology = topology
+        self.links = links
+        self.membership = membership
+        self.counters = counters
+        #: Kind-ID -> data model, for decoding Fetch and Stat answers.
+        self.data_models = dict(data_models)
+        self.transactions = TransactionTable(clock, config.request_timeout_seconds)
+        self.handlers: dict[int, RequestHandler] = {}
+        #: Called as (method name, seconds, answered) when a request of ours ends.
+        self.request_observers: list[Callable[[str, float, bool], None]] = []
+        #: Called as (peer, link) when a peer asks, over its own link, for the
+        #: owner of its own Node-ID: it is (re)joining.
+        self.rejoin_observers: list[Callable[[int, Link], None]] = []
+
+    def handle(self, code: MessageCode, handler: RequestHandler) -> None:
+        """Answer requests of ``code`` with ``handler`` (one handler per code)."""
+        if code in self.handlers:
+            raise ValueError(f"{code.name} already has a handler")
+        self.handlers[code] = handler
+
+    # -- sending ------------------------------------------------------------
+
+    def encode(
+        self,
+        code: int,
+        body: bytes,
+        destinations: tuple[Destination, ...],
+        transaction_id: int,
+        extra_certificates: Iterable[bytes] = (),
+    ) -> bytes:
+        """A whole signed RELOAD message from us."""
+        contents = encode_contents(code, body, ())
+        signer = self.identity.signer_identity()
+        signature = self.identity.sign(
+            message_signature_input(self.overlay, transaction_id, contents, signer)
+        )
+        certificates = [GenericCertificate(0, self.identity.certificate_der)]
+        certificates += [GenericCertificate(0, der) for der in extra_certificates]
+        header = ForwardingHeader(
+            overlay=self.overlay,
+            configuration_sequence=0,
+            version=RELOAD_VERSION,
+            ttl=self.config.initial_ttl,
+            fragment=FRAGMENT_UNFRAGMENTED,
+            transaction_id=transaction_id,
+            max_response_length=0,
+            via_list=(),
+            destination_list=destinations,
+            options=(),
+        )
+        message = Message(header, code, body, (), SecurityBlock(tuple(certificates), signature))
+        return encode_message(message)
+
+    def first_hop(self, destination: Destination, avoid: Link | None = None) -> Link | None:
+        """The link a message for ``destination`` leaves on (never ``avoid``)."""
+        assert isinstance(destination.value, int)
+        target = destination.value
+        if destination.type == DestinationType.NODE and avoid is None:
+            direct = self.links.link_for(target)
+            if direct is not None:
+                return direct
+        avoided = avoid.peer_id if avoid is not None else None
+        hop = self.topology.next_hop(
+            target, usable=lambda peer: peer != avoided and self.links.has_link(peer)
+        )
+        return self.links.link_for(hop) if hop is not None else None
+
+    def request(
+        self,
+        destination: Destination,
+        code: int,
+        body: bytes,
+        first_link: Link | None = None,
+        extra_certificates: Iterable[bytes] = (),
+    ) -> Deferred[Answer]:
+        """Send a request; a Deferred of its decoded :class:`Answer`, or of an OverlayError."""
+        transaction_id = self.transactions.new_transaction_id()
+        data = self.encode(code, body, (destination,), transaction_id, extra_certificates)
+        target = id_short(destination.value) if isinstance(destination.value, int) else "?"
+        describe = f"{MessageCode(code).name} to {target}"
+        pending = self.transactions.add(transaction_id, code, data, describe)
+        link = first_link or self.first_hop(destination)
+        if link is None:
+            self.transactions.complete(transaction_id)
+            assert isinstance(destination.value, int)
+            if self.topology.is_responsible(destination.value):
+                return fail(
+                    OverlayError(f"{describe}: this node itself is responsible for that id")
+                )
+            return fail(
+                NotConnected(f"no route for {describe}: this node has no usable link into the ring")
+            )
+        pending.first_hop = link.peer_id
+        self.counters.count("requests_sent")
+        link.send(data)
+        if self.request_observers:
+            started = self.clock.seconds()
+
+            def observe(outcome: object) -> object:
+                seconds = self.clock.seconds() - started
+                for observer in list(self.request_observers):
+                    observer(MessageCode(code).name, seconds, not isinstance(outcome, Failure))
+                return outcome
+
+            pending.deferred.addBoth(observe)
+        return pending.deferred
+
+    def resend_after_failure(self, failed_peer: int) -> None:
+        """Send again, over another route, our requests whose first hop was ``failed_peer``."""
+        for pending in self.transactions.sent_via(failed_peer):
+            if pending.retries_left <= 0:
+                continue
+            header = peek_header(pending.data, self.config.limits)
+            link = self.first_hop(header.destination_list[0])
+            if link is None or link.peer_id == failed_peer:
+                continue
+            pending.retries_left -= 1
+            pending.first_hop = link.peer_id
+            self.counters.count("requests_resent")
+            link.send(pending.data)
+
+    def fail_all(self, reason: str) -> None:
+        """Fail every outstanding request of ours (the node is stopping)."""
+        self.transactions.fail_all(lambda: NotConnected(reason))
+
+    # -- receiving and forwarding --------------------------------------------
+
+    def message_received(self, link: Link, data: bytes) -> None:
+        self.counters.count("messages_received")
+        try:
+            header, code = peek_code(data, self.config.limits)
+        except DecodeError as error:
+            self.counters.count("malformed_messages")
+            self.log.debug(
+                "dropped malformed message from {address}: {why}",
+                address=link.remote_address,
+                why=error,
+            )
+            return
+        if header.overlay != self.overlay:
+            self.counters.count("wrong_overlay")
+            self.log.debug(
+                "dropped message for another overlay from {address}", address=link.remote_address
+            )
+            return
+        try:
+            self._route(link, data, header, is_request(code))
+        except Exception:
+            self.log.failure("while routing a message from {address}", address=link.remote_address)
+
+    def _route(self, link: Link, data: bytes, header: ForwardingHeader, request: bool) -> None:
+        destinations = header.destination_list
+        if not destinations:
+            self.counters.count("malformed_messages")
+            return
+        first = destinations[0]
+        sender = link.peer_id
+        if (
+            request
+            and not header.via_list
+            and sender is not None
+            and sender != self.node_id
+            and first.type == DestinationType.NODE
+            and first.value == sender
+        ):
+            # A peer asking, over its own link, for the owner of its own
+            # Node-ID is joining (RFC 6940 s10.5's Attach); if we still hold
+            # it in our tables it has restarted and lost its old place.
+            for observer in list(self.rejoin_observers):
+                observer(sender, link)
+        if first.type == DestinationType.NODE and first.value in (self.node_id, WILDCARD_NODE_ID):
+            rest = destinations[1:]
+            if not rest:
+                self._deliver(link, data)
+                return
+            header = evolve(header, destination_list=rest)
+            data = replace_header(data, header)
+            first = rest[0]
+        elif self._delivers_locally(first, link):
+            self._deliver(link, data)
+            return
+        self._forward(link, data, header, first, request)
+
+    def _delivers_locally(self, destination: Destination, link: Link) -> bool:
+        if not self.membership.in_ring():
+            # A peer that is still joining (or stopping) holds no range: it
+            # must not answer Fetches "not found" for data it never got.  It
+            # does answer a new link's first Ping for whatever Node-ID the
+            # sender expected, so that the sender learns who is really there
+            # (a loopback candidate that led back to ourselves).
+            return destination.type == DestinationType.NODE and link.peer_id is None
+        if not isinstance(destination.value, int):
+            return False
+        if destination.type == DestinationType.RESOURCE:
+            return self.topology.is_responsible(destination.value)
+        if destination.type == DestinationType.NODE:
+            if destination.value in self.topology.known_peers() and self.links.has_link(
+                destination.value
+            ):
+                return False
+            # A request to a Node-ID that is not in the ring is delivered to
+            # the peer responsible for that id (how Attach finds the
+            # admitting peer and finger targets find their peers).
+            return self.topology.is_responsible(destination.value)
+        return False
+
+    def _forward(
+        self,
+        link: Link,
+        data: bytes,
+        header: ForwardingHeader,
+        destination: Destination,
+        request: bool,
+    ) -> None:
+        previous = link.peer_id
+        if previous is None:
+            self.counters.count("dropped_unidentified")
+            self.log.debug(
+                "not forwarding for an unidentified link from {address}",
+                address=link.remote_address,
+            )
+            return
+        if self.node_id in {v.value for v in header.via_list}:
+            self.counters.count("loops_detected")
+            self.log.debug(
+                "dropped a looping message {txid:x} via {via}",
+                txid=header.transaction_id,
+                via=[id_short(int(v.value)) for v in header.via_list if isinstance(v.value, int)],
+            )
+            return
+        if header.ttl <= 1:
+            self.counters.count("ttl_exceeded")
+            self._error_for_undeliverable(link, data, ErrorCode.TTL_EXCEEDED, "TTL exceeded")
+            return
+        if len(header.via_list) + 1 > self.config.limits.max_via:
+            self.counters.count("ttl_exceeded")
+            self._error_for_undeliverable(link, data, ErrorCode.TTL_EXCEEDED, "via list too long")
+            return
+        next_link = None
+        if destination.type == DestinationType.NODE and isinstance(destination.value, int):
+            # Answers retrace the request's path over direct links.  Requests
+            # take a direct link only to a ring member: a peer that is still
+            # joining may be linked to us, yet its own Node-ID must reach the
+            # peer that owns it, not the joining peer itself.
+            if not request or destination.value in self.topology.known_peers():
+                next_link = self.links.link_for(destination.value)
+        if next_link is None or next_link is link:
+            # A request that came from the very peer it is addressed to (a
+            # joining peer's Attach to its own Node-ID) must go round the ring.
+            next_link = self.first_hop(destination, avoid=link)
+        if next_link is None or next_link is link:
+            self.counters.count("unroutable")
+            self._error_for_undeliverable(
+                link, data, ErrorCode.NOT_FOUND, "no route to destination"
+            )
+            return
+        forwarded = evolve(
+            header,
+            ttl=header.ttl - 1,
+            via_list=header.via_list + (Destination.node(previous),),
+        )
+        self.counters.count("messages_forwarded")
+        next_link.send(replace_header(data, forwarded))
+
+    def _error_for_undeliverable(self, link: Link, data: bytes, code: int, reason: str) -> None:
+        try:
+            message = decode_message(data, self.config.limits)
+        except DecodeError:
+            return
+        if is_request(message.code):
+            self.reply_error(link, message, code, reason)
+
+    def _deliver(self, link: Link, data: bytes) -> None:
+        try:
+            message = decode_message(data, self.config.limits)
+        except DecodeError as error:
+            self.counters.count("malformed_messages")
+            self.log.debug(
+                "dropped undecodable message from {address}: {why}",
+                address=link.remote_address,
+                why=error,
+            )
+            return
+        try:
+            for certificate in message.security.certificates:
+                self.certificates.add(certificate.certificate)
+            signer = self.certificates.verify(
+                message.security.signature,
+                message_signature_input(
+                    message.header.overlay,
+                    message.header.transaction_id,
+                    encode_contents(message.code, message.body, message.extensions),
+                    message.security.signature.identity,
+                ),
+            )
+        except SignatureError as error:
+            self.counters.count("bad_signatures")
+            self.log.debug(
+                "dropped message with a bad signature from {address}: {why}",
+                address=link.remote_address,
+                why=error,
+            )
+            return
+        if link.peer_id is None and not message.header.via_list:
+            self.links.identify(link, signer)
+        if is_request(message.code):
+            self._handle_request(link, message, signer)
+        else:
+            self._handle_answer(link, message, signer)
+
+    def _handle_answer(self, link: Link, message: Message, signer: int) -> None:
+        pending = self.transactions.complete(message.header.transaction_id)
+        if pending is None:
+            self.counters.count("unmatched_answers")
+            return
+        hops = [v.value for v in message.header.via_list]
+        if link.peer_id is not None:
+            hops.append(link.peer_id)
+        route = (self.node_id,) + tuple(int(h) for h in reversed(hops))
+        if message.code == MessageCode.ERROR:
+            try:
+                error = bodies.ErrorResponse.decode(message.body, self.config.limits)
+                reason, code = error.reason_phrase, error.error_code
+            except DecodeError:
+                reason, code = "undecodable error", ErrorCode.INVALID_MESSAGE
+            pending.deferred.errback(
+                RequestFailed(f"peer {id_short(signer)} answered: {reason}", code)
+            )
+            return
+        try:
+            body = bodies.decode_body(
+                message.code, message.body, self.config.limits, self.data_models
+            )
+        except DecodeError as error:
+            pending.deferred.errback(
+                OverlayError(f"undecodable answer from {id_short(signer)}: {error}")
+            )
+            return
+        except Exception as error:
+            # Whatever happens, the caller waiting on this transaction must hear of it.
+            self.log.failure("while decoding an answer from {peer}", peer=id_short(signer))
+            pending.deferred.errback(
+                OverlayError(f"unreadable answer from {id_short(signer)}: {error}")
+            )
+            return
+        pending.deferred.callback(Answer(message, body, signer, route))
+
+    # -- answering requests ----------------------------------------------
+
+    def reply(self, link: Link, request: Message, reply: Reply) -> None:
+        """Answer ``request`` along its reversed via list, over the link it came in on."""
+        path = [v.value for v in request.header.via_list]
+        if link.peer_id is not None:
+            path.append(link.peer_id)
+        if not path:
+            return
+        destinations = tuple(Destination.node(int(hop)) for hop in reversed(path))
+        link.send(
+            self.encode(
+                reply.code,
+                reply.body,
+                destinations,
+                request.header.transaction_id,
+                reply.certificates,
+            )
+        )
+
+    def reply_error(self, link: Link, request: Message, code: int, reason: str) -> None:
+        self.counters.count("errors_sent")
+        body = bodies.ErrorResponse(code, reason[:255]).encode()
+        self.reply(link, request, Reply(MessageCode.ERROR, body))
+
+    def _handle_request(self, link: Link, message: Message, signer: int) -> None:
+        self.counters.count("requests_received")
+        handler = self.handlers.get(message.code)
+        if handler is None:
+            self.reply_error(
+                link, message, ErrorCode.INVALID_MESSAGE, f"unsupported message code {message.code}"
+            )
+            return
+        try:
+            result = handler(link, message, signer)
+        except Exception:
+            self._answer_failure(link, message, Failure())
+            return
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                lambda reply: self.reply(link, message, reply),
+                lambda failure: self._answer_failure(link, message, failure),
+            )
+        elif result is not None:
+            self.reply(link, message, result)
+
+    def _answer_failure(self, link: Link, message: Message, failure: Failure) -> None:
+        error = failure.value
+        if isinstance(error, RequestRefused):
+            self.reply_error(link, message, error.code, error.reason)
+        elif isinstance(error, UnknownKindError):
+            self.reply_error(link, message, ErrorCode.UNKNOWN_KIND, str(error))
+        elif isinstance(error, DecodeError):
+            self.counters.count("malformed_messages")
+            self.reply_error(link, message, ErrorCode.INVALID_MESSAGE, str(error))
+        else:
+            self.log.failure("while answering {code}", failure, code=message.code)
+            self.reply_error(link, message, ErrorCode.INVALID_MESSAGE, "internal error")

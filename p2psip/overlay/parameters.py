@@ -1,0 +1,25 @@
+"""The sizes and timers of the ring, as one frozen value every part of a node reads."""
+
+from __future__ import annotations
+
+from attrs import field, frozen
+
+from p2psip.overlay.codec import Limits
+
+
+@frozen
+class OverlayConfig:
+    """Sizes and timers of the ring (RFC 6940 defaults where it gives them)."""
+
+    overlay_name: str = "p2psip.test"
+    successors: int = 4
+    predecessors: int = 4
+    replicas: int = 2
+    update_interval_seconds: float = 60.0
+    ping_interval_seconds: float = 15.0
+    request_timeout_seconds: float = 15.0
+    join_timeout_seconds: float = 60.0
+    idle_link_seconds: float = 120.0
+    failed_peer_memory_seconds: float = 60.0
+    initial_ttl: int = 100
+    limits: Limits = field(factory=Limits)

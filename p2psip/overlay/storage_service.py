@@ -1,0 +1,405 @@
+"""
+The node's storage service: Store, Fetch and Stat, replication and hand-over.
+
+The rules of what may be stored live in the sans-IO
+:class:`~p2psip.overlay.storage.DataStore`; this module puts it on the
+ring:
+
+* **Answering.** Store, Fetch and Stat requests delivered to us (we own
+  the Resource-ID, or a replica/hand-over Store is addressed to us) are
+  applied to the store; refusals become RELOAD Errors with the RFC code.
+* **Replication** (CHORD-RELOAD, RFC 6940 s10.4).  The responsible peer
+  copies every original Store to its first ``replicas`` successors before
+  answering (the answer lists them), and whenever its successor list
+  changes (or a stabilisation round finds a holder missing) it copies
+  every value it is responsible for to successors that lack it.
+* **Hand-over.**  Whole resources go to a peer that takes them over: a
+  newcomer's range at join, our range at leave.  Hand-over Stores carry
+  a non-zero replica_number, as replicas do: the receiver adopts our
+  generation counters instead of checking them (they are ours, not the
+  writer's) and merges rather than refusing where it holds newer values.
+* **Operations.** Signed stores and verified fetches for the admin API,
+  the demo and the SIP layer (:class:`~p2psip.interfaces.IOverlayStorage`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from attrs import define, evolve
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2psip.overlay import bodies
+from p2psip.overlay.errors import OverlayError, RequestFailed
+from p2psip.overlay.identity import CertificateCache, NodeIdentity, SignatureError
+from p2psip.overlay.kinds import DATA
+from p2psip.overlay.links import Link
+from p2psip.overlay.membership import Membership
+from p2psip.overlay.message import Destination, Message, MessageCode
+from p2psip.overlay.messaging import Answer, Messenger, Reply, RequestRefused
+from p2psip.overlay.parameters import OverlayConfig
+from p2psip.overlay.results import OperationResult
+from p2psip.overlay.storage import DataStore, StoreError
+from p2psip.overlay.topology import ChordTopology
+from p2psip.util.ids import id_short, resource_id
+
+#: The replica_number of hand-over Stores (a newcomer's range at join, ours
+#: at leave): non-zero, like a replica, so the receiver adopts the
+#: sender's generation counters and merges (RFC 6940 s7.4.1.1 checks the
+#: counter only for original stores).
+HAND_OVER_REPLICA_NUMBER = 1
+
+#: Hand-over Stores in flight at once to one peer.
+HAND_OVER_WINDOW = 16
+
+
+@define
+class HandOver:
+    """How a hand-over went: resources the peer refused, and ones it never answered for."""
+
+    refused: int = 0
+    unreachable: int = 0
+    reason: str = ""
+
+
+class StorageService:
+    """Store/Fetch/Stat on the ring, replication to successors, and hand-over."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        messenger: Messenger,
+        store: DataStore,
+        topology: ChordTopology,
+        membership: Membership,
+        identity: NodeIdentity,
+        certificates: CertificateCache,
+        clock: IReactorTime,
+        config: OverlayConfig,
+    ) -> None:
+        self.messenger = messenger
+        self.store = store
+        self.topology = topology
+        self.membership = membership
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.certificates = certificates
+        self.clock = clock
+        self.config = config
+        self.data_models = messenger.data_models
+        #: Resource-ID -> the successors we know hold our replica of it.
+        self.replica_holders: dict[int, set[int]] = {}
+        messenger.handle(MessageCode.STORE_REQ, self._on_store)
+        messenger.handle(MessageCode.FETCH_REQ, self._on_fetch)
+        messenger.handle(MessageCode.STAT_REQ, self._on_stat)
+
+    def _responsible_here(self, resource: int) -> bool:
+        return self.membership.in_ring() and self.topology.is_responsible(resource)
+
+    # -- answering ---------------------------------------------------------
+
+    def _on_store(self, link: Link, message: Message, signer: int) -> Reply | Deferred[Reply]:
+        request = bodies.StoreReq.decode(message.body, self.config.limits, self.data_models)
+        now = self.clock.seconds()
+        responses = []
+        try:
+            for kind_data in request.kind_data:
+                stored = self.store.store(
+                    request.resource, kind_data, now, replica_number=request.replica_number
+                )
+                responses.append((stored.kind, stored.generation_counter))
+        except StoreError as error:
+            raise RequestRefused(error.error_code, error.reason) from error
+
+        def answer(replicas: Iterable[int]) -> Reply:
+            kinds = tuple(
+                bodies.StoreKindResponse(kind, generation, tuple(replicas))
+                for kind, generation in responses
+            )
+            return Reply(MessageCode.STORE_ANS, bodies.StoreAns(kinds).encode())
+
+        if request.replica_number == 0 and self.topology.is_responsible(request.resource):
+            return self.replicate(request.resource, request.kind_data).addCallback(answer)
+        return answer(())
+
+    def _on_fetch(self, link: Link, message: Message, signer: int) -> Reply:
+        request = bodies.FetchReq.decode(message.body, self.config.limits, self.data_models)
+        try:
+            responses = self.store.fetch(request.resource, request.specifiers, self.clock.seconds())
+        except StoreError as error:
+            raise RequestRefused(error.error_code, error.reason) from error
+        certificates = self._signer_certificates(v for r in responses for v in r.values)
+        return Reply(
+            MessageCode.FETCH_ANS, bodies.FetchAns(tuple(responses)).encode(), certificates
+        )
+
+    def _on_stat(self, link: Link, message: Message, signer: int) -> Reply:
+        request = bodies.StatReq.decode(message.body, self.config.limits, self.data_models)
+        try:
+            responses = self.store.stat(request.resource, request.specifiers, self.clock.seconds())
+        except StoreError as error:
+            raise RequestRefused(error.error_code, error.reason) from error
+        return Reply(MessageCode.STAT_ANS, bodies.StatAns(tuple(responses)).encode())
+
+    def _signer_certificates(self, values: Iterable[Any]) -> tuple[bytes, ...]:
+        """Certificates of the signers of stored values, so receivers can verify them."""
+        own = self.identity.certificate_der
+        found: dict[bytes, bytes] = {}
+        for value in values:
+            identity = value.signature.identity
+            der = self.certificates.certificate_for(identity.value)
+            if der is not None and der != own:
+                found[identity.value] = der
+        return tuple(found.values())
+
+    # -- replication and hand-over ----------------------------------------
+
+    def replicate(self, resource: int, kind_data: Iterable[Any]) -> Deferred[list[int]]:
+        """Copy a just-stored value to the next successors; fires with who took it."""
+        targets = self.topology.successors[: self.config.replicas]
+        if not targets:
+            return succeed([])
+        sends = [
+            self.send_store(peer, resource, number + 1, kind_data=tuple(kind_data))
+            for number, peer in enumerate(targets)
+        ]
+
+        def collect(results: list[tuple[bool, Any]]) -> list[int]:
+            holders = self.replica_holders.setdefault(resource, set())
+            done = []
+            for peer, (ok, _) in zip(targets, results):
+                if ok:
+                    holders.add(peer)
+                    done.append(peer)
+            return done
+
+        return DeferredList(sends, consumeErrors=True).addCallback(collect)
+
+    def replicate_all(self) -> None:
+        """Make sure every value we are primary for sits on our first successors."""
+        targets = self.topology.successors[: self.config.replicas]
+        for resource in self.store.resources():
+            if not self.topology.is_responsible(resource):
+                continue
+            holders = self.replica_holders.setdefault(resource, set())
+            for number, peer in enumerate(targets):
+                if peer in holders:
+                    continue
+                holders.add(peer)
+                self.send_store(peer, resource, number + 1).addErrback(
+                    self._replication_failed, peer, resource
+                )
+
+    def _replication_failed(self, failure: Failure, peer: int, resource: int) -> None:
+        # Forget the holder so the next round tries again (or picks another peer).
+        self.replica_holders.get(resource, set()).discard(peer)
+        self.log.debug(
+            "replica to {peer} failed: {why}", peer=id_short(peer), why=failure.getErrorMessage()
+        )
+
+    def peer_gone(self, peer: int) -> None:
+        """``peer`` failed or restarted empty: it holds none of our replicas any more."""
+        for holders in self.replica_holders.values():
+            holders.discard(peer)
+
+    def maintain(self) -> None:
+        """One stabilisation round: forget expired values, fill in missing replicas."""
+        expired = self.store.expire(self.clock.seconds())
+        if expired:
+            self.log.debug("expired {count} stored values", count=expired)
+        self.replicate_all()
+
+    def send_store(
+        self,
+        peer: int,
+        resource: int,
+        replica_number: int,
+        kind_data: tuple[Any, ...] | None = None,
+    ) -> Deferred[Any]:
+        """Copy what we hold of ``resource`` (or ``kind_data``) to ``peer``."""
+        if kind_data is None:
+            kind_data = self.store.export(resource, self.clock.seconds())
+        if not kind_data:
+            return succeed(None)
+        body = bodies.StoreReq(resource, replica_number, tuple(kind_data)).encode()
+        certificates = self._signer_certificates(v for kd in kind_data for v in kd.values)
+        return self.messenger.request(
+            Destination.node(peer), MessageCode.STORE_REQ, body, extra_certificates=certificates
+        )
+
+    def versions_in(self, in_range: Callable[[int], bool]) -> dict[int, int]:
+        """Resource-ID -> version of every resource we hold whose id is ``in_range``."""
+        return {r: self.store.version(r) for r in self.store.resources() if in_range(r)}
+
+    def changed_since(self, versions: dict[int, int], in_range: Callable[[int], bool]) -> list[int]:
+        """Resources ``in_range`` stored or changed since ``versions`` was taken."""
+        return [
+            r
+            for r in self.store.resources()
+            if in_range(r) and self.store.version(r) != versions.get(r)
+        ]
+
+    def resource_count(self) -> int:
+        """Resources we hold values of, as responsible peer or replica."""
+        return len(list(self.store.resources()))
+
+    def primary_resources(self) -> list[int]:
+        """The resources we hold as the responsible peer."""
+        return [r for r in self.store.resources() if self.topology.is_responsible(r)]
+
+    def hand_over(self, peer: int, resources: Iterable[int]) -> Deferred[HandOver]:
+        """Copy whole resources to a peer that takes them over, a few Stores at a time."""
+        result = HandOver()
+        window = DeferredSemaphore(HAND_OVER_WINDOW)
+
+        def one(resource: int) -> Deferred[Any]:
+            def failed(failure: Failure) -> None:
+                if failure.check(RequestFailed):
+                    result.refused += 1
+                    self.log.warn(
+                        "peer {peer} refused the hand-over of resource {resource}: {why}",
+                        peer=id_short(peer),
+                        resource=id_short(resource),
+                        why=failure.getErrorMessage(),
+                    )
+                else:
+                    result.unreachable += 1
+                    result.reason = failure.getErrorMessage()
+
+            return self.send_store(peer, resource, HAND_OVER_REPLICA_NUMBER).addErrback(failed)
+
+        sends = [window.run(one, resource) for resource in resources]
+        return DeferredList(sends, consumeErrors=True).addCallback(lambda _: result)
+
+    # -- the operations users call ------------------------------------------
+
+    def _stored_data(self, resource: int, kind: int, value: Any, lifetime: int) -> Any:
+        storage_time = int(self.clock.seconds() * 1000)
+        value_bytes = bodies.encode_stored_value(value)
+        signer = self.identity.signer_identity()
+        signature = self.identity.sign(
+            bodies.stored_data_signature_input(resource, kind, storage_time, value_bytes, signer)
+        )
+        return bodies.StoredData(storage_time, lifetime, value, signature)
+
+    def store_values(
+        self, resource: int, kind: int, values: Iterable[Any], lifetime: int
+    ) -> Deferred[OperationResult]:
+        """Sign and store values of one kind at the responsible peer."""
+        stored = tuple(self._stored_data(resource, kind, value, lifetime) for value in values)
+        kind_data = bodies.StoreKindData(kind, 0, stored)
+        if self._responsible_here(resource):
+            try:
+                self.store.store(resource, kind_data, self.clock.seconds(), replica_number=0)
+            except StoreError as error:
+                return fail(RequestFailed(error.reason, error.error_code))
+            return self.replicate(resource, [kind_data]).addCallback(
+                lambda replicas: OperationResult(
+                    resource, self.node_id, (self.node_id,), replicas=tuple(replicas)
+                )
+            )
+        body = bodies.StoreReq(resource, 0, (kind_data,)).encode()
+
+        def done(answer: Answer) -> OperationResult:
+            replicas = tuple(
+                peer for response in answer.body.kind_responses for peer in response.replicas
+            )
+            return OperationResult(resource, answer.responder, answer.route, replicas=replicas)
+
+        return self.messenger.request(
+            Destination.resource(resource), MessageCode.STORE_REQ, body
+        ).addCallback(done)
+
+    def fetch_values(
+        self, resource: int, kind: int, specifier: Any | None = None
+    ) -> Deferred[tuple[OperationResult, tuple[Any, ...]]]:
+        """Fetch the live values of one kind; fires with (result, StoredData tuple)."""
+        specifier = specifier or bodies.StoredDataSpecifier(
+            kind, 0, data_model=self.data_models.get(kind)
+        )
+        if self._responsible_here(resource):
+            responses = self.store.fetch(resource, (specifier,), self.clock.seconds())
+            values = tuple(v for r in responses for v in r.values)
+            return succeed((OperationResult(resource, self.node_id, (self.node_id,)), values))
+        body = bodies.FetchReq(resource, (specifier,)).encode()
+
+        def done(answer: Answer) -> tuple[OperationResult, tuple[Any, ...]]:
+            values = []
+            for response in answer.body.kind_responses:
+                for value in response.values:
+                    self._verify_stored(resource, int(response.kind), value)
+                    values.append(value)
+            return OperationResult(resource, answer.responder, answer.route), tuple(values)
+
+        return self.messenger.request(
+            Destination.resource(resource), MessageCode.FETCH_REQ, body
+        ).addCallback(done)
+
+    def _verify_stored(self, resource: int, kind: int, value: Any) -> None:
+        """Check a fetched value's signature: the storing peer must not be able to forge it."""
+        signed = bodies.stored_data_signature_input(
+            resource,
+            kind,
+            value.storage_time,
+            bodies.encode_stored_value(value.value),
+            value.signature.identity,
+        )
+        try:
+            self.certificates.verify(value.signature, signed)
+        except SignatureError as error:
+            raise OverlayError(f"a fetched value has a bad signature: {error}") from error
+
+    def put(self, name: str, value: bytes, lifetime: int = 3600) -> Deferred[OperationResult]:
+        """Store a DATA value under a resource name (admin API, demo)."""
+        return self.store_values(
+            resource_id(name), DATA.kind_id, [bodies.DataValue(True, value)], lifetime
+        )
+
+    def get(self, name: str) -> Deferred[OperationResult]:
+        """Fetch the DATA value stored under a resource name."""
+
+        def done(outcome: tuple[OperationResult, tuple[Any, ...]]) -> OperationResult:
+            result, values = outcome
+            live = [v for v in values if v.value.exists]
+            if not live:
+                return evolve(result, found=False)
+            return evolve(result, found=True, value=live[-1].value.value)
+
+        return self.fetch_values(resource_id(name), DATA.kind_id).addCallback(done)
+
+    def put_dictionary_entry(
+        self, resource_name: str, kind_id: int, key: bytes, value: bytes, lifetime_seconds: int
+    ) -> Deferred[None]:
+        entry = bodies.DictionaryEntry(key, bodies.DataValue(True, value))
+        return self.store_values(
+            resource_id(resource_name), kind_id, [entry], lifetime_seconds
+        ).addCallback(lambda _: None)
+
+    def remove_dictionary_entry(
+        self, resource_name: str, kind_id: int, key: bytes
+    ) -> Deferred[None]:
+        entry = bodies.DictionaryEntry(key, bodies.DataValue(False, b""))
+        return self.store_values(resource_id(resource_name), kind_id, [entry], 0).addCallback(
+            lambda _: None
+        )
+
+    def get_dictionary(self, resource_name: str, kind_id: int) -> Deferred[dict[bytes, bytes]]:
+        def collect(outcome: tuple[OperationResult, tuple[Any, ...]]) -> dict[bytes, bytes]:
+            entries: dict[bytes, bytes] = {}
+            for value in outcome[1]:
+                entry = value.value
+                if entry.value.exists:
+                    entries[entry.key] = entry.value.value
+            return entries
+
+        model = self.data_models.get(kind_id, bodies.DataModel.DICTIONARY)
+        specifier = bodies.StoredDataSpecifier(kind_id, 0, data_model=model)
+        return self.fetch_values(resource_id(resource_name), kind_id, specifier).addCallback(
+            collect
+        )

@@ -1,0 +1,49 @@
+"""
+The overlay part of a ring role's ``/status`` document.
+
+What an operator reads to see what a node is doing: its place in the
+ring (state, neighbours with their addresses and whether a link is up,
+fingers), what it stores, its links (direction, how each was made, round
+trip), outstanding requests and event counters.  Built from the node's
+public read-only methods, so the node itself knows nothing of JSON.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from p2psip.overlay.node import OverlayNode
+from p2psip.util.ids import id_hex
+
+
+def overlay_status(node: OverlayNode) -> dict[str, Any]:
+    """The JSON-ready status of ``node``."""
+
+    def peer(peer_id: int) -> dict[str, Any]:
+        address = node.peer_address(peer_id)
+        return {
+            "node_id": id_hex(peer_id),
+            "address": f"{address[0]}:{address[1]}" if address else None,
+            "linked": node.has_link(peer_id),
+        }
+
+    topology = node.topology
+    return {
+        "node_id": id_hex(node.node_id),
+        "overlay": node.config.overlay_name,
+        "state": node.state.value,
+        "address": f"{node.advertised_host}:{node.advertised_port}",
+        "uptime_seconds": round(node.uptime_seconds(), 3),
+        "predecessors": [peer(p) for p in topology.predecessors],
+        "successors": [peer(p) for p in topology.successors],
+        "fingers": {
+            str(index): id_hex(p) for index, p in sorted(topology.fingers.items(), reverse=True)
+        },
+        "storage": {
+            "resources": node.stored_resource_count(),
+            "values_per_kind": node.stored_values_per_kind(),
+        },
+        "connections": [link.describe() for link in node.all_links()],
+        "pending_transactions": node.pending_request_count(),
+        "counters": dict(sorted(node.counters.items())),
+    }
