@@ -39,7 +39,7 @@ from p2psip.overlay.membership import Event, Membership, NodeState
 from p2psip.overlay.message import Destination, ErrorCode, Message, MessageCode
 from p2psip.overlay.messaging import Answer, Messenger, Reply, RequestRefused
 from p2psip.overlay.parameters import OverlayConfig
-from p2psip.overlay.storage_service import HandOver
+from p2psip.overlay.results import HandOver
 from p2psip.overlay.topology import ChordTopology
 from p2psip.util.ids import MAX_ID, between_right_inclusive, id_short
 

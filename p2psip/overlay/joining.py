@@ -30,11 +30,11 @@ from twisted.logger import Logger
 from p2psip.overlay import bodies
 from p2psip.overlay.chord import ChordMaintenance
 from p2psip.overlay.connectivity import Connectivity
-from p2psip.overlay.errors import NotConnected, OverlayError
+from p2psip.overlay.errors import NotConnected, OverlayError, RequestFailed
 from p2psip.overlay.links import Link
 from p2psip.overlay.membership import Event, Membership, NodeState
-from p2psip.overlay.message import Destination, Message, MessageCode
-from p2psip.overlay.messaging import Messenger
+from p2psip.overlay.message import Destination, ErrorCode, Message, MessageCode
+from p2psip.overlay.messaging import NODE_ID_IN_USE_REASON, Messenger
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.topology import ChordTopology
 from p2psip.util.ids import id_short
@@ -166,6 +166,18 @@ class Joiner:
                 break
             except DuplicateNodeId:
                 raise
+            except RequestFailed as error:
+                if (
+                    error.error_code == ErrorCode.FORBIDDEN
+                    and NODE_ID_IN_USE_REASON in error.reason
+                ):
+                    raise DuplicateNodeId(
+                        "another node in the ring uses this Node-ID (the same key in two places); "
+                        "stop the other node, or delete the node key in --data-dir for a new Node-ID"
+                    ) from None
+                if attempt == JOIN_ATTEMPTS or link.closed:
+                    raise
+                yield deferLater(self.clock, 0.5 * attempt, lambda: None)
             except OverlayError as error:
                 if attempt == JOIN_ATTEMPTS or link.closed:
                     raise

@@ -69,6 +69,10 @@ from p2psip.util.ids import MAX_ID, id_short
 #: side may not know the Node-ID of a bootstrap peer it only has an address for.
 WILDCARD_NODE_ID = MAX_ID
 
+#: The reason of the Error_Forbidden a joining node gets when its Node-ID
+#: belongs to a node that is alive (the same key in two places).
+NODE_ID_IN_USE_REASON = "this Node-ID is in use by a live node"
+
 
 @frozen
 class Answer:
@@ -141,9 +145,10 @@ class Messenger:
         self.handlers: dict[int, RequestHandler] = {}
         #: Called as (method name, seconds, answered) when a request of ours ends.
         self.request_observers: list[Callable[[str, float, bool], None]] = []
-        #: Called as (peer, link) when a peer asks, over its own link, for the
-        #: owner of its own Node-ID: it is (re)joining.
-        self.rejoin_observers: list[Callable[[int, Link], None]] = []
+        #: Asked as (peer, link) when a peer asks, over its own link, for the
+        #: owner of its own Node-ID (it is joining, perhaps after a restart);
+        #: False refuses the request (the Node-ID is in use by a live node).
+        self.rejoin_policy: Callable[[int, Link], bool] = lambda peer, link: True
 
     def handle(self, code: MessageCode, handler: RequestHandler) -> None:
         """Answer requests of ``code`` with ``handler`` (one handler per code)."""
@@ -299,8 +304,11 @@ class Messenger:
             # A peer asking, over its own link, for the owner of its own
             # Node-ID is joining (RFC 6940 s10.5's Attach); if we still hold
             # it in our tables it has restarted and lost its old place.
-            for observer in list(self.rejoin_observers):
-                observer(sender, link)
+            if not self.rejoin_policy(sender, link):
+                self._error_for_undeliverable(
+                    link, data, ErrorCode.FORBIDDEN, NODE_ID_IN_USE_REASON
+                )
+                return
         if first.type == DestinationType.NODE and first.value in (self.node_id, WILDCARD_NODE_ID):
             rest = destinations[1:]
             if not rest:
@@ -315,13 +323,17 @@ class Messenger:
         self._forward(link, data, header, first, request)
 
     def _delivers_locally(self, destination: Destination, link: Link) -> bool:
+        if link.peer_id is None and destination.type == DestinationType.NODE:
+            # A new link's first Ping names the Node-ID its sender expects
+            # here.  We never forward for an unidentified link, so we answer
+            # it ourselves: the sender learns who is really at that address
+            # (a private or loopback candidate that led to another node, or
+            # back to the sender itself).
+            return True
         if not self.membership.in_ring():
             # A peer that is still joining (or stopping) holds no range: it
-            # must not answer Fetches "not found" for data it never got.  It
-            # does answer a new link's first Ping for whatever Node-ID the
-            # sender expected, so that the sender learns who is really there
-            # (a loopback candidate that led back to ourselves).
-            return destination.type == DestinationType.NODE and link.peer_id is None
+            # must not answer Fetches "not found" for data it never got.
+            return False
         if not isinstance(destination.value, int):
             return False
         if destination.type == DestinationType.RESOURCE:

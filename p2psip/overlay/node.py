@@ -148,7 +148,7 @@ class OverlayNode:
             config=config,
         )
         self.connectivity.failure_observers.append(self._peer_failed)
-        self.messenger.rejoin_observers.append(self._peer_rejoining)
+        self.messenger.rejoin_policy = self._peer_rejoining
         self.chord.neighbour_observers.append(self.storage.replicate_all)
         self._stabilisation = JitteredLoop(
             clock, config.update_interval_seconds, self._stabilise, self.random, "stabilisation"
@@ -306,11 +306,27 @@ class OverlayNode:
         self.messenger.resend_after_failure(peer)
         self.chord.peer_failed(peer)
 
-    def _peer_rejoining(self, peer: int, link: Link) -> None:
-        """Forget a restarted peer's old incarnation: its place, its links, its replicas."""
+    def _peer_rejoining(self, peer: int, link: Link) -> bool:
+        """
+        A peer asks, over ``link``, for the owner of its own Node-ID.
+
+        If an older link to it still hears from it, a second node uses the
+        same key: refuse (False).  Otherwise it has restarted: forget its
+        old incarnation (its place, its stale links, its replicas) and let
+        the Attach find the peer that will admit it.
+        """
         stale = [other for other in self.links.links_to(peer) if other is not link]
+        alive_since = self.clock.seconds() - self.config.ping_interval_seconds
+        if any(not other.closed and other.last_received_at > alive_since for other in stale):
+            self.counters.count("duplicate_node_ids")
+            self.log.warn(
+                "a second node at {address} uses the Node-ID of live peer {peer}; refusing its join",
+                address=link.remote_address,
+                peer=id_short(peer),
+            )
+            return False
         if peer not in self.topology.known_peers() and not stale:
-            return
+            return True
         self.log.info(
             "peer {peer} is joining again: forgetting its old place and {count} old links",
             peer=id_short(peer),
@@ -321,6 +337,7 @@ class OverlayNode:
         self.storage.peer_gone(peer)
         self.messenger.resend_after_failure(peer)
         self.chord.forget(peer)
+        return True
 
     # -- operations ----------------------------------------------------------------
 

@@ -1,10 +1,10 @@
-"""What put, get and lookup report to the admin API, the CLI and the demo."""
+"""What overlay operations report: put, get and lookup to their callers, hand-overs to the node."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from attrs import frozen
+from attrs import define, frozen
 
 from p2psip.util.ids import id_hex
 
@@ -41,3 +41,12 @@ class OperationResult:
         if self.value is not None:
             result["value"] = self.value.decode("utf-8", "replace")
         return result
+
+
+@define
+class HandOver:
+    """How a hand-over went: resources the peer refused, and ones it never answered for."""
+
+    refused: int = 0
+    unreachable: int = 0
+    reason: str = ""

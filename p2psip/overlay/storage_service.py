@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from attrs import define, evolve
+from attrs import evolve
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -42,7 +42,7 @@ from p2psip.overlay.membership import Membership
 from p2psip.overlay.message import Destination, Message, MessageCode
 from p2psip.overlay.messaging import Answer, Messenger, Reply, RequestRefused
 from p2psip.overlay.parameters import OverlayConfig
-from p2psip.overlay.results import OperationResult
+from p2psip.overlay.results import HandOver, OperationResult
 from p2psip.overlay.storage import DataStore, StoreError
 from p2psip.overlay.topology import ChordTopology
 from p2psip.util.ids import id_short, resource_id
@@ -55,15 +55,6 @@ HAND_OVER_REPLICA_NUMBER = 1
 
 #: Hand-over Stores in flight at once to one peer.
 HAND_OVER_WINDOW = 16
-
-
-@define
-class HandOver:
-    """How a hand-over went: resources the peer refused, and ones it never answered for."""
-
-    refused: int = 0
-    unreachable: int = 0
-    reason: str = ""
 
 
 class StorageService:

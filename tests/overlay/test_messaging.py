@@ -1,0 +1,225 @@
+"""
+The messaging part on its own: what it delivers, forwards, answers and
+drops, message by message, over recording links on a fake clock.
+"""
+
+from __future__ import annotations
+
+from attrs import evolve
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2psip.overlay import bodies
+from p2psip.overlay.errors import NotConnected, RequestFailed, RequestTimeout
+from p2psip.overlay.membership import Event
+from p2psip.overlay.message import (
+    Destination,
+    ErrorCode,
+    MessageCode,
+    decode_message,
+    peek_header,
+    replace_header,
+)
+from p2psip.overlay.messaging import Reply, RequestRefused
+from tests.overlay.parts import MessengerUnderTest, sorted_identities
+
+PING = bodies.PingReq().encode()
+
+
+class MessagingTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        # Four peers in ring order; the messenger under test is the second.
+        self.before, self.me, self.after, self.far = sorted_identities(4)
+        self.node = MessengerUnderTest(self.me)
+        self.node.topology.add_peers([self.before.node_id, self.after.node_id])
+        self.node.membership.happened(Event.PEER_JOINED)
+        self.peer = MessengerUnderTest(self.before)
+        self.delivered: list[tuple[int, int]] = []
+
+        def handler(link: object, message: object, signer: int) -> Reply:
+            self.delivered.append((message.code, signer))  # type: ignore[attr-defined]
+            return Reply(MessageCode.PING_ANS, bodies.PingAns(1, 2).encode())
+
+        self.node.messenger.handle(MessageCode.PING_REQ, handler)
+
+    def request_from_peer(
+        self, destination: Destination, code: int = MessageCode.PING_REQ
+    ) -> bytes:
+        return self.peer.messenger.encode(code, PING, (destination,), 42)
+
+    def test_delivers_what_it_owns_and_answers_along_the_link(self) -> None:
+        """A request for an id we own reaches the handler; the answer goes back over its link."""
+        link = self.node.link_to(self.before)
+        self.node.messenger.message_received(
+            link, self.request_from_peer(Destination.resource(self.me.node_id))
+        )
+        self.assertEqual(self.delivered, [(MessageCode.PING_REQ, self.before.node_id)])
+        [answer] = link.sent
+        message = decode_message(answer)
+        self.assertEqual((message.code, message.header.transaction_id), (MessageCode.PING_ANS, 42))
+        self.assertEqual(message.header.destination_list, (Destination.node(self.before.node_id),))
+
+    def test_forwards_with_the_previous_hop_in_the_via_list(self) -> None:
+        """A request for a successor's id leaves on its link with the sender appended to the via list."""
+        incoming = self.node.link_to(self.before)
+        onward = self.node.link_to(self.after)
+        self.node.messenger.message_received(
+            incoming, self.request_from_peer(Destination.resource(self.after.node_id))
+        )
+        self.assertEqual(self.delivered, [])
+        [forwarded] = onward.sent
+        header = peek_header(forwarded)
+        self.assertEqual(header.via_list, (Destination.node(self.before.node_id),))
+        self.assertEqual(header.ttl, self.node.messenger.config.initial_ttl - 1)
+
+    def test_loops_and_unidentified_links_are_not_forwarded(self) -> None:
+        """A message that already passed us, or comes over an unidentified link, is dropped and counted."""
+        onward = self.node.link_to(self.after)
+        stranger = self.node.link_to(None)
+        data = self.request_from_peer(Destination.resource(self.after.node_id))
+        self.node.messenger.message_received(stranger, data)
+        self.assertEqual(self.node.counters["dropped_unidentified"], 1)
+        looped = replace_header(
+            data, evolve(peek_header(data), via_list=(Destination.node(self.me.node_id),))
+        )
+        self.node.messenger.message_received(self.node.link_to(self.before), looped)
+        self.assertEqual(self.node.counters["loops_detected"], 1)
+        self.assertEqual(onward.sent, [])
+
+    def test_ttl_exceeded_is_answered(self) -> None:
+        """A request whose TTL runs out here is answered with Error_TTL_Exceeded."""
+        incoming = self.node.link_to(self.before)
+        self.node.link_to(self.after)
+        data = self.request_from_peer(Destination.resource(self.after.node_id))
+        data = replace_header(data, evolve(peek_header(data), ttl=1))
+        self.node.messenger.message_received(incoming, data)
+        [error] = incoming.sent
+        body = bodies.ErrorResponse.decode(decode_message(error).body)
+        self.assertEqual(body.error_code, ErrorCode.TTL_EXCEEDED)
+
+    def test_bad_signature_is_dropped(self) -> None:
+        """A flipped bit in the signature makes the message vanish, counted, with no answer."""
+        link = self.node.link_to(self.before)
+        data = bytearray(self.request_from_peer(Destination.resource(self.me.node_id)))
+        data[-5] ^= 0x01
+        self.node.messenger.message_received(link, bytes(data))
+        self.assertEqual((self.delivered, link.sent), ([], []))
+        self.assertEqual(
+            self.node.counters.get("bad_signatures", 0)
+            + self.node.counters.get("malformed_messages", 0),
+            1,
+        )
+
+    def test_handler_refusal_becomes_rfc_error(self) -> None:
+        """A handler's RequestRefused is sent as an Error with its code; a missing handler as Invalid_Message."""
+
+        def refuse(link: object, message: object, signer: int) -> Reply:
+            raise RequestRefused(ErrorCode.FORBIDDEN, "no")
+
+        self.node.messenger.handle(MessageCode.STAT_REQ, refuse)
+        link = self.node.link_to(self.before)
+        for code in (MessageCode.STAT_REQ, MessageCode.FIND_REQ):
+            self.node.messenger.message_received(
+                link, self.request_from_peer(Destination.node(self.me.node_id), code)
+            )
+        codes = [bodies.ErrorResponse.decode(decode_message(d).body).error_code for d in link.sent]
+        self.assertEqual(codes, [ErrorCode.FORBIDDEN, ErrorCode.INVALID_MESSAGE])
+
+    def test_one_handler_per_code(self) -> None:
+        """Registering a second handler for a code is a programming error."""
+        self.assertRaises(
+            ValueError, self.node.messenger.handle, MessageCode.PING_REQ, lambda *a: None
+        )
+
+    def test_joining_node_answers_for_no_range(self) -> None:
+        """While joining, a request for an id we would own is not delivered here."""
+        joining = MessengerUnderTest(self.me)
+        joining.membership.happened(Event.STOPPED)
+        joining.membership.happened(Event.JOIN_STARTED)
+        seen: list[int] = []
+        joining.messenger.handle(
+            MessageCode.FETCH_REQ, lambda link, message, signer: seen.append(signer)
+        )
+        link = joining.link_to(self.before)
+        joining.messenger.message_received(
+            link,
+            self.request_from_peer(Destination.resource(self.me.node_id), MessageCode.FETCH_REQ),
+        )
+        self.assertEqual(seen, [])
+        [error] = link.sent
+        self.assertEqual(
+            bodies.ErrorResponse.decode(decode_message(error).body).error_code, ErrorCode.NOT_FOUND
+        )
+
+    def test_rejoining_peer_is_reported(self) -> None:
+        """A peer asking over its own link for the owner of its own Node-ID goes through the rejoin policy."""
+        seen: list[int] = []
+
+        def policy(peer: int, link: object) -> bool:
+            seen.append(peer)
+            return len(seen) == 1
+
+        self.node.messenger.rejoin_policy = policy
+        link = self.node.link_to(self.before)
+        request = self.request_from_peer(Destination.node(self.before.node_id))
+        self.node.messenger.message_received(link, request)
+        self.assertEqual(seen, [self.before.node_id])
+        # A refusal (the Node-ID is alive elsewhere) is answered with Error_Forbidden.
+        self.node.messenger.message_received(link, request)
+        codes = [bodies.ErrorResponse.decode(decode_message(d).body).error_code for d in link.sent]
+        self.assertEqual(codes[-1], ErrorCode.FORBIDDEN)
+
+    def test_request_answer_route_and_observers(self) -> None:
+        """Our request's answer fires its Deferred with the route; observers hear the method and time."""
+        observed: list[tuple[str, float, bool]] = []
+        self.node.messenger.request_observers.append(lambda *args: observed.append(args))
+        link = self.node.link_to(self.after)
+        d = self.node.messenger.request(
+            Destination.node(self.after.node_id), MessageCode.PING_REQ, PING
+        )
+        [sent] = link.sent
+        request = decode_message(sent)
+        answerer = MessengerUnderTest(self.after)
+        self.node.clock.advance(0.25)
+        reply = answerer.messenger.encode(
+            MessageCode.PING_ANS,
+            bodies.PingAns(7, 8).encode(),
+            (Destination.node(self.me.node_id),),
+            request.header.transaction_id,
+        )
+        self.node.messenger.message_received(link, reply)
+        answer = self.successResultOf(d)
+        self.assertEqual(
+            (answer.responder, answer.route),
+            (self.after.node_id, (self.me.node_id, self.after.node_id)),
+        )
+        self.assertEqual(observed, [("PING_REQ", 0.25, True)])
+
+    def test_error_answer_and_timeout(self) -> None:
+        """An Error answer fails the request with its code; no answer at all times out."""
+        link = self.node.link_to(self.after)
+        d = self.node.messenger.request(
+            Destination.node(self.after.node_id), MessageCode.PING_REQ, PING
+        )
+        request = decode_message(link.sent[0])
+        answerer = MessengerUnderTest(self.after)
+        error = answerer.messenger.encode(
+            MessageCode.ERROR,
+            bodies.ErrorResponse(ErrorCode.FORBIDDEN, "go away").encode(),
+            (Destination.node(self.me.node_id),),
+            request.header.transaction_id,
+        )
+        self.node.messenger.message_received(link, error)
+        failure = self.failureResultOf(d, RequestFailed)
+        self.assertEqual(failure.value.error_code, ErrorCode.FORBIDDEN)
+        d = self.node.messenger.request(
+            Destination.node(self.after.node_id), MessageCode.PING_REQ, PING
+        )
+        self.node.clock.advance(self.node.messenger.config.request_timeout_seconds)
+        self.failureResultOf(d, RequestTimeout)
+
+    def test_no_route(self) -> None:
+        """Without any usable link a request fails at once, naming the cause."""
+        d = self.node.messenger.request(
+            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
+        )
+        self.assertIn("no usable link", self.failureResultOf(d, NotConnected).getErrorMessage())

@@ -1,0 +1,109 @@
+"""The storage service on a small in-memory ring: replication, hand-over, refusals."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from p2psip.overlay.errors import RequestFailed
+from p2psip.overlay.kinds import DATA
+from p2psip.overlay.message import ErrorCode, MessageCode
+from p2psip.overlay.storage_service import HAND_OVER_REPLICA_NUMBER
+from p2psip.util.ids import resource_id
+from tests.overlay.ringsim import RingSimulation
+
+
+class StorageServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.sim = RingSimulation(seed=31)
+        self.addCleanup(self.sim.stop_all)
+        self.sim.found()
+        for _ in range(3):
+            self.sim.join()
+        self.sim.run_until(self.sim.consistent, 60)
+        self.sim.run(2 * self.sim.config.update_interval_seconds)
+
+    def node_for(self, name: str) -> object:
+        owner = self.sim.owner(resource_id(name))
+        return next(node for node in self.sim.live() if node.node_id == owner)
+
+    def test_store_is_replicated_to_the_next_successors(self) -> None:
+        """A stored value is held by its owner and its first two successors, which the answer names."""
+        result = self.sim.wait(self.sim.live()[0].put("replicated", b"v"))
+        owner = self.node_for("replicated")
+        expected = tuple(owner.topology.successors[:2])
+        self.assertEqual(result.replicas, expected)
+        holders = {
+            node.node_id
+            for node in self.sim.live()
+            if node.storage.store.export(result.resource_id, self.sim.clock.seconds())
+        }
+        self.assertEqual(holders, {owner.node_id, *expected})
+
+    def test_hand_over_keeps_generation_counters(self) -> None:
+        """A hand-over Store is not an original: the receiver takes our generation counter."""
+        sender = self.node_for("handed")
+        for value in (b"one", b"two", b"three"):
+            self.sim.wait(sender.put("handed", value))
+        receiver = next(
+            node
+            for node in self.sim.live()
+            if node is not sender and node.node_id not in sender.topology.successors[:2]
+        )
+        resource = resource_id("handed")
+        handed = self.sim.wait(sender.storage.hand_over(receiver.node_id, [resource]))
+        self.assertEqual((handed.refused, handed.unreachable), (0, 0))
+        [kind_data] = receiver.storage.store.export(resource, self.sim.clock.seconds())
+        [ours] = sender.storage.store.export(resource, self.sim.clock.seconds())
+        self.assertEqual(kind_data.generation_counter, ours.generation_counter)
+        self.assertEqual(kind_data.values[0].value.value, b"three")
+        self.assertEqual(receiver.storage.store.replica_number(resource), HAND_OVER_REPLICA_NUMBER)
+
+    def test_unreachable_hand_over_is_counted(self) -> None:
+        """A hand-over to a peer that is gone reports every resource as unreachable."""
+        sender = self.node_for("lost")
+        self.sim.wait(sender.put("lost", b"v"))
+        victim = next(node for node in self.sim.live() if node is not sender)
+        self.sim.crash(victim)
+        handed = self.sim.wait(sender.storage.hand_over(victim.node_id, [resource_id("lost")]))
+        self.assertEqual((handed.refused, handed.unreachable), (0, 1))
+
+    def test_refusal_carries_the_rfc_code(self) -> None:
+        """A value larger than its Kind allows is refused with Error_Data_Too_Large."""
+        far = self.sim.live()[0]
+        too_big = b"x" * (DATA.max_size + 1)
+        [failure] = self.sim.wait(far.put("huge", too_big).addErrback(lambda f: [f]))
+        self.assertIsInstance(failure.value, RequestFailed)
+        self.assertEqual(failure.value.error_code, ErrorCode.DATA_TOO_LARGE)
+
+    def test_lost_replica_holder_is_refilled(self) -> None:
+        """When a replica holder is gone, the next round copies the value to the new successor."""
+        result = self.sim.wait(self.sim.live()[0].put("refill", b"v"))
+        owner = self.node_for("refill")
+        holder = next(node for node in self.sim.live() if node.node_id == result.replicas[0])
+        self.sim.crash(holder)
+        self.sim.run_until(self.sim.consistent, 120)
+        self.sim.run(2 * self.sim.config.update_interval_seconds)
+        now = self.sim.clock.seconds()
+        holders = {
+            n.node_id for n in self.sim.live() if n.storage.store.export(result.resource_id, now)
+        }
+        self.assertEqual(holders, {owner.node_id, *owner.topology.successors[:2]})
+
+    def test_fetch_answer_carries_the_writers_certificate(self) -> None:
+        """A Fetch answer carries the certificate of each value's signer, so the asker can verify it."""
+        owner = self.node_for("signed-by-writer")
+        writer = next(node for node in self.sim.live() if node is not owner)
+        self.sim.wait(writer.put("signed-by-writer", b"v"))
+        asker = next(node for node in self.sim.live() if node not in (writer, owner))
+        sent: list[bytes] = []
+        original = owner.messenger.reply
+
+        def spy(link: object, request: object, reply: object) -> None:
+            if reply.code == MessageCode.FETCH_ANS:  # type: ignore[attr-defined]
+                sent.append(reply.certificates)  # type: ignore[attr-defined]
+            original(link, request, reply)  # type: ignore[arg-type]
+
+        owner.messenger.reply = spy  # type: ignore[method-assign]
+        got = self.sim.wait(asker.get("signed-by-writer"))
+        self.assertEqual(got.value, b"v")
+        self.assertEqual(sent, [(writer.identity.certificate_der,)])
