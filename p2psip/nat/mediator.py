@@ -11,17 +11,17 @@ bytes between them, within the operator's byte and rate limits.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
+from prometheus_client.core import CounterMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat import stunt
-from p2psip.util.metrics import Registry
 
 AUTH_TIMEOUT_SECONDS = 10.0
 MAX_RELAY_PREFIX_BYTES = 65536
@@ -295,16 +295,31 @@ class ControlServerFactory(Factory):
 # --- status ---------------------------------------------------------------------
 
 
-def register_stun_metrics(registry: Registry, counters: Callable[[], Mapping[str, int]]) -> None:
-    """
-    The STUN server's counters on /metrics.
+#: The STUN responder's counters, with the help text of each on /metrics.
+STUN_COUNTERS: Mapping[str, str] = {
+    "requests": "Well-formed STUN requests received since the mediator started.",
+    "responses": "STUN success responses sent since the mediator started.",
+    "errors": "STUN error responses sent since the mediator started.",
+    "dropped": "STUN input that got no answer since the mediator started.",
+}
 
-    The STUN responder keeps plain integer attributes (cheap on its per-packet
-    path); they are read when scraped, hence gauges, though they only grow.
+
+class StunCollector:
     """
-    for name in ("requests", "responses", "errors", "dropped"):
-        registry.gauge(
-            f"p2psip_mediator_stun_{name}",
-            f"STUN messages: {name} since the mediator started.",
-            function=lambda name=name: counters().get(name, 0),  # type: ignore[misc]
-        )
+    The STUN server's counters on /metrics, as ``p2psip_mediator_stun_NAME_total``.
+
+    The STUN responder keeps plain integer attributes (cheap on its
+    per-packet path); ``counters`` returns them, and they are read when
+    Prometheus scrapes.
+    """
+
+    def __init__(self, counters: Callable[[], Mapping[str, int]]) -> None:
+        self._counters = counters
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self._counters()
+        for name, help_text in STUN_COUNTERS.items():
+            family = CounterMetricFamily(f"p2psip_mediator_stun_{name}_total", help_text)
+            if name in counters:
+                family.add_metric([], float(counters[name]))
+            yield family

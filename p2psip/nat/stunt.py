@@ -36,13 +36,15 @@ import hmac
 import json
 import os
 import struct
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Protocol
 
 import attrs
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.logger import Logger
 
-from p2psip.util.metrics import Registry
+from p2psip.util.metrics import counter_values
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_BYTES = 8192
@@ -424,40 +426,52 @@ class BrokeredSession:
 
 class Metrics:
     """
-    The broker's counters, kept in a ``p2psip.util.metrics.Registry``.
+    The broker's event counters, real ``Counter`` objects in ``registry``.
 
-    ``/metrics`` renders the registry; ``/status`` reads the same numbers
+    ``/metrics`` exports them; ``/status`` reads the same numbers back
     through the properties below.  Method labels come from the fixed set of
     method names, never from client input.
     """
 
-    def __init__(self, registry: Registry | None = None) -> None:
-        self.registry = registry if registry is not None else Registry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        #: A broker built without one (tests) still counts, in a registry of its own.
+        self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self._attempts = r.counter(
-            "p2psip_mediator_attempts_total", "Connection attempts started, per method.", ["method"]
+        self._attempts = Counter(
+            "p2psip_mediator_attempts_total",
+            "Connection attempts started, per method.",
+            ["method"],
+            registry=r,
         )
-        self._successes = r.counter(
-            "p2psip_mediator_successes_total", "Connections made, per method.", ["method"]
+        self._successes = Counter(
+            "p2psip_mediator_successes_total",
+            "Connections made, per method.",
+            ["method"],
+            registry=r,
         )
         for method in TCP_METHODS + (UDP_PUNCH,):
             self._attempts.labels(method)
             self._successes.labels(method)
-        self._failures = r.counter(
-            "p2psip_mediator_failures_total", "Brokered connections that failed by every method."
+        self._failures = Counter(
+            "p2psip_mediator_failures_total",
+            "Brokered connections that failed by every method.",
+            registry=r,
         )
-        self._auth_failures = r.counter(
-            "p2psip_mediator_auth_failures_total", "Control connections that failed authentication."
+        self._auth_failures = Counter(
+            "p2psip_mediator_auth_failures_total",
+            "Control connections that failed authentication.",
+            registry=r,
         )
-        self._rejected = r.counter(
+        self._rejected = Counter(
             "p2psip_mediator_rejected_connections_total",
             "Control connections refused by the per-address rate limit.",
+            registry=r,
         )
-        self._relayed_bytes = r.counter(
-            "p2psip_mediator_relayed_bytes_total", "Bytes copied by the relay."
+        self._relayed_bytes = Counter(
+            "p2psip_mediator_relayed_bytes_total", "Bytes copied by the relay.", registry=r
         )
-        self._relay_sessions = r.counter(
-            "p2psip_mediator_relay_sessions_total", "Relayed sessions set up."
+        self._relay_sessions = Counter(
+            "p2psip_mediator_relay_sessions_total", "Relayed sessions set up.", registry=r
         )
 
     def attempted(self, method: str) -> None:
@@ -482,12 +496,13 @@ class Metrics:
         self._relay_sessions.inc()
 
     @staticmethod
-    def _per_method(counter: Any) -> dict[str, int]:
-        return {
-            method: int(counter.labels(method).value)
-            for method in TCP_METHODS + (UDP_PUNCH,)
-            if counter.labels(method).value
-        }
+    def _value(counter: Counter) -> int:
+        return int(counter_values(counter)[()])
+
+    @staticmethod
+    def _per_method(counter: Counter) -> dict[str, int]:
+        values = counter_values(counter)
+        return {method: int(value) for (method,), value in sorted(values.items()) if value}
 
     @property
     def attempts(self) -> dict[str, int]:
@@ -499,23 +514,48 @@ class Metrics:
 
     @property
     def failures(self) -> int:
-        return int(self._failures.value)
+        return self._value(self._failures)
 
     @property
     def auth_failures(self) -> int:
-        return int(self._auth_failures.value)
+        return self._value(self._auth_failures)
 
     @property
     def rejected_connections(self) -> int:
-        return int(self._rejected.value)
+        return self._value(self._rejected)
 
     @property
     def relayed_bytes(self) -> int:
-        return int(self._relayed_bytes.value)
+        return self._value(self._relayed_bytes)
 
     @property
     def relay_sessions(self) -> int:
-        return int(self._relay_sessions.value)
+        return self._value(self._relay_sessions)
+
+
+class BrokerCollector:
+    """The broker's levels (clients online, sessions, relays), read at scrape time."""
+
+    def __init__(self, broker: Broker) -> None:
+        self._broker = broker
+
+    def collect(self) -> Iterator[Metric]:
+        broker = self._broker
+        yield GaugeMetricFamily(
+            "p2psip_mediator_clients_online",
+            "Clients registered over a control connection.",
+            value=float(len(broker.clients)),
+        )
+        yield GaugeMetricFamily(
+            "p2psip_mediator_sessions_in_progress",
+            "Connections being brokered.",
+            value=float(len(broker.sessions)),
+        )
+        yield GaugeMetricFamily(
+            "p2psip_mediator_relays_active",
+            "Relayed sessions open now.",
+            value=float(broker.relays_active),
+        )
 
 
 class Broker:
@@ -537,7 +577,7 @@ class Broker:
         stun_tcp_port: int = 3478,
         stun_udp_port: int = 3478,
         random_bytes: Callable[[int], bytes] = os.urandom,
-        registry: Registry | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.clock = clock
         self.secrets = secrets
@@ -552,21 +592,7 @@ class Broker:
         self.sessions: dict[str, BrokeredSession] = {}
         self.relay_counts: dict[str, int] = {}
         self.metrics = Metrics(registry)
-        self.metrics.registry.gauge(
-            "p2psip_mediator_clients_online",
-            "Clients registered over a control connection.",
-            function=lambda: len(self.clients),
-        )
-        self.metrics.registry.gauge(
-            "p2psip_mediator_sessions_in_progress",
-            "Connections being brokered.",
-            function=lambda: len(self.sessions),
-        )
-        self.metrics.registry.gauge(
-            "p2psip_mediator_relays_active",
-            "Relayed sessions open now.",
-            function=lambda: self.relays_active,
-        )
+        self.metrics.registry.register(BrokerCollector(self))
 
     # links -------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from twisted.python import usage
 
 from p2psip.config import RoleOptions
 from p2psip.nat import mediator, stun_server, stunt
-from p2psip.util.metrics import Registry, register_process_metrics
+from p2psip.util.metrics import role_registry
 from p2psip.web.site import build_site, http_service
 
 #: Where an operator turns the relay on or off, for failure reasons.
@@ -246,8 +246,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             strports.service(
                 description, stun_server.StunTcpServerFactory(responder), reactor=reactor
             ).setServiceParent(top)
-    registry = Registry()
-    register_process_metrics(registry, reactor)
+    registry = role_registry()
     broker = stunt.Broker(
         reactor,
         options["secrets"],
@@ -256,7 +255,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         stun_udp_port=stun_udp_port,
         registry=registry,
     )
-    mediator.register_stun_metrics(registry, responder.metrics)
+    registry.register(mediator.StunCollector(responder.metrics))
     control = mediator.ControlServerFactory(
         broker, reactor, options.relay_limits(), options["connections-per-minute-per-address"]
     )

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService, Service
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -31,10 +32,11 @@ from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import FramedLinkFactory, StreamConnector
 from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS, MediatedConnector
 from p2psip.overlay import peer_cache
+from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.overlay.node import NodeState, OverlayConfig, OverlayNode
 from p2psip.util.files import DataFileError
 from p2psip.util.ids import MAX_ID, id_hex
-from p2psip.util.metrics import Registry
+from p2psip.util.metrics import role_registry
 from p2psip.web.overlay_status import overlay_status
 from p2psip.web.site import ApiError, ApiRoute, build_site, http_service
 
@@ -201,7 +203,9 @@ class OverlayService(Service):
         #: More sections of ``/status`` (the peer's ``sip``), by name.
         self.status_sections: dict[str, Callable[[], Any]] = {}
         #: The ``/metrics`` registry, set by :func:`make_overlay_role`.
-        self.registry: Registry | None = None
+        self.registry: CollectorRegistry | None = None
+        #: Times the node's requests once it exists (made by :meth:`metrics`).
+        self.overlay_metrics: OverlayMetrics | None = None
         self.traversal: TraversalService | None = None
         self.mediated: MediatedConnector | None = None
         #: Peers saved by an earlier run (see p2psip.overlay.peer_cache).
@@ -233,6 +237,8 @@ class OverlayService(Service):
             config=config,
         )
         self.node = node
+        if self.overlay_metrics is not None:
+            self.overlay_metrics.watch(node)
         endpoint = serverFromString(self.reactor, options["overlay"])
         factory = FramedLinkFactory(node, self.reactor, config.limits.max_message_bytes)
         if self.mediated is not None:
@@ -476,47 +482,18 @@ class OverlayService(Service):
             "ring": ApiRoute(("GET",), ring),
         }
 
-    def metrics(self) -> Registry:
-        registry = Registry()
+    def metrics(self) -> CollectorRegistry:
+        """
+        The role's ``/metrics`` registry: process metrics and the node's.
 
-        def counters() -> dict[tuple[str, ...], float]:
-            return {
-                (name,): float(value)
-                for name, value in (self.node.counters if self.node else {}).items()
-            }
-
-        registry.gauge(
-            "p2psip_overlay_events",
-            "Overlay events since start, by event.",
-            ["event"],
-            function=counters,
-        )
-        registry.gauge(
-            "p2psip_overlay_links",
-            "Open overlay links.",
-            function=lambda: float(self.node.open_link_count()) if self.node else 0.0,
-        )
-
-        def links_by_path() -> dict[tuple[str, ...], float]:
-            paths = self.node.links_by_path() if self.node else {}
-            return {(path,): float(count) for path, count in paths.items()}
-
-        registry.gauge(
-            "p2psip_overlay_links_by_path",
-            "Open overlay links by how they were made: connect (plain), or the mediator's method.",
-            ["path"],
-            function=links_by_path,
-        )
-        registry.gauge(
-            "p2psip_overlay_stored_resources",
-            "Resources stored on this node.",
-            function=lambda: float(self.node.stored_resource_count()) if self.node else 0.0,
-        )
-        registry.gauge(
-            "p2psip_overlay_pending_transactions",
-            "Outstanding RELOAD requests.",
-            function=lambda: float(self.node.pending_request_count()) if self.node else 0.0,
-        )
+        The node usually does not exist yet (``startService`` makes it), so
+        its numbers are read through ``self.node`` at scrape time, and its
+        requests are timed from the moment it is made.
+        """
+        registry = role_registry()
+        self.overlay_metrics = OverlayMetrics(registry, lambda: self.node)
+        if self.node is not None:
+            self.overlay_metrics.watch(self.node)
         return registry
 
 

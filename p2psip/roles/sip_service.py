@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
@@ -35,13 +36,13 @@ from twisted.python.failure import Failure
 
 from p2psip.sip.digest import ALGORITHMS, DigestAuthenticator
 from p2psip.sip.location import SIP_APPLICATION, OverlayLocationService
+from p2psip.sip.metrics import CallSetupTimes, SipCollector
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.registrar import Registrar
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.users import UsersFile, UsersFileError
 from p2psip.util import gc_tuning
 from p2psip.util.endpoints import is_udp, parse_udp_listen_address, split_description
-from p2psip.util.metrics import Registry
 
 NONCE_SECRET_FILE = "sip-nonce-secret"
 NONCE_SECRET_BYTES = 32
@@ -187,6 +188,8 @@ class SipService(Service):
         self.proxy: SipProxy | None = None
         self.transport: SipTransport | None = None
         self.advertised: tuple[str, int] | None = None
+        #: Times the proxy's calls once it exists (made by :meth:`add_metrics`).
+        self.call_setup_times: CallSetupTimes | None = None
         self._refresh: LoopingCall | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -246,6 +249,8 @@ class SipService(Service):
             is_known_aor=known,
             peer_transport=peer_transport,
         )
+        if self.call_setup_times is not None:
+            self.call_setup_times.watch(self.proxy)
         self.transport.receiver = self.proxy.transactions
         node.set_application_address(SIP_APPLICATION, host, port)
         if users is not None:
@@ -347,62 +352,18 @@ class SipService(Service):
             "transport": self.transport.metrics(),
         }
 
-    def add_metrics(self, registry: Registry) -> None:
-        """SIP gauges for ``/metrics`` (computed at scrape time)."""
-
-        def outcomes() -> dict[tuple[str, ...], float]:
-            if self.proxy is None:
-                return {}
-            return {
-                (method, str(status)): float(n)
-                for (method, status), n in self.proxy.outcomes.items()
-            }
-
-        def transport_events() -> dict[tuple[str, ...], float]:
-            return {
-                (k,): float(v)
-                for k, v in (self.transport.metrics() if self.transport else {}).items()
-            }
-
-        def transaction_events() -> dict[tuple[str, ...], float]:
-            return {
-                (k,): float(v)
-                for k, v in (self.proxy.transactions.metrics() if self.proxy else {}).items()
-            }
-
-        registry.gauge(
-            "p2psip_sip_final_responses",
-            "Final responses sent to received SIP requests since start.",
-            ["method", "status"],
-            function=outcomes,
+    def add_metrics(self, registry: CollectorRegistry) -> None:
+        """
+        SIP metrics for ``/metrics``: the stack's numbers, read at scrape
+        time, and call set-up histograms, fed from when the proxy is made
+        (or from now, when the service is already running).
+        """
+        registry.register(
+            SipCollector(lambda: self.proxy, lambda: self.transport, self.registrations)
         )
-        registry.gauge(
-            "p2psip_sip_registered_aors",
-            "AORs with a binding served by this super-node.",
-            function=lambda: float(self.registrations()[0]),
-        )
-        registry.gauge(
-            "p2psip_sip_bindings",
-            "Contacts registered at this super-node.",
-            function=lambda: float(self.registrations()[1]),
-        )
-        registry.gauge(
-            "p2psip_sip_transport",
-            "SIP transport counters since start, and open TCP connections.",
-            ["event"],
-            function=transport_events,
-        )
-        registry.gauge(
-            "p2psip_sip_transactions",
-            "SIP transactions live now, and transaction-layer counters.",
-            ["event"],
-            function=transaction_events,
-        )
-        registry.gauge(
-            "p2psip_sip_requests_in_progress",
-            "Requests being proxied right now.",
-            function=lambda: float(self.proxy.pending_requests) if self.proxy else 0.0,
-        )
+        self.call_setup_times = CallSetupTimes(registry)
+        if self.proxy is not None:
+            self.call_setup_times.watch(self.proxy)
 
 
 def add_sip_service(top: Any, overlay: Any, options: Any, reactor: Any) -> SipService | None:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Protocol, cast
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -97,6 +97,14 @@ def hop_for_uri(uri: SipURI) -> Hop:
     return Hop(transport, host.strip("[]"), port)
 
 
+def _is_initial(request: Request) -> bool:
+    """An out-of-dialog request (no To tag); a To header we cannot read counts as in-dialog."""
+    try:
+        return request.to.tag is None
+    except SipParseError:
+        return False
+
+
 def _new_tag() -> str:
     return new_branch()[len(MAGIC_COOKIE) :]
 
@@ -122,6 +130,39 @@ class _Branch:
     provisional_seen: bool = False
     cancel_pending: bool = False
     final: Response | None = None
+
+
+@define(eq=False)
+class _InviteTiming:
+    """When an INVITE arrived, and which call set-up milestones it has passed."""
+
+    started: float
+    #: No To tag: the INVITE sets up a call (a re-INVITE is not a call set-up).
+    initial: bool
+    first_response_sent: bool = False
+
+
+class CallSetupObserver(Protocol):
+    """
+    Told how long each call took to set up at this proxy (see ``SipProxy.call_setup_observers``).
+
+    ``seconds`` run on the proxy's clock from the arrival of an initial
+    INVITE (one without a To tag) to the moment a response to it went back
+    upstream; ``status`` is that response's.  100 Trying does not count: the
+    transaction layer sends it at once, it says nothing about the callee.
+    """
+
+    def first_response_sent(self, status: int, seconds: float) -> None:
+        """
+        The first response other than 100 Trying went upstream.
+
+        This is the post-dial delay the caller hears, RFC 6076's Session
+        Request Delay: to the ringing (180, 183) or, when the callee answers
+        or fails without ringing, to that final response.
+        """
+
+    def final_response_sent(self, status: int, seconds: float) -> None:
+        """The first final response went upstream: answered (2xx) or failed, ring time included."""
 
 
 @define(eq=False)
@@ -175,7 +216,9 @@ class SipProxy:
         #: Final responses this node sent to requests it received, by
         #: (method, status): REGISTER outcomes and proxied call outcomes.
         self.outcomes: Counter[tuple[str, int]] = Counter()
-        self._invite_started: dict[ServerTransaction, float] = {}
+        #: Told of each call's set-up milestones (the call set-up metrics).
+        self.call_setup_observers: list[CallSetupObserver] = []
+        self._invite_started: dict[ServerTransaction, _InviteTiming] = {}
 
     @property
     def pending_requests(self) -> int:
@@ -192,7 +235,9 @@ class SipProxy:
     def request_received(self, transaction: ServerTransaction) -> None:
         """A new request: answer it here or proxy it."""
         if transaction.request.method == "INVITE":
-            self._invite_started[transaction] = self.clock.seconds()
+            self._invite_started[transaction] = _InviteTiming(
+                self.clock.seconds(), _is_initial(transaction.request)
+            )
 
             def forget_start() -> None:
                 self._invite_started.pop(transaction, None)
@@ -614,7 +659,7 @@ class SipProxy:
                 branch.cancel_pending = False
                 self._send_cancel(branch)
             if response.status > 100 and not context.answered:
-                server.respond(self._upstream(response))
+                self._respond(server, self._upstream(response))
             return
         branch.final = response
         if 200 <= response.status < 300:
@@ -736,19 +781,27 @@ class SipProxy:
         self._respond(transaction, response)
 
     def _respond(self, transaction: ServerTransaction, response: Response) -> None:
-        """Send a response upstream; the first final one is counted (and logged, for INVITE)."""
-        first_final = response.status >= 200 and transaction.state in (
-            State.TRYING,
-            State.PROCEEDING,
-        )
+        """
+        Send a response upstream.
+
+        The first final one is counted (and logged, for INVITE); for an
+        initial INVITE the call set-up observers hear of the first response
+        after 100 Trying and of the first final one.
+        """
+        sendable = transaction.state in (State.TRYING, State.PROCEEDING)
         transaction.respond(response)
-        if not first_final:
+        if not sendable:
+            return  # dropped by the transaction, or a 2xx retransmission
+        timing = self._invite_started.get(transaction)
+        if timing is not None and timing.initial and response.status > 100:
+            self._call_milestones(timing, response.status)
+        if response.status < 200:
             return
         request = transaction.request
         method = request.method if request.method in COUNTED_METHODS else "other"
         self.outcomes[(method, response.status)] += 1
-        started = self._invite_started.pop(transaction, None)
-        if started is None:
+        timing = self._invite_started.pop(transaction, None)
+        if timing is None:
             return
         uri = request.uri
         aor = uri.address_of_record() if isinstance(uri, SipURI) and uri.user is not None else "?"
@@ -758,8 +811,18 @@ class SipProxy:
             source=blur_flow(transaction.source),
             status=response.status,
             reason=response.reason,
-            elapsed_ms=(self.clock.seconds() - started) * 1000.0,
+            elapsed_ms=(self.clock.seconds() - timing.started) * 1000.0,
         )
+
+    def _call_milestones(self, timing: _InviteTiming, status: int) -> None:
+        seconds = self.clock.seconds() - timing.started
+        if not timing.first_response_sent:
+            timing.first_response_sent = True
+            for observer in list(self.call_setup_observers):
+                observer.first_response_sent(status, seconds)
+        if status >= 200:
+            for observer in list(self.call_setup_observers):
+                observer.final_response_sent(status, seconds)
 
     def metrics(self) -> dict[str, object]:
         """Counters for /status: final responses by method and status, requests in progress."""

@@ -10,7 +10,9 @@ Paths:
 ``GET /status``
     ``application/json``: whatever the role's status callable returns.
 ``GET /metrics``
-    The metrics registry in Prometheus text format 0.0.4.
+    The role's ``prometheus_client`` registry in the Prometheus text format
+    (version 0.0.4), as ``prometheus_client.exposition.generate_latest``
+    renders it.
 ``/api/NAME``
     JSON in, JSON out.  Query-string arguments arrive as ``args`` (each name
     at most once), a request body must be a JSON object sent as
@@ -32,6 +34,8 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple, TypeVar, Union
 from urllib.parse import parse_qsl
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet import endpoints
@@ -44,8 +48,6 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from p2psip.util.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from p2psip.util.metrics import Registry
 from p2psip.web.page import CONTENT_SECURITY_POLICY, render_page
 
 #: Admin requests are small JSON objects; anything bigger is refused.
@@ -174,14 +176,23 @@ class _StatusResource(_JsonResource):
 
 
 class _MetricsResource(Resource):
-    def __init__(self, registry: Registry) -> None:
+    """
+    The registry in text format 0.0.4, the format every Prometheus reads.
+
+    ``generate_latest`` writes that format whatever the library's newest
+    one is, so the content type is pinned to it rather than taken from
+    ``CONTENT_TYPE_LATEST``.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
         super().__init__()
         self._registry = registry
 
     def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode("ascii"))
+        body = generate_latest(self._registry)
+        request.setHeader(b"content-type", CONTENT_TYPE_PLAIN_0_0_4.encode("ascii"))
         _set_common_headers(request)
-        return self._registry.render().encode("utf-8")
+        return body
 
 
 class _PageResource(Resource):
@@ -313,7 +324,7 @@ class _StatusSite(Site):
 def build_site(
     *,
     status: StatusCallable,
-    metrics: Registry,
+    metrics: CollectorRegistry,
     api: Mapping[str, ApiRoute],
     title: str,
     ring_page: bool = False,

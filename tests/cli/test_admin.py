@@ -14,6 +14,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
@@ -22,7 +23,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from p2psip.cli import build_parser, main
 from p2psip.cli import admin
 from p2psip.testing import free_port
-from p2psip.util.metrics import Registry
 from p2psip.web.site import ApiError, ApiRoute, build_site
 
 NODE_A = "0" * 31 + "a"
@@ -357,7 +357,7 @@ class LoopbackTests(TestCase):
 
         site = build_site(
             status=lambda: STATUS,
-            metrics=Registry(),
+            metrics=CollectorRegistry(),
             api={"put": ApiRoute(("POST",), put), "get": ApiRoute(("GET",), get)},
             title="test",
         )

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.python import usage
@@ -187,12 +188,34 @@ class SipServiceTests(TestCase):
         failure = yield self.assertFailure(mallory.call(f"sip:nobody@{DOMAIN}"), CallFailed)
         self.assertEqual(failure.response.status, 404)
 
-    def test_metrics(self) -> None:
-        """The SIP gauges render in the Prometheus text."""
-        from p2psip.util.metrics import Registry
-
-        registry = Registry()
-        self.services[0].add_metrics(registry)
-        text = registry.render()
-        self.assertIn("p2psip_sip_registered_aors 0", text)
-        self.assertIn('p2psip_sip_transport{event="messages_received"} 0', text)
+    @inlineCallbacks
+    def test_metrics(self) -> Any:
+        """A call across both super-nodes shows in each one's SIP metrics."""
+        a, b = self.services
+        registries = [CollectorRegistry(), CollectorRegistry()]
+        for service, registry in zip(self.services, registries):
+            service.add_metrics(registry)
+        alice = yield self.user_agent(f"sip:alice@{DOMAIN}", "alice-secret", a)
+        bob = yield self.user_agent(f"sip:bob@{DOMAIN}", "bob-secret", b)
+        yield alice.register()
+        yield bob.register()
+        dialog = yield bob.call(f"sip:alice@{DOMAIN}")
+        yield bob.hang_up(dialog)
+        value = registries[1].get_sample_value
+        self.assertEqual(
+            value("p2psip_sip_final_responses_total", {"method": "INVITE", "status": "200"}), 1.0
+        )
+        self.assertEqual(value("p2psip_sip_registered_aors"), 1.0)
+        self.assertEqual(value("p2psip_sip_bindings"), 1.0)
+        self.assertGreater(
+            value("p2psip_sip_transport_events_total", {"event": "messages_received"}) or 0, 0
+        )
+        # Alice's phone answers without ringing, so the set-up ends at the 200.
+        for histogram in (
+            "p2psip_sip_call_setup_seconds",
+            "p2psip_sip_call_final_response_seconds",
+        ):
+            for registry in registries:
+                self.assertEqual(
+                    registry.get_sample_value(histogram + "_count", {"status_class": "2xx"}), 1.0
+                )

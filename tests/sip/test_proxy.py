@@ -58,6 +58,19 @@ class RecordingSender:
         return [response.status for response, _ in self.responses]
 
 
+class RecordingCallSetup:
+    """A CallSetupObserver that records ("first" | "final", status, seconds)."""
+
+    def __init__(self, events: list[tuple[str, int, float]]) -> None:
+        self.events = events
+
+    def first_response_sent(self, status: int, seconds: float) -> None:
+        self.events.append(("first", status, seconds))
+
+    def final_response_sent(self, status: int, seconds: float) -> None:
+        self.events.append(("final", status, seconds))
+
+
 def message_text(
     method: str = "INVITE",
     uri: str = "sip:alice@example.org",
@@ -294,6 +307,72 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual((event["log_level"], event["status"]), (LogLevel.info, 200))
         self.assertAlmostEqual(event["elapsed_ms"], 250.0)
         self.assertEqual(self.a.proxy.outcomes[("INVITE", 200)], 1)
+
+    # -- call set-up observers ---------------------------------------------------
+
+    def observe_calls(self, node: Node) -> list[tuple[str, int, float]]:
+        events: list[tuple[str, int, float]] = []
+        node.proxy.call_setup_observers.append(RecordingCallSetup(events))
+        return events
+
+    def test_call_setup_ringing_then_answer(self) -> None:
+        """Ringing after 0.25 s and an answer after 2.25 s are reported once each, not the 100."""
+        events = self.observe_calls(self.a)
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.clock.advance(0.25)
+        self.respond_to(self.a, invite, 180, hop)
+        self.clock.advance(1.0)
+        self.respond_to(self.a, invite, 183, hop)
+        self.clock.advance(1.0)
+        self.respond_to(self.a, invite, 200, hop)
+        self.respond_to(self.a, invite, 200, hop)  # the UA retransmitting its 2xx
+        self.assertEqual(events, [("first", 180, 0.25), ("final", 200, 2.25)])
+
+    def test_call_setup_failure_without_ringing(self) -> None:
+        """A call refused at once ends both measures at that final response."""
+        events = self.observe_calls(self.a)
+        self.a.receive(message_text(uri="sip:mallory@example.org"))
+        self.assertEqual(events, [("first", 404, 0.0), ("final", 404, 0.0)])
+
+    def test_call_setup_timeout(self) -> None:
+        """A phone that never answers ends the set-up with the proxy's 408 at Timer B."""
+        events = self.observe_calls(self.a)
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        self.clock.advance(33)
+        [(kind, status, seconds), final] = events
+        self.assertEqual((kind, status, final[:2]), ("first", 408, ("final", 408)))
+        self.assertGreater(seconds, 31.0)
+
+    def test_reinvite_is_not_a_call_setup(self) -> None:
+        """An INVITE inside a dialog (with a To tag) is proxied but not timed as a call set-up."""
+        events = self.observe_calls(self.a)
+        self.a.receive(message_text(uri="sip:mallory@example.org", to_tag=";tag=callee1"))
+        self.assertEqual(self.a.sender.statuses()[-1], 404)
+        self.assertEqual(events, [])
+
+    def test_other_methods_not_timed(self) -> None:
+        """REGISTER and OPTIONS are not calls."""
+        events = self.observe_calls(self.a)
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text("OPTIONS", uri="sip:example.org", branch="z9hG4bKopt"))
+        self.assertEqual(events, [])
+
+    def test_forked_call_reported_once(self) -> None:
+        """With two branches, the first ringing and the winning 2xx are the only reports."""
+        events = self.observe_calls(self.a)
+        self.register_two()
+        self.a.receive(message_text())
+        first, second = self.forwarded(self.a)
+        self.clock.advance(0.5)
+        self.respond_to(self.a, second[0], 180, second[1])
+        self.respond_to(self.a, first[0], 180, first[1])
+        self.clock.advance(3.0)
+        self.respond_to(self.a, first[0], 200, first[1])
+        self.respond_to(self.a, second[0], 487, second[1])
+        self.assertEqual(events, [("first", 180, 0.5), ("final", 200, 3.5)])
 
     # -- local delivery -----------------------------------------------------------
 

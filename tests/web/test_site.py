@@ -11,6 +11,8 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ConnectionDone
@@ -20,7 +22,6 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
-from p2psip.util.metrics import Registry
 from p2psip.web.site import (
     MAX_REQUEST_BODY_BYTES,
     ApiError,
@@ -82,8 +83,8 @@ class SiteTestsMixin:
 
     def make_site(self, **overrides: Any) -> Site:
         self.calls: list[tuple[dict[str, str], dict[str, Any] | None]] = []
-        self.registry = Registry()
-        self.registry.counter("p2psip_test_total", "Test counter.").inc(3)
+        self.registry = CollectorRegistry()
+        Counter("p2psip_test_total", "Test counter.", registry=self.registry).inc(3)
 
         def echo(args: dict[str, str], body: dict[str, Any] | None) -> dict[str, Any]:
             self.calls.append((args, body))
@@ -167,13 +168,40 @@ class StatusAndMetricsTests(SiteTestsMixin, SynchronousTestCase):
         self.assertEqual(response.code, 405)
 
     def test_metrics(self) -> None:
-        """GET /metrics serves the registry in Prometheus text format 0.0.4."""
+        """GET /metrics serves the role's registry in Prometheus text format 0.0.4."""
         site = self.make_site()
         response = self.fetch(site, http_request("GET", "/metrics"))
         self.assertEqual(response.code, 200)
-        self.assertIn("version=0.0.4", response.headers["content-type"])
-        self.assertEqual(response.body.decode("utf-8"), self.registry.render())
-        self.assertIn(b"p2psip_test_total 3\n", response.body)
+        self.assertEqual(
+            response.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8"
+        )
+        self.assertEqual(response.headers["cache-control"], "no-store")
+        families = {f.name: f for f in text_string_to_metric_families(response.body.decode())}
+        family = families["p2psip_test"]
+        self.assertEqual(family.type, "counter")
+        totals = [s.value for s in family.samples if s.name == "p2psip_test_total"]
+        self.assertEqual(totals, [3.0])
+
+    def test_metrics_read_at_each_scrape(self) -> None:
+        """Each scrape renders the registry as it is then, not as it was when the site was built."""
+        site = self.make_site()
+        Counter("p2psip_later_total", "Made after the site.", registry=self.registry).inc(2)
+        body = self.fetch(site, http_request("GET", "/metrics")).body
+        self.assertIn(b"p2psip_later_total 2.0\n", body)
+
+    def test_metrics_failure_is_500(self) -> None:
+        """A collector that raises gives a logged 500, not a partial exposition."""
+
+        class Broken:
+            def collect(self) -> Any:
+                raise RuntimeError("collector bug")
+
+        site = self.make_site()
+        self.registry.register(Broken())
+        response = self.fetch(site, http_request("GET", "/metrics"))
+        self.assertEqual(response.code, 500)
+        self.assertNotIn(b"p2psip_test_total", response.body)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     def test_unknown_path(self) -> None:
         """Paths outside the site, or below its pages, are 404."""
@@ -399,7 +427,9 @@ class HttpServiceTests(SynchronousTestCase):
     def test_listens_on_endpoint_string(self) -> None:
         """http_service listens where the endpoint string says, when started."""
         reactor = MemoryReactor()
-        site = build_site(status=dict, metrics=Registry(), api={}, title="t", reactor=Clock())
+        site = build_site(
+            status=dict, metrics=CollectorRegistry(), api={}, title="t", reactor=Clock()
+        )
         service = http_service("tcp:0:interface=127.0.0.1", site, reactor)
         self.assertEqual(reactor.tcpServers, [])
         service.startService()
@@ -417,7 +447,9 @@ class HttpServiceTests(SynchronousTestCase):
         port = busy.getsockname()[1]
         from twisted.internet import reactor
 
-        site = build_site(status=dict, metrics=Registry(), api={}, title="t", reactor=Clock())
+        site = build_site(
+            status=dict, metrics=CollectorRegistry(), api={}, title="t", reactor=Clock()
+        )
         service = http_service(f"tcp:{port}:interface=127.0.0.1", site, reactor)
         error = self.assertRaises(CannotListenError, service.privilegedStartService)
         self.assertIn("the --http option", str(error))
