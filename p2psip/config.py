@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import configparser
 import difflib
-import importlib
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from twisted.internet import endpoints
 from twisted.python import reflect, usage
@@ -40,9 +39,6 @@ FALSE_WORDS = frozenset({"no", "false", "off", "0"})
 
 #: Options that make sense only on the command line.
 _COMMAND_LINE_ONLY = frozenset({"help", "version", "config"})
-
-#: Role name -> the RoleOptions subclass that declared it (see options_class).
-_ROLE_OPTIONS: dict[str, type[RoleOptions]] = {}
 
 
 class ConfigError(usage.UsageError):
@@ -138,13 +134,6 @@ class RoleOptions(usage.Options):
 
     role: ClassVar[str] = ""
     repeatable: ClassVar[tuple[str, ...]] = ()
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # Only a class that names its role itself registers, so test
-        # subclasses of a role's Options do not replace the real one.
-        if cls.__dict__.get("role"):
-            _ROLE_OPTIONS[cls.role] = cls
 
     def __init__(self) -> None:
         super().__init__()
@@ -384,48 +373,21 @@ class RoleOptions(usage.Options):
         )
 
 
-def options_class(role: str) -> type[RoleOptions]:
-    """
-    The RoleOptions subclass that declares ``role``.
-
-    Role modules register their Options when imported; a role not yet
-    registered is looked up as ``p2psip.roles.ROLE`` (the only place this
-    bottom layer names a role module, for tests that say "peer").
-    """
-    if role not in _ROLE_OPTIONS and role.isidentifier():
-        try:
-            module = importlib.import_module(f"p2psip.roles.{role}")
-        except ImportError:
-            pass
-        else:
-            # A module imported earlier registered nothing new just now, so
-            # also look at what it defines.
-            for value in vars(module).values():
-                if (
-                    isinstance(value, type)
-                    and issubclass(value, RoleOptions)
-                    and value.role == role
-                ):
-                    _ROLE_OPTIONS.setdefault(role, value)
-    try:
-        return _ROLE_OPTIONS[role]
-    except KeyError:
-        raise LookupError(f"no RoleOptions subclass declares role {role!r}") from None
+RoleOptionsT = TypeVar("RoleOptionsT", bound=RoleOptions)
 
 
 def config_from_string(
     text: str,
-    role: str | type[RoleOptions],
+    options_type: type[RoleOptionsT],
     argv: Sequence[str] = (),
     source: str = "<string>",
-) -> RoleOptions:
+) -> RoleOptionsT:
     """
     Parse ``argv`` plus an INI text as a role would parse ``--config FILE``.
 
-    ``role`` is a role name ("peer") or the Options class itself.  Raises
-    ``ConfigError``/``UsageError`` exactly as the role would at startup.
+    ``options_type`` is the role's Options class (``p2psip.roles.peer.Options``).
+    Raises ``ConfigError``/``UsageError`` exactly as the role would at startup.
     """
-    options_type = role if isinstance(role, type) else options_class(role)
     options = options_type()
     options.use_config_text(text, source)
     options.parseOptions(list(argv))

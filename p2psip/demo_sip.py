@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks, succeed
+from twisted.internet.defer import inlineCallbacks
 
-from p2psip.roles.sip_service import SipService
+from p2psip.roles.ring_options import SipConfig
+from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret
 from p2psip.sip.location import SIP_REGISTRATION_KIND
 from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipTransport
@@ -30,25 +31,15 @@ from p2psip.util.ids import id_short
 PASSWORDS = {"alice": "alice-demo-password", "bob": "bob-demo-password"}
 
 
-class _Overlay:
-    """What SipService needs of the overlay service: the node, already joined."""
-
-    def __init__(self, node: Any) -> None:
-        self.node = node
-        self.joined = succeed(None)
-
-
-def _options(domain: str, users: Path, data_dir: Path) -> dict[str, Any]:
-    data_dir.mkdir()
-    return {
-        "overlay-name": domain,
-        "sip": ["udp:0:interface=127.0.0.1"],
-        "users": str(users),
-        "sip-trusted-network": False,
-        "sip-advertise": None,
-        "sip-digest-algorithms": "SHA-256,MD5",
-        "data-dir": str(data_dir),
-    }
+def _sip_config(domain: str, users: Path) -> SipConfig:
+    return SipConfig(
+        domain=domain,
+        listeners=("udp:0:interface=127.0.0.1",),
+        users_path=users,
+        digest_algorithms=("SHA-256", "MD5"),
+        advertise=None,
+        trusted_network=False,
+    )
 
 
 @inlineCallbacks
@@ -66,12 +57,16 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
         services, agents, transports = [], {}, []
         try:
             for label, node in (("alice", alice_node), ("bob", bob_node)):
-                service = SipService(
-                    _options(domain, users.path, directory / label),
-                    _Overlay(node),
+                (directory / label).mkdir()
+                stack = build_sip_stack(
+                    _sip_config(domain, users.path),
+                    node,
                     reactor,
-                    freeze_gc=False,
+                    users,
+                    load_or_create_secret(directory / label),
+                    node.advertised_host,
                 )
+                service = SipService(stack, reactor, freeze_gc=False)
                 service.startService()
                 services.append(service)
                 transport = SipTransport(reactor)
@@ -87,10 +82,10 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
                 )
             say("\nSIP: two super-nodes with Digest authentication, two phones on 127.0.0.1:")
             for label, service in zip(("alice", "bob"), services):
-                node = service.overlay.node
+                node = service.stack.node
                 yield agents[label].register()
                 say(
-                    f"  {label:<5} registered at super-node {id_short(node.node_id)} "
+                    f"  {label:<5} registered at super-node {id_short(node.local_node_id)} "
                     f"(SIP {service.status()['address']})"
                 )
 
@@ -106,7 +101,7 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
             started = time.monotonic()
             dialog = yield agents["bob"].call(aor["alice"])
             setup_ms = (time.monotonic() - started) * 1000.0
-            names = {s.status()["address"]: id_short(s.overlay.node.node_id) for s in services}
+            names = {s.status()["address"]: id_short(s.stack.node.local_node_id) for s in services}
             hops = " -> ".join(
                 f"super-node {names.get(f'{r.uri.host}:{r.uri.port}', '?')}"
                 for r in dialog.route_set

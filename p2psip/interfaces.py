@@ -60,3 +60,9 @@ class IApplicationRegistry(Interface):
 
     def set_application_address(application: int, host: str, port: int) -> None:
         """Answer AppAttach for ``application`` with ``host:port``."""
+
+
+class ISuperNodeOverlay(IOverlayStorage, IApplicationRegistry):
+    """The overlay node as a SIP super-node uses it: storage and AppAttach."""
+
+    advertised_host = Attribute("The host other peers reach this node's overlay listener at.")

@@ -10,13 +10,11 @@ from hypothesis import strategies as st
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip import config
 from p2psip.config import (
     ConfigError,
     RoleOptions,
     client_endpoint,
     config_from_string,
-    options_class,
     positive_float,
     positive_int,
     server_endpoint,
@@ -165,16 +163,6 @@ class PrecedenceTests(SynchronousTestCase):
         """An empty file changes nothing."""
         options = config_from_string("", SampleOptions)
         self.assertEqual(options["overlay"], "tcp:6084")
-
-    def test_lookup_by_role_name(self) -> None:
-        """A role name finds the Options class that declared it."""
-        self.assertIs(options_class("sample"), SampleOptions)
-        options = config_from_string("[sample]\noverlay = tcp:1\n", "sample")
-        self.assertIsInstance(options, SampleOptions)
-
-    def test_unknown_role_name(self) -> None:
-        """An undeclared role name is a LookupError."""
-        self.assertRaises(LookupError, options_class, "no-such-role")
 
 
 class RepeatableTests(SynchronousTestCase):
@@ -486,11 +474,6 @@ def _documented_options(role: str) -> type[RoleOptions]:
 
 class ExampleConfigTests(SynchronousTestCase):
     """The annotated files in etc/ parse, so operators can start from them."""
-
-    def setUp(self) -> None:
-        # The stand-in classes register under the real role names; keep
-        # that from leaking into other tests.
-        self.patch(config, "_ROLE_OPTIONS", dict(config._ROLE_OPTIONS))
 
     def example(self, role: str) -> str:
         from p2psip.testing import repository_root

@@ -37,7 +37,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from p2psip.interfaces import IApplicationRegistry, IOverlayStorage
+from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.overlay import bodies
 from p2psip.overlay.app_attach import Applications
 from p2psip.overlay.chord import ChordMaintenance
@@ -60,7 +60,7 @@ from p2psip.util.ids import id_short, resource_id
 from p2psip.util.periodic import JitteredLoop
 
 
-@implementer(IOverlayStorage, IApplicationRegistry)
+@implementer(ISuperNodeOverlay)
 class OverlayNode:
     """One peer of the ring; see the module docstring for its parts."""
 

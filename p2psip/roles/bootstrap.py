@@ -3,9 +3,10 @@
 
 A bootstrap is an ordinary ring member with a stable address.  The first
 bootstrap founds the ring; further bootstraps (for redundancy) name the
-others with ``--bootstrap`` and join like any peer.  With ``--sip`` it is a
-SIP super-node too, exactly like a peer.  Its status page draws
-the whole ring.
+others with ``--bootstrap`` and join like any peer.  A bootstrap that
+restarts rejoins the ring it knew (its ``known-peers.json``) before it
+would found a new one.  With ``--sip`` it is a SIP super-node too, exactly
+like a peer.  Its status page draws the whole ring.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any, ClassVar
 
 from twisted.application.service import IService
 
-from p2psip.roles.super_node import SuperNodeOptions, make_super_node_service
+from p2psip.roles.ring_options import RingRoleOptions
+from p2psip.roles.super_node import make_ring_service
 
 
-class Options(SuperNodeOptions):
+class Options(RingRoleOptions):
     role: ClassVar[str] = "bootstrap"
+    title: ClassVar[str] = "p2psip bootstrap"
     default_http: ClassVar[str] = "tcp:8084:interface=127.0.0.1"
     synopsis = "[options]"
     longdesc = (
@@ -29,6 +32,4 @@ class Options(SuperNodeOptions):
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
-    return make_super_node_service(
-        options, reactor, found_ring=not options["bootstrap"], title="p2psip bootstrap"
-    )
+    return make_ring_service(options.config, reactor)

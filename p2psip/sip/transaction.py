@@ -459,6 +459,11 @@ class TransactionLayer:
         self.transport_errors = 0
         self.stray_responses = 0
 
+    def terminate_all(self) -> None:
+        """End every transaction at once, cancelling its timers (the service is stopping)."""
+        for transaction in [*self.server_transactions.values(), *self.client_transactions.values()]:
+            transaction._terminate()
+
     def metrics(self) -> dict[str, int]:
         """Live transactions and counters, for /status and /metrics."""
         return {

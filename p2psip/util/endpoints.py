@@ -130,3 +130,17 @@ def parse_tcp_client_description(description: str) -> tuple[str, int]:
     ):
         raise ValueError(f"bad TCP client endpoint {description!r}: expected {syntax}")
     return host, int(port_text)
+
+
+def endpoint_interface(description: str) -> str | None:
+    """
+    The ``interface=`` of a listen string (``tcp:6084:interface=\\:\\:1`` gives ``::1``).
+
+    Works for Twisted stream endpoints and ``udp:`` alike; None when the
+    string names no interface.
+    """
+    for field in split_description(description.strip())[1:]:
+        key, equals, value = field.partition("=")
+        if equals and key == "interface" and value:
+            return value
+    return None

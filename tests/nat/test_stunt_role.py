@@ -17,8 +17,8 @@ class ConfigTests(SynchronousTestCase):
         """The annotated etc/mediator.ini is valid and matches the defaults it documents."""
         text = (repository_root() / "etc" / "mediator.ini").read_text()
         text = text.replace("secrets-file = /etc/p2psip/mediator-secrets", "secret = x")
-        options = config_from_string(text, "mediator")
-        defaults = config_from_string("[mediator]\nsecret = x\n", "mediator")
+        options = config_from_string(text, role.Options)
+        defaults = config_from_string("[mediator]\nsecret = x\n", role.Options)
         assert isinstance(options, role.Options) and isinstance(defaults, role.Options)
         self.assertEqual(options["stun"], ["udp:3478", "tcp:3478"])
         self.assertEqual(options.policy(), defaults.policy())
@@ -27,7 +27,7 @@ class ConfigTests(SynchronousTestCase):
     def test_unknown_key(self) -> None:
         """An unknown key is an error that names the key and suggests the right one."""
         error = self.assertRaises(
-            ConfigError, config_from_string, "[mediator]\nrelays = no\n", "mediator"
+            ConfigError, config_from_string, "[mediator]\nrelays = no\n", role.Options
         )
         self.assertIn("'relays'", str(error))
         self.assertIn("did you mean 'relay'", str(error))
@@ -35,13 +35,13 @@ class ConfigTests(SynchronousTestCase):
     def test_bad_value(self) -> None:
         """A value of the wrong type names the key and what it takes."""
         error = self.assertRaises(
-            ConfigError, config_from_string, "[mediator]\nrelay = maybe\n", "mediator"
+            ConfigError, config_from_string, "[mediator]\nrelay = maybe\n", role.Options
         )
         self.assertIn("yes or no", str(error))
 
     def test_relay_disabled(self) -> None:
         """relay = no reaches the broker policy, with the hint naming the setting."""
-        options = config_from_string("[mediator]\nrelay = no\nsecret = x\n", "mediator")
+        options = config_from_string("[mediator]\nrelay = no\nsecret = x\n", role.Options)
         assert isinstance(options, role.Options)
         self.assertFalse(options.policy().relay_enabled)
         self.assertIn("[mediator] relay", options.policy().relay_config_hint)

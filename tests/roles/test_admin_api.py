@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.roles.overlay_service import OverlayService
-from p2psip.roles.peer import Options
+from p2psip.overlay.identity import NodeIdentity
+from p2psip.overlay.node import OverlayNode
+from p2psip.roles.overlay_api import overlay_api_routes
+from p2psip.testing import MemoryNetwork
 from p2psip.web.site import ApiError
 
 
 class AdminApiInputTests(SynchronousTestCase):
     def setUp(self) -> None:
-        options = Options()
-        options.parseOptions(["--bootstrap", "tcp:127.0.0.1:1", "--data-dir", self.mktemp()])
-        self.routes = OverlayService(options, reactor=None, found_ring=False).api_routes()
+        clock = Clock()
+        # A node that has not joined any ring yet, as right after start-up.
+        node = OverlayNode(
+            identity=NodeIdentity.from_secret(77),
+            clock=clock,
+            connector=MemoryNetwork(clock).connector("192.0.2.1", 6084),
+            advertised_host="192.0.2.1",
+            advertised_port=6084,
+        )
+        self.routes = overlay_api_routes(node)
 
     def call_put(self, body: dict[str, object]) -> ApiError:
         with self.assertRaises(ApiError) as caught:
@@ -36,5 +46,5 @@ class AdminApiInputTests(SynchronousTestCase):
         self.assertEqual(self.call_put({"name": "n", "value": 5}).status, 400)
 
     def test_not_started(self) -> None:
-        """Before the node exists the API answers 503, not a crash."""
+        """Before the node is in a ring the API answers 503, not a crash."""
         self.assertEqual(self.call_put({"name": "n", "value": "v"}).status, 503)

@@ -22,7 +22,7 @@ class MediatorOptionTests(SynchronousTestCase):
         """Without --mediator there is no secret to give and the direct timeout keeps its default."""
         options = self.parse()
         self.assertIsNone(options["mediator"])
-        self.assertIsNone(options["mediator-secret-bytes"])
+        self.assertIsNone(options.config.mediator)
         self.assertEqual(options["direct-connect-timeout"], 2.0)
 
     def test_mediator_needs_a_secret(self) -> None:
@@ -35,7 +35,8 @@ class MediatorOptionTests(SynchronousTestCase):
     def test_inline_secret(self) -> None:
         """--mediator-secret is used as the HMAC key."""
         options = self.parse("--mediator", "tcp:198.51.100.10:3479", "--mediator-secret", "s3cret")
-        self.assertEqual(options["mediator-secret-bytes"], b"s3cret")
+        assert options.config.mediator is not None
+        self.assertEqual(options.config.mediator.secret, b"s3cret")
 
     def test_secret_file_wins(self) -> None:
         """The first line of --mediator-secret-file is the secret, and it wins over --mediator-secret."""
@@ -49,7 +50,8 @@ class MediatorOptionTests(SynchronousTestCase):
             "--mediator-secret-file",
             str(path),
         )
-        self.assertEqual(options["mediator-secret-bytes"], b"from-file")
+        assert options.config.mediator is not None
+        self.assertEqual(options.config.mediator.secret, b"from-file")
 
     def test_unreadable_secret_file(self) -> None:
         """A missing secret file stops the role, naming the option and the path."""
@@ -95,4 +97,6 @@ class MediatorOptionTests(SynchronousTestCase):
         """The bootstrap role accepts the same mediator options."""
         options = bootstrap.Options()
         options.parseOptions(["--mediator", "tcp:198.51.100.10:3479", "--mediator-secret", "s"])
-        self.assertEqual(options["mediator-secret-bytes"], b"s")
+        assert options.config.mediator is not None
+        self.assertEqual(options.config.mediator.secret, b"s")
+        self.assertEqual(options.config.mediator.endpoint, "tcp:198.51.100.10:3479")

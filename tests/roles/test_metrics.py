@@ -11,8 +11,7 @@ from twisted.application.service import IService
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.roles import bootstrap, mediator, peer
-from p2psip.roles.overlay_service import OverlayService
-from p2psip.roles.sip_service import SipService
+from p2psip.roles.super_node import RingRole
 from p2psip.testing import MemoryUDPReactor
 from p2psip.util import gc_tuning
 from tests.web.test_site import Connection, http_request
@@ -120,9 +119,8 @@ class RoleMetricsTests(SynchronousTestCase):
         """The bootstrap's /metrics has the process and overlay families, read from the live node."""
         options = self.overlay_options(bootstrap.Options())
         top = self.start(bootstrap.makeService(options, self.reactor))
-        [overlay] = [s for s in top if isinstance(s, OverlayService)]  # type: ignore[attr-defined]
-        node = overlay.node
-        assert node is not None
+        assert isinstance(top, RingRole)
+        node = top.node
         self.successResultOf(node.put("alice", b"sip:alice@192.0.2.1"))
         # What the node tells its request observers reaches the role's histogram.
         for observer in node.request_observers:
@@ -151,8 +149,8 @@ class RoleMetricsTests(SynchronousTestCase):
             "--sip-trusted-network",
         )
         top = self.start(peer.makeService(options, self.reactor))
-        [sip] = [s for s in top if isinstance(s, SipService)]  # type: ignore[attr-defined]
-        assert sip.proxy is not None
+        assert isinstance(top, RingRole) and top.sip is not None
+        sip = top.sip
         # What the proxy tells its call set-up observers reaches the role's histograms.
         for observer in sip.proxy.call_setup_observers:
             observer.first_response_sent(180, 1.5)

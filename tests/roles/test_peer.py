@@ -8,12 +8,20 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 
 from p2psip.roles.peer import Options, makeService
-from p2psip.roles.sip_service import NONCE_SECRET_FILE, SipService, load_or_create_secret
+from p2psip.interfaces import ISuperNodeOverlay
+from p2psip.roles.sip_service import (
+    NONCE_SECRET_FILE,
+    SipService,
+    build_sip_stack,
+    load_or_create_secret,
+    load_users,
+)
 from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.user_agent import CallFailed, SimpleUserAgent
@@ -74,12 +82,45 @@ class PeerOptionsTests(SynchronousTestCase):
         )
         self.assertFalse(options["sip-trusted-network"])
 
-    def test_make_service_adds_sip(self) -> None:
-        """With --sip the role has a SipService after the overlay service; without, none."""
-        with_sip = makeService(parse("--sip", "udp:0", "--sip-trusted-network"), reactor)
-        without = makeService(parse(), reactor)
-        self.assertEqual([type(s).__name__ for s in with_sip][-1], "SipService")
-        self.assertNotIn("SipService", [type(s).__name__ for s in without])
+    def test_make_service_composes_in_order(self) -> None:
+        """The role's children start in order: overlay, SIP (with --sip), then HTTP."""
+        data_dir = ["--data-dir", self.mktemp()]
+        with_sip = makeService(parse("--sip", "udp:0", "--sip-trusted-network", *data_dir), reactor)
+        without = makeService(parse(*data_dir), reactor)
+        self.assertEqual(
+            [type(s).__name__ for s in with_sip],
+            ["OverlayService", "SipService", "_HttpListenerService"],
+        )
+        self.assertEqual(
+            [type(s).__name__ for s in without], ["OverlayService", "_HttpListenerService"]
+        )
+        self.assertFalse(with_sip.running)
+
+    def test_config_is_frozen(self) -> None:
+        """The options are validated into one frozen configuration object."""
+        import attrs
+
+        options = parse("--sip", "udp:5060", "--sip-trusted-network", "--advertise", "192.0.2.5")
+        config = options.config
+        self.assertEqual(
+            (config.role, config.found_ring, config.advertised_host), ("peer", False, "192.0.2.5")
+        )
+        assert config.sip is not None
+        self.assertEqual(config.sip.peer_transport, "UDP")
+        self.assertRaises(attrs.exceptions.FrozenInstanceError, setattr, config, "role", "x")
+
+    def test_ipv6_listeners(self) -> None:
+        """IPv6 interfaces in endpoint strings are understood (escaped colons)."""
+        options = parse(
+            "--overlay",
+            "tcp:6084:interface=\\:\\:1",
+            "--sip",
+            "udp:5060:interface=\\:\\:",
+            "--sip-trusted-network",
+        )
+        self.assertEqual(options.config.advertised_host, "::1")
+        assert options.config.sip is not None
+        self.assertEqual(options.config.sip.listen_interface, "::")
 
 
 class SecretTests(SynchronousTestCase):
@@ -103,14 +144,7 @@ class SecretTests(SynchronousTestCase):
         self.assertIn(NONCE_SECRET_FILE, str(error))
 
 
-class FakeOverlay:
-    """What SipService needs of OverlayService: ``node`` and ``joined``."""
-
-    def __init__(self, node: Any) -> None:
-        self.node = node
-        self.joined: Deferred[None] = Deferred()
-
-
+@implementer(ISuperNodeOverlay)
 class MemoryNode(MemoryOverlayStorage):
     advertised_host = "127.0.0.1"
 
@@ -145,9 +179,19 @@ class SipServiceTests(TestCase):
                 "--data-dir",
                 str(directory / name),
             )
-            os.makedirs(options["data-dir"])
+            config = options.config
+            assert config.sip is not None
+            os.makedirs(config.data_dir)
             node = MemoryNode(node_id, reactor, entries, applications)
-            service = SipService(options, FakeOverlay(node), reactor, freeze_gc=False)
+            stack = build_sip_stack(
+                config.sip,
+                node,
+                reactor,
+                load_users(config.sip),
+                load_or_create_secret(config.data_dir),
+                "127.0.0.1",
+            )
+            service = SipService(stack, reactor, freeze_gc=False)
             service.startService()
             self.addCleanup(service.stopService)
             self.services.append(service)

@@ -1,0 +1,115 @@
+"""
+The admin API of a ring role: put, get, lookup and the ring walk.
+
+``p2psip put|get|lookup|ring`` and the ring page call these routes on the
+role's HTTP listener (loopback by default).  Input is checked here and
+refused with a 400 naming what to send; overlay failures are 502s with
+the overlay's reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.python.failure import Failure
+
+from p2psip.overlay.errors import OverlayError
+from p2psip.overlay.node import OverlayNode
+from p2psip.overlay.results import OperationResult
+from p2psip.util.ids import MAX_ID, id_hex
+from p2psip.web.site import ApiError, ApiRoute
+
+#: The ring walk stops after this many peers (a ring that never closes).
+MAX_RING_WALK = 4096
+MAX_LIFETIME_SECONDS = 0xFFFFFFFF
+
+Body = dict[str, Any] | None
+
+
+def _name(args: dict[str, str], body: Body) -> str:
+    name = (body or {}).get("name") or args.get("name")
+    if not name or not isinstance(name, str):
+        raise ApiError(400, 'give the resource name as ?name=NAME (or JSON {"name": ...})')
+    return name
+
+
+def _as_api_error(failure: Failure) -> Failure:
+    if failure.check(OverlayError):
+        raise ApiError(502, failure.getErrorMessage())
+    return failure
+
+
+def _json(d: Deferred[OperationResult]) -> Deferred[dict[str, Any]]:
+    return d.addCallbacks(lambda result: result.as_json(), _as_api_error)
+
+
+def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
+    """The routes for ``node``."""
+
+    def in_ring() -> None:
+        if not node.membership.in_ring():
+            raise ApiError(
+                503, f"the node is {node.state.value}, not in a ring yet; see /status and its log"
+            )
+
+    def put(args: dict[str, str], body: Body) -> Deferred[dict[str, Any]]:
+        name = _name(args, body)
+        value = (body or {}).get("value", args.get("value"))
+        if not isinstance(value, str):
+            raise ApiError(400, 'give the value as JSON {"value": "..."}')
+        raw_lifetime = (body or {}).get("lifetime", args.get("lifetime", 3600))
+        try:
+            lifetime = int(raw_lifetime)
+        except (TypeError, ValueError):
+            raise ApiError(400, "lifetime must be a whole number of seconds") from None
+        if not 1 <= lifetime <= MAX_LIFETIME_SECONDS:
+            raise ApiError(400, f"lifetime must be between 1 and {MAX_LIFETIME_SECONDS} seconds")
+        in_ring()
+        return _json(node.put(name, value.encode("utf-8"), lifetime))
+
+    def get(args: dict[str, str], body: Body) -> Deferred[dict[str, Any]]:
+        name = _name(args, body)
+        in_ring()
+        return _json(node.get(name))
+
+    def lookup(args: dict[str, str], body: Body) -> Deferred[dict[str, Any]]:
+        name = _name(args, body)
+        in_ring()
+        return _json(node.lookup(name))
+
+    def ring(args: dict[str, str], body: Body) -> Deferred[Any]:
+        in_ring()
+        walked: Deferred[Any] = walk_ring(node)
+        return walked.addErrback(_as_api_error)
+
+    return {
+        "put": ApiRoute(("POST",), put),
+        "get": ApiRoute(("GET",), get),
+        "lookup": ApiRoute(("GET",), lookup),
+        "ring": ApiRoute(("GET",), ring),
+    }
+
+
+@inlineCallbacks
+def walk_ring(node: OverlayNode) -> Any:
+    """
+    Every peer of the ring in order, found by asking for the owner of
+    (peer + 1) from one peer to the next.
+    """
+    nodes = [
+        {
+            "node_id": id_hex(node.node_id),
+            "address": f"{node.advertised_host}:{node.advertised_port}",
+        }
+    ]
+    current = node.node_id
+    complete = False
+    for _ in range(MAX_RING_WALK):
+        owner, (host, port) = yield node.find_owner((current + 1) & MAX_ID)
+        if owner == node.node_id:
+            complete = True
+            break
+        nodes.append({"node_id": id_hex(owner), "address": f"{host}:{port}"})
+        current = owner
+    return {"nodes": nodes, "complete": complete, "count": len(nodes)}

@@ -1,0 +1,345 @@
+"""
+The options of the ring roles (bootstrap and peer), and the frozen
+configuration they are validated into.
+
+An operator gives options on the command line or in the role's section of
+``--config FILE`` (:class:`p2psip.config.RoleOptions`).  ``postOptions``
+checks them all, reads the small secrets they name (so a bad file stops
+the role at once, with the option to fix), and leaves exactly one result:
+``options.config``, a frozen :class:`RingRoleConfig`.  ``makeService``
+builds the role from that object alone; nothing below it sees the
+``Options``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import ClassVar
+
+from attrs import frozen
+from twisted.python import usage
+
+from p2psip.config import RoleOptions, client_endpoint, positive_float, server_endpoint
+from p2psip.overlay.codec import Limits
+from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS
+from p2psip.overlay.parameters import OverlayConfig
+from p2psip.sip.digest import ALGORITHMS
+from p2psip.util.endpoints import endpoint_interface, is_udp, parse_udp_listen_address
+
+
+@frozen
+class MediatorClientConfig:
+    """How a ring member reaches peers behind NATs: the mediator's control port and secret."""
+
+    endpoint: str
+    secret: bytes
+    direct_timeout_seconds: float
+
+
+@frozen
+class SipConfig:
+    """The SIP super-node's settings (present when ``--sip`` names a listener)."""
+
+    domain: str
+    listeners: tuple[str, ...]
+    users_path: Path | None
+    digest_algorithms: tuple[str, ...]
+    advertise: str | None
+    trusted_network: bool
+
+    @property
+    def peer_transport(self) -> str:
+        """The transport other super-nodes reach us by, as Record-Route names it."""
+        if any(is_udp(listener) for listener in self.listeners):
+            return "UDP"
+        first = self.listeners[0].lower()
+        return "TLS" if first.startswith(("ssl:", "tls:")) else "TCP"
+
+    @property
+    def listen_interface(self) -> str | None:
+        """The interface of the first listener, if it names one."""
+        return endpoint_interface(self.listeners[0])
+
+
+@frozen
+class RingRoleConfig:
+    """Everything a ring role is built from."""
+
+    role: str
+    title: str
+    #: Found a ring when no bootstrap (and no known peer) answers.
+    found_ring: bool
+    overlay: OverlayConfig
+    listen: str
+    advertise: str | None
+    bootstrap: tuple[str, ...]
+    http: str
+    data_dir: Path
+    mediator: MediatorClientConfig | None
+    sip: SipConfig | None
+
+    @property
+    def advertised_host(self) -> str:
+        """
+        The host other peers reach the overlay listener at.
+
+        ``--advertise``, else the listener's interface; a wildcard or no
+        interface falls back to 127.0.0.1, which only works on one host.
+        """
+        host = self.advertise or endpoint_interface(self.listen) or "127.0.0.1"
+        return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+
+
+def sip_listen_address(text: str) -> str:
+    """Coercer for ``--sip``: ``udp:PORT[:interface=ADDR]`` or a Twisted stream endpoint string."""
+    if is_udp(text):
+        try:
+            parse_udp_listen_address(text)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        return text
+    return server_endpoint(text)
+
+
+sip_listen_address.coerceDoc = "udp:PORT[:interface=ADDR] or a stream endpoint such as tcp:5060"  # type: ignore[attr-defined]
+
+
+def digest_algorithms(text: str) -> str:
+    """
+    Coercer for ``--sip-digest-algorithms``: a comma-separated list such as ``SHA-256,MD5``.
+
+    Returns the list normalised (upper case, no spaces).
+    """
+    names = [name.strip().upper() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in ALGORITHMS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise usage.UsageError(
+            f"{text!r} is not a list of Digest algorithms: write some of {', '.join(ALGORITHMS)} "
+            "separated by commas, preferred first, e.g. SHA-256,MD5"
+        )
+    return ",".join(names)
+
+
+digest_algorithms.coerceDoc = "a comma-separated list of SHA-256 and MD5"  # type: ignore[attr-defined]
+
+
+class RingRoleOptions(RoleOptions):
+    """Options of every role that is a member of the ring, SIP included."""
+
+    role: ClassVar[str] = ""
+    #: Shown on the status page.
+    title: ClassVar[str] = ""
+    repeatable: ClassVar[tuple[str, ...]] = ("bootstrap", "sip")
+    default_http: ClassVar[str] = "tcp:8084:interface=127.0.0.1"
+    default_data_dir: ClassVar[str] = "/var/lib/p2psip"
+
+    optParameters = [
+        [
+            "overlay-name",
+            None,
+            "p2psip.test",
+            "Overlay (and SIP domain) name; every peer of a ring uses the same.",
+        ],
+        [
+            "overlay",
+            None,
+            "tcp:6084",
+            "Endpoint to listen on for RELOAD links, e.g. tcp:6084.",
+            server_endpoint,
+        ],
+        [
+            "bootstrap",
+            None,
+            None,
+            "Client endpoint of a bootstrap or known peer, e.g. tcp:198.51.100.1:6084.",
+            client_endpoint,
+        ],
+        [
+            "http",
+            None,
+            None,
+            "Endpoint of the status page, /metrics and admin API (loopback by default).",
+            server_endpoint,
+        ],
+        ["data-dir", None, None, "Directory for the node key and certificate."],
+        [
+            "advertise",
+            None,
+            None,
+            "Address other peers use to reach this node (default: the listen interface or 127.0.0.1).",
+        ],
+        ["successors", None, 4, "Successor list size.", int],
+        ["predecessors", None, 4, "Predecessor list size.", int],
+        ["replicas", None, 2, "Copies of every value kept on the next successors.", int],
+        [
+            "update-interval",
+            None,
+            60.0,
+            "Seconds between Chord Updates to neighbours (stabilisation).",
+            float,
+        ],
+        [
+            "ping-interval",
+            None,
+            15.0,
+            "Seconds of silence before a link is pinged; twice this plus the request timeout "
+            "declares a peer dead.",
+            float,
+        ],
+        ["request-timeout", None, 15.0, "RELOAD transaction timeout in seconds.", float],
+        ["max-message-size", None, 1_048_576, "Largest RELOAD message accepted, in bytes.", int],
+        [
+            "mediator",
+            None,
+            None,
+            "Client endpoint of a p2psip-mediator's control port (e.g. tcp:198.51.100.9:3479): "
+            "peers that a direct connect does not reach are reached through it.",
+            client_endpoint,
+        ],
+        ["mediator-secret", None, None, "The mediator's shared secret (its [mediator] secret)."],
+        [
+            "mediator-secret-file",
+            None,
+            None,
+            "File whose first line is the secret for the mediator (this node's line of its "
+            "secrets file, or its shared secret); wins over --mediator-secret.",
+        ],
+        [
+            "direct-connect-timeout",
+            None,
+            DIRECT_CONNECT_TIMEOUT_SECONDS,
+            "Seconds a direct connect to a peer may take before the mediator is asked.",
+            positive_float,
+        ],
+        [
+            "sip",
+            None,
+            None,
+            "SIP listener, udp:PORT[:interface=ADDR] or tcp:PORT[:interface=ADDR]; "
+            "without any the node serves no SIP.",
+            sip_listen_address,
+        ],
+        ["users", None, None, "Digest users file (made with `p2psip users add --file FILE AOR`)."],
+        [
+            "sip-digest-algorithms",
+            None,
+            ",".join(ALGORITHMS),
+            "Digest algorithms offered in challenges, preferred first; list MD5 first (or alone) "
+            "for phones that read only the first challenge and know only MD5.",
+            digest_algorithms,
+        ],
+        [
+            "sip-advertise",
+            None,
+            None,
+            "Host other super-nodes and phones reach the SIP listener at "
+            "(default: the first --sip interface, else the overlay address).",
+        ],
+    ]
+    optFlags = [
+        [
+            "sip-trusted-network",
+            None,
+            "Accept REGISTER without Digest authentication (closed networks only).",
+        ],
+    ]
+
+    #: The validated configuration, set by ``postOptions``.
+    config: RingRoleConfig
+
+    def postOptions(self) -> None:
+        super().postOptions()
+        for name in ("successors", "predecessors"):
+            if self[name] < 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
+        if self["replicas"] < 0 or self["replicas"] > self["successors"]:
+            raise usage.UsageError("--replicas must be between 0 and --successors")
+        for name in ("update-interval", "ping-interval", "request-timeout"):
+            if self[name] <= 0:
+                raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        if self["max-message-size"] < 4096:
+            raise usage.UsageError("--max-message-size must be at least 4096 bytes")
+        if self["sip"] and not self["users"] and not self["sip-trusted-network"]:
+            raise usage.UsageError(
+                "--sip needs a users file for Digest authentication: give --users FILE (make it "
+                "with `p2psip users add --file FILE sip:alice@DOMAIN`), or --sip-trusted-network "
+                "to run without authentication on a closed network"
+            )
+        self.check_bootstrap()
+        self.config = self._validated()
+
+    def check_bootstrap(self) -> None:
+        """Roles that must join a ring refuse to start without a way in."""
+
+    def founds_ring(self) -> bool:
+        """Whether this role founds a ring when nobody it knows answers."""
+        return not self["bootstrap"]
+
+    def _validated(self) -> RingRoleConfig:
+        data_dir = Path(self["data-dir"] or os.path.join(self.default_data_dir, self.role))
+        overlay = OverlayConfig(
+            overlay_name=self["overlay-name"],
+            successors=self["successors"],
+            predecessors=self["predecessors"],
+            replicas=self["replicas"],
+            update_interval_seconds=self["update-interval"],
+            ping_interval_seconds=self["ping-interval"],
+            request_timeout_seconds=self["request-timeout"],
+            limits=Limits(max_message_bytes=self["max-message-size"]),
+        )
+        mediator = None
+        if self["mediator"]:
+            mediator = MediatorClientConfig(
+                endpoint=self["mediator"],
+                secret=self._mediator_secret(),
+                direct_timeout_seconds=self["direct-connect-timeout"],
+            )
+        sip = None
+        if self["sip"]:
+            sip = SipConfig(
+                domain=self["overlay-name"],
+                listeners=tuple(self["sip"]),
+                users_path=Path(self["users"]) if self["users"] else None,
+                digest_algorithms=tuple(self["sip-digest-algorithms"].split(",")),
+                advertise=self["sip-advertise"],
+                trusted_network=bool(self["sip-trusted-network"]),
+            )
+        return RingRoleConfig(
+            role=self.role,
+            title=self.title or f"p2psip {self.role}",
+            found_ring=self.founds_ring(),
+            overlay=overlay,
+            listen=self["overlay"],
+            advertise=self["advertise"],
+            bootstrap=tuple(self["bootstrap"]),
+            http=self["http"] or self.default_http,
+            data_dir=data_dir,
+            mediator=mediator,
+            sip=sip,
+        )
+
+    def _mediator_secret(self) -> bytes:
+        """The secret for the mediator's challenge, read now so a bad file stops the role at once."""
+        path = self["mediator-secret-file"]
+        if path:
+            try:
+                with open(path, encoding="utf-8") as secret_file:
+                    secret = secret_file.readline().strip()
+            except OSError as error:
+                raise usage.UsageError(
+                    f"cannot read --mediator-secret-file {path}: {error.strerror}; "
+                    "fix the path or the file's permissions"
+                ) from None
+            if not secret:
+                raise usage.UsageError(
+                    f"--mediator-secret-file {path} is empty; put the secret on its first line"
+                )
+            return secret.encode("utf-8")
+        if self["mediator-secret"]:
+            return str(self["mediator-secret"]).encode("utf-8")
+        raise usage.UsageError(
+            "--mediator needs the secret it checks: give --mediator-secret or "
+            f"--mediator-secret-file (or 'mediator-secret-file' in the [{self.role}] section of "
+            "--config)"
+        )
