@@ -20,11 +20,11 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks, succeed
 
 from p2psip.roles.sip_service import SipService
-from p2psip.sip.location import SIP_REGISTRATION_KIND
 from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.user_agent import SimpleUserAgent
 from p2psip.sip.users import UsersFile
+from p2psip.usages.sip import SIP_REGISTRATION_KIND
 from p2psip.util.ids import id_short
 
 PASSWORDS = {"alice": "alice-demo-password", "bob": "bob-demo-password"}
