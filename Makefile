@@ -32,6 +32,7 @@ deps:
 # Figures, never assertions: each script prints a table (see docs and the scripts' docstrings).
 bench: $(STAMP)
 	$(PY) bench/overlay.py
+	$(PY) bench/ring_simulation.py
 	$(PY) bench/stun_load.py
 	$(PY) bench/nat_matrix.py
 	$(PY) bench/sip_stack.py

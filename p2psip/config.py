@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import configparser
 import difflib
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import ClassVar, TypeVar
 
 from twisted.internet import endpoints
 from twisted.python import reflect, usage
@@ -106,7 +106,7 @@ def client_endpoint(text: str) -> str:
     return text
 
 
-def _describe_coercer(coerce: Callable[[str], Any]) -> str:
+def _describe_coercer(coerce: Callable[[str], object]) -> str:
     """Say in words what a coercer accepts, for error messages."""
     if coerce is int:
         return "an integer"
@@ -141,17 +141,19 @@ class RoleOptions(usage.Options):
         self._config_text: tuple[str, str] | None = None
         self._given: set[str] = set()
 
-        parameters: list[Any] = []
+        # Twisted's optParameters rows: [long, short, default, doc, coerce], padded.
+        parameters: list[list[object]] = []
         reflect.accumulateClassList(self.__class__, "optParameters", parameters)
-        self._coercers: dict[str, Callable[[str], Any]] = {}
+        self._coercers: dict[str, Callable[[str], object]] = {}
         for parameter in parameters:
             long_name, _short, _default, _doc, coerce = padTo(5, parameter)
+            assert isinstance(long_name, str) and (coerce is None or callable(coerce))
             self._coercers[long_name] = coerce if coerce is not None else str
-        flags: list[Any] = []
+        flags: list[list[object]] = []
         reflect.accumulateClassList(self.__class__, "optFlags", flags)
         self._flags = frozenset(padTo(3, flag)[0] for flag in flags)
 
-        handlers: dict[str, Any] = {}
+        handlers: dict[str, object] = {}
         reflect.addMethodNamesToDict(self.__class__, handlers, "opt_")
         self._handler_takes_value = {
             name.replace("_", "-"): not usage.flagFunction(getattr(self, "opt_" + name))
@@ -178,18 +180,20 @@ class RoleOptions(usage.Options):
         for name in self._original_dispatch:
             self._dispatch[name] = self._recording_dispatch(name)
 
-    def _default_list(self, name: str, default: Any) -> list[Any]:
+    def _default_list(self, name: str, default: object) -> list[object]:
         if default is None:
             return []
         if isinstance(default, str):
             return [self._coercers[name](item) for item in default.split()]
+        if not isinstance(default, Iterable):
+            raise TypeError(f"the default of repeatable --{name} is neither a string nor a list")
         return list(default)
 
     def _recording_dispatch(self, name: str) -> Callable[..., None]:
         """Wrap an option's dispatcher so we know the command line set it."""
         inner = self._original_dispatch[name]
 
-        def dispatch(option_name: str, value: Any = None) -> None:
+        def dispatch(option_name: str, value: str | None = None) -> None:
             if isinstance(inner, usage.CoerceParameter):
                 if value is None:
                     raise usage.UsageError(f"--{option_name} requires a value")

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 from twisted.internet import task
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
 
 from p2psip.demo_sip import run_sip_demo
 from p2psip.overlay.identity import NodeIdentity
@@ -38,8 +40,22 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-@inlineCallbacks
-def start_peer(reactor: Any, bootstrap: str | None, config: OverlayConfig = DEMO_CONFIG) -> Any:
+def start_peer(
+    reactor: IReactorTime, bootstrap: str | None, config: OverlayConfig = DEMO_CONFIG
+) -> Deferred[tuple[OverlayNode, IListeningPort]]:
+    """
+    A peer listening on 127.0.0.1 (a port the OS picks): the ring's first
+    when ``bootstrap`` is None, else joined through that endpoint.
+
+    ``reactor`` must provide IReactorTCP as well (the peer's listener and
+    links); the demo and ``bench/overlay.py`` pass the global reactor.
+    """
+    return Deferred.fromCoroutine(_start_peer(reactor, bootstrap, config))
+
+
+async def _start_peer(
+    reactor: IReactorTime, bootstrap: str | None, config: OverlayConfig
+) -> tuple[OverlayNode, IListeningPort]:
     node = OverlayNode(
         identity=NodeIdentity.generate(),
         clock=reactor,
@@ -48,34 +64,37 @@ def start_peer(reactor: Any, bootstrap: str | None, config: OverlayConfig = DEMO
         advertised_port=0,
         config=config,
     )
-    port = reactor.listenTCP(
-        0, FramedLinkFactory(node, reactor, config.limits.max_message_bytes), interface="127.0.0.1"
+    endpoint = TCP4ServerEndpoint(IReactorTCP(reactor), 0, interface="127.0.0.1")
+    port: IListeningPort = await endpoint.listen(
+        FramedLinkFactory(node, reactor, config.limits.max_message_bytes)
     )
-    node.set_advertised_address("127.0.0.1", port.getHost().port)
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
+    node.set_advertised_address("127.0.0.1", address.port)
     if bootstrap is None:
         node.start_alone()
     else:
-        yield node.join([bootstrap])
+        await node.join([bootstrap])
     return node, port
 
 
-@inlineCallbacks
-def main(reactor: Any) -> Any:
+async def main(reactor: IReactorTime) -> None:
     started = time.monotonic()
     say(f"Starting a ring of {PEERS} peers on 127.0.0.1 ...")
-    nodes, ports = [], []
-    first, first_port = yield start_peer(reactor, None)
+    nodes: list[OverlayNode] = []
+    ports: list[IListeningPort] = []
+    first, first_port = await start_peer(reactor, None)
     nodes.append(first)
     ports.append(first_port)
     bootstrap = f"tcp:127.0.0.1:{first.advertised_port}"
     say(f"  bootstrap {id_short(first.node_id)} listening on {bootstrap}")
     for index in range(1, PEERS):
-        node, port = yield start_peer(reactor, bootstrap)
+        node, port = await start_peer(reactor, bootstrap)
         nodes.append(node)
         ports.append(port)
         say(f"  peer {index} {id_short(node.node_id)} joined on port {node.advertised_port}")
     say("Letting the ring stabilise ...")
-    yield task.deferLater(reactor, 3.0, lambda: None)
+    await task.deferLater(reactor, 3.0, lambda: None)
 
     say("\nThe ring (clockwise):")
     for node in sorted(nodes, key=lambda n: n.node_id):
@@ -88,7 +107,7 @@ def main(reactor: Any) -> Any:
     users = ["alice", "bob", "carol", "dave", "erin"]
     for index, user in enumerate(users):
         origin = nodes[index % len(nodes)]
-        result = yield origin.put(
+        result = await origin.put(
             f"sip:{user}@demo.p2psip.test", f"sip:{user}@127.0.0.1:5062".encode()
         )
         say(
@@ -100,7 +119,7 @@ def main(reactor: Any) -> Any:
     hops = []
     for index, user in enumerate(users):
         origin = nodes[(index + 3) % len(nodes)]
-        got = yield origin.get(f"sip:{user}@demo.p2psip.test")
+        got = await origin.get(f"sip:{user}@demo.p2psip.test")
         route = " -> ".join(id_short(hop) for hop in got.route)
         hops.append(got.hops)
         say(
@@ -110,12 +129,14 @@ def main(reactor: Any) -> Any:
         if not got.found:
             raise SystemExit(f"value for {user} was not found")
 
-    setup_ms = yield run_sip_demo(reactor, nodes, say)
+    setup_ms = await run_sip_demo(reactor, nodes, say)
 
     say("\nEvery peer leaves gracefully ...")
     for node, port in zip(reversed(nodes), reversed(ports)):
-        yield node.leave()
-        yield port.stopListening()
+        await node.leave()
+        stopped = port.stopListening()
+        if stopped is not None:
+            await stopped
     say(
         f"\nDone: {PEERS} peers, {len(users)} values, mean lookup {sum(hops) / len(hops):.1f} hops,"
         f" one call set up in {setup_ms:.1f} ms, {time.monotonic() - started:.1f} s."

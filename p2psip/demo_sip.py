@@ -14,19 +14,23 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 
+from p2psip.overlay.node import OverlayNode
 from p2psip.roles.ring_options import SipConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret
-from p2psip.sip.location import SIP_REGISTRATION_KIND
 from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipTransport
+from p2psip.sip.uri import URI, SipURI
 from p2psip.sip.user_agent import SimpleUserAgent
 from p2psip.sip.users import UsersFile
+from p2psip.usages.sip import SIP_REGISTRATION_KIND
 from p2psip.util.ids import id_short
+from p2psip.util.reactor import as_udp_reactor
 
 PASSWORDS = {"alice": "alice-demo-password", "bob": "bob-demo-password"}
 
@@ -42,9 +46,29 @@ def _sip_config(domain: str, users: Path) -> SipConfig:
     )
 
 
-@inlineCallbacks
-def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
-    """Register Alice and Bob at two super-nodes of ``nodes`` and have Bob call Alice."""
+def _route_name(uri: URI, names: dict[str, str]) -> str:
+    """Which super-node a Record-Route URI names (by its host:port), or ``?``."""
+    if not isinstance(uri, SipURI):
+        return "?"
+    return names.get(f"{uri.host}:{uri.port}", "?")
+
+
+def run_sip_demo(
+    reactor: IReactorTime, nodes: list[OverlayNode], say: Callable[[str], None]
+) -> Deferred[float]:
+    """
+    Register Alice and Bob at two super-nodes of ``nodes`` and have Bob call Alice.
+
+    ``reactor`` must have UDP sockets as well (the phones and the super-nodes'
+    SIP listeners).  :returns: call setup time (INVITE to 200) in milliseconds.
+    """
+    return Deferred.fromCoroutine(_run_sip_demo(reactor, nodes, say))
+
+
+async def _run_sip_demo(
+    reactor: IReactorTime, nodes: list[OverlayNode], say: Callable[[str], None]
+) -> float:
+    udp = as_udp_reactor(reactor)
     domain = nodes[0].config.overlay_name
     aor = {name: f"sip:{name}@{domain}" for name in PASSWORDS}
     with tempfile.TemporaryDirectory(prefix="p2psip-demo-") as scratch:
@@ -54,7 +78,9 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
             users.set_password(aor[name], password)
         users.save()
         alice_node, bob_node = nodes[1], nodes[len(nodes) // 2 + 1]
-        services, agents, transports = [], {}, []
+        services: list[SipService] = []
+        agents: dict[str, SimpleUserAgent] = {}
+        transports: list[SipTransport] = []
         try:
             for label, node in (("alice", alice_node), ("bob", bob_node)):
                 (directory / label).mkdir()
@@ -69,9 +95,9 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
                 service = SipService(stack, reactor, freeze_gc=False)
                 service.startService()
                 services.append(service)
-                transport = SipTransport(reactor)
+                transport = SipTransport(udp)
                 transports.append(transport)
-                yield transport.listen("udp:0:interface=127.0.0.1")
+                await transport.listen("udp:0:interface=127.0.0.1")
                 assert service.advertised is not None
                 agents[label] = SimpleUserAgent(
                     aor[label],
@@ -82,15 +108,14 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
                 )
             say("\nSIP: two super-nodes with Digest authentication, two phones on 127.0.0.1:")
             for label, service in zip(("alice", "bob"), services):
-                node = service.stack.node
-                yield agents[label].register()
+                await agents[label].register()
                 say(
-                    f"  {label:<5} registered at super-node {id_short(node.local_node_id)} "
+                    f"  {label:<5} registered at super-node {id_short(service.stack.node.local_node_id)} "
                     f"(SIP {service.status()['address']})"
                 )
 
-            found = yield bob_node.lookup(aor["alice"])
-            stored = yield bob_node.get_dictionary(aor["alice"], SIP_REGISTRATION_KIND)
+            found = await bob_node.lookup(aor["alice"])
+            stored = await bob_node.get_dictionary(aor["alice"], SIP_REGISTRATION_KIND)
             say(
                 f"\nAlice's registration ({aor['alice']}, {len(stored)} entry) is stored at "
                 f"{id_short(found.responsible)}, with copies on its next successors;"
@@ -99,16 +124,13 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
             say(f"  Bob's super-node finds it by route {route} ({found.hops} hops)")
 
             started = time.monotonic()
-            dialog = yield agents["bob"].call(aor["alice"])
+            dialog = await agents["bob"].call(aor["alice"])
             setup_ms = (time.monotonic() - started) * 1000.0
             names = {s.status()["address"]: id_short(s.stack.node.local_node_id) for s in services}
-            hops = " -> ".join(
-                f"super-node {names.get(f'{r.uri.host}:{r.uri.port}', '?')}"
-                for r in dialog.route_set
-            )
+            hops = " -> ".join(f"super-node {_route_name(r.uri, names)}" for r in dialog.route_set)
             say(f"\nBob calls Alice: INVITE -> 200 OK in {setup_ms:.1f} ms")
             say(f"  signalling path: bob -> {hops} -> alice ({dialog.remote_target})")
-            yield agents["bob"].hang_up(dialog)
+            await agents["bob"].hang_up(dialog)
             say(
                 f"  ACK and BYE took the same path; Alice answered {agents['alice'].calls_answered} call, "
                 f"got {agents['alice'].byes_received} BYE"
@@ -118,9 +140,11 @@ def run_sip_demo(reactor: Any, nodes: list[Any], say: Any) -> Any:
             for agent in agents.values():
                 agent.stop()
             for transport in transports:
-                yield transport.stop()
+                await transport.stop()
             for service in services:
-                yield service.stopService()
+                stopped = service.stopService()
+                if stopped is not None:
+                    await stopped
 
 
 __all__ = ["run_sip_demo"]

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest
 
@@ -97,18 +98,25 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
 
 
 class _StubUDPPort:
+    """
+    What ``MemoryUDPReactor.listenUDP`` returns: records the datagrams
+    written and whether it was closed (a :class:`p2psip.util.reactor.UDPPort`).
+    """
+
     def __init__(self, port: int, protocol: Any, interface: str) -> None:
         self.port = port
         self.protocol = protocol
         self.interface = interface
         self.listening = True
+        self.written: list[tuple[bytes, tuple[str, int]]] = []
+
+    def write(self, packet: bytes, addr: tuple[str, int]) -> None:
+        self.written.append((packet, addr))
 
     def stopListening(self) -> None:
         self.listening = False
 
-    def getHost(self) -> Any:
-        from twisted.internet.address import IPv4Address
-
+    def getHost(self) -> IPv4Address:
         return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
 
 

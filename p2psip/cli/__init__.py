@@ -13,6 +13,11 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import TypeAlias
+
+#: What each command module's ``register`` is given: the ``p2psip`` parser's
+#: subcommands, to which it adds its own (``subparsers.add_parser(...)``).
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = ("p2psip.cli.admin", "p2psip.cli.users", "p2psip.cli.nat")

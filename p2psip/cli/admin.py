@@ -29,7 +29,10 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import IO, Any, Protocol
+
+from p2psip.cli import Subcommands
 
 DEFAULT_API_URL = "http://127.0.0.1:8084"
 API_URL_VARIABLE = "P2PSIP_API"
@@ -39,7 +42,19 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 #: Status sections printed first, in this order; others follow as they come.
 STATUS_SECTIONS = ("node", "neighbours", "storage", "connections", "sip")
 
-Opener = Callable[..., Any]
+
+class Opener(Protocol):
+    """
+    How :class:`AdminClient` opens a URL: ``urllib.request.urlopen``'s shape.
+
+    It answers a context manager whose value reads the response body; an
+    HTTP error status raises ``urllib.error.HTTPError`` and an unreachable
+    server ``URLError`` or ``OSError``, as urlopen does.
+    """
+
+    def __call__(
+        self, request: urllib.request.Request, /, *, timeout: float
+    ) -> AbstractContextManager[IO[bytes]]: ...
 
 
 class AdminError(Exception):
@@ -103,7 +118,7 @@ class AdminClient:
             data = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
         request = urllib.request.Request(url, data=data, headers=headers, method=method)
-        urlopen = self._urlopen or urllib.request.urlopen
+        urlopen: Opener = self._urlopen or urllib.request.urlopen
         try:
             with urlopen(request, timeout=self._timeout_seconds) as response:
                 raw = response.read(MAX_RESPONSE_BYTES + 1)
@@ -376,7 +391,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     """Add status, ring, put, get and lookup to the ``p2psip`` command."""
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument("--json", action="store_true", help="print the API's raw JSON answer")

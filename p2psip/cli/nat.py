@@ -12,20 +12,36 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
+from p2psip.cli import Subcommands
 from p2psip.nat import holepunch, stunt
-from p2psip.nat.traversal import DatagramResult, TraversalClient, TraversalError, TraversalResult
+from p2psip.nat.traversal import (
+    DatagramResult,
+    IncomingDatagramPolicy,
+    IncomingPolicy,
+    TraversalClient,
+    TraversalError,
+    TraversalResult,
+)
+from p2psip.util.reactor import as_udp_reactor
 
 PING = b"p2psip-nat-ping\n"
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subcommands) -> None:
     nat = subparsers.add_parser("nat", help="NAT diagnostics and traversal through a mediator")
     commands = nat.add_subparsers(dest="nat_command", metavar="SUBCOMMAND")
 
@@ -127,9 +143,9 @@ class _UdpEcho(DatagramProtocol):
 
     IDLE_SECONDS = 60.0
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
-        self.idle: Any = None
+        self.idle: IDelayedCall | None = None
 
     def startProtocol(self) -> None:
         self.idle = self.clock.callLater(self.IDLE_SECONDS, self._close)
@@ -157,12 +173,12 @@ class _UdpPing(DatagramProtocol):
     RETRY_SECONDS = 0.2
     TIMEOUT_SECONDS = 3.0
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self.answered: defer.Deferred[float] = defer.Deferred()
         self.peer: tuple[str, int] | None = None
         self.sent_at = 0.0
-        self.call: Any = None
+        self.call: IDelayedCall | None = None
 
     def ping(self, peer: tuple[str, int]) -> None:
         self.peer = peer
@@ -191,7 +207,7 @@ class _UdpPing(DatagramProtocol):
 class _Ping(Protocol):
     """Sends PING once connected; fires ``answered`` with the echo's round-trip time."""
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
         self.answered: defer.Deferred[float] = defer.Deferred()
         self.buffer = b""
@@ -216,37 +232,69 @@ class _Ping(Protocol):
             self.answered.errback(TraversalError("connection closed before the echo came back"))
 
 
-@defer.inlineCallbacks
-def _start_client(reactor: Any, args: argparse.Namespace, **kwargs: Any) -> Any:
-    endpoint = clientFromString(reactor, args.mediator)
+async def _start_client(
+    reactor: IReactorTime,
+    args: argparse.Namespace,
+    *,
+    accept: IncomingPolicy | None = None,
+    on_incoming: Callable[[TraversalResult], None] | None = None,
+    accept_datagram: IncomingDatagramPolicy | None = None,
+    on_incoming_datagram: Callable[[DatagramResult], None] | None = None,
+) -> TraversalClient:
+    endpoint: IStreamClientEndpoint = clientFromString(reactor, args.mediator)
     deadline = reactor.seconds() + args.wait
     while True:
-        client = TraversalClient(reactor, endpoint, args.id, _secret(args), **kwargs)
+        client = TraversalClient(
+            reactor,
+            endpoint,
+            args.id,
+            _secret(args),
+            accept=accept,
+            on_incoming=on_incoming,
+            accept_datagram=accept_datagram,
+            on_incoming_datagram=on_incoming_datagram,
+        )
         try:
-            yield client.start()
+            await client.start()
             return client
         except TraversalError as e:
             if "refused us" in e.reason or reactor.seconds() >= deadline:
                 raise
-        yield _sleep(reactor, 0.2)
+        await _sleep(reactor, 0.2)
 
 
-def _sleep(reactor: Any, seconds: float) -> defer.Deferred[None]:
+def _sleep(clock: IReactorTime, seconds: float) -> defer.Deferred[None]:
     d: defer.Deferred[None] = defer.Deferred()
-    reactor.callLater(seconds, d.callback, None)
+    clock.callLater(seconds, d.callback, None)
     return d
 
 
-def run_listen(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor as global_reactor
+def _run(main: Callable[[IReactorTime], Coroutine[Any, Any, None]], status: list[int]) -> int:
+    """
+    Run ``main`` on the global reactor until it finishes; the exit status.
+
+    A failure is printed (its reason, for a TraversalError) and makes the
+    status 1; so does a non-zero SystemExit raised while the reactor ran.
+    """
     from twisted.internet.task import react
 
-    reactor: Any = global_reactor
+    try:
+        react(
+            lambda reactor: defer.Deferred.fromCoroutine(main(reactor)).addErrback(
+                _report_failure, status
+            )
+        )
+    except SystemExit as e:
+        if e.code not in (0, None):
+            return int(e.code) if isinstance(e.code, int) else 1
+    return status[0]
+
+
+def run_listen(args: argparse.Namespace) -> int:
     _start_logging(args)
     status = [0]
 
-    @defer.inlineCallbacks
-    def main(_: Any) -> Any:
+    async def main(reactor: IReactorTime) -> None:
         done: defer.Deferred[None] = defer.Deferred()
         seen = [0]
 
@@ -266,7 +314,7 @@ def run_listen(args: argparse.Namespace) -> int:
                 # Let the echo go out before stopping.
                 reactor.callLater(0.5, done.callback, None)
 
-        client = yield _start_client(
+        client = await _start_client(
             reactor,
             args,
             accept=lambda peer: Factory.forProtocol(_Echo),
@@ -287,15 +335,10 @@ def run_listen(args: argparse.Namespace) -> int:
                 done.callback(None)
 
         client.closed.addCallback(lost)
-        yield done
+        await done
         client.stop()
 
-    try:
-        react(lambda r: main(r).addErrback(_report_failure, status))
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code) if isinstance(e.code, int) else 1
-    return status[0]
+    return _run(main, status)
 
 
 def _report_failure(failure: Failure, status: list[int]) -> None:
@@ -309,10 +352,6 @@ def _report_failure(failure: Failure, status: list[int]) -> None:
 
 
 def run_connect(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor as global_reactor
-    from twisted.internet.task import react
-
-    reactor: Any = global_reactor
     _start_logging(args)
     status = [0]
     methods = [m for m in args.methods.split(",") if m]
@@ -324,48 +363,49 @@ def run_connect(args: argparse.Namespace) -> int:
         )
         return 2
 
-    @defer.inlineCallbacks
-    def one_udp(client: TraversalClient) -> Any:
+    async def one_udp(
+        reactor: IReactorTime, client: TraversalClient
+    ) -> tuple[DatagramResult, float]:
         ping = _UdpPing(reactor)
-        result = yield client.connect_datagram(args.to, ping)
+        result = await client.connect_datagram(args.to, ping)
         ping.ping(result.peer_address)
         try:
-            rtt = yield ping.answered
+            rtt = await ping.answered
         finally:
             assert ping.transport is not None
             ping.transport.stopListening()
         return result, rtt
 
-    @defer.inlineCallbacks
-    def one(client: TraversalClient) -> Any:
+    async def one(
+        reactor: IReactorTime, client: TraversalClient
+    ) -> tuple[TraversalResult | DatagramResult, float]:
         deadline = reactor.seconds() + args.wait
         while True:
             try:
                 if args.udp:
-                    result = yield one_udp(client)
-                    return result
-                result = yield client.connect(
+                    return await one_udp(reactor, client)
+                result = await client.connect(
                     args.to, Factory.forProtocol(lambda: _Ping(reactor)), methods
                 )
                 break
             except TraversalError as e:
                 if "(unknown-peer)" not in e.reason or reactor.seconds() >= deadline:
                     raise
-                yield _sleep(reactor, 0.2)
-        ping: _Ping = result.protocol
+                await _sleep(reactor, 0.2)
+        ping = result.protocol
+        assert isinstance(ping, _Ping)
         ping.ping()
-        rtt = yield ping.answered
+        rtt = await ping.answered
         assert ping.transport is not None
         ping.transport.loseConnection()
         return result, rtt
 
-    @defer.inlineCallbacks
-    def main(_: Any) -> Any:
-        client = yield _start_client(reactor, args)
+    async def main(reactor: IReactorTime) -> None:
+        client = await _start_client(reactor, args)
         failures = 0
         for _ in range(args.count):
             try:
-                result, rtt = yield one(client)
+                result, rtt = await one(reactor, client)
             except TraversalError as e:
                 failures += 1
                 _emit(args, {"ok": False, "reason": e.reason}, f"failed: {e.reason}")
@@ -386,32 +426,22 @@ def run_connect(args: argparse.Namespace) -> int:
         client.stop()
         status[0] = 1 if failures else 0
 
-    try:
-        react(lambda r: main(r).addErrback(_report_failure, status))
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code) if isinstance(e.code, int) else 1
-    return status[0]
+    return _run(main, status)
 
 
 def run_probe(args: argparse.Namespace) -> int:
-    from twisted.internet import reactor as global_reactor
-    from twisted.internet.task import react
-
-    reactor: Any = global_reactor
     _start_logging(args)
     status = [0]
 
-    @defer.inlineCallbacks
-    def main(_: Any) -> Any:
-        host, local_ip, stun_port, stun_udp_port = yield _read_challenge(reactor, args)
+    async def main(reactor: IReactorTime) -> None:
+        host, local_ip, stun_port, stun_udp_port = await _read_challenge(reactor, args)
         observations = []
         for _ in range(args.probes):
-            observation = yield holepunch.stun_tcp_probe(reactor, (host, stun_port))
+            observation = await holepunch.stun_tcp_probe(reactor, (host, stun_port))
             observations.append(observation)
         behaviour = stunt.classify(local_ip, observations)
         mapped = observations[-1]
-        udp = yield _rfc5780(reactor, (host, stun_udp_port), local_ip, args.rto_ms / 1000)
+        udp = await _rfc5780(reactor, (host, stun_udp_port), local_ip, args.rto_ms / 1000)
         record = {
             "local_ip": local_ip,
             "public_ip": behaviour.public_ip,
@@ -441,12 +471,7 @@ def run_probe(args: argparse.Namespace) -> int:
             lines.append(f"UDP filtering (RFC 5780): {udp['filtering']}")
         _emit(args, record, "\n".join(lines))
 
-    try:
-        react(lambda r: main(r).addErrback(_report_failure, status))
-    except SystemExit as e:
-        if e.code not in (0, None):
-            return int(e.code) if isinstance(e.code, int) else 1
-    return status[0]
+    return _run(main, status)
 
 
 class _ChallengeReader(Protocol):
@@ -455,7 +480,8 @@ class _ChallengeReader(Protocol):
         self.result: defer.Deferred[tuple[str, str, int, int]] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:
-        transport: Any = self.transport
+        transport = self.transport
+        assert transport is not None
         try:
             messages = self.decoder.feed(data)
         except stunt.StuntDecodeError as e:
@@ -464,13 +490,12 @@ class _ChallengeReader(Protocol):
                 self.result.errback(TraversalError(f"not a p2psip mediator: {e}"))
         for message in messages:
             if message["type"] == "challenge" and not self.result.called:
+                # The mediator's control connection is TCP: both ends have IP addresses.
+                peer, local = transport.getPeer(), transport.getHost()
+                assert isinstance(peer, (IPv4Address, IPv6Address))
+                assert isinstance(local, (IPv4Address, IPv6Address))
                 self.result.callback(
-                    (
-                        transport.getPeer().host,
-                        transport.getHost().host,
-                        message["stun_tcp_port"],
-                        message["stun_udp_port"],
-                    )
+                    (peer.host, local.host, message["stun_tcp_port"], message["stun_udp_port"])
                 )
         transport.loseConnection()
 
@@ -481,43 +506,53 @@ class _ChallengeReader(Protocol):
             )
 
 
-@defer.inlineCallbacks
-def _read_challenge(reactor: Any, args: argparse.Namespace) -> Any:
+async def _read_challenge(
+    reactor: IReactorTime, args: argparse.Namespace
+) -> tuple[str, str, int, int]:
     """The mediator's challenge (its STUN ports); retried until ``--wait`` runs out."""
     from twisted.internet.error import ConnectError
 
-    endpoint = clientFromString(reactor, args.mediator)
+    endpoint: IStreamClientEndpoint = clientFromString(reactor, args.mediator)
     deadline = reactor.seconds() + args.wait
     while True:
         try:
-            protocol = yield endpoint.connect(Factory.forProtocol(_ChallengeReader))
+            protocol = await endpoint.connect(Factory.forProtocol(_ChallengeReader))
             break
         except ConnectError:
             if reactor.seconds() >= deadline:
                 raise
-            yield _sleep(reactor, 0.2)
-    result = yield protocol.result
-    return result
+            await _sleep(reactor, 0.2)
+    assert isinstance(protocol, _ChallengeReader)
+    return await protocol.result
 
 
-@defer.inlineCallbacks
-def _rfc5780(reactor: Any, server: tuple[str, int], local_ip: str, rto_seconds: float) -> Any:
-    """UDP mapping and filtering behaviour, or why they could not be measured."""
+async def _rfc5780(
+    reactor: IReactorTime, server: tuple[str, int], local_ip: str, rto_seconds: float
+) -> dict[str, str]:
+    """
+    UDP mapping and filtering behaviour, or why they could not be measured.
+
+    ``reactor`` must have UDP sockets as well: the tests run from two
+    fresh ones.
+    """
     from p2psip.nat.behaviour import BehaviourDiscoveryError, discover_behaviour
     from p2psip.nat.stun_client import RetransmissionSchedule, StunUdpClient
 
     schedule = RetransmissionSchedule(rto_seconds=rto_seconds, max_transmissions=4)
     clients = [StunUdpClient(reactor, schedule), StunUdpClient(reactor, schedule)]
-    ports = [reactor.listenUDP(0, client, interface=local_ip) for client in clients]
+    udp = as_udp_reactor(reactor)
+    ports = [udp.listenUDP(0, client, interface=local_ip) for client in clients]
     try:
         local = (local_ip, ports[0].getHost().port)
-        found = yield discover_behaviour(
+        found = await discover_behaviour(
             clients[0].binding, server, local, filtering_binding=clients[1].binding
         )
     except BehaviourDiscoveryError as e:
         return {"error": str(e)}
     finally:
         for port in ports:
-            yield port.stopListening()
+            stopped = port.stopListening()
+            if stopped is not None:
+                await stopped
     filtering = found.filtering.value if found.filtering is not None else "unknown"
     return {"mapping": found.mapping.value, "filtering": filtering}

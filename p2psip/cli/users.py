@@ -12,10 +12,11 @@ import argparse
 import getpass
 import sys
 
+from p2psip.cli import Subcommands
 from p2psip.sip.users import UsersFile, UsersFileError
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subcommands) -> None:
     users = subparsers.add_parser("users", help="add, change, remove or list SIP digest users")
     commands = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
 

@@ -39,12 +39,13 @@ from twisted.python.failure import Failure
 from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.roles.ring_options import SipConfig
 from p2psip.sip.digest import DigestAuthenticator
-from p2psip.sip.location import SIP_APPLICATION, OverlayLocationService
+from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.metrics import CallSetupTimes, SipCollector
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.registrar import Registrar
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.users import UsersFile, UsersFileError
+from p2psip.usages.sip import SIP_APPLICATION
 from p2psip.util import gc_tuning
 
 NONCE_SECRET_FILE = "sip-nonce-secret"

@@ -49,7 +49,7 @@ from twisted.python.failure import Failure
 
 from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.errors import SipParseError
-from p2psip.sip.location import SIP_APPLICATION, Binding, OverlayLocationService
+from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
 from p2psip.sip.transaction import (
@@ -64,6 +64,7 @@ from p2psip.sip.transaction import (
     new_branch,
 )
 from p2psip.sip.uri import URI, SipURI, parse_uri
+from p2psip.usages.sip import SIP_APPLICATION
 
 #: The Request-URI parameter that names the super-node to deliver at.
 NODE_PARAMETER = "p2psip-node"

@@ -30,10 +30,11 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
 from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
@@ -56,6 +57,7 @@ from p2psip.sip.message import (
 )
 from p2psip.sip.transaction import Hop, new_branch
 from p2psip.util.endpoints import is_udp, parse_udp_listen_address
+from p2psip.util.reactor import UDPPort, UDPReactor
 
 UDP_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 TCP_IDLE_TIMEOUT_SECONDS = 3600.0
@@ -72,6 +74,10 @@ class MessageReceiver(Protocol):
 
     def message_received(self, message: AnyMessage, source: Hop) -> None:
         """A parsed message arrived from ``source``."""
+
+
+#: A listener :meth:`SipTransport.listen` opened: a UDP socket or a stream server's port.
+SipListeningPort = UDPPort | IListeningPort
 
 
 def _is_ip(host: str) -> bool:
@@ -111,7 +117,7 @@ class SipDatagramProtocol(DatagramProtocol):
     def __init__(self, owner: SipTransport) -> None:
         self.owner = owner
 
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         host, port = addr[0], addr[1]
         if not datagram.strip(b"\r\n"):
             return  # a CRLF keepalive; UDP keepalives are STUN (RFC 5626 s4.4.2)
@@ -253,15 +259,15 @@ class SipTransport:
 
     Implements the ``MessageSender`` the transaction layer needs
     (``send_request``, ``send_response``).  Set ``receiver`` (usually the
-    TransactionLayer) before messages arrive.  ``reactor`` provides UDP,
-    TCP and time (connection timeouts run on it).
+    TransactionLayer) before messages arrive.  ``reactor`` provides UDP and
+    time (connection timeouts run on it), and TCP for the stream endpoints.
     """
 
     log = Logger()
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: UDPReactor,
         receiver: MessageReceiver | None = None,
         *,
         udp_buffer_bytes: int = UDP_SOCKET_BUFFER_BYTES,
@@ -281,7 +287,7 @@ class SipTransport:
         self.udp_buffer_bytes = udp_buffer_bytes
         self.max_message_bytes = max_message_bytes
         self.max_header_bytes = max_header_bytes
-        self.udp_ports: list[Any] = []
+        self.udp_ports: list[UDPPort] = []
         self.stream_ports: list[IListeningPort] = []
         self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
@@ -308,7 +314,7 @@ class SipTransport:
 
     # Listening
 
-    def listen(self, description: str) -> defer.Deferred[Any]:
+    def listen(self, description: str) -> defer.Deferred[SipListeningPort]:
         """
         Start a listener: ``udp:PORT[:interface=ADDR]`` or a stream endpoint string (``tcp:5060``).
 
@@ -336,10 +342,9 @@ class SipTransport:
         except Exception as e:
             return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
         tls = description.strip().lower().startswith(("ssl:", "tls:"))
-        d: defer.Deferred[Any] = endpoint.listen(
+        listening: defer.Deferred[IListeningPort] = endpoint.listen(
             _StreamFactory(self, "TLS") if tls else self._factory
         )
-        d.addCallback(self._stream_listening)
 
         def explain(failure: Failure) -> Failure:
             return Failure(
@@ -348,14 +353,13 @@ class SipTransport:
                 )
             )
 
-        d.addErrback(explain)
-        return d
+        return listening.addCallbacks(self._stream_listening, explain)
 
-    def _stream_listening(self, port: IListeningPort) -> IListeningPort:
+    def _stream_listening(self, port: IListeningPort) -> SipListeningPort:
         self.stream_ports.append(port)
         return port
 
-    def _size_buffers(self, port: Any) -> None:
+    def _size_buffers(self, port: UDPPort) -> None:
         sock = getattr(port, "socket", None)
         if sock is None or not self.udp_buffer_bytes:
             return
@@ -370,10 +374,11 @@ class SipTransport:
                     name=name,
                 )
 
-    def stop(self) -> defer.Deferred[Any]:
+    def stop(self) -> defer.Deferred[list[None]]:
         """Stop all listeners and close all connections."""
-        waits = []
-        for port in self.udp_ports + self.stream_ports:
+        waits: list[defer.Deferred[None]] = []
+        ports: list[SipListeningPort] = [*self.udp_ports, *self.stream_ports]
+        for port in ports:
             result = port.stopListening()
             if isinstance(result, defer.Deferred):
                 waits.append(result)
@@ -393,9 +398,13 @@ class SipTransport:
         for listeners without an interface.  None when there is no such
         listener.
         """
-        ports: list[Any] = self.udp_ports if transport.upper() == "UDP" else list(self.stream_ports)
+        ports: list[SipListeningPort] = (
+            list(self.udp_ports) if transport.upper() == "UDP" else list(self.stream_ports)
+        )
         for port in ports:
             address = port.getHost()
+            if not isinstance(address, (IPv4Address, IPv6Address)):
+                continue  # a UNIX socket or the like: no host and port to advertise
             return Hop(transport.upper(), self.advertised_host or address.host, address.port)
         return None
 
@@ -495,7 +504,7 @@ class SipTransport:
             return
         self._connect_and_send(key, data, on_error)
 
-    def _udp_port_for(self, host: str) -> Any:
+    def _udp_port_for(self, host: str) -> UDPPort:
         """The first UDP socket of the target's address family (IPv6 targets contain ':')."""
         want_ipv6 = ":" in host
         for port in self.udp_ports:
@@ -552,6 +561,6 @@ class SipListenerService(Service):
             if failures:
                 failures[0].raiseException()
 
-    def stopService(self) -> defer.Deferred[Any]:
+    def stopService(self) -> defer.Deferred[list[None]]:
         super().stopService()
         return self.transport.stop()

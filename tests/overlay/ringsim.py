@@ -4,6 +4,12 @@ A whole CHORD-RELOAD ring on one fake clock, for the ring tests.
 Every node is a real :class:`OverlayNode` with its own key; links are
 in-memory (:class:`p2psip.testing.MemoryNetwork`) but carry the real
 encoded, signed RELOAD messages.
+
+Besides the building blocks (join, crash, run) it holds the steps of the
+ring scenario that ``tests/overlay/test_ring.py`` checks at a few dozen
+peers and ``bench/ring_simulation.py`` measures at a hundred: grow the
+ring, random lookups, crash waves, and the "fully re-replicated" condition
+a repaired ring reaches.
 """
 
 from __future__ import annotations
@@ -13,11 +19,10 @@ import random
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from p2psip.testing import HeapClock
 
 from p2psip.overlay.identity import NodeIdentity
-from p2psip.overlay.node import NodeState, OverlayConfig, OverlayNode
-from p2psip.testing import MemoryNetwork
+from p2psip.overlay.node import NodeState, OperationResult, OverlayConfig, OverlayNode
+from p2psip.testing import HeapClock, MemoryNetwork
 from p2psip.util.ids import between
 
 PORT = 6084
@@ -186,6 +191,88 @@ class RingSimulation:
             if node.topology.predecessor != ring[index - 1]:
                 return False
         return True
+
+    # -- the ring scenario ----------------------------------------------------
+
+    def grow(self, peers: int) -> None:
+        """Found the ring and join peers one after another until it has ``peers`` members."""
+        self.found()
+        for _ in range(peers - 1):
+            self.join()
+
+    def random_lookups(self, count: int) -> list[tuple[int, OperationResult]]:
+        """``count`` lookups of random ids from random live peers, with the id each looked for."""
+        results = []
+        for _ in range(count):
+            origin = self.random.choice(self.live())
+            target = self.random.getrandbits(128)
+            results.append((target, self.wait(origin.lookup_id(target))))
+        return results
+
+    def holders(self, resource: int) -> set[int]:
+        """The live peers whose store holds a value of ``resource``."""
+        return {n.node_id for n in self.live() if resource in set(n.storage.store.resources())}
+
+    def replicated(self, resources: list[int]) -> bool:
+        """
+        True when every resource sits on its responsible peer and on the
+        ``config.replicas`` peers after it: the state a repaired ring
+        reaches, and the one in which it survives the next failures.
+        """
+        if not self.consistent():
+            return False
+        ring = self.sorted_ids()
+        copies = min(len(ring), self.config.replicas + 1)
+        held: dict[int, set[int]] = {}
+        for node in self.live():
+            for resource in node.storage.store.resources():
+                held.setdefault(resource, set()).add(node.node_id)
+        for resource in resources:
+            index = ring.index(self.owner(resource))
+            wanted = {ring[(index + k) % len(ring)] for k in range(copies)}
+            if not wanted <= held.get(resource, set()):
+                return False
+        return True
+
+    def crashes_forgotten(self) -> bool:
+        """
+        True when no live peer still has a crashed peer in its routing
+        table or among its links: until then a request routed through a
+        stale finger waits out its timeout instead of reaching its target.
+        """
+        dead = {n.node_id for n in self.crashed} - {n.node_id for n in self.live()}
+        return not any(
+            dead & (n.topology.known_peers() | set(n.links.peers())) for n in self.live()
+        )
+
+    def repaired(self, resources: list[int]) -> bool:
+        """The ring after failures is whole again: neighbours exact, values re-replicated, the dead forgotten."""
+        return self.replicated(resources) and self.crashes_forgotten()
+
+    def pick_wave(self, count: int) -> list[OverlayNode]:
+        """
+        ``count`` (at least two) live peers to crash together.
+
+        The wave always holds two ring-adjacent peers, so some values lose
+        their responsible peer and its first replica at once; the others
+        are random.  No three ring-adjacent peers are chosen: with two
+        replicas that is the loss the ring is built to survive between
+        repairs.
+        """
+        ring = self.sorted_ids()
+        if not 2 <= count <= len(ring) // 3:
+            raise ValueError(f"cannot pick {count} victims from a ring of {len(ring)}")
+        first = self.random.randrange(len(ring))
+        chosen = {first, (first + 1) % len(ring)}
+        while len(chosen) < count:
+            candidate = self.random.randrange(len(ring))
+            window = [(candidate + k) % len(ring) for k in range(-2, 3)]
+            marks = [i in chosen or i == candidate for i in window]
+            if any(all(marks[j : j + 3]) for j in range(3)):
+                continue
+            chosen.add(candidate)
+        victims = {ring[i] for i in chosen}
+        return [n for n in self.nodes if n.node_id in victims]
 
     def stop_all(self) -> None:
         for node in self.nodes:

@@ -1,4 +1,7 @@
-"""Tests for the SIP-REGISTRATION codec and the overlay location service."""
+"""Tests for the overlay location service and the contact list it keeps in SIP-REGISTRATION values.
+
+The SipRegistration codec itself is tested in ``tests/usages/test_sip.py``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import struct
 
 from hypothesis import given
 from hypothesis import strategies as st
+
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -14,18 +18,20 @@ from zope.interface.verify import verifyObject
 
 from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.location import (
+    Binding,
+    LocationDecodeError,
+    OverlayLocationService,
+    bindings_from_entry,
+    format_q,
+)
+from p2psip.usages.sip import (
     SIP_REGISTRATION_KIND,
     SIP_REGISTRATION_ROUTE,
     SIP_REGISTRATION_URI,
-    Binding,
+    DecodeError,
     Destination,
-    LocationDecodeError,
-    OverlayLocationService,
     SipRegistration,
-    bindings_from_entry,
-    decode_registration,
     encode_registration,
-    format_q,
 )
 from p2psip.util.ids import id_to_bytes
 
@@ -36,86 +42,50 @@ NODE_A = 0x0123456789ABCDEF0123456789ABCDEF
 NODE_B = 0xFEDCBA9876543210FEDCBA9876543210
 NOW = 1_764_000_000.0
 
-node_ids = st.integers(min_value=0, max_value=(1 << 128) - 1)
-destinations = st.one_of(
-    node_ids.map(Destination.node),
-    st.builds(Destination, st.sampled_from([2, 3]), st.binary(max_size=40)),
-)
-registrations = st.one_of(
-    st.builds(SipRegistration, st.just(SIP_REGISTRATION_URI), uri=st.text(max_size=100)),
-    st.builds(
-        SipRegistration,
-        st.just(SIP_REGISTRATION_ROUTE),
-        contact_prefs=st.text(max_size=200),
-        destination_list=st.lists(destinations, max_size=5).map(tuple),
-    ),
-)
 
-
-class CodecTests(SynchronousTestCase):
-    def test_uri_wire_form(self) -> None:
-        """A uri registration is type 1, a length, and a length-prefixed URI."""
-        wire = encode_registration(SipRegistration(SIP_REGISTRATION_URI, uri="sip:a@b"))
-        self.assertEqual(wire, b"\x01\x00\x09\x00\x07sip:a@b")
-
-    def test_route_wire_form(self) -> None:
-        """A route registration carries contact_prefs then a list of node destinations."""
-        registration = SipRegistration(
-            SIP_REGISTRATION_ROUTE, contact_prefs="x", destination_list=(Destination.node(NODE_A),)
-        )
-        wire = encode_registration(registration)
-        destination = b"\x01\x10" + id_to_bytes(NODE_A)
-        body = b"\x00\x01x" + struct.pack(">H", len(destination)) + destination
-        self.assertEqual(wire, b"\x02" + struct.pack(">H", len(body)) + body)
-        self.assertEqual(decode_registration(wire), registration)
-
-    @given(registrations)
-    def test_round_trip(self, registration: SipRegistration) -> None:
-        """Every encodable registration decodes back to itself."""
-        self.assertEqual(decode_registration(encode_registration(registration)), registration)
-
-    @given(st.binary(max_size=300))
-    def test_random_bytes_only_decode_error(self, data: bytes) -> None:
-        """Arbitrary bytes decode or raise LocationDecodeError, nothing else."""
-        try:
-            decode_registration(data)
-        except LocationDecodeError:
-            pass
-
-    @given(registrations, st.data())
-    def test_truncation_is_decode_error(
-        self, registration: SipRegistration, data: st.DataObject
-    ) -> None:
-        """Every strict prefix of a valid value is a decode error."""
-        wire = encode_registration(registration)
-        cut = data.draw(st.integers(min_value=0, max_value=len(wire) - 1))
-        self.assertRaises(LocationDecodeError, decode_registration, wire[:cut])
-
-    def test_hostile_values(self) -> None:
-        """Oversized lengths, trailing bytes and bad destinations are decode errors."""
-        for hostile in [
-            b"\x02\xff\xff",
-            b"\x01\x00\x02\xff\xff",
-            b"\x01\x00\x02\x00\x00junk",
-            b"\x02\x00\x06\x00\x00\x00\x02\x01\x05",
-            b"\x02\x00\x08\x00\x00\x00\x04\x09\x02ab",
-            b"\x01\x00\x03\x00\x01\xff",
-            b"\x02\x00\x05\x00\x00\x00\x01\x01",
-        ]:
-            self.assertRaises(LocationDecodeError, decode_registration, hostile)
-
-    def test_unknown_type_kept(self) -> None:
-        """An unknown registration type decodes with its body kept aside."""
-        registration = decode_registration(b"\x07\x00\x02hi")
-        self.assertEqual((registration.type, registration.unknown), (7, b"hi"))
-        self.assertEqual(bindings_from_entry(AOR, id_to_bytes(NODE_A), b"\x07\x00\x02hi"), [])
-
+class ContactPrefsTests(SynchronousTestCase):
     def test_q_format(self) -> None:
         """q-values are written with at most three decimals."""
         self.assertEqual([format_q(q) for q in (1.0, 0.5, 0.125, 0.0)], ["1", "0.5", "0.125", "0"])
 
 
 class EntryTests(SynchronousTestCase):
+    def test_unknown_type_has_no_bindings(self) -> None:
+        """A registration type this code does not know gives no bindings, and no error."""
+        self.assertEqual(bindings_from_entry(AOR, id_to_bytes(NODE_A), b"\x07\x00\x02hi"), [])
+
+    def test_route_to_key_node(self) -> None:
+        """A route value without a node destination goes to the node its key names."""
+        value = encode_registration(SipRegistration(SIP_REGISTRATION_ROUTE, contact_prefs="audio"))
+        [binding] = bindings_from_entry(AOR, id_to_bytes(NODE_B), value)
+        self.assertEqual(binding.node_id, NODE_B)
+        self.assertRaises(LocationDecodeError, bindings_from_entry, AOR, b"k", value)
+
+    def test_last_node_is_the_target(self) -> None:
+        """With several node destinations the last one serves the contact."""
+        value = encode_registration(
+            SipRegistration.route("<sip:a@192.0.2.1>;expires-at=5", NODE_A, NODE_B)
+        )
+        [binding] = bindings_from_entry(AOR, b"", value)
+        self.assertEqual((binding.node_id, binding.expires_at), (NODE_B, 5.0))
+
+    @given(st.binary(max_size=200), st.binary(max_size=20))
+    def test_hostile_entries_only_decode_error(self, value: bytes, key: bytes) -> None:
+        """Any entry gives bindings or raises DecodeError (LocationDecodeError is one), nothing else."""
+        try:
+            bindings_from_entry(AOR, key, value)
+        except DecodeError:
+            pass
+
+    @given(st.text(max_size=120))
+    def test_hostile_contact_prefs_only_decode_error(self, prefs: str) -> None:
+        """Any contact_prefs text in a well-formed value gives bindings or a LocationDecodeError."""
+        value = encode_registration(SipRegistration.route(prefs, NODE_A))
+        try:
+            bindings_from_entry(AOR, b"", value)
+        except LocationDecodeError:
+            pass
+
     def test_foreign_uri_value(self) -> None:
         """A plain uri value from another implementation is one binding to that URI."""
         value = encode_registration(
@@ -205,6 +175,18 @@ class OverlayLocationServiceTests(SynchronousTestCase):
         self.assertEqual(
             self.storage_a.calls, [("put", AOR, SIP_REGISTRATION_KIND, id_to_bytes(NODE_A), 3600)]
         )
+
+    def test_stored_value_bytes(self) -> None:
+        """The stored value is a route registration: our contact list, then this node."""
+        self.successResultOf(
+            self.service_a.register(AOR, [self.binding("sip:a@192.0.2.1", 60, 0.5)])
+        )
+        [(value, _expiry)] = self.shared[(AOR, SIP_REGISTRATION_KIND)].values()
+        prefs = b"<sip:a@192.0.2.1>;q=0.5;expires-at=1764000060"
+        destinations = b"\x01\x10" + id_to_bytes(NODE_A)
+        body = struct.pack(">H", len(prefs)) + prefs
+        body += struct.pack(">H", len(destinations)) + destinations
+        self.assertEqual(value, b"\x02" + struct.pack(">H", len(body)) + body)
 
     def test_expired_contacts_filtered(self) -> None:
         """A contact past its expiry is not returned though the entry still lives."""

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from pathlib import Path
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet import defer, reactor, utils
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.sip.digest import (
     DigestAuthenticator,
@@ -23,13 +19,9 @@ from p2psip.sip.digest import (
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.message import Request, Response, parse_message
-from p2psip.sip.proxy import SipProxy
 from p2psip.sip.message import NameAddress
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
 from p2psip.sip.transaction import Hop
-from p2psip.sip.transport import SipTransport
-from p2psip.sip.users import UsersFile
-from p2psip.testing import require_tool
 
 from .memory_storage import MemoryOverlayStorage
 
@@ -503,73 +495,6 @@ class BlurTests(SynchronousTestCase):
         self.assertEqual(blur_flow(FLOW), "192.0.2.x")
         self.assertEqual(blur_flow(("2001:db8:1:2::5", 5060)), "2001:db8:1::/48")
         self.assertEqual(blur_flow(object()), "?")
-
-
-class SipsakInteropTests(TestCase):
-    """
-    A real SIP client (sipsak) registers over loopback UDP.
-
-    Real sockets (port 0 on 127.0.0.1) and a real process; timers run on a
-    fake clock so nothing is left on the reactor.
-    """
-
-    @defer.inlineCallbacks
-    def test_sipsak_registers_with_digest(self) -> Generator[Deferred[Any], Any, None]:
-        """sipsak authenticates with MD5, gets its binding, and is refused with a wrong password."""
-        sipsak = require_tool("sipsak")
-        clock = Clock()
-        clock.advance(NOW)
-        directory = Path(self.mktemp())
-        directory.mkdir()
-        users = UsersFile(directory / "users")
-        users.set_password("sip:alice@localhost", "wonderland")
-        storage = MemoryOverlayStorage(NODE, clock)
-        location = OverlayLocationService(storage, clock)
-        # sipsak reads only the first challenge and knows only MD5.
-        authenticator = DigestAuthenticator(
-            "localhost", b"k" * 32, clock, users, algorithms=["MD5"]
-        )
-        registrar = Registrar("localhost", location, clock, authenticator, users)
-        self.addCleanup(registrar.stop)
-        transport = SipTransport(reactor)
-        port = yield transport.listen("udp:0:interface=127.0.0.1")
-        self.addCleanup(transport.stop)
-        number = port.getHost().port
-        proxy = SipProxy(
-            "localhost", ("127.0.0.1", number), storage, location, registrar, transport, clock
-        )
-        transport.receiver = proxy.transactions
-
-        def run(password: str) -> Deferred[tuple[bytes, bytes, int]]:
-            arguments = [
-                "-U",
-                "-C",
-                "sip:alice@127.0.0.1:5999",
-                "-x",
-                "300",
-                "-u",
-                "alice",
-                "-a",
-                password,
-                "-s",
-                "sip:alice@localhost",
-                "-p",
-                "127.0.0.1",
-                "-r",
-                str(number),
-            ]
-            result: Deferred[tuple[bytes, bytes, int]] = utils.getProcessOutputAndValue(
-                sipsak, arguments
-            )
-            return result
-
-        _, _, good = yield run("wonderland")
-        self.assertEqual(good, 0)
-        [binding] = registrar.local_bindings("sip:alice@localhost")
-        self.assertEqual(str(binding.contact.uri), "sip:alice@127.0.0.1:5999")
-        self.assertEqual(binding.flow.host, "127.0.0.1")  # type: ignore[attr-defined]
-        _, _, bad = yield run("guess")
-        self.assertNotEqual(bad, 0)
 
 
 class RegistrarModelTests(SynchronousTestCase):

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import json
 import re
-import socket
 from typing import Any
 
 from hypothesis import given, settings
@@ -15,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError, ConnectionDone
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
@@ -437,20 +436,3 @@ class HttpServiceTests(SynchronousTestCase):
         [(port, factory, _backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (0, "127.0.0.1"))
         self.assertIs(factory, site)
-
-    def test_busy_port_names_the_option(self) -> None:
-        """A port that cannot be bound fails startup with an error naming --http."""
-        busy = socket.socket()
-        self.addCleanup(busy.close)
-        busy.bind(("127.0.0.1", 0))
-        busy.listen(1)
-        port = busy.getsockname()[1]
-        from twisted.internet import reactor
-
-        site = build_site(
-            status=dict, metrics=CollectorRegistry(), api={}, title="t", reactor=Clock()
-        )
-        service = http_service(f"tcp:{port}:interface=127.0.0.1", site, reactor)
-        error = self.assertRaises(CannotListenError, service.privilegedStartService)
-        self.assertIn("the --http option", str(error))
-        self.assertIn(f"tcp:{port}:interface=127.0.0.1", str(error))

@@ -1,0 +1,72 @@
+"""
+Types for reactor parameters that need more than one Twisted interface.
+
+Twisted describes a reactor by many zope interfaces (IReactorTime,
+IReactorUDP, IReactorTCP, ...).  A parameter that needs one of them is
+annotated with that interface; a parameter that needs two cannot be, since
+an annotation cannot name "provides both".  The Protocols here list the
+methods such callers use instead.  The real reactor and
+``p2psip.testing.MemoryUDPReactor`` match them.
+
+Code holding a reactor typed by one interface (``IReactorTime``, say, as
+``task.react`` hands it over) gets the wider view with :func:`as_udp_reactor`,
+which checks the methods are there rather than casting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import DatagramProtocol
+
+
+class UDPPort(Protocol):
+    """
+    A listening UDP socket, as callers use it: IUDPTransport's ``write``
+    and ``getHost``, IListeningPort's ``stopListening``.
+    """
+
+    def write(self, packet: bytes, addr: tuple[str, int]) -> None: ...
+
+    def getHost(self) -> IPv4Address | IPv6Address: ...
+
+    def stopListening(self) -> Deferred[None] | None: ...
+
+
+@runtime_checkable
+class UDPReactor(Protocol):
+    """
+    A reactor with UDP sockets and timers: the methods of IReactorUDP and IReactorTime.
+
+    Code that also opens stream connections or listeners does so through
+    Twisted's endpoints, which need IReactorTCP (and IReactorSSL for
+    ``ssl:``) as well and check for it themselves.
+    """
+
+    def listenUDP(
+        self, port: int, protocol: DatagramProtocol, interface: str = ..., maxPacketSize: int = ...
+    ) -> UDPPort: ...
+
+    def seconds(self) -> float: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kwargs: object
+    ) -> IDelayedCall: ...
+
+    def getDelayedCalls(self) -> Sequence[IDelayedCall]: ...
+
+
+def as_udp_reactor(reactor: object) -> UDPReactor:
+    """
+    ``reactor`` seen as a :class:`UDPReactor`.
+
+    :raises TypeError: when it lacks UDP sockets or timers (only the
+        methods' presence is checked, as ``isinstance`` does for Protocols).
+    """
+    if not isinstance(reactor, UDPReactor):
+        raise TypeError(f"{reactor!r} has no UDP sockets and timers (IReactorUDP, IReactorTime)")
+    return reactor
