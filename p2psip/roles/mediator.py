@@ -12,17 +12,29 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from attrs import frozen
 from twisted.application import strports
-from twisted.application.service import IService, MultiService
+from twisted.application.service import MultiService
 from twisted.python import usage
 
-from p2psip.config import RoleOptions
+from p2psip.config import RoleOptions, server_endpoint
 from p2psip.nat import mediator, stun_server, stunt
+from p2psip.util.endpoints import (
+    UDPListenAddress,
+    is_udp,
+    parse_host_port,
+    parse_udp_listen_address,
+    stream_listen_port,
+)
 from p2psip.util.metrics import role_registry
 from p2psip.web.site import build_site, http_service
 
 #: Where an operator turns the relay on or off, for failure reasons.
 RELAY_SETTING = "mediator.ini [mediator] relay (or --relay yes)"
+
+#: The STUN port clients are told to probe when no listener names one
+#: (``systemd:`` sockets): the IANA port.
+DEFAULT_STUN_PORT = 3478
 
 
 def yes_no(value: str) -> bool:
@@ -37,28 +49,34 @@ def yes_no(value: str) -> bool:
 yes_no.coerceDoc = "yes or no"  # type: ignore[attr-defined]
 
 
-def parse_udp(description: str) -> tuple[int, str]:
-    """``udp:PORT[:interface=ADDR]`` -> (port, interface)."""
-    parts = description.split(":")
-    if parts[0] != "udp" or len(parts) < 2 or not parts[1].isdigit():
-        raise ValueError(f"{description!r}: expected udp:PORT[:interface=ADDR]")
-    interface = ""
-    for extra in parts[2:]:
-        name, _, value = extra.partition("=")
-        if name != "interface" or not value:
-            raise ValueError(f"{description!r}: unknown option {extra!r} (only interface=ADDR)")
-        interface = value
-    return int(parts[1]), interface
+@frozen
+class MediatorConfig:
+    """Everything the mediator is built from, checked by ``Options.postOptions``."""
 
+    stun_udp: tuple[UDPListenAddress, ...]
+    stun_stream: tuple[str, ...]
+    #: RFC 5780's second address and port of this host, if configured.
+    alternate: tuple[str, int] | None
+    control: str
+    http: str
+    secrets: stunt.Secrets
+    policy: stunt.BrokerPolicy
+    relay_limits: mediator.RelayLimits
+    connections_per_minute_per_address: int
 
-def _tcp_port(description: str) -> int:
-    """The port of a TCP server endpoint string (tcp:PORT, tcp:port=PORT), 0 if none."""
-    for part in description.split(":")[1:]:
-        if part.isdigit():
-            return int(part)
-        if part.startswith("port=") and part[5:].isdigit():
-            return int(part[5:])
-    return 0
+    @property
+    def stun_udp_port(self) -> int:
+        """The UDP port clients probe: the first UDP listener's."""
+        return self.stun_udp[0].port if self.stun_udp else DEFAULT_STUN_PORT
+
+    @property
+    def stun_tcp_port(self) -> int:
+        """The TCP port clients probe for port prediction: the first stream listener's."""
+        for description in self.stun_stream:
+            port = stream_listen_port(description)
+            if port is not None:
+                return port
+        return DEFAULT_STUN_PORT
 
 
 class Options(RoleOptions):
@@ -75,11 +93,23 @@ class Options(RoleOptions):
             "stun-alternate",
             None,
             None,
-            "IP:PORT, a second address and port of this host: RFC 5780 behaviour discovery over UDP "
+            "IP:PORT or [IPv6]:PORT, a second address and port of this host: RFC 5780 behaviour discovery over UDP "
             "(needs --stun udp:PORT:interface=PRIMARY_IP).",
         ],
-        ["control", None, "tcp:3479", "STUNT control listener (clients stay connected here)."],
-        ["http", None, "tcp:8087:interface=127.0.0.1", "/status and /metrics listener."],
+        [
+            "control",
+            None,
+            "tcp:3479",
+            "STUNT control listener (clients stay connected here).",
+            server_endpoint,
+        ],
+        [
+            "http",
+            None,
+            "tcp:8087:interface=127.0.0.1",
+            "/status and /metrics listener.",
+            server_endpoint,
+        ],
         [
             "data-dir",
             None,
@@ -147,26 +177,58 @@ class Options(RoleOptions):
         ["attempt-deadline-seconds", None, 4.0, "How long each side tries one method.", float],
     ]
 
+    config: MediatorConfig
+
     def postOptions(self) -> None:
         super().postOptions()
+        stun_udp, stun_stream = self._stun_listeners()
+        self.config = MediatorConfig(
+            stun_udp=stun_udp,
+            stun_stream=stun_stream,
+            alternate=self._alternate(stun_udp),
+            control=self["control"],
+            http=self["http"],
+            secrets=self._secrets(),
+            policy=self._policy(),
+            relay_limits=mediator.RelayLimits(
+                max_bytes_per_session=self["relay-bytes-per-session"],
+                rate_bytes_per_second=self["relay-rate-bytes-per-second"],
+                idle_timeout_seconds=self["relay-idle-seconds"],
+            ),
+            connections_per_minute_per_address=self["connections-per-minute-per-address"],
+        )
+
+    def _stun_listeners(self) -> tuple[tuple[UDPListenAddress, ...], tuple[str, ...]]:
+        udp: list[UDPListenAddress] = []
+        stream: list[str] = []
         for description in self["stun"]:
-            if description.startswith("udp:"):
-                try:
-                    parse_udp(description)
-                except ValueError as e:
-                    raise usage.UsageError(f"--stun {e}") from None
-        self["alternate"] = None
-        if self["stun-alternate"]:
-            host, _, port = self["stun-alternate"].rpartition(":")
-            udp = [parse_udp(d) for d in self["stun"] if d.startswith("udp:")]
-            if not host or not port.isdigit():
-                raise usage.UsageError("--stun-alternate takes IP:PORT, e.g. 198.51.100.11:3479")
-            if len(udp) != 1 or not udp[0][1]:
-                raise usage.UsageError(
-                    "--stun-alternate needs exactly one UDP STUN listener bound to the primary IP: "
-                    "--stun udp:3478:interface=PRIMARY_IP"
-                )
-            self["alternate"] = (host, int(port))
+            try:
+                if is_udp(description):
+                    udp.append(parse_udp_listen_address(description))
+                else:
+                    stream.append(server_endpoint(description))
+                    stream_listen_port(description)
+            except (ValueError, usage.UsageError) as e:
+                raise usage.UsageError(f"--stun (or 'stun' in [mediator]): {e}") from None
+        if not udp and not stream:
+            raise usage.UsageError("--stun needs at least one listener, e.g. udp:3478 tcp:3478")
+        return tuple(udp), tuple(stream)
+
+    def _alternate(self, udp: tuple[UDPListenAddress, ...]) -> tuple[str, int] | None:
+        if not self["stun-alternate"]:
+            return None
+        try:
+            alternate = parse_host_port(self["stun-alternate"])
+        except ValueError as e:
+            raise usage.UsageError(f"--stun-alternate: {e}") from None
+        if len(udp) != 1 or not udp[0].interface:
+            raise usage.UsageError(
+                "--stun-alternate needs exactly one UDP STUN listener bound to the primary IP: "
+                "--stun udp:3478:interface=PRIMARY_IP"
+            )
+        return alternate
+
+    def _secrets(self) -> stunt.Secrets:
         for name in (
             "relay-sessions-per-client",
             "relay-bytes-per-session",
@@ -198,11 +260,11 @@ class Options(RoleOptions):
                 "clients must authenticate: give --secret or --secrets-file "
                 "(or 'secret'/'secrets-file' in [mediator] of --config)"
             )
-        self["secrets"] = stunt.Secrets(
+        return stunt.Secrets(
             shared=self["secret"].encode("utf-8") if self["secret"] else None, per_id=per_id
         )
 
-    def policy(self) -> stunt.BrokerPolicy:
+    def _policy(self) -> stunt.BrokerPolicy:
         return stunt.BrokerPolicy(
             relay_enabled=self["relay"],
             low_ttl_enabled=self["low-ttl"],
@@ -214,62 +276,75 @@ class Options(RoleOptions):
             relay_config_hint=RELAY_SETTING,
         )
 
-    def relay_limits(self) -> mediator.RelayLimits:
-        return mediator.RelayLimits(
-            max_bytes_per_session=self["relay-bytes-per-session"],
-            rate_bytes_per_second=self["relay-rate-bytes-per-second"],
-            idle_timeout_seconds=self["relay-idle-seconds"],
-        )
+
+class MediatorRole(MultiService):
+    """
+    The running mediator: STUN listeners, the control port, the status site.
+
+    Children start in the order they were added: STUN first (clients probe
+    it as soon as the broker answers them), then the control port, then
+    HTTP.
+    """
+
+    def __init__(
+        self,
+        broker: stunt.Broker,
+        responder: stun_server.StunResponder,
+        control_factory: mediator.ControlServerFactory,
+    ) -> None:
+        super().__init__()
+        self.broker = broker
+        self.responder = responder
+        self.control_factory = control_factory
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` document: the broker's, plus the STUN counters."""
+        document = self.broker.status()
+        document["stun"] = self.responder.metrics()
+        return document
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
-    if reactor is None:
-        from twisted.internet import reactor
-    top = MultiService()
+def make_mediator(config: MediatorConfig, reactor: Any) -> MediatorRole:
+    """Build every part of the mediator from ``config``, wired together."""
     responder = stun_server.StunResponder()
-    stun_tcp_port = stun_udp_port = 3478
-    for description in options["stun"]:
-        if description.startswith("udp:"):
-            port, interface = parse_udp(description)
-            stun_udp_port = port
-            alternate = options["alternate"]
-            stun_server.StunUdpService(
-                port,
-                interface=interface,
-                alternate_ip=alternate[0] if alternate else None,
-                alternate_port=alternate[1] if alternate else None,
-                responder=responder,
-                reactor=reactor,
-            ).setServiceParent(top)
-        else:
-            stun_tcp_port = _tcp_port(description) or stun_tcp_port
-            strports.service(
-                description, stun_server.StunTcpServerFactory(responder), reactor=reactor
-            ).setServiceParent(top)
     registry = role_registry()
     broker = stunt.Broker(
         reactor,
-        options["secrets"],
-        options.policy(),
-        stun_tcp_port=stun_tcp_port,
-        stun_udp_port=stun_udp_port,
+        config.secrets,
+        config.policy,
+        stun_tcp_port=config.stun_tcp_port,
+        stun_udp_port=config.stun_udp_port,
         registry=registry,
     )
     registry.register(mediator.StunCollector(responder.metrics))
     control = mediator.ControlServerFactory(
-        broker, reactor, options.relay_limits(), options["connections-per-minute-per-address"]
+        broker, reactor, config.relay_limits, config.connections_per_minute_per_address
     )
-    strports.service(options["control"], control, reactor=reactor).setServiceParent(top)
-
-    def status() -> dict[str, Any]:
-        document = broker.status()
-        document["stun"] = responder.metrics()
-        return document
-
+    role = MediatorRole(broker, responder, control)
+    alternate_ip, alternate_port = config.alternate or (None, None)
+    for address in config.stun_udp:
+        stun_server.StunUdpService(
+            address.port,
+            interface=address.interface,
+            alternate_ip=alternate_ip,
+            alternate_port=alternate_port,
+            responder=responder,
+            reactor=reactor,
+        ).setServiceParent(role)
+    for description in config.stun_stream:
+        strports.service(
+            description, stun_server.StunTcpServerFactory(responder), reactor=reactor
+        ).setServiceParent(role)
+    strports.service(config.control, control, reactor=reactor).setServiceParent(role)
     site = build_site(
-        status=status, metrics=registry, api={}, title="p2psip mediator", reactor=reactor
+        status=role.status, metrics=registry, api={}, title="p2psip mediator", reactor=reactor
     )
-    http_service(options["http"], site, reactor).setServiceParent(top)
-    top.broker = broker  # type: ignore[attr-defined]
-    top.control_factory = control  # type: ignore[attr-defined]
-    return top
+    http_service(config.http, site, reactor).setServiceParent(role)
+    return role
+
+
+def makeService(options: Options, reactor: Any = None) -> MediatorRole:
+    """twistd's entry point: the checked configuration, built."""
+    if reactor is None:
+        from twisted.internet import reactor
+    return make_mediator(options.config, reactor)

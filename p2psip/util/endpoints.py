@@ -132,6 +132,56 @@ def parse_tcp_client_description(description: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+def stream_listen_port(description: str) -> int | None:
+    """
+    The port a Twisted stream server endpoint listens on (``tcp:3478``,
+    ``ssl:port=5061:privateKey=...``, ``tcp:6084:interface=\\:\\:1``).
+
+    None for endpoints without a port (``unix:``, ``systemd:``).
+
+    :raises ValueError: when a ``tcp``/``ssl``/``tls`` string has no valid port.
+    """
+    fields = split_description(description.strip())
+    kind = fields[0].lower()
+    if kind not in ("tcp", "tcp6", "ssl", "tls"):
+        return None
+    port_text: str | None = None
+    for index, field in enumerate(fields[1:]):
+        key, eq, value = field.partition("=")
+        if not eq and index == 0:
+            port_text = field
+        elif eq and key == "port":
+            port_text = value
+    if port_text is None or not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f"{description!r} names no port: write for example {kind}:3478")
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"{description!r}: port must be 0-65535")
+    return port
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """
+    ``IP:PORT`` or ``[IPv6]:PORT`` (the form of a SIP or STUN address).
+
+    :raises ValueError: naming both forms.
+    """
+    syntax = "IP:PORT or [IPv6]:PORT, e.g. 198.51.100.11:3479 or [2001:db8::11]:3479"
+    text = text.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+        if not bracket:
+            raise ValueError(f"{text!r}: expected {syntax}")
+    else:
+        host, _colon, port_text = text.rpartition(":")
+        if ":" in host:
+            raise ValueError(f"{text!r}: an IPv6 address goes in brackets; expected {syntax}")
+    if not host or not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"{text!r}: expected {syntax}")
+    return host, int(port_text)
+
+
 def endpoint_interface(description: str) -> str | None:
     """
     The ``interface=`` of a listen string (``tcp:6084:interface=\\:\\:1`` gives ``::1``).

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2psip.config import ConfigError, config_from_string
 from p2psip.roles import mediator as role
 from p2psip.testing import MemoryUDPReactor, repository_root
+from p2psip.util.endpoints import UDPListenAddress
 
 
 class ConfigTests(SynchronousTestCase):
@@ -21,8 +22,8 @@ class ConfigTests(SynchronousTestCase):
         defaults = config_from_string("[mediator]\nsecret = x\n", role.Options)
         assert isinstance(options, role.Options) and isinstance(defaults, role.Options)
         self.assertEqual(options["stun"], ["udp:3478", "tcp:3478"])
-        self.assertEqual(options.policy(), defaults.policy())
-        self.assertEqual(options.relay_limits(), defaults.relay_limits())
+        self.assertEqual(options.config.policy, defaults.config.policy)
+        self.assertEqual(options.config.relay_limits, defaults.config.relay_limits)
 
     def test_unknown_key(self) -> None:
         """An unknown key is an error that names the key and suggests the right one."""
@@ -43,14 +44,28 @@ class ConfigTests(SynchronousTestCase):
         """relay = no reaches the broker policy, with the hint naming the setting."""
         options = config_from_string("[mediator]\nrelay = no\nsecret = x\n", role.Options)
         assert isinstance(options, role.Options)
-        self.assertFalse(options.policy().relay_enabled)
-        self.assertIn("[mediator] relay", options.policy().relay_config_hint)
+        self.assertFalse(options.config.policy.relay_enabled)
+        self.assertIn("[mediator] relay", options.config.policy.relay_config_hint)
 
-    def test_udp_description(self) -> None:
-        """udp:PORT[:interface=ADDR] parses; anything else is refused."""
-        self.assertEqual(role.parse_udp("udp:3478:interface=192.0.2.1"), (3478, "192.0.2.1"))
-        self.assertRaises(ValueError, role.parse_udp, "udp:x")
-        self.assertRaises(ValueError, role.parse_udp, "udp:1:backlog=2")
+    def test_stun_listeners(self) -> None:
+        """UDP and stream listeners, IPv6 interfaces included, reach the config; bad ones are named."""
+        options = config_from_string(
+            "[mediator]\nsecret = x\nstun = udp:3478:interface=\\:\\: tcp:3480:interface=\\:\\:1\n",
+            role.Options,
+        )
+        assert isinstance(options, role.Options)
+        self.assertEqual(options.config.stun_udp, (UDPListenAddress(3478, "::"),))
+        self.assertEqual(options.config.stun_stream, ("tcp:3480:interface=\\:\\:1",))
+        self.assertEqual((options.config.stun_udp_port, options.config.stun_tcp_port), (3478, 3480))
+        for bad in ("udp:x", "udp:1:backlog=2", "tcp:nope", "frob:1"):
+            with self.subTest(bad=bad):
+                error = self.assertRaises(
+                    usage.UsageError,
+                    config_from_string,
+                    f"[mediator]\nsecret = x\nstun = {bad}\n",
+                    role.Options,
+                )
+                self.assertIn("stun", str(error))
 
 
 class OptionsTests(SynchronousTestCase):
@@ -70,14 +85,14 @@ class OptionsTests(SynchronousTestCase):
         path.write_text("[mediator]\ncontrol = tcp:4000\nhttp = tcp:4001\nsecret = x\n")
         options = self.parse("--config", str(path), "--control", "tcp:5000")
         self.assertEqual((options["control"], options["http"]), ("tcp:5000", "tcp:4001"))
-        self.assertEqual(options["secrets"].secret_for("anyone"), b"x")
+        self.assertEqual(options.config.secrets.secret_for("anyone"), b"x")
 
     def test_secrets_file(self) -> None:
         """Per-ID secrets come from --secrets-file; a bad line is named."""
         path = Path(self.mktemp())
         path.write_text("alice a1\n")
         self.assertEqual(
-            self.parse("--secrets-file", str(path))["secrets"].secret_for("alice"), b"a1"
+            self.parse("--secrets-file", str(path)).config.secrets.secret_for("alice"), b"a1"
         )
         path.write_text("alice\n")
         error = self.assertRaises(usage.UsageError, self.parse, "--secrets-file", str(path))
@@ -88,7 +103,9 @@ class OptionsTests(SynchronousTestCase):
         folder = Path(self.mktemp())
         folder.mkdir()
         (folder / "secrets").write_text("bob b2\n")
-        self.assertEqual(self.parse("--data-dir", str(folder))["secrets"].secret_for("bob"), b"b2")
+        self.assertEqual(
+            self.parse("--data-dir", str(folder)).config.secrets.secret_for("bob"), b"b2"
+        )
 
     def test_bad_stun(self) -> None:
         """A malformed UDP STUN listener is a usage error."""
@@ -115,11 +132,31 @@ class OptionsTests(SynchronousTestCase):
             "--stun-alternate",
             "192.0.2.2:3479",
         )
-        self.assertEqual(options["alternate"], ("192.0.2.2", 3479))
+        self.assertEqual(options.config.alternate, ("192.0.2.2", 3479))
+        options = self.parse(
+            "--secret",
+            "x",
+            "--stun",
+            "udp:3478:interface=2001\\:db8\\:\\:1",
+            "--stun-alternate",
+            "[2001:db8::2]:3479",
+        )
+        self.assertEqual(options.config.alternate, ("2001:db8::2", 3479))
+        error = self.assertRaises(
+            usage.UsageError,
+            self.parse,
+            "--secret",
+            "x",
+            "--stun",
+            "udp:3478:interface=192.0.2.1",
+            "--stun-alternate",
+            "192.0.2.2",
+        )
+        self.assertIn("IP:PORT", str(error))
 
     def test_no_relay(self) -> None:
         """--relay no disables relaying."""
-        self.assertFalse(self.parse("--secret", "x", "--relay", "no").policy().relay_enabled)
+        self.assertFalse(self.parse("--secret", "x", "--relay", "no").config.policy.relay_enabled)
 
 
 class MakeServiceTests(SynchronousTestCase):
@@ -145,7 +182,7 @@ class MakeServiceTests(SynchronousTestCase):
         self.addCleanup(service.stopService)
         self.assertEqual(sorted(port for port, *_ in reactor.tcpServers), [8087, 13478, 13479])
         self.assertEqual(list(reactor.udpPorts), [13478])
-        self.assertEqual(service.broker.stun_tcp_port, 13478)  # type: ignore[attr-defined]
+        self.assertEqual(service.broker.stun_tcp_port, 13478)
 
     def test_status_and_metrics(self) -> None:
         """The HTTP site serves the broker's numbers on /status and /metrics."""
@@ -157,7 +194,7 @@ class MakeServiceTests(SynchronousTestCase):
         service = role.makeService(options, reactor=reactor)
         service.startService()
         self.addCleanup(service.stopService)
-        broker = service.broker  # type: ignore[attr-defined]
+        broker = service.broker
         broker.metrics.attempted("relayed")
         broker.metrics.relayed(1234)
         site = [factory for port, factory, *_ in reactor.tcpServers if port == 8087][0]
