@@ -18,8 +18,9 @@ from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IListeningPort, IReactorTime
 
+from p2psip.util.reactor import IRoleReactor, as_role_reactor
 from p2psip.demo_sip import run_sip_demo
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import FramedLinkFactory, StreamConnector
@@ -41,7 +42,7 @@ def say(text: str) -> None:
 
 
 def start_peer(
-    reactor: IReactorTime, bootstrap: str | None, config: OverlayConfig = DEMO_CONFIG
+    reactor: IRoleReactor, bootstrap: str | None, config: OverlayConfig = DEMO_CONFIG
 ) -> Deferred[tuple[OverlayNode, IListeningPort]]:
     """
     A peer listening on 127.0.0.1 (a port the OS picks): the ring's first
@@ -54,7 +55,7 @@ def start_peer(
 
 
 async def _start_peer(
-    reactor: IReactorTime, bootstrap: str | None, config: OverlayConfig
+    reactor: IRoleReactor, bootstrap: str | None, config: OverlayConfig
 ) -> tuple[OverlayNode, IListeningPort]:
     node = OverlayNode(
         identity=NodeIdentity.generate(),
@@ -64,7 +65,7 @@ async def _start_peer(
         advertised_port=0,
         config=config,
     )
-    endpoint = TCP4ServerEndpoint(IReactorTCP(reactor), 0, interface="127.0.0.1")
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     port: IListeningPort = await endpoint.listen(
         FramedLinkFactory(node, reactor, config.limits.max_message_bytes)
     )
@@ -78,7 +79,8 @@ async def _start_peer(
     return node, port
 
 
-async def main(reactor: IReactorTime) -> None:
+async def main(react_reactor: IReactorTime) -> None:
+    reactor = as_role_reactor(react_reactor)
     started = time.monotonic()
     say(f"Starting a ring of {PEERS} peers on 127.0.0.1 ...")
     nodes: list[OverlayNode] = []

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
 
+from p2psip.util.reactor import IRoleReactor
 from p2psip.overlay.node import OverlayNode
 from p2psip.roles.ring_options import SipConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret
@@ -54,7 +54,7 @@ def _route_name(uri: URI, names: dict[str, str]) -> str:
 
 
 def run_sip_demo(
-    reactor: IReactorTime, nodes: list[OverlayNode], say: Callable[[str], None]
+    reactor: IRoleReactor, nodes: list[OverlayNode], say: Callable[[str], None]
 ) -> Deferred[float]:
     """
     Register Alice and Bob at two super-nodes of ``nodes`` and have Bob call Alice.
@@ -66,7 +66,7 @@ def run_sip_demo(
 
 
 async def _run_sip_demo(
-    reactor: IReactorTime, nodes: list[OverlayNode], say: Callable[[str], None]
+    reactor: IRoleReactor, nodes: list[OverlayNode], say: Callable[[str], None]
 ) -> float:
     udp = as_udp_reactor(reactor)
     domain = nodes[0].config.overlay_name

@@ -22,7 +22,7 @@ from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -235,7 +235,7 @@ class StreamConnector:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTCP,
         clock: IReactorTime,
         max_message_bytes: int,
         template: str = "tcp:host={host}:port={port}:timeout=" + str(CONNECT_TIMEOUT_SECONDS),

@@ -11,10 +11,11 @@ like a peer.  Its status page draws the whole ring.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from twisted.application.service import IService
 
+from p2psip.util.reactor import IRoleReactor
 from p2psip.roles.ring_options import RingRoleOptions
 from p2psip.roles.super_node import make_ring_service
 
@@ -31,5 +32,5 @@ class Options(RingRoleOptions):
     )
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
+def makeService(options: Options, reactor: IRoleReactor | None = None) -> IService:
     return make_ring_service(options.config, reactor)

@@ -17,6 +17,7 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.python import usage
 
+from p2psip.util.reactor import IRoleReactor, as_role_reactor
 from p2psip.config import RoleOptions, server_endpoint
 from p2psip.nat import mediator, stun_server, stunt
 from p2psip.util.endpoints import (
@@ -304,7 +305,7 @@ class MediatorRole(MultiService):
         return document
 
 
-def make_mediator(config: MediatorConfig, reactor: Any) -> MediatorRole:
+def make_mediator(config: MediatorConfig, reactor: IRoleReactor) -> MediatorRole:
     """Build every part of the mediator from ``config``, wired together."""
     responder = stun_server.StunResponder()
     registry = role_registry()
@@ -343,8 +344,10 @@ def make_mediator(config: MediatorConfig, reactor: Any) -> MediatorRole:
     return role
 
 
-def makeService(options: Options, reactor: Any = None) -> MediatorRole:
+def makeService(options: Options, reactor: IRoleReactor | None = None) -> MediatorRole:
     """twistd's entry point: the checked configuration, built."""
     if reactor is None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor as global_reactor
+
+        reactor = as_role_reactor(global_reactor)
     return make_mediator(options.config, reactor)

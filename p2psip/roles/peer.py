@@ -12,11 +12,12 @@ super-node that serves that user.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+from p2psip.util.reactor import IRoleReactor
 from p2psip.roles.ring_options import RingRoleOptions
 from p2psip.roles.super_node import make_ring_service
 
@@ -43,5 +44,5 @@ class Options(RingRoleOptions):
         return False
 
 
-def makeService(options: Options, reactor: Any = None) -> IService:
+def makeService(options: Options, reactor: IRoleReactor | None = None) -> IService:
     return make_ring_service(options.config, reactor)

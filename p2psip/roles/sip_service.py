@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from p2psip.util.reactor import IRoleReactor, as_udp_reactor
 from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.roles.ring_options import SipConfig
 from p2psip.sip.digest import DigestAuthenticator
@@ -104,7 +105,7 @@ class SipStack:
 def build_sip_stack(
     config: SipConfig,
     node: ISuperNodeOverlay,
-    reactor: Any,
+    reactor: IRoleReactor,
     users: UsersFile | None,
     secret: bytes | None,
     fallback_host: str,
@@ -136,7 +137,7 @@ def build_sip_stack(
     host = config.advertise or config.listen_interface or fallback_host
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    transport = SipTransport(reactor)
+    transport = SipTransport(as_udp_reactor(reactor))
     transport.advertised_host = host
     known = None if users is None else (lambda aor: users.record(aor) is not None)
     proxy = SipProxy(
@@ -162,7 +163,7 @@ class SipService(Service):
     def __init__(
         self,
         stack: SipStack,
-        reactor: Any,
+        reactor: IRoleReactor,
         *,
         joined: Deferred[None] | None = None,
         freeze_gc: bool = True,

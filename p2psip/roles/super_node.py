@@ -28,6 +28,7 @@ from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.python import usage
 
+from p2psip.util.reactor import IRoleReactor, as_role_reactor
 from p2psip.nat.traversal import TraversalClient, TraversalService
 from p2psip.overlay import peer_cache
 from p2psip.overlay.identity import IdentityError, NodeIdentity
@@ -129,7 +130,7 @@ def _traversal(config: MediatorClientConfig, reactor: Any, node_id: int) -> Trav
 
 
 def make_ring_role(
-    config: RingRoleConfig, reactor: Any, state: RingState, *, freeze_gc: bool = True
+    config: RingRoleConfig, reactor: IRoleReactor, state: RingState, *, freeze_gc: bool = True
 ) -> RingRole:
     """Build every part of a ring role from ``config`` and ``state``, wired together."""
     max_bytes = config.overlay.limits.max_message_bytes
@@ -198,10 +199,10 @@ def make_ring_role(
     return role
 
 
-def make_ring_service(config: RingRoleConfig, reactor: Any = None) -> RingRole:
+def make_ring_service(config: RingRoleConfig, reactor: IRoleReactor | None = None) -> RingRole:
     """``makeService`` of the bootstrap and peer roles: read the state, then build."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor
+        reactor = as_role_reactor(global_reactor)
     return make_ring_role(config, reactor, load_ring_state(config))

@@ -16,11 +16,17 @@ which checks the methods are there rather than casting.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IReactorCore,
+    IReactorTCP,
+    IReactorTime,
+    IReactorUDP,
+)
 from twisted.internet.protocol import DatagramProtocol
 
 
@@ -70,3 +76,29 @@ def as_udp_reactor(reactor: object) -> UDPReactor:
     if not isinstance(reactor, UDPReactor):
         raise TypeError(f"{reactor!r} has no UDP sockets and timers (IReactorUDP, IReactorTime)")
     return reactor
+
+
+class IRoleReactor(IReactorCore, IReactorTime, IReactorTCP, IReactorUDP):
+    """
+    Everything a role's parts ask of the reactor: timers, TCP (for
+    endpoints), UDP (SIP and STUN sockets) and the core (for ``strports``).
+
+    No reactor declares this interface; :func:`as_role_reactor` checks
+    that one provides each part and then lets it be used as the whole.
+    """
+
+
+_ROLE_REACTOR_PARTS = (IReactorCore, IReactorTime, IReactorTCP, IReactorUDP)
+
+
+def as_role_reactor(reactor: object) -> IRoleReactor:
+    """
+    ``reactor`` seen as an :class:`IRoleReactor`, after checking that it
+    provides every interface that one combines.
+
+    :raises TypeError: naming the interfaces it lacks.
+    """
+    missing = [part.__name__ for part in _ROLE_REACTOR_PARTS if not part.providedBy(reactor)]
+    if missing:
+        raise TypeError(f"{reactor!r} does not provide {', '.join(missing)}")
+    return cast(IRoleReactor, reactor)

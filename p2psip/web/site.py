@@ -41,7 +41,7 @@ from twisted.application.service import IService
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -369,7 +369,7 @@ class _HttpListenerService(StreamServerEndpointService):
             ) from None
 
 
-def http_service(description: str, site: Site, reactor: Any) -> IService:
+def http_service(description: str, site: Site, reactor: IReactorTCP) -> IService:
     """
     A service listening with ``site`` on an endpoint string such as
     ``tcp:8084:interface=127.0.0.1``.  Startup fails if the port is busy,
