@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import IListeningPort, IReactorUDP
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest
+from zope.interface import implementer
 
 from p2psip.overlay.links import Link
 
@@ -97,6 +99,7 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
         return port
 
 
+@implementer(IListeningPort)
 class _StubUDPPort:
     """
     What ``MemoryUDPReactor.listenUDP`` returns: records the datagrams
@@ -113,6 +116,9 @@ class _StubUDPPort:
     def write(self, packet: bytes, addr: tuple[str, int]) -> None:
         self.written.append((packet, addr))
 
+    def startListening(self) -> None:
+        self.listening = True
+
     def stopListening(self) -> None:
         self.listening = False
 
@@ -120,6 +126,7 @@ class _StubUDPPort:
         return IPv4Address("UDP", self.interface or "0.0.0.0", self.port)
 
 
+@implementer(IReactorUDP)
 class MemoryUDPReactor(MemoryReactorClock):
     """A memory reactor that also records ``listenUDP`` calls."""
 
