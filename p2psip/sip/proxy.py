@@ -41,9 +41,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
-from attrs import define, field
+from attrs import define
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -51,16 +51,15 @@ from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
+from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
 from p2psip.sip.transaction import (
-    ClientTransaction,
     Hop,
     MessageSender,
     ServerTransaction,
     State,
     TimerSettings,
     TransactionLayer,
-    make_cancel,
     new_branch,
 )
 from p2psip.sip.uri import URI, SipURI, parse_uri
@@ -75,12 +74,6 @@ DIALOG_CREATING_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
 #: At most this many branches for one request (a flood guard).
 MAX_BRANCHES = 16
-#: RFC 3261 s16.6 item 11: how long an INVITE branch may stay without a
-#: final response (reset by each provisional one); more than 3 minutes.
-TIMER_C_SECONDS = 181.0
-#: After Timer C has cancelled a branch, how long to wait for its 487
-#: before giving it up as a 408 (64*T1, like Timer B).
-CANCEL_GRACE_SECONDS = 32.0
 #: Our Via branches: cookie, this marker, the loop hash, a unique part.
 _BRANCH_MARKER = "p2p"
 #: Methods counted by name in :attr:`SipProxy.outcomes`; others count as "other"
@@ -108,29 +101,6 @@ def _is_initial(request: Request) -> bool:
 
 def _new_tag() -> str:
     return new_branch()[len(MAGIC_COOKIE) :]
-
-
-def _best_response(responses: Sequence[Response]) -> Response:
-    """RFC 3261 s16.7 item 6: the final response to send when no 2xx came."""
-    six = [r for r in responses if r.status >= 600]
-    if six:
-        return six[0]
-    best = min(
-        responses, key=lambda r: (r.status // 100, r.status == 503, r.status == 408, r.status)
-    )
-    if best.status == 503:
-        converted = best.copy()
-        converted.status, converted.reason = 500, "Server Internal Error"
-        return converted
-    return best
-
-
-@define(eq=False)
-class _Branch:
-    transaction: ClientTransaction | None = None
-    provisional_seen: bool = False
-    cancel_pending: bool = False
-    final: Response | None = None
 
 
 @define(eq=False)
@@ -164,19 +134,6 @@ class CallSetupObserver(Protocol):
 
     def final_response_sent(self, status: int, seconds: float) -> None:
         """The first final response went upstream: answered (2xx) or failed, ring time included."""
-
-
-@define(eq=False)
-class _ResponseContext:
-    """The state a stateful proxy keeps per forwarded request (s16.2)."""
-
-    server: ServerTransaction
-    branches: list[_Branch] = field(factory=list)
-    finals: list[Response] = field(factory=list)
-    answered: bool = False
-    cancelled: bool = False
-    forking: bool = True
-    timer_c: IDelayedCall | None = None
 
 
 class SipProxy:
@@ -213,7 +170,7 @@ class SipProxy:
         self.is_known_aor = is_known_aor
         self.peer_transport = peer_transport.upper()
         self.transactions = TransactionLayer(sender, self, clock, timers)
-        self._contexts: dict[ServerTransaction, _ResponseContext] = {}
+        self._contexts: dict[ServerTransaction, ResponseContext] = {}
         #: Final responses this node sent to requests it received, by
         #: (method, status): REGISTER outcomes and proxied call outcomes.
         self.outcomes: Counter[tuple[str, int]] = Counter()
@@ -614,140 +571,22 @@ class SipProxy:
         if not targets:
             self._answer(transaction, 480, "Temporarily Unavailable")
             return
-        context = _ResponseContext(server=transaction)
+        context = ResponseContext(transaction, self.clock, self.transactions, self._respond)
         self._contexts[transaction] = context
 
         def forget() -> None:
             self._contexts.pop(transaction, None)
-            self._stop_timer_c(context)
+            context.stop()
 
         transaction.add_terminated_callback(forget)
-        if request.method == "INVITE":
-            context.timer_c = self.clock.callLater(TIMER_C_SECONDS, self._timer_c_fired, context)
+        outgoing: list[tuple[Request, Hop]] = []
         for target_uri, hop in targets[:MAX_BRANCHES]:
-            outgoing = request.copy()
-            self._prepare(outgoing, target_uri, hop, request)
-            branch = _Branch()
-            context.branches.append(branch)
-            branch.transaction = self.transactions.send_request(
-                outgoing, hop, self._branch_listener(context, branch)
-            )
-        context.forking = False
+            copy = request.copy()
+            self._prepare(copy, target_uri, hop, request)
+            outgoing.append((copy, hop))
+        context.fork(outgoing)
         self.log.debug(
-            "forked {method} to {count} target(s)",
-            method=request.method,
-            count=len(context.branches),
-        )
-        self._maybe_finish(context)
-
-    def _branch_listener(
-        self, context: _ResponseContext, branch: _Branch
-    ) -> Callable[[Response], None]:
-        def listener(response: Response) -> None:
-            self._response_received(context, branch, response)
-
-        return listener
-
-    def _response_received(
-        self, context: _ResponseContext, branch: _Branch, response: Response
-    ) -> None:
-        server = context.server
-        if response.status < 200:
-            branch.provisional_seen = True
-            if response.status > 100 and context.timer_c is not None and context.timer_c.active():
-                context.timer_c.reset(TIMER_C_SECONDS)
-            if branch.cancel_pending:
-                branch.cancel_pending = False
-                self._send_cancel(branch)
-            if response.status > 100 and not context.answered:
-                self._respond(server, self._upstream(response))
-            return
-        branch.final = response
-        if 200 <= response.status < 300:
-            if not context.answered or server.request.method == "INVITE":
-                context.answered = True
-                self._respond(server, self._upstream(response))
-            self._cancel_pending_branches(context)
-            return
-        context.finals.append(response)
-        if response.status >= 600 and not context.answered:
-            self._cancel_pending_branches(context)
-        self._maybe_finish(context)
-
-    def _maybe_finish(self, context: _ResponseContext) -> None:
-        """Send the best final response once every branch has one (s16.7 item 4)."""
-        if context.forking or not all(branch.final is not None for branch in context.branches):
-            return
-        self._stop_timer_c(context)
-        if context.answered or not context.finals:
-            return
-        context.answered = True
-        self._respond(context.server, self._upstream(_best_response(context.finals)))
-
-    def _stop_timer_c(self, context: _ResponseContext) -> None:
-        if context.timer_c is not None and context.timer_c.active():
-            context.timer_c.cancel()
-        context.timer_c = None
-
-    def _timer_c_fired(self, context: _ResponseContext) -> None:
-        """
-        RFC 3261 s16.8: a branch took too long.
-
-        Branches that rang are cancelled and get a grace period for their
-        487; the others end as if they had answered 408.
-        """
-        context.timer_c = None
-        rang = False
-        for branch in context.branches:
-            if branch.final is not None:
-                continue
-            if branch.provisional_seen:
-                self._send_cancel(branch)
-                rang = True
-            else:
-                self._give_up_branch(context, branch)
-        if rang:
-            context.timer_c = self.clock.callLater(
-                CANCEL_GRACE_SECONDS, self._grace_expired, context
-            )
-        self._maybe_finish(context)
-
-    def _grace_expired(self, context: _ResponseContext) -> None:
-        context.timer_c = None
-        for branch in context.branches:
-            if branch.final is None:
-                self._give_up_branch(context, branch)
-        self._maybe_finish(context)
-
-    def _give_up_branch(self, context: _ResponseContext, branch: _Branch) -> None:
-        assert branch.transaction is not None
-        timeout = make_response(branch.transaction.request, 408, "Request Timeout")
-        branch.final = timeout
-        context.finals.append(timeout)
-
-    def _upstream(self, response: Response) -> Response:
-        """The response as we pass it on: our Via removed (s16.7 item 3)."""
-        forwarded = response.copy()
-        forwarded.headers.pop_first_value("Via")
-        return forwarded
-
-    def _cancel_pending_branches(self, context: _ResponseContext) -> None:
-        if context.server.request.method != "INVITE":
-            return
-        for branch in context.branches:
-            if branch.final is not None:
-                continue
-            if branch.provisional_seen:
-                self._send_cancel(branch)
-            else:
-                branch.cancel_pending = True  # s9.1: CANCEL only after a provisional
-
-    def _send_cancel(self, branch: _Branch) -> None:
-        client = branch.transaction
-        if client is None or client.state is State.TERMINATED:
-            return
-        self.transactions.send_request(
-            make_cancel(client.request), client.hop, lambda response: None
+            "forked {method} to {count} target(s)", method=request.method, count=len(outgoing)
         )
 
     def _cancel_received(self, transaction: ServerTransaction) -> None:
@@ -763,8 +602,7 @@ class SipProxy:
             if invite.state is State.PROCEEDING:
                 self._answer(invite, 487, "Request Terminated")
             return
-        context.cancelled = True
-        self._cancel_pending_branches(context)
+        context.cancel()
 
     def _answer(
         self,

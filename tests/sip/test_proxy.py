@@ -14,7 +14,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.message import Request, Response, make_response, parse_message
-from p2psip.sip.proxy import NODE_PARAMETER, TIMER_C_SECONDS, SipProxy
+from p2psip.sip.proxy import NODE_PARAMETER, SipProxy
+from p2psip.sip.response_context import TIMER_C_SECONDS
 from p2psip.sip.registrar import Registrar
 from p2psip.sip.transaction import Hop
 

@@ -1,0 +1,220 @@
+"""
+What a stateful proxy keeps for one forwarded request: its branches, the
+responses they bring and the timers that bound them (RFC 3261 s16.7-s16.10).
+
+The proxy decides where a request goes; once it has the list of outgoing
+copies, a :class:`ResponseContext` runs them: it starts one client
+transaction per branch, passes provisional responses and the first 2xx
+upstream, collects the other finals and sends the best of them when every
+branch is done, cancels the pending branches when the call is answered or
+cancelled, and runs Timer C.  It sends nothing itself: client transactions
+go through the injected ``BranchSender`` and responses upstream through
+``respond``, so the proxy keeps counting and logging what leaves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from attrs import define
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from p2psip.sip.message import Request, Response, make_response
+from p2psip.sip.transaction import ClientTransaction, Hop, ServerTransaction, State, make_cancel
+
+#: RFC 3261 s16.6 item 11: how long an INVITE branch may stay without a
+#: final response (reset by each provisional one); more than 3 minutes.
+TIMER_C_SECONDS = 181.0
+#: After Timer C has cancelled a branch, how long to wait for its 487
+#: before giving it up as a 408 (64*T1, like Timer B).
+CANCEL_GRACE_SECONDS = 32.0
+
+
+class BranchSender(Protocol):
+    """Starts client transactions: the transaction layer, as the context uses it."""
+
+    def send_request(
+        self, request: Request, target: Hop, on_response: Callable[[Response], None]
+    ) -> ClientTransaction: ...
+
+
+def best_response(responses: Sequence[Response]) -> Response:
+    """RFC 3261 s16.7 item 6: the final response to send when no 2xx came."""
+    six = [r for r in responses if r.status >= 600]
+    if six:
+        return six[0]
+    best = min(
+        responses, key=lambda r: (r.status // 100, r.status == 503, r.status == 408, r.status)
+    )
+    if best.status == 503:
+        converted = best.copy()
+        converted.status, converted.reason = 500, "Server Internal Error"
+        return converted
+    return best
+
+
+def upstream(response: Response) -> Response:
+    """The response as a proxy passes it on: its own Via removed (s16.7 item 3)."""
+    forwarded = response.copy()
+    forwarded.headers.pop_first_value("Via")
+    return forwarded
+
+
+@define(eq=False)
+class Branch:
+    """One outgoing copy of the request and what has come back on it."""
+
+    transaction: ClientTransaction | None = None
+    provisional_seen: bool = False
+    #: Cancel as soon as a provisional response shows the branch is alive (s9.1).
+    cancel_pending: bool = False
+    final: Response | None = None
+
+
+class ResponseContext:
+    """
+    One forwarded request's branches and responses (s16.2).
+
+    :param server: the server transaction the request arrived on.
+    :param respond: sends a response upstream on that transaction.
+    """
+
+    def __init__(
+        self,
+        server: ServerTransaction,
+        clock: IReactorTime,
+        sender: BranchSender,
+        respond: Callable[[ServerTransaction, Response], None],
+    ) -> None:
+        self.server = server
+        self.clock = clock
+        self.sender = sender
+        self._respond = respond
+        self.branches: list[Branch] = []
+        self.finals: list[Response] = []
+        self.answered = False
+        self.cancelled = False
+        self._forking = False
+        self._timer_c: IDelayedCall | None = None
+
+    @property
+    def is_invite(self) -> bool:
+        return self.server.request.method == "INVITE"
+
+    def fork(self, outgoing: Sequence[tuple[Request, Hop]]) -> None:
+        """Send every prepared copy; answer at once if they all fail at once."""
+        self._forking = True
+        if self.is_invite:
+            self._timer_c = self.clock.callLater(TIMER_C_SECONDS, self._timer_c_fired)
+        for request, hop in outgoing:
+            branch = Branch()
+            self.branches.append(branch)
+            branch.transaction = self.sender.send_request(request, hop, self._listener_for(branch))
+        self._forking = False
+        self._maybe_finish()
+
+    def cancel(self) -> None:
+        """A CANCEL arrived for the request (s16.10): cancel every pending branch."""
+        self.cancelled = True
+        self._cancel_pending_branches()
+
+    def stop(self) -> None:
+        """The server transaction ended: no timer may fire for it any more."""
+        self._stop_timer_c()
+
+    def _listener_for(self, branch: Branch) -> Callable[[Response], None]:
+        def listener(response: Response) -> None:
+            self._response_received(branch, response)
+
+        return listener
+
+    def _response_received(self, branch: Branch, response: Response) -> None:
+        if response.status < 200:
+            branch.provisional_seen = True
+            if response.status > 100 and self._timer_c is not None and self._timer_c.active():
+                self._timer_c.reset(TIMER_C_SECONDS)
+            if branch.cancel_pending:
+                branch.cancel_pending = False
+                self._send_cancel(branch)
+            if response.status > 100 and not self.answered:
+                self._respond(self.server, upstream(response))
+            return
+        branch.final = response
+        if 200 <= response.status < 300:
+            # Every 2xx of an INVITE goes upstream (forked calls may be answered twice).
+            if not self.answered or self.is_invite:
+                self.answered = True
+                self._respond(self.server, upstream(response))
+            self._cancel_pending_branches()
+            return
+        self.finals.append(response)
+        if response.status >= 600 and not self.answered:
+            self._cancel_pending_branches()
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        """Send the best final response once every branch has one (s16.7 item 4)."""
+        if self._forking or not all(branch.final is not None for branch in self.branches):
+            return
+        self._stop_timer_c()
+        if self.answered or not self.finals:
+            return
+        self.answered = True
+        self._respond(self.server, upstream(best_response(self.finals)))
+
+    def _stop_timer_c(self) -> None:
+        if self._timer_c is not None and self._timer_c.active():
+            self._timer_c.cancel()
+        self._timer_c = None
+
+    def _timer_c_fired(self) -> None:
+        """
+        RFC 3261 s16.8: a branch took too long.
+
+        Branches that rang are cancelled and get a grace period for their
+        487; the others end as if they had answered 408.
+        """
+        self._timer_c = None
+        rang = False
+        for branch in self.branches:
+            if branch.final is not None:
+                continue
+            if branch.provisional_seen:
+                self._send_cancel(branch)
+                rang = True
+            else:
+                self._give_up(branch)
+        if rang:
+            self._timer_c = self.clock.callLater(CANCEL_GRACE_SECONDS, self._grace_expired)
+        self._maybe_finish()
+
+    def _grace_expired(self) -> None:
+        self._timer_c = None
+        for branch in self.branches:
+            if branch.final is None:
+                self._give_up(branch)
+        self._maybe_finish()
+
+    def _give_up(self, branch: Branch) -> None:
+        assert branch.transaction is not None
+        timeout = make_response(branch.transaction.request, 408, "Request Timeout")
+        branch.final = timeout
+        self.finals.append(timeout)
+
+    def _cancel_pending_branches(self) -> None:
+        if not self.is_invite:
+            return
+        for branch in self.branches:
+            if branch.final is not None:
+                continue
+            if branch.provisional_seen:
+                self._send_cancel(branch)
+            else:
+                branch.cancel_pending = True  # s9.1: CANCEL only after a provisional
+
+    def _send_cancel(self, branch: Branch) -> None:
+        client = branch.transaction
+        if client is None or client.state is State.TERMINATED:
+            return
+        self.sender.send_request(make_cancel(client.request), client.hop, lambda response: None)
