@@ -21,7 +21,7 @@ observers (storage re-replicates, the role saves its known peers).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Generator, Callable, Iterable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -119,7 +119,7 @@ class ChordMaintenance:
         )
 
     @inlineCallbacks
-    def leave(self) -> Any:
+    def leave(self) -> Generator[Deferred[Any], Any, None]:
         """Leave gracefully (RFC 6940 s10.6): hand our data to the successor, tell the neighbours."""
         self.membership.happened(Event.LEAVE_STARTED)
         successor = self.topology.successor
@@ -179,7 +179,7 @@ class ChordMaintenance:
         return Reply(MessageCode.JOIN_ANS, bodies.JoinAns().encode())
 
     @inlineCallbacks
-    def _admit(self, joining: int) -> Any:
+    def _admit(self, joining: int) -> Generator[Deferred[Any], Any, None]:
         """
         Hand the joining peer its data, then our neighbour table (RFC 6940 s10.5).
 

@@ -21,7 +21,7 @@ keeping them alive, and noticing when a peer is gone.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Generator, Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -212,7 +212,9 @@ class Connectivity:
         return waiter
 
     @inlineCallbacks
-    def _connect_peer(self, peer: int, informant: Link | None = None) -> Any:
+    def _connect_peer(
+        self, peer: int, informant: Link | None = None
+    ) -> Generator[Deferred[Any], Any, Link]:
         address = self.addresses.get(peer)
         if address is None:
             # Send the Attach through the peer that told us about this one
@@ -234,7 +236,9 @@ class Connectivity:
             existing = self.links.link_for(peer)
             if existing is not None:
                 return existing
-        link = yield self.connector.connect(self.listener, address[0], address[1], peer_id=peer)
+        link: Link = yield self.connector.connect(
+            self.listener, address[0], address[1], peer_id=peer
+        )
         try:
             yield self.hello(link, expected=peer)
         except UnexpectedPeer:

@@ -19,7 +19,7 @@ ourselves means our Node-ID is in use elsewhere (:class:`DuplicateNodeId`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
@@ -77,7 +77,7 @@ class Joiner:
         chord.admission_update = self._admission_update
 
     @inlineCallbacks
-    def join(self, endpoints: Iterable[str]) -> Any:
+    def join(self, endpoints: Iterable[str]) -> Generator[Deferred[Any], Any, int]:
         """
         Join through the first of ``endpoints`` that gets us admitted.
 
@@ -132,7 +132,7 @@ class Joiner:
         )
 
     @inlineCallbacks
-    def _join_through(self, link: Link) -> Any:
+    def _join_through(self, link: Link) -> Generator[Deferred[Any], Any, None]:
         """Find our admitting peer through ``link``, send it Join and wait until we are in."""
         admitted: Deferred[None] = Deferred()
         self._admitted = admitted
@@ -228,7 +228,9 @@ class Joiner:
         return True
 
     @inlineCallbacks
-    def _finish(self, admitting: int, update: bodies.UpdateReq, learned: set[int]) -> Any:
+    def _finish(
+        self, admitting: int, update: bodies.UpdateReq, learned: set[int]
+    ) -> Generator[Deferred[Any], Any, None]:
         # Our range is (the admitting peer's predecessor, us]: it has handed
         # that range over before sending this Update, so we answer for it
         # from now on instead of bouncing requests back to it while we link

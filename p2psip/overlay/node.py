@@ -29,7 +29,7 @@ deterministically on a fake one.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Generator, Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
@@ -276,7 +276,7 @@ class OverlayNode:
         return joined
 
     @inlineCallbacks
-    def leave(self) -> Any:
+    def leave(self) -> Generator[Deferred[Any], Any, None]:
         """Leave gracefully (RFC 6940 s10.6), then stop."""
         if self.membership.is_member():
             yield self.chord.leave()

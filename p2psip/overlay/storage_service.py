@@ -270,7 +270,9 @@ class StorageService:
 
     # -- the operations users call ------------------------------------------
 
-    def _stored_data(self, resource: int, kind: int, value: Any, lifetime: int) -> Any:
+    def _stored_data(
+        self, resource: int, kind: int, value: bodies.StoredValue, lifetime: int
+    ) -> bodies.StoredData:
         storage_time = int(self.clock.seconds() * 1000)
         value_bytes = bodies.encode_stored_value(value)
         signer = self.identity.signer_identity()

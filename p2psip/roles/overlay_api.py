@@ -9,6 +9,8 @@ the overlay's reason.
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -92,7 +94,7 @@ def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
 
 
 @inlineCallbacks
-def walk_ring(node: OverlayNode) -> Any:
+def walk_ring(node: OverlayNode) -> Generator[Deferred[Any], Any, dict[str, Any]]:
     """
     Every peer of the ring in order, found by asking for the owner of
     (peer + 1) from one peer to the next.

@@ -11,7 +11,7 @@ RFC 6940 Leave before closing the listener.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,7 @@ class OverlayService(Service):
         self._save_error = ""
 
     @inlineCallbacks
-    def stopService(self) -> Any:
+    def stopService(self) -> Generator[Deferred[Any], Any, None]:
         super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
@@ -197,4 +197,6 @@ class OverlayService(Service):
             self.log.failure("while leaving the ring")
         self.node.stop()
         if self.port is not None:
-            yield self.port.stopListening()
+            stopped = self.port.stopListening()
+            if stopped is not None:
+                yield stopped

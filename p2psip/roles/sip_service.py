@@ -235,7 +235,7 @@ class SipService(Service):
         except UsersFileError as e:
             self.log.warn("{why}; the users read before stay in force (fix --users)", why=str(e))
 
-    def stopService(self) -> Any:
+    def stopService(self) -> Deferred[list[None]]:
         super().stopService()
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()
