@@ -64,13 +64,7 @@ class TransactionTable:
         return pending
 
     def _forget(self, transaction_id: int) -> None:
-        pending = self._pending.pop(transaction_id, None)
-        if (
-            pending is not None
-            and pending.timeout_call is not None
-            and pending.timeout_call.active()
-        ):
-            pending.timeout_call.cancel()
+        self.complete(transaction_id)
 
     def _expire(self, transaction_id: int, describe: str) -> None:
         pending = self._pending.pop(transaction_id, None)

@@ -61,30 +61,46 @@ def parse_udp_listen_address(description: str) -> UDPListenAddress:
     fields = split_description(description.strip())
     if fields[0].lower() != "udp" or len(fields) < 2:
         raise ValueError(f"bad UDP listen address {description!r}: expected {UDP_SYNTAX}")
+    port_text, named = _listen_fields(fields)
+    unknown = set(named) - {"interface"}
+    if unknown:
+        field = sorted(unknown)[0]
+        raise ValueError(
+            f"bad UDP listen address {description!r}: unknown field {field!r}; expected {UDP_SYNTAX}"
+        )
+    port = _port_number(port_text)
+    if port is None:
+        raise ValueError(
+            f"bad UDP listen address {description!r}: port must be 0-65535; expected {UDP_SYNTAX}"
+        )
+    return UDPListenAddress(port, named.get("interface", ""))
+
+
+def _listen_fields(fields: list[str]) -> tuple[str | None, dict[str, str]]:
+    """
+    The port and the named fields of a split listen string: the port is the
+    first field when it is positional, or ``port=``; a second positional
+    field is reported under the name ``""``.
+    """
     port_text: str | None = None
-    interface = ""
+    named: dict[str, str] = {}
     for index, field in enumerate(fields[1:]):
         key, eq, value = field.partition("=")
         if not eq and index == 0:
             port_text = field
         elif eq and key == "port":
             port_text = value
-        elif eq and key == "interface":
-            interface = value
         else:
-            raise ValueError(
-                f"bad UDP listen address {description!r}: unknown field {field!r}; expected {UDP_SYNTAX}"
-            )
-    if (
-        port_text is None
-        or not port_text.isdigit()
-        or not port_text.isascii()
-        or int(port_text) > 65535
-    ):
-        raise ValueError(
-            f"bad UDP listen address {description!r}: port must be 0-65535; expected {UDP_SYNTAX}"
-        )
-    return UDPListenAddress(int(port_text), interface)
+            named[key if eq else ""] = value if eq else field
+    return port_text, named
+
+
+def _port_number(text: str | None, lowest: int = 0) -> int | None:
+    """``text`` as a port number from ``lowest`` to 65535, or None."""
+    if text is None or not text.isascii() or not text.isdigit():
+        return None
+    port = int(text)
+    return port if lowest <= port <= 65535 else None
 
 
 def escape_field(value: str) -> str:
@@ -122,14 +138,10 @@ def parse_tcp_client_description(description: str) -> tuple[str, int]:
             )
     host = named.get("host", positional[0] if positional else "")
     port_text = named.get("port", positional[1] if len(positional) > 1 else "")
-    if (
-        not host
-        or not port_text.isdigit()
-        or not port_text.isascii()
-        or not 0 < int(port_text) <= 65535
-    ):
+    port = _port_number(port_text, lowest=1)
+    if not host or port is None:
         raise ValueError(f"bad TCP client endpoint {description!r}: expected {syntax}")
-    return host, int(port_text)
+    return host, port
 
 
 def stream_listen_port(description: str) -> int | None:
@@ -145,18 +157,11 @@ def stream_listen_port(description: str) -> int | None:
     kind = fields[0].lower()
     if kind not in ("tcp", "tcp6", "ssl", "tls"):
         return None
-    port_text: str | None = None
-    for index, field in enumerate(fields[1:]):
-        key, eq, value = field.partition("=")
-        if not eq and index == 0:
-            port_text = field
-        elif eq and key == "port":
-            port_text = value
-    if port_text is None or not port_text.isascii() or not port_text.isdigit():
-        raise ValueError(f"{description!r} names no port: write for example {kind}:3478")
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError(f"{description!r}: port must be 0-65535")
+    port = _port_number(_listen_fields(fields)[0])
+    if port is None:
+        raise ValueError(
+            f"{description!r} names no port from 0 to 65535: write for example {kind}:3478"
+        )
     return port
 
 
@@ -177,9 +182,10 @@ def parse_host_port(text: str) -> tuple[str, int]:
         host, _colon, port_text = text.rpartition(":")
         if ":" in host:
             raise ValueError(f"{text!r}: an IPv6 address goes in brackets; expected {syntax}")
-    if not host or not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+    port = _port_number(port_text)
+    if not host or port is None:
         raise ValueError(f"{text!r}: expected {syntax}")
-    return host, int(port_text)
+    return host, port
 
 
 def endpoint_interface(description: str) -> str | None:

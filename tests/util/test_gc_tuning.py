@@ -29,4 +29,7 @@ class GcTuningTests(SynchronousTestCase):
         self.addCleanup(gc.unfreeze)
         frozen = gc_tuning.freeze_after_start_up()
         self.assertGreater(frozen, 0)
-        self.assertEqual(gc.get_freeze_count(), frozen)
+        # Frozen objects can still be freed by reference counting (the log
+        # event of the call itself, say), so the count can only shrink.
+        self.assertLessEqual(gc.get_freeze_count(), frozen)
+        self.assertGreater(gc.get_freeze_count(), 0)
