@@ -29,7 +29,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -355,8 +355,12 @@ class CertificateCache:
         try:
             certificate = x509.load_der_x509_certificate(certificate_der)
             public_key = certificate.public_key()
-        except (ValueError, TypeError, UnsupportedAlgorithm) as e:
-            raise SignatureError(f"unparseable certificate: {e}") from e
+        except Exception as e:
+            # These bytes come from any peer.  Besides ValueError, the parser
+            # raises its own classes (InvalidVersion for a version field out
+            # of range, UnsupportedAlgorithm, ...): all of them mean the same
+            # thing here, a certificate we cannot use.
+            raise SignatureError(f"unparseable certificate: {type(e).__name__}: {e}") from e
         if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
             public_key.curve, ec.SECP256R1
         ):

@@ -320,6 +320,15 @@ class Messenger:
         elif self._delivers_locally(first, link):
             self._deliver(link, data)
             return
+        if first.type == DestinationType.OPAQUE_ID:
+            # RFC 6940 s6.3.2.2: an opaque id stands for a route that the node
+            # reading it compressed earlier.  This node compresses none, so
+            # no peer can hold one of ours: the message is malformed.
+            self.counters.count("malformed_messages")
+            self._error_for_undeliverable(
+                link, data, ErrorCode.INVALID_MESSAGE, "opaque destination not issued by this node"
+            )
+            return
         self._forward(link, data, header, first, request)
 
     def _delivers_locally(self, destination: Destination, link: Link) -> bool:
