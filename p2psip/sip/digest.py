@@ -18,7 +18,9 @@ Wire format, as this module speaks it:
 - ``response = H(H(A1) ":" nonce ":" nc ":" cnonce ":" qop ":" H(A2))`` with
   ``A1 = username:realm:password`` and ``A2 = method:digest-uri``; without
   ``qop`` (RFC 2069 clients, still allowed by RFC 3261 section 22.4) it is
-  ``H(H(A1) ":" nonce ":" H(A2))``.  Only ``H(A1)`` (the "HA1") is ever
+  ``H(H(A1) ":" nonce ":" H(A2))``; this module refuses that form (the
+  client is challenged again), since without a nonce-count a captured
+  response could be replayed for the nonce's lifetime.  Only ``H(A1)`` (the "HA1") is ever
   stored, so the users file never holds a password.
 
 The nonce is stateless and verifiable (RFC 7616 section 3.3 suggests a
@@ -291,7 +293,9 @@ class DigestAuthenticator:
         self._opaque = hmac.new(secret, b"opaque:" + realm.encode("utf-8"), "sha256").hexdigest()[
             :16
         ]
-        self._highest_nonce_counts: OrderedDict[str, int] = OrderedDict()
+        #: nonce -> (highest nonce-count seen, issue time), least recently used first.
+        self._highest_nonce_counts: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._dropped_issued_up_to = -1
         # Unknown users are checked against this, so they cost the same work.
         self._decoy_ha1 = {
             algorithm: digest_hash(algorithm, random_bytes(16).hex()) for algorithm in ALGORITHMS
@@ -322,19 +326,19 @@ class DigestAuthenticator:
             algorithm is None
             or algorithm not in self.algorithms
             or credentials.realm != self.realm
-            or credentials.qop not in (None, "auth")
+            # Without qop=auth there is no nonce-count, so nothing would stop
+            # a captured response from being replayed while its nonce lives.
+            or credentials.qop != "auth"
         ):
             return Verdict.CHALLENGE
-        nonce_state = self._nonce_state(credentials.nonce)
+        nonce_state, issued = self._nonce_state(credentials.nonce)
         if nonce_state is _NonceState.INVALID:
             return Verdict.CHALLENGE
         if credentials.uri != request_uri:
             return Verdict.MALFORMED
-        nonce_count = None
-        if credentials.qop is not None:
-            nonce_count = _parse_nonce_count(credentials.nc)
-            if nonce_count is None:
-                return Verdict.MALFORMED
+        nonce_count = _parse_nonce_count(credentials.nc)
+        if nonce_count is None:
+            return Verdict.MALFORMED
         stored = self._users.ha1(credentials.username, credentials.realm, algorithm)
         ha1 = stored if stored is not None else self._decoy_ha1[algorithm]
         expected = compute_response(
@@ -353,9 +357,7 @@ class DigestAuthenticator:
             return Verdict.REJECTED
         if nonce_state is _NonceState.EXPIRED:
             return Verdict.STALE
-        if nonce_count is not None and not self._advance_nonce_count(
-            credentials.nonce, nonce_count
-        ):
+        if not self._advance_nonce_count(credentials.nonce, nonce_count, issued):
             return Verdict.STALE
         return Verdict.ACCEPTED
 
@@ -363,33 +365,44 @@ class DigestAuthenticator:
         message = self.realm.encode("utf-8") + b"\0" + data
         return hmac.new(self._secret, message, "sha256").digest()[:_NONCE_MAC_BYTES]
 
-    def _nonce_state(self, nonce: str) -> _NonceState:
+    def _nonce_state(self, nonce: str) -> tuple[_NonceState, int]:
+        """Whether ``nonce`` is ours and fresh, and when it was issued (0 if not ours)."""
         if len(nonce) != _NONCE_TEXT_LENGTH:
-            return _NonceState.INVALID
+            return _NonceState.INVALID, 0
         try:
             raw = base64.urlsafe_b64decode(nonce + "=" * (-len(nonce) % 4))
         except ValueError:
-            return _NonceState.INVALID
+            return _NonceState.INVALID, 0
         if len(raw) != _NONCE_BYTES:
-            return _NonceState.INVALID
+            return _NonceState.INVALID, 0
         signed, mac = raw[:-_NONCE_MAC_BYTES], raw[-_NONCE_MAC_BYTES:]
         if not hmac.compare_digest(mac, self._nonce_mac(signed)):
-            return _NonceState.INVALID
+            return _NonceState.INVALID, 0
         (issued,) = struct.unpack(">Q", signed[:8])
         age = self._clock.seconds() - issued
         if age < -1 or age > self._nonce_lifetime_seconds:
-            return _NonceState.EXPIRED
-        return _NonceState.FRESH
+            return _NonceState.EXPIRED, issued
+        return _NonceState.FRESH, issued
 
-    def _advance_nonce_count(self, nonce: str, nonce_count: int) -> bool:
-        """False for a replayed (not increasing) nonce-count."""
-        highest = self._highest_nonce_counts.get(nonce)
-        if highest is not None and nonce_count <= highest:
+    def _advance_nonce_count(self, nonce: str, nonce_count: int, issued: int) -> bool:
+        """
+        False for a replayed (not increasing) nonce-count.
+
+        A nonce dropped from the bounded cache could be replayed from
+        nonce-count 1 again; so every nonce issued no later than the newest
+        one ever dropped counts as stale when it is not in the cache (the
+        client is simply given a fresh nonce).
+        """
+        known = self._highest_nonce_counts.get(nonce)
+        if known is None and issued <= self._dropped_issued_up_to:
             return False
-        self._highest_nonce_counts[nonce] = nonce_count
+        if known is not None and nonce_count <= known[0]:
+            return False
+        self._highest_nonce_counts[nonce] = (nonce_count, issued)
         self._highest_nonce_counts.move_to_end(nonce)
         while len(self._highest_nonce_counts) > NONCE_COUNT_CACHE_SIZE:
-            self._highest_nonce_counts.popitem(last=False)
+            _, (_, dropped_issued) = self._highest_nonce_counts.popitem(last=False)
+            self._dropped_issued_up_to = max(self._dropped_issued_up_to, dropped_issued)
         return True
 
 

@@ -46,6 +46,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.sip.digest import DigestAuthenticator, DigestParseError, Verdict, parse_authorization
+from p2psip.sip.login_throttle import LoginThrottle
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import Binding, OverlayLocationService, format_q
 from p2psip.sip.message import NameAddress, Request, Response, make_response
@@ -132,11 +133,20 @@ class LocalBinding:
 class _Refusal(Exception):
     """An error response, raised from deep inside REGISTER processing."""
 
-    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        headers: tuple[tuple[str, str], ...] = (),
+        *,
+        quiet: bool = False,
+    ) -> None:
         super().__init__(status, reason)
         self.status = status
         self.reason = reason
         self.headers = headers
+        #: Not logged one by one (floods are summarised elsewhere).
+        self.quiet = quiet
 
 
 def _aor_of(to: NameAddress | None) -> str:
@@ -163,14 +173,20 @@ def blur_aor(aor: str) -> str:
     return f"{scheme}:~{digest}@{domain}"
 
 
-def blur_flow(flow: object) -> str:
-    """A flow fit for info-level logs: IPv4 /24 or IPv6 /48, no port."""
+def flow_host(flow: object) -> str | None:
+    """The remote IP address of a flow (a ``Hop``, or a transport's flow tuple), if it has one."""
     host = getattr(flow, "host", None)
     if host is None and isinstance(flow, tuple) and flow and isinstance(flow[-1], tuple):
         host = flow[-1][0]
     if host is None and isinstance(flow, tuple) and flow and isinstance(flow[0], str):
         host = flow[0]
-    if not isinstance(host, str):
+    return host if isinstance(host, str) else None
+
+
+def blur_flow(flow: object) -> str:
+    """A flow fit for info-level logs: IPv4 /24 or IPv6 /48, no port."""
+    host = flow_host(flow)
+    if host is None:
         return "?"
     if ":" in host:
         return ":".join(host.split(":")[:3]) + "::/48"
@@ -220,6 +236,7 @@ class Registrar:
         min_expires_seconds: int = MIN_EXPIRES_SECONDS,
         max_expires_seconds: int = MAX_EXPIRES_SECONDS,
         random_bytes: Callable[[int], bytes] = os.urandom,
+        throttle: LoginThrottle | None = None,
     ) -> None:
         if not trusted_network and (authenticator is None or accounts is None):
             raise ValueError(
@@ -241,6 +258,9 @@ class Registrar:
         self._by_contact: dict[str, list[LocalBinding]] = {}
         self._expiry_calls: dict[str, IDelayedCall] = {}
         self._locks: dict[str, DeferredLock] = {}
+        self.throttle = throttle or LoginThrottle(clock)
+        self._throttle_warned_at: float | None = None
+        self._throttled_since_warning = 0
 
     # -- queries for the proxy -------------------------------------------
 
@@ -284,7 +304,7 @@ class Registrar:
         try:
             to = request.to
             aor = _aor_of(to)
-            self._check_request(request, to)
+            self._check_request(request, to, flow)
             contacts, wildcard = self._requested_contacts(request)
         except _Refusal as refusal:
             return succeed(self._refuse(request, to, flow, _aor_of(to), refusal))
@@ -306,7 +326,7 @@ class Registrar:
 
         return result.addCallback(forget_lock)
 
-    def _check_request(self, request: Request, to: NameAddress) -> None:
+    def _check_request(self, request: Request, to: NameAddress, flow: object) -> None:
         uri = request.uri
         if not isinstance(uri, SipURI) or uri.host.lower() != self.domain or uri.user is not None:
             raise _Refusal(404, "Not the registrar for that domain")
@@ -316,11 +336,11 @@ class Registrar:
         to_uri = to.uri
         if not isinstance(to_uri, SipURI) or to_uri.user is None:
             raise _Refusal(404, "Not Found (the To header must be a sip: AOR)")
-        self._authenticate(request, to_uri.address_of_record())
+        self._authenticate(request, to_uri.address_of_record(), flow_host(flow))
         if to_uri.host.lower() != self.domain:
             raise _Refusal(404, "Not Found (AOR outside the overlay domain)")
 
-    def _authenticate(self, request: Request, aor: str) -> None:
+    def _authenticate(self, request: Request, aor: str, source: str | None) -> None:
         authenticator = self.authenticator
         if authenticator is None:
             return
@@ -332,20 +352,44 @@ class Registrar:
                 raise _Refusal(400, f"Bad Request (malformed Authorization: {e})") from None
             if credentials.realm != authenticator.realm:
                 continue
+            if self.throttle.blocked(source, aor):
+                # Too many wrong passwords lately: this guess is not even
+                # checked, and gets the answer a wrong one gets.
+                self._note_throttled(source)
+                raise _Refusal(403, "Forbidden", quiet=True)
             verdict = authenticator.verify(
                 credentials, request.method, _digest_uri_for(credentials.uri, request.uri)
             )
             if verdict is Verdict.ACCEPTED:
                 if self.accounts.aor_for(credentials.username, credentials.realm) != aor:
+                    self.throttle.failed(source, aor)
                     raise _Refusal(403, "Forbidden")
                 return
             if verdict is Verdict.STALE:
                 raise self._challenge(stale=True)
             if verdict is Verdict.REJECTED:
+                self.throttle.failed(source, aor)
                 raise _Refusal(403, "Forbidden")
             if verdict is Verdict.MALFORMED:
                 raise _Refusal(400, "Bad Request (digest uri or nonce count)")
         raise self._challenge(stale=False)
+
+    def _note_throttled(self, source: str | None) -> None:
+        """Warn about refused guesses at most once a minute, with how many there were."""
+        self._throttled_since_warning += 1
+        now = self.clock.seconds()
+        if self._throttle_warned_at is not None and now - self._throttle_warned_at < 60.0:
+            return
+        self.log.warn(
+            "REGISTER: {count} login(s) refused unchecked after too many wrong passwords "
+            "(latest from {source}; limits: {per_source} per source, {per_user} per user, a minute)",
+            count=self._throttled_since_warning,
+            source=blur_flow((source,)) if source else "?",
+            per_source=self.throttle.failures_per_source,
+            per_user=self.throttle.failures_per_user,
+        )
+        self._throttle_warned_at = now
+        self._throttled_since_warning = 0
 
     def _challenge(self, stale: bool) -> _Refusal:
         assert self.authenticator is not None
@@ -551,6 +595,8 @@ class Registrar:
         response = self._response(request, to, refusal.status, refusal.reason)
         for name, value in refusal.headers:
             response.headers.add(name, value)
+        if refusal.quiet:
+            return response
         self.log.info(
             "REGISTER {aor} from {source}: {status} {reason}",
             aor=blur_aor(aor),

@@ -326,7 +326,10 @@ class AuthenticatorTests(SynchronousTestCase):
         )
 
     def test_rfc2069_without_qop(self) -> None:
-        """Credentials without qop (RFC 2069 style, RFC 3261 s22.4) are still checked."""
+        """
+        Credentials without qop (RFC 2069 style) are challenged again, even
+        when correct: with no nonce-count they could be replayed.
+        """
         from attrs import evolve
 
         nonce = self.nonce()
@@ -336,7 +339,32 @@ class AuthenticatorTests(SynchronousTestCase):
             signed(nonce, algorithm="MD5"), qop=None, nc=None, cnonce=None, response=response
         )
         self.assertEqual(
-            self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.ACCEPTED
+            self.authenticator.verify(credentials, "REGISTER", REQUEST_URI), Verdict.CHALLENGE
+        )
+
+    def test_replay_after_the_nonce_left_the_cache(self) -> None:
+        """
+        A nonce pushed out of the bounded nonce-count cache cannot be
+        replayed from nonce-count 1: it is stale, and the client gets a new one.
+        """
+        from p2psip.sip import digest
+
+        self.patch(digest, "NONCE_COUNT_CACHE_SIZE", 2)
+        first = signed(self.nonce())
+        self.assertEqual(
+            self.authenticator.verify(first, "REGISTER", REQUEST_URI), Verdict.ACCEPTED
+        )
+        self.clock.advance(1)
+        for _ in range(2):
+            other = signed(self.nonce())
+            self.assertEqual(
+                self.authenticator.verify(other, "REGISTER", REQUEST_URI), Verdict.ACCEPTED
+            )
+        self.assertEqual(self.authenticator.verify(first, "REGISTER", REQUEST_URI), Verdict.STALE)
+        self.clock.advance(1)
+        fresh = signed(self.nonce())
+        self.assertEqual(
+            self.authenticator.verify(fresh, "REGISTER", REQUEST_URI), Verdict.ACCEPTED
         )
 
     def test_algorithm_choice(self) -> None:

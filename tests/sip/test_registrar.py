@@ -397,6 +397,49 @@ class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         self.assertEqual((wrong.status, wrong.reason), (403, "Forbidden"))
         self.assertEqual((unknown.status, unknown.reason), (wrong.status, wrong.reason))
 
+    def guess(self, password: str, cseq: int, flow: object = FLOW, user: str = "alice") -> int:
+        challenge = self.send(register(expires=300, to=f"sip:{user}@example.org"))
+        request = register(
+            expires=300,
+            cseq=cseq,
+            to=f"sip:{user}@example.org",
+            extra=self.authorization(challenge, username=user, password=password),
+        )
+        return self.successResultOf(self.registrar.register_received(request, flow)).status
+
+    def test_password_guessing_throttled_per_source(self) -> None:
+        """
+        After 20 wrong passwords in a minute from one address, even the right
+        one gets 403 from there (unchecked), with one warning; another
+        address still logs in, and a minute later the first one may again.
+        """
+        from twisted.logger import LogLevel, capturedLogs
+
+        statuses = [self.guess(f"guess{i}", cseq=2 + i) for i in range(20)]
+        self.assertEqual(set(statuses), {403})
+        with capturedLogs() as events:
+            self.assertEqual(self.guess("wonderland", cseq=30), 403)
+            self.assertEqual(self.guess("wonderland", cseq=31), 403)
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("20 per source", warnings[0]["log_format"].format(**warnings[0]))
+        self.assertEqual(self.registrar.throttle.throttled, 2)
+        other = ("UDP", ("198.51.100.9", 5060))
+        self.assertEqual(self.guess("wonderland", cseq=32, flow=other), 200)
+        self.clock.advance(60)
+        self.assertEqual(self.guess("wonderland", cseq=33), 200)
+
+    def test_password_guessing_throttled_per_user(self) -> None:
+        """Guesses for one user from many addresses stop at 60 a minute, known user or not."""
+        for user in ("alice", "nobody"):
+            for i in range(60):
+                flow = ("UDP", (f"203.0.113.{i}", 5060))
+                self.assertEqual(self.guess(f"guess{i}", cseq=2 + i, flow=flow, user=user), 403)
+            self.assertEqual(self.registrar.throttle.throttled, 0 if user == "alice" else 1)
+            fresh = ("UDP", ("198.51.100.200", 5060))
+            self.assertEqual(self.guess("wonderland", cseq=90, flow=fresh, user=user), 403)
+        self.assertEqual(self.registrar.throttle.throttled, 2)
+
     def test_unknown_user_challenged_like_known(self) -> None:
         """Unknown and known users get the same 401 challenge before credentials."""
         known = self.send(register(expires=300))
