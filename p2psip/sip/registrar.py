@@ -597,7 +597,10 @@ class Registrar:
             response.headers.add(name, value)
         if refusal.quiet:
             return response
-        self.log.info(
+        # A 401 is the first step of every registration and its refreshes,
+        # so it is not worth an info line each (a flood would fill the log).
+        emit = self.log.debug if refusal.status == 401 else self.log.info
+        emit(
             "REGISTER {aor} from {source}: {status} {reason}",
             aor=blur_aor(aor),
             source=blur_flow(flow),
