@@ -17,7 +17,9 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from p2psip.config import RoleOptions
-from p2psip.nat import mediator, stun_server, stunt
+from p2psip.nat import mediator, stun_server
+from p2psip.nat.broker import Broker, BrokerPolicy
+from p2psip.nat.control_auth import Secrets, parse_secrets_file
 from p2psip.util.metrics import role_registry
 from p2psip.web.site import build_site, http_service
 
@@ -186,7 +188,7 @@ class Options(RoleOptions):
         if secrets_file:
             try:
                 with open(secrets_file, encoding="utf-8") as f:
-                    per_id = stunt.parse_secrets_file(f.read())
+                    per_id = parse_secrets_file(f.read())
             except OSError as e:
                 raise usage.UsageError(
                     f"cannot read the secrets file {secrets_file}: {e.strerror}"
@@ -198,12 +200,12 @@ class Options(RoleOptions):
                 "clients must authenticate: give --secret or --secrets-file "
                 "(or 'secret'/'secrets-file' in [mediator] of --config)"
             )
-        self["secrets"] = stunt.Secrets(
+        self["secrets"] = Secrets(
             shared=self["secret"].encode("utf-8") if self["secret"] else None, per_id=per_id
         )
 
-    def policy(self) -> stunt.BrokerPolicy:
-        return stunt.BrokerPolicy(
+    def policy(self) -> BrokerPolicy:
+        return BrokerPolicy(
             relay_enabled=self["relay"],
             low_ttl_enabled=self["low-ttl"],
             max_clients=self["max-clients"],
@@ -247,7 +249,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
                 description, stun_server.StunTcpServerFactory(responder), reactor=reactor
             ).setServiceParent(top)
     registry = role_registry()
-    broker = stunt.Broker(
+    broker = Broker(
         reactor,
         options["secrets"],
         options.policy(),
