@@ -439,28 +439,28 @@ def run_probe(args: argparse.Namespace) -> int:
         for _ in range(args.probes):
             observation = await holepunch.stun_tcp_probe(reactor, (host, stun_port))
             observations.append(observation)
-        behaviour = port_allocation.classify(local_ip, observations)
+        nat = port_allocation.classify_observations(local_ip, observations)
         mapped = observations[-1]
         udp = await _rfc5780(reactor, (host, stun_udp_port), local_ip, args.rto_ms / 1000)
         record = {
             "local_ip": local_ip,
-            "public_ip": behaviour.public_ip,
-            "tcp_allocation": behaviour.allocation,
-            "tcp_delta": behaviour.delta,
+            "public_ip": nat.public_ip,
+            "tcp_allocation": nat.kind.value,
+            "tcp_delta": nat.allocation.delta,
             "tcp_observations": observations,
-            "tcp_predictable": behaviour.predictable,
+            "tcp_predictable": nat.predictable,
             "udp_mapping": udp.get("mapping"),
             "udp_filtering": udp.get("filtering"),
             "udp_error": udp.get("error"),
         }
         lines = [
-            f"local address {local_ip}, public address {behaviour.public_ip}",
+            f"local address {local_ip}, public address {nat.public_ip}",
             f"TCP mapping of the last probe: local port {mapped[0]} -> {mapped[1]}:{mapped[2]}",
-            f"TCP port allocation: {behaviour.describe()}",
+            f"TCP port allocation: {nat.describe()}",
             "TCP hole punching: "
             + (
                 "possible (ports can be predicted)"
-                if behaviour.predictable
+                if nat.predictable
                 else "needs the relay (ports can't be predicted)"
             ),
         ]

@@ -46,12 +46,11 @@ from p2psip.nat.control_protocol import (
     UDP_PUNCH,
 )
 from p2psip.nat.port_allocation import (
-    NO_NAT,
-    SEQUENTIAL,
-    UNKNOWN,
-    NatBehaviour,
+    UNKNOWN_NAT,
     Observation,
-    classify,
+    PortAllocationKind,
+    ProbedNat,
+    classify_observations,
     predict_endpoint,
 )
 
@@ -85,7 +84,7 @@ class _Side:
     client_id: str
     link: Link
     probe: dict[str, Any] | None = None
-    behaviour: NatBehaviour | None = None
+    nat: ProbedNat | None = None
     result: dict[str, Any] | None = None
 
 
@@ -306,7 +305,7 @@ class Broker:
     def _request_probes(self, session: BrokeredSession) -> None:
         for side, other in (session.sides(), session.sides()[::-1]):
             side.probe = None
-            side.behaviour = None
+            side.nat = None
             side.result = None
             side.link.send(
                 {
@@ -356,13 +355,12 @@ class Broker:
             )
             return
         side.probe = message
-        side.behaviour = classify(message["local_ip"], observations)
+        side.nat = classify_observations(message["local_ip"], observations)
         if all(s.probe is not None for s in session.sides()):
             self._next_method(session)
 
     def _next_method(self, session: BrokeredSession) -> None:
-        unknown = NatBehaviour(UNKNOWN, "")
-        a, b = (side.behaviour or unknown for side in session.sides())
+        a, b = (side.nat or UNKNOWN_NAT for side in session.sides())
         while session.methods:
             method = session.methods.pop(0)
             unusable = self._why_unusable(method, a, b, session)
@@ -382,7 +380,7 @@ class Broker:
         self._finish(session, False, "; ".join(session.reasons) or "no method left")
 
     def _why_unusable(
-        self, method: str, a: NatBehaviour, b: NatBehaviour, session: BrokeredSession
+        self, method: str, a: ProbedNat, b: ProbedNat, session: BrokeredSession
     ) -> str:
         names = (session.initiator.client_id, session.responder.client_id)
         if method == RELAYED:
@@ -392,20 +390,20 @@ class Broker:
                 if self.relay_counts.get(name, 0) >= self.policy.max_relays_per_client:
                     return f"relay refused: {name} already has the maximum of relayed sessions (mediator.ini relay-sessions-per-client)"
             return ""
-        if method == UDP_PUNCH and NO_NAT in (a.allocation, b.allocation):
+        if method == UDP_PUNCH and PortAllocationKind.NO_NAT in (a.kind, b.kind):
             # The public side learns the peer's real address from its
             # first packet, so the NATed side's mapping needn't be guessed.
             return ""
         if method == DIRECT:
-            if a.allocation != NO_NAT and b.allocation != NO_NAT:
+            if PortAllocationKind.NO_NAT not in (a.kind, b.kind):
                 return "no side has a public address for a direct connect"
             return ""
         if method == LOW_TTL and not self.policy.low_ttl_enabled:
             return "low-ttl disabled in mediator.ini (low-ttl = no)"
         unpredictable = [
-            f"{name}'s {behaviour.describe()}"
-            for name, behaviour in zip(names, (a, b), strict=True)
-            if not behaviour.predictable
+            f"{name}'s {nat.describe()}"
+            for name, nat in zip(names, (a, b), strict=True)
+            if not nat.predictable
         ]
         if unpredictable:
             return (
@@ -420,10 +418,10 @@ class Broker:
         a, b = session.sides()
         predictions = {}
         for side in (a, b):
-            assert side.probe is not None and side.behaviour is not None
+            assert side.probe is not None and side.nat is not None
             observations = [(o[0], o[1], o[2]) for o in side.probe["observations"]]
             predictions[id(side)] = predict_endpoint(
-                side.behaviour, side.probe["hole_port"], observations
+                side.nat, side.probe["hole_port"], observations
             )
         for side, other in ((a, b), (b, a)):
             assert side.probe is not None
@@ -447,7 +445,7 @@ class Broker:
                     # Optional (added in 1.1): retrying after a failed connect
                     # burns a port of a sequential NAT and breaks the prediction.
                     "connect_retries": 0
-                    if side.behaviour is not None and side.behaviour.allocation == SEQUENTIAL
+                    if side.nat is not None and side.nat.kind is PortAllocationKind.SEQUENTIAL
                     else -1,
                 }
             )

@@ -9,10 +9,11 @@ import subprocess
 import sys
 from typing import Any
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from p2psip.nat import stun
@@ -20,16 +21,14 @@ from p2psip.nat.behaviour import (
     BehaviourDiscoveryError,
     FilteringBehaviour,
     MappingBehaviour,
-    PortAllocation,
-    PortAllocationKind,
     classify_filtering,
     classify_mapping,
-    classify_port_allocation,
     discover_behaviour,
     discover_nat_behaviour,
     mapping_test_destinations,
     probe_port_allocation,
 )
+from p2psip.nat.port_allocation import PortAllocation, PortAllocationKind
 from p2psip.nat.stun_client import BindingResult, StunErrorResponse, StunTimeoutError
 from p2psip.nat.stun_server import AlternateAddresses, StunResponder, StunUdpService
 from p2psip.testing import require_root, require_tool, shared_path
@@ -131,42 +130,78 @@ class ClassifyTests(SynchronousTestCase):
             [PRIMARY, ("192.0.2.2", 3478), ("192.0.2.2", 3479)],
         )
 
-    def test_port_preserving(self) -> None:
-        """Mapped ports equal to the local ports are preserving."""
-        allocation = classify_port_allocation([(4000, 4000), (4002, 4002), (5000, 5000)])
-        self.assertEqual(allocation, PortAllocation(PortAllocationKind.PRESERVING))
-        self.assertEqual(allocation.predict(4000, 6000), 6000)
 
-    def test_port_sequential(self) -> None:
-        """A constant gap is sequential with that delta, even with one disturbed gap."""
-        samples = [(1, 1000), (2, 1002), (3, 1004), (4, 1009), (5, 1011), (6, 1013)]
-        allocation = classify_port_allocation(samples)
-        self.assertEqual(allocation, PortAllocation(PortAllocationKind.SEQUENTIAL, 2))
-        self.assertEqual(allocation.predict(1013, 7), 1015)
-        self.assertEqual(allocation.predict(65535, 7), 2)
+class PortAllocatingNat:
+    """
+    A UDP reactor behind a NAT that hands out the public ports in ``mapped``.
 
-    def test_port_random(self) -> None:
-        """Unrelated ports, or a huge constant gap, are random."""
+    ``listenUDP`` gives each socket the next local port; a Binding request
+    written on it is answered at once by a real ``StunResponder``, as
+    seen from the next public port, so ``probe_port_allocation`` runs
+    unchanged on a fake clock.
+    """
+
+    def __init__(self, mapped: list[int], first_local_port: int = 40000) -> None:
+        self.clock = Clock()
+        self.mapped = list(mapped)
+        self.next_local_port = first_local_port
+        self.responder = StunResponder()
+        self.open_ports: list[int] = []
+
+    def listenUDP(
+        self, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192
+    ) -> Any:
+        nat = self
+        local = (interface or "10.0.0.2", self.next_local_port)
+        self.next_local_port += 1
+        self.open_ports.append(local[1])
+
+        class Port:
+            def write(self, datagram: bytes, to: tuple[str, int]) -> None:
+                public = ("198.51.100.1", nat.mapped.pop(0))
+                reply = nat.responder.answer_datagram(datagram, public, to)
+                assert reply is not None
+                protocol.datagramReceived(reply.payload, to)
+
+            def getHost(self) -> IPv4Address:
+                return IPv4Address("UDP", *local)
+
+            def stopListening(self) -> None:
+                nat.open_ports.remove(local[1])
+                protocol.doStop()
+
+        port_object = Port()
+        protocol.makeConnection(port_object)  # type: ignore[arg-type]
+        return port_object
+
+
+class PortAllocationProbeTests(SynchronousTestCase):
+    def probe(self, mapped: list[int]) -> tuple[PortAllocation, list[tuple[int, int]]]:
+        nat = PortAllocatingNat(mapped)
+        found = self.successResultOf(
+            probe_port_allocation(nat, nat.clock, [PRIMARY], count=len(mapped))  # type: ignore[arg-type]
+        )
+        self.assertEqual((nat.open_ports, nat.clock.getDelayedCalls()), ([], []))
+        return found
+
+    def test_delta_20(self) -> None:
+        """Mapped ports 5000, 5020, 5040, 5060 are sequential with delta 20, as the broker says."""
+        allocation, samples = self.probe([5000, 5020, 5040, 5060])
+        self.assertEqual(allocation, PortAllocation(PortAllocationKind.SEQUENTIAL, 20))
+        self.assertEqual(samples, [(40000, 5000), (40001, 5020), (40002, 5040), (40003, 5060)])
+
+    def test_preserving_and_random(self) -> None:
+        """Kept local ports are preserving; unrelated ones random."""
         self.assertEqual(
-            classify_port_allocation([(1, 40000), (2, 12345), (3, 55555)]).kind,
-            PortAllocationKind.RANDOM,
+            self.probe([40000, 40001, 40002])[0], PortAllocation(PortAllocationKind.PRESERVING)
         )
         self.assertEqual(
-            classify_port_allocation([(1, 1000), (2, 3000), (3, 5000)]).kind,
-            PortAllocationKind.RANDOM,
+            self.probe([16505, 30068, 2197, 43000])[0], PortAllocation(PortAllocationKind.RANDOM)
         )
-        self.assertIsNone(PortAllocation(PortAllocationKind.RANDOM).predict(1, 2))
 
-    @settings(deadline=None)
-    @given(
-        st.lists(st.tuples(st.integers(1, 65535), st.integers(1, 65535)), min_size=1, max_size=20)
-    )
-    def test_port_any(self, samples: list[tuple[int, int]]) -> None:
-        """Any samples classify, and a sequential verdict has a small nonzero delta."""
-        allocation = classify_port_allocation(samples)
-        if allocation.kind is PortAllocationKind.SEQUENTIAL:
-            assert allocation.delta is not None
-            self.assertTrue(0 < abs(allocation.delta) <= 50)
+    def test_too_few_probes(self) -> None:
+        """Two probes that are not preserving cannot show a delta: unknown."""
+        self.assertEqual(self.probe([5000, 5020])[0], PortAllocation(PortAllocationKind.UNKNOWN))
 
 
 class DiscoveryTests(SynchronousTestCase):

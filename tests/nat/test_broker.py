@@ -173,6 +173,30 @@ class BrokerTests(BrokerFixture):
         self.assertEqual(self.broker.status()["successes"], {"simultaneous-open": 1})
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_sequential_pair_aimed_at_next_ports(self) -> None:
+        """Mapped ports 5000, 5020, 5040, 5060 are a NAT stepping by 20: the peer aims at 5080."""
+        a, b, session = self.start()
+        steps_of_20 = [(4000, 5000), (4001, 5020), (4002, 5040), (4003, 5060)]
+        steps_of_1 = [(6000, 7000), (6001, 7001), (6002, 7002), (6003, 7003)]
+        self.broker.message_received(a, probed(session, "10.0.1.2", steps_of_20))
+        self.broker.message_received(
+            b, probed(session, "10.0.2.2", steps_of_1, public="198.51.100.2")
+        )
+        attempt_a, attempt_b = a.last("attempt"), b.last("attempt")
+        self.assertEqual(attempt_a["method"], control_protocol.SIMULTANEOUS_OPEN)
+        self.assertEqual(attempt_b["peer_endpoint"], ["198.51.100.1", 5080])
+        self.assertEqual(attempt_a["peer_endpoint"], ["198.51.100.2", 7004])
+        # A retried connect would take the predicted port's successor.
+        self.assertEqual((attempt_a["connect_retries"], attempt_b["connect_retries"]), (0, 0))
+
+    def test_mixed_steps_are_relayed(self) -> None:
+        """Mapped ports that step both ways are unpredictable, so the session is relayed."""
+        a, b, session = self.start()
+        mixed = [(4000, 5000), (4001, 5001), (4002, 5000), (4003, 5001)]
+        self.broker.message_received(a, probed(session, "10.0.1.2", mixed))
+        self.broker.message_received(b, probed(session, "10.0.2.2", EIM, public="198.51.100.2"))
+        self.assertIn("alice's NAT with random port allocation", a.last("relay")["reason"])
+
     def test_public_side_gets_direct(self) -> None:
         """When one side has no NAT the direct method is tried first."""
         a, b, session = self.start()
