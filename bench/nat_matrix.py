@@ -25,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from p2psip.nat import stunt
+from p2psip.nat import control_protocol
 from p2psip.testing import shared_dir
 
 SECRET = "bench-secret"
@@ -127,8 +127,8 @@ def run_pair(
                 "20",
             ),
         )
-        for method in stunt.TCP_METHODS + (stunt.UDP_PUNCH,):
-            choice = ["--udp"] if method == stunt.UDP_PUNCH else ["--methods", method]
+        for method in control_protocol.TCP_METHODS + (control_protocol.UDP_PUNCH,):
+            choice = ["--udp"] if method == control_protocol.UDP_PUNCH else ["--methods", method]
             done = subprocess.run(
                 python(
                     natlab,

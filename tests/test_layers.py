@@ -3,7 +3,8 @@ Imports point one way (see the style guide's layout section).
 
 The overlay knows nothing of SIP or of the usages built on it; the SIP
 layer reaches the ring only through ``p2psip.interfaces`` and the usage
-structures in ``p2psip.usages``; nothing below the roles imports them.
+structures in ``p2psip.usages``; NAT traversal calls up to neither;
+nothing below the roles imports them.
 These tests read the sources, so a forbidden import fails here even when
 no test happens to execute it.
 """
@@ -25,7 +26,24 @@ FORBIDDEN = {
     "usages": ("p2psip.sip", "p2psip.roles", "p2psip.web", "p2psip.cli", "p2psip.nat"),
     "sip": ("p2psip.overlay", "p2psip.roles", "p2psip.web", "p2psip.cli"),
     "util": ("p2psip.overlay", "p2psip.sip", "p2psip.usages", "p2psip.roles", "p2psip.nat"),
+    # NAT traversal serves the overlay and SIP layers; it never calls up to them.
+    "nat": (
+        "p2psip.overlay",
+        "p2psip.sip",
+        "p2psip.usages",
+        "p2psip.roles",
+        "p2psip.web",
+        "p2psip.cli",
+    ),
 }
+
+#: Sans-IO codecs and classifiers: values in, values out, nothing from Twisted.
+SANS_IO = (
+    "nat/stun.py",
+    "nat/control_protocol.py",
+    "nat/control_auth.py",
+    "nat/port_allocation.py",
+)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -49,6 +67,16 @@ class ImportDirectionTests(SynchronousTestCase):
                 for name in sorted(imported_modules(path)):
                     if any(name == f or name.startswith(f + ".") for f in forbidden):
                         wrong.append(f"{path.relative_to(PACKAGE)} imports {name}")
+        self.assertEqual(wrong, [])
+
+    def test_sans_io_modules(self) -> None:
+        """The NAT codecs and the port classifier import nothing from Twisted."""
+        wrong = [
+            f"{module} imports {name}"
+            for module in SANS_IO
+            for name in sorted(imported_modules(PACKAGE / module))
+            if name == "twisted" or name.startswith("twisted.")
+        ]
         self.assertEqual(wrong, [])
 
     def test_reader_sees_imports(self) -> None:

@@ -27,7 +27,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, conne
 from twisted.python.failure import Failure
 
 from p2psip.cli import Subcommands
-from p2psip.nat import holepunch, stunt
+from p2psip.nat import control_protocol, holepunch, port_allocation
 from p2psip.nat.traversal import (
     DatagramResult,
     IncomingDatagramPolicy,
@@ -99,7 +99,7 @@ def register(subparsers: Subcommands) -> None:
         "--methods",
         default="",
         help="comma-separated methods to allow, in order: "
-        + ",".join(stunt.TCP_METHODS)
+        + ",".join(control_protocol.TCP_METHODS)
         + " (default: all)",
     )
     connect.add_argument(
@@ -355,10 +355,10 @@ def run_connect(args: argparse.Namespace) -> int:
     _start_logging(args)
     status = [0]
     methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in methods if m not in stunt.TCP_METHODS]
+    unknown = [m for m in methods if m not in control_protocol.TCP_METHODS]
     if unknown:
         print(
-            f"p2psip nat connect: unknown method {unknown[0]}; use {', '.join(stunt.TCP_METHODS)}",
+            f"p2psip nat connect: unknown method {unknown[0]}; use {', '.join(control_protocol.TCP_METHODS)}",
             file=sys.stderr,
         )
         return 2
@@ -439,28 +439,28 @@ def run_probe(args: argparse.Namespace) -> int:
         for _ in range(args.probes):
             observation = await holepunch.stun_tcp_probe(reactor, (host, stun_port))
             observations.append(observation)
-        behaviour = stunt.classify(local_ip, observations)
+        nat = port_allocation.classify_observations(local_ip, observations)
         mapped = observations[-1]
         udp = await _rfc5780(reactor, (host, stun_udp_port), local_ip, args.rto_ms / 1000)
         record = {
             "local_ip": local_ip,
-            "public_ip": behaviour.public_ip,
-            "tcp_allocation": behaviour.allocation,
-            "tcp_delta": behaviour.delta,
+            "public_ip": nat.public_ip,
+            "tcp_allocation": nat.kind.value,
+            "tcp_delta": nat.allocation.delta,
             "tcp_observations": observations,
-            "tcp_predictable": behaviour.predictable,
+            "tcp_predictable": nat.predictable,
             "udp_mapping": udp.get("mapping"),
             "udp_filtering": udp.get("filtering"),
             "udp_error": udp.get("error"),
         }
         lines = [
-            f"local address {local_ip}, public address {behaviour.public_ip}",
+            f"local address {local_ip}, public address {nat.public_ip}",
             f"TCP mapping of the last probe: local port {mapped[0]} -> {mapped[1]}:{mapped[2]}",
-            f"TCP port allocation: {behaviour.describe()}",
+            f"TCP port allocation: {nat.describe()}",
             "TCP hole punching: "
             + (
                 "possible (ports can be predicted)"
-                if behaviour.predictable
+                if nat.predictable
                 else "needs the relay (ports can't be predicted)"
             ),
         ]
@@ -476,7 +476,7 @@ def run_probe(args: argparse.Namespace) -> int:
 
 class _ChallengeReader(Protocol):
     def __init__(self) -> None:
-        self.decoder = stunt.FrameDecoder()
+        self.decoder = control_protocol.FrameDecoder()
         self.result: defer.Deferred[tuple[str, str, int, int]] = defer.Deferred()
 
     def dataReceived(self, data: bytes) -> None:
@@ -484,7 +484,7 @@ class _ChallengeReader(Protocol):
         assert transport is not None
         try:
             messages = self.decoder.feed(data)
-        except stunt.StuntDecodeError as e:
+        except control_protocol.StuntDecodeError as e:
             messages = []
             if not self.result.called:
                 self.result.errback(TraversalError(f"not a p2psip mediator: {e}"))

@@ -21,15 +21,14 @@ Filtering (RFC 5780 section 4.4), all requests to the primary address:
 * test III: change port only; an answer means address-dependent filtering,
   silence address-and-port-dependent.
 
-Port allocation (RFC 4787 section 4.1): from probes that each create a new
-mapping (a fresh local port, or a new destination), the NAT either keeps
-the local port (preserving), hands out ports a fixed delta apart
-(sequential; STUNT predicts the next mapping from it), or neither (random).
+Port allocation (RFC 4787 section 4.1): ``probe_port_allocation`` makes
+probes that each create a new mapping (a fresh local port) and classifies
+the mapped ports with ``p2psip.nat.port_allocation``, the classifier the
+STUNT broker uses for its port prediction too.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from enum import Enum
 from typing import Awaitable, Callable, Sequence
 
@@ -37,6 +36,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime, IReactorUDP
 
+from p2psip.nat.port_allocation import PortAllocation, classify_port_allocation
 from p2psip.nat.stun_client import (
     BindingResult,
     RetransmissionSchedule,
@@ -46,14 +46,6 @@ from p2psip.nat.stun_client import (
 )
 
 Address = tuple[str, int]
-
-# Successive mappings further apart than this are not "sequential" even if
-# the gaps are equal: a NAT that steps by 1000 is as unpredictable as a
-# random one for a port-prediction attempt with a few guesses.
-MAX_SEQUENTIAL_DELTA = 50
-# Share of the gaps that must agree on the delta; other traffic through the
-# NAT takes ports between our probes now and then.
-SEQUENTIAL_AGREEMENT = 0.75
 
 
 class MappingBehaviour(Enum):
@@ -67,28 +59,6 @@ class FilteringBehaviour(Enum):
     ENDPOINT_INDEPENDENT = "endpoint-independent"
     ADDRESS_DEPENDENT = "address-dependent"
     ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
-
-
-class PortAllocationKind(Enum):
-    PRESERVING = "preserving"
-    SEQUENTIAL = "sequential"
-    RANDOM = "random"
-
-
-@frozen
-class PortAllocation:
-    """How the NAT picks external ports; ``delta`` is set for sequential ones."""
-
-    kind: PortAllocationKind
-    delta: int | None = None
-
-    def predict(self, last_mapped_port: int, local_port: int, steps: int = 1) -> int | None:
-        """The external port the NAT will probably give the ``steps``-th next mapping."""
-        if self.kind is PortAllocationKind.PRESERVING:
-            return local_port
-        if self.kind is PortAllocationKind.SEQUENTIAL and self.delta is not None:
-            return (last_mapped_port + steps * self.delta - 1) % 65535 + 1
-        return None
 
 
 @frozen
@@ -135,26 +105,6 @@ def classify_filtering(
     if change_port_answered:
         return FilteringBehaviour.ADDRESS_DEPENDENT
     return FilteringBehaviour.ADDRESS_AND_PORT_DEPENDENT
-
-
-def classify_port_allocation(samples: Sequence[tuple[int, int]]) -> PortAllocation:
-    """
-    The port allocation from (local port, mapped port) samples, in probe order.
-
-    Each sample must come from a new mapping.  At least two samples are
-    needed to tell sequential from random.
-    """
-    if not samples:
-        raise ValueError("port allocation needs at least one probe")
-    if all(local == mapped for local, mapped in samples):
-        return PortAllocation(PortAllocationKind.PRESERVING)
-    mapped_ports = [mapped for _, mapped in samples]
-    gaps = [b - a for a, b in zip(mapped_ports, mapped_ports[1:])]
-    if gaps:
-        delta, count = Counter(gaps).most_common(1)[0]
-        if 0 < abs(delta) <= MAX_SEQUENTIAL_DELTA and count >= SEQUENTIAL_AGREEMENT * len(gaps):
-            return PortAllocation(PortAllocationKind.SEQUENTIAL, delta)
-    return PortAllocation(PortAllocationKind.RANDOM)
 
 
 def mapping_test_destinations(primary: Address, other: Address) -> list[Address]:

@@ -12,7 +12,7 @@ the caller hands the connected socket to ``reactor.adoptStreamConnection``
 and from then on it is an ordinary Twisted transport.
 
 Everything here is network plumbing; the decisions (which endpoint, which
-method, when) come from the broker (``p2psip.nat.stunt``).
+method, when) come from the broker (``p2psip.nat.broker``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """
 The STUNT mediator's Twisted side: control server, relay, status pages.
 
-The broker logic lives in ``p2psip.nat.stunt`` (sans-IO); this module adapts
+The broker logic lives in ``p2psip.nat.broker`` (sans-IO); this module adapts
 it to TCP connections.  /status and /metrics come from ``p2psip.web.site``.  A control connection that answers the challenge
 with ``relay-join`` instead of ``hello`` becomes one half of a relayed
 stream: once both halves of a session the broker set up for relaying have
@@ -21,7 +21,13 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from p2psip.nat import stunt
+from p2psip.nat.broker import Broker
+from p2psip.nat.control_protocol import (
+    PROTOCOL_VERSION,
+    FrameDecoder,
+    StuntDecodeError,
+    encode_frame,
+)
 
 AUTH_TIMEOUT_SECONDS = 10.0
 MAX_RELAY_PREFIX_BYTES = 65536
@@ -37,22 +43,22 @@ class RelayLimits:
 
 
 class ControlServerProtocol(Protocol):
-    """One control connection; a ``stunt.Link`` for the broker."""
+    """One control connection; a ``p2psip.nat.broker.Link`` for the broker."""
 
     log = Logger()
 
     def __init__(self, factory: ControlServerFactory) -> None:
         self.factory = factory
-        self.decoder = stunt.FrameDecoder()
+        self.decoder = FrameDecoder()
         self.auth_timer: Any = None
         self.relay: _RelaySplice | None = None
         self.relay_waiting = False
         self.closing = False
 
-    # stunt.Link
+    # p2psip.nat.broker.Link
     def send(self, message: dict[str, Any]) -> None:
         if self.transport is not None and not self.closing:
-            self.transport.write(stunt.encode_frame(message))
+            self.transport.write(encode_frame(message))
 
     def close(self) -> None:
         if self.transport is not None and not self.closing:
@@ -100,7 +106,7 @@ class ControlServerProtocol(Protocol):
             return
         try:
             messages = self.decoder.feed(data, stop_after=lambda m: m["type"] == "relay-join")
-        except stunt.StuntDecodeError as e:
+        except StuntDecodeError as e:
             self.log.debug("malformed control frame: {why}", why=str(e))
             self.close()
             return
@@ -222,6 +228,39 @@ class _RelaySplice:
         self.factory.broker.relay_ended(*self.parties)
 
 
+class ConnectionRateLimit:
+    """
+    Per-source-address admission: at most ``limit`` connections per window.
+
+    Fixed windows keep this one dict lookup per connection; the table is
+    cleared every window so an address flood cannot grow memory unbounded
+    beyond one window's worth of addresses (capped by ``max_addresses``).
+    """
+
+    def __init__(
+        self, clock: Any, limit: int, window_seconds: float = 60.0, max_addresses: int = 100_000
+    ) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.window_seconds = window_seconds
+        self.max_addresses = max_addresses
+        self._window_start = clock.seconds()
+        self._counts: dict[str, int] = {}
+
+    def admit(self, address: str) -> bool:
+        now = self.clock.seconds()
+        if now - self._window_start >= self.window_seconds:
+            self._window_start = now
+            self._counts.clear()
+        count = self._counts.get(address, 0)
+        if count >= self.limit:
+            return False
+        if count == 0 and len(self._counts) >= self.max_addresses:
+            return False
+        self._counts[address] = count + 1
+        return True
+
+
 class ControlServerFactory(Factory):
     """Control connections for one broker; also joins relay halves."""
 
@@ -229,7 +268,7 @@ class ControlServerFactory(Factory):
 
     def __init__(
         self,
-        broker: stunt.Broker,
+        broker: Broker,
         clock: IReactorTime,
         relay_limits: RelayLimits | None = None,
         connections_per_minute_per_address: int = 60,
@@ -237,7 +276,7 @@ class ControlServerFactory(Factory):
         self.broker = broker
         self.clock = clock
         self.relay_limits = relay_limits or RelayLimits()
-        self.rate_limit = stunt.ConnectionRateLimit(clock, connections_per_minute_per_address)
+        self.rate_limit = ConnectionRateLimit(clock, connections_per_minute_per_address)
         self._waiting: dict[str, ControlServerProtocol] = {}
         self.splices: set[_RelaySplice] = set()
 
@@ -249,7 +288,7 @@ class ControlServerFactory(Factory):
 
     def relay_join(self, end: ControlServerProtocol, message: dict[str, Any]) -> None:
         session_id = message["session"]
-        if message["version"] != stunt.PROTOCOL_VERSION or not self.broker.relay_token_valid(
+        if message["version"] != PROTOCOL_VERSION or not self.broker.relay_token_valid(
             session_id, message["token"]
         ):
             self.log.debug("relay-join with an unknown session or token")

@@ -2,7 +2,7 @@
 NAT-traversing TCP connections through a STUNT mediator: the client side.
 
 ``TraversalClient`` keeps the authenticated control connection to the
-mediator (protocol in ``p2psip.nat.stunt`` and ``docs/mediator-protocol.md``)
+mediator (protocol in ``p2psip.nat.control_protocol`` and ``docs/mediator-protocol.md``)
 and answers the broker: it runs port-prediction probes against the
 mediator's STUN TCP port, then the connection attempt the broker chose
 (direct, simultaneous open, low-TTL SYN) or joins the relay.  One call,
@@ -28,7 +28,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from p2psip.nat import holepunch, stunt
+from p2psip.nat import holepunch
+from p2psip.nat.control_auth import compute_mac
+from p2psip.nat.control_protocol import (
+    LOW_TTL,
+    PROTOCOL_VERSION,
+    RELAYED,
+    UDP_PUNCH,
+    FrameDecoder,
+    StuntDecodeError,
+    encode_frame,
+)
 
 PROBES_PER_ATTEMPT = 4
 #: Control-connection pings keep NAT and firewall state for it alive.
@@ -103,7 +113,7 @@ class _ControlClientProtocol(Protocol):
 
     def __init__(self, client: TraversalClient) -> None:
         self.client = client
-        self.decoder = stunt.FrameDecoder()
+        self.decoder = FrameDecoder()
 
     def connectionMade(self) -> None:
         # Control messages are small and latency-bound: no Nagle.
@@ -113,12 +123,12 @@ class _ControlClientProtocol(Protocol):
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.transport is not None
-        self.transport.write(stunt.encode_frame(message))
+        self.transport.write(encode_frame(message))
 
     def dataReceived(self, data: bytes) -> None:
         try:
             messages = self.decoder.feed(data)
-        except stunt.StuntDecodeError as e:
+        except StuntDecodeError as e:
             self.log.warn("mediator sent a malformed control frame ({why}); closing", why=str(e))
             assert self.transport is not None
             self.transport.loseConnection()
@@ -139,7 +149,7 @@ class _RelayClientProtocol(Protocol):
         self.session_id = session_id
         self.token = token
         self.ready = ready
-        self.decoder: stunt.FrameDecoder | None = stunt.FrameDecoder()
+        self.decoder: FrameDecoder | None = FrameDecoder()
         self.user: IProtocol | None = None
         self.pending = b""
         self.lost: Failure | None = None
@@ -154,7 +164,7 @@ class _RelayClientProtocol(Protocol):
             return
         try:
             messages = self.decoder.feed(data, stop_after=lambda m: m["type"] == "relay-ready")
-        except stunt.StuntDecodeError as e:
+        except StuntDecodeError as e:
             self.transport.loseConnection()
             if not self.ready.called:
                 self.ready.errback(TraversalError(f"relay connection broke: {e}"))
@@ -162,10 +172,10 @@ class _RelayClientProtocol(Protocol):
         for message in messages:
             if message["type"] == "challenge":
                 self.transport.write(
-                    stunt.encode_frame(
+                    encode_frame(
                         {
                             "type": "relay-join",
-                            "version": stunt.PROTOCOL_VERSION,
+                            "version": PROTOCOL_VERSION,
                             "session": self.session_id,
                             "token": self.token,
                         }
@@ -372,14 +382,14 @@ class TraversalClient:
         if kind == "challenge":
             self.stun_tcp_port = message["stun_tcp_port"]
             self.stun_udp_port = message["stun_udp_port"]
-            if message["version"] != stunt.PROTOCOL_VERSION:
+            if message["version"] != PROTOCOL_VERSION:
                 self.log.warn("mediator speaks control protocol version {v}", v=message["version"])
             control.send(
                 {
                     "type": "hello",
-                    "version": stunt.PROTOCOL_VERSION,
+                    "version": PROTOCOL_VERSION,
                     "id": self.client_id,
-                    "mac": stunt.compute_mac(self.secret, message["nonce"], self.client_id),
+                    "mac": compute_mac(self.secret, message["nonce"], self.client_id),
                 }
             )
         elif kind == "welcome":
@@ -600,17 +610,17 @@ class TraversalClient:
         def begin() -> None:
             if not current():
                 return
-            if method == stunt.UDP_PUNCH:
+            if method == UDP_PUNCH:
                 assert session.udp is not None
                 token = holepunch.verify_token(session.session_id)
                 session.udp.start_punch(peer, token, deadline).addCallbacks(punched, failed)
-            elif method == stunt.LOW_TTL and role == "listener":
+            elif method == LOW_TTL and role == "listener":
                 session.punch = holepunch.TcpPunch(
                     self.reactor, port, peer, deadline, listen=True, connect=False
                 )
                 session.punch.start().addCallbacks(connected, failed)
                 holepunch.send_low_ttl_syn(self.reactor, port, peer, message["ttl"]).addBoth(armed)
-            elif method == stunt.LOW_TTL:
+            elif method == LOW_TTL:
                 assert go is not None
                 go.addCallback(lambda _: connect_only())
             else:
@@ -646,7 +656,7 @@ class TraversalClient:
         # start time when the two sides got their attempts at different
         # moments: remember it from now on.
         go: defer.Deferred[None] | None = None
-        if method == stunt.LOW_TTL and role != "listener":
+        if method == LOW_TTL and role != "listener":
             go = session.go = defer.Deferred()
         self.reactor.callLater(message["start_in_seconds"], begin)
 
@@ -655,7 +665,7 @@ class TraversalClient:
         if session is None:
             return
         self._drop_attempt(session)
-        session.method = stunt.RELAYED
+        session.method = RELAYED
         ready: defer.Deferred[None] = defer.Deferred()
         session.relay_ready = ready
         protocol = _RelayClientProtocol(session.session_id, message["token"], ready)
@@ -679,10 +689,10 @@ class TraversalClient:
         if not message["ok"]:
             self._fail_session(session, message["reason"])
             return
-        if message["method"] == stunt.UDP_PUNCH:
+        if message["method"] == UDP_PUNCH:
             self._deliver_datagram(session, message)
             return
-        if message["method"] == stunt.RELAYED:
+        if message["method"] == RELAYED:
             assert session.relay_ready is not None
             session.relay_ready.addCallback(lambda _: self._deliver_relayed(session, message))
             return

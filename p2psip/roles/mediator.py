@@ -19,7 +19,9 @@ from twisted.python import usage
 
 from p2psip.util.reactor import IRoleReactor, as_role_reactor
 from p2psip.config import RoleOptions, server_endpoint
-from p2psip.nat import mediator, stun_server, stunt
+from p2psip.nat import mediator, stun_server
+from p2psip.nat.broker import Broker, BrokerPolicy
+from p2psip.nat.control_auth import Secrets, parse_secrets_file
 from p2psip.util.endpoints import (
     UDPListenAddress,
     is_udp,
@@ -60,8 +62,8 @@ class MediatorConfig:
     alternate: tuple[str, int] | None
     control: str
     http: str
-    secrets: stunt.Secrets
-    policy: stunt.BrokerPolicy
+    secrets: Secrets
+    policy: BrokerPolicy
     relay_limits: mediator.RelayLimits
     connections_per_minute_per_address: int
 
@@ -229,7 +231,7 @@ class Options(RoleOptions):
             )
         return alternate
 
-    def _secrets(self) -> stunt.Secrets:
+    def _secrets(self) -> Secrets:
         for name in (
             "relay-sessions-per-client",
             "relay-bytes-per-session",
@@ -249,7 +251,7 @@ class Options(RoleOptions):
         if secrets_file:
             try:
                 with open(secrets_file, encoding="utf-8") as f:
-                    per_id = stunt.parse_secrets_file(f.read())
+                    per_id = parse_secrets_file(f.read())
             except OSError as e:
                 raise usage.UsageError(
                     f"cannot read the secrets file {secrets_file}: {e.strerror}"
@@ -261,12 +263,12 @@ class Options(RoleOptions):
                 "clients must authenticate: give --secret or --secrets-file "
                 "(or 'secret'/'secrets-file' in [mediator] of --config)"
             )
-        return stunt.Secrets(
+        return Secrets(
             shared=self["secret"].encode("utf-8") if self["secret"] else None, per_id=per_id
         )
 
-    def _policy(self) -> stunt.BrokerPolicy:
-        return stunt.BrokerPolicy(
+    def _policy(self) -> BrokerPolicy:
+        return BrokerPolicy(
             relay_enabled=self["relay"],
             low_ttl_enabled=self["low-ttl"],
             max_clients=self["max-clients"],
@@ -289,7 +291,7 @@ class MediatorRole(MultiService):
 
     def __init__(
         self,
-        broker: stunt.Broker,
+        broker: Broker,
         responder: stun_server.StunResponder,
         control_factory: mediator.ControlServerFactory,
     ) -> None:
@@ -309,7 +311,7 @@ def make_mediator(config: MediatorConfig, reactor: IRoleReactor) -> MediatorRole
     """Build every part of the mediator from ``config``, wired together."""
     responder = stun_server.StunResponder()
     registry = role_registry()
-    broker = stunt.Broker(
+    broker = Broker(
         reactor,
         config.secrets,
         config.policy,

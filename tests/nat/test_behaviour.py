@@ -1,38 +1,29 @@
-"""Tests for RFC 5780 NAT behaviour discovery, against a simulated NAT and on loopback."""
+"""Tests for RFC 5780 NAT behaviour discovery and the port-allocation probe, against simulated NATs."""
 
 from __future__ import annotations
 
-import itertools
-import json
-import os
-import subprocess
-import sys
 from typing import Any
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.nat import stun
 from p2psip.nat.behaviour import (
     BehaviourDiscoveryError,
     FilteringBehaviour,
     MappingBehaviour,
-    PortAllocation,
-    PortAllocationKind,
     classify_filtering,
     classify_mapping,
-    classify_port_allocation,
     discover_behaviour,
-    discover_nat_behaviour,
     mapping_test_destinations,
     probe_port_allocation,
 )
+from p2psip.nat.port_allocation import PortAllocation, PortAllocationKind
 from p2psip.nat.stun_client import BindingResult, StunErrorResponse, StunTimeoutError
-from p2psip.nat.stun_server import AlternateAddresses, StunResponder, StunUdpService
-from p2psip.testing import require_root, require_tool, shared_path
+from p2psip.nat.stun_server import AlternateAddresses, StunResponder
 
 LOCAL = ("10.0.0.2", 5000)
 ALTERNATES = AlternateAddresses("192.0.2.1", "192.0.2.2", 3478, 3479)
@@ -131,42 +122,78 @@ class ClassifyTests(SynchronousTestCase):
             [PRIMARY, ("192.0.2.2", 3478), ("192.0.2.2", 3479)],
         )
 
-    def test_port_preserving(self) -> None:
-        """Mapped ports equal to the local ports are preserving."""
-        allocation = classify_port_allocation([(4000, 4000), (4002, 4002), (5000, 5000)])
-        self.assertEqual(allocation, PortAllocation(PortAllocationKind.PRESERVING))
-        self.assertEqual(allocation.predict(4000, 6000), 6000)
 
-    def test_port_sequential(self) -> None:
-        """A constant gap is sequential with that delta, even with one disturbed gap."""
-        samples = [(1, 1000), (2, 1002), (3, 1004), (4, 1009), (5, 1011), (6, 1013)]
-        allocation = classify_port_allocation(samples)
-        self.assertEqual(allocation, PortAllocation(PortAllocationKind.SEQUENTIAL, 2))
-        self.assertEqual(allocation.predict(1013, 7), 1015)
-        self.assertEqual(allocation.predict(65535, 7), 2)
+class PortAllocatingNat:
+    """
+    A UDP reactor behind a NAT that hands out the public ports in ``mapped``.
 
-    def test_port_random(self) -> None:
-        """Unrelated ports, or a huge constant gap, are random."""
+    ``listenUDP`` gives each socket the next local port; a Binding request
+    written on it is answered at once by a real ``StunResponder``, as
+    seen from the next public port, so ``probe_port_allocation`` runs
+    unchanged on a fake clock.
+    """
+
+    def __init__(self, mapped: list[int], first_local_port: int = 40000) -> None:
+        self.clock = Clock()
+        self.mapped = list(mapped)
+        self.next_local_port = first_local_port
+        self.responder = StunResponder()
+        self.open_ports: list[int] = []
+
+    def listenUDP(
+        self, port: int, protocol: DatagramProtocol, interface: str = "", maxPacketSize: int = 8192
+    ) -> Any:
+        nat = self
+        local = (interface or "10.0.0.2", self.next_local_port)
+        self.next_local_port += 1
+        self.open_ports.append(local[1])
+
+        class Port:
+            def write(self, datagram: bytes, to: tuple[str, int]) -> None:
+                public = ("198.51.100.1", nat.mapped.pop(0))
+                reply = nat.responder.answer_datagram(datagram, public, to)
+                assert reply is not None
+                protocol.datagramReceived(reply.payload, to)
+
+            def getHost(self) -> IPv4Address:
+                return IPv4Address("UDP", *local)
+
+            def stopListening(self) -> None:
+                nat.open_ports.remove(local[1])
+                protocol.doStop()
+
+        port_object = Port()
+        protocol.makeConnection(port_object)  # type: ignore[arg-type]
+        return port_object
+
+
+class PortAllocationProbeTests(SynchronousTestCase):
+    def probe(self, mapped: list[int]) -> tuple[PortAllocation, list[tuple[int, int]]]:
+        nat = PortAllocatingNat(mapped)
+        found = self.successResultOf(
+            probe_port_allocation(nat, nat.clock, [PRIMARY], count=len(mapped))  # type: ignore[arg-type]
+        )
+        self.assertEqual((nat.open_ports, nat.clock.getDelayedCalls()), ([], []))
+        return found
+
+    def test_delta_20(self) -> None:
+        """Mapped ports 5000, 5020, 5040, 5060 are sequential with delta 20, as the broker says."""
+        allocation, samples = self.probe([5000, 5020, 5040, 5060])
+        self.assertEqual(allocation, PortAllocation(PortAllocationKind.SEQUENTIAL, 20))
+        self.assertEqual(samples, [(40000, 5000), (40001, 5020), (40002, 5040), (40003, 5060)])
+
+    def test_preserving_and_random(self) -> None:
+        """Kept local ports are preserving; unrelated ones random."""
         self.assertEqual(
-            classify_port_allocation([(1, 40000), (2, 12345), (3, 55555)]).kind,
-            PortAllocationKind.RANDOM,
+            self.probe([40000, 40001, 40002])[0], PortAllocation(PortAllocationKind.PRESERVING)
         )
         self.assertEqual(
-            classify_port_allocation([(1, 1000), (2, 3000), (3, 5000)]).kind,
-            PortAllocationKind.RANDOM,
+            self.probe([16505, 30068, 2197, 43000])[0], PortAllocation(PortAllocationKind.RANDOM)
         )
-        self.assertIsNone(PortAllocation(PortAllocationKind.RANDOM).predict(1, 2))
 
-    @settings(deadline=None)
-    @given(
-        st.lists(st.tuples(st.integers(1, 65535), st.integers(1, 65535)), min_size=1, max_size=20)
-    )
-    def test_port_any(self, samples: list[tuple[int, int]]) -> None:
-        """Any samples classify, and a sequential verdict has a small nonzero delta."""
-        allocation = classify_port_allocation(samples)
-        if allocation.kind is PortAllocationKind.SEQUENTIAL:
-            assert allocation.delta is not None
-            self.assertTrue(0 < abs(allocation.delta) <= 50)
+    def test_too_few_probes(self) -> None:
+        """Two probes that are not preserving cannot show a delta: unknown."""
+        self.assertEqual(self.probe([5000, 5020])[0], PortAllocation(PortAllocationKind.UNKNOWN))
 
 
 class DiscoveryTests(SynchronousTestCase):
@@ -239,190 +266,3 @@ class DiscoveryTests(SynchronousTestCase):
             BehaviourDiscoveryError,
         )
         self.assertIn("did not answer", str(failure.value))
-
-
-class LoopbackDiscoveryTests(TestCase):
-    async def test_no_nat_on_loopback(self) -> None:
-        """On loopback against the four-socket server there is no NAT and everything gets through."""
-        service = StunUdpService(
-            0, interface="127.0.0.1", alternate_ip="127.0.0.2", alternate_port=0, reactor=reactor
-        )
-        try:
-            service.startService()
-        except OSError as e:
-            self.skipTest(f"cannot bind 127.0.0.2 here: {e}")
-        self.addCleanup(service.stopService)
-        primary = service.addresses()[0]
-        found = await discover_nat_behaviour(reactor, reactor, primary, "127.0.0.1")  # type: ignore[arg-type]
-        self.assertEqual(found.mapping, MappingBehaviour.NO_NAT)
-        self.assertEqual(found.filtering, FilteringBehaviour.ENDPOINT_INDEPENDENT)
-        self.assertEqual(found.mapped[0], "127.0.0.1")
-
-    async def test_port_allocation_on_loopback(self) -> None:
-        """Without a NAT every probe's mapped port is its local port: preserving."""
-        service = StunUdpService(0, interface="127.0.0.1", reactor=reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
-        allocation, samples = await probe_port_allocation(
-            reactor,
-            reactor,
-            service.addresses(),
-            count=4,
-            interface="127.0.0.1",  # type: ignore[arg-type]
-        )
-        self.assertEqual(allocation.kind, PortAllocationKind.PRESERVING)
-        self.assertEqual(len(samples), 4)
-
-
-# Run inside the lab's namespaces with this interpreter (which has p2psip).
-LAB_SERVER_CODE = """
-import sys
-from twisted.internet import reactor
-from p2psip.nat.stun_server import StunUdpService
-service = StunUdpService(
-    3478, interface=sys.argv[1], alternate_ip=sys.argv[2], alternate_port=3479, reactor=reactor
-)
-service.startService()
-reactor.run()
-"""
-
-LAB_CLIENT_CODE = """
-import json, sys
-from twisted.internet.defer import Deferred
-from twisted.internet.task import react
-from p2psip.nat.behaviour import discover_nat_behaviour, probe_port_allocation
-from p2psip.nat.stun_client import RetransmissionSchedule, StunUdpClient
-
-async def main(reactor):
-    local_ip, server_ip, alternate_ip = sys.argv[1:4]
-    server = (server_ip, 3478)
-    # The server may still be starting: the default schedule waits for it.
-    warm_up = StunUdpClient(reactor)
-    port = reactor.listenUDP(0, warm_up, interface=local_ip)
-    await warm_up.binding(server)
-    await port.stopListening()
-    short = RetransmissionSchedule(0.1, 3, 4)
-    found = await discover_nat_behaviour(reactor, reactor, server, local_ip, schedule=short)
-    destinations = [server, (server_ip, 3479), (alternate_ip, 3478), (alternate_ip, 3479)]
-    allocation, samples = await probe_port_allocation(
-        reactor, reactor, destinations, count=6, interface=local_ip, schedule=short
-    )
-    print(json.dumps({
-        "mapping": found.mapping.value,
-        "filtering": found.filtering.value,
-        "allocation": allocation.kind.value,
-        "delta": allocation.delta,
-        "samples": samples,
-    }))
-
-react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
-"""
-
-LAB_PUBLIC_IP = "198.51.100.10"
-LAB_ALTERNATE_IP = "198.51.100.11"
-LAB_HOSTS = {"a": "10.0.1.2", "b": "10.0.2.2"}
-_lab_serial = itertools.count()
-
-
-class NatLabBehaviourTests(SynchronousTestCase):
-    """Discovery against real Linux NATs built by the shared NAT lab (needs root)."""
-
-    def natlab(self, *args: str, timeout: float = 60) -> str:
-        done = subprocess.run(
-            [sys.executable, str(self.natlab_path), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        if done.returncode != 0:
-            raise AssertionError(f"natlab {' '.join(args)} failed: {done.stderr.strip()}")
-        return done.stdout
-
-    def lab(self, nat_a: str, nat_b: str) -> str:
-        """Build a lab (torn down in cleanup) with the STUN server running in its public host."""
-        require_root("the NAT lab")
-        require_tool("nft")
-        require_tool("ip")
-        self.natlab_path = shared_path("natlab", "natlab")
-        prefix = f"sb{os.getpid() % 100000}x{next(_lab_serial)}"
-        up = ["up", "--prefix", prefix, "--nat-a", nat_a, "--nat-b", nat_b]
-        for side, nat in (("a", nat_a), ("b", nat_b)):
-            up += [f"--filter-{side}", "off" if nat == "none" else "drop"]
-        # Cleanup first: `down` must run even if `up` fails half-way; it
-        # also ends every process left in the lab's namespaces.
-        self.addCleanup(self.natlab, "down", "--prefix", prefix)
-        self.natlab(*up)
-        server = subprocess.Popen(
-            [sys.executable, str(self.natlab_path), "exec", f"{prefix}-pub"]
-            + [sys.executable, "-c", LAB_SERVER_CODE, LAB_PUBLIC_IP, LAB_ALTERNATE_IP],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def stop_server() -> None:
-            if server.poll() is None:
-                server.terminate()
-                try:
-                    server.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    server.kill()
-                    server.wait()
-
-        self.addCleanup(stop_server)
-        return prefix
-
-    def discover(self, prefix: str, side: str) -> dict[str, Any]:
-        done = subprocess.run(
-            [sys.executable, str(self.natlab_path), "exec", f"{prefix}-{side}"]
-            + [
-                sys.executable,
-                "-c",
-                LAB_CLIENT_CODE,
-                LAB_HOSTS[side],
-                LAB_PUBLIC_IP,
-                LAB_ALTERNATE_IP,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
-        self.assertEqual(done.returncode, 0, done.stderr)
-        result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        return result
-
-    def test_endpoint_independent_and_sequential(self) -> None:
-        """An 'eim' NAT is endpoint-independent and port-preserving; a 'sequential' one port+1."""
-        prefix = self.lab("eim", "sequential")
-        eim = self.discover(prefix, "a")
-        self.assertEqual(
-            (eim["mapping"], eim["filtering"], eim["allocation"]),
-            ("endpoint-independent", "address-and-port-dependent", "preserving"),
-            eim,
-        )
-        sequential = self.discover(prefix, "b")
-        self.assertEqual(
-            (
-                sequential["mapping"],
-                sequential["filtering"],
-                sequential["allocation"],
-                sequential["delta"],
-            ),
-            ("address-and-port-dependent", "address-and-port-dependent", "sequential", 1),
-            sequential,
-        )
-
-    def test_random_and_no_nat(self) -> None:
-        """A 'random' NAT is address-and-port-dependent with random ports; no NAT is recognised."""
-        prefix = self.lab("random", "none")
-        symmetric = self.discover(prefix, "a")
-        self.assertEqual(
-            (symmetric["mapping"], symmetric["filtering"], symmetric["allocation"]),
-            ("address-and-port-dependent", "address-and-port-dependent", "random"),
-            symmetric,
-        )
-        public = self.discover(prefix, "b")
-        self.assertEqual(
-            (public["mapping"], public["filtering"], public["allocation"]),
-            ("no-nat", "endpoint-independent", "preserving"),
-            public,
-        )

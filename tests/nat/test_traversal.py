@@ -19,7 +19,10 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from p2psip.nat import mediator, stun_server, stunt
+from p2psip.nat import mediator, stun_server
+from p2psip.nat.broker import Broker, BrokerPolicy
+from p2psip.nat.control_auth import Secrets
+from p2psip.nat.control_protocol import DIRECT, RELAYED, UDP_PUNCH, FrameDecoder, encode_frame
 from p2psip.nat.traversal import MediatedEndpoint, TraversalClient, TraversalError, TraversalResult
 
 SECRET = b"loopback-secret"
@@ -64,10 +67,10 @@ class LoopbackTraversalTests(TestCase):
         self.addCleanup(stun_port.stopListening)
         stun_udp = reactor.listenUDP(0, stun_server.StunUdpServer(), interface="127.0.0.1")
         self.addCleanup(stun_udp.stopListening)
-        self.policy = stunt.BrokerPolicy()
-        self.broker = stunt.Broker(
+        self.policy = BrokerPolicy()
+        self.broker = Broker(
             reactor,
-            stunt.Secrets(shared=SECRET),
+            Secrets(shared=SECRET),
             self.policy,
             stun_tcp_port=stun_port.getHost().port,
             stun_udp_port=stun_udp.getHost().port,
@@ -129,17 +132,17 @@ class LoopbackTraversalTests(TestCase):
     def test_direct(self) -> Any:
         """Without NATs the broker picks the direct method and bytes flow both ways."""
         result = yield self.alice.connect("bob", Factory.forProtocol(Recorder))
-        self.assertEqual((result.method, result.peer_id), (stunt.DIRECT, "bob"))
+        self.assertEqual((result.method, result.peer_id), (DIRECT, "bob"))
         data = yield self.round_trip(result)
         self.assertEqual(data, b"hello")
-        self.assertEqual([r.method for r in self.incoming], [stunt.DIRECT])
+        self.assertEqual([r.method for r in self.incoming], [DIRECT])
         self.assertEqual(self.broker.status()["successes"], {"direct": 1})
 
     @defer.inlineCallbacks
     def test_relayed(self) -> Any:
         """A forced relay carries the stream through the mediator and counts its bytes."""
-        result = yield self.alice.connect("bob", Factory.forProtocol(Recorder), [stunt.RELAYED])
-        self.assertEqual(result.method, stunt.RELAYED)
+        result = yield self.alice.connect("bob", Factory.forProtocol(Recorder), [RELAYED])
+        self.assertEqual(result.method, RELAYED)
         data = yield self.round_trip(result)
         self.assertEqual(data, b"hello")
         self.assertEqual(self.broker.metrics.relayed_bytes, 10)
@@ -208,7 +211,7 @@ class LoopbackTraversalTests(TestCase):
                 got.callback(data)
 
         result = yield self.alice.connect_datagram("bob", Client())
-        self.assertEqual(result.method, stunt.UDP_PUNCH)
+        self.assertEqual(result.method, UDP_PUNCH)
         assert result.protocol.transport is not None
         result.protocol.transport.write(b"hello", result.peer_address)
         data = yield got
@@ -229,7 +232,7 @@ class RelayClientProtocolTests(TestCase):
         relay = _RelayClientProtocol("s", "t", ready)
         relay.makeConnection(StringTransport())
         relay.dataReceived(
-            stunt.encode_frame({"type": "relay-ready", "session": "s"}) + b"p2psip-nat-ping\n"
+            encode_frame({"type": "relay-ready", "session": "s"}) + b"p2psip-nat-ping\n"
         )
         self.successResultOf(ready)
         user = Recorder()
@@ -269,18 +272,18 @@ class HostileMediatorTests(TestCase):
             {"type": "relay", "session": "nope", "token": "t", "reason": ""},
             {"type": "probe", "session": "s", "peer": "bob", "kind": "tcp", "ref": 99},
         ):
-            protocol.dataReceived(stunt.encode_frame(message))
+            protocol.dataReceived(encode_frame(message))
         self.assertFalse(transport.disconnecting)
 
     def test_incoming_refused_without_policy(self) -> None:
         """A client that accepts nothing refuses every incoming request."""
         client, protocol, transport = self.client_with_transport()
         protocol.dataReceived(
-            stunt.encode_frame(
+            encode_frame(
                 {"type": "probe", "session": "s", "peer": "mallory", "kind": "tcp", "ref": -1}
             )
         )
-        [refusal] = stunt.FrameDecoder().feed(transport.value())
+        [refusal] = FrameDecoder().feed(transport.value())
         self.assertEqual((refusal["type"], refusal["session"]), ("refuse", "s"))
 
 
@@ -299,12 +302,12 @@ class KeepaliveTests(TestCase):
         protocol.makeConnection(transport)
         client.control = protocol
         protocol.dataReceived(
-            stunt.encode_frame({"type": "welcome", "id": "alice", "observed": ["192.0.2.1", 1]})
+            encode_frame({"type": "welcome", "id": "alice", "observed": ["192.0.2.1", 1]})
         )
         clock.advance(25)
         clock.advance(25)
         self.assertEqual(
-            [m["type"] for m in stunt.FrameDecoder().feed(transport.value())], ["ping", "ping"]
+            [m["type"] for m in FrameDecoder().feed(transport.value())], ["ping", "ping"]
         )
         protocol.connectionLost(Failure(Exception("gone")))
         self.assertEqual(clock.getDelayedCalls(), [])
@@ -365,9 +368,7 @@ class LowTtlOrderingTests(TestCase):
             "deadline_seconds": 1.0,
             "ttl": 2,
         }
-        protocol.dataReceived(
-            stunt.encode_frame(attempt) + stunt.encode_frame({"type": "go", "session": "s"})
-        )
+        protocol.dataReceived(encode_frame(attempt) + encode_frame({"type": "go", "session": "s"}))
         self.assertIsNone(session.punch)
         clock.advance(0.1)
         self.assertIsNotNone(session.punch)

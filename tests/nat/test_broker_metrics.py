@@ -1,4 +1,4 @@
-"""The mediator's metrics: broker counters read back for /status, levels and STUN counters at scrape time."""
+"""The broker's metrics: counters read back for /status, levels read at scrape time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.nat import mediator, stunt
+from p2psip.nat import broker, control_auth, control_protocol
 
 
 class FakeLink:
@@ -22,15 +22,17 @@ class FakeLink:
 class BrokerMetricsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.broker = stunt.Broker(Clock(), stunt.Secrets(shared=b"s"), registry=self.registry)
+        self.broker = broker.Broker(
+            Clock(), control_auth.Secrets(shared=b"s"), registry=self.registry
+        )
         self.metrics = self.broker.metrics
 
     def test_status_reads_the_counters(self) -> None:
         """/status numbers are the exported counters' values; methods never tried are left out."""
-        self.metrics.attempted(stunt.DIRECT)
-        self.metrics.attempted(stunt.DIRECT)
-        self.metrics.attempted(stunt.RELAYED)
-        self.metrics.succeeded(stunt.RELAYED)
+        self.metrics.attempted(control_protocol.DIRECT)
+        self.metrics.attempted(control_protocol.DIRECT)
+        self.metrics.attempted(control_protocol.RELAYED)
+        self.metrics.succeeded(control_protocol.RELAYED)
         self.metrics.relayed(4096)
         self.metrics.failed()
         self.assertEqual(self.metrics.attempts, {"direct": 2, "relayed": 1})
@@ -46,7 +48,7 @@ class BrokerMetricsTests(SynchronousTestCase):
 
     def test_every_method_exported_from_the_start(self) -> None:
         """Each method's counter exists at 0 before any attempt, so rate() works from the first scrape."""
-        for method in (*stunt.TCP_METHODS, stunt.UDP_PUNCH):
+        for method in (*control_protocol.TCP_METHODS, control_protocol.UDP_PUNCH):
             self.assertEqual(
                 self.registry.get_sample_value(
                     "p2psip_mediator_successes_total", {"method": method}
@@ -63,25 +65,9 @@ class BrokerMetricsTests(SynchronousTestCase):
 
     def test_own_registry_by_default(self) -> None:
         """A broker built without a registry counts in a registry of its own."""
-        broker = stunt.Broker(Clock(), stunt.Secrets(shared=b"s"))
-        broker.metrics.auth_failed()
+        other = broker.Broker(Clock(), control_auth.Secrets(shared=b"s"))
+        other.metrics.auth_failed()
         self.assertEqual(
-            broker.metrics.registry.get_sample_value("p2psip_mediator_auth_failures_total"), 1.0
+            other.metrics.registry.get_sample_value("p2psip_mediator_auth_failures_total"), 1.0
         )
         self.assertEqual(self.registry.get_sample_value("p2psip_mediator_auth_failures_total"), 0.0)
-
-
-class StunCollectorTests(SynchronousTestCase):
-    def test_counters_read_when_scraped(self) -> None:
-        """The responder's plain integers are exported as counters, read at each scrape."""
-        counters = {"requests": 3, "responses": 2, "errors": 1, "dropped": 0}
-        registry = CollectorRegistry(auto_describe=True)
-        registry.register(mediator.StunCollector(lambda: counters))
-        counters["requests"] += 1
-        self.assertEqual(
-            [
-                registry.get_sample_value(f"p2psip_mediator_stun_{name}_total")
-                for name in ("requests", "responses", "errors", "dropped")
-            ],
-            [4.0, 2.0, 1.0, 0.0],
-        )

@@ -1,17 +1,14 @@
-"""Tests for the STUNT control protocol codec and the broker (sans-IO)."""
+"""Tests for the STUNT broker: registration, brokering and the relay decision (fake links, fake clock)."""
 
 from __future__ import annotations
 
-import json
-import struct
 from typing import Any
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.nat import stunt
+from p2psip.nat import broker, control_auth, control_protocol
+
 
 SECRET = b"s3cret"
 
@@ -25,7 +22,7 @@ class FakeLink:
 
     def send(self, message: Any) -> None:
         # Round-trip through the codec so the broker only emits valid frames.
-        [decoded] = stunt.FrameDecoder().feed(stunt.encode_frame(message))
+        [decoded] = control_protocol.FrameDecoder().feed(control_protocol.encode_frame(message))
         self.sent.append(decoded)
 
     def close(self) -> None:
@@ -46,150 +43,6 @@ def counter_bytes() -> Any:
         return state[0].to_bytes(n, "big")
 
     return random_bytes
-
-
-class FramingTests(SynchronousTestCase):
-    def test_round_trip_one_byte_at_a_time(self) -> None:
-        """Frames fed one byte at a time decode to the messages that were encoded."""
-        messages = [{"type": "ping"}, {"type": "armed", "session": "abc"}]
-        data = b"".join(stunt.encode_frame(m) for m in messages)
-        decoder = stunt.FrameDecoder()
-        out = []
-        for i in range(len(data)):
-            out += decoder.feed(data[i : i + 1])
-        self.assertEqual(out, messages)
-
-    def test_oversized_length_rejected_before_buffering(self) -> None:
-        """A length above the limit is an error as soon as the header arrives."""
-        decoder = stunt.FrameDecoder()
-        self.assertRaises(
-            stunt.StuntDecodeError, decoder.feed, struct.pack("!H", stunt.MAX_FRAME_BYTES + 1)
-        )
-
-    def test_zero_length_rejected(self) -> None:
-        """An empty frame is malformed."""
-        self.assertRaises(stunt.StuntDecodeError, stunt.FrameDecoder().feed, b"\x00\x00")
-
-    def test_decoder_stays_broken(self) -> None:
-        """After an error the stream has lost its framing and keeps failing."""
-        decoder = stunt.FrameDecoder()
-        self.assertRaises(stunt.StuntDecodeError, decoder.feed, b"\x00\x03abc")
-        self.assertRaises(
-            stunt.StuntDecodeError, decoder.feed, stunt.encode_frame({"type": "ping"})
-        )
-
-    def test_wrong_field_type(self) -> None:
-        """A known field of the wrong type is a decode error, not a crash later."""
-        body = json.dumps(
-            {"type": "result", "session": "s", "method": "m", "ok": "yes", "detail": ""}
-        )
-        self.assertRaises(stunt.StuntDecodeError, stunt.decode_frame_body, body.encode())
-
-    def test_bad_endpoint(self) -> None:
-        """An endpoint with an out-of-range port is rejected."""
-        body = {"type": "welcome", "id": "a", "observed": ["1.2.3.4", 70000]}
-        self.assertRaises(
-            stunt.StuntDecodeError, stunt.decode_frame_body, json.dumps(body).encode()
-        )
-
-    def test_too_many_observations(self) -> None:
-        """A probe report cannot make the broker process unbounded lists."""
-        body = {
-            "type": "probed",
-            "session": "s",
-            "local_ip": "10.0.0.1",
-            "hole_port": 1,
-            "observations": [[1, "1.2.3.4", 1]] * (stunt.MAX_OBSERVATIONS + 1),
-        }
-        self.assertRaises(
-            stunt.StuntDecodeError, stunt.decode_frame_body, json.dumps(body).encode()
-        )
-
-    def test_deep_nesting(self) -> None:
-        """Deeply nested JSON is a decode error, not a RecursionError."""
-        body = b"[" * 5000 + b"]" * 5000
-        self.assertRaises(stunt.StuntDecodeError, stunt.decode_frame_body, body)
-
-    @settings(max_examples=300, deadline=None)
-    @given(st.binary(max_size=200))
-    def test_garbage_raises_only_decode_error(self, data: bytes) -> None:
-        """Arbitrary bytes decode to messages or raise StuntDecodeError, nothing else."""
-        try:
-            stunt.FrameDecoder().feed(data)
-        except stunt.StuntDecodeError:
-            pass
-
-    @settings(max_examples=300, deadline=None)
-    @given(
-        st.recursive(
-            st.none()
-            | st.booleans()
-            | st.integers()
-            | st.floats(allow_nan=False)
-            | st.text(max_size=10),
-            lambda children: (
-                st.lists(children, max_size=4)
-                | st.dictionaries(st.text(max_size=8), children, max_size=4)
-            ),
-            max_leaves=20,
-        ),
-        st.sampled_from(sorted(stunt._FIELD_TYPES)),
-    )
-    def test_json_of_any_shape(self, value: Any, kind: str) -> None:
-        """Any JSON value, even with a real type name, validates or raises StuntDecodeError."""
-        if isinstance(value, dict):
-            value["type"] = kind
-        try:
-            stunt.validate_message(value)
-        except stunt.StuntDecodeError:
-            pass
-
-
-class ClassifyTests(SynchronousTestCase):
-    def test_no_nat(self) -> None:
-        """Mapped endpoints equal to the local ones mean no NAT."""
-        b = stunt.classify(
-            "198.51.100.5", [(4000, "198.51.100.5", 4000), (4001, "198.51.100.5", 4001)]
-        )
-        self.assertEqual(b.allocation, stunt.NO_NAT)
-
-    def test_preserving(self) -> None:
-        """A NAT that keeps the local port is port-preserving."""
-        b = stunt.classify("10.0.1.2", [(4000, "198.51.100.1", 4000), (4100, "198.51.100.1", 4100)])
-        self.assertEqual(b.allocation, stunt.PRESERVING)
-        self.assertEqual(stunt.predict_endpoint(b, 4100, []), ("198.51.100.1", 4100))
-
-    def test_sequential(self) -> None:
-        """Constant steps between mapped ports are sequential allocation; the next flow gets the next port."""
-        obs = [
-            (4000, "198.51.100.1", 20005),
-            (4100, "198.51.100.1", 20006),
-            (4200, "198.51.100.1", 20007),
-        ]
-        b = stunt.classify("10.0.1.2", obs)
-        self.assertEqual((b.allocation, b.delta), (stunt.SEQUENTIAL, 1))
-        self.assertEqual(stunt.predict_endpoint(b, 4200, obs), ("198.51.100.1", 20008))
-
-    def test_sequential_with_interference(self) -> None:
-        """One step taken by other traffic does not hide a sequential NAT among four steps."""
-        obs = [
-            (4000 + i, "198.51.100.1", port)
-            for i, port in enumerate([20005, 20006, 20008, 20009, 20010])
-        ]
-        b = stunt.classify("10.0.1.2", obs)
-        self.assertEqual((b.allocation, b.delta), (stunt.SEQUENTIAL, 1))
-        self.assertEqual(stunt.predict_endpoint(b, 4004, obs), ("198.51.100.1", 20011))
-
-    def test_random(self) -> None:
-        """Unrelated mapped ports are random allocation, which cannot be predicted."""
-        obs = [
-            (4000, "198.51.100.1", 16505),
-            (4100, "198.51.100.1", 30068),
-            (4200, "198.51.100.1", 2197),
-        ]
-        b = stunt.classify("10.0.1.2", obs)
-        self.assertEqual(b.allocation, stunt.RANDOM)
-        self.assertFalse(b.predictable)
 
 
 def probed(
@@ -213,9 +66,9 @@ class BrokerFixture(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.clock = Clock()
-        self.broker = stunt.Broker(
+        self.broker = broker.Broker(
             self.clock,
-            stunt.Secrets(shared=SECRET, per_id={"carol": b"other"}),
+            control_auth.Secrets(shared=SECRET, per_id={"carol": b"other"}),
             random_bytes=counter_bytes(),
         )
 
@@ -226,7 +79,7 @@ class BrokerFixture(SynchronousTestCase):
         link = FakeLink()
         self.broker.link_opened(link, (self.PUBLIC.get(client_id, "198.51.100.1"), 5000))
         nonce = link.last("challenge")["nonce"]
-        mac = stunt.compute_mac(secret, nonce, client_id)
+        mac = control_auth.compute_mac(secret, nonce, client_id)
         self.broker.message_received(
             link, {"type": "hello", "version": 1, "id": client_id, "mac": mac}
         )
@@ -271,7 +124,7 @@ class BrokerTests(BrokerFixture):
         nonce = first.sent[0]["nonce"]
         replay = FakeLink()
         self.broker.link_opened(replay, ("198.51.100.9", 1))
-        mac = stunt.compute_mac(SECRET, nonce, "alice")
+        mac = control_auth.compute_mac(SECRET, nonce, "alice")
         self.broker.message_received(
             replay, {"type": "hello", "version": 1, "id": "alice", "mac": mac}
         )
@@ -301,7 +154,7 @@ class BrokerTests(BrokerFixture):
         self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
         self.broker.message_received(b, probed(session, "10.0.2.2", EIM, public="198.51.100.2"))
         attempt_a, attempt_b = a.last("attempt"), b.last("attempt")
-        self.assertEqual(attempt_a["method"], stunt.SIMULTANEOUS_OPEN)
+        self.assertEqual(attempt_a["method"], control_protocol.SIMULTANEOUS_OPEN)
         self.assertEqual(attempt_a["peer_endpoint"], ["198.51.100.2", 4003])
         self.assertEqual(attempt_b["peer_endpoint"], ["198.51.100.1", 4003])
         for link in (a, b):
@@ -315,17 +168,41 @@ class BrokerTests(BrokerFixture):
                     "detail": "",
                 },
             )
-        self.assertEqual(a.last("outcome")["method"], stunt.SIMULTANEOUS_OPEN)
+        self.assertEqual(a.last("outcome")["method"], control_protocol.SIMULTANEOUS_OPEN)
         self.assertTrue(b.last("outcome")["ok"])
         self.assertEqual(self.broker.status()["successes"], {"simultaneous-open": 1})
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_sequential_pair_aimed_at_next_ports(self) -> None:
+        """Mapped ports 5000, 5020, 5040, 5060 are a NAT stepping by 20: the peer aims at 5080."""
+        a, b, session = self.start()
+        steps_of_20 = [(4000, 5000), (4001, 5020), (4002, 5040), (4003, 5060)]
+        steps_of_1 = [(6000, 7000), (6001, 7001), (6002, 7002), (6003, 7003)]
+        self.broker.message_received(a, probed(session, "10.0.1.2", steps_of_20))
+        self.broker.message_received(
+            b, probed(session, "10.0.2.2", steps_of_1, public="198.51.100.2")
+        )
+        attempt_a, attempt_b = a.last("attempt"), b.last("attempt")
+        self.assertEqual(attempt_a["method"], control_protocol.SIMULTANEOUS_OPEN)
+        self.assertEqual(attempt_b["peer_endpoint"], ["198.51.100.1", 5080])
+        self.assertEqual(attempt_a["peer_endpoint"], ["198.51.100.2", 7004])
+        # A retried connect would take the predicted port's successor.
+        self.assertEqual((attempt_a["connect_retries"], attempt_b["connect_retries"]), (0, 0))
+
+    def test_mixed_steps_are_relayed(self) -> None:
+        """Mapped ports that step both ways are unpredictable, so the session is relayed."""
+        a, b, session = self.start()
+        mixed = [(4000, 5000), (4001, 5001), (4002, 5000), (4003, 5001)]
+        self.broker.message_received(a, probed(session, "10.0.1.2", mixed))
+        self.broker.message_received(b, probed(session, "10.0.2.2", EIM, public="198.51.100.2"))
+        self.assertIn("alice's NAT with random port allocation", a.last("relay")["reason"])
 
     def test_public_side_gets_direct(self) -> None:
         """When one side has no NAT the direct method is tried first."""
         a, b, session = self.start()
         self.broker.message_received(a, probed(session, "10.0.1.2", EIM))
         self.broker.message_received(b, probed(session, "198.51.100.2", EIM, public="198.51.100.2"))
-        self.assertEqual(a.last("attempt")["method"], stunt.DIRECT)
+        self.assertEqual(a.last("attempt")["method"], control_protocol.DIRECT)
 
     def test_random_pair_is_relayed_with_reason(self) -> None:
         """A random-allocation NAT skips the direct methods and says why in the outcome."""
@@ -340,15 +217,17 @@ class BrokerTests(BrokerFixture):
         self.assertEqual(self.broker.relay_parties(session), ("alice", "bob"))
         self.broker.relay_established(session)
         outcome = b.last("outcome")
-        self.assertEqual((outcome["ok"], outcome["method"]), (True, stunt.RELAYED))
+        self.assertEqual((outcome["ok"], outcome["method"]), (True, control_protocol.RELAYED))
         self.assertIn("impossible", outcome["reason"])
         self.broker.relay_ended("alice", "bob")
         self.assertEqual(self.broker.relay_counts, {})
 
     def test_relay_disabled(self) -> None:
         """With the relay disabled the failure names the setting to change."""
-        self.broker = stunt.Broker(
-            self.clock, stunt.Secrets(shared=SECRET), stunt.BrokerPolicy(relay_enabled=False)
+        self.broker = broker.Broker(
+            self.clock,
+            control_auth.Secrets(shared=SECRET),
+            broker.BrokerPolicy(relay_enabled=False),
         )
         a, b, session = self.start()
         self.broker.message_received(a, probed(session, "10.0.1.2", RANDOM))
@@ -383,7 +262,9 @@ class BrokerTests(BrokerFixture):
 
     def test_silent_peer_times_out(self) -> None:
         """A side that never reports ends the attempt on the clock, then the relay is tried."""
-        a, b, session = self.start(methods=[stunt.SIMULTANEOUS_OPEN, stunt.RELAYED])
+        a, b, session = self.start(
+            methods=[control_protocol.SIMULTANEOUS_OPEN, control_protocol.RELAYED]
+        )
         self.probe_both(session, a, b)
         self.clock.advance(60)
         self.assertEqual(a.types()[-1], "relay")
@@ -428,8 +309,10 @@ class BrokerTests(BrokerFixture):
 
     def test_session_limit(self) -> None:
         """A client cannot start more than the per-client number of sessions."""
-        self.broker = stunt.Broker(
-            self.clock, stunt.Secrets(shared=SECRET), stunt.BrokerPolicy(max_sessions_per_client=1)
+        self.broker = broker.Broker(
+            self.clock,
+            control_auth.Secrets(shared=SECRET),
+            broker.BrokerPolicy(max_sessions_per_client=1),
         )
         a, b, session = self.start()
         self.broker.message_received(
@@ -439,8 +322,8 @@ class BrokerTests(BrokerFixture):
 
     def test_max_clients(self) -> None:
         """Beyond max-clients new IDs are refused with the setting to raise."""
-        self.broker = stunt.Broker(
-            self.clock, stunt.Secrets(shared=SECRET), stunt.BrokerPolicy(max_clients=1)
+        self.broker = broker.Broker(
+            self.clock, control_auth.Secrets(shared=SECRET), broker.BrokerPolicy(max_clients=1)
         )
         self.login("alice")
         second = self.login("bob")
@@ -453,41 +336,6 @@ class BrokerTests(BrokerFixture):
         self.assertTrue(old.closed)
         self.broker.link_closed(old)
         self.assertIs(self.broker.clients["alice"], new)
-
-
-class SecretsFileTests(SynchronousTestCase):
-    def test_parse(self) -> None:
-        """ID SECRET lines with comments parse to a dict."""
-        self.assertEqual(
-            stunt.parse_secrets_file("# users\nalice a1\n\nbob b2 # note\n"),
-            {"alice": b"a1", "bob": b"b2"},
-        )
-
-    def test_bad_line(self) -> None:
-        """A malformed line is reported with its number."""
-        error = self.assertRaises(ValueError, stunt.parse_secrets_file, "alice a1\nbob\n")
-        self.assertIn("line 2", str(error))
-
-
-class RateLimitTests(SynchronousTestCase):
-    def test_window(self) -> None:
-        """An address gets `limit` connections per window, then more after the window."""
-        clock = Clock()
-        limit = stunt.ConnectionRateLimit(clock, 2, window_seconds=60)
-        self.assertEqual([limit.admit("a") for _ in range(3)], [True, True, False])
-        self.assertTrue(limit.admit("b"))
-        clock.advance(60)
-        self.assertTrue(limit.admit("a"))
-
-
-class StopAfterTests(SynchronousTestCase):
-    def test_raw_bytes_after_stop_frame(self) -> None:
-        """Bytes after a stop frame stay buffered undecoded, even when they are not frames."""
-        decoder = stunt.FrameDecoder()
-        data = stunt.encode_frame({"type": "relay-ready", "session": "s"}) + b"p2psip raw bytes"
-        messages = decoder.feed(data, stop_after=lambda m: m["type"] == "relay-ready")
-        self.assertEqual(messages, [{"type": "relay-ready", "session": "s"}])
-        self.assertEqual(decoder.take_remainder(), b"p2psip raw bytes")
 
 
 class DatagramBrokerTests(BrokerFixture):
@@ -516,4 +364,4 @@ class DatagramBrokerTests(BrokerFixture):
         session = a.last("probe")["session"]
         self.broker.message_received(a, probed(session, "198.51.100.1", EIM, public="198.51.100.1"))
         self.broker.message_received(b, probed(session, "10.0.2.2", RANDOM, public="198.51.100.2"))
-        self.assertEqual(a.last("attempt")["method"], stunt.UDP_PUNCH)
+        self.assertEqual(a.last("attempt")["method"], control_protocol.UDP_PUNCH)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.nat import mediator, stunt
+from p2psip.nat import broker, control_auth, control_protocol, mediator
 
 SECRET = b"secret"
 
@@ -37,14 +38,14 @@ class ClosingTransport(StringTransport):
 
 
 def frames(transport: StringTransport) -> list[dict[str, Any]]:
-    messages = stunt.FrameDecoder().feed(transport.value())
+    messages = control_protocol.FrameDecoder().feed(transport.value())
     return messages
 
 
 class ControlServerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.broker = stunt.Broker(self.clock, stunt.Secrets(shared=SECRET))
+        self.broker = broker.Broker(self.clock, control_auth.Secrets(shared=SECRET))
         self.factory = mediator.ControlServerFactory(
             self.broker,
             self.clock,
@@ -69,12 +70,12 @@ class ControlServerTests(SynchronousTestCase):
         nonce = frames(transport)[0]["nonce"]
         transport.clear()
         protocol.dataReceived(
-            stunt.encode_frame(
+            control_protocol.encode_frame(
                 {
                     "type": "hello",
                     "version": 1,
                     "id": client_id,
-                    "mac": stunt.compute_mac(SECRET, nonce, client_id),
+                    "mac": control_auth.compute_mac(SECRET, nonce, client_id),
                 }
             )
         )
@@ -126,7 +127,9 @@ class ControlServerTests(SynchronousTestCase):
         protocol, transport = self.connect()
         transport.clear()
         protocol.dataReceived(
-            stunt.encode_frame({"type": "relay-join", "version": 1, "session": "x", "token": "y"})
+            control_protocol.encode_frame(
+                {"type": "relay-join", "version": 1, "session": "x", "token": "y"}
+            )
         )
         self.assertEqual(frames(transport)[0]["code"], "relay-refused")
         self.assertTrue(transport.disconnecting)
@@ -135,14 +138,14 @@ class ControlServerTests(SynchronousTestCase):
         alice, alice_t = self.login("alice", 4000)
         bob, bob_t = self.login("bob", 4001)
         alice.dataReceived(
-            stunt.encode_frame(
+            control_protocol.encode_frame(
                 {"type": "connect", "ref": 1, "to": "bob", "kind": "tcp", "methods": ["relayed"]}
             )
         )
         session = frames(alice_t)[-1]["session"]
         for protocol, port in ((alice, 5000), (bob, 5001)):
             protocol.dataReceived(
-                stunt.encode_frame(
+                control_protocol.encode_frame(
                     {
                         "type": "probed",
                         "session": session,
@@ -158,7 +161,7 @@ class ControlServerTests(SynchronousTestCase):
             protocol, transport = self.connect(host="198.51.100.2", port=port)
             transport.clear()
             protocol.dataReceived(
-                stunt.encode_frame(
+                control_protocol.encode_frame(
                     {"type": "relay-join", "version": 1, "session": session, "token": token}
                 )
             )
@@ -206,3 +209,30 @@ class ControlServerTests(SynchronousTestCase):
         a_t.loseConnection()
         self.assertTrue(b_t.disconnecting)
         self.assertEqual(self.broker.relay_counts, {})
+
+
+class RateLimitTests(SynchronousTestCase):
+    def test_window(self) -> None:
+        """An address gets `limit` connections per window, then more after the window."""
+        clock = Clock()
+        limit = mediator.ConnectionRateLimit(clock, 2, window_seconds=60)
+        self.assertEqual([limit.admit("a") for _ in range(3)], [True, True, False])
+        self.assertTrue(limit.admit("b"))
+        clock.advance(60)
+        self.assertTrue(limit.admit("a"))
+
+
+class StunCollectorTests(SynchronousTestCase):
+    def test_counters_read_when_scraped(self) -> None:
+        """The responder's plain integers are exported as counters, read at each scrape."""
+        counters = {"requests": 3, "responses": 2, "errors": 1, "dropped": 0}
+        registry = CollectorRegistry(auto_describe=True)
+        registry.register(mediator.StunCollector(lambda: counters))
+        counters["requests"] += 1
+        self.assertEqual(
+            [
+                registry.get_sample_value(f"p2psip_mediator_stun_{name}_total")
+                for name in ("requests", "responses", "errors", "dropped")
+            ],
+            [4.0, 2.0, 1.0, 0.0],
+        )

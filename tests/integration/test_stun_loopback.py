@@ -1,4 +1,4 @@
-"""The STUN server and client over real loopback sockets (UDP, TCP, RFC 5780 four sockets)."""
+"""STUN and NAT behaviour discovery over real loopback sockets (UDP, TCP, RFC 5780 four sockets)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,13 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.trial.unittest import TestCase
 
+from p2psip.nat.behaviour import (
+    FilteringBehaviour,
+    MappingBehaviour,
+    discover_nat_behaviour,
+    probe_port_allocation,
+)
+from p2psip.nat.port_allocation import PortAllocationKind
 from p2psip.nat.stun_client import StunUdpClient, tcp_binding
 from p2psip.nat.stun_server import StunTcpServerFactory, StunUdpService
 
@@ -90,6 +97,39 @@ class LoopbackTests(TestCase):
         result = await tcp_binding(TCP4ClientEndpoint(reactor, "127.0.0.1", port), REACTOR)
         self.assertEqual(result.mapped, result.local)
         self.assertEqual(result.server, ("127.0.0.1", port))
+
+
+class LoopbackDiscoveryTests(TestCase):
+    async def test_no_nat_on_loopback(self) -> None:
+        """On loopback against the four-socket server there is no NAT and everything gets through."""
+        service = StunUdpService(
+            0, interface="127.0.0.1", alternate_ip="127.0.0.2", alternate_port=0, reactor=reactor
+        )
+        try:
+            service.startService()
+        except OSError as e:
+            self.skipTest(f"cannot bind 127.0.0.2 here: {e}")
+        self.addCleanup(service.stopService)
+        primary = service.addresses()[0]
+        found = await discover_nat_behaviour(reactor, reactor, primary, "127.0.0.1")  # type: ignore[arg-type]
+        self.assertEqual(found.mapping, MappingBehaviour.NO_NAT)
+        self.assertEqual(found.filtering, FilteringBehaviour.ENDPOINT_INDEPENDENT)
+        self.assertEqual(found.mapped[0], "127.0.0.1")
+
+    async def test_port_allocation_on_loopback(self) -> None:
+        """Without a NAT every probe's mapped port is its local port: preserving."""
+        service = StunUdpService(0, interface="127.0.0.1", reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        allocation, samples = await probe_port_allocation(
+            reactor,
+            reactor,
+            service.addresses(),
+            count=4,
+            interface="127.0.0.1",  # type: ignore[arg-type]
+        )
+        self.assertEqual(allocation.kind, PortAllocationKind.PRESERVING)
+        self.assertEqual(len(samples), 4)
 
 
 def _rmem_max() -> int:

@@ -1,14 +1,13 @@
-"""Tests for UDP hole punching and the punched-connection check (fake clock, fake datagram network)."""
+"""Tests for UDP hole punching (fake clock, fake datagram network)."""
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.nat import holepunch, stun
@@ -131,44 +130,35 @@ class UdpPunchTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_garbage_ignored(self) -> None:
-        """Garbage and malformed STUN on the punching port are dropped."""
-        self.a.datagramReceived(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + b"x" * 4, ("203.0.113.9", 1))
-        self.a.datagramReceived(b"junk", ("203.0.113.9", 1))
-        self.a.datagramReceived(holepunch.PUNCH_MAGIC, ("203.0.113.9", 1))
-
-
-class VerifyStreamTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.reactor = MemoryReactorClock()
-        self.left, self.right = socket.socketpair()
-        self.addCleanup(self.left.close)
-        self.addCleanup(self.right.close)
-
-    def readable(self) -> None:
-        for reader in list(self.reactor.readers):
-            reader.doRead()
-
-    def test_token_exchange(self) -> None:
-        """A connection over which both sides' tokens arrive passes the check."""
-        d = holepunch.verify_stream(self.reactor, self.left, TOKEN)
-        self.right.sendall(TOKEN)
-        self.readable()
-        self.assertIs(self.successResultOf(d), self.left)
-        self.assertEqual(self.right.recv(100), TOKEN)
-        self.assertEqual((self.reactor.readers, self.reactor.getDelayedCalls()), (set(), []))
-
-    def test_wrong_token(self) -> None:
-        """A far end that is not this session's peer fails the check."""
-        d = holepunch.verify_stream(self.reactor, self.left, TOKEN)
-        self.right.sendall(holepunch.verify_token("other"))
-        self.readable()
-        self.assertIn("not the peer", str(self.failureResultOf(d, holepunch.PunchFailed).value))
-
-    def test_no_data(self) -> None:
-        """A connection where no bytes come back fails after the timeout, naming the cause."""
-        d = holepunch.verify_stream(self.reactor, self.left, TOKEN, timeout_seconds=1.5)
-        self.reactor.advance(1.5)
-        self.assertIn(
-            "only the handshake", str(self.failureResultOf(d, holepunch.PunchFailed).value)
-        )
-        self.assertEqual(self.reactor.readers, set())
+        """Garbage, malformed STUN and strangers' punch packets get no reply, settle nothing and log at debug."""
+        stranger = ("203.0.113.9", 1)
+        probe = self.a.stun_probe(("198.51.100.10", 3478))
+        [(request_bytes, _, _)] = self.network.sent
+        self.network.blocked.add(("198.51.100.2", 5000))
+        punch = self.a.start_punch(("198.51.100.2", 5000), TOKEN, 4)
+        sent_before = list(self.network.sent)
+        garbage = [
+            b"\x00\x01\x00\x00\x21\x12\xa4\x42" + b"x" * 4,
+            b"junk",
+            holepunch.PUNCH_MAGIC,
+            holepunch.PUNCH_MAGIC + holepunch.verify_token("other") + b"1",
+            # A well-formed answer to a transaction nobody started.
+            stun.encode_message(stun.binding_success(stun.binding_request(), stranger)),
+        ]
+        with capturedLogs() as events:
+            for datagram in garbage:
+                self.a.datagramReceived(datagram, stranger)
+        self.assertEqual(self.network.sent, sent_before)
+        self.assertNoResult(probe)
+        self.assertNoResult(punch)
+        self.assertEqual({e["log_level"] for e in events}, {LogLevel.debug})
+        # The next punch packet still says "I haven't heard you yet".
+        self.clock.advance(holepunch.PUNCH_INTERVAL_SECONDS)
+        self.assertEqual(self.network.sent[-1][0], holepunch.PUNCH_MAGIC + TOKEN + b"0")
+        # And the real STUN answer still settles the probe.
+        answer = stun.binding_success(stun.decode_message(request_bytes), ("198.51.100.1", 4000))
+        self.a.datagramReceived(stun.encode_message(answer), ("198.51.100.10", 3478))
+        self.assertEqual(self.successResultOf(probe), ("198.51.100.1", 4000))
+        self.a.transport.stopListening()  # type: ignore[union-attr]
+        self.failureResultOf(punch, holepunch.PunchFailed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
