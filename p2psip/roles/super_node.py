@@ -26,13 +26,14 @@ from attrs import frozen
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
 from p2psip.nat.traversal import TraversalClient, TraversalService
 from p2psip.overlay import peer_cache
 from p2psip.overlay.identity import IdentityError, NodeIdentity
 from p2psip.overlay.links import Connector, FramedLinkFactory, StreamConnector
-from p2psip.overlay.mediated import MediatedConnector
+from p2psip.overlay.mediated import MediatedConnector, MediatedIncoming
 from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.overlay.node import OverlayNode
 from p2psip.roles.overlay_api import overlay_api_routes
@@ -42,6 +43,7 @@ from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create
 from p2psip.sip.users import UsersFile
 from p2psip.util.ids import id_hex
 from p2psip.util.metrics import role_registry
+from p2psip.util.reactor import HolePunchReactor
 from p2psip.web.overlay_status import overlay_status
 from p2psip.web.site import build_site, http_service
 
@@ -120,12 +122,26 @@ def _mediator_status(traversal: TraversalService, config: MediatorClientConfig) 
     }
 
 
-def _traversal(config: MediatorClientConfig, reactor: Any, node_id: int) -> TraversalService:
-    """The mediator client: registered under our Node-ID in hex."""
+def _traversal(
+    config: MediatorClientConfig,
+    reactor: HolePunchReactor,
+    clock: IReactorTime,
+    node_id: int,
+    incoming: MediatedIncoming,
+) -> TraversalService:
+    """
+    The mediator client: registered under our Node-ID in hex, peers' links
+    to ``incoming``; ``clock`` (the same reactor) schedules its reconnects.
+    """
     client = TraversalClient(
-        reactor, clientFromString(reactor, config.endpoint), id_hex(node_id), config.secret
+        reactor,
+        clientFromString(reactor, config.endpoint),
+        id_hex(node_id),
+        config.secret,
+        accept=incoming.accept,
+        on_incoming=incoming.made,
     )
-    return TraversalService(client)
+    return TraversalService(client, clock=clock)
 
 
 def make_ring_role(
@@ -137,13 +153,15 @@ def make_ring_role(
     connector: Connector = stream
     traversal = mediated = None
     if config.mediator is not None:
-        traversal = _traversal(config.mediator, reactor, state.identity.node_id)
+        incoming = MediatedIncoming()
+        traversal = _traversal(config.mediator, reactor, reactor, state.identity.node_id, incoming)
         mediated = MediatedConnector(
             stream,
             traversal,
             reactor,
             max_bytes,
             direct_timeout_seconds=config.mediator.direct_timeout_seconds,
+            incoming=incoming,
         )
         connector = mediated
     node = OverlayNode(
@@ -155,10 +173,8 @@ def make_ring_role(
         config=config.overlay,
     )
     factory = FramedLinkFactory(node, reactor, max_bytes)
-    if traversal is not None and mediated is not None:
-        mediated.inbound_factory = factory
-        traversal.client.accept = mediated.accept_incoming
-        traversal.client.on_incoming = mediated.incoming_made
+    if mediated is not None:
+        mediated.incoming.open(factory)
     registry = role_registry()
     OverlayMetrics(registry, lambda: node).watch(node)
     role = RingRole(config, node, registry)
