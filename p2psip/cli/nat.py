@@ -36,7 +36,7 @@ from p2psip.nat.traversal import (
     TraversalError,
     TraversalResult,
 )
-from p2psip.util.reactor import as_udp_reactor
+from p2psip.util.reactor import as_hole_punch_reactor, as_udp_reactor
 
 PING = b"p2psip-nat-ping\n"
 
@@ -245,7 +245,7 @@ async def _start_client(
     deadline = reactor.seconds() + args.wait
     while True:
         client = TraversalClient(
-            reactor,
+            as_hole_punch_reactor(reactor),
             endpoint,
             args.id,
             _secret(args),

@@ -10,41 +10,58 @@ mediator's STUN TCP port, then the connection attempt the broker chose
 the connected protocol and how the peer was reached.  ``MediatedEndpoint``
 wraps that as an ``IStreamClientEndpoint``, so overlay links can use it as
 their connector.
+
+The decisions are made by the sans-IO ``TraversalMachine``
+(``p2psip.nat.traversal_session``); this module executes its actions with
+sockets (``p2psip.nat.holepunch``), the relay connection
+(``p2psip.nat.traversal_relay``) and the reactor's clock, and feeds back
+what became of them.  ``TraversalService`` (``p2psip.nat.traversal_service``)
+keeps a client registered.
 """
 
 from __future__ import annotations
 
 import socket
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import attrs
-from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from p2psip.nat import holepunch
-from p2psip.nat.control_auth import compute_mac
-from p2psip.nat.control_protocol import (
-    LOW_TTL,
-    PROTOCOL_VERSION,
-    RELAYED,
-    UDP_PUNCH,
-    FrameDecoder,
-    StuntDecodeError,
-    encode_frame,
-)
+from p2psip.nat import control_protocol, holepunch
+from p2psip.nat import traversal_events as ev
+from p2psip.nat import traversal_session as ts
+from p2psip.nat.traversal_relay import RelayClientProtocol
+from p2psip.nat.traversal_service import RETRY_SECONDS, TraversalService
+from p2psip.nat.traversal_session import KEEPALIVE_SECONDS, PROBES_PER_ATTEMPT
+from p2psip.util.reactor import HolePunchReactor, UDPPort
 
-PROBES_PER_ATTEMPT = 4
-#: Control-connection pings keep NAT and firewall state for it alive.
-KEEPALIVE_SECONDS = 25.0
-#: Back-off between attempts to reach the mediator again.
-RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0)
+__all__ = [
+    "KEEPALIVE_SECONDS",
+    "PROBES_PER_ATTEMPT",
+    "RETRY_SECONDS",
+    "DatagramResult",
+    "IncomingDatagramPolicy",
+    "IncomingPolicy",
+    "MediatedEndpoint",
+    "TraversalClient",
+    "TraversalError",
+    "TraversalResult",
+    "TraversalService",
+]
 
 
 class TraversalError(Exception):
@@ -68,33 +85,6 @@ class TraversalResult:
 
 
 @attrs.define
-class _Session:
-    peer_id: str
-    factory: IProtocolFactory
-    started_at: float
-    deferred: defer.Deferred[TraversalResult] | None = None
-    incoming: bool = False
-    session_id: str = ""
-    method: str = ""
-    punch: holepunch.TcpPunch | None = None
-    connected: socket.socket | None = None
-    relay: _RelayClientProtocol | None = None
-    relay_ready: defer.Deferred[None] | None = None
-    outcome: dict[str, Any] | None = None
-    hole_port: int = 0
-    go: defer.Deferred[None] | None = None
-    #: Bumped whenever the broker moves on, so callbacks of an abandoned
-    #: attempt neither report nor keep their socket.
-    serial: int = 0
-    kind: str = "tcp"
-    datagram: DatagramProtocol | None = None
-    datagram_deferred: defer.Deferred[DatagramResult] | None = None
-    udp: holepunch.UdpPunchProtocol | None = None
-    udp_port: Any = None
-    udp_peer: tuple[str, int] | None = None
-
-
-@attrs.define
 class DatagramResult:
     """A UDP path punched through the mediator."""
 
@@ -108,27 +98,41 @@ class DatagramResult:
     reason: str = ""
 
 
+def _host(address: IAddress) -> str:
+    """The IP of a TCP address ("" for other kinds, which the mediator never has)."""
+    return address.host if isinstance(address, (IPv4Address, IPv6Address)) else ""
+
+
+IncomingPolicy = Callable[[str], IProtocolFactory | None]
+IncomingDatagramPolicy = Callable[[str], DatagramProtocol | None]
+
+
 class _ControlClientProtocol(Protocol):
+    """The control connection: frames in and out, everything else in the client."""
+
     log = Logger()
 
     def __init__(self, client: TraversalClient) -> None:
         self.client = client
-        self.decoder = FrameDecoder()
+        self.decoder = control_protocol.FrameDecoder()
+        #: Told when the connection is lost (``TraversalService``'s registration).
+        self.watchers: list[IProtocol] = []
 
     def connectionMade(self) -> None:
         # Control messages are small and latency-bound: no Nagle.
-        transport: Any = self.transport
-        if hasattr(transport, "setTcpNoDelay"):
-            transport.setTcpNoDelay(True)
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        self.client._control_made(self)
 
     def send(self, message: dict[str, Any]) -> None:
         assert self.transport is not None
-        self.transport.write(encode_frame(message))
+        self.transport.write(control_protocol.encode_frame(message))
 
     def dataReceived(self, data: bytes) -> None:
         try:
             messages = self.decoder.feed(data)
-        except StuntDecodeError as e:
+        except control_protocol.StuntDecodeError as e:
             self.log.warn("mediator sent a malformed control frame ({why}); closing", why=str(e))
             assert self.transport is not None
             self.transport.loseConnection()
@@ -140,96 +144,61 @@ class _ControlClientProtocol(Protocol):
         self.client._control_lost(self, reason)
 
 
-class _RelayClientProtocol(Protocol):
-    """A relay-join connection; after ``relay-ready`` it carries the peer's bytes."""
-
-    log = Logger()
-
-    def __init__(self, session_id: str, token: str, ready: defer.Deferred[None]) -> None:
-        self.session_id = session_id
-        self.token = token
-        self.ready = ready
-        self.decoder: FrameDecoder | None = FrameDecoder()
-        self.user: IProtocol | None = None
-        self.pending = b""
-        self.lost: Failure | None = None
-
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        if self.decoder is None:
-            if self.user is None:
-                self.pending += data
-            else:
-                self.user.dataReceived(data)
-            return
-        try:
-            messages = self.decoder.feed(data, stop_after=lambda m: m["type"] == "relay-ready")
-        except StuntDecodeError as e:
-            self.transport.loseConnection()
-            if not self.ready.called:
-                self.ready.errback(TraversalError(f"relay connection broke: {e}"))
-            return
-        for message in messages:
-            if message["type"] == "challenge":
-                self.transport.write(
-                    encode_frame(
-                        {
-                            "type": "relay-join",
-                            "version": PROTOCOL_VERSION,
-                            "session": self.session_id,
-                            "token": self.token,
-                        }
-                    )
-                )
-            elif message["type"] == "relay-ready":
-                transport: Any = self.transport
-                if hasattr(transport, "setTcpNoDelay"):
-                    transport.setTcpNoDelay(True)
-                self.pending = self.decoder.take_remainder()
-                self.decoder = None
-                if not self.ready.called:
-                    self.ready.callback(None)
-                return
-            elif message["type"] == "error":
-                self.transport.loseConnection()
-                if not self.ready.called:
-                    self.ready.errback(TraversalError(f"relay refused: {message['reason']}"))
-                return
-
-    def attach(self, user: IProtocol) -> None:
-        """Hand the relayed stream to the application's protocol."""
-        assert self.transport is not None
-        self.user = user
-        user.makeConnection(self.transport)
-        if self.pending:
-            data, self.pending = self.pending, b""
-            user.dataReceived(data)
-        if self.lost is not None:
-            user.connectionLost(self.lost)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.ready.called:
-            self.ready.errback(TraversalError("relay connection closed before both sides joined"))
-        if self.user is not None:
-            self.user.connectionLost(reason)
-        else:
-            self.lost = reason
-
-
-class _CapturingFactory(Factory):
+@implementer(IProtocolFactory)
+class _CapturingFactory:
     """Builds the application's protocol for an adopted socket and keeps it."""
 
     def __init__(self, wrapped: IProtocolFactory) -> None:
         self.wrapped = wrapped
         self.built: IProtocol | None = None
 
-    def buildProtocol(self, addr: Any) -> Any:
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
         self.built = self.wrapped.buildProtocol(addr)
         return self.built
 
+    def doStart(self) -> None:
+        """Nothing to start: the factory lives for one adopted socket."""
 
-IncomingPolicy = Callable[[str], IProtocolFactory | None]
-IncomingDatagramPolicy = Callable[[str], DatagramProtocol | None]
+    def doStop(self) -> None:
+        """Nothing to stop."""
+
+
+@attrs.define
+class _Application:
+    """The application's side of one session: what to build and whom to tell."""
+
+    peer_id: str
+    factory: IProtocolFactory | None = None
+    datagram: DatagramProtocol | None = None
+    #: None for a peer's session (it goes to ``on_incoming``).
+    stream_result: defer.Deferred[TraversalResult] | None = None
+    datagram_result: defer.Deferred[DatagramResult] | None = None
+
+
+@attrs.define
+class _AttemptIO:
+    """The sockets of one serial of a session, released together."""
+
+    punch: holepunch.TcpPunch | None = None
+    connected: socket.socket | None = None
+    udp: holepunch.UdpPunchProtocol | None = None
+    udp_port: UDPPort | None = None
+    relay: RelayClientProtocol | None = None
+
+    def release(self) -> None:
+        if self.punch is not None:
+            punch, self.punch = self.punch, None
+            punch.result.addErrback(lambda _: None)
+            punch.cancel()
+        if self.connected is not None:
+            self.connected.close()
+            self.connected = None
+        if self.udp_port is not None:
+            port, self.udp_port, self.udp = self.udp_port, None, None
+            port.stopListening()
+        if self.relay is not None:
+            relay, self.relay = self.relay, None
+            relay.close()
 
 
 class TraversalClient:
@@ -241,15 +210,15 @@ class TraversalClient:
         the factory for the connection, or None to refuse.
     :param on_incoming: called with the ``TraversalResult`` of every
         incoming connection that was made.
-    :param low_ttl_wait_seconds: how long the low-TTL SYN may wait for its
-        ICMP error before the listener tells the broker it is armed.
+    :param accept_datagram: the same for UDP paths: the protocol to connect
+        to the punched port, or None to refuse.
     """
 
     log = Logger()
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: HolePunchReactor,
         mediator: IStreamClientEndpoint,
         client_id: str,
         secret: bytes,
@@ -262,46 +231,54 @@ class TraversalClient:
     ) -> None:
         self.reactor = reactor
         self.mediator = mediator
-        self.client_id = client_id
-        self.secret = secret
         self.accept = accept
+        self.on_incoming = on_incoming
         self.accept_datagram = accept_datagram
         self.on_incoming_datagram = on_incoming_datagram
-        self.on_incoming = on_incoming
-        self.probes = probes
-        self.keepalive_seconds = keepalive_seconds
-        self._keepalive: LoopingCall | None = None
+        self.machine = ts.TraversalMachine(client_id, secret, probes, keepalive_seconds)
         self.control: _ControlClientProtocol | None = None
-        self.online = False
-        self.observed: tuple[str, int] | None = None
-        self.stun_tcp_port = 0
-        self.stun_udp_port = 0
-        self._ready: defer.Deferred[TraversalClient] | None = None
-        self._refs = 0
-        self._by_ref: dict[int, _Session] = {}
-        self._sessions: dict[str, _Session] = {}
+        #: Fires with the reason when the control connection closes.
         self.closed: defer.Deferred[str] = defer.Deferred()
+        self._ready: defer.Deferred[TraversalClient] | None = None
+        self._connecting: defer.Deferred[IProtocol] | None = None
+        self._keepalive: IDelayedCall | None = None
+        self._refs = 0
+        self._apps: dict[ev.SessionKey, _Application] = {}
+        self._io: dict[tuple[ev.SessionKey, int], _AttemptIO] = {}
+        self._timers: dict[tuple[ev.SessionKey, int], IDelayedCall] = {}
+        self._events: deque[ev.Event] = deque()
+        self._feeding = False
+
+    @property
+    def client_id(self) -> str:
+        return self.machine.client_id
+
+    @property
+    def online(self) -> bool:
+        """Whether the mediator welcomed us on the current control connection."""
+        return self.machine.registered
+
+    @property
+    def observed(self) -> tuple[str, int] | None:
+        """Our address as the mediator saw it at the last registration."""
+        return self.machine.observed
 
     # lifecycle ---------------------------------------------------------------
 
     def start(self) -> defer.Deferred[TraversalClient]:
         """Connect and authenticate; fires with self once registered."""
-        self._ready = defer.Deferred()
+        self._ready = defer.Deferred(canceller=lambda _: self._abort())
         if self.closed.called:
             self.closed = defer.Deferred()
         factory = Factory.forProtocol(lambda: _ControlClientProtocol(self))
-        connecting = self.mediator.connect(factory)
+        connecting = self._connecting = self.mediator.connect(factory)
 
-        def connected(protocol: _ControlClientProtocol) -> None:
-            self.control = protocol
+        def connected(protocol: IProtocol) -> None:
+            self._connecting = None
 
         def not_connected(failure: Failure) -> None:
-            if self._ready is not None and not self._ready.called:
-                self._ready.errback(
-                    TraversalError(
-                        f"cannot reach the mediator ({failure.getErrorMessage()}): check --mediator"
-                    )
-                )
+            self._connecting = None
+            self._feed(ev.ControlUnreachable(failure.getErrorMessage()))
 
         connecting.addCallbacks(connected, not_connected)
         return self._ready
@@ -310,17 +287,20 @@ class TraversalClient:
         if self.control is not None and self.control.transport is not None:
             self.control.transport.loseConnection()
 
+    def _abort(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self.stop()
+
     @property
     def mediator_host(self) -> str:
         assert self.control is not None and self.control.transport is not None
-        peer: Any = self.control.transport.getPeer()
-        return str(peer.host)
+        return _host(self.control.transport.getPeer())
 
     @property
     def local_ip(self) -> str:
         assert self.control is not None and self.control.transport is not None
-        local: Any = self.control.transport.getHost()
-        return str(local.host)
+        return _host(self.control.transport.getHost())
 
     # outgoing ---------------------------------------------------------------
 
@@ -333,23 +313,14 @@ class TraversalClient:
         :returns: a Deferred of ``TraversalResult``, or failing with
             ``TraversalError`` whose reason names what stood in the way.
         """
-        if not self.online or self.control is None:
-            return defer.fail(TraversalError("not registered at the mediator: call start() first"))
-        self._refs += 1
-        ref = self._refs
-        session = _Session(peer_id, factory, self.reactor.seconds(), deferred=defer.Deferred())
-        self._by_ref[ref] = session
-        self.control.send(
-            {
-                "type": "connect",
-                "ref": ref,
-                "to": peer_id,
-                "kind": "tcp",
-                "methods": list(methods or []),
-            }
+        result: defer.Deferred[TraversalResult] = defer.Deferred()
+        key = self._new_key()
+        self._apps[key] = _Application(peer_id, factory=factory, stream_result=result)
+        methods_asked = tuple(methods or ())
+        self._feed(
+            ev.ConnectRequested(key, peer_id, ev.Kind.TCP, methods_asked, self.reactor.seconds())
         )
-        assert session.deferred is not None
-        return session.deferred
+        return result
 
     def connect_datagram(
         self, peer_id: str, protocol: DatagramProtocol
@@ -361,513 +332,359 @@ class TraversalClient:
             is the punched port and it must send to ``peer_address``.
             Fails with ``TraversalError`` (there is no UDP relay).
         """
-        if not self.online or self.control is None:
-            return defer.fail(TraversalError("not registered at the mediator: call start() first"))
-        self._refs += 1
-        ref = self._refs
-        session = _Session(
-            peer_id, Factory(), self.reactor.seconds(), kind="udp", datagram=protocol
-        )
-        session.datagram_deferred = defer.Deferred()
-        self._by_ref[ref] = session
-        self.control.send(
-            {"type": "connect", "ref": ref, "to": peer_id, "kind": "udp", "methods": []}
-        )
-        return session.datagram_deferred
+        result: defer.Deferred[DatagramResult] = defer.Deferred()
+        key = self._new_key()
+        self._apps[key] = _Application(peer_id, datagram=protocol, datagram_result=result)
+        self._feed(ev.ConnectRequested(key, peer_id, ev.Kind.UDP, (), self.reactor.seconds()))
+        return result
 
-    # control messages -------------------------------------------------------
+    def _new_key(self) -> ev.SessionKey:
+        self._refs += 1
+        return self._refs
+
+    # the control connection ---------------------------------------------------
+
+    def _control_made(self, control: _ControlClientProtocol) -> None:
+        self.control = control
+        self._feed(ev.ControlConnected())
 
     def _message_received(self, control: _ControlClientProtocol, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "challenge":
-            self.stun_tcp_port = message["stun_tcp_port"]
-            self.stun_udp_port = message["stun_udp_port"]
-            if message["version"] != PROTOCOL_VERSION:
-                self.log.warn("mediator speaks control protocol version {v}", v=message["version"])
-            control.send(
-                {
-                    "type": "hello",
-                    "version": PROTOCOL_VERSION,
-                    "id": self.client_id,
-                    "mac": compute_mac(self.secret, message["nonce"], self.client_id),
-                }
-            )
-        elif kind == "welcome":
-            self.online = True
-            if self.keepalive_seconds > 0:
-                self._keepalive = LoopingCall(control.send, {"type": "ping"})
-                self._keepalive.clock = self.reactor
-                self._keepalive.start(self.keepalive_seconds, now=False)
-            self.observed = (message["observed"][0], message["observed"][1])
-            if self._ready is not None and not self._ready.called:
-                self._ready.callback(self)
-        elif kind == "error":
-            self._error(message)
-        elif kind == "probe":
-            self._probe(message)
-        elif kind == "attempt":
-            self._attempt(message)
-        elif kind == "go":
-            session = self._sessions.get(message["session"])
-            if session is not None and session.go is not None and not session.go.called:
-                session.go.callback(None)
-        elif kind == "relay":
-            self._relay(message)
-        elif kind == "outcome":
-            self._outcome(message)
-
-    def _error(self, message: dict[str, Any]) -> None:
-        reason = f"{message['reason']} ({message['code']})"
-        ref = message.get("ref")
-        if isinstance(ref, int) and ref in self._by_ref:
-            self._fail_session(self._by_ref.pop(ref), reason)
-            return
-        self.log.warn("mediator refused us: {reason}", reason=reason)
-        if self._ready is not None and not self._ready.called:
-            self._ready.errback(TraversalError(f"mediator refused us: {reason}"))
+        if control is self.control:
+            self._feed(ev.ControlMessageReceived(message, self.reactor.seconds()))
 
     def _control_lost(self, control: _ControlClientProtocol, reason: Failure) -> None:
-        if self._keepalive is not None and self._keepalive.running:
-            self._keepalive.stop()
-        self._keepalive = None
-        self.online = False
+        if control is not self.control:
+            return
         self.control = None
-        if self._ready is not None and not self._ready.called:
-            self._ready.errback(
-                TraversalError("mediator closed the control connection before welcome")
-            )
-        for session in list(self._sessions.values()) + list(self._by_ref.values()):
-            self._fail_session(session, "lost the control connection to the mediator")
-        self._by_ref.clear()
-        self._sessions.clear()
+        self._feed(ev.ControlLost(reason.getErrorMessage()))
+        for watcher in control.watchers:
+            watcher.connectionLost(reason)
         if not self.closed.called:
             self.closed.callback(reason.getErrorMessage())
 
-    def _probe(self, message: dict[str, Any]) -> None:
-        session_id = message["session"]
-        session = self._sessions.get(session_id)
-        if session is None:
-            if message["ref"] >= 0:
-                found = self._by_ref.pop(message["ref"], None)
-                if found is None:
-                    return
-                session = found
-            elif message["kind"] == "udp":
-                datagram = (
-                    self.accept_datagram(message["peer"])
-                    if self.accept_datagram is not None
-                    else None
-                )
-                if datagram is None:
-                    self._send(
-                        {
-                            "type": "refuse",
-                            "session": session_id,
-                            "reason": "not accepting datagram flows",
-                        }
-                    )
-                    return
-                session = _Session(
-                    message["peer"],
-                    Factory(),
-                    self.reactor.seconds(),
-                    incoming=True,
-                    kind="udp",
-                    datagram=datagram,
-                )
-            else:
-                factory = self.accept(message["peer"]) if self.accept is not None else None
-                if factory is None:
-                    self._send(
-                        {
-                            "type": "refuse",
-                            "session": session_id,
-                            "reason": "not accepting connections",
-                        }
-                    )
-                    return
-                session = _Session(message["peer"], factory, self.reactor.seconds(), incoming=True)
-            session.session_id = session_id
-            self._sessions[session_id] = session
-        self._drop_attempt(session)
-        d = self._run_udp_probes(session) if session.kind == "udp" else self._run_probes()
+    # the machine ------------------------------------------------------------------
 
-        def report(observations: list[tuple[int, str, int]]) -> None:
-            session.hole_port = observations[-1][0]
-            self._send(
-                {
-                    "type": "probed",
-                    "session": session_id,
-                    "local_ip": self.local_ip,
-                    "hole_port": session.hole_port,
-                    "observations": [list(o) for o in observations],
-                }
-            )
+    def _feed(self, event: ev.Event) -> None:
+        """
+        Give ``event`` to the machine and execute its actions.  Events that
+        executing an action causes (a cancelled punch reporting, say) wait
+        until the actions before them are done.
+        """
+        self._events.append(event)
+        if self._feeding:
+            return
+        self._feeding = True
+        try:
+            while self._events:
+                for action in self.machine.handle(self._events.popleft()):
+                    self._execute(action)
+        finally:
+            self._feeding = False
+
+    def _execute(self, action: ev.Action) -> None:
+        match action:
+            case ev.SendControl(message):
+                if self.control is not None:
+                    self.control.send(message)
+            case ev.CloseControl():
+                self.stop()
+            case ev.Registered():
+                if self._ready is not None and not self._ready.called:
+                    self._ready.callback(self)
+            case ev.RegistrationFailed(reason):
+                # The mediator closes after refusing us; a broken one may not.
+                self.stop()
+                if self._ready is not None and not self._ready.called:
+                    self._ready.errback(TraversalError(reason))
+            case ev.StartKeepalive(seconds):
+                self._keepalive = self.reactor.callLater(seconds, self._ping, seconds)
+            case ev.StopKeepalive():
+                if self._keepalive is not None and self._keepalive.active():
+                    self._keepalive.cancel()
+                self._keepalive = None
+            case ev.DecideIncoming(key, peer_id, kind):
+                self._decide(key, peer_id, kind)
+            case ev.StartProbes():
+                self._start_probes(action)
+            case ev.StartTimer(key, serial, seconds):
+                self._timers[(key, serial)] = self.reactor.callLater(
+                    seconds, self._timer_fired, key, serial
+                )
+            case ev.CancelTimer(key, serial):
+                timer = self._timers.pop((key, serial), None)
+                if timer is not None and timer.active():
+                    timer.cancel()
+            case ev.StartPunch():
+                self._start_punch(action)
+            case ev.SendLowTtlSyn():
+                self._send_low_ttl_syn(action)
+            case ev.StartUdpPunch():
+                self._start_udp_punch(action)
+            case ev.OpenRelay():
+                self._open_relay(action)
+            case ev.DropAttempt(key, serial):
+                io = self._io.pop((key, serial), None)
+                if io is not None:
+                    io.release()
+            case ev.Deliver():
+                self._deliver(action)
+            case ev.Fail(key, reason):
+                self._fail(key, reason)
+            case ev.Log(level, text, fields):
+                self.log.emit(LogLevel.levelWithName(level), text, **fields)
+
+    def _ping(self, seconds: float) -> None:
+        self._keepalive = self.reactor.callLater(seconds, self._ping, seconds)
+        self._feed(ev.KeepaliveDue())
+
+    def _timer_fired(self, key: ev.SessionKey, serial: int) -> None:
+        self._timers.pop((key, serial), None)
+        self._feed(ev.Timeout(key, serial))
+
+    def _attempt_io(self, key: ev.SessionKey, serial: int) -> _AttemptIO:
+        return self._io.setdefault((key, serial), _AttemptIO())
+
+    def _report_failure(self, key: ev.SessionKey, serial: int, failure: Failure) -> None:
+        if failure.check(holepunch.PunchFailed):
+            detail = failure.getErrorMessage()
+        else:
+            detail = f"internal error: {failure.getErrorMessage()}"
+            self.log.failure("hole punching failed", failure)
+        self._feed(ev.PunchFailed(key, serial, detail))
+
+    # incoming requests and probes -------------------------------------------------
+
+    def _decide(self, key: ev.SessionKey, peer_id: str, kind: ev.Kind) -> None:
+        if kind is ev.Kind.UDP:
+            datagram = self.accept_datagram(peer_id) if self.accept_datagram is not None else None
+            app = _Application(peer_id, datagram=datagram) if datagram is not None else None
+        else:
+            factory = self.accept(peer_id) if self.accept is not None else None
+            app = _Application(peer_id, factory=factory) if factory is not None else None
+        if app is None:
+            self._feed(ev.IncomingDeclined(key))
+            return
+        self._apps[key] = app
+        self._feed(ev.IncomingAccepted(key))
+
+    def _start_probes(self, action: ev.StartProbes) -> None:
+        key, serial = action.key, action.serial
+        server = (self.mediator_host, action.stun_port)
+        if action.kind is ev.Kind.UDP:
+            probes = self._udp_probes(key, serial, server, action.count)
+        else:
+            probes = self._tcp_probes(server, action.count)
+
+        def done(observations: list[tuple[int, str, int]]) -> None:
+            local_ip = self.local_ip if self.control is not None else ""
+            self._feed(ev.ProbesDone(key, serial, local_ip, tuple(observations)))
 
         def failed(failure: Failure) -> None:
-            self.log.warn("port prediction probes failed: {why}", why=failure.getErrorMessage())
-            self._send(
-                {"type": "refuse", "session": session_id, "reason": failure.getErrorMessage()[:400]}
-            )
+            self._feed(ev.ProbesFailed(key, serial, failure.getErrorMessage()))
 
-        d.addCallbacks(report, failed)
+        defer.Deferred.fromCoroutine(probes).addCallbacks(done, failed)
 
-    @defer.inlineCallbacks
-    def _run_probes(self) -> Any:
-        server = (self.mediator_host, self.stun_tcp_port)
-        observations = []
-        for _ in range(self.probes):
-            observation = yield holepunch.stun_tcp_probe(self.reactor, server)
-            observations.append(observation)
-        return observations
+    async def _tcp_probes(self, server: tuple[str, int], count: int) -> list[tuple[int, str, int]]:
+        """TCP port prediction: Bindings from fresh ports, one after another."""
+        return [await holepunch.stun_tcp_probe(self.reactor, server) for _ in range(count)]
 
-    @defer.inlineCallbacks
-    def _run_udp_probes(self, session: _Session) -> Any:
+    async def _udp_probes(
+        self, key: ev.SessionKey, serial: int, server: tuple[str, int], count: int
+    ) -> list[tuple[int, str, int]]:
         """UDP port prediction: fresh ports first, the port to punch from last."""
-        server = (self.mediator_host, self.stun_udp_port)
         observations = []
-        for number in range(self.probes):
+        for number in range(count):
             prober = holepunch.UdpPunchProtocol(self.reactor)
             port = self.reactor.listenUDP(0, prober)
             try:
-                mapped = yield prober.stun_probe(server)
+                mapped = await prober.stun_probe(server)
             except BaseException:
                 port.stopListening()
                 raise
             observations.append((port.getHost().port, mapped[0], mapped[1]))
-            if number == self.probes - 1:
-                session.udp, session.udp_port = prober, port
+            if number == count - 1:
+                io = self._attempt_io(key, serial)
+                io.udp, io.udp_port = prober, port
             else:
                 port.stopListening()
         return observations
 
-    def _attempt(self, message: dict[str, Any]) -> None:
-        session = self._sessions.get(message["session"])
-        if session is None:
-            return
-        method = message["method"]
-        session.method = method
-        peer = (message["peer_endpoint"][0], message["peer_endpoint"][1])
-        port = message["hole_port"]
-        deadline = message["deadline_seconds"]
-        role = message["role"]
-        retries = message.get("connect_retries", -1)
-        max_connects = (
-            retries + 1
-            if isinstance(retries, int) and not isinstance(retries, bool) and retries >= 0
-            else None
+    # attempts -------------------------------------------------------------------
+
+    def _start_punch(self, action: ev.StartPunch) -> None:
+        key, serial = action.key, action.serial
+        io = self._attempt_io(key, serial)
+        punch = io.punch = holepunch.TcpPunch(
+            self.reactor,
+            action.local_port,
+            action.peer,
+            action.deadline_seconds,
+            listen=action.listen,
+            connect=action.connect,
+            max_connects=action.max_connects,
         )
-        session.serial += 1
-        serial = session.serial
+        token = holepunch.verify_token(action.session_id)
 
-        def current() -> bool:
-            return session.serial == serial and session.session_id in self._sessions
+        def connected(
+            value: tuple[socket.socket, str],
+        ) -> defer.Deferred[tuple[socket.socket, str]]:
+            if io.punch is punch:
+                io.punch = None
+            verifying = holepunch.verify_stream(self.reactor, value[0], token)
+            return verifying.addCallback(lambda sock: (sock, value[1]))
 
-        def report(ok: bool, detail: str) -> None:
-            if not current():
-                return
-            if not ok:
-                self.log.info(
-                    "{method} with {peer} failed here: {detail}",
-                    method=method,
-                    peer=session.peer_id,
-                    detail=detail,
-                )
-            self._send(
-                {
-                    "type": "result",
-                    "session": session.session_id,
-                    "method": method,
-                    "ok": ok,
-                    "detail": detail[:400],
-                }
-            )
-
-        def connected(value: tuple[socket.socket, str]) -> None:
-            if current():
-                session.punch = None
-            token = holepunch.verify_token(session.session_id)
-            holepunch.verify_stream(self.reactor, value[0], token).addCallbacks(
-                lambda sock: verified(sock, value[1]), failed
-            )
-
-        def verified(sock: socket.socket, how: str) -> None:
-            if not current():
-                sock.close()
-                return
-            session.connected = sock
-            report(True, how)
+        def verified(value: tuple[socket.socket, str]) -> None:
+            # Kept until the outcome (or dropped when the machine says so).
+            self._attempt_io(key, serial).connected = value[0]
+            self._feed(ev.PunchSucceeded(key, serial, value[1]))
 
         def failed(failure: Failure) -> None:
-            if current():
-                session.punch = None
-            if failure.check(holepunch.PunchFailed):
-                report(False, failure.getErrorMessage())
-            else:
-                report(False, f"internal error: {failure.getErrorMessage()}")
-                self.log.failure("hole punching failed", failure)
+            if io.punch is punch:
+                io.punch = None
+            self._report_failure(key, serial, failure)
 
-        def begin() -> None:
-            if not current():
-                return
-            if method == UDP_PUNCH:
-                assert session.udp is not None
-                token = holepunch.verify_token(session.session_id)
-                session.udp.start_punch(peer, token, deadline).addCallbacks(punched, failed)
-            elif method == LOW_TTL and role == "listener":
-                session.punch = holepunch.TcpPunch(
-                    self.reactor, port, peer, deadline, listen=True, connect=False
-                )
-                session.punch.start().addCallbacks(connected, failed)
-                holepunch.send_low_ttl_syn(self.reactor, port, peer, message["ttl"]).addBoth(armed)
-            elif method == LOW_TTL:
-                assert go is not None
-                go.addCallback(lambda _: connect_only())
-            else:
-                session.punch = holepunch.TcpPunch(
-                    self.reactor, port, peer, deadline, max_connects=max_connects
-                )
-                session.punch.start().addCallbacks(connected, failed)
+        punch.start().addCallback(connected).addCallbacks(verified, failed)
 
-        def punched(address: tuple[str, int]) -> None:
-            session.udp_peer = address
-            report(True, f"two-way UDP with {address[0]}:{address[1]}")
-
-        def armed(what: object) -> None:
+    def _send_low_ttl_syn(self, action: ev.SendLowTtlSyn) -> None:
+        def sent(what: object) -> None:
             self.log.debug("low-TTL SYN: {what}", what=what)
-            if current():
-                self._send({"type": "armed", "session": session.session_id})
+            self._feed(ev.LowTtlSynSent(action.key, action.serial, str(what)))
 
-        def connect_only() -> None:
-            if not current():
+        holepunch.send_low_ttl_syn(
+            self.reactor, action.local_port, action.peer, action.ttl
+        ).addBoth(sent)
+
+    def _start_udp_punch(self, action: ev.StartUdpPunch) -> None:
+        key, serial = action.key, action.serial
+        io = self._io.get((key, serial))
+        if io is None or io.udp is None:
+            self._feed(ev.PunchFailed(key, serial, "the UDP port of the probes is gone"))
+            return
+        token = holepunch.verify_token(action.session_id)
+        io.udp.start_punch(action.peer, token, action.deadline_seconds).addCallbacks(
+            lambda address: self._feed(ev.PunchSucceeded(key, serial, "", address)),
+            lambda failure: self._report_failure(key, serial, failure),
+        )
+
+    def _open_relay(self, action: ev.OpenRelay) -> None:
+        key, serial = action.key, action.serial
+
+        def ready(why: str | None) -> None:
+            if why is None:
+                self._feed(ev.RelayReady(key, serial))
+            else:
+                self._feed(ev.RelayFailed(key, serial, why))
+
+        relay = RelayClientProtocol(action.session_id, action.token, ready)
+        self._attempt_io(key, serial).relay = relay
+        self.mediator.connect(Factory.forProtocol(lambda: relay)).addErrback(
+            lambda failure: relay.connect_failed(f"relay: {failure.getErrorMessage()}")
+        )
+
+    # the end of a session ------------------------------------------------------------
+
+    def _release(self, key: ev.SessionKey) -> None:
+        for held in [k for k in self._io if k[0] == key]:
+            self._io.pop(held).release()
+        for timed in [k for k in self._timers if k[0] == key]:
+            timer = self._timers.pop(timed)
+            if timer.active():
+                timer.cancel()
+
+    def _deliver(self, action: ev.Deliver) -> None:
+        app = self._apps.pop(action.key, None)
+        io = self._io.pop((action.key, action.serial), None) or _AttemptIO()
+        if app is None:
+            io.release()
+            self._release(action.key)
+            return
+        try:
+            setup_seconds = self.reactor.seconds() - action.started_at
+            if action.via is ev.Via.DATAGRAM:
+                user, peer = self._attach_datagram(app, io, action)
+                datagram = DatagramResult(
+                    user, action.method, action.peer_id, peer, setup_seconds, action.reason
+                )
+                self._datagram_delivered(app, datagram)
                 return
-            session.punch = holepunch.TcpPunch(
-                self.reactor,
-                port,
-                peer,
-                deadline,
-                listen=False,
-                connect=True,
-                max_connects=max_connects,
+            if action.via is ev.Via.RELAY:
+                protocol = self._attach_relay(app, io)
+            else:
+                protocol = self._adopt(app, io)
+            stream = TraversalResult(
+                protocol, action.method, action.peer_id, setup_seconds, action.reason
             )
-            session.punch.start().addCallbacks(connected, failed)
+            self._stream_delivered(app, stream)
+        except TraversalError as e:
+            self._report_failed(app, e.reason)
+        finally:
+            io.release()
+            self._release(action.key)
 
-        # The listener's "armed" (and so our "go") can arrive before our own
-        # start time when the two sides got their attempts at different
-        # moments: remember it from now on.
-        go: defer.Deferred[None] | None = None
-        if method == LOW_TTL and role != "listener":
-            go = session.go = defer.Deferred()
-        self.reactor.callLater(message["start_in_seconds"], begin)
-
-    def _relay(self, message: dict[str, Any]) -> None:
-        session = self._sessions.get(message["session"])
-        if session is None:
-            return
-        self._drop_attempt(session)
-        session.method = RELAYED
-        ready: defer.Deferred[None] = defer.Deferred()
-        session.relay_ready = ready
-        protocol = _RelayClientProtocol(session.session_id, message["token"], ready)
-        session.relay = protocol
-        self.mediator.connect(Factory.forProtocol(lambda: protocol)).addErrback(
-            lambda f: (
-                None
-                if ready.called
-                else ready.errback(TraversalError(f"relay: {f.getErrorMessage()}"))
-            )
-        )
-        # An unhandled failure here is reported through the outcome.
-        ready.addErrback(
-            lambda f: self.log.debug("relay join failed: {why}", why=f.getErrorMessage())
-        )
-
-    def _outcome(self, message: dict[str, Any]) -> None:
-        session = self._sessions.pop(message["session"], None)
-        if session is None:
-            return
-        if not message["ok"]:
-            self._fail_session(session, message["reason"])
-            return
-        if message["method"] == UDP_PUNCH:
-            self._deliver_datagram(session, message)
-            return
-        if message["method"] == RELAYED:
-            assert session.relay_ready is not None
-            session.relay_ready.addCallback(lambda _: self._deliver_relayed(session, message))
-            return
-        sock = session.connected
-        session.connected = None
-        if sock is None:
-            self._fail_session(session, "mediator reported success but no local connection exists")
-            return
-        capture = _CapturingFactory(session.factory)
+    def _adopt(self, app: _Application, io: _AttemptIO) -> IProtocol:
+        sock, io.connected = io.connected, None
+        if sock is None or app.factory is None:
+            raise TraversalError("mediator reported success but no local connection exists")
+        capture = _CapturingFactory(app.factory)
         try:
             self.reactor.adoptStreamConnection(sock.fileno(), socket.AF_INET, capture)
         finally:
             sock.close()
         if capture.built is None:
-            self._fail_session(session, "the application factory refused the connection")
-            return
-        self._deliver(session, capture.built, message)
+            raise TraversalError("the application factory refused the connection")
+        return capture.built
 
-    def _deliver_relayed(self, session: _Session, message: dict[str, Any]) -> None:
-        if (
-            session.relay is None
-            or session.relay.transport is None
-            or session.relay.decoder is not None
-        ):
-            self._fail_session(session, "relay connection failed after the mediator set it up")
-            return
-        user = session.factory.buildProtocol(session.relay.transport.getPeer())
+    def _attach_relay(self, app: _Application, io: _AttemptIO) -> IProtocol:
+        relay = io.relay
+        if relay is None or relay.transport is None or not relay.ready or app.factory is None:
+            raise TraversalError("relay connection failed after the mediator set it up")
+        user = app.factory.buildProtocol(relay.transport.getPeer())
         if user is None:
-            session.relay.transport.loseConnection()
-            self._fail_session(session, "the application factory refused the connection")
-            return
-        session.relay.attach(user)
-        self._deliver(session, user, message)
+            raise TraversalError("the application factory refused the connection")
+        io.relay = None
+        relay.attach(user)
+        return user
 
-    def _deliver_datagram(self, session: _Session, message: dict[str, Any]) -> None:
-        udp, peer, user = session.udp, session.udp_peer, session.datagram
+    def _attach_datagram(
+        self, app: _Application, io: _AttemptIO, action: ev.Deliver
+    ) -> tuple[DatagramProtocol, tuple[str, int]]:
+        udp, peer, user = io.udp, action.peer_address, app.datagram
         if udp is None or peer is None or user is None:
-            self._fail_session(session, "mediator reported success but no local UDP path exists")
-            return
-        session.udp = session.udp_port = None
+            raise TraversalError("mediator reported success but no local UDP path exists")
+        # The port now belongs to the application.
+        io.udp = io.udp_port = None
         udp.attach(user, peer)
-        result = DatagramResult(
-            protocol=user,
-            method=message["method"],
-            peer_id=session.peer_id,
-            peer_address=peer,
-            setup_seconds=self.reactor.seconds() - session.started_at,
-            reason=message["reason"],
-        )
-        self.log.info("UDP path to {peer} punched", peer=session.peer_id)
-        if session.datagram_deferred is not None:
-            session.datagram_deferred.callback(result)
-        elif self.on_incoming_datagram is not None:
-            self.on_incoming_datagram(result)
+        return user, peer
 
-    def _deliver(self, session: _Session, protocol: IProtocol, message: dict[str, Any]) -> None:
-        result = TraversalResult(
-            protocol=protocol,
-            method=message["method"],
-            peer_id=session.peer_id,
-            setup_seconds=self.reactor.seconds() - session.started_at,
-            reason=message["reason"],
-        )
-        self.log.info(
-            "connected to {peer} via {method}", peer=session.peer_id, method=result.method
-        )
-        if session.deferred is not None:
-            session.deferred.callback(result)
+    def _stream_delivered(self, app: _Application, result: TraversalResult) -> None:
+        self.log.info("connected to {peer} via {method}", peer=result.peer_id, method=result.method)
+        if app.stream_result is not None:
+            app.stream_result.callback(result)
         elif self.on_incoming is not None:
             self.on_incoming(result)
 
-    def _drop_attempt(self, session: _Session) -> None:
-        session.serial += 1
-        if session.punch is not None:
-            punch, session.punch = session.punch, None
-            punch.result.addErrback(lambda _: None)
-            punch.cancel()
-        if session.connected is not None:
-            session.connected.close()
-            session.connected = None
-        if session.udp_port is not None:
-            port, session.udp_port, session.udp = session.udp_port, None, None
-            port.stopListening()
+    def _datagram_delivered(self, app: _Application, result: DatagramResult) -> None:
+        self.log.info("UDP path to {peer} punched", peer=result.peer_id)
+        if app.datagram_result is not None:
+            app.datagram_result.callback(result)
+        elif self.on_incoming_datagram is not None:
+            self.on_incoming_datagram(result)
 
-    def _fail_session(self, session: _Session, reason: str) -> None:
-        self._drop_attempt(session)
-        if (
-            session.relay is not None
-            and session.relay.transport is not None
-            and session.relay.user is None
-        ):
-            session.relay.transport.loseConnection()
-        if session.deferred is not None and not session.deferred.called:
-            session.deferred.errback(TraversalError(reason))
-        elif session.datagram_deferred is not None and not session.datagram_deferred.called:
-            session.datagram_deferred.errback(TraversalError(reason))
-        elif session.incoming:
+    def _fail(self, key: ev.SessionKey, reason: str) -> None:
+        self._release(key)
+        app = self._apps.pop(key, None)
+        if app is not None:
+            self._report_failed(app, reason)
+
+    def _report_failed(self, app: _Application, reason: str) -> None:
+        waiting = app.stream_result or app.datagram_result
+        if waiting is not None:
+            if not waiting.called:
+                waiting.errback(TraversalError(reason))
+        else:
             self.log.info(
-                "incoming connection from {peer} failed: {reason}",
-                peer=session.peer_id,
-                reason=reason,
+                "incoming connection from {peer} failed: {reason}", peer=app.peer_id, reason=reason
             )
-
-    def _send(self, message: dict[str, Any]) -> None:
-        if self.control is not None:
-            self.control.send(message)
-
-
-class TraversalService(Service):
-    """
-    Keeps a ``TraversalClient`` registered: reconnects with back-off.
-
-    Roles that use the mediator (the peer's overlay links, the client role)
-    run this service; connections made while the mediator is unreachable
-    fail at once with a ``TraversalError`` saying so.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self, client: TraversalClient, retry_seconds: tuple[float, ...] = RETRY_SECONDS
-    ) -> None:
-        self.client = client
-        self.retry_seconds = retry_seconds
-        self._failures = 0
-        self._retry: Any = None
-        self._waiting: list[defer.Deferred[TraversalClient]] = []
-
-    def when_registered(self) -> defer.Deferred[TraversalClient]:
-        """Fires with the client once it is registered (at once if it is now)."""
-        if self.client.online:
-            return defer.succeed(self.client)
-        waiter: defer.Deferred[TraversalClient] = defer.Deferred()
-        self._waiting.append(waiter)
-        return waiter
-
-    def startService(self) -> None:
-        super().startService()
-        self._connect()
-
-    def _connect(self) -> None:
-        self._retry = None
-        self.client.start().addCallbacks(self._online, self._offline)
-
-    def _online(self, client: TraversalClient) -> None:
-        self._failures = 0
-        self.log.info("registered at the mediator as {id}", id=client.client_id)
-        client.closed.addCallback(lambda why: self._offline(None, why))
-        waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            waiter.callback(client)
-
-    def _offline(self, failure: Failure | None, why: str = "") -> None:
-        reason = failure.getErrorMessage() if failure is not None else why
-        if not self.running:
-            return
-        delay = self.retry_seconds[min(self._failures, len(self.retry_seconds) - 1)]
-        self._failures += 1
-        self.log.warn(
-            "not registered at the mediator ({reason}); retrying in {delay}s",
-            reason=reason,
-            delay=delay,
-        )
-        self._retry = self.client.reactor.callLater(delay, self._connect)
-
-    def stopService(self) -> defer.Deferred[None] | None:
-        super().stopService()
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        self._retry = None
-        if self.client.control is None:
-            return None
-        closed = self.client.closed
-        self.client.stop()
-        return closed.addCallback(lambda _: None)
 
 
 @implementer(IStreamClientEndpoint)

@@ -12,9 +12,10 @@ or its relay.  The link records the method in ``path``, which the status
 page shows.
 
 Connections the mediator brings in from other peers become inbound links
-through :meth:`MediatedConnector.accept_incoming` and
-:meth:`MediatedConnector.incoming_made`, the ``accept`` and
-``on_incoming`` callbacks of the ``TraversalClient``.
+through :class:`MediatedIncoming`, whose :meth:`~MediatedIncoming.accept`
+and :meth:`~MediatedIncoming.made` are the ``accept`` and ``on_incoming``
+callbacks of the ``TraversalClient``; it exists before the node does, and
+takes connections once the node's inbound factory is known.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from __future__ import annotations
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResult
 from p2psip.overlay.links import FramedStreamLink, Link, LinkListener
 from p2psip.util.ids import id_hex, id_short
 
@@ -65,9 +67,9 @@ class DirectConnector(TypingProtocol):
 
 
 class Traversal(TypingProtocol):
-    """What the connector needs of ``TraversalService`` and its client."""
+    """What the connector needs of ``TraversalService``."""
 
-    def when_registered(self) -> Deferred[Any]: ...
+    def when_registered(self) -> Deferred[TraversalClient]: ...
 
 
 class _OutboundLinkFactory(Factory):
@@ -78,7 +80,7 @@ class _OutboundLinkFactory(Factory):
         self.clock = clock
         self.max_message_bytes = max_message_bytes
 
-    def buildProtocol(self, addr: Any) -> FramedStreamLink:
+    def buildProtocol(self, addr: IAddress | None) -> FramedStreamLink:
         return FramedStreamLink(self.listener, self.clock, self.max_message_bytes, inbound=False)
 
 
@@ -90,6 +92,8 @@ class MediatedConnector:
         endpoints, which are public by definition).
     :param traversal: the ``TraversalService`` keeping this node registered.
     :param direct_timeout_seconds: the short timeout of the direct attempt.
+    :param incoming: the peers' connections the mediator brings in (the
+        same object the ``TraversalClient`` was given as its policy).
     """
 
     log = Logger()
@@ -102,6 +106,7 @@ class MediatedConnector:
         max_message_bytes: int,
         direct_timeout_seconds: float = DIRECT_CONNECT_TIMEOUT_SECONDS,
         registration_wait_seconds: float = REGISTRATION_WAIT_SECONDS,
+        incoming: MediatedIncoming | None = None,
     ) -> None:
         self.direct = direct
         self.traversal = traversal
@@ -111,8 +116,7 @@ class MediatedConnector:
         self.registration_wait_seconds = registration_wait_seconds
         #: Node-ID -> time until which the direct attempt is skipped.
         self.direct_failed_until: dict[int, float] = {}
-        #: The node's inbound factory, set once the node exists.
-        self.inbound_factory: IProtocolFactory | None = None
+        self.incoming = incoming if incoming is not None else MediatedIncoming()
 
     def connect_endpoint(self, listener: LinkListener, description: str) -> Deferred[Link]:
         return self.direct.connect_endpoint(listener, description)
@@ -171,13 +175,12 @@ class MediatedConnector:
         except Exception as error:
             raise MediatedConnectFailed(
                 f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} ({direct_reason}); "
-                f"mediator: {getattr(error, 'reason', None) or error}"
+                f"mediator: {error.reason if isinstance(error, TraversalError) else error}"
             ) from None
         link = result.protocol
         if not isinstance(link, Link):
-            transport = getattr(link, "transport", None)
-            if transport is not None:
-                transport.loseConnection()
+            if isinstance(link, Protocol) and link.transport is not None:
+                link.transport.loseConnection()
             raise MediatedConnectFailed(
                 f"the mediator's connection to {id_short(peer_id)} carries no link"
             )
@@ -209,9 +212,29 @@ class MediatedConnector:
                 self.direct_failed_until.pop(next(iter(self.direct_failed_until)))
         self.direct_failed_until[peer_id] = now + DIRECT_RETRY_AFTER_SECONDS
 
-    # -- incoming connections (TraversalClient callbacks) ---------------
 
-    def accept_incoming(self, peer_id: str) -> IProtocolFactory | None:
+class MediatedIncoming:
+    """
+    Peers' connections the mediator brings in: the ``accept`` and
+    ``on_incoming`` callbacks of the ``TraversalClient``.
+
+    Refused until :meth:`open` names the node's inbound factory, and again
+    after :meth:`close` (a leaving node takes no new peers' connections).
+    """
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.inbound_factory: IProtocolFactory | None = None
+
+    def open(self, inbound_factory: IProtocolFactory) -> None:
+        """The node is up: its links are built by ``inbound_factory``."""
+        self.inbound_factory = inbound_factory
+
+    def close(self) -> None:
+        self.inbound_factory = None
+
+    def accept(self, peer_id: str) -> IProtocolFactory | None:
         """Accept a mediated connection when the node is up and the ID is a Node-ID."""
         if self.inbound_factory is None:
             return None
@@ -224,11 +247,10 @@ class MediatedConnector:
             return None
         return self.inbound_factory
 
-    def incoming_made(self, result: Any) -> None:
+    def made(self, result: TraversalResult) -> None:
         """Note on the inbound link how the mediator made it."""
-        protocol: IProtocol = result.protocol
-        if isinstance(protocol, Link):
-            protocol.path = result.method
+        if isinstance(result.protocol, Link):
+            result.protocol.path = result.method
         self.log.info(
             "overlay link from {peer} made by the mediator: {method}",
             peer=result.peer_id,
@@ -240,4 +262,5 @@ __all__ = [
     "DIRECT_CONNECT_TIMEOUT_SECONDS",
     "MediatedConnectFailed",
     "MediatedConnector",
+    "MediatedIncoming",
 ]

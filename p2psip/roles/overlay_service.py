@@ -190,7 +190,7 @@ class OverlayService(Service):
             self._save_known_peers()
         if self.mediated is not None:
             # A leaving node takes no new peers' connections.
-            self.mediated.inbound_factory = None
+            self.mediated.incoming.close()
         try:
             yield self.node.leave()
         except Exception:

@@ -26,14 +26,20 @@ from attrs import frozen
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IReactorTime
 from twisted.python import usage
 
-from p2psip.util.reactor import IRoleReactor, as_role_reactor
+from p2psip.util.reactor import (
+    HolePunchReactor,
+    IRoleReactor,
+    as_hole_punch_reactor,
+    as_role_reactor,
+)
 from p2psip.nat.traversal import TraversalClient, TraversalService
 from p2psip.overlay import peer_cache
 from p2psip.overlay.identity import IdentityError, NodeIdentity
 from p2psip.overlay.links import Connector, FramedLinkFactory, StreamConnector
-from p2psip.overlay.mediated import MediatedConnector
+from p2psip.overlay.mediated import MediatedConnector, MediatedIncoming
 from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.overlay.node import OverlayNode
 from p2psip.roles.overlay_api import overlay_api_routes
@@ -121,12 +127,26 @@ def _mediator_status(traversal: TraversalService, config: MediatorClientConfig) 
     }
 
 
-def _traversal(config: MediatorClientConfig, reactor: Any, node_id: int) -> TraversalService:
-    """The mediator client: registered under our Node-ID in hex."""
+def _traversal(
+    config: MediatorClientConfig,
+    reactor: HolePunchReactor,
+    clock: IReactorTime,
+    node_id: int,
+    incoming: MediatedIncoming,
+) -> TraversalService:
+    """
+    The mediator client: registered under our Node-ID in hex, peers' links
+    to ``incoming``; ``clock`` (the same reactor) schedules its reconnects.
+    """
     client = TraversalClient(
-        reactor, clientFromString(reactor, config.endpoint), id_hex(node_id), config.secret
+        reactor,
+        clientFromString(reactor, config.endpoint),
+        id_hex(node_id),
+        config.secret,
+        accept=incoming.accept,
+        on_incoming=incoming.made,
     )
-    return TraversalService(client)
+    return TraversalService(client, clock=clock)
 
 
 def make_ring_role(
@@ -138,13 +158,21 @@ def make_ring_role(
     connector: Connector = stream
     traversal = mediated = None
     if config.mediator is not None:
-        traversal = _traversal(config.mediator, reactor, state.identity.node_id)
+        incoming = MediatedIncoming()
+        traversal = _traversal(
+            config.mediator,
+            as_hole_punch_reactor(reactor),
+            reactor,
+            state.identity.node_id,
+            incoming,
+        )
         mediated = MediatedConnector(
             stream,
             traversal,
             reactor,
             max_bytes,
             direct_timeout_seconds=config.mediator.direct_timeout_seconds,
+            incoming=incoming,
         )
         connector = mediated
     node = OverlayNode(
@@ -156,10 +184,8 @@ def make_ring_role(
         config=config.overlay,
     )
     factory = FramedLinkFactory(node, reactor, max_bytes)
-    if traversal is not None and mediated is not None:
-        mediated.inbound_factory = factory
-        traversal.client.accept = mediated.accept_incoming
-        traversal.client.on_incoming = mediated.incoming_made
+    if mediated is not None:
+        mediated.incoming.open(factory)
     registry = role_registry()
     OverlayMetrics(registry, lambda: node).watch(node)
     role = RingRole(config, node, registry)

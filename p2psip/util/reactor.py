@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol, cast, runtime_checkable
 
+from socket import AddressFamily
+
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -26,6 +28,9 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
     IReactorUDP,
+    IProtocolFactory,
+    IReadDescriptor,
+    IWriteDescriptor,
 )
 from twisted.internet.protocol import DatagramProtocol
 
@@ -64,6 +69,41 @@ class UDPReactor(Protocol):
     ) -> IDelayedCall: ...
 
     def getDelayedCalls(self) -> Sequence[IDelayedCall]: ...
+
+
+@runtime_checkable
+class HolePunchReactor(UDPReactor, Protocol):
+    """
+    What raw-socket hole punching (``p2psip.nat.holepunch``) needs besides
+    UDP and timers: watching its own sockets (IReactorFDSet) and handing a
+    connected one to a protocol (IReactorSocket's ``adoptStreamConnection``).
+    """
+
+    def addReader(self, reader: IReadDescriptor, /) -> None: ...
+
+    def addWriter(self, writer: IWriteDescriptor, /) -> None: ...
+
+    def removeReader(self, reader: IReadDescriptor, /) -> None: ...
+
+    def removeWriter(self, writer: IWriteDescriptor, /) -> None: ...
+
+    def adoptStreamConnection(
+        self, fileDescriptor: int, addressFamily: AddressFamily, factory: IProtocolFactory, /
+    ) -> object: ...
+
+
+def as_hole_punch_reactor(reactor: object) -> HolePunchReactor:
+    """
+    ``reactor`` seen as a :class:`HolePunchReactor`.
+
+    :raises TypeError: when it lacks one of the methods.
+    """
+    if not isinstance(reactor, HolePunchReactor):
+        raise TypeError(
+            f"{reactor!r} cannot punch holes (needs IReactorUDP, IReactorTime, "
+            "IReactorFDSet and IReactorSocket)"
+        )
+    return reactor
 
 
 def as_udp_reactor(reactor: object) -> UDPReactor:

@@ -1,376 +1,351 @@
 """
-Tests for the traversal client against a real mediator on loopback.
+Tests for the Twisted layer of the traversal client, in memory.
 
-Both clients and the mediator run on 127.0.0.1 in this process, so port
-prediction sees "no NAT" and the broker picks the direct method; forcing
-``relayed`` exercises the relay path end to end.  NAT behaviour itself is
-tested in ``tests.natlab``.
+The mediator is a fake endpoint that connects every factory to a
+``StringTransport``; the tests play the broker by writing frames into the
+protocols and reading what the client wrote.  The reactor is a
+``MemoryUDPReactor`` and time a fake clock.  Real sockets and a real
+mediator are in ``tests.integration.test_traversal_loopback``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
-from zope.interface.verify import verifyObject
+from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.nat import mediator, stun_server
-from p2psip.nat.broker import Broker, BrokerPolicy
-from p2psip.nat.control_auth import Secrets
-from p2psip.nat.control_protocol import DIRECT, RELAYED, UDP_PUNCH, FrameDecoder, encode_frame
-from p2psip.nat.traversal import MediatedEndpoint, TraversalClient, TraversalError, TraversalResult
+from p2psip.nat import control_auth, control_protocol
+from p2psip.nat.traversal import (
+    TraversalClient,
+    TraversalError,
+    TraversalResult,
+    TraversalService,
+)
+from p2psip.nat.traversal_relay import RelayClientProtocol
+from p2psip.testing import MemoryUDPReactor
 
-SECRET = b"loopback-secret"
+SECRET = b"memory-secret"
+MEDIATOR = IPv4Address("TCP", "192.0.2.10", 3479)
+LOCAL = IPv4Address("TCP", "10.0.0.2", 40000)
+CHALLENGE = {
+    "type": "challenge",
+    "version": 1,
+    "nonce": "cd" * 16,
+    "stun_tcp_port": 3478,
+    "stun_udp_port": 3478,
+}
+WELCOME = {"type": "welcome", "id": "alice", "observed": ["198.51.100.1", 40312]}
 
 
 class Recorder(Protocol):
-    """Collects bytes and reports when the connection closes."""
-
     def __init__(self) -> None:
         self.data = b""
-        self.got: defer.Deferred[bytes] = defer.Deferred()
-        self.lost: defer.Deferred[None] = defer.Deferred()
-        self.expect = 0
+        self.lost: Failure | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self.data += data
-        if len(self.data) >= self.expect and not self.got.called:
-            self.got.callback(self.data)
 
     def connectionLost(self, reason: Failure) -> None:
-        self.lost.callback(None)
+        self.lost = reason
 
 
-class Echo(Recorder):
-    def dataReceived(self, data: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(data)
+class MemoryMediator:
+    """An IStreamClientEndpoint whose connections are StringTransports."""
+
+    def __init__(self) -> None:
+        self.protocols: list[Any] = []
+        self.refuse = False
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        if self.refuse:
+            return fail(ConnectionRefusedError())
+        protocol = factory.buildProtocol(MEDIATOR)
+        protocol.makeConnection(StringTransport(hostAddress=LOCAL, peerAddress=MEDIATOR))
+        self.protocols.append(protocol)
+        return succeed(protocol)
 
 
-class UdpEcho(DatagramProtocol):
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        assert self.transport is not None
-        self.transport.write(data, addr)
+def send(protocol: Any, *messages: dict[str, Any]) -> None:
+    protocol.dataReceived(b"".join(control_protocol.encode_frame(m) for m in messages))
 
 
-class LoopbackTraversalTests(TestCase):
-    timeout = 30
+def written(protocol: Any) -> list[dict[str, Any]]:
+    """The frames the client wrote on ``protocol``'s connection since the last call."""
+    transport = protocol.transport
+    frames = control_protocol.FrameDecoder().feed(transport.value())
+    transport.clear()
+    return frames
 
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:
-        stun_port = reactor.listenTCP(0, stun_server.StunTcpServerFactory(), interface="127.0.0.1")
-        self.addCleanup(stun_port.stopListening)
-        stun_udp = reactor.listenUDP(0, stun_server.StunUdpServer(), interface="127.0.0.1")
-        self.addCleanup(stun_udp.stopListening)
-        self.policy = BrokerPolicy()
-        self.broker = Broker(
-            reactor,
-            Secrets(shared=SECRET),
-            self.policy,
-            stun_tcp_port=stun_port.getHost().port,
-            stun_udp_port=stun_udp.getHost().port,
-        )
-        self.control = mediator.ControlServerFactory(self.broker, reactor)
-        control_port = reactor.listenTCP(0, self.control, interface="127.0.0.1")
-        self.addCleanup(control_port.stopListening)
-        self.endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", control_port.getHost().port)
+
+class ClientTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryUDPReactor()
+        self.mediator = MemoryMediator()
         self.incoming: list[TraversalResult] = []
-        self.echoes: list[Echo] = []
-
-        def accept(peer: str) -> Any:
-            if peer == "mallory":
-                return None
-            return Factory.forProtocol(self._echo)
-
-        self.incoming_datagrams: list[Any] = []
-        self.bob = yield self.start_client(
-            "bob",
-            accept=accept,
+        self.client = TraversalClient(
+            self.reactor,
+            self.mediator,
+            "alice",
+            SECRET,
             on_incoming=self.incoming.append,
-            accept_datagram=lambda peer: UdpEcho(),
-            on_incoming_datagram=self.incoming_datagrams.append,
+            keepalive_seconds=25,
         )
-        self.alice = yield self.start_client("alice")
 
-    def _echo(self) -> Echo:
-        echo = Echo()
-        self.echoes.append(echo)
-        return echo
+    def register(self) -> Any:
+        started = self.client.start()
+        [control] = self.mediator.protocols
+        send(control, CHALLENGE, WELCOME)
+        self.assertIs(self.successResultOf(started), self.client)
+        written(control)
+        return control
 
-    @defer.inlineCallbacks
-    def start_client(self, client_id: str, secret: bytes = SECRET, **kwargs: Any) -> Any:
-        client = TraversalClient(reactor, self.endpoint, client_id, secret, **kwargs)
-        yield client.start()
-
-        def stop() -> defer.Deferred[str]:
-            client.stop()
-            return client.closed
-
-        self.addCleanup(stop)
-        return client
-
-    @defer.inlineCallbacks
-    def round_trip(self, result: TraversalResult) -> Any:
-        protocol = result.protocol
-        assert isinstance(protocol, Recorder)
-        protocol.expect = 5
-        assert protocol.transport is not None
-        protocol.transport.write(b"hello")
-        data = yield protocol.got
-        protocol.transport.loseConnection()
-        yield protocol.lost
-        for echo in self.echoes:
-            yield echo.lost
-        return data
-
-    @defer.inlineCallbacks
-    def test_direct(self) -> Any:
-        """Without NATs the broker picks the direct method and bytes flow both ways."""
-        result = yield self.alice.connect("bob", Factory.forProtocol(Recorder))
-        self.assertEqual((result.method, result.peer_id), (DIRECT, "bob"))
-        data = yield self.round_trip(result)
-        self.assertEqual(data, b"hello")
-        self.assertEqual([r.method for r in self.incoming], [DIRECT])
-        self.assertEqual(self.broker.status()["successes"], {"direct": 1})
-
-    @defer.inlineCallbacks
-    def test_relayed(self) -> Any:
-        """A forced relay carries the stream through the mediator and counts its bytes."""
-        result = yield self.alice.connect("bob", Factory.forProtocol(Recorder), [RELAYED])
-        self.assertEqual(result.method, RELAYED)
-        data = yield self.round_trip(result)
-        self.assertEqual(data, b"hello")
-        self.assertEqual(self.broker.metrics.relayed_bytes, 10)
-        self.assertEqual(self.broker.relay_counts, {})
-
-    @defer.inlineCallbacks
-    def test_endpoint(self) -> Any:
-        """MediatedEndpoint is an IStreamClientEndpoint that fires with the connected protocol."""
-        endpoint = MediatedEndpoint(self.alice, "bob")
-        verifyObject(IStreamClientEndpoint, endpoint)
-        protocol = yield endpoint.connect(Factory.forProtocol(Recorder))
-        self.assertIsInstance(protocol, Recorder)
-        assert endpoint.last_result is not None
-        data = yield self.round_trip(endpoint.last_result)
-        self.assertEqual(data, b"hello")
-
-    @defer.inlineCallbacks
-    def test_unknown_peer(self) -> Any:
-        """An unregistered peer fails at once with a reason."""
-        error = yield self.assertFailure(
-            self.alice.connect("nobody", Factory.forProtocol(Recorder)), TraversalError
+    def test_registers(self) -> None:
+        """The client answers the challenge and is registered once welcomed."""
+        started = self.client.start()
+        [control] = self.mediator.protocols
+        send(control, CHALLENGE)
+        [hello] = written(control)
+        self.assertEqual(
+            hello["mac"], control_auth.compute_mac(SECRET, CHALLENGE["nonce"], "alice")
         )
-        self.assertIn("not registered", error.reason)
-
-    @defer.inlineCallbacks
-    def test_refused(self) -> Any:
-        """The responder's policy can refuse a peer; the initiator learns who refused."""
-        mallory = yield self.start_client("mallory")
-        error = yield self.assertFailure(
-            mallory.connect("bob", Factory.forProtocol(Recorder)), TraversalError
+        self.assertNoResult(started)
+        send(control, WELCOME)
+        self.successResultOf(started)
+        self.assertEqual(
+            (self.client.online, self.client.observed), (True, ("198.51.100.1", 40312))
         )
-        self.assertIn("bob refused", error.reason)
 
-    @defer.inlineCallbacks
-    def test_wrong_secret(self) -> Any:
-        """A client with the wrong secret is refused with a reason naming the option."""
-        client = TraversalClient(reactor, self.endpoint, "eve", b"guess")
-        error = yield self.assertFailure(client.start(), TraversalError)
-        self.assertIn("--secret", error.reason)
-        yield client.closed
+    def test_refused_closes_and_fails(self) -> None:
+        """A refused hello fails start() with the reason and drops the connection."""
+        started = self.client.start()
+        [control] = self.mediator.protocols
+        send(
+            control, CHALLENGE, {"type": "error", "code": "auth-failed", "reason": "check --secret"}
+        )
+        error = self.failureResultOf(started, TraversalError).value
+        self.assertEqual(error.reason, "mediator refused us: check --secret (auth-failed)")
+        self.assertTrue(control.transport.disconnecting)
 
-    @defer.inlineCallbacks
-    def test_service_reregisters(self) -> Any:
-        """TraversalService registers again after the mediator dropped the client."""
-        from p2psip.nat.traversal import TraversalService
+    def test_unreachable(self) -> None:
+        """An unreachable mediator fails start() naming --mediator."""
+        self.mediator.refuse = True
+        error = self.failureResultOf(self.client.start(), TraversalError).value
+        self.assertIn("check --mediator", error.reason)
 
-        carol = TraversalClient(reactor, self.endpoint, "carol", SECRET)
-        service = TraversalService(carol, retry_seconds=(0.01,))
-        service.startService()
-        self.addCleanup(service.stopService)
-        yield service.when_registered()
-        first_link = self.broker.clients["carol"]
-        dropped = carol.closed
-        first_link.close()
-        yield dropped
-        yield service.when_registered()
-        self.assertIsNot(self.broker.clients["carol"], first_link)
+    def test_garbage_closes_the_link(self) -> None:
+        """Garbage from the mediator closes the control connection instead of raising."""
+        control = self.register()
+        control.dataReceived(b"\xff\xff" + b"x" * 100)
+        self.assertTrue(control.transport.disconnecting)
 
-    @defer.inlineCallbacks
-    def test_udp_punch(self) -> Any:
-        """A UDP path punched through the broker carries datagrams both ways."""
-        got: defer.Deferred[bytes] = defer.Deferred()
+    def test_protocol_violation_closes_the_link(self) -> None:
+        """A second challenge (or any message out of order) closes the control connection."""
+        control = self.register()
+        send(control, CHALLENGE)
+        self.assertTrue(control.transport.disconnecting)
 
-        class Client(DatagramProtocol):
-            def datagramReceived(self, data: bytes, addr: Any) -> None:
-                got.callback(data)
+    def test_incoming_refused_without_policy(self) -> None:
+        """A client that accepts nothing refuses every incoming request."""
+        control = self.register()
+        send(
+            control, {"type": "probe", "session": "s", "peer": "mallory", "kind": "tcp", "ref": -1}
+        )
+        self.assertEqual(
+            written(control),
+            [{"type": "refuse", "session": "s", "reason": "not accepting connections"}],
+        )
 
-        result = yield self.alice.connect_datagram("bob", Client())
-        self.assertEqual(result.method, UDP_PUNCH)
-        assert result.protocol.transport is not None
-        result.protocol.transport.write(b"hello", result.peer_address)
-        data = yield got
-        self.assertEqual(data, b"hello")
-        yield result.protocol.transport.stopListening()
-        [incoming] = self.incoming_datagrams
-        yield incoming.protocol.transport.stopListening()
+    def test_keepalive_until_lost(self) -> None:
+        """A registered client pings on the clock and stops when the connection is lost."""
+        control = self.register()
+        self.reactor.advance(25)
+        self.reactor.advance(25)
+        self.assertEqual(written(control), [{"type": "ping"}, {"type": "ping"}])
+        control.connectionLost(Failure(Exception("gone")))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(self.successResultOf(self.client.closed), "gone")
+        self.assertFalse(self.client.online)
+
+    def test_connect_before_start(self) -> None:
+        """connect() before registration fails at once."""
+        error = self.failureResultOf(self.client.connect("bob", Factory()), TraversalError).value
+        self.assertIn("call start() first", error.reason)
+
+    def test_lost_fails_connects(self) -> None:
+        """A connect in progress fails when the control connection goes."""
+        control = self.register()
+        d = self.client.connect("bob", Factory.forProtocol(Recorder))
+        self.assertEqual(
+            written(control),
+            [{"type": "connect", "ref": 1, "to": "bob", "kind": "tcp", "methods": []}],
+        )
+        control.connectionLost(Failure(Exception("reset")))
+        error = self.failureResultOf(d, TraversalError).value
+        self.assertEqual(error.reason, "lost the control connection to the mediator")
+
+    def test_relayed(self) -> None:
+        """A relayed connection: probes, the relay-join connection, then the peer's bytes."""
+
+        async def probes(server: tuple[str, int], count: int) -> list[tuple[int, str, int]]:
+            self.assertEqual((server, count), (("192.0.2.10", 3478), 4))
+            return [(40001, "198.51.100.1", 40001)]
+
+        self.patch(self.client, "_tcp_probes", probes)
+        control = self.register()
+        d = self.client.connect("bob", Factory.forProtocol(Recorder), [control_protocol.RELAYED])
+        send(control, {"type": "probe", "session": "s1", "peer": "bob", "kind": "tcp", "ref": 1})
+        self.assertEqual([m["type"] for m in written(control)], ["connect", "probed"])
+        send(control, {"type": "relay", "session": "s1", "token": "t0k", "reason": "no luck"})
+        relay = self.mediator.protocols[-1]
+        self.assertIsInstance(relay, RelayClientProtocol)
+        send(relay, CHALLENGE)
+        self.assertEqual(
+            written(relay),
+            [{"type": "relay-join", "version": 1, "session": "s1", "token": "t0k"}],
+        )
+        relay.dataReceived(
+            control_protocol.encode_frame({"type": "relay-ready", "session": "s1"}) + b"early"
+        )
+        send(
+            control,
+            {
+                "type": "outcome",
+                "session": "s1",
+                "ok": True,
+                "method": "relayed",
+                "reason": "no luck",
+            },
+        )
+        result = self.successResultOf(d)
+        self.assertEqual(
+            (result.method, result.peer_id, result.reason), ("relayed", "bob", "no luck")
+        )
+        assert isinstance(result.protocol, Recorder)
+        relay.dataReceived(b" and late")
+        self.assertEqual(result.protocol.data, b"early and late")
+
+    def test_relay_broken_before_success(self) -> None:
+        """A relay connection that closed before relay-ready fails the session on success."""
+
+        async def probes(server: tuple[str, int], count: int) -> list[tuple[int, str, int]]:
+            return [(40001, "198.51.100.1", 40001)]
+
+        self.patch(self.client, "_tcp_probes", probes)
+        control = self.register()
+        d = self.client.connect("bob", Factory.forProtocol(Recorder))
+        send(control, {"type": "probe", "session": "s1", "peer": "bob", "kind": "tcp", "ref": 1})
+        send(control, {"type": "relay", "session": "s1", "token": "t", "reason": ""})
+        self.mediator.protocols[-1].connectionLost(Failure(Exception("closed")))
+        send(
+            control,
+            {"type": "outcome", "session": "s1", "ok": True, "method": "relayed", "reason": ""},
+        )
+        error = self.failureResultOf(d, TraversalError).value
+        self.assertEqual(error.reason, "relay connection failed after the mediator set it up")
 
 
-class RelayClientProtocolTests(TestCase):
+class RelayClientProtocolTests(SynchronousTestCase):
     def test_bytes_in_the_ready_segment(self) -> None:
         """Relayed bytes that arrive in the same segment as relay-ready reach the application."""
-        from twisted.internet.testing import StringTransport
-
-        from p2psip.nat.traversal import _RelayClientProtocol
-
-        ready: defer.Deferred[None] = defer.Deferred()
-        relay = _RelayClientProtocol("s", "t", ready)
+        reports: list[str | None] = []
+        relay = RelayClientProtocol("s", "t", reports.append)
         relay.makeConnection(StringTransport())
         relay.dataReceived(
-            encode_frame({"type": "relay-ready", "session": "s"}) + b"p2psip-nat-ping\n"
+            control_protocol.encode_frame({"type": "relay-ready", "session": "s"})
+            + b"p2psip-nat-ping\n"
         )
-        self.successResultOf(ready)
+        self.assertEqual(reports, [None])
         user = Recorder()
         relay.attach(user)
         relay.dataReceived(b"more")
         self.assertEqual(user.data, b"p2psip-nat-ping\nmore")
 
-
-class HostileMediatorTests(TestCase):
-    """What a broken or hostile mediator can do to a client."""
-
-    def client_with_transport(self) -> tuple[TraversalClient, Any, Any]:
-        from twisted.internet.testing import StringTransport
-
-        from p2psip.nat.traversal import _ControlClientProtocol
-
-        client = TraversalClient(reactor, None, "alice", SECRET)  # type: ignore[arg-type]
-        protocol = _ControlClientProtocol(client)
+    def test_refused(self) -> None:
+        """A relay-join the mediator refuses is reported once, with its reason."""
+        reports: list[str | None] = []
+        relay = RelayClientProtocol("s", "t", reports.append)
         transport = StringTransport()
-        protocol.makeConnection(transport)
-        client.control = protocol
-        return client, protocol, transport
-
-    def test_garbage_closes_the_link(self) -> None:
-        """Garbage from the mediator closes the control connection instead of raising."""
-        client, protocol, transport = self.client_with_transport()
-        protocol.dataReceived(b"\xff\xff" + b"x" * 100)
+        relay.makeConnection(transport)
+        send(relay, {"type": "error", "code": "relay-refused", "reason": "bad token"})
+        relay.connectionLost(Failure(Exception("closed")))
+        self.assertEqual(reports, ["relay refused: bad token"])
         self.assertTrue(transport.disconnecting)
 
-    def test_unknown_ref_and_session_ignored(self) -> None:
-        """Messages about sessions the client never had are ignored."""
-        client, protocol, transport = self.client_with_transport()
-        client.online = True
-        for message in (
-            {"type": "outcome", "session": "nope", "ok": True, "method": "direct", "reason": ""},
-            {"type": "go", "session": "nope"},
-            {"type": "relay", "session": "nope", "token": "t", "reason": ""},
-            {"type": "probe", "session": "s", "peer": "bob", "kind": "tcp", "ref": 99},
-        ):
-            protocol.dataReceived(encode_frame(message))
-        self.assertFalse(transport.disconnecting)
 
-    def test_incoming_refused_without_policy(self) -> None:
-        """A client that accepts nothing refuses every incoming request."""
-        client, protocol, transport = self.client_with_transport()
-        protocol.dataReceived(
-            encode_frame(
-                {"type": "probe", "session": "s", "peer": "mallory", "kind": "tcp", "ref": -1}
-            )
-        )
-        [refusal] = FrameDecoder().feed(transport.value())
-        self.assertEqual((refusal["type"], refusal["session"]), ("refuse", "s"))
+class TraversalServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.reactor = MemoryUDPReactor()
+        self.mediator = MemoryMediator()
+        self.client = TraversalClient(self.reactor, self.mediator, "alice", SECRET)
+        self.service = TraversalService(self.client, self.clock, retry_seconds=(1.0, 2.0))
 
-
-class KeepaliveTests(TestCase):
-    def test_ping_every_interval_until_lost(self) -> None:
-        """A registered client pings on the clock and stops when the connection is lost."""
-        from twisted.internet.task import Clock
-        from twisted.internet.testing import StringTransport
-
-        from p2psip.nat.traversal import _ControlClientProtocol
-
-        clock = Clock()
-        client = TraversalClient(clock, None, "alice", SECRET, keepalive_seconds=25)  # type: ignore[arg-type]
-        protocol = _ControlClientProtocol(client)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        client.control = protocol
-        protocol.dataReceived(
-            encode_frame({"type": "welcome", "id": "alice", "observed": ["192.0.2.1", 1]})
-        )
-        clock.advance(25)
-        clock.advance(25)
-        self.assertEqual(
-            [m["type"] for m in FrameDecoder().feed(transport.value())], ["ping", "ping"]
-        )
-        protocol.connectionLost(Failure(Exception("gone")))
-        self.assertEqual(clock.getDelayedCalls(), [])
-        self.assertEqual(self.successResultOf(client.closed), "gone")
-
-
-class TraversalServiceTests(TestCase):
     def test_retries_with_backoff_and_stops_cleanly(self) -> None:
         """An unreachable mediator is retried on the clock with growing delays; stopping cancels the retry."""
-        from twisted.internet.error import ConnectionRefusedError
-        from twisted.internet.task import Clock
-
-        from p2psip.nat.traversal import TraversalService
-
         attempts: list[float] = []
-        clock = Clock()
 
         class Refusing:
-            def connect(self, factory: Any) -> defer.Deferred[Any]:
-                attempts.append(clock.seconds())
-                return defer.fail(ConnectionRefusedError())
+            def connect(inner, factory: Any) -> Deferred[Any]:
+                attempts.append(self.clock.seconds())
+                return fail(ConnectionRefusedError())
 
-        client = TraversalClient(clock, Refusing(), "alice", SECRET)  # type: ignore[arg-type]
-        service = TraversalService(client, retry_seconds=(1.0, 2.0))
-        service.startService()
-        clock.advance(1)
-        clock.advance(2)
-        clock.advance(2)
+        self.client.mediator = Refusing()
+        self.service.startService()
+        for seconds in (1, 2, 2):
+            self.clock.advance(seconds)
         self.assertEqual(attempts, [0.0, 1.0, 3.0, 5.0])
-        self.assertIsNone(service.stopService())
-        self.assertEqual(clock.getDelayedCalls(), [])
+        self.successResultOf(self.service.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_reregisters_after_a_drop(self) -> None:
+        """A registered client whose connection drops registers again after the first delay."""
+        self.service.startService()
+        waiting = self.service.when_registered()
+        self.assertNoResult(waiting)
+        send(self.mediator.protocols[0], CHALLENGE, WELCOME)
+        self.assertIs(self.successResultOf(waiting), self.client)
+        self.assertIs(self.successResultOf(self.service.when_registered()), self.client)
+        self.mediator.protocols[0].connectionLost(Failure(Exception("reset")))
+        self.assertFalse(self.service.registered)
+        waiting = self.service.when_registered()
+        self.clock.advance(1)
+        send(self.mediator.protocols[1], CHALLENGE, WELCOME)
+        self.successResultOf(waiting)
+        stopped = self.service.stopService()
+        self.assertTrue(self.mediator.protocols[1].transport.disconnecting)
+        self.mediator.protocols[1].connectionLost(Failure(Exception("closed")))
+        self.successResultOf(stopped)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
 
-class LowTtlOrderingTests(TestCase):
-    def test_go_before_own_start(self) -> None:
-        """A connector told to go before its own start time still connects once that time comes."""
-        from twisted.internet.testing import MemoryReactorClock, StringTransport
+    def test_refused_hello_backs_off(self) -> None:
+        """A refused hello counts as a failed attempt: the delays grow."""
+        self.service.startService()
+        for number, seconds in enumerate((1.0, 2.0, 2.0)):
+            protocol = self.mediator.protocols[number]
+            send(protocol, CHALLENGE, {"type": "error", "code": "auth-failed", "reason": "no"})
+            protocol.connectionLost(Failure(Exception("closed")))
+            self.assertEqual(
+                [c.getTime() - self.clock.seconds() for c in self.clock.getDelayedCalls()],
+                [seconds],
+            )
+            self.clock.advance(seconds)
+        self.assertEqual(len(self.mediator.protocols), 4)
+        self.successResultOf(self.service.stopService())
 
-        from p2psip.nat.traversal import _ControlClientProtocol, _Session
-
-        clock = MemoryReactorClock()
-        client = TraversalClient(clock, None, "bob", SECRET)  # type: ignore[arg-type]
-        protocol = _ControlClientProtocol(client)
-        protocol.makeConnection(StringTransport())
-        client.control = protocol
-        session = _Session(
-            "alice", Factory.forProtocol(Recorder), 0.0, incoming=True, session_id="s"
-        )
-        client._sessions["s"] = session
-        attempt = {
-            "type": "attempt",
-            "session": "s",
-            "method": "low-ttl",
-            "role": "connector",
-            "peer_endpoint": ["127.0.0.1", 9],
-            "hole_port": 0,
-            "start_in_seconds": 0.1,
-            "deadline_seconds": 1.0,
-            "ttl": 2,
-        }
-        protocol.dataReceived(encode_frame(attempt) + encode_frame({"type": "go", "session": "s"}))
-        self.assertIsNone(session.punch)
-        clock.advance(0.1)
-        self.assertIsNotNone(session.punch)
-        client._drop_attempt(session)
-        self.assertEqual(clock.writers, set())
+    def test_stop_while_registering(self) -> None:
+        """Stopping before welcome abandons the registration and closes the connection."""
+        self.service.startService()
+        waiting = self.service.when_registered()
+        stopped = self.service.stopService()
+        self.assertTrue(self.mediator.protocols[0].transport.disconnecting)
+        self.successResultOf(stopped)
+        self.assertNoResult(waiting)
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -233,20 +233,22 @@ class MediatedConnectorTests(SynchronousTestCase):
 
     def test_incoming_before_node_is_refused(self) -> None:
         """Mediated connections are refused until the node's inbound factory is known."""
-        self.assertIsNone(self.connector.accept_incoming(id_hex(PEER)))
+        self.assertIsNone(self.connector.incoming.accept(id_hex(PEER)))
 
     def test_incoming_needs_a_node_id(self) -> None:
         """Only IDs that look like Node-IDs get the node's inbound factory."""
         factory = FramedLinkFactory(self.listener, self.clock, 65536)
-        self.connector.inbound_factory = factory
-        self.assertIs(self.connector.accept_incoming(id_hex(PEER)), factory)
+        self.connector.incoming.open(factory)
+        self.assertIs(self.connector.incoming.accept(id_hex(PEER)), factory)
         for bad in ("alice", "zz" * 16, "0" * 31, ""):
-            self.assertIsNone(self.connector.accept_incoming(bad), bad)
+            self.assertIsNone(self.connector.incoming.accept(bad), bad)
+        self.connector.incoming.close()
+        self.assertIsNone(self.connector.incoming.accept(id_hex(PEER)))
 
     def test_incoming_link_names_method(self) -> None:
         """An inbound link the mediator made says how (relayed) in its status summary."""
         link = FramedLinkFactory(self.listener, self.clock, 65536).buildProtocol(None)
-        self.connector.incoming_made(
+        self.connector.incoming.made(
             TraversalResult(
                 protocol=link, method="relayed", peer_id=id_hex(PEER), setup_seconds=0.2
             )

@@ -100,3 +100,45 @@ class MediatorOptionTests(SynchronousTestCase):
         assert options.config.mediator is not None
         self.assertEqual(options.config.mediator.secret, b"s")
         self.assertEqual(options.config.mediator.endpoint, "tcp:198.51.100.10:3479")
+
+
+class MediatorWiringTests(SynchronousTestCase):
+    def test_role_wires_the_mediator_client(self) -> None:
+        """The built role's mediator client takes peers' links for the node and reports its status."""
+        from p2psip.overlay.identity import NodeIdentity
+        from p2psip.roles.super_node import RingState, make_ring_role
+        from p2psip.testing import MemoryUDPReactor
+        from p2psip.util.ids import id_hex
+
+        options = peer.Options()
+        options.parseOptions(
+            [
+                *BOOTSTRAP,
+                "--data-dir",
+                self.mktemp(),
+                "--mediator",
+                "tcp:198.51.100.10:3479",
+                "--mediator-secret",
+                "s",
+            ]
+        )
+        identity = NodeIdentity.from_secret(7)
+        role = make_ring_role(
+            options.config, MemoryUDPReactor(), RingState(identity), freeze_gc=False
+        )
+        assert role.traversal is not None and role.overlay is not None
+        client = role.traversal.client
+        mediated = role.overlay.mediated
+        assert mediated is not None
+        self.assertEqual(client.accept, mediated.incoming.accept)
+        self.assertEqual(client.on_incoming, mediated.incoming.made)
+        self.assertIsNotNone(mediated.incoming.accept("ab" * 16))
+        self.assertEqual(
+            role.status()["mediator"],
+            {
+                "endpoint": "tcp:198.51.100.10:3479",
+                "registered": False,
+                "id": id_hex(identity.node_id),
+                "observed": None,
+            },
+        )
