@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IListeningPort, IReactorUDP
+from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUDP
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
@@ -207,7 +207,10 @@ class MemoryNetwork:
     """
 
     def __init__(
-        self, clock: Any, latency_seconds: float = 0.001, connect_timeout_seconds: float = 10.0
+        self,
+        clock: IReactorTime,
+        latency_seconds: float = 0.001,
+        connect_timeout_seconds: float = 10.0,
     ) -> None:
         self.clock = clock
         self.latency_seconds = latency_seconds

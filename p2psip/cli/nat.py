@@ -27,6 +27,7 @@ from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, conne
 from twisted.python.failure import Failure
 
 from p2psip.cli import Subcommands
+from p2psip.util.reactor import as_hole_punch_reactor
 from p2psip.nat import control_protocol, holepunch, port_allocation
 from p2psip.nat.traversal import (
     DatagramResult,
@@ -36,7 +37,7 @@ from p2psip.nat.traversal import (
     TraversalError,
     TraversalResult,
 )
-from p2psip.util.reactor import as_hole_punch_reactor, as_udp_reactor
+from p2psip.util.reactor import as_udp_reactor
 
 PING = b"p2psip-nat-ping\n"
 
@@ -437,7 +438,9 @@ def run_probe(args: argparse.Namespace) -> int:
         host, local_ip, stun_port, stun_udp_port = await _read_challenge(reactor, args)
         observations = []
         for _ in range(args.probes):
-            observation = await holepunch.stun_tcp_probe(reactor, (host, stun_port))
+            observation = await holepunch.stun_tcp_probe(
+                as_hole_punch_reactor(reactor), (host, stun_port)
+            )
             observations.append(observation)
         nat = port_allocation.classify_observations(local_ip, observations)
         mapped = observations[-1]

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import attrs
 from prometheus_client import CollectorRegistry
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from p2psip.nat.broker_metrics import BrokerCollector, Metrics
@@ -123,7 +124,7 @@ class Broker:
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         secrets: SecretStore,
         policy: BrokerPolicy | None = None,
         stun_tcp_port: int = 3478,

@@ -24,11 +24,14 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReadDescriptor, IWriteDescriptor
+from zope.interface import implementer
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat import stun
+from p2psip.util.reactor import HolePunchReactor, Timers
 
 #: Linux errors that mean "no connection this time, try again".
 RETRYABLE_ERRORS = {
@@ -73,6 +76,7 @@ def bound_socket(
     return sock
 
 
+@implementer(IReadDescriptor, IWriteDescriptor)
 class _Descriptor:
     """A socket the reactor watches; calls back on readiness."""
 
@@ -113,11 +117,11 @@ class _Descriptor:
 class _Watcher:
     """Keeps track of the sockets and timers of one operation so all can be dropped."""
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: HolePunchReactor) -> None:
         self.reactor = reactor
         self.readers: list[_Descriptor] = []
         self.writers: list[_Descriptor] = []
-        self.calls: list[Any] = []
+        self.calls: list[IDelayedCall] = []
 
     def read(self, sock: socket.socket, callback: Callable[[], None]) -> _Descriptor:
         d = _Descriptor(sock, callback, None)
@@ -139,7 +143,7 @@ class _Watcher:
             self.writers.remove(d)
             self.reactor.removeWriter(d)
 
-    def later(self, seconds: float, f: Callable[[], None]) -> Any:
+    def later(self, seconds: float, f: Callable[[], None]) -> IDelayedCall:
         call = self.reactor.callLater(seconds, f)
         self.calls.append(call)
         return call
@@ -161,7 +165,7 @@ class _Watcher:
 
 
 def stun_tcp_probe(
-    reactor: Any,
+    reactor: HolePunchReactor,
     server: tuple[str, int],
     local_port: int = 0,
     timeout_seconds: float = PROBE_TIMEOUT_SECONDS,
@@ -269,7 +273,7 @@ class TcpPunch:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: HolePunchReactor,
         local_port: int,
         peer: tuple[str, int],
         deadline_seconds: float,
@@ -411,7 +415,10 @@ def verify_token(session_id: str) -> bytes:
 
 
 def verify_stream(
-    reactor: Any, sock: socket.socket, token: bytes, timeout_seconds: float = VERIFY_TIMEOUT_SECONDS
+    reactor: HolePunchReactor,
+    sock: socket.socket,
+    token: bytes,
+    timeout_seconds: float = VERIFY_TIMEOUT_SECONDS,
 ) -> defer.Deferred[socket.socket]:
     """
     Send ``token`` and wait for the peer's copy of it on a fresh connection.
@@ -476,7 +483,11 @@ def verify_stream(
 
 
 def send_low_ttl_syn(
-    reactor: Any, local_port: int, peer: tuple[str, int], ttl: int, wait_seconds: float = 0.5
+    reactor: HolePunchReactor,
+    local_port: int,
+    peer: tuple[str, int],
+    ttl: int,
+    wait_seconds: float = 0.5,
 ) -> defer.Deferred[str]:
     """
     Send one SYN from ``local_port`` with a small IP TTL and drop the socket.
@@ -541,7 +552,7 @@ class UdpPunchProtocol(DatagramProtocol):
     log = Logger()
     noisy = False
 
-    def __init__(self, clock: Any) -> None:
+    def __init__(self, clock: Timers) -> None:
         self.clock = clock
         self._stun: dict[bytes, defer.Deferred[tuple[str, int]]] = {}
         self._token = b""

@@ -238,7 +238,11 @@ class ConnectionRateLimit:
     """
 
     def __init__(
-        self, clock: Any, limit: int, window_seconds: float = 60.0, max_addresses: int = 100_000
+        self,
+        clock: IReactorTime,
+        limit: int,
+        window_seconds: float = 60.0,
+        max_addresses: int = 100_000,
     ) -> None:
         self.clock = clock
         self.limit = limit

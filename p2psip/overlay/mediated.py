@@ -20,6 +20,8 @@ takes connections once the node's inbound factory is known.
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -131,13 +133,15 @@ class MediatedConnector:
         return result
 
     @inlineCallbacks
-    def _connect(self, listener: LinkListener, host: str, port: int, peer_id: int) -> Any:
+    def _connect(
+        self, listener: LinkListener, host: str, port: int, peer_id: int
+    ) -> Generator[Deferred[Any], Any, Link]:
         direct_reason = "not tried: it failed recently"
         if self.clock.seconds() >= self.direct_failed_until.get(peer_id, 0.0):
             attempt = self.direct.connect(listener, host, port, peer_id=peer_id)
             attempt.addTimeout(self.direct_timeout_seconds, self.clock)
             try:
-                link = yield attempt
+                direct_link: Link = yield attempt
             except Exception as error:
                 direct_reason = _reason(error)
                 self._skip_direct(peer_id)
@@ -149,7 +153,7 @@ class MediatedConnector:
                 )
             else:
                 self.direct_failed_until.pop(peer_id, None)
-                return link
+                return direct_link
         # The peer may have reached us meanwhile (both ends often want the
         # link at once); a second mediated session would only duplicate it,
         # and relayed ones cost the mediator's relay capacity.

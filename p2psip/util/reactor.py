@@ -48,6 +48,16 @@ class UDPPort(Protocol):
     def stopListening(self) -> Deferred[None] | None: ...
 
 
+class Timers(Protocol):
+    """The clock half of IReactorTime, for code that is handed either a reactor or a clock."""
+
+    def seconds(self) -> float: ...
+
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kwargs: object
+    ) -> IDelayedCall: ...
+
+
 @runtime_checkable
 class UDPReactor(Protocol):
     """
