@@ -45,14 +45,12 @@ from p2psip.nat import control_protocol, holepunch
 from p2psip.nat import traversal_events as ev
 from p2psip.nat import traversal_session as ts
 from p2psip.nat.traversal_relay import RelayClientProtocol
-from p2psip.nat.traversal_service import RETRY_SECONDS, TraversalService
 from p2psip.nat.traversal_session import KEEPALIVE_SECONDS, PROBES_PER_ATTEMPT
 from p2psip.util.reactor import HolePunchReactor, UDPPort
 
 __all__ = [
     "KEEPALIVE_SECONDS",
     "PROBES_PER_ATTEMPT",
-    "RETRY_SECONDS",
     "DatagramResult",
     "IncomingDatagramPolicy",
     "IncomingPolicy",
@@ -60,7 +58,6 @@ __all__ = [
     "TraversalClient",
     "TraversalError",
     "TraversalResult",
-    "TraversalService",
 ]
 
 

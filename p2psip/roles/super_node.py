@@ -35,7 +35,8 @@ from p2psip.util.reactor import (
     as_hole_punch_reactor,
     as_role_reactor,
 )
-from p2psip.nat.traversal import TraversalClient, TraversalService
+from p2psip.nat.traversal import TraversalClient
+from p2psip.nat.traversal_service import TraversalService
 from p2psip.overlay import peer_cache
 from p2psip.overlay.identity import IdentityError, NodeIdentity
 from p2psip.overlay.links import Connector, FramedLinkFactory, StreamConnector

@@ -186,7 +186,7 @@ class LoopbackTraversalTests(TestCase):
     @defer.inlineCallbacks
     def test_service_reregisters(self) -> Any:
         """TraversalService registers again after the mediator dropped the client."""
-        from p2psip.nat.traversal import TraversalService
+        from p2psip.nat.traversal_service import TraversalService
 
         carol = TraversalClient(reactor, self.endpoint, "carol", SECRET)
         service = TraversalService(carol, reactor, retry_seconds=(0.01,))

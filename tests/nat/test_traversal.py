@@ -22,13 +22,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.nat import control_auth, control_protocol
-from p2psip.nat.traversal import (
-    TraversalClient,
-    TraversalError,
-    TraversalResult,
-    TraversalService,
-)
+from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResult
 from p2psip.nat.traversal_relay import RelayClientProtocol
+from p2psip.nat.traversal_service import TraversalService
 from p2psip.testing import MemoryUDPReactor
 
 SECRET = b"memory-secret"
