@@ -1,5 +1,5 @@
 """
-Imports point one way (see the style guide's layout section).
+Imports point one way (the layers of docs/architecture.md).
 
 The overlay knows nothing of SIP or of the usages built on it; the SIP
 layer reaches the ring only through ``p2psip.interfaces`` and the usage
