@@ -97,16 +97,20 @@ class StorageService:
 
     def _on_store(self, link: Link, message: Message, signer: int) -> Reply | Deferred[Reply]:
         request = bodies.StoreReq.decode(message.body, self.config.limits, self.data_models)
-        now = self.clock.seconds()
-        responses = []
         try:
-            for kind_data in request.kind_data:
-                stored = self.store.store(
-                    request.resource, kind_data, now, replica_number=request.replica_number
-                )
-                responses.append((stored.kind, stored.generation_counter))
+            # One StoreReq is stored whole or not at all (RFC 6940 s7.4.1.1),
+            # and an original store is also checked against its sender's
+            # Node-ID, the signer of the request (s7.3).
+            stored = self.store.store_request(
+                request.resource,
+                request.kind_data,
+                self.clock.seconds(),
+                replica_number=request.replica_number,
+                request_signer=signer,
+            )
         except StoreError as error:
             raise RequestRefused(error.error_code, error.reason) from error
+        responses = [(response.kind, response.generation_counter) for response in stored]
 
         def answer(replicas: Iterable[int]) -> Reply:
             kinds = tuple(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.overlay.errors import RequestFailed
-from p2psip.overlay.kinds import DATA
-from p2psip.overlay.message import ErrorCode, MessageCode
+from p2psip.overlay import bodies
+from p2psip.overlay.bodies import DataValue, DictionaryEntry
+from p2psip.overlay.kinds import DATA, SIP_REGISTRATION
+from p2psip.overlay.message import Destination, ErrorCode, MessageCode
 from p2psip.overlay.storage_service import HAND_OVER_REPLICA_NUMBER
 from p2psip.util.ids import resource_id
 from tests.overlay.ringsim import RingSimulation
@@ -74,6 +76,37 @@ class StorageServiceTests(SynchronousTestCase):
         [failure] = self.sim.wait(far.put("huge", too_big).addErrback(lambda f: [f]))
         self.assertIsInstance(failure.value, RequestFailed)
         self.assertEqual(failure.value.error_code, ErrorCode.DATA_TOO_LARGE)
+
+    def test_store_request_is_all_or_nothing(self) -> None:
+        """A StoreReq whose second Kind is refused stores nothing of its first (s7.4.1.1)."""
+        owner = self.node_for("atomic")
+        writer = next(node for node in self.sim.live() if node is not owner)
+        resource = resource_id("atomic")
+        service = writer.storage
+        fine = bodies.StoreKindData(
+            DATA.kind_id,
+            0,
+            (service._stored_data(resource, DATA.kind_id, DataValue(True, b"v"), 60),),
+        )
+        too_big = bodies.StoreKindData(
+            SIP_REGISTRATION.kind_id,
+            0,
+            (
+                service._stored_data(
+                    resource,
+                    SIP_REGISTRATION.kind_id,
+                    DictionaryEntry(b"k", DataValue(True, b"x" * (SIP_REGISTRATION.max_size + 1))),
+                    60,
+                ),
+            ),
+        )
+        body = bodies.StoreReq(resource, 0, (fine, too_big)).encode()
+        request = writer.messenger.request(
+            Destination.resource(resource), MessageCode.STORE_REQ, body
+        )
+        [failure] = self.sim.wait(request.addErrback(lambda f: [f]))
+        self.assertEqual(failure.value.error_code, ErrorCode.DATA_TOO_LARGE)
+        self.assertEqual(owner.storage.store.export(resource, self.sim.clock.seconds()), ())
 
     def test_lost_replica_holder_is_refilled(self) -> None:
         """When a replica holder is gone, the next round copies the value to the new successor."""
