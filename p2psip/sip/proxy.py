@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 from attrs import define
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -84,11 +84,20 @@ COUNTED_METHODS = frozenset(
 
 
 def hop_for_uri(uri: SipURI) -> Hop:
-    """Where to send a request whose next hop is ``uri`` (RFC 3263 without DNS)."""
+    """
+    Where to send a request whose next hop is ``uri`` (RFC 3263 without DNS).
+
+    ``maddr`` is not followed: contacts and routes come from other parties,
+    and a ``maddr`` would let them send our requests to a third host.
+    """
     transport = (uri.transport or ("tls" if uri.scheme == "sips" else "udp")).upper()
-    host = uri.parameters.get("maddr") or uri.host
+    host = uri.host
     port = uri.port or (5061 if transport == "TLS" else 5060)
     return Hop(transport, host.strip("[]"), port)
+
+
+class RelayRefused(Exception):
+    """A request asked to be forwarded somewhere outside the ring."""
 
 
 def _is_initial(request: Request) -> bool:
@@ -177,6 +186,10 @@ class SipProxy:
         #: Told of each call's set-up milestones (the call set-up metrics).
         self.call_setup_observers: list[CallSetupObserver] = []
         self._invite_started: dict[ServerTransaction, _InviteTiming] = {}
+        #: Requests refused because they asked us to relay (since start).
+        self.relay_refusals = 0
+        self._relay_warned_at: float | None = None
+        self._relay_refusals_since_warning = 0
 
     @property
     def pending_requests(self) -> int:
@@ -218,15 +231,27 @@ class SipProxy:
             ack = request.copy()
             if ack.max_forwards == 0:
                 return
-            removed_own_route = self._preprocess_routes(ack)
-            target = self._in_dialog_target(ack, removed_own_route)
-            if target is None:
-                self.log.debug("dropped an ACK with nowhere to go")
+            self._preprocess_routes(ack)
+            if ack.headers.values("Route"):
+                top = ack.routes[0].uri
+                if not isinstance(top, SipURI):
+                    return
+                self._route_hop(top).addCallbacks(
+                    lambda hop: self._send_ack(ack, hop, request),
+                    lambda failure: self._note_relay_refused(source, failure),
+                )
                 return
-            self._prepare(ack, ack.uri, target, request, stateless_key=request.via.branch or "")
-            self.transactions.send_request(ack, target, lambda response: None)
+            target = self._in_dialog_target(ack)
+            if target is None:
+                self._note_relay_refused(source, None)
+                return
+            self._send_ack(ack, target, request)
         except SipParseError as e:
             self.log.debug("dropped an unroutable ACK: {why}", why=e.reason)
+
+    def _send_ack(self, ack: Request, target: Hop, request: Request) -> None:
+        self._prepare(ack, ack.uri, target, request, stateless_key=request.via.branch or "")
+        self.transactions.send_request(ack, target, lambda response: None)
 
     def stray_response_received(self, response: Response, source: Hop) -> None:
         """A response outside any transaction (2xx retransmission): pass it upstream."""
@@ -295,7 +320,10 @@ class SipProxy:
             if not isinstance(top, SipURI):
                 self._answer(transaction, 416, "Unsupported URI Scheme in Route")
                 return
-            self._fork(transaction, working, [(working.uri, hop_for_uri(top))])
+            self._route_hop(top).addCallbacks(
+                lambda hop: self._fork(transaction, working, [(working.uri, hop)]),
+                lambda failure: self._refuse_relay(transaction, failure),
+            )
             return
         uri = working.uri
         if not isinstance(uri, SipURI):
@@ -304,9 +332,14 @@ class SipProxy:
         if uri.host.lower() == self.domain and uri.user is not None:
             self._route_to_aor(transaction, working, uri)
             return
-        target = self._in_dialog_target(working, removed_own_route)
+        target = self._in_dialog_target(working)
         if target is not None:
             self._fork(transaction, working, [(working.uri, target)])
+            return
+        if removed_own_route:
+            # In a route set we are part of, yet the target is no phone we
+            # serve: following the Request-URI would relay for anyone.
+            self._refuse_relay(transaction, None)
             return
         # TODO(gateway): resolve other domains with RFC 3263 and forward
         # them through the gateway; until it exists, refuse them openly.
@@ -356,19 +389,73 @@ class SipProxy:
             removed = True
         return removed
 
-    def _in_dialog_target(self, request: Request, removed_own_route: bool) -> Hop | None:
-        """Next hop for a request to a contact URI rather than an AOR."""
-        if request.headers.values("Route"):
-            top = request.routes[0].uri
-            return hop_for_uri(top) if isinstance(top, SipURI) else None
+    def _in_dialog_target(self, request: Request) -> Hop | None:
+        """
+        Next hop for a request to a contact URI rather than an AOR: only a
+        phone registered here (by its contact, or the host and port of one),
+        reached over the flow it registered on.
+        """
         uri = request.uri
         if not isinstance(uri, SipURI):
             return None
         for binding in self.registrar.bindings_for_contact(uri):
             return self._flow_hop(binding)
-        if removed_own_route:
-            return hop_for_uri(uri)
+        for binding in self.registrar.bindings_at(uri):
+            return self._flow_hop(binding)
         return None
+
+    def _route_hop(self, top: SipURI) -> Deferred[Hop]:
+        """
+        Where a request goes whose top Route is ``top`` (not ours).
+
+        Only along a route set of the ring: the Route must carry the Node-ID
+        that our Record-Route entries carry, and name the address at which
+        the overlay says that super-node serves SIP.  Anything else is a
+        stranger asking us to relay, and fails with :class:`RelayRefused`.
+        """
+        text = top.parameters.get(NODE_PARAMETER)
+        try:
+            node_id = int(text, 16) if text else None
+        except ValueError:
+            node_id = None
+        if node_id is None or node_id == self.local_node_id:
+            return fail(RelayRefused("the Route names no super-node of the ring"))
+        resolving = cast(
+            "Deferred[tuple[str, int]]",
+            self.storage.resolve_application(node_id, SIP_APPLICATION),
+        )
+
+        def check(address: tuple[str, int]) -> Hop:
+            hop = hop_for_uri(top)
+            if (hop.host.lower(), hop.port) != (address[0].lower().strip("[]"), address[1]):
+                raise RelayRefused("the Route's address is not where that super-node serves SIP")
+            return hop
+
+        return resolving.addCallback(check)
+
+    def _refuse_relay(self, transaction: ServerTransaction, failure: Failure | None) -> None:
+        self._note_relay_refused(transaction.source, failure)
+        self._answer(transaction, 403, "Forbidden (this proxy relays only within its ring)")
+
+    def _note_relay_refused(self, source: object, failure: Failure | None) -> None:
+        """Count a refused relay; warn at most once a minute, with how many there were."""
+        if failure is not None and not failure.check(RelayRefused):
+            self.log.info(
+                "cannot follow a Route to a super-node: {why}", why=failure.getErrorMessage()
+            )
+        self.relay_refusals += 1
+        self._relay_refusals_since_warning += 1
+        now = self.clock.seconds()
+        if self._relay_warned_at is not None and now - self._relay_warned_at < 60.0:
+            return
+        self.log.warn(
+            "refused {count} request(s) that asked this proxy to relay outside the ring "
+            "(latest from {source})",
+            count=self._relay_refusals_since_warning,
+            source=blur_flow(source),
+        )
+        self._relay_warned_at = now
+        self._relay_refusals_since_warning = 0
 
     @staticmethod
     def _flow_hop(binding: LocalBinding) -> Hop:
@@ -550,7 +637,10 @@ class SipProxy:
         host, port = self.advertised
         if outgoing.method in DIALOG_CREATING_METHODS and stateless_key is None:
             transport = "" if hop.transport == "UDP" else f";transport={hop.transport.lower()}"
-            outgoing.headers.prepend("Record-Route", f"<sip:{host}:{port}{transport};lr>")
+            # The Node-ID lets the next super-node on the route set check,
+            # through the overlay, that this entry really names a ring member.
+            node = f";{NODE_PARAMETER}={self.local_node_id:032x}"
+            outgoing.headers.prepend("Record-Route", f"<sip:{host}:{port}{transport};lr{node}>")
         if stateless_key is None:
             unique = new_branch()[len(MAGIC_COOKIE) :]
         else:

@@ -37,7 +37,7 @@ import hashlib
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from attrs import define
 from twisted.internet.defer import Deferred, DeferredLock, succeed
@@ -163,6 +163,14 @@ def _contact_key(uri: URI) -> str:
     return str(uri)
 
 
+def _contact_address(uri: URI) -> tuple[str, int] | None:
+    """The host and port a contact URI names (5060 when it names none)."""
+    if not isinstance(uri, SipURI):
+        return None
+    default = 5061 if uri.scheme == "sips" else 5060
+    return uri.host.lower().strip("[]"), uri.port or default
+
+
 def blur_aor(aor: str) -> str:
     """An AOR fit for info-level logs: domain kept, user replaced by a short hash."""
     scheme, colon, rest = aor.partition(":")
@@ -211,6 +219,14 @@ def _digest_uri_for(credentials_uri: str, request_uri: URI) -> str:
     return str(request_uri)
 
 
+def _unindex(index: dict[Any, list[LocalBinding]], key: object, binding: LocalBinding) -> None:
+    remaining = [b for b in index.get(key, []) if b is not binding]
+    if remaining:
+        index[key] = remaining
+    else:
+        index.pop(key, None)
+
+
 class Registrar:
     """
     Answer REGISTER requests for one overlay domain.
@@ -256,6 +272,8 @@ class Registrar:
         self._random_bytes = random_bytes
         self._bindings: dict[str, list[LocalBinding]] = {}
         self._by_contact: dict[str, list[LocalBinding]] = {}
+        #: (host, port) of each binding's contact -> the bindings there.
+        self._by_address: dict[tuple[str, int], list[LocalBinding]] = {}
         self._expiry_calls: dict[str, IDelayedCall] = {}
         self._locks: dict[str, DeferredLock] = {}
         self.throttle = throttle or LoginThrottle(clock)
@@ -279,6 +297,20 @@ class Registrar:
             for binding in candidates
             if binding.expires_at > now and binding.contact.uri == uri
         ]
+
+    def bindings_at(self, uri: URI) -> list[LocalBinding]:
+        """
+        Live bindings whose contact names the host and port ``uri`` names.
+
+        A phone's dialog contact often differs from its registered one only
+        in user part or parameters; the proxy uses this to recognise the
+        phones it serves (and to refuse relaying to anything else).
+        """
+        address = _contact_address(uri)
+        if address is None:
+            return []
+        now = self.clock.seconds()
+        return [b for b in self._by_address.get(address, []) if b.expires_at > now]
 
     def served_aors(self) -> list[str]:
         """Every AOR with at least one binding here (for status pages)."""
@@ -527,14 +559,15 @@ class Registrar:
         if call is not None and call.active():
             call.cancel()
         for old in self._bindings.get(aor, []):
-            key = _contact_key(old.contact.uri)
-            remaining = [b for b in self._by_contact.get(key, []) if b is not old]
-            if remaining:
-                self._by_contact[key] = remaining
-            else:
-                self._by_contact.pop(key, None)
+            _unindex(self._by_contact, _contact_key(old.contact.uri), old)
+            address = _contact_address(old.contact.uri)
+            if address is not None:
+                _unindex(self._by_address, address, old)
         for new in bindings:
             self._by_contact.setdefault(_contact_key(new.contact.uri), []).append(new)
+            address = _contact_address(new.contact.uri)
+            if address is not None:
+                self._by_address.setdefault(address, []).append(new)
         if not bindings:
             self._bindings.pop(aor, None)
             return

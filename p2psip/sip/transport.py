@@ -103,8 +103,14 @@ def stamp_received(request: Request, source_host: str, source_port: int) -> None
 
 
 def response_address(via: Via) -> tuple[str, int]:
-    """Where a response for this Via goes when there is no connection to reuse (s18.2.2, RFC 3581 s4)."""
-    host = via.parameters.get("maddr") or via.received or via.host
+    """
+    Where a response for this Via goes when there is no connection to reuse
+    (s18.2.2, RFC 3581 s4): the source the request came from.
+
+    A Via ``maddr`` is not followed: anyone can write one, and obeying it
+    would let a stranger aim our responses at a third party.
+    """
+    host = via.received or via.host
     port = via.rport if via.rport is not None and via.received else via.port
     return host.strip("[]"), port or DEFAULT_SIP_PORT
 

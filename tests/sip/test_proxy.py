@@ -416,7 +416,10 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual((top.host, top.port), ADDRESS_A)
         self.assertTrue((top.branch or "").startswith("z9hG4bKp2p"))
         self.assertEqual(len(invite.vias), 2)
-        self.assertEqual(str(invite.record_routes[0].uri), "sip:203.0.113.1:5060;lr")
+        self.assertEqual(
+            str(invite.record_routes[0].uri),
+            f"sip:203.0.113.1:5060;lr;{NODE_PARAMETER}={NODE_A:032x}",
+        )
 
     def test_responses_relayed_upstream(self) -> None:
         """Ringing and OK from the UA reach the caller with our Via removed."""
@@ -667,21 +670,92 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual(bye.record_routes, [])
 
     def test_route_to_next_proxy(self) -> None:
-        """With a further Route entry the request goes to that proxy, Request-URI unchanged."""
+        """With a further Route entry naming a ring super-node, the request goes there."""
+        route_b = f"<sip:203.0.113.2:5060;lr;{NODE_PARAMETER}={NODE_B:032x}>"
         self.a.receive(
             message_text(
                 "BYE",
                 uri="sip:bob@198.51.100.10:5070",
                 branch="z9hG4bKbye2",
                 to_tag=";tag=x",
-                extra="Route: <sip:203.0.113.1:5060;lr>, <sip:203.0.113.2:5060;lr>",
+                extra=f"Route: <sip:203.0.113.1:5060;lr>, {route_b}",
             )
         )
         [(bye, hop)] = self.forwarded(self.a, "BYE")
         self.assertEqual(
             (hop, str(bye.uri)), (Hop("UDP", *ADDRESS_B), "sip:bob@198.51.100.10:5070")
         )
-        self.assertEqual([str(r.uri) for r in bye.routes], ["sip:203.0.113.2:5060;lr"])
+        self.assertEqual([str(r.uri) for r in bye.routes], [route_b[1:-1]])
+
+    def relay_attempt(self, method: str, uri: str, route: str) -> list[int]:
+        """Send ``method`` with ``route`` (a new transaction each time); the statuses answered."""
+        self.attempts = getattr(self, "attempts", 0) + 1
+        branch = f"z9hG4bK{method}r{self.attempts}"
+        with capturedLogs() as events:
+            self.a.receive(
+                message_text(method, uri=uri, branch=branch, to_tag=";tag=x", extra=route)
+            )
+        self.assertEqual(self.a.sender.requests, [])
+        self.warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        return self.a.sender.statuses()
+
+    def test_no_relay_to_foreign_routes(self) -> None:
+        """
+        A Route to a host that is not a ring super-node (no Node-ID, or a
+        Node-ID with another address) is refused with 403, sending nothing.
+        """
+        for route in (
+            "Route: <sip:203.0.113.1:5060;lr>, <sip:192.0.2.99:5060;lr>",
+            f"Route: <sip:192.0.2.99:5060;lr;{NODE_PARAMETER}={NODE_B:032x}>",
+            f"Route: <sip:192.0.2.99:5060;lr;{NODE_PARAMETER}=zz>",
+        ):
+            with self.subTest(route=route):
+                self.a.sender.responses.clear()
+                statuses = self.relay_attempt("INVITE", "sip:x@192.0.2.99", route)
+                self.assertEqual(statuses[-1], 403)
+        self.assertEqual(self.a.proxy.relay_refusals, 3)
+
+    def test_no_relay_to_the_request_uri(self) -> None:
+        """
+        A Route naming only us, with an IP address as Request-URI, is not
+        relayed there: that address is no phone registered here.
+        """
+        statuses = self.relay_attempt(
+            "INVITE", "sip:victim@192.0.2.99:5060", "Route: <sip:203.0.113.1:5060;lr>"
+        )
+        self.assertEqual(statuses[-1], 403)
+        self.assertEqual(len(self.warnings), 1)
+        self.assertIn("outside the ring", self.warnings[0]["log_format"])
+        self.relay_attempt("MESSAGE", "sip:victim@192.0.2.99:5060", "Route: <sip:203.0.113.1;lr>")
+        self.assertEqual(self.warnings, [])  # at most one warning a minute
+
+    def test_no_relay_of_acks(self) -> None:
+        """An ACK with a foreign Route or target is dropped, not forwarded."""
+        self.relay_attempt("ACK", "sip:victim@192.0.2.99", "Route: <sip:192.0.2.99;lr>")
+        self.relay_attempt("ACK", "sip:victim@192.0.2.99", "Route: <sip:203.0.113.1;lr>")
+        self.assertEqual(self.a.sender.responses, [])
+
+    def test_in_dialog_request_to_a_served_phone(self) -> None:
+        """A dialog contact that differs from the registered one only in user part still reaches the phone's flow."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(
+            message_text(
+                "BYE",
+                uri="sip:dialog-7@10.0.0.5:5062;transport=udp",
+                branch="z9hG4bKbye3",
+                to_tag=";tag=x",
+                extra="Route: <sip:203.0.113.1:5060;lr>",
+            )
+        )
+        [(_, hop)] = self.forwarded(self.a, "BYE")
+        self.assertEqual(hop, ALICE_FLOW)
+
+    def test_contact_maddr_is_not_followed(self) -> None:
+        """A registered contact's maddr does not send our INVITEs to a third host."""
+        self.register_at(self.a, "<sip:alice@192.0.2.7:40001;maddr=198.51.100.99>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(_, hop)] = self.forwarded(self.a)
+        self.assertNotEqual(hop.host, "198.51.100.99")
 
     def test_ack_with_nowhere_to_go_dropped(self) -> None:
         """An ACK for a URI we know nothing about is dropped silently."""

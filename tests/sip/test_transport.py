@@ -95,6 +95,11 @@ class ViaStampTests(SynchronousTestCase):
         )
         self.assertEqual(response_address(Via.parse("SIP/2.0/UDP 192.0.2.2")), ("192.0.2.2", 5060))
 
+    def test_response_address_ignores_maddr(self) -> None:
+        """A Via maddr cannot aim responses at a third party: they go back to the source."""
+        via = Via.parse("SIP/2.0/UDP h:5062;maddr=198.51.100.99;received=192.0.2.1;rport=4000")
+        self.assertEqual(response_address(via), ("192.0.2.1", 4000))
+
 
 class DatagramTests(SynchronousTestCase):
     """The UDP adapter."""
