@@ -335,9 +335,10 @@ def make_mediator(config: MediatorConfig, reactor: IRoleReactor) -> MediatorRole
             reactor=reactor,
         ).setServiceParent(role)
     for description in config.stun_stream:
-        strports.service(
-            description, stun_server.StunTcpServerFactory(responder), reactor=reactor
-        ).setServiceParent(role)
+        # With the clock, idle STUN-over-TCP connections are closed and
+        # their number is bounded; without it they would stay open forever.
+        factory = stun_server.StunTcpServerFactory(responder, clock=reactor)
+        strports.service(description, factory, reactor=reactor).setServiceParent(role)
     strports.service(config.control, control, reactor=reactor).setServiceParent(role)
     site = build_site(
         status=role.status, metrics=registry, api={}, title="p2psip mediator", reactor=reactor

@@ -139,7 +139,6 @@ def build_sip_stack(
         host = "127.0.0.1"
     transport = SipTransport(as_udp_reactor(reactor))
     transport.advertised_host = host
-    known = None if users is None else (lambda aor: users.record(aor) is not None)
     proxy = SipProxy(
         config.domain,
         (host, 0),
@@ -148,7 +147,6 @@ def build_sip_stack(
         registrar,
         transport,
         reactor,
-        is_known_aor=known,
         peer_transport=config.peer_transport,
     )
     transport.receiver = proxy.transactions

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Protocol, cast
 
 from attrs import define
@@ -166,7 +166,6 @@ class SipProxy:
         sender: MessageSender,
         clock: IReactorTime,
         *,
-        is_known_aor: Callable[[str], bool] | None = None,
         peer_transport: str = "UDP",
         timers: TimerSettings = TimerSettings(),
     ) -> None:
@@ -176,7 +175,6 @@ class SipProxy:
         self.location = location
         self.registrar = registrar
         self.clock = clock
-        self.is_known_aor = is_known_aor
         self.peer_transport = peer_transport.upper()
         self.transactions = TransactionLayer(sender, self, clock, timers)
         self._contexts: dict[ServerTransaction, ResponseContext] = {}
@@ -552,11 +550,12 @@ class SipProxy:
         self._forward_to_nodes(transaction, request, aor, targets, remote_nodes)
 
     def _answer_no_binding(self, transaction: ServerTransaction, aor: str) -> None:
-        known = self.is_known_aor is None or self.is_known_aor(aor)
-        if known:
-            self._answer(transaction, 480, "Temporarily Unavailable")
-        else:
-            self._answer(transaction, 404, "Not Found")
+        """
+        No phone is registered for ``aor``: 480, whether the user exists or
+        not, so that nobody can list the users by calling names (a 404 for
+        unknown ones would tell them apart).
+        """
+        self._answer(transaction, 480, "Temporarily Unavailable")
 
     def _deliver_locally(self, transaction: ServerTransaction, request: Request, aor: str) -> None:
         local = self.registrar.local_bindings(aor)

@@ -115,13 +115,13 @@ class SipServiceTests(TestCase):
 
     @inlineCallbacks
     def test_wrong_password_and_unknown_user(self) -> Any:
-        """A wrong password gets 403; a call to a user not in the users file gets 404."""
+        """A wrong password gets 403; a call to a user not in the users file gets 480, like an offline one."""
         a, _ = self.services
         mallory = yield self.user_agent(f"sip:alice@{DOMAIN}", "wrong", a)
         failure = yield self.assertFailure(mallory.register(), CallFailed)
         self.assertEqual(failure.response.status, 403)
         failure = yield self.assertFailure(mallory.call(f"sip:nobody@{DOMAIN}"), CallFailed)
-        self.assertEqual(failure.response.status, 404)
+        self.assertEqual(failure.response.status, 480)
 
     @inlineCallbacks
     def test_metrics(self) -> Any:

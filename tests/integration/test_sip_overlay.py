@@ -7,7 +7,7 @@ the one responsible for the most of the 100 AORs, A and B the others:
 SIPp registers 100 users at A with Digest authentication, their contacts
 pointing at a SIPp callee; a SIPp caller calls each of them through B
 (INVITE, 200, ACK, BYE, 200), over UDP and some over TCP; a call to a
-user nobody knows gets 404.
+user nobody knows gets 480, like an offline one.
 Then C, which holds those registrations' DHT copy, is SIGKILLed, and
 calls to exactly those users still succeed from the replicas.
 """
@@ -297,7 +297,7 @@ class SipOverlayTests(TestCase):
         )
         status = yield entry.call("status")
         self.assertEqual(
-            status["sip"]["final_responses"]["INVITE"], {"200": USERS + TCP_CALLS, "404": 1}
+            status["sip"]["final_responses"]["INVITE"], {"200": USERS + TCP_CALLS, "480": 1}
         )
 
         for name in held:

@@ -184,6 +184,26 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(list(reactor.udpPorts), [13478])
         self.assertEqual(service.broker.stun_tcp_port, 13478)
 
+    def test_idle_stun_tcp_connections_close(self) -> None:
+        """A STUN-over-TCP connection that sends nothing is closed after the idle timeout."""
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.testing import StringTransport
+
+        from p2psip.nat.stun_server import DEFAULT_TCP_IDLE_TIMEOUT_SECONDS
+
+        options = role.Options()
+        options.parseOptions(["--secret", "x", "--stun", "tcp:13478"])
+        reactor = MemoryUDPReactor()
+        service = role.makeService(options, reactor=reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        [factory] = [f for port, f, *_ in reactor.tcpServers if port == 13478]
+        protocol = factory.buildProtocol(IPv4Address("TCP", "192.0.2.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        reactor.advance(DEFAULT_TCP_IDLE_TIMEOUT_SECONDS + 1)
+        self.assertTrue(transport.disconnecting)
+
     def test_status_and_metrics(self) -> None:
         """The HTTP site serves the broker's numbers on /status and /metrics."""
         from twisted.web.test.requesthelper import DummyRequest

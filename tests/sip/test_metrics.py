@@ -19,9 +19,7 @@ class SipMetricsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.node = Node(
-            NODE_A, ADDRESS_A, self.clock, {}, {}, {"sip:alice@example.org"}.__contains__
-        )
+        self.node = Node(NODE_A, ADDRESS_A, self.clock, {}, {})
         self.addCleanup(self.node.registrar.stop)
         self.transport = SipTransport(self.clock)
         self.registry = CollectorRegistry(auto_describe=True)
@@ -65,7 +63,7 @@ class SipMetricsTests(SynchronousTestCase):
             self.value("p2psip_sip_final_responses_total", method="REGISTER", status="200"), 1.0
         )
         self.assertEqual(
-            self.value("p2psip_sip_final_responses_total", method="INVITE", status="404"), 1.0
+            self.value("p2psip_sip_final_responses_total", method="INVITE", status="480"), 1.0
         )
 
     def test_levels_and_events_split(self) -> None:

@@ -129,7 +129,6 @@ class Node:
         clock: Clock,
         shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]],
         applications: dict[tuple[int, int], tuple[str, int]],
-        known: Callable[[str], bool] | None = None,
     ) -> None:
         self.storage = MemoryOverlayStorage(node_id, clock, shared, applications)
         self.location = OverlayLocationService(self.storage, clock)
@@ -143,7 +142,6 @@ class Node:
             self.registrar,
             self.sender,
             clock,
-            is_known_aor=known,
         )
         applications[(node_id, 5060)] = address
 
@@ -192,9 +190,8 @@ class ProxyTests(SynchronousTestCase):
         self.clock.advance(NOW)
         shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]] = {}
         applications: dict[tuple[int, int], tuple[str, int]] = {}
-        known = {"sip:alice@example.org", "sip:carol@example.org"}
-        self.a = Node(NODE_A, ADDRESS_A, self.clock, shared, applications, known.__contains__)
-        self.b = Node(NODE_B, ADDRESS_B, self.clock, shared, applications, known.__contains__)
+        self.a = Node(NODE_A, ADDRESS_A, self.clock, shared, applications)
+        self.b = Node(NODE_B, ADDRESS_B, self.clock, shared, applications)
         self.addCleanup(self.a.registrar.stop)
         self.addCleanup(self.b.registrar.stop)
 
@@ -243,10 +240,10 @@ class ProxyTests(SynchronousTestCase):
 
     # -- refusals ---------------------------------------------------------------
 
-    def test_unknown_user_404(self) -> None:
-        """An INVITE for a user nobody knows gets 404."""
+    def test_unknown_user_answered_like_an_offline_one(self) -> None:
+        """An INVITE for a user nobody knows gets 480, as for a user who is offline."""
         self.a.receive(message_text(uri="sip:mallory@example.org"))
-        self.assertEqual(self.a.sender.statuses(), [100, 404])
+        self.assertEqual(self.a.sender.statuses(), [100, 480])
 
     def test_known_user_without_binding_480(self) -> None:
         """An INVITE for a known user with no live binding gets 480."""
@@ -315,9 +312,9 @@ class ProxyTests(SynchronousTestCase):
         self.a.receive(message_text("OPTIONS", uri="sip:example.org", branch="z9hG4bKopt"))
         self.assertEqual(
             dict(self.a.proxy.outcomes),
-            {("REGISTER", 200): 1, ("INVITE", 404): 1, ("OPTIONS", 200): 1},
+            {("REGISTER", 200): 1, ("INVITE", 480): 1, ("OPTIONS", 200): 1},
         )
-        self.assertEqual(self.a.proxy.metrics()["final_responses"]["INVITE"], {"404": 1})
+        self.assertEqual(self.a.proxy.metrics()["final_responses"]["INVITE"], {"480": 1})
 
     def test_invite_outcome_logged(self) -> None:
         """A proxied INVITE's final response is logged at info level with the elapsed time."""
@@ -362,7 +359,7 @@ class ProxyTests(SynchronousTestCase):
         """A call refused at once ends both measures at that final response."""
         events = self.observe_calls(self.a)
         self.a.receive(message_text(uri="sip:mallory@example.org"))
-        self.assertEqual(events, [("first", 404, 0.0), ("final", 404, 0.0)])
+        self.assertEqual(events, [("first", 480, 0.0), ("final", 480, 0.0)])
 
     def test_call_setup_timeout(self) -> None:
         """A phone that never answers ends the set-up with the proxy's 408 at Timer B."""
@@ -378,7 +375,7 @@ class ProxyTests(SynchronousTestCase):
         """An INVITE inside a dialog (with a To tag) is proxied but not timed as a call set-up."""
         events = self.observe_calls(self.a)
         self.a.receive(message_text(uri="sip:mallory@example.org", to_tag=";tag=callee1"))
-        self.assertEqual(self.a.sender.statuses()[-1], 404)
+        self.assertEqual(self.a.sender.statuses()[-1], 480)
         self.assertEqual(events, [])
 
     def test_other_methods_not_timed(self) -> None:
@@ -821,9 +818,8 @@ class ProxyTests(SynchronousTestCase):
         clock.advance(NOW)
         shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]] = {}
         applications: dict[tuple[int, int], tuple[str, int]] = {}
-        known = {"sip:alice@example.org", "sip:carol@example.org"}.__contains__
-        a = Node(NODE_A, ADDRESS_A, clock, shared, applications, known)
-        b = Node(NODE_B, ADDRESS_B, clock, shared, applications, known)
+        a = Node(NODE_A, ADDRESS_A, clock, shared, applications)
+        b = Node(NODE_B, ADDRESS_B, clock, shared, applications)
         for node in (a, b):
             self.addCleanup(node.registrar.stop)
         if alice_at_b:
