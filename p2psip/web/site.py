@@ -21,6 +21,16 @@ Paths:
     become ``{"error": message}`` with that status.  Anything else it raises
     is logged and answered with 500.
 
+Request bodies are limited while they arrive (:class:`_LimitedRequest`):
+Twisted's own Request would store a body of any size, in a temporary file
+beyond 100 KB, before the resource sees it.  A Content-Length above
+:data:`MAX_REQUEST_BODY_BYTES`, or a chunked body that grows past it, is
+answered 413 at once and the connection closed; nothing beyond the limit
+is kept.  Refusals an operator should hear about are logged at warn, at
+most one line per source a minute (:mod:`p2psip.util.log_throttle`).
+Malformed input (bad UTF-8 or percent-encoding, JSON that is not an
+object, unpaired surrogates) is a 400 with a JSON error, logged at debug.
+
 The admin API changes what the overlay stores, so it listens on loopback by
 default.  Requiring ``application/json`` on request bodies means that a web
 page in the operator's browser cannot post to it (browsers send cross-origin
@@ -30,6 +40,7 @@ JSON only after a CORS preflight, which this site never grants).
 from __future__ import annotations
 
 import json
+from io import BytesIO
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple, TypeVar, Union
 from urllib.parse import parse_qsl
@@ -48,6 +59,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from p2psip.util.log_throttle import LOG_INTERVAL_SECONDS, LogThrottle
 from p2psip.web.page import CONTENT_SECURITY_POLICY, render_page
 
 #: Admin requests are small JSON objects; anything bigger is refused.
@@ -115,7 +127,10 @@ def _set_common_headers(request: Request) -> None:
 
 
 def _json_bytes(payload: object) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+    # An unpaired surrogate cannot be UTF-8; backslashreplace writes it as
+    # \udXXX, which is that character's JSON escape, so the answer stays valid.
+    text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
 class _JsonResource(Resource):
@@ -248,6 +263,14 @@ def _json_body(request: Request) -> JsonObject | None:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    try:
+        # JSON may escape half of a surrogate pair (\ud800), which no UTF-8
+        # text holds: refuse it here rather than fail where it is encoded.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, "request body has a \\u escape of an unpaired surrogate (D800-DFFF)"
+        ) from None
     return body
 
 
@@ -305,10 +328,120 @@ class _ApiRoot(Resource):
         return _ApiNotFound(self._routes).render(request)
 
 
+class _RefusalLog:
+    """Warnings about refused requests: one line per source a minute, with the count held back."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.throttle = LogThrottle(clock)
+
+    def refused(self, source: str, status: int, why: str) -> None:
+        held_back = self.throttle.admit(source)
+        if held_back is None:
+            return
+        self.log.warn(
+            "HTTP site: refused a request from {source} with {status}: {why}{held_back_note}",
+            source=source,
+            status=status,
+            why=why,
+            held_back=held_back,
+            held_back_note=(
+                f" ({held_back} more refusals from there in the last "
+                f"{LOG_INTERVAL_SECONDS:g}s were not logged)"
+                if held_back
+                else ""
+            ),
+        )
+
+
+def _source(request: http.Request) -> str:
+    """The client's address without the port, for refusal logs."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or address)
+
+
+class _LimitedRequest(Request):
+    """
+    A Request that keeps at most :data:`MAX_REQUEST_BODY_BYTES` of body.
+
+    The channel calls ``gotLength`` once the headers are in (None for a
+    chunked body) and then ``handleContentChunk`` for each piece of body.
+    A declared length over the limit is refused before any body byte is
+    read; a chunked body is counted and refused as soon as it passes the
+    limit.  The refusal is a 413 written straight to the transport (the
+    request line is not yet processed, so Request.write cannot be used),
+    then the connection is closed and any further body dropped.
+    """
+
+    max_body_bytes = MAX_REQUEST_BODY_BYTES
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.body_bytes_received = 0
+        self.body_refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        # Always memory: the body is bounded, so Twisted's temporary file
+        # (used for chunked bodies and long ones) is never wanted.
+        self.content = BytesIO()
+        if length is not None and length > self.max_body_bytes:
+            self._refuse_body(f"declared a body of {length} bytes")
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_refused:
+            return
+        self.body_bytes_received += len(data)
+        if self.body_bytes_received > self.max_body_bytes:
+            self._refuse_body("sent a chunked body past the limit")
+            return
+        assert self.content is not None
+        self.content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.body_refused:
+            return  # already answered; the connection is closing
+        super().requestReceived(command, path, version)
+
+    def _refuse_body(self, what: str) -> None:
+        self.body_refused = True
+        # The channel would answer "Expect: 100-continue" right after
+        # gotLength returns, behind the 413; the body is not wanted.
+        self.requestHeaders.removeHeader(b"expect")
+        message = f"request body larger than {self.max_body_bytes} bytes"
+        body = _json_bytes({"error": message})
+        head = [
+            b"HTTP/1.1 413 Content Too Large",
+            b"Content-Type: application/json; charset=utf-8",
+            b"Content-Length: " + str(len(body)).encode("ascii"),
+            b"Connection: close",
+            b"Cache-Control: no-store",
+            b"X-Content-Type-Options: nosniff",
+        ]
+        channel = self.channel
+        assert channel.transport is not None
+        channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        channel.loseConnection()
+        site = getattr(channel, "site", None)
+        if isinstance(site, _StatusSite):
+            site.refusals.refused(
+                _source(self), 413, f"{what}, over the {self.max_body_bytes}-byte limit"
+            )
+
+
 class _StatusSite(Site):
-    """A Site whose access log goes to twisted.logger at debug level."""
+    """
+    The role's Site: bodies limited while they arrive, refusals logged
+    (rate-limited), and the access log at debug level.
+    """
 
     access_log = Logger()
+    requestFactory = _LimitedRequest
+
+    def __init__(self, resource: Resource, reactor: IReactorTime | None = None) -> None:
+        # Form bodies are not parsed into request.args: the API reads JSON only.
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
+        self.refusals = _RefusalLog(self.reactor)
 
     def log(self, request: http.Request) -> None:
         # Prometheus scrapes and the page's polling would otherwise fill the

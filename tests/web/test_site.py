@@ -6,6 +6,8 @@ import base64
 import hashlib
 import json
 import re
+import tempfile
+from io import BytesIO
 from typing import Any
 
 from hypothesis import given, settings
@@ -17,6 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
@@ -51,9 +54,10 @@ class Response:
 class Connection:
     """One HTTP connection to the site over an in-memory transport."""
 
-    def __init__(self, site: Site) -> None:
-        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        self.transport = StringTransport()
+    def __init__(self, site: Site, host: str = "127.0.0.1", port: int = 8084) -> None:
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        self.channel = site.buildProtocol(peer)
+        self.transport = StringTransport(IPv4Address("TCP", host, port), peer)
         self.channel.makeConnection(self.transport)
 
     def send(self, raw: bytes) -> None:
@@ -367,6 +371,212 @@ class ApiTests(SiteTestsMixin, SynchronousTestCase):
         query = "&".join(f"a{i}=1" for i in range(100))
         response = self.fetch(self.make_site(), http_request("GET", "/api/echo?" + query))
         self.assertEqual(response.code, 400)
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode("ascii") + data + b"\r\n"
+
+
+def chunked_head(path: str = "/api/echo") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode("ascii")
+
+
+class BodyLimitTests(SiteTestsMixin, SynchronousTestCase):
+    """Bodies are limited while they arrive: nothing past the limit is kept."""
+
+    def setUp(self) -> None:
+        def no_temporary_files(*args: object, **kwargs: object) -> Any:
+            raise AssertionError("the site opened a temporary file for a request body")
+
+        self.patch(tempfile, "TemporaryFile", no_temporary_files)
+
+    def request_of(self, connection: Connection) -> Any:
+        """The request the connection's HTTP/1.1 channel is receiving."""
+        [request] = connection.channel._channel.requests
+        return request
+
+    def assert_refused(self, connection: Connection) -> Response:
+        response = connection.response()
+        self.assertEqual(response.code, 413)
+        self.assertEqual(response.headers["connection"], "close")
+        self.assertIn("larger than", response.json()["error"])
+        self.assertTrue(connection.transport.disconnecting)
+        return response
+
+    def test_large_content_length_refused_before_the_body(self) -> None:
+        """A declared 200 MiB body is a 413 as soon as the headers are in; later bytes are dropped."""
+        connection = Connection(self.make_site())
+        connection.send(
+            b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 209715200\r\n\r\n"
+        )
+        self.assert_refused(connection)
+        written = connection.transport.value()
+        for _ in range(20):
+            connection.send(b"x" * 65536)
+        request = self.request_of(connection)
+        self.assertIsInstance(request.content, BytesIO)
+        self.assertEqual(request.content.getvalue(), b"")
+        self.assertEqual(connection.transport.value(), written)
+        self.assertEqual(self.calls, [])
+
+    def test_whole_oversized_body_at_once_is_not_processed(self) -> None:
+        """An oversized body that arrives complete in one read is still refused, not rendered."""
+        body = b'{"v": "' + b"x" * MAX_REQUEST_BODY_BYTES + b'"}'
+        connection = Connection(self.make_site())
+        connection.send(http_request("POST", "/api/echo", body, "application/json"))
+        self.assert_refused(connection)
+        self.assertEqual(self.request_of(connection).content.getvalue(), b"")
+        self.assertEqual(self.calls, [])
+
+    def test_no_100_continue_after_the_refusal(self) -> None:
+        """A client expecting 100-continue gets the 413 only, never a go-ahead."""
+        connection = Connection(self.make_site())
+        connection.send(
+            b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 10000000\r\n\r\n"
+        )
+        self.assert_refused(connection)
+        self.assertNotIn(b"100 Continue", connection.transport.value())
+
+    def test_body_at_the_limit_is_accepted(self) -> None:
+        """A JSON body of exactly the limit is read and handed to the API."""
+        padding = MAX_REQUEST_BODY_BYTES - len(b'{"v": ""}')
+        body = b'{"v": "' + b"x" * padding + b'"}'
+        response = self.fetch(
+            self.make_site(), http_request("POST", "/api/echo", body, "application/json")
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(len(self.calls[0][1]["v"]), padding)
+
+    def test_chunked_stream_is_cut_at_the_limit(self) -> None:
+        """A chunked body is counted as it comes: past the limit it is a 413 and no more is kept."""
+        connection = Connection(self.make_site())
+        connection.send(chunked_head())
+        piece = b"x" * 10_000
+        sent = 0
+        while not connection.transport.value():
+            connection.send(chunk(piece))
+            sent += len(piece)
+            self.assertLessEqual(sent, MAX_REQUEST_BODY_BYTES + len(piece))
+        self.assert_refused(connection)
+        request = self.request_of(connection)
+        self.assertLessEqual(len(request.content.getvalue()), MAX_REQUEST_BODY_BYTES)
+        written = connection.transport.value()
+        for _ in range(50):
+            connection.send(chunk(piece))
+        connection.send(b"0\r\n\r\n")
+        self.assertLessEqual(len(request.content.getvalue()), MAX_REQUEST_BODY_BYTES)
+        self.assertEqual(connection.transport.value(), written)
+        self.assertEqual(self.calls, [])
+
+    def test_small_chunked_body_works(self) -> None:
+        """A chunked JSON body under the limit reaches the API."""
+        connection = Connection(self.make_site())
+        connection.send(chunked_head() + chunk(b'{"name": ') + chunk(b'"alice"}') + b"0\r\n\r\n")
+        self.assertEqual(self.calls, [({}, {"name": "alice"})])
+
+    def test_refusals_are_warned_once_a_minute_per_source(self) -> None:
+        """The first refusal from a source is a warning; more within a minute are only counted."""
+        clock = Clock()
+        site = self.make_site(reactor=clock)
+        big = b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999\r\n\r\n"
+        with capturedLogs() as events:
+            for _ in range(5):
+                connection = Connection(site)
+                connection.send(big)
+                connection.close()
+            clock.advance(60)
+            Connection(site).send(big)
+        warnings = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 2)
+        self.assertEqual(warnings[0]["source"], "127.0.0.1")
+        self.assertEqual(warnings[0]["status"], 413)
+        self.assertEqual(warnings[1]["held_back"], 4)
+
+
+class BadInputTests(SiteTestsMixin, SynchronousTestCase):
+    """Malformed requests are 400s with a JSON error: never a 500, never a logged failure."""
+
+    def assert_400(self, raw: bytes) -> None:
+        response = self.fetch(self.make_site(), raw)
+        self.assertEqual(response.code, 400, raw)
+        self.assertIn("error", response.json())
+        self.assertEqual(self.calls, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_body_not_utf8(self) -> None:
+        """A JSON body that is not UTF-8 is a 400."""
+        self.assert_400(http_request("POST", "/api/echo", b'{"a": "\xff\xfe"}', "application/json"))
+
+    def test_body_unpaired_surrogate(self) -> None:
+        """A JSON string escaping half of a surrogate pair is a 400, in values and in keys."""
+        for body in (b'{"value": "\\ud800"}', b'{"\\udfff": 1}', b'{"a": ["x\\udc00y"]}'):
+            self.assert_400(http_request("POST", "/api/echo", body, "application/json"))
+
+    def test_surrogate_pair_is_fine(self) -> None:
+        """A properly paired surrogate escape is ordinary text."""
+        response = self.fetch(
+            self.make_site(),
+            http_request("POST", "/api/echo", b'{"v": "\\ud83d\\ude00"}', "application/json"),
+        )
+        self.assertEqual((response.code, response.json()["body"]), (200, {"v": "\U0001f600"}))
+
+    def test_bad_percent_encoding_in_query(self) -> None:
+        """Percent-escapes of bytes that are not UTF-8 (or of a surrogate) are a 400."""
+        for query in ("name=%ff", "%c3%28=x", "name=%ed%a0%80", "name=%e2%82"):
+            self.assert_400(http_request("GET", "/api/echo?" + query))
+
+    def test_raw_non_ascii_in_request_line(self) -> None:
+        """Raw bytes above 127 in the path or query are a 400, or a 404 for an unknown path."""
+        # Twisted's request-line check refuses bytes above 176 (decimal)
+        # itself; 127 to 176 get through to the site.
+        for target, code in (
+            (b"/api/echo?name=\xc3\xa9", 400),
+            (b"/api/echo?name=\x80\x9f", 400),
+            (b"/api/echo?\x7f=1", 200),
+            (b"/api/\xff\xfe", 400),
+            (b"/api/\x80", 404),
+            (b"/\x80", 404),
+        ):
+            raw = b"GET " + target + b" HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+            response = self.fetch(self.make_site(), raw)
+            self.assertEqual(response.code, code, target)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_bad_escapes_in_api_path(self) -> None:
+        """An API name that is not UTF-8 once unescaped is a JSON 404 like any unknown name."""
+        for path in (b"/api/%ff", b"/api/%ed%a0%80", b"/api/echo%00", b"/api/%"):
+            raw = b"GET " + path + b" HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+            response = self.fetch(self.make_site(), raw)
+            self.assertEqual(response.code, 404, path)
+            self.assertIn("no such API", response.json()["error"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_form_bodies_are_not_parsed(self) -> None:
+        """A multipart body (which Twisted would parse into args) is refused, not parsed."""
+        body = b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--b--\r\n'
+        response = self.fetch(
+            self.make_site(),
+            http_request("POST", "/api/echo", body, "multipart/form-data; boundary=b"),
+        )
+        self.assertEqual(response.code, 415)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_error_answer_with_a_surrogate_stays_utf8(self) -> None:
+        """An error message holding an unpaired surrogate is written as its JSON escape."""
+
+        def refuse(args: dict[str, str], body: dict[str, Any] | None) -> dict[str, Any]:
+            raise ApiError(404, "nothing under \ud800")
+
+        site = self.make_site(api={"get": ApiRoute(("GET",), refuse)})
+        response = self.fetch(site, http_request("GET", "/api/get"))
+        self.assertEqual(response.code, 404)
+        response.body.decode("utf-8")
+        self.assertEqual(response.json(), {"error": "nothing under \ud800"})
 
 
 class ArgumentHelperTests(SynchronousTestCase):
