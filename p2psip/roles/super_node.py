@@ -220,6 +220,7 @@ def make_ring_role(
         api=overlay_api_routes(node),
         title=config.title,
         ring_page=True,
+        allowed_hosts=config.http_allowed_hosts,
         reactor=reactor,
     )
     http_service(config.http, site, reactor).setServiceParent(role)

@@ -31,6 +31,14 @@ most one line per source a minute (:mod:`p2psip.util.log_throttle`).
 Malformed input (bad UTF-8 or percent-encoding, JSON that is not an
 object, unpaired surrogates) is a 400 with a JSON error, logged at debug.
 
+Every request must name this listener in its Host header: its own address
+as an IP literal (``127.0.0.1:8084``, ``[::1]:8084``), ``localhost`` with
+the port, or a name listed in ``allowed_hosts`` (any port).  Anything else
+is a 421.  A web page that rebinds its own DNS name to 127.0.0.1 reaches
+the listener with that name as Host, so this keeps such a page from
+reading ``/status`` or driving the API; a page loaded from the literal
+address is the site itself.
+
 The admin API changes what the overlay stores, so it listens on loopback by
 default.  Requiring ``application/json`` on request bodies means that a web
 page in the operator's browser cannot post to it (browsers send cross-origin
@@ -39,7 +47,9 @@ JSON only after a CORS preflight, which this site never grants).
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from io import BytesIO
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple, TypeVar, Union
@@ -50,6 +60,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet import endpoints
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
@@ -429,6 +440,120 @@ class _LimitedRequest(Request):
             )
 
 
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def allowed_host(text: str) -> str:
+    """
+    Coercer for ``--http-allowed-hosts``: a DNS name (or IP address) that
+    browsers and tools may use to reach the status site, without a port.
+
+    Returns it in lower case without a trailing dot, as Host headers are compared.
+    """
+    name = text.strip().lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(name):
+        raise ValueError(f"{text!r} is not a host name")
+    return name
+
+
+allowed_host.coerceDoc = "a host name such as status.example.org, without a port"  # type: ignore[attr-defined]
+
+
+def _split_host_header(value: bytes) -> tuple[str, int | None] | None:
+    """``(host, port)`` from a Host header (port None when absent), or None if malformed."""
+    try:
+        text = value.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            return None
+    else:
+        host, colon, port_text = text.partition(":")
+        rest = colon + port_text
+    if not host:
+        return None
+    if not rest:
+        return host, None
+    port = rest[1:]
+    if not rest.startswith(":") or not port.isdigit() or len(port) > 5:
+        return None
+    return host, int(port)
+
+
+def _same_address(host: str, local: str) -> bool:
+    """Whether ``host`` is an IP literal for the listener's address ``local``."""
+    try:
+        given, own = ipaddress.ip_address(host), ipaddress.ip_address(local)
+    except ValueError:
+        return False
+    if isinstance(own, ipaddress.IPv6Address) and own.ipv4_mapped is not None:
+        own = own.ipv4_mapped  # a dual-stack socket reached over IPv4
+    return given == own
+
+
+def host_refusal(request: http.Request, allowed_hosts: Collection[str]) -> tuple[int, str] | None:
+    """
+    The status and reason to refuse a request whose Host header does not
+    name this listener, or None when it does.
+
+    See the module docstring for what is accepted: a missing, repeated or
+    malformed Host is a 400 (as RFC 9112 section 3.2 asks), a foreign one a
+    421.  Listeners that are not IP sockets (``unix:``) cannot be reached
+    by a browser and accept any Host.
+    """
+    local = request.getHost()
+    if not isinstance(local, (IPv4Address, IPv6Address)):
+        return None
+    own = f"[{local.host}]:{local.port}" if ":" in local.host else f"{local.host}:{local.port}"
+    accepted = f"{own} or localhost:{local.port}"
+    if allowed_hosts:
+        accepted += " or " + ", ".join(sorted(allowed_hosts))
+    values = request.requestHeaders.getRawHeaders(b"host") or []
+    if len(values) != 1:
+        return 400, f"send one Host header naming this listener ({accepted})"
+    parsed = _split_host_header(values[0])
+    if parsed is None:
+        return 400, f"malformed Host header {values[0][:100]!r}; send {accepted}"
+    host, port = parsed
+    try:
+        canonical = str(ipaddress.ip_address(host))
+    except ValueError:
+        canonical = host.rstrip(".")
+    if canonical in allowed_hosts:
+        return None
+    if port is None:
+        port = 443 if request.isSecure() else 80
+    if port == local.port and (canonical == "localhost" or _same_address(host, local.host)):
+        return None
+    return 421, (
+        f"Host {values[0][:100].decode('ascii', 'backslashreplace')!r} is not this "
+        f"listener ({accepted}); connect by that address, or list the name in "
+        "http-allowed-hosts (--http-allowed-hosts)"
+    )
+
+
+class _Refused(Resource):
+    """The answer to a request refused before it reached its resource."""
+
+    isLeaf = True
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__()
+        self.status = status
+        self.message = message
+
+    def render(self, request: Request) -> bytes:
+        return _JsonResource._immediate(request, self.status, self.message)
+
+
 class _StatusSite(Site):
     """
     The role's Site: bodies limited while they arrive, refusals logged
@@ -438,10 +563,25 @@ class _StatusSite(Site):
     access_log = Logger()
     requestFactory = _LimitedRequest
 
-    def __init__(self, resource: Resource, reactor: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        resource: Resource,
+        allowed_hosts: Collection[str] = (),
+        reactor: IReactorTime | None = None,
+    ) -> None:
         # Form bodies are not parsed into request.args: the API reads JSON only.
         super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
+        self.allowed_hosts = frozenset(allowed_host(name) for name in allowed_hosts)
         self.refusals = _RefusalLog(self.reactor)
+
+    def getResourceFor(self, request: Request) -> Resource:
+        refusal = host_refusal(request, self.allowed_hosts)
+        if refusal is not None:
+            self.refusals.refused(_source(request), *refusal)
+            request.site = self
+            return _Refused(*refusal)
+        resource: Resource = super().getResourceFor(request)
+        return resource
 
     def log(self, request: http.Request) -> None:
         # Prometheus scrapes and the page's polling would otherwise fill the
@@ -461,6 +601,7 @@ def build_site(
     api: Mapping[str, ApiRoute],
     title: str,
     ring_page: bool = False,
+    allowed_hosts: Collection[str] = (),
     reactor: IReactorTime | None = None,
 ) -> Site:
     """
@@ -468,15 +609,17 @@ def build_site(
 
     ``status`` returns (or fires with) the JSON object for ``/status``;
     ``api`` maps names to routes served at ``/api/NAME``; ``ring_page``
-    makes ``/`` draw the ring from ``/api/ring``.  ``reactor`` schedules the
-    HTTP timeouts (the global reactor when None).
+    makes ``/`` draw the ring from ``/api/ring``; ``allowed_hosts`` are the
+    names (besides the listener's address and localhost) accepted in Host
+    headers.  ``reactor`` schedules the HTTP timeouts and paces the refusal
+    warnings (the global reactor when None).
     """
     root = Resource()
     root.putChild(b"", _PageResource(title, ring_page))
     root.putChild(b"status", _StatusResource(status))
     root.putChild(b"metrics", _MetricsResource(metrics))
     root.putChild(b"api", _ApiRoot(dict(api)))
-    site = _StatusSite(root, reactor=reactor)
+    site = _StatusSite(root, allowed_hosts, reactor=reactor)
     site.displayTracebacks = False
     return site
 

@@ -69,6 +69,20 @@ class PeerOptionsTests(SynchronousTestCase):
         )
         self.assertFalse(options["sip-trusted-network"])
 
+    def test_http_allowed_hosts(self) -> None:
+        """--http-allowed-hosts repeats on the command line, lists in the file, and is checked."""
+        options = parse("--http-allowed-hosts", "A.example", "--http-allowed-hosts", "b.example")
+        self.assertEqual(options.config.http_allowed_hosts, ("a.example", "b.example"))
+        options = Options()
+        options.use_config_text(
+            "[peer]\nbootstrap = tcp:127.0.0.1:6084\nhttp-allowed-hosts = p.example\n  ::1\n"
+        )
+        options.parseOptions([])
+        self.assertEqual(options.config.http_allowed_hosts, ("p.example", "::1"))
+        self.assertEqual(parse().config.http_allowed_hosts, ())
+        error = self.assertRaises(usage.UsageError, parse, "--http-allowed-hosts", "x y")
+        self.assertIn("--http-allowed-hosts", str(error))
+
     def test_make_service_composes_in_order(self) -> None:
         """The role's children start in order: overlay, SIP (with --sip), then HTTP."""
         data_dir = ["--data-dir", self.mktemp()]

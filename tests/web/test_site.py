@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -28,6 +28,7 @@ from p2psip.web.site import (
     MAX_REQUEST_BODY_BYTES,
     ApiError,
     ApiRoute,
+    allowed_host,
     body_field,
     build_site,
     http_service,
@@ -52,12 +53,12 @@ class Response:
 
 
 class Connection:
-    """One HTTP connection to the site over an in-memory transport."""
+    """One HTTP connection to the site over an in-memory transport, by default to 127.0.0.1:8084."""
 
-    def __init__(self, site: Site, host: str = "127.0.0.1", port: int = 8084) -> None:
+    def __init__(self, site: Site, local: Any = None) -> None:
         peer = IPv4Address("TCP", "127.0.0.1", 40000)
         self.channel = site.buildProtocol(peer)
-        self.transport = StringTransport(IPv4Address("TCP", host, port), peer)
+        self.transport = StringTransport(local or IPv4Address("TCP", "127.0.0.1", 8084), peer)
         self.channel.makeConnection(self.transport)
 
     def send(self, raw: bytes) -> None:
@@ -71,9 +72,13 @@ class Connection:
 
 
 def http_request(
-    method: str, path: str, body: bytes = b"", content_type: str | None = None
+    method: str,
+    path: str,
+    body: bytes = b"",
+    content_type: str | None = None,
+    host: str = "127.0.0.1:8084",
 ) -> bytes:
-    lines = [f"{method} {path} HTTP/1.0", "Host: 127.0.0.1"]
+    lines = [f"{method} {path} HTTP/1.0", f"Host: {host}"]
     if body:
         lines.append(f"Content-Length: {len(body)}")
     if content_type:
@@ -379,7 +384,7 @@ def chunk(data: bytes) -> bytes:
 
 def chunked_head(path: str = "/api/echo") -> bytes:
     return (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:8084\r\nContent-Type: application/json\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
     ).encode("ascii")
 
@@ -410,7 +415,7 @@ class BodyLimitTests(SiteTestsMixin, SynchronousTestCase):
         """A declared 200 MiB body is a 413 as soon as the headers are in; later bytes are dropped."""
         connection = Connection(self.make_site())
         connection.send(
-            b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1:8084\r\nContent-Type: application/json\r\n"
             b"Content-Length: 209715200\r\n\r\n"
         )
         self.assert_refused(connection)
@@ -436,7 +441,7 @@ class BodyLimitTests(SiteTestsMixin, SynchronousTestCase):
         """A client expecting 100-continue gets the 413 only, never a go-ahead."""
         connection = Connection(self.make_site())
         connection.send(
-            b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
+            b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1:8084\r\nExpect: 100-continue\r\n"
             b"Content-Length: 10000000\r\n\r\n"
         )
         self.assert_refused(connection)
@@ -483,7 +488,7 @@ class BodyLimitTests(SiteTestsMixin, SynchronousTestCase):
         """The first refusal from a source is a warning; more within a minute are only counted."""
         clock = Clock()
         site = self.make_site(reactor=clock)
-        big = b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999\r\n\r\n"
+        big = b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1:8084\r\nContent-Length: 99999999\r\n\r\n"
         with capturedLogs() as events:
             for _ in range(5):
                 connection = Connection(site)
@@ -542,7 +547,7 @@ class BadInputTests(SiteTestsMixin, SynchronousTestCase):
             (b"/api/\x80", 404),
             (b"/\x80", 404),
         ):
-            raw = b"GET " + target + b" HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+            raw = b"GET " + target + b" HTTP/1.0\r\nHost: 127.0.0.1:8084\r\n\r\n"
             response = self.fetch(self.make_site(), raw)
             self.assertEqual(response.code, code, target)
         self.assertEqual(self.flushLoggedErrors(), [])
@@ -550,7 +555,7 @@ class BadInputTests(SiteTestsMixin, SynchronousTestCase):
     def test_bad_escapes_in_api_path(self) -> None:
         """An API name that is not UTF-8 once unescaped is a JSON 404 like any unknown name."""
         for path in (b"/api/%ff", b"/api/%ed%a0%80", b"/api/echo%00", b"/api/%"):
-            raw = b"GET " + path + b" HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"
+            raw = b"GET " + path + b" HTTP/1.0\r\nHost: 127.0.0.1:8084\r\n\r\n"
             response = self.fetch(self.make_site(), raw)
             self.assertEqual(response.code, 404, path)
             self.assertIn("no such API", response.json()["error"])
@@ -577,6 +582,114 @@ class BadInputTests(SiteTestsMixin, SynchronousTestCase):
         self.assertEqual(response.code, 404)
         response.body.decode("utf-8")
         self.assertEqual(response.json(), {"error": "nothing under \ud800"})
+
+
+class HostCheckTests(SiteTestsMixin, SynchronousTestCase):
+    """The Host header must name the listener: DNS rebinding gets a 421."""
+
+    def code(self, host: str | None, local: Any = None, path: str = "/status", **site: Any) -> int:
+        raw = http_request("GET", path, host=host or "")
+        if host is None:
+            raw = raw.replace(b"Host: \r\n", b"")
+        connection = Connection(self.make_site(**site), local)
+        connection.send(raw)
+        response = connection.response()
+        if response.code == 421:
+            self.assertIn("http-allowed-hosts", response.json()["error"])
+        if response.code == 400:
+            self.assertIn("localhost:", response.json()["error"])
+        return response.code
+
+    def test_own_address_and_localhost(self) -> None:
+        """The listener's address with its port, and localhost with it, are accepted."""
+        for host in ("127.0.0.1:8084", "localhost:8084", "LOCALHOST:8084", "localhost.:8084"):
+            self.assertEqual(self.code(host), 200, host)
+
+    def test_rebinding_names_refused(self) -> None:
+        """Any other name, another address, another port or no port is a 421 everywhere on the site."""
+        for host in (
+            "attacker.example:8084",
+            "attacker.example",
+            "127.0.0.1.attacker.example:8084",
+            "127.0.0.2:8084",
+            "127.0.0.1:8085",
+            "127.0.0.1",
+            "localhost",
+            "[::1]:8084",
+        ):
+            for path in ("/", "/status", "/metrics", "/api/echo"):
+                self.assertEqual(self.code(host, path=path), 421, (host, path))
+        self.assertEqual(self.calls, [])
+
+    def test_missing_or_malformed_host(self) -> None:
+        """No Host header, an empty one or a malformed one is a 400 saying what to send."""
+        for host in (
+            None,
+            "",
+            "127.0.0.1:80x",
+            "[::1",
+            "127.0.0.1:8084:1",
+            "\u00e9:8084",
+            "::1:8084",
+        ):
+            self.assertEqual(self.code(host), 400, host)
+
+    def test_two_host_headers(self) -> None:
+        """Two Host headers are a 400, whatever they say."""
+        raw = http_request("GET", "/status").replace(
+            b"\r\n\r\n", b"\r\nHost: attacker.example\r\n\r\n"
+        )
+        response = self.fetch(self.make_site(), raw)
+        self.assertEqual(response.code, 400)
+        self.assertIn("one Host header", response.json()["error"])
+
+    def test_ipv6_listener(self) -> None:
+        """On [::1] the bracketed literal, in any spelling, and localhost are accepted."""
+        local = IPv6Address("TCP", "::1", 8084)
+        for host in ("[::1]:8084", "[0:0::1]:8084", "localhost:8084"):
+            self.assertEqual(self.code(host, local), 200, host)
+        for host in ("127.0.0.1:8084", "[::2]:8084", "[::1]:8085"):
+            self.assertEqual(self.code(host, local), 421, host)
+
+    def test_dual_stack_listener(self) -> None:
+        """A v4-mapped local address accepts the IPv4 literal."""
+        local = IPv6Address("TCP", "::ffff:192.0.2.4", 8084)
+        self.assertEqual(self.code("192.0.2.4:8084", local), 200)
+
+    def test_port_80_default(self) -> None:
+        """A Host without a port means port 80."""
+        local = IPv4Address("TCP", "192.0.2.4", 80)
+        self.assertEqual(self.code("192.0.2.4", local), 200)
+        self.assertEqual(self.code("192.0.2.4:80", local), 200)
+
+    def test_configured_names(self) -> None:
+        """Names the operator lists are accepted with any port (a proxy in front); others are not."""
+        allowed = ("Status.Example.org", "2001:db8::7")
+        for host in ("status.example.org", "status.example.org:443", "STATUS.example.org.:8084"):
+            self.assertEqual(self.code(host, allowed_hosts=allowed), 200, host)
+        self.assertEqual(self.code("[2001:db8:0::7]:9000", allowed_hosts=allowed), 200)
+        self.assertEqual(self.code("example.org:8084", allowed_hosts=allowed), 421)
+
+    def test_unix_socket_listener(self) -> None:
+        """A unix: listener (no browser can reach it) accepts any Host."""
+        self.assertEqual(self.code("anything", UNIXAddress(b"/run/p2psip.sock")), 200)
+
+    def test_refusal_is_warned_once(self) -> None:
+        """A refused Host is a warning naming the header; a flood of them is one line a minute."""
+        site = self.make_site()
+        with capturedLogs() as events:
+            for _ in range(10):
+                Connection(site).send(http_request("GET", "/status", host="attacker.example"))
+        [warning] = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(warning["status"], 421)
+        self.assertIn("'attacker.example'", warning["why"])
+
+    def test_allowed_host_coercer(self) -> None:
+        """--http-allowed-hosts takes names and addresses, lower-cased; not ports or junk."""
+        self.assertEqual(allowed_host("Status.Example.org."), "status.example.org")
+        self.assertEqual(allowed_host("[2001:DB8::1]"), "2001:db8::1")
+        for bad in ("a.example:80", "", "a b", "*.example", "-a.example", "a..example"):
+            self.assertRaises(ValueError, allowed_host, bad)
 
 
 class ArgumentHelperTests(SynchronousTestCase):
