@@ -355,6 +355,7 @@ def make_mediator(config: MediatorConfig, reactor: IRoleReactor) -> MediatorRole
         status=role.status,
         metrics=registry,
         api={},
+        admin_token=None,
         title="p2psip mediator",
         allowed_hosts=config.http_allowed_hosts,
         reactor=reactor,

@@ -99,7 +99,9 @@ def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
         "put": ApiRoute(("POST",), put),
         "get": ApiRoute(("GET",), get),
         "lookup": ApiRoute(("GET",), lookup),
-        "ring": ApiRoute(("GET",), ring),
+        # The status page draws the ring from this without a token: it
+        # shows Node-IDs and addresses, as /status does for the neighbours.
+        "ring": ApiRoute(("GET",), ring, open_access=True),
     }
 
 

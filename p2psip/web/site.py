@@ -14,7 +14,12 @@ Paths:
     (version 0.0.4), as ``prometheus_client.exposition.generate_latest``
     renders it.
 ``/api/NAME``
-    JSON in, JSON out.  Query-string arguments arrive as ``args`` (each name
+    JSON in, JSON out, for holders of the role's admin token
+    (:mod:`p2psip.util.admin_token`): a request without
+    ``Authorization: Bearer TOKEN``, or with another token, is a 401 with
+    ``WWW-Authenticate: Bearer``.  Routes marked ``open_access`` (the ring
+    walk the status page draws, which shows no more than ``/status``)
+    need none.  Query-string arguments arrive as ``args`` (each name
     at most once), a request body must be a JSON object sent as
     ``Content-Type: application/json`` and arrives as ``body``.  The callable
     raises ``ApiError(status, message)`` for errors the caller made; those
@@ -47,6 +52,7 @@ JSON only after a CORS preflight, which this site never grants).
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import re
@@ -99,6 +105,8 @@ class ApiRoute(NamedTuple):
 
     methods: Collection[str]
     call: ApiCallable
+    #: Served without the admin token: only for what /status shows anyway.
+    open_access: bool = False
 
 
 def query_argument(args: Mapping[str, str], name: str) -> str:
@@ -285,14 +293,57 @@ def _json_body(request: Request) -> JsonObject | None:
     return body
 
 
+_TOKEN_HINT = (
+    "send Authorization: Bearer TOKEN with the token from the file admin-token in the "
+    "role's data-dir (the p2psip command reads it: --data-dir or --token-file)"
+)
+
+
+def token_refusal(request: http.Request, admin_token: str | None) -> str | None:
+    """
+    Why the request does not carry ``admin_token``, or None when it does.
+
+    The comparison takes the same time wherever the tokens differ
+    (``hmac.compare_digest``).  With no token (None) every request is refused.
+    """
+    values = request.requestHeaders.getRawHeaders(b"authorization") or []
+    if not values:
+        return f"this API needs the role's admin token: {_TOKEN_HINT}"
+    scheme, _, given = values[0].strip().partition(b" ")
+    if len(values) != 1 or scheme.lower() != b"bearer" or not given.strip():
+        return f"malformed Authorization header: {_TOKEN_HINT}"
+    if admin_token is None:
+        return "this role has no admin token, so its admin API is closed"
+    if not hmac.compare_digest(given.strip(), admin_token.encode("ascii")):
+        return (
+            "wrong admin token: use the one in the file admin-token in this role's data-dir "
+            "(the role writes a new one only when the file is missing)"
+        )
+    return None
+
+
 class _ApiRouteResource(_JsonResource):
-    def __init__(self, name: str, route: ApiRoute) -> None:
+    def __init__(self, name: str, route: ApiRoute, admin_token: str | None) -> None:
         super().__init__()
         self._name = name
         self._methods = frozenset(method.upper() for method in route.methods)
         self._call = route.call
+        self._open_access = route.open_access
+        self._admin_token = admin_token
 
     def render(self, request: Request) -> object:
+        if not self._open_access:
+            why = token_refusal(request, self._admin_token)
+            if why is not None:
+                site = request.site
+                if isinstance(site, _StatusSite):
+                    site.refusals.refused(_source(request), 401, f"/api/{self._name}: {why}")
+                given = request.requestHeaders.hasHeader(b"authorization")
+                challenge = b'Bearer realm="p2psip admin API"'
+                if given:
+                    challenge += b', error="invalid_token"'
+                request.setHeader(b"www-authenticate", challenge)
+                return self._immediate(request, 401, why)
         method = request.method.decode("ascii", "replace").upper()
         if method == "HEAD" and "GET" in self._methods:
             method = "GET"
@@ -324,9 +375,11 @@ class _ApiNotFound(_JsonResource):
 
 
 class _ApiRoot(Resource):
-    def __init__(self, routes: Mapping[str, ApiRoute]) -> None:
+    def __init__(self, routes: Mapping[str, ApiRoute], admin_token: str | None) -> None:
         super().__init__()
-        self._routes = {name: _ApiRouteResource(name, route) for name, route in routes.items()}
+        self._routes = {
+            name: _ApiRouteResource(name, route, admin_token) for name, route in routes.items()
+        }
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         name = path.decode("utf-8", "replace")
@@ -599,6 +652,7 @@ def build_site(
     status: StatusCallable,
     metrics: CollectorRegistry,
     api: Mapping[str, ApiRoute],
+    admin_token: str | None,
     title: str,
     ring_page: bool = False,
     allowed_hosts: Collection[str] = (),
@@ -608,7 +662,8 @@ def build_site(
     The role's status/metrics/admin site.
 
     ``status`` returns (or fires with) the JSON object for ``/status``;
-    ``api`` maps names to routes served at ``/api/NAME``; ``ring_page``
+    ``api`` maps names to routes served at ``/api/NAME`` to holders of
+    ``admin_token`` (None: to nobody, except open-access routes); ``ring_page``
     makes ``/`` draw the ring from ``/api/ring``; ``allowed_hosts`` are the
     names (besides the listener's address and localhost) accepted in Host
     headers.  ``reactor`` schedules the HTTP timeouts and paces the refusal
@@ -618,7 +673,7 @@ def build_site(
     root.putChild(b"", _PageResource(title, ring_page))
     root.putChild(b"status", _StatusResource(status))
     root.putChild(b"metrics", _MetricsResource(metrics))
-    root.putChild(b"api", _ApiRoot(dict(api)))
+    root.putChild(b"api", _ApiRoot(dict(api), admin_token))
     site = _StatusSite(root, allowed_hosts, reactor=reactor)
     site.displayTracebacks = False
     return site

@@ -16,7 +16,7 @@ from p2psip.overlay.node import OverlayNode
 from p2psip.roles.overlay_api import overlay_api_routes
 from p2psip.testing import MemoryNetwork
 from p2psip.web.site import ApiError, build_site
-from tests.web.test_site import Connection, http_request
+from tests.web.test_site import TOKEN, Connection, http_request
 
 
 class AdminApiInputTests(SynchronousTestCase):
@@ -100,6 +100,7 @@ class AdminApiOverHttpTests(SynchronousTestCase):
             status=dict,
             metrics=CollectorRegistry(),
             api=overlay_api_routes(node),
+            admin_token=TOKEN,
             title="t",
             reactor=clock,
         )

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
+from p2psip.web import site as site_module
 from p2psip.web.site import (
     MAX_REQUEST_BODY_BYTES,
     ApiError,
@@ -71,14 +72,21 @@ class Connection:
         self.channel.connectionLost(Failure(ConnectionDone()))
 
 
+#: The admin token the test sites are built with.
+TOKEN = "t" * 43
+
+
 def http_request(
     method: str,
     path: str,
     body: bytes = b"",
     content_type: str | None = None,
     host: str = "127.0.0.1:8084",
+    token: str | None = TOKEN,
 ) -> bytes:
     lines = [f"{method} {path} HTTP/1.0", f"Host: {host}"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
     if body:
         lines.append(f"Content-Length: {len(body)}")
     if content_type:
@@ -112,6 +120,7 @@ class SiteTestsMixin:
                 "get": ApiRoute(("GET",), refuse),
                 "broken": ApiRoute(("GET",), broken),
             },
+            "admin_token": TOKEN,
             "title": "p2psip peer <test>",
             "reactor": Clock(),
         }
@@ -385,7 +394,7 @@ def chunk(data: bytes) -> bytes:
 def chunked_head(path: str = "/api/echo") -> bytes:
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:8084\r\nContent-Type: application/json\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
     ).encode("ascii")
 
 
@@ -547,7 +556,10 @@ class BadInputTests(SiteTestsMixin, SynchronousTestCase):
             (b"/api/\x80", 404),
             (b"/\x80", 404),
         ):
-            raw = b"GET " + target + b" HTTP/1.0\r\nHost: 127.0.0.1:8084\r\n\r\n"
+            raw = (
+                b"GET " + target + b" HTTP/1.0\r\nHost: 127.0.0.1:8084\r\n"
+                b"Authorization: Bearer " + TOKEN.encode("ascii") + b"\r\n\r\n"
+            )
             response = self.fetch(self.make_site(), raw)
             self.assertEqual(response.code, code, target)
         self.assertEqual(self.flushLoggedErrors(), [])
@@ -582,6 +594,105 @@ class BadInputTests(SiteTestsMixin, SynchronousTestCase):
         self.assertEqual(response.code, 404)
         response.body.decode("utf-8")
         self.assertEqual(response.json(), {"error": "nothing under \ud800"})
+
+
+class TokenTests(SiteTestsMixin, SynchronousTestCase):
+    """The API needs the admin token; the pages, /status and /metrics do not."""
+
+    def refused(self, response: Response) -> str:
+        self.assertEqual(response.code, 401)
+        self.assertEqual(self.calls, [])
+        self.assertTrue(response.headers["www-authenticate"].startswith("Bearer "))
+        error: str = response.json()["error"]
+        return error
+
+    def test_token_accepted(self) -> None:
+        """The right token, with the scheme in any case, reaches the API."""
+        site = self.make_site()
+        self.assertEqual(self.fetch(site, http_request("GET", "/api/echo")).code, 200)
+        raw = http_request("GET", "/api/echo", token=None).replace(
+            b"\r\n\r\n", f"\r\nAuthorization: bEaReR  {TOKEN} \r\n\r\n".encode()
+        )
+        self.assertEqual(self.fetch(site, raw).code, 200)
+
+    def test_missing_token(self) -> None:
+        """No Authorization header is a 401 that says where the token is."""
+        response = self.fetch(self.make_site(), http_request("GET", "/api/echo", token=None))
+        error = self.refused(response)
+        self.assertIn("admin-token", error)
+        self.assertIn("--data-dir", error)
+        self.assertEqual(response.headers["www-authenticate"], 'Bearer realm="p2psip admin API"')
+
+    def test_wrong_tokens(self) -> None:
+        """A wrong, truncated, extended or empty token is a 401 marked invalid_token."""
+        for token in ("x" * 43, TOKEN[:-1], TOKEN + "x", TOKEN.upper(), "\u00e9" * 43):
+            raw = http_request("POST", "/api/echo", b'{"a": 1}', "application/json", token=token)
+            response = self.fetch(self.make_site(), raw.replace("\u00e9".encode(), b"\xe9"))
+            self.assertIn("wrong admin token", self.refused(response))
+            self.assertIn('error="invalid_token"', response.headers["www-authenticate"])
+
+    def test_malformed_authorization(self) -> None:
+        """Another scheme, a bare scheme or two Authorization headers are 401s."""
+        for header in (f"Basic {TOKEN}", "Bearer", "Bearer ", TOKEN):
+            raw = http_request("GET", "/api/echo", token=None).replace(
+                b"\r\n\r\n", f"\r\nAuthorization: {header}\r\n\r\n".encode()
+            )
+            self.assertIn("malformed", self.refused(self.fetch(self.make_site(), raw)), header)
+        raw = http_request("GET", "/api/echo").replace(
+            b"\r\n\r\n", f"\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+        self.refused(self.fetch(self.make_site(), raw))
+
+    def test_checked_before_anything_else(self) -> None:
+        """Without the token even a wrong method or a bad body gets only the 401."""
+        for raw in (
+            http_request("DELETE", "/api/echo", token=None),
+            http_request("POST", "/api/echo", b"{nope", "application/json", token=None),
+            http_request("GET", "/api/broken", token=None),
+        ):
+            self.refused(self.fetch(self.make_site(), raw))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_constant_time_comparison(self) -> None:
+        """The token is compared with hmac.compare_digest."""
+        compared: list[tuple[bytes, bytes]] = []
+        real = site_module.hmac.compare_digest
+
+        def recording(a: bytes, b: bytes) -> bool:
+            compared.append((a, b))
+            return real(a, b)
+
+        self.patch(site_module.hmac, "compare_digest", recording)
+        self.fetch(self.make_site(), http_request("GET", "/api/echo", token="y" * 43))
+        self.assertEqual(compared, [(b"y" * 43, TOKEN.encode())])
+
+    def test_no_token_configured(self) -> None:
+        """A site built without a token refuses every request to a protected route."""
+        site = self.make_site(admin_token=None)
+        self.assertIn(
+            "no admin token", self.refused(self.fetch(site, http_request("GET", "/api/echo")))
+        )
+
+    def test_open_routes_and_pages(self) -> None:
+        """Open-access routes, the page, /status and /metrics need no token."""
+        site = self.make_site(
+            api={"ring": ApiRoute(("GET",), lambda args, body: {"nodes": []}, open_access=True)}
+        )
+        for path in ("/api/ring", "/", "/status", "/metrics"):
+            self.assertEqual(
+                self.fetch(site, http_request("GET", path, token=None)).code, 200, path
+            )
+
+    def test_refusals_are_warned_once(self) -> None:
+        """A wrong token is a warning naming the route; a guessing flood is one line a minute."""
+        site = self.make_site()
+        with capturedLogs() as events:
+            for index in range(50):
+                self.fetch(site, http_request("GET", "/api/echo", token=f"{index:043d}"))
+        [warning] = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual((warning["status"], warning["source"]), (401, "127.0.0.1"))
+        self.assertIn("/api/echo: wrong admin token", warning["why"])
+        self.assertNotIn(TOKEN, repr(events))
 
 
 class HostCheckTests(SiteTestsMixin, SynchronousTestCase):
@@ -750,7 +861,12 @@ class HttpServiceTests(SynchronousTestCase):
         """http_service listens where the endpoint string says, when started."""
         reactor = MemoryReactor()
         site = build_site(
-            status=dict, metrics=CollectorRegistry(), api={}, title="t", reactor=Clock()
+            status=dict,
+            metrics=CollectorRegistry(),
+            api={},
+            admin_token=None,
+            title="t",
+            reactor=Clock(),
         )
         service = http_service("tcp:0:interface=127.0.0.1", site, reactor)
         self.assertEqual(reactor.tcpServers, [])
