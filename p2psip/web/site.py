@@ -34,7 +34,8 @@ answered 413 at once and the connection closed; nothing beyond the limit
 is kept.  Refusals an operator should hear about are logged at warn, at
 most one line per source a minute (:mod:`p2psip.util.log_throttle`).
 Malformed input (bad UTF-8 or percent-encoding, JSON that is not an
-object, unpaired surrogates) is a 400 with a JSON error, logged at debug.
+object, unpaired surrogates) is a 400 with a JSON error, in the access log
+at debug only; the refusals below (token, Host, body size) are warnings.
 
 Every request must name this listener in its Host header: its own address
 as an IP literal (``127.0.0.1:8084``, ``[::1]:8084``), ``localhost`` with
@@ -566,9 +567,10 @@ def host_refusal(request: http.Request, allowed_hosts: Collection[str]) -> tuple
     if not isinstance(local, (IPv4Address, IPv6Address)):
         return None
     own = f"[{local.host}]:{local.port}" if ":" in local.host else f"{local.host}:{local.port}"
+    # The configured names are not listed: a rebinding page may read this answer.
     accepted = f"{own} or localhost:{local.port}"
     if allowed_hosts:
-        accepted += " or " + ", ".join(sorted(allowed_hosts))
+        accepted += " or a name in http-allowed-hosts"
     values = request.requestHeaders.getRawHeaders(b"host") or []
     if len(values) != 1:
         return 400, f"send one Host header naming this listener ({accepted})"

@@ -780,6 +780,9 @@ class HostCheckTests(SiteTestsMixin, SynchronousTestCase):
             self.assertEqual(self.code(host, allowed_hosts=allowed), 200, host)
         self.assertEqual(self.code("[2001:db8:0::7]:9000", allowed_hosts=allowed), 200)
         self.assertEqual(self.code("example.org:8084", allowed_hosts=allowed), 421)
+        raw = http_request("GET", "/status", host="example.org:8084")
+        body = self.fetch(self.make_site(allowed_hosts=allowed), raw).body
+        self.assertNotIn(b"status.example.org", body)  # a rebinding page may read the 421
 
     def test_unix_socket_listener(self) -> None:
         """A unix: listener (no browser can reach it) accepts any Host."""
