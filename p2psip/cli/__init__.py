@@ -35,6 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="admin API of the role to talk to: its --http address "
         "(default: $P2PSIP_API or http://127.0.0.1:8084)",
     )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=os.environ.get("P2PSIP_DATA_DIR"),
+        help="data-dir of that role, where it keeps its admin token (default: $P2PSIP_DATA_DIR, "
+        "else /var/lib/p2psip/bootstrap for port 8084 and /var/lib/p2psip/peer for 8085)",
+    )
+    parser.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="the role's admin token file (default: admin-token in --data-dir)",
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

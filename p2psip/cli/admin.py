@@ -11,8 +11,16 @@ default); see ``p2psip.web.site``.  The calls are::
     GET  /api/get?name=NAME            {"resource_id", "found", "value", "stored_at", "route", "hops"}
     GET  /api/lookup?name=NAME         {"resource_id", "responsible", "route", "hops"}
 
-Errors come back as ``{"error": message}`` with an HTTP error status.  The
-command line blocks on urllib: it makes one request and exits.  Output is
+Errors come back as ``{"error": message}`` with an HTTP error status.
+
+``put``, ``get`` and ``lookup`` send the role's admin token
+(``Authorization: Bearer TOKEN``), read from the file ``admin-token`` in the
+role's data directory: ``--token-file FILE``, else ``--data-dir DIR`` (or
+``$P2PSIP_DATA_DIR``), else the data directory the role uses by default
+when ``--api`` is that role's default address (:data:`DEFAULT_DATA_DIRS`).
+``status`` and ``ring`` need no token.
+
+The command line blocks on urllib: it makes one request and exits.  Output is
 for people unless ``--json`` is given; text that other peers chose
 (addresses, stored values) has control characters escaped so it cannot
 drive the terminal.
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
 import unicodedata
@@ -30,12 +39,17 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 from p2psip.cli import Subcommands
+from p2psip.util.admin_token import AdminTokenError, read_token, token_path
 
 DEFAULT_API_URL = "http://127.0.0.1:8084"
 API_URL_VARIABLE = "P2PSIP_API"
+DATA_DIR_VARIABLE = "P2PSIP_DATA_DIR"
+#: The roles' default --http ports and the --data-dir each role then uses by default.
+DEFAULT_DATA_DIRS = {8084: "/var/lib/p2psip/bootstrap", 8085: "/var/lib/p2psip/peer"}
 REQUEST_TIMEOUT_SECONDS = 30.0
 #: Status and ring documents are small; refuse to buffer a runaway answer.
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -61,12 +75,36 @@ class AdminError(Exception):
     """The admin API could not be reached or refused the request; the message says what to do."""
 
 
+def default_token_file(
+    api_url: str, data_dir: str | None = None, token_file: str | None = None
+) -> Path | None:
+    """
+    Where the token of the role at ``api_url`` is: ``token_file``, else
+    ``admin-token`` in ``data_dir``, else in the default data directory of
+    the role whose default address ``api_url`` is; None when unknown.
+    """
+    if token_file:
+        return Path(token_file)
+    if data_dir:
+        return token_path(data_dir)
+    parsed = urllib.parse.urlsplit(api_url)
+    try:
+        port = parsed.port
+    except ValueError:
+        return None
+    if parsed.hostname in ("127.0.0.1", "localhost", "::1") and port in DEFAULT_DATA_DIRS:
+        return token_path(DEFAULT_DATA_DIRS[port])
+    return None
+
+
 class AdminClient:
     """
     Blocking client of a role's admin API.
 
-    ``urlopen`` is the seam tests replace; it is called like
-    ``urllib.request.urlopen(request, timeout=...)``, which is the default.
+    ``token`` (or the file ``token_file``, read when a call first needs it)
+    is the role's admin token.  ``urlopen`` is the seam tests replace; it is
+    called like ``urllib.request.urlopen(request, timeout=...)``, which is
+    the default.
     """
 
     def __init__(
@@ -74,6 +112,9 @@ class AdminClient:
         api_url: str = DEFAULT_API_URL,
         urlopen: Opener | None = None,
         timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
+        *,
+        token_file: str | os.PathLike[str] | None = None,
+        token: str | None = None,
     ) -> None:
         parsed = urllib.parse.urlsplit(api_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
@@ -83,12 +124,14 @@ class AdminClient:
         self.api_url = api_url.rstrip("/")
         self._urlopen = urlopen
         self._timeout_seconds = timeout_seconds
+        self.token_file = Path(token_file) if token_file is not None else None
+        self._token = token
 
     def status(self) -> dict[str, Any]:
-        return self._call("GET", "/status")
+        return self._call("GET", "/status", authenticated=False)
 
     def ring(self) -> dict[str, Any]:
-        return self._call("GET", "/api/ring")
+        return self._call("GET", "/api/ring", authenticated=False)
 
     def put(self, name: str, value: str, lifetime_seconds: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"name": name, "value": value}
@@ -108,12 +151,15 @@ class AdminClient:
         path: str,
         query: Mapping[str, str] | None = None,
         body: Mapping[str, Any] | None = None,
+        authenticated: bool = True,
     ) -> dict[str, Any]:
         url = self.api_url + path
         if query:
             url += "?" + urllib.parse.urlencode(query)
         data = None
         headers = {"Accept": "application/json"}
+        if authenticated:
+            headers["Authorization"] = "Bearer " + self._admin_token()
         if body is not None:
             data = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
@@ -123,7 +169,14 @@ class AdminClient:
             with urlopen(request, timeout=self._timeout_seconds) as response:
                 raw = response.read(MAX_RESPONSE_BYTES + 1)
         except urllib.error.HTTPError as e:
-            raise AdminError(self._http_error_message(url, e)) from None
+            message = self._http_error_message(url, e)
+            if e.code == 401:
+                where = f"the token from {self.token_file}" if self.token_file else "a token"
+                message += (
+                    f" (p2psip sent {where}: give the --data-dir of the role at "
+                    f"{self.api_url}, or --token-file FILE)"
+                )
+            raise AdminError(message) from None
         except urllib.error.URLError as e:
             if isinstance(e.reason, (TimeoutError, socket.timeout)):
                 raise self._timeout_error(url) from None
@@ -139,6 +192,23 @@ class AdminClient:
                 f"is --http set to that address? ({e})"
             ) from None
         return self._decode(url, raw)
+
+    def _admin_token(self) -> str:
+        if self._token is not None:
+            return self._token
+        if self.token_file is None:
+            raise AdminError(
+                f"the admin API at {self.api_url} needs the role's token: give --data-dir DIR "
+                "(the role's data-dir, where it keeps the file admin-token) or --token-file FILE"
+            )
+        try:
+            self._token = read_token(self.token_file)
+        except AdminTokenError as e:
+            raise AdminError(
+                f"{e}; give p2psip the --data-dir of the role at {self.api_url} "
+                "(or --token-file FILE)"
+            ) from None
+        return self._token
 
     def _timeout_error(self, url: str) -> AdminError:
         return AdminError(
@@ -320,7 +390,11 @@ def format_lookup(name: str, answer: Mapping[str, Any]) -> str:
 
 
 def _client(args: argparse.Namespace) -> AdminClient:
-    return AdminClient(getattr(args, "api", DEFAULT_API_URL))
+    api_url = getattr(args, "api", DEFAULT_API_URL)
+    token_file = default_token_file(
+        api_url, getattr(args, "data_dir", None), getattr(args, "token_file", None)
+    )
+    return AdminClient(api_url, token_file=token_file)
 
 
 def _emit(args: argparse.Namespace, answer: Mapping[str, Any], human: Callable[[], str]) -> None:
@@ -398,6 +472,8 @@ def register(subparsers: Subcommands) -> None:
     # Also accept --api after the subcommand; SUPPRESS keeps the top-level
     # value (and its $P2PSIP_API default) when it is not repeated here.
     output.add_argument("--api", metavar="URL", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for name in ("--data-dir", "--token-file"):
+        output.add_argument(name, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     status = subparsers.add_parser(
         "status", parents=[output], help="show the node's status (neighbours, storage, ...)"

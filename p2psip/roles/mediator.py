@@ -30,7 +30,7 @@ from p2psip.util.endpoints import (
     stream_listen_port,
 )
 from p2psip.util.metrics import role_registry
-from p2psip.web.site import build_site, http_service
+from p2psip.web.site import allowed_host, build_site, http_service
 
 #: Where an operator turns the relay on or off, for failure reasons.
 RELAY_SETTING = "mediator.ini [mediator] relay (or --relay yes)"
@@ -66,6 +66,8 @@ class MediatorConfig:
     policy: BrokerPolicy
     relay_limits: mediator.RelayLimits
     connections_per_minute_per_address: int
+    #: Names accepted in Host headers besides the listener's address and localhost.
+    http_allowed_hosts: tuple[str, ...] = ()
 
     @property
     def stun_udp_port(self) -> int:
@@ -84,7 +86,7 @@ class MediatorConfig:
 
 class Options(RoleOptions):
     role = "mediator"
-    repeatable = ("stun",)
+    repeatable = ("stun", "http-allowed-hosts")
     optParameters = [
         [
             "stun",
@@ -112,6 +114,15 @@ class Options(RoleOptions):
             "tcp:8087:interface=127.0.0.1",
             "/status and /metrics listener.",
             server_endpoint,
+        ],
+        [
+            "http-allowed-hosts",
+            None,
+            None,
+            "Host name, besides the --http address and localhost, that clients may put in the "
+            "Host header (a name Prometheus scrapes, say); others are refused against DNS "
+            "rebinding.",
+            allowed_host,
         ],
         [
             "data-dir",
@@ -199,6 +210,7 @@ class Options(RoleOptions):
                 idle_timeout_seconds=self["relay-idle-seconds"],
             ),
             connections_per_minute_per_address=self["connections-per-minute-per-address"],
+            http_allowed_hosts=tuple(self["http-allowed-hosts"]),
         )
 
     def _stun_listeners(self) -> tuple[tuple[UDPListenAddress, ...], tuple[str, ...]]:
@@ -341,7 +353,13 @@ def make_mediator(config: MediatorConfig, reactor: IRoleReactor) -> MediatorRole
         strports.service(description, factory, reactor=reactor).setServiceParent(role)
     strports.service(config.control, control, reactor=reactor).setServiceParent(role)
     site = build_site(
-        status=role.status, metrics=registry, api={}, title="p2psip mediator", reactor=reactor
+        status=role.status,
+        metrics=registry,
+        api={},
+        admin_token=None,
+        title="p2psip mediator",
+        allowed_hosts=config.http_allowed_hosts,
+        reactor=reactor,
     )
     http_service(config.http, site, reactor).setServiceParent(role)
     return role

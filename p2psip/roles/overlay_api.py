@@ -36,6 +36,20 @@ def _name(args: dict[str, str], body: Body) -> str:
     return name
 
 
+def _lifetime(raw: object) -> int:
+    """
+    Whole seconds from JSON (an integer) or a query string (ASCII digits).
+
+    ``int()`` alone would take 1.5, true, "\u0661" and fail with
+    OverflowError on 1e999 (which JSON reads as infinity).
+    """
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 20:
+        return int(raw)
+    raise ApiError(400, "lifetime must be a whole number of seconds")
+
+
 def _as_api_error(failure: Failure) -> Failure:
     if failure.check(OverlayError):
         raise ApiError(502, failure.getErrorMessage())
@@ -60,11 +74,7 @@ def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
         value = (body or {}).get("value", args.get("value"))
         if not isinstance(value, str):
             raise ApiError(400, 'give the value as JSON {"value": "..."}')
-        raw_lifetime = (body or {}).get("lifetime", args.get("lifetime", 3600))
-        try:
-            lifetime = int(raw_lifetime)
-        except (TypeError, ValueError):
-            raise ApiError(400, "lifetime must be a whole number of seconds") from None
+        lifetime = _lifetime((body or {}).get("lifetime", args.get("lifetime", 3600)))
         if not 1 <= lifetime <= MAX_LIFETIME_SECONDS:
             raise ApiError(400, f"lifetime must be between 1 and {MAX_LIFETIME_SECONDS} seconds")
         in_ring()
@@ -89,7 +99,9 @@ def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
         "put": ApiRoute(("POST",), put),
         "get": ApiRoute(("GET",), get),
         "lookup": ApiRoute(("GET",), lookup),
-        "ring": ApiRoute(("GET",), ring),
+        # The status page draws the ring from this without a token: it
+        # shows Node-IDs and addresses, as /status does for the neighbours.
+        "ring": ApiRoute(("GET",), ring, open_access=True),
     }
 
 

@@ -26,6 +26,7 @@ from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.sip.digest import ALGORITHMS
 from p2psip.util.endpoints import endpoint_interface, is_udp, parse_udp_listen_address
+from p2psip.web.site import allowed_host
 
 
 @frozen
@@ -78,6 +79,8 @@ class RingRoleConfig:
     data_dir: Path
     mediator: MediatorClientConfig | None
     sip: SipConfig | None
+    #: Names accepted in Host headers besides the listener's address and localhost.
+    http_allowed_hosts: tuple[str, ...] = ()
 
     @property
     def advertised_host(self) -> str:
@@ -130,7 +133,7 @@ class RingRoleOptions(RoleOptions):
     role: ClassVar[str] = ""
     #: Shown on the status page.
     title: ClassVar[str] = ""
-    repeatable: ClassVar[tuple[str, ...]] = ("bootstrap", "sip")
+    repeatable: ClassVar[tuple[str, ...]] = ("bootstrap", "sip", "http-allowed-hosts")
     default_http: ClassVar[str] = "tcp:8084:interface=127.0.0.1"
     default_data_dir: ClassVar[str] = "/var/lib/p2psip"
 
@@ -162,7 +165,21 @@ class RingRoleOptions(RoleOptions):
             "Endpoint of the status page, /metrics and admin API (loopback by default).",
             server_endpoint,
         ],
-        ["data-dir", None, None, "Directory for the node key and certificate."],
+        [
+            "http-allowed-hosts",
+            None,
+            None,
+            "Host name, besides the --http address and localhost, that clients may put in the "
+            "Host header (a name in front of a proxy, say); others are refused against DNS "
+            "rebinding.",
+            allowed_host,
+        ],
+        [
+            "data-dir",
+            None,
+            None,
+            "Directory for the node key, its certificate and the admin API token.",
+        ],
         [
             "advertise",
             None,
@@ -317,6 +334,7 @@ class RingRoleOptions(RoleOptions):
             data_dir=data_dir,
             mediator=mediator,
             sip=sip,
+            http_allowed_hosts=tuple(self["http-allowed-hosts"]),
         )
 
     def _mediator_secret(self) -> bytes:

@@ -48,6 +48,7 @@ from p2psip.roles.overlay_service import OverlayService
 from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
 from p2psip.sip.users import UsersFile
+from p2psip.util.admin_token import AdminTokenError, load_or_create_token
 from p2psip.util.ids import id_hex
 from p2psip.util.metrics import role_registry
 from p2psip.web.overlay_status import overlay_status
@@ -62,13 +63,16 @@ class RingState:
     known_peers: tuple[peer_cache.KnownPeer, ...] = ()
     users: UsersFile | None = None
     nonce_secret: bytes | None = None
+    #: Without one the admin API refuses every request.
+    admin_token: str | None = None
 
 
 def load_ring_state(config: RingRoleConfig) -> RingState:
     """
     Read the role's files in ``--data-dir`` (made, mode 0700, if missing):
-    the node key (made on first start), the known peers, and for SIP the
-    users file and the nonce secret.  Errors name the file and the fix.
+    the node key and the admin API token (made on first start), the known
+    peers, and for SIP the users file and the nonce secret.  Errors name
+    the file and the fix.
     """
     try:
         os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
@@ -89,7 +93,11 @@ def load_ring_state(config: RingRoleConfig) -> RingState:
                 secret = load_or_create_secret(config.data_dir)
             except (OSError, ValueError) as error:
                 raise usage.UsageError(f"the SIP nonce secret: {error}") from None
-    return RingState(identity, tuple(peer_cache.load(config.data_dir)), users, secret)
+    try:
+        admin_token = load_or_create_token(config.data_dir)
+    except AdminTokenError as error:
+        raise usage.UsageError(f"the admin API token: {error}") from None
+    return RingState(identity, tuple(peer_cache.load(config.data_dir)), users, secret, admin_token)
 
 
 class RingRole(MultiService):
@@ -218,8 +226,10 @@ def make_ring_role(
         status=role.status,
         metrics=registry,
         api=overlay_api_routes(node),
+        admin_token=state.admin_token,
         title=config.title,
         ring_page=True,
+        allowed_hosts=config.http_allowed_hosts,
         reactor=reactor,
     )
     http_service(config.http, site, reactor).setServiceParent(role)

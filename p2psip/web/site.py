@@ -14,12 +14,36 @@ Paths:
     (version 0.0.4), as ``prometheus_client.exposition.generate_latest``
     renders it.
 ``/api/NAME``
-    JSON in, JSON out.  Query-string arguments arrive as ``args`` (each name
+    JSON in, JSON out, for holders of the role's admin token
+    (:mod:`p2psip.util.admin_token`): a request without
+    ``Authorization: Bearer TOKEN``, or with another token, is a 401 with
+    ``WWW-Authenticate: Bearer``.  Routes marked ``open_access`` (the ring
+    walk the status page draws, which shows no more than ``/status``)
+    need none.  Query-string arguments arrive as ``args`` (each name
     at most once), a request body must be a JSON object sent as
     ``Content-Type: application/json`` and arrives as ``body``.  The callable
     raises ``ApiError(status, message)`` for errors the caller made; those
     become ``{"error": message}`` with that status.  Anything else it raises
     is logged and answered with 500.
+
+Request bodies are limited while they arrive (:class:`_LimitedRequest`):
+Twisted's own Request would store a body of any size, in a temporary file
+beyond 100 KB, before the resource sees it.  A Content-Length above
+:data:`MAX_REQUEST_BODY_BYTES`, or a chunked body that grows past it, is
+answered 413 at once and the connection closed; nothing beyond the limit
+is kept.  Refusals an operator should hear about are logged at warn, at
+most one line per source a minute (:mod:`p2psip.util.log_throttle`).
+Malformed input (bad UTF-8 or percent-encoding, JSON that is not an
+object, unpaired surrogates) is a 400 with a JSON error, in the access log
+at debug only; the refusals below (token, Host, body size) are warnings.
+
+Every request must name this listener in its Host header: its own address
+as an IP literal (``127.0.0.1:8084``, ``[::1]:8084``), ``localhost`` with
+the port, or a name listed in ``allowed_hosts`` (any port).  Anything else
+is a 421.  A web page that rebinds its own DNS name to 127.0.0.1 reaches
+the listener with that name as Host, so this keeps such a page from
+reading ``/status`` or driving the API; a page loaded from the literal
+address is the site itself.
 
 The admin API changes what the overlay stores, so it listens on loopback by
 default.  Requiring ``application/json`` on request bodies means that a web
@@ -29,7 +53,11 @@ JSON only after a CORS preflight, which this site never grants).
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import re
+from io import BytesIO
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, NamedTuple, TypeVar, Union
 from urllib.parse import parse_qsl
@@ -39,6 +67,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
 from twisted.internet import endpoints
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
@@ -48,6 +77,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from p2psip.util.log_throttle import LOG_INTERVAL_SECONDS, LogThrottle
 from p2psip.web.page import CONTENT_SECURITY_POLICY, render_page
 
 #: Admin requests are small JSON objects; anything bigger is refused.
@@ -76,6 +106,8 @@ class ApiRoute(NamedTuple):
 
     methods: Collection[str]
     call: ApiCallable
+    #: Served without the admin token: only for what /status shows anyway.
+    open_access: bool = False
 
 
 def query_argument(args: Mapping[str, str], name: str) -> str:
@@ -115,7 +147,10 @@ def _set_common_headers(request: Request) -> None:
 
 
 def _json_bytes(payload: object) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8") + b"\n"
+    # An unpaired surrogate cannot be UTF-8; backslashreplace writes it as
+    # \udXXX, which is that character's JSON escape, so the answer stays valid.
+    text = json.dumps(payload, ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
 class _JsonResource(Resource):
@@ -248,17 +283,68 @@ def _json_body(request: Request) -> JsonObject | None:
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "request body must be a JSON object")
+    try:
+        # JSON may escape half of a surrogate pair (\ud800), which no UTF-8
+        # text holds: refuse it here rather than fail where it is encoded.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, "request body has a \\u escape of an unpaired surrogate (D800-DFFF)"
+        ) from None
     return body
 
 
+_TOKEN_HINT = (
+    "send Authorization: Bearer TOKEN with the token from the file admin-token in the "
+    "role's data-dir (the p2psip command reads it: --data-dir or --token-file)"
+)
+
+
+def token_refusal(request: http.Request, admin_token: str | None) -> str | None:
+    """
+    Why the request does not carry ``admin_token``, or None when it does.
+
+    The comparison takes the same time wherever the tokens differ
+    (``hmac.compare_digest``).  With no token (None) every request is refused.
+    """
+    values = request.requestHeaders.getRawHeaders(b"authorization") or []
+    if not values:
+        return f"this API needs the role's admin token: {_TOKEN_HINT}"
+    scheme, _, given = values[0].strip().partition(b" ")
+    if len(values) != 1 or scheme.lower() != b"bearer" or not given.strip():
+        return f"malformed Authorization header: {_TOKEN_HINT}"
+    if admin_token is None:
+        return "this role has no admin token, so its admin API is closed"
+    if not hmac.compare_digest(given.strip(), admin_token.encode("ascii")):
+        return (
+            "wrong admin token: use the one in the file admin-token in this role's data-dir "
+            "(the role writes a new one only when the file is missing)"
+        )
+    return None
+
+
 class _ApiRouteResource(_JsonResource):
-    def __init__(self, name: str, route: ApiRoute) -> None:
+    def __init__(self, name: str, route: ApiRoute, admin_token: str | None) -> None:
         super().__init__()
         self._name = name
         self._methods = frozenset(method.upper() for method in route.methods)
         self._call = route.call
+        self._open_access = route.open_access
+        self._admin_token = admin_token
 
     def render(self, request: Request) -> object:
+        if not self._open_access:
+            why = token_refusal(request, self._admin_token)
+            if why is not None:
+                site = request.site
+                if isinstance(site, _StatusSite):
+                    site.refusals.refused(_source(request), 401, f"/api/{self._name}: {why}")
+                given = request.requestHeaders.hasHeader(b"authorization")
+                challenge = b'Bearer realm="p2psip admin API"'
+                if given:
+                    challenge += b', error="invalid_token"'
+                request.setHeader(b"www-authenticate", challenge)
+                return self._immediate(request, 401, why)
         method = request.method.decode("ascii", "replace").upper()
         if method == "HEAD" and "GET" in self._methods:
             method = "GET"
@@ -290,9 +376,11 @@ class _ApiNotFound(_JsonResource):
 
 
 class _ApiRoot(Resource):
-    def __init__(self, routes: Mapping[str, ApiRoute]) -> None:
+    def __init__(self, routes: Mapping[str, ApiRoute], admin_token: str | None) -> None:
         super().__init__()
-        self._routes = {name: _ApiRouteResource(name, route) for name, route in routes.items()}
+        self._routes = {
+            name: _ApiRouteResource(name, route, admin_token) for name, route in routes.items()
+        }
 
     def getChild(self, path: bytes, request: Request) -> Resource:
         name = path.decode("utf-8", "replace")
@@ -305,10 +393,250 @@ class _ApiRoot(Resource):
         return _ApiNotFound(self._routes).render(request)
 
 
+class _RefusalLog:
+    """Warnings about refused requests: one line per source a minute, with the count held back."""
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self.throttle = LogThrottle(clock)
+
+    def refused(self, source: str, status: int, why: str) -> None:
+        held_back = self.throttle.admit(source)
+        if held_back is None:
+            return
+        self.log.warn(
+            "HTTP site: refused a request from {source} with {status}: {why}{held_back_note}",
+            source=source,
+            status=status,
+            why=why,
+            held_back=held_back,
+            held_back_note=(
+                f" ({held_back} more refusals from there in the last "
+                f"{LOG_INTERVAL_SECONDS:g}s were not logged)"
+                if held_back
+                else ""
+            ),
+        )
+
+
+def _source(request: http.Request) -> str:
+    """The client's address without the port, for refusal logs."""
+    address = request.getClientAddress()
+    return str(getattr(address, "host", None) or address)
+
+
+class _LimitedRequest(Request):
+    """
+    A Request that keeps at most :data:`MAX_REQUEST_BODY_BYTES` of body.
+
+    The channel calls ``gotLength`` once the headers are in (None for a
+    chunked body) and then ``handleContentChunk`` for each piece of body.
+    A declared length over the limit is refused before any body byte is
+    read; a chunked body is counted and refused as soon as it passes the
+    limit.  The refusal is a 413 written straight to the transport (the
+    request line is not yet processed, so Request.write cannot be used),
+    then the connection is closed and any further body dropped.
+    """
+
+    max_body_bytes = MAX_REQUEST_BODY_BYTES
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.body_bytes_received = 0
+        self.body_refused = False
+
+    def gotLength(self, length: int | None) -> None:
+        # Always memory: the body is bounded, so Twisted's temporary file
+        # (used for chunked bodies and long ones) is never wanted.
+        self.content = BytesIO()
+        if length is not None and length > self.max_body_bytes:
+            self._refuse_body(f"declared a body of {length} bytes")
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_refused:
+            return
+        self.body_bytes_received += len(data)
+        if self.body_bytes_received > self.max_body_bytes:
+            self._refuse_body("sent a chunked body past the limit")
+            return
+        assert self.content is not None
+        self.content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.body_refused:
+            return  # already answered; the connection is closing
+        super().requestReceived(command, path, version)
+
+    def _refuse_body(self, what: str) -> None:
+        self.body_refused = True
+        # The channel would answer "Expect: 100-continue" right after
+        # gotLength returns, behind the 413; the body is not wanted.
+        self.requestHeaders.removeHeader(b"expect")
+        message = f"request body larger than {self.max_body_bytes} bytes"
+        body = _json_bytes({"error": message})
+        head = [
+            b"HTTP/1.1 413 Content Too Large",
+            b"Content-Type: application/json; charset=utf-8",
+            b"Content-Length: " + str(len(body)).encode("ascii"),
+            b"Connection: close",
+            b"Cache-Control: no-store",
+            b"X-Content-Type-Options: nosniff",
+        ]
+        channel = self.channel
+        assert channel.transport is not None
+        channel.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        channel.loseConnection()
+        site = getattr(channel, "site", None)
+        if isinstance(site, _StatusSite):
+            site.refusals.refused(
+                _source(self), 413, f"{what}, over the {self.max_body_bytes}-byte limit"
+            )
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*"
+)
+
+
+def allowed_host(text: str) -> str:
+    """
+    Coercer for ``--http-allowed-hosts``: a DNS name (or IP address) that
+    browsers and tools may use to reach the status site, without a port.
+
+    Returns it in lower case without a trailing dot, as Host headers are compared.
+    """
+    name = text.strip().lower().rstrip(".")
+    try:
+        return str(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(name):
+        raise ValueError(f"{text!r} is not a host name")
+    return name
+
+
+allowed_host.coerceDoc = "a host name such as status.example.org, without a port"  # type: ignore[attr-defined]
+
+
+def _split_host_header(value: bytes) -> tuple[str, int | None] | None:
+    """``(host, port)`` from a Host header (port None when absent), or None if malformed."""
+    try:
+        text = value.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            return None
+    else:
+        host, colon, port_text = text.partition(":")
+        rest = colon + port_text
+    if not host:
+        return None
+    if not rest:
+        return host, None
+    port = rest[1:]
+    if not rest.startswith(":") or not port.isdigit() or len(port) > 5:
+        return None
+    return host, int(port)
+
+
+def _same_address(host: str, local: str) -> bool:
+    """Whether ``host`` is an IP literal for the listener's address ``local``."""
+    try:
+        given, own = ipaddress.ip_address(host), ipaddress.ip_address(local)
+    except ValueError:
+        return False
+    if isinstance(own, ipaddress.IPv6Address) and own.ipv4_mapped is not None:
+        own = own.ipv4_mapped  # a dual-stack socket reached over IPv4
+    return given == own
+
+
+def host_refusal(request: http.Request, allowed_hosts: Collection[str]) -> tuple[int, str] | None:
+    """
+    The status and reason to refuse a request whose Host header does not
+    name this listener, or None when it does.
+
+    See the module docstring for what is accepted: a missing, repeated or
+    malformed Host is a 400 (as RFC 9112 section 3.2 asks), a foreign one a
+    421.  Listeners that are not IP sockets (``unix:``) cannot be reached
+    by a browser and accept any Host.
+    """
+    local = request.getHost()
+    if not isinstance(local, (IPv4Address, IPv6Address)):
+        return None
+    own = f"[{local.host}]:{local.port}" if ":" in local.host else f"{local.host}:{local.port}"
+    # The configured names are not listed: a rebinding page may read this answer.
+    accepted = f"{own} or localhost:{local.port}"
+    if allowed_hosts:
+        accepted += " or a name in http-allowed-hosts"
+    values = request.requestHeaders.getRawHeaders(b"host") or []
+    if len(values) != 1:
+        return 400, f"send one Host header naming this listener ({accepted})"
+    parsed = _split_host_header(values[0])
+    if parsed is None:
+        return 400, f"malformed Host header {values[0][:100]!r}; send {accepted}"
+    host, port = parsed
+    try:
+        canonical = str(ipaddress.ip_address(host))
+    except ValueError:
+        canonical = host.rstrip(".")
+    if canonical in allowed_hosts:
+        return None
+    if port is None:
+        port = 443 if request.isSecure() else 80
+    if port == local.port and (canonical == "localhost" or _same_address(host, local.host)):
+        return None
+    return 421, (
+        f"Host {values[0][:100].decode('ascii', 'backslashreplace')!r} is not this "
+        f"listener ({accepted}); connect by that address, or list the name in "
+        "http-allowed-hosts (--http-allowed-hosts)"
+    )
+
+
+class _Refused(Resource):
+    """The answer to a request refused before it reached its resource."""
+
+    isLeaf = True
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__()
+        self.status = status
+        self.message = message
+
+    def render(self, request: Request) -> bytes:
+        return _JsonResource._immediate(request, self.status, self.message)
+
+
 class _StatusSite(Site):
-    """A Site whose access log goes to twisted.logger at debug level."""
+    """
+    The role's Site: bodies limited while they arrive, refusals logged
+    (rate-limited), and the access log at debug level.
+    """
 
     access_log = Logger()
+    requestFactory = _LimitedRequest
+
+    def __init__(
+        self,
+        resource: Resource,
+        allowed_hosts: Collection[str] = (),
+        reactor: IReactorTime | None = None,
+    ) -> None:
+        # Form bodies are not parsed into request.args: the API reads JSON only.
+        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
+        self.allowed_hosts = frozenset(allowed_host(name) for name in allowed_hosts)
+        self.refusals = _RefusalLog(self.reactor)
+
+    def getResourceFor(self, request: Request) -> Resource:
+        refusal = host_refusal(request, self.allowed_hosts)
+        if refusal is not None:
+            self.refusals.refused(_source(request), *refusal)
+            request.site = self
+            return _Refused(*refusal)
+        resource: Resource = super().getResourceFor(request)
+        return resource
 
     def log(self, request: http.Request) -> None:
         # Prometheus scrapes and the page's polling would otherwise fill the
@@ -326,24 +654,29 @@ def build_site(
     status: StatusCallable,
     metrics: CollectorRegistry,
     api: Mapping[str, ApiRoute],
+    admin_token: str | None,
     title: str,
     ring_page: bool = False,
+    allowed_hosts: Collection[str] = (),
     reactor: IReactorTime | None = None,
 ) -> Site:
     """
     The role's status/metrics/admin site.
 
     ``status`` returns (or fires with) the JSON object for ``/status``;
-    ``api`` maps names to routes served at ``/api/NAME``; ``ring_page``
-    makes ``/`` draw the ring from ``/api/ring``.  ``reactor`` schedules the
-    HTTP timeouts (the global reactor when None).
+    ``api`` maps names to routes served at ``/api/NAME`` to holders of
+    ``admin_token`` (None: to nobody, except open-access routes); ``ring_page``
+    makes ``/`` draw the ring from ``/api/ring``; ``allowed_hosts`` are the
+    names (besides the listener's address and localhost) accepted in Host
+    headers.  ``reactor`` schedules the HTTP timeouts and paces the refusal
+    warnings (the global reactor when None).
     """
     root = Resource()
     root.putChild(b"", _PageResource(title, ring_page))
     root.putChild(b"status", _StatusResource(status))
     root.putChild(b"metrics", _MetricsResource(metrics))
-    root.putChild(b"api", _ApiRoot(dict(api)))
-    site = _StatusSite(root, reactor=reactor)
+    root.putChild(b"api", _ApiRoot(dict(api), admin_token))
+    site = _StatusSite(root, allowed_hosts, reactor=reactor)
     site.displayTracebacks = False
     return site
 

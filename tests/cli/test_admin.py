@@ -9,6 +9,7 @@ import sys
 import urllib.error
 import urllib.request
 from email.message import Message
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -66,10 +67,29 @@ def http_error(code: int, body: bytes, reason: str = "Not Found") -> urllib.erro
     return urllib.error.HTTPError("http://x/", code, reason, Message(), io.BytesIO(body))
 
 
+TOKEN = "k" * 43
+
+
+def write_token(directory: str, token: str = TOKEN, mode: int = 0o600) -> Path:
+    """A role's data directory holding an admin token file."""
+    os.makedirs(directory, exist_ok=True)
+    path = Path(directory, "admin-token")
+    path.write_text(token + "\n", encoding="ascii")
+    path.chmod(mode)
+    return path
+
+
 class CommandTestsMixin:
-    """Runs ``p2psip`` in-process with urlopen replaced and output captured."""
+    """
+    Runs ``p2psip`` in-process with urlopen replaced and output captured,
+    with $P2PSIP_DATA_DIR naming a data directory that holds :data:`TOKEN`.
+    """
 
     def run_cli(self, *argv: str, answers: tuple[object, ...] = ()) -> tuple[int, str, str]:
+        if not hasattr(self, "data_dir"):
+            self.data_dir = self.mktemp()  # type: ignore[attr-defined]
+            write_token(self.data_dir)
+        self.patch(os, "environ", dict(os.environ, P2PSIP_DATA_DIR=self.data_dir))  # type: ignore[attr-defined]
         self.opener = FakeOpener(*answers)
         self.patch(urllib.request, "urlopen", self.opener)  # type: ignore[attr-defined]
         stdout, stderr = io.StringIO(), io.StringIO()
@@ -299,6 +319,97 @@ json_values = st.recursive(
 # Recursive JSON is slow to generate on a loaded machine (make test runs jobs
 # in parallel); the test is about the formatter, not generation speed.
 json_settings = settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+
+
+class TokenTests(CommandTestsMixin, SynchronousTestCase):
+    """The admin token: where the command finds it, and what it says when it cannot."""
+
+    def authorization(self, index: int = 0) -> str | None:
+        return self.opener.requests[index].get_header("Authorization")
+
+    def test_api_calls_send_the_token(self) -> None:
+        """put, get and lookup send the token from the data directory as a Bearer token."""
+        self.run_cli("put", "alice", "v", answers=({},))
+        self.run_cli("get", "alice", answers=({"found": False},))
+        self.run_cli("lookup", "alice", answers=({},))
+        self.assertEqual(self.authorization(), f"Bearer {TOKEN}")
+        self.assertEqual(len(self.opener.requests), 1)
+
+    def test_status_and_ring_need_no_token(self) -> None:
+        """status and ring are open routes: no token is read or sent."""
+        self.data_dir = self.mktemp()  # no token file there
+        for command in ("status", "ring"):
+            status, _, err = self.run_cli(command, answers=({},))
+            self.assertEqual((status, err), (0, ""))
+            self.assertIsNone(self.authorization())
+
+    def test_data_dir_option(self) -> None:
+        """--data-dir, before or after the subcommand, wins over $P2PSIP_DATA_DIR."""
+        other = self.mktemp()
+        write_token(other, "o" * 40)
+        self.run_cli("--data-dir", other, "lookup", "x", answers=({},))
+        self.assertEqual(self.authorization(), "Bearer " + "o" * 40)
+        self.run_cli("lookup", "x", "--data-dir", other, answers=({},))
+        self.assertEqual(self.authorization(), "Bearer " + "o" * 40)
+
+    def test_token_file_option(self) -> None:
+        """--token-file wins over --data-dir."""
+        path = write_token(self.mktemp(), "f" * 50)
+        self.run_cli(
+            "--data-dir", self.mktemp(), "--token-file", str(path), "get", "x", answers=({},)
+        )
+        self.assertEqual(self.authorization(), "Bearer " + "f" * 50)
+
+    def test_missing_token_file(self) -> None:
+        """No token file: no request is made, and the error names the file and both options."""
+        missing = self.mktemp()
+        status, out, err = self.run_cli("--data-dir", missing, "put", "a", "b")
+        self.assertEqual((status, out, self.opener.requests), (1, "", []))
+        self.assertIn(f"no admin token file {Path(missing, 'admin-token')}", err)
+        self.assertIn("--data-dir", err)
+        self.assertIn("--token-file", err)
+
+    def test_token_file_open_to_everyone(self) -> None:
+        """A world-readable token file is refused with the chmod that fixes it."""
+        path = write_token(self.mktemp(), mode=0o644)
+        status, _, err = self.run_cli("--token-file", str(path), "get", "x")
+        self.assertEqual(status, 1)
+        self.assertIn(f"chmod 600 {path}", err)
+
+    def test_refused_token(self) -> None:
+        """A 401 names the token file that was sent and the option to fix."""
+        refused = http_error(401, b'{"error": "wrong admin token: use the one"}', "Unauthorized")
+        status, _, err = self.run_cli("get", "x", answers=(refused,))
+        self.assertEqual(status, 1)
+        self.assertIn("answered 401: wrong admin token", err)
+        self.assertIn(f"the token from {Path(self.data_dir, 'admin-token')}", err)
+        self.assertIn("--data-dir of the role at http://127.0.0.1:8084", err)
+
+    def test_no_token_known(self) -> None:
+        """For an address that is no role's default, without --data-dir, the error says what to give."""
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "P2PSIP_DATA_DIR"})
+        client = admin.AdminClient(
+            "http://127.0.0.1:9999",
+            FakeOpener(),
+            token_file=admin.default_token_file("http://127.0.0.1:9999"),
+        )
+        error = self.assertRaises(admin.AdminError, client.get, "x")
+        self.assertIn("needs the role's token: give --data-dir DIR", str(error))
+
+    def test_default_token_files(self) -> None:
+        """The default follows the roles' defaults: port 8084 is the bootstrap, 8085 the peer."""
+        default = admin.default_token_file
+        self.assertEqual(
+            default("http://127.0.0.1:8084"), Path("/var/lib/p2psip/bootstrap/admin-token")
+        )
+        self.assertEqual(
+            default("http://localhost:8085/"), Path("/var/lib/p2psip/peer/admin-token")
+        )
+        self.assertIsNone(default("http://127.0.0.1:9000"))
+        self.assertIsNone(default("http://192.0.2.1:8084"))
+        self.assertIsNone(default("http://127.0.0.1:notaport"))
+        self.assertEqual(default("http://127.0.0.1:9000", "/srv/p"), Path("/srv/p/admin-token"))
+        self.assertEqual(default("http://127.0.0.1:8084", "/srv/p", "/t"), Path("/t"))
 
 
 class FormatTests(SynchronousTestCase):

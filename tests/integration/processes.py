@@ -53,7 +53,10 @@ class RoleProcess:
         ]
         self.command = command
         self.process = self._launch()
-        self.api = AdminClient(f"http://127.0.0.1:{self.http_port}")
+        # The role writes its admin token there when it starts; it is read at the first call.
+        self.api = AdminClient(
+            f"http://127.0.0.1:{self.http_port}", token_file=directory / "data" / "admin-token"
+        )
 
     def _launch(self) -> subprocess.Popen[bytes]:
         environment = dict(os.environ, PYTHONPATH=str(repository_root()))

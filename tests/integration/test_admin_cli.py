@@ -3,11 +3,14 @@ The ``p2psip`` admin commands against a real site on a loopback port.
 
 The unit tests (``tests/cli/test_admin.py``) replace urlopen; these let
 urllib, the HTTP server and the JSON API meet for real.  The CLI blocks,
-so it runs in a thread while the reactor serves.
+so it runs in a thread while the reactor serves.  The attacks of the
+admin API review (no token, a rebinding Host, a huge body) are also sent
+over a real socket here.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import socket
@@ -23,7 +26,7 @@ from p2psip.cli import main
 from p2psip.testing import free_port
 from prometheus_client import CollectorRegistry
 from p2psip.web.site import ApiError, ApiRoute, build_site
-from tests.cli.test_admin import NODE_B, NODE_C, STATUS
+from tests.cli.test_admin import NODE_B, NODE_C, STATUS, TOKEN, write_token
 
 
 class LoopbackTests(TestCase):
@@ -53,11 +56,14 @@ class LoopbackTests(TestCase):
             status=lambda: STATUS,
             metrics=CollectorRegistry(),
             api={"put": ApiRoute(("POST",), put), "get": ApiRoute(("GET",), get)},
+            admin_token=TOKEN,
             title="test",
         )
         self.port = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.url = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.data_dir = self.mktemp()
+        write_token(self.data_dir)
         self.stdout, self.stderr = io.StringIO(), io.StringIO()
         self.patch(sys, "stdout", self.stdout)
         self.patch(sys, "stderr", self.stderr)
@@ -66,7 +72,18 @@ class LoopbackTests(TestCase):
     def test_put_over_http(self) -> Any:
         """put reaches the API with its JSON body and prints the answer."""
         status = yield deferToThread(
-            main, ["--api", self.url, "put", "alice", "v1", "--lifetime", "30"]
+            main,
+            [
+                "--api",
+                self.url,
+                "--data-dir",
+                self.data_dir,
+                "put",
+                "alice",
+                "v1",
+                "--lifetime",
+                "30",
+            ],
         )
         self.assertEqual(status, 0, self.stderr.getvalue())
         self.assertEqual(self.stored, [{"name": "alice", "value": "v1", "lifetime": 30}])
@@ -81,7 +98,9 @@ class LoopbackTests(TestCase):
     @inlineCallbacks
     def test_api_error_over_http(self) -> Any:
         """An ApiError from a Deferred reaches the CLI as its message and exit 1."""
-        status = yield deferToThread(main, ["--api", self.url, "get", "bob"])
+        status = yield deferToThread(
+            main, ["--api", self.url, "--data-dir", self.data_dir, "get", "bob"]
+        )
         self.assertEqual(status, 1)
         self.assertIn("answered 504: no answer for bob", self.stderr.getvalue())
 
@@ -92,3 +111,52 @@ class LoopbackTests(TestCase):
         status = yield deferToThread(main, ["--api", f"http://127.0.0.1:{port}", "status"])
         self.assertEqual(status, 1)
         self.assertIn("cannot reach the admin API", self.stderr.getvalue())
+
+    @inlineCallbacks
+    def test_wrong_token_over_http(self) -> Any:
+        """A token from another data directory is refused; the CLI names that file."""
+        other = self.mktemp()
+        path = write_token(other, "w" * 43)
+        status = yield deferToThread(
+            main, ["--api", self.url, "--data-dir", other, "put", "a", "b"]
+        )
+        self.assertEqual((status, self.stored), (1, []))
+        self.assertIn("answered 401: wrong admin token", self.stderr.getvalue())
+        self.assertIn(str(path), self.stderr.getvalue())
+
+    @inlineCallbacks
+    def test_attacks_over_a_real_socket(self) -> Any:
+        """No token is a 401, a rebinding Host a 421, a 200 MiB Content-Length a 413 before the body."""
+
+        def exchange(headers: str) -> Any:
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", self.port.getHost().port, timeout=10
+            )
+            try:
+                connection.putrequest("POST", "/api/put", skip_host=True)
+                for line in headers.strip().splitlines():
+                    name, _, value = line.partition(":")
+                    connection.putheader(name, value.strip())
+                connection.endheaders()
+                response = connection.getresponse()
+                return response.status, response.read(), response.getheader("Connection")
+            finally:
+                connection.close()
+
+        port = self.port.getHost().port
+        status, body, _ = yield deferToThread(
+            exchange, f"Host: 127.0.0.1:{port}\nContent-Length: 0"
+        )
+        self.assertEqual(status, 401)
+        status, body, _ = yield deferToThread(
+            exchange,
+            f"Host: rebound.example:{port}\nAuthorization: Bearer {TOKEN}\nContent-Length: 0",
+        )
+        self.assertEqual(status, 421)
+        self.assertIn(b"http-allowed-hosts", body)
+        status, body, connection = yield deferToThread(
+            exchange,
+            f"Host: 127.0.0.1:{port}\nAuthorization: Bearer {TOKEN}\nContent-Length: 209715200",
+        )
+        self.assertEqual((status, connection), (413, "close"))
+        self.assertEqual(self.stored, [])

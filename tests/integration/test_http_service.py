@@ -28,7 +28,12 @@ class HttpServiceLoopbackTests(SynchronousTestCase):
         busy.listen(1)
         port = busy.getsockname()[1]
         site = build_site(
-            status=dict, metrics=CollectorRegistry(), api={}, title="t", reactor=Clock()
+            status=dict,
+            metrics=CollectorRegistry(),
+            api={},
+            admin_token=None,
+            title="t",
+            reactor=Clock(),
         )
         service = http_service(f"tcp:{port}:interface=127.0.0.1", site, reactor)
         error = self.assertRaises(CannotListenError, service.privilegedStartService)

@@ -56,6 +56,8 @@ class OverlayOverNatTests(TestCase):
         back to itself).
         """
         data_dir = os.path.abspath(self.mktemp())
+        # p2psip reads the role's admin token from there (see api below).
+        self.data_dirs = {**getattr(self, "data_dirs", {}), where: data_dir}
         overlay = (
             f"tcp:{OVERLAY_PORT}"
             if loopback_candidate
@@ -86,7 +88,15 @@ class OverlayOverNatTests(TestCase):
     def api(self, lab: NatLab, where: str, *args: str) -> Deferred[dict[str, Any]]:
         """The JSON answer of ``p2psip ARGS --json`` run inside ``where``; {} when it fails."""
         command = lab.exec_command(
-            where, p2psip_command("--api", f"http://127.0.0.1:{HTTP_PORT}", *args, "--json")
+            where,
+            p2psip_command(
+                "--api",
+                f"http://127.0.0.1:{HTTP_PORT}",
+                "--data-dir",
+                self.data_dirs[where],
+                *args,
+                "--json",
+            ),
         )
         d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
             command[0], command[1:], env=dict(os.environ)

@@ -47,6 +47,24 @@ class ConfigTests(SynchronousTestCase):
         self.assertFalse(options.config.policy.relay_enabled)
         self.assertIn("[mediator] relay", options.config.policy.relay_config_hint)
 
+    def test_http_allowed_hosts(self) -> None:
+        """http-allowed-hosts is a list in the file, normalised, and reaches the site."""
+        options = config_from_string(
+            "[mediator]\nsecret = x\nhttp-allowed-hosts = Mediator.Example.org metrics.example\n",
+            role.Options,
+        )
+        assert isinstance(options, role.Options)
+        self.assertEqual(
+            options.config.http_allowed_hosts, ("mediator.example.org", "metrics.example")
+        )
+        error = self.assertRaises(
+            ConfigError,
+            config_from_string,
+            "[mediator]\nsecret = x\nhttp-allowed-hosts = a.example:80\n",
+            role.Options,
+        )
+        self.assertIn("without a port", str(error))
+
     def test_stun_listeners(self) -> None:
         """UDP and stream listeners, IPv6 interfaces included, reach the config; bad ones are named."""
         options = config_from_string(
@@ -219,6 +237,9 @@ class MakeServiceTests(SynchronousTestCase):
         broker.metrics.relayed(1234)
         site = [factory for port, factory, *_ in reactor.tcpServers if port == 8087][0]
         request = DummyRequest([b"metrics"])
+        request.requestHeaders.setRawHeaders(
+            b"host", [b"127.0.0.1:80"]
+        )  # DummyRequest's own address
         body = site.getResourceFor(request).render(request)
         text = body.decode() if isinstance(body, bytes) else b"".join(request.written).decode()
         self.assertIn('p2psip_mediator_attempts_total{method="relayed"} 1.0\n', text)
@@ -226,5 +247,6 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn("p2psip_mediator_clients_online 0.0\n", text)
         self.assertIn("p2psip_mediator_stun_requests_total 0.0\n", text)
         request = DummyRequest([b"status"])
+        request.requestHeaders.setRawHeaders(b"host", [b"localhost:80"])
         site.getResourceFor(request).render(request)
         self.assertIn(b'"relayed_bytes": 1234', b"".join(request.written))

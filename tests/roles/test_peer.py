@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from twisted.internet.address import IPv4Address
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.roles.peer import Options, makeService
+from p2psip.util.admin_token import TOKEN_FILE_NAME
+from tests.web.test_site import Connection, http_request
 from p2psip.testing import MemoryUDPReactor
 from p2psip.roles.sip_service import (
     NONCE_SECRET_FILE,
@@ -69,6 +72,20 @@ class PeerOptionsTests(SynchronousTestCase):
         )
         self.assertFalse(options["sip-trusted-network"])
 
+    def test_http_allowed_hosts(self) -> None:
+        """--http-allowed-hosts repeats on the command line, lists in the file, and is checked."""
+        options = parse("--http-allowed-hosts", "A.example", "--http-allowed-hosts", "b.example")
+        self.assertEqual(options.config.http_allowed_hosts, ("a.example", "b.example"))
+        options = Options()
+        options.use_config_text(
+            "[peer]\nbootstrap = tcp:127.0.0.1:6084\nhttp-allowed-hosts = p.example\n  ::1\n"
+        )
+        options.parseOptions([])
+        self.assertEqual(options.config.http_allowed_hosts, ("p.example", "::1"))
+        self.assertEqual(parse().config.http_allowed_hosts, ())
+        error = self.assertRaises(usage.UsageError, parse, "--http-allowed-hosts", "x y")
+        self.assertIn("--http-allowed-hosts", str(error))
+
     def test_make_service_composes_in_order(self) -> None:
         """The role's children start in order: overlay, SIP (with --sip), then HTTP."""
         data_dir = ["--data-dir", self.mktemp()]
@@ -109,6 +126,45 @@ class PeerOptionsTests(SynchronousTestCase):
         self.assertEqual(options.config.advertised_host, "::1")
         assert options.config.sip is not None
         self.assertEqual(options.config.sip.listen_interface, "::")
+
+
+class AdminTokenTests(SynchronousTestCase):
+    """The role makes its admin token in --data-dir and its API asks for it."""
+
+    def test_token_made_and_required(self) -> None:
+        """makeService writes admin-token (0600); the API refuses requests without it, takes it with."""
+        data_dir = Path(self.mktemp())
+        reactor = MemoryUDPReactor()
+        service = makeService(parse("--data-dir", str(data_dir)), reactor)
+        path = data_dir / TOKEN_FILE_NAME
+        self.assertEqual(path.stat().st_mode & 0o777, 0o600)
+        token = path.read_text().strip()
+        service.startService()
+        self.addCleanup(service.stopService)
+        [site] = [factory for port, factory, *_ in reactor.tcpServers if port == 8085]
+
+        def code(token: str | None) -> int:
+            connection = Connection(site, IPv4Address("TCP", "127.0.0.1", 8085))
+            connection.send(
+                http_request("GET", "/api/get?name=x", host="127.0.0.1:8085", token=token)
+            )
+            return connection.response().code
+
+        self.assertEqual(code(None), 401)
+        self.assertEqual(code("0" * len(token)), 401)
+        self.assertEqual(code(token), 503)  # past the token: the node is not in a ring
+
+    def test_bad_token_file_stops_the_role(self) -> None:
+        """A world-readable token file stops the role with the file and the fix."""
+        data_dir = Path(self.mktemp())
+        data_dir.mkdir()
+        path = data_dir / TOKEN_FILE_NAME
+        path.write_text("x" * 43)
+        path.chmod(0o644)
+        error = self.assertRaises(
+            usage.UsageError, makeService, parse("--data-dir", str(data_dir)), MemoryUDPReactor()
+        )
+        self.assertIn(f"chmod 600 {path}", str(error))
 
 
 class SecretTests(SynchronousTestCase):

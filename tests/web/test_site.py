@@ -6,25 +6,30 @@ import base64
 import hashlib
 import json
 import re
+import tempfile
+from io import BytesIO
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
+from p2psip.web import site as site_module
 from p2psip.web.site import (
     MAX_REQUEST_BODY_BYTES,
     ApiError,
     ApiRoute,
+    allowed_host,
     body_field,
     build_site,
     http_service,
@@ -49,11 +54,12 @@ class Response:
 
 
 class Connection:
-    """One HTTP connection to the site over an in-memory transport."""
+    """One HTTP connection to the site over an in-memory transport, by default to 127.0.0.1:8084."""
 
-    def __init__(self, site: Site) -> None:
-        self.channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        self.transport = StringTransport()
+    def __init__(self, site: Site, local: Any = None) -> None:
+        peer = IPv4Address("TCP", "127.0.0.1", 40000)
+        self.channel = site.buildProtocol(peer)
+        self.transport = StringTransport(local or IPv4Address("TCP", "127.0.0.1", 8084), peer)
         self.channel.makeConnection(self.transport)
 
     def send(self, raw: bytes) -> None:
@@ -66,10 +72,21 @@ class Connection:
         self.channel.connectionLost(Failure(ConnectionDone()))
 
 
+#: The admin token the test sites are built with.
+TOKEN = "t" * 43
+
+
 def http_request(
-    method: str, path: str, body: bytes = b"", content_type: str | None = None
+    method: str,
+    path: str,
+    body: bytes = b"",
+    content_type: str | None = None,
+    host: str = "127.0.0.1:8084",
+    token: str | None = TOKEN,
 ) -> bytes:
-    lines = [f"{method} {path} HTTP/1.0", "Host: 127.0.0.1"]
+    lines = [f"{method} {path} HTTP/1.0", f"Host: {host}"]
+    if token is not None:
+        lines.append(f"Authorization: Bearer {token}")
     if body:
         lines.append(f"Content-Length: {len(body)}")
     if content_type:
@@ -103,6 +120,7 @@ class SiteTestsMixin:
                 "get": ApiRoute(("GET",), refuse),
                 "broken": ApiRoute(("GET",), broken),
             },
+            "admin_token": TOKEN,
             "title": "p2psip peer <test>",
             "reactor": Clock(),
         }
@@ -369,6 +387,425 @@ class ApiTests(SiteTestsMixin, SynchronousTestCase):
         self.assertEqual(response.code, 400)
 
 
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode("ascii") + data + b"\r\n"
+
+
+def chunked_head(path: str = "/api/echo") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:8084\r\nContent-Type: application/json\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode("ascii")
+
+
+class BodyLimitTests(SiteTestsMixin, SynchronousTestCase):
+    """Bodies are limited while they arrive: nothing past the limit is kept."""
+
+    def setUp(self) -> None:
+        def no_temporary_files(*args: object, **kwargs: object) -> Any:
+            raise AssertionError("the site opened a temporary file for a request body")
+
+        self.patch(tempfile, "TemporaryFile", no_temporary_files)
+
+    def request_of(self, connection: Connection) -> Any:
+        """The request the connection's HTTP/1.1 channel is receiving."""
+        [request] = connection.channel._channel.requests
+        return request
+
+    def assert_refused(self, connection: Connection) -> Response:
+        response = connection.response()
+        self.assertEqual(response.code, 413)
+        self.assertEqual(response.headers["connection"], "close")
+        self.assertIn("larger than", response.json()["error"])
+        self.assertTrue(connection.transport.disconnecting)
+        return response
+
+    def test_large_content_length_refused_before_the_body(self) -> None:
+        """A declared 200 MiB body is a 413 as soon as the headers are in; later bytes are dropped."""
+        connection = Connection(self.make_site())
+        connection.send(
+            b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1:8084\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 209715200\r\n\r\n"
+        )
+        self.assert_refused(connection)
+        written = connection.transport.value()
+        for _ in range(20):
+            connection.send(b"x" * 65536)
+        request = self.request_of(connection)
+        self.assertIsInstance(request.content, BytesIO)
+        self.assertEqual(request.content.getvalue(), b"")
+        self.assertEqual(connection.transport.value(), written)
+        self.assertEqual(self.calls, [])
+
+    def test_whole_oversized_body_at_once_is_not_processed(self) -> None:
+        """An oversized body that arrives complete in one read is still refused, not rendered."""
+        body = b'{"v": "' + b"x" * MAX_REQUEST_BODY_BYTES + b'"}'
+        connection = Connection(self.make_site())
+        connection.send(http_request("POST", "/api/echo", body, "application/json"))
+        self.assert_refused(connection)
+        self.assertEqual(self.request_of(connection).content.getvalue(), b"")
+        self.assertEqual(self.calls, [])
+
+    def test_no_100_continue_after_the_refusal(self) -> None:
+        """A client expecting 100-continue gets the 413 only, never a go-ahead."""
+        connection = Connection(self.make_site())
+        connection.send(
+            b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1:8084\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 10000000\r\n\r\n"
+        )
+        self.assert_refused(connection)
+        self.assertNotIn(b"100 Continue", connection.transport.value())
+
+    def test_body_at_the_limit_is_accepted(self) -> None:
+        """A JSON body of exactly the limit is read and handed to the API."""
+        padding = MAX_REQUEST_BODY_BYTES - len(b'{"v": ""}')
+        body = b'{"v": "' + b"x" * padding + b'"}'
+        response = self.fetch(
+            self.make_site(), http_request("POST", "/api/echo", body, "application/json")
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(len(self.calls[0][1]["v"]), padding)
+
+    def test_chunked_stream_is_cut_at_the_limit(self) -> None:
+        """A chunked body is counted as it comes: past the limit it is a 413 and no more is kept."""
+        connection = Connection(self.make_site())
+        connection.send(chunked_head())
+        piece = b"x" * 10_000
+        sent = 0
+        while not connection.transport.value():
+            connection.send(chunk(piece))
+            sent += len(piece)
+            self.assertLessEqual(sent, MAX_REQUEST_BODY_BYTES + len(piece))
+        self.assert_refused(connection)
+        request = self.request_of(connection)
+        self.assertLessEqual(len(request.content.getvalue()), MAX_REQUEST_BODY_BYTES)
+        written = connection.transport.value()
+        for _ in range(50):
+            connection.send(chunk(piece))
+        connection.send(b"0\r\n\r\n")
+        self.assertLessEqual(len(request.content.getvalue()), MAX_REQUEST_BODY_BYTES)
+        self.assertEqual(connection.transport.value(), written)
+        self.assertEqual(self.calls, [])
+
+    def test_small_chunked_body_works(self) -> None:
+        """A chunked JSON body under the limit reaches the API."""
+        connection = Connection(self.make_site())
+        connection.send(chunked_head() + chunk(b'{"name": ') + chunk(b'"alice"}') + b"0\r\n\r\n")
+        self.assertEqual(self.calls, [({}, {"name": "alice"})])
+
+    def test_refusals_are_warned_once_a_minute_per_source(self) -> None:
+        """The first refusal from a source is a warning; more within a minute are only counted."""
+        clock = Clock()
+        site = self.make_site(reactor=clock)
+        big = b"POST /api/echo HTTP/1.1\r\nHost: 127.0.0.1:8084\r\nContent-Length: 99999999\r\n\r\n"
+        with capturedLogs() as events:
+            for _ in range(5):
+                connection = Connection(site)
+                connection.send(big)
+                connection.close()
+            clock.advance(60)
+            Connection(site).send(big)
+        warnings = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(len(warnings), 2)
+        self.assertEqual(warnings[0]["source"], "127.0.0.1")
+        self.assertEqual(warnings[0]["status"], 413)
+        self.assertEqual(warnings[1]["held_back"], 4)
+
+
+class BadInputTests(SiteTestsMixin, SynchronousTestCase):
+    """Malformed requests are 400s with a JSON error: never a 500, never a logged failure."""
+
+    def assert_400(self, raw: bytes) -> None:
+        response = self.fetch(self.make_site(), raw)
+        self.assertEqual(response.code, 400, raw)
+        self.assertIn("error", response.json())
+        self.assertEqual(self.calls, [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_body_not_utf8(self) -> None:
+        """A JSON body that is not UTF-8 is a 400."""
+        self.assert_400(http_request("POST", "/api/echo", b'{"a": "\xff\xfe"}', "application/json"))
+
+    def test_body_unpaired_surrogate(self) -> None:
+        """A JSON string escaping half of a surrogate pair is a 400, in values and in keys."""
+        for body in (b'{"value": "\\ud800"}', b'{"\\udfff": 1}', b'{"a": ["x\\udc00y"]}'):
+            self.assert_400(http_request("POST", "/api/echo", body, "application/json"))
+
+    def test_surrogate_pair_is_fine(self) -> None:
+        """A properly paired surrogate escape is ordinary text."""
+        response = self.fetch(
+            self.make_site(),
+            http_request("POST", "/api/echo", b'{"v": "\\ud83d\\ude00"}', "application/json"),
+        )
+        self.assertEqual((response.code, response.json()["body"]), (200, {"v": "\U0001f600"}))
+
+    def test_bad_percent_encoding_in_query(self) -> None:
+        """Percent-escapes of bytes that are not UTF-8 (or of a surrogate) are a 400."""
+        for query in ("name=%ff", "%c3%28=x", "name=%ed%a0%80", "name=%e2%82"):
+            self.assert_400(http_request("GET", "/api/echo?" + query))
+
+    def test_raw_non_ascii_in_request_line(self) -> None:
+        """Raw bytes above 127 in the path or query are a 400, or a 404 for an unknown path."""
+        # Twisted's request-line check refuses bytes above 176 (decimal)
+        # itself; 127 to 176 get through to the site.
+        for target, code in (
+            (b"/api/echo?name=\xc3\xa9", 400),
+            (b"/api/echo?name=\x80\x9f", 400),
+            (b"/api/echo?\x7f=1", 200),
+            (b"/api/\xff\xfe", 400),
+            (b"/api/\x80", 404),
+            (b"/\x80", 404),
+        ):
+            raw = (
+                b"GET " + target + b" HTTP/1.0\r\nHost: 127.0.0.1:8084\r\n"
+                b"Authorization: Bearer " + TOKEN.encode("ascii") + b"\r\n\r\n"
+            )
+            response = self.fetch(self.make_site(), raw)
+            self.assertEqual(response.code, code, target)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_bad_escapes_in_api_path(self) -> None:
+        """An API name that is not UTF-8 once unescaped is a JSON 404 like any unknown name."""
+        for path in (b"/api/%ff", b"/api/%ed%a0%80", b"/api/echo%00", b"/api/%"):
+            raw = b"GET " + path + b" HTTP/1.0\r\nHost: 127.0.0.1:8084\r\n\r\n"
+            response = self.fetch(self.make_site(), raw)
+            self.assertEqual(response.code, 404, path)
+            self.assertIn("no such API", response.json()["error"])
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_form_bodies_are_not_parsed(self) -> None:
+        """A multipart body (which Twisted would parse into args) is refused, not parsed."""
+        body = b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--b--\r\n'
+        response = self.fetch(
+            self.make_site(),
+            http_request("POST", "/api/echo", body, "multipart/form-data; boundary=b"),
+        )
+        self.assertEqual(response.code, 415)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_error_answer_with_a_surrogate_stays_utf8(self) -> None:
+        """An error message holding an unpaired surrogate is written as its JSON escape."""
+
+        def refuse(args: dict[str, str], body: dict[str, Any] | None) -> dict[str, Any]:
+            raise ApiError(404, "nothing under \ud800")
+
+        site = self.make_site(api={"get": ApiRoute(("GET",), refuse)})
+        response = self.fetch(site, http_request("GET", "/api/get"))
+        self.assertEqual(response.code, 404)
+        response.body.decode("utf-8")
+        self.assertEqual(response.json(), {"error": "nothing under \ud800"})
+
+
+class TokenTests(SiteTestsMixin, SynchronousTestCase):
+    """The API needs the admin token; the pages, /status and /metrics do not."""
+
+    def refused(self, response: Response) -> str:
+        self.assertEqual(response.code, 401)
+        self.assertEqual(self.calls, [])
+        self.assertTrue(response.headers["www-authenticate"].startswith("Bearer "))
+        error: str = response.json()["error"]
+        return error
+
+    def test_token_accepted(self) -> None:
+        """The right token, with the scheme in any case, reaches the API."""
+        site = self.make_site()
+        self.assertEqual(self.fetch(site, http_request("GET", "/api/echo")).code, 200)
+        raw = http_request("GET", "/api/echo", token=None).replace(
+            b"\r\n\r\n", f"\r\nAuthorization: bEaReR  {TOKEN} \r\n\r\n".encode()
+        )
+        self.assertEqual(self.fetch(site, raw).code, 200)
+
+    def test_missing_token(self) -> None:
+        """No Authorization header is a 401 that says where the token is."""
+        response = self.fetch(self.make_site(), http_request("GET", "/api/echo", token=None))
+        error = self.refused(response)
+        self.assertIn("admin-token", error)
+        self.assertIn("--data-dir", error)
+        self.assertEqual(response.headers["www-authenticate"], 'Bearer realm="p2psip admin API"')
+
+    def test_wrong_tokens(self) -> None:
+        """A wrong, truncated, extended or empty token is a 401 marked invalid_token."""
+        for token in ("x" * 43, TOKEN[:-1], TOKEN + "x", TOKEN.upper(), "\u00e9" * 43):
+            raw = http_request("POST", "/api/echo", b'{"a": 1}', "application/json", token=token)
+            response = self.fetch(self.make_site(), raw.replace("\u00e9".encode(), b"\xe9"))
+            self.assertIn("wrong admin token", self.refused(response))
+            self.assertIn('error="invalid_token"', response.headers["www-authenticate"])
+
+    def test_malformed_authorization(self) -> None:
+        """Another scheme, a bare scheme or two Authorization headers are 401s."""
+        for header in (f"Basic {TOKEN}", "Bearer", "Bearer ", TOKEN):
+            raw = http_request("GET", "/api/echo", token=None).replace(
+                b"\r\n\r\n", f"\r\nAuthorization: {header}\r\n\r\n".encode()
+            )
+            self.assertIn("malformed", self.refused(self.fetch(self.make_site(), raw)), header)
+        raw = http_request("GET", "/api/echo").replace(
+            b"\r\n\r\n", f"\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+        self.refused(self.fetch(self.make_site(), raw))
+
+    def test_checked_before_anything_else(self) -> None:
+        """Without the token even a wrong method or a bad body gets only the 401."""
+        for raw in (
+            http_request("DELETE", "/api/echo", token=None),
+            http_request("POST", "/api/echo", b"{nope", "application/json", token=None),
+            http_request("GET", "/api/broken", token=None),
+        ):
+            self.refused(self.fetch(self.make_site(), raw))
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_constant_time_comparison(self) -> None:
+        """The token is compared with hmac.compare_digest."""
+        compared: list[tuple[bytes, bytes]] = []
+        real = site_module.hmac.compare_digest
+
+        def recording(a: bytes, b: bytes) -> bool:
+            compared.append((a, b))
+            return real(a, b)
+
+        self.patch(site_module.hmac, "compare_digest", recording)
+        self.fetch(self.make_site(), http_request("GET", "/api/echo", token="y" * 43))
+        self.assertEqual(compared, [(b"y" * 43, TOKEN.encode())])
+
+    def test_no_token_configured(self) -> None:
+        """A site built without a token refuses every request to a protected route."""
+        site = self.make_site(admin_token=None)
+        self.assertIn(
+            "no admin token", self.refused(self.fetch(site, http_request("GET", "/api/echo")))
+        )
+
+    def test_open_routes_and_pages(self) -> None:
+        """Open-access routes, the page, /status and /metrics need no token."""
+        site = self.make_site(
+            api={"ring": ApiRoute(("GET",), lambda args, body: {"nodes": []}, open_access=True)}
+        )
+        for path in ("/api/ring", "/", "/status", "/metrics"):
+            self.assertEqual(
+                self.fetch(site, http_request("GET", path, token=None)).code, 200, path
+            )
+
+    def test_refusals_are_warned_once(self) -> None:
+        """A wrong token is a warning naming the route; a guessing flood is one line a minute."""
+        site = self.make_site()
+        with capturedLogs() as events:
+            for index in range(50):
+                self.fetch(site, http_request("GET", "/api/echo", token=f"{index:043d}"))
+        [warning] = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual((warning["status"], warning["source"]), (401, "127.0.0.1"))
+        self.assertIn("/api/echo: wrong admin token", warning["why"])
+        self.assertNotIn(TOKEN, repr(events))
+
+
+class HostCheckTests(SiteTestsMixin, SynchronousTestCase):
+    """The Host header must name the listener: DNS rebinding gets a 421."""
+
+    def code(self, host: str | None, local: Any = None, path: str = "/status", **site: Any) -> int:
+        raw = http_request("GET", path, host=host or "")
+        if host is None:
+            raw = raw.replace(b"Host: \r\n", b"")
+        connection = Connection(self.make_site(**site), local)
+        connection.send(raw)
+        response = connection.response()
+        if response.code == 421:
+            self.assertIn("http-allowed-hosts", response.json()["error"])
+        if response.code == 400:
+            self.assertIn("localhost:", response.json()["error"])
+        return response.code
+
+    def test_own_address_and_localhost(self) -> None:
+        """The listener's address with its port, and localhost with it, are accepted."""
+        for host in ("127.0.0.1:8084", "localhost:8084", "LOCALHOST:8084", "localhost.:8084"):
+            self.assertEqual(self.code(host), 200, host)
+
+    def test_rebinding_names_refused(self) -> None:
+        """Any other name, another address, another port or no port is a 421 everywhere on the site."""
+        for host in (
+            "attacker.example:8084",
+            "attacker.example",
+            "127.0.0.1.attacker.example:8084",
+            "127.0.0.2:8084",
+            "127.0.0.1:8085",
+            "127.0.0.1",
+            "localhost",
+            "[::1]:8084",
+        ):
+            for path in ("/", "/status", "/metrics", "/api/echo"):
+                self.assertEqual(self.code(host, path=path), 421, (host, path))
+        self.assertEqual(self.calls, [])
+
+    def test_missing_or_malformed_host(self) -> None:
+        """No Host header, an empty one or a malformed one is a 400 saying what to send."""
+        for host in (
+            None,
+            "",
+            "127.0.0.1:80x",
+            "[::1",
+            "127.0.0.1:8084:1",
+            "\u00e9:8084",
+            "::1:8084",
+        ):
+            self.assertEqual(self.code(host), 400, host)
+
+    def test_two_host_headers(self) -> None:
+        """Two Host headers are a 400, whatever they say."""
+        raw = http_request("GET", "/status").replace(
+            b"\r\n\r\n", b"\r\nHost: attacker.example\r\n\r\n"
+        )
+        response = self.fetch(self.make_site(), raw)
+        self.assertEqual(response.code, 400)
+        self.assertIn("one Host header", response.json()["error"])
+
+    def test_ipv6_listener(self) -> None:
+        """On [::1] the bracketed literal, in any spelling, and localhost are accepted."""
+        local = IPv6Address("TCP", "::1", 8084)
+        for host in ("[::1]:8084", "[0:0::1]:8084", "localhost:8084"):
+            self.assertEqual(self.code(host, local), 200, host)
+        for host in ("127.0.0.1:8084", "[::2]:8084", "[::1]:8085"):
+            self.assertEqual(self.code(host, local), 421, host)
+
+    def test_dual_stack_listener(self) -> None:
+        """A v4-mapped local address accepts the IPv4 literal."""
+        local = IPv6Address("TCP", "::ffff:192.0.2.4", 8084)
+        self.assertEqual(self.code("192.0.2.4:8084", local), 200)
+
+    def test_port_80_default(self) -> None:
+        """A Host without a port means port 80."""
+        local = IPv4Address("TCP", "192.0.2.4", 80)
+        self.assertEqual(self.code("192.0.2.4", local), 200)
+        self.assertEqual(self.code("192.0.2.4:80", local), 200)
+
+    def test_configured_names(self) -> None:
+        """Names the operator lists are accepted with any port (a proxy in front); others are not."""
+        allowed = ("Status.Example.org", "2001:db8::7")
+        for host in ("status.example.org", "status.example.org:443", "STATUS.example.org.:8084"):
+            self.assertEqual(self.code(host, allowed_hosts=allowed), 200, host)
+        self.assertEqual(self.code("[2001:db8:0::7]:9000", allowed_hosts=allowed), 200)
+        self.assertEqual(self.code("example.org:8084", allowed_hosts=allowed), 421)
+        raw = http_request("GET", "/status", host="example.org:8084")
+        body = self.fetch(self.make_site(allowed_hosts=allowed), raw).body
+        self.assertNotIn(b"status.example.org", body)  # a rebinding page may read the 421
+
+    def test_unix_socket_listener(self) -> None:
+        """A unix: listener (no browser can reach it) accepts any Host."""
+        self.assertEqual(self.code("anything", UNIXAddress(b"/run/p2psip.sock")), 200)
+
+    def test_refusal_is_warned_once(self) -> None:
+        """A refused Host is a warning naming the header; a flood of them is one line a minute."""
+        site = self.make_site()
+        with capturedLogs() as events:
+            for _ in range(10):
+                Connection(site).send(http_request("GET", "/status", host="attacker.example"))
+        [warning] = [e for e in events if e["log_level"].name == "warn"]
+        self.assertEqual(warning["status"], 421)
+        self.assertIn("'attacker.example'", warning["why"])
+
+    def test_allowed_host_coercer(self) -> None:
+        """--http-allowed-hosts takes names and addresses, lower-cased; not ports or junk."""
+        self.assertEqual(allowed_host("Status.Example.org."), "status.example.org")
+        self.assertEqual(allowed_host("[2001:DB8::1]"), "2001:db8::1")
+        for bad in ("a.example:80", "", "a b", "*.example", "-a.example", "a..example"):
+            self.assertRaises(ValueError, allowed_host, bad)
+
+
 class ArgumentHelperTests(SynchronousTestCase):
     def test_query_argument(self) -> None:
         """A present argument is returned; a missing or empty one is a 400 naming it."""
@@ -427,7 +864,12 @@ class HttpServiceTests(SynchronousTestCase):
         """http_service listens where the endpoint string says, when started."""
         reactor = MemoryReactor()
         site = build_site(
-            status=dict, metrics=CollectorRegistry(), api={}, title="t", reactor=Clock()
+            status=dict,
+            metrics=CollectorRegistry(),
+            api={},
+            admin_token=None,
+            title="t",
+            reactor=Clock(),
         )
         service = http_service("tcp:0:interface=127.0.0.1", site, reactor)
         self.assertEqual(reactor.tcpServers, [])
