@@ -64,6 +64,7 @@ from p2psip.sip.transaction import (
 )
 from p2psip.sip.uri import URI, SipURI, parse_uri
 from p2psip.usages.sip import SIP_APPLICATION
+from p2psip.util.log_throttle import LogThrottle
 
 #: The Request-URI parameter that names the super-node to deliver at.
 NODE_PARAMETER = "p2psip-node"
@@ -186,8 +187,7 @@ class SipProxy:
         self._invite_started: dict[ServerTransaction, _InviteTiming] = {}
         #: Requests refused because they asked us to relay (since start).
         self.relay_refusals = 0
-        self._relay_warned_at: float | None = None
-        self._relay_refusals_since_warning = 0
+        self._relay_log = LogThrottle(clock)
 
     @property
     def pending_requests(self) -> int:
@@ -436,24 +436,22 @@ class SipProxy:
         self._answer(transaction, 403, "Forbidden (this proxy relays only within its ring)")
 
     def _note_relay_refused(self, source: object, failure: Failure | None) -> None:
-        """Count a refused relay; warn at most once a minute, with how many there were."""
+        """Count a refused relay; warn at most once a minute per source, with how many there were."""
         if failure is not None and not failure.check(RelayRefused):
             self.log.info(
                 "cannot follow a Route to a super-node: {why}", why=failure.getErrorMessage()
             )
         self.relay_refusals += 1
-        self._relay_refusals_since_warning += 1
-        now = self.clock.seconds()
-        if self._relay_warned_at is not None and now - self._relay_warned_at < 60.0:
+        blurred = blur_flow(source)
+        held_back = self._relay_log.admit(blurred)
+        if held_back is None:
             return
         self.log.warn(
-            "refused {count} request(s) that asked this proxy to relay outside the ring "
-            "(latest from {source})",
-            count=self._relay_refusals_since_warning,
-            source=blur_flow(source),
+            "refused {count} request(s) from {source} that asked this proxy to relay "
+            "outside the ring",
+            count=held_back + 1,
+            source=blurred,
         )
-        self._relay_warned_at = now
-        self._relay_refusals_since_warning = 0
 
     @staticmethod
     def _flow_hop(binding: LocalBinding) -> Hop:

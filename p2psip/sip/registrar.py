@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 
 from p2psip.sip.digest import DigestAuthenticator, DigestParseError, Verdict, parse_authorization
 from p2psip.sip.login_throttle import LoginThrottle
+from p2psip.util.log_throttle import LogThrottle
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import Binding, OverlayLocationService, format_q
 from p2psip.sip.message import NameAddress, Request, Response, make_response
@@ -277,8 +278,7 @@ class Registrar:
         self._expiry_calls: dict[str, IDelayedCall] = {}
         self._locks: dict[str, DeferredLock] = {}
         self.throttle = throttle or LoginThrottle(clock)
-        self._throttle_warned_at: float | None = None
-        self._throttled_since_warning = 0
+        self._throttle_log = LogThrottle(clock)
 
     # -- queries for the proxy -------------------------------------------
 
@@ -407,21 +407,19 @@ class Registrar:
         raise self._challenge(stale=False)
 
     def _note_throttled(self, source: str | None) -> None:
-        """Warn about refused guesses at most once a minute, with how many there were."""
-        self._throttled_since_warning += 1
-        now = self.clock.seconds()
-        if self._throttle_warned_at is not None and now - self._throttle_warned_at < 60.0:
+        """Warn about refused guesses at most once a minute per source, with how many there were."""
+        blurred = blur_flow((source,)) if source else "?"
+        held_back = self._throttle_log.admit(blurred)
+        if held_back is None:
             return
         self.log.warn(
-            "REGISTER: {count} login(s) refused unchecked after too many wrong passwords "
-            "(latest from {source}; limits: {per_source} per source, {per_user} per user, a minute)",
-            count=self._throttled_since_warning,
-            source=blur_flow((source,)) if source else "?",
+            "REGISTER: {count} login(s) from {source} refused unchecked after too many wrong "
+            "passwords (limits: {per_source} per source, {per_user} per user, a minute)",
+            count=held_back + 1,
+            source=blurred,
             per_source=self.throttle.failures_per_source,
             per_user=self.throttle.failures_per_user,
         )
-        self._throttle_warned_at = now
-        self._throttled_since_warning = 0
 
     def _challenge(self, stale: bool) -> _Refusal:
         assert self.authenticator is not None
