@@ -73,8 +73,9 @@ DEFAULT_MAX_FORWARDS = 70
 #: Methods whose requests may create a dialog, so we Record-Route them.
 DIALOG_CREATING_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
 ALLOWED_METHODS = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK"
-#: At most this many branches for one request (a flood guard).
-MAX_BRANCHES = 16
+#: At most this many branches for one request, over all super-nodes
+#: serving the AOR (a flood guard: a call must not become a packet storm).
+MAX_BRANCHES = 8
 #: Our Via branches: cookie, this marker, the loop hash, a unique part.
 _BRANCH_MARKER = "p2p"
 #: Methods counted by name in :attr:`SipProxy.outcomes`; others count as "other"

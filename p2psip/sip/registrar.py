@@ -61,8 +61,10 @@ MAX_EXPIRES_SECONDS = 86400
 OVERLAY_RETRY_AFTER_SECONDS = 5
 #: A REGISTER may carry at most this many contacts (a flood guard).
 MAX_CONTACTS_PER_REGISTER = 16
-#: At most this many contacts per AOR on one super-node.
-MAX_BINDINGS_PER_AOR = 16
+#: At most this many contacts per AOR on one super-node.  Each is a branch of
+#: every call to the AOR, and an unanswered UDP branch is sent 7 times
+#: (Timer A), so this bounds what one registered user can aim at a third host.
+MAX_BINDINGS_PER_AOR = 5
 
 
 class AccountDirectory(Protocol):
