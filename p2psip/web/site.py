@@ -70,9 +70,10 @@ from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.internet.protocol import connectionDone
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -609,6 +610,50 @@ class _Refused(Resource):
         return _JsonResource._immediate(request, self.status, self.message)
 
 
+#: How long a client may take to send one whole request (line, headers and
+#: body).  The idle timeout alone is reset by every byte, so a client
+#: dripping one byte at a time would hold its connection for ever.
+REQUEST_DEADLINE_SECONDS = 10.0
+#: A connection that sends nothing for this long is closed.
+IDLE_TIMEOUT_SECONDS = 30.0
+
+
+class _DeadlineChannel(http.HTTPChannel):
+    """An HTTP/1.1 channel that must receive each request within a deadline."""
+
+    _deadline: IDelayedCall | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._deadline is None and not self._handlingRequest and data:
+            self._deadline = self.callLater(REQUEST_DEADLINE_SECONDS, self._too_slow)
+        super().dataReceived(data)
+
+    def allContentReceived(self) -> None:
+        self._cancel_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_deadline()
+        super().connectionLost(reason)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.transport is None:
+            return
+        peer = self.transport.getPeer()
+        source = peer.host if isinstance(peer, (IPv4Address, IPv6Address)) else "?"
+        if isinstance(self.factory, _StatusSite):
+            self.factory.refusals.refused(
+                source, 408, f"request not received within {REQUEST_DEADLINE_SECONDS:g} s"
+            )
+        self.transport.loseConnection()
+
+
 class _StatusSite(Site):
     """
     The role's Site: bodies limited while they arrive, refusals logged
@@ -617,6 +662,7 @@ class _StatusSite(Site):
 
     access_log = Logger()
     requestFactory = _LimitedRequest
+    protocol = _DeadlineChannel  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -625,7 +671,12 @@ class _StatusSite(Site):
         reactor: IReactorTime | None = None,
     ) -> None:
         # Form bodies are not parsed into request.args: the API reads JSON only.
-        super().__init__(resource, reactor=reactor, parsePOSTFormSubmission=False)
+        super().__init__(
+            resource,
+            reactor=reactor,
+            parsePOSTFormSubmission=False,
+            timeout=IDLE_TIMEOUT_SECONDS,
+        )
         self.allowed_hosts = frozenset(allowed_host(name) for name in allowed_hosts)
         self.refusals = _RefusalLog(self.reactor)
 

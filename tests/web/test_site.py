@@ -26,7 +26,9 @@ from twisted.web.server import Site
 
 from p2psip.web import site as site_module
 from p2psip.web.site import (
+    IDLE_TIMEOUT_SECONDS,
     MAX_REQUEST_BODY_BYTES,
+    REQUEST_DEADLINE_SECONDS,
     ApiError,
     ApiRoute,
     allowed_host,
@@ -409,7 +411,7 @@ class BodyLimitTests(SiteTestsMixin, SynchronousTestCase):
 
     def request_of(self, connection: Connection) -> Any:
         """The request the connection's HTTP/1.1 channel is receiving."""
-        [request] = connection.channel._channel.requests
+        [request] = connection.channel.requests
         return request
 
     def assert_refused(self, connection: Connection) -> Response:
@@ -510,6 +512,41 @@ class BodyLimitTests(SiteTestsMixin, SynchronousTestCase):
         self.assertEqual(warnings[0]["source"], "127.0.0.1")
         self.assertEqual(warnings[0]["status"], 413)
         self.assertEqual(warnings[1]["held_back"], 4)
+
+
+class SlowClientTests(SiteTestsMixin, SynchronousTestCase):
+    """A client must send each request within a deadline, however it paces its bytes."""
+
+    def test_dripping_client_is_cut_off(self) -> None:
+        """One byte every few seconds resets the idle timeout, but not the request deadline."""
+        clock = Clock()
+        connection = Connection(self.make_site(reactor=clock))
+        request = http_request("GET", "/status")
+        for byte in request[:-1]:
+            connection.send(bytes([byte]))
+            clock.advance(2)
+            if connection.transport.disconnecting:
+                break
+        self.assertTrue(connection.transport.disconnecting)
+        self.assertLessEqual(clock.seconds(), REQUEST_DEADLINE_SECONDS + 2)
+
+    def test_prompt_request_leaves_no_timer(self) -> None:
+        """A request sent at once is answered and its deadline cancelled."""
+        clock = Clock()
+        connection = Connection(self.make_site(reactor=clock))
+        connection.send(http_request("GET", "/status"))
+        self.assertEqual(connection.response().code, 200)
+        deadlines = [
+            call for call in clock.getDelayedCalls() if call.getTime() == REQUEST_DEADLINE_SECONDS
+        ]
+        self.assertEqual(deadlines, [])
+
+    def test_idle_connection_is_closed(self) -> None:
+        """A connection that sends nothing is closed after the idle timeout."""
+        clock = Clock()
+        connection = Connection(self.make_site(reactor=clock))
+        clock.advance(IDLE_TIMEOUT_SECONDS + 1)
+        self.assertTrue(connection.transport.disconnecting)
 
 
 class BadInputTests(SiteTestsMixin, SynchronousTestCase):
