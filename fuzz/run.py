@@ -40,6 +40,9 @@ def run_one(name: str, args: argparse.Namespace) -> tuple[int, int, int, float, 
     ]
     if args.runs:
         command.append(f"-runs={args.runs}")
+    dictionary = HERE / f"{name}.dict"
+    if dictionary.exists():
+        command.append(f"-dict={dictionary}")
     started = time.monotonic()
     result = subprocess.run(
         command, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

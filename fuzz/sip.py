@@ -28,12 +28,27 @@ with instrumented():
         SipParseError,
         SipStreamDecoder,
         error_response,
+        make_response,
         parse_message,
     )
+    from p2psip.sip.uri import URI, SipURI, parse_uri
 
 # Small limits, so that the fuzzer reaches the size checks with short inputs.
 MAX_MESSAGE = 8192
 MAX_HEADER = 4096
+
+
+def use_uri(uri: URI) -> None:
+    """A URI's wire form parses back to an equal URI ("escaped again, in canonical form")."""
+    again = parse_uri(str(uri))
+    if isinstance(uri, SipURI):
+        (uri.transport, uri.loose_route, uri.address_of_record(), hash(uri))
+        if again != uri or hash(again) != hash(uri):
+            raise HarnessFailure(f"URI changed on a round trip: {uri} -> {again}")
+    elif str(again) != str(uri):
+        raise HarnessFailure(f"URI changed on a round trip: {uri} -> {again}")
+    if str(uri.copy()) != str(uri):
+        raise HarnessFailure(f"a copy of {uri} differs from it")
 
 
 def use(message: AnyMessage) -> bytes:
@@ -44,13 +59,21 @@ def use(message: AnyMessage) -> bytes:
     message.via
     for address in (message.from_, message.to, *message.routes, *message.record_routes):
         (address.tag, str(address))
+        use_uri(address.uri)
     for contact in message.contacts:
         (contact.expires, contact.q, str(contact))
+        use_uri(contact.uri)
     (message.call_id, message.cseq, message.max_forwards, message.expires)
     (message.contact_wildcard, message.content_type)
+    copy = message.copy()
     if isinstance(message, Request):
-        str(message.uri)
-    message.copy()
+        use_uri(message.uri)
+        # What a server does with a request: answer it, tagging To.
+        make_response(message, 486, to_tag="fuzz").to_bytes()
+        make_response(message, 100).to_bytes()
+    else:
+        copy.headers.pop_first_value("Via")  # what a proxy does with a response
+    copy.to_bytes()
     return message.to_bytes()
 
 
