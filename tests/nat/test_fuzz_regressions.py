@@ -11,8 +11,12 @@ from __future__ import annotations
 from p2psip.nat import control_protocol
 from tests.nat.test_broker import EIM, RANDOM, BrokerFixture, FakeLink, probed
 
-#: A hello whose mac is "é" (as the JSON escape): hmac.compare_digest raised TypeError.
-NON_ASCII_MAC = b'\x008{"id":"alice","mac":"\\u00e9","type":"hello","version":1}'
+#: Hellos whose mac is "é", as the fuzzer found it (UTF-8, from a link that
+#: had not logged in) and as a JSON escape: hmac.compare_digest raised TypeError.
+NON_ASCII_MACS = [
+    b'\x00>{"_link":2,"id":"carol","mac":"\xc3\xa9","type":"hello","version":1}',
+    b'\x008{"id":"alice","mac":"\\u00e9","type":"hello","version":1}',
+]
 #: A relay-join body whose token is a lone surrogate: str.encode raised UnicodeEncodeError.
 SURROGATE_TOKEN = b'{"session":"SESSION","token":"\\ud800","type":"relay-join","version":1}'
 
@@ -20,13 +24,14 @@ SURROGATE_TOKEN = b'{"session":"SESSION","token":"\\ud800","type":"relay-join","
 class BrokerFuzzRegressionTests(BrokerFixture):
     def test_non_ascii_mac(self) -> None:
         """A hello with a non-ASCII mac fails authentication instead of raising TypeError."""
-        link = FakeLink()
-        self.broker.link_opened(link, ("198.51.100.1", 5000))
-        [hello] = control_protocol.FrameDecoder().feed(NON_ASCII_MAC)
-        self.assertEqual(hello["mac"], "\u00e9")
-        self.broker.message_received(link, hello)
-        self.assertEqual(link.last("error")["code"], "auth-failed")
-        self.assertTrue(link.closed)
+        for frame in NON_ASCII_MACS:
+            link = FakeLink()
+            self.broker.link_opened(link, ("198.51.100.1", 5000))
+            [hello] = control_protocol.FrameDecoder().feed(frame)
+            self.assertEqual(hello["mac"], "\u00e9")
+            self.broker.message_received(link, hello)
+            self.assertEqual(link.last("error")["code"], "auth-failed")
+            self.assertTrue(link.closed)
         self.assertEqual(self.broker.status()["clients_online"], 0)
 
     def test_surrogate_relay_token(self) -> None:
