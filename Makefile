@@ -4,11 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TRIAL_JOBS ?= 2
+# Seconds per fuzz harness; six harnesses, so the default stays near six and a half minutes.
+FUZZ_SECONDS ?= 60
+FUZZ_STAMP := $(VENV)/.fuzz-stamp
 # Debian packages the interop tests and benchmarks drive (see README).
 DEB_PACKAGES := sip-tester sipsak kamailio coturn tshark nftables iproute2 iptables conntrack
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv test demo deps bench lint format typecheck check plugin-cache clean
+.PHONY: venv test demo deps bench lint format typecheck check fuzz plugin-cache clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,21 +43,29 @@ bench: $(STAMP)
 	$(PY) bench/sip_ring_load.py
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check p2psip tests bench twisted
-	$(VENV)/bin/ruff format --check p2psip tests bench twisted
+	$(VENV)/bin/ruff check p2psip tests bench twisted fuzz
+	$(VENV)/bin/ruff format --check p2psip tests bench twisted fuzz
 
 # Rewrites the tree in the project's one format (make lint checks it).
 format: $(STAMP)
-	$(VENV)/bin/ruff format p2psip tests bench twisted
+	$(VENV)/bin/ruff format p2psip tests bench twisted fuzz
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy p2psip
 
 check: lint typecheck test
 
+$(FUZZ_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,fuzz]' --config-settings editable_mode=compat
+	touch $@
+
+# atheris harnesses for every codec (fuzz/README.md): FUZZ_SECONDS each; fails on a crash.
+fuzz: $(FUZZ_STAMP)
+	$(PY) -m fuzz.run --seconds $(FUZZ_SECONDS)
+
 # Wheels have no post-install hook: refresh Twisted's plugin cache after installing.
 plugin-cache: $(STAMP)
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 
 clean:
-	rm -rf $(VENV) _trial_temp* build dist *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) _trial_temp* fuzz/corpus fuzz/artifacts build dist *.egg-info twisted/plugins/dropin.cache

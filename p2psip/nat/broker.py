@@ -221,7 +221,10 @@ class Broker:
             return
         secret = self.secrets.secret_for(client_id) if valid_client_id(client_id) else None
         expected = compute_mac(secret, nonce, client_id) if secret is not None and nonce else ""
-        if not expected or not hmac.compare_digest(expected, message["mac"]):
+        mac = message["mac"]
+        # compare_digest refuses str with non-ASCII characters (TypeError); a
+        # MAC is hex, so such a mac is simply wrong.
+        if not expected or not mac.isascii() or not hmac.compare_digest(expected, mac):
             self.metrics.auth_failed()
             self.log.debug(
                 "authentication failed for {client_id!r}", client_id=client_id[:MAX_ID_CHARS]
@@ -527,9 +530,12 @@ class Broker:
     def relay_token_valid(self, session_id: str, token: str) -> bool:
         """Whether a ``relay-join`` names a session the broker set up for relaying."""
         session = self.sessions.get(session_id)
+        # The token is hex; a non-ASCII one (a lone surrogate from JSON's
+        # "\\ud800" cannot even be encoded) is simply wrong.
         return (
             session is not None
             and bool(session.relay_token)
+            and token.isascii()
             and hmac.compare_digest(session.relay_token.encode(), token.encode())
         )
 
