@@ -125,10 +125,17 @@ def validate_message(message: Any) -> dict[str, Any]:
             if not isinstance(item, list) or len(item) != 3 or not isinstance(item[0], int):
                 raise StuntDecodeError("probed: observation must be [local_port, host, port]")
             _check_endpoint(item[1:])
+    if kind == "challenge" and not _is_hex(message["nonce"]):
+        # The client MACs the nonce as ASCII: anything else is no nonce of ours.
+        raise StuntDecodeError("challenge: nonce must be hex digits")
     if kind == "connect":
         if len(message["methods"]) > 8 or not all(isinstance(m, str) for m in message["methods"]):
             raise StuntDecodeError("connect: methods must be a short list of names")
     return message
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and text.isascii() and all(c in "0123456789abcdefABCDEF" for c in text)
 
 
 def encode_frame(message: Mapping[str, Any]) -> bytes:

@@ -141,6 +141,22 @@ class ClientTests(SynchronousTestCase):
         control.dataReceived(b"\xff\xff" + b"x" * 100)
         self.assertTrue(control.transport.disconnecting)
 
+    def test_non_hex_nonce_closes_the_link(self) -> None:
+        """
+        A challenge whose nonce is not hex (a hostile mediator's "\u00e9")
+        closes the connection, unanswered; the MAC code never sees it.
+        """
+        started = self.client.start()
+        [control] = self.mediator.protocols
+        body = (
+            b'{"nonce":"\\u00e9","stun_tcp_port":3478,"stun_udp_port":3478,'
+            b'"type":"challenge","version":1}'
+        )
+        control.dataReceived(control_protocol.FRAME_HEADER.pack(len(body)) + body)
+        self.assertTrue(control.transport.disconnecting)
+        self.assertEqual(written(control), [])
+        self.assertNoResult(started)
+
     def test_protocol_violation_closes_the_link(self) -> None:
         """A second challenge (or any message out of order) closes the control connection."""
         control = self.register()
