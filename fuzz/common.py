@@ -58,6 +58,27 @@ def chunks(data: bytes) -> tuple[list[bytes], bytes]:
     return [payload[i : i + size] for i in range(0, len(payload), size)], payload
 
 
+def same_when_chunked(
+    feed: Callable[[list[bytes]], Any], data: bytes, error: type[Exception]
+) -> Any:
+    """
+    Feed a stream decoder ``data`` whole and in the chunks its first byte
+    asks for (see :func:`chunks`); ``feed`` returns what it decoded, or the
+    ``error`` it caught.  The two outcomes must agree: a decoder may not
+    depend on how the bytes were split.  Returns the whole-stream outcome,
+    or None when that was an error.
+    """
+    pieces, payload = chunks(data)
+    chunked, whole = feed(pieces), feed([payload])
+    if isinstance(chunked, error) != isinstance(whole, error):
+        raise HarnessFailure(f"chunking changed the outcome: {chunked!r} vs {whole!r}")
+    if isinstance(whole, error):
+        return None
+    if chunked != whole:
+        raise HarnessFailure(f"chunking changed what was decoded: {chunked!r} vs {whole!r}")
+    return whole
+
+
 def shared_testdata(*parts: str) -> Path | None:
     """A folder of the shared test data beside the checkout, or None when it is absent."""
     from p2psip.testing import shared_dir

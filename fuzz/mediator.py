@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from fuzz.common import HarnessFailure, chunks, instrumented, main, mode
+from fuzz.common import HarnessFailure, instrumented, main, mode, same_when_chunked
 
 with instrumented():
     from p2psip.nat.control_protocol import (
@@ -62,8 +62,6 @@ def relay_ready(message: dict[str, Any]) -> bool:
 
 
 def stream(data: bytes) -> None:
-    pieces, payload = chunks(data)
-
     def feed(pieces: list[bytes]) -> tuple[str, bytes] | StuntDecodeError:
         decoder = FrameDecoder()
         found: list[dict[str, Any]] = []
@@ -79,11 +77,7 @@ def stream(data: bytes) -> None:
         # json.dumps, not ==, so that NaN (which equals nothing) compares equal to itself.
         return json.dumps(found), decoder.take_remainder() + raw
 
-    chunked, whole = feed(pieces), feed([payload])
-    if isinstance(chunked, StuntDecodeError) != isinstance(whole, StuntDecodeError):
-        raise HarnessFailure(f"chunking changed the outcome: {chunked!r} vs {whole!r}")
-    if not isinstance(whole, StuntDecodeError) and chunked != whole:
-        raise HarnessFailure(f"chunking changed the messages: {chunked!r} vs {whole!r}")
+    same_when_chunked(feed, data, StuntDecodeError)
 
 
 def test_one_input(data: bytes) -> None:

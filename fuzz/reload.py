@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fuzz.common import HarnessFailure, chunks, instrumented, main, mode
+from fuzz.common import HarnessFailure, chunks, instrumented, main, mode, same_when_chunked
 
 with instrumented():
     from p2psip.overlay import bodies as b
@@ -101,8 +101,6 @@ def message(data: bytes) -> None:
 
 
 def frames(data: bytes) -> None:
-    pieces, payload = chunks(data)
-
     def feed(pieces: list[bytes]) -> list[Any] | DecodeError:
         decoder = FrameDecoder(max_message_bytes=MAX_FRAME)
         found: list[Any] = []
@@ -113,13 +111,10 @@ def frames(data: bytes) -> None:
             return e
         return found
 
-    chunked, whole = feed(pieces), feed([payload])
-    if isinstance(chunked, DecodeError) != isinstance(whole, DecodeError):
-        raise HarnessFailure(f"chunking changed the outcome: {chunked!r} vs {whole!r}")
-    if isinstance(whole, DecodeError):
+    whole = same_when_chunked(feed, data, DecodeError)
+    if whole is None:
         return
-    if chunked != whole:
-        raise HarnessFailure(f"chunking changed the frames: {chunked!r} vs {whole!r}")
+    payload = chunks(data)[1]
     if b"".join(encode_frame(frame) for frame in whole) != payload[: sum_lengths(whole)]:
         raise HarnessFailure("frames do not re-encode to their bytes")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fuzz.common import HarnessFailure, chunks, instrumented, main, mode, shared_files
+from fuzz.common import HarnessFailure, instrumented, main, mode, same_when_chunked, shared_files
 
 with instrumented():
     from p2psip.sip.message import (
@@ -108,13 +108,7 @@ def feed(pieces: list[bytes]) -> list[bytes] | SipParseError:
 
 
 def stream(data: bytes) -> None:
-    pieces, payload = chunks(data)
-    chunked = feed(pieces)
-    whole = feed([payload])
-    if isinstance(chunked, SipParseError) != isinstance(whole, SipParseError):
-        raise HarnessFailure(f"chunking changed the outcome: {chunked!r} vs {whole!r}")
-    if not isinstance(whole, SipParseError) and chunked != whole:
-        raise HarnessFailure(f"chunking changed the messages: {chunked!r} vs {whole!r}")
+    same_when_chunked(feed, data, SipParseError)
 
 
 def test_one_input(data: bytes) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fuzz.common import HarnessFailure, chunks, instrumented, main, mode, shared_files
+from fuzz.common import HarnessFailure, instrumented, main, mode, same_when_chunked, shared_files
 
 with instrumented():
     from p2psip.nat import stun
@@ -90,8 +90,6 @@ def datagram(data: bytes, allow_classic: bool) -> None:
 
 
 def stream(data: bytes) -> None:
-    pieces, payload = chunks(data)
-
     def feed(pieces: list[bytes]) -> list[StunMessage] | StunDecodeError:
         decoder = stun.StunStreamDecoder()
         found: list[StunMessage] = []
@@ -102,14 +100,9 @@ def stream(data: bytes) -> None:
             return e
         return found
 
-    chunked, whole = feed(pieces), feed([payload])
-    if isinstance(chunked, StunDecodeError) != isinstance(whole, StunDecodeError):
-        raise HarnessFailure(f"chunking changed the outcome: {chunked!r} vs {whole!r}")
-    if not isinstance(whole, StunDecodeError):
-        if chunked != whole:
-            raise HarnessFailure(f"chunking changed the messages: {chunked!r} vs {whole!r}")
-        for message in whole:
-            use(message)
+    whole = same_when_chunked(feed, data, StunDecodeError)
+    for message in whole or []:
+        use(message)
 
 
 def test_one_input(data: bytes) -> None:
