@@ -98,6 +98,16 @@ def hop_for_uri(uri: SipURI) -> Hop:
     return Hop(transport, host.strip("[]"), port)
 
 
+def parse_node_parameter(text: str | None) -> int | None:
+    """
+    The Node-ID a ``p2psip-node`` URI parameter names: 1 to 32 hex digits
+    (a 128-bit id); None for anything else, which no overlay call may see.
+    """
+    if not text or len(text) > 32 or not all(c in "0123456789abcdefABCDEF" for c in text):
+        return None
+    return int(text, 16)
+
+
 class RelayRefused(Exception):
     """A request asked to be forwarded somewhere outside the ring."""
 
@@ -412,11 +422,7 @@ class SipProxy:
         the overlay says that super-node serves SIP.  Anything else is a
         stranger asking us to relay, and fails with :class:`RelayRefused`.
         """
-        text = top.parameters.get(NODE_PARAMETER)
-        try:
-            node_id = int(text, 16) if text else None
-        except ValueError:
-            node_id = None
+        node_id = parse_node_parameter(top.parameters.get(NODE_PARAMETER))
         if node_id is None or node_id == self.local_node_id:
             return fail(RelayRefused("the Route names no super-node of the ring"))
         resolving = cast(
@@ -496,9 +502,8 @@ class SipProxy:
             if node_parameter.lower() == f"{self.local_node_id:032x}":
                 self._deliver_locally(transaction, request, aor)
                 return
-            try:
-                node_id = int(node_parameter, 16)
-            except ValueError:
+            node_id = parse_node_parameter(node_parameter)
+            if node_id is None:
                 self._answer(transaction, 400, f"Bad Request (bad {NODE_PARAMETER})")
                 return
             self._forward_to_nodes(transaction, request, aor, [], [node_id])

@@ -712,6 +712,25 @@ class ProxyTests(SynchronousTestCase):
                 self.assertEqual(statuses[-1], 403)
         self.assertEqual(self.a.proxy.relay_refusals, 3)
 
+    def test_oversized_node_parameter(self) -> None:
+        """A Node-ID parameter longer than 128 bits is refused before any overlay call."""
+        resolved: list[int] = []
+        original = self.a.storage.resolve_application
+
+        def spy(node_id: int, application: int) -> object:
+            resolved.append(node_id)
+            return original(node_id, application)
+
+        self.a.storage.resolve_application = spy  # type: ignore[method-assign]
+        huge = "f" * 40
+        statuses = self.relay_attempt(
+            "BYE", "sip:v@192.0.2.99", f"Route: <sip:192.0.2.99;lr;{NODE_PARAMETER}={huge}>"
+        )
+        self.assertEqual(statuses[-1], 403)
+        self.a.receive(message_text(uri=f"sip:alice@example.org;{NODE_PARAMETER}={huge}"))
+        self.assertEqual(self.a.sender.statuses()[-1], 400)
+        self.assertEqual(resolved, [])
+
     def test_no_relay_to_the_request_uri(self) -> None:
         """
         A Route naming only us, with an IP address as Request-URI, is not
