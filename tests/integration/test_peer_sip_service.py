@@ -16,23 +16,16 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from p2psip.interfaces import ISuperNodeOverlay
-from p2psip.roles.peer import Options
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
 from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.user_agent import CallFailed, SimpleUserAgent
 from p2psip.sip.users import UsersFile
+from tests.roles.test_peer import DOMAIN, parse
 from tests.sip.memory_storage import MemoryOverlayStorage
 
-DOMAIN = "example.org"
 NODE_A = 0xAAAA0000000000000000000000000001
 NODE_B = 0xBBBB0000000000000000000000000002
-
-
-def parse(*argv: str) -> Options:
-    options = Options()
-    options.parseOptions(["--bootstrap", "tcp:127.0.0.1:6084", *argv])
-    return options
 
 
 @implementer(ISuperNodeOverlay)

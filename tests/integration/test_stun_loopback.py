@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from p2psip.nat.behaviour import (
     FilteringBehaviour,
@@ -19,6 +19,19 @@ from p2psip.nat.stun_client import StunUdpClient, tcp_binding
 from p2psip.nat.stun_server import StunTcpServerFactory, StunUdpService
 
 REACTOR: IReactorTime = reactor  # type: ignore[assignment]
+
+
+def four_socket_server(test: TestCase) -> StunUdpService:
+    """A started RFC 5780 server on 127.0.0.1 and 127.0.0.2, stopped at cleanup (skips without 127.0.0.2)."""
+    service = StunUdpService(
+        0, interface="127.0.0.1", alternate_ip="127.0.0.2", alternate_port=0, reactor=reactor
+    )
+    try:
+        service.startService()
+    except OSError as e:
+        raise SkipTest(f"cannot bind 127.0.0.2 here: {e}") from None
+    test.addCleanup(service.stopService)
+    return service
 
 
 class LoopbackTests(TestCase):
@@ -57,14 +70,7 @@ class LoopbackTests(TestCase):
 
     async def test_rfc5780_change_request(self) -> None:
         """With two loopback IPs and two ports, a change request is answered from the other pair."""
-        service = StunUdpService(
-            0, interface="127.0.0.1", alternate_ip="127.0.0.2", alternate_port=0, reactor=reactor
-        )
-        try:
-            service.startService()
-        except OSError as e:
-            self.skipTest(f"cannot bind 127.0.0.2 here: {e}")
-        self.addCleanup(service.stopService)
+        service = four_socket_server(self)
         alternates = service.responder.alternates
         assert alternates is not None
         client, client_port = self.start_client()
@@ -102,14 +108,7 @@ class LoopbackTests(TestCase):
 class LoopbackDiscoveryTests(TestCase):
     async def test_no_nat_on_loopback(self) -> None:
         """On loopback against the four-socket server there is no NAT and everything gets through."""
-        service = StunUdpService(
-            0, interface="127.0.0.1", alternate_ip="127.0.0.2", alternate_port=0, reactor=reactor
-        )
-        try:
-            service.startService()
-        except OSError as e:
-            self.skipTest(f"cannot bind 127.0.0.2 here: {e}")
-        self.addCleanup(service.stopService)
+        service = four_socket_server(self)
         primary = service.addresses()[0]
         found = await discover_nat_behaviour(reactor, reactor, primary, "127.0.0.1")  # type: ignore[arg-type]
         self.assertEqual(found.mapping, MappingBehaviour.NO_NAT)

@@ -19,8 +19,6 @@ from p2psip.roles.sip_service import (
 )
 
 DOMAIN = "example.org"
-NODE_A = 0xAAAA0000000000000000000000000001
-NODE_B = 0xBBBB0000000000000000000000000002
 
 
 def parse(*argv: str) -> Options:
