@@ -38,6 +38,25 @@ NODE = 0x1111_2222_3333_4444_5555_6666_7777_8888
 NOW = 1_764_000_000.0
 
 
+@inlineCallbacks
+def listening_proxy(
+    test: TestCase,
+    domain: str,
+    storage: MemoryOverlayStorage,
+    location: OverlayLocationService,
+    registrar: Registrar,
+    clock: Clock,
+) -> Generator[Deferred[Any], Any, tuple[int, SipProxy]]:
+    """A SipProxy for ``domain`` on a loopback UDP port (closed at cleanup); fires with both."""
+    transport = SipTransport(reactor)
+    port = yield transport.listen("udp:0:interface=127.0.0.1")
+    test.addCleanup(transport.stop)
+    number: int = port.getHost().port
+    proxy = SipProxy(domain, ("127.0.0.1", number), storage, location, registrar, transport, clock)
+    transport.receiver = proxy.transactions
+    return number, proxy
+
+
 class SipsakInteropTests(TestCase):
     """
     A real SIP client (sipsak) registers over loopback UDP.
@@ -64,14 +83,7 @@ class SipsakInteropTests(TestCase):
         )
         registrar = Registrar("localhost", location, clock, authenticator, users)
         self.addCleanup(registrar.stop)
-        transport = SipTransport(reactor)
-        port = yield transport.listen("udp:0:interface=127.0.0.1")
-        self.addCleanup(transport.stop)
-        number = port.getHost().port
-        proxy = SipProxy(
-            "localhost", ("127.0.0.1", number), storage, location, registrar, transport, clock
-        )
-        transport.receiver = proxy.transactions
+        number, _ = yield listening_proxy(self, "localhost", storage, location, registrar, clock)
 
         def run(password: str) -> Deferred[tuple[bytes, bytes, int]]:
             arguments = [
@@ -160,14 +172,9 @@ class SippCallInteropTests(TestCase):
         location = OverlayLocationService(storage, clock)
         registrar = Registrar("127.0.0.1", location, clock, trusted_network=True)
         self.addCleanup(registrar.stop)
-        transport = SipTransport(reactor)
-        port = yield transport.listen("udp:0:interface=127.0.0.1")
-        self.addCleanup(transport.stop)
-        number = port.getHost().port
-        proxy = SipProxy(
-            "127.0.0.1", ("127.0.0.1", number), storage, location, registrar, transport, clock
+        number, proxy = yield listening_proxy(
+            self, "127.0.0.1", storage, location, registrar, clock
         )
-        transport.receiver = proxy.transactions
         uas_port = free_port(socket.SOCK_DGRAM)
         uac_port = free_port(socket.SOCK_DGRAM)
         callee = self.spawn(
