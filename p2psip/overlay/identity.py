@@ -15,9 +15,10 @@ verifies looks the certificate up by that hash, so certificates travel
 separately (in the message security block, or in Join) and are remembered in a
 :class:`CertificateCache`.
 
-TODO(#5): enrolment.  With enrolment certificates the Node-ID and user name
-come from the certificate's subjectAltName and the chain is checked against
-the overlay's root; self-signed certificates are then refused.
+With enrolment certificates (``p2psip.overlay.certificates``) the Node-ID
+and user name come from the certificate's subjectAltName, and which
+certificates are believed at all is the cache's :class:`TrustPolicy`: the
+overlay root by default, self-signed only in ``--insecure`` rings.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.logger import Logger
 
+from p2psip.overlay.certificates import (
+    CertificateRefused,
+    CertifiedIdentity,
+    SelfSignedTrust,
+    TrustPolicy,
+    claims,
+)
 from p2psip.overlay.message import Signature, SignerIdentity, SignerIdentityType
 from p2psip.util.files import DataFileError, write_atomically
 from p2psip.util.ids import id_hex, node_id_from_key
@@ -88,11 +96,13 @@ def _public_key_der(key: ec.EllipticCurvePublicKey) -> bytes:
     )
 
 
-def _self_signed_certificate(key: ec.EllipticCurvePrivateKey, node_id: int) -> bytes:
+def _self_signed_certificate(
+    key: ec.EllipticCurvePrivateKey, node_id: int, user_name: str | None = None
+) -> bytes:
     # The Node-ID in the subject is for people reading the certificate;
     # verifiers always derive it again from the key.
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, id_hex(node_id))])
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -100,9 +110,12 @@ def _self_signed_certificate(key: ec.EllipticCurvePrivateKey, node_id: int) -> b
         .serial_number(node_id or 1)
         .not_valid_before(_NOT_BEFORE)
         .not_valid_after(_NOT_AFTER)
-        .sign(key, hashes.SHA256())
     )
-    return certificate.public_bytes(serialization.Encoding.DER)
+    if user_name is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name(user_name)]), critical=False
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 class NodeIdentity:
@@ -124,7 +137,11 @@ class NodeIdentity:
         self.certificate_der = certificate_der
         #: signature value -> SHA-256 of what it signed, for the last few signatures
         self.recently_signed: dict[bytes, bytes] = {}
-        self.node_id: int = node_id_from_key(public_der)
+        node_ids, user_name = claims(certificate)
+        #: The Node-ID the certificate names (enrolled), else the key's (self-signed).
+        self.node_id: int = node_ids[0][0] if node_ids else node_id_from_key(public_der)
+        #: The certificate's rfc822Name user name, if it has one.
+        self.user_name: str | None = user_name
         self._identity = SignerIdentity(
             identity_type=SignerIdentityType.CERT_HASH,
             hash_algorithm=HASH_ALGORITHM_SHA256,
@@ -149,6 +166,18 @@ class NodeIdentity:
         key = ec.derive_private_key(secret % (_P256_ORDER - 1) + 1, ec.SECP256R1())
         node_id = node_id_from_key(_public_key_der(key.public_key()))
         return cls(key, _self_signed_certificate(key, node_id))
+
+    def self_signed_user(self, user_name: str) -> NodeIdentity:
+        """
+        This key with a self-signed certificate that claims ``user_name``.
+
+        Only meaningful in ``--insecure`` rings, where
+        :class:`~p2psip.overlay.certificates.SelfSignedTrust` takes a
+        certificate's user name at its word; enrolled rings get user
+        certificates from the CA instead.
+        """
+        der = _self_signed_certificate(self._private_key, self.node_id, user_name)
+        return NodeIdentity(self._private_key, der)
 
     def signer_identity(self) -> SignerIdentity:
         """The SignerIdentity (cert_hash, SHA-256) that names this node's certificate."""
@@ -306,11 +335,14 @@ def _write_atomically(path: Path, data: bytes, mode: int) -> None:
 
 
 class _KnownCertificate:
-    __slots__ = ("public_key", "node_id", "der")
+    __slots__ = ("public_key", "identity", "node_id", "der")
 
-    def __init__(self, public_key: ec.EllipticCurvePublicKey, node_id: int, der: bytes) -> None:
+    def __init__(
+        self, public_key: ec.EllipticCurvePublicKey, identity: CertifiedIdentity, der: bytes
+    ) -> None:
         self.public_key = public_key
-        self.node_id = node_id
+        self.identity = identity
+        self.node_id = identity.node_id
         self.der = der
 
 
@@ -323,12 +355,21 @@ class CertificateCache:
     public keys are kept so that verifying many signatures by one node parses
     its certificate once.  At most ``max_certificates`` are remembered; the
     least recently used is forgotten first.
+
+    Only certificates ``trust`` accepts are remembered, so a signature by
+    anyone else fails as "unknown certificate" wherever it is checked.
     """
 
-    def __init__(self, max_certificates: int = DEFAULT_CACHE_CERTIFICATES) -> None:
+    def __init__(
+        self,
+        max_certificates: int = DEFAULT_CACHE_CERTIFICATES,
+        trust: TrustPolicy | None = None,
+    ) -> None:
+        self.trust: TrustPolicy = trust if trust is not None else SelfSignedTrust()
         self._max_certificates = max_certificates
         self._known: OrderedDict[bytes, _KnownCertificate] = OrderedDict()
-        self._local: NodeIdentity | None = None
+        #: certificate hash -> the local identity (node or user credential) it names
+        self._local: dict[bytes, NodeIdentity] = {}
 
     def __len__(self) -> int:
         return len(self._known)
@@ -338,16 +379,20 @@ class CertificateCache:
 
     def add(self, certificate_der: bytes) -> int:
         """
-        Remember a DER certificate and return the Node-ID its key implies.
+        Remember a DER certificate and return the Node-ID it proves.
 
         :raises SignatureError: the certificate is too large, does not parse,
-            or its key is not ECDSA P-256.
+            its key is not ECDSA P-256, or the trust policy refuses it.
         """
+        return self.identify(certificate_der).node_id
+
+    def identify(self, certificate_der: bytes) -> CertifiedIdentity:
+        """Remember a DER certificate and return everything it proves; see :meth:`add`."""
         digest = certificate_hash(certificate_der)
         known = self._known.get(digest)
         if known is not None:
             self._known.move_to_end(digest)
-            return known.node_id
+            return known.identity
         if len(certificate_der) > MAX_CERTIFICATE_BYTES:
             raise SignatureError(
                 f"certificate of {len(certificate_der)} bytes exceeds {MAX_CERTIFICATE_BYTES}"
@@ -365,18 +410,23 @@ class CertificateCache:
             public_key.curve, ec.SECP256R1
         ):
             raise SignatureError("certificate key is not ECDSA P-256")
-        node_id = node_id_from_key(_public_key_der(public_key))
-        self._known[digest] = _KnownCertificate(public_key, node_id, certificate_der)
+        try:
+            identity = self.trust.identify(certificate)
+        except CertificateRefused as e:
+            raise SignatureError(f"untrusted certificate: {e}") from e
+        except Exception as e:  # the parser's own errors, from hostile extensions
+            raise SignatureError(f"unreadable certificate: {type(e).__name__}: {e}") from e
+        self._known[digest] = _KnownCertificate(public_key, identity, certificate_der)
         while len(self._known) > self._max_certificates:
             self._known.popitem(last=False)
-        return node_id
+        return identity
 
     def add_identity(self, identity: NodeIdentity) -> int:
         """
         Remember the local identity: its certificate, and that signatures it
         made itself a moment ago need no second ECDSA check.
         """
-        self._local = identity
+        self._local[identity.signer_identity().value] = identity
         return self.add(identity.certificate_der)
 
     def certificate_for(self, certificate_hash_value: bytes) -> bytes | None:
@@ -400,9 +450,23 @@ class CertificateCache:
         known = self._known.get(identity.value)
         return None if known is None else known.node_id
 
+    def identity_for(self, identity: SignerIdentity) -> CertifiedIdentity | None:
+        """What a known cert_hash signer's certificate proves, or None when unknown."""
+        if (
+            identity.identity_type != SignerIdentityType.CERT_HASH
+            or identity.hash_algorithm != HASH_ALGORITHM_SHA256
+        ):
+            return None
+        known = self._known.get(identity.value)
+        return None if known is None else known.identity
+
     def verify(self, signature: Signature, data: bytes) -> int:
+        """Check ``signature`` over ``data`` and return the signer's Node-ID; see :meth:`verify_signer`."""
+        return self.verify_signer(signature, data).node_id
+
+    def verify_signer(self, signature: Signature, data: bytes) -> CertifiedIdentity:
         """
-        Check ``signature`` over ``data`` and return the signer's Node-ID.
+        Check ``signature`` over ``data`` and return what the signer's certificate proves.
 
         :raises SignatureError: with the reason (unsupported algorithm or
             identity type, unknown certificate, or a bad signature).
@@ -422,13 +486,13 @@ class CertificateCache:
         if known is None:
             raise SignatureError("signer's certificate is unknown")
         self._known.move_to_end(identity.value)
-        local = self._local
-        if local is not None and identity.value == local.signer_identity().value:
+        local = self._local.get(identity.value)
+        if local is not None:
             digest = local.recently_signed.get(signature.value)
             if digest is not None and digest == hashlib.sha256(data).digest():
-                return known.node_id
+                return known.identity
         try:
             known.public_key.verify(signature.value, data, ec.ECDSA(hashes.SHA256()))
         except (InvalidSignature, ValueError) as e:
             raise SignatureError("signature does not match the data") from e
-        return known.node_id
+        return known.identity
