@@ -13,12 +13,16 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUDP
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SkipTest
 from zope.interface import implementer
 
+from p2psip.enrolment.authority import OverlayAuthority, random_node_id
+from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import Link
 
 REQUIRE_INTEROP_VARIABLE = "P2PSIP_REQUIRE_INTEROP"
@@ -362,3 +366,25 @@ class HeapClock:
     def pump(self, timings: Any) -> None:
         for amount in timings:
             self.advance(amount)
+
+
+#: The time test certificates are issued at (2026-01-01 UTC): fixed, so runs repeat.
+TEST_CERTIFICATE_EPOCH = 1767225600.0
+
+
+def enrolled_identity(
+    authority: OverlayAuthority,
+    *,
+    user_name: str | None = None,
+    node_id: int | None = None,
+    now: float = TEST_CERTIFICATE_EPOCH,
+) -> NodeIdentity:
+    """A fresh key with a certificate from ``authority``; ``node_id`` defaults to one the CA picks."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = authority.issue(
+        key.public_key(),
+        node_id=node_id if node_id is not None else random_node_id(),
+        user_name=user_name,
+        now=now,
+    )
+    return NodeIdentity(key, certificate)

@@ -1,0 +1,1 @@
+"""Enrolment: the overlay CA and the way peers and users get certificates from it."""
