@@ -2,7 +2,7 @@
 ``make demo``: a local p2psip overlay on loopback, end to end.
 
 Starts a ring of peers in this process, each with its own key and its own
-TCP listener on 127.0.0.1 (ports chosen by the OS), joins them through the
+TLS listener on 127.0.0.1 (ports chosen by the OS), joins them through the
 first one, stores and fetches values across the ring, prints the ring and
 each lookup's route and hop count, then (:mod:`p2psip.demo_sip`) registers
 two SIP phones at two super-nodes and has one call the other through the
@@ -23,8 +23,10 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime
 from p2psip.util.reactor import IRoleReactor, as_role_reactor
 from p2psip.demo_sip import run_sip_demo
 from p2psip.overlay.identity import NodeIdentity
-from p2psip.overlay.links import FramedLinkFactory, StreamConnector
+from p2psip.overlay.certificates import SelfSignedTrust
+from p2psip.overlay.links import StreamConnector, inbound_link_factory
 from p2psip.overlay.node import OverlayConfig, OverlayNode
+from p2psip.overlay.tls import LinkSecurity
 from p2psip.util.ids import id_short
 
 PEERS = 8
@@ -57,17 +59,23 @@ def start_peer(
 async def _start_peer(
     reactor: IRoleReactor, bootstrap: str | None, config: OverlayConfig
 ) -> tuple[OverlayNode, IListeningPort]:
+    identity = NodeIdentity.generate()
+    # Self-signed identities (RFC 6940 s13.4): the demo has no enrolment server.
+    trust = SelfSignedTrust()
+    security = LinkSecurity(identity, trust, reactor)
+    max_bytes = config.limits.max_message_bytes
     node = OverlayNode(
-        identity=NodeIdentity.generate(),
+        identity=identity,
         clock=reactor,
-        connector=StreamConnector(reactor, reactor, config.limits.max_message_bytes),
+        connector=StreamConnector(reactor, reactor, max_bytes, security),
         advertised_host="127.0.0.1",
         advertised_port=0,
         config=config,
+        trust=trust,
     )
     endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
     port: IListeningPort = await endpoint.listen(
-        FramedLinkFactory(node, reactor, config.limits.max_message_bytes)
+        inbound_link_factory(node, reactor, max_bytes, security)
     )
     address = port.getHost()
     assert isinstance(address, IPv4Address)

@@ -167,7 +167,12 @@ class Connectivity:
                 raise UnexpectedPeer(
                     f"expected peer {id_short(expected)} answered as {id_short(answer.responder)}"
                 )
-            self.links.identify(link, answer.responder)
+            if not self.links.identify(link, answer.responder):
+                # The link's certificate named someone else than the signer.
+                self.drop_link(link)
+                raise UnexpectedPeer(
+                    f"link to {id_short(link.peer_id or 0)} answered as {id_short(answer.responder)}"
+                )
             return link
 
         d = self.messenger.request(

@@ -179,6 +179,14 @@ class NodeIdentity:
         der = _self_signed_certificate(self._private_key, self.node_id, user_name)
         return NodeIdentity(self._private_key, der)
 
+    @property
+    def private_key(self) -> ec.EllipticCurvePrivateKey:
+        """
+        The key itself, for the TLS handshake of overlay links
+        (:mod:`p2psip.overlay.tls`); everything else signs through :meth:`sign`.
+        """
+        return self._private_key
+
     def signer_identity(self) -> SignerIdentity:
         """The SignerIdentity (cert_hash, SHA-256) that names this node's certificate."""
         return self._identity

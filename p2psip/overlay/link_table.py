@@ -1,9 +1,13 @@
 """
 The links a node holds, by the Node-ID at their far end.
 
-A new connection is *unidentified* until a message arrives on it whose
-signature names its sender with an empty via list (only the link's other
-end can send that); it is then filed under that Node-ID.  A peer can have
+A TLS link arrives identified: its handshake proved the Node-ID at the
+other end (:mod:`p2psip.overlay.tls`), and it is filed under that Node-ID
+at once.  A link without TLS (in-memory, in tests) is *unidentified* until
+a message arrives on it whose signature names its sender with an empty via
+list (only the link's other end can send that); it is then filed under
+that Node-ID.  Either way a link is identified once: a later message that
+claims another Node-ID does not move it.  A peer can have
 several links for a while: both sides connected at once, or the peer
 restarted and connected again before its old link was found dead.  The
 one that last carried something from the peer is the one to use.
@@ -26,16 +30,25 @@ class LinkTable:
         self._unidentified: set[Link] = set()
 
     def added(self, link: Link) -> None:
-        """A connection is up; nobody knows yet who is at the other end."""
-        self._unidentified.add(link)
-
-    def identify(self, link: Link, peer: int) -> None:
-        """File ``link`` under ``peer`` (its verified sender); links are identified once."""
+        """A connection is up: filed under its peer when TLS proved it, else unidentified."""
         if link.peer_id is not None:
-            return
+            self._by_peer.setdefault(link.peer_id, []).append(link)
+        else:
+            self._unidentified.add(link)
+
+    def identify(self, link: Link, peer: int) -> bool:
+        """
+        File ``link`` under ``peer`` (its verified sender); links are identified once.
+
+        Returns False, and changes nothing, when the link already belongs to
+        another peer (its certificate, or an earlier message, named it).
+        """
+        if link.peer_id is not None:
+            return link.peer_id == peer
         link.peer_id = peer
         self._unidentified.discard(link)
         self._by_peer.setdefault(peer, []).append(link)
+        return True
 
     def link_for(self, peer: int) -> Link | None:
         """The open link to ``peer`` that last carried something from it."""

@@ -1,37 +1,53 @@
 """
 Links: the connections that carry RELOAD messages between two nodes.
 
-Over TCP (and TLS, which is only another endpoint string) RELOAD messages
-travel in the framed-message format of RFC 6940 s6.5.1: every message is
-wrapped in a data frame with a per-link sequence number, and the receiver
-answers each data frame with an ack frame.  On a reliable stream the acks
-are not needed for retransmission, but they tell the sender that the peer
-is still reading, which feeds the round-trip estimate shown on the status
+Over TLS (RFC 6940 s6.6; :mod:`p2psip.overlay.tls`) RELOAD messages travel
+in the framed-message format of RFC 6940 s6.5.1: every message is wrapped
+in a data frame with a per-link sequence number, and the receiver answers
+each data frame with an ack frame.  On a reliable stream the acks are not
+needed for retransmission, but they tell the sender that the peer is
+still reading, which feeds the round-trip estimate shown on the status
 page and failure detection.
 
 A :class:`Link` is what the node sees: ``send(message_bytes)``,
 ``close()``, the remote peer's Node-ID once known, and activity
-timestamps.  The node learns the Node-ID from the first message on the
-link that has an empty via list (it can only come from the link's other
-end) and a valid signature.
+timestamps.  A TLS link is reported to the node only once its handshake
+is done, and then with the Node-ID the other end's certificate proved, so
+nothing the peer sends later can make the link someone else's.  A link
+without TLS (the in-memory links of tests) learns its Node-ID from the
+first message with an empty via list (it can only come from the link's
+other end) and a valid signature.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol as TypingProtocol
 
-from twisted.internet.defer import Deferred
+from OpenSSL import SSL
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IProtocolFactory,
+    IReactorTCP,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from p2psip.overlay.codec import DecodeError
 from p2psip.overlay.framing import AckFrame, DataFrame, FrameDecoder, encode_frame, received_mask
+from p2psip.overlay.message import ErrorCode
+from p2psip.overlay.tls import LinkRefused, LinkSecurity
 from p2psip.util.endpoints import escape_field
 
 CONNECT_TIMEOUT_SECONDS = 10
+#: After a TLS link sends its close_notify, how long the other end has to
+#: answer before the connection is cut (a silent peer must not keep it).
+CLOSE_GRACE_SECONDS = 5.0
 
 
 class LinkListener(TypingProtocol):
@@ -89,12 +105,18 @@ class Link:
     #: overlay listener) or the mediator's method ("direct",
     #: "simultaneous-open", "low-ttl", "relayed").
     path: str = "connect"
+    #: True once a mutually authenticated TLS handshake named the peer.
+    tls: bool = False
 
     def send(self, data: bytes) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def when_established(self) -> Deferred[Link]:
+        """Fires with this link once it is up and its peer known; this kind is up at once."""
+        return succeed(self)
 
     def describe(self) -> dict[str, Any]:
         """A JSON-ready summary for the status page."""
@@ -106,14 +128,24 @@ class Link:
             "direction": "in" if self.inbound else "out",
             "path": self.path,
             "mediated": self.path != "connect",
+            "transport": "tls" if self.tls else "plain",
             "sent": self.messages_sent,
             "received": self.messages_received,
             "rtt_ms": round(self.rtt_seconds * 1000, 3) if self.rtt_seconds is not None else None,
         }
 
 
+@implementer(IHandshakeListener)
 class FramedStreamLink(Protocol, Link):
-    """RELOAD framed messages over a stream transport (TCP or TLS)."""
+    """
+    RELOAD framed messages over a stream transport.
+
+    With ``security`` the transport is TLS (:mod:`p2psip.overlay.tls`): the
+    link reports itself to its listener, with the peer's certificate-proven
+    Node-ID, only when the handshake is done, and gives up on a handshake
+    that takes longer than the security's timeout.  Without, it is reported
+    at once (in-memory transports in tests).
+    """
 
     log = Logger()
 
@@ -123,10 +155,13 @@ class FramedStreamLink(Protocol, Link):
         clock: IReactorTime,
         max_message_bytes: int,
         inbound: bool,
+        *,
+        security: LinkSecurity | None = None,
     ) -> None:
         self.listener = listener
         self.clock = clock
         self.inbound = inbound
+        self.security = security
         self.decoder = FrameDecoder(max_message_bytes)
         self.peer_id = None
         self.remote_address = "?"
@@ -134,9 +169,28 @@ class FramedStreamLink(Protocol, Link):
         self.messages_sent = self.messages_received = 0
         self.rtt_seconds = None
         self.closed = False
+        self.established = False
         self._next_sequence = 1
         self._unacked_sent_at: dict[int, float] = {}
         self._received_sequences: list[int] = []
+        self._waiting: list[Deferred[Link]] = []
+        self._refusal: LinkRefused | None = None
+        self._failed: Exception | None = None
+        self._timer: IDelayedCall | None = None
+
+    def when_established(self) -> Deferred[Link]:
+        """
+        Fires with this link once it is up and its peer known (after the
+        TLS handshake), or fails with why it went down first.  Cancelling
+        it aborts the connection.
+        """
+        if self.established:
+            return succeed(self)
+        if self._failed is not None:
+            return fail(self._failed)
+        waiter: Deferred[Link] = Deferred(lambda _: self._abort())
+        self._waiting.append(waiter)
+        return waiter
 
     def connectionMade(self) -> None:
         # RELOAD messages are small and answered at once; Nagle's algorithm
@@ -146,9 +200,60 @@ class FramedStreamLink(Protocol, Link):
             set_no_delay(True)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.remote_address = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        if self.security is None:
+            self._established()
+            return
+        self._timer = self.clock.callLater(
+            self.security.handshake_timeout_seconds, self._handshake_timed_out
+        )
+
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake is done: the certificate it checked names the peer."""
+        self._cancel_timer()
+        assert self.security is not None
+        try:
+            peer = self.security.peer_of(self.transport)
+        except LinkRefused as refusal:
+            self._refusal = refusal
+            self._abort()
+            return
+        self.peer_id = peer.node_id
+        self.tls = True
+        self._established()
+
+    def _established(self) -> None:
+        self.established = True
         self.listener.link_established(self)
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(self)
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        assert self.security is not None
+        self._refusal = LinkRefused(
+            f"no TLS handshake within {self.security.handshake_timeout_seconds:g} s",
+            ErrorCode.REQUEST_TIMEOUT,
+        )
+        self.security.note(self._source(), str(self._refusal))
+        self._abort()
+
+    def _source(self) -> str:
+        return self.remote_address.rsplit(":", 1)[0]
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            _abort(self.transport)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     def dataReceived(self, data: bytes) -> None:
+        if not self.established:
+            return  # TLS hands over application data only after the handshake
         try:
             frames = self.decoder.feed(data)
         except DecodeError as error:
@@ -189,7 +294,7 @@ class FramedStreamLink(Protocol, Link):
         self.transport.write(encode_frame(ack))  # type: ignore[union-attr]
 
     def send(self, data: bytes) -> None:
-        if self.closed or self.transport is None:
+        if self.closed or self.transport is None or not self.established:
             return
         sequence = self._next_sequence
         self._next_sequence = (sequence + 1) & 0xFFFFFFFF or 1
@@ -204,30 +309,110 @@ class FramedStreamLink(Protocol, Link):
         if not self.closed and self.transport is not None:
             self.closed = True
             self.transport.loseConnection()
+            if self.security is not None:
+                # TLS waits for the other end's close_notify; a peer that
+                # never sends one is cut off after a grace period.
+                self._cancel_timer()
+                self._timer = self.clock.callLater(CLOSE_GRACE_SECONDS, self._abort_after_close)
+
+    def _abort_after_close(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            _abort(self.transport)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         self.closed = True
+        self._cancel_timer()
+        if not self.established:
+            self._not_established(reason)
+            return
+        if reason.check(SSL.Error) and self.security is not None:
+            # A record that fails its integrity check (a flipped bit on the
+            # wire), an alert from the peer: the link ends, nothing of the
+            # damaged record was delivered.
+            self.security.note(
+                self._source(),
+                f"TLS failure, link to {self.remote_address} closed: {_tls_reason(reason)}",
+            )
         self.listener.link_lost(self)
+
+    def _not_established(self, reason: Failure) -> None:
+        refusal = self._refusal
+        if refusal is None and self.security is not None:
+            refusal = self.security.refusal_of(self.transport)
+        error: Exception
+        if refusal is not None:
+            error = refusal
+        elif reason.check(SSL.Error):
+            error = LinkRefused(f"TLS handshake failed: {_tls_reason(reason)}")
+        else:
+            error = ConnectionError(
+                f"connection to {self.remote_address} lost before the TLS handshake: "
+                f"{reason.getErrorMessage()}"
+            )
+        self._failed = error
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            if not waiter.called:
+                waiter.errback(error)
+
+
+def _abort(transport: Any) -> None:
+    """Drop a connection without waiting for anything (TLS and TCP transports can)."""
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+    else:
+        transport.loseConnection()
+
+
+def _tls_reason(reason: Failure) -> str:
+    """OpenSSL's error as one line (its exception carries a list of tuples)."""
+    value = reason.value
+    parts = [str(item[2]) for item in getattr(value, "args", [[]])[0] if len(item) == 3]
+    return ", ".join(parts) or reason.getErrorMessage()
 
 
 class FramedLinkFactory(Factory):
-    """Accepts inbound links for a node."""
+    """
+    Builds inbound links for a node (the protocol inside the TLS layer;
+    :func:`inbound_link_factory` is what a listener is given).
+    """
 
-    def __init__(self, listener: LinkListener, clock: IReactorTime, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        listener: LinkListener,
+        clock: IReactorTime,
+        max_message_bytes: int,
+        *,
+        security: LinkSecurity | None = None,
+    ) -> None:
         self.listener = listener
         self.clock = clock
         self.max_message_bytes = max_message_bytes
+        self.security = security
 
     def buildProtocol(self, addr: Any) -> FramedStreamLink:
-        return FramedStreamLink(self.listener, self.clock, self.max_message_bytes, inbound=True)
+        return FramedStreamLink(
+            self.listener, self.clock, self.max_message_bytes, inbound=True, security=self.security
+        )
+
+
+def inbound_link_factory(
+    listener: LinkListener, clock: IReactorTime, max_message_bytes: int, security: LinkSecurity
+) -> IProtocolFactory:
+    """What an overlay listener (and the mediator's incoming connections) accept links with: TLS."""
+    inner = FramedLinkFactory(listener, clock, max_message_bytes, security=security)
+    return security.server_factory(inner)
 
 
 class StreamConnector:
     """
-    Opens outbound links with Twisted client endpoints.
+    Opens outbound links with Twisted client endpoints, TLS on top.
 
-    ``template`` turns a host and port into an endpoint string; the default
-    is plain TCP, and TLS is a different template (a configuration change).
+    ``template`` turns a host and port into an endpoint string (plain TCP
+    by default); ``security`` runs TLS over whatever it connects, and
+    checks that a peer dialled by Node-ID proves that Node-ID.
     """
 
     #: Plain TCP knows only addresses.
@@ -238,30 +423,45 @@ class StreamConnector:
         reactor: IReactorTCP,
         clock: IReactorTime,
         max_message_bytes: int,
+        security: LinkSecurity,
         template: str = "tcp:host={host}:port={port}:timeout=" + str(CONNECT_TIMEOUT_SECONDS),
     ) -> None:
         self.reactor = reactor
         self.clock = clock
         self.max_message_bytes = max_message_bytes
+        self.security = security
         self.template = template
 
     def connect(
         self, listener: LinkListener, host: str, port: int, peer_id: int | None = None
     ) -> Deferred[Link]:
-        """A link to ``host:port``; ``peer_id`` (the Node-ID expected there) is not needed for plain TCP."""
+        """
+        A link to ``host:port``, fired once its handshake is done.
+
+        With ``peer_id`` (the Node-ID expected there) a certificate naming
+        another fails the connect with :class:`~p2psip.overlay.tls.LinkRefused`.
+        """
         # An IPv6 host's colons would split the endpoint string: escape them.
         description = self.template.format(host=escape_field(host), port=port)
-        endpoint = clientFromString(self.reactor, description)
-        link = FramedStreamLink(listener, self.clock, self.max_message_bytes, inbound=False)
-        connected: Deferred[Link] = connectProtocol(endpoint, link).addCallback(lambda _: link)
-        return connected
+        return self._connect(listener, description, peer_id)
 
     def avoid_direct(self, peer_id: int) -> None:
         """Plain TCP has no other way to a peer."""
 
     def connect_endpoint(self, listener: LinkListener, description: str) -> Deferred[Link]:
-        """Connect to a client endpoint string, e.g. a ``--bootstrap`` value."""
-        endpoint = clientFromString(self.reactor, description)
-        link = FramedStreamLink(listener, self.clock, self.max_message_bytes, inbound=False)
-        connected: Deferred[Link] = connectProtocol(endpoint, link).addCallback(lambda _: link)
+        """Connect to a client endpoint string, e.g. a ``--bootstrap`` value (whoever is there)."""
+        return self._connect(listener, description, None)
+
+    def _connect(
+        self, listener: LinkListener, description: str, peer_id: int | None
+    ) -> Deferred[Link]:
+        endpoint = self.security.client_endpoint(
+            clientFromString(self.reactor, description), expected=peer_id
+        )
+        link = FramedStreamLink(
+            listener, self.clock, self.max_message_bytes, inbound=False, security=self.security
+        )
+        connected: Deferred[Link] = connectProtocol(endpoint, link).addCallback(
+            lambda _: link.when_established()
+        )
         return connected

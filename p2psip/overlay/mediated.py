@@ -9,7 +9,10 @@ connection to the peer, keyed by the peer's Node-ID in hex (every node
 registers at the mediator under its own Node-ID).  The mediator picks the
 method: direct (one side public), TCP simultaneous open, the low-TTL SYN,
 or its relay.  The link records the method in ``path``, which the status
-page shows.
+page shows.  Whatever the mediator hands over (a punched socket, a relayed
+stream) is only a byte stream: the link's TLS (:mod:`p2psip.overlay.tls`)
+runs end to end over it, so the relay sees ciphertext and the peer must
+prove the Node-ID the mediator was asked for.
 
 Connections the mediator brings in from other peers become inbound links
 through :class:`MediatedIncoming`, whose :meth:`~MediatedIncoming.accept`
@@ -32,6 +35,7 @@ from twisted.python.failure import Failure
 
 from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResult
 from p2psip.overlay.links import FramedStreamLink, Link, LinkListener
+from p2psip.overlay.tls import LinkSecurity, unwrapped
 from p2psip.util.ids import id_hex, id_short
 
 #: How long the connect to a peer's own candidate may take before the
@@ -77,13 +81,22 @@ class Traversal(TypingProtocol):
 class _OutboundLinkFactory(Factory):
     """Builds the outbound link for a connection the mediator makes."""
 
-    def __init__(self, listener: LinkListener, clock: IReactorTime, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        listener: LinkListener,
+        clock: IReactorTime,
+        max_message_bytes: int,
+        security: LinkSecurity | None,
+    ) -> None:
         self.listener = listener
         self.clock = clock
         self.max_message_bytes = max_message_bytes
+        self.security = security
 
     def buildProtocol(self, addr: IAddress | None) -> FramedStreamLink:
-        return FramedStreamLink(self.listener, self.clock, self.max_message_bytes, inbound=False)
+        return FramedStreamLink(
+            self.listener, self.clock, self.max_message_bytes, inbound=False, security=self.security
+        )
 
 
 class MediatedConnector:
@@ -96,6 +109,9 @@ class MediatedConnector:
     :param direct_timeout_seconds: the short timeout of the direct attempt.
     :param incoming: the peers' connections the mediator brings in (the
         same object the ``TraversalClient`` was given as its policy).
+    :param security: the node's TLS, run over every connection the
+        mediator makes; None only where links are not sockets (tests with
+        in-memory links).
     """
 
     log = Logger()
@@ -109,8 +125,10 @@ class MediatedConnector:
         direct_timeout_seconds: float = DIRECT_CONNECT_TIMEOUT_SECONDS,
         registration_wait_seconds: float = REGISTRATION_WAIT_SECONDS,
         incoming: MediatedIncoming | None = None,
+        security: LinkSecurity | None = None,
     ) -> None:
         self.direct = direct
+        self.security = security
         self.traversal = traversal
         self.clock = clock
         self.max_message_bytes = max_message_bytes
@@ -173,7 +191,11 @@ class MediatedConnector:
                 f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} ({direct_reason}); "
                 f"not registered at the mediator ({error or 'timed out'}): check --mediator and its secret"
             ) from None
-        factory = _OutboundLinkFactory(listener, self.clock, self.max_message_bytes)
+        factory: IProtocolFactory = _OutboundLinkFactory(
+            listener, self.clock, self.max_message_bytes, self.security
+        )
+        if self.security is not None:
+            factory = self.security.client_factory(factory, expected=peer_id)
         try:
             result = yield client.connect(id_hex(peer_id), factory)
         except Exception as error:
@@ -181,14 +203,21 @@ class MediatedConnector:
                 f"cannot reach peer {id_short(peer_id)}: direct connect to {host}:{port} ({direct_reason}); "
                 f"mediator: {error.reason if isinstance(error, TraversalError) else error}"
             ) from None
-        link = result.protocol
+        link = unwrapped(result.protocol)
         if not isinstance(link, Link):
-            if isinstance(link, Protocol) and link.transport is not None:
-                link.transport.loseConnection()
+            if isinstance(result.protocol, Protocol) and result.protocol.transport is not None:
+                result.protocol.transport.loseConnection()
             raise MediatedConnectFailed(
                 f"the mediator's connection to {id_short(peer_id)} carries no link"
             )
         link.path = result.method
+        try:
+            yield link.when_established()
+        except Exception as error:
+            raise MediatedConnectFailed(
+                f"peer {id_short(peer_id)} reached by the mediator ({result.method}) but not "
+                f"linked: {error}"
+            ) from None
         self.log.info(
             "overlay link to {peer} made by the mediator: {method} in {seconds:.3f} s",
             peer=id_short(peer_id),
@@ -253,8 +282,9 @@ class MediatedIncoming:
 
     def made(self, result: TraversalResult) -> None:
         """Note on the inbound link how the mediator made it."""
-        if isinstance(result.protocol, Link):
-            result.protocol.path = result.method
+        link = unwrapped(result.protocol)
+        if isinstance(link, Link):
+            link.path = result.method
         self.log.info(
             "overlay link from {peer} made by the mediator: {method}",
             peer=result.peer_id,

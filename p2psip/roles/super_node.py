@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
@@ -38,11 +38,13 @@ from p2psip.util.reactor import (
 from p2psip.nat.traversal import TraversalClient
 from p2psip.nat.traversal_service import TraversalService
 from p2psip.overlay import peer_cache
+from p2psip.overlay.certificates import SelfSignedTrust, TrustPolicy
 from p2psip.overlay.identity import IdentityError, NodeIdentity
-from p2psip.overlay.links import Connector, FramedLinkFactory, StreamConnector
+from p2psip.overlay.links import Connector, StreamConnector, inbound_link_factory
 from p2psip.overlay.mediated import MediatedConnector, MediatedIncoming
 from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.overlay.node import OverlayNode
+from p2psip.overlay.tls import LinkSecurity
 from p2psip.roles.overlay_api import overlay_api_routes
 from p2psip.roles.overlay_service import OverlayService
 from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig
@@ -65,6 +67,8 @@ class RingState:
     nonce_secret: bytes | None = None
     #: Without one the admin API refuses every request.
     admin_token: str | None = None
+    #: What a peer's certificate must prove, on links and on signatures.
+    trust: TrustPolicy = field(factory=SelfSignedTrust)
 
 
 def load_ring_state(config: RingRoleConfig) -> RingState:
@@ -163,7 +167,10 @@ def make_ring_role(
 ) -> RingRole:
     """Build every part of a ring role from ``config`` and ``state``, wired together."""
     max_bytes = config.overlay.limits.max_message_bytes
-    stream = StreamConnector(reactor, reactor, max_bytes)
+    # Every link runs mutually authenticated TLS, judged by the same trust
+    # as the node's message signatures.
+    security = LinkSecurity(state.identity, state.trust, reactor)
+    stream = StreamConnector(reactor, reactor, max_bytes, security)
     connector: Connector = stream
     traversal = mediated = None
     if config.mediator is not None:
@@ -182,6 +189,7 @@ def make_ring_role(
             max_bytes,
             direct_timeout_seconds=config.mediator.direct_timeout_seconds,
             incoming=incoming,
+            security=security,
         )
         connector = mediated
     node = OverlayNode(
@@ -191,8 +199,9 @@ def make_ring_role(
         advertised_host=config.advertised_host,
         advertised_port=0,
         config=config.overlay,
+        trust=state.trust,
     )
-    factory = FramedLinkFactory(node, reactor, max_bytes)
+    factory = inbound_link_factory(node, reactor, max_bytes, security)
     if mediated is not None:
         mediated.incoming.open(factory)
     registry = role_registry()

@@ -25,10 +25,19 @@ class LinkTableTests(SynchronousTestCase):
         """A link is filed under the first Node-ID that identifies it, and only that one."""
         link = self.link()
         self.assertEqual(self.table.unidentified(), [link])
-        self.table.identify(link, PEER)
-        self.table.identify(link, PEER + 1)
+        self.assertTrue(self.table.identify(link, PEER))
+        self.assertFalse(self.table.identify(link, PEER + 1))
         self.assertEqual((self.table.links_to(PEER), self.table.unidentified()), ([link], []))
         self.assertEqual(link.peer_id, PEER)
+
+    def test_tls_link_arrives_identified(self) -> None:
+        """A link whose handshake proved its peer is filed under it at once and keeps it."""
+        link = RecordingLink(self.clock)
+        link.peer_id = PEER
+        self.table.added(link)
+        self.assertEqual((self.table.links_to(PEER), self.table.unidentified()), ([link], []))
+        self.assertFalse(self.table.identify(link, PEER + 1))
+        self.assertEqual((link.peer_id, self.table.links_to(PEER + 1)), (PEER, []))
 
     def test_prefers_the_link_that_last_heard_from_the_peer(self) -> None:
         """Of two links to a peer, the one that received last is used; closed ones never."""

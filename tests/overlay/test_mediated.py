@@ -9,6 +9,7 @@ from twisted.internet.error import ConnectError, ConnectionDone, ConnectionRefus
 from twisted.python.failure import Failure
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.nat.traversal import TraversalError, TraversalResult
@@ -69,6 +70,7 @@ class FakeClient:
         if self.answer is not None:
             return self.answer
         link = factory.buildProtocol(None)
+        link.makeConnection(StringTransport())
         return succeed(
             TraversalResult(
                 protocol=link, method="simultaneous-open", peer_id=peer_id, setup_seconds=0.1
