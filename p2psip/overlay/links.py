@@ -170,6 +170,8 @@ class FramedStreamLink(Protocol, Link):
         self.rtt_seconds = None
         self.closed = False
         self.established = False
+        #: True once the connection is gone (closing ends here).
+        self.lost = False
         self._next_sequence = 1
         self._unacked_sent_at: dict[int, float] = {}
         self._received_sequences: list[int] = []
@@ -321,7 +323,7 @@ class FramedStreamLink(Protocol, Link):
             _abort(self.transport)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
-        self.closed = True
+        self.closed = self.lost = True
         self._cancel_timer()
         if not self.established:
             self._not_established(reason)

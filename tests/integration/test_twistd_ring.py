@@ -30,7 +30,7 @@ class TwistdRingTests(TestCase):
 
     @inlineCallbacks
     def test_ring_of_processes(self) -> Any:
-        """Values survive a SIGKILL; SIGTERM sends Leave and exits cleanly."""
+        """Over TLS links, values survive a SIGKILL; SIGTERM sends Leave and exits cleanly."""
         bootstrap = self.start("p2psip-bootstrap", "bootstrap", [])
         yield wait_for(
             lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
@@ -67,6 +67,10 @@ class TwistdRingTests(TestCase):
             for i, name in enumerate(names):
                 got = yield process.call("get", name)
                 self.assertEqual(got.get("value"), f"contact-{i}", (process.role, got))
+        # Every overlay link is TLS, authenticated with the self-signed node keys.
+        status = yield bootstrap.call("status")
+        self.assertTrue(status["connections"])
+        self.assertEqual({c["transport"] for c in status["connections"]}, {"tls"})
 
         victim = peers[2]
         victim.kill(signal.SIGKILL)
