@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import ClassVar
 
 from attrs import frozen
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.python import usage
 
 from p2psip.config import RoleOptions, client_endpoint, positive_float, server_endpoint
@@ -39,6 +42,20 @@ class MediatorClientConfig:
 
 
 @frozen
+class SipTlsCredentials:
+    """
+    The SIP domain's certificate chain and key for ``--sip-tls`` listeners,
+    read and checked when the options are (so a bad file stops the role at once).
+    """
+
+    certificate_path: Path
+    key_path: Path
+    #: PEM: the server certificate first, then any intermediates.
+    certificates_pem: bytes
+    key_pem: bytes
+
+
+@frozen
 class SipConfig:
     """The SIP super-node's settings (present when ``--sip`` names a listener)."""
 
@@ -48,6 +65,9 @@ class SipConfig:
     digest_algorithms: tuple[str, ...]
     advertise: str | None
     trusted_network: bool
+    #: Stream endpoints that run SIP over TLS (RFC 3261 s26) with ``tls``.
+    tls_listeners: tuple[str, ...] = ()
+    tls: SipTlsCredentials | None = None
 
     @property
     def peer_transport(self) -> str:
@@ -108,6 +128,76 @@ def sip_listen_address(text: str) -> str:
 sip_listen_address.coerceDoc = "udp:PORT[:interface=ADDR] or a stream endpoint such as tcp:5060"  # type: ignore[attr-defined]
 
 
+#: The private keys a SIP TLS certificate may have.
+SIP_TLS_KEY_TYPES = (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey)
+
+
+def read_sip_tls_credentials(certificate_path: str, key_path: str) -> SipTlsCredentials:
+    """
+    The PEM certificate chain and unencrypted key named by ``--sip-tls-certificate``
+    and ``--sip-tls-key``, checked to belong together.
+
+    :raises usage.UsageError: naming the option whose file is missing,
+        unreadable, not PEM, or does not match the other.
+    """
+    certificate_data = _read_option_file("--sip-tls-certificate", certificate_path)
+    key_data = _read_option_file("--sip-tls-key", key_path)
+    try:
+        certificates = x509.load_pem_x509_certificates(certificate_data)
+    except ValueError as e:
+        raise usage.UsageError(
+            f"--sip-tls-certificate {certificate_path} holds no PEM certificate ({e}); give the "
+            "SIP domain's certificate, then any intermediates"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(key_data, password=None)
+    except (ValueError, TypeError) as e:
+        raise usage.UsageError(
+            f"--sip-tls-key {key_path} is not an unencrypted PEM private key ({e})"
+        ) from None
+    if not isinstance(key, SIP_TLS_KEY_TYPES):
+        raise usage.UsageError(
+            f"--sip-tls-key {key_path} holds a {type(key).__name__}; TLS needs an RSA, ECDSA "
+            "or Ed25519 key"
+        )
+    if _public_der(key.public_key()) != _public_der(certificates[0].public_key()):
+        raise usage.UsageError(
+            f"--sip-tls-key {key_path} is not the key of the first certificate in "
+            f"--sip-tls-certificate {certificate_path}"
+        )
+    return SipTlsCredentials(
+        Path(certificate_path),
+        Path(key_path),
+        b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+def _read_option_file(option: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise usage.UsageError(
+            f"cannot read {option} {path}: {error.strerror}; fix the path or the file's "
+            "permissions (the role's user must be able to read it)"
+        ) from None
+
+
+def _public_der(key: object) -> bytes:
+    public_bytes = getattr(key, "public_bytes", None)
+    if public_bytes is None:
+        return b""
+    der: bytes = public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return der
+
+
 def digest_algorithms(text: str) -> str:
     """
     Coercer for ``--sip-digest-algorithms``: a comma-separated list such as ``SHA-256,MD5``.
@@ -133,7 +223,7 @@ class RingRoleOptions(RoleOptions):
     role: ClassVar[str] = ""
     #: Shown on the status page.
     title: ClassVar[str] = ""
-    repeatable: ClassVar[tuple[str, ...]] = ("bootstrap", "sip", "http-allowed-hosts")
+    repeatable: ClassVar[tuple[str, ...]] = ("bootstrap", "sip", "sip-tls", "http-allowed-hosts")
     default_http: ClassVar[str] = "tcp:8084:interface=127.0.0.1"
     default_data_dir: ClassVar[str] = "/var/lib/p2psip"
 
@@ -237,6 +327,21 @@ class RingRoleOptions(RoleOptions):
             "without any the node serves no SIP.",
             sip_listen_address,
         ],
+        [
+            "sip-tls",
+            None,
+            None,
+            "SIP over TLS listener for phones: a stream endpoint such as tcp:5061 on which TLS "
+            "runs with --sip-tls-certificate and --sip-tls-key; needs a --sip listener too.",
+            server_endpoint,
+        ],
+        [
+            "sip-tls-certificate",
+            None,
+            None,
+            "PEM certificate of the SIP domain for --sip-tls, then any intermediates.",
+        ],
+        ["sip-tls-key", None, None, "PEM private key (unencrypted) of --sip-tls-certificate."],
         ["users", None, None, "Digest users file (made with `p2psip users add --file FILE AOR`)."],
         [
             "sip-digest-algorithms",
@@ -283,8 +388,39 @@ class RingRoleOptions(RoleOptions):
                 "with `p2psip users add --file FILE sip:alice@DOMAIN`), or --sip-trusted-network "
                 "to run without authentication on a closed network"
             )
+        self._check_sip_tls()
         self.check_bootstrap()
         self.config = self._validated()
+
+    def _check_sip_tls(self) -> None:
+        """--sip-tls needs a plain listener beside it and the domain's certificate and key."""
+        self.sip_tls: SipTlsCredentials | None = None
+        certificate, key = self["sip-tls-certificate"], self["sip-tls-key"]
+        if self["sip-tls"]:
+            if not self["sip"]:
+                raise usage.UsageError(
+                    "--sip-tls serves phones over TLS; super-nodes reach each other over UDP or "
+                    "TCP, so give a --sip listener too (e.g. --sip udp:5060)"
+                )
+            missing = [
+                name
+                for name, value in (("--sip-tls-certificate", certificate), ("--sip-tls-key", key))
+                if not value
+            ]
+            if missing:
+                raise usage.UsageError(
+                    f"--sip-tls needs {' and '.join(missing)}: the SIP domain's PEM certificate "
+                    "(chain) and its private key"
+                )
+        if certificate or key:
+            if not (certificate and key):
+                given, absent = (
+                    ("--sip-tls-certificate", "--sip-tls-key")
+                    if certificate
+                    else ("--sip-tls-key", "--sip-tls-certificate")
+                )
+                raise usage.UsageError(f"{given} needs {absent} too")
+            self.sip_tls = read_sip_tls_credentials(certificate, key)
 
     def check_bootstrap(self) -> None:
         """Roles that must join a ring refuse to start without a way in."""
@@ -321,6 +457,8 @@ class RingRoleOptions(RoleOptions):
                 digest_algorithms=tuple(self["sip-digest-algorithms"].split(",")),
                 advertise=self["sip-advertise"],
                 trusted_network=bool(self["sip-trusted-network"]),
+                tls_listeners=tuple(self["sip-tls"]),
+                tls=self.sip_tls if self["sip-tls"] else None,
             )
         return RingRoleConfig(
             role=self.role,

@@ -16,6 +16,11 @@ calls here, re-reads the users file every ``USERS_REFRESH_SECONDS`` when
 it changed (``p2psip users add`` takes effect without a restart), and
 stops the stack on shutdown.
 
+With ``--sip-tls`` the service also listens for SIP over TLS (RFC 3261
+s26) with the SIP domain's certificate (``--sip-tls-certificate``,
+``--sip-tls-key``); phones need no certificate of their own.  Super-nodes
+keep reaching each other over the UDP or TCP listener.
+
 Digest authentication is on unless ``--sip-trusted-network`` asks for it to
 be off.  The nonce secret (32 random bytes) is kept in ``DATA_DIR/sip-nonce-secret``
 so that nonces survive a restart.
@@ -28,9 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import crypto
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import usage
@@ -38,7 +47,7 @@ from twisted.python.failure import Failure
 
 from p2psip.util.reactor import IRoleReactor, as_udp_reactor
 from p2psip.interfaces import ISuperNodeOverlay
-from p2psip.roles.ring_options import SipConfig
+from p2psip.roles.ring_options import SIP_TLS_KEY_TYPES, SipConfig, SipTlsCredentials
 from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.metrics import CallSetupTimes, SipCollector
@@ -89,6 +98,27 @@ def load_users(config: SipConfig) -> UsersFile | None:
         raise usage.UsageError(f"{e} (check --users)") from None
 
 
+def sip_tls_options(credentials: SipTlsCredentials) -> CertificateOptions:
+    """
+    The server side of SIP over TLS: the domain's certificate chain and key,
+    TLS 1.2 or later, no client certificate asked for (phones authenticate
+    with Digest).
+    """
+    key = serialization.load_pem_private_key(credentials.key_pem, password=None)
+    if not isinstance(key, SIP_TLS_KEY_TYPES):
+        raise ValueError(f"a {type(key).__name__} cannot serve TLS")
+    chain = [
+        crypto.X509.from_cryptography(certificate)
+        for certificate in x509.load_pem_x509_certificates(credentials.certificates_pem)
+    ]
+    return CertificateOptions(
+        privateKey=crypto.PKey.from_cryptography_key(key),
+        certificate=chain[0],
+        extraCertChain=chain[1:],
+        raiseMinimumTo=TLSVersion.TLSv1_2,
+    )
+
+
 @frozen
 class SipStack:
     """The parts of one super-node's SIP service, built together."""
@@ -100,6 +130,8 @@ class SipStack:
     registrar: Registrar
     transport: SipTransport
     proxy: SipProxy
+    #: The server TLS of ``--sip-tls`` listeners (None without any).
+    tls: CertificateOptions | None = None
 
 
 def build_sip_stack(
@@ -150,7 +182,8 @@ def build_sip_stack(
         peer_transport=config.peer_transport,
     )
     transport.receiver = proxy.transactions
-    return SipStack(config, node, users, location, registrar, transport, proxy)
+    tls = sip_tls_options(config.tls) if config.tls is not None else None
+    return SipStack(config, node, users, location, registrar, transport, proxy, tls)
 
 
 class SipService(Service):
@@ -184,21 +217,34 @@ class SipService(Service):
     def startService(self) -> None:
         super().startService()
         config = self.config
-        for description in config.listeners:
+        listeners: list[tuple[str, str, CertificateOptions | None]] = [
+            ("--sip", description, None) for description in config.listeners
+        ]
+        listeners += [
+            ("--sip-tls", description, self.stack.tls) for description in config.tls_listeners
+        ]
+        for option, description, tls in listeners:
             failures: list[Failure] = []
-            self.transport.listen(description).addErrback(failures.append)
+            self.transport.listen(description, tls=tls).addErrback(failures.append)
             if failures:
                 self.transport.stop()
-                raise usage.UsageError(f"--sip {description}: {failures[0].getErrorMessage()}")
+                raise usage.UsageError(f"{option} {description}: {failures[0].getErrorMessage()}")
+        # Other super-nodes reach us (through AppAttach) over UDP or TCP;
+        # TLS is what phones may use besides.
         hop = (
             self.transport.local_hop("UDP")
-            or self.transport.local_hop("TLS")
             or self.transport.local_hop("TCP")
+            or self.transport.local_hop("TLS")
         )
         assert hop is not None
         host = self.transport.advertised_host or "127.0.0.1"
         self.advertised = (host, hop.port)
         self.proxy.advertised = (host.lower(), hop.port)
+        self.proxy.advertised_ports = {
+            name: own.port
+            for name in ("UDP", "TCP", "TLS")
+            if (own := self.transport.local_hop(name)) is not None
+        }
         self.stack.node.set_application_address(SIP_APPLICATION, host, hop.port)
         if self._refresh is not None:
             self._refresh.start(USERS_REFRESH_SECONDS, now=False)
@@ -208,7 +254,7 @@ class SipService(Service):
             domain=config.domain,
             host=host,
             port=hop.port,
-            listeners=" ".join(config.listeners),
+            listeners=" ".join([*config.listeners, *(f"tls:{t}" for t in config.tls_listeners)]),
             auth="off (trusted network)"
             if config.trusted_network
             else f"digest, {len(users.users()) if users else 0} user(s)",
@@ -257,6 +303,7 @@ class SipService(Service):
         return {
             "address": f"{self.advertised[0]}:{self.advertised[1]}",
             "listeners": list(self.config.listeners),
+            "tls_listeners": list(self.config.tls_listeners),
             "authentication": "off (trusted network)" if self.config.trusted_network else "digest",
             "users": len(users.users()) if users is not None else None,
             "registrations": {"aors": aors, "bindings": bindings},
@@ -278,6 +325,7 @@ __all__ = [
     "SipService",
     "SipStack",
     "build_sip_stack",
+    "sip_tls_options",
     "load_users",
     "load_or_create_secret",
     "NONCE_SECRET_FILE",

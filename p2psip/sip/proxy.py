@@ -163,6 +163,9 @@ class SipProxy:
 
     ``advertised`` is the host and port other elements reach this node's
     SIP service at; it appears in our Via and Record-Route entries.
+    :attr:`advertised_ports` names the port of each transport we listen on
+    when they differ (SIP over TLS on 5061 beside UDP on 5060), so that a
+    Via or Record-Route for TLS names the TLS port.
     Transports hand messages to :attr:`transactions`.
     """
 
@@ -183,6 +186,8 @@ class SipProxy:
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
+        #: Transport name ("UDP", "TCP", "TLS") -> our port for it; others use ``advertised``.
+        self.advertised_ports: dict[str, int] = {}
         self.storage = storage
         self.location = location
         self.registrar = registrar
@@ -367,14 +372,25 @@ class SipProxy:
     def _is_own_uri(self, uri: URI) -> bool:
         if not isinstance(uri, SipURI):
             return False
-        port = uri.port or (5061 if uri.scheme == "sips" else 5060)
-        return (uri.host.lower().strip("[]"), port) == self.advertised
+        secure = uri.scheme == "sips" or (uri.transport or "").lower() == "tls"
+        port = uri.port or (5061 if secure else 5060)
+        return self._is_own_address(uri.host, port)
+
+    def _is_own_address(self, host: str, port: int) -> bool:
+        """Whether ``host:port`` is one of our listeners as we advertise them."""
+        own_host, own_port = self.advertised
+        return host.lower().strip("[]") == own_host and (
+            port == own_port or port in self.advertised_ports.values()
+        )
+
+    def _port_for(self, transport: str) -> int:
+        return self.advertised_ports.get(transport.upper(), self.advertised[1])
 
     def _is_own_via(self, message: Request | Response) -> bool:
         via = message.via
-        return (via.host.lower(), via.port or 5060) == self.advertised and (
-            via.branch or ""
-        ).startswith(MAGIC_COOKIE + _BRANCH_MARKER)
+        return self._is_own_address(via.host, via.port or 5060) and (via.branch or "").startswith(
+            MAGIC_COOKIE + _BRANCH_MARKER
+        )
 
     def _preprocess_routes(self, request: Request) -> bool:
         """
@@ -392,8 +408,12 @@ class SipProxy:
             if routes[:-1]:
                 request.headers.add("Route", ", ".join(routes[:-1]))
             removed = True
-        routes = request.headers.values("Route")
-        if routes and self._is_own_uri(NameAddress.parse(routes[0], "Route").uri):
+        # Our Record-Route may have been two entries (RFC 5658: one per
+        # transport when the request changed transport here): drop both.
+        for _ in range(2):
+            routes = request.headers.values("Route")
+            if not routes or not self._is_own_uri(NameAddress.parse(routes[0], "Route").uri):
+                break
             request.headers.pop_first_value("Route")
             removed = True
         return removed
@@ -487,9 +507,9 @@ class SipProxy:
     def _is_loop(self, request: Request) -> bool:
         prefix = MAGIC_COOKIE + _BRANCH_MARKER + self._loop_hash(request) + "."
         for via in request.vias:
-            if (via.host.lower(), via.port or 5060) == self.advertised and (
-                via.branch or ""
-            ).startswith(prefix):
+            if self._is_own_address(via.host, via.port or 5060) and (via.branch or "").startswith(
+                prefix
+            ):
                 return True
         return False
 
@@ -629,21 +649,28 @@ class SipProxy:
         hop: Hop,
         incoming: Request,
         stateless_key: str | None = None,
+        arrived_over: str | None = None,
     ) -> None:
-        """Request-URI, Max-Forwards, Record-Route and our Via (s16.6)."""
+        """
+        Request-URI, Max-Forwards, Record-Route and our Via (s16.6).
+
+        ``arrived_over`` is the transport the request reached us by: when it
+        differs from ``hop``'s (a phone on TLS, the next super-node on UDP),
+        we record-route twice (RFC 5658), so each side of the dialog reaches
+        us again by the transport and port it used.
+        """
         outgoing.uri = target_uri
         max_forwards = incoming.max_forwards
         outgoing.headers.set(
             "Max-Forwards",
             str((DEFAULT_MAX_FORWARDS if max_forwards is None else max_forwards) - 1),
         )
-        host, port = self.advertised
+        host = self.advertised[0]
+        port = self._port_for(hop.transport)
         if outgoing.method in DIALOG_CREATING_METHODS and stateless_key is None:
-            transport = "" if hop.transport == "UDP" else f";transport={hop.transport.lower()}"
-            # The Node-ID lets the next super-node on the route set check,
-            # through the overlay, that this entry really names a ring member.
-            node = f";{NODE_PARAMETER}={self.local_node_id:032x}"
-            outgoing.headers.prepend("Record-Route", f"<sip:{host}:{port}{transport};lr{node}>")
+            if arrived_over is not None and arrived_over.upper() != hop.transport.upper():
+                outgoing.headers.prepend("Record-Route", self._record_route(arrived_over))
+            outgoing.headers.prepend("Record-Route", self._record_route(hop.transport))
         if stateless_key is None:
             unique = new_branch()[len(MAGIC_COOKIE) :]
         else:
@@ -655,6 +682,15 @@ class SipProxy:
         outgoing.headers.prepend(
             "Via", f"SIP/2.0/{hop.transport} {host}:{port};branch={branch};rport"
         )
+
+    def _record_route(self, transport: str) -> str:
+        """Our Record-Route entry for ``transport``: its port, and transport=tcp/tls unless UDP."""
+        name = transport.upper()
+        parameter = "" if name == "UDP" else f";transport={name.lower()}"
+        # The Node-ID lets the next super-node on the route set check,
+        # through the overlay, that this entry really names a ring member.
+        node = f";{NODE_PARAMETER}={self.local_node_id:032x}"
+        return f"<sip:{self.advertised[0]}:{self._port_for(name)}{parameter};lr{node}>"
 
     def _fork(
         self, transaction: ServerTransaction, request: Request, targets: list[tuple[URI, Hop]]
@@ -675,7 +711,7 @@ class SipProxy:
         outgoing: list[tuple[Request, Hop]] = []
         for target_uri, hop in targets[:MAX_BRANCHES]:
             copy = request.copy()
-            self._prepare(copy, target_uri, hop, request)
+            self._prepare(copy, target_uri, hop, request, arrived_over=transaction.source.transport)
             outgoing.append((copy, hop))
         context.fork(outgoing)
         self.log.debug(

@@ -1,12 +1,14 @@
 """
-SIP over UDP and TCP (RFC 3261 section 18, RFC 3581, RFC 5626 s3.5.1).
+SIP over UDP, TCP and TLS (RFC 3261 sections 18 and 26, RFC 3581, RFC 5626 s3.5.1).
 
 The wire format is :mod:`p2psip.sip.message`'s: one message per UDP
 datagram; on TCP a stream framed by Content-Length.  This module is the
 Twisted shell around it:
 
 * Listeners: ``udp:PORT[:interface=ADDR]`` (see :mod:`p2psip.util.endpoints`)
-  and any Twisted stream server endpoint string (``tcp:5060``).  UDP sockets
+  and any Twisted stream server endpoint string (``tcp:5060``); given a TLS
+  server connection creator, a stream listener runs TLS (its connections'
+  Via transport is TLS, and ``local_hop("TLS")`` names it).  UDP sockets
   get several MiB of receive and send buffer, since a Python server pausing
   for garbage collection otherwise loses bursts to the kernel's default
   208 KiB buffer.
@@ -30,17 +32,27 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
 from twisted.internet.error import MessageLengthError
-from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IOpenSSLContextFactory,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.internet.protocol import Protocol as StreamProtocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from p2psip.sip.message import (
@@ -295,6 +307,8 @@ class SipTransport:
         self.max_header_bytes = max_header_bytes
         self.udp_ports: list[UDPPort] = []
         self.stream_ports: list[IListeningPort] = []
+        #: Stream listeners that run TLS (``ssl:`` strings, or ``listen(..., tls=...)``).
+        self.tls_ports: list[IListeningPort] = []
         self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
         self._factory = _StreamFactory(self)
@@ -320,9 +334,16 @@ class SipTransport:
 
     # Listening
 
-    def listen(self, description: str) -> defer.Deferred[SipListeningPort]:
+    def listen(
+        self,
+        description: str,
+        tls: IOpenSSLServerConnectionCreator | IOpenSSLContextFactory | None = None,
+    ) -> defer.Deferred[SipListeningPort]:
         """
         Start a listener: ``udp:PORT[:interface=ADDR]`` or a stream endpoint string (``tcp:5060``).
+
+        With ``tls`` (the SIP domain's certificate, e.g. Twisted's
+        ``CertificateOptions``) the stream endpoint carries SIP over TLS.
 
         :returns: a Deferred firing with the listening port; it fails (with
             a message naming the string) when the address is bad or busy.
@@ -347,10 +368,12 @@ class SipTransport:
             endpoint = serverFromString(self.reactor, description)
         except Exception as e:
             return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
-        tls = description.strip().lower().startswith(("ssl:", "tls:"))
-        listening: defer.Deferred[IListeningPort] = endpoint.listen(
-            _StreamFactory(self, "TLS") if tls else self._factory
-        )
+        secured = tls is not None or description.strip().lower().startswith(("ssl:", "tls:"))
+        factory: IProtocolFactory = _StreamFactory(self, "TLS") if secured else self._factory
+        if tls is not None:
+            clock = cast(IReactorTime, self.reactor)  # UDPReactor includes IReactorTime's methods
+            factory = TLSMemoryBIOFactory(tls, False, factory, clock=clock)
+        listening: defer.Deferred[IListeningPort] = endpoint.listen(factory)
 
         def explain(failure: Failure) -> Failure:
             return Failure(
@@ -359,10 +382,10 @@ class SipTransport:
                 )
             )
 
-        return listening.addCallbacks(self._stream_listening, explain)
+        return listening.addCallbacks(self._stream_listening, explain, callbackArgs=(secured,))
 
-    def _stream_listening(self, port: IListeningPort) -> SipListeningPort:
-        self.stream_ports.append(port)
+    def _stream_listening(self, port: IListeningPort, secured: bool) -> SipListeningPort:
+        (self.tls_ports if secured else self.stream_ports).append(port)
         return port
 
     def _size_buffers(self, port: UDPPort) -> None:
@@ -383,12 +406,12 @@ class SipTransport:
     def stop(self) -> defer.Deferred[list[None]]:
         """Stop all listeners and close all connections."""
         waits: list[defer.Deferred[None]] = []
-        ports: list[SipListeningPort] = [*self.udp_ports, *self.stream_ports]
+        ports: list[SipListeningPort] = [*self.udp_ports, *self.stream_ports, *self.tls_ports]
         for port in ports:
             result = port.stopListening()
             if isinstance(result, defer.Deferred):
                 waits.append(result)
-        self.udp_ports, self.stream_ports = [], []
+        self.udp_ports, self.stream_ports, self.tls_ports = [], [], []
         for connection in set(self.connections.values()):
             assert connection.transport is not None
             waits.append(connection.closed)
@@ -404,8 +427,13 @@ class SipTransport:
         for listeners without an interface.  None when there is no such
         listener.
         """
-        ports: list[SipListeningPort] = (
-            list(self.udp_ports) if transport.upper() == "UDP" else list(self.stream_ports)
+        name = transport.upper()
+        ports: list[SipListeningPort] = list(
+            self.udp_ports
+            if name == "UDP"
+            else self.tls_ports
+            if name == "TLS"
+            else self.stream_ports
         )
         for port in ports:
             address = port.getHost()
@@ -509,6 +537,24 @@ class SipTransport:
             )
             return
         self._connect_and_send(key, data, on_error)
+
+    def open_connection(
+        self, endpoint: IStreamClientEndpoint, transport_name: str = "TCP"
+    ) -> defer.Deferred[SipStreamProtocol]:
+        """
+        Open a stream connection through ``endpoint`` and keep it in the table,
+        so messages to its remote address go over it (a phone's TLS flow to
+        its super-node: ``endpoint`` is then a ``wrapClientTLS`` one and
+        ``transport_name`` is TLS).
+        """
+        connected = endpoint.connect(_StreamFactory(self, transport_name))
+
+        def opened(protocol: object) -> SipStreamProtocol:
+            if not isinstance(protocol, SipStreamProtocol):
+                raise TypeError(f"{endpoint!r} connected {protocol!r}, not a SIP connection")
+            return protocol
+
+        return connected.addCallback(opened)
 
     def _udp_port_for(self, host: str) -> UDPPort:
         """The first UDP socket of the target's address family (IPv6 targets contain ':')."""

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.roles.peer import Options, makeService
 from p2psip.util.admin_token import TOKEN_FILE_NAME
+from tests.sip.tls_certificate import write_sip_certificate
 from tests.web.test_site import Connection, http_request
 from p2psip.testing import MemoryUDPReactor
 from p2psip.roles.sip_service import (
@@ -124,6 +125,109 @@ class PeerOptionsTests(SynchronousTestCase):
         self.assertEqual(options.config.advertised_host, "::1")
         assert options.config.sip is not None
         self.assertEqual(options.config.sip.listen_interface, "::")
+
+
+class SipTlsOptionsTests(SynchronousTestCase):
+    """--sip-tls with --sip-tls-certificate and --sip-tls-key."""
+
+    def setUp(self) -> None:
+        self.certificate, self.key = write_sip_certificate(Path(self.mktemp()))
+
+    def tls(self, *extra: str) -> Options:
+        return parse(
+            "--sip",
+            "udp:5060",
+            "--sip-trusted-network",
+            "--sip-tls",
+            "tcp:5061",
+            *extra,
+        )
+
+    def test_listener_with_its_credentials(self) -> None:
+        """A TLS listener with a matching certificate and key reaches the frozen config."""
+        options = self.tls(
+            "--sip-tls-certificate", str(self.certificate), "--sip-tls-key", str(self.key)
+        )
+        sip = options.config.sip
+        assert sip is not None and sip.tls is not None
+        self.assertEqual((sip.listeners, sip.tls_listeners), (("udp:5060",), ("tcp:5061",)))
+        self.assertEqual(sip.tls.certificates_pem, self.certificate.read_bytes())
+        self.assertEqual(sip.peer_transport, "UDP")
+
+    def test_missing_credentials_are_named(self) -> None:
+        """Without the certificate or key the error names the missing option."""
+        error = self.assertRaises(usage.UsageError, self.tls)
+        self.assertIn("--sip-tls-certificate and --sip-tls-key", str(error))
+        error = self.assertRaises(
+            usage.UsageError, self.tls, "--sip-tls-certificate", str(self.certificate)
+        )
+        self.assertIn("--sip-tls needs --sip-tls-key", str(error))
+
+    def test_unreadable_file_is_named(self) -> None:
+        """A certificate file that cannot be read stops the role naming the option and the path."""
+        missing = str(self.certificate) + ".gone"
+        error = self.assertRaises(
+            usage.UsageError,
+            self.tls,
+            "--sip-tls-certificate",
+            missing,
+            "--sip-tls-key",
+            str(self.key),
+        )
+        self.assertIn(f"cannot read --sip-tls-certificate {missing}", str(error))
+
+    def test_not_pem_and_wrong_key(self) -> None:
+        """A key file that is no PEM, or another certificate's key, is refused naming --sip-tls-key."""
+        garbage = Path(self.mktemp())
+        garbage.write_text("not a key")
+        error = self.assertRaises(
+            usage.UsageError,
+            self.tls,
+            "--sip-tls-certificate",
+            str(self.certificate),
+            "--sip-tls-key",
+            str(garbage),
+        )
+        self.assertIn("--sip-tls-key", str(error))
+        _, other_key = write_sip_certificate(Path(self.mktemp()))
+        error = self.assertRaises(
+            usage.UsageError,
+            self.tls,
+            "--sip-tls-certificate",
+            str(self.certificate),
+            "--sip-tls-key",
+            str(other_key),
+        )
+        self.assertIn("is not the key of the first certificate", str(error))
+
+    def test_tls_alone_is_refused(self) -> None:
+        """--sip-tls needs a --sip listener: other super-nodes do not speak TLS to us."""
+        error = self.assertRaises(
+            usage.UsageError,
+            parse,
+            "--sip-tls",
+            "tcp:5061",
+            "--sip-tls-certificate",
+            str(self.certificate),
+            "--sip-tls-key",
+            str(self.key),
+        )
+        self.assertIn("give a --sip listener too", str(error))
+
+    def test_ini_keys(self) -> None:
+        """The INI file takes sip-tls (repeatable) and the two file keys."""
+        options = Options()
+        options.use_config_text(
+            "[peer]\nbootstrap = tcp:127.0.0.1:6084\nsip = udp:5060\nsip-trusted-network = yes\n"
+            "sip-tls = tcp:5061 tcp:5062:interface=127.0.0.1\n"
+            f"sip-tls-certificate = {self.certificate}\nsip-tls-key = {self.key}\n",
+            "peer.ini",
+        )
+        options.parseOptions([])
+        assert options.config.sip is not None
+        self.assertEqual(
+            options.config.sip.tls_listeners, ("tcp:5061", "tcp:5062:interface=127.0.0.1")
+        )
 
 
 class AdminTokenTests(SynchronousTestCase):

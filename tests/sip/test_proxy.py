@@ -633,6 +633,61 @@ class ProxyTests(SynchronousTestCase):
         self.a.receive(again.to_bytes(), Hop("UDP", *ADDRESS_B))
         self.assertEqual(self.a.sender.statuses()[-1], 482)
 
+    # -- SIP over TLS (RFC 3261 s26, RFC 5658 double record-routing) ---------------
+
+    def test_call_from_tls_phone_is_record_routed_twice(self) -> None:
+        """An INVITE arriving over TLS and leaving over UDP gets our TLS entry and our UDP entry."""
+        self.a.proxy.advertised_ports = {"UDP": 5060, "TLS": 5061}
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        caller = Hop("TLS", "198.51.100.10", 50123)
+        self.a.receive(message_text(), caller)
+        [(invite, hop)] = self.forwarded(self.a)
+        self.assertEqual(hop, ALICE_FLOW)
+        node = f"{NODE_PARAMETER}={NODE_A:032x}"
+        # The callee's route set starts with the UDP entry, the caller's (reversed) with TLS.
+        self.assertEqual(
+            [str(r.uri) for r in invite.record_routes],
+            [f"sip:203.0.113.1:5060;lr;{node}", f"sip:203.0.113.1:5061;transport=tls;lr;{node}"],
+        )
+        self.assertEqual((invite.via.transport, invite.via.port), ("UDP", 5060))
+        self.respond_to(self.a, invite, 200, ALICE_FLOW)
+        self.assertEqual(self.a.sender.responses[-1][1], caller)
+
+    def test_request_to_a_tls_phone_names_the_tls_port(self) -> None:
+        """A phone registered over TLS is reached over its connection, with Via and Record-Route for TLS."""
+        self.a.proxy.advertised_ports = {"UDP": 5060, "TLS": 5061}
+        alice_tls = Hop("TLS", "192.0.2.7", 40443)
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062;transport=tls>", alice_tls)
+        self.a.receive(message_text(), Hop("UDP", "198.51.100.10", 5070))
+        [(invite, hop)] = self.forwarded(self.a)
+        self.assertEqual(hop, alice_tls)
+        self.assertEqual((invite.via.transport, invite.via.port), ("TLS", 5061))
+        self.assertEqual(
+            [(r.uri.port, r.uri.parameters.get("transport")) for r in invite.record_routes],  # type: ignore[union-attr]
+            [(5061, "tls"), (5060, None)],
+        )
+
+    def test_both_of_our_route_entries_are_removed(self) -> None:
+        """A BYE following a doubly record-routed dialog loses both our entries and goes on."""
+        self.a.proxy.advertised_ports = {"UDP": 5060, "TLS": 5061}
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        node = f"{NODE_PARAMETER}={NODE_A:032x}"
+        self.a.receive(
+            message_text(
+                "BYE",
+                uri="sip:alice@10.0.0.5:5062",
+                branch="z9hG4bKbyetls",
+                to_tag=";tag=uas1",
+                extra=(
+                    f"Route: <sip:203.0.113.1:5061;transport=tls;lr;{node}>, "
+                    f"<sip:203.0.113.1:5060;lr;{node}>"
+                ),
+            ),
+            Hop("TLS", "198.51.100.10", 50123),
+        )
+        [(bye, hop)] = self.forwarded(self.a, "BYE")
+        self.assertEqual((hop, bye.headers.values("Route")), (ALICE_FLOW, []))
+
     # -- in-dialog requests ---------------------------------------------------------------
 
     def test_in_dialog_requests_follow_route(self) -> None:
