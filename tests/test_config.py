@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from p2psip.config import (
     positive_int,
     server_endpoint,
 )
+from tests.sip.tls_certificate import write_sip_certificate
 
 
 def tcp_endpoint(text: str) -> str:
@@ -483,6 +485,9 @@ class ExampleConfigTests(SynchronousTestCase):
                     "mediator-secret-file = /etc/p2psip/mediator-secret",
                     "mediator-secret-file = " + self.secret_file(),
                 )
+                certificate, key = write_sip_certificate(Path(self.mktemp()))
+                text = text.replace("/etc/p2psip/sip-tls-cert.pem", str(certificate))
+                text = text.replace("/etc/p2psip/sip-tls-key.pem", str(key))
                 if role == "mediator":
                     text = text.replace(
                         "secrets-file = /etc/p2psip/mediator-secrets", "secret = example"
