@@ -33,7 +33,9 @@ the mediator's relay.  The framed-message layer above sees plain bytes.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -64,6 +66,33 @@ from p2psip.util.log_throttle import LOG_INTERVAL_SECONDS, LogThrottle
 #: How long a new connection may take to finish its TLS handshake; a peer
 #: that opens a connection and says nothing holds a socket no longer.
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
+
+
+class KeyLogFile:
+    """
+    Appends TLS secrets to a file in the NSS key log format, which
+    Wireshark reads (``tls.keylog_file``) to decrypt a capture.
+
+    The file is opened (mode 0600, appended to) at the first secret, so
+    building a role creates nothing.  Anyone holding the file can read every
+    link it covers: for debugging and the wire conformance test only.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._descriptor: int | None = None
+
+    def __call__(self, line: bytes) -> None:
+        if self._descriptor is None:
+            self._descriptor = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+        os.write(self._descriptor, line + b"\n")
+
+    def close(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
 
 
 class LinkRefused(ConnectionError):
@@ -357,6 +386,7 @@ def unwrapped(protocol: Any) -> Any:
 __all__ = [
     "HANDSHAKE_TIMEOUT_SECONDS",
     "AuthenticatedPeer",
+    "KeyLogFile",
     "LinkRefused",
     "LinkSecurity",
     "unwrapped",

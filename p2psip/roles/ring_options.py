@@ -101,6 +101,8 @@ class RingRoleConfig:
     sip: SipConfig | None
     #: Names accepted in Host headers besides the listener's address and localhost.
     http_allowed_hosts: tuple[str, ...] = ()
+    #: Where the overlay links' TLS secrets are appended for Wireshark (debugging only).
+    overlay_tls_key_log: Path | None = None
 
     @property
     def advertised_host(self) -> str:
@@ -275,6 +277,14 @@ class RingRoleOptions(RoleOptions):
             None,
             None,
             "Address other peers use to reach this node (default: the listen interface or 127.0.0.1).",
+        ],
+        [
+            "overlay-tls-key-log",
+            None,
+            None,
+            "File the overlay links' TLS secrets are appended to (NSS key log format), so "
+            "Wireshark can decrypt a capture; for debugging only: whoever reads the file reads "
+            "the ring's traffic.",
         ],
         ["successors", None, 4, "Successor list size.", int],
         ["predecessors", None, 4, "Predecessor list size.", int],
@@ -473,6 +483,9 @@ class RingRoleOptions(RoleOptions):
             mediator=mediator,
             sip=sip,
             http_allowed_hosts=tuple(self["http-allowed-hosts"]),
+            overlay_tls_key_log=(
+                Path(self["overlay-tls-key-log"]) if self["overlay-tls-key-log"] else None
+            ),
         )
 
     def _mediator_secret(self) -> bytes:

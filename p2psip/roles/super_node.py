@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python import usage
 
 from p2psip.util.reactor import (
@@ -44,7 +45,7 @@ from p2psip.overlay.links import Connector, StreamConnector, inbound_link_factor
 from p2psip.overlay.mediated import MediatedConnector, MediatedIncoming
 from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.overlay.node import OverlayNode
-from p2psip.overlay.tls import LinkSecurity
+from p2psip.overlay.tls import KeyLogFile, LinkSecurity
 from p2psip.roles.overlay_api import overlay_api_routes
 from p2psip.roles.overlay_service import OverlayService
 from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig
@@ -55,6 +56,9 @@ from p2psip.util.ids import id_hex
 from p2psip.util.metrics import role_registry
 from p2psip.web.overlay_status import overlay_status
 from p2psip.web.site import build_site, http_service
+
+
+_log = Logger()
 
 
 @frozen
@@ -169,7 +173,15 @@ def make_ring_role(
     max_bytes = config.overlay.limits.max_message_bytes
     # Every link runs mutually authenticated TLS, judged by the same trust
     # as the node's message signatures.
-    security = LinkSecurity(state.identity, state.trust, reactor)
+    key_log = None
+    if config.overlay_tls_key_log is not None:
+        key_log = KeyLogFile(config.overlay_tls_key_log)
+        _log.warn(
+            "the overlay links' TLS secrets are written to {path} (--overlay-tls-key-log): "
+            "whoever reads it can decrypt this node's overlay traffic",
+            path=str(config.overlay_tls_key_log),
+        )
+    security = LinkSecurity(state.identity, state.trust, reactor, key_log=key_log)
     stream = StreamConnector(reactor, reactor, max_bytes, security)
     connector: Connector = stream
     traversal = mediated = None

@@ -2,7 +2,9 @@
 Capture overlay traffic on loopback and let Wireshark's RELOAD dissectors
 judge it.
 
-``dumpcap`` records the TCP traffic of chosen ports on ``lo``.  tshark 4.0
+``dumpcap`` records the TCP traffic of chosen ports on ``lo``.  Overlay
+links run TLS, so tshark first decrypts it with the key log the roles write
+(``--overlay-tls-key-log``; :func:`reassemble_tls_flows`).  tshark 4.0
 cannot be handed that capture as it is: its ``reload-framing`` TCP path
 reads the data-frame length at offset 5 of the *segment* rather than of the
 frame, so a data frame that follows another frame in one segment is
@@ -265,6 +267,79 @@ def reassemble_flows(tshark: str, capture_path: Path) -> list[Flow]:
             if fresh:
                 offsets.append((len(data), number, when))
                 data += fresh
+        flows.append(Flow(stream, source, destination, tuple(offsets), bytes(data)))
+    return flows
+
+
+def reassemble_tls_flows(tshark: str, capture_path: Path, key_log: Path) -> list[Flow]:
+    """
+    What every TCP flow in the capture carried inside TLS, decrypted with
+    the secrets in ``key_log`` (the roles' ``--overlay-tls-key-log``).
+
+    tshark reassembles each TLS record and decrypts it; each record's
+    plaintext is taken from the frame that completed it, in capture order.
+    A record tshark could not decrypt (a secret missing from the key log)
+    is a :class:`CaptureError`, so the result is the whole plaintext.
+    """
+    output = run_tshark(
+        tshark,
+        [
+            "-r",
+            str(capture_path),
+            "-o",
+            f"tls.keylog_file:{key_log}",
+            "-o",
+            "tls.desegment_ssl_records:TRUE",
+            "-Y",
+            "tls.record.content_type == 23",
+            "-T",
+            "fields",
+            "-E",
+            "separator=\t",
+            "-E",
+            "occurrence=a",
+            "-E",
+            "aggregator=,",
+            "-e",
+            "tcp.stream",
+            "-e",
+            "ip.src",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "ip.dst",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "frame.number",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "tls.record.content_type",
+            "-e",
+            "data.data",
+        ],
+    )
+    FlowKey = tuple[int, tuple[str, int], tuple[str, int]]
+    pieces: dict[FlowKey, list[tuple[int, float, bytes]]] = {}
+    for line in output.splitlines():
+        fields = line.split("\t")
+        key = (int(fields[0]), (fields[1], int(fields[2])), (fields[3], int(fields[4])))
+        records = [t for t in fields[7].split(",") if t == "23"]
+        plaintexts = [bytes.fromhex(h.replace(":", "")) for h in fields[8].split(",") if h]
+        if len(plaintexts) != len(records):
+            raise CaptureError(
+                f"frame {fields[5]} of stream {fields[0]}: {len(records)} application data "
+                f"records, {len(plaintexts)} decrypted; is every node's key log in {key_log}?"
+            )
+        pieces.setdefault(key, []).append((int(fields[5]), float(fields[6]), b"".join(plaintexts)))
+    flows = []
+    for (stream, source, destination), records_in_order in sorted(pieces.items()):
+        data = bytearray()
+        offsets: list[tuple[int, int, float]] = []
+        for number, when, plaintext in sorted(records_in_order):
+            offsets.append((len(data), number, when))
+            data += plaintext
         flows.append(Flow(stream, source, destination, tuple(offsets), bytes(data)))
     return flows
 

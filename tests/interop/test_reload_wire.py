@@ -1,7 +1,8 @@
 """
 Wire conformance judged by Wireshark: a ring of real ``twistd`` processes
-on loopback is captured with ``dumpcap``, and tshark's ``reload-framing``
-and ``reload`` dissectors must read every overlay frame (see
+on loopback is captured with ``dumpcap``, its TLS decrypted with the key
+logs the roles write, and tshark's ``reload-framing`` and ``reload``
+dissectors must read every overlay frame (see
 :mod:`tests.interop.capture` for why each frame is handed to tshark as its
 own packet).
 """
@@ -30,7 +31,7 @@ from tests.interop.capture import (
     frame_problems,
     in_capture_order,
     port_filter,
-    reassemble_flows,
+    reassemble_tls_flows,
     sentinel_connection,
     wait_for_sentinel,
     write_udp_capture,
@@ -65,8 +66,14 @@ class ReloadWireTests(TestCase):
 
     def start(self, role: str, name: str, port: int, extra: list[str]) -> RoleProcess:
         directory = Path(self.mktemp()).resolve() / name
+        # The links are TLS: each role writes its secrets so tshark can decrypt.
+        key_log = directory / "tls-keys.log"
+        self.key_logs.append(key_log)
         process = RoleProcess(
-            role, directory, overlay_arguments("interop.test") + extra, overlay_port=port
+            role,
+            directory,
+            overlay_arguments("interop.test") + ["--overlay-tls-key-log", str(key_log), *extra],
+            overlay_port=port,
         )
         self.addCleanup(process.stop)
         return process
@@ -77,6 +84,7 @@ class ReloadWireTests(TestCase):
         dumpcap = require_tool("dumpcap")
         tshark = require_tool("tshark")
         require_root("capturing on the loopback interface")
+        self.key_logs: list[Path] = []
         ports: list[int] = []
         while len(ports) < PEERS + 1:
             port = free_port()
@@ -135,7 +143,9 @@ class ReloadWireTests(TestCase):
         dropped = yield deferToThread(capture.stop)
         self.assertEqual(dropped, 0, capture.log_text())
 
-        flows = yield deferToThread(reassemble_flows, tshark, capture.path)
+        key_log = directory / "tls-keys.log"
+        key_log.write_bytes(b"".join(path.read_bytes() for path in self.key_logs))
+        flows = yield deferToThread(reassemble_tls_flows, tshark, capture.path, key_log)
         frames = in_capture_order(frame for flow in flows for frame in cut_frames(flow))
         self.assertTrue(frames, "no overlay payload was captured")
         self.assertEqual(sum(len(f.data) for f in frames), sum(len(flow.data) for flow in flows))

@@ -7,6 +7,7 @@ the link's timers on a fake clock.  Handshakes over real sockets are in
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -23,7 +24,7 @@ from p2psip.overlay.certificates import SelfSignedTrust
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import FramedStreamLink, Link, inbound_link_factory
 from p2psip.overlay.message import ErrorCode
-from p2psip.overlay.tls import LinkRefused, LinkSecurity
+from p2psip.overlay.tls import KeyLogFile, LinkRefused, LinkSecurity
 from p2psip.testing import TEST_CERTIFICATE_EPOCH, enrolled_identity
 from p2psip.util.ids import node_id_from_key
 
@@ -172,6 +173,22 @@ class RefusalLogTests(SynchronousTestCase):
             [("192.0.2.7", 0), ("198.51.100.1", 0), ("192.0.2.7", 49)],
         )
         self.assertIn("Error_Forbidden", warnings[0]["why"])
+
+
+class KeyLogFileTests(SynchronousTestCase):
+    def test_made_at_the_first_secret_private_and_appended(self) -> None:
+        """The key log is created only when a secret arrives, mode 0600, one line per secret."""
+        path = Path(self.mktemp())
+        key_log = KeyLogFile(path)
+        self.addCleanup(key_log.close)
+        self.assertFalse(path.exists())
+        key_log(b"CLIENT_HANDSHAKE_TRAFFIC_SECRET 00 11")
+        key_log(b"SERVER_HANDSHAKE_TRAFFIC_SECRET 00 22")
+        self.assertEqual(path.stat().st_mode & 0o777, 0o600)
+        self.assertEqual(
+            path.read_bytes(),
+            b"CLIENT_HANDSHAKE_TRAFFIC_SECRET 00 11\nSERVER_HANDSHAKE_TRAFFIC_SECRET 00 22\n",
+        )
 
 
 class LinkTimerTests(SynchronousTestCase):
