@@ -1,5 +1,5 @@
 """
-Overlay benchmark: rings of N peers in one process over real loopback TCP.
+Overlay benchmark: rings of N peers in one process over real loopback TLS.
 
 For each N prints join convergence time, lookup hops (mean, p99, against
 the Chord reference 1/2*log2(N) and the target 1/2*log2(N)+1), lookup

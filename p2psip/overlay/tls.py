@@ -123,7 +123,7 @@ class AuthenticatedPeer:
 
 
 class _PeerCheck:
-    """One connection's verdict on the other end's certificate, kept on its ``SSL.Connection``."""
+    """One connection's verdict on the other end's certificate, kept for its TLS protocol."""
 
     def __init__(
         self, security: LinkSecurity, tls: TLSMemoryBIOProtocol, expected: int | None
@@ -261,6 +261,8 @@ class LinkSecurity:
         # comes from.
         context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_TICKET)
         context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        # Most links are idle most of the time: free their record buffers meanwhile.
+        context.set_mode(SSL.MODE_RELEASE_BUFFERS)
         context.use_certificate(x509.load_der_x509_certificate(self.identity.certificate_der))
         context.use_privatekey(self.identity.private_key)
         context.check_privatekey()
