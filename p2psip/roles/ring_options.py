@@ -20,11 +20,19 @@ from typing import ClassVar
 from attrs import frozen
 from twisted.python import usage
 
-from p2psip.config import RoleOptions, client_endpoint, positive_float, server_endpoint
+from p2psip.config import (
+    RoleOptions,
+    client_endpoint,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    server_endpoint,
+)
 from p2psip.overlay.codec import Limits
 from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.sip.digest import ALGORITHMS
+from p2psip.sip.request_limit import DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND
 from p2psip.util.endpoints import endpoint_interface, is_udp, parse_udp_listen_address
 from p2psip.web.site import allowed_host
 
@@ -48,6 +56,9 @@ class SipConfig:
     digest_algorithms: tuple[str, ...]
     advertise: str | None
     trusted_network: bool
+    #: New requests per second per source address; 0: no limit.
+    rate_limit_per_second: float = DEFAULT_REQUESTS_PER_SECOND
+    rate_limit_burst: int = DEFAULT_BURST
 
     @property
     def peer_transport(self) -> str:
@@ -253,6 +264,21 @@ class RingRoleOptions(RoleOptions):
             "Host other super-nodes and phones reach the SIP listener at "
             "(default: the first --sip interface, else the overlay address).",
         ],
+        [
+            "sip-rate-limit",
+            None,
+            DEFAULT_REQUESTS_PER_SECOND,
+            "New SIP requests per second one source address may send; above it they get 503 "
+            "with Retry-After.  0: no limit (a benchmark driving the node from one address).",
+            non_negative_float,
+        ],
+        [
+            "sip-rate-burst",
+            None,
+            DEFAULT_BURST,
+            "New SIP requests a quiet source address may send at once, above --sip-rate-limit.",
+            positive_int,
+        ],
     ]
     optFlags = [
         [
@@ -321,6 +347,8 @@ class RingRoleOptions(RoleOptions):
                 digest_algorithms=tuple(self["sip-digest-algorithms"].split(",")),
                 advertise=self["sip-advertise"],
                 trusted_network=bool(self["sip-trusted-network"]),
+                rate_limit_per_second=self["sip-rate-limit"],
+                rate_limit_burst=self["sip-rate-burst"],
             )
         return RingRoleConfig(
             role=self.role,

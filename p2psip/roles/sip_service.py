@@ -44,6 +44,7 @@ from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.metrics import CallSetupTimes, SipCollector
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.registrar import Registrar
+from p2psip.sip.request_limit import RequestRateLimit
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.users import UsersFile, UsersFileError
 from p2psip.usages.sip import SIP_APPLICATION
@@ -148,6 +149,9 @@ def build_sip_stack(
         transport,
         reactor,
         peer_transport=config.peer_transport,
+        rate_limit=RequestRateLimit(reactor, config.rate_limit_per_second, config.rate_limit_burst)
+        if config.rate_limit_per_second > 0
+        else None,
     )
     transport.receiver = proxy.transactions
     return SipStack(config, node, users, location, registrar, transport, proxy)

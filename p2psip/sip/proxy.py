@@ -29,6 +29,9 @@ retransmissions are forwarded statelessly.  Unknown users get 404, users
 without a live binding 480, an ``OPTIONS`` addressed to the server itself
 200 (health checks), other methods addressed to it 405.
 
+Before any of that, a new request whose source address is over its rate
+(:mod:`p2psip.sip.request_limit`) gets 503 with ``Retry-After``.
+
 A contact is reached over the flow its REGISTER came in on when it names
 the registering UA itself (``LocalBinding.reached_over_flow``), otherwise
 at its own address.
@@ -53,6 +56,7 @@ from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
 from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
+from p2psip.sip.request_limit import RequestRateLimit
 from p2psip.sip.transaction import (
     Hop,
     MessageSender,
@@ -180,6 +184,7 @@ class SipProxy:
         *,
         peer_transport: str = "UDP",
         timers: TimerSettings = TimerSettings(),
+        rate_limit: RequestRateLimit | None = None,
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
@@ -199,6 +204,9 @@ class SipProxy:
         #: Requests refused because they asked us to relay (since start).
         self.relay_refusals = 0
         self._relay_log = LogThrottle(clock)
+        #: New requests per source address; None: no limit (--sip-rate-limit 0).
+        self.rate_limit = rate_limit
+        self._rate_log = LogThrottle(clock)
 
     @property
     def pending_requests(self) -> int:
@@ -213,7 +221,9 @@ class SipProxy:
     # -- TransactionUser ---------------------------------------------------
 
     def request_received(self, transaction: ServerTransaction) -> None:
-        """A new request: answer it here or proxy it."""
+        """A new request: answer it here or proxy it (or refuse it, over the source's rate)."""
+        if self._over_rate_limit(transaction):
+            return
         if transaction.request.method == "INVITE":
             self._invite_started[transaction] = _InviteTiming(
                 self.clock.seconds(), _is_initial(transaction.request)
@@ -233,6 +243,37 @@ class SipProxy:
         except Exception:
             self.log.failure("while handling {method}", method=transaction.request.method)
             self._answer(transaction, 500, "Server Internal Error")
+
+    def _over_rate_limit(self, transaction: ServerTransaction) -> bool:
+        """
+        Answer 503 with Retry-After when the request's source address has
+        sent more new requests than the rate limit allows; warn at most once
+        a minute per source, with how many were refused.
+        """
+        limit = self.rate_limit
+        if limit is None:
+            return False
+        retry_after = limit.admit(transaction.source.host)
+        if retry_after is None:
+            return False
+        self._answer(
+            transaction,
+            503,
+            "Service Unavailable (too many requests from your address)",
+            (("Retry-After", str(retry_after)),),
+        )
+        blurred = blur_flow(transaction.source)
+        held_back = self._rate_log.admit(blurred)
+        if held_back is not None:
+            self.log.warn(
+                "refused {count} request(s) from {source} over the SIP rate limit "
+                "({rate:g} a second, burst {burst}; raise --sip-rate-limit, or 0 for none)",
+                count=held_back + 1,
+                source=blurred,
+                rate=limit.requests_per_second,
+                burst=limit.burst,
+            )
+        return True
 
     def ack_received(self, request: Request, source: Hop) -> None:
         """An ACK for a 2xx: forward it statelessly along the route set."""
