@@ -152,6 +152,7 @@ def build_sip_stack(
         rate_limit=RequestRateLimit(reactor, config.rate_limit_per_second, config.rate_limit_burst)
         if config.rate_limit_per_second > 0
         else None,
+        credentials=registrar.credentials,
     )
     transport.receiver = proxy.transactions
     return SipStack(config, node, users, location, registrar, transport, proxy)

@@ -32,6 +32,19 @@ without a live binding 480, an ``OPTIONS`` addressed to the server itself
 Before any of that, a new request whose source address is over its rate
 (:mod:`p2psip.sip.request_limit`) gets 503 with ``Retry-After``.
 
+With authentication on, an out-of-dialog request (not ACK or CANCEL,
+s22.1) whose From names a user of our domain is forwarded only when that
+user is known to be the caller (RFC 3261 s22.3): it came over the flow a
+phone registered that AOR on, or from another super-node of the ring (a
+Record-Route with that node's Node-ID, at the address the overlay gives
+for it, and the request's source address; every super-node puts one on
+the requests it forwards to another), or it carries Proxy-Authorization
+for exactly that user.  Otherwise the answer is 407 with a Proxy-Authenticate
+challenge per algorithm, 403 for wrong credentials (counted in the login
+throttle, shared with the registrar) or another user's, so nobody can call
+as one of our users from outside.  The Proxy-Authorization we used is
+removed before forwarding.
+
 A contact is reached over the flow its REGISTER came in on when it names
 the registering UA itself (``LocalBinding.reached_over_flow``), otherwise
 at its own address.
@@ -45,12 +58,13 @@ from collections.abc import Sequence
 from typing import Protocol, cast
 
 from attrs import define
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.interfaces import IOverlayStorage
+from p2psip.sip.authorization import CredentialCheck, Outcome
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
@@ -124,6 +138,11 @@ def _is_initial(request: Request) -> bool:
         return False
 
 
+def _names_super_node(uri: URI) -> bool:
+    """Whether ``uri`` targets a super-node of the ring (carries a ``p2psip-node``)."""
+    return isinstance(uri, SipURI) and NODE_PARAMETER in uri.parameters
+
+
 def _new_tag() -> str:
     return new_branch()[len(MAGIC_COOKIE) :]
 
@@ -185,6 +204,7 @@ class SipProxy:
         peer_transport: str = "UDP",
         timers: TimerSettings = TimerSettings(),
         rate_limit: RequestRateLimit | None = None,
+        credentials: CredentialCheck | None = None,
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
@@ -207,6 +227,8 @@ class SipProxy:
         #: New requests per source address; None: no limit (--sip-rate-limit 0).
         self.rate_limit = rate_limit
         self._rate_log = LogThrottle(clock)
+        #: Checks callers that claim our domain (407); None: authentication off.
+        self.credentials = credentials
 
     @property
     def pending_requests(self) -> int:
@@ -365,6 +387,17 @@ class SipProxy:
         if self._is_loop(working):
             self._answer(transaction, 482, "Loop Detected")
             return
+        if self._caller_must_authenticate(working):
+            trusted = self._caller_trusted(transaction, working)
+            trusted.addCallback(self._caller_checked, transaction, working, removed_own_route)
+            trusted.addErrback(self._caller_check_failed, transaction)
+            return
+        self._route(transaction, working, removed_own_route)
+
+    def _route(
+        self, transaction: ServerTransaction, working: Request, removed_own_route: bool
+    ) -> None:
+        """Forward a checked request: along its Route, to an AOR, or to a phone served here."""
         if working.headers.values("Route"):
             top = working.routes[0].uri
             if not isinstance(top, SipURI):
@@ -394,6 +427,143 @@ class SipProxy:
         # TODO(gateway): resolve other domains with RFC 3263 and forward
         # them through the gateway; until it exists, refuse them openly.
         self._answer(transaction, 404, "Not Found (no gateway to other domains yet)")
+
+    # -- callers claiming our domain (RFC 3261 s22.3) --------------------------
+
+    def _caller_must_authenticate(self, request: Request) -> bool:
+        """
+        Whether ``request`` must prove its From user: an out-of-dialog
+        request (not ACK or CANCEL, which are never challenged, s22.1)
+        whose From names a user of our domain, while authentication is on.
+        """
+        if self.credentials is None or request.method in ("ACK", "CANCEL"):
+            return False
+        if not _is_initial(request):
+            return False
+        caller = request.from_.uri
+        return isinstance(caller, SipURI) and caller.host.lower() == self.domain
+
+    def _caller_trusted(self, transaction: ServerTransaction, request: Request) -> Deferred[bool]:
+        """
+        Whether the request's From needs no credentials here: it came over
+        the flow a phone registered that AOR on, or from another super-node
+        of the ring (which authenticated the caller itself).
+        """
+        caller = request.from_.uri
+        assert isinstance(caller, SipURI)
+        source = transaction.source
+        for binding in self.registrar.local_bindings(caller.address_of_record()):
+            if binding.flow == source:
+                return succeed(True)
+        return self._from_ring_member(request, source)
+
+    def _from_ring_member(self, request: Request, source: Hop) -> Deferred[bool]:
+        """
+        Whether ``request`` was forwarded by another super-node of the ring.
+
+        A super-node forwarding to another puts a Record-Route naming itself
+        with its Node-ID on top (:meth:`_prepare`).  Anyone can write such an
+        entry, so it counts only when the overlay says that node serves SIP
+        at the address the entry names and the request came from that
+        address.  (Over UDP a source address can be forged; over TCP and
+        TLS it cannot.)
+        """
+        try:
+            record_routes = request.record_routes
+        except SipParseError:
+            return succeed(False)
+        if not record_routes or not isinstance(record_routes[0].uri, SipURI):
+            return succeed(False)
+        top = record_routes[0].uri
+        node_id = parse_node_parameter(top.parameters.get(NODE_PARAMETER))
+        if node_id is None or node_id == self.local_node_id:
+            return succeed(False)
+        resolving = cast(
+            "Deferred[tuple[str, int]]",
+            self.storage.resolve_application(node_id, SIP_APPLICATION),
+        )
+
+        def check(address: tuple[str, int]) -> bool:
+            hop = hop_for_uri(top)
+            serving = (address[0].lower().strip("[]"), address[1])
+            return (hop.host.lower(), hop.port) == serving and source.host.lower().strip(
+                "[]"
+            ) == serving[0]
+
+        def unknown(failure: Failure) -> bool:
+            self.log.debug(
+                "cannot check a Record-Route naming super-node {node}: {why}",
+                node=f"{node_id:032x}"[:8],
+                why=failure.getErrorMessage(),
+            )
+            return False
+
+        return resolving.addCallbacks(check, unknown)
+
+    def _caller_checked(
+        self,
+        trusted: bool,
+        transaction: ServerTransaction,
+        working: Request,
+        removed_own_route: bool,
+    ) -> None:
+        if trusted:
+            self._route(transaction, working, removed_own_route)
+        else:
+            self._authorize_caller(transaction, working, removed_own_route)
+
+    def _caller_check_failed(self, failure: Failure, transaction: ServerTransaction) -> None:
+        if failure.check(SipParseError):
+            error = failure.value
+            assert isinstance(error, SipParseError)
+            self._answer(transaction, error.status, error.reason)
+            return
+        self.log.failure(
+            "while checking the caller of {method}", failure, method=transaction.request.method
+        )
+        self._answer(transaction, 500, "Server Internal Error")
+
+    def _authorize_caller(
+        self, transaction: ServerTransaction, working: Request, removed_own_route: bool
+    ) -> None:
+        """
+        Forward only with Proxy-Authorization for the From user (s22.3):
+        challenge with 407 otherwise, 403 for wrong credentials (counted in
+        the login throttle) or a user who is not the From user.
+        """
+        credentials = self.credentials
+        assert credentials is not None
+        caller = working.from_.uri
+        assert isinstance(caller, SipURI)
+        request = transaction.request
+        judgement = credentials.judge(
+            working.headers.get_all("Proxy-Authorization"),
+            request.method,
+            request.uri,
+            caller.address_of_record(),
+            transaction.source.host,
+            request.method,
+        )
+        outcome = judgement.outcome
+        if outcome is Outcome.AUTHORIZED:
+            assert judgement.accepted is not None
+            # Ours, consumed: the next hop has no use for it (s22.3); others' stay.
+            working.headers.remove_line("Proxy-Authorization", judgement.accepted)
+            self._route(transaction, working, removed_own_route)
+            return
+        if outcome in (Outcome.CHALLENGE, Outcome.STALE):
+            challenges = credentials.challenges(stale=outcome is Outcome.STALE)
+            self._answer(
+                transaction,
+                407,
+                "Proxy Authentication Required",
+                [("Proxy-Authenticate", value) for value in challenges],
+            )
+            return
+        if outcome is Outcome.MALFORMED:
+            self._answer(transaction, 400, f"Bad Request ({judgement.reason})")
+            return
+        self._answer(transaction, 403, "Forbidden")
 
     def _registrar_failed(self, failure: Failure, transaction: ServerTransaction) -> None:
         self.log.failure("while registering", failure)
@@ -679,10 +849,14 @@ class SipProxy:
             str((DEFAULT_MAX_FORWARDS if max_forwards is None else max_forwards) - 1),
         )
         host, port = self.advertised
-        if outgoing.method in DIALOG_CREATING_METHODS and stateless_key is None:
+        if stateless_key is None and (
+            outgoing.method in DIALOG_CREATING_METHODS
+            or (_names_super_node(target_uri) and _is_initial(incoming))
+        ):
             transport = "" if hop.transport == "UDP" else f";transport={hop.transport.lower()}"
             # The Node-ID lets the next super-node on the route set check,
-            # through the overlay, that this entry really names a ring member.
+            # through the overlay, that this entry really names a ring member,
+            # and lets a super-node we forward to tell us from a stranger.
             node = f";{NODE_PARAMETER}={self.local_node_id:032x}"
             outgoing.headers.prepend("Record-Route", f"<sip:{host}:{port}{transport};lr{node}>")
         if stateless_key is None:
