@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +49,18 @@ def skip_or_fail(reason: str) -> None:
 
 
 def require_tool(name: str) -> str:
-    """The full path of an external program, or skip/fail the test."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+    """
+    The full path of an external program, or skip/fail the test.
+
+    Besides ``PATH`` (and the sbin folders), the folder of the running
+    Python is searched: tools installed from PyPI into the virtualenv (the
+    ``interop`` extra) are there even when the virtualenv is not activated.
+    """
+    path = (
+        shutil.which(name)
+        or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+        or shutil.which(name, path=str(Path(sys.executable).parent))
+    )
     if path is None:
         skip_or_fail(f"{name} is not installed")
         raise AssertionError("unreachable")
