@@ -138,7 +138,12 @@ def build_sip_stack(
     host = config.advertise or config.listen_interface or fallback_host
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    transport = SipTransport(as_udp_reactor(reactor))
+    transport = SipTransport(
+        as_udp_reactor(reactor),
+        tcp_idle_timeout_seconds=config.idle_timeout_seconds,
+        tcp_connections_per_source=config.connections_per_source,
+        max_tcp_connections=config.max_connections,
+    )
     transport.advertised_host = host
     proxy = SipProxy(
         config.domain,

@@ -235,7 +235,8 @@ class MakeServiceTests(SynchronousTestCase):
         broker = service.broker
         broker.metrics.attempted("relayed")
         broker.metrics.relayed(1234)
-        site = [factory for port, factory, *_ in reactor.tcpServers if port == 8087][0]
+        listener = [factory for port, factory, *_ in reactor.tcpServers if port == 8087][0]
+        site = listener.wrappedFactory  # behind the per-source connection limit
         request = DummyRequest([b"metrics"])
         request.requestHeaders.setRawHeaders(
             b"host", [b"127.0.0.1:80"]

@@ -100,6 +100,48 @@ class PeerOptionsTests(SynchronousTestCase):
         self.assertEqual((limit.requests_per_second, limit.burst), (7.0, 100))
         self.assertIsNone(unlimited.sip.proxy.rate_limit)
 
+    def test_stream_limits_wired(self) -> None:
+        """SIP stream and overlay listeners get the idle timeout and connection limits asked for."""
+        role = makeService(
+            parse(
+                "--sip",
+                "tcp:0",
+                "--sip-trusted-network",
+                "--data-dir",
+                self.mktemp(),
+                "--sip-idle-timeout",
+                "120",
+                "--sip-connections-per-source",
+                "4",
+                "--sip-max-connections",
+                "50",
+                "--overlay-connections-per-source",
+                "7",
+            ),
+            MemoryUDPReactor(),
+        )
+        assert role.sip is not None and role.overlay is not None
+        transport = role.sip.transport
+        self.assertEqual(
+            (
+                transport.tcp_idle_timeout_seconds,
+                transport.tcp_connections_per_source,
+                transport.max_tcp_connections,
+            ),
+            (120.0, 4, 50),
+        )
+        self.assertEqual(role.overlay.factory.per_source, 7)  # type: ignore[attr-defined]
+        defaults = parse("--sip", "tcp:0", "--sip-trusted-network").config.sip
+        assert defaults is not None
+        self.assertEqual(
+            (
+                defaults.idle_timeout_seconds,
+                defaults.connections_per_source,
+                defaults.max_connections,
+            ),
+            (300.0, 32, 4096),
+        )
+
     def test_http_allowed_hosts(self) -> None:
         """--http-allowed-hosts repeats on the command line, lists in the file, and is checked."""
         options = parse("--http-allowed-hosts", "A.example", "--http-allowed-hosts", "b.example")
