@@ -97,6 +97,29 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def mediator_client_secret(shared: str, client_id: str) -> str:
+    """The secret ``client_id`` logs in to a mediator whose shared secret is ``shared`` with."""
+    from p2psip.nat.control_auth import derive_client_secret
+
+    return derive_client_secret(shared.encode("utf-8"), client_id).decode("ascii")
+
+
+def ring_node_mediator_secret(shared: str, data_dir: Path) -> str:
+    """
+    The mediator secret of the ring node whose data directory is ``data_dir``.
+
+    A node logs in under its Node-ID, which its key decides; the key is made
+    here (mode 0700 directory, as the role makes it) so that the node's
+    secret can be given on its command line before it first starts.
+    """
+    from p2psip.overlay.identity import NodeIdentity
+    from p2psip.util.ids import id_hex
+
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    node_id = NodeIdentity.load_or_create(data_dir).node_id
+    return mediator_client_secret(shared, id_hex(node_id))
+
+
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
     """
     A port number the OS just handed out on ``host``.

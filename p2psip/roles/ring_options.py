@@ -237,13 +237,19 @@ class RingRoleOptions(RoleOptions):
             "peers that a direct connect does not reach are reached through it.",
             client_endpoint,
         ],
-        ["mediator-secret", None, None, "The mediator's shared secret (its [mediator] secret)."],
+        [
+            "mediator-secret",
+            None,
+            None,
+            "This node's own secret at the mediator (`p2psip mediator secret NODE-ID` on the "
+            "mediator host prints it).",
+        ],
         [
             "mediator-secret-file",
             None,
             None,
-            "File whose first line is the secret for the mediator (this node's line of its "
-            "secrets file, or its shared secret); wins over --mediator-secret.",
+            "File whose first line is this node's own secret at the mediator; wins over "
+            "--mediator-secret.",
         ],
         [
             "direct-connect-timeout",

@@ -20,7 +20,7 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.testing import require_root, require_tool, shared_path
+from p2psip.testing import mediator_client_secret, require_root, require_tool, shared_path
 
 SECRET = "natlab-secret"
 _serial = itertools.count()
@@ -164,7 +164,7 @@ class NatLab:
                 "--id",
                 client_id,
                 "--secret",
-                SECRET,
+                mediator_client_secret(SECRET, client_id),
                 "--count",
                 str(count),
                 "--json",
@@ -189,7 +189,7 @@ class NatLab:
                     "--to",
                     "B",
                     "--secret",
-                    SECRET,
+                    mediator_client_secret(SECRET, "A"),
                     "--json",
                     "--wait",
                     "15",
