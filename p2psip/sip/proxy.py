@@ -486,9 +486,13 @@ class SipProxy:
         def check(address: tuple[str, int]) -> bool:
             hop = hop_for_uri(top)
             serving = (address[0].lower().strip("[]"), address[1])
-            return (hop.host.lower(), hop.port) == serving and source.host.lower().strip(
+            member = (hop.host.lower(), hop.port) == serving and source.host.lower().strip(
                 "[]"
             ) == serving[0]
+            if member and self.rate_limit is not None:
+                # It forwards for all its phones: its rate is theirs together.
+                self.rate_limit.trust(source.host)
+            return member
 
         def unknown(failure: Failure) -> bool:
             self.log.debug(

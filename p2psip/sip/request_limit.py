@@ -14,6 +14,12 @@ back off and costs us one small response.
 ACKs are never limited: an ACK to a 2xx has no response to carry the 503,
 and dropping it would leave the callee retransmitting its 200.
 
+Other super-nodes of the ring are not limited: one of them forwards the
+calls of all its phones, so its rate is theirs together.  Once the proxy
+has checked that a request came from a ring member (its Record-Route and
+source address, through the overlay), that address is exempt for
+``MEMBER_SECONDS`` (:meth:`RequestRateLimit.trust`).
+
 The key is the IP address only, not the port: a flood needs no new port to
 be one source.  A NAT with many phones behind one address is one source
 too, which is why the operator can raise the limit (``--sip-rate-limit``,
@@ -25,6 +31,7 @@ clock's ``seconds()`` is read.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -37,6 +44,10 @@ DEFAULT_REQUESTS_PER_SECOND = 50.0
 DEFAULT_BURST = 100
 #: Source addresses remembered at once.
 MAX_SOURCES = 10_000
+#: How long an address checked to be a super-node of the ring stays exempt.
+MEMBER_SECONDS = 600.0
+#: Such addresses remembered at once (a ring's super-nodes, with room to spare).
+MAX_MEMBERS = 1024
 
 
 class RequestRateLimit:
@@ -58,8 +69,26 @@ class RequestRateLimit:
         self.requests_per_second = requests_per_second
         self.burst = burst
         self._buckets = TokenBuckets(requests_per_second, burst, max_sources)
+        #: Addresses of ring members, with when they were last checked.
+        self._members: OrderedDict[str, float] = OrderedDict()
         #: Requests refused since start.
         self.refused = 0
+
+    def trust(self, source: str) -> None:
+        """``source`` was just found to be a super-node of the ring: exempt it for a while."""
+        self._members[source] = self.clock.seconds()
+        self._members.move_to_end(source)
+        while len(self._members) > MAX_MEMBERS:
+            self._members.popitem(last=False)
+
+    def _is_member(self, source: str, now: float) -> bool:
+        checked = self._members.get(source)
+        if checked is None:
+            return False
+        if now - checked > MEMBER_SECONDS:
+            del self._members[source]
+            return False
+        return True
 
     def admit(self, source: str) -> int | None:
         """
@@ -67,7 +96,7 @@ class RequestRateLimit:
         whole seconds (at least 1) to put in ``Retry-After``.
         """
         now = self.clock.seconds()
-        if self._buckets.take(source, now):
+        if self._is_member(source, now) or self._buckets.take(source, now):
             return None
         self.refused += 1
         return max(1, math.ceil(self._buckets.seconds_until_token(source, now)))

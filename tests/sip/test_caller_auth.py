@@ -20,6 +20,7 @@ from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.message import Request, Response, parse_message
 from p2psip.sip.proxy import NODE_PARAMETER, SipProxy
 from p2psip.sip.registrar import Registrar
+from p2psip.sip.request_limit import RequestRateLimit
 from p2psip.sip.transaction import Hop
 
 from .memory_storage import MemoryOverlayStorage
@@ -333,6 +334,22 @@ class CallerAuthenticationTests(SynchronousTestCase):
         [(delivered, hop)] = self.b.forwarded()
         self.assertEqual(hop, BOB_PHONE)
         self.assertEqual(delivered.headers.get_all("Proxy-Authorization"), [])
+
+    def test_ring_member_is_not_rate_limited(self) -> None:
+        """Once B has checked that A is a super-node, A's requests skip B's per-source limit."""
+        self.register(self.a, "alice", ALICE_PHONE)
+        self.register(self.b, "bob", BOB_PHONE)
+        limit = RequestRateLimit(self.clock, requests_per_second=1, burst=1)
+        self.b.proxy.rate_limit = limit
+        for number in range(5):
+            self.a.receive(
+                request_text("MESSAGE", branch=f"z9hG4bKm{number}", sent_by="192.0.2.7:5062"),
+                ALICE_PHONE,
+            )
+        for message, _ in self.a.forwarded("MESSAGE"):
+            self.b.receive(message.to_bytes(), FROM_A)
+        self.assertEqual(len(self.b.forwarded("MESSAGE")), 5)
+        self.assertEqual(limit.refused, 0)
 
     def test_message_between_super_nodes_carries_record_route(self) -> None:
         """A MESSAGE forwarded to another super-node carries A's Record-Route, so B trusts it."""

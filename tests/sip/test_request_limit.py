@@ -28,6 +28,15 @@ class RequestRateLimitTests(SynchronousTestCase):
         self.assertIsNone(limit.admit("a"))
         self.assertEqual(limit.refused, 2)
 
+    def test_ring_members_are_exempt_for_a_while(self) -> None:
+        """An address trusted as a super-node is not limited, until the trust runs out."""
+        clock = Clock()
+        limit = RequestRateLimit(clock, requests_per_second=1, burst=1)
+        limit.trust("a")
+        self.assertEqual([limit.admit("a") for _ in range(5)], [None] * 5)
+        clock.advance(601)
+        self.assertEqual([limit.admit("a"), limit.admit("a")], [None, 1])
+
     def test_sources_are_separate(self) -> None:
         """One address's empty bucket does not touch another's."""
         limit = RequestRateLimit(Clock(), requests_per_second=1, burst=1)
