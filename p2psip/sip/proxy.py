@@ -956,7 +956,10 @@ class SipProxy:
             return
         uri = request.uri
         aor = uri.address_of_record() if isinstance(uri, SipURI) and uri.user is not None else "?"
-        self.log.info(
+        # A 407 is the first step of every call from a roaming phone, as a
+        # 401 is of every registration: not worth an info line each.
+        emit = self.log.debug if response.status == 407 else self.log.info
+        emit(
             "INVITE {aor} from {source}: {status} {reason} after {elapsed_ms:.1f} ms",
             aor=blur_aor(aor),
             source=blur_flow(transaction.source),
