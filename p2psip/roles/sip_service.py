@@ -53,6 +53,7 @@ from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.metrics import CallSetupTimes, SipCollector
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.registrar import Registrar
+from p2psip.sip.request_limit import RequestRateLimit
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.users import UsersFile, UsersFileError
 from p2psip.usages.sip import SIP_APPLICATION
@@ -169,7 +170,12 @@ def build_sip_stack(
     host = config.advertise or config.listen_interface or fallback_host
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    transport = SipTransport(as_udp_reactor(reactor))
+    transport = SipTransport(
+        as_udp_reactor(reactor),
+        tcp_idle_timeout_seconds=config.idle_timeout_seconds,
+        tcp_connections_per_source=config.connections_per_source,
+        max_tcp_connections=config.max_connections,
+    )
     transport.advertised_host = host
     proxy = SipProxy(
         config.domain,
@@ -180,6 +186,10 @@ def build_sip_stack(
         transport,
         reactor,
         peer_transport=config.peer_transport,
+        rate_limit=RequestRateLimit(reactor, config.rate_limit_per_second, config.rate_limit_burst)
+        if config.rate_limit_per_second > 0
+        else None,
+        credentials=registrar.credentials,
     )
     transport.receiver = proxy.transactions
     tls = sip_tls_options(config.tls) if config.tls is not None else None

@@ -436,7 +436,7 @@ class MediatedTlsTests(LoopbackTestCase):
             reactor,
             self.mediator,
             id_hex(identity.node_id),
-            MEDIATOR_SECRET,
+            control_auth.derive_client_secret(MEDIATOR_SECRET, id_hex(identity.node_id)),
             accept=incoming.accept,
             on_incoming=incoming.made,
         )

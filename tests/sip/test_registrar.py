@@ -478,7 +478,9 @@ class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         error = self.assertRaises(ValueError, Registrar, DOMAIN, self.location, self.clock)
         self.assertIn("--users", str(error))
 
-    @settings(max_examples=60)
+    # No deadline: on a loaded machine (the suite runs two jobs) one example
+    # can take over 200 ms, which Hypothesis reports as a flaky failure.
+    @settings(max_examples=60, deadline=None)
     @given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=200))
     def test_garbage_authorization_never_crashes(self, garbage: str) -> None:
         """Any Authorization value yields a 400, 401 or 403 response, never an exception."""
