@@ -79,6 +79,9 @@ def start_super_node(
         str(directory / "data"),
         "--sip",
         f"udp:{sip_port}:interface=127.0.0.1",
+        # The benchmarks measure SIP and routing, not enrolment: a ring
+        # without a CA, so no node needs a certificate first.
+        "--insecure",
         *(extra or []),
     ]
     if auth:

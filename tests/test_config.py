@@ -483,6 +483,10 @@ class ExampleConfigTests(SynchronousTestCase):
                     "mediator-secret-file = /etc/p2psip/mediator-secret",
                     "mediator-secret-file = " + self.secret_file(),
                 )
+                text = text.replace(
+                    "enrol-password-file = /etc/p2psip/enrol-password",
+                    "enrol-password-file = " + self.secret_file(),
+                )
                 if role == "mediator":
                     text = text.replace(
                         "secrets-file = /etc/p2psip/mediator-secrets", "secret = example"

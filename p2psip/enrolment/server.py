@@ -48,10 +48,12 @@ from cryptography import x509
 from p2psip.enrolment.accounts import AccountsFile, AccountsFileError
 from p2psip.enrolment.authority import OverlayAuthority
 from p2psip.enrolment.configuration import ConfigurationPublisher, OverlayConfiguration
+from p2psip.enrolment.fingerprints import root_fingerprint
 from p2psip.enrolment.issuer import RETRY_AFTER_SECONDS, CertificateIssuer, EnrolmentRefused
 from p2psip.enrolment.requests import (
     CERTIFICATE_CONTENT_TYPE,
     CONFIGURATION_CONTENT_TYPE,
+    ENROLMENT_PATH,
     FORM_CONTENT_TYPE,
     MAX_REQUEST_BYTES,
     MalformedRequest,
@@ -91,6 +93,13 @@ def enrolment_listen_address(text: str) -> str:
             )
     tcp_description(text)
     return text
+
+
+def enrolment_url(host: str, port: int) -> str:
+    """``https://HOST:PORT/enrol``, with an IPv6 address in brackets."""
+    if _is_ip_address(host) and ipaddress.ip_address(host).version == 6:
+        host = f"[{host}]"
+    return f"https://{host}:{port}{ENROLMENT_PATH}"
 
 
 def tcp_description(text: str) -> str:
@@ -265,13 +274,30 @@ class EnrolmentServer(Service):
         description: str,
         site: Site,
         tls: Callable[[], CertificateOptions],
+        *,
+        public_host: str | None = None,
+        fingerprint: str | None = None,
     ) -> None:
         self.reactor = reactor
         self.description = description
         self.site = site
         self.tls = tls
+        #: The host peers reach this server by, for :attr:`url` and the log.
+        self.public_host = public_host
+        #: The CA's fingerprint, logged with the URL so the operator can hand both out.
+        self.fingerprint = fingerprint
         self.port: IListeningPort | None = None
         self._opened = False
+
+    @property
+    def url(self) -> str | None:
+        """``https://HOST:PORT/enrol`` once the port is open (and a public host is known)."""
+        if self.port is None or self.public_host is None:
+            return None
+        host = self.port.getHost()
+        if not isinstance(host, (IPv4Address, IPv6Address)):
+            return None
+        return enrolment_url(self.public_host, host.port)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -308,6 +334,12 @@ class EnrolmentServer(Service):
             else str(host)
         )
         self.log.info("enrolment server listening on {address} (HTTPS)", address=where)
+        if self.url is not None:
+            self.log.info(
+                "enrolment: peers enrol with --enrol-url {url} --ca-fingerprint {fingerprint}",
+                url=self.url,
+                fingerprint=self.fingerprint,
+            )
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
@@ -327,6 +359,7 @@ def build_enrolment_server(
     hosts: Sequence[str],
     describe: Callable[[], OverlayConfiguration],
     throttle: LoginThrottle | None = None,
+    announce: bool = False,
 ) -> EnrolmentServer:
     """
     The whole enrolment server of one CA, wired: issuer, signed
@@ -335,13 +368,20 @@ def build_enrolment_server(
     ``hosts`` are the names and addresses peers reach it by (its TLS
     certificate names them; names among them pass the Host check);
     ``describe`` gives the configuration document's current content.
+    With ``announce`` the first host is the public one: :attr:`EnrolmentServer.url`
+    names it and the log says the URL and fingerprint peers need.
     """
     issuer = CertificateIssuer(authority, accounts, reactor, throttle)
     publisher = ConfigurationPublisher(authority, describe, reactor.seconds)
     names = [host for host in hosts if not _is_ip_address(host)]
     site = enrolment_site(issuer, publisher.document, allowed_hosts=names, reactor=reactor)
     return EnrolmentServer(
-        reactor, listen, site, lambda: server_tls_options(authority, hosts, reactor.seconds())
+        reactor,
+        listen,
+        site,
+        lambda: server_tls_options(authority, hosts, reactor.seconds()),
+        public_host=hosts[0] if announce else None,
+        fingerprint=root_fingerprint(authority.root_der),
     )
 
 

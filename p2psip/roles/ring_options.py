@@ -17,13 +17,14 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
-from attrs import frozen
+from attrs import field, frozen
 from twisted.python import usage
 
 from p2psip.config import RoleOptions, client_endpoint, positive_float, server_endpoint
 from p2psip.overlay.codec import Limits
 from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS
 from p2psip.overlay.parameters import OverlayConfig
+from p2psip.roles.security_options import SecurityConfig, SecurityOptions
 from p2psip.sip.digest import ALGORITHMS
 from p2psip.util.endpoints import endpoint_interface, is_udp, parse_udp_listen_address
 from p2psip.web.site import allowed_host
@@ -81,6 +82,8 @@ class RingRoleConfig:
     sip: SipConfig | None
     #: Names accepted in Host headers besides the listener's address and localhost.
     http_allowed_hosts: tuple[str, ...] = ()
+    #: Certificates and trust: enrolled (the default) or ``--insecure``.
+    security: SecurityConfig = field(factory=SecurityConfig)
 
     @property
     def advertised_host(self) -> str:
@@ -127,7 +130,7 @@ def digest_algorithms(text: str) -> str:
 digest_algorithms.coerceDoc = "a comma-separated list of SHA-256 and MD5"  # type: ignore[attr-defined]
 
 
-class RingRoleOptions(RoleOptions):
+class RingRoleOptions(RoleOptions, SecurityOptions):
     """Options of every role that is a member of the ring, SIP included."""
 
     role: ClassVar[str] = ""
@@ -335,6 +338,7 @@ class RingRoleOptions(RoleOptions):
             mediator=mediator,
             sip=sip,
             http_allowed_hosts=tuple(self["http-allowed-hosts"]),
+            security=self.security_config(),
         )
 
     def _mediator_secret(self) -> bytes:

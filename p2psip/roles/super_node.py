@@ -22,11 +22,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.python import usage
 
 from p2psip.util.reactor import (
@@ -37,13 +38,19 @@ from p2psip.util.reactor import (
 )
 from p2psip.nat.traversal import TraversalClient
 from p2psip.nat.traversal_service import TraversalService
+from p2psip.enrolment.authority import OverlayAuthority
+from p2psip.enrolment.fingerprints import root_fingerprint
+from p2psip.enrolment.server import EnrolmentServer
 from p2psip.overlay import peer_cache
-from p2psip.overlay.identity import IdentityError, NodeIdentity
+from p2psip.overlay.certificates import OverlayRootTrust, SelfSignedTrust, TrustPolicy
+from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import Connector, FramedLinkFactory, StreamConnector
 from p2psip.overlay.mediated import MediatedConnector, MediatedIncoming
 from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.overlay.node import OverlayNode
+from p2psip.roles.enrolment_service import FirstEnrolment, bootstrap_enrolment_server
 from p2psip.roles.overlay_api import overlay_api_routes
+from p2psip.roles.ring_credentials import EnrolmentNeeded, load_credentials
 from p2psip.roles.overlay_service import OverlayService
 from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
@@ -65,14 +72,22 @@ class RingState:
     nonce_secret: bytes | None = None
     #: Without one the admin API refuses every request.
     admin_token: str | None = None
+    #: Whose certificates the node believes; load_ring_state always sets it
+    #: (the overlay root, or self-signed under --insecure).
+    trust: TrustPolicy = field(factory=SelfSignedTrust)
+    #: The overlay CA, on a bootstrap (its enrolment server issues from it).
+    authority: OverlayAuthority | None = None
 
 
-def load_ring_state(config: RingRoleConfig) -> RingState:
+def load_ring_state(config: RingRoleConfig, clock: IReactorTime) -> RingState:
     """
     Read the role's files in ``--data-dir`` (made, mode 0700, if missing):
-    the node key and the admin API token (made on first start), the known
-    peers, and for SIP the users file and the nonce secret.  Errors name
-    the file and the fix.
+    the node key and certificate with the trust policy and, on a
+    bootstrap, the overlay CA (:mod:`p2psip.roles.ring_credentials`), the
+    admin API token (made on first start), the known peers, and for SIP
+    the users file and the nonce secret.  Errors name the file and the fix.
+
+    :raises EnrolmentNeeded: a peer that enrols on start has no certificate yet.
     """
     try:
         os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
@@ -81,10 +96,7 @@ def load_ring_state(config: RingRoleConfig) -> RingState:
             f"cannot create the data directory {config.data_dir}: {error.strerror}; "
             "set --data-dir (or data-dir in --config) to a directory the role's user may write"
         ) from None
-    try:
-        identity = NodeIdentity.load_or_create(config.data_dir)
-    except IdentityError as error:
-        raise usage.UsageError(str(error)) from None
+    credentials = load_credentials(config, clock.seconds)
     users = secret = None
     if config.sip is not None:
         users = load_users(config.sip)
@@ -97,11 +109,21 @@ def load_ring_state(config: RingRoleConfig) -> RingState:
         admin_token = load_or_create_token(config.data_dir)
     except AdminTokenError as error:
         raise usage.UsageError(f"the admin API token: {error}") from None
-    return RingState(identity, tuple(peer_cache.load(config.data_dir)), users, secret, admin_token)
+    return RingState(
+        credentials.identity,
+        tuple(peer_cache.load(config.data_dir)),
+        users,
+        secret,
+        admin_token,
+        trust=credentials.trust,
+        authority=credentials.authority,
+    )
 
 
 class RingRole(MultiService):
     """A ring member's services, with the parts the status page and tests look at."""
+
+    log = Logger()
 
     def __init__(
         self, config: RingRoleConfig, node: OverlayNode, registry: CollectorRegistry
@@ -113,16 +135,38 @@ class RingRole(MultiService):
         self.overlay: OverlayService | None = None
         self.sip: SipService | None = None
         self.traversal: TraversalService | None = None
+        self.enrolment: EnrolmentServer | None = None
+
+    def startService(self) -> None:
+        if self.node.certificates.trust.insecure:
+            self.log.critical(
+                "INSECURE: --insecure ring of self-signed certificates without a CA: anyone can "
+                "join it and write any user's registration; for development only"
+            )
+        super().startService()
 
     def status(self) -> dict[str, Any]:
         """The whole ``/status`` document: the node, then the SIP and mediator sections."""
         document = overlay_status(self.node)
         document["role"] = self.config.role
+        document["security"] = _security_status(self.node)
         if self.sip is not None:
             document["sip"] = self.sip.status()
         if self.traversal is not None and self.config.mediator is not None:
             document["mediator"] = _mediator_status(self.traversal, self.config.mediator)
         return document
+
+
+def _security_status(node: OverlayNode) -> dict[str, Any]:
+    """How this node's certificates are checked: enrolled under which root, or insecure."""
+    trust = node.certificates.trust
+    if isinstance(trust, OverlayRootTrust):
+        return {
+            "mode": "enrolled",
+            "overlay_root": root_fingerprint(trust.root_der),
+            "user_name": node.identity.user_name,
+        }
+    return {"mode": "insecure", "warning": "self-signed certificates, no CA (--insecure)"}
 
 
 def _mediator_status(traversal: TraversalService, config: MediatorClientConfig) -> dict[str, Any]:
@@ -191,6 +235,7 @@ def make_ring_role(
         advertised_host=config.advertised_host,
         advertised_port=0,
         config=config.overlay,
+        trust=state.trust,
     )
     factory = FramedLinkFactory(node, reactor, max_bytes)
     if mediated is not None:
@@ -201,6 +246,10 @@ def make_ring_role(
     if traversal is not None:
         role.traversal = traversal
         traversal.setServiceParent(role)
+    if state.authority is not None and config.security.authority is not None:
+        # Before the overlay: peers may enrol while the ring is still forming.
+        role.enrolment = bootstrap_enrolment_server(config, node, state.authority, reactor)
+        role.enrolment.setServiceParent(role)
     role.overlay = OverlayService(
         node,
         endpoint=serverFromString(reactor, config.listen),
@@ -236,10 +285,28 @@ def make_ring_role(
     return role
 
 
-def make_ring_service(config: RingRoleConfig, reactor: IRoleReactor | None = None) -> RingRole:
-    """``makeService`` of the bootstrap and peer roles: read the state, then build."""
+def make_ring_service(
+    config: RingRoleConfig, reactor: IRoleReactor | None = None
+) -> RingRole | FirstEnrolment:
+    """
+    ``makeService`` of the bootstrap and peer roles: read the state, then build.
+
+    A peer told to enrol on start that has no certificate yet gets a
+    :class:`FirstEnrolment`, which enrols once the reactor runs and then
+    builds and starts the ring role.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = as_role_reactor(global_reactor)
-    return make_ring_role(config, reactor, load_ring_state(config))
+    role_reactor = reactor
+    try:
+        state = load_ring_state(config, role_reactor)
+    except EnrolmentNeeded as needed:
+        return FirstEnrolment(
+            config,
+            role_reactor,
+            lambda: make_ring_role(config, role_reactor, load_ring_state(config, role_reactor)),
+            str(needed),
+        )
+    return make_ring_role(config, role_reactor, state)

@@ -25,7 +25,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from p2psip.testing import free_port, repository_root
-from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
+from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
 
 SECRET = "loopback-secret"
 
@@ -38,6 +38,10 @@ def read_metrics(http_port: int) -> str:
 
 class MediatedRingTests(TestCase):
     timeout = 120
+
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp()).resolve()
+        self.ca = OverlayCA(self.directory / "bootstrap")
 
     def start_mediator(self) -> str:
         """The mediator on loopback; its control endpoint."""
@@ -80,9 +84,12 @@ class MediatedRingTests(TestCase):
         return f"tcp:127.0.0.1:{control}"
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        process = RoleProcess(
-            role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra
+        security = (
+            self.ca.bootstrap_arguments()
+            if role == "p2psip-bootstrap"
+            else self.ca.peer_arguments()
         )
+        process = RoleProcess(role, self.directory / name, overlay_arguments() + security + extra)
         self.addCleanup(process.stop)
         return process
 

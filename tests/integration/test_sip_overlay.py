@@ -29,7 +29,7 @@ from twisted.trial.unittest import TestCase
 
 from p2psip.cli import main as p2psip_command
 from p2psip.testing import free_port, repository_root, require_tool
-from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
+from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
 from tests.integration.processes import ring_converged as converged
 
 DOMAIN = "sipp.test"
@@ -79,6 +79,7 @@ class SipOverlayTests(TestCase):
         self.sipp = require_tool("sipp")
         self.directory = Path(self.mktemp()).resolve()
         self.directory.mkdir(parents=True)
+        self.ca = OverlayCA(self.directory / "bootstrap", DOMAIN)
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
         sip_port = free_udp_and_tcp_port()
@@ -96,6 +97,11 @@ class SipOverlayTests(TestCase):
                 # SIPp computes only MD5 digests.
                 "--sip-digest-algorithms",
                 "MD5",
+                *(
+                    self.ca.bootstrap_arguments()
+                    if role == "p2psip-bootstrap"
+                    else self.ca.peer_arguments()
+                ),
                 *extra,
             ],
         )
