@@ -128,6 +128,8 @@ class FirstEnrolment(MultiService):
     """
 
     log = Logger()
+    #: Seconds before trying again when the server cannot be reached.
+    retry_seconds = ENROL_RETRY_SECONDS
 
     def __init__(
         self,
@@ -205,7 +207,7 @@ class FirstEnrolment(MultiService):
         if failure.check(EnrolmentUnavailable):
             error = failure.value
             assert isinstance(error, EnrolmentUnavailable)
-            delay = error.retry_after or ENROL_RETRY_SECONDS
+            delay = error.retry_after or self.retry_seconds
             self.log.warn(
                 "enrolment: {why}; trying again in {seconds:g} s", why=str(error), seconds=delay
             )
