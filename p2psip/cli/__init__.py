@@ -20,13 +20,19 @@ from typing import TypeAlias
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("p2psip.cli.admin", "p2psip.cli.users", "p2psip.cli.nat")
+COMMAND_MODULES: tuple[str, ...] = (
+    "p2psip.cli.admin",
+    "p2psip.cli.users",
+    "p2psip.cli.accounts",
+    "p2psip.cli.enrol",
+    "p2psip.cli.nat",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2psip",
-        description="Operate p2psip roles: overlay admin, users, NAT diagnostics.",
+        description="Operate p2psip roles: overlay admin, users, enrolment, NAT diagnostics.",
     )
     parser.add_argument(
         "--api",
