@@ -1,5 +1,5 @@
 """
-The enrolment server's decisions (RFC 6940 s11.3), sans-IO.
+The enrolment server's decisions (RFC 6940 s11.3), without the network.
 
 :class:`CertificateIssuer` takes a decoded :class:`EnrolmentRequest`, the
 requester's address and the time, and either returns the certificate the
@@ -10,7 +10,7 @@ In order:
 1. A source or account that failed too many logins lately is refused
    (429) without its password being checked (``LoginThrottle``: 20 a
    minute per address, 60 per account), so guessing stays slow even from
-   many addresses.
+   many addresses; so is a request while too many checks already run (503).
 2. The account's password is checked (scrypt); a wrong password or an
    unknown account is the same 403, and counts as a failed login.
 3. Without ``node-certificate`` the account must hold the ``peer`` grant:
@@ -25,12 +25,16 @@ In order:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
-from p2psip.enrolment.accounts import AccountsFile, Grant
+from p2psip.enrolment.accounts import Account, AccountsFile, Grant
 from p2psip.enrolment.authority import OverlayAuthority, RequestRefused, load_csr, random_node_id
 from p2psip.enrolment.requests import EnrolmentRequest
 from p2psip.overlay.certificates import CertificateRefused, public_key_der
@@ -40,6 +44,11 @@ from p2psip.util.ids import id_hex
 #: Seconds a throttled requester is told to wait (one failure's worth of
 #: refill for a source is 3 s; a minute lets the whole bucket refill).
 RETRY_AFTER_SECONDS = 60
+#: Password checks running at once (each is one scrypt computation).
+MAX_CHECKS_IN_FLIGHT = 4
+
+#: Runs a password check somewhere (at once, or in a thread) and fires with its result.
+PasswordCheckRunner = Callable[[Callable[[], "Account | None"]], "Deferred[Account | None]"]
 
 
 class EnrolmentRefused(Exception):
@@ -68,8 +77,22 @@ class Issued:
     user_certificate: bool
 
 
+def check_now(check: Callable[[], Account | None]) -> Deferred[Account | None]:
+    """Run a password check at once, in the caller's thread (tests, and the default)."""
+    return maybeDeferred(check)
+
+
 class CertificateIssuer:
-    """Checks credentials and grants CSRs on behalf of one overlay CA."""
+    """
+    Checks credentials and grants CSRs on behalf of one overlay CA.
+
+    A password check costs a scrypt computation (tens of milliseconds of
+    CPU).  ``run_check`` runs it: at once by default, in a thread pool on
+    the enrolment server, so that the reactor (and the overlay node beside
+    it) never waits for one.  At most ``max_checks_in_flight`` run at a
+    time; past that a request is answered 503 without being checked, so a
+    flood of logins from many addresses queues no unbounded work.
+    """
 
     def __init__(
         self,
@@ -77,22 +100,55 @@ class CertificateIssuer:
         accounts: AccountsFile,
         clock: IReactorTime,
         throttle: LoginThrottle | None = None,
+        run_check: PasswordCheckRunner = check_now,
+        max_checks_in_flight: int = MAX_CHECKS_IN_FLIGHT,
     ) -> None:
         self.authority = authority
         self.accounts = accounts
         self.clock = clock
         self.throttle = throttle if throttle is not None else LoginThrottle(clock)
+        self.run_check = run_check
+        self.max_checks_in_flight = max_checks_in_flight
+        self.checks_in_flight = 0
 
-    def grant(self, request: EnrolmentRequest, source: str | None) -> Issued:
-        """The certificate ``request`` earns, or :class:`EnrolmentRefused`."""
+    def grant(self, request: EnrolmentRequest, source: str | None) -> Deferred[Issued]:
+        """The certificate ``request`` earns, or a failure with :class:`EnrolmentRefused`."""
         name = request.username
         if self.throttle.blocked(source, name):
-            raise EnrolmentRefused(
-                429,
-                f"too many failed logins; try again in {RETRY_AFTER_SECONDS} seconds",
-                f"refused unchecked after too many failed logins (account {name!r})",
+            return fail(
+                EnrolmentRefused(
+                    429,
+                    f"too many failed logins; try again in {RETRY_AFTER_SECONDS} seconds",
+                    f"refused unchecked after too many failed logins (account {name!r})",
+                )
             )
-        account = self.accounts.check(name, request.password)
+        if self.checks_in_flight >= self.max_checks_in_flight:
+            return fail(
+                EnrolmentRefused(
+                    503,
+                    "the enrolment server is busy; try again shortly",
+                    f"{self.checks_in_flight} password checks already running (account {name!r})",
+                )
+            )
+        self.checks_in_flight += 1
+
+        def checked(account: Account | None) -> Account | None:
+            self.checks_in_flight -= 1
+            return account
+
+        def check_failed(failure: Failure) -> Failure:
+            self.checks_in_flight -= 1
+            return failure
+
+        password = request.password
+        checking = self.run_check(lambda: self.accounts.check(name, password))
+        checking.addCallbacks(checked, check_failed)
+        return checking.addCallback(self._issue, request, source)
+
+    def _issue(
+        self, account: Account | None, request: EnrolmentRequest, source: str | None
+    ) -> Issued:
+        name = request.username
         if account is None:
             self.throttle.failed(source, name)
             raise EnrolmentRefused(

@@ -10,7 +10,7 @@ The bootstrap's enrolment server: HTTPS, one listener, two paths.
     lacks, a node certificate that is not the requester's), 405, 413
     (body over :data:`~p2psip.enrolment.requests.MAX_REQUEST_BYTES`,
     refused before it is read), 415 (not a form), 429 (too many failed
-    logins, with ``Retry-After``), 503 (the accounts file is broken).
+    logins, with ``Retry-After``), 503 (too many password checks running).
 ``GET /.well-known/reload-config``
     RFC 6940 s11.2: the signed configuration document.
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import crypto
@@ -35,21 +35,29 @@ from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, IReactorTime
+from twisted.internet.threads import deferToThreadPool
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from cryptography import x509
 
-from p2psip.enrolment.accounts import AccountsFile, AccountsFileError
+from p2psip.enrolment.accounts import Account, AccountsFile, AccountsFileError
 from p2psip.enrolment.authority import OverlayAuthority
 from p2psip.enrolment.configuration import ConfigurationPublisher, OverlayConfiguration
 from p2psip.enrolment.fingerprints import root_fingerprint
-from p2psip.enrolment.issuer import RETRY_AFTER_SECONDS, CertificateIssuer, EnrolmentRefused
+from p2psip.enrolment.issuer import (
+    RETRY_AFTER_SECONDS,
+    CertificateIssuer,
+    EnrolmentRefused,
+    Issued,
+    check_now,
+)
 from p2psip.enrolment.requests import (
     CERTIFICATE_CONTENT_TYPE,
     CONFIGURATION_CONTENT_TYPE,
@@ -159,7 +167,7 @@ class _EnrolResource(Resource):
             request, EnrolmentRefused(405, "POST an enrolment form (RFC 6940 s11.3) here")
         )
 
-    def render_POST(self, request: Request) -> bytes:
+    def render_POST(self, request: Request) -> bytes | int:
         content_type = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
         if content_type != FORM_CONTENT_TYPE.encode("ascii"):
             return self._refuse(
@@ -176,10 +184,17 @@ class _EnrolResource(Resource):
             self.issuer.accounts.refresh()
         except AccountsFileError as e:
             self.log.error("enrolment accounts: {why}; the old accounts stay in force", why=str(e))
-        try:
-            issued = self.issuer.grant(enrolment, _source(request))
-        except EnrolmentRefused as refusal:
-            return self._refuse(request, refusal)
+        disconnected: list[bool] = []
+        request.notifyFinish().addErrback(lambda _reason: disconnected.append(True))
+        answer: Deferred[bytes] = self.issuer.grant(enrolment, _source(request)).addCallbacks(
+            lambda issued: self._granted(issued, request),
+            lambda failure: self._not_granted(failure, request),
+        )
+        answer.addCallback(self._send, request, disconnected)
+        answer.addErrback(lambda failure: self.log.failure("while answering an enrolment", failure))
+        return NOT_DONE_YET
+
+    def _granted(self, issued: Issued, request: Request) -> bytes:
         self.log.info(
             "enrolment: issued a {what} certificate for node {node_id} to account {account}",
             what="user" if issued.user_certificate else "node",
@@ -190,6 +205,22 @@ class _EnrolResource(Resource):
         request.setHeader(b"content-type", CERTIFICATE_CONTENT_TYPE.encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
         return issued.certificate
+
+    def _not_granted(self, failure: Failure, request: Request) -> bytes:
+        if failure.check(EnrolmentRefused):
+            refusal = failure.value
+            assert isinstance(refusal, EnrolmentRefused)
+            return self._refuse(request, refusal)
+        self.log.failure("while deciding an enrolment request", failure)
+        return _plain(request, 500, "internal error; the bootstrap's log has the details")
+
+    @staticmethod
+    def _send(body: bytes, request: Request, disconnected: list[bool]) -> None:
+        if disconnected:
+            return
+        request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+        request.write(body)
+        request.finish()
 
     def _refuse(self, request: Request, refusal: EnrolmentRefused) -> bytes:
         refuse_logged(request, refusal.status, f"enrolment refused: {refusal.reason}")
@@ -277,6 +308,7 @@ class EnrolmentServer(Service):
         *,
         public_host: str | None = None,
         fingerprint: str | None = None,
+        check_threads: int = 0,
     ) -> None:
         self.reactor = reactor
         self.description = description
@@ -286,6 +318,10 @@ class EnrolmentServer(Service):
         self.public_host = public_host
         #: The CA's fingerprint, logged with the URL so the operator can hand both out.
         self.fingerprint = fingerprint
+        #: Threads for password checks; 0: checks run in the reactor thread.
+        self.check_threads = check_threads
+        #: Where password checks run while the service runs (made at start).
+        self.pool: ThreadPool | None = None
         self.port: IListeningPort | None = None
         self._opened = False
 
@@ -305,6 +341,9 @@ class EnrolmentServer(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.check_threads and self.pool is None:
+            self.pool = ThreadPool(0, self.check_threads, name="enrolment-password-checks")
+            self.pool.start()
         if not self._opened:
             self._open()
 
@@ -343,6 +382,9 @@ class EnrolmentServer(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
+        pool, self.pool = self.pool, None
+        if pool is not None:
+            pool.stop()
         port, self.port, self._opened = self.port, None, False
         if port is None:
             return succeed(None)
@@ -366,23 +408,38 @@ def build_enrolment_server(
     configuration, site and TLS listener on ``listen`` (``ssl:PORT...``).
 
     ``hosts`` are the names and addresses peers reach it by (its TLS
-    certificate names them; names among them pass the Host check);
+    certificate names them, and they pass the Host check);
     ``describe`` gives the configuration document's current content.
-    With ``announce`` the first host is the public one: :attr:`EnrolmentServer.url`
+    Password checks run in a small thread pool of the server's own (two
+    threads), not in the reactor thread.  With ``announce`` the first host
+    is the public one: :attr:`EnrolmentServer.url`
     names it and the log says the URL and fingerprint peers need.
     """
-    issuer = CertificateIssuer(authority, accounts, reactor, throttle)
+    threaded = IReactorFromThreads.providedBy(reactor)
+    server: EnrolmentServer
+
+    def run_check(check: Callable[[], Account | None]) -> Deferred[Account | None]:
+        pool = server.pool
+        if pool is None:
+            return check_now(check)
+        # Only set when the reactor provides IReactorFromThreads (checked above).
+        return deferToThreadPool(cast(IReactorFromThreads, reactor), pool, check)
+
+    issuer = CertificateIssuer(authority, accounts, reactor, throttle, run_check)
     publisher = ConfigurationPublisher(authority, describe, reactor.seconds)
-    names = [host for host in hosts if not _is_ip_address(host)]
-    site = enrolment_site(issuer, publisher.document, allowed_hosts=names, reactor=reactor)
-    return EnrolmentServer(
+    # Every host the certificate names may be in Host headers, addresses
+    # included: behind a port forward the listener's own address differs.
+    site = enrolment_site(issuer, publisher.document, allowed_hosts=hosts, reactor=reactor)
+    server = EnrolmentServer(
         reactor,
         listen,
         site,
         lambda: server_tls_options(authority, hosts, reactor.seconds()),
         public_host=hosts[0] if announce else None,
         fingerprint=root_fingerprint(authority.root_der),
+        check_threads=2 if threaded else 0,
     )
+    return server
 
 
 def _is_ip_address(host: str) -> bool:

@@ -5,18 +5,21 @@ refused (with which status) or throttled.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.enrolment.accounts import AccountsFile, Grant
 from p2psip.enrolment.authority import OverlayAuthority
-from p2psip.enrolment.issuer import CertificateIssuer, EnrolmentRefused
+from p2psip.enrolment.issuer import CertificateIssuer, EnrolmentRefused, Issued
 from p2psip.enrolment.requests import EnrolmentRequest
 from p2psip.overlay.certificates import reload_uri
 from p2psip.overlay.identity import NodeIdentity
@@ -58,24 +61,29 @@ class IssuerTests(SynchronousTestCase):
         identity = self.trust.identify(x509.load_der_x509_certificate(der))
         return identity.node_id, identity.user_name
 
+    def granted(self, request: EnrolmentRequest, source: str | None = None) -> Issued:
+        issued: Issued = self.successResultOf(self.issuer.grant(request, source))
+        return issued
+
     def refused(self, request: EnrolmentRequest, source: str = "192.0.2.7") -> EnrolmentRefused:
-        return self.assertRaises(EnrolmentRefused, self.issuer.grant, request, source)
+        failure = self.failureResultOf(self.issuer.grant(request, source), EnrolmentRefused)
+        refusal = failure.value
+        assert isinstance(refusal, EnrolmentRefused)
+        return refusal
 
     def test_node_certificate(self) -> None:
         """A peer account gets a certificate for its key with a random Node-ID and its name."""
         key = ec.generate_private_key(ec.SECP256R1())
-        issued = self.issuer.grant(
-            EnrolmentRequest("ops@example.org", "ops-pw", csr(key)), "192.0.2.7"
-        )
+        issued = self.granted(EnrolmentRequest("ops@example.org", "ops-pw", csr(key)), "192.0.2.7")
         self.assertEqual(self.proved(issued.certificate), (issued.node_id, "ops@example.org"))
         NodeIdentity(key, issued.certificate)  # the certificate is for this key
-        again = self.issuer.grant(EnrolmentRequest("ops@example.org", "ops-pw", csr(key)), None)
+        again = self.granted(EnrolmentRequest("ops@example.org", "ops-pw", csr(key)), None)
         self.assertNotEqual(again.node_id, issued.node_id)
 
     def test_requested_node_id_ignored(self) -> None:
         """A CSR naming a Node-ID does not get it: the CA chooses."""
         key = ec.generate_private_key(ec.SECP256R1())
-        issued = self.issuer.grant(
+        issued = self.granted(
             EnrolmentRequest("ops@example.org", "ops-pw", csr(key, asks_for=42)), None
         )
         self.assertNotEqual(issued.node_id, 42)
@@ -90,9 +98,9 @@ class IssuerTests(SynchronousTestCase):
         throttled = self.refused(right)
         self.assertEqual(statuses + [throttled.status], [403, 403, 403, 429])
         self.assertIn("too many failed logins", throttled.message)
-        self.issuer.grant(right, "198.51.100.1")  # another source is not held back
+        self.granted(right, "198.51.100.1")  # another source is not held back
         self.clock.advance(60)
-        self.issuer.grant(right, "192.0.2.7")
+        self.granted(right, "192.0.2.7")
 
     def test_unknown_account_like_wrong_password(self) -> None:
         """An unknown account gets the same answer as a wrong password."""
@@ -127,7 +135,7 @@ class IssuerTests(SynchronousTestCase):
                 now=TEST_CERTIFICATE_EPOCH,
             ),
         )
-        issued = self.issuer.grant(
+        issued = self.granted(
             EnrolmentRequest(
                 "alice@example.org", "alice-pw", csr(key), node_certificate=node.certificate_der
             ),
@@ -169,3 +177,28 @@ class IssuerTests(SynchronousTestCase):
         """A CSR that does not parse is 400 (after the password, so it leaks nothing)."""
         refusal = self.refused(EnrolmentRequest("ops@example.org", "ops-pw", b"junk"))
         self.assertEqual(refusal.status, 400)
+
+    def test_checks_in_flight_bounded(self) -> None:
+        """While the allowed password checks run, another request is 503, unchecked; then served."""
+        pending: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+
+        def later(check: Callable[[], Any]) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append((d, check))
+            return d
+
+        issuer = CertificateIssuer(
+            self.authority, self.accounts, self.clock, self.throttle, later, max_checks_in_flight=1
+        )
+        key = ec.generate_private_key(ec.SECP256R1())
+        request = EnrolmentRequest("ops@example.org", "ops-pw", csr(key))
+        first = issuer.grant(request, None)
+        busy = self.failureResultOf(issuer.grant(request, None), EnrolmentRefused).value
+        self.assertEqual(getattr(busy, "status", None), 503)
+        [(d, check)] = pending
+        d.callback(check())
+        self.successResultOf(first)
+        self.assertEqual(issuer.checks_in_flight, 0)
+        later_grant = issuer.grant(request, None)
+        pending[1][0].callback(pending[1][1]())
+        self.successResultOf(later_grant)

@@ -7,6 +7,7 @@ fingerprint or by the root itself.
 from __future__ import annotations
 
 import base64
+import threading
 
 import attrs
 from pathlib import Path
@@ -93,10 +94,11 @@ class EnrolmentOverHttpsTests(TestCase):
         describe_with: Any = None,
         hosts: tuple[str, ...] = ("127.0.0.1",),
     ) -> EnrolmentServer:
+        self.server_accounts = AccountsFile.load(self.accounts.path)
         server = build_enrolment_server(
             ROLE_REACTOR,
             authority=authority,
-            accounts=AccountsFile.load(self.accounts.path),
+            accounts=self.server_accounts,
             listen="ssl:0:interface=127.0.0.1",
             hosts=hosts,
             describe=describe_with or (lambda: describe(authority)),
@@ -155,6 +157,21 @@ class EnrolmentOverHttpsTests(TestCase):
         self.assertEqual(proved.node_ids, (first.node_id,))
         self.assertEqual(first.root_der, self.authority.root_der)
         self.assertEqual(first.configuration.instance_name, OVERLAY)
+
+    async def test_password_checked_off_the_reactor_thread(self) -> None:
+        """The scrypt check runs in the server's thread pool, so the reactor never waits for it."""
+        threads = []
+        accounts = self.server_accounts
+        original = accounts.check
+
+        def check(name: str, password: str) -> Any:
+            threads.append(threading.current_thread())
+            return original(name, password)
+
+        self.patch(accounts, "check", check)
+        await self.enrol()
+        self.assertEqual(len(threads), 1)
+        self.assertIsNot(threads[0], threading.main_thread())
 
     async def test_pinned_by_root(self) -> None:
         """A peer that holds the root (overlay-root.pem, --ca-cert) checks TLS against it from the start."""
