@@ -8,13 +8,18 @@ twistd starts the service.  The children of the returned
 
 1. the mediator client (with ``--mediator``), so that links the node
    cannot make directly can be asked for as soon as it joins;
-2. the overlay service: listen, found or join the ring; on stop, Leave;
-3. the SIP service (with ``--sip``): listeners, registrar and proxy;
-4. the HTTP site: status page, ``/metrics`` and the admin API.
+2. on the bootstrap, the enrolment server (HTTPS on ``--enrol-listen``),
+   so that peers can enrol while the ring forms;
+3. the overlay service: listen, found or join the ring; on stop, Leave;
+4. the SIP service (with ``--sip``): listeners, registrar and proxy;
+5. the HTTP site: status page, ``/metrics`` and the admin API.
 
-The node key, the known peers, the users file and the nonce secret are
-read (and the key made, on first start) by :func:`load_ring_state`, which
-``makeService`` calls; tests pass their own :class:`RingState` instead.
+The node's certificate and trust policy (and the bootstrap's CA), the
+known peers, the users file and the nonce secret are read (and made, on
+first start) by :func:`load_ring_state`, which ``makeService`` calls;
+tests pass their own :class:`RingState` instead.  A peer that enrols on
+start is a :class:`~p2psip.roles.enrolment_service.FirstEnrolment` until
+it has its certificate.
 """
 
 from __future__ import annotations
