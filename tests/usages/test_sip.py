@@ -22,6 +22,7 @@ from p2psip.usages.sip import (
     encode_registration,
     key_node_id,
     registration_key,
+    registration_resource_name,
 )
 from p2psip.util.ids import id_to_bytes
 from tests.overlay.test_message import destinations
@@ -119,6 +120,28 @@ class WireFormTests(SynchronousTestCase):
             SipRegistration(256),
         ]:
             self.assertRaises(ValueError, encode_registration, registration)
+
+
+class ResourceNameTests(SynchronousTestCase):
+    def test_aor_to_user_name(self) -> None:
+        """An AOR's registrations live under its user name, the certificate's rfc822Name."""
+        self.assertEqual(registration_resource_name("sip:alice@example.com"), "alice@example.com")
+
+    def test_sip_and_sips_share_a_user(self) -> None:
+        """The scheme goes and the domain is lower-cased; the user part keeps its case."""
+        self.assertEqual(registration_resource_name("SIPS:Alice@Example.COM"), "Alice@example.com")
+
+    def test_not_an_aor(self) -> None:
+        """Anything but sip[s]:user@domain is a ValueError."""
+        for text in (
+            "alice@example.com",
+            "tel:+15551234",
+            "sip:example.com",
+            "sip:@example.com",
+            "sip:alice@",
+            "sip:alice@example.com;transport=tcp",
+        ):
+            self.assertRaises(ValueError, registration_resource_name, text)
 
 
 class RoundTripTests(SynchronousTestCase):
