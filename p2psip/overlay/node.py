@@ -403,11 +403,15 @@ class OverlayNode:
 
     def add_user_certificate(self, certificate_der: bytes) -> NodeIdentity:
         """
-        Sign for the user a certificate names (issued for our key and Node-ID).
+        Sign for the user a certificate names (issued for our key and
+        Node-ID); stored in the overlay at once when we are in a ring.
 
         :raises p2psip.overlay.user_credentials.CredentialError: not usable here.
         """
-        return self.user_credentials.add_certificate(certificate_der)
+        credential = self.user_credentials.add_certificate(certificate_der)
+        if self.membership.in_ring():
+            self.storage.publish_certificates()
+        return credential
 
     def put_dictionary_entry(
         self,

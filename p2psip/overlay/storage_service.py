@@ -26,6 +26,12 @@ ring:
   are checked as the responsible peer checked them (signature and access
   policy); a value that fails is dropped and logged, so a lying peer cannot
   make a whole lookup fail.
+* **Certificates in the overlay** (RFC 6940 s8).  Once in a ring the node
+  stores its own certificate as CERTIFICATE_BY_NODE and each user
+  credential's as CERTIFICATE_BY_USER, again every half lifetime.  A
+  fetched value whose signer's certificate we have never seen is checked
+  after fetching the certificates kept at the same Resource-ID (the user's
+  for USER-* Kinds, the node's for NODE-MATCH).
 * **Refusals** carry the RFC error code back to the writer and are logged
   at warn level, at most once a minute per signer (:class:`LogThrottle`).
 """
@@ -45,7 +51,18 @@ from p2psip.overlay import bodies
 from p2psip.overlay.certificates import CertifiedIdentity
 from p2psip.overlay.errors import OverlayError, RequestFailed
 from p2psip.overlay.identity import CertificateCache, NodeIdentity, SignatureError
-from p2psip.overlay.kinds import DATA, AccessDenied, check_access
+from p2psip.overlay.kinds import (
+    CERTIFICATE_BY_NODE,
+    CERTIFICATE_BY_USER,
+    CERTIFICATE_KINDS,
+    DATA,
+    AccessDenied,
+    Kind,
+    certificate_kind_for,
+    check_access,
+    node_match_resource,
+    user_match_resource,
+)
 from p2psip.overlay.links import Link
 from p2psip.overlay.membership import Membership
 from p2psip.overlay.message import Destination, Message, MessageCode
@@ -66,6 +83,9 @@ HAND_OVER_REPLICA_NUMBER = 1
 
 #: Hand-over Stores in flight at once to one peer.
 HAND_OVER_WINDOW = 16
+
+#: A published certificate is stored again once this share of its lifetime is gone.
+CERTIFICATE_REPUBLISH_FRACTION = 0.5
 
 
 class StorageService:
@@ -99,6 +119,8 @@ class StorageService:
         self.credentials = credentials or UserCredentials(identity, certificates)
         #: Resource-ID -> the successors we know hold our replica of it.
         self.replica_holders: dict[int, set[int]] = {}
+        #: (Kind-ID, Resource-ID, certificate hash) -> when we last stored it.
+        self._published: dict[tuple[int, int, bytes], float] = {}
         self._last_storage_time = 0
         self._refusal_log = LogThrottle(clock)
         messenger.handle(MessageCode.STORE_REQ, self._on_store)
@@ -244,11 +266,53 @@ class StorageService:
             holders.discard(peer)
 
     def maintain(self) -> None:
-        """One stabilisation round: forget expired values, fill in missing replicas."""
+        """
+        One stabilisation round: forget expired values, fill in missing
+        replicas, store our certificates where they are due.
+        """
         expired = self.store.expire(self.clock.seconds())
         if expired:
             self.log.debug("expired {count} stored values", count=expired)
         self.replicate_all()
+        if self.membership.in_ring():
+            self.publish_certificates()
+
+    # -- certificates in the overlay (RFC 6940 s8) --------------------------
+
+    def publish_certificates(self) -> None:
+        """
+        Store our certificate (CERTIFICATE_BY_NODE) and each user
+        credential's (CERTIFICATE_BY_USER) unless stored within the last
+        half lifetime; a failed store is tried again next round.
+        """
+        due = [(CERTIFICATE_BY_NODE, node_match_resource(self.node_id), 0, self.identity)]
+        # Every super-node holding a credential for the user writes its own
+        # index of the user's array (RFC 6940 s8 leaves the index to us).
+        index = self.node_id % CERTIFICATE_BY_USER.max_count
+        for credential in self.credentials.all():
+            assert credential.user_name is not None
+            resource = user_match_resource(credential.user_name)
+            due.append((CERTIFICATE_BY_USER, resource, index, credential))
+        now = self.clock.seconds()
+        for kind, resource, position, signer in due:
+            key = (kind.kind_id, resource, signer.signer_identity().value)
+            last = self._published.get(key)
+            lifetime = kind.max_lifetime_seconds
+            if last is not None and now - last < lifetime * CERTIFICATE_REPUBLISH_FRACTION:
+                continue
+            self._published[key] = now
+            entry = bodies.ArrayEntry(position, bodies.DataValue(True, signer.certificate_der))
+            self.store_values(resource, kind.kind_id, [entry], lifetime, signer=signer).addErrback(
+                self._publishing_failed, key, kind
+            )
+
+    def _publishing_failed(self, failure: Failure, key: tuple[int, int, bytes], kind: Kind) -> None:
+        self._published.pop(key, None)
+        self.log.debug(
+            "storing our {kind} failed, trying again next round: {why}",
+            kind=kind.name,
+            why=failure.getErrorMessage(),
+        )
 
     def send_store(
         self,
@@ -426,15 +490,56 @@ class StorageService:
         policy hold, as the responsible peer should have checked them.
 
         A peer's word is not enough: the responsible peer may lie.  Values
-        that fail are dropped, and logged.
+        whose signer's certificate is unknown are checked again after
+        fetching the certificates kept for that Resource-ID (RFC 6940 s8);
+        values that still fail are dropped, and logged.
         """
-        return succeed(
-            tuple(
+        self._learn_certificates(fetched)
+        unknown = {
+            kind_id
+            for kind_id, value in fetched
+            if self.certificates.identity_for(value.signature.identity) is None
+        }
+        wanted: set[int] = set()
+        for kind_id in unknown:
+            kind = self.store.kinds.get(kind_id)
+            certificate_kind = certificate_kind_for(kind) if kind is not None else None
+            if certificate_kind is not None and kind not in CERTIFICATE_KINDS:
+                wanted.add(certificate_kind.kind_id)
+        lookups = [
+            self.fetch_values(resource, certificate_kind_id).addCallbacks(
+                self._learn_fetched_certificates, lambda failure: None, (certificate_kind_id,)
+            )
+            for certificate_kind_id in sorted(wanted)
+        ]
+
+        def check(_: object) -> tuple[Any, ...]:
+            return tuple(
                 value
                 for kind_id, value in fetched
                 if self._fetched_value_holds(resource, kind_id, value, responder)
             )
-        )
+
+        return DeferredList(lookups, consumeErrors=True).addCallback(check)
+
+    def _learn_fetched_certificates(
+        self, outcome: tuple[OperationResult, tuple[Any, ...]], kind_id: int
+    ) -> None:
+        self._learn_certificates([(kind_id, value) for value in outcome[1]])
+
+    def _learn_certificates(self, fetched: Iterable[tuple[int, Any]]) -> None:
+        """Remember the certificates that certificate Kinds' values carry, if trusted."""
+        certificate_kinds = {kind.kind_id for kind in CERTIFICATE_KINDS}
+        for kind_id, value in fetched:
+            if kind_id not in certificate_kinds:
+                continue
+            payload = value.value.value
+            if not payload.exists:
+                continue
+            try:
+                self.certificates.identify(payload.value)
+            except SignatureError:
+                continue  # not a certificate this overlay trusts: the check drops the value
 
     def _fetched_value_holds(self, resource: int, kind_id: int, value: Any, responder: int) -> bool:
         kind = self.store.kinds.get(kind_id)
