@@ -35,6 +35,7 @@ from p2psip.util.reactor import (
     as_hole_punch_reactor,
     as_role_reactor,
 )
+from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.nat.traversal import TraversalClient
 from p2psip.nat.traversal_service import TraversalService
 from p2psip.overlay import peer_cache
@@ -231,7 +232,13 @@ def make_ring_role(
         stack = build_sip_stack(
             config.sip, node, reactor, state.users, state.nonce_secret, config.advertised_host
         )
-        role.sip = SipService(stack, reactor, joined=role.overlay.joined, freeze_gc=freeze_gc)
+        role.sip = SipService(
+            stack,
+            reactor,
+            joined=role.overlay.joined,
+            freeze_gc=freeze_gc,
+            user_certificates=UserCertificates(config.data_dir),
+        )
         role.sip.add_metrics(registry)
         role.sip.setServiceParent(role)
     site = build_site(
