@@ -26,13 +26,14 @@ COMMAND_MODULES: tuple[str, ...] = (
     "p2psip.cli.accounts",
     "p2psip.cli.enrol",
     "p2psip.cli.nat",
+    "p2psip.cli.mediator",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2psip",
-        description="Operate p2psip roles: overlay admin, users, enrolment, NAT diagnostics.",
+        description="Operate p2psip roles: overlay admin, users, enrolment, NAT diagnostics, mediator secrets.",
     )
     parser.add_argument(
         "--api",

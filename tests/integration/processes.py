@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,7 +27,9 @@ from p2psip.cli.admin import AdminClient, AdminError
 from p2psip.enrolment.accounts import AccountsFile, Grant, accounts_path
 from p2psip.enrolment.authority import OverlayAuthority, random_node_id
 from p2psip.enrolment.fingerprints import root_fingerprint
-from p2psip.enrolment.node_files import save_node_enrolment
+from p2psip.enrolment.node_files import load_key, save_node_enrolment
+from p2psip.enrolment.user_certificates import UserCertificates
+from p2psip.overlay.identity import NodeIdentity
 from p2psip.testing import free_port, repository_root
 
 
@@ -199,6 +202,23 @@ class OverlayCA:
             now=reactor.seconds(),
         )
         save_node_enrolment(data, key, certificate, self.authority.root_der, None)
+
+    def issue_user_certificates(self, directory: Path, user_names: Iterable[str]) -> None:
+        """
+        User certificates bound to the enrolled super-node in ``directory``
+        (its key and Node-ID), in its ``user-certs/``, as
+        ``p2psip enrol --user`` leaves them.
+        """
+        data = directory / "data"
+        node = NodeIdentity.load(data)
+        key = load_key(data)
+        assert key is not None
+        certificates = UserCertificates(data)
+        for name in user_names:
+            der = self.authority.issue(
+                key.public_key(), node_id=node.node_id, user_name=name, now=reactor.seconds()
+            )
+            certificates.save(name, der)
 
     def peer_arguments(self) -> list[str]:
         return [

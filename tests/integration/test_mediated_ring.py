@@ -24,7 +24,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from p2psip.testing import free_port, repository_root
+from p2psip.testing import free_port, repository_root, ring_node_mediator_secret
 from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
 
 SECRET = "loopback-secret"
@@ -84,12 +84,19 @@ class MediatedRingTests(TestCase):
         return f"tcp:127.0.0.1:{control}"
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        security = (
-            self.ca.bootstrap_arguments()
-            if role == "p2psip-bootstrap"
-            else self.ca.peer_arguments()
+        """
+        The role, enrolled beforehand (its Node-ID, which the CA chose, decides
+        its mediator secret) and logged in to the mediator with its own secret.
+        """
+        directory = self.directory / name
+        self.ca.enrol_offline(directory)
+        secret = ring_node_mediator_secret(SECRET, directory / "data")
+        security = self.ca.bootstrap_arguments() if role == "p2psip-bootstrap" else []
+        process = RoleProcess(
+            role,
+            directory,
+            overlay_arguments() + security + extra + ["--mediator-secret", secret],
         )
-        process = RoleProcess(role, self.directory / name, overlay_arguments() + security + extra)
         self.addCleanup(process.stop)
         return process
 
@@ -100,8 +107,6 @@ class MediatedRingTests(TestCase):
         credentials = [
             "--mediator",
             mediator,
-            "--mediator-secret",
-            SECRET,
             "--direct-connect-timeout",
             "1",
         ]

@@ -23,6 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from p2psip.testing import ring_node_mediator_secret
 from tests.integration.processes import OverlayCA
 from tests.natlab.harness import CONTROL, SECRET, NatLab, p2psip_command, twistd_command
 
@@ -61,10 +62,10 @@ class OverlayOverNatTests(TestCase):
         data_dir = str(directory / "data")
         # An enrolled ring: the bootstrap's CA is made before it starts, and the
         # peers behind the NATs are enrolled by it beforehand (`p2psip enrol`).
+        # (The bootstrap too: its Node-ID decides its mediator secret below.)
         if role == "p2psip-bootstrap":
             self.ca = OverlayCA(directory, "natlab.test")
-        else:
-            self.ca.enrol_offline(directory)
+        self.ca.enrol_offline(directory)
         # p2psip reads the role's admin token from there (see api below).
         self.data_dirs = {**getattr(self, "data_dirs", {}), where: data_dir}
         overlay = (
@@ -88,7 +89,7 @@ class OverlayOverNatTests(TestCase):
                 "--mediator",
                 CONTROL,
                 "--mediator-secret",
-                SECRET,
+                ring_node_mediator_secret(SECRET, Path(data_dir)),
                 *extra,
             ),
             f"{role}-{where}",
