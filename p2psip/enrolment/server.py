@@ -14,6 +14,8 @@ The bootstrap's enrolment server: HTTPS, one listener, two paths.
 ``GET /.well-known/reload-config``
     RFC 6940 s11.2: the signed configuration document.
 
+An address may hold at most eight connections open at once (128 in all),
+refused before the TLS handshake and logged like the HTTP listener's.
 TLS is served with a certificate the overlay CA issues at start for the
 hosts the bootstrap is reached at (a fresh key each start, kept only in
 memory), sent together with the root, so a peer that pins the root checks
@@ -69,9 +71,15 @@ from p2psip.enrolment.requests import (
 )
 from p2psip.util.endpoints import split_description
 from p2psip.sip.login_throttle import LoginThrottle
+from p2psip.util.connection_limit import ConnectionLimitFactory
 from p2psip.util.ids import id_hex
 from p2psip.util.reactor import IRoleReactor
 from p2psip.web.site import bounded_site, refuse_logged
+
+
+#: Connections one address may hold open to the enrolment server, and in all.
+ENROLMENT_CONNECTIONS_PER_SOURCE = 8
+ENROLMENT_MAX_CONNECTIONS = 128
 
 
 class ListenAddressError(ValueError):
@@ -350,7 +358,16 @@ class EnrolmentServer(Service):
     def _open(self) -> None:
         self._opened = True
         endpoint = endpoints.serverFromString(self.reactor, tcp_description(self.description))
-        factory = TLSMemoryBIOFactory(self.tls(), False, self.site, clock=self.reactor)
+        tls = TLSMemoryBIOFactory(self.tls(), False, self.site, clock=self.reactor)
+        # Counted before TLS, so a flood of handshakes from one address is cut short too.
+        factory = ConnectionLimitFactory(
+            tls,
+            self.reactor,
+            ENROLMENT_CONNECTIONS_PER_SOURCE,
+            ENROLMENT_MAX_CONNECTIONS,
+            what="enrolment",
+            hint="nothing here: peers enrol once, with one connection at a time",
+        )
         failures: list[Failure] = []
         endpoint.listen(factory).addCallbacks(self._listening, failures.append)
         if failures:

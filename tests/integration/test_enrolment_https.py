@@ -16,6 +16,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
@@ -43,6 +46,7 @@ from p2psip.enrolment.fingerprints import parse_fingerprint, root_fingerprint
 from p2psip.enrolment.requests import EnrolmentRequest
 from p2psip.enrolment.issuer import CertificateIssuer
 from p2psip.enrolment.server import (
+    ENROLMENT_CONNECTIONS_PER_SOURCE,
     EnrolmentServer,
     build_enrolment_server,
     enrolment_site,
@@ -55,6 +59,18 @@ from p2psip.sip.login_throttle import LoginThrottle
 from p2psip.util.reactor import as_role_reactor
 
 OVERLAY = "enrol.test"
+
+
+class _Idle(Protocol):
+    """A connection that says nothing and notes when it is closed."""
+
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
 ROLE_REACTOR = as_role_reactor(reactor)
 
 
@@ -340,6 +356,20 @@ class EnrolmentOverHttpsTests(TestCase):
             await status(b"GET", "/.well-known/reload-config", b"text/plain", None),
         ]
         self.assertEqual(got, [405, 415, 413, 400, 404, 200])
+
+    async def test_connections_per_source_capped(self) -> None:
+        """An address holding eight connections open gets its ninth closed before any TLS."""
+        port = self.server.port
+        assert port is not None
+        endpoint = TCP4ClientEndpoint(ROLE_REACTOR, "127.0.0.1", port.getHost().port)  # type: ignore[attr-defined]
+        held = []
+        for _ in range(ENROLMENT_CONNECTIONS_PER_SOURCE):
+            held.append(await connectProtocol(endpoint, _Idle()))
+        self.addCleanup(lambda: [p.transport.loseConnection() for p in held])
+        ninth = _Idle()
+        await connectProtocol(endpoint, ninth)
+        await ninth.lost
+        self.assertFalse(any(p.lost.called for p in held))
 
     def test_certificate_names_host(self) -> None:
         """The server's TLS certificate is the CA's, for the advertised hosts, and proves no Node-ID."""
