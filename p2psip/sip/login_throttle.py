@@ -20,10 +20,9 @@ bounded so that a flood of made-up sources or names cannot grow them.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
-from attrs import define
 from twisted.internet.interfaces import IReactorTime
+
+from p2psip.util.token_bucket import TokenBuckets
 
 #: Failed logins one source address may make per minute.
 FAILURES_PER_SOURCE_PER_MINUTE = 20
@@ -33,47 +32,9 @@ FAILURES_PER_USER_PER_MINUTE = 60
 MAX_TRACKED_KEYS = 10_000
 
 
-@define
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class _Buckets:
-    """Token buckets by key: ``capacity`` failures, refilled over one minute."""
-
-    def __init__(self, capacity: int, max_keys: int) -> None:
-        self.capacity = capacity
-        self.max_keys = max_keys
-        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
-
-    def _refilled(self, key: str, now: float) -> _Bucket | None:
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            return None
-        rate = self.capacity / 60.0
-        bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.updated) * rate)
-        bucket.updated = now
-        if bucket.tokens >= self.capacity:
-            del self._buckets[key]  # full again: nothing worth remembering
-            return None
-        return bucket
-
-    def empty(self, key: str, now: float) -> bool:
-        bucket = self._refilled(key, now)
-        return bucket is not None and bucket.tokens < 1.0
-
-    def take(self, key: str, now: float) -> None:
-        bucket = self._refilled(key, now)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(float(self.capacity), now)
-        bucket.tokens = max(0.0, bucket.tokens - 1.0)
-        self._buckets.move_to_end(key)
-        while len(self._buckets) > self.max_keys:
-            self._buckets.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._buckets)
+def _per_minute(capacity: int, max_keys: int) -> TokenBuckets:
+    """``capacity`` failures, refilled over one minute."""
+    return TokenBuckets(capacity / 60.0, capacity, max_keys)
 
 
 class LoginThrottle:
@@ -95,16 +56,16 @@ class LoginThrottle:
         self.clock = clock
         self.failures_per_source = failures_per_source
         self.failures_per_user = failures_per_user
-        self._sources = _Buckets(failures_per_source, max_tracked)
-        self._users = _Buckets(failures_per_user, max_tracked)
+        self._sources = _per_minute(failures_per_source, max_tracked)
+        self._users = _per_minute(failures_per_user, max_tracked)
         #: Attempts answered without checking, since start.
         self.throttled = 0
 
     def blocked(self, source: str | None, user: str) -> bool:
         """Whether a login from ``source`` as ``user`` is to be refused unchecked now."""
         now = self.clock.seconds()
-        blocked = self._users.empty(user, now) or (
-            source is not None and self._sources.empty(source, now)
+        blocked = not self._users.has_token(user, now) or (
+            source is not None and not self._sources.has_token(source, now)
         )
         if blocked:
             self.throttled += 1
@@ -113,9 +74,9 @@ class LoginThrottle:
     def failed(self, source: str | None, user: str) -> None:
         """A login from ``source`` as ``user`` had the wrong password (or no such user)."""
         now = self.clock.seconds()
-        self._users.take(user, now)
+        self._users.spend(user, now)
         if source is not None:
-            self._sources.take(source, now)
+            self._sources.spend(source, now)
 
     def tracked(self) -> int:
         """Sources and users with recent failures (for status pages)."""
