@@ -10,9 +10,23 @@ via list.
 
 Every message we send is signed (the security block carries our
 certificate and, for values we pass on, their signers' certificates);
-every message delivered to us is verified before any handler sees it.  A
-message with an empty via list can only come from the link's other end,
-so its verified signer identifies the link.
+every message delivered to us is verified before any handler sees it:
+
+* **The signer is the claimed sender.**  The node a message claims to
+  come from is the first entry of its via list (the first forwarding
+  peer put the originator there), or, with an empty via list, the peer at
+  the other end of the link.  Requests and answers alike: an answer's via
+  list is built the same way as it travels back, so its first entry (or
+  the link) names the responder.  A message signed by anyone else is
+  dropped and counted.  A message with an empty via list over a link not
+  identified yet can only come from the link's other end, so its
+  verified signer identifies the link; once a link is identified (by such
+  a message or by TLS), a message with an empty via list must be signed
+  by that peer.
+* **No replays.**  A request whose (signer, transaction ID) was seen
+  within the replay window, or whose transaction-ID time lies outside
+  it, is dropped (:mod:`p2psip.overlay.replay`); an answer must match a
+  transaction of ours that is still open, and the first one closes it.
 
 The other parts of the node fill in the handler table
 (:meth:`Messenger.handle`): a handler takes ``(link, message, signer)``
@@ -60,9 +74,11 @@ from p2psip.overlay.message import (
     replace_header,
 )
 from p2psip.overlay.parameters import OverlayConfig
+from p2psip.overlay.replay import Freshness, ReplayWindow, transaction_age_seconds
 from p2psip.overlay.topology import ChordTopology
-from p2psip.overlay.transactions import TransactionTable
+from p2psip.overlay.transactions import PendingRequest, TransactionTable
 from p2psip.util.ids import MAX_ID, id_short
+from p2psip.util.log_throttle import LogThrottle
 
 #: The wildcard Node-ID (all ones) addresses "whoever is at the other end of
 #: this link": a new connection's first Ping uses it, since the connecting
@@ -110,6 +126,13 @@ HandlerResult = Union[Reply, "Deferred[Reply]", None]
 RequestHandler = Callable[[Link, Message, int], HandlerResult]
 
 
+def _code_name(code: int) -> str:
+    try:
+        return MessageCode(code).name
+    except ValueError:
+        return f"message code {code}"
+
+
 class Messenger:
     """Sends our requests, answers others', and forwards what is not for us."""
 
@@ -142,6 +165,9 @@ class Messenger:
         #: Kind-ID -> data model, for decoding Fetch and Stat answers.
         self.data_models = dict(data_models)
         self.transactions = TransactionTable(clock, config.request_timeout_seconds)
+        self.replays = ReplayWindow(config.replay_window_seconds, config.replay_memory)
+        #: One warning per kind of refusal and source a minute, with a count of the rest.
+        self.refusal_log = LogThrottle(clock)
         self.handlers: dict[int, RequestHandler] = {}
         #: Called as (method name, seconds, answered) when a request of ours ends.
         self.request_observers: list[Callable[[str, float, bool], None]] = []
@@ -212,6 +238,7 @@ class Messenger:
         extra_certificates: Iterable[bytes] = (),
     ) -> Deferred[Answer]:
         """Send a request; a Deferred of its decoded :class:`Answer`, or of an OverlayError."""
+        extra_certificates = tuple(extra_certificates)
         transaction_id = self.transactions.new_transaction_id()
         data = self.encode(code, body, (destination,), transaction_id, extra_certificates)
         target = id_short(destination.value) if isinstance(destination.value, int) else "?"
@@ -229,6 +256,10 @@ class Messenger:
                 NotConnected(f"no route for {describe}: this node has no usable link into the ring")
             )
         pending.first_hop = link.peer_id
+        pending.first_link = link
+        pending.resign = lambda new_id: self.encode(
+            code, body, (destination,), new_id, extra_certificates
+        )
         self.counters.count("requests_sent")
         link.send(data)
         if self.request_observers:
@@ -252,10 +283,19 @@ class Messenger:
             link = self.first_hop(header.destination_list[0])
             if link is None or link.peer_id == failed_peer:
                 continue
-            pending.retries_left -= 1
-            pending.first_hop = link.peer_id
-            self.counters.count("requests_resent")
-            link.send(pending.data)
+            self._resend(pending, link)
+
+    def _resend(self, pending: PendingRequest, link: Link) -> None:
+        """Send an outstanding request once more over ``link``, signed under a new transaction id."""
+        pending.retries_left -= 1
+        if pending.resign is not None:
+            # The responder may have seen the first copy: the same id again
+            # would be refused as a replay.
+            self.transactions.renumber(pending, pending.resign)
+        pending.first_hop = link.peer_id
+        pending.first_link = link
+        self.counters.count("requests_resent")
+        link.send(pending.data)
 
     def fail_all(self, reason: str) -> None:
         """Fail every outstanding request of ours (the node is stopping)."""
@@ -438,7 +478,7 @@ class Messenger:
         try:
             for certificate in message.security.certificates:
                 self.certificates.add(certificate.certificate)
-            signer = self.certificates.verify(
+            identity = self.certificates.verify_signer(
                 message.security.signature,
                 message_signature_input(
                     message.header.overlay,
@@ -448,25 +488,132 @@ class Messenger:
                 ),
             )
         except SignatureError as error:
-            self.counters.count("bad_signatures")
-            self.log.debug(
-                "dropped message with a bad signature from {address}: {why}",
-                address=link.remote_address,
-                why=error,
+            self.refuse(
+                "bad_signatures",
+                link,
+                "dropped a message with a bad signature from {address}: {why}",
+                why=str(error),
             )
             return
-        if link.peer_id is None and not message.header.via_list:
-            self.links.identify(link, signer)
+        signer = self._claimed_sender(link, message, identity.node_ids)
+        if signer is None:
+            return
         if is_request(message.code):
+            if not self._fresh(link, message, signer):
+                return
+            if link.peer_id is None and not message.header.via_list:
+                self.links.identify(link, signer)
             self._handle_request(link, message, signer)
         else:
             self._handle_answer(link, message, signer)
 
-    def _handle_answer(self, link: Link, message: Message, signer: int) -> None:
-        pending = self.transactions.complete(message.header.transaction_id)
-        if pending is None:
-            self.counters.count("unmatched_answers")
+    def _claimed_sender(self, link: Link, message: Message, signers: tuple[int, ...]) -> int | None:
+        """
+        The Node-ID ``message`` claims to come from, if its signature is that node's.
+
+        The claimed sender is the first via-list entry, else the peer at the
+        other end of the link; a link not identified yet claims nothing, and
+        the signer is taken.  None (the message is dropped, counted and
+        logged) when the certificate that signed the message does not name
+        the claimed sender.
+        """
+        via = message.header.via_list
+        if via:
+            first = via[0]
+            claimed = first.value if first.type == DestinationType.NODE else None
+            if not isinstance(claimed, int):
+                self.counters.count("malformed_messages")
+                return None
+        elif link.peer_id is not None:
+            claimed = link.peer_id
+        else:
+            return signers[0]
+        if claimed in signers:
+            return claimed
+        self.refuse(
+            "signer_mismatches",
+            link,
+            "dropped {code} {txid:x} from {address}: it claims to come from {claimed} "
+            "but is signed by {signer}",
+            code=_code_name(message.code),
+            txid=message.header.transaction_id,
+            claimed=id_short(claimed),
+            signer=id_short(signers[0]),
+        )
+        if is_request(message.code) and not via:
+            # The peer at the other end of the link sent it: it hears why.
+            self.reply_error(
+                link,
+                message,
+                ErrorCode.FORBIDDEN,
+                "message not signed by the peer that sent it over this link",
+            )
+        return None
+
+    def _fresh(self, link: Link, message: Message, signer: int) -> bool:
+        """Whether a request is not a replay (and is remembered now); counted and logged otherwise."""
+        transaction_id = message.header.transaction_id
+        now = self.clock.seconds()
+        verdict = self.replays.admit(signer, transaction_id, now)
+        if verdict is Freshness.FRESH:
+            return True
+        if verdict is Freshness.OUT_OF_WINDOW:
+            self.refuse(
+                "stale_requests",
+                link,
+                "dropped {code} {txid:x} from {signer} via {address}: its transaction id is "
+                "{age} s old, outside the {window:g} s replay window (a replay, or the "
+                "sender's clock is off)",
+                code=_code_name(message.code),
+                txid=transaction_id,
+                signer=id_short(signer),
+                age=transaction_age_seconds(transaction_id, now),
+                window=self.replays.window_seconds,
+            )
+        else:
+            self.refuse(
+                "replayed_requests",
+                link,
+                "dropped {code} {txid:x} from {signer} via {address}: {verdict}",
+                code=_code_name(message.code),
+                txid=transaction_id,
+                signer=id_short(signer),
+                verdict=(
+                    "a replay of a request already handled"
+                    if verdict is Freshness.REPLAYED
+                    else "older than the replay memory reaches under this load"
+                ),
+            )
+        return False
+
+    def refuse(self, event: str, link: Link, text: str, **fields: Any) -> None:
+        """
+        Count ``event`` and warn about it, at most once a minute per event and sender.
+
+        Refusals are what a hostile peer produces by the thousand, so the
+        log says how many were held back instead of one line each.
+        """
+        self.counters.count(event)
+        source = link.remote_address if link.peer_id is None else id_short(link.peer_id)
+        held_back = self.refusal_log.admit(f"{event} {source}")
+        if held_back is None:
             return
+        suffix = f" ({held_back} more since the last warning)" if held_back else ""
+        self.log.warn(text + suffix, address=link.remote_address, **fields)
+
+    def _handle_answer(self, link: Link, message: Message, signer: int) -> None:
+        pending = self.transactions.find(message.header.transaction_id)
+        if pending is None or (link.peer_id is None and pending.first_link is not link):
+            # A late answer, a copy of one already taken, or an answer over a
+            # link we never sent that request on.
+            self.counters.count("unmatched_answers")
+            self.log.debug(
+                "dropped an answer {txid:x} from {signer} that matches no open request of ours",
+                txid=message.header.transaction_id,
+                signer=id_short(signer),
+            )
+            return
+        self.transactions.complete(pending.transaction_id)
         hops = [v.value for v in message.header.via_list]
         if link.peer_id is not None:
             hops.append(link.peer_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from attrs import field, frozen
 
 from p2psip.overlay.codec import Limits
+from p2psip.overlay.replay import DEFAULT_CAPACITY, DEFAULT_WINDOW_SECONDS
 
 
 @frozen
@@ -23,3 +24,8 @@ class OverlayConfig:
     failed_peer_memory_seconds: float = 60.0
     initial_ttl: int = 100
     limits: Limits = field(factory=Limits)
+    #: How far a request's transaction-ID time may lie from our clock; the
+    #: ring's clocks must agree within it (see p2psip.overlay.replay).
+    replay_window_seconds: float = DEFAULT_WINDOW_SECONDS
+    #: Transaction IDs remembered to refuse replays (bounded memory).
+    replay_memory: int = DEFAULT_CAPACITY

@@ -6,10 +6,12 @@ drops, message by message, over recording links on a fake clock.
 from __future__ import annotations
 
 from attrs import evolve
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.overlay import bodies
 from p2psip.overlay.errors import NotConnected, RequestFailed, RequestTimeout
+from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.membership import Event
 from p2psip.overlay.message import (
     Destination,
@@ -44,18 +46,21 @@ class MessagingTests(SynchronousTestCase):
     def request_from_peer(
         self, destination: Destination, code: int = MessageCode.PING_REQ
     ) -> bytes:
-        return self.peer.messenger.encode(code, PING, (destination,), 42)
+        transaction_id = self.peer.messenger.transactions.new_transaction_id()
+        return self.peer.messenger.encode(code, PING, (destination,), transaction_id)
 
     def test_delivers_what_it_owns_and_answers_along_the_link(self) -> None:
         """A request for an id we own reaches the handler; the answer goes back over its link."""
         link = self.node.link_to(self.before)
-        self.node.messenger.message_received(
-            link, self.request_from_peer(Destination.resource(self.me.node_id))
-        )
+        request = self.request_from_peer(Destination.resource(self.me.node_id))
+        self.node.messenger.message_received(link, request)
         self.assertEqual(self.delivered, [(MessageCode.PING_REQ, self.before.node_id)])
         [answer] = link.sent
         message = decode_message(answer)
-        self.assertEqual((message.code, message.header.transaction_id), (MessageCode.PING_ANS, 42))
+        self.assertEqual(
+            (message.code, message.header.transaction_id),
+            (MessageCode.PING_ANS, peek_header(request).transaction_id),
+        )
         self.assertEqual(message.header.destination_list, (Destination.node(self.before.node_id),))
 
     def test_forwards_with_the_previous_hop_in_the_via_list(self) -> None:
@@ -223,3 +228,157 @@ class MessagingTests(SynchronousTestCase):
             Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
         )
         self.assertIn("no usable link", self.failureResultOf(d, NotConnected).getErrorMessage())
+
+
+class SignerAndReplayTests(SynchronousTestCase):
+    """The claimed sender must be the signer, and no request is handled twice."""
+
+    def setUp(self) -> None:
+        self.before, self.me, self.after, self.far = sorted_identities(4)
+        self.node = MessengerUnderTest(self.me)
+        self.node.topology.add_peers([self.before.node_id, self.after.node_id])
+        self.node.membership.happened(Event.PEER_JOINED)
+        self.handled: list[int] = []
+
+        def handler(link: object, message: object, signer: int) -> Reply:
+            self.handled.append(signer)
+            return Reply(MessageCode.PING_ANS, bodies.PingAns(1, 2).encode())
+
+        self.node.messenger.handle(MessageCode.PING_REQ, handler)
+
+    def ping_from(self, identity: NodeIdentity, via: tuple[int, ...] = ()) -> bytes:
+        sender = MessengerUnderTest(identity)
+        data = sender.messenger.encode(
+            MessageCode.PING_REQ,
+            PING,
+            (Destination.node(self.me.node_id),),
+            sender.messenger.transactions.new_transaction_id(),
+        )
+        if via:
+            header = peek_header(data)
+            data = replace_header(
+                data, evolve(header, via_list=tuple(Destination.node(v) for v in via))
+            )
+        return data
+
+    def test_replayed_request_is_not_answered(self) -> None:
+        """The same signed Ping a second time is dropped, counted and warned about once."""
+        link = self.node.link_to(self.before)
+        ping = self.ping_from(self.before)
+        with capturedLogs() as events:
+            for _ in range(3):
+                self.node.messenger.message_received(link, ping)
+        self.assertEqual((self.handled, len(link.sent)), ([self.before.node_id], 1))
+        self.assertEqual(self.node.counters["replayed_requests"], 2)
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("replay", formatEvent(warnings[0]))
+
+    def test_readdressed_replay_is_refused(self) -> None:
+        """A copy with a new forwarding header (another via list, TTL, destination) is still a replay."""
+        link = self.node.link_to(self.after)
+        ping = self.ping_from(self.before, via=(self.before.node_id,))
+        self.node.messenger.message_received(link, ping)
+        header = peek_header(ping)
+        readdressed = replace_header(
+            ping,
+            evolve(
+                header,
+                ttl=header.ttl - 7,
+                destination_list=(Destination.resource(self.me.node_id),),
+            ),
+        )
+        self.node.messenger.message_received(link, readdressed)
+        self.assertEqual(self.handled, [self.before.node_id])
+        self.assertEqual(self.node.counters["replayed_requests"], 1)
+
+    def test_stale_transaction_id_is_refused(self) -> None:
+        """A request whose transaction id is older than the window (or whose sender's clock is off) is dropped."""
+        link = self.node.link_to(self.before)
+        ping = self.ping_from(self.before)
+        self.node.clock.advance(self.node.messenger.config.replay_window_seconds + 1)
+        self.node.messenger.message_received(link, ping)
+        self.assertEqual((self.handled, link.sent), ([], []))
+        self.assertEqual(self.node.counters["stale_requests"], 1)
+
+    def test_via_list_naming_someone_else_is_refused(self) -> None:
+        """A request signed by one peer whose via list names another as its originator is dropped."""
+        link = self.node.link_to(self.before)
+        forged = self.ping_from(self.far, via=(self.after.node_id,))
+        self.node.messenger.message_received(link, forged)
+        self.assertEqual((self.handled, link.sent), ([], []))
+        self.assertEqual(self.node.counters["signer_mismatches"], 1)
+
+    def test_message_over_a_link_signed_by_another_peer(self) -> None:
+        """With an empty via list the signer must be the link's peer: Error_Forbidden back over the link."""
+        link = self.node.link_to(self.before)
+        self.node.messenger.message_received(link, self.ping_from(self.far))
+        self.assertEqual(self.handled, [])
+        [error] = link.sent
+        body = bodies.ErrorResponse.decode(decode_message(error).body)
+        self.assertEqual(body.error_code, ErrorCode.FORBIDDEN)
+        self.assertEqual(link.peer_id, self.before.node_id)
+
+    def test_unidentified_link_takes_the_signer(self) -> None:
+        """A request with an empty via list over a new link identifies it as its signer's."""
+        link = self.node.link_to(None)
+        self.node.messenger.message_received(link, self.ping_from(self.far))
+        self.assertEqual((link.peer_id, self.handled), (self.far.node_id, [self.far.node_id]))
+
+    def test_replayed_answer_is_dropped(self) -> None:
+        """An answer that already ended its transaction is unmatched the second time."""
+        link = self.node.link_to(self.after)
+        answers: list[object] = []
+        self.node.messenger.request(
+            Destination.node(self.after.node_id), MessageCode.PING_REQ, PING
+        ).addCallback(answers.append)
+        request = decode_message(link.sent[0])
+        answerer = MessengerUnderTest(self.after)
+        reply = answerer.messenger.encode(
+            MessageCode.PING_ANS,
+            bodies.PingAns(7, 8).encode(),
+            (Destination.node(self.me.node_id),),
+            request.header.transaction_id,
+        )
+        self.node.messenger.message_received(link, reply)
+        self.node.messenger.message_received(link, reply)
+        self.assertEqual(len(answers), 1)
+        self.assertEqual(self.node.counters["unmatched_answers"], 1)
+
+    def test_answer_on_an_unidentified_link_must_match_a_request_sent_there(self) -> None:
+        """An answer over a new link is taken only for a request that left on that very link."""
+        onward = self.node.link_to(self.after)
+        self.node.messenger.request(
+            Destination.node(self.after.node_id), MessageCode.PING_REQ, PING
+        )
+        request = decode_message(onward.sent[0])
+        answerer = MessengerUnderTest(self.after)
+        reply = answerer.messenger.encode(
+            MessageCode.PING_ANS,
+            bodies.PingAns(7, 8).encode(),
+            (Destination.node(self.me.node_id),),
+            request.header.transaction_id,
+        )
+        stranger = self.node.link_to(None)
+        self.node.messenger.message_received(stranger, reply)
+        self.assertEqual(self.node.counters["unmatched_answers"], 1)
+        self.assertIsNone(stranger.peer_id)
+        self.assertEqual(len(self.node.messenger.transactions), 1)
+
+    def test_resent_request_has_a_new_transaction_id(self) -> None:
+        """A request sent again after its first hop failed is signed anew under another id."""
+        first = self.node.link_to(self.after)
+        self.node.messenger.request(
+            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
+        )
+        [original] = first.sent
+        first.closed = True
+        self.node.links.remove(first)
+        second = self.node.link_to(self.before)
+        self.node.messenger.resend_after_failure(self.after.node_id)
+        [resent] = second.sent
+        self.assertNotEqual(
+            peek_header(resent).transaction_id, peek_header(original).transaction_id
+        )
+        self.assertEqual(decode_message(resent).body, decode_message(original).body)
+        self.assertEqual(self.node.counters["requests_resent"], 1)
