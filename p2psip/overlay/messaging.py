@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from p2psip.overlay import bodies
 from p2psip.overlay.codec import DecodeError, UnknownKindError
 from p2psip.overlay.counters import Counters
-from p2psip.overlay.errors import NotConnected, OverlayError, RequestFailed
+from p2psip.overlay.errors import NotConnected, NotResponsible, OverlayError, RequestFailed
 from p2psip.overlay.identity import CertificateCache, NodeIdentity, SignatureError
 from p2psip.overlay.link_table import LinkTable
 from p2psip.overlay.links import Link
@@ -257,6 +257,14 @@ class Messenger:
             )
         pending.first_hop = link.peer_id
         pending.first_link = link
+        if (
+            destination.type in (DestinationType.NODE, DestinationType.RESOURCE)
+            and isinstance(destination.value, int)
+            and destination.value != WILDCARD_NODE_ID
+            and link.peer_id is not None
+        ):
+            # Over a link not identified yet (a hello) the caller checks who answered.
+            pending.target = destination
         pending.resign = lambda new_id: self.encode(
             code, body, (destination,), new_id, extra_certificates
         )
@@ -613,6 +621,10 @@ class Messenger:
                 signer=id_short(signer),
             )
             return
+        if message.code != MessageCode.ERROR and not self._from_possible_owner(
+            link, message, pending, signer
+        ):
+            return
         self.transactions.complete(pending.transaction_id)
         hops = [v.value for v in message.header.via_list]
         if link.peer_id is not None:
@@ -645,6 +657,51 @@ class Messenger:
             )
             return
         pending.deferred.callback(Answer(message, body, signer, route))
+
+    def _from_possible_owner(
+        self, link: Link, message: Message, pending: PendingRequest, signer: int
+    ) -> bool:
+        """
+        Whether an answer's signer may be the node responsible for the request's target.
+
+        Chord's rule against what we know: no node of our tables may lie
+        between the target and the signer.  An answer from anyone else (a
+        node on the path answering for a range it does not hold) is refused:
+        the request goes once more over another first hop, else fails with
+        :class:`NotResponsible`.  Error answers are not checked: any node on
+        the path may refuse to carry a request, and that only fails it.
+        """
+        if pending.target is None:
+            return True
+        destination: Destination = pending.target
+        target = int(destination.value)
+        closer = self.topology.closer_known_node(target, signer)
+        if closer is None:
+            return True
+        self.refuse(
+            "answers_not_from_owner",
+            link,
+            "refused an answer to {code} for {target} from {signer}: {closer} lies between "
+            "them, so {signer} cannot be responsible",
+            code=_code_name(pending.code),
+            target=id_short(target),
+            signer=id_short(signer),
+            closer=id_short(closer),
+        )
+        if pending.retries_left > 0:
+            other = self.first_hop(destination, avoid=link)
+            if other is not None and other is not link:
+                self._resend(pending, other)
+                return False
+        self.transactions.complete(pending.transaction_id)
+        pending.deferred.errback(
+            NotResponsible(
+                f"{_code_name(pending.code)} for {id_short(target)} was answered by "
+                f"{id_short(signer)}, which cannot be responsible for it ({id_short(closer)} "
+                "comes first): answer refused"
+            )
+        )
+        return False
 
     # -- answering requests ----------------------------------------------
 

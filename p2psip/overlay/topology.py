@@ -76,6 +76,27 @@ class ChordTopology:
         # it; a peer that has successors but no predecessor is still joining.
         return not self.successors
 
+    def may_be_responsible(self, target: int, candidate: int) -> bool:
+        """
+        Whether ``candidate`` can own ``target`` as far as our tables tell.
+
+        Chord's rule: the owner of an id is the first node at or after it.
+        So ``candidate`` may own ``target`` unless a node we know (ourselves,
+        a neighbour or a finger) lies strictly between ``target`` and it:
+        that node would come first.  Used to refuse answers, and replicas,
+        from nodes that claim a range that is not theirs.
+        """
+        return self.closer_known_node(target, candidate) is None
+
+    def closer_known_node(self, target: int, candidate: int) -> int | None:
+        """A node we know that lies strictly between ``target`` and ``candidate``, if any."""
+        if candidate == target:
+            return None
+        for peer in (self.own_id, *self.successors, *self.predecessors, *self.fingers.values()):
+            if peer != candidate and between(peer, target, candidate):
+                return peer
+        return None
+
     def responsible_neighbour(self, target: int) -> int | None:
         """
         The neighbour that owns ``target`` if our neighbour table tells.

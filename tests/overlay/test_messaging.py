@@ -10,7 +10,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.overlay import bodies
-from p2psip.overlay.errors import NotConnected, RequestFailed, RequestTimeout
+from p2psip.overlay.errors import NotConnected, NotResponsible, RequestFailed, RequestTimeout
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.membership import Event
 from p2psip.overlay.message import (
@@ -22,6 +22,7 @@ from p2psip.overlay.message import (
     replace_header,
 )
 from p2psip.overlay.messaging import Reply, RequestRefused
+from p2psip.util.ids import id_short
 from tests.overlay.parts import MessengerUnderTest, sorted_identities
 
 PING = bodies.PingReq().encode()
@@ -382,3 +383,79 @@ class SignerAndReplayTests(SynchronousTestCase):
         )
         self.assertEqual(decode_message(resent).body, decode_message(original).body)
         self.assertEqual(self.node.counters["requests_resent"], 1)
+
+
+class AnswerFromOwnerTests(SynchronousTestCase):
+    """An answer must come from a node that may own the target, as far as our tables tell."""
+
+    def setUp(self) -> None:
+        # Ring order: before, me, after, finger, (unknown), far.  We know our
+        # one successor and predecessor and a finger; far owns the target.
+        self.before, self.me, self.after, self.finger, _, self.far = sorted_identities(6)
+        self.node = MessengerUnderTest(self.me)
+        self.node.topology.successors = [self.after.node_id]
+        self.node.topology.predecessors = [self.before.node_id]
+        self.node.topology.set_finger(0, self.finger.node_id)
+        self.node.membership.happened(Event.PEER_JOINED)
+
+    def answer(self, identity: NodeIdentity, request: bytes, via: tuple[int, ...] = ()) -> bytes:
+        answerer = MessengerUnderTest(identity)
+        data = answerer.messenger.encode(
+            MessageCode.PING_ANS,
+            bodies.PingAns(7, 8).encode(),
+            (Destination.node(self.me.node_id),),
+            peek_header(request).transaction_id,
+        )
+        header = peek_header(data)
+        return replace_header(
+            data, evolve(header, via_list=tuple(Destination.node(v) for v in via))
+        )
+
+    def test_answer_from_a_node_before_the_target_is_refused_and_retried(self) -> None:
+        """A hop that answers for a target beyond it is refused; the request goes round it once more."""
+        onward = self.node.link_to(self.finger)
+        other = self.node.link_to(self.after)
+        answers: list[object] = []
+        self.node.messenger.request(
+            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
+        ).addCallback(answers.append)
+        [request] = onward.sent
+        self.node.messenger.message_received(onward, self.answer(self.finger, request))
+        self.assertEqual((answers, self.node.counters["answers_not_from_owner"]), ([], 1))
+        [resent] = other.sent
+        self.node.messenger.message_received(
+            other, self.answer(self.far, resent, via=(self.far.node_id,))
+        )
+        [answer] = answers
+        self.assertEqual(answer.responder, self.far.node_id)  # type: ignore[attr-defined]
+
+    def test_without_another_route_the_refusal_is_the_result(self) -> None:
+        """With no other first hop the request fails with NotResponsible, naming both nodes."""
+        onward = self.node.link_to(self.finger)
+        d = self.node.messenger.request(
+            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
+        )
+        [request] = onward.sent
+        self.node.messenger.message_received(onward, self.answer(self.finger, request))
+        failure = self.failureResultOf(d, NotResponsible)
+        self.assertIn(id_short(self.finger.node_id), failure.getErrorMessage())
+        self.assertIn("cannot be responsible", failure.getErrorMessage())
+        self.assertEqual(len(self.node.messenger.transactions), 0)
+
+    def test_error_answers_are_not_checked(self) -> None:
+        """Any node on the path may refuse to carry a request: its Error fails the request as it is."""
+        onward = self.node.link_to(self.finger)
+        d = self.node.messenger.request(
+            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
+        )
+        [request] = onward.sent
+        error = MessengerUnderTest(self.finger).messenger.encode(
+            MessageCode.ERROR,
+            bodies.ErrorResponse(ErrorCode.NOT_FOUND, "no route").encode(),
+            (Destination.node(self.me.node_id),),
+            peek_header(request).transaction_id,
+        )
+        self.node.messenger.message_received(onward, error)
+        self.assertEqual(
+            self.failureResultOf(d, RequestFailed).value.error_code, ErrorCode.NOT_FOUND
+        )
