@@ -76,6 +76,11 @@ class Joiner:
         self._admitted: Deferred[None] | None = None
         chord.admission_update = self._admission_update
 
+    @property
+    def admitting_peer(self) -> int | None:
+        """The peer we sent Join to: it hands us our range (hand-over Stores) and admits us."""
+        return self._admitting
+
     @inlineCallbacks
     def join(self, endpoints: Iterable[str]) -> Generator[Deferred[Any], Any, int]:
         """

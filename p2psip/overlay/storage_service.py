@@ -18,6 +18,12 @@ ring:
   a non-zero replica_number, as replicas do: the receiver adopts our
   generation counters instead of checking them (they are ours, not the
   writer's) and merges rather than refusing where it holds newer values.
+* **Who may send replicas.**  Because a replica Store skips the writer's
+  generation check, only the nodes that hold a range may send one: one
+  of our predecessors, for a resource in its range as far as our tables
+  tell (CHORD-RELOAD replicates to the responsible node's successors), or
+  the peer handing its range over to us as we join, for a resource of our
+  new range.  Anyone else gets Error_Forbidden.
 * **Operations.** Signed stores and verified fetches for the admin API,
   the demo and the SIP layer (:class:`~p2psip.interfaces.IOverlayStorage`).
 """
@@ -39,13 +45,13 @@ from p2psip.overlay.identity import CertificateCache, NodeIdentity, SignatureErr
 from p2psip.overlay.kinds import DATA
 from p2psip.overlay.links import Link
 from p2psip.overlay.membership import Membership
-from p2psip.overlay.message import Destination, Message, MessageCode
+from p2psip.overlay.message import Destination, ErrorCode, Message, MessageCode
 from p2psip.overlay.messaging import Answer, Messenger, Reply, RequestRefused
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.results import HandOver, OperationResult
 from p2psip.overlay.storage import DataStore, StoreError
 from p2psip.overlay.topology import ChordTopology
-from p2psip.util.ids import id_short, resource_id
+from p2psip.util.ids import between, id_short, resource_id
 
 #: The replica_number of hand-over Stores (a newcomer's range at join, ours
 #: at leave): non-zero, like a replica, so the receiver adopts the
@@ -86,6 +92,8 @@ class StorageService:
         self.data_models = messenger.data_models
         #: Resource-ID -> the successors we know hold our replica of it.
         self.replica_holders: dict[int, set[int]] = {}
+        #: The peer handing its range over to us while we join (the admitting peer), if any.
+        self.hand_over_source: Callable[[], int | None] = lambda: None
         messenger.handle(MessageCode.STORE_REQ, self._on_store)
         messenger.handle(MessageCode.FETCH_REQ, self._on_fetch)
         messenger.handle(MessageCode.STAT_REQ, self._on_stat)
@@ -97,6 +105,18 @@ class StorageService:
 
     def _on_store(self, link: Link, message: Message, signer: int) -> Reply | Deferred[Reply]:
         request = bodies.StoreReq.decode(message.body, self.config.limits, self.data_models)
+        if request.replica_number > 0:
+            refusal = self._replica_refusal(signer, request.resource)
+            if refusal is not None:
+                self.messenger.refuse(
+                    "replicas_refused",
+                    link,
+                    "refused a replica of {resource} from {signer}: {why}",
+                    resource=id_short(request.resource),
+                    signer=id_short(signer),
+                    why=refusal,
+                )
+                raise RequestRefused(ErrorCode.FORBIDDEN, refusal)
         try:
             # One StoreReq is stored whole or not at all (RFC 6940 s7.4.1.1),
             # and an original store is also checked against its sender's
@@ -122,6 +142,36 @@ class StorageService:
         if request.replica_number == 0 and self.topology.is_responsible(request.resource):
             return self.replicate(request.resource, request.kind_data).addCallback(answer)
         return answer(())
+
+    def _replica_refusal(self, sender: int, resource: int) -> str | None:
+        """
+        Why ``sender`` may not send us a replica (or hand-over) of ``resource``; None if it may.
+
+        A predecessor may, for a resource it is responsible for as far as we
+        can tell (no node we know lies between the resource and it).  The
+        peer handing its range over to us may, for a resource of the range
+        we take (no node we know, nor the sender, lies between the resource
+        and us).
+        """
+        topology = self.topology
+        if sender in topology.predecessors and topology.may_be_responsible(resource, sender):
+            return None
+        if (
+            sender == self.hand_over_source()
+            and not between(sender, resource, self.node_id)
+            and topology.may_be_responsible(resource, self.node_id)
+        ):
+            return None
+        if sender in topology.predecessors:
+            closer = topology.closer_known_node(resource, sender)
+            return (
+                f"resource {id_short(resource)} is not in the range of {id_short(sender)} "
+                f"({id_short(closer or 0)} comes first)"
+            )
+        return (
+            "replicas are taken only from a predecessor holding the resource, or from the "
+            "peer handing its range over to us"
+        )
 
     def _on_fetch(self, link: Link, message: Message, signer: int) -> Reply:
         request = bodies.FetchReq.decode(message.body, self.config.limits, self.data_models)
