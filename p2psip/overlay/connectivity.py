@@ -182,6 +182,10 @@ class Connectivity:
         """Connect to a client endpoint string (a bootstrap) and say hello."""
         return self.connector.connect_endpoint(self.listener, description).addCallback(self.hello)
 
+    def connecting_to(self, peer: int) -> bool:
+        """Whether a connect to ``peer`` is under way."""
+        return peer in self._connecting
+
     def ensure_link(self, peer: int, informant: Link | None = None) -> Deferred[Link]:
         """
         A live link to ``peer``: reuse one, join a connect under way, or Attach and connect.

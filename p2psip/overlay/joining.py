@@ -242,7 +242,10 @@ class Joiner:
         # to the rest of the neighbourhood.
         predecessors = [peer for peer in update.predecessors if peer != self.node_id]
         self.topology.add_peers([admitting, *predecessors[:1]])
-        others = sorted(learned - {admitting})
+        # However long the list, we link only to the peers our table can hold
+        # (and to the predecessor we just listed, which needs its link too).
+        candidates = learned - {admitting}
+        others = sorted(set(self.topology.best_of(candidates)) | (candidates & {*predecessors[:1]}))
         informant = self.messenger.links.link_for(admitting)
         results = yield DeferredList(
             [self.connectivity.ensure_link(peer, informant) for peer in others],

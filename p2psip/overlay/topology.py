@@ -180,6 +180,22 @@ class ChordTopology:
         self.successors, self.predecessors = successors, predecessors
         return changed
 
+    def best_of(self, peers: Iterable[int]) -> list[int]:
+        """
+        Those of ``peers`` that would be neighbours if all of them were added, in ring order.
+
+        At most ``successor_count + predecessor_count`` peers: what a table
+        can hold bounds how many peers a list we are told about can make us
+        contact, however long the list.
+        """
+        probe = ChordTopology(self.own_id, self.successor_count, self.predecessor_count)
+        probe.successors = list(self.successors)
+        probe.predecessors = list(self.predecessors)
+        offered = set(peers) - self.neighbours() - {self.own_id}
+        probe.add_peers(offered)
+        chosen = [p for p in (*probe.successors, *probe.predecessors) if p in offered]
+        return list(dict.fromkeys(chosen))
+
     def remove_peer(self, peer: int) -> bool:
         """Forget a failed or departed peer everywhere; True if it was a neighbour."""
         was_neighbour = peer in self.successors or peer in self.predecessors
