@@ -27,6 +27,14 @@ every message delivered to us is verified before any handler sees it:
   within the replay window, or whose transaction-ID time lies outside
   it, is dropped (:mod:`p2psip.overlay.replay`); an answer must match a
   transaction of ours that is still open, and the first one closes it.
+* **Answers from the owner.**  An answer's signer must be a node that may
+  own the request's target: no node we know lies between the target and
+  it (Chord's rule).  Otherwise the answer is refused and the request
+  tries once more around the node that answered.
+* **Per-source limits.**  Token buckets bound the requests one link
+  brings us (dropped unread over the limit, before any signature is
+  checked) and the requests of one signer we handle (answered with
+  Error_Forbidden over the limit).
 
 The other parts of the node fill in the handler table
 (:meth:`Messenger.handle`): a handler takes ``(link, message, signer)``
@@ -77,8 +85,9 @@ from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.replay import Freshness, ReplayWindow, transaction_age_seconds
 from p2psip.overlay.topology import ChordTopology
 from p2psip.overlay.transactions import PendingRequest, TransactionTable
-from p2psip.util.ids import MAX_ID, id_short
+from p2psip.util.ids import MAX_ID, id_hex, id_short
 from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.token_bucket import TokenBuckets
 
 #: The wildcard Node-ID (all ones) addresses "whoever is at the other end of
 #: this link": a new connection's first Ping uses it, since the connecting
@@ -126,6 +135,13 @@ HandlerResult = Union[Reply, "Deferred[Reply]", None]
 RequestHandler = Callable[[Link, Message, int], HandlerResult]
 
 
+def _buckets(rate_per_second: float, burst: float) -> TokenBuckets | None:
+    """A per-source limit, or None when the configuration turns it off (0)."""
+    if rate_per_second <= 0:
+        return None
+    return TokenBuckets(rate_per_second, max(burst, 1.0))
+
+
 def _code_name(code: int) -> str:
     try:
         return MessageCode(code).name
@@ -168,6 +184,12 @@ class Messenger:
         self.replays = ReplayWindow(config.replay_window_seconds, config.replay_memory)
         #: One warning per kind of refusal and source a minute, with a count of the rest.
         self.refusal_log = LogThrottle(clock)
+        self.link_requests = _buckets(
+            config.requests_per_link_per_second, config.request_burst_per_link
+        )
+        self.signer_requests = _buckets(
+            config.requests_per_signer_per_second, config.request_burst_per_signer
+        )
         self.handlers: dict[int, RequestHandler] = {}
         #: Called as (method name, seconds, answered) when a request of ours ends.
         self.request_observers: list[Callable[[str, float, bool], None]] = []
@@ -329,8 +351,21 @@ class Messenger:
                 "dropped message for another overlay from {address}", address=link.remote_address
             )
             return
+        request = is_request(code)
+        if (
+            request
+            and self.link_requests is not None
+            and not self.link_requests.take(f"link {id(link)}", self.clock.seconds())
+        ):
+            self.refuse(
+                "requests_over_link_limit",
+                link,
+                "dropped requests from {address}: more than {rate:g}/s over one link",
+                rate=self.link_requests.rate_per_second,
+            )
+            return
         try:
-            self._route(link, data, header, is_request(code))
+            self._route(link, data, header, request)
         except Exception:
             self.log.failure("while routing a message from {address}", address=link.remote_address)
 
@@ -511,6 +546,23 @@ class Messenger:
                 return
             if link.peer_id is None and not message.header.via_list:
                 self.links.identify(link, signer)
+            if self.signer_requests is not None and not self.signer_requests.take(
+                id_hex(signer), self.clock.seconds()
+            ):
+                self.refuse(
+                    "requests_over_signer_limit",
+                    link,
+                    "refused requests of {signer}: more than {rate:g}/s",
+                    signer=id_short(signer),
+                    rate=self.signer_requests.rate_per_second,
+                )
+                self.reply_error(
+                    link,
+                    message,
+                    ErrorCode.FORBIDDEN,
+                    f"more than {self.signer_requests.rate_per_second:g} requests/s from one node",
+                )
+                return
             self._handle_request(link, message, signer)
         else:
             self._handle_answer(link, message, signer)

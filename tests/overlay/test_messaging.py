@@ -23,7 +23,7 @@ from p2psip.overlay.message import (
 )
 from p2psip.overlay.messaging import Reply, RequestRefused
 from p2psip.util.ids import id_short
-from tests.overlay.parts import MessengerUnderTest, sorted_identities
+from tests.overlay.parts import CONFIG, MessengerUnderTest, sorted_identities
 
 PING = bodies.PingReq().encode()
 
@@ -459,3 +459,73 @@ class AnswerFromOwnerTests(SynchronousTestCase):
         self.assertEqual(
             self.failureResultOf(d, RequestFailed).value.error_code, ErrorCode.NOT_FOUND
         )
+
+
+class RequestLimitTests(SynchronousTestCase):
+    """Per-link and per-signer token buckets bound the requests one source makes us handle."""
+
+    def node_with(self, **limits: float) -> MessengerUnderTest:
+        before, me = sorted_identities(2)
+        node = MessengerUnderTest(me, evolve(CONFIG, **limits))
+        node.topology.add_peers([before.node_id])
+        node.membership.happened(Event.PEER_JOINED)
+        node.messenger.handle(
+            MessageCode.PING_REQ,
+            lambda link, message, signer: Reply(
+                MessageCode.PING_ANS, bodies.PingAns(1, 2).encode()
+            ),
+        )
+        self.sender = MessengerUnderTest(before)
+        return node
+
+    def pings(self, node: MessengerUnderTest, count: int) -> list[bytes]:
+        return [
+            self.sender.messenger.encode(
+                MessageCode.PING_REQ,
+                PING,
+                (Destination.node(node.node_id),),
+                self.sender.messenger.transactions.new_transaction_id(),
+            )
+            for _ in range(count)
+        ]
+
+    def test_link_over_its_limit_is_dropped_unread(self) -> None:
+        """Past its burst a link's requests are dropped before decoding, until the bucket refills."""
+        node = self.node_with(
+            requests_per_link_per_second=5,
+            request_burst_per_link=5,
+            requests_per_signer_per_second=0,
+        )
+        link = node.link_to(self.sender.identity)
+        for data in self.pings(node, 8):
+            node.messenger.message_received(link, data)
+        self.assertEqual((len(link.sent), node.counters["requests_over_link_limit"]), (5, 3))
+        node.clock.advance(1)
+        for data in self.pings(node, 5):
+            node.messenger.message_received(link, data)
+        self.assertEqual(len(link.sent), 10)
+
+    def test_signer_over_its_limit_gets_forbidden(self) -> None:
+        """Past its burst a signer's requests are answered with Error_Forbidden."""
+        node = self.node_with(
+            requests_per_link_per_second=0,
+            requests_per_signer_per_second=2,
+            request_burst_per_signer=3,
+        )
+        link = node.link_to(self.sender.identity)
+        for data in self.pings(node, 4):
+            node.messenger.message_received(link, data)
+        codes = [decode_message(d).code for d in link.sent]
+        self.assertEqual(codes, [MessageCode.PING_ANS] * 3 + [MessageCode.ERROR])
+        error = bodies.ErrorResponse.decode(decode_message(link.sent[-1]).body)
+        self.assertEqual(error.error_code, ErrorCode.FORBIDDEN)
+        self.assertEqual(node.counters["requests_over_signer_limit"], 1)
+
+    def test_defaults_leave_room_for_a_hand_over(self) -> None:
+        """The default limits take a burst of 1,500 requests from one neighbour without a refusal."""
+        node = self.node_with()
+        link = node.link_to(self.sender.identity)
+        for data in self.pings(node, 1500):
+            node.messenger.message_received(link, data)
+        self.assertEqual(len(link.sent), 1500)
+        self.assertNotIn("requests_over_signer_limit", node.counters)
