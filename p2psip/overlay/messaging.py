@@ -197,6 +197,10 @@ class Messenger:
         #: owner of its own Node-ID (it is joining, perhaps after a restart);
         #: False refuses the request (the Node-ID is in use by a live node).
         self.rejoin_policy: Callable[[int, Link], bool] = lambda peer, link: True
+        #: Told of a link that a request's signer has just identified: only
+        #: an answer to a challenge of ours proves who is at the other end
+        #: (see Connectivity.challenge_link).
+        self.link_claimed: Callable[[Link], None] = lambda link: None
 
     def handle(self, code: MessageCode, handler: RequestHandler) -> None:
         """Answer requests of ``code`` with ``handler`` (one handler per code)."""
@@ -279,6 +283,9 @@ class Messenger:
             )
         pending.first_hop = link.peer_id
         pending.first_link = link
+        # A challenge (a hello, or a Ping over a link only a request named)
+        # proves who is at the other end only if its answer comes back there.
+        pending.bound_to_link = first_link is not None and not self.links.is_confirmed(first_link)
         if (
             destination.type in (DestinationType.NODE, DestinationType.RESOURCE)
             and isinstance(destination.value, int)
@@ -376,6 +383,7 @@ class Messenger:
             return
         first = destinations[0]
         sender = link.peer_id
+        verified: tuple[Message, int] | None = None
         if (
             request
             and not header.via_list
@@ -387,21 +395,24 @@ class Messenger:
             # A peer asking, over its own link, for the owner of its own
             # Node-ID is joining (RFC 6940 s10.5's Attach); if we still hold
             # it in our tables it has restarted and lost its old place.
+            # Forgetting a peer is too much to do on an unchecked claim: the
+            # request must be the peer's own, and fresh.
+            verified = self._verify(link, data)
+            if verified is None:
+                return
             if not self.rejoin_policy(sender, link):
-                self._error_for_undeliverable(
-                    link, data, ErrorCode.FORBIDDEN, NODE_ID_IN_USE_REASON
-                )
+                self.reply_error(link, verified[0], ErrorCode.FORBIDDEN, NODE_ID_IN_USE_REASON)
                 return
         if first.type == DestinationType.NODE and first.value in (self.node_id, WILDCARD_NODE_ID):
             rest = destinations[1:]
             if not rest:
-                self._deliver(link, data)
+                self._deliver(link, data, verified)
                 return
             header = evolve(header, destination_list=rest)
             data = replace_header(data, header)
             first = rest[0]
         elif self._delivers_locally(first, link):
-            self._deliver(link, data)
+            self._deliver(link, data, verified)
             return
         if first.type == DestinationType.OPAQUE_ID:
             # RFC 6940 s6.3.2.2: an opaque id stands for a route that the node
@@ -507,7 +518,48 @@ class Messenger:
         if is_request(message.code):
             self.reply_error(link, message, code, reason)
 
-    def _deliver(self, link: Link, data: bytes) -> None:
+    def _deliver(
+        self, link: Link, data: bytes, verified: tuple[Message, int] | None = None
+    ) -> None:
+        """Verify a message for us (unless ``verified`` already holds it and its signer) and dispatch it."""
+        if verified is None:
+            verified = self._verify(link, data)
+            if verified is None:
+                return
+        message, signer = verified
+        if not is_request(message.code):
+            self._handle_answer(link, message, signer)
+            return
+        if link.peer_id is None and not message.header.via_list:
+            self.links.identify(link, signer, confirmed=False)
+            self.link_claimed(link)
+        if self.signer_requests is not None and not self.signer_requests.take(
+            id_hex(signer), self.clock.seconds()
+        ):
+            self.refuse(
+                "requests_over_signer_limit",
+                link,
+                "refused requests of {signer}: more than {rate:g}/s",
+                signer=id_short(signer),
+                rate=self.signer_requests.rate_per_second,
+            )
+            self.reply_error(
+                link,
+                message,
+                ErrorCode.FORBIDDEN,
+                f"more than {self.signer_requests.rate_per_second:g} requests/s from one node",
+            )
+            return
+        self._handle_request(link, message, signer)
+
+    def _verify(self, link: Link, data: bytes) -> tuple[Message, int] | None:
+        """
+        The decoded message and the Node-ID of its sender, if it may be believed.
+
+        None (the message is dropped, counted and logged) when it does not
+        decode, its signature does not hold, its signer is not the sender it
+        claims, or it is a request seen before (a replay).
+        """
         try:
             message = decode_message(data, self.config.limits)
         except DecodeError as error:
@@ -517,7 +569,7 @@ class Messenger:
                 address=link.remote_address,
                 why=error,
             )
-            return
+            return None
         try:
             for certificate in message.security.certificates:
                 self.certificates.add(certificate.certificate)
@@ -537,35 +589,13 @@ class Messenger:
                 "dropped a message with a bad signature from {address}: {why}",
                 why=str(error),
             )
-            return
+            return None
         signer = self._claimed_sender(link, message, identity.node_ids)
         if signer is None:
-            return
-        if is_request(message.code):
-            if not self._fresh(link, message, signer):
-                return
-            if link.peer_id is None and not message.header.via_list:
-                self.links.identify(link, signer)
-            if self.signer_requests is not None and not self.signer_requests.take(
-                id_hex(signer), self.clock.seconds()
-            ):
-                self.refuse(
-                    "requests_over_signer_limit",
-                    link,
-                    "refused requests of {signer}: more than {rate:g}/s",
-                    signer=id_short(signer),
-                    rate=self.signer_requests.rate_per_second,
-                )
-                self.reply_error(
-                    link,
-                    message,
-                    ErrorCode.FORBIDDEN,
-                    f"more than {self.signer_requests.rate_per_second:g} requests/s from one node",
-                )
-                return
-            self._handle_request(link, message, signer)
-        else:
-            self._handle_answer(link, message, signer)
+            return None
+        if is_request(message.code) and not self._fresh(link, message, signer):
+            return None
+        return message, signer
 
     def _claimed_sender(self, link: Link, message: Message, signers: tuple[int, ...]) -> int | None:
         """
@@ -663,7 +693,9 @@ class Messenger:
 
     def _handle_answer(self, link: Link, message: Message, signer: int) -> None:
         pending = self.transactions.find(message.header.transaction_id)
-        if pending is None or (link.peer_id is None and pending.first_link is not link):
+        if pending is None or (
+            (link.peer_id is None or pending.bound_to_link) and pending.first_link is not link
+        ):
             # A late answer, a copy of one already taken, or an answer over a
             # link we never sent that request on.
             self.counters.count("unmatched_answers")

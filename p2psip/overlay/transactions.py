@@ -43,6 +43,8 @@ class PendingRequest:
         self.first_hop: int | None = None
         #: The link the request last left on (answers to a hello must come back on it).
         self.first_link: Any = None
+        #: The answer must come back over ``first_link`` (sent there to learn who is there).
+        self.bound_to_link = False
         #: The destination whose owner must answer (None: anyone may, as for a hello).
         self.target: Any = None
         #: Signs the request anew under a given transaction id (for a resend).

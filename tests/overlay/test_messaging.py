@@ -169,8 +169,12 @@ class MessagingTests(SynchronousTestCase):
         request = self.request_from_peer(Destination.node(self.before.node_id))
         self.node.messenger.message_received(link, request)
         self.assertEqual(seen, [self.before.node_id])
-        # A refusal (the Node-ID is alive elsewhere) is answered with Error_Forbidden.
+        # A copy of the same request is a replay: dropped before the policy hears of it.
         self.node.messenger.message_received(link, request)
+        self.assertEqual(seen, [self.before.node_id])
+        # A refusal (the Node-ID is alive elsewhere) is answered with Error_Forbidden.
+        again = self.request_from_peer(Destination.node(self.before.node_id))
+        self.node.messenger.message_received(link, again)
         codes = [bodies.ErrorResponse.decode(decode_message(d).body).error_code for d in link.sent]
         self.assertEqual(codes[-1], ErrorCode.FORBIDDEN)
 
@@ -529,3 +533,46 @@ class RequestLimitTests(SynchronousTestCase):
             node.messenger.message_received(link, data)
         self.assertEqual(len(link.sent), 1500)
         self.assertNotIn("requests_over_signer_limit", node.counters)
+
+
+class LinkClaimTests(SynchronousTestCase):
+    """A request names a new link's peer only provisionally; the node is told to challenge it."""
+
+    def test_request_names_a_link_unconfirmed(self) -> None:
+        """A request over a new link files it unconfirmed and asks for a challenge; the challenge's answer must return there."""
+        before, me = sorted_identities(2)
+        node = MessengerUnderTest(me)
+        claimed: list[object] = []
+        node.messenger.link_claimed = claimed.append
+        node.messenger.handle(
+            MessageCode.PING_REQ,
+            lambda link, message, signer: Reply(
+                MessageCode.PING_ANS, bodies.PingAns(1, 2).encode()
+            ),
+        )
+        sender = MessengerUnderTest(before)
+        link = node.link_to(None)
+        node.messenger.message_received(
+            link,
+            sender.messenger.encode(
+                MessageCode.PING_REQ,
+                PING,
+                (Destination.node(node.node_id),),
+                sender.messenger.transactions.new_transaction_id(),
+            ),
+        )
+        self.assertEqual((claimed, link.peer_id), ([link], before.node_id))
+        self.assertFalse(node.links.is_confirmed(link))
+        # The challenge: its answer over any other link does not count.
+        node.messenger.request(
+            Destination.node(before.node_id), MessageCode.PING_REQ, PING, first_link=link
+        )
+        challenge = decode_message(link.sent[-1])
+        answer = sender.messenger.encode(
+            MessageCode.PING_ANS,
+            bodies.PingAns(3, 4).encode(),
+            (Destination.node(me.node_id),),
+            challenge.header.transaction_id,
+        )
+        node.messenger.message_received(node.link_to(before), answer)
+        self.assertEqual(node.counters["unmatched_answers"], 1)
