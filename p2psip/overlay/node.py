@@ -40,6 +40,7 @@ from zope.interface import implementer
 from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.overlay import bodies
 from p2psip.overlay.app_attach import Applications
+from p2psip.overlay.certificates import TrustPolicy
 from p2psip.overlay.chord import ChordMaintenance
 from p2psip.overlay.connectivity import Connectivity
 from p2psip.overlay.counters import Counters
@@ -77,6 +78,7 @@ class OverlayNode:
         config: OverlayConfig | None = None,
         kinds: dict[int, Kind] | None = None,
         rng: random.Random | None = None,
+        trust: TrustPolicy | None = None,
     ) -> None:
         self.identity = identity
         self.node_id = identity.node_id
@@ -90,7 +92,8 @@ class OverlayNode:
         self.membership = Membership()
         self.topology = ChordTopology(self.node_id, config.successors, config.predecessors)
         self.links = LinkTable()
-        self.certificates = CertificateCache()
+        #: ``trust`` decides whose certificates count (self-signed unless given).
+        self.certificates = CertificateCache(trust=trust)
         self.certificates.add_identity(identity)
         self.messenger = Messenger(
             identity=identity,

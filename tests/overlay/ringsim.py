@@ -20,9 +20,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from p2psip.enrolment.authority import OverlayAuthority
+from p2psip.overlay.certificates import TrustPolicy
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.node import NodeState, OperationResult, OverlayConfig, OverlayNode
-from p2psip.testing import HeapClock, MemoryNetwork
+from p2psip.testing import TEST_CERTIFICATE_EPOCH, HeapClock, MemoryNetwork, enrolled_identity
 from p2psip.util.ids import between
 
 PORT = 6084
@@ -36,14 +38,41 @@ SIMULATION_CONFIG = OverlayConfig(
 
 
 class RingSimulation:
-    def __init__(self, config: OverlayConfig = SIMULATION_CONFIG, seed: int = 1) -> None:
+    """
+    A ring on one clock.  With ``authority`` every node is enrolled: its
+    certificate comes from that CA (with a Node-ID drawn from the seeded
+    generator) and it trusts only that CA's certificates, as an enrolled
+    ring does; the certificates' validity is judged at
+    ``TEST_CERTIFICATE_EPOCH`` plus the simulated time.
+    """
+
+    def __init__(
+        self,
+        config: OverlayConfig = SIMULATION_CONFIG,
+        seed: int = 1,
+        authority: OverlayAuthority | None = None,
+    ) -> None:
         self.clock = HeapClock()
         self.network = MemoryNetwork(self.clock, latency_seconds=0.0)
         self.config = config
         self.random = random.Random(seed)
+        self.authority = authority
         self.nodes: list[OverlayNode] = []
         self.crashed: list[OverlayNode] = []
         self._next_address = 1
+
+    def trust(self) -> TrustPolicy | None:
+        """The trust policy of the ring's nodes (None: self-signed)."""
+        if self.authority is None:
+            return None
+        return self.authority.trust(lambda: TEST_CERTIFICATE_EPOCH + self.clock.seconds())
+
+    def new_identity(self, node_id: int | None = None) -> NodeIdentity:
+        """A key for a new node: enrolled when the ring has a CA, else from the seeded generator."""
+        if self.authority is not None:
+            chosen = node_id if node_id is not None else self.random.getrandbits(128)
+            return enrolled_identity(self.authority, node_id=chosen)
+        return NodeIdentity.from_secret(self.random.getrandbits(256))
 
     def _new_node(
         self, identity: NodeIdentity | None = None, host: str | None = None
@@ -53,13 +82,14 @@ class RingSimulation:
             self._next_address += 1
             host = f"10.{index // 65536}.{index // 256 % 256}.{index % 256}"
         node = OverlayNode(
-            identity=identity or NodeIdentity.from_secret(self.random.getrandbits(256)),
+            identity=identity or self.new_identity(),
             clock=self.clock,
             connector=self.network.connector(host, PORT),
             advertised_host=host,
             advertised_port=PORT,
             config=self.config,
             rng=random.Random(self.random.getrandbits(64)),
+            trust=self.trust(),
         )
         self.network.listen(host, PORT, node)
         return node
