@@ -15,15 +15,15 @@ neighbours (stabilisation), repairs fingers with an Attach to each
 finger target, links to peers it hears of that would be better
 neighbours (only once they take an Update of ours: a peer still joining
 answers Error_In_Progress), and repairs the table when a neighbour fails
-or leaves.
+or leaves.  Every change of the table is reported to the neighbour
+observers (storage re-replicates, the role saves its known peers).
 
 What others tell us cannot make us flood the ring: the peers an Update
 or a Leave names are contacted only when it comes from a neighbour (or
 the peer itself, over its own link), only the few that would improve our
 table (at most successors + predecessors of them, however long the list),
 and at most that many per informant every half update interval; peers
-that could not be reached are not tried again for a ping interval.  Every change of the table is reported to the neighbour
-observers (storage re-replicates, the role saves its known peers).
+that could not be reached are not tried again for a ping interval.
 """
 
 from __future__ import annotations
@@ -368,12 +368,17 @@ class ChordMaintenance:
         ]
         for peer in self.topology.best_of(wanted):
             if informant_id is not None and not self.contact_budget.take(id_hex(informant_id), now):
-                self.counters.count("hearsay_not_followed")
-                self.log.debug(
-                    "not contacting {peer} yet: {informant} told us of too many peers lately",
-                    peer=id_short(peer),
-                    informant=id_short(informant_id),
-                )
+                if informant is None:
+                    self.counters.count("hearsay_not_followed")
+                else:
+                    self.messenger.refuse(
+                        "hearsay_not_followed",
+                        informant,
+                        "not contacting {peer} and others yet: {informant} named more new "
+                        "peers lately than our table holds",
+                        peer=id_short(peer),
+                        informant=id_short(informant_id),
+                    )
                 return
             self.connectivity.ensure_link(peer, informant).addCallback(
                 self._confirm_member, peer

@@ -148,13 +148,17 @@ class StorageService:
         Why ``sender`` may not send us a replica (or hand-over) of ``resource``; None if it may.
 
         A predecessor may, for a resource it is responsible for as far as we
-        can tell (no node we know lies between the resource and it).  The
-        peer handing its range over to us may, for a resource of the range
-        we take (no node we know, nor the sender, lies between the resource
-        and us).
+        can tell: no node we know and heard from lately lies between the
+        resource and it.  (A predecessor that takes over the range of one
+        that crashed replicates it at once; the crashed one's link has been
+        silent for as long, and does not count, so the copy is not refused
+        just because we notice the crash a moment later.)  The peer handing
+        its range over to us may, for a resource of the range we take (no
+        node we know, nor the sender, lies between the resource and us).
         """
         topology = self.topology
-        if sender in topology.predecessors and topology.may_be_responsible(resource, sender):
+        closer = self._live_node_between(resource, sender)
+        if sender in topology.predecessors and closer is None:
             return None
         if (
             sender == self.hand_over_source()
@@ -163,7 +167,6 @@ class StorageService:
         ):
             return None
         if sender in topology.predecessors:
-            closer = topology.closer_known_node(resource, sender)
             return (
                 f"resource {id_short(resource)} is not in the range of {id_short(sender)} "
                 f"({id_short(closer or 0)} comes first)"
@@ -172,6 +175,21 @@ class StorageService:
             "replicas are taken only from a predecessor holding the resource, or from the "
             "peer handing its range over to us"
         )
+
+    def _live_node_between(self, resource: int, sender: int) -> int | None:
+        """A node we know (ourselves, or a peer heard from within two ping intervals) strictly between."""
+        topology = self.topology
+        heard_since = self.clock.seconds() - 2 * self.config.ping_interval_seconds
+        known = (*topology.successors, *topology.predecessors, *topology.fingers.values())
+        if between(self.node_id, resource, sender):
+            return self.node_id
+        for peer in known:
+            if peer == sender or not between(peer, resource, sender):
+                continue
+            link = self.messenger.links.link_for(peer)
+            if link is not None and link.last_received_at >= heard_since:
+                return peer
+        return None
 
     def _on_fetch(self, link: Link, message: Message, signer: int) -> Reply:
         request = bodies.FetchReq.decode(message.body, self.config.limits, self.data_models)
