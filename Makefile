@@ -16,7 +16,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[dev,interop]' --config-settings editable_mode=compat
 	$(PY) -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@
 
@@ -56,7 +56,7 @@ typecheck: $(STAMP)
 check: lint typecheck test
 
 $(FUZZ_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,fuzz]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e '.[dev,interop,fuzz]' --config-settings editable_mode=compat
 	touch $@
 
 # atheris harnesses for every codec (fuzz/README.md): FUZZ_SECONDS each; fails on a crash.

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from p2psip.nat import control_protocol
-from p2psip.testing import shared_dir
+from p2psip.testing import mediator_client_secret, shared_dir
 
 SECRET = "bench-secret"
 CONTROL = "tcp:198.51.100.10:3479"
@@ -122,7 +122,7 @@ def run_pair(
                 "--id",
                 "B",
                 "--secret",
-                SECRET,
+                mediator_client_secret(SECRET, "B"),
                 "--wait",
                 "20",
             ),
@@ -144,7 +144,7 @@ def run_pair(
                         "--to",
                         "B",
                         "--secret",
-                        SECRET,
+                        mediator_client_secret(SECRET, "A"),
                         "--json",
                         "--wait",
                         "20",

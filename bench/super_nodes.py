@@ -3,7 +3,10 @@ SIP super-nodes as real ``twistd`` processes, for the SIP benchmark scripts.
 
 The overlay is named ``127.0.0.1`` because the shared SIPp scenarios use the
 server's address as the SIP domain.  Every process is started on ports the
-OS handed out and is stopped by its own pid.
+OS handed out and is stopped by its own pid.  The per-source request limit
+is switched off (``--sip-rate-limit 0``): one SIPp on one address drives
+thousands of requests a second, which a public super-node would answer
+with 503s.
 """
 
 from __future__ import annotations
@@ -79,6 +82,9 @@ def start_super_node(
         str(directory / "data"),
         "--sip",
         f"udp:{sip_port}:interface=127.0.0.1",
+        # One SIPp is one source address: the request limit would measure itself.
+        "--sip-rate-limit",
+        "0",
         *(extra or []),
     ]
     if auth:

@@ -34,7 +34,7 @@ from twisted.internet.task import Clock
 
 with instrumented():
     from p2psip.nat import broker as broker_module
-    from p2psip.nat.control_auth import Secrets, compute_mac
+    from p2psip.nat.control_auth import Secrets, compute_mac, derive_client_secret
     from p2psip.nat.control_protocol import (
         PROTOCOL_VERSION,
         FrameDecoder,
@@ -79,7 +79,7 @@ def login(broker: Any, name: str, address: str) -> FakeLink:
     link = FakeLink(name)
     broker.link_opened(link, (address, 5000))
     nonce = link.sent[-1]["nonce"]
-    mac = compute_mac(SECRET, nonce, name)
+    mac = compute_mac(derive_client_secret(SECRET, name), nonce, name)
     broker.message_received(link, {"type": "hello", "version": 1, "id": name, "mac": mac})
     if broker.client_id_of(link) != name:
         raise HarnessFailure(f"{name} could not log in")

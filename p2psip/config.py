@@ -67,6 +67,17 @@ def positive_float(text: str) -> float:
 positive_float.coerceDoc = "a number greater than zero"  # type: ignore[attr-defined]
 
 
+def non_negative_float(text: str) -> float:
+    """Coercer for rates and limits where 0 means off."""
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text} is not a finite number of zero or more")
+    return value
+
+
+non_negative_float.coerceDoc = "a number, 0 or more"  # type: ignore[attr-defined]
+
+
 # serverFromString/clientFromString only store the reactor while parsing, so
 # checking a description needs none; this stands in for it.
 _NO_REACTOR = object()

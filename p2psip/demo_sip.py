@@ -28,7 +28,7 @@ from p2psip.sip.transport import SipTransport
 from p2psip.sip.uri import URI, SipURI
 from p2psip.sip.user_agent import SimpleUserAgent
 from p2psip.sip.users import UsersFile
-from p2psip.usages.sip import SIP_REGISTRATION_KIND
+from p2psip.usages.sip import SIP_REGISTRATION_KIND, registration_resource_name
 from p2psip.util.ids import id_short
 from p2psip.util.reactor import as_udp_reactor
 
@@ -114,8 +114,10 @@ async def _run_sip_demo(
                     f"(SIP {service.status()['address']})"
                 )
 
-            found = await bob_node.lookup(aor["alice"])
-            stored = await bob_node.get_dictionary(aor["alice"], SIP_REGISTRATION_KIND)
+            # Registrations live under the user's name (RFC 7904 USER-NODE-MATCH).
+            alice_resource = registration_resource_name(aor["alice"])
+            found = await bob_node.lookup(alice_resource)
+            stored = await bob_node.get_dictionary(alice_resource, SIP_REGISTRATION_KIND)
             say(
                 f"\nAlice's registration ({aor['alice']}, {len(stored)} entry) is stored at "
                 f"{id_short(found.responsible)}, with copies on its next successors;"

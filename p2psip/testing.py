@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from twisted.internet.address import IPv4Address
@@ -52,8 +54,18 @@ def skip_or_fail(reason: str) -> None:
 
 
 def require_tool(name: str) -> str:
-    """The full path of an external program, or skip/fail the test."""
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+    """
+    The full path of an external program, or skip/fail the test.
+
+    Besides ``PATH`` (and the sbin folders), the folder of the running
+    Python is searched: tools installed from PyPI into the virtualenv (the
+    ``interop`` extra) are there even when the virtualenv is not activated.
+    """
+    path = (
+        shutil.which(name)
+        or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin")
+        or shutil.which(name, path=str(Path(sys.executable).parent))
+    )
     if path is None:
         skip_or_fail(f"{name} is not installed")
         raise AssertionError("unreachable")
@@ -88,6 +100,29 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         skip_or_fail(f"shared test data {'/'.join(parts)} not found beside the checkout")
     return path
+
+
+def mediator_client_secret(shared: str, client_id: str) -> str:
+    """The secret ``client_id`` logs in to a mediator whose shared secret is ``shared`` with."""
+    from p2psip.nat.control_auth import derive_client_secret
+
+    return derive_client_secret(shared.encode("utf-8"), client_id).decode("ascii")
+
+
+def ring_node_mediator_secret(shared: str, data_dir: Path) -> str:
+    """
+    The mediator secret of the ring node whose data directory is ``data_dir``.
+
+    A node logs in under its Node-ID, which its key decides; the key is made
+    here (mode 0700 directory, as the role makes it) so that the node's
+    secret can be given on its command line before it first starts.
+    """
+    from p2psip.overlay.identity import NodeIdentity
+    from p2psip.util.ids import id_hex
+
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    node_id = NodeIdentity.load_or_create(data_dir).node_id
+    return mediator_client_secret(shared, id_hex(node_id))
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -388,3 +423,19 @@ def enrolled_identity(
         now=now,
     )
     return NodeIdentity(key, certificate)
+
+
+def user_certificate(
+    authority: OverlayAuthority,
+    identity: NodeIdentity,
+    user_name: str,
+    *,
+    now: float = TEST_CERTIFICATE_EPOCH,
+) -> bytes:
+    """
+    A user certificate from ``authority`` for ``identity``'s own key and
+    Node-ID, as ``p2psip enrol --user`` gets one for a super-node.
+    """
+    public_key = x509.load_der_x509_certificate(identity.certificate_der).public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    return authority.issue(public_key, node_id=identity.node_id, user_name=user_name, now=now)

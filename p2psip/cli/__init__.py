@@ -20,13 +20,18 @@ from typing import TypeAlias
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("p2psip.cli.admin", "p2psip.cli.users", "p2psip.cli.nat")
+COMMAND_MODULES: tuple[str, ...] = (
+    "p2psip.cli.admin",
+    "p2psip.cli.users",
+    "p2psip.cli.nat",
+    "p2psip.cli.mediator",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2psip",
-        description="Operate p2psip roles: overlay admin, users, NAT diagnostics.",
+        description="Operate p2psip roles: overlay admin, users, NAT diagnostics, mediator secrets.",
     )
     parser.add_argument(
         "--api",

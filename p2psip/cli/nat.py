@@ -64,7 +64,9 @@ def register(subparsers: Subcommands) -> None:
         if identity:
             parser.add_argument("--id", required=True, help="the ID to register under")
             parser.add_argument(
-                "--secret", help="shared secret for the mediator (or --secret-file)"
+                "--secret",
+                help="this ID's own secret at the mediator (`p2psip mediator secret ID` on the "
+                "mediator host prints it), or --secret-file",
             )
             parser.add_argument("--secret-file", help="file whose first line is the secret")
 
@@ -125,7 +127,8 @@ def _secret(args: argparse.Namespace) -> bytes:
         with open(args.secret_file, encoding="utf-8") as f:
             return f.readline().strip().encode("utf-8")
     raise SystemExit(
-        "p2psip nat: give --secret or --secret-file (the mediator's [mediator] secret)"
+        "p2psip nat: give --secret or --secret-file (this ID's own secret: "
+        "`p2psip mediator secret ID` on the mediator host prints it)"
     )
 
 

@@ -73,6 +73,9 @@ class BrokerPolicy:
     max_clients: int = 1000
     max_sessions_per_client: int = 8
     max_relays_per_client: int = 4
+    #: Relayed sessions at once, from everyone: with the per-client limit,
+    #: no client can take every relay slot.
+    max_relays: int = 256
     probe_timeout_seconds: float = 5.0
     attempt_start_seconds: float = 0.1
     attempt_deadline_seconds: float = 4.0
@@ -230,12 +233,18 @@ class Broker:
                 "authentication failed for {client_id!r}", client_id=client_id[:MAX_ID_CHARS]
             )
             self._refuse_link(
-                link, "auth-failed", "wrong ID or secret: check the client's --secret"
+                link,
+                "auth-failed",
+                "wrong ID or secret: check the client's --secret, which is that ID's own "
+                "(p2psip mediator secret ID prints it on the mediator host)",
             )
             return
         if client_id not in self.clients and len(self.clients) >= self.policy.max_clients:
             self._refuse_link(link, "busy", "mediator is full: raise max-clients in mediator.ini")
             return
+        # Only a holder of this ID's own secret gets here (secrets are per
+        # ID), so a new login may take the ID over: it is the same client
+        # reconnecting, its old connection half-dead behind a NAT.
         previous = self.clients.get(client_id)
         if previous is not None:
             self.log.info(
@@ -390,6 +399,11 @@ class Broker:
         if method == RELAYED:
             if not self.policy.relay_enabled:
                 return f"relay refused: relay disabled in {self.policy.relay_config_hint}"
+            if self.relays_active >= self.policy.max_relays:
+                return (
+                    f"relay refused: the mediator relays {self.policy.max_relays} sessions "
+                    "already (mediator.ini max-relays)"
+                )
             for name in names:
                 if self.relay_counts.get(name, 0) >= self.policy.max_relays_per_client:
                     return f"relay refused: {name} already has the maximum of relayed sessions (mediator.ini relay-sessions-per-client)"

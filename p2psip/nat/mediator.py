@@ -22,6 +22,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat.broker import Broker
+from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.token_bucket import TokenBuckets
 from p2psip.nat.control_protocol import (
     PROTOCOL_VERSION,
     FrameDecoder,
@@ -31,6 +33,11 @@ from p2psip.nat.control_protocol import (
 
 AUTH_TIMEOUT_SECONDS = 10.0
 MAX_RELAY_PREFIX_BYTES = 65536
+#: Control messages one source address may send per second, and at once.
+#: A registered client pings every 25 s and a brokered connection takes a
+#: handful of messages, so this is far above any real client's use.
+CONTROL_MESSAGES_PER_SECOND = 20.0
+CONTROL_MESSAGE_BURST = 100
 
 
 @attrs.frozen
@@ -54,6 +61,7 @@ class ControlServerProtocol(Protocol):
         self.relay: _RelaySplice | None = None
         self.relay_waiting = False
         self.closing = False
+        self.host = ""
 
     # p2psip.nat.broker.Link
     def send(self, message: dict[str, Any]) -> None:
@@ -68,7 +76,7 @@ class ControlServerProtocol(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         peer = self.transport.getPeer()
-        host = getattr(peer, "host", "")
+        host = self.host = getattr(peer, "host", "")
         if not self.factory.admit(host):
             self.factory.broker.metrics.rejected_connection()
             self.log.debug("refused control connection from {host}: rate limit", host=host)
@@ -112,6 +120,17 @@ class ControlServerProtocol(Protocol):
             return
         for message in messages:
             if self.closing:
+                return
+            if not self.factory.message_admitted(self.host):
+                self.send(
+                    {
+                        "type": "error",
+                        "code": "busy",
+                        "reason": "too many control messages from your address "
+                        "(mediator.ini control-messages-per-second)",
+                    }
+                )
+                self.close()
                 return
             if message["type"] == "relay-join" and self.factory.broker.client_id_of(self) is None:
                 self._authenticated()
@@ -276,11 +295,18 @@ class ControlServerFactory(Factory):
         clock: IReactorTime,
         relay_limits: RelayLimits | None = None,
         connections_per_minute_per_address: int = 60,
+        messages_per_second: float = CONTROL_MESSAGES_PER_SECOND,
+        message_burst: int = CONTROL_MESSAGE_BURST,
     ) -> None:
         self.broker = broker
         self.clock = clock
         self.relay_limits = relay_limits or RelayLimits()
         self.rate_limit = ConnectionRateLimit(clock, connections_per_minute_per_address)
+        self.messages_per_second = messages_per_second
+        self._messages = TokenBuckets(messages_per_second, message_burst)
+        self._messages_log = LogThrottle(clock)
+        #: Control connections closed for sending too many messages.
+        self.message_floods = 0
         self._waiting: dict[str, ControlServerProtocol] = {}
         self.splices: set[_RelaySplice] = set()
 
@@ -289,6 +315,27 @@ class ControlServerFactory(Factory):
 
     def admit(self, host: str) -> bool:
         return self.rate_limit.admit(host)
+
+    def message_admitted(self, host: str) -> bool:
+        """
+        Whether a control message from ``host`` may be handled: a token
+        bucket per source address, so that one address cannot keep the
+        broker busy.  Over it the connection is closed, with a warning at
+        most once a minute per address.
+        """
+        if self._messages.take(host, self.clock.seconds()):
+            return True
+        self.message_floods += 1
+        held_back = self._messages_log.admit(host)
+        if held_back is not None:
+            self.log.warn(
+                "closed {count} control connection(s) from {host}: more than {rate:g} "
+                "messages a second (control-messages-per-second)",
+                count=held_back + 1,
+                host=host,
+                rate=self.messages_per_second,
+            )
+        return False
 
     def relay_join(self, end: ControlServerProtocol, message: dict[str, Any]) -> None:
         session_id = message["session"]

@@ -217,14 +217,24 @@ class Messenger:
         destinations: tuple[Destination, ...],
         transaction_id: int,
         extra_certificates: Iterable[bytes] = (),
+        signer: NodeIdentity | None = None,
     ) -> bytes:
-        """A whole signed RELOAD message from us."""
+        """
+        A whole signed RELOAD message from us.
+
+        ``signer`` signs instead of the node's identity: one of this node's
+        user credentials (same key and Node-ID, a certificate naming a
+        user), for a Store that the Kind's policy lets only that user's
+        credential sign (RFC 6940 s7.4.1.1).
+        """
+        identity = signer if signer is not None else self.identity
         contents = encode_contents(code, body, ())
-        signer = self.identity.signer_identity()
-        signature = self.identity.sign(
-            message_signature_input(self.overlay, transaction_id, contents, signer)
+        signature = identity.sign(
+            message_signature_input(
+                self.overlay, transaction_id, contents, identity.signer_identity()
+            )
         )
-        certificates = [GenericCertificate(0, self.identity.certificate_der)]
+        certificates = [GenericCertificate(0, identity.certificate_der)]
         certificates += [GenericCertificate(0, der) for der in extra_certificates]
         header = ForwardingHeader(
             overlay=self.overlay,
@@ -262,11 +272,16 @@ class Messenger:
         body: bytes,
         first_link: Link | None = None,
         extra_certificates: Iterable[bytes] = (),
+        signer: NodeIdentity | None = None,
     ) -> Deferred[Answer]:
-        """Send a request; a Deferred of its decoded :class:`Answer`, or of an OverlayError."""
+        """
+        Send a request; a Deferred of its decoded :class:`Answer`, or of an OverlayError.
+
+        ``signer`` is as for :meth:`encode`.
+        """
         extra_certificates = tuple(extra_certificates)
         transaction_id = self.transactions.new_transaction_id()
-        data = self.encode(code, body, (destination,), transaction_id, extra_certificates)
+        data = self.encode(code, body, (destination,), transaction_id, extra_certificates, signer)
         target = id_short(destination.value) if isinstance(destination.value, int) else "?"
         describe = f"{MessageCode(code).name} to {target}"
         pending = self.transactions.add(transaction_id, code, data, describe)
@@ -295,7 +310,7 @@ class Messenger:
             # Over a link not identified yet (a hello) the caller checks who answered.
             pending.target = destination
         pending.resign = lambda new_id: self.encode(
-            code, body, (destination,), new_id, extra_certificates
+            code, body, (destination,), new_id, extra_certificates, signer
         )
         self.counters.count("requests_sent")
         link.send(data)

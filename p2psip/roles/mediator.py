@@ -68,6 +68,9 @@ class MediatorConfig:
     connections_per_minute_per_address: int
     #: Names accepted in Host headers besides the listener's address and localhost.
     http_allowed_hosts: tuple[str, ...] = ()
+    #: Control messages one source address may send per second, and at once.
+    control_messages_per_second: float = mediator.CONTROL_MESSAGES_PER_SECOND
+    control_messages_burst: int = mediator.CONTROL_MESSAGE_BURST
 
     @property
     def stun_udp_port(self) -> int:
@@ -134,13 +137,14 @@ class Options(RoleOptions):
             "secret",
             None,
             None,
-            "Shared secret every client proves knowing (HMAC challenge-response).",
+            "Shared secret each client's own secret is derived from (`p2psip mediator secret "
+            "ID` prints it); clients never get this one.",
         ],
         [
             "secrets-file",
             None,
             None,
-            "File of 'ID SECRET' lines: per-client secrets (win over --secret).",
+            "File of 'ID SECRET' lines: per-client secrets (win over the derived ones).",
         ],
         ["relay", None, True, "Relay TCP streams when no direct path works.", yes_no],
         [
@@ -150,6 +154,7 @@ class Options(RoleOptions):
             "Relayed sessions one client may hold at once.",
             int,
         ],
+        ["max-relays", None, 256, "Relayed sessions at once, from all clients.", int],
         [
             "relay-bytes-per-session",
             None,
@@ -178,6 +183,21 @@ class Options(RoleOptions):
             None,
             60,
             "New control connections per source address.",
+            int,
+        ],
+        [
+            "control-messages-per-second",
+            None,
+            mediator.CONTROL_MESSAGES_PER_SECOND,
+            "Control messages one source address may send per second; past it (and the "
+            "burst) its connection is closed.",
+            float,
+        ],
+        [
+            "control-messages-burst",
+            None,
+            mediator.CONTROL_MESSAGE_BURST,
+            "Control messages a quiet source address may send at once.",
             int,
         ],
         ["low-ttl", None, True, "Try STUNT's low-TTL SYN after simultaneous open.", yes_no],
@@ -211,6 +231,8 @@ class Options(RoleOptions):
             ),
             connections_per_minute_per_address=self["connections-per-minute-per-address"],
             http_allowed_hosts=tuple(self["http-allowed-hosts"]),
+            control_messages_per_second=self["control-messages-per-second"],
+            control_messages_burst=self["control-messages-burst"],
         )
 
     def _stun_listeners(self) -> tuple[tuple[UDPListenAddress, ...], tuple[str, ...]]:
@@ -252,9 +274,16 @@ class Options(RoleOptions):
             "max-sessions-per-client",
             "connections-per-minute-per-address",
             "low-ttl-hops",
+            "max-relays",
+            "control-messages-burst",
         ):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} (or '{name}' in [mediator]) must be at least 1")
+        if not self["control-messages-per-second"] > 0:
+            raise usage.UsageError(
+                "--control-messages-per-second (or 'control-messages-per-second' in [mediator]) "
+                "must be above 0"
+            )
         secrets_file = self["secrets-file"]
         if not secrets_file and self["data-dir"]:
             candidate = os.path.join(self["data-dir"], "secrets")
@@ -286,6 +315,7 @@ class Options(RoleOptions):
             max_clients=self["max-clients"],
             max_sessions_per_client=self["max-sessions-per-client"],
             max_relays_per_client=self["relay-sessions-per-client"],
+            max_relays=self["max-relays"],
             attempt_deadline_seconds=self["attempt-deadline-seconds"],
             low_ttl=self["low-ttl-hops"],
             relay_config_hint=RELAY_SETTING,
@@ -333,7 +363,12 @@ def make_mediator(config: MediatorConfig, reactor: IRoleReactor) -> MediatorRole
     )
     registry.register(mediator.StunCollector(responder.metrics))
     control = mediator.ControlServerFactory(
-        broker, reactor, config.relay_limits, config.connections_per_minute_per_address
+        broker,
+        reactor,
+        config.relay_limits,
+        config.connections_per_minute_per_address,
+        messages_per_second=config.control_messages_per_second,
+        message_burst=config.control_messages_burst,
     )
     role = MediatorRole(broker, responder, control)
     alternate_ip, alternate_port = config.alternate or (None, None)

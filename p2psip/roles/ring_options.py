@@ -20,11 +20,24 @@ from typing import ClassVar
 from attrs import frozen
 from twisted.python import usage
 
-from p2psip.config import RoleOptions, client_endpoint, positive_float, server_endpoint
+from p2psip.config import (
+    RoleOptions,
+    client_endpoint,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    server_endpoint,
+)
 from p2psip.overlay.codec import Limits
 from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.sip.digest import ALGORITHMS
+from p2psip.sip.request_limit import DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND
+from p2psip.sip.transport import (
+    MAX_TCP_CONNECTIONS,
+    TCP_CONNECTIONS_PER_SOURCE,
+    TCP_IDLE_TIMEOUT_SECONDS,
+)
 from p2psip.util.endpoints import endpoint_interface, is_udp, parse_udp_listen_address
 from p2psip.web.site import allowed_host
 
@@ -48,6 +61,14 @@ class SipConfig:
     digest_algorithms: tuple[str, ...]
     advertise: str | None
     trusted_network: bool
+    #: New requests per second per source address; 0: no limit.
+    rate_limit_per_second: float = DEFAULT_REQUESTS_PER_SECOND
+    rate_limit_burst: int = DEFAULT_BURST
+    #: SIP over TCP and TLS: silence that closes a connection, and how many
+    #: connections one address, and everyone, may hold.
+    idle_timeout_seconds: float = TCP_IDLE_TIMEOUT_SECONDS
+    connections_per_source: int = TCP_CONNECTIONS_PER_SOURCE
+    max_connections: int = MAX_TCP_CONNECTIONS
 
     @property
     def peer_transport(self) -> str:
@@ -81,6 +102,8 @@ class RingRoleConfig:
     sip: SipConfig | None
     #: Names accepted in Host headers besides the listener's address and localhost.
     http_allowed_hosts: tuple[str, ...] = ()
+    #: Inbound overlay connections one address may hold open at once.
+    overlay_connections_per_source: int = 32
 
     @property
     def advertised_host(self) -> str:
@@ -214,13 +237,19 @@ class RingRoleOptions(RoleOptions):
             "peers that a direct connect does not reach are reached through it.",
             client_endpoint,
         ],
-        ["mediator-secret", None, None, "The mediator's shared secret (its [mediator] secret)."],
+        [
+            "mediator-secret",
+            None,
+            None,
+            "This node's own secret at the mediator (`p2psip mediator secret NODE-ID` on the "
+            "mediator host prints it).",
+        ],
         [
             "mediator-secret-file",
             None,
             None,
-            "File whose first line is the secret for the mediator (this node's line of its "
-            "secrets file, or its shared secret); wins over --mediator-secret.",
+            "File whose first line is this node's own secret at the mediator; wins over "
+            "--mediator-secret.",
         ],
         [
             "direct-connect-timeout",
@@ -252,6 +281,50 @@ class RingRoleOptions(RoleOptions):
             None,
             "Host other super-nodes and phones reach the SIP listener at "
             "(default: the first --sip interface, else the overlay address).",
+        ],
+        [
+            "sip-rate-limit",
+            None,
+            DEFAULT_REQUESTS_PER_SECOND,
+            "New SIP requests per second one source address may send; above it they get 503 "
+            "with Retry-After.  0: no limit (a benchmark driving the node from one address).",
+            non_negative_float,
+        ],
+        [
+            "sip-rate-burst",
+            None,
+            DEFAULT_BURST,
+            "New SIP requests a quiet source address may send at once, above --sip-rate-limit.",
+            positive_int,
+        ],
+        [
+            "sip-idle-timeout",
+            None,
+            TCP_IDLE_TIMEOUT_SECONDS,
+            "Seconds without a byte (CRLF keepalives count) after which a SIP TCP or TLS "
+            "connection is closed.",
+            positive_float,
+        ],
+        [
+            "sip-connections-per-source",
+            None,
+            TCP_CONNECTIONS_PER_SOURCE,
+            "SIP TCP and TLS connections one address may hold open at once; more are refused.",
+            positive_int,
+        ],
+        [
+            "sip-max-connections",
+            None,
+            MAX_TCP_CONNECTIONS,
+            "SIP TCP and TLS connections open at once, from everyone.",
+            positive_int,
+        ],
+        [
+            "overlay-connections-per-source",
+            None,
+            32,
+            "Overlay (RELOAD) connections one address may open to this node at once.",
+            positive_int,
         ],
     ]
     optFlags = [
@@ -321,6 +394,11 @@ class RingRoleOptions(RoleOptions):
                 digest_algorithms=tuple(self["sip-digest-algorithms"].split(",")),
                 advertise=self["sip-advertise"],
                 trusted_network=bool(self["sip-trusted-network"]),
+                rate_limit_per_second=self["sip-rate-limit"],
+                rate_limit_burst=self["sip-rate-burst"],
+                idle_timeout_seconds=self["sip-idle-timeout"],
+                connections_per_source=self["sip-connections-per-source"],
+                max_connections=self["sip-max-connections"],
             )
         return RingRoleConfig(
             role=self.role,
@@ -335,6 +413,7 @@ class RingRoleOptions(RoleOptions):
             mediator=mediator,
             sip=sip,
             http_allowed_hosts=tuple(self["http-allowed-hosts"]),
+            overlay_connections_per_source=self["overlay-connections-per-source"],
         )
 
     def _mediator_secret(self) -> bytes:

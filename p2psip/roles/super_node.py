@@ -35,6 +35,7 @@ from p2psip.util.reactor import (
     as_hole_punch_reactor,
     as_role_reactor,
 )
+from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.nat.traversal import TraversalClient
 from p2psip.nat.traversal_service import TraversalService
 from p2psip.overlay import peer_cache
@@ -49,10 +50,15 @@ from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
 from p2psip.sip.users import UsersFile
 from p2psip.util.admin_token import AdminTokenError, load_or_create_token
+from p2psip.util.connection_limit import ConnectionLimitFactory
 from p2psip.util.ids import id_hex
 from p2psip.util.metrics import role_registry
 from p2psip.web.overlay_status import overlay_status
 from p2psip.web.site import build_site, http_service
+
+
+#: Inbound overlay connections at once, from everyone.
+MAX_OVERLAY_CONNECTIONS = 1024
 
 
 @frozen
@@ -204,7 +210,14 @@ def make_ring_role(
     role.overlay = OverlayService(
         node,
         endpoint=serverFromString(reactor, config.listen),
-        factory=factory,
+        factory=ConnectionLimitFactory(
+            factory,
+            reactor,
+            config.overlay_connections_per_source,
+            MAX_OVERLAY_CONNECTIONS,
+            what="overlay",
+            hint="--overlay-connections-per-source",
+        ),
         advertised_host=config.advertised_host,
         bootstrap=config.bootstrap,
         known_peers=state.known_peers,
@@ -219,7 +232,13 @@ def make_ring_role(
         stack = build_sip_stack(
             config.sip, node, reactor, state.users, state.nonce_secret, config.advertised_host
         )
-        role.sip = SipService(stack, reactor, joined=role.overlay.joined, freeze_gc=freeze_gc)
+        role.sip = SipService(
+            stack,
+            reactor,
+            joined=role.overlay.joined,
+            freeze_gc=freeze_gc,
+            user_certificates=UserCertificates(config.data_dir),
+        )
         role.sip.add_metrics(registry)
         role.sip.setServiceParent(role)
     site = build_site(

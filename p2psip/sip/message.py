@@ -617,6 +617,17 @@ class Headers:
         name = canonical_name(name)
         self._items = [(n, v) for n, v in self._items if n != name]
 
+    def remove_line(self, name: str, value: str) -> bool:
+        """Remove the first line of that name whose value is exactly ``value``; whether there was one."""
+        name = canonical_name(name)
+        for index, (n, v) in enumerate(self._items):
+            if n == name and v == value:
+                self._index = None
+                self._parsed.clear()
+                del self._items[index]
+                return True
+        return False
+
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first comma-separated value (the top Via, the next Route)."""
         self._index = None

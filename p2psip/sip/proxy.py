@@ -29,6 +29,22 @@ retransmissions are forwarded statelessly.  Unknown users get 404, users
 without a live binding 480, an ``OPTIONS`` addressed to the server itself
 200 (health checks), other methods addressed to it 405.
 
+Before any of that, a new request whose source address is over its rate
+(:mod:`p2psip.sip.request_limit`) gets 503 with ``Retry-After``.
+
+With authentication on, an out-of-dialog request (not ACK or CANCEL,
+s22.1) whose From names a user of our domain is forwarded only when that
+user is known to be the caller (RFC 3261 s22.3): it came over the flow a
+phone registered that AOR on, or from another super-node of the ring (a
+Record-Route with that node's Node-ID, at the address the overlay gives
+for it, and the request's source address; every super-node puts one on
+the requests it forwards to another), or it carries Proxy-Authorization
+for exactly that user.  Otherwise the answer is 407 with a Proxy-Authenticate
+challenge per algorithm, 403 for wrong credentials (counted in the login
+throttle, shared with the registrar) or another user's, so nobody can call
+as one of our users from outside.  The Proxy-Authorization we used is
+removed before forwarding.
+
 A contact is reached over the flow its REGISTER came in on when it names
 the registering UA itself (``LocalBinding.reached_over_flow``), otherwise
 at its own address.
@@ -42,17 +58,19 @@ from collections.abc import Sequence
 from typing import Protocol, cast
 
 from attrs import define
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.interfaces import IOverlayStorage
+from p2psip.sip.authorization import CredentialCheck, Outcome
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
 from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
+from p2psip.sip.request_limit import RequestRateLimit
 from p2psip.sip.transaction import (
     Hop,
     MessageSender,
@@ -120,6 +138,11 @@ def _is_initial(request: Request) -> bool:
         return False
 
 
+def _names_super_node(uri: URI) -> bool:
+    """Whether ``uri`` targets a super-node of the ring (carries a ``p2psip-node``)."""
+    return isinstance(uri, SipURI) and NODE_PARAMETER in uri.parameters
+
+
 def _new_tag() -> str:
     return new_branch()[len(MAGIC_COOKIE) :]
 
@@ -180,6 +203,8 @@ class SipProxy:
         *,
         peer_transport: str = "UDP",
         timers: TimerSettings = TimerSettings(),
+        rate_limit: RequestRateLimit | None = None,
+        credentials: CredentialCheck | None = None,
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
@@ -199,6 +224,11 @@ class SipProxy:
         #: Requests refused because they asked us to relay (since start).
         self.relay_refusals = 0
         self._relay_log = LogThrottle(clock)
+        #: New requests per source address; None: no limit (--sip-rate-limit 0).
+        self.rate_limit = rate_limit
+        self._rate_log = LogThrottle(clock)
+        #: Checks callers that claim our domain (407); None: authentication off.
+        self.credentials = credentials
 
     @property
     def pending_requests(self) -> int:
@@ -213,7 +243,9 @@ class SipProxy:
     # -- TransactionUser ---------------------------------------------------
 
     def request_received(self, transaction: ServerTransaction) -> None:
-        """A new request: answer it here or proxy it."""
+        """A new request: answer it here or proxy it (or refuse it, over the source's rate)."""
+        if self._over_rate_limit(transaction):
+            return
         if transaction.request.method == "INVITE":
             self._invite_started[transaction] = _InviteTiming(
                 self.clock.seconds(), _is_initial(transaction.request)
@@ -233,6 +265,37 @@ class SipProxy:
         except Exception:
             self.log.failure("while handling {method}", method=transaction.request.method)
             self._answer(transaction, 500, "Server Internal Error")
+
+    def _over_rate_limit(self, transaction: ServerTransaction) -> bool:
+        """
+        Answer 503 with Retry-After when the request's source address has
+        sent more new requests than the rate limit allows; warn at most once
+        a minute per source, with how many were refused.
+        """
+        limit = self.rate_limit
+        if limit is None:
+            return False
+        retry_after = limit.admit(transaction.source.host)
+        if retry_after is None:
+            return False
+        self._answer(
+            transaction,
+            503,
+            "Service Unavailable (too many requests from your address)",
+            (("Retry-After", str(retry_after)),),
+        )
+        blurred = blur_flow(transaction.source)
+        held_back = self._rate_log.admit(blurred)
+        if held_back is not None:
+            self.log.warn(
+                "refused {count} request(s) from {source} over the SIP rate limit "
+                "({rate:g} a second, burst {burst}; raise --sip-rate-limit, or 0 for none)",
+                count=held_back + 1,
+                source=blurred,
+                rate=limit.requests_per_second,
+                burst=limit.burst,
+            )
+        return True
 
     def ack_received(self, request: Request, source: Hop) -> None:
         """An ACK for a 2xx: forward it statelessly along the route set."""
@@ -324,6 +387,17 @@ class SipProxy:
         if self._is_loop(working):
             self._answer(transaction, 482, "Loop Detected")
             return
+        if self._caller_must_authenticate(working):
+            trusted = self._caller_trusted(transaction, working)
+            trusted.addCallback(self._caller_checked, transaction, working, removed_own_route)
+            trusted.addErrback(self._caller_check_failed, transaction)
+            return
+        self._route(transaction, working, removed_own_route)
+
+    def _route(
+        self, transaction: ServerTransaction, working: Request, removed_own_route: bool
+    ) -> None:
+        """Forward a checked request: along its Route, to an AOR, or to a phone served here."""
         if working.headers.values("Route"):
             top = working.routes[0].uri
             if not isinstance(top, SipURI):
@@ -353,6 +427,147 @@ class SipProxy:
         # TODO(gateway): resolve other domains with RFC 3263 and forward
         # them through the gateway; until it exists, refuse them openly.
         self._answer(transaction, 404, "Not Found (no gateway to other domains yet)")
+
+    # -- callers claiming our domain (RFC 3261 s22.3) --------------------------
+
+    def _caller_must_authenticate(self, request: Request) -> bool:
+        """
+        Whether ``request`` must prove its From user: an out-of-dialog
+        request (not ACK or CANCEL, which are never challenged, s22.1)
+        whose From names a user of our domain, while authentication is on.
+        """
+        if self.credentials is None or request.method in ("ACK", "CANCEL"):
+            return False
+        if not _is_initial(request):
+            return False
+        caller = request.from_.uri
+        return isinstance(caller, SipURI) and caller.host.lower() == self.domain
+
+    def _caller_trusted(self, transaction: ServerTransaction, request: Request) -> Deferred[bool]:
+        """
+        Whether the request's From needs no credentials here: it came over
+        the flow a phone registered that AOR on, or from another super-node
+        of the ring (which authenticated the caller itself).
+        """
+        caller = request.from_.uri
+        assert isinstance(caller, SipURI)
+        source = transaction.source
+        for binding in self.registrar.local_bindings(caller.address_of_record()):
+            if binding.flow == source:
+                return succeed(True)
+        return self._from_ring_member(request, source)
+
+    def _from_ring_member(self, request: Request, source: Hop) -> Deferred[bool]:
+        """
+        Whether ``request`` was forwarded by another super-node of the ring.
+
+        A super-node forwarding to another puts a Record-Route naming itself
+        with its Node-ID on top (:meth:`_prepare`).  Anyone can write such an
+        entry, so it counts only when the overlay says that node serves SIP
+        at the address the entry names and the request came from that
+        address.  (Over UDP a source address can be forged; over TCP and
+        TLS it cannot.)
+        """
+        try:
+            record_routes = request.record_routes
+        except SipParseError:
+            return succeed(False)
+        if not record_routes or not isinstance(record_routes[0].uri, SipURI):
+            return succeed(False)
+        top = record_routes[0].uri
+        node_id = parse_node_parameter(top.parameters.get(NODE_PARAMETER))
+        if node_id is None or node_id == self.local_node_id:
+            return succeed(False)
+        resolving = cast(
+            "Deferred[tuple[str, int]]",
+            self.storage.resolve_application(node_id, SIP_APPLICATION),
+        )
+
+        def check(address: tuple[str, int]) -> bool:
+            hop = hop_for_uri(top)
+            serving = (address[0].lower().strip("[]"), address[1])
+            member = (hop.host.lower(), hop.port) == serving and source.host.lower().strip(
+                "[]"
+            ) == serving[0]
+            if member and self.rate_limit is not None:
+                # It forwards for all its phones: its rate is theirs together.
+                self.rate_limit.trust(source.host)
+            return member
+
+        def unknown(failure: Failure) -> bool:
+            self.log.debug(
+                "cannot check a Record-Route naming super-node {node}: {why}",
+                node=f"{node_id:032x}"[:8],
+                why=failure.getErrorMessage(),
+            )
+            return False
+
+        return resolving.addCallbacks(check, unknown)
+
+    def _caller_checked(
+        self,
+        trusted: bool,
+        transaction: ServerTransaction,
+        working: Request,
+        removed_own_route: bool,
+    ) -> None:
+        if trusted:
+            self._route(transaction, working, removed_own_route)
+        else:
+            self._authorize_caller(transaction, working, removed_own_route)
+
+    def _caller_check_failed(self, failure: Failure, transaction: ServerTransaction) -> None:
+        if failure.check(SipParseError):
+            error = failure.value
+            assert isinstance(error, SipParseError)
+            self._answer(transaction, error.status, error.reason)
+            return
+        self.log.failure(
+            "while checking the caller of {method}", failure, method=transaction.request.method
+        )
+        self._answer(transaction, 500, "Server Internal Error")
+
+    def _authorize_caller(
+        self, transaction: ServerTransaction, working: Request, removed_own_route: bool
+    ) -> None:
+        """
+        Forward only with Proxy-Authorization for the From user (s22.3):
+        challenge with 407 otherwise, 403 for wrong credentials (counted in
+        the login throttle) or a user who is not the From user.
+        """
+        credentials = self.credentials
+        assert credentials is not None
+        caller = working.from_.uri
+        assert isinstance(caller, SipURI)
+        request = transaction.request
+        judgement = credentials.judge(
+            working.headers.get_all("Proxy-Authorization"),
+            request.method,
+            request.uri,
+            caller.address_of_record(),
+            transaction.source.host,
+            request.method,
+        )
+        outcome = judgement.outcome
+        if outcome is Outcome.AUTHORIZED:
+            assert judgement.accepted is not None
+            # Ours, consumed: the next hop has no use for it (s22.3); others' stay.
+            working.headers.remove_line("Proxy-Authorization", judgement.accepted)
+            self._route(transaction, working, removed_own_route)
+            return
+        if outcome in (Outcome.CHALLENGE, Outcome.STALE):
+            challenges = credentials.challenges(stale=outcome is Outcome.STALE)
+            self._answer(
+                transaction,
+                407,
+                "Proxy Authentication Required",
+                [("Proxy-Authenticate", value) for value in challenges],
+            )
+            return
+        if outcome is Outcome.MALFORMED:
+            self._answer(transaction, 400, f"Bad Request ({judgement.reason})")
+            return
+        self._answer(transaction, 403, "Forbidden")
 
     def _registrar_failed(self, failure: Failure, transaction: ServerTransaction) -> None:
         self.log.failure("while registering", failure)
@@ -638,10 +853,14 @@ class SipProxy:
             str((DEFAULT_MAX_FORWARDS if max_forwards is None else max_forwards) - 1),
         )
         host, port = self.advertised
-        if outgoing.method in DIALOG_CREATING_METHODS and stateless_key is None:
+        if stateless_key is None and (
+            outgoing.method in DIALOG_CREATING_METHODS
+            or (_names_super_node(target_uri) and _is_initial(incoming))
+        ):
             transport = "" if hop.transport == "UDP" else f";transport={hop.transport.lower()}"
             # The Node-ID lets the next super-node on the route set check,
-            # through the overlay, that this entry really names a ring member.
+            # through the overlay, that this entry really names a ring member,
+            # and lets a super-node we forward to tell us from a stranger.
             node = f";{NODE_PARAMETER}={self.local_node_id:032x}"
             outgoing.headers.prepend("Record-Route", f"<sip:{host}:{port}{transport};lr{node}>")
         if stateless_key is None:
@@ -737,7 +956,10 @@ class SipProxy:
             return
         uri = request.uri
         aor = uri.address_of_record() if isinstance(uri, SipURI) and uri.user is not None else "?"
-        self.log.info(
+        # A 407 is the first step of every call from a roaming phone, as a
+        # 401 is of every registration: not worth an info line each.
+        emit = self.log.debug if response.status == 407 else self.log.info
+        emit(
             "INVITE {aor} from {source}: {status} {reason} after {elapsed_ms:.1f} ms",
             aor=blur_aor(aor),
             source=blur_flow(transaction.source),

@@ -24,6 +24,9 @@ Answers, in the order of section 10.3's steps:
 - A REGISTER older than the binding it would change (same Call-ID, CSeq
   not higher): 400.
 - Overlay store failed: 503 with ``Retry-After``.
+- This super-node holds no overlay credential for the user (it must sign
+  the registration with a certificate naming the user): 403 with a
+  ``Warning``; the location service tells the operator how to enrol the user.
 - Otherwise 200 listing every binding this super-node holds for the AOR,
   each with its remaining ``expires``.
 
@@ -33,11 +36,10 @@ for a closed network where every client is trusted.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from attrs import define
 from twisted.internet.defer import Deferred, DeferredLock, succeed
@@ -45,13 +47,16 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from p2psip.sip.digest import DigestAuthenticator, DigestParseError, Verdict, parse_authorization
+from p2psip.sip.authorization import AccountDirectory, CredentialCheck, Outcome
+
+__all__ = ["AccountDirectory", "LocalBinding", "Registrar", "blur_aor", "blur_flow", "flow_host"]
+from p2psip.sip.blur import blur_aor, blur_flow, flow_host
+from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.login_throttle import LoginThrottle
-from p2psip.util.log_throttle import LogThrottle
 from p2psip.sip.errors import SipParseError
-from p2psip.sip.location import Binding, OverlayLocationService, format_q
+from p2psip.sip.location import Binding, NoUserCredential, OverlayLocationService, format_q
 from p2psip.sip.message import NameAddress, Request, Response, make_response
-from p2psip.sip.uri import URI, SipURI, parse_uri
+from p2psip.sip.uri import URI, SipURI
 
 #: Defaults for registration intervals (RFC 3261 s10.2.1.1 suggests 3600).
 DEFAULT_EXPIRES_SECONDS = 3600
@@ -65,13 +70,6 @@ MAX_CONTACTS_PER_REGISTER = 16
 #: every call to the AOR, and an unanswered UDP branch is sent 7 times
 #: (Timer A), so this bounds what one registered user can aim at a third host.
 MAX_BINDINGS_PER_AOR = 5
-
-
-class AccountDirectory(Protocol):
-    """Which Digest user may register which AOR (``p2psip.sip.users.UsersFile``)."""
-
-    def aor_for(self, username: str, realm: str) -> str | None:
-        """The AOR this user may register, or None."""
 
 
 @define
@@ -174,54 +172,6 @@ def _contact_address(uri: URI) -> tuple[str, int] | None:
     return uri.host.lower().strip("[]"), uri.port or default
 
 
-def blur_aor(aor: str) -> str:
-    """An AOR fit for info-level logs: domain kept, user replaced by a short hash."""
-    scheme, colon, rest = aor.partition(":")
-    user, at, domain = rest.rpartition("@")
-    if not colon or not at:
-        return "?"
-    digest = hashlib.sha256(user.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return f"{scheme}:~{digest}@{domain}"
-
-
-def flow_host(flow: object) -> str | None:
-    """The remote IP address of a flow (a ``Hop``, or a transport's flow tuple), if it has one."""
-    host = getattr(flow, "host", None)
-    if host is None and isinstance(flow, tuple) and flow and isinstance(flow[-1], tuple):
-        host = flow[-1][0]
-    if host is None and isinstance(flow, tuple) and flow and isinstance(flow[0], str):
-        host = flow[0]
-    return host if isinstance(host, str) else None
-
-
-def blur_flow(flow: object) -> str:
-    """A flow fit for info-level logs: IPv4 /24 or IPv6 /48, no port."""
-    host = flow_host(flow)
-    if host is None:
-        return "?"
-    if ":" in host:
-        return ":".join(host.split(":")[:3]) + "::/48"
-    parts = host.split(".")
-    if len(parts) == 4:
-        return ".".join(parts[:3]) + ".x"
-    return "?"
-
-
-def _digest_uri_for(credentials_uri: str, request_uri: URI) -> str:
-    """
-    The Request-URI as the client spelled it, when its digest-uri names it.
-
-    Clients hash the URI as they wrote it; ours is re-serialised, so compare
-    the parsed forms (RFC 3261 s19.1.4) and hand back the client's text.
-    """
-    try:
-        if parse_uri(credentials_uri) == request_uri:
-            return credentials_uri
-    except SipParseError:
-        pass
-    return str(request_uri)
-
-
 def _unindex(index: dict[Any, list[LocalBinding]], key: object, binding: LocalBinding) -> None:
     remaining = [b for b in index.get(key, []) if b is not binding]
     if remaining:
@@ -280,7 +230,11 @@ class Registrar:
         self._expiry_calls: dict[str, IDelayedCall] = {}
         self._locks: dict[str, DeferredLock] = {}
         self.throttle = throttle or LoginThrottle(clock)
-        self._throttle_log = LogThrottle(clock)
+        #: The credential checks, shared with the proxy's 407 challenges
+        #: (None with authentication off).
+        self.credentials: CredentialCheck | None = None
+        if self.authenticator is not None and accounts is not None:
+            self.credentials = CredentialCheck(self.authenticator, accounts, self.throttle, clock)
 
     # -- queries for the proxy -------------------------------------------
 
@@ -375,53 +329,27 @@ class Registrar:
             raise _Refusal(404, "Not Found (AOR outside the overlay domain)")
 
     def _authenticate(self, request: Request, aor: str, source: str | None) -> None:
-        authenticator = self.authenticator
-        if authenticator is None:
+        credentials = self.credentials
+        if credentials is None:
             return
-        assert self.accounts is not None
-        for value in request.headers.get_all("Authorization"):
-            try:
-                credentials = parse_authorization(value)
-            except DigestParseError as e:
-                raise _Refusal(400, f"Bad Request (malformed Authorization: {e})") from None
-            if credentials.realm != authenticator.realm:
-                continue
-            if self.throttle.blocked(source, aor):
-                # Too many wrong passwords lately: this guess is not even
-                # checked, and gets the answer a wrong one gets.
-                self._note_throttled(source)
-                raise _Refusal(403, "Forbidden", quiet=True)
-            verdict = authenticator.verify(
-                credentials, request.method, _digest_uri_for(credentials.uri, request.uri)
-            )
-            if verdict is Verdict.ACCEPTED:
-                if self.accounts.aor_for(credentials.username, credentials.realm) != aor:
-                    self.throttle.failed(source, aor)
-                    raise _Refusal(403, "Forbidden")
-                return
-            if verdict is Verdict.STALE:
-                raise self._challenge(stale=True)
-            if verdict is Verdict.REJECTED:
-                self.throttle.failed(source, aor)
-                raise _Refusal(403, "Forbidden")
-            if verdict is Verdict.MALFORMED:
-                raise _Refusal(400, "Bad Request (digest uri or nonce count)")
-        raise self._challenge(stale=False)
-
-    def _note_throttled(self, source: str | None) -> None:
-        """Warn about refused guesses at most once a minute per source, with how many there were."""
-        blurred = blur_flow((source,)) if source else "?"
-        held_back = self._throttle_log.admit(blurred)
-        if held_back is None:
-            return
-        self.log.warn(
-            "REGISTER: {count} login(s) from {source} refused unchecked after too many wrong "
-            "passwords (limits: {per_source} per source, {per_user} per user, a minute)",
-            count=held_back + 1,
-            source=blurred,
-            per_source=self.throttle.failures_per_source,
-            per_user=self.throttle.failures_per_user,
+        judgement = credentials.judge(
+            request.headers.get_all("Authorization"),
+            request.method,
+            request.uri,
+            aor,
+            source,
+            "REGISTER",
         )
+        outcome = judgement.outcome
+        if outcome is Outcome.AUTHORIZED:
+            return
+        if outcome is Outcome.THROTTLED:
+            raise _Refusal(403, "Forbidden", quiet=True)
+        if outcome is Outcome.FORBIDDEN:
+            raise _Refusal(403, "Forbidden")
+        if outcome is Outcome.MALFORMED:
+            raise _Refusal(400, f"Bad Request ({judgement.reason})")
+        raise self._challenge(stale=outcome is Outcome.STALE)
 
     def _challenge(self, stale: bool) -> _Refusal:
         assert self.authenticator is not None
@@ -490,6 +418,21 @@ class Registrar:
             return self._accept(request, to, flow, aor, self.local_bindings(aor), outcome)
 
         def overlay_failed(failure: Failure) -> Response:
+            if failure.check(NoUserCredential):
+                # Logged for the operator (rate-limited) by the location service.
+                warning = f'399 {self.domain} "this super-node cannot sign for this user yet"'
+                return self._refuse(
+                    request,
+                    to,
+                    flow,
+                    aor,
+                    _Refusal(
+                        403,
+                        "Forbidden (user not enrolled on this super-node)",
+                        (("Warning", warning),),
+                        quiet=True,
+                    ),
+                )
             self.log.warn(
                 "overlay store for {aor} failed: {why}; is this peer joined to the ring?",
                 aor=blur_aor(aor),

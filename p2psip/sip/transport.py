@@ -18,6 +18,10 @@ Twisted shell around it:
   address and ``rport`` port (UDP), else to the sent-by.
 * TCP connections are kept in a table by remote address, so requests to a
   UA that registered over TCP reuse its connection (its NAT binding).
+* Stream listeners accept at most ``tcp_connections_per_source`` connections
+  from one address and ``max_tcp_connections`` in all
+  (:mod:`p2psip.util.connection_limit`); a connection silent for
+  ``tcp_idle_timeout_seconds`` (CRLF keepalives count) is closed.
 * A CRLFCRLF keepalive ping on TCP is answered with CRLF.
 * A request that does not parse is answered with the status in its
   :class:`SipParseError` when Via, From, To, Call-ID and CSeq can be found;
@@ -30,14 +34,14 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, serverFromString
 from twisted.internet.error import MessageLengthError
-from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort
+from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.internet.protocol import Protocol as StreamProtocol
 from twisted.logger import Logger
@@ -56,15 +60,23 @@ from p2psip.sip.message import (
     parse_message,
 )
 from p2psip.sip.transaction import Hop, new_branch
+from p2psip.util.connection_limit import ConnectionLimitFactory
 from p2psip.util.endpoints import is_udp, parse_udp_listen_address
 from p2psip.util.reactor import UDPPort, UDPReactor
 
 UDP_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
-TCP_IDLE_TIMEOUT_SECONDS = 3600.0
-"""A connection with no traffic (not even CRLF keepalives) for this long is closed."""
+TCP_IDLE_TIMEOUT_SECONDS = 300.0
+"""
+A connection with no traffic for this long is closed.  Any byte counts,
+CRLF keepalives too: RFC 5626 s4.4.1 has phones send them every 95 to 120
+seconds on a flow they keep.
+"""
 TCP_PARTIAL_MESSAGE_TIMEOUT_SECONDS = 32.0
 """A message started but not finished within this time closes the connection (RFC 4475 s3.1.2.2)."""
-MAX_TCP_CONNECTIONS = 10000
+MAX_TCP_CONNECTIONS = 4096
+"""SIP stream connections at once: inbound ones past it are refused."""
+TCP_CONNECTIONS_PER_SOURCE = 32
+"""Inbound SIP stream connections one remote address may hold at once."""
 DEFAULT_SIP_PORT = 5060
 KEEPALIVE_PONG = b"\r\n"
 
@@ -282,6 +294,7 @@ class SipTransport:
         tcp_idle_timeout_seconds: float = TCP_IDLE_TIMEOUT_SECONDS,
         tcp_partial_message_timeout_seconds: float = TCP_PARTIAL_MESSAGE_TIMEOUT_SECONDS,
         max_tcp_connections: int = MAX_TCP_CONNECTIONS,
+        tcp_connections_per_source: int = TCP_CONNECTIONS_PER_SOURCE,
         advertised_host: str | None = None,
     ) -> None:
         self.reactor = reactor
@@ -289,6 +302,9 @@ class SipTransport:
         self.tcp_idle_timeout_seconds = tcp_idle_timeout_seconds
         self.tcp_partial_message_timeout_seconds = tcp_partial_message_timeout_seconds
         self.max_tcp_connections = max_tcp_connections
+        self.tcp_connections_per_source = tcp_connections_per_source
+        #: The per-source and total limits of each stream listener.
+        self.connection_limits: list[ConnectionLimitFactory] = []
         self.receiver = receiver
         self.udp_buffer_bytes = udp_buffer_bytes
         self.max_message_bytes = max_message_bytes
@@ -314,7 +330,8 @@ class SipTransport:
             "error_responses_sent": self.error_responses_sent,
             "keepalive_pings": self.keepalive_pings,
             "tcp_connections": len(set(self.connections.values())),
-            "tcp_connections_refused": self.connections_refused,
+            "tcp_connections_refused": self.connections_refused
+            + sum(limit.refused for limit in self.connection_limits),
             "send_errors": self.send_errors,
         }
 
@@ -348,9 +365,16 @@ class SipTransport:
         except Exception as e:
             return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
         tls = description.strip().lower().startswith(("ssl:", "tls:"))
-        listening: defer.Deferred[IListeningPort] = endpoint.listen(
-            _StreamFactory(self, "TLS") if tls else self._factory
+        limited = ConnectionLimitFactory(
+            _StreamFactory(self, "TLS") if tls else self._factory,
+            cast(IReactorTime, self.reactor),
+            self.tcp_connections_per_source,
+            self.max_tcp_connections,
+            what="SIP " + ("TLS" if tls else "TCP"),
+            hint="--sip-connections-per-source (or --sip-max-connections)",
         )
+        self.connection_limits.append(limited)
+        listening: defer.Deferred[IListeningPort] = endpoint.listen(limited)
 
         def explain(failure: Failure) -> Failure:
             return Failure(

@@ -2,7 +2,8 @@
 A minimal SIP user agent (RFC 3261 sections 8, 12-15, 22.2) for the demo and tests.
 
 It registers one AOR at a super-node (answering a Digest challenge once),
-places calls (INVITE, then ACK and BYE along the dialog's route set) and
+places calls (INVITE, answering one 407 or 401 challenge with its
+credentials, then ACK and BYE along the dialog's route set) and
 answers calls at once with 200 OK.  No media, no re-INVITE, no forking
 beyond taking the first 2xx: just enough to exercise a super-node end to
 end without an external tool.  It is the transaction user of its own
@@ -172,10 +173,12 @@ class SimpleUserAgent:
 
         return self._send(build(None), self.outbound).addCallback(answered, False)
 
-    def _authorization(self, response: Response, method: str, uri: str) -> str | None:
-        """Credentials for the first challenge whose algorithm we know."""
+    def _authorization(
+        self, response: Response, method: str, uri: str, challenge_header: str = "WWW-Authenticate"
+    ) -> str | None:
+        """Credentials for the first challenge (in ``challenge_header``) whose algorithm we know."""
         assert self.password is not None
-        for value in response.headers.get_all("WWW-Authenticate"):
+        for value in response.headers.get_all(challenge_header):
             scheme, _, rest = value.strip().partition(" ")
             if scheme.lower() != "digest":
                 continue
@@ -220,19 +223,49 @@ class SimpleUserAgent:
         local = NameAddress(self.aor.copy(), parameters={"tag": _random_token()})
         call_id = f"{_random_token()}@{self._local_hop().host}"
         hop = self._local_hop()
-        invite = make_request(
-            "INVITE",
-            target,
-            via=self.transport.make_via(self.outbound.transport),
-            from_=local,
-            to=NameAddress(target.copy()),
-            call_id=call_id,
-            cseq_number=1,
-            contact=self.contact,
-            body=_SDP_TEMPLATE.format(host=hop.host).encode(),
-            content_type="application/sdp",
-        )
+        cseq = _Counter(0)
+
+        def build(credentials: tuple[str, str] | None) -> Request:
+            invite = make_request(
+                "INVITE",
+                target,
+                via=self.transport.make_via(self.outbound.transport),
+                from_=local,
+                to=NameAddress(target.copy()),
+                call_id=call_id,
+                cseq_number=cseq.next(),
+                contact=self.contact,
+                body=_SDP_TEMPLATE.format(host=hop.host).encode(),
+                content_type="application/sdp",
+            )
+            if credentials is not None:
+                invite.headers.add(*credentials)
+            return invite
+
         started = self.clock.seconds()
+
+        def challenged(response: Response, retried: bool) -> Deferred[Response] | Response:
+            """
+            Answer one 407 (a proxy: Proxy-Authorization) or 401 (the callee:
+            Authorization) with our credentials, in a new INVITE of the same
+            call (same Call-ID and From tag, next CSeq, s22.2); the client
+            transaction has already ACKed the challenge.
+            """
+            if retried or self.password is None or response.status not in (401, 407):
+                return response
+            proxy = response.status == 407
+            authorization = self._authorization(
+                response,
+                "INVITE",
+                str(target),
+                "Proxy-Authenticate" if proxy else "WWW-Authenticate",
+            )
+            if authorization is None:
+                return response
+            name = "Proxy-Authorization" if proxy else "Authorization"
+            return self._send(build((name, authorization)), self.outbound).addCallback(
+                challenged, True
+            )
 
         def answered(response: Response) -> Dialog:
             if not 200 <= response.status < 300:
@@ -247,13 +280,16 @@ class SimpleUserAgent:
                 remote=response.to,
                 remote_target=remote_target,
                 route_set=list(reversed(response.record_routes)),
-                cseq=1,
+                cseq=cseq.value,
                 setup_seconds=self.clock.seconds() - started,
             )
             self._send_ack(dialog)
             return dialog
 
-        return self._send(invite, self.outbound).addCallback(answered)
+        final: Deferred[Response] = self._send(build(None), self.outbound).addCallback(
+            challenged, False
+        )
+        return final.addCallback(answered)
 
     def _in_dialog(self, dialog: Dialog, method: str, cseq: int) -> tuple[Request, Hop]:
         request = make_request(

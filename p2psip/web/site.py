@@ -59,7 +59,7 @@ import json
 import re
 from io import BytesIO
 from collections.abc import Callable, Collection, Mapping
-from typing import Any, NamedTuple, TypeVar, Union
+from typing import Any, NamedTuple, TypeVar, Union, cast
 from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry
@@ -70,7 +70,7 @@ from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTCP, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.internet.protocol import connectionDone
@@ -78,6 +78,7 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from p2psip.util.connection_limit import ConnectionLimitFactory
 from p2psip.util.log_throttle import LOG_INTERVAL_SECONDS, LogThrottle
 from p2psip.web.page import CONTENT_SECURITY_POLICY, render_page
 
@@ -616,6 +617,9 @@ class _Refused(Resource):
 REQUEST_DEADLINE_SECONDS = 10.0
 #: A connection that sends nothing for this long is closed.
 IDLE_TIMEOUT_SECONDS = 30.0
+#: Connections one address may hold open on the HTTP listener, and all together.
+HTTP_CONNECTIONS_PER_SOURCE = 32
+HTTP_MAX_CONNECTIONS = 256
 
 
 class _DeadlineChannel(http.HTTPChannel):
@@ -735,8 +739,8 @@ def build_site(
 class _HttpListenerService(StreamServerEndpointService):
     """Listen for the site; a busy or forbidden port names the option to change."""
 
-    def __init__(self, endpoint: Any, site: Site, description: str) -> None:
-        super().__init__(endpoint, site)
+    def __init__(self, endpoint: Any, factory: IProtocolFactory, description: str) -> None:
+        super().__init__(endpoint, factory)
         self._description = description
         # Fail startup on a busy port instead of only logging it.
         self._raiseSynchronously = True
@@ -753,11 +757,31 @@ class _HttpListenerService(StreamServerEndpointService):
             ) from None
 
 
-def http_service(description: str, site: Site, reactor: IReactorTCP) -> IService:
+def http_service(
+    description: str,
+    site: Site,
+    reactor: IReactorTCP,
+    *,
+    connections_per_source: int = HTTP_CONNECTIONS_PER_SOURCE,
+    max_connections: int = HTTP_MAX_CONNECTIONS,
+) -> IService:
     """
     A service listening with ``site`` on an endpoint string such as
     ``tcp:8084:interface=127.0.0.1``.  Startup fails if the port is busy,
     with an error that names the option.
+
+    At most ``connections_per_source`` connections from one address, and
+    ``max_connections`` in all, are open at once
+    (:mod:`p2psip.util.connection_limit`): with the request deadline and the
+    idle timeout this bounds what a client holding connections can take.
     """
     endpoint = endpoints.serverFromString(reactor, description)
-    return _HttpListenerService(endpoint, site, description)
+    limited = ConnectionLimitFactory(
+        site,
+        cast(IReactorTime, getattr(site, "reactor", reactor)),
+        connections_per_source,
+        max_connections,
+        what="HTTP",
+        hint="nothing here: keep the http listener on loopback or behind a reverse proxy",
+    )
+    return _HttpListenerService(endpoint, limited, description)

@@ -24,7 +24,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from p2psip.testing import free_port, repository_root
+from p2psip.testing import ring_node_mediator_secret, free_port, repository_root
 from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
 
 SECRET = "loopback-secret"
@@ -80,8 +80,11 @@ class MediatedRingTests(TestCase):
         return f"tcp:127.0.0.1:{control}"
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
+        """The role, logged in to the mediator with its own secret (derived for its Node-ID)."""
+        directory = Path(self.mktemp()).resolve() / name
+        secret = ring_node_mediator_secret(SECRET, directory / "data")
         process = RoleProcess(
-            role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra
+            role, directory, overlay_arguments() + extra + ["--mediator-secret", secret]
         )
         self.addCleanup(process.stop)
         return process
@@ -93,8 +96,6 @@ class MediatedRingTests(TestCase):
         credentials = [
             "--mediator",
             mediator,
-            "--mediator-secret",
-            SECRET,
             "--direct-connect-timeout",
             "1",
         ]

@@ -108,13 +108,21 @@ class SipServiceTests(TestCase):
 
     @inlineCallbacks
     def test_wrong_password_and_unknown_user(self) -> Any:
-        """A wrong password gets 403; a call to a user not in the users file gets 480, like an offline one."""
+        """
+        A wrong password gets 403, for REGISTER and for a call as that user
+        (after the 407); a call to a user not in the users file gets 480,
+        like an offline one.
+        """
         a, _ = self.services
         mallory = yield self.user_agent(f"sip:alice@{DOMAIN}", "wrong", a)
         failure = yield self.assertFailure(mallory.register(), CallFailed)
         self.assertEqual(failure.response.status, 403)
-        failure = yield self.assertFailure(mallory.call(f"sip:nobody@{DOMAIN}"), CallFailed)
+        failure = yield self.assertFailure(mallory.call(f"sip:bob@{DOMAIN}"), CallFailed)
+        self.assertEqual(failure.response.status, 403)
+        roaming = yield self.user_agent(f"sip:alice@{DOMAIN}", "alice-secret", a)
+        failure = yield self.assertFailure(roaming.call(f"sip:nobody@{DOMAIN}"), CallFailed)
         self.assertEqual(failure.response.status, 480)
+        self.assertEqual(a.status()["final_responses"]["INVITE"], {"403": 1, "407": 2, "480": 1})
 
     @inlineCallbacks
     def test_metrics(self) -> Any:

@@ -6,8 +6,10 @@ UDP listener and the same users file made with ``p2psip users add``); C is
 the one responsible for the most of the 100 AORs, A and B the others:
 SIPp registers 100 users at A with Digest authentication, their contacts
 pointing at a SIPp callee; a SIPp caller calls each of them through B
-(INVITE, 200, ACK, BYE, 200), over UDP and some over TCP; a call to a
-user nobody knows gets 480, like an offline one.
+(INVITE, 200, ACK, BYE, 200), over UDP and some over TCP, from a caller
+of another domain; a caller claiming a user of the domain from outside
+the ring answers a 407 with Proxy-Authorization first; a call to a user
+nobody knows gets 480, like an offline one.
 Then C, which holds those registrations' DHT copy, is SIGKILLed, and
 calls to exactly those users still succeed from the replicas.
 """
@@ -36,6 +38,13 @@ DOMAIN = "sipp.test"
 USERS = 100
 TCP_CALLS = 20
 SCENARIOS = repository_root() / "tests" / "integration" / "sipp"
+CALLER_PASSWORD = "caller-secret"
+#: SIPp's credentials for the 407 a caller of our domain gets from outside
+#: the ring (uac.xml, uac_not_found.xml).
+CALLER_CREDENTIALS = ["-au", "caller", "-ap", CALLER_PASSWORD]
+#: A caller from another domain, whom nobody challenges.
+FOREIGN_CALLER = ["-key", "caller_domain", "elsewhere.test"]
+AUTHENTICATED_CALLS = 5
 
 
 class _Tool(ProcessProtocol):
@@ -96,6 +105,9 @@ class SipOverlayTests(TestCase):
                 # SIPp computes only MD5 digests.
                 "--sip-digest-algorithms",
                 "MD5",
+                # One SIPp registers and calls at 100 a second from one address.
+                "--sip-rate-limit",
+                "0",
                 *extra,
             ],
         )
@@ -168,6 +180,20 @@ class SipOverlayTests(TestCase):
                 credentials.append(
                     f"{user(index)};[authentication username={user(index)} password={password}]"
                 )
+            # The caller: a user of the domain calling from outside the ring,
+            # so the super-node SIPp calls through challenges it (407).
+            status = p2psip_command(
+                [
+                    "users",
+                    "add",
+                    "--file",
+                    str(self.users_path),
+                    "--password",
+                    CALLER_PASSWORD,
+                    f"sip:caller@{DOMAIN}",
+                ]
+            )
+            self.assertEqual(status, 0)
         register_csv = self.write_csv("register.csv", credentials)
         callees_csv = self.write_csv("callees.csv", [user(index) for index in range(USERS)])
 
@@ -245,6 +271,7 @@ class SipOverlayTests(TestCase):
                 f"127.0.0.1:{entry.sip_port}",
                 "-sf",
                 str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+                *FOREIGN_CALLER,
                 "-inf",
                 str(callees_csv),
                 "-p",
@@ -266,6 +293,7 @@ class SipOverlayTests(TestCase):
                 "t1",
                 "-sf",
                 str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+                *FOREIGN_CALLER,
                 "-inf",
                 str(callees_csv),
                 "-p",
@@ -280,11 +308,37 @@ class SipOverlayTests(TestCase):
             [entry, serving],
         )
         yield self.sipp_succeeds(
+            "calls from a user of the domain, with Proxy-Authorization",
+            [
+                f"127.0.0.1:{entry.sip_port}",
+                "-sf",
+                str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+                "-inf",
+                str(self.write_csv("one_callee.csv", [user(0)])),
+                "-key",
+                "caller_domain",
+                DOMAIN,
+                *CALLER_CREDENTIALS,
+                "-auth_uri",
+                f"{user(0)}@{DOMAIN}",
+                "-p",
+                str(free_port(socket.SOCK_DGRAM)),
+                "-m",
+                str(AUTHENTICATED_CALLS),
+                "-r",
+                "50",
+            ],
+            [entry, serving],
+        )
+        yield self.sipp_succeeds(
             "unknown user",
             [
                 f"127.0.0.1:{entry.sip_port}",
                 "-sf",
                 str(SCENARIOS / "uac_not_found.xml"),  # type: ignore[attr-defined]
+                *CALLER_CREDENTIALS,
+                "-auth_uri",
+                f"nobody@{DOMAIN}",
                 "-key",
                 "callee",
                 "nobody",
@@ -297,7 +351,12 @@ class SipOverlayTests(TestCase):
         )
         status = yield entry.call("status")
         self.assertEqual(
-            status["sip"]["final_responses"]["INVITE"], {"200": USERS + TCP_CALLS, "480": 1}
+            status["sip"]["final_responses"]["INVITE"],
+            {
+                "200": USERS + TCP_CALLS + AUTHENTICATED_CALLS,
+                "407": AUTHENTICATED_CALLS + 1,
+                "480": 1,
+            },
         )
 
         for name in held:
@@ -315,6 +374,7 @@ class SipOverlayTests(TestCase):
                 f"127.0.0.1:{entry.sip_port}",
                 "-sf",
                 str(SCENARIOS / "uac.xml"),  # type: ignore[attr-defined]
+                *FOREIGN_CALLER,
                 "-inf",
                 str(self.write_csv("held.csv", held)),
                 "-p",

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
@@ -126,3 +130,37 @@ class LoopbackTests(TestCase):
         response = yield client.send(options_request(via), Hop("TCP", "127.0.0.1", free_port()))
         assert isinstance(response, Response)
         self.assertEqual(response.status, 503)
+
+
+class _Client(Protocol):
+    """A raw TCP client that notes when the server closes it."""
+
+    def __init__(self) -> None:
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.closed.callback(None)
+
+
+class ConnectionLimitLoopbackTests(TestCase):
+    """The per-source limit on a real SIP TCP listener."""
+
+    @defer.inlineCallbacks
+    def test_connections_past_the_per_source_limit_are_closed(self) -> Any:
+        """From one address, the third connection to a listener allowing two is closed at once."""
+        transport = SipTransport(reactor, tcp_connections_per_source=2)
+        self.addCleanup(transport.stop)
+        port = yield transport.listen("tcp:0:interface=127.0.0.1")
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        clients = []
+        for _ in range(3):
+            client = _Client()
+            yield connectProtocol(endpoint, client)
+            clients.append(client)
+        yield clients[2].closed
+        self.assertEqual([c.closed.called for c in clients], [False, False, True])
+        self.assertEqual(transport.metrics()["tcp_connections_refused"], 1)
+        for client in clients[:2]:
+            assert client.transport is not None
+            client.transport.loseConnection()
+            yield client.closed

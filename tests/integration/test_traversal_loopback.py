@@ -100,7 +100,10 @@ class LoopbackTraversalTests(TestCase):
         return echo
 
     @defer.inlineCallbacks
-    def start_client(self, client_id: str, secret: bytes = SECRET, **kwargs: Any) -> Any:
+    def start_client(self, client_id: str, secret: bytes | None = None, **kwargs: Any) -> Any:
+        """A client with ``secret``, by default its own (derived from the mediator's)."""
+        if secret is None:
+            secret = control_auth.derive_client_secret(SECRET, client_id)
         client = TraversalClient(reactor, self.endpoint, client_id, secret, **kwargs)
         yield client.start()
 
@@ -188,7 +191,9 @@ class LoopbackTraversalTests(TestCase):
         """TraversalService registers again after the mediator dropped the client."""
         from p2psip.nat.traversal_service import TraversalService
 
-        carol = TraversalClient(reactor, self.endpoint, "carol", SECRET)
+        carol = TraversalClient(
+            reactor, self.endpoint, "carol", control_auth.derive_client_secret(SECRET, "carol")
+        )
         service = TraversalService(carol, reactor, retry_seconds=(0.01,))
         service.startService()
         self.addCleanup(service.stopService)

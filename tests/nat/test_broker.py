@@ -75,10 +75,13 @@ class BrokerFixture(SynchronousTestCase):
     #: Where the mediator sees each test client.
     PUBLIC = {"bob": "198.51.100.2", "pub": "198.51.100.20"}
 
-    def login(self, client_id: str, secret: bytes = SECRET) -> FakeLink:
+    def login(self, client_id: str, secret: bytes | None = None) -> FakeLink:
+        """Log ``client_id`` in with ``secret``, by default its own (derived from SECRET)."""
         link = FakeLink()
         self.broker.link_opened(link, (self.PUBLIC.get(client_id, "198.51.100.1"), 5000))
         nonce = link.last("challenge")["nonce"]
+        if secret is None:
+            secret = control_auth.derive_client_secret(SECRET, client_id)
         mac = control_auth.compute_mac(secret, nonce, client_id)
         self.broker.message_received(
             link, {"type": "hello", "version": 1, "id": client_id, "mac": mac}
@@ -114,9 +117,33 @@ class BrokerTests(BrokerFixture):
         self.assertEqual(self.broker.status()["clients_online"], 0)
 
     def test_per_id_secret_wins(self) -> None:
-        """A per-ID secret replaces the shared one for that ID."""
+        """A per-ID secret replaces the derived one for that ID."""
         self.assertTrue(self.login("carol", b"other").last("welcome"))
-        self.assertTrue(self.login("carol", SECRET).closed)
+        self.assertTrue(
+            self.login("carol", control_auth.derive_client_secret(SECRET, "carol")).closed
+        )
+
+    def test_shared_secret_logs_nobody_in(self) -> None:
+        """The shared secret itself is no client's secret: it cannot log in as any ID."""
+        link = self.login("alice", SECRET)
+        self.assertEqual(link.last("error")["code"], "auth-failed")
+
+    def test_one_clients_secret_is_not_anothers(self) -> None:
+        """Alice's secret does not log in as bob, so she cannot push bob off the mediator."""
+        bob = self.login("bob")
+        alice_secret = control_auth.derive_client_secret(SECRET, "alice")
+        intruder = self.login("bob", alice_secret)
+        self.assertEqual(intruder.last("error")["code"], "auth-failed")
+        self.assertFalse(bob.closed)
+        self.assertEqual(bob.types(), ["challenge", "welcome"])
+
+    def test_same_id_with_its_own_secret_replaces(self) -> None:
+        """A new login with bob's own secret replaces bob's old link (a reconnect)."""
+        old = self.login("bob")
+        new = self.login("bob")
+        self.assertEqual(old.last("error")["code"], "replaced")
+        self.assertTrue(old.closed)
+        self.assertEqual(new.last("welcome")["id"], "bob")
 
     def test_nonce_used_once(self) -> None:
         """A replayed hello on a fresh link fails: every link has its own nonce."""
@@ -124,7 +151,9 @@ class BrokerTests(BrokerFixture):
         nonce = first.sent[0]["nonce"]
         replay = FakeLink()
         self.broker.link_opened(replay, ("198.51.100.9", 1))
-        mac = control_auth.compute_mac(SECRET, nonce, "alice")
+        mac = control_auth.compute_mac(
+            control_auth.derive_client_secret(SECRET, "alice"), nonce, "alice"
+        )
         self.broker.message_received(
             replay, {"type": "hello", "version": 1, "id": "alice", "mac": mac}
         )
@@ -221,6 +250,30 @@ class BrokerTests(BrokerFixture):
         self.assertIn("impossible", outcome["reason"])
         self.broker.relay_ended("alice", "bob")
         self.assertEqual(self.broker.relay_counts, {})
+
+    def test_relay_slots_are_bounded(self) -> None:
+        """Past max-relays in all, or a client's own quota, a session gets no relay, and says why."""
+        self.broker = broker.Broker(
+            self.clock,
+            control_auth.Secrets(shared=SECRET),
+            broker.BrokerPolicy(max_relays=1, max_relays_per_client=1),
+            random_bytes=counter_bytes(),
+        )
+        a, b, session = self.start()
+        self.broker.message_received(a, probed(session, "10.0.1.2", RANDOM))
+        self.broker.message_received(b, probed(session, "10.0.2.2", RANDOM, public="198.51.100.2"))
+        self.assertEqual(a.last("relay")["session"], session)
+        self.assertEqual(self.broker.relays_active, 1)
+        carol, dave = self.login("carol"), self.login("dave")
+        self.broker.message_received(
+            carol, {"type": "connect", "ref": 8, "to": "dave", "kind": "tcp", "methods": []}
+        )
+        second = carol.last("probe")["session"]
+        self.broker.message_received(carol, probed(second, "10.0.3.2", RANDOM))
+        self.broker.message_received(dave, probed(second, "10.0.4.2", RANDOM))
+        outcome = carol.last("outcome")
+        self.assertFalse(outcome["ok"])
+        self.assertIn("max-relays", outcome["reason"])
 
     def test_relay_disabled(self) -> None:
         """With the relay disabled the failure names the setting to change."""

@@ -41,12 +41,24 @@ class MacTests(SynchronousTestCase):
 
 class SecretsTests(SynchronousTestCase):
     def test_per_id_wins(self) -> None:
-        """A per-ID secret wins over the shared one; others get the shared one, or none."""
+        """A per-ID secret wins over the derived one; others get theirs derived, or none."""
         secrets = control_auth.Secrets(shared=b"shared", per_id={"carol": b"own"})
         self.assertEqual(
-            (secrets.secret_for("carol"), secrets.secret_for("bob")), (b"own", b"shared")
+            (secrets.secret_for("carol"), secrets.secret_for("bob")),
+            (b"own", control_auth.derive_client_secret(b"shared", "bob")),
         )
         self.assertIsNone(control_auth.Secrets(per_id={"carol": b"own"}).secret_for("bob"))
+
+    def test_derived_secrets(self) -> None:
+        """Each ID's secret is HMAC-SHA256(shared, label NUL id) in hex: its own, never the shared one."""
+        expected = hmac.new(
+            b"shared", b"p2psip-client-secret-1\x00alice", hashlib.sha256
+        ).hexdigest()
+        alice = control_auth.derive_client_secret(b"shared", "alice")
+        self.assertEqual(alice, expected.encode("ascii"))
+        self.assertNotEqual(alice, control_auth.derive_client_secret(b"shared", "bob"))
+        self.assertNotEqual(alice, control_auth.derive_client_secret(b"other", "alice"))
+        self.assertNotIn(b"shared", control_auth.Secrets(shared=b"shared").secret_for("x") or b"")
 
     def test_client_ids(self) -> None:
         """IDs are 1 to 128 printable characters without spaces."""

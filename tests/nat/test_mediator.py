@@ -75,7 +75,9 @@ class ControlServerTests(SynchronousTestCase):
                     "type": "hello",
                     "version": 1,
                     "id": client_id,
-                    "mac": control_auth.compute_mac(SECRET, nonce, client_id),
+                    "mac": control_auth.compute_mac(
+                        control_auth.derive_client_secret(SECRET, client_id), nonce, client_id
+                    ),
                 }
             )
         )
@@ -110,6 +112,37 @@ class ControlServerTests(SynchronousTestCase):
         self.assertFalse(transport.disconnecting)
         self.assertEqual(frames(transport)[0]["type"], "welcome")
         self.assertEqual(frames(transport)[0]["observed"], ["198.51.100.1", 4000])
+
+    def test_control_message_flood_closes(self) -> None:
+        """An address sending control messages past its rate is told so and disconnected."""
+        self.factory = mediator.ControlServerFactory(
+            self.broker, self.clock, messages_per_second=1, message_burst=3
+        )
+        protocol, transport = self.login("alice")
+        transport.clear()
+        ping = control_protocol.encode_frame({"type": "ping"})
+        with capturedLogs() as events:
+            protocol.dataReceived(ping * 5)
+        replies = frames(transport)
+        self.assertEqual([r["type"] for r in replies], ["pong", "pong", "error"])
+        self.assertEqual(replies[-1]["code"], "busy")
+        self.assertIn("control-messages-per-second", replies[-1]["reason"])
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.factory.message_floods, 1)
+        self.assertEqual([e["log_level"] for e in events].count(LogLevel.warn), 1)
+
+    def test_control_messages_refill(self) -> None:
+        """Messages at the allowed rate are all served."""
+        self.factory = mediator.ControlServerFactory(
+            self.broker, self.clock, messages_per_second=1, message_burst=2
+        )
+        protocol, transport = self.login("alice")
+        ping = control_protocol.encode_frame({"type": "ping"})
+        for _ in range(5):
+            self.clock.advance(1)
+            protocol.dataReceived(ping)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(self.factory.message_floods, 0)
 
     def test_rate_limit(self) -> None:
         """Connections beyond the per-address rate are aborted before any challenge."""

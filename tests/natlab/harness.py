@@ -20,7 +20,13 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.testing import require_root, require_tool, shared_path
+from p2psip.testing import (
+    mediator_client_secret,
+    repository_root,
+    require_root,
+    require_tool,
+    shared_path,
+)
 
 SECRET = "natlab-secret"
 _serial = itertools.count()
@@ -33,13 +39,23 @@ def _python_command(*code_and_args: str) -> list[str]:
     return [sys.executable, *code_and_args]
 
 
+#: Put this checkout first on the path of a child (which runs in a test's
+#: temporary folder), so that it runs this checkout's code and plugins, not
+#: whatever copy of p2psip the interpreter has installed.
+_THIS_CHECKOUT = f"import sys; sys.path.insert(0, {str(repository_root())!r}); "
+
+
 def twistd_command(*args: str) -> list[str]:
-    """twistd from this interpreter (so it sees this checkout's plugins)."""
-    return _python_command("-c", "import sys; from twisted.scripts.twistd import run; run()", *args)
+    """twistd from this interpreter and this checkout (so it sees this checkout's plugins)."""
+    return _python_command(
+        "-c", _THIS_CHECKOUT + "from twisted.scripts.twistd import run; run()", *args
+    )
 
 
 def p2psip_command(*args: str) -> list[str]:
-    return _python_command("-c", "import sys; from p2psip.cli import main; sys.exit(main())", *args)
+    return _python_command(
+        "-c", _THIS_CHECKOUT + "from p2psip.cli import main; sys.exit(main())", *args
+    )
 
 
 class NatLab:
@@ -164,7 +180,7 @@ class NatLab:
                 "--id",
                 client_id,
                 "--secret",
-                SECRET,
+                mediator_client_secret(SECRET, client_id),
                 "--count",
                 str(count),
                 "--json",
@@ -189,7 +205,7 @@ class NatLab:
                     "--to",
                     "B",
                     "--secret",
-                    SECRET,
+                    mediator_client_secret(SECRET, "A"),
                     "--json",
                     "--wait",
                     "15",

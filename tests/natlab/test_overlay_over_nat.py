@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
@@ -22,6 +23,7 @@ from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
+from p2psip.testing import ring_node_mediator_secret
 from tests.natlab.harness import CONTROL, SECRET, NatLab, p2psip_command, twistd_command
 
 OVERLAY_PORT = 6084
@@ -79,7 +81,7 @@ class OverlayOverNatTests(TestCase):
                 "--mediator",
                 CONTROL,
                 "--mediator-secret",
-                SECRET,
+                ring_node_mediator_secret(SECRET, Path(data_dir)),
                 *extra,
             ),
             f"{role}-{where}",

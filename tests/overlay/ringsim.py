@@ -39,11 +39,12 @@ SIMULATION_CONFIG = OverlayConfig(
 
 class RingSimulation:
     """
-    A ring on one clock.  With ``authority`` every node is enrolled: its
-    certificate comes from that CA (with a Node-ID drawn from the seeded
-    generator) and it trusts only that CA's certificates, as an enrolled
-    ring does; the certificates' validity is judged at
-    ``TEST_CERTIFICATE_EPOCH`` plus the simulated time.
+    A ring on one fake clock.  With an ``authority`` every node is enrolled:
+    its certificate (and Node-ID) comes from that CA, and every node trusts
+    only what the CA issued (:class:`~p2psip.overlay.certificates.OverlayRootTrust`,
+    its validity checked on the simulated clock, which starts at the time
+    the test certificates are issued); without one the ring is insecure
+    (self-signed certificates).
     """
 
     def __init__(
@@ -56,22 +57,18 @@ class RingSimulation:
         self.network = MemoryNetwork(self.clock, latency_seconds=0.0)
         self.config = config
         self.random = random.Random(seed)
-        self.authority = authority
         self.nodes: list[OverlayNode] = []
         self.crashed: list[OverlayNode] = []
         self._next_address = 1
+        self.authority = authority
+        self.trust: TrustPolicy | None = None
+        if authority is not None:
+            self.trust = authority.trust(lambda: TEST_CERTIFICATE_EPOCH + self.clock.seconds())
 
-    def trust(self) -> TrustPolicy | None:
-        """The trust policy of the ring's nodes (None: self-signed)."""
-        if self.authority is None:
-            return None
-        return self.authority.trust(lambda: TEST_CERTIFICATE_EPOCH + self.clock.seconds())
-
-    def new_identity(self, node_id: int | None = None) -> NodeIdentity:
-        """A key for a new node: enrolled when the ring has a CA, else from the seeded generator."""
+    def new_identity(self) -> NodeIdentity:
+        """A fresh node key: enrolled with a Node-ID from the seeded generator, or self-signed."""
         if self.authority is not None:
-            chosen = node_id if node_id is not None else self.random.getrandbits(128)
-            return enrolled_identity(self.authority, node_id=chosen)
+            return enrolled_identity(self.authority, node_id=self.random.getrandbits(128) or 1)
         return NodeIdentity.from_secret(self.random.getrandbits(256))
 
     def _new_node(
@@ -89,7 +86,7 @@ class RingSimulation:
             advertised_port=PORT,
             config=self.config,
             rng=random.Random(self.random.getrandbits(64)),
-            trust=self.trust(),
+            trust=self.trust,
         )
         self.network.listen(host, PORT, node)
         return node
@@ -129,6 +126,11 @@ class RingSimulation:
         place grinds keys from the simulation's seeded generator until one
         lands there: deterministic, and cheap for arcs of a few percent.
         """
+        if self.authority is not None:
+            # The CA chooses Node-IDs: ask it for one in the arc.
+            width = (end - start - 1) % (1 << 128)
+            node_id = (start + 1 + self.random.randrange(max(width, 1))) % (1 << 128)
+            return enrolled_identity(self.authority, node_id=node_id)
         for _ in range(100_000):
             identity = NodeIdentity.from_secret(self.random.getrandbits(256))
             if between(identity.node_id, start, end):

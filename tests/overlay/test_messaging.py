@@ -64,6 +64,24 @@ class MessagingTests(SynchronousTestCase):
         )
         self.assertEqual(message.header.destination_list, (Destination.node(self.before.node_id),))
 
+    def test_request_signed_with_a_user_credential(self) -> None:
+        """A message signed with a user credential carries its certificate and verifies as our Node-ID."""
+        credential = self.before.self_signed_user("alice@example.org")
+        data = self.peer.messenger.encode(
+            MessageCode.PING_REQ,
+            PING,
+            (Destination.resource(self.me.node_id),),
+            43,
+            signer=credential,
+        )
+        message = decode_message(data)
+        self.assertEqual(message.security.signature.identity, credential.signer_identity())
+        self.assertEqual(
+            [c.certificate for c in message.security.certificates], [credential.certificate_der]
+        )
+        self.node.messenger.message_received(self.node.link_to(self.before), data)
+        self.assertEqual(self.delivered, [(MessageCode.PING_REQ, self.before.node_id)])
+
     def test_forwards_with_the_previous_hop_in_the_via_list(self) -> None:
         """A request for a successor's id leaves on its link with the sender appended to the via list."""
         incoming = self.node.link_to(self.before)

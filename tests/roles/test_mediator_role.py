@@ -103,7 +103,7 @@ class OptionsTests(SynchronousTestCase):
         path.write_text("[mediator]\ncontrol = tcp:4000\nhttp = tcp:4001\nsecret = x\n")
         options = self.parse("--config", str(path), "--control", "tcp:5000")
         self.assertEqual((options["control"], options["http"]), ("tcp:5000", "tcp:4001"))
-        self.assertEqual(options.config.secrets.secret_for("anyone"), b"x")
+        self.assertEqual(options.config.secrets.shared, b"x")
 
     def test_secrets_file(self) -> None:
         """Per-ID secrets come from --secrets-file; a bad line is named."""
@@ -135,6 +135,34 @@ class OptionsTests(SynchronousTestCase):
             usage.UsageError, self.parse, "--secret", "x", "--max-clients", "0"
         )
         self.assertIn("max-clients", str(error))
+
+    def test_relay_and_message_limits(self) -> None:
+        """max-relays and the control-message rate reach the broker and the control server."""
+        config = self.parse(
+            "--secret",
+            "x",
+            "--max-relays",
+            "9",
+            "--control-messages-per-second",
+            "2.5",
+            "--control-messages-burst",
+            "7",
+        ).config
+        self.assertEqual(config.policy.max_relays, 9)
+        self.assertEqual(
+            (config.control_messages_per_second, config.control_messages_burst), (2.5, 7)
+        )
+        defaults = self.parse("--secret", "x").config
+        self.assertEqual(
+            (defaults.policy.max_relays, defaults.policy.max_relays_per_client), (256, 4)
+        )
+        for bad in (("--max-relays", "0"), ("--control-messages-per-second", "0")):
+            error = self.assertRaises(usage.UsageError, self.parse, "--secret", "x", *bad)
+            self.assertIn(bad[0][2:], str(error))
+        role_service = role.makeService(
+            self.parse("--secret", "x", "--control-messages-burst", "7"), reactor=MemoryUDPReactor()
+        )
+        self.assertEqual(role_service.control_factory._messages.burst, 7)
 
     def test_stun_alternate_needs_primary_ip(self) -> None:
         """RFC 5780 needs the UDP listener bound to the primary IP; the error says how."""
@@ -235,7 +263,8 @@ class MakeServiceTests(SynchronousTestCase):
         broker = service.broker
         broker.metrics.attempted("relayed")
         broker.metrics.relayed(1234)
-        site = [factory for port, factory, *_ in reactor.tcpServers if port == 8087][0]
+        listener = [factory for port, factory, *_ in reactor.tcpServers if port == 8087][0]
+        site = listener.wrappedFactory  # behind the per-source connection limit
         request = DummyRequest([b"metrics"])
         request.requestHeaders.setRawHeaders(
             b"host", [b"127.0.0.1:80"]

@@ -70,6 +70,78 @@ class PeerOptionsTests(SynchronousTestCase):
         )
         self.assertFalse(options["sip-trusted-network"])
 
+    def test_sip_rate_limit(self) -> None:
+        """The request limit defaults to 50 a second, burst 100; 0 turns it off; bad values stop the role."""
+        config = parse("--sip", "udp:5060", "--sip-trusted-network").config.sip
+        assert config is not None
+        self.assertEqual((config.rate_limit_per_second, config.rate_limit_burst), (50.0, 100))
+        config = parse(
+            "--sip", "udp:5060", "--sip-trusted-network", "--sip-rate-limit", "0"
+        ).config.sip
+        assert config is not None
+        self.assertEqual(config.rate_limit_per_second, 0.0)
+        for bad in (("--sip-rate-limit", "-1"), ("--sip-rate-burst", "0")):
+            self.assertRaises(
+                usage.UsageError, parse, "--sip", "udp:5060", "--sip-trusted-network", *bad
+            )
+
+    def test_sip_rate_limit_wired(self) -> None:
+        """The proxy gets the configured limit, and none with --sip-rate-limit 0."""
+        sip = ["--sip", "udp:0", "--sip-trusted-network", "--data-dir"]
+        limited = makeService(
+            parse(*sip, self.mktemp(), "--sip-rate-limit", "7"), MemoryUDPReactor()
+        )
+        unlimited = makeService(
+            parse(*sip, self.mktemp(), "--sip-rate-limit", "0"), MemoryUDPReactor()
+        )
+        assert limited.sip is not None and unlimited.sip is not None
+        limit = limited.sip.proxy.rate_limit
+        assert limit is not None
+        self.assertEqual((limit.requests_per_second, limit.burst), (7.0, 100))
+        self.assertIsNone(unlimited.sip.proxy.rate_limit)
+
+    def test_stream_limits_wired(self) -> None:
+        """SIP stream and overlay listeners get the idle timeout and connection limits asked for."""
+        role = makeService(
+            parse(
+                "--sip",
+                "tcp:0",
+                "--sip-trusted-network",
+                "--data-dir",
+                self.mktemp(),
+                "--sip-idle-timeout",
+                "120",
+                "--sip-connections-per-source",
+                "4",
+                "--sip-max-connections",
+                "50",
+                "--overlay-connections-per-source",
+                "7",
+            ),
+            MemoryUDPReactor(),
+        )
+        assert role.sip is not None and role.overlay is not None
+        transport = role.sip.transport
+        self.assertEqual(
+            (
+                transport.tcp_idle_timeout_seconds,
+                transport.tcp_connections_per_source,
+                transport.max_tcp_connections,
+            ),
+            (120.0, 4, 50),
+        )
+        self.assertEqual(role.overlay.factory.per_source, 7)  # type: ignore[attr-defined]
+        defaults = parse("--sip", "tcp:0", "--sip-trusted-network").config.sip
+        assert defaults is not None
+        self.assertEqual(
+            (
+                defaults.idle_timeout_seconds,
+                defaults.connections_per_source,
+                defaults.max_connections,
+            ),
+            (300.0, 32, 4096),
+        )
+
     def test_http_allowed_hosts(self) -> None:
         """--http-allowed-hosts repeats on the command line, lists in the file, and is checked."""
         options = parse("--http-allowed-hosts", "A.example", "--http-allowed-hosts", "b.example")

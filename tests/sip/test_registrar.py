@@ -125,6 +125,16 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         self.assertEqual(self.storage.calls[-1][-1], 600)
         self.assertEqual(self.lookup(), [("sip:alice@192.0.2.7:5062", 1.0, 600)])
 
+    def test_user_without_credential_is_refused(self) -> None:
+        """Without the user's overlay credential: 403 with a Warning, nothing stored or bound."""
+        self.storage.users = {"bob@example.org"}
+        response = self.send(register(expires=600))
+        self.assertEqual(response.status, 403)
+        self.assertIn("not enrolled", response.reason)
+        self.assertIn("399", response.headers.get("Warning") or "")
+        self.assertEqual([call[0] for call in self.storage.calls], [])
+        self.assertEqual(self.registrar.local_bindings(AOR), [])
+
     def test_contact_expires_param_wins(self) -> None:
         """A contact's expires parameter overrides the Expires header."""
         response = self.send(register(contacts="<sip:alice@192.0.2.7>;expires=120", expires=600))
@@ -294,8 +304,8 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         pending: list[Deferred[None]] = []
         original = self.storage.put_dictionary_entry
 
-        def slow_put(*args: object) -> Deferred[None]:
-            original(*args)  # type: ignore[arg-type]
+        def slow_put(*args: object, **kwargs: object) -> Deferred[None]:
+            original(*args, **kwargs)  # type: ignore[arg-type]
             waiting: Deferred[None] = Deferred()
             pending.append(waiting)
             return waiting
@@ -478,7 +488,9 @@ class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         error = self.assertRaises(ValueError, Registrar, DOMAIN, self.location, self.clock)
         self.assertIn("--users", str(error))
 
-    @settings(max_examples=60)
+    # No deadline: on a loaded machine (the suite runs two jobs) one example
+    # can take over 200 ms, which Hypothesis reports as a flaky failure.
+    @settings(max_examples=60, deadline=None)
     @given(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=200))
     def test_garbage_authorization_never_crashes(self, garbage: str) -> None:
         """Any Authorization value yields a 400, 401 or 403 response, never an exception."""

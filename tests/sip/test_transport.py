@@ -232,12 +232,12 @@ class StreamTests(SynchronousTestCase):
         self.assertIn("--sip udp:PORT", errors[0])
 
     def test_idle_connection_closed(self) -> None:
-        """A connection silent for the idle timeout is closed; traffic postpones that."""
-        self.reactor.advance(3000)
+        """A connection silent for 300 s is closed; traffic (a CRLF keepalive too) postpones that."""
+        self.reactor.advance(250)
         self.protocol.dataReceived(b"\r\n\r\n")
-        self.reactor.advance(3000)
+        self.reactor.advance(250)
         self.assertFalse(self.wire.disconnecting)
-        self.reactor.advance(600)
+        self.reactor.advance(50)
         self.assertTrue(self.wire.disconnecting)
 
     def test_stalled_message_closes_connection(self) -> None:

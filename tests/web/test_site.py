@@ -25,6 +25,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from p2psip.web import site as site_module
+from p2psip.util.connection_limit import ConnectionLimitFactory
 from p2psip.web.site import (
     IDLE_TIMEOUT_SECONDS,
     MAX_REQUEST_BODY_BYTES,
@@ -914,4 +915,7 @@ class HttpServiceTests(SynchronousTestCase):
         self.addCleanup(service.stopService)
         [(port, factory, _backlog, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (0, "127.0.0.1"))
-        self.assertIs(factory, site)
+        # The site, behind the per-source connection limit.
+        self.assertIsInstance(factory, ConnectionLimitFactory)
+        self.assertIs(factory.wrappedFactory, site)
+        self.assertEqual((factory.per_source, factory.total), (32, 256))
