@@ -406,6 +406,22 @@ class SignerAndReplayTests(SynchronousTestCase):
         self.assertEqual(decode_message(resent).body, decode_message(original).body)
         self.assertEqual(self.node.counters["requests_resent"], 1)
 
+    def test_resent_request_keeps_its_signer(self) -> None:
+        """A request signed with a user credential is signed anew with that credential."""
+        credential = self.me.self_signed_user("alice@example.org")
+        first = self.node.link_to(self.after)
+        self.node.messenger.request(
+            Destination.resource(self.far.node_id), MessageCode.STORE_REQ, PING, signer=credential
+        )
+        first.closed = True
+        self.node.links.remove(first)
+        second = self.node.link_to(self.before)
+        self.node.messenger.resend_after_failure(self.after.node_id)
+        [resent] = second.sent
+        self.assertEqual(
+            decode_message(resent).security.signature.identity, credential.signer_identity()
+        )
+
 
 class AnswerFromOwnerTests(SynchronousTestCase):
     """An answer must come from a node that may own the target, as far as our tables tell."""
