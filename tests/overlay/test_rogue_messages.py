@@ -1,5 +1,7 @@
 """
-A rogue member of an enrolled ring.
+A rogue member of an enrolled ring, at the level of messages: signatures,
+replays, answers, replicas, hearsay and floods.  (What it may store is
+``test_rogue_peer.py``'s subject.)
 
 Every node of the ring holds a certificate from the ring's CA and trusts
 only that CA (``OverlayRootTrust``).  The rogue is one of them: a valid
