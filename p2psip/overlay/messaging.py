@@ -20,9 +20,11 @@ every message delivered to us is verified before any handler sees it:
   the link) names the responder.  A message signed by anyone else is
   dropped and counted.  A message with an empty via list over a link not
   identified yet can only come from the link's other end, so its
-  verified signer identifies the link; once a link is identified (by such
-  a message or by TLS), a message with an empty via list must be signed
-  by that peer.
+  verified signer identifies the link, provisionally for a request (a
+  copy of someone's signed request proves nothing about who sent it; the
+  node challenges such a link, see :meth:`Messenger.link_claimed`); once
+  a link is identified (so, or by TLS), a message with an empty via list
+  must be signed by that peer.
 * **No replays.**  A request whose (signer, transaction ID) was seen
   within the replay window, or whose transaction-ID time lies outside
   it, is dropped (:mod:`p2psip.overlay.replay`); an answer must match a
