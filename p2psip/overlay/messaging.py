@@ -22,7 +22,7 @@ every message delivered to us is verified before any handler sees it:
   identified yet can only come from the link's other end, so its
   verified signer identifies the link, provisionally for a request (a
   copy of someone's signed request proves nothing about who sent it; the
-  node challenges such a link, see :meth:`Messenger.link_claimed`); once
+  node challenges such a link, see :attr:`Messenger.link_claimed`); once
   a link is identified (so, or by TLS), a message with an empty via list
   must be signed by that peer.
 * **No replays.**  A request whose (signer, transaction ID) was seen
