@@ -155,6 +155,7 @@ class OverlayNode:
             clock=clock,
             config=config,
         )
+        self.storage.hand_over_source = lambda: self.joiner.admitting_peer
         self.connectivity.failure_observers.append(self._peer_failed)
         self.messenger.rejoin_policy = self._peer_rejoining
         self.chord.neighbour_observers.append(self.storage.replicate_all)

@@ -18,6 +18,12 @@ ring:
   a non-zero replica_number, as replicas do: the receiver adopts our
   generation counters instead of checking them (they are ours, not the
   writer's) and merges rather than refusing where it holds newer values.
+* **Who may send replicas.**  Because a replica Store skips the writer's
+  generation check, only the nodes that hold a range may send one: one
+  of our predecessors, for a resource in its range as far as our tables
+  tell (CHORD-RELOAD replicates to the responsible node's successors), or
+  the peer handing its range over to us as we join, for a resource of our
+  new range.  Anyone else gets Error_Forbidden.
 * **Operations.** Signed stores and verified fetches for the admin API,
   the demo and the SIP layer (:class:`~p2psip.interfaces.IOverlayStorage`).
   A store is signed by the node's identity or by one of its user
@@ -65,14 +71,14 @@ from p2psip.overlay.kinds import (
 )
 from p2psip.overlay.links import Link
 from p2psip.overlay.membership import Membership
-from p2psip.overlay.message import Destination, Message, MessageCode
+from p2psip.overlay.message import Destination, ErrorCode, Message, MessageCode
 from p2psip.overlay.messaging import Answer, Messenger, Reply, RequestRefused
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.results import HandOver, OperationResult
 from p2psip.overlay.storage import DataStore, StoreError
 from p2psip.overlay.topology import ChordTopology
 from p2psip.overlay.user_credentials import UserCredentials
-from p2psip.util.ids import id_short, resource_id
+from p2psip.util.ids import between, id_short, resource_id
 from p2psip.util.log_throttle import LogThrottle
 
 #: The replica_number of hand-over Stores (a newcomer's range at join, ours
@@ -119,6 +125,8 @@ class StorageService:
         self.credentials = credentials or UserCredentials(identity, certificates)
         #: Resource-ID -> the successors we know hold our replica of it.
         self.replica_holders: dict[int, set[int]] = {}
+        #: The peer handing its range over to us while we join (the admitting peer), if any.
+        self.hand_over_source: Callable[[], int | None] = lambda: None
         #: (Kind-ID, Resource-ID, certificate hash) -> when we last stored it.
         self._published: dict[tuple[int, int, bytes], float] = {}
         self._last_storage_time = 0
@@ -134,6 +142,18 @@ class StorageService:
 
     def _on_store(self, link: Link, message: Message, signer: int) -> Reply | Deferred[Reply]:
         request = bodies.StoreReq.decode(message.body, self.config.limits, self.data_models)
+        if request.replica_number > 0:
+            refusal = self._replica_refusal(signer, request.resource)
+            if refusal is not None:
+                self.messenger.refuse(
+                    "replicas_refused",
+                    link,
+                    "refused a replica of {resource} from {signer}: {why}",
+                    resource=id_short(request.resource),
+                    signer=id_short(signer),
+                    why=refusal,
+                )
+                raise RequestRefused(ErrorCode.FORBIDDEN, refusal)
         try:
             # One StoreReq is stored whole or not at all (RFC 6940 s7.4.1.1),
             # and an original store is also checked against what the
@@ -160,6 +180,54 @@ class StorageService:
         if request.replica_number == 0 and self.topology.is_responsible(request.resource):
             return self.replicate(request.resource, request.kind_data).addCallback(answer)
         return answer(())
+
+    def _replica_refusal(self, sender: int, resource: int) -> str | None:
+        """
+        Why ``sender`` may not send us a replica (or hand-over) of ``resource``; None if it may.
+
+        A predecessor may, for a resource it is responsible for as far as we
+        can tell: no node we know and heard from lately lies between the
+        resource and it.  (A predecessor that takes over the range of one
+        that crashed replicates it at once; the crashed one's link has been
+        silent for as long, and does not count, so the copy is not refused
+        just because we notice the crash a moment later.)  The peer handing
+        its range over to us may, for a resource of the range we take (no
+        node we know, nor the sender, lies between the resource and us).
+        """
+        topology = self.topology
+        closer = self._live_node_between(resource, sender)
+        if sender in topology.predecessors and closer is None:
+            return None
+        if (
+            sender == self.hand_over_source()
+            and not between(sender, resource, self.node_id)
+            and topology.may_be_responsible(resource, self.node_id)
+        ):
+            return None
+        if sender in topology.predecessors:
+            return (
+                f"resource {id_short(resource)} is not in the range of {id_short(sender)} "
+                f"({id_short(closer or 0)} comes first)"
+            )
+        return (
+            "replicas are taken only from a predecessor holding the resource, or from the "
+            "peer handing its range over to us"
+        )
+
+    def _live_node_between(self, resource: int, sender: int) -> int | None:
+        """A node we know (ourselves, or a peer heard from within two ping intervals) strictly between."""
+        topology = self.topology
+        heard_since = self.clock.seconds() - 2 * self.config.ping_interval_seconds
+        known = (*topology.successors, *topology.predecessors, *topology.fingers.values())
+        if between(self.node_id, resource, sender):
+            return self.node_id
+        for peer in known:
+            if peer == sender or not between(peer, resource, sender):
+                continue
+            link = self.messenger.links.link_for(peer)
+            if link is not None and link.last_received_at >= heard_since:
+                return peer
+        return None
 
     def _refused(self, signer: int, request: bodies.StoreReq, error: StoreError) -> None:
         """Log a refused Store where an operator sees it, once a minute per signer."""

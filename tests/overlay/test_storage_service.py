@@ -201,3 +201,20 @@ class StorageServiceTests(SynchronousTestCase):
         self.assertEqual(list(entries.values()), [b"v"])
         [warning] = [e for e in events if e["log_level"].name == "warn"]
         self.assertIn("bad signature", warning["why"])
+
+    def test_replica_of_another_nodes_range_is_refused(self) -> None:
+        """A replica Store for a resource outside its sender's range is refused with Error_Forbidden."""
+        owner = self.node_for("not-yours")
+        self.sim.wait(owner.put("not-yours", b"v"))
+        resource = resource_id("not-yours")
+        sender = next(node for node in self.sim.live() if node is not owner)
+        receiver = next(node for node in self.sim.live() if node not in (owner, sender))
+        kind_data = owner.storage.store.export(resource, self.sim.clock.seconds())
+        body = bodies.StoreReq(resource, 1, tuple(kind_data)).encode()
+        request = sender.messenger.request(
+            Destination.node(receiver.node_id), MessageCode.STORE_REQ, body
+        )
+        [failure] = self.sim.wait(request.addErrback(lambda f: [f]))
+        self.assertEqual(failure.value.error_code, ErrorCode.FORBIDDEN)
+        self.assertIn("not in the range", failure.getErrorMessage())
+        self.assertEqual(receiver.counters["replicas_refused"], 1)
