@@ -18,6 +18,12 @@ summary line; asserts nothing.
   taken in turn from an injection file, so AORs are re-registered rather
   than new.
 
+* ``--security secure`` (with ``--auth on``): an enrolled super-node (a
+  CA, its node certificate and a user certificate per Digest user made
+  before it starts), which signs every registration with the user's
+  certificate; ``--security both`` runs the insecure one too and prints
+  the slowdown: the cost of security for REGISTER.
+
 Usage::
 
     .venv/bin/python bench/sip_load.py --auth both --rates 250,500,1000,2000 \
@@ -46,11 +52,20 @@ PASSWORD = "bench-password"
 
 
 def start_server(
-    work: Path, sip_port: int, auth: bool, users: Path | None
+    work: Path,
+    sip_port: int,
+    auth: bool,
+    users: Path | None,
+    enrolled_aors: list[str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """One super-node process; its pid is what the ladder measures."""
     return start_super_node(
-        work / "server", sip_port, "p2psip-bootstrap", auth=auth, users=users
+        work / "server",
+        sip_port,
+        "p2psip-bootstrap",
+        auth=auth,
+        users=users,
+        enrolled_aors=enrolled_aors,
     ).process
 
 
@@ -156,13 +171,18 @@ def ladder_main(rest: list[str], digest_users: str | None) -> None:
     sipp_ladder.main()
 
 
+def user_aors(count: int) -> list[str]:
+    """The AORs of the benchmark's Digest users."""
+    return [f"sip:bench{index:06d}@{DOMAIN}" for index in range(count)]
+
+
 def make_users(work: Path, count: int) -> tuple[Path, Path]:
     """A users file and the matching SIPp injection file."""
     users = UsersFile.load(work / "users", missing_ok=True)
     lines = ["SEQUENTIAL"]
-    for index in range(count):
+    for index, aor in enumerate(user_aors(count)):
         name = f"bench{index:06d}"
-        users.set_password(f"sip:{name}@{DOMAIN}", PASSWORD)
+        users.set_password(aor, PASSWORD)
         lines.append(f"{name};[authentication username={name} password={PASSWORD}]")
     users.save()
     injection = work / "users.csv"
@@ -195,6 +215,13 @@ def main() -> None:
         action="store_true",
         help="also run the shared Kamailio anchor and print the ratios",
     )
+    parser.add_argument(
+        "--security",
+        choices=["insecure", "secure", "both"],
+        default="insecure",
+        help="secure: an enrolled super-node holding a user certificate per Digest user "
+        "(with --auth on only)",
+    )
     parser.add_argument("--ladder", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--digest-users", help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
@@ -210,42 +237,57 @@ def main() -> None:
         work = Path(args.work or scratch)
         work.mkdir(parents=True, exist_ok=True)
         modes = ["off", "on"] if args.auth == "both" else [args.auth]
-        results: dict[tuple[str, str], int | None] = {}
-        for auth in modes:
-            ladders = [("register", args.rates)] + (
-                [("call", args.call_rates)] if auth == "off" else []
-            )
-            users = injection = None
-            if auth == "on":
-                users, injection = make_users(work, args.users)
-            for mode, rates in ladders:
-                step_work = work / f"auth_{auth}_{mode}"
-                sip_port = free_port(__import__("socket").SOCK_DGRAM)
-                server = start_server(step_work, sip_port, auth == "on", users)
-                try:
-                    print(
-                        f"\n## p2psip super-node (pid {server.pid}), {mode} ladder, authentication {auth}",
-                        flush=True,
-                    )
-                    results[(auth, mode)] = run_ladder(
-                        ladder_arguments(args, mode, rates, sip_port, server.pid, step_work),
-                        injection if mode == "register" else None,
-                    )
-                finally:
-                    stop_server(server)
+        securities = ["insecure", "secure"] if args.security == "both" else [args.security]
+        if "secure" in securities and modes != ["on"]:
+            raise SystemExit("--security secure needs --auth on: every AOR needs a certificate")
+        results: dict[tuple[str, str, str], int | None] = {}
+        for security in securities:
+            for auth in modes:
+                ladders = [("register", args.rates)] + (
+                    [("call", args.call_rates)] if auth == "off" else []
+                )
+                users = injection = None
+                if auth == "on":
+                    users, injection = make_users(work, args.users)
+                aors = user_aors(args.users) if security == "secure" else None
+                for mode, rates in ladders:
+                    step_work = work / f"{security}_auth_{auth}_{mode}"
+                    sip_port = free_port(__import__("socket").SOCK_DGRAM)
+                    server = start_server(step_work, sip_port, auth == "on", users, aors)
+                    try:
+                        print(
+                            f"\n## p2psip super-node (pid {server.pid}, {security}), {mode} "
+                            f"ladder, authentication {auth}",
+                            flush=True,
+                        )
+                        results[(security, auth, mode)] = run_ladder(
+                            ladder_arguments(args, mode, rates, sip_port, server.pid, step_work),
+                            injection if mode == "register" else None,
+                        )
+                    finally:
+                        stop_server(server)
         print(
             "\n## Summary: highest passing rate per ladder (0 failures, 0 retransmissions)",
             flush=True,
         )
-        for (auth, mode), best in results.items():
+        for (security, auth, mode), best in results.items():
             print(
-                f"p2psip {mode:<8} auth {auth:<3}: {best if best is not None else 'none passed'}/s",
+                f"p2psip {mode:<8} auth {auth:<3} {security:<8}: "
+                f"{best if best is not None else 'none passed'}/s",
+                flush=True,
+            )
+        insecure_rate = results.get(("insecure", "on", "register"))
+        secure_rate = results.get(("secure", "on", "register"))
+        if insecure_rate and secure_rate:
+            print(
+                f"cost of security, REGISTER/s: secure {secure_rate} vs insecure {insecure_rate}"
+                f" = {100 * (1 - secure_rate / insecure_rate):.0f}% slower",
                 flush=True,
             )
         if args.kamailio:
             anchor = run_kamailio_anchor(args.duration)
             for mode, key in (("register", "register_max_rate"), ("call", "calls_max_rate")):
-                ours, theirs = results.get(("off", mode)), anchor.get(key)
+                ours, theirs = results.get((securities[0], "off", mode)), anchor.get(key)
                 if ours and theirs:
                     print(
                         f"ratio p2psip/kamailio {mode}: {ours}/{theirs:.0f} = {ours / theirs:.2f}",

@@ -23,8 +23,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from p2psip.cli.admin import AdminClient, AdminError
+from p2psip.enrolment.authority import OverlayAuthority, random_node_id
+from p2psip.enrolment.node_files import save_node_enrolment
+from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.testing import free_port, repository_root, shared_dir
+from p2psip.usages.sip import registration_resource_name
 
 DOMAIN = "127.0.0.1"
 START_SECONDS = 30.0
@@ -60,10 +66,23 @@ def start_super_node(
     extra: list[str] | None = None,
     auth: bool = False,
     users: Path | None = None,
+    enrolled_aors: list[str] | None = None,
 ) -> SuperNode:
-    """Start one role process with SIP on ``sip_port`` and wait for its SIP listener."""
+    """
+    Start one role process with SIP on ``sip_port`` and wait for its SIP listener.
+
+    By default the ring is ``--insecure`` (the SIP benchmarks measure SIP
+    and routing, not enrolment, and need no CA).  With ``enrolled_aors``
+    (a bootstrap only) it is a secure one: a CA, the node's certificate and
+    a user certificate for every AOR are made in its data dir before it
+    starts, as its first start and ``p2psip enrol --user`` would.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     overlay_port, http_port = free_port(), free_port()
+    security = ["--insecure"]
+    if enrolled_aors is not None:
+        enrol_bootstrap_offline(directory / "data", enrolled_aors)
+        security = ["--enrol-listen", f"ssl:{free_port()}:interface=127.0.0.1"]
     command = [
         sys.executable,
         "-c",
@@ -82,6 +101,7 @@ def start_super_node(
         str(directory / "data"),
         "--sip",
         f"udp:{sip_port}:interface=127.0.0.1",
+        *security,
         # One SIPp is one source address: the request limit would measure itself.
         "--sip-rate-limit",
         "0",
@@ -109,6 +129,23 @@ def start_super_node(
         time.sleep(0.2)
     stop_process(process)
     raise SystemExit(f"the {role} did not start within {START_SECONDS:g} s; see {node.log_path}")
+
+
+def enrol_bootstrap_offline(data_dir: Path, aors: list[str]) -> None:
+    """The bootstrap's CA, its node certificate and user certificates for ``aors``."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    now = time.time()
+    authority, _ = OverlayAuthority.load_or_create(data_dir, DOMAIN, now)
+    key = ec.generate_private_key(ec.SECP256R1())
+    node_id = random_node_id()
+    certificate = authority.issue(key.public_key(), node_id=node_id, user_name=None, now=now)
+    save_node_enrolment(data_dir, key, certificate, authority.root_der, None)
+    certificates = UserCertificates(data_dir)
+    for aor in aors:
+        name = registration_resource_name(aor)
+        certificates.save(
+            name, authority.issue(key.public_key(), node_id=node_id, user_name=name, now=now)
+        )
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

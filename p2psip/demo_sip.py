@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
 
 from p2psip.util.reactor import IRoleReactor
+from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.overlay.node import OverlayNode
 from p2psip.roles.ring_options import SipConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret
@@ -28,7 +29,7 @@ from p2psip.sip.transport import SipTransport
 from p2psip.sip.uri import URI, SipURI
 from p2psip.sip.user_agent import SimpleUserAgent
 from p2psip.sip.users import UsersFile
-from p2psip.usages.sip import SIP_REGISTRATION_KIND
+from p2psip.usages.sip import SIP_REGISTRATION_KIND, registration_resource_name
 from p2psip.util.ids import id_short
 from p2psip.util.reactor import as_udp_reactor
 
@@ -53,20 +54,33 @@ def _route_name(uri: URI, names: dict[str, str]) -> str:
     return names.get(f"{uri.host}:{uri.port}", "?")
 
 
+#: Gets a user's certificate bound to a super-node (``p2psip enrol --user``).
+UserCertificateSource = Callable[[OverlayNode, str], Awaitable[bytes]]
+
+
 def run_sip_demo(
-    reactor: IRoleReactor, nodes: list[OverlayNode], say: Callable[[str], None]
+    reactor: IRoleReactor,
+    nodes: list[OverlayNode],
+    say: Callable[[str], None],
+    user_certificate: UserCertificateSource | None = None,
 ) -> Deferred[float]:
     """
     Register Alice and Bob at two super-nodes of ``nodes`` and have Bob call Alice.
 
-    ``reactor`` must have UDP sockets as well (the phones and the super-nodes'
-    SIP listeners).  :returns: call setup time (INVITE to 200) in milliseconds.
+    With ``user_certificate`` each super-node first gets its user's
+    certificate from the overlay CA, bound to its Node-ID, and keeps it in
+    its data directory's ``user-certs/`` as a super-node does.  ``reactor``
+    must have UDP sockets as well (the phones and the super-nodes' SIP
+    listeners).  :returns: call setup time (INVITE to 200) in milliseconds.
     """
-    return Deferred.fromCoroutine(_run_sip_demo(reactor, nodes, say))
+    return Deferred.fromCoroutine(_run_sip_demo(reactor, nodes, say, user_certificate))
 
 
 async def _run_sip_demo(
-    reactor: IRoleReactor, nodes: list[OverlayNode], say: Callable[[str], None]
+    reactor: IRoleReactor,
+    nodes: list[OverlayNode],
+    say: Callable[[str], None],
+    user_certificate: UserCertificateSource | None,
 ) -> float:
     udp = as_udp_reactor(reactor)
     domain = nodes[0].config.overlay_name
@@ -81,9 +95,17 @@ async def _run_sip_demo(
         services: list[SipService] = []
         agents: dict[str, SimpleUserAgent] = {}
         transports: list[SipTransport] = []
+        bound: list[str] = []
         try:
             for label, node in (("alice", alice_node), ("bob", bob_node)):
                 (directory / label).mkdir()
+                if user_certificate is not None:
+                    certificate = await user_certificate(node, label)
+                    UserCertificates(directory / label).save(f"{label}@{domain}", certificate)
+                    bound.append(
+                        f"  {label}'s user certificate from the CA is bound to super-node "
+                        f"{id_short(node.local_node_id)}"
+                    )
                 stack = build_sip_stack(
                     _sip_config(domain, users.path),
                     node,
@@ -92,7 +114,16 @@ async def _run_sip_demo(
                     load_or_create_secret(directory / label),
                     node.advertised_host,
                 )
-                service = SipService(stack, reactor, freeze_gc=False)
+                service = SipService(
+                    stack,
+                    reactor,
+                    freeze_gc=False,
+                    user_certificates=(
+                        UserCertificates(directory / label)
+                        if user_certificate is not None
+                        else None
+                    ),
+                )
                 service.startService()
                 services.append(service)
                 transport = SipTransport(udp)
@@ -107,6 +138,8 @@ async def _run_sip_demo(
                     reactor,
                 )
             say("\nSIP: two super-nodes with Digest authentication, two phones on 127.0.0.1:")
+            for line in bound:
+                say(line)
             for label, service in zip(("alice", "bob"), services):
                 await agents[label].register()
                 say(
@@ -114,8 +147,10 @@ async def _run_sip_demo(
                     f"(SIP {service.status()['address']})"
                 )
 
-            found = await bob_node.lookup(aor["alice"])
-            stored = await bob_node.get_dictionary(aor["alice"], SIP_REGISTRATION_KIND)
+            # Registrations live under the user's name (RFC 7904 USER-NODE-MATCH).
+            alice_resource = registration_resource_name(aor["alice"])
+            found = await bob_node.lookup(alice_resource)
+            stored = await bob_node.get_dictionary(alice_resource, SIP_REGISTRATION_KIND)
             say(
                 f"\nAlice's registration ({aor['alice']}, {len(stored)} entry) is stored at "
                 f"{id_short(found.responsible)}, with copies on its next successors;"

@@ -17,26 +17,48 @@ class IOverlayStorage(Interface):
     What the SIP layer needs from the overlay.
 
     User records live in RELOAD dictionary kinds (SIP-REGISTRATION is kind
-    1, RFC 7904): one dictionary per resource name (the AOR), one entry per
-    registering node.  The SIP layer encodes and decodes the entry values
-    itself; the overlay signs, stores, replicates and expires them.
+    1, RFC 7904): one dictionary per resource name (the user's name), one
+    entry per registering node.  The SIP layer encodes and decodes the entry
+    values itself; the overlay signs, stores, replicates and expires them.
+
+    Who may write an entry is the Kind's access policy: SIP-REGISTRATION
+    entries must be signed with a certificate naming the user and this
+    node's Node-ID.  The node holds such credentials for the users it
+    serves; the SIP layer asks for one (:meth:`user_credential`) and hands
+    it back, as an opaque object, to the store that needs it.
     """
 
     local_node_id = Attribute("This node's 128-bit Node-ID, an int.")
 
+    def user_credential(user_name: str) -> object:
+        """
+        The credential this node signs ``user_name``'s values with (opaque to
+        the caller), or None when it holds none for that user.
+        """
+
     def put_dictionary_entry(
-        resource_name: str, kind_id: int, key: bytes, value: bytes, lifetime_seconds: int
+        resource_name: str,
+        kind_id: int,
+        key: bytes,
+        value: bytes,
+        lifetime_seconds: int,
+        signer: object = None,
     ) -> object:
         """
         Store (or replace) one dictionary entry at the responsible peer.
+
+        ``signer`` is a credential from :meth:`user_credential`; None signs
+        with the node's own identity.
 
         :returns: a Deferred that fires with None once the responsible peer
             has accepted the value, or fails with
             ``p2psip.overlay.errors.OverlayError``.
         """
 
-    def remove_dictionary_entry(resource_name: str, kind_id: int, key: bytes) -> object:
-        """Delete one entry (a RELOAD store with exists=False); a Deferred."""
+    def remove_dictionary_entry(
+        resource_name: str, kind_id: int, key: bytes, signer: object = None
+    ) -> object:
+        """Delete one entry (a RELOAD store with exists=False), signed as for put; a Deferred."""
 
     def get_dictionary(resource_name: str, kind_id: int) -> object:
         """
@@ -66,3 +88,11 @@ class ISuperNodeOverlay(IOverlayStorage, IApplicationRegistry):
     """The overlay node as a SIP super-node uses it: storage and AppAttach."""
 
     advertised_host = Attribute("The host other peers reach this node's overlay listener at.")
+
+    def add_user_certificate(certificate_der: bytes) -> object:
+        """
+        Sign for the user a DER certificate names from now on (one the
+        overlay CA issued for this node's key and Node-ID).
+
+        :raises ValueError: the certificate cannot sign for this node.
+        """

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from twisted.internet.address import IPv4Address
@@ -422,3 +423,19 @@ def enrolled_identity(
         now=now,
     )
     return NodeIdentity(key, certificate)
+
+
+def user_certificate(
+    authority: OverlayAuthority,
+    identity: NodeIdentity,
+    user_name: str,
+    *,
+    now: float = TEST_CERTIFICATE_EPOCH,
+) -> bytes:
+    """
+    A user certificate from ``authority`` for ``identity``'s own key and
+    Node-ID, as ``p2psip enrol --user`` gets one for a super-node.
+    """
+    public_key = x509.load_der_x509_certificate(identity.certificate_der).public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    return authority.issue(public_key, node_id=identity.node_id, user_name=user_name, now=now)

@@ -488,6 +488,10 @@ class ExampleConfigTests(SynchronousTestCase):
                 certificate, key = write_sip_certificate(Path(self.mktemp()))
                 text = text.replace("/etc/p2psip/sip-tls-cert.pem", str(certificate))
                 text = text.replace("/etc/p2psip/sip-tls-key.pem", str(key))
+                text = text.replace(
+                    "enrol-password-file = /etc/p2psip/enrol-password",
+                    "enrol-password-file = " + self.secret_file(),
+                )
                 if role == "mediator":
                     text = text.replace(
                         "secrets-file = /etc/p2psip/mediator-secrets", "secret = example"

@@ -23,6 +23,8 @@ Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 COMMAND_MODULES: tuple[str, ...] = (
     "p2psip.cli.admin",
     "p2psip.cli.users",
+    "p2psip.cli.accounts",
+    "p2psip.cli.enrol",
     "p2psip.cli.nat",
     "p2psip.cli.mediator",
 )
@@ -31,7 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="p2psip",
-        description="Operate p2psip roles: overlay admin, users, NAT diagnostics, mediator secrets.",
+        description="Operate p2psip roles: overlay admin, users, enrolment, NAT diagnostics, mediator secrets.",
     )
     parser.add_argument(
         "--api",

@@ -20,9 +20,10 @@ time is given ``now`` (seconds since the epoch).
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cryptography import x509
@@ -203,6 +204,56 @@ class OverlayAuthority:
             .sign(self._key, hashes.SHA256())
         )
         return certificate.public_bytes(serialization.Encoding.DER)
+
+    def issue_server_certificate(
+        self,
+        public_key: ec.EllipticCurvePublicKey,
+        hosts: Sequence[str],
+        *,
+        now: float,
+        lifetime: float = DEFAULT_CERTIFICATE_LIFETIME,
+    ) -> bytes:
+        """
+        A DER TLS server certificate for the enrolment server at ``hosts``.
+
+        It names the hosts (IP addresses as iPAddress, names as dNSName) and
+        no Node-ID, so no trust policy accepts it as a node's identity; a
+        peer that pins this CA checks the enrolment server against it.
+        """
+        names: list[x509.GeneralName] = []
+        for host in dict.fromkeys(hosts):
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        if not names:
+            raise ValueError("a server certificate needs at least one host")
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(
+                x509.Name(
+                    [x509.NameAttribute(NameOID.COMMON_NAME, f"{self.overlay_name} enrolment")]
+                )
+            )
+            .issuer_name(self.root.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(_utc(now - CLOCK_SKEW_ALLOWANCE))
+            .not_valid_after(_utc(now + lifetime))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return certificate.public_bytes(serialization.Encoding.DER)
+
+    def sign(self, data: bytes) -> bytes:
+        """An ECDSA-SHA256 signature (DER) over ``data`` with the CA key (the configuration document)."""
+        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def issue_for_csr(
         self,

@@ -17,6 +17,13 @@ neighbours (only once they take an Update of ours: a peer still joining
 answers Error_In_Progress), and repairs the table when a neighbour fails
 or leaves.  Every change of the table is reported to the neighbour
 observers (storage re-replicates, the role saves its known peers).
+
+What others tell us cannot make us flood the ring: the peers an Update
+or a Leave names are contacted only when it comes from a neighbour (or
+the peer itself, over its own link), only the few that would improve our
+table (at most successors + predecessors of them, however long the list),
+and at most that many per informant every half update interval; peers
+that could not be reached are not tried again for a ping interval.
 """
 
 from __future__ import annotations
@@ -41,7 +48,8 @@ from p2psip.overlay.messaging import Answer, Messenger, Reply, RequestRefused
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.results import HandOver
 from p2psip.overlay.topology import ChordTopology
-from p2psip.util.ids import MAX_ID, between_right_inclusive, id_short
+from p2psip.util.ids import MAX_ID, between_right_inclusive, id_hex, id_short
+from p2psip.util.token_bucket import TokenBuckets
 
 
 class RangeHolder(Protocol):
@@ -92,6 +100,12 @@ class ChordMaintenance:
         #: Peers whose link or Update failed: not tried again before this time.
         self.unreachable_until: dict[int, float] = {}
         self._corrections_sent: dict[int, float] = {}
+        table_size = config.successors + config.predecessors
+        #: New peers each informant's hearsay may make us contact: a table's
+        #: worth every half update interval.
+        self.contact_budget = TokenBuckets(
+            table_size / (config.update_interval_seconds / 2), table_size, max_keys=1024
+        )
         self._neighbour_update_call: IDelayedCall | None = None
         #: Called (with no arguments) after the neighbour table changed.
         self.neighbour_observers: list[Callable[[], None]] = []
@@ -259,18 +273,20 @@ class ChordMaintenance:
             raise RequestRefused(ErrorCode.IN_PROGRESS, "this peer is not in the ring")
         if self.membership.state is NodeState.ALONE:
             self.membership.happened(Event.PEER_JOINED)
-        learned = {signer, *update.predecessors, *update.successors}
-        learned.discard(self.node_id)
+        learned = {*update.predecessors, *update.successors} - {self.node_id, signer}
         if not message.header.via_list:
             # Sent by the peer at the other end of the link: it is alive
             # and in the ring (peers send Updates only once admitted),
             # whatever we believed of it before (a peer that restarted).
-            learned.discard(signer)
             self.recently_failed.pop(signer, None)
             self.unreachable_until.pop(signer, None)
             if signer not in self.topology.neighbours() and self._would_be_neighbour(signer):
                 self.add_neighbours([signer])
-        self.consider_peers(learned, informant=link)
+        else:
+            self.consider_peers([signer], informant=link, informant_id=signer)
+        if signer in self.topology.neighbours():
+            # Only a neighbour's view of the neighbourhood is worth acting on.
+            self.consider_peers(learned, informant=link, informant_id=signer)
         if signer not in self.topology.neighbours() and self._knows_closer_peers(signer, update):
             # The sender counts us as its neighbour but we know peers
             # closer to it than some it lists: tell it what we know
@@ -320,7 +336,12 @@ class ChordMaintenance:
 
     # -- the neighbour table -------------------------------------------------
 
-    def consider_peers(self, peers: Iterable[int], informant: Link | None = None) -> None:
+    def consider_peers(
+        self,
+        peers: Iterable[int],
+        informant: Link | None = None,
+        informant_id: int | None = None,
+    ) -> None:
         """
         Link to peers we hear about that would improve our neighbour table.
 
@@ -329,14 +350,36 @@ class ChordMaintenance:
         again.  So we link to it and send it our Update, and list it only if
         it takes the Update (a peer still joining answers Error_In_Progress,
         and will announce itself once admitted).
+
+        Of a list told by ``informant_id`` (another peer; None for our own
+        repairs) only the peers that would make our table are tried, and at
+        most :attr:`contact_budget` allows: a list of a thousand made-up
+        peers costs a table's worth of Attaches, not a thousand.
         """
-        for peer in peers:
-            if peer == self.node_id or peer in self.recently_failed:
-                continue
-            if self.unreachable_until.get(peer, 0.0) > self.clock.seconds():
-                continue
-            if peer in self.topology.neighbours() or not self._would_be_neighbour(peer):
-                continue
+        now = self.clock.seconds()
+        wanted = [
+            peer
+            for peer in set(peers)
+            if peer != self.node_id
+            and peer not in self.recently_failed
+            and self.unreachable_until.get(peer, 0.0) <= now
+            and peer not in self.topology.neighbours()
+            and not self.connectivity.connecting_to(peer)
+        ]
+        for peer in self.topology.best_of(wanted):
+            if informant_id is not None and not self.contact_budget.take(id_hex(informant_id), now):
+                if informant is None:
+                    self.counters.count("hearsay_not_followed")
+                else:
+                    self.messenger.refuse(
+                        "hearsay_not_followed",
+                        informant,
+                        "not contacting {peer} and others yet: {informant} named more new "
+                        "peers lately than our table holds",
+                        peer=id_short(peer),
+                        informant=id_short(informant_id),
+                    )
+                return
             self.connectivity.ensure_link(peer, informant).addCallback(
                 self._confirm_member, peer
             ).addCallbacks(
@@ -407,7 +450,7 @@ class ChordMaintenance:
         if self.topology.remove_peer(signer):
             self.neighbours_changed()
         self.connectivity.addresses.pop(signer, None)
-        self.clock.callLater(0, self.consider_peers, replacements - {signer}, link)
+        self.clock.callLater(0, self.consider_peers, replacements - {signer}, link, signer)
         return Reply(MessageCode.LEAVE_ANS, bodies.LeaveAns().encode())
 
     def peer_failed(self, peer: int) -> None:

@@ -5,6 +5,11 @@ keeping them alive, and noticing when a peer is gone.
 * **Hello.** A new connection's first message is a Ping, to the Node-ID we
   expect there or to the wildcard id ("whoever is at the other end"); the
   signed answer identifies the link (:mod:`p2psip.overlay.link_table`).
+  The side that accepted the connection learns the peer from the hello
+  request's signature, but a signed request can be a copy sent by anyone
+  who received it, so it *challenges* the link: a Ping of its own to that
+  peer over that link.  Only the answer, which must come back over the
+  same link, confirms it; a link that fails the challenge is closed.
 * **Attach and connect** (RFC 6940 s6.5.1, without ICE).  To reach a peer
   we have no link to, we send an Attach to its Node-ID; the answer carries
   its overlay listener as a host candidate (link type TLS-TCP-FH-NO-ICE)
@@ -101,6 +106,7 @@ class Connectivity:
         self._asking_address: set[int] = set()
         messenger.handle(MessageCode.PING_REQ, self._on_ping)
         messenger.handle(MessageCode.ATTACH_REQ, self._on_attach)
+        messenger.link_claimed = self.challenge_link
 
     def set_advertised_address(self, host: str, port: int) -> None:
         """Where other peers reach our overlay listener (known once it listens)."""
@@ -167,11 +173,17 @@ class Connectivity:
                 raise UnexpectedPeer(
                     f"expected peer {id_short(expected)} answered as {id_short(answer.responder)}"
                 )
-            if not self.links.identify(link, answer.responder):
+            if link.peer_id is None:
+                self.links.identify(link, answer.responder)
+            elif link.peer_id == answer.responder:
+                # A request from the peer named the link first; our hello's
+                # answer is as good as a challenge.
+                self.links.confirm(link)
+            else:
                 # The link's certificate named someone else than the signer.
                 self.drop_link(link)
                 raise UnexpectedPeer(
-                    f"link to {id_short(link.peer_id or 0)} answered as {id_short(answer.responder)}"
+                    f"link to {id_short(link.peer_id)} answered as {id_short(answer.responder)}"
                 )
             return link
 
@@ -183,9 +195,53 @@ class Connectivity:
         )
         return d.addCallback(identified)
 
+    def challenge_link(self, link: Link) -> None:
+        """
+        Make the peer a request named prove it is at the other end of ``link``.
+
+        A Ping to that peer over that link, whose answer must come back over
+        it: a copy of someone's signed request, sent over a connection of
+        one's own, cannot answer it.  The link is confirmed by the answer,
+        and closed when the challenge fails.
+        """
+        peer = link.peer_id
+        if peer is None:
+            return
+        d = self.messenger.request(
+            Destination.node(peer),
+            MessageCode.PING_REQ,
+            bodies.PingReq().encode(),
+            first_link=link,
+        )
+
+        def answered(answer: Answer) -> None:
+            if answer.responder == peer:
+                self.links.confirm(link)
+            else:
+                failed(Failure(UnexpectedPeer(f"answered as {id_short(answer.responder)}")))
+
+        def failed(failure: Failure) -> None:
+            if link.closed:
+                return
+            self.messenger.refuse(
+                "links_not_confirmed",
+                link,
+                "closing the link from {address}: it was named {peer}'s by a signed request, "
+                "but {peer} did not answer our challenge over it ({why})",
+                peer=id_short(peer),
+                why=failure.getErrorMessage(),
+            )
+            self._drop_and_report(link, peer)
+
+        d.addCallbacks(answered, failed)
+
     def connect_endpoint(self, description: str) -> Deferred[Link]:
         """Connect to a client endpoint string (a bootstrap) and say hello."""
         return self.connector.connect_endpoint(self.listener, description).addCallback(self.hello)
+
+    def connecting_to(self, peer: int) -> bool:
+        """Whether a connect to ``peer`` is under way."""
+        return peer in self._connecting
 
     def ensure_link(self, peer: int, informant: Link | None = None) -> Deferred[Link]:
         """

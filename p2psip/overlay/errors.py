@@ -32,3 +32,10 @@ class UnexpectedPeer(OverlayError):
 
 class RequestFailed(OverlayError):
     """The responsible peer answered with a RELOAD Error."""
+
+
+class NotResponsible(RequestFailed):
+    """
+    The answer came from a node that cannot own the target: a node we know
+    lies between the target and it (Chord's rule), so the answer was refused.
+    """

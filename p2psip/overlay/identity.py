@@ -187,6 +187,18 @@ class NodeIdentity:
         """
         return self._private_key
 
+    def with_certificate(self, certificate_der: bytes) -> NodeIdentity:
+        """
+        This key with another certificate issued for it: a user certificate
+        the overlay CA made for this node's key (``p2psip enrol --user``).
+
+        :raises IdentityError: the certificate is for another key or unreadable.
+        """
+        try:
+            return NodeIdentity(self._private_key, certificate_der)
+        except ValueError as e:
+            raise IdentityError(f"unreadable certificate: {e}") from e
+
     def signer_identity(self) -> SignerIdentity:
         """The SignerIdentity (cert_hash, SHA-256) that names this node's certificate."""
         return self._identity

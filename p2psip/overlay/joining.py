@@ -76,6 +76,11 @@ class Joiner:
         self._admitted: Deferred[None] | None = None
         chord.admission_update = self._admission_update
 
+    @property
+    def admitting_peer(self) -> int | None:
+        """The peer we sent Join to: it hands us our range (hand-over Stores) and admits us."""
+        return self._admitting
+
     @inlineCallbacks
     def join(self, endpoints: Iterable[str]) -> Generator[Deferred[Any], Any, int]:
         """
@@ -237,7 +242,10 @@ class Joiner:
         # to the rest of the neighbourhood.
         predecessors = [peer for peer in update.predecessors if peer != self.node_id]
         self.topology.add_peers([admitting, *predecessors[:1]])
-        others = sorted(learned - {admitting})
+        # However long the list, we link only to the peers our table can hold
+        # (and to the predecessor we just listed, which needs its link too).
+        candidates = learned - {admitting}
+        others = sorted(set(self.topology.best_of(candidates)) | (candidates & {*predecessors[:1]}))
         informant = self.messenger.links.link_for(admitting)
         results = yield DeferredList(
             [self.connectivity.ensure_link(peer, informant) for peer in others],

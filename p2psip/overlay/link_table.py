@@ -12,6 +12,13 @@ several links for a while: both sides connected at once, or the peer
 restarted and connected again before its old link was found dead.  The
 one that last carried something from the peer is the one to use.
 
+A link is *confirmed* when the peer proved it is at the other end: it
+answered a challenge of ours (a Ping with a transaction id we chose, sent
+over that link), or TLS authenticated it.  A link identified by a request
+alone is not: a signed request can be a copy, sent by whoever received
+it.  Until confirmed, such a link is used for a peer only when the peer
+has no confirmed link.
+
 This is bookkeeping only: opening links, hellos and keepalives are
 :mod:`p2psip.overlay.connectivity`'s job, routing is
 :mod:`p2psip.overlay.messaging`'s.
@@ -28,18 +35,21 @@ class LinkTable:
     def __init__(self) -> None:
         self._by_peer: dict[int, list[Link]] = {}
         self._unidentified: set[Link] = set()
+        self._unconfirmed: set[Link] = set()
 
     def added(self, link: Link) -> None:
-        """A connection is up: filed under its peer when TLS proved it, else unidentified."""
+        """A connection is up: filed (confirmed) under its peer when TLS proved it, else unidentified."""
         if link.peer_id is not None:
             self._by_peer.setdefault(link.peer_id, []).append(link)
         else:
             self._unidentified.add(link)
 
-    def identify(self, link: Link, peer: int) -> bool:
+    def identify(self, link: Link, peer: int, confirmed: bool = True) -> bool:
         """
         File ``link`` under ``peer`` (its verified sender); links are identified once.
 
+        ``confirmed`` is False when only a request's signature names the
+        peer (see the module docstring); :meth:`confirm` settles it later.
         Returns False, and changes nothing, when the link already belongs to
         another peer (its certificate, or an earlier message, named it).
         """
@@ -48,13 +58,27 @@ class LinkTable:
         link.peer_id = peer
         self._unidentified.discard(link)
         self._by_peer.setdefault(peer, []).append(link)
+        if not confirmed:
+            self._unconfirmed.add(link)
         return True
 
+    def confirm(self, link: Link) -> None:
+        """The peer answered our challenge over ``link``: it is at the other end."""
+        self._unconfirmed.discard(link)
+
+    def is_confirmed(self, link: Link) -> bool:
+        return link.peer_id is not None and link not in self._unconfirmed
+
     def link_for(self, peer: int) -> Link | None:
-        """The open link to ``peer`` that last carried something from it."""
+        """The open link to ``peer`` that last carried something from it, confirmed ones first."""
         best: Link | None = None
         for link in self._by_peer.get(peer, ()):
-            if not link.closed and (best is None or link.last_received_at > best.last_received_at):
+            if link.closed:
+                continue
+            if best is None or (link not in self._unconfirmed, link.last_received_at) > (
+                best not in self._unconfirmed,
+                best.last_received_at,
+            ):
                 best = link
         return best
 
@@ -79,6 +103,7 @@ class LinkTable:
     def remove(self, link: Link) -> None:
         """Forget ``link`` (without closing it): it no longer counts for its peer."""
         self._unidentified.discard(link)
+        self._unconfirmed.discard(link)
         peer = link.peer_id
         if peer is None:
             return
@@ -95,6 +120,7 @@ class LinkTable:
         removed on purpose (see :meth:`remove`), or the peer has others.
         """
         self._unidentified.discard(link)
+        self._unconfirmed.discard(link)
         peer = link.peer_id
         if peer is None:
             return False

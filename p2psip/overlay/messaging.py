@@ -10,9 +10,33 @@ via list.
 
 Every message we send is signed (the security block carries our
 certificate and, for values we pass on, their signers' certificates);
-every message delivered to us is verified before any handler sees it.  A
-message with an empty via list can only come from the link's other end,
-so its verified signer identifies the link.
+every message delivered to us is verified before any handler sees it:
+
+* **The signer is the claimed sender.**  The node a message claims to
+  come from is the first entry of its via list (the first forwarding
+  peer put the originator there), or, with an empty via list, the peer at
+  the other end of the link.  Requests and answers alike: an answer's via
+  list is built the same way as it travels back, so its first entry (or
+  the link) names the responder.  A message signed by anyone else is
+  dropped and counted.  A message with an empty via list over a link not
+  identified yet can only come from the link's other end, so its
+  verified signer identifies the link, provisionally for a request (a
+  copy of someone's signed request proves nothing about who sent it; the
+  node challenges such a link, see :attr:`Messenger.link_claimed`); once
+  a link is identified (so, or by TLS), a message with an empty via list
+  must be signed by that peer.
+* **No replays.**  A request whose (signer, transaction ID) was seen
+  within the replay window, or whose transaction-ID time lies outside
+  it, is dropped (:mod:`p2psip.overlay.replay`); an answer must match a
+  transaction of ours that is still open, and the first one closes it.
+* **Answers from the owner.**  An answer's signer must be a node that may
+  own the request's target: no node we know lies between the target and
+  it (Chord's rule).  Otherwise the answer is refused and the request
+  tries once more around the node that answered.
+* **Per-source limits.**  Token buckets bound the requests one link
+  brings us (dropped unread over the limit, before any signature is
+  checked) and the requests of one signer we handle (answered with
+  Error_Forbidden over the limit).
 
 The other parts of the node fill in the handler table
 (:meth:`Messenger.handle`): a handler takes ``(link, message, signer)``
@@ -34,7 +58,7 @@ from twisted.python.failure import Failure
 from p2psip.overlay import bodies
 from p2psip.overlay.codec import DecodeError, UnknownKindError
 from p2psip.overlay.counters import Counters
-from p2psip.overlay.errors import NotConnected, OverlayError, RequestFailed
+from p2psip.overlay.errors import NotConnected, NotResponsible, OverlayError, RequestFailed
 from p2psip.overlay.identity import CertificateCache, NodeIdentity, SignatureError
 from p2psip.overlay.link_table import LinkTable
 from p2psip.overlay.links import Link
@@ -60,9 +84,12 @@ from p2psip.overlay.message import (
     replace_header,
 )
 from p2psip.overlay.parameters import OverlayConfig
+from p2psip.overlay.replay import Freshness, ReplayWindow, transaction_age_seconds
 from p2psip.overlay.topology import ChordTopology
-from p2psip.overlay.transactions import TransactionTable
-from p2psip.util.ids import MAX_ID, id_short
+from p2psip.overlay.transactions import PendingRequest, TransactionTable
+from p2psip.util.ids import MAX_ID, id_hex, id_short
+from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.token_bucket import TokenBuckets
 
 #: The wildcard Node-ID (all ones) addresses "whoever is at the other end of
 #: this link": a new connection's first Ping uses it, since the connecting
@@ -110,6 +137,20 @@ HandlerResult = Union[Reply, "Deferred[Reply]", None]
 RequestHandler = Callable[[Link, Message, int], HandlerResult]
 
 
+def _buckets(rate_per_second: float, burst: float) -> TokenBuckets | None:
+    """A per-source limit, or None when the configuration turns it off (0)."""
+    if rate_per_second <= 0:
+        return None
+    return TokenBuckets(rate_per_second, max(burst, 1.0))
+
+
+def _code_name(code: int) -> str:
+    try:
+        return MessageCode(code).name
+    except ValueError:
+        return f"message code {code}"
+
+
 class Messenger:
     """Sends our requests, answers others', and forwards what is not for us."""
 
@@ -142,6 +183,15 @@ class Messenger:
         #: Kind-ID -> data model, for decoding Fetch and Stat answers.
         self.data_models = dict(data_models)
         self.transactions = TransactionTable(clock, config.request_timeout_seconds)
+        self.replays = ReplayWindow(config.replay_window_seconds, config.replay_memory)
+        #: One warning per kind of refusal and source a minute, with a count of the rest.
+        self.refusal_log = LogThrottle(clock)
+        self.link_requests = _buckets(
+            config.requests_per_link_per_second, config.request_burst_per_link
+        )
+        self.signer_requests = _buckets(
+            config.requests_per_signer_per_second, config.request_burst_per_signer
+        )
         self.handlers: dict[int, RequestHandler] = {}
         #: Called as (method name, seconds, answered) when a request of ours ends.
         self.request_observers: list[Callable[[str, float, bool], None]] = []
@@ -149,6 +199,10 @@ class Messenger:
         #: owner of its own Node-ID (it is joining, perhaps after a restart);
         #: False refuses the request (the Node-ID is in use by a live node).
         self.rejoin_policy: Callable[[int, Link], bool] = lambda peer, link: True
+        #: Told of a link that a request's signer has just identified: only
+        #: an answer to a challenge of ours proves who is at the other end
+        #: (see Connectivity.challenge_link).
+        self.link_claimed: Callable[[Link], None] = lambda link: None
 
     def handle(self, code: MessageCode, handler: RequestHandler) -> None:
         """Answer requests of ``code`` with ``handler`` (one handler per code)."""
@@ -165,14 +219,24 @@ class Messenger:
         destinations: tuple[Destination, ...],
         transaction_id: int,
         extra_certificates: Iterable[bytes] = (),
+        signer: NodeIdentity | None = None,
     ) -> bytes:
-        """A whole signed RELOAD message from us."""
+        """
+        A whole signed RELOAD message from us.
+
+        ``signer`` signs instead of the node's identity: one of this node's
+        user credentials (same key and Node-ID, a certificate naming a
+        user), for a Store that the Kind's policy lets only that user's
+        credential sign (RFC 6940 s7.4.1.1).
+        """
+        identity = signer if signer is not None else self.identity
         contents = encode_contents(code, body, ())
-        signer = self.identity.signer_identity()
-        signature = self.identity.sign(
-            message_signature_input(self.overlay, transaction_id, contents, signer)
+        signature = identity.sign(
+            message_signature_input(
+                self.overlay, transaction_id, contents, identity.signer_identity()
+            )
         )
-        certificates = [GenericCertificate(0, self.identity.certificate_der)]
+        certificates = [GenericCertificate(0, identity.certificate_der)]
         certificates += [GenericCertificate(0, der) for der in extra_certificates]
         header = ForwardingHeader(
             overlay=self.overlay,
@@ -210,10 +274,16 @@ class Messenger:
         body: bytes,
         first_link: Link | None = None,
         extra_certificates: Iterable[bytes] = (),
+        signer: NodeIdentity | None = None,
     ) -> Deferred[Answer]:
-        """Send a request; a Deferred of its decoded :class:`Answer`, or of an OverlayError."""
+        """
+        Send a request; a Deferred of its decoded :class:`Answer`, or of an OverlayError.
+
+        ``signer`` is as for :meth:`encode`.
+        """
+        extra_certificates = tuple(extra_certificates)
         transaction_id = self.transactions.new_transaction_id()
-        data = self.encode(code, body, (destination,), transaction_id, extra_certificates)
+        data = self.encode(code, body, (destination,), transaction_id, extra_certificates, signer)
         target = id_short(destination.value) if isinstance(destination.value, int) else "?"
         describe = f"{MessageCode(code).name} to {target}"
         pending = self.transactions.add(transaction_id, code, data, describe)
@@ -229,6 +299,21 @@ class Messenger:
                 NotConnected(f"no route for {describe}: this node has no usable link into the ring")
             )
         pending.first_hop = link.peer_id
+        pending.first_link = link
+        # A challenge (a hello, or a Ping over a link only a request named)
+        # proves who is at the other end only if its answer comes back there.
+        pending.bound_to_link = first_link is not None and not self.links.is_confirmed(first_link)
+        if (
+            destination.type in (DestinationType.NODE, DestinationType.RESOURCE)
+            and isinstance(destination.value, int)
+            and destination.value != WILDCARD_NODE_ID
+            and link.peer_id is not None
+        ):
+            # Over a link not identified yet (a hello) the caller checks who answered.
+            pending.target = destination
+        pending.resign = lambda new_id: self.encode(
+            code, body, (destination,), new_id, extra_certificates, signer
+        )
         self.counters.count("requests_sent")
         link.send(data)
         if self.request_observers:
@@ -252,10 +337,19 @@ class Messenger:
             link = self.first_hop(header.destination_list[0])
             if link is None or link.peer_id == failed_peer:
                 continue
-            pending.retries_left -= 1
-            pending.first_hop = link.peer_id
-            self.counters.count("requests_resent")
-            link.send(pending.data)
+            self._resend(pending, link)
+
+    def _resend(self, pending: PendingRequest, link: Link) -> None:
+        """Send an outstanding request once more over ``link``, signed under a new transaction id."""
+        pending.retries_left -= 1
+        if pending.resign is not None:
+            # The responder may have seen the first copy: the same id again
+            # would be refused as a replay.
+            self.transactions.renumber(pending, pending.resign)
+        pending.first_hop = link.peer_id
+        pending.first_link = link
+        self.counters.count("requests_resent")
+        link.send(pending.data)
 
     def fail_all(self, reason: str) -> None:
         """Fail every outstanding request of ours (the node is stopping)."""
@@ -281,8 +375,21 @@ class Messenger:
                 "dropped message for another overlay from {address}", address=link.remote_address
             )
             return
+        request = is_request(code)
+        if (
+            request
+            and self.link_requests is not None
+            and not self.link_requests.take(f"link {id(link)}", self.clock.seconds())
+        ):
+            self.refuse(
+                "requests_over_link_limit",
+                link,
+                "dropped requests from {address}: more than {rate:g}/s over one link",
+                rate=self.link_requests.rate_per_second,
+            )
+            return
         try:
-            self._route(link, data, header, is_request(code))
+            self._route(link, data, header, request)
         except Exception:
             self.log.failure("while routing a message from {address}", address=link.remote_address)
 
@@ -293,6 +400,7 @@ class Messenger:
             return
         first = destinations[0]
         sender = link.peer_id
+        verified: tuple[Message, int] | None = None
         if (
             request
             and not header.via_list
@@ -304,21 +412,24 @@ class Messenger:
             # A peer asking, over its own link, for the owner of its own
             # Node-ID is joining (RFC 6940 s10.5's Attach); if we still hold
             # it in our tables it has restarted and lost its old place.
+            # Forgetting a peer is too much to do on an unchecked claim: the
+            # request must be the peer's own, and fresh.
+            verified = self._verify(link, data)
+            if verified is None:
+                return
             if not self.rejoin_policy(sender, link):
-                self._error_for_undeliverable(
-                    link, data, ErrorCode.FORBIDDEN, NODE_ID_IN_USE_REASON
-                )
+                self.reply_error(link, verified[0], ErrorCode.FORBIDDEN, NODE_ID_IN_USE_REASON)
                 return
         if first.type == DestinationType.NODE and first.value in (self.node_id, WILDCARD_NODE_ID):
             rest = destinations[1:]
             if not rest:
-                self._deliver(link, data)
+                self._deliver(link, data, verified)
                 return
             header = evolve(header, destination_list=rest)
             data = replace_header(data, header)
             first = rest[0]
         elif self._delivers_locally(first, link):
-            self._deliver(link, data)
+            self._deliver(link, data, verified)
             return
         if first.type == DestinationType.OPAQUE_ID:
             # RFC 6940 s6.3.2.2: an opaque id stands for a route that the node
@@ -424,7 +535,48 @@ class Messenger:
         if is_request(message.code):
             self.reply_error(link, message, code, reason)
 
-    def _deliver(self, link: Link, data: bytes) -> None:
+    def _deliver(
+        self, link: Link, data: bytes, verified: tuple[Message, int] | None = None
+    ) -> None:
+        """Verify a message for us (unless ``verified`` already holds it and its signer) and dispatch it."""
+        if verified is None:
+            verified = self._verify(link, data)
+            if verified is None:
+                return
+        message, signer = verified
+        if not is_request(message.code):
+            self._handle_answer(link, message, signer)
+            return
+        if link.peer_id is None and not message.header.via_list:
+            self.links.identify(link, signer, confirmed=False)
+            self.link_claimed(link)
+        if self.signer_requests is not None and not self.signer_requests.take(
+            id_hex(signer), self.clock.seconds()
+        ):
+            self.refuse(
+                "requests_over_signer_limit",
+                link,
+                "refused requests of {signer}: more than {rate:g}/s",
+                signer=id_short(signer),
+                rate=self.signer_requests.rate_per_second,
+            )
+            self.reply_error(
+                link,
+                message,
+                ErrorCode.FORBIDDEN,
+                f"more than {self.signer_requests.rate_per_second:g} requests/s from one node",
+            )
+            return
+        self._handle_request(link, message, signer)
+
+    def _verify(self, link: Link, data: bytes) -> tuple[Message, int] | None:
+        """
+        The decoded message and the Node-ID of its sender, if it may be believed.
+
+        None (the message is dropped, counted and logged) when it does not
+        decode, its signature does not hold, its signer is not the sender it
+        claims, or it is a request seen before (a replay).
+        """
         try:
             message = decode_message(data, self.config.limits)
         except DecodeError as error:
@@ -434,11 +586,11 @@ class Messenger:
                 address=link.remote_address,
                 why=error,
             )
-            return
+            return None
         try:
             for certificate in message.security.certificates:
                 self.certificates.add(certificate.certificate)
-            signer = self.certificates.verify(
+            identity = self.certificates.verify_signer(
                 message.security.signature,
                 message_signature_input(
                     message.header.overlay,
@@ -448,25 +600,133 @@ class Messenger:
                 ),
             )
         except SignatureError as error:
-            self.counters.count("bad_signatures")
-            self.log.debug(
-                "dropped message with a bad signature from {address}: {why}",
-                address=link.remote_address,
-                why=error,
+            self.refuse(
+                "bad_signatures",
+                link,
+                "dropped a message with a bad signature from {address}: {why}",
+                why=str(error),
             )
-            return
-        if link.peer_id is None and not message.header.via_list:
-            self.links.identify(link, signer)
-        if is_request(message.code):
-            self._handle_request(link, message, signer)
+            return None
+        signer = self._claimed_sender(link, message, identity.node_ids)
+        if signer is None:
+            return None
+        if is_request(message.code) and not self._fresh(link, message, signer):
+            return None
+        return message, signer
+
+    def _claimed_sender(self, link: Link, message: Message, signers: tuple[int, ...]) -> int | None:
+        """
+        The Node-ID ``message`` claims to come from, if its signature is that node's.
+
+        The claimed sender is the first via-list entry, else the peer at the
+        other end of the link; a link not identified yet claims nothing, and
+        the signer is taken.  None (the message is dropped, counted and
+        logged) when the certificate that signed the message does not name
+        the claimed sender.
+        """
+        via = message.header.via_list
+        if via:
+            first = via[0]
+            claimed = first.value if first.type == DestinationType.NODE else None
+            if not isinstance(claimed, int):
+                self.counters.count("malformed_messages")
+                return None
+        elif link.peer_id is not None:
+            claimed = link.peer_id
         else:
-            self._handle_answer(link, message, signer)
+            return signers[0]
+        if claimed in signers:
+            return claimed
+        self.refuse(
+            "signer_mismatches",
+            link,
+            "dropped {code} {txid:x} from {address}: it claims to come from {claimed} "
+            "but is signed by {signer}",
+            code=_code_name(message.code),
+            txid=message.header.transaction_id,
+            claimed=id_short(claimed),
+            signer=id_short(signers[0]),
+        )
+        if is_request(message.code) and not via:
+            # The peer at the other end of the link sent it: it hears why.
+            self.reply_error(
+                link,
+                message,
+                ErrorCode.FORBIDDEN,
+                "message not signed by the peer that sent it over this link",
+            )
+        return None
+
+    def _fresh(self, link: Link, message: Message, signer: int) -> bool:
+        """Whether a request is not a replay (and is remembered now); counted and logged otherwise."""
+        transaction_id = message.header.transaction_id
+        now = self.clock.seconds()
+        verdict = self.replays.admit(signer, transaction_id, now)
+        if verdict is Freshness.FRESH:
+            return True
+        if verdict is Freshness.OUT_OF_WINDOW:
+            self.refuse(
+                "stale_requests",
+                link,
+                "dropped {code} {txid:x} from {signer} via {address}: its transaction id is "
+                "{age} s old, outside the {window:g} s replay window (a replay, or the "
+                "sender's clock is off)",
+                code=_code_name(message.code),
+                txid=transaction_id,
+                signer=id_short(signer),
+                age=transaction_age_seconds(transaction_id, now),
+                window=self.replays.window_seconds,
+            )
+        else:
+            self.refuse(
+                "replayed_requests",
+                link,
+                "dropped {code} {txid:x} from {signer} via {address}: {verdict}",
+                code=_code_name(message.code),
+                txid=transaction_id,
+                signer=id_short(signer),
+                verdict=(
+                    "a replay of a request already handled"
+                    if verdict is Freshness.REPLAYED
+                    else "older than the replay memory reaches under this load"
+                ),
+            )
+        return False
+
+    def refuse(self, event: str, link: Link, text: str, **fields: Any) -> None:
+        """
+        Count ``event`` and warn about it, at most once a minute per event and sender.
+
+        Refusals are what a hostile peer produces by the thousand, so the
+        log says how many were held back instead of one line each.
+        """
+        self.counters.count(event)
+        source = link.remote_address if link.peer_id is None else id_short(link.peer_id)
+        held_back = self.refusal_log.admit(f"{event} {source}")
+        if held_back is None:
+            return
+        suffix = f" ({held_back} more since the last warning)" if held_back else ""
+        self.log.warn(text + suffix, address=link.remote_address, **fields)
 
     def _handle_answer(self, link: Link, message: Message, signer: int) -> None:
-        pending = self.transactions.complete(message.header.transaction_id)
-        if pending is None:
+        pending = self.transactions.find(message.header.transaction_id)
+        if pending is None or (
+            (link.peer_id is None or pending.bound_to_link) and pending.first_link is not link
+        ):
+            # A late answer, a copy of one already taken, or an answer over a
+            # link we never sent that request on.
             self.counters.count("unmatched_answers")
+            self.log.debug(
+                "dropped an answer {txid:x} from {signer} that matches no open request of ours",
+                txid=message.header.transaction_id,
+                signer=id_short(signer),
+            )
             return
+        if message.code != MessageCode.ERROR and not self._from_possible_owner(
+            link, message, pending, signer
+        ):
+            return
+        self.transactions.complete(pending.transaction_id)
         hops = [v.value for v in message.header.via_list]
         if link.peer_id is not None:
             hops.append(link.peer_id)
@@ -498,6 +758,51 @@ class Messenger:
             )
             return
         pending.deferred.callback(Answer(message, body, signer, route))
+
+    def _from_possible_owner(
+        self, link: Link, message: Message, pending: PendingRequest, signer: int
+    ) -> bool:
+        """
+        Whether an answer's signer may be the node responsible for the request's target.
+
+        Chord's rule against what we know: no node of our tables may lie
+        between the target and the signer.  An answer from anyone else (a
+        node on the path answering for a range it does not hold) is refused:
+        the request goes once more over another first hop, else fails with
+        :class:`NotResponsible`.  Error answers are not checked: any node on
+        the path may refuse to carry a request, and that only fails it.
+        """
+        if pending.target is None:
+            return True
+        destination: Destination = pending.target
+        target = int(destination.value)
+        closer = self.topology.closer_known_node(target, signer)
+        if closer is None:
+            return True
+        self.refuse(
+            "answers_not_from_owner",
+            link,
+            "refused an answer to {code} for {target} from {signer}: {closer} lies between "
+            "them, so {signer} cannot be responsible",
+            code=_code_name(pending.code),
+            target=id_short(target),
+            signer=id_short(signer),
+            closer=id_short(closer),
+        )
+        if pending.retries_left > 0:
+            other = self.first_hop(destination, avoid=link)
+            if other is not None and other is not link:
+                self._resend(pending, other)
+                return False
+        self.transactions.complete(pending.transaction_id)
+        pending.deferred.errback(
+            NotResponsible(
+                f"{_code_name(pending.code)} for {id_short(target)} was answered by "
+                f"{id_short(signer)}, which cannot be responsible for it ({id_short(closer)} "
+                "comes first): answer refused"
+            )
+        )
+        return False
 
     # -- answering requests ----------------------------------------------
 

@@ -57,6 +57,7 @@ from p2psip.overlay.results import OperationResult
 from p2psip.overlay.storage import DataStore
 from p2psip.overlay.storage_service import StorageService
 from p2psip.overlay.topology import ChordTopology
+from p2psip.overlay.user_credentials import UserCredentials
 from p2psip.util.ids import id_short, resource_id
 from p2psip.util.periodic import JitteredLoop
 
@@ -92,9 +93,13 @@ class OverlayNode:
         self.membership = Membership()
         self.topology = ChordTopology(self.node_id, config.successors, config.predecessors)
         self.links = LinkTable()
-        #: Judges every certificate: message signers' (here) and link peers' (the connector's TLS).
+        #: ``trust`` decides whose certificates are believed, on links (the
+        #: connector's TLS) and on signatures: the overlay root
+        #: (roles pass OverlayRootTrust) or, when None, self-signed mode.
         self.certificates = CertificateCache(trust=trust)
         self.certificates.add_identity(identity)
+        #: The user certificates this node signs users' values with.
+        self.user_credentials = UserCredentials(identity, self.certificates)
         self.messenger = Messenger(
             identity=identity,
             certificates=self.certificates,
@@ -130,6 +135,7 @@ class OverlayNode:
             certificates=self.certificates,
             clock=clock,
             config=config,
+            credentials=self.user_credentials,
         )
         self.chord = ChordMaintenance(
             messenger=self.messenger,
@@ -150,6 +156,7 @@ class OverlayNode:
             clock=clock,
             config=config,
         )
+        self.storage.hand_over_source = lambda: self.joiner.admitting_peer
         self.connectivity.failure_observers.append(self._peer_failed)
         self.messenger.rejoin_policy = self._peer_rejoining
         self.chord.neighbour_observers.append(self.storage.replicate_all)
@@ -395,17 +402,40 @@ class OverlayNode:
 
     # IOverlayStorage and IApplicationRegistry -----------------------------------
 
+    def user_credential(self, user_name: str) -> NodeIdentity | None:
+        return self.user_credentials.credential_for(user_name)
+
+    def add_user_certificate(self, certificate_der: bytes) -> NodeIdentity:
+        """
+        Sign for the user a certificate names (issued for our key and
+        Node-ID); stored in the overlay at once when we are in a ring.
+
+        :raises p2psip.overlay.user_credentials.CredentialError: not usable here.
+        """
+        credential = self.user_credentials.add_certificate(certificate_der)
+        if self.membership.in_ring():
+            self.storage.publish_certificates()
+        return credential
+
     def put_dictionary_entry(
-        self, resource_name: str, kind_id: int, key: bytes, value: bytes, lifetime_seconds: int
+        self,
+        resource_name: str,
+        kind_id: int,
+        key: bytes,
+        value: bytes,
+        lifetime_seconds: int,
+        signer: object | None = None,
     ) -> Deferred[None]:
         return self.storage.put_dictionary_entry(
-            resource_name, kind_id, key, value, lifetime_seconds
+            resource_name, kind_id, key, value, lifetime_seconds, _credential(signer)
         )
 
     def remove_dictionary_entry(
-        self, resource_name: str, kind_id: int, key: bytes
+        self, resource_name: str, kind_id: int, key: bytes, signer: object | None = None
     ) -> Deferred[None]:
-        return self.storage.remove_dictionary_entry(resource_name, kind_id, key)
+        return self.storage.remove_dictionary_entry(
+            resource_name, kind_id, key, _credential(signer)
+        )
 
     def get_dictionary(self, resource_name: str, kind_id: int) -> Deferred[dict[bytes, bytes]]:
         return self.storage.get_dictionary(resource_name, kind_id)
@@ -415,6 +445,13 @@ class OverlayNode:
 
     def set_application_address(self, application: int, host: str, port: int) -> None:
         self.applications.set_address(application, host, port)
+
+
+def _credential(signer: object | None) -> NodeIdentity | None:
+    """The SIP layer hands back, opaquely, what :meth:`OverlayNode.user_credential` gave it."""
+    if signer is not None and not isinstance(signer, NodeIdentity):
+        raise TypeError(f"a signer must come from user_credential(), not {type(signer).__name__}")
+    return signer
 
 
 __all__ = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from attrs import field, frozen
 
 from p2psip.overlay.codec import Limits
+from p2psip.overlay.replay import DEFAULT_CAPACITY, DEFAULT_WINDOW_SECONDS
 
 
 @frozen
@@ -23,3 +24,20 @@ class OverlayConfig:
     failed_peer_memory_seconds: float = 60.0
     initial_ttl: int = 100
     limits: Limits = field(factory=Limits)
+    #: How far a request's transaction-ID time may lie from our clock; the
+    #: ring's clocks must agree within it (see p2psip.overlay.replay).
+    replay_window_seconds: float = DEFAULT_WINDOW_SECONDS
+    #: Transaction IDs remembered to refuse replays (bounded memory).
+    replay_memory: int = DEFAULT_CAPACITY
+    #: Requests one link may bring us per second (handled or forwarded),
+    #: and in a burst; over it they are dropped unread.  0 turns it off.
+    #: Generous: a neighbour forwards much of the ring's traffic to us.
+    requests_per_link_per_second: float = 6000.0
+    request_burst_per_link: float = 30000.0
+    #: Requests of one signer we handle per second, and in a burst (a
+    #: join's hand-over comes at once); over it they are answered with
+    #: Error_Forbidden.  0 turns it off.  In a ring of three super-nodes
+    #: taking 2500 REGISTERs/s at one of them (bench/sip_ring_load.py),
+    #: each other node handles about 1700 Stores/s signed by that one.
+    requests_per_signer_per_second: float = 3000.0
+    request_burst_per_signer: float = 15000.0

@@ -15,19 +15,37 @@ all:
   them for the error_info);
 * a value larger than the Kind's max-size, more live values than its
   max-count, or an array index at or past max-count -> Error_Data_Too_Large;
+* quotas -> Error_Data_Too_Large: more values of a Kind signed by one
+  Node-ID than the Kind's ``max_per_signer``, more bytes at one resource
+  than ``max_bytes_per_resource``, more values in the whole store than
+  ``max_values``;
 * an original store (replica_number 0) whose non-zero generation_counter is
   not the current one -> Error_Generation_Counter_Too_Low
   (``StoreError.generation_counters`` holds the current counters for the
   error_info StoreAns);
-* a value whose storage_time is older than the value it would replace ->
-  Error_Data_Too_Old (the same storage_time with the same signed value is
-  accepted and changes nothing, so replication is idempotent);
+* storage time must grow: in an original store, a value whose storage_time
+  is not newer than the value it would replace -> Error_Data_Too_Old (the
+  identical signed value with the same lifetime again, a retransmission, is
+  accepted and changes nothing; the same one with another lifetime is a
+  replay and refused);
+* time bounds: a lifetime longer than the Kind's ``max_lifetime_seconds``
+  -> Error_Forbidden; in an original store, a storage_time more than
+  ``storage_time_skew_seconds`` ahead of our clock -> Error_Forbidden; any
+  value that would live past its storage_time plus the Kind's longest
+  lifetime (an old signed value replayed with a fresh lifetime) ->
+  Error_Data_Too_Old.  The lifetime is not signed, so this bound is what
+  keeps a replay short;
 * a replica or hand-over store (replica_number 1 or more) merges instead:
   its values older than ours are skipped, the rest are applied, so a
   dictionary handed over while one of its entries was already rewritten
   at the new holder loses none of its other entries;
-* a bad signature, or a signer the Kind's access policy refuses ->
-  Error_Forbidden.
+* a bad or unknown signature, or a signer the Kind's access policy refuses
+  (:func:`~p2psip.overlay.kinds.check_access`, with what the signer's
+  certificate proves) -> Error_Forbidden.  This holds for replica and
+  hand-over stores too: a value is only ever stored if its original signer
+  could write it, whoever passes it on.  An original StoreReq's own signer
+  must pass the policy as well (s7.4.1.1).  Deletions (exists = False) are
+  values like any other, so only whoever may write a value may delete it.
 
 Each StoredData is kept exactly as signed, including deletions (exists =
 False), which stay as tombstones until their lifetime ends so that an older
@@ -73,6 +91,7 @@ from p2psip.overlay.bodies import (
     encode_stored_value,
     stored_data_signature_input,
 )
+from p2psip.overlay.certificates import CertifiedIdentity
 from p2psip.overlay.identity import HASH_ALGORITHM_SHA256, CertificateCache, SignatureError
 from p2psip.overlay.kinds import AccessDenied, Kind, check_access
 from p2psip.overlay.message import ErrorCode
@@ -83,6 +102,14 @@ APPEND_INDEX = 0xFFFFFFFF
 # Where a value lives inside one Kind at one resource: None for a single
 # value, the index for an array entry, the key for a dictionary entry.
 _SlotKey = Union[None, int, bytes]
+
+#: How far ahead of our clock an original store's storage_time may be: the
+#: writers' clocks need only be loosely synchronised (RFC 6940 s7).
+STORAGE_TIME_SKEW_SECONDS = 300.0
+#: Values one peer holds at most, over every resource and Kind.
+MAX_VALUES = 100_000
+#: Payload and key bytes of the live values at one resource, over its Kinds.
+MAX_BYTES_PER_RESOURCE = 64 * 1024
 
 # Rounding guard when turning the float local expiry time back into whole
 # seconds of remaining lifetime, so that passing a value on does not lose a
@@ -120,6 +147,8 @@ class StoreError(Exception):
 class _Slot:
     data: StoredData
     expires_at: float
+    #: The Node-ID whose certificate signed ``data`` (None when stored unverified).
+    signer: int | None = None
 
 
 @define
@@ -177,16 +206,26 @@ class DataStore:
     made with ``verify=False`` succeed.  For each resource the store
     remembers the replica_number of the last store (0: we hold it as the
     responsible peer; 1, 2, ...: as that replica), so the node knows what to
-    re-replicate and what to promote when the ring changes.
+    re-replicate and what to promote when the ring changes.  The quotas and
+    the clock skew allowed are described in the module docstring.
     """
 
     log = Logger()
 
     def __init__(
-        self, kinds: Mapping[int, Kind], certificates: CertificateCache | None = None
+        self,
+        kinds: Mapping[int, Kind],
+        certificates: CertificateCache | None = None,
+        *,
+        max_values: int = MAX_VALUES,
+        max_bytes_per_resource: int = MAX_BYTES_PER_RESOURCE,
+        storage_time_skew_seconds: float = STORAGE_TIME_SKEW_SECONDS,
     ) -> None:
         self.kinds = kinds
         self.certificates = certificates
+        self.max_values = max_values
+        self.max_bytes_per_resource = max_bytes_per_resource
+        self.storage_time_skew_seconds = storage_time_skew_seconds
         self._resources: dict[int, _Resource] = {}
         # (expires_at, tie-breaker, resource, kind, slot key): a lazy heap;
         # entries for slots that were overwritten or removed are skipped.
@@ -195,6 +234,10 @@ class DataStore:
         # Store-wide, so a resource that expired and came back never
         # repeats a version it had before.
         self._change_sequence = 0
+        #: Slots held, tombstones and values past their lifetime included.
+        self._slot_total = 0
+        #: (Kind-ID, signer's Node-ID) -> slots held, for the per-signer quota.
+        self._signer_slots: dict[tuple[int, int], int] = {}
 
     # -- Store --------------------------------------------------------------
 
@@ -205,7 +248,7 @@ class DataStore:
         now: float,
         verify: bool = True,
         replica_number: int = 0,
-        request_signer: int | None = None,
+        request_signer: CertifiedIdentity | None = None,
     ) -> StoreKindResponse:
         """Store one Kind's values; see :meth:`store_request`."""
         (response,) = self.store_request(
@@ -220,7 +263,7 @@ class DataStore:
         now: float,
         verify: bool = True,
         replica_number: int = 0,
-        request_signer: int | None = None,
+        request_signer: CertifiedIdentity | None = None,
     ) -> tuple[StoreKindResponse, ...]:
         """
         Apply a whole StoreReq atomically and return one response per Kind.
@@ -234,9 +277,9 @@ class DataStore:
 
         With ``verify``, every new value's signature is checked and its
         signer must pass the Kind's access policy; so must
-        ``request_signer``, the Node-ID that signed an original StoreReq,
-        when the node passes it (RFC 6940 s7.3: for replica stores only the
-        values' signers count).
+        ``request_signer``, what the certificate that signed an original
+        StoreReq proves, when the node passes it (RFC 6940 s7.4.1.1: for
+        replica stores only the values' signers count).
 
         :raises StoreError: nothing was stored.
         """
@@ -258,7 +301,11 @@ class DataStore:
             if plan is None:
                 values = existing.kinds.get(data.kind) if existing is not None else None
                 plan = plans[data.kind] = KindPlan(
-                    self.kinds[data.kind], values, now, merge=replica_number != 0
+                    self.kinds[data.kind],
+                    values,
+                    now,
+                    merge=replica_number != 0,
+                    skew_seconds=self.storage_time_skew_seconds,
                 )
             if (
                 replica_number == 0
@@ -279,27 +326,59 @@ class DataStore:
             )
         for plan in plans.values():
             plan.check_count()
-        if verify:
-            for plan in plans.values():
-                self._verify(resource, plan, request_signer if replica_number == 0 else None)
+        self._check_resource_bytes(existing, plans, now)
+        # The quota by the signers the values name, before any signature is
+        # checked: a flood from one signer past its quota costs no ECDSA.
+        claimed = {
+            (kind_id, key): self._known_signer(data)
+            for kind_id, plan in plans.items()
+            for key, data in plan.changes.items()
+        }
+        self._check_quotas(existing, plans, claimed)
+        signers: dict[tuple[int, _SlotKey], int | None] = {}
+        for plan in plans.values():
+            kind_id = plan.kind.kind_id
+            if verify:
+                verified = self._verify(
+                    resource, plan, request_signer if replica_number == 0 else None
+                )
+            else:
+                verified = {key: self._known_signer(data) for key, data in plan.changes.items()}
+            for key, signer in verified.items():
+                signers[kind_id, key] = signer
+        self._check_quotas(existing, plans, signers)
         return tuple(
-            self._apply(resource, plan, requested_generations[kind_id], now, replica_number)
+            self._apply(
+                resource, plan, requested_generations[kind_id], now, replica_number, signers
+            )
             for kind_id, plan in plans.items()
         )
 
-    def _verify(self, resource: int, plan: KindPlan, request_signer: int | None) -> None:
+    def _verify(
+        self, resource: int, plan: KindPlan, request_signer: CertifiedIdentity | None
+    ) -> dict[_SlotKey, int | None]:
+        """Check every change's signature and policy; the signer's Node-ID per slot."""
         if self.certificates is None:
             raise StoreError(ErrorCode.FORBIDDEN, "this store cannot verify signatures")
-        for stored in plan.changes.values():
+        signers: dict[_SlotKey, int | None] = {}
+        for key, stored in plan.changes.items():
             signer = self._signer(resource, plan.kind.kind_id, stored)
+            holder = plan.holder(key)
             try:
-                check_access(plan.kind, resource, stored.value, signer)
+                check_access(plan.kind, resource, stored.value, signer, holder)
                 if request_signer is not None:
-                    check_access(plan.kind, resource, stored.value, request_signer)
+                    check_access(plan.kind, resource, stored.value, request_signer, holder)
             except AccessDenied as e:
                 raise StoreError(ErrorCode.FORBIDDEN, str(e)) from e
+            signers[key] = signer.node_id
+        return signers
 
-    def _signer(self, resource: int, kind_id: int, stored: StoredData) -> int:
+    def _known_signer(self, stored: StoredData) -> int | None:
+        if self.certificates is None:
+            return None
+        return self.certificates.node_id_for(stored.signature.identity)
+
+    def _signer(self, resource: int, kind_id: int, stored: StoredData) -> CertifiedIdentity:
         assert self.certificates is not None
         value = stored.value
         candidates = [value]
@@ -317,10 +396,71 @@ class DataStore:
                 stored.signature.identity,
             )
             try:
-                return self.certificates.verify(stored.signature, signed)
+                return self.certificates.verify_signer(stored.signature, signed)
             except SignatureError as e:
                 reason = str(e)
         raise StoreError(ErrorCode.FORBIDDEN, f"bad StoredData signature: {reason}")
+
+    def _check_resource_bytes(
+        self, existing: _Resource | None, plans: Mapping[int, KindPlan], now: float
+    ) -> None:
+        """The per-resource bound: live payload and key bytes over every Kind."""
+        total = sum(plan.live_bytes() for plan in plans.values())
+        if existing is not None:
+            for kind_id, values in existing.kinds.items():
+                if kind_id not in plans:
+                    total += sum(
+                        _value_bytes(slot.data)
+                        for slot in values.slots.values()
+                        if _live(slot, now)
+                    )
+        if total > self.max_bytes_per_resource:
+            raise StoreError(
+                ErrorCode.DATA_TOO_LARGE,
+                f"a resource holds at most {self.max_bytes_per_resource} bytes of values here",
+            )
+
+    def _check_quotas(
+        self,
+        existing: _Resource | None,
+        plans: Mapping[int, KindPlan],
+        signers: Mapping[tuple[int, _SlotKey], int | None],
+    ) -> None:
+        """The per-signer quota and the bound on the whole store (Error_Data_Too_Large)."""
+        new_slots = 0
+        added: dict[tuple[int, int], int] = {}
+        for kind_id, plan in plans.items():
+            values = existing.kinds.get(kind_id) if existing is not None else None
+            for key in plan.changes:
+                slot = values.slots.get(key) if values is not None else None
+                if slot is None:
+                    new_slots += 1
+                signer = signers.get((kind_id, key))
+                if signer is not None and (slot is None or slot.signer != signer):
+                    added[kind_id, signer] = added.get((kind_id, signer), 0) + 1
+        for (kind_id, signer), count in added.items():
+            kind = self.kinds[kind_id]
+            if self._signer_slots.get((kind_id, signer), 0) + count > kind.max_per_signer:
+                raise StoreError(
+                    ErrorCode.DATA_TOO_LARGE,
+                    f"quota: one Node-ID may have at most {kind.max_per_signer} {kind.name} "
+                    "values stored here",
+                )
+        if new_slots and self._slot_total + new_slots > self.max_values:
+            raise StoreError(
+                ErrorCode.DATA_TOO_LARGE, f"this peer holds at most {self.max_values} values"
+            )
+
+    def _count_slot(self, kind_id: int, slot: _Slot, delta: int) -> None:
+        self._slot_total += delta
+        if slot.signer is None:
+            return
+        key = (kind_id, slot.signer)
+        count = self._signer_slots.get(key, 0) + delta
+        if count > 0:
+            self._signer_slots[key] = count
+        else:
+            self._signer_slots.pop(key, None)
 
     def _apply(
         self,
@@ -329,6 +469,7 @@ class DataStore:
         requested_generation: int,
         now: float,
         replica_number: int,
+        signers: Mapping[tuple[int, _SlotKey], int | None],
     ) -> StoreKindResponse:
         kind_id = plan.kind.kind_id
         entry = self._resources.get(resource)
@@ -344,7 +485,11 @@ class DataStore:
         values = entry.kinds[kind_id]
         for key, stored in plan.changes.items():
             expires_at = now + stored.lifetime
-            values.slots[key] = _Slot(stored, expires_at)
+            old = values.slots.get(key)
+            if old is not None:
+                self._count_slot(kind_id, old, -1)
+            slot = values.slots[key] = _Slot(stored, expires_at, signers.get((kind_id, key)))
+            self._count_slot(kind_id, slot, +1)
             self._expiry_sequence += 1
             heapq.heappush(
                 self._expiry,
@@ -445,21 +590,15 @@ class DataStore:
                 continue  # overwritten or removed since this entry was pushed
             assert entry is not None and values is not None
             del values.slots[key]
+            self._count_slot(kind_id, slot, -1)
             removed += 1
             if not values.slots:
                 del entry.kinds[kind_id]
                 if not entry.kinds:
                     del self._resources[resource]
-        if len(heap) > 1024 and len(heap) > 2 * self._slot_count():
+        if len(heap) > 1024 and len(heap) > 2 * self._slot_total:
             self._rebuild_expiry()
         return removed
-
-    def _slot_count(self) -> int:
-        return sum(
-            len(values.slots)
-            for entry in self._resources.values()
-            for values in entry.kinds.values()
-        )
 
     def _rebuild_expiry(self) -> None:
         self._expiry = []
@@ -528,7 +667,21 @@ class DataStore:
 
     def remove_resource(self, resource: int) -> None:
         """Forget a resource we are no longer responsible for nor a replica of."""
-        self._resources.pop(resource, None)
+        entry = self._resources.pop(resource, None)
+        if entry is None:
+            return
+        for kind_id, values in entry.kinds.items():
+            for slot in values.slots.values():
+                self._count_slot(kind_id, slot, -1)
+
+    def values_signed_by(self, kind_id: int, node_id: int) -> int:
+        """Values of a Kind held here whose signer is ``node_id`` (what its quota counts)."""
+        return self._signer_slots.get((kind_id, node_id), 0)
+
+    @property
+    def slot_count(self) -> int:
+        """Every value held, tombstones and values awaiting :meth:`expire` included."""
+        return self._slot_total
 
     def counts_per_kind(self) -> dict[str, int]:
         """
@@ -550,6 +703,12 @@ class DataStore:
 
 def _exists(stored: StoredData) -> bool:
     return _payload(stored.value).exists
+
+
+def _value_bytes(stored: StoredData) -> int:
+    value = stored.value
+    key_bytes = len(value.key) if isinstance(value, DictionaryEntry) else 0
+    return key_bytes + len(_payload(value).value)
 
 
 def _slot_order(item: tuple[_SlotKey, _Slot]) -> tuple[int, int, bytes]:
@@ -592,13 +751,19 @@ class KindPlan:
     """
 
     def __init__(
-        self, kind: Kind, values: _KindValues | None, now: float, merge: bool = False
+        self,
+        kind: Kind,
+        values: _KindValues | None,
+        now: float,
+        merge: bool = False,
+        skew_seconds: float = STORAGE_TIME_SKEW_SECONDS,
     ) -> None:
         self.kind = kind
         self.now = now
         #: Skip values older than ours instead of refusing the whole store
         #: (replica and hand-over stores: the newest signed value wins).
         self.merge = merge
+        self.skew_seconds = skew_seconds
         self.generation = values.generation if values is not None else 0
         self._existing: dict[_SlotKey, _Slot] = (
             {key: slot for key, slot in values.slots.items() if _live(slot, now)}
@@ -612,6 +777,11 @@ class KindPlan:
             return self.changes[key]
         slot = self._existing.get(key)
         return None if slot is None else slot.data
+
+    def holder(self, key: _SlotKey) -> int | None:
+        """The Node-ID that signed the live value at ``key`` (None: free, or unknown)."""
+        slot = self._existing.get(key)
+        return None if slot is None else slot.signer
 
     def _array_length(self) -> int:
         keys = [key for key in (*self._existing, *self.changes) if isinstance(key, int)]
@@ -648,28 +818,60 @@ class KindPlan:
                     ErrorCode.DATA_TOO_LARGE,
                     f"{kind.name} arrays have at most {kind.max_count} entries",
                 )
+        self._check_times(stored)
         key = _slot_key(stored.value)
         current = self._current(key)
         if current is not None:
-            if self.merge and (
-                stored.storage_time < current.storage_time
-                or (stored.storage_time == current.storage_time and stored != current)
-            ):
-                return  # we hold a newer (or the same-time) value: keep it
-            if stored.storage_time < current.storage_time:
+            if self.merge:
+                if stored.storage_time < current.storage_time or (
+                    stored.storage_time == current.storage_time
+                ):
+                    return  # we hold a newer (or the same-time) value: keep it
+            elif stored.storage_time < current.storage_time:
                 raise StoreError(
                     ErrorCode.DATA_TOO_OLD,
                     f"storage_time {stored.storage_time} is older than the stored "
                     f"{current.storage_time}",
                 )
-            if stored.storage_time == current.storage_time:
+            elif stored.storage_time == current.storage_time:
+                if stored == current:
+                    return  # the same signed value again (a retransmission): nothing changes
                 if stored.value == current.value and stored.signature == current.signature:
-                    return  # the same signed value again: nothing changes
+                    raise StoreError(
+                        ErrorCode.DATA_TOO_OLD,
+                        f"the value with storage_time {stored.storage_time} is stored already; "
+                        "a new lifetime needs a new storage_time",
+                    )
                 raise StoreError(
                     ErrorCode.DATA_TOO_OLD,
                     f"a different value with storage_time {stored.storage_time} is stored",
                 )
         self.changes[key] = stored
+
+    def _check_times(self, stored: StoredData) -> None:
+        """The lifetime cap, the clock skew allowed and the replay bound."""
+        kind = self.kind
+        if stored.lifetime > kind.max_lifetime_seconds:
+            raise StoreError(
+                ErrorCode.FORBIDDEN,
+                f"{kind.name} values live at most {kind.max_lifetime_seconds} s, "
+                f"not {stored.lifetime}",
+            )
+        storage_seconds = stored.storage_time / 1000
+        # A replica's storage_time was checked by the responsible peer, on
+        # its clock: allow for that peer's skew as well as ours.
+        skew = self.skew_seconds * (2 if self.merge else 1)
+        if not self.merge and storage_seconds > self.now + skew:
+            raise StoreError(
+                ErrorCode.FORBIDDEN,
+                f"storage_time is {storage_seconds - self.now:.0f} s ahead of this peer's clock",
+            )
+        if self.now + stored.lifetime > storage_seconds + kind.max_lifetime_seconds + skew:
+            raise StoreError(
+                ErrorCode.DATA_TOO_OLD,
+                f"a {kind.name} value stored at {stored.storage_time} may live until "
+                f"{kind.max_lifetime_seconds} s after that, not {stored.lifetime} s from now",
+            )
 
     def check_count(self) -> None:
         """Refuse the plan when the Kind would hold more existing values than max-count."""
@@ -684,6 +886,15 @@ class KindPlan:
                 ErrorCode.DATA_TOO_LARGE,
                 f"{self.kind.name} holds at most {self.kind.max_count} values per resource",
             )
+
+    def live_bytes(self) -> int:
+        """Payload and key bytes of the Kind's live values once the plan is applied."""
+        total = 0
+        for key in set(self._existing) | set(self.changes):
+            current = self._current(key)
+            if current is not None:
+                total += _value_bytes(current)
+        return total
 
 
 def stored_metadata(stored: StoredData, lifetime: int) -> StoredMetaData:

@@ -18,8 +18,28 @@ ring:
   a non-zero replica_number, as replicas do: the receiver adopts our
   generation counters instead of checking them (they are ours, not the
   writer's) and merges rather than refusing where it holds newer values.
+* **Who may send replicas.**  Because a replica Store skips the writer's
+  generation check, only the nodes that hold a range may send one: one
+  of our predecessors, for a resource in its range as far as our tables
+  tell (CHORD-RELOAD replicates to the responsible node's successors), or
+  the peer handing its range over to us as we join, for a resource of our
+  new range.  Anyone else gets Error_Forbidden.
 * **Operations.** Signed stores and verified fetches for the admin API,
   the demo and the SIP layer (:class:`~p2psip.interfaces.IOverlayStorage`).
+  A store is signed by the node's identity or by one of its user
+  credentials (:mod:`~p2psip.overlay.user_credentials`), the request as
+  well as the values, since the Kind's policy judges both.  Fetched values
+  are checked as the responsible peer checked them (signature and access
+  policy); a value that fails is dropped and logged, so a lying peer cannot
+  make a whole lookup fail.
+* **Certificates in the overlay** (RFC 6940 s8).  Once in a ring the node
+  stores its own certificate as CERTIFICATE_BY_NODE and each user
+  credential's as CERTIFICATE_BY_USER, again every half lifetime.  A
+  fetched value whose signer's certificate we have never seen is checked
+  after fetching the certificates kept at the same Resource-ID (the user's
+  for USER-* Kinds, the node's for NODE-MATCH).
+* **Refusals** carry the RFC error code back to the writer and are logged
+  at warn level, at most once a minute per signer (:class:`LogThrottle`).
 """
 
 from __future__ import annotations
@@ -34,18 +54,32 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import bodies
+from p2psip.overlay.certificates import CertifiedIdentity
 from p2psip.overlay.errors import OverlayError, RequestFailed
 from p2psip.overlay.identity import CertificateCache, NodeIdentity, SignatureError
-from p2psip.overlay.kinds import DATA
+from p2psip.overlay.kinds import (
+    CERTIFICATE_BY_NODE,
+    CERTIFICATE_BY_USER,
+    CERTIFICATE_KINDS,
+    DATA,
+    AccessDenied,
+    Kind,
+    certificate_kind_for,
+    check_access,
+    node_match_resource,
+    user_match_resource,
+)
 from p2psip.overlay.links import Link
 from p2psip.overlay.membership import Membership
-from p2psip.overlay.message import Destination, Message, MessageCode
+from p2psip.overlay.message import Destination, ErrorCode, Message, MessageCode
 from p2psip.overlay.messaging import Answer, Messenger, Reply, RequestRefused
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.results import HandOver, OperationResult
 from p2psip.overlay.storage import DataStore, StoreError
 from p2psip.overlay.topology import ChordTopology
-from p2psip.util.ids import id_short, resource_id
+from p2psip.overlay.user_credentials import UserCredentials
+from p2psip.util.ids import between, id_short, resource_id
+from p2psip.util.log_throttle import LogThrottle
 
 #: The replica_number of hand-over Stores (a newcomer's range at join, ours
 #: at leave): non-zero, like a replica, so the receiver adopts the
@@ -55,6 +89,9 @@ HAND_OVER_REPLICA_NUMBER = 1
 
 #: Hand-over Stores in flight at once to one peer.
 HAND_OVER_WINDOW = 16
+
+#: A published certificate is stored again once this share of its lifetime is gone.
+CERTIFICATE_REPUBLISH_FRACTION = 0.5
 
 
 class StorageService:
@@ -73,6 +110,7 @@ class StorageService:
         certificates: CertificateCache,
         clock: IReactorTime,
         config: OverlayConfig,
+        credentials: UserCredentials | None = None,
     ) -> None:
         self.messenger = messenger
         self.store = store
@@ -84,8 +122,15 @@ class StorageService:
         self.clock = clock
         self.config = config
         self.data_models = messenger.data_models
+        self.credentials = credentials or UserCredentials(identity, certificates)
         #: Resource-ID -> the successors we know hold our replica of it.
         self.replica_holders: dict[int, set[int]] = {}
+        #: The peer handing its range over to us while we join (the admitting peer), if any.
+        self.hand_over_source: Callable[[], int | None] = lambda: None
+        #: (Kind-ID, Resource-ID, certificate hash) -> when we last stored it.
+        self._published: dict[tuple[int, int, bytes], float] = {}
+        self._last_storage_time = 0
+        self._refusal_log = LogThrottle(clock)
         messenger.handle(MessageCode.STORE_REQ, self._on_store)
         messenger.handle(MessageCode.FETCH_REQ, self._on_fetch)
         messenger.handle(MessageCode.STAT_REQ, self._on_stat)
@@ -97,18 +142,31 @@ class StorageService:
 
     def _on_store(self, link: Link, message: Message, signer: int) -> Reply | Deferred[Reply]:
         request = bodies.StoreReq.decode(message.body, self.config.limits, self.data_models)
+        if request.replica_number > 0:
+            refusal = self._replica_refusal(signer, request.resource)
+            if refusal is not None:
+                self.messenger.refuse(
+                    "replicas_refused",
+                    link,
+                    "refused a replica of {resource} from {signer}: {why}",
+                    resource=id_short(request.resource),
+                    signer=id_short(signer),
+                    why=refusal,
+                )
+                raise RequestRefused(ErrorCode.FORBIDDEN, refusal)
         try:
             # One StoreReq is stored whole or not at all (RFC 6940 s7.4.1.1),
-            # and an original store is also checked against its sender's
-            # Node-ID, the signer of the request (s7.3).
+            # and an original store is also checked against what the
+            # certificate that signed the request proves.
             stored = self.store.store_request(
                 request.resource,
                 request.kind_data,
                 self.clock.seconds(),
                 replica_number=request.replica_number,
-                request_signer=signer,
+                request_signer=self.certificates.identity_for(message.security.signature.identity),
             )
         except StoreError as error:
+            self._refused(signer, request, error)
             raise RequestRefused(error.error_code, error.reason) from error
         responses = [(response.kind, response.generation_counter) for response in stored]
 
@@ -122,6 +180,74 @@ class StorageService:
         if request.replica_number == 0 and self.topology.is_responsible(request.resource):
             return self.replicate(request.resource, request.kind_data).addCallback(answer)
         return answer(())
+
+    def _replica_refusal(self, sender: int, resource: int) -> str | None:
+        """
+        Why ``sender`` may not send us a replica (or hand-over) of ``resource``; None if it may.
+
+        A predecessor may, for a resource it is responsible for as far as we
+        can tell: no node we know and heard from lately lies between the
+        resource and it.  (A predecessor that takes over the range of one
+        that crashed replicates it at once; the crashed one's link has been
+        silent for as long, and does not count, so the copy is not refused
+        just because we notice the crash a moment later.)  The peer handing
+        its range over to us may, for a resource of the range we take (no
+        node we know, nor the sender, lies between the resource and us).
+        """
+        topology = self.topology
+        closer = self._live_node_between(resource, sender)
+        if sender in topology.predecessors and closer is None:
+            return None
+        if (
+            sender == self.hand_over_source()
+            and not between(sender, resource, self.node_id)
+            and topology.may_be_responsible(resource, self.node_id)
+        ):
+            return None
+        if sender in topology.predecessors:
+            return (
+                f"resource {id_short(resource)} is not in the range of {id_short(sender)} "
+                f"({id_short(closer or 0)} comes first)"
+            )
+        return (
+            "replicas are taken only from a predecessor holding the resource, or from the "
+            "peer handing its range over to us"
+        )
+
+    def _live_node_between(self, resource: int, sender: int) -> int | None:
+        """A node we know (ourselves, or a peer heard from within two ping intervals) strictly between."""
+        topology = self.topology
+        heard_since = self.clock.seconds() - 2 * self.config.ping_interval_seconds
+        known = (*topology.successors, *topology.predecessors, *topology.fingers.values())
+        if between(self.node_id, resource, sender):
+            return self.node_id
+        for peer in known:
+            if peer == sender or not between(peer, resource, sender):
+                continue
+            link = self.messenger.links.link_for(peer)
+            if link is not None and link.last_received_at >= heard_since:
+                return peer
+        return None
+
+    def _refused(self, signer: int, request: bodies.StoreReq, error: StoreError) -> None:
+        """Log a refused Store where an operator sees it, once a minute per signer."""
+        held_back = self._refusal_log.admit(id_short(signer))
+        if held_back is None:
+            return
+        self.log.warn(
+            "refused a Store from {signer} at {resource} ({kinds}): {code} {reason}"
+            " ({held_back} more from it since the last line)",
+            signer=id_short(signer),
+            resource=id_short(request.resource),
+            kinds=", ".join(self._kind_name(data.kind) for data in request.kind_data),
+            code=error.error_code.name,
+            reason=error.reason,
+            held_back=held_back,
+        )
+
+    def _kind_name(self, kind_id: int) -> str:
+        kind = self.store.kinds.get(kind_id)
+        return kind.name if kind is not None else str(kind_id)
 
     def _on_fetch(self, link: Link, message: Message, signer: int) -> Reply:
         request = bodies.FetchReq.decode(message.body, self.config.limits, self.data_models)
@@ -145,10 +271,14 @@ class StorageService:
     def _signer_certificates(self, values: Iterable[Any]) -> tuple[bytes, ...]:
         """Certificates of the signers of stored values, so receivers can verify them."""
         own = self.identity.certificate_der
+        ours = {
+            credential.signer_identity().value: credential.certificate_der
+            for credential in self.credentials.all()
+        }
         found: dict[bytes, bytes] = {}
         for value in values:
             identity = value.signature.identity
-            der = self.certificates.certificate_for(identity.value)
+            der = ours.get(identity.value) or self.certificates.certificate_for(identity.value)
             if der is not None and der != own:
                 found[identity.value] = der
         return tuple(found.values())
@@ -204,11 +334,53 @@ class StorageService:
             holders.discard(peer)
 
     def maintain(self) -> None:
-        """One stabilisation round: forget expired values, fill in missing replicas."""
+        """
+        One stabilisation round: forget expired values, fill in missing
+        replicas, store our certificates where they are due.
+        """
         expired = self.store.expire(self.clock.seconds())
         if expired:
             self.log.debug("expired {count} stored values", count=expired)
         self.replicate_all()
+        if self.membership.in_ring():
+            self.publish_certificates()
+
+    # -- certificates in the overlay (RFC 6940 s8) --------------------------
+
+    def publish_certificates(self) -> None:
+        """
+        Store our certificate (CERTIFICATE_BY_NODE) and each user
+        credential's (CERTIFICATE_BY_USER) unless stored within the last
+        half lifetime; a failed store is tried again next round.
+        """
+        due = [(CERTIFICATE_BY_NODE, node_match_resource(self.node_id), 0, self.identity)]
+        # Every super-node holding a credential for the user writes its own
+        # index of the user's array (RFC 6940 s8 leaves the index to us).
+        index = self.node_id % CERTIFICATE_BY_USER.max_count
+        for credential in self.credentials.all():
+            assert credential.user_name is not None
+            resource = user_match_resource(credential.user_name)
+            due.append((CERTIFICATE_BY_USER, resource, index, credential))
+        now = self.clock.seconds()
+        for kind, resource, position, signer in due:
+            key = (kind.kind_id, resource, signer.signer_identity().value)
+            last = self._published.get(key)
+            lifetime = kind.max_lifetime_seconds
+            if last is not None and now - last < lifetime * CERTIFICATE_REPUBLISH_FRACTION:
+                continue
+            self._published[key] = now
+            entry = bodies.ArrayEntry(position, bodies.DataValue(True, signer.certificate_der))
+            self.store_values(resource, kind.kind_id, [entry], lifetime, signer=signer).addErrback(
+                self._publishing_failed, key, kind
+            )
+
+    def _publishing_failed(self, failure: Failure, key: tuple[int, int, bytes], kind: Kind) -> None:
+        self._published.pop(key, None)
+        self.log.debug(
+            "storing our {kind} failed, trying again next round: {why}",
+            kind=kind.name,
+            why=failure.getErrorMessage(),
+        )
 
     def send_store(
         self,
@@ -275,25 +447,58 @@ class StorageService:
     # -- the operations users call ------------------------------------------
 
     def _stored_data(
-        self, resource: int, kind: int, value: bodies.StoredValue, lifetime: int
+        self,
+        resource: int,
+        kind: int,
+        value: bodies.StoredValue,
+        lifetime: int,
+        signer: NodeIdentity | None = None,
     ) -> bodies.StoredData:
-        storage_time = int(self.clock.seconds() * 1000)
+        identity = signer if signer is not None else self.identity
+        # Storage times must grow for every slot (RFC 6940 s7.4.1.1), also
+        # for two stores within one millisecond of the clock.
+        storage_time = max(int(self.clock.seconds() * 1000), self._last_storage_time + 1)
+        self._last_storage_time = storage_time
         value_bytes = bodies.encode_stored_value(value)
-        signer = self.identity.signer_identity()
-        signature = self.identity.sign(
-            bodies.stored_data_signature_input(resource, kind, storage_time, value_bytes, signer)
+        signer_identity = identity.signer_identity()
+        signature = identity.sign(
+            bodies.stored_data_signature_input(
+                resource, kind, storage_time, value_bytes, signer_identity
+            )
         )
         return bodies.StoredData(storage_time, lifetime, value, signature)
 
     def store_values(
-        self, resource: int, kind: int, values: Iterable[Any], lifetime: int
+        self,
+        resource: int,
+        kind: int,
+        values: Iterable[Any],
+        lifetime: int,
+        signer: NodeIdentity | None = None,
     ) -> Deferred[OperationResult]:
-        """Sign and store values of one kind at the responsible peer."""
-        stored = tuple(self._stored_data(resource, kind, value, lifetime) for value in values)
+        """
+        Sign and store values of one kind at the responsible peer.
+
+        ``signer`` signs the values and the request instead of the node's
+        identity: one of its user credentials.
+        """
+        identity = signer if signer is not None else self.identity
+        # Our own certificates must stay known here, however many strangers'
+        # the cache has seen since (it forgets the least recently used).
+        self.certificates.add_identity(identity)
+        stored = tuple(
+            self._stored_data(resource, kind, value, lifetime, identity) for value in values
+        )
         kind_data = bodies.StoreKindData(kind, 0, stored)
         if self._responsible_here(resource):
             try:
-                self.store.store(resource, kind_data, self.clock.seconds(), replica_number=0)
+                self.store.store(
+                    resource,
+                    kind_data,
+                    self.clock.seconds(),
+                    replica_number=0,
+                    request_signer=self.certificates.identity_for(identity.signer_identity()),
+                )
             except StoreError as error:
                 return fail(RequestFailed(error.reason, error.error_code))
             return self.replicate(resource, [kind_data]).addCallback(
@@ -310,13 +515,17 @@ class StorageService:
             return OperationResult(resource, answer.responder, answer.route, replicas=replicas)
 
         return self.messenger.request(
-            Destination.resource(resource), MessageCode.STORE_REQ, body
+            Destination.resource(resource), MessageCode.STORE_REQ, body, signer=identity
         ).addCallback(done)
 
     def fetch_values(
         self, resource: int, kind: int, specifier: Any | None = None
     ) -> Deferred[tuple[OperationResult, tuple[Any, ...]]]:
-        """Fetch the live values of one kind; fires with (result, StoredData tuple)."""
+        """
+        Fetch the live values of one kind; fires with (result, StoredData tuple).
+
+        Values from another peer are checked first (:meth:`checked_values`).
+        """
         specifier = specifier or bodies.StoredDataSpecifier(
             kind, 0, data_model=self.data_models.get(kind)
         )
@@ -326,19 +535,102 @@ class StorageService:
             return succeed((OperationResult(resource, self.node_id, (self.node_id,)), values))
         body = bodies.FetchReq(resource, (specifier,)).encode()
 
-        def done(answer: Answer) -> tuple[OperationResult, tuple[Any, ...]]:
-            values = []
-            for response in answer.body.kind_responses:
-                for value in response.values:
-                    self._verify_stored(resource, int(response.kind), value)
-                    values.append(value)
-            return OperationResult(resource, answer.responder, answer.route), tuple(values)
+        def done(answer: Answer) -> Deferred[tuple[OperationResult, tuple[Any, ...]]]:
+            fetched = [
+                (int(response.kind), value)
+                for response in answer.body.kind_responses
+                for value in response.values
+            ]
+            result = OperationResult(resource, answer.responder, answer.route)
+            return self.checked_values(resource, fetched, answer.responder).addCallback(
+                lambda values: (result, values)
+            )
 
         return self.messenger.request(
             Destination.resource(resource), MessageCode.FETCH_REQ, body
         ).addCallback(done)
 
-    def _verify_stored(self, resource: int, kind: int, value: Any) -> None:
+    def checked_values(
+        self, resource: int, fetched: list[tuple[int, Any]], responder: int
+    ) -> Deferred[tuple[Any, ...]]:
+        """
+        The fetched (Kind-ID, StoredData) values whose signature and access
+        policy hold, as the responsible peer should have checked them.
+
+        A peer's word is not enough: the responsible peer may lie.  Values
+        whose signer's certificate is unknown are checked again after
+        fetching the certificates kept for that Resource-ID (RFC 6940 s8);
+        values that still fail are dropped, and logged.
+        """
+        self._learn_certificates(fetched)
+        unknown = {
+            kind_id
+            for kind_id, value in fetched
+            if self.certificates.identity_for(value.signature.identity) is None
+        }
+        wanted: set[int] = set()
+        for kind_id in unknown:
+            kind = self.store.kinds.get(kind_id)
+            certificate_kind = certificate_kind_for(kind) if kind is not None else None
+            if certificate_kind is not None and kind not in CERTIFICATE_KINDS:
+                wanted.add(certificate_kind.kind_id)
+        lookups = [
+            self.fetch_values(resource, certificate_kind_id).addCallbacks(
+                self._learn_fetched_certificates, lambda failure: None, (certificate_kind_id,)
+            )
+            for certificate_kind_id in sorted(wanted)
+        ]
+
+        def check(_: object) -> tuple[Any, ...]:
+            return tuple(
+                value
+                for kind_id, value in fetched
+                if self._fetched_value_holds(resource, kind_id, value, responder)
+            )
+
+        return DeferredList(lookups, consumeErrors=True).addCallback(check)
+
+    def _learn_fetched_certificates(
+        self, outcome: tuple[OperationResult, tuple[Any, ...]], kind_id: int
+    ) -> None:
+        self._learn_certificates([(kind_id, value) for value in outcome[1]])
+
+    def _learn_certificates(self, fetched: Iterable[tuple[int, Any]]) -> None:
+        """Remember the certificates that certificate Kinds' values carry, if trusted."""
+        certificate_kinds = {kind.kind_id for kind in CERTIFICATE_KINDS}
+        for kind_id, value in fetched:
+            if kind_id not in certificate_kinds:
+                continue
+            payload = value.value.value
+            if not payload.exists:
+                continue
+            try:
+                self.certificates.identify(payload.value)
+            except SignatureError:
+                continue  # not a certificate this overlay trusts: the check drops the value
+
+    def _fetched_value_holds(self, resource: int, kind_id: int, value: Any, responder: int) -> bool:
+        kind = self.store.kinds.get(kind_id)
+        try:
+            if kind is None:
+                raise AccessDenied(f"unknown Kind-ID {kind_id}")
+            signer = self._verify_stored(resource, kind_id, value)
+            check_access(kind, resource, value.value, signer)
+        except (OverlayError, AccessDenied) as error:
+            held_back = self._refusal_log.admit(f"fetched from {id_short(responder)}")
+            if held_back is not None:
+                self.log.warn(
+                    "dropped a value peer {peer} answered for {resource}: {why}"
+                    " ({held_back} more from it since the last line)",
+                    peer=id_short(responder),
+                    resource=id_short(resource),
+                    why=str(error),
+                    held_back=held_back,
+                )
+            return False
+        return True
+
+    def _verify_stored(self, resource: int, kind: int, value: Any) -> CertifiedIdentity:
         """Check a fetched value's signature: the storing peer must not be able to forge it."""
         signed = bodies.stored_data_signature_input(
             resource,
@@ -348,7 +640,7 @@ class StorageService:
             value.signature.identity,
         )
         try:
-            self.certificates.verify(value.signature, signed)
+            return self.certificates.verify_signer(value.signature, signed)
         except SignatureError as error:
             raise OverlayError(f"a fetched value has a bad signature: {error}") from error
 
@@ -371,20 +663,36 @@ class StorageService:
         return self.fetch_values(resource_id(name), DATA.kind_id).addCallback(done)
 
     def put_dictionary_entry(
-        self, resource_name: str, kind_id: int, key: bytes, value: bytes, lifetime_seconds: int
+        self,
+        resource_name: str,
+        kind_id: int,
+        key: bytes,
+        value: bytes,
+        lifetime_seconds: int,
+        signer: NodeIdentity | None = None,
     ) -> Deferred[None]:
         entry = bodies.DictionaryEntry(key, bodies.DataValue(True, value))
         return self.store_values(
-            resource_id(resource_name), kind_id, [entry], lifetime_seconds
+            resource_id(resource_name), kind_id, [entry], lifetime_seconds, signer
         ).addCallback(lambda _: None)
 
     def remove_dictionary_entry(
-        self, resource_name: str, kind_id: int, key: bytes
+        self, resource_name: str, kind_id: int, key: bytes, signer: NodeIdentity | None = None
     ) -> Deferred[None]:
+        """
+        Delete an entry: store a tombstone (exists = False).
+
+        The tombstone lives as long as the Kind lets any value live, so
+        until it is gone no older value of the entry can be stored over it
+        (an old signed registration replayed); after that the replay bound
+        refuses such values anyway.
+        """
         entry = bodies.DictionaryEntry(key, bodies.DataValue(False, b""))
-        return self.store_values(resource_id(resource_name), kind_id, [entry], 0).addCallback(
-            lambda _: None
-        )
+        kind = self.store.kinds.get(kind_id)
+        lifetime = kind.max_lifetime_seconds if kind is not None else 0
+        return self.store_values(
+            resource_id(resource_name), kind_id, [entry], lifetime, signer
+        ).addCallback(lambda _: None)
 
     def get_dictionary(self, resource_name: str, kind_id: int) -> Deferred[dict[bytes, bytes]]:
         def collect(outcome: tuple[OperationResult, tuple[Any, ...]]) -> dict[bytes, bytes]:

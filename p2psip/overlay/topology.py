@@ -76,6 +76,27 @@ class ChordTopology:
         # it; a peer that has successors but no predecessor is still joining.
         return not self.successors
 
+    def may_be_responsible(self, target: int, candidate: int) -> bool:
+        """
+        Whether ``candidate`` can own ``target`` as far as our tables tell.
+
+        Chord's rule: the owner of an id is the first node at or after it.
+        So ``candidate`` may own ``target`` unless a node we know (ourselves,
+        a neighbour or a finger) lies strictly between ``target`` and it:
+        that node would come first.  Used to refuse answers, and replicas,
+        from nodes that claim a range that is not theirs.
+        """
+        return self.closer_known_node(target, candidate) is None
+
+    def closer_known_node(self, target: int, candidate: int) -> int | None:
+        """A node we know that lies strictly between ``target`` and ``candidate``, if any."""
+        if candidate == target:
+            return None
+        for peer in (self.own_id, *self.successors, *self.predecessors, *self.fingers.values()):
+            if peer != candidate and between(peer, target, candidate):
+                return peer
+        return None
+
     def responsible_neighbour(self, target: int) -> int | None:
         """
         The neighbour that owns ``target`` if our neighbour table tells.
@@ -158,6 +179,22 @@ class ChordTopology:
         changed = successors != self.successors or predecessors != self.predecessors
         self.successors, self.predecessors = successors, predecessors
         return changed
+
+    def best_of(self, peers: Iterable[int]) -> list[int]:
+        """
+        Those of ``peers`` that would be neighbours if all of them were added, in ring order.
+
+        At most ``successor_count + predecessor_count`` peers: what a table
+        can hold bounds how many peers a list we are told about can make us
+        contact, however long the list.
+        """
+        probe = ChordTopology(self.own_id, self.successor_count, self.predecessor_count)
+        probe.successors = list(self.successors)
+        probe.predecessors = list(self.predecessors)
+        offered = set(peers) - self.neighbours() - {self.own_id}
+        probe.add_peers(offered)
+        chosen = [p for p in (*probe.successors, *probe.predecessors) if p in offered]
+        return list(dict.fromkeys(chosen))
 
     def remove_peer(self, peer: int) -> bool:
         """Forget a failed or departed peer everywhere; True if it was a neighbour."""

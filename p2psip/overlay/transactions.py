@@ -5,9 +5,16 @@ RFC 6940 s6.2.1: the originator keeps a transaction per request, matched
 by the 64-bit transaction id, and gives up after the transaction timeout
 (15 s by default).  Over TCP the link layer is reliable, so the only
 retransmission worth doing end to end is over a *new* path: when the link
-a request left on dies before the answer came back, the request is sent
-again once (same transaction id, so a responder that saw both answers
-twice and the second answer is simply unmatched).
+a request left on dies before the answer came back, or an answer came
+from a node that cannot be responsible for the target, the request is
+sent again once, signed anew under a new transaction id
+(:meth:`TransactionTable.renumber`): a responder that saw the first copy
+refuses a second one with the same id as a replay
+(:mod:`p2psip.overlay.replay`).
+
+Transaction ids carry our clock in their high half
+(:func:`p2psip.overlay.replay.timed_transaction_id`), which is what lets
+receivers bound their memory of the ids they have seen.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2psip.overlay.errors import RequestTimeout
+from p2psip.overlay.replay import timed_transaction_id
 
 
 class PendingRequest:
@@ -33,6 +41,14 @@ class PendingRequest:
         self.data = data
         self.deferred = deferred
         self.first_hop: int | None = None
+        #: The link the request last left on (answers to a hello must come back on it).
+        self.first_link: Any = None
+        #: The answer must come back over ``first_link`` (sent there to learn who is there).
+        self.bound_to_link = False
+        #: The destination whose owner must answer (None: anyone may, as for a hello).
+        self.target: Any = None
+        #: Signs the request anew under a given transaction id (for a resend).
+        self.resign: Callable[[int], bytes] | None = None
         self.retries_left = 1
         self.sent_at = 0.0
         self.timeout_call: IDelayedCall | None = None
@@ -45,33 +61,58 @@ class TransactionTable:
         self.clock = clock
         self.timeout_seconds = timeout_seconds
         self._pending: dict[int, PendingRequest] = {}
+        #: The low half of the next transaction id; starts anywhere, so a
+        #: restarted node does not repeat the ids of its last run.
+        self._sequence = secrets.randbits(32)
 
     def new_transaction_id(self) -> int:
+        """A transaction id no request of ours used lately: our clock and the next sequence number."""
         while True:
-            candidate = secrets.randbits(64)
+            self._sequence = (self._sequence + 1) & 0xFFFFFFFF
+            candidate = timed_transaction_id(self.clock.seconds(), self._sequence)
             if candidate and candidate not in self._pending:
                 return candidate
 
     def add(self, transaction_id: int, code: int, data: bytes, describe: str) -> PendingRequest:
         """Track a request; its Deferred fails with RequestTimeout if unanswered."""
-        deferred: Deferred[Any] = Deferred(lambda d: self._forget(transaction_id))
+        # The canceller and the timeout look the request up by its current
+        # id: a resent request has been renumbered since.
+        deferred: Deferred[Any] = Deferred(lambda d: self._forget(pending))
         pending = PendingRequest(transaction_id, code, data, deferred)
         pending.sent_at = self.clock.seconds()
         pending.timeout_call = self.clock.callLater(
-            self.timeout_seconds, self._expire, transaction_id, describe
+            self.timeout_seconds, self._expire, pending, describe
         )
         self._pending[transaction_id] = pending
         return pending
 
-    def _forget(self, transaction_id: int) -> None:
-        self.complete(transaction_id)
+    def _forget(self, pending: PendingRequest) -> None:
+        self.complete(pending.transaction_id)
 
-    def _expire(self, transaction_id: int, describe: str) -> None:
-        pending = self._pending.pop(transaction_id, None)
-        if pending is not None:
+    def _expire(self, pending: PendingRequest, describe: str) -> None:
+        if self._pending.get(pending.transaction_id) is pending:
+            del self._pending[pending.transaction_id]
             pending.deferred.errback(
                 RequestTimeout(f"no answer to {describe} within {self.timeout_seconds:g} s")
             )
+
+    def find(self, transaction_id: int) -> PendingRequest | None:
+        """The outstanding request ``transaction_id`` names, left in the table."""
+        return self._pending.get(transaction_id)
+
+    def renumber(self, pending: PendingRequest, data_for: Callable[[int], bytes]) -> None:
+        """
+        Give an outstanding request a new transaction id (to send it again).
+
+        ``data_for`` signs the request anew under the id it is given.  The
+        timeout keeps running from the first send: the caller waits no
+        longer for a resent request than for any other.
+        """
+        new_id = self.new_transaction_id()
+        del self._pending[pending.transaction_id]
+        pending.transaction_id = new_id
+        pending.data = data_for(new_id)
+        self._pending[new_id] = pending
 
     def complete(self, transaction_id: int) -> PendingRequest | None:
         """Remove and return the request an answer belongs to, if any."""

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.python.failure import Failure
 
 from p2psip.overlay.errors import OverlayError
+from p2psip.overlay.kinds import DATA
 from p2psip.overlay.node import OverlayNode
 from p2psip.overlay.results import OperationResult
 from p2psip.util.ids import MAX_ID, id_hex
@@ -24,7 +25,8 @@ from p2psip.web.site import ApiError, ApiRoute
 
 #: The ring walk stops after this many peers (a ring that never closes).
 MAX_RING_WALK = 4096
-MAX_LIFETIME_SECONDS = 0xFFFFFFFF
+#: The DATA Kind's longest lifetime: the ring refuses longer ones, so say so here.
+MAX_LIFETIME_SECONDS = DATA.max_lifetime_seconds
 
 Body = dict[str, Any] | None
 

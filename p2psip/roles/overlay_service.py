@@ -123,13 +123,15 @@ class OverlayService(Service):
         self._in_ring()
 
     def _in_ring(self) -> None:
-        if not self.joined.called:
-            self.joined.callback(None)
         # Saved soon after each neighbour change (a peer killed moments
         # after it joined must still find its ring again), and now and then
         # anyway, since addresses are learned without a neighbour change.
+        # Started before ``joined`` fires: whoever waits on it may stop
+        # this service right away, and must find the loop there to stop.
         if not self._save_peers_call.running:
             self._save_peers_call.start(self.save_interval_seconds, now=False)
+        if not self.joined.called:
+            self.joined.callback(None)
 
     def _try_join(self, endpoints: list[str], found_if_none: bool = False) -> None:
         def failed(failure: Failure) -> None:

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import ClassVar
 
-from attrs import frozen
+from attrs import field, frozen
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -34,6 +34,7 @@ from p2psip.config import (
 from p2psip.overlay.codec import Limits
 from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS
 from p2psip.overlay.parameters import OverlayConfig
+from p2psip.roles.security_options import SecurityConfig, SecurityOptions
 from p2psip.sip.digest import ALGORITHMS
 from p2psip.sip.request_limit import DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND
 from p2psip.sip.transport import (
@@ -122,6 +123,8 @@ class RingRoleConfig:
     sip: SipConfig | None
     #: Names accepted in Host headers besides the listener's address and localhost.
     http_allowed_hosts: tuple[str, ...] = ()
+    #: Certificates and trust: enrolled (the default) or ``--insecure``.
+    security: SecurityConfig = field(factory=SecurityConfig)
     #: Inbound overlay connections one address may hold open at once.
     overlay_connections_per_source: int = 32
     #: Where the overlay links' TLS secrets are appended for Wireshark (debugging only).
@@ -242,7 +245,7 @@ def digest_algorithms(text: str) -> str:
 digest_algorithms.coerceDoc = "a comma-separated list of SHA-256 and MD5"  # type: ignore[attr-defined]
 
 
-class RingRoleOptions(RoleOptions):
+class RingRoleOptions(RoleOptions, SecurityOptions):
     """Options of every role that is a member of the ring, SIP included."""
 
     role: ClassVar[str] = ""
@@ -561,6 +564,7 @@ class RingRoleOptions(RoleOptions):
             mediator=mediator,
             sip=sip,
             http_allowed_hosts=tuple(self["http-allowed-hosts"]),
+            security=self.security_config(),
             overlay_connections_per_source=self["overlay-connections-per-source"],
             overlay_tls_key_log=(
                 Path(self["overlay-tls-key-log"]) if self["overlay-tls-key-log"] else None

@@ -24,6 +24,14 @@ keep reaching each other over the UDP or TCP listener.
 Digest authentication is on unless ``--sip-trusted-network`` asks for it to
 be off.  The nonce secret (32 random bytes) is kept in ``DATA_DIR/sip-nonce-secret``
 so that nonces survive a restart.
+
+Phones prove their user with a password, the overlay wants a certificate:
+the registration of a user is signed with a user certificate this
+super-node holds, from ``DATA_DIR/user-certs/`` (``p2psip enrol --user``;
+:mod:`p2psip.enrolment.user_certificates`).  They are read at start and
+again when the directory changes; a REGISTER for a user without one is
+refused (403), and the log names the command that fixes it.  An
+``--insecure`` ring needs none: the node makes self-signed ones.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from p2psip.util.reactor import IRoleReactor, as_udp_reactor
+from p2psip.enrolment.user_certificates import UserCertificateError, UserCertificates
 from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.roles.ring_options import SIP_TLS_KEY_TYPES, SipConfig, SipTlsCredentials
 from p2psip.sip.digest import DigestAuthenticator
@@ -196,6 +205,65 @@ def build_sip_stack(
     return SipStack(config, node, users, location, registrar, transport, proxy, tls)
 
 
+class UserCertificateLoader:
+    """
+    Hands the user certificates in ``DATA_DIR/user-certs`` to the node, and
+    the ones added later once the directory changes.
+    """
+
+    log = Logger()
+
+    def __init__(self, certificates: UserCertificates, node: ISuperNodeOverlay) -> None:
+        self.certificates = certificates
+        self.node = node
+        self._seen: dict[str, bytes] = {}
+        self._directory_stamp: tuple[int, int] | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.certificates.directory.parent
+
+    def enrol_hint(self) -> str:
+        """The command that gives this super-node a user's certificate (``{user}``: the AOR)."""
+        return f"p2psip enrol --user {{user}} --data-dir {self.data_dir}"
+
+    def load(self) -> int:
+        """
+        Read the directory if it changed; return how many certificates are new.
+
+        :raises UserCertificateError: a file cannot be read.
+        """
+        try:
+            status = self.certificates.directory.stat()
+        except FileNotFoundError:
+            return 0
+        except OSError as e:
+            raise UserCertificateError(f"cannot read {self.certificates.directory}: {e}") from e
+        stamp = (status.st_mtime_ns, status.st_ino)
+        if stamp == self._directory_stamp:
+            return 0
+        found = self.certificates.load_all()
+        self._directory_stamp = stamp
+        added = 0
+        for user, der in found.items():
+            if self._seen.get(user) == der:
+                continue
+            self._seen[user] = der
+            path = self.certificates.directory / f"{user}.pem"
+            try:
+                self.node.add_user_certificate(der)
+            except ValueError as e:
+                self.log.warn(
+                    "{path} cannot sign registrations for this super-node: {why}; enrol the "
+                    "user again with `p2psip enrol --user` for this node's key",
+                    path=str(path),
+                    why=str(e),
+                )
+                continue
+            added += 1
+        return added
+
+
 class SipService(Service):
     """Opens a super-node's SIP listeners and runs its stack until the role stops."""
 
@@ -208,6 +276,7 @@ class SipService(Service):
         *,
         joined: Deferred[None] | None = None,
         freeze_gc: bool = True,
+        user_certificates: UserCertificates | None = None,
     ) -> None:
         self.stack = stack
         self.config = stack.config
@@ -219,9 +288,13 @@ class SipService(Service):
         self.proxy = stack.proxy
         self.transport = stack.transport
         self.advertised: tuple[str, int] | None = None
+        self.user_certificates: UserCertificateLoader | None = None
+        if user_certificates is not None:
+            self.user_certificates = UserCertificateLoader(user_certificates, stack.node)
+            stack.location.enrol_hint = self.user_certificates.enrol_hint()
         self._refresh: LoopingCall | None = None
-        if self.users is not None:
-            self._refresh = LoopingCall(self._refresh_users)
+        if self.users is not None or self.user_certificates is not None:
+            self._refresh = LoopingCall(self._refresh_files)
             self._refresh.clock = reactor
 
     def startService(self) -> None:
@@ -256,11 +329,19 @@ class SipService(Service):
             if (own := self.transport.local_hop(name)) is not None
         }
         self.stack.node.set_application_address(SIP_APPLICATION, host, hop.port)
+        enrolled = 0
+        if self.user_certificates is not None:
+            try:
+                enrolled = self.user_certificates.load()
+            except UserCertificateError as e:
+                self.transport.stop()
+                raise usage.UsageError(str(e)) from None
         if self._refresh is not None:
             self._refresh.start(USERS_REFRESH_SECONDS, now=False)
         users = self.users
         self.log.info(
-            "SIP super-node for {domain} at {host}:{port} ({listeners}); authentication {auth}",
+            "SIP super-node for {domain} at {host}:{port} ({listeners}); authentication {auth}; "
+            "user certificates for {enrolled} user(s)",
             domain=config.domain,
             host=host,
             port=hop.port,
@@ -268,6 +349,7 @@ class SipService(Service):
             auth="off (trusted network)"
             if config.trusted_network
             else f"digest, {len(users.users()) if users else 0} user(s)",
+            enrolled=enrolled,
         )
         if self.freeze_gc:
             gc_tuning.tune_for_server()
@@ -276,6 +358,18 @@ class SipService(Service):
 
     def _freeze(self) -> None:
         gc_tuning.freeze_after_start_up()
+
+    def _refresh_files(self) -> None:
+        if self.users is not None:
+            self._refresh_users()
+        if self.user_certificates is not None:
+            try:
+                added = self.user_certificates.load()
+            except UserCertificateError as e:
+                self.log.warn("{why}; the user certificates read before stay in force", why=str(e))
+                return
+            if added:
+                self.log.info("read {count} new user certificate(s)", count=added)
 
     def _refresh_users(self) -> None:
         assert self.users is not None
@@ -333,6 +427,7 @@ class SipService(Service):
 
 __all__ = [
     "SipService",
+    "UserCertificateLoader",
     "SipStack",
     "build_sip_stack",
     "sip_tls_options",

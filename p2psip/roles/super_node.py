@@ -8,13 +8,18 @@ twistd starts the service.  The children of the returned
 
 1. the mediator client (with ``--mediator``), so that links the node
    cannot make directly can be asked for as soon as it joins;
-2. the overlay service: listen, found or join the ring; on stop, Leave;
-3. the SIP service (with ``--sip``): listeners, registrar and proxy;
-4. the HTTP site: status page, ``/metrics`` and the admin API.
+2. on the bootstrap, the enrolment server (HTTPS on ``--enrol-listen``),
+   so that peers can enrol while the ring forms;
+3. the overlay service: listen, found or join the ring; on stop, Leave;
+4. the SIP service (with ``--sip``): listeners, registrar and proxy;
+5. the HTTP site: status page, ``/metrics`` and the admin API.
 
-The node key, the known peers, the users file and the nonce secret are
-read (and the key made, on first start) by :func:`load_ring_state`, which
-``makeService`` calls; tests pass their own :class:`RingState` instead.
+The node's certificate and trust policy (and the bootstrap's CA), the
+known peers, the users file and the nonce secret are read (and made, on
+first start) by :func:`load_ring_state`, which ``makeService`` calls;
+tests pass their own :class:`RingState` instead.  A peer that enrols on
+start is a :class:`~p2psip.roles.enrolment_service.FirstEnrolment` until
+it has its certificate.
 """
 
 from __future__ import annotations
@@ -36,17 +41,23 @@ from p2psip.util.reactor import (
     as_hole_punch_reactor,
     as_role_reactor,
 )
+from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.nat.traversal import TraversalClient
 from p2psip.nat.traversal_service import TraversalService
+from p2psip.enrolment.authority import OverlayAuthority
+from p2psip.enrolment.fingerprints import root_fingerprint
+from p2psip.enrolment.server import EnrolmentServer
 from p2psip.overlay import peer_cache
-from p2psip.overlay.certificates import SelfSignedTrust, TrustPolicy
-from p2psip.overlay.identity import IdentityError, NodeIdentity
+from p2psip.overlay.certificates import OverlayRootTrust, SelfSignedTrust, TrustPolicy
+from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import Connector, StreamConnector, inbound_link_factory
 from p2psip.overlay.mediated import MediatedConnector, MediatedIncoming
 from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.overlay.node import OverlayNode
 from p2psip.overlay.tls import KeyLogFile, LinkSecurity
+from p2psip.roles.enrolment_service import FirstEnrolment, bootstrap_enrolment_server
 from p2psip.roles.overlay_api import overlay_api_routes
+from p2psip.roles.ring_credentials import EnrolmentNeeded, load_credentials
 from p2psip.roles.overlay_service import OverlayService
 from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
@@ -75,16 +86,22 @@ class RingState:
     nonce_secret: bytes | None = None
     #: Without one the admin API refuses every request.
     admin_token: str | None = None
-    #: What a peer's certificate must prove, on links and on signatures.
+    #: Whose certificates the node believes; load_ring_state always sets it
+    #: (the overlay root, or self-signed under --insecure).
     trust: TrustPolicy = field(factory=SelfSignedTrust)
+    #: The overlay CA, on a bootstrap (its enrolment server issues from it).
+    authority: OverlayAuthority | None = None
 
 
-def load_ring_state(config: RingRoleConfig) -> RingState:
+def load_ring_state(config: RingRoleConfig, clock: IReactorTime) -> RingState:
     """
     Read the role's files in ``--data-dir`` (made, mode 0700, if missing):
-    the node key and the admin API token (made on first start), the known
-    peers, and for SIP the users file and the nonce secret.  Errors name
-    the file and the fix.
+    the node key and certificate with the trust policy and, on a
+    bootstrap, the overlay CA (:mod:`p2psip.roles.ring_credentials`), the
+    admin API token (made on first start), the known peers, and for SIP
+    the users file and the nonce secret.  Errors name the file and the fix.
+
+    :raises EnrolmentNeeded: a peer that enrols on start has no certificate yet.
     """
     try:
         os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
@@ -93,10 +110,7 @@ def load_ring_state(config: RingRoleConfig) -> RingState:
             f"cannot create the data directory {config.data_dir}: {error.strerror}; "
             "set --data-dir (or data-dir in --config) to a directory the role's user may write"
         ) from None
-    try:
-        identity = NodeIdentity.load_or_create(config.data_dir)
-    except IdentityError as error:
-        raise usage.UsageError(str(error)) from None
+    credentials = load_credentials(config, clock.seconds)
     users = secret = None
     if config.sip is not None:
         users = load_users(config.sip)
@@ -109,11 +123,21 @@ def load_ring_state(config: RingRoleConfig) -> RingState:
         admin_token = load_or_create_token(config.data_dir)
     except AdminTokenError as error:
         raise usage.UsageError(f"the admin API token: {error}") from None
-    return RingState(identity, tuple(peer_cache.load(config.data_dir)), users, secret, admin_token)
+    return RingState(
+        credentials.identity,
+        tuple(peer_cache.load(config.data_dir)),
+        users,
+        secret,
+        admin_token,
+        trust=credentials.trust,
+        authority=credentials.authority,
+    )
 
 
 class RingRole(MultiService):
     """A ring member's services, with the parts the status page and tests look at."""
+
+    log = Logger()
 
     def __init__(
         self, config: RingRoleConfig, node: OverlayNode, registry: CollectorRegistry
@@ -125,16 +149,38 @@ class RingRole(MultiService):
         self.overlay: OverlayService | None = None
         self.sip: SipService | None = None
         self.traversal: TraversalService | None = None
+        self.enrolment: EnrolmentServer | None = None
+
+    def startService(self) -> None:
+        if self.node.certificates.trust.insecure:
+            self.log.critical(
+                "INSECURE: --insecure ring of self-signed certificates without a CA: anyone can "
+                "join it and write any user's registration; for development only"
+            )
+        super().startService()
 
     def status(self) -> dict[str, Any]:
         """The whole ``/status`` document: the node, then the SIP and mediator sections."""
         document = overlay_status(self.node)
         document["role"] = self.config.role
+        document["security"] = _security_status(self.node)
         if self.sip is not None:
             document["sip"] = self.sip.status()
         if self.traversal is not None and self.config.mediator is not None:
             document["mediator"] = _mediator_status(self.traversal, self.config.mediator)
         return document
+
+
+def _security_status(node: OverlayNode) -> dict[str, Any]:
+    """How this node's certificates are checked: enrolled under which root, or insecure."""
+    trust = node.certificates.trust
+    if isinstance(trust, OverlayRootTrust):
+        return {
+            "mode": "enrolled",
+            "overlay_root": root_fingerprint(trust.root_der),
+            "user_name": node.identity.user_name,
+        }
+    return {"mode": "insecure", "warning": "self-signed certificates, no CA (--insecure)"}
 
 
 def _mediator_status(traversal: TraversalService, config: MediatorClientConfig) -> dict[str, Any]:
@@ -226,6 +272,10 @@ def make_ring_role(
     if traversal is not None:
         role.traversal = traversal
         traversal.setServiceParent(role)
+    if state.authority is not None and config.security.authority is not None:
+        # Before the overlay: peers may enrol while the ring is still forming.
+        role.enrolment = bootstrap_enrolment_server(config, node, state.authority, reactor)
+        role.enrolment.setServiceParent(role)
     role.overlay = OverlayService(
         node,
         endpoint=serverFromString(reactor, config.listen),
@@ -251,7 +301,13 @@ def make_ring_role(
         stack = build_sip_stack(
             config.sip, node, reactor, state.users, state.nonce_secret, config.advertised_host
         )
-        role.sip = SipService(stack, reactor, joined=role.overlay.joined, freeze_gc=freeze_gc)
+        role.sip = SipService(
+            stack,
+            reactor,
+            joined=role.overlay.joined,
+            freeze_gc=freeze_gc,
+            user_certificates=UserCertificates(config.data_dir),
+        )
         role.sip.add_metrics(registry)
         role.sip.setServiceParent(role)
     site = build_site(
@@ -268,10 +324,28 @@ def make_ring_role(
     return role
 
 
-def make_ring_service(config: RingRoleConfig, reactor: IRoleReactor | None = None) -> RingRole:
-    """``makeService`` of the bootstrap and peer roles: read the state, then build."""
+def make_ring_service(
+    config: RingRoleConfig, reactor: IRoleReactor | None = None
+) -> RingRole | FirstEnrolment:
+    """
+    ``makeService`` of the bootstrap and peer roles: read the state, then build.
+
+    A peer told to enrol on start that has no certificate yet gets a
+    :class:`FirstEnrolment`, which enrols once the reactor runs and then
+    builds and starts the ring role.
+    """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = as_role_reactor(global_reactor)
-    return make_ring_role(config, reactor, load_ring_state(config))
+    role_reactor = reactor
+    try:
+        state = load_ring_state(config, role_reactor)
+    except EnrolmentNeeded as needed:
+        return FirstEnrolment(
+            config,
+            role_reactor,
+            lambda: make_ring_role(config, role_reactor, load_ring_state(config, role_reactor)),
+            str(needed),
+        )
+    return make_ring_role(config, role_reactor, state)

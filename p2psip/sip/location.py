@@ -2,10 +2,20 @@
 The location service on the overlay: SIP registrations stored in the DHT.
 
 RFC 7904 section 3 defines the SIP-REGISTRATION kind (Kind-ID 1), stored
-with the RELOAD dictionary data model: the resource name is the AOR, the
-dictionary key is the Node-ID of the node that stored the entry (here: the
-super-node serving the user agent), and the value is a ``SipRegistration``,
-whose wire format :mod:`p2psip.usages.sip` reads and writes.
+with the RELOAD dictionary data model: the resource name is the AOR's user
+name (``alice@example.com`` for ``sip:alice@example.com``,
+:func:`~p2psip.usages.sip.registration_resource_name`), the dictionary key
+is the Node-ID of the node that stored the entry (here: the super-node
+serving the user agent), and the value is a ``SipRegistration``, whose wire
+format :mod:`p2psip.usages.sip` reads and writes.
+
+Phones have passwords, the overlay wants certificates: the registrar checks
+the phone's password, and this service then writes the entry signed with
+the user's credential that the super-node holds (a certificate naming the
+user and the super-node's Node-ID, for the super-node's own key), which is
+what the Kind's USER-NODE-MATCH policy asks for.  A super-node without a
+credential for the user refuses the registration (:class:`NoUserCredential`)
+and tells its operator, once a minute per user, how to enrol the user.
 
 This node writes ``sip_registration_route`` values: ``destination_list`` is
 the serving super-node's Node-ID, so a caller's proxy reaches it with
@@ -31,11 +41,12 @@ from collections.abc import Sequence
 from typing import cast
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from p2psip.interfaces import IOverlayStorage
+from p2psip.util.log_throttle import LogThrottle
 from p2psip.usages.sip import (
     SIP_APPLICATION,
     SIP_REGISTRATION_KIND,
@@ -47,6 +58,7 @@ from p2psip.usages.sip import (
     encode_registration,
     key_node_id,
     registration_key,
+    registration_resource_name,
 )
 
 # SIP_APPLICATION and SIP_REGISTRATION_KIND are the usage's
@@ -56,6 +68,7 @@ __all__ = [
     "SIP_REGISTRATION_KIND",
     "Binding",
     "LocationDecodeError",
+    "NoUserCredential",
     "OverlayLocationService",
     "bindings_from_entry",
     "decode_contact_prefs",
@@ -65,6 +78,23 @@ __all__ = [
 
 #: Limits applied to values read from the overlay before anything is built.
 MAX_CONTACTS_PER_ENTRY = 64
+
+#: How the operator is told to enrol a user; ``{user}`` is the AOR.
+DEFAULT_ENROL_HINT = "p2psip enrol --user {user} --data-dir DATA_DIR"
+
+
+class NoUserCredential(Exception):
+    """
+    This super-node holds no credential to sign a user's registration with.
+
+    The message is for the operator: it names the user and the fix.
+    """
+
+    def __init__(self, aor: str, fix: str) -> None:
+        super().__init__(f"no certificate for {aor} on this super-node; enrol the user: {fix}")
+        self.aor = aor
+        self.fix = fix
+
 
 _UINT16_MAX = 0xFFFF
 _EXPIRES_AT = re.compile(r"^[0-9]{1,12}$")
@@ -216,9 +246,17 @@ class OverlayLocationService:
 
     log = Logger()
 
-    def __init__(self, storage: IOverlayStorage, clock: IReactorTime) -> None:
+    def __init__(
+        self,
+        storage: IOverlayStorage,
+        clock: IReactorTime,
+        enrol_hint: str = DEFAULT_ENROL_HINT,
+    ) -> None:
         self.storage = storage
         self.clock = clock
+        #: The operator's fix for a missing credential, with ``{user}`` for the AOR.
+        self.enrol_hint = enrol_hint
+        self._missing_log = LogThrottle(clock)
 
     @property
     def local_node_id(self) -> int:
@@ -230,25 +268,55 @@ class OverlayLocationService:
         Store the contacts this node serves for ``aor`` (all of them).
 
         The entry lives until the last contact expires; an empty list removes
-        the entry.  :returns: a Deferred that fires when the overlay accepted
-        the store (or fails with the overlay's error).
+        the entry.  Both are signed with the user's credential.
+        :returns: a Deferred that fires when the overlay accepted the store,
+            or fails with the overlay's error, or with
+            :class:`NoUserCredential`.
         """
         now = self.clock.seconds()
         live = [binding for binding in contacts if binding.expires_at > now]
         key = registration_key(self.local_node_id)
+        try:
+            resource_name = registration_resource_name(aor)
+        except ValueError as e:
+            return fail(e)
+        credential = self.storage.user_credential(resource_name)
+        if credential is None:
+            return fail(self._missing(aor))
         if not live:
             return cast(
                 "Deferred[None]",
-                self.storage.remove_dictionary_entry(aor, SIP_REGISTRATION_KIND, key),
+                self.storage.remove_dictionary_entry(
+                    resource_name, SIP_REGISTRATION_KIND, key, signer=credential
+                ),
             )
         registration = SipRegistration.route(encode_contact_prefs(live), self.local_node_id)
         lifetime_seconds = int(math.ceil(max(binding.expires_at for binding in live) - now))
         return cast(
             "Deferred[None]",
             self.storage.put_dictionary_entry(
-                aor, SIP_REGISTRATION_KIND, key, encode_registration(registration), lifetime_seconds
+                resource_name,
+                SIP_REGISTRATION_KIND,
+                key,
+                encode_registration(registration),
+                lifetime_seconds,
+                signer=credential,
             ),
         )
+
+    def _missing(self, aor: str) -> NoUserCredential:
+        error = NoUserCredential(aor, self.enrol_hint.format(user=aor))
+        held_back = self._missing_log.admit(aor)
+        if held_back is not None:
+            self.log.warn(
+                "refused to register {aor}: this super-node holds no certificate for the user, "
+                "so the overlay would refuse its registration; enrol the user: {fix} "
+                "({held_back} more REGISTERs for it since the last line)",
+                aor=aor,
+                fix=error.fix,
+                held_back=held_back,
+            )
+        return error
 
     def lookup(self, aor: str) -> Deferred[list[Binding]]:
         """
@@ -257,8 +325,13 @@ class OverlayLocationService:
         Malformed entries (another node's bug or an attack) are skipped and
         logged at debug level.
         """
+        try:
+            resource_name = registration_resource_name(aor)
+        except ValueError:
+            return succeed([])  # no user part: nobody can have registered it
         fetched = cast(
-            "Deferred[dict[bytes, bytes]]", self.storage.get_dictionary(aor, SIP_REGISTRATION_KIND)
+            "Deferred[dict[bytes, bytes]]",
+            self.storage.get_dictionary(resource_name, SIP_REGISTRATION_KIND),
         )
         return fetched.addCallback(self._live_bindings, aor)
 

@@ -24,6 +24,9 @@ Answers, in the order of section 10.3's steps:
 - A REGISTER older than the binding it would change (same Call-ID, CSeq
   not higher): 400.
 - Overlay store failed: 503 with ``Retry-After``.
+- This super-node holds no overlay credential for the user (it must sign
+  the registration with a certificate naming the user): 403 with a
+  ``Warning``; the location service tells the operator how to enrol the user.
 - Otherwise 200 listing every binding this super-node holds for the AOR,
   each with its remaining ``expires``.
 
@@ -51,7 +54,7 @@ from p2psip.sip.blur import blur_aor, blur_flow, flow_host
 from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.login_throttle import LoginThrottle
 from p2psip.sip.errors import SipParseError
-from p2psip.sip.location import Binding, OverlayLocationService, format_q
+from p2psip.sip.location import Binding, NoUserCredential, OverlayLocationService, format_q
 from p2psip.sip.message import NameAddress, Request, Response, make_response
 from p2psip.sip.uri import URI, SipURI
 
@@ -415,6 +418,21 @@ class Registrar:
             return self._accept(request, to, flow, aor, self.local_bindings(aor), outcome)
 
         def overlay_failed(failure: Failure) -> Response:
+            if failure.check(NoUserCredential):
+                # Logged for the operator (rate-limited) by the location service.
+                warning = f'399 {self.domain} "this super-node cannot sign for this user yet"'
+                return self._refuse(
+                    request,
+                    to,
+                    flow,
+                    aor,
+                    _Refusal(
+                        403,
+                        "Forbidden (user not enrolled on this super-node)",
+                        (("Warning", warning),),
+                        quiet=True,
+                    ),
+                )
             self.log.warn(
                 "overlay store for {aor} failed: {why}; is this peer joined to the ring?",
                 aor=blur_aor(aor),

@@ -3,8 +3,17 @@ The SIP usage of RELOAD (RFC 7904): the SIP-REGISTRATION Kind's values.
 
 RFC 7904 section 3 stores registrations with the dictionary data model: the
 resource name is the AOR, the dictionary key is the Node-ID of the peer
-that stored the entry, and the value is a ``SipRegistration`` (RFC 6940
-presentation language, all integers big-endian)::
+that stored the entry, and the value is a ``SipRegistration``.  The Kind's
+policy is USER-NODE-MATCH: an entry must be signed by a certificate whose
+user name *matches the AOR* and whose Node-ID is the key.  Certificates
+carry the user name as an rfc822Name, ``alice@example.com``, and the policy
+compares hashes (the Resource-ID must be the hash of the user name, RFC 6940
+s7.3.3), so the AOR ``sip:alice@example.com`` is stored under the resource
+name ``alice@example.com``: the AOR without its scheme
+(:func:`registration_resource_name`).  ``sip:`` and ``sips:`` AORs of one
+user therefore share their registrations, as they share the certificate.
+
+The value, in RFC 6940 presentation language (all integers big-endian)::
 
     enum { sip_registration_uri(1), sip_registration_route(2), (255) }
         SipRegistrationType;
@@ -60,6 +69,7 @@ __all__ = [
     "encode_registration",
     "key_node_id",
     "registration_key",
+    "registration_resource_name",
 ]
 
 #: RFC 7904 section 6.1: the SIP-REGISTRATION Kind-ID (the overlay's Kind table holds it).
@@ -108,6 +118,25 @@ class SipRegistration:
             for destination in self.destination_list
             if destination.type == DestinationType.NODE and isinstance(destination.value, int)
         )
+
+
+def registration_resource_name(aor: str) -> str:
+    """
+    The resource name (and certificate user name) of an AOR's registrations.
+
+    ``sip:alice@example.com`` -> ``alice@example.com``: the scheme goes, the
+    domain is lower-cased (it is case-insensitive), the user part is kept as
+    it is (it is not).
+
+    :raises ValueError: for anything but ``sip[s]:user@domain``.
+    """
+    scheme, colon, rest = aor.partition(":")
+    user, at, domain = rest.rpartition("@")
+    if not colon or scheme.lower() not in ("sip", "sips") or not at or not user or not domain:
+        raise ValueError(f"{aor!r} is not an address-of-record like sip:alice@example.org")
+    if any(character in domain for character in ";?>"):
+        raise ValueError(f"{aor!r} carries URI parameters; give the bare address-of-record")
+    return f"{user}@{domain.lower()}"
 
 
 def registration_key(node_id: int) -> bytes:

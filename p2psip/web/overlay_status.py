@@ -1,7 +1,8 @@
 """
 The overlay part of a ring role's ``/status`` document.
 
-What an operator reads to see what a node is doing: its place in the
+What an operator reads to see what a node is doing: whether it runs
+``--insecure`` (first, so it cannot be missed), its place in the
 ring (state, neighbours with their addresses and whether a link is up,
 fingers), what it stores, its links (direction, how each was made, round
 trip), outstanding requests and event counters.  Built from the node's
@@ -29,6 +30,9 @@ def overlay_status(node: OverlayNode) -> dict[str, Any]:
 
     topology = node.topology
     return {
+        # True under --insecure (self-signed certificates, no CA): the page
+        # shows a banner, and whoever reads the JSON should notice too.
+        "insecure": node.certificates.trust.insecure,
         "node_id": id_hex(node.node_id),
         "overlay": node.config.overlay_name,
         "state": node.state.value,

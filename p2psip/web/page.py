@@ -5,7 +5,8 @@ It loads nothing from elsewhere (the admin port is often reachable only
 through an SSH tunnel, and a status page must work offline), polls
 ``status`` and, on the bootstrap, ``api/ring`` every few seconds, and builds
 the DOM with ``textContent`` only: the status contains addresses and names
-that other peers chose, which must never be interpreted as markup.
+that other peers chose, which must never be interpreted as markup.  A red
+banner is shown while ``status`` says ``"insecure": true`` (``--insecure``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ ol, ul { margin: 0; padding-left: 1.4em; }
 #ring circle.node { fill: #2a6ebb; }
 #ring circle.track { fill: none; stroke: #999; stroke-width: 1.5; }
 #ring text { font: 10px ui-monospace, monospace; fill: #333; }
+#insecure { background: #b00; color: #fff; font-weight: bold; padding: .5em .8em; margin: .5em 0; }
+#insecure[hidden] { display: none; }
 """.strip()
 
 # The script reads two values from data attributes of <body>, so the script
@@ -116,7 +119,14 @@ function renderObject(object, depth) {
   return table;
 }
 
+// --insecure rings say so in /status; the banner cannot be missed.
+function renderInsecure(status) {
+  const banner = document.getElementById("insecure");
+  banner.hidden = !(isPlainObject(status) && status.insecure === true);
+}
+
 function renderStatus(status) {
+  renderInsecure(status);
   const target = document.getElementById("status");
   target.replaceChildren();
   if (!isPlainObject(status)) {
@@ -216,6 +226,8 @@ def render_page(title: str, ring_page: bool) -> bytes:
 <body data-refresh-seconds="{REFRESH_SECONDS}" data-ring="{ring_flag}">
 <h1>{escaped}</h1>
 <div id="updated">loading&hellip;</div>
+<div id="insecure" hidden>INSECURE RING (--insecure): self-signed certificates and no CA, so
+anyone can join this ring and write any user's registration. For development only.</div>
 <noscript><p>This page needs JavaScript; the raw data is at
 <a href="status">/status</a> and <a href="metrics">/metrics</a>.</p></noscript>
 <div id="ring"></div>

@@ -785,3 +785,32 @@ def http_service(
         hint="nothing here: keep the http listener on loopback or behind a reverse proxy",
     )
     return _HttpListenerService(endpoint, limited, description)
+
+
+def bounded_site(
+    resource: Resource,
+    *,
+    max_body_bytes: int,
+    allowed_hosts: Collection[str] = (),
+    reactor: IReactorTime | None = None,
+) -> Site:
+    """
+    A Site for another listener than ``--http`` (the bootstrap's enrolment
+    server) with this module's protections: bodies limited to
+    ``max_body_bytes`` while they arrive, the per-request deadline and idle
+    timeout, the Host check, and refusals logged at warn, rate-limited,
+    through ``site.refusals.refused(source, status, why)``.
+    """
+    site = _StatusSite(resource, allowed_hosts, reactor=reactor)
+    site.requestFactory = type(  # type: ignore[assignment]
+        "_BoundedRequest", (_LimitedRequest,), {"max_body_bytes": max_body_bytes}
+    )
+    site.displayTracebacks = False
+    return site
+
+
+def refuse_logged(request: http.Request, status: int, why: str) -> None:
+    """Log a refusal through the request's site (rate-limited per source), if it is one of ours."""
+    site = getattr(request, "site", None)
+    if isinstance(site, _StatusSite):
+        site.refusals.refused(_source(request), status, why)

@@ -2,7 +2,8 @@
 Real role processes on loopback for integration tests.
 
 Each role runs as ``twistd -n`` in its own process with its own data
-directory and log file, on ports the OS handed out.  Every process is
+directory and log file, on ports the OS handed out.  Rings are enrolled
+(:class:`OverlayCA`): the bootstrap runs the CA, the peers enrol on start.  Every process is
 ended (by its own pid) in the test's cleanup, even when the test fails.
 """
 
@@ -13,14 +14,22 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from p2psip.cli.admin import AdminClient, AdminError
+from p2psip.enrolment.accounts import AccountsFile, Grant, accounts_path
+from p2psip.enrolment.authority import OverlayAuthority, random_node_id
+from p2psip.enrolment.fingerprints import root_fingerprint
+from p2psip.enrolment.node_files import load_key, save_node_enrolment
+from p2psip.enrolment.user_certificates import UserCertificates
+from p2psip.overlay.identity import NodeIdentity
 from p2psip.testing import free_port, repository_root
 
 
@@ -143,6 +152,87 @@ def ring_converged(processes: list[RoleProcess]) -> Any:
     return True
 
 
+class OverlayCA:
+    """
+    The CA of a test ring, made in the bootstrap's data directory before it
+    starts (as its first start would), with one account every peer enrols
+    under and the options that wire both sides.
+
+    The bootstrap serves enrolment on ``ssl:PORT`` on loopback; each peer
+    enrols on its first start with ``--enrol-url``, ``--enrol-user``,
+    ``--enrol-password-file`` and ``--ca-fingerprint``, so the ring is an
+    enrolled one and nothing is trusted on first use.
+    """
+
+    PASSWORD = "integration-enrolment-password"
+
+    def __init__(self, bootstrap_directory: Path, overlay_name: str = "integration.test") -> None:
+        self.bootstrap_directory = bootstrap_directory
+        data = bootstrap_directory / "data"
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.authority, _ = OverlayAuthority.load_or_create(data, overlay_name, reactor.seconds())
+        self.fingerprint = root_fingerprint(self.authority.root_der)
+        self.account = f"peers@{overlay_name}"
+        accounts = AccountsFile.load(accounts_path(data), missing_ok=True)
+        accounts.set_account(self.account, self.PASSWORD, [Grant.PEER, Grant.USER])
+        accounts.save()
+        self.password_file = bootstrap_directory.parent / f"{bootstrap_directory.name}-password"
+        self.password_file.write_text(self.PASSWORD + "\n")
+        self.enrol_port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.enrol_port}/enrol"
+
+    def bootstrap_arguments(self) -> list[str]:
+        return ["--enrol-listen", f"ssl:{self.enrol_port}:interface=127.0.0.1"]
+
+    def enrol_offline(self, directory: Path) -> None:
+        """
+        Leave in ``directory``'s data dir what ``p2psip enrol`` would, issued
+        by the CA at hand: for a peer that starts while the bootstrap is down.
+        """
+        data = directory / "data"
+        data.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = ec.generate_private_key(ec.SECP256R1())
+        certificate = self.authority.issue(
+            key.public_key(),
+            node_id=random_node_id(),
+            user_name=self.account,
+            now=reactor.seconds(),
+        )
+        save_node_enrolment(data, key, certificate, self.authority.root_der, None)
+
+    def issue_user_certificates(self, directory: Path, user_names: Iterable[str]) -> None:
+        """
+        User certificates bound to the enrolled super-node in ``directory``
+        (its key and Node-ID), in its ``user-certs/``, as
+        ``p2psip enrol --user`` leaves them.
+        """
+        data = directory / "data"
+        node = NodeIdentity.load(data)
+        key = load_key(data)
+        assert key is not None
+        certificates = UserCertificates(data)
+        for name in user_names:
+            der = self.authority.issue(
+                key.public_key(), node_id=node.node_id, user_name=name, now=reactor.seconds()
+            )
+            certificates.save(name, der)
+
+    def peer_arguments(self) -> list[str]:
+        return [
+            "--enrol-url",
+            self.url,
+            "--enrol-user",
+            self.account,
+            "--enrol-password-file",
+            str(self.password_file),
+            "--ca-fingerprint",
+            self.fingerprint,
+        ]
+
+
 def overlay_arguments(name: str = "integration.test") -> list[str]:
     """Fast timers so failures are noticed within seconds."""
     return [
@@ -157,4 +247,11 @@ def overlay_arguments(name: str = "integration.test") -> list[str]:
     ]
 
 
-__all__ = ["RoleProcess", "wait_for", "ring_converged", "overlay_arguments", "repository_root"]
+__all__ = [
+    "OverlayCA",
+    "RoleProcess",
+    "wait_for",
+    "ring_converged",
+    "overlay_arguments",
+    "repository_root",
+]

@@ -24,8 +24,8 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from p2psip.testing import ring_node_mediator_secret, free_port, repository_root
-from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
+from p2psip.testing import free_port, repository_root, ring_node_mediator_secret
+from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
 
 SECRET = "loopback-secret"
 
@@ -38,6 +38,10 @@ def read_metrics(http_port: int) -> str:
 
 class MediatedRingTests(TestCase):
     timeout = 120
+
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp()).resolve()
+        self.ca = OverlayCA(self.directory / "bootstrap")
 
     def start_mediator(self) -> str:
         """The mediator on loopback; its control endpoint."""
@@ -80,11 +84,18 @@ class MediatedRingTests(TestCase):
         return f"tcp:127.0.0.1:{control}"
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        """The role, logged in to the mediator with its own secret (derived for its Node-ID)."""
-        directory = Path(self.mktemp()).resolve() / name
+        """
+        The role, enrolled beforehand (its Node-ID, which the CA chose, decides
+        its mediator secret) and logged in to the mediator with its own secret.
+        """
+        directory = self.directory / name
+        self.ca.enrol_offline(directory)
         secret = ring_node_mediator_secret(SECRET, directory / "data")
+        security = self.ca.bootstrap_arguments() if role == "p2psip-bootstrap" else []
         process = RoleProcess(
-            role, directory, overlay_arguments() + extra + ["--mediator-secret", secret]
+            role,
+            directory,
+            overlay_arguments() + security + extra + ["--mediator-secret", secret],
         )
         self.addCleanup(process.stop)
         return process

@@ -31,7 +31,7 @@ from twisted.trial.unittest import TestCase
 
 from p2psip.cli import main as p2psip_command
 from p2psip.testing import free_port, repository_root, require_tool
-from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
+from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
 from tests.integration.processes import ring_converged as converged
 
 DOMAIN = "sipp.test"
@@ -88,8 +88,15 @@ class SipOverlayTests(TestCase):
         self.sipp = require_tool("sipp")
         self.directory = Path(self.mktemp()).resolve()
         self.directory.mkdir(parents=True)
+        self.ca = OverlayCA(self.directory / "bootstrap", DOMAIN)
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
+        # Any of the three may end up serving the phones (A), so each is
+        # enrolled with the user certificates of all the users beforehand.
+        self.ca.enrol_offline(self.directory / name)
+        self.ca.issue_user_certificates(
+            self.directory / name, [f"{user(index)}@{DOMAIN}" for index in range(USERS)]
+        )
         sip_port = free_udp_and_tcp_port()
         process = RoleProcess(
             role,
@@ -108,6 +115,7 @@ class SipOverlayTests(TestCase):
                 # One SIPp registers and calls at 100 a second from one address.
                 "--sip-rate-limit",
                 "0",
+                *(self.ca.bootstrap_arguments() if role == "p2psip-bootstrap" else []),
                 *extra,
             ],
         )

@@ -20,7 +20,13 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.trial.unittest import TestCase
 
-from tests.integration.processes import RoleProcess, overlay_arguments, ring_converged, wait_for
+from tests.integration.processes import (
+    OverlayCA,
+    RoleProcess,
+    overlay_arguments,
+    ring_converged,
+    wait_for,
+)
 
 PEERS = 4
 VALUES = 40
@@ -39,10 +45,17 @@ def known_peers(process: RoleProcess) -> list[Any]:
 class RejoinWithoutBootstrapTests(TestCase):
     timeout = 300
 
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp()).resolve()
+        self.ca = OverlayCA(self.directory / "bootstrap")
+
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        process = RoleProcess(
-            role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra
+        security = (
+            self.ca.bootstrap_arguments()
+            if role == "p2psip-bootstrap"
+            else self.ca.peer_arguments()
         )
+        process = RoleProcess(role, self.directory / name, overlay_arguments() + security + extra)
         self.addCleanup(process.stop)
         return process
 
@@ -88,6 +101,9 @@ class RejoinWithoutBootstrapTests(TestCase):
         yield wait_for(lambda: ring_converged(peers), 60, "the ring to close without the bootstrap")
         yield self.assert_every_value(peers, names)
 
+        # The enrolment server went down with the bootstrap: the newcomer was
+        # enrolled before (as `p2psip enrol` leaves a data dir).
+        self.ca.enrol_offline(self.directory / "newcomer")
         newcomer = self.start("p2psip-peer", "newcomer", ["--bootstrap", peers[1].endpoint])
         members = [*peers, newcomer]
         yield wait_for(lambda: ring_converged(members), 60, "the newcomer to join through a peer")

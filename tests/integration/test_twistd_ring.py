@@ -13,7 +13,13 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
-from tests.integration.processes import RoleProcess, overlay_arguments, ring_converged, wait_for
+from tests.integration.processes import (
+    OverlayCA,
+    RoleProcess,
+    overlay_arguments,
+    ring_converged,
+    wait_for,
+)
 
 PEERS = 6
 
@@ -21,10 +27,17 @@ PEERS = 6
 class TwistdRingTests(TestCase):
     timeout = 240
 
+    def setUp(self) -> None:
+        self.directory = Path(self.mktemp()).resolve()
+        self.ca = OverlayCA(self.directory / "bootstrap")
+
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        process = RoleProcess(
-            role, Path(self.mktemp()).resolve() / name, overlay_arguments() + extra
+        security = (
+            self.ca.bootstrap_arguments()
+            if role == "p2psip-bootstrap"
+            else self.ca.peer_arguments()
         )
+        process = RoleProcess(role, self.directory / name, overlay_arguments() + security + extra)
         self.addCleanup(process.stop)
         return process
 

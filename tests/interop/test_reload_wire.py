@@ -21,7 +21,7 @@ from p2psip.overlay.bodies import DataModel
 from p2psip.overlay.kinds import DEFAULT_KINDS
 from p2psip.overlay.message import MessageCode
 from p2psip.testing import free_port, require_root, require_tool
-from tests.integration.processes import RoleProcess, overlay_arguments, wait_for
+from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
 from tests.integration.processes import ring_converged as converged
 from tests.interop.capture import (
     DATA_FRAME,
@@ -64,15 +64,25 @@ WIRESHARK_KINDS = {
 class ReloadWireTests(TestCase):
     timeout = 90
 
+    def setUp(self) -> None:
+        self.ca = OverlayCA(Path(self.mktemp()).resolve() / "bootstrap", "interop.test")
+
     def start(self, role: str, name: str, port: int, extra: list[str]) -> RoleProcess:
-        directory = Path(self.mktemp()).resolve() / name
+        if role == "p2psip-bootstrap":
+            directory = self.ca.bootstrap_directory
+            security = self.ca.bootstrap_arguments()
+        else:
+            directory = self.ca.bootstrap_directory.parent / name
+            security = self.ca.peer_arguments()
         # The links are TLS: each role writes its secrets so tshark can decrypt.
         key_log = directory / "tls-keys.log"
         self.key_logs.append(key_log)
         process = RoleProcess(
             role,
             directory,
-            overlay_arguments("interop.test") + ["--overlay-tls-key-log", str(key_log), *extra],
+            overlay_arguments("interop.test")
+            + security
+            + ["--overlay-tls-key-log", str(key_log), *extra],
             overlay_port=port,
         )
         self.addCleanup(process.stop)

@@ -24,6 +24,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from p2psip.testing import ring_node_mediator_secret
+from tests.integration.processes import OverlayCA
 from tests.natlab.harness import CONTROL, SECRET, NatLab, p2psip_command, twistd_command
 
 OVERLAY_PORT = 6084
@@ -57,7 +58,14 @@ class OverlayOverNatTests(TestCase):
         loopback default 127.0.0.1 (a candidate that leads every other node
         back to itself).
         """
-        data_dir = os.path.abspath(self.mktemp())
+        directory = Path(self.mktemp()).resolve()
+        data_dir = str(directory / "data")
+        # An enrolled ring: the bootstrap's CA is made before it starts, and the
+        # peers behind the NATs are enrolled by it beforehand (`p2psip enrol`).
+        # (The bootstrap too: its Node-ID decides its mediator secret below.)
+        if role == "p2psip-bootstrap":
+            self.ca = OverlayCA(directory, "natlab.test")
+        self.ca.enrol_offline(directory)
         # p2psip reads the role's admin token from there (see api below).
         self.data_dirs = {**getattr(self, "data_dirs", {}), where: data_dir}
         overlay = (

@@ -20,9 +20,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from p2psip.enrolment.authority import OverlayAuthority
+from p2psip.overlay.certificates import TrustPolicy
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.node import NodeState, OperationResult, OverlayConfig, OverlayNode
-from p2psip.testing import HeapClock, MemoryNetwork
+from p2psip.testing import TEST_CERTIFICATE_EPOCH, HeapClock, MemoryNetwork, enrolled_identity
 from p2psip.util.ids import between
 
 PORT = 6084
@@ -36,7 +38,21 @@ SIMULATION_CONFIG = OverlayConfig(
 
 
 class RingSimulation:
-    def __init__(self, config: OverlayConfig = SIMULATION_CONFIG, seed: int = 1) -> None:
+    """
+    A ring on one fake clock.  With an ``authority`` every node is enrolled:
+    its certificate (and Node-ID) comes from that CA, and every node trusts
+    only what the CA issued (:class:`~p2psip.overlay.certificates.OverlayRootTrust`,
+    its validity checked on the simulated clock, which starts at the time
+    the test certificates are issued); without one the ring is insecure
+    (self-signed certificates).
+    """
+
+    def __init__(
+        self,
+        config: OverlayConfig = SIMULATION_CONFIG,
+        seed: int = 1,
+        authority: OverlayAuthority | None = None,
+    ) -> None:
         self.clock = HeapClock()
         self.network = MemoryNetwork(self.clock, latency_seconds=0.0)
         self.config = config
@@ -44,6 +60,16 @@ class RingSimulation:
         self.nodes: list[OverlayNode] = []
         self.crashed: list[OverlayNode] = []
         self._next_address = 1
+        self.authority = authority
+        self.trust: TrustPolicy | None = None
+        if authority is not None:
+            self.trust = authority.trust(lambda: TEST_CERTIFICATE_EPOCH + self.clock.seconds())
+
+    def new_identity(self) -> NodeIdentity:
+        """A fresh node key: enrolled with a Node-ID from the seeded generator, or self-signed."""
+        if self.authority is not None:
+            return enrolled_identity(self.authority, node_id=self.random.getrandbits(128) or 1)
+        return NodeIdentity.from_secret(self.random.getrandbits(256))
 
     def _new_node(
         self, identity: NodeIdentity | None = None, host: str | None = None
@@ -53,13 +79,14 @@ class RingSimulation:
             self._next_address += 1
             host = f"10.{index // 65536}.{index // 256 % 256}.{index % 256}"
         node = OverlayNode(
-            identity=identity or NodeIdentity.from_secret(self.random.getrandbits(256)),
+            identity=identity or self.new_identity(),
             clock=self.clock,
             connector=self.network.connector(host, PORT),
             advertised_host=host,
             advertised_port=PORT,
             config=self.config,
             rng=random.Random(self.random.getrandbits(64)),
+            trust=self.trust,
         )
         self.network.listen(host, PORT, node)
         return node
@@ -99,6 +126,11 @@ class RingSimulation:
         place grinds keys from the simulation's seeded generator until one
         lands there: deterministic, and cheap for arcs of a few percent.
         """
+        if self.authority is not None:
+            # The CA chooses Node-IDs: ask it for one in the arc.
+            width = (end - start - 1) % (1 << 128)
+            node_id = (start + 1 + self.random.randrange(max(width, 1))) % (1 << 128)
+            return enrolled_identity(self.authority, node_id=node_id)
         for _ in range(100_000):
             identity = NodeIdentity.from_secret(self.random.getrandbits(256))
             if between(identity.node_id, start, end):

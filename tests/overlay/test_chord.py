@@ -120,3 +120,55 @@ class MembershipOfOthersTests(SynchronousTestCase):
         self.sim.join()
         self.sim.run_until(self.sim.consistent, 60)
         self.assertGreaterEqual(len(calls), 1)
+
+
+class HearsayTests(SynchronousTestCase):
+    """What an Update names can make a member contact a table's worth of peers, not more."""
+
+    def setUp(self) -> None:
+        self.sim = RingSimulation(seed=43)
+        self.addCleanup(self.sim.stop_all)
+        self.sim.found()
+        for _ in range(2):
+            self.sim.join()
+        self.sim.run_until(self.sim.consistent, 60)
+
+    def test_update_naming_a_thousand_made_up_peers(self) -> None:
+        """Updates listing 1,000 peers that do not exist make a member try a table's worth of them."""
+        member, neighbour = self.sim.live()[0], self.sim.live()[1]
+        made_up = tuple((member.node_id + 1 + index * 2**100) % 2**128 for index in range(1000))
+        sent: list[str] = []
+        request = member.messenger.request
+
+        def counting(destination: Destination, code: int, *args: object, **kw: object) -> object:
+            sent.append(MessageCode(code).name)
+            return request(destination, code, *args, **kw)  # type: ignore[arg-type]
+
+        member.messenger.request = counting  # type: ignore[method-assign]
+        update = bodies.UpdateReq(
+            uptime=1,
+            type=bodies.ChordUpdateType.NEIGHBORS,
+            predecessors=(),
+            successors=made_up,
+            fingers=(),
+        )
+        table = self.sim.config.successors + self.sim.config.predecessors
+        attaches = []
+        for _ in range(3):
+            neighbour.messenger.request(
+                Destination.node(member.node_id),
+                MessageCode.UPDATE_REQ,
+                update.encode(),
+                first_link=neighbour.links.link_for(member.node_id),
+            )
+            self.sim.run(1)
+            attaches.append(sent.count("ATTACH_REQ"))
+        # A table's worth at once, then what the budget refills: a table
+        # every half update interval.
+        refill = table / (self.sim.config.update_interval_seconds / 2)
+        self.assertLessEqual(attaches[0], table)
+        self.assertLessEqual(attaches[-1], table + int(2 * refill) + 1)
+        self.assertLessEqual(len(sent), 2 * table)
+        self.assertGreater(member.counters["hearsay_not_followed"], 0)
+        self.assertTrue(self.sim.consistent())
+        self.assertFalse(set(made_up) & member.topology.known_peers())

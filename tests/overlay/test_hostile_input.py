@@ -79,7 +79,7 @@ class HostileInputTests(SynchronousTestCase):
         self.assertIn("unparseable certificate", str(error))
 
     def test_message_signed_with_a_bad_certificate(self) -> None:
-        """A message carrying such a certificate is dropped and counted, with no traceback."""
+        """A message carrying such a certificate is dropped, counted and warned about once, with no traceback."""
         stranger = MessengerUnderTest(NodeIdentity.generate())
         data = stranger.messenger.encode(
             MessageCode.PING_REQ, PING, (Destination.resource(self.me.node_id),), 10
@@ -88,7 +88,10 @@ class HostileInputTests(SynchronousTestCase):
         assert data.count(der) == 1
         data = data.replace(der, with_bad_version(der))
         link = self.node.link_to(self.before)
-        self.assertEqual(self.receive(link, data), [])
+        [warning] = self.receive(link, data)
+        self.assertEqual(warning["log_level"], LogLevel.warn)
+        self.assertIn("unparseable certificate", str(warning["why"]))
+        self.assertNotIn("log_failure", warning)
         self.assertEqual(link.sent, [])
         self.assertEqual(
             self.node.counters.get("bad_signatures", 0)

@@ -263,7 +263,8 @@ class ChurnSequenceTests(SynchronousTestCase):
         def step_join_wrapping() -> None:
             ids = ring.sorted_ids()
             identity = sim.identity_between((ids[0] - ids[0] // 2) % (MAX_ID + 1), ids[0])
-            ring.put(name_in(ids[-1], MAX_ID, "churn-wrap"))
+            # A fresh name each time: DATA values belong to their first writer.
+            ring.put(name_in(ids[-1], MAX_ID, f"churn-wrap-{len(ring.values)}"))
             sim.join(identity=identity, via=[sim.endpoint(sim.live()[-1])])
 
         def step_restart(index: int, how: str) -> None:

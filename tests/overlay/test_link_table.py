@@ -39,6 +39,19 @@ class LinkTableTests(SynchronousTestCase):
         self.assertFalse(self.table.identify(link, PEER + 1))
         self.assertEqual((link.peer_id, self.table.links_to(PEER + 1)), (PEER, []))
 
+    def test_confirmed_links_come_first(self) -> None:
+        """A link only a request named is used for its peer only while no confirmed link exists."""
+        real, claimed = self.link(), self.link()
+        self.table.identify(real, PEER)
+        self.table.identify(claimed, PEER, confirmed=False)
+        claimed.last_received_at = self.clock.seconds() + 5
+        self.assertFalse(self.table.is_confirmed(claimed))
+        self.assertIs(self.table.link_for(PEER), real)
+        real.closed = True
+        self.assertIs(self.table.link_for(PEER), claimed)
+        self.table.confirm(claimed)
+        self.assertTrue(self.table.is_confirmed(claimed))
+
     def test_prefers_the_link_that_last_heard_from_the_peer(self) -> None:
         """Of two links to a peer, the one that received last is used; closed ones never."""
         old, new = self.link(), self.link()

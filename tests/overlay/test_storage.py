@@ -24,6 +24,7 @@ from p2psip.overlay.bodies import (
     encode_stored_value,
     stored_data_signature_input,
 )
+from p2psip.overlay.certificates import CertifiedIdentity
 from p2psip.overlay.identity import CertificateCache, NodeIdentity
 from p2psip.overlay.kinds import (
     DATA,
@@ -46,7 +47,7 @@ LIST = Kind(
     data_model=DataModel.ARRAY,
     max_count=8,
     max_size=64,
-    access=AccessPolicy.ANY_SIGNER,
+    access=AccessPolicy.FIRST_SIGNER,
 )
 OWN = Kind(
     kind_id=0xF0000003,
@@ -56,11 +57,16 @@ OWN = Kind(
     max_size=64,
     access=AccessPolicy.NODE_MATCH,
 )
-KINDS = {**DEFAULT_KINDS, LIST.kind_id: LIST, OWN.kind_id: OWN}
+#: The rules shared by every Kind are tested on a dictionary with Kind-ID 1
+#: and SIP-REGISTRATION's limits that any first signer may write; the real
+#: policies have tests of their own below.
+REGISTRATIONS = evolve(SIP_REGISTRATION, access=AccessPolicy.FIRST_SIGNER)
+KINDS = {**DEFAULT_KINDS, 1: REGISTRATIONS, LIST.kind_id: LIST, OWN.kind_id: OWN}
 
 RESOURCE = resource_id("sip:alice@example.org")
-# storage_time is the writer's wall clock in ms, unrelated to the local `now`.
-T0 = 1_700_000_000_000
+# storage_time is the writer's wall clock in ms; the local `now` of these
+# tests starts at 0, and T0 is within the skew a store may be ahead of it.
+T0 = 100_000
 
 
 def signed(
@@ -235,8 +241,9 @@ class StoreErrorTests(SynchronousTestCase):
         own = data_kind(
             signed(DataValue(True, b"v"), kind=OWN.kind_id, resource=resource), kind=OWN.kind_id
         )
-        self.assertStoreError(ErrorCode.FORBIDDEN, resource, own, 0.0, True, 0, MALLORY.node_id)
-        self.store.store(resource, own, 0.0, replica_number=1, request_signer=MALLORY.node_id)
+        mallory = CertifiedIdentity((MALLORY.node_id,), None)
+        self.assertStoreError(ErrorCode.FORBIDDEN, resource, own, 0.0, True, 0, mallory)
+        self.store.store(resource, own, 0.0, replica_number=1, request_signer=mallory)
         self.assertEqual(len(self.store), 1)
 
     def test_empty_store_creates_nothing(self) -> None:
@@ -579,7 +586,14 @@ class ReplicationTests(SynchronousTestCase):
         """Counts are per Kind name and include Kinds with no values."""
         self.assertEqual(
             self.store.counts_per_kind(),
-            {"SIP-REGISTRATION": 3, "DATA": 1, "LIST": 2, "OWN": 0},
+            {
+                "SIP-REGISTRATION": 3,
+                "CERTIFICATE_BY_NODE": 0,
+                "CERTIFICATE_BY_USER": 0,
+                "DATA": 1,
+                "LIST": 2,
+                "OWN": 0,
+            },
         )
         self.assertEqual(len(self.store), 6)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from attrs import evolve
+from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.overlay.errors import RequestFailed
@@ -10,7 +12,7 @@ from p2psip.overlay.bodies import DataValue, DictionaryEntry
 from p2psip.overlay.kinds import DATA, SIP_REGISTRATION
 from p2psip.overlay.message import Destination, ErrorCode, MessageCode
 from p2psip.overlay.storage_service import HAND_OVER_REPLICA_NUMBER
-from p2psip.util.ids import resource_id
+from p2psip.util.ids import id_to_bytes, resource_id
 from tests.overlay.ringsim import RingSimulation
 
 
@@ -140,3 +142,79 @@ class StorageServiceTests(SynchronousTestCase):
         got = self.sim.wait(asker.get("signed-by-writer"))
         self.assertEqual(got.value, b"v")
         self.assertEqual(sent, [(writer.identity.certificate_der,)])
+
+    def test_two_stores_in_one_millisecond(self) -> None:
+        """Storage times grow per store, so a second put at the same instant replaces the first."""
+        writer = self.sim.live()[0]
+        self.sim.wait(writer.put("twice", b"one"))
+        self.sim.wait(writer.put("twice", b"two"))
+        self.assertEqual(self.sim.wait(self.sim.live()[1].get("twice")).value, b"two")
+
+    def test_second_writer_is_refused(self) -> None:
+        """A DATA name belongs to its first writer while the value lives: Error_Forbidden."""
+        first, second = self.sim.live()[:2]
+        self.sim.wait(first.put("owned", b"mine"))
+        [failure] = self.sim.wait(second.put("owned", b"theirs").addErrback(lambda f: [f]))
+        self.assertEqual(failure.value.error_code, ErrorCode.FORBIDDEN)
+        self.assertEqual(self.sim.wait(second.get("owned")).value, b"mine")
+
+    def test_tombstone_outlives_every_older_value(self) -> None:
+        """A removed entry's tombstone lives as long as the Kind lets any value live."""
+        writer = self.sim.live()[0]
+        user = "carol@example.org"
+        credential = writer.user_credential(user)
+        key = id_to_bytes(writer.node_id)
+        kind = SIP_REGISTRATION.kind_id
+        self.sim.wait(writer.put_dictionary_entry(user, kind, key, b"v", 60, signer=credential))
+        self.sim.wait(writer.remove_dictionary_entry(user, kind, key, signer=credential))
+        owner = self.node_for(user)
+        [kind_data] = owner.storage.store.export(resource_id(user), self.sim.clock.seconds())
+        [tombstone] = kind_data.values
+        self.assertFalse(tombstone.value.value.exists)
+        self.assertEqual(tombstone.lifetime, SIP_REGISTRATION.max_lifetime_seconds)
+
+    def test_lying_responder_cannot_spoil_a_fetch(self) -> None:
+        """A value with a bad signature in a Fetch answer is dropped (and logged); the rest remain."""
+        user = "dave@example.org"
+        owner = self.node_for(user)
+        writers = [node for node in self.sim.live() if node is not owner][:2]
+        kind = SIP_REGISTRATION.kind_id
+        for writer in writers:
+            credential = writer.user_credential(user)
+            key = id_to_bytes(writer.node_id)
+            self.sim.wait(
+                writer.put_dictionary_entry(user, kind, key, b"v", 600, signer=credential)
+            )
+        original = owner.storage.store.fetch
+
+        def tampered(*args: object) -> object:
+            responses = original(*args)  # type: ignore[arg-type]
+            [response] = responses
+            first, second = response.values
+            forged = evolve(first, value=evolve(first.value, value=DataValue(True, b"forged")))
+            return (evolve(response, values=(forged, second)),)
+
+        self.patch(owner.storage.store, "fetch", tampered)
+        asker = next(node for node in self.sim.live() if node not in (owner, *writers))
+        with capturedLogs() as events:
+            entries = self.sim.wait(asker.get_dictionary(user, kind))
+        self.assertEqual(list(entries.values()), [b"v"])
+        [warning] = [e for e in events if e["log_level"].name == "warn"]
+        self.assertIn("bad signature", warning["why"])
+
+    def test_replica_of_another_nodes_range_is_refused(self) -> None:
+        """A replica Store for a resource outside its sender's range is refused with Error_Forbidden."""
+        owner = self.node_for("not-yours")
+        self.sim.wait(owner.put("not-yours", b"v"))
+        resource = resource_id("not-yours")
+        sender = next(node for node in self.sim.live() if node is not owner)
+        receiver = next(node for node in self.sim.live() if node not in (owner, sender))
+        kind_data = owner.storage.store.export(resource, self.sim.clock.seconds())
+        body = bodies.StoreReq(resource, 1, tuple(kind_data)).encode()
+        request = sender.messenger.request(
+            Destination.node(receiver.node_id), MessageCode.STORE_REQ, body
+        )
+        [failure] = self.sim.wait(request.addErrback(lambda f: [f]))
+        self.assertEqual(failure.value.error_code, ErrorCode.FORBIDDEN)
+        self.assertIn("not in the range", failure.getErrorMessage())
+        self.assertEqual(receiver.counters["replicas_refused"], 1)

@@ -33,6 +33,32 @@ class NeighbourTableTests(SynchronousTestCase):
         self.assertEqual(topology.successors, [120, 150])
         self.assertEqual(topology.predecessors, [90, 50])
 
+    def test_who_may_own_an_id(self) -> None:
+        """Only a node with no known node between the id and it may own the id, across zero too."""
+        topology = ChordTopology(100, successor_count=2, predecessor_count=2)
+        topology.add_peers([50, 150, 200])
+        topology.set_finger(3, 400)
+        self.assertTrue(topology.may_be_responsible(120, 150))
+        self.assertTrue(topology.may_be_responsible(160, 170))  # a node we do not know
+        self.assertTrue(topology.may_be_responsible(150, 150))
+        self.assertFalse(topology.may_be_responsible(120, 200))  # 150 comes first
+        self.assertEqual(topology.closer_known_node(120, 200), 150)
+        self.assertFalse(topology.may_be_responsible(60, 150))  # we come first
+        self.assertTrue(topology.may_be_responsible(450, 10))  # wraps: nothing in (450, 10)
+        self.assertFalse(topology.may_be_responsible(450, 60))  # 50 lies in (450, 60)
+
+    def test_best_of_a_long_list_fits_the_table(self) -> None:
+        """Of many offered peers only those that would make the table are chosen, at most its size."""
+        topology = ChordTopology(1000, successor_count=2, predecessor_count=2)
+        topology.add_peers([900, 1100])
+        offered = range(1001, 2001)
+        # The two closest after us; and, the ring being mostly empty, the
+        # last of them is our second predecessor counter-clockwise.
+        self.assertEqual(topology.best_of(offered), [1001, 1002, 2000])
+        topology.add_peers([950, 1200])
+        self.assertEqual(topology.best_of([900, 5000]), [])
+        self.assertEqual(topology.best_of([960, 1150, 1300]), [1150, 960])
+
     def test_wraps_around(self) -> None:
         """Neighbour lists wrap across zero."""
         topology = ChordTopology(MAX_ID - 5, successor_count=2, predecessor_count=1)

@@ -147,6 +147,7 @@ class RoleMetricsTests(SynchronousTestCase):
             "--sip",
             "udp:15060",
             "--sip-trusted-network",
+            "--insecure",
         )
         top = self.start(peer.makeService(options, self.reactor))
         assert isinstance(top, RingRole) and top.sip is not None

@@ -23,8 +23,9 @@ DOMAIN = "example.org"
 
 
 def parse(*argv: str) -> Options:
+    """Peer options; --insecure, since these tests are not about certificates (test_ring_security is)."""
     options = Options()
-    options.parseOptions(["--bootstrap", "tcp:127.0.0.1:6084", *argv])
+    options.parseOptions(["--bootstrap", "tcp:127.0.0.1:6084", "--insecure", *argv])
     return options
 
 

@@ -20,6 +20,7 @@ from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.location import (
     Binding,
     LocationDecodeError,
+    NoUserCredential,
     OverlayLocationService,
     bindings_from_entry,
     format_q,
@@ -35,9 +36,11 @@ from p2psip.usages.sip import (
 )
 from p2psip.util.ids import id_to_bytes
 
-from .memory_storage import MemoryOverlayStorage, StorageUnavailable
+from .memory_storage import MemoryCredential, MemoryOverlayStorage, StorageUnavailable
 
 AOR = "sip:alice@example.org"
+#: Where RFC 7904's USER-NODE-MATCH puts alice's registrations: her user name.
+RESOURCE = "alice@example.org"
 NODE_A = 0x0123456789ABCDEF0123456789ABCDEF
 NODE_B = 0xFEDCBA9876543210FEDCBA9876543210
 NOW = 1_764_000_000.0
@@ -173,7 +176,8 @@ class OverlayLocationServiceTests(SynchronousTestCase):
             )
         )
         self.assertEqual(
-            self.storage_a.calls, [("put", AOR, SIP_REGISTRATION_KIND, id_to_bytes(NODE_A), 3600)]
+            self.storage_a.calls,
+            [("put", RESOURCE, SIP_REGISTRATION_KIND, id_to_bytes(NODE_A), 3600)],
         )
 
     def test_stored_value_bytes(self) -> None:
@@ -181,7 +185,7 @@ class OverlayLocationServiceTests(SynchronousTestCase):
         self.successResultOf(
             self.service_a.register(AOR, [self.binding("sip:a@192.0.2.1", 60, 0.5)])
         )
-        [(value, _expiry)] = self.shared[(AOR, SIP_REGISTRATION_KIND)].values()
+        [(value, _expiry)] = self.shared[(RESOURCE, SIP_REGISTRATION_KIND)].values()
         prefs = b"<sip:a@192.0.2.1>;q=0.5;expires-at=1764000060"
         destinations = b"\x01\x10" + id_to_bytes(NODE_A)
         body = struct.pack(">H", len(prefs)) + prefs
@@ -209,7 +213,7 @@ class OverlayLocationServiceTests(SynchronousTestCase):
     def test_malformed_entry_skipped(self) -> None:
         """A garbage entry from a hostile node is skipped with a debug event, others still found."""
         self.successResultOf(self.service_a.register(AOR, [self.binding("sip:a@192.0.2.1", 60)]))
-        self.shared[(AOR, SIP_REGISTRATION_KIND)][b"evil"] = (b"\x02\xff\xff", NOW + 999)
+        self.shared[(RESOURCE, SIP_REGISTRATION_KIND)][b"evil"] = (b"\x02\xff\xff", NOW + 999)
         with capturedLogs() as events:
             found = self.successResultOf(self.service_b.lookup(AOR))
         self.assertEqual([b.contact for b in found], ["sip:a@192.0.2.1"])
@@ -222,6 +226,52 @@ class OverlayLocationServiceTests(SynchronousTestCase):
         self.failureResultOf(
             self.service_a.register(AOR, [self.binding("sip:a@192.0.2.1", 60)]), StorageUnavailable
         )
+
+    def test_signed_with_the_users_credential(self) -> None:
+        """The entry and its removal are signed with the credential for the AOR's user name."""
+        signers: list[object] = []
+        put, remove = self.storage_a.put_dictionary_entry, self.storage_a.remove_dictionary_entry
+
+        def spy_put(*args: object, signer: object = None) -> object:
+            signers.append(signer)
+            return put(*args, signer=signer)  # type: ignore[arg-type]
+
+        def spy_remove(*args: object, signer: object = None) -> object:
+            signers.append(signer)
+            return remove(*args, signer=signer)  # type: ignore[arg-type]
+
+        self.patch(self.storage_a, "put_dictionary_entry", spy_put)
+        self.patch(self.storage_a, "remove_dictionary_entry", spy_remove)
+        self.successResultOf(self.service_a.register(AOR, [self.binding("sip:a@192.0.2.1", 60)]))
+        self.successResultOf(self.service_a.register(AOR, []))
+        self.assertEqual(signers, [MemoryCredential(RESOURCE)] * 2)
+
+    def test_sips_aor_shares_the_users_entries(self) -> None:
+        """sip: and sips: AORs of one user are one user name, so one set of registrations."""
+        self.successResultOf(self.service_a.register(AOR, [self.binding("sip:a@192.0.2.1", 60)]))
+        found = self.successResultOf(self.service_b.lookup("sips:alice@example.org"))
+        self.assertEqual([b.contact for b in found], ["sip:a@192.0.2.1"])
+
+    def test_aor_without_user_has_no_registrations(self) -> None:
+        """An AOR with no user part names no user, so nothing is fetched and nothing found."""
+        self.assertEqual(self.successResultOf(self.service_a.lookup("sip:example.org")), [])
+        self.assertEqual(self.storage_a.calls, [])
+
+    def test_missing_credential_is_refused_and_logged(self) -> None:
+        """Without alice's credential nothing is stored; the operator hears how to enrol her, once."""
+        storage = MemoryOverlayStorage(NODE_A, self.clock, self.shared, users={"bob@example.org"})
+        service = OverlayLocationService(
+            storage, self.clock, enrol_hint="p2psip enrol --user {user} --data-dir /srv/node"
+        )
+        with capturedLogs() as events:
+            for _ in range(3):
+                failure = self.failureResultOf(
+                    service.register(AOR, [self.binding("sip:a@192.0.2.1", 60)]), NoUserCredential
+                )
+        self.assertIn("p2psip enrol --user sip:alice@example.org", failure.getErrorMessage())
+        self.assertEqual(storage.calls, [])
+        self.assertEqual([e["log_level"].name for e in events], ["warn"])
+        self.assertIn("--data-dir /srv/node", events[0]["fix"])
 
     def test_contact_that_cannot_be_stored(self) -> None:
         """A contact with angle brackets or spaces is refused before anything is stored."""

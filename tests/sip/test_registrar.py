@@ -125,6 +125,16 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         self.assertEqual(self.storage.calls[-1][-1], 600)
         self.assertEqual(self.lookup(), [("sip:alice@192.0.2.7:5062", 1.0, 600)])
 
+    def test_user_without_credential_is_refused(self) -> None:
+        """Without the user's overlay credential: 403 with a Warning, nothing stored or bound."""
+        self.storage.users = {"bob@example.org"}
+        response = self.send(register(expires=600))
+        self.assertEqual(response.status, 403)
+        self.assertIn("not enrolled", response.reason)
+        self.assertIn("399", response.headers.get("Warning") or "")
+        self.assertEqual([call[0] for call in self.storage.calls], [])
+        self.assertEqual(self.registrar.local_bindings(AOR), [])
+
     def test_contact_expires_param_wins(self) -> None:
         """A contact's expires parameter overrides the Expires header."""
         response = self.send(register(contacts="<sip:alice@192.0.2.7>;expires=120", expires=600))
@@ -294,8 +304,8 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         pending: list[Deferred[None]] = []
         original = self.storage.put_dictionary_entry
 
-        def slow_put(*args: object) -> Deferred[None]:
-            original(*args)  # type: ignore[arg-type]
+        def slow_put(*args: object, **kwargs: object) -> Deferred[None]:
+            original(*args, **kwargs)  # type: ignore[arg-type]
             waiting: Deferred[None] = Deferred()
             pending.append(waiting)
             return waiting

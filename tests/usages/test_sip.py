@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.overlay import message
-from p2psip.overlay.kinds import DEFAULT_KINDS
+from p2psip.overlay.kinds import DEFAULT_KINDS, user_match_resource
 from p2psip.usages.sip import (
     MAX_DESTINATIONS,
     SIP_REGISTRATION_KIND,
@@ -22,8 +22,9 @@ from p2psip.usages.sip import (
     encode_registration,
     key_node_id,
     registration_key,
+    registration_resource_name,
 )
-from p2psip.util.ids import id_to_bytes
+from p2psip.util.ids import id_to_bytes, resource_id
 from tests.overlay.test_message import destinations
 
 NODE_A = 0x0123456789ABCDEF0123456789ABCDEF
@@ -119,6 +120,32 @@ class WireFormTests(SynchronousTestCase):
             SipRegistration(256),
         ]:
             self.assertRaises(ValueError, encode_registration, registration)
+
+
+class ResourceNameTests(SynchronousTestCase):
+    def test_aor_to_user_name(self) -> None:
+        """An AOR's registrations live under its user name, the certificate's rfc822Name."""
+        self.assertEqual(registration_resource_name("sip:alice@example.com"), "alice@example.com")
+        self.assertEqual(
+            resource_id(registration_resource_name("sip:alice@example.com")),
+            user_match_resource("alice@example.com"),
+        )
+
+    def test_sip_and_sips_share_a_user(self) -> None:
+        """The scheme goes and the domain is lower-cased; the user part keeps its case."""
+        self.assertEqual(registration_resource_name("SIPS:Alice@Example.COM"), "Alice@example.com")
+
+    def test_not_an_aor(self) -> None:
+        """Anything but sip[s]:user@domain is a ValueError."""
+        for text in (
+            "alice@example.com",
+            "tel:+15551234",
+            "sip:example.com",
+            "sip:@example.com",
+            "sip:alice@",
+            "sip:alice@example.com;transport=tcp",
+        ):
+            self.assertRaises(ValueError, registration_resource_name, text)
 
 
 class RoundTripTests(SynchronousTestCase):
