@@ -4,7 +4,9 @@ Overlay benchmark: rings of N peers in one process over real loopback TLS.
 For each N prints join convergence time, lookup hops (mean, p99, against
 the Chord reference 1/2*log2(N) and the target 1/2*log2(N)+1), lookup
 latency p50/p99, lookups/s and memory per node.  Run: ``make bench`` or
-``python bench/overlay.py 16 64 256``.
+``python bench/overlay.py 16 64 256``; with ``--secure`` the nodes hold
+certificates from one overlay CA and trust only its root (an enrolled ring),
+without it they are self-signed (``--insecure``).  Links are TLS either way.
 """
 
 from __future__ import annotations
@@ -15,13 +17,16 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import DeferredList, inlineCallbacks
 
 from p2psip.demo import start_peer
+from p2psip.enrolment.authority import OverlayAuthority
 from p2psip.overlay.node import OverlayConfig
+from p2psip.testing import enrolled_identity
 
 #: Production-like timers: the whole ring shares one process and one core.
 BENCH_CONFIG = OverlayConfig(
@@ -44,13 +49,33 @@ def rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+def enrolled_peers(secure: bool) -> Callable[[Any, str | None], Any]:
+    """
+    ``start_peer`` for this run: self-signed nodes (an ``--insecure`` ring),
+    or with ``secure`` nodes holding certificates from one overlay CA and
+    trusting only its root, as an enrolled ring's roles do.
+    """
+    if not secure:
+        return lambda reactor, bootstrap: start_peer(reactor, bootstrap, BENCH_CONFIG)
+    now = time.time()
+    authority = OverlayAuthority.create(BENCH_CONFIG.overlay_name, now)
+
+    def start(reactor: Any, bootstrap: str | None) -> Any:
+        identity = enrolled_identity(authority, now=now)
+        trust = authority.trust(reactor.seconds)
+        return start_peer(reactor, bootstrap, BENCH_CONFIG, identity, trust)
+
+    return start
+
+
 @inlineCallbacks
-def ring(reactor: Any, size: int) -> Any:
+def ring(reactor: Any, size: int, secure: bool = False) -> Any:
+    start_one = enrolled_peers(secure)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     before = rss_kib()
     started = time.monotonic()
-    first, port = yield start_peer(reactor, None, BENCH_CONFIG)
+    first, port = yield start_one(reactor, None)
     nodes, ports = [first], [port]
     bootstrap = f"tcp:127.0.0.1:{first.advertised_port}"
     for index in range(1, size):
@@ -58,7 +83,7 @@ def ring(reactor: Any, size: int) -> Any:
             # A join can time out while the ring is still converging around
             # the new id; the roles retry too (see OverlayService).
             try:
-                node, port = yield start_peer(reactor, bootstrap, BENCH_CONFIG)
+                node, port = yield start_one(reactor, bootstrap)
                 break
             except Exception as error:
                 sys.stderr.write(f"  join {index} attempt {attempt + 1} failed: {error}\n")
@@ -126,13 +151,20 @@ def ring(reactor: Any, size: int) -> Any:
 
 
 @inlineCallbacks
-def main(reactor: Any, *sizes: str) -> Any:
+def main(reactor: Any, *arguments: str) -> Any:
+    secure = "--secure" in arguments
+    sizes = [argument for argument in arguments if argument != "--secure"]
+    print(
+        "ring of enrolled nodes (overlay CA)"
+        if secure
+        else "ring of self-signed nodes (--insecure)"
+    )
     print(
         "| N | all joined s | converged s | mean hops | p99 hops | ½·log2N / target | p50 ms | p99 ms | lookups/s | correct | KiB/node |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for size in [int(s) for s in sizes] or [16, 64, 256]:
-        yield ring(reactor, size)
+        yield ring(reactor, size, secure)
 
 
 if __name__ == "__main__":
