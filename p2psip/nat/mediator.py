@@ -391,6 +391,7 @@ STUN_COUNTERS: Mapping[str, str] = {
     "responses": "STUN success responses sent since the mediator started.",
     "errors": "STUN error responses sent since the mediator started.",
     "dropped": "STUN input that got no answer since the mediator started.",
+    "rate_limited": "STUN datagrams dropped because their source was over its rate.",
 }
 
 

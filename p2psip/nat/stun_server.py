@@ -54,6 +54,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat import stun
+from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.token_bucket import TokenBuckets
 from p2psip.nat.stun import AttributeType, MessageClass, StunDecodeError
 
 Address = tuple[str, int]
@@ -165,6 +167,8 @@ class StunResponder:
         self.responses = 0
         self.errors = 0
         self.dropped = 0
+        #: Datagrams dropped unread because their source was over its rate.
+        self.rate_limited = 0
         self.last_drop_reason = ""
         self._software_cache: tuple[str | None, bytes] = (None, b"")
 
@@ -175,6 +179,7 @@ class StunResponder:
             "responses": self.responses,
             "errors": self.errors,
             "dropped": self.dropped,
+            "rate_limited": self.rate_limited,
         }
 
     def _drop(self, reason: str) -> None:
@@ -426,8 +431,10 @@ class StunUdpServer(DatagramProtocol):
         receive_buffer_bytes: int = DEFAULT_SOCKET_BUFFER_BYTES,
         send_buffer_bytes: int = DEFAULT_SOCKET_BUFFER_BYTES,
         senders: dict[Address, StunUdpServer] | None = None,
+        source_limit: SourceRateLimit | None = None,
     ) -> None:
         self.responder = responder if responder is not None else StunResponder()
+        self.source_limit = source_limit
         self.receive_buffer_bytes = receive_buffer_bytes
         self.send_buffer_bytes = send_buffer_bytes
         self.senders: dict[Address, StunUdpServer] = senders if senders is not None else {}
@@ -483,6 +490,10 @@ class StunUdpServer(DatagramProtocol):
             del self.senders[self.local]
 
     def datagramReceived(self, datagram: bytes, addr: Address) -> None:
+        limit = self.source_limit
+        if limit is not None and not limit.admit(addr[0]):
+            self.responder.rate_limited += 1
+            return
         sendto = self.sendto
         if sendto is not None:
             # The per-packet path of a loaded server: no reply object, no lookups.
@@ -640,6 +651,41 @@ class StunTcpServerFactory(Factory):
         return protocol
 
 
+class SourceRateLimit:
+    """
+    How many STUN datagrams one source address may have answered per second.
+
+    A STUN answer is as large as the request and goes wherever the
+    request's source address says, so a server that answers everything is a
+    reflector for floods with forged sources.  Over its rate a source's
+    datagrams are dropped unread (no error answer, which would reflect just
+    as well), counted as ``rate_limited`` and logged at warn at most once a
+    minute per source.  One table is shared by all of a service's sockets.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, requests_per_second: float, burst: int) -> None:
+        self.clock = clock
+        self.buckets = TokenBuckets(requests_per_second, burst)
+        self.log_throttle = LogThrottle(clock)
+
+    def admit(self, source: str) -> bool:
+        if self.buckets.take(source, self.clock.seconds()):
+            return True
+        held_back = self.log_throttle.admit(source)
+        if held_back is not None:
+            self.log.warn(
+                "STUN requests from {source} over {rate:g}/s (burst {burst:g}) are dropped"
+                "{more}; raise stun-requests-per-second if this is a legitimate client",
+                source=source,
+                rate=self.buckets.rate_per_second,
+                burst=self.buckets.burst,
+                more=f" ({held_back} more since the last line)" if held_back else "",
+            )
+        return False
+
+
 class StunUdpService(Service):
     """
     Listens for STUN on one UDP socket, or on four for RFC 5780.
@@ -664,7 +710,15 @@ class StunUdpService(Service):
         reactor: object = None,
         receive_buffer_bytes: int = DEFAULT_SOCKET_BUFFER_BYTES,
         send_buffer_bytes: int = DEFAULT_SOCKET_BUFFER_BYTES,
+        requests_per_second: float = 0,
+        request_burst: int = 0,
     ) -> None:
+        """
+        ``requests_per_second`` (with ``request_burst``) limits each source
+        address (see :class:`SourceRateLimit`); 0, the default here, answers
+        everything, as a load test from one address needs.  The mediator
+        role sets a limit by default.
+        """
         if (alternate_ip is None) != (alternate_port is None):
             raise ValueError(
                 "RFC 5780 needs both an alternate IP and an alternate port; set both or neither"
@@ -687,6 +741,21 @@ class StunUdpService(Service):
         self.send_buffer_bytes = send_buffer_bytes
         self.senders: dict[Address, StunUdpServer] = {}
         self.listening_ports: list[IListeningPort] = []
+        self.requests_per_second = requests_per_second
+        self.request_burst = request_burst
+        self._source_limit: SourceRateLimit | None = None
+
+    def _limit(self, reactor: object) -> SourceRateLimit | None:
+        if self.requests_per_second <= 0:
+            return None
+        if self._source_limit is None:
+            assert IReactorTime.providedBy(reactor)
+            self._source_limit = SourceRateLimit(
+                reactor,
+                self.requests_per_second,
+                max(1, self.request_burst),
+            )
+        return self._source_limit
 
     def _listen(self, port: int, interface: str) -> IListeningPort:
         reactor = self.reactor
@@ -699,6 +768,7 @@ class StunUdpService(Service):
             receive_buffer_bytes=self.receive_buffer_bytes,
             send_buffer_bytes=self.send_buffer_bytes,
             senders=self.senders,
+            source_limit=self._limit(reactor),
         )
         listening: IListeningPort = reactor.listenUDP(  # type: ignore[attr-defined]
             port, protocol, interface=interface, maxPacketSize=UDP_MAX_PACKET_BYTES

@@ -52,6 +52,13 @@ def yes_no(value: str) -> bool:
 yes_no.coerceDoc = "yes or no"  # type: ignore[attr-defined]
 
 
+#: A STUN client sends a handful of requests per session and a behaviour
+#: probe a few dozen; these leave room for a NAT full of clients behind one
+#: address while keeping the server from reflecting floods.
+STUN_REQUESTS_PER_SECOND = 100.0
+STUN_REQUEST_BURST = 200
+
+
 @frozen
 class MediatorConfig:
     """Everything the mediator is built from, checked by ``Options.postOptions``."""
@@ -71,6 +78,9 @@ class MediatorConfig:
     #: Control messages one source address may send per second, and at once.
     control_messages_per_second: float = mediator.CONTROL_MESSAGES_PER_SECOND
     control_messages_burst: int = mediator.CONTROL_MESSAGE_BURST
+    #: STUN datagrams answered per source address per second, and at once (0: no limit).
+    stun_requests_per_second: float = STUN_REQUESTS_PER_SECOND
+    stun_request_burst: int = STUN_REQUEST_BURST
 
     @property
     def stun_udp_port(self) -> int:
@@ -200,6 +210,21 @@ class Options(RoleOptions):
             "Control messages a quiet source address may send at once.",
             int,
         ],
+        [
+            "stun-requests-per-second",
+            None,
+            STUN_REQUESTS_PER_SECOND,
+            "STUN datagrams answered per source address per second; past it (and the burst) "
+            "they are dropped and logged. 0 answers everything (load tests from one address).",
+            float,
+        ],
+        [
+            "stun-request-burst",
+            None,
+            STUN_REQUEST_BURST,
+            "STUN datagrams a quiet source address may have answered at once.",
+            int,
+        ],
         ["low-ttl", None, True, "Try STUNT's low-TTL SYN after simultaneous open.", yes_no],
         [
             "low-ttl-hops",
@@ -233,6 +258,8 @@ class Options(RoleOptions):
             http_allowed_hosts=tuple(self["http-allowed-hosts"]),
             control_messages_per_second=self["control-messages-per-second"],
             control_messages_burst=self["control-messages-burst"],
+            stun_requests_per_second=self["stun-requests-per-second"],
+            stun_request_burst=self["stun-request-burst"],
         )
 
     def _stun_listeners(self) -> tuple[tuple[UDPListenAddress, ...], tuple[str, ...]]:
@@ -279,6 +306,15 @@ class Options(RoleOptions):
         ):
             if self[name] < 1:
                 raise usage.UsageError(f"--{name} (or '{name}' in [mediator]) must be at least 1")
+        if self["stun-requests-per-second"] < 0:
+            raise usage.UsageError(
+                "--stun-requests-per-second (or 'stun-requests-per-second' in [mediator]) "
+                "must be 0 (no limit) or more"
+            )
+        if self["stun-requests-per-second"] > 0 and self["stun-request-burst"] < 1:
+            raise usage.UsageError(
+                "--stun-request-burst (or 'stun-request-burst' in [mediator]) must be at least 1"
+            )
         if not self["control-messages-per-second"] > 0:
             raise usage.UsageError(
                 "--control-messages-per-second (or 'control-messages-per-second' in [mediator]) "
@@ -380,6 +416,8 @@ def make_mediator(config: MediatorConfig, reactor: IRoleReactor) -> MediatorRole
             alternate_port=alternate_port,
             responder=responder,
             reactor=reactor,
+            requests_per_second=config.stun_requests_per_second,
+            request_burst=config.stun_request_burst,
         ).setServiceParent(role)
     for description in config.stun_stream:
         # With the clock, idle STUN-over-TCP connections are closed and

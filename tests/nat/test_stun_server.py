@@ -63,7 +63,8 @@ class ResponderTests(SynchronousTestCase):
         self.assertEqual(response.attribute_types()[-1], AttributeType.FINGERPRINT)
         self.assertIsNone(response.other_address())
         self.assertEqual(
-            self.responder.metrics(), {"requests": 1, "responses": 1, "errors": 0, "dropped": 0}
+            self.responder.metrics(),
+            {"requests": 1, "responses": 1, "errors": 0, "dropped": 0, "rate_limited": 0},
         )
 
     def test_ipv6_client(self) -> None:
@@ -579,3 +580,55 @@ class UdpServiceTests(SynchronousTestCase):
             ValueError, StunUdpService, 3478, interface="192.0.2.1", alternate_ip="192.0.2.2"
         )
         self.assertIn("alternate port", str(error))
+
+
+class SourceRateLimitTests(SynchronousTestCase):
+    """A source over its STUN rate is dropped unread; other sources are still answered."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryUDPReactor()
+        self.service = StunUdpService(
+            3478,
+            interface="192.0.2.1",
+            reactor=self.reactor,
+            requests_per_second=10,
+            request_burst=20,
+        )
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        self.protocol = self.reactor.udpPorts[3478].protocol
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+
+        def sendto(data: bytes, address: tuple[str, int]) -> int:
+            self.sent.append((data, address))
+            return len(data)
+
+        self.protocol.sendto = sendto
+
+    def send(self, source: tuple[str, int], count: int) -> int:
+        before = len(self.sent)
+        for _ in range(count):
+            request = raw_request(())
+            self.protocol.datagramReceived(request, source)
+        return len(self.sent) - before
+
+    def test_flood_from_one_source(self) -> None:
+        attacker, neighbour = ("198.51.100.7", 4000), ("198.51.100.8", 4000)
+        self.assertEqual(self.send(attacker, 100), 20)
+        self.assertEqual(self.service.responder.rate_limited, 80)
+        self.assertEqual(self.send(neighbour, 5), 5)
+        self.reactor.advance(1.0)
+        self.assertEqual(self.send(attacker, 100), 10)
+
+    def test_flood_is_logged_once_a_minute(self) -> None:
+        with capturedLogs() as events:
+            self.send(("198.51.100.7", 4000), 500)
+        warnings = [e for e in events if "are dropped" in str(e.get("log_format", ""))]
+        self.assertEqual(len(warnings), 1)
+
+    def test_no_limit_by_default(self) -> None:
+        """The service without a limit (load tests) answers everything."""
+        service = StunUdpService(3479, interface="192.0.2.1", reactor=self.reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertIsNone(self.reactor.udpPorts[3479].protocol.source_limit)

@@ -164,6 +164,32 @@ class OptionsTests(SynchronousTestCase):
         )
         self.assertEqual(role_service.control_factory._messages.burst, 7)
 
+    def test_stun_rate_limit(self) -> None:
+        """The STUN per-source limit is on by default, configurable, and 0 turns it off."""
+        defaults = self.parse("--secret", "x").config
+        self.assertEqual(
+            (defaults.stun_requests_per_second, defaults.stun_request_burst), (100, 200)
+        )
+        for arguments, expected in (
+            ((), (100.0, 200.0)),
+            (("--stun-requests-per-second", "0"), None),
+        ):
+            reactor = MemoryUDPReactor()
+            service = role.makeService(
+                self.parse("--secret", "x", "--stun", "udp:13478", *arguments), reactor=reactor
+            )
+            service.startService()
+            self.addCleanup(service.stopService)
+            limit = reactor.udpPorts[13478].protocol.source_limit
+            if expected is None:
+                self.assertIsNone(limit)
+            else:
+                self.assertEqual((limit.buckets.rate_per_second, limit.buckets.burst), expected)
+        error = self.assertRaises(
+            usage.UsageError, self.parse, "--secret", "x", "--stun-requests-per-second", "-1"
+        )
+        self.assertIn("stun-requests-per-second", str(error))
+
     def test_stun_alternate_needs_primary_ip(self) -> None:
         """RFC 5780 needs the UDP listener bound to the primary IP; the error says how."""
         error = self.assertRaises(
