@@ -39,7 +39,13 @@ from pathlib import Path
 from attrs import frozen
 
 from p2psip.enrolment.user_certificates import valid_user_name
-from p2psip.util.files import DataFileError, write_atomically
+from p2psip.util.files import (
+    DataFileError,
+    FileSignature,
+    file_signature,
+    read_bounded_text,
+    write_atomically,
+)
 
 FILE_NAME = "enrolment-accounts"
 
@@ -182,7 +188,7 @@ class AccountsFile:
         self.path = path
         self._lines: list[str] = []
         self._accounts: dict[str, Account] = {}
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: FileSignature | None = None
         for number, line in enumerate(lines or [], start=1):
             self._lines.append(line)
             account = self._parse_line(line, number)
@@ -202,9 +208,7 @@ class AccountsFile:
         """
         path = Path(path)
         try:
-            with path.open("rb") as stream:
-                signature = _signature(os.fstat(stream.fileno()))
-                data = stream.read(MAX_ACCOUNTS_FILE_BYTES + 1)
+            text, signature = read_bounded_text(path, MAX_ACCOUNTS_FILE_BYTES, "accounts file")
         except FileNotFoundError:
             if missing_ok:
                 return cls(path)
@@ -212,17 +216,8 @@ class AccountsFile:
                 f"{path}: accounts file not found; create it with "
                 f"`p2psip accounts add --file {path} --peer NAME`"
             ) from None
-        except OSError as e:
-            raise AccountsFileError(
-                f"{path}: cannot read the accounts file: {e.strerror}"
-            ) from None
-        if len(data) > MAX_ACCOUNTS_FILE_BYTES:
-            raise AccountsFileError(f"{path}: larger than {MAX_ACCOUNTS_FILE_BYTES} bytes")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = data[: e.start].count(b"\n") + 1
-            raise AccountsFileError(f"{path}:{line}: not UTF-8 text") from None
+        except DataFileError as e:
+            raise AccountsFileError(str(e)) from None
         loaded = cls(path, text.splitlines())
         loaded._signature = signature
         return loaded
@@ -237,7 +232,7 @@ class AccountsFile:
         :raises AccountsFileError: naming the file and line of the problem.
         """
         try:
-            signature: tuple[int, int, int] | None = _signature(os.stat(self.path))
+            signature: FileSignature | None = file_signature(os.stat(self.path))
         except FileNotFoundError:
             signature = None
         except OSError as e:
@@ -321,7 +316,7 @@ class AccountsFile:
             )
         except DataFileError as e:
             raise AccountsFileError(str(e)) from e
-        self._signature = _signature(os.stat(self.path))
+        self._signature = file_signature(os.stat(self.path))
 
     def _line_index(self, name: str) -> int:
         for index, line in enumerate(self._lines):
@@ -353,8 +348,3 @@ class AccountsFile:
 def accounts_path(data_dir: str | os.PathLike[str]) -> Path:
     """Where a bootstrap with this data directory keeps its accounts."""
     return Path(data_dir) / FILE_NAME
-
-
-def _signature(status: os.stat_result) -> tuple[int, int, int]:
-    """What changes when the file is rewritten (atomic renames give a new inode)."""
-    return (status.st_ino, status.st_size, status.st_mtime_ns)

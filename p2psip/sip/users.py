@@ -30,6 +30,7 @@ from pathlib import Path
 from attrs import frozen
 
 from p2psip.sip.digest import ALGORITHMS, compute_ha1
+from p2psip.util.files import DataFileError, FileSignature, file_signature, read_bounded_text
 
 #: A users file larger than this is refused rather than read into memory.
 MAX_USERS_FILE_BYTES = 64 * 1024 * 1024
@@ -88,7 +89,7 @@ class UsersFile:
         self._lines: list[str] = []
         self._records: dict[str, UserRecord] = {}
         self._by_credentials: dict[tuple[str, str], UserRecord] = {}
-        self._signature: tuple[int, int, int] | None = None
+        self._signature: FileSignature | None = None
         for number, line in enumerate(lines or [], start=1):
             self._lines.append(line)
             record = self._parse_line(line, number)
@@ -105,24 +106,15 @@ class UsersFile:
         """
         path = Path(path)
         try:
-            with path.open("rb") as stream:
-                signature = _signature(os.fstat(stream.fileno()))
-                data = stream.read(MAX_USERS_FILE_BYTES + 1)
+            text, signature = read_bounded_text(path, MAX_USERS_FILE_BYTES, "users file")
         except FileNotFoundError:
             if missing_ok:
                 return cls(path)
             raise UsersFileError(
                 f"{path}: users file not found; create it with `p2psip users add --file {path} AOR`"
             ) from None
-        except OSError as e:
-            raise UsersFileError(f"{path}: cannot read users file: {e.strerror}") from None
-        if len(data) > MAX_USERS_FILE_BYTES:
-            raise UsersFileError(f"{path}: larger than {MAX_USERS_FILE_BYTES} bytes")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            line = data[: e.start].count(b"\n") + 1
-            raise UsersFileError(f"{path}:{line}: not UTF-8 text") from None
+        except DataFileError as e:
+            raise UsersFileError(str(e)) from None
         loaded = cls(path, text.splitlines())
         loaded._signature = signature
         return loaded
@@ -139,7 +131,7 @@ class UsersFile:
         :raises UsersFileError: naming the file and line of the problem.
         """
         try:
-            signature = _signature(os.stat(self.path))
+            signature = file_signature(os.stat(self.path))
         except OSError as e:
             raise UsersFileError(f"{self.path}: cannot read users file: {e.strerror}") from None
         if signature == self._signature:
@@ -333,11 +325,6 @@ class UsersFile:
             )
         self._records[record.aor] = record
         self._by_credentials[(record.username, record.realm)] = record
-
-
-def _signature(status: os.stat_result) -> tuple[int, int, int]:
-    """What changes when the file is rewritten (atomic renames give a new inode)."""
-    return (status.st_ino, status.st_size, status.st_mtime_ns)
 
 
 _HEADER = "# p2psip users file: AOR REALM ALGORITHM=HA1 ... (edit with `p2psip users`)\n"

@@ -38,3 +38,44 @@ def write_atomically(path: Path, data: bytes, mode: int) -> None:
             f"cannot write {path}: {e.strerror}; check that the data directory is "
             "writable by the role's user and that its disk is not full"
         ) from e
+
+
+#: What changes when a file is rewritten (an atomic rename gives a new inode):
+#: (inode, size, modification time in ns).
+FileSignature = tuple[int, int, int]
+
+
+def file_signature(status: os.stat_result) -> FileSignature:
+    """The :data:`FileSignature` of a ``stat`` result, to notice edits cheaply."""
+    return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+def read_bounded_text(path: Path, max_bytes: int, what: str) -> tuple[str, FileSignature]:
+    """
+    The UTF-8 text of an operator-edited file, and its signature.
+
+    Users and accounts files are read by long-running roles and re-read
+    when they change; reading at most ``max_bytes`` bounds what a mistaken
+    (or hostile) file can cost.  ``what`` names the file in errors
+    ("users file").
+
+    :raises FileNotFoundError: the file does not exist (callers decide
+        whether that means empty).
+    :raises DataFileError: unreadable, too large, or not UTF-8; the message
+        names the path (and line).
+    """
+    try:
+        with path.open("rb") as stream:
+            signature = file_signature(os.fstat(stream.fileno()))
+            data = stream.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise DataFileError(f"{path}: cannot read the {what}: {e.strerror}") from None
+    if len(data) > max_bytes:
+        raise DataFileError(f"{path}: larger than {max_bytes} bytes")
+    try:
+        return data.decode("utf-8"), signature
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataFileError(f"{path}:{line}: not UTF-8 text") from None
