@@ -16,15 +16,13 @@ from p2psip.sip.digest import (
     compute_response,
     parse_digest_parameters,
 )
-from p2psip.sip.location import OverlayLocationService
-from p2psip.sip.message import Request, Response, parse_message
-from p2psip.sip.proxy import NODE_PARAMETER, SipProxy
+from p2psip.sip.message import Request, Response
+from p2psip.sip.proxy import NODE_PARAMETER
 from p2psip.sip.registrar import Registrar
 from p2psip.sip.request_limit import RequestRateLimit
 from p2psip.sip.transaction import Hop
 
-from .memory_storage import MemoryOverlayStorage
-from .test_proxy import ADDRESS_A, ADDRESS_B, NODE_A, NODE_B, NOW, RecordingSender
+from .test_proxy import ADDRESS_A, ADDRESS_B, NODE_A, NODE_B, NOW, Node
 
 DOMAIN = "example.org"
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
@@ -48,42 +46,18 @@ class Accounts:
         return f"sip:{username}@{DOMAIN}" if username in PASSWORDS and realm == DOMAIN else None
 
 
-class AuthNode:
+class AuthNode(Node):
     """A super-node with Digest on: registrar and proxy share one credential check."""
 
-    def __init__(
-        self,
-        node_id: int,
-        address: tuple[str, int],
-        clock: Clock,
-        shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]],
-        applications: dict[tuple[int, int], tuple[str, int]],
-    ) -> None:
-        self.storage = MemoryOverlayStorage(node_id, clock, shared, applications)
-        self.location = OverlayLocationService(self.storage, clock)
+    def make_registrar(self, node_id: int, clock: Clock) -> Registrar:
         accounts = Accounts()
         self.authenticator = DigestAuthenticator(
             DOMAIN, node_id.to_bytes(16, "big") * 2, clock, accounts
         )
-        self.registrar = Registrar(DOMAIN, self.location, clock, self.authenticator, accounts)
-        assert self.registrar.credentials is not None
-        self.credentials: CredentialCheck = self.registrar.credentials
-        self.sender = RecordingSender()
-        self.proxy = SipProxy(
-            DOMAIN,
-            address,
-            self.storage,
-            self.location,
-            self.registrar,
-            self.sender,
-            clock,
-            credentials=self.credentials,
-        )
-        applications[(node_id, 5060)] = address
-
-    def receive(self, data: bytes | Request | Response, source: Hop) -> None:
-        message = parse_message(data) if isinstance(data, bytes) else data
-        self.proxy.transactions.message_received(message, source)
+        registrar = Registrar(DOMAIN, self.location, clock, self.authenticator, accounts)
+        assert registrar.credentials is not None
+        self.credentials: CredentialCheck = registrar.credentials
+        return registrar
 
     def last_response(self) -> Response:
         return self.sender.responses[-1][0]

@@ -132,7 +132,7 @@ class Node:
     ) -> None:
         self.storage = MemoryOverlayStorage(node_id, clock, shared, applications)
         self.location = OverlayLocationService(self.storage, clock)
-        self.registrar = Registrar(DOMAIN, self.location, clock, trusted_network=True)
+        self.registrar = self.make_registrar(node_id, clock)
         self.sender = RecordingSender()
         self.proxy = SipProxy(
             DOMAIN,
@@ -142,8 +142,13 @@ class Node:
             self.registrar,
             self.sender,
             clock,
+            credentials=self.registrar.credentials,
         )
         applications[(node_id, 5060)] = address
+
+    def make_registrar(self, node_id: int, clock: Clock) -> Registrar:
+        """A registrar that trusts every phone; subclasses put Digest in front."""
+        return Registrar(DOMAIN, self.location, clock, trusted_network=True)
 
     def receive(self, data: bytes | Request | Response, source: Hop = CALLER) -> None:
         message = parse_message(data) if isinstance(data, bytes) else data
