@@ -36,6 +36,50 @@ class MemoryNode(MemoryOverlayStorage):
         self.applications[(self.local_node_id, application)] = (host, port)
 
 
+def start_super_nodes(
+    test: TestCase,
+    directory: Path,
+    domain: str,
+    users_path: Path,
+    extra: dict[str, list[str]] | None = None,
+) -> list[SipService]:
+    """
+    Super-nodes "a" (NODE_A) and "b" (NODE_B) of one in-memory DHT, with SIP
+    on loopback UDP and ``extra`` role options per name; stopped at cleanup.
+    """
+    entries: dict[Any, Any] = {}
+    applications: dict[Any, Any] = {}
+    services = []
+    for name, node_id in (("a", NODE_A), ("b", NODE_B)):
+        options = parse(
+            "--overlay-name",
+            domain,
+            "--sip",
+            "udp:0:interface=127.0.0.1",
+            *(extra or {}).get(name, []),
+            "--users",
+            str(users_path),
+            "--data-dir",
+            str(directory / name),
+        )
+        config = options.config
+        assert config.sip is not None
+        os.makedirs(config.data_dir)
+        stack = build_sip_stack(
+            config.sip,
+            MemoryNode(node_id, reactor, entries, applications),
+            reactor,
+            load_users(config.sip),
+            load_or_create_secret(config.data_dir),
+            "127.0.0.1",
+        )
+        service = SipService(stack, reactor, freeze_gc=False)
+        service.startService()
+        test.addCleanup(service.stopService)
+        services.append(service)
+    return services
+
+
 class SipServiceTests(TestCase):
     """Two super-nodes sharing one in-memory DHT; users register and call over loopback UDP."""
 
@@ -49,36 +93,7 @@ class SipServiceTests(TestCase):
         users.set_password(f"sip:alice@{DOMAIN}", "alice-secret")
         users.set_password(f"sip:bob@{DOMAIN}", "bob-secret")
         users.save()
-        entries: dict[Any, Any] = {}
-        applications: dict[Any, Any] = {}
-        self.services = []
-        for name, node_id in (("a", NODE_A), ("b", NODE_B)):
-            options = parse(
-                "--overlay-name",
-                DOMAIN,
-                "--sip",
-                "udp:0:interface=127.0.0.1",
-                "--users",
-                str(self.users_path),
-                "--data-dir",
-                str(directory / name),
-            )
-            config = options.config
-            assert config.sip is not None
-            os.makedirs(config.data_dir)
-            node = MemoryNode(node_id, reactor, entries, applications)
-            stack = build_sip_stack(
-                config.sip,
-                node,
-                reactor,
-                load_users(config.sip),
-                load_or_create_secret(config.data_dir),
-                "127.0.0.1",
-            )
-            service = SipService(stack, reactor, freeze_gc=False)
-            service.startService()
-            self.addCleanup(service.stopService)
-            self.services.append(service)
+        self.services = start_super_nodes(self, directory, DOMAIN, self.users_path)
 
     @inlineCallbacks
     def user_agent(self, aor: str, password: str, service: SipService) -> Any:

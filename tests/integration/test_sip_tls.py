@@ -13,7 +13,6 @@ the transport each side used.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,6 @@ from twisted.trial.unittest import TestCase
 
 from p2psip.roles.sip_service import (
     SipService,
-    build_sip_stack,
-    load_or_create_secret,
-    load_users,
     sip_tls_options,
 )
 from p2psip.roles.ring_options import read_sip_tls_credentials
@@ -37,13 +33,10 @@ from p2psip.sip.transport import SipTransport
 from p2psip.sip.uri import SipURI
 from p2psip.sip.user_agent import SimpleUserAgent
 from p2psip.sip.users import UsersFile
-from tests.integration.test_peer_sip_service import MemoryNode
-from tests.roles.test_peer import parse
+from tests.integration.test_peer_sip_service import start_super_nodes
 from tests.sip.tls_certificate import write_sip_certificate
 
 DOMAIN = "localhost"
-NODE_A = 0xAAAA0000000000000000000000000001
-NODE_B = 0xBBBB0000000000000000000000000002
 
 
 class SipTlsCallTests(TestCase):
@@ -57,48 +50,17 @@ class SipTlsCallTests(TestCase):
         users.set_password(f"sip:alice@{DOMAIN}", "alice-secret")
         users.set_password(f"sip:bob@{DOMAIN}", "bob-secret")
         users.save()
-        entries: dict[Any, Any] = {}
-        applications: dict[Any, Any] = {}
-        self.services: list[SipService] = []
-        for name, node_id, tls in (("a", NODE_A, True), ("b", NODE_B, False)):
-            extra = (
-                [
-                    "--sip-tls",
-                    "tcp:0:interface=127.0.0.1",
-                    "--sip-tls-certificate",
-                    str(self.certificate),
-                    "--sip-tls-key",
-                    str(self.key),
-                ]
-                if tls
-                else []
-            )
-            options = parse(
-                "--overlay-name",
-                DOMAIN,
-                "--sip",
-                "udp:0:interface=127.0.0.1",
-                *extra,
-                "--users",
-                str(directory / "users"),
-                "--data-dir",
-                str(directory / name),
-            )
-            config = options.config
-            assert config.sip is not None
-            os.makedirs(config.data_dir)
-            stack = build_sip_stack(
-                config.sip,
-                MemoryNode(node_id, reactor, entries, applications),
-                reactor,
-                load_users(config.sip),
-                load_or_create_secret(config.data_dir),
-                "127.0.0.1",
-            )
-            service = SipService(stack, reactor, freeze_gc=False)
-            service.startService()
-            self.addCleanup(service.stopService)
-            self.services.append(service)
+        tls = [
+            "--sip-tls",
+            "tcp:0:interface=127.0.0.1",
+            "--sip-tls-certificate",
+            str(self.certificate),
+            "--sip-tls-key",
+            str(self.key),
+        ]
+        self.services = start_super_nodes(
+            self, directory, DOMAIN, directory / "users", extra={"a": tls}
+        )
 
     @inlineCallbacks
     def tls_phone(self, aor: str, password: str) -> Generator[Deferred[Any], Any, SimpleUserAgent]:
