@@ -266,6 +266,13 @@ class _Element:
         return [c for c in self.children if c.name == name and c.namespace == namespace]
 
 
+#: Prefix -> namespace: every declaration a configuration document may make.
+_NAMESPACE_DECLARATIONS: dict[str | None, str] = {
+    None: BASE_NAMESPACE,
+    "chord": CHORD_NAMESPACE,
+}
+
+
 def _parse(document: bytes) -> _Element:
     """The element tree of ``document`` with byte spans; refuses DTDs and huge trees."""
     parser = expat.ParserCreate(encoding="UTF-8", namespace_separator=" ")
@@ -276,6 +283,18 @@ def _parse(document: bytes) -> _Element:
 
     def refuse_dtd(*_: Any) -> None:
         raise ConfigurationRefused("the document has a DOCTYPE; configuration documents have none")
+
+    def declared(prefix: str | None, uri: str) -> None:
+        # The signatures cover <configuration> and each <kind>, but the
+        # namespace declarations they are read with sit on <overlay>,
+        # outside the signed bytes: re-pointing a prefix would change what
+        # signed elements mean (a chord:* timer read as unknown, say).  So
+        # the only declarations allowed are the two this format uses.
+        if _NAMESPACE_DECLARATIONS.get(prefix) != uri:
+            raise ConfigurationRefused(
+                f"unexpected namespace declaration {prefix or '(default)'}={uri!r}; "
+                "configuration documents declare only the RELOAD base and chord namespaces"
+            )
 
     def started(qualified: str, attributes: dict[str, str]) -> None:
         nonlocal count
@@ -301,6 +320,7 @@ def _parse(document: bytes) -> _Element:
         if stack:
             stack[-1].text += data
 
+    parser.StartNamespaceDeclHandler = declared
     parser.StartDoctypeDeclHandler = refuse_dtd
     parser.EntityDeclHandler = refuse_dtd
     parser.StartElementHandler = started

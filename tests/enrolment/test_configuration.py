@@ -115,6 +115,24 @@ class ConfigurationDocumentTests(SynchronousTestCase):
         tampered = self.document.replace(b"<max-size>1024</max-size>", b"<max-size>9999</max-size>")
         self.assertRaises(ConfigurationRefused, self.read, tampered)
 
+    def test_namespace_repointed_outside_the_signature(self) -> None:
+        """
+        The namespace declarations sit on <overlay>, outside the signed bytes;
+        re-pointing one would change what signed elements mean (the chord
+        timers silently read as defaults), so only the format's own two
+        declarations are accepted.  Found by the enrolment fuzz harness.
+        """
+        chord = b'xmlns:chord="urn:ietf:params:xml:ns:p2p:config-chord"'
+        for replacement in (
+            b'xmlns:chord="urn:etfi:params:xml:ns:p2p:config-chord"',
+            b'xmlns:chord="urn:ietf:params:xml:ns:p2p:config-base"',
+            chord + b' xmlns:x="urn:example"',
+        ):
+            tampered = self.document.replace(chord, replacement)
+            self.assertNotEqual(tampered, self.document)
+            error = self.assertRaises(ConfigurationRefused, self.read, tampered)
+            self.assertIn("namespace declaration", str(error))
+
     def test_expired_and_wrong_overlay(self) -> None:
         """An expired document, or one for another overlay, is refused with the reason."""
         error = self.assertRaises(ConfigurationRefused, self.read, self.document, now=NOW + 7200)
