@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-HARNESSES = ("sip", "reload", "stun", "mediator", "broker", "sip_usage")
+HARNESSES = ("sip", "reload", "stun", "mediator", "broker", "sip_usage", "enrolment")
 HERE = Path(__file__).resolve().parent
 
 
