@@ -176,9 +176,10 @@ def build_sip_stack(
         users,
         trusted_network=config.trusted_network,
     )
+    # A listener on every interface names no host: take the overlay's
+    # advertised one, which the role resolved (advertise, the overlay
+    # interface, or the default-route interface's address).
     host = config.advertise or config.listen_interface or fallback_host
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
     transport = SipTransport(
         as_udp_reactor(reactor),
         tcp_idle_timeout_seconds=config.idle_timeout_seconds,

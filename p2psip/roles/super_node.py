@@ -288,6 +288,7 @@ def make_ring_role(
             hint="--overlay-connections-per-source",
         ),
         advertised_host=config.advertised_host,
+        advertised_because=config.advertised_because,
         bootstrap=config.bootstrap,
         known_peers=state.known_peers,
         data_dir=config.data_dir,

@@ -54,9 +54,9 @@ class OverlayOverNatTests(TestCase):
     ) -> None:
         """
         Start ``role`` in ``where``; it listens on its lab address, or with
-        ``loopback_candidate`` on every interface, so that it advertises the
-        loopback default 127.0.0.1 (a candidate that leads every other node
-        back to itself).
+        ``loopback_candidate`` on every interface advertising 127.0.0.1 (a
+        candidate that leads every other node back to itself, as a
+        misconfigured ``advertise`` does).
         """
         directory = Path(self.mktemp()).resolve()
         data_dir = str(directory / "data")
@@ -73,6 +73,8 @@ class OverlayOverNatTests(TestCase):
             if loopback_candidate
             else f"tcp:{OVERLAY_PORT}:interface={PRIVATE_ADDRESS[where]}"
         )
+        if loopback_candidate:
+            extra = ("--advertise", "127.0.0.1", *extra)
         lab.start(
             where,
             twistd_command(
@@ -211,7 +213,7 @@ class OverlayOverNatTests(TestCase):
         return self.ring_over_nats("random", "random", {"relayed"})
 
     def test_loopback_candidates_use_the_mediator(self) -> Any:
-        """Peers whose candidate is the loopback default (leading back to oneself) still link through the mediator."""
+        """Peers whose candidate is a loopback address (leading back to oneself) still link through the mediator."""
         return self.ring_over_nats("eim", "eim", {"simultaneous-open"}, loopback_candidate=True)
 
 

@@ -102,6 +102,8 @@ class RoleMetricsTests(SynchronousTestCase):
         return value
 
     def overlay_options(self, options: Any, *argv: str) -> Any:
+        # Every interface: the advertised host would come from this host's routes.
+        options.find_default_address = lambda family: "192.0.2.62"
         options.parseOptions(
             [
                 "--overlay",
