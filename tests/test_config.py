@@ -460,35 +460,3 @@ class ExampleConfigTests(SynchronousTestCase):
         with open(path, "w", encoding="utf-8") as f:
             f.write("")
         return path
-
-
-class SystemdUnitTests(SynchronousTestCase):
-    """The units in etc/systemd run the documented command under a dedicated user."""
-
-    def unit(self, role: str) -> dict[str, list[str]]:
-        from p2psip.testing import repository_root
-
-        path = repository_root() / "etc" / "systemd" / f"p2psip-{role}.service"
-        settings: dict[str, list[str]] = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line and not line.startswith(("#", "[")):
-                key, _, value = line.partition("=")
-                settings.setdefault(key, []).append(value)
-        return settings
-
-    def test_units(self) -> None:
-        """Each unit runs twist with the role's config, restarts always and keeps state."""
-        for role in ("bootstrap", "peer", "mediator"):
-            unit = self.unit(role)
-            self.assertEqual(
-                unit["ExecStart"],
-                [
-                    f"/opt/p2psip/bin/twist --log-format=text p2psip-{role} "
-                    f"--config /etc/p2psip/{role}.ini"
-                ],
-            )
-            self.assertEqual(unit["Restart"], ["always"])
-            self.assertEqual(unit["User"], ["p2psip"])
-            self.assertEqual(unit["StateDirectory"], [f"p2psip/{role}"])
-            self.assertEqual(unit["NoNewPrivileges"], ["yes"])
-            self.assertIn("AF_INET", unit["RestrictAddressFamilies"][0].split())
