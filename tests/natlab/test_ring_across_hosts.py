@@ -42,7 +42,7 @@ from twisted.trial.unittest import TestCase
 from p2psip.cli import main as p2psip_main
 from p2psip.testing import repository_root, require_tool
 from tests.integration.processes import OverlayCA
-from tests.natlab.harness import NatLab, p2psip_command, twistd_command
+from tests.natlab.harness import NatLab, twistd_command
 
 DOMAIN = "p2psip.test"  # etc/*.ini's overlay-name, unchanged
 ADDRESS = {"pub": "198.51.100.10", "a": "10.0.1.2", "b": "10.0.2.2"}
@@ -102,25 +102,9 @@ class RingAcrossHostsTests(TestCase):
         full = self.lab.exec_command(where, command)
         return getProcessOutputAndValue(full[0], full[1:], env=dict(os.environ))
 
-    @inlineCallbacks
-    def api(self, where: str, role: str, *args: str) -> Any:
+    def api(self, where: str, role: str, *args: str) -> Deferred[dict[str, Any]]:
         """``p2psip ARGS --json`` inside ``where``; the answer, or {} when it fails."""
-        out, _err, _code = yield self.run_in(
-            where,
-            p2psip_command(
-                "--api",
-                f"http://127.0.0.1:{HTTP[role]}",
-                "--data-dir",
-                str(self.data_dirs[where]),
-                *args,
-                "--json",
-            ),
-        )
-        try:
-            answer = json.loads(out.decode("utf-8"))
-        except ValueError:
-            return {}
-        return answer if isinstance(answer, dict) else {}
+        return self.lab.role_api(where, HTTP[role], self.data_dirs[where], *args)
 
     @inlineCallbacks
     def http_get(self, where: str, port: int, path: str) -> Any:
@@ -138,17 +122,15 @@ class RingAcrossHostsTests(TestCase):
         self.assertEqual(code, 0, err.decode(errors="replace"))
         return out.decode("utf-8")
 
-    @inlineCallbacks
     def wait_until(self, where: str, role: str, what: str, condition: Any) -> Any:
-        deadline = reactor.seconds() + 60
-        status: dict[str, Any] = {}
-        while reactor.seconds() < deadline:
-            status = yield self.api(where, role, "status")
-            if status and condition(status):
-                return status
-            yield deferLater(reactor, 0.5, lambda: None)
-        self.fail(
-            f"timed out waiting for {what} in {where}: {json.dumps(status)[:2000]}\n{self.logs()}"
+        return self.lab.wait_for_status(
+            where,
+            HTTP[role],
+            self.data_dirs[where],
+            what,
+            condition,
+            60,
+            lambda: "\n" + self.logs(),
         )
 
     @inlineCallbacks
