@@ -588,6 +588,11 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
         every other host back to itself).
         """
         if self["advertise"]:
+            if is_wildcard(self["advertise"]):
+                raise usage.UsageError(
+                    f"--advertise {self['advertise']} means every interface, which no other host "
+                    "can connect to: give the address (or host name) other peers reach this node at"
+                )
             return self["advertise"], "advertise"
         listen = self["overlay"]
         interface = endpoint_interface(listen)

@@ -79,6 +79,14 @@ class AdvertisedHostTests(SynchronousTestCase):
         self.assertEqual(config.advertised_host, "198.51.100.3")
         self.assertEqual(routes.families, [])
 
+    def test_wildcard_advertise_refused(self) -> None:
+        """advertise = 0.0.0.0 (or ::) is refused: nobody can connect to it."""
+        for host in ("0.0.0.0", "::"):
+            error = self.assertRaises(
+                usage.UsageError, parse, bootstrap.Options(), "--advertise", host
+            )
+            self.assertIn("every interface", str(error))
+
     def test_loopback_only_on_request(self) -> None:
         """A ring on one host still advertises 127.0.0.1 when told to."""
         config = parse(bootstrap.Options(), "--advertise", "127.0.0.1").config
