@@ -57,7 +57,7 @@ from p2psip.util.reactor import IRoleReactor, as_udp_reactor
 from p2psip.enrolment.user_certificates import UserCertificateError, UserCertificates
 from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.roles.ring_options import SIP_TLS_KEY_TYPES, SipConfig, SipTlsCredentials
-from p2psip.sip.binding_store import load_bindings, save_bindings
+from p2psip.sip.binding_store import SavedBindings, load_bindings
 from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.metrics import CallSetupTimes, SipCollector
@@ -287,7 +287,7 @@ class SipService(Service):
         self.stack = stack
         #: Where the registrar's bindings are kept across restarts (None: not kept).
         self.bindings_path = bindings_path
-        self._saved_changes = -1
+        self._saved = SavedBindings(bindings_path) if bindings_path is not None else None
         self._save_bindings = LoopingCall(self._save_if_changed)
         self._save_bindings.clock = reactor
         self.config = stack.config
@@ -392,15 +392,15 @@ class SipService(Service):
                     lost=loaded.connection_lost,
                     malformed=loaded.malformed,
                 )
-        self._saved_changes = self.registrar.changes
         self._save_bindings.start(BINDINGS_SAVE_SECONDS, now=False)
 
     def _save_if_changed(self) -> None:
-        if self.bindings_path is None or self.registrar.changes == self._saved_changes:
+        if self._saved is None:
             return
-        changes = self.registrar.changes
+        for aor in self.registrar.take_changed():
+            self._saved.update(aor, self.registrar.local_bindings(aor))
         try:
-            save_bindings(self.bindings_path, self.registrar.all_bindings())
+            self._saved.save()
         except OSError as e:
             self.log.warn(
                 "cannot save the SIP bindings to {path}: {why}; a restart would make the phones "
@@ -408,8 +408,6 @@ class SipService(Service):
                 path=str(self.bindings_path),
                 why=e.strerror or str(e),
             )
-            return
-        self._saved_changes = changes
 
     def _refresh_files(self) -> None:
         if self.users is not None:

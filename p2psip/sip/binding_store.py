@@ -58,27 +58,64 @@ class LoadedBindings:
     malformed: int = 0
 
 
+def encode_record(binding: LocalBinding) -> str:
+    """One binding as the file's JSON (a flow that is not a ``Hop`` is written as null)."""
+    flow = binding.flow
+    record = {
+        "aor": binding.aor,
+        "contact": str(binding.contact),
+        "expires_at": binding.expires_at,
+        "q": binding.q,
+        "call_id": binding.call_id,
+        "cseq": binding.cseq,
+        "flow": [flow.transport, flow.host, flow.port] if isinstance(flow, Hop) else None,
+        "registered_from": list(binding.registered_from)
+        if binding.registered_from is not None
+        else None,
+    }
+    return json.dumps(record, separators=(",", ":"))
+
+
+def _document(records: Iterable[str]) -> bytes:
+    return (f'{{"version":{FORMAT_VERSION},"bindings":[' + ",".join(records) + "]}").encode("utf-8")
+
+
 def encode_bindings(bindings: Iterable[LocalBinding]) -> bytes:
-    """The file's bytes for ``bindings`` (flows that are not a ``Hop`` are written as null)."""
-    records = []
-    for binding in bindings:
-        flow = binding.flow
-        records.append(
-            {
-                "aor": binding.aor,
-                "contact": str(binding.contact),
-                "expires_at": binding.expires_at,
-                "q": binding.q,
-                "call_id": binding.call_id,
-                "cseq": binding.cseq,
-                "flow": [flow.transport, flow.host, flow.port] if isinstance(flow, Hop) else None,
-                "registered_from": list(binding.registered_from)
-                if binding.registered_from is not None
-                else None,
-            }
-        )
-    document = {"version": FORMAT_VERSION, "bindings": records}
-    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+    """The file's bytes for ``bindings``."""
+    return _document(encode_record(binding) for binding in bindings)
+
+
+class SavedBindings:
+    """
+    The file's contents kept per AOR, so that saving re-encodes only the
+    AORs that changed since the last save (a super-node may serve tens of
+    thousands, and the save runs in the reactor's thread).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._records: dict[str, str] = {}
+        self._unsaved = False
+
+    def update(self, aor: str, bindings: Iterable[LocalBinding]) -> None:
+        """Take ``aor``'s bindings now (none: it is dropped from the file)."""
+        encoded = ",".join(encode_record(binding) for binding in bindings)
+        if encoded:
+            self._records[aor] = encoded
+        else:
+            self._records.pop(aor, None)
+        self._unsaved = True
+
+    def save(self) -> None:
+        """
+        Write the file when something changed since the last write.
+
+        :raises OSError: when it cannot be written (the next save tries again).
+        """
+        if not self._unsaved:
+            return
+        write_atomically(self.path, _document(self._records.values()), 0o600)
+        self._unsaved = False
 
 
 def decode_bindings(text: str, now: float) -> LoadedBindings:

@@ -229,8 +229,9 @@ class Registrar:
         self._by_address: dict[tuple[str, int], list[LocalBinding]] = {}
         self._expiry_calls: dict[str, IDelayedCall] = {}
         self._locks: dict[str, DeferredLock] = {}
-        #: Goes up with every change of the table, so a saver knows when to write.
-        self.changes = 0
+        #: AORs whose bindings changed since the last ``take_changed``
+        #: (for the copy kept across restarts, p2psip.sip.binding_store).
+        self._changed: set[str] = set()
         self.throttle = throttle or LoginThrottle(clock)
         #: The credential checks, shared with the proxy's 407 challenges
         #: (None with authentication off).
@@ -275,8 +276,13 @@ class Registrar:
         return sorted(self._bindings)
 
     def all_bindings(self) -> list[LocalBinding]:
-        """Every live binding served here (to keep them across a restart)."""
+        """Every live binding served here."""
         return [binding for aor in sorted(self._bindings) for binding in self.local_bindings(aor)]
+
+    def take_changed(self) -> set[str]:
+        """The AORs whose bindings changed since the last call (then forgotten)."""
+        changed, self._changed = self._changed, set()
+        return changed
 
     def restore(self, bindings: Sequence[LocalBinding]) -> int:
         """
@@ -522,7 +528,7 @@ class Registrar:
         return updated
 
     def _set_bindings(self, aor: str, bindings: list[LocalBinding]) -> None:
-        self.changes += 1
+        self._changed.add(aor)
         call = self._expiry_calls.pop(aor, None)
         if call is not None and call.active():
             call.cancel()
