@@ -232,6 +232,19 @@ class RoleMetricsTests(SynchronousTestCase):
         )
         self.assertEqual({family.name for family in REGISTRY.collect()}, before)
 
+    def test_no_timers_after_stop_even_if_neighbours_change(self) -> None:
+        """A neighbour change while the node leaves schedules nothing on a stopped role (SIP's saver included)."""
+        options = self.overlay_options(
+            bootstrap.Options(), "--sip", "udp:15060", "--sip-trusted-network"
+        )
+        top = bootstrap.makeService(options, self.reactor)
+        assert isinstance(top, RingRole)
+        top.startService()
+        self.successResultOf(top.stopService())
+        for observer in top.node.neighbour_observers:
+            observer()
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
     def test_stopping_leaves_no_timers(self) -> None:
         """A role scraped and stopped leaves nothing scheduled on its clock."""
         options = self.overlay_options(bootstrap.Options())
