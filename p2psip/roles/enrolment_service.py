@@ -48,6 +48,7 @@ from p2psip.enrolment.server import EnrolmentServer, build_enrolment_server
 from p2psip.overlay.node import OverlayNode
 from p2psip.roles.ring_credentials import overlay_root
 from p2psip.roles.ring_options import RingRoleConfig
+from p2psip.util.local_address import is_wildcard
 from p2psip.util.endpoints import endpoint_interface, parse_tcp_client_description
 from p2psip.util.ids import id_hex
 from p2psip.util.reactor import IRoleReactor
@@ -69,8 +70,13 @@ def bootstrap_enrolment_server(
     public_host = config.advertised_host
     hosts = [public_host]
     interface = endpoint_interface(authority_config.enrol_listen)
-    if interface and interface not in ("0.0.0.0", "::") and interface != public_host:
-        hosts.append(interface)
+    if interface and not is_wildcard(interface) and interface != public_host:
+        # The URL peers are told names the first host: the listener's own
+        # interface, unless the operator said where the bootstrap is reached.
+        if config.advertise is None:
+            hosts.insert(0, interface)
+        else:
+            hosts.append(interface)
     joined_through: list[BootstrapNode] = []
     for description in config.bootstrap:
         try:

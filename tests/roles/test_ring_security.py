@@ -243,6 +243,24 @@ class BootstrapStartTests(SecurityTestCase):
         self.assertEqual(configuration.enrolment_servers, (f"https://{HOST_ADDRESS}:18443/enrol",))
         self.assertEqual([kind.kind_id for kind in configuration.kinds], sorted(role.node.kinds))
 
+    def test_enrolment_url_names_the_listener(self) -> None:
+        """An enrolment listener on one interface is announced there; advertise, when set, wins."""
+        for extra, host in (
+            ((), "127.0.0.1"),
+            (("--advertise", "bootstrap.example.org"), "bootstrap.example.org"),
+        ):
+            role = self.build(
+                bootstrap,
+                self.data_dir(),
+                "--enrol-listen",
+                "ssl:18443:interface=127.0.0.1",
+                *extra,
+            )
+            role.startService()
+            self.addCleanup(role.stopService)
+            assert role.enrolment is not None
+            self.assertEqual(str(role.enrolment.url), f"https://{host}:18443/enrol")
+
     def test_reissues_for_an_insecure_key(self) -> None:
         """A key left by an --insecure run keeps its key and gets a CA certificate instead."""
         directory = self.data_dir()
