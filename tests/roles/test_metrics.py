@@ -208,6 +208,15 @@ class RoleMetricsTests(SynchronousTestCase):
             ),
             "mediator": lambda: mediator.makeService(relay, reactor=self.reactor),
         }
+        from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
+
+        roles = {
+            maker.tapname.removeprefix("p2psip-")
+            for maker in getPlugins(IServiceMaker)
+            if maker.tapname.startswith("p2psip-")
+        }
+        self.assertEqual(set(builders), roles, "a role without this check: add its builder here")
         for role, build in builders.items():
             with self.subTest(role=role):
                 self.reactor = MemoryUDPReactor()
