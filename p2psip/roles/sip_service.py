@@ -58,6 +58,8 @@ from p2psip.enrolment.user_certificates import UserCertificateError, UserCertifi
 from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.roles.ring_options import SIP_TLS_KEY_TYPES, SipConfig, SipTlsCredentials
 from p2psip.sip.digest import DigestAuthenticator
+from p2psip.sip.dns_lookup import ServerLocator, make_resolver
+from p2psip.sip.gateway import Gateway
 from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.metrics import CallSetupTimes, SipCollector
 from p2psip.sip.proxy import SipProxy
@@ -186,6 +188,12 @@ def build_sip_stack(
         max_tcp_connections=config.max_connections,
     )
     transport.advertised_host = host
+    routes = config.domain_routes
+    locator = (
+        ServerLocator(make_resolver(config.dns_servers, reactor))
+        if routes.foreign_domains
+        else None
+    )
     proxy = SipProxy(
         config.domain,
         (host, 0),
@@ -199,6 +207,7 @@ def build_sip_stack(
         if config.rate_limit_per_second > 0
         else None,
         credentials=registrar.credentials,
+        gateway=Gateway(routes, locator, reactor),
     )
     transport.receiver = proxy.transactions
     tls = sip_tls_options(config.tls) if config.tls is not None else None
