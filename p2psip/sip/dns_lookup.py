@@ -155,7 +155,7 @@ class ServerLocator:
         self.failed_lookups = 0
 
     def locate(self, uri: SipURI) -> Deferred[list[Hop]]:
-        """The targets for ``uri``, best first; fails only with TooManyQueries."""
+        """The targets for ``uri``, best first (none when DNS has nothing usable)."""
         steps = search(uri, self.transports, self.rng)
         done: Deferred[list[Hop]] = Deferred()
         self._advance(steps, done, None)

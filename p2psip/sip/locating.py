@@ -54,7 +54,7 @@ NAPTR_SERVICES: Mapping[str, tuple[str, bool]] = {
 SRV_PREFIXES: Mapping[str, str] = {"UDP": "_sip._udp.", "TCP": "_sip._tcp.", "TLS": "_sips._tcp."}
 #: Lookups one search may make, and targets it may return: the records come
 #: from whoever answers DNS for the domain.
-MAX_QUERIES = 24
+MAX_QUERIES = 40
 MAX_TARGETS = 16
 
 
@@ -96,10 +96,6 @@ class AddressRecord:
 
 Record = NaptrRecord | SrvRecord | AddressRecord
 Search = Generator[Query, Sequence[Record], list[Hop]]
-
-
-class TooManyQueries(Exception):
-    """The records sent the search on more lookups than :data:`MAX_QUERIES`."""
 
 
 def is_ip_address(host: str) -> bool:
@@ -181,7 +177,8 @@ def search(uri: SipURI, transports: Collection[str], rng: random.Random) -> Sear
     which may be none (no record for the name, or only for transports we
     lack).
 
-    :raises TooManyQueries: the records led to more than :data:`MAX_QUERIES` lookups.
+    Past :data:`MAX_QUERIES` lookups every further one finds nothing, so
+    records that fan out without end cost a bounded number of queries.
     """
     transports = frozenset(name.upper() for name in transports)
     secure = uri.scheme == "sips"
@@ -246,7 +243,7 @@ def _unique(targets: list[Hop]) -> list[Hop]:
 
 
 class _Lookups:
-    """Counts the queries of one search against :data:`MAX_QUERIES`."""
+    """Counts the queries of one search; past :data:`MAX_QUERIES` they find nothing."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -254,7 +251,7 @@ class _Lookups:
     def ask(self, query: Query) -> Generator[Query, Sequence[Record], Sequence[Record]]:
         self.count += 1
         if self.count > MAX_QUERIES:
-            raise TooManyQueries(f"locating needed more than {MAX_QUERIES} DNS lookups")
+            return ()
         records = yield query
         return records
 
@@ -299,7 +296,6 @@ __all__ = [
     "Query",
     "Record",
     "SrvRecord",
-    "TooManyQueries",
     "is_ip_address",
     "naptr_choices",
     "order_srv",
