@@ -13,6 +13,7 @@ import getpass
 import sys
 
 from p2psip.cli import Subcommands
+from p2psip.sip.digest_offer import parse_algorithms
 from p2psip.sip.users import UsersFile, UsersFileError
 
 
@@ -26,6 +27,13 @@ def register(subparsers: Subcommands) -> None:
     add.add_argument(
         "--password",
         help="the password (default: read the first line of standard input)",
+    )
+    add.add_argument(
+        "--offer",
+        metavar="ALGORITHMS",
+        help="Digest algorithms this user's challenges offer, preferred first, e.g. "
+        "SHA-256,MD5 for a user whose phones all speak SHA-256 ('default': the server's "
+        "sip-digest-algorithms again; unset: keep the user's current offer)",
     )
     add.add_argument("aor", metavar="AOR", help="address-of-record, e.g. sip:alice@example.org")
     add.set_defaults(run=run_add)
@@ -53,11 +61,17 @@ def _read_password() -> str:
 
 def run_add(args: argparse.Namespace) -> int:
     """Add or change one user; exit status 0 on success."""
+    offer: tuple[str, ...] | None = None
+    if args.offer is not None:
+        try:
+            offer = () if args.offer.strip().lower() == "default" else parse_algorithms(args.offer)
+        except ValueError as e:
+            return _fail(f"--offer: {e}")
     password = args.password if args.password is not None else _read_password()
     try:
         users = UsersFile.load(args.file, missing_ok=True)
         existed = users.record(args.aor) is not None
-        record = users.set_password(args.aor, password, realm=args.realm)
+        record = users.set_password(args.aor, password, realm=args.realm, offer=offer)
         users.save()
     except UsersFileError as e:
         return _fail(str(e))
@@ -84,11 +98,12 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """Print one line per user: AOR, realm, algorithms."""
+    """Print one line per user: AOR, realm, algorithms held, and the user's offer if set."""
     try:
         users = UsersFile.load(args.file)
     except UsersFileError as e:
         return _fail(str(e))
     for record in users:
-        sys.stdout.write(f"{record.aor}\t{record.realm}\t{','.join(sorted(record.ha1))}\n")
+        offer = f"\toffer={','.join(record.offer)}" if record.offer else ""
+        sys.stdout.write(f"{record.aor}\t{record.realm}\t{','.join(sorted(record.ha1))}{offer}\n")
     return 0

@@ -36,6 +36,7 @@ from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.roles.security_options import SecurityConfig, SecurityOptions
 from p2psip.sip.digest import ALGORITHMS
+from p2psip.sip.digest_offer import DEFAULT_ALGORITHMS, ClientRule, parse_client_rule
 from p2psip.sip.dns_lookup import parse_dns_server
 from p2psip.sip.domain_routes import (
     DomainRoutes,
@@ -101,6 +102,8 @@ class SipConfig:
     tls: SipTlsCredentials | None = None
     #: The gateway's rules: our domains, peer domains, static routes, foreign callers.
     routes: DomainRoutes | None = None
+    #: Clients offered other Digest algorithms than ``digest_algorithms``.
+    digest_clients: tuple[ClientRule, ...] = ()
     #: DNS servers for RFC 3263 (empty: the system's, from /etc/resolv.conf).
     dns_servers: tuple[tuple[str, int], ...] = ()
 
@@ -290,6 +293,7 @@ _coercer(domain_name, "a domain name such as example.com")
 _coercer(foreign_callers, "anyone or peer-domains")
 _coercer(dns_servers, "IP[:PORT] DNS server addresses separated by commas, e.g. 127.0.0.1:5353")
 _coercer(parse_peer_domain, "DOMAIN or DOMAIN=ADDRESS[,ADDRESS...], e.g. kam.example=192.0.2.20")
+_coercer(parse_client_rule, "USER-AGENT-TEXT=ALGORITHMS, e.g. Linphone=SHA-256,MD5")
 _coercer(parse_static_route, "DOMAIN=SIP-URI, e.g. pstn.example=sip:192.0.2.30:5060;transport=tcp")
 
 
@@ -307,6 +311,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
         "sip-domain-alias",
         "sip-peer-domain",
         "sip-static-route",
+        "sip-digest-client",
     )
     default_http: ClassVar[str] = "tcp:8084:interface=127.0.0.1"
     default_data_dir: ClassVar[str] = "/var/lib/p2psip"
@@ -444,10 +449,19 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
         [
             "sip-digest-algorithms",
             None,
-            ",".join(ALGORITHMS),
-            "Digest algorithms offered in challenges, preferred first; list MD5 first (or alone) "
-            "for phones that read only the first challenge and know only MD5.",
+            ",".join(DEFAULT_ALGORITHMS),
+            "Digest algorithms challenges offer, preferred first.  MD5 alone registers every "
+            "phone (baresip 1.0 aborts on any SHA-256 challenge); offer SHA-256 per user "
+            "(`p2psip users add --offer`) or per client (--sip-digest-client).",
             digest_algorithms,
+        ],
+        [
+            "sip-digest-client",
+            None,
+            None,
+            "USER-AGENT-TEXT=ALGORITHMS: requests whose User-Agent contains the text (any case) "
+            "are offered that list instead, e.g. Linphone=SHA-256,MD5.",
+            parse_client_rule,
         ],
         [
             "sip-advertise",
@@ -648,6 +662,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 max_connections=self["sip-max-connections"],
                 tls_listeners=tuple(self["sip-tls"]),
                 tls=self.sip_tls if self["sip-tls"] else None,
+                digest_clients=tuple(self["sip-digest-client"]),
                 routes=self._domain_routes(),
                 dns_servers=tuple(self["dns-servers"] or ()),
             )

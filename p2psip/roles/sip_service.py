@@ -167,7 +167,13 @@ def build_sip_stack(
         if users is None or secret is None:
             raise ValueError("Digest authentication needs the users file and the nonce secret")
         authenticator = DigestAuthenticator(
-            config.domain, secret, reactor, users, algorithms=config.digest_algorithms
+            config.domain,
+            secret,
+            reactor,
+            users,
+            algorithms=config.digest_algorithms,
+            clients=config.digest_clients,
+            offers=users,
         )
     location = OverlayLocationService(node, reactor)
     registrar = Registrar(

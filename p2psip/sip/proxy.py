@@ -641,7 +641,7 @@ class SipProxy:
             working.headers.get_all("Proxy-Authorization"),
             request.method,
             request.uri,
-            caller.address_of_record(),
+            self._in_overlay_domain(caller).address_of_record(),
             transaction.source.host,
             request.method,
         )
@@ -653,7 +653,11 @@ class SipProxy:
             self._route(transaction, working, removed_own_route)
             return
         if outcome in (Outcome.CHALLENGE, Outcome.STALE):
-            challenges = credentials.challenges(stale=outcome is Outcome.STALE)
+            challenges = credentials.challenges(
+                stale=outcome is Outcome.STALE,
+                aor=self._in_overlay_domain(caller).address_of_record(),
+                user_agent=request.headers.get("User-Agent"),
+            )
             self._answer(
                 transaction,
                 407,

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.sip.authorization import CredentialCheck
 from p2psip.sip.digest import (
+    ALGORITHMS,
     DigestAuthenticator,
     compute_ha1,
     compute_response,
@@ -52,7 +53,7 @@ class AuthNode(Node):
     def make_registrar(self, node_id: int, clock: Clock) -> Registrar:
         accounts = Accounts()
         self.authenticator = DigestAuthenticator(
-            DOMAIN, node_id.to_bytes(16, "big") * 2, clock, accounts
+            DOMAIN, node_id.to_bytes(16, "big") * 2, clock, accounts, algorithms=ALGORITHMS
         )
         registrar = Registrar(DOMAIN, self.location, clock, self.authenticator, accounts)
         assert registrar.credentials is not None
