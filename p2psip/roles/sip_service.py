@@ -430,6 +430,7 @@ class SipService(Service):
             "requests_in_progress": self.proxy.pending_requests,
             "transactions": self.proxy.transactions.metrics(),
             "transport": self.transport.metrics(),
+            "gateway": self.proxy.gateway.status(),
         }
 
     def add_metrics(self, registry: CollectorRegistry) -> None:

@@ -72,6 +72,17 @@ class Gateway:
     def destination(self, host: str) -> Destination:
         return self.routes.destination(host)
 
+    def status(self) -> dict[str, object]:
+        """The gateway's part of ``/status``: the rules and the DNS lookups that failed."""
+        routes = self.routes
+        return {
+            "aliases": sorted(routes.aliases - {routes.overlay_domain}),
+            "peer_domains": sorted(routes.peers),
+            "static_routes": {d: str(r.next_hop) for d, r in sorted(routes.static_routes.items())},
+            "foreign_callers": routes.foreign_callers.value,
+            "failed_dns_lookups": self.locator.failed_lookups if self.locator else 0,
+        }
+
     def next_hops(self, uri: SipURI, destination: Destination) -> Deferred[list[Hop]]:
         """The targets, best first, of a request for ``uri`` in a routed foreign domain."""
         if destination.kind is RouteKind.STATIC:

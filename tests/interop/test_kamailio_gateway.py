@@ -100,6 +100,26 @@ class KamailioGatewayTests(TestCase):
         self.processes[name] = protocol
         return protocol
 
+    def callee(self, name: str, port: int) -> CollectingProcess:
+        """A SIPp UAS on ``port`` answering one call (tests/integration/sipp/uas.xml)."""
+        return self.spawn(
+            name,
+            self.sipp_path,
+            [
+                "-sf",
+                str(SIPP_SCENARIOS / "uas.xml"),
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-m",
+                "1",
+                "-nostdin",
+                "-timeout",
+                "30s",
+            ],
+        )
+
     def sipp(self, name: str, target: int, arguments: list[str]) -> CollectingProcess:
         return self.spawn(
             name,
@@ -220,41 +240,9 @@ class KamailioGatewayTests(TestCase):
 
         # Callees: ocallee of the overlay (registered at B with Digest) and kuser of kam.test.
         overlay_uas_port = free_port(socket.SOCK_DGRAM)
-        overlay_callee = self.spawn(
-            "overlay callee",
-            self.sipp_path,
-            [
-                "-sf",
-                str(SIPP_SCENARIOS / "uas.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(overlay_uas_port),
-                "-m",
-                "1",
-                "-nostdin",
-                "-timeout",
-                "30s",
-            ],
-        )
+        overlay_callee = self.callee("overlay callee", overlay_uas_port)
         kam_uas_port = free_port(socket.SOCK_DGRAM)
-        kam_callee = self.spawn(
-            "kam callee",
-            self.sipp_path,
-            [
-                "-sf",
-                str(SIPP_SCENARIOS / "uas.xml"),
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(kam_uas_port),
-                "-m",
-                "1",
-                "-nostdin",
-                "-timeout",
-                "30s",
-            ],
-        )
+        kam_callee = self.callee("kam callee", kam_uas_port)
         yield self.succeeds(
             "register at B",
             b.advertised[1],
@@ -365,6 +353,7 @@ class KamailioGatewayTests(TestCase):
                 "1",
             ],
         )
+        self.assertEqual(a.status()["gateway"]["peer_domains"], [KAM])
         invites = a.status()["final_responses"]["INVITE"]
         self.assertEqual(invites, {"200": 2, "403": 1, "407": 1})
         self.assertEqual(a.proxy.relay_refusals, 1)

@@ -28,7 +28,7 @@ from p2psip.sip.transaction import Hop
 from p2psip.sip.uri import SipURI
 
 from . import test_caller_auth
-from .dns_server import CannedAuthority
+from .dns_server import CannedAuthority, Zone
 from .test_caller_auth import (
     ALICE_PHONE,
     BOB_PHONE,
@@ -37,10 +37,10 @@ from .test_caller_auth import (
     register_text,
     request_text,
 )
-from .test_proxy import ADDRESS_A, ADDRESS_B, DOMAIN, NODE_A, NODE_B, NOW, Node, message_text
+from .test_proxy import ADDRESS_A, DOMAIN, NODE_A, Node, message_text, ring_of_two
 
 #: kam.example's servers: UDP on 127.0.0.9:5070, then 127.0.0.10:5070.
-KAM_ZONE = {
+KAM_ZONE: Zone = {
     ("kam.example", dns.NAPTR): [
         dns.Record_NAPTR(10, 10, b"s", b"SIP+D2U", b"", b"_sip._udp.kam.example"),
     ],
@@ -112,15 +112,7 @@ class GatewayRoutingTests(SynchronousTestCase):
     """Node A (trusted network: every phone's From is believed) with gateway rules."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]] = {}
-        applications: dict[tuple[int, int], tuple[str, int]] = {}
-        self.a = Node(NODE_A, ADDRESS_A, self.clock, shared, applications)
-        self.b = Node(NODE_B, ADDRESS_B, self.clock, shared, applications)
-        for node in (self.a, self.b):
-            self.addCleanup(node.registrar.stop)
-            self.addCleanup(node.proxy.transactions.terminate_all)
+        self.clock, self.a, _ = ring_of_two(self, Node)
         self.authority = install_gateway(self.a, self.clock, rules())
 
     def invites(self) -> list[tuple[Request, Hop]]:
@@ -279,13 +271,7 @@ class PeerDomainCallerTests(SynchronousTestCase):
     """Digest on, foreign callers limited to peer domains (the default once one is configured)."""
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]] = {}
-        applications: dict[tuple[int, int], tuple[str, int]] = {}
-        self.a = AuthNode(NODE_A, ADDRESS_A, self.clock, shared, applications)
-        self.addCleanup(self.a.registrar.stop)
-        self.addCleanup(self.a.proxy.transactions.terminate_all)
+        self.clock, self.a, _ = ring_of_two(self, AuthNode)
         self.authority = install_gateway(self.a, self.clock, rules())
         test_caller_auth.CallerAuthenticationTests.register(self, self.a, "bob", BOB_PHONE)  # type: ignore[arg-type]
 
