@@ -687,6 +687,21 @@ class SipProxy:
         port = uri.port or (5061 if secure else 5060)
         return self._is_own_address(uri.host, port)
 
+    def _route_names_us(self, uri: URI) -> bool:
+        """
+        A Route entry for this proxy: one of our addresses, or one of our
+        domains without a user part (phones that take the domain as their
+        outbound proxy, RFC 3261 s16.4).
+        """
+        if self._is_own_uri(uri):
+            return True
+        return (
+            isinstance(uri, SipURI)
+            and uri.user is None
+            and uri.port is None
+            and self.gateway.routes.is_local(uri.host)
+        )
+
     def _is_own_address(self, host: str, port: int) -> bool:
         """Whether ``host:port`` is one of our listeners as we advertise them."""
         own_host, own_port = self.advertised
@@ -723,7 +738,7 @@ class SipProxy:
         # transport when the request changed transport here): drop both.
         for _ in range(2):
             routes = request.headers.values("Route")
-            if not routes or not self._is_own_uri(NameAddress.parse(routes[0], "Route").uri):
+            if not routes or not self._route_names_us(NameAddress.parse(routes[0], "Route").uri):
                 break
             request.headers.pop_first_value("Route")
             removed = True

@@ -144,6 +144,15 @@ class GatewayRoutingTests(SynchronousTestCase):
             message_text(uri="sip:kuser@nowhere.example", branch="z9hG4bK2", extra=route)
         )
         self.assertEqual(self.last_status(), 404)
+        # The overlay's domain as outbound proxy names us too.
+        self.a.sender.requests.clear()
+        self.a.receive(
+            message_text(
+                uri="sip:kuser@kam.example", branch="z9hG4bK3", extra="Route: <sip:example.org;lr>"
+            )
+        )
+        [(invite, hop)] = self.invites()
+        self.assertEqual((hop, invite.headers.values("Route")), (KAM_1, []))
 
     def test_failover_on_transport_error_503_and_timeout(self) -> None:
         """The next server is tried when one cannot be reached, says 503, or never answers."""
