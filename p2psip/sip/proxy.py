@@ -456,7 +456,10 @@ class SipProxy:
         if not ours:
             self._refuse_relay(transaction, None)
             return
-        if destination.kind not in (RouteKind.PEER, RouteKind.STATIC):
+        if destination.kind is RouteKind.LOCAL:
+            self._answer(transaction, 404, "Not Found")  # our domain, but no user to look up
+            return
+        if destination.kind is RouteKind.UNROUTED:
             self._answer(transaction, 404, f"Not Found (no gateway route to {destination.domain})")
             return
 
