@@ -37,7 +37,7 @@ from .test_caller_auth import (
     register_text,
     request_text,
 )
-from .test_proxy import ADDRESS_A, DOMAIN, NODE_A, Node, message_text, ring_of_two
+from .test_proxy import ADDRESS_A, ADDRESS_B, DOMAIN, NODE_A, Node, message_text, ring_of_two
 
 #: kam.example's servers: UDP on 127.0.0.9:5070, then 127.0.0.10:5070.
 KAM_ZONE: Zone = {
@@ -319,6 +319,22 @@ class PeerDomainCallerTests(SynchronousTestCase):
         self.call_from(KAM_1, branch="z9hG4bKlater")
         naptr = [q for q in self.authority.queries if q == ("kam.example", dns.NAPTR)]
         self.assertEqual(len(naptr), 2)
+
+    def test_forwarded_by_a_ring_member(self) -> None:
+        """
+        B, also limited to peer domains, takes kuser's call that A admitted
+        and forwarded: A's Record-Route proves a ring member sent it.
+        """
+        clock, a, b = ring_of_two(self, AuthNode)
+        for node in (a, b):
+            install_gateway(node, clock, rules())
+        test_caller_auth.CallerAuthenticationTests.register(self, b, "bob", BOB_PHONE)  # type: ignore[arg-type]
+        a.receive(request_text(caller="kuser", caller_domain="kam.example"), KAM_1)
+        [(invite, hop)] = a.forwarded()
+        self.assertEqual(hop, Hop("UDP", *ADDRESS_B))
+        b.receive(invite, Hop("UDP", *ADDRESS_A))
+        [(_, delivered)] = b.forwarded()
+        self.assertEqual(delivered, BOB_PHONE)
 
     def test_anyone_policy(self) -> None:
         """With foreign-callers anyone, callers from every domain pass unchallenged (a public domain)."""
