@@ -494,6 +494,12 @@ class SipProxy:
         caller = request.from_.uri
         return isinstance(caller, SipURI) and self.gateway.routes.is_local(caller.host)
 
+    def _caller_aor(self, caller: SipURI) -> str:
+        """The AOR a From names: in the overlay's own domain when it names an alias of it."""
+        if self.gateway.routes.is_local(caller.host):
+            return self._in_overlay_domain(caller).address_of_record()
+        return caller.address_of_record()
+
     def _serves(self, uri: SipURI) -> bool:
         """Whether ``uri`` is in one of our domains (or names this super-node's address)."""
         return self.gateway.routes.is_local(uri.host) or self._is_own_uri(uri)
@@ -536,9 +542,7 @@ class SipProxy:
         source = transaction.source
         if not self.gateway.routes.is_local(caller.host):
             return self._from_peer_domain(request, source)
-        for binding in self.registrar.local_bindings(
-            self._in_overlay_domain(caller).address_of_record()
-        ):
+        for binding in self.registrar.local_bindings(self._caller_aor(caller)):
             if binding.flow == source:
                 return succeed(True)
         return self._from_ring_member(request, source)
@@ -644,7 +648,7 @@ class SipProxy:
             working.headers.get_all("Proxy-Authorization"),
             request.method,
             request.uri,
-            self._in_overlay_domain(caller).address_of_record(),
+            self._caller_aor(caller),
             transaction.source.host,
             request.method,
         )
@@ -658,7 +662,7 @@ class SipProxy:
         if outcome in (Outcome.CHALLENGE, Outcome.STALE):
             challenges = credentials.challenges(
                 stale=outcome is Outcome.STALE,
-                aor=self._in_overlay_domain(caller).address_of_record(),
+                aor=self._caller_aor(caller),
                 user_agent=request.headers.get("User-Agent"),
             )
             self._answer(

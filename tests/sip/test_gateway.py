@@ -34,6 +34,7 @@ from .test_caller_auth import (
     BOB_PHONE,
     OUTSIDER,
     AuthNode,
+    proxy_authorization,
     register_text,
     request_text,
 )
@@ -319,6 +320,22 @@ class PeerDomainCallerTests(SynchronousTestCase):
         self.call_from(KAM_1, branch="z9hG4bKlater")
         naptr = [q for q in self.authority.queries if q == ("kam.example", dns.NAPTR)]
         self.assertEqual(len(naptr), 2)
+
+    def test_a_users_password_does_not_vouch_for_another_domain(self) -> None:
+        """A stranger answering the 407 with bob's password, From kam.example, gets 403."""
+        self.assertEqual(self.call_from(OUTSIDER), 407)
+        authorization = proxy_authorization(self.a.last_response(), "bob", "builder")
+        self.a.receive(
+            request_text(
+                caller="kuser",
+                caller_domain="kam.example",
+                branch="z9hG4bKin2",
+                cseq=2,
+                extra=(f"Proxy-Authorization: {authorization}",),
+            ),
+            OUTSIDER,
+        )
+        self.assertEqual((self.a.last_response().status, self.a.forwarded()), (403, []))
 
     def test_forwarded_by_a_ring_member(self) -> None:
         """
