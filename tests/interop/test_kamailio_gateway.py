@@ -36,7 +36,7 @@ from p2psip.roles.sip_service import SipService
 from p2psip.sip.users import UsersFile
 from p2psip.testing import free_port, repository_root, require_tool
 from tests.integration.test_peer_sip_service import start_super_nodes
-from tests.interop.test_sip_tools import CollectingProcess
+from tests.interop.test_sip_tools import CollectingProcess, spawn_collecting
 from tests.sip.dns_server import serve_zone
 
 OVERLAY = "overlay.test"
@@ -83,20 +83,11 @@ class KamailioGatewayTests(TestCase):
     def spawn(
         self, name: str, executable: str, arguments: list[str], stop_signal: str = "KILL"
     ) -> CollectingProcess:
-        protocol = CollectingProcess()
-        process = reactor.spawnProcess(
-            protocol, executable, [executable, *arguments], env=None, path=str(self.directory)
+        # Kamailio's workers share its output pipes: a TERM lets the main
+        # process end them, where a KILL would leave them holding the pipes.
+        protocol = spawn_collecting(
+            self, executable, arguments, str(self.directory), stop_signal=stop_signal
         )
-
-        def stop() -> Deferred[int] | None:
-            if protocol.ended.called:
-                return None
-            # Kamailio's workers share its output pipes: a TERM lets the main
-            # process end them, where a KILL would leave them holding the pipes.
-            process.signalProcess(stop_signal)
-            return protocol.ended
-
-        self.addCleanup(stop)
         self.processes[name] = protocol
         return protocol
 

@@ -14,15 +14,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from p2psip.roles.sip_service import SipService
 from p2psip.sip.users import UsersFile
 from p2psip.testing import free_port, repository_root, require_tool
 from tests.integration.test_peer_sip_service import start_super_nodes
-from tests.interop.test_sip_tools import CollectingProcess
+from tests.interop.test_sip_tools import CollectingProcess, spawn_collecting
 
 DOMAIN = "phones.test"
 PASSWORD = "a-long-phone-password"
@@ -45,19 +44,7 @@ class DefaultDigestTests(TestCase):
     def spawn(
         self, executable: str, arguments: list[str], env: dict[str, str]
     ) -> CollectingProcess:
-        protocol = CollectingProcess()
-        process = reactor.spawnProcess(
-            protocol, executable, [executable, *arguments], env=env, path=str(self.directory)
-        )
-
-        def stop() -> Deferred[int] | None:
-            if protocol.ended.called:
-                return None
-            process.signalProcess("KILL")
-            return protocol.ended
-
-        self.addCleanup(stop)
-        return protocol
+        return spawn_collecting(self, executable, arguments, str(self.directory), env)
 
     def registers(self, node: SipService) -> dict[str, int]:
         outcomes: dict[str, int] = node.status()["final_responses"].get("REGISTER", {})
