@@ -110,7 +110,8 @@ class ExampleFilesTests(SynchronousTestCase):
 
     def test_promises_only_what_exists(self) -> None:
         """An example (or its unit) names the SIP gateway or the media relay only when its role has options for them."""
-        features = {"gateway": "gateway", "media relay": "media", "relays media": "media"}
+        # The gateway's options are the domains it routes to (sip-peer-domain, ...).
+        features = {"gateway": "peer-domain", "media relay": "media", "relays media": "media"}
         for path in example_files():
             text = path.read_text(encoding="utf-8")
             unit = repository_root() / "etc" / "systemd" / f"p2psip-{path.stem}.service"

@@ -24,6 +24,7 @@ import sys
 
 from p2psip.cli import Subcommands
 from p2psip.sip.blur import blur_aor
+from p2psip.sip.digest_offer import parse_algorithms
 from p2psip.sip.users import UsersFile, UsersFileError, canonical_aor, split_aor
 
 
@@ -43,6 +44,13 @@ def register(subparsers: Subcommands) -> None:
     add.add_argument(
         "--password",
         help="the password (default: read the first line of standard input)",
+    )
+    add.add_argument(
+        "--offer",
+        metavar="ALGORITHMS",
+        help="Digest algorithms this user's challenges offer, preferred first, e.g. "
+        "SHA-256,MD5 for a user whose phones all speak SHA-256 ('default': the server's "
+        "sip-digest-algorithms again; unset: keep the user's current offer)",
     )
     add.add_argument("aor", metavar="AOR", help="address-of-record, e.g. sip:alice@example.org")
     add.set_defaults(run=run_add)
@@ -109,6 +117,12 @@ def _domain_problem(args: argparse.Namespace, users: UsersFile) -> tuple[bool, s
 
 def run_add(args: argparse.Namespace) -> int:
     """Add or change one user; exit status 0 on success."""
+    offer: tuple[str, ...] | None = None
+    if args.offer is not None:
+        try:
+            offer = () if args.offer.strip().lower() == "default" else parse_algorithms(args.offer)
+        except ValueError as e:
+            return _fail(f"--offer: {e}")
     try:
         users = UsersFile.load(args.file, missing_ok=True)
     except UsersFileError as e:
@@ -124,7 +138,7 @@ def run_add(args: argparse.Namespace) -> int:
     password = args.password if args.password is not None else _read_password()
     try:
         existed = users.record(args.aor) is not None
-        record = users.set_password(args.aor, password, realm=args.realm)
+        record = users.set_password(args.aor, password, realm=args.realm, offer=offer)
         users.save()
     except UsersFileError as e:
         return _fail(str(e))
@@ -151,13 +165,15 @@ def run_remove(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """Print one line per user: AOR, realm, algorithms."""
+    """Print one line per user: AOR, realm, algorithms held, and the user's offer if set."""
     try:
         users = UsersFile.load(args.file)
     except UsersFileError as e:
         return _fail(str(e))
     for record in users:
         line = f"{record.aor}\t{record.realm}\t{','.join(sorted(record.ha1))}"
+        if record.offer:
+            line += f"\toffer={','.join(record.offer)}"
         if args.log_names:
             line += f"\t{blur_aor(record.aor)}"
         sys.stdout.write(line + "\n")

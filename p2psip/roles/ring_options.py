@@ -37,6 +37,16 @@ from p2psip.overlay.mediated import DIRECT_CONNECT_TIMEOUT_SECONDS
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.roles.security_options import SecurityConfig, SecurityOptions
 from p2psip.sip.digest import ALGORITHMS
+from p2psip.sip.digest_offer import DEFAULT_ALGORITHMS, ClientRule, parse_client_rule
+from p2psip.sip.dns_lookup import parse_dns_server
+from p2psip.sip.domain_routes import (
+    DomainRoutes,
+    ForeignCallers,
+    PeerDomain,
+    StaticRoute,
+    parse_peer_domain,
+    parse_static_route,
+)
 from p2psip.sip.request_limit import DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND
 from p2psip.sip.transport import (
     MAX_TCP_CONNECTIONS,
@@ -92,6 +102,17 @@ class SipConfig:
     #: Stream endpoints that run SIP over TLS (RFC 3261 s26) with ``tls``.
     tls_listeners: tuple[str, ...] = ()
     tls: SipTlsCredentials | None = None
+    #: The gateway's rules: our domains, peer domains, static routes, foreign callers.
+    routes: DomainRoutes | None = None
+    #: Clients offered other Digest algorithms than ``digest_algorithms``.
+    digest_clients: tuple[ClientRule, ...] = ()
+    #: DNS servers for RFC 3263 (empty: the system's, from /etc/resolv.conf).
+    dns_servers: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def domain_routes(self) -> DomainRoutes:
+        """The rules, or for a stack built without any, the overlay domain alone."""
+        return self.routes if self.routes is not None else DomainRoutes.build(self.domain)
 
     @property
     def peer_transport(self) -> str:
@@ -244,13 +265,53 @@ def digest_algorithms(text: str) -> str:
 digest_algorithms.coerceDoc = "a comma-separated list of SHA-256 and MD5"  # type: ignore[attr-defined]
 
 
+def _coercer(parse: object, doc: str) -> object:
+    """Give a parser from the SIP layer the ``coerceDoc`` the option errors quote."""
+    parse.coerceDoc = doc  # type: ignore[attr-defined]
+    return parse
+
+
+def domain_name(text: str) -> str:
+    """Coercer for ``--sip-domain-alias``: a domain name (or IP address), lower case."""
+    if "=" in text:
+        raise ValueError(f"{text!r} is not a domain name")
+    return parse_peer_domain(text).name
+
+
+def foreign_callers(text: str) -> ForeignCallers:
+    """Coercer for ``--sip-foreign-callers``: ``anyone`` or ``peer-domains``."""
+    return ForeignCallers(text.strip().lower())
+
+
+def dns_servers(text: str) -> list[tuple[str, int]]:
+    """Coercer for ``--dns-servers``: HOST[:PORT] entries separated by commas."""
+    return [parse_dns_server(part) for part in text.split(",") if part.strip()]
+
+
+_coercer(domain_name, "a domain name such as example.com")
+_coercer(foreign_callers, "anyone or peer-domains")
+_coercer(dns_servers, "IP[:PORT] DNS server addresses separated by commas, e.g. 127.0.0.1:5353")
+_coercer(parse_peer_domain, "DOMAIN or DOMAIN=ADDRESS[,ADDRESS...], e.g. kam.example=192.0.2.20")
+_coercer(parse_client_rule, "USER-AGENT-TEXT=ALGORITHMS, e.g. Linphone=SHA-256,MD5")
+_coercer(parse_static_route, "DOMAIN=SIP-URI, e.g. pstn.example=sip:192.0.2.30:5060;transport=tcp")
+
+
 class RingRoleOptions(RoleOptions, SecurityOptions):
     """Options of every role that is a member of the ring, SIP included."""
 
     role: ClassVar[str] = ""
     #: Shown on the status page.
     title: ClassVar[str] = ""
-    repeatable: ClassVar[tuple[str, ...]] = ("bootstrap", "sip", "sip-tls", "http-allowed-hosts")
+    repeatable: ClassVar[tuple[str, ...]] = (
+        "bootstrap",
+        "sip",
+        "sip-tls",
+        "http-allowed-hosts",
+        "sip-domain-alias",
+        "sip-peer-domain",
+        "sip-static-route",
+        "sip-digest-client",
+    )
     default_http: ClassVar[str] = "tcp:8084:interface=127.0.0.1"
     default_data_dir: ClassVar[str] = "/var/lib/p2psip"
 
@@ -389,10 +450,19 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
         [
             "sip-digest-algorithms",
             None,
-            ",".join(ALGORITHMS),
-            "Digest algorithms offered in challenges, preferred first; list MD5 first (or alone) "
-            "for phones that read only the first challenge and know only MD5.",
+            ",".join(DEFAULT_ALGORITHMS),
+            "Digest algorithms challenges offer, preferred first.  MD5 alone registers every "
+            "phone (baresip 1.0 aborts on any SHA-256 challenge); offer SHA-256 per user "
+            "(`p2psip users add --offer`) or per client (--sip-digest-client).",
             digest_algorithms,
+        ],
+        [
+            "sip-digest-client",
+            None,
+            None,
+            "USER-AGENT-TEXT=ALGORITHMS: requests whose User-Agent contains the text (any case) "
+            "are offered that list instead, e.g. Linphone=SHA-256,MD5.",
+            parse_client_rule,
         ],
         [
             "sip-advertise",
@@ -437,6 +507,48 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             MAX_TCP_CONNECTIONS,
             "SIP TCP and TLS connections open at once, from everyone.",
             positive_int,
+        ],
+        [
+            "sip-domain-alias",
+            None,
+            None,
+            "Another domain this overlay's users are reached at (a conventional domain whose "
+            "DNS points at the super-nodes): sip:alice@ALIAS is alice of the overlay.",
+            domain_name,
+        ],
+        [
+            "sip-peer-domain",
+            None,
+            None,
+            "A conventional SIP domain the gateway federates with, DOMAIN or "
+            "DOMAIN=ADDRESS,...: our users' calls to it are sent to its servers (RFC 3263), and "
+            "requests from its servers (or the ADDRESSes) for our users are accepted.",
+            parse_peer_domain,
+        ],
+        [
+            "sip-static-route",
+            None,
+            None,
+            "DOMAIN=SIP-URI: our users' calls to DOMAIN go to that next hop (a PSTN gateway, "
+            "say), which is also accepted as a source of calls for our users.",
+            parse_static_route,
+        ],
+        [
+            "sip-foreign-callers",
+            None,
+            None,
+            "Who may call our users from other domains: anyone, or peer-domains (the peer "
+            "domains and static routes only; others get 407).  Default: peer-domains once a "
+            "peer domain or static route is configured, else anyone.",
+            foreign_callers,
+        ],
+        [
+            "dns-servers",
+            None,
+            None,
+            "DNS servers for locating other domains' SIP servers (RFC 3263), IP[:PORT] "
+            "separated by commas (default: the system's, from /etc/resolv.conf).",
+            dns_servers,
         ],
         [
             "overlay-connections-per-source",
@@ -554,6 +666,9 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 max_connections=self["sip-max-connections"],
                 tls_listeners=tuple(self["sip-tls"]),
                 tls=self.sip_tls if self["sip-tls"] else None,
+                digest_clients=tuple(self["sip-digest-client"]),
+                routes=self._domain_routes(),
+                dns_servers=tuple(self["dns-servers"] or ()),
             )
         advertised_host, advertised_because = self._advertised()
         return RingRoleConfig(
@@ -577,6 +692,23 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 Path(self["overlay-tls-key-log"]) if self["overlay-tls-key-log"] else None
             ),
         )
+
+    def _domain_routes(self) -> DomainRoutes:
+        """The gateway's rules from the options; a domain in two roles stops the role."""
+        peers: list[PeerDomain] = list(self["sip-peer-domain"])
+        static: list[StaticRoute] = list(self["sip-static-route"])
+        try:
+            return DomainRoutes.build(
+                self["overlay-name"],
+                self["sip-domain-alias"],
+                peers,
+                static,
+                self["sip-foreign-callers"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(
+                f"{e}: fix --sip-domain-alias, --sip-peer-domain or --sip-static-route"
+            ) from None
 
     def _advertised(self) -> tuple[str, str]:
         """

@@ -59,6 +59,8 @@ from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.roles.ring_options import SIP_TLS_KEY_TYPES, SipConfig, SipTlsCredentials
 from p2psip.sip.binding_store import SavedBindings, load_bindings
 from p2psip.sip.digest import DigestAuthenticator
+from p2psip.sip.dns_lookup import ServerLocator, make_resolver
+from p2psip.sip.gateway import Gateway
 from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.metrics import CallSetupTimes, SipCollector
 from p2psip.sip.proxy import SipProxy
@@ -169,7 +171,13 @@ def build_sip_stack(
         if users is None or secret is None:
             raise ValueError("Digest authentication needs the users file and the nonce secret")
         authenticator = DigestAuthenticator(
-            config.domain, secret, reactor, users, algorithms=config.digest_algorithms
+            config.domain,
+            secret,
+            reactor,
+            users,
+            algorithms=config.digest_algorithms,
+            clients=config.digest_clients,
+            offers=users,
         )
     location = OverlayLocationService(node, reactor)
     registrar = Registrar(
@@ -191,6 +199,12 @@ def build_sip_stack(
         max_tcp_connections=config.max_connections,
     )
     transport.advertised_host = host
+    routes = config.domain_routes
+    locator = (
+        ServerLocator(make_resolver(config.dns_servers, reactor))
+        if routes.foreign_domains
+        else None
+    )
     proxy = SipProxy(
         config.domain,
         (host, 0),
@@ -204,6 +218,7 @@ def build_sip_stack(
         if config.rate_limit_per_second > 0
         else None,
         credentials=registrar.credentials,
+        gateway=Gateway(routes, locator, reactor),
     )
     transport.receiver = proxy.transactions
     tls = sip_tls_options(config.tls) if config.tls is not None else None
@@ -468,6 +483,7 @@ class SipService(Service):
             "requests_in_progress": self.proxy.pending_requests,
             "transactions": self.proxy.transactions.metrics(),
             "transport": self.transport.metrics(),
+            "gateway": self.proxy.gateway.status(),
         }
 
     def add_metrics(self, registry: CollectorRegistry) -> None:

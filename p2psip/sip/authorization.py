@@ -119,9 +119,14 @@ class CredentialCheck:
     def realm(self) -> str:
         return self.authenticator.realm
 
-    def challenges(self, stale: bool = False) -> list[str]:
-        """Challenge header values (``WWW-Authenticate`` or ``Proxy-Authenticate``), preferred first."""
-        return self.authenticator.challenges(stale=stale)
+    def challenges(
+        self, stale: bool = False, *, aor: str | None = None, user_agent: str | None = None
+    ) -> list[str]:
+        """
+        Challenge header values (``WWW-Authenticate`` or ``Proxy-Authenticate``),
+        preferred first, with the algorithms offered to ``aor``'s user and that client.
+        """
+        return self.authenticator.challenges(stale=stale, aor=aor, user_agent=user_agent)
 
     def judge(
         self,

@@ -48,8 +48,18 @@ from typing import Protocol
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
-#: Algorithms offered, preferred first (RFC 8760: SHA-256 before MD5).
-ALGORITHMS: tuple[str, ...] = ("SHA-256", "MD5")
+from p2psip.sip.digest_offer import (
+    DEFAULT_ALGORITHMS,
+    KNOWN_ALGORITHMS,
+    ClientRule,
+    DigestOffer,
+    UserOffers,
+)
+
+#: Algorithms this module can check, strongest first (RFC 8760).  What a
+#: challenge offers is :mod:`p2psip.sip.digest_offer`'s choice: MD5 alone
+#: by default, SHA-256 per user or per known client.
+ALGORITHMS: tuple[str, ...] = KNOWN_ALGORITHMS
 
 _HASHES: Mapping[str, Callable[[bytes], str]] = {
     "MD5": lambda data: hashlib.md5(data, usedforsecurity=False).hexdigest(),
@@ -271,7 +281,10 @@ class DigestAuthenticator:
         users: HA1Source,
         nonce_lifetime_seconds: float = NONCE_LIFETIME_SECONDS,
         random_bytes: Callable[[int], bytes] = os.urandom,
-        algorithms: Sequence[str] = ALGORITHMS,
+        algorithms: Sequence[str] = DEFAULT_ALGORITHMS,
+        *,
+        clients: Sequence[ClientRule] = (),
+        offers: UserOffers | None = None,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the nonce secret must be at least 16 bytes")
@@ -280,10 +293,12 @@ class DigestAuthenticator:
             raise ValueError(
                 f"digest algorithms must be some of {', '.join(ALGORITHMS)}, not {unknown}"
             )
-        # Offered in this order.  RFC 8760 puts SHA-256 first; some older
-        # user agents read only the first challenge and know only MD5, and
-        # for them an operator may list MD5 first (or alone).
+        # The default offer; users and known clients may get another
+        # (p2psip.sip.digest_offer says why MD5 alone is the default).
         self.algorithms = tuple(algorithms)
+        self.offer = DigestOffer(self.algorithms, tuple(clients))
+        #: Per-user offers (the users file), or None.
+        self.offers = offers
         self.realm = realm
         self._secret = secret
         self._clock = clock
@@ -308,15 +323,21 @@ class DigestAuthenticator:
         mac = self._nonce_mac(issued + salt)
         return base64.urlsafe_b64encode(issued + salt + mac).rstrip(b"=").decode("ascii")
 
-    def challenges(self, stale: bool = False) -> list[str]:
-        """``WWW-Authenticate`` values, one per algorithm, preferred first."""
+    def challenges(
+        self, stale: bool = False, *, aor: str | None = None, user_agent: str | None = None
+    ) -> list[str]:
+        """
+        ``WWW-Authenticate`` values, one per algorithm, preferred first: the
+        algorithms offered to ``aor``'s user from a client that says it is
+        ``user_agent``.
+        """
         nonce = self.new_nonce()
         realm = self.realm.replace("\\", "\\\\").replace('"', '\\"')
         suffix = ", stale=TRUE" if stale else ""
         return [
             f'Digest realm="{realm}", nonce="{nonce}", opaque="{self._opaque}", '
             f'algorithm={algorithm}, qop="auth"{suffix}'
-            for algorithm in self.algorithms
+            for algorithm in self.offer.offered(self.offers, aor, user_agent)
         ]
 
     def verify(self, credentials: DigestCredentials, method: str, request_uri: str) -> Verdict:
@@ -324,7 +345,7 @@ class DigestAuthenticator:
         algorithm = _canonical_algorithm(credentials.algorithm)
         if (
             algorithm is None
-            or algorithm not in self.algorithms
+            or algorithm not in self.offer.accepted(self.offers, credentials.username, self.realm)
             or credentials.realm != self.realm
             # Without qop=auth there is no nonce-count, so nothing would stop
             # a captured response from being replayed while its nonce lives.

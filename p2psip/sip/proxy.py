@@ -65,7 +65,9 @@ from twisted.python.failure import Failure
 
 from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.authorization import CredentialCheck, Outcome
+from p2psip.sip.domain_routes import DomainRoutes, ForeignCallers, RouteKind
 from p2psip.sip.errors import SipParseError
+from p2psip.sip.gateway import Gateway, RelayRefused, first_hop
 from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
 from p2psip.sip.response_context import ResponseContext
@@ -124,10 +126,6 @@ def parse_node_parameter(text: str | None) -> int | None:
     if not text or len(text) > 32 or not all(c in "0123456789abcdefABCDEF" for c in text):
         return None
     return int(text, 16)
-
-
-class RelayRefused(Exception):
-    """A request asked to be forwarded somewhere outside the ring."""
 
 
 def _is_initial(request: Request) -> bool:
@@ -208,6 +206,7 @@ class SipProxy:
         timers: TimerSettings = TimerSettings(),
         rate_limit: RequestRateLimit | None = None,
         credentials: CredentialCheck | None = None,
+        gateway: Gateway | None = None,
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
@@ -234,6 +233,8 @@ class SipProxy:
         self._rate_log = LogThrottle(clock)
         #: Checks callers that claim our domain (407); None: authentication off.
         self.credentials = credentials
+        #: The domain rules and the way to other SIP domains (none routed by default).
+        self.gateway = gateway or Gateway(DomainRoutes.build(self.domain), None, clock)
 
     @property
     def pending_requests(self) -> int:
@@ -313,7 +314,7 @@ class SipProxy:
                 top = ack.routes[0].uri
                 if not isinstance(top, SipURI):
                     return
-                self._route_hop(top).addCallbacks(
+                self._route_hops(top).addCallback(first_hop).addCallbacks(
                     lambda hop: self._send_ack(ack, hop, request),
                     lambda failure: self._note_relay_refused(source, failure),
                 )
@@ -408,8 +409,19 @@ class SipProxy:
             if not isinstance(top, SipURI):
                 self._answer(transaction, 416, "Unsupported URI Scheme in Route")
                 return
-            self._route_hop(top).addCallbacks(
-                lambda hop: self._fork(transaction, working, [(working.uri, hop)]),
+            if (
+                not _names_super_node(top)
+                and _is_initial(working)
+                and not self._caller_is_ours(working)
+            ):
+                # A stranger preloading a Route to a peer domain's proxy
+                # would reach it as us, with our standing there.
+                self._refuse_relay(transaction, None)
+                return
+            self._route_hops(top).addCallbacks(
+                lambda hops: self._fork(
+                    transaction, working, [(working.uri, hop) for hop in hops], failover=True
+                ),
                 lambda failure: self._refuse_relay(transaction, failure),
             )
             return
@@ -417,21 +429,89 @@ class SipProxy:
         if not isinstance(uri, SipURI):
             self._answer(transaction, 416, "Unsupported URI Scheme")
             return
-        if uri.host.lower() == self.domain and uri.user is not None:
-            self._route_to_aor(transaction, working, uri)
+        if uri.user is not None and self._serves(uri):
+            self._route_to_aor(transaction, working, self._in_overlay_domain(uri))
             return
         target = self._in_dialog_target(working)
         if target is not None:
             self._fork(transaction, working, [(working.uri, target)])
             return
-        if removed_own_route:
+        if removed_own_route and not _is_initial(working):
             # In a route set we are part of, yet the target is no phone we
             # serve: following the Request-URI would relay for anyone.
             self._refuse_relay(transaction, None)
             return
-        # TODO(gateway): resolve other domains with RFC 3263 and forward
-        # them through the gateway; until it exists, refuse them openly.
-        self._answer(transaction, 404, "Not Found (no gateway to other domains yet)")
+        self._route_to_domain(transaction, working, uri)
+
+    def _route_to_domain(
+        self, transaction: ServerTransaction, working: Request, uri: SipURI
+    ) -> None:
+        """
+        A request for another domain: through the gateway when the rules
+        route that domain and the caller is one of our users; 404 to our
+        user for a domain not routed; 403 (relaying denied) to anyone else.
+        """
+        destination = self.gateway.destination(uri.host)
+        ours = self._caller_is_ours(working)
+        if not ours:
+            self._refuse_relay(transaction, None)
+            return
+        if destination.kind is RouteKind.LOCAL:
+            self._answer(transaction, 404, "Not Found")  # our domain, but no user to look up
+            return
+        if destination.kind is RouteKind.UNROUTED:
+            self._answer(transaction, 404, f"Not Found (no gateway route to {destination.domain})")
+            return
+
+        def located(hops: list[Hop]) -> None:
+            if not hops:
+                self._answer(
+                    transaction,
+                    480,
+                    f"Temporarily Unavailable (no SIP server found for {destination.domain})",
+                )
+                return
+            self._fork(transaction, working, [(working.uri, hop) for hop in hops], failover=True)
+
+        def failed(failure: Failure) -> None:
+            self.log.warn(
+                "cannot locate the SIP servers of {domain}: {why}",
+                domain=destination.domain,
+                why=failure.getErrorMessage(),
+            )
+            self._answer(transaction, 480, "Temporarily Unavailable (DNS lookup failed)")
+
+        self.gateway.next_hops(uri, destination).addCallbacks(located, failed)
+
+    def _caller_is_ours(self, request: Request) -> bool:
+        """
+        An out-of-dialog request From a user of our domains (checked by
+        :meth:`_caller_must_authenticate` before routing): the only kind the
+        gateway takes out of the overlay.
+        """
+        if not _is_initial(request):
+            return False
+        caller = request.from_.uri
+        return isinstance(caller, SipURI) and self.gateway.routes.is_local(caller.host)
+
+    def _caller_aor(self, caller: SipURI) -> str:
+        """The AOR a From names: in the overlay's own domain when it names an alias of it."""
+        if self.gateway.routes.is_local(caller.host):
+            return self._in_overlay_domain(caller).address_of_record()
+        return caller.address_of_record()
+
+    def _serves(self, uri: SipURI) -> bool:
+        """Whether ``uri`` is in one of our domains (or names this super-node's address)."""
+        return self.gateway.routes.is_local(uri.host) or self._is_own_uri(uri)
+
+    def _in_overlay_domain(self, uri: SipURI) -> SipURI:
+        """``uri`` with the overlay's own domain as host (for an alias or our address)."""
+        if uri.host.lower() == self.domain:
+            return uri
+        canonical = uri.copy()
+        canonical.host = self.domain
+        canonical.port = None
+        return canonical
 
     # -- callers claiming our domain (RFC 3261 s22.3) --------------------------
 
@@ -446,7 +526,10 @@ class SipProxy:
         if not _is_initial(request):
             return False
         caller = request.from_.uri
-        return isinstance(caller, SipURI) and caller.host.lower() == self.domain
+        if not isinstance(caller, SipURI):
+            return False
+        routes = self.gateway.routes
+        return routes.is_local(caller.host) or routes.foreign_callers is ForeignCallers.PEER_DOMAINS
 
     def _caller_trusted(self, transaction: ServerTransaction, request: Request) -> Deferred[bool]:
         """
@@ -457,10 +540,26 @@ class SipProxy:
         caller = request.from_.uri
         assert isinstance(caller, SipURI)
         source = transaction.source
-        for binding in self.registrar.local_bindings(caller.address_of_record()):
+        if not self.gateway.routes.is_local(caller.host):
+            return self._from_peer_domain(request, source)
+        for binding in self.registrar.local_bindings(self._caller_aor(caller)):
             if binding.flow == source:
                 return succeed(True)
         return self._from_ring_member(request, source)
+
+    def _from_peer_domain(self, request: Request, source: Hop) -> Deferred[bool]:
+        """
+        A caller from another domain, with only peer domains admitted: the
+        request comes from one of their servers, or from a super-node of the
+        ring that admitted it.
+        """
+
+        def recognised(domain: str | None) -> Deferred[bool] | bool:
+            if domain is not None:
+                return True
+            return self._from_ring_member(request, source)
+
+        return self.gateway.domain_of_source(source.host).addCallback(recognised)
 
     def _from_ring_member(self, request: Request, source: Hop) -> Deferred[bool]:
         """
@@ -549,7 +648,7 @@ class SipProxy:
             working.headers.get_all("Proxy-Authorization"),
             request.method,
             request.uri,
-            caller.address_of_record(),
+            self._caller_aor(caller),
             transaction.source.host,
             request.method,
         )
@@ -561,7 +660,11 @@ class SipProxy:
             self._route(transaction, working, removed_own_route)
             return
         if outcome in (Outcome.CHALLENGE, Outcome.STALE):
-            challenges = credentials.challenges(stale=outcome is Outcome.STALE)
+            challenges = credentials.challenges(
+                stale=outcome is Outcome.STALE,
+                aor=self._caller_aor(caller),
+                user_agent=request.headers.get("User-Agent"),
+            )
             self._answer(
                 transaction,
                 407,
@@ -582,7 +685,7 @@ class SipProxy:
         uri = request.uri
         if not isinstance(uri, SipURI) or uri.user is not None:
             return False
-        return uri.host.lower() == self.domain or self._is_own_uri(uri)
+        return self.gateway.routes.is_local(uri.host) or self._is_own_uri(uri)
 
     def _is_own_uri(self, uri: URI) -> bool:
         if not isinstance(uri, SipURI):
@@ -590,6 +693,21 @@ class SipProxy:
         secure = uri.scheme == "sips" or (uri.transport or "").lower() == "tls"
         port = uri.port or (5061 if secure else 5060)
         return self._is_own_address(uri.host, port)
+
+    def _route_names_us(self, uri: URI) -> bool:
+        """
+        A Route entry for this proxy: one of our addresses, or one of our
+        domains without a user part (phones that take the domain as their
+        outbound proxy, RFC 3261 s16.4).
+        """
+        if self._is_own_uri(uri):
+            return True
+        return (
+            isinstance(uri, SipURI)
+            and uri.user is None
+            and uri.port is None
+            and self.gateway.routes.is_local(uri.host)
+        )
 
     def _is_own_address(self, host: str, port: int) -> bool:
         """Whether ``host:port`` is one of our listeners as we advertise them."""
@@ -627,7 +745,7 @@ class SipProxy:
         # transport when the request changed transport here): drop both.
         for _ in range(2):
             routes = request.headers.values("Route")
-            if not routes or not self._is_own_uri(NameAddress.parse(routes[0], "Route").uri):
+            if not routes or not self._route_names_us(NameAddress.parse(routes[0], "Route").uri):
                 break
             request.headers.pop_first_value("Route")
             removed = True
@@ -644,19 +762,29 @@ class SipProxy:
             return None
         for binding in self.registrar.bindings_for_contact(uri):
             return self._flow_hop(binding)
+        if _is_initial(request):
+            # A new request names a phone by its exact contact only: matching
+            # host and port alone would ring whoever registered there for a
+            # URI meant for someone else (``kuser@ADDRESS:PORT``).
+            return None
         for binding in self.registrar.bindings_at(uri):
             return self._flow_hop(binding)
         return None
 
-    def _route_hop(self, top: SipURI) -> Deferred[Hop]:
+    def _route_hops(self, top: SipURI) -> Deferred[list[Hop]]:
         """
         Where a request goes whose top Route is ``top`` (not ours).
 
-        Only along a route set of the ring: the Route must carry the Node-ID
+        Along a route set of the ring: the Route must carry the Node-ID
         that our Record-Route entries carry, and name the address at which
-        the overlay says that super-node serves SIP.  Anything else is a
-        stranger asking us to relay, and fails with :class:`RelayRefused`.
+        the overlay says that super-node serves SIP.  A Route without one
+        may name a proxy of a domain the gateway routes to (the peer
+        domain's Record-Route on a dialog; :meth:`Gateway.route_hops`).
+        Anything else is a stranger asking us to relay, and fails with
+        :class:`RelayRefused`.
         """
+        if not _names_super_node(top):
+            return self.gateway.route_hops(top)
         node_id = parse_node_parameter(top.parameters.get(NODE_PARAMETER))
         if node_id is None or node_id == self.local_node_id:
             return fail(RelayRefused("the Route names no super-node of the ring"))
@@ -665,17 +793,17 @@ class SipProxy:
             self.storage.resolve_application(node_id, SIP_APPLICATION),
         )
 
-        def check(address: tuple[str, int]) -> Hop:
+        def check(address: tuple[str, int]) -> list[Hop]:
             hop = hop_for_uri(top)
             if (hop.host.lower(), hop.port) != (address[0].lower().strip("[]"), address[1]):
                 raise RelayRefused("the Route's address is not where that super-node serves SIP")
-            return hop
+            return [hop]
 
         return resolving.addCallback(check)
 
     def _refuse_relay(self, transaction: ServerTransaction, failure: Failure | None) -> None:
         self._note_relay_refused(transaction.source, failure)
-        self._answer(transaction, 403, "Forbidden (this proxy relays only within its ring)")
+        self._answer(transaction, 403, "Forbidden (relaying denied)")
 
     def _note_relay_refused(self, source: object, failure: Failure | None) -> None:
         """Count a refused relay; warn at most once a minute per source, with how many there were."""
@@ -690,7 +818,7 @@ class SipProxy:
             return
         self.log.warn(
             "refused {count} request(s) from {source} that asked this proxy to relay "
-            "outside the ring",
+            "outside the ring and the domains it routes to (sip-peer-domain, sip-static-route)",
             count=held_back + 1,
             source=blurred,
         )
@@ -911,8 +1039,18 @@ class SipProxy:
         return f"<sip:{self.advertised[0]}:{self._port_for(name)}{parameter};lr{node}>"
 
     def _fork(
-        self, transaction: ServerTransaction, request: Request, targets: list[tuple[URI, Hop]]
+        self,
+        transaction: ServerTransaction,
+        request: Request,
+        targets: list[tuple[URI, Hop]],
+        *,
+        failover: bool = False,
     ) -> None:
+        """
+        Send ``request`` to ``targets``: all at once (forking), or with
+        ``failover`` one at a time, the next when one fails (the servers
+        RFC 3263 found for one destination).
+        """
         if transaction.state not in (State.TRYING, State.PROCEEDING):
             return  # already answered (a CANCEL raced the lookup)
         if not targets:
@@ -931,7 +1069,10 @@ class SipProxy:
             copy = request.copy()
             self._prepare(copy, target_uri, hop, request, arrived_over=transaction.source.transport)
             outgoing.append((copy, hop))
-        context.fork(outgoing)
+        if failover:
+            context.fork_with_failover([outgoing])
+        else:
+            context.fork(outgoing)
         self.log.debug(
             "forked {method} to {count} target(s)", method=request.method, count=len(outgoing)
         )

@@ -379,13 +379,14 @@ class Registrar:
             raise _Refusal(403, "Forbidden")
         if outcome is Outcome.MALFORMED:
             raise _Refusal(400, f"Bad Request ({judgement.reason})")
-        raise self._challenge(stale=outcome is Outcome.STALE)
+        raise self._challenge(request, aor, stale=outcome is Outcome.STALE)
 
-    def _challenge(self, stale: bool) -> _Refusal:
+    def _challenge(self, request: Request, aor: str, stale: bool) -> _Refusal:
         assert self.authenticator is not None
-        headers = tuple(
-            ("WWW-Authenticate", value) for value in self.authenticator.challenges(stale=stale)
+        offered = self.authenticator.challenges(
+            stale=stale, aor=aor, user_agent=request.headers.get("User-Agent")
         )
+        headers = tuple(("WWW-Authenticate", value) for value in offered)
         return _Refusal(401, "Unauthorized", headers)
 
     def _requested_contacts(self, request: Request) -> tuple[list[tuple[NameAddress, int]], bool]:

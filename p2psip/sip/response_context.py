@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from attrs import define
+from attrs import define, field
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from p2psip.sip.message import Request, Response, make_response
@@ -70,6 +70,11 @@ class Branch:
     #: Cancel as soon as a provisional response shows the branch is alive (s9.1).
     cancel_pending: bool = False
     final: Response | None = None
+    #: Further targets for the same request, tried in turn when this one
+    #: fails by transport error, timeout or 503 (RFC 3263 s4.3).
+    fallbacks: list[tuple[Request, Hop]] = field(factory=list)
+    #: Which attempt is current: responses to an abandoned one are ignored.
+    attempt: int = 0
 
 
 class ResponseContext:
@@ -104,15 +109,44 @@ class ResponseContext:
 
     def fork(self, outgoing: Sequence[tuple[Request, Hop]]) -> None:
         """Send every prepared copy; answer at once if they all fail at once."""
+        self.fork_with_failover([[each] for each in outgoing])
+
+    def fork_with_failover(self, branches: Sequence[Sequence[tuple[Request, Hop]]]) -> None:
+        """
+        One branch per entry of ``branches``, each a list of prepared copies
+        for the targets of one destination, best first: the first is sent,
+        the next only when it fails (transport error, timeout, 503) before
+        any provisional response.
+        """
         self._forking = True
         if self.is_invite:
             self._timer_c = self.clock.callLater(TIMER_C_SECONDS, self._timer_c_fired)
-        for request, hop in outgoing:
-            branch = Branch()
+        for attempts in branches:
+            if not attempts:
+                continue
+            branch = Branch(fallbacks=list(attempts[1:]))
             self.branches.append(branch)
-            branch.transaction = self.sender.send_request(request, hop, self._listener_for(branch))
+            self._start(branch, *attempts[0])
         self._forking = False
         self._maybe_finish()
+
+    def _start(self, branch: Branch, request: Request, hop: Hop) -> None:
+        branch.attempt += 1
+        attempt = branch.attempt
+        transaction = self.sender.send_request(request, hop, self._listener_for(branch, attempt))
+        if branch.attempt == attempt:  # not already failed over, synchronously
+            branch.transaction = transaction
+
+    def _should_fail_over(self, branch: Branch, response: Response) -> bool:
+        """RFC 3263 s4.3: a 503, or no answer at all, moves on to the next target."""
+        if not branch.fallbacks or branch.provisional_seen or self.cancelled or self.answered:
+            return False
+        if branch.cancel_pending:
+            return False
+        if response.status == 503:
+            return True
+        client = branch.transaction
+        return response.status == 408 and client is not None and client.gave_up
 
     def cancel(self) -> None:
         """A CANCEL arrived for the request (s16.10): cancel every pending branch."""
@@ -123,9 +157,10 @@ class ResponseContext:
         """The server transaction ended: no timer may fire for it any more."""
         self._stop_timer_c()
 
-    def _listener_for(self, branch: Branch) -> Callable[[Response], None]:
+    def _listener_for(self, branch: Branch, attempt: int) -> Callable[[Response], None]:
         def listener(response: Response) -> None:
-            self._response_received(branch, response)
+            if attempt == branch.attempt:
+                self._response_received(branch, response)
 
         return listener
 
@@ -139,6 +174,9 @@ class ResponseContext:
                 self._send_cancel(branch)
             if response.status > 100 and not self.answered:
                 self._respond(self.server, upstream(response))
+            return
+        if self._should_fail_over(branch, response):
+            self._start(branch, *branch.fallbacks.pop(0))
             return
         branch.final = response
         if 200 <= response.status < 300:

@@ -237,6 +237,8 @@ class ClientTransaction(_Transaction):
         super().__init__(layer, key, request, target)
         self.on_response = on_response
         self.final_response: Response | None = None
+        #: The final response was made here (Timer B/F or a transport error), none came.
+        self.gave_up = False
         self._interval_seconds = self.timers.t1_seconds
 
     def start(self) -> None:
@@ -291,6 +293,7 @@ class ClientTransaction(_Transaction):
     def _give_up(self, status: int, reason: str) -> None:
         response = make_response(self.request, status, reason)
         self.final_response = response
+        self.gave_up = True
         self._terminate()
         self.on_response(response)
 

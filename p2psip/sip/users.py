@@ -3,8 +3,9 @@ The digest users file: who may register which address-of-record.
 
 Format (UTF-8 text, one user per line; ``#`` starts a comment line)::
 
-    # AOR                  REALM        ALGORITHM=HA1 ...
+    # AOR                  REALM        ALGORITHM=HA1 ...              [offer=LIST]
     sip:alice@example.org  example.org  MD5=1c0e...  SHA-256=9a7b...
+    sip:carol@example.org  example.org  MD5=77aa...  SHA-256=c01d...  offer=SHA-256,MD5
 
 - ``AOR`` is a ``sip:`` or ``sips:`` URI ``user@domain``; the user part is
   the Digest username a phone sends.
@@ -12,6 +13,10 @@ Format (UTF-8 text, one user per line; ``#`` starts a comment line)::
 - Each ``ALGORITHM=HA1`` holds H(username:realm:password) in lower-case hex
   for ``MD5`` and ``SHA-256`` (RFC 7616 section 3.4.2).  The password itself
   is never stored; changing the realm therefore needs the password again.
+- ``offer=SHA-256,MD5`` (optional) is the list this user's challenges
+  offer, preferred first, instead of the server's default (MD5 alone); a
+  response with an algorithm not in it is refused for this user
+  (:mod:`p2psip.sip.digest_offer`).  ``p2psip users add --offer`` sets it.
 
 The file is rewritten atomically (temporary file, fsync, rename), keeping
 comments and the order of the other lines; a new file gets mode 0600, an
@@ -30,6 +35,7 @@ from pathlib import Path
 from attrs import frozen
 
 from p2psip.sip.digest import ALGORITHMS, compute_ha1
+from p2psip.sip.digest_offer import parse_algorithms
 from p2psip.util.files import DataFileError, FileSignature, file_signature, read_bounded_text
 
 #: A users file larger than this is refused rather than read into memory.
@@ -53,6 +59,13 @@ class UserRecord:
     username: str
     realm: str
     ha1: dict[str, str]
+    #: The algorithms this user's challenges offer (empty: the server's default).
+    offer: tuple[str, ...] = ()
+
+    def usable_offer(self) -> tuple[str, ...] | None:
+        """The user's offer, less algorithms the line holds no HA1 for; None when unset."""
+        usable = tuple(name for name in self.offer if name in self.ha1)
+        return usable or None
 
 
 def split_aor(aor: str) -> tuple[str, str, str]:
@@ -165,6 +178,16 @@ class UsersFile:
         canonical = _safe_canonical(aor)
         return None if canonical is None else self._records.get(canonical)
 
+    def offer_for_aor(self, aor: str) -> tuple[str, ...] | None:
+        """The algorithms this AOR's user is offered (``offer=``), or None for the server's choice."""
+        record = self.record(aor)
+        return None if record is None else record.usable_offer()
+
+    def offer_for_user(self, username: str, realm: str) -> tuple[str, ...] | None:
+        """The same for a Digest user name in ``realm``."""
+        record = self._by_credentials.get((username, realm))
+        return None if record is None else record.usable_offer()
+
     def users(self) -> list[UserRecord]:
         """Every user, in file order."""
         return list(self._records.values())
@@ -172,11 +195,19 @@ class UsersFile:
     def __iter__(self) -> Iterator[UserRecord]:
         return iter(self.users())
 
-    def set_password(self, aor: str, password: str, realm: str | None = None) -> UserRecord:
+    def set_password(
+        self,
+        aor: str,
+        password: str,
+        realm: str | None = None,
+        offer: tuple[str, ...] | None = None,
+    ) -> UserRecord:
         """
         Add the user, or change its password (and realm).
 
         :param realm: Digest realm; defaults to the AOR's domain.
+        :param offer: the algorithms this user's challenges offer; None keeps
+            the user's current offer, ``()`` returns it to the server's default.
         :raises UsersFileError: for a malformed AOR or realm, or an empty
             password.
         """
@@ -192,6 +223,9 @@ class UsersFile:
         if not password:
             raise UsersFileError("the password must not be empty")
         aor = f"{scheme}:{user}@{domain}"
+        if offer is None:
+            previous = self._records.get(aor)
+            offer = previous.offer if previous is not None else ()
         record = UserRecord(
             aor=aor,
             username=user,
@@ -199,6 +233,7 @@ class UsersFile:
             ha1={
                 algorithm: compute_ha1(algorithm, user, realm, password) for algorithm in ALGORITHMS
             },
+            offer=tuple(offer),
         )
         clash = self._by_credentials.get((user, realm))
         if clash is not None and clash.aor != aor:
@@ -298,7 +333,14 @@ class UsersFile:
         if not _REALM.match(realm):
             raise UsersFileError(f"{where}: realm {realm!r} has quotes or backslashes")
         ha1: dict[str, str] = {}
+        offer: tuple[str, ...] = ()
         for field in fields[2:]:
+            if field.lower().startswith("offer="):
+                try:
+                    offer = parse_algorithms(field.partition("=")[2])
+                except ValueError as e:
+                    raise UsersFileError(f"{where}: {e}") from None
+                continue
             algorithm, equals, digest_hex = field.partition("=")
             canonical = next((known for known in ALGORITHMS if known == algorithm.upper()), None)
             if not equals or canonical is None:
@@ -313,7 +355,11 @@ class UsersFile:
             if canonical in ha1:
                 raise UsersFileError(f"{where}: {canonical} given twice")
             ha1[canonical] = digest_hex
-        return UserRecord(aor=f"{scheme}:{user}@{domain}", username=user, realm=realm, ha1=ha1)
+        if not ha1:
+            raise UsersFileError(f"{where}: no ALGORITHM=HA1 field")
+        return UserRecord(
+            aor=f"{scheme}:{user}@{domain}", username=user, realm=realm, ha1=ha1, offer=offer
+        )
 
     def _add_record(self, record: UserRecord, number: int) -> None:
         where = f"{self.path}:{number}"
@@ -332,7 +378,8 @@ _HEADER = "# p2psip users file: AOR REALM ALGORITHM=HA1 ... (edit with `p2psip u
 
 def _format_record(record: UserRecord) -> str:
     digests = " ".join(f"{algorithm}={record.ha1[algorithm]}" for algorithm in ALGORITHMS)
-    return f"{record.aor} {record.realm} {digests}"
+    offer = f" offer={','.join(record.offer)}" if record.offer else ""
+    return f"{record.aor} {record.realm} {digests}{offer}"
 
 
 def _safe_canonical(aor: str) -> str | None:

@@ -37,6 +37,34 @@ class CollectingProcess(ProcessProtocol):
         self.ended.callback(code if code is not None else -1)
 
 
+def spawn_collecting(
+    test: TestCase,
+    executable: str,
+    arguments: list[str],
+    directory: str,
+    env: dict[str, str] | None = None,
+    stop_signal: str = "KILL",
+) -> CollectingProcess:
+    """
+    Run ``executable`` with ``arguments`` in ``directory``, its output
+    collected; at cleanup it is sent ``stop_signal`` if still running, and
+    waited for.
+    """
+    protocol = CollectingProcess()
+    process = reactor.spawnProcess(
+        protocol, executable, [executable, *arguments], env=env, path=directory
+    )
+
+    def stop() -> defer.Deferred[int] | None:
+        if protocol.ended.called:
+            return None
+        process.signalProcess(stop_signal)
+        return protocol.ended
+
+    test.addCleanup(stop)
+    return protocol
+
+
 class AnsweringUAS:
     """A minimal UAS: 200 to OPTIONS and BYE; 180 then 200 to INVITE (retransmitting it until the ACK)."""
 

@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.sip.authorization import CredentialCheck
 from p2psip.sip.digest import (
+    ALGORITHMS,
     DigestAuthenticator,
     compute_ha1,
     compute_response,
@@ -22,7 +23,7 @@ from p2psip.sip.registrar import Registrar
 from p2psip.sip.request_limit import RequestRateLimit
 from p2psip.sip.transaction import Hop
 
-from .test_proxy import ADDRESS_A, ADDRESS_B, NODE_A, NODE_B, NOW, Node
+from .test_proxy import ADDRESS_A, ADDRESS_B, NODE_A, Node, ring_of_two
 
 DOMAIN = "example.org"
 PASSWORDS = {"alice": "wonderland", "bob": "builder"}
@@ -52,7 +53,7 @@ class AuthNode(Node):
     def make_registrar(self, node_id: int, clock: Clock) -> Registrar:
         accounts = Accounts()
         self.authenticator = DigestAuthenticator(
-            DOMAIN, node_id.to_bytes(16, "big") * 2, clock, accounts
+            DOMAIN, node_id.to_bytes(16, "big") * 2, clock, accounts, algorithms=ALGORITHMS
         )
         registrar = Registrar(DOMAIN, self.location, clock, self.authenticator, accounts)
         assert registrar.credentials is not None
@@ -127,15 +128,7 @@ def register_text(user: str, phone: Hop, authorization: str | None = None, cseq:
 
 class CallerAuthenticationTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]] = {}
-        applications: dict[tuple[int, int], tuple[str, int]] = {}
-        self.a = AuthNode(NODE_A, ADDRESS_A, self.clock, shared, applications)
-        self.b = AuthNode(NODE_B, ADDRESS_B, self.clock, shared, applications)
-        for node in (self.a, self.b):
-            self.addCleanup(node.registrar.stop)
-            self.addCleanup(node.proxy.transactions.terminate_all)
+        self.clock, self.a, self.b = ring_of_two(self, AuthNode)
 
     def register(self, node: AuthNode, user: str, phone: Hop) -> None:
         node.receive(register_text(user, phone), phone)

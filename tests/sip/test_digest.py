@@ -184,7 +184,9 @@ class AuthenticatorTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(1_700_000_000)
         self.users = FakeUsers()
-        self.authenticator = DigestAuthenticator(REALM, SECRET, self.clock, self.users)
+        self.authenticator = DigestAuthenticator(
+            REALM, SECRET, self.clock, self.users, algorithms=digest.ALGORITHMS
+        )
 
     def nonce(self) -> str:
         return nonce_from(self.authenticator.challenges()[0])
@@ -262,7 +264,13 @@ class AuthenticatorTests(SynchronousTestCase):
 
     def test_forged_nonce_rechallenged(self) -> None:
         """A nonce this server did not issue (or another secret's) gets a fresh challenge."""
-        other = DigestAuthenticator(REALM, b"another secret, 16 bytes+", self.clock, self.users)
+        other = DigestAuthenticator(
+            REALM,
+            b"another secret, 16 bytes+",
+            self.clock,
+            self.users,
+            algorithms=digest.ALGORITHMS,
+        )
         for nonce in ["bogus", nonce_from(other.challenges()[0]), "A" * 43, "!" * 43]:
             self.assertEqual(
                 self.authenticator.verify(signed(nonce), "REGISTER", REQUEST_URI), Verdict.CHALLENGE
@@ -270,7 +278,9 @@ class AuthenticatorTests(SynchronousTestCase):
 
     def test_nonce_shared_between_instances(self) -> None:
         """A second authenticator with the same secret accepts the first one's nonce."""
-        twin = DigestAuthenticator(REALM, SECRET, self.clock, self.users)
+        twin = DigestAuthenticator(
+            REALM, SECRET, self.clock, self.users, algorithms=digest.ALGORITHMS
+        )
         self.assertEqual(
             twin.verify(signed(self.nonce()), "REGISTER", REQUEST_URI), Verdict.ACCEPTED
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -155,6 +155,23 @@ class Node:
         self.proxy.transactions.message_received(message, source)
 
 
+NodeT = TypeVar("NodeT", bound=Node)
+
+
+def ring_of_two(test: SynchronousTestCase, node_class: type[NodeT]) -> tuple[Clock, NodeT, NodeT]:
+    """Super-nodes A and B on one fake overlay and one fake clock, stopped at cleanup."""
+    clock = Clock()
+    clock.advance(NOW)
+    shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]] = {}
+    applications: dict[tuple[int, int], tuple[str, int]] = {}
+    a = node_class(NODE_A, ADDRESS_A, clock, shared, applications)
+    b = node_class(NODE_B, ADDRESS_B, clock, shared, applications)
+    for node in (a, b):
+        test.addCleanup(node.registrar.stop)
+        test.addCleanup(node.proxy.transactions.terminate_all)
+    return clock, a, b
+
+
 #: URIs made of the pieces the proxy routes on: our domain and addresses,
 #: other hosts, the node parameter (ours, another node's, garbage), lr and
 #: maddr, and schemes it cannot route.
@@ -191,14 +208,7 @@ odd_uris = odd_sip_uris | st.sampled_from(["tel:+15551234", "mailto:alice@exampl
 
 class ProxyTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        shared: dict[tuple[str, int], dict[bytes, tuple[bytes, float]]] = {}
-        applications: dict[tuple[int, int], tuple[str, int]] = {}
-        self.a = Node(NODE_A, ADDRESS_A, self.clock, shared, applications)
-        self.b = Node(NODE_B, ADDRESS_B, self.clock, shared, applications)
-        self.addCleanup(self.a.registrar.stop)
-        self.addCleanup(self.b.registrar.stop)
+        self.clock, self.a, self.b = ring_of_two(self, Node)
 
     def register_at(self, node: Node, contact: str, flow: Hop, **kwargs: object) -> None:
         node.receive(register_request(contact, **kwargs), flow)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from twisted.logger import capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.sip.digest import (
+    ALGORITHMS,
     DigestAuthenticator,
     compute_ha1,
     compute_response,
@@ -87,7 +88,9 @@ class RegistrarTestsMixin:
         self.clock.advance(NOW)
         self.storage = MemoryOverlayStorage(NODE, self.clock)
         self.location = OverlayLocationService(self.storage, self.clock)
-        self.authenticator = DigestAuthenticator(DOMAIN, b"s" * 32, self.clock, Accounts())
+        self.authenticator = DigestAuthenticator(
+            DOMAIN, b"s" * 32, self.clock, Accounts(), algorithms=ALGORITHMS
+        )
         if trusted:
             self.registrar = Registrar(DOMAIN, self.location, self.clock, trusted_network=True)
         else:
