@@ -53,6 +53,11 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from p2psip.media.anchor import MediaAnchor, MediaPolicy
+from p2psip.media.metrics import MediaRelayCollector, relay_status
+from p2psip.media.relay import PortPool
+from p2psip.media.sessions import RelaySessions
+from p2psip.media.udp import RelayService, UdpSocketOpener
 from p2psip.util.reactor import IRoleReactor, as_udp_reactor
 from p2psip.enrolment.user_certificates import UserCertificateError, UserCertificates
 from p2psip.interfaces import ISuperNodeOverlay
@@ -142,6 +147,8 @@ class SipStack:
     proxy: SipProxy
     #: The server TLS of ``--sip-tls`` listeners (None without any).
     tls: CertificateOptions | None = None
+    #: The media relay (None with ``--media-relay never``).
+    media: MediaAnchor | None = None
 
 
 def build_sip_stack(
@@ -186,6 +193,7 @@ def build_sip_stack(
         max_tcp_connections=config.max_connections,
     )
     transport.advertised_host = host
+    media = build_media_relay(config, reactor, host)
     proxy = SipProxy(
         config.domain,
         (host, 0),
@@ -199,10 +207,24 @@ def build_sip_stack(
         if config.rate_limit_per_second > 0
         else None,
         credentials=registrar.credentials,
+        media=media,
     )
     transport.receiver = proxy.transactions
     tls = sip_tls_options(config.tls) if config.tls is not None else None
-    return SipStack(config, node, users, location, registrar, transport, proxy, tls)
+    return SipStack(config, node, users, location, registrar, transport, proxy, tls, media)
+
+
+def build_media_relay(config: SipConfig, reactor: IRoleReactor, host: str) -> MediaAnchor | None:
+    """The relay's port pool, sessions and SDP rewriting (None with ``--media-relay never``)."""
+    relay = config.media
+    if relay is None:
+        return None
+    sessions = RelaySessions(
+        PortPool(relay.low_port, relay.high_port),
+        UdpSocketOpener(as_udp_reactor(reactor), relay.interface),
+        idle_timeout_seconds=relay.idle_timeout_seconds,
+    )
+    return MediaAnchor(sessions, MediaPolicy(relay.policy), relay.address or host, reactor)
 
 
 class UserCertificateLoader:
@@ -292,6 +314,9 @@ class SipService(Service):
         if user_certificates is not None:
             self.user_certificates = UserCertificateLoader(user_certificates, stack.node)
             stack.location.enrol_hint = self.user_certificates.enrol_hint()
+        self.relay: RelayService | None = None
+        if stack.media is not None:
+            self.relay = RelayService(stack.media.sessions, reactor)
         self._refresh: LoopingCall | None = None
         if self.users is not None or self.user_certificates is not None:
             self._refresh = LoopingCall(self._refresh_files)
@@ -338,6 +363,8 @@ class SipService(Service):
                 raise usage.UsageError(str(e)) from None
         if self._refresh is not None:
             self._refresh.start(USERS_REFRESH_SECONDS, now=False)
+        if self.relay is not None:
+            self.relay.startService()
         users = self.users
         self.log.info(
             "SIP super-node for {domain} at {host}:{port} ({listeners}); authentication {auth}; "
@@ -388,6 +415,8 @@ class SipService(Service):
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()
         self.registrar.stop()
+        if self.relay is not None and self.relay.running:
+            self.relay.stopService()
         self.proxy.transactions.terminate_all()
         return self.transport.stop()
 
@@ -415,6 +444,7 @@ class SipService(Service):
             "requests_in_progress": self.proxy.pending_requests,
             "transactions": self.proxy.transactions.metrics(),
             "transport": self.transport.metrics(),
+            "media_relay": relay_status(self.stack.media),
         }
 
     def add_metrics(self, registry: CollectorRegistry) -> None:
@@ -423,6 +453,8 @@ class SipService(Service):
             SipCollector(lambda: self.proxy, lambda: self.transport, self.registrations)
         )
         CallSetupTimes(registry).watch(self.proxy)
+        if self.stack.media is not None:
+            registry.register(MediaRelayCollector(self.stack.media))
 
 
 __all__ = [

@@ -67,6 +67,7 @@ from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.authorization import CredentialCheck, Outcome
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import Binding, OverlayLocationService
+from p2psip.sip.media_hook import MediaHook
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
 from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
@@ -208,6 +209,7 @@ class SipProxy:
         timers: TimerSettings = TimerSettings(),
         rate_limit: RequestRateLimit | None = None,
         credentials: CredentialCheck | None = None,
+        media: MediaHook | None = None,
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
@@ -234,6 +236,8 @@ class SipProxy:
         self._rate_log = LogThrottle(clock)
         #: Checks callers that claim our domain (407); None: authentication off.
         self.credentials = credentials
+        #: The media relay's view of the calls we forward; None: bodies pass untouched.
+        self.media = media
 
     @property
     def pending_requests(self) -> int:
@@ -327,6 +331,8 @@ class SipProxy:
             self.log.debug("dropped an unroutable ACK: {why}", why=e.reason)
 
     def _send_ack(self, ack: Request, target: Hop, request: Request) -> None:
+        if self.media is not None:
+            self.media.ack_forwarding(ack)
         self._prepare(ack, ack.uri, target, request, stateless_key=request.via.branch or "")
         self.transactions.send_request(ack, target, lambda response: None)
 
@@ -342,6 +348,8 @@ class SipProxy:
             forwarded.headers.pop_first_value("Via")
             if not forwarded.headers.values("Via"):
                 return
+            if self.media is not None:
+                self.media.response_forwarding(forwarded)
             via = forwarded.via
             host = via.received or via.host
             port = via.rport or via.port or 5060
@@ -918,6 +926,8 @@ class SipProxy:
         if not targets:
             self._answer(transaction, 480, "Temporarily Unavailable")
             return
+        if not self._media_forwarding(transaction, request, targets):
+            return
         context = ResponseContext(transaction, self.clock, self.transactions, self._respond)
         self._contexts[transaction] = context
 
@@ -936,6 +946,27 @@ class SipProxy:
             "forked {method} to {count} target(s)", method=request.method, count=len(outgoing)
         )
 
+    # -- the media relay hook ----------------------------------------------------
+
+    def _media_forwarding(
+        self, transaction: ServerTransaction, request: Request, targets: list[tuple[URI, Hop]]
+    ) -> bool:
+        """
+        Let the media relay rewrite the body every copy will carry
+        (:mod:`p2psip.sip.media_hook`); False when it refused the request
+        and we answered it.
+        """
+        if self.media is None:
+            return True
+        try:
+            body = self.media.request_forwarding(request, transaction.source, targets)
+        except SipParseError as e:
+            self._answer(transaction, e.status, e.reason)
+            return False
+        if body is not None:
+            request.body = body
+        return True
+
     def _cancel_received(self, transaction: ServerTransaction) -> None:
         """RFC 3261 s16.10: answer the CANCEL and cancel every pending branch."""
         invite = self.transactions.find_cancelled(transaction.request)
@@ -943,6 +974,8 @@ class SipProxy:
             self._answer(transaction, 481, "Call/Transaction Does Not Exist")
             return
         self._answer(transaction, 200, "OK")
+        if self.media is not None:
+            self.media.call_cancelled(invite.request)
         context = self._contexts.get(invite)
         if context is None:
             # Still looking the user up: no branch exists yet.
@@ -975,6 +1008,8 @@ class SipProxy:
         after 100 Trying and of the first final one.
         """
         sendable = transaction.state in (State.TRYING, State.PROCEEDING)
+        if self.media is not None and sendable and response.status > 100:
+            self.media.response_forwarding(response)
         transaction.respond(response)
         if not sendable:
             return  # dropped by the transaction, or a 2xx retransmission
