@@ -143,6 +143,8 @@ class MediaAnchor:
             phrase = "Not Acceptable Here" if e.status == 488 else "Bad Request"
             raise SipParseError(f"{phrase} ({e.reason})", e.status) from None
         except SessionRefused as e:
+            if request.to.tag is None:
+                self._end(key, "failed")
             self._refused(str(e))
             raise SipParseError("Service Unavailable (no media relay port free)", 503) from None
 

@@ -42,6 +42,19 @@ MAX_LINES = 256
 MAX_STREAMS = 16
 #: Attributes naming the party's own transport addresses (RFC 8839), dropped when relayed.
 _ICE_ATTRIBUTES = ("candidate:", "remote-candidates:", "ice-lite")
+#: Addresses behind a NAT: RFC 1918, RFC 6598 shared space, link-local, unique-local.
+_NAT_NETWORKS = tuple(
+    ipaddress.ip_network(network)
+    for network in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "169.254.0.0/16",
+        "fc00::/7",
+        "fe80::/10",
+    )
+)
 
 
 class SdpError(ValueError):
@@ -140,9 +153,7 @@ def is_private_address(address: str) -> bool:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv4Address) and ip in ipaddress.IPv4Network("100.64.0.0/10"):
-        return True
-    return ip.is_private and not ip.is_unspecified and not ip.is_loopback
+    return any(ip in network for network in _NAT_NETWORKS if network.version == ip.version)
 
 
 def _split_lines(body: bytes) -> list[str]:

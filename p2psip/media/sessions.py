@@ -191,22 +191,33 @@ class RelaySessions:
         return ports
 
     def _add_stream(self, session: MediaSession, media: str) -> None:
-        pairs = [self._bind_pair(), self._bind_pair()]
-        stream = pair_sides(media, pairs[0], pairs[1])
-        opened: list[Closable] = []
-        try:
-            opened.append(self.opener.open_pair(stream.caller.rtp, stream.callee.rtp))
-            opened.append(self.opener.open_pair(stream.caller.rtcp, stream.callee.rtcp))
-        except OSError as e:
-            for sockets in opened:
-                sockets.close()
-            for port in pairs:
-                self.pool.quarantine(port)
-            self.refused += 1
-            raise SessionRefused(f"cannot bind relay ports {pairs}: {e}") from None
-        session.streams.append(stream)
-        session._sockets.extend(opened)
-        session._ports.extend(pairs)
+        """Two port pairs for a new stream, bound; pairs another program holds are skipped."""
+        failure: OSError | None = None
+        for _ in range(BIND_ATTEMPTS):
+            first = self._bind_pair()
+            try:
+                second = self._bind_pair()
+            except SessionRefused:
+                self.pool.release(first)
+                raise
+            stream = pair_sides(media, first, second)
+            opened: list[Closable] = []
+            try:
+                opened.append(self.opener.open_pair(stream.caller.rtp, stream.callee.rtp))
+                opened.append(self.opener.open_pair(stream.caller.rtcp, stream.callee.rtcp))
+            except OSError as e:
+                failure = e
+                for sockets in opened:
+                    sockets.close()
+                for port in (first, second):
+                    self.pool.quarantine(port)
+                continue
+            session.streams.append(stream)
+            session._sockets.extend(opened)
+            session._ports.extend((first, second))
+            return
+        self.refused += 1
+        raise SessionRefused(f"cannot bind relay ports: {failure}")
 
     def _bind_pair(self) -> int:
         try:
