@@ -12,10 +12,10 @@ at scrape time:
 ``p2psip_media_sessions``                    relayed calls now (gauge)
 ``p2psip_media_ports_in_use``                relay port pairs held now (gauge)
 ``p2psip_media_ports_capacity``              port pairs in ``media-ports`` (gauge)
-``p2psip_media_packets_total``               packets received by the relay's legs
-``p2psip_media_bytes_total``                 their bytes
-``p2psip_media_lost_packets_total``          RTP packets the senders' sequence numbers show lost
-``p2psip_media_stranger_packets_total``      packets dropped from sources that are not the latched party
+``p2psip_media_packets_total{sender}``       packets received by the relay's legs, from callers or callees
+``p2psip_media_bytes_total{sender}``         their bytes
+``p2psip_media_lost_packets_total{sender}``  RTP packets the senders' sequence numbers show lost
+``p2psip_media_stranger_packets_total{sender}`` packets dropped at legs facing that party, from other sources
 ``p2psip_media_sessions_ended_total{reason}`` sessions ended: bye, cancel, failed, idle, stopped
 ``p2psip_media_sessions_refused_total``      calls refused for lack of ports (or over the per-source share)
 """
@@ -70,7 +70,10 @@ def relay_status(anchor: MediaAnchor | None) -> dict[str, Any]:
         "ports": f"{pool.low}-{pool.high}",
         "port_pairs": {"in_use": pool.in_use, "capacity": pool.capacity},
         "sessions": len(live),
-        "totals": sessions.totals(),
+        "totals": {
+            "from_callers": sessions.totals(from_caller=True),
+            "from_callees": sessions.totals(from_caller=False),
+        },
         "ended": dict(sorted(sessions.ended.items())),
         "refused": sessions.refused,
         "calls": [_session_status(session) for session in live[:STATUS_SESSIONS]],
@@ -97,7 +100,10 @@ class MediaRelayCollector:
             "RTP/RTCP port pairs in the media-ports range.",
             pool.capacity,
         )
-        totals = sessions.totals()
+        by_direction = {
+            "caller": sessions.totals(from_caller=True),
+            "callee": sessions.totals(from_caller=False),
+        }
         for name, key, text in (
             ("p2psip_media_packets", "packets", "Packets received by the relay's legs."),
             ("p2psip_media_bytes", "bytes", "Bytes received by the relay's legs."),
@@ -112,7 +118,10 @@ class MediaRelayCollector:
                 "Packets dropped because they came from another source than the latched party.",
             ),
         ):
-            yield CounterMetricFamily(name, text, totals[key])
+            family = CounterMetricFamily(name, text, labels=["sender"])
+            for sender, totals in by_direction.items():
+                family.add_metric([sender], totals[key])
+            yield family
         ended = CounterMetricFamily(
             "p2psip_media_sessions_ended", "Relayed calls ended, by reason.", labels=["reason"]
         )

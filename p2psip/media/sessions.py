@@ -62,6 +62,14 @@ class LegCounters:
     lost: int
     strangers: int
 
+    def plus(self, other: LegCounters) -> LegCounters:
+        return LegCounters(
+            self.packets + other.packets,
+            self.bytes + other.bytes,
+            self.lost + other.lost,
+            self.strangers + other.strangers,
+        )
+
 
 @define(eq=False)
 class MediaSession:
@@ -124,11 +132,11 @@ class RelaySessions:
         self._per_source: Counter[str] = Counter()
         #: Sessions ended, by why ("bye", "cancel", "failed", "idle", "stopped").
         self.ended: Counter[str] = Counter()
-        #: Totals of ended sessions, so counters never go backwards.
-        self.finished_packets = 0
-        self.finished_bytes = 0
-        self.finished_lost = 0
-        self.finished_strangers = 0
+        #: Totals of ended sessions by direction ("caller", "callee"), so counters never go back.
+        self._finished: dict[str, LegCounters] = {
+            "caller": LegCounters(0, 0, 0, 0),
+            "callee": LegCounters(0, 0, 0, 0),
+        }
         #: Sessions refused (ports exhausted or too many per source).
         self.refused = 0
 
@@ -238,12 +246,10 @@ class RelaySessions:
             sockets.close()
         for port in session._ports:
             self.pool.release(port)
-        for leg in session.legs():
-            self.finished_packets += leg.packets
-            self.finished_bytes += leg.octets
-            self.finished_strangers += leg.strangers
-            if leg.rtp:
-                self.finished_lost += leg.sequence.lost
+        for direction in ("caller", "callee"):
+            self._finished[direction] = self._finished[direction].plus(
+                session.direction(direction == "caller")
+            )
         self.ended[why] += 1
         return session
 
@@ -267,14 +273,27 @@ class RelaySessions:
         for session in list(self._sessions.values()):
             self.end(session.key, "stopped")
 
-    def totals(self) -> dict[str, int]:
-        """Packets, bytes, loss and strangers over every session, ended ones included."""
-        live = [leg for session in self._sessions.values() for leg in session.legs()]
+    def totals(self, from_caller: bool | None = None) -> dict[str, int]:
+        """
+        Packets, bytes, RTP loss and strangers over every session, ended
+        ones included: what callers sent (``from_caller``), what callees
+        sent, or (None) both.
+        """
+        directions = (
+            ("caller", "callee")
+            if from_caller is None
+            else ("caller" if from_caller else "callee",)
+        )
+        total = LegCounters(0, 0, 0, 0)
+        for direction in directions:
+            total = total.plus(self._finished[direction])
+            for session in self._sessions.values():
+                total = total.plus(session.direction(direction == "caller"))
         return {
-            "packets": self.finished_packets + sum(leg.packets for leg in live),
-            "bytes": self.finished_bytes + sum(leg.octets for leg in live),
-            "lost": self.finished_lost + sum(leg.sequence.lost for leg in live if leg.rtp),
-            "strangers": self.finished_strangers + sum(leg.strangers for leg in live),
+            "packets": total.packets,
+            "bytes": total.bytes,
+            "lost": total.lost,
+            "strangers": total.strangers,
         }
 
 
