@@ -654,6 +654,9 @@ class SipProxy:
             return self._flow_hop(binding)
         for binding in self.registrar.bindings_at(uri):
             return self._flow_hop(binding)
+        for binding in self.registrar.bindings_on_connection(uri):
+            if isinstance(binding.flow, Hop):
+                return binding.flow
         return None
 
     def _route_hop(self, top: SipURI) -> Deferred[Hop]:
