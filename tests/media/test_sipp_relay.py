@@ -17,6 +17,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
@@ -175,6 +176,19 @@ class SippRelayTests(TestCase):
     def test_always_relays_at_both_super_nodes(self) -> Generator[Deferred[Any], Any, None]:
         """With always, each super-node relays for its own phone: RTP crosses both relays."""
         services = self.start({"a": "always", "b": "always"})
+        registry = CollectorRegistry()
+        services[0].add_metrics(registry)
         yield self.call(services, "127.0.0.1")
         self.assertRelayed(services[0])
         self.assertRelayed(services[1])
+        for sender in ("caller", "callee"):
+            packets = registry.get_sample_value("p2psip_media_packets_total", {"sender": sender})
+            self.assertGreater(packets or 0, 10)
+        self.assertEqual(
+            registry.get_sample_value("p2psip_media_sessions_ended_total", {"reason": "bye"}), 1
+        )
+        status = services[0].status()["media_relay"]
+        self.assertEqual(
+            (status["policy"], status["sessions"], status["ended"]), ("always", 0, {"bye": 1})
+        )
+        self.assertGreater(status["totals"]["from_callees"]["packets"], 10)
