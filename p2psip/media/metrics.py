@@ -29,6 +29,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from p2psip.media.anchor import MediaAnchor
+from p2psip.media.directory import RelayDirectory
 from p2psip.media.sessions import MediaSession
 
 #: Sessions listed one by one in ``/status``; beyond it only the totals.
@@ -57,8 +58,10 @@ def _counters(session: MediaSession, from_caller: bool) -> dict[str, int]:
     }
 
 
-def relay_status(anchor: MediaAnchor | None) -> dict[str, Any]:
-    """The ``media_relay`` part of the SIP section of ``/status``."""
+def relay_status(
+    anchor: MediaAnchor | None, directory: RelayDirectory | None = None
+) -> dict[str, Any]:
+    """The ``media_relay`` part of the SIP section of ``/status``, with the overlay's relay list."""
     if anchor is None:
         return {"policy": "never"}
     sessions = anchor.sessions
@@ -77,6 +80,7 @@ def relay_status(anchor: MediaAnchor | None) -> dict[str, Any]:
         "ended": dict(sorted(sessions.ended.items())),
         "refused": sessions.refused,
         "calls": [_session_status(session) for session in live[:STATUS_SESSIONS]],
+        "overlay": directory.status() if directory is not None else None,
     }
 
 

@@ -54,6 +54,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from p2psip.media.anchor import MediaAnchor, MediaPolicy
+from p2psip.media.directory import PUBLISH_INTERVAL_SECONDS, RelayDirectory
 from p2psip.media.metrics import MediaRelayCollector, relay_status
 from p2psip.media.relay import PortPool
 from p2psip.media.sessions import RelaySessions
@@ -315,8 +316,13 @@ class SipService(Service):
             self.user_certificates = UserCertificateLoader(user_certificates, stack.node)
             stack.location.enrol_hint = self.user_certificates.enrol_hint()
         self.relay: RelayService | None = None
+        self.directory: RelayDirectory | None = None
+        self._announce: LoopingCall | None = None
         if stack.media is not None:
             self.relay = RelayService(stack.media.sessions, reactor)
+            self.directory = RelayDirectory(stack.node)
+            self._announce = LoopingCall(self._announce_relay)
+            self._announce.clock = reactor
         self._refresh: LoopingCall | None = None
         if self.users is not None or self.user_certificates is not None:
             self._refresh = LoopingCall(self._refresh_files)
@@ -365,6 +371,12 @@ class SipService(Service):
             self._refresh.start(USERS_REFRESH_SECONDS, now=False)
         if self.relay is not None:
             self.relay.startService()
+        if self._announce is not None:
+            # The overlay takes the entry once the node is in the ring.
+            if self.joined is None:
+                self._announce.start(PUBLISH_INTERVAL_SECONDS)
+            else:
+                self.joined.addCallback(self._start_announcing)
         users = self.users
         self.log.info(
             "SIP super-node for {domain} at {host}:{port} ({listeners}); authentication {auth}; "
@@ -382,6 +394,20 @@ class SipService(Service):
             gc_tuning.tune_for_server()
             if self.joined is not None:
                 self.joined.addCallback(lambda _: self._freeze() if self.running else None)
+
+    def _start_announcing(self, result: object) -> object:
+        if self.running and self._announce is not None and not self._announce.running:
+            self._announce.start(PUBLISH_INTERVAL_SECONDS)
+        return result
+
+    def _announce_relay(self) -> None:
+        """Store this relay's entry in the overlay's list, and read the others'."""
+        media = self.stack.media
+        if media is None or self.directory is None:
+            return
+        pool = media.sessions.pool
+        self.directory.publish(media.address, pool.capacity - pool.in_use)
+        self.directory.refresh()
 
     def _freeze(self) -> None:
         gc_tuning.freeze_after_start_up()
@@ -417,6 +443,10 @@ class SipService(Service):
         self.registrar.stop()
         if self.relay is not None and self.relay.running:
             self.relay.stopService()
+        if self._announce is not None and self._announce.running:
+            self._announce.stop()
+            if self.directory is not None and self.directory.published:
+                self.directory.withdraw()
         self.proxy.transactions.terminate_all()
         return self.transport.stop()
 
@@ -444,7 +474,7 @@ class SipService(Service):
             "requests_in_progress": self.proxy.pending_requests,
             "transactions": self.proxy.transactions.metrics(),
             "transport": self.transport.metrics(),
-            "media_relay": relay_status(self.stack.media),
+            "media_relay": relay_status(self.stack.media, self.directory),
         }
 
     def add_metrics(self, registry: CollectorRegistry) -> None:

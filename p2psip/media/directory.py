@@ -1,0 +1,127 @@
+"""
+Media relays found through the overlay (the MEDIA-RELAY usage,
+:mod:`p2psip.usages.media_relay`).
+
+A super-node that relays publishes its entry (its relay address and free
+port pairs) at the well-known resource, signed with its node key, every
+``PUBLISH_INTERVAL_SECONDS`` with a lifetime of three intervals, so a
+relay that stops disappears from the list within half an hour, and takes
+its entry out when it stops.  Every super-node refreshes the list of the
+others with one Fetch on the same schedule (:meth:`RelayDirectory.refresh`),
+so that a decision during call set-up reads a list in memory: the relays
+with free ports, most free first (:meth:`RelayDirectory.relays`).  Entries
+that do not decode are skipped and counted: they come from other nodes.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from p2psip.interfaces import ISuperNodeOverlay
+from p2psip.overlay.codec import DecodeError
+from p2psip.usages.media_relay import (
+    MEDIA_RELAY_KIND,
+    MEDIA_RELAY_RESOURCE,
+    MediaRelayEntry,
+    decode_entry,
+    encode_entry,
+)
+from p2psip.util.ids import id_to_bytes
+
+#: How often a relay re-stores its entry and every node re-reads the list.
+PUBLISH_INTERVAL_SECONDS = 600.0
+
+
+class RelayDirectory:
+    """This node's entry in the overlay's list of media relays, and the list as last read."""
+
+    log = Logger()
+
+    def __init__(self, node: ISuperNodeOverlay) -> None:
+        self.node = node
+        self.known: list[MediaRelayEntry] = []
+        #: Entries skipped because they did not decode.
+        self.malformed = 0
+        self.published = False
+
+    @property
+    def own_key(self) -> bytes:
+        return id_to_bytes(self.node.local_node_id)
+
+    def publish(self, media_address: str, free_pairs: int) -> Deferred[None]:
+        """Store (or refresh) this node's entry; a failure is logged, not raised."""
+        stored = cast(
+            "Deferred[None]",
+            self.node.put_dictionary_entry(
+                MEDIA_RELAY_RESOURCE,
+                MEDIA_RELAY_KIND,
+                self.own_key,
+                encode_entry(media_address, free_pairs),
+                int(3 * PUBLISH_INTERVAL_SECONDS),
+            ),
+        )
+
+        def done(_: object) -> None:
+            self.published = True
+
+        return stored.addCallbacks(done, self._failed, errbackArgs=("publish",))
+
+    def withdraw(self) -> Deferred[None]:
+        """Remove this node's entry (the relay stops)."""
+        removed = cast(
+            "Deferred[None]",
+            self.node.remove_dictionary_entry(MEDIA_RELAY_RESOURCE, MEDIA_RELAY_KIND, self.own_key),
+        )
+        self.published = False
+        return removed.addErrback(self._failed, "withdraw")
+
+    def refresh(self) -> Deferred[None]:
+        """Read the list of relays from the overlay (one Fetch)."""
+        fetched = cast(
+            "Deferred[dict[bytes, bytes]]",
+            self.node.get_dictionary(MEDIA_RELAY_RESOURCE, MEDIA_RELAY_KIND),
+        )
+        return fetched.addCallbacks(self._read, self._failed, errbackArgs=("read",))
+
+    def _read(self, entries: dict[bytes, bytes]) -> None:
+        known = []
+        for key, value in entries.items():
+            if key == self.own_key:
+                continue
+            try:
+                known.append(decode_entry(key, value))
+            except DecodeError as e:
+                self.malformed += 1
+                self.log.debug("skipped a malformed MEDIA-RELAY entry: {why}", why=str(e))
+        self.known = known
+
+    def relays(self) -> list[MediaRelayEntry]:
+        """The other relays with free ports, most free first."""
+        return sorted(
+            (entry for entry in self.known if entry.free_pairs > 0),
+            key=lambda entry: (-entry.free_pairs, entry.node_id),
+        )
+
+    def _failed(self, failure: Failure, what: str) -> None:
+        self.log.info(
+            "could not {what} the overlay's list of media relays: {why}",
+            what=what,
+            why=failure.getErrorMessage(),
+        )
+
+    def status(self) -> dict[str, object]:
+        return {
+            "published": self.published,
+            "other_relays": [
+                {
+                    "node": f"{entry.node_id:032x}"[:8],
+                    "address": entry.media_address,
+                    "free_pairs": entry.free_pairs,
+                }
+                for entry in self.relays()
+            ],
+        }
