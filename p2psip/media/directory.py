@@ -22,12 +22,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.interfaces import ISuperNodeOverlay
-from p2psip.overlay.codec import DecodeError
 from p2psip.usages.media_relay import (
     MEDIA_RELAY_KIND,
     MEDIA_RELAY_RESOURCE,
     MediaRelayEntry,
-    decode_entry,
+    decode_entries,
     encode_entry,
 )
 from p2psip.util.ids import id_to_bytes
@@ -88,16 +87,10 @@ class RelayDirectory:
         return fetched.addCallbacks(self._read, self._failed, errbackArgs=("read",))
 
     def _read(self, entries: dict[bytes, bytes]) -> None:
-        known = []
-        for key, value in entries.items():
-            if key == self.own_key:
-                continue
-            try:
-                known.append(decode_entry(key, value))
-            except DecodeError as e:
-                self.malformed += 1
-                self.log.debug("skipped a malformed MEDIA-RELAY entry: {why}", why=str(e))
-        self.known = known
+        self.known, malformed = decode_entries(entries, skip=self.own_key)
+        self.malformed += len(malformed)
+        for why in malformed:
+            self.log.debug("skipped a malformed MEDIA-RELAY entry: {why}", why=why)
 
     def relays(self) -> list[MediaRelayEntry]:
         """The other relays with free ports, most free first."""

@@ -67,3 +67,19 @@ def decode_entry(key: bytes, value: bytes) -> MediaRelayEntry:
     except (UnicodeDecodeError, ValueError):
         raise DecodeError("MEDIA-RELAY address is no IPv4 address") from None
     return MediaRelayEntry(id_from_bytes(key), address, free_pairs)
+
+
+def decode_entries(
+    entries: dict[bytes, bytes], skip: bytes | None = None
+) -> tuple[list[MediaRelayEntry], list[str]]:
+    """Every entry that decodes (but the one keyed ``skip``), and why the others did not."""
+    good: list[MediaRelayEntry] = []
+    bad: list[str] = []
+    for key, value in entries.items():
+        if key == skip:
+            continue
+        try:
+            good.append(decode_entry(key, value))
+        except DecodeError as e:
+            bad.append(str(e))
+    return good, bad

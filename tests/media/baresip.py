@@ -26,6 +26,18 @@ from tests.media.processes import Child, spawn
 MODULES = "/usr/lib/baresip/modules"
 
 
+def free_udp_and_tcp_port() -> int:
+    """A port free for both UDP and TCP: baresip's sip_listen binds both."""
+    while True:
+        port = free_port(socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
 class ControlConnection(NetstringReceiver):
     """baresip's ctrl_tcp: commands out, responses and events in."""
 
@@ -74,7 +86,7 @@ class Baresip:
         self.test = test
         self.program = program
         self.directory = directory
-        self.sip_port = free_port(socket.SOCK_STREAM if transport == "tcp" else socket.SOCK_DGRAM)
+        self.sip_port = free_udp_and_tcp_port()
         self.control_port = free_port()
         directory.mkdir(parents=True)
         rtp_low = free_port(socket.SOCK_DGRAM) & ~1
