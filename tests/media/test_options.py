@@ -45,3 +45,27 @@ class MediaOptionsTests(SynchronousTestCase):
         with self.assertRaises(usage.UsageError) as caught:
             parse("--sip", "udp:5060", "--sip-trusted-network", "--media-relay", "always")
         self.assertIn("--media-address", str(caught.exception))
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    def test_peer_ini_media_keys_work(self) -> None:
+        """The media keys etc/peer.ini shows (commented) are accepted once uncommented."""
+        from p2psip.testing import repository_root
+        from tests.test_config import ExampleConfigTests as Examples
+
+        examples = Examples()
+        users = self.mktemp()
+        with open(users, "w", encoding="utf-8"):
+            pass
+        text = (repository_root() / "etc" / "peer.ini").read_text(encoding="utf-8")
+        text = text.replace("users = /etc/p2psip/users", f"users = {users}")
+        text = "\n".join(
+            line[1:] if line.startswith("#media-") else line for line in text.splitlines()
+        )
+        options = examples.parse("peer", text)
+        config = options.config.sip
+        assert config is not None and config.media is not None
+        self.assertEqual(
+            (config.media.policy, config.media.low_port, config.media.address),
+            ("nat-only", 40000, "198.51.100.7"),
+        )
