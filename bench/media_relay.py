@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from p2psip.testing import free_port
+from stun_load import stop  # bench/ is the script's folder, first on sys.path
 
 LOCAL = "127.0.0.1"
 PAYLOAD_BYTES = 160
@@ -100,18 +101,6 @@ def serve_relay(calls: int, low_port: int) -> None:
     print(json.dumps(ports), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: reactor.callFromThread(reactor.stop))
     reactor.run()
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM by pid, then SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def process_cpu_seconds(pid: int) -> float:
