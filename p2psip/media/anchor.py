@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from p2psip.media.directory import RelayDirectory
 from p2psip.media.sdp import SdpError, is_private_address, parse_sdp, rewrite_sdp
 from p2psip.media.sessions import MediaSession, RelaySessions, SessionRefused
 from p2psip.sip.errors import SipParseError
@@ -52,6 +53,9 @@ from p2psip.sip.transaction import Hop
 from p2psip.sip.uri import URI, SipURI
 from p2psip.util.log_throttle import LogThrottle
 
+#: The header a super-node without free relay ports adds to send a call
+#: through another super-node's relay; its value names that node (hex Node-ID).
+RELAY_HEADER = "P-P2PSIP-Media-Relay"
 #: Methods whose requests and responses carry offers and answers (RFC 3264, 3311, 3262).
 SDP_METHODS = frozenset({"INVITE", "UPDATE", "PRACK", "ACK"})
 
@@ -112,11 +116,23 @@ class MediaAnchor:
         policy: MediaPolicy,
         address: str,
         clock: IReactorTime,
+        *,
+        local_node_id: int | None = None,
+        directory: RelayDirectory | None = None,
+        peer_transport: str = "UDP",
     ) -> None:
         self.sessions = sessions
         self.policy = policy
         self.address = address
         self.clock = clock
+        self.local_node_id = local_node_id
+        #: Other super-nodes' relays, for calls this one has no ports for.
+        self.directory = directory
+        self.peer_transport = peer_transport.upper()
+        #: Calls sent through another relay, by Call-ID: its Route value and address.
+        self._detours: dict[str, tuple[str, Hop]] = {}
+        #: Calls sent through another super-node's relay (since start).
+        self.detoured = 0
         self._refusal_log = LogThrottle(clock)
         #: SDP bodies in responses and ACKs we could not read (forwarded untouched).
         self.unreadable_sdp = 0
@@ -145,8 +161,13 @@ class MediaAnchor:
         except SessionRefused as e:
             if request.to.tag is None:
                 self._end(key, "failed")
+                if self._plan_detour(request):
+                    return None
             self._refused(str(e))
             raise SipParseError("Service Unavailable (no media relay port free)", 503) from None
+
+    def detour(self, request: Request) -> tuple[str, Hop] | None:
+        return self._detours.pop(request.call_id, None)
 
     def response_forwarding(self, response: Response) -> None:
         key = response.call_id
@@ -183,6 +204,17 @@ class MediaAnchor:
     ) -> MediaSession | None:
         if self.policy is MediaPolicy.NEVER:
             return None
+        requested = request.headers.get(RELAY_HEADER)
+        if requested is not None:
+            # A super-node without ports of its own sends the call here
+            # (or, on its way back, to the phone it serves): only the named
+            # node relays it.
+            if (
+                self.local_node_id is None
+                or requested.strip().lower() != f"{self.local_node_id:032x}"
+            ):
+                return None
+            return self._start(request, source, None, None)
         caller_here = not _names_super_node(request.uri)
         phones = [(uri, hop) for uri, hop in targets if not _names_super_node(uri)]
         callee_here = bool(phones)
@@ -193,6 +225,19 @@ class MediaAnchor:
             callee_nat = any(target_shows_nat(uri, hop) for uri, hop in phones)
             if not caller_nat and not callee_nat:
                 return None
+        pool = self.sessions.pool
+        if pool.capacity - pool.in_use < 2 and self._plan_detour(request):
+            return None
+        return self._start(
+            request,
+            source,
+            source.host if caller_here else None,
+            phones[0][1].host if callee_here else None,
+        )
+
+    def _start(
+        self, request: Request, source: Hop, caller_host: str | None, callee_host: str | None
+    ) -> MediaSession:
         tag = request.from_.tag or ""
         try:
             session = self.sessions.create(
@@ -201,12 +246,33 @@ class MediaAnchor:
         except SessionRefused as e:
             self._refused(str(e))
             raise SipParseError("Service Unavailable (no media relay port free)", 503) from None
-        session.signalling = (
-            source.host if caller_here else None,
-            phones[0][1].host if callee_here else None,
-        )
+        session.signalling = (caller_host, callee_host)
         self.log.debug("relaying the media of a call ({policy})", policy=self.policy.value)
         return session
+
+    def _plan_detour(self, request: Request) -> bool:
+        """
+        Send the call through another super-node's relay, found in the
+        overlay (:mod:`p2psip.media.directory`): mark the request for it and
+        keep its Route for :meth:`detour`.  False when none is known.
+        """
+        if self.directory is None:
+            return False
+        for entry, (host, port) in self.directory.reachable():
+            node = f"{entry.node_id:032x}"
+            transport = (
+                "" if self.peer_transport == "UDP" else f";transport={self.peer_transport.lower()}"
+            )
+            route = f"<sip:{host}:{port}{transport};lr;{NODE_PARAMETER}={node}>"
+            request.headers.set(RELAY_HEADER, node)
+            self._detours[request.call_id] = (route, Hop(self.peer_transport, host, port))
+            self.detoured += 1
+            self.log.info(
+                "no relay ports free here: relaying a call through super-node {node}",
+                node=node[:8],
+            )
+            return True
+        return False
 
     @staticmethod
     def _sdp_private(request: Request) -> bool:

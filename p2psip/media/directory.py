@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,6 +29,7 @@ from p2psip.usages.media_relay import (
     decode_entries,
     encode_entry,
 )
+from p2psip.usages.sip import SIP_APPLICATION
 from p2psip.util.ids import id_to_bytes
 
 #: How often a relay re-stores its entry and every node re-reads the list.
@@ -43,6 +44,8 @@ class RelayDirectory:
     def __init__(self, node: ISuperNodeOverlay) -> None:
         self.node = node
         self.known: list[MediaRelayEntry] = []
+        #: The SIP address of each known relay's super-node (AppAttach), by Node-ID.
+        self.addresses: dict[int, tuple[str, int]] = {}
         #: Entries skipped because they did not decode.
         self.malformed = 0
         self.published = False
@@ -86,11 +89,34 @@ class RelayDirectory:
         )
         return fetched.addCallbacks(self._read, self._failed, errbackArgs=("read",))
 
-    def _read(self, entries: dict[bytes, bytes]) -> None:
+    def _read(self, entries: dict[bytes, bytes]) -> Deferred[None]:
         self.known, malformed = decode_entries(entries, skip=self.own_key)
         self.malformed += len(malformed)
         for why in malformed:
             self.log.debug("skipped a malformed MEDIA-RELAY entry: {why}", why=why)
+        self.addresses = {n: a for n, a in self.addresses.items() if n in self._known_ids()}
+        resolving = []
+        for entry in self.known:
+            resolved = cast(
+                "Deferred[tuple[str, int]]",
+                self.node.resolve_application(entry.node_id, SIP_APPLICATION),
+            )
+            resolved.addCallback(self._resolved, entry.node_id)
+            resolved.addErrback(lambda failure: None)
+            resolving.append(resolved)
+        return DeferredList(resolving).addCallback(lambda _: None)
+
+    def _known_ids(self) -> set[int]:
+        return {entry.node_id for entry in self.known}
+
+    def _resolved(self, address: tuple[str, int], node_id: int) -> None:
+        self.addresses[node_id] = (address[0], address[1])
+
+    def reachable(self) -> list[tuple[MediaRelayEntry, tuple[str, int]]]:
+        """The relays with free ports whose SIP address is known, most free first."""
+        return [
+            (e, self.addresses[e.node_id]) for e in self.relays() if e.node_id in self.addresses
+        ]
 
     def relays(self) -> list[MediaRelayEntry]:
         """The other relays with free ports, most free first."""

@@ -59,11 +59,12 @@ class PortPool:
 
     def __init__(self, low: int, high: int) -> None:
         first = low + (low % 2)
-        if first + 1 > high:
+        if (low, high) != (0, 0) and first + 1 > high:
             raise ValueError(f"port range {low}-{high} holds no even/odd pair")
         self.low = low
         self.high = high
-        self._free: list[int] = list(range(first, high, 2))
+        #: 0-0 is an empty pool: a super-node that relays only through others.
+        self._free: list[int] = list(range(first, high, 2)) if high else []
         self._free.reverse()
         self._taken: set[int] = set()
 

@@ -100,7 +100,13 @@ MEDIA_POLICIES = ("never", "nat-only", "always")
 
 
 def port_range(text: str) -> tuple[int, int]:
-    """Coercer for ``--media-ports``: ``LOW-HIGH``, at least one even/odd pair, above 1023."""
+    """
+    Coercer for ``--media-ports``: ``LOW-HIGH``, at least two even/odd
+    pairs, above 1023; ``none`` for no local ports (calls go through
+    relays other super-nodes list in the overlay).
+    """
+    if text.strip().lower() == "none":
+        return 0, 0
     low_text, dash, high_text = text.strip().partition("-")
     try:
         low, high = int(low_text), int(high_text)
@@ -116,7 +122,7 @@ def port_range(text: str) -> tuple[int, int]:
     return low, high
 
 
-port_range.coerceDoc = "LOW-HIGH, e.g. 40000-40999"  # type: ignore[attr-defined]
+port_range.coerceDoc = "LOW-HIGH, e.g. 40000-40999, or none"  # type: ignore[attr-defined]
 
 
 def ipv4_address(text: str) -> str:
@@ -473,7 +479,8 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             "media-ports",
             None,
             "40000-40999",
-            "UDP port range of the media relay (four ports per relayed stream).",
+            "UDP port range of the media relay (four ports per relayed stream); none: relay "
+            "only through the relays of other super-nodes, found in the overlay.",
             port_range,
         ],
         [

@@ -199,7 +199,7 @@ def build_sip_stack(
         max_tcp_connections=config.max_connections,
     )
     transport.advertised_host = host
-    media = build_media_relay(config, reactor, host)
+    media = build_media_relay(config, reactor, host, node)
     proxy = SipProxy(
         config.domain,
         (host, 0),
@@ -220,8 +220,13 @@ def build_sip_stack(
     return SipStack(config, node, users, location, registrar, transport, proxy, tls, media)
 
 
-def build_media_relay(config: SipConfig, reactor: IRoleReactor, host: str) -> MediaAnchor | None:
-    """The relay's port pool, sessions and SDP rewriting (None with ``--media-relay never``)."""
+def build_media_relay(
+    config: SipConfig, reactor: IRoleReactor, host: str, node: ISuperNodeOverlay
+) -> MediaAnchor | None:
+    """
+    The relay's port pool, sessions, SDP rewriting and the overlay's list of
+    other relays (None with ``--media-relay never``).
+    """
     relay = config.media
     if relay is None:
         return None
@@ -230,7 +235,15 @@ def build_media_relay(config: SipConfig, reactor: IRoleReactor, host: str) -> Me
         UdpSocketOpener(as_udp_reactor(reactor), relay.interface),
         idle_timeout_seconds=relay.idle_timeout_seconds,
     )
-    return MediaAnchor(sessions, MediaPolicy(relay.policy), relay.address or host, reactor)
+    return MediaAnchor(
+        sessions,
+        MediaPolicy(relay.policy),
+        relay.address or host,
+        reactor,
+        local_node_id=node.local_node_id,
+        directory=RelayDirectory(node),
+        peer_transport=config.peer_transport,
+    )
 
 
 class UserCertificateLoader:
@@ -331,7 +344,7 @@ class SipService(Service):
         self._announce: LoopingCall | None = None
         if stack.media is not None:
             self.relay = RelayService(stack.media.sessions, reactor)
-            self.directory = RelayDirectory(stack.node)
+            self.directory = stack.media.directory
             self._announce = LoopingCall(self._announce_relay)
             self._announce.clock = reactor
         self._refresh: LoopingCall | None = None
@@ -418,7 +431,8 @@ class SipService(Service):
         if media is None or self.directory is None:
             return
         pool = media.sessions.pool
-        self.directory.publish(media.address, pool.capacity - pool.in_use)
+        if pool.capacity:
+            self.directory.publish(media.address, pool.capacity - pool.in_use)
         self.directory.refresh()
 
     def _freeze(self) -> None:

@@ -44,3 +44,10 @@ class MediaHook(Protocol):
 
     def call_cancelled(self, invite: Request) -> None:
         """The caller cancelled ``invite``."""
+
+    def detour(self, request: Request) -> tuple[str, Hop] | None:
+        """
+        Called after :meth:`request_forwarding`: the Route value and the
+        address of another super-node whose relay must carry this call
+        (this one has none to spare), or None to forward as usual.
+        """

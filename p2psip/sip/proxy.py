@@ -929,7 +929,8 @@ class SipProxy:
         if not targets:
             self._answer(transaction, 480, "Temporarily Unavailable")
             return
-        if not self._media_forwarding(transaction, request, targets):
+        routed = self._media_forwarding(transaction, request, targets)
+        if routed is None:
             return
         context = ResponseContext(transaction, self.clock, self.transactions, self._respond)
         self._contexts[transaction] = context
@@ -940,8 +941,10 @@ class SipProxy:
 
         transaction.add_terminated_callback(forget)
         outgoing: list[tuple[Request, Hop]] = []
-        for target_uri, hop in targets[:MAX_BRANCHES]:
+        for target_uri, hop, routes in routed[:MAX_BRANCHES]:
             copy = request.copy()
+            for route in reversed(routes):
+                copy.headers.prepend("Route", route)
             self._prepare(copy, target_uri, hop, request, arrived_over=transaction.source.transport)
             outgoing.append((copy, hop))
         context.fork(outgoing)
@@ -953,22 +956,36 @@ class SipProxy:
 
     def _media_forwarding(
         self, transaction: ServerTransaction, request: Request, targets: list[tuple[URI, Hop]]
-    ) -> bool:
+    ) -> list[tuple[URI, Hop, list[str]]] | None:
         """
         Let the media relay rewrite the body every copy will carry
-        (:mod:`p2psip.sip.media_hook`); False when it refused the request
-        and we answered it.
+        (:mod:`p2psip.sip.media_hook`), and send the copies through another
+        super-node's relay when it asks for one; None when it refused the
+        request and we answered it.
+
+        Through another relay, each copy goes to that super-node with a
+        Route naming it, and a copy for a phone served here comes back
+        along a second Route naming us (the relay must see both ways).
         """
+        plain: list[tuple[URI, Hop, list[str]]] = [(uri, hop, []) for uri, hop in targets]
         if self.media is None:
-            return True
+            return plain
         try:
             body = self.media.request_forwarding(request, transaction.source, targets)
         except SipParseError as e:
             self._answer(transaction, e.status, e.reason)
-            return False
+            return None
         if body is not None:
             request.body = body
-        return True
+        detour = self.media.detour(request)
+        if detour is None:
+            return plain
+        relay_route, relay_hop = detour
+        back = self._record_route(relay_hop.transport)
+        return [
+            (uri, relay_hop, [relay_route] if _names_super_node(uri) else [relay_route, back])
+            for uri, _ in targets
+        ]
 
     def _cancel_received(self, transaction: ServerTransaction) -> None:
         """RFC 3261 s16.10: answer the CANCEL and cancel every pending branch."""

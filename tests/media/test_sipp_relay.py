@@ -26,7 +26,9 @@ from p2psip.sip.message import Request, parse_message
 from p2psip.sip.transaction import Hop
 from p2psip.sip.users import UsersFile
 from p2psip.testing import free_port, require_tool
-from tests.integration.test_peer_sip_service import start_super_nodes
+from p2psip.usages.media_relay import MEDIA_RELAY_KIND, MEDIA_RELAY_RESOURCE
+from p2psip.util.ids import id_to_bytes
+from tests.integration.test_peer_sip_service import NODE_A, NODE_B, MemoryNode, start_super_nodes
 from tests.media.audio import write_mulaw_wav
 from tests.media.processes import spawn
 from tests.media.test_relay_loopback import port_range
@@ -52,7 +54,9 @@ def register_request(user: str, contact: tuple[str, int], source_port: int) -> R
     return message
 
 
-class SippRelayTests(TestCase):
+class SippCalls(TestCase):
+    """Super-nodes, a SIPp callee registered at the second, a SIPp caller at the first."""
+
     timeout = 60
 
     def start(self, policies: dict[str, str]) -> list[SipService]:
@@ -158,6 +162,8 @@ class SippRelayTests(TestCase):
         self.assertEqual(dict(sessions.ended), {"bye": 1})
         self.assertEqual((len(sessions), sessions.pool.in_use), (0, 0))
 
+
+class SippRelayTests(SippCalls):
     @inlineCallbacks
     def test_nat_only_relays_at_the_nated_callers_super_node(
         self,
@@ -192,3 +198,67 @@ class SippRelayTests(TestCase):
             (status["policy"], status["sessions"], status["ended"]), ("always", 0, {"bye": 1})
         )
         self.assertGreater(status["totals"]["from_callees"]["packets"], 10)
+
+
+class RelayListingNode(MemoryNode):
+    """The in-memory DHT, also taking MEDIA-RELAY entries a node signs for its own Node-ID."""
+
+    def _signed_for(self, resource_name: str, signer: object) -> bool:
+        if resource_name == MEDIA_RELAY_RESOURCE and signer is None:
+            return True
+        return bool(super()._signed_for(resource_name, signer))
+
+    def put_dictionary_entry(
+        self,
+        resource_name: str,
+        kind_id: int,
+        key: bytes,
+        value: bytes,
+        lifetime_seconds: int,
+        signer: object = None,
+    ) -> Deferred[None]:
+        if kind_id == MEDIA_RELAY_KIND and key != id_to_bytes(self.local_node_id):
+            raise AssertionError("NODE-KEY-MATCH: a node writes only its own entry")
+        result: Deferred[None] = super().put_dictionary_entry(
+            resource_name, kind_id, key, value, lifetime_seconds, signer
+        )
+        return result
+
+
+NODE_R = 0xCCCC0000000000000000000000000003
+
+
+class OverlayRelayTests(SippCalls):
+    """A super-node without relay ports sends the call through a relay found in the overlay."""
+
+    @inlineCallbacks
+    def test_call_through_a_relay_found_in_the_overlay(self) -> Generator[Deferred[Any], Any, None]:
+        """a has media-ports none; r lists its relay in the overlay; the RTP crosses r."""
+        self.directory = Path(self.mktemp()).resolve()
+        self.directory.mkdir(parents=True)
+        users_path = self.directory / "users"
+        UsersFile.load(users_path, missing_ok=True).save()
+        low, high = port_range(8)
+        relay = ["--sip-trusted-network", "--media-relay", "always"]
+        services = start_super_nodes(
+            self,
+            self.directory,
+            DOMAIN,
+            users_path,
+            {
+                "r": [*relay, "--media-ports", f"{low}-{high}"],
+                "a": [*relay, "--media-ports", "none"],
+                "b": ["--sip-trusted-network"],
+            },
+            nodes=(("r", NODE_R), ("a", NODE_A), ("b", NODE_B)),
+            node_class=RelayListingNode,
+        )
+        r, a, b = services
+        assert a.directory is not None
+        yield a.directory.refresh()
+        self.assertEqual([entry.node_id for entry, _ in a.directory.reachable()], [NODE_R])
+        yield self.call([a, b], "127.0.0.1")
+        self.assertRelayed(r)
+        assert a.stack.media is not None
+        self.assertEqual(a.stack.media.detoured, 1)
+        self.assertEqual(len(a.stack.media.sessions), 0)
