@@ -5,13 +5,14 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.media.anchor import MediaAnchor, MediaPolicy
+from p2psip.media.anchor import RELAY_HEADER, MediaAnchor, MediaPolicy
 from p2psip.media.relay import PortPool
 from p2psip.media.sdp import parse_sdp
 from p2psip.media.sessions import RelaySessions
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.transaction import Hop
 from p2psip.sip.uri import parse_uri
+from p2psip.usages.media_relay import MediaRelayEntry
 from tests.media.fakes import RecordingOpener
 from tests.media.messages import CALLEE_TAG, CALLER_TAG, request, response, sdp
 
@@ -169,3 +170,61 @@ class AnchorTests(SynchronousTestCase):
         with self.assertRaises(SipParseError) as caught:
             anchor.request_forwarding(second, SOURCE, TO_NODE)
         self.assertEqual((caught.exception.status, len(self.sessions)), (503, 1))
+
+
+class KnownRelays:
+    """A RelayDirectory stand-in with one relay listed at 198.51.100.30:5060."""
+
+    def reachable(self) -> list[tuple[MediaRelayEntry, tuple[str, int]]]:
+        return [(MediaRelayEntry(0xCC, "198.51.100.31", 100), ("198.51.100.30", 5060))]
+
+
+class DetourTests(SynchronousTestCase):
+    def make(self, directory: object | None, local_node_id: int = 0xAA) -> MediaAnchor:
+        self.sessions = RelaySessions(PortPool(0, 0), RecordingOpener())
+        return MediaAnchor(
+            self.sessions,
+            MediaPolicy.ALWAYS,
+            RELAY,
+            Clock(),
+            local_node_id=local_node_id,
+            directory=directory,  # type: ignore[arg-type]
+        )
+
+    def test_no_ports_goes_through_a_listed_relay(self) -> None:
+        """Without ports of its own, the call is marked for the listed relay and routed to it."""
+        anchor = self.make(KnownRelays())
+        invite = request("INVITE", sdp("192.168.1.20", 4000), via=NATED_VIA)
+        self.assertIsNone(anchor.request_forwarding(invite, SOURCE, TO_NODE))
+        node = f"{0xCC:032x}"
+        self.assertEqual(invite.headers.get(RELAY_HEADER), node)
+        self.assertEqual(
+            anchor.detour(invite),
+            (f"<sip:198.51.100.30:5060;lr;p2psip-node={node}>", Hop("UDP", "198.51.100.30", 5060)),
+        )
+        self.assertEqual((len(self.sessions), anchor.detoured), (0, 1))
+
+    def test_no_ports_and_no_relay_is_503(self) -> None:
+        """With nothing listed the INVITE is refused with 503 and nothing is left behind."""
+        anchor = self.make(None)
+        invite = request("INVITE", sdp("192.168.1.20", 4000), via=NATED_VIA)
+        with self.assertRaises(SipParseError) as caught:
+            anchor.request_forwarding(invite, SOURCE, TO_NODE)
+        self.assertEqual((caught.exception.status, len(self.sessions)), (503, 0))
+
+    def test_the_named_relay_relays_and_no_other(self) -> None:
+        """A call marked for a relay is relayed by that node only, whatever its own evidence."""
+        mark = [(RELAY_HEADER, f"{0xCC:032x}")]
+        uri = "sip:bob@p2psip.test;p2psip-node=00bb"
+        sessions = RelaySessions(PortPool(40000, 40099), RecordingOpener())
+        named = MediaAnchor(sessions, MediaPolicy.NAT_ONLY, RELAY, Clock(), local_node_id=0xCC)
+        invite = request("INVITE", sdp("198.51.100.20", 4000), uri=uri, via=PLAIN_VIA)
+        for name, value in mark:
+            invite.headers.set(name, value)
+        self.assertIsNotNone(named.request_forwarding(invite, SOURCE, TO_NODE))
+        other = self.make(KnownRelays(), local_node_id=0xAA)
+        again = request("INVITE", sdp("198.51.100.20", 4000), via=PLAIN_VIA)
+        for name, value in mark:
+            again.headers.set(name, value)
+        self.assertIsNone(other.request_forwarding(again, SOURCE, TO_NATED_PHONE))
+        self.assertIsNone(other.detour(again))
