@@ -1028,7 +1028,8 @@ class SipProxy:
         after 100 Trying and of the first final one.
         """
         sendable = transaction.state in (State.TRYING, State.PROCEEDING)
-        if self.media is not None and sendable and response.status > 100:
+        if self.media is not None and response.status > 100:
+            # Every 2xx of a forked INVITE goes up, even after the first.
             self.media.response_forwarding(response)
         transaction.respond(response)
         if not sendable:
