@@ -719,9 +719,17 @@ class SipProxy:
     # -- loops ---------------------------------------------------------------
 
     def _loop_hash(self, request: Request) -> str:
-        """RFC 3261 s16.6 item 8: what must differ for a spiral to be no loop."""
+        """
+        RFC 3261 s16.6 item 8: what must differ for a spiral to be no loop.
+
+        The Route set left after our own entries were removed counts too: a
+        request that passes us twice on a dialog's route set (out to
+        another super-node's media relay and back to a phone served here)
+        has the same Request-URI both times but not the same route ahead.
+        """
         parts = [
             str(request.uri),
+            ",".join(request.headers.values("Route")),
             request.from_.tag or "",
             request.to.tag or "",
             request.call_id,

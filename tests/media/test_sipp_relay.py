@@ -80,6 +80,7 @@ class SippCalls(TestCase):
     def call(
         self, services: list[SipService], caller_via: str
     ) -> Generator[Deferred[Any], Any, None]:
+        """A SIPp call from a phone at ``services[0]`` to one at ``services[1]`` (may be the same)."""
         sipp = require_tool("sipp")
         a, b = services
         uas_port = free_port(socket.SOCK_DGRAM)
@@ -231,16 +232,15 @@ NODE_R = 0xCCCC0000000000000000000000000003
 class OverlayRelayTests(SippCalls):
     """A super-node without relay ports sends the call through a relay found in the overlay."""
 
-    @inlineCallbacks
-    def test_call_through_a_relay_found_in_the_overlay(self) -> Generator[Deferred[Any], Any, None]:
-        """a has media-ports none; r lists its relay in the overlay; the RTP crosses r."""
+    def start_three(self) -> list[SipService]:
+        """r with relay ports, a with none (both always), b without a relay."""
         self.directory = Path(self.mktemp()).resolve()
         self.directory.mkdir(parents=True)
         users_path = self.directory / "users"
         UsersFile.load(users_path, missing_ok=True).save()
         low, high = port_range(8)
         relay = ["--sip-trusted-network", "--media-relay", "always"]
-        services = start_super_nodes(
+        return start_super_nodes(
             self,
             self.directory,
             DOMAIN,
@@ -253,12 +253,32 @@ class OverlayRelayTests(SippCalls):
             nodes=(("r", NODE_R), ("a", NODE_A), ("b", NODE_B)),
             node_class=RelayListingNode,
         )
-        r, a, b = services
+
+    @inlineCallbacks
+    def found_relay(self, a: SipService) -> Generator[Deferred[Any], Any, None]:
         assert a.directory is not None
         yield a.directory.refresh()
         self.assertEqual([entry.node_id for entry, _ in a.directory.reachable()], [NODE_R])
-        yield self.call([a, b], "127.0.0.1")
+
+    def assertDetoured(self, r: SipService, a: SipService) -> None:
         self.assertRelayed(r)
         assert a.stack.media is not None
-        self.assertEqual(a.stack.media.detoured, 1)
-        self.assertEqual(len(a.stack.media.sessions), 0)
+        self.assertEqual((a.stack.media.detoured, len(a.stack.media.sessions)), (1, 0))
+
+    @inlineCallbacks
+    def test_call_through_a_relay_found_in_the_overlay(self) -> Generator[Deferred[Any], Any, None]:
+        """a has media-ports none; r lists its relay in the overlay; the RTP crosses r."""
+        r, a, b = self.start_three()
+        yield self.found_relay(a)
+        yield self.call([a, b], "127.0.0.1")
+        self.assertDetoured(r, a)
+
+    @inlineCallbacks
+    def test_call_between_phones_of_one_node_through_a_relay(
+        self,
+    ) -> Generator[Deferred[Any], Any, None]:
+        """Both phones at a: the INVITE goes to r and comes back to a for its own phone."""
+        r, a, _ = self.start_three()
+        yield self.found_relay(a)
+        yield self.call([a, a], "127.0.0.1")
+        self.assertDetoured(r, a)
