@@ -8,7 +8,7 @@ TRIAL_JOBS ?= 2
 FUZZ_SECONDS ?= 60
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 # Debian packages the interop tests and benchmarks drive (see README).
-DEB_PACKAGES := sip-tester sipsak kamailio coturn tshark nftables iproute2 iptables conntrack systemd prometheus
+DEB_PACKAGES := sip-tester sipsak kamailio coturn tshark nftables iproute2 iptables conntrack systemd prometheus baresip rtpengine-daemon
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: venv test demo deps bench lint format typecheck check fuzz plugin-cache clean
@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) bench/sip_stack.py
 	$(PY) bench/sip_load.py --auth both --rates 1000,2000,2500,3000 --call-rates 300,500,750,1000 --kamailio
 	$(PY) bench/sip_ring_load.py
+	$(PY) bench/media_relay.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check p2psip tests bench twisted fuzz

@@ -24,7 +24,8 @@ PACKAGE = Path(p2psip.__file__).resolve().parent
 FORBIDDEN = {
     "overlay": ("p2psip.sip", "p2psip.usages", "p2psip.roles", "p2psip.web", "p2psip.cli"),
     "usages": ("p2psip.sip", "p2psip.roles", "p2psip.web", "p2psip.cli", "p2psip.nat"),
-    "sip": ("p2psip.overlay", "p2psip.roles", "p2psip.web", "p2psip.cli"),
+    "sip": ("p2psip.overlay", "p2psip.roles", "p2psip.web", "p2psip.cli", "p2psip.media"),
+    "media": ("p2psip.overlay", "p2psip.roles", "p2psip.web", "p2psip.cli", "p2psip.nat"),
     "util": ("p2psip.overlay", "p2psip.sip", "p2psip.usages", "p2psip.roles", "p2psip.nat"),
     # NAT traversal serves the overlay and SIP layers; it never calls up to them.
     "nat": (
@@ -43,6 +44,9 @@ SANS_IO = (
     "nat/control_protocol.py",
     "nat/control_auth.py",
     "nat/port_allocation.py",
+    "media/sdp.py",
+    "media/relay.py",
+    "media/sessions.py",
 )
 
 

@@ -31,6 +31,15 @@ other, so only whoever may write a value may delete it):
 * NODE-MULTIPLE (s7.3.4): the Resource-ID must be the hash of a Node-ID of
   the certificate followed by a 32-bit index ``i`` with
   1 <= i <= the Kind's ``node_multiple_max``.
+* NODE-KEY-MATCH (this project, for ``MEDIA_RELAY``), dictionaries only:
+  NODE-MATCH (s7.3.2) applied to the dictionary key rather than to the
+  Resource-ID, the way USER-NODE-MATCH (s7.3.3) binds its key: the key must
+  be a Node-ID of the certificate (its 16-byte wire form).  The Resource-ID
+  is then free, so every super-node that relays media writes its own entry
+  at one well-known resource that a Fetch reads whole, and none can write
+  or delete another's.  (RFC 6940's own NODE-MATCH puts each value at the
+  hash of its writer's Node-ID, where only a reader that already knows the
+  Node-ID could look.)
 * FIRST-SIGNER (this project, for the ``DATA`` Kind that ``p2psip put`` and
   the demo use under free-form names): any certified signer may write a
   slot nobody holds, and while that value lives (a deletion included) only
@@ -63,6 +72,8 @@ class AccessPolicy(enum.Enum):
     NODE_MATCH = "NODE-MATCH"
     USER_NODE_MATCH = "USER-NODE-MATCH"
     NODE_MULTIPLE = "NODE-MULTIPLE"
+    #: This project's: NODE-MATCH on the dictionary key; see the module docstring.
+    NODE_KEY_MATCH = "NODE-KEY-MATCH"
     #: This project's policy for free-form names; see the module docstring.
     FIRST_SIGNER = "FIRST-SIGNER"
 
@@ -159,6 +170,12 @@ def check_access(
         if value.key not in {id_to_bytes(node_id) for node_id in signer.node_ids}:
             raise AccessDenied("USER-NODE-MATCH: the dictionary key is not the signer's Node-ID")
         return
+    if policy is AccessPolicy.NODE_KEY_MATCH:
+        if not isinstance(value, DictionaryEntry):
+            raise AccessDenied("NODE-KEY-MATCH applies to dictionary entries only")
+        if value.key not in {id_to_bytes(node_id) for node_id in signer.node_ids}:
+            raise AccessDenied("NODE-KEY-MATCH: the dictionary key is not the signer's Node-ID")
+        return
     if policy is AccessPolicy.NODE_MULTIPLE:
         for node_id in signer.node_ids:
             for index in range(1, kind.node_multiple_max + 1):
@@ -239,13 +256,28 @@ DATA = Kind(
     max_per_signer=1000,
 )
 
+#: The media relays of the ring (a TURN-SERVICE-like Kind, RFC 6940 s10):
+#: one dictionary at the well-known resource ``p2psip.usages.media_relay.
+#: MEDIA_RELAY_RESOURCE``, one entry per relaying super-node keyed by its
+#: Node-ID (NODE-KEY-MATCH), re-stored while it relays.
+MEDIA_RELAY = Kind(
+    kind_id=0xF0000002,
+    name="MEDIA-RELAY",
+    data_model=DataModel.DICTIONARY,
+    max_count=256,
+    max_size=256,
+    access=AccessPolicy.NODE_KEY_MATCH,
+    max_lifetime_seconds=DAY_SECONDS,
+    max_per_signer=1,
+)
+
 #: The Kinds whose values are certificates, and so can verify themselves.
 CERTIFICATE_KINDS = (CERTIFICATE_BY_NODE, CERTIFICATE_BY_USER)
 
 DEFAULT_KINDS: Mapping[int, Kind] = MappingProxyType(
     {
         kind.kind_id: kind
-        for kind in (SIP_REGISTRATION, CERTIFICATE_BY_NODE, CERTIFICATE_BY_USER, DATA)
+        for kind in (SIP_REGISTRATION, CERTIFICATE_BY_NODE, CERTIFICATE_BY_USER, DATA, MEDIA_RELAY)
     }
 )
 

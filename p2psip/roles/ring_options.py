@@ -13,6 +13,7 @@ builds the role from that object alone; nothing below it sees the
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -82,6 +83,69 @@ class SipTlsCredentials:
 
 
 @frozen
+class MediaRelayConfig:
+    """The super-node's RTP relay: which calls, on which ports, behind which address."""
+
+    policy: str
+    low_port: int
+    high_port: int
+    #: The IPv4 address written into relayed SDP; None: the SIP advertised host.
+    address: str | None
+    #: The interface the relay ports bind on ("": every interface).
+    interface: str
+    idle_timeout_seconds: float
+
+
+def media_relay_policy(text: str) -> str:
+    """Coercer for ``--media-relay``: never, nat-only or always."""
+    value = text.strip().lower()
+    if value not in MEDIA_POLICIES:
+        raise usage.UsageError(f"--media-relay {text!r}: give one of {', '.join(MEDIA_POLICIES)}")
+    return value
+
+
+media_relay_policy.coerceDoc = "never, nat-only or always"  # type: ignore[attr-defined]
+
+MEDIA_POLICIES = ("never", "nat-only", "always")
+
+
+def port_range(text: str) -> tuple[int, int]:
+    """
+    Coercer for ``--media-ports``: ``LOW-HIGH``, at least two even/odd
+    pairs, above 1023; ``none`` for no local ports (calls go through
+    relays other super-nodes list in the overlay).
+    """
+    if text.strip().lower() == "none":
+        return 0, 0
+    low_text, dash, high_text = text.strip().partition("-")
+    try:
+        low, high = int(low_text), int(high_text)
+    except ValueError:
+        raise usage.UsageError(
+            f"--media-ports {text!r}: give a range such as 40000-40999"
+        ) from None
+    if not dash or not (1024 <= low < high <= 65535) or high - low < 3:
+        raise usage.UsageError(
+            f"--media-ports {text!r}: give LOW-HIGH with 1024 <= LOW < HIGH <= 65535 and room "
+            "for two RTP/RTCP port pairs (a call takes four ports per stream)"
+        )
+    return low, high
+
+
+port_range.coerceDoc = "LOW-HIGH, e.g. 40000-40999, or none"  # type: ignore[attr-defined]
+
+
+def ipv4_address(text: str) -> str:
+    """Coercer for ``--media-address``: an IPv4 address (the relay forwards IPv4)."""
+    try:
+        return str(ipaddress.IPv4Address(text.strip()))
+    except ValueError:
+        raise usage.UsageError(
+            f"--media-address {text!r} is no IPv4 address; the relay forwards IPv4 only"
+        ) from None
+
+
+@frozen
 class SipConfig:
     """The SIP super-node's settings (present when ``--sip`` names a listener)."""
 
@@ -113,6 +177,9 @@ class SipConfig:
     def domain_routes(self) -> DomainRoutes:
         """The rules, or for a stack built without any, the overlay domain alone."""
         return self.routes if self.routes is not None else DomainRoutes.build(self.domain)
+
+    #: The media relay (``media-relay``, ``media-ports``...); None: ``never``.
+    media: MediaRelayConfig | None = None
 
     @property
     def peer_transport(self) -> str:
@@ -472,6 +539,43 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             "(default: the first --sip interface, else the overlay address).",
         ],
         [
+            "media-relay",
+            None,
+            "never",
+            "Which calls this super-node relays RTP for: never, nat-only (a phone served "
+            "here shows NAT evidence) or always (every call with a phone served here).",
+            media_relay_policy,
+        ],
+        [
+            "media-ports",
+            None,
+            "40000-40999",
+            "UDP port range of the media relay (four ports per relayed stream); none: relay "
+            "only through the relays of other super-nodes, found in the overlay.",
+            port_range,
+        ],
+        [
+            "media-address",
+            None,
+            None,
+            "IPv4 address phones send relayed media to, written into SDP (default: "
+            "--sip-advertise, else the SIP host).",
+            ipv4_address,
+        ],
+        [
+            "media-interface",
+            None,
+            "",
+            "Interface the relay ports bind on (default: every interface).",
+        ],
+        [
+            "media-timeout",
+            None,
+            60.0,
+            "Seconds without a packet after which a relayed call's ports are freed.",
+            positive_float,
+        ],
+        [
             "sip-rate-limit",
             None,
             DEFAULT_REQUESTS_PER_SECOND,
@@ -669,6 +773,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 digest_clients=tuple(self["sip-digest-client"]),
                 routes=self._domain_routes(),
                 dns_servers=tuple(self["dns-servers"] or ()),
+                media=self._media_relay(),
             )
         advertised_host, advertised_because = self._advertised()
         return RingRoleConfig(
@@ -709,6 +814,36 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             raise usage.UsageError(
                 f"{e}: fix --sip-domain-alias, --sip-peer-domain or --sip-static-route"
             ) from None
+
+    def _media_relay(self) -> MediaRelayConfig | None:
+        """The relay's settings; None for ``--media-relay never``."""
+        if self["media-relay"] == "never":
+            return None
+        ports = self["media-ports"]
+        low, high = port_range(ports) if isinstance(ports, str) else ports
+        address = self["media-address"]
+        if address is None:
+            host = self["sip-advertise"] or endpoint_interface(self["sip"][0]) or ""
+            try:
+                address = str(ipaddress.IPv4Address(host)) if host else None
+            except ValueError:
+                raise usage.UsageError(
+                    f"--media-relay {self['media-relay']} needs an IPv4 address to write into "
+                    f"SDP, and the SIP host {host!r} is none: give --media-address"
+                ) from None
+            if address in (None, "0.0.0.0"):
+                raise usage.UsageError(
+                    f"--media-relay {self['media-relay']} needs the address phones send media to: "
+                    "give --media-address (or --sip-advertise as an IPv4 address)"
+                )
+        return MediaRelayConfig(
+            policy=self["media-relay"],
+            low_port=low,
+            high_port=high,
+            address=address,
+            interface=self["media-interface"],
+            idle_timeout_seconds=self["media-timeout"],
+        )
 
     def _advertised(self) -> tuple[str, str]:
         """

@@ -53,6 +53,12 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from p2psip.media.anchor import MediaAnchor, MediaPolicy
+from p2psip.media.directory import PUBLISH_INTERVAL_SECONDS, RelayDirectory
+from p2psip.media.metrics import MediaRelayCollector, relay_status
+from p2psip.media.relay import PortPool
+from p2psip.media.sessions import RelaySessions
+from p2psip.media.udp import RelayService, UdpSocketOpener
 from p2psip.util.reactor import IRoleReactor, as_udp_reactor
 from p2psip.enrolment.user_certificates import UserCertificateError, UserCertificates
 from p2psip.interfaces import ISuperNodeOverlay
@@ -148,6 +154,8 @@ class SipStack:
     proxy: SipProxy
     #: The server TLS of ``--sip-tls`` listeners (None without any).
     tls: CertificateOptions | None = None
+    #: The media relay (None with ``--media-relay never``).
+    media: MediaAnchor | None = None
 
 
 def build_sip_stack(
@@ -205,6 +213,7 @@ def build_sip_stack(
         if routes.foreign_domains
         else None
     )
+    media = build_media_relay(config, reactor, host, node)
     proxy = SipProxy(
         config.domain,
         (host, 0),
@@ -219,10 +228,37 @@ def build_sip_stack(
         else None,
         credentials=registrar.credentials,
         gateway=Gateway(routes, locator, reactor),
+        media=media,
     )
     transport.receiver = proxy.transactions
     tls = sip_tls_options(config.tls) if config.tls is not None else None
-    return SipStack(config, node, users, location, registrar, transport, proxy, tls)
+    return SipStack(config, node, users, location, registrar, transport, proxy, tls, media)
+
+
+def build_media_relay(
+    config: SipConfig, reactor: IRoleReactor, host: str, node: ISuperNodeOverlay
+) -> MediaAnchor | None:
+    """
+    The relay's port pool, sessions, SDP rewriting and the overlay's list of
+    other relays (None with ``--media-relay never``).
+    """
+    relay = config.media
+    if relay is None:
+        return None
+    sessions = RelaySessions(
+        PortPool(relay.low_port, relay.high_port),
+        UdpSocketOpener(as_udp_reactor(reactor), relay.interface),
+        idle_timeout_seconds=relay.idle_timeout_seconds,
+    )
+    return MediaAnchor(
+        sessions,
+        MediaPolicy(relay.policy),
+        relay.address or host,
+        reactor,
+        local_node_id=node.local_node_id,
+        directory=RelayDirectory(node),
+        peer_transport=config.peer_transport,
+    )
 
 
 class UserCertificateLoader:
@@ -318,6 +354,14 @@ class SipService(Service):
         if user_certificates is not None:
             self.user_certificates = UserCertificateLoader(user_certificates, stack.node)
             stack.location.enrol_hint = self.user_certificates.enrol_hint()
+        self.relay: RelayService | None = None
+        self.directory: RelayDirectory | None = None
+        self._announce: LoopingCall | None = None
+        if stack.media is not None:
+            self.relay = RelayService(stack.media.sessions, reactor)
+            self.directory = stack.media.directory
+            self._announce = LoopingCall(self._announce_relay)
+            self._announce.clock = reactor
         self._refresh: LoopingCall | None = None
         if self.users is not None or self.user_certificates is not None:
             self._refresh = LoopingCall(self._refresh_files)
@@ -365,6 +409,14 @@ class SipService(Service):
                 raise usage.UsageError(str(e)) from None
         if self._refresh is not None:
             self._refresh.start(USERS_REFRESH_SECONDS, now=False)
+        if self.relay is not None:
+            self.relay.startService()
+        if self._announce is not None:
+            # The overlay takes the entry once the node is in the ring.
+            if self.joined is None:
+                self._announce.start(PUBLISH_INTERVAL_SECONDS)
+            else:
+                self.joined.addCallback(self._start_announcing)
         users = self.users
         self.log.info(
             "SIP super-node for {domain} at {host}:{port} ({listeners}); authentication {auth}; "
@@ -382,6 +434,21 @@ class SipService(Service):
             gc_tuning.tune_for_server()
             if self.joined is not None:
                 self.joined.addCallback(lambda _: self._freeze() if self.running else None)
+
+    def _start_announcing(self, result: object) -> object:
+        if self.running and self._announce is not None and not self._announce.running:
+            self._announce.start(PUBLISH_INTERVAL_SECONDS)
+        return result
+
+    def _announce_relay(self) -> None:
+        """Store this relay's entry in the overlay's list, and read the others'."""
+        media = self.stack.media
+        if media is None or self.directory is None:
+            return
+        pool = media.sessions.pool
+        if pool.capacity:
+            self.directory.publish(media.address, pool.capacity - pool.in_use)
+        self.directory.refresh()
 
     def _freeze(self) -> None:
         gc_tuning.freeze_after_start_up()
@@ -456,6 +523,12 @@ class SipService(Service):
             self._save_bindings.stop()
             self._save_if_changed()
         self.registrar.stop()
+        if self.relay is not None and self.relay.running:
+            self.relay.stopService()
+        if self._announce is not None and self._announce.running:
+            self._announce.stop()
+            if self.directory is not None and self.directory.published:
+                self.directory.withdraw()
         self.proxy.transactions.terminate_all()
         return self.transport.stop()
 
@@ -484,6 +557,7 @@ class SipService(Service):
             "transactions": self.proxy.transactions.metrics(),
             "transport": self.transport.metrics(),
             "gateway": self.proxy.gateway.status(),
+            "media_relay": relay_status(self.stack.media, self.directory),
         }
 
     def add_metrics(self, registry: CollectorRegistry) -> None:
@@ -492,6 +566,8 @@ class SipService(Service):
             SipCollector(lambda: self.proxy, lambda: self.transport, self.registrations)
         )
         CallSetupTimes(registry).watch(self.proxy)
+        if self.stack.media is not None:
+            registry.register(MediaRelayCollector(self.stack.media))
 
 
 __all__ = [

@@ -69,6 +69,7 @@ from p2psip.sip.domain_routes import DomainRoutes, ForeignCallers, RouteKind
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.gateway import Gateway, RelayRefused, first_hop
 from p2psip.sip.location import Binding, OverlayLocationService
+from p2psip.sip.media_hook import MediaHook
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
 from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
@@ -207,6 +208,7 @@ class SipProxy:
         rate_limit: RequestRateLimit | None = None,
         credentials: CredentialCheck | None = None,
         gateway: Gateway | None = None,
+        media: MediaHook | None = None,
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
@@ -235,6 +237,8 @@ class SipProxy:
         self.credentials = credentials
         #: The domain rules and the way to other SIP domains (none routed by default).
         self.gateway = gateway or Gateway(DomainRoutes.build(self.domain), None, clock)
+        #: The media relay's view of the calls we forward; None: bodies pass untouched.
+        self.media = media
 
     @property
     def pending_requests(self) -> int:
@@ -328,6 +332,8 @@ class SipProxy:
             self.log.debug("dropped an unroutable ACK: {why}", why=e.reason)
 
     def _send_ack(self, ack: Request, target: Hop, request: Request) -> None:
+        if self.media is not None:
+            self.media.ack_forwarding(ack)
         self._prepare(ack, ack.uri, target, request, stateless_key=request.via.branch or "")
         self.transactions.send_request(ack, target, lambda response: None)
 
@@ -343,6 +349,8 @@ class SipProxy:
             forwarded.headers.pop_first_value("Via")
             if not forwarded.headers.values("Via"):
                 return
+            if self.media is not None:
+                self.media.response_forwarding(forwarded)
             via = forwarded.via
             host = via.received or via.host
             port = via.rport or via.port or 5060
@@ -769,6 +777,9 @@ class SipProxy:
             return None
         for binding in self.registrar.bindings_at(uri):
             return self._flow_hop(binding)
+        for binding in self.registrar.bindings_on_connection(uri):
+            if isinstance(binding.flow, Hop):
+                return binding.flow
         return None
 
     def _route_hops(self, top: SipURI) -> Deferred[list[Hop]]:
@@ -836,9 +847,17 @@ class SipProxy:
     # -- loops ---------------------------------------------------------------
 
     def _loop_hash(self, request: Request) -> str:
-        """RFC 3261 s16.6 item 8: what must differ for a spiral to be no loop."""
+        """
+        RFC 3261 s16.6 item 8: what must differ for a spiral to be no loop.
+
+        The Route set left after our own entries were removed counts too: a
+        request that passes us twice on a dialog's route set (out to
+        another super-node's media relay and back to a phone served here)
+        has the same Request-URI both times but not the same route ahead.
+        """
         parts = [
             str(request.uri),
+            ",".join(request.headers.values("Route")),
             request.from_.tag or "",
             request.to.tag or "",
             request.call_id,
@@ -1056,6 +1075,9 @@ class SipProxy:
         if not targets:
             self._answer(transaction, 480, "Temporarily Unavailable")
             return
+        routed = self._media_forwarding(transaction, request, targets)
+        if routed is None:
+            return
         context = ResponseContext(transaction, self.clock, self.transactions, self._respond)
         self._contexts[transaction] = context
 
@@ -1065,8 +1087,10 @@ class SipProxy:
 
         transaction.add_terminated_callback(forget)
         outgoing: list[tuple[Request, Hop]] = []
-        for target_uri, hop in targets[:MAX_BRANCHES]:
+        for target_uri, hop, routes in routed[:MAX_BRANCHES]:
             copy = request.copy()
+            for route in reversed(routes):
+                copy.headers.prepend("Route", route)
             self._prepare(copy, target_uri, hop, request, arrived_over=transaction.source.transport)
             outgoing.append((copy, hop))
         if failover:
@@ -1077,6 +1101,41 @@ class SipProxy:
             "forked {method} to {count} target(s)", method=request.method, count=len(outgoing)
         )
 
+    # -- the media relay hook ----------------------------------------------------
+
+    def _media_forwarding(
+        self, transaction: ServerTransaction, request: Request, targets: list[tuple[URI, Hop]]
+    ) -> list[tuple[URI, Hop, list[str]]] | None:
+        """
+        Let the media relay rewrite the body every copy will carry
+        (:mod:`p2psip.sip.media_hook`), and send the copies through another
+        super-node's relay when it asks for one; None when it refused the
+        request and we answered it.
+
+        Through another relay, each copy goes to that super-node with a
+        Route naming it, and a copy for a phone served here comes back
+        along a second Route naming us (the relay must see both ways).
+        """
+        plain: list[tuple[URI, Hop, list[str]]] = [(uri, hop, []) for uri, hop in targets]
+        if self.media is None:
+            return plain
+        try:
+            body = self.media.request_forwarding(request, transaction.source, targets)
+        except SipParseError as e:
+            self._answer(transaction, e.status, e.reason)
+            return None
+        if body is not None:
+            request.body = body
+        detour = self.media.detour(request)
+        if detour is None:
+            return plain
+        relay_route, relay_hop = detour
+        back = self._record_route(relay_hop.transport)
+        return [
+            (uri, relay_hop, [relay_route] if _names_super_node(uri) else [relay_route, back])
+            for uri, _ in targets
+        ]
+
     def _cancel_received(self, transaction: ServerTransaction) -> None:
         """RFC 3261 s16.10: answer the CANCEL and cancel every pending branch."""
         invite = self.transactions.find_cancelled(transaction.request)
@@ -1084,6 +1143,8 @@ class SipProxy:
             self._answer(transaction, 481, "Call/Transaction Does Not Exist")
             return
         self._answer(transaction, 200, "OK")
+        if self.media is not None:
+            self.media.call_cancelled(invite.request)
         context = self._contexts.get(invite)
         if context is None:
             # Still looking the user up: no branch exists yet.
@@ -1116,6 +1177,9 @@ class SipProxy:
         after 100 Trying and of the first final one.
         """
         sendable = transaction.state in (State.TRYING, State.PROCEEDING)
+        if self.media is not None and response.status > 100:
+            # Every 2xx of a forked INVITE goes up, even after the first.
+            self.media.response_forwarding(response)
         transaction.respond(response)
         if not sendable:
             return  # dropped by the transaction, or a 2xx retransmission

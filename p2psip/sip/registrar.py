@@ -271,6 +271,32 @@ class Registrar:
         now = self.clock.seconds()
         return [b for b in self._by_address.get(address, []) if b.expires_at > now]
 
+    def bindings_on_connection(self, uri: URI) -> list[LocalBinding]:
+        """
+        Live bindings registered over a TCP or TLS connection whose far end
+        is the host and port ``uri`` names.
+
+        Some phones (baresip) put the local port of their connection in the
+        Contact of a dialog, not the listening port they registered: the
+        request is still for them, over that connection.
+        """
+        address = _contact_address(uri)
+        if address is None:
+            return []
+        now = self.clock.seconds()
+        return [
+            binding
+            for bindings in self._bindings.values()
+            for binding in bindings
+            if binding.expires_at > now
+            and str(getattr(binding.flow, "transport", "")).upper() in ("TCP", "TLS")
+            and (
+                str(getattr(binding.flow, "host", "")).lower().strip("[]"),
+                getattr(binding.flow, "port", None),
+            )
+            == address
+        ]
+
     def served_aors(self) -> list[str]:
         """Every AOR with at least one binding here (for status pages)."""
         return sorted(self._bindings)

@@ -6,6 +6,7 @@ share one in-memory DHT, with real user agents registering and calling.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +43,18 @@ def start_super_nodes(
     domain: str,
     users_path: Path,
     extra: dict[str, list[str]] | None = None,
+    nodes: Sequence[tuple[str, int]] = (("a", NODE_A), ("b", NODE_B)),
+    node_class: type[MemoryNode] | None = None,
 ) -> list[SipService]:
     """
-    Super-nodes "a" (NODE_A) and "b" (NODE_B) of one in-memory DHT, with SIP
-    on loopback UDP and ``extra`` role options per name; stopped at cleanup.
+    Super-nodes "a" (NODE_A) and "b" (NODE_B) of one in-memory DHT (or
+    ``nodes``, as ``node_class``), with SIP on loopback UDP and ``extra``
+    role options per name; stopped at cleanup.
     """
     entries: dict[Any, Any] = {}
     applications: dict[Any, Any] = {}
     services = []
-    for name, node_id in (("a", NODE_A), ("b", NODE_B)):
+    for name, node_id in nodes:
         options = parse(
             "--overlay-name",
             domain,
@@ -67,7 +71,7 @@ def start_super_nodes(
         os.makedirs(config.data_dir)
         stack = build_sip_stack(
             config.sip,
-            MemoryNode(node_id, reactor, entries, applications),
+            (node_class or MemoryNode)(node_id, reactor, entries, applications),
             reactor,
             load_users(config.sip),
             load_or_create_secret(config.data_dir),

@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2psip.overlay.bodies import ArrayEntry, DataModel, DataValue, DictionaryEntry
 from p2psip.overlay.certificates import CertifiedIdentity
 from p2psip.overlay.kinds import (
+    MEDIA_RELAY,
     CERTIFICATE_BY_NODE,
     CERTIFICATE_BY_USER,
     DATA,
@@ -91,18 +92,28 @@ class BuiltInKindTests(SynchronousTestCase):
             3: DataModel.ARRAY,
             16: DataModel.ARRAY,
             DATA.kind_id: DataModel.SINGLE_VALUE,
+            MEDIA_RELAY.kind_id: DataModel.DICTIONARY,
         }
         self.assertEqual(data_models(DEFAULT_KINDS), expected)
         self.assertEqual(
-            data_models([SIP_REGISTRATION, CERTIFICATE_BY_NODE, CERTIFICATE_BY_USER, DATA]),
+            data_models(
+                [SIP_REGISTRATION, CERTIFICATE_BY_NODE, CERTIFICATE_BY_USER, DATA, MEDIA_RELAY]
+            ),
             expected,
         )
 
     def test_policy_names_are_the_rfc_names(self) -> None:
-        """Policies carry the names RFC 6940 s7.3 gives them, plus this project's FIRST-SIGNER."""
+        """Policies carry the names RFC 6940 s7.3 gives them, plus this project's two."""
         self.assertEqual(
             {p.value for p in AccessPolicy},
-            {"USER-MATCH", "NODE-MATCH", "USER-NODE-MATCH", "NODE-MULTIPLE", "FIRST-SIGNER"},
+            {
+                "USER-MATCH",
+                "NODE-MATCH",
+                "USER-NODE-MATCH",
+                "NODE-MULTIPLE",
+                "NODE-KEY-MATCH",
+                "FIRST-SIGNER",
+            },
         )
 
     def test_certificates_are_kept_where_the_policy_points(self) -> None:
@@ -187,6 +198,17 @@ class AccessPolicyTests(SynchronousTestCase):
         self.assertRaises(
             AccessDenied, check_access, SIP_REGISTRATION, resource, mallory_entry, mallory
         )
+
+    def test_node_key_match(self) -> None:
+        """NODE-KEY-MATCH: any resource, but only the signer's own Node-ID as the key."""
+        relay = identity(self.node_id)
+        own = DictionaryEntry(id_to_bytes(self.node_id), VALUE)
+        check_access(MEDIA_RELAY, 12345, own, relay)
+        mallory = identity(random_node_id())
+        self.assertRaises(AccessDenied, check_access, MEDIA_RELAY, 12345, own, mallory)
+        tombstone = DictionaryEntry(id_to_bytes(self.node_id), DataValue(False, b""))
+        self.assertRaises(AccessDenied, check_access, MEDIA_RELAY, 12345, tombstone, mallory)
+        self.assertRaises(AccessDenied, check_access, MEDIA_RELAY, 12345, VALUE, relay)
 
     def test_deletions_are_checked_like_values(self) -> None:
         """A tombstone (exists=False) passes the same policy: nobody else may delete."""
