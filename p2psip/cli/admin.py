@@ -131,7 +131,7 @@ class AdminClient:
         return self._call("GET", "/status", authenticated=False)
 
     def ring(self) -> dict[str, Any]:
-        return self._call("GET", "/api/ring", authenticated=False)
+        return self._call("GET", "/api/ring")
 
     def put(self, name: str, value: str, lifetime_seconds: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"name": name, "value": value}
