@@ -382,7 +382,7 @@ function drawRing(view, tables) {
       picture.appendChild(titled(line, `finger of ${tables.node_id}: ${finger}`));
     }
   }
-  for (const member of members) {
+  members.forEach((member, index) => {
     const [x, y] = point(member.node_id, RADIUS);
     const classes = ["member"];
     if (member.this) classes.push("this");
@@ -395,11 +395,12 @@ function drawRing(view, tables) {
     dot.addEventListener("click", () => choose(member.node_id));
     dot.addEventListener("keydown", (event) => { if (event.key === "Enter") choose(member.node_id); });
     picture.appendChild(dot);
-    const [lx, ly] = point(member.node_id, RADIUS + 24);
+    // Alternate label distances, so that members close together stay readable.
+    const [lx, ly] = point(member.node_id, RADIUS + (index % 2 ? 36 : 22));
     const label = svg("text", { x: fixed(lx), y: fixed(ly + 3), "text-anchor": "middle" });
     label.textContent = member.node_id.slice(0, 6);
     picture.appendChild(label);
-  }
+  });
   picture.appendChild(legend());
   return picture;
 }

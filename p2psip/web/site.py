@@ -5,8 +5,9 @@ metrics and the local admin API.
 Paths:
 
 ``GET /``
-    A self-contained HTML page that polls ``/status`` (and draws the ring
-    from ``/api/ring`` on the bootstrap).
+    A self-contained HTML page (:mod:`p2psip.web.page`) that polls
+    ``/status`` and, on ring roles, draws the ring from ``/api/ring-view``
+    and ``/api/peer-tables`` with the admin token the operator gives it.
 ``GET /status``
     ``application/json``: whatever the role's status callable returns.
 ``GET /metrics``
@@ -714,8 +715,8 @@ def build_site(
 
     ``status`` returns (or fires with) the JSON object for ``/status``;
     ``api`` maps names to routes served at ``/api/NAME`` to holders of
-    ``admin_token`` (None: to nobody, except open-access routes); ``ring_page``
-    makes ``/`` draw the ring from ``/api/ring``; ``allowed_hosts`` are the
+    ``admin_token`` (None: to nobody); ``ring_page`` makes ``/`` draw the
+    ring from ``/api/ring-view``; ``allowed_hosts`` are the
     names (besides the listener's address and localhost) accepted in Host
     headers.  ``reactor`` schedules the HTTP timeouts and paces the refusal
     warnings (the global reactor when None).

@@ -1,0 +1,256 @@
+"""
+The ring page in a real browser: headless Chromium loads the bootstrap's
+page from a ring of real ``twistd`` processes on loopback and the test
+reads what the page's script drew.
+
+A bootstrap with SIP (a phone registered there) and four peers, with
+neighbour lists of two so that five members need fingers.  Chromium runs
+the page's script (``--dump-dom`` after a virtual-time budget) with the
+admin token in the address's fragment and a peer chosen with
+``#select=``; the DOM must show every member on the ring, one arc each,
+the bootstrap's links by path, the chosen peer's fingers as the peer
+itself reported them, and the node's figures.  Without the token the
+page shows the token form and no ring.  A screenshot is left in the
+test's temporary directory.
+
+Chromium reaches nothing but loopback: every other host name is mapped
+to nothing (``--host-resolver-rules``) and its background services are
+off.
+"""
+
+from __future__ import annotations
+
+import os
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import TestCase
+
+from p2psip.sip.transaction import Hop
+from p2psip.sip.transport import SipTransport
+from p2psip.sip.user_agent import SimpleUserAgent
+from p2psip.sip.users import UsersFile
+from p2psip.testing import require_tool
+from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
+from tests.integration.test_sip_overlay import free_udp_and_tcp_port
+
+DOMAIN = "ringpage.test"
+PEERS = 4
+#: Short neighbour lists: with five members each one has fingers beyond them.
+SMALL_TABLES = ["--successors", "2", "--predecessors", "2", "--replicas", "1"]
+#: Loopback only, and none of the browser's own traffic (updates, metrics, sync).
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-extensions",
+    "--disable-sync",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--no-pings",
+    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+    "--virtual-time-budget=4000",
+]
+
+
+class Element:
+    def __init__(self, tag: str, attributes: dict[str, str]) -> None:
+        self.tag = tag
+        self.attributes = attributes
+        self.text = ""
+
+    @property
+    def classes(self) -> set[str]:
+        return set(self.attributes.get("class", "").split())
+
+
+class DomReader(HTMLParser):
+    """Every element of the dumped DOM with its attributes and its own text."""
+
+    VOID = {"meta", "input", "br", "img", "link"}
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.elements: list[Element] = []
+        self._open: list[Element] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        element = Element(tag, {name: value or "" for name, value in attrs})
+        self.elements.append(element)
+        if tag not in self.VOID:
+            self._open.append(element)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append(Element(tag, {name: value or "" for name, value in attrs}))
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._open:
+            if self._open.pop().tag == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        if self._open:
+            self._open[-1].text += data
+
+    def by_id(self, element_id: str) -> Element:
+        [element] = [e for e in self.elements if e.attributes.get("id") == element_id]
+        return element
+
+    def with_class(self, tag: str, name: str) -> list[Element]:
+        return [e for e in self.elements if e.tag == tag and name in e.classes]
+
+
+class RingPageTests(TestCase):
+    timeout = 180
+
+    def setUp(self) -> None:
+        self.chromium = require_tool("chromium")
+        self.directory = Path(self.mktemp()).resolve()
+        self.directory.mkdir(parents=True)
+        self.ca = OverlayCA(self.directory / "bootstrap", DOMAIN)
+        self.users_path = self.directory / "users"
+        users = UsersFile.load(self.users_path, missing_ok=True)
+        users.set_password(f"sip:alice@{DOMAIN}", "alice-secret")
+        users.save()
+
+    def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
+        self.ca.enrol_offline(self.directory / name)
+        process = RoleProcess(
+            role, self.directory / name, overlay_arguments(DOMAIN) + SMALL_TABLES + extra
+        )
+        self.addCleanup(process.stop)
+        return process
+
+    def browse(self, url: str, *extra: str) -> Deferred[tuple[bytes, bytes, int]]:
+        profile = self.directory / f"chromium-profile-{len(os.listdir(self.directory))}"
+        profile.mkdir()
+        arguments = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, url]
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(profile)}
+        return getProcessOutputAndValue(self.chromium, arguments, env=environment)
+
+    @inlineCallbacks
+    def page_dom(self, url: str) -> Any:
+        out, err, code = yield self.browse(url, "--dump-dom")
+        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
+        return DomReader(out.decode("utf-8"))
+
+    @inlineCallbacks
+    def test_ring_page_in_chromium(self) -> Any:
+        """What the browser draws matches the ring's own answers."""
+        sip_port = free_udp_and_tcp_port()
+        self.ca.enrol_offline(self.directory / "bootstrap")
+        self.ca.issue_user_certificates(self.directory / "bootstrap", [f"alice@{DOMAIN}"])
+        bootstrap = RoleProcess(
+            "p2psip-bootstrap",
+            self.directory / "bootstrap",
+            overlay_arguments(DOMAIN)
+            + SMALL_TABLES
+            + self.ca.bootstrap_arguments()
+            + ["--sip", f"udp:{sip_port}:interface=127.0.0.1", "--users", str(self.users_path)],
+        )
+        self.addCleanup(bootstrap.stop)
+        yield wait_for(
+            lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
+            30,
+            "the bootstrap",
+        )
+        peers = [
+            self.start("p2psip-peer", f"peer{index}", ["--bootstrap", bootstrap.endpoint])
+            for index in range(PEERS)
+        ]
+        yield wait_for(
+            lambda: bootstrap.call("ring").addCallback(
+                lambda r: r["complete"] and r["count"] == PEERS + 1
+            ),
+            60,
+            "the ring to include every peer",
+        )
+        # A phone registers at the bootstrap, so its page has a registration to show.
+        transport = SipTransport(reactor)
+        yield transport.listen("udp:0:interface=127.0.0.1")
+        self.addCleanup(transport.stop)
+        alice = SimpleUserAgent(
+            f"sip:alice@{DOMAIN}",
+            "alice-secret",
+            transport,
+            Hop("UDP", "127.0.0.1", sip_port),
+            reactor,
+        )
+        self.addCleanup(alice.stop)
+        yield alice.register()
+
+        chosen = (yield peers[1].call("status"))["node_id"]
+
+        def chosen_has_fingers() -> Deferred[bool]:
+            return bootstrap.call("peer_tables", chosen).addCallback(lambda t: bool(t["fingers"]))
+
+        yield wait_for(chosen_has_fingers, 60, "the chosen peer to have fingers")
+        view = yield bootstrap.call("ring_view")
+        tables = yield bootstrap.call("peer_tables", chosen)
+        token = (self.directory / "bootstrap" / "data" / "admin-token").read_text().strip()
+        page = f"http://127.0.0.1:{bootstrap.http_port}/"
+
+        dom = yield self.page_dom(f"{page}#token={token}&select={chosen}")
+        members = {m["node_id"] for m in view["members"]}
+        self.assertEqual(len(members), PEERS + 1)
+        dots = dom.with_class("circle", "member")
+        self.assertEqual({d.attributes["data-node-id"] for d in dots}, members)
+        [this] = [d for d in dots if "this" in d.classes]
+        self.assertEqual(this.attributes["data-node-id"], view["node_id"])
+        [picked] = [d for d in dots if "selected" in d.classes]
+        self.assertEqual(picked.attributes["data-node-id"], chosen)
+        arcs = dom.with_class("path", "arc")
+        self.assertEqual({a.attributes["data-node-id"] for a in arcs}, members)
+        # The bootstrap's links, each drawn in the style of its path.
+        drawn_links = {
+            (line.attributes["data-peer"], line.attributes["data-path"])
+            for line in dom.with_class("path", "link")
+            if "data-peer" in line.attributes
+        }
+        linked = {(link["peer"], link["path"]) for link in view["links"] if link["member"]}
+        self.assertTrue(drawn_links)
+        self.assertEqual(drawn_links, linked)
+        self.assertEqual({path for _, path in drawn_links}, {"connect"})  # all on loopback
+        # The chosen peer's fingers, as it reported them in its full Update.
+        fingers = {
+            line.attributes["data-peer"]
+            for line in dom.with_class("path", "finger")
+            if "data-peer" in line.attributes  # not the legend's sample line
+        }
+        self.assertEqual(fingers, set(tables["fingers"]) - {chosen})
+        self.assertTrue(fingers)
+        self.assertEqual(dom.by_id("tables").attributes.get("data-node-id"), chosen)
+        self.assertEqual(dom.by_id("ring").attributes.get("data-selected"), chosen)
+        self.assertNotIn("hidden", dom.by_id("ring").attributes)
+        self.assertIn(f"{PEERS + 1} member(s); ring complete", dom.by_id("ring-summary").text)
+        # The node's figures: alice's registration, no calls, no media relay yet.
+        self.assertEqual(dom.by_id("figure-registrations").text, "1")
+        self.assertEqual(dom.by_id("figure-calls").text, "0")
+        self.assertEqual(dom.by_id("figure-relay-sessions").text, "0")
+        self.assertEqual(dom.by_id("figure-state").text, "joined")
+
+        # Without the token: the figures (from /status), a form, no ring.
+        dom = yield self.page_dom(page)
+        self.assertIn("hidden", dom.by_id("ring").attributes)
+        self.assertNotIn("hidden", dom.by_id("token-form").attributes)
+        self.assertIn("admin-token", dom.by_id("token-why").text)
+        self.assertEqual(dom.with_class("circle", "member"), [])
+        self.assertEqual(dom.by_id("figure-registrations").text, "1")
+
+        screenshot = self.directory / "ring-page.png"
+        _, err, code = yield self.browse(
+            f"{page}#token={token}&select={chosen}",
+            f"--screenshot={screenshot}",
+            "--window-size=1100,1500",
+        )
+        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
+        self.assertEqual(screenshot.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
