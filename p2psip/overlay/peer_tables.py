@@ -119,13 +119,7 @@ class PeerTablesQuery:
         self.latest[signer] = tables
         while len(self.latest) > MAX_KEPT_ANSWERS:
             del self.latest[next(iter(self.latest))]
-        waiting = self._waiting.pop(signer, None)
-        if waiting is None:
-            return
-        waiters, timer = waiting
-        if timer.active():
-            timer.cancel()
-        for waiter in waiters:
+        for waiter in self._stop_waiting(signer):
             waiter.callback(tables)
 
     def stop(self) -> None:
@@ -153,11 +147,12 @@ class PeerTablesQuery:
         )
 
     def _fail(self, peer: int, failure: Failure) -> None:
-        waiting = self._waiting.pop(peer, None)
-        if waiting is None:
-            return
-        waiters, timer = waiting
-        if timer.active():
-            timer.cancel()
-        for waiter in waiters:
+        for waiter in self._stop_waiting(peer):
             waiter.errback(failure)
+
+    def _stop_waiting(self, peer: int) -> list[Deferred[PeerTables]]:
+        """The callers waiting for ``peer``'s tables (none if nobody is), its timer cancelled."""
+        waiters, timer = self._waiting.pop(peer, ([], None))
+        if timer is not None and timer.active():
+            timer.cancel()
+        return waiters
