@@ -214,10 +214,11 @@ function summaryFigures(status) {
   const inProgress = count(calls.in_progress);
   add("calls", "calls in progress", inProgress === null ? "-" : String(inProgress),
       `${scalar(count(calls.answered))} answered, ${scalar(count(calls.failed))} failed`);
-  const relay = isPlainObject(sip.relay) ? sip.relay : null;
+  const relay = isPlainObject(sip.media_relay) ? sip.media_relay : null;
   const sessions = relay === null ? null : count(relay.sessions);
-  add("relay-sessions", "relay sessions", sessions === null ? "0" : String(sessions),
-      relay === null ? "no media relay on this node" : "media relayed here");
+  const relaying = sessions !== null && relay.policy !== "never";
+  add("relay-sessions", "relay sessions", relaying ? String(sessions) : "0",
+      relaying ? `media relay policy: ${scalar(relay.policy)}` : "no media relay on this node");
   return figures;
 }
 

@@ -13,6 +13,10 @@ itself reported them, and the node's figures.  Without the token the
 page shows the token form and no ring.  A screenshot is left in the
 test's temporary directory.
 
+A second test serves the page from a site in the test process whose
+status changes between two polls: the page must show the new figures
+(it updates live) and the media relay's session count once a relay runs.
+
 Chromium reaches nothing but loopback: every other host name is mapped
 to nothing (``--host-resolver-rules``) and its background services are
 off.
@@ -25,9 +29,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.utils import getProcessOutputAndValue
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from p2psip.sip.transaction import Hop
@@ -35,6 +41,8 @@ from p2psip.sip.transport import SipTransport
 from p2psip.sip.user_agent import SimpleUserAgent
 from p2psip.sip.users import UsersFile
 from p2psip.testing import require_tool
+from p2psip.web.page import REFRESH_SECONDS
+from p2psip.web.site import build_site
 from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
 from tests.integration.test_sip_overlay import free_udp_and_tcp_port
 
@@ -57,8 +65,9 @@ CHROMIUM_FLAGS = [
     "--disable-client-side-phishing-detection",
     "--no-pings",
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-    "--virtual-time-budget=4000",
 ]
+#: Virtual milliseconds Chromium runs the page before it dumps or shoots: the first poll.
+FIRST_POLL_MS = 4000
 
 
 class Element:
@@ -109,13 +118,73 @@ class DomReader(HTMLParser):
         return [e for e in self.elements if e.tag == tag and name in e.classes]
 
 
-class RingPageTests(TestCase):
+class _Browser(ProcessProtocol):
+    """One Chromium run: its stdout (the DOM it dumps), stderr, and ``ended`` with the exit code."""
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+
+    def errReceived(self, data: bytes) -> None:
+        self.err = (self.err + data)[-20000:]
+
+    def processEnded(self, reason: Failure) -> None:
+        code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(-1 if code is None else int(code))
+
+
+class Chromium(TestCase):
+    """Headless Chromium on loopback, each run with its own fresh profile."""
+
     timeout = 180
 
     def setUp(self) -> None:
         self.chromium = require_tool("chromium")
         self.directory = Path(self.mktemp()).resolve()
         self.directory.mkdir(parents=True)
+
+    @inlineCallbacks
+    def browse(self, url: str, *extra: str, budget_ms: int = FIRST_POLL_MS) -> Any:
+        """Run Chromium on ``url``; fires with (stdout, stderr, exit code). Killed at cleanup."""
+        profile = self.directory / f"chromium-profile-{len(os.listdir(self.directory))}"
+        profile.mkdir()
+        arguments = [
+            *CHROMIUM_FLAGS,
+            f"--virtual-time-budget={budget_ms}",
+            f"--user-data-dir={profile}",
+            *extra,
+            url,
+        ]
+        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(profile)}
+        browser = _Browser()
+        handle = reactor.spawnProcess(
+            browser, self.chromium, [self.chromium, *arguments], env=environment
+        )
+
+        def stop() -> Deferred[int] | None:
+            if browser.ended.called:
+                return None
+            handle.signalProcess("KILL")
+            return browser.ended
+
+        self.addCleanup(stop)
+        code = yield browser.ended
+        return browser.out, browser.err, code
+
+    @inlineCallbacks
+    def page_dom(self, url: str, budget_ms: int = FIRST_POLL_MS) -> Any:
+        out, err, code = yield self.browse(url, "--dump-dom", budget_ms=budget_ms)
+        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
+        return DomReader(out.decode("utf-8"))
+
+
+class RingPageTests(Chromium):
+    def setUp(self) -> None:
+        super().setUp()
         self.ca = OverlayCA(self.directory / "bootstrap", DOMAIN)
         self.users_path = self.directory / "users"
         users = UsersFile.load(self.users_path, missing_ok=True)
@@ -129,19 +198,6 @@ class RingPageTests(TestCase):
         )
         self.addCleanup(process.stop)
         return process
-
-    def browse(self, url: str, *extra: str) -> Deferred[tuple[bytes, bytes, int]]:
-        profile = self.directory / f"chromium-profile-{len(os.listdir(self.directory))}"
-        profile.mkdir()
-        arguments = [*CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, url]
-        environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(profile)}
-        return getProcessOutputAndValue(self.chromium, arguments, env=environment)
-
-    @inlineCallbacks
-    def page_dom(self, url: str) -> Any:
-        out, err, code = yield self.browse(url, "--dump-dom")
-        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
-        return DomReader(out.decode("utf-8"))
 
     @inlineCallbacks
     def test_ring_page_in_chromium(self) -> Any:
@@ -254,3 +310,48 @@ class RingPageTests(TestCase):
         )
         self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
         self.assertEqual(screenshot.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+
+
+class LiveFiguresTests(Chromium):
+    @inlineCallbacks
+    def test_figures_update_live(self) -> Any:
+        """A later poll's status replaces the figures: new calls, and a relay's sessions."""
+        polls: list[int] = []
+
+        def status() -> dict[str, Any]:
+            polls.append(1)
+            later = len(polls) > 1
+            sip: dict[str, Any] = {
+                "registrations": {"aors": 2 if later else 1, "bindings": 3 if later else 1},
+                "calls": {
+                    "in_progress": 2 if later else 0,
+                    "answered": 5,
+                    "challenged": 5,
+                    "failed": 1,
+                },
+            }
+            if later:
+                sip["media_relay"] = {"policy": "nat", "sessions": 2}
+            return {"state": "joined", "role": "peer", "sip": sip}
+
+        site = build_site(
+            status=status,
+            metrics=CollectorRegistry(),
+            api={},
+            admin_token=None,
+            title="p2psip peer",
+            reactor=reactor,
+        )
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/"
+        # Past one refresh interval: the page has polled twice.
+        dom = yield self.page_dom(url, budget_ms=REFRESH_SECONDS * 1000 + 2000)
+        self.assertGreaterEqual(len(polls), 2)
+        self.assertEqual(dom.by_id("figure-registrations").text, "2")
+        self.assertEqual(dom.by_id("figure-calls").text, "2")
+        self.assertEqual(dom.by_id("figure-relay-sessions").text, "2")
+        page_text = " ".join(e.text for e in dom.elements)
+        self.assertIn("5 answered, 1 failed", page_text)
+        self.assertIn("media relay policy: nat", page_text)
+        self.assertIn("3 binding(s)", page_text)
