@@ -3,13 +3,16 @@ The ring page in a real browser: headless Chromium loads the bootstrap's
 page from a ring of real ``twistd`` processes on loopback and the test
 reads what the page's script drew.
 
-A bootstrap with SIP (a phone registered there) and four peers, with
-neighbour lists of two so that five members need fingers.  Chromium runs
+A mediator, a bootstrap with SIP (a phone registered there) and four
+peers, with neighbour lists of two so that five members need fingers;
+two peers advertise an address where nothing listens, so the link
+between them is the mediator's.  Chromium runs
 the page's script (``--dump-dom`` after a virtual-time budget) with the
 admin token in the address's fragment and a peer chosen with
 ``#select=``; the DOM must show every member on the ring, one arc each,
 the bootstrap's links by path, the chosen peer's fingers as the peer
-itself reported them, and the node's figures.  Without the token the
+itself reported them, and the node's figures; the first peer's own page
+draws its mediated link in the style of its path.  Without the token the
 page shows the token form and no ring.  A screenshot is left in the
 test's temporary directory.
 
@@ -40,16 +43,29 @@ from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.user_agent import SimpleUserAgent
 from p2psip.sip.users import UsersFile
-from p2psip.testing import require_tool
+from p2psip.testing import require_tool, ring_node_mediator_secret
+from p2psip.util.ids import RING_SIZE
 from p2psip.web.page import REFRESH_SECONDS
 from p2psip.web.site import build_site
-from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
+from tests.integration.processes import (
+    OverlayCA,
+    RoleProcess,
+    overlay_arguments,
+    start_mediator,
+    wait_for,
+)
 from tests.integration.test_sip_overlay import free_udp_and_tcp_port
 
 DOMAIN = "ringpage.test"
+MEDIATOR_SECRET = "ring-page-secret"
+#: Where the first two peers say they listen: nothing does, so their link is mediated.
+UNREACHABLE = "127.0.0.9"
 PEERS = 4
-#: Short neighbour lists: with five members each one has fingers beyond them.
+#: Short neighbour lists, and members evenly spread: each member's two
+#: successors cover two fifths of the ring, so the finger for the half
+#: of the ring away lies beyond them and every member has fingers.
 SMALL_TABLES = ["--successors", "2", "--predecessors", "2", "--replicas", "1"]
+NODE_IDS = [place * (RING_SIZE // (PEERS + 1)) + 0x5EED for place in range(PEERS + 1)]
 #: Loopback only, and none of the browser's own traffic (updates, metrics, sync).
 CHROMIUM_FLAGS = [
     "--headless",
@@ -191,10 +207,27 @@ class RingPageTests(Chromium):
         users.set_password(f"sip:alice@{DOMAIN}", "alice-secret")
         users.save()
 
-    def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        self.ca.enrol_offline(self.directory / name)
+    def start(
+        self, role: str, name: str, place: int, extra: list[str], users: tuple[str, ...] = ()
+    ) -> RoleProcess:
+        """
+        The role, enrolled beforehand at its ``place`` on the ring (with
+        certificates for ``users``) and logged in to the mediator with its
+        own secret.
+        """
+        directory = self.directory / name
+        self.ca.enrol_offline(directory, NODE_IDS[place])
+        self.ca.issue_user_certificates(directory, users)
+        secret = ring_node_mediator_secret(MEDIATOR_SECRET, directory / "data")
+        mediator = ["--mediator", self.mediator, "--direct-connect-timeout", "1"]
         process = RoleProcess(
-            role, self.directory / name, overlay_arguments(DOMAIN) + SMALL_TABLES + extra
+            role,
+            directory,
+            overlay_arguments(DOMAIN)
+            + SMALL_TABLES
+            + mediator
+            + ["--mediator-secret", secret]
+            + extra,
         )
         self.addCleanup(process.stop)
         return process
@@ -202,25 +235,31 @@ class RingPageTests(Chromium):
     @inlineCallbacks
     def test_ring_page_in_chromium(self) -> Any:
         """What the browser draws matches the ring's own answers."""
+        self.mediator = start_mediator(self, self.directory / "mediator", MEDIATOR_SECRET)
         sip_port = free_udp_and_tcp_port()
-        self.ca.enrol_offline(self.directory / "bootstrap")
-        self.ca.issue_user_certificates(self.directory / "bootstrap", [f"alice@{DOMAIN}"])
-        bootstrap = RoleProcess(
+        bootstrap = self.start(
             "p2psip-bootstrap",
-            self.directory / "bootstrap",
-            overlay_arguments(DOMAIN)
-            + SMALL_TABLES
-            + self.ca.bootstrap_arguments()
+            "bootstrap",
+            0,
+            self.ca.bootstrap_arguments()
             + ["--sip", f"udp:{sip_port}:interface=127.0.0.1", "--users", str(self.users_path)],
+            users=(f"alice@{DOMAIN}",),
         )
-        self.addCleanup(bootstrap.stop)
         yield wait_for(
             lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
             30,
             "the bootstrap",
         )
+        # The first two peers advertise an address where nothing listens, so
+        # the link between them is the mediator's ("direct" on loopback).
         peers = [
-            self.start("p2psip-peer", f"peer{index}", ["--bootstrap", bootstrap.endpoint])
+            self.start(
+                "p2psip-peer",
+                f"peer{index}",
+                index + 1,
+                ["--bootstrap", bootstrap.endpoint]
+                + (["--advertise", UNREACHABLE] if index < 2 else []),
+            )
             for index in range(PEERS)
         ]
         yield wait_for(
@@ -275,7 +314,7 @@ class RingPageTests(Chromium):
         linked = {(link["peer"], link["path"]) for link in view["links"] if link["member"]}
         self.assertTrue(drawn_links)
         self.assertEqual(drawn_links, linked)
-        self.assertEqual({path for _, path in drawn_links}, {"connect"})  # all on loopback
+        self.assertTrue({path for _, path in drawn_links} <= {"connect", "direct"})
         # The chosen peer's fingers, as it reported them in its full Update.
         fingers = {
             line.attributes["data-peer"]
@@ -293,6 +332,37 @@ class RingPageTests(Chromium):
         self.assertEqual(dom.by_id("figure-calls").text, "0")
         self.assertEqual(dom.by_id("figure-relay-sessions").text, "0")
         self.assertEqual(dom.by_id("figure-state").text, "joined")
+
+        # Peer 0's own page draws its links: the mediator's to peer 1, and
+        # plain connects (at least the one it joined through).
+        unreachable = []
+        for peer in peers[:2]:
+            unreachable.append((yield peer.call("status"))["node_id"])
+
+        def mediated() -> Deferred[bool]:
+            return (
+                peers[0]
+                .call("ring_view")
+                .addCallback(
+                    lambda v: (
+                        (unreachable[1], "direct") in {(k["peer"], k["path"]) for k in v["links"]}
+                    )
+                )
+            )
+
+        yield wait_for(mediated, 30, "the mediator's link from peer 0 to peer 1")
+        peer_token = (self.directory / "peer0" / "data" / "admin-token").read_text().strip()
+        peer_dom = yield self.page_dom(f"http://127.0.0.1:{peers[0].http_port}/#token={peer_token}")
+        peer_links = {
+            (line.attributes["data-peer"], line.attributes["data-path"])
+            for line in peer_dom.with_class("path", "link")
+            if "data-peer" in line.attributes
+        }
+        self.assertIn((unreachable[1], "direct"), peer_links)
+        self.assertIn("connect", {path for _, path in peer_links})
+        [this] = [d for d in peer_dom.with_class("circle", "member") if "this" in d.classes]
+        self.assertEqual(this.attributes["data-node-id"], unreachable[0])
+        self.assertEqual(peer_dom.by_id("figure-registrations").text, "-")  # no SIP there
 
         # Without the token: the figures (from /status), a form, no ring.
         dom = yield self.page_dom(page)
