@@ -29,7 +29,7 @@ from p2psip.overlay import bodies
 from p2psip.overlay.errors import OverlayError, RequestTimeout
 from p2psip.overlay.message import Destination, MessageCode
 from p2psip.overlay.messaging import Answer, Messenger
-from p2psip.util.ids import id_short
+from p2psip.util.ids import id_hex, id_short
 
 #: Peers whose tables may be asked for at the same time.
 MAX_PENDING_QUERIES = 16
@@ -50,6 +50,10 @@ class PeerTables:
     fingers: tuple[int, ...]
     uptime_seconds: int
     received_at: float
+
+
+class NoSuchMember(OverlayError):
+    """The Node-ID asked for is no member's: another peer answered for it."""
 
 
 class TooManyQueries(OverlayError):
@@ -80,7 +84,8 @@ class PeerTablesQuery:
 
         Fails with :class:`RequestTimeout` when no full Update comes within
         the timeout (a peer that ignores ``send_update``, or is gone), with
-        the RouteQuery's error when that fails, and with
+        the RouteQuery's error when that fails, with :class:`NoSuchMember`
+        when another peer answers for that Node-ID, and with
         :class:`TooManyQueries` past the limit of peers asked at once.
         """
         kept = self.latest.get(peer)
@@ -102,7 +107,7 @@ class PeerTablesQuery:
         sent = self.messenger.request(
             Destination.node(peer), MessageCode.ROUTE_QUERY_REQ, query.encode()
         )
-        sent.addCallbacks(self._answered, self._query_failed, errbackArgs=(peer,))
+        sent.addCallbacks(self._answered, self._query_failed, (peer,), errbackArgs=(peer,))
         return result
 
     def update_received(self, signer: int, update: bodies.UpdateReq) -> None:
@@ -127,10 +132,22 @@ class PeerTablesQuery:
         for peer in list(self._waiting):
             self._fail(peer, Failure(OverlayError("the node stopped")))
 
-    @staticmethod
-    def _answered(_answer: Answer) -> None:
-        # The RouteQuery's answer names a next hop; the tables come in the Update.
-        return None
+    def _answered(self, answer: Answer, peer: int) -> None:
+        """
+        The RouteQuery's answer names a next hop; the tables come in the
+        Update.  An answer from another node means no member has that
+        Node-ID (its owner took the query): say so now, not at the timeout.
+        """
+        if answer.responder != peer:
+            self._fail(
+                peer,
+                Failure(
+                    NoSuchMember(
+                        f"no member has Node-ID {id_hex(peer)}; "
+                        f"{id_short(answer.responder)} owns that id"
+                    )
+                ),
+            )
 
     def _query_failed(self, failure: Failure, peer: int) -> None:
         self._fail(peer, failure)

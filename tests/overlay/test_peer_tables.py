@@ -12,7 +12,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2psip.overlay import bodies, chord
 from p2psip.overlay.errors import OverlayError, RequestTimeout
 from p2psip.overlay.message import Destination, MessageCode
-from p2psip.overlay.peer_tables import MAX_PENDING_QUERIES, PeerTables, TooManyQueries
+from p2psip.overlay.peer_tables import (
+    MAX_PENDING_QUERIES,
+    NoSuchMember,
+    PeerTables,
+    TooManyQueries,
+)
 from tests.overlay.ringsim import SIMULATION_CONFIG, RingSimulation
 
 #: Short neighbour lists, so that eight members need fingers beyond them.
@@ -64,6 +69,15 @@ class PeerTablesTests(SynchronousTestCase):
         [failure] = self.sim.wait(d.addErrback(lambda f: [f]))
         self.assertIsInstance(failure.value, RequestTimeout)
         self.assertIn("sent no Update", failure.getErrorMessage())
+
+    def test_no_member_with_that_id(self) -> None:
+        """An id no member has is answered by its owner: a clear error at once, not a timeout."""
+        asker, owner = self.sim.nodes[0], self.sim.nodes[3]
+        missing = (owner.node_id - 1) % (1 << 128)
+        d = asker.peer_tables(missing)
+        [failure] = self.sim.wait(d.addErrback(lambda f: [f]), limit_seconds=2)
+        self.assertIsInstance(failure.value, NoSuchMember)
+        self.assertIn(f"{missing:032x}", failure.getErrorMessage())
 
     def test_responder_bounds_full_updates_per_requester(self) -> None:
         """Two RouteQueries in the same second get one full Update."""
