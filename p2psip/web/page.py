@@ -490,7 +490,10 @@ async function refreshRing() {
       askForToken("That admin token was refused; paste the one in the role's data-dir (admin-token).");
       return;
     }
-    error.textContent = failure.message;
+    // Shown above the last picture (if any), which stays as it was.
+    error.textContent = "cannot redraw the ring: " + failure.message;
+    document.getElementById("token-form").hidden = true;
+    section.hidden = false;
     return;
   }
   if (selected === null || !validMembers(view).some((m) => m.node_id === selected)) {
@@ -516,7 +519,16 @@ async function refreshRing() {
   section.dataset.selected = selected || "";
 }
 
+// One refresh at a time: a slow answer (a member's tables can take up to
+// the request timeout) must not pile up polls that redraw out of order.
+let refreshing = false, refreshAgain = false;
+
 async function refresh() {
+  if (refreshing) {
+    refreshAgain = true;
+    return;
+  }
+  refreshing = true;
   const updated = document.getElementById("updated");
   try {
     renderStatus(await getJson("status", false));
@@ -526,6 +538,12 @@ async function refresh() {
   } catch (failure) {
     updated.textContent = "cannot refresh (" + failure.message + "); showing older data";
     updated.className = "stale";
+  } finally {
+    refreshing = false;
+  }
+  if (refreshAgain) {
+    refreshAgain = false;
+    refresh();
   }
 }
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -284,17 +284,53 @@ class RingPageTests(Chromium):
         yield alice.register()
 
         chosen = (yield peers[1].call("status"))["node_id"]
+        unreachable = [(yield peers[0].call("status"))["node_id"], chosen]
 
         def chosen_has_fingers() -> Deferred[bool]:
             return bootstrap.call("peer_tables", chosen).addCallback(lambda t: bool(t["fingers"]))
 
+        def mediated() -> Deferred[bool]:
+            return (
+                peers[0]
+                .call("ring_view")
+                .addCallback(
+                    lambda v: (chosen, "direct") in {(k["peer"], k["path"]) for k in v["links"]}
+                )
+            )
+
         yield wait_for(chosen_has_fingers, 60, "the chosen peer to have fingers")
+        yield wait_for(mediated, 30, "the mediator's link from peer 0 to peer 1")
         view = yield bootstrap.call("ring_view")
         tables = yield bootstrap.call("peer_tables", chosen)
         token = (self.directory / "bootstrap" / "data" / "admin-token").read_text().strip()
+        peer_token = (self.directory / "peer0" / "data" / "admin-token").read_text().strip()
         page = f"http://127.0.0.1:{bootstrap.http_port}/"
+        screenshot = self.directory / "ring-page.png"
+        # The browsers mostly wait on the network: run them side by side.
+        with_token, peer_page, without_token, shot = yield gatherResults(
+            [
+                self.page_dom(f"{page}#token={token}&select={chosen}"),
+                self.page_dom(f"http://127.0.0.1:{peers[0].http_port}/#token={peer_token}"),
+                self.page_dom(page),
+                self.browse(
+                    f"{page}#token={token}&select={chosen}",
+                    f"--screenshot={screenshot}",
+                    "--window-size=1100,1500",
+                ),
+            ],
+            consumeErrors=True,
+        )
+        self.check_ring_drawing(with_token, view, tables, chosen)
+        self.check_peer_page(peer_page, unreachable)
+        self.check_without_token(without_token)
+        _, err, code = shot
+        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
+        self.assertEqual(screenshot.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
 
-        dom = yield self.page_dom(f"{page}#token={token}&select={chosen}")
+    def check_ring_drawing(
+        self, dom: DomReader, view: dict[str, Any], tables: dict[str, Any], chosen: str
+    ) -> None:
+        """The bootstrap's page: every member, arcs, its links by path, the chosen one's fingers."""
         members = {m["node_id"] for m in view["members"]}
         self.assertEqual(len(members), PEERS + 1)
         dots = dom.with_class("circle", "member")
@@ -306,21 +342,12 @@ class RingPageTests(Chromium):
         arcs = dom.with_class("path", "arc")
         self.assertEqual({a.attributes["data-node-id"] for a in arcs}, members)
         # The bootstrap's links, each drawn in the style of its path.
-        drawn_links = {
-            (line.attributes["data-peer"], line.attributes["data-path"])
-            for line in dom.with_class("path", "link")
-            if "data-peer" in line.attributes
-        }
+        drawn_links = drawn(dom, "link", "data-path")
         linked = {(link["peer"], link["path"]) for link in view["links"] if link["member"]}
         self.assertTrue(drawn_links)
         self.assertEqual(drawn_links, linked)
-        self.assertTrue({path for _, path in drawn_links} <= {"connect", "direct"})
         # The chosen peer's fingers, as it reported them in its full Update.
-        fingers = {
-            line.attributes["data-peer"]
-            for line in dom.with_class("path", "finger")
-            if "data-peer" in line.attributes  # not the legend's sample line
-        }
+        fingers = {peer for peer, _ in drawn(dom, "finger", "class")}
         self.assertEqual(fingers, set(tables["fingers"]) - {chosen})
         self.assertTrue(fingers)
         self.assertEqual(dom.by_id("tables").attributes.get("data-node-id"), chosen)
@@ -333,53 +360,31 @@ class RingPageTests(Chromium):
         self.assertEqual(dom.by_id("figure-relay-sessions").text, "0")
         self.assertEqual(dom.by_id("figure-state").text, "joined")
 
-        # Peer 0's own page draws its links: the mediator's to peer 1, and
-        # plain connects (at least the one it joined through).
-        unreachable = []
-        for peer in peers[:2]:
-            unreachable.append((yield peer.call("status"))["node_id"])
-
-        def mediated() -> Deferred[bool]:
-            return (
-                peers[0]
-                .call("ring_view")
-                .addCallback(
-                    lambda v: (
-                        (unreachable[1], "direct") in {(k["peer"], k["path"]) for k in v["links"]}
-                    )
-                )
-            )
-
-        yield wait_for(mediated, 30, "the mediator's link from peer 0 to peer 1")
-        peer_token = (self.directory / "peer0" / "data" / "admin-token").read_text().strip()
-        peer_dom = yield self.page_dom(f"http://127.0.0.1:{peers[0].http_port}/#token={peer_token}")
-        peer_links = {
-            (line.attributes["data-peer"], line.attributes["data-path"])
-            for line in peer_dom.with_class("path", "link")
-            if "data-peer" in line.attributes
-        }
-        self.assertIn((unreachable[1], "direct"), peer_links)
-        self.assertIn("connect", {path for _, path in peer_links})
-        [this] = [d for d in peer_dom.with_class("circle", "member") if "this" in d.classes]
+    def check_peer_page(self, dom: DomReader, unreachable: list[str]) -> None:
+        """Peer 0's own page: the mediator's link to peer 1, and plain connects."""
+        links = drawn(dom, "link", "data-path")
+        self.assertIn((unreachable[1], "direct"), links)
+        self.assertIn("connect", {path for _, path in links})
+        [this] = [d for d in dom.with_class("circle", "member") if "this" in d.classes]
         self.assertEqual(this.attributes["data-node-id"], unreachable[0])
-        self.assertEqual(peer_dom.by_id("figure-registrations").text, "-")  # no SIP there
+        self.assertEqual(dom.by_id("figure-registrations").text, "-")  # no SIP there
 
-        # Without the token: the figures (from /status), a form, no ring.
-        dom = yield self.page_dom(page)
+    def check_without_token(self, dom: DomReader) -> None:
+        """Without the token: the figures (from /status), the token form, no ring."""
         self.assertIn("hidden", dom.by_id("ring").attributes)
         self.assertNotIn("hidden", dom.by_id("token-form").attributes)
         self.assertIn("admin-token", dom.by_id("token-why").text)
         self.assertEqual(dom.with_class("circle", "member"), [])
         self.assertEqual(dom.by_id("figure-registrations").text, "1")
 
-        screenshot = self.directory / "ring-page.png"
-        _, err, code = yield self.browse(
-            f"{page}#token={token}&select={chosen}",
-            f"--screenshot={screenshot}",
-            "--window-size=1100,1500",
-        )
-        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
-        self.assertEqual(screenshot.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+
+def drawn(dom: DomReader, kind: str, attribute: str) -> set[tuple[str, str]]:
+    """(peer, ``attribute``) of the picture's lines of class ``kind`` (not the legend's samples)."""
+    return {
+        (line.attributes["data-peer"], line.attributes[attribute])
+        for line in dom.with_class("path", kind)
+        if "data-peer" in line.attributes
+    }
 
 
 class LiveFiguresTests(Chromium):
