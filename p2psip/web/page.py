@@ -515,6 +515,7 @@ async function refreshRing() {
   picture.replaceChildren(drawRing(view, tables), side);
   document.getElementById("ring-summary").textContent = summary;
   document.getElementById("members").replaceChildren(memberTable(view));
+  document.getElementById("token-form").hidden = true;
   section.hidden = false;
   section.dataset.selected = selected || "";
 }

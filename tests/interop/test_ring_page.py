@@ -16,9 +16,11 @@ draws its mediated link in the style of its path.  Without the token the
 page shows the token form and no ring.  A screenshot is left in the
 test's temporary directory.
 
-A second test serves the page from a site in the test process whose
+Two more tests serve the page from a site in the test process.  Its
 status changes between two polls: the page must show the new figures
 (it updates live) and the media relay's session count once a relay runs.
+A refused token brings the token form back; a node that is not in a
+ring yet gets its reason shown where the ring would be.
 
 Chromium reaches nothing but loopback: every other host name is mapped
 to nothing (``--host-resolver-rules``) and its background services are
@@ -46,7 +48,7 @@ from p2psip.sip.users import UsersFile
 from p2psip.testing import require_tool, ring_node_mediator_secret
 from p2psip.util.ids import RING_SIZE
 from p2psip.web.page import REFRESH_SECONDS
-from p2psip.web.site import build_site
+from p2psip.web.site import ApiError, ApiRoute, build_site
 from tests.integration.processes import (
     OverlayCA,
     RoleProcess,
@@ -57,6 +59,8 @@ from tests.integration.processes import (
 from tests.integration.test_sip_overlay import free_udp_and_tcp_port
 
 DOMAIN = "ringpage.test"
+#: The admin token of the in-process sites.
+TOKEN = "r" * 43
 MEDIATOR_SECRET = "ring-page-secret"
 #: Where the first two peers say they listen: nothing does, so their link is mediated.
 UNREACHABLE = "127.0.0.9"
@@ -430,3 +434,36 @@ class LiveFiguresTests(Chromium):
         self.assertIn("5 answered, 1 failed", page_text)
         self.assertIn("media relay policy: nat", page_text)
         self.assertIn("3 binding(s)", page_text)
+
+
+class RingErrorsTests(Chromium):
+    """What the page says when the ring data cannot be had: a refused token, a node not in a ring."""
+
+    @inlineCallbacks
+    def test_refused_token_and_unavailable_ring(self) -> Any:
+        def not_in_ring(args: dict[str, str], body: Any) -> dict[str, Any]:
+            raise ApiError(503, "the node is joining, not in a ring yet; see /status and its log")
+
+        site = build_site(
+            status=lambda: {"state": "joining", "role": "peer"},
+            metrics=CollectorRegistry(),
+            api={"ring-view": ApiRoute(("GET",), not_in_ring)},
+            admin_token=TOKEN,
+            title="p2psip peer",
+            ring_page=True,
+            reactor=reactor,
+        )
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        page = f"http://127.0.0.1:{port.getHost().port}/"
+        refused, joining = yield gatherResults(
+            [self.page_dom(page + "#token=" + "w" * 43), self.page_dom(page + "#token=" + TOKEN)],
+            consumeErrors=True,
+        )
+        self.assertNotIn("hidden", refused.by_id("token-form").attributes)
+        self.assertIn("refused", refused.by_id("token-why").text)
+        self.assertIn("hidden", refused.by_id("ring").attributes)
+        self.assertNotIn("hidden", joining.by_id("ring").attributes)
+        self.assertIn("not in a ring yet", joining.by_id("ring-error").text)
+        self.assertIn("hidden", joining.by_id("token-form").attributes)
+        self.assertEqual(joining.by_id("figure-state").text, "joining")
