@@ -49,6 +49,7 @@ from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.results import HandOver
 from p2psip.overlay.topology import ChordTopology
 from p2psip.util.ids import MAX_ID, between_right_inclusive, id_hex, id_short
+from p2psip.util.log_throttle import LogThrottle
 from p2psip.util.token_bucket import TokenBuckets
 
 
@@ -108,6 +109,7 @@ class ChordMaintenance:
         self._corrections_sent: dict[int, float] = {}
         #: When each requester last had a full Update for its RouteQuery.
         self._full_updates_sent: dict[int, float] = {}
+        self._full_update_log = LogThrottle(clock)
         #: Told (signer, update) of every full Update from a member: how
         #: :class:`~p2psip.overlay.peer_tables.PeerTablesQuery` hears back.
         self.full_update_observers: list[Callable[[int, bodies.UpdateReq], None]] = []
@@ -579,6 +581,7 @@ class ChordMaintenance:
         """
         now = self.clock.seconds()
         if now - self._full_updates_sent.get(requester, -1e9) < FULL_UPDATE_INTERVAL_SECONDS:
+            self.counters.count("full_updates_held_back")
             return
         if len(self._full_updates_sent) >= MAX_FULL_UPDATE_REQUESTERS:
             horizon = now - FULL_UPDATE_INTERVAL_SECONDS
@@ -586,8 +589,19 @@ class ChordMaintenance:
                 peer: sent for peer, sent in self._full_updates_sent.items() if sent >= horizon
             }
             if len(self._full_updates_sent) >= MAX_FULL_UPDATE_REQUESTERS:
+                self.counters.count("full_updates_held_back")
+                held_back = self._full_update_log.admit("requesters")
+                if held_back is not None:
+                    self.log.warn(
+                        "ignoring RouteQuery send_update from {peer} and {held_back} more: over "
+                        "{limit} members asked for this node's tables within a second",
+                        peer=id_short(requester),
+                        held_back=held_back,
+                        limit=MAX_FULL_UPDATE_REQUESTERS,
+                    )
                 return
         self._full_updates_sent[requester] = now
+        self.counters.count("full_updates_sent")
         self.messenger.request(
             Destination.node(requester), MessageCode.UPDATE_REQ, self.full_update()
         ).addErrback(self._update_failed, requester)

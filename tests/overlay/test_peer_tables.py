@@ -7,6 +7,7 @@ one fake clock.
 from __future__ import annotations
 
 from attrs import evolve
+from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.overlay import bodies, chord
@@ -91,6 +92,19 @@ class PeerTablesTests(SynchronousTestCase):
             )
         self.sim.run(chord.FULL_UPDATE_INTERVAL_SECONDS / 2, step=0.05)
         self.assertEqual(received, [target.node_id])
+        self.assertEqual(target.counters["full_updates_sent"], 1)
+        self.assertEqual(target.counters["full_updates_held_back"], 1)
+
+    def test_too_many_requesters_are_ignored_and_warned(self) -> None:
+        """Past the requester limit send_update is ignored, counted, and warned once."""
+        target = self.sim.nodes[3]
+        self.patch(chord, "MAX_FULL_UPDATE_REQUESTERS", 2)
+        with capturedLogs() as events:
+            for requester in (11, 12, 13, 14):
+                target.chord._send_full_update(requester)
+        self.assertEqual(target.counters["full_updates_held_back"], 2)
+        [warning] = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertIn("send_update", warning["log_format"])
 
     def test_asking_too_many_peers_at_once_is_refused(self) -> None:
         asker = self.sim.nodes[0]
