@@ -22,15 +22,12 @@ status changes between two polls: the page must show the new figures
 A refused token brings the token form back; a node that is not in a
 ring yet gets its reason shown where the ring would be.
 
-Chromium reaches nothing but loopback: every other host name is mapped
-to nothing (``--host-resolver-rules``) and its background services are
-off.
+Chromium reaches nothing but loopback (:mod:`tests.interop.browser`).
 """
 
 from __future__ import annotations
 
 import os
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +54,7 @@ from tests.integration.processes import (
     wait_for,
 )
 from tests.integration.test_sip_overlay import free_udp_and_tcp_port
+from tests.interop.browser import FIRST_POLL_MS, DomReader, chromium_arguments, drawn
 
 DOMAIN = "ringpage.test"
 #: The admin token of the in-process sites.
@@ -70,72 +68,6 @@ PEERS = 4
 #: of the ring away lies beyond them and every member has fingers.
 SMALL_TABLES = ["--successors", "2", "--predecessors", "2", "--replicas", "1"]
 NODE_IDS = [place * (RING_SIZE // (PEERS + 1)) + 0x5EED for place in range(PEERS + 1)]
-#: Loopback only, and none of the browser's own traffic (updates, metrics, sync).
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--no-default-browser-check",
-    "--disable-extensions",
-    "--disable-sync",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-domain-reliability",
-    "--disable-client-side-phishing-detection",
-    "--no-pings",
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-]
-#: Virtual milliseconds Chromium runs the page before it dumps or shoots: the first poll.
-FIRST_POLL_MS = 4000
-
-
-class Element:
-    def __init__(self, tag: str, attributes: dict[str, str]) -> None:
-        self.tag = tag
-        self.attributes = attributes
-        self.text = ""
-
-    @property
-    def classes(self) -> set[str]:
-        return set(self.attributes.get("class", "").split())
-
-
-class DomReader(HTMLParser):
-    """Every element of the dumped DOM with its attributes and its own text."""
-
-    VOID = {"meta", "input", "br", "img", "link"}
-
-    def __init__(self, html: str) -> None:
-        super().__init__()
-        self.elements: list[Element] = []
-        self._open: list[Element] = []
-        self.feed(html)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        element = Element(tag, {name: value or "" for name, value in attrs})
-        self.elements.append(element)
-        if tag not in self.VOID:
-            self._open.append(element)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.elements.append(Element(tag, {name: value or "" for name, value in attrs}))
-
-    def handle_endtag(self, tag: str) -> None:
-        while self._open:
-            if self._open.pop().tag == tag:
-                break
-
-    def handle_data(self, data: str) -> None:
-        if self._open:
-            self._open[-1].text += data
-
-    def by_id(self, element_id: str) -> Element:
-        [element] = [e for e in self.elements if e.attributes.get("id") == element_id]
-        return element
-
-    def with_class(self, tag: str, name: str) -> list[Element]:
-        return [e for e in self.elements if e.tag == tag and name in e.classes]
 
 
 class _Browser(ProcessProtocol):
@@ -172,13 +104,7 @@ class Chromium(TestCase):
         """Run Chromium on ``url``; fires with (stdout, stderr, exit code). Killed at cleanup."""
         profile = self.directory / f"chromium-profile-{len(os.listdir(self.directory))}"
         profile.mkdir()
-        arguments = [
-            *CHROMIUM_FLAGS,
-            f"--virtual-time-budget={budget_ms}",
-            f"--user-data-dir={profile}",
-            *extra,
-            url,
-        ]
+        arguments = chromium_arguments(profile, url, *extra, budget_ms=budget_ms)
         environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(profile)}
         browser = _Browser()
         handle = reactor.spawnProcess(
@@ -380,15 +306,6 @@ class RingPageTests(Chromium):
         self.assertIn("admin-token", dom.by_id("token-why").text)
         self.assertEqual(dom.with_class("circle", "member"), [])
         self.assertEqual(dom.by_id("figure-registrations").text, "1")
-
-
-def drawn(dom: DomReader, kind: str, attribute: str) -> set[tuple[str, str]]:
-    """(peer, ``attribute``) of the picture's lines of class ``kind`` (not the legend's samples)."""
-    return {
-        (line.attributes["data-peer"], line.attributes[attribute])
-        for line in dom.with_class("path", kind)
-        if "data-peer" in line.attributes
-    }
 
 
 class LiveFiguresTests(Chromium):
