@@ -9,6 +9,8 @@ default); see ``p2psip.web.site``.  The calls are::
     POST /api/put   {"name", "value", "lifetime"}
                                        {"resource_id", "stored_at", "replicas", "route", "hops"}
     GET  /api/get?name=NAME            {"resource_id", "found", "value", "stored_at", "route", "hops"}
+    GET  /api/get?name=sip:AOR         {"kind": "sip-registration", "aor", "resource", "found",
+                                        "bindings": [{"contact", "expires", "q", "served_by"}], ...}
     GET  /api/lookup?name=NAME         {"resource_id", "responsible", "route", "hops"}
     GET  /api/ring-view                {"node_id", "members", "links", "complete", ...}
     GET  /api/peer-tables?node=ID      {"node_id", "predecessors", "successors", "fingers"}
@@ -149,8 +151,11 @@ class AdminClient:
             body["lifetime"] = lifetime_seconds
         return self._call("POST", "/api/put", body=body)
 
-    def get(self, name: str) -> dict[str, Any]:
-        return self._call("GET", "/api/get", query={"name": name})
+    def get(self, name: str, kind: str | None = None) -> dict[str, Any]:
+        query = {"name": name}
+        if kind is not None:
+            query["kind"] = kind
+        return self._call("GET", "/api/get", query=query)
 
     def lookup(self, name: str) -> dict[str, Any]:
         return self._call("GET", "/api/lookup", query={"name": name})
@@ -365,7 +370,29 @@ def format_put(name: str, answer: Mapping[str, Any]) -> str:
     )
 
 
+def format_registration(answer: Mapping[str, Any]) -> str:
+    aor = printable(answer.get("aor"))
+    lines = [
+        f"{aor}: registered" if answer.get("found") else f"{aor}: not registered",
+        f"  resource:    {printable(answer.get('resource'))} (SIP-REGISTRATION)",
+        f"  resource id: {printable(answer.get('resource_id'))}",
+        f"  stored at:   {printable(answer.get('stored_at'))}",
+        f"  route:       {_route(answer)}",
+    ]
+    bindings = answer.get("bindings")
+    for binding in bindings if isinstance(bindings, list) else []:
+        if isinstance(binding, Mapping):
+            lines.append(
+                f"  contact:     {printable(binding.get('contact'))} "
+                f"(expires in {printable(binding.get('expires'))} s, q={printable(binding.get('q'))}, "
+                f"served by {printable(binding.get('served_by'))})"
+            )
+    return "\n".join(lines)
+
+
 def format_get(name: str, answer: Mapping[str, Any]) -> str:
+    if answer.get("kind") == "sip-registration":
+        return format_registration(answer)
     if not answer.get("found"):
         return "\n".join(
             [
@@ -449,7 +476,7 @@ def run_get(args: argparse.Namespace) -> int:
     found: list[bool] = []
 
     def fetch(client: AdminClient) -> dict[str, Any]:
-        answer = client.get(args.name)
+        answer = client.get(args.name, args.kind)
         found.append(bool(answer.get("found")))
         return answer
 
@@ -496,7 +523,7 @@ def register(subparsers: Subcommands) -> None:
     put = subparsers.add_parser(
         "put", parents=[output], help="store VALUE under NAME in the overlay"
     )
-    put.add_argument("name", metavar="NAME", help="resource name, e.g. sip:alice@example.org")
+    put.add_argument("name", metavar="NAME", help="resource name, e.g. greeting")
     put.add_argument("value", metavar="VALUE", help="the value to store (text)")
     put.add_argument(
         "--lifetime",
@@ -507,8 +534,22 @@ def register(subparsers: Subcommands) -> None:
     )
     put.set_defaults(run=run_put)
 
-    get = subparsers.add_parser("get", parents=[output], help="fetch the value stored under NAME")
+    get = subparsers.add_parser(
+        "get",
+        parents=[output],
+        help="fetch the value stored under NAME, or a SIP AOR's registration",
+        description="Fetch what the overlay holds under NAME.  A SIP AOR (sip:alice@DOMAIN) "
+        "fetches the user's registration: the phones registered and the super-nodes serving "
+        "them (RFC 7904 SIP-REGISTRATION, stored under alice@DOMAIN); --kind data fetches a "
+        "value `p2psip put` stored under the URI itself.  Exits 1 when nothing is found.",
+    )
     get.add_argument("name", metavar="NAME")
+    get.add_argument(
+        "--kind",
+        choices=("data", "sip-registration"),
+        default=None,
+        help="what to fetch (default: sip-registration for a sip: or sips: NAME, else data)",
+    )
     get.set_defaults(run=run_get)
 
     lookup = subparsers.add_parser(

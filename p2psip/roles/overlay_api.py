@@ -2,6 +2,10 @@
 The admin API of a ring role: put, get, lookup, the ring walk and what the
 ring page draws.
 
+``get`` of a SIP AOR (``sip:alice@example.org``) answers the user's
+registration (RFC 7904 SIP-REGISTRATION under ``alice@example.org``, one
+entry per serving super-node), not a DATA value stored under the URI.
+
 ``p2psip put|get|lookup|ring`` and the ring page call these routes on the
 role's HTTP listener (loopback by default), every one with the role's
 admin token: the ring walk and the ring view name every member and its
@@ -13,22 +17,32 @@ with the overlay's reason.
 from __future__ import annotations
 
 import re
+from collections.abc import Generator
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.python.failure import Failure
 
 from p2psip.overlay.errors import OverlayError
 from p2psip.overlay.kinds import DATA
 from p2psip.overlay.node import OverlayNode
 from p2psip.overlay.results import OperationResult
-from p2psip.util.ids import parse_id
+from p2psip.sip.location import Binding, OverlayLocationService
+from p2psip.sip.users import canonical_aor
+from p2psip.usages.sip import registration_resource_name
+from p2psip.util.ids import id_hex, parse_id
 from p2psip.web.ring_view import RingWalks, ring_view, tables_json
 from p2psip.web.site import ApiError, ApiRoute
 
 _NODE_ID = re.compile(r"[0-9a-fA-F]{32}")
 #: The DATA Kind's longest lifetime: the ring refuses longer ones, so say so here.
 MAX_LIFETIME_SECONDS = DATA.max_lifetime_seconds
+
+#: What ``get`` fetches: ``kind=data`` (what ``put`` stores under the name
+#: itself) or ``kind=sip-registration`` (RFC 7904: the phones registered
+#: for a SIP AOR, stored under the AOR without its scheme).  A name that
+#: is a sip: or sips: URI means the registration unless ``kind`` says data.
+GET_KINDS = ("data", "sip-registration")
 
 Body = dict[str, Any] | None
 
@@ -86,6 +100,13 @@ def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
 
     def get(args: dict[str, str], body: Body) -> Deferred[dict[str, Any]]:
         name = _name(args, body)
+        kind = (body or {}).get("kind") or args.get("kind") or _default_kind(name)
+        if kind not in GET_KINDS:
+            raise ApiError(400, f"kind must be one of {', '.join(GET_KINDS)}, not {kind!r}")
+        if kind == "sip-registration":
+            aor, resource = _registration_names(name, node.config.overlay_name)
+            in_ring()
+            return _registration(node, aor, resource).addErrback(_as_api_error)
         in_ring()
         return _json(node.get(name))
 
@@ -124,3 +145,48 @@ def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
         "ring-view": ApiRoute(("GET",), view),
         "peer-tables": ApiRoute(("GET",), peer_tables),
     }
+
+
+def _default_kind(name: str) -> str:
+    return "sip-registration" if name.lower().startswith(("sip:", "sips:")) else "data"
+
+
+def _registration_names(name: str, domain: str) -> tuple[str, str]:
+    """The canonical AOR and the resource its SIP-REGISTRATION is stored under."""
+    try:
+        aor = canonical_aor(name)
+        return aor, registration_resource_name(aor)
+    except ValueError as e:
+        raise ApiError(
+            400, f"{e}; a registration is fetched by its AOR, e.g. sip:alice@{domain}"
+        ) from None
+
+
+@inlineCallbacks
+def _registration(
+    node: OverlayNode, aor: str, resource: str
+) -> Generator[Deferred[Any], Any, dict[str, Any]]:
+    """
+    The live bindings of ``aor`` across the ring, with where they are
+    stored and the route there (the lookup and the fetch go the same way).
+    """
+    where: OperationResult = yield node.lookup(resource)
+    bindings: list[Binding] = yield OverlayLocationService(node, node.clock).lookup(aor)
+    now = node.clock.seconds()
+    answer = where.as_json()
+    answer.update(
+        kind="sip-registration",
+        aor=aor,
+        resource=resource,
+        found=bool(bindings),
+        bindings=[
+            {
+                "contact": binding.contact,
+                "expires": binding.expires_in(now),
+                "q": binding.q,
+                "served_by": id_hex(binding.node_id) if binding.node_id is not None else None,
+            }
+            for binding in bindings
+        ],
+    )
+    return answer

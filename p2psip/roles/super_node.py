@@ -61,6 +61,7 @@ from p2psip.roles.ring_credentials import EnrolmentNeeded, load_credentials
 from p2psip.roles.overlay_service import OverlayService
 from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
+from p2psip.sip.binding_store import FILE_NAME as BINDINGS_FILE_NAME
 from p2psip.sip.users import UsersFile
 from p2psip.util.admin_token import AdminTokenError, load_or_create_token
 from p2psip.util.connection_limit import ConnectionLimitFactory
@@ -288,6 +289,7 @@ def make_ring_role(
             hint="--overlay-connections-per-source",
         ),
         advertised_host=config.advertised_host,
+        advertised_because=config.advertised_because,
         bootstrap=config.bootstrap,
         known_peers=state.known_peers,
         data_dir=config.data_dir,
@@ -307,6 +309,7 @@ def make_ring_role(
             joined=role.overlay.joined,
             freeze_gc=freeze_gc,
             user_certificates=UserCertificates(config.data_dir),
+            bindings_path=config.data_dir / BINDINGS_FILE_NAME,
         )
         role.sip.add_metrics(registry)
         role.sip.setServiceParent(role)
