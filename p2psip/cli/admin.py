@@ -12,15 +12,17 @@ default); see ``p2psip.web.site``.  The calls are::
     GET  /api/get?name=sip:AOR         {"kind": "sip-registration", "aor", "resource", "found",
                                         "bindings": [{"contact", "expires", "q", "served_by"}], ...}
     GET  /api/lookup?name=NAME         {"resource_id", "responsible", "route", "hops"}
+    GET  /api/ring-view                {"node_id", "members", "links", "complete", ...}
+    GET  /api/peer-tables?node=ID      {"node_id", "predecessors", "successors", "fingers"}
 
 Errors come back as ``{"error": message}`` with an HTTP error status.
 
-``put``, ``get`` and ``lookup`` send the role's admin token
+Every call but ``status`` sends the role's admin token
 (``Authorization: Bearer TOKEN``), read from the file ``admin-token`` in the
 role's data directory: ``--token-file FILE``, else ``--data-dir DIR`` (or
 ``$P2PSIP_DATA_DIR``), else the data directory the role uses by default
 when ``--api`` is that role's default address (:data:`DEFAULT_DATA_DIRS`).
-``status`` and ``ring`` need no token.
+``status`` needs no token.
 
 The command line blocks on urllib: it makes one request and exits.  Output is
 for people unless ``--json`` is given; text that other peers chose
@@ -133,7 +135,15 @@ class AdminClient:
         return self._call("GET", "/status", authenticated=False)
 
     def ring(self) -> dict[str, Any]:
-        return self._call("GET", "/api/ring", authenticated=False)
+        return self._call("GET", "/api/ring")
+
+    def ring_view(self) -> dict[str, Any]:
+        """What the ring page draws: members with their arcs, this node's links by path."""
+        return self._call("GET", "/api/ring-view")
+
+    def peer_tables(self, node_id: str) -> dict[str, Any]:
+        """A member's predecessors, successors and fingers (32 hex digits, as /status shows)."""
+        return self._call("GET", "/api/peer-tables", query={"node": node_id})
 
     def put(self, name: str, value: str, lifetime_seconds: int | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"name": name, "value": value}

@@ -49,7 +49,14 @@ from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.results import HandOver
 from p2psip.overlay.topology import ChordTopology
 from p2psip.util.ids import MAX_ID, between_right_inclusive, id_hex, id_short
+from p2psip.util.log_throttle import LogThrottle
 from p2psip.util.token_bucket import TokenBuckets
+
+
+#: A requester gets at most one full Update (RouteQuery send_update) this often.
+FULL_UPDATE_INTERVAL_SECONDS = 1.0
+#: Requesters remembered for that bound; beyond it (a flood) send_update is ignored.
+MAX_FULL_UPDATE_REQUESTERS = 1024
 
 
 class RangeHolder(Protocol):
@@ -100,6 +107,12 @@ class ChordMaintenance:
         #: Peers whose link or Update failed: not tried again before this time.
         self.unreachable_until: dict[int, float] = {}
         self._corrections_sent: dict[int, float] = {}
+        #: When each requester last had a full Update for its RouteQuery.
+        self._full_updates_sent: dict[int, float] = {}
+        self._full_update_log = LogThrottle(clock)
+        #: Told (signer, update) of every full Update from a member: how
+        #: :class:`~p2psip.overlay.peer_tables.PeerTablesQuery` hears back.
+        self.full_update_observers: list[Callable[[int, bodies.UpdateReq], None]] = []
         table_size = config.successors + config.predecessors
         #: New peers each informant's hearsay may make us contact: a table's
         #: worth every half update interval.
@@ -273,6 +286,9 @@ class ChordMaintenance:
             raise RequestRefused(ErrorCode.IN_PROGRESS, "this peer is not in the ring")
         if self.membership.state is NodeState.ALONE:
             self.membership.happened(Event.PEER_JOINED)
+        if update.type == bodies.ChordUpdateType.FULL:
+            for observer in list(self.full_update_observers):
+                observer(signer, update)
         learned = {*update.predecessors, *update.successors} - {self.node_id, signer}
         if not message.header.via_list:
             # Sent by the peer at the other end of the link: it is alive
@@ -317,6 +333,16 @@ class ChordMaintenance:
             predecessors=tuple(self.topology.predecessors),
             successors=tuple(self.topology.successors),
             fingers=(),
+        ).encode()
+
+    def full_update(self) -> bytes:
+        """An Update with our predecessors, successors and fingers (type ``full``)."""
+        return bodies.UpdateReq(
+            uptime=self.uptime_seconds(),
+            type=bodies.ChordUpdateType.FULL,
+            predecessors=tuple(self.topology.predecessors),
+            successors=tuple(self.topology.successors),
+            fingers=tuple(dict.fromkeys(self.topology.fingers.values())),
         ).encode()
 
     def send_updates(self, only: Iterable[int] | None = None, link: Link | None = None) -> None:
@@ -542,7 +568,43 @@ class ChordMaintenance:
         target = value if isinstance(value, int) else self.node_id
         hop = self.topology.next_hop(target, usable=self.messenger.links.has_link)
         answer = bodies.RouteQueryAns(hop if hop is not None else self.node_id)
+        if request.send_update and signer != self.node_id:
+            self._send_full_update(signer)
         return Reply(MessageCode.ROUTE_QUERY_ANS, answer.encode())
+
+    def _send_full_update(self, requester: int) -> None:
+        """
+        Answer ``send_update`` (RFC 6940 s9.7.4.2) with a full Update, routed
+        to the requester: at most one per requester every
+        :data:`FULL_UPDATE_INTERVAL_SECONDS`, so RouteQueries cannot make
+        this peer send more than they cost the sender.
+        """
+        now = self.clock.seconds()
+        if now - self._full_updates_sent.get(requester, -1e9) < FULL_UPDATE_INTERVAL_SECONDS:
+            self.counters.count("full_updates_held_back")
+            return
+        if len(self._full_updates_sent) >= MAX_FULL_UPDATE_REQUESTERS:
+            horizon = now - FULL_UPDATE_INTERVAL_SECONDS
+            self._full_updates_sent = {
+                peer: sent for peer, sent in self._full_updates_sent.items() if sent >= horizon
+            }
+            if len(self._full_updates_sent) >= MAX_FULL_UPDATE_REQUESTERS:
+                self.counters.count("full_updates_held_back")
+                held_back = self._full_update_log.admit("requesters")
+                if held_back is not None:
+                    self.log.warn(
+                        "ignoring RouteQuery send_update from {peer} and {held_back} more: over "
+                        "{limit} members asked for this node's tables within a second",
+                        peer=id_short(requester),
+                        held_back=held_back,
+                        limit=MAX_FULL_UPDATE_REQUESTERS,
+                    )
+                return
+        self._full_updates_sent[requester] = now
+        self.counters.count("full_updates_sent")
+        self.messenger.request(
+            Destination.node(requester), MessageCode.UPDATE_REQ, self.full_update()
+        ).addErrback(self._update_failed, requester)
 
     def _on_probe(self, link: Link, message: Message, signer: int) -> Reply:
         request = bodies.ProbeReq.decode(message.body, self.config.limits)

@@ -53,6 +53,7 @@ from p2psip.overlay.membership import Event, Membership, NodeState
 from p2psip.overlay.message import Destination, MessageCode, overlay_hash
 from p2psip.overlay.messaging import WILDCARD_NODE_ID, Answer, Messenger
 from p2psip.overlay.parameters import OverlayConfig
+from p2psip.overlay.peer_tables import PeerTables, PeerTablesQuery
 from p2psip.overlay.results import OperationResult
 from p2psip.overlay.storage import DataStore
 from p2psip.overlay.storage_service import StorageService
@@ -156,6 +157,13 @@ class OverlayNode:
             clock=clock,
             config=config,
         )
+        #: Other peers' tables, asked for by the ring page (RouteQuery send_update).
+        self.peer_tables_query = PeerTablesQuery(
+            self.messenger,
+            clock,
+            timeout_seconds=config.request_timeout_seconds,
+        )
+        self.chord.full_update_observers.append(self.peer_tables_query.update_received)
         self.storage.hand_over_source = lambda: self.joiner.admitting_peer
         self.connectivity.failure_observers.append(self._peer_failed)
         self.messenger.rejoin_policy = self._peer_rejoining
@@ -298,6 +306,7 @@ class OverlayNode:
         self._stabilisation.stop()
         self._keepalive.stop()
         self.chord.stop()
+        self.peer_tables_query.stop()
         self.messenger.fail_all("the node is stopping")
         self.connectivity.close_all()
 
@@ -399,6 +408,26 @@ class OverlayNode:
         return self.messenger.request(
             Destination.node(target), MessageCode.ATTACH_REQ, self.connectivity.attach_request()
         ).addCallback(answered)
+
+    def peer_tables(self, peer: int) -> Deferred[PeerTables]:
+        """
+        ``peer``'s predecessors, successors and fingers: ours at once, another
+        member's from the full Update it sends for a RouteQuery with
+        ``send_update`` (:mod:`p2psip.overlay.peer_tables`).
+        """
+        if peer == self.node_id:
+            topology = self.topology
+            return succeed(
+                PeerTables(
+                    peer=peer,
+                    predecessors=tuple(topology.predecessors),
+                    successors=tuple(topology.successors),
+                    fingers=tuple(dict.fromkeys(topology.fingers.values())),
+                    uptime_seconds=self.chord.uptime_seconds(),
+                    received_at=self.clock.seconds(),
+                )
+            )
+        return self.peer_tables_query.ask(peer)
 
     # IOverlayStorage and IApplicationRegistry -----------------------------------
 

@@ -1,20 +1,23 @@
 """
-The admin API of a ring role: put, get, lookup and the ring walk.
+The admin API of a ring role: put, get, lookup, the ring walk and what the
+ring page draws.
 
 ``get`` of a SIP AOR (``sip:alice@example.org``) answers the user's
 registration (RFC 7904 SIP-REGISTRATION under ``alice@example.org``, one
 entry per serving super-node), not a DATA value stored under the URI.
 
 ``p2psip put|get|lookup|ring`` and the ring page call these routes on the
-role's HTTP listener (loopback by default).  Input is checked here and
-refused with a 400 naming what to send; overlay failures are 502s with
-the overlay's reason.
+role's HTTP listener (loopback by default), every one with the role's
+admin token: the ring walk and the ring view name every member and its
+address, and cost the ring one Attach per member.  Input is checked here
+and refused with a 400 naming what to send; overlay failures are 502s
+with the overlay's reason.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Generator
-
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
@@ -27,11 +30,11 @@ from p2psip.overlay.results import OperationResult
 from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.users import canonical_aor
 from p2psip.usages.sip import registration_resource_name
-from p2psip.util.ids import MAX_ID, id_hex
+from p2psip.util.ids import id_hex, parse_id
+from p2psip.web.ring_view import RingWalks, ring_view, tables_json
 from p2psip.web.site import ApiError, ApiRoute
 
-#: The ring walk stops after this many peers (a ring that never closes).
-MAX_RING_WALK = 4096
+_NODE_ID = re.compile(r"[0-9a-fA-F]{32}")
 #: The DATA Kind's longest lifetime: the ring refuses longer ones, so say so here.
 MAX_LIFETIME_SECONDS = DATA.max_lifetime_seconds
 
@@ -112,18 +115,35 @@ def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
         in_ring()
         return _json(node.lookup(name))
 
+    walks = RingWalks(node, node.clock)
+
     def ring(args: dict[str, str], body: Body) -> Deferred[Any]:
         in_ring()
-        walked: Deferred[Any] = walk_ring(node)
-        return walked.addErrback(_as_api_error)
+        return walks.walk().addErrback(_as_api_error)
+
+    def view(args: dict[str, str], body: Body) -> Deferred[Any]:
+        in_ring()
+        return walks.walk().addCallbacks(lambda walked: ring_view(node, walked), _as_api_error)
+
+    def peer_tables(args: dict[str, str], body: Body) -> Deferred[Any]:
+        text = args.get("node", "")
+        if not _NODE_ID.fullmatch(text):
+            raise ApiError(
+                400, "give the member as ?node=NODE_ID (32 hex digits, as /status shows)"
+            )
+        in_ring()
+        asked = node.peer_tables(parse_id(text))
+        return asked.addCallbacks(
+            lambda tables: tables_json(tables, node.clock.seconds()), _as_api_error
+        )
 
     return {
         "put": ApiRoute(("POST",), put),
         "get": ApiRoute(("GET",), get),
         "lookup": ApiRoute(("GET",), lookup),
-        # The status page draws the ring from this without a token: it
-        # shows Node-IDs and addresses, as /status does for the neighbours.
-        "ring": ApiRoute(("GET",), ring, open_access=True),
+        "ring": ApiRoute(("GET",), ring),
+        "ring-view": ApiRoute(("GET",), view),
+        "peer-tables": ApiRoute(("GET",), peer_tables),
     }
 
 
@@ -170,27 +190,3 @@ def _registration(
         ],
     )
     return answer
-
-
-@inlineCallbacks
-def walk_ring(node: OverlayNode) -> Generator[Deferred[Any], Any, dict[str, Any]]:
-    """
-    Every peer of the ring in order, found by asking for the owner of
-    (peer + 1) from one peer to the next.
-    """
-    nodes = [
-        {
-            "node_id": id_hex(node.node_id),
-            "address": f"{node.advertised_host}:{node.advertised_port}",
-        }
-    ]
-    current = node.node_id
-    complete = False
-    for _ in range(MAX_RING_WALK):
-        owner, (host, port) = yield node.find_owner((current + 1) & MAX_ID)
-        if owner == node.node_id:
-            complete = True
-            break
-        nodes.append({"node_id": id_hex(owner), "address": f"{host}:{port}"})
-        current = owner
-    return {"nodes": nodes, "complete": complete, "count": len(nodes)}

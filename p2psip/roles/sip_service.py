@@ -552,6 +552,7 @@ class SipService(Service):
             "authentication": "off (trusted network)" if self.config.trusted_network else "digest",
             "users": len(users.users()) if users is not None else None,
             "registrations": {"aors": aors, "bindings": bindings},
+            "calls": self.proxy.calls(),
             "final_responses": self.proxy.metrics()["final_responses"],
             "requests_in_progress": self.proxy.pending_requests,
             "transactions": self.proxy.transactions.metrics(),

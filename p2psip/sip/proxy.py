@@ -146,6 +146,16 @@ def _new_tag() -> str:
     return new_branch()[len(MAGIC_COOKIE) :]
 
 
+#: How a call's initial INVITE ended, as ``SipProxy.calls`` counts them.
+CALL_OUTCOMES = ("answered", "challenged", "failed")
+
+
+def _call_outcome(status: int) -> str:
+    if 200 <= status < 300:
+        return "answered"
+    return "challenged" if status in (401, 407) else "failed"
+
+
 @define(eq=False)
 class _InviteTiming:
     """When an INVITE arrived, and which call set-up milestones it has passed."""
@@ -227,6 +237,10 @@ class SipProxy:
         #: Told of each call's set-up milestones (the call set-up metrics).
         self.call_setup_observers: list[CallSetupObserver] = []
         self._invite_started: dict[ServerTransaction, _InviteTiming] = {}
+        #: Initial INVITEs (calls, not re-INVITEs) by how they ended:
+        #: "answered" (2xx), "challenged" (401/407, the caller retries with
+        #: credentials) and "failed" (any other final response).
+        self.call_outcomes: Counter[str] = Counter()
         #: Requests refused because they asked us to relay (since start).
         self.relay_refusals = 0
         self._relay_log = LogThrottle(clock)
@@ -1194,6 +1208,8 @@ class SipProxy:
         timing = self._invite_started.pop(transaction, None)
         if timing is None:
             return
+        if timing.initial:
+            self.call_outcomes[_call_outcome(response.status)] += 1
         uri = request.uri
         aor = uri.address_of_record() if isinstance(uri, SipURI) and uri.user is not None else "?"
         # A 407 is the first step of every call from a roaming phone, as a
@@ -1217,6 +1233,14 @@ class SipProxy:
         if status >= 200:
             for observer in list(self.call_setup_observers):
                 observer.final_response_sent(status, seconds)
+
+    def calls(self) -> dict[str, int]:
+        """Calls through this proxy for /status: being set up now, and how the others ended."""
+        in_progress = sum(1 for timing in self._invite_started.values() if timing.initial)
+        return {
+            "in_progress": in_progress,
+            **{outcome: self.call_outcomes[outcome] for outcome in CALL_OUTCOMES},
+        }
 
     def metrics(self) -> dict[str, object]:
         """Counters for /status: final responses by method and status, requests in progress."""

@@ -5,8 +5,9 @@ metrics and the local admin API.
 Paths:
 
 ``GET /``
-    A self-contained HTML page that polls ``/status`` (and draws the ring
-    from ``/api/ring`` on the bootstrap).
+    A self-contained HTML page (:mod:`p2psip.web.page`) that polls
+    ``/status`` and, on ring roles, draws the ring from ``/api/ring-view``
+    and ``/api/peer-tables`` with the admin token the operator gives it.
 ``GET /status``
     ``application/json``: whatever the role's status callable returns.
 ``GET /metrics``
@@ -17,9 +18,7 @@ Paths:
     JSON in, JSON out, for holders of the role's admin token
     (:mod:`p2psip.util.admin_token`): a request without
     ``Authorization: Bearer TOKEN``, or with another token, is a 401 with
-    ``WWW-Authenticate: Bearer``.  Routes marked ``open_access`` (the ring
-    walk the status page draws, which shows no more than ``/status``)
-    need none.  Query-string arguments arrive as ``args`` (each name
+    ``WWW-Authenticate: Bearer``.  Query-string arguments arrive as ``args`` (each name
     at most once), a request body must be a JSON object sent as
     ``Content-Type: application/json`` and arrives as ``body``.  The callable
     raises ``ApiError(status, message)`` for errors the caller made; those
@@ -108,8 +107,6 @@ class ApiRoute(NamedTuple):
 
     methods: Collection[str]
     call: ApiCallable
-    #: Served without the admin token: only for what /status shows anyway.
-    open_access: bool = False
 
 
 def query_argument(args: Mapping[str, str], name: str) -> str:
@@ -331,22 +328,20 @@ class _ApiRouteResource(_JsonResource):
         self._name = name
         self._methods = frozenset(method.upper() for method in route.methods)
         self._call = route.call
-        self._open_access = route.open_access
         self._admin_token = admin_token
 
     def render(self, request: Request) -> object:
-        if not self._open_access:
-            why = token_refusal(request, self._admin_token)
-            if why is not None:
-                site = request.site
-                if isinstance(site, _StatusSite):
-                    site.refusals.refused(_source(request), 401, f"/api/{self._name}: {why}")
-                given = request.requestHeaders.hasHeader(b"authorization")
-                challenge = b'Bearer realm="p2psip admin API"'
-                if given:
-                    challenge += b', error="invalid_token"'
-                request.setHeader(b"www-authenticate", challenge)
-                return self._immediate(request, 401, why)
+        why = token_refusal(request, self._admin_token)
+        if why is not None:
+            site = request.site
+            if isinstance(site, _StatusSite):
+                site.refusals.refused(_source(request), 401, f"/api/{self._name}: {why}")
+            given = request.requestHeaders.hasHeader(b"authorization")
+            challenge = b'Bearer realm="p2psip admin API"'
+            if given:
+                challenge += b', error="invalid_token"'
+            request.setHeader(b"www-authenticate", challenge)
+            return self._immediate(request, 401, why)
         method = request.method.decode("ascii", "replace").upper()
         if method == "HEAD" and "GET" in self._methods:
             method = "GET"
@@ -720,8 +715,8 @@ def build_site(
 
     ``status`` returns (or fires with) the JSON object for ``/status``;
     ``api`` maps names to routes served at ``/api/NAME`` to holders of
-    ``admin_token`` (None: to nobody, except open-access routes); ``ring_page``
-    makes ``/`` draw the ring from ``/api/ring``; ``allowed_hosts`` are the
+    ``admin_token`` (None: to nobody); ``ring_page`` makes ``/`` draw the
+    ring from ``/api/ring-view``; ``allowed_hosts`` are the
     names (besides the listener's address and localhost) accepted in Host
     headers.  ``reactor`` schedules the HTTP timeouts and paces the refusal
     warnings (the global reactor when None).

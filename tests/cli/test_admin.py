@@ -375,13 +375,17 @@ class TokenTests(CommandTestsMixin, SynchronousTestCase):
         self.assertEqual(self.authorization(), f"Bearer {TOKEN}")
         self.assertEqual(len(self.opener.requests), 1)
 
-    def test_status_and_ring_need_no_token(self) -> None:
-        """status and ring are open routes: no token is read or sent."""
+    def test_status_needs_no_token(self) -> None:
+        """status reads the open /status: no token is read or sent."""
         self.data_dir = self.mktemp()  # no token file there
-        for command in ("status", "ring"):
-            status, _, err = self.run_cli(command, answers=({},))
-            self.assertEqual((status, err), (0, ""))
-            self.assertIsNone(self.authorization())
+        status, _, err = self.run_cli("status", answers=({},))
+        self.assertEqual((status, err), (0, ""))
+        self.assertIsNone(self.authorization())
+
+    def test_ring_sends_the_token(self) -> None:
+        """The ring walk names every member and costs the ring an Attach each: token only."""
+        self.run_cli("ring", answers=({"nodes": [], "complete": False},))
+        self.assertEqual(self.authorization(), "Bearer " + TOKEN)
 
     def test_data_dir_option(self) -> None:
         """--data-dir, before or after the subcommand, wins over $P2PSIP_DATA_DIR."""

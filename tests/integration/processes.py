@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
 
 from p2psip.cli.admin import AdminClient, AdminError
 from p2psip.enrolment.accounts import AccountsFile, Grant, accounts_path
@@ -187,17 +189,19 @@ class OverlayCA:
     def bootstrap_arguments(self) -> list[str]:
         return ["--enrol-listen", f"ssl:{self.enrol_port}:interface=127.0.0.1"]
 
-    def enrol_offline(self, directory: Path) -> None:
+    def enrol_offline(self, directory: Path, node_id: int | None = None) -> None:
         """
         Leave in ``directory``'s data dir what ``p2psip enrol`` would, issued
         by the CA at hand: for a peer that starts while the bootstrap is down.
+        The CA picks the Node-ID at random unless the test places the node
+        with ``node_id``.
         """
         data = directory / "data"
         data.mkdir(parents=True, exist_ok=True, mode=0o700)
         key = ec.generate_private_key(ec.SECP256R1())
         certificate = self.authority.issue(
             key.public_key(),
-            node_id=random_node_id(),
+            node_id=random_node_id() if node_id is None else node_id,
             user_name=self.account,
             now=reactor.seconds(),
         )
@@ -233,6 +237,50 @@ class OverlayCA:
         ]
 
 
+def start_mediator(test: TestCase, directory: Path, secret: str) -> str:
+    """
+    A mediator (``twistd -n p2psip-mediator``) on loopback with the shared
+    ``secret``, its files in ``directory``, killed at ``test``'s cleanup;
+    its control endpoint, for the ring roles' ``--mediator``.
+    """
+    directory.mkdir(parents=True)
+    control = free_port()
+    log = directory / "twistd.log"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from twisted.scripts.twistd import run; run()",
+            "-n",
+            "--pidfile=",
+            f"--logfile={log}",
+            "p2psip-mediator",
+            "--secret",
+            secret,
+            "--control",
+            f"tcp:{control}:interface=127.0.0.1",
+            "--stun",
+            f"tcp:{free_port()}:interface=127.0.0.1",
+            "--stun",
+            f"udp:{free_port(kind=socket.SOCK_DGRAM)}:interface=127.0.0.1",
+            "--http",
+            f"tcp:{free_port()}:interface=127.0.0.1",
+        ],
+        cwd=str(directory),
+        env=dict(os.environ, PYTHONPATH=str(repository_root())),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def stop() -> None:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+    test.addCleanup(stop)
+    return f"tcp:127.0.0.1:{control}"
+
+
 def overlay_arguments(name: str = "integration.test") -> list[str]:
     """Fast timers so failures are noticed within seconds."""
     return [
@@ -253,5 +301,6 @@ __all__ = [
     "wait_for",
     "ring_converged",
     "overlay_arguments",
+    "start_mediator",
     "repository_root",
 ]

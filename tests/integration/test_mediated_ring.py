@@ -12,10 +12,6 @@ one needs no root.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -24,8 +20,14 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from p2psip.testing import free_port, repository_root, ring_node_mediator_secret
-from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
+from p2psip.testing import ring_node_mediator_secret
+from tests.integration.processes import (
+    OverlayCA,
+    RoleProcess,
+    overlay_arguments,
+    start_mediator,
+    wait_for,
+)
 
 SECRET = "loopback-secret"
 
@@ -42,46 +44,6 @@ class MediatedRingTests(TestCase):
     def setUp(self) -> None:
         self.directory = Path(self.mktemp()).resolve()
         self.ca = OverlayCA(self.directory / "bootstrap")
-
-    def start_mediator(self) -> str:
-        """The mediator on loopback; its control endpoint."""
-        directory = Path(self.mktemp()).resolve()
-        directory.mkdir(parents=True)
-        control = free_port()
-        log = directory / "twistd.log"
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "from twisted.scripts.twistd import run; run()",
-                "-n",
-                "--pidfile=",
-                f"--logfile={log}",
-                "p2psip-mediator",
-                "--secret",
-                SECRET,
-                "--control",
-                f"tcp:{control}:interface=127.0.0.1",
-                "--stun",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-                "--stun",
-                f"udp:{free_port(kind=socket.SOCK_DGRAM)}:interface=127.0.0.1",
-                "--http",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-            ],
-            cwd=str(directory),
-            env=dict(os.environ, PYTHONPATH=str(repository_root())),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-        def stop() -> None:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-
-        self.addCleanup(stop)
-        return f"tcp:127.0.0.1:{control}"
 
     def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
         """
@@ -103,7 +65,7 @@ class MediatedRingTests(TestCase):
     @inlineCallbacks
     def test_peers_linked_by_the_mediator(self) -> Any:
         """Two peers with unreachable candidates join, link through the mediator and share values."""
-        mediator = self.start_mediator()
+        mediator = start_mediator(self, Path(self.mktemp()).resolve(), SECRET)
         credentials = [
             "--mediator",
             mediator,
@@ -149,6 +111,11 @@ class MediatedRingTests(TestCase):
         self.assertEqual(status["mediator"]["id"], ids[0])
         metrics = yield deferToThread(read_metrics, peers[0].http_port)
         self.assertRegex(metrics, r'p2psip_overlay_links_by_path\{path="direct"\} [1-9]')
+        # The ring page's data shows the link by its path too.
+        view = yield peers[0].call("ring_view")
+        self.assertIn((ids[1], "direct"), {(link["peer"], link["path"]) for link in view["links"]})
+        [member] = [m for m in view["members"] if m["node_id"] == ids[1]]
+        self.assertEqual(member["paths"], ["direct"])
         yield peers[0].call("put", "alice@integration.test", "from-a", 600)
         got = yield peers[1].call("get", "alice@integration.test")
         self.assertEqual(got["value"], "from-a")

@@ -7,19 +7,25 @@ behind NAT A and peer B behind NAT B, each under ``twistd -n`` with
 ``--mediator``.  A and B advertise their private addresses, so the direct
 connect between them fails and the mediator makes their overlay link.
 The admin API of every role is only reachable inside its namespace, so
-the test asks it with ``natlab exec ... p2psip --api ... --json``.
+the test asks it with ``natlab exec ... p2psip --api ... --json``, and
+loads peer A's ring page in headless Chromium run inside A's namespace
+(behind EIM/EIM and EIM/random NATs): its link to B must be drawn as the
+mediator made it (simultaneous open, relayed).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.trial.unittest import TestCase
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SkipTest, TestCase
 
-from p2psip.testing import ring_node_mediator_secret
+from p2psip.testing import require_tool, ring_node_mediator_secret
 from tests.integration.processes import OverlayCA
+from tests.interop.browser import DomReader, chromium_arguments, drawn
 from tests.natlab.harness import CONTROL, SECRET, NatLab, twistd_command
 
 OVERLAY_PORT = 6084
@@ -102,7 +108,12 @@ class OverlayOverNatTests(TestCase):
 
     @inlineCallbacks
     def ring_over_nats(
-        self, nat_a: str, nat_b: str, expected_paths: set[str], loopback_candidate: bool = False
+        self,
+        nat_a: str,
+        nat_b: str,
+        expected_paths: set[str],
+        loopback_candidate: bool = False,
+        check_page: bool = False,
     ) -> Any:
         lab = NatLab.up(self, nat_a, nat_b)
         lab.start_mediator()
@@ -153,6 +164,8 @@ class OverlayOverNatTests(TestCase):
             self.assertIn(ids[other], successors)
             if loopback_candidate:
                 self.assertEqual(status["address"], f"127.0.0.1:{OVERLAY_PORT}")
+        if check_page:
+            yield self.page_draws_links(lab, "a", ids["b"], expected_paths)
         for writer, reader in (("a", "b"), ("b", "a")):
             name = f"written-by-{writer}@natlab.test"
             stored = yield self.api(lab, writer, "put", name, f"value from {writer}")
@@ -160,13 +173,42 @@ class OverlayOverNatTests(TestCase):
             fetched = yield self.api(lab, reader, "get", name)
             self.assertEqual(fetched.get("value"), f"value from {writer}", fetched)
 
+    @inlineCallbacks
+    def page_draws_links(
+        self, lab: NatLab, where: str, other: str, expected_paths: set[str]
+    ) -> Any:
+        """
+        Headless Chromium inside ``where`` loads that node's ring page (its
+        admin token in the fragment): the link to ``other`` is drawn in the
+        style of the mediator's method.
+        """
+        try:
+            chromium = require_tool("chromium")
+        except SkipTest:
+            return  # the NAT checks above still count; CI requires Chromium
+        profile = Path(self.mktemp()).resolve()
+        profile.mkdir(parents=True)
+        token = (Path(self.data_dirs[where]) / "admin-token").read_text().strip()
+        url = f"http://127.0.0.1:{HTTP_PORT}/#token={token}"
+        command = lab.exec_command(
+            where, [chromium, *chromium_arguments(profile, url, "--dump-dom")]
+        )
+        out, err, code = yield getProcessOutputAndValue(
+            command[0], command[1:], env={**os.environ, "HOME": str(profile)}
+        )
+        self.assertEqual(code, 0, err.decode(errors="replace")[-2000:])
+        links = drawn(DomReader(out.decode("utf-8")), "link", "data-path")
+        paths = {path for peer, path in links if peer == other}
+        self.assertTrue(paths, links)
+        self.assertTrue(paths <= expected_paths, links)
+
     def test_eim_eim_simultaneous_open(self) -> Any:
         """Peers behind two EIM NATs join the ring and link by TCP simultaneous open."""
-        return self.ring_over_nats("eim", "eim", {"simultaneous-open"})
+        return self.ring_over_nats("eim", "eim", {"simultaneous-open"}, check_page=True)
 
     def test_eim_random_relayed(self) -> Any:
         """A peer behind an EIM NAT and one behind a random-allocation NAT link through the relay."""
-        return self.ring_over_nats("eim", "random", {"relayed"})
+        return self.ring_over_nats("eim", "random", {"relayed"}, check_page=True)
 
     def test_random_random_relayed(self) -> Any:
         """Peers behind two random-allocation NATs join the ring and link through the relay."""

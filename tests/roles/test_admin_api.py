@@ -123,7 +123,7 @@ class AdminApiOverHttpTests(SynchronousTestCase):
 
     @settings(max_examples=150, deadline=None)
     @given(
-        route=st.sampled_from(["put", "get", "lookup", "ring"]),
+        route=st.sampled_from(["put", "get", "lookup", "ring", "ring-view", "peer-tables"]),
         query=st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40),
     )
     def test_query_strings(self, route: str, query: str) -> None:

@@ -386,6 +386,23 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual((kind, status, final[:2]), ("first", 408, ("final", 408)))
         self.assertGreater(seconds, 31.0)
 
+    def test_calls_counted_for_status(self) -> None:
+        """In progress until the final response; then answered or failed; re-INVITEs are no calls."""
+        self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+        self.a.receive(message_text())
+        [(invite, hop)] = self.forwarded(self.a)
+        self.assertEqual(
+            self.a.proxy.calls(), {"in_progress": 1, "answered": 0, "challenged": 0, "failed": 0}
+        )
+        self.respond_to(self.a, invite, 200, hop)
+        self.a.receive(message_text(uri="sip:mallory@example.org", branch="z9hG4bKm"))
+        self.a.receive(
+            message_text(uri="sip:mallory@example.org", to_tag=";tag=x", branch="z9hG4bKre")
+        )
+        self.assertEqual(
+            self.a.proxy.calls(), {"in_progress": 0, "answered": 1, "challenged": 0, "failed": 1}
+        )
+
     def test_reinvite_is_not_a_call_setup(self) -> None:
         """An INVITE inside a dialog (with a To tag) is proxied but not timed as a call set-up."""
         events = self.observe_calls(self.a)

@@ -253,11 +253,18 @@ class PageTests(SiteTestsMixin, SynchronousTestCase):
             self.assertIn(f"{tag}-src 'sha256-{digest}'", policy)
 
     def test_ring_page(self) -> None:
-        """ring_page=True tells the page to draw the ring from api/ring."""
+        """ring_page=True tells the page to draw the ring from the token-protected ring view."""
         response = self.fetch(self.make_site(ring_page=True), http_request("GET", "/"))
         page = response.body.decode("utf-8")
         self.assertIn('data-ring="yes"', page)
-        self.assertIn('getJson("api/ring")', page)
+        self.assertIn('getJson("api/ring-view", true)', page)
+        self.assertIn('"api/peer-tables?node="', page)
+        self.assertIn('<form id="token-form" hidden>', page)
+        # The token stays in the tab: never in localStorage, never in a cookie.
+        self.assertIn("sessionStorage", page)
+        self.assertNotIn("localStorage", page)
+        self.assertNotIn("document.cookie", page)
+        self.assertIn("form-action 'none'", response.headers["content-security-policy"])
 
 
 class ApiTests(SiteTestsMixin, SynchronousTestCase):
@@ -711,15 +718,14 @@ class TokenTests(SiteTestsMixin, SynchronousTestCase):
             "no admin token", self.refused(self.fetch(site, http_request("GET", "/api/echo")))
         )
 
-    def test_open_routes_and_pages(self) -> None:
-        """Open-access routes, the page, /status and /metrics need no token."""
-        site = self.make_site(
-            api={"ring": ApiRoute(("GET",), lambda args, body: {"nodes": []}, open_access=True)}
-        )
-        for path in ("/api/ring", "/", "/status", "/metrics"):
+    def test_open_pages(self) -> None:
+        """The page, /status and /metrics need no token; every API route does."""
+        site = self.make_site(api={"ring": ApiRoute(("GET",), lambda args, body: {"nodes": []})})
+        for path in ("/", "/status", "/metrics"):
             self.assertEqual(
                 self.fetch(site, http_request("GET", path, token=None)).code, 200, path
             )
+        self.assertEqual(self.fetch(site, http_request("GET", "/api/ring", token=None)).code, 401)
 
     def test_refusals_are_warned_once(self) -> None:
         """A wrong token is a warning naming the route; a guessing flood is one line a minute."""
