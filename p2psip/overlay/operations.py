@@ -23,7 +23,7 @@ from p2psip.overlay import bodies
 from p2psip.overlay.app_attach import Applications
 from p2psip.overlay.connectivity import Connectivity
 from p2psip.overlay.counters import Counters
-from p2psip.overlay.identity import NodeIdentity
+from p2psip.overlay.identity import CertificateCache, NodeIdentity
 from p2psip.overlay.link_table import LinkTable
 from p2psip.overlay.links import Link
 from p2psip.overlay.membership import Membership, NodeState
@@ -42,6 +42,7 @@ class OverlayOperations:
     node_id: int
     identity: NodeIdentity
     counters: Counters
+    certificates: CertificateCache
     membership: Membership
     topology: ChordTopology
     links: LinkTable

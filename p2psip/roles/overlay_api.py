@@ -1,5 +1,6 @@
 """
-The admin API of a ring role: put, get, lookup and the ring walk.
+The admin API of a ring role and of the thin client: put, get, lookup
+and the ring walk.
 
 ``p2psip put|get|lookup|ring`` and the ring page call these routes on the
 role's HTTP listener (loopback by default).  Input is checked here and
@@ -18,7 +19,7 @@ from twisted.python.failure import Failure
 
 from p2psip.overlay.errors import OverlayError
 from p2psip.overlay.kinds import DATA
-from p2psip.overlay.node import OverlayNode
+from p2psip.overlay.operations import OverlayOperations
 from p2psip.overlay.results import OperationResult
 from p2psip.util.ids import MAX_ID, id_hex
 from p2psip.web.site import ApiError, ApiRoute
@@ -62,13 +63,14 @@ def _json(d: Deferred[OperationResult]) -> Deferred[dict[str, Any]]:
     return d.addCallbacks(lambda result: result.as_json(), _as_api_error)
 
 
-def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
-    """The routes for ``node``."""
+def overlay_api_routes(node: OverlayOperations) -> dict[str, ApiRoute]:
+    """The routes for ``node`` (a ring member, or a client that asks through its peer)."""
 
     def in_ring() -> None:
-        if not node.membership.in_ring():
+        if not node.membership.reaches_ring():
+            what = "attached to a peer" if node.membership.is_client() else "in a ring"
             raise ApiError(
-                503, f"the node is {node.state.value}, not in a ring yet; see /status and its log"
+                503, f"the node is {node.state.value}, not {what} yet; see /status and its log"
             )
 
     def put(args: dict[str, str], body: Body) -> Deferred[dict[str, Any]]:
@@ -108,22 +110,31 @@ def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
 
 
 @inlineCallbacks
-def walk_ring(node: OverlayNode) -> Generator[Deferred[Any], Any, dict[str, Any]]:
+def walk_ring(node: OverlayOperations) -> Generator[Deferred[Any], Any, dict[str, Any]]:
     """
     Every peer of the ring in order, found by asking for the owner of
     (peer + 1) from one peer to the next.
+
+    A ring member starts from itself; a client, which is not in the ring,
+    starts from the owner of its own Node-ID (its attachment peer).
     """
-    nodes = [
-        {
-            "node_id": id_hex(node.node_id),
-            "address": f"{node.advertised_host}:{node.advertised_port}",
-        }
-    ]
-    current = node.node_id
+    nodes = []
+    if node.membership.is_client():
+        first, (host, port) = yield node.find_owner(node.node_id)
+        nodes.append({"node_id": id_hex(first), "address": f"{host}:{port}"})
+    else:
+        first = node.node_id
+        nodes.append(
+            {
+                "node_id": id_hex(node.node_id),
+                "address": f"{node.advertised_host}:{node.advertised_port}",
+            }
+        )
+    current = first
     complete = False
     for _ in range(MAX_RING_WALK):
         owner, (host, port) = yield node.find_owner((current + 1) & MAX_ID)
-        if owner == node.node_id:
+        if owner == first:
             complete = True
             break
         nodes.append({"node_id": id_hex(owner), "address": f"{host}:{port}"})

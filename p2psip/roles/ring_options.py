@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from attrs import field, frozen
 from cryptography import x509
@@ -245,6 +246,59 @@ def digest_algorithms(text: str) -> str:
 digest_algorithms.coerceDoc = "a comma-separated list of SHA-256 and MD5"  # type: ignore[attr-defined]
 
 
+def check_sip_tls(options: Mapping[str, Any]) -> SipTlsCredentials | None:
+    """
+    --sip-tls needs a plain listener beside it and the domain's certificate
+    and key; the credentials read, or None without any.
+    """
+    certificate, key = options["sip-tls-certificate"], options["sip-tls-key"]
+    if options["sip-tls"]:
+        if not options["sip"]:
+            raise usage.UsageError(
+                "--sip-tls serves phones over TLS; super-nodes reach each other over UDP or "
+                "TCP, so give a --sip listener too (e.g. --sip udp:5060)"
+            )
+        missing = [
+            name
+            for name, value in (("--sip-tls-certificate", certificate), ("--sip-tls-key", key))
+            if not value
+        ]
+        if missing:
+            raise usage.UsageError(
+                f"--sip-tls needs {' and '.join(missing)}: the SIP domain's PEM certificate "
+                "(chain) and its private key"
+            )
+    if certificate or key:
+        if not (certificate and key):
+            given, absent = (
+                ("--sip-tls-certificate", "--sip-tls-key")
+                if certificate
+                else ("--sip-tls-key", "--sip-tls-certificate")
+            )
+            raise usage.UsageError(f"{given} needs {absent} too")
+        return read_sip_tls_credentials(certificate, key)
+    return None
+
+
+def sip_config(options: Mapping[str, Any], tls: SipTlsCredentials | None) -> SipConfig:
+    """The SIP settings from the options :data:`SIP_OPTION_NAMES` names (``--sip`` given)."""
+    return SipConfig(
+        domain=options["overlay-name"],
+        listeners=tuple(options["sip"]),
+        users_path=Path(options["users"]) if options["users"] else None,
+        digest_algorithms=tuple(options["sip-digest-algorithms"].split(",")),
+        advertise=options["sip-advertise"],
+        trusted_network=bool(options["sip-trusted-network"]),
+        rate_limit_per_second=options["sip-rate-limit"],
+        rate_limit_burst=options["sip-rate-burst"],
+        idle_timeout_seconds=options["sip-idle-timeout"],
+        connections_per_source=options["sip-connections-per-source"],
+        max_connections=options["sip-max-connections"],
+        tls_listeners=tuple(options["sip-tls"]),
+        tls=tls if options["sip-tls"] else None,
+    )
+
+
 class RingRoleOptions(RoleOptions, SecurityOptions):
     """Options of every role that is a member of the ring, SIP included."""
 
@@ -455,6 +509,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
 
     #: The validated configuration, set by ``postOptions``.
     config: RingRoleConfig
+    sip_tls: SipTlsCredentials | None
 
     def postOptions(self) -> None:
         super().postOptions()
@@ -479,34 +534,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
         self.config = self._validated()
 
     def _check_sip_tls(self) -> None:
-        """--sip-tls needs a plain listener beside it and the domain's certificate and key."""
-        self.sip_tls: SipTlsCredentials | None = None
-        certificate, key = self["sip-tls-certificate"], self["sip-tls-key"]
-        if self["sip-tls"]:
-            if not self["sip"]:
-                raise usage.UsageError(
-                    "--sip-tls serves phones over TLS; super-nodes reach each other over UDP or "
-                    "TCP, so give a --sip listener too (e.g. --sip udp:5060)"
-                )
-            missing = [
-                name
-                for name, value in (("--sip-tls-certificate", certificate), ("--sip-tls-key", key))
-                if not value
-            ]
-            if missing:
-                raise usage.UsageError(
-                    f"--sip-tls needs {' and '.join(missing)}: the SIP domain's PEM certificate "
-                    "(chain) and its private key"
-                )
-        if certificate or key:
-            if not (certificate and key):
-                given, absent = (
-                    ("--sip-tls-certificate", "--sip-tls-key")
-                    if certificate
-                    else ("--sip-tls-key", "--sip-tls-certificate")
-                )
-                raise usage.UsageError(f"{given} needs {absent} too")
-            self.sip_tls = read_sip_tls_credentials(certificate, key)
+        self.sip_tls: SipTlsCredentials | None = check_sip_tls(self)
 
     def check_bootstrap(self) -> None:
         """Roles that must join a ring refuse to start without a way in."""
@@ -534,23 +562,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 secret=self._mediator_secret(),
                 direct_timeout_seconds=self["direct-connect-timeout"],
             )
-        sip = None
-        if self["sip"]:
-            sip = SipConfig(
-                domain=self["overlay-name"],
-                listeners=tuple(self["sip"]),
-                users_path=Path(self["users"]) if self["users"] else None,
-                digest_algorithms=tuple(self["sip-digest-algorithms"].split(",")),
-                advertise=self["sip-advertise"],
-                trusted_network=bool(self["sip-trusted-network"]),
-                rate_limit_per_second=self["sip-rate-limit"],
-                rate_limit_burst=self["sip-rate-burst"],
-                idle_timeout_seconds=self["sip-idle-timeout"],
-                connections_per_source=self["sip-connections-per-source"],
-                max_connections=self["sip-max-connections"],
-                tls_listeners=tuple(self["sip-tls"]),
-                tls=self.sip_tls if self["sip-tls"] else None,
-            )
+        sip = sip_config(self, self.sip_tls) if self["sip"] else None
         return RingRoleConfig(
             role=self.role,
             title=self.title or f"p2psip {self.role}",
@@ -595,3 +607,11 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             f"--mediator-secret-file (or 'mediator-secret-file' in the [{self.role}] section of "
             "--config)"
         )
+
+
+#: The SIP options every role with a SIP stack takes (the thin client too).
+SIP_OPTION_NAMES = frozenset(
+    name
+    for name, *_ in [*RingRoleOptions.optParameters, *RingRoleOptions.optFlags]
+    if name.startswith("sip") or name == "users"
+)

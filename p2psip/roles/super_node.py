@@ -25,7 +25,7 @@ it has its certificate.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import field, frozen
 from prometheus_client import CollectorRegistry
@@ -54,12 +54,13 @@ from p2psip.overlay.links import Connector, StreamConnector, inbound_link_factor
 from p2psip.overlay.mediated import MediatedConnector, MediatedIncoming
 from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.overlay.node import OverlayNode
+from p2psip.overlay.operations import OverlayOperations
 from p2psip.overlay.tls import KeyLogFile, LinkSecurity
 from p2psip.roles.enrolment_service import FirstEnrolment, bootstrap_enrolment_server
 from p2psip.roles.overlay_api import overlay_api_routes
-from p2psip.roles.ring_credentials import EnrolmentNeeded, load_credentials
+from p2psip.roles.ring_credentials import EnrolmentNeeded, NodeRoleConfig, load_credentials
 from p2psip.roles.overlay_service import OverlayService
-from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig
+from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig, SipConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
 from p2psip.sip.users import UsersFile
 from p2psip.util.admin_token import AdminTokenError, load_or_create_token
@@ -93,7 +94,14 @@ class RingState:
     authority: OverlayAuthority | None = None
 
 
-def load_ring_state(config: RingRoleConfig, clock: IReactorTime) -> RingState:
+class RoleFilesConfig(NodeRoleConfig, Protocol):
+    """What :func:`load_ring_state` reads: a ring role's config, or the thin client's."""
+
+    @property
+    def sip(self) -> SipConfig | None: ...
+
+
+def load_ring_state(config: RoleFilesConfig, clock: IReactorTime) -> RingState:
     """
     Read the role's files in ``--data-dir`` (made, mode 0700, if missing):
     the node key and certificate with the trust policy and, on a
@@ -163,7 +171,7 @@ class RingRole(MultiService):
         """The whole ``/status`` document: the node, then the SIP and mediator sections."""
         document = overlay_status(self.node)
         document["role"] = self.config.role
-        document["security"] = _security_status(self.node)
+        document["security"] = security_status(self.node)
         if self.sip is not None:
             document["sip"] = self.sip.status()
         if self.traversal is not None and self.config.mediator is not None:
@@ -171,7 +179,7 @@ class RingRole(MultiService):
         return document
 
 
-def _security_status(node: OverlayNode) -> dict[str, Any]:
+def security_status(node: OverlayOperations) -> dict[str, Any]:
     """How this node's certificates are checked: enrolled under which root, or insecure."""
     trust = node.certificates.trust
     if isinstance(trust, OverlayRootTrust):
