@@ -49,7 +49,11 @@ DEFAULT_API_URL = "http://127.0.0.1:8084"
 API_URL_VARIABLE = "P2PSIP_API"
 DATA_DIR_VARIABLE = "P2PSIP_DATA_DIR"
 #: The roles' default --http ports and the --data-dir each role then uses by default.
-DEFAULT_DATA_DIRS = {8084: "/var/lib/p2psip/bootstrap", 8085: "/var/lib/p2psip/peer"}
+DEFAULT_DATA_DIRS = {
+    8084: "/var/lib/p2psip/bootstrap",
+    8085: "/var/lib/p2psip/peer",
+    8086: "/var/lib/p2psip/client",
+}
 REQUEST_TIMEOUT_SECONDS = 30.0
 #: Status and ring documents are small; refuse to buffer a runaway answer.
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -144,6 +148,9 @@ class AdminClient:
 
     def lookup(self, name: str) -> dict[str, Any]:
         return self._call("GET", "/api/lookup", query={"name": name})
+
+    def registration(self, aor: str) -> dict[str, Any]:
+        return self._call("GET", "/api/registration", query={"aor": aor})
 
     def _call(
         self,
@@ -447,7 +454,54 @@ def run_get(args: argparse.Namespace) -> int:
     return status or (0 if found and found[0] else 1)
 
 
+def format_registration(answer: Mapping[str, Any]) -> str:
+    """An AOR's bindings, where they are stored and the route the lookup took."""
+    lines = [
+        f"{printable(answer.get('aor'))}",
+        f"  resource:    {printable(answer.get('resource_name'))} "
+        f"({printable(answer.get('resource_id'))})",
+        f"  stored at:   {printable(answer.get('responsible'))}",
+        f"  route:       {_route(answer)}",
+    ]
+    bindings = answer.get("bindings")
+    if not isinstance(bindings, list) or not bindings:
+        lines.append("  not registered (no live binding)")
+    else:
+        for binding in bindings:
+            if not isinstance(binding, dict):
+                continue
+            lines.append(
+                f"  contact:     {printable(binding.get('contact'))} "
+                f"(served by {printable(binding.get('node_id'))}, expires in "
+                f"{printable(binding.get('expires_in'))} s, q={printable(binding.get('q'))})"
+            )
+    return "\n".join(lines)
+
+
 def run_lookup(args: argparse.Namespace) -> int:
+    """
+    A SIP AOR: its registration and the route to it (exit 1 when nobody is
+    registered); any other name: the responsible node and the route.
+    """
+    if args.name.lower().startswith(("sip:", "sips:")):
+        found: list[bool] = []
+
+        def fetch(client: AdminClient) -> dict[str, Any]:
+            try:
+                answer = client.registration(args.name)
+            except AdminError as error:
+                if "404" in str(error):
+                    raise AdminError(
+                        f"{error}; the role at {client.api_url} serves no SIP: ask a thin client "
+                        "or a super-node with --sip (--api URL), or look up the name with "
+                        "`p2psip lookup` on a plain resource name"
+                    ) from None
+                raise
+            found.append(bool(answer.get("found")))
+            return answer
+
+        status = _run(args, fetch, format_registration)
+        return status or (0 if found and found[0] else 1)
     return _run(
         args,
         lambda client: client.lookup(args.name),
@@ -502,7 +556,10 @@ def register(subparsers: Subcommands) -> None:
     get.set_defaults(run=run_get)
 
     lookup = subparsers.add_parser(
-        "lookup", parents=[output], help="show which node is responsible for NAME, and the route"
+        "lookup",
+        parents=[output],
+        help="show which node is responsible for NAME, and the route; for a SIP AOR "
+        "(sip:alice@DOMAIN) also its registration",
     )
     lookup.add_argument("name", metavar="NAME")
     lookup.set_defaults(run=run_lookup)

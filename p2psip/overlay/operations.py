@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 
 from p2psip.overlay import bodies
 from p2psip.overlay.app_attach import Applications
@@ -41,6 +42,7 @@ class OverlayOperations:
 
     node_id: int
     identity: NodeIdentity
+    clock: IReactorTime
     counters: Counters
     certificates: CertificateCache
     membership: Membership

@@ -61,6 +61,7 @@ from p2psip.roles.overlay_api import overlay_api_routes
 from p2psip.roles.ring_credentials import EnrolmentNeeded, NodeRoleConfig, load_credentials
 from p2psip.roles.overlay_service import OverlayService
 from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig, SipConfig
+from p2psip.roles.sip_api import sip_api_routes
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
 from p2psip.sip.users import UsersFile
 from p2psip.util.admin_token import AdminTokenError, load_or_create_token
@@ -318,10 +319,13 @@ def make_ring_role(
         )
         role.sip.add_metrics(registry)
         role.sip.setServiceParent(role)
+    api = overlay_api_routes(node)
+    if role.sip is not None:
+        api.update(sip_api_routes(node, role.sip.stack.location))
     site = build_site(
         status=role.status,
         metrics=registry,
-        api=overlay_api_routes(node),
+        api=api,
         admin_token=state.admin_token,
         title=config.title,
         ring_page=True,
