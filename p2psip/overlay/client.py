@@ -26,25 +26,15 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from p2psip.interfaces import ISuperNodeOverlay
-from p2psip.overlay.app_attach import Applications
 from p2psip.overlay.attaching import Attacher
 from p2psip.overlay.certificates import TrustPolicy
-from p2psip.overlay.connectivity import Connectivity
-from p2psip.overlay.counters import Counters
-from p2psip.overlay.identity import CertificateCache, NodeIdentity
-from p2psip.overlay.kinds import DEFAULT_KINDS, Kind, data_models
-from p2psip.overlay.link_table import LinkTable
+from p2psip.overlay.identity import NodeIdentity
+from p2psip.overlay.kinds import Kind
 from p2psip.overlay.links import Connector
-from p2psip.overlay.membership import Event, Membership
-from p2psip.overlay.message import overlay_hash
-from p2psip.overlay.messaging import Messenger
+from p2psip.overlay.membership import Event
 from p2psip.overlay.operations import OverlayOperations
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.peer_cache import KnownPeer
-from p2psip.overlay.storage import DataStore
-from p2psip.overlay.storage_service import StorageService
-from p2psip.overlay.topology import ChordTopology
-from p2psip.overlay.user_credentials import UserCredentials
 from p2psip.util.periodic import JitteredLoop
 
 #: What a client's (unused) Attach candidate would say: it has no listener.
@@ -66,61 +56,21 @@ class OverlayClient(OverlayOperations):
         rng: random.Random | None = None,
         trust: TrustPolicy | None = None,
     ) -> None:
-        self.identity = identity
-        self.node_id = identity.node_id
-        self.local_node_id = self.node_id
-        self.clock = clock
-        self.config = config = config or OverlayConfig()
-        self.kinds = dict(kinds or DEFAULT_KINDS)
-        self.random = rng or random.Random()
-        self.counters = Counters()
-        self.membership = Membership()
-        #: Always empty: a client keeps no ring tables.  The parts it
-        #: shares with peers read it and find nothing.
-        self.topology = ChordTopology(self.node_id, config.successors, config.predecessors)
-        self.links = LinkTable()
-        self.certificates = CertificateCache(trust=trust)
-        self.certificates.add_identity(identity)
-        self.user_credentials = UserCredentials(identity, self.certificates)
-        self.messenger = Messenger(
+        # The topology stays empty: a client keeps no ring tables, and the
+        # parts it shares with peers read it and find nothing.
+        self._build_common_parts(
             identity=identity,
-            certificates=self.certificates,
             clock=clock,
-            config=config,
-            overlay=overlay_hash(config.overlay_name),
-            topology=self.topology,
-            links=self.links,
-            membership=self.membership,
-            counters=self.counters,
-            data_models=data_models(self.kinds),
-        )
-        self.connectivity = Connectivity(
-            messenger=self.messenger,
-            links=self.links,
-            topology=self.topology,
-            membership=self.membership,
             connector=connector,
-            listener=self,
-            clock=clock,
-            config=config,
-            counters=self.counters,
-            advertised_host=NO_LISTENER[0],
-            advertised_port=NO_LISTENER[1],
-        )
-        self.connectivity.has_listener = False
-        self.applications = Applications(self.messenger, self.connectivity)
-        self.storage = StorageService(
-            messenger=self.messenger,
-            store=DataStore(self.kinds, self.certificates),
-            topology=self.topology,
-            membership=self.membership,
-            identity=identity,
-            certificates=self.certificates,
-            clock=clock,
-            config=config,
-            credentials=self.user_credentials,
+            advertised=NO_LISTENER,
+            config=config or OverlayConfig(),
+            kinds=kinds,
+            rng=rng,
+            trust=trust,
             holds_data=False,
         )
+        self.connectivity.has_listener = False
+        config = self.config
         self.attacher = Attacher(
             messenger=self.messenger,
             connectivity=self.connectivity,

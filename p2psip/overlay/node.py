@@ -39,26 +39,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from p2psip.interfaces import ISuperNodeOverlay
-from p2psip.overlay.app_attach import Applications
 from p2psip.overlay.certificates import TrustPolicy
 from p2psip.overlay.chord import ChordMaintenance
-from p2psip.overlay.connectivity import Connectivity
-from p2psip.overlay.counters import Counters
-from p2psip.overlay.identity import CertificateCache, NodeIdentity
+from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.joining import DuplicateNodeId, Joiner
-from p2psip.overlay.kinds import DEFAULT_KINDS, Kind, data_models
-from p2psip.overlay.link_table import LinkTable
+from p2psip.overlay.kinds import Kind
 from p2psip.overlay.links import Connector, Link
-from p2psip.overlay.membership import Event, Membership, NodeState
-from p2psip.overlay.message import overlay_hash
-from p2psip.overlay.messaging import WILDCARD_NODE_ID, Answer, Messenger
+from p2psip.overlay.membership import Event, NodeState
+from p2psip.overlay.messaging import WILDCARD_NODE_ID, Answer
 from p2psip.overlay.operations import OverlayOperations
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.results import OperationResult
-from p2psip.overlay.storage import DataStore
-from p2psip.overlay.storage_service import StorageService
-from p2psip.overlay.topology import ChordTopology
-from p2psip.overlay.user_credentials import UserCredentials
 from p2psip.util.ids import id_short
 from p2psip.util.periodic import JitteredLoop
 
@@ -82,62 +73,18 @@ class OverlayNode(OverlayOperations):
         rng: random.Random | None = None,
         trust: TrustPolicy | None = None,
     ) -> None:
-        self.identity = identity
-        self.node_id = identity.node_id
-        self.local_node_id = self.node_id
-        self.clock = clock
-        self.config = config = config or OverlayConfig()
-        self.kinds = dict(kinds or DEFAULT_KINDS)
-        #: Only spreads periodic timers; simulations pass a seeded one.
-        self.random = rng or random.Random()
-        self.counters = Counters()
-        self.membership = Membership()
-        self.topology = ChordTopology(self.node_id, config.successors, config.predecessors)
-        self.links = LinkTable()
-        #: ``trust`` decides whose certificates are believed, on links (the
-        #: connector's TLS) and on signatures: the overlay root
-        #: (roles pass OverlayRootTrust) or, when None, self-signed mode.
-        self.certificates = CertificateCache(trust=trust)
-        self.certificates.add_identity(identity)
-        #: The user certificates this node signs users' values with.
-        self.user_credentials = UserCredentials(identity, self.certificates)
-        self.messenger = Messenger(
+        self._build_common_parts(
             identity=identity,
-            certificates=self.certificates,
             clock=clock,
-            config=config,
-            overlay=overlay_hash(config.overlay_name),
-            topology=self.topology,
-            links=self.links,
-            membership=self.membership,
-            counters=self.counters,
-            data_models=data_models(self.kinds),
-        )
-        self.connectivity = Connectivity(
-            messenger=self.messenger,
-            links=self.links,
-            topology=self.topology,
-            membership=self.membership,
             connector=connector,
-            listener=self,
-            clock=clock,
-            config=config,
-            counters=self.counters,
-            advertised_host=advertised_host,
-            advertised_port=advertised_port,
+            advertised=(advertised_host, advertised_port),
+            config=config or OverlayConfig(),
+            kinds=kinds,
+            rng=rng,
+            trust=trust,
+            holds_data=True,
         )
-        self.applications = Applications(self.messenger, self.connectivity)
-        self.storage = StorageService(
-            messenger=self.messenger,
-            store=DataStore(self.kinds, self.certificates),
-            topology=self.topology,
-            membership=self.membership,
-            identity=identity,
-            certificates=self.certificates,
-            clock=clock,
-            config=config,
-            credentials=self.user_credentials,
-        )
+        config = self.config
         self.chord = ChordMaintenance(
             messenger=self.messenger,
             connectivity=self.connectivity,

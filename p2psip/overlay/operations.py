@@ -15,6 +15,7 @@ without a message; a client always asks through its attachment peer.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from random import Random
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -24,13 +25,17 @@ from p2psip.overlay import bodies
 from p2psip.overlay.app_attach import Applications
 from p2psip.overlay.connectivity import Connectivity
 from p2psip.overlay.counters import Counters
+from p2psip.overlay.certificates import TrustPolicy
 from p2psip.overlay.identity import CertificateCache, NodeIdentity
+from p2psip.overlay.kinds import DEFAULT_KINDS, Kind, data_models
 from p2psip.overlay.link_table import LinkTable
-from p2psip.overlay.links import Link
+from p2psip.overlay.links import Connector, Link
 from p2psip.overlay.membership import Membership, NodeState
-from p2psip.overlay.message import Destination, MessageCode
+from p2psip.overlay.message import Destination, MessageCode, overlay_hash
 from p2psip.overlay.messaging import Answer, Messenger
+from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.results import OperationResult
+from p2psip.overlay.storage import DataStore
 from p2psip.overlay.storage_service import StorageService
 from p2psip.overlay.topology import ChordTopology
 from p2psip.overlay.user_credentials import UserCredentials
@@ -41,8 +46,12 @@ class OverlayOperations:
     """The shared surface; subclasses build the parts named below."""
 
     node_id: int
+    local_node_id: int
     identity: NodeIdentity
     clock: IReactorTime
+    config: OverlayConfig
+    kinds: dict[int, Kind]
+    random: Random
     counters: Counters
     certificates: CertificateCache
     membership: Membership
@@ -53,6 +62,82 @@ class OverlayOperations:
     applications: Applications
     storage: StorageService
     user_credentials: UserCredentials
+
+    def _build_common_parts(
+        self,
+        *,
+        identity: NodeIdentity,
+        clock: IReactorTime,
+        connector: Connector,
+        advertised: tuple[str, int],
+        config: OverlayConfig,
+        kinds: dict[int, Kind] | None,
+        rng: Random | None,
+        trust: TrustPolicy | None,
+        holds_data: bool,
+    ) -> None:
+        """
+        Build the parts peers and clients share, wired together.
+
+        ``trust`` decides whose certificates are believed, on links (the
+        connector's TLS) and on signatures: the overlay root (roles pass
+        OverlayRootTrust) or, when None, self-signed mode.  ``holds_data``
+        is False on a client, whose storage only asks others.
+        """
+        self.identity = identity
+        self.node_id = identity.node_id
+        self.local_node_id = self.node_id
+        self.clock = clock
+        self.config = config
+        self.kinds = dict(kinds or DEFAULT_KINDS)
+        #: Only spreads periodic timers; simulations pass a seeded one.
+        self.random = rng or Random()
+        self.counters = Counters()
+        self.membership = Membership()
+        self.topology = ChordTopology(self.node_id, config.successors, config.predecessors)
+        self.links = LinkTable()
+        self.certificates = CertificateCache(trust=trust)
+        self.certificates.add_identity(identity)
+        #: The user certificates this node signs users' values with.
+        self.user_credentials = UserCredentials(identity, self.certificates)
+        self.messenger = Messenger(
+            identity=identity,
+            certificates=self.certificates,
+            clock=clock,
+            config=config,
+            overlay=overlay_hash(config.overlay_name),
+            topology=self.topology,
+            links=self.links,
+            membership=self.membership,
+            counters=self.counters,
+            data_models=data_models(self.kinds),
+        )
+        self.connectivity = Connectivity(
+            messenger=self.messenger,
+            links=self.links,
+            topology=self.topology,
+            membership=self.membership,
+            connector=connector,
+            listener=self,
+            clock=clock,
+            config=config,
+            counters=self.counters,
+            advertised_host=advertised[0],
+            advertised_port=advertised[1],
+        )
+        self.applications = Applications(self.messenger, self.connectivity)
+        self.storage = StorageService(
+            messenger=self.messenger,
+            store=DataStore(self.kinds, self.certificates),
+            topology=self.topology,
+            membership=self.membership,
+            identity=identity,
+            certificates=self.certificates,
+            clock=clock,
+            config=config,
+            credentials=self.user_credentials,
+            holds_data=holds_data,
+        )
 
     @property
     def state(self) -> NodeState:
