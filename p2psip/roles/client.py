@@ -40,7 +40,6 @@ from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.overlay.client import OverlayClient
 from p2psip.overlay.links import StreamConnector
 from p2psip.overlay.metrics import OverlayMetrics
-from p2psip.overlay.tls import KeyLogFile, LinkSecurity
 from p2psip.roles.client_options import ClientConfig
 from p2psip.roles.client_options import Options as ClientOptions
 from p2psip.roles.client_service import ClientOverlayService
@@ -50,7 +49,13 @@ from p2psip.roles.ring_credentials import EnrolmentNeeded
 from p2psip.roles.sip_api import sip_api_routes
 from p2psip.roles.sip_service import SipService, build_sip_stack
 from p2psip.sip.registrar import Registrar
-from p2psip.roles.super_node import RingState, load_ring_state, security_status
+from p2psip.roles.super_node import (
+    RingState,
+    link_security,
+    load_ring_state,
+    security_status,
+    warn_if_insecure,
+)
 from p2psip.util.ids import id_hex
 from p2psip.util.metrics import role_registry
 from p2psip.util.reactor import IRoleReactor, as_role_reactor
@@ -123,11 +128,7 @@ class ClientRole(MultiService):
         self.calls = CallLog(client.clock)
 
     def startService(self) -> None:
-        if self.client.certificates.trust.insecure:
-            self.log.critical(
-                "INSECURE: --insecure client of a ring of self-signed certificates without a CA: "
-                "anyone can join it and write any user's registration; for development only"
-            )
+        warn_if_insecure(self.client)
         super().startService()
 
     def status(self) -> dict[str, Any]:
@@ -181,15 +182,7 @@ def make_client_role(
     config: ClientConfig, reactor: IRoleReactor, state: RingState, *, freeze_gc: bool = True
 ) -> ClientRole:
     """Build every part of the thin client from ``config`` and ``state``, wired together."""
-    key_log = None
-    if config.overlay_tls_key_log is not None:
-        key_log = KeyLogFile(config.overlay_tls_key_log)
-        _log.warn(
-            "the overlay link's TLS secrets are written to {path} (--overlay-tls-key-log): "
-            "whoever reads it can decrypt this client's overlay traffic",
-            path=str(config.overlay_tls_key_log),
-        )
-    security = LinkSecurity(state.identity, state.trust, reactor, key_log=key_log)
+    security = link_security(state, reactor, config.overlay_tls_key_log)
     connector = StreamConnector(reactor, reactor, config.overlay.limits.max_message_bytes, security)
     client = OverlayClient(
         identity=state.identity,

@@ -25,6 +25,7 @@ it has its certificate.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Protocol
 
 from attrs import field, frozen
@@ -161,11 +162,7 @@ class RingRole(MultiService):
         self.enrolment: EnrolmentServer | None = None
 
     def startService(self) -> None:
-        if self.node.certificates.trust.insecure:
-            self.log.critical(
-                "INSECURE: --insecure ring of self-signed certificates without a CA: anyone can "
-                "join it and write any user's registration; for development only"
-            )
+        warn_if_insecure(self.node)
         super().startService()
 
     def status(self) -> dict[str, Any]:
@@ -225,22 +222,40 @@ def _traversal(
     return TraversalService(client, clock=clock)
 
 
+def warn_if_insecure(node: OverlayOperations) -> None:
+    """The loud start-up line of a node of an ``--insecure`` ring."""
+    if node.certificates.trust.insecure:
+        _log.critical(
+            "INSECURE: --insecure ring of self-signed certificates without a CA: anyone can "
+            "join it and write any user's registration; for development only"
+        )
+
+
+def link_security(
+    state: RingState, reactor: IRoleReactor, key_log_path: Path | None
+) -> LinkSecurity:
+    """
+    The TLS every overlay link runs (mutually authenticated, judged by the
+    same trust as the node's message signatures), with the key log of
+    ``--overlay-tls-key-log`` if asked for.
+    """
+    key_log = None
+    if key_log_path is not None:
+        key_log = KeyLogFile(key_log_path)
+        _log.warn(
+            "the overlay links' TLS secrets are written to {path} (--overlay-tls-key-log): "
+            "whoever reads it can decrypt this node's overlay traffic",
+            path=str(key_log_path),
+        )
+    return LinkSecurity(state.identity, state.trust, reactor, key_log=key_log)
+
+
 def make_ring_role(
     config: RingRoleConfig, reactor: IRoleReactor, state: RingState, *, freeze_gc: bool = True
 ) -> RingRole:
     """Build every part of a ring role from ``config`` and ``state``, wired together."""
     max_bytes = config.overlay.limits.max_message_bytes
-    # Every link runs mutually authenticated TLS, judged by the same trust
-    # as the node's message signatures.
-    key_log = None
-    if config.overlay_tls_key_log is not None:
-        key_log = KeyLogFile(config.overlay_tls_key_log)
-        _log.warn(
-            "the overlay links' TLS secrets are written to {path} (--overlay-tls-key-log): "
-            "whoever reads it can decrypt this node's overlay traffic",
-            path=str(config.overlay_tls_key_log),
-        )
-    security = LinkSecurity(state.identity, state.trust, reactor, key_log=key_log)
+    security = link_security(state, reactor, config.overlay_tls_key_log)
     stream = StreamConnector(reactor, reactor, max_bytes, security)
     connector: Connector = stream
     traversal = mediated = None
