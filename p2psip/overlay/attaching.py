@@ -187,7 +187,8 @@ class Attacher:
 
     def _attached(self, peer: int, link: Link) -> None:
         now = self.clock.seconds()
-        changed = peer != self.peer
+        previous = self.peer
+        changed = peer != previous
         self.peer, self.link, self.attached_at = peer, link, now
         self.attachments += 1
         self._retry_seconds = 0.0
@@ -196,6 +197,10 @@ class Attacher:
             self._lost_at = None
         if self.membership.state is not NodeState.ATTACHED:
             self.membership.happened(Event.ATTACHED)
+        if changed and previous is not None:
+            # Requests that left through the old peer and got no answer go
+            # once more through the new one (under new transaction ids).
+            self.messenger.resend_after_failure(previous)
         address = self.connectivity.addresses.get(peer)
         self.log.info(
             "client {node} attached to peer {peer} at {address}{again}",
@@ -257,7 +262,11 @@ class Attacher:
 
     def _reattach(self) -> None:
         self._retry = None
-        if self.membership.state is not NodeState.ATTACHING or self._busy:
+        if self.membership.state is not NodeState.ATTACHING:
+            return
+        if self._busy:
+            # A move (or an attempt) is under way; look again once it is done.
+            self._retry = self.clock.callLater(1.0, self._reattach)
             return
         d = self._attach_round(self._reattach_endpoints())
 

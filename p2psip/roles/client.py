@@ -101,12 +101,13 @@ class CallLog:
         )
         self._first = None
 
-    def status(self, in_progress: int) -> dict[str, Any]:
+    def status(self, requests_in_progress: int) -> dict[str, Any]:
         return {
             "started": self.started,
             "answered": self.answered,
             "failed": self.failed,
-            "in_progress": in_progress,
+            #: Proxied requests whose server transaction has not ended yet.
+            "requests_in_progress": requests_in_progress,
             "recent": list(self.recent),
         }
 
