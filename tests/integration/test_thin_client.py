@@ -15,16 +15,21 @@ call completes.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from p2psip.testing import free_port, require_tool
+from p2psip.testing import free_port, repository_root, require_tool
 from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
 from tests.integration.processes import ring_converged as converged
 from tests.integration.test_sip_overlay import SCENARIOS, _Tool, free_udp_and_tcp_port
@@ -118,6 +123,26 @@ class ThinClientTests(TestCase):
             logs,
         )
 
+    @inlineCallbacks
+    def p2psip(self, *arguments: str) -> Any:
+        """Run the ``p2psip`` command in its own process; its JSON output."""
+        environment = dict(os.environ, PYTHONPATH=str(repository_root()))
+        command = [
+            sys.executable,
+            "-c",
+            "import sys; from p2psip.cli import main; sys.exit(main())",
+        ]
+        done = yield deferToThread(
+            subprocess.run,
+            [*command, *arguments],
+            capture_output=True,
+            env=environment,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            self.fail(f"p2psip {' '.join(arguments)} exited {done.returncode}: {done.stderr!r}")
+        return json.loads(done.stdout)
+
     def csv(self, name: str, *users: str) -> Path:
         path = self.directory / name
         path.write_text("SEQUENTIAL\n" + "".join(f"{u}\n" for u in users), encoding="ascii")
@@ -185,6 +210,32 @@ class ThinClientTests(TestCase):
         calls = (yield alice.call("status"))["calls"]
         self.assertEqual((calls["started"], calls["answered"]), (1, 1))
 
+        # The same through the p2psip command: bob's registration as alice's
+        # client finds it, and a signalling-only test call.
+        found = yield self.p2psip(
+            "--api",
+            f"http://127.0.0.1:{alice.http_port}",
+            "--data-dir",
+            str(alice.directory / "data"),
+            "lookup",
+            f"sip:bob@{DOMAIN}",
+            "--json",
+        )
+        self.assertEqual(found["bindings"][0]["contact"], f"sip:bob@127.0.0.1:{uas_port}")
+        self.assertEqual(found["bindings"][0]["node_id"], bob_status["node_id"])
+        self.assertGreaterEqual(found["hops"], 1)
+        called = yield self.p2psip(
+            "call",
+            f"sip:bob@{DOMAIN}",
+            "--from",
+            f"sip:alice@{DOMAIN}",
+            "--via",
+            f"udp:127.0.0.1:{alice.sip_port}",  # type: ignore[attr-defined]
+            "--json",
+        )
+        self.assertEqual(called["outcome"], "answered")
+        print(f"\np2psip call: set up in {called['setup_ms']} ms")
+
         killed_at = time.monotonic()
         bob_peer.kill()
         survivors = [p for p in everyone if p is not bob_peer]
@@ -215,4 +266,4 @@ class ThinClientTests(TestCase):
         )
         yield self.call_bob(alice, survivors)
         calls = (yield alice.call("status"))["calls"]
-        self.assertEqual((calls["started"], calls["answered"]), (2, 2))
+        self.assertEqual((calls["started"], calls["answered"]), (3, 3))
