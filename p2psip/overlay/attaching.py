@@ -164,10 +164,12 @@ class Attacher:
                 "another node answers for this Node-ID (the same key in two places); stop it, "
                 "or delete the node key in --data-dir for a new Node-ID"
             )
+        # Its listener: to connect to, or (when it is the peer we reached)
+        # for the status page and the known-peers cache.
+        self.connectivity.remember_candidates(owner, answer.body)
         if owner == link.peer_id:
             peer_link = link
         else:
-            self.connectivity.remember_candidates(owner, answer.body)
             peer_link = yield self.connectivity.ensure_link(owner)
         yield self.messenger.request(
             Destination.node(owner),

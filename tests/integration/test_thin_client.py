@@ -37,11 +37,12 @@ from tests.integration.test_sip_overlay import SCENARIOS, _Tool, free_udp_and_tc
 DOMAIN = "clients.test"
 
 
-class ThinClientTests(TestCase):
+class ThinClientRing(TestCase):
+    """An enrolled ring of ``twistd`` processes and thin clients on loopback, for the tests."""
+
     timeout = 150
 
     def setUp(self) -> None:
-        self.sipp = require_tool("sipp")
         self.directory = Path(self.mktemp()).resolve()
         self.directory.mkdir(parents=True)
         self.ca = OverlayCA(self.directory / "bootstrap", DOMAIN)
@@ -79,6 +80,43 @@ class ThinClientTests(TestCase):
         process.sip_port = sip_port  # type: ignore[attr-defined]
         self.addCleanup(process.stop)
         return process
+
+    @inlineCallbacks
+    def start_ring(self, peers: int) -> Any:
+        """A bootstrap and ``peers`` peers, converged; the list of their processes."""
+        bootstrap = self.start_peer("p2psip-bootstrap", "bootstrap", [])
+        yield wait_for(
+            lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
+            30,
+            "the bootstrap",
+        )
+        others = [
+            self.start_peer("p2psip-peer", f"peer{i}", ["--bootstrap", bootstrap.endpoint])
+            for i in range(1, peers + 1)
+        ]
+        ring = [bootstrap, *others]
+        yield wait_for(lambda: converged(ring), 60, "the ring to converge")
+        return ring
+
+    @inlineCallbacks
+    def start_clients(self, bootstrap: RoleProcess, *users: str) -> Any:
+        """One attached thin client per user, in that order."""
+        clients = [self.start_client(user, bootstrap) for user in users]
+        for client in clients:
+            yield wait_for(
+                lambda c=client: c.call("status").addCallback(
+                    lambda s: s.get("state") == "attached"
+                ),
+                30,
+                "a client to attach",
+            )
+        return clients
+
+
+class ThinClientTests(ThinClientRing):
+    def setUp(self) -> None:
+        self.sipp = require_tool("sipp")
+        super().setUp()
 
     def run_sipp(self, arguments: list[str]) -> _Tool:
         tool = _Tool()
@@ -151,29 +189,9 @@ class ThinClientTests(TestCase):
     @inlineCallbacks
     def test_call_between_thin_clients_survives_peer_kill(self) -> Any:
         """SIPp registers at bob's client, calls through alice's; bob's peer dies, calls still work."""
-        bootstrap = self.start_peer("p2psip-bootstrap", "bootstrap", [])
-        yield wait_for(
-            lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
-            30,
-            "the bootstrap",
-        )
-        peers = [
-            self.start_peer("p2psip-peer", f"peer{i}", ["--bootstrap", bootstrap.endpoint])
-            for i in (1, 2)
-        ]
-        ring = [bootstrap, *peers]
-        yield wait_for(lambda: converged(ring), 60, "the ring to converge")
-        alice = self.start_client("alice", bootstrap)
-        bob = self.start_client("bob", bootstrap)
+        ring = yield self.start_ring(2)
+        alice, bob = yield self.start_clients(ring[0], "alice", "bob")
         everyone = [*ring, alice, bob]
-        for client in (alice, bob):
-            yield wait_for(
-                lambda c=client: c.call("status").addCallback(
-                    lambda s: s.get("state") == "attached"
-                ),
-                30,
-                "a client to attach",
-            )
         node_ids = {}
         for process in ring:
             node_ids[(yield process.call("status"))["node_id"]] = process
