@@ -49,7 +49,7 @@ from p2psip.overlay.node import OverlayConfig, OverlayNode
 from p2psip.overlay.tls import LinkSecurity
 from p2psip.util.ids import id_short
 
-PEERS = 8
+PEERS = 4
 #: The enrolment account the demo's peers enrol under (a real ring's operator makes
 #: it with `p2psip accounts add --peer`).
 PEER_ACCOUNT = "demo-peers@demo.p2psip.test"

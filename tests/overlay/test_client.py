@@ -17,6 +17,7 @@ from p2psip.overlay.errors import RequestFailed
 from p2psip.overlay.membership import NodeState
 from p2psip.overlay.message import Destination, ErrorCode, MessageCode
 from p2psip.overlay.node import OverlayNode
+from p2psip.roles.overlay_api import walk_ring
 from p2psip.enrolment.authority import OverlayAuthority
 from p2psip.testing import TEST_CERTIFICATE_EPOCH
 from p2psip.usages.sip import SIP_APPLICATION
@@ -242,3 +243,20 @@ class EnrolledClientTests(SynchronousTestCase):
         d.addBoth(results.append)
         sim.run_until(lambda: bool(results), limit_seconds=60, step=0.5)
         self.assertIn("--bootstrap", getattr(results[0], "getErrorMessage")())
+
+
+class ClientRingWalkTests(SynchronousTestCase):
+    def test_walk_from_a_client(self) -> None:
+        """The ring walk of the admin API works from a client: every peer once, the client not among them."""
+        sim = RingSimulation(seed=9)
+        self.addCleanup(sim.stop_all)
+        sim.grow(4)
+        sim.run(20)
+        client = new_client(sim)
+        self.addCleanup(client.stop)
+        sim.wait(client.attach([sim.bootstrap_endpoint]))
+        walked = sim.wait(walk_ring(client))
+        self.assertTrue(walked["complete"])
+        self.assertEqual(
+            sorted(int(node["node_id"], 16) for node in walked["nodes"]), sim.sorted_ids()
+        )
