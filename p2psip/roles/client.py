@@ -40,7 +40,7 @@ from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.overlay.client import OverlayClient
 from p2psip.overlay.links import StreamConnector
 from p2psip.overlay.metrics import OverlayMetrics
-from p2psip.roles.client_options import ClientConfig
+from p2psip.roles.client_options import ClientConfig, is_loopback_host
 from p2psip.roles.client_options import Options as ClientOptions
 from p2psip.roles.client_service import ClientOverlayService
 from p2psip.roles.enrolment_service import FirstEnrolment, stop_reactor
@@ -127,10 +127,29 @@ class ClientRole(MultiService):
         self.overlay: ClientOverlayService | None = None
         self.sip: SipService | None = None
         self.calls = CallLog(client.clock)
+        self._reach_warned = False
 
     def startService(self) -> None:
         warn_if_insecure(self.client)
         super().startService()
+
+    def warn_if_unreachable(self) -> None:
+        """
+        Warn, once, when the adaptor announces a loopback address to a ring
+        on other hosts: calls from there could not reach this phone.
+        """
+        link = self.client.attacher.link
+        if self._reach_warned or self.sip is None or self.sip.advertised is None or link is None:
+            return
+        peer_host = link.remote_address.rsplit(":", 1)[0].strip("[]")
+        if is_loopback_host(self.sip.advertised[0]) and not is_loopback_host(peer_host):
+            self._reach_warned = True
+            self.log.warn(
+                "the SIP adaptor announces {address}, a loopback address, to a ring on other "
+                "hosts: calls from there cannot reach this phone; add a --sip listener on a "
+                "public interface (with --users) and set --sip-advertise",
+                address=f"{self.sip.advertised[0]}:{self.sip.advertised[1]}",
+            )
 
     def status(self) -> dict[str, Any]:
         """The whole ``/status`` document: the attachment, the registrations, the calls."""
@@ -214,6 +233,7 @@ def make_client_role(
         user_certificates=UserCertificates(config.data_dir),
     )
     role.overlay.reattached.append(lambda: _republish(stack.registrar))
+    role.overlay.reattached.append(role.warn_if_unreachable)
     role.sip.add_metrics(registry)
     role.sip.setServiceParent(role)
     site = build_site(

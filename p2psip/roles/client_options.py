@@ -64,15 +64,18 @@ class ClientConfig:
     found_ring: bool = False
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (an address, or localhost) is a loopback one."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def is_loopback_listener(description: str) -> bool:
     """Whether a listen string names a loopback interface (no interface: every one)."""
     interface = endpoint_interface(description)
-    if not interface:
-        return False
-    try:
-        return ipaddress.ip_address(interface.strip("[]")).is_loopback
-    except ValueError:
-        return interface == "localhost"
+    return bool(interface) and is_loopback_host(interface or "")
 
 
 def _ring_parameters(*names: str) -> list[list[Any]]:
@@ -214,4 +217,10 @@ class Options(RoleOptions, SecurityOptions):
         )
 
 
-__all__ = ["ClientConfig", "Options", "DEFAULT_SIP_LISTENERS", "is_loopback_listener"]
+__all__ = [
+    "ClientConfig",
+    "Options",
+    "DEFAULT_SIP_LISTENERS",
+    "is_loopback_host",
+    "is_loopback_listener",
+]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
+from twisted.logger import capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -119,3 +120,21 @@ class ClientServiceTests(SynchronousTestCase):
         self.assertIn("p2psip_overlay_links", names)
         self.assertIn("p2psip_overlay_request_seconds", names)
         get("/api/get?name=x")  # not attached yet: 503
+
+    def test_loopback_adaptor_for_a_remote_ring_is_warned_about(self) -> None:
+        """Attached to a peer on another host while announcing 127.0.0.1: one warning naming the fix."""
+        role, _reactor, _data_dir = self.make()
+        role.startService()  # type: ignore[attr-defined]
+        self.addCleanup(role.stopService)  # type: ignore[attr-defined]
+
+        class RemoteLink:
+            remote_address = "192.0.2.1:6084"
+
+        role.client.attacher.link = RemoteLink()  # type: ignore[attr-defined]
+        with capturedLogs() as events:
+            role.warn_if_unreachable()  # type: ignore[attr-defined]
+            role.warn_if_unreachable()  # type: ignore[attr-defined]
+        warnings = [e for e in events if "loopback address" in e["log_format"]]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("--sip-advertise", warnings[0]["log_format"])
+        role.client.attacher.link = None  # type: ignore[attr-defined]
