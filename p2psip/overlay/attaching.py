@@ -177,6 +177,10 @@ class Attacher:
             self.connectivity.client_attach_request(),
             first_link=peer_link,
         )
+        if not self.membership.is_client():
+            # Stopped while we were attaching.
+            self.connectivity.drop_link(peer_link)
+            raise OverlayError("the client stopped while attaching")
         previous = self.link
         self._attached(owner, peer_link)
         for other in self.messenger.links.all_links():

@@ -260,3 +260,22 @@ class ClientRingWalkTests(SynchronousTestCase):
         self.assertEqual(
             sorted(int(node["node_id"], 16) for node in walked["nodes"]), sim.sorted_ids()
         )
+
+
+class ClientStopTests(SynchronousTestCase):
+    def test_stop_while_attaching(self) -> None:
+        """A client stopped before its attachment completes stays stopped, links closed, no timers."""
+        sim = RingSimulation(seed=13)
+        self.addCleanup(sim.stop_all)
+        sim.grow(3)
+        sim.run(20)
+        client = new_client(sim)
+        d = client.attach([sim.bootstrap_endpoint])
+        results: list[object] = []
+        d.addBoth(results.append)
+        sim.clock.advance(0.0)
+        client.stop()
+        sim.run(10)
+        self.assertEqual(client.state, NodeState.STOPPED)
+        self.assertEqual(len(results), 1)
+        self.assertEqual(client.links.all_links(), [])
