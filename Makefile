@@ -8,7 +8,7 @@ TRIAL_JOBS ?= 2
 FUZZ_SECONDS ?= 60
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
 # Debian packages the interop tests and benchmarks drive (see README).
-DEB_PACKAGES := sip-tester sipsak kamailio coturn tshark nftables iproute2 iptables conntrack
+DEB_PACKAGES := sip-tester sipsak kamailio coturn tshark nftables iproute2 iptables conntrack systemd prometheus
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: venv test demo deps bench lint format typecheck check fuzz plugin-cache clean

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("P2PSIP_DATA_DIR"),
         help="data-dir of that role, where it keeps its admin token (default: $P2PSIP_DATA_DIR, "
         "else /var/lib/p2psip/bootstrap for port 8084, /var/lib/p2psip/peer for 8085 and "
-        "/var/lib/p2psip/client for 8086)",
+        "/var/lib/p2psip/client for 8088)",
     )
     parser.add_argument(
         "--token-file",

@@ -9,6 +9,8 @@ default); see ``p2psip.web.site``.  The calls are::
     POST /api/put   {"name", "value", "lifetime"}
                                        {"resource_id", "stored_at", "replicas", "route", "hops"}
     GET  /api/get?name=NAME            {"resource_id", "found", "value", "stored_at", "route", "hops"}
+    GET  /api/get?name=sip:AOR         {"kind": "sip-registration", "aor", "resource", "found",
+                                        "bindings": [{"contact", "expires", "q", "served_by"}], ...}
     GET  /api/lookup?name=NAME         {"resource_id", "responsible", "route", "hops"}
 
 Errors come back as ``{"error": message}`` with an HTTP error status.
@@ -52,7 +54,7 @@ DATA_DIR_VARIABLE = "P2PSIP_DATA_DIR"
 DEFAULT_DATA_DIRS = {
     8084: "/var/lib/p2psip/bootstrap",
     8085: "/var/lib/p2psip/peer",
-    8086: "/var/lib/p2psip/client",
+    8088: "/var/lib/p2psip/client",
 }
 REQUEST_TIMEOUT_SECONDS = 30.0
 #: Status and ring documents are small; refuse to buffer a runaway answer.
@@ -143,14 +145,14 @@ class AdminClient:
             body["lifetime"] = lifetime_seconds
         return self._call("POST", "/api/put", body=body)
 
-    def get(self, name: str) -> dict[str, Any]:
-        return self._call("GET", "/api/get", query={"name": name})
+    def get(self, name: str, kind: str | None = None) -> dict[str, Any]:
+        query = {"name": name}
+        if kind is not None:
+            query["kind"] = kind
+        return self._call("GET", "/api/get", query=query)
 
     def lookup(self, name: str) -> dict[str, Any]:
         return self._call("GET", "/api/lookup", query={"name": name})
-
-    def registration(self, aor: str) -> dict[str, Any]:
-        return self._call("GET", "/api/registration", query={"aor": aor})
 
     def _call(
         self,
@@ -362,7 +364,29 @@ def format_put(name: str, answer: Mapping[str, Any]) -> str:
     )
 
 
+def format_registration(answer: Mapping[str, Any]) -> str:
+    aor = printable(answer.get("aor"))
+    lines = [
+        f"{aor}: registered" if answer.get("found") else f"{aor}: not registered",
+        f"  resource:    {printable(answer.get('resource'))} (SIP-REGISTRATION)",
+        f"  resource id: {printable(answer.get('resource_id'))}",
+        f"  stored at:   {printable(answer.get('stored_at'))}",
+        f"  route:       {_route(answer)}",
+    ]
+    bindings = answer.get("bindings")
+    for binding in bindings if isinstance(bindings, list) else []:
+        if isinstance(binding, Mapping):
+            lines.append(
+                f"  contact:     {printable(binding.get('contact'))} "
+                f"(expires in {printable(binding.get('expires'))} s, q={printable(binding.get('q'))}, "
+                f"served by {printable(binding.get('served_by'))})"
+            )
+    return "\n".join(lines)
+
+
 def format_get(name: str, answer: Mapping[str, Any]) -> str:
+    if answer.get("kind") == "sip-registration":
+        return format_registration(answer)
     if not answer.get("found"):
         return "\n".join(
             [
@@ -446,7 +470,7 @@ def run_get(args: argparse.Namespace) -> int:
     found: list[bool] = []
 
     def fetch(client: AdminClient) -> dict[str, Any]:
-        answer = client.get(args.name)
+        answer = client.get(args.name, args.kind)
         found.append(bool(answer.get("found")))
         return answer
 
@@ -454,49 +478,17 @@ def run_get(args: argparse.Namespace) -> int:
     return status or (0 if found and found[0] else 1)
 
 
-def format_registration(answer: Mapping[str, Any]) -> str:
-    """An AOR's bindings, where they are stored and the route the lookup took."""
-    lines = [
-        f"{printable(answer.get('aor'))}",
-        f"  resource:    {printable(answer.get('resource_name'))} "
-        f"({printable(answer.get('resource_id'))})",
-        f"  stored at:   {printable(answer.get('responsible'))}",
-        f"  route:       {_route(answer)}",
-    ]
-    bindings = answer.get("bindings")
-    if not isinstance(bindings, list) or not bindings:
-        lines.append("  not registered (no live binding)")
-    else:
-        for binding in bindings:
-            if not isinstance(binding, dict):
-                continue
-            lines.append(
-                f"  contact:     {printable(binding.get('contact'))} "
-                f"(served by {printable(binding.get('node_id'))}, expires in "
-                f"{printable(binding.get('expires_in'))} s, q={printable(binding.get('q'))})"
-            )
-    return "\n".join(lines)
-
-
 def run_lookup(args: argparse.Namespace) -> int:
     """
-    A SIP AOR: its registration and the route to it (exit 1 when nobody is
-    registered); any other name: the responsible node and the route.
+    A SIP AOR: its registration and the route to it, as ``get`` answers it
+    (exit 1 when nobody is registered); any other name: the responsible
+    node and the route.
     """
     if args.name.lower().startswith(("sip:", "sips:")):
         found: list[bool] = []
 
         def fetch(client: AdminClient) -> dict[str, Any]:
-            try:
-                answer = client.registration(args.name)
-            except AdminError as error:
-                if "404" in str(error):
-                    raise AdminError(
-                        f"{error}; the role at {client.api_url} serves no SIP: ask a thin client "
-                        "or a super-node with --sip (--api URL), or look up the name with "
-                        "`p2psip lookup` on a plain resource name"
-                    ) from None
-                raise
+            answer = client.get(args.name, "sip-registration")
             found.append(bool(answer.get("found")))
             return answer
 
@@ -540,7 +532,7 @@ def register(subparsers: Subcommands) -> None:
     put = subparsers.add_parser(
         "put", parents=[output], help="store VALUE under NAME in the overlay"
     )
-    put.add_argument("name", metavar="NAME", help="resource name, e.g. sip:alice@example.org")
+    put.add_argument("name", metavar="NAME", help="resource name, e.g. greeting")
     put.add_argument("value", metavar="VALUE", help="the value to store (text)")
     put.add_argument(
         "--lifetime",
@@ -551,8 +543,22 @@ def register(subparsers: Subcommands) -> None:
     )
     put.set_defaults(run=run_put)
 
-    get = subparsers.add_parser("get", parents=[output], help="fetch the value stored under NAME")
+    get = subparsers.add_parser(
+        "get",
+        parents=[output],
+        help="fetch the value stored under NAME, or a SIP AOR's registration",
+        description="Fetch what the overlay holds under NAME.  A SIP AOR (sip:alice@DOMAIN) "
+        "fetches the user's registration: the phones registered and the super-nodes serving "
+        "them (RFC 7904 SIP-REGISTRATION, stored under alice@DOMAIN); --kind data fetches a "
+        "value `p2psip put` stored under the URI itself.  Exits 1 when nothing is found.",
+    )
     get.add_argument("name", metavar="NAME")
+    get.add_argument(
+        "--kind",
+        choices=("data", "sip-registration"),
+        default=None,
+        help="what to fetch (default: sip-registration for a sip: or sips: NAME, else data)",
+    )
     get.set_defaults(run=run_get)
 
     lookup = subparsers.add_parser(

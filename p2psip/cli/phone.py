@@ -53,7 +53,7 @@ HINTS = {
     482: "a loop: check that --via is not the callee's own contact",
     483: "too many hops",
     503: "the overlay could not be reached: is the client attached? (p2psip status --api "
-    "http://127.0.0.1:8086)",
+    "http://127.0.0.1:8088)",
 }
 
 

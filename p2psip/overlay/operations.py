@@ -20,6 +20,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from p2psip.interfaces import ISuperNodeOverlay
 
 from p2psip.overlay import bodies
 from p2psip.overlay.app_attach import Applications
@@ -42,6 +45,7 @@ from p2psip.overlay.user_credentials import UserCredentials
 from p2psip.util.ids import resource_id
 
 
+@implementer(ISuperNodeOverlay)
 class OverlayOperations:
     """The shared surface; subclasses build the parts named below."""
 

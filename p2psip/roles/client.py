@@ -46,7 +46,6 @@ from p2psip.roles.client_service import ClientOverlayService
 from p2psip.roles.enrolment_service import FirstEnrolment, stop_reactor
 from p2psip.roles.overlay_api import overlay_api_routes
 from p2psip.roles.ring_credentials import EnrolmentNeeded
-from p2psip.roles.sip_api import sip_api_routes
 from p2psip.roles.sip_service import SipService, build_sip_stack
 from p2psip.sip.registrar import Registrar
 from p2psip.roles.super_node import (
@@ -239,7 +238,7 @@ def make_client_role(
     site = build_site(
         status=role.status,
         metrics=registry,
-        api={**overlay_api_routes(client), **sip_api_routes(client, stack.location)},
+        api=overlay_api_routes(client),
         admin_token=state.admin_token,
         title=config.title,
         ring_page=True,

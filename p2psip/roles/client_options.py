@@ -111,7 +111,7 @@ class Options(RoleOptions, SecurityOptions):
         [
             "http",
             None,
-            "tcp:8086:interface=127.0.0.1",
+            "tcp:8088:interface=127.0.0.1",
             "Endpoint of the status page, /status, /metrics and admin API (loopback by default).",
             server_endpoint,
         ],

@@ -2,6 +2,10 @@
 The admin API of a ring role and of the thin client: put, get, lookup
 and the ring walk.
 
+``get`` of a SIP AOR (``sip:alice@example.org``) answers the user's
+registration (RFC 7904 SIP-REGISTRATION under ``alice@example.org``, one
+entry per serving super-node), not a DATA value stored under the URI.
+
 ``p2psip put|get|lookup|ring`` and the ring page call these routes on the
 role's HTTP listener (loopback by default).  Input is checked here and
 refused with a 400 naming what to send; overlay failures are 502s with
@@ -21,6 +25,9 @@ from p2psip.overlay.errors import OverlayError
 from p2psip.overlay.kinds import DATA
 from p2psip.overlay.operations import OverlayOperations
 from p2psip.overlay.results import OperationResult
+from p2psip.sip.location import Binding, OverlayLocationService
+from p2psip.sip.users import canonical_aor
+from p2psip.usages.sip import registration_resource_name
 from p2psip.util.ids import MAX_ID, id_hex
 from p2psip.web.site import ApiError, ApiRoute
 
@@ -28,6 +35,12 @@ from p2psip.web.site import ApiError, ApiRoute
 MAX_RING_WALK = 4096
 #: The DATA Kind's longest lifetime: the ring refuses longer ones, so say so here.
 MAX_LIFETIME_SECONDS = DATA.max_lifetime_seconds
+
+#: What ``get`` fetches: ``kind=data`` (what ``put`` stores under the name
+#: itself) or ``kind=sip-registration`` (RFC 7904: the phones registered
+#: for a SIP AOR, stored under the AOR without its scheme).  A name that
+#: is a sip: or sips: URI means the registration unless ``kind`` says data.
+GET_KINDS = ("data", "sip-registration")
 
 Body = dict[str, Any] | None
 
@@ -86,6 +99,13 @@ def overlay_api_routes(node: OverlayOperations) -> dict[str, ApiRoute]:
 
     def get(args: dict[str, str], body: Body) -> Deferred[dict[str, Any]]:
         name = _name(args, body)
+        kind = (body or {}).get("kind") or args.get("kind") or _default_kind(name)
+        if kind not in GET_KINDS:
+            raise ApiError(400, f"kind must be one of {', '.join(GET_KINDS)}, not {kind!r}")
+        if kind == "sip-registration":
+            aor, resource = _registration_names(name, node.config.overlay_name)
+            in_ring()
+            return _registration(node, aor, resource).addErrback(_as_api_error)
         in_ring()
         return _json(node.get(name))
 
@@ -107,6 +127,51 @@ def overlay_api_routes(node: OverlayOperations) -> dict[str, ApiRoute]:
         # shows Node-IDs and addresses, as /status does for the neighbours.
         "ring": ApiRoute(("GET",), ring, open_access=True),
     }
+
+
+def _default_kind(name: str) -> str:
+    return "sip-registration" if name.lower().startswith(("sip:", "sips:")) else "data"
+
+
+def _registration_names(name: str, domain: str) -> tuple[str, str]:
+    """The canonical AOR and the resource its SIP-REGISTRATION is stored under."""
+    try:
+        aor = canonical_aor(name)
+        return aor, registration_resource_name(aor)
+    except ValueError as e:
+        raise ApiError(
+            400, f"{e}; a registration is fetched by its AOR, e.g. sip:alice@{domain}"
+        ) from None
+
+
+@inlineCallbacks
+def _registration(
+    node: OverlayOperations, aor: str, resource: str
+) -> Generator[Deferred[Any], Any, dict[str, Any]]:
+    """
+    The live bindings of ``aor`` across the ring, with where they are
+    stored and the route there (the lookup and the fetch go the same way).
+    """
+    where: OperationResult = yield node.lookup(resource)
+    bindings: list[Binding] = yield OverlayLocationService(node, node.clock).lookup(aor)
+    now = node.clock.seconds()
+    answer = where.as_json()
+    answer.update(
+        kind="sip-registration",
+        aor=aor,
+        resource=resource,
+        found=bool(bindings),
+        bindings=[
+            {
+                "contact": binding.contact,
+                "expires": binding.expires_in(now),
+                "q": binding.q,
+                "served_by": id_hex(binding.node_id) if binding.node_id is not None else None,
+            }
+            for binding in bindings
+        ],
+    )
+    return answer
 
 
 @inlineCallbacks

@@ -61,11 +61,13 @@ class OverlayService(Service):
         clock: IReactorTime,
         save_interval_seconds: float,
         mediated: MediatedConnector | None = None,
+        advertised_because: str = "advertise",
     ) -> None:
         self.node = node
         self.endpoint = endpoint
         self.factory = factory
         self.advertised_host = advertised_host
+        self.advertised_because = advertised_because
         self.bootstrap = tuple(bootstrap)
         self.known_peers = tuple(known_peers)
         self.data_dir = data_dir
@@ -96,10 +98,12 @@ class OverlayService(Service):
         node = self.node
         node.set_advertised_address(self.advertised_host, host.port)
         self.log.info(
-            "overlay {overlay}: node {node} listening on {address}",
+            "overlay {overlay}: node {node} listening on {address} (advertised host from "
+            "{because})",
             overlay=node.config.overlay_name,
             node=id_hex(node.node_id),
             address=f"{self.advertised_host}:{host.port}",
+            because=self.advertised_because,
         )
         cached = [peer.endpoint for peer in self.known_peers if peer.node_id != node.node_id]
         if self.found_ring:

@@ -14,6 +14,7 @@ builds the role from that object alone; nothing below it sees the
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -44,6 +45,7 @@ from p2psip.sip.transport import (
     TCP_IDLE_TIMEOUT_SECONDS,
 )
 from p2psip.util.endpoints import endpoint_interface, is_udp, parse_udp_listen_address
+from p2psip.util.local_address import AddressFinder, default_route_address, is_wildcard
 from p2psip.web.site import allowed_host
 
 
@@ -102,8 +104,9 @@ class SipConfig:
 
     @property
     def listen_interface(self) -> str | None:
-        """The interface of the first listener, if it names one."""
-        return endpoint_interface(self.listeners[0])
+        """The interface of the first listener, if it names one other than every interface."""
+        interface = endpoint_interface(self.listeners[0])
+        return None if is_wildcard(interface) else interface
 
 
 @frozen
@@ -117,6 +120,11 @@ class RingRoleConfig:
     overlay: OverlayConfig
     listen: str
     advertise: str | None
+    #: The host other peers reach the overlay listener at (in Attach
+    #: candidates, the ring walk, and Via and Record-Route when the SIP
+    #: listener names no interface): ``advertise``, else the listener's
+    #: interface, else the address of the default-route interface.
+    advertised_host: str
     bootstrap: tuple[str, ...]
     http: str
     data_dir: Path
@@ -130,17 +138,8 @@ class RingRoleConfig:
     overlay_connections_per_source: int = 32
     #: Where the overlay links' TLS secrets are appended for Wireshark (debugging only).
     overlay_tls_key_log: Path | None = None
-
-    @property
-    def advertised_host(self) -> str:
-        """
-        The host other peers reach the overlay listener at.
-
-        ``--advertise``, else the listener's interface; a wildcard or no
-        interface falls back to 127.0.0.1, which only works on one host.
-        """
-        host = self.advertise or endpoint_interface(self.listen) or "127.0.0.1"
-        return "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    #: Where ``advertised_host`` came from, for the start-up log.
+    advertised_because: str = "advertise"
 
 
 def sip_listen_address(text: str) -> str:
@@ -356,7 +355,9 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             "advertise",
             None,
             None,
-            "Address other peers use to reach this node (default: the listen interface or 127.0.0.1).",
+            "Address other peers (and phones, without --sip-advertise) use to reach this node "
+            "(default: the --overlay interface; for a listener on every interface the address "
+            "of the interface of the default route).",
         ],
         [
             "overlay-tls-key-log",
@@ -510,6 +511,9 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
     #: The validated configuration, set by ``postOptions``.
     config: RingRoleConfig
     sip_tls: SipTlsCredentials | None
+    #: Finds the default-route interface's address for a wildcard listener
+    #: without --advertise; tests replace it on the instance.
+    find_default_address: AddressFinder = staticmethod(default_route_address)
 
     def postOptions(self) -> None:
         super().postOptions()
@@ -563,6 +567,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 direct_timeout_seconds=self["direct-connect-timeout"],
             )
         sip = sip_config(self, self.sip_tls) if self["sip"] else None
+        advertised_host, advertised_because = self._advertised()
         return RingRoleConfig(
             role=self.role,
             title=self.title or f"p2psip {self.role}",
@@ -570,6 +575,8 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             overlay=overlay,
             listen=self["overlay"],
             advertise=self["advertise"],
+            advertised_host=advertised_host,
+            advertised_because=advertised_because,
             bootstrap=tuple(self["bootstrap"]),
             http=self["http"] or self.default_http,
             data_dir=data_dir,
@@ -581,6 +588,46 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             overlay_tls_key_log=(
                 Path(self["overlay-tls-key-log"]) if self["overlay-tls-key-log"] else None
             ),
+        )
+
+    def _advertised(self) -> tuple[str, str]:
+        """
+        The host other peers reach this node at, and where it came from.
+
+        A listener on every interface gives no address to tell them; then
+        the default-route interface's address is taken, and a host without
+        one stops the role with the option to set (127.0.0.1 would send
+        every other host back to itself).
+        """
+        if self["advertise"]:
+            if is_wildcard(self["advertise"]):
+                raise usage.UsageError(
+                    f"--advertise {self['advertise']} means every interface, which no other host "
+                    "can connect to: give the address (or host name) other peers reach this node at"
+                )
+            return self["advertise"], "advertise"
+        listen = self["overlay"]
+        interface = endpoint_interface(listen)
+        if interface is not None and not is_wildcard(interface):
+            return interface, "the --overlay interface"
+        ipv6 = listen.lower().startswith("tcp6:") or (interface or "").count(":") > 0
+        found = self.find_default_address(socket.AF_INET6 if ipv6 else socket.AF_INET)
+        if found is None:
+            where = (
+                f"advertise = ADDRESS in the [{self.role}] section of {self.config_source} "
+                "(or --advertise ADDRESS)"
+                if self.config_source
+                else "--advertise ADDRESS"
+            )
+            raise usage.UsageError(
+                f"--overlay {listen} listens on every interface and this host has no default "
+                "route, so this node cannot tell other peers which address reaches it: set "
+                f"{where}, or name the interface in the listener (e.g. "
+                f"{listen.split(':')[0]}:PORT:interface=ADDRESS)"
+            )
+        return found, (
+            f"the address of the default-route interface, since --overlay {listen} listens on "
+            "every interface; set advertise to choose another"
         )
 
     def _mediator_secret(self) -> bytes:

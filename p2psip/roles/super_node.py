@@ -62,8 +62,8 @@ from p2psip.roles.overlay_api import overlay_api_routes
 from p2psip.roles.ring_credentials import EnrolmentNeeded, NodeRoleConfig, load_credentials
 from p2psip.roles.overlay_service import OverlayService
 from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig, SipConfig
-from p2psip.roles.sip_api import sip_api_routes
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
+from p2psip.sip.binding_store import FILE_NAME as BINDINGS_FILE_NAME
 from p2psip.sip.users import UsersFile
 from p2psip.util.admin_token import AdminTokenError, load_or_create_token
 from p2psip.util.connection_limit import ConnectionLimitFactory
@@ -312,6 +312,7 @@ def make_ring_role(
             hint="--overlay-connections-per-source",
         ),
         advertised_host=config.advertised_host,
+        advertised_because=config.advertised_because,
         bootstrap=config.bootstrap,
         known_peers=state.known_peers,
         data_dir=config.data_dir,
@@ -331,16 +332,14 @@ def make_ring_role(
             joined=role.overlay.joined,
             freeze_gc=freeze_gc,
             user_certificates=UserCertificates(config.data_dir),
+            bindings_path=config.data_dir / BINDINGS_FILE_NAME,
         )
         role.sip.add_metrics(registry)
         role.sip.setServiceParent(role)
-    api = overlay_api_routes(node)
-    if role.sip is not None:
-        api.update(sip_api_routes(node, role.sip.stack.location))
     site = build_site(
         status=role.status,
         metrics=registry,
-        api=api,
+        api=overlay_api_routes(node),
         admin_token=state.admin_token,
         title=config.title,
         ring_page=True,

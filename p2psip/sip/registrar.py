@@ -229,6 +229,9 @@ class Registrar:
         self._by_address: dict[tuple[str, int], list[LocalBinding]] = {}
         self._expiry_calls: dict[str, IDelayedCall] = {}
         self._locks: dict[str, DeferredLock] = {}
+        #: AORs whose bindings changed since the last ``take_changed``
+        #: (for the copy kept across restarts, p2psip.sip.binding_store).
+        self._changed: set[str] = set()
         self.throttle = throttle or LoginThrottle(clock)
         #: The credential checks, shared with the proxy's 407 challenges
         #: (None with authentication off).
@@ -298,6 +301,33 @@ class Registrar:
             aor=blur_aor(aor),
             why=failure.getErrorMessage(),
         )
+
+    def all_bindings(self) -> list[LocalBinding]:
+        """Every live binding served here."""
+        return [binding for aor in sorted(self._bindings) for binding in self.local_bindings(aor)]
+
+    def take_changed(self) -> set[str]:
+        """The AORs whose bindings changed since the last call (then forgotten)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def restore(self, bindings: Sequence[LocalBinding]) -> int:
+        """
+        Take back bindings saved before a restart, for AORs that have none
+        yet; their overlay entries were stored before they were saved.
+        Returns how many were taken.
+        """
+        by_aor: dict[str, list[LocalBinding]] = {}
+        for binding in bindings:
+            by_aor.setdefault(binding.aor, []).append(binding)
+        taken = 0
+        for aor, restored in by_aor.items():
+            if aor in self._bindings:
+                continue
+            restored = restored[:MAX_BINDINGS_PER_AOR]
+            self._set_bindings(aor, restored)
+            taken += len(restored)
+        return taken
 
     def stop(self) -> None:
         """Cancel expiry timers (service shutdown)."""
@@ -525,6 +555,7 @@ class Registrar:
         return updated
 
     def _set_bindings(self, aor: str, bindings: list[LocalBinding]) -> None:
+        self._changed.add(aor)
         call = self._expiry_calls.pop(aor, None)
         if call is not None and call.active():
             call.cancel()

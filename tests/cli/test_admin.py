@@ -200,12 +200,52 @@ class CommandTests(CommandTestsMixin, SynchronousTestCase):
             "route": [NODE_C],
             "hops": 1,
         }
+        status, out, _ = self.run_cli("get", "greeting", answers=(answer,))
+        self.assertEqual(status, 0)
+        self.assertTrue(out.startswith("greeting = hello\n"))
+        self.assertEqual(
+            self.opener.requests[0].full_url, "http://127.0.0.1:8084/api/get?name=greeting"
+        )
+
+    def test_get_registration(self) -> None:
+        """get of a SIP AOR prints the registration's contacts and who serves them."""
+        answer = {
+            "kind": "sip-registration",
+            "aor": "sip:alice@p2psip.test",
+            "resource": "alice@p2psip.test",
+            "resource_id": NODE_B,
+            "found": True,
+            "stored_at": NODE_C,
+            "route": [NODE_C],
+            "hops": 1,
+            "bindings": [
+                {
+                    "contact": "sip:alice@192.0.2.9:5062",
+                    "expires": 300,
+                    "q": 1.0,
+                    "served_by": NODE_A,
+                }
+            ],
+        }
         status, out, _ = self.run_cli("get", "sip:alice@p2psip.test", answers=(answer,))
         self.assertEqual(status, 0)
-        self.assertTrue(out.startswith("sip:alice@p2psip.test = hello\n"))
+        self.assertIn("sip:alice@p2psip.test: registered\n", out)
+        self.assertIn("resource:    alice@p2psip.test (SIP-REGISTRATION)", out)
+        self.assertIn(
+            f"contact:     sip:alice@192.0.2.9:5062 (expires in 300 s, q=1.0, served by {NODE_A})",
+            out,
+        )
+        answer.update(found=False, bindings=[])
+        status, out, _ = self.run_cli("get", "sip:alice@p2psip.test", answers=(answer,))
+        self.assertEqual(status, 1)
+        self.assertIn("sip:alice@p2psip.test: not registered", out)
+
+    def test_get_kind(self) -> None:
+        """--kind data asks for the value stored under the URI itself."""
+        self.run_cli("get", "--kind", "data", "sip:alice@p2psip.test", answers=({},))
         self.assertEqual(
             self.opener.requests[0].full_url,
-            "http://127.0.0.1:8084/api/get?name=sip%3Aalice%40p2psip.test",
+            "http://127.0.0.1:8084/api/get?name=sip%3Aalice%40p2psip.test&kind=data",
         )
 
     def test_get_not_found(self) -> None:

@@ -240,7 +240,7 @@ class ThinClientTests(ThinClientRing):
             "--json",
         )
         self.assertEqual(found["bindings"][0]["contact"], f"sip:bob@127.0.0.1:{uas_port}")
-        self.assertEqual(found["bindings"][0]["node_id"], bob_status["node_id"])
+        self.assertEqual(found["bindings"][0]["served_by"], bob_status["node_id"])
         self.assertGreaterEqual(found["hops"], 1)
         called = yield self.p2psip(
             "call",

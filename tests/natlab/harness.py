@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.testing import (
@@ -105,6 +109,61 @@ class NatLab:
 
     def exec_command(self, role: str, command: list[str]) -> list[str]:
         return [sys.executable, str(self.natlab), "exec", f"{self.prefix}-{role}", *command]
+
+    def role_api(
+        self, role: str, http_port: int, data_dir: Path | str, *args: str
+    ) -> Deferred[dict[str, Any]]:
+        """
+        The JSON answer of ``p2psip ARGS --json`` run inside ``role`` (whose
+        admin API is only reachable there); {} when it fails.
+        """
+        command = self.exec_command(
+            role,
+            p2psip_command(
+                "--api",
+                f"http://127.0.0.1:{http_port}",
+                "--data-dir",
+                str(data_dir),
+                *args,
+                "--json",
+            ),
+        )
+        d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
+            command[0], command[1:], env=dict(os.environ)
+        )
+
+        def parse(result: tuple[bytes, bytes, int]) -> dict[str, Any]:
+            try:
+                answer = json.loads(result[0].decode("utf-8"))
+            except ValueError:
+                return {}
+            return answer if isinstance(answer, dict) else {}
+
+        return d.addCallback(parse)
+
+    @inlineCallbacks
+    def wait_for_status(
+        self,
+        role: str,
+        http_port: int,
+        data_dir: Path | str,
+        what: str,
+        condition: Any,
+        seconds: float = 40,
+        details: Any = lambda: "",
+    ) -> Any:
+        """Poll ``p2psip status`` in ``role`` until ``condition(status)``; that status."""
+        deadline = reactor.seconds() + seconds
+        status: dict[str, Any] = {}
+        while reactor.seconds() < deadline:
+            status = yield self.role_api(role, http_port, data_dir, "status")
+            if status and condition(status):
+                return status
+            yield deferLater(reactor, 0.3, lambda: None)
+        self.testcase.fail(
+            f"timed out waiting for {what} in {role}; last status: {json.dumps(status)[:3000]}"
+            f"{details()}"
+        )
 
     def start(self, role: str, command: list[str], log_name: str) -> subprocess.Popen[str]:
         """Start a process inside the lab; it is ended (and reaped) in cleanup."""

@@ -12,20 +12,15 @@ the test asks it with ``natlab exec ... p2psip --api ... --json``.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
-from twisted.internet.task import deferLater
-from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from p2psip.testing import ring_node_mediator_secret
 from tests.integration.processes import OverlayCA
-from tests.natlab.harness import CONTROL, SECRET, NatLab, p2psip_command, twistd_command
+from tests.natlab.harness import CONTROL, SECRET, NatLab, twistd_command
 
 OVERLAY_PORT = 6084
 BOOTSTRAP = f"tcp:198.51.100.10:{OVERLAY_PORT}"
@@ -54,9 +49,9 @@ class OverlayOverNatTests(TestCase):
     ) -> None:
         """
         Start ``role`` in ``where``; it listens on its lab address, or with
-        ``loopback_candidate`` on every interface, so that it advertises the
-        loopback default 127.0.0.1 (a candidate that leads every other node
-        back to itself).
+        ``loopback_candidate`` on every interface advertising 127.0.0.1 (a
+        candidate that leads every other node back to itself, as a
+        misconfigured ``advertise`` does).
         """
         directory = Path(self.mktemp()).resolve()
         data_dir = str(directory / "data")
@@ -73,6 +68,8 @@ class OverlayOverNatTests(TestCase):
             if loopback_candidate
             else f"tcp:{OVERLAY_PORT}:interface={PRIVATE_ADDRESS[where]}"
         )
+        if loopback_candidate:
+            extra = ("--advertise", "127.0.0.1", *extra)
         lab.start(
             where,
             twistd_command(
@@ -97,46 +94,11 @@ class OverlayOverNatTests(TestCase):
 
     def api(self, lab: NatLab, where: str, *args: str) -> Deferred[dict[str, Any]]:
         """The JSON answer of ``p2psip ARGS --json`` run inside ``where``; {} when it fails."""
-        command = lab.exec_command(
-            where,
-            p2psip_command(
-                "--api",
-                f"http://127.0.0.1:{HTTP_PORT}",
-                "--data-dir",
-                self.data_dirs[where],
-                *args,
-                "--json",
-            ),
-        )
-        d: Deferred[tuple[bytes, bytes, int]] = getProcessOutputAndValue(
-            command[0], command[1:], env=dict(os.environ)
-        )
+        return lab.role_api(where, HTTP_PORT, self.data_dirs[where], *args)
 
-        def parse(result: tuple[bytes, bytes, int]) -> dict[str, Any]:
-            out, _err, _code = result
-            try:
-                answer = json.loads(out.decode("utf-8"))
-            except ValueError:
-                return {}
-            return answer if isinstance(answer, dict) else {}
-
-        return d.addCallback(parse)
-
-    @inlineCallbacks
-    def wait_until(
-        self, lab: NatLab, where: str, what: str, condition: Any, seconds: float = 40
-    ) -> Any:
+    def wait_until(self, lab: NatLab, where: str, what: str, condition: Any) -> Any:
         """Poll the status of ``where`` until ``condition(status)`` holds; the last status."""
-        deadline = reactor.seconds() + seconds
-        status: dict[str, Any] = {}
-        while reactor.seconds() < deadline:
-            status = yield self.api(lab, where, "status")
-            if status and condition(status):
-                return status
-            yield deferLater(reactor, 0.3, lambda: None)
-        self.fail(
-            f"timed out waiting for {what} in {where}; last status: {json.dumps(status)[:3000]}"
-        )
+        return lab.wait_for_status(where, HTTP_PORT, self.data_dirs[where], what, condition)
 
     @inlineCallbacks
     def ring_over_nats(
@@ -211,7 +173,7 @@ class OverlayOverNatTests(TestCase):
         return self.ring_over_nats("random", "random", {"relayed"})
 
     def test_loopback_candidates_use_the_mediator(self) -> Any:
-        """Peers whose candidate is the loopback default (leading back to oneself) still link through the mediator."""
+        """Peers whose candidate is a loopback address (leading back to oneself) still link through the mediator."""
         return self.ring_over_nats("eim", "eim", {"simultaneous-open"}, loopback_candidate=True)
 
 

@@ -132,3 +132,71 @@ class AdminApiOverHttpTests(SynchronousTestCase):
         code = self.answer(http_request(method, f"/api/{route}?{query}"))
         self.assertIn(code, {400, 404, 503})
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class RegistrationGetTests(SynchronousTestCase):
+    """``get`` of a SIP AOR answers the registration, which is stored under the AOR without its scheme."""
+
+    AOR = "sip:alice@example.com"
+
+    def setUp(self) -> None:
+        from p2psip.enrolment.authority import OverlayAuthority
+        from p2psip.sip.location import Binding, OverlayLocationService
+        from p2psip.testing import TEST_CERTIFICATE_EPOCH, user_certificate
+        from tests.overlay.ringsim import RingSimulation
+
+        authority = OverlayAuthority.create("registrations.test", TEST_CERTIFICATE_EPOCH)
+        self.sim = RingSimulation(seed=31, authority=authority)
+        self.addCleanup(self.sim.stop_all)
+        self.sim.found()
+        for _ in range(2):
+            self.sim.join()
+        self.sim.run_until(self.sim.consistent, 120)
+        server, self.reader = self.sim.live()[:2]
+        server.add_user_certificate(
+            user_certificate(authority, server.identity, "alice@example.com")
+        )
+        self.server_id = server.node_id
+        binding = Binding(
+            self.AOR,
+            "sip:alice@192.0.2.10:5060",
+            self.sim.clock.seconds() + 600,
+            0.5,
+            server.node_id,
+        )
+        self.sim.wait(OverlayLocationService(server, self.sim.clock).register(self.AOR, [binding]))
+        self.routes = overlay_api_routes(self.reader)
+
+    def get(self, args: dict[str, str]) -> dict[str, Any]:
+        answer: dict[str, Any] = self.sim.wait(self.routes["get"].call(args, None))
+        return answer
+
+    def test_aor_fetches_the_registration(self) -> None:
+        """sip:alice@... finds alice's binding, the super-node serving it and where it is stored."""
+        from p2psip.util.ids import id_hex
+
+        answer = self.get({"name": "SIP:alice@Example.COM"})
+        self.assertEqual(
+            (answer["kind"], answer["aor"], answer["resource"], answer["found"]),
+            ("sip-registration", self.AOR, "alice@example.com", True),
+        )
+        [binding] = answer["bindings"]
+        self.assertEqual(binding["contact"], "sip:alice@192.0.2.10:5060")
+        self.assertEqual((binding["q"], binding["served_by"]), (0.5, id_hex(self.server_id)))
+        self.assertTrue(0 < binding["expires"] <= 601, binding)  # whole seconds, rounded up
+        self.assertTrue(answer["route"] and answer["stored_at"])
+
+    def test_kind_data_fetches_the_uri_itself(self) -> None:
+        """kind=data asks for a DATA value under the URI, where nothing is stored."""
+        answer = self.get({"name": self.AOR, "kind": "data"})
+        self.assertFalse(answer["found"])
+        self.assertNotIn("bindings", answer)
+
+    def test_unregistered_and_bad_aors(self) -> None:
+        """Nobody registered is found=False; a URI that is no AOR, or an unknown kind, is a 400."""
+        answer = self.get({"name": "sip:bob@example.com"})
+        self.assertEqual((answer["found"], answer["bindings"]), (False, []))
+        for args in ({"name": "sip:example.com"}, {"name": "bob", "kind": "sip"}):
+            with self.assertRaises(ApiError) as caught:
+                self.routes["get"].call(args, None)
+            self.assertEqual(caught.exception.status, 400, args)

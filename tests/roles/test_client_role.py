@@ -30,7 +30,7 @@ class ClientOptionsTests(SynchronousTestCase):
         config = parse().config
         self.assertEqual(config.sip.listeners, DEFAULT_SIP_LISTENERS)
         self.assertTrue(config.sip.trusted_network)
-        self.assertEqual(config.http, "tcp:8086:interface=127.0.0.1")
+        self.assertEqual(config.http, "tcp:8088:interface=127.0.0.1")
         self.assertEqual(config.data_dir, Path("/var/lib/p2psip/client"))
         self.assertFalse(config.found_ring)
 
@@ -101,12 +101,12 @@ class ClientServiceTests(SynchronousTestCase):
         role, reactor, data_dir = self.make()
         role.startService()  # type: ignore[attr-defined]
         self.addCleanup(role.stopService)  # type: ignore[attr-defined]
-        [site] = [factory for port, factory, *_ in reactor.tcpServers if port == 8086]
+        [site] = [factory for port, factory, *_ in reactor.tcpServers if port == 8088]
         token = (data_dir / TOKEN_FILE_NAME).read_text().strip()
 
         def get(path: str) -> bytes:
-            connection = Connection(site, IPv4Address("TCP", "127.0.0.1", 8086))
-            connection.send(http_request("GET", path, host="127.0.0.1:8086", token=token))
+            connection = Connection(site, IPv4Address("TCP", "127.0.0.1", 8088))
+            connection.send(http_request("GET", path, host="127.0.0.1:8088", token=token))
             response = connection.response()
             self.assertEqual(response.code, 200 if path != "/api/get?name=x" else 503)
             return bytes(response.body)

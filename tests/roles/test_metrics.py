@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from prometheus_client import REGISTRY
@@ -102,6 +103,8 @@ class RoleMetricsTests(SynchronousTestCase):
         return value
 
     def overlay_options(self, options: Any, *argv: str) -> Any:
+        # Every interface: the advertised host would come from this host's routes.
+        options.find_default_address = lambda family: "192.0.2.62"
         options.parseOptions(
             [
                 "--overlay",
@@ -179,6 +182,43 @@ class RoleMetricsTests(SynchronousTestCase):
         self.assertEqual(
             self.value(attempts, "p2psip_mediator_attempts_total", method="direct"), 1.0
         )
+
+    def get(self, path: str) -> Any:
+        [site] = [factory for port, factory, *_ in self.reactor.tcpServers if port == HTTP_PORT]
+        connection = Connection(site)
+        connection.send(http_request("GET", path))
+        response = connection.response()
+        self.assertEqual(response.code, 200, path)
+        return response
+
+    def test_status_is_json_on_every_role(self) -> None:
+        """Every role's /status is one JSON object, and its /metrics parses, before and after start."""
+        sip = ("--sip", "udp:15060", "--sip-trusted-network")
+        relay = mediator.Options()
+        relay.parseOptions(["--secret", "x", "--http", f"tcp:{HTTP_PORT}"])
+        builders = {
+            "bootstrap": lambda: bootstrap.makeService(
+                self.overlay_options(bootstrap.Options(), *sip, "--insecure"), self.reactor
+            ),
+            "peer": lambda: peer.makeService(
+                self.overlay_options(
+                    peer.Options(), "--bootstrap", "tcp:192.0.2.1:6084", *sip, "--insecure"
+                ),
+                self.reactor,
+            ),
+            "mediator": lambda: mediator.makeService(relay, reactor=self.reactor),
+        }
+        for role, build in builders.items():
+            with self.subTest(role=role):
+                self.reactor = MemoryUDPReactor()
+                service = self.start(build())
+                response = self.get("/status")
+                self.assertEqual(response.headers["content-type"].split(";")[0], "application/json")
+                status = json.loads(response.body.decode("utf-8"))
+                self.assertIsInstance(status, dict)
+                self.assertTrue(status)
+                self.assertTrue(self.scrape())
+                self.successResultOf(service.stopService())
 
     def test_roles_leave_the_global_registry_alone(self) -> None:
         """Building and starting roles registers nothing in prometheus_client's default registry."""

@@ -37,6 +37,10 @@ from tests.web.test_site import Connection, http_request
 OVERLAY = "secure.test"
 
 
+#: The address the roles' default-route lookup gives in these tests.
+HOST_ADDRESS = "192.0.2.60"
+
+
 def reactor_at_epoch() -> MemoryUDPReactor:
     reactor = MemoryUDPReactor()
     reactor.advance(TEST_CERTIFICATE_EPOCH)
@@ -54,6 +58,9 @@ class SecurityTestCase(SynchronousTestCase):
 
     def options(self, role: Any, data_dir: Path, *argv: str) -> Any:
         options = role.Options()
+        # The default overlay listener binds every interface: the node
+        # advertises the default-route interface's address, this one here.
+        options.find_default_address = lambda family: HOST_ADDRESS
         extra = ["--bootstrap", "tcp:192.0.2.1:6084"] if role is peer else []
         options.parseOptions(
             ["--overlay-name", OVERLAY, "--data-dir", str(data_dir), *extra, *argv]
@@ -233,7 +240,7 @@ class BootstrapStartTests(SecurityTestCase):
             response.body, trust.root_der, self.reactor.seconds(), OVERLAY
         )
         self.assertEqual(configuration.chord_ping_interval_seconds, 7)
-        self.assertEqual(configuration.enrolment_servers, ("https://127.0.0.1:18443/enrol",))
+        self.assertEqual(configuration.enrolment_servers, (f"https://{HOST_ADDRESS}:18443/enrol",))
         self.assertEqual([kind.kind_id for kind in configuration.kinds], sorted(role.node.kinds))
 
     def test_reissues_for_an_insecure_key(self) -> None:

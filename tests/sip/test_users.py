@@ -236,3 +236,54 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(
             self.run_command("users", "remove", "--file", str(self.path), "sip:zed@example.org"), 1
         )
+
+
+class DomainCheckTests(SynchronousTestCase):
+    """``users add`` does not quietly take users a super-node of the domain can never register."""
+
+    setUp = CommandTests.setUp
+    run_command = CommandTests.run_command
+
+    def add(self, aor: str, *extra: str) -> int:
+        return self.run_command(
+            "users", "add", "--file", str(self.path), "--password", "pw", *extra, aor
+        )
+
+    def test_domain_refuses_other_domains_and_realms(self) -> None:
+        """With --domain, an AOR or realm of another domain is refused and the file is not written."""
+        self.assertEqual(self.add("sip:bob@other.org", "--domain", "example.org"), 1)
+        message = self.stderr.getvalue()
+        self.assertIn("sip:bob@other.org is not in example.org", message)
+        self.assertIn("sip:USER@example.org", message)
+        self.assertFalse(self.path.exists())
+        self.assertEqual(
+            self.add("sip:bob@example.org", "--domain", "example.org", "--realm", "ring"), 1
+        )
+        self.assertIn("realm 'ring' is not example.org", self.stderr.getvalue())
+        self.assertEqual(self.add("sip:bob@EXAMPLE.org", "--domain", "Example.org"), 0)
+
+    def test_warns_about_a_domain_unlike_the_others(self) -> None:
+        """Without --domain, an AOR of another domain than the file's users is added with a warning."""
+        self.assertEqual(self.add("sip:alice@example.org"), 0)
+        self.assertEqual(self.stderr.getvalue(), "")
+        self.assertEqual(self.add("sip:alice@example.org"), 0)  # a password change
+        self.assertEqual(self.stderr.getvalue(), "")
+        self.assertEqual(self.add("sip:bob@other.org"), 0)
+        self.assertIn(
+            "warning: sip:bob@other.org is not in example.org, the domain of the other users",
+            self.stderr.getvalue(),
+        )
+
+    def test_log_names(self) -> None:
+        """list --log-names prints the name info-level logs give each user."""
+        from p2psip.sip.blur import blur_aor
+
+        self.add("sip:alice@example.org")
+        self.assertEqual(
+            self.run_command("users", "list", "--file", str(self.path), "--log-names"), 0
+        )
+        self.assertEqual(
+            self.stdout.getvalue().splitlines()[-1].split("\t")[-1],
+            blur_aor("sip:alice@example.org"),
+        )
+        self.assertEqual(blur_aor("sip:alice@example.org"), "sip:~2bd806c9@example.org")
