@@ -163,6 +163,10 @@ class OverlayService(Service):
         self.node.join(endpoints).addCallbacks(succeeded, failed)
 
     def _schedule_peer_save(self) -> None:
+        if not self.running:
+            # Stopping: the neighbour changes of our own Leave are not saved
+            # later (stopService saved the peers before leaving).
+            return
         if self._pending_peer_save is None or not self._pending_peer_save.active():
             self._pending_peer_save = self.clock.callLater(
                 PEER_SAVE_DELAY_SECONDS, self._save_known_peers
