@@ -108,6 +108,7 @@ class OverlayNode(OverlayOperations):
         self.connectivity.failure_observers.append(self._peer_failed)
         self.messenger.rejoin_policy = self._peer_rejoining
         self.chord.neighbour_observers.append(self.storage.replicate_all)
+        self.chord.neighbour_observers.append(self._release_moved_clients)
         self._stabilisation = JitteredLoop(
             clock, config.update_interval_seconds, self._stabilise, self.random, "stabilisation"
         )
@@ -203,6 +204,28 @@ class OverlayNode(OverlayOperations):
         self.storage.maintain()
 
     # -- events that concern several parts ----------------------------------------
+
+    def _release_moved_clients(self) -> None:
+        """
+        Close the links of attached clients whose Node-ID a new neighbour
+        took over: messages for them now reach that peer, so each client
+        must attach there (it does at once when its link goes).
+        """
+        if self.membership.state is not NodeState.JOINED:
+            return
+        for client in self.messenger.clients.clients():
+            if self.topology.is_responsible(client):
+                continue
+            link = self.messenger.clients.link_for(client)
+            self.messenger.clients.detach(client)
+            if link is not None:
+                self.log.info(
+                    "client {client} is no longer in our range (a new neighbour owns its "
+                    "Node-ID); closing its link so that it attaches to the owner",
+                    client=id_short(client),
+                )
+                self.counters.count("clients_released")
+                self.connectivity.drop_link(link)
 
     def _peer_failed(self, peer: int) -> None:
         self.storage.peer_gone(peer)

@@ -171,7 +171,10 @@ class ClientModeTests(SynchronousTestCase):
         )
         self.assertEqual(newcomer.attached_clients(), [self.client.node_id])
         self.sim.run(5)
+        # The old owner let the client go as soon as the newcomer took the id.
         self.assertEqual(node_by_id(self.sim, owner).attached_clients(), [])
+        self.assertEqual(node_by_id(self.sim, owner).counters["clients_released"], 1)
+        self.assertEqual(self.client.attacher.attachments, 2)
 
 
 class ClientRefusalTests(SynchronousTestCase):
