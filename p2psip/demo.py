@@ -10,8 +10,11 @@ from that CA.  The peers, each with its own TLS listener on 127.0.0.1
 fetches values across the ring, prints the ring and each lookup's route
 and hop count, then (:mod:`p2psip.demo_sip`) gets Alice's and Bob's user
 certificates for their super-nodes, registers two SIP phones there and has
-one call the other through the overlay, then has every peer leave and
-exits 0.
+one call the other through the overlay; then (:mod:`p2psip.demo_clients`)
+alice and bob each run a thin client (a RELOAD client attached to one
+peer, with the client role's SIP adaptor), call each other through it,
+and keep calling after bob's attachment peer is killed.  Finally every
+surviving peer leaves and the demo exits 0.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 
 from p2psip.util.reactor import IRoleReactor, as_role_reactor
+from p2psip.demo_clients import run_client_demo
 from p2psip.demo_sip import PASSWORDS as USER_PASSWORDS, run_sip_demo
 from p2psip.enrolment.accounts import AccountsFile, Grant
 from p2psip.enrolment.authority import OverlayAuthority
@@ -45,7 +49,7 @@ from p2psip.overlay.node import OverlayConfig, OverlayNode
 from p2psip.overlay.tls import LinkSecurity
 from p2psip.util.ids import id_short
 
-PEERS = 8
+PEERS = 4
 #: The enrolment account the demo's peers enrol under (a real ring's operator makes
 #: it with `p2psip accounts add --peer`).
 PEER_ACCOUNT = "demo-peers@demo.p2psip.test"
@@ -193,7 +197,7 @@ class DemoCA:
         return key, NodeIdentity(key, enrolment.certificate_der)
 
     async def enrol_user(
-        self, node: OverlayNode, key: ec.EllipticCurvePrivateKey, name: str
+        self, node: NodeIdentity, key: ec.EllipticCurvePrivateKey, name: str
     ) -> bytes:
         """``name``'s user certificate bound to ``node`` (whose key is ``key``), over HTTPS."""
         enrolment = await enrol_user(
@@ -202,7 +206,7 @@ class DemoCA:
             pin=self.pin,
             user=self.user_name(name),
             password=USER_PASSWORDS[name],
-            node=node.identity,
+            node=node,
             key=key,
             overlay_name=DEMO_CONFIG.overlay_name,
         )
@@ -269,9 +273,18 @@ async def _run_demo(reactor: IRoleReactor, ca: DemoCA, started: float) -> None:
             raise SystemExit(f"value for {user} was not found")
 
     async def user_certificate(node: OverlayNode, name: str) -> bytes:
-        return await ca.enrol_user(node, keys[node.node_id], name)
+        return await ca.enrol_user(node.identity, keys[node.node_id], name)
 
     setup_ms = await run_sip_demo(reactor, nodes, say, user_certificate)
+
+    async def client_user_certificate(
+        identity: NodeIdentity, key: ec.EllipticCurvePrivateKey, name: str
+    ) -> bytes:
+        return await ca.enrol_user(identity, key, name)
+
+    figures = await run_client_demo(
+        reactor, nodes, ports, ca.trust, say, ca.enrol_peer, client_user_certificate
+    )
 
     say("\nEvery peer leaves gracefully ...")
     for node, port in zip(reversed(nodes), reversed(ports)):
@@ -280,8 +293,11 @@ async def _run_demo(reactor: IRoleReactor, ca: DemoCA, started: float) -> None:
         if stopped is not None:
             await stopped
     say(
-        f"\nDone: {PEERS} peers, {len(users)} values, mean lookup {sum(hops) / len(hops):.1f} hops,"
-        f" one call set up in {setup_ms:.1f} ms, {time.monotonic() - started:.1f} s."
+        f"\nDone: {PEERS} peers ({PEERS - len(nodes)} killed), {len(users)} values, mean lookup "
+        f"{sum(hops) / len(hops):.1f} hops, super-node call set up in {setup_ms:.1f} ms, "
+        f"thin-client calls in {figures['client_call_ms']:.1f} ms and, after bob's peer died and "
+        f"his client re-attached in {figures['reattach_ms']:.0f} ms, "
+        f"{figures['second_call_ms']:.1f} ms; {time.monotonic() - started:.1f} s."
     )
 
 

@@ -170,6 +170,9 @@ async def _run_sip_demo(
                 f"  ACK and BYE took the same path; Alice answered {agents['alice'].calls_answered} call, "
                 f"got {agents['alice'].byes_received} BYE"
             )
+            # Unregister (Expires: 0): the thin clients that follow serve these users.
+            for agent in agents.values():
+                await agent.register(0)
             return setup_ms
         finally:
             for agent in agents.values():

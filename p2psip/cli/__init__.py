@@ -22,6 +22,7 @@ Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 #: Modules that contribute subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "p2psip.cli.admin",
+    "p2psip.cli.phone",
     "p2psip.cli.users",
     "p2psip.cli.accounts",
     "p2psip.cli.enrol",
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         default=os.environ.get("P2PSIP_DATA_DIR"),
         help="data-dir of that role, where it keeps its admin token (default: $P2PSIP_DATA_DIR, "
-        "else /var/lib/p2psip/bootstrap for port 8084 and /var/lib/p2psip/peer for 8085)",
+        "else /var/lib/p2psip/bootstrap for port 8084, /var/lib/p2psip/peer for 8085 and "
+        "/var/lib/p2psip/client for 8088)",
     )
     parser.add_argument(
         "--token-file",

@@ -53,7 +53,11 @@ DEFAULT_API_URL = "http://127.0.0.1:8084"
 API_URL_VARIABLE = "P2PSIP_API"
 DATA_DIR_VARIABLE = "P2PSIP_DATA_DIR"
 #: The roles' default --http ports and the --data-dir each role then uses by default.
-DEFAULT_DATA_DIRS = {8084: "/var/lib/p2psip/bootstrap", 8085: "/var/lib/p2psip/peer"}
+DEFAULT_DATA_DIRS = {
+    8084: "/var/lib/p2psip/bootstrap",
+    8085: "/var/lib/p2psip/peer",
+    8088: "/var/lib/p2psip/client",
+}
 REQUEST_TIMEOUT_SECONDS = 30.0
 #: Status and ring documents are small; refuse to buffer a runaway answer.
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
@@ -485,6 +489,21 @@ def run_get(args: argparse.Namespace) -> int:
 
 
 def run_lookup(args: argparse.Namespace) -> int:
+    """
+    A SIP AOR: its registration and the route to it, as ``get`` answers it
+    (exit 1 when nobody is registered); any other name: the responsible
+    node and the route.
+    """
+    if args.name.lower().startswith(("sip:", "sips:")):
+        found: list[bool] = []
+
+        def fetch(client: AdminClient) -> dict[str, Any]:
+            answer = client.get(args.name, "sip-registration")
+            found.append(bool(answer.get("found")))
+            return answer
+
+        status = _run(args, fetch, format_registration)
+        return status or (0 if found and found[0] else 1)
     return _run(
         args,
         lambda client: client.lookup(args.name),
@@ -553,7 +572,10 @@ def register(subparsers: Subcommands) -> None:
     get.set_defaults(run=run_get)
 
     lookup = subparsers.add_parser(
-        "lookup", parents=[output], help="show which node is responsible for NAME, and the route"
+        "lookup",
+        parents=[output],
+        help="show which node is responsible for NAME, and the route; for a SIP AOR "
+        "(sip:alice@DOMAIN) also its registration",
     )
     lookup.add_argument("name", metavar="NAME")
     lookup.set_defaults(run=run_lookup)

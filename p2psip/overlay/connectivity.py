@@ -21,6 +21,11 @@ keeping them alive, and noticing when a peer is gone.
   unanswered, is closed.  When a peer's last link is lost, the failure
   observers hear of it (the Chord maintenance repairs the ring, storage
   forgets the peer's replicas, messaging re-routes our requests).
+* **Clients** (RFC 6940 s3.2.1).  An Attach that a confirmed link's peer
+  sends us directly, offering no candidate, attaches a client
+  (:mod:`p2psip.overlay.attached_clients`): from then on messages for its
+  Node-ID go over that link.  Losing a client's link is no peer failure:
+  the client was never in the ring.
 """
 
 from __future__ import annotations
@@ -35,13 +40,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import bodies
+from p2psip.overlay.attached_clients import TooManyClients
 from p2psip.overlay.counters import Counters
 from p2psip.overlay.errors import OverlayError, UnexpectedPeer
 from p2psip.overlay.link_table import LinkTable
 from p2psip.overlay.links import Connector, Link, LinkListener
 from p2psip.overlay.membership import Membership
-from p2psip.overlay.message import Destination, Message, MessageCode
-from p2psip.overlay.messaging import WILDCARD_NODE_ID, Answer, Messenger, Reply
+from p2psip.overlay.message import Destination, ErrorCode, Message, MessageCode
+from p2psip.overlay.messaging import WILDCARD_NODE_ID, Answer, Messenger, Reply, RequestRefused
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.topology import ChordTopology
 from p2psip.util.ids import id_short
@@ -96,6 +102,9 @@ class Connectivity:
         self.advertised_host = advertised_host
         self.advertised_port = advertised_port
         self.candidate = host_candidate(advertised_host, advertised_port)
+        #: False on a client: it has no listener, so its Attaches offer no
+        #: candidate and it refuses Attaches (nobody can connect to it).
+        self.has_listener = True
         #: Node-ID -> (host, port) of its overlay listener, from Attach candidates.
         self.addresses: dict[int, tuple[str, int]] = {}
         #: Called with a peer's Node-ID when its last link is gone.
@@ -114,7 +123,14 @@ class Connectivity:
         self.candidate = host_candidate(host, port)
 
     def attach_request(self) -> bytes:
+        if not self.has_listener:
+            return self.client_attach_request()
         return bodies.AttachReq(b"", b"", b"passive", (self.candidate,)).encode()
+
+    @staticmethod
+    def client_attach_request() -> bytes:
+        """A client's Attach to its attachment peer: no candidate, reach me over this link."""
+        return bodies.AttachReq(b"", b"", b"passive", ()).encode()
 
     def remember_candidates(self, peer: int, attach: Any) -> None:
         """Keep the first candidate of an Attach request or answer as ``peer``'s address."""
@@ -129,6 +145,11 @@ class Connectivity:
         self.counters.count("links_opened")
 
     def link_lost(self, link: Link) -> None:
+        if self.messenger.clients.lost(link):
+            self.links.lost(link)
+            self.counters.count("clients_detached")
+            self.log.info("client {client} detached", client=id_short(link.peer_id or 0))
+            return
         if self.links.lost(link) and self.membership.is_active():
             assert link.peer_id is not None
             self.peer_failed(link.peer_id)
@@ -371,6 +392,7 @@ class Connectivity:
                     self._ping_link(link, peer)
                 elif (
                     peer not in self.topology.known_peers()
+                    and not self._kept_open(link)
                     and now - max(link.last_received_at, link.last_sent_at)
                     > self.config.idle_link_seconds
                 ):
@@ -379,6 +401,13 @@ class Connectivity:
             if now - link.created_at > self.config.request_timeout_seconds:
                 self.links.remove(link)
                 link.close()
+
+    def _kept_open(self, link: Link) -> bool:
+        """A link that idleness does not close: an attached client's, or a client's own attachment."""
+        if self.messenger.clients.is_client_link(link):
+            return True
+        attachment = self.messenger.attachment
+        return attachment is not None and attachment() is link
 
     def _drop_and_report(self, link: Link, peer: int) -> None:
         self.drop_link(link)
@@ -410,7 +439,52 @@ class Connectivity:
         return Reply(MessageCode.PING_ANS, answer.encode())
 
     def _on_attach(self, link: Link, message: Message, signer: int) -> Reply:
+        if not self.has_listener:
+            raise RequestRefused(ErrorCode.FORBIDDEN, "a client accepts no connections")
         request = bodies.AttachReq.decode(message.body, self.config.limits)
+        if not request.candidates and not message.header.via_list:
+            self._attach_client(link, message, signer)
         self.remember_candidates(signer, request)
         answer = bodies.AttachAns(b"", b"", b"active", (self.candidate,))
         return Reply(MessageCode.ATTACH_ANS, answer.encode())
+
+    def _attach_client(self, link: Link, message: Message, signer: int) -> None:
+        """
+        Take ``signer`` as a client attached over ``link`` (an Attach without candidates).
+
+        Only its own confirmed direct link may attach a client, only to a
+        peer in the ring, and a ring member is never taken for a client.
+
+        :raises RequestRefused: Error_Forbidden naming why not.
+        """
+        reason = None
+        if link.peer_id != signer:
+            reason = "a client attaches over its own direct link"
+        elif not self.links.is_confirmed(link):
+            reason = "this link is not confirmed yet"
+        elif not self.membership.in_ring():
+            reason = "this peer is not in the ring"
+        elif signer in self.topology.known_peers():
+            reason = "a ring member cannot attach as a client"
+        if reason is None:
+            try:
+                new = self.messenger.clients.attach(signer, link)
+            except TooManyClients as error:
+                reason = str(error)
+            else:
+                if new:
+                    self.counters.count("clients_attached")
+                    self.log.info(
+                        "client {client} attached from {address}",
+                        client=id_short(signer),
+                        address=link.remote_address,
+                    )
+                return
+        self.messenger.refuse(
+            "clients_refused",
+            link,
+            "refused client {client} from {address}: {why}",
+            client=id_short(signer),
+            why=reason,
+        )
+        raise RequestRefused(ErrorCode.FORBIDDEN, reason)

@@ -6,6 +6,7 @@ Where this node stands in the ring: a small typed state machine.
     STOPPED --founded--> ALONE --peer_joined--> JOINED
     STOPPED --join_started--> JOINING --range_received--> ADMITTED --join_completed--> JOINED
     ALONE, JOINED --leave_started--> LEAVING
+    STOPPED, ATTACHED --attach_started--> ATTACHING --attached--> ATTACHED
     any --stopped--> STOPPED
 
 A node answers for a range of the ring (delivers Fetches, Stores and
@@ -19,6 +20,10 @@ to the rest of the neighbourhood.
 Every part of the node reads the state from here; the transitions are
 the only way to change it, and a transition the table does not list is a
 bug (:class:`InvalidTransition`).
+
+ATTACHING and ATTACHED are a client's (RFC 6940 s3.2.1): it never enters
+the ring, so it answers for no range and takes part in no maintenance,
+but it is active (losing its attachment peer is a failure to act on).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ class NodeState(str, enum.Enum):
     ADMITTED = "admitted"
     JOINED = "joined"
     LEAVING = "leaving"
+    #: A client looking for (or moving to) its attachment peer.
+    ATTACHING = "attaching"
+    #: A client whose messages go through its attachment peer.
+    ATTACHED = "attached"
 
 
 class Event(enum.Enum):
@@ -47,6 +56,8 @@ class Event(enum.Enum):
     JOIN_COMPLETED = "join_completed"
     PEER_JOINED = "peer_joined"
     LEAVE_STARTED = "leave_started"
+    ATTACH_STARTED = "attach_started"
+    ATTACHED = "attached"
     STOPPED = "stopped"
 
 
@@ -60,6 +71,10 @@ _TRANSITIONS: dict[tuple[NodeState, Event], NodeState] = {
     (NodeState.JOINED, Event.PEER_JOINED): NodeState.JOINED,
     (NodeState.ALONE, Event.LEAVE_STARTED): NodeState.LEAVING,
     (NodeState.JOINED, Event.LEAVE_STARTED): NodeState.LEAVING,
+    (NodeState.STOPPED, Event.ATTACH_STARTED): NodeState.ATTACHING,
+    (NodeState.ATTACHING, Event.ATTACH_STARTED): NodeState.ATTACHING,
+    (NodeState.ATTACHED, Event.ATTACH_STARTED): NodeState.ATTACHING,
+    (NodeState.ATTACHING, Event.ATTACHED): NodeState.ATTACHED,
     **{(state, Event.STOPPED): NodeState.STOPPED for state in NodeState},
 }
 
@@ -98,6 +113,14 @@ class Membership:
 
     def is_joining(self) -> bool:
         return self.state in (NodeState.JOINING, NodeState.ADMITTED)
+
+    def reaches_ring(self) -> bool:
+        """Whether requests can go into the ring: ours as a member, or a client's through its peer."""
+        return self.in_ring() or self.state is NodeState.ATTACHED
+
+    def is_client(self) -> bool:
+        """Whether this node is a client (attaching or attached), never a ring member."""
+        return self.state in (NodeState.ATTACHING, NodeState.ATTACHED)
 
     def is_active(self) -> bool:
         """Not stopped or stopping: losing a link is then worth reporting as a failure."""

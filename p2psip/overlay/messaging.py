@@ -38,6 +38,15 @@ every message delivered to us is verified before any handler sees it:
   checked) and the requests of one signer we handle (answered with
   Error_Forbidden over the limit).
 
+**Clients** (RFC 6940 s3.2.1).  A peer delivers messages addressed to
+the Node-ID of a client attached to it (:mod:`~p2psip.overlay.attached_clients`)
+over the client's link, requests and answers alike; the client's own
+requests for its Node-ID (which peer owns it now?) are routed as any
+other node's.  A client (:attr:`Messenger.attachment` set) sends
+everything that has no direct link through its attachment peer, forwards
+nothing, and takes answers from whoever its attachment peer reached: it
+has no tables to judge them by.
+
 The other parts of the node fill in the handler table
 (:meth:`Messenger.handle`): a handler takes ``(link, message, signer)``
 and returns a :class:`Reply`, a Deferred of one, or None (no answer), or
@@ -56,6 +65,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import bodies
+from p2psip.overlay.attached_clients import AttachedClients
 from p2psip.overlay.codec import DecodeError, UnknownKindError
 from p2psip.overlay.counters import Counters
 from p2psip.overlay.errors import NotConnected, NotResponsible, OverlayError, RequestFailed
@@ -203,6 +213,11 @@ class Messenger:
         #: an answer to a challenge of ours proves who is at the other end
         #: (see Connectivity.challenge_link).
         self.link_claimed: Callable[[Link], None] = lambda link: None
+        #: The clients attached to this peer, reached over their links.
+        self.clients = AttachedClients()
+        #: Set on a client: the link to its attachment peer (None while it
+        #: has none), the first hop of everything without a direct link.
+        self.attachment: Callable[[], Link | None] | None = None
 
     def handle(self, code: MessageCode, handler: RequestHandler) -> None:
         """Answer requests of ``code`` with ``handler`` (one handler per code)."""
@@ -261,6 +276,9 @@ class Messenger:
             direct = self.links.link_for(target)
             if direct is not None:
                 return direct
+        if self.attachment is not None:
+            attachment = self.attachment()
+            return None if attachment is avoid else attachment
         avoided = avoid.peer_id if avoid is not None else None
         hop = self.topology.next_hop(
             target, usable=lambda peer: peer != avoided and self.links.has_link(peer)
@@ -291,6 +309,10 @@ class Messenger:
         if link is None:
             self.transactions.complete(transaction_id)
             assert isinstance(destination.value, int)
+            if self.attachment is not None:
+                return fail(
+                    NotConnected(f"no route for {describe}: this client has no attachment peer")
+                )
             if self.topology.is_responsible(destination.value):
                 return fail(
                     OverlayError(f"{describe}: this node itself is responsible for that id")
@@ -456,6 +478,10 @@ class Messenger:
             return False
         if not isinstance(destination.value, int):
             return False
+        if destination.type == DestinationType.NODE and link.peer_id != destination.value:
+            if self.clients.link_for(destination.value) is not None:
+                # For a client attached to us: it goes over the client's link.
+                return False
         if destination.type == DestinationType.RESOURCE:
             return self.topology.is_responsible(destination.value)
         if destination.type == DestinationType.NODE:
@@ -478,6 +504,13 @@ class Messenger:
         request: bool,
     ) -> None:
         previous = link.peer_id
+        if self.attachment is not None:
+            # A client routes for nobody (RFC 6940 s3.2.1).
+            self.counters.count("not_forwarded_by_client")
+            self._error_for_undeliverable(
+                link, data, ErrorCode.NOT_FOUND, "a client forwards no messages"
+            )
+            return
         if previous is None:
             self.counters.count("dropped_unidentified")
             self.log.debug(
@@ -503,6 +536,12 @@ class Messenger:
             return
         next_link = None
         if destination.type == DestinationType.NODE and isinstance(destination.value, int):
+            client_link = self.clients.link_for(destination.value)
+            if client_link is not None and client_link is not link:
+                next_link = client_link
+        if next_link is None and (
+            destination.type == DestinationType.NODE and isinstance(destination.value, int)
+        ):
             # Answers retrace the request's path over direct links.  Requests
             # take a direct link only to a ring member: a peer that is still
             # joining may be linked to us, yet its own Node-ID must reach the
@@ -772,7 +811,7 @@ class Messenger:
         :class:`NotResponsible`.  Error answers are not checked: any node on
         the path may refuse to carry a request, and that only fails it.
         """
-        if pending.target is None:
+        if pending.target is None or self.attachment is not None:
             return True
         destination: Destination = pending.target
         target = int(destination.value)

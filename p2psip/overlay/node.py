@@ -21,7 +21,8 @@ This module builds them with their collaborators, runs the two periodic
 loops (stabilisation and keepalive, on the injected clock, jittered by an
 injected random generator so a simulation repeats exactly), routes the
 events that concern several parts (a peer failed; a peer restarted), and
-offers the operations of :class:`~p2psip.interfaces.IOverlayStorage`.
+offers the operations of :class:`~p2psip.interfaces.IOverlayStorage`
+(written once for peers and clients in :mod:`~p2psip.overlay.operations`).
 Everything that waits goes through the clock, so a whole ring runs
 deterministically on a fake one.
 """
@@ -38,33 +39,24 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from p2psip.interfaces import ISuperNodeOverlay
-from p2psip.overlay import bodies
-from p2psip.overlay.app_attach import Applications
 from p2psip.overlay.certificates import TrustPolicy
 from p2psip.overlay.chord import ChordMaintenance
-from p2psip.overlay.connectivity import Connectivity
-from p2psip.overlay.counters import Counters
-from p2psip.overlay.identity import CertificateCache, NodeIdentity
+from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.joining import DuplicateNodeId, Joiner
-from p2psip.overlay.kinds import DEFAULT_KINDS, Kind, data_models
-from p2psip.overlay.link_table import LinkTable
+from p2psip.overlay.kinds import Kind
 from p2psip.overlay.links import Connector, Link
-from p2psip.overlay.membership import Event, Membership, NodeState
-from p2psip.overlay.message import Destination, MessageCode, overlay_hash
-from p2psip.overlay.messaging import WILDCARD_NODE_ID, Answer, Messenger
+from p2psip.overlay.membership import Event, NodeState
+from p2psip.overlay.messaging import WILDCARD_NODE_ID, Answer
+from p2psip.overlay.operations import OverlayOperations
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.peer_tables import PeerTables, PeerTablesQuery
 from p2psip.overlay.results import OperationResult
-from p2psip.overlay.storage import DataStore
-from p2psip.overlay.storage_service import StorageService
-from p2psip.overlay.topology import ChordTopology
-from p2psip.overlay.user_credentials import UserCredentials
-from p2psip.util.ids import id_short, resource_id
+from p2psip.util.ids import id_short
 from p2psip.util.periodic import JitteredLoop
 
 
 @implementer(ISuperNodeOverlay)
-class OverlayNode:
+class OverlayNode(OverlayOperations):
     """One peer of the ring; see the module docstring for its parts."""
 
     log = Logger()
@@ -82,62 +74,18 @@ class OverlayNode:
         rng: random.Random | None = None,
         trust: TrustPolicy | None = None,
     ) -> None:
-        self.identity = identity
-        self.node_id = identity.node_id
-        self.local_node_id = self.node_id
-        self.clock = clock
-        self.config = config = config or OverlayConfig()
-        self.kinds = dict(kinds or DEFAULT_KINDS)
-        #: Only spreads periodic timers; simulations pass a seeded one.
-        self.random = rng or random.Random()
-        self.counters = Counters()
-        self.membership = Membership()
-        self.topology = ChordTopology(self.node_id, config.successors, config.predecessors)
-        self.links = LinkTable()
-        #: ``trust`` decides whose certificates are believed, on links (the
-        #: connector's TLS) and on signatures: the overlay root
-        #: (roles pass OverlayRootTrust) or, when None, self-signed mode.
-        self.certificates = CertificateCache(trust=trust)
-        self.certificates.add_identity(identity)
-        #: The user certificates this node signs users' values with.
-        self.user_credentials = UserCredentials(identity, self.certificates)
-        self.messenger = Messenger(
+        self._build_common_parts(
             identity=identity,
-            certificates=self.certificates,
             clock=clock,
-            config=config,
-            overlay=overlay_hash(config.overlay_name),
-            topology=self.topology,
-            links=self.links,
-            membership=self.membership,
-            counters=self.counters,
-            data_models=data_models(self.kinds),
-        )
-        self.connectivity = Connectivity(
-            messenger=self.messenger,
-            links=self.links,
-            topology=self.topology,
-            membership=self.membership,
             connector=connector,
-            listener=self,
-            clock=clock,
-            config=config,
-            counters=self.counters,
-            advertised_host=advertised_host,
-            advertised_port=advertised_port,
+            advertised=(advertised_host, advertised_port),
+            config=config or OverlayConfig(),
+            kinds=kinds,
+            rng=rng,
+            trust=trust,
+            holds_data=True,
         )
-        self.applications = Applications(self.messenger, self.connectivity)
-        self.storage = StorageService(
-            messenger=self.messenger,
-            store=DataStore(self.kinds, self.certificates),
-            topology=self.topology,
-            membership=self.membership,
-            identity=identity,
-            certificates=self.certificates,
-            clock=clock,
-            config=config,
-            credentials=self.user_credentials,
-        )
+        config = self.config
         self.chord = ChordMaintenance(
             messenger=self.messenger,
             connectivity=self.connectivity,
@@ -168,6 +116,7 @@ class OverlayNode:
         self.connectivity.failure_observers.append(self._peer_failed)
         self.messenger.rejoin_policy = self._peer_rejoining
         self.chord.neighbour_observers.append(self.storage.replicate_all)
+        self.chord.neighbour_observers.append(self._release_moved_clients)
         self._stabilisation = JitteredLoop(
             clock, config.update_interval_seconds, self._stabilise, self.random, "stabilisation"
         )
@@ -182,53 +131,16 @@ class OverlayNode:
     # -- what the role and the status page read ---------------------------------
 
     @property
-    def state(self) -> NodeState:
-        return self.membership.state
-
-    @property
-    def advertised_host(self) -> str:
-        return self.connectivity.advertised_host
-
-    @property
-    def advertised_port(self) -> int:
-        return self.connectivity.advertised_port
-
-    @property
     def neighbour_observers(self) -> list[Callable[[], None]]:
         """Called (with no arguments) after the neighbour table changed."""
         return self.chord.neighbour_observers
 
-    @property
-    def request_observers(self) -> list[Callable[[str, float, bool], None]]:
-        """Called as (method name, seconds, answered) when a request of ours ends."""
-        return self.messenger.request_observers
-
     def uptime_seconds(self) -> float:
         return self.clock.seconds() - self.chord.started_at
 
-    def peer_address(self, peer: int) -> tuple[str, int] | None:
-        """Where ``peer``'s overlay listener is, if an Attach told us."""
-        return self.connectivity.addresses.get(peer)
-
-    def has_link(self, peer: int) -> bool:
-        return self.links.has_link(peer)
-
-    def links_to(self, peer: int) -> list[Link]:
-        return self.links.links_to(peer)
-
-    def all_links(self) -> list[Link]:
-        return self.links.all_links()
-
-    def open_link_count(self) -> int:
-        """Open overlay links, identified or not."""
-        return len(self.links)
-
-    def links_by_path(self) -> dict[str, int]:
-        """Open links by how they were made: ``connect`` or the mediator's method."""
-        paths: dict[str, int] = {}
-        for link in self.links.all_links():
-            paths[link.path] = paths.get(link.path, 0) + 1
-        return paths
+    def attached_clients(self) -> list[int]:
+        """Node-IDs of the clients attached to this peer (RFC 6940 s3.2.1)."""
+        return self.messenger.clients.clients()
 
     def stored_resource_count(self) -> int:
         """Resources this node holds values of (as responsible peer or replica)."""
@@ -237,10 +149,6 @@ class OverlayNode:
     def stored_values_per_kind(self) -> dict[str, int]:
         """Kind name -> values that exist (not tombstones) held here."""
         return self.storage.store.counts_per_kind()
-
-    def pending_request_count(self) -> int:
-        """Requests of ours still waiting for an answer."""
-        return len(self.messenger.transactions)
 
     def known_peer_addresses(self) -> list[tuple[int, str, int]]:
         """
@@ -257,20 +165,6 @@ class OverlayNode:
             if address is not None and peer != self.node_id:
                 result.append((peer, address[0], address[1]))
         return result
-
-    # -- what links report (LinkListener) ---------------------------------------
-
-    def link_established(self, link: Link) -> None:
-        self.connectivity.link_established(link)
-
-    def message_received(self, link: Link, data: bytes) -> None:
-        self.messenger.message_received(link, data)
-
-    def link_lost(self, link: Link) -> None:
-        self.connectivity.link_lost(link)
-
-    def link_for(self, peer: int) -> Link | None:
-        return self.links.link_for(peer)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -320,6 +214,28 @@ class OverlayNode:
 
     # -- events that concern several parts ----------------------------------------
 
+    def _release_moved_clients(self) -> None:
+        """
+        Close the links of attached clients whose Node-ID a new neighbour
+        took over: messages for them now reach that peer, so each client
+        must attach there (it does at once when its link goes).
+        """
+        if self.membership.state is not NodeState.JOINED:
+            return
+        for client in self.messenger.clients.clients():
+            if self.topology.is_responsible(client):
+                continue
+            link = self.messenger.clients.link_for(client)
+            self.messenger.clients.detach(client)
+            if link is not None:
+                self.log.info(
+                    "client {client} is no longer in our range (a new neighbour owns its "
+                    "Node-ID); closing its link so that it attaches to the owner",
+                    client=id_short(client),
+                )
+                self.counters.count("clients_released")
+                self.connectivity.drop_link(link)
+
     def _peer_failed(self, peer: int) -> None:
         self.storage.peer_gone(peer)
         self.messenger.resend_after_failure(peer)
@@ -358,56 +274,7 @@ class OverlayNode:
         self.chord.forget(peer)
         return True
 
-    # -- operations ----------------------------------------------------------------
-
-    def store_values(
-        self, resource: int, kind: int, values: Iterable[Any], lifetime: int
-    ) -> Deferred[OperationResult]:
-        """Sign and store values of one kind at the responsible peer."""
-        return self.storage.store_values(resource, kind, values, lifetime)
-
-    def fetch_values(
-        self, resource: int, kind: int, specifier: Any | None = None
-    ) -> Deferred[tuple[OperationResult, tuple[Any, ...]]]:
-        """Fetch the live values of one kind; fires with (result, StoredData tuple)."""
-        return self.storage.fetch_values(resource, kind, specifier)
-
-    def put(self, name: str, value: bytes, lifetime: int = 3600) -> Deferred[OperationResult]:
-        """Store a DATA value under a resource name (admin API, demo)."""
-        return self.storage.put(name, value, lifetime)
-
-    def get(self, name: str) -> Deferred[OperationResult]:
-        """Fetch the DATA value stored under a resource name."""
-        return self.storage.get(name)
-
-    def lookup(self, name: str) -> Deferred[OperationResult]:
-        """Find the peer responsible for a name and the route to it (a routed Ping)."""
-        return self.lookup_id(resource_id(name))
-
-    def lookup_id(self, resource: int) -> Deferred[OperationResult]:
-        if self.membership.in_ring() and self.topology.is_responsible(resource):
-            return succeed(OperationResult(resource, self.node_id, (self.node_id,)))
-        return self.messenger.request(
-            Destination.resource(resource), MessageCode.PING_REQ, bodies.PingReq().encode()
-        ).addCallback(lambda answer: OperationResult(resource, answer.responder, answer.route))
-
-    def find_owner(self, target: int) -> Deferred[tuple[int, tuple[str, int]]]:
-        """
-        The peer responsible for ``target`` and where its overlay listener is
-        (an Attach to that id, answered by its owner): how the ring page walks
-        the ring peer by peer.
-        """
-        if self.membership.in_ring() and self.topology.is_responsible(target):
-            return succeed((self.node_id, (self.advertised_host, self.advertised_port)))
-
-        def answered(answer: Answer) -> tuple[int, tuple[str, int]]:
-            self.connectivity.remember_candidates(answer.responder, answer.body)
-            address = answer.body.candidates[0].address
-            return answer.responder, (address.host, address.port)
-
-        return self.messenger.request(
-            Destination.node(target), MessageCode.ATTACH_REQ, self.connectivity.attach_request()
-        ).addCallback(answered)
+    # -- the ring page -------------------------------------------------------------
 
     def peer_tables(self, peer: int) -> Deferred[PeerTables]:
         """
@@ -428,59 +295,6 @@ class OverlayNode:
                 )
             )
         return self.peer_tables_query.ask(peer)
-
-    # IOverlayStorage and IApplicationRegistry -----------------------------------
-
-    def user_credential(self, user_name: str) -> NodeIdentity | None:
-        return self.user_credentials.credential_for(user_name)
-
-    def add_user_certificate(self, certificate_der: bytes) -> NodeIdentity:
-        """
-        Sign for the user a certificate names (issued for our key and
-        Node-ID); stored in the overlay at once when we are in a ring.
-
-        :raises p2psip.overlay.user_credentials.CredentialError: not usable here.
-        """
-        credential = self.user_credentials.add_certificate(certificate_der)
-        if self.membership.in_ring():
-            self.storage.publish_certificates()
-        return credential
-
-    def put_dictionary_entry(
-        self,
-        resource_name: str,
-        kind_id: int,
-        key: bytes,
-        value: bytes,
-        lifetime_seconds: int,
-        signer: object | None = None,
-    ) -> Deferred[None]:
-        return self.storage.put_dictionary_entry(
-            resource_name, kind_id, key, value, lifetime_seconds, _credential(signer)
-        )
-
-    def remove_dictionary_entry(
-        self, resource_name: str, kind_id: int, key: bytes, signer: object | None = None
-    ) -> Deferred[None]:
-        return self.storage.remove_dictionary_entry(
-            resource_name, kind_id, key, _credential(signer)
-        )
-
-    def get_dictionary(self, resource_name: str, kind_id: int) -> Deferred[dict[bytes, bytes]]:
-        return self.storage.get_dictionary(resource_name, kind_id)
-
-    def resolve_application(self, node_id: int, application: int) -> Deferred[tuple[str, int]]:
-        return self.applications.resolve(node_id, application)
-
-    def set_application_address(self, application: int, host: str, port: int) -> None:
-        self.applications.set_address(application, host, port)
-
-
-def _credential(signer: object | None) -> NodeIdentity | None:
-    """The SIP layer hands back, opaquely, what :meth:`OverlayNode.user_credential` gave it."""
-    if signer is not None and not isinstance(signer, NodeIdentity):
-        raise TypeError(f"a signer must come from user_credential(), not {type(signer).__name__}")
-    return signer
 
 
 __all__ = [

@@ -111,6 +111,7 @@ class StorageService:
         clock: IReactorTime,
         config: OverlayConfig,
         credentials: UserCredentials | None = None,
+        holds_data: bool = True,
     ) -> None:
         self.messenger = messenger
         self.store = store
@@ -131,9 +132,17 @@ class StorageService:
         self._published: dict[tuple[int, int, bytes], float] = {}
         self._last_storage_time = 0
         self._refusal_log = LogThrottle(clock)
-        messenger.handle(MessageCode.STORE_REQ, self._on_store)
-        messenger.handle(MessageCode.FETCH_REQ, self._on_fetch)
-        messenger.handle(MessageCode.STAT_REQ, self._on_stat)
+        if holds_data:
+            messenger.handle(MessageCode.STORE_REQ, self._on_store)
+            messenger.handle(MessageCode.FETCH_REQ, self._on_fetch)
+            messenger.handle(MessageCode.STAT_REQ, self._on_stat)
+        else:
+            # A client (RFC 6940 s3.2.1) stores nothing for others.
+            for code in (MessageCode.STORE_REQ, MessageCode.FETCH_REQ, MessageCode.STAT_REQ):
+                messenger.handle(code, self._refuse_as_client)
+
+    def _refuse_as_client(self, link: Link, message: Message, signer: int) -> Reply:
+        raise RequestRefused(ErrorCode.FORBIDDEN, "a client stores no data for others")
 
     def _responsible_here(self, resource: int) -> bool:
         return self.membership.in_ring() and self.topology.is_responsible(resource)

@@ -46,7 +46,7 @@ from p2psip.enrolment.configuration import (
 from p2psip.enrolment.node_files import NodeFileError, load_or_make_key, save_node_enrolment
 from p2psip.enrolment.server import EnrolmentServer, build_enrolment_server
 from p2psip.overlay.node import OverlayNode
-from p2psip.roles.ring_credentials import overlay_root
+from p2psip.roles.ring_credentials import NodeRoleConfig, overlay_root
 from p2psip.roles.ring_options import RingRoleConfig
 from p2psip.util.local_address import is_wildcard
 from p2psip.util.endpoints import endpoint_interface, parse_tcp_client_description
@@ -116,7 +116,7 @@ def bootstrap_enrolment_server(
     return server
 
 
-def _stop_reactor(reactor: IRoleReactor) -> Callable[[], None]:
+def stop_reactor(reactor: IRoleReactor) -> Callable[[], None]:
     def stop() -> None:
         if reactor.running:
             reactor.stop()
@@ -139,7 +139,7 @@ class FirstEnrolment(MultiService):
 
     def __init__(
         self,
-        config: RingRoleConfig,
+        config: NodeRoleConfig,
         reactor: IRoleReactor,
         build: Callable[[], IService],
         reason: str,
@@ -152,7 +152,7 @@ class FirstEnrolment(MultiService):
         self.reactor = reactor
         self.build = build
         self.reason = reason
-        self.give_up = give_up if give_up is not None else _stop_reactor(reactor)
+        self.give_up = give_up if give_up is not None else stop_reactor(reactor)
         self.role: IService | None = None
         #: Fires with the ring role once it is built and started.
         self.ready: Deferred[IService] = Deferred()

@@ -1,6 +1,7 @@
 """
-The admin API of a ring role: put, get, lookup, the ring walk and what the
-ring page draws.
+The admin API of a ring role and of the thin client: put, get, lookup,
+the ring walk and what the ring page draws (a member's tables only on a
+ring member: a client has none to show).
 
 ``get`` of a SIP AOR (``sip:alice@example.org``) answers the user's
 registration (RFC 7904 SIP-REGISTRATION under ``alice@example.org``, one
@@ -26,6 +27,7 @@ from twisted.python.failure import Failure
 from p2psip.overlay.errors import OverlayError
 from p2psip.overlay.kinds import DATA
 from p2psip.overlay.node import OverlayNode
+from p2psip.overlay.operations import OverlayOperations
 from p2psip.overlay.results import OperationResult
 from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.users import canonical_aor
@@ -78,13 +80,14 @@ def _json(d: Deferred[OperationResult]) -> Deferred[dict[str, Any]]:
     return d.addCallbacks(lambda result: result.as_json(), _as_api_error)
 
 
-def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
-    """The routes for ``node``."""
+def overlay_api_routes(node: OverlayOperations) -> dict[str, ApiRoute]:
+    """The routes for ``node`` (a ring member, or a client that asks through its peer)."""
 
     def in_ring() -> None:
-        if not node.membership.in_ring():
+        if not node.membership.reaches_ring():
+            what = "attached to a peer" if node.membership.is_client() else "in a ring"
             raise ApiError(
-                503, f"the node is {node.state.value}, not in a ring yet; see /status and its log"
+                503, f"the node is {node.state.value}, not {what} yet; see /status and its log"
             )
 
     def put(args: dict[str, str], body: Body) -> Deferred[dict[str, Any]]:
@@ -131,6 +134,8 @@ def overlay_api_routes(node: OverlayNode) -> dict[str, ApiRoute]:
             raise ApiError(
                 400, "give the member as ?node=NODE_ID (32 hex digits, as /status shows)"
             )
+        if not isinstance(node, OverlayNode):
+            raise ApiError(404, "a thin client has no ring tables; ask a ring member's API")
         in_ring()
         asked = node.peer_tables(parse_id(text))
         return asked.addCallbacks(
@@ -164,7 +169,7 @@ def _registration_names(name: str, domain: str) -> tuple[str, str]:
 
 @inlineCallbacks
 def _registration(
-    node: OverlayNode, aor: str, resource: str
+    node: OverlayOperations, aor: str, resource: str
 ) -> Generator[Deferred[Any], Any, dict[str, Any]]:
     """
     The live bindings of ``aor`` across the ring, with where they are

@@ -163,8 +163,9 @@ class OverlayService(Service):
         self.node.join(endpoints).addCallbacks(succeeded, failed)
 
     def _schedule_peer_save(self) -> None:
-        # Leaving changes the neighbours too; a stopped service saved them already.
         if not self.running:
+            # Stopping: the neighbour changes of our own Leave are not saved
+            # later (stopService saved the peers before leaving).
             return
         if self._pending_peer_save is None or not self._pending_peer_save.active():
             self._pending_peer_save = self.clock.callLater(

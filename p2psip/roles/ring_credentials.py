@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from attrs import frozen
 from cryptography import x509
@@ -59,10 +60,30 @@ from p2psip.overlay.certificates import (
     claims,
 )
 from p2psip.overlay.identity import IdentityError, NodeIdentity
-from p2psip.roles.ring_options import RingRoleConfig
+from p2psip.overlay.parameters import OverlayConfig
+from p2psip.roles.security_options import SecurityConfig
 from p2psip.util.ids import id_hex
 
 log = Logger(namespace="p2psip.roles.ring_credentials")
+
+
+class NodeRoleConfig(Protocol):
+    """
+    What credentials are read from: the ring roles' :class:`~p2psip.roles.ring_options.RingRoleConfig`
+    and the client's :class:`~p2psip.roles.client_options.ClientConfig` both have it.
+    """
+
+    @property
+    def data_dir(self) -> Path: ...
+
+    @property
+    def security(self) -> SecurityConfig: ...
+
+    @property
+    def overlay(self) -> OverlayConfig: ...
+
+    @property
+    def found_ring(self) -> bool: ...
 
 
 class EnrolmentNeeded(Exception):
@@ -78,7 +99,7 @@ class RingCredentials:
     authority: OverlayAuthority | None = None
 
 
-def _fix(config: RingRoleConfig) -> str:
+def _fix(config: NodeRoleConfig) -> str:
     directory = config.data_dir
     return (
         f"enrol this node first: `p2psip enrol --data-dir {directory} --url "
@@ -89,7 +110,7 @@ def _fix(config: RingRoleConfig) -> str:
     )
 
 
-def load_credentials(config: RingRoleConfig, now: Callable[[], float]) -> RingCredentials:
+def load_credentials(config: NodeRoleConfig, now: Callable[[], float]) -> RingCredentials:
     """
     The role's credentials from its data directory (and, on first start, made there).
 
@@ -105,7 +126,7 @@ def load_credentials(config: RingRoleConfig, now: Callable[[], float]) -> RingCr
     return _enrolled_peer(config, now)
 
 
-def _insecure(config: RingRoleConfig) -> RingCredentials:
+def _insecure(config: NodeRoleConfig) -> RingCredentials:
     try:
         identity = NodeIdentity.load_or_create(config.data_dir)
     except IdentityError as error:
@@ -120,7 +141,7 @@ def _insecure(config: RingRoleConfig) -> RingCredentials:
     return RingCredentials(identity, SelfSignedTrust())
 
 
-def _load_authority(config: RingRoleConfig, now: Callable[[], float]) -> OverlayAuthority:
+def _load_authority(config: NodeRoleConfig, now: Callable[[], float]) -> OverlayAuthority:
     authority_config = config.security.authority
     assert authority_config is not None
     name = config.overlay.overlay_name
@@ -149,7 +170,7 @@ def _load_authority(config: RingRoleConfig, now: Callable[[], float]) -> Overlay
     return authority
 
 
-def _bootstrap(config: RingRoleConfig, now: Callable[[], float]) -> RingCredentials:
+def _bootstrap(config: NodeRoleConfig, now: Callable[[], float]) -> RingCredentials:
     authority = _load_authority(config, now)
     trust = authority.trust(now)
     identity = _usable_identity(config, trust)
@@ -159,7 +180,7 @@ def _bootstrap(config: RingRoleConfig, now: Callable[[], float]) -> RingCredenti
 
 
 def _issue_own_certificate(
-    config: RingRoleConfig, authority: OverlayAuthority, now: Callable[[], float]
+    config: NodeRoleConfig, authority: OverlayAuthority, now: Callable[[], float]
 ) -> NodeIdentity:
     """A node certificate from the bootstrap's own CA, for its key (made if absent)."""
     try:
@@ -183,7 +204,7 @@ def _issue_own_certificate(
     return identity
 
 
-def _usable_identity(config: RingRoleConfig, trust: TrustPolicy) -> NodeIdentity | None:
+def _usable_identity(config: NodeRoleConfig, trust: TrustPolicy) -> NodeIdentity | None:
     """
     The identity in the data directory if ``trust`` accepts its certificate, else None.
 
@@ -209,7 +230,7 @@ def _usable_identity(config: RingRoleConfig, trust: TrustPolicy) -> NodeIdentity
     return identity
 
 
-def overlay_root(config: RingRoleConfig) -> tuple[bytes, Path] | None:
+def overlay_root(config: NodeRoleConfig) -> tuple[bytes, Path] | None:
     """The peer's trusted root and the file it came from, or None when it has none yet."""
     path = config.security.overlay_root or root_path(config.data_dir)
     if config.security.overlay_root is None and not path.exists():
@@ -220,7 +241,7 @@ def overlay_root(config: RingRoleConfig) -> tuple[bytes, Path] | None:
         raise usage.UsageError(str(error)) from None
 
 
-def _enrolled_peer(config: RingRoleConfig, now: Callable[[], float]) -> RingCredentials:
+def _enrolled_peer(config: NodeRoleConfig, now: Callable[[], float]) -> RingCredentials:
     found = overlay_root(config)
     enrol = config.security.enrol
     if found is not None and enrol is not None and enrol.ca_fingerprint is not None:

@@ -17,7 +17,8 @@ import ipaddress
 import os
 import socket
 from pathlib import Path
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from attrs import field, frozen
 from cryptography import x509
@@ -363,6 +364,88 @@ _coercer(parse_client_rule, "USER-AGENT-TEXT=ALGORITHMS, e.g. Linphone=SHA-256,M
 _coercer(parse_static_route, "DOMAIN=SIP-URI, e.g. pstn.example=sip:192.0.2.30:5060;transport=tcp")
 
 
+def check_sip_tls(options: Mapping[str, Any]) -> SipTlsCredentials | None:
+    """
+    --sip-tls needs a plain listener beside it and the domain's certificate
+    and key; the credentials read, or None without any.
+    """
+    certificate, key = options["sip-tls-certificate"], options["sip-tls-key"]
+    if options["sip-tls"]:
+        if not options["sip"]:
+            raise usage.UsageError(
+                "--sip-tls serves phones over TLS; super-nodes reach each other over UDP or "
+                "TCP, so give a --sip listener too (e.g. --sip udp:5060)"
+            )
+        missing = [
+            name
+            for name, value in (("--sip-tls-certificate", certificate), ("--sip-tls-key", key))
+            if not value
+        ]
+        if missing:
+            raise usage.UsageError(
+                f"--sip-tls needs {' and '.join(missing)}: the SIP domain's PEM certificate "
+                "(chain) and its private key"
+            )
+    if certificate or key:
+        if not (certificate and key):
+            given, absent = (
+                ("--sip-tls-certificate", "--sip-tls-key")
+                if certificate
+                else ("--sip-tls-key", "--sip-tls-certificate")
+            )
+            raise usage.UsageError(f"{given} needs {absent} too")
+        return read_sip_tls_credentials(certificate, key)
+    return None
+
+
+def domain_routes(options: Mapping[str, Any]) -> DomainRoutes:
+    """The gateway's rules from the options; a domain in two roles stops the role."""
+    peers: list[PeerDomain] = list(options["sip-peer-domain"])
+    static: list[StaticRoute] = list(options["sip-static-route"])
+    try:
+        return DomainRoutes.build(
+            options["overlay-name"],
+            options["sip-domain-alias"],
+            peers,
+            static,
+            options["sip-foreign-callers"],
+        )
+    except ValueError as e:
+        raise usage.UsageError(
+            f"{e}: fix --sip-domain-alias, --sip-peer-domain or --sip-static-route"
+        ) from None
+
+
+def sip_config(
+    options: Mapping[str, Any],
+    tls: SipTlsCredentials | None,
+    media: MediaRelayConfig | None = None,
+) -> SipConfig:
+    """
+    The SIP settings from the options :data:`SIP_OPTION_NAMES` names (``--sip``
+    given), with ``dns-servers`` where the role has it, and the media relay's.
+    """
+    return SipConfig(
+        domain=options["overlay-name"],
+        listeners=tuple(options["sip"]),
+        users_path=Path(options["users"]) if options["users"] else None,
+        digest_algorithms=tuple(options["sip-digest-algorithms"].split(",")),
+        advertise=options["sip-advertise"],
+        trusted_network=bool(options["sip-trusted-network"]),
+        rate_limit_per_second=options["sip-rate-limit"],
+        rate_limit_burst=options["sip-rate-burst"],
+        idle_timeout_seconds=options["sip-idle-timeout"],
+        connections_per_source=options["sip-connections-per-source"],
+        max_connections=options["sip-max-connections"],
+        tls_listeners=tuple(options["sip-tls"]),
+        tls=tls if options["sip-tls"] else None,
+        digest_clients=tuple(options["sip-digest-client"]),
+        routes=domain_routes(options),
+        dns_servers=tuple(options.get("dns-servers") or ()),
+        media=media,
+    )
+
+
 class RingRoleOptions(RoleOptions, SecurityOptions):
     """Options of every role that is a member of the ring, SIP included."""
 
@@ -672,6 +755,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
 
     #: The validated configuration, set by ``postOptions``.
     config: RingRoleConfig
+    sip_tls: SipTlsCredentials | None
     #: Finds the default-route interface's address for a wildcard listener
     #: without --advertise; tests replace it on the instance.
     find_default_address: AddressFinder = staticmethod(default_route_address)
@@ -699,34 +783,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
         self.config = self._validated()
 
     def _check_sip_tls(self) -> None:
-        """--sip-tls needs a plain listener beside it and the domain's certificate and key."""
-        self.sip_tls: SipTlsCredentials | None = None
-        certificate, key = self["sip-tls-certificate"], self["sip-tls-key"]
-        if self["sip-tls"]:
-            if not self["sip"]:
-                raise usage.UsageError(
-                    "--sip-tls serves phones over TLS; super-nodes reach each other over UDP or "
-                    "TCP, so give a --sip listener too (e.g. --sip udp:5060)"
-                )
-            missing = [
-                name
-                for name, value in (("--sip-tls-certificate", certificate), ("--sip-tls-key", key))
-                if not value
-            ]
-            if missing:
-                raise usage.UsageError(
-                    f"--sip-tls needs {' and '.join(missing)}: the SIP domain's PEM certificate "
-                    "(chain) and its private key"
-                )
-        if certificate or key:
-            if not (certificate and key):
-                given, absent = (
-                    ("--sip-tls-certificate", "--sip-tls-key")
-                    if certificate
-                    else ("--sip-tls-key", "--sip-tls-certificate")
-                )
-                raise usage.UsageError(f"{given} needs {absent} too")
-            self.sip_tls = read_sip_tls_credentials(certificate, key)
+        self.sip_tls: SipTlsCredentials | None = check_sip_tls(self)
 
     def check_bootstrap(self) -> None:
         """Roles that must join a ring refuse to start without a way in."""
@@ -754,27 +811,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 secret=self._mediator_secret(),
                 direct_timeout_seconds=self["direct-connect-timeout"],
             )
-        sip = None
-        if self["sip"]:
-            sip = SipConfig(
-                domain=self["overlay-name"],
-                listeners=tuple(self["sip"]),
-                users_path=Path(self["users"]) if self["users"] else None,
-                digest_algorithms=tuple(self["sip-digest-algorithms"].split(",")),
-                advertise=self["sip-advertise"],
-                trusted_network=bool(self["sip-trusted-network"]),
-                rate_limit_per_second=self["sip-rate-limit"],
-                rate_limit_burst=self["sip-rate-burst"],
-                idle_timeout_seconds=self["sip-idle-timeout"],
-                connections_per_source=self["sip-connections-per-source"],
-                max_connections=self["sip-max-connections"],
-                tls_listeners=tuple(self["sip-tls"]),
-                tls=self.sip_tls if self["sip-tls"] else None,
-                digest_clients=tuple(self["sip-digest-client"]),
-                routes=self._domain_routes(),
-                dns_servers=tuple(self["dns-servers"] or ()),
-                media=self._media_relay(),
-            )
+        sip = sip_config(self, self.sip_tls, media=self._media_relay()) if self["sip"] else None
         advertised_host, advertised_because = self._advertised()
         return RingRoleConfig(
             role=self.role,
@@ -797,23 +834,6 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 Path(self["overlay-tls-key-log"]) if self["overlay-tls-key-log"] else None
             ),
         )
-
-    def _domain_routes(self) -> DomainRoutes:
-        """The gateway's rules from the options; a domain in two roles stops the role."""
-        peers: list[PeerDomain] = list(self["sip-peer-domain"])
-        static: list[StaticRoute] = list(self["sip-static-route"])
-        try:
-            return DomainRoutes.build(
-                self["overlay-name"],
-                self["sip-domain-alias"],
-                peers,
-                static,
-                self["sip-foreign-callers"],
-            )
-        except ValueError as e:
-            raise usage.UsageError(
-                f"{e}: fix --sip-domain-alias, --sip-peer-domain or --sip-static-route"
-            ) from None
 
     def _media_relay(self) -> MediaRelayConfig | None:
         """The relay's settings; None for ``--media-relay never``."""
@@ -909,3 +929,11 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             f"--mediator-secret-file (or 'mediator-secret-file' in the [{self.role}] section of "
             "--config)"
         )
+
+
+#: The SIP options every role with a SIP stack takes (the thin client too).
+SIP_OPTION_NAMES = frozenset(
+    name
+    for name, *_ in [*RingRoleOptions.optParameters, *RingRoleOptions.optFlags]
+    if name.startswith("sip") or name == "users"
+)

@@ -25,7 +25,8 @@ it has its certificate.
 from __future__ import annotations
 
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from attrs import field, frozen
 from prometheus_client import CollectorRegistry
@@ -54,12 +55,13 @@ from p2psip.overlay.links import Connector, StreamConnector, inbound_link_factor
 from p2psip.overlay.mediated import MediatedConnector, MediatedIncoming
 from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.overlay.node import OverlayNode
+from p2psip.overlay.operations import OverlayOperations
 from p2psip.overlay.tls import KeyLogFile, LinkSecurity
 from p2psip.roles.enrolment_service import FirstEnrolment, bootstrap_enrolment_server
 from p2psip.roles.overlay_api import overlay_api_routes
-from p2psip.roles.ring_credentials import EnrolmentNeeded, load_credentials
+from p2psip.roles.ring_credentials import EnrolmentNeeded, NodeRoleConfig, load_credentials
 from p2psip.roles.overlay_service import OverlayService
-from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig
+from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig, SipConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
 from p2psip.sip.binding_store import FILE_NAME as BINDINGS_FILE_NAME
 from p2psip.sip.users import UsersFile
@@ -94,7 +96,14 @@ class RingState:
     authority: OverlayAuthority | None = None
 
 
-def load_ring_state(config: RingRoleConfig, clock: IReactorTime) -> RingState:
+class RoleFilesConfig(NodeRoleConfig, Protocol):
+    """What :func:`load_ring_state` reads: a ring role's config, or the thin client's."""
+
+    @property
+    def sip(self) -> SipConfig | None: ...
+
+
+def load_ring_state(config: RoleFilesConfig, clock: IReactorTime) -> RingState:
     """
     Read the role's files in ``--data-dir`` (made, mode 0700, if missing):
     the node key and certificate with the trust policy and, on a
@@ -153,18 +162,14 @@ class RingRole(MultiService):
         self.enrolment: EnrolmentServer | None = None
 
     def startService(self) -> None:
-        if self.node.certificates.trust.insecure:
-            self.log.critical(
-                "INSECURE: --insecure ring of self-signed certificates without a CA: anyone can "
-                "join it and write any user's registration; for development only"
-            )
+        warn_if_insecure(self.node)
         super().startService()
 
     def status(self) -> dict[str, Any]:
         """The whole ``/status`` document: the node, then the SIP and mediator sections."""
         document = overlay_status(self.node)
         document["role"] = self.config.role
-        document["security"] = _security_status(self.node)
+        document["security"] = security_status(self.node)
         if self.sip is not None:
             document["sip"] = self.sip.status()
         if self.traversal is not None and self.config.mediator is not None:
@@ -172,7 +177,7 @@ class RingRole(MultiService):
         return document
 
 
-def _security_status(node: OverlayNode) -> dict[str, Any]:
+def security_status(node: OverlayOperations) -> dict[str, Any]:
     """How this node's certificates are checked: enrolled under which root, or insecure."""
     trust = node.certificates.trust
     if isinstance(trust, OverlayRootTrust):
@@ -217,22 +222,40 @@ def _traversal(
     return TraversalService(client, clock=clock)
 
 
+def warn_if_insecure(node: OverlayOperations) -> None:
+    """The loud start-up line of a node of an ``--insecure`` ring."""
+    if node.certificates.trust.insecure:
+        _log.critical(
+            "INSECURE: --insecure ring of self-signed certificates without a CA: anyone can "
+            "join it and write any user's registration; for development only"
+        )
+
+
+def link_security(
+    state: RingState, reactor: IRoleReactor, key_log_path: Path | None
+) -> LinkSecurity:
+    """
+    The TLS every overlay link runs (mutually authenticated, judged by the
+    same trust as the node's message signatures), with the key log of
+    ``--overlay-tls-key-log`` if asked for.
+    """
+    key_log = None
+    if key_log_path is not None:
+        key_log = KeyLogFile(key_log_path)
+        _log.warn(
+            "the overlay links' TLS secrets are written to {path} (--overlay-tls-key-log): "
+            "whoever reads it can decrypt this node's overlay traffic",
+            path=str(key_log_path),
+        )
+    return LinkSecurity(state.identity, state.trust, reactor, key_log=key_log)
+
+
 def make_ring_role(
     config: RingRoleConfig, reactor: IRoleReactor, state: RingState, *, freeze_gc: bool = True
 ) -> RingRole:
     """Build every part of a ring role from ``config`` and ``state``, wired together."""
     max_bytes = config.overlay.limits.max_message_bytes
-    # Every link runs mutually authenticated TLS, judged by the same trust
-    # as the node's message signatures.
-    key_log = None
-    if config.overlay_tls_key_log is not None:
-        key_log = KeyLogFile(config.overlay_tls_key_log)
-        _log.warn(
-            "the overlay links' TLS secrets are written to {path} (--overlay-tls-key-log): "
-            "whoever reads it can decrypt this node's overlay traffic",
-            path=str(config.overlay_tls_key_log),
-        )
-    security = LinkSecurity(state.identity, state.trust, reactor, key_log=key_log)
+    security = link_security(state, reactor, config.overlay_tls_key_log)
     stream = StreamConnector(reactor, reactor, max_bytes, security)
     connector: Connector = stream
     traversal = mediated = None

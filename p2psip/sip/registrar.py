@@ -39,10 +39,10 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import cast, Any
 
 from attrs import define
-from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.defer import Deferred, DeferredList, DeferredLock, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -300,6 +300,33 @@ class Registrar:
     def served_aors(self) -> list[str]:
         """Every AOR with at least one binding here (for status pages)."""
         return sorted(self._bindings)
+
+    def republish(self) -> Deferred[list[tuple[bool, object]]]:
+        """
+        Store every live binding served here in the overlay again.
+
+        A thin client calls this when it has attached to a new peer: the
+        values are signed by its own user credential, so it writes them
+        itself once it can reach the ring again.  Failures are logged; the
+        phones' next REGISTER tries again.
+        """
+        node_id = self.location.local_node_id
+        stores: list[Deferred[object]] = []
+        for aor in self.served_aors():
+            live = self.local_bindings(aor)
+            if not live:
+                continue
+            d = self.location.register(aor, [binding.as_binding(node_id) for binding in live])
+            stores.append(cast("Deferred[object]", d.addErrback(self._republish_failed, aor)))
+        return DeferredList(stores)
+
+    def _republish_failed(self, failure: Failure, aor: str) -> None:
+        self.log.warn(
+            "storing the registration of {aor} again failed: {why}; the phone's next REGISTER "
+            "tries again",
+            aor=blur_aor(aor),
+            why=failure.getErrorMessage(),
+        )
 
     def all_bindings(self) -> list[LocalBinding]:
         """Every live binding served here."""

@@ -95,6 +95,7 @@ class SimpleUserAgent:
         transport: SipTransport,
         outbound: Hop,
         clock: IReactorTime,
+        contact: SipURI | None = None,
     ) -> None:
         uri = parse_uri(aor)
         if not isinstance(uri, SipURI) or uri.user is None:
@@ -104,6 +105,8 @@ class SimpleUserAgent:
         self.transport = transport
         self.outbound = outbound
         self.clock = clock
+        #: Registered instead of our own listener (``p2psip register --contact``).
+        self.contact_override = contact
         self.layer = TransactionLayer(transport, self, clock)
         transport.receiver = self.layer
         self.calls_answered = 0
@@ -123,7 +126,9 @@ class SimpleUserAgent:
 
     @property
     def contact(self) -> NameAddress:
-        """Where this UA is reached: its own listener."""
+        """Where this UA is reached: its own listener, unless told another contact."""
+        if self.contact_override is not None:
+            return NameAddress(self.contact_override)
         hop = self._local_hop()
         return NameAddress(SipURI(hop.host, self.aor.user, port=hop.port))
 

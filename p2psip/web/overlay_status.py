@@ -47,6 +47,8 @@ def overlay_status(node: OverlayNode) -> dict[str, Any]:
             "resources": node.stored_resource_count(),
             "values_per_kind": node.stored_values_per_kind(),
         },
+        # Clients attached to this peer (RFC 6940 s3.2.1): not ring members.
+        "clients": [id_hex(client) for client in node.attached_clients()],
         "connections": [link.describe() for link in node.all_links()],
         "pending_transactions": node.pending_request_count(),
         "counters": dict(sorted(node.counters.items())),

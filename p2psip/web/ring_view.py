@@ -30,7 +30,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from p2psip.overlay.node import OverlayNode
+from p2psip.overlay.operations import OverlayOperations
 from p2psip.overlay.peer_tables import PeerTables
 from p2psip.util.ids import MAX_ID, RING_SIZE, clockwise, id_hex
 
@@ -41,22 +41,31 @@ WALK_MAX_AGE_SECONDS = 4.0
 
 
 @inlineCallbacks
-def walk_ring(node: OverlayNode) -> Generator[Deferred[Any], Any, dict[str, Any]]:
+def walk_ring(node: OverlayOperations) -> Generator[Deferred[Any], Any, dict[str, Any]]:
     """
     Every peer of the ring in order, found by asking for the owner of
     (peer + 1) from one peer to the next.
+
+    A ring member starts from itself; a client, which is not in the ring,
+    starts from the owner of its own Node-ID (its attachment peer).
     """
-    nodes = [
-        {
-            "node_id": id_hex(node.node_id),
-            "address": f"{node.advertised_host}:{node.advertised_port}",
-        }
-    ]
-    current = node.node_id
+    nodes = []
+    if node.membership.is_client():
+        first, (host, port) = yield node.find_owner(node.node_id)
+        nodes.append({"node_id": id_hex(first), "address": f"{host}:{port}"})
+    else:
+        first = node.node_id
+        nodes.append(
+            {
+                "node_id": id_hex(node.node_id),
+                "address": f"{node.advertised_host}:{node.advertised_port}",
+            }
+        )
+    current = first
     complete = False
     for _ in range(MAX_RING_WALK):
         owner, (host, port) = yield node.find_owner((current + 1) & MAX_ID)
-        if owner == node.node_id:
+        if owner == first:
             complete = True
             break
         nodes.append({"node_id": id_hex(owner), "address": f"{host}:{port}"})
@@ -74,7 +83,7 @@ class RingWalks:
 
     def __init__(
         self,
-        node: OverlayNode,
+        node: OverlayOperations,
         clock: IReactorTime,
         max_age_seconds: float = WALK_MAX_AGE_SECONDS,
     ) -> None:
@@ -111,7 +120,7 @@ class RingWalks:
             waiter.errback(failure)
 
 
-def ring_view(node: OverlayNode, walked: dict[str, Any]) -> dict[str, Any]:
+def ring_view(node: OverlayOperations, walked: dict[str, Any]) -> dict[str, Any]:
     """
     The ring picture's data from a walk (:func:`walk_ring`'s answer) and
     this node's links.

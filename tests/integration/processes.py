@@ -37,12 +37,23 @@ from p2psip.testing import free_port, repository_root
 
 class RoleProcess:
     def __init__(
-        self, role: str, directory: Path, args: list[str], overlay_port: int | None = None
+        self,
+        role: str,
+        directory: Path,
+        args: list[str],
+        overlay_port: int | None = None,
+        *,
+        listens: bool = True,
     ) -> None:
-        """``overlay_port`` lets a caller that must know the port first (a packet capture) choose it."""
+        """
+        ``overlay_port`` lets a caller that must know the port first (a packet
+        capture) choose it; ``listens=False`` is for the thin client, which
+        has no overlay listener.
+        """
         self.role = role
         self.directory = directory
         self.overlay_port = free_port() if overlay_port is None else overlay_port
+        overlay = ["--overlay", f"tcp:{self.overlay_port}:interface=127.0.0.1"] if listens else []
         self.http_port = free_port()
         self.log_path = directory / "twistd.log"
         directory.mkdir(parents=True, exist_ok=True)
@@ -54,8 +65,7 @@ class RoleProcess:
             "--pidfile=",
             f"--logfile={self.log_path}",
             role,
-            "--overlay",
-            f"tcp:{self.overlay_port}:interface=127.0.0.1",
+            *overlay,
             "--http",
             f"tcp:{self.http_port}:interface=127.0.0.1",
             "--data-dir",

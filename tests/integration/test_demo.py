@@ -18,7 +18,7 @@ class DemoTests(TestCase):
 
     @inlineCallbacks
     def test_demo_is_enrolled_and_calls(self) -> Any:
-        """Every peer enrols over HTTPS, the users get certificates, and Bob's call is answered."""
+        """Every peer enrols over HTTPS, users get certificates, calls through super-nodes and thin clients are answered."""
         out, err, code = yield getProcessOutputAndValue(
             sys.executable,
             ["-m", "p2psip.demo"],
@@ -30,3 +30,12 @@ class DemoTests(TestCase):
         self.assertIn("each enrolled over HTTPS", text)
         self.assertIn("alice's user certificate from the CA is bound to super-node", text)
         self.assertIn("INVITE -> 200 OK", text)
+        # The thin clients: attached, in nobody's tables, calling adaptor to adaptor,
+        # and again after bob's attachment peer was killed.
+        self.assertEqual(text.count("(the owner of its Node-ID); in 0 peers' tables"), 2)
+        self.assertIn("bob's registration is stored at", text)
+        self.assertIn("alice calls bob: INVITE -> 200 OK", text)
+        self.assertIn("alice -> alice's client -> bob's client -> bob", text)
+        self.assertIn("Killing bob's attachment peer", text)
+        self.assertIn("alice calls bob again: 200 OK", text)
+        self.assertIn("(1 killed)", text)

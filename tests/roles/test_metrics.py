@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.service import IService
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.roles import bootstrap, mediator, peer
+from p2psip.roles import bootstrap, client, mediator, peer
 from p2psip.roles.super_node import RingRole
 from p2psip.testing import MemoryUDPReactor
 from p2psip.util import gc_tuning
@@ -191,6 +191,23 @@ class RoleMetricsTests(SynchronousTestCase):
         self.assertEqual(response.code, 200, path)
         return response
 
+    def client_options(self) -> client.Options:
+        options = client.Options()
+        options.parseOptions(
+            [
+                "--bootstrap",
+                "tcp:192.0.2.1:6084",
+                "--http",
+                f"tcp:{HTTP_PORT}",
+                "--data-dir",
+                self.mktemp(),
+                "--sip",
+                "udp:0:interface=127.0.0.1",
+                "--insecure",
+            ]
+        )
+        return options
+
     def test_status_is_json_on_every_role(self) -> None:
         """Every role's /status is one JSON object, and its /metrics parses, before and after start."""
         sip = ("--sip", "udp:15060", "--sip-trusted-network")
@@ -207,6 +224,7 @@ class RoleMetricsTests(SynchronousTestCase):
                 self.reactor,
             ),
             "mediator": lambda: mediator.makeService(relay, reactor=self.reactor),
+            "client": lambda: client.makeService(self.client_options(), self.reactor),
         }
         from twisted.application.service import IServiceMaker
         from twisted.plugin import getPlugins

@@ -128,6 +128,23 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         self.assertEqual(self.storage.calls[-1][-1], 600)
         self.assertEqual(self.lookup(), [("sip:alice@192.0.2.7:5062", 1.0, 600)])
 
+    def test_republish_stores_live_bindings_again(self) -> None:
+        """republish() (a thin client re-attached) stores every live binding again, with what is left."""
+        self.send(register(expires=600))
+        self.clock.advance(100)
+        self.storage.entries.clear()
+        self.assertEqual(self.lookup(), [])
+        self.successResultOf(self.registrar.republish())
+        self.assertEqual(self.lookup(), [("sip:alice@192.0.2.7:5062", 1.0, 500)])
+
+    def test_republish_failure_is_logged(self) -> None:
+        """With the overlay down, republish() still fires; the failure is a warning naming the AOR."""
+        self.send(register(expires=600))
+        self.storage.available = False
+        with capturedLogs() as events:
+            self.successResultOf(self.registrar.republish())
+        self.assertTrue(any("storing the registration" in e["log_format"] for e in events))
+
     def test_user_without_credential_is_refused(self) -> None:
         """Without the user's overlay credential: 403 with a Warning, nothing stored or bound."""
         self.storage.users = {"bob@example.org"}

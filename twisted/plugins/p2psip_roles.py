@@ -14,3 +14,9 @@ mediator = ServiceMaker(
     "Public STUN/STUNT rendezvous server.",
     "p2psip-mediator",
 )
+client = ServiceMaker(
+    "p2psip client",
+    "p2psip.roles.client",
+    "Thin client: attached to one peer, with a local SIP adaptor for phones.",
+    "p2psip-client",
+)
