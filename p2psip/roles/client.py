@@ -36,6 +36,8 @@ from prometheus_client import CollectorRegistry
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 
+from p2psip.sip.binding_store import BindingStore
+from p2psip.util.state_db import StateFlusher
 from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.overlay.client import OverlayClient
 from p2psip.overlay.links import StreamConnector
@@ -213,6 +215,11 @@ def make_client_role(
     registry = role_registry()
     OverlayMetrics(registry, lambda: client).watch(client)
     role = ClientRole(config, client, registry)
+    flusher = None
+    if state.database is not None:
+        # First child: it starts first and stops last, committing what the others staged.
+        flusher = StateFlusher(state.database, reactor)
+        flusher.setServiceParent(role)
     role.overlay = ClientOverlayService(
         client,
         bootstrap=config.bootstrap,
@@ -224,12 +231,18 @@ def make_client_role(
     role.overlay.setServiceParent(role)
     stack = build_sip_stack(config.sip, client, reactor, state.users, state.nonce_secret, "")
     stack.proxy.call_setup_observers.append(role.calls)
+    bindings = None
+    if flusher is not None:
+        # Restored at start and stored in the overlay again once attached (_republish).
+        bindings = BindingStore(flusher.database, stack.registrar)
+        flusher.sources.append(bindings.stage_changes)
     role.sip = SipService(
         stack,
         reactor,
         joined=role.overlay.attached,
         freeze_gc=freeze_gc,
         user_certificates=UserCertificates(config.data_dir),
+        bindings=bindings,
     )
     role.overlay.reattached.append(lambda: _republish(stack.registrar))
     role.overlay.reattached.append(role.warn_if_unreachable)

@@ -63,7 +63,7 @@ from p2psip.util.reactor import IRoleReactor, as_udp_reactor
 from p2psip.enrolment.user_certificates import UserCertificateError, UserCertificates
 from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.roles.ring_options import SIP_TLS_KEY_TYPES, SipConfig, SipTlsCredentials
-from p2psip.sip.binding_store import SavedBindings, load_bindings
+from p2psip.sip.binding_store import BindingStore
 from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.dns_lookup import ServerLocator, make_resolver
 from p2psip.sip.gateway import Gateway
@@ -76,13 +76,10 @@ from p2psip.sip.transport import SipTransport
 from p2psip.sip.users import UsersFile, UsersFileError
 from p2psip.usages.sip import SIP_APPLICATION
 from p2psip.util import gc_tuning
-from p2psip.util.files import DataFileError
 
 NONCE_SECRET_FILE = "sip-nonce-secret"
 NONCE_SECRET_BYTES = 32
 USERS_REFRESH_SECONDS = 10.0
-#: How often the bindings are written while they change (a crash loses at most this much).
-BINDINGS_SAVE_SECONDS = 5.0
 
 
 def load_or_create_secret(data_dir: str | Path) -> bytes:
@@ -333,14 +330,14 @@ class SipService(Service):
         joined: Deferred[None] | None = None,
         freeze_gc: bool = True,
         user_certificates: UserCertificates | None = None,
-        bindings_path: Path | None = None,
+        bindings: BindingStore | None = None,
+        legacy_bindings_file: Path | None = None,
     ) -> None:
         self.stack = stack
         #: Where the registrar's bindings are kept across restarts (None: not kept).
-        self.bindings_path = bindings_path
-        self._saved = SavedBindings(bindings_path) if bindings_path is not None else None
-        self._save_bindings = LoopingCall(self._save_if_changed)
-        self._save_bindings.clock = reactor
+        self.bindings = bindings
+        #: An earlier version's bindings file, moved into ``bindings`` at start.
+        self.legacy_bindings_file = legacy_bindings_file
         self.config = stack.config
         self.reactor = reactor
         self.joined = joined
@@ -455,41 +452,8 @@ class SipService(Service):
 
     def _restore_bindings(self) -> None:
         """Serve again the phones registered here before a restart (p2psip.sip.binding_store)."""
-        if self.bindings_path is None:
-            return
-        try:
-            loaded = load_bindings(self.bindings_path, self.reactor.seconds())
-        except DataFileError as e:
-            self.log.warn("{why}; the phones registered here must register again", why=str(e))
-        else:
-            taken = self.registrar.restore(loaded.bindings)
-            if taken or loaded.expired or loaded.connection_lost or loaded.malformed:
-                self.log.info(
-                    "took back {taken} SIP binding(s) from {path}; left out {expired} expired, "
-                    "{lost} whose TCP or TLS connection is gone (those phones register again) "
-                    "and {malformed} malformed",
-                    taken=taken,
-                    path=str(self.bindings_path),
-                    expired=loaded.expired,
-                    lost=loaded.connection_lost,
-                    malformed=loaded.malformed,
-                )
-        self._save_bindings.start(BINDINGS_SAVE_SECONDS, now=False)
-
-    def _save_if_changed(self) -> None:
-        if self._saved is None:
-            return
-        for aor in self.registrar.take_changed():
-            self._saved.update(aor, self.registrar.local_bindings(aor))
-        try:
-            self._saved.save()
-        except OSError as e:
-            self.log.warn(
-                "cannot save the SIP bindings to {path}: {why}; a restart would make the phones "
-                "registered here register again",
-                path=str(self.bindings_path),
-                why=e.strerror or str(e),
-            )
+        if self.bindings is not None:
+            self.bindings.restore(self.reactor.seconds(), self.legacy_bindings_file)
 
     def _refresh_files(self) -> None:
         if self.users is not None:
@@ -519,9 +483,6 @@ class SipService(Service):
         super().stopService()
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()
-        if self._save_bindings.running:
-            self._save_bindings.stop()
-            self._save_if_changed()
         self.registrar.stop()
         if self.relay is not None and self.relay.running:
             self.relay.stopService()

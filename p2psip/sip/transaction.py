@@ -280,6 +280,15 @@ class ClientTransaction(_Transaction):
             self.layer.timeouts += 1
             self._give_up(408, "Request Timeout")
 
+    def abandon(self) -> None:
+        """
+        Give up at once, before any response came, as if Timer B or F had
+        fired (a 408 made here): a proxy failing over to another flow.
+        """
+        if self.state in (State.CALLING, State.TRYING):
+            self.layer.timeouts += 1
+            self._give_up(408, "Request Timeout (no answer, trying another flow)")
+
     def _transport_failed(self, reason: str) -> None:
         if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
             self.log.debug(
