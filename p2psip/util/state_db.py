@@ -78,8 +78,8 @@ class StateDatabase:
             database, damaged, or written by a newer version.
         """
         fix = (
-            "check that the data directory is readable and writable by the role's user "
-            "(or move the file away to start with no saved state)"
+            "check that the data directory is readable and writable by the role's user and "
+            "that its disk is not full (or move the file away to start with no saved state)"
         )
         try:
             if not path.exists():

@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.trial.unittest import TestCase
 
+from p2psip.overlay import peer_cache
 from p2psip.sip.binding_store import SECTION as BINDINGS_SECTION
 from p2psip.testing import free_port, require_tool
 from p2psip.util.state_db import FILE_NAME as STATE_DB_FILE_NAME
@@ -142,6 +143,9 @@ class RestartKeepsRegistrationsTests(TestCase):
         else:
             self.assertEqual(peer.wait_exit(), -signal.SIGKILL)
         self.assertEqual(len(self.committed_bindings()), 1)
+        # The peers it knew are kept too (it could rejoin without --bootstrap).
+        known = peer_cache.load(self.directory / "peer" / "data")
+        self.assertIn(bootstrap.overlay_port, [entry.port for entry in known])
         peer.restart()
         yield self.joined(peer)
         yield wait_for(lambda: converged([bootstrap, peer]), 60, "the ring of two")
