@@ -37,7 +37,7 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 
 from p2psip.sip.binding_store import BindingStore
-from p2psip.util.state_db import StateFlusher
+from p2psip.util.state_db import StateFlusher, state_threads
 from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.overlay.client import OverlayClient
 from p2psip.overlay.links import StreamConnector
@@ -218,7 +218,7 @@ def make_client_role(
     flusher = None
     if state.database is not None:
         # First child: it starts first and stops last, committing what the others staged.
-        flusher = StateFlusher(state.database, reactor)
+        flusher = StateFlusher(state.database, reactor, threads=state_threads(reactor))
         flusher.setServiceParent(role)
     role.overlay = ClientOverlayService(
         client,
@@ -235,7 +235,6 @@ def make_client_role(
     if flusher is not None:
         # Restored at start and stored in the overlay again once attached (_republish).
         bindings = BindingStore(flusher.database, stack.registrar)
-        flusher.sources.append(bindings.stage_changes)
     role.sip = SipService(
         stack,
         reactor,

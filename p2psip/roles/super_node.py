@@ -67,7 +67,7 @@ from p2psip.overlay.value_persistence import ValuePersistence
 from p2psip.sip.binding_store import LEGACY_FILE_NAME as LEGACY_BINDINGS_FILE_NAME
 from p2psip.sip.binding_store import BindingStore
 from p2psip.util.state_db import FILE_NAME as STATE_DB_FILE_NAME
-from p2psip.util.state_db import StateDatabase, StateDatabaseError, StateFlusher
+from p2psip.util.state_db import StateDatabase, StateDatabaseError, StateFlusher, state_threads
 from p2psip.sip.users import UsersFile
 from p2psip.util.admin_token import AdminTokenError, load_or_create_token
 from p2psip.util.connection_limit import ConnectionLimitFactory
@@ -308,7 +308,7 @@ def make_ring_role(
     flusher = None
     if state.database is not None:
         # First child: it starts first and stops last, committing what the others staged.
-        flusher = StateFlusher(state.database, reactor)
+        flusher = StateFlusher(state.database, reactor, threads=state_threads(reactor))
         flusher.setServiceParent(role)
         values = ValuePersistence(
             state.database,
@@ -356,7 +356,6 @@ def make_ring_role(
         bindings = None
         if flusher is not None:
             bindings = BindingStore(flusher.database, stack.registrar)
-            flusher.sources.append(bindings.stage_changes)
         role.sip = SipService(
             stack,
             reactor,

@@ -249,9 +249,11 @@ class Registrar:
         self._by_address: dict[tuple[str, int], list[LocalBinding]] = {}
         self._expiry_calls: dict[str, IDelayedCall] = {}
         self._locks: dict[str, DeferredLock] = {}
-        #: AORs whose bindings changed since the last ``take_changed``
-        #: (for the copy kept across restarts, p2psip.sip.binding_store).
-        self._changed: set[str] = set()
+        #: Called with the AOR whenever its bindings change (registered,
+        #: removed, expired, restored): the copy kept across restarts,
+        #: p2psip.sip.binding_store, stages the AOR's row at once, so the
+        #: work is spread over the REGISTERs instead of piling up per commit.
+        self.change_observers: list[Callable[[str], None]] = []
         self.throttle = throttle or LoginThrottle(clock)
         #: The credential checks, shared with the proxy's 407 challenges
         #: (None with authentication off).
@@ -351,11 +353,6 @@ class Registrar:
     def all_bindings(self) -> list[LocalBinding]:
         """Every live binding served here."""
         return [binding for aor in sorted(self._bindings) for binding in self.local_bindings(aor)]
-
-    def take_changed(self) -> set[str]:
-        """The AORs whose bindings changed since the last call (then forgotten)."""
-        changed, self._changed = self._changed, set()
-        return changed
 
     def restore(self, bindings: Sequence[LocalBinding]) -> int:
         """
@@ -647,7 +644,11 @@ class Registrar:
         return updated
 
     def _set_bindings(self, aor: str, bindings: list[LocalBinding]) -> None:
-        self._changed.add(aor)
+        self._index_bindings(aor, bindings)
+        for observer in self.change_observers:
+            observer(aor)
+
+    def _index_bindings(self, aor: str, bindings: list[LocalBinding]) -> None:
         call = self._expiry_calls.pop(aor, None)
         if call is not None and call.active():
             call.cancel()

@@ -11,7 +11,10 @@ something owns a section and encodes its own values.
 Writes are batched.  Parts *stage* changes (a key's new bytes, or its
 removal) in memory, which costs a dict assignment on the reactor's
 thread; :class:`StateFlusher` writes everything staged in one transaction
-every ``FLUSH_INTERVAL_SECONDS`` (and at shutdown).  The database runs in
+every ``FLUSH_INTERVAL_SECONDS`` (and at shutdown).  Given the reactor's
+threads, it commits in a thread of its own (sqlite releases the GIL while
+it writes), so the reactor is held only while the rows are collected; a
+round that finds the previous commit still running waits for the next.  The database runs in
 WAL mode with ``synchronous=NORMAL``: a commit is one sequential append,
 and a process killed (SIGKILL, a crash) loses at most what was staged
 since the last commit, one interval's worth; a power failure may also
@@ -31,9 +34,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from p2psip.util.log_throttle import LogThrottle
 
@@ -132,9 +139,32 @@ class StateDatabase:
         :raises sqlite3.Error: the commit failed (a full disk); the changes
             stay staged for the next flush.
         """
-        if not self._staged:
-            return 0
+        staged = self.take_staged()
+        try:
+            return self.commit(staged)
+        except sqlite3.Error:
+            self.restage(staged)
+            raise
+
+    def take_staged(self) -> dict[tuple[str, str], bytes | None]:
+        """Everything staged so far, to :meth:`commit` (then nothing is staged)."""
         staged, self._staged = self._staged, {}
+        return staged
+
+    def restage(self, staged: dict[tuple[str, str], bytes | None]) -> None:
+        """Stage again what a failed :meth:`commit` was given; newer stages win."""
+        staged.update(self._staged)
+        self._staged = staged
+
+    def commit(self, staged: dict[tuple[str, str], bytes | None]) -> int:
+        """
+        Write ``staged`` in one transaction (from one thread at a time; it
+        touches nothing else of this object); returns the rows changed.
+
+        :raises sqlite3.Error: nothing was written.
+        """
+        if not staged:
+            return 0
         writes = [(s, k, v) for (s, k), v in staged.items() if v is not None]
         removals = [(s, k) for (s, k), v in staged.items() if v is None]
         connection = self._connection
@@ -150,14 +180,18 @@ class StateDatabase:
         except sqlite3.Error:
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
-            # Newer stages win over the ones that failed to commit.
-            staged.update(self._staged)
-            self._staged = staged
             raise
         return len(staged)
 
     def close(self) -> None:
         self._connection.close()
+
+
+def state_threads(reactor: object) -> IReactorThreads | None:
+    """The reactor's threads, to commit off the reactor; None for fakes (tests commit inline)."""
+    if IReactorThreads.providedBy(reactor):
+        return reactor
+    return None
 
 
 class StateFlusher(Service):
@@ -182,47 +216,108 @@ class StateFlusher(Service):
         clock: IReactorTime,
         interval_seconds: float = FLUSH_INTERVAL_SECONDS,
         timer: Callable[[], float] = time.perf_counter,
+        threads: IReactorThreads | None = None,
     ) -> None:
         self.database = database
+        self.threads = threads
+        self._pool: ThreadPool | None = None
+        #: The commit running in the pool, if any.
+        self._committing: Deferred[int] | None = None
         self.interval_seconds = interval_seconds
         self.sources: list[Callable[[], None]] = []
         self.longest_flush_seconds = 0.0
         self.failed_flushes = 0
         self._timer = timer
-        self._loop = LoopingCall(self.flush)
+        self._loop = LoopingCall(self.tick)
         self._loop.clock = clock
         self._failure_log = LogThrottle(clock)
 
     def startService(self) -> None:
         super().startService()
+        if self.threads is not None:
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name="p2psip-state-db")
+            self._pool.start()
         self._loop.start(self.interval_seconds, now=False)
 
-    def stopService(self) -> None:
-        """Commit one last time and close the database."""
+    def stopService(self) -> Deferred[None]:
+        """Wait for a commit in progress, commit one last time and close the database."""
         super().stopService()
         if self._loop.running:
             self._loop.stop()
-        self.flush()
-        self.database.close()
+        running = self._committing if self._committing is not None else succeed(0)
 
-    def flush(self) -> None:
-        """Collect from every source, then commit (a failure is logged and retried)."""
-        started = self._timer()
+        def last(_: object) -> None:
+            if self._pool is not None:
+                self._pool.stop()
+                self._pool = None
+            self.flush()
+            self.database.close()
+
+        return running.addBoth(last)
+
+    @property
+    def committing(self) -> Deferred[int] | None:
+        """The commit running in the thread, if any (tests wait for it)."""
+        return self._committing
+
+    def _collect(self) -> None:
         for source in self.sources:
             source()
+
+    def tick(self) -> None:
+        """
+        One round: collect, then commit in the pool (or here without
+        threads); a round that finds a commit still running only collects.
+        """
+        if self._pool is None or self.threads is None:
+            self.flush()
+            return
+        if self._committing is not None:
+            started = self._timer()
+            self._collect()
+            self.longest_flush_seconds = max(self.longest_flush_seconds, self._timer() - started)
+            return
+        started = self._timer()
+        self._collect()
+        staged = self.database.take_staged()
+        self.longest_flush_seconds = max(self.longest_flush_seconds, self._timer() - started)
+        if not staged:
+            return
+        committing = deferToThreadPool(self.threads, self._pool, self.database.commit, staged)
+        self._committing = committing
+
+        def failed(failure: Failure) -> None:
+            self.database.restage(staged)
+            if failure.check(sqlite3.Error) and failure.value is not None:
+                self._failed(failure.value)
+            else:
+                self.log.failure("while committing the state database", failure)
+
+        def done(result: object) -> None:
+            self._committing = None
+
+        committing.addErrback(failed).addBoth(done)
+
+    def flush(self) -> None:
+        """Collect from every source, then commit here (a failure is logged and retried)."""
+        started = self._timer()
+        self._collect()
         try:
             self.database.flush()
         except sqlite3.Error as e:
-            self.failed_flushes += 1
-            held_back = self._failure_log.admit("flush")
-            if held_back is not None:
-                self.log.warn(
-                    "cannot write the state database {path}: {why}; check that its disk is "
-                    "not full and the data directory is writable; the changes are kept in "
-                    "memory and written when it works again ({held_back} more failures "
-                    "since the last line)",
-                    path=str(self.database.path),
-                    why=str(e),
-                    held_back=held_back,
-                )
+            self._failed(e)
         self.longest_flush_seconds = max(self.longest_flush_seconds, self._timer() - started)
+
+    def _failed(self, error: BaseException) -> None:
+        self.failed_flushes += 1
+        held_back = self._failure_log.admit("flush")
+        if held_back is not None:
+            self.log.warn(
+                "cannot write the state database {path}: {why}; check that its disk is "
+                "not full and the data directory is writable; the changes are kept in "
+                "memory and written when it works again ({held_back} more failures "
+                "since the last line)",
+                path=str(self.database.path),
+                why=str(error),
+                held_back=held_back,
+            )

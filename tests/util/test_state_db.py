@@ -7,9 +7,12 @@ import sqlite3
 import stat
 from pathlib import Path
 
+from typing import Any
+
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from p2psip.util.state_db import (
     FLUSH_INTERVAL_SECONDS,
@@ -17,6 +20,7 @@ from p2psip.util.state_db import (
     StateDatabase,
     StateDatabaseError,
     StateFlusher,
+    state_threads,
 )
 
 
@@ -114,3 +118,36 @@ class StateFlusherTests(SynchronousTestCase):
         self.database._connection.execute("PRAGMA query_only=OFF")
         self.flusher.flush()
         self.assertEqual(len(self.database.load("s")), 3)
+
+
+class ThreadedCommitTests(TestCase):
+    """With the reactor's threads the commit runs in a thread of its own."""
+
+    @inlineCallbacks
+    def test_commit_in_a_thread(self) -> Any:
+        """A round hands the rows to the thread; one started meanwhile only collects; stop waits."""
+        from twisted.internet import reactor
+
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        database = StateDatabase.open(directory / "state.sqlite3")
+        flusher = StateFlusher(database, Clock(), threads=state_threads(reactor))
+        count = [0]
+
+        def stage() -> None:
+            count[0] += 1
+            database.stage("s", str(count[0]), b"x")
+
+        flusher.sources.append(stage)
+        flusher.startService()
+        flusher.tick()
+        committing = flusher.committing
+        self.assertIsNotNone(committing)
+        flusher.tick()  # collects the second row, commits nothing yet
+        self.assertEqual(database.staged, 1)
+        yield committing
+        self.assertIsNone(flusher.committing)
+        yield flusher.stopService()
+        reopened = StateDatabase.open(directory / "state.sqlite3")
+        self.addCleanup(reopened.close)
+        self.assertEqual(sorted(reopened.load("s")), ["1", "2", "3"])
