@@ -28,6 +28,7 @@ from twisted.trial.unittest import TestCase
 from p2psip.testing import free_port, require_tool
 from tests.integration import test_sip_overlay
 from tests.media.audio import write_pcm_wav
+from tests.media.baresip import free_udp_and_tcp_port as baresip_port
 from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
 from tests.integration.processes import ring_converged as converged
 from tests.integration.test_sip_overlay import (
@@ -95,7 +96,7 @@ class OutboundFailoverTests(TestCase):
         """alice's baresip, registered through ``first`` (reg-id 1) and ``second`` (reg-id 2)."""
         directory = self.directory / "baresip"
         directory.mkdir()
-        port = free_udp_and_tcp_port()
+        port = baresip_port()  # the TLS transport takes the next port too
         rtp_low = free_port(socket.SOCK_DGRAM) & ~1
         # Relative to baresip's working directory: it cuts long paths short.
         audio = write_pcm_wav(directory / "tone.wav").name
