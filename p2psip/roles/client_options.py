@@ -16,6 +16,12 @@ loopback interface (the default, ``udp:5062:interface=127.0.0.1`` and
 the adaptor, and Digest is off unless ``--users`` turns it on.  A listener
 on any other interface needs ``--users`` (Digest) or an explicit
 ``--sip-trusted-network``.
+
+Media: a thin client has no relay ports of its own.  With ``--media-relay
+always`` (or ``nat-only``) it sends its calls through the media relay of a
+super-node it finds in the overlay (the MEDIA-RELAY list,
+:mod:`p2psip.media.directory`), which rewrites the SDP so that the RTP
+crosses it; the default, ``never``, leaves the media to the phones.
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ from p2psip.overlay.codec import Limits
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.roles.ring_options import (
     SIP_OPTION_NAMES,
+    MediaRelayConfig,
     RingRoleOptions,
     SipConfig,
     check_sip_tls,
+    media_relay_policy,
     sip_config,
     sip_listen_address,
 )
@@ -166,6 +174,14 @@ class Options(RoleOptions, SecurityOptions):
             for p in RingRoleOptions.optParameters
             if p[0] in SIP_OPTION_NAMES and p[0] not in ("sip", "sip-advertise")
         ],
+        [
+            "media-relay",
+            None,
+            "never",
+            "Which calls go through a super-node's media relay, found in the overlay: never, "
+            "nat-only (the phone or the callee shows NAT evidence) or always.",
+            media_relay_policy,
+        ],
     ]
     optFlags = [f for f in RingRoleOptions.optFlags if f[0] in SIP_OPTION_NAMES]
 
@@ -195,7 +211,7 @@ class Options(RoleOptions, SecurityOptions):
                 "127.0.0.1 only (the default), or give --sip-trusted-network on a closed network"
             )
         tls = check_sip_tls(self)
-        sip = sip_config(self, tls)
+        sip = sip_config(self, tls, media=self._media_relay())
         if not self["users"]:
             # Loopback only (checked above) or trusted explicitly: no Digest.
             sip = evolve(sip, trusted_network=True)
@@ -218,6 +234,23 @@ class Options(RoleOptions, SecurityOptions):
             overlay_tls_key_log=(
                 Path(self["overlay-tls-key-log"]) if self["overlay-tls-key-log"] else None
             ),
+        )
+
+    def _media_relay(self) -> MediaRelayConfig | None:
+        """
+        No ports of its own (``media-ports none`` of a super-node): every
+        relayed call goes through a super-node's relay.  The address is
+        never written into SDP, since this node relays nothing itself.
+        """
+        if self["media-relay"] == "never":
+            return None
+        return MediaRelayConfig(
+            policy=self["media-relay"],
+            low_port=0,
+            high_port=0,
+            address=None,
+            interface="",
+            idle_timeout_seconds=60.0,
         )
 
 

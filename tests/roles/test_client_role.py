@@ -53,6 +53,16 @@ class ClientOptionsTests(SynchronousTestCase):
         config = parse("--sip", "udp:5062", "--users", str(users)).config
         self.assertFalse(config.sip.trusted_network)
 
+    def test_media_relay(self) -> None:
+        """--media-relay sends calls through super-nodes' relays: no ports of the client's own."""
+        self.assertIsNone(parse().config.sip.media)
+        media = parse("--media-relay", "always").config.sip.media
+        assert media is not None
+        self.assertEqual((media.policy, media.low_port, media.high_port), ("always", 0, 0))
+        error = self.assertRaises(usage.UsageError, parse, "--media-relay", "sometimes")
+        self.assertIn("never, nat-only, always", str(error))
+        self.assertRaises(usage.UsageError, parse, "--media-ports", "40000-40999")
+
     def test_loopback_listeners(self) -> None:
         """Which listen strings count as loopback only."""
         self.assertTrue(is_loopback_listener("udp:5062:interface=127.0.0.1"))
