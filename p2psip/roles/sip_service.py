@@ -382,10 +382,11 @@ class SipService(Service):
             if failures:
                 self.transport.stop()
                 raise usage.UsageError(f"{option} {description}: {failures[0].getErrorMessage()}")
-        # Other super-nodes reach us (through AppAttach) over UDP or TCP;
-        # TLS is what phones may use besides.
+        # Other super-nodes reach us (through AppAttach) over UDP or TCP
+        # (the peer transport's listener first); TLS is what phones may use besides.
         hop = (
-            self.transport.local_hop("UDP")
+            self.transport.local_hop(config.peer_transport)
+            or self.transport.local_hop("UDP")
             or self.transport.local_hop("TCP")
             or self.transport.local_hop("TLS")
         )

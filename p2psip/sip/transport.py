@@ -20,6 +20,10 @@ Twisted shell around it:
   address and ``rport`` port (UDP), else to the sent-by.
 * TCP connections are kept in a table by remote address, so requests to a
   UA that registered over TCP reuse its connection (its NAT binding).
+  New outbound ones are opened by ``stream_connector`` when one is set
+  (the thin client's: straight to the address, else through the mediator
+  to the node that serves there), else by a plain TCP connect; a
+  connection opened for an address is also kept under that address.
 * Stream listeners accept at most ``tcp_connections_per_source`` connections
   from one address and ``max_tcp_connections`` in all
   (:mod:`p2psip.util.connection_limit`); a connection silent for
@@ -49,6 +53,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
+    IProtocol,
     IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
@@ -274,6 +279,14 @@ class SipStreamProtocol(StreamProtocol):
         self.transport.write(data)
 
 
+class StreamConnector(Protocol):
+    """Opens an outbound SIP stream to ``address``, built by ``factory``; fires with its protocol."""
+
+    def __call__(
+        self, address: tuple[str, int], factory: IProtocolFactory
+    ) -> defer.Deferred[IProtocol]: ...
+
+
 class _StreamFactory(Factory):
     def __init__(self, owner: SipTransport, transport_name: str = "TCP") -> None:
         self.owner = owner
@@ -328,6 +341,8 @@ class SipTransport:
         self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
         self._factory = _StreamFactory(self)
+        #: Opens outbound stream connections (None: a plain TCP connect).
+        self.stream_connector: StreamConnector | None = None
         # Counters for /status and /metrics.
         self.messages_received = 0
         self.malformed_received = 0
@@ -583,6 +598,10 @@ class SipTransport:
 
         return connected.addCallback(opened)
 
+    def stream_factory(self) -> IProtocolFactory:
+        """What builds this transport's SIP stream connections (for ones made elsewhere)."""
+        return self._factory
+
     def _udp_port_for(self, host: str) -> UDPPort:
         """The first UDP socket of the target's address family (IPv6 targets contain ':')."""
         want_ipv6 = ":" in host
@@ -602,11 +621,17 @@ class SipTransport:
             on_error(f"TCP target {key[0]!r} is not an IP address")
             return
         self._connecting[key] = [(data, on_error)]
-        endpoint_class = TCP6ClientEndpoint if ":" in key[0] else TCP4ClientEndpoint
-        endpoint = endpoint_class(self.reactor, key[0], key[1])
-        d = endpoint.connect(self._factory)
+        d: defer.Deferred[IProtocol]
+        if self.stream_connector is not None:
+            d = self.stream_connector(key, self._factory)
+        else:
+            endpoint_class = TCP6ClientEndpoint if ":" in key[0] else TCP4ClientEndpoint
+            d = endpoint_class(self.reactor, key[0], key[1]).connect(self._factory)
 
-        def connected(connection: SipStreamProtocol) -> None:
+        def connected(connection: IProtocol) -> None:
+            if not isinstance(connection, SipStreamProtocol):
+                failed(Failure(TypeError(f"{connection!r} is not a SIP connection")))
+                return
             # Index the connection by the address we dialled as well.
             self.connections.setdefault(key, connection)
             for queued, _ in self._connecting.pop(key, []):

@@ -110,6 +110,9 @@ class ClientModeTests(SynchronousTestCase):
                 self.sim.wait(node.resolve_application(self.client.node_id, SIP_APPLICATION)),
                 ("192.0.2.50", 5062),
             )
+            # The answer is remembered: a connection to that address may be made by Node-ID.
+            self.assertEqual(node.node_serving_at("192.0.2.50", 5062), self.client.node_id)
+        self.assertIsNone(self.sim.live()[0].node_serving_at("192.0.2.50", 5063))
 
     def test_never_in_tables(self) -> None:
         """After rounds of stabilisation no peer lists the client as a neighbour or finger."""
