@@ -18,7 +18,10 @@ streams for its SIP transport (``SipTransport.stream_connector``):
    answer named the address (``OverlayOperations.node_serving_at``).
 
 Streams the mediator brings in from other clients are SIP connections of
-the adaptor (:meth:`SipStreams.accept`).  Each path taken, either way, is
+the adaptor (:meth:`SipStreams.accept`).  On every stream to or from
+another node REGISTER is refused (403): the adaptor takes registrations
+without a password because only this host's phones can reach its
+loopback listeners, and the mediator must not change that.  Each path taken, either way, is
 logged and counted for ``/status`` (``sip.paths``): ``app-attach`` for the
 plain connect, else the mediator's method name.  The SIP itself is not
 encrypted end to end here (no TLS between adaptors), so the mediator's
@@ -33,12 +36,13 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResult
 from p2psip.overlay.mediated import DIRECT_RETRY_AFTER_SECONDS, REGISTRATION_WAIT_SECONDS
-from p2psip.sip.transport import SipTransport
+from p2psip.sip.transport import SipStreamProtocol, SipTransport
 from p2psip.util.ids import id_hex, id_short
 from p2psip.util.reactor import IRoleReactor
 
@@ -46,6 +50,8 @@ from p2psip.util.reactor import IRoleReactor
 APP_ATTACH_PATH = "app-attach"
 #: Streams kept for /status, newest last.
 RECENT_STREAMS = 20
+#: What other nodes may not send over a stream to or from them.
+REFUSED_FROM_NODES = frozenset({"REGISTER"})
 
 
 class NodesByAddress(Protocol):
@@ -69,6 +75,18 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+class _NodeStreamFactory(Factory):
+    """SIP connections with another node: the transport's, without REGISTER."""
+
+    def __init__(self, transport: SipTransport) -> None:
+        self.transport = transport
+
+    def buildProtocol(self, addr: IAddress | None) -> SipStreamProtocol:
+        protocol = SipStreamProtocol(self.transport)
+        protocol.refused_methods = REFUSED_FROM_NODES
+        return protocol
+
+
 class SipStreams:
     """Opens the SIP adaptor's streams to other nodes, and takes the ones the mediator brings."""
 
@@ -88,6 +106,7 @@ class SipStreams:
         self.direct_timeout_seconds = direct_timeout_seconds
         self.registration_wait_seconds = registration_wait_seconds
         self.transport: SipTransport | None = None
+        self._factory: _NodeStreamFactory | None = None
         #: Streams opened by us and by others, by path.
         self.outgoing: collections.Counter[str] = collections.Counter()
         self.incoming: collections.Counter[str] = collections.Counter()
@@ -99,13 +118,18 @@ class SipStreams:
     def serve(self, transport: SipTransport) -> None:
         """Open ``transport``'s outbound streams, and hand it the mediator's inbound ones."""
         self.transport = transport
+        self._factory = _NodeStreamFactory(transport)
         transport.stream_connector = self.connect
 
     # -- outbound ----------------------------------------------------------------
 
     def connect(self, address: tuple[str, int], factory: IProtocolFactory) -> Deferred[IProtocol]:
-        """A stream to ``address`` built by ``factory``: straight there, else by Node-ID."""
-        return Deferred.fromCoroutine(self._connect(address, factory))
+        """
+        A stream to ``address``: straight there, else by Node-ID.  It is
+        built by our node-stream factory (``factory``'s connections
+        without REGISTER) once :meth:`serve` was called, else by ``factory``.
+        """
+        return Deferred.fromCoroutine(self._connect(address, self._factory or factory))
 
     async def _connect(self, address: tuple[str, int], factory: IProtocolFactory) -> IProtocol:
         host, port = address
@@ -194,7 +218,7 @@ class SipStreams:
 
     def accept(self, peer_id: str) -> IProtocolFactory | None:
         """A stream from another node (a Node-ID in hex) is a SIP connection of the adaptor."""
-        if self.transport is None:
+        if self._factory is None:
             return None
         try:
             if len(peer_id) != 32:
@@ -203,7 +227,7 @@ class SipStreams:
         except ValueError:
             self.log.info("refused a mediated stream from {peer}: not a Node-ID", peer=peer_id)
             return None
-        return self.transport.stream_factory()
+        return self._factory
 
     def made(self, result: TraversalResult) -> None:
         self.log.info(

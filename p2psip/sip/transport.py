@@ -74,6 +74,7 @@ from p2psip.sip.message import (
     SipStreamDecoder,
     Via,
     error_response,
+    make_response,
     parse_message,
 )
 from p2psip.sip.transaction import Hop, new_branch
@@ -189,6 +190,9 @@ class SipStreamProtocol(StreamProtocol):
         """The Via transport name of this connection: TCP, or TLS for ``ssl:`` listeners."""
         self.decoder = SipStreamDecoder(owner.max_message_bytes, owner.max_header_bytes)
         self.remote: tuple[str, int] = ("", 0)
+        #: Request methods answered 403 on this connection instead of delivered
+        #: (a stream from another node carries no phone's REGISTER).
+        self.refused_methods: frozenset[str] = frozenset()
         self.closed: defer.Deferred[None] = defer.Deferred()
         self._idle_timer: IDelayedCall | None = None
         self._partial_timer: IDelayedCall | None = None
@@ -265,6 +269,19 @@ class SipStreamProtocol(StreamProtocol):
             self.owner.keepalive_pings += pings
             self.transport.write(KEEPALIVE_PONG * pings)
         for message in messages:
+            if isinstance(message, Request) and message.method in self.refused_methods:
+                self.log.debug(
+                    "refused a {method} from {host}:{port}: not taken over this connection",
+                    method=message.method,
+                    host=self.remote[0],
+                    port=self.remote[1],
+                )
+                if message.method != "ACK":
+                    refusal = make_response(
+                        message, 403, f"Forbidden ({message.method} is not taken from other nodes)"
+                    )
+                    self.transport.write(refusal.to_bytes())
+                continue
             self.owner._deliver(message, Hop(self.transport_name, self.remote[0], self.remote[1]))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
@@ -597,10 +614,6 @@ class SipTransport:
             return protocol
 
         return connected.addCallback(opened)
-
-    def stream_factory(self) -> IProtocolFactory:
-        """What builds this transport's SIP stream connections (for ones made elsewhere)."""
-        return self._factory
 
     def _udp_port_for(self, host: str) -> UDPPort:
         """The first UDP socket of the target's address family (IPv6 targets contain ':')."""

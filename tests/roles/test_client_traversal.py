@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -58,6 +59,11 @@ class Nodes:
         return self.known.get((host, port))
 
 
+def plain(transport: SipTransport) -> IProtocolFactory:
+    """What the transport hands its stream connector: plain SIP connections."""
+    return Factory.forProtocol(lambda: SipStreamProtocol(transport))
+
+
 class SipStreamsTests(SynchronousTestCase):
     def make(
         self, mediator: FakeMediatorClient | None, known: dict[tuple[str, int], int] | None = None
@@ -77,12 +83,15 @@ class SipStreamsTests(SynchronousTestCase):
         """The announced address is tried first; when it answers the mediator is not asked."""
         mediator = FakeMediatorClient()
         streams, reactor, transport = self.make(mediator)
-        opened = streams.connect(BOB_ADDRESS, transport.stream_factory())
+        opened = streams.connect(BOB_ADDRESS, plain(transport))
         [(host, port, factory, *_)] = reactor.tcpClients
         self.assertEqual((host, port), BOB_ADDRESS)
         protocol = factory.buildProtocol(None)
         protocol.makeConnection(StringTransport())
-        self.assertIsInstance(self.successResultOf(opened), SipStreamProtocol)
+        opened_protocol = self.successResultOf(opened)
+        self.assertIsInstance(opened_protocol, SipStreamProtocol)
+        # Another node's stream carries no REGISTER to our password-less adaptor.
+        self.assertEqual(opened_protocol.refused_methods, frozenset({"REGISTER"}))
         self.assertEqual(mediator.asked, [])
         self.assertEqual(streams.status()["outgoing"], {APP_ATTACH_PATH: 1})
 
@@ -90,12 +99,12 @@ class SipStreamsTests(SynchronousTestCase):
         """A refused connect goes to the mediator by Node-ID; the next skips the connect for a while."""
         mediator = FakeMediatorClient("relayed")
         streams, reactor, transport = self.make(mediator)
-        opened = streams.connect(BOB_ADDRESS, transport.stream_factory())
+        opened = streams.connect(BOB_ADDRESS, plain(transport))
         [(_, _, factory, *_)] = reactor.tcpClients
         factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
         self.assertIsInstance(self.successResultOf(opened), SipStreamProtocol)
         self.assertEqual(mediator.asked, [id_hex(BOB)])
-        self.successResultOf(streams.connect(BOB_ADDRESS, transport.stream_factory()))
+        self.successResultOf(streams.connect(BOB_ADDRESS, plain(transport)))
         self.assertEqual(len(reactor.tcpClients), 1)
         status = streams.status()
         self.assertEqual(status["outgoing"], {"relayed": 2})
@@ -105,7 +114,7 @@ class SipStreamsTests(SynchronousTestCase):
         """An address that swallows the SYN is given up after direct_timeout_seconds."""
         mediator = FakeMediatorClient()
         streams, reactor, transport = self.make(mediator)
-        opened = streams.connect(BOB_ADDRESS, transport.stream_factory())
+        opened = streams.connect(BOB_ADDRESS, plain(transport))
         self.assertNoResult(opened)
         reactor.advance(2.0)
         self.successResultOf(opened)
@@ -115,7 +124,7 @@ class SipStreamsTests(SynchronousTestCase):
         """127.0.0.1 announced by another node would lead back here: straight to the mediator."""
         mediator = FakeMediatorClient()
         streams, reactor, transport = self.make(mediator, {("127.0.0.1", 5062): BOB})
-        self.successResultOf(streams.connect(("127.0.0.1", 5062), transport.stream_factory()))
+        self.successResultOf(streams.connect(("127.0.0.1", 5062), plain(transport)))
         self.assertEqual(reactor.tcpClients, [])
         self.assertEqual(mediator.asked, [id_hex(BOB)])
 
@@ -123,7 +132,7 @@ class SipStreamsTests(SynchronousTestCase):
         """An address no AppAttach answer named: the connect alone, and its failure says why."""
         mediator = FakeMediatorClient()
         streams, reactor, transport = self.make(mediator, {})
-        opened = streams.connect(BOB_ADDRESS, transport.stream_factory())
+        opened = streams.connect(BOB_ADDRESS, plain(transport))
         [(_, _, factory, *_)] = reactor.tcpClients
         factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
         failure = self.failureResultOf(opened, ConnectionError)
@@ -135,7 +144,7 @@ class SipStreamsTests(SynchronousTestCase):
         mediator = FakeMediatorClient(error="peer not registered")
         streams, reactor, transport = self.make(mediator, {("127.0.0.1", 5062): BOB})
         failure = self.failureResultOf(
-            streams.connect(("127.0.0.1", 5062), transport.stream_factory()), ConnectionError
+            streams.connect(("127.0.0.1", 5062), plain(transport)), ConnectionError
         )
         self.assertIn("loopback address of another node", str(failure.value))
         self.assertIn("mediator: peer not registered", str(failure.value))
@@ -143,7 +152,7 @@ class SipStreamsTests(SynchronousTestCase):
     def test_not_logged_in(self) -> None:
         """Not logged in to the mediator within the wait: the error names --mediator."""
         streams, reactor, transport = self.make(None, {("127.0.0.1", 5062): BOB})
-        opened = streams.connect(("127.0.0.1", 5062), transport.stream_factory())
+        opened = streams.connect(("127.0.0.1", 5062), plain(transport))
         reactor.advance(streams.registration_wait_seconds)
         failure = self.failureResultOf(opened, ConnectionError)
         self.assertIn("check --mediator and its secret", str(failure.value))
@@ -152,7 +161,11 @@ class SipStreamsTests(SynchronousTestCase):
         """Streams the mediator brings from a Node-ID are the adaptor's SIP connections."""
         streams, _reactor, transport = self.make(FakeMediatorClient())
         factory = streams.accept(id_hex(BOB))
-        self.assertIs(factory, transport.stream_factory())
+        assert factory is not None
+        built = factory.buildProtocol(None)
+        assert isinstance(built, SipStreamProtocol)
+        self.assertIs(built.owner, transport)
+        self.assertEqual(built.refused_methods, frozenset({"REGISTER"}))
         self.assertIsNone(streams.accept("not-a-node-id"))
         protocol: IProtocol = SipStreamProtocol(transport)
         streams.made(TraversalResult(protocol, "simultaneous-open", id_hex(BOB), 0.1))

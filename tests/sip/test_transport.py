@@ -258,6 +258,16 @@ class StreamTests(SynchronousTestCase):
         self.owner.send_request(request, Hop("TCP", "10.0.2.2", 5062), errors.append)
         self.assertEqual(errors, ["no path"])
 
+    def test_refused_methods_answered_not_delivered(self) -> None:
+        """A connection's refused methods get 403 and never reach the receiver; others do."""
+        self.protocol.refused_methods = frozenset({"REGISTER"})
+        register = OPTIONS.replace(b"UDP", b"TCP").replace(b"OPTIONS", b"REGISTER")
+        self.protocol.dataReceived(register)
+        self.assertTrue(self.wire.value().startswith(b"SIP/2.0 403 "))
+        self.assertEqual(self.receiver.received, [])
+        self.protocol.dataReceived(OPTIONS.replace(b"UDP", b"TCP"))
+        self.assertEqual(len(self.receiver.received), 1)
+
     def test_closed_connection_forgotten(self) -> None:
         """A lost connection leaves the table."""
         self.protocol.connectionLost()
