@@ -250,6 +250,7 @@ def make_client_role(
     stack.proxy.call_setup_observers.append(role.calls)
     if role.streams is not None:
         role.streams.serve(stack.transport)
+        stack.proxy.node_of_source = role.streams.node_of_source
     role.sip = SipService(
         stack,
         reactor,

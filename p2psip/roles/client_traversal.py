@@ -23,7 +23,10 @@ another node REGISTER is refused (403): the adaptor takes registrations
 without a password because only this host's phones can reach its
 loopback listeners, and the mediator must not change that.  Each path taken, either way, is
 logged and counted for ``/status`` (``sip.paths``): ``app-attach`` for the
-plain connect, else the mediator's method name.  The SIP itself is not
+plain connect, else the mediator's method name.  A mediated stream's far
+end is the NAT's or the relay's address, not the one the node announces,
+so the proxy learns from :meth:`SipStreams.node_of_source` which node it
+is with (and trusts that node's Record-Route as it trusts a ring member's).  The SIP itself is not
 encrypted end to end here (no TLS between adaptors), so the mediator's
 relay could read it, as any SIP proxy on the way could.
 """
@@ -42,6 +45,7 @@ from twisted.logger import Logger
 
 from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResult
 from p2psip.overlay.mediated import DIRECT_RETRY_AFTER_SECONDS, REGISTRATION_WAIT_SECONDS
+from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipStreamProtocol, SipTransport
 from p2psip.util.ids import id_hex, id_short
 from p2psip.util.reactor import IRoleReactor
@@ -114,12 +118,37 @@ class SipStreams:
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_STREAMS)
         #: Node-ID -> time until which the plain connect is skipped.
         self._direct_failed_until: dict[int, float] = {}
+        #: The far end of each open mediated stream -> the node it is with.
+        self._nodes_by_remote: dict[tuple[str, int], int] = {}
 
     def serve(self, transport: SipTransport) -> None:
         """Open ``transport``'s outbound streams, and hand it the mediator's inbound ones."""
         self.transport = transport
         self._factory = _NodeStreamFactory(transport)
         transport.stream_connector = self.connect
+
+    def node_of_source(self, source: Hop) -> int | None:
+        """
+        The node a request's source is a mediated stream with (the proxy's
+        ``node_of_source``): the mediator, which checked both ends' secrets,
+        made the stream to or from that Node-ID, so a Record-Route naming it
+        is that node's, though the stream's far end is not its announced address.
+        """
+        if source.transport.upper() != "TCP":
+            return None
+        return self._nodes_by_remote.get((source.host, source.port))
+
+    def _with_node(self, protocol: IProtocol, node_id: int) -> None:
+        if not isinstance(protocol, SipStreamProtocol):
+            return
+        remote = protocol.remote
+        self._nodes_by_remote[remote] = node_id
+
+        def closed(_: object) -> None:
+            if self._nodes_by_remote.get(remote) == node_id:
+                del self._nodes_by_remote[remote]
+
+        protocol.closed.addCallback(closed)
 
     # -- outbound ----------------------------------------------------------------
 
@@ -212,6 +241,7 @@ class SipStreams:
             seconds=result.setup_seconds,
         )
         self._note("outgoing", node_id, result.method, started)
+        self._with_node(result.protocol, node_id)
         return result.protocol
 
     # -- inbound: the TraversalClient's accept and on_incoming --------------------
@@ -236,6 +266,7 @@ class SipStreams:
             method=result.method,
         )
         self._note("incoming", int(result.peer_id, 16), result.method, None)
+        self._with_node(result.protocol, int(result.peer_id, 16))
 
     # -- /status ------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.nat.traversal import TraversalError, TraversalResult
 from p2psip.roles.client_traversal import APP_ATTACH_PATH, SipStreams
+from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipStreamProtocol, SipTransport
 from p2psip.testing import MemoryUDPReactor
 from p2psip.util.ids import id_hex
@@ -109,6 +110,18 @@ class SipStreamsTests(SynchronousTestCase):
         status = streams.status()
         self.assertEqual(status["outgoing"], {"relayed": 2})
         self.assertEqual(status["recent"][0]["node"], id_hex(BOB))
+
+    def test_mediated_streams_name_their_node(self) -> None:
+        """The proxy learns which node a mediated stream is with, until it closes."""
+        mediator = FakeMediatorClient()
+        streams, _reactor, transport = self.make(mediator, {("127.0.0.1", 5062): BOB})
+        protocol = self.successResultOf(streams.connect(("127.0.0.1", 5062), plain(transport)))
+        assert isinstance(protocol, SipStreamProtocol)
+        source = Hop("TCP", *protocol.remote)
+        self.assertEqual(streams.node_of_source(source), BOB)
+        self.assertIsNone(streams.node_of_source(Hop("UDP", *protocol.remote)))
+        protocol.connectionLost()
+        self.assertIsNone(streams.node_of_source(source))
 
     def test_a_silent_address_times_out(self) -> None:
         """An address that swallows the SYN is given up after direct_timeout_seconds."""
