@@ -12,7 +12,10 @@ client makes the SIP stream to bob's through the mediator: by TCP
 simultaneous open behind two EIM NATs (a direct connection through both),
 through the mediator's relay when one NAT allocates ports at random.  A
 bob on a public address that his adaptor announces is reached there,
-over the plain connect to the AppAttach address.  The
+over the plain connect to the AppAttach address.  With Digest on both
+adaptors (``--users``), alice's client challenges her caller and bob's
+client trusts alice's Record-Route over the mediated stream, whose far end
+is NAT A's address and not the one alice's client announces.  The
 test prints which path the call's signalling took and checks it against
 the NAT pair, as both clients' ``/status`` report it (``sip.paths``).
 """
@@ -27,6 +30,7 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from p2psip.sip.users import UsersFile
 from p2psip.testing import require_tool, ring_node_mediator_secret
 from tests.integration.processes import OverlayCA
 from tests.integration.test_sip_overlay import SCENARIOS
@@ -38,6 +42,8 @@ BOOTSTRAP = f"tcp:198.51.100.10:{OVERLAY_PORT}"
 HTTP_PORT = 8088
 ADAPTOR = 5062
 CALLEE_PORT = 5070
+BOB_PASSWORD = "bob-secret"
+CALLER_PASSWORD = "caller-secret"
 TIMERS = ("--update-interval", "2", "--ping-interval", "1", "--request-timeout", "3")
 
 
@@ -114,6 +120,10 @@ class ThinClientsOverNatTests(TestCase):
     def status(self, lab: NatLab, where: str, what: str, condition: Any) -> Any:
         return lab.wait_for_status(where, HTTP_PORT, self.data_dirs[where], what, condition)
 
+    @staticmethod
+    def credentials(user: str) -> str:
+        return f"[authentication username={user} password={BOB_PASSWORD}]"
+
     def csv(self, name: str, *users: str) -> Path:
         path = self.directory / name
         path.write_text("SEQUENTIAL\n" + "".join(f"{u}\n" for u in users), encoding="ascii")
@@ -146,7 +156,12 @@ class ThinClientsOverNatTests(TestCase):
 
     @inlineCallbacks
     def call_over_nats(
-        self, nat_a: str, nat_b: str, expected: str, bob_listeners: tuple[str, ...] = ()
+        self,
+        nat_a: str,
+        nat_b: str,
+        expected: str,
+        bob_listeners: tuple[str, ...] = (),
+        digest: bool = False,
     ) -> Any:
         lab = NatLab.up(self, nat_a, nat_b)
         lab.start_mediator()
@@ -157,8 +172,16 @@ class ThinClientsOverNatTests(TestCase):
             "the bootstrap to found the ring",
             lambda s: s.get("state") == "alone" and s.get("mediator", {}).get("registered"),
         )
-        self.start_client(lab, "a", "alice")
-        self.start_client(lab, "b", "bob", *bob_listeners)
+        users: tuple[str, ...] = ()
+        if digest:
+            path = self.directory / "users"
+            accounts = UsersFile.load(path, missing_ok=True)
+            accounts.set_password(f"sip:bob@{DOMAIN}", BOB_PASSWORD)
+            accounts.set_password(f"sip:caller@{DOMAIN}", CALLER_PASSWORD)
+            accounts.save()
+            users = ("--users", str(path))
+        self.start_client(lab, "a", "alice", *users)
+        self.start_client(lab, "b", "bob", *bob_listeners, *users)
         ids = {}
         for where in ("a", "b"):
             status = yield self.status(
@@ -174,15 +197,17 @@ class ThinClientsOverNatTests(TestCase):
             self.sipp_command("-sf", str(SCENARIOS / "uas.xml"), "-p", str(CALLEE_PORT)),
             "sipp-callee",
         )
+        register: tuple[str, ...] = ("-sf", str(SCENARIOS / "register.xml"), "-inf")
+        register += (str(self.csv("bob.csv", "bob")),)
+        if digest:
+            register = ("-sf", str(SCENARIOS / "register_digest.xml"), "-auth_uri", DOMAIN)
+            register += ("-inf", str(self.csv("bob.csv", f"bob;{self.credentials('bob')}")))
         yield self.sipp_succeeds(
             lab,
             "b",
             "register bob at bob's client",
             f"127.0.0.1:{ADAPTOR}",
-            "-sf",
-            str(SCENARIOS / "register.xml"),
-            "-inf",
-            str(self.csv("bob.csv", "bob")),
+            *register,
             "-key",
             "contact_port",
             str(CALLEE_PORT),
@@ -206,7 +231,11 @@ class ThinClientsOverNatTests(TestCase):
             str(self.csv("callee.csv", "bob")),
             "-key",
             "caller_domain",
-            "elsewhere.test",
+            *(
+                (DOMAIN, "-au", "caller", "-ap", CALLER_PASSWORD, "-auth_uri", f"bob@{DOMAIN}")
+                if digest
+                else ("elsewhere.test",)
+            ),
             "-p",
             "5071",
         )
@@ -249,6 +278,10 @@ class ThinClientsOverNatTests(TestCase):
                 "--sip-trusted-network",
             ),
         )
+
+    def test_digest_at_both_clients(self) -> Any:
+        """With Digest on both adaptors, bob's client trusts alice's over the punched stream."""
+        return self.call_over_nats("eim", "eim", "simultaneous-open", digest=True)
 
     def test_eim_random_relayed(self) -> Any:
         """Behind an EIM and a random-allocation NAT the clients' SIP goes through the mediator's relay."""
