@@ -55,7 +55,7 @@ from p2psip.sip.transport import SipTransport
 from p2psip.sip.user_agent import Dialog, SimpleUserAgent
 from p2psip.testing import free_port
 from p2psip.util.ids import id_hex
-from p2psip.util.reactor import as_udp_reactor
+from p2psip.util.reactor import IRoleReactor, as_role_reactor, as_udp_reactor
 
 OVERLAY = "demo.p2psip.test"
 #: Fast timers: a dead peer is noticed within seconds.
@@ -112,7 +112,7 @@ class Phone:
         self.rtp = rtp
 
     @classmethod
-    async def start(cls, reactor: Any, user: str, adaptor_port: int) -> Phone:
+    async def start(cls, reactor: IRoleReactor, user: str, adaptor_port: int) -> Phone:
         transport = SipTransport(as_udp_reactor(reactor))
         await transport.listen("udp:0:interface=127.0.0.1")
         rtp = RtpEndpoint(reactor)
@@ -136,7 +136,7 @@ class Phone:
 class Demo:
     """The processes of one run, what the account names them by, and the steps."""
 
-    def __init__(self, reactor: Any, directory: Path) -> None:
+    def __init__(self, reactor: IRoleReactor, directory: Path) -> None:
         self.reactor = reactor
         self.directory = directory
         self.started = reactor.seconds()
@@ -144,7 +144,6 @@ class Demo:
         #: Display names by Node-ID (hex) and by SIP address (host:port).
         self.names: dict[str, str] = {}
         self.sip_names: dict[str, str] = {}
-        self.node_ids: dict[str, str] = {}
         self.phones: list[Phone] = []
         #: The super-nodes with a media relay.
         self.relays: list[RoleProcess] = []
@@ -596,7 +595,7 @@ class Demo:
 
 async def main(reactor: IReactorTime) -> None:
     with tempfile.TemporaryDirectory(prefix="p2psip-demo-") as scratch:
-        demo = Demo(reactor, Path(scratch))
+        demo = Demo(as_role_reactor(reactor), Path(scratch))
         timeout = reactor.callLater(DEADLINE_SECONDS, demo.kill_all)
         try:
             await demo.run()
