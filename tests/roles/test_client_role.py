@@ -147,7 +147,13 @@ class ClientServiceTests(SynchronousTestCase):
         role = makeService(options, reactor)
         self.assertEqual(
             [type(s).__name__ for s in role],  # type: ignore[attr-defined]
-            ["TraversalService", "ClientOverlayService", "SipService", "_HttpListenerService"],
+            [
+                "StateFlusher",
+                "TraversalService",
+                "ClientOverlayService",
+                "SipService",
+                "_HttpListenerService",
+            ],
         )
         status = role.status()  # type: ignore[attr-defined]
         self.assertEqual(status["mediator"]["registered"], False)
