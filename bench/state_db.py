@@ -24,6 +24,7 @@ Prints figures; asserts nothing.  Run with the project's virtualenv:
 from __future__ import annotations
 
 import argparse
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -171,6 +172,7 @@ def main() -> None:
     )
     registrar.stop()
     database.close()
+    shutil.rmtree(directory)
 
 
 if __name__ == "__main__":
