@@ -30,6 +30,7 @@ from p2psip.config import (
     RoleOptions,
     client_endpoint,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     server_endpoint,
@@ -48,6 +49,11 @@ from p2psip.sip.domain_routes import (
     StaticRoute,
     parse_peer_domain,
     parse_static_route,
+)
+from p2psip.sip.overload import (
+    DEFAULT_MAX_LAG_SECONDS,
+    DEFAULT_MAX_PENDING,
+    OverloadThresholds,
 )
 from p2psip.sip.request_limit import DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND
 from p2psip.sip.transport import (
@@ -159,6 +165,8 @@ class SipConfig:
     #: New requests per second per source address; 0: no limit.
     rate_limit_per_second: float = DEFAULT_REQUESTS_PER_SECOND
     rate_limit_burst: int = DEFAULT_BURST
+    #: When new INVITEs and REGISTERs get 503 (p2psip.sip.overload).
+    overload: OverloadThresholds = OverloadThresholds()
     #: SIP over TCP and TLS: silence that closes a connection, and how many
     #: connections one address, and everyone, may hold.
     idle_timeout_seconds: float = TCP_IDLE_TIMEOUT_SECONDS
@@ -434,6 +442,7 @@ def sip_config(
         trusted_network=bool(options["sip-trusted-network"]),
         rate_limit_per_second=options["sip-rate-limit"],
         rate_limit_burst=options["sip-rate-burst"],
+        overload=OverloadThresholds(options["sip-overload-pending"], options["sip-overload-lag"]),
         idle_timeout_seconds=options["sip-idle-timeout"],
         connections_per_source=options["sip-connections-per-source"],
         max_connections=options["sip-max-connections"],
@@ -672,6 +681,22 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             DEFAULT_BURST,
             "New SIP requests a quiet source address may send at once, above --sip-rate-limit.",
             positive_int,
+        ],
+        [
+            "sip-overload-pending",
+            None,
+            DEFAULT_MAX_PENDING,
+            "Requests being worked on (no final response yet) past which new INVITEs and "
+            "REGISTERs get 503 with Retry-After.  0: not checked.",
+            non_negative_int,
+        ],
+        [
+            "sip-overload-lag",
+            None,
+            DEFAULT_MAX_LAG_SECONDS,
+            "Smoothed event-loop lag, in seconds, past which new INVITEs and REGISTERs get 503 "
+            "with Retry-After.  0: not checked.",
+            non_negative_float,
         ],
         [
             "sip-idle-timeout",
