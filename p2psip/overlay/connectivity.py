@@ -402,6 +402,28 @@ class Connectivity:
                 self.links.remove(link)
                 link.close()
 
+    def check_acks(self) -> None:
+        """
+        Close links whose peer left a message unacknowledged past the ack
+        timeout, and report peers left without a link: a dead peer is
+        found within seconds of the first message sent to it, instead of
+        after a keepalive round and a request timeout, and a stuck one
+        (not reading) stops holding our messages.
+        """
+        now = self.clock.seconds()
+        limit = self.config.link_ack_timeout_seconds
+        for peer in self.links.peers():
+            for link in self.links.links_to(peer):
+                since = link.unacknowledged_since()
+                if since is not None and now - since > limit:
+                    self.log.info(
+                        "peer {peer} left a message unacknowledged for {seconds:.1f} s: "
+                        "closing its link",
+                        peer=id_short(peer),
+                        seconds=now - since,
+                    )
+                    self._drop_and_report(link, peer)
+
     def _kept_open(self, link: Link) -> bool:
         """A link that idleness does not close: an attached client's, or a client's own attachment."""
         if self.messenger.clients.is_client_link(link):
@@ -414,6 +436,11 @@ class Connectivity:
         # A peer with another live link (it reconnected) is not gone.
         if not self.links.has_link(peer):
             self.peer_failed(peer)
+
+    def challenge_old_link(self, link: Link, peer: int) -> None:
+        """Ping ``peer`` over an older link now (a restarted peer asks to rejoin); closed if unanswered."""
+        if peer not in self._pinging:
+            self._ping_link(link, peer)
 
     def _ping_link(self, link: Link, peer: int) -> None:
         self._pinging.add(peer)
