@@ -170,7 +170,9 @@ def main() -> None:
         ("guard on", []),
         ("guard off", ["--sip-overload-pending", "0", "--sip-overload-lag", "0"]),
     ):
-        node = start_super_node(work / label.replace(" ", "-"), free_port(socket.SOCK_DGRAM), extra=extra)
+        node = start_super_node(
+            work / label.replace(" ", "-"), free_port(socket.SOCK_DGRAM), extra=extra
+        )
         try:
             row = step(node, over, args.duration, work, f"o{label[-2:].strip()}u")
             print_row(f"2x max, {label}", row)

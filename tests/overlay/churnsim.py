@@ -84,6 +84,9 @@ class ChurnSettings:
     config: OverlayConfig = CHURN_CONFIG
     #: Simulated seconds the ring settles after the churn, before the audit.
     settle_seconds: float = 180.0
+    #: Seconds into the churn when the founding peer (every peer's
+    #: configured bootstrap) fails for good, on top of the churn; None: it churns like the others.
+    bootstrap_fails_at: float | None = 60.0
 
 
 @define
@@ -116,6 +119,8 @@ class ChurnReport:
     joins: int = 0
     joins_failed: int = 0
     joins_without_bootstrap: int = 0
+    #: When the bootstrap failed for good (None: it did not).
+    bootstrap_failed_at: float | None = None
     repair_seconds: list[float] = field(factory=list)
     unrepaired: int = 0
     bytes_by_code: Counter[int] = field(factory=Counter)
@@ -169,6 +174,7 @@ class ChurnRun:
         self.phones: list[Phone] = []
         #: Dead peers whose repair is being timed: id -> time of failure.
         self._repairing: dict[int, float] = {}
+        self._bootstrap_gone = False
         self.sim.network.traffic_observer = self._count_traffic
 
     # -- scheduling ------------------------------------------------------
@@ -245,10 +251,24 @@ class ChurnRun:
         self.report.failures += 1
         self._repairing[node.node_id] = self.sim.clock.seconds()
         low, high = self.settings.down_seconds
+        if RingSimulation.endpoint(node) == self.bootstrap and self._bootstrap_gone:
+            return
         self._later(self.random.uniform(low, high), lambda: self._restart(node, cached[:8]))
+
+    def _lose_bootstrap(self) -> None:
+        """The founder's machine is gone for good: nobody can join through the configured bootstrap."""
+        founder = [n for n in self.sim.nodes if RingSimulation.endpoint(n) == self.bootstrap]
+        self.report.bootstrap_failed_at = self.sim.clock.seconds()
+        if founder:
+            self.sim.crash(founder[0])
+            self.report.failures += 1
+            self._repairing[founder[0].node_id] = self.sim.clock.seconds()
+        self._bootstrap_gone = True
 
     def _restart(self, old: OverlayNode, cached: list[str]) -> None:
         """The failed peer's process starts again with its data dir: bootstrap first, then its known peers."""
+        if RingSimulation.endpoint(old) == self.bootstrap and self._bootstrap_gone:
+            return
         own = RingSimulation.endpoint(old)
         via = [self.bootstrap, *(c for c in cached if c != own and c != self.bootstrap)]
         node = self.sim._new_node(old.identity, old.advertised_host)
@@ -268,6 +288,7 @@ class ChurnRun:
 
         def failed(failure: Failure) -> None:
             self.report.joins_failed += 1
+            self.report.failure_reasons[f"join: {_reason(failure)}"] += 1
             node.stop()
             self.sim.network.crash(node.advertised_host, PORT)
             self.sim.crashed.append(old)
@@ -391,6 +412,8 @@ class ChurnRun:
         self._poisson(settings.calls_per_second, self._call)
         self._check_repairs()
         self._count_peer_time()
+        if settings.bootstrap_fails_at is not None:
+            self._later(settings.bootstrap_fails_at, self._lose_bootstrap)
         self.sim.run(settings.churn_seconds)
         self.churning = False
         self.report.unrepaired = len(self._repairing)
