@@ -207,8 +207,8 @@ class MemoryLink(Link):
         self.severed = False
         self.other: MemoryLink | None = None
         self.path = "connect"
-        #: Send times of messages not delivered yet: delivery stands for the far end's ack.
-        self._undelivered: list[float] = []
+        #: (send time, message) not delivered yet: delivery stands for the far end's ack.
+        self._undelivered: list[tuple[float, bytes]] = []
 
     def send(self, data: bytes) -> None:
         if self.closed or self.other is None:
@@ -217,13 +217,16 @@ class MemoryLink(Link):
             self.network.traffic_observer(data)
         self.messages_sent += 1
         self.last_sent_at = self.network.clock.seconds()
-        self._undelivered.append(self.last_sent_at)
+        self._undelivered.append((self.last_sent_at, data))
         if self.severed:
             return  # into the void, as to a host that lost power: never acknowledged
         self.network.clock.callLater(self.network.latency_seconds, self.other._receive, data)
 
     def unacknowledged_since(self) -> float | None:
-        return self._undelivered[0] if self._undelivered else None
+        return self._undelivered[0][0] if self._undelivered else None
+
+    def unacknowledged_messages(self) -> list[bytes]:
+        return [data for _, data in self._undelivered]
 
     def _receive(self, data: bytes) -> None:
         if self.closed or self.severed:

@@ -408,7 +408,10 @@ class Connectivity:
         timeout, and report peers left without a link: a dead peer is
         found within seconds of the first message sent to it, instead of
         after a keepalive round and a request timeout, and a stuck one
-        (not reading) stops holding our messages.
+        (not reading) stops holding our messages.  The requests it never
+        acknowledged, ours and those we forwarded, are routed again around
+        it: forwarding keeps no state, so no one else would resend a
+        request lost at this hop before its originator's timeout.
         """
         now = self.clock.seconds()
         limit = self.config.link_ack_timeout_seconds
@@ -422,7 +425,10 @@ class Connectivity:
                         peer=id_short(peer),
                         seconds=now - since,
                     )
+                    stranded = link.unacknowledged_messages()
                     self._drop_and_report(link, peer)
+                    # The tables no longer lead there: what it never took goes round it.
+                    self.messenger.reroute(stranded, peer)
 
     def _kept_open(self, link: Link) -> bool:
         """A link that idleness does not close: an attached client's, or a client's own attachment."""

@@ -130,6 +130,10 @@ class Link:
         """
         return None
 
+    def unacknowledged_messages(self) -> list[bytes]:
+        """The messages sent and not acknowledged yet, oldest first (empty if this kind cannot tell)."""
+        return []
+
     def when_established(self) -> Deferred[Link]:
         """Fires with this link once it is up and its peer known; this kind is up at once."""
         return succeed(self)
@@ -189,8 +193,8 @@ class FramedStreamLink(Protocol, Link):
         #: True once the connection is gone (closing ends here).
         self.lost = False
         self._next_sequence = 1
-        #: Sequence number -> (when sent, size) of frames not acknowledged yet, oldest first.
-        self._unacked: dict[int, tuple[float, int]] = {}
+        #: Sequence number -> (when sent, message) of frames not acknowledged yet, oldest first.
+        self._unacked: dict[int, tuple[float, bytes]] = {}
         self._unacked_bytes = 0
         self._received_sequences: list[int] = []
         self._waiting: list[Deferred[Link]] = []
@@ -296,8 +300,8 @@ class FramedStreamLink(Protocol, Link):
             elif isinstance(frame, AckFrame):
                 unacked = self._unacked.pop(frame.ack_sequence, None)
                 if unacked is not None:
-                    sent_at, size = unacked
-                    self._unacked_bytes -= size
+                    sent_at, message = unacked
+                    self._unacked_bytes -= len(message)
                     sample = now - sent_at
                     self.rtt_seconds = (
                         sample
@@ -334,7 +338,7 @@ class FramedStreamLink(Protocol, Link):
             )
             self.close()
             return
-        self._unacked[sequence] = (now, len(data))
+        self._unacked[sequence] = (now, data)
         self._unacked_bytes += len(data)
         self.last_sent_at = now
         self.messages_sent += 1
@@ -344,6 +348,9 @@ class FramedStreamLink(Protocol, Link):
         for sent_at, _ in self._unacked.values():
             return sent_at  # insertion order: the oldest first
         return None
+
+    def unacknowledged_messages(self) -> list[bytes]:
+        return [message for _, message in self._unacked.values()]
 
     def _peer_name(self) -> str:
         return id_short(self.peer_id) if self.peer_id is not None else self.remote_address

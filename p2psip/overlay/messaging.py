@@ -386,6 +386,31 @@ class Messenger:
                 continue
             self._resend(pending, link)
 
+    def reroute(self, messages: list[bytes], dead: int) -> None:
+        """
+        Send again, by the route that is best now, the requests ``dead``
+        never acknowledged (its link was just closed).  The bytes are the
+        ones we sent: a forwarded request already names us in its via
+        list, so the answer comes back the same way.  Answers are left:
+        they can only retrace their request's path, and the requester
+        resends.
+        """
+        for data in messages:
+            try:
+                header, code = peek_code(data, self.config.limits)
+            except DecodeError:
+                continue
+            if not is_request(code) or not header.destination_list:
+                continue
+            destination = header.destination_list[0]
+            if destination.value == dead or not isinstance(destination.value, int):
+                continue
+            link = self.first_hop(destination)
+            if link is None or link.peer_id == dead:
+                continue
+            self.counters.count("messages_rerouted")
+            link.send(data)
+
     def _resend_unanswered(self, pending: PendingRequest) -> None:
         """
         Halfway through its timeout, send a request that got no answer once

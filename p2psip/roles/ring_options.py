@@ -547,11 +547,19 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             "ping-interval",
             None,
             15.0,
-            "Seconds of silence before a link is pinged; twice this plus the request timeout "
-            "declares a peer dead.",
+            "Seconds of silence before a link is pinged; a Ping (or anything) left "
+            "unacknowledged for --link-ack-timeout declares the peer dead.",
             float,
         ],
         ["request-timeout", None, 15.0, "RELOAD transaction timeout in seconds.", float],
+        [
+            "link-ack-timeout",
+            None,
+            5.0,
+            "Seconds a peer may leave a message over its link unacknowledged before the link "
+            "is closed and the peer taken for dead (or stuck).",
+            float,
+        ],
         ["max-message-size", None, 1_048_576, "Largest RELOAD message accepted, in bytes.", int],
         [
             "mediator",
@@ -792,7 +800,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 raise usage.UsageError(f"--{name} must be at least 1")
         if self["replicas"] < 0 or self["replicas"] > self["successors"]:
             raise usage.UsageError("--replicas must be between 0 and --successors")
-        for name in ("update-interval", "ping-interval", "request-timeout"):
+        for name in ("update-interval", "ping-interval", "request-timeout", "link-ack-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
         if self["max-message-size"] < 4096:
@@ -827,6 +835,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             update_interval_seconds=self["update-interval"],
             ping_interval_seconds=self["ping-interval"],
             request_timeout_seconds=self["request-timeout"],
+            link_ack_timeout_seconds=self["link-ack-timeout"],
             limits=Limits(max_message_bytes=self["max-message-size"]),
         )
         mediator = None

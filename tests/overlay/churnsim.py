@@ -156,7 +156,11 @@ class ChurnReport:
 
 
 def _reason(failure: Failure) -> str:
-    return type(failure.value).__name__
+    name = type(failure.value).__name__
+    if name == "RequestFailed":
+        # The error's reason, without the ids that make every one different.
+        return f"{name} ({failure.getErrorMessage().split(':')[-1].strip()[:60]})"
+    return name
 
 
 class ChurnRun:

@@ -142,3 +142,22 @@ class ResendUnansweredTests(SynchronousTestCase):
         ).addErrback(lambda _: None)
         self.node.clock.advance(self.node.messenger.config.request_timeout_seconds)
         self.assertEqual(len(self.link.sent), 2)
+
+
+class RerouteTests(SynchronousTestCase):
+    def test_requests_a_dead_peer_never_took_go_round_it(self) -> None:
+        """Requests left unacknowledged on a closed link are routed again by another peer; answers are not."""
+        before, me, after, far = sorted_identities(4)
+        node = MessengerUnderTest(me)
+        node.topology.add_peers([before.node_id, after.node_id])
+        node.membership.happened(Event.PEER_JOINED)
+        other = node.link_to(before)
+        request = node.messenger.encode(
+            MessageCode.PING_REQ, PING, (Destination.resource(far.node_id),), 0x77
+        )
+        answer = node.messenger.encode(
+            MessageCode.PING_ANS, PING, (Destination.node(far.node_id),), 0x78
+        )
+        node.messenger.reroute([request, answer], after.node_id)
+        self.assertEqual(other.sent, [request])
+        self.assertEqual(node.counters["messages_rerouted"], 1)
