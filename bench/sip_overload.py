@@ -150,18 +150,20 @@ def main() -> None:
     print("| node | offered/s | offered | 200 | 503 | other | no answer | 200/s | lag p99 s |")
     print("|---|---|---|---|---|---|---|---|---|")
     best = 0.0
-    node = start_super_node(work / "ladder", free_port(socket.SOCK_DGRAM))
-    try:
-        if args.max_rate:
-            best = float(args.max_rate)
-        else:
-            for rate in (int(r) for r in args.rates.split(",")):
+    if args.max_rate:
+        best = float(args.max_rate)
+    else:
+        for rate in (int(r) for r in args.rates.split(",")):
+            # A fresh node per step: each step's AORs are new, and a node
+            # already holding the last step's would measure that too.
+            node = start_super_node(work / f"ladder-{rate}", free_port(socket.SOCK_DGRAM))
+            try:
                 row = step(node, rate, args.duration, work, f"l{rate}u")
-                print_row("ladder, guard on", row)
-                if row["refused"] <= CLEAN_REFUSED_SHARE * row["offered"]:
-                    best = max(best, row["goodput"])
-    finally:
-        stop_process(node.process)
+            finally:
+                stop_process(node.process)
+            print_row("ladder, guard on", row)
+            if row["refused"] <= CLEAN_REFUSED_SHARE * row["offered"]:
+                best = max(best, row["goodput"])
     if best <= 0:
         raise SystemExit("no step completed cleanly: lower --rates")
     over = int(2 * best)

@@ -405,7 +405,8 @@ class Connectivity:
     def check_acks(self) -> None:
         """
         Close links whose peer left a message unacknowledged past the ack
-        timeout, and report peers left without a link: a dead peer is
+        timeout and sent nothing at all since, and report peers left
+        without a link: a dead peer is
         found within seconds of the first message sent to it, instead of
         after a keepalive round and a request timeout, and a stuck one
         (not reading) stops holding our messages.  The requests it never
@@ -418,7 +419,9 @@ class Connectivity:
         for peer in self.links.peers():
             for link in self.links.links_to(peer):
                 since = link.unacknowledged_since()
-                if since is not None and now - since > limit:
+                # Only a peer silent since then: a busy one still sends (its
+                # acks wait behind what it is sending us), a dead one nothing.
+                if since is not None and now - since > limit and link.last_received_at <= since:
                     self.log.info(
                         "peer {peer} left a message unacknowledged for {seconds:.1f} s: "
                         "closing its link",

@@ -55,9 +55,11 @@ from p2psip.sip.message import Request
 #: being set up generously; REGISTER floods show in the loop lag first.
 DEFAULT_MAX_PENDING = 20_000
 #: Smoothed event-loop lag, in seconds, past which new requests are
-#: refused.  A busy node on a loaded 2-core host runs its timers 10-50 ms
-#: late; a saturated one, hundreds of milliseconds and growing.
-DEFAULT_MAX_LAG_SECONDS = 0.25
+#: refused.  A busy node on a loaded 2-core host runs its timers 10-100 ms
+#: late (p99); a saturated one, seconds and growing.  Half a second is
+#: T1: a request that waits that long in our socket buffer is already
+#: being retransmitted, so past it the node is losing ground.
+DEFAULT_MAX_LAG_SECONDS = 0.5
 #: Retry-After sent with the refusals: this many seconds, plus up to as many again of jitter.
 DEFAULT_RETRY_AFTER_SECONDS = 5
 #: The methods the guard may refuse; everything else passes.

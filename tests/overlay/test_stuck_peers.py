@@ -100,6 +100,20 @@ class AckTimeoutTests(SynchronousTestCase):
         self.assertEqual(failures, [self.second.node_id])
         self.assertFalse(self.first.has_link(self.second.node_id))
 
+    def test_busy_peer_that_goes_on_sending_is_kept(self) -> None:
+        """A peer slow to acknowledge but still sending keeps its link; silent since, it loses it."""
+        failures: list[int] = []
+        self.first.connectivity.failure_observers.append(failures.append)
+        [link] = self.first.links_to(self.second.node_id)
+        now = self.sim.clock.seconds()
+        self.patch(link, "unacknowledged_since", lambda: now - 10)
+        link.last_received_at = now
+        self.first.connectivity.check_acks()
+        self.assertEqual(failures, [])
+        link.last_received_at = now - 11
+        self.first.connectivity.check_acks()
+        self.assertEqual(failures, [self.second.node_id])
+
     def test_quick_restart_gets_back_in(self) -> None:
         """A peer restarted two seconds after a power cut rejoins: its old link is challenged, not taken as a twin."""
         victim = self.second
