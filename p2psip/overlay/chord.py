@@ -503,6 +503,12 @@ class ChordMaintenance:
     def stabilize(self) -> None:
         """One round: relink neighbours, learn addresses, send Updates, repair fingers."""
         if self.membership.state is NodeState.JOINED:
+            if self.topology.is_alone() and self.connectivity.addresses:
+                # Every neighbour was taken for failed (a false alarm on a
+                # loaded host ends the same way): a member with an empty
+                # table would serve alone for ever.  Offer our Update to the
+                # peers we knew, once they are out of recently_failed.
+                self.consider_peers(list(self.connectivity.addresses))
             self._relink_neighbours()
             self.connectivity.learn_addresses(self.topology.neighbours())
             self.send_updates()

@@ -175,3 +175,20 @@ class RerouteTests(SynchronousTestCase):
         node.messenger.reroute([request, answer], after.node_id)
         self.assertEqual(other.sent, [request])
         self.assertEqual(node.counters["messages_rerouted"], 1)
+
+
+class FalseAlarmTests(SynchronousTestCase):
+    def test_peers_that_took_each_other_for_dead_find_each_other_again(self) -> None:
+        """Two peers that each declared the other failed (and closed their links) form one ring again."""
+        sim = RingSimulation(seed=41)
+        self.addCleanup(sim.stop_all)
+        first = sim.found()
+        second = sim.join()
+        sim.run_until(sim.consistent, 60)
+        for node, other in ((first, second), (second, first)):
+            for link in node.links_to(other.node_id):
+                node.connectivity.drop_link(link)
+            node.chord.peer_failed(other.node_id)
+        self.assertTrue(first.topology.is_alone() and second.topology.is_alone())
+        waited = sim.run_until(sim.consistent, 600)
+        self.assertLessEqual(waited, 3 * sim.config.failed_peer_memory_seconds)
