@@ -446,8 +446,14 @@ class Connectivity:
         if not self.links.has_link(peer):
             self.peer_failed(peer)
 
-    def challenge_old_link(self, link: Link, peer: int) -> None:
-        """Ping ``peer`` over an older link now (a restarted peer asks to rejoin); closed if unanswered."""
+    def suspect(self, peer: int) -> None:
+        """``peer`` may be gone: ping it over its link now, if it has one."""
+        link = self.links.link_for(peer)
+        if link is not None:
+            self.ping_now(link, peer)
+
+    def ping_now(self, link: Link, peer: int) -> None:
+        """Ping ``peer`` over ``link`` now (it may be gone); the link is closed if the Ping is not acknowledged."""
         if peer not in self._pinging:
             self._ping_link(link, peer)
 

@@ -230,6 +230,8 @@ class Messenger:
         #: owner of its own Node-ID (it is joining, perhaps after a restart);
         #: False refuses the request (the Node-ID is in use by a live node).
         self.rejoin_policy: Callable[[int, Link], bool | None] = lambda peer, link: True
+        #: Told of a peer our tables list that may be gone (connectivity pings it).
+        self.suspect_observer: Callable[[int], None] | None = None
         #: Told of a link that a request's signer has just identified: only
         #: an answer to a challenge of ours proves who is at the other end
         #: (see Connectivity.challenge_link).
@@ -871,6 +873,11 @@ class Messenger:
             return
         pending.deferred.callback(Answer(message, body, signer, route))
 
+    def _heard_from_lately(self, peer: int) -> bool:
+        """A link to ``peer`` carried something from it within the keepalive interval."""
+        since = self.clock.seconds() - self.config.ping_interval_seconds
+        return any(link.last_received_at >= since for link in self.links.links_to(peer))
+
     def _from_possible_owner(
         self, link: Link, message: Message, pending: PendingRequest, signer: int
     ) -> bool:
@@ -891,6 +898,14 @@ class Messenger:
         closer = self.topology.closer_known_node(target, signer)
         if closer is None:
             return True
+        if not self._heard_from_lately(closer) and self.suspect_observer is not None:
+            # Our tables may still list a peer that died (that is what a
+            # ring under churn looks like for a while), which makes us
+            # refuse the true owner's answers.  The refusal stands (a node
+            # on the path may be lying), but the peer is asked now: if it
+            # is gone its link closes, the tables forget it and the next
+            # request is answered.
+            self.suspect_observer(closer)
         self.refuse(
             "answers_not_from_owner",
             link,

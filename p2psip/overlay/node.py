@@ -115,6 +115,7 @@ class OverlayNode(OverlayOperations):
         self.storage.hand_over_source = lambda: self.joiner.admitting_peer
         self.connectivity.failure_observers.append(self._peer_failed)
         self.messenger.rejoin_policy = self._peer_rejoining
+        self.messenger.suspect_observer = self.connectivity.suspect
         self.chord.neighbour_observers.append(self.storage.replicate_all)
         self.chord.neighbour_observers.append(self._release_moved_clients)
         self._stabilisation = JitteredLoop(
@@ -277,7 +278,7 @@ class OverlayNode(OverlayOperations):
             return False
         if recent:
             for other in recent:
-                self.connectivity.challenge_old_link(other, peer)
+                self.connectivity.ping_now(other, peer)
             return None
         if peer not in self.topology.known_peers() and not stale:
             return True
