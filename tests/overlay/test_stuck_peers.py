@@ -17,7 +17,7 @@ from p2psip.overlay.framing import AckFrame, encode_frame
 from p2psip.overlay.links import FramedStreamLink, Link
 from p2psip.overlay.message import Destination, MessageCode, peek_header
 from p2psip.overlay.membership import Event
-from p2psip.overlay.bodies import PingReq
+from p2psip.overlay.bodies import ChordUpdateType, PingReq, UpdateReq
 from tests.overlay.parts import MessengerUnderTest, sorted_identities
 from tests.overlay.ringsim import RingSimulation
 
@@ -192,3 +192,21 @@ class FalseAlarmTests(SynchronousTestCase):
         self.assertTrue(first.topology.is_alone() and second.topology.is_alone())
         waited = sim.run_until(sim.consistent, 600)
         self.assertLessEqual(waited, 3 * sim.config.failed_peer_memory_seconds)
+
+
+class SkippedPeerTests(SynchronousTestCase):
+    def test_peer_a_neighbour_skips_is_pinged(self) -> None:
+        """An Update whose first successor lies beyond peers we list between us makes us ping them."""
+        sim = RingSimulation(seed=43)
+        self.addCleanup(sim.stop_all)
+        sim.grow(5)
+        sim.run_until(sim.consistent, 120)
+        node = sim.live()[0]
+        first, second, third = node.topology.predecessors[:3]
+        # The third peer before us reports us as its first successor: it
+        # has taken the two between us for failed.
+        update = UpdateReq(0, ChordUpdateType.NEIGHBORS, (), (node.node_id,), ())
+        pinged: list[int] = []
+        self.patch(node.connectivity, "ping_now", lambda link, peer: pinged.append(peer))
+        node.chord._check_skipped_peers(third, update)
+        self.assertEqual(sorted(pinged), sorted([first, second]))
