@@ -10,9 +10,9 @@ loopback (``bench/sip_ring_load.py``'s ring), a SIPp callee (the shared
   (``bench/sipp/register_refresh.xml`` at callees / (expiry / 2) per
   second);
 * calls through B to those AORs (so every INVITE needs an overlay lookup
-  and the hop to A), at 80 % of ``--max-call-rate`` (the maximum
-  ``bench/sip_ring_load.py`` measured on this host; the default is a
-  contended 2-core host's), each lasting 1 to 20 s
+  and the hop to A), at 80 % of ``--max-call-rate`` (give the maximum
+  ``bench/sip_ring_load.py`` measured on the same host; the default of 60
+  is only a starting point), each lasting 1 to 20 s
   (``bench/sipp/uac_random_length.xml``).
 
 Every ``--sample-seconds`` it reads each super-node's RSS and open file
