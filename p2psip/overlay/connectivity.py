@@ -112,6 +112,8 @@ class Connectivity:
         #: Peer -> (the connect under way, the callers waiting for it).
         self._connecting: dict[int, tuple[Deferred[Link], list[Deferred[Link]]]] = {}
         self._pinging: set[int] = set()
+        #: When check_acks last ran (a long gap means our own loop stalled).
+        self._last_ack_check: float | None = None
         self._asking_address: set[int] = set()
         messenger.handle(MessageCode.PING_REQ, self._on_ping)
         messenger.handle(MessageCode.ATTACH_REQ, self._on_attach)
@@ -416,6 +418,12 @@ class Connectivity:
         """
         now = self.clock.seconds()
         limit = self.config.link_ack_timeout_seconds
+        last, self._last_ack_check = self._last_ack_check, now
+        if last is not None and now - last > limit / 2 + 1.0:
+            # Our own event loop stalled (a long garbage collection, a busy
+            # host): what the peers sent meanwhile is still unread in the
+            # socket buffers, so their silence proves nothing yet.
+            return
         for peer in self.links.peers():
             for link in self.links.links_to(peer):
                 since = link.unacknowledged_since()

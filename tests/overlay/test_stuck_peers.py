@@ -114,6 +114,21 @@ class AckTimeoutTests(SynchronousTestCase):
         self.first.connectivity.check_acks()
         self.assertEqual(failures, [self.second.node_id])
 
+    def test_own_stall_is_no_evidence(self) -> None:
+        """After our own loop stalled past the check interval, one round passes without judging anyone."""
+        failures: list[int] = []
+        self.first.connectivity.failure_observers.append(failures.append)
+        [link] = self.first.links_to(self.second.node_id)
+        self.first.connectivity.check_acks()
+        self.sim.clock.rightNow += 20.0  # a stall: no timer ran, nothing was read
+        now = self.sim.clock.seconds()
+        self.patch(link, "unacknowledged_since", lambda: now - 15)
+        link.last_received_at = now - 16
+        self.first.connectivity.check_acks()
+        self.assertEqual(failures, [])
+        self.first.connectivity.check_acks()
+        self.assertEqual(failures, [self.second.node_id])
+
     def test_quick_restart_gets_back_in(self) -> None:
         """A peer restarted two seconds after a power cut rejoins: its old link is challenged, not taken as a twin."""
         victim = self.second
