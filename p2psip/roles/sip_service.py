@@ -68,7 +68,8 @@ from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.dns_lookup import ServerLocator, make_resolver
 from p2psip.sip.gateway import Gateway
 from p2psip.sip.location import OverlayLocationService
-from p2psip.sip.metrics import CallSetupTimes, SipCollector
+from p2psip.sip.metrics import CallSetupTimes, OverloadCollector, SipCollector
+from p2psip.sip.overload import OverloadGuard
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.registrar import Registrar
 from p2psip.sip.request_limit import RequestRateLimit
@@ -76,6 +77,7 @@ from p2psip.sip.transport import SipTransport
 from p2psip.sip.users import UsersFile, UsersFileError
 from p2psip.usages.sip import SIP_APPLICATION
 from p2psip.util import gc_tuning
+from p2psip.util.loop_lag import LoopLagProbe
 
 NONCE_SECRET_FILE = "sip-nonce-secret"
 NONCE_SECRET_BYTES = 32
@@ -153,6 +155,8 @@ class SipStack:
     tls: CertificateOptions | None = None
     #: The media relay (None with ``--media-relay never``).
     media: MediaAnchor | None = None
+    #: How late the event loop runs (the overload guard's lag; /status, /metrics).
+    loop_lag: LoopLagProbe | None = None
 
 
 def build_sip_stack(
@@ -211,6 +215,7 @@ def build_sip_stack(
         else None
     )
     media = build_media_relay(config, reactor, host, node)
+    loop_lag = LoopLagProbe(reactor)
     proxy = SipProxy(
         config.domain,
         (host, 0),
@@ -227,9 +232,16 @@ def build_sip_stack(
         gateway=Gateway(routes, locator, reactor),
         media=media,
     )
+    if config.overload.enabled:
+        transactions = proxy.transactions
+        proxy.overload = OverloadGuard(
+            config.overload, lambda: transactions.unanswered, lambda: loop_lag.smoothed_seconds
+        )
     transport.receiver = proxy.transactions
     tls = sip_tls_options(config.tls) if config.tls is not None else None
-    return SipStack(config, node, users, location, registrar, transport, proxy, tls, media)
+    return SipStack(
+        config, node, users, location, registrar, transport, proxy, tls, media, loop_lag
+    )
 
 
 def build_media_relay(
@@ -411,6 +423,8 @@ class SipService(Service):
             self._refresh.start(USERS_REFRESH_SECONDS, now=False)
         if self.relay is not None:
             self.relay.startService()
+        if self.stack.loop_lag is not None:
+            self.stack.loop_lag.start()
         if self._announce is not None:
             # The overlay takes the entry once the node is in the ring.
             if self.joined is None:
@@ -487,6 +501,8 @@ class SipService(Service):
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()
         self.registrar.stop()
+        if self.stack.loop_lag is not None:
+            self.stack.loop_lag.stop()
         if self.relay is not None and self.relay.running:
             self.relay.stopService()
         if self._announce is not None and self._announce.running:
@@ -523,7 +539,16 @@ class SipService(Service):
             "transport": self.transport.metrics(),
             "gateway": self.proxy.gateway.status(),
             "media_relay": relay_status(self.stack.media, self.directory),
+            "overload": self.overload_status(),
         }
+
+    def overload_status(self) -> dict[str, Any]:
+        """The overload guard's thresholds and refusals, and the loop lag."""
+        guard = self.proxy.overload
+        status: dict[str, Any] = guard.status() if guard is not None else {"guard": "off"}
+        if self.stack.loop_lag is not None:
+            status["loop_lag"] = self.stack.loop_lag.status()
+        return status
 
     def add_metrics(self, registry: CollectorRegistry) -> None:
         """The stack's numbers (read at scrape time) and the call set-up histograms."""
@@ -531,6 +556,7 @@ class SipService(Service):
             SipCollector(lambda: self.proxy, lambda: self.transport, self.registrations)
         )
         CallSetupTimes(registry).watch(self.proxy)
+        registry.register(OverloadCollector(lambda: self.proxy, self.stack.loop_lag))
         if self.stack.media is not None:
             registry.register(MediaRelayCollector(self.stack.media))
 

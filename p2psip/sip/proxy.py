@@ -30,7 +30,9 @@ without a live binding 480, an ``OPTIONS`` addressed to the server itself
 200 (health checks), other methods addressed to it 405.
 
 Before any of that, a new request whose source address is over its rate
-(:mod:`p2psip.sip.request_limit`) gets 503 with ``Retry-After``.
+(:mod:`p2psip.sip.request_limit`) gets 503 with ``Retry-After``, and so
+does a new INVITE or REGISTER while the node is overloaded
+(:mod:`p2psip.sip.overload`).
 
 With authentication on, an out-of-dialog request (not ACK or CANCEL,
 s22.1) whose From names a user of our domain is forwarded only when that
@@ -72,6 +74,7 @@ from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.media_hook import MediaHook
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
 from p2psip.sip.outbound import group_by_instance
+from p2psip.sip.overload import OverloadGuard
 from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
 from p2psip.sip.request_limit import RequestRateLimit
@@ -234,6 +237,7 @@ class SipProxy:
         credentials: CredentialCheck | None = None,
         gateway: Gateway | None = None,
         media: MediaHook | None = None,
+        overload: OverloadGuard | None = None,
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
@@ -272,6 +276,9 @@ class SipProxy:
         self.gateway = gateway or Gateway(DomainRoutes.build(self.domain), None, clock)
         #: The media relay's view of the calls we forward; None: bodies pass untouched.
         self.media = media
+        #: Refuses new calls and registrations while the node is overloaded; None: never.
+        self.overload = overload
+        self._overload_log = LogThrottle(clock)
 
     @property
     def pending_requests(self) -> int:
@@ -287,7 +294,7 @@ class SipProxy:
 
     def request_received(self, transaction: ServerTransaction) -> None:
         """A new request: answer it here or proxy it (or refuse it, over the source's rate)."""
-        if self._over_rate_limit(transaction):
+        if self._over_rate_limit(transaction) or self._overloaded(transaction):
             return
         if transaction.request.method == "INVITE":
             self._invite_started[transaction] = _InviteTiming(
@@ -337,6 +344,38 @@ class SipProxy:
                 source=blurred,
                 rate=limit.requests_per_second,
                 burst=limit.burst,
+            )
+        return True
+
+    def _overloaded(self, transaction: ServerTransaction) -> bool:
+        """
+        Answer 503 with Retry-After when the node is past its overload
+        thresholds (:mod:`p2psip.sip.overload`); warn at most once a minute.
+        """
+        guard = self.overload
+        if guard is None:
+            return False
+        retry_after = guard.admit(transaction.request)
+        if retry_after is None:
+            return False
+        self._answer(
+            transaction,
+            503,
+            "Service Unavailable (overloaded)",
+            (("Retry-After", str(retry_after)),),
+        )
+        held_back = self._overload_log.admit("overload")
+        if held_back is not None:
+            limits = guard.thresholds
+            self.log.warn(
+                "overloaded: refused {count} new INVITE/REGISTER(s) with 503 "
+                "({pending_now} unanswered, loop lag {lag_now:.3f} s; thresholds "
+                "sip-overload-pending {pending}, sip-overload-lag {lag:g} s)",
+                count=held_back + 1,
+                pending_now=self.transactions.unanswered,
+                lag_now=guard.lag_seconds(),
+                pending=limits.max_pending,
+                lag=limits.max_lag_seconds,
             )
         return True
 
