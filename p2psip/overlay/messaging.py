@@ -392,10 +392,15 @@ class Messenger:
         """
         Send again, by the route that is best now, the requests ``dead``
         never acknowledged (its link was just closed).  The bytes are the
-        ones we sent: a forwarded request already names us in its via
-        list, so the answer comes back the same way.  Answers are left:
-        they can only retrace their request's path, and the requester
-        resends.
+        ones we sent: a forwarded request already names the peer we had it
+        from in its via list, so the answer comes back the same way.
+        Answers are left: they can only retrace their request's path, and
+        the requester resends.
+
+        Taking ``dead`` out of our tables may have made its range ours (it
+        was our predecessor, and we hold its replicas): a request we had
+        forwarded to it is then delivered here, not dropped for want of a
+        route.
         """
         for data in messages:
             try:
@@ -408,10 +413,38 @@ class Messenger:
             if destination.value == dead or not isinstance(destination.value, int):
                 continue
             link = self.first_hop(destination)
+            if link is None and self._take_over_stranded(data, header, destination):
+                continue
             if link is None or link.peer_id == dead:
                 continue
             self.counters.count("messages_rerouted")
             link.send(data)
+
+    def _take_over_stranded(
+        self, data: bytes, header: ForwardingHeader, destination: Destination
+    ) -> bool:
+        """
+        Deliver here a request we had forwarded to a peer now gone, if its
+        target is ours now; True when it was.
+
+        The request is handled as if it had just come from the peer that
+        handed it to us (the last entry of its via list, which our
+        forwarding added), so the answer goes back over that peer's link.
+        """
+        if not header.via_list or not self.membership.in_ring():
+            return False
+        previous = header.via_list[-1].value
+        if not isinstance(previous, int):
+            return False
+        back = self.links.link_for(previous)
+        if back is None:
+            return False
+        arrived = evolve(header, ttl=header.ttl + 1, via_list=header.via_list[:-1])
+        if not self._delivers_locally(destination, back):
+            return False
+        self.counters.count("stranded_requests_taken_over")
+        self._deliver(back, replace_header(data, arrived))
+        return True
 
     def _resend_unanswered(self, pending: PendingRequest) -> None:
         """

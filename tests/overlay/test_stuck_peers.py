@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from attrs import evolve
+
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,7 +17,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2psip.overlay import links as links_module
 from p2psip.overlay.framing import AckFrame, encode_frame
 from p2psip.overlay.links import FramedStreamLink, Link
-from p2psip.overlay.message import Destination, MessageCode, peek_header
+from p2psip.overlay.message import (
+    Destination,
+    MessageCode,
+    peek_code,
+    peek_header,
+    replace_header,
+)
+from p2psip.overlay.messaging import Reply
 from p2psip.overlay.membership import Event
 from p2psip.overlay.bodies import ChordUpdateType, PingReq, UpdateReq
 from tests.overlay.parts import MessengerUnderTest, sorted_identities
@@ -190,6 +199,37 @@ class RerouteTests(SynchronousTestCase):
         node.messenger.reroute([request, answer], after.node_id)
         self.assertEqual(other.sent, [request])
         self.assertEqual(node.counters["messages_rerouted"], 1)
+
+    def test_request_for_a_dead_predecessors_range_is_answered_here(self) -> None:
+        """
+        A request we forwarded to our predecessor, which died, is answered
+        by us once its range is ours, back over the link it came in on.
+        """
+        far, dead, me, sender = sorted_identities(4)
+        node = MessengerUnderTest(me)
+        node.topology.add_peers([far.node_id, dead.node_id, sender.node_id])
+        node.membership.happened(Event.PEER_JOINED)
+        node.messenger.handle(MessageCode.PING_REQ, lambda *_: Reply(MessageCode.PING_ANS, b""))
+        back = node.link_to(sender)
+        requester = MessengerUnderTest(sender).messenger
+        txid = requester.transactions.new_transaction_id()
+        request = requester.encode(
+            MessageCode.PING_REQ, PING, (Destination.resource(dead.node_id - 1),), txid
+        )
+        header = peek_header(request)
+        forwarded = replace_header(
+            request,
+            evolve(header, ttl=header.ttl - 1, via_list=(Destination.node(sender.node_id),)),
+        )
+        # The ack watch closes the dead peer's link, the tables forget it, then it reroutes.
+        node.topology.remove_peer(dead.node_id)
+        node.messenger.reroute([forwarded], dead.node_id)
+        (answer,) = back.sent
+        answer_header, code = peek_code(answer)
+        self.assertEqual(code, MessageCode.PING_ANS)
+        self.assertEqual(answer_header.transaction_id, txid)
+        self.assertEqual(answer_header.destination_list, (Destination.node(sender.node_id),))
+        self.assertEqual(node.counters["stranded_requests_taken_over"], 1)
 
 
 class FalseAlarmTests(SynchronousTestCase):
