@@ -182,6 +182,10 @@ def _code_name(code: int) -> str:
         return f"message code {code}"
 
 
+#: An answer held back: the request, the link it came over, the message, its signer.
+HeldAnswer = tuple[PendingRequest, Link, Message, int]
+
+
 class Messenger:
     """Sends our requests, answers others', and forwards what is not for us."""
 
@@ -232,6 +236,8 @@ class Messenger:
         self.rejoin_policy: Callable[[int, Link], bool | None] = lambda peer, link: True
         #: Told of a peer our tables list that may be gone (connectivity pings it).
         self.suspect_observer: Callable[[int], None] | None = None
+        #: Suspect peer -> answers held until we know whether it is alive.
+        self._held_answers: dict[int, list[HeldAnswer]] = {}
         #: Told of a link that a request's signer has just identified: only
         #: an answer to a challenge of ours proves who is at the other end
         #: (see Connectivity.challenge_link).
@@ -869,6 +875,12 @@ class Messenger:
                 signer=id_short(signer),
             )
             return
+        self._take_answer(pending, link, message, signer)
+
+    def _take_answer(
+        self, pending: PendingRequest, link: Link, message: Message, signer: int
+    ) -> None:
+        """Complete ``pending`` with the answer, unless its signer cannot own the target."""
         if message.code != MessageCode.ERROR and not self._from_possible_owner(
             link, message, pending, signer
         ):
@@ -939,6 +951,14 @@ class Messenger:
             # is gone its link closes, the tables forget it and the next
             # request is answered.
             self.suspect_observer(closer)
+            # The answer is also held until the check ends: when the peer
+            # proves dead (release_held_answers) it no longer lies between,
+            # and the answer is taken unless another came first; the
+            # request's own timeout still bounds the wait.
+            self._hold_answer(closer, (pending, link, message, signer))
+            held = True
+        else:
+            held = False
         self.refuse(
             "answers_not_from_owner",
             link,
@@ -954,6 +974,8 @@ class Messenger:
             if other is not None and other is not link:
                 self._resend(pending, other)
                 return False
+        if held:
+            return False
         self.transactions.complete(pending.transaction_id)
         pending.deferred.errback(
             NotResponsible(
@@ -963,6 +985,29 @@ class Messenger:
             )
         )
         return False
+
+    def _hold_answer(self, suspect: int, held: HeldAnswer) -> None:
+        outstanding = {
+            peer: kept
+            for peer, answers in self._held_answers.items()
+            if (kept := [h for h in answers if self._outstanding(h[0])])
+        }
+        outstanding.setdefault(suspect, []).append(held)
+        self._held_answers = outstanding
+        self.counters.count("answers_held_for_suspect")
+
+    def _outstanding(self, pending: PendingRequest) -> bool:
+        return self.transactions.find(pending.transaction_id) is pending
+
+    def release_held_answers(self, failed_peer: int) -> None:
+        """
+        ``failed_peer`` is gone from our tables: judge again the answers
+        held because it seemed to lie between their targets and their
+        signers (a dead peer does not make the true owner's answer wrong).
+        """
+        for pending, link, message, signer in self._held_answers.pop(failed_peer, []):
+            if self._outstanding(pending):
+                self._take_answer(pending, link, message, signer)
 
     # -- answering requests ----------------------------------------------
 

@@ -250,6 +250,7 @@ class OverlayNode(OverlayOperations):
         self.storage.peer_gone(peer)
         self.messenger.resend_after_failure(peer)
         self.chord.peer_failed(peer)
+        self.messenger.release_held_answers(peer)
 
     def _peer_rejoining(self, peer: int, link: Link) -> bool | None:
         """

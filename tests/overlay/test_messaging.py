@@ -5,7 +5,10 @@ drops, message by message, over recording links on a fake clock.
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import evolve
+from twisted.internet.defer import Deferred
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -478,6 +481,44 @@ class AnswerFromOwnerTests(SynchronousTestCase):
         failure = self.failureResultOf(d, NotResponsible)
         self.assertIn(id_short(self.finger.node_id), failure.getErrorMessage())
         self.assertIn("cannot be responsible", failure.getErrorMessage())
+        self.assertEqual(len(self.node.messenger.transactions), 0)
+
+    def held_for_silent_finger(self) -> tuple[Deferred[Any], list[int], NodeIdentity]:
+        """
+        A request for a target just past ``after``, answered by the next
+        node beyond our finger (``owner``) while the finger has been silent
+        for longer than a keepalive interval: the owner once the finger is gone.
+        """
+        _, _, _, _, owner, _ = sorted_identities(6)
+        suspects: list[int] = []
+        self.node.messenger.suspect_observer = suspects.append
+        self.node.clock.advance(self.node.messenger.config.ping_interval_seconds + 1)
+        onward = self.node.link_to(self.after)
+        d = self.node.messenger.request(
+            Destination.resource(self.after.node_id + 1), MessageCode.PING_REQ, PING
+        )
+        [request] = onward.sent
+        self.node.messenger.message_received(
+            onward, self.answer(owner, request, via=(owner.node_id,))
+        )
+        return d, suspects, owner
+
+    def test_answer_behind_a_silent_peer_is_taken_once_it_proves_dead(self) -> None:
+        """The true owner's answer, refused only for a peer that seems dead, is taken when it is."""
+        d, suspects, owner = self.held_for_silent_finger()
+        self.assertEqual(suspects, [self.finger.node_id])
+        self.assertNoResult(d)
+        self.node.topology.remove_peer(self.finger.node_id)
+        self.node.messenger.release_held_answers(self.finger.node_id)
+        self.assertEqual(self.successResultOf(d).responder, owner.node_id)
+        self.assertEqual(len(self.node.messenger.transactions), 0)
+
+    def test_held_answer_behind_a_live_peer_is_never_taken(self) -> None:
+        """If the silent peer is alive after all, the held answer stays refused: the request times out."""
+        d, _, _ = self.held_for_silent_finger()
+        self.node.clock.advance(self.node.messenger.config.request_timeout_seconds)
+        self.failureResultOf(d, RequestTimeout)
+        self.node.messenger.release_held_answers(self.finger.node_id)
         self.assertEqual(len(self.node.messenger.transactions), 0)
 
     def test_error_answers_are_not_checked(self) -> None:
