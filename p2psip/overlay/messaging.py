@@ -933,8 +933,12 @@ class Messenger:
         between the target and the signer.  An answer from anyone else (a
         node on the path answering for a range it does not hold) is refused:
         the request goes once more over another first hop, else fails with
-        :class:`NotResponsible`.  Error answers are not checked: any node on
-        the path may refuse to carry a request, and that only fails it.
+        :class:`NotResponsible`.  When the node in between has been silent
+        for a keepalive interval it is checked, and the answer also held:
+        the true owner's answer, while a dead peer is still in our tables,
+        is taken once that peer is found dead.  Error answers are not
+        checked: any node on the path may refuse to carry a request, and
+        that only fails it.
         """
         if pending.target is None or self.attachment is not None:
             return True
