@@ -92,6 +92,8 @@ def main() -> None:
         for median, report in details:
             print(f"\n{median:g} min: calls failed {dict(report.calls_failed)}")
             print(f"  failures by operation: {dict(report.failure_reasons)}")
+            for line in report.lookup_failures:
+                print(f"  failed lookup {line}")
             print(
                 f"  joins failed (retried): {report.joins_failed}, unrepaired at end {report.unrepaired}"
             )

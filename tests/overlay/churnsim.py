@@ -35,6 +35,7 @@ registration still within its lifetime is fetched: any not found is lost.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import Counter
@@ -45,7 +46,7 @@ from twisted.python.failure import Failure
 
 from p2psip.overlay.message import MessageCode, peek_code
 from p2psip.overlay.node import NodeState, OperationResult, OverlayConfig, OverlayNode
-from p2psip.util.ids import id_hex
+from p2psip.util.ids import id_hex, id_short
 
 from .ringsim import PORT, RingSimulation
 
@@ -131,6 +132,9 @@ class ChurnReport:
     registrations_lost: int = 0
     live_at_end: int = 0
     failure_reasons: Counter[str] = field(factory=Counter)
+    #: One line per failed lookup: when, from where, for what, who owned
+    #: it, and the failed peer whose range it was (bench/churn.py --details).
+    lookup_failures: list[str] = field(factory=list)
 
     @property
     def lookup_success(self) -> float:
@@ -178,6 +182,8 @@ class ChurnRun:
         self.phones: list[Phone] = []
         #: Dead peers whose repair is being timed: id -> time of failure.
         self._repairing: dict[int, float] = {}
+        #: Every failure: id -> time of its latest failure.
+        self._failed_at: dict[int, float] = {}
         self._bootstrap_gone = False
         self.sim.network.traffic_observer = self._count_traffic
 
@@ -253,7 +259,7 @@ class ChurnRun:
         self.random.shuffle(cached)
         self.sim.crash(node)
         self.report.failures += 1
-        self._repairing[node.node_id] = self.sim.clock.seconds()
+        self._repairing[node.node_id] = self._failed_at[node.node_id] = self.sim.clock.seconds()
         low, high = self.settings.down_seconds
         if RingSimulation.endpoint(node) == self.bootstrap and self._bootstrap_gone:
             return
@@ -267,6 +273,7 @@ class ChurnRun:
             self.sim.crash(founder[0])
             self.report.failures += 1
             self._repairing[founder[0].node_id] = self.sim.clock.seconds()
+            self._failed_at[founder[0].node_id] = self.sim.clock.seconds()
         self._bootstrap_gone = True
 
     def _restart(self, old: OverlayNode, cached: list[str]) -> None:
@@ -329,11 +336,38 @@ class ChurnRun:
             if self._is_up(result.responsible) and result.responsible != self.sim.owner(target):
                 self.report.wrong_node += 1
 
+        sent_at = self.sim.clock.seconds()
+
         def failed(failure: Failure) -> None:
             self.report.lookups_failed += 1
             self.report.failure_reasons[f"lookup: {_reason(failure)}"] += 1
+            self.report.lookup_failures.append(
+                self._describe_failed_lookup(origin, target, sent_at, failure)
+            )
 
         origin.lookup_id(target).addCallbacks(answered, failed)
+
+    def _describe_failed_lookup(
+        self, origin: OverlayNode, target: int, sent_at: float, failure: Failure
+    ) -> str:
+        """Where a lookup failed: the owner, and the dead peer whose range it was, if one."""
+        now = self.sim.clock.seconds()
+        live = {n.node_id for n in self._live()}
+        # The peer that would own the target had the peers failed in the
+        # last two minutes still been up: a dead one means a just-failed range.
+        recent = {p for p, at in self._failed_at.items() if sent_at - at < 120 and p not in live}
+        ring = sorted(live | recent)
+        owner_then = ring[bisect.bisect_left(ring, target) % len(ring)] if ring else None
+        dead = (
+            f"range of {id_short(owner_then)}, failed {sent_at - self._failed_at[owner_then]:.1f} s before"
+            if owner_then in recent
+            else "range of a live peer"
+        )
+        return (
+            f"t={sent_at:.1f} s +{now - sent_at:.1f} s: from {id_short(origin.node_id)} for "
+            f"{id_short(target)} (owner {id_short(self.sim.owner(target))}; {dead}): "
+            f"{type(failure.value).__name__}: {failure.getErrorMessage()}"
+        )
 
     def _fetch_value(self) -> None:
         name = self.random.choice(sorted(self.values))
