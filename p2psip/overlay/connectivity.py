@@ -436,10 +436,22 @@ class Connectivity:
                         peer=id_short(peer),
                         seconds=now - since,
                     )
-                    stranded = link.unacknowledged_messages()
-                    self._drop_and_report(link, peer)
+                    # A peer that died is silent on every link: its other
+                    # links silent as long go too, or the request we send
+                    # again would take one of them into the same void (and
+                    # the peer would stay in our tables until its ack timeout).
+                    silent = [
+                        other
+                        for other in self.links.links_to(peer)
+                        if other is link or other.last_received_at <= since
+                    ]
+                    stranded = [m for other in silent for m in other.unacknowledged_messages()]
+                    for other in silent[:-1]:
+                        self.drop_link(other)
+                    self._drop_and_report(silent[-1], peer)
                     # The tables no longer lead there: what it never took goes round it.
                     self.messenger.reroute(stranded, peer)
+                    break
 
     def _kept_open(self, link: Link) -> bool:
         """A link that idleness does not close: an attached client's, or a client's own attachment."""

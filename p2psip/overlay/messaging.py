@@ -459,7 +459,10 @@ class Messenger:
         died on its path (forwarding is stateless, so no one else resends
         it) is then answered within the timeout: by the time this fires, the
         peer before the dead one has seen its messages go unacknowledged and
-        routes around it (``link_ack_timeout_seconds``).
+        routes around it (``link_ack_timeout_seconds``).  The copy leaves
+        over another first hop than the first one if there is one: the
+        first path may lead into the same dead peer again (the first hop's
+        tables do not change until its own ack timeout).
         """
         pending.retry_call = None
         if (
@@ -468,7 +471,8 @@ class Messenger:
         ):
             return
         header = peek_header(pending.data, self.config.limits)
-        link = self.first_hop(header.destination_list[0])
+        destination = header.destination_list[0]
+        link = self.first_hop(destination, avoid=pending.first_link) or self.first_hop(destination)
         if link is None:
             return
         self._resend(pending, link)

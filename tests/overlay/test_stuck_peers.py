@@ -27,7 +27,7 @@ from p2psip.overlay.message import (
 from p2psip.overlay.messaging import Reply
 from p2psip.overlay.membership import Event
 from p2psip.overlay.bodies import ChordUpdateType, PingReq, UpdateReq
-from tests.overlay.parts import MessengerUnderTest, sorted_identities
+from tests.overlay.parts import MessengerUnderTest, RecordingLink, sorted_identities
 from tests.overlay.ringsim import RingSimulation
 
 PING = PingReq().encode()
@@ -123,6 +123,38 @@ class AckTimeoutTests(SynchronousTestCase):
         self.first.connectivity.check_acks()
         self.assertEqual(failures, [self.second.node_id])
 
+    def test_a_dead_peers_other_silent_links_close_with_the_first(self) -> None:
+        """A second link to the peer, as silent, closes too: the peer is failed at once."""
+        failures: list[int] = []
+        self.first.connectivity.failure_observers.append(failures.append)
+        [link] = self.first.links_to(self.second.node_id)
+        second_link = RecordingLink(self.sim.clock)
+        self.first.connectivity.links.added(second_link)
+        self.first.connectivity.links.identify(second_link, self.second.node_id)
+        now = self.sim.clock.seconds()
+        self.patch(link, "unacknowledged_since", lambda: now - 10)
+        link.last_received_at = second_link.last_received_at = now - 11
+        self.first.connectivity.check_acks()
+        self.assertEqual(failures, [self.second.node_id])
+        self.assertTrue(second_link.closed)
+        self.assertEqual(self.first.links_to(self.second.node_id), [])
+
+    def test_a_link_that_heard_from_the_peer_since_is_kept(self) -> None:
+        """A second link that carried something from the peer after the stuck message stays open."""
+        failures: list[int] = []
+        self.first.connectivity.failure_observers.append(failures.append)
+        [link] = self.first.links_to(self.second.node_id)
+        second_link = RecordingLink(self.sim.clock)
+        self.first.connectivity.links.added(second_link)
+        self.first.connectivity.links.identify(second_link, self.second.node_id)
+        now = self.sim.clock.seconds()
+        self.patch(link, "unacknowledged_since", lambda: now - 10)
+        link.last_received_at = now - 11
+        second_link.last_received_at = now
+        self.first.connectivity.check_acks()
+        self.assertEqual(failures, [])
+        self.assertEqual(self.first.links_to(self.second.node_id), [second_link])
+
     def test_own_stall_is_no_evidence(self) -> None:
         """After our own loop stalled past the check interval, one round passes without judging anyone."""
         failures: list[int] = []
@@ -169,6 +201,16 @@ class ResendUnansweredTests(SynchronousTestCase):
         self.node.clock.advance(timeout / 2)
         self.assertEqual(len(self.link.sent), 2)
         self.assertEqual(len(self.node.messenger.transactions), 0)
+
+    def test_halfway_copy_leaves_over_another_first_hop(self) -> None:
+        """With a second usable first hop, the copy avoids the one the first went over."""
+        other = self.node.link_to(self.before)
+        self.node.messenger.request(
+            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
+        ).addErrback(lambda _: None)
+        self.node.clock.advance(self.node.messenger.config.request_timeout_seconds / 2)
+        self.assertEqual((len(self.link.sent), len(other.sent)), (1, 1))
+        self.node.clock.advance(self.node.messenger.config.request_timeout_seconds / 2)
 
     def test_requests_over_a_chosen_link_and_joins_are_not(self) -> None:
         """A keepalive over a chosen link and a routed Join are sent once only."""
