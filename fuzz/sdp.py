@@ -1,10 +1,12 @@
 """
-Fuzz the media relay's SDP reader and writer (``p2psip.media.sdp``).
+Fuzz the media relay's SDP reader and writer (``p2psip.media.sdp``), and
+the media anchor that uses them (``p2psip.media.anchor``).
 
-The first byte picks the relay ports, the rest is one SDP body, treated
-as the media anchor treats a party's offer or answer: ``parse_sdp``,
-then ``rewrite_sdp`` with relay ports for every enabled stream (None for
-a disabled one, as ``p2psip.media.sessions`` gives them).
+The first byte picks the mode.  Below 128 it also picks the relay ports,
+and the rest is one SDP body, treated as the media anchor treats a
+party's offer or answer: ``parse_sdp``, then ``rewrite_sdp`` with relay
+ports for every enabled stream (None for a disabled one, as
+``p2psip.media.sessions`` gives them).
 
 * ``parse_sdp`` may raise only :class:`SdpError`, with status 400 or 488
   and a reason that fits a SIP reason phrase (one short line).
@@ -19,6 +21,14 @@ a disabled one, as ``p2psip.media.sessions`` gives them).
   streams, and the origin line untouched; rewriting that body again with
   the same ports gives the same bytes.
 
+From 128 up the rest is an offer and an answer, split at the first NUL
+(which no SDP body holds), for a call through a ``MediaAnchor`` that
+relays every call: the INVITE's offer may be refused only with the
+proxy's own error (``SipParseError``, 400, 488 or 503), the 200's answer
+and the ACK never raise, every relay leg is pointed at nothing or at an
+IPv4 address and a port 1..65535 (what the relay's sockets can send to),
+and after the BYE no port or socket is left.
+
 Seeds: the realistic bodies of ``tests/media/sdp_samples/`` (audio and
 video, ``a=rtcp``, ``rtcp-mux``, ICE and BUNDLE, IPv6 ``c=``, port 0,
 hold, T.38) and the SDP bodies of the RFC 4475 torture messages in the
@@ -31,9 +41,13 @@ import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
+from twisted.internet.task import Clock
+
 from fuzz.common import HarnessFailure, instrumented, main, shared_files
 
 with instrumented():
+    from p2psip.media.anchor import MediaAnchor, MediaPolicy
+    from p2psip.media.relay import Leg, PortPool
     from p2psip.media.sdp import (
         MAX_SDP_BYTES,
         RelayPorts,
@@ -44,6 +58,11 @@ with instrumented():
         refuse_unrelayable,
         rewrite_sdp,
     )
+    from p2psip.media.sessions import RelaySessions
+    from p2psip.sip.errors import SipParseError
+    from p2psip.sip.message import Request, Response, parse_message
+    from p2psip.sip.transaction import Hop
+    from p2psip.sip.uri import parse_uri
 
 RELAY = "198.51.100.7"
 SAMPLES = Path(__file__).resolve().parent.parent / "tests" / "media" / "sdp_samples"
@@ -122,8 +141,80 @@ def check_rewritten(
         raise HarnessFailure("rewriting a rewritten body changed it")
 
 
+class Opener:
+    """Opens no socket: counts the pairs of legs opened and not yet closed."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.legs: list[Leg] = []
+
+    def open_pair(self, first: Leg, second: Leg) -> Opener:
+        self.open += 1
+        self.legs += (first, second)
+        return self
+
+    def close(self) -> None:
+        self.open -= 1
+
+
+CALLER = Hop("UDP", "203.0.113.9", 31000)
+CALLEE = [(parse_uri("sip:bob@192.168.1.30:5060"), Hop("UDP", "203.0.113.40", 40123))]
+HEADERS = (
+    "Via: SIP/2.0/UDP 192.168.1.20:5060;branch=z9hG4bKfz;received=203.0.113.9;rport=31000\r\n"
+    "Max-Forwards: 70\r\nFrom: <sip:alice@p2psip.test>;tag=a\r\nTo: <sip:bob@p2psip.test>{tag}\r\n"
+    "Call-ID: fuzz\r\nCSeq: 1 {method}\r\n"
+)
+
+
+def message(start: str, method: str, body: bytes, tag: str = "") -> Request | Response:
+    head = start + HEADERS.format(method=method, tag=tag)
+    if body:
+        head += "Content-Type: application/sdp\r\n"
+    return parse_message(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+
+def check_legs(opener: Opener) -> None:
+    for leg in opener.legs:
+        if leg.signalled is None:
+            continue
+        host, port = leg.signalled
+        if ipaddress.ip_address(host).version != 4 or not 1 <= port <= 65535:
+            raise HarnessFailure(f"a relay leg is pointed where it cannot send: {leg.signalled}")
+
+
+def call(offer: bytes, answer: bytes) -> None:
+    """One call through an anchor that relays every call: offer, answer, ACK, BYE."""
+    opener = Opener()
+    sessions = RelaySessions(PortPool(40000, 40999), opener)
+    anchor = MediaAnchor(sessions, MediaPolicy.ALWAYS, RELAY, Clock())
+    invite = message("INVITE sip:bob@p2psip.test SIP/2.0\r\n", "INVITE", offer)
+    assert isinstance(invite, Request)
+    try:
+        anchor.request_forwarding(invite, CALLER, CALLEE)
+    except SipParseError as e:
+        if e.status not in (400, 488, 503):
+            raise HarnessFailure(f"the anchor refused an offer with {e.status}") from e
+    check_legs(opener)
+    ok = message("SIP/2.0 200 OK\r\n", "INVITE", answer, tag=";tag=b")
+    assert isinstance(ok, Response)
+    anchor.response_forwarding(ok)
+    check_legs(opener)
+    ack = message("ACK sip:bob@192.168.1.30 SIP/2.0\r\n", "ACK", b"", tag=";tag=b")
+    assert isinstance(ack, Request)
+    anchor.ack_forwarding(ack)
+    bye = message("BYE sip:bob@192.168.1.30 SIP/2.0\r\n", "BYE", b"", tag=";tag=b")
+    assert isinstance(bye, Request)
+    anchor.request_forwarding(bye, CALLER, CALLEE)
+    if len(sessions) or sessions.pool.in_use or opener.open:
+        raise HarnessFailure("a call left relay ports or sockets behind")
+
+
 def test_one_input(data: bytes) -> None:
     if not data:
+        return
+    if data[0] >= 128:
+        offer, _, answer = data[1:].partition(b"\x00")
+        call(offer, answer)
         return
     base, body = 1024 + 200 * data[0], data[1:]
     try:
@@ -160,8 +251,11 @@ def torture_bodies() -> Iterator[bytes]:
 
 
 def seeds() -> Iterator[bytes]:
-    for number, path in enumerate(sorted(SAMPLES.glob("*.sdp"))):
-        yield bytes([number]) + path.read_bytes()
+    samples = [path.read_bytes() for path in sorted(SAMPLES.glob("*.sdp"))]
+    for number, sample in enumerate(samples):
+        yield bytes([number]) + sample
+        # A call offered with this sample and answered with the next one.
+        yield bytes([128 + number]) + sample + b"\x00" + samples[(number + 1) % len(samples)]
     for body in torture_bodies():
         yield b"\x00" + body
 
