@@ -166,11 +166,20 @@ HEADERS = (
 )
 
 
-def message(start: str, method: str, body: bytes, tag: str = "") -> Request | Response:
+def message(start: str, method: str, sdp: bool, tag: str = "") -> Request | Response:
     head = start + HEADERS.format(method=method, tag=tag)
-    if body:
+    if sdp:
         head += "Content-Type: application/sdp\r\n"
-    return parse_message(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return parse_message(f"{head}Content-Length: 0\r\n\r\n".encode())
+
+
+# Parsed once (the SIP parser has its own harness); each call gets copies with its bodies.
+INVITE = message("INVITE sip:bob@p2psip.test SIP/2.0\r\n", "INVITE", True)
+OK = message("SIP/2.0 200 OK\r\n", "INVITE", True, tag=";tag=b")
+ACK = message("ACK sip:bob@192.168.1.30 SIP/2.0\r\n", "ACK", False, tag=";tag=b")
+BYE = message("BYE sip:bob@192.168.1.30 SIP/2.0\r\n", "BYE", False, tag=";tag=b")
+assert isinstance(INVITE, Request) and isinstance(OK, Response)
+assert isinstance(ACK, Request) and isinstance(BYE, Request)
 
 
 def check_legs(opener: Opener) -> None:
@@ -185,26 +194,19 @@ def check_legs(opener: Opener) -> None:
 def call(offer: bytes, answer: bytes) -> None:
     """One call through an anchor that relays every call: offer, answer, ACK, BYE."""
     opener = Opener()
-    sessions = RelaySessions(PortPool(40000, 40999), opener)
+    sessions = RelaySessions(PortPool(40000, 40127), opener)
     anchor = MediaAnchor(sessions, MediaPolicy.ALWAYS, RELAY, Clock())
-    invite = message("INVITE sip:bob@p2psip.test SIP/2.0\r\n", "INVITE", offer)
-    assert isinstance(invite, Request)
+    invite = Request(INVITE.method, INVITE.uri.copy(), INVITE.headers.copy(), offer)
     try:
         anchor.request_forwarding(invite, CALLER, CALLEE)
     except SipParseError as e:
         if e.status not in (400, 488, 503):
             raise HarnessFailure(f"the anchor refused an offer with {e.status}") from e
     check_legs(opener)
-    ok = message("SIP/2.0 200 OK\r\n", "INVITE", answer, tag=";tag=b")
-    assert isinstance(ok, Response)
-    anchor.response_forwarding(ok)
+    anchor.response_forwarding(Response(OK.status, OK.reason, OK.headers.copy(), answer))
     check_legs(opener)
-    ack = message("ACK sip:bob@192.168.1.30 SIP/2.0\r\n", "ACK", b"", tag=";tag=b")
-    assert isinstance(ack, Request)
-    anchor.ack_forwarding(ack)
-    bye = message("BYE sip:bob@192.168.1.30 SIP/2.0\r\n", "BYE", b"", tag=";tag=b")
-    assert isinstance(bye, Request)
-    anchor.request_forwarding(bye, CALLER, CALLEE)
+    anchor.ack_forwarding(ACK)
+    anchor.request_forwarding(BYE, CALLER, CALLEE)
     if len(sessions) or sessions.pool.in_use or opener.open:
         raise HarnessFailure("a call left relay ports or sockets behind")
 
