@@ -230,19 +230,20 @@ def parse_sdp(body: bytes) -> SessionDescription:
     def close(end: int) -> None:
         if current is None:
             return
-        stream = MediaStream(
-            media=str(current["media"]),
-            port=int(str(current["port"])),
-            proto=str(current["proto"]),
-            formats=str(current["formats"]),
-            connection=current["connection"],  # type: ignore[arg-type]
-            rtcp_port=current["rtcp_port"],  # type: ignore[arg-type]
-            rtcp_address=current["rtcp_address"],  # type: ignore[arg-type]
-            rtcp_mux=bool(current["rtcp_mux"]),
-            line=int(str(current["line"])),
-            end=end,
+        streams.append(
+            MediaStream(
+                media=str(current["media"]),
+                port=int(str(current["port"])),
+                proto=str(current["proto"]),
+                formats=str(current["formats"]),
+                connection=current["connection"],  # type: ignore[arg-type]
+                rtcp_port=current["rtcp_port"],  # type: ignore[arg-type]
+                rtcp_address=current["rtcp_address"],  # type: ignore[arg-type]
+                rtcp_mux=bool(current["rtcp_mux"]),
+                line=int(str(current["line"])),
+                end=end,
+            )
         )
-        streams.append(stream)
 
     for index, line in enumerate(lines):
         if len(line) < 2 or line[1] != "=" or not ("a" <= line[0] <= "z"):
