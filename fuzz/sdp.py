@@ -11,9 +11,10 @@ ports for every enabled stream (None for a disabled one, as
 * ``parse_sdp`` may raise only :class:`SdpError`, with status 400 or 488
   and a reason that fits a SIP reason phrase (one short line).
 * What parses is safe for the relay to use: every stream's ``line`` is its
-  ``m=`` line, and every RTP and RTCP destination is an IP address with a
-  port 1..65535 (a port outside it makes every datagram sent there raise
-  in the relay; an IPv6 one, on its IPv4 sockets, too).
+  ``m=`` line, and every RTP and RTCP destination is an IP address, not
+  the unspecified one (0.0.0.0 reaches the relay's own host), with a port
+  1..65535 (a port outside it makes every datagram sent there raise in
+  the relay; an IPv6 address, on its IPv4 sockets, too).
 * ``rewrite_sdp`` refuses (488) exactly the bodies ``refuse_unrelayable``
   refuses, and otherwise writes a body that parses again with the same
   streams, each enabled one sent to the relay's address and ports, the
@@ -80,7 +81,9 @@ def check_destination(destination: tuple[str, int] | None, what: str) -> None:
     if destination is None:
         return
     host, port = destination
-    ipaddress.ip_address(host)  # ValueError here is a crash: parse_sdp checked the address
+    # A ValueError here is a crash: parse_sdp checked the address.
+    if ipaddress.ip_address(host).is_unspecified:
+        raise HarnessFailure(f"{what} destination {host} is the unspecified address")
     if not 1 <= port <= 65535:
         raise HarnessFailure(f"{what} destination port {port} cannot be sent to")
     if not isinstance(is_private_address(host), bool):

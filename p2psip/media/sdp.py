@@ -127,7 +127,7 @@ class SessionDescription:
         not be sent anything.
         """
         connection = self.stream_connection(stream)
-        if not stream.enabled or connection is None or connection.address in ("0.0.0.0", "::"):
+        if not stream.enabled or connection is None or _unspecified(connection.address):
             return None
         return connection.address, stream.port
 
@@ -139,9 +139,14 @@ class SessionDescription:
         if stream.rtcp_mux:
             return rtp
         host = stream.rtcp_address or rtp[0]
-        if host in ("0.0.0.0", "::"):
+        if _unspecified(host):
             return None  # a=rtcp:9 IN IP4 0.0.0.0, as WebRTC offers: no RTCP to send
         return host, stream.rtcp_port if stream.rtcp_port is not None else rtp[1] + 1
+
+
+def _unspecified(address: str) -> bool:
+    """0.0.0.0 or :: however written (::0, 0:0::0): nothing may be sent there (Linux: to this host)."""
+    return ipaddress.ip_address(address).is_unspecified
 
 
 def is_private_address(address: str) -> bool:

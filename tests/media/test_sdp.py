@@ -247,6 +247,12 @@ class FuzzRegressionTests(SynchronousTestCase):
         self.assertEqual(description.rtp_destination(stream), ("203.0.113.141", 54400))
         self.assertIsNone(description.rtcp_destination(stream))
 
+    def test_unspecified_address_however_written(self) -> None:
+        """Hold is 0.0.0.0 or ::, and :: is also ::0 or 0:0::0: no destination for any."""
+        for address in (b"IP4 0.0.0.0", b"IP6 ::", b"IP6 ::0", b"IP6 0:0::0"):
+            description = parse_sdp(b"v=0\r\nc=IN " + address + b"\r\nm=audio 4000 RTP/AVP 0\r\n")
+            self.assertIsNone(description.rtp_destination(description.streams[0]), address)
+
     def test_ipv6_rtcp_address_is_refused_before_relaying(self) -> None:
         """An IPv4 stream whose a=rtcp names an IPv6 address is 488, as an IPv6 c= is."""
         description = parse_sdp(
