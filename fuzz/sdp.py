@@ -196,7 +196,8 @@ def check_legs(opener: Opener) -> None:
         if leg.signalled is None:
             continue
         host, port = leg.signalled
-        if ipaddress.ip_address(host).version != 4 or not 1 <= port <= 65535:
+        ip = ipaddress.ip_address(host)
+        if ip.version != 4 or ip.is_unspecified or not 1 <= port <= 65535:
             raise HarnessFailure(f"a relay leg is pointed where it cannot send: {leg.signalled}")
 
 
@@ -255,8 +256,8 @@ def test_one_input(data: bytes) -> None:
 
 def torture_bodies() -> Iterator[bytes]:
     """The bodies of the RFC 4475 messages that carry SDP (the parser need not accept them)."""
-    for message in shared_files("sip-torture", "*.dat"):
-        head, separator, body = message.partition(b"\r\n\r\n")
+    for torture in shared_files("sip-torture", "*.dat"):
+        head, separator, body = torture.partition(b"\r\n\r\n")
         if separator and b"application/sdp" in head.lower():
             yield body
 
