@@ -30,6 +30,7 @@ from p2psip.config import (
     RoleOptions,
     client_endpoint,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     server_endpoint,
@@ -48,6 +49,11 @@ from p2psip.sip.domain_routes import (
     StaticRoute,
     parse_peer_domain,
     parse_static_route,
+)
+from p2psip.sip.overload import (
+    DEFAULT_MAX_LAG_SECONDS,
+    DEFAULT_MAX_PENDING,
+    OverloadThresholds,
 )
 from p2psip.sip.request_limit import DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND
 from p2psip.sip.transport import (
@@ -159,6 +165,8 @@ class SipConfig:
     #: New requests per second per source address; 0: no limit.
     rate_limit_per_second: float = DEFAULT_REQUESTS_PER_SECOND
     rate_limit_burst: int = DEFAULT_BURST
+    #: When new INVITEs and REGISTERs get 503 (p2psip.sip.overload).
+    overload: OverloadThresholds = OverloadThresholds()
     #: SIP over TCP and TLS: silence that closes a connection, and how many
     #: connections one address, and everyone, may hold.
     idle_timeout_seconds: float = TCP_IDLE_TIMEOUT_SECONDS
@@ -181,10 +189,15 @@ class SipConfig:
 
     #: The media relay (``media-relay``, ``media-ports``...); None: ``never``.
     media: MediaRelayConfig | None = None
+    #: The transport other nodes reach us by, when the listeners do not decide it
+    #: (a thin client behind a NAT: TCP, which the mediator can carry).
+    peer_transport_choice: str | None = None
 
     @property
     def peer_transport(self) -> str:
         """The transport other super-nodes reach us by, as Record-Route names it."""
+        if self.peer_transport_choice is not None:
+            return self.peer_transport_choice
         if any(is_udp(listener) for listener in self.listeners):
             return "UDP"
         first = self.listeners[0].lower()
@@ -434,6 +447,7 @@ def sip_config(
         trusted_network=bool(options["sip-trusted-network"]),
         rate_limit_per_second=options["sip-rate-limit"],
         rate_limit_burst=options["sip-rate-burst"],
+        overload=OverloadThresholds(options["sip-overload-pending"], options["sip-overload-lag"]),
         idle_timeout_seconds=options["sip-idle-timeout"],
         connections_per_source=options["sip-connections-per-source"],
         max_connections=options["sip-max-connections"],
@@ -538,11 +552,19 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             "ping-interval",
             None,
             15.0,
-            "Seconds of silence before a link is pinged; twice this plus the request timeout "
-            "declares a peer dead.",
+            "Seconds of silence before a link is pinged; a Ping (or anything) left "
+            "unacknowledged for --link-ack-timeout declares the peer dead.",
             float,
         ],
         ["request-timeout", None, 15.0, "RELOAD transaction timeout in seconds.", float],
+        [
+            "link-ack-timeout",
+            None,
+            5.0,
+            "Seconds a peer may leave a message over its link unacknowledged before the link "
+            "is closed and the peer taken for dead (or stuck).",
+            float,
+        ],
         ["max-message-size", None, 1_048_576, "Largest RELOAD message accepted, in bytes.", int],
         [
             "mediator",
@@ -674,6 +696,22 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             positive_int,
         ],
         [
+            "sip-overload-pending",
+            None,
+            DEFAULT_MAX_PENDING,
+            "Requests being worked on (no final response yet) past which new INVITEs and "
+            "REGISTERs get 503 with Retry-After.  0: not checked.",
+            non_negative_int,
+        ],
+        [
+            "sip-overload-lag",
+            None,
+            DEFAULT_MAX_LAG_SECONDS,
+            "Smoothed event-loop lag, in seconds, past which new INVITEs and REGISTERs get 503 "
+            "with Retry-After.  0: not checked.",
+            non_negative_float,
+        ],
+        [
             "sip-idle-timeout",
             None,
             TCP_IDLE_TIMEOUT_SECONDS,
@@ -767,7 +805,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 raise usage.UsageError(f"--{name} must be at least 1")
         if self["replicas"] < 0 or self["replicas"] > self["successors"]:
             raise usage.UsageError("--replicas must be between 0 and --successors")
-        for name in ("update-interval", "ping-interval", "request-timeout"):
+        for name in ("update-interval", "ping-interval", "request-timeout", "link-ack-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
         if self["max-message-size"] < 4096:
@@ -802,15 +840,10 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             update_interval_seconds=self["update-interval"],
             ping_interval_seconds=self["ping-interval"],
             request_timeout_seconds=self["request-timeout"],
+            link_ack_timeout_seconds=self["link-ack-timeout"],
             limits=Limits(max_message_bytes=self["max-message-size"]),
         )
-        mediator = None
-        if self["mediator"]:
-            mediator = MediatorClientConfig(
-                endpoint=self["mediator"],
-                secret=self._mediator_secret(),
-                direct_timeout_seconds=self["direct-connect-timeout"],
-            )
+        mediator = mediator_client_config(self, self.role)
         sip = sip_config(self, self.sip_tls, media=self._media_relay()) if self["sip"] else None
         advertised_host, advertised_because = self._advertised()
         return RingRoleConfig(
@@ -905,30 +938,42 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             "every interface; set advertise to choose another"
         )
 
-    def _mediator_secret(self) -> bytes:
-        """The secret for the mediator's challenge, read now so a bad file stops the role at once."""
-        path = self["mediator-secret-file"]
-        if path:
-            try:
-                with open(path, encoding="utf-8") as secret_file:
-                    secret = secret_file.readline().strip()
-            except OSError as error:
-                raise usage.UsageError(
-                    f"cannot read --mediator-secret-file {path}: {error.strerror}; "
-                    "fix the path or the file's permissions"
-                ) from None
-            if not secret:
-                raise usage.UsageError(
-                    f"--mediator-secret-file {path} is empty; put the secret on its first line"
-                )
-            return secret.encode("utf-8")
-        if self["mediator-secret"]:
-            return str(self["mediator-secret"]).encode("utf-8")
-        raise usage.UsageError(
-            "--mediator needs the secret it checks: give --mediator-secret or "
-            f"--mediator-secret-file (or 'mediator-secret-file' in the [{self.role}] section of "
-            "--config)"
-        )
+
+def mediator_client_config(options: Mapping[str, Any], role: str) -> MediatorClientConfig | None:
+    """``--mediator`` with its secret (read now, so a bad file stops the role at once); None without."""
+    if not options["mediator"]:
+        return None
+    return MediatorClientConfig(
+        endpoint=options["mediator"],
+        secret=_mediator_secret(options, role),
+        direct_timeout_seconds=options["direct-connect-timeout"],
+    )
+
+
+def _mediator_secret(options: Mapping[str, Any], role: str) -> bytes:
+    """The secret for the mediator's challenge."""
+    path = options["mediator-secret-file"]
+    if path:
+        try:
+            with open(path, encoding="utf-8") as secret_file:
+                secret = secret_file.readline().strip()
+        except OSError as error:
+            raise usage.UsageError(
+                f"cannot read --mediator-secret-file {path}: {error.strerror}; "
+                "fix the path or the file's permissions"
+            ) from None
+        if not secret:
+            raise usage.UsageError(
+                f"--mediator-secret-file {path} is empty; put the secret on its first line"
+            )
+        return secret.encode("utf-8")
+    if options["mediator-secret"]:
+        return str(options["mediator-secret"]).encode("utf-8")
+    raise usage.UsageError(
+        "--mediator needs the secret it checks: give --mediator-secret or "
+        f"--mediator-secret-file (or 'mediator-secret-file' in the [{role}] section of "
+        "--config)"
+    )
 
 
 #: The SIP options every role with a SIP stack takes (the thin client too).

@@ -20,11 +20,18 @@ Twisted shell around it:
   address and ``rport`` port (UDP), else to the sent-by.
 * TCP connections are kept in a table by remote address, so requests to a
   UA that registered over TCP reuse its connection (its NAT binding).
+  New outbound ones are opened by ``stream_connector`` when one is set
+  (the thin client's: straight to the address, else through the mediator
+  to the node that serves there), else by a plain TCP connect; a
+  connection opened for an address is also kept under that address.
 * Stream listeners accept at most ``tcp_connections_per_source`` connections
   from one address and ``max_tcp_connections`` in all
   (:mod:`p2psip.util.connection_limit`); a connection silent for
   ``tcp_idle_timeout_seconds`` (CRLF keepalives count) is closed.
-* A CRLFCRLF keepalive ping on TCP is answered with CRLF.
+* A CRLFCRLF keepalive ping on TCP is answered with CRLF; on UDP a SIP
+  Outbound keepalive is a STUN Binding request (RFC 5626 s4.4.2, s8), told
+  apart from SIP by its first byte and magic cookie and answered from the
+  same socket with the phone's reflexive address (:mod:`p2psip.nat.stun_server`).
 * A request that does not parse is answered with the status in its
   :class:`SipParseError` when Via, From, To, Call-ID and CSeq can be found;
   broken TCP framing closes the connection.  Malformed input is logged at
@@ -49,6 +56,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
+    IProtocol,
     IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
@@ -59,6 +67,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from p2psip.nat.stun import is_stun
+from p2psip.nat.stun_server import StunResponder
 from p2psip.sip.message import (
     MAX_HEADER_BYTES,
     MAX_MESSAGE_BYTES,
@@ -69,6 +79,7 @@ from p2psip.sip.message import (
     SipStreamDecoder,
     Via,
     error_response,
+    make_response,
     parse_message,
 )
 from p2psip.sip.transaction import Hop, new_branch
@@ -151,6 +162,10 @@ class SipDatagramProtocol(DatagramProtocol):
         host, port = addr[0], addr[1]
         if not datagram.strip(b"\r\n"):
             return  # a CRLF keepalive; UDP keepalives are STUN (RFC 5626 s4.4.2)
+        if is_stun(datagram):
+            # RFC 5626 s8: a SIP message starts with a letter, STUN with 0b00.
+            self._answer_stun(datagram, (host, port))
+            return
         try:
             message = parse_message(
                 datagram,
@@ -172,6 +187,21 @@ class SipDatagramProtocol(DatagramProtocol):
             return
         self.owner._deliver(message, Hop("UDP", host, port))
 
+    def _answer_stun(self, datagram: bytes, client: tuple[str, int]) -> None:
+        if self.transport is None:
+            return
+        local = self.transport.getHost()
+        reply = self.owner.stun.answer_datagram(datagram, client, (local.host, local.port))
+        if reply is None:
+            self.log.debug(
+                "dropped a STUN datagram from {host}: {why}",
+                host=client[0],
+                why=self.owner.stun.last_drop_reason,
+            )
+            return
+        self.owner.stun_keepalives += 1
+        self.transport.write(reply.payload, client)
+
 
 class SipStreamProtocol(StreamProtocol):
     """One TCP connection, inbound or outbound."""
@@ -184,6 +214,9 @@ class SipStreamProtocol(StreamProtocol):
         """The Via transport name of this connection: TCP, or TLS for ``ssl:`` listeners."""
         self.decoder = SipStreamDecoder(owner.max_message_bytes, owner.max_header_bytes)
         self.remote: tuple[str, int] = ("", 0)
+        #: Request methods answered 403 on this connection instead of delivered
+        #: (a stream from another node carries no phone's REGISTER).
+        self.refused_methods: frozenset[str] = frozenset()
         self.closed: defer.Deferred[None] = defer.Deferred()
         self._idle_timer: IDelayedCall | None = None
         self._partial_timer: IDelayedCall | None = None
@@ -260,6 +293,19 @@ class SipStreamProtocol(StreamProtocol):
             self.owner.keepalive_pings += pings
             self.transport.write(KEEPALIVE_PONG * pings)
         for message in messages:
+            if isinstance(message, Request) and message.method in self.refused_methods:
+                self.log.debug(
+                    "refused a {method} from {host}:{port}: not taken over this connection",
+                    method=message.method,
+                    host=self.remote[0],
+                    port=self.remote[1],
+                )
+                if message.method != "ACK":
+                    refusal = make_response(
+                        message, 403, f"Forbidden ({message.method} is not taken from other nodes)"
+                    )
+                    self.transport.write(refusal.to_bytes())
+                continue
             self.owner._deliver(message, Hop(self.transport_name, self.remote[0], self.remote[1]))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
@@ -272,6 +318,14 @@ class SipStreamProtocol(StreamProtocol):
         """Write one serialised message."""
         assert self.transport is not None
         self.transport.write(data)
+
+
+class StreamConnector(Protocol):
+    """Opens an outbound SIP stream to ``address``, built by ``factory``; fires with its protocol."""
+
+    def __call__(
+        self, address: tuple[str, int], factory: IProtocolFactory
+    ) -> defer.Deferred[IProtocol]: ...
 
 
 class _StreamFactory(Factory):
@@ -328,11 +382,16 @@ class SipTransport:
         self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
         self._factory = _StreamFactory(self)
+        #: Opens outbound stream connections (None: a plain TCP connect).
+        self.stream_connector: StreamConnector | None = None
         # Counters for /status and /metrics.
         self.messages_received = 0
         self.malformed_received = 0
         self.error_responses_sent = 0
         self.keepalive_pings = 0
+        #: Answers STUN keepalives on the UDP listeners (SIP Outbound).
+        self.stun = StunResponder(software=None)
+        self.stun_keepalives = 0
         self.connections_refused = 0
         self.send_errors = 0
 
@@ -343,6 +402,7 @@ class SipTransport:
             "malformed_received": self.malformed_received,
             "error_responses_sent": self.error_responses_sent,
             "keepalive_pings": self.keepalive_pings,
+            "stun_keepalives": self.stun_keepalives,
             "tcp_connections": len(set(self.connections.values())),
             "tcp_connections_refused": self.connections_refused
             + sum(limit.refused for limit in self.connection_limits),
@@ -602,11 +662,17 @@ class SipTransport:
             on_error(f"TCP target {key[0]!r} is not an IP address")
             return
         self._connecting[key] = [(data, on_error)]
-        endpoint_class = TCP6ClientEndpoint if ":" in key[0] else TCP4ClientEndpoint
-        endpoint = endpoint_class(self.reactor, key[0], key[1])
-        d = endpoint.connect(self._factory)
+        d: defer.Deferred[IProtocol]
+        if self.stream_connector is not None:
+            d = self.stream_connector(key, self._factory)
+        else:
+            endpoint_class = TCP6ClientEndpoint if ":" in key[0] else TCP4ClientEndpoint
+            d = endpoint_class(self.reactor, key[0], key[1]).connect(self._factory)
 
-        def connected(connection: SipStreamProtocol) -> None:
+        def connected(connection: IProtocol) -> None:
+            if not isinstance(connection, SipStreamProtocol):
+                failed(Failure(TypeError(f"{connection!r} is not a SIP connection")))
+                return
             # Index the connection by the address we dialled as well.
             self.connections.setdefault(key, connection)
             for queued, _ in self._connecting.pop(key, []):
