@@ -78,6 +78,17 @@ def non_negative_float(text: str) -> float:
 non_negative_float.coerceDoc = "a number, 0 or more"  # type: ignore[attr-defined]
 
 
+def non_negative_int(text: str) -> int:
+    """Coercer for sizes and counts where 0 means off."""
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{value} is below zero")
+    return value
+
+
+non_negative_int.coerceDoc = "a whole number, 0 or more"  # type: ignore[attr-defined]
+
+
 # serverFromString/clientFromString only store the reactor while parsing, so
 # checking a description needs none; this stands in for it.
 _NO_REACTOR = object()

@@ -30,6 +30,7 @@ from p2psip.config import (
     RoleOptions,
     client_endpoint,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     server_endpoint,
@@ -49,6 +50,7 @@ from p2psip.sip.domain_routes import (
     parse_peer_domain,
     parse_static_route,
 )
+from p2psip.sip.location_cache import DEFAULT_MAX_ENTRIES as DEFAULT_LOCATION_CACHE_ENTRIES
 from p2psip.sip.request_limit import DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND
 from p2psip.sip.transport import (
     MAX_TCP_CONNECTIONS,
@@ -173,6 +175,8 @@ class SipConfig:
     digest_clients: tuple[ClientRule, ...] = ()
     #: DNS servers for RFC 3263 (empty: the system's, from /etc/resolv.conf).
     dns_servers: tuple[tuple[str, int], ...] = ()
+    #: AORs whose fetched registrations are cached (``sip-location-cache``); 0: off.
+    location_cache_entries: int = DEFAULT_LOCATION_CACHE_ENTRIES
 
     @property
     def domain_routes(self) -> DomainRoutes:
@@ -435,6 +439,7 @@ def sip_config(
         rate_limit_per_second=options["sip-rate-limit"],
         rate_limit_burst=options["sip-rate-burst"],
         idle_timeout_seconds=options["sip-idle-timeout"],
+        location_cache_entries=options["sip-location-cache"],
         connections_per_source=options["sip-connections-per-source"],
         max_connections=options["sip-max-connections"],
         tls_listeners=tuple(options["sip-tls"]),
@@ -672,6 +677,14 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             DEFAULT_BURST,
             "New SIP requests a quiet source address may send at once, above --sip-rate-limit.",
             positive_int,
+        ],
+        [
+            "sip-location-cache",
+            None,
+            DEFAULT_LOCATION_CACHE_ENTRIES,
+            "AORs whose registrations fetched from the overlay are remembered (at most 30 s, "
+            "never past their expiry), so repeated calls need no overlay lookup.  0: off.",
+            non_negative_int,
         ],
         [
             "sip-idle-timeout",

@@ -68,6 +68,7 @@ from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.dns_lookup import ServerLocator, make_resolver
 from p2psip.sip.gateway import Gateway
 from p2psip.sip.location import OverlayLocationService
+from p2psip.sip.location_cache import LocationCache
 from p2psip.sip.metrics import CallSetupTimes, SipCollector
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.registrar import Registrar
@@ -229,6 +230,9 @@ def build_sip_stack(
         credentials=registrar.credentials,
         gateway=Gateway(routes, locator, reactor),
         media=media,
+        location_cache=LocationCache(
+            location, node, reactor, max_entries=config.location_cache_entries
+        ),
     )
     transport.receiver = proxy.transactions
     tls = sip_tls_options(config.tls) if config.tls is not None else None
@@ -555,6 +559,7 @@ class SipService(Service):
             "calls": self.proxy.calls(),
             "final_responses": self.proxy.metrics()["final_responses"],
             "requests_in_progress": self.proxy.pending_requests,
+            "location_cache": self.proxy.location_cache.stats(),
             "transactions": self.proxy.transactions.metrics(),
             "transport": self.transport.metrics(),
             "gateway": self.proxy.gateway.status(),

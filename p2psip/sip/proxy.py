@@ -55,7 +55,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import Protocol
 
 from attrs import define
 from twisted.internet.defer import Deferred, fail, succeed
@@ -69,6 +69,7 @@ from p2psip.sip.domain_routes import DomainRoutes, ForeignCallers, RouteKind
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.gateway import Gateway, RelayRefused, first_hop
 from p2psip.sip.location import Binding, OverlayLocationService
+from p2psip.sip.location_cache import LocationCache
 from p2psip.sip.media_hook import MediaHook
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
 from p2psip.sip.response_context import ResponseContext
@@ -84,7 +85,6 @@ from p2psip.sip.transaction import (
     new_branch,
 )
 from p2psip.sip.uri import URI, SipURI, parse_uri
-from p2psip.usages.sip import SIP_APPLICATION
 from p2psip.util.log_throttle import LogThrottle
 
 #: The Request-URI parameter that names the super-node to deliver at.
@@ -104,6 +104,11 @@ _BRANCH_MARKER = "p2p"
 COUNTED_METHODS = frozenset(
     {"INVITE", "REGISTER", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "SUBSCRIBE", "NOTIFY"}
 )
+#: Final responses to a request routed by a cached lookup that make the
+#: cache forget the AOR: the serving super-node says the user is gone
+#: (404, 410, 480) or the branch failed (408, 5xx).  A busy or declining
+#: callee (486, 603) is a real answer and keeps the entry.
+STALE_LOCATION_STATUSES = frozenset({404, 408, 410, 480, 500, 502, 503, 504})
 
 
 def hop_for_uri(uri: SipURI) -> Hop:
@@ -219,6 +224,7 @@ class SipProxy:
         credentials: CredentialCheck | None = None,
         gateway: Gateway | None = None,
         media: MediaHook | None = None,
+        location_cache: LocationCache | None = None,
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
@@ -253,6 +259,13 @@ class SipProxy:
         self.gateway = gateway or Gateway(DomainRoutes.build(self.domain), None, clock)
         #: The media relay's view of the calls we forward; None: bodies pass untouched.
         self.media = media
+        #: Lookups and super-node addresses, remembered (off unless given one).
+        self.location_cache = location_cache or LocationCache(
+            location, storage, clock, max_entries=0
+        )
+        #: Requests routed to an AOR through the overlay: the AOR and the
+        #: super-nodes tried, so a failure can clear them from the cache.
+        self._routed: dict[ServerTransaction, tuple[str, list[int]]] = {}
 
     @property
     def pending_requests(self) -> int:
@@ -604,10 +617,7 @@ class SipProxy:
         node_id = parse_node_parameter(top.parameters.get(NODE_PARAMETER))
         if node_id is None or node_id == self.local_node_id:
             return succeed(False)
-        resolving = cast(
-            "Deferred[tuple[str, int]]",
-            self.storage.resolve_application(node_id, SIP_APPLICATION),
-        )
+        resolving = self.location_cache.resolve(node_id)
 
         def check(address: tuple[str, int]) -> bool:
             hop = hop_for_uri(top)
@@ -813,10 +823,7 @@ class SipProxy:
         node_id = parse_node_parameter(top.parameters.get(NODE_PARAMETER))
         if node_id is None or node_id == self.local_node_id:
             return fail(RelayRefused("the Route names no super-node of the ring"))
-        resolving = cast(
-            "Deferred[tuple[str, int]]",
-            self.storage.resolve_application(node_id, SIP_APPLICATION),
-        )
+        resolving = self.location_cache.resolve(node_id)
 
         def check(address: tuple[str, int]) -> list[Hop]:
             hop = hop_for_uri(top)
@@ -904,7 +911,7 @@ class SipProxy:
                 return
             self._forward_to_nodes(transaction, request, aor, [], [node_id])
             return
-        looked_up = self.location.lookup(aor)
+        looked_up = self.location_cache.lookup(aor)
         looked_up.addCallbacks(
             lambda bindings: self._bindings_found(transaction, request, aor, bindings),
             lambda failure: self._lookup_failed(transaction, aor, failure),
@@ -935,6 +942,7 @@ class SipProxy:
         # Values in the overlay come from other nodes: bound the fan-out.
         remote_nodes = remote_nodes[:MAX_BRANCHES]
         direct = direct[:MAX_BRANCHES]
+        self._note_routed(transaction, aor, remote_nodes)
         local = self.registrar.local_bindings(aor) if has_local else []
         if not local and not remote_nodes and not direct:
             self._answer_no_binding(transaction, aor)
@@ -948,6 +956,28 @@ class SipProxy:
             if isinstance(contact, SipURI):
                 targets.append((contact, hop_for_uri(contact)))
         self._forward_to_nodes(transaction, request, aor, targets, remote_nodes)
+
+    def _note_routed(self, transaction: ServerTransaction, aor: str, node_ids: list[int]) -> None:
+        """Remember how ``transaction`` was routed until its final response."""
+        if transaction in self._routed:
+            return
+        self._routed[transaction] = (aor, node_ids)
+
+        def forget() -> None:
+            self._routed.pop(transaction, None)
+
+        transaction.add_terminated_callback(forget)
+
+    def _final_for_routed(self, transaction: ServerTransaction, status: int) -> None:
+        """A request routed by lookup got its final answer: drop stale cache entries."""
+        routed = self._routed.pop(transaction, None)
+        if routed is None or status not in STALE_LOCATION_STATUSES:
+            return
+        aor, node_ids = routed
+        self.location_cache.invalidate(aor)
+        if status in (408, 500, 502, 503, 504):  # a failed branch turns 503 into 500
+            for node_id in node_ids:
+                self.location_cache.forget_node(node_id)
 
     def _answer_no_binding(self, transaction: ServerTransaction, aor: str) -> None:
         """
@@ -1002,6 +1032,8 @@ class SipProxy:
                 one_done()
 
             def failed(failure: Failure, node_id: int = node_id) -> None:
+                self.location_cache.forget_node(node_id)
+                self.location_cache.invalidate(aor)
                 self.log.info(
                     "super-node {node} serving {aor} unreachable: {why}",
                     node=f"{node_id:032x}"[:8],
@@ -1010,11 +1042,7 @@ class SipProxy:
                 )
                 one_done()
 
-            resolving = cast(
-                "Deferred[tuple[str, int]]",
-                self.storage.resolve_application(node_id, SIP_APPLICATION),
-            )
-            resolving.addCallbacks(found, failed)
+            self.location_cache.resolve(node_id).addCallbacks(found, failed)
 
     # -- forking and responses -------------------------------------------------
 
@@ -1202,6 +1230,7 @@ class SipProxy:
             self._call_milestones(timing, response.status)
         if response.status < 200:
             return
+        self._final_for_routed(transaction, response.status)
         request = transaction.request
         method = request.method if request.method in COUNTED_METHODS else "other"
         self.outcomes[(method, response.status)] += 1
