@@ -534,6 +534,7 @@ class SipService(Service):
             if self.directory is not None and self.directory.published:
                 self.directory.withdraw()
         self.proxy.transactions.terminate_all()
+        self.proxy.summary.flush()
         return self.transport.stop()
 
     # -- status and metrics ----------------------------------------------------

@@ -72,6 +72,7 @@ from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.location_cache import LocationCache
 from p2psip.sip.media_hook import MediaHook
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
+from p2psip.sip.request_log import RequestSummary
 from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
 from p2psip.sip.request_limit import RequestRateLimit
@@ -263,6 +264,8 @@ class SipProxy:
         self.location_cache = location_cache or LocationCache(
             location, storage, clock, max_entries=0
         )
+        #: The once-a-minute info line about the final responses sent.
+        self.summary = RequestSummary(clock)
         #: Requests routed to an AOR through the overlay: the AOR and the
         #: super-nodes tried, so a failure can clear them from the cache.
         self._routed: dict[ServerTransaction, tuple[str, list[int]]] = {}
@@ -1234,6 +1237,7 @@ class SipProxy:
         request = transaction.request
         method = request.method if request.method in COUNTED_METHODS else "other"
         self.outcomes[(method, response.status)] += 1
+        self.summary.note(method, response.status)
         timing = self._invite_started.pop(transaction, None)
         if timing is None:
             return
@@ -1241,10 +1245,9 @@ class SipProxy:
             self.call_outcomes[_call_outcome(response.status)] += 1
         uri = request.uri
         aor = uri.address_of_record() if isinstance(uri, SipURI) and uri.user is not None else "?"
-        # A 407 is the first step of every call from a roaming phone, as a
-        # 401 is of every registration: not worth an info line each.
-        emit = self.log.debug if response.status == 407 else self.log.info
-        emit(
+        # One line per call only at debug level: at info level the summary
+        # says how many calls ended how, once a minute (p2psip.sip.request_log).
+        self.log.debug(
             "INVITE {aor} from {source}: {status} {reason} after {elapsed_ms:.1f} ms",
             aor=blur_aor(aor),
             source=blur_flow(transaction.source),

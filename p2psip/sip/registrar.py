@@ -658,7 +658,7 @@ class Registrar:
         live = self.local_bindings(aor)
         gone = len(self._bindings.get(aor, [])) - len(live)
         if gone:
-            self.log.info("{count} binding(s) of {aor} expired", count=gone, aor=blur_aor(aor))
+            self.log.debug("{count} binding(s) of {aor} expired", count=gone, aor=blur_aor(aor))
         self._set_bindings(aor, live)
 
     # -- responses ------------------------------------------------------------
@@ -690,7 +690,9 @@ class Registrar:
             if binding.q != 1.0:
                 contact.parameters["q"] = format_q(binding.q)
             response.headers.add("Contact", str(contact))
-        self.log.info(
+        # At info level the proxy's summary counts REGISTERs once a minute
+        # (p2psip.sip.request_log); a line each would cost as much as the request.
+        self.log.debug(
             "REGISTER {aor} from {source}: 200 {outcome}",
             aor=blur_aor(aor),
             source=blur_flow(flow),
@@ -706,10 +708,9 @@ class Registrar:
             response.headers.add(name, value)
         if refusal.quiet:
             return response
-        # A 401 is the first step of every registration and its refreshes,
-        # so it is not worth an info line each (a flood would fill the log).
-        emit = self.log.debug if refusal.status == 401 else self.log.info
-        emit(
+        # Per request only at debug level, as for accepted ones: a flood of
+        # refusals would otherwise fill the log.
+        self.log.debug(
             "REGISTER {aor} from {source}: {status} {reason}",
             aor=blur_aor(aor),
             source=blur_flow(flow),

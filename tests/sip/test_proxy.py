@@ -333,7 +333,7 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual(self.a.proxy.metrics()["final_responses"]["INVITE"], {"480": 1})
 
     def test_invite_outcome_logged(self) -> None:
-        """A proxied INVITE's final response is logged at info level with the elapsed time."""
+        """A proxied INVITE's final response is logged at debug level with the elapsed time."""
         from twisted.logger import LogLevel, globalLogPublisher
 
         events: list[dict[str, Any]] = []
@@ -345,9 +345,23 @@ class ProxyTests(SynchronousTestCase):
         self.clock.advance(0.25)
         self.respond_to(self.a, invite, 200, hop)
         [event] = [e for e in events if "INVITE {aor}" in e.get("log_format", "")]
-        self.assertEqual((event["log_level"], event["status"]), (LogLevel.info, 200))
+        self.assertEqual((event["log_level"], event["status"]), (LogLevel.debug, 200))
         self.assertAlmostEqual(event["elapsed_ms"], 250.0)
         self.assertEqual(self.a.proxy.outcomes[("INVITE", 200)], 1)
+
+    def test_summary_once_a_minute(self) -> None:
+        """At info level the final responses are summarised once a minute, not one line each."""
+        with capturedLogs() as events:
+            self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+            self.a.receive(message_text(uri="sip:mallory@example.org"))
+            self.clock.advance(61)
+            self.a.receive(message_text(uri="sip:mallory@example.org", branch="z9hG4bKx2"))
+            self.a.receive(message_text(uri="sip:mallory@example.org", branch="z9hG4bKx3"))
+        info = [e for e in events if e["log_level"] == LogLevel.info]
+        [summary] = info
+        self.assertEqual(summary["summary"], "INVITE 480 x2; REGISTER 200 x1")
+        self.a.proxy.summary.flush()
+        self.assertEqual(self.a.proxy.summary.describe(), "")
 
     # -- call set-up observers ---------------------------------------------------
 
