@@ -231,6 +231,10 @@ class SipProxy:
         self.advertised = (advertised[0].lower(), advertised[1])
         #: Transport name ("UDP", "TCP", "TLS") -> our port for it; others use ``advertised``.
         self.advertised_ports: dict[str, int] = {}
+        #: Ports this worker shares with the host's other workers (``--workers``):
+        #: ours too, but a response sent there may reach another worker, so
+        #: the requests we send ask for responses at ``advertised`` (no rport).
+        self.shared_ports: frozenset[int] = frozenset()
         self.storage = storage
         self.location = location
         self.registrar = registrar
@@ -748,7 +752,7 @@ class SipProxy:
         """Whether ``host:port`` is one of our listeners as we advertise them."""
         own_host, own_port = self.advertised
         return host.lower().strip("[]") == own_host and (
-            port == own_port or port in self.advertised_ports.values()
+            port == own_port or port in self.advertised_ports.values() or port in self.shared_ports
         )
 
     def _port_for(self, transport: str) -> int:
@@ -1089,8 +1093,13 @@ class SipProxy:
                 :20
             ]
         branch = f"{MAGIC_COOKIE}{_BRANCH_MARKER}{self._loop_hash(incoming)}.{unique}"
+        # With --workers, requests leave by the first (shared) socket; with
+        # rport the next hop would answer to that port, which any worker may
+        # hold.  Without it the answer goes to our Via, this worker's port (a
+        # super-node is not behind a NAT, so that address is reachable).
+        rport = "" if self.shared_ports else ";rport"
         outgoing.headers.prepend(
-            "Via", f"SIP/2.0/{hop.transport} {host}:{port};branch={branch};rport"
+            "Via", f"SIP/2.0/{hop.transport} {host}:{port};branch={branch}{rport}"
         )
 
     def _record_route(self, transport: str) -> str:
