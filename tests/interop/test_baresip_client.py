@@ -11,7 +11,6 @@ between the phones; the thin clients carry only the signalling.
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 from twisted.internet import reactor
@@ -20,23 +19,12 @@ from twisted.internet.task import deferLater
 
 from p2psip.testing import require_tool
 from tests.integration.processes import RoleProcess, wait_for
-from tests.integration.test_sip_overlay import _Tool, free_udp_and_tcp_port
+from tests.integration.test_sip_overlay import _Tool
+from tests.media.baresip import free_udp_and_tcp_port
 from tests.integration.test_thin_client import DOMAIN, ThinClientRing
 
 #: Opus at 48 kHz, which baresip's sine source needs; no sound device.
 BARESIP_MODULES = ("opus.so", "ausine.so", "aufile.so", "account.so", "menu.so")
-
-
-def free_port_pair() -> int:
-    """A port free for UDP and TCP whose successor is free for TCP (baresip's TLS listener)."""
-    while True:
-        port = free_udp_and_tcp_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
 
 
 class BaresipThinClientTests(ThinClientRing):
@@ -50,7 +38,7 @@ class BaresipThinClientTests(ThinClientRing):
         """baresip for ``user``, registered at ``client``'s adaptor, auto-answering."""
         directory = self.directory / f"baresip-{user}"
         directory.mkdir()
-        port = free_port_pair()
+        port = free_udp_and_tcp_port()
         (directory / "config").write_text(
             f"sip_listen 127.0.0.1:{port}\n"
             f"audio_player aufile,{directory / 'received.wav'}\n"

@@ -27,15 +27,25 @@ MODULES = "/usr/lib/baresip/modules"
 
 
 def free_udp_and_tcp_port() -> int:
-    """A port free for both UDP and TCP: baresip's sip_listen binds both."""
+    """
+    A port free for UDP and TCP, with the next port free for TCP: baresip's
+    sip_listen binds UDP and TCP on the port and its TLS transport on the next.
+    """
     while True:
         port = free_port(socket.SOCK_DGRAM)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port >= 65535:
+            continue
+        try:
+            for number in (port, port + 1):
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind(("127.0.0.1", number))
+        except OSError:
+            continue
         return port
+
+
+#: Attempts at starting baresip when a port it was given was taken meanwhile.
+START_ATTEMPTS = 3
 
 
 class ControlConnection(NetstringReceiver):
@@ -86,19 +96,32 @@ class Baresip:
         self.test = test
         self.program = program
         self.directory = directory
+        directory.mkdir(parents=True)
+        self.audio = audio
+        self._write_config()
+        outbound = f"sip:{proxy[0]}:{proxy[1]};transport={transport}"
+        (directory / "accounts").write_text(
+            f'<{aor};transport={transport}>;auth_pass={password};outbound="{outbound}";'
+            "regint=600;answermode=auto;audio_codecs=PCMU;mediaenc=\n"
+        )
+        (directory / "contacts").write_text("")
+        self.child: Child | None = None
+        self.control: ControlConnection | None = None
+
+    def _write_config(self) -> None:
+        """The config file, with freshly chosen ports for SIP, RTP and control."""
         self.sip_port = free_udp_and_tcp_port()
         self.control_port = free_port()
-        directory.mkdir(parents=True)
         rtp_low = free_port(socket.SOCK_DGRAM) & ~1
-        (directory / "config").write_text(
+        (self.directory / "config").write_text(
             "\n".join(
                 [
                     "poll_method epoll",
                     # Loopback only: the SDP then names 127.0.0.1, where the test listens.
                     "net_interface 127.0.0.1",
                     f"sip_listen 127.0.0.1:{self.sip_port}",
-                    f"audio_source aufile,{audio}",
-                    f"audio_alert aufile,{audio}",
+                    f"audio_source aufile,{self.audio}",
+                    f"audio_alert aufile,{self.audio}",
                     "audio_player aufile,/dev/null",
                     f"rtp_ports {rtp_low}-{min(rtp_low + 20, 65535)}",
                     "rtcp_mux no",
@@ -113,20 +136,22 @@ class Baresip:
                 ]
             )
         )
-        outbound = f"sip:{proxy[0]}:{proxy[1]};transport={transport}"
-        (directory / "accounts").write_text(
-            f'<{aor};transport={transport}>;auth_pass={password};outbound="{outbound}";'
-            "regint=600;answermode=auto;audio_codecs=PCMU;mediaenc=\n"
-        )
-        (directory / "contacts").write_text("")
-        self.child: Child | None = None
-        self.control: ControlConnection | None = None
 
     @inlineCallbacks
     def start(self) -> Generator[Deferred[Any], Any, None]:
         """Start the process and connect to its command interface."""
-        self.child = spawn(self.test, self.program, ["-f", str(self.directory)], self.directory)
-        yield self.child.wait_output(b"baresip is ready.", timeout=15)
+        for _ in range(START_ATTEMPTS):
+            self.child = spawn(self.test, self.program, ["-f", str(self.directory)], self.directory)
+            seen = yield self.child.wait_any([b"baresip is ready.", b"Address already in use"])
+            if seen == b"baresip is ready.":
+                break
+            # Another process took a port between our probe and baresip's bind.
+            if not self.child.ended.called:
+                self.child.transport.signalProcess("KILL")  # type: ignore[union-attr]
+            yield self.child.ended
+            self._write_config()
+        else:
+            raise RuntimeError(f"baresip found its ports taken {START_ATTEMPTS} times")
         self.control = yield connectProtocol(
             TCP4ClientEndpoint(reactor, "127.0.0.1", self.control_port), ControlConnection()
         )

@@ -41,6 +41,19 @@ class Child(ProcessProtocol):
             self._watchers.append((text, found))
         return found.addTimeout(timeout, reactor)
 
+    def wait_any(self, texts: list[bytes], timeout: float = 15.0) -> Deferred[bytes]:
+        """Fires with the first of ``texts`` to appear in the output."""
+        found: Deferred[bytes] = Deferred()
+        for text in texts:
+            if text in self.output:
+                found.callback(text)
+                return found
+        for text in texts:
+            watcher: Deferred[None] = Deferred()
+            watcher.addCallback(lambda _, text=text: None if found.called else found.callback(text))
+            self._watchers.append((text, watcher))
+        return found.addTimeout(timeout, reactor)
+
     def tail(self) -> str:
         return self.output[-3000:].decode(errors="replace")
 
