@@ -17,7 +17,8 @@ worker is a ring peer of its own:
   interface that it announces in the overlay (AppAttach) and puts in Via
   and Record-Route, so that another super-node's answers, and the dialogs
   it proxies, come back to this worker;
-* an equal share of ``--media-ports``.
+* an equal share of ``--media-ports``;
+* its log in ``DATA_DIR/worker-K/twistd.log``.
 
 SIGTERM to the supervisor sends SIGTERM to every worker (each leaves the
 ring with Leave) and waits for them; a worker whose supervisor vanished
@@ -246,10 +247,12 @@ class WorkerSupervisor(MultiService):
 
     def command(self, index: int) -> list[str]:
         """The command line of worker ``index``: this role again, with ``--worker``."""
+        log_file = self.config.data_dir / f"worker-{index}" / "twistd.log"
         return [
             self.executable,
             "-m",
             "twisted",
+            f"--log-file={log_file}",
             f"p2psip-{self.config.role}",
             *self.arguments,
             "--worker",
@@ -270,6 +273,7 @@ class WorkerSupervisor(MultiService):
     def _spawn(self, index: int) -> None:
         if self._stopping:
             return
+        (self.config.data_dir / f"worker-{index}").mkdir(parents=True, exist_ok=True, mode=0o700)
         worker = _WorkerProcess(self, index)
         self.workers[index] = worker
         self.reactor.spawnProcess(  # type: ignore[attr-defined]

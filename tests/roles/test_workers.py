@@ -84,7 +84,10 @@ class WorkerConfigTests(SynchronousTestCase):
             options.config, options.arguments, reactor, executable="python"
         )  # type: ignore[arg-type]
         command = supervisor.command(1)
-        self.assertEqual(command[:4], ["python", "-m", "twisted", "p2psip-peer"])
+        self.assertEqual(
+            command[:5],
+            ["python", "-m", "twisted", "--log-file=/srv/peer/worker-1/twistd.log", "p2psip-peer"],
+        )
         self.assertEqual(command[-2:], ["--worker", "1"])
         self.assertIn("--workers", command)
 
