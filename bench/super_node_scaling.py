@@ -249,6 +249,7 @@ def ladder(
     """Run one ladder; the highest pass and the CPU per request at it (all ``pids``)."""
     settings = ladder_settings(args, mode, port, uas_pid)
     best: dict[str, Any] | None = None
+    first: dict[str, Any] | None = None
     for rate in rates:
         time.sleep(args.settle)
         before = sum(sipp.tree_cpu_seconds(pid) for pid in pids)
@@ -262,10 +263,16 @@ def ladder(
             f"cpu/request={result['cpu_us_per_request']} us -> {'PASS' if result['pass'] else 'FAIL'}",
             flush=True,
         )
+        first = first or result
         if not result["pass"]:
             break
         best = result
-    return {"label": label, "max": best["target_rate"] if best else 0, "at_max": best}
+    return {
+        "label": label,
+        "max": best["target_rate"] if best else 0,
+        "at_max": best,
+        "first": first,
+    }
 
 
 def digest(sipp: Any, injection: Path) -> Any:
@@ -480,11 +487,17 @@ def report(rows: dict[str, Any], args: argparse.Namespace, elapsed: float) -> No
     kam_latency = rows.get("kamailio_latency", {})
 
     def cpu(row: dict[str, Any]) -> Any:
-        at_max = row.get("at_max") or {}
-        return at_max.get("cpu_us_per_request")
+        """At the highest passing step; else at the first step, marked with a * (it failed)."""
+        if row.get("at_max"):
+            return row["at_max"].get("cpu_us_per_request")
+        first = row.get("first") or {}
+        value = first.get("cpu_us_per_request")
+        return None if value is None else f"{value}* at {first.get('target_rate')}/s"
 
     print("\n## Super-node in a ring vs Kamailio (same run; contended: SIPp shares the cores)\n")
-    print("| measurement | p2psip | Kamailio | ratio | CPU us/request (ring total) |")
+    print(
+        "| measurement | p2psip | Kamailio | ratio | CPU us/request (ring total; * failed step) |"
+    )
     print("|---|---:|---:|---:|---:|")
     table = [
         ("REGISTER/s at B (ring member, no auth)", rows["register"], kam_reg),
