@@ -167,11 +167,16 @@ def simulated_ring(peers: int, aors: int, seed: int) -> dict[str, Any]:
         results = sim.random_lookups(500)
         lookups_per_cpu_second = 500 / max(1e-9, time.process_time() - cpu)
         hops = [result.hops for _, result in results]
-        before = tracemalloc.get_traced_memory()[0]
+        # The super-nodes' credentials for the users are theirs, not the
+        # overlay's: made before the baseline.
+        placed = []
         for index in range(aors):
             name = f"user{index:06d}@ring.test"
             node = sim.random.choice(sim.live())
-            credential = node.user_credential(name)
+            placed.append((index, name, node, node.user_credential(name)))
+        before = tracemalloc.get_traced_memory()[0]
+        snapshot_before = tracemalloc.take_snapshot()
+        for index, name, node, credential in placed:
             value = encode_registration(
                 SipRegistration.route(f"<sip:u{index}@192.0.2.1>;expires-at=1", node.node_id)
             )
@@ -187,6 +192,11 @@ def simulated_ring(peers: int, aors: int, seed: int) -> dict[str, Any]:
             )
         sim.run(30.0)
         per_registration = (tracemalloc.get_traced_memory()[0] - before) / max(1, aors)
+        growth = tracemalloc.take_snapshot().compare_to(snapshot_before, "filename")
+        by_file = {
+            Path(stat.traceback[0].filename).name: round(stat.size_diff / max(1, aors))
+            for stat in growth[:6]
+        }
         return {
             "peers": peers,
             "join_convergence_s": convergence,
@@ -202,6 +212,7 @@ def simulated_ring(peers: int, aors: int, seed: int) -> dict[str, Any]:
             "sim_hops_mean": round(sum(hops) / len(hops), 2),
             "aors": aors,
             "memory_per_registration_kib": round(per_registration / 1024, 2),
+            "memory_per_registration_by_file": by_file,
         }
     finally:
         meter.close()
@@ -288,6 +299,10 @@ def main() -> None:
     for r in real:
         ordered = sorted(r["idle_by_method"].items(), key=lambda item: -item[1])
         print(f"idle traffic by method at N={r['peers']} (B/s/node): {dict(ordered)}")
+        print(
+            f"memory per registration at N={r['peers']} by allocating file (bytes): "
+            f"{r['memory_per_registration_by_file']}"
+        )
     path = plot(model, real)
     if path is not None:
         print(f"\nplot: {path}")
