@@ -21,12 +21,19 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import task
-from twisted.internet.defer import DeferredList, inlineCallbacks
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.interfaces import IListeningPort
 
-from p2psip.demo import start_peer
 from p2psip.enrolment.authority import OverlayAuthority
-from p2psip.overlay.node import OverlayConfig
+from p2psip.overlay.certificates import SelfSignedTrust, TrustPolicy
+from p2psip.overlay.identity import NodeIdentity
+from p2psip.overlay.links import StreamConnector, inbound_link_factory
+from p2psip.overlay.node import OverlayConfig, OverlayNode
+from p2psip.overlay.tls import LinkSecurity
 from p2psip.testing import enrolled_identity
+from p2psip.util.reactor import IRoleReactor
 
 #: Production-like timers: the whole ring shares one process and one core.
 BENCH_CONFIG = OverlayConfig(
@@ -38,6 +45,60 @@ BENCH_CONFIG = OverlayConfig(
 
 LOOKUPS = 2000
 CONCURRENCY = 32
+
+
+def start_peer(
+    reactor: IRoleReactor,
+    bootstrap: str | None,
+    config: OverlayConfig = BENCH_CONFIG,
+    identity: NodeIdentity | None = None,
+    trust: TrustPolicy | None = None,
+) -> Deferred[tuple[OverlayNode, IListeningPort]]:
+    """
+    A peer listening on 127.0.0.1 (a port the OS picks): the ring's first
+    when ``bootstrap`` is None, else joined through that endpoint.
+
+    ``identity`` and ``trust`` are the peer's enrolled certificate and the
+    overlay root's trust policy; without them it is a self-signed
+    node.  ``reactor`` must provide IReactorTCP as well (the
+    peer's listener and links); the benchmark passes the global reactor.
+    """
+    return Deferred.fromCoroutine(_start_peer(reactor, bootstrap, config, identity, trust))
+
+
+async def _start_peer(
+    reactor: IRoleReactor,
+    bootstrap: str | None,
+    config: OverlayConfig,
+    identity: NodeIdentity | None,
+    trust: TrustPolicy | None,
+) -> tuple[OverlayNode, IListeningPort]:
+    identity = identity or NodeIdentity.generate()
+    # Without an enrolled identity: self-signed mode (RFC 6940 s13.4).
+    trust = trust or SelfSignedTrust()
+    security = LinkSecurity(identity, trust, reactor)
+    max_bytes = config.limits.max_message_bytes
+    node = OverlayNode(
+        identity=identity,
+        clock=reactor,
+        connector=StreamConnector(reactor, reactor, max_bytes, security),
+        advertised_host="127.0.0.1",
+        advertised_port=0,
+        config=config,
+        trust=trust,
+    )
+    endpoint = TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    port: IListeningPort = await endpoint.listen(
+        inbound_link_factory(node, reactor, max_bytes, security)
+    )
+    address = port.getHost()
+    assert isinstance(address, IPv4Address)
+    node.set_advertised_address("127.0.0.1", address.port)
+    if bootstrap is None:
+        node.start_alone()
+    else:
+        await node.join([bootstrap])
+    return node, port
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -6,9 +6,16 @@ application, named by a port-number-style id (5060 for SIP, RFC 7904
 s6); the answer carries the application's address as a candidate.  The
 SIP layer announces its listener here and asks other super-nodes for
 theirs through :meth:`Applications.resolve`.
+
+The answers are remembered by address (:meth:`Applications.node_at`): a
+connection to an address the overlay gave may have to be made by Node-ID
+instead, through the mediator, when the address is a private one behind
+a NAT (the thin client's SIP adaptor, ``roles/client_traversal.py``).
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 from twisted.internet.defer import Deferred, fail, succeed
 
@@ -20,6 +27,9 @@ from p2psip.overlay.message import Destination, ErrorCode, Message, MessageCode
 from p2psip.overlay.messaging import Answer, Messenger, Reply, RequestRefused
 from p2psip.util.ids import id_short
 
+#: Addresses remembered with the node that answered for them, at most (oldest go first).
+MAX_RESOLVED_ADDRESSES = 1024
+
 
 class Applications:
     """Our application listeners by application id, and AppAttach to others'."""
@@ -28,6 +38,8 @@ class Applications:
         self.messenger = messenger
         self.connectivity = connectivity
         self.addresses: dict[int, tuple[str, int]] = {}
+        #: (host, port) -> the node whose AppAttach answer named it last.
+        self._resolved: OrderedDict[tuple[str, int], int] = OrderedDict()
         messenger.handle(MessageCode.APP_ATTACH_REQ, self._on_app_attach)
 
     def set_address(self, application: int, host: str, port: int) -> None:
@@ -49,11 +61,24 @@ class Applications:
             if answer.responder != node_id:
                 raise OverlayError(f"peer {id_short(node_id)} is not in the ring")
             candidate = answer.body.candidates[0]
-            return candidate.address.host, candidate.address.port
+            address = (candidate.address.host, candidate.address.port)
+            self._remember(address, node_id)
+            return address
 
         return self.messenger.request(
             Destination.node(node_id), MessageCode.APP_ATTACH_REQ, request
         ).addCallback(done)
+
+    def node_at(self, host: str, port: int) -> int | None:
+        """The node whose AppAttach answer last named ``host:port`` (None: none did)."""
+        return self._resolved.get((host.lower().strip("[]"), port))
+
+    def _remember(self, address: tuple[str, int], node_id: int) -> None:
+        key = (address[0].lower().strip("[]"), address[1])
+        self._resolved.pop(key, None)
+        self._resolved[key] = node_id
+        while len(self._resolved) > MAX_RESOLVED_ADDRESSES:
+            self._resolved.popitem(last=False)
 
     def _on_app_attach(self, link: Link, message: Message, signer: int) -> Reply:
         limits = self.messenger.config.limits

@@ -299,6 +299,10 @@ class OverlayOperations:
     def set_application_address(self, application: int, host: str, port: int) -> None:
         self.applications.set_address(application, host, port)
 
+    def node_serving_at(self, host: str, port: int) -> int | None:
+        """The node an AppAttach answer last named ``host:port`` for (connecting by Node-ID)."""
+        return self.applications.node_at(host, port)
+
 
 def _credential(signer: object | None) -> NodeIdentity | None:
     """The SIP layer hands back, opaquely, what :meth:`OverlayNode.user_credential` gave it."""

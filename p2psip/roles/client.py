@@ -20,8 +20,14 @@ knowing about the overlay.
   client's Node-ID reaches it through its attachment peer and answers
   with the adaptor's address.
 
+* **Behind a NAT**, with ``--mediator``, the client logs in to the STUNT
+  mediator under its Node-ID and its SIP to other clients goes over TCP,
+  through the mediator when the announced address does not answer
+  (:mod:`p2psip.roles.client_traversal`).
+
 The children start in this order and stop in the reverse one: the
-attachment service, the SIP service, the HTTP site (status page,
+mediator client (with ``--mediator``), the attachment service, the SIP
+service, the HTTP site (status page,
 ``/status`` with the attachment peer, registrations and calls,
 ``/metrics``, and the admin API: ``p2psip put|get|lookup|ring`` work
 against a client as against a peer).
@@ -34,15 +40,19 @@ from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 from twisted.application.service import IService, MultiService
+from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
 from p2psip.enrolment.user_certificates import UserCertificates
+from p2psip.nat.traversal import TraversalClient
+from p2psip.nat.traversal_service import TraversalService
 from p2psip.overlay.client import OverlayClient
 from p2psip.overlay.links import StreamConnector
 from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.roles.client_options import ClientConfig, is_loopback_host
 from p2psip.roles.client_options import Options as ClientOptions
 from p2psip.roles.client_service import ClientOverlayService
+from p2psip.roles.client_traversal import SipStreams
 from p2psip.roles.enrolment_service import FirstEnrolment, stop_reactor
 from p2psip.roles.overlay_api import overlay_api_routes
 from p2psip.roles.ring_credentials import EnrolmentNeeded
@@ -57,7 +67,7 @@ from p2psip.roles.super_node import (
 )
 from p2psip.util.ids import id_hex
 from p2psip.util.metrics import role_registry
-from p2psip.util.reactor import IRoleReactor, as_role_reactor
+from p2psip.util.reactor import IRoleReactor, as_hole_punch_reactor, as_role_reactor
 from p2psip.web.site import build_site, http_service
 
 #: Calls kept for /status, newest last.
@@ -125,6 +135,9 @@ class ClientRole(MultiService):
         self.registry = registry
         self.overlay: ClientOverlayService | None = None
         self.sip: SipService | None = None
+        #: With --mediator: the mediator client and the SIP streams it makes.
+        self.traversal: TraversalService | None = None
+        self.streams: SipStreams | None = None
         self.calls = CallLog(client.clock)
         self._reach_warned = False
 
@@ -192,8 +205,16 @@ class ClientRole(MultiService):
                 }
                 for aor in registrar.served_aors()
             ]
+            if self.streams is not None:
+                sip["paths"] = self.streams.status()
             document["sip"] = sip
             document["calls"] = self.calls.status(self.sip.proxy.pending_requests)
+        if self.traversal is not None and self.config.mediator is not None:
+            document["mediator"] = {
+                "endpoint": self.config.mediator.endpoint,
+                "id": id_hex(client.node_id),
+                "registered": self.traversal.registered,
+            }
         return document
 
 
@@ -213,6 +234,9 @@ def make_client_role(
     registry = role_registry()
     OverlayMetrics(registry, lambda: client).watch(client)
     role = ClientRole(config, client, registry)
+    if config.mediator is not None:
+        role.traversal, role.streams = _mediated_sip(config, reactor, client)
+        role.traversal.setServiceParent(role)
     role.overlay = ClientOverlayService(
         client,
         bootstrap=config.bootstrap,
@@ -224,6 +248,9 @@ def make_client_role(
     role.overlay.setServiceParent(role)
     stack = build_sip_stack(config.sip, client, reactor, state.users, state.nonce_secret, "")
     stack.proxy.call_setup_observers.append(role.calls)
+    if role.streams is not None:
+        role.streams.serve(stack.transport)
+        stack.proxy.node_of_source = role.streams.node_of_source
     role.sip = SipService(
         stack,
         reactor,
@@ -247,6 +274,27 @@ def make_client_role(
     )
     http_service(config.http, site, reactor).setServiceParent(role)
     return role
+
+
+def _mediated_sip(
+    config: ClientConfig, reactor: IRoleReactor, client: OverlayClient
+) -> tuple[TraversalService, SipStreams]:
+    """The mediator client, logged in under our Node-ID, and the SIP streams it carries."""
+    mediator = config.mediator
+    assert mediator is not None
+    traversal_client = TraversalClient(
+        as_hole_punch_reactor(reactor),
+        clientFromString(reactor, mediator.endpoint),
+        id_hex(client.node_id),
+        mediator.secret,
+        accept=lambda peer_id: streams.accept(peer_id),
+        on_incoming=lambda result: streams.made(result),
+    )
+    traversal = TraversalService(traversal_client, clock=reactor)
+    streams = SipStreams(
+        reactor, traversal, client, direct_timeout_seconds=mediator.direct_timeout_seconds
+    )
+    return traversal, streams
 
 
 def _republish(registrar: Registrar) -> None:

@@ -16,6 +16,19 @@ loopback interface (the default, ``udp:5062:interface=127.0.0.1`` and
 the adaptor, and Digest is off unless ``--users`` turns it on.  A listener
 on any other interface needs ``--users`` (Digest) or an explicit
 ``--sip-trusted-network``.
+
+Behind a NAT, ``--mediator`` (with the client's secret there) lets SIP
+between two thin clients cross both NATs: the client logs in to the STUNT
+mediator under its Node-ID and opens its streams to other clients through
+it when the address they announce does not answer
+(:mod:`p2psip.roles.client_traversal`); the adaptor is then reached over
+TCP.
+
+Media: a thin client has no relay ports of its own.  With ``--media-relay
+always`` (or ``nat-only``) it sends its calls through the media relay of a
+super-node it finds in the overlay (the MEDIA-RELAY list,
+:mod:`p2psip.media.directory`), which rewrites the SDP so that the RTP
+crosses it; the default, ``never``, leaves the media to the phones.
 """
 
 from __future__ import annotations
@@ -33,9 +46,13 @@ from p2psip.overlay.codec import Limits
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.roles.ring_options import (
     SIP_OPTION_NAMES,
+    MediaRelayConfig,
+    MediatorClientConfig,
     RingRoleOptions,
     SipConfig,
     check_sip_tls,
+    media_relay_policy,
+    mediator_client_config,
     sip_config,
     sip_listen_address,
 )
@@ -62,6 +79,8 @@ class ClientConfig:
     role: str = "client"
     #: A client never founds a ring (read by the credentials loader).
     found_ring: bool = False
+    #: The STUNT mediator that connects this client's SIP to clients behind NATs.
+    mediator: MediatorClientConfig | None = None
 
 
 def is_loopback_host(host: str) -> bool:
@@ -128,6 +147,9 @@ class Options(RoleOptions, SecurityOptions):
             "and the admin API token (default /var/lib/p2psip/client).",
         ],
         *_ring_parameters("overlay-tls-key-log"),
+        *_ring_parameters(
+            "mediator", "mediator-secret", "mediator-secret-file", "direct-connect-timeout"
+        ),
         [
             "update-interval",
             None,
@@ -166,6 +188,14 @@ class Options(RoleOptions, SecurityOptions):
             for p in RingRoleOptions.optParameters
             if p[0] in SIP_OPTION_NAMES and p[0] not in ("sip", "sip-advertise")
         ],
+        [
+            "media-relay",
+            None,
+            "never",
+            "Which calls go through a super-node's media relay, found in the overlay: never, "
+            "nat-only (the phone or the callee shows NAT evidence) or always.",
+            media_relay_policy,
+        ],
     ]
     optFlags = [f for f in RingRoleOptions.optFlags if f[0] in SIP_OPTION_NAMES]
 
@@ -195,10 +225,19 @@ class Options(RoleOptions, SecurityOptions):
                 "127.0.0.1 only (the default), or give --sip-trusted-network on a closed network"
             )
         tls = check_sip_tls(self)
-        sip = sip_config(self, tls)
+        sip = sip_config(self, tls, media=self._media_relay())
         if not self["users"]:
             # Loopback only (checked above) or trusted explicitly: no Digest.
             sip = evolve(sip, trusted_network=True)
+        mediator = mediator_client_config(self, self.role)
+        if mediator is not None:
+            # The mediator carries TCP streams: other nodes reach the adaptor over TCP.
+            if not any(listener.lower().startswith("tcp") for listener in self["sip"]):
+                raise usage.UsageError(
+                    "--mediator carries SIP over TCP: add a TCP adaptor listener, e.g. "
+                    "--sip tcp:5062:interface=127.0.0.1 (the default has one)"
+                )
+            sip = evolve(sip, peer_transport_choice="TCP")
         overlay = OverlayConfig(
             overlay_name=self["overlay-name"],
             update_interval_seconds=self["update-interval"],
@@ -218,6 +257,24 @@ class Options(RoleOptions, SecurityOptions):
             overlay_tls_key_log=(
                 Path(self["overlay-tls-key-log"]) if self["overlay-tls-key-log"] else None
             ),
+            mediator=mediator,
+        )
+
+    def _media_relay(self) -> MediaRelayConfig | None:
+        """
+        No ports of its own (``media-ports none`` of a super-node): every
+        relayed call goes through a super-node's relay.  The address is
+        never written into SDP, since this node relays nothing itself.
+        """
+        if self["media-relay"] == "never":
+            return None
+        return MediaRelayConfig(
+            policy=self["media-relay"],
+            low_port=0,
+            high_port=0,
+            address=None,
+            interface="",
+            idle_timeout_seconds=60.0,
         )
 
 

@@ -188,10 +188,15 @@ class SipConfig:
 
     #: The media relay (``media-relay``, ``media-ports``...); None: ``never``.
     media: MediaRelayConfig | None = None
+    #: The transport other nodes reach us by, when the listeners do not decide it
+    #: (a thin client behind a NAT: TCP, which the mediator can carry).
+    peer_transport_choice: str | None = None
 
     @property
     def peer_transport(self) -> str:
         """The transport other super-nodes reach us by, as Record-Route names it."""
+        if self.peer_transport_choice is not None:
+            return self.peer_transport_choice
         if any(is_udp(listener) for listener in self.listeners):
             return "UDP"
         first = self.listeners[0].lower()
@@ -845,13 +850,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             request_timeout_seconds=self["request-timeout"],
             limits=Limits(max_message_bytes=self["max-message-size"]),
         )
-        mediator = None
-        if self["mediator"]:
-            mediator = MediatorClientConfig(
-                endpoint=self["mediator"],
-                secret=self._mediator_secret(),
-                direct_timeout_seconds=self["direct-connect-timeout"],
-            )
+        mediator = mediator_client_config(self, self.role)
         sip = sip_config(self, self.sip_tls, media=self._media_relay()) if self["sip"] else None
         advertised_host, advertised_because = self._advertised()
         config = RingRoleConfig(
@@ -961,30 +960,42 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             "every interface; set advertise to choose another"
         )
 
-    def _mediator_secret(self) -> bytes:
-        """The secret for the mediator's challenge, read now so a bad file stops the role at once."""
-        path = self["mediator-secret-file"]
-        if path:
-            try:
-                with open(path, encoding="utf-8") as secret_file:
-                    secret = secret_file.readline().strip()
-            except OSError as error:
-                raise usage.UsageError(
-                    f"cannot read --mediator-secret-file {path}: {error.strerror}; "
-                    "fix the path or the file's permissions"
-                ) from None
-            if not secret:
-                raise usage.UsageError(
-                    f"--mediator-secret-file {path} is empty; put the secret on its first line"
-                )
-            return secret.encode("utf-8")
-        if self["mediator-secret"]:
-            return str(self["mediator-secret"]).encode("utf-8")
-        raise usage.UsageError(
-            "--mediator needs the secret it checks: give --mediator-secret or "
-            f"--mediator-secret-file (or 'mediator-secret-file' in the [{self.role}] section of "
-            "--config)"
-        )
+
+def mediator_client_config(options: Mapping[str, Any], role: str) -> MediatorClientConfig | None:
+    """``--mediator`` with its secret (read now, so a bad file stops the role at once); None without."""
+    if not options["mediator"]:
+        return None
+    return MediatorClientConfig(
+        endpoint=options["mediator"],
+        secret=_mediator_secret(options, role),
+        direct_timeout_seconds=options["direct-connect-timeout"],
+    )
+
+
+def _mediator_secret(options: Mapping[str, Any], role: str) -> bytes:
+    """The secret for the mediator's challenge."""
+    path = options["mediator-secret-file"]
+    if path:
+        try:
+            with open(path, encoding="utf-8") as secret_file:
+                secret = secret_file.readline().strip()
+        except OSError as error:
+            raise usage.UsageError(
+                f"cannot read --mediator-secret-file {path}: {error.strerror}; "
+                "fix the path or the file's permissions"
+            ) from None
+        if not secret:
+            raise usage.UsageError(
+                f"--mediator-secret-file {path} is empty; put the secret on its first line"
+            )
+        return secret.encode("utf-8")
+    if options["mediator-secret"]:
+        return str(options["mediator-secret"]).encode("utf-8")
+    raise usage.UsageError(
+        "--mediator needs the secret it checks: give --mediator-secret or "
+        f"--mediator-secret-file (or 'mediator-secret-file' in the [{role}] section of "
+        "--config)"
+    )
 
 
 #: The SIP options every role with a SIP stack takes (the thin client too).

@@ -386,10 +386,13 @@ class SipService(Service):
         shared = config.shared_ports
         for option, description, tls in listeners:
             self._listen(option, description, tls, shared=shared)
-        # Other super-nodes reach us (through AppAttach) over UDP or TCP;
-        # TLS is what phones may use besides.
+        # Other super-nodes reach us (through AppAttach) over UDP or TCP (a
+        # thin client behind a NAT: TCP, its chosen peer transport); TLS is
+        # what phones may use besides.
+        chosen = config.peer_transport_choice
         hop = (
-            self.transport.local_hop("UDP")
+            (self.transport.local_hop(chosen) if chosen is not None else None)
+            or self.transport.local_hop("UDP")
             or self.transport.local_hop("TCP")
             or self.transport.local_hop("TLS")
         )

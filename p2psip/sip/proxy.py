@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from attrs import define
@@ -254,6 +254,10 @@ class SipProxy:
         self.call_outcomes: Counter[str] = Counter()
         #: Requests refused because they asked us to relay (since start).
         self.relay_refusals = 0
+        #: The node a source is a stream with, as whoever made the stream
+        #: proved it (a thin client's streams through the mediator, whose
+        #: far end is not the address the node announces); None: no such streams.
+        self.node_of_source: Callable[[Hop], int | None] | None = None
         self._relay_log = LogThrottle(clock)
         #: New requests per source address; None: no limit (--sip-rate-limit 0).
         self.rate_limit = rate_limit
@@ -611,8 +615,9 @@ class SipProxy:
         with its Node-ID on top (:meth:`_prepare`).  Anyone can write such an
         entry, so it counts only when the overlay says that node serves SIP
         at the address the entry names and the request came from that
-        address.  (Over UDP a source address can be forged; over TCP and
-        TLS it cannot.)
+        address, or came over a stream proven to be with that node
+        (``node_of_source``).  (Over UDP a source address can be forged;
+        over TCP and TLS it cannot.)
         """
         try:
             record_routes = request.record_routes
@@ -624,6 +629,8 @@ class SipProxy:
         node_id = parse_node_parameter(top.parameters.get(NODE_PARAMETER))
         if node_id is None or node_id == self.local_node_id:
             return succeed(False)
+        if self.node_of_source is not None and self.node_of_source(source) == node_id:
+            return succeed(True)
         resolving = self.location_cache.resolve(node_id)
 
         def check(address: tuple[str, int]) -> bool:

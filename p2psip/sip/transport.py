@@ -20,6 +20,10 @@ Twisted shell around it:
   address and ``rport`` port (UDP), else to the sent-by.
 * TCP connections are kept in a table by remote address, so requests to a
   UA that registered over TCP reuse its connection (its NAT binding).
+  New outbound ones are opened by ``stream_connector`` when one is set
+  (the thin client's: straight to the address, else through the mediator
+  to the node that serves there), else by a plain TCP connect; a
+  connection opened for an address is also kept under that address.
 * Stream listeners accept at most ``tcp_connections_per_source`` connections
   from one address and ``max_tcp_connections`` in all
   (:mod:`p2psip.util.connection_limit`); a connection silent for
@@ -49,6 +53,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLContextFactory,
     IOpenSSLServerConnectionCreator,
+    IProtocol,
     IProtocolFactory,
     IReactorTime,
     IStreamClientEndpoint,
@@ -69,6 +74,7 @@ from p2psip.sip.message import (
     SipStreamDecoder,
     Via,
     error_response,
+    make_response,
     parse_message,
 )
 from p2psip.sip.transaction import Hop, new_branch
@@ -185,6 +191,9 @@ class SipStreamProtocol(StreamProtocol):
         """The Via transport name of this connection: TCP, or TLS for ``ssl:`` listeners."""
         self.decoder = SipStreamDecoder(owner.max_message_bytes, owner.max_header_bytes)
         self.remote: tuple[str, int] = ("", 0)
+        #: Request methods answered 403 on this connection instead of delivered
+        #: (a stream from another node carries no phone's REGISTER).
+        self.refused_methods: frozenset[str] = frozenset()
         self.closed: defer.Deferred[None] = defer.Deferred()
         self._idle_timer: IDelayedCall | None = None
         self._partial_timer: IDelayedCall | None = None
@@ -261,6 +270,19 @@ class SipStreamProtocol(StreamProtocol):
             self.owner.keepalive_pings += pings
             self.transport.write(KEEPALIVE_PONG * pings)
         for message in messages:
+            if isinstance(message, Request) and message.method in self.refused_methods:
+                self.log.debug(
+                    "refused a {method} from {host}:{port}: not taken over this connection",
+                    method=message.method,
+                    host=self.remote[0],
+                    port=self.remote[1],
+                )
+                if message.method != "ACK":
+                    refusal = make_response(
+                        message, 403, f"Forbidden ({message.method} is not taken from other nodes)"
+                    )
+                    self.transport.write(refusal.to_bytes())
+                continue
             self.owner._deliver(message, Hop(self.transport_name, self.remote[0], self.remote[1]))
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
@@ -273,6 +295,14 @@ class SipStreamProtocol(StreamProtocol):
         """Write one serialised message."""
         assert self.transport is not None
         self.transport.write(data)
+
+
+class StreamConnector(Protocol):
+    """Opens an outbound SIP stream to ``address``, built by ``factory``; fires with its protocol."""
+
+    def __call__(
+        self, address: tuple[str, int], factory: IProtocolFactory
+    ) -> defer.Deferred[IProtocol]: ...
 
 
 class _StreamFactory(Factory):
@@ -329,6 +359,8 @@ class SipTransport:
         self.connections: dict[tuple[str, int], SipStreamProtocol] = {}
         self._connecting: dict[tuple[str, int], list[tuple[bytes, Callable[[str], None]]]] = {}
         self._factory = _StreamFactory(self)
+        #: Opens outbound stream connections (None: a plain TCP connect).
+        self.stream_connector: StreamConnector | None = None
         # Counters for /status and /metrics.
         self.messages_received = 0
         self.malformed_received = 0
@@ -663,11 +695,17 @@ class SipTransport:
             on_error(f"TCP target {key[0]!r} is not an IP address")
             return
         self._connecting[key] = [(data, on_error)]
-        endpoint_class = TCP6ClientEndpoint if ":" in key[0] else TCP4ClientEndpoint
-        endpoint = endpoint_class(self.reactor, key[0], key[1])
-        d = endpoint.connect(self._factory)
+        d: defer.Deferred[IProtocol]
+        if self.stream_connector is not None:
+            d = self.stream_connector(key, self._factory)
+        else:
+            endpoint_class = TCP6ClientEndpoint if ":" in key[0] else TCP4ClientEndpoint
+            d = endpoint_class(self.reactor, key[0], key[1]).connect(self._factory)
 
-        def connected(connection: SipStreamProtocol) -> None:
+        def connected(connection: IProtocol) -> None:
+            if not isinstance(connection, SipStreamProtocol):
+                failed(Failure(TypeError(f"{connection!r} is not a SIP connection")))
+                return
             # Index the connection by the address we dialled as well.
             self.connections.setdefault(key, connection)
             for queued, _ in self._connecting.pop(key, []):

@@ -4,7 +4,10 @@ A minimal SIP user agent (RFC 3261 sections 8, 12-15, 22.2) for the demo and tes
 It registers one AOR at a super-node (answering a Digest challenge once),
 places calls (INVITE, answering one 407 or 401 challenge with its
 credentials, then ACK and BYE along the dialog's route set) and
-answers calls at once with 200 OK.  No media, no re-INVITE, no forking
+answers calls at once with 200 OK.  Its SDP names ``media_port`` (the
+discard port 9 without one) and it keeps the other side's SDP (the
+dialog's ``remote_sdp``, the UAS's ``offers_received``) so that whoever
+runs it can send and count RTP; it sends none itself.  No re-INVITE, no forking
 beyond taking the first 2xx: just enough to exercise a super-node end to
 end without an external tool.  It is the transaction user of its own
 :class:`~p2psip.sip.transaction.TransactionLayer` over a
@@ -38,9 +41,10 @@ from p2psip.sip.transaction import Hop, ServerTransaction, TransactionLayer
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.uri import SipURI, parse_uri
 
-#: Bodies are not needed by the super-node; this SDP makes the calls look normal.
+#: One PCMU stream at ``port`` (9, discard, for calls that carry no media).
 _SDP_TEMPLATE = (
-    "v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
+    "v=0\r\no=- 1 1 IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+    "m=audio {port} RTP/AVP 0\r\n"
 )
 
 
@@ -63,6 +67,8 @@ class Dialog:
     route_set: list[NameAddress]
     cseq: int
     setup_seconds: float = 0.0
+    #: The SDP of the 2xx (the answer): where the callee wants its media.
+    remote_sdp: bytes = b""
 
 
 def _random_token() -> str:
@@ -96,6 +102,7 @@ class SimpleUserAgent:
         outbound: Hop,
         clock: IReactorTime,
         contact: SipURI | None = None,
+        media_port: int | None = None,
     ) -> None:
         uri = parse_uri(aor)
         if not isinstance(uri, SipURI) or uri.user is None:
@@ -107,6 +114,10 @@ class SimpleUserAgent:
         self.clock = clock
         #: Registered instead of our own listener (``p2psip register --contact``).
         self.contact_override = contact
+        #: The RTP port our SDP names (9, discard, when None).
+        self.media_port = media_port
+        #: The SDP of every INVITE answered, oldest first.
+        self.offers_received: list[bytes] = []
         self.layer = TransactionLayer(transport, self, clock)
         transport.receiver = self.layer
         self.calls_answered = 0
@@ -131,6 +142,9 @@ class SimpleUserAgent:
             return NameAddress(self.contact_override)
         hop = self._local_hop()
         return NameAddress(SipURI(hop.host, self.aor.user, port=hop.port))
+
+    def _sdp(self, host: str) -> bytes:
+        return _SDP_TEMPLATE.format(host=host, port=self.media_port or 9).encode()
 
     def _send(self, request: Request, target: Hop) -> Deferred[Response]:
         """Send in a client transaction; fires with the final response."""
@@ -240,7 +254,7 @@ class SimpleUserAgent:
                 call_id=call_id,
                 cseq_number=cseq.next(),
                 contact=self.contact,
-                body=_SDP_TEMPLATE.format(host=hop.host).encode(),
+                body=self._sdp(hop.host),
                 content_type="application/sdp",
             )
             if credentials is not None:
@@ -287,6 +301,7 @@ class SimpleUserAgent:
                 route_set=list(reversed(response.record_routes)),
                 cseq=cseq.value,
                 setup_seconds=self.clock.seconds() - started,
+                remote_sdp=response.body,
             )
             self._send_ack(dialog)
             return dialog
@@ -338,7 +353,8 @@ class SimpleUserAgent:
             for record_route in request.headers.get_all("Record-Route"):
                 ok.headers.add("Record-Route", record_route)
             hop = self._local_hop()
-            ok.body = _SDP_TEMPLATE.format(host=hop.host).encode()
+            ok.body = self._sdp(hop.host)
+            self.offers_received.append(request.body)
             ok.headers.add("Content-Type", "application/sdp")
             self.calls_answered += 1
             transaction.respond(ok)

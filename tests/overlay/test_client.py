@@ -110,6 +110,9 @@ class ClientModeTests(SynchronousTestCase):
                 self.sim.wait(node.resolve_application(self.client.node_id, SIP_APPLICATION)),
                 ("192.0.2.50", 5062),
             )
+            # The answer is remembered: a connection to that address may be made by Node-ID.
+            self.assertEqual(node.node_serving_at("192.0.2.50", 5062), self.client.node_id)
+        self.assertIsNone(self.sim.live()[0].node_serving_at("192.0.2.50", 5063))
 
     def test_never_in_tables(self) -> None:
         """After rounds of stabilisation no peer lists the client as a neighbour or finger."""
@@ -282,3 +285,24 @@ class ClientStopTests(SynchronousTestCase):
         self.assertEqual(client.state, NodeState.STOPPED)
         self.assertEqual(len(results), 1)
         self.assertEqual(client.links.all_links(), [])
+
+
+class ResolvedAddressesTests(SynchronousTestCase):
+    def test_bounded_and_newest_wins(self) -> None:
+        """Answers are remembered by address, the latest node per address, the oldest forgotten first."""
+        from p2psip.overlay import app_attach
+
+        class Messenger:
+            def handle(self, code: object, handler: object) -> None:
+                pass
+
+        applications = app_attach.Applications(Messenger(), None)  # type: ignore[arg-type]
+        self.patch(app_attach, "MAX_RESOLVED_ADDRESSES", 2)
+        applications._remember(("192.0.2.1", 5062), 1)
+        applications._remember(("192.0.2.1", 5062), 2)
+        applications._remember(("[2001:DB8::1]", 5062), 3)
+        self.assertEqual(applications.node_at("192.0.2.1", 5062), 2)
+        self.assertEqual(applications.node_at("2001:db8::1", 5062), 3)
+        applications._remember(("192.0.2.3", 5062), 4)
+        self.assertIsNone(applications.node_at("192.0.2.1", 5062))
+        self.assertEqual(applications.node_at("192.0.2.3", 5062), 4)

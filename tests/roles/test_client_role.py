@@ -53,6 +53,40 @@ class ClientOptionsTests(SynchronousTestCase):
         config = parse("--sip", "udp:5062", "--users", str(users)).config
         self.assertFalse(config.sip.trusted_network)
 
+    def test_media_relay(self) -> None:
+        """--media-relay sends calls through super-nodes' relays: no ports of the client's own."""
+        self.assertIsNone(parse().config.sip.media)
+        media = parse("--media-relay", "always").config.sip.media
+        assert media is not None
+        self.assertEqual((media.policy, media.low_port, media.high_port), ("always", 0, 0))
+        error = self.assertRaises(usage.UsageError, parse, "--media-relay", "sometimes")
+        self.assertIn("never, nat-only, always", str(error))
+        self.assertRaises(usage.UsageError, parse, "--media-ports", "40000-40999")
+
+    def test_mediator(self) -> None:
+        """--mediator needs the client's secret there and makes the adaptor reached over TCP."""
+        self.assertIsNone(parse().config.mediator)
+        self.assertEqual(parse().config.sip.peer_transport, "UDP")
+        error = self.assertRaises(usage.UsageError, parse, "--mediator", "tcp:192.0.2.9:3479")
+        self.assertIn("--mediator-secret", str(error))
+        config = parse("--mediator", "tcp:192.0.2.9:3479", "--mediator-secret", "s3cret").config
+        assert config.mediator is not None
+        self.assertEqual(
+            (config.mediator.endpoint, config.mediator.secret), ("tcp:192.0.2.9:3479", b"s3cret")
+        )
+        self.assertEqual(config.sip.peer_transport, "TCP")
+        error = self.assertRaises(
+            usage.UsageError,
+            parse,
+            "--mediator",
+            "tcp:192.0.2.9:3479",
+            "--mediator-secret",
+            "s3cret",
+            "--sip",
+            "udp:5062:interface=127.0.0.1",
+        )
+        self.assertIn("--sip tcp:5062", str(error))
+
     def test_loopback_listeners(self) -> None:
         """Which listen strings count as loopback only."""
         self.assertTrue(is_loopback_listener("udp:5062:interface=127.0.0.1"))
@@ -95,6 +129,32 @@ class ClientServiceTests(SynchronousTestCase):
             [type(s).__name__ for s in role],  # type: ignore[attr-defined]
             ["ClientOverlayService", "SipService", "_HttpListenerService"],
         )
+
+    def test_mediator_client_first(self) -> None:
+        """With --mediator the mediator client starts first and /status says whether it is logged in."""
+        data_dir = Path(self.mktemp())
+        reactor = MemoryUDPReactor()
+        options = parse(
+            "--data-dir",
+            str(data_dir),
+            "--sip",
+            "tcp:0:interface=127.0.0.1",
+            "--mediator",
+            "tcp:192.0.2.9:3479",
+            "--mediator-secret",
+            "s3cret",
+        )
+        role = makeService(options, reactor)
+        self.assertEqual(
+            [type(s).__name__ for s in role],  # type: ignore[attr-defined]
+            ["TraversalService", "ClientOverlayService", "SipService", "_HttpListenerService"],
+        )
+        status = role.status()  # type: ignore[attr-defined]
+        self.assertEqual(status["mediator"]["registered"], False)
+        self.assertEqual(status["mediator"]["id"], status["node_id"])
+        self.assertEqual(status["sip"]["paths"]["outgoing"], {})
+        sip = role.sip  # type: ignore[attr-defined]
+        self.assertIsNotNone(sip.transport.stream_connector)
 
     def test_status_and_metrics(self) -> None:
         """/status is JSON naming the state and attachment; /metrics parses as Prometheus text."""

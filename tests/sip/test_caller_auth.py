@@ -344,6 +344,21 @@ class CallerAuthenticationTests(SynchronousTestCase):
         self.assertEqual(self.b.last_response().status, 407)
         self.assertEqual(self.b.forwarded(), [])
 
+    def test_stream_proven_to_be_with_the_node_is_trusted(self) -> None:
+        """A Record-Route naming A over a stream proven to be with A (a mediated one) is A's."""
+        self.register(self.b, "bob", BOB_PHONE)
+        mediated = Hop("TCP", "203.0.113.5", 40001)
+        self.b.proxy.node_of_source = lambda source: NODE_A if source == mediated else None
+        record_route = (
+            f"Record-Route: <sip:{ADDRESS_A[0]}:{ADDRESS_A[1]};lr;{NODE_PARAMETER}={NODE_A:032x}>"
+        )
+        self.b.receive(request_text(extra=(record_route,)), mediated)
+        [(_, hop)] = self.b.forwarded()
+        self.assertEqual(hop, BOB_PHONE)
+        # The same Record-Route from any other source is still a stranger's.
+        self.b.receive(request_text(branch="z9hG4bKc4", extra=(record_route,)), OUTSIDER)
+        self.assertEqual(self.b.last_response().status, 407)
+
     def test_trusted_network_asks_nothing(self) -> None:
         """Without authentication (no credential check) nobody is challenged."""
         self.a.proxy.credentials = None

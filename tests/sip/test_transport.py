@@ -7,6 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IProtocol, IProtocolFactory
 from twisted.internet.testing import StringTransport
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
@@ -219,6 +221,52 @@ class StreamTests(SynchronousTestCase):
         self.assertTrue(data.startswith(b"SIP/2.0 200 OK"))
         self.assertIn(b"\r\n\r\nOPTIONS sip:bob@example.org SIP/2.0", data)
         self.assertEqual(errors, [])
+
+    def test_stream_connector_opens_new_connections(self) -> None:
+        """With a stream_connector, a request to a new address goes over the connection it opens."""
+        asked: list[tuple[str, int]] = []
+        wire = StringTransport(peerAddress=IPv4Address("TCP", "198.51.100.99", 3479))
+        pending: Deferred[IProtocol] = Deferred()
+
+        def connector(address: tuple[str, int], factory: IProtocolFactory) -> Deferred[IProtocol]:
+            asked.append(address)
+            protocol = factory.buildProtocol(None)
+            assert protocol is not None
+            protocol.makeConnection(wire)
+            return pending
+
+        self.owner.stream_connector = connector
+        request = parse_request(OPTIONS.replace(b"UDP", b"TCP"))
+        errors: list[str] = []
+        self.owner.send_request(request, Hop("TCP", "10.0.2.2", 5062), errors.append)
+        self.owner.send_request(request, Hop("TCP", "10.0.2.2", 5062), errors.append)
+        self.assertEqual(asked, [("10.0.2.2", 5062)])
+        self.assertEqual(wire.value(), b"")
+        [connection] = [c for c in self.owner.connections.values() if c.transport is wire]
+        pending.callback(connection)
+        self.assertEqual(wire.value().count(b"OPTIONS sip:bob@example.org SIP/2.0"), 2)
+        # Known under the address asked for as well as under its real far end.
+        self.assertIs(self.owner.connections[("10.0.2.2", 5062)], connection)
+        self.assertIs(self.owner.connections[("198.51.100.99", 3479)], connection)
+        self.assertEqual(errors, [])
+
+    def test_stream_connector_failure_reported(self) -> None:
+        """A connector that fails reports its reason to every request waiting for it."""
+        self.owner.stream_connector = lambda address, factory: fail(ConnectionError("no path"))
+        errors: list[str] = []
+        request = parse_request(OPTIONS.replace(b"UDP", b"TCP"))
+        self.owner.send_request(request, Hop("TCP", "10.0.2.2", 5062), errors.append)
+        self.assertEqual(errors, ["no path"])
+
+    def test_refused_methods_answered_not_delivered(self) -> None:
+        """A connection's refused methods get 403 and never reach the receiver; others do."""
+        self.protocol.refused_methods = frozenset({"REGISTER"})
+        register = OPTIONS.replace(b"UDP", b"TCP").replace(b"OPTIONS", b"REGISTER")
+        self.protocol.dataReceived(register)
+        self.assertTrue(self.wire.value().startswith(b"SIP/2.0 403 "))
+        self.assertEqual(self.receiver.received, [])
+        self.protocol.dataReceived(OPTIONS.replace(b"UDP", b"TCP"))
+        self.assertEqual(len(self.receiver.received), 1)
 
     def test_closed_connection_forgotten(self) -> None:
         """A lost connection leaves the table."""
