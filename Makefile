@@ -41,10 +41,14 @@ bench: $(STAMP)
 	$(PY) bench/sip_stack.py
 	$(PY) bench/sip_load.py --auth both --rates 1000,2000,2500,3000 --call-rates 300,500,750,1000 --kamailio
 	$(PY) bench/sip_ring_load.py
+	$(PY) bench/state_db.py
 	$(PY) bench/media_relay.py
 	$(PY) bench/super_node_scaling.py
 	$(PY) bench/overlay_scaling.py
 	$(PY) bench/profile_register.py
+	$(PY) bench/churn.py
+	$(PY) bench/sip_overload.py
+	$(PY) bench/soak.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check p2psip tests bench twisted fuzz

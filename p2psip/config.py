@@ -79,7 +79,7 @@ non_negative_float.coerceDoc = "a number, 0 or more"  # type: ignore[attr-define
 
 
 def non_negative_int(text: str) -> int:
-    """Coercer for sizes and counts where 0 means off."""
+    """Coercer for counts where 0 means off."""
     value = int(text)
     if value < 0:
         raise ValueError(f"{value} is below zero")

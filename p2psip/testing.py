@@ -12,6 +12,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
@@ -206,17 +207,32 @@ class MemoryLink(Link):
         self.severed = False
         self.other: MemoryLink | None = None
         self.path = "connect"
+        #: (send time, message) not delivered yet: delivery stands for the far end's ack.
+        self._undelivered: list[tuple[float, bytes]] = []
 
     def send(self, data: bytes) -> None:
-        if self.closed or self.severed or self.other is None:
+        if self.closed or self.other is None:
             return
+        if self.network.traffic_observer is not None:
+            self.network.traffic_observer(data)
         self.messages_sent += 1
         self.last_sent_at = self.network.clock.seconds()
+        self._undelivered.append((self.last_sent_at, data))
+        if self.severed:
+            return  # into the void, as to a host that lost power: never acknowledged
         self.network.clock.callLater(self.network.latency_seconds, self.other._receive, data)
+
+    def unacknowledged_since(self) -> float | None:
+        return self._undelivered[0][0] if self._undelivered else None
+
+    def unacknowledged_messages(self) -> list[bytes]:
+        return [data for _, data in self._undelivered]
 
     def _receive(self, data: bytes) -> None:
         if self.closed or self.severed:
             return
+        if self.other is not None and self.other._undelivered:
+            del self.other._undelivered[0]
         self.messages_received += 1
         self.last_received_at = self.network.clock.seconds()
         self.listener.message_received(self, data)
@@ -257,6 +273,8 @@ class MemoryNetwork:
         self.listeners: dict[tuple[str, int], Any] = {}
         self.crashed: set[tuple[str, int]] = set()
         self.links: dict[tuple[str, int], list[MemoryLink]] = {}
+        #: Called with every message a link sends (a churn run counts bytes by code).
+        self.traffic_observer: Callable[[bytes], None] | None = None
 
     def listen(self, host: str, port: int, listener: Any) -> None:
         self.listeners[(host, port)] = listener

@@ -48,7 +48,7 @@ from p2psip.overlay.messaging import Answer, Messenger, Reply, RequestRefused
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.results import HandOver
 from p2psip.overlay.topology import ChordTopology
-from p2psip.util.ids import MAX_ID, between_right_inclusive, id_hex, id_short
+from p2psip.util.ids import MAX_ID, between, between_right_inclusive, id_hex, id_short
 from p2psip.util.log_throttle import LogThrottle
 from p2psip.util.token_bucket import TokenBuckets
 
@@ -303,12 +303,36 @@ class ChordMaintenance:
         if signer in self.topology.neighbours():
             # Only a neighbour's view of the neighbourhood is worth acting on.
             self.consider_peers(learned, informant=link, informant_id=signer)
+            self._check_skipped_peers(signer, update)
         if signer not in self.topology.neighbours() and self._knows_closer_peers(signer, update):
             # The sender counts us as its neighbour but we know peers
             # closer to it than some it lists: tell it what we know
             # (Chord's "ask your successor for its predecessor").
             self._send_update_to(signer, link)
         return answer
+
+    def _check_skipped_peers(self, sender: int, update: bodies.UpdateReq) -> None:
+        """
+        Ping at once the neighbours of ours that ``sender`` skips right
+        next to itself: its first successor (or predecessor) lies beyond a
+        peer we list between the two of us, so it has taken that peer for
+        failed.  Our own link then tells within ``link_ack_timeout_seconds``
+        whether it is: the peers on both sides of a dead one find out
+        together, instead of the second one only at its next keepalive,
+        which is what keeps lookups into the dead peer's range failing.
+        """
+        suspects: set[int] = set()
+        for peer in self.topology.neighbours():
+            if peer == sender:
+                continue
+            if update.successors and between(peer, sender, update.successors[0]):
+                suspects.add(peer)
+            if update.predecessors and between(peer, update.predecessors[0], sender):
+                suspects.add(peer)
+        for peer in suspects:
+            link = self.messenger.links.link_for(peer)
+            if link is not None:
+                self.connectivity.ping_now(link, peer)
 
     def _knows_closer_peers(self, sender: int, update: bodies.UpdateReq) -> bool:
         probe = ChordTopology(
@@ -503,6 +527,12 @@ class ChordMaintenance:
     def stabilize(self) -> None:
         """One round: relink neighbours, learn addresses, send Updates, repair fingers."""
         if self.membership.state is NodeState.JOINED:
+            if self.topology.is_alone() and self.connectivity.addresses:
+                # Every neighbour was taken for failed (a false alarm on a
+                # loaded host ends the same way): a member with an empty
+                # table would serve alone for ever.  Offer our Update to the
+                # peers we knew, once they are out of recently_failed.
+                self.consider_peers(list(self.connectivity.addresses))
             self._relink_neighbours()
             self.connectivity.learn_addresses(self.topology.neighbours())
             self.send_updates()

@@ -112,6 +112,8 @@ class Connectivity:
         #: Peer -> (the connect under way, the callers waiting for it).
         self._connecting: dict[int, tuple[Deferred[Link], list[Deferred[Link]]]] = {}
         self._pinging: set[int] = set()
+        #: When check_acks last ran (a long gap means our own loop stalled).
+        self._last_ack_check: float | None = None
         self._asking_address: set[int] = set()
         messenger.handle(MessageCode.PING_REQ, self._on_ping)
         messenger.handle(MessageCode.ATTACH_REQ, self._on_attach)
@@ -402,6 +404,43 @@ class Connectivity:
                 self.links.remove(link)
                 link.close()
 
+    def check_acks(self) -> None:
+        """
+        Close links whose peer left a message unacknowledged past the ack
+        timeout and sent nothing at all since, and report peers left
+        without a link: a dead peer is
+        found within seconds of the first message sent to it, instead of
+        after a keepalive round and a request timeout, and a stuck one
+        (not reading) stops holding our messages.  The requests it never
+        acknowledged, ours and those we forwarded, are routed again around
+        it: forwarding keeps no state, so no one else would resend a
+        request lost at this hop before its originator's timeout.
+        """
+        now = self.clock.seconds()
+        limit = self.config.link_ack_timeout_seconds
+        last, self._last_ack_check = self._last_ack_check, now
+        if last is not None and now - last > limit / 2 + 1.0:
+            # Our own event loop stalled (a long garbage collection, a busy
+            # host): what the peers sent meanwhile is still unread in the
+            # socket buffers, so their silence proves nothing yet.
+            return
+        for peer in self.links.peers():
+            for link in self.links.links_to(peer):
+                since = link.unacknowledged_since()
+                # Only a peer silent since then: a busy one still sends (its
+                # acks wait behind what it is sending us), a dead one nothing.
+                if since is not None and now - since > limit and link.last_received_at <= since:
+                    self.log.info(
+                        "peer {peer} left a message unacknowledged for {seconds:.1f} s: "
+                        "closing its link",
+                        peer=id_short(peer),
+                        seconds=now - since,
+                    )
+                    stranded = link.unacknowledged_messages()
+                    self._drop_and_report(link, peer)
+                    # The tables no longer lead there: what it never took goes round it.
+                    self.messenger.reroute(stranded, peer)
+
     def _kept_open(self, link: Link) -> bool:
         """A link that idleness does not close: an attached client's, or a client's own attachment."""
         if self.messenger.clients.is_client_link(link):
@@ -414,6 +453,17 @@ class Connectivity:
         # A peer with another live link (it reconnected) is not gone.
         if not self.links.has_link(peer):
             self.peer_failed(peer)
+
+    def suspect(self, peer: int) -> None:
+        """``peer`` may be gone: ping it over its link now, if it has one."""
+        link = self.links.link_for(peer)
+        if link is not None:
+            self.ping_now(link, peer)
+
+    def ping_now(self, link: Link, peer: int) -> None:
+        """Ping ``peer`` over ``link`` now (it may be gone); the link is closed if the Ping is not acknowledged."""
+        if peer not in self._pinging:
+            self._ping_link(link, peer)
 
     def _ping_link(self, link: Link, peer: int) -> None:
         self._pinging.add(peer)

@@ -34,7 +34,11 @@ from p2psip.overlay.errors import NotConnected, OverlayError, RequestFailed
 from p2psip.overlay.links import Link
 from p2psip.overlay.membership import Event, Membership, NodeState
 from p2psip.overlay.message import Destination, ErrorCode, Message, MessageCode
-from p2psip.overlay.messaging import NODE_ID_IN_USE_REASON, Messenger
+from p2psip.overlay.messaging import (
+    NODE_ID_BEING_CHECKED_REASON,
+    NODE_ID_IN_USE_REASON,
+    Messenger,
+)
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.topology import ChordTopology
 from p2psip.util.ids import id_short
@@ -182,7 +186,12 @@ class Joiner:
                     ) from None
                 if attempt == JOIN_ATTEMPTS or link.closed:
                     raise
-                yield deferLater(self.clock, 0.5 * attempt, lambda: None)
+                pause = 0.5 * attempt
+                if NODE_ID_BEING_CHECKED_REASON in error.reason:
+                    # Our old incarnation's link is being pinged; it closes
+                    # once the Ping goes unacknowledged.
+                    pause = self.config.link_ack_timeout_seconds + 2.0
+                yield deferLater(self.clock, pause, lambda: None)
             except OverlayError as error:
                 if attempt == JOIN_ATTEMPTS or link.closed:
                     raise

@@ -43,11 +43,18 @@ from p2psip.overlay.framing import AckFrame, DataFrame, FrameDecoder, encode_fra
 from p2psip.overlay.message import ErrorCode
 from p2psip.overlay.tls import LinkRefused, LinkSecurity
 from p2psip.util.endpoints import escape_field
+from p2psip.util.ids import id_short
 
 CONNECT_TIMEOUT_SECONDS = 10
 #: After a TLS link sends its close_notify, how long the other end has to
 #: answer before the connection is cut (a silent peer must not keep it).
 CLOSE_GRACE_SECONDS = 5.0
+#: What a link may have sent without the far end acknowledging it.  A peer
+#: that stops reading (stuck, or flooded) would otherwise make us buffer
+#: without end; past either bound the link is closed and the ring routes
+#: around that peer.
+MAX_UNACKED_FRAMES = 4096
+MAX_UNACKED_BYTES = 8 * 1024 * 1024
 
 
 class LinkListener(TypingProtocol):
@@ -114,6 +121,19 @@ class Link:
     def close(self) -> None:
         raise NotImplementedError
 
+    def unacknowledged_since(self) -> float | None:
+        """
+        When the oldest message the far end has not acknowledged yet was
+        sent (None: everything sent was acknowledged, or this kind of link
+        cannot tell).  A peer that stays silent past the ack timeout is
+        dead or stuck (:meth:`p2psip.overlay.connectivity.Connectivity.check_acks`).
+        """
+        return None
+
+    def unacknowledged_messages(self) -> list[bytes]:
+        """The messages sent and not acknowledged yet, oldest first (empty if this kind cannot tell)."""
+        return []
+
     def when_established(self) -> Deferred[Link]:
         """Fires with this link once it is up and its peer known; this kind is up at once."""
         return succeed(self)
@@ -173,7 +193,9 @@ class FramedStreamLink(Protocol, Link):
         #: True once the connection is gone (closing ends here).
         self.lost = False
         self._next_sequence = 1
-        self._unacked_sent_at: dict[int, float] = {}
+        #: Sequence number -> (when sent, message) of frames not acknowledged yet, oldest first.
+        self._unacked: dict[int, tuple[float, bytes]] = {}
+        self._unacked_bytes = 0
         self._received_sequences: list[int] = []
         self._waiting: list[Deferred[Link]] = []
         self._refusal: LinkRefused | None = None
@@ -276,8 +298,10 @@ class FramedStreamLink(Protocol, Link):
                 if self.closed:
                     return
             elif isinstance(frame, AckFrame):
-                sent_at = self._unacked_sent_at.pop(frame.ack_sequence, None)
-                if sent_at is not None:
+                unacked = self._unacked.pop(frame.ack_sequence, None)
+                if unacked is not None:
+                    sent_at, message = unacked
+                    self._unacked_bytes -= len(message)
                     sample = now - sent_at
                     self.rtt_seconds = (
                         sample
@@ -301,11 +325,35 @@ class FramedStreamLink(Protocol, Link):
         sequence = self._next_sequence
         self._next_sequence = (sequence + 1) & 0xFFFFFFFF or 1
         now = self.clock.seconds()
-        if len(self._unacked_sent_at) < 256:
-            self._unacked_sent_at[sequence] = now
+        if (
+            len(self._unacked) >= MAX_UNACKED_FRAMES
+            or self._unacked_bytes + len(data) > MAX_UNACKED_BYTES
+        ):
+            self.log.info(
+                "closing the link to {peer}: {frames} message(s), {size} bytes sent and not "
+                "acknowledged (the peer is not reading)",
+                peer=self._peer_name(),
+                frames=len(self._unacked),
+                size=self._unacked_bytes,
+            )
+            self.close()
+            return
+        self._unacked[sequence] = (now, data)
+        self._unacked_bytes += len(data)
         self.last_sent_at = now
         self.messages_sent += 1
         self.transport.write(encode_frame(DataFrame(sequence, data)))
+
+    def unacknowledged_since(self) -> float | None:
+        for sent_at, _ in self._unacked.values():
+            return sent_at  # insertion order: the oldest first
+        return None
+
+    def unacknowledged_messages(self) -> list[bytes]:
+        return [message for _, message in self._unacked.values()]
+
+    def _peer_name(self) -> str:
+        return id_short(self.peer_id) if self.peer_id is not None else self.remote_address
 
     def close(self) -> None:
         if not self.closed and self.transport is not None:

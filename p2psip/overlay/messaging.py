@@ -109,6 +109,27 @@ WILDCARD_NODE_ID = MAX_ID
 #: The reason of the Error_Forbidden a joining node gets when its Node-ID
 #: belongs to a node that is alive (the same key in two places).
 NODE_ID_IN_USE_REASON = "this Node-ID is in use by a live node"
+#: The reason when the Node-ID's old link heard from it lately and is being
+#: checked: a restarted peer asks again once the check is over.
+NODE_ID_BEING_CHECKED_REASON = "this Node-ID's old link is being checked; ask again"
+
+
+#: Requests sent again, halfway through their timeout, when no answer came
+#: (:meth:`Messenger._resend_unanswered`): those a second copy cannot harm.
+#: A Store of the identical signed values is accepted as a retransmission;
+#: a Join, Leave or Update twice would not be.  Only requests routed by the
+#: table qualify: a request sent over a chosen link (a hello, a keepalive,
+#: a Join to the admitting peer) tests that link.
+RESENDABLE_WHEN_UNANSWERED = frozenset(
+    {
+        MessageCode.PING_REQ,
+        MessageCode.FETCH_REQ,
+        MessageCode.STORE_REQ,
+        MessageCode.STAT_REQ,
+        MessageCode.FIND_REQ,
+        MessageCode.APP_ATTACH_REQ,
+    }
+)
 
 
 @frozen
@@ -208,7 +229,9 @@ class Messenger:
         #: Asked as (peer, link) when a peer asks, over its own link, for the
         #: owner of its own Node-ID (it is joining, perhaps after a restart);
         #: False refuses the request (the Node-ID is in use by a live node).
-        self.rejoin_policy: Callable[[int, Link], bool] = lambda peer, link: True
+        self.rejoin_policy: Callable[[int, Link], bool | None] = lambda peer, link: True
+        #: Told of a peer our tables list that may be gone (connectivity pings it).
+        self.suspect_observer: Callable[[int], None] | None = None
         #: Told of a link that a request's signer has just identified: only
         #: an answer to a challenge of ours proves who is at the other end
         #: (see Connectivity.challenge_link).
@@ -338,6 +361,10 @@ class Messenger:
         )
         self.counters.count("requests_sent")
         link.send(data)
+        if first_link is None and code in RESENDABLE_WHEN_UNANSWERED:
+            pending.retry_call = self.clock.callLater(
+                self.config.request_timeout_seconds / 2, self._resend_unanswered, pending
+            )
         if self.request_observers:
             started = self.clock.seconds()
 
@@ -360,6 +387,52 @@ class Messenger:
             if link is None or link.peer_id == failed_peer:
                 continue
             self._resend(pending, link)
+
+    def reroute(self, messages: list[bytes], dead: int) -> None:
+        """
+        Send again, by the route that is best now, the requests ``dead``
+        never acknowledged (its link was just closed).  The bytes are the
+        ones we sent: a forwarded request already names us in its via
+        list, so the answer comes back the same way.  Answers are left:
+        they can only retrace their request's path, and the requester
+        resends.
+        """
+        for data in messages:
+            try:
+                header, code = peek_code(data, self.config.limits)
+            except DecodeError:
+                continue
+            if not is_request(code) or not header.destination_list:
+                continue
+            destination = header.destination_list[0]
+            if destination.value == dead or not isinstance(destination.value, int):
+                continue
+            link = self.first_hop(destination)
+            if link is None or link.peer_id == dead:
+                continue
+            self.counters.count("messages_rerouted")
+            link.send(data)
+
+    def _resend_unanswered(self, pending: PendingRequest) -> None:
+        """
+        Halfway through its timeout, send a request that got no answer once
+        more, by the route that is best now.  A request lost to a peer that
+        died on its path (forwarding is stateless, so no one else resends
+        it) is then answered within the timeout: by the time this fires, the
+        peer before the dead one has seen its messages go unacknowledged and
+        routes around it (``link_ack_timeout_seconds``).
+        """
+        pending.retry_call = None
+        if (
+            pending.retries_left <= 0
+            or self.transactions.find(pending.transaction_id) is not pending
+        ):
+            return
+        header = peek_header(pending.data, self.config.limits)
+        link = self.first_hop(header.destination_list[0])
+        if link is None:
+            return
+        self._resend(pending, link)
 
     def _resend(self, pending: PendingRequest, link: Link) -> None:
         """Send an outstanding request once more over ``link``, signed under a new transaction id."""
@@ -439,8 +512,10 @@ class Messenger:
             verified = self._verify(link, data)
             if verified is None:
                 return
-            if not self.rejoin_policy(sender, link):
-                self.reply_error(link, verified[0], ErrorCode.FORBIDDEN, NODE_ID_IN_USE_REASON)
+            allowed = self.rejoin_policy(sender, link)
+            if allowed is not True:
+                reason = NODE_ID_IN_USE_REASON if allowed is False else NODE_ID_BEING_CHECKED_REASON
+                self.reply_error(link, verified[0], ErrorCode.FORBIDDEN, reason)
                 return
         if first.type == DestinationType.NODE and first.value in (self.node_id, WILDCARD_NODE_ID):
             rest = destinations[1:]
@@ -798,6 +873,11 @@ class Messenger:
             return
         pending.deferred.callback(Answer(message, body, signer, route))
 
+    def _heard_from_lately(self, peer: int) -> bool:
+        """A link to ``peer`` carried something from it within the keepalive interval."""
+        since = self.clock.seconds() - self.config.ping_interval_seconds
+        return any(link.last_received_at >= since for link in self.links.links_to(peer))
+
     def _from_possible_owner(
         self, link: Link, message: Message, pending: PendingRequest, signer: int
     ) -> bool:
@@ -818,6 +898,14 @@ class Messenger:
         closer = self.topology.closer_known_node(target, signer)
         if closer is None:
             return True
+        if not self._heard_from_lately(closer) and self.suspect_observer is not None:
+            # Our tables may still list a peer that died (that is what a
+            # ring under churn looks like for a while), which makes us
+            # refuse the true owner's answers.  The refusal stands (a node
+            # on the path may be lying), but the peer is asked now: if it
+            # is gone its link closes, the tables forget it and the next
+            # request is answered.
+            self.suspect_observer(closer)
         self.refuse(
             "answers_not_from_owner",
             link,

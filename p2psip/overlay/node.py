@@ -115,6 +115,7 @@ class OverlayNode(OverlayOperations):
         self.storage.hand_over_source = lambda: self.joiner.admitting_peer
         self.connectivity.failure_observers.append(self._peer_failed)
         self.messenger.rejoin_policy = self._peer_rejoining
+        self.messenger.suspect_observer = self.connectivity.suspect
         self.chord.neighbour_observers.append(self.storage.replicate_all)
         self.chord.neighbour_observers.append(self._release_moved_clients)
         self._stabilisation = JitteredLoop(
@@ -126,6 +127,13 @@ class OverlayNode(OverlayOperations):
             self.connectivity.keepalive,
             self.random,
             "keepalive",
+        )
+        self._ack_watch = JitteredLoop(
+            clock,
+            config.link_ack_timeout_seconds / 4,
+            self.connectivity.check_acks,
+            self.random,
+            "ack watch",
         )
 
     # -- what the role and the status page read ---------------------------------
@@ -199,6 +207,7 @@ class OverlayNode(OverlayOperations):
         self.membership.happened(Event.STOPPED)
         self._stabilisation.stop()
         self._keepalive.stop()
+        self._ack_watch.stop()
         self.chord.stop()
         self.peer_tables_query.stop()
         self.messenger.fail_all("the node is stopping")
@@ -207,6 +216,7 @@ class OverlayNode(OverlayOperations):
     def _start_loops(self) -> None:
         self._stabilisation.start()
         self._keepalive.start()
+        self._ack_watch.start()
 
     def _stabilise(self) -> None:
         self.chord.stabilize()
@@ -241,18 +251,24 @@ class OverlayNode(OverlayOperations):
         self.messenger.resend_after_failure(peer)
         self.chord.peer_failed(peer)
 
-    def _peer_rejoining(self, peer: int, link: Link) -> bool:
+    def _peer_rejoining(self, peer: int, link: Link) -> bool | None:
         """
         A peer asks, over ``link``, for the owner of its own Node-ID.
 
-        If an older link to it still hears from it, a second node uses the
-        same key: refuse (False).  Otherwise it has restarted: forget its
-        old incarnation (its place, its stale links, its replicas) and let
-        the Attach find the peer that will admit it.
+        If an older link to it heard from it since ``link`` came up, a
+        second node uses the same key: refuse (False).  If it heard from it
+        only shortly before, the peer may have restarted within seconds:
+        challenge the old link with a Ping and answer "ask again" (None);
+        the old link is closed once the Ping goes unanswered
+        (``link_ack_timeout_seconds``), and the next ask gets in.
+        Otherwise it has restarted: forget its old incarnation (its place,
+        its stale links, its replicas) and let the Attach find the peer
+        that will admit it.
         """
         stale = [other for other in self.links.links_to(peer) if other is not link]
         alive_since = self.clock.seconds() - self.config.ping_interval_seconds
-        if any(not other.closed and other.last_received_at > alive_since for other in stale):
+        recent = [o for o in stale if not o.closed and o.last_received_at > alive_since]
+        if any(other.last_received_at > link.created_at for other in recent):
             self.counters.count("duplicate_node_ids")
             self.log.warn(
                 "a second node at {address} uses the Node-ID of live peer {peer}; refusing its join",
@@ -260,6 +276,10 @@ class OverlayNode(OverlayOperations):
                 peer=id_short(peer),
             )
             return False
+        if recent:
+            for other in recent:
+                self.connectivity.ping_now(other, peer)
+            return None
         if peer not in self.topology.known_peers() and not stale:
             return True
         self.log.info(

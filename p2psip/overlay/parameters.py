@@ -22,6 +22,11 @@ class OverlayConfig:
     join_timeout_seconds: float = 60.0
     idle_link_seconds: float = 120.0
     failed_peer_memory_seconds: float = 60.0
+    #: A link whose peer has left a message unacknowledged this long, and
+    #: sent nothing at all meanwhile, is closed and the peer reported
+    #: failed: it is dead.  A live peer acknowledges every frame as it
+    #: reads it; a busy one may be slow to, but goes on sending.
+    link_ack_timeout_seconds: float = 5.0
     initial_ttl: int = 100
     limits: Limits = field(factory=Limits)
     #: How far a request's transaction-ID time may lie from our clock; the

@@ -264,7 +264,7 @@ class StorageService:
             responses = self.store.fetch(request.resource, request.specifiers, self.clock.seconds())
         except StoreError as error:
             raise RequestRefused(error.error_code, error.reason) from error
-        certificates = self._signer_certificates(v for r in responses for v in r.values)
+        certificates = self.signer_certificates(v for r in responses for v in r.values)
         return Reply(
             MessageCode.FETCH_ANS, bodies.FetchAns(tuple(responses)).encode(), certificates
         )
@@ -277,7 +277,7 @@ class StorageService:
             raise RequestRefused(error.error_code, error.reason) from error
         return Reply(MessageCode.STAT_ANS, bodies.StatAns(tuple(responses)).encode())
 
-    def _signer_certificates(self, values: Iterable[Any]) -> tuple[bytes, ...]:
+    def signer_certificates(self, values: Iterable[Any]) -> tuple[bytes, ...]:
         """Certificates of the signers of stored values, so receivers can verify them."""
         own = self.identity.certificate_der
         found: dict[bytes, bytes] = {}
@@ -402,7 +402,7 @@ class StorageService:
         if not kind_data:
             return succeed(None)
         body = bodies.StoreReq(resource, replica_number, tuple(kind_data)).encode()
-        certificates = self._signer_certificates(v for kd in kind_data for v in kd.values)
+        certificates = self.signer_certificates(v for kd in kind_data for v in kd.values)
         return self.messenger.request(
             Destination.node(peer), MessageCode.STORE_REQ, body, extra_certificates=certificates
         )

@@ -52,6 +52,13 @@ class PendingRequest:
         self.retries_left = 1
         self.sent_at = 0.0
         self.timeout_call: IDelayedCall | None = None
+        #: Fires halfway through the timeout to send an unanswered request again.
+        self.retry_call: IDelayedCall | None = None
+
+    def cancel_timers(self) -> None:
+        for call in (self.timeout_call, self.retry_call):
+            if call is not None and call.active():
+                call.cancel()
 
 
 class TransactionTable:
@@ -92,6 +99,7 @@ class TransactionTable:
     def _expire(self, pending: PendingRequest, describe: str) -> None:
         if self._pending.get(pending.transaction_id) is pending:
             del self._pending[pending.transaction_id]
+            pending.cancel_timers()
             pending.deferred.errback(
                 RequestTimeout(f"no answer to {describe} within {self.timeout_seconds:g} s")
             )
@@ -117,12 +125,8 @@ class TransactionTable:
     def complete(self, transaction_id: int) -> PendingRequest | None:
         """Remove and return the request an answer belongs to, if any."""
         pending = self._pending.pop(transaction_id, None)
-        if (
-            pending is not None
-            and pending.timeout_call is not None
-            and pending.timeout_call.active()
-        ):
-            pending.timeout_call.cancel()
+        if pending is not None:
+            pending.cancel_timers()
         return pending
 
     def sent_via(self, first_hop: int) -> list[PendingRequest]:
@@ -133,8 +137,7 @@ class TransactionTable:
         """Fail every outstanding request (the node is stopping)."""
         pending, self._pending = self._pending, {}
         for request in pending.values():
-            if request.timeout_call is not None and request.timeout_call.active():
-                request.timeout_call.cancel()
+            request.cancel_timers()
             request.deferred.errback(make_error())
 
     def __len__(self) -> int:

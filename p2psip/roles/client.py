@@ -43,6 +43,8 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 
+from p2psip.sip.binding_store import BindingStore
+from p2psip.util.state_db import StateFlusher, state_threads
 from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.nat.traversal import TraversalClient
 from p2psip.nat.traversal_service import TraversalService
@@ -234,6 +236,11 @@ def make_client_role(
     registry = role_registry()
     OverlayMetrics(registry, lambda: client).watch(client)
     role = ClientRole(config, client, registry)
+    flusher = None
+    if state.database is not None:
+        # First child: it starts first and stops last, committing what the others staged.
+        flusher = StateFlusher(state.database, reactor, threads=state_threads(reactor))
+        flusher.setServiceParent(role)
     if config.mediator is not None:
         role.traversal, role.streams = _mediated_sip(config, reactor, client)
         role.traversal.setServiceParent(role)
@@ -248,6 +255,10 @@ def make_client_role(
     role.overlay.setServiceParent(role)
     stack = build_sip_stack(config.sip, client, reactor, state.users, state.nonce_secret, "")
     stack.proxy.call_setup_observers.append(role.calls)
+    bindings = None
+    if flusher is not None:
+        # Restored at start and stored in the overlay again once attached (_republish).
+        bindings = BindingStore(flusher.database, stack.registrar)
     if role.streams is not None:
         role.streams.serve(stack.transport)
         stack.proxy.node_of_source = role.streams.node_of_source
@@ -257,6 +268,7 @@ def make_client_role(
         joined=role.overlay.attached,
         freeze_gc=freeze_gc,
         user_certificates=UserCertificates(config.data_dir),
+        bindings=bindings,
     )
     role.overlay.reattached.append(lambda: _republish(stack.registrar))
     role.overlay.reattached.append(role.warn_if_unreachable)

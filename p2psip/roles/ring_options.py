@@ -52,6 +52,11 @@ from p2psip.sip.domain_routes import (
     parse_static_route,
 )
 from p2psip.sip.location_cache import DEFAULT_MAX_ENTRIES as DEFAULT_LOCATION_CACHE_ENTRIES
+from p2psip.sip.overload import (
+    DEFAULT_MAX_LAG_SECONDS,
+    DEFAULT_MAX_PENDING,
+    OverloadThresholds,
+)
 from p2psip.sip.request_limit import DEFAULT_BURST, DEFAULT_REQUESTS_PER_SECOND
 from p2psip.sip.transport import (
     MAX_TCP_CONNECTIONS,
@@ -162,6 +167,8 @@ class SipConfig:
     #: New requests per second per source address; 0: no limit.
     rate_limit_per_second: float = DEFAULT_REQUESTS_PER_SECOND
     rate_limit_burst: int = DEFAULT_BURST
+    #: When new INVITEs and REGISTERs get 503 (p2psip.sip.overload).
+    overload: OverloadThresholds = OverloadThresholds()
     #: SIP over TCP and TLS: silence that closes a connection, and how many
     #: connections one address, and everyone, may hold.
     idle_timeout_seconds: float = TCP_IDLE_TIMEOUT_SECONDS
@@ -450,6 +457,7 @@ def sip_config(
         trusted_network=bool(options["sip-trusted-network"]),
         rate_limit_per_second=options["sip-rate-limit"],
         rate_limit_burst=options["sip-rate-burst"],
+        overload=OverloadThresholds(options["sip-overload-pending"], options["sip-overload-lag"]),
         idle_timeout_seconds=options["sip-idle-timeout"],
         location_cache_entries=options["sip-location-cache"],
         connections_per_source=options["sip-connections-per-source"],
@@ -555,11 +563,19 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             "ping-interval",
             None,
             15.0,
-            "Seconds of silence before a link is pinged; twice this plus the request timeout "
-            "declares a peer dead.",
+            "Seconds of silence before a link is pinged; a Ping (or anything) left "
+            "unacknowledged for --link-ack-timeout declares the peer dead.",
             float,
         ],
         ["request-timeout", None, 15.0, "RELOAD transaction timeout in seconds.", float],
+        [
+            "link-ack-timeout",
+            None,
+            5.0,
+            "Seconds a peer may leave a message over its link unacknowledged before the link "
+            "is closed and the peer taken for dead (or stuck).",
+            float,
+        ],
         ["max-message-size", None, 1_048_576, "Largest RELOAD message accepted, in bytes.", int],
         [
             "mediator",
@@ -715,6 +731,22 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             non_negative_int,
         ],
         [
+            "sip-overload-pending",
+            None,
+            DEFAULT_MAX_PENDING,
+            "Requests being worked on (no final response yet) past which new INVITEs and "
+            "REGISTERs get 503 with Retry-After.  0: not checked.",
+            non_negative_int,
+        ],
+        [
+            "sip-overload-lag",
+            None,
+            DEFAULT_MAX_LAG_SECONDS,
+            "Smoothed event-loop lag, in seconds, past which new INVITEs and REGISTERs get 503 "
+            "with Retry-After.  0: not checked.",
+            non_negative_float,
+        ],
+        [
             "sip-idle-timeout",
             None,
             TCP_IDLE_TIMEOUT_SECONDS,
@@ -813,7 +845,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 raise usage.UsageError(f"--{name} must be at least 1")
         if self["replicas"] < 0 or self["replicas"] > self["successors"]:
             raise usage.UsageError("--replicas must be between 0 and --successors")
-        for name in ("update-interval", "ping-interval", "request-timeout"):
+        for name in ("update-interval", "ping-interval", "request-timeout", "link-ack-timeout"):
             if self[name] <= 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
         if self["max-message-size"] < 4096:
@@ -848,6 +880,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             update_interval_seconds=self["update-interval"],
             ping_interval_seconds=self["ping-interval"],
             request_timeout_seconds=self["request-timeout"],
+            link_ack_timeout_seconds=self["link-ack-timeout"],
             limits=Limits(max_message_bytes=self["max-message-size"]),
         )
         mediator = mediator_client_config(self, self.role)

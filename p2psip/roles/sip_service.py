@@ -64,13 +64,14 @@ from p2psip.util.reactor import IRoleReactor, as_udp_reactor
 from p2psip.enrolment.user_certificates import UserCertificateError, UserCertificates
 from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.roles.ring_options import SIP_TLS_KEY_TYPES, SipConfig, SipTlsCredentials
-from p2psip.sip.binding_store import SavedBindings, load_bindings
+from p2psip.sip.binding_store import BindingStore
 from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.dns_lookup import ServerLocator, make_resolver
 from p2psip.sip.gateway import Gateway
 from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.location_cache import LocationCache
-from p2psip.sip.metrics import CallSetupTimes, SipCollector
+from p2psip.sip.metrics import CallSetupTimes, OverloadCollector, SipCollector
+from p2psip.sip.overload import OverloadGuard
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.registrar import Registrar
 from p2psip.sip.request_limit import RequestRateLimit
@@ -80,13 +81,11 @@ from p2psip.sip.users import UsersFile, UsersFileError
 from p2psip.usages.sip import SIP_APPLICATION
 from p2psip.util import gc_tuning
 from p2psip.util.endpoints import endpoint_interface, escape_field
-from p2psip.util.files import DataFileError
+from p2psip.util.loop_lag import LoopLagProbe
 
 NONCE_SECRET_FILE = "sip-nonce-secret"
 NONCE_SECRET_BYTES = 32
 USERS_REFRESH_SECONDS = 10.0
-#: How often the bindings are written while they change (a crash loses at most this much).
-BINDINGS_SAVE_SECONDS = 5.0
 
 
 def load_or_create_secret(data_dir: str | Path) -> bytes:
@@ -160,6 +159,8 @@ class SipStack:
     tls: CertificateOptions | None = None
     #: The media relay (None with ``--media-relay never``).
     media: MediaAnchor | None = None
+    #: How late the event loop runs (the overload guard's lag; /status, /metrics).
+    loop_lag: LoopLagProbe | None = None
 
 
 def build_sip_stack(
@@ -218,6 +219,7 @@ def build_sip_stack(
         else None
     )
     media = build_media_relay(config, reactor, host, node)
+    loop_lag = LoopLagProbe(reactor)
     proxy = SipProxy(
         config.domain,
         (host, 0),
@@ -237,9 +239,16 @@ def build_sip_stack(
             location, node, reactor, max_entries=config.location_cache_entries
         ),
     )
+    if config.overload.enabled:
+        transactions = proxy.transactions
+        proxy.overload = OverloadGuard(
+            config.overload, lambda: transactions.unanswered, lambda: loop_lag.smoothed_seconds
+        )
     transport.receiver = proxy.transactions
     tls = sip_tls_options(config.tls) if config.tls is not None else None
-    return SipStack(config, node, users, location, registrar, transport, proxy, tls, media)
+    return SipStack(
+        config, node, users, location, registrar, transport, proxy, tls, media, loop_lag
+    )
 
 
 def build_media_relay(
@@ -340,14 +349,14 @@ class SipService(Service):
         joined: Deferred[None] | None = None,
         freeze_gc: bool = True,
         user_certificates: UserCertificates | None = None,
-        bindings_path: Path | None = None,
+        bindings: BindingStore | None = None,
+        legacy_bindings_file: Path | None = None,
     ) -> None:
         self.stack = stack
         #: Where the registrar's bindings are kept across restarts (None: not kept).
-        self.bindings_path = bindings_path
-        self._saved = SavedBindings(bindings_path) if bindings_path is not None else None
-        self._save_bindings = LoopingCall(self._save_if_changed)
-        self._save_bindings.clock = reactor
+        self.bindings = bindings
+        #: An earlier version's bindings file, moved into ``bindings`` at start.
+        self.legacy_bindings_file = legacy_bindings_file
         self.config = stack.config
         self.reactor = reactor
         self.joined = joined
@@ -432,6 +441,8 @@ class SipService(Service):
             self._refresh.start(USERS_REFRESH_SECONDS, now=False)
         if self.relay is not None:
             self.relay.startService()
+        if self.stack.loop_lag is not None:
+            self.stack.loop_lag.start()
         if self._announce is not None:
             # The overlay takes the entry once the node is in the ring.
             if self.joined is None:
@@ -496,41 +507,8 @@ class SipService(Service):
 
     def _restore_bindings(self) -> None:
         """Serve again the phones registered here before a restart (p2psip.sip.binding_store)."""
-        if self.bindings_path is None:
-            return
-        try:
-            loaded = load_bindings(self.bindings_path, self.reactor.seconds())
-        except DataFileError as e:
-            self.log.warn("{why}; the phones registered here must register again", why=str(e))
-        else:
-            taken = self.registrar.restore(loaded.bindings)
-            if taken or loaded.expired or loaded.connection_lost or loaded.malformed:
-                self.log.info(
-                    "took back {taken} SIP binding(s) from {path}; left out {expired} expired, "
-                    "{lost} whose TCP or TLS connection is gone (those phones register again) "
-                    "and {malformed} malformed",
-                    taken=taken,
-                    path=str(self.bindings_path),
-                    expired=loaded.expired,
-                    lost=loaded.connection_lost,
-                    malformed=loaded.malformed,
-                )
-        self._save_bindings.start(BINDINGS_SAVE_SECONDS, now=False)
-
-    def _save_if_changed(self) -> None:
-        if self._saved is None:
-            return
-        for aor in self.registrar.take_changed():
-            self._saved.update(aor, self.registrar.local_bindings(aor))
-        try:
-            self._saved.save()
-        except OSError as e:
-            self.log.warn(
-                "cannot save the SIP bindings to {path}: {why}; a restart would make the phones "
-                "registered here register again",
-                path=str(self.bindings_path),
-                why=e.strerror or str(e),
-            )
+        if self.bindings is not None:
+            self.bindings.restore(self.reactor.seconds(), self.legacy_bindings_file)
 
     def _refresh_files(self) -> None:
         if self.users is not None:
@@ -560,10 +538,9 @@ class SipService(Service):
         super().stopService()
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()
-        if self._save_bindings.running:
-            self._save_bindings.stop()
-            self._save_if_changed()
         self.registrar.stop()
+        if self.stack.loop_lag is not None:
+            self.stack.loop_lag.stop()
         if self.relay is not None and self.relay.running:
             self.relay.stopService()
         if self._announce is not None and self._announce.running:
@@ -602,7 +579,16 @@ class SipService(Service):
             "transport": self.transport.metrics(),
             "gateway": self.proxy.gateway.status(),
             "media_relay": relay_status(self.stack.media, self.directory),
+            "overload": self.overload_status(),
         }
+
+    def overload_status(self) -> dict[str, Any]:
+        """The overload guard's thresholds and refusals, and the loop lag."""
+        guard = self.proxy.overload
+        status: dict[str, Any] = guard.status() if guard is not None else {"guard": "off"}
+        if self.stack.loop_lag is not None:
+            status["loop_lag"] = self.stack.loop_lag.status()
+        return status
 
     def add_metrics(self, registry: CollectorRegistry) -> None:
         """The stack's numbers (read at scrape time) and the call set-up histograms."""
@@ -610,6 +596,7 @@ class SipService(Service):
             SipCollector(lambda: self.proxy, lambda: self.transport, self.registrations)
         )
         CallSetupTimes(registry).watch(self.proxy)
+        registry.register(OverloadCollector(lambda: self.proxy, self.stack.loop_lag))
         if self.stack.media is not None:
             registry.register(MediaRelayCollector(self.stack.media))
 

@@ -63,7 +63,11 @@ from p2psip.roles.ring_credentials import EnrolmentNeeded, NodeRoleConfig, load_
 from p2psip.roles.overlay_service import OverlayService
 from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig, SipConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
-from p2psip.sip.binding_store import FILE_NAME as BINDINGS_FILE_NAME
+from p2psip.overlay.value_persistence import ValuePersistence
+from p2psip.sip.binding_store import LEGACY_FILE_NAME as LEGACY_BINDINGS_FILE_NAME
+from p2psip.sip.binding_store import BindingStore
+from p2psip.util.state_db import FILE_NAME as STATE_DB_FILE_NAME
+from p2psip.util.state_db import StateDatabase, StateDatabaseError, StateFlusher, state_threads
 from p2psip.sip.users import UsersFile
 from p2psip.util.admin_token import AdminTokenError, load_or_create_token
 from p2psip.util.connection_limit import ConnectionLimitFactory
@@ -94,6 +98,9 @@ class RingState:
     trust: TrustPolicy = field(factory=SelfSignedTrust)
     #: The overlay CA, on a bootstrap (its enrolment server issues from it).
     authority: OverlayAuthority | None = None
+    #: ``DATA_DIR/state.sqlite3``: bindings and DHT values kept across restarts
+    #: (None: nothing is kept, as in tests that build roles in memory).
+    database: StateDatabase | None = None
 
 
 class RoleFilesConfig(NodeRoleConfig, Protocol):
@@ -133,6 +140,10 @@ def load_ring_state(config: RoleFilesConfig, clock: IReactorTime) -> RingState:
         admin_token = load_or_create_token(config.data_dir)
     except AdminTokenError as error:
         raise usage.UsageError(f"the admin API token: {error}") from None
+    try:
+        database = StateDatabase.open(config.data_dir / STATE_DB_FILE_NAME)
+    except StateDatabaseError as error:
+        raise usage.UsageError(str(error)) from None
     return RingState(
         credentials.identity,
         tuple(peer_cache.load(config.data_dir)),
@@ -141,6 +152,7 @@ def load_ring_state(config: RoleFilesConfig, clock: IReactorTime) -> RingState:
         admin_token,
         trust=credentials.trust,
         authority=credentials.authority,
+        database=database,
     )
 
 
@@ -293,6 +305,21 @@ def make_ring_role(
     registry = role_registry()
     OverlayMetrics(registry, lambda: node).watch(node)
     role = RingRole(config, node, registry)
+    flusher = None
+    if state.database is not None:
+        # First child: it starts first and stops last, committing what the others staged.
+        flusher = StateFlusher(state.database, reactor, threads=state_threads(reactor))
+        flusher.setServiceParent(role)
+        values = ValuePersistence(
+            state.database,
+            node.storage,
+            node.membership,
+            node.certificates,
+            reactor,
+            config.overlay.limits,
+        )
+        flusher.sources.append(values.stage_changes)
+        values.setServiceParent(role)
     if traversal is not None:
         role.traversal = traversal
         traversal.setServiceParent(role)
@@ -326,13 +353,17 @@ def make_ring_role(
         stack = build_sip_stack(
             config.sip, node, reactor, state.users, state.nonce_secret, config.advertised_host
         )
+        bindings = None
+        if flusher is not None:
+            bindings = BindingStore(flusher.database, stack.registrar)
         role.sip = SipService(
             stack,
             reactor,
             joined=role.overlay.joined,
             freeze_gc=freeze_gc,
             user_certificates=UserCertificates(config.data_dir),
-            bindings_path=config.data_dir / BINDINGS_FILE_NAME,
+            bindings=bindings,
+            legacy_bindings_file=config.data_dir / LEGACY_BINDINGS_FILE_NAME,
         )
         role.sip.add_metrics(registry)
         role.sip.setServiceParent(role)

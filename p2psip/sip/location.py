@@ -26,6 +26,12 @@ URIs, q-values and expiry without another round trip::
 
     <sip:alice@192.0.2.7:5062>;q=0.5;expires-at=1764000000, <sip:...>;...
 
+A binding registered with SIP Outbound (RFC 5626) adds
+``;instance=urn:uuid:...;reg-id=1``, so that a caller's proxy sends each
+request to one flow of the phone (:mod:`p2psip.sip.outbound`) even when
+it registered through several super-nodes; readers that do not know the
+parameters ignore them.
+
 ``expires-at`` is the absolute expiry in POSIX seconds: the entry is read
 long after it was written, and RELOAD already requires loosely synchronised
 clocks for its storage times (RFC 6940 section 7).  Values written by other
@@ -46,6 +52,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from p2psip.interfaces import IOverlayStorage
+from p2psip.sip.outbound import valid_instance
 from p2psip.util.log_throttle import LogThrottle
 from p2psip.usages.sip import (
     SIP_APPLICATION,
@@ -98,6 +105,7 @@ class NoUserCredential(Exception):
 
 _UINT16_MAX = 0xFFFF
 _EXPIRES_AT = re.compile(r"^[0-9]{1,12}$")
+_REG_ID = re.compile(r"^[1-9][0-9]{0,8}$")
 _QVALUE = re.compile(r"^(0(\.[0-9]{0,3})?|1(\.0{0,3})?)$")
 
 
@@ -126,6 +134,9 @@ class Binding:
     expires_at: float
     q: float = 1.0
     node_id: int | None = None
+    #: SIP Outbound: the phone's instance and this flow's reg-id (both or neither).
+    instance: str | None = None
+    reg_id: int | None = None
 
     def expires_in(self, now: float) -> int:
         """Whole seconds left, for a Contact ``expires`` parameter."""
@@ -148,9 +159,12 @@ def encode_contact_prefs(bindings: Sequence[Binding]) -> str:
             raise ValueError(f"contact {binding.contact!r} cannot be written inside <>")
         if math.isinf(binding.expires_at):
             raise ValueError("a stored binding needs a finite expiry")
-        entries.append(
-            f"<{binding.contact}>;q={format_q(binding.q)};expires-at={int(math.ceil(binding.expires_at))}"
-        )
+        entry = f"<{binding.contact}>;q={format_q(binding.q)};expires-at={int(math.ceil(binding.expires_at))}"
+        if binding.instance is not None and binding.reg_id is not None:
+            if not valid_instance(binding.instance):
+                raise ValueError(f"instance {binding.instance!r} cannot be stored")
+            entry += f";instance={binding.instance};reg-id={binding.reg_id}"
+        entries.append(entry)
     return ", ".join(entries)
 
 
@@ -199,9 +213,20 @@ def decode_contact_prefs(text: str, aor: str, node_id: int | None) -> list[Bindi
             raise LocationDecodeError("contact entry without a valid expires-at")
         if not _QVALUE.match(q):
             raise LocationDecodeError(f"invalid q-value {q!r}")
+        instance: str | None = params.get("instance")
+        reg_id_text = params.get("reg-id", "")
+        reg_id = int(reg_id_text) if _REG_ID.match(reg_id_text) else None
+        if instance is None or reg_id is None or not valid_instance(instance):
+            instance = reg_id = None  # not ours, or damaged: an ordinary binding
         bindings.append(
             Binding(
-                aor=aor, contact=contact, expires_at=float(expires_at), q=float(q), node_id=node_id
+                aor=aor,
+                contact=contact,
+                expires_at=float(expires_at),
+                q=float(q),
+                node_id=node_id,
+                instance=instance,
+                reg_id=reg_id,
             )
         )
     return bindings

@@ -30,6 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.transport import SipTransport
+from p2psip.util.loop_lag import LoopLagProbe
 
 #: Post-dial delay buckets, in seconds: phones ring within a second or two on
 #: a healthy ring; 32 s is Timer B, after which the caller gets a 408.
@@ -226,7 +227,53 @@ class SipCollector:
         )
 
 
+class OverloadCollector:
+    """
+    The overload guard's refusals, the requests being worked on and the
+    event loop's lag (:mod:`p2psip.sip.overload`), read at scrape time.
+    """
+
+    def __init__(self, proxy: Callable[[], SipProxy | None], loop_lag: LoopLagProbe | None) -> None:
+        self._proxy = proxy
+        self._loop_lag = loop_lag
+
+    def collect(self) -> Iterator[Metric]:
+        proxy = self._proxy()
+        refused = CounterMetricFamily(
+            "p2psip_sip_overload_refusals_total",
+            "New INVITEs and REGISTERs answered 503 because the node was overloaded, "
+            "by method and reason (pending: too many unanswered requests; lag: event-loop lag).",
+            labels=["method", "reason"],
+        )
+        unanswered = GaugeMetricFamily(
+            "p2psip_sip_unanswered_requests",
+            "Server transactions without a final response yet (the overload guard's queue).",
+        )
+        lag = GaugeMetricFamily(
+            "p2psip_event_loop_lag_seconds",
+            "How late the event loop ran the probe's last call, and its smoothed value "
+            "(which the overload guard compares with sip-overload-lag), by kind.",
+            labels=["kind"],
+        )
+        lag_max = GaugeMetricFamily(
+            "p2psip_event_loop_lag_max_seconds", "The largest event-loop lag seen since start."
+        )
+        if proxy is not None:
+            unanswered.add_metric([], float(proxy.transactions.unanswered))
+            if proxy.overload is not None:
+                for (method, reason), count in sorted(proxy.overload.refused.items()):
+                    refused.add_metric([method, reason], float(count))
+        probe = self._loop_lag
+        if probe is not None:
+            lag.add_metric(["last"], probe.last_seconds)
+            lag.add_metric(["smoothed"], probe.smoothed_seconds)
+            lag.add_metric(["p99"], probe.percentile(0.99))
+            lag_max.add_metric([], probe.max_seconds)
+        yield from (refused, unanswered, lag, lag_max)
+
+
 __all__ = [
+    "OverloadCollector",
     "CALL_SETUP_BUCKETS_SECONDS",
     "FINAL_RESPONSE_BUCKETS_SECONDS",
     "CallSetupTimes",

@@ -30,7 +30,9 @@ without a live binding 480, an ``OPTIONS`` addressed to the server itself
 200 (health checks), other methods addressed to it 405.
 
 Before any of that, a new request whose source address is over its rate
-(:mod:`p2psip.sip.request_limit`) gets 503 with ``Retry-After``.
+(:mod:`p2psip.sip.request_limit`) gets 503 with ``Retry-After``, and so
+does a new INVITE or REGISTER while the node is overloaded
+(:mod:`p2psip.sip.overload`).
 
 With authentication on, an out-of-dialog request (not ACK or CANCEL,
 s22.1) whose From names a user of our domain is forwarded only when that
@@ -57,7 +59,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from attrs import define
+from attrs import define, frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -73,6 +75,8 @@ from p2psip.sip.location_cache import LocationCache
 from p2psip.sip.media_hook import MediaHook
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
 from p2psip.sip.request_log import RequestSummary
+from p2psip.sip.outbound import group_by_instance
+from p2psip.sip.overload import OverloadGuard
 from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
 from p2psip.sip.request_limit import RequestRateLimit
@@ -162,6 +166,20 @@ def _call_outcome(status: int) -> str:
     return "challenged" if status in (401, 407) else "failed"
 
 
+@frozen
+class _Target:
+    """
+    Where one copy of a request goes: the Request-URI and first hop, with
+    the phone instance it reaches (SIP Outbound) and its place among that
+    instance's flows (local ones first, then by reg-id).
+    """
+
+    uri: URI
+    hop: Hop
+    instance: str | None = None
+    order: tuple[int, int] = (0, 0)
+
+
 @define(eq=False)
 class _InviteTiming:
     """When an INVITE arrived, and which call set-up milestones it has passed."""
@@ -226,6 +244,7 @@ class SipProxy:
         gateway: Gateway | None = None,
         media: MediaHook | None = None,
         location_cache: LocationCache | None = None,
+        overload: OverloadGuard | None = None,
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
@@ -277,6 +296,9 @@ class SipProxy:
         #: Requests routed to an AOR through the overlay: the AOR and the
         #: super-nodes tried, so a failure can clear them from the cache.
         self._routed: dict[ServerTransaction, tuple[str, list[int]]] = {}
+        #: Refuses new calls and registrations while the node is overloaded; None: never.
+        self.overload = overload
+        self._overload_log = LogThrottle(clock)
 
     @property
     def pending_requests(self) -> int:
@@ -292,7 +314,7 @@ class SipProxy:
 
     def request_received(self, transaction: ServerTransaction) -> None:
         """A new request: answer it here or proxy it (or refuse it, over the source's rate)."""
-        if self._over_rate_limit(transaction):
+        if self._over_rate_limit(transaction) or self._overloaded(transaction):
             return
         if transaction.request.method == "INVITE":
             self._invite_started[transaction] = _InviteTiming(
@@ -342,6 +364,38 @@ class SipProxy:
                 source=blurred,
                 rate=limit.requests_per_second,
                 burst=limit.burst,
+            )
+        return True
+
+    def _overloaded(self, transaction: ServerTransaction) -> bool:
+        """
+        Answer 503 with Retry-After when the node is past its overload
+        thresholds (:mod:`p2psip.sip.overload`); warn at most once a minute.
+        """
+        guard = self.overload
+        if guard is None:
+            return False
+        retry_after = guard.admit(transaction.request)
+        if retry_after is None:
+            return False
+        self._answer(
+            transaction,
+            503,
+            "Service Unavailable (overloaded)",
+            (("Retry-After", str(retry_after)),),
+        )
+        held_back = self._overload_log.admit("overload")
+        if held_back is not None:
+            limits = guard.thresholds
+            self.log.warn(
+                "overloaded: refused {count} new INVITE/REGISTER(s) with 503 "
+                "({pending_now} unanswered, loop lag {lag_now:.3f} s; thresholds "
+                "sip-overload-pending {pending}, sip-overload-lag {lag:g} s)",
+                count=held_back + 1,
+                pending_now=self.transactions.unanswered,
+                lag_now=guard.lag_seconds(),
+                pending=limits.max_pending,
+                lag=limits.max_lag_seconds,
             )
         return True
 
@@ -923,7 +977,7 @@ class SipProxy:
             if node_id is None:
                 self._answer(transaction, 400, f"Bad Request (bad {NODE_PARAMETER})")
                 return
-            self._forward_to_nodes(transaction, request, aor, [], [node_id])
+            self._forward_to_nodes(transaction, request, aor, [], [(node_id, None, 0)])
             return
         looked_up = self.location_cache.lookup(aor)
         looked_up.addCallbacks(
@@ -943,7 +997,8 @@ class SipProxy:
         self, transaction: ServerTransaction, request: Request, aor: str, bindings: list[Binding]
     ) -> None:
         local_id = self.local_node_id
-        remote_nodes: list[int] = []
+        #: Remote super-node -> the (instance, reg-id) of each binding it serves.
+        served_by: dict[int, set[tuple[str | None, int | None]]] = {}
         direct: list[Binding] = []
         has_local = False
         for binding in bindings:
@@ -951,25 +1006,44 @@ class SipProxy:
                 has_local = True
             elif binding.node_id is None:
                 direct.append(binding)
-            elif binding.node_id not in remote_nodes:
-                remote_nodes.append(binding.node_id)
+            else:
+                served_by.setdefault(binding.node_id, set()).add((binding.instance, binding.reg_id))
         # Values in the overlay come from other nodes: bound the fan-out.
-        remote_nodes = remote_nodes[:MAX_BRANCHES]
+        remote_nodes = list(served_by)[:MAX_BRANCHES]
         direct = direct[:MAX_BRANCHES]
         self._note_routed(transaction, aor, remote_nodes)
         local = self.registrar.local_bindings(aor) if has_local else []
         if not local and not remote_nodes and not direct:
             self._answer_no_binding(transaction, aor)
             return
-        targets: list[tuple[URI, Hop]] = [(b.contact.uri.copy(), self._flow_hop(b)) for b in local]
+        targets = self._local_targets(local)
         for binding in direct:
             try:
                 contact = parse_uri(binding.contact)
             except SipParseError:
                 continue
             if isinstance(contact, SipURI):
-                targets.append((contact, hop_for_uri(contact)))
-        self._forward_to_nodes(transaction, request, aor, targets, remote_nodes)
+                targets.append(_Target(contact, hop_for_uri(contact)))
+        nodes: list[tuple[int, str | None, int]] = []
+        for node_id in remote_nodes:
+            instances = {instance for instance, _ in served_by[node_id]}
+            # A node is one branch: it joins an instance's flows only when
+            # that instance is all it serves for the AOR (else it forks itself).
+            instance = next(iter(instances)) if len(instances) == 1 else None
+            reg_ids = [reg_id or 0 for _, reg_id in served_by[node_id]]
+            nodes.append((node_id, instance, min(reg_ids)))
+        self._forward_to_nodes(transaction, request, aor, targets, nodes)
+
+    def _local_targets(self, local: list[LocalBinding]) -> list[_Target]:
+        return [
+            _Target(
+                b.contact.uri.copy(),
+                self._flow_hop(b),
+                b.instance if b.outbound else None,
+                (0, b.reg_id or 0),
+            )
+            for b in local
+        ]
 
     def _note_routed(self, transaction: ServerTransaction, aor: str, node_ids: list[int]) -> None:
         """Remember how ``transaction`` was routed until its final response."""
@@ -1006,22 +1080,32 @@ class SipProxy:
         if not local:
             self._answer(transaction, 480, "Temporarily Unavailable")
             return
-        self._fork(transaction, request, [(b.contact.uri.copy(), self._flow_hop(b)) for b in local])
+        self._fork_to_instances(
+            transaction,
+            request,
+            self._local_targets(local),
+            flows_only=all(b.outbound for b in local),
+        )
 
     def _forward_to_nodes(
         self,
         transaction: ServerTransaction,
         request: Request,
         aor: str,
-        targets: list[tuple[URI, Hop]],
-        node_ids: list[int],
+        targets: list[_Target],
+        nodes: list[tuple[int, str | None, int]],
     ) -> None:
-        """Resolve each serving super-node's SIP address, then fork to all targets."""
-        if not node_ids:
-            self._fork(transaction, request, targets)
+        """
+        Resolve each serving super-node's SIP address, then fork to all
+        targets: one branch per phone instance (SIP Outbound: its flows one
+        after another, :mod:`p2psip.sip.outbound`), one per other binding.
+        ``nodes`` are (Node-ID, the one instance it serves or None, lowest reg-id).
+        """
+        if not nodes:
+            self._fork_to_instances(transaction, request, targets)
             return
-        pending = len(node_ids)
-        resolved: list[tuple[URI, Hop]] = []
+        pending = len(nodes)
+        resolved: list[_Target] = []
 
         def one_done() -> None:
             nonlocal pending
@@ -1029,20 +1113,26 @@ class SipProxy:
             if pending == 0:
                 all_targets = targets + resolved
                 if all_targets:
-                    self._fork(transaction, request, all_targets)
+                    self._fork_to_instances(transaction, request, all_targets)
                 else:
                     self._answer(
                         transaction, 480, "Temporarily Unavailable (serving super-node unreachable)"
                     )
 
-        for node_id in node_ids:
+        for node_id, instance, reg_id in nodes:
             uri = request.uri
             assert isinstance(uri, SipURI)
             target_uri = SipURI(host=self.domain, user=uri.user, scheme=uri.scheme)
             target_uri.parameters[NODE_PARAMETER] = f"{node_id:032x}"
 
-            def found(address: tuple[str, int], target_uri: SipURI = target_uri) -> None:
-                resolved.append((target_uri, Hop(self.peer_transport, address[0], address[1])))
+            def found(
+                address: tuple[str, int],
+                target_uri: SipURI = target_uri,
+                instance: str | None = instance,
+                order: tuple[int, int] = (1, reg_id),
+            ) -> None:
+                hop = Hop(self.peer_transport, address[0], address[1])
+                resolved.append(_Target(target_uri, hop, instance, order))
                 one_done()
 
             def failed(failure: Failure, node_id: int = node_id) -> None:
@@ -1057,6 +1147,28 @@ class SipProxy:
                 one_done()
 
             self.location_cache.resolve(node_id).addCallbacks(found, failed)
+
+    def _fork_to_instances(
+        self,
+        transaction: ServerTransaction,
+        request: Request,
+        targets: list[_Target],
+        *,
+        flows_only: bool = False,
+    ) -> None:
+        """
+        Fork with one branch per instance, its flows tried in order (RFC 5626
+        s5.3).  ``flows_only``: every target is a phone's outbound flow
+        served here, so their failing is answered 430 Flow Failed.
+        """
+        groups = group_by_instance(targets, lambda target: target.instance)
+        ordered: list[tuple[URI, Hop]] = []
+        branch_of: list[int] = []
+        for number, group in enumerate(groups):
+            for target in sorted(group, key=lambda target: target.order):
+                ordered.append((target.uri, target.hop))
+                branch_of.append(number)
+        self._fork(transaction, request, ordered, branches=branch_of, flows_only=flows_only)
 
     # -- forking and responses -------------------------------------------------
 
@@ -1125,11 +1237,15 @@ class SipProxy:
         targets: list[tuple[URI, Hop]],
         *,
         failover: bool = False,
+        branches: list[int] | None = None,
+        flows_only: bool = False,
     ) -> None:
         """
         Send ``request`` to ``targets``: all at once (forking), or with
         ``failover`` one at a time, the next when one fails (the servers
-        RFC 3263 found for one destination).
+        RFC 3263 found for one destination).  ``branches`` numbers each
+        target's branch instead: targets of one branch are tried one at a
+        time, the branches at once (the flows of one phone instance).
         """
         if transaction.state not in (State.TRYING, State.PROCEEDING):
             return  # already answered (a CANCEL raced the lookup)
@@ -1140,6 +1256,7 @@ class SipProxy:
         if routed is None:
             return
         context = ResponseContext(transaction, self.clock, self.transactions, self._respond)
+        context.flows_only = flows_only
         self._contexts[transaction] = context
 
         def forget() -> None:
@@ -1156,6 +1273,11 @@ class SipProxy:
             outgoing.append((copy, hop))
         if failover:
             context.fork_with_failover([outgoing])
+        elif branches is not None:
+            grouped: dict[int, list[tuple[Request, Hop]]] = {}
+            for number, sent in zip(branches, outgoing):
+                grouped.setdefault(number, []).append(sent)
+            context.fork_with_failover(list(grouped.values()))
         else:
             context.fork(outgoing)
         self.log.debug(

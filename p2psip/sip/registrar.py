@@ -57,6 +57,13 @@ from p2psip.sip.login_throttle import LoginThrottle
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import Binding, NoUserCredential, OverlayLocationService, format_q
 from p2psip.sip.message import NameAddress, Request, Response, make_response
+from p2psip.sip.outbound import (
+    FLOW_TIMER_SECONDS,
+    OPTION_TAG,
+    instance_of,
+    reg_id_of,
+    supports_outbound,
+)
 from p2psip.sip.uri import URI, SipURI
 
 #: Defaults for registration intervals (RFC 3261 s10.2.1.1 suggests 3600).
@@ -91,6 +98,15 @@ class LocalBinding:
     cseq: int
     flow: object
     registered_from: tuple[str, int] | None = None
+    #: SIP Outbound (RFC 5626, :mod:`p2psip.sip.outbound`): the UA instance
+    #: and the registration id of this flow, both or neither.
+    instance: str | None = None
+    reg_id: int | None = None
+
+    @property
+    def outbound(self) -> bool:
+        """Whether this binding was registered with SIP Outbound (reached over its flow only)."""
+        return self.reg_id is not None and self.instance is not None
 
     @property
     def contact_uri(self) -> URI:
@@ -109,6 +125,8 @@ class LocalBinding:
         registered for another device (third-party registration), are sent
         to directly.
         """
+        if self.outbound:
+            return True  # RFC 5626 s5.3: requests go over the registration's flow
         uri = self.contact.uri
         if not isinstance(uri, SipURI) or self.registered_from is None:
             return False
@@ -129,6 +147,8 @@ class LocalBinding:
             expires_at=self.expires_at,
             q=self.q,
             node_id=node_id,
+            instance=self.instance if self.outbound else None,
+            reg_id=self.reg_id if self.outbound else None,
         )
 
 
@@ -242,9 +262,11 @@ class Registrar:
         self._expiry_calls: dict[str, IDelayedCall] = {}
         #: REGISTERs per AOR: one store in flight, the rest applied together next.
         self._batches: KeyedBatcher[str, _Pending, Response] = KeyedBatcher(self._apply_batch)
-        #: AORs whose bindings changed since the last ``take_changed``
-        #: (for the copy kept across restarts, p2psip.sip.binding_store).
-        self._changed: set[str] = set()
+        #: Called with the AOR whenever its bindings change (registered,
+        #: removed, expired, restored): the copy kept across restarts,
+        #: p2psip.sip.binding_store, stages the AOR's row at once, so the
+        #: work is spread over the REGISTERs instead of piling up per commit.
+        self.change_observers: list[Callable[[str], None]] = []
         self.throttle = throttle or LoginThrottle(clock)
         #: The credential checks, shared with the proxy's 407 challenges
         #: (None with authentication off).
@@ -345,11 +367,6 @@ class Registrar:
         """Every live binding served here."""
         return [binding for aor in sorted(self._bindings) for binding in self.local_bindings(aor)]
 
-    def take_changed(self) -> set[str]:
-        """The AORs whose bindings changed since the last call (then forgotten)."""
-        changed, self._changed = self._changed, set()
-        return changed
-
     def restore(self, bindings: Sequence[LocalBinding]) -> int:
         """
         Take back bindings saved before a restart, for AORs that have none
@@ -418,9 +435,11 @@ class Registrar:
         uri = request.uri
         if not isinstance(uri, SipURI) or uri.host.lower() != self.domain or uri.user is not None:
             raise _Refusal(404, "Not the registrar for that domain")
-        if request.headers.values("Require"):
-            unsupported = ", ".join(request.headers.values("Require"))
-            raise _Refusal(420, "Bad Extension", (("Unsupported", unsupported),))
+        unsupported = [
+            tag for tag in request.headers.values("Require") if tag.strip().lower() != OPTION_TAG
+        ]
+        if unsupported:
+            raise _Refusal(420, "Bad Extension", (("Unsupported", ", ".join(unsupported)),))
         to_uri = to.uri
         if not isinstance(to_uri, SipURI) or to_uri.user is None:
             raise _Refusal(404, "Not Found (the To header must be a sip: AOR)")
@@ -484,6 +503,11 @@ class Registrar:
             if any(character in contact_text for character in '<>" '):
                 raise _Refusal(400, "Bad Request (contact URI cannot be stored)")
             requested.append((contact, min(expires, self.max_expires_seconds)))
+        if supports_outbound(request):
+            with_reg_id = [c for c, _ in requested if reg_id_of(c) is not None]
+            if len(with_reg_id) > 1:
+                # RFC 5626 s6: one flow, one registration.
+                raise _Refusal(400, "Bad Request (more than one Contact with a reg-id)")
         return requested, False
 
     def _apply_batch(self, aor: str, batch: list[_Pending]) -> Deferred[list[Response]]:
@@ -495,10 +519,12 @@ class Registrar:
         now = self.clock.seconds()
         state = self.local_bindings(aor)
         responses: list[Response | None] = [None] * len(batch)
-        accepted: list[tuple[int, str]] = []
+        #: (index in the batch, outcome for the log, whether it asked for SIP Outbound)
+        accepted: list[tuple[int, str, bool]] = []
         changed = False
         for index, pending in enumerate(batch):
             request = pending.request
+            outbound = supports_outbound(request)
             try:
                 via = request.via
                 registered_from = (via.host.lower().strip("[]"), via.port or 5060)
@@ -512,6 +538,7 @@ class Registrar:
                     pending.flow,
                     registered_from,
                     now,
+                    outbound,
                 )
             except _Refusal as refusal:
                 responses[index] = self._refuse(request, pending.to, pending.flow, aor, refusal)
@@ -521,19 +548,27 @@ class Registrar:
                 responses[index] = self._refuse(request, pending.to, pending.flow, aor, malformed)
                 continue
             if not pending.requested and not pending.wildcard:
-                accepted.append((index, "queried"))
+                accepted.append((index, "queried", outbound))
                 continue
             state = updated
             changed = True
-            accepted.append((index, "removed all" if not updated else f"{len(updated)} binding(s)"))
+            outcome = "removed all" if not updated else f"{len(updated)} binding(s)"
+            accepted.append((index, outcome, outbound))
 
         def answer(refusal: _Refusal | None) -> list[Response]:
             bindings = self.local_bindings(aor)
-            for index, outcome in accepted:
+            for index, outcome, outbound in accepted:
                 pending = batch[index]
                 if refusal is None:
+                    request = pending.request
+                    if outcome != "queried":
+                        # RFC 5626: outbound processing took place for this REGISTER.
+                        call_id, cseq = request.call_id, request.cseq.number
+                        outbound = outbound and any(
+                            b.outbound and b.call_id == call_id and b.cseq == cseq for b in bindings
+                        )
                     responses[index] = self._accept(
-                        pending.request, pending.to, pending.flow, aor, bindings, outcome
+                        request, pending.to, pending.flow, aor, bindings, outcome, outbound
                     )
                 else:
                     responses[index] = self._refuse(
@@ -590,8 +625,16 @@ class Registrar:
         flow: object,
         registered_from: tuple[str, int],
         now: float,
+        outbound: bool = False,
     ) -> list[LocalBinding]:
-        """The AOR's binding list after this request (s10.3 step 7)."""
+        """
+        The AOR's binding list after this request (s10.3 step 7).
+
+        With SIP Outbound (the UA supports it and the contact names an
+        instance and a reg-id) a binding is the instance's registration over
+        one flow: a REGISTER with the same instance and reg-id replaces it,
+        whatever its contact URI (RFC 5626 s6).
+        """
         if wildcard:
             for binding in current:
                 if binding.call_id == call_id and cseq <= binding.cseq:
@@ -599,8 +642,21 @@ class Registrar:
             return []
         updated = list(current)
         for contact, expires in requested:
+            instance = instance_of(contact) if outbound else None
+            reg_id = reg_id_of(contact) if instance is not None else None
+            if reg_id is None:
+                instance = None
             index = next(
-                (i for i, binding in enumerate(updated) if binding.contact.uri == contact.uri), None
+                (
+                    i
+                    for i, binding in enumerate(updated)
+                    if (
+                        binding.instance == instance and binding.reg_id == reg_id
+                        if reg_id is not None
+                        else binding.contact.uri == contact.uri and not binding.outbound
+                    )
+                ),
+                None,
             )
             if index is not None:
                 existing = updated[index]
@@ -621,6 +677,8 @@ class Registrar:
                     cseq=cseq,
                     flow=flow,
                     registered_from=registered_from,
+                    instance=instance,
+                    reg_id=reg_id,
                 )
             )
         if len(updated) > MAX_BINDINGS_PER_AOR:
@@ -630,7 +688,11 @@ class Registrar:
         return updated
 
     def _set_bindings(self, aor: str, bindings: list[LocalBinding]) -> None:
-        self._changed.add(aor)
+        self._index_bindings(aor, bindings)
+        for observer in self.change_observers:
+            observer(aor)
+
+    def _index_bindings(self, aor: str, bindings: list[LocalBinding]) -> None:
         call = self._expiry_calls.pop(aor, None)
         if call is not None and call.active():
             call.cancel()
@@ -681,6 +743,7 @@ class Registrar:
         aor: str,
         bindings: list[LocalBinding],
         outcome: str,
+        outbound: bool = False,
     ) -> Response:
         response = self._response(request, to, 200, None)
         now = self.clock.seconds()
@@ -689,7 +752,14 @@ class Registrar:
             contact.parameters["expires"] = str(max(0, int(math.ceil(binding.expires_at - now))))
             if binding.q != 1.0:
                 contact.parameters["q"] = format_q(binding.q)
+            if binding.outbound:
+                contact.parameters["+sip.instance"] = f'"<{binding.instance}>"'
+                contact.parameters["reg-id"] = str(binding.reg_id)
             response.headers.add("Contact", str(contact))
+        if outbound:
+            # RFC 5626 s6: the registrar did outbound processing; keep the flow alive.
+            response.headers.add("Require", OPTION_TAG)
+            response.headers.add("Flow-Timer", str(FLOW_TIMER_SECONDS))
         # At info level the proxy's summary counts REGISTERs once a minute
         # (p2psip.sip.request_log); a line each would cost as much as the request.
         self.log.debug(

@@ -29,6 +29,14 @@ TIMER_C_SECONDS = 181.0
 #: After Timer C has cancelled a branch, how long to wait for its 487
 #: before giving it up as a 408 (64*T1, like Timer B).
 CANCEL_GRACE_SECONDS = 32.0
+#: A target with a fallback that has not answered at all (not even 100
+#: Trying, which a live proxy sends at once) within this long is given up
+#: for the next: the flows of one phone instance (RFC 5626 s5.3), the
+#: servers of one domain (RFC 3263 s4.3).  Waiting for Timer B would take 32 s.
+FAILOVER_ANSWER_SECONDS = 2.0
+#: Statuses that move a branch on to its next target: 503 (RFC 3263 s4.3)
+#: and 430 Flow Failed (RFC 5626 s5.3).
+FAILOVER_STATUSES = frozenset({503, 430})
 
 
 class BranchSender(Protocol):
@@ -54,6 +62,17 @@ def best_response(responses: Sequence[Response]) -> Response:
     return best
 
 
+def _flow_failed(branch: Branch) -> bool:
+    """Whether a branch ended without any answer: a transport error or a timeout made here."""
+    client = branch.transaction
+    return (
+        client is not None
+        and client.gave_up
+        and branch.final is not None
+        and branch.final.status in (408, 503)
+    )
+
+
 def upstream(response: Response) -> Response:
     """The response as a proxy passes it on: its own Via removed (s16.7 item 3)."""
     forwarded = response.copy()
@@ -67,6 +86,10 @@ class Branch:
 
     transaction: ClientTransaction | None = None
     provisional_seen: bool = False
+    #: A provisional response other than 100 came (the far end rings): no
+    #: failover after that.  100 Trying is hop-by-hop and says only that the
+    #: next proxy lives, which may still answer 430 or 503 for what lies behind it.
+    ringing: bool = False
     #: Cancel as soon as a provisional response shows the branch is alive (s9.1).
     cancel_pending: bool = False
     final: Response | None = None
@@ -75,6 +98,8 @@ class Branch:
     fallbacks: list[tuple[Request, Hop]] = field(factory=list)
     #: Which attempt is current: responses to an abandoned one are ignored.
     attempt: int = 0
+    #: Gives up the current attempt when it brings no answer in time (with fallbacks).
+    answer_timer: IDelayedCall | None = None
 
 
 class ResponseContext:
@@ -102,6 +127,11 @@ class ResponseContext:
         self.cancelled = False
         self._forking = False
         self._timer_c: IDelayedCall | None = None
+        #: Every branch is a phone's SIP Outbound flow: when they all fail
+        #: (transport error, no answer) the answer is 430 Flow Failed, so
+        #: that the proxy upstream tries the phone's flow through another
+        #: super-node (RFC 5626 s5.3).
+        self.flows_only = False
 
     @property
     def is_invite(self) -> bool:
@@ -131,19 +161,35 @@ class ResponseContext:
         self._maybe_finish()
 
     def _start(self, branch: Branch, request: Request, hop: Hop) -> None:
+        self._stop_answer_timer(branch)
         branch.attempt += 1
         attempt = branch.attempt
         transaction = self.sender.send_request(request, hop, self._listener_for(branch, attempt))
         if branch.attempt == attempt:  # not already failed over, synchronously
             branch.transaction = transaction
+            if branch.fallbacks:
+                branch.answer_timer = self.clock.callLater(
+                    FAILOVER_ANSWER_SECONDS, self._no_answer, branch, attempt
+                )
+
+    def _no_answer(self, branch: Branch, attempt: int) -> None:
+        branch.answer_timer = None
+        if attempt == branch.attempt and branch.transaction is not None:
+            branch.transaction.abandon()  # a 408 made here, which fails over
+
+    @staticmethod
+    def _stop_answer_timer(branch: Branch) -> None:
+        if branch.answer_timer is not None and branch.answer_timer.active():
+            branch.answer_timer.cancel()
+        branch.answer_timer = None
 
     def _should_fail_over(self, branch: Branch, response: Response) -> bool:
         """RFC 3263 s4.3: a 503, or no answer at all, moves on to the next target."""
-        if not branch.fallbacks or branch.provisional_seen or self.cancelled or self.answered:
+        if not branch.fallbacks or branch.ringing or self.cancelled or self.answered:
             return False
         if branch.cancel_pending:
             return False
-        if response.status == 503:
+        if response.status in FAILOVER_STATUSES:
             return True
         client = branch.transaction
         return response.status == 408 and client is not None and client.gave_up
@@ -156,6 +202,8 @@ class ResponseContext:
     def stop(self) -> None:
         """The server transaction ended: no timer may fire for it any more."""
         self._stop_timer_c()
+        for branch in self.branches:
+            self._stop_answer_timer(branch)
 
     def _listener_for(self, branch: Branch, attempt: int) -> Callable[[Response], None]:
         def listener(response: Response) -> None:
@@ -165,8 +213,10 @@ class ResponseContext:
         return listener
 
     def _response_received(self, branch: Branch, response: Response) -> None:
+        self._stop_answer_timer(branch)
         if response.status < 200:
             branch.provisional_seen = True
+            branch.ringing = branch.ringing or response.status > 100
             if response.status > 100 and self._timer_c is not None and self._timer_c.active():
                 self._timer_c.reset(TIMER_C_SECONDS)
             if branch.cancel_pending:
@@ -199,6 +249,9 @@ class ResponseContext:
         if self.answered or not self.finals:
             return
         self.answered = True
+        if self.flows_only and all(_flow_failed(branch) for branch in self.branches):
+            self._respond(self.server, make_response(self.server.request, 430, "Flow Failed"))
+            return
         self._respond(self.server, upstream(best_response(self.finals)))
 
     def _stop_timer_c(self) -> None:

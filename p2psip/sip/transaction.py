@@ -280,6 +280,15 @@ class ClientTransaction(_Transaction):
             self.layer.timeouts += 1
             self._give_up(408, "Request Timeout")
 
+    def abandon(self) -> None:
+        """
+        Give up at once, before any response came, as if Timer B or F had
+        fired (a 408 made here): a proxy failing over to another flow.
+        """
+        if self.state in (State.CALLING, State.TRYING):
+            self.layer.timeouts += 1
+            self._give_up(408, "Request Timeout (no answer, trying another flow)")
+
     def _transport_failed(self, reason: str) -> None:
         if self.state in (State.CALLING, State.TRYING, State.PROCEEDING):
             self.log.debug(
@@ -338,6 +347,18 @@ class ServerTransaction(_Transaction):
         self.last_response: Response | None = None
         self.timed_out = False
         self._interval_seconds = self.timers.t1_seconds
+        layer.unanswered += 1
+        self._unanswered = True
+
+    def _answered(self) -> None:
+        """The request has its final response (or never will): it no longer counts as pending."""
+        if self._unanswered:
+            self._unanswered = False
+            self.layer.unanswered -= 1
+
+    def _terminate(self) -> None:
+        self._answered()
+        super()._terminate()
 
     @property
     def source(self) -> Hop:
@@ -366,6 +387,7 @@ class ServerTransaction(_Transaction):
             self._send(response)
             return
         self._send(response)
+        self._answered()
         if not self.is_invite:
             self.state = State.COMPLETED
             self._absorb_for("J", 64 * self.timers.t1_seconds, self._terminate)
@@ -461,6 +483,9 @@ class TransactionLayer:
         self.timeouts = 0
         self.transport_errors = 0
         self.stray_responses = 0
+        #: Server transactions without a final response yet: the requests
+        #: this element is working on (the overload guard's queue length).
+        self.unanswered = 0
 
     def terminate_all(self) -> None:
         """End every transaction at once, cancelling its timers (the service is stopping)."""

@@ -28,7 +28,10 @@ Twisted shell around it:
   from one address and ``max_tcp_connections`` in all
   (:mod:`p2psip.util.connection_limit`); a connection silent for
   ``tcp_idle_timeout_seconds`` (CRLF keepalives count) is closed.
-* A CRLFCRLF keepalive ping on TCP is answered with CRLF.
+* A CRLFCRLF keepalive ping on TCP is answered with CRLF; on UDP a SIP
+  Outbound keepalive is a STUN Binding request (RFC 5626 s4.4.2, s8), told
+  apart from SIP by its first byte and magic cookie and answered from the
+  same socket with the phone's reflexive address (:mod:`p2psip.nat.stun_server`).
 * A request that does not parse is answered with the status in its
   :class:`SipParseError` when Via, From, To, Call-ID and CSeq can be found;
   broken TCP framing closes the connection.  Malformed input is logged at
@@ -64,6 +67,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from p2psip.nat.stun import is_stun
+from p2psip.nat.stun_server import StunResponder
 from p2psip.sip.message import (
     MAX_HEADER_BYTES,
     MAX_MESSAGE_BYTES,
@@ -158,6 +163,10 @@ class SipDatagramProtocol(DatagramProtocol):
         host, port = addr[0], addr[1]
         if not datagram.strip(b"\r\n"):
             return  # a CRLF keepalive; UDP keepalives are STUN (RFC 5626 s4.4.2)
+        if is_stun(datagram):
+            # RFC 5626 s8: a SIP message starts with a letter, STUN with 0b00.
+            self._answer_stun(datagram, (host, port))
+            return
         try:
             message = parse_message(
                 datagram,
@@ -178,6 +187,21 @@ class SipDatagramProtocol(DatagramProtocol):
                 self.transport.write(reply, (host, port))
             return
         self.owner._deliver(message, Hop("UDP", host, port))
+
+    def _answer_stun(self, datagram: bytes, client: tuple[str, int]) -> None:
+        if self.transport is None:
+            return
+        local = self.transport.getHost()
+        reply = self.owner.stun.answer_datagram(datagram, client, (local.host, local.port))
+        if reply is None:
+            self.log.debug(
+                "dropped a STUN datagram from {host}: {why}",
+                host=client[0],
+                why=self.owner.stun.last_drop_reason,
+            )
+            return
+        self.owner.stun_keepalives += 1
+        self.transport.write(reply.payload, client)
 
 
 class SipStreamProtocol(StreamProtocol):
@@ -366,6 +390,9 @@ class SipTransport:
         self.malformed_received = 0
         self.error_responses_sent = 0
         self.keepalive_pings = 0
+        #: Answers STUN keepalives on the UDP listeners (SIP Outbound).
+        self.stun = StunResponder(software=None)
+        self.stun_keepalives = 0
         self.connections_refused = 0
         self.send_errors = 0
 
@@ -376,6 +403,7 @@ class SipTransport:
             "malformed_received": self.malformed_received,
             "error_responses_sent": self.error_responses_sent,
             "keepalive_pings": self.keepalive_pings,
+            "stun_keepalives": self.stun_keepalives,
             "tcp_connections": len(set(self.connections.values())),
             "tcp_connections_refused": self.connections_refused
             + sum(limit.refused for limit in self.connection_limits),

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -44,12 +44,16 @@ class RoleProcess:
         overlay_port: int | None = None,
         *,
         listens: bool = True,
+        twistd_arguments: Sequence[str] = (),
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         """
         ``overlay_port`` lets a caller that must know the port first (a packet
         capture) choose it; ``listens=False`` is for the thin client, which
-        has no overlay listener.
+        has no overlay listener.  ``twistd_arguments`` go before the role
+        (``--logger``), ``environment`` is added to the role's.
         """
+        self.environment = dict(environment or {})
         self.role = role
         self.directory = directory
         self.overlay_port = free_port() if overlay_port is None else overlay_port
@@ -64,6 +68,7 @@ class RoleProcess:
             "-n",
             "--pidfile=",
             f"--logfile={self.log_path}",
+            *twistd_arguments,
             role,
             *overlay,
             "--http",
@@ -80,7 +85,7 @@ class RoleProcess:
         )
 
     def _launch(self) -> subprocess.Popen[bytes]:
-        environment = dict(os.environ, PYTHONPATH=str(repository_root()))
+        environment = dict(os.environ, PYTHONPATH=str(repository_root()), **self.environment)
         return subprocess.Popen(
             self.command,
             cwd=str(self.directory),

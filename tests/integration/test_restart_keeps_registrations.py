@@ -1,13 +1,15 @@
 """
 A super-node restarted as an upgrade restarts it (SIGTERM, then start
-again) still serves the phones registered at it, without their
-registering again.
+again), or killed outright (SIGKILL) and started again, still serves the
+phones registered at it, without their registering again.
 
 Two enrolled super-nodes on loopback under ``twistd``: SIPp registers
 alice at the peer (her contact a SIPp callee), the peer is stopped with
-SIGTERM (it leaves the ring and writes DATA_DIR/sip-bindings.json) and
-started again, and a SIPp caller then calls alice through the bootstrap.
-Before the bindings were kept, the restarted peer answered 480.
+SIGTERM (it leaves the ring; the state database, DATA_DIR/state.sqlite3,
+gets its last commit) or SIGKILL (once the binding is committed, which
+takes at most a second) and started again, and a SIPp caller then calls
+alice through the bootstrap.  Before the bindings were kept, the
+restarted peer answered 480.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import inlineCallbacks, succeed
 from twisted.trial.unittest import TestCase
 
+from p2psip.overlay import peer_cache
+from p2psip.sip.binding_store import SECTION as BINDINGS_SECTION
 from p2psip.testing import free_port, require_tool
+from p2psip.util.state_db import FILE_NAME as STATE_DB_FILE_NAME
+from p2psip.util.state_db import StateDatabase
 from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
 from tests.integration.processes import ring_converged as converged
 from tests.integration import test_sip_overlay
@@ -82,9 +88,24 @@ class RestartKeepsRegistrationsTests(TestCase):
             f"{process.role} to join",
         )
 
-    @inlineCallbacks
+    def committed_bindings(self) -> dict[str, bytes]:
+        """The peer's committed binding rows, read as a second connection would."""
+        database = StateDatabase.open(self.directory / "peer" / "data" / STATE_DB_FILE_NAME)
+        try:
+            return database.load(BINDINGS_SECTION)
+        finally:
+            database.close()
+
     def test_phone_reachable_after_a_restart(self) -> Any:
         """alice, registered at the peer, is called through the bootstrap after the peer's restart."""
+        return self.phone_reachable_after(signal.SIGTERM)
+
+    def test_phone_reachable_after_sigkill(self) -> Any:
+        """The same after SIGKILL: the batched commit had the binding, nothing else was needed."""
+        return self.phone_reachable_after(signal.SIGKILL)
+
+    @inlineCallbacks
+    def phone_reachable_after(self, stop_signal: int) -> Any:
         bootstrap = self.start("p2psip-bootstrap", "bootstrap", [])
         yield wait_for(
             lambda: bootstrap.call("status").addCallback(lambda s: s.get("state") == "alone"),
@@ -110,11 +131,21 @@ class RestartKeepsRegistrationsTests(TestCase):
             [peer],
         )
 
-        peer.kill(signal.SIGTERM)
-        # twistd shuts down cleanly, then re-raises the signal for its parent.
-        self.assertIn(peer.wait_exit(), (0, -signal.SIGTERM))
-        self.assertIn("left the ring", peer.log_text())
-        self.assertTrue((self.directory / "peer" / "data" / "sip-bindings.json").exists())
+        if stop_signal == signal.SIGKILL:
+            yield wait_for(
+                lambda: succeed(len(self.committed_bindings()) == 1), 10, "the binding's commit"
+            )
+        peer.kill(stop_signal)
+        if stop_signal == signal.SIGTERM:
+            # twistd shuts down cleanly, then re-raises the signal for its parent.
+            self.assertIn(peer.wait_exit(), (0, -signal.SIGTERM))
+            self.assertIn("left the ring", peer.log_text())
+        else:
+            self.assertEqual(peer.wait_exit(), -signal.SIGKILL)
+        self.assertEqual(len(self.committed_bindings()), 1)
+        # The peers it knew are kept too (it could rejoin without --bootstrap).
+        known = peer_cache.load(self.directory / "peer" / "data")
+        self.assertIn(bootstrap.overlay_port, [entry.port for entry in known])
         peer.restart()
         yield self.joined(peer)
         yield wait_for(lambda: converged([bootstrap, peer]), 60, "the ring of two")

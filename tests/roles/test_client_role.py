@@ -123,11 +123,11 @@ class ClientServiceTests(SynchronousTestCase):
         return role, reactor, data_dir
 
     def test_composes_in_order(self) -> None:
-        """Attachment, SIP adaptor, then HTTP; nothing runs before startService."""
+        """State database, attachment, SIP adaptor, then HTTP; nothing runs before startService."""
         role, _reactor, _data_dir = self.make()
         self.assertEqual(
             [type(s).__name__ for s in role],  # type: ignore[attr-defined]
-            ["ClientOverlayService", "SipService", "_HttpListenerService"],
+            ["StateFlusher", "ClientOverlayService", "SipService", "_HttpListenerService"],
         )
 
     def test_mediator_client_first(self) -> None:
@@ -147,7 +147,13 @@ class ClientServiceTests(SynchronousTestCase):
         role = makeService(options, reactor)
         self.assertEqual(
             [type(s).__name__ for s in role],  # type: ignore[attr-defined]
-            ["TraversalService", "ClientOverlayService", "SipService", "_HttpListenerService"],
+            [
+                "StateFlusher",
+                "TraversalService",
+                "ClientOverlayService",
+                "SipService",
+                "_HttpListenerService",
+            ],
         )
         status = role.status()  # type: ignore[attr-defined]
         self.assertEqual(status["mediator"]["registered"], False)

@@ -167,10 +167,17 @@ class PeerOptionsTests(SynchronousTestCase):
         without = makeService(parse(*data_dir), reactor)
         self.assertEqual(
             [type(s).__name__ for s in with_sip],
-            ["OverlayService", "SipService", "_HttpListenerService"],
+            [
+                "StateFlusher",
+                "ValuePersistence",
+                "OverlayService",
+                "SipService",
+                "_HttpListenerService",
+            ],
         )
         self.assertEqual(
-            [type(s).__name__ for s in without], ["OverlayService", "_HttpListenerService"]
+            [type(s).__name__ for s in without],
+            ["StateFlusher", "ValuePersistence", "OverlayService", "_HttpListenerService"],
         )
         self.assertFalse(with_sip.running)
 

@@ -209,7 +209,13 @@ class BootstrapStartTests(SecurityTestCase):
         assert isinstance(role.enrolment, EnrolmentServer)
         self.assertEqual(
             [type(s).__name__ for s in role],
-            ["EnrolmentServer", "OverlayService", "_HttpListenerService"],
+            [
+                "StateFlusher",
+                "ValuePersistence",
+                "EnrolmentServer",
+                "OverlayService",
+                "_HttpListenerService",
+            ],
         )
         role.startService()
         self.addCleanup(role.stopService)

@@ -412,6 +412,7 @@ class MetricsTests(SynchronousTestCase):
                 "malformed_received": 1,
                 "error_responses_sent": 1,
                 "keepalive_pings": 1,
+                "stun_keepalives": 0,
                 "tcp_connections": 1,
                 "tcp_connections_refused": 0,
                 "send_errors": 1,

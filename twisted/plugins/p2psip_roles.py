@@ -1,20 +1,40 @@
 """twistd plugins for the p2psip roles (imported lazily, one module per role)."""
 
-from twisted.application.service import ServiceMaker
+from typing import Any
 
-bootstrap = ServiceMaker(
+from twisted.application.service import IService, ServiceMaker
+from twisted.python import usage
+
+
+class RoleMaker(ServiceMaker):
+    """
+    A role's ``makeService``, with the operator's errors it raises (a bad
+    file, an unreadable data directory, a full disk: ``UsageError``s whose
+    message names the path and the fix) ending twistd with that message
+    and status 1 instead of a traceback.
+    """
+
+    def makeService(self, options: Any) -> IService:
+        try:
+            service: IService = super().makeService(options)
+        except usage.UsageError as error:
+            raise SystemExit(f"{self.tapname}: {error}") from None
+        return service
+
+
+bootstrap = RoleMaker(
     "p2psip bootstrap", "p2psip.roles.bootstrap", "Seed peer for a p2psip ring.", "p2psip-bootstrap"
 )
-peer = ServiceMaker(
+peer = RoleMaker(
     "p2psip super-node", "p2psip.roles.peer", "Super-node: stores part of the DHT.", "p2psip-peer"
 )
-mediator = ServiceMaker(
+mediator = RoleMaker(
     "p2psip mediator",
     "p2psip.roles.mediator",
     "Public STUN/STUNT rendezvous server.",
     "p2psip-mediator",
 )
-client = ServiceMaker(
+client = RoleMaker(
     "p2psip client",
     "p2psip.roles.client",
     "Thin client: attached to one peer, with a local SIP adaptor for phones.",

@@ -1,0 +1,171 @@
+"""
+Overload: refuse new work with 503 before the work already accepted drowns.
+
+A super-node given more requests than it can serve does not fail at once:
+its requests wait longer, the phones (and SIPp) retransmit what was not
+answered within T1, every retransmission costs a parse and a lookup, and
+the node ends up spending all its time on copies of requests whose
+senders gave up.  Goodput falls towards zero exactly when it matters.
+
+:class:`OverloadGuard` keeps the node near its capacity instead.  Before a
+new out-of-dialog INVITE or REGISTER is served, it looks at two signs:
+
+* the requests this node is working on: server transactions without a
+  final response (:attr:`p2psip.sip.transaction.TransactionLayer.unanswered`);
+  past ``max_pending`` new work waits behind too much old;
+* the event loop's smoothed lag (:class:`p2psip.util.loop_lag.LoopLagProbe`):
+  past ``max_lag_seconds`` the process is out of CPU, whatever the cause.
+
+Past either, the request is answered 503 Service Unavailable with
+``Retry-After`` (RFC 3261 s21.5.4), a few seconds with jitter so the
+refused phones do not come back together.  A 503 is one small response,
+far cheaper than a REGISTER's overlay Store or an INVITE's lookup, so the
+node keeps completing close to its maximum and refuses the rest.
+
+What is never refused, because refusing it would waste work already done:
+
+* retransmissions of a request being served: the transaction layer
+  matches them to their transaction before the guard is asked, and a
+  refused request's retransmissions get the same 503 from its completed
+  transaction;
+* in-dialog requests (a To tag: BYE, re-INVITE, UPDATE) and ACK and
+  CANCEL: they end or change calls already set up;
+* other methods (OPTIONS, MESSAGE...), which cost little.
+
+Sans-IO: the guard reads the clock, a pending count and a lag figure it
+is given, and returns the ``Retry-After`` to send, or None.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Callable
+
+from attrs import frozen
+
+from p2psip.sip.errors import SipParseError
+from p2psip.sip.message import Request
+
+#: Requests worked on at once (no final response yet) past which new ones
+#: are refused.  A REGISTER waits for its overlay Store (milliseconds on a
+#: healthy ring), an INVITE for its lookup and then the callee's final
+#: response (seconds of ringing): a node taking 1,000 calls a second with
+#: 10 s of ringing has 10,000 INVITEs pending, so the default counts calls
+#: being set up generously; REGISTER floods show in the loop lag first.
+DEFAULT_MAX_PENDING = 20_000
+#: Smoothed event-loop lag, in seconds, past which new requests are
+#: refused.  A busy node on a loaded 2-core host runs its timers 10-100 ms
+#: late (p99); a saturated one, seconds and growing.  Half a second is
+#: T1: a request that waits that long in our socket buffer is already
+#: being retransmitted, so past it the node is losing ground.
+DEFAULT_MAX_LAG_SECONDS = 0.5
+#: Retry-After sent with the refusals: this many seconds, plus up to as many again of jitter.
+DEFAULT_RETRY_AFTER_SECONDS = 5
+#: The methods the guard may refuse; everything else passes.
+GUARDED_METHODS = frozenset({"INVITE", "REGISTER"})
+
+
+@frozen
+class OverloadThresholds:
+    """When a super-node refuses new calls and registrations (``sip-overload-*``)."""
+
+    #: Unanswered server transactions past which new ones are refused; 0: not checked.
+    max_pending: int = DEFAULT_MAX_PENDING
+    #: Smoothed loop lag past which new ones are refused; 0: not checked.
+    max_lag_seconds: float = DEFAULT_MAX_LAG_SECONDS
+    retry_after_seconds: int = DEFAULT_RETRY_AFTER_SECONDS
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_pending > 0 or self.max_lag_seconds > 0
+
+
+def _out_of_dialog(request: Request) -> bool:
+    """No To tag; a To header we cannot read counts as in-dialog (never refused here)."""
+    try:
+        return request.to.tag is None
+    except SipParseError:
+        return False
+
+
+class OverloadGuard:
+    """
+    Decides, per new request, whether the node is too busy to take it.
+
+    :param pending: the requests being worked on now (unanswered server transactions).
+    :param lag_seconds: the smoothed event-loop lag now.
+    :param rng: the jitter of ``Retry-After`` (seeded in tests).
+    """
+
+    def __init__(
+        self,
+        thresholds: OverloadThresholds,
+        pending: Callable[[], int],
+        lag_seconds: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.thresholds = thresholds
+        self._pending = pending
+        self._lag_seconds = lag_seconds
+        self._random = rng or random.Random()
+        #: Requests refused since start, by method and reason ("pending", "lag").
+        self.refused: Counter[tuple[str, str]] = Counter()
+        #: Whether the last request asked about was refused (for the log's edges).
+        self.overloaded = False
+
+    def lag_seconds(self) -> float:
+        """The smoothed event-loop lag now."""
+        return self._lag_seconds()
+
+    def reason_to_refuse(self) -> str | None:
+        """Why a new request would be refused now ("pending" or "lag"), or None."""
+        limits = self.thresholds
+        # The pending count is one subtraction; the lag includes the request
+        # that just arrived only through its effect on the loop.
+        if limits.max_pending > 0 and self._pending() > limits.max_pending:
+            return "pending"
+        if limits.max_lag_seconds > 0 and self._lag_seconds() > limits.max_lag_seconds:
+            return "lag"
+        return None
+
+    def admit(self, request: Request) -> int | None:
+        """
+        None when ``request`` may be served; otherwise the seconds of
+        ``Retry-After`` to answer its 503 with.  The transaction layer has
+        already absorbed retransmissions, so ``request`` is a new one.
+        """
+        if request.method not in GUARDED_METHODS or not _out_of_dialog(request):
+            return None
+        reason = self.reason_to_refuse()
+        self.overloaded = reason is not None
+        if reason is None:
+            return None
+        self.refused[(request.method, reason)] += 1
+        base = self.thresholds.retry_after_seconds
+        return base + self._random.randint(0, base)
+
+    def status(self) -> dict[str, object]:
+        """The ``overload`` part of the SIP ``/status``."""
+        limits = self.thresholds
+        return {
+            "max_pending": limits.max_pending,
+            "max_lag_seconds": limits.max_lag_seconds,
+            "pending": self._pending(),
+            "lag_seconds": round(self._lag_seconds(), 4),
+            "overloaded": self.overloaded,
+            "refused": {
+                f"{method} {reason}": count
+                for (method, reason), count in sorted(self.refused.items())
+            },
+        }
+
+
+__all__ = [
+    "DEFAULT_MAX_LAG_SECONDS",
+    "DEFAULT_MAX_PENDING",
+    "DEFAULT_RETRY_AFTER_SECONDS",
+    "GUARDED_METHODS",
+    "OverloadGuard",
+    "OverloadThresholds",
+]
