@@ -43,6 +43,9 @@ bench: $(STAMP)
 	$(PY) bench/sip_ring_load.py
 	$(PY) bench/state_db.py
 	$(PY) bench/media_relay.py
+	$(PY) bench/super_node_scaling.py
+	$(PY) bench/overlay_scaling.py
+	$(PY) bench/profile_register.py
 	$(PY) bench/churn.py
 	$(PY) bench/sip_overload.py
 	$(PY) bench/soak.py
