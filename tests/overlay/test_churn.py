@@ -31,7 +31,10 @@ class SmallChurnTests(SynchronousTestCase):
         self.assertGreater(report.failures, 5)
         self.assertGreater(report.joins_without_bootstrap, 0)
         self.assertEqual(report.wrong_node, 0)
-        self.assertGreaterEqual(report.lookup_success, 0.98, dict(report.failure_reasons))
+        # Deterministic (one fake clock, seeded): 1 of 736 lookups fails
+        # here; before lookups into a just-failed peer's range were rerouted
+        # to the peer that takes it over, 12 of 717 did.
+        self.assertGreaterEqual(report.lookup_success, 0.995, report.lookup_failures)
         # Values stored once and never refreshed can still be lost when a
         # peer and both its replicas churn within one repair (bench/churn.py
         # reports how many); registrations are refreshed and must all be there.
