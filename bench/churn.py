@@ -59,7 +59,11 @@ def main() -> None:
     parser.add_argument("--phones", type=int, default=100)
     parser.add_argument("--values", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--details", action="store_true", help="print why operations failed")
+    parser.add_argument(
+        "--details",
+        action="store_true",
+        help="print why operations failed, and one line per failed lookup (its owner, the just-failed peer whose range it was, the error)",
+    )
     args = parser.parse_args()
     print(
         f"{args.peers} peers, {args.minutes:g} simulated minutes of churn per median, "
