@@ -16,7 +16,8 @@ The first byte picks the mode:
    decoded too.
 2. a framed stream (s6.5.1), after one byte of chunk size: only
    :class:`DecodeError` may escape, the chunked stream gives the frames the
-   whole stream gives, and each frame re-encodes to its own bytes.
+   whole stream gives, each frame re-encodes to its own bytes, and each
+   data frame's message is decoded as in mode 0.
 
 There are no public RELOAD vectors (see the shared testdata/reload/README),
 so the seeds are messages this codec encodes: a Ping, a signed Store, a
@@ -117,6 +118,9 @@ def frames(data: bytes) -> None:
     payload = chunks(data)[1]
     if b"".join(encode_frame(frame) for frame in whole) != payload[: sum_lengths(whole)]:
         raise HarnessFailure("frames do not re-encode to their bytes")
+    for frame in whole:
+        if isinstance(frame, DataFrame):
+            message(frame.message)  # what a link hands the overlay next
 
 
 def sum_lengths(found: list[Any]) -> int:

@@ -5,14 +5,17 @@ The whole input is one stored value for ``decode_registration``: only
 :class:`DecodeError` may escape ("never anything else"), and a value that
 decodes re-encodes to bytes that decode to an equal value.
 
-Seeds: URI and route registrations this codec encodes, one of an unknown type.
+Seeds: URI and route registrations this codec encodes, one of an unknown
+type, and a URI registration of each Contact URI of the RFC 4475 torture
+messages in the shared test data.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
-from fuzz.common import HarnessFailure, instrumented, main
+from fuzz.common import HarnessFailure, instrumented, main, shared_files
 
 with instrumented():
     from p2psip.overlay.message import Destination
@@ -55,6 +58,15 @@ def seeds() -> Iterator[bytes]:
     ]
     for sample in samples:
         yield encode_registration(sample)
+    for message in shared_files("sip-torture", "*.dat"):
+        for uri in CONTACT_URI.findall(message):
+            text = uri.decode("utf-8", "replace")
+            yield encode_registration(SipRegistration(SIP_REGISTRATION_URI, uri=text))
+            yield encode_registration(SipRegistration.route(f"<{text}>", 1, 2**127))
+
+
+#: A Contact header's bracketed URI (the torture messages hold odd ones on purpose).
+CONTACT_URI = re.compile(rb"^(?:Contact|m)\s*:[^<\r\n]*<([^>\r\n]{1,400})>", re.I | re.M)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,11 @@ def parse_via(text: str) -> Hop:
     """``udp:HOST:PORT`` or ``tcp:HOST:PORT``: where the requests go."""
     transport, _, rest = text.partition(":")
     host, _, port = rest.rpartition(":")
-    if transport.lower() not in ("udp", "tcp") or not host or not port.isdigit():
+    if (
+        transport.lower() not in ("udp", "tcp")
+        or not host
+        or not (port.isascii() and port.isdigit())
+    ):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not udp:HOST:PORT or tcp:HOST:PORT (e.g. {DEFAULT_VIA})"
         )

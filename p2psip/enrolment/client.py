@@ -341,7 +341,7 @@ def _refused(response: IResponse, body: bytes, url: str) -> None:
         retry = _header(response, b"retry-after")
         raise EnrolmentUnavailable(
             f"{url} answered {response.code}: {message}",
-            retry_after=float(retry) if retry.isdigit() else None,
+            retry_after=float(retry) if retry.isascii() and retry.isdigit() else None,
         )
     raise EnrolmentFailed(f"{url} refused the request with {response.code}: {message}")
 

@@ -309,12 +309,19 @@ def _parse(document: bytes) -> _Element:
     def ended(_qualified: str) -> None:
         element = stack.pop()
         position = parser.CurrentByteIndex
-        if document.startswith(b"</", position):
-            # An end tag has no attributes, so its first '>' closes it.
-            element.end = document.index(b">", position) + 1
-        else:
-            # An empty-element tag <x/>: expat reports the byte after it.
+        if not element.children and not element.text and document[:position].endswith(b"/>"):
+            # An empty-element tag <x/>: expat reports the byte after it (which
+            # may start the parent's end tag: <a><x/></a>).  No other tag
+            # with nothing inside it ends in "/>".
             element.end = position
+            return
+        # An end tag has no attributes, so its first '>' closes it.  expat
+        # reports an element's end before it has seen that '>' (<a><x/></a
+        # at the end of the input) and only then the error.
+        close = document.find(b">", position)
+        if not document.startswith(b"</", position) or close < 0:
+            raise ConfigurationRefused("not well-formed XML: an end tag is not closed")
+        element.end = close + 1
 
     def text(data: str) -> None:
         if stack:
@@ -344,7 +351,7 @@ def _base64(element: _Element) -> bytes:
 
 def _integer(element: _Element, lowest: int, highest: int) -> int:
     text = element.text.strip()
-    if not text.isdigit() or not lowest <= int(text) <= highest:
+    if not (text.isascii() and text.isdigit()) or not lowest <= int(text) <= highest:
         raise ConfigurationRefused(f"<{element.name}> must be a whole number {lowest}..{highest}")
     return int(text)
 
@@ -378,7 +385,7 @@ def _check_signature(
 
 def _kind(element: _Element) -> KindDescription:
     id_text = element.attributes.get("id", "")
-    if not id_text.isdigit() or int(id_text) >= 2**32:
+    if not (id_text.isascii() and id_text.isdigit()) or int(id_text) >= 2**32:
         raise ConfigurationRefused("a <kind> needs an id attribute, a 32-bit Kind-ID")
     multiple = element.optional("max-node-multiple")
     return KindDescription(
@@ -451,7 +458,9 @@ def read_configuration(
             f"the document expired at {_utc_text(expiration)}; check this host's clock"
         )
     sequence_text = configuration.attributes.get("sequence", "")
-    if not sequence_text.isdigit() or not 1 <= int(sequence_text) < 2**32 - 1:
+    if not (sequence_text.isascii() and sequence_text.isdigit()) or not (
+        1 <= int(sequence_text) < 2**32 - 1
+    ):
         raise ConfigurationRefused("<configuration> needs a sequence number 1..2**32-2")
     topology = configuration.optional("topology-plugin")
     if topology is not None and topology.text.strip() != TOPOLOGY_PLUGIN:
@@ -471,7 +480,7 @@ def read_configuration(
     nodes = []
     for node in configuration.all("bootstrap-node"):
         port_text = node.attributes.get("port", "6084")
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
             raise ConfigurationRefused("a <bootstrap-node> port must be 1..65535")
         nodes.append(BootstrapNode(node.attributes.get("address", ""), int(port_text)))
     self_signed = configuration.optional("self-signed-permitted")

@@ -121,7 +121,7 @@ def decode_request(body: bytes) -> EnrolmentRequest:
         if not fields.get(name):
             raise MalformedRequest(f"the form needs a field {name!r}")
     node_ids_text = fields.get("nodeids", "1")
-    if not node_ids_text.isdigit() or len(node_ids_text) > 3:
+    if not (node_ids_text.isascii() and node_ids_text.isdigit()) or len(node_ids_text) > 3:
         raise MalformedRequest("nodeids must be a small whole number")
     node_ids = int(node_ids_text)
     if not 1 <= node_ids <= MAX_NODE_IDS:

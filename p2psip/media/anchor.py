@@ -44,7 +44,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from p2psip.media.directory import RelayDirectory
-from p2psip.media.sdp import SdpError, is_private_address, parse_sdp, rewrite_sdp
+from p2psip.media.sdp import (
+    SdpError,
+    is_private_address,
+    parse_sdp,
+    refuse_unrelayable,
+    rewrite_sdp,
+)
 from p2psip.media.sessions import MediaSession, RelaySessions, SessionRefused
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.message import Request, Response
@@ -292,6 +298,7 @@ class MediaAnchor:
 
     def _rewrite(self, session: MediaSession, from_caller: bool, body: bytes) -> bytes:
         description = parse_sdp(body)
+        refuse_unrelayable(description)  # before sdp_from points the legs at it
         caller_host, callee_host = session.signalling
         ports = self.sessions.sdp_from(
             session, from_caller, description, caller_host if from_caller else callee_host

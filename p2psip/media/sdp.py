@@ -127,7 +127,7 @@ class SessionDescription:
         not be sent anything.
         """
         connection = self.stream_connection(stream)
-        if not stream.enabled or connection is None or connection.address in ("0.0.0.0", "::"):
+        if not stream.enabled or connection is None or _unspecified(connection.address):
             return None
         return connection.address, stream.port
 
@@ -139,7 +139,14 @@ class SessionDescription:
         if stream.rtcp_mux:
             return rtp
         host = stream.rtcp_address or rtp[0]
+        if _unspecified(host):
+            return None  # a=rtcp:9 IN IP4 0.0.0.0, as WebRTC offers: no RTCP to send
         return host, stream.rtcp_port if stream.rtcp_port is not None else rtp[1] + 1
+
+
+def _unspecified(address: str) -> bool:
+    """0.0.0.0 or :: however written (::0, 0:0::0): nothing may be sent there (Linux: to this host)."""
+    return ipaddress.ip_address(address).is_unspecified
 
 
 def is_private_address(address: str) -> bool:
@@ -174,7 +181,8 @@ def _split_lines(body: bytes) -> list[str]:
 
 
 def _port(text: str, what: str) -> int:
-    if not text.isdigit() or len(text) > 5 or int(text) > 65535:
+    # isascii: str.isdigit() also holds for digits int() refuses ("²") or reads ("٤").
+    if not text.isascii() or not text.isdigit() or len(text) > 5 or int(text) > 65535:
         raise SdpError(f"bad {what} port in SDP")
     return int(text)
 
@@ -284,7 +292,13 @@ def parse_sdp(body: bytes) -> SessionDescription:
     for stream in streams:
         if stream.enabled and stream.connection is None and session_connection is None:
             raise SdpError("SDP media stream without a c= address")
-    return SessionDescription(tuple(lines), session_connection, tuple(streams))
+    description = SessionDescription(tuple(lines), session_connection, tuple(streams))
+    for stream in streams:
+        # Port 0 or 65536 would make every datagram the relay sends there raise.
+        rtcp = description.rtcp_destination(stream)
+        if rtcp is not None and not 1 <= rtcp[1] <= 65535:
+            raise SdpError(f"bad RTCP port {rtcp[1]} in SDP (a=rtcp, or the m= port plus one)")
+    return description
 
 
 @frozen
@@ -295,21 +309,44 @@ class RelayPorts:
     rtcp: int
 
 
+def refuse_unrelayable(description: SessionDescription) -> None:
+    """
+    Refuse a body whose enabled streams the relay cannot serve, before any
+    relay leg is pointed at it: the relay's sockets are IPv4, so an IPv6
+    RTP address (``c=``) or RTCP address (``a=rtcp:... IN IP6``) is 488.
+
+    :raises SdpError: (488) for such a body.
+    """
+    for stream in description.streams:
+        if not stream.enabled:
+            continue
+        connection = description.stream_connection(stream)
+        rtcp = stream.rtcp_address
+        if (connection is not None and connection.is_ipv6) or (rtcp is not None and ":" in rtcp):
+            raise SdpError("IPv6 media addresses are not relayed (the relay serves IPv4)", 488)
+
+
 def rewrite_sdp(
     description: SessionDescription, address: str, ports: Sequence[RelayPorts | None]
 ) -> bytes:
     """
     The body with each enabled stream sent to ``address`` at ``ports[i]``.
 
-    The session ``c=`` and every media ``c=`` name the relay; ``m=`` ports
-    and ``a=rtcp`` follow ``ports``; a stream whose entry is None (or that
-    is disabled) keeps port 0 or its lines as they were.  The origin
-    (``o=``) stays: it identifies the session, not where media goes.
+    ``ports`` has one entry per stream, None exactly for the disabled ones
+    (port 0), which keep their lines as they were.  The session ``c=`` and
+    every media ``c=`` of an enabled stream name the relay; ``m=`` ports and
+    ``a=rtcp`` follow ``ports``.  The origin (``o=``) stays: it identifies
+    the session, not where media goes.
 
-    :raises SdpError: (488) the relay address is not IPv4 while a stream is relayed.
+    :raises SdpError: (488) what :func:`refuse_unrelayable` refuses.
+    :raises ValueError: ``ports`` does not match the streams.
     """
     if len(ports) != len(description.streams):
         raise ValueError("one entry of ports per media stream")
+    if any((entry is None) == stream.enabled for stream, entry in zip(description.streams, ports)):
+        # An enabled stream left out would follow the session c= to the relay.
+        raise ValueError("relay ports for every enabled stream and for no disabled one")
+    refuse_unrelayable(description)
     try:
         relay_ip = ipaddress.ip_address(address)
     except ValueError:
@@ -320,10 +357,6 @@ def rewrite_sdp(
         for stream, entry in zip(description.streams, ports, strict=True)
         if entry is not None and stream.enabled
     }
-    for stream in description.streams:
-        connection = description.stream_connection(stream)
-        if stream.line in relayed and connection is not None and connection.is_ipv6:
-            raise SdpError("IPv6 media addresses are not relayed (the relay serves IPv4)", 488)
     out: list[str] = []
     section: RelayPorts | None = None
     in_media = False

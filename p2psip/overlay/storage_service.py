@@ -280,14 +280,12 @@ class StorageService:
     def signer_certificates(self, values: Iterable[Any]) -> tuple[bytes, ...]:
         """Certificates of the signers of stored values, so receivers can verify them."""
         own = self.identity.certificate_der
-        ours = {
-            credential.signer_identity().value: credential.certificate_der
-            for credential in self.credentials.all()
-        }
         found: dict[bytes, bytes] = {}
         for value in values:
             identity = value.signature.identity
-            der = ours.get(identity.value) or self.certificates.certificate_for(identity.value)
+            der = self.credentials.certificate_for_signer(
+                identity.value
+            ) or self.certificates.certificate_for(identity.value)
             if der is not None and der != own:
                 found[identity.value] = der
         return tuple(found.values())

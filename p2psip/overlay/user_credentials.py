@@ -55,6 +55,10 @@ class UserCredentials:
         self._enrolled: dict[str, NodeIdentity] = {}
         self._self_signed: OrderedDict[str, NodeIdentity] = OrderedDict()
         self._max_self_signed = max_self_signed
+        #: Signer identity (the certificate hash) -> certificate, of every
+        #: credential held: answers name their values' signers' certificates
+        #: per value, which must not cost a walk over every user.
+        self._by_signer: dict[bytes, bytes] = {}
 
     @property
     def insecure(self) -> bool:
@@ -86,6 +90,7 @@ class UserCredentials:
             )
         self.certificates.add_identity(credential)
         self._enrolled[credential.user_name] = credential
+        self._by_signer[credential.signer_identity().value] = credential.certificate_der
         return credential
 
     def credential_for(self, user_name: str) -> NodeIdentity | None:
@@ -103,12 +108,18 @@ class UserCredentials:
         if credential is None:
             credential = self.identity.self_signed_user(user_name)
             self._self_signed[user_name] = credential
+            self._by_signer[credential.signer_identity().value] = credential.certificate_der
             while len(self._self_signed) > self._max_self_signed:
-                self._self_signed.popitem(last=False)
+                _, evicted = self._self_signed.popitem(last=False)
+                self._by_signer.pop(evicted.signer_identity().value, None)
         else:
             self._self_signed.move_to_end(user_name)
         self.certificates.add_identity(credential)
         return credential
+
+    def certificate_for_signer(self, signer_identity: bytes) -> bytes | None:
+        """The certificate of the credential a SignerIdentity value names, if we hold it."""
+        return self._by_signer.get(signer_identity)
 
     def enrolled(self) -> list[NodeIdentity]:
         """The CA-issued credentials, in the order they were added."""

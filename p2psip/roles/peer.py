@@ -7,17 +7,19 @@ and serves the status page and admin API on ``--http``.  With ``--sip`` it
 is also a SIP registrar and proxy for the overlay's domain
 (:mod:`p2psip.roles.sip_service`): phones register with it, their bindings
 go into the DHT, and calls for any overlay user are routed through the
-super-node that serves that user.
+super-node that serves that user.  With ``--workers N`` the process
+starts N worker peers sharing the SIP ports (:mod:`p2psip.roles.workers`).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from p2psip.util.reactor import IRoleReactor
+from p2psip.util.reactor import IRoleReactor, as_role_reactor
+from p2psip.roles.workers import ParentWatch, WorkerSupervisor
 from p2psip.roles.ring_options import RingRoleOptions
 from p2psip.roles.super_node import make_ring_service
 
@@ -45,4 +47,17 @@ class Options(RingRoleOptions):
 
 
 def makeService(options: Options, reactor: IRoleReactor | None = None) -> IService:
-    return make_ring_service(options.config, reactor)
+    config = options.config
+    if config.workers <= 1 and config.worker_index is None:
+        return make_ring_service(config, reactor)
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = as_role_reactor(global_reactor)
+    if config.worker_index is None:
+        # --workers N: this process starts and watches the N workers.
+        return WorkerSupervisor(config, options.arguments, reactor)
+    top = MultiService()
+    make_ring_service(config, reactor).setServiceParent(top)
+    ParentWatch(reactor).setServiceParent(top)
+    return top

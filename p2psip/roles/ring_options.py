@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import sys
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -50,6 +51,7 @@ from p2psip.sip.domain_routes import (
     parse_peer_domain,
     parse_static_route,
 )
+from p2psip.sip.location_cache import DEFAULT_MAX_ENTRIES as DEFAULT_LOCATION_CACHE_ENTRIES
 from p2psip.sip.overload import (
     DEFAULT_MAX_LAG_SECONDS,
     DEFAULT_MAX_PENDING,
@@ -181,6 +183,10 @@ class SipConfig:
     digest_clients: tuple[ClientRule, ...] = ()
     #: DNS servers for RFC 3263 (empty: the system's, from /etc/resolv.conf).
     dns_servers: tuple[tuple[str, int], ...] = ()
+    #: AORs whose fetched registrations are cached (``sip-location-cache``); 0: off.
+    location_cache_entries: int = DEFAULT_LOCATION_CACHE_ENTRIES
+    #: The listeners' ports are shared with this host's other workers (``--workers``).
+    shared_ports: bool = False
 
     @property
     def domain_routes(self) -> DomainRoutes:
@@ -241,6 +247,10 @@ class RingRoleConfig:
     overlay_tls_key_log: Path | None = None
     #: Where ``advertised_host`` came from, for the start-up log.
     advertised_because: str = "advertise"
+    #: Worker processes of this host (``--workers``; p2psip.roles.workers).
+    workers: int = 1
+    #: Which of them this process is; None: the supervisor, or the only one.
+    worker_index: int | None = None
 
 
 def sip_listen_address(text: str) -> str:
@@ -449,6 +459,7 @@ def sip_config(
         rate_limit_burst=options["sip-rate-burst"],
         overload=OverloadThresholds(options["sip-overload-pending"], options["sip-overload-lag"]),
         idle_timeout_seconds=options["sip-idle-timeout"],
+        location_cache_entries=options["sip-location-cache"],
         connections_per_source=options["sip-connections-per-source"],
         max_connections=options["sip-max-connections"],
         tls_listeners=tuple(options["sip-tls"]),
@@ -696,6 +707,30 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             positive_int,
         ],
         [
+            "workers",
+            None,
+            1,
+            "Worker processes for this super-node host, each its own ring peer "
+            "(DATA_DIR/worker-K, overlay port +K, http port +1+K), sharing the SIP ports "
+            "(SO_REUSEPORT); use one per core.",
+            positive_int,
+        ],
+        [
+            "worker",
+            None,
+            None,
+            "Set by --workers on the processes it starts: which worker this is (0 to N-1).",
+            int,
+        ],
+        [
+            "sip-location-cache",
+            None,
+            DEFAULT_LOCATION_CACHE_ENTRIES,
+            "AORs whose registrations fetched from the overlay are remembered (at most 30 s, "
+            "never past their expiry), so repeated calls need no overlay lookup.  0: off.",
+            non_negative_int,
+        ],
+        [
             "sip-overload-pending",
             None,
             DEFAULT_MAX_PENDING,
@@ -798,6 +833,11 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
     #: without --advertise; tests replace it on the instance.
     find_default_address: AddressFinder = staticmethod(default_route_address)
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Keep the arguments: ``--workers`` starts its workers with the same ones."""
+        self.arguments: list[str] = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
     def postOptions(self) -> None:
         super().postOptions()
         for name in ("successors", "predecessors"):
@@ -846,7 +886,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
         mediator = mediator_client_config(self, self.role)
         sip = sip_config(self, self.sip_tls, media=self._media_relay()) if self["sip"] else None
         advertised_host, advertised_because = self._advertised()
-        return RingRoleConfig(
+        config = RingRoleConfig(
             role=self.role,
             title=self.title or f"p2psip {self.role}",
             found_ring=self.founds_ring(),
@@ -866,7 +906,22 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             overlay_tls_key_log=(
                 Path(self["overlay-tls-key-log"]) if self["overlay-tls-key-log"] else None
             ),
+            workers=self["workers"],
         )
+        index = self["worker"]
+        if index is not None:
+            if not 0 <= index < config.workers:
+                raise usage.UsageError(
+                    f"--worker {index} is not one of the {config.workers} --workers"
+                )
+            from p2psip.roles.workers import worker_config
+
+            return worker_config(config, index, config.workers)
+        if config.workers > 1:
+            from p2psip.roles.workers import check_supervisor_config
+
+            check_supervisor_config(config)
+        return config
 
     def _media_relay(self) -> MediaRelayConfig | None:
         """The relay's settings; None for ``--media-relay never``."""

@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives import serialization
 from OpenSSL import crypto
 from prometheus_client import CollectorRegistry
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.internet.task import LoopingCall
@@ -68,15 +69,18 @@ from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.dns_lookup import ServerLocator, make_resolver
 from p2psip.sip.gateway import Gateway
 from p2psip.sip.location import OverlayLocationService
+from p2psip.sip.location_cache import LocationCache
 from p2psip.sip.metrics import CallSetupTimes, OverloadCollector, SipCollector
 from p2psip.sip.overload import OverloadGuard
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.registrar import Registrar
 from p2psip.sip.request_limit import RequestRateLimit
-from p2psip.sip.transport import SipTransport
+from p2psip.sip.transaction import Hop
+from p2psip.sip.transport import SipListeningPort, SipTransport
 from p2psip.sip.users import UsersFile, UsersFileError
 from p2psip.usages.sip import SIP_APPLICATION
 from p2psip.util import gc_tuning
+from p2psip.util.endpoints import endpoint_interface, escape_field
 from p2psip.util.loop_lag import LoopLagProbe
 
 NONCE_SECRET_FILE = "sip-nonce-secret"
@@ -231,6 +235,9 @@ def build_sip_stack(
         credentials=registrar.credentials,
         gateway=Gateway(routes, locator, reactor),
         media=media,
+        location_cache=LocationCache(
+            location, node, reactor, max_entries=config.location_cache_entries
+        ),
     )
     if config.overload.enabled:
         transactions = proxy.transactions
@@ -385,12 +392,9 @@ class SipService(Service):
         listeners += [
             ("--sip-tls", description, self.stack.tls) for description in config.tls_listeners
         ]
+        shared = config.shared_ports
         for option, description, tls in listeners:
-            failures: list[Failure] = []
-            self.transport.listen(description, tls=tls).addErrback(failures.append)
-            if failures:
-                self.transport.stop()
-                raise usage.UsageError(f"{option} {description}: {failures[0].getErrorMessage()}")
+            self._listen(option, description, tls, shared=shared)
         # Other super-nodes reach us (through AppAttach) over UDP or TCP (a
         # thin client behind a NAT: TCP, its chosen peer transport); TLS is
         # what phones may use besides.
@@ -402,14 +406,28 @@ class SipService(Service):
             or self.transport.local_hop("TLS")
         )
         assert hop is not None
-        host = self.transport.advertised_host or "127.0.0.1"
-        self.advertised = (host, hop.port)
-        self.proxy.advertised = (host.lower(), hop.port)
-        self.proxy.advertised_ports = {
+        ports = {
             name: own.port
             for name in ("UDP", "TCP", "TLS")
             if (own := self.transport.local_hop(name)) is not None
         }
+        if shared:
+            # A worker's own ports, for what must reach this worker and no
+            # other: AppAttach answers, Via and Record-Route.
+            self.proxy.shared_ports = frozenset(ports.values())
+            interface = endpoint_interface(config.listeners[0]) or ""
+            named = f":interface={escape_field(interface)}" if interface else ""
+            for name in ("UDP", "TCP"):
+                if name in ports:
+                    own_port = self._listen("--sip", f"{name.lower()}:0{named}", None)
+                    address = own_port.getHost()
+                    assert isinstance(address, (IPv4Address, IPv6Address))
+                    ports[name] = address.port
+            hop = Hop(hop.transport, hop.host, ports[hop.transport])
+        host = self.transport.advertised_host or "127.0.0.1"
+        self.advertised = (host, hop.port)
+        self.proxy.advertised = (host.lower(), hop.port)
+        self.proxy.advertised_ports = ports
         self.stack.node.set_application_address(SIP_APPLICATION, host, hop.port)
         self._restore_bindings()
         enrolled = 0
@@ -448,6 +466,26 @@ class SipService(Service):
             gc_tuning.tune_for_server()
             if self.joined is not None:
                 self.joined.addCallback(lambda _: self._freeze() if self.running else None)
+
+    def _listen(
+        self,
+        option: str,
+        description: str,
+        tls: CertificateOptions | None,
+        *,
+        shared: bool = False,
+    ) -> SipListeningPort:
+        """Listen now, or stop every listener and name the option that failed."""
+        failures: list[Failure] = []
+        ports: list[SipListeningPort] = []
+        self.transport.listen(description, tls=tls, shared=shared).addCallbacks(
+            ports.append, failures.append
+        )
+        if failures or not ports:
+            self.transport.stop()
+            why = failures[0].getErrorMessage() if failures else "the listener did not start"
+            raise usage.UsageError(f"{option} {description}: {why}")
+        return ports[0]
 
     def _start_announcing(self, result: object) -> object:
         if self.running and self._announce is not None and not self._announce.running:
@@ -510,6 +548,7 @@ class SipService(Service):
             if self.directory is not None and self.directory.published:
                 self.directory.withdraw()
         self.proxy.transactions.terminate_all()
+        self.proxy.summary.flush()
         return self.transport.stop()
 
     # -- status and metrics ----------------------------------------------------
@@ -535,6 +574,7 @@ class SipService(Service):
             "calls": self.proxy.calls(),
             "final_responses": self.proxy.metrics()["final_responses"],
             "requests_in_progress": self.proxy.pending_requests,
+            "location_cache": self.proxy.location_cache.stats(),
             "transactions": self.proxy.transactions.metrics(),
             "transport": self.transport.metrics(),
             "gateway": self.proxy.gateway.status(),

@@ -77,6 +77,15 @@ TRANSACTION_LEVELS: Mapping[str, str] = {
 }
 
 
+#: (kind, result, key of ``LocationCache.stats()``) of the cache lookup counter.
+CACHE_LOOKUP_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    ("aor", "hit", "hits"),
+    ("aor", "miss", "misses"),
+    ("node", "hit", "address_hits"),
+    ("node", "miss", "address_misses"),
+)
+
+
 def status_class(status: int) -> str:
     """``486`` -> ``4xx``: a label with six values, whatever a phone answers."""
     return f"{min(max(status // 100, 1), 6)}xx"
@@ -165,6 +174,20 @@ class SipCollector:
         in_progress = GaugeMetricFamily(
             "p2psip_sip_requests_in_progress", "Requests being proxied right now."
         )
+        cache_lookups = CounterMetricFamily(
+            "p2psip_sip_location_cache_lookups_total",
+            "Lookups of an AOR (kind=aor) or a super-node's SIP address (kind=node) by whether "
+            "the location cache answered them (hit) or the overlay did (miss).",
+            labels=["kind", "result"],
+        )
+        cache_events = CounterMetricFamily(
+            "p2psip_sip_location_cache_events_total",
+            "Location cache events since start: background refreshes, invalidations, evictions.",
+            labels=["event"],
+        )
+        cache_entries = GaugeMetricFamily(
+            "p2psip_sip_location_cache_entries", "AORs held in the location cache."
+        )
         if proxy is not None:
             for (method, status), count in sorted(proxy.outcomes.items()):
                 responses.add_metric([method, str(status)], float(count))
@@ -174,6 +197,12 @@ class SipCollector:
                 else:
                     transaction_events.add_metric([name], float(value))
             in_progress.add_metric([], float(proxy.pending_requests))
+            cache = proxy.location_cache.stats()
+            for kind, result, key in CACHE_LOOKUP_COUNTERS:
+                cache_lookups.add_metric([kind, result], float(cache[key] or 0))
+            for event in ("refreshes", "invalidations", "evictions"):
+                cache_events.add_metric([event], float(cache[event] or 0))
+            cache_entries.add_metric([], float(cache["entries"] or 0))
             served_aors, served_bindings = self._registrations()
             aors.add_metric([], float(served_aors))
             bindings.add_metric([], float(served_bindings))
@@ -192,6 +221,9 @@ class SipCollector:
             transactions,
             transaction_events,
             in_progress,
+            cache_lookups,
+            cache_events,
+            cache_entries,
         )
 
 

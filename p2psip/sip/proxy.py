@@ -57,7 +57,7 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Protocol, cast
+from typing import Protocol
 
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, fail, succeed
@@ -71,8 +71,10 @@ from p2psip.sip.domain_routes import DomainRoutes, ForeignCallers, RouteKind
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.gateway import Gateway, RelayRefused, first_hop
 from p2psip.sip.location import Binding, OverlayLocationService
+from p2psip.sip.location_cache import LocationCache
 from p2psip.sip.media_hook import MediaHook
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
+from p2psip.sip.request_log import RequestSummary
 from p2psip.sip.outbound import group_by_instance
 from p2psip.sip.overload import OverloadGuard
 from p2psip.sip.response_context import ResponseContext
@@ -88,7 +90,6 @@ from p2psip.sip.transaction import (
     new_branch,
 )
 from p2psip.sip.uri import URI, SipURI, parse_uri
-from p2psip.usages.sip import SIP_APPLICATION
 from p2psip.util.log_throttle import LogThrottle
 
 #: The Request-URI parameter that names the super-node to deliver at.
@@ -108,6 +109,11 @@ _BRANCH_MARKER = "p2p"
 COUNTED_METHODS = frozenset(
     {"INVITE", "REGISTER", "BYE", "CANCEL", "OPTIONS", "MESSAGE", "SUBSCRIBE", "NOTIFY"}
 )
+#: Final responses to a request routed by a cached lookup that make the
+#: cache forget the AOR: the serving super-node says the user is gone
+#: (404, 410, 480) or the branch failed (408, 5xx).  A busy or declining
+#: callee (486, 603) is a real answer and keeps the entry.
+STALE_LOCATION_STATUSES = frozenset({404, 408, 410, 480, 500, 502, 503, 504})
 
 
 def hop_for_uri(uri: SipURI) -> Hop:
@@ -237,12 +243,17 @@ class SipProxy:
         credentials: CredentialCheck | None = None,
         gateway: Gateway | None = None,
         media: MediaHook | None = None,
+        location_cache: LocationCache | None = None,
         overload: OverloadGuard | None = None,
     ) -> None:
         self.domain = domain.lower()
         self.advertised = (advertised[0].lower(), advertised[1])
         #: Transport name ("UDP", "TCP", "TLS") -> our port for it; others use ``advertised``.
         self.advertised_ports: dict[str, int] = {}
+        #: Ports this worker shares with the host's other workers (``--workers``):
+        #: ours too, but a response sent there may reach another worker, so
+        #: the requests we send ask for responses at ``advertised`` (no rport).
+        self.shared_ports: frozenset[int] = frozenset()
         self.storage = storage
         self.location = location
         self.registrar = registrar
@@ -276,6 +287,15 @@ class SipProxy:
         self.gateway = gateway or Gateway(DomainRoutes.build(self.domain), None, clock)
         #: The media relay's view of the calls we forward; None: bodies pass untouched.
         self.media = media
+        #: Lookups and super-node addresses, remembered (off unless given one).
+        self.location_cache = location_cache or LocationCache(
+            location, storage, clock, max_entries=0
+        )
+        #: The once-a-minute info line about the final responses sent.
+        self.summary = RequestSummary(clock)
+        #: Requests routed to an AOR through the overlay: the AOR and the
+        #: super-nodes tried, so a failure can clear them from the cache.
+        self._routed: dict[ServerTransaction, tuple[str, list[int]]] = {}
         #: Refuses new calls and registrations while the node is overloaded; None: never.
         self.overload = overload
         self._overload_log = LogThrottle(clock)
@@ -665,10 +685,7 @@ class SipProxy:
             return succeed(False)
         if self.node_of_source is not None and self.node_of_source(source) == node_id:
             return succeed(True)
-        resolving = cast(
-            "Deferred[tuple[str, int]]",
-            self.storage.resolve_application(node_id, SIP_APPLICATION),
-        )
+        resolving = self.location_cache.resolve(node_id)
 
         def check(address: tuple[str, int]) -> bool:
             hop = hop_for_uri(top)
@@ -796,7 +813,7 @@ class SipProxy:
         """Whether ``host:port`` is one of our listeners as we advertise them."""
         own_host, own_port = self.advertised
         return host.lower().strip("[]") == own_host and (
-            port == own_port or port in self.advertised_ports.values()
+            port == own_port or port in self.advertised_ports.values() or port in self.shared_ports
         )
 
     def _port_for(self, transport: str) -> int:
@@ -874,10 +891,7 @@ class SipProxy:
         node_id = parse_node_parameter(top.parameters.get(NODE_PARAMETER))
         if node_id is None or node_id == self.local_node_id:
             return fail(RelayRefused("the Route names no super-node of the ring"))
-        resolving = cast(
-            "Deferred[tuple[str, int]]",
-            self.storage.resolve_application(node_id, SIP_APPLICATION),
-        )
+        resolving = self.location_cache.resolve(node_id)
 
         def check(address: tuple[str, int]) -> list[Hop]:
             hop = hop_for_uri(top)
@@ -965,7 +979,7 @@ class SipProxy:
                 return
             self._forward_to_nodes(transaction, request, aor, [], [(node_id, None, 0)])
             return
-        looked_up = self.location.lookup(aor)
+        looked_up = self.location_cache.lookup(aor)
         looked_up.addCallbacks(
             lambda bindings: self._bindings_found(transaction, request, aor, bindings),
             lambda failure: self._lookup_failed(transaction, aor, failure),
@@ -997,6 +1011,7 @@ class SipProxy:
         # Values in the overlay come from other nodes: bound the fan-out.
         remote_nodes = list(served_by)[:MAX_BRANCHES]
         direct = direct[:MAX_BRANCHES]
+        self._note_routed(transaction, aor, remote_nodes)
         local = self.registrar.local_bindings(aor) if has_local else []
         if not local and not remote_nodes and not direct:
             self._answer_no_binding(transaction, aor)
@@ -1029,6 +1044,28 @@ class SipProxy:
             )
             for b in local
         ]
+
+    def _note_routed(self, transaction: ServerTransaction, aor: str, node_ids: list[int]) -> None:
+        """Remember how ``transaction`` was routed until its final response."""
+        if transaction in self._routed:
+            return
+        self._routed[transaction] = (aor, node_ids)
+
+        def forget() -> None:
+            self._routed.pop(transaction, None)
+
+        transaction.add_terminated_callback(forget)
+
+    def _final_for_routed(self, transaction: ServerTransaction, status: int) -> None:
+        """A request routed by lookup got its final answer: drop stale cache entries."""
+        routed = self._routed.pop(transaction, None)
+        if routed is None or status not in STALE_LOCATION_STATUSES:
+            return
+        aor, node_ids = routed
+        self.location_cache.invalidate(aor)
+        if status in (408, 500, 502, 503, 504):  # a failed branch turns 503 into 500
+            for node_id in node_ids:
+                self.location_cache.forget_node(node_id)
 
     def _answer_no_binding(self, transaction: ServerTransaction, aor: str) -> None:
         """
@@ -1099,6 +1136,8 @@ class SipProxy:
                 one_done()
 
             def failed(failure: Failure, node_id: int = node_id) -> None:
+                self.location_cache.forget_node(node_id)
+                self.location_cache.invalidate(aor)
                 self.log.info(
                     "super-node {node} serving {aor} unreachable: {why}",
                     node=f"{node_id:032x}"[:8],
@@ -1107,11 +1146,7 @@ class SipProxy:
                 )
                 one_done()
 
-            resolving = cast(
-                "Deferred[tuple[str, int]]",
-                self.storage.resolve_application(node_id, SIP_APPLICATION),
-            )
-            resolving.addCallbacks(found, failed)
+            self.location_cache.resolve(node_id).addCallbacks(found, failed)
 
     def _fork_to_instances(
         self,
@@ -1177,8 +1212,13 @@ class SipProxy:
                 :20
             ]
         branch = f"{MAGIC_COOKIE}{_BRANCH_MARKER}{self._loop_hash(incoming)}.{unique}"
+        # With --workers, requests leave by the first (shared) socket; with
+        # rport the next hop would answer to that port, which any worker may
+        # hold.  Without it the answer goes to our Via, this worker's port (a
+        # super-node is not behind a NAT, so that address is reachable).
+        rport = "" if self.shared_ports else ";rport"
         outgoing.headers.prepend(
-            "Via", f"SIP/2.0/{hop.transport} {host}:{port};branch={branch};rport"
+            "Via", f"SIP/2.0/{hop.transport} {host}:{port};branch={branch}{rport}"
         )
 
     def _record_route(self, transport: str) -> str:
@@ -1331,9 +1371,11 @@ class SipProxy:
             self._call_milestones(timing, response.status)
         if response.status < 200:
             return
+        self._final_for_routed(transaction, response.status)
         request = transaction.request
         method = request.method if request.method in COUNTED_METHODS else "other"
         self.outcomes[(method, response.status)] += 1
+        self.summary.note(method, response.status)
         timing = self._invite_started.pop(transaction, None)
         if timing is None:
             return
@@ -1341,10 +1383,9 @@ class SipProxy:
             self.call_outcomes[_call_outcome(response.status)] += 1
         uri = request.uri
         aor = uri.address_of_record() if isinstance(uri, SipURI) and uri.user is not None else "?"
-        # A 407 is the first step of every call from a roaming phone, as a
-        # 401 is of every registration: not worth an info line each.
-        emit = self.log.debug if response.status == 407 else self.log.info
-        emit(
+        # One line per call only at debug level: at info level the summary
+        # says how many calls ended how, once a minute (p2psip.sip.request_log).
+        self.log.debug(
             "INVITE {aor} from {source}: {status} {reason} after {elapsed_ms:.1f} ms",
             aor=blur_aor(aor),
             source=blur_flow(transaction.source),

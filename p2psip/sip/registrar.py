@@ -41,8 +41,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import cast, Any
 
-from attrs import define
-from twisted.internet.defer import Deferred, DeferredList, DeferredLock, succeed
+from attrs import define, frozen
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,6 +51,7 @@ from p2psip.sip.authorization import AccountDirectory, CredentialCheck, Outcome
 
 __all__ = ["AccountDirectory", "LocalBinding", "Registrar", "blur_aor", "blur_flow", "flow_host"]
 from p2psip.sip.blur import blur_aor, blur_flow, flow_host
+from p2psip.sip.coalesce import BatchFull, KeyedBatcher
 from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.login_throttle import LoginThrottle
 from p2psip.sip.errors import SipParseError
@@ -151,6 +152,17 @@ class LocalBinding:
         )
 
 
+@frozen
+class _Pending:
+    """A checked REGISTER waiting to be applied: what it asks and where it came from."""
+
+    request: Request
+    to: NameAddress
+    flow: object
+    requested: Sequence[tuple[NameAddress, int]]
+    wildcard: bool
+
+
 class _Refusal(Exception):
     """An error response, raised from deep inside REGISTER processing."""
 
@@ -248,7 +260,8 @@ class Registrar:
         #: (host, port) of each binding's contact -> the bindings there.
         self._by_address: dict[tuple[str, int], list[LocalBinding]] = {}
         self._expiry_calls: dict[str, IDelayedCall] = {}
-        self._locks: dict[str, DeferredLock] = {}
+        #: REGISTERs per AOR: one store in flight, the rest applied together next.
+        self._batches: KeyedBatcher[str, _Pending, Response] = KeyedBatcher(self._apply_batch)
         #: Called with the AOR whenever its bindings change (registered,
         #: removed, expired, restored): the copy kept across restarts,
         #: p2psip.sip.binding_store, stages the AOR's row at once, so the
@@ -401,18 +414,22 @@ class Registrar:
                 self._refuse(request, to, flow, _aor_of(to), _Refusal(e.status, e.reason))
             )
         # Requests for one AOR are applied one after another, so that two
-        # REGISTERs racing to the overlay cannot lose a binding.
-        lock = self._locks.setdefault(aor, DeferredLock())
-        result: Deferred[Response] = lock.run(
-            self._apply, request, to, flow, aor, contacts, wildcard
+        # REGISTERs racing to the overlay cannot lose a binding; those that
+        # arrive while a store is under way are applied together, with one
+        # store (p2psip.sip.coalesce), so a hot AOR cannot build a queue.
+        pending = _Pending(request, to, flow, contacts, wildcard)
+        result = self._batches.submit(aor, pending)
+        return result.addErrback(self._batch_full, pending, aor)
+
+    def _batch_full(self, failure: Failure, pending: _Pending, aor: str) -> Response:
+        failure.trap(BatchFull)
+        refusal = _Refusal(
+            503,
+            "Service Unavailable (too many REGISTERs for this AOR)",
+            (("Retry-After", str(OVERLAY_RETRY_AFTER_SECONDS)),),
+            quiet=True,
         )
-
-        def forget_lock(response: Response) -> Response:
-            if not lock.locked and not lock.waiting and self._locks.get(aor) is lock:
-                del self._locks[aor]
-            return response
-
-        return result.addCallback(forget_lock)
+        return self._refuse(pending.request, pending.to, pending.flow, aor, refusal)
 
     def _check_request(self, request: Request, to: NameAddress, flow: object) -> None:
         uri = request.uri
@@ -493,82 +510,109 @@ class Registrar:
                 raise _Refusal(400, "Bad Request (more than one Contact with a reg-id)")
         return requested, False
 
-    def _apply(
-        self,
-        request: Request,
-        to: NameAddress,
-        flow: object,
-        aor: str,
-        requested: Sequence[tuple[NameAddress, int]],
-        wildcard: bool,
-    ) -> Deferred[Response]:
+    def _apply_batch(self, aor: str, batch: list[_Pending]) -> Deferred[list[Response]]:
+        """
+        Apply REGISTERs for one AOR in arrival order, then store the result
+        once; each gets its own answer (a refusal, or 200 with the bindings
+        after the whole batch).
+        """
         now = self.clock.seconds()
-        call_id = request.call_id
-        cseq = request.cseq.number
-        current = self.local_bindings(aor)
-        outbound = supports_outbound(request)
-        try:
-            via = request.via
-            registered_from = (via.host.lower().strip("[]"), via.port or 5060)
-            updated = self._updated_bindings(
-                aor,
-                current,
-                requested,
-                wildcard,
-                call_id,
-                cseq,
-                flow,
-                registered_from,
-                now,
-                outbound,
-            )
-        except _Refusal as refusal:
-            return succeed(self._refuse(request, to, flow, aor, refusal))
-        if not requested and not wildcard:
-            return succeed(self._accept(request, to, flow, aor, current, "queried", outbound))
+        state = self.local_bindings(aor)
+        responses: list[Response | None] = [None] * len(batch)
+        #: (index in the batch, outcome for the log, whether it asked for SIP Outbound)
+        accepted: list[tuple[int, str, bool]] = []
+        changed = False
+        for index, pending in enumerate(batch):
+            request = pending.request
+            outbound = supports_outbound(request)
+            try:
+                via = request.via
+                registered_from = (via.host.lower().strip("[]"), via.port or 5060)
+                updated = self._updated_bindings(
+                    aor,
+                    state,
+                    pending.requested,
+                    pending.wildcard,
+                    request.call_id,
+                    request.cseq.number,
+                    pending.flow,
+                    registered_from,
+                    now,
+                    outbound,
+                )
+            except _Refusal as refusal:
+                responses[index] = self._refuse(request, pending.to, pending.flow, aor, refusal)
+                continue
+            except SipParseError as e:
+                malformed = _Refusal(e.status, e.reason)
+                responses[index] = self._refuse(request, pending.to, pending.flow, aor, malformed)
+                continue
+            if not pending.requested and not pending.wildcard:
+                accepted.append((index, "queried", outbound))
+                continue
+            state = updated
+            changed = True
+            outcome = "removed all" if not updated else f"{len(updated)} binding(s)"
+            accepted.append((index, outcome, outbound))
+
+        def answer(refusal: _Refusal | None) -> list[Response]:
+            bindings = self.local_bindings(aor)
+            for index, outcome, outbound in accepted:
+                pending = batch[index]
+                if refusal is None:
+                    request = pending.request
+                    if outcome != "queried":
+                        # RFC 5626: outbound processing took place for this REGISTER.
+                        call_id, cseq = request.call_id, request.cseq.number
+                        outbound = outbound and any(
+                            b.outbound and b.call_id == call_id and b.cseq == cseq for b in bindings
+                        )
+                    responses[index] = self._accept(
+                        request, pending.to, pending.flow, aor, bindings, outcome, outbound
+                    )
+                else:
+                    responses[index] = self._refuse(
+                        pending.request, pending.to, pending.flow, aor, refusal
+                    )
+            return [response for response in responses if response is not None]
+
+        if not changed:
+            return succeed(answer(None))
+        final = state
         stored = self.location.register(
-            aor, [b.as_binding(self.location.local_node_id) for b in updated]
+            aor, [b.as_binding(self.location.local_node_id) for b in final]
         )
 
-        def commit(_: object) -> Response:
-            self._set_bindings(aor, updated)
-            outcome = "removed all" if not updated else f"{len(updated)} binding(s)"
-            used_outbound = outbound and any(
-                b.outbound and b.call_id == call_id and b.cseq == cseq for b in updated
-            )
-            return self._accept(
-                request, to, flow, aor, self.local_bindings(aor), outcome, used_outbound
-            )
+        def commit(_: object) -> list[Response]:
+            self._set_bindings(aor, final)
+            return answer(None)
 
-        def overlay_failed(failure: Failure) -> Response:
-            if failure.check(NoUserCredential):
-                # Logged for the operator (rate-limited) by the location service.
-                warning = f'399 {self.domain} "this super-node cannot sign for this user yet"'
-                return self._refuse(
-                    request,
-                    to,
-                    flow,
-                    aor,
-                    _Refusal(
-                        403,
-                        "Forbidden (user not enrolled on this super-node)",
-                        (("Warning", warning),),
-                        quiet=True,
-                    ),
-                )
-            self.log.warn(
-                "overlay store for {aor} failed: {why}; is this peer joined to the ring?",
-                aor=blur_aor(aor),
-                why=failure.getErrorMessage(),
-            )
-            refusal = _Refusal(
-                503,
-                "Service Unavailable (overlay store failed)",
-                (("Retry-After", str(OVERLAY_RETRY_AFTER_SECONDS)),),
-            )
-            return self._refuse(request, to, flow, aor, refusal)
+        def overlay_failed(failure: Failure) -> list[Response]:
+            return answer(self._store_refusal(failure, aor))
 
         return stored.addCallbacks(commit, overlay_failed)
+
+    def _store_refusal(self, failure: Failure, aor: str) -> _Refusal:
+        """The answer to REGISTERs whose overlay store failed."""
+        if failure.check(NoUserCredential):
+            # Logged for the operator (rate-limited) by the location service.
+            warning = f'399 {self.domain} "this super-node cannot sign for this user yet"'
+            return _Refusal(
+                403,
+                "Forbidden (user not enrolled on this super-node)",
+                (("Warning", warning),),
+                quiet=True,
+            )
+        self.log.warn(
+            "overlay store for {aor} failed: {why}; is this peer joined to the ring?",
+            aor=blur_aor(aor),
+            why=failure.getErrorMessage(),
+        )
+        return _Refusal(
+            503,
+            "Service Unavailable (overlay store failed)",
+            (("Retry-After", str(OVERLAY_RETRY_AFTER_SECONDS)),),
+        )
 
     def _updated_bindings(
         self,
@@ -676,7 +720,7 @@ class Registrar:
         live = self.local_bindings(aor)
         gone = len(self._bindings.get(aor, [])) - len(live)
         if gone:
-            self.log.info("{count} binding(s) of {aor} expired", count=gone, aor=blur_aor(aor))
+            self.log.debug("{count} binding(s) of {aor} expired", count=gone, aor=blur_aor(aor))
         self._set_bindings(aor, live)
 
     # -- responses ------------------------------------------------------------
@@ -716,7 +760,9 @@ class Registrar:
             # RFC 5626 s6: the registrar did outbound processing; keep the flow alive.
             response.headers.add("Require", OPTION_TAG)
             response.headers.add("Flow-Timer", str(FLOW_TIMER_SECONDS))
-        self.log.info(
+        # At info level the proxy's summary counts REGISTERs once a minute
+        # (p2psip.sip.request_log); a line each would cost as much as the request.
+        self.log.debug(
             "REGISTER {aor} from {source}: 200 {outcome}",
             aor=blur_aor(aor),
             source=blur_flow(flow),
@@ -732,10 +778,9 @@ class Registrar:
             response.headers.add(name, value)
         if refusal.quiet:
             return response
-        # A 401 is the first step of every registration and its refreshes,
-        # so it is not worth an info line each (a flood would fill the log).
-        emit = self.log.debug if refusal.status == 401 else self.log.info
-        emit(
+        # Per request only at debug level, as for accepted ones: a flood of
+        # refusals would otherwise fill the log.
+        self.log.debug(
             "REGISTER {aor} from {source}: {status} {reason}",
             aor=blur_aor(aor),
             source=blur_flow(flow),

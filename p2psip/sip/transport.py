@@ -86,6 +86,7 @@ from p2psip.sip.transaction import Hop, new_branch
 from p2psip.util.connection_limit import ConnectionLimitFactory
 from p2psip.util.endpoints import is_udp, parse_udp_listen_address
 from p2psip.util.reactor import UDPPort, UDPReactor
+from p2psip.util.shared_ports import SHARED_PORT_KINDS, reuse_port_socket
 
 UDP_SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 TCP_IDLE_TIMEOUT_SECONDS = 300.0
@@ -415,16 +416,22 @@ class SipTransport:
         self,
         description: str,
         tls: IOpenSSLServerConnectionCreator | IOpenSSLContextFactory | None = None,
+        *,
+        shared: bool = False,
     ) -> defer.Deferred[SipListeningPort]:
         """
         Start a listener: ``udp:PORT[:interface=ADDR]`` or a stream endpoint string (``tcp:5060``).
 
         With ``tls`` (the SIP domain's certificate, e.g. Twisted's
         ``CertificateOptions``) the stream endpoint carries SIP over TLS.
+        ``shared`` binds with ``SO_REUSEPORT`` (``udp:`` and plain ``tcp:``
+        only), so the other workers of this host listen on the same port.
 
         :returns: a Deferred firing with the listening port; it fails (with
             a message naming the string) when the address is bad or busy.
         """
+        if shared:
+            return self._listen_shared(description, tls)
         if is_udp(description):
             try:
                 address = parse_udp_listen_address(description)
@@ -470,6 +477,60 @@ class SipTransport:
             )
 
         return listening.addCallbacks(self._stream_listening, explain, callbackArgs=(secured,))
+
+    def _listen_shared(
+        self,
+        description: str,
+        tls: IOpenSSLServerConnectionCreator | IOpenSSLContextFactory | None = None,
+    ) -> defer.Deferred[SipListeningPort]:
+        """A ``udp:`` or ``tcp:`` listener (TLS on top with ``tls``) that the host's workers share."""
+        kind = description.strip().split(":", 1)[0].lower()
+        try:
+            if kind not in SHARED_PORT_KINDS or (tls is not None and kind != "tcp"):
+                raise ValueError("with --workers the SIP listeners must be udp: or tcp: strings")
+            address = parse_udp_listen_address("udp:" + description.strip().split(":", 1)[1])
+            if address.port == 0:
+                raise ValueError("with --workers give the SIP port (every worker shares it)")
+            sock = reuse_port_socket(kind, address.interface, address.port)
+        except (OSError, ValueError) as e:
+            return defer.fail(ValueError(f"cannot listen on {description!r} (check --sip): {e}"))
+        try:
+            if kind == "udp":
+                adopted: SipListeningPort = self.reactor.adoptDatagramPort(  # type: ignore[attr-defined]
+                    sock.fileno(), sock.family, SipDatagramProtocol(self), self.max_message_bytes
+                )
+            else:
+                clock = cast(IReactorTime, self.reactor)
+                factory: IProtocolFactory = self._factory
+                if tls is not None:
+                    factory = TLSMemoryBIOFactory(
+                        tls, False, _StreamFactory(self, "TLS"), clock=clock
+                    )
+                limited = ConnectionLimitFactory(
+                    factory,
+                    clock,
+                    self.tcp_connections_per_source,
+                    self.max_tcp_connections,
+                    what="SIP " + ("TLS" if tls is not None else "TCP"),
+                    hint="--sip-connections-per-source (or --sip-max-connections)",
+                )
+                self.connection_limits.append(limited)
+                adopted = self.reactor.adoptStreamPort(  # type: ignore[attr-defined]
+                    sock.fileno(), sock.family, limited
+                )
+        except AttributeError:
+            return defer.fail(ValueError("this reactor cannot adopt sockets: run one worker"))
+        finally:
+            sock.close()  # the reactor holds its own copy of the descriptor
+        if kind == "udp":
+            udp = cast(UDPPort, adopted)
+            self._size_buffers(udp)
+            self.udp_ports.append(udp)
+        else:
+            (self.tls_ports if tls is not None else self.stream_ports).append(
+                cast(IListeningPort, adopted)
+            )
+        return defer.succeed(adopted)
 
     def _stream_listening(self, port: IListeningPort, secured: bool) -> SipListeningPort:
         (self.tls_ports if secured else self.stream_ports).append(port)

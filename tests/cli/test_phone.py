@@ -18,7 +18,7 @@ class ArgumentTests(SynchronousTestCase):
         """--via takes udp: or tcp: HOST:PORT; anything else names the syntax."""
         self.assertEqual(parse_via("udp:127.0.0.1:5062"), Hop("UDP", "127.0.0.1", 5062))
         self.assertEqual(parse_via("tcp:[::1]:5062"), Hop("TCP", "::1", 5062))
-        for bad in ("127.0.0.1:5062", "tls:h:1", "udp:h:99999", "udp:h:x"):
+        for bad in ("127.0.0.1:5062", "tls:h:1", "udp:h:99999", "udp:h:x", "udp:h:\u00b2"):
             error = self.assertRaises(argparse.ArgumentTypeError, parse_via, bad)
             self.assertIn("udp:", str(error) + "udp:")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import attrs
 from twisted.trial.unittest import SynchronousTestCase
 
+from p2psip.enrolment import configuration as configuration_module
 from p2psip.enrolment.authority import OverlayAuthority
 from p2psip.enrolment.configuration import (
     BootstrapNode,
@@ -152,6 +153,27 @@ class ConfigurationDocumentTests(SynchronousTestCase):
         """Empty, truncated, foreign, non-UTF-8 and deeply nested documents are refused."""
         for document in (b"", b"<overlay", b"<x/>", b"\xff" * 10, b"<a>" * 100 + b"</a>" * 100):
             self.assertRaises(ConfigurationRefused, self.read, document)
+
+    def test_empty_element_before_an_unclosed_end_tag(self) -> None:
+        """
+        An empty-element tag followed by an end tag cut off before its '>'
+        raised ValueError (the reader took the cut end tag for the empty
+        element's own).  Found by the enrolment fuzz harness.
+        """
+        document = (
+            b'<?xml version="1.0" encoding="UTF-8"?>\n<overlay xmlns="urn:ietf:params:xml:ns:'
+            b'p2p:config-base" xmlns:chord="urn:ietf:params:xml:ns:p2p:config-chord">'
+            b'<configuration insta="127.0.0.1" port="8084"/><made address="127.0.0.1" '
+            b'port="6084"/></ax-messa:pzbLpVX4qG0wCgYIKoar'
+        )
+        for read in (declared_roots, self.read):
+            self.assertRaises(ConfigurationRefused, read, document)
+
+    def test_empty_element_span(self) -> None:
+        """An empty element's bytes end at its '/>', not at the parent's end tag after it."""
+        root = configuration_module._parse(b"<a><b x='1'/></a>")
+        [child] = root.children
+        self.assertEqual((child.start, child.end, root.end), (3, 13, 17))
 
     def test_declared_roots(self) -> None:
         """The unverified root list is what a fingerprint-pinning peer picks its root from."""

@@ -36,6 +36,10 @@ class RequestCodecTests(SynchronousTestCase):
             b"username=a&password=b&csr=not*base64",
             b"username=a&password=b&csr=AA%3D%3D&nodeids=2",
             b"username=a&password=b&csr=AA%3D%3D&nodeids=-1",
+            # Digits str.isdigit() takes and int() refuses ("\u00b2") or reads ("\u0661"):
+            # the first raised ValueError.
+            b"username=a&password=b&csr=AA%3D%3D&nodeids=%C2%B2",
+            b"username=a&password=b&csr=AA%3D%3D&nodeids=%D9%A1",
             b"\xff\xfe",
             b"x" * 40000,
         ):

@@ -160,6 +160,27 @@ class AnchorTests(SynchronousTestCase):
         anchor.response_forwarding(bad)
         self.assertEqual((bad.body, anchor.unreadable_sdp), (b"v=0\r\ngarbage\r\n", 1))
 
+    def test_unrelayable_answer_points_no_leg(self) -> None:
+        """
+        An answer the relay cannot serve (its RTCP at an IPv6 address) passes
+        as it was, and no leg is pointed at it: sending there from the IPv4
+        relay would raise for every datagram.
+        """
+        anchor = self.make(MediaPolicy.ALWAYS)
+        invite = request("INVITE", sdp("192.168.1.20", 4000), via=NATED_VIA)
+        anchor.request_forwarding(invite, SOURCE, TO_NODE)
+        body = (
+            b"v=0\r\nc=IN IP4 203.0.113.40\r\nm=audio 5000 RTP/AVP 0\r\n"
+            b"a=rtcp:5001 IN IP6 2001:db8::9\r\n"
+        )
+        answer = response(invite, 200, body)
+        anchor.response_forwarding(answer)
+        self.assertEqual((answer.body, anchor.unreadable_sdp), (body, 1))
+        session = self.sessions.get(invite.call_id)
+        assert session is not None
+        callee = session.streams[0].callee
+        self.assertEqual((callee.rtp.signalled, callee.rtcp.signalled), (None, None))
+
     def test_no_ports_is_503(self) -> None:
         """With the port range used up the INVITE is refused with 503."""
         anchor = self.make(MediaPolicy.ALWAYS)

@@ -89,6 +89,19 @@ class InsecureCredentialTests(SynchronousTestCase):
             [c.user_name for c in credentials.all()], ["bob@example.com", "carol@example.com"]
         )
 
+    def test_certificate_by_signer(self) -> None:
+        """A held credential's certificate is found by its SignerIdentity; an evicted one's is not."""
+        node = NodeIdentity.generate()
+        credentials = UserCredentials(
+            node, CertificateCache(trust=SelfSignedTrust()), max_self_signed=1
+        )
+        alice = credentials.credential_for(ALICE)
+        assert alice is not None
+        signer = alice.signer_identity().value
+        self.assertEqual(credentials.certificate_for_signer(signer), alice.certificate_der)
+        credentials.credential_for("bob@example.com")
+        self.assertIsNone(credentials.certificate_for_signer(signer))
+
 
 class WithCertificateTests(SynchronousTestCase):
     def test_mismatched_certificate(self) -> None:

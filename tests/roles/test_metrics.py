@@ -44,6 +44,9 @@ SIP_FAMILIES = {
     "p2psip_sip_transactions": "gauge",
     "p2psip_sip_transaction_events": "counter",
     "p2psip_sip_requests_in_progress": "gauge",
+    "p2psip_sip_location_cache_lookups": "counter",
+    "p2psip_sip_location_cache_events": "counter",
+    "p2psip_sip_location_cache_entries": "gauge",
     "p2psip_sip_call_setup_seconds": "histogram",
     "p2psip_sip_call_final_response_seconds": "histogram",
 }

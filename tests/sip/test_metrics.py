@@ -114,12 +114,27 @@ class SipMetricsTests(SynchronousTestCase):
         )
         self.assertIsNone(self.value("p2psip_sip_call_setup_seconds_count", status_class="2xx"))
 
+    def test_location_cache(self) -> None:
+        """The location cache's lookups are counted by kind and result."""
+        self.node.receive(register_request("<sip:alice@10.0.0.5:5062>"), ALICE_FLOW)
+        self.node.receive(message_text())
+        self.assertEqual(
+            self.value("p2psip_sip_location_cache_lookups_total", kind="aor", result="miss"), 1.0
+        )
+        self.assertEqual(
+            self.value("p2psip_sip_location_cache_lookups_total", kind="aor", result="hit"), 0.0
+        )
+        self.assertEqual(
+            self.value("p2psip_sip_location_cache_events_total", event="invalidations"), 0.0
+        )
+        self.assertEqual(self.value("p2psip_sip_location_cache_entries"), 0.0)
+
     def test_before_start(self) -> None:
         """Before the SIP service has a proxy the families exist without samples."""
         self.started = False
         text = generate_latest(self.registry).decode()
         families = [f for f in text_string_to_metric_families(text) if "call_" not in f.name]
-        self.assertEqual(len(families), 8)
+        self.assertEqual(len(families), 11)
         self.assertEqual([s for f in families for s in f.samples], [])
 
     def test_status_class(self) -> None:

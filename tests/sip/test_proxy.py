@@ -13,6 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import OverlayLocationService
+from p2psip.sip.location_cache import LocationCache
 from p2psip.sip.message import Request, Response, make_response, parse_message
 from p2psip.sip.proxy import NODE_PARAMETER, SipProxy
 from p2psip.sip.response_context import TIMER_C_SECONDS
@@ -332,7 +333,7 @@ class ProxyTests(SynchronousTestCase):
         self.assertEqual(self.a.proxy.metrics()["final_responses"]["INVITE"], {"480": 1})
 
     def test_invite_outcome_logged(self) -> None:
-        """A proxied INVITE's final response is logged at info level with the elapsed time."""
+        """A proxied INVITE's final response is logged at debug level with the elapsed time."""
         from twisted.logger import LogLevel, globalLogPublisher
 
         events: list[dict[str, Any]] = []
@@ -344,9 +345,23 @@ class ProxyTests(SynchronousTestCase):
         self.clock.advance(0.25)
         self.respond_to(self.a, invite, 200, hop)
         [event] = [e for e in events if "INVITE {aor}" in e.get("log_format", "")]
-        self.assertEqual((event["log_level"], event["status"]), (LogLevel.info, 200))
+        self.assertEqual((event["log_level"], event["status"]), (LogLevel.debug, 200))
         self.assertAlmostEqual(event["elapsed_ms"], 250.0)
         self.assertEqual(self.a.proxy.outcomes[("INVITE", 200)], 1)
+
+    def test_summary_once_a_minute(self) -> None:
+        """At info level the final responses are summarised once a minute, not one line each."""
+        with capturedLogs() as events:
+            self.register_at(self.a, "<sip:alice@10.0.0.5:5062>", ALICE_FLOW)
+            self.a.receive(message_text(uri="sip:mallory@example.org"))
+            self.clock.advance(61)
+            self.a.receive(message_text(uri="sip:mallory@example.org", branch="z9hG4bKx2"))
+            self.a.receive(message_text(uri="sip:mallory@example.org", branch="z9hG4bKx3"))
+        info = [e for e in events if e["log_level"] == LogLevel.info]
+        [summary] = info
+        self.assertEqual(summary["summary"], "INVITE 480 x2; REGISTER 200 x1")
+        self.a.proxy.summary.flush()
+        self.assertEqual(self.a.proxy.summary.describe(), "")
 
     # -- call set-up observers ---------------------------------------------------
 
@@ -950,3 +965,61 @@ class ProxyTests(SynchronousTestCase):
             self.assertEqual(finals, {status})
             self.assertEqual({hop for _, hop in a.sender.responses}, {CALLER})
         self.assertEqual(a.proxy.pending_requests, 0)
+
+
+class CachingNode(Node):
+    """A super-node whose proxy caches lookups and node addresses."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.proxy.location_cache = LocationCache(self.location, self.storage, self.proxy.clock)
+
+
+class LocationCacheProxyTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock, self.a, self.b = ring_of_two(self, CachingNode)
+        self.b.receive(register_request("<sip:alice@10.0.0.5:5062>"), ALICE_FLOW)
+
+    def overlay_calls(self) -> list[str]:
+        return [str(call[0]) for call in self.a.storage.calls]
+
+    def call(self, branch: str) -> Request:
+        self.a.receive(message_text(branch=branch))
+        return [r for r, _ in self.a.sender.requests if r.method == "INVITE"][-1]
+
+    def test_second_call_needs_no_overlay_message(self) -> None:
+        """The second call to an AOR is routed from the cache: no Fetch, no AppAttach."""
+        self.call("z9hG4bKc1")
+        self.assertEqual(self.overlay_calls(), ["get", "resolve"])
+        second = self.call("z9hG4bKc2")
+        self.assertEqual(self.overlay_calls(), ["get", "resolve"])
+        self.assertEqual(second.uri.parameters.get(NODE_PARAMETER), f"{NODE_B:032x}")
+        self.assertEqual(self.a.proxy.location_cache.stats()["hits"], 1)
+
+    def test_holder_says_gone(self) -> None:
+        """A 480 from the serving super-node makes the next call look the AOR up again."""
+        forwarded = self.call("z9hG4bKc1")
+        response = make_response(forwarded, 480)
+        response.headers.set("To", str(forwarded.to) + ";tag=b1")
+        self.a.receive(response.to_bytes(), Hop("UDP", *ADDRESS_B))
+        self.assertEqual(self.a.proxy.location_cache.stats()["invalidations"], 1)
+        self.call("z9hG4bKc2")
+        self.assertEqual(self.overlay_calls().count("get"), 2)
+
+    def test_busy_keeps_the_entry(self) -> None:
+        """A busy callee is a real answer: the cache keeps the AOR."""
+        forwarded = self.call("z9hG4bKc1")
+        response = make_response(forwarded, 486)
+        response.headers.set("To", str(forwarded.to) + ";tag=b1")
+        self.a.receive(response.to_bytes(), Hop("UDP", *ADDRESS_B))
+        self.call("z9hG4bKc2")
+        self.assertEqual(self.overlay_calls().count("get"), 1)
+
+    def test_unreachable_node_forgotten(self) -> None:
+        """A transport failure towards the serving node clears the AOR and the node's address."""
+        self.a.sender.fail_to.add(Hop("UDP", *ADDRESS_B))
+        self.call("z9hG4bKc1")
+        # The branch's 503 (transport error) goes upstream as 500 (s16.7).
+        self.assertEqual(self.a.sender.statuses()[-1], 500)
+        stats = self.a.proxy.location_cache.stats()
+        self.assertEqual((stats["entries"], stats["node_addresses"]), (0, 0))

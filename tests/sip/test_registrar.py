@@ -275,15 +275,19 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         self.assertEqual(self.registrar.local_bindings(AOR), [])
         self.assertIn("warn", [e["log_level"].name for e in events])
 
-    def test_one_info_line_without_uris(self) -> None:
-        """Each REGISTER logs one info line that contains neither the full AOR nor the IP."""
+    def test_one_debug_line_without_uris(self) -> None:
+        """
+        Each REGISTER logs one debug line (none at info: the proxy's summary
+        counts them) that contains neither the full AOR nor the IP.
+        """
         with capturedLogs() as events:
             self.send(register(expires=300))
-        info = [e for e in events if e["log_level"].name == "info"]
-        self.assertEqual(len(info), 1)
+        self.assertEqual([e for e in events if e["log_level"].name == "info"], [])
+        lines = [e for e in events if "REGISTER {aor}" in e.get("log_format", "")]
+        self.assertEqual([e["log_level"].name for e in lines], ["debug"])
         from twisted.logger import formatEvent
 
-        text = formatEvent(info[0])
+        text = formatEvent(lines[0])
         self.assertNotIn("alice", text)
         self.assertNotIn("192.0.2.7", text)
         self.assertIn("200", text)
@@ -343,6 +347,58 @@ class TrustedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
         pending[1].callback(None)
         self.assertEqual(self.successResultOf(first).status, 200)
         self.assertEqual(len(self.successResultOf(second).contacts), 2)
+
+    def test_hot_aor_refreshes_coalesced(self) -> None:
+        """
+        REGISTERs arriving while a store for their AOR is under way are
+        applied in order and stored once; a stale one among them is refused
+        alone.
+        """
+        pending: list[Deferred[None]] = []
+        original = self.storage.put_dictionary_entry
+
+        def slow_put(*args: object, **kwargs: object) -> Deferred[None]:
+            original(*args, **kwargs)  # type: ignore[arg-type]
+            waiting: Deferred[None] = Deferred()
+            pending.append(waiting)
+            return waiting
+
+        self.patch(self.storage, "put_dictionary_entry", slow_put)
+        first = self.registrar.register_received(register(expires=300, cseq=1), FLOW)
+        refreshes = [
+            self.registrar.register_received(register(expires=300, cseq=cseq), FLOW)
+            for cseq in (2, 3, 4)
+        ]
+        stale = self.registrar.register_received(register(expires=300, cseq=3), FLOW)
+        self.assertEqual(len(pending), 1)
+        pending[0].callback(None)
+        self.assertEqual(len(pending), 2)  # one store for the four that waited
+        pending[1].callback(None)
+        self.assertEqual(self.successResultOf(first).status, 200)
+        self.assertEqual([self.successResultOf(d).status for d in refreshes], [200, 200, 200])
+        self.assertEqual(self.successResultOf(stale).status, 400)
+        [binding] = self.registrar.local_bindings(AOR)
+        self.assertEqual(binding.cseq, 4)
+
+    def test_coalesced_store_failure_answers_each(self) -> None:
+        """When the one store of a batch fails, every REGISTER in it gets 503."""
+        pending: list[Deferred[None]] = []
+
+        def slow_put(*args: object, **kwargs: object) -> Deferred[None]:
+            waiting: Deferred[None] = Deferred()
+            pending.append(waiting)
+            return waiting
+
+        self.patch(self.storage, "put_dictionary_entry", slow_put)
+        first = self.registrar.register_received(register(expires=300, cseq=1), FLOW)
+        later = [
+            self.registrar.register_received(register(expires=300, cseq=cseq), FLOW)
+            for cseq in (2, 3)
+        ]
+        pending[0].callback(None)
+        pending[1].errback(RuntimeError("overlay down"))
+        self.assertEqual(self.successResultOf(first).status, 200)
+        self.assertEqual([self.successResultOf(d).status for d in later], [503, 503])
 
 
 class AuthenticatedRegistrarTests(RegistrarTestsMixin, SynchronousTestCase):
