@@ -223,6 +223,10 @@ class _Transaction:
             callback()
 
 
+def _ignore_response(response: Response) -> None:
+    """The response callback of a terminated client transaction."""
+
+
 class ClientTransaction(_Transaction):
     """One request sent and the responses to it, delivered to ``on_response``."""
 
@@ -303,8 +307,20 @@ class ClientTransaction(_Transaction):
         response = make_response(self.request, status, reason)
         self.final_response = response
         self.gave_up = True
+        deliver = self.on_response
         self._terminate()
-        self.on_response(response)
+        deliver(response)
+
+    def _terminate(self) -> None:
+        super()._terminate()
+        # A terminated transaction delivers nothing more.  Dropping the TU's
+        # callback breaks the cycle transaction -> callback -> TU state (a
+        # proxy's branch) -> transaction, so the call's messages are freed
+        # by reference counting when it ends instead of waiting, promoted to
+        # the oldest generation, for a full collection: with the server's
+        # collector thresholds (util/gc_tuning) that cycle made a proxy's
+        # RSS grow by tens of KB per call and its full collections stall.
+        self.on_response = _ignore_response
 
     def response_received(self, response: Response) -> None:
         """A response matched this transaction (s17.1.1.2 / s17.1.2.2)."""
@@ -324,6 +340,7 @@ class ClientTransaction(_Transaction):
         self.final_response = response
         for name in ("A", "B", "E", "F"):
             self._stop_timer(name)
+        deliver = self.on_response
         if self.is_invite and response.status < 300:
             self._terminate()
         elif self.is_invite:
@@ -333,7 +350,7 @@ class ClientTransaction(_Transaction):
         else:
             self.state = State.COMPLETED
             self._absorb_for("K", self.timers.t4_seconds, self._terminate)
-        self.on_response(response)
+        deliver(response)
 
 
 class ServerTransaction(_Transaction):

@@ -213,6 +213,26 @@ class InviteClientTests(LayerTestCase):
         self.assertEqual([w for _, w, _ in self.sender.sent], ["INVITE"])
         self.assertIdle()
 
+    def test_terminated_transaction_drops_its_callback(self) -> None:
+        """
+        Once ended (2xx, Timer D after a 486, Timer B), a client transaction no
+        longer holds the TU's callback, which would keep a cycle through it.
+        """
+        ended: list[ClientTransaction] = []
+        for answer in (200, 486, None):
+            message = request("INVITE")
+            transaction = self.send(message)
+            if answer is not None:
+                self.layer.message_received(make_response(message, answer, to_tag="x"), UDP_PEER)
+            self.clock.advance(64)
+            ended.append(transaction)
+        self.assertEqual(self.responses, [200, 486, 408])
+        for transaction in ended:
+            self.assertEqual(transaction.state, State.TERMINATED)
+            transaction.on_response(make_response(transaction.request, 200))
+        self.assertEqual(self.responses, [200, 486, 408])
+        self.assertIdle()
+
     def test_provisional_stops_retransmission(self) -> None:
         """After a 180 the INVITE is not retransmitted and Timer B no longer applies."""
         message = request("INVITE")
