@@ -22,6 +22,7 @@ from p2psip.sip.users import UsersFile
 from p2psip.testing import free_port, repository_root, require_tool
 from tests.integration.test_peer_sip_service import start_super_nodes
 from tests.interop.test_sip_tools import CollectingProcess, spawn_collecting
+from tests.media.baresip import START_ATTEMPTS, free_udp_and_tcp_port
 
 DOMAIN = "phones.test"
 PASSWORD = "a-long-phone-password"
@@ -57,20 +58,25 @@ class DefaultDigestTests(TestCase):
         assert self.node.advertised is not None
         config = self.directory / "baresip"
         config.mkdir()
-        (config / "config").write_text(
-            f"sip_listen 127.0.0.1:{free_port(socket.SOCK_DGRAM)}\n"
-            "module_path /usr/lib/baresip/modules\n"
-            "module account.so\nmodule g711.so\n",
-            encoding="utf-8",
-        )
         (config / "accounts").write_text(
             f"<sip:alice@{DOMAIN}>;auth_pass={PASSWORD};"
             f'outbound="sip:127.0.0.1:{self.node.advertised[1]}";regint=600\n',
             encoding="utf-8",
         )
-        phone = self.spawn(baresip, ["-f", str(config), "-t", "2"], {"HOME": str(self.directory)})
-        yield phone.ended
-        output = phone.output.decode(errors="replace")
+        for _ in range(START_ATTEMPTS):
+            (config / "config").write_text(
+                f"sip_listen 127.0.0.1:{free_udp_and_tcp_port()}\n"
+                "module_path /usr/lib/baresip/modules\n"
+                "module account.so\nmodule g711.so\n",
+                encoding="utf-8",
+            )
+            phone = self.spawn(
+                baresip, ["-f", str(config), "-t", "2"], {"HOME": str(self.directory)}
+            )
+            yield phone.ended
+            output = phone.output.decode(errors="replace")
+            if "Address already in use" not in output:
+                break  # else another process took a port between the probe and baresip's bind
         self.assertIn("200 OK", output, output[-2000:])
         self.assertNotIn("Function not implemented", output)
         self.assertGreaterEqual(self.registers(self.node).get("200", 0), 1)
