@@ -18,79 +18,35 @@ from __future__ import annotations
 
 import signal
 import socket
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
-from twisted.trial.unittest import TestCase
 
 from p2psip.testing import free_port, require_tool
-from tests.integration import test_sip_overlay
 from tests.media.audio import write_pcm_wav
 from tests.media.baresip import free_udp_and_tcp_port as baresip_port
-from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
+from tests.integration.alice_ring import AliceRingCase
+from tests.integration.processes import RoleProcess, wait_for
 from tests.integration.processes import ring_converged as converged
 from tests.integration.test_sip_overlay import (
     FOREIGN_CALLER,
     SCENARIOS,
     _Tool,
-    free_udp_and_tcp_port,
 )
 
 DOMAIN = "outbound.test"
 PASSWORD = "alice-outbound-password"
 
 
-class OutboundFailoverTests(TestCase):
+class OutboundFailoverTests(AliceRingCase):
     timeout = 180
-
-    sipp_succeeds = test_sip_overlay.SipOverlayTests.sipp_succeeds
-
-    def run_sipp(self, name: str, arguments: list[str]) -> Any:
-        return test_sip_overlay.SipOverlayTests.run_sipp(
-            self, name, [*arguments, "-key", "domain", DOMAIN]
-        )
+    domain = DOMAIN
+    password = PASSWORD
 
     def setUp(self) -> None:
-        self.sipp = require_tool("sipp")
         self.baresip = require_tool("baresip")
-        self.tools: dict[str, Any] = {}
-        self.directory = Path(self.mktemp()).resolve()
-        self.directory.mkdir(parents=True)
-        self.ca = OverlayCA(self.directory / "bootstrap", DOMAIN)
-        self.users_path = self.directory / "users"
-        from p2psip.sip.users import UsersFile
-
-        users = UsersFile.load(self.users_path, missing_ok=True)
-        users.set_password(f"sip:alice@{DOMAIN}", PASSWORD)
-        users.save()
-
-    def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        self.ca.enrol_offline(self.directory / name)
-        self.ca.issue_user_certificates(self.directory / name, [f"alice@{DOMAIN}"])
-        sip_port = free_udp_and_tcp_port()
-        process = RoleProcess(
-            role,
-            self.directory / name,
-            overlay_arguments(DOMAIN)
-            + [
-                *("--sip", f"udp:{sip_port}:interface=127.0.0.1"),
-                *("--users", str(self.users_path), "--sip-digest-algorithms", "MD5"),
-                *(self.ca.bootstrap_arguments() if role == "p2psip-bootstrap" else []),
-                *extra,
-            ],
-        )
-        process.sip_port = sip_port  # type: ignore[attr-defined]
-        self.addCleanup(process.stop)
-        return process
-
-    def joined(self, process: RoleProcess) -> Any:
-        return wait_for(
-            lambda: process.call("status").addCallback(lambda s: s.get("state") == "joined"),
-            60,
-            f"{process.role} to join",
-        )
+        super().setUp()
 
     def phone(self, first: RoleProcess, second: RoleProcess) -> _Tool:
         """alice's baresip, registered through ``first`` (reg-id 1) and ``second`` (reg-id 2)."""

@@ -16,77 +16,28 @@ from __future__ import annotations
 
 import signal
 import socket
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import inlineCallbacks, succeed
-from twisted.trial.unittest import TestCase
 
 from p2psip.overlay import peer_cache
 from p2psip.sip.binding_store import SECTION as BINDINGS_SECTION
-from p2psip.testing import free_port, require_tool
+from p2psip.testing import free_port
 from p2psip.util.state_db import FILE_NAME as STATE_DB_FILE_NAME
 from p2psip.util.state_db import StateDatabase
-from tests.integration.processes import OverlayCA, RoleProcess, overlay_arguments, wait_for
+from tests.integration.alice_ring import AliceRingCase
+from tests.integration.processes import wait_for
 from tests.integration.processes import ring_converged as converged
-from tests.integration import test_sip_overlay
-from tests.integration.test_sip_overlay import FOREIGN_CALLER, SCENARIOS, free_udp_and_tcp_port
+from tests.integration.test_sip_overlay import FOREIGN_CALLER, SCENARIOS
 
 DOMAIN = "restart.test"
 PASSWORD = "alice-restart-password"
 
 
-class RestartKeepsRegistrationsTests(TestCase):
+class RestartKeepsRegistrationsTests(AliceRingCase):
     timeout = 120
-
-    # SIPp as the SIP-over-the-ring test runs it (on 127.0.0.1, in the test's
-    # directory), with this test's domain.
-    sipp_succeeds = test_sip_overlay.SipOverlayTests.sipp_succeeds
-
-    def run_sipp(self, name: str, arguments: list[str]) -> Any:
-        return test_sip_overlay.SipOverlayTests.run_sipp(
-            self, name, [*arguments, "-key", "domain", DOMAIN]
-        )
-
-    def setUp(self) -> None:
-        self.sipp = require_tool("sipp")
-        self.tools: dict[str, Any] = {}
-        self.directory = Path(self.mktemp()).resolve()
-        self.directory.mkdir(parents=True)
-        self.ca = OverlayCA(self.directory / "bootstrap", DOMAIN)
-        self.users_path = self.directory / "users"
-        from p2psip.sip.users import UsersFile
-
-        users = UsersFile.load(self.users_path, missing_ok=True)
-        users.set_password(f"sip:alice@{DOMAIN}", PASSWORD)
-        users.save()
-
-    def start(self, role: str, name: str, extra: list[str]) -> RoleProcess:
-        self.ca.enrol_offline(self.directory / name)
-        self.ca.issue_user_certificates(self.directory / name, [f"alice@{DOMAIN}"])
-        sip_port = free_udp_and_tcp_port()
-        process = RoleProcess(
-            role,
-            self.directory / name,
-            overlay_arguments(DOMAIN)
-            + [
-                *("--sip", f"udp:{sip_port}:interface=127.0.0.1"),
-                *("--users", str(self.users_path), "--sip-digest-algorithms", "MD5"),
-                *(self.ca.bootstrap_arguments() if role == "p2psip-bootstrap" else []),
-                *extra,
-            ],
-        )
-        process.sip_port = sip_port  # type: ignore[attr-defined]
-        self.addCleanup(process.stop)
-        return process
-
-    @inlineCallbacks
-    def joined(self, process: RoleProcess) -> Any:
-        yield wait_for(
-            lambda: process.call("status").addCallback(lambda s: s.get("state") == "joined"),
-            60,
-            f"{process.role} to join",
-        )
+    domain = DOMAIN
+    password = PASSWORD
 
     def committed_bindings(self) -> dict[str, bytes]:
         """The peer's committed binding rows, read as a second connection would."""
