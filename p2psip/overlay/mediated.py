@@ -36,7 +36,7 @@ from twisted.python.failure import Failure
 from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResult
 from p2psip.overlay.links import FramedStreamLink, Link, LinkListener
 from p2psip.overlay.tls import LinkSecurity, unwrapped
-from p2psip.util.ids import id_hex, id_short
+from p2psip.util.ids import id_hex, id_short, node_id_from_hex
 
 #: How long the connect to a peer's own candidate may take before the
 #: mediator is asked; unreachable private addresses often just time out.
@@ -271,12 +271,10 @@ class MediatedIncoming:
         """Accept a mediated connection when the node is up and the ID is a Node-ID."""
         if self.inbound_factory is None:
             return None
-        try:
-            if len(peer_id) != 32:
-                raise ValueError(peer_id)
-            int(peer_id, 16)
-        except ValueError:
-            self.log.info("refused a mediated connection from {peer}: not a Node-ID", peer=peer_id)
+        if node_id_from_hex(peer_id) is None:
+            self.log.info(
+                "refused a mediated connection from {peer!r}: not a Node-ID", peer=peer_id[:40]
+            )
             return None
         return self.inbound_factory
 

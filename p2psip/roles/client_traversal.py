@@ -47,7 +47,7 @@ from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResul
 from p2psip.overlay.mediated import DIRECT_RETRY_AFTER_SECONDS, REGISTRATION_WAIT_SECONDS
 from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipStreamProtocol, SipTransport
-from p2psip.util.ids import id_hex, id_short
+from p2psip.util.ids import id_hex, id_short, node_id_from_hex
 from p2psip.util.reactor import IRoleReactor
 
 #: The path name of a stream opened straight to the AppAttach address.
@@ -250,12 +250,10 @@ class SipStreams:
         """A stream from another node (a Node-ID in hex) is a SIP connection of the adaptor."""
         if self._factory is None:
             return None
-        try:
-            if len(peer_id) != 32:
-                raise ValueError(peer_id)
-            int(peer_id, 16)
-        except ValueError:
-            self.log.info("refused a mediated stream from {peer}: not a Node-ID", peer=peer_id)
+        if node_id_from_hex(peer_id) is None:
+            self.log.info(
+                "refused a mediated stream from {peer!r}: not a Node-ID", peer=peer_id[:40]
+            )
             return None
         return self._factory
 

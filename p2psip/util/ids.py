@@ -69,6 +69,21 @@ def id_short(value: int) -> str:
     return f"{value:032x}"[:8]
 
 
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def node_id_from_hex(text: str) -> int | None:
+    """
+    The Node-ID a stranger names in its full hexadecimal form, or None.
+
+    Exactly 32 hex digits: ``int(text, 16)`` alone would also take signs,
+    spaces, underscores and a ``0x`` prefix.
+    """
+    if len(text) != 2 * NODE_ID_BYTES or not _HEX_DIGITS.issuperset(text):
+        return None
+    return int(text, 16)
+
+
 def parse_id(text: str) -> int:
     """Parse a hexadecimal identifier as shown by :func:`id_hex`."""
     value = int(text, 16)

@@ -242,7 +242,7 @@ class MediatedConnectorTests(SynchronousTestCase):
         factory = FramedLinkFactory(self.listener, self.clock, 65536)
         self.connector.incoming.open(factory)
         self.assertIs(self.connector.incoming.accept(id_hex(PEER)), factory)
-        for bad in ("alice", "zz" * 16, "0" * 31, ""):
+        for bad in ("alice", "zz" * 16, "0" * 31, "", "+" + "0" * 31, " " + "0" * 31, "0_" * 16):
             self.assertIsNone(self.connector.incoming.accept(bad), bad)
         self.connector.incoming.close()
         self.assertIsNone(self.connector.incoming.accept(id_hex(PEER)))

@@ -55,3 +55,20 @@ class IntervalTests(SynchronousTestCase):
     def test_finger_target(self, node: int, index: int) -> None:
         """Finger targets lie 2**index clockwise of the node."""
         self.assertEqual(ids.clockwise(node, ids.finger_target(node, index)), 1 << index)
+
+
+class NodeIdFromHexTests(SynchronousTestCase):
+    def test_full_hex_form_only(self) -> None:
+        """32 hex digits give the Node-ID; anything int() would also take does not."""
+        self.assertEqual(ids.node_id_from_hex("0" * 31 + "F"), 15)
+        self.assertEqual(ids.node_id_from_hex(ids.id_hex(ids.MAX_ID)), ids.MAX_ID)
+        for bad in (
+            "",
+            "0" * 31,
+            "0" * 33,
+            "+" + "0" * 31,
+            " " + "0" * 31,
+            "0_" * 16,
+            "0x" + "0" * 30,
+        ):
+            self.assertIsNone(ids.node_id_from_hex(bad), bad)
