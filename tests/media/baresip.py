@@ -9,6 +9,7 @@ its events (``REGISTER_OK``, ``CALL_RINGING``, ``CALL_ESTABLISHED``,
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Generator
 from pathlib import Path
@@ -113,6 +114,7 @@ class Baresip:
         self.sip_port = free_udp_and_tcp_port()
         self.control_port = free_port()
         rtp_low = free_port(socket.SOCK_DGRAM) & ~1
+        audio = os.path.relpath(self.audio, self.directory)
         (self.directory / "config").write_text(
             "\n".join(
                 [
@@ -120,8 +122,10 @@ class Baresip:
                     # Loopback only: the SDP then names 127.0.0.1, where the test listens.
                     "net_interface 127.0.0.1",
                     f"sip_listen 127.0.0.1:{self.sip_port}",
-                    f"audio_source aufile,{self.audio}",
-                    f"audio_alert aufile,{self.audio}",
+                    # baresip keeps a device name in 128 bytes: a long absolute path
+                    # (a deep checkout) is cut short, so name the file from its cwd.
+                    f"audio_source aufile,{audio}",
+                    f"audio_alert aufile,{audio}",
                     "audio_player aufile,/dev/null",
                     f"rtp_ports {rtp_low}-{min(rtp_low + 20, 65535)}",
                     "rtcp_mux no",
