@@ -63,6 +63,7 @@ from super_nodes import (
     load_sipp_ladder,
     start_super_node,
     stop_process,
+    twist_command,
 )
 
 from p2psip.cli.admin import AdminError
@@ -108,12 +109,7 @@ def start_workers(work: Path, bootstrap: SuperNode, workers: int) -> SuperNode:
     http_port = consecutive_free_ports(workers + 1)
     sip_port = free_udp_and_tcp_port()
     command = [
-        sys.executable,
-        "-c",
-        "from twisted.scripts.twistd import run; run()",
-        "-n",
-        "--pidfile=",
-        f"--logfile={directory / 'twistd.log'}",
+        *twist_command(directory / "twistd.log"),
         "p2psip-peer",
         *("--overlay-name", DOMAIN, "--insecure", "--sip-trusted-network"),
         *("--sip-rate-limit", "0", "--bootstrap", bootstrap.overlay_endpoint),
