@@ -73,6 +73,10 @@ _NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezon
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
+#: The one signature scheme (ECDSA with SHA-256), made once: building it
+#: per signature or verification was a measurable share of their cost.
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
 #: How many of its own latest signatures a node remembers (see NodeIdentity.sign).
 RECENTLY_SIGNED_MEMORY = 256
 
@@ -205,7 +209,7 @@ class NodeIdentity:
 
     def sign(self, data: bytes) -> Signature:
         """A RELOAD Signature (sha256, ecdsa) over ``data`` made with this node's key."""
-        value = self._private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+        value = self._private_key.sign(data, _ECDSA_SHA256)
         # Remember what we just signed: a node stores its own values right
         # after signing them (a registrar that is also the responsible
         # peer), and checking its own fresh signature again would cost an
@@ -512,7 +516,7 @@ class CertificateCache:
             if digest is not None and digest == hashlib.sha256(data).digest():
                 return known.identity
         try:
-            known.public_key.verify(signature.value, data, ec.ECDSA(hashes.SHA256()))
+            known.public_key.verify(signature.value, data, _ECDSA_SHA256)
         except (InvalidSignature, ValueError) as e:
             raise SignatureError("signature does not match the data") from e
         return known.identity

@@ -32,7 +32,9 @@ lets a forwarding peer swap only the header (:func:`replace_header`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import struct
 from enum import IntEnum
 
 from attrs import frozen
@@ -63,12 +65,14 @@ __all__ = [
     "answer_code",
     "decode_destination",
     "decode_message",
+    "decode_signed_message",
     "decode_signature",
     "decode_signer_identity",
     "encode_contents",
     "encode_destination",
     "encode_header",
     "encode_message",
+    "encode_message_parts",
     "encode_signature",
     "encode_signer_identity",
     "is_request",
@@ -76,6 +80,8 @@ __all__ = [
     "message_signature_input",
     "overlay_hash",
     "peek_header",
+    "peek_message",
+    "PeekedMessage",
     "replace_header",
 ]
 
@@ -89,6 +95,7 @@ _FRAGMENT_OFFSET_MASK = 0x00FFFFFF
 DEFAULT_TTL = 100
 # Fixed part of the forwarding header, in bytes, up to options_length.
 HEADER_FIXED_BYTES = 38
+_OVERLAY_AND_TRANSACTION = struct.Struct(">IQ")
 
 
 def overlay_hash(name: str) -> int:
@@ -502,17 +509,21 @@ def peek_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> ForwardingHeade
     return _decode_header(data, limits)[0]
 
 
-def replace_header(data: bytes, header: ForwardingHeader) -> bytes:
+def replace_header(
+    data: bytes, header: ForwardingHeader, contents_offset: int | None = None
+) -> bytes:
     """
     The message with a new forwarding header in front of its unchanged
     contents and security block, with ``length`` fixed up.
 
     Forwarding peers push or pop vias and destinations this way without
-    re-encoding the signed part of the message.
+    re-encoding the signed part of the message.  ``contents_offset`` (from
+    :func:`peek_message`) saves decoding the old header once more.
     """
-    limits = Limits(max_message_bytes=max(len(data), DEFAULT_LIMITS.max_message_bytes))
-    _, reader = _decode_header(data, limits)
-    rest = data[reader.offset :]
+    if contents_offset is None:
+        limits = Limits(max_message_bytes=max(len(data), DEFAULT_LIMITS.max_message_bytes))
+        contents_offset = _decode_header(data, limits)[1].offset
+    rest = data[contents_offset:]
     return encode_header(header, len(rest)) + rest
 
 
@@ -547,8 +558,14 @@ def _decode_extensions(reader: Reader) -> tuple[MessageExtension, ...]:
 # -- Security block -----------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def encode_signer_identity(identity: SignerIdentity) -> bytes:
-    """A SignerIdentity: type, uint16 length, then hash algorithm and hash."""
+    """
+    A SignerIdentity: type, uint16 length, then hash algorithm and hash.
+
+    Every signature input and security block holds one, and a node signs
+    with a handful of identities: the encodings are remembered (bounded).
+    """
     inner = Writer()
     if identity.identity_type in (
         SignerIdentityType.CERT_HASH,
@@ -610,7 +627,8 @@ def _encode_security_block(security: SecurityBlock) -> bytes:
     return writer.getvalue()
 
 
-def _decode_security_block(reader: Reader) -> SecurityBlock:
+def _decode_security_block(reader: Reader) -> tuple[SecurityBlock, bytes]:
+    """The security block, and its signer identity's bytes as they came (for the signature input)."""
     certificate_reader = reader.vector(2, "certificates")
     certificates: list[GenericCertificate] = []
     while not certificate_reader.at_end():
@@ -619,7 +637,14 @@ def _decode_security_block(reader: Reader) -> SecurityBlock:
         certificates.append(
             GenericCertificate(certificate_type, certificate_reader.opaque(2, "certificate"))
         )
-    return SecurityBlock(tuple(certificates), decode_signature(reader))
+    hash_algorithm = reader.u8("hash algorithm")
+    signature_algorithm = reader.u8("signature algorithm")
+    identity_start = reader.offset
+    identity = decode_signer_identity(reader)
+    identity_bytes = reader.data[identity_start : reader.offset]
+    value = reader.opaque(2, "signature value")
+    signature = Signature(hash_algorithm, signature_algorithm, identity, value)
+    return SecurityBlock(tuple(certificates), signature), identity_bytes
 
 
 def message_signature_input(
@@ -631,10 +656,17 @@ def message_signature_input(
 
     The header is left out because forwarding peers change it.
     """
-    writer = Writer()
-    writer.u32(overlay, "overlay").u64(transaction_id, "transaction_id")
-    writer.raw(contents).raw(encode_signer_identity(identity))
-    return writer.getvalue()
+    return _signature_input(overlay, transaction_id, contents, encode_signer_identity(identity))
+
+
+def _signature_input(
+    overlay: int, transaction_id: int, contents: bytes, identity_bytes: bytes
+) -> bytes:
+    if not 0 <= overlay <= 0xFFFFFFFF or not 0 <= transaction_id <= 0xFFFFFFFFFFFFFFFF:
+        raise ValueError("overlay or transaction_id out of range")
+    return b"".join(
+        (_OVERLAY_AND_TRANSACTION.pack(overlay, transaction_id), contents, identity_bytes)
+    )
 
 
 # -- Whole messages -------------------------------------------------------------
@@ -642,35 +674,35 @@ def message_signature_input(
 
 def encode_message(message: Message) -> bytes:
     """The wire form of a whole message; ``length`` is computed."""
-    rest = encode_contents(message.code, message.body, message.extensions)
-    rest += _encode_security_block(message.security)
-    return encode_header(message.header, len(rest)) + rest
+    contents = encode_contents(message.code, message.body, message.extensions)
+    return encode_message_parts(message.header, contents, message.security)
 
 
-def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+def encode_message_parts(
+    header: ForwardingHeader, contents: bytes, security: SecurityBlock
+) -> bytes:
     """
-    Decode a whole, unfragmented message.
-
-    :raises DecodeError: for anything that is not exactly one valid message,
-        including a fragment (this implementation does not reassemble).
+    A whole message from its header, its encoded MessageContents (the
+    bytes its sender just signed) and its security block.
     """
-    header, reader = _decode_header(data, limits)
-    fragment = header.fragment
-    if (
-        not fragment & _FRAGMENT_FLAG
-        or not fragment & _FRAGMENT_LAST
-        or (fragment & _FRAGMENT_OFFSET_MASK)
-    ):
-        raise DecodeError(f"fragmented message ({fragment:#010x}) is not supported")
-    code = reader.u16("message_code")
-    body = reader.opaque(4, "message body")
-    extensions = _decode_extensions(reader.vector(4, "extensions"))
-    security = _decode_security_block(reader)
-    reader.expect_end("message")
-    return Message(header, code, body, extensions, security)
+    rest = contents + _encode_security_block(security)
+    return encode_header(header, len(rest)) + rest
 
 
-def peek_code(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[ForwardingHeader, int]:
+@frozen
+class PeekedMessage:
+    """
+    What a node reads of a message before deciding where it goes: the
+    forwarding header, the message code, and where the contents start (so
+    neither forwarding nor the full decode reads the header again).
+    """
+
+    header: ForwardingHeader
+    code: int
+    contents_offset: int
+
+
+def peek_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> PeekedMessage:
     """
     The forwarding header and the message code, without decoding the rest.
 
@@ -679,4 +711,55 @@ def peek_code(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[ForwardingH
     routed by the ring) but must not pay for a full decode.
     """
     header, reader = _decode_header(data, limits)
-    return header, reader.u16("message_code")
+    offset = reader.offset
+    return PeekedMessage(header, reader.u16("message_code"), offset)
+
+
+def decode_signed_message(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, peeked: PeekedMessage | None = None
+) -> tuple[Message, bytes]:
+    """
+    Decode a whole, unfragmented message; also the bytes its signature covers.
+
+    The signature input is sliced from ``data`` (the decoding is strict, so
+    these are the bytes re-encoding would give), not built again.
+    ``peeked`` is :func:`peek_message`'s result for ``data``, if already
+    taken: the header is then not decoded a second time.
+
+    :raises DecodeError: for anything that is not exactly one valid message,
+        including a fragment (this implementation does not reassemble).
+    """
+    if peeked is None:
+        header, reader = _decode_header(data, limits)
+    else:
+        header = peeked.header
+        reader = Reader(data, peeked.contents_offset, limits=limits)
+    fragment = header.fragment
+    if (
+        not fragment & _FRAGMENT_FLAG
+        or not fragment & _FRAGMENT_LAST
+        or (fragment & _FRAGMENT_OFFSET_MASK)
+    ):
+        raise DecodeError(f"fragmented message ({fragment:#010x}) is not supported")
+    contents_start = reader.offset
+    code = reader.u16("message_code")
+    body = reader.opaque(4, "message body")
+    extensions = _decode_extensions(reader.vector(4, "extensions"))
+    contents = data[contents_start : reader.offset]
+    security, identity_bytes = _decode_security_block(reader)
+    reader.expect_end("message")
+    signed = _signature_input(header.overlay, header.transaction_id, contents, identity_bytes)
+    return Message(header, code, body, extensions, security), signed
+
+
+def decode_message(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, peeked: PeekedMessage | None = None
+) -> Message:
+    """Decode a whole, unfragmented message; see :func:`decode_signed_message`."""
+    return decode_signed_message(data, limits, peeked)[0]
+
+
+def peek_code(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[ForwardingHeader, int]:
+    """The forwarding header and the message code; see :func:`peek_message`."""
+    peeked = peek_message(data, limits)
+    return peeked.header, peeked.code
