@@ -85,6 +85,35 @@ def register_bytes(user: str, cseq: int) -> bytes:
     ).encode()
 
 
+def _area(filename: str, function: str) -> str:
+    """Where a profiled function belongs, for the table of own time by area."""
+    if filename == "~":
+        if "ECPublicKey" in function or "ECPrivateKey" in function:
+            return "ECDSA (OpenSSL)"
+        if "x509" in function or "Certificate" in function:
+            return "X.509 (OpenSSL)"
+        return "builtins (hashing, struct, dict, ...)"
+    if filename.startswith("<attrs generated"):
+        return "attrs classes (generated __init__, __hash__, __eq__)"
+    parts = Path(filename).parts
+    if "p2psip" in parts:
+        return "/".join(parts[parts.index("p2psip") :])
+    if "twisted" in parts and "site-packages" in parts:
+        return "Twisted (Deferreds, logger)"
+    if "tests" in parts:
+        return "the simulation (fake clock, in-memory links)"
+    return "other libraries"
+
+
+def own_time_by_area(stats: pstats.Stats) -> list[tuple[str, float]]:
+    """Own (not cumulative) profiled seconds summed per module or area, largest first."""
+    totals: dict[str, float] = {}
+    for (filename, _, function), row in stats.stats.items():  # type: ignore[attr-defined]
+        area = _area(filename, function)
+        totals[area] = totals.get(area, 0.0) + row[2]
+    return sorted(totals.items(), key=lambda item: -item[1])
+
+
 def _calls(stats: pstats.Stats, where: str, name: str) -> int:
     """How often the profiled functions ``name`` (in a file ending in ``where``) ran."""
     total = 0
@@ -192,6 +221,13 @@ def main() -> None:
     print(f"|---|{'---:|' * len(phases)}")
     for label in phases[0][2]:
         print(f"| {label} | {' | '.join(f'{counts[label]:.1f}' for _, _, counts in phases)} |")
+    for title, stats, _ in phases:
+        areas = own_time_by_area(stats)
+        total = sum(seconds for _, seconds in areas)
+        print(f"\n## {title}: profiled own time by area (share of {total:.2f} s)\n")
+        print("| area | share |\n|---|---:|")
+        for area, seconds in areas[:16]:
+            print(f"| {area} | {100 * seconds / total:.1f}% |")
     for title, stats, _ in phases:
         text = io.StringIO()
         stats.stream = text  # type: ignore[attr-defined]

@@ -96,6 +96,23 @@ DEFAULT_TTL = 100
 # Fixed part of the forwarding header, in bytes, up to options_length.
 HEADER_FIXED_BYTES = 38
 _OVERLAY_AND_TRANSACTION = struct.Struct(">IQ")
+#: The header's fixed fields, in order, with their widths in bits.
+_HEADER_FIELDS = (
+    ("relo_token", 32),
+    ("overlay", 32),
+    ("configuration_sequence", 16),
+    ("version", 8),
+    ("ttl", 8),
+    ("fragment", 32),
+    ("length", 32),
+    ("transaction_id", 64),
+    ("max_response_length", 32),
+    ("via_list_length", 16),
+    ("destination_list_length", 16),
+    ("options_length", 16),
+)
+_HEADER_FIXED = struct.Struct(">IIHBBIIQIHHH")
+_ID_LIMIT = 1 << 128
 
 
 def overlay_hash(name: str) -> int:
@@ -323,6 +340,9 @@ class Message:
 # -- Destinations -----------------------------------------------------------
 
 
+_NODE_DESTINATION_PREFIX = bytes((DestinationType.NODE, 16))
+
+
 def _encode_destination(writer: Writer, destination: Destination) -> None:
     value = destination.value
     if destination.compressed:
@@ -352,6 +372,12 @@ def _encode_destination(writer: Writer, destination: Destination) -> None:
 
 
 def _decode_destination(reader: Reader) -> Destination:
+    start = reader.offset
+    raw = reader.data
+    if start + 18 <= reader.end and raw[start] == DestinationType.NODE and raw[start + 1] == 16:
+        # The common case, a Node-ID, read in one step.
+        reader.offset = start + 18
+        return Destination(DestinationType.NODE, int.from_bytes(raw[start + 2 : start + 18], "big"))
     first = reader.u8("destination type")
     if first & 0x80:
         second = reader.u8("compressed destination")
@@ -387,12 +413,26 @@ def decode_destination(reader: Reader) -> Destination:
 
 
 def _encode_destination_list(destinations: tuple[Destination, ...], what: str) -> bytes:
-    writer = Writer()
+    if not destinations:
+        return b""
+    parts = []
     for destination in destinations:
-        _encode_destination(writer, destination)
-    if len(writer) > 0xFFFF:
+        value = destination.value
+        if (
+            destination.type == DestinationType.NODE
+            and not destination.compressed
+            and isinstance(value, int)
+            and 0 <= value < _ID_LIMIT
+        ):
+            parts.append(_NODE_DESTINATION_PREFIX + value.to_bytes(16, "big"))
+        else:
+            writer = Writer()
+            _encode_destination(writer, destination)
+            parts.append(writer.getvalue())
+    encoded = b"".join(parts)
+    if len(encoded) > 0xFFFF:
         raise ValueError(f"{what} is longer than 65535 bytes")
-    return writer.getvalue()
+    return encoded
 
 
 def _decode_destination_list(reader: Reader, limit: int, what: str) -> tuple[Destination, ...]:
@@ -425,48 +465,71 @@ def encode_header(header: ForwardingHeader, rest_length: int) -> bytes:
         raise ValueError("a message needs at least one destination")
     via = _encode_destination_list(header.via_list, "via list")
     destinations = _encode_destination_list(header.destination_list, "destination list")
-    options = _encode_options(header.options)
+    options = _encode_options(header.options) if header.options else b""
     total = HEADER_FIXED_BYTES + len(via) + len(destinations) + len(options) + rest_length
-    writer = Writer()
-    writer.u32(RELOAD_TOKEN)
-    writer.u32(header.overlay, "overlay")
-    writer.u16(header.configuration_sequence, "configuration_sequence")
-    writer.u8(header.version, "version")
-    writer.u8(header.ttl, "ttl")
-    writer.u32(header.fragment, "fragment")
-    writer.u32(total, "message length")
-    writer.u64(header.transaction_id, "transaction_id")
-    writer.u32(header.max_response_length, "max_response_length")
-    writer.u16(len(via)).u16(len(destinations)).u16(len(options))
-    writer.raw(via).raw(destinations).raw(options)
-    return writer.getvalue()
+    fields = (
+        RELOAD_TOKEN,
+        header.overlay,
+        header.configuration_sequence,
+        header.version,
+        header.ttl,
+        header.fragment,
+        total,
+        header.transaction_id,
+        header.max_response_length,
+        len(via),
+        len(destinations),
+        len(options),
+    )
+    try:
+        fixed = _HEADER_FIXED.pack(*fields)
+    except struct.error:
+        # Say which field does not fit, as the Writer would.
+        writer = Writer()
+        for (name, width), value in zip(_HEADER_FIELDS, fields):
+            getattr(writer, f"u{width}")(value, name)
+        raise AssertionError("unreachable: a header field did not fit") from None
+    return b"".join((fixed, via, destinations, options))
 
 
 def _decode_header(data: bytes, limits: Limits) -> tuple[ForwardingHeader, Reader]:
     """The header and a reader positioned just after it, over the whole message."""
     if len(data) > limits.max_message_bytes:
         raise DecodeError(f"message of {len(data)} bytes exceeds the limit")
-    reader = Reader(data, limits=limits)
-    token = reader.u32("relo_token")
+    if len(data) < HEADER_FIXED_BYTES:
+        # Decoded field by field only to name the field that is cut off.
+        short = Reader(data, limits=limits)
+        for name, width in _HEADER_FIELDS:
+            if name == "relo_token" and len(data) >= 4 and short.u32(name) != RELOAD_TOKEN:
+                raise DecodeError(
+                    f"not a RELOAD message (token {int.from_bytes(data[:4], 'big'):#010x})"
+                )
+            if name != "relo_token":
+                getattr(short, f"u{width}")(name)
+        raise AssertionError("unreachable: a short header decoded")
+    (
+        token,
+        overlay,
+        configuration_sequence,
+        version,
+        ttl,
+        fragment,
+        length,
+        transaction_id,
+        max_response_length,
+        via_length,
+        destination_length,
+        options_length,
+    ) = _HEADER_FIXED.unpack_from(data)
     if token != RELOAD_TOKEN:
         raise DecodeError(f"not a RELOAD message (token {token:#010x})")
-    overlay = reader.u32("overlay")
-    configuration_sequence = reader.u16("configuration_sequence")
-    version = reader.u8("version")
     if version != RELOAD_VERSION:
         raise DecodeError(f"unsupported RELOAD version {version}")
-    ttl = reader.u8("ttl")
-    fragment = reader.u32("fragment")
-    length = reader.u32("length")
     if length > limits.max_message_bytes:
         raise DecodeError(f"message length {length} exceeds the limit")
     if length != len(data):
         raise DecodeError(f"length field says {length} bytes but the message has {len(data)}")
-    transaction_id = reader.u64("transaction_id")
-    max_response_length = reader.u32("max_response_length")
-    via_length = reader.u16("via_list_length")
-    destination_length = reader.u16("destination_list_length")
-    options_length = reader.u16("options_length")
+    reader = Reader(data, HEADER_FIXED_BYTES, limits=limits)
     via_list = _decode_destination_list(
         reader.fixed(via_length, "via list"), limits.max_via, "via list"
     )

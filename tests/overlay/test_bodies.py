@@ -14,6 +14,7 @@ from p2psip.overlay.codec import DecodeError, Limits, UnknownKindError
 from p2psip.overlay.message import (
     Destination,
     ErrorCode,
+    NO_SIGNATURE,
     MessageCode,
     Signature,
     SignerIdentity,
@@ -343,6 +344,16 @@ class DispatchTests(SynchronousTestCase):
 
 
 class LayoutTests(SynchronousTestCase):
+    def test_with_replica_number(self) -> None:
+        """A StoreReq patched to another replica_number is that StoreReq encoded anew."""
+        value = b.StoredData(7, 60, b.DataValue(True, b"v"), NO_SIGNATURE)
+        kind_data = (b.StoreKindData(1, 0, (value,)),)
+        original = b.StoreReq(5, 0, kind_data).encode()
+        self.assertEqual(b.with_replica_number(original, 2), b.StoreReq(5, 2, kind_data).encode())
+        for bad in (b"", b"\x10abc"):
+            self.assertRaises(ValueError, b.with_replica_number, bad, 1)
+        self.assertRaises(ValueError, b.with_replica_number, original, 256)
+
     def test_join_req(self) -> None:
         """JoinReq is a 16-byte Node-ID then a uint16-prefixed overlay_specific."""
         self.assertEqual(b.JoinReq(1, b"ab").encode(), (1).to_bytes(16, "big") + b"\x00\x02ab")
