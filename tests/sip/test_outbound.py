@@ -227,7 +227,6 @@ class ProxyOutboundTests(SynchronousTestCase):
         self.a.receive(message_text(uri=f"sip:alice@{DOMAIN};{NODE_PARAMETER}={NODE_A:032x}"))
         self.assertEqual(self.a.sender.statuses()[-1], 430)
 
-
     def test_silent_flow_answers_430_soon(self) -> None:
         """A phone silent on its only flow here: 430 after the short wait, not Timer B's 32 s."""
         self.a.receive(message_text(uri=f"sip:alice@{DOMAIN};{NODE_PARAMETER}={NODE_A:032x}"))
@@ -244,6 +243,7 @@ class ProxyOutboundTests(SynchronousTestCase):
         self.a.receive(make_response(invite, 100), flow)
         self.clock.advance(FAILOVER_ANSWER_SECONDS * 5)
         self.assertNotIn(430, self.a.sender.statuses())
+
 
 class _DatagramTransport(FakeDatagramTransport):
     def getHost(self) -> Any:
