@@ -62,6 +62,8 @@ class LegCounters:
     bytes: int
     lost: int
     strangers: int
+    #: Packets from this party the relay could not send on (full buffers).
+    unsent: int = 0
 
     def plus(self, other: LegCounters) -> LegCounters:
         return LegCounters(
@@ -69,6 +71,7 @@ class LegCounters:
             self.bytes + other.bytes,
             self.lost + other.lost,
             self.strangers + other.strangers,
+            self.unsent + other.unsent,
         )
 
 
@@ -105,6 +108,7 @@ class MediaSession:
             bytes=sum(leg.octets for leg in legs),
             lost=sum(leg.sequence.lost for leg in legs if leg.rtp),
             strangers=sum(leg.strangers for leg in legs),
+            unsent=sum(leg.send_failures for leg in legs),
         )
 
 
@@ -284,7 +288,8 @@ class RelaySessions:
 
     def totals(self, from_caller: bool | None = None) -> dict[str, int]:
         """
-        Packets, bytes, RTP loss and strangers over every session, ended
+        Packets, bytes, RTP loss, strangers and packets not sent on over
+        every session, ended
         ones included: what callers sent (``from_caller``), what callees
         sent, or (None) both.
         """
@@ -303,6 +308,7 @@ class RelaySessions:
             "bytes": total.bytes,
             "lost": total.lost,
             "strangers": total.strangers,
+            "unsent": total.unsent,
         }
 
 
