@@ -113,6 +113,9 @@ class MemoryReport:
             functions = Counter(
                 _code_name(thing) for thing in gc.garbage if isinstance(thing, _CODE_TYPES)
             )
+            sites = Counter(
+                _allocated_at(thing) for thing in gc.garbage if tracemalloc.is_tracing()
+            )
         finally:
             gc.set_debug(flags)
             gc.garbage.clear()
@@ -121,6 +124,9 @@ class MemoryReport:
         if functions:
             out.append("  of which functions, methods, frames and generators:")
             out.extend(f"    {count} {name}" for name, count in functions.most_common(self._top))
+        if sites:
+            out.append("  allocated at (the innermost frame of ours, when traced):")
+            out.extend(f"    {count} {where}" for where, count in sites.most_common(self._top))
         return out
 
     def _allocation_lines(self) -> list[str]:
@@ -174,6 +180,17 @@ def _code_name(thing: object) -> str:
     name = getattr(code, "co_qualname", "?")
     filename = getattr(code, "co_filename", "?").rsplit("/", 2)[-2:]
     return f"{name} ({'/'.join(filename)})"
+
+
+def _allocated_at(thing: object) -> str:
+    """Where tracemalloc saw ``thing`` allocated: the innermost frame in p2psip, else the innermost."""
+    traceback = tracemalloc.get_object_traceback(thing)
+    if traceback is None:
+        return "?"
+    frames = list(traceback)  # innermost first
+    ours = [frame for frame in frames if "/p2psip/" in frame.filename]
+    frame = (ours or frames)[0]
+    return f"{frame.filename.rsplit('/', 2)[-2]}/{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno}"
 
 
 def _where(stat: tracemalloc.Statistic) -> str:
