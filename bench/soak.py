@@ -27,13 +27,15 @@ cap at the end means the warm-up was too short for it, and its share of the
 RSS growth is warm-up, not a leak.  Prints figures, asserts nothing; the
 host is shared, so note its load with the figures.
 
-``--memory-report`` starts the nodes with ``--debug-memory-signal`` and
-``PYTHONTRACEMALLOC=1`` (slower: compare its RSS figures only with other
-traced runs; each report stalls the node's loop for a second or more, so
-these runs also set ``--sip-overload-lag 0`` and their loop lag is not the
-node's), signals each at the end of the warm-up and at the end, and prints
-each node's last report: the object types and allocation sites that grew
-in between.
+``--memory-report`` starts the nodes with ``--debug-memory-signal``,
+signals each at the end of the warm-up and at the end, and prints each
+node's last report: the object types that grew in between and what waits
+in reference cycles.  Each report walks the heap and stalls the node's
+loop for up to a second, so these runs also set ``--sip-overload-lag 0``
+(and the loop lag's maximum includes the stall).  ``--trace-allocations
+N`` adds ``PYTHONTRACEMALLOC=N`` and the allocation sites that grew; it
+makes the nodes several times slower, too slow for the full call rate on
+a shared 2-core host: use it with a lower ``--max-call-rate``.
 
     .venv/bin/python bench/soak.py [--minutes 10] [--max-call-rate 60] [--memory-report]
 """
@@ -149,9 +151,17 @@ def request_memory_reports(nodes: list[SuperNode]) -> None:
 
 def last_memory_report(node: SuperNode) -> str:
     """The last report in the node's log (the lines from its "memory report N" on)."""
-    text = node.log_path.read_text(errors="replace")
-    start = text.rfind("memory report ")
-    if start < 0:
+    # twistd rotates its log at 1 MB: the report may be in an older file.
+    logs = [node.log_path] + sorted(
+        node.log_path.parent.glob(node.log_path.name + ".*"),
+        key=lambda path: int(path.suffix[1:]) if path.suffix[1:].isdigit() else 0,
+    )
+    for log in logs:
+        text = log.read_text(errors="replace")
+        start = text.rfind("memory report ")
+        if start >= 0:
+            break
+    else:
         return "(no memory report in the log)"
     lines = text[start:].splitlines()
     # twistd indents the continuation lines of one event with a tab.
@@ -220,9 +230,17 @@ def main() -> None:
     parser.add_argument(
         "--memory-report",
         action="store_true",
-        help="trace allocations and print what grew after the warm-up (slower)",
+        help="print the object types that grew after the warm-up (a heap walk at each end)",
+    )
+    parser.add_argument(
+        "--trace-allocations",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="with the memory report, trace allocations (PYTHONTRACEMALLOC=FRAMES; much slower)",
     )
     args = parser.parse_args()
+    args.memory_report = args.memory_report or args.trace_allocations > 0
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is not installed (make deps)")
     callees = shared_dir() / "anchors" / "callees.csv"
@@ -244,10 +262,11 @@ def main() -> None:
     processes: list[subprocess.Popen[bytes]] = []
     try:
         extra: tuple[str, ...] = ()
-        if args.memory_report:
-            os.environ["PYTHONTRACEMALLOC"] = "1"
+        if args.memory_report or args.trace_allocations:
             # A report stalls the loop for a second or more: not an overload.
             extra = ("--debug-memory-signal", "--sip-overload-lag", "0")
+        if args.trace_allocations:
+            os.environ["PYTHONTRACEMALLOC"] = str(args.trace_allocations)
         a, b, c = start_ring(work, started, extra)
         os.environ.pop("PYTHONTRACEMALLOC", None)
         uas_port = free_port(socket.SOCK_DGRAM)
