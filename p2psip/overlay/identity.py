@@ -398,6 +398,11 @@ class CertificateCache:
     def __len__(self) -> int:
         return len(self._known)
 
+    @property
+    def max_certificates(self) -> int:
+        """How many certificates are remembered at most (the oldest used go first)."""
+        return self._max_certificates
+
     def __contains__(self, certificate_hash_value: object) -> bool:
         return certificate_hash_value in self._known
 
