@@ -680,6 +680,34 @@ def _read_stored_data(reader: Reader, model: DataModel) -> StoredData:
     return StoredData(storage_time, lifetime, value, signature)
 
 
+def encode_stored_data(stored: StoredData) -> bytes:
+    """
+    A StoredData's contents (without its uint32 length), as signed and sent.
+
+    A peer holds each stored value in this form, one ``bytes`` object, and
+    reads it back with :func:`decode_stored_data` when it is fetched or
+    passed on.
+    """
+    inner = Writer().u64(stored.storage_time, "storage_time").u32(stored.lifetime, "lifetime")
+    _write_stored_value(inner, stored.value)
+    return inner.raw(encode_signature(stored.signature)).getvalue()
+
+
+def decode_stored_data(data: bytes, model: DataModel) -> StoredData:
+    """
+    The StoredData whose contents :func:`encode_stored_data` made.
+
+    :raises DecodeError: ``data`` is not one StoredData of ``model``.
+    """
+    reader = Reader(data)
+    storage_time = reader.u64("storage_time")
+    lifetime = reader.u32("lifetime")
+    value = _read_stored_value(reader, model)
+    signature = decode_signature(reader)
+    reader.expect_end("StoredData")
+    return StoredData(storage_time, lifetime, value, signature)
+
+
 def _read_stored_data_list(reader: Reader, model: DataModel | None) -> tuple[StoredData, ...]:
     if model is None:
         reader.vector(4, "values")  # skipped: the kind is unknown
