@@ -272,32 +272,52 @@ class _KindValues:
 
 
 class _Resource:
-    """What one Resource-ID holds: its Kinds' values, in a tuple (there are few)."""
+    """
+    What one Resource-ID holds: its Kinds' values.
 
-    __slots__ = ("replica_number", "version", "kinds", "expires_at")
+    There are few Kinds at a resource, most often one, so ``_kinds`` is that
+    one's values itself or a tuple in Kind-ID order (``kinds`` reads both).
+    """
+
+    __slots__ = ("replica_number", "version", "_kinds", "expires_at")
 
     def __init__(self, replica_number: int) -> None:
         self.replica_number = replica_number
         #: Set from a store-wide counter by every store that changes a value here.
         self.version = 0
-        self.kinds: tuple[_KindValues, ...] = ()
+        self._kinds: _KindValues | tuple[_KindValues, ...] = ()
         #: When this resource's entry in the expiry heap is due: no later than
         #: its first value's expiry (infinity until it has one).
         self.expires_at = math.inf
 
+    @property
+    def kinds(self) -> tuple[_KindValues, ...]:
+        """Every Kind's values held here, in Kind-ID order."""
+        kinds = self._kinds
+        return (kinds,) if isinstance(kinds, _KindValues) else kinds
+
     def kind(self, kind_id: int) -> _KindValues | None:
-        for values in self.kinds:
+        kinds = self._kinds
+        if isinstance(kinds, _KindValues):
+            return kinds if kinds.kind_id == kind_id else None
+        for values in kinds:
             if values.kind_id == kind_id:
                 return values
         return None
 
     def add_kind(self, kind_id: int) -> _KindValues:
         values = _KindValues(kind_id)
-        self.kinds = tuple(sorted((*self.kinds, values), key=lambda v: v.kind_id))
+        self._set_kinds((*self.kinds, values))
         return values
 
     def remove_kind(self, kind_id: int) -> None:
-        self.kinds = tuple(values for values in self.kinds if values.kind_id != kind_id)
+        self._set_kinds(tuple(values for values in self.kinds if values.kind_id != kind_id))
+
+    def _set_kinds(self, kinds: tuple[_KindValues, ...]) -> None:
+        if len(kinds) == 1:
+            self._kinds = kinds[0]
+        else:
+            self._kinds = tuple(sorted(kinds, key=lambda values: values.kind_id))
 
 
 def _slot_key(value: DataValue | ArrayEntry | DictionaryEntry) -> _SlotKey:
