@@ -181,7 +181,7 @@ class NodeIdentity:
         certificates from the CA instead.
         """
         der = _self_signed_certificate(self._private_key, self.node_id, user_name)
-        return NodeIdentity(self._private_key, der)
+        return self._sibling(der)
 
     @property
     def private_key(self) -> ec.EllipticCurvePrivateKey:
@@ -199,9 +199,17 @@ class NodeIdentity:
         :raises IdentityError: the certificate is for another key or unreadable.
         """
         try:
-            return NodeIdentity(self._private_key, certificate_der)
+            return self._sibling(certificate_der)
         except ValueError as e:
             raise IdentityError(f"unreadable certificate: {e}") from e
+
+    def _sibling(self, certificate_der: bytes) -> NodeIdentity:
+        # One memory of recent signatures per key, not per certificate: a
+        # super-node holds a credential for each of thousands of users, and
+        # RECENTLY_SIGNED_MEMORY each would be a bound in name only.
+        sibling = NodeIdentity(self._private_key, certificate_der)
+        sibling.recently_signed = self.recently_signed
+        return sibling
 
     def signer_identity(self) -> SignerIdentity:
         """The SignerIdentity (cert_hash, SHA-256) that names this node's certificate."""

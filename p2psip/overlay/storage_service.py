@@ -329,7 +329,13 @@ class StorageService:
     def replicate_all(self) -> None:
         """Make sure every value we are primary for sits on our first successors."""
         targets = self.topology.successors[: self.config.replicas]
-        for resource in self.store.resources():
+        held = self.store.resources()
+        # Forget the holders of resources that expired or went elsewhere:
+        # otherwise every resource ever held would keep its entry.
+        still = set(held)
+        for gone in [r for r in self.replica_holders if r not in still]:
+            del self.replica_holders[gone]
+        for resource in held:
             if not self.topology.is_responsible(resource):
                 continue
             holders = self.replica_holders.setdefault(resource, set())
