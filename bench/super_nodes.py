@@ -128,11 +128,12 @@ def start_super_node(
 
 def twist_command(log_file: Path) -> list[str]:
     """
-    ``twist`` with a text log at info level, as the systemd units run a role.
+    ``twist`` with a text log, as the systemd units run a role.
 
-    Not ``twistd``: its log observer writes debug events too, and a
-    super-node's per-request debug lines (formatted and written for every
-    REGISTER) would then cost about a third of the CPU being measured.
+    The roles drop their per-request debug lines at the default
+    ``--log-level info`` under ``twist`` and ``twistd`` alike
+    (``p2psip.util.logs``); before that level existed, ``twistd`` wrote
+    them all and they cost about a quarter of the CPU being measured.
     """
     return [sys.executable, "-m", "twisted", "--log-format=text", f"--log-file={log_file}"]
 

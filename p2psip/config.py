@@ -27,11 +27,14 @@ from __future__ import annotations
 import configparser
 import difflib
 from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from twisted.internet import endpoints
+from twisted.logger import LogLevel
 from twisted.python import reflect, usage
 from twisted.python.util import padTo
+
+from p2psip.util.logs import LOG_LEVEL_NAMES, parse_log_level
 
 #: Words a flag accepts in a configuration file (compared case-insensitively).
 TRUE_WORDS = frozenset({"yes", "true", "on", "1"})
@@ -138,6 +141,13 @@ def _describe_coercer(coerce: Callable[[str], object]) -> str:
     return str(doc) if doc else f"a value {getattr(coerce, '__name__', 'the option')} accepts"
 
 
+def _log_level_option(text: str) -> LogLevel:
+    return parse_log_level(text)
+
+
+_log_level_option.coerceDoc = f"one of {', '.join(LOG_LEVEL_NAMES)}"  # type: ignore[attr-defined]
+
+
 def _normalise_key(key: str) -> str:
     return key.strip().lower().replace("_", "-")
 
@@ -156,6 +166,18 @@ class RoleOptions(usage.Options):
 
     role: ClassVar[str] = ""
     repeatable: ClassVar[tuple[str, ...]] = ()
+
+    optParameters: list[list[Any]] = [
+        [
+            "log-level",
+            None,
+            "info",
+            "Lowest level of this role's log lines: debug, info, warn, error or critical. "
+            "debug adds lines per request and message (for a short session: they cost CPU "
+            "and name peers' addresses in full).",
+            _log_level_option,
+        ],
+    ]
 
     def __init__(self) -> None:
         super().__init__()
@@ -265,6 +287,8 @@ class RoleOptions(usage.Options):
             self._apply_config(self._read_config_file(self._config_path), self._config_path)
         for flag in self._flags:
             self[flag] = bool(self[flag])
+        if isinstance(self["log-level"], str):  # the default, which usage does not coerce
+            self["log-level"] = parse_log_level(self["log-level"])
 
     def _read_config_file(self, path: str) -> str:
         try:

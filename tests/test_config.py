@@ -233,7 +233,9 @@ class ErrorTests(SynchronousTestCase):
         message = self.error("[sample]\nbootstrapp = tcp:a:1\n")
         self.assertIn("unknown key 'bootstrapp' in [sample] of etc/sample.ini", message)
         self.assertIn("did you mean 'bootstrap'?", message)
-        self.assertIn("known keys: bootstrap, control, data-dir, mediator, overlay,", message)
+        self.assertIn(
+            "known keys: bootstrap, control, data-dir, log-level, mediator, overlay,", message
+        )
 
     def test_command_line_only_keys_are_unknown(self) -> None:
         """help, version and config cannot be set in the file."""

@@ -43,7 +43,7 @@ import enum
 from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.media.directory import RelayDirectory
 from p2psip.media.sdp import (

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import cast
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.interfaces import ISuperNodeOverlay

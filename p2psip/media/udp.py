@@ -21,7 +21,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.media.relay import Leg
 from p2psip.media.sessions import RelaySessions

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import attrs
 from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.nat.broker_metrics import BrokerCollector, Metrics
 from p2psip.nat.control_auth import (

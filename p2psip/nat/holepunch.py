@@ -27,7 +27,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor, IWriteDescriptor
 from zope.interface import implementer
 from twisted.internet.protocol import DatagramProtocol
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat import stun

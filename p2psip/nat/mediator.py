@@ -18,7 +18,7 @@ import attrs
 from prometheus_client.core import CounterMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat.broker import Broker

@@ -23,7 +23,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat import stun

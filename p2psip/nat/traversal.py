@@ -37,7 +37,9 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
+
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 

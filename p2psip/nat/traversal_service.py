@@ -26,7 +26,7 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 from twisted.internet.interfaces import IStreamClientEndpoint

@@ -36,7 +36,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.overlay.connectivity import Connectivity
 from p2psip.overlay.errors import NotConnected, OverlayError

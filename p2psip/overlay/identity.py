@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.overlay.certificates import (
     CertificateRefused,

@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.overlay import bodies
 from p2psip.overlay.chord import ChordMaintenance

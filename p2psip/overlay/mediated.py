@@ -30,7 +30,7 @@ from typing import Any, Protocol as TypingProtocol
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResult

@@ -35,7 +35,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from zope.interface import implementer
 
 from p2psip.interfaces import ISuperNodeOverlay

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.util.endpoints import tcp_client_description
 from p2psip.util.files import write_atomically

@@ -73,7 +73,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Union
 
 from attrs import evolve
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.overlay.bodies import (
     ArrayEntry,

@@ -50,7 +50,7 @@ from typing import Any
 from attrs import evolve
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import bodies

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.overlay.identity import (
     CertificateCache,

@@ -38,7 +38,7 @@ from typing import Any
 from attrs import evolve
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.overlay import bodies
 from p2psip.overlay.codec import DecodeError, Limits

@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 from prometheus_client import CollectorRegistry
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import clientFromString
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.sip.binding_store import BindingStore
 from p2psip.util.state_db import StateFlusher, state_threads

@@ -18,7 +18,7 @@ from pathlib import Path
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import peer_cache

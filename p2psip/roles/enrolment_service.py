@@ -25,7 +25,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 

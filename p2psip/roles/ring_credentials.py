@@ -33,7 +33,7 @@ from typing import Protocol
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python import usage
 
 from p2psip.enrolment.authority import (

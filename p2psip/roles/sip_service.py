@@ -50,7 +50,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 

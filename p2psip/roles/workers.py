@@ -46,7 +46,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import Protocol, ProcessProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory

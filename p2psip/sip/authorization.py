@@ -30,7 +30,7 @@ from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.sip.digest import DigestAuthenticator, DigestParseError, Verdict, parse_authorization
 from p2psip.sip.blur import blur_flow

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.message import NameAddress

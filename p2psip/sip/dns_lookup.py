@@ -23,7 +23,7 @@ from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IResolver
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.names import client, dns, hosts, resolve
 from twisted.python.failure import Failure
 

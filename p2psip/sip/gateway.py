@@ -25,7 +25,7 @@ from __future__ import annotations
 from attrs import define
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.sip.dns_lookup import ServerLocator

@@ -49,7 +49,7 @@ from typing import cast
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.outbound import valid_instance

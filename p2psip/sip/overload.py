@@ -51,7 +51,7 @@ from collections.abc import Callable
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.message import Request, Response, make_response

@@ -63,7 +63,7 @@ from typing import Protocol
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.interfaces import IOverlayStorage

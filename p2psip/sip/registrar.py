@@ -44,7 +44,7 @@ from typing import cast, Any
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.sip.authorization import AccountDirectory, CredentialCheck, Outcome

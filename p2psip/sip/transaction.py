@@ -42,7 +42,7 @@ from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.sip.message import MAGIC_COOKIE, AnyMessage, Headers, Request, Response, make_response
 

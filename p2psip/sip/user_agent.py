@@ -27,7 +27,7 @@ import os
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 from p2psip.sip.digest import (
     ALGORITHMS,

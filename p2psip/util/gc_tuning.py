@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import gc
 
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 #: Young-generation threshold (Python's default is 700 allocations).
 GENERATION0_THRESHOLD = 10_000

@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.logger import Logger
+from p2psip.util.logs import Logger
 
 #: Lines per section of a report.
 DEFAULT_TOP = 25

@@ -3,7 +3,12 @@
 from typing import Any
 
 from twisted.application.service import IService, ServiceMaker
+from twisted.logger import Logger, LogLevel
 from twisted.python import usage
+
+from p2psip.util.logs import set_log_level
+
+log = Logger(namespace="p2psip")
 
 
 class RoleMaker(ServiceMaker):
@@ -11,10 +16,19 @@ class RoleMaker(ServiceMaker):
     A role's ``makeService``, with the operator's errors it raises (a bad
     file, an unreadable data directory, a full disk: ``UsageError``s whose
     message names the path and the fix) ending twistd with that message
-    and status 1 instead of a traceback.
+    and status 1 instead of a traceback.  It sets the process's p2psip log
+    level from ``--log-level`` first (``p2psip.util.logs``: twistd itself
+    writes every level it is given).
     """
 
     def makeService(self, options: Any) -> IService:
+        level = options.get("log-level", LogLevel.info)
+        set_log_level(level)
+        if level == LogLevel.debug:
+            log.warn(
+                "--log-level debug: lines per request and message, naming peers' addresses "
+                "in full; they cost CPU (use for a short session, then info)"
+            )
         try:
             service: IService = super().makeService(options)
         except usage.UsageError as error:
