@@ -30,6 +30,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import crypto
 from twisted.application.service import Service
@@ -38,16 +39,13 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorFromThreads, IReactorTime
-from twisted.internet.threads import deferToThreadPool
 from twisted.internet.ssl import CertificateOptions, TLSVersion
-from p2psip.util.logs import Logger
+from twisted.internet.threads import deferToThreadPool
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
-
-from cryptography import x509
 
 from p2psip.enrolment.accounts import Account, AccountsFile, AccountsFileError
 from p2psip.enrolment.authority import OverlayAuthority
@@ -69,13 +67,13 @@ from p2psip.enrolment.requests import (
     MalformedRequest,
     decode_request,
 )
-from p2psip.util.endpoints import split_description
 from p2psip.sip.login_throttle import LoginThrottle
 from p2psip.util.connection_limit import ConnectionLimitFactory
+from p2psip.util.endpoints import split_description
 from p2psip.util.ids import id_hex
+from p2psip.util.logs import Logger
 from p2psip.util.reactor import IRoleReactor
 from p2psip.web.site import bounded_site, refuse_logged
-
 
 #: Connections one address may hold open to the enrolment server, and in all.
 ENROLMENT_CONNECTIONS_PER_SOURCE = 8

@@ -37,13 +37,11 @@ answered, or when the relay finds it idle.
 
 from __future__ import annotations
 
-import ipaddress
-
 import enum
+import ipaddress
 from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 
 from p2psip.media.directory import RelayDirectory
 from p2psip.media.sdp import (
@@ -60,6 +58,7 @@ from p2psip.sip.proxy import NODE_PARAMETER
 from p2psip.sip.transaction import Hop
 from p2psip.sip.uri import URI, SipURI
 from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
 
 #: The header a super-node without free relay ports adds to send a call
 #: through another super-node's relay; its value names that node (hex Node-ID).

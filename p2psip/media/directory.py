@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import cast
 
 from twisted.internet.defer import Deferred, DeferredList
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.interfaces import ISuperNodeOverlay
@@ -31,6 +30,7 @@ from p2psip.usages.media_relay import (
 )
 from p2psip.usages.sip import SIP_APPLICATION
 from p2psip.util.ids import id_to_bytes
+from p2psip.util.logs import Logger
 
 #: How often a relay re-stores its entry and every node re-reads the list.
 PUBLISH_INTERVAL_SECONDS = 600.0

@@ -21,10 +21,10 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
-from p2psip.util.logs import Logger
 
 from p2psip.media.relay import Leg
 from p2psip.media.sessions import RelaySessions
+from p2psip.util.logs import Logger
 from p2psip.util.reactor import UDPReactor
 
 #: The largest datagram relayed (RTP over Ethernet stays well under it).

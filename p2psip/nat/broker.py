@@ -28,7 +28,6 @@ from typing import Any, Protocol
 import attrs
 from prometheus_client import CollectorRegistry
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 
 from p2psip.nat.broker_metrics import BrokerCollector, Metrics
 from p2psip.nat.control_auth import (
@@ -54,6 +53,7 @@ from p2psip.nat.port_allocation import (
     classify_observations,
     predict_endpoint,
 )
+from p2psip.util.logs import Logger
 
 
 class Link(Protocol):

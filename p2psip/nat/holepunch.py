@@ -25,12 +25,12 @@ from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReadDescriptor, IWriteDescriptor
-from zope.interface import implementer
 from twisted.internet.protocol import DatagramProtocol
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from p2psip.nat import stun
+from p2psip.util.logs import Logger
 from p2psip.util.reactor import HolePunchReactor, Timers
 
 #: Linux errors that mean "no connection this time, try again".

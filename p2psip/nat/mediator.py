@@ -18,18 +18,18 @@ import attrs
 from prometheus_client.core import CounterMetricFamily, Metric
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat.broker import Broker
-from p2psip.util.log_throttle import LogThrottle
-from p2psip.util.token_bucket import TokenBuckets
 from p2psip.nat.control_protocol import (
     PROTOCOL_VERSION,
     FrameDecoder,
     StuntDecodeError,
     encode_frame,
 )
+from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
+from p2psip.util.token_bucket import TokenBuckets
 
 AUTH_TIMEOUT_SECONDS = 10.0
 MAX_RELAY_PREFIX_BYTES = 65536

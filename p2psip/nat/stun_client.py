@@ -23,11 +23,11 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat import stun
 from p2psip.nat.stun import MessageClass, StunDecodeError, StunMessage
+from p2psip.util.logs import Logger
 
 Address = tuple[str, int]
 

@@ -50,13 +50,13 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IAddress, IDelayedCall, IListeningPort, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat import stun
-from p2psip.util.log_throttle import LogThrottle
-from p2psip.util.token_bucket import TokenBuckets
 from p2psip.nat.stun import AttributeType, MessageClass, StunDecodeError
+from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
+from p2psip.util.token_bucket import TokenBuckets
 
 Address = tuple[str, int]
 

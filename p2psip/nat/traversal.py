@@ -38,8 +38,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import DatagramProtocol, Factory, Protocol, connectionDone
 from twisted.logger import LogLevel
-
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -48,6 +46,7 @@ from p2psip.nat import traversal_events as ev
 from p2psip.nat import traversal_session as ts
 from p2psip.nat.traversal_relay import RelayClientProtocol
 from p2psip.nat.traversal_session import KEEPALIVE_SECONDS, PROBES_PER_ATTEMPT
+from p2psip.util.logs import Logger
 from p2psip.util.reactor import HolePunchReactor, UDPPort
 
 __all__ = [

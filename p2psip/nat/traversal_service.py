@@ -24,12 +24,17 @@ from typing import TYPE_CHECKING
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IReactorTime
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
-from twisted.internet.interfaces import IStreamClientEndpoint
+
+from p2psip.util.logs import Logger
 
 if TYPE_CHECKING:
     from p2psip.nat.traversal import TraversalClient

@@ -36,7 +36,6 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from p2psip.util.logs import Logger
 
 from p2psip.overlay.connectivity import Connectivity
 from p2psip.overlay.errors import NotConnected, OverlayError
@@ -46,6 +45,7 @@ from p2psip.overlay.message import Destination, MessageCode
 from p2psip.overlay.messaging import Answer, Messenger
 from p2psip.overlay.peer_cache import KnownPeer
 from p2psip.util.ids import MAX_ID, id_short
+from p2psip.util.logs import Logger
 
 #: Pauses between rounds of re-attachment attempts: the first round starts
 #: at once, then 1, 2, 4 ... seconds, at most this long.

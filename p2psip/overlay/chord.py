@@ -28,12 +28,11 @@ that could not be reached are not tried again for a ping interval.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import bodies
@@ -50,8 +49,8 @@ from p2psip.overlay.results import HandOver
 from p2psip.overlay.topology import ChordTopology
 from p2psip.util.ids import MAX_ID, between, between_right_inclusive, id_hex, id_short
 from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
 from p2psip.util.token_bucket import TokenBuckets
-
 
 #: A requester gets at most one full Update (RouteQuery send_update) this often.
 FULL_UPDATE_INTERVAL_SECONDS = 1.0

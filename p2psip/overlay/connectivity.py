@@ -31,12 +31,11 @@ keeping them alive, and noticing when a peer is gone.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Generator, Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import bodies
@@ -51,6 +50,7 @@ from p2psip.overlay.messaging import WILDCARD_NODE_ID, Answer, Messenger, Reply,
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.topology import ChordTopology
 from p2psip.util.ids import id_short
+from p2psip.util.logs import Logger
 
 
 def host_candidate(host: str, port: int) -> bodies.IceCandidate:

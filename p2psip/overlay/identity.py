@@ -34,7 +34,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from p2psip.util.logs import Logger
 
 from p2psip.overlay.certificates import (
     CertificateRefused,
@@ -46,6 +45,7 @@ from p2psip.overlay.certificates import (
 from p2psip.overlay.message import Signature, SignerIdentity, SignerIdentityType
 from p2psip.util.files import DataFileError, write_atomically
 from p2psip.util.ids import id_hex, node_id_from_key
+from p2psip.util.logs import Logger
 
 #: TLS HashAlgorithm code points (RFC 5246 s7.4.1.4.1) used in RELOAD.
 HASH_ALGORITHM_SHA256 = 4

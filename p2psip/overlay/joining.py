@@ -25,7 +25,6 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from p2psip.util.logs import Logger
 
 from p2psip.overlay import bodies
 from p2psip.overlay.chord import ChordMaintenance
@@ -42,6 +41,7 @@ from p2psip.overlay.messaging import (
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.topology import ChordTopology
 from p2psip.util.ids import id_short
+from p2psip.util.logs import Logger
 
 #: Attach/Join rounds through one endpoint before trying the next.
 JOIN_ATTEMPTS = 5

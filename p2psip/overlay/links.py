@@ -21,7 +21,8 @@ other end) and a valid signature.
 
 from __future__ import annotations
 
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, fail, succeed
@@ -34,7 +35,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from twisted.internet.protocol import Factory, Protocol
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -44,6 +44,7 @@ from p2psip.overlay.message import ErrorCode
 from p2psip.overlay.tls import LinkRefused, LinkSecurity
 from p2psip.util.endpoints import escape_field
 from p2psip.util.ids import id_short
+from p2psip.util.logs import Logger
 
 CONNECT_TIMEOUT_SECONDS = 10
 #: After a TLS link sends its close_notify, how long the other end has to

@@ -24,19 +24,19 @@ takes connections once the node's inbound factory is known.
 from __future__ import annotations
 
 from collections.abc import Generator
-
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResult
 from p2psip.overlay.links import FramedStreamLink, Link, LinkListener
 from p2psip.overlay.tls import LinkSecurity, unwrapped
 from p2psip.util.ids import id_hex, id_short, node_id_from_hex
+from p2psip.util.logs import Logger
 
 #: How long the connect to a peer's own candidate may take before the
 #: mediator is asked; unreachable private addresses often just time out.

@@ -61,7 +61,6 @@ from typing import Any, Union
 from attrs import evolve, frozen
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import bodies
@@ -83,8 +82,8 @@ from p2psip.overlay.message import (
     GenericCertificate,
     Message,
     MessageCode,
-    SecurityBlock,
     PeekedMessage,
+    SecurityBlock,
     decode_message,
     decode_signed_message,
     encode_contents,
@@ -102,6 +101,7 @@ from p2psip.overlay.topology import ChordTopology
 from p2psip.overlay.transactions import PendingRequest, TransactionTable
 from p2psip.util.ids import MAX_ID, id_hex, id_short
 from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
 from p2psip.util.token_bucket import TokenBuckets
 
 #: The wildcard Node-ID (all ones) addresses "whoever is at the other end of

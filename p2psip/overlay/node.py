@@ -30,12 +30,11 @@ deterministically on a fake one.
 from __future__ import annotations
 
 import random
-from collections.abc import Generator, Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 from zope.interface import implementer
 
 from p2psip.interfaces import ISuperNodeOverlay
@@ -52,6 +51,7 @@ from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.peer_tables import PeerTables, PeerTablesQuery
 from p2psip.overlay.results import OperationResult
 from p2psip.util.ids import id_short
+from p2psip.util.logs import Logger
 from p2psip.util.periodic import JitteredLoop
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
-from p2psip.util.logs import Logger
 
 from p2psip.util.endpoints import tcp_client_description
 from p2psip.util.files import write_atomically
 from p2psip.util.ids import id_hex, parse_id
+from p2psip.util.logs import Logger
 
 FILE_NAME = "known-peers.json"
 FORMAT_VERSION = 1

@@ -73,7 +73,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Union
 
 from attrs import evolve
-from p2psip.util.logs import Logger
 
 from p2psip.overlay.bodies import (
     ArrayEntry,
@@ -99,6 +98,7 @@ from p2psip.overlay.certificates import CertifiedIdentity
 from p2psip.overlay.identity import HASH_ALGORITHM_SHA256, CertificateCache, SignatureError
 from p2psip.overlay.kinds import AccessDenied, Kind, check_access
 from p2psip.overlay.message import ErrorCode
+from p2psip.util.logs import Logger
 
 #: The array index that means "after the last entry" (RFC 6940 s7.2.2).
 APPEND_INDEX = 0xFFFFFFFF

@@ -50,7 +50,6 @@ from typing import Any
 from attrs import evolve
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import bodies
@@ -80,6 +79,7 @@ from p2psip.overlay.topology import ChordTopology
 from p2psip.overlay.user_credentials import UserCredentials
 from p2psip.util.ids import between, id_short, resource_id
 from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
 
 #: The replica_number of hand-over Stores (a newcomer's range at join, ours
 #: at leave): non-zero, like a replica, so the receiver adopts the

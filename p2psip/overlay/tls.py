@@ -53,7 +53,6 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
 )
-from p2psip.util.logs import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
@@ -62,6 +61,7 @@ from p2psip.overlay.identity import MAX_CERTIFICATE_BYTES, NodeIdentity
 from p2psip.overlay.message import ErrorCode
 from p2psip.util.ids import id_hex
 from p2psip.util.log_throttle import LOG_INTERVAL_SECONDS, LogThrottle
+from p2psip.util.logs import Logger
 
 #: How long a new connection may take to finish its TLS handshake; a peer
 #: that opens a connection and says nothing holds a socket no longer.

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from p2psip.util.logs import Logger
-
 from p2psip.overlay.identity import (
     CertificateCache,
     IdentityError,
@@ -29,6 +27,7 @@ from p2psip.overlay.identity import (
     SignatureError,
 )
 from p2psip.util.ids import id_short
+from p2psip.util.logs import Logger
 
 #: Self-signed credentials an insecure node keeps (least recently used go first).
 MAX_SELF_SIGNED_CREDENTIALS = 4096

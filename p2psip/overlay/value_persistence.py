@@ -38,7 +38,6 @@ from typing import Any
 from attrs import evolve
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 
 from p2psip.overlay import bodies
 from p2psip.overlay.codec import DecodeError, Limits
@@ -47,6 +46,7 @@ from p2psip.overlay.membership import Membership
 from p2psip.overlay.storage import DataStore, StoreError
 from p2psip.overlay.storage_service import HAND_OVER_REPLICA_NUMBER, StorageService
 from p2psip.util.ids import id_hex
+from p2psip.util.logs import Logger
 from p2psip.util.state_db import StateDatabase
 
 SECTION = "dht-values"

@@ -41,10 +41,7 @@ from typing import Any, ClassVar
 from prometheus_client import CollectorRegistry
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import clientFromString
-from p2psip.util.logs import Logger
 
-from p2psip.sip.binding_store import BindingStore
-from p2psip.util.state_db import StateFlusher, state_threads
 from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.nat.traversal import TraversalClient
 from p2psip.nat.traversal_service import TraversalService
@@ -59,7 +56,6 @@ from p2psip.roles.enrolment_service import FirstEnrolment, stop_reactor
 from p2psip.roles.overlay_api import overlay_api_routes
 from p2psip.roles.ring_credentials import EnrolmentNeeded
 from p2psip.roles.sip_service import SipService, build_sip_stack
-from p2psip.sip.registrar import Registrar
 from p2psip.roles.super_node import (
     RingState,
     link_security,
@@ -67,9 +63,13 @@ from p2psip.roles.super_node import (
     security_status,
     warn_if_insecure,
 )
+from p2psip.sip.binding_store import BindingStore
+from p2psip.sip.registrar import Registrar
 from p2psip.util.ids import id_hex
+from p2psip.util.logs import Logger
 from p2psip.util.metrics import role_registry
 from p2psip.util.reactor import IRoleReactor, as_hole_punch_reactor, as_role_reactor
+from p2psip.util.state_db import StateFlusher, state_threads
 from p2psip.web.site import build_site, http_service
 
 #: Calls kept for /status, newest last.

@@ -18,13 +18,13 @@ from pathlib import Path
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import peer_cache
 from p2psip.overlay.attaching import ClientNodeIdInUse
 from p2psip.overlay.client import OverlayClient
 from p2psip.util.files import DataFileError
+from p2psip.util.logs import Logger
 
 #: Between two rounds of attempts while no peer of the ring answers.
 ATTACH_RETRY_SECONDS = 5.0

@@ -41,13 +41,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IAddress, IProtocol, IProtocolFactory
 from twisted.internet.protocol import Factory
-from p2psip.util.logs import Logger
 
 from p2psip.nat.traversal import TraversalClient, TraversalError, TraversalResult
 from p2psip.overlay.mediated import DIRECT_RETRY_AFTER_SECONDS, REGISTRATION_WAIT_SECONDS
 from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipStreamProtocol, SipTransport
 from p2psip.util.ids import id_hex, id_short, node_id_from_hex
+from p2psip.util.logs import Logger
 from p2psip.util.reactor import IRoleReactor
 
 #: The path name of a stream opened straight to the AppAttach address.

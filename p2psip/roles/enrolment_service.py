@@ -25,7 +25,6 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
-from p2psip.util.logs import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -48,9 +47,10 @@ from p2psip.enrolment.server import EnrolmentServer, build_enrolment_server
 from p2psip.overlay.node import OverlayNode
 from p2psip.roles.ring_credentials import NodeRoleConfig, overlay_root
 from p2psip.roles.ring_options import RingRoleConfig
-from p2psip.util.local_address import is_wildcard
 from p2psip.util.endpoints import endpoint_interface, parse_tcp_client_description
 from p2psip.util.ids import id_hex
+from p2psip.util.local_address import is_wildcard
+from p2psip.util.logs import Logger
 from p2psip.util.reactor import IRoleReactor
 
 #: Seconds between attempts while the enrolment server cannot be reached.

@@ -26,7 +26,6 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.task import LoopingCall
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.overlay import peer_cache
@@ -35,6 +34,7 @@ from p2psip.overlay.membership import NodeState
 from p2psip.overlay.node import OverlayNode
 from p2psip.util.files import DataFileError
 from p2psip.util.ids import id_hex
+from p2psip.util.logs import Logger
 
 #: Delay between a neighbour change and saving the known peers (coalesces bursts).
 PEER_SAVE_DELAY_SECONDS = 1.0

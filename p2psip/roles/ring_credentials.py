@@ -33,7 +33,6 @@ from typing import Protocol
 from attrs import frozen
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from p2psip.util.logs import Logger
 from twisted.python import usage
 
 from p2psip.enrolment.authority import (
@@ -63,6 +62,7 @@ from p2psip.overlay.identity import IdentityError, NodeIdentity
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.roles.security_options import SecurityConfig
 from p2psip.util.ids import id_hex
+from p2psip.util.logs import Logger
 
 log = Logger(namespace="p2psip.roles.ring_credentials")
 

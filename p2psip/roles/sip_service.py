@@ -50,19 +50,17 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import CertificateOptions, TLSVersion
 from twisted.internet.task import LoopingCall
-from p2psip.util.logs import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from p2psip.enrolment.user_certificates import UserCertificateError, UserCertificates
+from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.media.anchor import MediaAnchor, MediaPolicy
 from p2psip.media.directory import PUBLISH_INTERVAL_SECONDS, RelayDirectory
 from p2psip.media.metrics import MediaRelayCollector, relay_status
 from p2psip.media.relay import PortPool
 from p2psip.media.sessions import RelaySessions
 from p2psip.media.udp import RelayService, UdpSocketOpener
-from p2psip.util.reactor import IRoleReactor, as_udp_reactor
-from p2psip.enrolment.user_certificates import UserCertificateError, UserCertificates
-from p2psip.interfaces import ISuperNodeOverlay
 from p2psip.roles.ring_options import SIP_TLS_KEY_TYPES, SipConfig, SipTlsCredentials
 from p2psip.sip.binding_store import BindingStore
 from p2psip.sip.digest import DigestAuthenticator
@@ -81,7 +79,9 @@ from p2psip.sip.users import UsersFile, UsersFileError
 from p2psip.usages.sip import SIP_APPLICATION
 from p2psip.util import gc_tuning
 from p2psip.util.endpoints import endpoint_interface, escape_field
+from p2psip.util.logs import Logger
 from p2psip.util.loop_lag import LoopLagProbe
+from p2psip.util.reactor import IRoleReactor, as_udp_reactor
 
 NONCE_SECRET_FILE = "sip-nonce-secret"
 NONCE_SECRET_BYTES = 32

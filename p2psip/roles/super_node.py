@@ -33,23 +33,15 @@ from prometheus_client import CollectorRegistry
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 from twisted.python import usage
 
-from p2psip.util.reactor import (
-    HolePunchReactor,
-    IRoleReactor,
-    as_hole_punch_reactor,
-    as_role_reactor,
-)
-from p2psip.enrolment.user_certificates import UserCertificates
-from p2psip.nat.traversal import TraversalClient
-from p2psip.nat.traversal_service import TraversalService
 from p2psip.enrolment.authority import OverlayAuthority
 from p2psip.enrolment.fingerprints import root_fingerprint
 from p2psip.enrolment.server import EnrolmentServer
+from p2psip.enrolment.user_certificates import UserCertificates
+from p2psip.nat.traversal import TraversalClient
+from p2psip.nat.traversal_service import TraversalService
 from p2psip.overlay import peer_cache
-from p2psip.util.memory_report import MemoryReportService
 from p2psip.overlay.certificates import OverlayRootTrust, SelfSignedTrust, TrustPolicy
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import Connector, StreamConnector, inbound_link_factory
@@ -58,25 +50,32 @@ from p2psip.overlay.metrics import OverlayMetrics
 from p2psip.overlay.node import OverlayNode
 from p2psip.overlay.operations import OverlayOperations
 from p2psip.overlay.tls import KeyLogFile, LinkSecurity
+from p2psip.overlay.value_persistence import ValuePersistence
 from p2psip.roles.enrolment_service import FirstEnrolment, bootstrap_enrolment_server
 from p2psip.roles.overlay_api import overlay_api_routes
-from p2psip.roles.ring_credentials import EnrolmentNeeded, NodeRoleConfig, load_credentials
 from p2psip.roles.overlay_service import OverlayService
+from p2psip.roles.ring_credentials import EnrolmentNeeded, NodeRoleConfig, load_credentials
 from p2psip.roles.ring_options import MediatorClientConfig, RingRoleConfig, SipConfig
 from p2psip.roles.sip_service import SipService, build_sip_stack, load_or_create_secret, load_users
-from p2psip.overlay.value_persistence import ValuePersistence
 from p2psip.sip.binding_store import LEGACY_FILE_NAME as LEGACY_BINDINGS_FILE_NAME
 from p2psip.sip.binding_store import BindingStore
-from p2psip.util.state_db import FILE_NAME as STATE_DB_FILE_NAME
-from p2psip.util.state_db import StateDatabase, StateDatabaseError, StateFlusher, state_threads
 from p2psip.sip.users import UsersFile
 from p2psip.util.admin_token import AdminTokenError, load_or_create_token
 from p2psip.util.connection_limit import ConnectionLimitFactory
 from p2psip.util.ids import id_hex
+from p2psip.util.logs import Logger
+from p2psip.util.memory_report import MemoryReportService
 from p2psip.util.metrics import role_registry
+from p2psip.util.reactor import (
+    HolePunchReactor,
+    IRoleReactor,
+    as_hole_punch_reactor,
+    as_role_reactor,
+)
+from p2psip.util.state_db import FILE_NAME as STATE_DB_FILE_NAME
+from p2psip.util.state_db import StateDatabase, StateDatabaseError, StateFlusher, state_threads
 from p2psip.web.overlay_status import overlay_status
 from p2psip.web.site import build_site, http_service
-
 
 #: Inbound overlay connections at once, from everyone.
 MAX_OVERLAY_CONNECTIONS = 1024

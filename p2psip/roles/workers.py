@@ -44,15 +44,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IProcessTransport
-from twisted.internet.protocol import Protocol, ProcessProtocol
+from twisted.internet.protocol import ProcessProtocol, Protocol
 from twisted.internet.task import LoopingCall
-from p2psip.util.logs import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
 
 from p2psip.roles.ring_options import MediaRelayConfig, RingRoleConfig
 from p2psip.util.endpoints import endpoint_interface, stream_listen_port
+from p2psip.util.logs import Logger
 from p2psip.util.reactor import IRoleReactor
 from p2psip.web.site import build_site, http_service
 

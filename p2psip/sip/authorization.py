@@ -30,14 +30,14 @@ from typing import Protocol
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 
-from p2psip.sip.digest import DigestAuthenticator, DigestParseError, Verdict, parse_authorization
 from p2psip.sip.blur import blur_flow
+from p2psip.sip.digest import DigestAuthenticator, DigestParseError, Verdict, parse_authorization
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.login_throttle import LoginThrottle
 from p2psip.sip.uri import URI, parse_uri
 from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
 
 
 class AccountDirectory(Protocol):

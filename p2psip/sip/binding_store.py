@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 from attrs import frozen
-from p2psip.util.logs import Logger
 
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.message import NameAddress
 from p2psip.sip.registrar import LocalBinding, Registrar
 from p2psip.sip.transaction import Hop
 from p2psip.util.files import DataFileError, read_bounded_text
+from p2psip.util.logs import Logger
 from p2psip.util.state_db import StateDatabase
 
 #: The state database's section, one row per AOR.

@@ -23,7 +23,6 @@ from typing import Any, cast
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IResolver
-from p2psip.util.logs import Logger
 from twisted.names import client, dns, hosts, resolve
 from twisted.python.failure import Failure
 
@@ -39,6 +38,7 @@ from p2psip.sip.locating import (
 )
 from p2psip.sip.transaction import Hop
 from p2psip.sip.uri import SipURI
+from p2psip.util.logs import Logger
 
 RESOLV_CONF = Path("/etc/resolv.conf")
 HOSTS_FILE = Path("/etc/hosts")

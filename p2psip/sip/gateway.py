@@ -25,7 +25,6 @@ from __future__ import annotations
 from attrs import define
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.sip.dns_lookup import ServerLocator
@@ -33,6 +32,7 @@ from p2psip.sip.domain_routes import Destination, DomainRoutes, RouteKind
 from p2psip.sip.locating import is_ip_address
 from p2psip.sip.transaction import Hop
 from p2psip.sip.uri import SipURI
+from p2psip.util.logs import Logger
 
 #: How long the servers found for a foreign domain are trusted as its addresses.
 ADDRESS_CACHE_SECONDS = 300.0

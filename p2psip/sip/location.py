@@ -49,11 +49,9 @@ from typing import cast
 from attrs import frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 
 from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.outbound import valid_instance
-from p2psip.util.log_throttle import LogThrottle
 from p2psip.usages.sip import (
     SIP_APPLICATION,
     SIP_REGISTRATION_KIND,
@@ -67,6 +65,8 @@ from p2psip.usages.sip import (
     registration_key,
     registration_resource_name,
 )
+from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
 
 # SIP_APPLICATION and SIP_REGISTRATION_KIND are the usage's
 # (p2psip.usages.sip); they stay importable from here for the roles.

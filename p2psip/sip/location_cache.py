@@ -43,12 +43,12 @@ from typing import cast
 from attrs import define
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.usages.sip import SIP_APPLICATION
+from p2psip.util.logs import Logger
 
 __all__ = [
     "DEFAULT_MAX_AGE_SECONDS",

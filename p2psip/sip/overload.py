@@ -51,11 +51,11 @@ from collections.abc import Callable
 
 from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.message import Request, Response, make_response
 from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
 
 #: Requests worked on at once (no final response yet) past which new ones
 #: are refused.  A REGISTER waits for its overlay Store (milliseconds on a

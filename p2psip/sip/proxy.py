@@ -63,7 +63,6 @@ from typing import Protocol
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.interfaces import IOverlayStorage
@@ -75,12 +74,12 @@ from p2psip.sip.location import Binding, OverlayLocationService
 from p2psip.sip.location_cache import LocationCache
 from p2psip.sip.media_hook import MediaHook
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
-from p2psip.sip.request_log import RequestSummary
 from p2psip.sip.outbound import group_by_instance
 from p2psip.sip.overload import OverloadGuard, StatelessRefusals
-from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
 from p2psip.sip.request_limit import RequestRateLimit
+from p2psip.sip.request_log import RequestSummary
+from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.transaction import (
     Hop,
     MessageSender,
@@ -92,6 +91,7 @@ from p2psip.sip.transaction import (
 )
 from p2psip.sip.uri import URI, SipURI, parse_uri
 from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
 
 #: The Request-URI parameter that names the super-node to deliver at.
 NODE_PARAMETER = "p2psip-node"

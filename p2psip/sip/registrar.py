@@ -39,23 +39,23 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Sequence
-from typing import cast, Any
+from typing import Any, cast
 
 from attrs import define, frozen
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 
 from p2psip.sip.authorization import AccountDirectory, CredentialCheck, Outcome
+from p2psip.util.logs import Logger
 
 __all__ = ["AccountDirectory", "LocalBinding", "Registrar", "blur_aor", "blur_flow", "flow_host"]
 from p2psip.sip.blur import blur_aor, blur_flow, flow_host
 from p2psip.sip.coalesce import BatchFull, KeyedBatcher
 from p2psip.sip.digest import DigestAuthenticator
-from p2psip.sip.login_throttle import LoginThrottle
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import Binding, NoUserCredential, OverlayLocationService, format_q
+from p2psip.sip.login_throttle import LoginThrottle
 from p2psip.sip.message import NameAddress, Request, Response, make_response
 from p2psip.sip.outbound import (
     FLOW_TIMER_SECONDS,

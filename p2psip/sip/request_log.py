@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import Counter
 
 from twisted.internet.interfaces import IReactorTime
+
 from p2psip.util.logs import Logger
 
 __all__ = ["SUMMARY_INTERVAL_SECONDS", "RequestSummary"]

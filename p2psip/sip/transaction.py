@@ -42,9 +42,9 @@ from typing import Protocol
 
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from p2psip.util.logs import Logger
 
 from p2psip.sip.message import MAGIC_COOKIE, AnyMessage, Headers, Request, Response, make_response
+from p2psip.util.logs import Logger
 
 T1_SECONDS = 0.5
 T2_SECONDS = 4.0

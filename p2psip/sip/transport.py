@@ -63,7 +63,6 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import DatagramProtocol, Factory
 from twisted.internet.protocol import Protocol as StreamProtocol
-from p2psip.util.logs import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
@@ -85,6 +84,7 @@ from p2psip.sip.message import (
 from p2psip.sip.transaction import Hop, new_branch
 from p2psip.util.connection_limit import ConnectionLimitFactory
 from p2psip.util.endpoints import is_udp, parse_udp_listen_address
+from p2psip.util.logs import Logger
 from p2psip.util.reactor import UDPPort, UDPReactor
 from p2psip.util.shared_ports import SHARED_PORT_KINDS, reuse_port_socket
 

@@ -27,7 +27,6 @@ import os
 from attrs import define, field
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from p2psip.util.logs import Logger
 
 from p2psip.sip.digest import (
     ALGORITHMS,
@@ -40,6 +39,7 @@ from p2psip.sip.message import NameAddress, Request, Response, make_request, mak
 from p2psip.sip.transaction import Hop, ServerTransaction, TransactionLayer
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.uri import SipURI, parse_uri
+from p2psip.util.logs import Logger
 
 #: One PCMU stream at ``port`` (9, discard, for calls that carry no media).
 _SDP_TEMPLATE = (

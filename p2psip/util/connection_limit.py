@@ -24,11 +24,11 @@ from typing import Any
 
 from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Protocol, connectionDone
-from p2psip.util.logs import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
 from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
 
 
 def _source(addr: IAddress | None) -> str:

@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
+
 from p2psip.util.logs import Logger
 
 #: Lines per section of a report.

@@ -15,6 +15,7 @@ import random
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
 from p2psip.util.logs import Logger
 
 #: Each round waits between (1 - JITTER) and (1 + JITTER) times the period.

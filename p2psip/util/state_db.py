@@ -38,11 +38,11 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
-from p2psip.util.logs import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from p2psip.util.log_throttle import LogThrottle
+from p2psip.util.logs import Logger
 
 FILE_NAME = "state.sqlite3"
 #: The layout this code reads and writes (``PRAGMA user_version``).

@@ -56,8 +56,8 @@ import hmac
 import ipaddress
 import json
 import re
-from io import BytesIO
 from collections.abc import Callable, Collection, Mapping
+from io import BytesIO
 from typing import Any, NamedTuple, TypeVar, Union, cast
 from urllib.parse import parse_qsl
 
@@ -70,15 +70,15 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IDelayedCall, IProtocolFactory, IReactorTCP, IReactorTime
-from p2psip.util.logs import Logger
-from twisted.python.failure import Failure
 from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from p2psip.util.connection_limit import ConnectionLimitFactory
 from p2psip.util.log_throttle import LOG_INTERVAL_SECONDS, LogThrottle
+from p2psip.util.logs import Logger
 from p2psip.web.page import CONTENT_SECURITY_POLICY, render_page
 
 #: Admin requests are small JSON objects; anything bigger is refused.
