@@ -3,8 +3,8 @@ twistd with ``--logger p2psip.util.log_files.bounded_observer`` under log
 load: the log rotates at its size and keeps a bounded number of files, and
 the role keeps answering meanwhile.
 
-A bootstrap logs a debug line per ``/status`` request; the test asks for
-thousands of them with a 16 KiB limit and two old files.
+A bootstrap at ``--log-level debug`` logs a line per ``/status`` request;
+the test asks for thousands of them with a 16 KiB limit and two old files.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class LogRotationTests(TestCase):
         bootstrap = RoleProcess(
             "p2psip-bootstrap",
             directory / "bootstrap",
-            overlay_arguments() + ca.bootstrap_arguments(),
+            [*overlay_arguments(), *ca.bootstrap_arguments(), "--log-level", "debug"],
             twistd_arguments=["--logger", "p2psip.util.log_files.bounded_observer"],
             environment={
                 "P2PSIP_LOG_FILE": str(logs / "bootstrap.log"),
