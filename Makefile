@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/stun_load.py
 	$(PY) bench/nat_matrix.py
 	$(PY) bench/sip_stack.py
+	$(PY) bench/sip_path.py
 	$(PY) bench/sip_load.py --auth both --rates 1000,2000,2500,3000 --call-rates 300,500,750,1000 --kamailio
 	$(PY) bench/sip_ring_load.py
 	$(PY) bench/state_db.py
