@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) bench/profile_register.py
 	$(PY) bench/signature_algorithms.py
 	$(PY) bench/churn.py
+	$(PY) bench/churn_processes.py
 	$(PY) bench/sip_overload.py
 	$(PY) bench/soak.py
 

@@ -31,6 +31,7 @@ from p2psip.enrolment.node_files import save_node_enrolment
 from p2psip.enrolment.user_certificates import UserCertificates
 from p2psip.testing import free_port, repository_root, shared_dir
 from p2psip.usages.sip import registration_resource_name
+from p2psip.util.admin_token import token_path
 
 DOMAIN = "127.0.0.1"
 START_SECONDS = 30.0
@@ -56,7 +57,10 @@ class SuperNode:
         return f"tcp:127.0.0.1:{self.overlay_port}"
 
     def admin(self) -> AdminClient:
-        return AdminClient(f"http://127.0.0.1:{self.http_port}")
+        """Its admin API, with the token from its data dir (``/api/get`` needs it)."""
+        return AdminClient(
+            f"http://127.0.0.1:{self.http_port}", token_file=token_path(self.directory / "data")
+        )
 
 
 def start_super_node(
@@ -67,6 +71,8 @@ def start_super_node(
     auth: bool = False,
     users: Path | None = None,
     enrolled_aors: list[str] | None = None,
+    ports: tuple[int, int] | None = None,
+    wait: bool = True,
 ) -> SuperNode:
     """
     Start one role process with SIP on ``sip_port`` and wait for its SIP listener.
@@ -76,9 +82,11 @@ def start_super_node(
     (a bootstrap only) it is a secure one: a CA, the node's certificate and
     a user certificate for every AOR are made in its data dir before it
     starts, as its first start and ``p2psip enrol --user`` would.
+    ``ports`` (overlay, HTTP) restarts a node where it was; ``wait=False``
+    returns at once instead of waiting for the SIP listener.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    overlay_port, http_port = free_port(), free_port()
+    overlay_port, http_port = ports if ports is not None else (free_port(), free_port())
     security = ["--insecure"]
     if enrolled_aors is not None:
         enrol_bootstrap_offline(directory / "data", enrolled_aors)
@@ -113,6 +121,8 @@ def start_super_node(
         command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     node = SuperNode(role, directory, sip_port, overlay_port, http_port, process)
+    if not wait:
+        return node
     deadline = time.monotonic() + START_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
