@@ -7,6 +7,7 @@ TRIAL_JOBS ?= 2
 # Seconds per fuzz harness; eight harnesses, so the default stays near eight and a half minutes.
 FUZZ_SECONDS ?= 60
 FUZZ_STAMP := $(VENV)/.fuzz-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 # Debian packages the interop tests and benchmarks drive (see README).
 DEB_PACKAGES := sip-tester sipsak kamailio coturn tshark nftables iproute2 iptables conntrack systemd prometheus baresip rtpengine-daemon chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -33,7 +34,12 @@ deps:
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEB_PACKAGES)
 
 # Figures, never assertions: each script prints a table (see docs and the scripts' docstrings).
-bench: $(STAMP)
+# matplotlib (the bench extra) draws bench/overlay_scaling.py's PNG.
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,interop,bench]' --config-settings editable_mode=compat
+	touch $@
+
+bench: $(BENCH_STAMP)
 	$(PY) bench/overlay.py
 	$(PY) bench/ring_simulation.py
 	$(PY) bench/stun_load.py
