@@ -16,7 +16,10 @@ no failed call, no retransmission, 95 % of the target rate):
   (cached), from SIPp's microsecond message log;
 * a REGISTER ladder at B (a new AOR every REGISTER), the Digest REGISTER
   ladder at E (``register_digest.xml``: REGISTER, 401, REGISTER, 200), the
-  REGISTER ladder at F (2 workers), and call ladders through B and F;
+  REGISTER ladder at F (2 workers), and call ladders through B and F (at
+  F SIPp sends each call from a socket of its own, ``-t un``: the kernel
+  gives a shared port's datagrams to a worker by the sender's address, so
+  one socket would be one phone on one worker);
 * Kamailio with the shared ``kamailio.cfg`` (2 UDP workers), started here:
   the same REGISTER and call ladders and the same latency run.
 
@@ -34,6 +37,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -45,6 +49,7 @@ import time
 import urllib.request
 import json
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -292,6 +297,28 @@ def digest(sipp: Any, injection: Path) -> Any:
     return original
 
 
+@contextlib.contextmanager
+def one_socket_per_call(sipp: Any) -> Iterator[None]:
+    """
+    SIPp sends each call from a socket of its own (``-t un``) meanwhile.
+
+    ``--workers`` shares the SIP port with ``SO_REUSEPORT``, and the
+    kernel picks a worker by the sender's address and port: one SIPp
+    socket would be one phone, all on one worker.  From a socket per call
+    the load spreads over the workers as many phones' would.
+    """
+    original = sipp.scenario_args
+
+    def spread(a: Any, prefix: str) -> list[str]:
+        return [*original(a, prefix), "-t", "un"]
+
+    sipp.scenario_args = spread
+    try:
+        yield
+    finally:
+        sipp.scenario_args = original
+
+
 def latency_pair(
     sipp: Any, args: argparse.Namespace, target: SuperNode, pids: list[SuperNode], work: Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -380,17 +407,18 @@ def main() -> None:
                 work,
                 "call_B",
             )
-            rows["workers_calls"] = ladder(
-                sipp,
-                args,
-                "call",
-                rate_list(args.call_rates),
-                f.sip_port,
-                measured_first(f, started),
-                uas.pid,
-                work,
-                f"call_F_{args.workers}_workers",
-            )
+            with one_socket_per_call(sipp):
+                rows["workers_calls"] = ladder(
+                    sipp,
+                    args,
+                    "call",
+                    rate_list(args.call_rates),
+                    f.sip_port,
+                    measured_first(f, started),
+                    uas.pid,
+                    work,
+                    f"call_F_{args.workers}_workers",
+                )
             time.sleep(args.drain)
             rows["register"] = ladder(
                 sipp,
@@ -420,17 +448,18 @@ def main() -> None:
             finally:
                 sipp.scenario_args = original
             time.sleep(args.drain)
-            rows["workers_register"] = ladder(
-                sipp,
-                args,
-                "register",
-                rate_list(args.worker_register_rates),
-                f.sip_port,
-                measured_first(f, started),
-                uas.pid,
-                work,
-                f"register_F_{args.workers}_workers",
-            )
+            with one_socket_per_call(sipp):
+                rows["workers_register"] = ladder(
+                    sipp,
+                    args,
+                    "register",
+                    rate_list(args.worker_register_rates),
+                    f.sip_port,
+                    measured_first(f, started),
+                    uas.pid,
+                    work,
+                    f"register_F_{args.workers}_workers",
+                )
             stop_uas(uas)
             uas = None
             for node in reversed(started):
