@@ -4,8 +4,12 @@ Churn with real processes: super-nodes SIGKILLed and restarted under SIPp.
 ``bench/churn.py`` churns a ring of real overlay nodes on one simulated
 clock; this is the same experiment with the roles as operators run them:
 ``twist p2psip-peer`` processes on loopback (TLS links, signed data, each
-its own data dir), killed with SIGKILL and started again with the same
-data dir, while SIPp registers and calls.
+its own data dir), failing abruptly and started again with the same
+data dir, while SIPp registers and calls.  A peer fails by SIGSTOP
+(``--failure stop``, the default: it vanishes as a host that lost power,
+its connections open and silent, and is SIGKILLed when it restarts) or by
+SIGKILL (``--failure kill``: the kernel closes its sockets, so its
+neighbours know at once).
 
 Per median session time (``--medians``, minutes), on a fresh ring of
 ``--peers`` processes:
@@ -19,7 +23,7 @@ Per median session time (``--medians``, minutes), on a fresh ring of
   (``--sip-location-cache 0``), so every call is an overlay lookup of the
   callee's registration, stored and replicated on the churning peers;
 * every other peer lives an exponential session with the median given,
-  is SIGKILLed, and is started again after 5-60 s;
+  fails, and is started again after 5-60 s;
 * once a second the bench looks one registered AOR up through S2's admin
   API (``/api/get``, kind sip-registration): "lookups";
 * ``--values`` plain values are put through S1 at the start and read back
@@ -44,6 +48,7 @@ import argparse
 import heapq
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -162,6 +167,22 @@ def start_ring(work: Path, peers: int) -> list[Member]:
     raise SystemExit(f"the ring of {peers} did not converge within {CONVERGE_SECONDS:g} s")
 
 
+def fail(member: Member, how: str) -> None:
+    """
+    ``kill``: SIGKILL, and the kernel closes its sockets, so its neighbours
+    see the links go at once.  ``stop``: SIGSTOP, as a host that lost power
+    or its network: the connections stay open, nothing answers, and the
+    neighbours find out from their own timers (the link's ack timeout, the
+    keepalives).  A stopped member is killed when it restarts, or at the end.
+    """
+    if how == "stop":
+        member.node.process.send_signal(signal.SIGSTOP)
+    else:
+        member.node.process.kill()
+        member.node.process.wait()
+    member.alive = False
+
+
 def restart(member: Member) -> None:
     """
     Start a killed member again where it was: same data dir and ports, and
@@ -257,9 +278,7 @@ def run_median(args: argparse.Namespace, median: float, seed: int) -> Outcome:
                 _, index, what = heapq.heappop(events)
                 member = members[index]
                 if what == "kill" and member.alive:
-                    member.node.process.kill()
-                    member.node.process.wait()
-                    member.alive = False
+                    fail(member, args.failure)
                     member.kills += 1
                     outcome.kills += 1
                     open_repairs.append(now)
@@ -267,6 +286,8 @@ def run_median(args: argparse.Namespace, median: float, seed: int) -> Outcome:
                         delay = rng.uniform(*RESTART_DELAY_SECONDS)
                         heapq.heappush(events, (now + delay, index, "restart"))
                 elif what == "restart" and not member.alive:
+                    member.node.process.kill()  # a frozen one is gone for good now
+                    member.node.process.wait()
                     restart(member)
                     outcome.restarts += 1
                     session = rng.expovariate(1 / mean_session)
@@ -317,8 +338,13 @@ def run_median(args: argparse.Namespace, median: float, seed: int) -> Outcome:
                 except subprocess.TimeoutExpired:
                     process.kill()
         for member in members:
-            if member.node.process.poll() is None:
+            if member.node.process.poll() is not None:
+                continue
+            if member.alive:
                 stop_process(member.node.process)
+            else:
+                member.node.process.kill()  # frozen: it would never handle SIGTERM
+                member.node.process.wait()
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -344,6 +370,13 @@ def main() -> None:
     parser.add_argument("--call-rate", type=float, default=5.0, help="calls/s entering at S2")
     parser.add_argument("--values", type=int, default=50)
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--failure",
+        choices=("stop", "kill"),
+        default="stop",
+        help="how a peer fails: stop (SIGSTOP: gone without a word, as a power cut) or "
+        "kill (SIGKILL: its sockets closed at once)",
+    )
     parser.add_argument("--details", action="store_true", help="list every failure seen")
     args = parser.parse_args()
     if not 4 <= args.peers <= 24:
@@ -355,7 +388,7 @@ def main() -> None:
         f"{BOOTSTRAP_LIFETIME_SECONDS:g} s; S1 and S2 stay; {args.peers - 3} churning), "
         f"{args.minutes:g} min per median, {args.aors} phones at S1 (expiry {args.expires} s, "
         f"refresh at half), {args.call_rate:g} calls/s at S2 (location cache off), "
-        f"{args.values} values, seed {args.seed}\n",
+        f"{args.values} values, peers fail by {args.failure}, seed {args.seed}\n",
         flush=True,
     )
     outcomes = [
