@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) bench/super_node_scaling.py
 	$(PY) bench/overlay_scaling.py
 	$(PY) bench/profile_register.py
+	$(PY) bench/signature_algorithms.py
 	$(PY) bench/churn.py
 	$(PY) bench/sip_overload.py
 	$(PY) bench/soak.py

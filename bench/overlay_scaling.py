@@ -21,6 +21,15 @@ Two kinds of ring, both in one process:
   registration with its replicas (SIP-REGISTRATION dictionary entries put
   through the ring for ``--aors`` users, each signed with the user's
   self-signed credential, whose certificate the ring stores as well).
+* **Stores alone** (``--store-aors``, 100,000 by default): the three
+  ``DataStore``s that hold one registration (the responsible peer and two
+  replicas), filled with signed SIP-REGISTRATION entries and the users'
+  CERTIFICATE_BY_USER values as they arrive in StoreReqs (encoded, then
+  decoded by each holder; the pass with certificates at a tenth of the
+  count), at the AOR count of the issue's target, where a
+  ring of real nodes would take an hour of CPU.  This is the part of the
+  ring's memory that grows with the registrations; the nodes' bounded
+  caches (certificates, replay window, recent signatures) do not.
 
 Prints a table and, with matplotlib installed (``pip install .[bench]``),
 writes ``bench/results/overlay_scaling.png``.  Asserts nothing; the CPU
@@ -44,7 +53,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from p2psip.overlay import bodies
+from p2psip.overlay.identity import NodeIdentity
+from p2psip.overlay.kinds import CERTIFICATE_BY_USER, DEFAULT_KINDS, data_models
 from p2psip.overlay.message import MessageCode, peek_code
+from p2psip.overlay.storage import DataStore
 from p2psip.overlay.parameters import OverlayConfig
 from p2psip.overlay.topology import ChordTopology
 from p2psip.testing import MemoryLink
@@ -54,6 +67,7 @@ from p2psip.usages.sip import (
     encode_registration,
     registration_key,
 )
+from p2psip.util.ids import resource_id
 from tests.overlay.ringsim import RingSimulation
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -220,6 +234,93 @@ def simulated_ring(peers: int, aors: int, seed: int) -> dict[str, Any]:
         tracemalloc.stop()
 
 
+def store_memory(aors: int, seed: int, with_certificates: bool) -> dict[str, Any]:
+    """
+    Bytes per AOR held by the three stores of its holders (see the module docstring).
+
+    Every value is really signed (one super-node key; the user certificate's
+    DER is the same size for every user, so one is reused).  The stores run
+    with ``verify=False``: the signatures' cost is not what is measured.
+    """
+    node = NodeIdentity.from_secret(seed)
+    credential = node.self_signed_user("user000000@ring.test")
+    identity = credential.signer_identity()
+    models = data_models(DEFAULT_KINDS)
+    limits = OverlayConfig(overlay_name="ring.test").limits
+    kind_id = SIP_REGISTRATION_KIND
+    certificate_index = node.node_id % CERTIFICATE_BY_USER.max_count
+    now = 1_767_225_600.0
+
+    def signed(resource: int, kind: int, value: Any, storage_time: int) -> bodies.StoredData:
+        signature = credential.sign(
+            bodies.stored_data_signature_input(
+                resource, kind, storage_time, bodies.encode_stored_value(value), identity
+            )
+        )
+        return bodies.StoredData(storage_time, 3600, value, signature)
+
+    requests = []
+    for index in range(aors):
+        resource = resource_id(f"user{index:06d}@ring.test")
+        storage_time = int(now * 1000) + index
+        registration = bodies.DictionaryEntry(
+            registration_key(node.node_id),
+            bodies.DataValue(
+                True,
+                encode_registration(
+                    SipRegistration.route(f"<sip:u{index}@192.0.2.1>;expires-at=1", node.node_id)
+                ),
+            ),
+        )
+        kind_data = [
+            bodies.StoreKindData(
+                kind_id, 0, (signed(resource, kind_id, registration, storage_time),)
+            )
+        ]
+        if with_certificates:
+            certificate = bodies.ArrayEntry(
+                certificate_index, bodies.DataValue(True, credential.certificate_der)
+            )
+            kind_data.append(
+                bodies.StoreKindData(
+                    CERTIFICATE_BY_USER.kind_id,
+                    0,
+                    (signed(resource, CERTIFICATE_BY_USER.kind_id, certificate, storage_time),),
+                )
+            )
+        requests.append((resource, bodies.StoreReq(resource, 0, tuple(kind_data)).encode()))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    snapshot_before = tracemalloc.take_snapshot()
+    holders = [DataStore(DEFAULT_KINDS, max_values=4 * aors) for _ in range(3)]
+    cpu = time.process_time()
+    for resource, encoded in requests:
+        for replica_number, store in enumerate(holders):
+            request = bodies.StoreReq.decode(encoded, limits, models)
+            store.store_request(
+                resource, request.kind_data, now, verify=False, replica_number=replica_number
+            )
+    stored_cpu = time.process_time() - cpu
+    held = tracemalloc.get_traced_memory()[0] - before
+    growth = tracemalloc.take_snapshot().compare_to(snapshot_before, "lineno")
+    tracemalloc.stop()
+    by_line = {
+        f"{Path(stat.traceback[0].filename).name}:{stat.traceback[0].lineno}": round(
+            stat.size_diff / aors
+        )
+        for stat in growth[:8]
+    }
+    assert all(store.slot_count == aors * len(kind_data) for store in holders)
+    return {
+        "aors": aors,
+        "with_certificates": with_certificates,
+        "bytes_per_aor": round(held / aors),
+        "encoded_bytes_per_aor": sum(len(encoded) for _, encoded in requests) // aors,
+        "store_cpu_us": round(stored_cpu / aors / 3 * 1e6),
+        "by_line": by_line,
+    }
+
+
 def plot(model: dict[int, list[int]], real: list[dict[str, Any]]) -> Path | None:
     try:
         import matplotlib
@@ -264,6 +365,9 @@ def main() -> None:
     parser.add_argument("--real", default="16", help="simulated ring sizes (64 takes minutes)")
     parser.add_argument("--lookups", type=int, default=5000)
     parser.add_argument("--aors", type=int, default=300, help="registrations per simulated ring")
+    parser.add_argument(
+        "--store-aors", type=int, default=100_000, help="AORs for the stores-alone measurement"
+    )
     parser.add_argument("--seed", type=int, default=2026)
     args = parser.parse_args()
     began = time.perf_counter()
@@ -303,6 +407,30 @@ def main() -> None:
             f"memory per registration at N={r['peers']} by allocating file (bytes): "
             f"{r['memory_per_registration_by_file']}"
         )
+    if args.store_aors:
+        # The pass with certificates at a tenth of the AORs keeps the bench
+        # under five minutes; the bytes per AOR do not depend on the count
+        # (20,000 and 100,000 registrations differ by 3%).
+        stores = [
+            store_memory(args.store_aors, args.seed, False),
+            store_memory(max(1, args.store_aors // 10), args.seed, True),
+        ]
+        print("\n## Memory of the three stores holding each AOR (responsible peer + 2 replicas)\n")
+        print(
+            "| AORs | values per AOR | bytes per AOR, 3 copies | StoreReq bytes (1 copy) | "
+            "CPU us per store (contended) |"
+        )
+        print("|---:|---|---:|---:|---:|")
+        for r in stores:
+            what = "registration + user certificate" if r["with_certificates"] else "registration"
+            print(
+                f"| {r['aors']:,} | {what} | {r['bytes_per_aor']:,} | "
+                f"{r['encoded_bytes_per_aor']} | {r['store_cpu_us']} |"
+            )
+        for r in stores:
+            print(
+                f"stores, certificates={r['with_certificates']}, by line (bytes/AOR): {r['by_line']}"
+            )
     path = plot(model, real)
     if path is not None:
         print(f"\nplot: {path}")

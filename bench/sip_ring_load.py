@@ -61,9 +61,11 @@ LATENCY_TARGET_P50_MS = 5.0
 LATENCY_TARGET_P99_MS = 50.0
 
 
-def start_ring(work: Path, started: list[SuperNode]) -> tuple[SuperNode, SuperNode, SuperNode]:
-    """A founds the ring, B and C join it; returns once the ring has converged."""
-    a = start_super_node(work / "A", free_port(socket.SOCK_DGRAM), "p2psip-bootstrap")
+def start_ring(
+    work: Path, started: list[SuperNode], extra: tuple[str, ...] = ()
+) -> tuple[SuperNode, SuperNode, SuperNode]:
+    """A founds the ring, B and C join it (``extra``: options for all three); returns once converged."""
+    a = start_super_node(work / "A", free_port(socket.SOCK_DGRAM), "p2psip-bootstrap", [*extra])
     started.append(a)
     peers = []
     for name in ("B", "C"):
@@ -71,7 +73,7 @@ def start_ring(work: Path, started: list[SuperNode]) -> tuple[SuperNode, SuperNo
             work / name,
             free_port(socket.SOCK_DGRAM),
             "p2psip-peer",
-            ["--bootstrap", a.overlay_endpoint],
+            ["--bootstrap", a.overlay_endpoint, *extra],
         )
         started.append(peer)
         peers.append(peer)

@@ -19,10 +19,25 @@ Every ``--sample-seconds`` it reads each super-node's RSS and open file
 descriptors (``/proc``) and its event-loop lag (``/status``).  It reports
 failed calls (target 0), RSS growth from the end of the warm-up (the first
 fifth) to the end (target < 10 %), open descriptors, and the loop lag's
-p99 (the probe's last ten minutes).  Prints figures, asserts nothing; the
+p99 (the probe's last ten minutes).  It also prints the size of every
+bounded or growing structure the nodes' ``/status`` reports (registrations,
+transactions, the location cache against its cap, stored resources, links)
+at the end of the warm-up and at the end: a cache still filling towards its
+cap at the end means the warm-up was too short for it, and its share of the
+RSS growth is warm-up, not a leak.  Prints figures, asserts nothing; the
 host is shared, so note its load with the figures.
 
-    .venv/bin/python bench/soak.py [--minutes 10] [--max-call-rate 60]
+``--memory-report`` starts the nodes with ``--debug-memory-signal``,
+signals each at the end of the warm-up and at the end, and prints each
+node's last report: the object types that grew in between and what waits
+in reference cycles.  Each report walks the heap and stalls the node's
+loop for up to a second, so these runs also set ``--sip-overload-lag 0``
+(and the loop lag's maximum includes the stall).  ``--trace-allocations
+N`` adds ``PYTHONTRACEMALLOC=N`` and the allocation sites that grew; it
+makes the nodes several times slower, too slow for the full call rate on
+a shared 2-core host: use it with a lower ``--max-call-rate``.
+
+    .venv/bin/python bench/soak.py [--minutes 10] [--max-call-rate 60] [--memory-report]
 """
 
 from __future__ import annotations
@@ -30,11 +45,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +86,87 @@ def loop_lag(node: SuperNode) -> dict[str, Any]:
         return {}
     lag: dict[str, Any] = status.get("sip", {}).get("overload", {}).get("loop_lag", {})
     return lag
+
+
+#: /status keys whose numbers are sizes of structures (the rest are counters or settings).
+SIZE_KEYS = frozenset(
+    {
+        "aors",
+        "bindings",
+        "entries",
+        "max_entries",
+        "node_addresses",
+        "client_transactions",
+        "server_transactions",
+        "requests_in_progress",
+        "pending_transactions",
+        "resources",
+        "pending",
+        "active",
+        "connections",
+    }
+)
+
+
+def structure_sizes(node: SuperNode) -> dict[str, int]:
+    """Every size in the node's ``/status`` (lists count as their length), by dotted path."""
+    try:
+        status: dict[str, Any] = node.admin().status()
+    except Exception:
+        return {}
+    sizes: dict[str, int] = {}
+
+    def walk(value: Any, path: str) -> None:
+        leaf = path.rsplit(".", 1)[-1]
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(inner, f"{path}.{key}" if path else str(key))
+        elif isinstance(value, list) and leaf in SIZE_KEYS:
+            sizes[path] = len(value)
+        elif isinstance(value, int) and not isinstance(value, bool) and leaf in SIZE_KEYS:
+            sizes[path] = value
+
+    walk(status, "")
+    return sizes
+
+
+def print_sizes(
+    nodes: list[SuperNode], warm: list[dict[str, int]], end: list[dict[str, int]]
+) -> None:
+    print("\n| node | structure | after warm-up | at end |")
+    print("|---|---|---|---|")
+    for node, before, after in zip(nodes, warm, end):
+        for path in sorted(set(before) | set(after)):
+            if before.get(path) or after.get(path):
+                print(
+                    f"| {node.directory.name} | {path} | {before.get(path)} | {after.get(path)} |"
+                )
+
+
+def request_memory_reports(nodes: list[SuperNode]) -> None:
+    for node in nodes:
+        if node.process.poll() is None:
+            os.kill(node.process.pid, signal.SIGUSR2)
+
+
+def last_memory_report(node: SuperNode) -> str:
+    """The last report in the node's log (the lines from its "memory report N" on)."""
+    # twistd rotates its log at 1 MB: the report may be in an older file.
+    logs = [node.log_path] + sorted(
+        node.log_path.parent.glob(node.log_path.name + ".*"),
+        key=lambda path: int(path.suffix[1:]) if path.suffix[1:].isdigit() else 0,
+    )
+    for log in logs:
+        text = log.read_text(errors="replace")
+        start = text.rfind("memory report ")
+        if start >= 0:
+            break
+    else:
+        return "(no memory report in the log)"
+    lines = text[start:].splitlines()
+    # twistd indents the continuation lines of one event with a tab.
+    report = [lines[0]] + [line[1:] for line in takewhile(lambda x: x.startswith("\t"), lines[1:])]
+    return "\n".join(report)
 
 
 def sipp(
@@ -129,7 +227,20 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--max-call-rate", type=float, default=60.0)
     parser.add_argument("--sample-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--memory-report",
+        action="store_true",
+        help="print the object types that grew after the warm-up (a heap walk at each end)",
+    )
+    parser.add_argument(
+        "--trace-allocations",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="with the memory report, trace allocations (PYTHONTRACEMALLOC=FRAMES; much slower)",
+    )
     args = parser.parse_args()
+    args.memory_report = args.memory_report or args.trace_allocations > 0
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is not installed (make deps)")
     callees = shared_dir() / "anchors" / "callees.csv"
@@ -150,7 +261,14 @@ def main() -> None:
     started: list[SuperNode] = []
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        a, b, c = start_ring(work, started)
+        extra: tuple[str, ...] = ()
+        if args.memory_report or args.trace_allocations:
+            # A report stalls the loop for a second or more: not an overload.
+            extra = ("--debug-memory-signal", "--sip-overload-lag", "0")
+        if args.trace_allocations:
+            os.environ["PYTHONTRACEMALLOC"] = str(args.trace_allocations)
+        a, b, c = start_ring(work, started, extra)
+        os.environ.pop("PYTHONTRACEMALLOC", None)
         uas_port = free_port(socket.SOCK_DGRAM)
         uas_dir = work / "uas"
         uas_dir.mkdir()
@@ -212,6 +330,7 @@ def main() -> None:
         processes += [refresh, calls]
         nodes = [a, b, c]
         samples: list[tuple[float, list[int], list[int]]] = []
+        warm_sizes: list[dict[str, int]] = []
         began = time.monotonic()
         while time.monotonic() - began < duration:
             time.sleep(args.sample_seconds)
@@ -219,7 +338,14 @@ def main() -> None:
             samples.append(
                 (time.monotonic() - began, [rss_kib(p) for p in pids], [open_fds(p) for p in pids])
             )
+            if not warm_sizes and samples[-1][0] >= WARM_UP_SHARE * duration:
+                warm_sizes = [structure_sizes(n) for n in nodes]
+                if args.memory_report:
+                    request_memory_reports(nodes)
         lags = [loop_lag(n) for n in nodes]
+        end_sizes = [structure_sizes(n) for n in nodes]
+        if args.memory_report:
+            request_memory_reports(nodes)
         for process in (refresh, calls):
             try:
                 process.wait(60)
@@ -242,6 +368,12 @@ def main() -> None:
                 f"| {node.directory.name} | {start_rss / 1024:.1f} | {end_rss / 1024:.1f} | "
                 f"{growth:+.1f} % | {fds} | {lag.get('p99_seconds')} | {lag.get('max_seconds')} |"
             )
+        print_sizes(nodes, warm_sizes or [{} for _ in nodes], end_sizes)
+        if args.memory_report:
+            time.sleep(5)
+            for node in nodes:
+                print(f"\n### {node.directory.name}, from the end of the warm-up to the end\n")
+                print(last_memory_report(node))
         print(
             f"\ncalls: {call_stats.get('SuccessfulCall(C)')} successful, "
             f"{call_stats.get('FailedCall(C)')} failed, {call_stats.get('Retransmissions(C)')} "

@@ -139,6 +139,18 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
         return port
 
 
+def udp_port_bound(port: int) -> bool:
+    """
+    Whether some process has bound UDP ``port`` (IPv4), read from
+    ``/proc/net/udp`` so that looking does not take the port from a
+    process about to bind it, as a probing bind would.
+    """
+    suffix = f":{port:04X}"
+    with open("/proc/net/udp") as table:
+        next(table)  # the column names
+        return any(line.split()[1].endswith(suffix) for line in table if line.strip())
+
+
 @implementer(IListeningPort)
 class _StubUDPPort:
     """

@@ -37,6 +37,8 @@ answered, or when the relay finds it idle.
 
 from __future__ import annotations
 
+import ipaddress
+
 import enum
 from collections.abc import Sequence
 
@@ -97,6 +99,13 @@ def via_shows_nat(request: Request) -> bool:
     return rport is not None and rport != (via.port or 5060)
 
 
+def _is_loopback_address(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def target_shows_nat(uri: URI, hop: Hop) -> bool:
     """A phone reached through a NAT: its registration flow is not its Contact, or the Contact is private."""
     if not isinstance(uri, SipURI):
@@ -130,6 +139,8 @@ class MediaAnchor:
         self.sessions = sessions
         self.policy = policy
         self.address = address
+        #: A relay on loopback (a development or test host) may send to loopback media addresses.
+        self._serves_loopback = _is_loopback_address(address)
         self.clock = clock
         self.local_node_id = local_node_id
         #: Other super-nodes' relays, for calls this one has no ports for.
@@ -301,7 +312,11 @@ class MediaAnchor:
         refuse_unrelayable(description)  # before sdp_from points the legs at it
         caller_host, callee_host = session.signalling
         ports = self.sessions.sdp_from(
-            session, from_caller, description, caller_host if from_caller else callee_host
+            session,
+            from_caller,
+            description,
+            caller_host if from_caller else callee_host,
+            loopback_media=self._serves_loopback,
         )
         return rewrite_sdp(description, self.address, ports)
 

@@ -55,6 +55,7 @@ def _counters(session: MediaSession, from_caller: bool) -> dict[str, int]:
         "bytes": counters.bytes,
         "lost": counters.lost,
         "strangers": counters.strangers,
+        "unsent": counters.unsent,
     }
 
 
@@ -120,6 +121,11 @@ class MediaRelayCollector:
                 "p2psip_media_stranger_packets",
                 "strangers",
                 "Packets dropped because they came from another source than the latched party.",
+            ),
+            (
+                "p2psip_media_unsent_packets",
+                "unsent",
+                "Packets the relay could not send on (a full socket buffer, a refused destination).",
             ),
         ):
             family = CounterMetricFamily(name, text, labels=["sender"])

@@ -157,6 +157,8 @@ class Leg:
     strangers: int = 0
     #: Packets that arrived before the other party's address was known.
     unroutable: int = 0
+    #: Packets the partner's socket would not send (full buffer, refused).
+    send_failures: int = 0
     sequence: SequenceTracker = field(factory=SequenceTracker)
 
     def expect(

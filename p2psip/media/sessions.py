@@ -17,6 +17,7 @@ of I/O; time arrives as ``now`` arguments.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Iterator
 from typing import Protocol
@@ -61,6 +62,8 @@ class LegCounters:
     bytes: int
     lost: int
     strangers: int
+    #: Packets from this party the relay could not send on (full buffers).
+    unsent: int = 0
 
     def plus(self, other: LegCounters) -> LegCounters:
         return LegCounters(
@@ -68,6 +71,7 @@ class LegCounters:
             self.bytes + other.bytes,
             self.lost + other.lost,
             self.strangers + other.strangers,
+            self.unsent + other.unsent,
         )
 
 
@@ -104,6 +108,7 @@ class MediaSession:
             bytes=sum(leg.octets for leg in legs),
             lost=sum(leg.sequence.lost for leg in legs if leg.rtp),
             strangers=sum(leg.strangers for leg in legs),
+            unsent=sum(leg.send_failures for leg in legs),
         )
 
 
@@ -174,10 +179,18 @@ class RelaySessions:
         from_caller: bool,
         description: SessionDescription,
         signalling_host: str | None,
+        loopback_media: bool = False,
     ) -> list[RelayPorts | None]:
         """
         A party's SDP: point its legs at it and return, per stream, the relay
         ports the other party must send to (None for a disabled stream).
+
+        A loopback media address is this host's own: a party signalling from
+        elsewhere that names one would have the relay send the other party's
+        packets to a local service, so such a leg is pointed nowhere and waits
+        for the party's packets to latch it.  ``loopback_media`` allows it for
+        a party whose signalling host is unknown (heard through another
+        super-node): true only when the relay itself serves loopback.
 
         :raises SessionRefused: no port pair is left for a new stream.
         """
@@ -190,8 +203,8 @@ class RelaySessions:
                 self._add_stream(session, description.streams[len(session.streams)].media)
             relay = session.streams[index]
             side = relay.side(from_caller)
-            rtp = description.rtp_destination(stream)
-            rtcp = description.rtcp_destination(stream)
+            rtp = _sendable(description.rtp_destination(stream), signalling_host, loopback_media)
+            rtcp = _sendable(description.rtcp_destination(stream), signalling_host, loopback_media)
             side.rtp.expect(rtp, _latch_hosts(rtp, signalling_host))
             side.rtcp.expect(rtcp, _latch_hosts(rtcp, signalling_host))
             other = relay.side(not from_caller)
@@ -275,7 +288,8 @@ class RelaySessions:
 
     def totals(self, from_caller: bool | None = None) -> dict[str, int]:
         """
-        Packets, bytes, RTP loss and strangers over every session, ended
+        Packets, bytes, RTP loss, strangers and packets not sent on over
+        every session, ended
         ones included: what callers sent (``from_caller``), what callees
         sent, or (None) both.
         """
@@ -294,7 +308,26 @@ class RelaySessions:
             "bytes": total.bytes,
             "lost": total.lost,
             "strangers": total.strangers,
+            "unsent": total.unsent,
         }
+
+
+def _sendable(
+    destination: tuple[str, int] | None, signalling_host: str | None, loopback_media: bool
+) -> tuple[str, int] | None:
+    """``destination``, or None when it is a loopback address the party cannot mean (see ``sdp_from``)."""
+    if destination is None or not _is_loopback(destination[0]):
+        return destination
+    if signalling_host is None:
+        return destination if loopback_media else None
+    return destination if _is_loopback(signalling_host) else None
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
 
 
 def _latch_hosts(

@@ -34,19 +34,51 @@ SOCKET_BUFFER_BYTES = 1 << 18
 
 
 class LegProtocol(DatagramProtocol):
-    """One relay port: what arrives goes out of the partner leg's socket."""
+    """
+    One relay port: what arrives goes out of the partner leg's socket.
+
+    The datagram is sent with the partner socket's own ``sendto``: the
+    destination is an IPv4 address the leg took from a received packet or
+    a parsed SDP, so the checks ``IListeningPort.write`` makes of every
+    address (a third of the relay's CPU per packet) prove nothing here,
+    and a full socket buffer (EAGAIN, ENOBUFS) drops the packet, counted,
+    instead of raising into the reactor's log once per packet.
+    """
 
     def __init__(self, leg: Leg) -> None:
         self.leg = leg
         self.partner: LegProtocol | None = None
+        #: The partner's socket, set once both ports are bound.
+        self.partner_socket: socket.socket | None = None
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         destination = self.leg.received(datagram, addr)
         if destination is None:
             return
-        partner = self.partner
-        if partner is not None and partner.transport is not None:
-            partner.transport.write(datagram, destination)
+        handle = self.partner_socket
+        if handle is None:
+            return
+        try:
+            handle.sendto(datagram, destination)
+        except InterruptedError:
+            self._send_again(handle, datagram, destination)
+        except OSError:
+            # Full buffers, an ICMP-refused destination, a closed socket: RTP
+            # is loss-tolerant, and the receiving side counts the gap.
+            self.leg.send_failures += 1
+
+    def _send_again(
+        self, handle: socket.socket, datagram: bytes, destination: tuple[str, int]
+    ) -> None:
+        try:
+            handle.sendto(datagram, destination)
+        except OSError:
+            self.leg.send_failures += 1
+
+    def doStop(self) -> None:
+        if self.partner is not None:
+            self.partner.partner_socket = None
+        super().doStop()
 
 
 class _OpenedPair:
@@ -83,6 +115,8 @@ class UdpSocketOpener:
         except CannotListenError as e:
             _OpenedPair(opened).close()
             raise OSError(str(e.socketError)) from None
+        for protocol, partner_port in zip(protocols, reversed(opened)):
+            protocol.partner_socket = getattr(partner_port, "socket", None)
         return _OpenedPair(opened)
 
 

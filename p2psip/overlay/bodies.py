@@ -64,6 +64,7 @@ them, so the node can answer Error_Unknown_Kind.
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar, Union
@@ -84,6 +85,7 @@ from p2psip.overlay.message import (
     MessageCode,
     Signature,
     SignerIdentity,
+    SignerIdentityType,
     decode_destination,
     decode_signature,
     encode_destination,
@@ -151,6 +153,7 @@ __all__ = [
     "encode_stored_value",
     "encode_unknown_kinds",
     "stored_data_signature_input",
+    "with_replica_number",
 ]
 
 DataModels = Mapping[int, "DataModel"]
@@ -680,6 +683,139 @@ def _read_stored_data(reader: Reader, model: DataModel) -> StoredData:
     return StoredData(storage_time, lifetime, value, signature)
 
 
+#: storage_time and lifetime; a SignerIdentity's type, length, hash
+#: algorithm and hash length (RFC 6940 s6.3.4, s7).
+_STORED_HEAD = struct.Struct(">QI")
+_HASH_IDENTITY_HEAD = struct.Struct(">BHBB")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_HASH_IDENTITIES = (SignerIdentityType.CERT_HASH, SignerIdentityType.CERT_HASH_NODE_ID)
+
+
+def encode_stored_data(stored: StoredData) -> bytes:
+    """
+    A StoredData's contents (without its uint32 length), as signed and sent.
+
+    A peer holds each stored value in this form, one ``bytes`` object, and
+    reads it back with :func:`decode_stored_data` when it is fetched or
+    passed on.  Both run for every stored copy, so the usual layout (a
+    cert_hash signer) is packed by hand; anything else, or a field too long
+    for its length prefix, goes through the general writer and its errors.
+    """
+    value, signature = stored.value, stored.signature
+    identity = signature.identity
+    if isinstance(value, DictionaryEntry):
+        fits = len(value.key) <= 0xFFFF
+        prefix = _U16.pack(len(value.key)) + value.key if fits else b""
+        payload = value.value
+    elif isinstance(value, ArrayEntry):
+        prefix, payload, fits = _U32.pack(value.index), value.value, True
+    else:
+        prefix, payload, fits = b"", value, True
+    if (
+        fits
+        and identity.identity_type in _HASH_IDENTITIES
+        and len(identity.value) <= 0xFF
+        and len(signature.value) <= 0xFFFF
+        and len(payload.value) <= 0xFFFFFFFF
+    ):
+        try:
+            return b"".join(
+                (
+                    _STORED_HEAD.pack(stored.storage_time, stored.lifetime),
+                    prefix,
+                    b"\x01" if payload.exists else b"\x00",
+                    _U32.pack(len(payload.value)),
+                    payload.value,
+                    bytes((signature.hash_algorithm, signature.signature_algorithm)),
+                    _HASH_IDENTITY_HEAD.pack(
+                        identity.identity_type,
+                        2 + len(identity.value),
+                        identity.hash_algorithm,
+                        len(identity.value),
+                    ),
+                    identity.value,
+                    _U16.pack(len(signature.value)),
+                    signature.value,
+                )
+            )
+        except (struct.error, ValueError):
+            pass  # a number out of range: the writer names it
+    inner = Writer().u64(stored.storage_time, "storage_time").u32(stored.lifetime, "lifetime")
+    _write_stored_value(inner, value)
+    return inner.raw(encode_signature(signature)).getvalue()
+
+
+def decode_stored_data(data: bytes, model: DataModel) -> StoredData:
+    """
+    The StoredData whose contents :func:`encode_stored_data` made.
+
+    :raises DecodeError: ``data`` is not one StoredData of ``model``.
+    """
+    try:
+        return _unpack_stored_data(data, model)
+    except (struct.error, IndexError, ValueError):
+        pass  # not the usual layout, or damaged: the reader says what is wrong
+    reader = Reader(data)
+    storage_time = reader.u64("storage_time")
+    lifetime = reader.u32("lifetime")
+    value = _read_stored_value(reader, model)
+    signature = decode_signature(reader)
+    reader.expect_end("StoredData")
+    return StoredData(storage_time, lifetime, value, signature)
+
+
+def _unpack_stored_data(data: bytes, model: DataModel) -> StoredData:
+    """The usual layout read by hand; anything unexpected raises ValueError."""
+    storage_time, lifetime = _STORED_HEAD.unpack_from(data)
+    offset = _STORED_HEAD.size
+    key = b""
+    index = 0
+    if model is DataModel.DICTIONARY:
+        (length,) = _U16.unpack_from(data, offset)
+        key = data[offset + 2 : offset + 2 + length]
+        offset += 2 + length
+    elif model is DataModel.ARRAY:
+        (index,) = _U32.unpack_from(data, offset)
+        offset += 4
+    exists = data[offset]
+    (length,) = _U32.unpack_from(data, offset + 1)
+    offset += 5
+    payload = data[offset : offset + length]
+    offset += length
+    hash_algorithm, signature_algorithm = data[offset], data[offset + 1]
+    identity_type, identity_length, identity_hash, hash_length = _HASH_IDENTITY_HEAD.unpack_from(
+        data, offset + 2
+    )
+    offset += 2 + _HASH_IDENTITY_HEAD.size
+    if (
+        exists > 1
+        or len(payload) != length
+        or identity_type not in _HASH_IDENTITIES
+        or identity_length != 2 + hash_length
+    ):
+        raise ValueError("not the usual layout")
+    hash_value = data[offset : offset + hash_length]
+    offset += hash_length
+    (length,) = _U16.unpack_from(data, offset)
+    signature_value = data[offset + 2 : offset + 2 + length]
+    if len(hash_value) != hash_length or offset + 2 + length != len(data):
+        raise ValueError("not the usual layout")
+    data_value = DataValue(exists == 1, payload)
+    value: StoredValue = data_value
+    if model is DataModel.DICTIONARY:
+        value = DictionaryEntry(key, data_value)
+    elif model is DataModel.ARRAY:
+        value = ArrayEntry(index, data_value)
+    identity = SignerIdentity(SignerIdentityType(identity_type), identity_hash, hash_value)
+    return StoredData(
+        storage_time,
+        lifetime,
+        value,
+        Signature(hash_algorithm, signature_algorithm, identity, signature_value),
+    )
+
+
 def _read_stored_data_list(reader: Reader, model: DataModel | None) -> tuple[StoredData, ...]:
     if model is None:
         reader.vector(4, "values")  # skipped: the kind is unknown
@@ -738,6 +874,24 @@ class StoreReq:
         if unknown:
             raise UnknownKindError(unknown)
         return cls(resource, replica_number, kind_data)
+
+
+def with_replica_number(body: bytes, replica_number: int) -> bytes:
+    """
+    An encoded StoreReq with another ``replica_number``.
+
+    A responsible peer copies a Store to its successors unchanged but for
+    that one byte (RFC 6940 s10.4), so it patches the bytes it received (or
+    encoded once) instead of encoding the values again per replica.
+    """
+    if not 0 <= replica_number <= 0xFF:
+        raise ValueError(f"replica_number {replica_number} does not fit in a byte")
+    if not body:
+        raise ValueError("not a StoreReq body: empty")
+    position = 1 + body[0]
+    if position >= len(body):
+        raise ValueError("not a StoreReq body: it ends inside its resource")
+    return b"".join((body[:position], bytes((replica_number,)), body[position + 1 :]))
 
 
 @frozen

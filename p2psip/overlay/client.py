@@ -87,6 +87,16 @@ class OverlayClient(OverlayOperations):
             self.random,
             "keepalive",
         )
+        # As on a peer: a peer that dies without closing the link (power
+        # cut, partition) is found within the ack timeout of the first
+        # message left unacknowledged, not a keepalive round later.
+        self._ack_watch = JitteredLoop(
+            clock,
+            config.link_ack_timeout_seconds / 4,
+            self.connectivity.check_acks,
+            self.random,
+            "ack watch",
+        )
         self._maintenance = JitteredLoop(
             clock, config.update_interval_seconds, self._maintain, self.random, "attachment check"
         )
@@ -120,6 +130,7 @@ class OverlayClient(OverlayOperations):
         fires with its Node-ID.  See :meth:`Attacher.attach`.
         """
         self._keepalive.start()
+        self._ack_watch.start()
         self._maintenance.start()
         attached: Deferred[int] = self.attacher.attach(endpoints)
         return attached
@@ -128,6 +139,7 @@ class OverlayClient(OverlayOperations):
         """Stop at once: cancel timers, fail outstanding requests, close the link."""
         self.membership.happened(Event.STOPPED)
         self._keepalive.stop()
+        self._ack_watch.stop()
         self._maintenance.stop()
         self.attacher.stop()
         self.messenger.fail_all("the client is stopping")

@@ -107,22 +107,35 @@ class Reader:
         if self.offset != self.end:
             raise DecodeError(f"{self.end - self.offset} trailing bytes after {what}")
 
+    # The readers below are on every message's path: each inlines its bounds
+    # check instead of calling a helper, and the errors say the same thing.
+
+    def _short(self, count: int, what: str) -> DecodeError:
+        return DecodeError(f"{what} needs {count} bytes but only {self.end - self.offset} remain")
+
     def _need(self, count: int, what: str) -> int:
         start = self.offset
         if count > self.end - start:
-            raise DecodeError(f"{what} needs {count} bytes but only {self.end - start} remain")
+            raise self._short(count, what)
         self.offset = start + count
         return start
 
     def u8(self, what: str = "uint8") -> int:
         """One unsigned byte."""
-        start = self._need(1, what)
+        start = self.offset
+        if start >= self.end:
+            raise self._short(1, what)
+        self.offset = start + 1
         return self.data[start]
 
     def u16(self, what: str = "uint16") -> int:
         """A big-endian 16-bit unsigned integer."""
-        start = self._need(2, what)
-        return int(_U16.unpack_from(self.data, start)[0])
+        start = self.offset
+        if start + 2 > self.end:
+            raise self._short(2, what)
+        self.offset = start + 2
+        data = self.data
+        return (data[start] << 8) | data[start + 1]
 
     def u24(self, what: str = "uint24") -> int:
         """A big-endian 24-bit unsigned integer."""
@@ -131,12 +144,18 @@ class Reader:
 
     def u32(self, what: str = "uint32") -> int:
         """A big-endian 32-bit unsigned integer."""
-        start = self._need(4, what)
+        start = self.offset
+        if start + 4 > self.end:
+            raise self._short(4, what)
+        self.offset = start + 4
         return int(_U32.unpack_from(self.data, start)[0])
 
     def u64(self, what: str = "uint64") -> int:
         """A big-endian 64-bit unsigned integer."""
-        start = self._need(8, what)
+        start = self.offset
+        if start + 8 > self.end:
+            raise self._short(8, what)
+        self.offset = start + 8
         return int(_U64.unpack_from(self.data, start)[0])
 
     def boolean(self, what: str = "Boolean") -> bool:
@@ -153,26 +172,35 @@ class Reader:
 
     def id128(self, what: str = "identifier") -> int:
         """A 128-bit Node-ID: 16 big-endian bytes."""
-        start = self._need(16, what)
+        start = self.offset
+        if start + 16 > self.end:
+            raise self._short(16, what)
+        self.offset = start + 16
         return int.from_bytes(self.data[start : start + 16], "big")
 
     def _length(self, width_bytes: int, what: str) -> int:
+        """A vector's length prefix, checked against the bytes left; the offset moves past it."""
+        start = self.offset
+        end = self.end
+        data = self.data
+        if start + width_bytes > end:
+            raise self._short(width_bytes, what)
         if width_bytes == 1:
-            length = self.u8(what)
+            length = data[start]
         elif width_bytes == 2:
-            length = self.u16(what)
-        elif width_bytes == 3:
-            length = self.u24(what)
+            length = (data[start] << 8) | data[start + 1]
         elif width_bytes == 4:
-            length = self.u32(what)
+            length = int(_U32.unpack_from(data, start)[0])
+        elif width_bytes == 3:
+            length = int.from_bytes(data[start : start + 3], "big")
         else:
             raise ValueError(f"unsupported length width {width_bytes}")
+        start += width_bytes
+        self.offset = start
         # Checked here, before anything is sliced: a length past the bytes
         # we hold (or past the message limit) is garbage, not a reason to wait.
-        if length > self.end - self.offset:
-            raise DecodeError(
-                f"{what} claims {length} bytes but only {self.end - self.offset} remain"
-            )
+        if length > end - start:
+            raise DecodeError(f"{what} claims {length} bytes but only {end - start} remain")
         if length > self.limits.max_message_bytes:
             raise DecodeError(f"{what} of {length} bytes exceeds the message limit")
         return length
@@ -227,12 +255,14 @@ class Writer:
             raise ValueError(f"{what} {value!r} does not fit in {bits} unsigned bits")
 
     def u8(self, value: int, what: str = "uint8") -> Writer:
-        self._check(value, 8, what)
+        if not 0 <= value <= 0xFF:
+            self._check(value, 8, what)
         self._buffer.append(value)
         return self
 
     def u16(self, value: int, what: str = "uint16") -> Writer:
-        self._check(value, 16, what)
+        if not 0 <= value <= 0xFFFF:
+            self._check(value, 16, what)
         self._buffer += _U16.pack(value)
         return self
 
@@ -242,12 +272,14 @@ class Writer:
         return self
 
     def u32(self, value: int, what: str = "uint32") -> Writer:
-        self._check(value, 32, what)
+        if not 0 <= value <= 0xFFFFFFFF:
+            self._check(value, 32, what)
         self._buffer += _U32.pack(value)
         return self
 
     def u64(self, value: int, what: str = "uint64") -> Writer:
-        self._check(value, 64, what)
+        if not 0 <= value <= 0xFFFFFFFFFFFFFFFF:
+            self._check(value, 64, what)
         self._buffer += _U64.pack(value)
         return self
 
@@ -261,11 +293,20 @@ class Writer:
 
     def opaque(self, width_bytes: int, data: bytes, what: str = "opaque") -> Writer:
         """Write ``data`` behind a length prefix ``width_bytes`` wide."""
-        maximum = _WIDTH_MAX[width_bytes]
-        if len(data) > maximum:
-            raise ValueError(f"{what} of {len(data)} bytes exceeds <0..{maximum}>")
-        self._buffer += len(data).to_bytes(width_bytes, "big")
-        self._buffer += data
+        length = len(data)
+        buffer = self._buffer
+        if width_bytes == 1 and length <= 0xFF:
+            buffer.append(length)
+        elif width_bytes == 2 and length <= 0xFFFF:
+            buffer += _U16.pack(length)
+        elif width_bytes == 4 and length <= 0xFFFFFFFF:
+            buffer += _U32.pack(length)
+        else:
+            maximum = _WIDTH_MAX[width_bytes]
+            if length > maximum:
+                raise ValueError(f"{what} of {length} bytes exceeds <0..{maximum}>")
+            buffer += length.to_bytes(width_bytes, "big")
+        buffer += data
         return self
 
     def id128(self, value: int, what: str = "identifier") -> Writer:

@@ -73,6 +73,10 @@ _NOT_AFTER = datetime.datetime(9999, 12, 31, 23, 59, 59, tzinfo=datetime.timezon
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
+#: The one signature scheme (ECDSA with SHA-256), made once: building it
+#: per signature or verification was a measurable share of their cost.
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
 #: How many of its own latest signatures a node remembers (see NodeIdentity.sign).
 RECENTLY_SIGNED_MEMORY = 256
 
@@ -177,7 +181,7 @@ class NodeIdentity:
         certificates from the CA instead.
         """
         der = _self_signed_certificate(self._private_key, self.node_id, user_name)
-        return NodeIdentity(self._private_key, der)
+        return self._sibling(der)
 
     @property
     def private_key(self) -> ec.EllipticCurvePrivateKey:
@@ -195,9 +199,17 @@ class NodeIdentity:
         :raises IdentityError: the certificate is for another key or unreadable.
         """
         try:
-            return NodeIdentity(self._private_key, certificate_der)
+            return self._sibling(certificate_der)
         except ValueError as e:
             raise IdentityError(f"unreadable certificate: {e}") from e
+
+    def _sibling(self, certificate_der: bytes) -> NodeIdentity:
+        # One memory of recent signatures per key, not per certificate: a
+        # super-node holds a credential for each of thousands of users, and
+        # RECENTLY_SIGNED_MEMORY each would be a bound in name only.
+        sibling = NodeIdentity(self._private_key, certificate_der)
+        sibling.recently_signed = self.recently_signed
+        return sibling
 
     def signer_identity(self) -> SignerIdentity:
         """The SignerIdentity (cert_hash, SHA-256) that names this node's certificate."""
@@ -205,7 +217,7 @@ class NodeIdentity:
 
     def sign(self, data: bytes) -> Signature:
         """A RELOAD Signature (sha256, ecdsa) over ``data`` made with this node's key."""
-        value = self._private_key.sign(data, ec.ECDSA(hashes.SHA256()))
+        value = self._private_key.sign(data, _ECDSA_SHA256)
         # Remember what we just signed: a node stores its own values right
         # after signing them (a registrar that is also the responsible
         # peer), and checking its own fresh signature again would cost an
@@ -394,6 +406,11 @@ class CertificateCache:
     def __len__(self) -> int:
         return len(self._known)
 
+    @property
+    def max_certificates(self) -> int:
+        """How many certificates are remembered at most (the oldest used go first)."""
+        return self._max_certificates
+
     def __contains__(self, certificate_hash_value: object) -> bool:
         return certificate_hash_value in self._known
 
@@ -512,7 +529,7 @@ class CertificateCache:
             if digest is not None and digest == hashlib.sha256(data).digest():
                 return known.identity
         try:
-            known.public_key.verify(signature.value, data, ec.ECDSA(hashes.SHA256()))
+            known.public_key.verify(signature.value, data, _ECDSA_SHA256)
         except (InvalidSignature, ValueError) as e:
             raise SignatureError("signature does not match the data") from e
         return known.identity

@@ -32,7 +32,9 @@ lets a forwarding peer swap only the header (:func:`replace_header`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import struct
 from enum import IntEnum
 
 from attrs import frozen
@@ -63,12 +65,14 @@ __all__ = [
     "answer_code",
     "decode_destination",
     "decode_message",
+    "decode_signed_message",
     "decode_signature",
     "decode_signer_identity",
     "encode_contents",
     "encode_destination",
     "encode_header",
     "encode_message",
+    "encode_message_parts",
     "encode_signature",
     "encode_signer_identity",
     "is_request",
@@ -76,6 +80,8 @@ __all__ = [
     "message_signature_input",
     "overlay_hash",
     "peek_header",
+    "peek_message",
+    "PeekedMessage",
     "replace_header",
 ]
 
@@ -89,6 +95,24 @@ _FRAGMENT_OFFSET_MASK = 0x00FFFFFF
 DEFAULT_TTL = 100
 # Fixed part of the forwarding header, in bytes, up to options_length.
 HEADER_FIXED_BYTES = 38
+_OVERLAY_AND_TRANSACTION = struct.Struct(">IQ")
+#: The header's fixed fields, in order, with their widths in bits.
+_HEADER_FIELDS = (
+    ("relo_token", 32),
+    ("overlay", 32),
+    ("configuration_sequence", 16),
+    ("version", 8),
+    ("ttl", 8),
+    ("fragment", 32),
+    ("length", 32),
+    ("transaction_id", 64),
+    ("max_response_length", 32),
+    ("via_list_length", 16),
+    ("destination_list_length", 16),
+    ("options_length", 16),
+)
+_HEADER_FIXED = struct.Struct(">IIHBBIIQIHHH")
+_ID_LIMIT = 1 << 128
 
 
 def overlay_hash(name: str) -> int:
@@ -316,6 +340,9 @@ class Message:
 # -- Destinations -----------------------------------------------------------
 
 
+_NODE_DESTINATION_PREFIX = bytes((DestinationType.NODE, 16))
+
+
 def _encode_destination(writer: Writer, destination: Destination) -> None:
     value = destination.value
     if destination.compressed:
@@ -345,6 +372,12 @@ def _encode_destination(writer: Writer, destination: Destination) -> None:
 
 
 def _decode_destination(reader: Reader) -> Destination:
+    start = reader.offset
+    raw = reader.data
+    if start + 18 <= reader.end and raw[start] == DestinationType.NODE and raw[start + 1] == 16:
+        # The common case, a Node-ID, read in one step.
+        reader.offset = start + 18
+        return Destination(DestinationType.NODE, int.from_bytes(raw[start + 2 : start + 18], "big"))
     first = reader.u8("destination type")
     if first & 0x80:
         second = reader.u8("compressed destination")
@@ -380,12 +413,26 @@ def decode_destination(reader: Reader) -> Destination:
 
 
 def _encode_destination_list(destinations: tuple[Destination, ...], what: str) -> bytes:
-    writer = Writer()
+    if not destinations:
+        return b""
+    parts = []
     for destination in destinations:
-        _encode_destination(writer, destination)
-    if len(writer) > 0xFFFF:
+        value = destination.value
+        if (
+            destination.type == DestinationType.NODE
+            and not destination.compressed
+            and isinstance(value, int)
+            and 0 <= value < _ID_LIMIT
+        ):
+            parts.append(_NODE_DESTINATION_PREFIX + value.to_bytes(16, "big"))
+        else:
+            writer = Writer()
+            _encode_destination(writer, destination)
+            parts.append(writer.getvalue())
+    encoded = b"".join(parts)
+    if len(encoded) > 0xFFFF:
         raise ValueError(f"{what} is longer than 65535 bytes")
-    return writer.getvalue()
+    return encoded
 
 
 def _decode_destination_list(reader: Reader, limit: int, what: str) -> tuple[Destination, ...]:
@@ -418,48 +465,71 @@ def encode_header(header: ForwardingHeader, rest_length: int) -> bytes:
         raise ValueError("a message needs at least one destination")
     via = _encode_destination_list(header.via_list, "via list")
     destinations = _encode_destination_list(header.destination_list, "destination list")
-    options = _encode_options(header.options)
+    options = _encode_options(header.options) if header.options else b""
     total = HEADER_FIXED_BYTES + len(via) + len(destinations) + len(options) + rest_length
-    writer = Writer()
-    writer.u32(RELOAD_TOKEN)
-    writer.u32(header.overlay, "overlay")
-    writer.u16(header.configuration_sequence, "configuration_sequence")
-    writer.u8(header.version, "version")
-    writer.u8(header.ttl, "ttl")
-    writer.u32(header.fragment, "fragment")
-    writer.u32(total, "message length")
-    writer.u64(header.transaction_id, "transaction_id")
-    writer.u32(header.max_response_length, "max_response_length")
-    writer.u16(len(via)).u16(len(destinations)).u16(len(options))
-    writer.raw(via).raw(destinations).raw(options)
-    return writer.getvalue()
+    fields = (
+        RELOAD_TOKEN,
+        header.overlay,
+        header.configuration_sequence,
+        header.version,
+        header.ttl,
+        header.fragment,
+        total,
+        header.transaction_id,
+        header.max_response_length,
+        len(via),
+        len(destinations),
+        len(options),
+    )
+    try:
+        fixed = _HEADER_FIXED.pack(*fields)
+    except struct.error:
+        # Say which field does not fit, as the Writer would.
+        writer = Writer()
+        for (name, width), value in zip(_HEADER_FIELDS, fields):
+            getattr(writer, f"u{width}")(value, name)
+        raise AssertionError("unreachable: a header field did not fit") from None
+    return b"".join((fixed, via, destinations, options))
 
 
 def _decode_header(data: bytes, limits: Limits) -> tuple[ForwardingHeader, Reader]:
     """The header and a reader positioned just after it, over the whole message."""
     if len(data) > limits.max_message_bytes:
         raise DecodeError(f"message of {len(data)} bytes exceeds the limit")
-    reader = Reader(data, limits=limits)
-    token = reader.u32("relo_token")
+    if len(data) < HEADER_FIXED_BYTES:
+        # Decoded field by field only to name the field that is cut off.
+        short = Reader(data, limits=limits)
+        for name, width in _HEADER_FIELDS:
+            if name == "relo_token" and len(data) >= 4 and short.u32(name) != RELOAD_TOKEN:
+                raise DecodeError(
+                    f"not a RELOAD message (token {int.from_bytes(data[:4], 'big'):#010x})"
+                )
+            if name != "relo_token":
+                getattr(short, f"u{width}")(name)
+        raise AssertionError("unreachable: a short header decoded")
+    (
+        token,
+        overlay,
+        configuration_sequence,
+        version,
+        ttl,
+        fragment,
+        length,
+        transaction_id,
+        max_response_length,
+        via_length,
+        destination_length,
+        options_length,
+    ) = _HEADER_FIXED.unpack_from(data)
     if token != RELOAD_TOKEN:
         raise DecodeError(f"not a RELOAD message (token {token:#010x})")
-    overlay = reader.u32("overlay")
-    configuration_sequence = reader.u16("configuration_sequence")
-    version = reader.u8("version")
     if version != RELOAD_VERSION:
         raise DecodeError(f"unsupported RELOAD version {version}")
-    ttl = reader.u8("ttl")
-    fragment = reader.u32("fragment")
-    length = reader.u32("length")
     if length > limits.max_message_bytes:
         raise DecodeError(f"message length {length} exceeds the limit")
     if length != len(data):
         raise DecodeError(f"length field says {length} bytes but the message has {len(data)}")
-    transaction_id = reader.u64("transaction_id")
-    max_response_length = reader.u32("max_response_length")
-    via_length = reader.u16("via_list_length")
-    destination_length = reader.u16("destination_list_length")
-    options_length = reader.u16("options_length")
+    reader = Reader(data, HEADER_FIXED_BYTES, limits=limits)
     via_list = _decode_destination_list(
         reader.fixed(via_length, "via list"), limits.max_via, "via list"
     )
@@ -502,17 +572,21 @@ def peek_header(data: bytes, limits: Limits = DEFAULT_LIMITS) -> ForwardingHeade
     return _decode_header(data, limits)[0]
 
 
-def replace_header(data: bytes, header: ForwardingHeader) -> bytes:
+def replace_header(
+    data: bytes, header: ForwardingHeader, contents_offset: int | None = None
+) -> bytes:
     """
     The message with a new forwarding header in front of its unchanged
     contents and security block, with ``length`` fixed up.
 
     Forwarding peers push or pop vias and destinations this way without
-    re-encoding the signed part of the message.
+    re-encoding the signed part of the message.  ``contents_offset`` (from
+    :func:`peek_message`) saves decoding the old header once more.
     """
-    limits = Limits(max_message_bytes=max(len(data), DEFAULT_LIMITS.max_message_bytes))
-    _, reader = _decode_header(data, limits)
-    rest = data[reader.offset :]
+    if contents_offset is None:
+        limits = Limits(max_message_bytes=max(len(data), DEFAULT_LIMITS.max_message_bytes))
+        contents_offset = _decode_header(data, limits)[1].offset
+    rest = data[contents_offset:]
     return encode_header(header, len(rest)) + rest
 
 
@@ -547,8 +621,14 @@ def _decode_extensions(reader: Reader) -> tuple[MessageExtension, ...]:
 # -- Security block -----------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)
 def encode_signer_identity(identity: SignerIdentity) -> bytes:
-    """A SignerIdentity: type, uint16 length, then hash algorithm and hash."""
+    """
+    A SignerIdentity: type, uint16 length, then hash algorithm and hash.
+
+    Every signature input and security block holds one, and a node signs
+    with a handful of identities: the encodings are remembered (bounded).
+    """
     inner = Writer()
     if identity.identity_type in (
         SignerIdentityType.CERT_HASH,
@@ -610,7 +690,8 @@ def _encode_security_block(security: SecurityBlock) -> bytes:
     return writer.getvalue()
 
 
-def _decode_security_block(reader: Reader) -> SecurityBlock:
+def _decode_security_block(reader: Reader) -> tuple[SecurityBlock, bytes]:
+    """The security block, and its signer identity's bytes as they came (for the signature input)."""
     certificate_reader = reader.vector(2, "certificates")
     certificates: list[GenericCertificate] = []
     while not certificate_reader.at_end():
@@ -619,7 +700,14 @@ def _decode_security_block(reader: Reader) -> SecurityBlock:
         certificates.append(
             GenericCertificate(certificate_type, certificate_reader.opaque(2, "certificate"))
         )
-    return SecurityBlock(tuple(certificates), decode_signature(reader))
+    hash_algorithm = reader.u8("hash algorithm")
+    signature_algorithm = reader.u8("signature algorithm")
+    identity_start = reader.offset
+    identity = decode_signer_identity(reader)
+    identity_bytes = reader.data[identity_start : reader.offset]
+    value = reader.opaque(2, "signature value")
+    signature = Signature(hash_algorithm, signature_algorithm, identity, value)
+    return SecurityBlock(tuple(certificates), signature), identity_bytes
 
 
 def message_signature_input(
@@ -631,10 +719,17 @@ def message_signature_input(
 
     The header is left out because forwarding peers change it.
     """
-    writer = Writer()
-    writer.u32(overlay, "overlay").u64(transaction_id, "transaction_id")
-    writer.raw(contents).raw(encode_signer_identity(identity))
-    return writer.getvalue()
+    return _signature_input(overlay, transaction_id, contents, encode_signer_identity(identity))
+
+
+def _signature_input(
+    overlay: int, transaction_id: int, contents: bytes, identity_bytes: bytes
+) -> bytes:
+    if not 0 <= overlay <= 0xFFFFFFFF or not 0 <= transaction_id <= 0xFFFFFFFFFFFFFFFF:
+        raise ValueError("overlay or transaction_id out of range")
+    return b"".join(
+        (_OVERLAY_AND_TRANSACTION.pack(overlay, transaction_id), contents, identity_bytes)
+    )
 
 
 # -- Whole messages -------------------------------------------------------------
@@ -642,35 +737,35 @@ def message_signature_input(
 
 def encode_message(message: Message) -> bytes:
     """The wire form of a whole message; ``length`` is computed."""
-    rest = encode_contents(message.code, message.body, message.extensions)
-    rest += _encode_security_block(message.security)
-    return encode_header(message.header, len(rest)) + rest
+    contents = encode_contents(message.code, message.body, message.extensions)
+    return encode_message_parts(message.header, contents, message.security)
 
 
-def decode_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+def encode_message_parts(
+    header: ForwardingHeader, contents: bytes, security: SecurityBlock
+) -> bytes:
     """
-    Decode a whole, unfragmented message.
-
-    :raises DecodeError: for anything that is not exactly one valid message,
-        including a fragment (this implementation does not reassemble).
+    A whole message from its header, its encoded MessageContents (the
+    bytes its sender just signed) and its security block.
     """
-    header, reader = _decode_header(data, limits)
-    fragment = header.fragment
-    if (
-        not fragment & _FRAGMENT_FLAG
-        or not fragment & _FRAGMENT_LAST
-        or (fragment & _FRAGMENT_OFFSET_MASK)
-    ):
-        raise DecodeError(f"fragmented message ({fragment:#010x}) is not supported")
-    code = reader.u16("message_code")
-    body = reader.opaque(4, "message body")
-    extensions = _decode_extensions(reader.vector(4, "extensions"))
-    security = _decode_security_block(reader)
-    reader.expect_end("message")
-    return Message(header, code, body, extensions, security)
+    rest = contents + _encode_security_block(security)
+    return encode_header(header, len(rest)) + rest
 
 
-def peek_code(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[ForwardingHeader, int]:
+@frozen
+class PeekedMessage:
+    """
+    What a node reads of a message before deciding where it goes: the
+    forwarding header, the message code, and where the contents start (so
+    neither forwarding nor the full decode reads the header again).
+    """
+
+    header: ForwardingHeader
+    code: int
+    contents_offset: int
+
+
+def peek_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> PeekedMessage:
     """
     The forwarding header and the message code, without decoding the rest.
 
@@ -679,4 +774,55 @@ def peek_code(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[ForwardingH
     routed by the ring) but must not pay for a full decode.
     """
     header, reader = _decode_header(data, limits)
-    return header, reader.u16("message_code")
+    offset = reader.offset
+    return PeekedMessage(header, reader.u16("message_code"), offset)
+
+
+def decode_signed_message(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, peeked: PeekedMessage | None = None
+) -> tuple[Message, bytes]:
+    """
+    Decode a whole, unfragmented message; also the bytes its signature covers.
+
+    The signature input is sliced from ``data`` (the decoding is strict, so
+    these are the bytes re-encoding would give), not built again.
+    ``peeked`` is :func:`peek_message`'s result for ``data``, if already
+    taken: the header is then not decoded a second time.
+
+    :raises DecodeError: for anything that is not exactly one valid message,
+        including a fragment (this implementation does not reassemble).
+    """
+    if peeked is None:
+        header, reader = _decode_header(data, limits)
+    else:
+        header = peeked.header
+        reader = Reader(data, peeked.contents_offset, limits=limits)
+    fragment = header.fragment
+    if (
+        not fragment & _FRAGMENT_FLAG
+        or not fragment & _FRAGMENT_LAST
+        or (fragment & _FRAGMENT_OFFSET_MASK)
+    ):
+        raise DecodeError(f"fragmented message ({fragment:#010x}) is not supported")
+    contents_start = reader.offset
+    code = reader.u16("message_code")
+    body = reader.opaque(4, "message body")
+    extensions = _decode_extensions(reader.vector(4, "extensions"))
+    contents = data[contents_start : reader.offset]
+    security, identity_bytes = _decode_security_block(reader)
+    reader.expect_end("message")
+    signed = _signature_input(header.overlay, header.transaction_id, contents, identity_bytes)
+    return Message(header, code, body, extensions, security), signed
+
+
+def decode_message(
+    data: bytes, limits: Limits = DEFAULT_LIMITS, peeked: PeekedMessage | None = None
+) -> Message:
+    """Decode a whole, unfragmented message; see :func:`decode_signed_message`."""
+    return decode_signed_message(data, limits, peeked)[0]
+
+
+def peek_code(data: bytes, limits: Limits = DEFAULT_LIMITS) -> tuple[ForwardingHeader, int]:
+    """The forwarding header and the message code; see :func:`peek_message`."""
+    peeked = peek_message(data, limits)
+    return peeked.header, peeked.code

@@ -84,13 +84,16 @@ from p2psip.overlay.message import (
     Message,
     MessageCode,
     SecurityBlock,
+    PeekedMessage,
     decode_message,
+    decode_signed_message,
     encode_contents,
-    encode_message,
+    encode_message_parts,
     is_request,
     message_signature_input,
     peek_code,
     peek_header,
+    peek_message,
     replace_header,
 )
 from p2psip.overlay.parameters import OverlayConfig
@@ -294,8 +297,7 @@ class Messenger:
             destination_list=destinations,
             options=(),
         )
-        message = Message(header, code, body, (), SecurityBlock(tuple(certificates), signature))
-        return encode_message(message)
+        return encode_message_parts(header, contents, SecurityBlock(tuple(certificates), signature))
 
     def first_hop(self, destination: Destination, avoid: Link | None = None) -> Link | None:
         """The link a message for ``destination`` leaves on (never ``avoid``)."""
@@ -498,7 +500,7 @@ class Messenger:
     def message_received(self, link: Link, data: bytes) -> None:
         self.counters.count("messages_received")
         try:
-            header, code = peek_code(data, self.config.limits)
+            peeked = peek_message(data, self.config.limits)
         except DecodeError as error:
             self.counters.count("malformed_messages")
             self.log.debug(
@@ -507,13 +509,13 @@ class Messenger:
                 why=error,
             )
             return
-        if header.overlay != self.overlay:
+        if peeked.header.overlay != self.overlay:
             self.counters.count("wrong_overlay")
             self.log.debug(
                 "dropped message for another overlay from {address}", address=link.remote_address
             )
             return
-        request = is_request(code)
+        request = is_request(peeked.code)
         if (
             request
             and self.link_requests is not None
@@ -527,11 +529,12 @@ class Messenger:
             )
             return
         try:
-            self._route(link, data, header, request)
+            self._route(link, data, peeked, request)
         except Exception:
             self.log.failure("while routing a message from {address}", address=link.remote_address)
 
-    def _route(self, link: Link, data: bytes, header: ForwardingHeader, request: bool) -> None:
+    def _route(self, link: Link, data: bytes, peeked: PeekedMessage, request: bool) -> None:
+        header = peeked.header
         destinations = header.destination_list
         if not destinations:
             self.counters.count("malformed_messages")
@@ -552,7 +555,7 @@ class Messenger:
             # it in our tables it has restarted and lost its old place.
             # Forgetting a peer is too much to do on an unchecked claim: the
             # request must be the peer's own, and fresh.
-            verified = self._verify(link, data)
+            verified = self._verify(link, data, peeked)
             if verified is None:
                 return
             allowed = self.rejoin_policy(sender, link)
@@ -563,13 +566,15 @@ class Messenger:
         if first.type == DestinationType.NODE and first.value in (self.node_id, WILDCARD_NODE_ID):
             rest = destinations[1:]
             if not rest:
-                self._deliver(link, data, verified)
+                self._deliver(link, data, verified, peeked)
                 return
             header = evolve(header, destination_list=rest)
-            data = replace_header(data, header)
+            signed_part = len(data) - peeked.contents_offset
+            data = replace_header(data, header, peeked.contents_offset)
+            peeked = PeekedMessage(header, peeked.code, len(data) - signed_part)
             first = rest[0]
         elif self._delivers_locally(first, link):
-            self._deliver(link, data, verified)
+            self._deliver(link, data, verified, peeked)
             return
         if first.type == DestinationType.OPAQUE_ID:
             # RFC 6940 s6.3.2.2: an opaque id stands for a route that the node
@@ -580,7 +585,7 @@ class Messenger:
                 link, data, ErrorCode.INVALID_MESSAGE, "opaque destination not issued by this node"
             )
             return
-        self._forward(link, data, header, first, request)
+        self._forward(link, data, peeked, first, request)
 
     def _delivers_locally(self, destination: Destination, link: Link) -> bool:
         if link.peer_id is None and destination.type == DestinationType.NODE:
@@ -617,10 +622,11 @@ class Messenger:
         self,
         link: Link,
         data: bytes,
-        header: ForwardingHeader,
+        peeked: PeekedMessage,
         destination: Destination,
         request: bool,
     ) -> None:
+        header = peeked.header
         previous = link.peer_id
         if self.attachment is not None:
             # A client routes for nobody (RFC 6940 s3.2.1).
@@ -682,7 +688,8 @@ class Messenger:
             via_list=header.via_list + (Destination.node(previous),),
         )
         self.counters.count("messages_forwarded")
-        next_link.send(replace_header(data, forwarded))
+        # Only the header changes: the signed rest goes on as it came.
+        next_link.send(replace_header(data, forwarded, peeked.contents_offset))
 
     def _error_for_undeliverable(self, link: Link, data: bytes, code: int, reason: str) -> None:
         try:
@@ -693,11 +700,18 @@ class Messenger:
             self.reply_error(link, message, code, reason)
 
     def _deliver(
-        self, link: Link, data: bytes, verified: tuple[Message, int] | None = None
+        self,
+        link: Link,
+        data: bytes,
+        verified: tuple[Message, int] | None = None,
+        peeked: PeekedMessage | None = None,
     ) -> None:
-        """Verify a message for us (unless ``verified`` already holds it and its signer) and dispatch it."""
+        """
+        Verify a message for us (unless ``verified`` already holds it and its
+        signer) and dispatch it; ``peeked`` is its header as already read.
+        """
         if verified is None:
-            verified = self._verify(link, data)
+            verified = self._verify(link, data, peeked)
             if verified is None:
                 return
         message, signer = verified
@@ -726,7 +740,9 @@ class Messenger:
             return
         self._handle_request(link, message, signer)
 
-    def _verify(self, link: Link, data: bytes) -> tuple[Message, int] | None:
+    def _verify(
+        self, link: Link, data: bytes, peeked: PeekedMessage | None = None
+    ) -> tuple[Message, int] | None:
         """
         The decoded message and the Node-ID of its sender, if it may be believed.
 
@@ -735,7 +751,7 @@ class Messenger:
         claims, or it is a request seen before (a replay).
         """
         try:
-            message = decode_message(data, self.config.limits)
+            message, signed = decode_signed_message(data, self.config.limits, peeked)
         except DecodeError as error:
             self.counters.count("malformed_messages")
             self.log.debug(
@@ -747,15 +763,7 @@ class Messenger:
         try:
             for certificate in message.security.certificates:
                 self.certificates.add(certificate.certificate)
-            identity = self.certificates.verify_signer(
-                message.security.signature,
-                message_signature_input(
-                    message.header.overlay,
-                    message.header.transaction_id,
-                    encode_contents(message.code, message.body, message.extensions),
-                    message.security.signature.identity,
-                ),
-            )
+            identity = self.certificates.verify_signer(message.security.signature, signed)
         except SignatureError as error:
             self.refuse(
                 "bad_signatures",

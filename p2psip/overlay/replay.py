@@ -26,10 +26,12 @@ ID, which is signed:
   (NTP is plenty); a node whose clock is off sees its requests vanish,
   and the receivers log the skew.
 * **Bounded memory.**  At most ``capacity`` IDs are remembered.  When a
-  flood fills the table, the entry with the oldest time goes, and from
-  then on every ID at or before that time is refused (the *watermark*):
-  forgetting an ID may cost a late, honest message, never let a replay
-  through.
+  flood fills the table, the IDs with the oldest time go, and from then on
+  every ID at or before that time is refused (the *watermark*): forgetting
+  an ID may cost a late, honest message, never let a replay through.
+  The IDs are kept by the second their time names, each (signer, ID) as
+  one integer, so an entry costs about 80 bytes and the window's seconds
+  leave whole.
 
 Answers need none of this: an answer must match one of our outstanding
 transactions (:mod:`p2psip.overlay.transactions`), and the first answer
@@ -47,10 +49,11 @@ import heapq
 TIME_SHIFT = 32
 _HALF = 1 << TIME_SHIFT
 _HALF_MASK = _HALF - 1
+_ID_MASK = (1 << 64) - 1
 
 #: How far (seconds) a request's transaction-ID time may lie from our clock.
 DEFAULT_WINDOW_SECONDS = 60.0
-#: Transaction IDs remembered at once (about 300 bytes each, 14 MB in all).
+#: Transaction IDs remembered at once (about 80 bytes each, 4 MB in all).
 DEFAULT_CAPACITY = 50_000
 
 
@@ -98,14 +101,16 @@ class ReplayWindow:
             raise ValueError("a replay window needs a positive length and room for one entry")
         self.window_seconds = window_seconds
         self.capacity = capacity
-        self._seen: set[tuple[int, int]] = set()
-        #: (time the ID claims, signer, ID), oldest time first.
-        self._by_time: list[tuple[int, int, int]] = []
+        #: The second an ID claims -> the (signer << 64 | ID) seen with that time.
+        self._by_second: dict[int, set[int]] = {}
+        #: The seconds in ``_by_second``, oldest first (a heap).
+        self._seconds: list[int] = []
+        self._count = 0
         #: IDs with a time at or before this were forgotten to make room.
         self.watermark: int | None = None
 
     def __len__(self) -> int:
-        return len(self._seen)
+        return self._count
 
     def admit(self, signer: int, transaction_id: int, now: float) -> Freshness:
         """Whether a request from ``signer`` with ``transaction_id`` may be handled now."""
@@ -116,14 +121,20 @@ class ReplayWindow:
         sent = int(now) - age
         if self.watermark is not None and sent <= self.watermark:
             return Freshness.FORGOTTEN
-        key = (signer, transaction_id)
-        if key in self._seen:
+        key = (signer << 64) | (transaction_id & _ID_MASK)
+        seen = self._by_second.get(sent)
+        if seen is None:
+            seen = self._by_second[sent] = set()
+            heapq.heappush(self._seconds, sent)
+        elif key in seen:
             return Freshness.REPLAYED
-        self._seen.add(key)
-        heapq.heappush(self._by_time, (sent, signer, transaction_id))
-        while len(self._seen) > self.capacity:
-            oldest, old_signer, old_id = heapq.heappop(self._by_time)
-            self._seen.discard((old_signer, old_id))
+        seen.add(key)
+        self._count += 1
+        while self._count > self.capacity:
+            # Forget the oldest second whole: the watermark refuses all of
+            # its IDs anyway, remembered or not.
+            oldest = heapq.heappop(self._seconds)
+            self._count -= len(self._by_second.pop(oldest))
             if self.watermark is None or oldest > self.watermark:
                 self.watermark = oldest
         return Freshness.FRESH
@@ -131,9 +142,8 @@ class ReplayWindow:
     def _expire(self, now: float) -> None:
         """Forget IDs whose time has left the window: a copy of one is refused by time."""
         horizon = int(now) - self.window_seconds
-        heap = self._by_time
-        while heap and heap[0][0] < horizon:
-            _, signer, transaction_id = heapq.heappop(heap)
-            self._seen.discard((signer, transaction_id))
+        seconds = self._seconds
+        while seconds and seconds[0] < horizon:
+            self._count -= len(self._by_second.pop(heapq.heappop(seconds)))
         if self.watermark is not None and self.watermark < horizon:
             self.watermark = None

@@ -72,10 +72,12 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import math
+import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Union
 
-from attrs import define, evolve, field
+from attrs import evolve
 from twisted.logger import Logger
 
 from p2psip.overlay.bodies import (
@@ -93,6 +95,8 @@ from p2psip.overlay.bodies import (
     StoredMetaData,
     StoreKindData,
     StoreKindResponse,
+    decode_stored_data,
+    encode_stored_data,
     encode_stored_value,
     stored_data_signature_input,
 )
@@ -148,26 +152,177 @@ class StoreError(Exception):
         return f"{self.error_code.name}: {self.reason}"
 
 
-@define
 class _Slot:
-    data: StoredData
-    expires_at: float
-    #: The Node-ID whose certificate signed ``data`` (None when stored unverified).
-    signer: int | None = None
+    """
+    One stored value: its StoredData exactly as signed, as one ``bytes``.
+
+    A peer holds many values, each two or three times (as responsible peer
+    and as replicas), and most are never fetched between refreshes; so the
+    value is kept encoded (:func:`~p2psip.overlay.bodies.encode_stored_data`)
+    and decoded when it is fetched, exported or stat'ed, not as the four
+    nested objects and four byte strings a decoded StoredData is.  What the
+    Store rules read on every store (storage time, exists, sizes) is read
+    in place from the bytes.
+    """
+
+    __slots__ = ("key", "encoded", "expires_at", "signer")
+
+    def __init__(
+        self, key: _SlotKey, encoded: bytes, expires_at: float, signer: int | None
+    ) -> None:
+        self.key = key
+        self.encoded = encoded
+        self.expires_at = expires_at
+        #: The Node-ID whose certificate signed the value (None when stored unverified).
+        self.signer = signer
+
+    @property
+    def storage_time(self) -> int:
+        return int.from_bytes(self.encoded[:8], "big")
+
+    def data(self, model: DataModel) -> StoredData:
+        return decode_stored_data(self.encoded, model)
+
+    def value_fields(self, model: DataModel) -> tuple[bool, int, int]:
+        """(exists, data value bytes, dictionary key bytes), read from the encoding."""
+        encoded = self.encoded
+        offset = _VALUE_OFFSET
+        key_bytes = 0
+        if model is DataModel.ARRAY:
+            offset += 4
+        elif model is DataModel.DICTIONARY:
+            (key_bytes,) = _U16.unpack_from(encoded, offset)
+            offset += 2 + key_bytes
+        (length,) = _U32.unpack_from(encoded, offset + 1)
+        return encoded[offset] == 1, length, key_bytes
+
+    def exists(self, model: DataModel) -> bool:
+        return self.value_fields(model)[0]
+
+    def value_bytes(self, model: DataModel) -> int:
+        """Data value and key bytes, what ``max_bytes_per_resource`` counts."""
+        _, length, key_bytes = self.value_fields(model)
+        return length + key_bytes
 
 
-@define
+#: Where the StoredDataValue starts in a StoredData's contents: after the
+#: uint64 storage_time and the uint32 lifetime (RFC 6940 s7).
+_VALUE_OFFSET = 12
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+#: A Kind's values are a tuple searched in order up to this many, a dict beyond.
+_SMALL_KIND = 8
+
+
 class _KindValues:
-    generation: int = 0
-    slots: dict[_SlotKey, _Slot] = field(factory=dict)
+    """
+    One Kind's values at one resource and its generation counter.
+
+    Most resources hold one value of a Kind (an AOR's registrations from
+    one super-node, a user's certificate), and a dictionary costs about 250
+    bytes even for one entry, so the values are held as the one slot
+    itself, then as a tuple of slots (each knows its key) searched in order,
+    and as a dict by key only past ``_SMALL_KIND`` of them.
+    """
+
+    __slots__ = ("kind_id", "generation", "_slots")
+
+    def __init__(self, kind_id: int) -> None:
+        self.kind_id = kind_id
+        self.generation = 0
+        self._slots: _Slot | tuple[_Slot, ...] | dict[_SlotKey, _Slot] = ()
+
+    def __len__(self) -> int:
+        slots = self._slots
+        return 1 if isinstance(slots, _Slot) else len(slots)
+
+    def get(self, key: _SlotKey) -> _Slot | None:
+        slots = self._slots
+        if isinstance(slots, _Slot):
+            return slots if slots.key == key else None
+        if isinstance(slots, dict):
+            return slots.get(key)
+        for slot in slots:
+            if slot.key == key:
+                return slot
+        return None
+
+    def put(self, slot: _Slot) -> None:
+        """Hold ``slot``, replacing the one with the same key."""
+        slots = self._slots
+        if isinstance(slots, dict):
+            slots[slot.key] = slot
+            return
+        kept = tuple(old for old in self.slots() if old.key != slot.key)
+        if not kept:
+            self._slots = slot
+        elif len(kept) < _SMALL_KIND:
+            self._slots = (*kept, slot)
+        else:
+            self._slots = {old.key: old for old in (*kept, slot)}
+
+    def remove(self, key: _SlotKey) -> None:
+        slots = self._slots
+        if isinstance(slots, dict):
+            del slots[key]
+            return
+        kept = tuple(old for old in self.slots() if old.key != key)
+        self._slots = kept[0] if len(kept) == 1 else kept
+
+    def slots(self) -> Iterable[_Slot]:
+        slots = self._slots
+        if isinstance(slots, _Slot):
+            return (slots,)
+        return slots.values() if isinstance(slots, dict) else slots
 
 
-@define
 class _Resource:
-    replica_number: int
-    kinds: dict[int, _KindValues]
-    #: Set from a store-wide counter by every store that changes a value here.
-    version: int = 0
+    """
+    What one Resource-ID holds: its Kinds' values.
+
+    There are few Kinds at a resource, most often one, so ``_kinds`` is that
+    one's values itself or a tuple in Kind-ID order (``kinds`` reads both).
+    """
+
+    __slots__ = ("replica_number", "version", "_kinds", "expires_at")
+
+    def __init__(self, replica_number: int) -> None:
+        self.replica_number = replica_number
+        #: Set from a store-wide counter by every store that changes a value here.
+        self.version = 0
+        self._kinds: _KindValues | tuple[_KindValues, ...] = ()
+        #: When this resource's entry in the expiry heap is due: no later than
+        #: its first value's expiry (infinity until it has one).
+        self.expires_at = math.inf
+
+    @property
+    def kinds(self) -> tuple[_KindValues, ...]:
+        """Every Kind's values held here, in Kind-ID order."""
+        kinds = self._kinds
+        return (kinds,) if isinstance(kinds, _KindValues) else kinds
+
+    def kind(self, kind_id: int) -> _KindValues | None:
+        kinds = self._kinds
+        if isinstance(kinds, _KindValues):
+            return kinds if kinds.kind_id == kind_id else None
+        for values in kinds:
+            if values.kind_id == kind_id:
+                return values
+        return None
+
+    def add_kind(self, kind_id: int) -> _KindValues:
+        values = _KindValues(kind_id)
+        self._set_kinds((*self.kinds, values))
+        return values
+
+    def remove_kind(self, kind_id: int) -> None:
+        self._set_kinds(tuple(values for values in self.kinds if values.kind_id != kind_id))
+
+    def _set_kinds(self, kinds: tuple[_KindValues, ...]) -> None:
+        if len(kinds) == 1:
+            self._kinds = kinds[0]
+        else:
+            self._kinds = tuple(sorted(kinds, key=lambda values: values.kind_id))
 
 
 def _slot_key(value: DataValue | ArrayEntry | DictionaryEntry) -> _SlotKey:
@@ -232,10 +387,10 @@ class DataStore:
         self.max_bytes_per_resource = max_bytes_per_resource
         self.storage_time_skew_seconds = storage_time_skew_seconds
         self._resources: dict[int, _Resource] = {}
-        # (expires_at, tie-breaker, resource, kind, slot key): a lazy heap;
-        # entries for slots that were overwritten or removed are skipped.
-        self._expiry: list[tuple[float, int, int, int, _SlotKey]] = []
-        self._expiry_sequence = 0
+        # (when due, resource): one live entry per resource, due no later
+        # than its first value's expiry (``_Resource.expires_at``); entries
+        # of resources that were removed or re-timed since are skipped.
+        self._expiry: list[tuple[float, int]] = []
         # Store-wide, so a resource that expired and came back never
         # repeats a version it had before.
         self._change_sequence = 0
@@ -304,7 +459,7 @@ class DataStore:
         for data in kind_data:
             plan = plans.get(data.kind)
             if plan is None:
-                values = existing.kinds.get(data.kind) if existing is not None else None
+                values = existing.kind(data.kind) if existing is not None else None
                 plan = plans[data.kind] = KindPlan(
                     self.kinds[data.kind],
                     values,
@@ -335,9 +490,9 @@ class DataStore:
         # The quota by the signers the values name, before any signature is
         # checked: a flood from one signer past its quota costs no ECDSA.
         claimed = {
-            (kind_id, key): self._known_signer(data)
+            (kind_id, key): self._known_signer(change.stored)
             for kind_id, plan in plans.items()
-            for key, data in plan.changes.items()
+            for key, change in plan.changes.items()
         }
         self._check_quotas(existing, plans, claimed)
         signers: dict[tuple[int, _SlotKey], int | None] = {}
@@ -348,7 +503,9 @@ class DataStore:
                     resource, plan, request_signer if replica_number == 0 else None
                 )
             else:
-                verified = {key: self._known_signer(data) for key, data in plan.changes.items()}
+                verified = {
+                    key: self._known_signer(change.stored) for key, change in plan.changes.items()
+                }
             for key, signer in verified.items():
                 signers[kind_id, key] = signer
         self._check_quotas(existing, plans, signers)
@@ -366,7 +523,8 @@ class DataStore:
         if self.certificates is None:
             raise StoreError(ErrorCode.FORBIDDEN, "this store cannot verify signatures")
         signers: dict[_SlotKey, int | None] = {}
-        for key, stored in plan.changes.items():
+        for key, change in plan.changes.items():
+            stored = change.stored
             signer = self._signer(resource, plan.kind.kind_id, stored)
             holder = plan.holder(key)
             try:
@@ -412,12 +570,11 @@ class DataStore:
         """The per-resource bound: live payload and key bytes over every Kind."""
         total = sum(plan.live_bytes() for plan in plans.values())
         if existing is not None:
-            for kind_id, values in existing.kinds.items():
-                if kind_id not in plans:
+            for values in existing.kinds:
+                if values.kind_id not in plans:
+                    model = self.kinds[values.kind_id].data_model
                     total += sum(
-                        _value_bytes(slot.data)
-                        for slot in values.slots.values()
-                        if _live(slot, now)
+                        slot.value_bytes(model) for slot in values.slots() if _live(slot, now)
                     )
         if total > self.max_bytes_per_resource:
             raise StoreError(
@@ -435,9 +592,9 @@ class DataStore:
         new_slots = 0
         added: dict[tuple[int, int], int] = {}
         for kind_id, plan in plans.items():
-            values = existing.kinds.get(kind_id) if existing is not None else None
+            values = existing.kind(kind_id) if existing is not None else None
             for key in plan.changes:
-                slot = values.slots.get(key) if values is not None else None
+                slot = values.get(key) if values is not None else None
                 if slot is None:
                     new_slots += 1
                 signer = signers.get((kind_id, key))
@@ -478,28 +635,28 @@ class DataStore:
     ) -> StoreKindResponse:
         kind_id = plan.kind.kind_id
         entry = self._resources.get(resource)
-        if entry is None or kind_id not in entry.kinds:
+        values = entry.kind(kind_id) if entry is not None else None
+        if values is None:
             if not plan.changes:
                 # Nothing to hold: do not create empty entries that only
                 # expiry of a value would ever clean up.
                 return StoreKindResponse(kind=kind_id, generation_counter=0, replicas=())
             if entry is None:
-                entry = self._resources[resource] = _Resource(replica_number, {})
-            entry.kinds[kind_id] = _KindValues()
+                entry = self._resources[resource] = _Resource(replica_number)
+            values = entry.add_kind(kind_id)
+        assert entry is not None
         entry.replica_number = replica_number
-        values = entry.kinds[kind_id]
-        for key, stored in plan.changes.items():
-            expires_at = now + stored.lifetime
-            old = values.slots.get(key)
+        for key, change in plan.changes.items():
+            expires_at = now + change.lifetime
+            old = values.get(key)
             if old is not None:
                 self._count_slot(kind_id, old, -1)
-            slot = values.slots[key] = _Slot(stored, expires_at, signers.get((kind_id, key)))
+            slot = _Slot(key, change.encoded, expires_at, signers.get((kind_id, key)))
+            values.put(slot)
             self._count_slot(kind_id, slot, +1)
-            self._expiry_sequence += 1
-            heapq.heappush(
-                self._expiry,
-                (expires_at, self._expiry_sequence, resource, kind_id, key),
-            )
+            if expires_at < entry.expires_at:
+                entry.expires_at = expires_at
+                heapq.heappush(self._expiry, (expires_at, resource))
         if plan.changes:
             values.generation += 1
             self._change_sequence += 1
@@ -526,9 +683,8 @@ class DataStore:
         """
         responses = []
         for specifier, generation, slots in self._select(resource, specifiers, now):
-            values = tuple(
-                evolve(slot.data, lifetime=_remaining_lifetime(slot, now)) for slot in slots
-            )
+            model = self.kinds[specifier.kind].data_model
+            values = tuple(_passed_on(slot, model, now) for slot in slots)
             responses.append(
                 FetchKindResponse(kind=specifier.kind, generation=generation, values=values)
             )
@@ -544,8 +700,9 @@ class DataStore:
         """
         responses = []
         for specifier, generation, slots in self._select(resource, specifiers, now):
+            model = self.kinds[specifier.kind].data_model
             values = tuple(
-                stored_metadata(slot.data, _remaining_lifetime(slot, now)) for slot in slots
+                stored_metadata(slot.data(model), _remaining_lifetime(slot, now)) for slot in slots
             )
             responses.append(
                 StatKindResponse(kind=specifier.kind, generation=generation, values=values)
@@ -564,7 +721,7 @@ class DataStore:
             )
         entry = self._resources.get(resource)
         for specifier in specifiers:
-            values = entry.kinds.get(specifier.kind) if entry is not None else None
+            values = entry.kind(specifier.kind) if entry is not None else None
             if values is None:
                 yield specifier, 0, []
                 continue
@@ -587,33 +744,38 @@ class DataStore:
         removed = 0
         heap = self._expiry
         while heap and heap[0][0] <= now:
-            expires_at, _, resource, kind_id, key = heapq.heappop(heap)
+            due, resource = heapq.heappop(heap)
             entry = self._resources.get(resource)
-            values = entry.kinds.get(kind_id) if entry is not None else None
-            slot = values.slots.get(key) if values is not None else None
-            if slot is None or slot.expires_at != expires_at:
-                continue  # overwritten or removed since this entry was pushed
-            assert entry is not None and values is not None
-            del values.slots[key]
-            self._count_slot(kind_id, slot, -1)
-            removed += 1
-            if not values.slots:
-                del entry.kinds[kind_id]
-                if not entry.kinds:
-                    del self._resources[resource]
-        if len(heap) > 1024 and len(heap) > 2 * self._slot_total:
+            if entry is None or entry.expires_at != due:
+                continue  # removed, or re-timed since this entry was pushed
+            removed += self._expire_resource(resource, entry, now)
+        if len(heap) > 1024 and len(heap) > 2 * len(self._resources):
             self._rebuild_expiry()
         return removed
 
+    def _expire_resource(self, resource: int, entry: _Resource, now: float) -> int:
+        """Drop the resource's values that ended by ``now`` and re-time its heap entry."""
+        removed = 0
+        soonest = math.inf
+        for values in entry.kinds:
+            for slot in tuple(values.slots()):
+                if slot.expires_at <= now:
+                    values.remove(slot.key)
+                    self._count_slot(values.kind_id, slot, -1)
+                    removed += 1
+                else:
+                    soonest = min(soonest, slot.expires_at)
+            if not len(values):
+                entry.remove_kind(values.kind_id)
+        if not entry.kinds:
+            del self._resources[resource]
+        else:
+            entry.expires_at = soonest
+            heapq.heappush(self._expiry, (soonest, resource))
+        return removed
+
     def _rebuild_expiry(self) -> None:
-        self._expiry = []
-        for resource, entry in self._resources.items():
-            for kind_id, values in entry.kinds.items():
-                for key, slot in values.slots.items():
-                    self._expiry_sequence += 1
-                    self._expiry.append(
-                        (slot.expires_at, self._expiry_sequence, resource, kind_id, key)
-                    )
+        self._expiry = [(entry.expires_at, resource) for resource, entry in self._resources.items()]
         heapq.heapify(self._expiry)
 
     def resources(self) -> Iterable[int]:
@@ -655,17 +817,19 @@ class DataStore:
         if entry is None:
             return ()
         exported = []
-        for kind_id in sorted(entry.kinds):
-            values = entry.kinds[kind_id]
+        for values in entry.kinds:  # in Kind-ID order
+            model = self.kinds[values.kind_id].data_model
             live = [
-                evolve(slot.data, lifetime=_remaining_lifetime(slot, now))
-                for _, slot in sorted(values.slots.items(), key=_slot_order)
+                _passed_on(slot, model, now)
+                for slot in sorted(values.slots(), key=_slot_order)
                 if _live(slot, now)
             ]
             if live:
                 exported.append(
                     StoreKindData(
-                        kind=kind_id, generation_counter=values.generation, values=tuple(live)
+                        kind=values.kind_id,
+                        generation_counter=values.generation,
+                        values=tuple(live),
                     )
                 )
         return tuple(exported)
@@ -675,9 +839,9 @@ class DataStore:
         entry = self._resources.pop(resource, None)
         if entry is None:
             return
-        for kind_id, values in entry.kinds.items():
-            for slot in values.slots.values():
-                self._count_slot(kind_id, slot, -1)
+        for values in entry.kinds:
+            for slot in values.slots():
+                self._count_slot(values.kind_id, slot, -1)
 
     def values_signed_by(self, kind_id: int, node_id: int) -> int:
         """Values of a Kind held here whose signer is ``node_id`` (what its quota counts)."""
@@ -696,9 +860,11 @@ class DataStore:
         """
         counts = {kind.name: 0 for kind in self.kinds.values()}
         for entry in self._resources.values():
-            for kind_id, values in entry.kinds.items():
-                name = self.kinds[kind_id].name
-                counts[name] += sum(1 for slot in values.slots.values() if _exists(slot.data))
+            for values in entry.kinds:
+                kind = self.kinds[values.kind_id]
+                counts[kind.name] += sum(
+                    1 for slot in values.slots() if slot.exists(kind.data_model)
+                )
         return counts
 
     def __len__(self) -> int:
@@ -706,18 +872,8 @@ class DataStore:
         return sum(self.counts_per_kind().values())
 
 
-def _exists(stored: StoredData) -> bool:
-    return _payload(stored.value).exists
-
-
-def _value_bytes(stored: StoredData) -> int:
-    value = stored.value
-    key_bytes = len(value.key) if isinstance(value, DictionaryEntry) else 0
-    return key_bytes + len(_payload(value).value)
-
-
-def _slot_order(item: tuple[_SlotKey, _Slot]) -> tuple[int, int, bytes]:
-    key = item[0]
+def _slot_order(slot: _Slot) -> tuple[int, int, bytes]:
+    key = slot.key
     if isinstance(key, int):
         return (1, key, b"")
     if isinstance(key, bytes):
@@ -726,25 +882,48 @@ def _slot_order(item: tuple[_SlotKey, _Slot]) -> tuple[int, int, bytes]:
 
 
 def _selected(values: _KindValues, model: DataModel, specifier: StoredDataSpecifier) -> list[_Slot]:
-    slots = values.slots
     if model is DataModel.SINGLE_VALUE:
-        single = slots.get(None)
+        single = values.get(None)
         return [] if single is None else [single]
     if model is DataModel.DICTIONARY:
         if not specifier.keys:
-            return [slot for _, slot in sorted(slots.items(), key=_slot_order)]
+            return sorted(values.slots(), key=_slot_order)
         chosen = []
         for key in dict.fromkeys(specifier.keys):
-            slot = slots.get(key)
+            slot = values.get(key)
             if slot is not None:
                 chosen.append(slot)
         return chosen
-    indices: list[int] = sorted(key for key in slots if isinstance(key, int))
+    entries = sorted(
+        (slot for slot in values.slots() if isinstance(slot.key, int)), key=_slot_order
+    )
     if specifier.indices:
-        indices = [
-            index for index in indices if any(r.first <= index <= r.last for r in specifier.indices)
+        entries = [
+            slot
+            for slot in entries
+            if any(r.first <= slot.key <= r.last for r in specifier.indices)  # type: ignore[operator]
         ]
-    return [slots[index] for index in indices]
+    return entries
+
+
+def _passed_on(slot: _Slot, model: DataModel, now: float) -> StoredData:
+    """The stored value as Fetch and hand-over send it: with the lifetime that remains."""
+    stored = slot.data(model)
+    return evolve(stored, lifetime=_remaining_lifetime(slot, now))
+
+
+class _Change(_Slot):
+    """A value a Store would put at ``key``: decoded for the checks, encoded to be held."""
+
+    __slots__ = ("stored",)
+
+    def __init__(self, key: _SlotKey, stored: StoredData) -> None:
+        super().__init__(key, encode_stored_data(stored), 0.0, None)
+        self.stored = stored
+
+    @property
+    def lifetime(self) -> int:
+        return self.stored.lifetime
 
 
 class KindPlan:
@@ -771,17 +950,15 @@ class KindPlan:
         self.skew_seconds = skew_seconds
         self.generation = values.generation if values is not None else 0
         self._existing: dict[_SlotKey, _Slot] = (
-            {key: slot for key, slot in values.slots.items() if _live(slot, now)}
+            {slot.key: slot for slot in values.slots() if _live(slot, now)}
             if values is not None
             else {}
         )
-        self.changes: dict[_SlotKey, StoredData] = {}
+        self.changes: dict[_SlotKey, _Change] = {}
 
-    def _current(self, key: _SlotKey) -> StoredData | None:
-        if key in self.changes:
-            return self.changes[key]
-        slot = self._existing.get(key)
-        return None if slot is None else slot.data
+    def _current(self, key: _SlotKey) -> _Slot | None:
+        change = self.changes.get(key)
+        return change if change is not None else self._existing.get(key)
 
     def _expires_at(self, key: _SlotKey) -> float:
         """When the value at ``key`` expires once the plan so far is applied."""
@@ -833,38 +1010,37 @@ class KindPlan:
         self._check_times(stored)
         key = _slot_key(stored.value)
         current = self._current(key)
+        change = None
         if current is not None:
-            if (
-                stored.storage_time == current.storage_time
-                and stored.value == current.value
-                and stored.signature == current.signature
-            ):
-                # The same signed value again.  With the same lifetime it is
-                # a retransmission: nothing changes.  With another (a Store
-                # resent to the peer that took over a range and holds a
-                # run-down replica, a restarted peer's saved copy) it is a
-                # refresh, taken only if it lives longer, so that nobody who
-                # fetched a value can shorten it.
-                if stored.lifetime != current.lifetime and self.now + stored.lifetime > (
-                    self._expires_at(key)
-                ):
-                    self.changes[key] = stored
-                return
+            current_time = current.storage_time
+            if stored.storage_time == current_time:
+                change = _Change(key, stored)
+                encoded, held = change.encoded, current.encoded
+                if encoded == held:
+                    return  # the same signed value again (a retransmission): nothing changes
+                # Equal but for the lifetime (the uint32 after storage_time):
+                # a refresh (a Store resent to the peer that took over a
+                # range and holds a run-down replica, a restarted peer's
+                # saved copy), taken only if it lives longer, so that nobody
+                # who fetched a value can shorten it.
+                if encoded[_VALUE_OFFSET:] == held[_VALUE_OFFSET:]:
+                    if self.now + stored.lifetime > self._expires_at(key):
+                        self.changes[key] = change
+                    return
             if self.merge:
-                if stored.storage_time <= current.storage_time:
+                if stored.storage_time <= current_time:
                     return  # we hold a newer (or the same-time) value: keep it
-            elif stored.storage_time < current.storage_time:
+            elif stored.storage_time < current_time:
                 raise StoreError(
                     ErrorCode.DATA_TOO_OLD,
-                    f"storage_time {stored.storage_time} is older than the stored "
-                    f"{current.storage_time}",
+                    f"storage_time {stored.storage_time} is older than the stored {current_time}",
                 )
-            elif stored.storage_time == current.storage_time:
+            elif stored.storage_time == current_time:
                 raise StoreError(
                     ErrorCode.DATA_TOO_OLD,
                     f"a different value with storage_time {stored.storage_time} is stored",
                 )
-        self.changes[key] = stored
+        self.changes[key] = change if change is not None else _Change(key, stored)
 
     def _check_times(self, stored: StoredData) -> None:
         """The lifetime cap, the clock skew allowed and the replay bound."""
@@ -894,10 +1070,11 @@ class KindPlan:
     def check_count(self) -> None:
         """Refuse the plan when the Kind would hold more existing values than max-count."""
         keys = set(self._existing) | set(self.changes)
+        model = self.kind.data_model
         count = 0
         for key in keys:
             current = self._current(key)
-            if current is not None and _exists(current):
+            if current is not None and current.exists(model):
                 count += 1
         if count > self.kind.max_count:
             raise StoreError(
@@ -907,11 +1084,12 @@ class KindPlan:
 
     def live_bytes(self) -> int:
         """Payload and key bytes of the Kind's live values once the plan is applied."""
+        model = self.kind.data_model
         total = 0
         for key in set(self._existing) | set(self.changes):
             current = self._current(key)
             if current is not None:
-                total += _value_bytes(current)
+                total += current.value_bytes(model)
         return total
 
 

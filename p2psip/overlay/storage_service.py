@@ -187,7 +187,9 @@ class StorageService:
             return Reply(MessageCode.STORE_ANS, bodies.StoreAns(kinds).encode())
 
         if request.replica_number == 0 and self.topology.is_responsible(request.resource):
-            return self.replicate(request.resource, request.kind_data).addCallback(answer)
+            return self.replicate(request.resource, request.kind_data, message.body).addCallback(
+                answer
+            )
         return answer(())
 
     def _replica_refusal(self, sender: int, resource: int) -> str | None:
@@ -292,13 +294,24 @@ class StorageService:
 
     # -- replication and hand-over ----------------------------------------
 
-    def replicate(self, resource: int, kind_data: Iterable[Any]) -> Deferred[list[int]]:
-        """Copy a just-stored value to the next successors; fires with who took it."""
+    def replicate(
+        self, resource: int, kind_data: Iterable[Any], body: bytes | None = None
+    ) -> Deferred[list[int]]:
+        """
+        Copy a just-stored value to the next successors; fires with who took it.
+
+        ``body`` is the original StoreReq as it came: each replica gets
+        those bytes with its replica_number, so the values are encoded at
+        most once however many successors take them.
+        """
         targets = self.topology.successors[: self.config.replicas]
         if not targets:
             return succeed([])
+        kind_data = tuple(kind_data)
+        if body is None:
+            body = bodies.StoreReq(resource, 0, kind_data).encode()
         sends = [
-            self.send_store(peer, resource, number + 1, kind_data=tuple(kind_data))
+            self.send_store(peer, resource, number + 1, kind_data=kind_data, body=body)
             for number, peer in enumerate(targets)
         ]
 
@@ -316,7 +329,13 @@ class StorageService:
     def replicate_all(self) -> None:
         """Make sure every value we are primary for sits on our first successors."""
         targets = self.topology.successors[: self.config.replicas]
-        for resource in self.store.resources():
+        held = self.store.resources()
+        # Forget the holders of resources that expired or went elsewhere:
+        # otherwise every resource ever held would keep its entry.
+        still = set(held)
+        for gone in [r for r in self.replica_holders if r not in still]:
+            del self.replica_holders[gone]
+        for resource in held:
             if not self.topology.is_responsible(resource):
                 continue
             holders = self.replica_holders.setdefault(resource, set())
@@ -395,13 +414,22 @@ class StorageService:
         resource: int,
         replica_number: int,
         kind_data: tuple[Any, ...] | None = None,
+        body: bytes | None = None,
     ) -> Deferred[Any]:
-        """Copy what we hold of ``resource`` (or ``kind_data``) to ``peer``."""
+        """
+        Copy what we hold of ``resource`` (or ``kind_data``) to ``peer``.
+
+        ``body``, if given, is ``kind_data`` already encoded as a StoreReq
+        for ``resource`` (any replica_number).
+        """
         if kind_data is None:
             kind_data = self.store.export(resource, self.clock.seconds())
         if not kind_data:
             return succeed(None)
-        body = bodies.StoreReq(resource, replica_number, tuple(kind_data)).encode()
+        if body is None:
+            body = bodies.StoreReq(resource, replica_number, tuple(kind_data)).encode()
+        else:
+            body = bodies.with_replica_number(body, replica_number)
         certificates = self.signer_certificates(v for kd in kind_data for v in kd.values)
         return self.messenger.request(
             Destination.node(peer), MessageCode.STORE_REQ, body, extra_certificates=certificates

@@ -251,6 +251,8 @@ class RingRoleConfig:
     workers: int = 1
     #: Which of them this process is; None: the supervisor, or the only one.
     worker_index: int | None = None
+    #: Log a memory report on SIGUSR2 (``--debug-memory-signal``; p2psip.util.memory_report).
+    debug_memory_signal: bool = False
 
 
 def sip_listen_address(text: str) -> str:
@@ -824,6 +826,12 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             None,
             "Accept REGISTER without Digest authentication (closed networks only).",
         ],
+        [
+            "debug-memory-signal",
+            None,
+            "Debugging only: on SIGUSR2, log the live objects that grew most since the last "
+            "report (and, under PYTHONTRACEMALLOC=1, the allocation sites); walks the heap.",
+        ],
     ]
 
     #: The validated configuration, set by ``postOptions``.
@@ -907,6 +915,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
                 Path(self["overlay-tls-key-log"]) if self["overlay-tls-key-log"] else None
             ),
             workers=self["workers"],
+            debug_memory_signal=bool(self["debug-memory-signal"]),
         )
         index = self["worker"]
         if index is not None:

@@ -49,6 +49,7 @@ from p2psip.enrolment.authority import OverlayAuthority
 from p2psip.enrolment.fingerprints import root_fingerprint
 from p2psip.enrolment.server import EnrolmentServer
 from p2psip.overlay import peer_cache
+from p2psip.util.memory_report import MemoryReportService
 from p2psip.overlay.certificates import OverlayRootTrust, SelfSignedTrust, TrustPolicy
 from p2psip.overlay.identity import NodeIdentity
 from p2psip.overlay.links import Connector, StreamConnector, inbound_link_factory
@@ -378,6 +379,8 @@ def make_ring_role(
         reactor=reactor,
     )
     http_service(config.http, site, reactor).setServiceParent(role)
+    if config.debug_memory_signal:
+        MemoryReportService(lambda report: reactor.callLater(0, report)).setServiceParent(role)
     return role
 
 

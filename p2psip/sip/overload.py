@@ -18,16 +18,22 @@ new out-of-dialog INVITE or REGISTER is served, it looks at two signs:
 
 Past either, the request is answered 503 Service Unavailable with
 ``Retry-After`` (RFC 3261 s21.5.4), a few seconds with jitter so the
-refused phones do not come back together.  A 503 is one small response,
-far cheaper than a REGISTER's overlay Store or an INVITE's lookup, so the
-node keeps completing close to its maximum and refuses the rest.
+refused phones do not come back together.
+
+The refusal must cost far less than the work it turns away, or goodput
+falls anyway.  :class:`StatelessRefusals` answers at the transaction
+layer's door, statelessly (RFC 3261 s8.2.7): no server transaction, no
+100 Trying, no timers and nothing kept for Timer J's 32 s; only the start
+line, the top Via (to find a transaction being served) and, once the node
+is overloaded, the To tag are read, and the 503 copies five header lines.
+Its To tag is derived from the request's branch and Call-ID, so a
+retransmission of a refused request gets the same answer again and the
+ACK of a refused INVITE is recognised and dropped.
 
 What is never refused, because refusing it would waste work already done:
 
 * retransmissions of a request being served: the transaction layer
-  matches them to their transaction before the guard is asked, and a
-  refused request's retransmissions get the same 503 from its completed
-  transaction;
+  matches them to their transaction before the guard is asked;
 * in-dialog requests (a To tag: BYE, re-INVITE, UPDATE) and ACK and
   CANCEL: they end or change calls already set up;
 * other methods (OPTIONS, MESSAGE...), which cost little.
@@ -38,14 +44,18 @@ is given, and returns the ``Retry-After`` to send, or None.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter
 from collections.abc import Callable
 
 from attrs import frozen
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 from p2psip.sip.errors import SipParseError
-from p2psip.sip.message import Request
+from p2psip.sip.message import Request, Response, make_response
+from p2psip.util.log_throttle import LogThrottle
 
 #: Requests worked on at once (no final response yet) past which new ones
 #: are refused.  A REGISTER waits for its overlay Store (milliseconds on a
@@ -118,6 +128,10 @@ class OverloadGuard:
         """The smoothed event-loop lag now."""
         return self._lag_seconds()
 
+    def pending(self) -> int:
+        """The requests being worked on now."""
+        return self._pending()
+
     def reason_to_refuse(self) -> str | None:
         """Why a new request would be refused now ("pending" or "lag"), or None."""
         limits = self.thresholds
@@ -135,12 +149,16 @@ class OverloadGuard:
         ``Retry-After`` to answer its 503 with.  The transaction layer has
         already absorbed retransmissions, so ``request`` is a new one.
         """
-        if request.method not in GUARDED_METHODS or not _out_of_dialog(request):
+        if request.method not in GUARDED_METHODS:
             return None
         reason = self.reason_to_refuse()
-        self.overloaded = reason is not None
         if reason is None:
+            self.overloaded = False
             return None
+        # Only now the To header is parsed: a quiet node never reads it here.
+        if not _out_of_dialog(request):
+            return None
+        self.overloaded = True
         self.refused[(request.method, reason)] += 1
         base = self.thresholds.retry_after_seconds
         return base + self._random.randint(0, base)
@@ -161,7 +179,85 @@ class OverloadGuard:
         }
 
 
+#: The reason phrase of an overload refusal.
+OVERLOADED_REASON = "Service Unavailable (overloaded)"
+
+
+def refusal_tag(request: Request) -> str:
+    """
+    The To tag of our stateless 503 to ``request``: the same for its
+    retransmissions and for the ACK of a refused INVITE (same branch and
+    Call-ID, s17.1.1.3), as s8.2.7 asks of a stateless UAS.
+    """
+    seed = f"{request.via.branch}\n{request.call_id}".encode()
+    return "ov" + hashlib.blake2s(seed, digest_size=8).hexdigest()
+
+
+class StatelessRefusals:
+    """
+    The overload guard at the transaction layer's door: what a new request
+    gets instead of a server transaction while the node is overloaded.
+
+    :param counted: told the method of each refusal (the proxy's final-response counters).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, guard: OverloadGuard, clock: IReactorTime, counted: Callable[[str], None]
+    ) -> None:
+        self.guard = guard
+        self._counted = counted
+        self._log = LogThrottle(clock)
+        #: ACKs of refused INVITEs dropped here (since start).
+        self.acks_absorbed = 0
+
+    def refusal(self, request: Request) -> Response | None:
+        """The 503 to send ``request`` (which no transaction matched) now, or None to serve it."""
+        # guard.admit reads the method first and the To header only when it
+        # may refuse: a quiet node pays one string comparison per request.
+        retry_after = self.guard.admit(request)
+        if retry_after is None:
+            return None
+        response = make_response(request, 503, OVERLOADED_REASON, to_tag=refusal_tag(request))
+        response.headers.add("Retry-After", str(retry_after))
+        self._counted(request.method)
+        self._warn()
+        return response
+
+    def absorbs_ack(self, ack: Request) -> bool:
+        """Whether ``ack`` (no transaction matched it) acknowledges one of our stateless 503s."""
+        try:
+            tag = ack.to.tag
+            if tag is None or not tag.startswith("ov") or tag != refusal_tag(ack):
+                return False
+        except SipParseError:
+            return False
+        self.acks_absorbed += 1
+        return True
+
+    def _warn(self) -> None:
+        """Warn at most once a minute, with how many were refused meanwhile."""
+        held_back = self._log.admit("overload")
+        if held_back is None:
+            return
+        limits = self.guard.thresholds
+        self.log.warn(
+            "overloaded: refused {count} new INVITE/REGISTER(s) with 503 "
+            "({pending_now} unanswered, loop lag {lag_now:.3f} s; thresholds "
+            "sip-overload-pending {pending}, sip-overload-lag {lag:g} s)",
+            count=held_back + 1,
+            pending_now=self.guard.pending(),
+            lag_now=self.guard.lag_seconds(),
+            pending=limits.max_pending,
+            lag=limits.max_lag_seconds,
+        )
+
+
 __all__ = [
+    "OVERLOADED_REASON",
+    "StatelessRefusals",
+    "refusal_tag",
     "DEFAULT_MAX_LAG_SECONDS",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_RETRY_AFTER_SECONDS",

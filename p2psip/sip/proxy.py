@@ -30,9 +30,10 @@ without a live binding 480, an ``OPTIONS`` addressed to the server itself
 200 (health checks), other methods addressed to it 405.
 
 Before any of that, a new request whose source address is over its rate
-(:mod:`p2psip.sip.request_limit`) gets 503 with ``Retry-After``, and so
-does a new INVITE or REGISTER while the node is overloaded
-(:mod:`p2psip.sip.overload`).
+(:mod:`p2psip.sip.request_limit`) gets 503 with ``Retry-After``.  A new
+INVITE or REGISTER that arrives while the node is overloaded never gets
+this far: the transaction layer answers it 503 statelessly
+(:mod:`p2psip.sip.overload`, installed by setting :attr:`SipProxy.overload`).
 
 With authentication on, an out-of-dialog request (not ACK or CANCEL,
 s22.1) whose From names a user of our domain is forwarded only when that
@@ -76,7 +77,7 @@ from p2psip.sip.media_hook import MediaHook
 from p2psip.sip.message import MAGIC_COOKIE, NameAddress, Request, Response, make_response
 from p2psip.sip.request_log import RequestSummary
 from p2psip.sip.outbound import group_by_instance
-from p2psip.sip.overload import OverloadGuard
+from p2psip.sip.overload import OverloadGuard, StatelessRefusals
 from p2psip.sip.response_context import ResponseContext
 from p2psip.sip.registrar import LocalBinding, Registrar, blur_aor, blur_flow
 from p2psip.sip.request_limit import RequestRateLimit
@@ -296,9 +297,26 @@ class SipProxy:
         #: Requests routed to an AOR through the overlay: the AOR and the
         #: super-nodes tried, so a failure can clear them from the cache.
         self._routed: dict[ServerTransaction, tuple[str, list[int]]] = {}
-        #: Refuses new calls and registrations while the node is overloaded; None: never.
+        self._overload: OverloadGuard | None = None
         self.overload = overload
-        self._overload_log = LogThrottle(clock)
+
+    @property
+    def overload(self) -> OverloadGuard | None:
+        """Refuses new calls and registrations while the node is overloaded; None: never."""
+        return self._overload
+
+    @overload.setter
+    def overload(self, guard: OverloadGuard | None) -> None:
+        """Put ``guard`` at the transaction layer's door: its 503s are stateless and cheap."""
+        self._overload = guard
+        self.transactions.refusals = (
+            None if guard is None else StatelessRefusals(guard, self.clock, self._refused)
+        )
+
+    def _refused(self, method: str) -> None:
+        """Count a stateless overload refusal with the other final responses."""
+        self.outcomes[(method, 503)] += 1
+        self.summary.note(method, 503)
 
     @property
     def pending_requests(self) -> int:
@@ -314,7 +332,7 @@ class SipProxy:
 
     def request_received(self, transaction: ServerTransaction) -> None:
         """A new request: answer it here or proxy it (or refuse it, over the source's rate)."""
-        if self._over_rate_limit(transaction) or self._overloaded(transaction):
+        if self._over_rate_limit(transaction):
             return
         if transaction.request.method == "INVITE":
             self._invite_started[transaction] = _InviteTiming(
@@ -364,38 +382,6 @@ class SipProxy:
                 source=blurred,
                 rate=limit.requests_per_second,
                 burst=limit.burst,
-            )
-        return True
-
-    def _overloaded(self, transaction: ServerTransaction) -> bool:
-        """
-        Answer 503 with Retry-After when the node is past its overload
-        thresholds (:mod:`p2psip.sip.overload`); warn at most once a minute.
-        """
-        guard = self.overload
-        if guard is None:
-            return False
-        retry_after = guard.admit(transaction.request)
-        if retry_after is None:
-            return False
-        self._answer(
-            transaction,
-            503,
-            "Service Unavailable (overloaded)",
-            (("Retry-After", str(retry_after)),),
-        )
-        held_back = self._overload_log.admit("overload")
-        if held_back is not None:
-            limits = guard.thresholds
-            self.log.warn(
-                "overloaded: refused {count} new INVITE/REGISTER(s) with 503 "
-                "({pending_now} unanswered, loop lag {lag_now:.3f} s; thresholds "
-                "sip-overload-pending {pending}, sip-overload-lag {lag:g} s)",
-                count=held_back + 1,
-                pending_now=self.transactions.unanswered,
-                lag_now=guard.lag_seconds(),
-                pending=limits.max_pending,
-                lag=limits.max_lag_seconds,
             )
         return True
 

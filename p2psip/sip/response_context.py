@@ -167,7 +167,11 @@ class ResponseContext:
         transaction = self.sender.send_request(request, hop, self._listener_for(branch, attempt))
         if branch.attempt == attempt:  # not already failed over, synchronously
             branch.transaction = transaction
-            if branch.fallbacks:
+            # The edge too: a phone's flow that brings no answer at all
+            # (a phone sends 100 Trying within 200 ms, RFC 3261 s17.2.1) is
+            # dead, and 430 now lets the proxy upstream try the phone's other
+            # flow instead of waiting out Timer B.
+            if branch.fallbacks or (self.flows_only and self.is_invite):
                 branch.answer_timer = self.clock.callLater(
                     FAILOVER_ANSWER_SECONDS, self._no_answer, branch, attempt
                 )

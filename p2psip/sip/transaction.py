@@ -109,6 +109,16 @@ class TransactionUser(Protocol):
         """A response that matches no client transaction (a retransmitted 2xx to an INVITE, s17.1.1.2)."""
 
 
+class StatelessRefusal(Protocol):
+    """Refuses new requests without a transaction (the overload guard, p2psip.sip.overload)."""
+
+    def refusal(self, request: Request) -> Response | None:
+        """The response to send ``request`` statelessly instead of serving it, or None."""
+
+    def absorbs_ack(self, ack: Request) -> bool:
+        """Whether ``ack`` acknowledges one of those responses (and so goes no further)."""
+
+
 def new_branch() -> str:
     """A Via branch unique in space and time, with the RFC 3261 magic cookie (s8.1.1.7)."""
     return MAGIC_COOKIE + secrets.token_hex(10)
@@ -503,6 +513,9 @@ class TransactionLayer:
         #: Server transactions without a final response yet: the requests
         #: this element is working on (the overload guard's queue length).
         self.unanswered = 0
+        #: Asked about each new request before a transaction is made for it;
+        #: its answer is sent statelessly (p2psip.sip.overload).  None: none.
+        self.refusals: StatelessRefusal | None = None
 
     def terminate_all(self) -> None:
         """End every transaction at once, cancelling its timers (the service is stopping)."""
@@ -542,12 +555,19 @@ class TransactionLayer:
         if request.method == "ACK":
             if transaction is not None and transaction.state in (State.COMPLETED, State.CONFIRMED):
                 transaction.ack_received()
+            elif self.refusals is not None and self.refusals.absorbs_ack(request):
+                pass  # the ACK of a stateless refusal: nothing to do
             else:
                 self.user.ack_received(request, source)
             return
         if transaction is not None:
             transaction.request_retransmitted()
             return
+        if self.refusals is not None:
+            refusal = self.refusals.refusal(request)
+            if refusal is not None:
+                self.sender.send_response(refusal, source)
+                return
         transaction = ServerTransaction(self, key, request, source)
         self.server_transactions[key] = transaction
         if transaction.is_invite:

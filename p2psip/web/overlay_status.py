@@ -51,5 +51,17 @@ def overlay_status(node: OverlayNode) -> dict[str, Any]:
         "clients": [id_hex(client) for client in node.attached_clients()],
         "connections": [link.describe() for link in node.all_links()],
         "pending_transactions": node.pending_request_count(),
+        # The bounded structures that fill with use, against their caps:
+        # a soak tells warm-up (filling) from growth (a cap would be passed).
+        "bounded": {
+            "certificates": {
+                "entries": len(node.certificates),
+                "max_entries": node.certificates.max_certificates,
+            },
+            "replay_window": {
+                "entries": len(node.messenger.replays),
+                "max_entries": node.messenger.replays.capacity,
+            },
+        },
         "counters": dict(sorted(node.counters.items())),
     }

@@ -12,13 +12,14 @@ nothing is left on the reactor.
 from __future__ import annotations
 
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor, utils
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet import task
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
@@ -31,7 +32,7 @@ from p2psip.sip.registrar import Registrar
 from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipTransport
 from p2psip.sip.users import UsersFile
-from p2psip.testing import free_port, require_tool, shared_path
+from p2psip.testing import free_port, require_tool, shared_path, udp_port_bound
 from tests.sip.memory_storage import MemoryOverlayStorage
 
 NODE = 0x1111_2222_3333_4444_5555_6666_7777_8888
@@ -194,6 +195,9 @@ class SippCallInteropTests(TestCase):
             ],
             directory,
         )
+        # The proxy runs on a fake clock, so it retransmits nothing: an
+        # INVITE sent before SIPp has bound its port would be lost for good.
+        yield wait_until(lambda: udp_port_bound(uas_port), 20, "the SIPp callee to bind its port")
         registered = yield registrar.register_received(
             _register_for("callee0000", uas_port, uac_port), Hop("UDP", "127.0.0.1", uac_port)
         )
@@ -226,6 +230,18 @@ class SippCallInteropTests(TestCase):
         self.assertEqual(callee_status, 0, callee.output[-2000:].decode(errors="replace"))
         clock.advance(64)  # Timers L and J end the INVITE and BYE transactions
         self.assertEqual(proxy.pending_requests, 0)
+
+
+@inlineCallbacks
+def wait_until(
+    condition: Callable[[], bool], seconds: float, what: str
+) -> Generator[Deferred[Any], Any, None]:
+    """Poll ``condition`` on the real clock (a process starting up) for up to ``seconds``."""
+    deadline = reactor.seconds() + seconds
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"waited {seconds:g} s for {what}")
+        yield task.deferLater(reactor, 0.05, lambda: None)
 
 
 def _register_for(user: str, contact_port: int, source_port: int) -> Request:

@@ -112,6 +112,39 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual((self.sessions.pool.in_use, self.opener.open_count), (0, 0))
         self.assertEqual(self.sessions.ended["bye"], 1)
 
+    def test_loopback_media_from_elsewhere_is_not_sent_to(self) -> None:
+        """
+        A party signalling from another host that names 127.0.0.1 (a local
+        service's port) gets nothing sent there: its leg waits for its own
+        packets to latch it.
+        """
+        offer = parse_sdp(b"v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 6379 RTP/AVP 0\r\n")
+        session = self.sessions.create("call-1", "tag", "203.0.113.9", 0)
+        self.sessions.sdp_from(session, True, offer, "203.0.113.9")
+        caller = session.streams[0].caller.rtp
+        self.assertIsNone(caller.peer)
+        self.assertEqual(caller.latch_hosts, frozenset({"203.0.113.9"}))
+        self.assertIsNone(caller.received(rtp(1), ("127.0.0.1", 6379)))
+        caller.received(rtp(2), ("203.0.113.9", 31000))
+        self.assertEqual(caller.peer, ("203.0.113.9", 31000))
+
+    def test_loopback_media_of_an_unknown_party(self) -> None:
+        """Heard through another super-node: loopback only when the relay itself serves loopback."""
+        offer = parse_sdp(b"v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n")
+        public = self.sessions.create("public", "tag", "203.0.113.9", 0)
+        self.sessions.sdp_from(public, True, offer, None)
+        self.assertIsNone(public.streams[0].caller.rtp.peer)
+        development = self.sessions.create("development", "tag", "127.0.0.1", 0)
+        self.sessions.sdp_from(development, True, offer, None, loopback_media=True)
+        self.assertEqual(development.streams[0].caller.rtp.peer, ("127.0.0.1", 4000))
+
+    def test_loopback_media_of_a_phone_on_this_host(self) -> None:
+        """A phone signalling from loopback may receive media on loopback."""
+        offer = parse_sdp(b"v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n")
+        session = self.sessions.create("call-1", "tag", "127.0.0.1", 0)
+        self.sessions.sdp_from(session, True, offer, "127.0.0.1")
+        self.assertEqual(session.streams[0].caller.rtp.peer, ("127.0.0.1", 4000))
+
     def test_idle_sessions_expire(self) -> None:
         """An answered call silent for the idle timeout is ended; one with packets is kept."""
         quiet = self.sessions.create("quiet", "t", "203.0.113.9", 0)

@@ -13,10 +13,10 @@ from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import TestCase
 
 from p2psip.media.anchor import MediaAnchor, MediaPolicy
-from p2psip.media.relay import PortPool
+from p2psip.media.relay import PortPool, pair_sides
 from p2psip.media.sdp import parse_sdp
 from p2psip.media.sessions import RelaySessions
-from p2psip.media.udp import RelayService, UdpSocketOpener
+from p2psip.media.udp import LegProtocol, RelayService, UdpSocketOpener
 from p2psip.sip.transaction import Hop
 from p2psip.testing import free_port
 from tests.media.messages import CALLEE_TAG, request, response, sdp
@@ -148,3 +148,34 @@ class RelayLoopbackTests(TestCase):
         yield deferLater(reactor, 0, lambda: None)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.bind((LOCAL, relay_for_caller))
+
+
+class _RefusingSocket:
+    """A socket whose buffer is full: every send fails as a busy host's would."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+        self.sent = 0
+
+    def sendto(self, data: bytes, address: tuple[str, int]) -> int:
+        self.sent += 1
+        raise self.error
+
+
+class SendFailureTests(TestCase):
+    def test_full_buffer_is_counted_not_raised(self) -> None:
+        """EAGAIN, ENOBUFS or a refusal drop the packet and count it; an interrupted send is retried."""
+        stream = pair_sides("audio", 40000, 40002)
+        caller, callee = stream.caller.rtp, stream.callee.rtp
+        callee.expect((LOCAL, 6000), None)
+        protocol = LegProtocol(caller)
+        for error in (BlockingIOError(), OSError(105, "No buffer space"), ConnectionRefusedError()):
+            refusing = _RefusingSocket(error)
+            protocol.partner_socket = refusing  # type: ignore[assignment]
+            protocol.datagramReceived(rtp(1), (LOCAL, 5000))
+            self.assertEqual(refusing.sent, 1)
+        self.assertEqual(caller.send_failures, 3)
+        interrupted = _RefusingSocket(InterruptedError())
+        protocol.partner_socket = interrupted  # type: ignore[assignment]
+        protocol.datagramReceived(rtp(2), (LOCAL, 5000))
+        self.assertEqual((interrupted.sent, caller.send_failures), (2, 4))

@@ -14,6 +14,7 @@ from p2psip.overlay.codec import DecodeError, Limits, UnknownKindError
 from p2psip.overlay.message import (
     Destination,
     ErrorCode,
+    NO_SIGNATURE,
     MessageCode,
     Signature,
     SignerIdentity,
@@ -343,6 +344,16 @@ class DispatchTests(SynchronousTestCase):
 
 
 class LayoutTests(SynchronousTestCase):
+    def test_with_replica_number(self) -> None:
+        """A StoreReq patched to another replica_number is that StoreReq encoded anew."""
+        value = b.StoredData(7, 60, b.DataValue(True, b"v"), NO_SIGNATURE)
+        kind_data = (b.StoreKindData(1, 0, (value,)),)
+        original = b.StoreReq(5, 0, kind_data).encode()
+        self.assertEqual(b.with_replica_number(original, 2), b.StoreReq(5, 2, kind_data).encode())
+        for bad in (b"", b"\x10abc"):
+            self.assertRaises(ValueError, b.with_replica_number, bad, 1)
+        self.assertRaises(ValueError, b.with_replica_number, original, 256)
+
     def test_join_req(self) -> None:
         """JoinReq is a 16-byte Node-ID then a uint16-prefixed overlay_specific."""
         self.assertEqual(b.JoinReq(1, b"ab").encode(), (1).to_bytes(16, "big") + b"\x00\x02ab")
@@ -580,3 +591,75 @@ class HostileBodyTests(SynchronousTestCase):
             except DecodeError:
                 return
             self.assertEqual(decoded.encode(), corrupted)
+
+
+def _general_encoding(stored: b.StoredData) -> bytes:
+    """What the general writer makes of a StoredData (the length-prefixed form, unwrapped)."""
+    writer = b.Writer()
+    b._write_stored_data(writer, stored)
+    return writer.getvalue()[4:]
+
+
+@st.composite
+def _stored_data(draw: st.DrawFn) -> tuple[b.StoredData, b.DataModel]:
+    from p2psip.overlay.message import Signature, SignerIdentity, SignerIdentityType
+
+    model = draw(st.sampled_from(list(b.DataModel)))
+    payload = b.DataValue(draw(st.booleans()), draw(st.binary(max_size=300)))
+    value: Any = payload
+    if model is b.DataModel.ARRAY:
+        value = b.ArrayEntry(draw(st.integers(0, 2**32 - 1)), payload)
+    elif model is b.DataModel.DICTIONARY:
+        value = b.DictionaryEntry(draw(st.binary(max_size=40)), payload)
+    if draw(st.booleans()):
+        identity = SignerIdentity(
+            draw(
+                st.sampled_from(
+                    [SignerIdentityType.CERT_HASH, SignerIdentityType.CERT_HASH_NODE_ID]
+                )
+            ),
+            draw(st.integers(0, 255)),
+            draw(st.binary(max_size=64)),
+        )
+    else:
+        identity = SignerIdentity(SignerIdentityType.NONE, 0, b"")
+    signature = Signature(
+        draw(st.integers(0, 255)), draw(st.integers(0, 255)), identity, draw(st.binary(max_size=80))
+    )
+    stored = b.StoredData(
+        draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**32 - 1)), value, signature
+    )
+    return stored, model
+
+
+class HeldStoredDataTests(SynchronousTestCase):
+    """The by-hand StoredData form a peer holds its values in is the wire form exactly."""
+
+    @given(_stored_data())
+    def test_same_bytes_as_the_writer_and_back(
+        self, case: tuple[b.StoredData, b.DataModel]
+    ) -> None:
+        stored, model = case
+        encoded = b.encode_stored_data(stored)
+        self.assertEqual(encoded, _general_encoding(stored))
+        self.assertEqual(b.decode_stored_data(encoded, model), stored)
+
+    def test_damage_is_a_decode_error(self) -> None:
+        """Cut short or with trailing bytes, the held form is refused like any wire bytes."""
+        from tests.overlay.test_storage import single
+
+        encoded = b.encode_stored_data(single(b"v"))
+        for damaged in (encoded[:-1], encoded + b"\x00", encoded[:5]):
+            self.assertRaises(DecodeError, b.decode_stored_data, damaged, b.DataModel.SINGLE_VALUE)
+
+    def test_out_of_range_is_named(self) -> None:
+        """A field too long for its length prefix raises the writer's ValueError."""
+        from tests.overlay.test_storage import single
+
+        stored = single(b"v")
+        too_long = b.DictionaryEntry(b"k" * 0x10000, b.DataValue(True, b""))
+        self.assertRaises(ValueError, b.encode_stored_data, evolve_value(stored, too_long))
+
+
+def evolve_value(stored: b.StoredData, value: Any) -> b.StoredData:
+    return b.StoredData(stored.storage_time, stored.lifetime, value, stored.signature)

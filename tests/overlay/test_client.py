@@ -155,6 +155,28 @@ class ClientModeTests(SynchronousTestCase):
         self.assertEqual(answer.responder, self.client.node_id)
         self.assertEqual(self.sim.wait(self.client.get("kept")).value, b"value")
 
+    def test_reattaches_soon_when_its_peer_vanishes(self) -> None:
+        """
+        A peer that vanishes without closing the link (a power cut): the
+        client's first unacknowledged message finds it within the ack
+        timeout, and the client attaches to the new owner.
+        """
+        old = node_by_id(self.sim, self.client.attachment_peer or 0)
+        self.sim.crash(old)
+        self.client.put("after", b"value").addErrback(lambda _: None)
+        limit = self.sim.config.link_ack_timeout_seconds + 2
+        self.sim.run_until(lambda: not self.client.has_link(old.node_id), limit, step=0.1)
+        self.assertFalse(self.client.has_link(old.node_id))
+        self.sim.run_until(
+            lambda: (
+                self.client.state is NodeState.ATTACHED
+                and self.client.attachment_peer == self.sim.owner(self.client.node_id)
+            ),
+            limit_seconds=60,
+            step=0.1,
+        )
+        self.assertEqual(self.client.attachment_peer, self.sim.owner(self.client.node_id))
+
     def test_observers_hear_of_every_attachment(self) -> None:
         """The role re-stores registrations on each new attachment: observers are told."""
         seen: list[int] = []

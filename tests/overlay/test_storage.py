@@ -719,3 +719,69 @@ class SignatureBindingTests(SynchronousTestCase):
         moved = evolve(value, value=evolve(value.value, key=b"other"))
         error = self.assertRaises(StoreError, store.store, RESOURCE, data_kind(moved, kind=1), 0.0)
         self.assertEqual(error.error_code, ErrorCode.FORBIDDEN)
+
+
+class CompactHoldingTests(SynchronousTestCase):
+    """
+    Values are held encoded, one slot alone, a few in a tuple, many in a
+    dict, and a resource's Kinds alone or in a tuple: every shape answers
+    alike.
+    """
+
+    def setUp(self) -> None:
+        self.store = make_store()
+
+    def test_many_entries_of_one_kind(self) -> None:
+        """Past the few a tuple holds, entries are still found, replaced, expired and ordered."""
+        keys = [bytes([k]) for k in range(12, 0, -1)]
+        for number, key in enumerate(keys):
+            lifetime = 10 if number % 2 else 60
+            self.store.store(RESOURCE, data_kind(entry(key, b"v", lifetime=lifetime), kind=1), 0.0)
+        self.store.store(
+            RESOURCE, data_kind(entry(keys[0], b"w", storage_time=T0 + 1), kind=1), 0.0
+        )
+        [everything] = self.store.fetch(RESOURCE, [ALL_REGISTRATIONS], 0.0)
+        self.assertEqual([v.value.key for v in everything.values], sorted(keys))
+        self.assertEqual(everything.values[-1].value.value.value, b"w")
+        self.assertEqual(self.store.expire(10.0), 6)
+        [left] = self.store.fetch(RESOURCE, [ALL_REGISTRATIONS], 10.0)
+        self.assertEqual([v.value.key for v in left.values], sorted(keys[0::2]))
+        [one] = self.store.fetch(
+            RESOURCE,
+            [StoredDataSpecifier(1, 0, keys=(keys[2],), data_model=DataModel.DICTIONARY)],
+            10.0,
+        )
+        self.assertEqual([v.value.key for v in one.values], [keys[2]])
+
+    def test_kinds_come_and_go_at_one_resource(self) -> None:
+        """A second Kind joins the first; when one expires the other stays, exported in Kind-ID order."""
+        self.store.store(RESOURCE, data_kind(element(0, b"a", lifetime=60), kind=LIST.kind_id), 0.0)
+        self.store.store(RESOURCE, data_kind(single(b"d", lifetime=10)), 0.0)
+        exported = self.store.export(RESOURCE, 0.0)
+        self.assertEqual([kd.kind for kd in exported], sorted([DATA.kind_id, LIST.kind_id]))
+        self.assertEqual(self.store.expire(10.0), 1)
+        [left] = self.store.export(RESOURCE, 10.0)
+        self.assertEqual(left.kind, LIST.kind_id)
+        self.assertEqual(self.store.expire(60.0), 1)
+        self.assertEqual(list(self.store.resources()), [])
+
+    def test_values_come_back_as_signed(self) -> None:
+        """What Fetch returns is the stored value itself but for the lifetime that remains."""
+        stored = single(b"payload", lifetime=60)
+        self.store.store(RESOURCE, data_kind(stored), 0.0)
+        [response] = self.store.fetch(RESOURCE, [ALL_DATA], 20.0)
+        self.assertEqual(response.values, (evolve(stored, lifetime=40),))
+
+    def test_appended_entry_keeps_its_index(self) -> None:
+        """An appended array entry is held under the index it was given, and still verifies."""
+        self.store.store(RESOURCE, data_kind(element(0, b"a"), kind=LIST.kind_id), 0.0)
+        self.store.store(
+            RESOURCE,
+            data_kind(element(APPEND_INDEX, b"b", storage_time=T0 + 1), kind=LIST.kind_id),
+            0.0,
+        )
+        [response] = self.store.fetch(RESOURCE, [ALL_LIST], 0.0)
+        self.assertEqual([v.value.index for v in response.values], [0, 1])
+        replica = make_store()
+        replica.store_request(RESOURCE, self.store.export(RESOURCE, 0.0), 0.0, replica_number=1)
+        self.assertEqual(replica.fetch(RESOURCE, [ALL_LIST], 0.0), (response,))

@@ -124,6 +124,14 @@ class StorageServiceTests(SynchronousTestCase):
         }
         self.assertEqual(holders, {owner.node_id, *owner.topology.successors[:2]})
 
+    def test_replica_bookkeeping_goes_with_the_value(self) -> None:
+        """Once a value has expired, its owner forgets who held its replicas."""
+        result = self.sim.wait(self.sim.live()[0].put("short-lived", b"v", lifetime=5))
+        owner = self.node_for("short-lived")
+        self.assertIn(result.resource_id, owner.storage.replica_holders)
+        self.sim.run(2 * self.sim.config.update_interval_seconds)
+        self.assertNotIn(result.resource_id, owner.storage.replica_holders)
+
     def test_fetch_answer_carries_the_writers_certificate(self) -> None:
         """A Fetch answer carries the certificate of each value's signer, so the asker can verify it."""
         owner = self.node_for("signed-by-writer")

@@ -227,6 +227,23 @@ class ProxyOutboundTests(SynchronousTestCase):
         self.a.receive(message_text(uri=f"sip:alice@{DOMAIN};{NODE_PARAMETER}={NODE_A:032x}"))
         self.assertEqual(self.a.sender.statuses()[-1], 430)
 
+    def test_silent_flow_answers_430_soon(self) -> None:
+        """A phone silent on its only flow here: 430 after the short wait, not Timer B's 32 s."""
+        self.a.receive(message_text(uri=f"sip:alice@{DOMAIN};{NODE_PARAMETER}={NODE_A:032x}"))
+        self.assertEqual(self.invites(self.a)[-1][1], FLOW_1)
+        self.clock.advance(FAILOVER_ANSWER_SECONDS - 0.1)
+        self.assertNotIn(430, self.a.sender.statuses())
+        self.clock.advance(0.2)
+        self.assertEqual(self.a.sender.statuses()[-1], 430)
+
+    def test_answering_flow_is_kept(self) -> None:
+        """A phone that answered (100 Trying) keeps its call however long it rings."""
+        self.a.receive(message_text(uri=f"sip:alice@{DOMAIN};{NODE_PARAMETER}={NODE_A:032x}"))
+        [(invite, flow)] = self.invites(self.a)
+        self.a.receive(make_response(invite, 100), flow)
+        self.clock.advance(FAILOVER_ANSWER_SECONDS * 5)
+        self.assertNotIn(430, self.a.sender.statuses())
+
 
 class _DatagramTransport(FakeDatagramTransport):
     def getHost(self) -> Any:

@@ -8,7 +8,12 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 from twisted.trial.unittest import SynchronousTestCase
 
-from p2psip.sip.overload import OverloadGuard, OverloadThresholds
+from p2psip.sip.overload import (
+    OVERLOADED_REASON,
+    OverloadGuard,
+    OverloadThresholds,
+    StatelessRefusals,
+)
 from p2psip.sip.message import make_response
 from p2psip.sip.transaction import ServerTransaction, TransactionLayer
 
@@ -101,26 +106,52 @@ class ProxyOverloadTests(SynchronousTestCase):
         self.node.proxy.overload = self.load.guard()
 
     def test_overloaded_invite_gets_503_with_retry_after(self) -> None:
-        """A new INVITE while overloaded gets 100 then 503 with Retry-After, and one warning."""
+        """A new INVITE while overloaded gets a 503 with Retry-After (no 100), and one warning."""
         self.load.lag = 1.0
         with capturedLogs() as events:
             self.node.receive(message_text("INVITE", branch="z9hG4bKover1"))
             self.node.receive(message_text("INVITE", branch="z9hG4bKover2"))
-        self.assertEqual(self.node.sender.statuses(), [100, 503, 100, 503])
-        refused = self.node.sender.responses[1][0]
+        self.assertEqual(self.node.sender.statuses(), [503, 503])
+        refused = self.node.sender.responses[0][0]
+        self.assertEqual(refused.reason, OVERLOADED_REASON)
         self.assertIn(refused.headers.get("Retry-After"), [str(n) for n in range(5, 11)])
+        self.assertEqual(self.node.proxy.metrics()["final_responses"], {"INVITE": {"503": 2}})
         warnings = [e for e in events if e["log_level"] is LogLevel.warn]
         self.assertEqual(len(warnings), 1)
         self.assertIn("sip-overload-lag", warnings[0]["log_format"])
 
-    def test_retransmission_is_absorbed_not_refused_again(self) -> None:
-        """A retransmitted refused REGISTER gets the same 503 from its transaction, not a new refusal."""
+    def test_refusal_is_stateless(self) -> None:
+        """A refused INVITE leaves no server transaction, no context and no timer behind."""
+        self.load.pending = 100
+        timers = len(self.clock.getDelayedCalls())
+        self.node.receive(message_text("INVITE", branch="z9hG4bKover3"))
+        metrics = self.node.proxy.transactions.metrics()
+        self.assertEqual((metrics["server_transactions"], self.node.proxy.pending_requests), (0, 0))
+        self.assertEqual(len(self.clock.getDelayedCalls()), timers)
+
+    def test_retransmission_gets_the_same_refusal(self) -> None:
+        """A retransmitted refused REGISTER gets a 503 again, with the same To tag."""
         self.load.pending = 100
         for _ in range(3):
             self.node.receive(message_text("REGISTER", uri="sip:example.org"))
         self.assertEqual(self.node.sender.statuses(), [503, 503, 503])
-        assert self.node.proxy.overload is not None
-        self.assertEqual(sum(self.node.proxy.overload.refused.values()), 1)
+        tags = {response.to.tag for response, _ in self.node.sender.responses}
+        self.assertEqual(len(tags), 1)
+
+    def test_ack_of_refused_invite_is_absorbed(self) -> None:
+        """The ACK of a refused INVITE goes no further (the proxy never sees it)."""
+        self.load.lag = 1.0
+        self.node.receive(message_text("INVITE", branch="z9hG4bKover4"))
+        [(refused, _)] = self.node.sender.responses
+        seen: list[object] = []
+        self.patch(self.node.proxy, "ack_received", lambda request, source: seen.append(request))
+        ack = message_text("ACK", branch="z9hG4bKover4", to_tag=f";tag={refused.to.tag}")
+        self.node.receive(ack)
+        self.node.receive(message_text("ACK", branch="z9hG4bKover4", to_tag=";tag=other"))
+        self.assertEqual(len(seen), 1)
+        refusals = self.node.proxy.transactions.refusals
+        assert isinstance(refusals, StatelessRefusals)
+        self.assertEqual(refusals.acks_absorbed, 1)
 
     def test_request_being_served_keeps_being_served(self) -> None:
         """A REGISTER admitted before the overload is not refused when it is retransmitted during it."""
