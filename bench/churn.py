@@ -6,7 +6,8 @@ each figure means).
 
 Peers' sessions are exponential with the median given (Rhea et al. 2004
 ran 1.4 minutes to hours; the defaults are 30, 10 and 1.4 minutes); a
-failed peer restarts after 5-60 s with its key and its known peers, the
+failed peer restarts after 5-60 s with its key, its known peers and its
+saved DHT values (``--no-persistence``: empty), the
 founding peer (everyone's ``--bootstrap``) fails for good a minute in, and
 phones refresh their registrations at half the expiry, moving to another
 super-node when theirs is gone.  The links are in memory but carry the
@@ -37,9 +38,10 @@ def row(report: ChurnReport, wall: float) -> str:
     return (
         f"| {s.median_session_seconds / 60:g} min | {report.failures} | "
         f"{100 * report.lookup_success:.2f} % ({report.lookups_failed}/{report.lookups}) | "
+        f"{report.lookups_origin_failed} | "
         f"{report.wrong_node} | "
         f"{report.fetches_failed + report.fetch_misses}/{report.fetches} | "
-        f"{report.values_lost}/{report.values_audited} | "
+        f"{report.values_lost}/{report.values_audited} ({report.values_restored}) | "
         f"{report.registrations_lost}/{report.registrations_audited} | "
         f"{100 * report.call_success:.1f} % ({calls_failed}/{report.calls}) | "
         f"{report.repair_percentile(0.5):.0f} / {report.repair_percentile(0.95):.0f} s | "
@@ -60,6 +62,11 @@ def main() -> None:
     parser.add_argument("--values", type=int, default=100)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument(
+        "--no-persistence",
+        action="store_true",
+        help="restarted peers come back empty (their data dir's DHT values lost)",
+    )
+    parser.add_argument(
         "--details",
         action="store_true",
         help="print why operations failed, and one line per failed lookup (its owner, the just-failed peer whose range it was, the error)",
@@ -69,14 +76,17 @@ def main() -> None:
         f"{args.peers} peers, {args.minutes:g} simulated minutes of churn per median, "
         f"{args.lookups:g} lookups/s, {args.values} values, {args.phones} phones "
         "(expiry 600 s, refresh at 300 s), 1 call/s, seed "
-        f"{args.seed}\n"
+        f"{args.seed}; restarted peers "
+        + ("come back empty" if args.no_persistence else "take back their data dir's values")
+        + "\n"
     )
     print(
-        "| median session | failures | lookup success | wrong node | fetches failed | "
-        "values lost | registrations lost | call success | repair p50 / p95 | "
+        "| median session | failures | lookup success | origin failed | wrong node | "
+        "fetches failed | values lost (resources taken back at restarts) | "
+        "registrations lost | call success | repair p50 / p95 | "
         "bytes/peer/s maintenance + storage | restarts / without bootstrap | wall s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     details = []
     for median in (float(m) for m in args.medians.split(",")):
         settings = ChurnSettings(
@@ -87,6 +97,7 @@ def main() -> None:
             values=args.values,
             phones=args.phones,
             seed=args.seed,
+            keep_values=not args.no_persistence,
         )
         started = time.perf_counter()
         report = ChurnRun(settings).run()
@@ -95,6 +106,11 @@ def main() -> None:
     if args.details:
         for median, report in details:
             print(f"\n{median:g} min: calls failed {dict(report.calls_failed)}")
+            print(
+                "  not counted, their asking peer failed in flight: "
+                f"{report.lookups_origin_failed} lookups, "
+                f"{report.fetches_origin_failed} fetches and calls"
+            )
             print(f"  failures by operation: {dict(report.failure_reasons)}")
             for line in report.lookup_failures:
                 print(f"  failed lookup {line}")

@@ -24,10 +24,15 @@ all:
   (``StoreError.generation_counters`` holds the current counters for the
   error_info StoreAns);
 * storage time must grow: in an original store, a value whose storage_time
-  is not newer than the value it would replace -> Error_Data_Too_Old (the
-  identical signed value with the same lifetime again, a retransmission, is
-  accepted and changes nothing; the same one with another lifetime is a
-  replay and refused);
+  is not newer than the value it would replace -> Error_Data_Too_Old.  The
+  identical signed value again (same storage_time, value and signature) is
+  accepted: with the same lifetime it is a retransmission and changes
+  nothing; with another it is a refresh (a Store resent to the peer that
+  took a dead one's range over and holds a run-down replica of it, a
+  restarted peer's saved copy).  A refresh only ever makes the value live
+  longer, never shorter (anyone may fetch a signed value and send it back),
+  is checked like any store (an original one's request signer must pass the
+  Kind's policy), and the time bound below caps it;
 * time bounds: a lifetime longer than the Kind's ``max_lifetime_seconds``
   -> Error_Forbidden; in an original store, a storage_time more than
   ``storage_time_skew_seconds`` ahead of our clock -> Error_Forbidden; any
@@ -955,6 +960,13 @@ class KindPlan:
         change = self.changes.get(key)
         return change if change is not None else self._existing.get(key)
 
+    def _expires_at(self, key: _SlotKey) -> float:
+        """When the value at ``key`` expires once the plan so far is applied."""
+        if key in self.changes:
+            return self.now + self.changes[key].lifetime
+        slot = self._existing.get(key)
+        return slot.expires_at if slot is not None else self.now
+
     def holder(self, key: _SlotKey) -> int | None:
         """The Node-ID that signed the live value at ``key`` (None: free, or unknown)."""
         slot = self._existing.get(key)
@@ -1001,6 +1013,20 @@ class KindPlan:
         change = None
         if current is not None:
             current_time = current.storage_time
+            if stored.storage_time == current_time:
+                change = _Change(key, stored)
+                encoded, held = change.encoded, current.encoded
+                if encoded == held:
+                    return  # the same signed value again (a retransmission): nothing changes
+                # Equal but for the lifetime (the uint32 after storage_time):
+                # a refresh (a Store resent to the peer that took over a
+                # range and holds a run-down replica, a restarted peer's
+                # saved copy), taken only if it lives longer, so that nobody
+                # who fetched a value can shorten it.
+                if encoded[_VALUE_OFFSET:] == held[_VALUE_OFFSET:]:
+                    if self.now + stored.lifetime > self._expires_at(key):
+                        self.changes[key] = change
+                    return
             if self.merge:
                 if stored.storage_time <= current_time:
                     return  # we hold a newer (or the same-time) value: keep it
@@ -1010,17 +1036,6 @@ class KindPlan:
                     f"storage_time {stored.storage_time} is older than the stored {current_time}",
                 )
             elif stored.storage_time == current_time:
-                change = _Change(key, stored)
-                encoded, held = change.encoded, current.encoded
-                if encoded == held:
-                    return  # the same signed value again (a retransmission): nothing changes
-                # Equal but for the lifetime (the uint32 after storage_time).
-                if encoded[_VALUE_OFFSET:] == held[_VALUE_OFFSET:]:
-                    raise StoreError(
-                        ErrorCode.DATA_TOO_OLD,
-                        f"the value with storage_time {stored.storage_time} is stored already; "
-                        "a new lifetime needs a new storage_time",
-                    )
                 raise StoreError(
                     ErrorCode.DATA_TOO_OLD,
                     f"a different value with storage_time {stored.storage_time} is stored",

@@ -7,7 +7,9 @@ Peers fail abruptly (a power cut: their links go silent, see
 distribution with a given median, as in the Bamboo study (Rhea et al.,
 "Handling Churn in a DHT", USENIX 2004: medians of 1.4 minutes to hours).
 Each failed peer comes back after a short down time with the same key and
-address, as a restarted process with the same data directory does, and
+address, as a restarted process with the same data directory does: it
+takes back the DHT values it had saved (a real state database per peer,
+flushed every second; what it staged since the last flush is lost) and
 joins through the configured bootstrap and then the peers it knew
 (``known-peers.json``); the founding peer churns like the others, so the
 bootstrap is lost again and again and joins must go through cached peers.
@@ -15,7 +17,9 @@ bootstrap is lost again and again and joins must go through cached peers.
 While the ring churns, the harness keeps doing what users of the ring do:
 
 * **lookups** of random ids from random peers: success, and whether the
-  answer came from the peer that truly owns the id at that moment;
+  answer came from the peer that truly owns the id at that moment; a
+  lookup whose asking peer fails while it is in flight is counted apart
+  ("origin failed"), not as the ring's failure (fetches and calls too);
 * **values**: stored from random peers, fetched back from random peers;
 * **registrations** of phones: each phone registers (a value under a name
   of its own, with a lifetime of ``registration_expiry``) through one
@@ -38,15 +42,20 @@ from __future__ import annotations
 import bisect
 import math
 import random
+import tempfile
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 from attrs import define, field
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from p2psip.overlay.message import MessageCode, peek_code
 from p2psip.overlay.node import NodeState, OperationResult, OverlayConfig, OverlayNode
+from p2psip.overlay.value_persistence import ValuePersistence
 from p2psip.util.ids import id_hex, id_short
+from p2psip.util.state_db import FLUSH_INTERVAL_SECONDS, StateDatabase
 
 from .ringsim import PORT, RingSimulation
 
@@ -88,6 +97,10 @@ class ChurnSettings:
     #: Seconds into the churn when the founding peer (every peer's
     #: configured bootstrap) fails for good, on top of the churn; None: it churns like the others.
     bootstrap_fails_at: float | None = 60.0
+    #: A restarted peer keeps its data dir, so it takes back the DHT values
+    #: it held (``overlay/value_persistence.py``, flushed every second as
+    #: the roles do); False: it comes back empty.
+    keep_values: bool = True
 
 
 @define
@@ -108,9 +121,14 @@ class ChurnReport:
     settings: ChurnSettings
     lookups: int = 0
     lookups_failed: int = 0
+    #: Lookups whose asking peer failed while they were in flight: not
+    #: counted in ``lookups`` (nobody is left to be answered).
+    lookups_origin_failed: int = 0
     wrong_node: int = 0
     fetches: int = 0
     fetches_failed: int = 0
+    #: Fetches (and calls' fetches) whose asking peer failed in flight: not counted.
+    fetches_origin_failed: int = 0
     fetch_misses: int = 0
     registrations: int = 0
     registrations_failed: int = 0
@@ -131,6 +149,8 @@ class ChurnReport:
     registrations_audited: int = 0
     registrations_lost: int = 0
     live_at_end: int = 0
+    #: Resources restarted peers took back from their data dirs.
+    values_restored: int = 0
     failure_reasons: Counter[str] = field(factory=Counter)
     #: One line per failed lookup: when, from where, for what, who owned
     #: it, and the failed peer whose range it was (bench/churn.py --details).
@@ -186,6 +206,11 @@ class ChurnRun:
         self._failed_at: dict[int, float] = {}
         self._bootstrap_gone = False
         self.sim.network.traffic_observer = self._count_traffic
+        #: Each peer's data dir (its state database), kept across its restarts.
+        self._data_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._databases: dict[int, StateDatabase] = {}
+        #: The live instance's flush round, per Node-ID.
+        self._flushing: dict[int, LoopingCall] = {}
 
     # -- scheduling ------------------------------------------------------
 
@@ -223,6 +248,8 @@ class ChurnRun:
         self.sim.grow(self.settings.peers)
         self.bootstrap = RingSimulation.endpoint(self.sim.nodes[0])
         self.sim.run_until(self.sim.consistent, 600.0)
+        for node in self.sim.nodes:
+            self._open_data_dir(node)
         for index in range(self.settings.values):
             name = f"value{index}"
             value = f"v{index}".encode()
@@ -233,8 +260,70 @@ class ChurnRun:
             self._register(phone)
         self.sim.run(30.0)
 
+    # -- data dirs ---------------------------------------------------------
+
+    def _open_data_dir(self, node: OverlayNode) -> None:
+        """
+        Give ``node`` its data dir's values, as a role started on it does:
+        put back what was saved (before the node joins), then save the
+        store's changes every flush interval.
+        """
+        if not self.settings.keep_values:
+            return
+        if self._data_dir is None:
+            self._data_dir = tempfile.TemporaryDirectory(prefix="churn-")
+        database = self._databases.get(node.node_id)
+        if database is None:
+            path = Path(self._data_dir.name) / f"{id_hex(node.node_id)[:16]}.sqlite3"
+            database = self._databases[node.node_id] = StateDatabase.open(path)
+        values = ValuePersistence(
+            database,
+            node.storage,
+            node.membership,
+            node.certificates,
+            self.sim.clock,
+            self.settings.config.limits,
+        )
+        values.startService()
+        self.report.values_restored += values.restored
+
+        def flush() -> None:
+            values.stage_changes()
+            database.flush()
+
+        loop = LoopingCall(flush)
+        loop.clock = self.sim.clock
+        loop.start(FLUSH_INTERVAL_SECONDS, now=False)
+        self._flushing[node.node_id] = loop
+
+    def _power_cut(self, node: OverlayNode) -> None:
+        """``node`` fails abruptly: what it saved stays, what it staged since the last flush is lost."""
+        self.sim.crash(node)
+        loop = self._flushing.pop(node.node_id, None)
+        if loop is not None and loop.running:
+            loop.stop()
+        database = self._databases.get(node.node_id)
+        if database is not None:
+            database.take_staged()
+
+    def _close_data_dirs(self) -> None:
+        for loop in self._flushing.values():
+            if loop.running:
+                loop.stop()
+        self._flushing.clear()
+        for database in self._databases.values():
+            database.close()
+        self._databases.clear()
+        if self._data_dir is not None:
+            self._data_dir.cleanup()
+            self._data_dir = None
+
     def _live(self) -> list[OverlayNode]:
         return self.sim.live()
+
+    def _gone(self, node: OverlayNode) -> bool:
+        """``node`` failed (or is failing: its requests fail as it stops) since it was chosen."""
+        return node.state == NodeState.STOPPED or node not in self.sim.nodes
 
     def _is_up(self, node_id: int | None) -> bool:
         return any(n.node_id == node_id for n in self._live())
@@ -257,7 +346,7 @@ class ChurnRun:
             if peer != node.node_id
         ]
         self.random.shuffle(cached)
-        self.sim.crash(node)
+        self._power_cut(node)
         self.report.failures += 1
         self._repairing[node.node_id] = self._failed_at[node.node_id] = self.sim.clock.seconds()
         low, high = self.settings.down_seconds
@@ -270,7 +359,7 @@ class ChurnRun:
         founder = [n for n in self.sim.nodes if RingSimulation.endpoint(n) == self.bootstrap]
         self.report.bootstrap_failed_at = self.sim.clock.seconds()
         if founder:
-            self.sim.crash(founder[0])
+            self._power_cut(founder[0])
             self.report.failures += 1
             self._repairing[founder[0].node_id] = self.sim.clock.seconds()
             self._failed_at[founder[0].node_id] = self.sim.clock.seconds()
@@ -284,6 +373,7 @@ class ChurnRun:
         via = [self.bootstrap, *(c for c in cached if c != own and c != self.bootstrap)]
         node = self.sim._new_node(old.identity, old.advertised_host)
         self.sim.crashed.remove(old)
+        self._open_data_dir(node)
         bootstrap_up = any(
             RingSimulation.endpoint(n) == self.bootstrap for n in self._live() if n is not old
         )
@@ -302,6 +392,9 @@ class ChurnRun:
             self.report.failure_reasons[f"join: {_reason(failure)}"] += 1
             node.stop()
             self.sim.network.crash(node.advertised_host, PORT)
+            loop = self._flushing.pop(node.node_id, None)
+            if loop is not None and loop.running:
+                loop.stop()
             self.sim.crashed.append(old)
             if self.churning:
                 self._later(10.0, lambda: self._restart(old, cached))
@@ -339,6 +432,12 @@ class ChurnRun:
         sent_at = self.sim.clock.seconds()
 
         def failed(failure: Failure) -> None:
+            if self._gone(origin):
+                # The asker crashed with the lookup in flight: nobody is left
+                # to be answered, so it is neither a success nor the ring's failure.
+                self.report.lookups -= 1
+                self.report.lookups_origin_failed += 1
+                return
             self.report.lookups_failed += 1
             self.report.failure_reasons[f"lookup: {_reason(failure)}"] += 1
             self.report.lookup_failures.append(
@@ -377,11 +476,17 @@ class ChurnRun:
             if not result.found or result.value != self.values[name]:
                 self.report.fetch_misses += 1
 
+        origin = self.random.choice(self._live())
+
         def failed(failure: Failure) -> None:
+            if self._gone(origin):
+                self.report.fetches -= 1
+                self.report.fetches_origin_failed += 1
+                return
             self.report.fetches_failed += 1
             self.report.failure_reasons[f"fetch: {_reason(failure)}"] += 1
 
-        self.random.choice(self._live()).get(name).addCallbacks(answered, failed)
+        origin.get(name).addCallbacks(answered, failed)
 
     def _register(self, phone: Phone) -> None:
         """Register (or refresh) through the phone's super-node, or a new one if it is gone."""
@@ -426,10 +531,18 @@ class ChurnRun:
             elif not self._is_up(serving):
                 self.report.calls_failed["callee's super-node down"] += 1
 
+        origin = self.random.choice(self._live())
+
         def failed(failure: Failure) -> None:
+            if self._gone(origin):
+                # The caller's own super-node died mid-call-setup: the
+                # phone retries elsewhere; not the callee's reachability.
+                self.report.calls -= 1
+                self.report.fetches_origin_failed += 1
+                return
             self.report.calls_failed[f"lookup {_reason(failure)}"] += 1
 
-        self.random.choice(self._live()).get(phone.value_name).addCallbacks(answered, failed)
+        origin.get(phone.value_name).addCallbacks(answered, failed)
 
     def _count_peer_time(self) -> None:
         self.report.peer_seconds += len(self._live())
@@ -485,8 +598,11 @@ class ChurnRun:
         return None
 
     def run(self) -> ChurnReport:
-        self.build()
-        self.churn()
-        self.audit()
-        self.sim.stop_all()
+        try:
+            self.build()
+            self.churn()
+            self.audit()
+            self.sim.stop_all()
+        finally:
+            self._close_data_dirs()
         return self.report

@@ -150,21 +150,24 @@ class RoguePeerTests(SynchronousTestCase):
         self.assert_alice_intact()
 
     def test_replay_is_too_old(self) -> None:
-        """alice's old signed value, and her current one, replayed with a new lifetime: Data_Too_Old."""
+        """
+        alice's old signed value replayed with a new lifetime is Data_Too_Old;
+        her current one is a refresh only its writer may send: Forbidden.
+        """
         _, [old] = self.sim.wait(self.rogue.fetch_values(ALICE_RESOURCE, SIP_REGISTRATION.kind_id))
         self.sim.run(5)
         self.register_alice("sip:alice@192.0.2.11:5060")
         _, [current] = self.sim.wait(
             self.rogue.fetch_values(ALICE_RESOURCE, SIP_REGISTRATION.kind_id)
         )
-        for value in (old, current):
+        for value, refusal in ((old, ErrorCode.DATA_TOO_OLD), (current, ErrorCode.FORBIDDEN)):
             replay = bodies.StoredData(
                 value.storage_time,
                 SIP_REGISTRATION.max_lifetime_seconds,
                 value.value,
                 value.signature,
             )
-            self.assertEqual(self.refused(self.send_store(replay)), ErrorCode.DATA_TOO_OLD)
+            self.assertEqual(self.refused(self.send_store(replay)), refusal)
         self.assert_alice_intact("sip:alice@192.0.2.11:5060")
 
     def test_replay_after_alice_unregisters_is_too_old(self) -> None:

@@ -290,13 +290,57 @@ class TimeRuleTests(AccessTestCase):
         self.assertRefused(ErrorCode.DATA_TOO_OLD, ALICE_RESOURCE, request(replay), NOW + 5)
         self.assertEqual(self.registrations(NOW + 5), {SERVER_KEY: b"new phone"})
 
-    def test_replay_of_the_current_value_with_a_new_lifetime(self) -> None:
-        """The current value again with a longer lifetime is Error_Data_Too_Old; the same is a no-op."""
+    def test_current_value_again_with_a_longer_lifetime_is_a_refresh(self) -> None:
+        """
+        The current signed value again with a longer lifetime (a Store resent
+        to the peer holding a run-down replica) is taken: it lives longer.
+        """
         current = self.store_alice(lifetime=60)
-        self.store.store(ALICE_RESOURCE, request(current), NOW + 1)
-        longer = StoredData(current.storage_time, 86400, current.value, current.signature)
-        self.assertRefused(ErrorCode.DATA_TOO_OLD, ALICE_RESOURCE, request(longer), NOW + 1)
+        longer = StoredData(current.storage_time, 600, current.value, current.signature)
+        self.store.store(
+            ALICE_RESOURCE, request(longer), NOW + 30, request_signer=proven(ALICE, self.store)
+        )
+        self.assertEqual(self.registrations(NOW + 600), {SERVER_KEY: b"alice's phone"})
+        self.assertEqual(self.registrations(NOW + 631), {})
+
+    def test_current_value_again_never_shortens_it(self) -> None:
+        """The same value with a shorter lifetime is accepted and changes nothing (the same lifetime neither)."""
+        current = self.store_alice(lifetime=600)
+        for lifetime in (600, 1):
+            again = StoredData(current.storage_time, lifetime, current.value, current.signature)
+            self.store.store(
+                ALICE_RESOURCE, request(again), NOW + 1, request_signer=proven(ALICE, self.store)
+            )
+        self.assertEqual(self.registrations(NOW + 599), {SERVER_KEY: b"alice's phone"})
+        self.assertEqual(self.registrations(NOW + 601), {})
+
+    def test_refresh_by_another_signer_is_refused(self) -> None:
+        """Someone who fetched alice's value cannot keep it alive: its request signer fails the policy."""
+        current = self.store_alice(lifetime=60)
+        longer = StoredData(current.storage_time, 600, current.value, current.signature)
+        self.assertRefused(
+            ErrorCode.FORBIDDEN,
+            ALICE_RESOURCE,
+            request(longer),
+            NOW + 30,
+            request_signer=proven(ROGUE_USER, self.store),
+        )
         self.assertEqual(self.registrations(NOW + 61), {})
+
+    def test_refresh_cannot_outlive_the_storage_time_bound(self) -> None:
+        """A refresh is held to the replay bound: at most the Kind's longest lifetime after storage_time."""
+        current = self.store_alice(lifetime=3600)
+        later = NOW + STORAGE_TIME_SKEW_SECONDS + 100
+        longest = SIP_REGISTRATION.max_lifetime_seconds
+        longer = StoredData(current.storage_time, longest, current.value, current.signature)
+        error = self.assertRefused(
+            ErrorCode.DATA_TOO_OLD,
+            ALICE_RESOURCE,
+            request(longer),
+            later,
+            request_signer=proven(ALICE, self.store),
+        )
+        self.assertIn("may live until", error.reason)
 
     def test_replay_after_deletion(self) -> None:
         """A value replayed over its owner's tombstone is Error_Data_Too_Old."""
