@@ -491,6 +491,8 @@ class Connectivity:
             if isinstance(result, Failure):
                 self.log.info("peer {peer} did not answer a keepalive", peer=id_short(peer))
                 self._drop_and_report(link, peer)
+            else:
+                self.messenger.refuse_held_answers(peer)
 
         d.addBoth(done)
 

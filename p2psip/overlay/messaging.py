@@ -930,11 +930,6 @@ class Messenger:
             return
         pending.deferred.callback(Answer(message, body, signer, route))
 
-    def _heard_from_lately(self, peer: int) -> bool:
-        """A link to ``peer`` carried something from it within the keepalive interval."""
-        since = self.clock.seconds() - self.config.ping_interval_seconds
-        return any(link.last_received_at >= since for link in self.links.links_to(peer))
-
     def _from_possible_owner(
         self, link: Link, message: Message, pending: PendingRequest, signer: int
     ) -> bool:
@@ -945,12 +940,14 @@ class Messenger:
         between the target and the signer.  An answer from anyone else (a
         node on the path answering for a range it does not hold) is refused:
         the request goes once more over another first hop, else fails with
-        :class:`NotResponsible`.  When the node in between has been silent
-        for a keepalive interval it is checked, and the answer also held:
-        the true owner's answer, while a dead peer is still in our tables,
-        is taken once that peer is found dead.  Error answers are not
-        checked: any node on the path may refuse to carry a request, and
-        that only fails it.
+        :class:`NotResponsible`.  The node in between is checked (pinged)
+        and the answer held meanwhile: the true owner's answer, while a
+        dead peer is still in our tables, is taken once that peer is found
+        dead; if it answers the ping the refusal is the result.  This holds
+        for a peer heard from a moment ago too: under churn the peer in
+        between is most often one that died within the last keepalive
+        interval.  Error answers are not checked: any node on the path may
+        refuse to carry a request, and that only fails it.
         """
         if pending.target is None or self.attachment is not None:
             return True
@@ -959,7 +956,7 @@ class Messenger:
         closer = self.topology.closer_known_node(target, signer)
         if closer is None:
             return True
-        if not self._heard_from_lately(closer) and self.suspect_observer is not None:
+        if self.suspect_observer is not None:
             # Our tables may still list a peer that died (that is what a
             # ring under churn looks like for a while), which makes us
             # refuse the true owner's answers.  The refusal stands (a node
@@ -1014,6 +1011,26 @@ class Messenger:
 
     def _outstanding(self, pending: PendingRequest) -> bool:
         return self.transactions.find(pending.transaction_id) is pending
+
+    def refuse_held_answers(self, live_peer: int) -> None:
+        """
+        ``live_peer`` answered its check: it does lie between the targets
+        and the signers of the answers held for it, so those answers stay
+        refused, and a request with no copy out over another first hop
+        fails now rather than at its timeout.
+        """
+        for pending, link, message, signer in self._held_answers.pop(live_peer, []):
+            if not self._outstanding(pending) or pending.first_link is not link:
+                continue
+            target = id_short(int(pending.target.value)) if pending.target else "?"
+            self.transactions.complete(pending.transaction_id)
+            pending.deferred.errback(
+                NotResponsible(
+                    f"{_code_name(pending.code)} for {target} was answered by "
+                    f"{id_short(signer)}, which cannot be responsible for it "
+                    f"({id_short(live_peer)} comes first, and is up): answer refused"
+                )
+            )
 
     def release_held_answers(self, failed_peer: int) -> None:
         """

@@ -53,6 +53,22 @@ class ConnectivityTests(SynchronousTestCase):
         self.assertEqual(failures, [self.second.node_id])
         self.assertFalse(self.first.has_link(self.second.node_id))
 
+    def test_live_peer_answering_its_check_refuses_the_answers_held_for_it(self) -> None:
+        """A suspected peer that answers the Ping lies between for real: its held answers stay refused."""
+        refused: list[int] = []
+        messenger = self.first.messenger
+        original = messenger.refuse_held_answers
+
+        def recording(peer: int) -> None:
+            refused.append(peer)
+            original(peer)
+
+        self.patch(messenger, "refuse_held_answers", recording)
+        self.first.connectivity.suspect(self.second.node_id)
+        self.sim.run(1)
+        self.assertEqual(refused, [self.second.node_id])
+        self.assertTrue(self.first.has_link(self.second.node_id))
+
     def test_closed_link_of_a_peer_with_another_link_is_no_failure(self) -> None:
         """Losing one of two links to a live peer reports nothing and keeps the peer."""
         failures: list[int] = []

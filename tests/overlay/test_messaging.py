@@ -483,16 +483,20 @@ class AnswerFromOwnerTests(SynchronousTestCase):
         self.assertIn("cannot be responsible", failure.getErrorMessage())
         self.assertEqual(len(self.node.messenger.transactions), 0)
 
-    def held_for_silent_finger(self) -> tuple[Deferred[Any], list[int], NodeIdentity]:
+    def held_for_silent_finger(
+        self, silent: bool = True
+    ) -> tuple[Deferred[Any], list[int], NodeIdentity]:
         """
         A request for a target just past ``after``, answered by the next
         node beyond our finger (``owner``) while the finger has been silent
-        for longer than a keepalive interval: the owner once the finger is gone.
+        for longer than a keepalive interval (or, ``silent=False``, was
+        heard from a moment ago): the owner once the finger is gone.
         """
         _, _, _, _, owner, _ = sorted_identities(6)
         suspects: list[int] = []
         self.node.messenger.suspect_observer = suspects.append
-        self.node.clock.advance(self.node.messenger.config.ping_interval_seconds + 1)
+        if silent:
+            self.node.clock.advance(self.node.messenger.config.ping_interval_seconds + 1)
         onward = self.node.link_to(self.after)
         d = self.node.messenger.request(
             Destination.resource(self.after.node_id + 1), MessageCode.PING_REQ, PING
@@ -518,6 +522,34 @@ class AnswerFromOwnerTests(SynchronousTestCase):
         d, _, _ = self.held_for_silent_finger()
         self.node.clock.advance(self.node.messenger.config.request_timeout_seconds)
         self.failureResultOf(d, RequestTimeout)
+        self.node.messenger.release_held_answers(self.finger.node_id)
+        self.assertEqual(len(self.node.messenger.transactions), 0)
+
+    def test_answer_behind_a_peer_heard_lately_is_held_too(self) -> None:
+        """
+        Under churn the peer in between is most often one that died within
+        the last keepalive interval: it is checked and the answer held even
+        though it spoke a moment ago.
+        """
+        d, suspects, owner = self.held_for_silent_finger(silent=False)
+        self.assertEqual(suspects, [self.finger.node_id])
+        self.assertNoResult(d)
+        self.node.topology.remove_peer(self.finger.node_id)
+        self.node.messenger.release_held_answers(self.finger.node_id)
+        self.assertEqual(self.successResultOf(d).responder, owner.node_id)
+
+    def test_peer_in_between_answering_its_check_ends_the_request_refused(self) -> None:
+        """
+        When the peer in between answers its check it does lie between: the
+        held answer is refused at once (not at the request's timeout), and
+        a later release of that peer changes nothing.
+        """
+        d, _, owner = self.held_for_silent_finger(silent=False)
+        self.node.messenger.refuse_held_answers(self.finger.node_id)
+        failure = self.failureResultOf(d, NotResponsible)
+        self.assertIn("is up", failure.getErrorMessage())
+        self.assertIn(id_short(owner.node_id), failure.getErrorMessage())
+        self.assertEqual(len(self.node.messenger.transactions), 0)
         self.node.messenger.release_held_answers(self.finger.node_id)
         self.assertEqual(len(self.node.messenger.transactions), 0)
 
