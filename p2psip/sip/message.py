@@ -544,19 +544,34 @@ class Headers:
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._items: list[tuple[str, str]] = [(canonical_name(n), v) for n, v in items]
         self._index: dict[str, list[str]] | None = None
-        # Typed values parsed from the current lines (see Message._parsed);
-        # cleared with the index on every change.
+        # What was read from the current lines, by field name: the
+        # comma-split values and the typed values (see Message._parsed).
+        # A change to a field forgets only that field's, so a proxy that
+        # adds a Via and a Record-Route, decrements Max-Forwards and pops a
+        # Route does not parse From, To, Call-ID or Contact again.
+        self._split: dict[str, list[str]] = {}
         self._parsed: dict[str, Any] = {}
 
     def _lines_by_name(self) -> dict[str, list[str]]:
-        # Built on first lookup and dropped on every change: messages are
-        # read far more often than they are edited.
+        # Built on first lookup and kept up to date field by field after
+        # that: messages are read far more often than they are edited.
         if self._index is None:
             index: dict[str, list[str]] = {}
             for n, v in self._items:
                 index.setdefault(n, []).append(v)
             self._index = index
         return self._index
+
+    def _changed(self, name: str) -> None:
+        """The lines of canonical field ``name`` changed: forget what was read from them."""
+        self._split.pop(name, None)
+        self._parsed.pop(name, None)
+        if self._index is not None:
+            lines = [v for n, v in self._items if n == name]
+            if lines:
+                self._index[name] = lines
+            else:
+                self._index.pop(name, None)
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(list(self._items))
@@ -571,9 +586,15 @@ class Headers:
         return f"Headers({self._items!r})"
 
     def copy(self) -> Headers:
-        """An independent copy."""
+        """
+        An independent copy, which keeps what was parsed so far: the typed
+        values are never changed in place (Message hands out copies), so
+        the two can share them until either changes a field.
+        """
         duplicate = Headers()
         duplicate._items = list(self._items)
+        duplicate._split = dict(self._split)
+        duplicate._parsed = dict(self._parsed)
         return duplicate
 
     def get(self, name: str) -> str | None:
@@ -587,51 +608,52 @@ class Headers:
 
     def values(self, name: str) -> list[str]:
         """Every comma-separated value over all lines (for list-valued fields like Via or Contact)."""
-        return [item for line in self.get_all(name) for item in split_comma_list(line)]
+        name = canonical_name(name)
+        split = self._split.get(name)
+        if split is None:
+            lines = self._lines_by_name().get(name, ())
+            split = self._split[name] = [item for line in lines for item in split_comma_list(line)]
+        return list(split)
 
     def add(self, name: str, value: str) -> None:
         """Append a line at the end."""
-        self._index = None
-        self._parsed.clear()
-        self._items.append((canonical_name(name), value))
+        name = canonical_name(name)
+        self._items.append((name, value))
+        self._changed(name)
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a line above the first line of that name (the top of a Via or Record-Route stack)."""
-        self._index = None
-        self._parsed.clear()
         name = canonical_name(name)
         index = next((i for i, (n, _) in enumerate(self._items) if n == name), 0)
         self._items.insert(index, (name, value))
+        self._changed(name)
 
     def set(self, name: str, value: str) -> None:
         """Replace every line of that name with one line, where the first one was."""
         name = canonical_name(name)
         index = next((i for i, (n, _) in enumerate(self._items) if n == name), len(self._items))
-        self.remove(name)
-        self._items.insert(index, (name, value))
+        self._items = [(n, v) for n, v in self._items if n != name]
+        self._items.insert(min(index, len(self._items)), (name, value))
+        self._changed(name)
 
     def remove(self, name: str) -> None:
         """Remove every line of that name."""
-        self._index = None
-        self._parsed.clear()
         name = canonical_name(name)
         self._items = [(n, v) for n, v in self._items if n != name]
+        self._changed(name)
 
     def remove_line(self, name: str, value: str) -> bool:
         """Remove the first line of that name whose value is exactly ``value``; whether there was one."""
         name = canonical_name(name)
         for index, (n, v) in enumerate(self._items):
             if n == name and v == value:
-                self._index = None
-                self._parsed.clear()
                 del self._items[index]
+                self._changed(name)
                 return True
         return False
 
     def pop_first_value(self, name: str) -> str | None:
         """Remove and return the first comma-separated value (the top Via, the next Route)."""
-        self._index = None
-        self._parsed.clear()
         name = canonical_name(name)
         for index, (n, v) in enumerate(self._items):
             if n == name:
@@ -640,11 +662,34 @@ class Headers:
                     self._items[index] = (n, ", ".join(items[1:]))
                 else:
                     del self._items[index]
+                self._changed(name)
                 return items[0]
         return None
 
 
 _T = TypeVar("_T")
+
+#: Parsed From, To, Contact, Route and Record-Route values by their text,
+#: shared by the messages that carry the same value (the requests and
+#: responses of one dialog repeat them).  Only Message's own memo reads
+#: them, and it hands out copies, so a shared value is never changed.
+#: Bounded in entries and in the length of a value kept.
+_ADDRESSES: dict[str, NameAddress] = {}
+_ADDRESSES_MAX_ENTRIES = 4096
+_ADDRESSES_MAX_TEXT = 512
+
+
+def _shared_address(text: str, where: str) -> NameAddress:
+    """``NameAddress.parse(text, where)``, from the shared table when it was parsed lately."""
+    address = _ADDRESSES.get(text)
+    if address is not None:
+        return address
+    address = NameAddress.parse(text, where)
+    if len(text) <= _ADDRESSES_MAX_TEXT:
+        if len(_ADDRESSES) >= _ADDRESSES_MAX_ENTRIES:
+            del _ADDRESSES[next(iter(_ADDRESSES))]  # the oldest
+        _ADDRESSES[text] = address
+    return address
 
 
 class Message:
@@ -711,10 +756,10 @@ class Message:
         return values[0]
 
     def _from(self) -> NameAddress:
-        return self._parsed("From", lambda: NameAddress.parse(self._single("From"), "From"))
+        return self._parsed("From", lambda: _shared_address(self._single("From"), "From"))
 
     def _to(self) -> NameAddress:
-        return self._parsed("To", lambda: NameAddress.parse(self._single("To"), "To"))
+        return self._parsed("To", lambda: _shared_address(self._single("To"), "To"))
 
     @property
     def from_(self) -> NameAddress:
@@ -768,7 +813,7 @@ class Message:
             return []
         if "*" in values:
             raise SipParseError("Contact '*' mixed with other contacts")
-        return [NameAddress.parse(v, "Contact") for v in values]
+        return [_shared_address(v, "Contact") for v in values]
 
     @property
     def expires(self) -> int | None:
@@ -779,7 +824,7 @@ class Message:
 
     def _routes(self, name: str) -> list[NameAddress]:
         return self._parsed(
-            name, lambda: [NameAddress.parse(v, name) for v in self.headers.values(name)]
+            name, lambda: [_shared_address(v, name) for v in self.headers.values(name)]
         )
 
     @property

@@ -27,6 +27,7 @@ from p2psip.sip.message import (
     parse_uri,
     split_comma_list,
 )
+from p2psip.sip import message as message_module
 from p2psip.testing import shared_path
 
 
@@ -557,3 +558,60 @@ class MakeRequestTests(SynchronousTestCase):
         )
         self.assertEqual(str(parsed.routes[0].uri), "sip:proxy.example.org;lr")
         self.assertEqual(parsed.contacts[0].uri, SipURI("192.0.2.1", "alice", port=5062))
+
+
+class ParseMemoTests(SynchronousTestCase):
+    """What was parsed is kept per field, and From/To/Contact values are shared between messages."""
+
+    INVITE = (
+        b"INVITE sip:bob@example.org SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-1\r\n"
+        b"Max-Forwards: 70\r\n"
+        b"From: <sip:alice@example.org>;tag=a1\r\n"
+        b"To: <sip:bob@example.org>\r\n"
+        b"Call-ID: memo-1\r\n"
+        b"CSeq: 1 INVITE\r\n"
+        b"Contact: <sip:alice@192.0.2.1:5060>\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+
+    def test_an_edit_forgets_only_the_field_edited(self) -> None:
+        """A proxy's Via and Max-Forwards edits leave From, To and Contact parsed, and Via right."""
+        message = parse_message(self.INVITE)
+        parsed_from = message.headers._parsed["From"]
+        message.headers.prepend("Via", "SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-2")
+        message.headers.set("Max-Forwards", "69")
+        self.assertIs(message.headers._parsed["From"], parsed_from)
+        self.assertNotIn("Via", message.headers._parsed)
+        self.assertEqual([v.host for v in message.vias], ["198.51.100.7", "192.0.2.1"])
+        self.assertEqual(message.max_forwards, 69)
+        top = message.headers.pop_first_value("Via")
+        self.assertEqual(top, "SIP/2.0/UDP 198.51.100.7:5060;branch=z9hG4bK-2")
+        self.assertEqual([v.host for v in message.vias], ["192.0.2.1"])
+        self.assertEqual(len(message.headers.values("Via")), 1)
+
+    def test_a_copy_keeps_what_was_parsed_and_edits_apart(self) -> None:
+        message = parse_message(self.INVITE)
+        duplicate = message.copy()
+        duplicate.headers.set("To", "<sip:bob@example.org>;tag=b1")
+        self.assertEqual(duplicate.to.tag, "b1")
+        self.assertIsNone(message.to.tag)
+        self.assertIs(duplicate.headers._parsed["From"], message.headers._parsed["From"])
+
+    def test_shared_values_never_change_through_a_message(self) -> None:
+        """Two messages with the same From share its parse; changing one's copy changes neither."""
+        first, second = parse_message(self.INVITE), parse_message(self.INVITE)
+        caller = first.from_
+        caller.parameters["tag"] = "changed"
+        caller.uri.user = "mallory"  # type: ignore[union-attr]
+        self.assertEqual(second.from_.tag, "a1")
+        self.assertEqual(str(second.from_.uri), "sip:alice@example.org")
+        self.assertIs(first.headers._parsed["From"], second.headers._parsed["From"])
+
+    def test_the_shared_table_is_bounded(self) -> None:
+        for number in range(message_module._ADDRESSES_MAX_ENTRIES + 50):
+            message_module._shared_address(f"<sip:u{number}@example.org>", "From")
+        self.assertLessEqual(len(message_module._ADDRESSES), message_module._ADDRESSES_MAX_ENTRIES)
+        long_value = "<sip:" + "x" * message_module._ADDRESSES_MAX_TEXT + "@example.org>"
+        message_module._shared_address(long_value, "From")
+        self.assertNotIn(long_value, message_module._ADDRESSES)
