@@ -163,19 +163,19 @@ class MediaAnchor:
             self._end(key, "bye")
             return None
         session = self.sessions.get(key)
-        if session is None and request.method == "INVITE" and request.to.tag is None:
+        if session is None and request.method == "INVITE" and request.to_tag is None:
             session = self._maybe_start(request, source, targets)
         if session is None or request.method not in SDP_METHODS or not _is_sdp(request):
             return None
         try:
-            return self._rewrite(session, request.from_.tag == session.caller_tag, request.body)
+            return self._rewrite(session, request.from_tag == session.caller_tag, request.body)
         except SdpError as e:
-            if request.to.tag is None:
+            if request.to_tag is None:
                 self._end(key, "failed")
             phrase = "Not Acceptable Here" if e.status == 488 else "Bad Request"
             raise SipParseError(f"{phrase} ({e.reason})", e.status) from None
         except SessionRefused as e:
-            if request.to.tag is None:
+            if request.to_tag is None:
                 self._end(key, "failed")
                 if self._plan_detour(request):
                     return None
@@ -200,13 +200,13 @@ class MediaAnchor:
             session.answered = True
         if response.status > 100 and _is_sdp(response):
             # The responder is the party that did not send the request.
-            from_caller = response.from_.tag != session.caller_tag
+            from_caller = response.from_tag != session.caller_tag
             self._rewrite_in_place(session, from_caller, response)
 
     def ack_forwarding(self, ack: Request) -> None:
         session = self.sessions.get(ack.call_id)
         if session is not None and _is_sdp(ack):
-            self._rewrite_in_place(session, ack.from_.tag == session.caller_tag, ack)
+            self._rewrite_in_place(session, ack.from_tag == session.caller_tag, ack)
 
     def call_cancelled(self, invite: Request) -> None:
         session = self.sessions.get(invite.call_id)
@@ -254,7 +254,7 @@ class MediaAnchor:
     def _start(
         self, request: Request, source: Hop, caller_host: str | None, callee_host: str | None
     ) -> MediaSession:
-        tag = request.from_.tag or ""
+        tag = request.from_tag or ""
         try:
             session = self.sessions.create(
                 request.call_id, tag, source.host.lower(), self.clock.seconds()

@@ -608,12 +608,15 @@ class Headers:
 
     def values(self, name: str) -> list[str]:
         """Every comma-separated value over all lines (for list-valued fields like Via or Contact)."""
-        name = canonical_name(name)
+        return list(self._split_values(canonical_name(name)))
+
+    def _split_values(self, name: str) -> list[str]:
+        """``values`` of canonical ``name``, the kept list itself: for Message, which never changes it."""
         split = self._split.get(name)
         if split is None:
             lines = self._lines_by_name().get(name, ())
             split = self._split[name] = [item for line in lines for item in split_comma_list(line)]
-        return list(split)
+        return split
 
     def add(self, name: str, value: str) -> None:
         """Append a line at the end."""
@@ -679,6 +682,24 @@ _ADDRESSES_MAX_ENTRIES = 4096
 _ADDRESSES_MAX_TEXT = 512
 
 
+#: Parsed Via values by their text, shared the same way: a response
+#: carries the Via values of the request it answers.
+_VIAS: dict[str, Via] = {}
+
+
+def _shared_via(text: str) -> Via:
+    """``Via.parse(text)``, from the shared table when it was parsed lately."""
+    via = _VIAS.get(text)
+    if via is not None:
+        return via
+    via = Via.parse(text)
+    if len(text) <= _ADDRESSES_MAX_TEXT:
+        if len(_VIAS) >= _ADDRESSES_MAX_ENTRIES:
+            del _VIAS[next(iter(_VIAS))]
+        _VIAS[text] = via
+    return via
+
+
 def _shared_address(text: str, where: str) -> NameAddress:
     """``NameAddress.parse(text, where)``, from the shared table when it was parsed lately."""
     address = _ADDRESSES.get(text)
@@ -734,7 +755,9 @@ class Message:
         return value
 
     def _all_vias(self) -> list[Via]:
-        return self._parsed("Via", lambda: [Via.parse(v) for v in self.headers.values("Via")])
+        return self._parsed(
+            "Via", lambda: [_shared_via(v) for v in self.headers._split_values("Via")]
+        )
 
     @property
     def vias(self) -> list[Via]:
@@ -750,7 +773,7 @@ class Message:
         return vias[0].copy()
 
     def _single(self, name: str) -> str:
-        values = self.headers.values(name)
+        values = self.headers._split_values(name)
         if len(values) != 1:
             raise SipParseError(f"{'missing' if not values else 'more than one'} {name} header")
         return values[0]
@@ -770,6 +793,16 @@ class Message:
     def to(self) -> NameAddress:
         """The To header."""
         return self._to().copy()
+
+    @property
+    def from_tag(self) -> str | None:
+        """The From tag, without copying the From value."""
+        return self._from().tag
+
+    @property
+    def to_tag(self) -> str | None:
+        """The To tag (None outside a dialog), without copying the To value."""
+        return self._to().tag
 
     @property
     def call_id(self) -> str:
@@ -793,6 +826,9 @@ class Message:
     @property
     def max_forwards(self) -> int | None:
         """Max-Forwards (0-255), None when absent (RFC 2543 peers omit it)."""
+        return self._parsed("Max-Forwards", self._parse_max_forwards)
+
+    def _parse_max_forwards(self) -> int | None:
         if "Max-Forwards" not in self.headers:
             return None
         return _parse_uint(self._single("Max-Forwards"), "Max-Forwards", 255)
@@ -818,13 +854,16 @@ class Message:
     @property
     def expires(self) -> int | None:
         """The Expires header in seconds."""
+        return self._parsed("Expires", self._parse_expires)
+
+    def _parse_expires(self) -> int | None:
         if "Expires" not in self.headers:
             return None
         return _parse_uint(self._single("Expires"), "Expires")
 
     def _routes(self, name: str) -> list[NameAddress]:
         return self._parsed(
-            name, lambda: [_shared_address(v, name) for v in self.headers.values(name)]
+            name, lambda: [_shared_address(v, name) for v in self.headers._split_values(name)]
         )
 
     @property
@@ -1232,7 +1271,7 @@ def make_response(
     for name in ("Via", "From", "To", "Call-ID", "CSeq"):
         for value in request.headers.get_all(name):
             headers.add(name, value)
-    if to_tag is not None and request.to.tag is None:
+    if to_tag is not None and request.to_tag is None:
         to = request.to
         to.parameters["tag"] = to_tag
         headers.set("To", str(to))

@@ -94,7 +94,7 @@ class OverloadThresholds:
 def _out_of_dialog(request: Request) -> bool:
     """No To tag; a To header we cannot read counts as in-dialog (never refused here)."""
     try:
-        return request.to.tag is None
+        return request.to_tag is None
     except SipParseError:
         return False
 
@@ -228,7 +228,7 @@ class StatelessRefusals:
     def absorbs_ack(self, ack: Request) -> bool:
         """Whether ``ack`` (no transaction matched it) acknowledges one of our stateless 503s."""
         try:
-            tag = ack.to.tag
+            tag = ack.to_tag
             if tag is None or not tag.startswith("ov") or tag != refusal_tag(ack):
                 return False
         except SipParseError:

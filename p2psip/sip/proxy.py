@@ -143,7 +143,7 @@ def parse_node_parameter(text: str | None) -> int | None:
 def _is_initial(request: Request) -> bool:
     """An out-of-dialog request (no To tag); a To header we cannot read counts as in-dialog."""
     try:
-        return request.to.tag is None
+        return request.to_tag is None
     except SipParseError:
         return False
 
@@ -933,8 +933,8 @@ class SipProxy:
         parts = [
             str(request.uri),
             ",".join(request.headers.values("Route")),
-            request.from_.tag or "",
-            request.to.tag or "",
+            request.from_tag or "",
+            request.to_tag or "",
             request.call_id,
             str(request.cseq.number),
             ",".join(request.headers.values("Proxy-Require")),

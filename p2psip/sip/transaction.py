@@ -470,7 +470,7 @@ def _server_key(request: Request) -> tuple[object, ...]:
     return (
         "2543",
         str(request.uri),
-        request.from_.tag,
+        request.from_tag,
         request.call_id,
         request.cseq.number,
         str(via),
