@@ -34,6 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from twisted.logger import LogLevel
+
 from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.message import Request, Response, make_response, parse_message
 from p2psip.sip.proxy import SipProxy
@@ -41,6 +43,7 @@ from p2psip.sip.registrar import Registrar
 from p2psip.sip.transaction import Hop
 from p2psip.testing import HeapClock
 from p2psip.util import gc_tuning
+from p2psip.util.logs import set_log_level
 from tests.sip.memory_storage import MemoryOverlayStorage
 
 DOMAIN = "example.org"
@@ -216,8 +219,10 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
     print(f"Python {sys.version.split()[0]}; CPU time, so other load on the machine matters little")
-    # The collector as a super-node runs it (p2psip.util.gc_tuning), not Python's defaults.
+    # The collector as a super-node runs it (p2psip.util.gc_tuning), not Python's
+    # defaults, and the log level a role starts with (--log-level info).
     gc_tuning.tune_for_server()
+    set_log_level(LogLevel.info)
     node = SuperNodeSip()
     gc_tuning.freeze_after_start_up()
     try:
