@@ -897,6 +897,10 @@ class Messenger:
             link, message, pending, signer
         ):
             return
+        if message.code == MessageCode.ERROR and self._retry_past_transit_error(
+            link, pending, signer
+        ):
+            return
         self.transactions.complete(pending.transaction_id)
         hops = [v.value for v in message.header.via_list]
         if link.peer_id is not None:
@@ -946,8 +950,9 @@ class Messenger:
         dead; if it answers the ping the refusal is the result.  This holds
         for a peer heard from a moment ago too: under churn the peer in
         between is most often one that died within the last keepalive
-        interval.  Error answers are not checked: any node on the path may
-        refuse to carry a request, and that only fails it.
+        interval.  Error answers are not checked (any node on the path may
+        refuse to carry a request); one from a node on the path is retried
+        once over another first hop (:meth:`_retry_past_transit_error`).
         """
         if pending.target is None or self.attachment is not None:
             return True
@@ -1008,6 +1013,28 @@ class Messenger:
         outstanding.setdefault(suspect, []).append(held)
         self._held_answers = outstanding
         self.counters.count("answers_held_for_suspect")
+
+    def _retry_past_transit_error(self, link: Link, pending: PendingRequest, signer: int) -> bool:
+        """
+        Send the request once more over another first hop when its Error
+        came from a node on the path, not one that may own the target.
+
+        Under churn a hop whose tables have not caught up answers "no route
+        to destination" for a range whose peer died seconds ago; another
+        path often gets through.  An Error from a possible owner (Not_Found
+        for a value nobody stored) is the answer and is not retried, and a
+        node on the path that refuses on purpose gains only the retry.
+        """
+        if pending.retries_left <= 0 or pending.target is None or self.attachment is not None:
+            return False
+        if self.topology.closer_known_node(int(pending.target.value), signer) is None:
+            return False
+        other = self.first_hop(pending.target, avoid=link)
+        if other is None or other is link:
+            return False
+        self.counters.count("transit_errors_retried")
+        self._resend(pending, other)
+        return True
 
     def _outstanding(self, pending: PendingRequest) -> bool:
         return self.transactions.find(pending.transaction_id) is pending

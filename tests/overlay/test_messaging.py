@@ -553,23 +553,69 @@ class AnswerFromOwnerTests(SynchronousTestCase):
         self.node.messenger.release_held_answers(self.finger.node_id)
         self.assertEqual(len(self.node.messenger.transactions), 0)
 
-    def test_error_answers_are_not_checked(self) -> None:
-        """Any node on the path may refuse to carry a request: its Error fails the request as it is."""
-        onward = self.node.link_to(self.finger)
-        d = self.node.messenger.request(
-            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
-        )
-        [request] = onward.sent
-        error = MessengerUnderTest(self.finger).messenger.encode(
+    def error(self, identity: NodeIdentity, request: bytes, via: tuple[int, ...] = ()) -> bytes:
+        data = MessengerUnderTest(identity).messenger.encode(
             MessageCode.ERROR,
             bodies.ErrorResponse(ErrorCode.NOT_FOUND, "no route").encode(),
             (Destination.node(self.me.node_id),),
             peek_header(request).transaction_id,
         )
-        self.node.messenger.message_received(onward, error)
+        header = peek_header(data)
+        return replace_header(
+            data, evolve(header, via_list=tuple(Destination.node(v) for v in via))
+        )
+
+    def test_error_answers_are_not_checked(self) -> None:
+        """
+        Any node on the path may refuse to carry a request: with no other
+        first hop its Error fails the request as it is.
+        """
+        onward = self.node.link_to(self.finger)
+        d = self.node.messenger.request(
+            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
+        )
+        [request] = onward.sent
+        self.node.messenger.message_received(onward, self.error(self.finger, request))
         self.assertEqual(
             self.failureResultOf(d, RequestFailed).value.error_code, ErrorCode.NOT_FOUND
         )
+
+    def test_error_from_a_node_on_the_path_is_retried_once_elsewhere(self) -> None:
+        """
+        "No route" from a hop that cannot own the target (its tables lag a
+        failure) sends the request once more over another first hop; the
+        owner's answer there completes it.
+        """
+        onward = self.node.link_to(self.finger)
+        other = self.node.link_to(self.after)
+        answers: list[object] = []
+        self.node.messenger.request(
+            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
+        ).addCallback(answers.append)
+        [request] = onward.sent
+        self.node.messenger.message_received(onward, self.error(self.finger, request))
+        self.assertEqual(answers, [])
+        self.assertEqual(self.node.counters["transit_errors_retried"], 1)
+        [resent] = other.sent
+        self.node.messenger.message_received(
+            other, self.answer(self.far, resent, via=(self.far.node_id,))
+        )
+        [answer] = answers
+        self.assertEqual(answer.responder, self.far.node_id)  # type: ignore[attr-defined]
+
+    def test_error_from_a_possible_owner_is_the_answer(self) -> None:
+        """Not_Found from a node that may own the target is not retried: it is the answer."""
+        onward = self.node.link_to(self.finger)
+        other = self.node.link_to(self.after)
+        d = self.node.messenger.request(
+            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
+        )
+        [request] = onward.sent
+        self.node.messenger.message_received(
+            onward, self.error(self.far, request, via=(self.far.node_id,))
+        )
+        self.failureResultOf(d, RequestFailed)
+        self.assertEqual(other.sent, [])
 
 
 class RequestLimitTests(SynchronousTestCase):
