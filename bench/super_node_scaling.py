@@ -310,7 +310,7 @@ def one_socket_per_call(sipp: Any) -> Iterator[None]:
     original = sipp.scenario_args
 
     def spread(a: Any, prefix: str) -> list[str]:
-        return [*original(a, prefix), "-t", "un"]
+        return [*original(a, prefix), "-t", "un", "-max_socket", "10000"]
 
     sipp.scenario_args = spread
     try:
