@@ -9,7 +9,9 @@ every 500 ms as phones do).  Outcomes are read from the node's ``/status``
 (final responses by status), the event-loop lag from its overload status,
 the node's CPU time from ``/proc``.  Every step gets a fresh node: each
 step's AORs are new, and a node already holding the last step's would
-measure that too.
+measure that too; its ``--registrations-per-signer`` is raised above the
+step's REGISTERs (all are signed by the node itself, and the default
+10,000 would refuse the rest).
 
 1. The maximum, found by a ladder: from ``--start-rate`` the offered rate
    doubles while the node completes a step cleanly (at least 97 % of the
@@ -152,7 +154,13 @@ def fresh_step(
     work: Path, rate: int, duration: float, name: str, extra: list[str] | None = None
 ) -> dict[str, Any]:
     """One step on a node of its own, with the node's CPU microseconds per final response."""
-    node = start_super_node(work / name, free_port(socket.SOCK_DGRAM), extra=extra)
+    # Every REGISTER is a new phone signed by this one node: without a
+    # larger quota the store would refuse past 10,000 (Error_Data_Too_Large,
+    # a 503), which is the quota working, not overload.
+    quota = ["--registrations-per-signer", str(int(rate * duration * 2) + 10_000)]
+    node = start_super_node(
+        work / name, free_port(socket.SOCK_DGRAM), extra=[*quota, *(extra or [])]
+    )
     try:
         before = cpu_seconds(node.process.pid)
         row = step(node, rate, duration, work, f"{name}u")

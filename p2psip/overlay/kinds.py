@@ -55,7 +55,7 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from p2psip.overlay.bodies import ArrayEntry, DataModel, DataValue, DictionaryEntry
 from p2psip.overlay.certificates import CertifiedIdentity
@@ -299,3 +299,17 @@ def data_models(kinds: Mapping[int, Kind] | Iterable[Kind]) -> dict[int, DataMod
     """The Kind-ID -> data model map that the codec needs to decode Store/Fetch/Stat."""
     values = kinds.values() if isinstance(kinds, Mapping) else kinds
     return {kind.kind_id: kind.data_model for kind in values}
+
+
+def with_registration_quota(kinds: dict[int, Kind], quota: int) -> dict[int, Kind]:
+    """
+    ``kinds`` with SIP-REGISTRATION's and CERTIFICATE_BY_USER's per-signer
+    quota set to ``quota`` (``OverlayConfig.registrations_per_signer``: a
+    super-node stores one of each per phone it serves, signed with its
+    Node-ID).
+    """
+    for kind in (SIP_REGISTRATION, CERTIFICATE_BY_USER):
+        current = kinds.get(kind.kind_id)
+        if current is not None and current.max_per_signer != quota:
+            kinds[kind.kind_id] = evolve(current, max_per_signer=quota)
+    return kinds

@@ -30,7 +30,7 @@ from p2psip.overlay.connectivity import Connectivity
 from p2psip.overlay.counters import Counters
 from p2psip.overlay.certificates import TrustPolicy
 from p2psip.overlay.identity import CertificateCache, NodeIdentity
-from p2psip.overlay.kinds import DEFAULT_KINDS, Kind, data_models
+from p2psip.overlay.kinds import DEFAULT_KINDS, Kind, data_models, with_registration_quota
 from p2psip.overlay.link_table import LinkTable
 from p2psip.overlay.links import Connector, Link
 from p2psip.overlay.membership import Membership, NodeState
@@ -93,7 +93,9 @@ class OverlayOperations:
         self.local_node_id = self.node_id
         self.clock = clock
         self.config = config
-        self.kinds = dict(kinds or DEFAULT_KINDS)
+        self.kinds = with_registration_quota(
+            dict(kinds or DEFAULT_KINDS), config.registrations_per_signer
+        )
         #: Only spreads periodic timers; simulations pass a seeded one.
         self.random = rng or Random()
         self.counters = Counters()

@@ -46,3 +46,10 @@ class OverlayConfig:
     #: each other node handles about 1700 Stores/s signed by that one.
     requests_per_signer_per_second: float = 3000.0
     request_burst_per_signer: float = 15000.0
+    #: Registrations (SIP-REGISTRATION values, and as many user
+    #: certificates) one Node-ID may have stored at this peer: a super-node
+    #: signs those of every phone it serves, so this bounds the phones one
+    #: super-node can serve in a small ring (in a ring of N peers holding
+    #: three copies, about N / 3 times this), and what a rogue peer can
+    #: make this one hold (about 2 KiB each).
+    registrations_per_signer: int = 10_000

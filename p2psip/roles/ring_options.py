@@ -555,6 +555,16 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
         ["predecessors", None, 4, "Predecessor list size.", int],
         ["replicas", None, 2, "Copies of every value kept on the next successors.", int],
         [
+            "registrations-per-signer",
+            None,
+            10000,
+            "Most SIP registrations (and user certificates) one node may have stored at this "
+            "peer. A super-node signs those of every phone it serves, so in a ring of N peers "
+            "one super-node serves at most about N/3 times this many phones; set the same on "
+            "every peer. Each costs about 2 KiB here.",
+            positive_int,
+        ],
+        [
             "update-interval",
             None,
             60.0,
@@ -890,6 +900,7 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             request_timeout_seconds=self["request-timeout"],
             link_ack_timeout_seconds=self["link-ack-timeout"],
             limits=Limits(max_message_bytes=self["max-message-size"]),
+            registrations_per_signer=self["registrations-per-signer"],
         )
         mediator = mediator_client_config(self, self.role)
         sip = sip_config(self, self.sip_tls, media=self._media_relay()) if self["sip"] else None

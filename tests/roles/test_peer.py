@@ -9,6 +9,7 @@ from twisted.internet.address import IPv4Address
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
+from p2psip.overlay.kinds import CERTIFICATE_BY_USER, SIP_REGISTRATION
 from p2psip.roles.peer import Options, makeService
 from p2psip.util.admin_token import TOKEN_FILE_NAME
 from tests.sip.tls_certificate import write_sip_certificate
@@ -102,6 +103,20 @@ class PeerOptionsTests(SynchronousTestCase):
         assert limit is not None
         self.assertEqual((limit.requests_per_second, limit.burst), (7.0, 100))
         self.assertIsNone(unlimited.sip.proxy.rate_limit)
+
+    def test_registrations_per_signer_wired(self) -> None:
+        """The node's SIP-REGISTRATION and user-certificate quotas are the option's (default 10,000)."""
+        plain = makeService(parse("--data-dir", self.mktemp()), MemoryUDPReactor())
+        raised = makeService(
+            parse("--data-dir", self.mktemp(), "--registrations-per-signer", "250000"),
+            MemoryUDPReactor(),
+        )
+        for role, quota in ((plain, 10_000), (raised, 250_000)):
+            for kind in (SIP_REGISTRATION, CERTIFICATE_BY_USER):
+                self.assertEqual(role.node.kinds[kind.kind_id].max_per_signer, quota)
+        self.assertEqual(raised.node.config.registrations_per_signer, 250_000)
+        with self.assertRaises(usage.UsageError):
+            parse("--registrations-per-signer", "0")
 
     def test_stream_limits_wired(self) -> None:
         """SIP stream and overlay listeners get the idle timeout and connection limits asked for."""
