@@ -213,7 +213,8 @@ SIP_REGISTRATION = Kind(
     max_lifetime_seconds=DAY_SECONDS,
     # A super-node signs the registrations of every user it serves with
     # its own Node-ID (under each user's certificate), so its quota must
-    # hold all of them in a small ring.
+    # hold all of them in a small ring; --registrations-per-signer sets it
+    # per node (with_registration_quota).
     max_per_signer=10_000,
 )
 
