@@ -84,7 +84,11 @@ def loop_lag(node: SuperNode) -> dict[str, Any]:
         status: dict[str, Any] = node.admin().status()
     except Exception:
         return {}
-    lag: dict[str, Any] = status.get("sip", {}).get("overload", {}).get("loop_lag", {})
+    overload: dict[str, Any] = status.get("sip", {}).get("overload", {})
+    lag: dict[str, Any] = dict(overload.get("loop_lag", {}))
+    # The longest garbage collection of each generation: a full one on a
+    # large heap shows up here and as loop lag.
+    lag["gc_longest_seconds"] = overload.get("gc", {}).get("longest_seconds")
     return lag
 
 
@@ -354,9 +358,10 @@ def main() -> None:
         call_stats = last_stats(work / "calls" / "stat.csv")
         refresh_stats = last_stats(work / "refresh" / "stat.csv")
         print(
-            "\n| node | RSS after warm-up MiB | RSS at end MiB | growth | open fds (max) | loop lag p99 s | max s |"
+            "\n| node | RSS after warm-up MiB | RSS at end MiB | growth | open fds (max) | loop lag p99 s | max s "
+            "| longest GC s (gen 0/1/2) |"
         )
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|")
         warm = next(s for s in samples if s[0] >= WARM_UP_SHARE * duration) if samples else None
         for index, node in enumerate(nodes):
             start_rss = warm[1][index] if warm else 0
@@ -366,7 +371,8 @@ def main() -> None:
             lag = lags[index]
             print(
                 f"| {node.directory.name} | {start_rss / 1024:.1f} | {end_rss / 1024:.1f} | "
-                f"{growth:+.1f} % | {fds} | {lag.get('p99_seconds')} | {lag.get('max_seconds')} |"
+                f"{growth:+.1f} % | {fds} | {lag.get('p99_seconds')} | {lag.get('max_seconds')} | "
+                f"{' / '.join(str(v) for v in lag.get('gc_longest_seconds') or [])} |"
             )
         print_sizes(nodes, warm_sizes or [{} for _ in nodes], end_sizes)
         if args.memory_report:

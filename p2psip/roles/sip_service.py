@@ -361,6 +361,8 @@ class SipService(Service):
         self.reactor = reactor
         self.joined = joined
         self.freeze_gc = freeze_gc
+        #: Garbage-collection pauses, timed while the service runs (in a role).
+        self.gc_pauses = gc_tuning.GcPauses()
         self.users = stack.users
         self.registrar = stack.registrar
         self.proxy = stack.proxy
@@ -464,6 +466,7 @@ class SipService(Service):
         )
         if self.freeze_gc:
             gc_tuning.tune_for_server()
+            self.gc_pauses.install()
             if self.joined is not None:
                 self.joined.addCallback(lambda _: self._freeze() if self.running else None)
 
@@ -539,6 +542,7 @@ class SipService(Service):
         if self._refresh is not None and self._refresh.running:
             self._refresh.stop()
         self.registrar.stop()
+        self.gc_pauses.uninstall()
         if self.stack.loop_lag is not None:
             self.stack.loop_lag.stop()
         if self.relay is not None and self.relay.running:
@@ -588,6 +592,7 @@ class SipService(Service):
         status: dict[str, Any] = guard.status() if guard is not None else {"guard": "off"}
         if self.stack.loop_lag is not None:
             status["loop_lag"] = self.stack.loop_lag.status()
+        status["gc"] = self.gc_pauses.status()
         return status
 
     def add_metrics(self, registry: CollectorRegistry) -> None:

@@ -28,6 +28,9 @@ collections of up to 2.2 s (12 s in all) and retransmissions;
 from __future__ import annotations
 
 import gc
+import time
+from collections.abc import Callable
+from typing import Any
 
 from p2psip.util.logs import Logger
 
@@ -58,3 +61,81 @@ def freeze_after_start_up() -> int:
     frozen = gc.get_freeze_count()
     log.info("garbage collector: {frozen} start-up objects frozen", frozen=frozen)
     return frozen
+
+
+#: A collection at least this long is logged as a warning (at most once a minute).
+LONG_PAUSE_SECONDS = 0.25
+_WARN_INTERVAL_SECONDS = 60.0
+
+
+class GcPauses:
+    """
+    Times every garbage collection, by generation (``gc.callbacks``).
+
+    A collection runs inside whatever code allocated last, so it stalls
+    the event loop for as long as it takes; the loop-lag probe sees the
+    stall but not its cause.  This says how many collections of each
+    generation ran, how long they took in all and at most, and warns
+    when one took :data:`LONG_PAUSE_SECONDS` or more, so that an
+    operator who sees 503s for loop lag can tell a full collection (a
+    large heap) from a busy loop.  ``/status`` shows it under
+    ``overload.gc``.
+    """
+
+    def __init__(
+        self,
+        long_pause_seconds: float = LONG_PAUSE_SECONDS,
+        timer: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.long_pause_seconds = long_pause_seconds
+        self.timer = timer
+        self.collections = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self.longest = [0.0, 0.0, 0.0]
+        self.long_pauses = 0
+        self._started: float | None = None
+        self._warned_at: float | None = None
+
+    def install(self) -> None:
+        if self._callback not in gc.callbacks:
+            gc.callbacks.append(self._callback)
+
+    def uninstall(self) -> None:
+        if self._callback in gc.callbacks:
+            gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = self.timer()
+            return
+        if self._started is None:
+            return
+        now = self.timer()
+        took = now - self._started
+        self._started = None
+        generation = min(max(int(info.get("generation", 2)), 0), 2)
+        self.collections[generation] += 1
+        self.seconds[generation] += took
+        self.longest[generation] = max(self.longest[generation], took)
+        if took < self.long_pause_seconds:
+            return
+        self.long_pauses += 1
+        if self._warned_at is None or now - self._warned_at >= _WARN_INTERVAL_SECONDS:
+            self._warned_at = now
+            log.warn(
+                "a generation-{generation} garbage collection stalled the event loop for "
+                "{seconds:.2f} s ({count} such since start): the heap is large; see "
+                "overload.gc in /status",
+                generation=generation,
+                seconds=took,
+                count=self.long_pauses,
+            )
+
+    def status(self) -> dict[str, Any]:
+        """Collections, seconds in all and the longest, per generation (0, 1, 2)."""
+        return {
+            "collections": list(self.collections),
+            "seconds": [round(v, 4) for v in self.seconds],
+            "longest_seconds": [round(v, 4) for v in self.longest],
+            "long_pauses": self.long_pauses,
+        }

@@ -7,6 +7,7 @@ import gc
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.util import gc_tuning
+from p2psip.util.gc_tuning import GcPauses
 
 
 class GcTuningTests(SynchronousTestCase):
@@ -33,3 +34,32 @@ class GcTuningTests(SynchronousTestCase):
         # event of the call itself, say), so the count can only shrink.
         self.assertLessEqual(gc.get_freeze_count(), frozen)
         self.assertGreater(gc.get_freeze_count(), 0)
+
+
+class GcPausesTests(SynchronousTestCase):
+    """Collections timed by generation through gc.callbacks, long ones warned of."""
+
+    def test_counts_and_times_by_generation(self) -> None:
+        ticks = iter([1.0, 1.01, 5.0, 5.5])
+        pauses = GcPauses(long_pause_seconds=0.25, timer=lambda: next(ticks))
+        warnings: list[dict[str, object]] = []
+        self.patch(gc_tuning.log, "observer", warnings.append)
+        pauses._callback("start", {"generation": 0})
+        pauses._callback("stop", {"generation": 0})
+        pauses._callback("start", {"generation": 2})
+        pauses._callback("stop", {"generation": 2})
+        status = pauses.status()
+        self.assertEqual(status["collections"], [1, 0, 1])
+        self.assertEqual(status["longest_seconds"], [0.01, 0.0, 0.5])
+        self.assertEqual(status["long_pauses"], 1)
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("garbage collection stalled", str(warnings[0]["log_format"]))
+
+    def test_installed_it_sees_real_collections(self) -> None:
+        pauses = GcPauses()
+        pauses.install()
+        self.addCleanup(pauses.uninstall)
+        gc.collect()
+        self.assertEqual(pauses.status()["collections"][2], 1)
+        pauses.uninstall()
+        self.assertNotIn(pauses._callback, gc.callbacks)
