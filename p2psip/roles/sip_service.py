@@ -362,7 +362,7 @@ class SipService(Service):
         self.joined = joined
         self.freeze_gc = freeze_gc
         #: Garbage-collection pauses, timed while the service runs (in a role).
-        self.gc_pauses = gc_tuning.GcPauses()
+        self.gc_pauses = gc_tuning.GcPauses(reactor)
         self.users = stack.users
         self.registrar = stack.registrar
         self.proxy = stack.proxy

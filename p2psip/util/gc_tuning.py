@@ -32,6 +32,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
+
+from p2psip.util.log_throttle import LogThrottle
 from p2psip.util.logs import Logger
 
 #: Young-generation threshold (Python's default is 700 allocations).
@@ -65,7 +68,6 @@ def freeze_after_start_up() -> int:
 
 #: A collection at least this long is logged as a warning (at most once a minute).
 LONG_PAUSE_SECONDS = 0.25
-_WARN_INTERVAL_SECONDS = 60.0
 
 
 class GcPauses:
@@ -84,17 +86,19 @@ class GcPauses:
 
     def __init__(
         self,
+        clock: IReactorTime,
         long_pause_seconds: float = LONG_PAUSE_SECONDS,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.long_pause_seconds = long_pause_seconds
+        #: Measures a collection (wall time, fine-grained); ``clock`` spaces the warnings.
         self.timer = timer
+        self._warnings = LogThrottle(clock)
         self.collections = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
         self.longest = [0.0, 0.0, 0.0]
         self.long_pauses = 0
         self._started: float | None = None
-        self._warned_at: float | None = None
 
     def install(self) -> None:
         if self._callback not in gc.callbacks:
@@ -110,8 +114,7 @@ class GcPauses:
             return
         if self._started is None:
             return
-        now = self.timer()
-        took = now - self._started
+        took = self.timer() - self._started
         self._started = None
         generation = min(max(int(info.get("generation", 2)), 0), 2)
         self.collections[generation] += 1
@@ -120,8 +123,7 @@ class GcPauses:
         if took < self.long_pause_seconds:
             return
         self.long_pauses += 1
-        if self._warned_at is None or now - self._warned_at >= _WARN_INTERVAL_SECONDS:
-            self._warned_at = now
+        if self._warnings.admit("gc") is not None:
             log.warn(
                 "a generation-{generation} garbage collection stalled the event loop for "
                 "{seconds:.2f} s ({count} such since start): the heap is large; see "
