@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar, Union
+from typing import Any, Generic, TypeVar, Union
 
 import attrs
 
@@ -672,45 +672,51 @@ class Headers:
 
 _T = TypeVar("_T")
 
-#: Parsed From, To, Contact, Route and Record-Route values by their text,
-#: shared by the messages that carry the same value (the requests and
-#: responses of one dialog repeat them).  Only Message's own memo reads
-#: them, and it hands out copies, so a shared value is never changed.
-#: Bounded in entries and in the length of a value kept.
-_ADDRESSES: dict[str, NameAddress] = {}
-_ADDRESSES_MAX_ENTRIES = 4096
-_ADDRESSES_MAX_TEXT = 512
+
+class _SharedParses(Generic[_T]):
+    """
+    Parsed header values by their text, shared by the messages that carry
+    the same value: the requests and responses of one dialog repeat From,
+    To, Contact and the route sets, and a response carries the Vias of
+    the request it answers.  Only Message's memo reads these, and it
+    hands out copies, so a shared value is never changed.  Bounded in
+    entries (the oldest goes first) and in the length of a text kept, so
+    a flood of distinct values costs a fixed amount.  A value that does
+    not parse raises as usual and is not kept.
+    """
+
+    MAX_ENTRIES = 4096
+    MAX_TEXT = 512
+
+    def __init__(self) -> None:
+        self._values: dict[str, _T] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, text: object) -> bool:
+        return text in self._values
+
+    def get(self, text: str, parse: Callable[[str], _T]) -> _T:
+        """``parse(text)``, from the table when that text was parsed lately."""
+        value = self._values.get(text)
+        if value is not None:
+            return value
+        value = parse(text)
+        if len(text) <= self.MAX_TEXT:
+            if len(self._values) >= self.MAX_ENTRIES:
+                del self._values[next(iter(self._values))]
+            self._values[text] = value
+        return value
 
 
-#: Parsed Via values by their text, shared the same way: a response
-#: carries the Via values of the request it answers.
-_VIAS: dict[str, Via] = {}
-
-
-def _shared_via(text: str) -> Via:
-    """``Via.parse(text)``, from the shared table when it was parsed lately."""
-    via = _VIAS.get(text)
-    if via is not None:
-        return via
-    via = Via.parse(text)
-    if len(text) <= _ADDRESSES_MAX_TEXT:
-        if len(_VIAS) >= _ADDRESSES_MAX_ENTRIES:
-            del _VIAS[next(iter(_VIAS))]
-        _VIAS[text] = via
-    return via
+_ADDRESSES: _SharedParses[NameAddress] = _SharedParses()
+_VIAS: _SharedParses[Via] = _SharedParses()
 
 
 def _shared_address(text: str, where: str) -> NameAddress:
-    """``NameAddress.parse(text, where)``, from the shared table when it was parsed lately."""
-    address = _ADDRESSES.get(text)
-    if address is not None:
-        return address
-    address = NameAddress.parse(text, where)
-    if len(text) <= _ADDRESSES_MAX_TEXT:
-        if len(_ADDRESSES) >= _ADDRESSES_MAX_ENTRIES:
-            del _ADDRESSES[next(iter(_ADDRESSES))]  # the oldest
-        _ADDRESSES[text] = address
-    return address
+    """``NameAddress.parse(text, where)`` through the shared table (``where`` names errors only)."""
+    return _ADDRESSES.get(text, lambda t: NameAddress.parse(t, where))
 
 
 class Message:
@@ -756,7 +762,7 @@ class Message:
 
     def _all_vias(self) -> list[Via]:
         return self._parsed(
-            "Via", lambda: [_shared_via(v) for v in self.headers._split_values("Via")]
+            "Via", lambda: [_VIAS.get(v, Via.parse) for v in self.headers._split_values("Via")]
         )
 
     @property

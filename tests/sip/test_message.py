@@ -609,9 +609,28 @@ class ParseMemoTests(SynchronousTestCase):
         self.assertIs(first.headers._parsed["From"], second.headers._parsed["From"])
 
     def test_the_shared_table_is_bounded(self) -> None:
-        for number in range(message_module._ADDRESSES_MAX_ENTRIES + 50):
+        """A flood of distinct values keeps at most MAX_ENTRIES, and no text longer than MAX_TEXT."""
+        table = message_module._ADDRESSES
+        for number in range(table.MAX_ENTRIES + 50):
             message_module._shared_address(f"<sip:u{number}@example.org>", "From")
-        self.assertLessEqual(len(message_module._ADDRESSES), message_module._ADDRESSES_MAX_ENTRIES)
-        long_value = "<sip:" + "x" * message_module._ADDRESSES_MAX_TEXT + "@example.org>"
+        self.assertLessEqual(len(table), table.MAX_ENTRIES)
+        long_value = "<sip:" + "x" * table.MAX_TEXT + "@example.org>"
         message_module._shared_address(long_value, "From")
-        self.assertNotIn(long_value, message_module._ADDRESSES)
+        self.assertNotIn(long_value, table)
+
+    def test_a_bad_value_is_refused_every_time_and_never_kept(self) -> None:
+        text = "<sip:alice@example.org"
+        for _ in range(2):
+            with self.assertRaises(SipParseError):
+                message_module._shared_address(text, "From")
+        self.assertNotIn(text, message_module._ADDRESSES)
+
+    def test_a_response_shares_its_request_vias(self) -> None:
+        """The Vias a response carries back are the request's, parsed once for both."""
+        request = parse_message(self.INVITE)
+        assert isinstance(request, Request)
+        response = parse_message(make_response(request, 200, "OK").to_bytes())
+        self.assertIs(response.headers._parsed["Via"][0], request.headers._parsed["Via"][0])
+        changed = response.via
+        changed.parameters["received"] = "203.0.113.9"
+        self.assertNotIn("received", request.via.parameters)
