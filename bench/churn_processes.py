@@ -61,7 +61,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from soak import last_stats, sipp
-from super_nodes import DOMAIN, SuperNode, start_super_node, stop_process
+from super_nodes import DOMAIN, SuperNode, finish_or_stop, start_super_node, stop_process
 
 from p2psip.cli.admin import AdminError
 from p2psip.testing import free_port, shared_dir
@@ -306,10 +306,7 @@ def run_median(args: argparse.Namespace, median: float, seed: int) -> Outcome:
             time.sleep(TICK_SECONDS)
         outcome.unrepaired = len(open_repairs)
         for process in (refresh, calls):
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.terminate()
+            finish_or_stop(process, 60)
         call_stats = last_stats(work / "calls" / "stat.csv")
         refresh_stats = last_stats(work / "refresh" / "stat.csv")
         outcome.calls = call_stats.get("TotalCallCreated", "?")
@@ -331,12 +328,7 @@ def run_median(args: argparse.Namespace, median: float, seed: int) -> Outcome:
         return outcome
     finally:
         for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_process(process, grace_seconds=10)
         for member in members:
             if member.node.process.poll() is not None:
                 continue

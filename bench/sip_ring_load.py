@@ -277,13 +277,7 @@ def rate_list(text: str) -> list[int]:
 
 
 def stop_uas(uas: subprocess.Popen[bytes]) -> None:
-    if uas.poll() is None:
-        uas.send_signal(signal.SIGTERM)
-        try:
-            uas.wait(5)
-        except subprocess.TimeoutExpired:
-            uas.kill()
-            uas.wait()
+    stop_process(uas, grace_seconds=5)
 
 
 def stop_leftover_children(ladder: Any) -> None:

@@ -58,7 +58,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sip_ring_load import start_ring
-from super_nodes import DOMAIN, SuperNode, stop_process
+from super_nodes import DOMAIN, SuperNode, finish_or_stop, stop_process
 
 from p2psip.testing import free_port, shared_dir
 
@@ -351,10 +351,7 @@ def main() -> None:
         if args.memory_report:
             request_memory_reports(nodes)
         for process in (refresh, calls):
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.terminate()
+            finish_or_stop(process, 60)
         call_stats = last_stats(work / "calls" / "stat.csv")
         refresh_stats = last_stats(work / "refresh" / "stat.csv")
         print(
@@ -388,12 +385,7 @@ def main() -> None:
         )
     finally:
         for process in processes:
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(10)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stop_process(process, grace_seconds=10)
         for node in started:
             stop_process(node.process)
 

@@ -165,15 +165,23 @@ def enrol_bootstrap_offline(data_dir: Path, aors: list[str]) -> None:
         )
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (the role leaves the ring cleanly), then SIGKILL after 20 s."""
+def stop_process(process: subprocess.Popen[bytes], grace_seconds: float = 20.0) -> None:
+    """SIGTERM (a role leaves the ring cleanly, SIPp writes its statistics), then SIGKILL."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(20)
+            process.wait(grace_seconds)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def finish_or_stop(process: subprocess.Popen[bytes], seconds: float) -> None:
+    """Let a SIPp run with ``-m`` end by itself within ``seconds``, else stop it."""
+    try:
+        process.wait(seconds)
+    except subprocess.TimeoutExpired:
+        stop_process(process, grace_seconds=10)
 
 
 def ring_converged(nodes: list[SuperNode]) -> bool:
@@ -213,6 +221,7 @@ __all__ = [
     "SuperNode",
     "start_super_node",
     "stop_process",
+    "finish_or_stop",
     "twist_command",
     "ring_converged",
     "load_sipp_ladder",
