@@ -439,11 +439,22 @@ class AnswerFromOwnerTests(SynchronousTestCase):
         self.node.topology.set_finger(0, self.finger.node_id)
         self.node.membership.happened(Event.PEER_JOINED)
 
-    def answer(self, identity: NodeIdentity, request: bytes, via: tuple[int, ...] = ()) -> bytes:
-        answerer = MessengerUnderTest(identity)
-        data = answerer.messenger.encode(
-            MessageCode.PING_ANS,
-            bodies.PingAns(7, 8).encode(),
+    def reply(
+        self,
+        identity: NodeIdentity,
+        request: bytes,
+        via: tuple[int, ...] = (),
+        *,
+        error: bool = False,
+    ) -> bytes:
+        """``identity``'s PingAns to ``request`` (or a Not_Found "no route" Error), via ``via``."""
+        if error:
+            code, body = MessageCode.ERROR, bodies.ErrorResponse(ErrorCode.NOT_FOUND, "no route")
+        else:
+            code, body = MessageCode.PING_ANS, bodies.PingAns(7, 8)
+        data = MessengerUnderTest(identity).messenger.encode(
+            code,
+            body.encode(),
             (Destination.node(self.me.node_id),),
             peek_header(request).transaction_id,
         )
@@ -452,8 +463,18 @@ class AnswerFromOwnerTests(SynchronousTestCase):
             data, evolve(header, via_list=tuple(Destination.node(v) for v in via))
         )
 
-    def test_answer_from_a_node_before_the_target_is_refused_and_retried(self) -> None:
-        """A hop that answers for a target beyond it is refused; the request goes round it once more."""
+    def answer(self, identity: NodeIdentity, request: bytes, via: tuple[int, ...] = ()) -> bytes:
+        return self.reply(identity, request, via)
+
+    def error(self, identity: NodeIdentity, request: bytes, via: tuple[int, ...] = ()) -> bytes:
+        return self.reply(identity, request, via, error=True)
+
+    def answered_elsewhere_after(self, *, error: bool) -> object:
+        """
+        A request for ``far`` whose first hop (the finger) replies for it
+        (an answer, or an Error), and the owner's answer over the other
+        first hop: what the requester got, with nothing before the owner's.
+        """
         onward = self.node.link_to(self.finger)
         other = self.node.link_to(self.after)
         answers: list[object] = []
@@ -461,13 +482,19 @@ class AnswerFromOwnerTests(SynchronousTestCase):
             Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
         ).addCallback(answers.append)
         [request] = onward.sent
-        self.node.messenger.message_received(onward, self.answer(self.finger, request))
-        self.assertEqual((answers, self.node.counters["answers_not_from_owner"]), ([], 1))
+        self.node.messenger.message_received(onward, self.reply(self.finger, request, error=error))
+        self.assertEqual(answers, [])
         [resent] = other.sent
         self.node.messenger.message_received(
             other, self.answer(self.far, resent, via=(self.far.node_id,))
         )
         [answer] = answers
+        return answer
+
+    def test_answer_from_a_node_before_the_target_is_refused_and_retried(self) -> None:
+        """A hop that answers for a target beyond it is refused; the request goes round it once more."""
+        answer = self.answered_elsewhere_after(error=False)
+        self.assertEqual(self.node.counters["answers_not_from_owner"], 1)
         self.assertEqual(answer.responder, self.far.node_id)  # type: ignore[attr-defined]
 
     def test_without_another_route_the_refusal_is_the_result(self) -> None:
@@ -553,18 +580,6 @@ class AnswerFromOwnerTests(SynchronousTestCase):
         self.node.messenger.release_held_answers(self.finger.node_id)
         self.assertEqual(len(self.node.messenger.transactions), 0)
 
-    def error(self, identity: NodeIdentity, request: bytes, via: tuple[int, ...] = ()) -> bytes:
-        data = MessengerUnderTest(identity).messenger.encode(
-            MessageCode.ERROR,
-            bodies.ErrorResponse(ErrorCode.NOT_FOUND, "no route").encode(),
-            (Destination.node(self.me.node_id),),
-            peek_header(request).transaction_id,
-        )
-        header = peek_header(data)
-        return replace_header(
-            data, evolve(header, via_list=tuple(Destination.node(v) for v in via))
-        )
-
     def test_error_answers_are_not_checked(self) -> None:
         """
         Any node on the path may refuse to carry a request: with no other
@@ -586,21 +601,8 @@ class AnswerFromOwnerTests(SynchronousTestCase):
         failure) sends the request once more over another first hop; the
         owner's answer there completes it.
         """
-        onward = self.node.link_to(self.finger)
-        other = self.node.link_to(self.after)
-        answers: list[object] = []
-        self.node.messenger.request(
-            Destination.resource(self.far.node_id), MessageCode.PING_REQ, PING
-        ).addCallback(answers.append)
-        [request] = onward.sent
-        self.node.messenger.message_received(onward, self.error(self.finger, request))
-        self.assertEqual(answers, [])
+        answer = self.answered_elsewhere_after(error=True)
         self.assertEqual(self.node.counters["transit_errors_retried"], 1)
-        [resent] = other.sent
-        self.node.messenger.message_received(
-            other, self.answer(self.far, resent, via=(self.far.node_id,))
-        )
-        [answer] = answers
         self.assertEqual(answer.responder, self.far.node_id)  # type: ignore[attr-defined]
 
     def test_error_from_a_possible_owner_is_the_answer(self) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from twisted.logger import LogLevel, LogPublisher
+from twisted.plugins import p2psip_roles
 from twisted.trial.unittest import SynchronousTestCase
 
 from p2psip.config import RoleOptions
-from p2psip.util import logs
+from p2psip.roles import peer
 from p2psip.util.logs import Logger, log_level, parse_log_level, set_log_level
 
 
@@ -23,9 +24,8 @@ class LogLevelTests(SynchronousTestCase):
         Emitter.log = Logger(observer=publisher)
 
     def test_every_level_until_one_is_set(self) -> None:
-        """Library use and tests see debug lines: the default level is debug."""
-        self.assertEqual(logs._level, log_level())
-        set_log_level(LogLevel.debug)
+        """Library use and tests see debug lines: until a role sets a level, it is debug."""
+        self.assertIs(log_level(), LogLevel.debug)
         Emitter().log.debug("one {n}", n=1)
         self.assertEqual([e["log_format"] for e in self.events], ["one {n}"])
 
@@ -62,6 +62,30 @@ class LogLevelTests(SynchronousTestCase):
         with self.assertRaises(ValueError) as raised:
             parse_log_level("loud")
         self.assertIn("debug, info, warn, error, critical", str(raised.exception))
+
+
+class PluginTests(SynchronousTestCase):
+    """The twistd plugin sets the process's level from the role's --log-level."""
+
+    def build(self, *argv: str) -> None:
+        before = log_level()
+        self.addCleanup(set_log_level, before)
+        options = peer.Options()
+        options.find_default_address = lambda family: "192.0.2.61"  # type: ignore[method-assign]
+        arguments = ["--insecure", "--bootstrap", "tcp:192.0.2.1:6084", *argv]
+        options.parseOptions([*arguments, "--data-dir", self.mktemp()])
+        p2psip_roles.peer.makeService(options)
+
+    def test_info_by_default(self) -> None:
+        self.build()
+        self.assertIs(log_level(), LogLevel.info)
+
+    def test_debug_is_set_and_warned_of(self) -> None:
+        warnings: list[dict[str, object]] = []
+        self.patch(p2psip_roles.log, "observer", warnings.append)
+        self.build("--log-level", "debug")
+        self.assertIs(log_level(), LogLevel.debug)
+        self.assertIn("--log-level debug", str(warnings[0]["log_format"]))
 
 
 class Options(RoleOptions):
