@@ -552,6 +552,19 @@ class Headers:
         self._split: dict[str, list[str]] = {}
         self._parsed: dict[str, Any] = {}
 
+    def forget_parses(self) -> None:
+        """
+        Drop what was read from the lines (it is read again if asked for).
+
+        For messages kept only in case they are needed again, such as a
+        transaction's final response held for Timer J: the lookups and
+        typed values are most of a message's objects, and the collector
+        walks every one of them on each full collection.
+        """
+        self._index = None
+        self._split = {}
+        self._parsed = {}
+
     def _lines_by_name(self) -> dict[str, list[str]]:
         # Built on first lookup and kept up to date field by field after
         # that: messages are read far more often than they are edited.

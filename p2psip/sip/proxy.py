@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from functools import partial
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -335,14 +336,10 @@ class SipProxy:
         if self._over_rate_limit(transaction):
             return
         if transaction.request.method == "INVITE":
+            self._forget_when_ended(transaction)
             self._invite_started[transaction] = _InviteTiming(
                 self.clock.seconds(), _is_initial(transaction.request)
             )
-
-            def forget_start() -> None:
-                self._invite_started.pop(transaction, None)
-
-            transaction.add_terminated_callback(forget_start)
         try:
             self._dispatch(transaction)
         except SipParseError as e:
@@ -1035,12 +1032,37 @@ class SipProxy:
         """Remember how ``transaction`` was routed until its final response."""
         if transaction in self._routed:
             return
+        self._forget_when_ended(transaction)
         self._routed[transaction] = (aor, node_ids)
 
-        def forget() -> None:
-            self._routed.pop(transaction, None)
+    def _forget_when_ended(self, transaction: ServerTransaction) -> None:
+        """
+        Have what the proxy keeps per server transaction (its INVITE timing,
+        its route, its response context) dropped when it ends, however it
+        ends; call before the first of them is kept.
 
-        transaction.add_terminated_callback(forget)
+        One bound call per transaction rather than a closure per table: a
+        server transaction lives 32 s after its final response (Timers J
+        and L), and every object it holds meanwhile is walked by each full
+        garbage collection.
+        """
+        if (
+            transaction not in self._invite_started
+            and transaction not in self._routed
+            and transaction not in self._contexts
+        ):
+            transaction.add_terminated_callback(partial(self._transaction_ended, transaction))
+
+    def _transaction_ended(self, transaction: ServerTransaction) -> None:
+        self._invite_started.pop(transaction, None)
+        self._routed.pop(transaction, None)
+        self._drop_context(transaction)
+
+    def _drop_context(self, transaction: ServerTransaction) -> None:
+        """The request's response context is done or its transaction ended: stop and forget it."""
+        context = self._contexts.pop(transaction, None)
+        if context is not None:
+            context.stop()
 
     def _final_for_routed(self, transaction: ServerTransaction, status: int) -> None:
         """A request routed by lookup got its final answer: drop stale cache entries."""
@@ -1241,15 +1263,16 @@ class SipProxy:
         routed = self._media_forwarding(transaction, request, targets)
         if routed is None:
             return
-        context = ResponseContext(transaction, self.clock, self.transactions, self._respond)
+        self._forget_when_ended(transaction)
+        context = ResponseContext(
+            transaction,
+            self.clock,
+            self.transactions,
+            self._respond,
+            finished=partial(self._drop_context, transaction),
+        )
         context.flows_only = flows_only
         self._contexts[transaction] = context
-
-        def forget() -> None:
-            self._contexts.pop(transaction, None)
-            context.stop()
-
-        transaction.add_terminated_callback(forget)
         outgoing: list[tuple[Request, Hop]] = []
         for target_uri, hop, routes in routed[:MAX_BRANCHES]:
             copy = request.copy()

@@ -202,12 +202,14 @@ class _Transaction:
 
     def _start_timer(self, name: str, seconds: float, fired: Callable[[], None]) -> None:
         self._stop_timer(name)
+        # A method and arguments rather than a closure: a closure is two
+        # more objects per timer for the collector to walk, and a server
+        # transaction waits 32 s on its last timer.
+        self._timers[name] = self.layer.clock.callLater(seconds, self._timer_fired, name, fired)
 
-        def fire() -> None:
-            del self._timers[name]
-            fired()
-
-        self._timers[name] = self.layer.clock.callLater(seconds, fire)
+    def _timer_fired(self, name: str, fired: Callable[[], None]) -> None:
+        del self._timers[name]
+        fired()
 
     def _stop_timer(self, name: str) -> None:
         call = self._timers.pop(name, None)
@@ -351,6 +353,10 @@ class ClientTransaction(_Transaction):
         for name in ("A", "B", "E", "F"):
             self._stop_timer(name)
         deliver = self.on_response
+        # Nothing more is delivered (retransmissions of the final are
+        # absorbed), so the TU's state (a proxy's response context, with
+        # every copy of the request) is not kept through Timers D and K.
+        self.on_response = _ignore_response
         if self.is_invite and response.status < 300:
             self._terminate()
         elif self.is_invite:
@@ -415,6 +421,8 @@ class ServerTransaction(_Transaction):
             return
         self._send(response)
         self._answered()
+        self.request.headers.forget_parses()
+        response.headers.forget_parses()
         if not self.is_invite:
             self.state = State.COMPLETED
             self._absorb_for("J", 64 * self.timers.t1_seconds, self._terminate)

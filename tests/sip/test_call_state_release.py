@@ -126,3 +126,34 @@ class CallStateReleasedTests(SynchronousTestCase):
         self.clock.pump([1.0] * QUIET_SECONDS)
         self.assertEqual(self.a.proxy.call_outcomes["failed"], CALLS)
         self.assertEqual(self.unreachable_call_objects(), Counter())
+
+    def test_answered_calls_keep_only_their_transactions_meanwhile(self) -> None:
+        """
+        While an answered call's server transactions wait out Timers J and L
+        (32 s), the proxy keeps no response context or branch for it, and
+        the two messages each transaction keeps hold nothing parsed: at 160
+        calls a second these waiting calls were most of a super-node's heap,
+        and every full collection walked them.
+        """
+        for number in range(CALLS):
+            self.call(self.a, number)
+        kept = list(self.a.proxy.transactions.server_transactions.values())
+        self.assertGreaterEqual(len(kept), 2 * CALLS)  # each INVITE and BYE, until their timers
+        self.assertEqual(self.a.proxy.pending_requests, 0)
+        live = Counter(type(o).__qualname__ for o in gc.get_objects())
+        self.assertEqual((live["ResponseContext"], live["Branch"]), (0, 0))
+        parsed = [
+            message
+            for transaction in kept
+            for message in (transaction.request, transaction.last_response)
+            if message is not None and message.headers._parsed
+        ]
+        self.assertEqual(parsed, [])
+
+    def test_retransmitted_bye_answered_the_same_after_the_parses_are_dropped(self) -> None:
+        """The kept final response is sent again as it was, when the caller missed it (s17.2.2)."""
+        self.call(self.a, 1)
+        first = self.a.sender.responses[-1][0].to_bytes()
+        record_route = "<sip:203.0.113.1:5060;lr>"  # any Route: it is matched by branch alone
+        self.a.receive(in_call("BYE", 1, 2, f"Route: {record_route}", ";tag=callee1"))
+        self.assertEqual(self.a.sender.responses[-1][0].to_bytes(), first)

@@ -70,16 +70,22 @@ class ResponseContextTests(SynchronousTestCase):
         self.clock = Clock()
         self.branches = RecordingBranches()
         self.upstream: list[Response] = []
+        self.finished = 0
 
     def context(
         self, method: str = "INVITE", hops: tuple[Hop, ...] = (CALLEE_1, CALLEE_2)
     ) -> ResponseContext:
         incoming = request(method)
+
+        def finished() -> None:
+            self.finished += 1
+
         context = ResponseContext(
             FakeServer(incoming),  # type: ignore[arg-type]
             self.clock,
             self.branches,
             lambda server, response: self.upstream.append(response),
+            finished=finished,
         )
         context.fork([(incoming.copy(), hop) for hop in hops])
         return context
@@ -97,6 +103,41 @@ class ResponseContextTests(SynchronousTestCase):
         self.assertEqual(len(self.upstream[1].headers.values("Via")), 1)
         self.assertEqual(self.branches.methods(), ["INVITE", "INVITE", "CANCEL"])
         self.assertEqual(self.branches.sent[2].hop, CALLEE_2)
+
+    def test_finished_once_the_answer_is_up_and_every_branch_has_a_final(self) -> None:
+        """
+        Not at the first 2xx while a forked branch may still answer (its 2xx
+        must go up too), but at that branch's final; once, and with no timer left.
+        """
+        self.context()
+        self.answer(1, 180)
+        self.answer(0, 200)
+        self.assertEqual(self.finished, 0)
+        self.answer(1, 200)
+        self.assertEqual([r.status for r in self.upstream], [180, 200, 200])
+        self.assertEqual(self.finished, 1)
+        self.answer(1, 200)  # a late retransmission reaching the context changes nothing
+        self.assertEqual(self.finished, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_finished_after_the_best_final_of_failed_branches(self) -> None:
+        """Every branch failed: finished when the best final has gone up, not before."""
+        self.context()
+        self.answer(0, 486)
+        self.assertEqual(self.finished, 0)
+        self.answer(1, 404)
+        self.assertEqual(([r.status for r in self.upstream], self.finished), ([404], 1))
+
+    def test_not_finished_while_a_cancelled_branch_owes_its_487(self) -> None:
+        """A CANCEL leaves the context waiting for each branch's 487; then it is done."""
+        context = self.context()
+        self.answer(0, 180)
+        self.answer(1, 180)
+        context.cancel()
+        self.answer(0, 487)
+        self.assertEqual(self.finished, 0)
+        self.answer(1, 487)
+        self.assertEqual(([r.status for r in self.upstream], self.finished), ([180, 180, 487], 1))
 
     def test_cancel_waits_for_a_provisional(self) -> None:
         """RFC 3261 s9.1: a branch that has not answered at all is cancelled once it rings."""
