@@ -8,6 +8,10 @@ The first byte picks the mode:
   depth against its own bugs.  A message that parses has every typed field
   checked (the module promises it "can be used without further error
   handling"), and its wire form parses again to the same wire form.
+  The overloaded node's partial read (:mod:`p2psip.sip.quick_read`)
+  and its 503 may raise nothing but :class:`SipParseError`; for a
+  datagram the full parser accepts, that 503 must parse and equal the
+  transaction layer's (its Retry-After aside).
 * odd: the rest is a stream, after one byte of chunk size (see
   :func:`fuzz.common.chunks`).  Only :class:`SipParseError` may escape, and
   the chunked stream must give the same messages as the stream fed whole.
@@ -18,6 +22,8 @@ Seeds: the RFC 4475 torture messages from the shared test data.
 from __future__ import annotations
 
 from collections.abc import Iterator
+
+from attrs import evolve
 
 from fuzz.common import HarnessFailure, instrumented, main, mode, same_when_chunked, shared_files
 
@@ -31,7 +37,12 @@ with instrumented():
         make_response,
         parse_message,
     )
+    from p2psip.sip.message import Via
+    from p2psip.sip.overload import OverloadGuard, OverloadThresholds, StatelessRefusals
+    from p2psip.sip.quick_read import read_refusable
+    from p2psip.sip.transport import stamp_received, stamp_via
     from p2psip.sip.uri import URI, SipURI, parse_uri
+    from twisted.internet.task import Clock
 
 # Small limits, so that the fuzzer reaches the size checks with short inputs.
 MAX_MESSAGE = 8192
@@ -83,12 +94,46 @@ def check_error(error: SipParseError) -> None:
     error_response(error)
 
 
+#: A node that refuses every new INVITE and REGISTER (its loop lag is always past the threshold).
+REFUSING = StatelessRefusals(
+    OverloadGuard(OverloadThresholds(max_lag_seconds=1e-9), lambda: 0, lambda: 1.0),
+    Clock(),
+    lambda method: None,
+)
+SOURCE = ("192.0.2.1", 5060)
+
+
+def early_refusal(data: bytes) -> bytes | None:
+    """The overloaded transport's 503 from a partial read, as SipTransport.refused_early makes it."""
+    request = read_refusable(data, MAX_HEADER)
+    if request is None:
+        return None
+    try:
+        via = Via.parse(request.vias[0])
+    except SipParseError:
+        return None
+    if stamp_via(via, *SOURCE):
+        request = evolve(request, vias=(str(via), *request.vias[1:]))
+    return REFUSING.datagram_refusal(request, via)
+
+
+def without_retry_after(data: bytes) -> list[bytes]:
+    return [line for line in data.split(b"\r\n") if not line.startswith(b"Retry-After")]
+
+
 def datagram(data: bytes) -> None:
+    early = early_refusal(data)
     try:
         message = parse_message(data, max_message_bytes=MAX_MESSAGE, max_header_bytes=MAX_HEADER)
     except SipParseError as e:
         check_error(e)
         return
+    if early is not None:
+        assert isinstance(message, Request)
+        stamp_received(message, *SOURCE)
+        full = REFUSING.refusal(message)
+        if full is None or without_retry_after(full.to_bytes()) != without_retry_after(early):
+            raise HarnessFailure(f"the early 503 differs from the full one: {early!r}, {full!r}")
     wire = use(message)
     again = parse_message(wire, max_message_bytes=2 * MAX_MESSAGE, max_header_bytes=2 * MAX_HEADER)
     if again.to_bytes() != wire:

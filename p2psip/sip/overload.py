@@ -53,7 +53,8 @@ from attrs import frozen
 from twisted.internet.interfaces import IReactorTime
 
 from p2psip.sip.errors import SipParseError
-from p2psip.sip.message import Request, Response, make_response
+from p2psip.sip.message import CSeq, NameAddress, Request, Response, Via, make_response
+from p2psip.sip.quick_read import RefusableRequest
 from p2psip.util.log_throttle import LogThrottle
 from p2psip.util.logs import Logger
 
@@ -158,8 +159,12 @@ class OverloadGuard:
         # Only now the To header is parsed: a quiet node never reads it here.
         if not _out_of_dialog(request):
             return None
+        return self.refuse(request.method, reason)
+
+    def refuse(self, method: str, reason: str) -> int:
+        """Count a refusal of ``method`` for ``reason``; the seconds of ``Retry-After`` to send."""
         self.overloaded = True
-        self.refused[(request.method, reason)] += 1
+        self.refused[(method, reason)] += 1
         base = self.thresholds.retry_after_seconds
         return base + self._random.randint(0, base)
 
@@ -189,7 +194,11 @@ def refusal_tag(request: Request) -> str:
     retransmissions and for the ACK of a refused INVITE (same branch and
     Call-ID, s17.1.1.3), as s8.2.7 asks of a stateless UAS.
     """
-    seed = f"{request.via.branch}\n{request.call_id}".encode()
+    return _refusal_tag(request.via.branch, request.call_id)
+
+
+def _refusal_tag(branch: str | None, call_id: str) -> str:
+    seed = f"{branch}\n{call_id}".encode()
     return "ov" + hashlib.blake2s(seed, digest_size=8).hexdigest()
 
 
@@ -224,6 +233,49 @@ class StatelessRefusals:
         self._counted(request.method)
         self._warn()
         return response
+
+    def refusing(self) -> bool:
+        """Whether new INVITEs and REGISTERs are being refused now (cheap: asked per datagram)."""
+        return self.guard.reason_to_refuse() is not None
+
+    def datagram_refusal(self, request: RefusableRequest, top_via: Via) -> bytes | None:
+        """
+        The 503 to send, as bytes, for a request read only by
+        :func:`p2psip.sip.quick_read.read_refusable`, or None to parse
+        it in full and let the transaction layer decide.
+
+        ``top_via`` is its top Via, parsed and stamped with where it came
+        from (and ``request.vias`` carries it so stamped, as text, if that
+        changed it); the transaction layer has checked that no transaction of
+        ours has that branch.  The answer is the one :meth:`refusal`
+        gives (the same tag, so retransmissions and the ACK match), for a
+        third of its CPU: nothing else is parsed or validated.
+        """
+        reason = self.guard.reason_to_refuse()
+        if reason is None:
+            return None
+        try:
+            to = NameAddress.parse(request.to, "To")
+            cseq = CSeq.parse(request.cseq)
+        except SipParseError:
+            return None  # the full parse answers it 400
+        if to.tag is not None or cseq.method != request.method:
+            return None  # in dialog (never refused), or a 400 to give
+        retry_after = self.guard.refuse(request.method, reason)
+        to.parameters["tag"] = _refusal_tag(top_via.branch, request.call_id)
+        lines = [f"SIP/2.0 503 {OVERLOADED_REASON}"]
+        lines += [f"Via: {via}" for via in request.vias]
+        lines += [
+            f"From: {request.from_}",
+            f"To: {to}",
+            f"Call-ID: {request.call_id}",
+            f"CSeq: {request.cseq}",
+            f"Retry-After: {retry_after}",
+            "Content-Length: 0",
+        ]
+        self._counted(request.method)
+        self._warn()
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
     def absorbs_ack(self, ack: Request) -> bool:
         """Whether ``ack`` (no transaction matched it) acknowledges one of our stateless 503s."""

@@ -43,7 +43,16 @@ from typing import Protocol
 import attrs
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from p2psip.sip.message import MAGIC_COOKIE, AnyMessage, Headers, Request, Response, make_response
+from p2psip.sip.message import (
+    MAGIC_COOKIE,
+    AnyMessage,
+    Headers,
+    Request,
+    Response,
+    Via,
+    make_response,
+)
+from p2psip.sip.quick_read import RefusableRequest
 from p2psip.util.logs import Logger
 
 T1_SECONDS = 0.5
@@ -117,6 +126,12 @@ class StatelessRefusal(Protocol):
 
     def absorbs_ack(self, ack: Request) -> bool:
         """Whether ``ack`` acknowledges one of those responses (and so goes no further)."""
+
+    def refusing(self) -> bool:
+        """Whether new requests are being refused now."""
+
+    def datagram_refusal(self, request: RefusableRequest, top_via: Via) -> bytes | None:
+        """The response bytes for a request read only in part, or None to parse it in full."""
 
 
 def new_branch() -> str:
@@ -468,11 +483,15 @@ class ServerTransaction(_Transaction):
             self._absorb_for("I", self.timers.t4_seconds, self._terminate)
 
 
+def _rfc3261_server_key(via: Via, method: str) -> tuple[object, ...]:
+    return ("3261", via.branch, via.host.lower(), via.port, method)
+
+
 def _server_key(request: Request) -> tuple[object, ...]:
     via = request.via
     method = "INVITE" if request.method == "ACK" else request.method
     if is_rfc3261_branch(via.branch):
-        return ("3261", via.branch, via.host.lower(), via.port, method)
+        return _rfc3261_server_key(via, method)
     # RFC 2543 peers: no usable branch.  The To tag is left out because the
     # ACK carries the tag of our response while the INVITE had none.
     return (
@@ -547,6 +566,23 @@ class TransactionLayer:
             self._response_received(message, source)
         else:
             self._request_received(message, source)
+
+    def refusing_new_requests(self) -> bool:
+        """Whether the overload guard refuses new requests now (the transport asks per datagram)."""
+        return self.refusals is not None and self.refusals.refusing()
+
+    def refusal_for(self, request: RefusableRequest, top_via: Via) -> bytes | None:
+        """
+        The stateless refusal, as bytes, of a request the transport read
+        only in part (:func:`p2psip.sip.quick_read.read_refusable`), or
+        None to parse it in full: a request with an RFC 2543 branch, or a
+        retransmission of one being served (it matches our transaction).
+        """
+        if self.refusals is None or not is_rfc3261_branch(top_via.branch):
+            return None
+        if _rfc3261_server_key(top_via, request.method) in self.server_transactions:
+            return None
+        return self.refusals.datagram_refusal(request, top_via)
 
     def _response_received(self, response: Response, source: Hop) -> None:
         key = _client_key(response.via.branch, response.cseq.method)

@@ -45,6 +45,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol, cast
 
+from attrs import evolve
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -81,6 +82,7 @@ from p2psip.sip.message import (
     make_response,
     parse_message,
 )
+from p2psip.sip.quick_read import RefusableRequest, read_refusable
 from p2psip.sip.transaction import Hop, new_branch
 from p2psip.util.connection_limit import ConnectionLimitFactory
 from p2psip.util.endpoints import is_udp, parse_udp_listen_address
@@ -111,6 +113,12 @@ class MessageReceiver(Protocol):
     def message_received(self, message: AnyMessage, source: Hop) -> None:
         """A parsed message arrived from ``source``."""
 
+    def refusing_new_requests(self) -> bool:
+        """Whether new INVITEs and REGISTERs are refused now (asked for every datagram)."""
+
+    def refusal_for(self, request: RefusableRequest, top_via: Via) -> bytes | None:
+        """The stateless answer to a request read only in part, or None to parse it in full."""
+
 
 #: A listener :meth:`SipTransport.listen` opened: a UDP socket or a stream server's port.
 SipListeningPort = UDPPort | IListeningPort
@@ -127,15 +135,22 @@ def _is_ip(host: str) -> bool:
 def stamp_received(request: Request, source_host: str, source_port: int) -> None:
     """Record where a request really came from in its top Via (RFC 3261 s18.2.1, RFC 3581 s4)."""
     via = request.via
+    if not stamp_via(via, source_host, source_port):
+        return
+    request.headers.pop_first_value("Via")
+    request.headers.prepend("Via", str(via))
+
+
+def stamp_via(via: Via, source_host: str, source_port: int) -> bool:
+    """Add ``received`` (and fill ``rport``) to a top Via as s18.2.1 asks; whether it changed."""
     if via.rport_requested:
         via.parameters["received"] = source_host
         via.parameters["rport"] = str(source_port)
     elif via.host.strip("[]") != source_host:
         via.parameters["received"] = source_host
     else:
-        return
-    request.headers.pop_first_value("Via")
-    request.headers.prepend("Via", str(via))
+        return False
+    return True
 
 
 def response_address(via: Via) -> tuple[str, int]:
@@ -166,6 +181,16 @@ class SipDatagramProtocol(DatagramProtocol):
         if is_stun(datagram):
             # RFC 5626 s8: a SIP message starts with a letter, STUN with 0b00.
             self._answer_stun(datagram, (host, port))
+            return
+        refused = self.owner.refused_early(datagram, host, port)
+        if refused is not None:
+            if self.transport is not None:
+                answer, destination = refused
+                try:
+                    self.transport.write(answer, destination)
+                except (OSError, MessageLengthError) as e:
+                    self.owner.send_errors += 1
+                    self.log.debug("could not send a 503: {reason}", reason=str(e))
             return
         try:
             message = parse_message(
@@ -388,6 +413,8 @@ class SipTransport:
         # Counters for /status and /metrics.
         self.messages_received = 0
         self.malformed_received = 0
+        #: New requests answered 503 from a partial read while overloaded.
+        self.early_refusals = 0
         self.error_responses_sent = 0
         self.keepalive_pings = 0
         #: Answers STUN keepalives on the UDP listeners (SIP Outbound).
@@ -401,6 +428,7 @@ class SipTransport:
         return {
             "messages_received": self.messages_received,
             "malformed_received": self.malformed_received,
+            "early_refusals": self.early_refusals,
             "error_responses_sent": self.error_responses_sent,
             "keepalive_pings": self.keepalive_pings,
             "stun_keepalives": self.stun_keepalives,
@@ -605,6 +633,41 @@ class SipTransport:
         return Via(hop.transport, host, hop.port, {"branch": branch or new_branch(), "rport": None})
 
     # Receiving
+
+    def refused_early(
+        self, datagram: bytes, host: str, port: int
+    ) -> tuple[bytes, tuple[str, int]] | None:
+        """
+        While the overload guard refuses new work, the 503 to a new INVITE
+        or REGISTER datagram from a partial read, before the full parse
+        (:mod:`p2psip.sip.quick_read`), and where it goes (sent back from
+        the socket the request came in on); None to parse it in full.
+
+        Refusing must cost far less than serving, or at twice the
+        capacity the refusals take the CPU and most of the excess is lost
+        unanswered in the socket buffer.  A quiet node pays one call here.
+        """
+        receiver = self.receiver
+        if receiver is None or not receiver.refusing_new_requests():
+            return None
+        request = read_refusable(datagram, self.max_header_bytes)
+        if request is None:
+            return None
+        try:
+            via = Via.parse(request.vias[0])
+        except SipParseError:
+            return None
+        if stamp_via(via, host, port):
+            request = evolve(request, vias=(str(via), *request.vias[1:]))
+        answer = receiver.refusal_for(request, via)
+        if answer is None:
+            return None
+        self.messages_received += 1
+        self.early_refusals += 1
+        destination = response_address(via)
+        if not _is_ip(destination[0]):
+            destination = (host, port)
+        return answer, destination
 
     def _deliver(self, message: AnyMessage, source: Hop) -> None:
         self.messages_received += 1

@@ -14,8 +14,11 @@ from p2psip.sip.overload import (
     OverloadThresholds,
     StatelessRefusals,
 )
-from p2psip.sip.message import make_response
+from p2psip.sip.message import make_response, parse_message
+from p2psip.sip.quick_read import read_refusable
 from p2psip.sip.transaction import ServerTransaction, TransactionLayer
+from p2psip.sip.transport import SipDatagramProtocol, SipTransport, stamp_received
+from p2psip.testing import MemoryUDPReactor
 
 from .test_proxy import (
     ADDRESS_A,
@@ -27,6 +30,7 @@ from .test_proxy import (
     message_text,
     parse_request,
 )
+from .test_transport import FakeDatagramTransport
 
 
 class Load:
@@ -196,3 +200,131 @@ class HoldingUser:
 
     def stray_response_received(self, response: object, source: object) -> None:
         pass
+
+
+class EarlyRefusalTests(SynchronousTestCase):
+    """
+    The 503 an overloaded node sends from a partial read of the datagram
+    (p2psip.sip.quick_read), before the full parse: the same answer as the
+    transaction layer's, for far less.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.node = Node(NODE_A, ADDRESS_A, self.clock, {}, {})
+        self.addCleanup(self.node.registrar.stop)
+        self.addCleanup(self.node.proxy.transactions.terminate_all)
+        self.load = Load()
+        self.node.proxy.overload = self.load.guard()
+        self.transport = SipTransport(MemoryUDPReactor(), self.node.proxy.transactions)
+        self.datagrams = SipDatagramProtocol(self.transport)
+        self.written = FakeDatagramTransport()
+        self.datagrams.transport = self.written  # type: ignore[assignment]
+        self.source = (CALLER.host, CALLER.port)
+
+    def arrive(self, data: bytes) -> None:
+        self.datagrams.datagramReceived(data, self.source)
+
+    def answers(self) -> list[bytes]:
+        return [data for data, _ in self.written.written]
+
+    def test_same_answer_as_the_full_path(self) -> None:
+        """The bytes equal the transaction layer's 503 to the same request (Retry-After aside)."""
+        invite = message_text(
+            "INVITE", branch="z9hG4bKearly1", extra="Via: SIP/2.0/UDP p:5060;branch=z9hG4bKx"
+        )
+        self.load.lag = 1.0
+        self.arrive(invite)
+        [early] = self.answers()
+        self.assertEqual(self.transport.early_refusals, 1)
+        through_the_layer = parse_request(invite)
+        stamp_received(through_the_layer, *self.source)
+        self.node.receive(through_the_layer)
+        [(full, _)] = self.node.sender.responses
+        self.assertEqual(parse_message(early).headers.get_all("Via"), full.headers.values("Via"))
+        without_retry = [
+            line for line in early.split(b"\r\n") if not line.startswith(b"Retry-After")
+        ]
+        self.assertEqual(
+            without_retry,
+            [
+                line
+                for line in full.to_bytes().split(b"\r\n")
+                if not line.startswith(b"Retry-After")
+            ],
+        )
+        self.assertEqual(self.node.proxy.metrics()["final_responses"], {"INVITE": {"503": 2}})
+
+    def test_goes_back_as_the_via_says(self) -> None:
+        """rport filled and received added (s18.2.1, RFC 3581): the 503 goes to the real source."""
+        self.load.pending = 100
+        self.source = ("192.0.2.99", 40999)
+        self.arrive(
+            message_text("REGISTER", uri="sip:example.org").replace(b":5070;", b":5070;rport;")
+        )
+        [(data, address)] = self.written.written
+        self.assertEqual(address, ("192.0.2.99", 40999))
+        via = parse_message(data).via
+        self.assertEqual((via.received, via.rport), ("192.0.2.99", 40999))
+
+    def test_ack_of_an_early_refusal_is_absorbed(self) -> None:
+        """Its To tag is the transaction layer's: the ACK is recognised and dropped."""
+        self.load.lag = 1.0
+        self.arrive(message_text("INVITE", branch="z9hG4bKearly2"))
+        tag = parse_message(self.answers()[0]).to.tag
+        seen: list[object] = []
+        self.patch(self.node.proxy, "ack_received", lambda request, source: seen.append(request))
+        self.arrive(message_text("ACK", branch="z9hG4bKearly2", to_tag=f";tag={tag}"))
+        self.assertEqual(seen, [])
+
+    def test_what_the_partial_read_leaves_to_the_full_parse(self) -> None:
+        """
+        In-dialog, a retransmission of a request being served, a folded
+        line, a CSeq naming another method and a quiet node: none is
+        answered from the partial read.
+        """
+        register = message_text("REGISTER", uri="sip:example.org", extra="Expires: 600").replace(
+            b"sip:bob@198.51.100.10:5070", b"sip:alice@198.51.100.10:5070"
+        )
+        self.arrive(register)  # quiet: served
+        self.load.lag = 1.0
+        self.arrive(register)  # its retransmission: still served
+        self.arrive(message_text("INVITE", branch="z9hG4bKe3", to_tag=";tag=a1"))
+        self.arrive(message_text("INVITE", branch="z9hG4bKe4").replace(b"To: ", b"To:\r\n "))
+        self.arrive(message_text("INVITE", branch="z9hG4bKe5", cseq_method="REGISTER"))
+        self.assertEqual(self.transport.early_refusals, 0)
+        statuses = [parse_message(data).status for data in self.answers()]  # type: ignore[union-attr]
+        self.assertIn(400, statuses)
+
+    def test_quick_read_refuses_to_guess(self) -> None:
+        """Anything not plain goes the full way: other methods, no end of head, repeats, bad UTF-8."""
+        invite = message_text("INVITE")
+        for data in (
+            message_text("OPTIONS"),
+            invite.replace(b"\r\n\r\n", b"\r\n"),
+            invite.replace(b"Call-ID:", b"Call-ID: again\r\nCall-ID:"),
+            invite.replace(b"From: ", b"From: \xff"),
+            invite.replace(b"CSeq", b"XSeq"),
+        ):
+            self.assertIsNone(read_refusable(data, 8192), data)
+        read = read_refusable(invite.replace(b"Via:", b"v:"), 8192)
+        assert read is not None
+        self.assertEqual((read.method, len(read.vias)), ("INVITE", 1))
+
+    def test_untouched_via_is_copied_as_it_came(self) -> None:
+        """
+        Found with ``fuzz/sip.py``: a top Via the stamping leaves alone is
+        copied as written, as the full path does (``Via.parse`` lower-cases
+        parameter names, so writing it out again changed ``transpo2.Drt``).
+        """
+        self.load.lag = 1.0
+        self.source = ("192.0.2.1", 5060)
+        via = "SIP/2.0/UDP 192.0.2.1;transpo2.Drt=tcp5;branch=z9hG4bKkdjuw"
+        self.arrive(
+            message_text("INVITE", branch="x").replace(
+                b"Via: SIP/2.0/UDP 198.51.100.10:5070;branch=x;rport", f"Via: {via}".encode()
+            )
+        )
+        [answer] = self.answers()
+        self.assertEqual(answer.split(b"\r\n")[1], f"Via: {via}".encode())

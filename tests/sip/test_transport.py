@@ -57,6 +57,12 @@ class RecordingReceiver:
     def message_received(self, message: AnyMessage, source: Hop) -> None:
         self.received.append((message, source))
 
+    def refusing_new_requests(self) -> bool:
+        return False
+
+    def refusal_for(self, request: object, top_via: object) -> bytes | None:
+        return None
+
 
 def parse_request(data: bytes) -> Request:
     message = parse_message(data)
@@ -141,7 +147,7 @@ class DatagramTests(SynchronousTestCase):
     def test_controller_errors_do_not_escape(self) -> None:
         """An exception in the controller is logged, not raised into the reactor."""
 
-        class Broken:
+        class Broken(RecordingReceiver):
             def message_received(self, message: AnyMessage, source: Hop) -> None:
                 raise RuntimeError("bug")
 
@@ -410,6 +416,7 @@ class MetricsTests(SynchronousTestCase):
             {
                 "messages_received": 1,
                 "malformed_received": 1,
+                "early_refusals": 0,
                 "error_responses_sent": 1,
                 "keepalive_pings": 1,
                 "stun_keepalives": 0,
