@@ -20,7 +20,7 @@ step's REGISTERs (all are signed by the node itself, and the default
    unclean one.  The maximum is the best 200/s of a clean step.
 2. Twice that rate, offered for the same time, to a node with the overload
    guard on (the defaults) and to one with it off
-   (``--sip-overload-pending 0 --sip-overload-lag 0``).
+   (``--sip-overload-pending 0 --sip-overload-lag 0 --sip-overload-backlog 0``).
 3. What a refusal costs: CPU microseconds per 200 on the last clean step,
    and per 503 on a node told to refuse everything
    (``--sip-overload-lag 1e-9``), at the maximum rate.  The 503 is answered
@@ -254,7 +254,17 @@ def main() -> None:
     results = {}
     for label, extra in (
         ("guard on", []),
-        ("guard off", ["--sip-overload-pending", "0", "--sip-overload-lag", "0"]),
+        (
+            "guard off",
+            [
+                "--sip-overload-pending",
+                "0",
+                "--sip-overload-lag",
+                "0",
+                "--sip-overload-backlog",
+                "0",
+            ],
+        ),
     ):
         row = fresh_step(work, over, args.duration, f"over-{label[-3:].strip()}", extra)
         print_row(f"2x max, {label}", row)

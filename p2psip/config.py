@@ -81,6 +81,17 @@ def non_negative_float(text: str) -> float:
 non_negative_float.coerceDoc = "a number, 0 or more"  # type: ignore[attr-defined]
 
 
+def fraction(text: str) -> float:
+    """Coercer for shares from 0 (off, where that is what 0 means) to 1."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError(f"{text} is not a number from 0 to 1")
+    return value
+
+
+fraction.coerceDoc = "a number from 0 to 1"  # type: ignore[attr-defined]
+
+
 def non_negative_int(text: str) -> int:
     """Coercer for counts where 0 means off."""
     value = int(text)

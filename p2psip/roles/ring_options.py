@@ -30,6 +30,7 @@ from twisted.python import usage
 from p2psip.config import (
     RoleOptions,
     client_endpoint,
+    fraction,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -53,6 +54,7 @@ from p2psip.sip.domain_routes import (
 )
 from p2psip.sip.location_cache import DEFAULT_MAX_ENTRIES as DEFAULT_LOCATION_CACHE_ENTRIES
 from p2psip.sip.overload import (
+    DEFAULT_MAX_BACKLOG,
     DEFAULT_MAX_LAG_SECONDS,
     DEFAULT_MAX_PENDING,
     OverloadThresholds,
@@ -459,7 +461,11 @@ def sip_config(
         trusted_network=bool(options["sip-trusted-network"]),
         rate_limit_per_second=options["sip-rate-limit"],
         rate_limit_burst=options["sip-rate-burst"],
-        overload=OverloadThresholds(options["sip-overload-pending"], options["sip-overload-lag"]),
+        overload=OverloadThresholds(
+            options["sip-overload-pending"],
+            options["sip-overload-lag"],
+            max_backlog=options["sip-overload-backlog"],
+        ),
         idle_timeout_seconds=options["sip-idle-timeout"],
         location_cache_entries=options["sip-location-cache"],
         connections_per_source=options["sip-connections-per-source"],
@@ -757,6 +763,15 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             "Smoothed event-loop lag, in seconds, past which new INVITEs and REGISTERs get 503 "
             "with Retry-After.  0: not checked.",
             non_negative_float,
+        ],
+        [
+            "sip-overload-backlog",
+            None,
+            DEFAULT_MAX_BACKLOG,
+            "Fill of a SIP UDP socket's receive queue (0-1, its share of the socket buffer) "
+            "past which new INVITEs and REGISTERs get 503 with Retry-After: a flood shows "
+            "there before the loop lag.  0: not checked.",
+            fraction,
         ],
         [
             "sip-idle-timeout",

@@ -81,6 +81,7 @@ from p2psip.util import gc_tuning
 from p2psip.util.endpoints import endpoint_interface, escape_field
 from p2psip.util.logs import Logger
 from p2psip.util.loop_lag import LoopLagProbe
+from p2psip.util.socket_backlog import ReceiveBacklog
 from p2psip.util.reactor import IRoleReactor, as_udp_reactor
 
 NONCE_SECRET_FILE = "sip-nonce-secret"
@@ -241,8 +242,12 @@ def build_sip_stack(
     )
     if config.overload.enabled:
         transactions = proxy.transactions
+        backlog = ReceiveBacklog(lambda: transport.udp_ports, reactor)
         proxy.overload = OverloadGuard(
-            config.overload, lambda: transactions.unanswered, lambda: loop_lag.smoothed_seconds
+            config.overload,
+            lambda: transactions.unanswered,
+            lambda: loop_lag.smoothed_seconds,
+            backlog=backlog.fill,
         )
     transport.receiver = proxy.transactions
     tls = sip_tls_options(config.tls) if config.tls is not None else None

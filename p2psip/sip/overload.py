@@ -14,7 +14,12 @@ new out-of-dialog INVITE or REGISTER is served, it looks at two signs:
   final response (:attr:`p2psip.sip.transaction.TransactionLayer.unanswered`);
   past ``max_pending`` new work waits behind too much old;
 * the event loop's smoothed lag (:class:`p2psip.util.loop_lag.LoopLagProbe`):
-  past ``max_lag_seconds`` the process is out of CPU, whatever the cause.
+  past ``max_lag_seconds`` the process is out of CPU, whatever the cause;
+* the fill of its UDP sockets' receive queues
+  (:class:`p2psip.util.socket_backlog.ReceiveBacklog`): past
+  ``max_backlog`` datagrams wait in the kernel longer than T1 and the next
+  ones are dropped unread.  A UDP flood shows here and not in the loop
+  lag: the loop reads a batch per turn and keeps its timers on time.
 
 Past either, the request is answered 503 Service Unavailable with
 ``Retry-After`` (RFC 3261 s21.5.4), a few seconds with jitter so the
@@ -71,6 +76,12 @@ DEFAULT_MAX_PENDING = 20_000
 #: T1: a request that waits that long in our socket buffer is already
 #: being retransmitted, so past it the node is losing ground.
 DEFAULT_MAX_LAG_SECONDS = 0.5
+#: Fill of a UDP receive queue (its share of the socket's buffer) past
+#: which new requests are refused.  With the 4 MiB buffers a super-node
+#: asks for, a quarter is about 800 REGISTERs waiting (kernel buffers
+#: take about 1.3 KB each): a quarter of a second or more at the rates a
+#: super-node serves, and the socket still takes a burst four times that.
+DEFAULT_MAX_BACKLOG = 0.25
 #: Retry-After sent with the refusals: this many seconds, plus up to as many again of jitter.
 DEFAULT_RETRY_AFTER_SECONDS = 5
 #: The methods the guard may refuse; everything else passes.
@@ -86,10 +97,12 @@ class OverloadThresholds:
     #: Smoothed loop lag past which new ones are refused; 0: not checked.
     max_lag_seconds: float = DEFAULT_MAX_LAG_SECONDS
     retry_after_seconds: int = DEFAULT_RETRY_AFTER_SECONDS
+    #: Receive-queue fill (0-1) past which new ones are refused; 0: not checked.
+    max_backlog: float = DEFAULT_MAX_BACKLOG
 
     @property
     def enabled(self) -> bool:
-        return self.max_pending > 0 or self.max_lag_seconds > 0
+        return self.max_pending > 0 or self.max_lag_seconds > 0 or self.max_backlog > 0
 
 
 def _out_of_dialog(request: Request) -> bool:
@@ -106,6 +119,7 @@ class OverloadGuard:
 
     :param pending: the requests being worked on now (unanswered server transactions).
     :param lag_seconds: the smoothed event-loop lag now.
+    :param backlog: the fullest UDP receive queue now (0-1).
     :param rng: the jitter of ``Retry-After`` (seeded in tests).
     """
 
@@ -115,10 +129,12 @@ class OverloadGuard:
         pending: Callable[[], int],
         lag_seconds: Callable[[], float],
         rng: random.Random | None = None,
+        backlog: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.thresholds = thresholds
         self._pending = pending
         self._lag_seconds = lag_seconds
+        self._backlog = backlog
         self._random = rng or random.Random()
         #: Requests refused since start, by method and reason ("pending", "lag").
         self.refused: Counter[tuple[str, str]] = Counter()
@@ -133,8 +149,12 @@ class OverloadGuard:
         """The requests being worked on now."""
         return self._pending()
 
+    def backlog(self) -> float:
+        """The fullest UDP receive queue now (0-1)."""
+        return self._backlog()
+
     def reason_to_refuse(self) -> str | None:
-        """Why a new request would be refused now ("pending" or "lag"), or None."""
+        """Why a new request would be refused now ("pending", "lag" or "backlog"), or None."""
         limits = self.thresholds
         # The pending count is one subtraction; the lag includes the request
         # that just arrived only through its effect on the loop.
@@ -142,6 +162,8 @@ class OverloadGuard:
             return "pending"
         if limits.max_lag_seconds > 0 and self._lag_seconds() > limits.max_lag_seconds:
             return "lag"
+        if limits.max_backlog > 0 and self._backlog() > limits.max_backlog:
+            return "backlog"
         return None
 
     def admit(self, request: Request) -> int | None:
@@ -176,6 +198,8 @@ class OverloadGuard:
             "max_lag_seconds": limits.max_lag_seconds,
             "pending": self._pending(),
             "lag_seconds": round(self._lag_seconds(), 4),
+            "max_backlog": limits.max_backlog,
+            "backlog": round(self._backlog(), 4),
             "overloaded": self.overloaded,
             "refused": {
                 f"{method} {reason}": count
@@ -296,13 +320,16 @@ class StatelessRefusals:
         limits = self.guard.thresholds
         self.log.warn(
             "overloaded: refused {count} new INVITE/REGISTER(s) with 503 "
-            "({pending_now} unanswered, loop lag {lag_now:.3f} s; thresholds "
-            "sip-overload-pending {pending}, sip-overload-lag {lag:g} s)",
+            "({pending_now} unanswered, loop lag {lag_now:.3f} s, UDP receive queue "
+            "{backlog_now:.0%} full; thresholds sip-overload-pending {pending}, "
+            "sip-overload-lag {lag:g} s, sip-overload-backlog {backlog:g})",
             count=held_back + 1,
             pending_now=self.guard.pending(),
             lag_now=self.guard.lag_seconds(),
+            backlog_now=self.guard.backlog(),
             pending=limits.max_pending,
             lag=limits.max_lag_seconds,
+            backlog=limits.max_backlog,
         )
 
 
@@ -310,6 +337,7 @@ __all__ = [
     "OVERLOADED_REASON",
     "StatelessRefusals",
     "refusal_tag",
+    "DEFAULT_MAX_BACKLOG",
     "DEFAULT_MAX_LAG_SECONDS",
     "DEFAULT_MAX_PENDING",
     "DEFAULT_RETRY_AFTER_SECONDS",

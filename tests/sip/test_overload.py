@@ -96,7 +96,7 @@ class OverloadGuardTests(SynchronousTestCase):
         guard = load.guard(max_pending=0, max_lag=0)
         load.pending, load.lag = 10**6, 60.0
         self.assertIsNone(guard.admit(parse_request(message_text("INVITE"))))
-        self.assertFalse(OverloadThresholds(0, 0).enabled)
+        self.assertTrue(OverloadThresholds(0, 0).enabled)  # the backlog check is still on
 
 
 class ProxyOverloadTests(SynchronousTestCase):
@@ -328,3 +328,24 @@ class EarlyRefusalTests(SynchronousTestCase):
         )
         [answer] = self.answers()
         self.assertEqual(answer.split(b"\r\n")[1], f"Via: {via}".encode())
+
+
+class BacklogTests(SynchronousTestCase):
+    def test_backlog_past_threshold_refuses(self) -> None:
+        """A UDP receive queue fuller than sip-overload-backlog refuses new work, counted under "backlog"."""
+        fill = [0.1]
+        guard = OverloadGuard(
+            OverloadThresholds(max_backlog=0.25), lambda: 0, lambda: 0.0, backlog=lambda: fill[0]
+        )
+        self.assertIsNone(guard.admit(parse_request(message_text("REGISTER"))))
+        fill[0] = 0.3
+        self.assertIsNotNone(guard.admit(parse_request(message_text("REGISTER"))))
+        self.assertEqual(dict(guard.refused), {("REGISTER", "backlog"): 1})
+        self.assertEqual((guard.status()["backlog"], guard.status()["max_backlog"]), (0.3, 0.25))
+
+    def test_zero_turns_the_backlog_check_off(self) -> None:
+        guard = OverloadGuard(
+            OverloadThresholds(0, 0, max_backlog=0), lambda: 0, lambda: 0.0, backlog=lambda: 1.0
+        )
+        self.assertIsNone(guard.reason_to_refuse())
+        self.assertFalse(OverloadThresholds(0, 0, max_backlog=0).enabled)
