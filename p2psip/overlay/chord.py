@@ -331,7 +331,7 @@ class ChordMaintenance:
         for peer in suspects:
             link = self.messenger.links.link_for(peer)
             if link is not None:
-                self.connectivity.ping_now(link, peer)
+                self.connectivity.ping_now(link, peer, suspected=True)
 
     def _knows_closer_peers(self, sender: int, update: bodies.UpdateReq) -> bool:
         probe = ChordTopology(

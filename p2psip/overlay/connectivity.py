@@ -430,28 +430,31 @@ class Connectivity:
                 # Only a peer silent since then: a busy one still sends (its
                 # acks wait behind what it is sending us), a dead one nothing.
                 if since is not None and now - since > limit and link.last_received_at <= since:
-                    self.log.info(
-                        "peer {peer} left a message unacknowledged for {seconds:.1f} s: "
-                        "closing its link",
-                        peer=id_short(peer),
-                        seconds=now - since,
-                    )
-                    # A peer that died is silent on every link: its other
-                    # links silent as long go too, or the request we send
-                    # again would take one of them into the same void (and
-                    # the peer would stay in our tables until its ack timeout).
-                    silent = [
-                        other
-                        for other in self.links.links_to(peer)
-                        if other is link or other.last_received_at <= since
-                    ]
-                    stranded = [m for other in silent for m in other.unacknowledged_messages()]
-                    for other in silent[:-1]:
-                        self.drop_link(other)
-                    self._drop_and_report(silent[-1], peer)
-                    # The tables no longer lead there: what it never took goes round it.
-                    self.messenger.reroute(stranded, peer)
+                    self._close_silent(link, peer, since)
                     break
+
+    def _close_silent(self, link: Link, peer: int, since: float) -> None:
+        """``peer`` has left ``link`` unacknowledged and silent since ``since``: it is gone."""
+        self.log.info(
+            "peer {peer} left a message unacknowledged for {seconds:.1f} s: closing its link",
+            peer=id_short(peer),
+            seconds=self.clock.seconds() - since,
+        )
+        # A peer that died is silent on every link: its other
+        # links silent as long go too, or the request we send
+        # again would take one of them into the same void (and
+        # the peer would stay in our tables until its ack timeout).
+        silent = [
+            other
+            for other in self.links.links_to(peer)
+            if other is link or other.last_received_at <= since
+        ]
+        stranded = [m for other in silent for m in other.unacknowledged_messages()]
+        for other in silent[:-1]:
+            self.drop_link(other)
+        self._drop_and_report(silent[-1], peer)
+        # The tables no longer lead there: what it never took goes round it.
+        self.messenger.reroute(stranded, peer)
 
     def _kept_open(self, link: Link) -> bool:
         """A link that idleness does not close: an attached client's, or a client's own attachment."""
@@ -467,15 +470,40 @@ class Connectivity:
             self.peer_failed(peer)
 
     def suspect(self, peer: int) -> None:
-        """``peer`` may be gone: ping it over its link now, if it has one."""
+        """``peer`` may be gone (another peer acts as if it were): ping it now, if we have a link."""
         link = self.links.link_for(peer)
         if link is not None:
-            self.ping_now(link, peer)
+            self.ping_now(link, peer, suspected=True)
 
-    def ping_now(self, link: Link, peer: int) -> None:
-        """Ping ``peer`` over ``link`` now (it may be gone); the link is closed if the Ping is not acknowledged."""
+    def ping_now(self, link: Link, peer: int, suspected: bool = False) -> None:
+        """
+        Ping ``peer`` over ``link`` now (it may be gone); the link is closed
+        if the Ping is not acknowledged within the ack timeout, or within
+        ``suspect_ack_timeout_seconds`` when another peer has already
+        found it silent (``suspected``).
+        """
         if peer not in self._pinging:
             self._ping_link(link, peer)
+        if suspected:
+            self.clock.callLater(
+                self.config.suspect_ack_timeout_seconds,
+                self._check_suspect,
+                link,
+                peer,
+                self.clock.seconds(),
+            )
+
+    def _check_suspect(self, link: Link, peer: int, pinged_at: float) -> None:
+        """The suspect's deadline: close its link if it has not said a word since the Ping."""
+        if link.closed or link.last_received_at > pinged_at:
+            return
+        late = self.clock.seconds() - pinged_at - self.config.suspect_ack_timeout_seconds
+        if late > 1.0:
+            return  # our own loop stalled: its silence proves nothing yet
+        since = link.unacknowledged_since()
+        if since is not None and since <= pinged_at:
+            self.counters.count("suspects_closed_early")
+            self._close_silent(link, since=since, peer=peer)
 
     def _ping_link(self, link: Link, peer: int) -> None:
         self._pinging.add(peer)

@@ -27,6 +27,13 @@ class OverlayConfig:
     #: failed: it is dead.  A live peer acknowledges every frame as it
     #: reads it; a busy one may be slow to, but goes on sending.
     link_ack_timeout_seconds: float = 5.0
+    #: The same, for a peer someone else has already found silent: a
+    #: neighbour's Update skips it, or an answer came from beyond it.  We
+    #: ping it then, and close its link if the Ping is not acknowledged
+    #: this soon.  Two signs make a false alarm unlikely, and under churn
+    #: every peer between a lookup and a dead owner otherwise waits the
+    #: full ack timeout in turn.
+    suspect_ack_timeout_seconds: float = 1.5
     initial_ttl: int = 100
     limits: Limits = field(factory=Limits)
     #: How far a request's transaction-ID time may lie from our clock; the

@@ -10,7 +10,9 @@ from a node that cannot be responsible for the target, the request is
 sent again once, signed anew under a new transaction id
 (:meth:`TransactionTable.renumber`): a responder that saw the first copy
 refuses a second one with the same id as a replay
-(:mod:`p2psip.overlay.replay`).
+(:mod:`p2psip.overlay.replay`).  The first id still matches: under churn
+the first copy is often the one answered (a hop on its path routed it
+around a dead peer while the second copy went into the same dead end).
 
 Transaction ids carry our clock in their high half
 (:func:`p2psip.overlay.replay.timed_transaction_id`), which is what lets
@@ -37,6 +39,8 @@ class PendingRequest:
         self, transaction_id: int, code: int, data: bytes, deferred: Deferred[Any]
     ) -> None:
         self.transaction_id = transaction_id
+        #: Every id it was sent under, the current one last (answers to any of them match).
+        self.ids = [transaction_id]
         self.code = code
         self.data = data
         self.deferred = deferred
@@ -98,7 +102,7 @@ class TransactionTable:
 
     def _expire(self, pending: PendingRequest, describe: str) -> None:
         if self._pending.get(pending.transaction_id) is pending:
-            del self._pending[pending.transaction_id]
+            self._remove(pending)
             pending.cancel_timers()
             pending.deferred.errback(
                 RequestTimeout(f"no answer to {describe} within {self.timeout_seconds:g} s")
@@ -114,31 +118,42 @@ class TransactionTable:
 
         ``data_for`` signs the request anew under the id it is given.  The
         timeout keeps running from the first send: the caller waits no
-        longer for a resent request than for any other.
+        longer for a resent request than for any other.  An answer to
+        an earlier id still completes it.
         """
         new_id = self.new_transaction_id()
-        del self._pending[pending.transaction_id]
         pending.transaction_id = new_id
+        pending.ids.append(new_id)
         pending.data = data_for(new_id)
         self._pending[new_id] = pending
 
+    def _remove(self, pending: PendingRequest) -> None:
+        for transaction_id in pending.ids:
+            if self._pending.get(transaction_id) is pending:
+                del self._pending[transaction_id]
+
     def complete(self, transaction_id: int) -> PendingRequest | None:
-        """Remove and return the request an answer belongs to, if any."""
-        pending = self._pending.pop(transaction_id, None)
+        """Remove and return the request an answer (to any id it was sent under) belongs to, if any."""
+        pending = self._pending.get(transaction_id)
         if pending is not None:
+            self._remove(pending)
             pending.cancel_timers()
         return pending
 
+    def _unique(self) -> list[PendingRequest]:
+        return list({id(p): p for p in self._pending.values()}.values())
+
     def sent_via(self, first_hop: int) -> list[PendingRequest]:
         """Requests whose first hop was ``first_hop`` (for resending when it dies)."""
-        return [p for p in self._pending.values() if p.first_hop == first_hop]
+        return [p for p in self._unique() if p.first_hop == first_hop]
 
     def fail_all(self, make_error: Callable[[], Exception]) -> None:
         """Fail every outstanding request (the node is stopping)."""
-        pending, self._pending = self._pending, {}
-        for request in pending.values():
+        pending = self._unique()
+        self._pending = {}
+        for request in pending:
             request.cancel_timers()
             request.deferred.errback(make_error())
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._unique())

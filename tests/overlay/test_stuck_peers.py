@@ -27,6 +27,7 @@ from p2psip.overlay.message import (
 from p2psip.overlay.messaging import Reply
 from p2psip.overlay.membership import Event
 from p2psip.overlay.bodies import ChordUpdateType, PingReq, UpdateReq
+from p2psip.overlay.transactions import TransactionTable
 from tests.overlay.parts import MessengerUnderTest, RecordingLink, sorted_identities
 from tests.overlay.ringsim import RingSimulation
 
@@ -108,6 +109,31 @@ class AckTimeoutTests(SynchronousTestCase):
         self.sim.run(self.sim.config.link_ack_timeout_seconds + 2)
         self.assertEqual(failures, [self.second.node_id])
         self.assertFalse(self.first.has_link(self.second.node_id))
+
+    def test_suspected_dead_peer_closed_at_the_short_deadline(self) -> None:
+        """
+        A peer another one already acts as if dead (suspected) is pinged,
+        and its link closed once the Ping goes unacknowledged for
+        suspect_ack_timeout_seconds, well before the ack timeout.
+        """
+        failures: list[int] = []
+        self.first.connectivity.failure_observers.append(failures.append)
+        self.sim.crash(self.second)
+        self.first.connectivity.suspect(self.second.node_id)
+        config = self.sim.config
+        self.assertLess(config.suspect_ack_timeout_seconds, config.link_ack_timeout_seconds)
+        self.sim.run(config.suspect_ack_timeout_seconds + 0.1)
+        self.assertEqual(failures, [self.second.node_id])
+        self.assertEqual(self.first.counters["suspects_closed_early"], 1)
+
+    def test_suspected_live_peer_is_kept(self) -> None:
+        """A suspect that answers the Ping keeps its link."""
+        failures: list[int] = []
+        self.first.connectivity.failure_observers.append(failures.append)
+        self.first.connectivity.suspect(self.second.node_id)
+        self.sim.run(self.sim.config.link_ack_timeout_seconds + 2)
+        self.assertEqual(failures, [])
+        self.assertTrue(self.first.has_link(self.second.node_id))
 
     def test_busy_peer_that_goes_on_sending_is_kept(self) -> None:
         """A peer slow to acknowledge but still sending keeps its link; silent since, it loses it."""
@@ -304,6 +330,47 @@ class SkippedPeerTests(SynchronousTestCase):
         # has taken the two between us for failed.
         update = UpdateReq(0, ChordUpdateType.NEIGHBORS, (), (node.node_id,), ())
         pinged: list[int] = []
-        self.patch(node.connectivity, "ping_now", lambda link, peer: pinged.append(peer))
+        suspected: list[bool] = []
+
+        def ping_now(link: Any, peer: int, suspected_now: bool = False) -> None:
+            pinged.append(peer)
+            suspected.append(suspected_now)
+
+        self.patch(
+            node.connectivity,
+            "ping_now",
+            lambda link, peer, suspected=False: ping_now(link, peer, suspected),
+        )
         node.chord._check_skipped_peers(third, update)
         self.assertEqual(sorted(pinged), sorted([first, second]))
+        self.assertEqual(suspected, [True, True])  # the short deadline: a neighbour skipped them
+
+
+class RenumberedRequestTests(SynchronousTestCase):
+    def test_answer_to_the_first_id_still_completes_a_resent_request(self) -> None:
+        """
+        Under churn the first copy of a resent request is often the one
+        answered (a hop routed it round a dead peer): its answer, to the
+        id it was first sent under, completes the request.
+        """
+        clock = Clock()
+        table = TransactionTable(clock, 15.0)
+        pending = table.add(table.new_transaction_id(), 0, b"first", "PING_REQ to x")
+        first_id = pending.transaction_id
+        table.renumber(pending, lambda new_id: b"second")
+        self.assertNotEqual(pending.transaction_id, first_id)
+        self.assertEqual((len(table), table.find(first_id)), (1, pending))
+        self.assertIs(table.complete(first_id), pending)
+        self.assertEqual((len(table), table.find(pending.transaction_id)), (0, None))
+        clock.advance(15.0)  # no timeout fires for a completed request
+        self.assertFalse(pending.deferred.called)
+
+    def test_a_resent_request_times_out_once(self) -> None:
+        clock = Clock()
+        table = TransactionTable(clock, 15.0)
+        pending = table.add(table.new_transaction_id(), 0, b"first", "PING_REQ to x")
+        table.renumber(pending, lambda new_id: b"second")
+        failures: list[object] = []
+        pending.deferred.addErrback(failures.append)
+        clock.advance(15.0)
+        self.assertEqual((len(failures), len(table)), (1, 0))
