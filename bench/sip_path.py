@@ -14,6 +14,11 @@ which holds up on a machine shared with other work, unlike rates.
 * call: INVITE from a caller to a registered callee served by this node,
   the callee's 200, ACK, BYE and its 200, all proxied (5 requests and
   responses in, 5 out).
+* held: the objects the garbage collector tracks per answered call while
+  its transactions wait out Timers J and L, at ``--call-rate``.
+* 503 while overloaded: a new REGISTER refused statelessly, through the
+  full parse and the transaction layer, then from the transport's
+  partial read (``SipTransport.refused_early``).
 
 ``--profile`` prints the functions that take the time (cProfile).
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import pstats
 import sys
 import time
@@ -38,10 +44,12 @@ from twisted.logger import LogLevel
 
 from p2psip.sip.location import OverlayLocationService
 from p2psip.sip.message import Request, Response, make_response, parse_message
+from p2psip.sip.overload import OverloadGuard, OverloadThresholds
 from p2psip.sip.proxy import SipProxy
 from p2psip.sip.registrar import Registrar
 from p2psip.sip.transaction import Hop
-from p2psip.testing import HeapClock
+from p2psip.sip.transport import SipTransport
+from p2psip.testing import HeapClock, MemoryUDPReactor
 from p2psip.util import gc_tuning
 from p2psip.util.logs import set_log_level
 from tests.sip.memory_storage import MemoryOverlayStorage
@@ -215,6 +223,9 @@ def main() -> None:
     )
     parser.add_argument("--registers", type=int, default=5000)
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument(
+        "--call-rate", type=float, default=160.0, help="calls/s for the held-state figure"
+    )
     parser.add_argument("--profile", action="store_true", help="print the cProfile tables")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
@@ -250,8 +261,53 @@ def main() -> None:
             f"{'  of which the callee side (2 answers built)':<44} "
             f"{1e6 * driver.own_seconds / args.calls:8.1f} us"
         )
+        held_while_waiting(node, driver, args.call_rate)
+        refusal_costs(node, args.registers)
     finally:
         node.stop()
+
+
+def held_while_waiting(node: SuperNodeSip, driver: CallDriver, rate: float) -> None:
+    """
+    What an answered call keeps while its server transactions wait out
+    Timers J and L (32 s): calls at ``rate`` a second for 40 simulated
+    seconds, then the objects the collector tracks, per call still held.
+    A full collection walks all of them (``p2psip.util.gc_tuning``).
+    """
+    gc.collect()
+    before = len(gc.get_objects())
+    for number in range(int(40 * rate)):
+        driver.call(10_000_000 + number)
+        node.sender.requests.clear()
+        node.sender.responses.clear()
+        node.clock.advance(1 / rate)
+    gc.collect()
+    held = len(node.proxy.transactions.server_transactions) / 2
+    tracked = len(gc.get_objects()) - before
+    print(
+        f"{'answered calls waiting out their timers':<44} {tracked / held:8.1f} tracked objects "
+        f"each ({held:.0f} calls at {rate:g}/s; the fake clock's timers included)"
+    )
+
+
+def refusal_costs(node: SuperNodeSip, count: int) -> None:
+    """An overloaded node's stateless 503 to a new REGISTER: the full parse, then the partial read."""
+    guard = OverloadGuard(OverloadThresholds(max_lag_seconds=1e-9), lambda: 0, lambda: 1.0)
+    node.proxy.overload = guard
+    transport = SipTransport(MemoryUDPReactor(), node.proxy.transactions)
+    datagrams = [register(f"r{n}", n, CALLEE) for n in range(count)]
+    started = time.process_time()
+    for data in datagrams:
+        node.receive(data, CALLEE)
+    full = time.process_time() - started
+    started = time.process_time()
+    for data in datagrams:
+        if transport.refused_early(data, CALLEE.host, CALLEE.port) is None:
+            raise SystemExit("the partial read did not refuse a new REGISTER")
+    early = time.process_time() - started
+    print(f"{'503 while overloaded, full parse':<44} {1e6 * full / count:8.1f} us CPU each")
+    print(f"{'503 while overloaded, partial read':<44} {1e6 * early / count:8.1f} us CPU each")
+    node.proxy.overload = None
 
 
 if __name__ == "__main__":
