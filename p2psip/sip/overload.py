@@ -272,8 +272,8 @@ class StatelessRefusals:
         from (and ``request.vias`` carries it so stamped, as text, if that
         changed it); the transaction layer has checked that no transaction of
         ours has that branch.  The answer is the one :meth:`refusal`
-        gives (the same tag, so retransmissions and the ACK match), for a
-        third of its CPU: nothing else is parsed or validated.
+        gives (the same tag, so retransmissions and the ACK match), for
+        a quarter of its CPU: nothing else is parsed or validated.
         """
         reason = self.guard.reason_to_refuse()
         if reason is None:
