@@ -23,8 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from attrs import evolve
-
 from fuzz.common import HarnessFailure, instrumented, main, mode, same_when_chunked, shared_files
 
 with instrumented():
@@ -37,10 +35,8 @@ with instrumented():
         make_response,
         parse_message,
     )
-    from p2psip.sip.message import Via
     from p2psip.sip.overload import OverloadGuard, OverloadThresholds, StatelessRefusals
-    from p2psip.sip.quick_read import read_refusable
-    from p2psip.sip.transport import stamp_received, stamp_via
+    from p2psip.sip.transport import read_for_refusal, stamp_received
     from p2psip.sip.uri import URI, SipURI, parse_uri
     from twisted.internet.task import Clock
 
@@ -105,16 +101,10 @@ SOURCE = ("192.0.2.1", 5060)
 
 def early_refusal(data: bytes) -> bytes | None:
     """The overloaded transport's 503 from a partial read, as SipTransport.refused_early makes it."""
-    request = read_refusable(data, MAX_HEADER)
-    if request is None:
+    read = read_for_refusal(data, *SOURCE, MAX_HEADER)
+    if read is None:
         return None
-    try:
-        via = Via.parse(request.vias[0])
-    except SipParseError:
-        return None
-    if stamp_via(via, *SOURCE):
-        request = evolve(request, vias=(str(via), *request.vias[1:]))
-    return REFUSING.datagram_refusal(request, via)
+    return REFUSING.datagram_refusal(*read)
 
 
 def without_retry_after(data: bytes) -> list[bytes]:

@@ -153,6 +153,27 @@ def stamp_via(via: Via, source_host: str, source_port: int) -> bool:
     return True
 
 
+def read_for_refusal(
+    datagram: bytes, host: str, port: int, max_header_bytes: int
+) -> tuple[RefusableRequest, Via] | None:
+    """
+    A new INVITE or REGISTER read in part (:mod:`p2psip.sip.quick_read`),
+    with its top Via parsed and stamped with where it came from (and so
+    stamped in the request's Via lines when that changed it); None to
+    parse the datagram in full.
+    """
+    request = read_refusable(datagram, max_header_bytes)
+    if request is None:
+        return None
+    try:
+        via = Via.parse(request.vias[0])
+    except SipParseError:
+        return None
+    if stamp_via(via, host, port):
+        request = evolve(request, vias=(str(via), *request.vias[1:]))
+    return request, via
+
+
 def response_address(via: Via) -> tuple[str, int]:
     """
     Where a response for this Via goes when there is no connection to reuse
@@ -650,15 +671,10 @@ class SipTransport:
         receiver = self.receiver
         if receiver is None or not receiver.refusing_new_requests():
             return None
-        request = read_refusable(datagram, self.max_header_bytes)
-        if request is None:
+        read = read_for_refusal(datagram, host, port, self.max_header_bytes)
+        if read is None:
             return None
-        try:
-            via = Via.parse(request.vias[0])
-        except SipParseError:
-            return None
-        if stamp_via(via, host, port):
-            request = evolve(request, vias=(str(via), *request.vias[1:]))
+        request, via = read
         answer = receiver.refusal_for(request, via)
         if answer is None:
             return None

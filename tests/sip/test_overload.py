@@ -99,7 +99,9 @@ class OverloadGuardTests(SynchronousTestCase):
         self.assertTrue(OverloadThresholds(0, 0).enabled)  # the backlog check is still on
 
 
-class ProxyOverloadTests(SynchronousTestCase):
+class GuardedNode(SynchronousTestCase):
+    """A super-node's SIP parts with an overload guard whose load each test sets."""
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
@@ -108,6 +110,9 @@ class ProxyOverloadTests(SynchronousTestCase):
         self.addCleanup(self.node.proxy.transactions.terminate_all)
         self.load = Load()
         self.node.proxy.overload = self.load.guard()
+
+
+class ProxyOverloadTests(GuardedNode):
 
     def test_overloaded_invite_gets_503_with_retry_after(self) -> None:
         """A new INVITE while overloaded gets a 503 with Retry-After (no 100), and one warning."""
@@ -202,7 +207,7 @@ class HoldingUser:
         pass
 
 
-class EarlyRefusalTests(SynchronousTestCase):
+class EarlyRefusalTests(GuardedNode):
     """
     The 503 an overloaded node sends from a partial read of the datagram
     (p2psip.sip.quick_read), before the full parse: the same answer as the
@@ -210,13 +215,7 @@ class EarlyRefusalTests(SynchronousTestCase):
     """
 
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        self.node = Node(NODE_A, ADDRESS_A, self.clock, {}, {})
-        self.addCleanup(self.node.registrar.stop)
-        self.addCleanup(self.node.proxy.transactions.terminate_all)
-        self.load = Load()
-        self.node.proxy.overload = self.load.guard()
+        super().setUp()
         self.transport = SipTransport(MemoryUDPReactor(), self.node.proxy.transactions)
         self.datagrams = SipDatagramProtocol(self.transport)
         self.written = FakeDatagramTransport()
