@@ -11,7 +11,7 @@ RFC 6940 Leave before closing the listener.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +62,15 @@ class OverlayService(Service):
         save_interval_seconds: float,
         mediated: MediatedConnector | None = None,
         advertised_because: str = "advertise",
+        listen_description: str = "",
+        stop_role: Callable[[], None] | None = None,
     ) -> None:
         self.node = node
+        #: The ``--overlay`` endpoint string, for the error when it cannot be listened on.
+        self.listen_description = listen_description
+        #: Ends the process when the overlay cannot listen: a super-node
+        #: without its overlay would serve SIP with no ring behind it.
+        self.stop_role = stop_role
         self.endpoint = endpoint
         self.factory = factory
         self.advertised_host = advertised_host
@@ -89,7 +96,24 @@ class OverlayService(Service):
     def startService(self) -> Deferred[None]:
         super().startService()
         d: Deferred[IListeningPort] = self.endpoint.listen(self.factory)
-        return d.addCallback(self._listening)
+        return d.addCallbacks(self._listening, self._cannot_listen)
+
+    def _cannot_listen(self, failure: Failure) -> None:
+        """
+        The overlay port is taken (or not ours to take): say so at the top
+        level and stop the role, rather than run on without a ring.  A
+        listen failure inside a Deferred would otherwise be reported by
+        nobody, and the role would serve SIP, and answer its status page,
+        with no overlay at all.
+        """
+        self.log.critical(
+            "cannot listen for overlay links on {endpoint}: {why}; free that port or choose "
+            "another with --overlay (the role stops)",
+            endpoint=self.listen_description or "the --overlay endpoint",
+            why=failure.getErrorMessage(),
+        )
+        if self.stop_role is not None:
+            self.stop_role()
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port

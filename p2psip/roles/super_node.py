@@ -71,6 +71,7 @@ from p2psip.util.reactor import (
     IRoleReactor,
     as_hole_punch_reactor,
     as_role_reactor,
+    stopper,
 )
 from p2psip.util.state_db import FILE_NAME as STATE_DB_FILE_NAME
 from p2psip.util.state_db import StateDatabase, StateDatabaseError, StateFlusher, state_threads
@@ -347,6 +348,8 @@ def make_ring_role(
         clock=reactor,
         save_interval_seconds=config.overlay.update_interval_seconds,
         mediated=mediated,
+        listen_description=config.listen,
+        stop_role=stopper(reactor),
     )
     role.overlay.setServiceParent(role)
     if config.sip is not None:

@@ -152,3 +152,19 @@ def as_role_reactor(reactor: object) -> IRoleReactor:
     if missing:
         raise TypeError(f"{reactor!r} does not provide {', '.join(missing)}")
     return cast(IRoleReactor, reactor)
+
+
+def stopper(reactor: IRoleReactor) -> Callable[[], None]:
+    """
+    Stops ``reactor`` now if it runs, or as soon as it starts: a service
+    that finds at start-up that the role cannot work (a port taken) ends
+    the process either way, rather than leaving it up and useless.
+    """
+
+    def stop() -> None:
+        if reactor.running:
+            reactor.stop()
+        else:
+            reactor.callWhenRunning(reactor.stop)
+
+    return stop

@@ -6,6 +6,9 @@ import os
 from pathlib import Path
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import CannotListenError
+from twisted.logger import LogLevel, capturedLogs
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -195,6 +198,29 @@ class PeerOptionsTests(SynchronousTestCase):
             ["StateFlusher", "ValuePersistence", "OverlayService", "_HttpListenerService"],
         )
         self.assertFalse(with_sip.running)
+
+    def test_overlay_port_taken_stops_the_role(self) -> None:
+        """
+        An overlay listener that cannot open is a critical error naming
+        --overlay, and the role stops, instead of serving SIP with no ring.
+        """
+        reactor = MemoryUDPReactor()
+        role = makeService(parse("--data-dir", self.mktemp()), reactor)
+        overlay = next(s for s in role if type(s).__name__ == "OverlayService")
+
+        class TakenPort:
+            def listen(self, factory: object) -> Deferred[object]:
+                return fail(CannotListenError("127.0.0.1", 5070, OSError(98, "in use")))
+
+        overlay.endpoint = TakenPort()
+        with capturedLogs() as events:
+            overlay.startService()
+        [critical] = [e for e in events if e["log_level"] is LogLevel.critical]
+        self.assertIn("--overlay", critical["log_format"])
+        self.assertFalse(reactor.hasStopped)
+        for hook, args, kwargs in reactor.whenRunningHooks:
+            hook(*args, **kwargs)
+        self.assertTrue(reactor.hasStopped)
 
     def test_config_is_frozen(self) -> None:
         """The options are validated into one frozen configuration object."""

@@ -113,7 +113,6 @@ class GuardedNode(SynchronousTestCase):
 
 
 class ProxyOverloadTests(GuardedNode):
-
     def test_overloaded_invite_gets_503_with_retry_after(self) -> None:
         """A new INVITE while overloaded gets a 503 with Retry-After (no 100), and one warning."""
         self.load.lag = 1.0
