@@ -9,9 +9,9 @@ The first byte picks the mode:
   checked (the module promises it "can be used without further error
   handling"), and its wire form parses again to the same wire form.
   The overloaded node's partial read (:mod:`p2psip.sip.quick_read`)
-  and its 503 may raise nothing but :class:`SipParseError`; for a
-  datagram the full parser accepts, that 503 must parse and equal the
-  transaction layer's (its Retry-After aside).
+  and its 503 may raise nothing but :class:`SipParseError`; that 503
+  must parse whatever came in, and for a datagram the full parser
+  accepts it must equal the transaction layer's (its Retry-After aside).
 * odd: the rest is a stream, after one byte of chunk size (see
   :func:`fuzz.common.chunks`).  Only :class:`SipParseError` may escape, and
   the chunked stream must give the same messages as the stream fed whole.
@@ -113,6 +113,11 @@ def without_retry_after(data: bytes) -> list[bytes]:
 
 def datagram(data: bytes) -> None:
     early = early_refusal(data)
+    if early is not None:
+        try:
+            parse_message(early)  # whatever came in, the 503 we send is well-formed
+        except SipParseError as e:
+            raise HarnessFailure(f"the early 503 does not parse ({e.reason}): {early!r}") from e
     try:
         message = parse_message(data, max_message_bytes=MAX_MESSAGE, max_header_bytes=MAX_HEADER)
     except SipParseError as e:

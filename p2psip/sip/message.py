@@ -727,6 +727,13 @@ _ADDRESSES: _SharedParses[NameAddress] = _SharedParses()
 _VIAS: _SharedParses[Via] = _SharedParses()
 
 
+def check_call_id(value: str) -> str:
+    """``value`` if it is a well-formed Call-ID (word, optionally ``@`` word); else SipParseError."""
+    if not _CALL_ID_RE.match(value) or "," in value:
+        raise SipParseError("bad Call-ID header")
+    return value
+
+
 def _shared_address(text: str, where: str) -> NameAddress:
     """``NameAddress.parse(text, where)`` through the shared table (``where`` names errors only)."""
     return _ADDRESSES.get(text, lambda t: NameAddress.parse(t, where))
@@ -832,10 +839,7 @@ class Message:
         lines = self.headers.get_all("Call-ID")
         if len(lines) != 1:
             raise SipParseError(f"{'missing' if not lines else 'more than one'} Call-ID header")
-        value = lines[0].strip(_LWS)
-        if not _CALL_ID_RE.match(value) or "," in value:
-            raise SipParseError("bad Call-ID header")
-        return value
+        return check_call_id(lines[0].strip(_LWS))
 
     @property
     def cseq(self) -> CSeq:

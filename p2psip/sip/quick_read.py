@@ -11,12 +11,15 @@ the start line's method and the Via, From, To, Call-ID and CSeq lines.
 
 It is strict the other way round: anything it does not read plainly (a
 folded line, a repeated or missing field, a method other than INVITE or
-REGISTER, bytes that are not UTF-8, no end of the header section) gives
+REGISTER, bytes that are not UTF-8, a control character such as a bare CR
+or LF, no end of the header section) gives
 None, and the datagram goes the full way, which answers it correctly
 (400, 513, or 503 through the transaction layer's stateless refusal).
 """
 
 from __future__ import annotations
+
+import re
 
 from attrs import frozen
 
@@ -25,6 +28,10 @@ from p2psip.sip.message import canonical_name, split_comma_list
 #: The requests the overload guard refuses (p2psip.sip.overload.GUARDED_METHODS), as they start.
 _REFUSABLE_STARTS = (b"INVITE ", b"REGISTER ")
 _COPIED_FIELDS = frozenset({"From", "To", "Call-ID", "CSeq"})
+#: Characters no header line may hold (tab aside).  A bare LF in a From
+#: value copied into our 503 would start a header line of the sender's
+#: choosing; the full parser refuses these with 400.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 
 
 @frozen
@@ -52,6 +59,8 @@ def read_refusable(datagram: bytes, max_header_bytes: int) -> RefusableRequest |
     except UnicodeDecodeError:
         return None
     lines = text.split("\r\n")
+    if any(_CONTROL.search(line) for line in lines):
+        return None
     method = lines[0].partition(" ")[0]
     vias: list[str] = []
     fields: dict[str, str] = {}

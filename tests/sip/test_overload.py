@@ -295,6 +295,29 @@ class EarlyRefusalTests(GuardedNode):
         statuses = [parse_message(data).status for data in self.answers()]  # type: ignore[union-attr]
         self.assertIn(400, statuses)
 
+    def test_malformed_copied_fields_go_the_full_way(self) -> None:
+        """
+        Found with ``fuzz/sip.py``: a From the full parser refuses was copied
+        as it came into the early 503, which did not parse.  Every copied
+        field is checked now, and such a request gets the full path's 400.
+        """
+        self.load.lag = 1.0
+        register = message_text("REGISTER", uri="sip:example.org")
+        for broken in (
+            register.replace(
+                b"From: <sip:bob@example.org>", b"From: sip:bob@exampleMax-Forwards: 70"
+            ),
+            register.replace(b"Call-ID: ", b"Call-ID: two words "),
+            register.replace(
+                b"Via: ", b"Via: SIP/2.0/UDP p:5060;branch=z9hG4bKx\r\nVia: garbage\r\nX: "
+            ),
+        ):
+            self.written.written.clear()
+            self.arrive(broken)
+            [answer] = self.answers()
+            self.assertTrue(answer.startswith(b"SIP/2.0 400 "), answer[:60])
+        self.assertEqual(self.transport.early_refusals, 0)
+
     def test_quick_read_refuses_to_guess(self) -> None:
         """Anything not plain goes the full way: other methods, no end of head, repeats, bad UTF-8."""
         invite = message_text("INVITE")
@@ -304,6 +327,10 @@ class EarlyRefusalTests(GuardedNode):
             invite.replace(b"Call-ID:", b"Call-ID: again\r\nCall-ID:"),
             invite.replace(b"From: ", b"From: \xff"),
             invite.replace(b"CSeq", b"XSeq"),
+            # A bare LF or CR would let the sender write a header line into our 503.
+            invite.replace(b"From: ", b"From: \nEvil: header "),
+            invite.replace(b"Call-ID: ", b"Call-ID: \rx"),
+            invite.replace(b"To: ", b"To: \x00"),
         ):
             self.assertIsNone(read_refusable(data, 8192), data)
         read = read_refusable(invite.replace(b"Via:", b"v:"), 8192)
