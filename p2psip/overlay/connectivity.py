@@ -35,7 +35,7 @@ from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from p2psip.overlay import bodies
@@ -112,6 +112,8 @@ class Connectivity:
         #: Peer -> (the connect under way, the callers waiting for it).
         self._connecting: dict[int, tuple[Deferred[Link], list[Deferred[Link]]]] = {}
         self._pinging: set[int] = set()
+        #: Suspects' short deadlines, one per peer however often it is suspected.
+        self._suspect_checks: dict[int, IDelayedCall] = {}
         #: When check_acks last ran (a long gap means our own loop stalled).
         self._last_ack_check: float | None = None
         self._asking_address: set[int] = set()
@@ -176,6 +178,10 @@ class Connectivity:
     def close_all(self) -> None:
         for attempt, _ in list(self._connecting.values()):
             attempt.cancel()
+        for check in self._suspect_checks.values():
+            if check.active():
+                check.cancel()
+        self._suspect_checks.clear()
         for link in self.links.all_links():
             link.close()
 
@@ -484,8 +490,10 @@ class Connectivity:
         """
         if peer not in self._pinging:
             self._ping_link(link, peer)
-        if suspected:
-            self.clock.callLater(
+        # One deadline per suspect: forged answers naming it again and again
+        # (a rogue on the path) add no timers.
+        if suspected and peer not in self._suspect_checks:
+            self._suspect_checks[peer] = self.clock.callLater(
                 self.config.suspect_ack_timeout_seconds,
                 self._check_suspect,
                 link,
@@ -495,6 +503,7 @@ class Connectivity:
 
     def _check_suspect(self, link: Link, peer: int, pinged_at: float) -> None:
         """The suspect's deadline: close its link if it has not said a word since the Ping."""
+        self._suspect_checks.pop(peer, None)
         if link.closed or link.last_received_at > pinged_at:
             return
         late = self.clock.seconds() - pinged_at - self.config.suspect_ack_timeout_seconds

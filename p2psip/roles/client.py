@@ -52,7 +52,7 @@ from p2psip.roles.client_options import ClientConfig, is_loopback_host
 from p2psip.roles.client_options import Options as ClientOptions
 from p2psip.roles.client_service import ClientOverlayService
 from p2psip.roles.client_traversal import SipStreams
-from p2psip.roles.enrolment_service import FirstEnrolment, stop_reactor
+from p2psip.roles.enrolment_service import FirstEnrolment
 from p2psip.roles.overlay_api import overlay_api_routes
 from p2psip.roles.ring_credentials import EnrolmentNeeded
 from p2psip.roles.sip_service import SipService, build_sip_stack
@@ -68,7 +68,7 @@ from p2psip.sip.registrar import Registrar
 from p2psip.util.ids import id_hex
 from p2psip.util.logs import Logger
 from p2psip.util.metrics import role_registry
-from p2psip.util.reactor import IRoleReactor, as_hole_punch_reactor, as_role_reactor
+from p2psip.util.reactor import IRoleReactor, as_hole_punch_reactor, as_role_reactor, stopper
 from p2psip.util.state_db import StateFlusher, state_threads
 from p2psip.web.site import build_site, http_service
 
@@ -250,7 +250,7 @@ def make_client_role(
         known_peers=state.known_peers,
         data_dir=config.data_dir,
         clock=reactor,
-        give_up=stop_reactor(reactor),
+        give_up=stopper(reactor),
     )
     role.overlay.setServiceParent(role)
     stack = build_sip_stack(config.sip, client, reactor, state.users, state.nonce_secret, "")

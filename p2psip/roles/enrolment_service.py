@@ -51,7 +51,7 @@ from p2psip.util.endpoints import endpoint_interface, parse_tcp_client_descripti
 from p2psip.util.ids import id_hex
 from p2psip.util.local_address import is_wildcard
 from p2psip.util.logs import Logger
-from p2psip.util.reactor import IRoleReactor
+from p2psip.util.reactor import IRoleReactor, stopper
 
 #: Seconds between attempts while the enrolment server cannot be reached.
 ENROL_RETRY_SECONDS = 5.0
@@ -116,14 +116,6 @@ def bootstrap_enrolment_server(
     return server
 
 
-def stop_reactor(reactor: IRoleReactor) -> Callable[[], None]:
-    def stop() -> None:
-        if reactor.running:
-            reactor.stop()
-
-    return stop
-
-
 class FirstEnrolment(MultiService):
     """
     A peer's role before it holds a certificate: enrol, then become the ring role.
@@ -152,7 +144,7 @@ class FirstEnrolment(MultiService):
         self.reactor = reactor
         self.build = build
         self.reason = reason
-        self.give_up = give_up if give_up is not None else stop_reactor(reactor)
+        self.give_up = give_up if give_up is not None else stopper(reactor)
         self.role: IService | None = None
         #: Fires with the ring role once it is built and started.
         self.ready: Deferred[IService] = Deferred()

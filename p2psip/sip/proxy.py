@@ -57,8 +57,8 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from functools import partial
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol
 
 from attrs import define, frozen

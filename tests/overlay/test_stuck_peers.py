@@ -126,6 +126,18 @@ class AckTimeoutTests(SynchronousTestCase):
         self.assertEqual(failures, [self.second.node_id])
         self.assertEqual(self.first.counters["suspects_closed_early"], 1)
 
+    def test_one_deadline_per_suspect(self) -> None:
+        """A peer suspected again and again (forged answers naming it) gets one timer, and stop cancels it."""
+        before = len(self.sim.clock.getDelayedCalls())
+        for _ in range(100):
+            self.first.connectivity.suspect(self.second.node_id)
+        self.assertEqual(len(self.first.connectivity._suspect_checks), 1)
+        self.assertLessEqual(
+            len(self.sim.clock.getDelayedCalls()), before + 3
+        )  # deadline, Ping timers
+        self.first.connectivity.close_all()
+        self.assertEqual(self.first.connectivity._suspect_checks, {})
+
     def test_suspected_live_peer_is_kept(self) -> None:
         """A suspect that answers the Ping keeps its link."""
         failures: list[int] = []
