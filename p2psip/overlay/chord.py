@@ -119,6 +119,12 @@ class ChordMaintenance:
             table_size / (config.update_interval_seconds / 2), table_size, max_keys=1024
         )
         self._neighbour_update_call: IDelayedCall | None = None
+        #: Peers we admitted lately: newcomer -> (the predecessor we named
+        #: to it, when).  See :meth:`_hand_over_grown_range`.
+        self._admitted: dict[int, tuple[int, float]] = {}
+        #: Newcomers whose range grew when a peer failed: (newcomer, the
+        #: failed peer, the peer before it), handed over after our Updates.
+        self._grown_ranges: list[tuple[int, int, int]] = []
         #: Called (with no arguments) after the neighbour table changed.
         self.neighbour_observers: list[Callable[[], None]] = []
         #: The joining side, which takes the Update that admits us.
@@ -258,6 +264,8 @@ class ChordMaintenance:
             return
         if self.membership.is_member():
             self.membership.happened(Event.PEER_JOINED)
+        if previous is not None:
+            self._admitted[joining] = (previous, self.clock.seconds())
         self.add_neighbours([joining])
         late = self.ranges.changed_since(versions, moves)
         if late:
@@ -476,7 +484,66 @@ class ChordMaintenance:
         if self.membership.state is not NodeState.JOINED:
             return
         self.send_updates()
+        # After the Updates, on the same links: the newcomer must have
+        # dropped the failed peer before it is handed that peer's range.
+        grown, self._grown_ranges = self._grown_ranges, []
+        for newcomer, failed, before in grown:
+            self._hand_over_grown_range(newcomer, failed, before)
         self.notify_neighbour_observers()
+
+    def _note_grown_range(self, failed: int, predecessors: list[int]) -> None:
+        """
+        A peer we named to a newcomer as its predecessor failed before the
+        newcomer could hear of it (it was admitted with our table while the
+        failure went unnoticed).  The failed peer's range is now the
+        newcomer's, yet the newcomer never held it: the failed peer's
+        replicas went to its old successors, us among them, and it died
+        before it could copy them to the newcomer.  So we hand over what we
+        hold of it, once, as we handed over the newcomer's first range.
+        """
+        horizon = self.clock.seconds() - 2 * self.config.update_interval_seconds
+        for newcomer, (named, at) in list(self._admitted.items()):
+            if at < horizon:
+                del self._admitted[newcomer]
+                continue
+            if named != failed or newcomer not in predecessors:
+                continue
+            del self._admitted[newcomer]
+            position = predecessors.index(newcomer) + 1
+            if position < len(predecessors) and predecessors[position] == failed:
+                # The peer before the failed one (the grown range's start)
+                # as our table knew it when the failure came.
+                start = predecessors[position + 1] if position + 1 < len(predecessors) else None
+                if start is not None and self.topology.predecessor == newcomer:
+                    self._grown_ranges.append((newcomer, failed, start))
+
+    def _hand_over_grown_range(self, newcomer: int, failed: int, start: int) -> None:
+        resources = list(
+            self.ranges.versions_in(
+                lambda resource: between_right_inclusive(resource, start, failed)
+            )
+        )
+        if not resources:
+            return
+        self.log.info(
+            "peer {failed} failed before newcomer {newcomer} heard of it: "
+            "handing the newcomer the {count} resources of its range we hold",
+            failed=id_short(failed),
+            newcomer=id_short(newcomer),
+            count=len(resources),
+        )
+        self.counters.count("grown_ranges_handed_over")
+        self.ranges.hand_over(newcomer, resources).addCallback(self._grown_range_handed, newcomer)
+
+    def _grown_range_handed(self, handed: HandOver, newcomer: int) -> None:
+        if handed.unreachable:
+            self.log.info(
+                "newcomer {peer} did not take {count} resources of a failed peer's range ({why}); "
+                "its replicas remain",
+                peer=id_short(newcomer),
+                count=handed.unreachable,
+                why=handed.reason,
+            )
 
     def notify_neighbour_observers(self) -> None:
         for observer in list(self.neighbour_observers):
@@ -507,8 +574,10 @@ class ChordMaintenance:
         if peer == self.node_id:
             return
         self.recently_failed[peer] = self.clock.seconds()
+        before = list(self.topology.predecessors)
         if self.topology.remove_peer(peer):
             self.log.info("neighbour {peer} failed; repairing", peer=id_short(peer))
+            self._note_grown_range(peer, before)
             self.neighbours_changed()
             # Ask the surviving neighbours for their view so the lists fill up again.
             for survivor in list(self.topology.neighbours()):

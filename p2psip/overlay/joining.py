@@ -25,6 +25,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from p2psip.overlay import bodies
 from p2psip.overlay.chord import ChordMaintenance
@@ -226,7 +227,13 @@ class Joiner:
     def _admission_update(
         self, link: Link, message: Message, signer: int, update: bodies.UpdateReq
     ) -> bool:
-        """Take the admitting peer's FULL Update; False for any other Update while joining."""
+        """
+        Take the admitting peer's FULL Update, and its later Updates while
+        we link to the neighbourhood; False for any other Update while joining.
+        """
+        if self.membership.state is NodeState.ADMITTED and signer == self._admitting:
+            self._follow_admitting_peer(update)
+            return True
         if (
             self.membership.state is not NodeState.JOINING
             or signer != self._admitting
@@ -240,6 +247,40 @@ class Joiner:
         self.membership.happened(Event.RANGE_RECEIVED)
         self._finish(signer, update, learned)
         return True
+
+    def _follow_admitting_peer(self, update: bodies.UpdateReq) -> None:
+        """
+        Keep our range right while we are admitted but not yet linked.
+
+        We answer for (our predecessor, us] from the moment we are
+        admitted, with the predecessor the admitting peer named; until our
+        own link to it is up, only the admitting peer can tell us that it
+        has failed since.  When its Update no longer lists a predecessor we
+        have no link to, that peer is gone and its range is ours up to the
+        next one: the admitting peer already sends us requests for it, and
+        we would bounce them back to it as unroutable.
+        """
+        if update.type == bodies.ChordUpdateType.PEER_READY:
+            return
+        named = [peer for peer in update.predecessors if peer != self.node_id]
+        for peer in list(self.topology.predecessors):
+            if peer not in named and self.messenger.links.link_for(peer) is None:
+                self.topology.remove_peer(peer)
+                self.log.info(
+                    "admitting peer {admitting} no longer lists {peer}: its range is ours",
+                    admitting=id_short(self._admitting or 0),
+                    peer=id_short(peer),
+                )
+        self.topology.add_peers(named[:1])
+
+    def _linked(self, result: object, peer: int) -> object:
+        """One neighbour's connect ended: list it if its link is up, else drop it."""
+        if self.membership.state is NodeState.ADMITTED:
+            if isinstance(result, Failure):
+                self.topology.remove_peer(peer)
+            else:
+                self.topology.add_peers([peer])
+        return result
 
     @inlineCallbacks
     def _finish(
@@ -256,15 +297,17 @@ class Joiner:
         candidates = learned - {admitting}
         others = sorted(set(self.topology.best_of(candidates)) | (candidates & {*predecessors[:1]}))
         informant = self.messenger.links.link_for(admitting)
-        results = yield DeferredList(
-            [self.connectivity.ensure_link(peer, informant) for peer in others],
+        # Each peer is listed as soon as its link is up, not when the
+        # slowest connect ends: a neighbour that failed after the admitting
+        # peer's Update takes a request timeout to fail, and until then we
+        # would route through the admitting peer alone.
+        yield DeferredList(
+            [
+                self.connectivity.ensure_link(peer, informant).addBoth(self._linked, peer)
+                for peer in others
+            ],
             consumeErrors=True,
         )
-        for peer, (ok, _) in zip(others, results):
-            if ok:
-                self.topology.add_peers([peer])
-            else:
-                self.topology.remove_peer(peer)
         if self.membership.state is not NodeState.ADMITTED:
             return  # stopped meanwhile
         self.membership.happened(Event.JOIN_COMPLETED)

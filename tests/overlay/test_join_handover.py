@@ -172,6 +172,48 @@ class NewcomerHandOverTests(SynchronousTestCase):
         self.assertEqual(failed, [])
         ring.assert_every_value_everywhere()
 
+    def test_predecessor_fails_while_the_newcomer_links(self) -> None:
+        """
+        The admitting peer's predecessor fails unnoticed and a newcomer is
+        admitted with a table that still names it.  Once the admitting
+        peer drops the dead peer it routes that range to the newcomer,
+        which must answer for it while its own connect to the dead peer
+        is still waiting (it used to bounce every such request back as
+        unroutable for a whole request timeout), with the range's values.
+        """
+        ring = self.ring.sorted_ids()
+        first, doomed_id, admitting_id = ring[0], ring[1], ring[2]
+        by_id = {node.node_id: node for node in self.sim.live()}
+        name = name_in(first, doomed_id, "doomed")
+        self.ring.put(name)
+        self.sim.crash(by_id[doomed_id])
+        newcomer = self.sim._new_node(self.sim.identity_between(doomed_id, admitting_id))
+        newcomer.join([self.sim.endpoint(by_id[first])])
+        self.sim.run_until(lambda: newcomer.state is NodeState.ADMITTED, 10, step=0.05)
+        self.assertEqual(newcomer.topology.predecessor, doomed_id)
+        admitting = by_id[admitting_id]
+        # Another peer has found the dead one silent: the admitting peer's
+        # Ping to it goes unanswered and it closes the link.
+        admitting.connectivity.suspect(doomed_id)
+        self.sim.run_until(lambda: doomed_id not in admitting.topology.neighbours(), 30, 0.1)
+        self.sim.run(0.5, step=0.1)
+        # Still linking (the Attach to the dead peer has not timed out), yet
+        # the range up to the next live predecessor is the newcomer's.
+        self.assertIs(newcomer.state, NodeState.ADMITTED)
+        self.assertEqual(newcomer.topology.predecessor, first)
+        # The admitting peer routes the range to the newcomer (peers that
+        # still list the dead one wait for their own links to tell them).
+        asker = admitting
+        got = self.sim.wait(asker.lookup_id(resource_id(name)), limit_seconds=3)
+        self.assertEqual(got.responsible, newcomer.node_id)
+        fetched = self.sim.wait(asker.get(name), limit_seconds=3)
+        self.assertEqual((fetched.found, fetched.value), (True, self.ring.values[name]))
+        # The dead peer's values came from the admitting peer's replicas.
+        self.assertEqual(admitting.counters["grown_ranges_handed_over"], 1)
+        self.sim.nodes.append(newcomer)
+        self.ring.settle()
+        self.ring.assert_every_value_everywhere()
+
 
 class RestartTests(SynchronousTestCase):
     """A peer that comes back with its Node-ID resumes its place, without the bootstrap."""
