@@ -15,7 +15,11 @@ which checks the methods are there rather than casting.
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Protocol, cast, runtime_checkable
 
 from socket import AddressFamily
@@ -154,17 +158,67 @@ def as_role_reactor(reactor: object) -> IRoleReactor:
     return cast(IRoleReactor, reactor)
 
 
-def stopper(reactor: IRoleReactor) -> Callable[[], None]:
+#: The exit status of a role that stopped because it cannot work
+#: (sysexits' EX_UNAVAILABLE): ``twistd`` and ``twist`` exit 0 whenever the
+#: reactor stops, so a failed start would look like a clean stop to a
+#: service manager (``Restart=on-failure`` would not retry it, and
+#: ``systemctl status`` would not show it failed).
+CANNOT_WORK_STATUS = 69
+
+
+class _Launcher:
+    """Whether this process is a role's own (set by the launcher plugins)."""
+
+    #: Only a process that ``twistd`` or ``twist`` runs for a role ends with
+    #: a status of its own when the role gives up; a test that builds a role
+    #: on the process's reactor must not end the whole test run.
+    owns_process = False
+
+
+def role_owns_process(owns: bool = True) -> None:
+    """Called by the launcher plugins: a role that gives up ends this process with a failure status."""
+    _Launcher.owns_process = owns
+
+
+def stopper(
+    reactor: IRoleReactor,
+    status: int = CANNOT_WORK_STATUS,
+    at_exit: Callable[[Callable[[], None]], object] = atexit.register,
+) -> Callable[[], None]:
     """
     Stops ``reactor`` now if it runs, or as soon as it starts: a service
     that finds at start-up that the role cannot work (a port taken) ends
-    the process either way, rather than leaving it up and useless.
+    the process either way, rather than leaving it up and useless.  In a
+    role's own process the exit status is then ``status``, set after the
+    launcher has shut the role down and removed its pid file (``at_exit``
+    is how tests see it).
     """
+    stopping: list[bool] = []
 
     def stop() -> None:
+        if not stopping and _Launcher.owns_process:
+            stopping.append(True)
+            at_exit(partial(exit_with, status))
         if reactor.running:
             reactor.stop()
         else:
             reactor.callWhenRunning(reactor.stop)
 
     return stop
+
+
+def exit_with(status: int) -> None:
+    """
+    End the interpreter with ``status`` once the launcher has returned.
+
+    Registered with :mod:`atexit` when the role gives up, so it runs first
+    of the exit handlers (they run last-registered first), after the
+    launcher's own clean-up; the standard streams, where ``twist`` writes
+    the log, are flushed before the process ends.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)

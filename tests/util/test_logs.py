@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2psip.config import RoleOptions
 from p2psip.roles import peer
 from p2psip.util.logs import Logger, log_level, parse_log_level, set_log_level
+from p2psip.util.reactor import role_owns_process
 
 
 class Emitter:
@@ -19,6 +20,8 @@ class LogLevelTests(SynchronousTestCase):
     def setUp(self) -> None:
         before = log_level()
         self.addCleanup(set_log_level, before)
+        # The plugin makes a giving-up role end the process: not this one.
+        self.addCleanup(role_owns_process, False)
         self.events: list[dict[str, object]] = []
         publisher = LogPublisher(self.events.append)
         Emitter.log = Logger(observer=publisher)
@@ -70,6 +73,8 @@ class PluginTests(SynchronousTestCase):
     def build(self, *argv: str) -> None:
         before = log_level()
         self.addCleanup(set_log_level, before)
+        # The plugin makes a giving-up role end the process: not this one.
+        self.addCleanup(role_owns_process, False)
         options = peer.Options()
         options.find_default_address = lambda family: "192.0.2.61"  # type: ignore[method-assign]
         arguments = ["--insecure", "--bootstrap", "tcp:192.0.2.1:6084", *argv]

@@ -7,6 +7,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
 from p2psip.util.logs import set_log_level
+from p2psip.util.reactor import role_owns_process
 
 log = Logger(namespace="p2psip")
 
@@ -18,10 +19,13 @@ class RoleMaker(ServiceMaker):
     message names the path and the fix) ending twistd with that message
     and status 1 instead of a traceback.  It sets the process's p2psip log
     level from ``--log-level`` first (``p2psip.util.logs``: twistd itself
-    writes every level it is given).
+    writes every level it is given), and makes a role that gives up at
+    start-up (a port taken) end the process with a failure status
+    (``p2psip.util.reactor.stopper``) instead of twistd's 0.
     """
 
     def makeService(self, options: Any) -> IService:
+        role_owns_process()
         level = options.get("log-level", LogLevel.info)
         set_log_level(level)
         if level == LogLevel.debug:
