@@ -727,6 +727,21 @@ _ADDRESSES: _SharedParses[NameAddress] = _SharedParses()
 _VIAS: _SharedParses[Via] = _SharedParses()
 
 
+def _one_value(values: list[str], name: str) -> str:
+    if len(values) != 1:
+        raise SipParseError(f"{'missing' if not values else 'more than one'} {name} header")
+    return values[0]
+
+
+def single_value(line: str, name: str) -> str:
+    """
+    The one value of a header line that may hold only one (From, To), as
+    the full parse reads it: a comma outside quotes and ``<>`` (a bare URI
+    whose user part has one) makes it two, which is SipParseError.
+    """
+    return _one_value(split_comma_list(line), name)
+
+
 def check_call_id(value: str) -> str:
     """``value`` if it is a well-formed Call-ID (word, optionally ``@`` word); else SipParseError."""
     if not _CALL_ID_RE.match(value) or "," in value:
@@ -799,10 +814,7 @@ class Message:
         return vias[0].copy()
 
     def _single(self, name: str) -> str:
-        values = self.headers._split_values(name)
-        if len(values) != 1:
-            raise SipParseError(f"{'missing' if not values else 'more than one'} {name} header")
-        return values[0]
+        return _one_value(self.headers._split_values(name), name)
 
     def _from(self) -> NameAddress:
         return self._parsed("From", lambda: _shared_address(self._single("From"), "From"))

@@ -66,6 +66,7 @@ from p2psip.sip.message import (
     Via,
     check_call_id,
     make_response,
+    single_value,
 )
 from p2psip.sip.quick_read import RefusableRequest
 from p2psip.util.log_throttle import LogThrottle
@@ -289,9 +290,9 @@ class StatelessRefusals:
         try:
             # Every field copied into the 503 is checked as the full parse
             # would, so that what we send is well-formed whatever came in.
-            to = NameAddress.parse(request.to, "To")
+            to = NameAddress.parse(single_value(request.to, "To"), "To")
             cseq = CSeq.parse(request.cseq)
-            NameAddress.parse(request.from_, "From")
+            NameAddress.parse(single_value(request.from_, "From"), "From")
             check_call_id(request.call_id)
             for via in request.vias[1:]:
                 Via.parse(via)
