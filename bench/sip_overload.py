@@ -141,7 +141,17 @@ def step(node: SuperNode, rate: int, duration: float, work: Path, prefix: str) -
         "wall": wall,
         "lag_max": overload.get("loop_lag", {}).get("max_seconds"),
         "lag_p99": overload.get("loop_lag", {}).get("p99_seconds"),
+        "signs": refusals_by_sign(overload.get("refused", {})),
     }
+
+
+def refusals_by_sign(refused: dict[str, int]) -> str:
+    """The node's 503s so far by the sign that fired ("REGISTER lag": 12 -> "lag 12"), or "-"."""
+    signs: dict[str, int] = {}
+    for key, count in refused.items():
+        sign = key.rpartition(" ")[2]
+        signs[sign] = signs.get(sign, 0) + count
+    return ", ".join(f"{sign} {count}" for sign, count in sorted(signs.items())) or "-"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -174,15 +184,18 @@ def fresh_step(
 
 def clean(row: dict[str, Any]) -> bool:
     """Whether a ladder step was within the node's capacity."""
-    offered = row["offered"]
-    return row["refused"] <= CLEAN_REFUSED_SHARE * offered and row["ok"] >= CLEAN_OK_SHARE * offered
+    offered: int = row["offered"]
+    refused: int = row["refused"]
+    ok: int = row["ok"]
+    return refused <= CLEAN_REFUSED_SHARE * offered and ok >= CLEAN_OK_SHARE * offered
 
 
 def print_row(label: str, row: dict[str, Any]) -> None:
     cpu = f"{row['cpu_us']:.0f}" if row.get("cpu_us") is not None else "-"
     print(
         f"| {label} | {row['rate']} | {row['offered']} | {row['ok']} | {row['refused']} | "
-        f"{row['other']} | {row['unanswered']} | {row['goodput']:.0f} | {row['lag_p99']} | {cpu} |",
+        f"{row['other']} | {row['unanswered']} | {row['goodput']:.0f} | {row['lag_p99']} | "
+        f"{row['signs']} | {cpu} |",
         flush=True,
     )
 
@@ -240,9 +253,9 @@ def main() -> None:
     )
     print(
         "| step | offered/s | offered | 200 | 503 | other | no answer | 200/s | lag p99 s "
-        "| node CPU us per answer |"
+        "| 503s by sign | node CPU us per answer |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     best_row = None
     if args.max_rate:
         best = float(args.max_rate)
