@@ -1219,7 +1219,9 @@ class SipStreamDecoder:
             end = buffer.find(b"\r\n\r\n", max(0, self._searched_bytes - 3))
             if end < 0:
                 self._searched_bytes = len(buffer)
-                if len(buffer) > self.max_header_bytes:
+                # Up to three bytes of the blank line may already be here:
+                # a head of exactly the cap must pass however it arrives.
+                if len(buffer) > self.max_header_bytes + 3:
                     raise SipParseError("header section too large", 513, raw=bytes(buffer[:4096]))
                 return None
             self._searched_bytes = 0

@@ -384,6 +384,33 @@ class StreamDecoderTests(SynchronousTestCase):
         error = self.assertRaises(SipParseError, decoder.feed, b"X: " + b"y" * 2000)
         self.assertEqual(error.status, 513)
 
+    def test_header_section_at_the_cap_byte_at_a_time(self) -> None:
+        """
+        A header section of exactly the cap decodes however it arrives: the
+        terminator's first three bytes in the buffer do not count against
+        the cap (``fuzz/sip.py`` found a 4,096-byte head refused 513 when
+        fed in pieces and accepted whole).
+        """
+        start = b"OPTIONS sip:a@example.org SIP/2.0\r\n"
+        fixed = (
+            b"Via: SIP/2.0/TCP h.example.org;branch=z9hG4bKcap\r\nFrom: <sip:b@example.org>;tag=1\r\n"
+            b"To: <sip:a@example.org>\r\nCall-ID: cap\r\nCSeq: 1 OPTIONS\r\nX: "
+        )
+        head = start + fixed + b"y" * (1000 - len(start) - len(fixed))
+        self.assertEqual(len(head), 1000)
+        data = head + b"\r\n\r\n"
+        whole = SipStreamDecoder(max_header_bytes=1000)
+        [message] = whole.feed(data)
+        pieces = SipStreamDecoder(max_header_bytes=1000)
+        decoded = []
+        for i in range(len(data)):
+            decoded += pieces.feed(data[i : i + 1])
+        self.assertEqual([m.call_id for m in decoded], [message.call_id])
+        error = self.assertRaises(
+            SipParseError, SipStreamDecoder(max_header_bytes=999).feed, data[:-1]
+        )
+        self.assertEqual(error.status, 513)
+
     def test_oversized_content_length(self) -> None:
         """A Content-Length over the message cap is refused before the body is buffered."""
         decoder = SipStreamDecoder(max_message_bytes=4096)
