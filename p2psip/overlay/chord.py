@@ -265,6 +265,7 @@ class ChordMaintenance:
         if self.membership.is_member():
             self.membership.happened(Event.PEER_JOINED)
         if previous is not None:
+            self._forget_old_admissions()
             self._admitted[joining] = (previous, self.clock.seconds())
         self.add_neighbours([joining])
         late = self.ranges.changed_since(versions, moves)
@@ -501,11 +502,8 @@ class ChordMaintenance:
         before it could copy them to the newcomer.  So we hand over what we
         hold of it, once, as we handed over the newcomer's first range.
         """
-        horizon = self.clock.seconds() - 2 * self.config.update_interval_seconds
-        for newcomer, (named, at) in list(self._admitted.items()):
-            if at < horizon:
-                del self._admitted[newcomer]
-                continue
+        self._forget_old_admissions()
+        for newcomer, (named, _) in list(self._admitted.items()):
             if named != failed or newcomer not in predecessors:
                 continue
             del self._admitted[newcomer]
@@ -516,6 +514,16 @@ class ChordMaintenance:
                 start = predecessors[position + 1] if position + 1 < len(predecessors) else None
                 if start is not None and self.topology.predecessor == newcomer:
                     self._grown_ranges.append((newcomer, failed, start))
+
+    def _forget_old_admissions(self) -> None:
+        """
+        After two Update intervals a newcomer has linked to its predecessor
+        (or found it gone) and been sent its replicas by it.
+        """
+        horizon = self.clock.seconds() - 2 * self.config.update_interval_seconds
+        for newcomer, (_, at) in list(self._admitted.items()):
+            if at < horizon:
+                del self._admitted[newcomer]
 
     def _hand_over_grown_range(self, newcomer: int, failed: int, start: int) -> None:
         resources = list(
