@@ -75,9 +75,13 @@ def use(message: AnyMessage) -> bytes:
     copy = message.copy()
     if isinstance(message, Request):
         use_uri(message.uri)
-        # What a server does with a request: answer it, tagging To.
-        make_response(message, 486, to_tag="fuzz").to_bytes()
-        make_response(message, 100).to_bytes()
+        # What a server does with a request: answer it, tagging To.  The
+        # answer must itself parse: the far end reads what we copied.
+        for response in (make_response(message, 486, to_tag="fuzz"), make_response(message, 100)):
+            try:
+                use(parse_message(response.to_bytes(), max_header_bytes=2 * MAX_HEADER))
+            except SipParseError as e:
+                raise HarnessFailure(f"our answer does not parse ({e.reason}): {response!r}") from e
     else:
         copy.headers.pop_first_value("Via")  # what a proxy does with a response
     copy.to_bytes()

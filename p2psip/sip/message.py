@@ -481,8 +481,12 @@ class NameAddress:
             semicolon = s.find(";")
             uri_text = s if semicolon < 0 else s[:semicolon].rstrip(_LWS)
             rest = "" if semicolon < 0 else s[semicolon:]
-            if any(c in uri_text for c in " \t?"):
-                raise SipParseError(f"URI with spaces or headers not enclosed in <> in {where}")
+            # ">" cannot be in a URI (RFC 3986): one here would end the <>
+            # our copy of this address is written in, in every answer.
+            if any(c in uri_text for c in " \t?>"):
+                raise SipParseError(
+                    f"URI with spaces, headers or '>' not enclosed in <> in {where}"
+                )
         return cls(
             uri=parse_uri(uri_text), display_name=display, parameters=parse_parameters(rest, where)
         )

@@ -435,6 +435,29 @@ class BuildingTests(SynchronousTestCase):
         self.assertEqual(response.reason, "OK")
         self.assertIn(b"Content-Length: 0\r\n", response.to_bytes())
 
+    def test_bare_uri_with_a_closing_bracket_is_refused(self) -> None:
+        """
+        A bare addr-spec holding ">" (``To: spi:user@exa>mple.com``) was
+        taken, and every answer wrote it back as ``<spi:user@exa>mple.com>``,
+        which does not parse (``fuzz/sip.py``, which now parses every answer
+        it makes).  No URI holds ">", so it is 400 before anything is copied.
+        """
+        for text in ("spi:user@exa>mple.com", "sip:a>b@example.org;tag=1"):
+            self.assertRaises(SipParseError, NameAddress.parse, text, "To")
+        error = self.assertRaises(
+            SipParseError,
+            parse_message,
+            b"REGISTER sip:example.org SIP/2.0\r\n"
+            b"Via: SIP/2.0/UDP h.example.org;branch=z9hG4bKgt\r\n"
+            b"From: <sip:a@example.org>;tag=1\r\nTo: spi:user@exa>mple.com\r\n"
+            b"Call-ID: gt\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n",
+        )
+        self.assertEqual(error.status, 400)
+        # In <> it is the delimiter, and an answer's copy parses again.
+        address = NameAddress.parse("<sip:user@example.org>;x=1", "To")
+        address.parameters["tag"] = "t"
+        self.assertEqual(str(NameAddress.parse(str(address), "To")), str(address))
+
     def test_content_length_set_on_serialisation(self) -> None:
         """Serialisation writes a Content-Length equal to the body length."""
         request = parse_request("esc01")

@@ -315,6 +315,8 @@ class EarlyRefusalTests(GuardedNode):
             # From values (found by fuzz/sip.py when it ran 1,000,000 inputs).
             register.replace(b"From: <sip:bob@example.org>", b"From: sip:bo,b@example.org"),
             register.replace(b"To: <sip:alice@example.org>", b"To: sip:ali,ce@example.org"),
+            # A bare URI holding ">": its copy in <> would not parse.
+            register.replace(b"To: <sip:alice@example.org>", b"To: spi:user@exa>mple.com"),
         ):
             self.assertNotEqual(broken, register)
             self.written.written.clear()
