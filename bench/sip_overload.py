@@ -161,7 +161,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 def fresh_step(
-    work: Path, rate: int, duration: float, name: str, extra: list[str] | None = None
+    work: Path,
+    rate: int,
+    duration: float,
+    name: str,
+    extra: list[str] | None = None,
+    node_options: list[str] | None = None,
 ) -> dict[str, Any]:
     """One step on a node of its own, with the node's CPU microseconds per final response."""
     # Every REGISTER is a new phone signed by this one node: without a
@@ -169,7 +174,9 @@ def fresh_step(
     # a 503), which is the quota working, not overload.
     quota = ["--registrations-per-signer", str(int(rate * duration * 2) + 10_000)]
     node = start_super_node(
-        work / name, free_port(socket.SOCK_DGRAM), extra=[*quota, *(extra or [])]
+        work / name,
+        free_port(socket.SOCK_DGRAM),
+        extra=[*quota, *(node_options or []), *(extra or [])],
     )
     try:
         before = cpu_seconds(node.process.pid)
@@ -206,7 +213,7 @@ def find_maximum(args: argparse.Namespace, work: Path) -> tuple[float, dict[str,
     low, high = 0, 0
     rate = args.start_rate
     while rate <= args.ceiling:
-        row = fresh_step(work, rate, args.duration, f"ladder-{rate}")
+        row = fresh_step(work, rate, args.duration, f"ladder-{rate}", None, args.node_option)
         print_row("ladder", row)
         if not clean(row):
             high = rate
@@ -219,7 +226,7 @@ def find_maximum(args: argparse.Namespace, work: Path) -> tuple[float, dict[str,
         if high - low <= max(10, low // 20):
             break
         rate = (low + high) // 2
-        row = fresh_step(work, rate, args.duration, f"ladder-{rate}")
+        row = fresh_step(work, rate, args.duration, f"ladder-{rate}", None, args.node_option)
         print_row("ladder, bisecting", row)
         if clean(row):
             low = rate
@@ -243,6 +250,12 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=2, help="bisection steps after the doubling")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--max-rate", type=int, help="skip the ladder: the maximum is this rate")
+    parser.add_argument(
+        "--node-option",
+        action="append",
+        default=[],
+        help="an option for every node, e.g. --node-option=--sip-overload-backlog=0.5 (repeatable)",
+    )
     args = parser.parse_args()
     if shutil.which("sipp") is None:
         raise SystemExit("sipp is not installed (make deps)")
@@ -279,7 +292,9 @@ def main() -> None:
             ],
         ),
     ):
-        row = fresh_step(work, over, args.duration, f"over-{label[-3:].strip()}", extra)
+        row = fresh_step(
+            work, over, args.duration, f"over-{label[-3:].strip()}", extra, args.node_option
+        )
         print_row(f"2x max, {label}", row)
         results[label] = row
     refusing = fresh_step(
@@ -288,6 +303,7 @@ def main() -> None:
         args.duration,
         "refuse-all",
         ["--sip-overload-pending", "0", "--sip-overload-lag", "1e-9"],
+        args.node_option,
     )
     print_row("at max, refusing all", refusing)
     print()
