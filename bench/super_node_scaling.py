@@ -350,7 +350,7 @@ def main() -> None:
     parser.add_argument("--register-rates", default="250,500,750,1000")
     parser.add_argument("--digest-rates", default="100,200,300")
     parser.add_argument("--worker-register-rates", default="250,500,750,1000,1500")
-    parser.add_argument("--call-rates", default="100,200,300,400")
+    parser.add_argument("--call-rates", default="100,200,400,600,800")
     parser.add_argument(
         "--drain",
         type=float,
