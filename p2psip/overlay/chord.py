@@ -488,8 +488,8 @@ class ChordMaintenance:
         # After the Updates, on the same links: the newcomer must have
         # dropped the failed peer before it is handed that peer's range.
         grown, self._grown_ranges = self._grown_ranges, []
-        for newcomer, failed, before in grown:
-            self._hand_over_grown_range(newcomer, failed, before)
+        for newcomer, failed, start in grown:
+            self._hand_over_grown_range(newcomer, failed, start)
         self.notify_neighbour_observers()
 
     def _note_grown_range(self, failed: int, predecessors: list[int]) -> None:
@@ -504,16 +504,17 @@ class ChordMaintenance:
         """
         self._forget_old_admissions()
         for newcomer, (named, _) in list(self._admitted.items()):
-            if named != failed or newcomer not in predecessors:
+            if named != failed:
                 continue
             del self._admitted[newcomer]
-            position = predecessors.index(newcomer) + 1
-            if position < len(predecessors) and predecessors[position] == failed:
-                # The peer before the failed one (the grown range's start)
-                # as our table knew it when the failure came.
-                start = predecessors[position + 1] if position + 1 < len(predecessors) else None
-                if start is not None and self.topology.predecessor == newcomer:
-                    self._grown_ranges.append((newcomer, failed, start))
+            if self.topology.predecessor != newcomer or newcomer not in predecessors:
+                continue
+            # Our table when the failure came: [..., newcomer, failed, start, ...];
+            # the grown range is (start, failed].
+            at = predecessors.index(newcomer)
+            following = predecessors[at + 1 : at + 3]
+            if len(following) == 2 and following[0] == failed:
+                self._grown_ranges.append((newcomer, failed, following[1]))
 
     def _forget_old_admissions(self) -> None:
         """

@@ -852,10 +852,7 @@ class Message:
         return self._parsed("Call-ID", self._parse_call_id)
 
     def _parse_call_id(self) -> str:
-        lines = self.headers.get_all("Call-ID")
-        if len(lines) != 1:
-            raise SipParseError(f"{'missing' if not lines else 'more than one'} Call-ID header")
-        return check_call_id(lines[0].strip(_LWS))
+        return check_call_id(_one_value(self.headers.get_all("Call-ID"), "Call-ID").strip(_LWS))
 
     @property
     def cseq(self) -> CSeq:
