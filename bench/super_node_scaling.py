@@ -6,7 +6,10 @@ ring of four the measured super-node B belongs to), E (Digest
 authentication) and F (``--workers 2``); all but E run with
 ``--sip-trusted-network``.  The 1000 callees of the shared ``callees.csv``
 are registered at A with Contact pointing at a SIPp callee, so the other
-super-nodes find them through the overlay; a REGISTER at B stores its
+super-nodes find them through the overlay (with ``--direct-contacts any``,
+the default, the callees registered from their own address and B and F
+call them straight, as they would public phones; ``off`` sends every call
+through A too); a REGISTER at B stores its
 record at whichever member is responsible for the AOR (elsewhere, mostly)
 plus its replicas.  Then, with the shared ``sipp_ladder.py`` steps (PASS:
 no failed call, no retransmission, 95 % of the target rate):
@@ -106,7 +109,7 @@ def free_udp_and_tcp_port() -> int:
         return port
 
 
-def start_workers(work: Path, bootstrap: SuperNode, workers: int) -> SuperNode:
+def start_workers(work: Path, bootstrap: SuperNode, workers: int, extra: list[str]) -> SuperNode:
     """F: a peer with ``--workers``, its supervisor's pid measured (the workers are its children)."""
     directory = work / "F"
     directory.mkdir(parents=True)
@@ -123,6 +126,7 @@ def start_workers(work: Path, bootstrap: SuperNode, workers: int) -> SuperNode:
         *("--data-dir", str(directory / "data")),
         *("--sip", f"udp:{sip_port}:interface=127.0.0.1"),
         *("--workers", str(workers)),
+        *extra,
     ]
     process = subprocess.Popen(
         command,
@@ -169,7 +173,8 @@ def converged(nodes: list[SuperNode], supervisor: SuperNode) -> bool:
 
 
 def start_ring(work: Path, started: list[SuperNode], args: argparse.Namespace) -> dict[str, Any]:
-    a = start_super_node(work / "A", free_port(socket.SOCK_DGRAM), "p2psip-bootstrap")
+    direct = ["--sip-direct-contacts", args.direct_contacts]
+    a = start_super_node(work / "A", free_port(socket.SOCK_DGRAM), "p2psip-bootstrap", direct)
     started.append(a)
     nodes = {"A": a}
     users, injection = make_users(work, args.users)
@@ -178,13 +183,13 @@ def start_ring(work: Path, started: list[SuperNode], args: argparse.Namespace) -
             work / name,
             free_port(socket.SOCK_DGRAM),
             "p2psip-peer",
-            ["--bootstrap", a.overlay_endpoint],
+            ["--bootstrap", a.overlay_endpoint, *direct],
             auth=name == "E",
             users=users if name == "E" else None,
         )
         started.append(node)
         nodes[name] = node
-    f = start_workers(work, a, args.workers)
+    f = start_workers(work, a, args.workers, direct)
     started.append(f)
     nodes["F"] = f
     began = time.monotonic()
@@ -198,7 +203,8 @@ def start_ring(work: Path, started: list[SuperNode], args: argparse.Namespace) -
         time.sleep(0.5)
     print(
         f"# ring of {5 + args.workers} members converged in {time.monotonic() - began:.1f} s "
-        f"(A bootstrap, B C D E peers, F with {args.workers} workers)",
+        f"(A bootstrap, B C D E peers, F with {args.workers} workers); "
+        f"--sip-direct-contacts {args.direct_contacts}",
         flush=True,
     )
     return {"nodes": nodes, "injection": injection}
@@ -365,6 +371,13 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=1.0)
     parser.add_argument("--probe-rate", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--direct-contacts",
+        choices=("any", "off"),
+        default="any",
+        help="the members' --sip-direct-contacts: any (the loopback callees at A are called "
+        "straight from B and F, as public phones would be) or off (every call crosses A)",
+    )
     parser.add_argument("--users", type=int, default=20000, help="Digest users at E")
     parser.add_argument("--client-port", type=int, default=0)
     parser.add_argument("--work", help="keep logs here (default: a temporary folder)")

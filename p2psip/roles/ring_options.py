@@ -52,6 +52,7 @@ from p2psip.sip.domain_routes import (
     parse_peer_domain,
     parse_static_route,
 )
+from p2psip.sip.direct_contacts import DIRECT_CONTACT_POLICIES, direct_contact_policy
 from p2psip.sip.location_cache import DEFAULT_MAX_ENTRIES as DEFAULT_LOCATION_CACHE_ENTRIES
 from p2psip.sip.overload import (
     DEFAULT_MAX_BACKLOG,
@@ -118,6 +119,17 @@ def media_relay_policy(text: str) -> str:
 media_relay_policy.coerceDoc = "never, nat-only or always"  # type: ignore[attr-defined]
 
 MEDIA_POLICIES = ("never", "nat-only", "always")
+
+
+def direct_contacts_option(text: str) -> str:
+    """Coercer for ``--sip-direct-contacts``: public, any or off."""
+    try:
+        return direct_contact_policy(text)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+direct_contacts_option.coerceDoc = ", ".join(DIRECT_CONTACT_POLICIES)  # type: ignore[attr-defined]
 
 
 def port_range(text: str) -> tuple[int, int]:
@@ -189,6 +201,8 @@ class SipConfig:
     location_cache_entries: int = DEFAULT_LOCATION_CACHE_ENTRIES
     #: The listeners' ports are shared with this host's other workers (``--workers``).
     shared_ports: bool = False
+    #: Which phones calls may reach without their own super-node (``sip-direct-contacts``).
+    direct_contacts: str = "public"
 
     @property
     def domain_routes(self) -> DomainRoutes:
@@ -468,6 +482,7 @@ def sip_config(
         ),
         idle_timeout_seconds=options["sip-idle-timeout"],
         location_cache_entries=options["sip-location-cache"],
+        direct_contacts=options["sip-direct-contacts"],
         connections_per_source=options["sip-connections-per-source"],
         max_connections=options["sip-max-connections"],
         tls_listeners=tuple(options["sip-tls"]),
@@ -747,6 +762,15 @@ class RingRoleOptions(RoleOptions, SecurityOptions):
             "AORs whose registrations fetched from the overlay are remembered (at most 30 s, "
             "never past their expiry), so repeated calls need no overlay lookup.  0: off.",
             non_negative_int,
+        ],
+        [
+            "sip-direct-contacts",
+            None,
+            "public",
+            "Phones a call may reach from the caller's super-node, skipping their own: public "
+            "(registered from their own public address, no NAT), any (private and loopback "
+            "addresses too: one LAN or lab) or off (every call crosses the callee's super-node).",
+            direct_contacts_option,
         ],
         [
             "sip-overload-pending",

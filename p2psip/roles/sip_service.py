@@ -36,6 +36,8 @@ refused (403), and the log names the command that fixes it.  An
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,7 @@ from p2psip.sip.digest import DigestAuthenticator
 from p2psip.sip.dns_lookup import ServerLocator, make_resolver
 from p2psip.sip.gateway import Gateway
 from p2psip.sip.location import OverlayLocationService
+from p2psip.sip.direct_contacts import DialogTargets, DirectContacts
 from p2psip.sip.location_cache import LocationCache
 from p2psip.sip.metrics import CallSetupTimes, OverloadCollector, SipCollector
 from p2psip.sip.overload import OverloadGuard
@@ -112,6 +115,17 @@ def load_or_create_secret(data_dir: str | Path) -> bytes:
             f"{path}: the nonce secret must hold at least 16 bytes; delete the file to get a new one"
         )
     return secret
+
+
+def dialog_targets(secret: bytes | None) -> DialogTargets:
+    """
+    The key of the proxy's ``p2psip-target`` proofs: derived from the kept
+    nonce secret, so direct calls' in-dialog requests still pass after a
+    restart; with ``--sip-trusted-network`` (no secret kept) a fresh one.
+    """
+    if secret is None:
+        return DialogTargets(os.urandom(NONCE_SECRET_BYTES))
+    return DialogTargets(hmac.new(secret, b"p2psip dialog targets", hashlib.sha256).digest())
 
 
 def load_users(config: SipConfig) -> UsersFile | None:
@@ -201,6 +215,10 @@ def build_sip_stack(
         authenticator,
         users,
         trusted_network=config.trusted_network,
+        direct_contacts=DirectContacts(
+            config.direct_contacts,
+            relays_every_call=config.media is not None and config.media.policy == "always",
+        ),
     )
     # A listener on every interface names no host: take the overlay's
     # advertised one, which the role resolved (advertise, the overlay
@@ -239,6 +257,7 @@ def build_sip_stack(
         location_cache=LocationCache(
             location, node, reactor, max_entries=config.location_cache_entries
         ),
+        dialog_targets=dialog_targets(secret),
     )
     if config.overload.enabled:
         transactions = proxy.transactions

@@ -26,7 +26,10 @@ URIs, q-values and expiry without another round trip::
 
     <sip:alice@192.0.2.7:5062>;q=0.5;expires-at=1764000000, <sip:...>;...
 
-A binding registered with SIP Outbound (RFC 5626) adds
+A phone that any caller's super-node may reach itself (a public address,
+no NAT: :mod:`p2psip.sip.direct_contacts`) is marked ``;direct``, so calls
+to it cross one super-node instead of two.  A binding registered with SIP
+Outbound (RFC 5626) adds
 ``;instance=urn:uuid:...;reg-id=1``, so that a caller's proxy sends each
 request to one flow of the phone (:mod:`p2psip.sip.outbound`) even when
 it registered through several super-nodes; readers that do not know the
@@ -137,6 +140,9 @@ class Binding:
     #: SIP Outbound: the phone's instance and this flow's reg-id (both or neither).
     instance: str | None = None
     reg_id: int | None = None
+    #: The serving node says a caller's node may send to ``contact`` itself
+    #: (:mod:`p2psip.sip.direct_contacts`); written as ``;direct``.
+    direct: bool = False
 
     def expires_in(self, now: float) -> int:
         """Whole seconds left, for a Contact ``expires`` parameter."""
@@ -164,6 +170,8 @@ def encode_contact_prefs(bindings: Sequence[Binding]) -> str:
             if not valid_instance(binding.instance):
                 raise ValueError(f"instance {binding.instance!r} cannot be stored")
             entry += f";instance={binding.instance};reg-id={binding.reg_id}"
+        elif binding.direct:
+            entry += ";direct"
         entries.append(entry)
     return ", ".join(entries)
 
@@ -227,6 +235,8 @@ def decode_contact_prefs(text: str, aor: str, node_id: int | None) -> list[Bindi
                 node_id=node_id,
                 instance=instance,
                 reg_id=reg_id,
+                # Anything that looks like a flow is reached through its node.
+                direct="direct" in params and "instance" not in params and "reg-id" not in params,
             )
         )
     return bindings

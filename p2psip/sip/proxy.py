@@ -56,6 +56,7 @@ at its own address.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -69,6 +70,7 @@ from twisted.python.failure import Failure
 from p2psip.interfaces import IOverlayStorage
 from p2psip.sip.authorization import CredentialCheck, Outcome
 from p2psip.sip.domain_routes import DomainRoutes, ForeignCallers, RouteKind
+from p2psip.sip.direct_contacts import TARGET_PARAMETER, DialogTargets
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.gateway import Gateway, RelayRefused, first_hop
 from p2psip.sip.location import Binding, OverlayLocationService
@@ -182,6 +184,19 @@ class _Target:
     order: tuple[int, int] = (0, 0)
 
 
+@frozen
+class _OwnRoute:
+    """Our own Route entry, removed from a request that follows a route set through us."""
+
+    #: The ``p2psip-target`` proof it carried (:class:`DialogTargets`), if any.
+    target_token: str | None = None
+
+    @classmethod
+    def of(cls, uri: URI) -> _OwnRoute:
+        token = uri.parameters.get(TARGET_PARAMETER) if isinstance(uri, SipURI) else None
+        return cls(token or None)
+
+
 @define(eq=False)
 class _InviteTiming:
     """When an INVITE arrived, and which call set-up milestones it has passed."""
@@ -247,8 +262,11 @@ class SipProxy:
         media: MediaHook | None = None,
         location_cache: LocationCache | None = None,
         overload: OverloadGuard | None = None,
+        dialog_targets: DialogTargets | None = None,
     ) -> None:
         self.domain = domain.lower()
+        #: Proofs in our Record-Route of where a direct call's requests may go.
+        self.dialog_targets = dialog_targets or DialogTargets(os.urandom(32))
         self.advertised = (advertised[0].lower(), advertised[1])
         #: Transport name ("UDP", "TCP", "TLS") -> our port for it; others use ``advertised``.
         self.advertised_ports: dict[str, int] = {}
@@ -388,7 +406,7 @@ class SipProxy:
             ack = request.copy()
             if ack.max_forwards == 0:
                 return
-            self._preprocess_routes(ack)
+            own_route = self._preprocess_routes(ack)
             if ack.headers.values("Route"):
                 top = ack.routes[0].uri
                 if not isinstance(top, SipURI):
@@ -398,7 +416,7 @@ class SipProxy:
                     lambda failure: self._note_relay_refused(source, failure),
                 )
                 return
-            target = self._in_dialog_target(ack)
+            target = self._in_dialog_target(ack, own_route)
             if target is None:
                 self._note_relay_refused(source, None)
                 return
@@ -484,7 +502,7 @@ class SipProxy:
         self._route(transaction, working, removed_own_route)
 
     def _route(
-        self, transaction: ServerTransaction, working: Request, removed_own_route: bool
+        self, transaction: ServerTransaction, working: Request, removed_own_route: _OwnRoute | None
     ) -> None:
         """Forward a checked request: along its Route, to an AOR, or to a phone served here."""
         if working.headers.values("Route"):
@@ -515,7 +533,7 @@ class SipProxy:
         if uri.user is not None and self._serves(uri):
             self._route_to_aor(transaction, working, self._in_overlay_domain(uri))
             return
-        target = self._in_dialog_target(working)
+        target = self._in_dialog_target(working, removed_own_route)
         if target is not None:
             self._fork(transaction, working, [(working.uri, target)])
             return
@@ -696,7 +714,7 @@ class SipProxy:
         trusted: bool,
         transaction: ServerTransaction,
         working: Request,
-        removed_own_route: bool,
+        removed_own_route: _OwnRoute | None,
     ) -> None:
         if trusted:
             self._route(transaction, working, removed_own_route)
@@ -715,7 +733,7 @@ class SipProxy:
         self._answer(transaction, 500, "Server Internal Error")
 
     def _authorize_caller(
-        self, transaction: ServerTransaction, working: Request, removed_own_route: bool
+        self, transaction: ServerTransaction, working: Request, removed_own_route: _OwnRoute | None
     ) -> None:
         """
         Forward only with Proxy-Authorization for the From user (s22.3):
@@ -808,37 +826,44 @@ class SipProxy:
             MAGIC_COOKIE + _BRANCH_MARKER
         )
 
-    def _preprocess_routes(self, request: Request) -> bool:
+    def _preprocess_routes(self, request: Request) -> _OwnRoute | None:
         """
         RFC 3261 s16.4: undo a strict router's rewrite and drop our own Route.
 
-        :returns: whether a Route entry naming us was removed (the request
-            follows a route set we are part of).
+        :returns: what our removed Route entry said, or None when there was
+            none (a request that follows a route set we are part of has one).
         """
-        removed = False
+        removed: _OwnRoute | None = None
         routes = request.headers.values("Route")
         if routes and self._is_own_uri(request.uri):
             last = NameAddress.parse(routes[-1], "Route")
+            removed = _OwnRoute.of(request.uri)
             request.uri = last.uri
             request.headers.remove("Route")
             if routes[:-1]:
                 request.headers.add("Route", ", ".join(routes[:-1]))
-            removed = True
         # Our Record-Route may have been two entries (RFC 5658: one per
         # transport when the request changed transport here): drop both.
         for _ in range(2):
             routes = request.headers.values("Route")
-            if not routes or not self._route_names_us(NameAddress.parse(routes[0], "Route").uri):
+            if not routes:
+                break
+            uri = NameAddress.parse(routes[0], "Route").uri
+            if not self._route_names_us(uri):
                 break
             request.headers.pop_first_value("Route")
-            removed = True
+            seen = _OwnRoute.of(uri)
+            if removed is None or removed.target_token is None:
+                removed = seen
         return removed
 
-    def _in_dialog_target(self, request: Request) -> Hop | None:
+    def _in_dialog_target(self, request: Request, own_route: _OwnRoute | None = None) -> Hop | None:
         """
         Next hop for a request to a contact URI rather than an AOR: only a
         phone registered here (by its contact, or the host and port of one),
-        reached over the flow it registered on.
+        reached over the flow it registered on; or, inside a dialog whose
+        INVITE this node sent straight to a phone served elsewhere, that
+        phone's address, as our Route entry's ``p2psip-target`` proves.
         """
         uri = request.uri
         if not isinstance(uri, SipURI):
@@ -855,6 +880,12 @@ class SipProxy:
         for binding in self.registrar.bindings_on_connection(uri):
             if isinstance(binding.flow, Hop):
                 return binding.flow
+        if own_route is not None and own_route.target_token is not None:
+            hop = hop_for_uri(uri)
+            if self.dialog_targets.allows(
+                own_route.target_token, request.call_id, hop.host, hop.port
+            ):
+                return hop
         return None
 
     def _route_hops(self, top: SipURI) -> Deferred[list[Hop]]:
@@ -982,15 +1013,33 @@ class SipProxy:
         local_id = self.local_node_id
         #: Remote super-node -> the (instance, reg-id) of each binding it serves.
         served_by: dict[int, set[tuple[str | None, int | None]]] = {}
-        direct: list[Binding] = []
+        #: Remote super-node -> its bindings' contacts, while all may be called from here.
+        reachable: dict[int, list[SipURI] | None] = {}
+        direct: list[SipURI] = []
         has_local = False
+        policy = self.registrar.direct_contacts
         for binding in bindings:
             if binding.node_id == local_id:
                 has_local = True
             elif binding.node_id is None:
-                direct.append(binding)
+                try:
+                    contact = parse_uri(binding.contact)
+                except SipParseError:
+                    continue
+                if isinstance(contact, SipURI):
+                    direct.append(contact)
             else:
                 served_by.setdefault(binding.node_id, set()).add((binding.instance, binding.reg_id))
+                uris = reachable.setdefault(binding.node_id, [])
+                uri = policy.may_call_directly(binding.contact) if binding.direct else None
+                reachable[binding.node_id] = None if uris is None or uri is None else [*uris, uri]
+        # A node whose every binding of the AOR is a phone we may call
+        # ourselves is skipped (one proxy hop instead of two); one binding it
+        # must serve keeps the whole AOR there, so no phone rings twice.
+        for node_id, uris in reachable.items():
+            if uris is not None:
+                del served_by[node_id]
+                direct.extend(uris)
         # Values in the overlay come from other nodes: bound the fan-out.
         remote_nodes = list(served_by)[:MAX_BRANCHES]
         direct = direct[:MAX_BRANCHES]
@@ -1000,13 +1049,8 @@ class SipProxy:
             self._answer_no_binding(transaction, aor)
             return
         targets = self._local_targets(local)
-        for binding in direct:
-            try:
-                contact = parse_uri(binding.contact)
-            except SipParseError:
-                continue
-            if isinstance(contact, SipURI):
-                targets.append(_Target(contact, hop_for_uri(contact)))
+        direct_targets = [_Target(contact, hop_for_uri(contact)) for contact in direct]
+        targets.extend(direct_targets)
         nodes: list[tuple[int, str | None, int]] = []
         for node_id in remote_nodes:
             instances = {instance for instance, _ in served_by[node_id]}
@@ -1015,7 +1059,14 @@ class SipProxy:
             instance = next(iter(instances)) if len(instances) == 1 else None
             reg_ids = [reg_id or 0 for _, reg_id in served_by[node_id]]
             nodes.append((node_id, instance, min(reg_ids)))
-        self._forward_to_nodes(transaction, request, aor, targets, nodes)
+        self._forward_to_nodes(
+            transaction,
+            request,
+            aor,
+            targets,
+            nodes,
+            frozenset(target.hop for target in direct_targets),
+        )
 
     def _local_targets(self, local: list[LocalBinding]) -> list[_Target]:
         return [
@@ -1102,6 +1153,7 @@ class SipProxy:
         aor: str,
         targets: list[_Target],
         nodes: list[tuple[int, str | None, int]],
+        direct: frozenset[Hop] = frozenset(),
     ) -> None:
         """
         Resolve each serving super-node's SIP address, then fork to all
@@ -1110,7 +1162,7 @@ class SipProxy:
         ``nodes`` are (Node-ID, the one instance it serves or None, lowest reg-id).
         """
         if not nodes:
-            self._fork_to_instances(transaction, request, targets)
+            self._fork_to_instances(transaction, request, targets, direct=direct)
             return
         pending = len(nodes)
         resolved: list[_Target] = []
@@ -1121,7 +1173,7 @@ class SipProxy:
             if pending == 0:
                 all_targets = targets + resolved
                 if all_targets:
-                    self._fork_to_instances(transaction, request, all_targets)
+                    self._fork_to_instances(transaction, request, all_targets, direct=direct)
                 else:
                     self._answer(
                         transaction, 480, "Temporarily Unavailable (serving super-node unreachable)"
@@ -1163,11 +1215,13 @@ class SipProxy:
         targets: list[_Target],
         *,
         flows_only: bool = False,
+        direct: frozenset[Hop] = frozenset(),
     ) -> None:
         """
         Fork with one branch per instance, its flows tried in order (RFC 5626
         s5.3).  ``flows_only``: every target is a phone's outbound flow
-        served here, so their failing is answered 430 Flow Failed.
+        served here, so their failing is answered 430 Flow Failed;
+        ``direct``: the hops that are phones served elsewhere.
         """
         groups = group_by_instance(targets, lambda target: target.instance)
         ordered: list[tuple[URI, Hop]] = []
@@ -1176,7 +1230,14 @@ class SipProxy:
             for target in sorted(group, key=lambda target: target.order):
                 ordered.append((target.uri, target.hop))
                 branch_of.append(number)
-        self._fork(transaction, request, ordered, branches=branch_of, flows_only=flows_only)
+        self._fork(
+            transaction,
+            request,
+            ordered,
+            branches=branch_of,
+            flows_only=flows_only,
+            direct=direct,
+        )
 
     # -- forking and responses -------------------------------------------------
 
@@ -1188,9 +1249,13 @@ class SipProxy:
         incoming: Request,
         stateless_key: str | None = None,
         arrived_over: str | None = None,
+        direct: bool = False,
     ) -> None:
         """
         Request-URI, Max-Forwards, Record-Route and our Via (s16.6).
+
+        ``direct``: ``hop`` is a phone served by another super-node, called
+        from here (:mod:`p2psip.sip.direct_contacts`).
 
         ``arrived_over`` is the transport the request reached us by: when it
         differs from ``hop``'s (a phone on TLS, the next super-node on UDP),
@@ -1209,9 +1274,14 @@ class SipProxy:
             outgoing.method in DIALOG_CREATING_METHODS
             or (_names_super_node(target_uri) and _is_initial(incoming))
         ):
+            # A branch to a phone served elsewhere (a direct call) ends the
+            # route set here: our entry proves where its requests may go.
+            token = (
+                self.dialog_targets.token(incoming.call_id, hop.host, hop.port) if direct else None
+            )
             if arrived_over is not None and arrived_over.upper() != hop.transport.upper():
-                outgoing.headers.prepend("Record-Route", self._record_route(arrived_over))
-            outgoing.headers.prepend("Record-Route", self._record_route(hop.transport))
+                outgoing.headers.prepend("Record-Route", self._record_route(arrived_over, token))
+            outgoing.headers.prepend("Record-Route", self._record_route(hop.transport, token))
         if stateless_key is None:
             unique = new_branch()[len(MAGIC_COOKIE) :]
         else:
@@ -1229,13 +1299,19 @@ class SipProxy:
             "Via", f"SIP/2.0/{hop.transport} {host}:{port};branch={branch}{rport}"
         )
 
-    def _record_route(self, transport: str) -> str:
-        """Our Record-Route entry for ``transport``: its port, and transport=tcp/tls unless UDP."""
+    def _record_route(self, transport: str, target_token: str | None = None) -> str:
+        """
+        Our Record-Route entry for ``transport``: its port, and
+        transport=tcp/tls unless UDP; with ``target_token``, the
+        ``p2psip-target`` proof for the branch's address (:class:`DialogTargets`).
+        """
         name = transport.upper()
         parameter = "" if name == "UDP" else f";transport={name.lower()}"
         # The Node-ID lets the next super-node on the route set check,
         # through the overlay, that this entry really names a ring member.
         node = f";{NODE_PARAMETER}={self.local_node_id:032x}"
+        if target_token is not None:
+            node += f";{TARGET_PARAMETER}={target_token}"
         return f"<sip:{self.advertised[0]}:{self._port_for(name)}{parameter};lr{node}>"
 
     def _fork(
@@ -1247,6 +1323,7 @@ class SipProxy:
         failover: bool = False,
         branches: list[int] | None = None,
         flows_only: bool = False,
+        direct: frozenset[Hop] = frozenset(),
     ) -> None:
         """
         Send ``request`` to ``targets``: all at once (forking), or with
@@ -1254,6 +1331,7 @@ class SipProxy:
         RFC 3263 found for one destination).  ``branches`` numbers each
         target's branch instead: targets of one branch are tried one at a
         time, the branches at once (the flows of one phone instance).
+        ``direct``: the hops that are phones served elsewhere.
         """
         if transaction.state not in (State.TRYING, State.PROCEEDING):
             return  # already answered (a CANCEL raced the lookup)
@@ -1278,7 +1356,14 @@ class SipProxy:
             copy = request.copy()
             for route in reversed(routes):
                 copy.headers.prepend("Route", route)
-            self._prepare(copy, target_uri, hop, request, arrived_over=transaction.source.transport)
+            self._prepare(
+                copy,
+                target_uri,
+                hop,
+                request,
+                arrived_over=transaction.source.transport,
+                direct=hop in direct,
+            )
             outgoing.append((copy, hop))
         if failover:
             context.fork_with_failover([outgoing])

@@ -53,6 +53,7 @@ __all__ = ["AccountDirectory", "LocalBinding", "Registrar", "blur_aor", "blur_fl
 from p2psip.sip.blur import blur_aor, blur_flow, flow_host
 from p2psip.sip.coalesce import BatchFull, KeyedBatcher
 from p2psip.sip.digest import DigestAuthenticator
+from p2psip.sip.direct_contacts import DirectContacts
 from p2psip.sip.errors import SipParseError
 from p2psip.sip.location import Binding, NoUserCredential, OverlayLocationService, format_q
 from p2psip.sip.login_throttle import LoginThrottle
@@ -139,8 +140,19 @@ class LocalBinding:
             return True
         return str(host).lower().strip("[]") != self.registered_from[0]
 
-    def as_binding(self, node_id: int) -> Binding:
-        """The overlay form of this binding."""
+    def as_binding(self, node_id: int, direct_contacts: DirectContacts | None = None) -> Binding:
+        """
+        The overlay form of this binding, marked ``direct`` when
+        ``direct_contacts`` lets callers' super-nodes reach it themselves.
+        """
+        transport = getattr(self.flow, "transport", None)
+        host = getattr(self.flow, "host", None)
+        direct = direct_contacts is not None and direct_contacts.reachable_directly(
+            self.contact.uri,
+            None if host is None else str(host),
+            None if transport is None else str(transport),
+            outbound=self.outbound,
+        )
         return Binding(
             aor=self.aor,
             contact=str(self.contact.uri),
@@ -149,6 +161,7 @@ class LocalBinding:
             node_id=node_id,
             instance=self.instance if self.outbound else None,
             reg_id=self.reg_id if self.outbound else None,
+            direct=direct,
         )
 
 
@@ -238,6 +251,7 @@ class Registrar:
         max_expires_seconds: int = MAX_EXPIRES_SECONDS,
         random_bytes: Callable[[int], bytes] = os.urandom,
         throttle: LoginThrottle | None = None,
+        direct_contacts: DirectContacts | None = None,
     ) -> None:
         if not trusted_network and (authenticator is None or accounts is None):
             raise ValueError(
@@ -255,6 +269,8 @@ class Registrar:
         self.min_expires_seconds = min_expires_seconds
         self.max_expires_seconds = max_expires_seconds
         self._random_bytes = random_bytes
+        #: Which bindings callers' super-nodes may reach without this one.
+        self.direct_contacts = direct_contacts or DirectContacts()
         self._bindings: dict[str, list[LocalBinding]] = {}
         self._by_contact: dict[str, list[LocalBinding]] = {}
         #: (host, port) of each binding's contact -> the bindings there.
@@ -351,7 +367,9 @@ class Registrar:
             live = self.local_bindings(aor)
             if not live:
                 continue
-            d = self.location.register(aor, [binding.as_binding(node_id) for binding in live])
+            d = self.location.register(
+                aor, [binding.as_binding(node_id, self.direct_contacts) for binding in live]
+            )
             stores.append(cast("Deferred[object]", d.addErrback(self._republish_failed, aor)))
         return DeferredList(stores)
 
@@ -579,8 +597,9 @@ class Registrar:
         if not changed:
             return succeed(answer(None))
         final = state
+        node_id = self.location.local_node_id
         stored = self.location.register(
-            aor, [b.as_binding(self.location.local_node_id) for b in final]
+            aor, [b.as_binding(node_id, self.direct_contacts) for b in final]
         )
 
         def commit(_: object) -> list[Response]:

@@ -12,6 +12,9 @@ the ring answers a 407 with Proxy-Authorization first; a call to a user
 nobody knows gets 480, like an offline one.
 Then C, which holds those registrations' DHT copy, is SIGKILLed, and
 calls to exactly those users still succeed from the replicas.
+
+With ``--sip-direct-contacts any`` (loopback phones), calls through B reach
+phones registered at A without crossing A.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ CALLER_CREDENTIALS = ["-au", "caller", "-ap", CALLER_PASSWORD]
 #: A caller from another domain, whom nobody challenges.
 FOREIGN_CALLER = ["-key", "caller_domain", "elsewhere.test"]
 AUTHENTICATED_CALLS = 5
+#: Calls of the direct-call test (through one super-node).
+DIRECT_CALLS = 20
 
 
 class _Tool(ProcessProtocol):
@@ -164,9 +169,8 @@ class SipOverlayTests(TestCase):
         path.write_text("SEQUENTIAL\n" + "".join(line + "\n" for line in lines), encoding="ascii")
         return path
 
-    @inlineCallbacks
-    def test_register_call_and_survive_holder_kill(self) -> Any:
-        """100 users register at A with Digest and are called through B, also after their DHT holder dies."""
+    def make_users(self) -> list[str]:
+        """The users file (USERS callees and the caller); SIPp's credentials lines."""
         self.tools: dict[str, _Tool] = {}
         self.users_path = self.directory / "users"
         credentials = []
@@ -202,6 +206,12 @@ class SipOverlayTests(TestCase):
                 ]
             )
             self.assertEqual(status, 0)
+        return credentials
+
+    @inlineCallbacks
+    def test_register_call_and_survive_holder_kill(self) -> Any:
+        """100 users register at A with Digest and are called through B, also after their DHT holder dies."""
+        credentials = self.make_users()
         register_csv = self.write_csv("register.csv", credentials)
         callees_csv = self.write_csv("callees.csv", [user(index) for index in range(USERS)])
 
@@ -395,6 +405,77 @@ class SipOverlayTests(TestCase):
                 "50",
             ],
             [entry, serving],
+        )
+        for process in (serving, entry):
+            self.assertNotIn("Traceback", process.log_text())
+
+    @inlineCallbacks
+    def test_direct_calls_cross_one_super_node(self) -> Any:
+        """
+        With ``--sip-direct-contacts any`` a call to a phone that registered
+        from its own address goes from the caller's super-node straight to
+        it: the phones' super-node sees the REGISTERs and none of the calls.
+        """
+        credentials = self.make_users()[:DIRECT_CALLS]
+        direct = ["--sip-direct-contacts", "any"]
+        serving = self.start("p2psip-bootstrap", "bootstrap", direct)
+        yield wait_for(
+            lambda: serving.call("status").addCallback(lambda s: s.get("state") == "alone"),
+            30,
+            "the bootstrap",
+        )
+        entry = self.start("p2psip-peer", "peer1", ["--bootstrap", serving.endpoint, *direct])
+        yield wait_for(
+            lambda: converged([serving, entry]), 60, "the two super-nodes to know each other"
+        )
+        uas_port = free_port(socket.SOCK_DGRAM)
+        self.run_sipp("uas", ["-sf", str(SCENARIOS / "uas.xml"), "-p", str(uas_port)])
+        yield self.sipp_succeeds(
+            "register",
+            [
+                f"127.0.0.1:{serving.sip_port}",  # type: ignore[attr-defined]
+                "-sf",
+                str(SCENARIOS / "register_digest.xml"),
+                "-inf",
+                str(self.write_csv("register.csv", credentials)),
+                "-auth_uri",
+                DOMAIN,
+                "-key",
+                "contact_port",
+                str(uas_port),
+                "-p",
+                str(free_port(socket.SOCK_DGRAM)),
+                "-m",
+                str(DIRECT_CALLS),
+                "-r",
+                "50",
+            ],
+            [serving],
+        )
+        yield self.sipp_succeeds(
+            "calls",
+            [
+                f"127.0.0.1:{entry.sip_port}",  # type: ignore[attr-defined]
+                "-sf",
+                str(SCENARIOS / "uac.xml"),
+                *FOREIGN_CALLER,
+                "-inf",
+                str(self.write_csv("callees.csv", [user(i) for i in range(DIRECT_CALLS)])),
+                "-p",
+                str(free_port(socket.SOCK_DGRAM)),
+                "-m",
+                str(DIRECT_CALLS),
+                "-r",
+                "50",
+            ],
+            [entry, serving],
+        )
+        entry_status = yield entry.call("status")
+        self.assertEqual(entry_status["sip"]["final_responses"]["INVITE"], {"200": DIRECT_CALLS})
+        serving_status = yield serving.call("status")
+        self.assertEqual(
+            serving_status["sip"]["final_responses"],
+            {"REGISTER": {"200": DIRECT_CALLS, "401": DIRECT_CALLS}},
         )
         for process in (serving, entry):
             self.assertNotIn("Traceback", process.log_text())
