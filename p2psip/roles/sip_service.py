@@ -439,13 +439,16 @@ class SipService(Service):
         }
         if shared:
             # A worker's own ports, for what must reach this worker and no
-            # other: AppAttach answers, Via and Record-Route.
+            # other: AppAttach answers, Via and Record-Route; what it sends
+            # over UDP leaves from its own port too (answers to the source).
             self.proxy.shared_ports = frozenset(ports.values())
             interface = endpoint_interface(config.listeners[0]) or ""
             named = f":interface={escape_field(interface)}" if interface else ""
             for name in ("UDP", "TCP"):
                 if name in ports:
-                    own_port = self._listen("--sip", f"{name.lower()}:0{named}", None)
+                    own_port = self._listen(
+                        "--sip", f"{name.lower()}:0{named}", None, private=name == "UDP"
+                    )
                     address = own_port.getHost()
                     assert isinstance(address, (IPv4Address, IPv6Address))
                     ports[name] = address.port
@@ -501,11 +504,12 @@ class SipService(Service):
         tls: CertificateOptions | None,
         *,
         shared: bool = False,
+        private: bool = False,
     ) -> SipListeningPort:
         """Listen now, or stop every listener and name the option that failed."""
         failures: list[Failure] = []
         ports: list[SipListeningPort] = []
-        self.transport.listen(description, tls=tls, shared=shared).addCallbacks(
+        self.transport.listen(description, tls=tls, shared=shared, private=private).addCallbacks(
             ports.append, failures.append
         )
         if failures or not ports:

@@ -14,9 +14,11 @@ worker is a ring peer of its own:
 * the SIP UDP and TCP listeners of ``--sip``, shared by every worker with
   ``SO_REUSEPORT``: the kernel spreads phones across workers and keeps one
   phone's flow on one worker; besides, a port of its own on the same
-  interface that it announces in the overlay (AppAttach) and puts in Via
-  and Record-Route, so that another super-node's answers, and the dialogs
-  it proxies, come back to this worker;
+  interface that it announces in the overlay (AppAttach), puts in Via
+  and Record-Route, and sends UDP from (except to phones heard on the
+  shared port), so that another super-node's answers, a directly called
+  phone's answers (to Via or to the source address), and the dialogs it
+  proxies come back to this worker;
 * an equal share of ``--media-ports``;
 * its log in ``DATA_DIR/worker-K/twistd.log``.
 

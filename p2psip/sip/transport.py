@@ -32,6 +32,14 @@ Twisted shell around it:
   Outbound keepalive is a STUN Binding request (RFC 5626 s4.4.2, s8), told
   apart from SIP by its first byte and magic cookie and answered from the
   same socket with the phone's reflexive address (:mod:`p2psip.nat.stun_server`).
+* With ``--workers`` (:mod:`p2psip.roles.workers`) a worker has a UDP
+  port of its own beside the shared one.  What it sends over UDP leaves
+  from its own port, so that a UA answering to the source address (as
+  SIPp, and many UAs behind symmetric NATs, do, Via or not) answers this
+  worker and not whichever one the kernel picks for the shared port;
+  except to an address heard on a shared port lately (a phone that
+  registered or called through it), whose NAT lets in only what comes
+  from the port it talks to.
 * A request that does not parse is answered with the status in its
   :class:`SipParseError` when Via, From, To, Call-ID and CSeq can be found;
   broken TCP framing closes the connection.  Malformed input is logged at
@@ -105,6 +113,9 @@ TCP_CONNECTIONS_PER_SOURCE = 32
 """Inbound SIP stream connections one remote address may hold at once."""
 DEFAULT_SIP_PORT = 5060
 KEEPALIVE_PONG = b"\r\n"
+#: Senders a worker remembers having heard on a shared UDP port (phones it
+#: answers from that port); beyond this the least recently heard is forgotten.
+MAX_SHARED_PORT_SENDERS = 65536
 
 
 class MessageReceiver(Protocol):
@@ -192,11 +203,15 @@ class SipDatagramProtocol(DatagramProtocol):
 
     log = Logger()
 
-    def __init__(self, owner: SipTransport) -> None:
+    def __init__(self, owner: SipTransport, shared: bool = False) -> None:
         self.owner = owner
+        #: A port the host's workers share: its senders are remembered.
+        self.shared = shared
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         host, port = addr[0], addr[1]
+        if self.shared and self.owner.private_udp_ports:
+            self.owner.heard_on_shared_port(host, port)
         if not datagram.strip(b"\r\n"):
             return  # a CRLF keepalive; UDP keepalives are STUN (RFC 5626 s4.4.2)
         if is_stun(datagram):
@@ -423,6 +438,11 @@ class SipTransport:
         self.max_message_bytes = max_message_bytes
         self.max_header_bytes = max_header_bytes
         self.udp_ports: list[UDPPort] = []
+        #: A worker's own UDP ports (``listen(..., private=True)``), which it sends from.
+        self.private_udp_ports: list[UDPPort] = []
+        #: Addresses heard on a shared UDP port, the least recent first
+        #: (at most MAX_SHARED_PORT_SENDERS): sent to from that port.
+        self._shared_port_senders: dict[tuple[str, int], None] = {}
         self.stream_ports: list[IListeningPort] = []
         #: Stream listeners that run TLS (``ssl:`` strings, or ``listen(..., tls=...)``).
         self.tls_ports: list[IListeningPort] = []
@@ -467,6 +487,7 @@ class SipTransport:
         tls: IOpenSSLServerConnectionCreator | IOpenSSLContextFactory | None = None,
         *,
         shared: bool = False,
+        private: bool = False,
     ) -> defer.Deferred[SipListeningPort]:
         """
         Start a listener: ``udp:PORT[:interface=ADDR]`` or a stream endpoint string (``tcp:5060``).
@@ -475,6 +496,8 @@ class SipTransport:
         ``CertificateOptions``) the stream endpoint carries SIP over TLS.
         ``shared`` binds with ``SO_REUSEPORT`` (``udp:`` and plain ``tcp:``
         only), so the other workers of this host listen on the same port.
+        ``private`` (``udp:`` only) is a worker's own port beside shared
+        ones: UDP is sent from it, except to senders heard on a shared port.
 
         :returns: a Deferred firing with the listening port; it fails (with
             a message naming the string) when the address is bad or busy.
@@ -496,6 +519,8 @@ class SipTransport:
                 )
             self._size_buffers(port)
             self.udp_ports.append(port)
+            if private:
+                self.private_udp_ports.append(port)
             return defer.succeed(port)
         try:
             endpoint = serverFromString(self.reactor, description)
@@ -546,7 +571,10 @@ class SipTransport:
         try:
             if kind == "udp":
                 adopted: SipListeningPort = self.reactor.adoptDatagramPort(  # type: ignore[attr-defined]
-                    sock.fileno(), sock.family, SipDatagramProtocol(self), self.max_message_bytes
+                    sock.fileno(),
+                    sock.family,
+                    SipDatagramProtocol(self, shared=True),
+                    self.max_message_bytes,
                 )
             else:
                 clock = cast(IReactorTime, self.reactor)
@@ -609,6 +637,8 @@ class SipTransport:
             if isinstance(result, defer.Deferred):
                 waits.append(result)
         self.udp_ports, self.stream_ports, self.tls_ports = [], [], []
+        self.private_udp_ports = []
+        self._shared_port_senders.clear()
         for connection in set(self.connections.values()):
             assert connection.transport is not None
             waits.append(connection.closed)
@@ -747,8 +777,9 @@ class SipTransport:
             if not _is_ip(target.host):
                 on_error(f"UDP target {target.host!r} is not an IP address")
                 return
+            host = target.host.strip("[]")
             try:
-                self._udp_port_for(target.host).write(data, (target.host.strip("[]"), target.port))
+                self._udp_port_for(host, target.port).write(data, (host, target.port))
             except (OSError, MessageLengthError) as e:
                 on_error(str(e))
             return
@@ -783,12 +814,29 @@ class SipTransport:
 
         return connected.addCallback(opened)
 
-    def _udp_port_for(self, host: str) -> UDPPort:
-        """The first UDP socket of the target's address family (IPv6 targets contain ':')."""
+    def heard_on_shared_port(self, host: str, port: int) -> None:
+        """Remember that ``host``:``port`` talks to a shared port (so we answer it from there)."""
+        senders = self._shared_port_senders
+        key = (host, port)
+        if key in senders:
+            del senders[key]  # to the newest end
+        elif len(senders) >= MAX_SHARED_PORT_SENDERS:
+            del senders[next(iter(senders))]
+        senders[key] = None
+
+    def _udp_port_for(self, host: str, port: int) -> UDPPort:
+        """
+        The UDP socket to send to ``host``:``port`` from: of the target's
+        address family (IPv6 hosts contain ':'), a worker's own one unless
+        the target talks to a shared port, else the first.
+        """
+        candidates = self.udp_ports
+        if self.private_udp_ports and (host, port) not in self._shared_port_senders:
+            candidates = [*self.private_udp_ports, *self.udp_ports]
         want_ipv6 = ":" in host
-        for port in self.udp_ports:
-            if (":" in port.getHost().host) == want_ipv6:
-                return port
+        for candidate in candidates:
+            if (":" in candidate.getHost().host) == want_ipv6:
+                return candidate
         return self.udp_ports[0]
 
     def _connect_and_send(

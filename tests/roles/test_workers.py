@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
+from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from p2psip.roles import bootstrap
 from p2psip.roles.workers import WorkerSupervisor, shift_port
+from p2psip.sip.message import AnyMessage, parse_message
+from p2psip.sip.transaction import Hop
 from p2psip.sip.transport import SipTransport
 from p2psip.testing import free_port
 from tests.roles.test_peer import parse
@@ -118,6 +122,18 @@ class WorkerConfigTests(SynchronousTestCase):
         self.assertIn("peers", str(raised.exception))
 
 
+OPTIONS = (
+    b"OPTIONS sip:bob@workers.test SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bKw1;rport\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"From: <sip:alice@workers.test>;tag=a1\r\n"
+    b"To: <sip:bob@workers.test>\r\n"
+    b"Call-ID: w1@phone\r\n"
+    b"CSeq: 1 OPTIONS\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
+
+
 class SharedPortTests(TestCase):
     @inlineCallbacks
     def test_two_transports_share_a_port(self) -> None:
@@ -132,6 +148,44 @@ class SharedPortTests(TestCase):
         lone = SipTransport(reactor)  # type: ignore[arg-type]
         self.addCleanup(lone.stop)
         yield self.assertFailure(lone.listen(f"udp:{port}:interface=127.0.0.1"), ValueError)
+
+    @inlineCallbacks
+    def test_worker_sends_from_its_own_port(self) -> Any:
+        """
+        A worker sends UDP from its own port (a UA answering to the source
+        reaches this worker), but from the shared port to an address that
+        talks to the shared port (a phone, whose NAT expects that port).
+        """
+        shared_port = free_port(socket.SOCK_DGRAM)
+        transport = SipTransport(reactor)  # type: ignore[arg-type]
+        self.addCleanup(transport.stop)
+        arrived: Deferred[None] = Deferred()
+
+        class Receiver:
+            def message_received(self, message: AnyMessage, source: Hop) -> None:
+                arrived.callback(None)
+
+            def refusing_new_requests(self) -> bool:
+                return False
+
+            def refusal_for(self, request: object, top_via: object) -> bytes | None:
+                return None
+
+        transport.receiver = Receiver()  # type: ignore[assignment]
+        yield transport.listen(f"udp:{shared_port}:interface=127.0.0.1", shared=True)
+        own = yield transport.listen("udp:0:interface=127.0.0.1", private=True)
+        phone, stranger = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+        for sock in (phone, stranger):
+            self.addCleanup(sock.close)
+            sock.bind(("127.0.0.1", 0))
+            sock.settimeout(5)
+        phone.sendto(OPTIONS, ("127.0.0.1", shared_port))
+        yield arrived
+        request = parse_message(OPTIONS)
+        for sock in (phone, stranger):
+            transport.send_request(request, Hop("UDP", *sock.getsockname()), self.fail)  # type: ignore[arg-type]
+        self.assertEqual(phone.recvfrom(4096)[1], ("127.0.0.1", shared_port))
+        self.assertEqual(stranger.recvfrom(4096)[1], ("127.0.0.1", own.getHost().port))
 
     def test_refused_forms(self) -> None:
         transport = SipTransport(reactor)  # type: ignore[arg-type]
