@@ -387,18 +387,63 @@ class StorageService:
             assert credential.user_name is not None
             resource = user_match_resource(credential.user_name)
             due.append((CERTIFICATE_BY_USER, resource, index, credential))
-        now = self.clock.seconds()
         for kind, resource, position, signer in due:
-            key = (kind.kind_id, resource, signer.signer_identity().value)
-            last = self._published.get(key)
-            lifetime = kind.max_lifetime_seconds
-            if last is not None and now - last < lifetime * CERTIFICATE_REPUBLISH_FRACTION:
+            key = self._certificate_due(kind, resource, signer)
+            if key is None:
                 continue
-            self._published[key] = now
             entry = bodies.ArrayEntry(position, bodies.DataValue(True, signer.certificate_der))
-            self.store_values(resource, kind.kind_id, [entry], lifetime, signer=signer).addErrback(
-                self._publishing_failed, key, kind
-            )
+            self.store_values(
+                resource, kind.kind_id, [entry], kind.max_lifetime_seconds, signer=signer
+            ).addErrback(self._publishing_failed, key, kind)
+
+    def _certificate_due(
+        self, kind: Kind, resource: int, signer: NodeIdentity
+    ) -> tuple[int, int, bytes] | None:
+        """
+        The publication key of ``signer``'s certificate at ``resource`` if it
+        is due (never stored, or half its lifetime ago), now marked stored; else None.
+        """
+        key = (kind.kind_id, resource, signer.signer_identity().value)
+        now = self.clock.seconds()
+        last = self._published.get(key)
+        if (
+            last is not None
+            and now - last < kind.max_lifetime_seconds * CERTIFICATE_REPUBLISH_FRACTION
+        ):
+            return None
+        self._published[key] = now
+        return key
+
+    def _certificate_to_carry(
+        self, resource: int, kind: int, signer: NodeIdentity
+    ) -> tuple[tuple[int, int, bytes], bodies.StoreKindData] | None:
+        """
+        The user's certificate, as CERTIFICATE_BY_USER values to travel in
+        the same StoreReq, when a user credential stores at its own
+        Resource-ID (a SIP AOR's registrations: RFC 7904's resource name is
+        the user name) and the certificate is due there.
+
+        RFC 6940 s6.4.1 lets one StoreReq carry several Kinds of one
+        resource, so a new user's first registration costs one replicated
+        store instead of two: about five signatures, five verifications
+        and five messages fewer across the holder and its replicas, and a
+        fetcher finds the certificate as soon as the registration.
+        """
+        user_name = signer.user_name
+        if (
+            user_name is None
+            or kind in (k.kind_id for k in CERTIFICATE_KINDS)
+            or user_match_resource(user_name) != resource
+        ):
+            return None
+        key = self._certificate_due(CERTIFICATE_BY_USER, resource, signer)
+        if key is None:
+            return None
+        position = self.node_id % CERTIFICATE_BY_USER.max_count
+        entry = bodies.ArrayEntry(position, bodies.DataValue(True, signer.certificate_der))
+        lifetime = CERTIFICATE_BY_USER.max_lifetime_seconds
+        value = self._stored_data(resource, CERTIFICATE_BY_USER.kind_id, entry, lifetime, signer)
+        return key, bodies.StoreKindData(CERTIFICATE_BY_USER.kind_id, 0, (value,))
 
     def _publishing_failed(self, failure: Failure, key: tuple[int, int, bytes], kind: Kind) -> None:
         self._published.pop(key, None)
@@ -525,9 +570,30 @@ class StorageService:
             self._stored_data(resource, kind, value, lifetime, identity) for value in values
         )
         kind_data = bodies.StoreKindData(kind, 0, stored)
+        carried = self._certificate_to_carry(resource, kind, identity)
+        if carried is None:
+            return self._store_kinds(resource, (kind_data,), identity)
+        key, certificate = carried
+
+        def without_certificate(failure: Failure) -> Deferred[OperationResult]:
+            # The certificate is published again next round; a refusal must
+            # not cost the values themselves (a timeout would only repeat).
+            self._published.pop(key, None)
+            if failure.check(RequestFailed) is None:
+                return fail(failure)
+            return self._store_kinds(resource, (kind_data,), identity)
+
+        return self._store_kinds(resource, (kind_data, certificate), identity).addErrback(
+            without_certificate
+        )
+
+    def _store_kinds(
+        self, resource: int, kind_data: tuple[Any, ...], identity: NodeIdentity
+    ) -> Deferred[OperationResult]:
+        """One original StoreReq of ``kind_data`` (signed values) at the responsible peer."""
         if self._responsible_here(resource):
             try:
-                self.store.store(
+                self.store.store_request(
                     resource,
                     kind_data,
                     self.clock.seconds(),
@@ -536,16 +602,18 @@ class StorageService:
                 )
             except StoreError as error:
                 return fail(RequestFailed(error.reason, error.error_code))
-            return self.replicate(resource, [kind_data]).addCallback(
+            return self.replicate(resource, list(kind_data)).addCallback(
                 lambda replicas: OperationResult(
                     resource, self.node_id, (self.node_id,), replicas=tuple(replicas)
                 )
             )
-        body = bodies.StoreReq(resource, 0, (kind_data,)).encode()
+        body = bodies.StoreReq(resource, 0, kind_data).encode()
 
         def done(answer: Answer) -> OperationResult:
             replicas = tuple(
-                peer for response in answer.body.kind_responses for peer in response.replicas
+                dict.fromkeys(
+                    peer for response in answer.body.kind_responses for peer in response.replicas
+                )
             )
             return OperationResult(resource, answer.responder, answer.route, replicas=replicas)
 

@@ -9,8 +9,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from p2psip.overlay.errors import RequestFailed
 from p2psip.overlay import bodies
 from p2psip.overlay.bodies import DataValue, DictionaryEntry
-from p2psip.overlay.kinds import DATA, SIP_REGISTRATION
+from p2psip.overlay.kinds import CERTIFICATE_BY_USER, DATA, SIP_REGISTRATION
 from p2psip.overlay.message import Destination, ErrorCode, MessageCode
+from p2psip.overlay.storage import StoreError
 from p2psip.overlay.storage_service import HAND_OVER_REPLICA_NUMBER
 from p2psip.util.ids import id_to_bytes, resource_id
 from tests.overlay.ringsim import RingSimulation
@@ -176,10 +177,87 @@ class StorageServiceTests(SynchronousTestCase):
         self.sim.wait(writer.put_dictionary_entry(user, kind, key, b"v", 60, signer=credential))
         self.sim.wait(writer.remove_dictionary_entry(user, kind, key, signer=credential))
         owner = self.node_for(user)
-        [kind_data] = owner.storage.store.export(resource_id(user), self.sim.clock.seconds())
+        exported = owner.storage.store.export(resource_id(user), self.sim.clock.seconds())
+        [kind_data] = [data for data in exported if data.kind == kind]
         [tombstone] = kind_data.values
         self.assertFalse(tombstone.value.value.exists)
         self.assertEqual(tombstone.lifetime, SIP_REGISTRATION.max_lifetime_seconds)
+
+    def stores_sent(self, node: object) -> list[tuple[int, ...]]:
+        """The Kinds of every original StoreReq ``node`` sends from now on."""
+        sent: list[tuple[int, ...]] = []
+        original = node.messenger.request  # type: ignore[attr-defined]
+
+        def spy(destination: object, code: object, body: bytes, **options: object) -> object:
+            if code == MessageCode.STORE_REQ:
+                request = bodies.StoreReq.decode(body, data_models=node.messenger.data_models)  # type: ignore[attr-defined]
+                if request.replica_number == 0:
+                    sent.append(tuple(data.kind for data in request.kind_data))
+            return original(destination, code, body, **options)
+
+        node.messenger.request = spy  # type: ignore[attr-defined]
+        return sent
+
+    def test_first_registration_carries_the_users_certificate(self) -> None:
+        """
+        A user's first registration and its certificate travel in one
+        StoreReq (one resource, two Kinds), held with its replicas; the
+        next round does not store the certificate again.
+        """
+        user = "erin@example.org"
+        owner = self.node_for(user)
+        writer = next(node for node in self.sim.live() if node is not owner)
+        sent = self.stores_sent(writer)
+        credential = writer.user_credential(user)
+        kind = SIP_REGISTRATION.kind_id
+        key = id_to_bytes(writer.node_id)
+        entry = DictionaryEntry(key, DataValue(True, b"v"))
+        result = self.sim.wait(
+            writer.storage.store_values(resource_id(user), kind, [entry], 600, credential)
+        )
+        self.sim.wait(writer.put_dictionary_entry(user, kind, key, b"w", 600, signer=credential))
+        self.sim.run(2 * self.sim.config.update_interval_seconds)
+        self.assertEqual(sent, [(kind, CERTIFICATE_BY_USER.kind_id), (kind,)])
+        now = self.sim.clock.seconds()
+        for holder in self.sim.live():
+            if holder.node_id not in (owner.node_id, *owner.topology.successors[:2]):
+                continue
+            exported = holder.storage.store.export(resource_id(user), now)
+            [certificate] = [d for d in exported if d.kind == CERTIFICATE_BY_USER.kind_id]
+            self.assertEqual(certificate.values[0].value.value.value, credential.certificate_der)
+        # The answer lists each replica once, not once per Kind.
+        self.assertEqual(result.replicas, tuple(owner.topology.successors[:2]))
+
+    def test_refused_certificate_does_not_cost_the_registration(self) -> None:
+        """If the holder refuses the StoreReq with the certificate, the registration is stored alone."""
+        user = "frank@example.org"
+        owner = self.node_for(user)
+        writer = next(node for node in self.sim.live() if node is not owner)
+        original = owner.storage.store.store_request
+
+        def no_certificates(
+            resource: int, kind_data: object, *args: object, **kw: object
+        ) -> object:
+            if any(d.kind == CERTIFICATE_BY_USER.kind_id for d in kind_data):  # type: ignore[attr-defined]
+                raise StoreError(ErrorCode.FORBIDDEN, "no certificates today")
+            return original(resource, kind_data, *args, **kw)  # type: ignore[arg-type]
+
+        owner.storage.store.store_request = no_certificates
+        sent = self.stores_sent(writer)
+        credential = writer.user_credential(user)
+        kind = SIP_REGISTRATION.kind_id
+        key = id_to_bytes(writer.node_id)
+        with capturedLogs():
+            self.sim.wait(
+                writer.put_dictionary_entry(user, kind, key, b"v", 600, signer=credential)
+            )
+        self.assertEqual(sent, [(kind, CERTIFICATE_BY_USER.kind_id), (kind,)])
+        exported = owner.storage.store.export(resource_id(user), self.sim.clock.seconds())
+        self.assertEqual([d.kind for d in exported], [kind])
+        # Not marked stored: the next round publishes the certificate by itself.
+        owner.storage.store.store_request = original
+        self.sim.run(2 * self.sim.config.update_interval_seconds)
+        self.assertIn((CERTIFICATE_BY_USER.kind_id,), sent)
 
     def test_lying_responder_cannot_spoil_a_fetch(self) -> None:
         """A value with a bad signature in a Fetch answer is dropped (and logged); the rest remain."""
